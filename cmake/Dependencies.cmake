@@ -1,0 +1,14 @@
+# Every dependency comes from a Debian package; scripts/setup.sh installs them.
+find_package(PkgConfig REQUIRED)
+find_package(Threads REQUIRED)
+find_package(OpenSSL 3 REQUIRED)                     # libssl-dev
+find_package(CURL REQUIRED)                          # libcurl4-openssl-dev
+find_package(nlohmann_json 3.10 REQUIRED)            # nlohmann-json3-dev
+find_package(CLI11 2 REQUIRED)                       # libcli11-dev
+pkg_check_modules(LIBARCHIVE REQUIRED IMPORTED_TARGET libarchive)  # libarchive-dev
+pkg_check_modules(EXT2FS REQUIRED IMPORTED_TARGET ext2fs com_err)   # libext2fs-dev
+pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)            # libzstd-dev
+if(IMG2VM_TESTS)
+  find_package(GTest REQUIRED)                       # googletest (libgtest-dev)
+  include(GoogleTest)
+endif()

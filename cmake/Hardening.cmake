@@ -1,0 +1,32 @@
+# Warnings and sanitizers shared by every target of ours, through one interface target.
+add_library(img2vm_flags INTERFACE)
+target_compile_options(img2vm_flags INTERFACE -Wall -Wextra -Wshadow -Wnon-virtual-dtor
+  -Wcast-align -Wformat=2 -Wimplicit-fallthrough)
+if(IMG2VM_WERROR)
+  target_compile_options(img2vm_flags INTERFACE -Werror)
+endif()
+if(IMG2VM_SANITIZE)
+  set(_san -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
+  target_compile_options(img2vm_flags INTERFACE ${_san})
+  target_link_options(img2vm_flags INTERFACE ${_san})
+endif()
+if(IMG2VM_FUZZ)
+  if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+    message(FATAL_ERROR "IMG2VM_FUZZ needs clang (use the 'fuzz' preset)")
+  endif()
+  # Instrument our libraries for coverage; the fuzz targets add -fsanitize=fuzzer themselves.
+  set(_fz -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer)
+  target_compile_options(img2vm_flags INTERFACE ${_fz})
+  target_link_options(img2vm_flags INTERFACE -fsanitize=address,undefined)
+endif()
+
+# img2vm_library(NAME SOURCES ... DEPS ...): one static library per lib/ module, with public
+# headers under lib/<module>/include/img2vm/<module>/.
+function(img2vm_library name)
+  cmake_parse_arguments(A "" "" "SOURCES;PUBLIC_DEPS;PRIVATE_DEPS" ${ARGN})
+  add_library(img2vm_${name} STATIC ${A_SOURCES})
+  add_library(img2vm::${name} ALIAS img2vm_${name})
+  target_include_directories(img2vm_${name} PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/include
+    PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
+  target_link_libraries(img2vm_${name} PUBLIC ${A_PUBLIC_DEPS} PRIVATE img2vm_flags ${A_PRIVATE_DEPS})
+endfunction()

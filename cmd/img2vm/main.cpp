@@ -1,0 +1,72 @@
+// img2vm: OCI/Docker images to microVMs. Parses the command line, runs one subcommand, and turns
+// every failure into one line on stderr and a non-zero exit code.
+#include <CLI/CLI.hpp>
+#include <exception>
+#include <iostream>
+
+#include "cli.hpp"
+#include "commands.hpp"
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/version.hpp"
+
+using namespace img2vm;
+using namespace img2vm::cli;
+
+int main(int argc, char** argv) {
+  CLI::App app{"img2vm: turn OCI/Docker images into microVMs and boot them", "img2vm"};
+  app.set_version_flag("-V,--version", std::string("img2vm ") + std::string(version()));
+  app.require_subcommand(1);
+
+  Globals g;
+  app.add_flag("--json", g.json, "Machine-readable output (one JSON object per line)");
+  app.add_flag("-v,--verbose", g.verbose, "More detail on stderr");
+
+  Action action;
+  register_info(app, g, &action);
+  add_unavailable(app, "pull", "Pull an image into the local store", "issue #3", &action);
+  add_unavailable(app, "images", "List the images in the local store", "issue #3", &action);
+  add_unavailable(app, "inspect", "Show an image's manifest and configuration", "issue #3", &action);
+  add_unavailable(app, "rm", "Remove an image from the local store", "issue #3", &action);
+  add_unavailable(app, "prune", "Remove unreferenced blobs and cached root filesystems", "issue #3", &action);
+  add_unavailable(app, "convert", "Convert an image into an ext4 root filesystem", "issue #4", &action);
+  add_unavailable(app, "kernel", "Build, locate or describe the guest kernel", "issue #5", &action);
+  add_unavailable(app, "run", "Boot an image as a microVM", "issue #6", &action);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    // The first word that is not a flag names the command; say so plainly when it is unknown.
+    for (int i = 1; i < argc; ++i) {
+      std::string w = argv[i];
+      if (w.empty() || w[0] == '-') continue;
+      bool known = false;
+      for (const CLI::App* s : app.get_subcommands({})) known |= s->check_name(w);
+      if (!known) {
+        std::cerr << "img2vm: unknown command '" << w << "' (see 'img2vm --help')\n";
+        return kExitUsage;
+      }
+      break;
+    }
+    std::cerr << "img2vm: " << e.what() << " (see 'img2vm --help')\n";
+    return kExitUsage;
+  }
+  if (!action) {
+    std::cerr << "img2vm: no command given (see 'img2vm --help')\n";
+    return kExitUsage;
+  }
+  try {
+    return action();
+  } catch (const Error& e) {
+    std::cerr << "img2vm: " << e.what() << "\n";
+    return kExitError;
+  } catch (const std::exception& e) {
+    std::cerr << "img2vm: internal error: " << e.what() << "\n";
+    return kExitError;
+  }
+}

@@ -1,0 +1,65 @@
+// Content digests as used by OCI ("sha256:<64 hex>") and a streaming SHA-256 on OpenSSL.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace img2vm {
+
+// A validated "algorithm:encoded" digest. Only sha256 (and sha512, for parsing) are accepted.
+class Digest {
+ public:
+  Digest() = default;
+  // Throws Error(kInvalidArgument) naming the text when it is not a valid digest.
+  static Digest parse(std::string_view text);
+  // Returns false instead of throwing.
+  static bool valid(std::string_view text) noexcept;
+  static Digest sha256_of(std::string_view data);
+
+  const std::string& algorithm() const noexcept { return algorithm_; }
+  const std::string& hex() const noexcept { return hex_; }
+  std::string str() const { return algorithm_ + ":" + hex_; }
+  bool empty() const noexcept { return hex_.empty(); }
+  // The first 12 hex characters, as docker shows short IDs.
+  std::string short_hex() const { return hex_.substr(0, 12); }
+
+  friend bool operator==(const Digest&, const Digest&) = default;
+  friend auto operator<=>(const Digest&, const Digest&) = default;
+
+ private:
+  Digest(std::string algorithm, std::string hex)
+      : algorithm_(std::move(algorithm)), hex_(std::move(hex)) {}
+  std::string algorithm_;
+  std::string hex_;
+};
+
+// Incremental SHA-256 (OpenSSL EVP). Move-only.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(Sha256&&) noexcept;
+  Sha256& operator=(Sha256&&) noexcept;
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+
+  void update(const void* data, size_t len);
+  void update(std::string_view s) { update(s.data(), s.size()); }
+  uint64_t bytes() const noexcept { return bytes_; }
+  // Finishes the hash; the object must not be updated afterwards.
+  Digest finish();
+
+ private:
+  struct Ctx;
+  std::unique_ptr<Ctx> ctx_;
+  uint64_t bytes_ = 0;
+};
+
+// Digest of a whole file, streamed.
+Digest sha256_file(const std::filesystem::path& path);
+
+}  // namespace img2vm

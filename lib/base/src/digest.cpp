@@ -1,0 +1,107 @@
+#include "img2vm/base/digest.hpp"
+
+#include <fcntl.h>
+#include <openssl/evp.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+
+namespace img2vm {
+
+namespace {
+bool is_lower_hex(std::string_view s) {
+  for (char c : s)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
+// Returns an empty string when valid, else why not.
+std::string check(std::string_view text) {
+  auto colon = text.find(':');
+  if (colon == std::string_view::npos) return "missing ':' between algorithm and hex";
+  std::string_view alg = text.substr(0, colon), enc = text.substr(colon + 1);
+  size_t want;
+  if (alg == "sha256") {
+    want = 64;
+  } else if (alg == "sha512") {
+    want = 128;
+  } else {
+    return "unsupported digest algorithm '" + std::string(alg) + "'";
+  }
+  if (enc.size() != want)
+    return std::string(alg) + " needs " + std::to_string(want) + " hex characters, got " +
+           std::to_string(enc.size());
+  if (!is_lower_hex(enc)) return "the encoded part must be lowercase hex";
+  return {};
+}
+}  // namespace
+
+Digest Digest::parse(std::string_view text) {
+  std::string why = check(text);
+  if (!why.empty()) throw Error(ErrorKind::kInvalidArgument, "invalid digest \"" + std::string(text) + "\": " + why);
+  auto colon = text.find(':');
+  return Digest(std::string(text.substr(0, colon)), std::string(text.substr(colon + 1)));
+}
+
+bool Digest::valid(std::string_view text) noexcept { return check(text).empty(); }
+
+Digest Digest::sha256_of(std::string_view data) {
+  Sha256 h;
+  h.update(data);
+  return h.finish();
+}
+
+struct Sha256::Ctx {
+  EVP_MD_CTX* md = nullptr;
+  ~Ctx() { EVP_MD_CTX_free(md); }
+};
+
+Sha256::Sha256() : ctx_(std::make_unique<Ctx>()) {
+  ctx_->md = EVP_MD_CTX_new();
+  if (!ctx_->md || EVP_DigestInit_ex(ctx_->md, EVP_sha256(), nullptr) != 1)
+    throw Error(ErrorKind::kInternal, "OpenSSL: cannot initialise SHA-256");
+}
+Sha256::~Sha256() = default;
+Sha256::Sha256(Sha256&&) noexcept = default;
+Sha256& Sha256::operator=(Sha256&&) noexcept = default;
+
+void Sha256::update(const void* data, size_t len) {
+  if (len == 0) return;
+  if (EVP_DigestUpdate(ctx_->md, data, len) != 1) throw Error(ErrorKind::kInternal, "OpenSSL: SHA-256 update failed");
+  bytes_ += len;
+}
+
+Digest Sha256::finish() {
+  unsigned char out[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  if (EVP_DigestFinal_ex(ctx_->md, out, &n) != 1) throw Error(ErrorKind::kInternal, "OpenSSL: SHA-256 final failed");
+  static const char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(n * 2);
+  for (unsigned i = 0; i < n; ++i) {
+    hex.push_back(kHex[out[i] >> 4]);
+    hex.push_back(kHex[out[i] & 15]);
+  }
+  return Digest::parse("sha256:" + hex);
+}
+
+Digest sha256_file(const std::filesystem::path& path) {
+  UniqueFd fd = open_file(path, O_RDONLY);
+  Sha256 h;
+  std::string buf(1 << 20, '\0');
+  for (;;) {
+    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("cannot read " + path.string());
+    }
+    if (n == 0) break;
+    h.update(buf.data(), static_cast<size_t>(n));
+  }
+  return h.finish();
+}
+
+}  // namespace img2vm

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Installs everything img2vm needs on Debian 12, idempotently: the build toolchain, the
+# libraries it links, and the real programs its tests talk to. Run as root or with sudo.
+set -euo pipefail
+
+packages=(
+  # build
+  build-essential cmake ninja-build pkgconf git ca-certificates clang clang-format
+  libclang-rt-14-dev   # libFuzzer and sanitizer runtimes for the fuzz preset
+  # libraries img2vm links
+  libarchive-dev libssl-dev nlohmann-json3-dev libcurl4-openssl-dev libext2fs-dev
+  libcli11-dev libzstd-dev libcrypt-dev googletest libgtest-dev libgmock-dev
+  # real components the tests use
+  docker-registry skopeo umoci qemu-system-x86 e2fsprogs openssl curl busybox-static python3
+  # the guest kernel build
+  linux-source-6.1 flex bison bc libelf-dev cpio xz-utils
+)
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+if [ "$(id -u)" -eq 0 ]; then
+  SUDO=()
+elif command -v sudo >/dev/null 2>&1; then
+  SUDO=(sudo)
+else
+  say "need root or sudo to install Debian packages"; exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  # dpkg-query prints "install ok installed" for an installed package.
+  if [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" != "install ok installed" ]; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  say "all ${#packages[@]} Debian packages are already installed"
+else
+  say "installing ${#missing[@]} Debian packages: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  "${SUDO[@]}" apt-get update -qq
+  "${SUDO[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  say "packages installed"
+fi
+
+# The Debian package starts its own registry as a service on :5000 where an init system runs;
+# img2vm never uses that one (tests and the demo start their own on free ports).

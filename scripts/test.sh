@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian 12 machine: installs what it needs, builds the
+# default, sanitizer and fuzz presets, runs every label in the first, the unit and integration
+# labels under ASan+UBSan in the second, and each libFuzzer target for a bounded time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/setup.sh
+scripts/build.sh default
+scripts/build.sh sanitize
+scripts/build.sh fuzz
+
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
+export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+printf 'test: running all tests (default build)\n' >&2
+ctest --preset default -j"$(nproc)"
+printf 'test: running unit and integration tests under ASan+UBSan\n' >&2
+ctest --preset sanitize -j"$(nproc)"
+printf 'test: running each fuzz target for a bounded time\n' >&2
+ctest --preset fuzz
