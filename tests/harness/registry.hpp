@@ -8,6 +8,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <ostream>
 #include <set>
 #include <string>
 
@@ -19,6 +20,8 @@ namespace img2vm::testing {
 
 enum class RegistryAuth { kNone, kBasicTls, kToken };
 const char* to_string(RegistryAuth a);
+// So that parameterized test names read "GetParam() = token".
+inline void PrintTo(RegistryAuth a, std::ostream* os) { *os << to_string(a); }
 
 struct RegistryOptions {
   RegistryAuth auth = RegistryAuth::kNone;
