@@ -6,5 +6,6 @@
 namespace img2vm::cli {
 
 void register_info(CLI::App& app, Globals& g, Action* slot);
+void register_kernel(CLI::App& app, Globals& g, Action* slot);
 
 }  // namespace img2vm::cli

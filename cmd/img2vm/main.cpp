@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
   add_unavailable(app, "rm", "Remove an image from the local store", "issue #3", &action);
   add_unavailable(app, "prune", "Remove unreferenced blobs and cached root filesystems", "issue #3", &action);
   add_unavailable(app, "convert", "Convert an image into an ext4 root filesystem", "issue #4", &action);
-  add_unavailable(app, "kernel", "Build, locate or describe the guest kernel", "issue #5", &action);
+  register_kernel(app, g, &action);
   add_unavailable(app, "run", "Boot an image as a microVM", "issue #6", &action);
 
   try {

@@ -5,6 +5,7 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
+#include "img2vm/base/fd.hpp"
 #include "process.hpp"
 
 using namespace img2vm::testing;
@@ -16,9 +17,11 @@ std::string bin() {
   return b ? b : "img2vm";
 }
 
-CommandResult img2vm(std::vector<std::string> args) {
+CommandResult img2vm(std::vector<std::string> args, std::map<std::string, std::string> env = {}) {
   args.insert(args.begin(), bin());
-  return run_command(args);
+  RunOptions o;
+  o.env = std::move(env);
+  return run_command(args, o);
 }
 
 TEST(Cli, Version) {
@@ -37,7 +40,7 @@ TEST(Cli, HelpListsEveryCommand) {
 
 TEST(Cli, UnavailableCommandsFailWithOneLine) {
   // Each of these is tracked by an open issue; until then it must say so and exit 2.
-  for (const char* c : {"pull", "images", "inspect", "rm", "prune", "convert", "kernel", "run"}) {
+  for (const char* c : {"pull", "images", "inspect", "rm", "prune", "convert", "run"}) {
     auto r = img2vm({c, "busybox"});
     EXPECT_EQ(r.exit_code, 2) << c << ": " << r.describe();
     EXPECT_TRUE(r.out.empty()) << c;
@@ -71,6 +74,47 @@ TEST(Cli, InfoReportsKvmAsJson) {
   auto human = img2vm({"info"});
   EXPECT_EQ(human.exit_code, 0);
   EXPECT_NE(human.out.find("kvm:"), std::string::npos);
+}
+
+}  // namespace
+
+namespace {
+
+TEST(CliKernel, ExplicitKernelFromEnvironmentOrFlag) {
+  img2vm::TempDir d("kernel");
+  std::string elf = "\x7f" "ELF" + std::string(0x300, '\0');
+  auto vmlinux = d.path() / "vmlinux";
+  img2vm::write_file_atomic(vmlinux, elf);
+  std::string bz(0x300, '\0');
+  bz.replace(0x202, 4, "HdrS");
+  auto bzimage = d.path() / "bzImage";
+  img2vm::write_file_atomic(bzimage, bz);
+
+  auto p = img2vm({"kernel", "path"}, {{"IMG2VM_KERNEL", vmlinux.string()}});
+  EXPECT_EQ(p.exit_code, 0) << p.describe();
+  EXPECT_EQ(p.out, vmlinux.string() + "\n");
+
+  auto info = img2vm({"kernel", "info", "--json"}, {{"IMG2VM_KERNEL", vmlinux.string()}});
+  ASSERT_EQ(info.exit_code, 0) << info.describe();
+  auto j = nlohmann::json::parse(info.out);
+  EXPECT_EQ(j["source"], "IMG2VM_KERNEL");
+  EXPECT_EQ(j["format"], "vmlinux (ELF)");
+  EXPECT_EQ(j["size"], elf.size());
+
+  // --kernel wins over the environment.
+  auto flag = img2vm({"kernel", "--kernel", bzimage.string(), "info", "--json"}, {{"IMG2VM_KERNEL", vmlinux.string()}});
+  ASSERT_EQ(flag.exit_code, 0) << flag.describe();
+  auto jf = nlohmann::json::parse(flag.out);
+  EXPECT_EQ(jf["source"], "--kernel");
+  EXPECT_EQ(jf["format"], "bzImage");
+}
+
+TEST(CliKernel, MissingKernelIsOneClearLine) {
+  auto r = img2vm({"kernel", "path"}, {{"IMG2VM_KERNEL", "/nonexistent/vmlinux"}});
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.err, "img2vm: kernel image /nonexistent/vmlinux (from IMG2VM_KERNEL) does not exist\n");
+  auto none = img2vm({"kernel"});
+  EXPECT_EQ(none.exit_code, 2) << none.describe();
 }
 
 }  // namespace
