@@ -4,10 +4,7 @@
 
 namespace img2vm::cli {
 
-void add_global_flags(CLI::App& sub, Globals& g) {
-  sub.add_flag("--json", g.json, "Machine-readable output (one JSON object per line)");
-  sub.add_flag("-v,--verbose", g.verbose, "More detail on stderr");
-}
+void add_global_flags(CLI::App& sub) { sub.fallthrough(); }
 
 CLI::App* add_unavailable(CLI::App& app, const std::string& name, const std::string& description,
                           const std::string& tracked_in, Action* slot) {

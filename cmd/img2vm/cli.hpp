@@ -24,9 +24,9 @@ using Action = std::function<int()>;
 
 // Registers `name` as a command that exists in the CLI but is not implemented yet: it exits
 // with kExitUsage and a one-line message naming the issue that tracks it.
-// Adds the global flags to a subcommand too, so that `img2vm info --json` works as well as
-// `img2vm --json info`.
-void add_global_flags(CLI::App& sub, Globals& g);
+// Lets the global flags follow a subcommand too (`img2vm info --json` as well as
+// `img2vm --json info`): unknown options of `sub` fall through to its parent.
+void add_global_flags(CLI::App& sub);
 
 CLI::App* add_unavailable(CLI::App& app, const std::string& name, const std::string& description,
                           const std::string& tracked_in, Action* slot);

@@ -21,7 +21,7 @@ std::string default_home() {
 
 void register_info(CLI::App& app, Globals& g, Action* slot) {
   auto* sub = app.add_subcommand("info", "Show the version, the store and this host's KVM support");
-  add_global_flags(*sub, g);
+  add_global_flags(*sub);
   sub->callback([&g, slot] {
     *slot = [&g] {
       vm::KvmInfo kvm = vm::detect_kvm();

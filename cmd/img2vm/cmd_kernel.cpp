@@ -47,10 +47,11 @@ void register_kernel(CLI::App& app, Globals& g, Action* slot) {
   auto opts = std::make_shared<KernelOpts>();
   auto* k = app.add_subcommand("kernel", "Build, locate or describe the guest kernel");
   k->require_subcommand(1);
-  add_global_flags(*k, g);
+  add_global_flags(*k);
   k->add_option("--kernel", opts->kernel, "Use this kernel image (vmlinux or bzImage) instead of our build");
 
   auto* path = k->add_subcommand("path", "Print the path of the kernel image `run` boots");
+  add_global_flags(*path);
   path->callback([opts, slot] {
     *slot = [opts] {
       std::cout << require_kernel(*opts).path.string() << "\n";
@@ -60,6 +61,7 @@ void register_kernel(CLI::App& app, Globals& g, Action* slot) {
 
   auto* build = k->add_subcommand("build", "Build our guest kernel from Debian's linux-source-6.1 (cached)");
   build->add_flag("--force", opts->force, "Rebuild even when a cached build exists");
+  add_global_flags(*build);
   build->callback([opts, &g, slot] {
     *slot = [opts, &g] {
       GuestKernel kern = build_guest_kernel(opts->force);
@@ -72,6 +74,7 @@ void register_kernel(CLI::App& app, Globals& g, Action* slot) {
   });
 
   auto* info = k->add_subcommand("info", "Describe the kernel image `run` boots");
+  add_global_flags(*info);
   info->callback([opts, &g, slot] {
     *slot = [opts, &g] {
       GuestKernel kern = require_kernel(*opts);
