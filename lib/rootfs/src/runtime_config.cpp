@@ -33,6 +33,26 @@ std::string string_field(const json& obj, std::string_view what, const char* fie
   return it->get<std::string>();
 }
 
+std::optional<std::vector<std::string>> optional_string_list(const json& obj, std::string_view what,
+                                                             const char* field) {
+  auto it = obj.find(field);
+  if (it == obj.end() || it->is_null()) return std::nullopt;
+  return string_list(obj, what, field);
+}
+
+std::optional<std::string> optional_string(const json& obj, std::string_view what, const char* field) {
+  auto it = obj.find(field);
+  if (it == obj.end() || it->is_null()) return std::nullopt;
+  return string_field(obj, what, field);
+}
+
+bool bool_field(const json& obj, std::string_view what, const char* field) {
+  auto it = obj.find(field);
+  if (it == obj.end() || it->is_null()) return false;
+  if (!it->is_boolean()) bad(what, field, "must be true or false");
+  return it->get<bool>();
+}
+
 std::map<std::string, std::string> string_map(const json& obj, std::string_view what, const char* field) {
   std::map<std::string, std::string> out;
   auto it = obj.find(field);
@@ -81,14 +101,22 @@ std::string to_json(const RuntimeConfig& c) {
   return j.dump(2) + "\n";
 }
 
-RuntimeConfig runtime_config_from_json(std::string_view text) {
-  constexpr std::string_view what = "img2vm runtime config";
-  json j = parse_object(text, what);
+namespace {
+
+void check_schema(const json& j, std::string_view what) {
   auto schema = j.find("schema");
   if (schema == j.end() || !schema->is_number_integer()) bad(what, "schema", "is missing");
   if (schema->get<int>() != kSchemaVersion)
     bad(what, "schema", "is version " + std::to_string(schema->get<int>()) + ", this build reads version " +
                             std::to_string(kSchemaVersion));
+}
+
+}  // namespace
+
+RuntimeConfig runtime_config_from_json(std::string_view text) {
+  constexpr std::string_view what = "img2vm runtime config";
+  json j = parse_object(text, what);
+  check_schema(j, what);
   RuntimeConfig c;
   c.entrypoint = string_list(j, what, "entrypoint");
   c.cmd = string_list(j, what, "cmd");
@@ -99,6 +127,101 @@ RuntimeConfig runtime_config_from_json(std::string_view text) {
   c.hostname = string_field(j, what, "hostname");
   c.labels = string_map(j, what, "labels");
   return c;
+}
+
+std::string to_json(const RunOverrides& o) {
+  json j = {{"schema", kSchemaVersion}};
+  if (o.entrypoint) j["entrypoint"] = *o.entrypoint;
+  if (o.cmd) j["cmd"] = *o.cmd;
+  if (!o.env.empty()) j["env"] = o.env;
+  if (o.working_dir) j["working_dir"] = *o.working_dir;
+  if (o.user) j["user"] = *o.user;
+  if (o.hostname) j["hostname"] = *o.hostname;
+  if (!o.dns.empty()) j["dns"] = o.dns;
+  if (o.tty) j["tty"] = true;
+  if (o.interactive) j["interactive"] = true;
+  return j.dump();
+}
+
+RunOverrides run_overrides_from_json(std::string_view text) {
+  constexpr std::string_view what = "img2vm run overrides";
+  json j = parse_object(text, what);
+  check_schema(j, what);
+  RunOverrides o;
+  o.entrypoint = optional_string_list(j, what, "entrypoint");
+  o.cmd = optional_string_list(j, what, "cmd");
+  o.env = string_list(j, what, "env");
+  for (const auto& e : o.env) {
+    auto eq = e.find('=');
+    if (eq == std::string::npos || eq == 0) bad(what, "env", "has \"" + e + "\", not KEY=VALUE");
+  }
+  o.working_dir = optional_string(j, what, "working_dir");
+  o.user = optional_string(j, what, "user");
+  o.hostname = optional_string(j, what, "hostname");
+  o.dns = string_list(j, what, "dns");
+  o.tty = bool_field(j, what, "tty");
+  o.interactive = bool_field(j, what, "interactive");
+  return o;
+}
+
+namespace {
+constexpr char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+}
+
+std::string base64url_encode(std::string_view bytes) {
+  std::string out;
+  out.reserve((bytes.size() + 2) / 3 * 4);
+  std::size_t i = 0;
+  for (; i + 3 <= bytes.size(); i += 3) {
+    unsigned v = (static_cast<unsigned char>(bytes[i]) << 16) | (static_cast<unsigned char>(bytes[i + 1]) << 8) |
+                 static_cast<unsigned char>(bytes[i + 2]);
+    out += kB64[(v >> 18) & 63];
+    out += kB64[(v >> 12) & 63];
+    out += kB64[(v >> 6) & 63];
+    out += kB64[v & 63];
+  }
+  std::size_t rest = bytes.size() - i;
+  if (rest > 0) {
+    unsigned v = static_cast<unsigned char>(bytes[i]) << 16;
+    if (rest == 2) v |= static_cast<unsigned char>(bytes[i + 1]) << 8;
+    out += kB64[(v >> 18) & 63];
+    out += kB64[(v >> 12) & 63];
+    if (rest == 2) out += kB64[(v >> 6) & 63];
+  }
+  return out;
+}
+
+std::string base64url_decode(std::string_view text) {
+  while (!text.empty() && text.back() == '=') text.remove_suffix(1);
+  auto value = [](char c) -> int {
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '-') return 62;
+    if (c == '_') return 63;
+    return -1;
+  };
+  if (text.size() % 4 == 1) throw Error(ErrorKind::kInvalidArgument, "base64url: truncated input");
+  std::string out;
+  out.reserve(text.size() / 4 * 3 + 2);
+  unsigned acc = 0;
+  int bits = 0;
+  for (char c : text) {
+    int v = value(c);
+    if (v < 0) throw Error(ErrorKind::kInvalidArgument, "base64url: invalid character");
+    acc = (acc << 6) | static_cast<unsigned>(v);
+    bits += 6;
+    if (bits >= 8) {
+      bits -= 8;
+      out += static_cast<char>((acc >> bits) & 0xff);
+    }
+  }
+  if ((acc & ((1u << bits) - 1)) != 0) throw Error(ErrorKind::kInvalidArgument, "base64url: non-canonical trailing bits");
+  return out;
+}
+
+std::string run_overrides_kernel_param(const RunOverrides& o) {
+  return std::string(kRunParam) + "=" + base64url_encode(to_json(o));
 }
 
 }  // namespace img2vm::rootfs

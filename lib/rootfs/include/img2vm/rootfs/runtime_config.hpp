@@ -37,4 +37,37 @@ std::string to_json(const RuntimeConfig& c);
 // Throws Error(kInvalidArgument) naming the field at fault.
 RuntimeConfig runtime_config_from_json(std::string_view json);
 
+// Per-run overrides, given by the runner to the guest init (docs/guest-abi.md): the docker
+// run options that change what runs. Absent optionals leave the image's value alone.
+inline constexpr std::string_view kRunParam = "img2vm.run";  // kernel command line key
+
+struct RunOverrides {
+  std::optional<std::vector<std::string>> entrypoint;  // --entrypoint: also clears the image Cmd
+  std::optional<std::vector<std::string>> cmd;         // trailing `run IMAGE ARGS...`
+  std::vector<std::string> env;                        // -e KEY=VALUE, applied in order
+  std::optional<std::string> working_dir;              // -w (absolute)
+  std::optional<std::string> user;                     // -u
+  std::optional<std::string> hostname;                 // -h
+  std::vector<std::string> dns;                        // nameservers for a generated resolv.conf
+  bool tty = false;                                    // -t: the workload gets the console as its tty
+  bool interactive = false;                            // -i: stdin is the console (else /dev/null)
+
+  friend bool operator==(const RunOverrides&, const RunOverrides&) = default;
+};
+
+std::string to_json(const RunOverrides& o);
+// Throws Error(kInvalidArgument) naming the field at fault.
+RunOverrides run_overrides_from_json(std::string_view json);
+
+// RFC 4648 section 5 alphabet, without padding; decoding accepts padding and throws
+// Error(kInvalidArgument) on anything else.
+std::string base64url_encode(std::string_view bytes);
+std::string base64url_decode(std::string_view text);
+
+// "img2vm.run=<base64url of to_json(o)>", for the kernel command line. The kernel limits the
+// whole command line to 2048 bytes on x86: a runner whose overrides do not fit passes
+// "img2vm.run=blk:/dev/vdX" instead and attaches a raw block device holding the JSON text,
+// padded with NUL bytes.
+std::string run_overrides_kernel_param(const RunOverrides& o);
+
 }  // namespace img2vm::rootfs

@@ -1,0 +1,515 @@
+// img2vm-init: PID 1 of an img2vm microVM. Mounts the API filesystems, applies the image's
+// runtime config (/.img2vm/config.json) and the runner's per-run overrides (kernel parameter
+// img2vm.run=), runs ENTRYPOINT/CMD as docker would, reaps every process, forwards signals, and
+// reports the workload's exit status through the I/O ports documented in docs/guest-abi.md.
+#include <fcntl.h>
+#include <grp.h>
+#include <net/if.h>
+#include <sys/io.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/random.h>
+#include <sys/reboot.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/init/command.hpp"
+#include "img2vm/init/guest_files.hpp"
+#include "img2vm/init/user.hpp"
+#include "img2vm/rootfs/runtime_config.hpp"
+
+namespace {
+
+using img2vm::Error;
+namespace rootfs = img2vm::rootfs;
+namespace init = img2vm::init;
+
+// docs/guest-abi.md
+constexpr unsigned short kPortExit = 0xf4;
+constexpr unsigned short kPortInitFail = 0xf5;
+constexpr unsigned short kPortBootMark = 0xf6;
+constexpr unsigned char kMarkInitStart = 1;
+constexpr unsigned char kMarkExec = 2;
+
+// INIT_FAIL codes (docs/guest-abi.md).
+enum FailCode : unsigned char {
+  kFailInternal = 1,
+  kFailConfig = 2,
+  kFailOverrides = 3,
+  kFailMount = 4,
+  kFailUser = 5,
+  kFailWorkdir = 6,
+  kFailCommand = 7,
+  kFailSpawn = 8,
+  kFailHostname = 9,
+};
+
+constexpr rlim_t kNofile = 1048576;  // docker's default RLIMIT_NOFILE (soft and hard)
+
+bool g_ports = false;
+
+void port_write(unsigned short port, unsigned char value) {
+  if (g_ports) outb(value, port);
+}
+
+void say(const std::string& line) {
+  std::string l = "img2vm-init: " + line + "\n";
+  ssize_t ignored = ::write(2, l.data(), l.size());
+  (void)ignored;
+}
+
+void warn(const std::string& line) { say("warning: " + line); }
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+// An init failure: `what` failed because of `why`; reported on INIT_FAIL with `code`.
+struct InitFailure {
+  unsigned char code;
+  std::string line;
+};
+
+[[noreturn]] void fail(unsigned char code, const std::string& what, const std::string& why) {
+  throw InitFailure{code, what + ": " + why};
+}
+
+[[noreturn]] void end_vm(unsigned short port, unsigned char value) {
+  ::sync();
+  // A clean ext4 for the next boot; fails harmlessly if something still holds files open.
+  ::mount(nullptr, "/", nullptr, MS_REMOUNT | MS_RDONLY, nullptr);
+  ::sync();
+  port_write(port, value);
+  // Only reached when the write did not end the VM (no such device, or no port access).
+  ::reboot(RB_AUTOBOOT);
+  for (;;) ::pause();
+}
+
+bool is_mountpoint(const std::string& path) {
+  struct stat st {}, parent {};
+  if (::stat(path.c_str(), &st) != 0) return false;
+  if (::stat((path + "/..").c_str(), &parent) != 0) return false;
+  return st.st_dev != parent.st_dev || st.st_ino == parent.st_ino;
+}
+
+void ensure_dir(const std::string& path, mode_t mode) {
+  if (::mkdir(path.c_str(), mode) == 0 || errno == EEXIST) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return;
+    fail(kFailMount, "mounting " + path, "exists and is not a directory");
+  }
+  fail(kFailMount, "creating mount point " + path, errno_text(errno));
+}
+
+// Mounts unless something is mounted there already. Optional mounts only warn when the kernel
+// lacks the file system, and are silent about it otherwise.
+void mount_fs(const char* type, const std::string& target, unsigned long flags, const char* data,
+              bool required = true) {
+  if (required) {
+    ensure_dir(target, 0755);
+  } else {
+    struct stat st {};
+    if (::stat(target.c_str(), &st) != 0 && ::mkdir(target.c_str(), 0755) != 0) return;
+  }
+  if (is_mountpoint(target)) return;
+  if (::mount(type, target.c_str(), type, flags, data) != 0) {
+    int err = errno;
+    if (!required) return;
+    fail(kFailMount, "mounting " + std::string(type) + " on " + target, errno_text(err));
+  }
+}
+
+void open_console_fds() {
+  for (int fd = 0; fd <= 2; ++fd) {
+    if (::fcntl(fd, F_GETFD) != -1) continue;
+    int c = ::open("/dev/console", O_RDWR | O_NOCTTY);
+    if (c < 0) return;
+    if (c != fd) {
+      ::dup2(c, fd);
+      ::close(c);
+    }
+  }
+}
+
+void mount_api_filesystems() {
+  constexpr unsigned long kSafe = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+  mount_fs("devtmpfs", "/dev", MS_NOSUID | MS_NOEXEC, "mode=0755");
+  open_console_fds();
+  mount_fs("proc", "/proc", kSafe, nullptr);
+  mount_fs("sysfs", "/sys", kSafe, nullptr);
+  mount_fs("devpts", "/dev/pts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5");
+  mount_fs("tmpfs", "/dev/shm", kSafe, "mode=1777,size=65536k");
+  mount_fs("mqueue", "/dev/mqueue", kSafe, nullptr, /*required=*/false);
+  mount_fs("cgroup2", "/sys/fs/cgroup", kSafe, nullptr, /*required=*/false);
+  // What docker puts in /dev besides device nodes.
+  struct Link {
+    const char* target;
+    const char* path;
+  };
+  for (auto [target, path] : {Link{"/proc/self/fd", "/dev/fd"}, Link{"/proc/self/fd/0", "/dev/stdin"},
+                              Link{"/proc/self/fd/1", "/dev/stdout"}, Link{"/proc/self/fd/2", "/dev/stderr"},
+                              Link{"/proc/kcore", "/dev/core"}}) {
+    ::symlink(target, path);
+  }
+  // The pts instance mounted above has its own ptmx; make /dev/ptmx point at it.
+  struct stat st {};
+  if (::lstat("/dev/ptmx", &st) == 0 && !S_ISLNK(st.st_mode)) ::unlink("/dev/ptmx");
+  ::symlink("pts/ptmx", "/dev/ptmx");
+}
+
+rootfs::RuntimeConfig load_config() {
+  std::string path(rootfs::kConfigPath);
+  std::string text;
+  try {
+    text = img2vm::read_file(path);
+  } catch (const Error& e) {
+    throw InitFailure{kFailConfig, std::string("reading the runtime config: ") + e.what()};
+  }
+  try {
+    return rootfs::runtime_config_from_json(text);
+  } catch (const Error& e) {
+    throw InitFailure{kFailConfig, path + ": " + e.what()};
+  }
+}
+
+rootfs::RunOverrides load_overrides() {
+  std::string cmdline;
+  try {
+    cmdline = img2vm::read_file("/proc/cmdline");
+  } catch (const Error& e) {
+    throw InitFailure{kFailOverrides, e.what()};
+  }
+  auto value = init::kernel_param(cmdline, rootfs::kRunParam);
+  if (!value) return {};
+  try {
+    return init::decode_run_param(*value);
+  } catch (const Error& e) {
+    throw InitFailure{kFailOverrides, e.what()};
+  }
+}
+
+std::string random_hostname() {
+  unsigned char bytes[6] = {};
+  std::size_t got = 0;
+  while (got < sizeof bytes) {
+    ssize_t n = ::getrandom(bytes + got, sizeof bytes - got, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    got += static_cast<std::size_t>(n);
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string out;
+  for (unsigned char b : bytes) {
+    out += kHex[b >> 4];
+    out += kHex[b & 15];
+  }
+  return out;
+}
+
+void bring_up_loopback() {
+  img2vm::UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!s) {
+    if (errno != EAFNOSUPPORT) warn("bringing up lo: socket: " + errno_text(errno));
+    return;
+  }
+  struct ifreq ifr {};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (::ioctl(s.get(), SIOCGIFFLAGS, &ifr) != 0) {
+    warn("bringing up lo: " + errno_text(errno));
+    return;
+  }
+  ifr.ifr_flags = static_cast<short>(ifr.ifr_flags | IFF_UP | IFF_RUNNING);
+  if (::ioctl(s.get(), SIOCSIFFLAGS, &ifr) != 0) warn("bringing up lo: " + errno_text(errno));
+}
+
+void write_guest_file(const std::string& path, const std::string& content) {
+  try {
+    if (!init::needs_generated_file(path)) return;
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) ::unlink(path.c_str());
+    img2vm::AtomicFile f(path, 0644);
+    f.write(content);
+    f.commit();
+  } catch (const std::exception& e) {
+    warn(std::string("writing ") + path + ": " + e.what());
+  }
+}
+
+void write_etc_files(const std::string& hostname, const std::vector<std::string>& dns) {
+  if (::mkdir("/etc", 0755) != 0 && errno != EEXIST) {
+    warn("creating /etc: " + errno_text(errno));
+    return;
+  }
+  write_guest_file("/etc/hosts", init::hosts_content(hostname));
+  write_guest_file("/etc/resolv.conf", init::resolv_conf_content(dns));
+  struct stat st {};
+  if (::lstat("/etc/hostname", &st) != 0 || (S_ISREG(st.st_mode) && st.st_size == 0)) {
+    try {
+      img2vm::AtomicFile f("/etc/hostname", 0644);
+      f.write(init::hostname_content(hostname));
+      f.commit();
+    } catch (const std::exception& e) {
+      warn(std::string("writing /etc/hostname: ") + e.what());
+    }
+  }
+}
+
+void set_rlimits() {
+  struct rlimit rl {kNofile, kNofile};
+  if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) warn("setting RLIMIT_NOFILE: " + errno_text(errno));
+}
+
+// docker: a missing WorkingDir is created 0755, owned by root.
+std::string prepare_workdir(const std::string& configured) {
+  std::string dir = configured.empty() ? "/" : configured;
+  if (dir.front() != '/')
+    fail(kFailWorkdir, "working directory \"" + dir + "\"", "is invalid, it needs to be an absolute path");
+  std::string partial;
+  std::size_t pos = 1;
+  while (pos <= dir.size()) {
+    std::size_t next = dir.find('/', pos);
+    if (next == std::string::npos) next = dir.size();
+    if (next > pos) {
+      partial = dir.substr(0, next);
+      if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
+        fail(kFailWorkdir, "creating working directory " + dir, partial + ": " + errno_text(errno));
+      struct stat st {};
+      if (::stat(partial.c_str(), &st) != 0)
+        fail(kFailWorkdir, "creating working directory " + dir, partial + ": " + errno_text(errno));
+      if (!S_ISDIR(st.st_mode)) fail(kFailWorkdir, "Cannot mkdir", partial + " is not a directory");
+    }
+    pos = next + 1;
+  }
+  return dir;
+}
+
+std::string console_tty_device() {
+  try {
+    std::string active = img2vm::read_file("/sys/class/tty/console/active");
+    while (!active.empty() && (active.back() == '\n' || active.back() == ' ')) active.pop_back();
+    auto space = active.rfind(' ');
+    std::string name = space == std::string::npos ? active : active.substr(space + 1);
+    if (!name.empty()) return "/dev/" + name;
+  } catch (const Error&) {
+  }
+  return "/dev/console";
+}
+
+// Without a tty the workload's output must reach the host byte for byte, as through docker's
+// pipes: no \n -> \r\n, no echo, no line editing. With one it gets a normal cooked terminal.
+void setup_console(bool tty) {
+  if (tty || !::isatty(1)) return;
+  struct termios t {};
+  if (::tcgetattr(1, &t) != 0) return;
+  ::cfmakeraw(&t);
+  ::tcsetattr(1, TCSANOW, &t);
+}
+
+const int kForwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH};
+
+void noop_handler(int) {}
+
+sigset_t supervised_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGCHLD);
+  sigaddset(&set, SIGPWR);
+  for (int s : kForwarded) sigaddset(&set, s);
+  return set;
+}
+
+struct Workload {
+  std::vector<std::string> argv;
+  std::vector<std::string> env;
+  std::string workdir;
+  init::ExecUser user;
+  bool tty = false;
+  bool interactive = false;
+};
+
+[[noreturn]] void child_fail(int status, const std::string& line) {
+  say(line);
+  ::_exit(status);
+}
+
+[[noreturn]] void exec_workload(const Workload& w) {
+  sigset_t empty;
+  sigemptyset(&empty);
+  for (int s : kForwarded) ::signal(s, SIG_DFL);
+  ::signal(SIGCHLD, SIG_DFL);
+  ::signal(SIGPWR, SIG_DFL);
+  ::sigprocmask(SIG_SETMASK, &empty, nullptr);
+  ::setsid();
+  if (w.tty) {
+    std::string dev = console_tty_device();
+    int fd = ::open(dev.c_str(), O_RDWR);
+    if (fd >= 0) {
+      ::ioctl(fd, TIOCSCTTY, 1);
+      for (int i = 0; i <= 2; ++i) ::dup2(fd, i);
+      if (fd > 2) ::close(fd);
+    }
+  } else if (!w.interactive) {
+    int fd = ::open("/dev/null", O_RDONLY);
+    if (fd >= 0 && fd != 0) {
+      ::dup2(fd, 0);
+      ::close(fd);
+    }
+  }
+  ::umask(022);
+  bool in_workdir = ::chdir(w.workdir.c_str()) == 0;
+
+  port_write(kPortBootMark, kMarkExec);
+  if (g_ports) ::ioperm(kPortExit, 3, 0);  // the workload gets no access to the ports
+
+  if (::setgroups(w.user.groups.size(), w.user.groups.data()) != 0)
+    child_fail(126, "setgroups: " + errno_text(errno));
+  if (::setgid(w.user.gid) != 0) child_fail(126, "setgid " + std::to_string(w.user.gid) + ": " + errno_text(errno));
+  if (::setuid(w.user.uid) != 0) child_fail(126, "setuid " + std::to_string(w.user.uid) + ": " + errno_text(errno));
+  if (!in_workdir && ::chdir(w.workdir.c_str()) != 0)
+    child_fail(126, "chdir to " + w.workdir + ": " + errno_text(errno));
+
+  std::string path_env = init::env_get(w.env, "PATH").value_or(std::string(init::kDefaultPath));
+  auto found = init::find_executable("/", w.argv[0], path_env, w.workdir);
+  if (auto* f = std::get_if<init::ExecFailure>(&found)) child_fail(f->status, f->message);
+  const std::string& path = std::get<std::string>(found);
+
+  std::vector<char*> argv, envp;
+  for (const auto& a : w.argv) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  for (const auto& e : w.env) envp.push_back(const_cast<char*>(e.c_str()));
+  envp.push_back(nullptr);
+  ::execve(path.c_str(), argv.data(), envp.data());
+  auto f = init::exec_failure(path, errno);
+  child_fail(f.status, f.message);
+}
+
+unsigned char wait_status_byte(int status) {
+  if (WIFEXITED(status)) return static_cast<unsigned char>(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return static_cast<unsigned char>(128 + WTERMSIG(status));
+  return 255;
+}
+
+// Runs the workload to its end as PID 1: reaps every child, forwards signals. Returns the exit
+// status byte.
+unsigned char supervise(const Workload& w, int stop_signal) {
+  sigset_t set = supervised_signals();
+  struct sigaction sa {};
+  sa.sa_handler = noop_handler;
+  sigemptyset(&sa.sa_mask);
+  for (int s : kForwarded) ::sigaction(s, &sa, nullptr);
+  ::sigaction(SIGCHLD, &sa, nullptr);
+  ::sigaction(SIGPWR, &sa, nullptr);
+  ::sigprocmask(SIG_BLOCK, &set, nullptr);
+
+  pid_t pid = ::fork();
+  if (pid < 0) fail(kFailSpawn, "starting the workload", errno_text(errno));
+  if (pid == 0) exec_workload(w);
+
+  unsigned char result = 0;
+  bool done = false;
+  while (!done) {
+    siginfo_t si{};
+    int sig = ::sigwaitinfo(&set, &si);
+    if (sig < 0) continue;
+    if (sig == SIGCHLD) {
+      int status = 0;
+      pid_t r;
+      while ((r = ::waitpid(-1, &status, WNOHANG)) > 0) {
+        if (r == pid) {
+          result = wait_status_byte(status);
+          done = true;
+        }
+      }
+    } else if (sig == SIGPWR) {
+      ::kill(pid, stop_signal);  // a stop request: the image's StopSignal
+    } else {
+      ::kill(pid, sig);
+    }
+  }
+  // As when a container's main process exits: everything else goes with it.
+  ::kill(-1, SIGKILL);
+  while (true) {
+    pid_t r = ::waitpid(-1, nullptr, 0);
+    if (r < 0 && errno != EINTR) break;
+  }
+  return result;
+}
+
+unsigned char run() {
+  mount_api_filesystems();
+  ::reboot(RB_DISABLE_CAD);  // ctrl-alt-del becomes SIGINT to us, forwarded like any other
+
+  rootfs::RuntimeConfig image = load_config();
+  rootfs::RunOverrides overrides = load_overrides();
+  rootfs::RuntimeConfig cfg = init::apply_overrides(image, overrides);
+
+  std::string hostname = cfg.hostname.empty() ? random_hostname() : cfg.hostname;
+  if (!init::valid_hostname(hostname)) fail(kFailHostname, "hostname \"" + hostname + "\"", "is not a valid host name");
+  if (::sethostname(hostname.data(), hostname.size()) != 0)
+    fail(kFailHostname, "setting hostname " + hostname, errno_text(errno));
+  bring_up_loopback();
+  write_etc_files(hostname, overrides.dns);
+  set_rlimits();
+
+  Workload w;
+  w.tty = overrides.tty;
+  w.interactive = overrides.interactive;
+  try {
+    w.user = init::resolve_user("/", cfg.user);
+  } catch (const Error& e) {
+    fail(kFailUser, "user \"" + cfg.user + "\"", e.what());
+  }
+  try {
+    w.argv = init::command_line(cfg);
+  } catch (const Error& e) {
+    fail(kFailCommand, "starting the workload", e.what());
+  }
+  w.workdir = prepare_workdir(cfg.working_dir);
+  w.env = init::workload_env(cfg.env, hostname, w.tty, w.user.home);
+
+  int stop_signal = SIGTERM;
+  if (!cfg.stop_signal.empty()) {
+    if (auto s = init::parse_signal(cfg.stop_signal)) stop_signal = *s;
+    else warn("unknown StopSignal \"" + cfg.stop_signal + "\", using SIGTERM");
+  }
+
+  setup_console(w.tty);
+  return supervise(w, stop_signal);
+}
+
+}  // namespace
+
+int main() {
+  if (::getpid() != 1) {
+    say("must run as PID 1 (the kernel's init=/.img2vm/init)");
+    return 2;
+  }
+  g_ports = ::ioperm(kPortExit, 3, 1) == 0;
+  port_write(kPortBootMark, kMarkInitStart);
+  open_console_fds();
+  unsigned char status = 0;
+  try {
+    status = run();
+  } catch (const InitFailure& f) {
+    say(f.line);
+    end_vm(kPortInitFail, f.code);
+  } catch (const std::exception& e) {
+    say(std::string("internal error: ") + e.what());
+    end_vm(kPortInitFail, kFailInternal);
+  }
+  end_vm(kPortExit, status);
+}

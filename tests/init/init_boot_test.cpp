@@ -1,0 +1,367 @@
+// The guest init booted for real: our kernel under qemu TCG (-M microvm), a root filesystem
+// assembled from busybox-static plus the image's files, /.img2vm/init and /.img2vm/config.json,
+// made into ext4 by mke2fs -d. The workload's exit status comes back through qemu's
+// isa-debug-exit on the EXIT port (0xf4), which makes qemu exit with ((status << 1) | 1) & 0xff;
+// a second one on INIT_FAIL (0xf5) catches init failures. See docs/guest-abi.md.
+//
+// Needs a guest kernel: $IMG2VM_KERNEL, else the newest ~/.cache/img2vm/kernel/*/vmlinux
+// (guest/kernel/build.sh). Without one every test here is skipped, saying so.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "img2vm/base/fd.hpp"
+#include "img2vm/rootfs/runtime_config.hpp"
+#include "process.hpp"
+
+using namespace img2vm;
+using img2vm::rootfs::RunOverrides;
+using img2vm::rootfs::RuntimeConfig;
+using img2vm::testing::run_command;
+namespace fs = std::filesystem;
+using Strings = std::vector<std::string>;
+
+namespace {
+
+std::optional<fs::path> find_kernel() {
+  if (const char* k = std::getenv("IMG2VM_KERNEL"); k && *k) return fs::path(k);
+  const char* home = std::getenv("HOME");
+  if (!home) return std::nullopt;
+  fs::path dir = fs::path(home) / ".cache/img2vm/kernel";
+  std::error_code ec;
+  std::optional<fs::path> best;
+  fs::file_time_type best_time{};
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    fs::path v = entry.path() / "vmlinux";
+    if (!fs::exists(v, ec)) continue;
+    auto t = fs::last_write_time(v, ec);
+    if (!best || t > best_time) {
+      best = v;
+      best_time = t;
+    }
+  }
+  return best;
+}
+
+void put(const fs::path& p, std::string_view content, mode_t mode = 0644) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary | std::ios::trunc) << content;
+  ASSERT_EQ(::chmod(p.c_str(), mode), 0) << p;
+}
+
+constexpr const char* kApplets[] = {"sh",    "echo",  "id",   "whoami", "ls",    "cat",  "sleep", "kill",
+                                    "pwd",   "env",   "printf", "test", "[",     "true", "false", "stat",
+                                    "grep",  "wc",    "hostname", "mount", "ps", "awk",  "head",  "tr"};
+
+struct Boot {
+  int qemu_exit = -1;
+  std::string console;
+  bool timed_out = false;
+  // The byte the guest wrote to an isa-debug-exit port, as far as qemu's exit code keeps it (7 bits).
+  std::optional<int> status() const {
+    if (qemu_exit < 0 || (qemu_exit & 1) == 0) return std::nullopt;
+    return qemu_exit >> 1;
+  }
+};
+
+int qemu_code_for(int status) { return ((status << 1) | 1) & 0xff; }
+
+class InitBoot : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    kernel_ = find_kernel();
+    if (!kernel_)
+      GTEST_SKIP() << "no guest kernel: build one with guest/kernel/build.sh (~/.cache/img2vm/kernel/*/vmlinux) "
+                      "or set IMG2VM_KERNEL";
+    if (img2vm::testing::find_program("qemu-system-x86_64").empty() || !fs::exists("/bin/busybox"))
+      GTEST_SKIP() << "needs qemu-system-x86_64 and busybox-static (scripts/setup.sh)";
+    root_ = work_.path() / "root";
+    for (const char* d : {"bin", "etc", "tmp", ".img2vm", "root"}) fs::create_directories(root_ / d);
+    ::chmod((root_ / "tmp").c_str(), 01777);
+    fs::copy_file("/bin/busybox", root_ / "bin/busybox");
+    for (const char* a : kApplets) fs::create_symlink("busybox", root_ / "bin" / a);
+    fs::copy_file(IMG2VM_INIT_BINARY, root_ / ".img2vm/init");
+    put(root_ / "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\n"
+        "app:x:1000:1000:App:/home/app:/bin/sh\n");
+    put(root_ / "etc/group",
+        "root:x:0:\n"
+        "staff:x:50:app\n"
+        "video:x:44:app\n"
+        "app:x:1000:\n");
+  }
+
+  void write_config(const RuntimeConfig& c) { put(root_ / ".img2vm/config.json", rootfs::to_json(c)); }
+
+  // Boots the rootfs; `append` is added to the kernel command line, `extra_disk` becomes the
+  // second virtio block device.
+  Boot boot(const std::string& append = "", const std::optional<fs::path>& extra_disk = std::nullopt) {
+    fs::path img = work_.path() / "rootfs.ext4";
+    fs::remove(img);
+    auto mk = run_command({"mke2fs", "-q", "-F", "-t", "ext4", "-d", root_.string(), img.string(), "64M"});
+    EXPECT_EQ(mk.exit_code, 0) << mk.describe();
+    Strings argv = {"qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "tcg", "-m", "256", "-nographic",
+                    "-no-reboot", "-nodefaults", "-serial", "stdio", "-kernel", kernel_->string(), "-append",
+                    "console=ttyS0 quiet root=/dev/vda rw init=/.img2vm/init reboot=k panic=-1 " + append, "-drive",
+                    "id=d0,file=" + img.string() + ",format=raw,if=none", "-device", "virtio-blk-device,drive=d0"};
+    if (extra_disk) {
+      argv.insert(argv.end(), {"-drive", "id=d1,file=" + extra_disk->string() + ",format=raw,if=none,readonly=on",
+                               "-device", "virtio-blk-device,drive=d1"});
+    }
+    argv.insert(argv.end(), {"-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-device",
+                             "isa-debug-exit,iobase=0xf5,iosize=1"});
+    img2vm::testing::RunOptions opts;
+    opts.timeout = std::chrono::seconds(180);
+    auto r = run_command(argv, opts);
+    Boot b{r.exit_code, r.out + r.err, r.timed_out};
+    EXPECT_FALSE(b.timed_out) << "qemu timed out; console:\n" << b.console;
+    return b;
+  }
+
+  Boot run_sh(const std::string& script, RuntimeConfig c = {}) {
+    c.cmd = {"sh", "-c", script};
+    write_config(c);
+    return boot();
+  }
+
+  std::optional<fs::path> kernel_;
+  TempDir work_{"init-boot"};
+  fs::path root_;
+};
+
+bool has(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+
+TEST_F(InitBoot, ExitStatusReachesTheHost) {
+  auto b = run_sh("exit 3");
+  EXPECT_EQ(b.qemu_exit, qemu_code_for(3)) << b.console;
+  EXPECT_EQ(b.status(), 3);
+  b = run_sh("exit 0");
+  EXPECT_EQ(b.status(), 0) << b.console;
+}
+
+TEST_F(InitBoot, KilledBySignalIs128PlusN) {
+  // 143 for SIGTERM; qemu's exit code keeps only 7 bits of it.
+  auto b = run_sh("kill -KILL $$");
+  EXPECT_EQ(b.qemu_exit, qemu_code_for(128 + 9)) << b.console;
+}
+
+TEST_F(InitBoot, EnvWithSpacesAndEqualsAndDockerDefaults) {
+  RuntimeConfig c;
+  c.env = {"GREETING=hello  world", "EQ=a=b=c", "EMPTY="};
+  c.hostname = "envbox";
+  auto b = run_sh("printf '[%s][%s][%s]\\n' \"$GREETING\" \"$EQ\" \"${EMPTY-unset}\"; env", c);
+  EXPECT_EQ(b.status(), 0) << b.console;
+  EXPECT_TRUE(has(b.console, "[hello  world][a=b=c][]\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "HOSTNAME=envbox\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "HOME=/root\n")) << b.console;
+  EXPECT_FALSE(has(b.console, "TERM=")) << b.console;
+  // Without a tty the output is not translated (no \r before \n), as through docker's pipes.
+  EXPECT_FALSE(has(b.console, "\r\n")) << b.console;
+}
+
+TEST_F(InitBoot, UserByName) {
+  RuntimeConfig c;
+  c.user = "app";
+  auto b = run_sh("whoami; id; echo HOME=$HOME; pwd", c);
+  EXPECT_EQ(b.status(), 0) << b.console;
+  EXPECT_TRUE(has(b.console, "app\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "uid=1000(app) gid=1000(app)")) << b.console;
+  EXPECT_TRUE(has(b.console, "50(staff)")) << b.console;
+  EXPECT_TRUE(has(b.console, "44(video)")) << b.console;
+  EXPECT_TRUE(has(b.console, "HOME=/home/app\n")) << b.console;
+}
+
+TEST_F(InitBoot, NumericUserAndGroupNotInPasswd) {
+  RuntimeConfig c;
+  c.user = "4242:4343";
+  auto b = run_sh("id -u; id -g; id -G; echo HOME=$HOME", c);
+  EXPECT_EQ(b.status(), 0) << b.console;
+  EXPECT_TRUE(has(b.console, "4242\n4343\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "HOME=/\n")) << b.console;
+}
+
+TEST_F(InitBoot, UnknownUserIsAnInitFailure) {
+  RuntimeConfig c;
+  c.user = "ghost";
+  auto b = run_sh("echo should not run", c);
+  EXPECT_TRUE(has(b.console, "img2vm-init: user \"ghost\": unable to find user ghost: no matching entries in passwd file"))
+      << b.console;
+  EXPECT_FALSE(has(b.console, "should not run")) << b.console;
+  EXPECT_EQ(b.status(), 5) << b.console;  // INIT_FAIL code 5 (user), through the 0xf5 port
+}
+
+TEST_F(InitBoot, WorkingDirCreatedRootOwned) {
+  RuntimeConfig c;
+  c.working_dir = "/srv/app/data";
+  c.user = "app";
+  auto b = run_sh("pwd; stat -c '%u:%g %a' .; touch x 2>/dev/null || echo not-writable", c);
+  EXPECT_EQ(b.status(), 0) << b.console;
+  EXPECT_TRUE(has(b.console, "/srv/app/data\n0:0 755\n")) << b.console;
+}
+
+TEST_F(InitBoot, MissingCommandIs127WithDockersMessage) {
+  RuntimeConfig c;
+  c.cmd = {"nosuchcmd", "arg"};
+  write_config(c);
+  auto b = boot();
+  EXPECT_EQ(b.status(), 127) << b.console;
+  EXPECT_TRUE(has(b.console, "exec: \"nosuchcmd\": executable file not found in $PATH")) << b.console;
+}
+
+TEST_F(InitBoot, NotExecutableIs126) {
+  RuntimeConfig c;
+  c.cmd = {"/etc/passwd"};
+  write_config(c);
+  auto b = boot();
+  EXPECT_EQ(b.status(), 126) << b.console;
+  EXPECT_TRUE(has(b.console, "exec: \"/etc/passwd\": permission denied")) << b.console;
+}
+
+TEST_F(InitBoot, OrphansAreReaped) {
+  // Orphans re-parent to PID 1 and exit while the workload still runs; only the init can reap
+  // them. A zombie keeps its /proc entry.
+  auto b = run_sh(
+      "sh -c 'sleep 1 & echo $! > /tmp/o1; sleep 1 & echo $! > /tmp/o2; exit 0'; "
+      "sh -c '(sleep 1; exit 7) & echo $! > /tmp/o3'; "
+      "sleep 3; "
+      "for f in /tmp/o1 /tmp/o2 /tmp/o3; do p=$(cat $f); if [ -e /proc/$p ]; then echo \"left $p $(grep State /proc/$p/status)\"; fi; done; "
+      "z=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l); echo zombies=$z");
+  EXPECT_EQ(b.status(), 0) << b.console;
+  EXPECT_TRUE(has(b.console, "zombies=0\n")) << b.console;
+  EXPECT_FALSE(has(b.console, "left ")) << b.console;
+}
+
+TEST_F(InitBoot, SigtermToInitIsForwardedToTheWorkload) {
+  // The signal goes to PID 1 only (from a child of the workload, since nothing outside the guest
+  // can signal it under qemu); the workload's trap can only fire if the init relays it.
+  auto b = run_sh(
+      "trap 'echo got TERM; exit 0' TERM; (sleep 1; kill -TERM 1) & "
+      "i=0; while [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; echo no signal; exit 9");
+  EXPECT_EQ(b.status(), 0) << b.console;
+  EXPECT_TRUE(has(b.console, "got TERM\n")) << b.console;
+}
+
+TEST_F(InitBoot, UntrappedSigtermEndsTheWorkloadWith143) {
+  auto b = run_sh("(sleep 1; kill -TERM 1) & sleep 60; exit 9");
+  EXPECT_EQ(b.qemu_exit, qemu_code_for(143)) << b.console;
+}
+
+TEST_F(InitBoot, StopRequestSendsTheImagesStopSignal) {
+  RuntimeConfig c;
+  c.stop_signal = "SIGUSR1";
+  auto b = run_sh(
+      "trap 'echo got USR1; exit 0' USR1; trap 'echo got PWR; exit 8' PWR; (sleep 1; kill -PWR 1) & "
+      "i=0; while [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; exit 9",
+      c);
+  EXPECT_EQ(b.status(), 0) << b.console;
+  EXPECT_TRUE(has(b.console, "got USR1\n")) << b.console;
+}
+
+TEST_F(InitBoot, GuestSetupLikeDocker) {
+  RuntimeConfig c;
+  c.hostname = "setupbox";
+  auto b = run_sh(
+      "hostname; cat /etc/hosts; cat /etc/hostname; cat /proc/mounts; ulimit -n; cat /sys/class/net/lo/flags; "
+      "ls -l /dev/fd /dev/ptmx; [ -c /dev/null ] && echo null-ok; echo umask=$(umask)",
+      c);
+  EXPECT_EQ(b.status(), 0) << b.console;
+  EXPECT_TRUE(has(b.console, "setupbox\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "127.0.0.1\tlocalhost\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "127.0.1.1\tsetupbox\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "devtmpfs /dev devtmpfs")) << b.console;
+  EXPECT_TRUE(has(b.console, "proc /proc proc")) << b.console;
+  EXPECT_TRUE(has(b.console, "sysfs /sys sysfs")) << b.console;
+  EXPECT_TRUE(has(b.console, "devpts /dev/pts devpts")) << b.console;
+  EXPECT_TRUE(has(b.console, "tmpfs /dev/shm tmpfs")) << b.console;
+  EXPECT_FALSE(has(b.console, " /tmp tmpfs")) << b.console;  // docker leaves /tmp to the image
+  EXPECT_TRUE(has(b.console, "1048576\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "0x9\n")) << b.console;  // lo: IFF_UP | IFF_LOOPBACK
+  EXPECT_TRUE(has(b.console, "/dev/fd -> /proc/self/fd")) << b.console;
+  EXPECT_TRUE(has(b.console, "/dev/ptmx -> pts/ptmx")) << b.console;
+  EXPECT_TRUE(has(b.console, "null-ok\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "umask=0022\n")) << b.console;
+}
+
+TEST_F(InitBoot, ImageEtcFilesAreKept) {
+  put(root_ / "etc/hosts", "10.1.2.3\tdb\n");
+  put(root_ / "etc/resolv.conf", "");
+  auto b = run_sh("cat /etc/hosts; echo ---; cat /etc/resolv.conf; echo ---");
+  EXPECT_EQ(b.status(), 0) << b.console;
+  EXPECT_TRUE(has(b.console, "10.1.2.3\tdb\n---\n# generated by img2vm-init\n---\n")) << b.console;
+}
+
+TEST_F(InitBoot, OverridesThroughTheKernelCommandLine) {
+  RuntimeConfig c;
+  c.entrypoint = {"/bin/false"};
+  c.cmd = {"ignored"};
+  c.env = {"KEEP=1", "X=old"};
+  write_config(c);
+  put(root_ / "opt/greet", "#!/bin/sh\necho \"greet $* X=$X KEEP=$KEEP user=$(id -u) cwd=$(pwd) host=$(hostname)\"\nexit 4\n",
+      0755);
+  RunOverrides o;
+  o.entrypoint = Strings{"/opt/greet"};
+  o.cmd = Strings{"a b", "c=d"};
+  o.env = {"X=new value=1"};
+  o.user = "1000";
+  o.working_dir = "/work dir";
+  o.hostname = "ovr";
+  auto b = boot(rootfs::run_overrides_kernel_param(o));
+  EXPECT_EQ(b.status(), 4) << b.console;
+  EXPECT_TRUE(has(b.console, "greet a b c=d X=new value=1 KEEP=1 user=1000 cwd=/work dir host=ovr\n")) << b.console;
+}
+
+TEST_F(InitBoot, TrailingArgsOverrideCmdAndTtyMode) {
+  RuntimeConfig c;
+  c.entrypoint = {"sh", "-c"};
+  c.cmd = {"exit 1"};
+  write_config(c);
+  RunOverrides o;
+  o.cmd = Strings{"[ -t 0 ] && [ -t 1 ] && echo tty=yes TERM=$TERM; exit 6"};
+  o.tty = true;
+  auto b = boot(rootfs::run_overrides_kernel_param(o));
+  EXPECT_EQ(b.status(), 6) << b.console;
+  EXPECT_TRUE(has(b.console, "tty=yes TERM=xterm")) << b.console;
+}
+
+TEST_F(InitBoot, OverridesThroughABlockDevice) {
+  RuntimeConfig c;
+  c.cmd = {"sh", "-c", "exit 1"};
+  write_config(c);
+  RunOverrides o;
+  std::string big(6000, 'v');  // far beyond the 2048-byte kernel command line
+  o.env = {"BIG=" + big};
+  o.cmd = Strings{"sh", "-c", "echo big=${#BIG}; exit 11"};
+  std::string json = rootfs::to_json(o);
+  fs::path disk = work_.path() / "overrides.img";
+  put(disk, json + std::string(4096 - json.size() % 4096, '\0'));
+  auto b = boot("img2vm.run=blk:/dev/vdb", disk);
+  EXPECT_EQ(b.status(), 11) << b.console;
+  EXPECT_TRUE(has(b.console, "big=6000\n")) << b.console;
+}
+
+TEST_F(InitBoot, BadOverridesAreAnInitFailure) {
+  RuntimeConfig c;
+  c.cmd = {"sh", "-c", "echo should not run"};
+  write_config(c);
+  auto b = boot("img2vm.run=@@@");
+  EXPECT_TRUE(has(b.console, "img2vm-init: run overrides: kernel parameter img2vm.run: base64url: invalid character"))
+      << b.console;
+  EXPECT_EQ(b.status(), 3) << b.console;
+}
+
+TEST_F(InitBoot, MissingConfigIsAnInitFailure) {
+  auto b = boot();
+  EXPECT_TRUE(has(b.console, "img2vm-init: reading the runtime config: /.img2vm/config.json")) << b.console;
+  EXPECT_EQ(b.status(), 2) << b.console;
+}
+
+}  // namespace

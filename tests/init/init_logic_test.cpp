@@ -1,0 +1,428 @@
+// The guest init's pure logic, on the host: docker run's override rules, Entrypoint + Cmd,
+// the environment, PATH lookup and its errors, user resolution from fake rootfs directories,
+// and the per-run override transport.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/init/command.hpp"
+#include "img2vm/init/guest_files.hpp"
+#include "img2vm/init/user.hpp"
+#include "img2vm/rootfs/runtime_config.hpp"
+
+using namespace img2vm;
+using namespace img2vm::init;
+using img2vm::rootfs::RunOverrides;
+using img2vm::rootfs::RuntimeConfig;
+namespace fs = std::filesystem;
+
+using Strings = std::vector<std::string>;
+
+namespace {
+
+void put(const fs::path& p, std::string_view content, mode_t mode = 0644) {
+  fs::create_directories(p.parent_path());
+  std::ofstream(p, std::ios::binary | std::ios::trunc) << content;
+  ASSERT_EQ(::chmod(p.c_str(), mode), 0) << p;
+}
+
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+RuntimeConfig image(Strings entrypoint, Strings cmd, Strings env = {}) {
+  RuntimeConfig c;
+  c.entrypoint = std::move(entrypoint);
+  c.cmd = std::move(cmd);
+  c.env = std::move(env);
+  return c;
+}
+
+}  // namespace
+
+// --- docker run's rules ---------------------------------------------------------------------
+
+TEST(InitCommand, EntrypointAndCmdConcatenate) {
+  EXPECT_EQ(command_line(image({"/bin/app", "--flag"}, {"serve", "x"})),
+            (Strings{"/bin/app", "--flag", "serve", "x"}));
+  EXPECT_EQ(command_line(image({}, {"sh", "-c", "exit 3"})), (Strings{"sh", "-c", "exit 3"}));
+  EXPECT_EQ(command_line(image({"/entry"}, {})), (Strings{"/entry"}));
+}
+
+TEST(InitCommand, NothingToRunIsDockersError) {
+  EXPECT_EQ(error_of([] { command_line(image({}, {})); }), "no command specified");
+  EXPECT_EQ(error_of([] { command_line(image({""}, {})); }), "no command specified");
+}
+
+TEST(InitCommand, TrailingArgsReplaceCmdOnly) {
+  RunOverrides o;
+  o.cmd = Strings{"echo", "hi"};
+  auto c = apply_overrides(image({"/entry"}, {"default"}), o);
+  EXPECT_EQ(command_line(c), (Strings{"/entry", "echo", "hi"}));
+}
+
+TEST(InitCommand, EntrypointOverrideClearsImageCmd) {
+  RunOverrides o;
+  o.entrypoint = Strings{"/bin/other"};
+  EXPECT_EQ(command_line(apply_overrides(image({"/entry"}, {"default"}), o)), (Strings{"/bin/other"}));
+  o.cmd = Strings{"a", "b"};
+  EXPECT_EQ(command_line(apply_overrides(image({"/entry"}, {"default"}), o)), (Strings{"/bin/other", "a", "b"}));
+}
+
+TEST(InitCommand, EmptyEntrypointOverrideRunsCmdAlone) {
+  RunOverrides o;
+  o.entrypoint = Strings{""};  // docker run --entrypoint "" IMAGE ARGS
+  o.cmd = Strings{"ls", "-l"};
+  EXPECT_EQ(command_line(apply_overrides(image({"/entry"}, {"default"}), o)), (Strings{"ls", "-l"}));
+  o.cmd.reset();
+  EXPECT_EQ(error_of([&] { command_line(apply_overrides(image({"/entry"}, {"default"}), o)); }),
+            "no command specified");
+}
+
+TEST(InitCommand, EnvOverridesReplaceInPlaceOrAppendInOrder) {
+  RunOverrides o;
+  o.env = {"B=new", "C=1", "C=2", "A=x=y z"};
+  auto c = apply_overrides(image({}, {"sh"}, {"A=1", "B=old", "D=4"}), o);
+  EXPECT_EQ(c.env, (Strings{"A=x=y z", "B=new", "D=4", "C=2"}));
+}
+
+TEST(InitCommand, OtherOverridesReplace) {
+  RuntimeConfig base = image({}, {"sh"});
+  base.working_dir = "/srv";
+  base.user = "app";
+  base.hostname = "img";
+  RunOverrides none;
+  EXPECT_EQ(apply_overrides(base, none), base);
+  RunOverrides o;
+  o.working_dir = "/w";
+  o.user = "0:0";
+  o.hostname = "box";
+  auto c = apply_overrides(base, o);
+  EXPECT_EQ(c.working_dir, "/w");
+  EXPECT_EQ(c.user, "0:0");
+  EXPECT_EQ(c.hostname, "box");
+}
+
+TEST(InitEnv, DockerOrderAndDefaults) {
+  EXPECT_EQ(workload_env({}, "h1", false, "/root"),
+            (Strings{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=h1", "HOME=/root"}));
+  EXPECT_EQ(workload_env({"PATH=/opt/bin", "X=a b=c", "NOVALUE"}, "h", true, ""),
+            (Strings{"PATH=/opt/bin", "HOSTNAME=h", "TERM=xterm", "X=a b=c", "HOME=/"}));
+  EXPECT_EQ(workload_env({"HOME=/data", "TERM=dumb", "HOSTNAME=mine"}, "h", true, "/root"),
+            (Strings{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=mine", "TERM=dumb",
+                     "HOME=/data"}));
+}
+
+TEST(InitEnv, GetAndSet) {
+  Strings env{"A=1", "AB=2"};
+  env_set(env, "A=3");
+  env_set(env, "ABC=4");
+  EXPECT_EQ(env, (Strings{"A=3", "AB=2", "ABC=4"}));
+  EXPECT_EQ(env_get(env, "AB"), "2");
+  EXPECT_EQ(env_get(env, "ABCD"), std::nullopt);
+  EXPECT_EQ(env_get({"E="}, "E"), "");
+}
+
+// --- PATH lookup ------------------------------------------------------------------------------
+
+class InitLookup : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    put(root_.path() / "bin/sh", "#!/bin/sh\n", 0755);
+    put(root_.path() / "usr/local/bin/tool", "x", 0755);
+    put(root_.path() / "usr/bin/tool", "x", 0755);
+    put(root_.path() / "usr/bin/data", "not executable", 0644);
+    put(root_.path() / "bin/data", "x", 0755);
+    put(root_.path() / "app/run", "x", 0755);
+    put(root_.path() / "app/notexec", "x", 0600);
+    fs::create_directories(root_.path() / "usr/bin/adir");
+  }
+  std::variant<std::string, ExecFailure> find(std::string_view name, std::string_view path = kDefaultPath,
+                                              std::string_view cwd = "/") {
+    return find_executable(root_.path(), name, path, cwd);
+  }
+  TempDir root_{"init-lookup"};
+};
+
+TEST_F(InitLookup, SearchesPathInOrder) {
+  EXPECT_EQ(std::get<std::string>(find("tool")), "/usr/local/bin/tool");
+  EXPECT_EQ(std::get<std::string>(find("tool", "/usr/bin:/usr/local/bin")), "/usr/bin/tool");
+  EXPECT_EQ(std::get<std::string>(find("sh")), "/bin/sh");
+}
+
+TEST_F(InitLookup, SkipsNonExecutablesAndDirectories) {
+  EXPECT_EQ(std::get<std::string>(find("data", "/usr/bin:/bin")), "/bin/data");
+  EXPECT_EQ(std::get<ExecFailure>(find("adir", "/usr/bin")),
+            (ExecFailure{127, "exec: \"adir\": executable file not found in $PATH"}));
+}
+
+TEST_F(InitLookup, MissingIsDockers127) {
+  EXPECT_EQ(std::get<ExecFailure>(find("foo")), (ExecFailure{127, "exec: \"foo\": executable file not found in $PATH"}));
+  EXPECT_EQ(std::get<ExecFailure>(find("sh", "/nowhere")).status, 127);
+  EXPECT_EQ(std::get<ExecFailure>(find("")).status, 127);
+}
+
+TEST_F(InitLookup, NamesWithSlashAreNotLookedUp) {
+  EXPECT_EQ(std::get<std::string>(find("/app/run", "")), "/app/run");
+  EXPECT_EQ(std::get<std::string>(find("./run", kDefaultPath, "/app")), "./run");
+  EXPECT_EQ(std::get<std::string>(find("app/run", kDefaultPath, "/")), "app/run");
+  // "run" alone is not in PATH even though it is in the cwd.
+  EXPECT_EQ(std::get<ExecFailure>(find("run", kDefaultPath, "/app")).status, 127);
+  EXPECT_EQ(std::get<ExecFailure>(find("/nope")),
+            (ExecFailure{127, "exec: \"/nope\": stat /nope: no such file or directory"}));
+}
+
+TEST_F(InitLookup, NotExecutableIs126) {
+  EXPECT_EQ(std::get<ExecFailure>(find("/app/notexec")), (ExecFailure{126, "exec: \"/app/notexec\": permission denied"}));
+  EXPECT_EQ(std::get<ExecFailure>(find("/usr/bin/adir")), (ExecFailure{126, "exec: \"/usr/bin/adir\": is a directory"}));
+}
+
+TEST_F(InitLookup, EmptyPathElementIsTheWorkingDirectory) {
+  EXPECT_EQ(std::get<std::string>(find("run", "/usr/bin::/bin", "/app")), "./run");
+  EXPECT_EQ(std::get<std::string>(find("run", "/usr/bin:.", "/app")), "./run");
+}
+
+TEST(InitExec, ErrnoToDockerStatus) {
+  EXPECT_EQ(exec_failure("/x", ENOENT), (ExecFailure{127, "exec /x: no such file or directory"}));
+  EXPECT_EQ(exec_failure("/x", EACCES).status, 126);
+  EXPECT_EQ(exec_failure("/x", ENOEXEC), (ExecFailure{126, "exec /x: exec format error"}));
+}
+
+TEST(InitSignals, Names) {
+  EXPECT_EQ(parse_signal("SIGTERM"), SIGTERM);
+  EXPECT_EQ(parse_signal("quit"), SIGQUIT);
+  EXPECT_EQ(parse_signal("9"), SIGKILL);
+  EXPECT_EQ(parse_signal("SIGRTMIN+3"), SIGRTMIN + 3);
+  EXPECT_EQ(parse_signal("SIGNOPE"), std::nullopt);
+  EXPECT_EQ(parse_signal("0"), std::nullopt);
+  EXPECT_EQ(parse_signal("99"), std::nullopt);
+  EXPECT_EQ(parse_signal(""), std::nullopt);
+}
+
+// --- users --------------------------------------------------------------------------------------
+
+class InitUser : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    put(root_.path() / "etc/passwd",
+        "root:x:0:0:root:/root:/bin/sh\n"
+        "# a comment\n"
+        "\n"
+        "daemon:x:1:1::/usr/sbin:/usr/sbin/nologin\n"
+        "app:x:1000:1000:App User:/home/app:/bin/sh\n"
+        "nohome:x:1001:1001::\n"
+        "broken line\n"
+        "bad:x:notanumber:1::/:\n");
+    put(root_.path() / "etc/group",
+        "root:x:0:\n"
+        "daemon:x:1:app\n"
+        "app:x:1000:\n"
+        "staff:x:50:app,other\n"
+        "video:x:44:other,app\n"
+        "nomembers:x:60:\n");
+  }
+  ExecUser resolve(std::string_view spec) { return resolve_user(root_.path(), spec); }
+  TempDir root_{"init-user"};
+};
+
+TEST_F(InitUser, EmptyIsRootWithItsHome) {
+  EXPECT_EQ(resolve(""), (ExecUser{0, 0, {}, "/root"}));
+  EXPECT_EQ(resolve("root"), (ExecUser{0, 0, {}, "/root"}));
+  EXPECT_EQ(resolve("0"), (ExecUser{0, 0, {}, "/root"}));
+}
+
+TEST_F(InitUser, NameGetsPasswdIdsHomeAndSupplementaryGroups) {
+  EXPECT_EQ(resolve("app"), (ExecUser{1000, 1000, {1, 50, 44}, "/home/app"}));
+}
+
+TEST_F(InitUser, UidMatchesItsPasswdEntry) {
+  EXPECT_EQ(resolve("1000"), (ExecUser{1000, 1000, {1, 50, 44}, "/home/app"}));
+}
+
+TEST_F(InitUser, UnknownNumericUidIsAllowed) {
+  EXPECT_EQ(resolve("4242"), (ExecUser{4242, 0, {}, "/"}));
+  EXPECT_EQ(resolve("4242:4343"), (ExecUser{4242, 4343, {}, "/"}));
+}
+
+TEST_F(InitUser, ExplicitGroupReplacesPrimaryAndDropsSupplementary) {
+  EXPECT_EQ(resolve("app:staff"), (ExecUser{1000, 50, {}, "/home/app"}));
+  EXPECT_EQ(resolve("app:50"), (ExecUser{1000, 50, {}, "/home/app"}));
+  EXPECT_EQ(resolve("1000:777"), (ExecUser{1000, 777, {}, "/home/app"}));
+  EXPECT_EQ(resolve("root:video"), (ExecUser{0, 44, {}, "/root"}));
+  EXPECT_EQ(resolve("app:"), (ExecUser{1000, 1000, {1, 50, 44}, "/home/app"}));
+}
+
+TEST_F(InitUser, EmptyHomeIsSlash) { EXPECT_EQ(resolve("nohome").home, "/"); }
+
+TEST_F(InitUser, UnknownNamesAreErrorsNamingThem) {
+  EXPECT_EQ(error_of([&] { resolve("ghost"); }), "unable to find user ghost: no matching entries in passwd file");
+  EXPECT_EQ(error_of([&] { resolve("app:ghosts"); }), "unable to find group ghosts: no matching entries in group file");
+  EXPECT_EQ(error_of([&] { resolve("bad"); }), "unable to find user bad: no matching entries in passwd file");
+}
+
+TEST_F(InitUser, OutOfRangeIds) {
+  EXPECT_NE(error_of([&] { resolve("4294967296"); }).find("out of range"), std::string::npos);
+  EXPECT_NE(error_of([&] { resolve("1:99999999999999999999999"); }).find("out of range"), std::string::npos);
+}
+
+TEST(InitUserNoFiles, MissingPasswdAndGroupLikeDocker) {
+  TempDir root("init-scratch");
+  EXPECT_EQ(resolve_user(root.path(), ""), (ExecUser{0, 0, {}, "/"}));
+  EXPECT_EQ(resolve_user(root.path(), "1234"), (ExecUser{1234, 0, {}, "/"}));
+  EXPECT_EQ(resolve_user(root.path(), "1234:5678"), (ExecUser{1234, 5678, {}, "/"}));
+  EXPECT_EQ(error_of([&] { resolve_user(root.path(), "nobody"); }),
+            "unable to find user nobody: no matching entries in passwd file");
+  EXPECT_EQ(error_of([&] { resolve_user(root.path(), "0:wheel"); }),
+            "unable to find group wheel: no matching entries in group file");
+}
+
+// --- the per-run overrides ------------------------------------------------------------------
+
+TEST(InitOverrides, JsonRoundTripAndAbsence) {
+  RunOverrides o;
+  o.entrypoint = Strings{};
+  o.cmd = Strings{"sh", "-c", "echo \"a b\"; exit 3"};
+  o.env = {"A=b=c d", "EMPTY="};
+  o.working_dir = "/w";
+  o.user = "app:staff";
+  o.hostname = "box";
+  o.dns = {"10.0.2.3"};
+  o.tty = true;
+  o.interactive = true;
+  EXPECT_EQ(rootfs::run_overrides_from_json(rootfs::to_json(o)), o);
+  EXPECT_EQ(rootfs::run_overrides_from_json(R"({"schema":1})"), RunOverrides{});
+  auto none = rootfs::run_overrides_from_json(rootfs::to_json(RunOverrides{}));
+  EXPECT_FALSE(none.entrypoint.has_value());
+  EXPECT_FALSE(none.cmd.has_value());
+}
+
+TEST(InitOverrides, BadInputNamesTheField) {
+  auto err = [](std::string_view json) { return error_of([&] { rootfs::run_overrides_from_json(json); }); };
+  EXPECT_NE(err(R"({"schema":1,"env":["NOEQUALS"]})").find("\"env\""), std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"env":["=x"]})").find("\"env\""), std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"tty":"yes"})").find("\"tty\""), std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"cmd":"sh"})").find("\"cmd\""), std::string::npos);
+  EXPECT_NE(err(R"({"cmd":["sh"]})").find("\"schema\""), std::string::npos);
+  EXPECT_NE(err(R"({"schema":2})").find("version 2"), std::string::npos);
+  EXPECT_NE(err("[1]").find("not a JSON object"), std::string::npos);
+}
+
+TEST(InitOverrides, Base64Url) {
+  EXPECT_EQ(rootfs::base64url_encode(""), "");
+  EXPECT_EQ(rootfs::base64url_encode("f"), "Zg");
+  EXPECT_EQ(rootfs::base64url_encode("fo"), "Zm8");
+  EXPECT_EQ(rootfs::base64url_encode("foo"), "Zm9v");
+  EXPECT_EQ(rootfs::base64url_encode("\xfb\xff\xbf"), "-_-_");
+  for (std::string s : {"", "a", "ab", "abc", "abcd", "\x00\xff\x10 =?"})
+    EXPECT_EQ(rootfs::base64url_decode(rootfs::base64url_encode(s)), s);
+  EXPECT_EQ(rootfs::base64url_decode("Zm8="), "fo");
+  EXPECT_NE(error_of([] { rootfs::base64url_decode("Zm9v+"); }).find("base64url"), std::string::npos);
+  EXPECT_NE(error_of([] { rootfs::base64url_decode("Z"); }).find("truncated"), std::string::npos);
+  EXPECT_NE(error_of([] { rootfs::base64url_decode("Zh"); }).find("non-canonical"), std::string::npos);
+}
+
+TEST(InitOverrides, KernelParamRoundTrip) {
+  RunOverrides o;
+  o.cmd = Strings{"echo", "x y"};
+  std::string param = rootfs::run_overrides_kernel_param(o);
+  ASSERT_TRUE(param.starts_with("img2vm.run="));
+  EXPECT_EQ(param.find_first_of(" \"\t\n"), std::string::npos);
+  std::string cmdline = "console=ttyS0 quiet root=/dev/vda rw " + param + " panic=-1\n";
+  auto value = kernel_param(cmdline, rootfs::kRunParam);
+  ASSERT_TRUE(value);
+  EXPECT_EQ(decode_run_param(*value), o);
+}
+
+TEST(InitOverrides, KernelCommandLineWords) {
+  EXPECT_EQ(kernel_param("a=1 img2vm.run=first b img2vm.run=last", "img2vm.run"), "last");
+  EXPECT_EQ(kernel_param("x=\"quoted value\" y", "x"), "quoted value");
+  EXPECT_EQ(kernel_param("img2vm.running=no img2vm.run", "img2vm.run"), std::nullopt);
+  EXPECT_EQ(kernel_param("a -- img2vm.run=afterdashes", "img2vm.run"), std::nullopt);
+  EXPECT_EQ(kernel_param("", "img2vm.run"), std::nullopt);
+}
+
+TEST(InitOverrides, BlockDeviceWithNulPadding) {
+  TempDir dir("init-blk");
+  RunOverrides o;
+  o.env.push_back("BIG=" + std::string(100000, 'v'));  // far beyond the kernel command line
+  std::string json = rootfs::to_json(o);
+  std::string padded = json + std::string(4096 - json.size() % 4096, '\0');
+  put(dir.path() / "vdb", padded);
+  EXPECT_EQ(decode_run_param("blk:" + (dir.path() / "vdb").string()), o);
+  put(dir.path() / "unpadded", json);
+  EXPECT_EQ(decode_run_param("blk:" + (dir.path() / "unpadded").string()), o);
+}
+
+TEST(InitOverrides, DecodeErrorsNameTheSource) {
+  TempDir dir("init-blk");
+  std::string missing = (dir.path() / "vdz").string();
+  std::string e = error_of([&] { decode_run_param("blk:" + missing); });
+  EXPECT_NE(e.find(missing), std::string::npos) << e;
+  put(dir.path() / "garbage", std::string("{not json") + std::string(512, '\0'));
+  e = error_of([&] { decode_run_param("blk:" + (dir.path() / "garbage").string()); });
+  EXPECT_NE(e.find("garbage"), std::string::npos) << e;
+  EXPECT_NE(e.find("not valid JSON"), std::string::npos) << e;
+  e = error_of([] { decode_run_param("!!!"); });
+  EXPECT_NE(e.find("img2vm.run"), std::string::npos) << e;
+  put(dir.path() / "huge", std::string(kMaxOverridesBytes + 1, 'x'));
+  e = error_of([&] { decode_run_param("blk:" + (dir.path() / "huge").string()); });
+  EXPECT_NE(e.find("more than"), std::string::npos) << e;
+}
+
+// --- generated files --------------------------------------------------------------------------
+
+TEST(InitGuestFiles, WhenToGenerate) {
+  TempDir dir("init-etc");
+  fs::path p = dir.path();
+  EXPECT_TRUE(needs_generated_file(p / "missing"));
+  put(p / "empty", "");
+  EXPECT_TRUE(needs_generated_file(p / "empty"));
+  put(p / "image", "1.2.3.4 db\n");
+  EXPECT_FALSE(needs_generated_file(p / "image"));
+  put(p / "ours", hosts_content("old"));
+  EXPECT_TRUE(needs_generated_file(p / "ours"));
+  fs::create_symlink("../run/systemd/resolve/stub-resolv.conf", p / "dangling");
+  EXPECT_TRUE(needs_generated_file(p / "dangling"));
+  fs::create_symlink("image", p / "link");
+  EXPECT_FALSE(needs_generated_file(p / "link"));
+  fs::create_directories(p / "adir");
+  EXPECT_FALSE(needs_generated_file(p / "adir"));
+}
+
+TEST(InitGuestFiles, Contents) {
+  std::string hosts = hosts_content("box");
+  EXPECT_TRUE(hosts.starts_with(kGeneratedMarker));
+  EXPECT_NE(hosts.find("127.0.0.1\tlocalhost\n"), std::string::npos);
+  EXPECT_NE(hosts.find("\tbox\n"), std::string::npos);
+  EXPECT_EQ(resolv_conf_content({"1.1.1.1", "8.8.8.8"}),
+            std::string(kGeneratedMarker) + "\nnameserver 1.1.1.1\nnameserver 8.8.8.8\n");
+  EXPECT_EQ(hostname_content("box"), "box\n");
+}
+
+TEST(InitGuestFiles, Hostnames) {
+  EXPECT_TRUE(valid_hostname("box"));
+  EXPECT_TRUE(valid_hostname("a1b2c3d4e5f6"));
+  EXPECT_TRUE(valid_hostname("web-1.example.com"));
+  EXPECT_FALSE(valid_hostname(""));
+  EXPECT_FALSE(valid_hostname("-x"));
+  EXPECT_FALSE(valid_hostname("x-"));
+  EXPECT_FALSE(valid_hostname("a..b"));
+  EXPECT_FALSE(valid_hostname("has space"));
+  EXPECT_FALSE(valid_hostname(std::string(65, 'a')));
+}
