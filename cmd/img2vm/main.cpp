@@ -23,11 +23,11 @@ int main(int argc, char** argv) {
 
   Action action;
   register_info(app, g, &action);
-  add_unavailable(app, "pull", "Pull an image into the local store", "issue #3", &action);
-  add_unavailable(app, "images", "List the images in the local store", "issue #3", &action);
-  add_unavailable(app, "inspect", "Show an image's manifest and configuration", "issue #3", &action);
-  add_unavailable(app, "rm", "Remove an image from the local store", "issue #3", &action);
-  add_unavailable(app, "prune", "Remove unreferenced blobs and cached root filesystems", "issue #3", &action);
+  register_pull(app, g, &action);
+  register_images(app, g, &action);
+  register_inspect(app, g, &action);
+  register_rm(app, g, &action);
+  register_prune(app, g, &action);
   add_unavailable(app, "convert", "Convert an image into an ext4 root filesystem", "issue #4", &action);
   register_kernel(app, g, &action);
   add_unavailable(app, "run", "Boot an image as a microVM", "issue #6", &action);

@@ -1,0 +1,652 @@
+#include "img2vm/registry/client.hpp"
+
+#include <curl/curl.h>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cstdlib>
+#include <exception>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/version.hpp"
+#include "img2vm/registry/manifest.hpp"
+#include "img2vm/registry/media_types.hpp"
+#include "img2vm/registry/reference.hpp"
+#include "img2vm/registry/www_authenticate.hpp"
+
+namespace img2vm::registry {
+
+using nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+constexpr size_t kMaxErrorBody = 1u << 20;
+
+struct CurlGlobal {
+  CurlGlobal() { curl_global_init(CURL_GLOBAL_DEFAULT); }
+};
+
+void curl_global() { static CurlGlobal g; }
+
+std::string lower(std::string s) {
+  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
+std::string trim(std::string s) {
+  while (!s.empty() && (s.back() == '\r' || s.back() == '\n' || s.back() == ' ' || s.back() == '\t')) s.pop_back();
+  size_t b = 0;
+  while (b < s.size() && (s[b] == ' ' || s[b] == '\t')) ++b;
+  return s.substr(b);
+}
+
+// "scheme://host:port/path" -> "host:port"
+std::string url_authority(const std::string& url) {
+  size_t p = url.find("://");
+  size_t b = p == std::string::npos ? 0 : p + 3;
+  size_t e = url.find_first_of("/?#", b);
+  return lower(url.substr(b, e == std::string::npos ? std::string::npos : e - b));
+}
+
+std::string url_escape(const std::string& s) {
+  std::string o;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') o.push_back(static_cast<char>(c));
+    else {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", c);
+      o += buf;
+    }
+  }
+  return o;
+}
+
+bool retriable_transport(CURLcode c) {
+  switch (c) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_GOT_NOTHING:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_HTTP3:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool tls_error(CURLcode c) {
+  switch (c) {
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+      return true;
+    default:
+      return false;
+  }
+}
+
+bool retriable_status(long s) { return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504; }
+
+struct Request {
+  std::string method = "GET";
+  std::string url;
+  std::vector<std::string> headers;
+  std::string authorization;  // full header value; sent only to auth_authority
+  std::string auth_authority;
+  std::string post_body;
+  BlobSink* sink = nullptr;
+  uint64_t max_body = kMaxErrorBody;
+};
+
+struct Result {
+  CURLcode curl = CURLE_OK;
+  std::string curl_error;
+  long status = 0;
+  std::map<std::string, std::string> headers;
+  std::string body;
+  bool body_too_large = false;
+  std::string url;  // the last URL requested (after redirects)
+  uint64_t streamed = 0;
+
+  std::string header(const std::string& n) const {
+    auto it = headers.find(n);
+    return it == headers.end() ? std::string() : it->second;
+  }
+};
+
+struct Transfer {
+  CURL* h = nullptr;
+  const Request* req = nullptr;
+  Result* res = nullptr;
+  uint64_t range_from = 0;
+  bool decided = false, to_sink = false;
+  std::exception_ptr error;
+};
+
+size_t on_header(char* data, size_t size, size_t n, void* ud) {
+  auto* t = static_cast<Transfer*>(ud);
+  std::string line(data, size * n);
+  if (line.rfind("HTTP/", 0) == 0) {
+    t->res->headers.clear();
+  } else if (size_t c = line.find(':'); c != std::string::npos) {
+    std::string name = lower(line.substr(0, c));
+    std::string value = trim(line.substr(c + 1));
+    auto& slot = t->res->headers[name];
+    // Several WWW-Authenticate headers are equivalent to one comma-joined list.
+    slot = (name == "www-authenticate" && !slot.empty()) ? slot + ", " + value : value;
+  }
+  return size * n;
+}
+
+size_t on_body(char* data, size_t size, size_t n, void* ud) {
+  auto* t = static_cast<Transfer*>(ud);
+  size_t len = size * n;
+  try {
+    if (!t->decided) {
+      t->decided = true;
+      long status = 0;
+      curl_easy_getinfo(t->h, CURLINFO_RESPONSE_CODE, &status);
+      t->to_sink = t->req->sink && status >= 200 && status < 300;
+      if (t->to_sink && t->range_from > 0 && status != 206) t->req->sink->restart();
+    }
+    if (t->to_sink) {
+      t->req->sink->write(data, len);
+      t->res->streamed += len;
+      return len;
+    }
+    if (t->res->body.size() + len > t->req->max_body) {
+      t->res->body_too_large = true;
+      return 0;
+    }
+    t->res->body.append(data, len);
+    return len;
+  } catch (...) {
+    t->error = std::current_exception();
+    return 0;
+  }
+}
+
+// "errors":[{"code":..,"message":..}] of a distribution error body, as "CODE: message".
+std::pair<std::string, std::string> registry_error(const std::string& body) {
+  json j = json::parse(body, nullptr, false);
+  if (j.is_object()) {
+    auto e = j.find("errors");
+    if (e != j.end() && e->is_array() && !e->empty() && (*e)[0].is_object()) {
+      const json& f = (*e)[0];
+      std::string code = f.contains("code") && f["code"].is_string() ? f["code"].get<std::string>() : "";
+      std::string msg = f.contains("message") && f["message"].is_string() ? f["message"].get<std::string>() : "";
+      return {code, msg};
+    }
+  }
+  return {};
+}
+
+}  // namespace
+
+struct Client::Impl {
+  std::string registry, api_host;
+  ClientOptions opts;
+  CURLSH* share = nullptr;
+  std::array<std::mutex, CURL_LOCK_DATA_LAST> share_locks;
+  std::mutex pool_mu;
+  std::vector<CURL*> pool;
+
+  std::mutex ping_mu;
+  bool pinged = false;
+  std::string base_url;  // "https://host" or "http://host"
+  bool verify_tls = true;
+
+  std::mutex auth_mu;
+  std::optional<AuthChallenge> challenge;
+  struct Token {
+    std::string value;
+    Clock::time_point expires;
+  };
+  std::map<std::string, Token> tokens;
+  std::optional<Credentials> creds;
+  bool creds_loaded = false;
+
+  mutable std::mutex stats_mu;
+  std::map<std::string, uint64_t> stats;
+
+  Impl(std::string reg, ClientOptions o) : registry(std::move(reg)), opts(std::move(o)) {
+    curl_global();
+    api_host = registry == kDockerHub ? std::string(kDockerHubApiHost) : registry;
+    share = curl_share_init();
+    curl_share_setopt(share, CURLSHOPT_LOCKFUNC, +[](CURL*, curl_lock_data d, curl_lock_access, void* u) {
+      static_cast<Impl*>(u)->share_locks[d].lock();
+    });
+    curl_share_setopt(share, CURLSHOPT_UNLOCKFUNC, +[](CURL*, curl_lock_data d, void* u) {
+      static_cast<Impl*>(u)->share_locks[d].unlock();
+    });
+    curl_share_setopt(share, CURLSHOPT_USERDATA, this);
+    curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+  }
+  ~Impl() {
+    for (CURL* h : pool) curl_easy_cleanup(h);
+    curl_share_cleanup(share);
+  }
+
+  void log(const std::string& m) const {
+    if (opts.log) opts.log(m);
+  }
+  void count(const std::string& kind) {
+    std::lock_guard l(stats_mu);
+    ++stats[kind];
+  }
+
+  bool insecure_host(const std::string& authority) const {
+    return std::find(opts.insecure_registries.begin(), opts.insecure_registries.end(), authority) !=
+               opts.insecure_registries.end() ||
+           std::find(opts.insecure_registries.begin(), opts.insecure_registries.end(), registry) !=
+               opts.insecure_registries.end();
+  }
+
+  CURL* acquire() {
+    {
+      std::lock_guard l(pool_mu);
+      if (!pool.empty()) {
+        CURL* h = pool.back();
+        pool.pop_back();
+        return h;
+      }
+    }
+    CURL* h = curl_easy_init();
+    if (!h) throw Error(ErrorKind::kInternal, "curl_easy_init failed");
+    return h;
+  }
+  void release(CURL* h) {
+    std::lock_guard l(pool_mu);
+    pool.push_back(h);
+  }
+
+  // One HTTP exchange, following redirects by hand so that Authorization never reaches
+  // another host.
+  Result perform(const Request& req, uint64_t range_from) {
+    Result res;
+    std::string url = req.url;
+    CURL* h = acquire();
+    struct Releaser {
+      Impl* i;
+      CURL* h;
+      ~Releaser() { i->release(h); }
+    } releaser{this, h};
+    for (int hop = 0;; ++hop) {
+      res = Result{};
+      res.url = url;
+      curl_easy_reset(h);
+      Transfer t;
+      t.h = h;
+      t.req = &req;
+      t.res = &res;
+      t.range_from = range_from;
+      char errbuf[CURL_ERROR_SIZE] = {0};
+      curl_easy_setopt(h, CURLOPT_URL, url.c_str());
+      curl_easy_setopt(h, CURLOPT_SHARE, share);
+      curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+      curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+      curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+      curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+      curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, static_cast<long>(opts.connect_timeout.count()));
+      curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+      curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, static_cast<long>(opts.stall_timeout.count()));
+      curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+      curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "identity");
+      std::string ua = "img2vm/" + std::string(version());
+      curl_easy_setopt(h, CURLOPT_USERAGENT, ua.c_str());
+      curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+      curl_easy_setopt(h, CURLOPT_HEADERDATA, &t);
+      curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+      curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
+      std::string ca = opts.ca_cert;
+      if (ca.empty())
+        if (const char* e = std::getenv("SSL_CERT_FILE"); e && *e) ca = e;
+      if (!ca.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, ca.c_str());
+      std::string authority = url_authority(url);
+      if (insecure_host(authority) || (authority == url_authority(base_url) && !verify_tls)) {
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+      }
+      curl_slist* hdrs = nullptr;
+      for (const auto& x : req.headers) hdrs = curl_slist_append(hdrs, x.c_str());
+      std::string auth_line;
+      if (!req.authorization.empty() && authority == req.auth_authority) {
+        auth_line = "Authorization: " + req.authorization;
+        hdrs = curl_slist_append(hdrs, auth_line.c_str());
+      }
+      curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+      std::string range;
+      if (range_from > 0) {
+        range = std::to_string(range_from) + "-";
+        curl_easy_setopt(h, CURLOPT_RANGE, range.c_str());
+      }
+      if (req.method == "POST") {
+        curl_easy_setopt(h, CURLOPT_POST, 1L);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, req.post_body.c_str());
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, static_cast<long>(req.post_body.size()));
+      } else if (req.method == "HEAD") {
+        curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+      }
+      res.curl = curl_easy_perform(h);
+      curl_slist_free_all(hdrs);
+      // Forget the header list and buffers that are about to go out of scope.
+      curl_easy_setopt(h, CURLOPT_HTTPHEADER, nullptr);
+      curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);
+      if (t.error) std::rethrow_exception(t.error);
+      curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &res.status);
+      if (res.curl != CURLE_OK) {
+        res.curl_error = errbuf[0] ? errbuf : curl_easy_strerror(res.curl);
+        if (res.body_too_large) res.curl_error = "response too large";
+        return res;
+      }
+      if (res.status == 301 || res.status == 302 || res.status == 303 || res.status == 307 || res.status == 308) {
+        char* loc = nullptr;
+        curl_easy_getinfo(h, CURLINFO_REDIRECT_URL, &loc);
+        if (!loc || hop >= 10)
+          throw Error(ErrorKind::kNetwork, "too many or broken redirects fetching " + req.url);
+        std::string next = loc;
+        log("redirect " + url_authority(url) + " -> " + url_authority(next));
+        url = next;
+        continue;
+      }
+      return res;
+    }
+  }
+
+  std::chrono::milliseconds backoff(int attempt, const Result& r) const {
+    auto d = opts.backoff_initial * (1 << std::min(attempt, 16));
+    d = std::min(d, opts.backoff_max);
+    std::string ra = r.header("retry-after");
+    if (!ra.empty() && std::all_of(ra.begin(), ra.end(), ::isdigit) && ra.size() < 6) {
+      auto s = std::chrono::seconds(std::stol(ra));
+      d = std::min<std::chrono::milliseconds>(std::max<std::chrono::milliseconds>(d, s), std::chrono::seconds(60));
+    }
+    return d;
+  }
+
+  // perform() with retries on transient failures; returns the last result when they run out
+  // (or on a result that is final). For blob downloads the Range restarts at sink->offset(),
+  // and attempts that made progress do not count against the limit.
+  Result perform_retrying(const Request& req, const std::string& kind) {
+    Result r;
+    int failures = 0;
+    for (int total = 0;; ++total) {
+      uint64_t from = req.sink ? req.sink->offset() : 0;
+      count(kind);
+      r = perform(req, from);
+      bool transient = r.curl != CURLE_OK ? retriable_transport(r.curl) : retriable_status(r.status);
+      if (!transient) return r;
+      if (r.streamed > 0) failures = 0;
+      if (++failures >= opts.max_attempts || total > 100) return r;
+      auto wait = backoff(failures - 1, r);
+      log(kind + " " + r.url + ": " + (r.curl != CURLE_OK ? r.curl_error : "HTTP " + std::to_string(r.status)) +
+          "; retrying in " + std::to_string(wait.count()) + " ms");
+      std::this_thread::sleep_for(wait);
+    }
+  }
+
+  [[noreturn]] void transport_error(const Result& r, const std::string& what) {
+    if (tls_error(r.curl))
+      throw Error(ErrorKind::kNetwork, "TLS failure talking to " + url_authority(r.url) + ": " + r.curl_error +
+                                           " (use --ca-cert FILE to trust a private CA, or --insecure-registry " +
+                                           registry + ")");
+    throw Error(ErrorKind::kNetwork, "cannot " + what + " (" + r.url + "): " + r.curl_error);
+  }
+
+  [[noreturn]] void status_error(const Result& r, const std::string& what, const std::string& repo) {
+    auto [code, msg] = registry_error(r.body);
+    std::string detail = code.empty() ? "" : " (" + code + (msg.empty() ? "" : ": " + msg) + ")";
+    if (r.status == 401 || r.status == 403)
+      throw Error(ErrorKind::kAuth, "unauthorized: " + registry + " refused access to " +
+                                        (repo.empty() ? std::string("the registry") : repo) +
+                                        detail + "; check the credentials (docker login " + registry +
+                                        ", or --username/--password-stdin)");
+    if (r.status == 429)
+      throw Error(ErrorKind::kNetwork, "rate limited by " + registry + " while trying to " + what + detail +
+                                           "; try again later, or log in for a higher limit");
+    throw Error(r.status >= 500 ? ErrorKind::kNetwork : ErrorKind::kNotFound,
+                registry + " answered HTTP " + std::to_string(r.status) + " to " + what + detail);
+  }
+
+  void ping() {
+    std::lock_guard l(ping_mu);
+    if (pinged) return;
+    bool insecure = insecure_host(api_host);
+    bool loopback = is_loopback_host(api_host);
+    std::vector<std::pair<std::string, bool>> candidates{{"https://" + api_host, !insecure}};
+    if (insecure || loopback) candidates.push_back({"http://" + api_host, true});
+    Result last;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      base_url = candidates[i].first;
+      verify_tls = candidates[i].second;
+      Request req;
+      req.url = base_url + "/v2/";
+      last = perform_retrying(req, "ping");
+      bool more = i + 1 < candidates.size();
+      if (last.curl != CURLE_OK) {
+        // A plain-HTTP server answering a TLS handshake: try http for loopback/insecure hosts.
+        bool tls_mismatch = last.curl == CURLE_SSL_CONNECT_ERROR || last.curl == CURLE_RECV_ERROR ||
+                            last.curl == CURLE_GOT_NOTHING || (insecure && !tls_error(last.curl));
+        if (more && tls_mismatch) {
+          log("https to " + api_host + " failed (" + last.curl_error + "); trying plain http");
+          continue;
+        }
+        transport_error(last, "reach registry " + registry);
+      }
+      break;
+    }
+    if (last.status == 401) {
+      learn_challenge(last);
+    } else if (last.status != 200) {
+      if (retriable_status(last.status)) status_error(last, "ping /v2/", "");
+      throw Error(ErrorKind::kNetwork, registry + " does not look like a registry: GET " + last.url + " returned HTTP " +
+                                           std::to_string(last.status));
+    }
+    pinged = true;
+    log("registry " + registry + " at " + base_url + (challenge ? " (auth: " + challenge->scheme + ")" : ""));
+  }
+
+  void learn_challenge(const Result& r) {
+    std::string h = r.header("www-authenticate");
+    std::vector<AuthChallenge> cs;
+    try {
+      cs = parse_www_authenticate(h);
+    } catch (const Error& e) {
+      throw e.with_context(registry);
+    }
+    std::lock_guard l(auth_mu);
+    for (auto& c : cs)
+      if (c.scheme == "bearer") {
+        challenge = c;
+        return;
+      }
+    for (auto& c : cs)
+      if (c.scheme == "basic") {
+        challenge = c;
+        return;
+      }
+    if (cs.empty()) throw Error(ErrorKind::kAuth, registry + " requires authentication but sent no WWW-Authenticate challenge");
+    throw Error(ErrorKind::kUnsupported, registry + " asks for unsupported authentication scheme " + cs[0].scheme);
+  }
+
+  const std::optional<Credentials>& credentials() {
+    if (!creds_loaded) {
+      creds_loaded = true;
+      if (opts.credentials) creds = opts.credentials;
+      else if (opts.use_docker_config) creds = lookup_docker_credentials(registry);
+      if (creds) log("using credentials for " + registry + (creds->username.empty() ? "" : " as " + creds->username));
+    }
+    return creds;
+  }
+
+  // The Authorization header value for `scope`, fetching a token if needed. Holds auth_mu.
+  std::string authorization(const std::string& scope) {
+    std::lock_guard l(auth_mu);
+    if (!challenge) return {};
+    const auto& c = credentials();
+    if (challenge->scheme == "basic") {
+      if (!c || c->username.empty()) return {};
+      return "Basic " + base64_encode(c->username + ":" + c->password);
+    }
+    auto it = tokens.find(scope);
+    if (it != tokens.end() && Clock::now() < it->second.expires) return "Bearer " + it->second.value;
+    Token t = fetch_token(scope);
+    tokens[scope] = t;
+    return "Bearer " + t.value;
+  }
+
+  void forget_token(const std::string& scope) {
+    std::lock_guard l(auth_mu);
+    tokens.erase(scope);
+  }
+
+  Token fetch_token(const std::string& scope) {
+    std::string realm = challenge->param("realm");
+    if (realm.empty()) throw Error(ErrorKind::kAuth, registry + " sent a Bearer challenge without a realm");
+    std::string realm_host = url_authority(realm);
+    bool secure_realm = realm.rfind("https://", 0) == 0;
+    if (!secure_realm && !(realm.rfind("http://", 0) == 0 && (is_loopback_host(realm_host) || insecure_host(realm_host))))
+      throw Error(ErrorKind::kAuth, registry + " sent a token realm that is not https: " + realm);
+    std::string service = challenge->param("service");
+    const auto& c = credentials();
+    Request req;
+    req.auth_authority = realm_host;
+    Result r;
+    if (c && !c->identity_token.empty()) {
+      req.method = "POST";
+      req.url = realm;
+      req.headers.push_back("Content-Type: application/x-www-form-urlencoded");
+      req.post_body = "grant_type=refresh_token&refresh_token=" + url_escape(c->identity_token) +
+                      "&service=" + url_escape(service) + "&scope=" + url_escape(scope) + "&client_id=img2vm";
+    } else {
+      req.url = realm + (realm.find('?') == std::string::npos ? "?" : "&") + "service=" + url_escape(service) +
+                "&scope=" + url_escape(scope);
+      if (c && !c->username.empty()) req.authorization = "Basic " + base64_encode(c->username + ":" + c->password);
+    }
+    r = perform_retrying(req, "token");
+    if (r.curl != CURLE_OK) transport_error(r, "get a token from " + realm);
+    if (r.status == 401 || r.status == 403)
+      throw Error(ErrorKind::kAuth, "unauthorized: the token service of " + registry + " refused " +
+                                        (c ? std::string("the credentials") : std::string("anonymous access")) +
+                                        "; check them (docker login " + registry + ", or --username/--password-stdin)");
+    if (r.status != 200) status_error(r, "get a token from " + realm, "");
+    json j = json::parse(r.body, nullptr, false);
+    if (!j.is_object()) throw Error(ErrorKind::kAuth, "the token service " + realm + " answered with something that is not JSON");
+    std::string tok;
+    if (j.contains("token") && j["token"].is_string()) tok = j["token"].get<std::string>();
+    if (tok.empty() && j.contains("access_token") && j["access_token"].is_string()) tok = j["access_token"].get<std::string>();
+    if (tok.empty()) throw Error(ErrorKind::kAuth, "the token service " + realm + " returned no token");
+    int64_t expires_in = 60;
+    if (j.contains("expires_in") && j["expires_in"].is_number_integer()) expires_in = std::max<int64_t>(j["expires_in"].get<int64_t>(), 60);
+    // Renew a little early so that a token does not expire in flight.
+    auto life = std::chrono::seconds(expires_in) - std::chrono::seconds(std::min<int64_t>(10, expires_in / 6));
+    log("got a token for " + scope + " valid " + std::to_string(expires_in) + " s");
+    return Token{tok, Clock::now() + life};
+  }
+
+  // An authenticated request to the registry with one re-authentication on 401.
+  Result registry_request(Request req, const std::string& repo, const std::string& kind) {
+    ping();
+    std::string scope = "repository:" + repo + ":pull";
+    req.auth_authority = url_authority(base_url);
+    for (int round = 0;; ++round) {
+      req.authorization = authorization(scope);
+      Result r = perform_retrying(req, kind);
+      if (r.curl == CURLE_OK && r.status == 401 && round == 0) {
+        learn_challenge(r);
+        forget_token(scope);
+        continue;
+      }
+      return r;
+    }
+  }
+};
+
+Client::Client(std::string registry, ClientOptions opts) : impl_(std::make_unique<Impl>(std::move(registry), std::move(opts))) {}
+Client::~Client() = default;
+
+const std::string& Client::registry() const { return impl_->registry; }
+void Client::ping() { impl_->ping(); }
+
+uint64_t Client::request_count(const std::string& kind) const {
+  std::lock_guard l(impl_->stats_mu);
+  auto it = impl_->stats.find(kind);
+  return it == impl_->stats.end() ? 0 : it->second;
+}
+
+ManifestResponse Client::get_manifest(const std::string& repo, const std::string& reference) {
+  Request req;
+  req.url = "";  // set after ping
+  impl_->ping();
+  req.url = impl_->base_url + "/v2/" + repo + "/manifests/" + reference;
+  req.headers.push_back("Accept: " + std::string(media_type::kOciIndex) + ", " + std::string(media_type::kOciManifest) +
+                        ", " + std::string(media_type::kDockerManifestList) + ", " +
+                        std::string(media_type::kDockerManifest));
+  req.max_body = kMaxManifestBytes;
+  std::string what = "fetch the manifest " + registry() + "/" + repo + (reference.find(':') != std::string::npos ? "@" : ":") + reference;
+  Result r = impl_->registry_request(req, repo, "manifest");
+  if (r.body_too_large)
+    throw Error(ErrorKind::kLimit, "the manifest of " + registry() + "/" + repo + " is larger than " +
+                                       std::to_string(kMaxManifestBytes >> 20) + " MiB");
+  if (r.curl != CURLE_OK) impl_->transport_error(r, what);
+  if (r.status == 404) {
+    auto [code, msg] = registry_error(r.body);
+    bool unknown_repo = code == "NAME_UNKNOWN";
+    if (!unknown_repo) {
+      // Some registries (distribution 2.x among them) answer MANIFEST_UNKNOWN for a missing
+      // repository too; the tag list tells the two apart.
+      Request tags;
+      tags.url = impl_->base_url + "/v2/" + repo + "/tags/list?n=1";
+      Result t = impl_->registry_request(tags, repo, "tags");
+      unknown_repo = t.curl == CURLE_OK && t.status == 404;
+    }
+    if (unknown_repo) throw Error(ErrorKind::kNotFound, "unknown repository " + repo + " on " + registry());
+    if (reference.find(':') != std::string::npos)
+      throw Error(ErrorKind::kNotFound, "manifest " + reference + " not found in " + registry() + "/" + repo);
+    throw Error(ErrorKind::kNotFound, "tag not found: " + reference + " in " + registry() + "/" + repo);
+  }
+  if (r.status != 200) impl_->status_error(r, what, repo);
+  ManifestResponse m;
+  m.body = std::move(r.body);
+  m.content_type = r.header("content-type");
+  m.docker_content_digest = r.header("docker-content-digest");
+  m.digest = Digest::sha256_of(m.body);
+  return m;
+}
+
+void Client::get_blob(const std::string& repo, const Digest& digest, BlobSink& sink) {
+  impl_->ping();
+  Request req;
+  req.url = impl_->base_url + "/v2/" + repo + "/blobs/" + digest.str();
+  req.sink = &sink;
+  std::string what = "download blob " + digest.str() + " of " + registry() + "/" + repo;
+  Result r = impl_->registry_request(req, repo, "blob");
+  if (r.curl != CURLE_OK) impl_->transport_error(r, what);
+  if (r.status == 416 && sink.offset() > 0) {
+    // The partial file is already as long as (or longer than) the blob: start over.
+    sink.restart();
+    r = impl_->registry_request(req, repo, "blob");
+    if (r.curl != CURLE_OK) impl_->transport_error(r, what);
+  }
+  if (r.status == 404) throw Error(ErrorKind::kNotFound, "blob " + digest.str() + " not found in " + registry() + "/" + repo);
+  if (r.status != 200 && r.status != 206) impl_->status_error(r, what, repo);
+}
+
+}  // namespace img2vm::registry

@@ -1,0 +1,458 @@
+// Pulls against a real docker-registry (the harness), images pushed by skopeo, and the img2vm
+// binary for the user-facing errors. Every test uses its own store ($IMG2VM_HOME in a TempDir).
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "image_builder.hpp"
+#include "img2vm/base/error.hpp"
+#include "img2vm/registry/image_source.hpp"
+#include "img2vm/registry/pull.hpp"
+#include "img2vm/registry/store.hpp"
+#include "process.hpp"
+#include "registry.hpp"
+#include "skopeo.hpp"
+
+using namespace img2vm;
+using namespace img2vm::testing;
+using namespace img2vm::registry;
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string bin() {
+  const char* b = std::getenv("IMG2VM_BIN");
+  return b ? b : "img2vm";
+}
+
+CommandResult img2vm(const fs::path& home, std::vector<std::string> args, RunOptions o = {}) {
+  args.insert(args.begin(), bin());
+  o.env["IMG2VM_HOME"] = home.string();
+  if (!o.env.count("DOCKER_CONFIG")) o.env["DOCKER_CONFIG"] = (home / "no-docker-config").string();
+  return run_command(args, o);
+}
+
+RunOptions stdin_input(std::string in) {
+  RunOptions o;
+  o.input = std::move(in);
+  return o;
+}
+
+std::string random_bytes(size_t n, unsigned seed) {
+  std::string s(n, '\0');
+  uint32_t x = seed * 2654435761u + 1;
+  for (auto& c : s) {
+    x ^= x << 13;
+    x ^= x >> 17;
+    x ^= x << 5;
+    c = static_cast<char>(x);
+  }
+  return s;
+}
+
+// Three layers: small gzip, 3 MiB gzip, and a zstd one unless gzip_only (Docker v2s2 and
+// Debian's umoci know no zstd).
+ImageSpec multi_layer_spec(const std::string& marker, bool gzip_only = false) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({dir("etc"), file("etc/marker", marker + "\n")}));
+  spec.layers.push_back(layer({file("data/big.bin", random_bytes(3 << 20, 7))}));
+  spec.layers.push_back(layer({file("hello.txt", "hello\n", 0600)},
+                              gzip_only ? LayerCompression::kGzip : LayerCompression::kZstd));
+  spec.config.cmd = {"/bin/sh"};
+  return spec;
+}
+
+void push(Registry& reg, const BuiltImage& img, const std::string& dest, const std::vector<std::string>& extra = {}) {
+  TempDir layout("layout");
+  write_oci_layout(layout.path(), {{"t", img}});
+  skopeo_push("oci:" + layout.path().string() + ":t", reg, dest, extra);
+}
+
+int count_in_log(const Registry& reg, const std::string& needle) {
+  // Access-log lines only: "GET /v2/... HTTP/1.1".
+  std::string log = read_file(reg.log_file());
+  std::string needle_line = "\"GET " + needle;
+  int n = 0;
+  for (size_t p = log.find(needle_line); p != std::string::npos; p = log.find(needle_line, p + 1)) ++n;
+  return n;
+}
+
+PullOptions opts_for(const Registry& reg) {
+  PullOptions o;
+  o.platform = Platform::parse("linux/amd64");
+  if (reg.tls()) o.client.ca_cert = reg.ca_cert_file().string();
+  o.client.use_docker_config = false;
+  o.client.backoff_initial = std::chrono::milliseconds(20);
+  if (reg.options().auth != RegistryAuth::kNone) o.client.credentials = Credentials{reg.username(), reg.password(), ""};
+  return o;
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no error";
+  return {};
+}
+
+void expect_image_in_store(const Store& store, const std::string& name, const BuiltImage& img) {
+  auto src = open_image(store, name);
+  EXPECT_EQ(src->manifest_digest(), img.manifest.digest);
+  EXPECT_EQ(src->manifest_bytes(), img.manifest.data);
+  EXPECT_EQ(src->config_bytes(), img.config.data);
+  ASSERT_EQ(src->manifest().layers.size(), img.layers.size());
+  for (size_t i = 0; i < img.layers.size(); ++i) {
+    const Descriptor& d = src->manifest().layers[i];
+    EXPECT_EQ(d.digest, img.layers[i].digest);
+    auto p = src->blob_path(d);
+    ASSERT_TRUE(p);
+    EXPECT_EQ(read_file(*p), img.layers[i].data);
+    auto r = src->open_blob(d);
+    std::string got, buf(4096, '\0');
+    while (size_t n = r->read(buf.data(), buf.size())) got.append(buf.data(), n);
+    EXPECT_EQ(got, img.layers[i].data);
+  }
+}
+
+TEST(Pull, ByTagThenUpToDateThenByDigest) {
+  Registry reg(RegistryAuth::kNone);
+  BuiltImage img = build_image(multi_layer_spec("tag"));
+  push(reg, img, "test/app:v1");
+  TempDir home("home");
+  Store store(home.path());
+  std::string ref = reg.host() + "/test/app:v1";
+  PullResult r = pull(store, ref, opts_for(reg));
+  EXPECT_EQ(r.name, ref);
+  EXPECT_EQ(r.manifest_digest, img.manifest.digest);
+  EXPECT_FALSE(r.up_to_date);
+  EXPECT_EQ(r.bytes_downloaded, img.config.size() + img.layers[0].size() + img.layers[1].size() + img.layers[2].size());
+  expect_image_in_store(store, ref, img);
+
+  // Again: one manifest request, no blob request, nothing downloaded.
+  int manifests = count_in_log(reg, "/v2/test/app/manifests/");
+  int blobs = count_in_log(reg, "/v2/test/app/blobs/");
+  PullResult again = pull(store, ref, opts_for(reg));
+  EXPECT_TRUE(again.up_to_date);
+  EXPECT_EQ(again.bytes_downloaded, 0u);
+  EXPECT_EQ(count_in_log(reg, "/v2/test/app/manifests/"), manifests + 1);
+  EXPECT_EQ(count_in_log(reg, "/v2/test/app/blobs/"), blobs);
+
+  // By digest into a fresh store, and the stored layout is readable by skopeo.
+  TempDir home2("home");
+  Store store2(home2.path());
+  std::string by_digest = reg.host() + "/test/app@" + img.manifest.digest.str();
+  EXPECT_EQ(pull(store2, by_digest, opts_for(reg)).manifest_digest, img.manifest.digest);
+  expect_image_in_store(store2, by_digest, img);
+  TempDir out("out");
+  auto sk = run_command({"skopeo", "copy", "oci:" + store2.layout_dir().string() + ":" + by_digest,
+                         "oci:" + out.path().string() + ":copy"});
+  EXPECT_EQ(sk.exit_code, 0) << sk.describe();
+  // A wrong digest is refused.
+  std::string wrong = reg.host() + "/test/app@sha256:" + std::string(64, '0');
+  EXPECT_NE(error_of([&] { pull(store2, wrong, opts_for(reg)); }).find("manifest sha256:0000"), std::string::npos);
+}
+
+TEST(Pull, DockerV2s2PushedBySkopeo) {
+  Registry reg(RegistryAuth::kNone);
+  BuiltImage img = build_image(multi_layer_spec("v2s2", true));  // skopeo converts it
+  push(reg, img, "test/docker:v1", {"--format", "v2s2"});
+  TempDir home("home");
+  Store store(home.path());
+  std::string served = skopeo_inspect_raw(reg, "test/docker:v1");
+  PullResult r = pull(store, reg.host() + "/test/docker:v1", opts_for(reg));
+  EXPECT_EQ(r.manifest_digest, Digest::sha256_of(served));
+  auto src = open_image(store, reg.host() + "/test/docker:v1");
+  EXPECT_EQ(src->manifest().media_type, "application/vnd.docker.distribution.manifest.v2+json");
+  EXPECT_EQ(src->manifest().layers.size(), 3u);
+  EXPECT_EQ(src->platform().str(), "linux/amd64");
+}
+
+TEST(Pull, IndexSelectsPlatformAndSkipsAttestations) {
+  Registry reg(RegistryAuth::kNone);
+  std::vector<ImageSpec> specs;
+  for (auto [arch, variant] : {std::pair{"amd64", ""}, std::pair{"arm64", "v8"}, std::pair{"arm", "v7"}}) {
+    ImageSpec s;
+    s.layers.push_back(layer({file("arch", std::string(arch) + "\n")}));
+    s.config.architecture = arch;
+    s.config.variant = variant;
+    specs.push_back(s);
+  }
+  BuiltIndex idx = build_index(specs);
+  // An attestation-style entry (unknown/unknown), first in the list.
+  json j = json::parse(idx.index.data);
+  json att = j["manifests"][2];
+  att["platform"] = {{"os", "unknown"}, {"architecture", "unknown"}};
+  att["annotations"] = {{"vnd.docker.reference.type", "attestation-manifest"}};
+  j["manifests"].insert(j["manifests"].begin(), att);
+  idx.index.data = j.dump();
+  idx.index.digest = Digest::sha256_of(idx.index.data);
+  TempDir layout("layout");
+  write_oci_layout(layout.path(), "multi", idx);
+  skopeo_push("oci:" + layout.path().string() + ":multi", reg, "test/multi:v1", {"--all"});
+
+  TempDir home("home");
+  Store store(home.path());
+  PullOptions o = opts_for(reg);
+  o.platform = Platform::parse("linux/arm64");
+  PullResult r = pull(store, reg.host() + "/test/multi:v1", o);
+  EXPECT_EQ(r.manifest_digest, idx.images[1].manifest.digest);
+  EXPECT_EQ(r.platform.str(), "linux/arm64");
+  auto stored = store.find(reg.host() + "/test/multi:v1");
+  ASSERT_TRUE(stored);
+  EXPECT_EQ(stored->index_digest, idx.index.digest);
+
+  o.platform = Platform::parse("linux/riscv64");
+  std::string e = error_of([&] { pull(store, reg.host() + "/test/multi:v1", o); });
+  EXPECT_NE(e.find("no image for platform linux/riscv64"), std::string::npos) << e;
+  EXPECT_NE(e.find("available: linux/amd64, linux/arm64, linux/arm/v7)"), std::string::npos) << e;
+  EXPECT_EQ(e.find("unknown"), std::string::npos) << e;
+}
+
+TEST(Pull, BasicAuthOverTls) {
+  Registry reg(RegistryAuth::kBasicTls);
+  BuiltImage img = build_image(multi_layer_spec("basic"));
+  push(reg, img, "private/app:v1");
+  TempDir home("home");
+  Store store(home.path());
+  PullResult r = pull(store, reg.host() + "/private/app:v1", opts_for(reg));
+  EXPECT_EQ(r.manifest_digest, img.manifest.digest);
+
+  PullOptions anon = opts_for(reg);
+  anon.client.credentials.reset();
+  EXPECT_NE(error_of([&] { pull(store, reg.host() + "/private/app:v1", anon); }).find("unauthorized"), std::string::npos);
+
+  // The CLI: --password-stdin, and a TLS failure without the CA.
+  TempDir home2("home");
+  auto ok = img2vm(home2.path(), {"pull", reg.host() + "/private/app:v1", "--username", reg.username(),
+                                  "--password-stdin", "--ca-cert", reg.ca_cert_file().string()},
+                   stdin_input(reg.password() + "\n"));
+  EXPECT_EQ(ok.exit_code, 0) << ok.describe();
+  EXPECT_EQ(ok.err.find(reg.password()), std::string::npos);
+  auto tls = img2vm(home2.path(), {"pull", reg.host() + "/private/app:v1"});
+  EXPECT_EQ(tls.exit_code, 1) << tls.describe();
+  EXPECT_NE(tls.err.find("TLS failure"), std::string::npos) << tls.err;
+  EXPECT_EQ(std::count(tls.err.begin(), tls.err.end(), '\n'), 1) << tls.err;
+}
+
+TEST(Pull, TokenAuthWithDockerConfigAndWrongPassword) {
+  Registry reg(RegistryAuth::kToken);
+  BuiltImage img = build_image(multi_layer_spec("token"));
+  push(reg, img, "private/app:v1");
+  TempDir home("home");
+  PullResult r = [&] {
+    Store store(home.path());
+    return pull(store, reg.host() + "/private/app:v1", opts_for(reg));
+  }();
+  EXPECT_EQ(r.manifest_digest, img.manifest.digest);
+
+  // Credentials from $DOCKER_CONFIG/config.json (auths, base64 user:password).
+  TempDir cfg("dockercfg");
+  json c = {{"auths", {{reg.host(), {{"auth", base64_encode(reg.username() + ":" + reg.password())}}}}}};
+  write_file_atomic(cfg.path() / "config.json", c.dump());
+  TempDir home2("home");
+  RunOptions ro;
+  ro.env["DOCKER_CONFIG"] = cfg.path().string();
+  auto ok = img2vm(home2.path(), {"--json", "pull", reg.host() + "/private/app:v1"}, ro);
+  ASSERT_EQ(ok.exit_code, 0) << ok.describe();
+  // --json: one event per line, ending with "done".
+  std::vector<json> events;
+  std::istringstream lines(ok.out);
+  for (std::string l; std::getline(lines, l);) events.push_back(json::parse(l));
+  ASSERT_FALSE(events.empty());
+  EXPECT_EQ(events.front()["event"], "resolved");
+  EXPECT_EQ(events.back()["event"], "done");
+  EXPECT_EQ(events.back()["digest"], img.manifest.digest.str());
+
+  // A wrong password: one line saying unauthorized, with a docker login hint.
+  TempDir home3("home");
+  auto bad = img2vm(home3.path(), {"pull", reg.host() + "/private/app:v1", "-u", reg.username(), "--password-stdin"},
+                    stdin_input("wrong\n"));
+  EXPECT_EQ(bad.exit_code, 1) << bad.describe();
+  EXPECT_NE(bad.err.find("unauthorized"), std::string::npos) << bad.err;
+  EXPECT_NE(bad.err.find("docker login"), std::string::npos) << bad.err;
+  EXPECT_EQ(std::count(bad.err.begin(), bad.err.end(), '\n'), 1) << bad.err;
+  // Anonymous: the token carries no access to the private repository.
+  auto anon = img2vm(home3.path(), {"pull", reg.host() + "/private/app:v1"});
+  EXPECT_EQ(anon.exit_code, 1);
+  EXPECT_NE(anon.err.find("unauthorized"), std::string::npos) << anon.err;
+}
+
+TEST(Pull, UserFacingErrors) {
+  Registry reg(RegistryAuth::kNone);
+  BuiltImage img = build_image(multi_layer_spec("errors"));
+  push(reg, img, "test/app:v1");
+  TempDir home("home");
+  auto unknown_repo = img2vm(home.path(), {"pull", reg.host() + "/no/such:v1"});
+  EXPECT_EQ(unknown_repo.exit_code, 1);
+  EXPECT_NE(unknown_repo.err.find("unknown repository no/such"), std::string::npos) << unknown_repo.err;
+  auto no_tag = img2vm(home.path(), {"pull", reg.host() + "/test/app:v9"});
+  EXPECT_EQ(no_tag.exit_code, 1);
+  EXPECT_NE(no_tag.err.find("tag not found: v9"), std::string::npos) << no_tag.err;
+  auto bad_ref = img2vm(home.path(), {"pull", "Alpine"});
+  EXPECT_EQ(bad_ref.exit_code, 1);
+  EXPECT_NE(bad_ref.err.find("must be lowercase"), std::string::npos) << bad_ref.err;
+  auto plat = img2vm(home.path(), {"pull", reg.host() + "/test/app:v1", "--platform", "linux"});
+  EXPECT_EQ(plat.exit_code, 1);
+  EXPECT_NE(plat.err.find("invalid platform"), std::string::npos) << plat.err;
+  auto missing = img2vm(home.path(), {"inspect", "nothing/here"});
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_NE(missing.err.find("not in the store"), std::string::npos) << missing.err;
+  for (const auto& r : {unknown_repo, no_tag, bad_ref, plat, missing})
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+}
+
+TEST(Pull, StoreCommandsImagesInspectRmPrune) {
+  Registry reg(RegistryAuth::kNone);
+  BuiltImage a = build_image(multi_layer_spec("a", true));
+  push(reg, a, "test/a:v1");
+  TempDir home("home");
+  auto p = img2vm(home.path(), {"pull", reg.host() + "/test/a:v1"});
+  ASSERT_EQ(p.exit_code, 0) << p.describe();
+  EXPECT_NE(p.out.find(a.manifest.digest.str()), std::string::npos) << p.out;
+  EXPECT_TRUE(p.err.empty()) << p.err;  // not a TTY: quiet
+  auto imgs = img2vm(home.path(), {"images", "--json"});
+  ASSERT_EQ(imgs.exit_code, 0) << imgs.describe();
+  json j = json::parse(imgs.out);
+  EXPECT_EQ(j["ref"], reg.host() + "/test/a:v1");
+  EXPECT_EQ(j["digest"], a.manifest.digest.str());
+  EXPECT_EQ(j["platform"], "linux/amd64");
+  EXPECT_EQ(j["size"].get<uint64_t>(),
+            a.config.size() + a.layers[0].size() + a.layers[1].size() + a.layers[2].size());
+  auto table = img2vm(home.path(), {"images"});
+  EXPECT_NE(table.out.find("REFERENCE"), std::string::npos);
+  EXPECT_NE(table.out.find("ago"), std::string::npos) << table.out;
+  auto insp = img2vm(home.path(), {"inspect", reg.host() + "/test/a:v1"});
+  ASSERT_EQ(insp.exit_code, 0) << insp.describe();
+  json ij = json::parse(insp.out);
+  EXPECT_EQ(ij["manifest"], json::parse(a.manifest.data));
+  EXPECT_EQ(ij["config"], json::parse(a.config.data));
+  // umoci reads the store as an OCI layout.
+  TempDir bundle("bundle");
+  auto um = run_command({"umoci", "raw", "unpack", "--rootless", "--image",
+                         (home.path() / "oci").string() + ":" + reg.host() + "/test/a:v1",
+                         (bundle.path() / "rootfs").string()});
+  EXPECT_EQ(um.exit_code, 0) << um.describe();
+  EXPECT_EQ(read_file(bundle.path() / "rootfs/etc/marker"), "a\n");
+
+  auto rm = img2vm(home.path(), {"rm", reg.host() + "/test/a:v1"});
+  EXPECT_EQ(rm.exit_code, 0) << rm.describe();
+  auto rm2 = img2vm(home.path(), {"rm", reg.host() + "/test/a:v1"});
+  EXPECT_EQ(rm2.exit_code, 1);
+  EXPECT_NE(rm2.err.find("not in the store"), std::string::npos);
+  auto pr = img2vm(home.path(), {"prune", "--json"});
+  ASSERT_EQ(pr.exit_code, 0) << pr.describe();
+  EXPECT_EQ(json::parse(pr.out)["blobs"], 5);  // manifest, config, 3 layers
+  size_t left = 0;
+  for (auto& e : fs::directory_iterator(home.path() / "oci/blobs/sha256")) left += e.is_regular_file();
+  EXPECT_EQ(left, 0u);
+}
+
+TEST(Pull, LocalSourcesOciLayoutAndDockerArchive) {
+  BuiltImage img = build_image(multi_layer_spec("local"));
+  TempDir dir("src");
+  write_oci_layout(dir.path() / "layout", {{"v1", img}});
+  write_docker_archive(dir.path() / "image.tar", img, {"example.com/test/archive:1"});
+  TempDir home("home");
+  Store store(home.path());
+  PullResult r = pull(store, "oci:" + (dir.path() / "layout").string() + ":v1", {});
+  EXPECT_EQ(r.manifest_digest, img.manifest.digest);
+  expect_image_in_store(store, r.name, img);
+
+  PullResult a = pull(store, "docker-archive:" + (dir.path() / "image.tar").string(), {});
+  EXPECT_EQ(a.name, "example.com/test/archive:1");
+  auto src = open_image(store, "example.com/test/archive:1");
+  EXPECT_EQ(src->config_bytes(), img.config.data);
+  ASSERT_EQ(src->manifest().layers.size(), 3u);
+  // The archive holds the layers as docker save wrote them; their content is the same tar.
+  auto direct = open_image_source("docker-archive:" + (dir.path() / "image.tar").string() + ":example.com/test/archive:1");
+  EXPECT_EQ(direct->manifest_digest(), src->manifest_digest());
+  EXPECT_NE(error_of([&] { open_image_source("oci:" + (dir.path() / "layout").string() + ":nope"); }).find("tag not found: nope"),
+            std::string::npos);
+}
+
+TEST(Pull, CorruptedBlobInRegistryIsRejectedAndLeavesNoTrace) {
+  Registry reg(RegistryAuth::kNone);
+  BuiltImage img = build_image(multi_layer_spec("corrupt"));
+  push(reg, img, "test/bad:v1");
+  const Digest& bad = img.layers[1].digest;
+  fs::path data = reg.storage_dir() / "docker/registry/v2/blobs/sha256" / bad.hex().substr(0, 2) / bad.hex() / "data";
+  ASSERT_TRUE(fs::exists(data));
+  {
+    std::fstream f(data, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(1000);
+    f.put('X');
+  }
+  TempDir home("home");
+  Store store(home.path());
+  std::string e = error_of([&] { pull(store, reg.host() + "/test/bad:v1", opts_for(reg)); });
+  EXPECT_NE(e.find(bad.str()), std::string::npos) << e;
+  EXPECT_NE(e.find("failed verification"), std::string::npos) << e;
+  EXPECT_FALSE(store.has_blob(bad));
+  EXPECT_FALSE(fs::exists(home.path() / "ingest" / (bad.hex() + ".partial")));
+  EXPECT_TRUE(store.list().empty());
+}
+
+TEST(Pull, ConcurrentPullsIntoOneStore) {
+  Registry reg(RegistryAuth::kNone);
+  BuiltImage img = build_image(multi_layer_spec("concurrent"));
+  push(reg, img, "test/c:v1");
+  push(reg, img, "test/c:v2");
+  TempDir home("home");
+  std::vector<CommandResult> results(4);
+  std::vector<std::thread> ts;
+  for (int i = 0; i < 4; ++i)
+    ts.emplace_back([&, i] { results[i] = img2vm(home.path(), {"pull", reg.host() + "/test/c:v" + std::to_string(1 + i % 2)}); });
+  for (auto& t : ts) t.join();
+  for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << r.describe();
+  Store store(home.path());
+  EXPECT_EQ(store.list().size(), 2u);
+  expect_image_in_store(store, reg.host() + "/test/c:v1", img);
+  expect_image_in_store(store, reg.host() + "/test/c:v2", img);
+  EXPECT_TRUE(fs::is_empty(home.path() / "ingest") ||
+              std::none_of(fs::directory_iterator(home.path() / "ingest"), fs::directory_iterator(),
+                           [](const auto& e) { return e.path().extension() == ".partial"; }));
+}
+
+TEST(Pull, RegistryDownThenResumesFromPartialDownload) {
+  Registry reg(RegistryAuth::kNone);
+  BuiltImage img = build_image(multi_layer_spec("resume"));
+  push(reg, img, "test/r:v1");
+  TempDir home("home");
+  Store store(home.path());
+  // The registry dies: the pull fails with one clear network error and stores nothing.
+  reg.kill();
+  std::string e = error_of([&] { pull(store, reg.host() + "/test/r:v1", opts_for(reg)); });
+  EXPECT_NE(e.find("cannot reach registry"), std::string::npos) << e;
+  EXPECT_TRUE(store.list().empty());
+  reg.start();
+  // An interrupted download left the first half of the big layer behind; the next pull
+  // continues from there with a Range request.
+  const BuiltLayer& big = img.layers[1];
+  size_t half = big.data.size() / 2;
+  write_file_atomic(home.path() / "ingest" / (big.digest.hex() + ".partial"), big.data.substr(0, half));
+  PullOptions o = opts_for(reg);
+  uint64_t resumed_at = 0;
+  o.progress = [&](const PullEvent& ev) {
+    if (ev.kind == PullEvent::Kind::kBlobStart && ev.digest == big.digest) resumed_at = ev.current;
+  };
+  PullResult r = pull(store, reg.host() + "/test/r:v1", o);
+  EXPECT_EQ(resumed_at, half);
+  EXPECT_EQ(r.bytes_downloaded, img.config.size() + img.layers[0].size() + (big.size() - half) + img.layers[2].size());
+  expect_image_in_store(store, reg.host() + "/test/r:v1", img);
+  // A partial file with wrong bytes is caught by the digest check, deleted, and the next pull
+  // succeeds from scratch.
+  TempDir home2("home");
+  Store store2(home2.path());
+  write_file_atomic(home2.path() / "ingest" / (big.digest.hex() + ".partial"), std::string(half, 'Z'));
+  EXPECT_NE(error_of([&] { pull(store2, reg.host() + "/test/r:v1", opts_for(reg)); }).find(big.digest.str()),
+            std::string::npos);
+  EXPECT_EQ(pull(store2, reg.host() + "/test/r:v1", opts_for(reg)).manifest_digest, img.manifest.digest);
+}
+
+}  // namespace
