@@ -179,7 +179,7 @@ FsTree read_host_tree(const fs::path& root) {
   };
   add(root, "/");
   for (auto it = fs::recursive_directory_iterator(root); it != fs::recursive_directory_iterator(); ++it) {
-    add(it->path(), "/" + fs::relative(it->path(), root).string());
+    add(it->path(), "/" + it->path().lexically_relative(root).string());
   }
   return out;
 }
@@ -215,6 +215,88 @@ rootfs::ImageInput image_input(const BuiltImage& img, const fs::path& dir) {
     in.layers.push_back(layers::LayerSource::from_file(l.media_type, l.digest, l.size(), p));
   }
   return in;
+}
+
+}  // namespace img2vm::testing
+
+#include <archive.h>
+#include <archive_entry.h>
+
+namespace img2vm::testing {
+
+rootfs::ImageInput raw_input(const std::vector<std::pair<std::string, std::string>>& layers_in,
+                             const fs::path& dir) {
+  rootfs::ImageInput in;
+  in.config_json = R"({"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":[]}})";
+  in.manifest_digest = Digest::sha256_of("raw-input");
+  fs::create_directories(dir);
+  for (const auto& [mt, data] : layers_in) {
+    Digest d = Digest::sha256_of(data);
+    fs::path p = dir / d.hex();
+    write_file_atomic(p, data);
+    in.layers.push_back(layers::LayerSource::from_file(mt, d, data.size(), p));
+  }
+  return in;
+}
+
+namespace {
+la_ssize_t append(archive*, void* ud, const void* buf, size_t n) {
+  static_cast<std::string*>(ud)->append(static_cast<const char*>(buf), n);
+  return static_cast<la_ssize_t>(n);
+}
+}  // namespace
+
+std::string gzip_bytes(const std::string& data) {
+  archive* a = archive_write_new();
+  std::string out;
+  archive_write_add_filter_gzip(a);
+  archive_write_set_format_raw(a);
+  archive_write_set_bytes_per_block(a, 0);
+  archive_write_open2(a, &out, nullptr, append, nullptr, nullptr);
+  archive_entry* e = archive_entry_new();
+  archive_entry_set_filetype(e, AE_IFREG);
+  archive_entry_set_pathname(e, "x");
+  archive_write_header(a, e);
+  size_t off = 0;
+  while (off < data.size()) {
+    size_t n = std::min<size_t>(data.size() - off, 1 << 20);
+    archive_write_data(a, data.data() + off, n);
+    off += n;
+  }
+  archive_entry_free(e);
+  archive_write_close(a);
+  archive_write_free(a);
+  return out;
+}
+
+std::string sparse_tar(const std::string& name, uint64_t size,
+                       const std::vector<std::pair<uint64_t, std::string>>& chunks) {
+  archive* a = archive_write_new();
+  std::string out;
+  archive_write_set_format_pax(a);
+  archive_write_open2(a, &out, nullptr, append, nullptr, nullptr);
+  archive_entry* e = archive_entry_new();
+  archive_entry_set_filetype(e, AE_IFREG);
+  archive_entry_set_perm(e, 0644);
+  archive_entry_set_pathname(e, name.c_str());
+  archive_entry_set_size(e, static_cast<la_int64_t>(size));
+  archive_entry_set_mtime(e, 1700000000, 0);
+  for (const auto& [off, data] : chunks)
+    archive_entry_sparse_add_entry(e, static_cast<la_int64_t>(off), static_cast<la_int64_t>(data.size()));
+  if (archive_write_header(a, e) != ARCHIVE_OK) throw std::runtime_error(archive_error_string(a));
+  // libarchive's sparse writer takes the whole logical content and stores only the data runs.
+  std::string full(size, '\0');
+  for (const auto& [off, data] : chunks) full.replace(off, data.size(), data);
+  size_t off = 0;
+  while (off < full.size()) {
+    size_t n = std::min<size_t>(full.size() - off, 1 << 20);
+    archive_write_data(a, full.data() + off, n);
+    off += n;
+  }
+  archive_entry_free(e);
+  archive_write_close(a);
+  archive_write_free(a);
+  return out;
 }
 
 }  // namespace img2vm::testing

@@ -46,3 +46,14 @@ int e2fsck(const std::filesystem::path& image, std::string* log);
 rootfs::ImageInput image_input(const BuiltImage& img, const std::filesystem::path& dir);
 
 }  // namespace img2vm::testing
+
+namespace img2vm::testing {
+// A convert() input from raw layer blobs (media type, bytes), with a minimal image config.
+rootfs::ImageInput raw_input(const std::vector<std::pair<std::string, std::string>>& layers,
+                             const std::filesystem::path& dir);
+// A gzip stream of `data` (libarchive's raw writer).
+std::string gzip_bytes(const std::string& data);
+// A one-file sparse tar (PAX): `size` bytes with data `chunks` (offset, bytes), holes elsewhere.
+std::string sparse_tar(const std::string& name, uint64_t size,
+                       const std::vector<std::pair<uint64_t, std::string>>& chunks);
+}  // namespace img2vm::testing

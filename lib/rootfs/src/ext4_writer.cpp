@@ -522,7 +522,7 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
     // Start from the content plus the inode tables and a little for bitmaps and descriptors,
     // then grow until libext2fs's own layout leaves enough free blocks.
     blocks = want_free + (want_inodes * kInodeSize + kBlockSize - 1) / kBlockSize + 64 + want_free / 4096;
-    blocks = std::max<uint64_t>(blocks, 1024);
+    blocks = std::max<uint64_t>(blocks, 256);
     for (int round = 0;; ++round) {
       too_big(blocks);
       init_fs(fs, path, blocks, want_inodes, p);
