@@ -1,0 +1,74 @@
+// Decoding one layer's tar stream into entries (file data spooled to disk) and applying decoded
+// layers in order to a Tree with the OCI layer semantics.
+//
+// Path policy (the same as containerd and umoci): every entry name is cleaned lexically as if it
+// were rooted at "/" — leading "/" and "./" are dropped, "." components removed and ".." can never
+// climb above the root (so "../../etc/x" and "/etc/x" both mean "etc/x"). The parent components
+// are then resolved in the tree built so far, following symlinks as if chrooted into the image:
+// an absolute link target restarts at the image root and ".." stops there, so an entry under a
+// symlinked parent lands at the link's target inside the image and never outside it. The final
+// component is never followed: an entry replaces a symlink, it does not write through it. A
+// parent that is missing is created (0755 root:root, mtime 0); one that is neither a directory
+// nor a symlink to one is an error. More than 255 symlinks in one resolution is an error.
+//
+// Layer semantics (image-spec layer.md): within one layer, the opaque markers
+// ".wh..wh..opq" are applied first, then the whiteouts ".wh.NAME", then the layer's other entries
+// in tar order — so whiteouts hide only lower layers wherever they appear in the tar. Other
+// ".wh..wh.*" names (aufs internals) are ignored; a bare ".wh." is an error. A directory entry
+// over an existing directory updates its attributes (xattrs replaced) and keeps its contents;
+// any other entry replaces what was at its name (a directory replaced by a file loses its whole
+// subtree). A hardlink entry makes its name share the inode of its target, looked up in the tree
+// as it is at that point (in this layer or an earlier one); a missing target or a directory
+// target is an error. Sockets are skipped.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "img2vm/base/fd.hpp"
+#include "img2vm/layers/compression.hpp"
+#include "img2vm/layers/tree.hpp"
+
+namespace img2vm::layers {
+
+struct LayerEntry {
+  enum class Kind : uint8_t { kNode, kHardlink, kWhiteout, kOpaque };
+  Kind kind = Kind::kNode;
+  std::string path;    // cleaned, relative to the root ("" is the root); for kOpaque the dir
+  std::string target;  // kHardlink: the cleaned target path
+  Inode node;          // kNode: type, attributes, data extents (children empty)
+};
+
+struct DecodedLayer {
+  std::vector<LayerEntry> entries;
+  uint64_t data_bytes = 0;  // file data spooled
+};
+
+// Cleans a tar entry name as described above; returns the components.
+std::vector<std::string> clean_path(std::string_view name);
+
+struct DecodeLimits {
+  // Uncompressed bytes (file data plus 512 per entry plus name lengths) one layer may produce.
+  uint64_t max_bytes = UINT64_MAX;
+  const std::atomic<bool>* cancel = nullptr;  // checked while reading; throws when set
+};
+
+// Reads a tar stream (already decompressed or not, per `compression`) through libarchive from
+// `read`, which returns up to n bytes into buf, 0 at the end, and throws on failure. Regular
+// files' data is appended to `spool_fd` (whose current end is found with lseek). `what` names the
+// layer in every error ("layer sha256:..."). Errors: kIntegrity (corrupt tar or compressed
+// stream, a bare ".wh."), kLimit (max_bytes passed), kIo.
+using ReadFn = std::function<size_t(void* buf, size_t n)>;
+DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_fd,
+                        const DecodeLimits& limits, std::string_view what);
+
+// Applies one decoded layer (index `layer` >= 1, ascending) to the tree; `spool` is stored in
+// each regular file's Inode::spool. Entries are moved out of `decoded`.
+void apply_layer(Tree& tree, DecodedLayer& decoded, uint32_t layer, uint32_t spool,
+                 std::string_view what);
+
+}  // namespace img2vm::layers

@@ -1,0 +1,450 @@
+#include "img2vm/layers/apply.hpp"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <memory>
+
+#include "img2vm/base/error.hpp"
+
+namespace img2vm::layers {
+
+std::string_view to_string(NodeType t) noexcept {
+  switch (t) {
+    case NodeType::kFile: return "file";
+    case NodeType::kDir: return "directory";
+    case NodeType::kSymlink: return "symlink";
+    case NodeType::kCharDev: return "character device";
+    case NodeType::kBlockDev: return "block device";
+    case NodeType::kFifo: return "fifo";
+  }
+  return "?";
+}
+
+Tree::Tree() : root(std::make_shared<Inode>()) {
+  root->type = NodeType::kDir;
+  root->mode = 0755;
+}
+
+std::vector<std::string> clean_path(std::string_view name) {
+  std::vector<std::string> out;
+  size_t i = 0;
+  while (i <= name.size()) {
+    size_t j = name.find('/', i);
+    if (j == std::string_view::npos) j = name.size();
+    std::string_view c = name.substr(i, j - i);
+    if (c.empty() || c == ".") {
+    } else if (c == "..") {
+      if (!out.empty()) out.pop_back();
+    } else {
+      out.emplace_back(c);
+    }
+    i = j + 1;
+  }
+  return out;
+}
+
+namespace {
+
+std::string join(const std::vector<std::string>& parts, size_t n) {
+  std::string s;
+  for (size_t i = 0; i < n; ++i) {
+    if (i) s += '/';
+    s += parts[i];
+  }
+  return s;
+}
+
+// ---------------------------------------------------------------- decoding
+
+struct ReadCtx {
+  const ReadFn* read;
+  std::unique_ptr<char[]> buf;
+  size_t cap = 1 << 17;
+  std::string error;  // an exception from `read`, reported after libarchive gives up
+  std::exception_ptr exc;
+};
+
+la_ssize_t read_cb(archive* a, void* ud, const void** out) {
+  auto* c = static_cast<ReadCtx*>(ud);
+  try {
+    size_t n = (*c->read)(c->buf.get(), c->cap);
+    *out = c->buf.get();
+    return static_cast<la_ssize_t>(n);
+  } catch (...) {
+    c->exc = std::current_exception();
+    archive_set_error(a, EIO, "read failed");
+    return -1;
+  }
+}
+
+struct ArchiveFree {
+  void operator()(archive* a) const { archive_read_free(a); }
+};
+
+class Spool {
+ public:
+  Spool(int fd, std::string_view what) : fd_(fd), what_(what) {
+    off_t end = ::lseek(fd, 0, SEEK_END);
+    if (end < 0) throw_errno(std::string(what) + ": spool file");
+    end_ = static_cast<uint64_t>(end);
+    buf_.reserve(kCap);
+  }
+  uint64_t end() const { return end_ + buf_.size(); }
+  void append(const void* p, size_t n) {
+    const char* s = static_cast<const char*>(p);
+    while (n) {
+      size_t k = std::min(n, kCap - buf_.size());
+      buf_.append(s, k);
+      s += k;
+      n -= k;
+      if (buf_.size() == kCap) flush();
+    }
+  }
+  void flush() {
+    size_t done = 0;
+    while (done < buf_.size()) {
+      ssize_t w = ::pwrite(fd_, buf_.data() + done, buf_.size() - done, static_cast<off_t>(end_ + done));
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        throw_errno(what_ + ": cannot write the spool file");
+      }
+      done += static_cast<size_t>(w);
+    }
+    end_ += buf_.size();
+    buf_.clear();
+  }
+
+ private:
+  static constexpr size_t kCap = 1 << 20;
+  int fd_;
+  std::string what_;
+  uint64_t end_ = 0;
+  std::string buf_;
+};
+
+}  // namespace
+
+DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_fd,
+                        const DecodeLimits& limits, std::string_view what_sv) {
+  const std::string what(what_sv);
+  std::unique_ptr<archive, ArchiveFree> a(archive_read_new());
+  if (!a) throw Error(ErrorKind::kInternal, what + ": archive_read_new failed");
+  archive_read_support_format_tar(a.get());
+  switch (compression) {
+    case Compression::kGzip: archive_read_support_filter_gzip(a.get()); break;
+    case Compression::kZstd: archive_read_support_filter_zstd(a.get()); break;
+    case Compression::kNone: break;
+  }
+  ReadCtx ctx{&read, std::make_unique<char[]>(1 << 17), 1 << 17, {}, nullptr};
+
+  auto fail = [&](std::string_view during) -> Error {
+    if (ctx.exc) std::rethrow_exception(ctx.exc);
+    const char* msg = archive_error_string(a.get());
+    return Error(ErrorKind::kIntegrity, what + ": corrupt or truncated layer (" + std::string(during) +
+                                            "): " + (msg ? msg : "libarchive error"));
+  };
+  auto check_cancel = [&] {
+    if (limits.cancel && limits.cancel->load(std::memory_order_relaxed))
+      throw Error(ErrorKind::kInternal, what + ": cancelled");
+  };
+
+  if (archive_read_open(a.get(), &ctx, nullptr, read_cb, nullptr) != ARCHIVE_OK) {
+    // An empty stream is an empty (if odd) layer.
+    if (ctx.exc) std::rethrow_exception(ctx.exc);
+    const char* msg = archive_error_string(a.get());
+    if (compression == Compression::kNone && msg && std::strstr(msg, "empty")) return {};
+    throw fail("opening");
+  }
+
+  DecodedLayer out;
+  Spool spool(spool_fd, what);
+  uint64_t budget_used = 0;
+  auto charge = [&](uint64_t n) {
+    budget_used += n;
+    if (budget_used > limits.max_bytes)
+      throw Error(ErrorKind::kLimit, what + ": uncompressed content exceeds the size limit of " +
+                                         std::to_string(limits.max_bytes) + " bytes");
+  };
+
+  for (;;) {
+    check_cancel();
+    archive_entry* ae = nullptr;
+    int r = archive_read_next_header(a.get(), &ae);
+    if (r == ARCHIVE_EOF) break;
+    if (r < ARCHIVE_WARN) throw fail("reading a header");
+    const char* raw_name = archive_entry_pathname(ae);
+    if (!raw_name) throw Error(ErrorKind::kIntegrity, what + ": a tar entry has no readable name");
+    std::string raw(raw_name);
+    charge(512 + raw.size());
+    std::vector<std::string> parts = clean_path(raw);
+
+    LayerEntry e;
+    const char* hl = archive_entry_hardlink(ae);
+    std::string base = parts.empty() ? std::string() : parts.back();
+    if (base.rfind(".wh.", 0) == 0) {
+      if (base == ".wh..wh..opq") {
+        e.kind = LayerEntry::Kind::kOpaque;
+        e.path = join(parts, parts.size() - 1);
+      } else if (base.rfind(".wh..wh.", 0) == 0) {
+        continue;  // aufs metadata (.wh..wh.plnk, .wh..wh.aufs): never part of the image
+      } else if (base == ".wh.") {
+        throw Error(ErrorKind::kIntegrity, what + ": invalid whiteout entry \"" + raw + "\"");
+      } else {
+        e.kind = LayerEntry::Kind::kWhiteout;
+        parts.back() = base.substr(4);
+        e.path = join(parts, parts.size());
+      }
+      out.entries.push_back(std::move(e));
+      continue;
+    }
+    e.path = join(parts, parts.size());
+    if (hl) {
+      std::vector<std::string> t = clean_path(hl);
+      e.kind = LayerEntry::Kind::kHardlink;
+      e.target = join(t, t.size());
+      if (e.target.empty())
+        throw Error(ErrorKind::kIntegrity, what + ": hardlink \"" + raw + "\" points at the root directory");
+      out.entries.push_back(std::move(e));
+      continue;
+    }
+    Inode& n = e.node;
+    switch (archive_entry_filetype(ae)) {
+      case AE_IFREG: n.type = NodeType::kFile; break;
+      case AE_IFDIR: n.type = NodeType::kDir; break;
+      case AE_IFLNK: n.type = NodeType::kSymlink; break;
+      case AE_IFCHR: n.type = NodeType::kCharDev; break;
+      case AE_IFBLK: n.type = NodeType::kBlockDev; break;
+      case AE_IFIFO: n.type = NodeType::kFifo; break;
+      default: continue;  // sockets and unknown types are not part of a rootfs
+    }
+    n.mode = archive_entry_perm(ae) & 07777;
+    la_int64_t uid = archive_entry_uid(ae), gid = archive_entry_gid(ae);
+    if (uid < 0 || uid > 0xfffffffeLL || gid < 0 || gid > 0xfffffffeLL)
+      throw Error(ErrorKind::kIntegrity, what + ": \"" + raw + "\" has an out-of-range uid/gid");
+    n.uid = static_cast<uint32_t>(uid);
+    n.gid = static_cast<uint32_t>(gid);
+    n.mtime = archive_entry_mtime(ae);
+    long ns = archive_entry_mtime_nsec(ae);
+    n.mtime_nsec = (ns >= 0 && ns < 1000000000) ? static_cast<uint32_t>(ns) : 0;
+    if (n.type == NodeType::kSymlink) {
+      const char* t = archive_entry_symlink(ae);
+      n.link_target = t ? t : "";
+      if (n.link_target.empty())
+        throw Error(ErrorKind::kIntegrity, what + ": symlink \"" + raw + "\" has an empty target");
+      charge(n.link_target.size());
+    }
+    if (n.type == NodeType::kCharDev || n.type == NodeType::kBlockDev) {
+      n.dev_major = static_cast<uint32_t>(archive_entry_rdevmajor(ae));
+      n.dev_minor = static_cast<uint32_t>(archive_entry_rdevminor(ae));
+    }
+    // PAX xattrs (SCHILY.xattr.* and LIBARCHIVE.xattr.*), values are binary-safe.
+    archive_entry_xattr_reset(ae);
+    const char* xname;
+    const void* xval;
+    size_t xlen;
+    while (archive_entry_xattr_next(ae, &xname, &xval, &xlen) == ARCHIVE_OK) {
+      if (!xname || !*xname) continue;
+      charge(std::strlen(xname) + xlen);
+      n.xattrs.emplace_back(xname, std::string(static_cast<const char*>(xval), xlen));
+    }
+    std::sort(n.xattrs.begin(), n.xattrs.end());
+    n.xattrs.erase(std::unique(n.xattrs.begin(), n.xattrs.end(),
+                               [](const auto& x, const auto& y) { return x.first == y.first; }),
+                   n.xattrs.end());
+    if (n.type == NodeType::kFile) {
+      la_int64_t size = archive_entry_size(ae);
+      n.size = size > 0 ? static_cast<uint64_t>(size) : 0;
+      for (;;) {
+        check_cancel();
+        const void* buf;
+        size_t len;
+        la_int64_t off;
+        int rr = archive_read_data_block(a.get(), &buf, &len, &off);
+        if (rr == ARCHIVE_EOF) break;
+        if (rr < ARCHIVE_WARN) throw fail("reading \"" + raw + "\"");
+        if (len == 0) continue;
+        if (off < 0) throw Error(ErrorKind::kIntegrity, what + ": bad data offset in \"" + raw + "\"");
+        uint64_t uoff = static_cast<uint64_t>(off);
+        charge(len);
+        if (!n.extents.empty() && n.extents.back().offset + n.extents.back().length == uoff &&
+            n.extents.back().spool_offset + n.extents.back().length == spool.end()) {
+          n.extents.back().length += len;
+        } else {
+          if (!n.extents.empty() && uoff < n.extents.back().offset + n.extents.back().length)
+            throw Error(ErrorKind::kIntegrity, what + ": overlapping sparse data in \"" + raw + "\"");
+          n.extents.push_back({uoff, len, spool.end()});
+        }
+        spool.append(buf, len);
+        out.data_bytes += len;
+      }
+      if (!n.extents.empty()) n.size = std::max(n.size, n.extents.back().offset + n.extents.back().length);
+    } else {
+      // Data attached to a non-regular entry (never in a sane tar) is skipped.
+      if (archive_read_data_skip(a.get()) < ARCHIVE_WARN) throw fail("skipping \"" + raw + "\"");
+    }
+    out.entries.push_back(std::move(e));
+  }
+  spool.flush();
+  return out;
+}
+
+// ---------------------------------------------------------------- applying
+
+namespace {
+
+std::shared_ptr<Inode> implicit_dir() {
+  auto d = std::make_shared<Inode>();
+  d->type = NodeType::kDir;
+  d->mode = 0755;
+  return d;
+}
+
+class Applier {
+ public:
+  Applier(Tree& tree, uint32_t layer, std::string_view what) : tree_(tree), layer_(layer), what_(what) {}
+
+  // Resolves the directory that holds parts[0..n) (following symlinks, confined to the root).
+  // Returns nullptr when a component is missing and !create.
+  Inode* resolve_dir(const std::vector<std::string>& parts, size_t n, bool create, const std::string& name) {
+    std::deque<std::string> todo(parts.begin(), parts.begin() + static_cast<long>(n));
+    std::vector<Inode*> stack{tree_.root.get()};
+    int links = 0;
+    while (!todo.empty()) {
+      std::string c = std::move(todo.front());
+      todo.pop_front();
+      if (c.empty() || c == ".") continue;
+      if (c == "..") {
+        if (stack.size() > 1) stack.pop_back();
+        continue;
+      }
+      Inode* cur = stack.back();
+      auto it = cur->children.find(c);
+      if (it == cur->children.end()) {
+        if (!create) return nullptr;
+        it = cur->children.emplace(c, Dentry{implicit_dir(), layer_}).first;
+      }
+      Inode* child = it->second.inode.get();
+      if (child->type == NodeType::kDir) {
+        stack.push_back(child);
+      } else if (child->type == NodeType::kSymlink) {
+        if (++links > 255)
+          throw Error(ErrorKind::kIntegrity, what_ + ": too many levels of symbolic links resolving \"" + name + "\"");
+        const std::string& t = child->link_target;
+        if (!t.empty() && t[0] == '/') stack.resize(1);
+        std::vector<std::string> tp = clean_path_keep_dots(t);
+        todo.insert(todo.begin(), tp.begin(), tp.end());
+      } else {
+        if (!create) return nullptr;
+        throw Error(ErrorKind::kIntegrity, what_ + ": \"" + name + "\": a parent is a " +
+                                              std::string(to_string(child->type)) + ", not a directory");
+      }
+    }
+    return stack.back();
+  }
+
+  void apply(LayerEntry& e, uint32_t spool) {
+    std::vector<std::string> parts = clean_path(e.path);
+    switch (e.kind) {
+      case LayerEntry::Kind::kOpaque: {
+        Inode* d = resolve_dir(parts, parts.size(), false, e.path);
+        if (d) d->children.clear();
+        return;
+      }
+      case LayerEntry::Kind::kWhiteout: {
+        if (parts.empty()) return;
+        Inode* d = resolve_dir(parts, parts.size() - 1, false, e.path);
+        if (d) d->children.erase(parts.back());
+        return;
+      }
+      case LayerEntry::Kind::kNode: {
+        if (parts.empty()) {
+          if (e.node.type != NodeType::kDir)
+            throw Error(ErrorKind::kIntegrity, what_ + ": a " + std::string(to_string(e.node.type)) +
+                                                  " entry would replace the root directory");
+          update_dir(*tree_.root, e.node);
+          return;
+        }
+        Inode* d = resolve_dir(parts, parts.size() - 1, true, e.path);
+        auto it = d->children.find(parts.back());
+        if (e.node.type == NodeType::kDir && it != d->children.end() &&
+            it->second.inode->type == NodeType::kDir) {
+          update_dir(*it->second.inode, e.node);
+          it->second.layer = layer_;
+          return;
+        }
+        auto node = std::make_shared<Inode>(std::move(e.node));
+        if (node->type == NodeType::kFile) node->spool = spool;
+        d->children[parts.back()] = Dentry{std::move(node), layer_};
+        return;
+      }
+      case LayerEntry::Kind::kHardlink: {
+        std::vector<std::string> tp = clean_path(e.target);
+        if (parts.empty())
+          throw Error(ErrorKind::kIntegrity, what_ + ": a hardlink entry would replace the root directory");
+        Inode* td = resolve_dir(tp, tp.size() - 1, false, e.target);
+        std::shared_ptr<Inode> target;
+        if (td) {
+          auto it = td->children.find(tp.back());
+          if (it != td->children.end()) target = it->second.inode;
+        }
+        if (!target)
+          throw Error(ErrorKind::kIntegrity, what_ + ": hardlink \"" + e.path + "\" points at \"" + e.target +
+                                                "\", which does not exist");
+        if (target->type == NodeType::kDir)
+          throw Error(ErrorKind::kIntegrity, what_ + ": hardlink \"" + e.path + "\" points at directory \"" +
+                                                e.target + "\"");
+        Inode* d = resolve_dir(parts, parts.size() - 1, true, e.path);
+        d->children[parts.back()] = Dentry{std::move(target), layer_};
+        return;
+      }
+    }
+  }
+
+ private:
+  static std::vector<std::string> clean_path_keep_dots(std::string_view t) {
+    // Symlink targets keep ".." (resolved against the walk's stack); empty and "." go.
+    std::vector<std::string> out;
+    size_t i = 0;
+    while (i <= t.size()) {
+      size_t j = t.find('/', i);
+      if (j == std::string_view::npos) j = t.size();
+      std::string_view c = t.substr(i, j - i);
+      if (!c.empty() && c != ".") out.emplace_back(c);
+      i = j + 1;
+    }
+    return out;
+  }
+  static void update_dir(Inode& dst, Inode& src) {
+    dst.mode = src.mode;
+    dst.uid = src.uid;
+    dst.gid = src.gid;
+    dst.mtime = src.mtime;
+    dst.mtime_nsec = src.mtime_nsec;
+    dst.xattrs = std::move(src.xattrs);
+  }
+
+  Tree& tree_;
+  uint32_t layer_;
+  std::string what_;
+};
+
+}  // namespace
+
+void apply_layer(Tree& tree, DecodedLayer& decoded, uint32_t layer, uint32_t spool, std::string_view what) {
+  Applier ap(tree, layer, what);
+  for (auto& e : decoded.entries)
+    if (e.kind == LayerEntry::Kind::kOpaque) ap.apply(e, spool);
+  for (auto& e : decoded.entries)
+    if (e.kind == LayerEntry::Kind::kWhiteout) ap.apply(e, spool);
+  for (auto& e : decoded.entries)
+    if (e.kind == LayerEntry::Kind::kNode || e.kind == LayerEntry::Kind::kHardlink) ap.apply(e, spool);
+  decoded.entries.clear();
+}
+
+}  // namespace img2vm::layers

@@ -1,0 +1,266 @@
+#include "img2vm/layers/flatten.hpp"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <unordered_set>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/layers/apply.hpp"
+#include "img2vm/layers/compression.hpp"
+
+namespace img2vm::layers {
+
+namespace fs = std::filesystem;
+
+LayerSource LayerSource::from_file(std::string media_type, Digest digest, uint64_t size, fs::path path) {
+  LayerSource s;
+  s.media_type = std::move(media_type);
+  s.digest = std::move(digest);
+  s.size = size;
+  s.open = [path = std::move(path)] { return open_file(path, O_RDONLY); };
+  return s;
+}
+
+namespace {
+
+// An anonymous temporary file in `dir` (O_TMPFILE, or mkstemp + unlink).
+UniqueFd make_spool(const fs::path& dir_in) {
+  fs::path dir = dir_in;
+  if (dir.empty()) {
+    const char* t = std::getenv("TMPDIR");
+    dir = (t && *t) ? fs::path(t) : fs::path("/tmp");
+  }
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd >= 0) return UniqueFd(fd);
+  std::string tmpl = (dir / "img2vm-spool.XXXXXX").string();
+  fd = ::mkostemp(tmpl.data(), O_CLOEXEC);
+  if (fd < 0) throw_errno("cannot create a spool file in " + dir.string());
+  ::unlink(tmpl.c_str());
+  return UniqueFd(fd);
+}
+
+// Reads a layer blob, hashing and counting every byte, refusing more than the declared size.
+class VerifyingReader {
+ public:
+  VerifyingReader(const LayerSource& src, std::string what) : src_(src), what_(std::move(what)) {
+    fd_ = src.open();
+    if (!fd_) throw Error(ErrorKind::kIo, what_ + ": cannot open the blob");
+  }
+  // Reads the first bytes (for the magic); they are replayed by read().
+  std::string_view peek() {
+    if (!peeked_) {
+      peeked_ = true;
+      head_.resize(4096);
+      size_t got = 0;
+      while (got < head_.size()) {
+        size_t n = raw_read(head_.data() + got, head_.size() - got);
+        if (n == 0) break;
+        got += n;
+      }
+      head_.resize(got);
+    }
+    return head_;
+  }
+  size_t read(void* buf, size_t n) {
+    if (head_pos_ < head_.size()) {
+      size_t k = std::min(n, head_.size() - head_pos_);
+      std::memcpy(buf, head_.data() + head_pos_, k);
+      head_pos_ += k;
+      return k;
+    }
+    return raw_read(buf, n);
+  }
+  // Reads to the end, then checks the size and the digest.
+  void finish() {
+    std::vector<char> buf(1 << 16);
+    while (raw_read(buf.data(), buf.size()) > 0) {
+    }
+    verify();
+  }
+  // After a decoding failure: if the blob itself is wrong, say that instead.
+  void explain_failure() {
+    try {
+      finish();
+    } catch (const Error& e) {
+      if (e.kind() == ErrorKind::kIntegrity) throw;
+    } catch (...) {
+    }
+  }
+
+ private:
+  size_t raw_read(void* buf, size_t n) {
+    // Never read more than one byte past the declared size.
+    uint64_t allowed = src_.size + 1 - std::min<uint64_t>(bytes_, src_.size + 1);
+    if (allowed == 0) return 0;
+    n = static_cast<size_t>(std::min<uint64_t>(n, allowed));
+    for (;;) {
+      ssize_t r = ::read(fd_.get(), buf, n);
+      if (r < 0) {
+        if (errno == EINTR) continue;
+        throw_errno(what_ + ": cannot read the blob");
+      }
+      if (r > 0) {
+        sha_.update(buf, static_cast<size_t>(r));
+        bytes_ += static_cast<uint64_t>(r);
+        if (bytes_ > src_.size)
+          throw Error(ErrorKind::kIntegrity, what_ + ": blob is larger than the " + std::to_string(src_.size) +
+                                                 " bytes its descriptor declares");
+      }
+      return static_cast<size_t>(r);
+    }
+  }
+  void verify() {
+    if (verified_) return;
+    verified_ = true;
+    if (bytes_ != src_.size)
+      throw Error(ErrorKind::kIntegrity, what_ + ": truncated blob: " + std::to_string(bytes_) + " of " +
+                                             std::to_string(src_.size) + " bytes");
+    Digest got = sha_.finish();
+    if (got != src_.digest)
+      throw Error(ErrorKind::kIntegrity, what_ + ": digest mismatch: the blob's content hashes to " + got.str());
+  }
+
+  const LayerSource& src_;
+  std::string what_;
+  UniqueFd fd_;
+  Sha256 sha_;
+  uint64_t bytes_ = 0;
+  std::string head_;
+  size_t head_pos_ = 0;
+  bool peeked_ = false;
+  bool verified_ = false;
+};
+
+DecodedLayer decode_source(const LayerSource& src, int spool_fd, const DecodeLimits& limits,
+                           const std::string& what) {
+  std::optional<Compression> declared = compression_from_media_type(src.media_type);
+  if (!declared)
+    throw Error(ErrorKind::kUnsupported, what + ": unsupported layer media type \"" + src.media_type + "\"");
+  VerifyingReader r(src, what);
+  Compression actual = sniff_compression(r.peek());
+  Compression use = *declared;
+  if (actual != *declared) {
+    // A plain-tar media type over compressed bytes is decoded by its magic, as containerd does;
+    // compressed media types must match their magic.
+    if (*declared == Compression::kNone) {
+      use = actual;
+    } else {
+      r.explain_failure();
+      throw Error(ErrorKind::kIntegrity, what + ": media type says " + std::string(to_string(*declared)) +
+                                             " but the data is not " + std::string(to_string(*declared)));
+    }
+  }
+  DecodedLayer d;
+  try {
+    d = decode_tar([&](void* b, size_t n) { return r.read(b, n); }, use, spool_fd, limits, what);
+  } catch (const Error& e) {
+    if (e.kind() == ErrorKind::kIntegrity) r.explain_failure();
+    throw;
+  }
+  r.finish();
+  return d;
+}
+
+}  // namespace
+
+uint64_t tree_cost(const Tree& tree) {
+  uint64_t cost = 0;
+  std::unordered_set<const Inode*> seen;
+  std::vector<const Inode*> todo{tree.root.get()};
+  while (!todo.empty()) {
+    const Inode* n = todo.back();
+    todo.pop_back();
+    if (!seen.insert(n).second) continue;
+    cost += 512 + n->data_bytes() + n->link_target.size();
+    for (const auto& [name, d] : n->children) {
+      cost += name.size();
+      todo.push_back(d.inode.get());
+    }
+  }
+  return cost;
+}
+
+Flattened flatten(const std::vector<LayerSource>& layers, const FlattenOptions& opt) {
+  Flattened out;
+  const size_t n = layers.size();
+  out.spools.resize(n + 1);
+  for (size_t i = 0; i < n; ++i) out.spools[i + 1] = make_spool(opt.spool_dir);
+
+  std::vector<std::optional<DecodedLayer>> done(n);
+  std::vector<std::exception_ptr> errors(n);
+  std::mutex mu;
+  std::condition_variable cv;
+  std::atomic<size_t> next{0};
+  std::atomic<bool> cancel{false};
+  DecodeLimits limits;
+  limits.max_bytes = opt.max_bytes;
+  limits.cancel = &cancel;
+
+  auto name_of = [&](size_t i) {
+    return "layer " + std::to_string(i + 1) + "/" + std::to_string(n) + " " + layers[i].digest.str();
+  };
+  auto worker = [&] {
+    for (;;) {
+      size_t i = next.fetch_add(1);
+      if (i >= n || cancel.load()) return;
+      std::optional<DecodedLayer> d;
+      std::exception_ptr err;
+      try {
+        d = decode_source(layers[i], out.spools[i + 1].get(), limits, name_of(i));
+      } catch (...) {
+        err = std::current_exception();
+      }
+      std::lock_guard lk(mu);
+      done[i] = std::move(d);
+      errors[i] = err;
+      cv.notify_all();
+    }
+  };
+  unsigned threads = opt.threads ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
+  threads = static_cast<unsigned>(std::min<size_t>(threads, std::max<size_t>(n, 1)));
+  std::vector<std::thread> pool;
+  struct Joiner {
+    std::vector<std::thread>& p;
+    std::atomic<bool>& c;
+    ~Joiner() {
+      c.store(true);
+      for (auto& t : p)
+        if (t.joinable()) t.join();
+    }
+  } joiner{pool, cancel};
+  for (unsigned t = 0; t < threads; ++t) pool.emplace_back(worker);
+
+  for (size_t i = 0; i < n; ++i) {
+    DecodedLayer d;
+    {
+      std::unique_lock lk(mu);
+      cv.wait(lk, [&] { return done[i].has_value() || errors[i]; });
+      if (errors[i]) {
+        cancel.store(true);
+        std::rethrow_exception(errors[i]);
+      }
+      d = std::move(*done[i]);
+      done[i].reset();
+    }
+    out.spooled_bytes += d.data_bytes;
+    apply_layer(out.tree, d, static_cast<uint32_t>(i + 1), static_cast<uint32_t>(i + 1), name_of(i));
+    uint64_t cost = tree_cost(out.tree);
+    if (cost > opt.max_bytes)
+      throw Error(ErrorKind::kLimit, "the image's content exceeds the size limit of " + std::to_string(opt.max_bytes) +
+                                         " bytes after " + name_of(i));
+    if (opt.progress) opt.progress(i + 1, n);
+  }
+  return out;
+}
+
+}  // namespace img2vm::layers

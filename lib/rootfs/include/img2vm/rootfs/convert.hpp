@@ -1,0 +1,84 @@
+// img2vm convert as a library: an image (from any source) flattened into a bootable ext4 file,
+// rootless — no mkfs binary, no mount, no loop device.
+//
+//   img2vm::rootfs::ImageInput in;
+//   in.config_json = <the image configuration blob>;
+//   in.manifest_digest = <digest of the image manifest>;        // seeds UUID and hash seed
+//   in.layers.push_back(img2vm::layers::LayerSource::from_file(media_type, digest, size, path));
+//   img2vm::rootfs::ConvertOptions opt;
+//   opt.output = "rootfs.ext4";
+//   opt.init_binary = "/usr/lib/img2vm/init";                   // optional
+//   img2vm::rootfs::ConvertResult r = img2vm::rootfs::convert(in, opt);
+//
+// The result holds the image's files exactly as `umoci unpack` would lay them out (see
+// img2vm/layers/apply.hpp for the layer semantics and the path policy), plus /.img2vm/ (root,
+// 0755) with config.json (to_json(runtime_config_from_image_config(config_json))) and, when
+// given, the init as /.img2vm/init (0755). An image's own /.img2vm is replaced. /lost+found is
+// added (0700 root) when the image has none, as mkfs does, so that e2fsck is content.
+//
+// File system: ext4, 4 KiB blocks, 256-byte inodes (inline xattrs, nanosecond and post-2038
+// timestamps), extents, flex_bg, 64bit, huge_file, dir_nlink, dir_index, metadata_csum, no
+// journal (the rootfs is copied per run and never needs replay; a VMM may add one with tune2fs)
+// and no resize inode. The same input and options give a byte-identical file: the UUID and
+// directory hash seed derive from the manifest digest, every timestamp is fixed.
+//
+// The output is written as a temporary file next to `output` and renamed over it only on
+// success; on any error no file is left behind.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "img2vm/base/digest.hpp"
+#include "img2vm/layers/flatten.hpp"
+
+namespace img2vm::rootfs {
+
+// An image independent of where it came from (registry store, OCI layout, docker-archive).
+struct ImageInput {
+  std::string config_json;             // the image configuration blob
+  Digest manifest_digest;              // reproducibility seed; may be empty (then a fixed seed)
+  std::vector<layers::LayerSource> layers;  // bottom first
+};
+
+struct ConvertOptions {
+  std::filesystem::path output;        // required
+  // Exact file system size in bytes (rounded up to 4 KiB); too small is an error (kLimit).
+  std::optional<uint64_t> size;
+  // Free space added to what the content needs when `size` is not given.
+  uint64_t extra_space = 16ull << 20;
+  // Free inodes added to what the content needs.
+  uint64_t extra_inodes = 1024;
+  // Upper bound on the file system and on each layer's uncompressed content (decompression
+  // bombs stop as soon as they pass it). kLimit when exceeded.
+  uint64_t max_size = 64ull << 30;
+  // Injected as /.img2vm/init (0755) when not empty.
+  std::filesystem::path init_binary;
+  // Where layer data is spooled while converting; default: the output's directory.
+  std::filesystem::path temp_dir;
+  unsigned threads = 0;                // layers decoded at once; 0: number of cores
+  // Fixed timestamp for what the image does not date (superblock, /.img2vm, implicit dirs,
+  // /lost+found), seconds since the epoch.
+  int64_t timestamp = 0;
+  // Progress: (phase, done, total); phases "layers" (layers applied) and "data" (bytes written).
+  std::function<void(std::string_view, uint64_t, uint64_t)> progress;
+};
+
+struct ConvertResult {
+  std::filesystem::path output;
+  uint64_t size_bytes = 0;     // of the ext4 file
+  uint64_t inodes = 0;         // used
+  uint64_t data_bytes = 0;     // file data written
+  uint64_t layers = 0;
+};
+
+// Throws img2vm::Error naming the layer (digest) or file at fault; see layers::flatten for the
+// layer errors, kLimit for max_size/size, kIo for the output.
+ConvertResult convert(const ImageInput& image, const ConvertOptions& options);
+
+}  // namespace img2vm::rootfs

@@ -1,0 +1,131 @@
+#include "img2vm/rootfs/convert.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "ext4_writer.hpp"
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/rootfs/runtime_config.hpp"
+
+namespace img2vm::rootfs {
+
+namespace fs = std::filesystem;
+using layers::Inode;
+using layers::NodeType;
+
+namespace {
+
+std::array<uint8_t, 16> derive(const Digest& seed, std::string_view purpose) {
+  std::string text = "img2vm-rootfs-v1\n" + std::string(purpose) + "\n" + (seed.empty() ? "" : seed.str());
+  Digest d = Digest::sha256_of(text);
+  std::array<uint8_t, 16> out{};
+  for (size_t i = 0; i < 16; ++i) out[i] = static_cast<uint8_t>(std::stoi(d.hex().substr(2 * i, 2), nullptr, 16));
+  return out;
+}
+
+UniqueFd temp_file(const fs::path& dir) {
+  int fd = ::open(dir.c_str(), O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (fd >= 0) return UniqueFd(fd);
+  std::string tmpl = (dir / ".img2vm-inject.XXXXXX").string();
+  fd = ::mkostemp(tmpl.data(), O_CLOEXEC);
+  if (fd < 0) throw_errno("cannot create a temporary file in " + dir.string());
+  ::unlink(tmpl.c_str());
+  return UniqueFd(fd);
+}
+
+std::shared_ptr<Inode> reserved_node(NodeType type, uint32_t mode, int64_t ts) {
+  auto n = std::make_shared<Inode>();
+  n->type = type;
+  n->mode = mode;
+  n->mtime = ts;
+  return n;
+}
+
+}  // namespace
+
+ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
+  if (opt.output.empty()) throw Error(ErrorKind::kInvalidArgument, "convert: no output path given");
+  fs::path out_dir = opt.output.parent_path();
+  if (out_dir.empty()) out_dir = ".";
+  fs::path temp_dir = opt.temp_dir.empty() ? out_dir : opt.temp_dir;
+
+  RuntimeConfig rc;
+  try {
+    rc = runtime_config_from_image_config(image.config_json);
+  } catch (const Error& e) {
+    throw e.with_context("image config");
+  }
+  std::string config_json = to_json(rc);
+
+  UniqueFd init_fd;
+  struct stat init_st {};
+  if (!opt.init_binary.empty()) {
+    init_fd = open_file(opt.init_binary, O_RDONLY);
+    if (::fstat(init_fd.get(), &init_st) != 0) throw_errno("cannot stat " + opt.init_binary.string());
+    if (!S_ISREG(init_st.st_mode))
+      throw Error(ErrorKind::kInvalidArgument, "init binary " + opt.init_binary.string() + " is not a regular file");
+  }
+
+  // The output is created first so that an unwritable destination fails before any work.
+  AtomicFile out(opt.output, 0644);
+
+  layers::FlattenOptions fo;
+  fo.max_bytes = opt.max_size;
+  fo.spool_dir = temp_dir;
+  fo.threads = opt.threads;
+  if (opt.progress) fo.progress = [&](size_t d, size_t t) { opt.progress("layers", d, t); };
+  layers::Flattened flat = layers::flatten(image.layers, fo);
+
+  // /.img2vm: config.json from a spool of its own, init straight from its file.
+  auto dir = reserved_node(NodeType::kDir, 0755, opt.timestamp);
+  {
+    UniqueFd cfg = temp_file(temp_dir);
+    write_all(cfg.get(), config_json, "the injected config.json");
+    auto f = reserved_node(NodeType::kFile, 0644, opt.timestamp);
+    f->size = config_json.size();
+    f->spool = static_cast<uint32_t>(flat.spools.size());
+    if (!config_json.empty()) f->extents.push_back({0, config_json.size(), 0});
+    flat.spools.push_back(std::move(cfg));
+    dir->children["config.json"] = layers::Dentry{f, 0};
+  }
+  if (init_fd) {
+    auto f = reserved_node(NodeType::kFile, 0755, opt.timestamp);
+    f->size = static_cast<uint64_t>(init_st.st_size);
+    f->spool = static_cast<uint32_t>(flat.spools.size());
+    if (f->size) f->extents.push_back({0, f->size, 0});
+    flat.spools.push_back(std::move(init_fd));
+    dir->children["init"] = layers::Dentry{f, 0};
+  }
+  std::string reserved_name(kReservedDir.substr(1));
+  flat.tree.root->children[reserved_name] = layers::Dentry{dir, 0};
+
+  detail::Ext4Params p;
+  p.size = opt.size;
+  p.extra_space = opt.extra_space;
+  p.extra_inodes = opt.extra_inodes;
+  p.max_size = opt.max_size;
+  p.uuid = derive(image.manifest_digest, "uuid");
+  p.uuid[6] = static_cast<uint8_t>((p.uuid[6] & 0x0f) | 0x50);  // name-based UUID (v5 layout)
+  p.uuid[8] = static_cast<uint8_t>((p.uuid[8] & 0x3f) | 0x80);
+  p.hash_seed = derive(image.manifest_digest, "hash-seed");
+  p.timestamp = opt.timestamp;
+  if (opt.progress) p.progress = [&](uint64_t d, uint64_t t) { opt.progress("data", d, t); };
+
+  detail::Ext4Stats st = detail::write_ext4(out.temp_path(), out.fd(), flat.tree,
+                                            [&](uint32_t i) { return flat.spool_fd(i); }, p);
+  out.commit();
+
+  ConvertResult r;
+  r.output = opt.output;
+  r.size_bytes = st.size_bytes;
+  r.inodes = st.inodes;
+  r.data_bytes = st.data_bytes;
+  r.layers = image.layers.size();
+  return r;
+}
+
+}  // namespace img2vm::rootfs

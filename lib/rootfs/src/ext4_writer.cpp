@@ -1,0 +1,560 @@
+#include "ext4_writer.hpp"
+
+extern "C" {
+#include <et/com_err.h>
+}
+#include <ext2fs/ext2fs.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "img2vm/base/error.hpp"
+
+namespace img2vm::rootfs::detail {
+
+namespace {
+
+using layers::Inode;
+using layers::NodeType;
+
+constexpr uint64_t kBlockSize = 4096;
+constexpr unsigned kInodeSize = 256;
+constexpr unsigned kExtraIsize = 32;
+constexpr uint32_t kMaxLinks = 65000;
+
+void init_error_table() {
+  static std::once_flag once;
+  std::call_once(once, [] { initialize_ext2_error_table(); });
+}
+
+void check(errcode_t err, const std::string& what) {
+  if (err) throw Error(ErrorKind::kIo, "ext4: " + what + ": " + error_message(err));
+}
+
+uint64_t round4(uint64_t n) { return (n + 3) & ~uint64_t{3}; }
+
+// Block ranges [first, end) covering a file's data extents, merged.
+std::vector<std::pair<uint64_t, uint64_t>> block_ranges(const Inode& n) {
+  std::vector<std::pair<uint64_t, uint64_t>> r;
+  for (const auto& e : n.extents) {
+    if (e.length == 0) continue;
+    uint64_t b0 = e.offset / kBlockSize, b1 = (e.offset + e.length + kBlockSize - 1) / kBlockSize;
+    if (!r.empty() && b0 <= r.back().second)
+      r.back().second = std::max(r.back().second, b1);
+    else
+      r.emplace_back(b0, b1);
+  }
+  return r;
+}
+
+// Bytes the xattrs need inside an inode / in an xattr block (entry headers, names, values).
+uint64_t xattr_bytes(const Inode& n) {
+  uint64_t b = 0;
+  for (const auto& [k, v] : n.xattrs) b += 16 + round4(k.size()) + round4(v.size());
+  return b;
+}
+
+uint8_t file_type(NodeType t) {
+  switch (t) {
+    case NodeType::kFile: return EXT2_FT_REG_FILE;
+    case NodeType::kDir: return EXT2_FT_DIR;
+    case NodeType::kSymlink: return EXT2_FT_SYMLINK;
+    case NodeType::kCharDev: return EXT2_FT_CHRDEV;
+    case NodeType::kBlockDev: return EXT2_FT_BLKDEV;
+    case NodeType::kFifo: return EXT2_FT_FIFO;
+  }
+  return EXT2_FT_UNKNOWN;
+}
+
+uint16_t type_bits(NodeType t) {
+  switch (t) {
+    case NodeType::kFile: return LINUX_S_IFREG;
+    case NodeType::kDir: return LINUX_S_IFDIR;
+    case NodeType::kSymlink: return LINUX_S_IFLNK;
+    case NodeType::kCharDev: return LINUX_S_IFCHR;
+    case NodeType::kBlockDev: return LINUX_S_IFBLK;
+    case NodeType::kFifo: return LINUX_S_IFIFO;
+  }
+  return 0;
+}
+
+void encode_time(int64_t sec, uint32_t nsec, __u32& lo, __u32& extra) {
+  lo = static_cast<__u32>(static_cast<uint64_t>(sec) & 0xffffffffu);
+  int64_t epoch = (sec - static_cast<int64_t>(static_cast<int32_t>(lo))) >> 32;
+  extra = static_cast<__u32>(epoch & 3) | (nsec << 2);
+}
+
+struct Need {
+  uint64_t blocks = 0;  // data, directory, symlink, xattr and extent-tree blocks
+  uint64_t inodes = 0;  // used inodes incl. the reserved ones
+  uint64_t data_bytes = 0;
+};
+
+struct Ctx {
+  const layers::Tree& tree;
+  std::unordered_map<const Inode*, uint32_t> nlink;  // names per non-directory inode
+  std::vector<const Inode*> order;                    // unique inodes
+};
+
+void count_links(Ctx& c) {
+  std::vector<const Inode*> todo{c.tree.root.get()};
+  while (!todo.empty()) {
+    const Inode* d = todo.back();
+    todo.pop_back();
+    c.order.push_back(d);
+    for (const auto& [name, de] : d->children) {
+      const Inode* n = de.inode.get();
+      if (n->type == NodeType::kDir) {
+        todo.push_back(n);
+      } else if (c.nlink[n]++ == 0) {
+        c.order.push_back(n);
+      }
+    }
+  }
+}
+
+Need estimate(const Ctx& c, const std::string& lost_found_name) {
+  Need need;
+  need.inodes = EXT2_GOOD_OLD_FIRST_INO;  // 1..10 reserved, 11 first free
+  const uint64_t dir_cap = kBlockSize - 12;  // minus the checksum tail
+  for (const Inode* n : c.order) {
+    ++need.inodes;
+    uint64_t blocks = 0;
+    uint64_t runs = 1;
+    switch (n->type) {
+      case NodeType::kDir: {
+        uint64_t used = 12 + 12;
+        blocks = 1;
+        for (const auto& [name, de] : n->children) {
+          uint64_t rec = 8 + round4(name.size());
+          if (used + rec > dir_cap) {
+            ++blocks;
+            used = rec;
+          } else {
+            used += rec;
+          }
+        }
+        if (n == c.tree.root.get() && !n->children.count(lost_found_name)) {
+          ++need.inodes;
+          ++blocks;  // lost+found's block; its name fits in the slack estimate below
+          ++blocks;
+        }
+        runs = blocks;  // directories grow one block at a time
+        break;
+      }
+      case NodeType::kFile: {
+        for (auto [b0, b1] : block_ranges(*n)) blocks += b1 - b0;
+        runs = block_ranges(*n).size() + blocks / 32768 + 2;
+        need.data_bytes += n->data_bytes();
+        break;
+      }
+      case NodeType::kSymlink:
+        if (n->link_target.size() >= 60) blocks = 1;
+        break;
+      default: break;
+    }
+    if (runs > 4) blocks += (runs + 339) / 340 + 1;  // extent tree blocks
+    if (!n->xattrs.empty() && xattr_bytes(*n) + 8 > kInodeSize - EXT2_GOOD_OLD_INODE_SIZE - kExtraIsize)
+      blocks += 1;
+    need.blocks += blocks;
+  }
+  return need;
+}
+
+class Fs {
+ public:
+  Fs() = default;
+  ~Fs() {
+    if (fs_) ext2fs_free(fs_);
+  }
+  Fs(const Fs&) = delete;
+  Fs& operator=(const Fs&) = delete;
+  ext2_filsys get() const { return fs_; }
+  ext2_filsys* out() { return &fs_; }
+  void close() {
+    ext2_filsys f = fs_;
+    fs_ = nullptr;
+    check(ext2fs_close2(f, 0), "closing the file system");
+  }
+  void reset() {
+    if (fs_) ext2fs_free(fs_);
+    fs_ = nullptr;
+  }
+
+ private:
+  ext2_filsys fs_ = nullptr;
+};
+
+struct PhysRun {
+  uint64_t lblk, pblk, len;
+};
+
+class Writer {
+ public:
+  Writer(ext2_filsys fs, int fd, Ctx& c, const Ext4Params& p,
+         const std::function<int(uint32_t)>& spool_fd)
+      : fs_(fs), fd_(fd), c_(c), p_(p), spool_fd_(spool_fd) {}
+
+  void run() {
+    const Inode& root = *c_.tree.root;
+    check(ext2fs_mkdir(fs_, EXT2_ROOT_INO, EXT2_ROOT_INO, nullptr), "creating the root directory");
+    inos_[&root] = EXT2_ROOT_INO;
+    bool has_lf = root.children.count("lost+found") > 0;
+    write_dir(EXT2_ROOT_INO, root);
+    if (!has_lf) {
+      ext2_ino_t ino;
+      check(ext2fs_new_inode(fs_, EXT2_ROOT_INO, LINUX_S_IFDIR | 0700, nullptr, &ino), "allocating lost+found");
+      check(ext2fs_mkdir(fs_, EXT2_ROOT_INO, ino, nullptr), "creating lost+found");
+      add_link(EXT2_ROOT_INO, "lost+found", ino, EXT2_FT_DIR);
+      Inode lf;
+      lf.type = NodeType::kDir;
+      lf.mode = 0700;
+      lf.mtime = p_.timestamp;
+      finalize(ino, lf, 0);
+    }
+    finalize(EXT2_ROOT_INO, root, 0);
+    write_data();
+  }
+
+  uint64_t data_bytes() const { return data_written_; }
+
+ private:
+  void add_link(ext2_ino_t dir, const std::string& name, ext2_ino_t ino, int ft) {
+    for (int tries = 0;; ++tries) {
+      errcode_t err = ext2fs_link(fs_, dir, name.c_str(), ino, ft);
+      if (err == EXT2_ET_DIR_NO_SPACE && tries < 2) {
+        check(ext2fs_expand_dir(fs_, dir), "growing a directory for \"" + name + "\"");
+        continue;
+      }
+      check(err, "linking \"" + name + "\"");
+      return;
+    }
+  }
+
+  void write_dir(ext2_ino_t dino, const Inode& dir) {
+    for (const auto& [name, de] : dir.children) {
+      const Inode& n = *de.inode;
+      auto it = inos_.find(&n);
+      if (it != inos_.end()) {  // another name of an inode already written
+        add_link(dino, name, it->second, file_type(n.type));
+        continue;
+      }
+      ext2_ino_t ino;
+      check(ext2fs_new_inode(fs_, dino, type_bits(n.type) | 0644, nullptr, &ino), "allocating an inode for \"" + name + "\"");
+      inos_[&n] = ino;
+      switch (n.type) {
+        case NodeType::kDir:
+          check(ext2fs_mkdir(fs_, dino, ino, nullptr), "creating directory \"" + name + "\"");
+          add_link(dino, name, ino, EXT2_FT_DIR);
+          write_dir(ino, n);
+          finalize(ino, n, 0);
+          continue;
+        case NodeType::kSymlink:
+          if (n.link_target.size() >= kBlockSize)
+            throw Error(ErrorKind::kUnsupported, "ext4: symlink \"" + name + "\" has a target longer than 4095 bytes");
+          check(ext2fs_symlink(fs_, dino, ino, nullptr, n.link_target.c_str()), "creating symlink \"" + name + "\"");
+          break;
+        case NodeType::kFile: create_file(ino, n, name); break;
+        default: create_special(ino, n, name); break;
+      }
+      add_link(dino, name, ino, file_type(n.type));
+      uint32_t links = c_.nlink[&n];
+      if (links > kMaxLinks)
+        throw Error(ErrorKind::kUnsupported, "ext4: \"" + name + "\" has more than 65000 hard links");
+      finalize(ino, n, links);
+    }
+  }
+
+  void create_special(ext2_ino_t ino, const Inode& n, const std::string& name) {
+    ext2fs_inode_alloc_stats2(fs_, ino, +1, 0);
+    struct ext2_inode_large in;
+    std::memset(&in, 0, sizeof in);
+    in.i_mode = static_cast<__u16>(type_bits(n.type) | (n.mode & 07777));
+    in.i_links_count = 1;
+    if (n.type == NodeType::kCharDev || n.type == NodeType::kBlockDev) {
+      uint32_t ma = n.dev_major, mi = n.dev_minor;
+      if (ma < 256 && mi < 256) {
+        in.i_block[0] = ma * 256 + mi;
+      } else {
+        in.i_block[1] = (mi & 0xff) | (ma << 8) | ((mi & ~0xffu) << 12);
+      }
+    }
+    check(ext2fs_write_new_inode(fs_, ino, reinterpret_cast<ext2_inode*>(&in)), "writing \"" + name + "\"");
+  }
+
+  void create_file(ext2_ino_t ino, const Inode& n, const std::string& name) {
+    ext2fs_inode_alloc_stats2(fs_, ino, +1, 0);
+    struct ext2_inode_large in;
+    std::memset(&in, 0, sizeof in);
+    in.i_mode = static_cast<__u16>(LINUX_S_IFREG | (n.mode & 07777));
+    in.i_links_count = 1;
+    check(ext2fs_inode_size_set(fs_, reinterpret_cast<ext2_inode*>(&in), n.size), "sizing \"" + name + "\"");
+    ext2_extent_handle_t h;
+    check(ext2fs_extent_open2(fs_, ino, reinterpret_cast<ext2_inode*>(&in), &h), "extent tree of \"" + name + "\"");
+    ext2fs_extent_free(h);
+    check(ext2fs_write_new_inode(fs_, ino, reinterpret_cast<ext2_inode*>(&in)), "writing \"" + name + "\"");
+    auto ranges = block_ranges(n);
+    if (ranges.empty()) return;
+    for (auto [b0, b1] : ranges) {
+      check(ext2fs_fallocate(fs_, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF, ino, nullptr, goal_, b0,
+                             b1 - b0),
+            "allocating " + std::to_string((b1 - b0) * kBlockSize) + " bytes for \"" + name + "\"");
+    }
+    std::vector<PhysRun> map = mapping(ino, name);
+    if (!map.empty()) goal_ = map.back().pblk + map.back().len;
+    files_.push_back({&n, std::move(map), name});
+  }
+
+  std::vector<PhysRun> mapping(ext2_ino_t ino, const std::string& name) {
+    std::vector<PhysRun> out;
+    ext2_extent_handle_t h;
+    check(ext2fs_extent_open(fs_, ino, &h), "extent tree of \"" + name + "\"");
+    struct ext2fs_extent e;
+    errcode_t err = ext2fs_extent_get(h, EXT2_EXTENT_ROOT, &e);
+    while (!err) {
+      if (e.e_flags & EXT2_EXTENT_FLAGS_LEAF) {
+        if (e.e_flags & EXT2_EXTENT_FLAGS_UNINIT) {
+          ext2fs_extent_free(h);
+          throw Error(ErrorKind::kInternal, "ext4: uninitialized extent allocated for \"" + name + "\"");
+        }
+        if (!(e.e_flags & EXT2_EXTENT_FLAGS_SECOND_VISIT)) out.push_back({e.e_lblk, e.e_pblk, e.e_len});
+      }
+      err = ext2fs_extent_get(h, EXT2_EXTENT_NEXT, &e);
+    }
+    ext2fs_extent_free(h);
+    if (err != EXT2_ET_EXTENT_NO_NEXT && err != EXT2_ET_EXTENT_NO_DOWN) check(err, "reading the extents of \"" + name + "\"");
+    std::sort(out.begin(), out.end(), [](const PhysRun& a, const PhysRun& b) { return a.lblk < b.lblk; });
+    return out;
+  }
+
+  void finalize(ext2_ino_t ino, const Inode& n, uint32_t links) {
+    struct ext2_inode_large in;
+    std::memset(&in, 0, sizeof in);
+    check(ext2fs_read_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in), "reading inode");
+    in.i_mode = static_cast<__u16>((in.i_mode & LINUX_S_IFMT) | (n.mode & 07777));
+    in.i_uid = static_cast<__u16>(n.uid & 0xffff);
+    ext2fs_set_i_uid_high(in, static_cast<__u16>(n.uid >> 16));
+    in.i_gid = static_cast<__u16>(n.gid & 0xffff);
+    ext2fs_set_i_gid_high(in, static_cast<__u16>(n.gid >> 16));
+    if (links) in.i_links_count = static_cast<__u16>(links);
+    in.i_extra_isize = kExtraIsize;
+    encode_time(n.mtime, n.mtime_nsec, in.i_mtime, in.i_mtime_extra);
+    encode_time(n.mtime, n.mtime_nsec, in.i_atime, in.i_atime_extra);
+    encode_time(n.mtime, n.mtime_nsec, in.i_ctime, in.i_ctime_extra);
+    encode_time(n.mtime, n.mtime_nsec, in.i_crtime, in.i_crtime_extra);
+    check(ext2fs_write_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in), "writing inode");
+    if (n.xattrs.empty()) return;
+    struct ext2_xattr_handle* h = nullptr;
+    check(ext2fs_xattrs_open(fs_, ino, &h), "opening xattrs");
+    errcode_t err = ext2fs_xattrs_read(h);
+    for (const auto& [k, v] : n.xattrs) {
+      if (err) break;
+      err = ext2fs_xattr_set(h, k.c_str(), v.data(), v.size());
+      if (err) {
+        ext2fs_xattrs_close(&h);
+        throw Error(ErrorKind::kUnsupported, "ext4: cannot store xattr \"" + k + "\" (" +
+                                                 std::to_string(v.size()) + " bytes): " + error_message(err));
+      }
+    }
+    if (!err) err = ext2fs_xattrs_close(&h);
+    else ext2fs_xattrs_close(&h);
+    check(err, "writing xattrs");
+  }
+
+  void write_data() {
+    // libext2fs's own cached metadata writes never touch data blocks; flush them anyway first.
+    check(io_channel_flush(fs_->io), "flushing metadata");
+    uint64_t total = 0;
+    for (const auto& f : files_) total += f.node->data_bytes();
+    for (const auto& f : files_) {
+      int sfd = spool_fd_(f.node->spool);
+      for (const auto& e : f.node->extents) {
+        uint64_t off = e.offset, len = e.length, soff = e.spool_offset;
+        while (len) {
+          uint64_t lblk = off / kBlockSize;
+          auto it = std::upper_bound(f.map.begin(), f.map.end(), lblk,
+                                     [](uint64_t b, const PhysRun& r) { return b < r.lblk; });
+          if (it == f.map.begin() || lblk >= std::prev(it)->lblk + std::prev(it)->len)
+            throw Error(ErrorKind::kInternal, "ext4: data of \"" + f.name + "\" not mapped");
+          const PhysRun& r = *std::prev(it);
+          uint64_t run_end = (r.lblk + r.len) * kBlockSize;
+          uint64_t n = std::min(len, run_end - off);
+          uint64_t dst = r.pblk * kBlockSize + (off - r.lblk * kBlockSize);
+          copy(sfd, soff, dst, n, f.name);
+          off += n;
+          soff += n;
+          len -= n;
+          data_written_ += n;
+        }
+      }
+      if (p_.progress) p_.progress(data_written_, total);
+    }
+  }
+
+  void copy(int sfd, uint64_t soff, uint64_t dst, uint64_t n, const std::string& name) {
+    while (n) {
+      loff_t in_off = static_cast<loff_t>(soff), out_off = static_cast<loff_t>(dst);
+      ssize_t r = -1;
+      if (use_cfr_) r = ::copy_file_range(sfd, &in_off, fd_, &out_off, std::min<uint64_t>(n, 1u << 30), 0);
+      if (r < 0 && use_cfr_ && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
+        use_cfr_ = false;
+      }
+      if (r < 0 && !use_cfr_) {
+        if (buf_.empty()) buf_.resize(1 << 20);
+        ssize_t got = ::pread(sfd, buf_.data(), std::min<uint64_t>(n, buf_.size()), static_cast<off_t>(soff));
+        if (got < 0 && errno == EINTR) continue;
+        if (got <= 0) throw_errno("reading spooled data of \"" + name + "\"", got == 0 ? EIO : errno);
+        size_t done = 0;
+        while (done < static_cast<size_t>(got)) {
+          ssize_t w = ::pwrite(fd_, buf_.data() + done, static_cast<size_t>(got) - done, static_cast<off_t>(dst + done));
+          if (w < 0 && errno == EINTR) continue;
+          if (w < 0) throw_errno("writing data of \"" + name + "\" to the ext4 image");
+          done += static_cast<size_t>(w);
+        }
+        r = got;
+      } else if (r < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("copying data of \"" + name + "\" to the ext4 image");
+      } else if (r == 0) {
+        throw Error(ErrorKind::kIo, "spooled data of \"" + name + "\" ends early");
+      }
+      soff += static_cast<uint64_t>(r);
+      dst += static_cast<uint64_t>(r);
+      n -= static_cast<uint64_t>(r);
+    }
+  }
+
+  struct FileJob {
+    const Inode* node;
+    std::vector<PhysRun> map;
+    std::string name;
+  };
+
+  ext2_filsys fs_;
+  int fd_;
+  Ctx& c_;
+  const Ext4Params& p_;
+  const std::function<int(uint32_t)>& spool_fd_;
+  std::unordered_map<const Inode*, ext2_ino_t> inos_;
+  std::vector<FileJob> files_;
+  blk64_t goal_ = 0;
+  uint64_t data_written_ = 0;
+  bool use_cfr_ = true;
+  std::vector<char> buf_;
+};
+
+// Initializes an in-memory file system of `blocks` blocks and `inodes` inodes on `path`.
+void init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_t inodes, const Ext4Params& p) {
+  struct ext2_super_block param;
+  std::memset(&param, 0, sizeof param);
+  ext2fs_blocks_count_set(&param, blocks);
+  param.s_log_block_size = 2;  // 4 KiB
+  param.s_rev_level = EXT2_DYNAMIC_REV;
+  param.s_inode_size = kInodeSize;
+  param.s_min_extra_isize = kExtraIsize;
+  param.s_want_extra_isize = kExtraIsize;
+  param.s_log_groups_per_flex = 4;
+  param.s_feature_compat = EXT2_FEATURE_COMPAT_EXT_ATTR | EXT2_FEATURE_COMPAT_DIR_INDEX;
+  param.s_feature_incompat = EXT2_FEATURE_INCOMPAT_FILETYPE | EXT3_FEATURE_INCOMPAT_EXTENTS |
+                             EXT4_FEATURE_INCOMPAT_FLEX_BG | EXT4_FEATURE_INCOMPAT_64BIT;
+  param.s_feature_ro_compat = EXT2_FEATURE_RO_COMPAT_SPARSE_SUPER | EXT2_FEATURE_RO_COMPAT_LARGE_FILE |
+                              EXT4_FEATURE_RO_COMPAT_HUGE_FILE | EXT4_FEATURE_RO_COMPAT_DIR_NLINK |
+                              EXT4_FEATURE_RO_COMPAT_EXTRA_ISIZE | EXT4_FEATURE_RO_COMPAT_METADATA_CSUM;
+  param.s_default_mount_opts = EXT2_DEFM_XATTR_USER | EXT2_DEFM_ACL;
+  // More groups when one group's inode bitmap could not hold every inode.
+  const uint64_t per_group_inodes = kBlockSize * 8;
+  uint64_t groups_for_inodes = (inodes + per_group_inodes - 1) / per_group_inodes;
+  uint64_t bpg = 32768;
+  if (groups_for_inodes * bpg > blocks && groups_for_inodes > 1) {
+    bpg = std::max<uint64_t>(1024, (blocks / groups_for_inodes) & ~uint64_t{7});
+  }
+  param.s_blocks_per_group = static_cast<__u32>(bpg);
+  param.s_inodes_count = static_cast<__u32>(std::min<uint64_t>(inodes, 0xffffffffu));
+  check(ext2fs_initialize(path.c_str(), EXT2_FLAG_64BITS, &param, unix_io_manager, fs.out()),
+        "initializing " + std::to_string(blocks * kBlockSize) + " bytes with " + std::to_string(inodes) + " inodes");
+  ext2_filsys f = fs.get();
+  f->now = p.timestamp ? p.timestamp : 1;
+  std::memcpy(f->super->s_uuid, p.uuid.data(), 16);
+  std::memcpy(f->super->s_hash_seed, p.hash_seed.data(), 16);
+  f->super->s_def_hash_version = EXT2_HASH_HALF_MD4;
+  f->super->s_flags |= (static_cast<char>(0x80) < 0) ? EXT2_FLAGS_SIGNED_HASH : EXT2_FLAGS_UNSIGNED_HASH;
+  f->super->s_checksum_type = EXT2_CRC32C_CHKSUM;
+  f->super->s_max_mnt_count = -1;
+  f->super->s_checkinterval = 0;
+  std::memset(f->super->s_volume_name, 0, sizeof f->super->s_volume_name);
+  std::memcpy(f->super->s_volume_name, "img2vm-rootfs", 13);
+  ext2fs_init_csum_seed(f);
+  check(ext2fs_allocate_tables(f), "allocating group tables");
+}
+
+}  // namespace
+
+Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tree& tree,
+                     const std::function<int(uint32_t)>& spool_fd, const Ext4Params& p) {
+  init_error_table();
+  Ctx c{tree, {}, {}};
+  count_links(c);
+  Need need = estimate(c, "lost+found");
+  const uint64_t extra_blocks = (p.extra_space + kBlockSize - 1) / kBlockSize;
+  const uint64_t want_free = need.blocks + (p.size ? 0 : extra_blocks);
+  const uint64_t want_inodes = need.inodes + p.extra_inodes;
+  auto too_big = [&](uint64_t blocks) {
+    if (blocks * kBlockSize > p.max_size)
+      throw Error(ErrorKind::kLimit, "the root file system needs " + std::to_string(blocks * kBlockSize) +
+                                         " bytes, more than the size limit of " + std::to_string(p.max_size));
+  };
+
+  Fs fs;
+  uint64_t blocks;
+  if (p.size) {
+    blocks = (*p.size + kBlockSize - 1) / kBlockSize;
+    too_big(blocks);
+    init_fs(fs, path, blocks, want_inodes, p);
+    if (ext2fs_free_blocks_count(fs.get()->super) < want_free || fs.get()->super->s_inodes_count < want_inodes)
+      throw Error(ErrorKind::kLimit, "a size of " + std::to_string(*p.size) + " bytes is too small for this image");
+  } else {
+    // Start from the content plus the inode tables and a little for bitmaps and descriptors,
+    // then grow until libext2fs's own layout leaves enough free blocks.
+    blocks = want_free + (want_inodes * kInodeSize + kBlockSize - 1) / kBlockSize + 64 + want_free / 4096;
+    blocks = std::max<uint64_t>(blocks, 256);
+    for (int round = 0;; ++round) {
+      too_big(blocks);
+      init_fs(fs, path, blocks, want_inodes, p);
+      uint64_t free_blocks = ext2fs_free_blocks_count(fs.get()->super);
+      if (free_blocks >= want_free && fs.get()->super->s_inodes_count >= want_inodes) break;
+      if (round > 20) throw Error(ErrorKind::kInternal, "ext4: cannot size the file system");
+      blocks += (free_blocks < want_free ? want_free - free_blocks : 0) + 16 + blocks / 256;
+      fs.reset();
+    }
+  }
+  if (::ftruncate(fd, static_cast<off_t>(blocks * kBlockSize)) != 0) throw_errno("sizing " + path.string());
+  ext2_filsys f = fs.get();
+  for (dgrp_t g = 0; g < f->group_desc_count; ++g) ext2fs_bg_flags_set(f, g, EXT2_BG_INODE_ZEROED);
+
+  // Reserved inodes (1 = bad blocks, 3..10) as mke2fs marks them.
+  ext2fs_inode_alloc_stats2(f, EXT2_BAD_INO, +1, 0);
+  check(ext2fs_update_bb_inode(f, nullptr), "bad blocks inode");
+  for (ext2_ino_t i = EXT2_ROOT_INO + 1; i < EXT2_FIRST_INODE(f->super); ++i) ext2fs_inode_alloc_stats2(f, i, +1, 0);
+
+  Writer w(f, fd, c, p, spool_fd);
+  w.run();
+
+  Ext4Stats st;
+  st.size_bytes = blocks * kBlockSize;
+  st.inodes = f->super->s_inodes_count - f->super->s_free_inodes_count;
+  st.data_bytes = w.data_bytes();
+  f->super->s_mkfs_time = f->super->s_lastcheck = static_cast<__u32>(p.timestamp);
+  f->super->s_wtime = static_cast<__u32>(p.timestamp);
+  f->super->s_mtime = 0;
+  f->super->s_kbytes_written = 0;
+  fs.close();
+  return st;
+}
+
+}  // namespace img2vm::rootfs::detail

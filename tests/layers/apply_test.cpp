@@ -1,0 +1,163 @@
+// Layer application on the metadata tree (no ext4, no external programs): path confinement,
+// whiteout/opaque ordering within a layer, hardlink rules, replacement rules.
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstring>
+
+#include "image_builder.hpp"
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/layers/apply.hpp"
+
+using namespace img2vm;
+using namespace img2vm::layers;
+using namespace img2vm::testing;
+
+namespace {
+
+struct Applied {
+  Tree tree;
+  TempDir spool_dir{"img2vm-apply-test"};
+  UniqueFd spool = open_file(spool_dir.path() / "spool", O_RDWR | O_CREAT, 0600);
+  uint32_t layer = 0;
+
+  void apply(const std::string& tar) {
+    size_t pos = 0;
+    ReadFn rd = [&](void* buf, size_t n) {
+      size_t k = std::min(n, tar.size() - pos);
+      std::memcpy(buf, tar.data() + pos, k);
+      pos += k;
+      return k;
+    };
+    DecodedLayer d = decode_tar(rd, Compression::kNone, spool.get(), {}, "layer test");
+    ++layer;
+    apply_layer(tree, d, layer, 1, "layer test");
+  }
+  void apply(const std::vector<Entry>& es) { apply(make_layer_tar(es)); }
+
+  const Inode* find(const std::string& path) const {
+    const Inode* cur = tree.root.get();
+    for (const auto& c : clean_path(path)) {
+      auto it = cur->children.find(c);
+      if (it == cur->children.end()) return nullptr;
+      cur = it->second.inode.get();
+    }
+    return cur;
+  }
+  std::string content(const std::string& path) const {
+    const Inode* n = find(path);
+    if (!n) return "<missing>";
+    std::string out(n->size, '\0');
+    for (const auto& e : n->extents) {
+      std::string buf(e.length, '\0');
+      EXPECT_EQ(::pread(spool.get(), buf.data(), e.length, static_cast<off_t>(e.spool_offset)),
+                static_cast<ssize_t>(e.length));
+      out.replace(e.offset, e.length, buf);
+    }
+    return out;
+  }
+};
+
+TEST(CleanPath, ConfinedToRoot) {
+  EXPECT_EQ(clean_path("../../etc/passwd"), (std::vector<std::string>{"etc", "passwd"}));
+  EXPECT_EQ(clean_path("/abs/./x//y/"), (std::vector<std::string>{"abs", "x", "y"}));
+  EXPECT_EQ(clean_path("a/../../b"), (std::vector<std::string>{"b"}));
+  EXPECT_TRUE(clean_path("./").empty());
+  EXPECT_TRUE(clean_path("..").empty());
+}
+
+TEST(Apply, DotDotAndAbsoluteNamesStayInside) {
+  Applied a;
+  a.apply({file("../../escape", "1"), file("/abs/x", "2"), dir("d"), file("d/../../../up", "3")});
+  EXPECT_EQ(a.content("escape"), "1");
+  EXPECT_EQ(a.content("abs/x"), "2");
+  EXPECT_EQ(a.content("up"), "3");
+}
+
+TEST(Apply, SymlinkedParentsResolveInsideTheImage) {
+  Applied a;
+  a.apply({dir("etc"), symlink_to("abs", "/etc"), symlink_to("rel", "../../../../etc"),
+           symlink_to("root", "/"), symlink_to("chain", "abs")});
+  a.apply({file("abs/a", "a"), file("rel/b", "b"), file("root/../../c", "c"), file("chain/d", "d")});
+  EXPECT_EQ(a.content("etc/a"), "a");
+  EXPECT_EQ(a.content("etc/b"), "b");
+  EXPECT_EQ(a.content("c"), "c");
+  EXPECT_EQ(a.content("etc/d"), "d");
+  // The final component is never followed: the entry replaces the symlink.
+  a.apply({file("abs", "now a file")});
+  EXPECT_EQ(a.find("abs")->type, NodeType::kFile);
+  EXPECT_EQ(a.find("etc")->type, NodeType::kDir);
+}
+
+TEST(Apply, SymlinkLoopIsAnError) {
+  Applied a;
+  a.apply({symlink_to("loop", "loop")});
+  try {
+    a.apply({file("loop/x", "x")});
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kIntegrity);
+    EXPECT_NE(std::string(e.what()).find("symbolic links"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Apply, WhiteoutsHideOnlyLowerLayersWhereverTheyAppear) {
+  Applied a;
+  a.apply({file("x", "lower"), dir("d"), file("d/old", "old")});
+  // Whiteout after the layer's own "x", opaque after the layer's own d/new.
+  a.apply({file("x", "upper"), file("d/new", "new"), whiteout("x"), opaque("d")});
+  EXPECT_EQ(a.content("x"), "upper");
+  EXPECT_EQ(a.content("d/new"), "new");
+  EXPECT_EQ(a.find("d/old"), nullptr);
+}
+
+TEST(Apply, BareWhiteoutIsAnErrorAndAufsMetadataIgnored) {
+  Applied a;
+  a.apply({file(".wh..wh.plnk", ""), file("keep", "k")});
+  EXPECT_EQ(a.find(".wh..wh.plnk"), nullptr);
+  EXPECT_THROW(a.apply({file("d/.wh.", "")}), Error);
+}
+
+TEST(Apply, HardlinkRules) {
+  Applied a;
+  a.apply({file("f", "data"), dir("d")});
+  a.apply({hardlink_to("g", "f"), hardlink_to("new/dir/h", "f")});  // missing parents are made
+  EXPECT_EQ(a.find("g"), a.find("f"));
+  EXPECT_EQ(a.find("new/dir/h"), a.find("f"));
+  EXPECT_THROW(a.apply({hardlink_to("x", "missing")}), Error);
+  EXPECT_THROW(a.apply({hardlink_to("x", "d")}), Error);
+  // Removing one name keeps the others.
+  a.apply({whiteout("f")});
+  EXPECT_EQ(a.content("g"), "data");
+}
+
+TEST(Apply, ReplacementRules) {
+  Applied a;
+  a.apply({dir("d", 0700), file("d/keep", "k"), file("f", "file")});
+  a.apply({dir("d", 0755).owner(5, 6), dir("f")});
+  EXPECT_EQ(a.find("d")->mode, 0755u);
+  EXPECT_EQ(a.find("d")->uid, 5u);
+  EXPECT_EQ(a.content("d/keep"), "k");  // a dir over a dir keeps its contents
+  EXPECT_EQ(a.find("f")->type, NodeType::kDir);
+  a.apply({file("d", "now a file")});
+  EXPECT_EQ(a.find("d")->type, NodeType::kFile);
+  EXPECT_EQ(a.find("d/keep"), nullptr);
+  EXPECT_THROW(a.apply({file("d/under-a-file", "x")}), Error);
+  EXPECT_THROW(a.apply({file("./", "root as a file")}), Error);
+}
+
+TEST(Apply, LongNamesUidsAndXattrs) {
+  Applied a;
+  std::string longname = std::string(200, 'a') + "/" + std::string(250, 'b');
+  a.apply({file(longname, "long").owner(4000000000LL, 70000).xattr("user.k", std::string("v\0w", 3))});
+  const Inode* n = a.find(longname);
+  ASSERT_NE(n, nullptr);
+  EXPECT_EQ(n->uid, 4000000000u);
+  EXPECT_EQ(n->gid, 70000u);
+  ASSERT_EQ(n->xattrs.size(), 1u);
+  EXPECT_EQ(n->xattrs[0].second, std::string("v\0w", 3));
+}
+
+}  // namespace

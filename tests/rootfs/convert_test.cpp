@@ -1,0 +1,322 @@
+// convert(): builder images flattened into ext4, read back through libext2fs, checked with
+// e2fsck -fn every time.
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <nlohmann/json.hpp>
+
+#include "fs_snapshot.hpp"
+#include "image_builder.hpp"
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/rootfs/convert.hpp"
+#include "img2vm/rootfs/runtime_config.hpp"
+
+using namespace img2vm;
+using namespace img2vm::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+class Convert : public ::testing::Test {
+ protected:
+  TempDir tmp{"img2vm-convert-test"};
+
+  // Converts, asserts e2fsck -fn is clean, returns the tree.
+  FsTree convert_ok(const ImageSpec& spec, rootfs::ConvertOptions opt = {}, std::string name = "out.ext4") {
+    BuiltImage img = build_image(spec);
+    return convert_built(img, opt, name);
+  }
+  FsTree convert_built(const BuiltImage& img, rootfs::ConvertOptions opt = {}, std::string name = "out.ext4") {
+    rootfs::ImageInput in = image_input(img, tmp.path() / ("in-" + name));
+    opt.output = tmp.path() / name;
+    rootfs::ConvertResult r = rootfs::convert(in, opt);
+    EXPECT_EQ(r.size_bytes, fs::file_size(opt.output));
+    std::string log;
+    int rc = e2fsck(opt.output, &log);
+    EXPECT_EQ(rc, 0) << log;
+    return read_ext4(opt.output);
+  }
+};
+
+TEST_F(Convert, BasicFilesDirsAndInjectedConfig) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({dir("etc", 0755), file("etc/hostname", "box\n"), dir("var/empty", 0700),
+                               symlink_to("bin", "usr/bin"), dir("usr/bin"), file("usr/bin/sh", "#!sh", 0755)}));
+  spec.config.cmd = {"/bin/sh"};
+  spec.config.env = {"PATH=/usr/bin"};
+  FsTree t = convert_ok(spec);
+  ASSERT_TRUE(t.count("/etc/hostname"));
+  EXPECT_EQ(t["/etc/hostname"].type, 'f');
+  EXPECT_EQ(t["/etc/hostname"].content, "box\n");
+  EXPECT_EQ(t["/etc/hostname"].mode, 0644u);
+  EXPECT_EQ(t["/etc/hostname"].mtime, 1700000000);
+  EXPECT_EQ(t["/var/empty"].type, 'd');
+  EXPECT_EQ(t["/var/empty"].mode, 0700u);
+  EXPECT_EQ(t["/var"].mode, 0755u);  // implicit parent
+  EXPECT_EQ(t["/bin"].type, 'l');
+  EXPECT_EQ(t["/bin"].target, "usr/bin");
+  EXPECT_EQ(t["/usr/bin/sh"].mode, 0755u);
+  EXPECT_EQ(t["/.img2vm"].type, 'd');
+  EXPECT_EQ(t["/.img2vm"].mode, 0755u);
+  EXPECT_EQ(t["/.img2vm"].uid, 0u);
+  rootfs::RuntimeConfig rc = rootfs::runtime_config_from_json(t["/.img2vm/config.json"].content);
+  EXPECT_EQ(rc.cmd, std::vector<std::string>{"/bin/sh"});
+  EXPECT_EQ(rc.env, std::vector<std::string>{"PATH=/usr/bin"});
+  EXPECT_FALSE(t.count("/.img2vm/init"));
+  EXPECT_EQ(t["/lost+found"].type, 'd');
+}
+
+
+// Fails to convert; returns the error. Asserts nothing is left in the output directory.
+Error convert_fails(const rootfs::ImageInput& in, rootfs::ConvertOptions opt, const fs::path& outdir) {
+  fs::create_directories(outdir);
+  opt.output = outdir / "out.ext4";
+  try {
+    rootfs::convert(in, opt);
+  } catch (const Error& e) {
+    std::vector<std::string> left;
+    for (const auto& de : fs::directory_iterator(outdir)) left.push_back(de.path().filename().string());
+    EXPECT_TRUE(left.empty()) << ::testing::PrintToString(left);
+    return e;
+  }
+  ADD_FAILURE() << "convert succeeded";
+  return Error(ErrorKind::kInternal, "");
+}
+
+constexpr const char* kGzipMt = "application/vnd.oci.image.layer.v1.tar+gzip";
+constexpr const char* kTarMt = "application/vnd.oci.image.layer.v1.tar";
+
+TEST_F(Convert, ZstdPlainAndDockerLayers) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({file("a", "gzip")}, LayerCompression::kGzip));
+  spec.layers.push_back(layer({file("b", "zstd")}, LayerCompression::kZstd));
+  spec.layers.push_back(layer({file("c", "plain")}, LayerCompression::kNone));
+  FsTree t = convert_ok(spec);
+  EXPECT_EQ(t["/a"].content, "gzip");
+  EXPECT_EQ(t["/b"].content, "zstd");
+  EXPECT_EQ(t["/c"].content, "plain");
+  ImageSpec d;
+  d.format = ManifestFormat::kDocker;
+  d.layers.push_back(layer({file("docker", "v2s2")}));
+  FsTree t2 = convert_ok(d, {}, "docker.ext4");
+  EXPECT_EQ(t2["/docker"].content, "v2s2");
+}
+
+TEST_F(Convert, ReproducibleByteForByte) {
+  ImageSpec spec;
+  std::vector<Entry> es{dir("d"), file("d/x", std::string(100000, 'x')), symlink_to("d/l", "x"),
+                        hardlink_to("d/h", "d/x"), file("d/cap", "c").xattr("user.a", "b")};
+  for (int i = 0; i < 300; ++i) es.push_back(file("many/f" + std::to_string(i), std::to_string(i)));
+  spec.layers.push_back(layer(es));
+  spec.layers.push_back(layer({file("z", "top")}, LayerCompression::kZstd));
+  BuiltImage img = build_image(spec);
+  fs::path init = tmp.path() / "init";
+  write_file_atomic(init, std::string(50000, 'I'));
+  rootfs::ConvertOptions opt;
+  opt.init_binary = init;
+  convert_built(img, opt, "one.ext4");
+  opt.threads = 1;
+  convert_built(img, opt, "two.ext4");
+  EXPECT_TRUE(read_file(tmp.path() / "one.ext4") == read_file(tmp.path() / "two.ext4"));
+  // A different manifest digest gives a different UUID (and so different bytes).
+  rootfs::ImageInput in = image_input(img, tmp.path() / "in3");
+  in.manifest_digest = Digest::sha256_of("other");
+  opt.output = tmp.path() / "three.ext4";
+  rootfs::convert(in, opt);
+  EXPECT_FALSE(read_file(tmp.path() / "one.ext4") == read_file(tmp.path() / "three.ext4"));
+}
+
+TEST_F(Convert, InitInjectedAndImageReservedDirReplaced) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({dir(".img2vm", 0777), file(".img2vm/evil", "x"), file("keep", "k")}));
+  spec.config.entrypoint = {"/app"};
+  spec.config.working_dir = "/srv";
+  fs::path init = tmp.path() / "init";
+  write_file_atomic(init, "\x7f" "ELF fake init", 0600);
+  rootfs::ConvertOptions opt;
+  opt.init_binary = init;
+  FsTree t = convert_ok(spec, opt);
+  EXPECT_FALSE(t.count("/.img2vm/evil"));
+  EXPECT_EQ(t["/.img2vm"].mode, 0755u);
+  EXPECT_EQ(t["/.img2vm/init"].mode, 0755u);
+  EXPECT_EQ(t["/.img2vm/init"].uid, 0u);
+  EXPECT_EQ(t["/.img2vm/init"].content, read_file(init));
+  EXPECT_EQ(t["/.img2vm/config.json"].mode, 0644u);
+  rootfs::RuntimeConfig rc = rootfs::runtime_config_from_json(t["/.img2vm/config.json"].content);
+  EXPECT_EQ(rc.entrypoint, std::vector<std::string>{"/app"});
+  EXPECT_EQ(rc.working_dir, "/srv");
+  EXPECT_EQ(t["/keep"].content, "k");
+}
+
+TEST_F(Convert, RootDirectoryOwnerAndModeFromImage) {
+  ImageSpec spec;
+  Entry root = dir("./", 0700).owner(1000, 1001).with_mtime(1600000000);
+  spec.layers.push_back(layer({root, file("f", "x")}));
+  FsTree t = convert_ok(spec);
+  EXPECT_EQ(t["/"].mode, 0700u);
+  EXPECT_EQ(t["/"].uid, 1000u);
+  EXPECT_EQ(t["/"].gid, 1001u);
+  EXPECT_EQ(t["/"].mtime, 1600000000);
+}
+
+TEST_F(Convert, SparseFilesStaySparse) {
+  const uint64_t size = 64ull << 20;
+  std::string tar = sparse_tar("sparse", size, {{0, "head"}, {8u << 20, std::string(10000, 's')}, {size - 4, "tail"}});
+  FsTree t;
+  {
+    rootfs::ImageInput in = raw_input({{kTarMt, tar}}, tmp.path() / "raw");
+    rootfs::ConvertOptions opt;
+    opt.output = tmp.path() / "sparse.ext4";
+    rootfs::convert(in, opt);
+    std::string log;
+    ASSERT_EQ(e2fsck(opt.output, &log), 0) << log;
+    EXPECT_LT(fs::file_size(opt.output), 32ull << 20);  // sized from data, not from the holes
+    t = read_ext4(opt.output);
+  }
+  const FsEntry& e = t["/sparse"];
+  EXPECT_EQ(e.size, size);
+  EXPECT_LE(e.allocated, 5u * 4096);
+  ASSERT_EQ(e.content.size(), size);
+  EXPECT_EQ(e.content.substr(0, 4), "head");
+  EXPECT_EQ(e.content.substr(8u << 20, 10000), std::string(10000, 's'));
+  EXPECT_EQ(e.content.substr(size - 4), "tail");
+  EXPECT_EQ(e.content.substr(4, 4096), std::string(4096, '\0'));
+}
+
+TEST_F(Convert, LargeDirectoriesLargeFilesAndSlowSymlinks) {
+  std::vector<Entry> es{dir("big")};
+  for (int i = 0; i < 3000; ++i) es.push_back(file("big/entry-with-a-longish-name-" + std::to_string(i), std::to_string(i)));
+  std::string blob(24u << 20, '\0');
+  for (size_t i = 0; i < blob.size(); i += 4093) blob[i] = static_cast<char>(i * 7);
+  es.push_back(file("blob", blob));
+  es.push_back(symlink_to("fast", std::string(59, 'f')));
+  es.push_back(symlink_to("slow", std::string(60, 's')));
+  es.push_back(symlink_to("slower", std::string(4000, 'S')));
+  ImageSpec spec;
+  spec.layers.push_back(layer(es));
+  FsTree t = convert_ok(spec);
+  EXPECT_EQ(t.size(), 1u + 1 + 3000 + 4 + 3);  // /, big, its files, blob and links, lost+found .img2vm config.json
+  EXPECT_EQ(t["/big/entry-with-a-longish-name-2999"].content, "2999");
+  EXPECT_TRUE(t["/blob"].content == blob);
+  EXPECT_EQ(t["/fast"].target, std::string(59, 'f'));
+  EXPECT_EQ(t["/slow"].target, std::string(60, 's'));
+  EXPECT_EQ(t["/slower"].target, std::string(4000, 'S'));
+}
+
+TEST_F(Convert, SizeOptions) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({file("f", std::string(1 << 20, 'f'))}));
+  BuiltImage img = build_image(spec);
+  rootfs::ConvertOptions opt;
+  opt.size = 64ull << 20;
+  convert_built(img, opt, "sized.ext4");
+  EXPECT_EQ(fs::file_size(tmp.path() / "sized.ext4"), 64ull << 20);
+  rootfs::ConvertOptions small;
+  small.extra_space = 0;
+  convert_built(img, small, "small.ext4");
+  rootfs::ConvertOptions roomy;
+  roomy.extra_space = 100ull << 20;
+  convert_built(img, roomy, "roomy.ext4");
+  uint64_t a = fs::file_size(tmp.path() / "small.ext4"), b = fs::file_size(tmp.path() / "roomy.ext4");
+  EXPECT_LT(a, 3ull << 20);  // 1 MiB of data plus metadata, minimal slack
+  EXPECT_GE(b, (100ull << 20) + (1ull << 20));
+
+  rootfs::ConvertOptions tiny;
+  tiny.size = 512 * 1024;
+  Error e = convert_fails(image_input(img, tmp.path() / "in-tiny"), tiny, tmp.path() / "tiny");
+  EXPECT_EQ(e.kind(), ErrorKind::kLimit) << e.what();
+}
+
+TEST_F(Convert, ErrorCorruptGzip) {
+  std::string good = gzip_bytes(make_layer_tar({file("a", std::string(100000, 'a'))}));
+  std::string bad = good;
+  for (size_t i = 20; i < 60; ++i) bad[i] = static_cast<char>(bad[i] ^ 0x5a);
+  rootfs::ImageInput in = raw_input({{kGzipMt, good}, {kGzipMt, bad}}, tmp.path() / "raw");
+  Error e = convert_fails(in, {}, tmp.path() / "out");
+  EXPECT_EQ(e.kind(), ErrorKind::kIntegrity) << e.what();
+  EXPECT_NE(std::string(e.what()).find(in.layers[1].digest.str()), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("layer 2/2"), std::string::npos) << e.what();
+}
+
+TEST_F(Convert, ErrorTruncatedLayer) {
+  std::string good = gzip_bytes(make_layer_tar({file("a", std::string(200000, 'a'))}));
+  rootfs::ImageInput in = raw_input({{kGzipMt, good}}, tmp.path() / "raw");
+  // The descriptor says the full size; the blob on disk is cut short.
+  write_file_atomic(tmp.path() / "raw" / in.layers[0].digest.hex(), good.substr(0, good.size() / 2));
+  Error e = convert_fails(in, {}, tmp.path() / "out");
+  EXPECT_EQ(e.kind(), ErrorKind::kIntegrity) << e.what();
+  EXPECT_NE(std::string(e.what()).find(in.layers[0].digest.str()), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("truncated"), std::string::npos) << e.what();
+}
+
+TEST_F(Convert, ErrorDigestMismatch) {
+  std::string good = gzip_bytes(make_layer_tar({file("a", "content")}));
+  std::string other = gzip_bytes(make_layer_tar({file("a", "CONTENT")}));
+  ASSERT_EQ(good.size(), other.size());
+  rootfs::ImageInput in = raw_input({{kGzipMt, good}}, tmp.path() / "raw");
+  write_file_atomic(tmp.path() / "raw" / in.layers[0].digest.hex(), other);
+  Error e = convert_fails(in, {}, tmp.path() / "out");
+  EXPECT_EQ(e.kind(), ErrorKind::kIntegrity) << e.what();
+  EXPECT_NE(std::string(e.what()).find(in.layers[0].digest.str()), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("digest mismatch"), std::string::npos) << e.what();
+}
+
+TEST_F(Convert, ErrorUnsupportedMediaType) {
+  rootfs::ImageInput in = raw_input({{"application/vnd.oci.image.layer.v1.tar+bzip2", "BZh9"}}, tmp.path() / "raw");
+  Error e = convert_fails(in, {}, tmp.path() / "out");
+  EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << e.what();
+  EXPECT_NE(std::string(e.what()).find(in.layers[0].digest.str()), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("bzip2"), std::string::npos) << e.what();
+}
+
+TEST_F(Convert, ErrorMediaTypeDoesNotMatchMagic) {
+  std::string plain = make_layer_tar({file("a", "content")});
+  rootfs::ImageInput in = raw_input({{kGzipMt, plain}}, tmp.path() / "raw");
+  Error e = convert_fails(in, {}, tmp.path() / "out");
+  EXPECT_EQ(e.kind(), ErrorKind::kIntegrity) << e.what();
+  EXPECT_NE(std::string(e.what()).find("not gzip"), std::string::npos) << e.what();
+}
+
+TEST_F(Convert, ErrorMaxSizeOverflow) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({file("a", std::string(3u << 20, 'a'))}));
+  spec.layers.push_back(layer({file("b", std::string(3u << 20, 'b'))}));
+  BuiltImage img = build_image(spec);
+  rootfs::ConvertOptions opt;
+  opt.max_size = 5u << 20;
+  Error e = convert_fails(image_input(img, tmp.path() / "in"), opt, tmp.path() / "out");
+  EXPECT_EQ(e.kind(), ErrorKind::kLimit) << e.what();
+  EXPECT_NE(std::string(e.what()).find(img.layers[1].digest.str()), std::string::npos) << e.what();
+  // The written file system is bounded too: content that fits, plus slack that does not.
+  rootfs::ConvertOptions opt2;
+  opt2.max_size = 7u << 20;
+  opt2.extra_space = 16u << 20;
+  Error e2 = convert_fails(image_input(img, tmp.path() / "in2"), opt2, tmp.path() / "out2");
+  EXPECT_EQ(e2.kind(), ErrorKind::kLimit) << e2.what();
+}
+
+TEST_F(Convert, ErrorDecompressionBomb) {
+  // 96 MiB of zeros in one file compresses to about 100 KiB; reading stops once 8 MiB is passed.
+  ImageSpec spec;
+  spec.layers.push_back(layer({file("bomb", std::string(96u << 20, '\0'))}));
+  BuiltImage img = build_image(spec);
+  ASSERT_LT(img.layers[0].size(), 1u << 20);
+  rootfs::ConvertOptions opt;
+  opt.max_size = 8u << 20;
+  Error e = convert_fails(image_input(img, tmp.path() / "in"), opt, tmp.path() / "out");
+  EXPECT_EQ(e.kind(), ErrorKind::kLimit) << e.what();
+  EXPECT_NE(std::string(e.what()).find(img.layers[0].digest.str()), std::string::npos) << e.what();
+}
+
+TEST_F(Convert, UnwritableOutputLeavesNothing) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({file("a", "a")}));
+  BuiltImage img = build_image(spec);
+  rootfs::ConvertOptions opt;
+  opt.output = tmp.path() / "no-such-dir" / "out.ext4";
+  EXPECT_THROW(rootfs::convert(image_input(img, tmp.path() / "in"), opt), Error);
+  EXPECT_FALSE(fs::exists(tmp.path() / "no-such-dir"));
+}
+
+}  // namespace

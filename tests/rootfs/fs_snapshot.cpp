@@ -1,0 +1,302 @@
+#include "fs_snapshot.hpp"
+
+extern "C" {
+#include <et/com_err.h>
+}
+#include <ext2fs/ext2fs.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+#include "img2vm/base/fd.hpp"
+#include "process.hpp"
+
+namespace img2vm::testing {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+void ck(errcode_t e, const std::string& what) {
+  if (e) throw std::runtime_error("libext2fs: " + what + ": " + error_message(e));
+}
+
+struct Walk {
+  ext2_filsys fs;
+  FsTree* out;
+};
+
+int64_t decode_time(__u32 lo, __u32 extra, uint32_t* nsec) {
+  int64_t sec = static_cast<int32_t>(lo);
+  sec += static_cast<int64_t>(extra & 3) << 32;
+  *nsec = extra >> 2;
+  return sec;
+}
+
+int xattr_cb(char* name, char* value, size_t len, void* data) {
+  (*static_cast<std::map<std::string, std::string>*>(data))[name] = std::string(value, len);
+  return 0;
+}
+
+void read_inode_into(ext2_filsys fs, ext2_ino_t ino, FsEntry& e) {
+  struct ext2_inode_large in;
+  std::memset(&in, 0, sizeof in);
+  ck(ext2fs_read_inode_full(fs, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in), "read inode");
+  e.ino = ino;
+  e.mode = in.i_mode & 07777;
+  e.uid = inode_uid(in);
+  e.gid = inode_gid(in);
+  e.nlink = in.i_links_count;
+  e.size = EXT2_I_SIZE(&in);
+  e.mtime = decode_time(in.i_mtime, in.i_mtime_extra, &e.mtime_nsec);
+  e.allocated = ext2fs_get_stat_i_blocks(fs, reinterpret_cast<ext2_inode*>(&in)) * 512;
+  if (in.i_file_acl) e.allocated -= fs->blocksize;
+  switch (in.i_mode & LINUX_S_IFMT) {
+    case LINUX_S_IFREG: e.type = 'f'; break;
+    case LINUX_S_IFDIR: e.type = 'd'; break;
+    case LINUX_S_IFLNK: e.type = 'l'; break;
+    case LINUX_S_IFCHR: e.type = 'c'; break;
+    case LINUX_S_IFBLK: e.type = 'b'; break;
+    case LINUX_S_IFIFO: e.type = 'p'; break;
+    default: e.type = '?';
+  }
+  if (e.type == 'c' || e.type == 'b') {
+    if (in.i_block[0]) {
+      e.major = (in.i_block[0] >> 8) & 255;
+      e.minor = in.i_block[0] & 255;
+    } else {
+      e.major = (in.i_block[1] & 0xfff00) >> 8;
+      e.minor = (in.i_block[1] & 0xff) | ((in.i_block[1] >> 12) & 0xfff00);
+    }
+  }
+  if (e.type == 'l' && ext2fs_is_fast_symlink(reinterpret_cast<ext2_inode*>(&in))) {
+    e.target.assign(reinterpret_cast<const char*>(in.i_block), e.size);
+  } else if (e.type == 'f' || e.type == 'l') {
+    ext2_file_t f;
+    ck(ext2fs_file_open(fs, ino, 0, &f), "file open");
+    std::string data;
+    char buf[65536];
+    for (;;) {
+      unsigned got = 0;
+      ck(ext2fs_file_read(f, buf, sizeof buf, &got), "file read");
+      if (!got) break;
+      data.append(buf, got);
+      if (data.size() > (256u << 20)) break;
+    }
+    ext2fs_file_close(f);
+    (e.type == 'f' ? e.content : e.target) = std::move(data);
+  }
+  struct ext2_xattr_handle* h;
+  ck(ext2fs_xattrs_open(fs, ino, &h), "xattrs open");
+  ck(ext2fs_xattrs_read(h), "xattrs read");
+  ck(ext2fs_xattrs_iterate(h, xattr_cb, &e.xattrs), "xattrs iterate");
+  ext2fs_xattrs_close(&h);
+}
+
+void walk(ext2_filsys fs, ext2_ino_t dir, const std::string& path, FsTree& out) {
+  std::vector<std::pair<std::string, ext2_ino_t>> kids;
+  auto cb = [](ext2_ino_t, int, struct ext2_dir_entry* d, int, int, char*, void* priv) -> int {
+    auto* v = static_cast<std::vector<std::pair<std::string, ext2_ino_t>>*>(priv);
+    std::string name(d->name, ext2fs_dirent_name_len(d));
+    if (name != "." && name != "..") v->emplace_back(name, d->inode);
+    return 0;
+  };
+  ck(ext2fs_dir_iterate2(fs, dir, 0, nullptr, cb, &kids), "dir iterate " + path);
+  for (auto& [name, ino] : kids) {
+    std::string p = (path == "/" ? "/" : path + "/") + name;
+    FsEntry e;
+    read_inode_into(fs, ino, e);
+    out[p] = e;
+    if (e.type == 'd') walk(fs, ino, p, out);
+  }
+}
+
+}  // namespace
+
+FsTree read_ext4(const fs::path& image) {
+  static bool init = (initialize_ext2_error_table(), true);
+  (void)init;
+  ext2_filsys fs;
+  ck(ext2fs_open(image.c_str(), EXT2_FLAG_64BITS, 0, 0, unix_io_manager, &fs), "open " + image.string());
+  FsTree out;
+  try {
+    FsEntry root;
+    read_inode_into(fs, EXT2_ROOT_INO, root);
+    out["/"] = root;
+    walk(fs, EXT2_ROOT_INO, "/", out);
+  } catch (...) {
+    ext2fs_close_free(&fs);
+    throw;
+  }
+  ext2fs_close_free(&fs);
+  return out;
+}
+
+FsTree read_host_tree(const fs::path& root) {
+  FsTree out;
+  auto add = [&](const fs::path& p, const std::string& key) {
+    struct stat st;
+    if (::lstat(p.c_str(), &st) != 0) throw std::runtime_error("lstat " + p.string());
+    FsEntry e;
+    e.ino = st.st_ino;
+    e.mode = st.st_mode & 07777;
+    e.uid = st.st_uid;
+    e.gid = st.st_gid;
+    e.nlink = static_cast<uint32_t>(st.st_nlink);
+    e.mtime = st.st_mtim.tv_sec;
+    e.mtime_nsec = static_cast<uint32_t>(st.st_mtim.tv_nsec);
+    e.size = static_cast<uint64_t>(st.st_size);
+    if (S_ISREG(st.st_mode)) {
+      e.type = 'f';
+      e.content = read_file(p);
+    } else if (S_ISDIR(st.st_mode)) {
+      e.type = 'd';
+    } else if (S_ISLNK(st.st_mode)) {
+      e.type = 'l';
+      e.target = fs::read_symlink(p).string();
+    } else if (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) {
+      e.type = S_ISCHR(st.st_mode) ? 'c' : 'b';
+      e.major = major(st.st_rdev);
+      e.minor = minor(st.st_rdev);
+    } else if (S_ISFIFO(st.st_mode)) {
+      e.type = 'p';
+    }
+    char names[65536];
+    ssize_t n = ::llistxattr(p.c_str(), names, sizeof names);
+    for (ssize_t i = 0; i < n;) {
+      std::string name(names + i);
+      i += static_cast<ssize_t>(name.size()) + 1;
+      char val[65536];
+      ssize_t vl = ::lgetxattr(p.c_str(), name.c_str(), val, sizeof val);
+      if (vl >= 0) e.xattrs[name] = std::string(val, static_cast<size_t>(vl));
+    }
+    out[key] = e;
+  };
+  add(root, "/");
+  for (auto it = fs::recursive_directory_iterator(root); it != fs::recursive_directory_iterator(); ++it) {
+    add(it->path(), "/" + it->path().lexically_relative(root).string());
+  }
+  return out;
+}
+
+std::vector<std::vector<std::string>> hardlink_groups(const FsTree& t) {
+  std::map<uint64_t, std::vector<std::string>> by;
+  for (const auto& [p, e] : t)
+    if (e.type != 'd') by[e.ino].push_back(p);
+  std::vector<std::vector<std::string>> out;
+  for (auto& [ino, v] : by)
+    if (v.size() > 1) {
+      std::sort(v.begin(), v.end());
+      out.push_back(v);
+    }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+int e2fsck(const fs::path& image, std::string* log) {
+  CommandResult r = run_command({"e2fsck", "-fn", image.string()});
+  if (log) *log = r.out + r.err;
+  return r.exit_code;
+}
+
+rootfs::ImageInput image_input(const BuiltImage& img, const fs::path& dir) {
+  rootfs::ImageInput in;
+  in.config_json = img.config.data;
+  in.manifest_digest = img.manifest.digest;
+  fs::create_directories(dir / "blobs");
+  for (const auto& l : img.layers) {
+    fs::path p = dir / "blobs" / l.digest.hex();
+    write_file_atomic(p, l.data);
+    in.layers.push_back(layers::LayerSource::from_file(l.media_type, l.digest, l.size(), p));
+  }
+  return in;
+}
+
+}  // namespace img2vm::testing
+
+#include <archive.h>
+#include <archive_entry.h>
+
+namespace img2vm::testing {
+
+rootfs::ImageInput raw_input(const std::vector<std::pair<std::string, std::string>>& layers_in,
+                             const fs::path& dir) {
+  rootfs::ImageInput in;
+  in.config_json = R"({"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":[]}})";
+  in.manifest_digest = Digest::sha256_of("raw-input");
+  fs::create_directories(dir);
+  for (const auto& [mt, data] : layers_in) {
+    Digest d = Digest::sha256_of(data);
+    fs::path p = dir / d.hex();
+    write_file_atomic(p, data);
+    in.layers.push_back(layers::LayerSource::from_file(mt, d, data.size(), p));
+  }
+  return in;
+}
+
+namespace {
+la_ssize_t append(archive*, void* ud, const void* buf, size_t n) {
+  static_cast<std::string*>(ud)->append(static_cast<const char*>(buf), n);
+  return static_cast<la_ssize_t>(n);
+}
+}  // namespace
+
+std::string gzip_bytes(const std::string& data) {
+  archive* a = archive_write_new();
+  std::string out;
+  archive_write_add_filter_gzip(a);
+  archive_write_set_format_raw(a);
+  archive_write_set_bytes_per_block(a, 0);
+  archive_write_open2(a, &out, nullptr, append, nullptr, nullptr);
+  archive_entry* e = archive_entry_new();
+  archive_entry_set_filetype(e, AE_IFREG);
+  archive_entry_set_pathname(e, "x");
+  archive_write_header(a, e);
+  size_t off = 0;
+  while (off < data.size()) {
+    size_t n = std::min<size_t>(data.size() - off, 1 << 20);
+    archive_write_data(a, data.data() + off, n);
+    off += n;
+  }
+  archive_entry_free(e);
+  archive_write_close(a);
+  archive_write_free(a);
+  return out;
+}
+
+std::string sparse_tar(const std::string& name, uint64_t size,
+                       const std::vector<std::pair<uint64_t, std::string>>& chunks) {
+  archive* a = archive_write_new();
+  std::string out;
+  archive_write_set_format_pax(a);
+  archive_write_open2(a, &out, nullptr, append, nullptr, nullptr);
+  archive_entry* e = archive_entry_new();
+  archive_entry_set_filetype(e, AE_IFREG);
+  archive_entry_set_perm(e, 0644);
+  archive_entry_set_pathname(e, name.c_str());
+  archive_entry_set_size(e, static_cast<la_int64_t>(size));
+  archive_entry_set_mtime(e, 1700000000, 0);
+  for (const auto& [off, data] : chunks)
+    archive_entry_sparse_add_entry(e, static_cast<la_int64_t>(off), static_cast<la_int64_t>(data.size()));
+  if (archive_write_header(a, e) != ARCHIVE_OK) throw std::runtime_error(archive_error_string(a));
+  // libarchive's sparse writer takes the whole logical content and stores only the data runs.
+  std::string full(size, '\0');
+  for (const auto& [off, data] : chunks) full.replace(off, data.size(), data);
+  size_t off = 0;
+  while (off < full.size()) {
+    size_t n = std::min<size_t>(full.size() - off, 1 << 20);
+    archive_write_data(a, full.data() + off, n);
+    off += n;
+  }
+  archive_entry_free(e);
+  archive_write_close(a);
+  archive_write_free(a);
+  return out;
+}
+
+}  // namespace img2vm::testing

@@ -1,0 +1,59 @@
+// Test helpers for the rootfs suites: a file system tree as path -> attributes, read back from an
+// ext4 image through libext2fs (no mount) or from a host directory (umoci's bundle), plus a
+// helper that turns builder images into convert() inputs.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "image_builder.hpp"
+#include "img2vm/rootfs/convert.hpp"
+
+namespace img2vm::testing {
+
+struct FsEntry {
+  char type = '?';  // f d l c b p
+  uint32_t mode = 0;  // permission bits incl. setuid/setgid/sticky
+  uint32_t uid = 0, gid = 0;
+  uint64_t size = 0;
+  std::string content;  // regular files
+  std::string target;   // symlinks
+  uint32_t major = 0, minor = 0;
+  std::map<std::string, std::string> xattrs;
+  uint64_t ino = 0;
+  uint32_t nlink = 0;
+  int64_t mtime = 0;
+  uint32_t mtime_nsec = 0;
+  uint64_t allocated = 0;  // bytes of data blocks (ext4 only; 0 for a host tree)
+};
+
+// Keyed by absolute path ("/" is the root).
+using FsTree = std::map<std::string, FsEntry>;
+
+FsTree read_ext4(const std::filesystem::path& image);
+FsTree read_host_tree(const std::filesystem::path& root);
+
+// Paths grouped by shared inode, only groups of two or more names; each group sorted.
+std::vector<std::vector<std::string>> hardlink_groups(const FsTree& t);
+
+// e2fsck -fn on the image: returns its exit code, output in *log.
+int e2fsck(const std::filesystem::path& image, std::string* log);
+
+// Layer blobs of `img` written under dir/blobs; a convert() input reading them.
+rootfs::ImageInput image_input(const BuiltImage& img, const std::filesystem::path& dir);
+
+}  // namespace img2vm::testing
+
+namespace img2vm::testing {
+// A convert() input from raw layer blobs (media type, bytes), with a minimal image config.
+rootfs::ImageInput raw_input(const std::vector<std::pair<std::string, std::string>>& layers,
+                             const std::filesystem::path& dir);
+// A gzip stream of `data` (libarchive's raw writer).
+std::string gzip_bytes(const std::string& data);
+// A one-file sparse tar (PAX): `size` bytes with data `chunks` (offset, bytes), holes elsewhere.
+std::string sparse_tar(const std::string& name, uint64_t size,
+                       const std::vector<std::pair<uint64_t, std::string>>& chunks);
+}  // namespace img2vm::testing
