@@ -1,0 +1,21 @@
+// The I/O ports through which the guest init talks to the runner (see docs/vm.md). All are
+// 8-bit `out` writes by the guest. Under qemu the EXIT port is
+// `-device isa-debug-exit,iobase=0xf4,iosize=1` (qemu then exits with (N << 1) | 1).
+#pragma once
+
+#include <cstdint>
+
+namespace img2vm::vm::abi {
+
+inline constexpr uint16_t kExitPort = 0x0f4;      // workload exit status 0-255 (128+N: signal N); ends the VM
+inline constexpr uint16_t kInitFailPort = 0x0f5;  // the init failed before the workload ran (code 1-255)
+inline constexpr uint16_t kBootMarkPort = 0x0f6;  // boot-time markers, below
+inline constexpr uint8_t kMarkInitStarted = 1;
+inline constexpr uint8_t kMarkWorkloadExec = 2;
+
+inline constexpr uint16_t kUartBase = 0x3f8;      // COM1, IRQ 4
+inline constexpr unsigned kUartIrq = 4;
+inline constexpr uint16_t kI8042Data = 0x60;
+inline constexpr uint16_t kI8042Command = 0x64;   // write 0xfe: reset (the VM ends as a reboot)
+
+}  // namespace img2vm::vm::abi

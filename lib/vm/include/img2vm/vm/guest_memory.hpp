@@ -1,0 +1,71 @@
+// Guest physical memory: one anonymous mapping from guest address 0, owned (RAII). Every
+// access by a device goes through these checked accessors; a guest-supplied address or length
+// that does not fit is reported as nullptr / false, never dereferenced.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <span>
+#include <type_traits>
+
+namespace img2vm::vm {
+
+class GuestMemory {
+ public:
+  // Maps `size` bytes (rounded up to 4 KiB), zero-filled, MAP_NORESERVE. Throws Error.
+  explicit GuestMemory(uint64_t size);
+  GuestMemory(GuestMemory&& o) noexcept;
+  GuestMemory& operator=(GuestMemory&&) = delete;
+  GuestMemory(const GuestMemory&) = delete;
+  GuestMemory& operator=(const GuestMemory&) = delete;
+  ~GuestMemory();
+
+  uint64_t size() const noexcept { return size_; }
+  uint8_t* host_base() const noexcept { return base_; }
+
+  // True when [gpa, gpa+len) lies inside guest memory (overflow-safe; len 0 is fine inside).
+  bool contains(uint64_t gpa, uint64_t len) const noexcept {
+    return gpa <= size_ && len <= size_ - gpa;
+  }
+  // Host pointer for [gpa, gpa+len), or nullptr if it does not fit.
+  uint8_t* ptr(uint64_t gpa, uint64_t len) const noexcept {
+    return contains(gpa, len) ? base_ + gpa : nullptr;
+  }
+  std::span<uint8_t> span(uint64_t gpa, uint64_t len) const noexcept {
+    uint8_t* p = ptr(gpa, len);
+    return p ? std::span<uint8_t>(p, len) : std::span<uint8_t>();
+  }
+
+  bool read(uint64_t gpa, void* dst, uint64_t len) const noexcept {
+    const uint8_t* p = ptr(gpa, len);
+    if (!p) return false;
+    std::memcpy(dst, p, len);
+    return true;
+  }
+  bool write(uint64_t gpa, const void* src, uint64_t len) const noexcept {
+    uint8_t* p = ptr(gpa, len);
+    if (!p) return false;
+    std::memcpy(p, src, len);
+    return true;
+  }
+  template <typename T>
+  std::optional<T> load(uint64_t gpa) const noexcept {
+    static_assert(std::is_trivially_copyable_v<T>);
+    T v;
+    if (!read(gpa, &v, sizeof v)) return std::nullopt;
+    return v;
+  }
+  template <typename T>
+  bool store(uint64_t gpa, const T& v) const noexcept {
+    static_assert(std::is_trivially_copyable_v<T>);
+    return write(gpa, &v, sizeof v);
+  }
+
+ private:
+  uint8_t* base_ = nullptr;
+  uint64_t size_ = 0;
+};
+
+}  // namespace img2vm::vm

@@ -1,0 +1,105 @@
+// img2vm::vm::Machine: a microVM on the Linux KVM API that a program can embed. Configure it,
+// start it, wait for it (or stop it); it reports how the guest ended and never exits or
+// signals the calling process. One Machine owns its KVM VM, guest memory, vCPU threads, an I/O
+// thread and its devices; destroying it stops and joins everything.
+//
+//   img2vm::vm::MachineConfig cfg;
+//   cfg.kernel = "vmlinux"; cfg.cmdline = "console=ttyS0 panic=-1"; cfg.disks = {{"root.ext4"}};
+//   img2vm::vm::Machine m(cfg);          // opens /dev/kvm, loads the kernel; throws img2vm::Error
+//   m.start();
+//   auto r = m.wait();                   // or wait_for(), stop()
+//   return r.host_exit_code();           // the workload's status, or 122-125 (docs/vm.md)
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace img2vm::vm {
+
+struct DiskConfig {
+  std::filesystem::path path;
+  bool read_only = false;
+  std::string id;  // VIRTIO_BLK_T_GET_ID (up to 20 bytes); default "img2vm<N>"
+};
+
+struct MachineConfig {
+  uint64_t memory_mib = 256;
+  unsigned vcpus = 1;
+  std::filesystem::path kernel;  // vmlinux ELF (PVH note preferred) or bzImage
+  std::string cmdline;           // virtio_mmio.device=... entries for the disks are appended
+  std::filesystem::path initrd;  // optional
+  std::vector<DiskConfig> disks; // /dev/vda, /dev/vdb, ... in this order
+  int console_out_fd = 1;        // UART output; -1 discards it. Not owned.
+  int console_in_fd = -1;        // UART input; -1 for none. Not owned.
+  std::chrono::milliseconds timeout{0};  // 0: none; else the VM ends as kTimeout
+  std::filesystem::path kvm_device = "/dev/kvm";
+};
+
+enum class ExitReason {
+  kExited,      // the guest wrote its workload's status to the EXIT port
+  kInitFailed,  // the guest init reported its own failure (INIT_FAIL port)
+  kReboot,      // reset (i8042 or KVM system event) with no status: the guest kernel died
+  kTripleFault, // KVM_EXIT_SHUTDOWN: the guest CPU triple-faulted
+  kKvmError,    // KVM could not run the guest (internal/emulation error, failed entry)
+  kTimeout,     // MachineConfig::timeout expired
+  kStopped,     // stop() was called
+};
+const char* to_string(ExitReason r) noexcept;
+
+// Times since the Machine was constructed (VMM start); empty when the event did not happen.
+struct BootTimings {
+  std::optional<std::chrono::microseconds> setup_done;     // start() called, VM configured
+  std::optional<std::chrono::microseconds> first_entry;    // first KVM_RUN of vCPU 0
+  std::optional<std::chrono::microseconds> init_started;   // BOOT_MARK 1
+  std::optional<std::chrono::microseconds> workload_exec;  // BOOT_MARK 2
+  std::optional<std::chrono::microseconds> ended;
+};
+
+struct MachineResult {
+  ExitReason reason = ExitReason::kStopped;
+  int status = 0;      // kExited: the workload's status; kInitFailed: the init's code
+  std::string detail;  // one line for humans
+  BootTimings timings;
+
+  // img2vm run's exit code: the workload status as is for kExited; 122 init failure,
+  // 123 the guest died (reboot/panic, triple fault), 124 timeout, 125 VMM or KVM error,
+  // 130 stopped (documented in docs/vm.md).
+  int host_exit_code() const noexcept;
+  std::string describe() const;
+};
+
+class Machine {
+ public:
+  // Validates `config`, opens KVM, creates the VM, loads kernel and initrd, opens the disks.
+  // Throws img2vm::Error (naming the file or the KVM call) on any failure.
+  explicit Machine(MachineConfig config);
+  ~Machine();
+  Machine(const Machine&) = delete;
+  Machine& operator=(const Machine&) = delete;
+
+  // Starts the vCPU and I/O threads. Call once.
+  void start();
+  // Blocks until the VM has ended (including the configured timeout) and returns why.
+  MachineResult wait();
+  // As wait(), but gives up after `d` (the VM keeps running) and returns nullopt.
+  std::optional<MachineResult> wait_for(std::chrono::milliseconds d);
+  // Asks the VM to end (reason kStopped unless it had already ended). Thread-safe, returns at once.
+  void stop();
+  // start() + wait().
+  MachineResult run();
+
+  // The kernel command line the guest gets (with the virtio_mmio.device= entries).
+  const std::string& cmdline() const noexcept;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace img2vm::vm

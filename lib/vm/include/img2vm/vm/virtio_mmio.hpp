@@ -1,0 +1,69 @@
+// The virtio-mmio transport (virtio 1.x, section 4.2, version 2 registers) around one device.
+// Register accesses come from a vCPU thread, queue processing from the I/O thread; one mutex
+// serialises them. The guest learns of the device from the kernel command line
+// (`virtio_mmio.device=4K@0xd0000000:5`).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "img2vm/vm/guest_memory.hpp"
+#include "img2vm/vm/virtqueue.hpp"
+
+namespace img2vm::vm {
+
+inline constexpr uint64_t kVirtioFVersion1 = 1ull << 32;
+
+// What a concrete device (block, ...) provides to the transport.
+class VirtioDevice {
+ public:
+  virtual ~VirtioDevice() = default;
+  virtual uint32_t device_id() const = 0;
+  virtual uint64_t features() const = 0;  // offered, including kVirtioFVersion1
+  virtual unsigned num_queues() const = 0;
+  virtual std::span<const uint8_t> config() const = 0;
+  // Handles every available chain of `queue`; returns true if any was used (interrupt).
+  virtual bool process(const GuestMemory& mem, SplitQueue& queue) = 0;
+};
+
+class VirtioMmio {
+ public:
+  static constexpr uint32_t kMagic = 0x74726976;  // "virt"
+  static constexpr uint32_t kStatusDriverOk = 4, kStatusFeaturesOk = 8, kStatusNeedsReset = 0x40,
+                            kStatusFailed = 0x80;
+  static constexpr uint64_t kNotifyOffset = 0x50;
+
+  // `interrupt` raises the device's interrupt line (an irqfd write, or a test's counter).
+  VirtioMmio(const GuestMemory& mem, VirtioDevice& dev, std::function<void()> interrupt);
+
+  // 32-bit register accesses below 0x100, any size in the config space at 0x100; others read
+  // as 0 and are ignored when written.
+  void read(uint64_t offset, uint8_t* data, unsigned size);
+  void write(uint64_t offset, const uint8_t* data, unsigned size);
+  // Called on a queue notification (from the ioeventfd or a QueueNotify write).
+  void notify();
+
+  uint32_t status() const;
+  std::string broken_reason() const;
+
+ private:
+  void reset_locked();
+  void process_locked();
+  SplitQueue* selected_locked();
+
+  const GuestMemory& mem_;
+  VirtioDevice& dev_;
+  std::function<void()> interrupt_;
+  mutable std::mutex mu_;
+  std::vector<SplitQueue> queues_;
+  uint32_t status_ = 0, queue_sel_ = 0, dev_features_sel_ = 0, drv_features_sel_ = 0;
+  uint32_t interrupt_status_ = 0, config_generation_ = 0;
+  uint64_t driver_features_ = 0;
+  std::string broken_;
+};
+
+}  // namespace img2vm::vm

@@ -1,0 +1,58 @@
+// Split virtqueues (virtio 1.x, section 2.7) over guest memory. Everything the guest wrote is
+// read once into local copies and checked before use: ring addresses and alignment, descriptor
+// indices, chain length (a loop cannot run longer than the queue size), every buffer inside
+// guest memory, no indirect descriptors (not offered).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "img2vm/vm/guest_memory.hpp"
+
+namespace img2vm::vm {
+
+struct DescElem {
+  uint64_t addr;
+  uint32_t len;
+  bool device_writable;
+};
+
+struct DescChain {
+  uint16_t head = 0;
+  std::vector<DescElem> elems;
+  std::string error;  // non-empty: the chain is malformed (why); return it unused
+};
+
+class SplitQueue {
+ public:
+  static constexpr uint16_t kMaxSize = 256;
+  static constexpr uint16_t kDescNext = 1, kDescWrite = 2, kDescIndirect = 4;
+
+  // Guest-programmed configuration (through the transport's registers).
+  uint16_t size = kMaxSize;
+  bool ready = false;
+  uint64_t desc_addr = 0, avail_addr = 0, used_addr = 0;
+
+  void reset() { *this = SplitQueue(); }
+  // Checks the configuration against guest memory; empty when usable, else why not.
+  std::string validate(const GuestMemory& mem) const;
+  // The next available chain, or nullopt when there is none. Sets `broken` (and returns
+  // nullopt) when the avail ring itself is inconsistent; the queue must then be reset.
+  std::optional<DescChain> pop(const GuestMemory& mem);
+  // Returns a chain to the guest with `len` bytes written into its buffers.
+  bool push_used(const GuestMemory& mem, uint16_t head, uint32_t len);
+
+  bool broken() const noexcept { return broken_; }
+  const std::string& broken_reason() const noexcept { return broken_reason_; }
+  uint16_t last_avail() const noexcept { return last_avail_; }
+
+ private:
+  uint16_t last_avail_ = 0;
+  uint16_t used_idx_ = 0;
+  bool broken_ = false;
+  std::string broken_reason_;
+};
+
+}  // namespace img2vm::vm

@@ -1,0 +1,582 @@
+#include "img2vm/vm/machine.hpp"
+
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <mutex>
+#include <thread>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/vm/boot.hpp"
+#include "img2vm/vm/guest_abi.hpp"
+#include "img2vm/vm/guest_memory.hpp"
+#include "img2vm/vm/i8042.hpp"
+#include "img2vm/vm/uart.hpp"
+#include "img2vm/vm/virtio_blk.hpp"
+#include "img2vm/vm/virtio_mmio.hpp"
+#include "vcpu_setup.hpp"
+
+namespace img2vm::vm {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::microseconds;
+
+const char* to_string(ExitReason r) noexcept {
+  switch (r) {
+    case ExitReason::kExited: return "exited";
+    case ExitReason::kInitFailed: return "init-failed";
+    case ExitReason::kReboot: return "reboot";
+    case ExitReason::kTripleFault: return "triple-fault";
+    case ExitReason::kKvmError: return "kvm-error";
+    case ExitReason::kTimeout: return "timeout";
+    case ExitReason::kStopped: return "stopped";
+  }
+  return "?";
+}
+
+int MachineResult::host_exit_code() const noexcept {
+  switch (reason) {
+    case ExitReason::kExited: return status & 0xff;
+    case ExitReason::kInitFailed: return 122;
+    case ExitReason::kReboot:
+    case ExitReason::kTripleFault: return 123;
+    case ExitReason::kTimeout: return 124;
+    case ExitReason::kKvmError: return 125;
+    case ExitReason::kStopped: return 130;
+  }
+  return 125;
+}
+
+std::string MachineResult::describe() const {
+  switch (reason) {
+    case ExitReason::kExited: return "exited with status " + std::to_string(status);
+    case ExitReason::kInitFailed: return "the guest init failed with code " + std::to_string(status) + (detail.empty() ? "" : ": " + detail);
+    default: return detail.empty() ? to_string(reason) : detail;
+  }
+}
+
+namespace {
+
+constexpr unsigned kMaxDisks = 8;
+
+int kick_signal() { return SIGRTMIN + 6; }
+
+void install_kick_handler() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    struct sigaction sa {};
+    sa.sa_handler = [](int) {};
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0;  // no SA_RESTART: KVM_RUN must return EINTR
+    ::sigaction(kick_signal(), &sa, nullptr);
+  });
+}
+
+// Threads of the VM take no process signals except the kick.
+void block_signals(bool allow_kick) {
+  sigset_t all;
+  sigfillset(&all);
+  if (allow_kick) sigdelset(&all, kick_signal());
+  pthread_sigmask(SIG_SETMASK, &all, nullptr);
+}
+
+int xioctl(int fd, unsigned long req, unsigned long arg, const char* what) {
+  int r;
+  do r = ::ioctl(fd, req, arg);
+  while (r < 0 && errno == EINTR);
+  if (r < 0) throw_errno(std::string("KVM: ") + what);
+  return r;
+}
+template <typename T>
+int xioctl(int fd, unsigned long req, T* arg, const char* what) {
+  return xioctl(fd, req, reinterpret_cast<unsigned long>(arg), what);
+}
+
+struct Vcpu {
+  unsigned id = 0;
+  UniqueFd fd;
+  kvm_run* run = nullptr;
+  size_t run_size = 0;
+  std::thread thread;
+  std::atomic<bool> started{false};
+  Vcpu() = default;
+  Vcpu(const Vcpu&) = delete;
+  Vcpu& operator=(const Vcpu&) = delete;
+  ~Vcpu() {
+    if (run) ::munmap(run, run_size);
+  }
+};
+
+struct Disk {
+  std::unique_ptr<VirtioBlk> blk;
+  std::unique_ptr<VirtioMmio> mmio;
+  UniqueFd notify;  // ioeventfd on QueueNotify
+  UniqueFd irq;     // irqfd
+};
+
+}  // namespace
+
+struct Machine::Impl {
+  MachineConfig cfg;
+  Clock::time_point t0 = Clock::now();
+  std::string cmdline;
+  UniqueFd kvm, vm;
+  std::unique_ptr<GuestMemory> mem;
+  LoadedKernel kernel;
+  std::unique_ptr<Uart8250> uart;
+  std::mutex i8042_mu;
+  I8042 i8042;
+  std::vector<std::unique_ptr<Disk>> disks;
+  std::vector<std::unique_ptr<Vcpu>> vcpus;
+  UniqueFd stop_fd;
+  std::thread io_thread;
+  bool started = false, joined = false;
+
+  std::mutex mu;
+  std::condition_variable cv;
+  std::optional<MachineResult> result;
+  BootTimings timings;
+  std::atomic<bool> ending{false};
+
+  microseconds now() const { return std::chrono::duration_cast<microseconds>(Clock::now() - t0); }
+
+  void finish(ExitReason reason, int status, std::string detail) {
+    {
+      std::lock_guard lk(mu);
+      if (result) return;
+      MachineResult r;
+      r.reason = reason;
+      r.status = status;
+      r.detail = std::move(detail);
+      timings.ended = now();
+      result = std::move(r);
+    }
+    ending = true;
+    for (auto& v : vcpus) {
+      __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+      if (v->started && v->thread.joinable() && v->thread.get_id() != std::this_thread::get_id())
+        pthread_kill(v->thread.native_handle(), kick_signal());
+    }
+    uint64_t one = 1;
+    if (stop_fd) (void)!::write(stop_fd.get(), &one, sizeof one);
+    cv.notify_all();
+  }
+
+  void mark(std::optional<microseconds>& slot) {
+    std::lock_guard lk(mu);
+    if (!slot) slot = now();
+  }
+
+  void set_irq_line(unsigned irq, bool level) {
+    kvm_irq_level l{};
+    l.irq = irq;
+    l.level = level ? 1 : 0;
+    ::ioctl(vm.get(), KVM_IRQ_LINE, &l);
+  }
+
+  void console_out(uint8_t c) {
+    if (cfg.console_out_fd < 0) return;
+    for (;;) {
+      ssize_t n = ::write(cfg.console_out_fd, &c, 1);
+      if (n >= 0 || errno != EINTR) return;
+    }
+  }
+
+  void pio(uint16_t port, bool out, uint8_t* data, unsigned size) {
+    if (port >= abi::kUartBase && port < abi::kUartBase + 8) {
+      if (size != 1) {
+        if (!out) std::memset(data, 0xff, size);
+        return;
+      }
+      if (out) uart->write(uint16_t(port - abi::kUartBase), data[0]);
+      else data[0] = uart->read(uint16_t(port - abi::kUartBase));
+      return;
+    }
+    if ((port == abi::kI8042Data || port == abi::kI8042Command) && size == 1) {
+      std::lock_guard lk(i8042_mu);
+      if (!out) {
+        data[0] = i8042.read(port);
+      } else if (i8042.write(port, data[0])) {
+        finish(ExitReason::kReboot, 0,
+               "the guest reset the machine without reporting an exit status (kernel panic or reboot)");
+      }
+      return;
+    }
+    if (out && size == 1) {
+      switch (port) {
+        case abi::kExitPort: finish(ExitReason::kExited, data[0], {}); return;
+        case abi::kInitFailPort: finish(ExitReason::kInitFailed, data[0], {}); return;
+        case abi::kBootMarkPort:
+          if (data[0] == abi::kMarkInitStarted) mark(timings.init_started);
+          else if (data[0] == abi::kMarkWorkloadExec) mark(timings.workload_exec);
+          return;
+        default: break;
+      }
+    }
+    if (!out) std::memset(data, 0xff, size);  // nothing there: a floating bus
+  }
+
+  void mmio(uint64_t addr, bool write, uint8_t* data, unsigned len) {
+    if (len > 8) return;
+    if (addr >= layout::kMmioBase && addr - layout::kMmioBase < disks.size() * layout::kMmioStride) {
+      uint64_t i = (addr - layout::kMmioBase) / layout::kMmioStride;
+      uint64_t off = (addr - layout::kMmioBase) % layout::kMmioStride;
+      if (write) disks[i]->mmio->write(off, data, len);
+      else disks[i]->mmio->read(off, data, len);
+      return;
+    }
+    if (!write) std::memset(data, 0, len);
+  }
+
+  void vcpu_loop(Vcpu& v) {
+    block_signals(true);
+    if (v.id == 0) mark(timings.first_entry);
+    kvm_run* run = v.run;
+    while (!ending) {
+      int r = ::ioctl(v.fd.get(), KVM_RUN, 0);
+      if (r < 0) {
+        if (errno == EINTR || errno == EAGAIN) continue;
+        finish(ExitReason::kKvmError, 0, std::string("KVM_RUN failed on vCPU ") + std::to_string(v.id) + ": " + std::strerror(errno));
+        return;
+      }
+      switch (run->exit_reason) {
+        case KVM_EXIT_IO: {
+          uint64_t bytes = uint64_t(run->io.size) * run->io.count;
+          if (run->io.data_offset > v.run_size || bytes > v.run_size - run->io.data_offset) {
+            finish(ExitReason::kKvmError, 0, "KVM reported port I/O outside the run area");
+            return;
+          }
+          auto* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
+          for (uint32_t c = 0; c < run->io.count; ++c)
+            pio(run->io.port, run->io.direction == KVM_EXIT_IO_OUT, data + uint64_t(c) * run->io.size, run->io.size);
+          break;
+        }
+        case KVM_EXIT_MMIO:
+          mmio(run->mmio.phys_addr, run->mmio.is_write, run->mmio.data, run->mmio.len);
+          break;
+        case KVM_EXIT_SHUTDOWN:
+          finish(ExitReason::kTripleFault, 0, "the guest triple-faulted (vCPU " + std::to_string(v.id) + ")");
+          return;
+        case KVM_EXIT_SYSTEM_EVENT:
+          if (run->system_event.type == KVM_SYSTEM_EVENT_CRASH)
+            finish(ExitReason::kReboot, 0, "the guest reported a crash");
+          else if (run->system_event.type == KVM_SYSTEM_EVENT_SHUTDOWN)
+            finish(ExitReason::kReboot, 0, "the guest powered off without reporting an exit status");
+          else
+            finish(ExitReason::kReboot, 0, "the guest reset the machine without reporting an exit status (kernel panic or reboot)");
+          return;
+        case KVM_EXIT_HLT:
+          finish(ExitReason::kKvmError, 0, "vCPU " + std::to_string(v.id) + " halted outside the in-kernel irqchip");
+          return;
+        case KVM_EXIT_FAIL_ENTRY:
+          finish(ExitReason::kKvmError, 0, "KVM could not enter the guest (hardware reason 0x" +
+                                               [&] { char b[32]; std::snprintf(b, sizeof b, "%llx", (unsigned long long)run->fail_entry.hardware_entry_failure_reason); return std::string(b); }() + ")");
+          return;
+        case KVM_EXIT_INTERNAL_ERROR:
+          finish(ExitReason::kKvmError, 0,
+                 run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION
+                     ? "KVM could not emulate a guest instruction (vCPU " + std::to_string(v.id) + ")"
+                     : "KVM internal error " + std::to_string(run->internal.suberror) + " (vCPU " + std::to_string(v.id) + ")");
+          return;
+        case KVM_EXIT_INTR:
+          break;
+        default:
+          finish(ExitReason::kKvmError, 0, "unexpected KVM exit " + std::to_string(run->exit_reason));
+          return;
+      }
+    }
+  }
+
+  void io_loop() {
+    block_signals(false);
+    try {
+      UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+      if (!ep) throw_errno("epoll_create1");
+      auto add = [&](int fd, uint64_t tag) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = tag;
+        return ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
+      };
+      constexpr uint64_t kStop = ~0ull, kConsole = ~1ull;
+      add(stop_fd.get(), kStop);
+      for (size_t i = 0; i < disks.size(); ++i) add(disks[i]->notify.get(), i);
+      bool console = cfg.console_in_fd >= 0 && add(cfg.console_in_fd, kConsole);
+      bool console_paused = false;
+      while (!ending) {
+        epoll_event evs[16];
+        int n = ::epoll_wait(ep.get(), evs, 16, console_paused ? 10 : -1);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) throw_errno("epoll_wait");
+        if (console_paused && uart->input_space() > 0) {
+          add(cfg.console_in_fd, kConsole);
+          console_paused = false;
+        }
+        for (int k = 0; k < n; ++k) {
+          uint64_t tag = evs[k].data.u64;
+          if (tag == kStop) return;
+          if (tag == kConsole) {
+            uint8_t buf[Uart8250::kFifoSize];
+            size_t space = uart->input_space();
+            if (space == 0) {
+              ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, cfg.console_in_fd, nullptr);
+              console_paused = true;
+              continue;
+            }
+            ssize_t r = ::read(cfg.console_in_fd, buf, space);
+            if (r > 0) uart->push_input(buf, size_t(r));
+            else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+              ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, cfg.console_in_fd, nullptr);
+              console = false;
+            }
+            continue;
+          }
+          if (tag < disks.size()) {
+            uint64_t cnt;
+            (void)!::read(disks[tag]->notify.get(), &cnt, sizeof cnt);
+            disks[tag]->mmio->notify();
+          }
+        }
+      }
+      (void)console;
+    } catch (const std::exception& e) {
+      finish(ExitReason::kKvmError, 0, std::string("I/O thread: ") + e.what());
+    }
+  }
+
+  void join_all() {
+    if (joined) return;
+    joined = true;
+    for (auto& v : vcpus)
+      if (v->thread.joinable()) v->thread.join();
+    if (io_thread.joinable()) io_thread.join();
+    if (cfg.console_out_fd >= 0) ::fsync(cfg.console_out_fd);  // best effort; fails on pipes
+  }
+
+  void build();
+};
+
+void Machine::Impl::build() {
+  if (cfg.kernel.empty()) throw Error(ErrorKind::kInvalidArgument, "no kernel given");
+  uint64_t mem_bytes = cfg.memory_mib << 20;
+  if (cfg.memory_mib == 0 || mem_bytes < layout::kMinMemory || mem_bytes > layout::kMaxMemory)
+    throw Error(ErrorKind::kInvalidArgument, "memory must be between " + std::to_string(layout::kMinMemory >> 20) +
+                                                 " and " + std::to_string(layout::kMaxMemory >> 20) + " MiB");
+  if (cfg.vcpus == 0 || cfg.vcpus > layout::kMaxVcpus)
+    throw Error(ErrorKind::kInvalidArgument, "vCPU count must be between 1 and " + std::to_string(layout::kMaxVcpus));
+  if (cfg.disks.size() > kMaxDisks)
+    throw Error(ErrorKind::kLimit, "at most " + std::to_string(kMaxDisks) + " disks");
+
+  int kfd = ::open(cfg.kvm_device.c_str(), O_RDWR | O_CLOEXEC);
+  if (kfd < 0) throw_errno("cannot open " + cfg.kvm_device.string());
+  kvm.reset(kfd);
+  if (::ioctl(kvm.get(), KVM_GET_API_VERSION, 0) != KVM_API_VERSION)
+    throw Error(ErrorKind::kUnsupported, cfg.kvm_device.string() + " does not speak the KVM API");
+  for (auto [cap, name] : {std::pair{KVM_CAP_IRQCHIP, "IRQCHIP"}, {KVM_CAP_USER_MEMORY, "USER_MEMORY"},
+                           {KVM_CAP_IOEVENTFD, "IOEVENTFD"}, {KVM_CAP_IRQFD, "IRQFD"}, {KVM_CAP_PIT2, "PIT2"},
+                           {KVM_CAP_IMMEDIATE_EXIT, "IMMEDIATE_EXIT"}, {KVM_CAP_EXT_CPUID, "EXT_CPUID"}}) {
+    if (::ioctl(kvm.get(), KVM_CHECK_EXTENSION, cap) <= 0)
+      throw Error(ErrorKind::kUnsupported, std::string("KVM lacks KVM_CAP_") + name);
+  }
+  bool tsc_deadline = ::ioctl(kvm.get(), KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0;
+  vm.reset(xioctl(kvm.get(), KVM_CREATE_VM, 0ul, "KVM_CREATE_VM"));
+  xioctl(vm.get(), KVM_SET_TSS_ADDR, static_cast<unsigned long>(layout::kTssAddr), "KVM_SET_TSS_ADDR");
+  xioctl(vm.get(), KVM_CREATE_IRQCHIP, 0ul, "KVM_CREATE_IRQCHIP");
+  kvm_pit_config pit{};
+  pit.flags = KVM_PIT_SPEAKER_DUMMY;
+  xioctl(vm.get(), KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2");
+
+  mem = std::make_unique<GuestMemory>(mem_bytes);
+  kvm_userspace_memory_region region{};
+  region.slot = 0;
+  region.guest_phys_addr = 0;
+  region.memory_size = mem->size();
+  region.userspace_addr = reinterpret_cast<uint64_t>(mem->host_base());
+  xioctl(vm.get(), KVM_SET_USER_MEMORY_REGION, &region, "KVM_SET_USER_MEMORY_REGION");
+
+  // Kernel and initrd.
+  {
+    std::string img = read_file(cfg.kernel);
+    try {
+      kernel = load_kernel({reinterpret_cast<const uint8_t*>(img.data()), img.size()}, *mem);
+    } catch (const Error& e) {
+      throw e.with_context(cfg.kernel.string());
+    }
+  }
+  uint64_t initrd_addr = 0, initrd_size = 0;
+  if (!cfg.initrd.empty()) {
+    UniqueFd f = open_file(cfg.initrd, O_RDONLY);
+    struct stat st {};
+    if (::fstat(f.get(), &st) != 0) throw_errno("cannot stat " + cfg.initrd.string());
+    initrd_size = uint64_t(st.st_size);
+    try {
+      initrd_addr = place_initrd(*mem, kernel, initrd_size);
+    } catch (const Error& e) {
+      throw e.with_context(cfg.initrd.string());
+    }
+    uint8_t* dst = mem->ptr(initrd_addr, initrd_size);
+    for (uint64_t done = 0; done < initrd_size;) {
+      ssize_t n = ::pread(f.get(), dst + done, initrd_size - done, static_cast<off_t>(done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) throw_errno("cannot read " + cfg.initrd.string());
+      if (n == 0) throw Error(ErrorKind::kIo, cfg.initrd.string() + ": file shrank while reading");
+      done += uint64_t(n);
+    }
+  }
+
+  // Devices.
+  uart = std::make_unique<Uart8250>([this](uint8_t c) { console_out(c); },
+                                    [this](bool level) { set_irq_line(abi::kUartIrq, level); });
+  cmdline = cfg.cmdline;
+  for (size_t i = 0; i < cfg.disks.size(); ++i) {
+    const auto& dc = cfg.disks[i];
+    auto d = std::make_unique<Disk>();
+    try {
+      d->blk = std::make_unique<VirtioBlk>(dc.path, dc.read_only, dc.id.empty() ? "img2vm" + std::to_string(i) : dc.id);
+    } catch (const Error& e) {
+      throw e.with_context("disk " + std::to_string(i));
+    }
+    d->notify.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    d->irq.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (!d->notify || !d->irq) throw_errno("eventfd");
+    const uint64_t base = layout::kMmioBase + i * layout::kMmioStride;
+    const unsigned gsi = layout::kMmioFirstIrq + unsigned(i);
+    kvm_ioeventfd ioev{};
+    ioev.addr = base + VirtioMmio::kNotifyOffset;
+    ioev.len = 4;
+    ioev.fd = d->notify.get();
+    xioctl(vm.get(), KVM_IOEVENTFD, &ioev, "KVM_IOEVENTFD");
+    kvm_irqfd irqfd{};
+    irqfd.fd = uint32_t(d->irq.get());
+    irqfd.gsi = gsi;
+    xioctl(vm.get(), KVM_IRQFD, &irqfd, "KVM_IRQFD");
+    int irq_fd = d->irq.get();
+    d->mmio = std::make_unique<VirtioMmio>(*mem, *d->blk, [irq_fd] {
+      uint64_t one = 1;
+      (void)!::write(irq_fd, &one, sizeof one);
+    });
+    char arg[96];
+    std::snprintf(arg, sizeof arg, "virtio_mmio.device=4K@0x%llx:%u", static_cast<unsigned long long>(base), gsi);
+    cmdline += cmdline.empty() ? "" : " ";
+    cmdline += arg;
+    disks.push_back(std::move(d));
+  }
+  stop_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!stop_fd) throw_errno("eventfd");
+
+  // Boot tables.
+  const bool pvh = kernel.format == KernelFormat::kElfPvh;
+  write_mp_table(*mem, cfg.vcpus);
+  write_gdt(*mem, !pvh);
+  if (pvh) {
+    write_pvh_start_info(*mem, cmdline, initrd_addr, initrd_size);
+  } else {
+    write_page_tables(*mem);
+    write_boot_params(*mem, kernel, cmdline, initrd_addr, initrd_size);
+  }
+
+  // vCPUs.
+  int run_size = xioctl(kvm.get(), KVM_GET_VCPU_MMAP_SIZE, 0ul, "KVM_GET_VCPU_MMAP_SIZE");
+  if (run_size < int(sizeof(kvm_run))) throw Error(ErrorKind::kUnsupported, "KVM: run area too small");
+  CpuidTable cpuid = supported_cpuid(kvm.get());
+  for (unsigned id = 0; id < cfg.vcpus; ++id) {
+    auto v = std::make_unique<Vcpu>();
+    v->id = id;
+    v->fd.reset(xioctl(vm.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(id), "KVM_CREATE_VCPU"));
+    void* p = ::mmap(nullptr, size_t(run_size), PROT_READ | PROT_WRITE, MAP_SHARED, v->fd.get(), 0);
+    if (p == MAP_FAILED) throw_errno("KVM: cannot map the vCPU run area");
+    v->run = static_cast<kvm_run*>(p);
+    v->run_size = size_t(run_size);
+    setup_cpuid(v->fd.get(), cpuid, id, cfg.vcpus, tsc_deadline);
+    setup_msrs(v->fd.get());
+    setup_fpu(v->fd.get());
+    setup_lapic(v->fd.get());
+    if (id == 0) setup_boot_regs(v->fd.get(), kernel.entry, pvh);
+    vcpus.push_back(std::move(v));
+  }
+}
+
+Machine::Machine(MachineConfig config) : impl_(std::make_unique<Impl>()) {
+  impl_->cfg = std::move(config);
+  impl_->build();
+}
+
+Machine::~Machine() {
+  if (impl_->started) {
+    impl_->finish(ExitReason::kStopped, 0, "the machine was destroyed");
+    impl_->join_all();
+  }
+}
+
+const std::string& Machine::cmdline() const noexcept { return impl_->cmdline; }
+
+void Machine::start() {
+  Impl& m = *impl_;
+  if (m.started) throw Error(ErrorKind::kInvalidArgument, "machine already started");
+  install_kick_handler();
+  m.started = true;
+  m.mark(m.timings.setup_done);
+  try {
+    m.io_thread = std::thread([&m] { m.io_loop(); });
+    for (auto& v : m.vcpus) {
+      Vcpu* vp = v.get();
+      v->thread = std::thread([&m, vp] { m.vcpu_loop(*vp); });
+      v->started = true;
+    }
+  } catch (const std::system_error& e) {
+    m.finish(ExitReason::kKvmError, 0, std::string("cannot start a thread: ") + e.what());
+  }
+}
+
+std::optional<MachineResult> Machine::wait_for(std::chrono::milliseconds d) {
+  Impl& m = *impl_;
+  if (!m.started) throw Error(ErrorKind::kInvalidArgument, "machine not started");
+  auto deadline = Clock::now() + d;
+  if (m.cfg.timeout.count() > 0) {
+    auto tdeadline = m.t0 + std::chrono::duration_cast<Clock::duration>(*m.timings.setup_done) + m.cfg.timeout;
+    bool timeout_first = tdeadline <= deadline;
+    if (timeout_first) deadline = tdeadline;
+    std::unique_lock lk(m.mu);
+    if (!m.cv.wait_until(lk, deadline, [&] { return m.result.has_value(); })) {
+      lk.unlock();
+      if (!timeout_first) return std::nullopt;
+      m.finish(ExitReason::kTimeout, 0, "timed out after " + std::to_string(m.cfg.timeout.count()) + " ms");
+    }
+  } else {
+    std::unique_lock lk(m.mu);
+    if (!m.cv.wait_until(lk, deadline, [&] { return m.result.has_value(); })) return std::nullopt;
+  }
+  m.join_all();
+  std::lock_guard lk(m.mu);
+  MachineResult r = *m.result;
+  r.timings = m.timings;
+  return r;
+}
+
+MachineResult Machine::wait() {
+  for (;;) {
+    if (auto r = wait_for(std::chrono::hours(24))) return *r;
+  }
+}
+
+void Machine::stop() { impl_->finish(ExitReason::kStopped, 0, "stopped by the host"); }
+
+MachineResult Machine::run() {
+  start();
+  return wait();
+}
+
+}  // namespace img2vm::vm

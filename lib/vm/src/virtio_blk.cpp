@@ -1,0 +1,139 @@
+#include "img2vm/vm/virtio_blk.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include "img2vm/base/error.hpp"
+
+namespace img2vm::vm {
+
+namespace {
+constexpr uint32_t kSegMax = SplitQueue::kMaxSize - 2;
+constexpr uint64_t kIdLen = 20;
+
+bool full_io(bool write, int fd, uint8_t* buf, uint64_t len, uint64_t off) {
+  while (len) {
+    ssize_t n = write ? ::pwrite(fd, buf, len, static_cast<off_t>(off)) : ::pread(fd, buf, len, static_cast<off_t>(off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    if (n == 0) {  // reading past the end of a file that shrank: zeros
+      if (write) return false;
+      std::memset(buf, 0, len);
+      return true;
+    }
+    buf += n;
+    len -= uint64_t(n);
+    off += uint64_t(n);
+  }
+  return true;
+}
+}  // namespace
+
+VirtioBlk::VirtioBlk(const std::filesystem::path& path, bool read_only, std::string id)
+    : read_only_(read_only), id_(std::move(id)) {
+  fd_ = open_file(path, read_only ? O_RDONLY : O_RDWR);
+  struct stat st {};
+  if (::fstat(fd_.get(), &st) != 0) throw_errno("cannot stat disk " + path.string());
+  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+    throw Error(ErrorKind::kInvalidArgument, "disk " + path.string() + " is not a regular file or block device");
+  uint64_t size = uint64_t(st.st_size);
+  if (S_ISBLK(st.st_mode)) {
+    off_t end = ::lseek(fd_.get(), 0, SEEK_END);
+    if (end < 0) throw_errno("cannot size disk " + path.string());
+    size = uint64_t(end);
+  }
+  init(size);
+}
+
+VirtioBlk::VirtioBlk(UniqueFd fd, uint64_t size, bool read_only, std::string id)
+    : fd_(std::move(fd)), read_only_(read_only), id_(std::move(id)) {
+  init(size);
+}
+
+void VirtioBlk::init(uint64_t size) {
+  size_ = size - size % kSectorSize;
+  uint64_t cap = capacity_sectors();
+  std::memcpy(config_.data(), &cap, 8);
+  uint32_t size_max = 0, seg_max = kSegMax;
+  std::memcpy(config_.data() + 8, &size_max, 4);
+  std::memcpy(config_.data() + 12, &seg_max, 4);
+}
+
+uint64_t VirtioBlk::features() const {
+  return kVirtioFVersion1 | kFeatureFlush | kFeatureSegMax | (read_only_ ? kFeatureRo : 0);
+}
+
+bool VirtioBlk::process(const GuestMemory& mem, SplitQueue& queue) {
+  bool used = false;
+  while (auto chain = queue.pop(mem)) {
+    uint32_t written = chain->error.empty() ? handle(mem, *chain) : 0;
+    queue.push_used(mem, chain->head, written);
+    used = true;
+  }
+  return used;
+}
+
+uint32_t VirtioBlk::handle(const GuestMemory& mem, const DescChain& chain) {
+  if (chain.elems.size() < 2) return 0;  // no room for a header and a status: nothing to say
+  const DescElem& st = chain.elems.back();
+  if (!st.device_writable || st.len == 0) return 0;
+  uint32_t written = 0;
+  uint8_t status = do_request(mem, chain, written);
+  mem.store<uint8_t>(st.addr + st.len - 1, status);  // inside guest memory: checked by pop()
+  return written + 1;
+}
+
+uint8_t VirtioBlk::do_request(const GuestMemory& mem, const DescChain& chain, uint32_t& written) {
+  written = 0;
+  const DescElem& hdr = chain.elems.front();
+  if (hdr.device_writable || hdr.len < 16) return kStatusIoErr;
+  uint32_t type = *mem.load<uint32_t>(hdr.addr);
+  uint64_t sector = *mem.load<uint64_t>(hdr.addr + 8);
+  const size_t first = 1, last = chain.elems.size() - 1;  // data descriptors: [first, last)
+
+  switch (type) {
+    case kTypeIn:
+    case kTypeOut: {
+      const bool out = type == kTypeOut;
+      if (out && read_only_) return kStatusIoErr;
+      uint64_t total = 0;
+      for (size_t i = first; i < last; ++i) {
+        if (chain.elems[i].device_writable == out) return kStatusIoErr;  // wrong direction
+        total += chain.elems[i].len;
+      }
+      if (total % kSectorSize) return kStatusIoErr;
+      if (sector > capacity_sectors() || total / kSectorSize > capacity_sectors() - sector) return kStatusIoErr;
+      uint64_t off = sector * kSectorSize;
+      for (size_t i = first; i < last; ++i) {
+        const DescElem& e = chain.elems[i];
+        uint8_t* p = mem.ptr(e.addr, e.len);
+        if (!p || !full_io(out, fd_.get(), p, e.len, off)) return kStatusIoErr;
+        off += e.len;
+        if (!out) written += e.len;
+      }
+      return kStatusOk;
+    }
+    case kTypeFlush:
+      if (!read_only_ && ::fdatasync(fd_.get()) != 0) return kStatusIoErr;
+      return kStatusOk;
+    case kTypeGetId: {
+      if (last != first + 1 || !chain.elems[first].device_writable) return kStatusIoErr;
+      const DescElem& e = chain.elems[first];
+      uint8_t id[kIdLen] = {};
+      std::memcpy(id, id_.data(), std::min<size_t>(id_.size(), kIdLen));
+      uint32_t n = uint32_t(std::min<uint64_t>(e.len, kIdLen));
+      mem.write(e.addr, id, n);
+      written = n;
+      return kStatusOk;
+    }
+    default:
+      return kStatusUnsupp;
+  }
+}
+
+}  // namespace img2vm::vm

@@ -1,0 +1,155 @@
+#include "img2vm/vm/virtio_mmio.hpp"
+
+#include <cstring>
+
+namespace img2vm::vm {
+
+namespace {
+enum : uint64_t {
+  kRegMagic = 0x000, kRegVersion = 0x004, kRegDeviceId = 0x008, kRegVendorId = 0x00c,
+  kRegDeviceFeatures = 0x010, kRegDeviceFeaturesSel = 0x014, kRegDriverFeatures = 0x020,
+  kRegDriverFeaturesSel = 0x024, kRegQueueSel = 0x030, kRegQueueNumMax = 0x034, kRegQueueNum = 0x038,
+  kRegQueueReady = 0x044, kRegQueueNotify = 0x050, kRegInterruptStatus = 0x060,
+  kRegInterruptAck = 0x064, kRegStatus = 0x070, kRegQueueDescLow = 0x080, kRegQueueDescHigh = 0x084,
+  kRegQueueDriverLow = 0x090, kRegQueueDriverHigh = 0x094, kRegQueueDeviceLow = 0x0a0,
+  kRegQueueDeviceHigh = 0x0a4, kRegConfigGeneration = 0x0fc, kRegConfig = 0x100,
+};
+constexpr uint32_t kVendorId = 0x4d56;  // "VM"
+void set_low(uint64_t& v, uint32_t x) { v = (v & ~0xffffffffull) | x; }
+void set_high(uint64_t& v, uint32_t x) { v = (v & 0xffffffffull) | (uint64_t{x} << 32); }
+}  // namespace
+
+VirtioMmio::VirtioMmio(const GuestMemory& mem, VirtioDevice& dev, std::function<void()> interrupt)
+    : mem_(mem), dev_(dev), interrupt_(std::move(interrupt)), queues_(dev.num_queues()) {}
+
+void VirtioMmio::reset_locked() {
+  for (auto& q : queues_) q.reset();
+  status_ = queue_sel_ = dev_features_sel_ = drv_features_sel_ = interrupt_status_ = 0;
+  driver_features_ = 0;
+  broken_.clear();
+}
+
+SplitQueue* VirtioMmio::selected_locked() {
+  return queue_sel_ < queues_.size() ? &queues_[queue_sel_] : nullptr;
+}
+
+uint32_t VirtioMmio::status() const {
+  std::lock_guard lk(mu_);
+  return status_;
+}
+
+std::string VirtioMmio::broken_reason() const {
+  std::lock_guard lk(mu_);
+  return broken_;
+}
+
+void VirtioMmio::read(uint64_t offset, uint8_t* data, unsigned size) {
+  std::memset(data, 0, size);
+  std::lock_guard lk(mu_);
+  if (offset >= kRegConfig) {
+    auto cfg = dev_.config();
+    uint64_t off = offset - kRegConfig;
+    if (size <= 8 && off <= cfg.size() && size <= cfg.size() - off) std::memcpy(data, cfg.data() + off, size);
+    return;
+  }
+  if (size != 4 || offset % 4) return;
+  uint32_t v = 0;
+  SplitQueue* q = selected_locked();
+  switch (offset) {
+    case kRegMagic: v = kMagic; break;
+    case kRegVersion: v = 2; break;
+    case kRegDeviceId: v = dev_.device_id(); break;
+    case kRegVendorId: v = kVendorId; break;
+    case kRegDeviceFeatures:
+      v = dev_features_sel_ == 0 ? uint32_t(dev_.features()) : dev_features_sel_ == 1 ? uint32_t(dev_.features() >> 32) : 0;
+      break;
+    case kRegQueueNumMax: v = q ? SplitQueue::kMaxSize : 0; break;
+    case kRegQueueReady: v = q && q->ready ? 1 : 0; break;
+    case kRegInterruptStatus: v = interrupt_status_; break;
+    case kRegStatus: v = status_; break;
+    case kRegConfigGeneration: v = config_generation_; break;
+    default: break;
+  }
+  std::memcpy(data, &v, 4);
+}
+
+void VirtioMmio::write(uint64_t offset, const uint8_t* data, unsigned size) {
+  if (offset >= kRegConfig) return;  // the block config is read-only
+  if (size != 4 || offset % 4) return;
+  uint32_t v;
+  std::memcpy(&v, data, 4);
+  bool do_notify = false;
+  {
+    std::lock_guard lk(mu_);
+    SplitQueue* q = selected_locked();
+    // Queue registers may only change while the queue is not live.
+    bool q_writable = q && !q->ready;
+    switch (offset) {
+      case kRegDeviceFeaturesSel: dev_features_sel_ = v; break;
+      case kRegDriverFeaturesSel: drv_features_sel_ = v; break;
+      case kRegDriverFeatures:
+        if (status_ & kStatusFeaturesOk) break;
+        if (drv_features_sel_ == 0) set_low(driver_features_, v);
+        else if (drv_features_sel_ == 1) set_high(driver_features_, v);
+        break;
+      case kRegQueueSel: queue_sel_ = v; break;
+      case kRegQueueNum: if (q_writable) q->size = uint16_t(v > 0xffff ? 0 : v); break;
+      case kRegQueueDescLow: if (q_writable) set_low(q->desc_addr, v); break;
+      case kRegQueueDescHigh: if (q_writable) set_high(q->desc_addr, v); break;
+      case kRegQueueDriverLow: if (q_writable) set_low(q->avail_addr, v); break;
+      case kRegQueueDriverHigh: if (q_writable) set_high(q->avail_addr, v); break;
+      case kRegQueueDeviceLow: if (q_writable) set_low(q->used_addr, v); break;
+      case kRegQueueDeviceHigh: if (q_writable) set_high(q->used_addr, v); break;
+      case kRegQueueReady:
+        if (!q) break;
+        if (v == 1 && !q->ready) {
+          if (auto why = q->validate(mem_); !why.empty()) {
+            broken_ = why;
+            status_ |= kStatusNeedsReset;
+            break;
+          }
+          q->ready = true;
+        } else if (v == 0) {
+          q->ready = false;
+        }
+        break;
+      case kRegQueueNotify: do_notify = true; break;
+      case kRegInterruptAck: interrupt_status_ &= ~v; break;
+      case kRegStatus:
+        if (v == 0) {
+          reset_locked();
+          break;
+        }
+        if ((v & kStatusFeaturesOk) && !(status_ & kStatusFeaturesOk)) {
+          // Accept only features we offered, and insist on VERSION_1 (no legacy layout).
+          if ((driver_features_ & ~dev_.features()) || !(driver_features_ & kVirtioFVersion1)) v &= ~kStatusFeaturesOk;
+        }
+        status_ = (status_ & kStatusNeedsReset) | v;
+        break;
+      default: break;
+    }
+  }
+  if (do_notify) notify();
+}
+
+void VirtioMmio::notify() {
+  bool raise = false;
+  {
+    std::lock_guard lk(mu_);
+    if (!(status_ & kStatusDriverOk) || (status_ & (kStatusNeedsReset | kStatusFailed))) return;
+    for (auto& q : queues_) {
+      if (!q.ready) continue;
+      raise |= dev_.process(mem_, q);
+      if (q.broken()) {
+        broken_ = q.broken_reason();
+        status_ |= kStatusNeedsReset;
+        interrupt_status_ |= 2;  // configuration change: tells the driver to look at status
+        raise = true;
+      }
+    }
+    if (raise) interrupt_status_ |= 1;  // used buffer notification
+  }
+  if (raise && interrupt_) interrupt_();
+}
+
+}  // namespace img2vm::vm
