@@ -28,7 +28,7 @@ uint64_t image_size(const registry::Store& s, const registry::StoredImage& img) 
 
 void register_images(CLI::App& app, Globals& g, Action* slot) {
   auto* sub = app.add_subcommand("images", "List the images in the local store");
-  add_global_flags(*sub, g);
+  add_global_flags(*sub);
   sub->callback([&g, slot] {
     *slot = [&g] {
       registry::Store store;

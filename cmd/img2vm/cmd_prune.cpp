@@ -11,7 +11,7 @@ namespace img2vm::cli {
 
 void register_prune(CLI::App& app, Globals& g, Action* slot) {
   auto* sub = app.add_subcommand("prune", "Remove unreferenced blobs and partial downloads from the local store");
-  add_global_flags(*sub, g);
+  add_global_flags(*sub);
   sub->callback([&g, slot] {
     *slot = [&g] {
       registry::Store store;

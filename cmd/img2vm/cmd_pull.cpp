@@ -105,7 +105,7 @@ const char* kind_name(registry::PullEvent::Kind k) {
 void register_pull(CLI::App& app, Globals& g, Action* slot) {
   auto args = std::make_shared<PullArgs>();
   auto* sub = app.add_subcommand("pull", "Pull an image (registry, oci:DIR[:TAG], docker-archive:FILE[:REF]) into the local store");
-  add_global_flags(*sub, g);
+  add_global_flags(*sub);
   sub->add_option("ref", args->ref, "Image reference or source")->required();
   sub->add_option("--platform", args->platform, "os/arch[/variant] to select from a multi-platform image (default: this host)");
   sub->add_option("-j,--jobs", args->jobs, "Concurrent blob downloads")->check(CLI::Range(1, 32));
