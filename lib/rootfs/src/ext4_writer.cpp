@@ -203,58 +203,57 @@ class Writer {
 
   void run() {
     const Inode& root = *c_.tree.root;
-    check(ext2fs_mkdir(fs_, EXT2_ROOT_INO, EXT2_ROOT_INO, nullptr), "creating the root directory");
     inos_[&root] = EXT2_ROOT_INO;
+    ext2fs_inode_alloc_stats2(fs_, EXT2_ROOT_INO, +1, 1);
+    Inode lf;
+    lf.type = NodeType::kDir;
+    lf.mode = 0700;
+    lf.mtime = p_.timestamp;
     bool has_lf = root.children.count("lost+found") > 0;
-    write_dir(EXT2_ROOT_INO, root);
-    if (!has_lf) {
-      ext2_ino_t ino;
-      check(ext2fs_new_inode(fs_, EXT2_ROOT_INO, LINUX_S_IFDIR | 0700, nullptr, &ino), "allocating lost+found");
-      check(ext2fs_mkdir(fs_, EXT2_ROOT_INO, ino, nullptr), "creating lost+found");
-      add_link(EXT2_ROOT_INO, "lost+found", ino, EXT2_FT_DIR);
-      Inode lf;
-      lf.type = NodeType::kDir;
-      lf.mode = 0700;
-      lf.mtime = p_.timestamp;
-      finalize(ino, lf, 0);
-    }
-    finalize(EXT2_ROOT_INO, root, 0);
+    write_dir(EXT2_ROOT_INO, EXT2_ROOT_INO, root, has_lf ? nullptr : &lf);
     write_data();
   }
 
   uint64_t data_bytes() const { return data_written_; }
 
  private:
-  void add_link(ext2_ino_t dir, const std::string& name, ext2_ino_t ino, int ft) {
-    for (int tries = 0;; ++tries) {
-      errcode_t err = ext2fs_link(fs_, dir, name.c_str(), ino, ft);
-      if (err == EXT2_ET_DIR_NO_SPACE && tries < 2) {
-        check(ext2fs_expand_dir(fs_, dir), "growing a directory for \"" + name + "\"");
-        continue;
-      }
-      check(err, "linking \"" + name + "\"");
-      return;
-    }
-  }
+  struct DirEnt {
+    const std::string* name;
+    ext2_ino_t ino;
+    uint8_t ft;
+  };
 
-  void write_dir(ext2_ino_t dino, const Inode& dir) {
+  // Writes the directory `dir` as inode `dino` (allocated by the caller) below `parent`: its
+  // children first, then its blocks, packed linearly with checksum tails, allocated in one go.
+  void write_dir(ext2_ino_t dino, ext2_ino_t parent, const Inode& dir, const Inode* lost_found) {
+    std::vector<DirEnt> ents;
+    ents.reserve(dir.children.size() + 1);
+    uint32_t subdirs = 0;
+    static const std::string kLf = "lost+found";
+    auto add_subdir = [&](const std::string& name, const Inode& n) {
+      ext2_ino_t ino;
+      check(ext2fs_new_inode(fs_, dino, LINUX_S_IFDIR | 0755, nullptr, &ino), "allocating an inode for \"" + name + "\"");
+      ext2fs_inode_alloc_stats2(fs_, ino, +1, 1);
+      inos_[&n] = ino;
+      write_dir(ino, dino, n, nullptr);
+      ents.push_back({&name, ino, EXT2_FT_DIR});
+      ++subdirs;
+    };
     for (const auto& [name, de] : dir.children) {
       const Inode& n = *de.inode;
       auto it = inos_.find(&n);
       if (it != inos_.end()) {  // another name of an inode already written
-        add_link(dino, name, it->second, file_type(n.type));
+        ents.push_back({&name, it->second, file_type(n.type)});
+        continue;
+      }
+      if (n.type == NodeType::kDir) {
+        add_subdir(name, n);
         continue;
       }
       ext2_ino_t ino;
       check(ext2fs_new_inode(fs_, dino, type_bits(n.type) | 0644, nullptr, &ino), "allocating an inode for \"" + name + "\"");
       inos_[&n] = ino;
       switch (n.type) {
-        case NodeType::kDir:
-          check(ext2fs_mkdir(fs_, dino, ino, nullptr), "creating directory \"" + name + "\"");
-          add_link(dino, name, ino, EXT2_FT_DIR);
-          write_dir(ino, n);
-          finalize(ino, n, 0);
-          continue;
         case NodeType::kSymlink:
           if (n.link_target.size() >= kBlockSize)
             throw Error(ErrorKind::kUnsupported, "ext4: symlink \"" + name + "\" has a target longer than 4095 bytes");
@@ -263,12 +262,72 @@ class Writer {
         case NodeType::kFile: create_file(ino, n, name); break;
         default: create_special(ino, n, name); break;
       }
-      add_link(dino, name, ino, file_type(n.type));
+      ents.push_back({&name, ino, file_type(n.type)});
       uint32_t links = c_.nlink[&n];
       if (links > kMaxLinks)
         throw Error(ErrorKind::kUnsupported, "ext4: \"" + name + "\" has more than 65000 hard links");
       finalize(ino, n, links);
     }
+    if (lost_found) add_subdir(kLf, *lost_found);
+
+    // Pack "." and ".." and the entries into blocks.
+    static const std::string kDot = ".", kDotDot = "..";
+    std::vector<DirEnt> all;
+    all.reserve(ents.size() + 2);
+    all.push_back({&kDot, dino, EXT2_FT_DIR});
+    all.push_back({&kDotDot, parent, EXT2_FT_DIR});
+    all.insert(all.end(), ents.begin(), ents.end());
+    const bool csum = ext2fs_has_feature_metadata_csum(fs_->super);
+    const unsigned cap = static_cast<unsigned>(kBlockSize) - (csum ? sizeof(struct ext2_dir_entry_tail) : 0);
+    std::vector<char> buf(kBlockSize, 0);
+    unsigned pos = 0;
+    struct ext2_dir_entry* last = nullptr;
+    auto close_block = [&] {
+      if (last) check(ext2fs_set_rec_len(fs_, cap - static_cast<unsigned>(reinterpret_cast<char*>(last) - (buf.data() + buf.size() - kBlockSize)), last), "dir entry");
+      if (csum) ext2fs_initialize_dirent_tail(fs_, reinterpret_cast<struct ext2_dir_entry_tail*>(buf.data() + buf.size() - kBlockSize + cap));
+    };
+    for (const DirEnt& e : all) {
+      unsigned rec = static_cast<unsigned>(8 + round4(e.name->size()));
+      if (e.name->size() > 255) throw Error(ErrorKind::kUnsupported, "ext4: name longer than 255 bytes: \"" + *e.name + "\"");
+      if (pos + rec > cap) {
+        close_block();
+        buf.resize(buf.size() + kBlockSize, 0);
+        pos = 0;
+        last = nullptr;
+      }
+      auto* d = reinterpret_cast<struct ext2_dir_entry*>(buf.data() + buf.size() - kBlockSize + pos);
+      d->inode = e.ino;
+      ext2fs_dirent_set_name_len(d, static_cast<int>(e.name->size()));
+      ext2fs_dirent_set_file_type(d, e.ft);
+      std::memcpy(d->name, e.name->data(), e.name->size());
+      check(ext2fs_set_rec_len(fs_, rec, d), "dir entry");
+      last = d;
+      pos += rec;
+    }
+    close_block();
+    const uint64_t nblocks = buf.size() / kBlockSize;
+
+    struct ext2_inode_large in;
+    std::memset(&in, 0, sizeof in);
+    in.i_mode = static_cast<__u16>(LINUX_S_IFDIR | (dir.mode & 07777));
+    in.i_links_count = static_cast<__u16>(subdirs + 2 > kMaxLinks ? 1 : subdirs + 2);
+    check(ext2fs_inode_size_set(fs_, reinterpret_cast<ext2_inode*>(&in), nblocks * kBlockSize), "sizing a directory");
+    ext2_extent_handle_t h;
+    check(ext2fs_extent_open2(fs_, dino, reinterpret_cast<ext2_inode*>(&in), &h), "directory extent tree");
+    ext2fs_extent_free(h);
+    check(ext2fs_write_new_inode(fs_, dino, reinterpret_cast<ext2_inode*>(&in)), "writing a directory inode");
+    check(ext2fs_fallocate(fs_, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF, dino, nullptr, goal_, 0, nblocks),
+          "allocating directory blocks");
+    std::vector<PhysRun> map = mapping(dino, *all.front().name);
+    for (uint64_t b = 0; b < nblocks; ++b) {
+      auto it = std::upper_bound(map.begin(), map.end(), b, [](uint64_t x, const PhysRun& r) { return x < r.lblk; });
+      if (it == map.begin() || b >= std::prev(it)->lblk + std::prev(it)->len)
+        throw Error(ErrorKind::kInternal, "ext4: directory block not mapped");
+      blk64_t pblk = std::prev(it)->pblk + (b - std::prev(it)->lblk);
+      check(ext2fs_write_dir_block4(fs_, pblk, buf.data() + b * kBlockSize, 0, dino), "writing a directory block");
+    }
+    if (!map.empty()) goal_ = map.back().pblk + map.back().len;
+    finalize(dino, dir, 0);
   }
 
   void create_special(ext2_ino_t ino, const Inode& n, const std::string& name) {
