@@ -372,8 +372,10 @@ struct Workload {
   ::umask(022);
   bool in_workdir = ::chdir(w.workdir.c_str()) == 0;
 
-  port_write(kPortBootMark, kMarkExec);
-  if (g_ports) ::ioperm(kPortExit, 3, 0);  // the workload gets no access to the ports
+  if (g_ports && ::ioperm(kPortExit, 3, 1) == 0) {  // whether fork keeps the I/O bitmap varies
+    port_write(kPortBootMark, kMarkExec);
+    ::ioperm(kPortExit, 3, 0);  // the workload gets no access to the ports
+  }
 
   if (::setgroups(w.user.groups.size(), w.user.groups.data()) != 0)
     child_fail(126, "setgroups: " + errno_text(errno));
@@ -499,8 +501,12 @@ int main() {
     return 2;
   }
   g_ports = ::ioperm(kPortExit, 3, 1) == 0;
+  int ports_errno = errno;
   port_write(kPortBootMark, kMarkInitStart);
   open_console_fds();
+  if (!g_ports)
+    warn("no access to the status ports (ioperm: " + errno_text(ports_errno) +
+         "; the kernel needs CONFIG_X86_IOPL_IOPERM): the exit status cannot reach the host");
   unsigned char status = 0;
   try {
     status = run();
