@@ -7,6 +7,7 @@ namespace img2vm::cli {
 
 void register_info(CLI::App& app, Globals& g, Action* slot);
 void register_kernel(CLI::App& app, Globals& g, Action* slot);
+void register_convert(CLI::App& app, Globals& g, Action* slot);
 void register_pull(CLI::App& app, Globals& g, Action* slot);
 void register_images(CLI::App& app, Globals& g, Action* slot);
 void register_inspect(CLI::App& app, Globals& g, Action* slot);

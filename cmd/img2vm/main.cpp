@@ -28,7 +28,7 @@ int main(int argc, char** argv) {
   register_inspect(app, g, &action);
   register_rm(app, g, &action);
   register_prune(app, g, &action);
-  add_unavailable(app, "convert", "Convert an image into an ext4 root filesystem", "issue #4", &action);
+  register_convert(app, g, &action);
   register_kernel(app, g, &action);
   add_unavailable(app, "run", "Boot an image as a microVM", "issue #6", &action);
 

@@ -1,0 +1,29 @@
+// Glue between the stages for the CLI: an image reference (registry, oci:, docker-archive:)
+// resolved to an ImageSource (pulling into the store when needed), and that source turned into
+// the input of rootfs::convert.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "img2vm/base/fd.hpp"
+#include "img2vm/registry/image_source.hpp"
+#include "img2vm/registry/store.hpp"
+#include "img2vm/rootfs/convert.hpp"
+
+namespace img2vm::cli {
+
+// Local sources are opened in place; registry references come from the store, pulled first
+// when the store does not have them yet.
+std::unique_ptr<registry::ImageSource> resolve_image(registry::Store& store, const std::string& ref,
+                                                     const registry::Platform& platform, bool quiet);
+
+// The convert input for `src`. Blobs without a local file (docker-archive layers) are copied
+// into `scratch` first.
+rootfs::ImageInput image_input(const registry::ImageSource& src, const std::filesystem::path& scratch);
+
+// The init binary to inject: $IMG2VM_INIT, else the installed one, else the build tree's.
+std::filesystem::path init_binary();
+
+}  // namespace img2vm::cli
