@@ -493,3 +493,34 @@ TEST(Pull, SurvivesResetsTruncation503And429ThroughAFaultyProxy) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Credentials, CredentialHelperFromDockerConfig) {
+  // A docker-credential-NAME program on PATH answers `get` with JSON, as real helpers do.
+  Registry reg(RegistryAuth::kToken);
+  BuiltImage img = build_image(multi_layer_spec("helper"));
+  push(reg, img, "private/app:v1");
+  TempDir cfg("dockercfg");
+  fs::path helper = cfg.path() / "docker-credential-img2vmtest";
+  write_file_atomic(helper, "#!/bin/sh\nread server\n[ \"$1\" = get ] || exit 1\n"
+                            "[ \"$server\" = \"" + reg.host() + "\" ] || { echo 'credentials not found'; exit 1; }\n"
+                            "printf '{\"ServerURL\":\"%s\",\"Username\":\"" + reg.username() + "\",\"Secret\":\"" +
+                            reg.password() + "\"}' \"$server\"\n", 0755);
+  write_file_atomic(cfg.path() / "config.json",
+                    nlohmann::json{{"credHelpers", {{reg.host(), "img2vmtest"}}}}.dump());
+  TempDir home("home");
+  RunOptions ro;
+  ro.env["DOCKER_CONFIG"] = cfg.path().string();
+  ro.env["PATH"] = cfg.path().string() + ":" + std::string(std::getenv("PATH"));
+  auto r = img2vm(home.path(), {"pull", reg.host() + "/private/app:v1"}, ro);
+  EXPECT_EQ(r.exit_code, 0) << r.describe();
+  EXPECT_NE(r.out.find(img.manifest.digest.str()), std::string::npos);
+  // Another registry: the helper has nothing, the pull is anonymous and refused.
+  write_file_atomic(cfg.path() / "config.json", nlohmann::json{{"credsStore", "img2vmtest"}}.dump());
+  auto other = img2vm(home.path(), {"pull", "localhost:" + reg.host().substr(reg.host().find(':') + 1) + "/private/app:v1"}, ro);
+  EXPECT_EQ(other.exit_code, 1) << other.describe();
+  EXPECT_NE(other.err.find("unauthorized"), std::string::npos) << other.err;
+}
+
+}  // namespace
