@@ -7,6 +7,7 @@
 #include <regex>
 #include <thread>
 
+#include "fault_proxy.hpp"
 #include "image_builder.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/registry/image_source.hpp"
@@ -453,6 +454,73 @@ TEST(Pull, RegistryDownThenResumesFromPartialDownload) {
   EXPECT_NE(error_of([&] { pull(store2, reg.host() + "/test/r:v1", opts_for(reg)); }).find(big.digest.str()),
             std::string::npos);
   EXPECT_EQ(pull(store2, reg.host() + "/test/r:v1", opts_for(reg)).manifest_digest, img.manifest.digest);
+}
+
+TEST(Pull, SurvivesResetsTruncation503And429ThroughAFaultyProxy) {
+  Registry reg(RegistryAuth::kNone);
+  BuiltImage img = build_image(multi_layer_spec("faults"));
+  push(reg, img, "test/f:v1");
+  std::string h = reg.host();
+  FaultProxy proxy("127.0.0.1", std::stoi(h.substr(h.find(':') + 1)));
+  using F = FaultProxy::Fault;
+  // One download at a time so that the faults hit the blobs in a known order: the config gets
+  // a reset and a 503, the small layer a 429, and the 3 MiB layer is cut after 1 MiB.
+  proxy.script({F::kReset, F::k503, F::kPass, F::k429, F::kPass, F::kTruncate}, 1 << 20);
+  TempDir home("home");
+  Store store(home.path());
+  PullOptions o = opts_for(reg);
+  o.jobs = 1;
+  std::string ref = proxy.host() + "/test/f:v1";
+  PullResult r = pull(store, ref, o);
+  EXPECT_EQ(r.manifest_digest, img.manifest.digest);
+  expect_image_in_store(store, ref, img);
+  // The truncated download was resumed with a Range request rather than started again.
+  bool resumed = false;
+  for (const auto& s : proxy.blob_requests())
+    if (s.path.find(img.layers[1].digest.hex()) != std::string::npos && s.range.rfind("bytes=", 0) == 0 &&
+        s.range != "bytes=0-")
+      resumed = true;
+  EXPECT_TRUE(resumed);
+  EXPECT_EQ(proxy.blob_requests().size(), 3u + 2u + 2u + 1u);
+
+  // Persistent 429s: the pull gives up with a "rate limited" error.
+  proxy.script(std::vector<F>(10, F::k429));
+  TempDir home2("home");
+  Store store2(home2.path());
+  o.client.max_attempts = 2;
+  std::string e = error_of([&] { pull(store2, ref, o); });
+  EXPECT_NE(e.find("rate limited"), std::string::npos) << e;
+}
+
+}  // namespace
+
+namespace {
+
+TEST(Credentials, CredentialHelperFromDockerConfig) {
+  // A docker-credential-NAME program on PATH answers `get` with JSON, as real helpers do.
+  Registry reg(RegistryAuth::kToken);
+  BuiltImage img = build_image(multi_layer_spec("helper"));
+  push(reg, img, "private/app:v1");
+  TempDir cfg("dockercfg");
+  fs::path helper = cfg.path() / "docker-credential-img2vmtest";
+  write_file_atomic(helper, "#!/bin/sh\nread server\n[ \"$1\" = get ] || exit 1\n"
+                            "[ \"$server\" = \"" + reg.host() + "\" ] || { echo 'credentials not found'; exit 1; }\n"
+                            "printf '{\"ServerURL\":\"%s\",\"Username\":\"" + reg.username() + "\",\"Secret\":\"" +
+                            reg.password() + "\"}' \"$server\"\n", 0755);
+  write_file_atomic(cfg.path() / "config.json",
+                    nlohmann::json{{"credHelpers", {{reg.host(), "img2vmtest"}}}}.dump());
+  TempDir home("home");
+  RunOptions ro;
+  ro.env["DOCKER_CONFIG"] = cfg.path().string();
+  ro.env["PATH"] = cfg.path().string() + ":" + std::string(std::getenv("PATH"));
+  auto r = img2vm(home.path(), {"pull", reg.host() + "/private/app:v1"}, ro);
+  EXPECT_EQ(r.exit_code, 0) << r.describe();
+  EXPECT_NE(r.out.find(img.manifest.digest.str()), std::string::npos);
+  // Another registry: the helper has nothing, the pull is anonymous and refused.
+  write_file_atomic(cfg.path() / "config.json", nlohmann::json{{"credsStore", "img2vmtest"}}.dump());
+  auto other = img2vm(home.path(), {"pull", "localhost:" + reg.host().substr(reg.host().find(':') + 1) + "/private/app:v1"}, ro);
+  EXPECT_EQ(other.exit_code, 1) << other.describe();
+  EXPECT_NE(other.err.find("unauthorized"), std::string::npos) << other.err;
 }
 
 }  // namespace
