@@ -7,6 +7,7 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/registry/pull.hpp"
+#include "img2vm/registry/reference.hpp"
 
 namespace img2vm::cli {
 
@@ -15,6 +16,7 @@ namespace fs = std::filesystem;
 std::unique_ptr<registry::ImageSource> resolve_image(registry::Store& store, const std::string& ref,
                                                      const registry::Platform& platform, bool quiet) {
   if (registry::is_local_source(ref)) return registry::open_image_source(ref, platform);
+  registry::Reference::parse(ref);  // a malformed reference fails here, before any lookup
   try {
     return registry::open_image(store, ref);
   } catch (const Error& e) {
