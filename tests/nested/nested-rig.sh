@@ -105,13 +105,19 @@ add_file() {
   path=$(readlink -f "$path")
   [ -e "$path" ] || die "no such file: $2"
   mkdir -p "$root$(dirname "$path")"
-  cp -a "$path" "$root$path"
+  # ELF files lose their debug info on the way in: L1 loads them faster (TCG is slow).
+  if file -L "$path" | grep -q '^[^:]*: ELF'; then
+    strip --strip-debug -o "$root$path" "$path" 2>/dev/null || cp -a "$path" "$root$path"
+    chmod --reference="$path" "$root$path"
+  else
+    cp -a "$path" "$root$path"
+  fi
   if file -L "$path" | grep -q 'dynamically linked'; then
     local lib
     for lib in $(ldd "$path" 2>/dev/null | grep -o '/[^ ]*' || true); do
       [ -e "$root$lib" ] && continue
       mkdir -p "$root$(dirname "$lib")"
-      cp -L "$lib" "$root$lib"
+      strip --strip-debug -o "$root$lib" "$lib" 2>/dev/null || cp -L "$lib" "$root$lib"
     done
   fi
 }

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -13,6 +14,7 @@
 #include "img2vm/base/fd.hpp"
 #include "img2vm/vm/machine.hpp"
 #include "nested_rig.hpp"
+#include "process.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;
@@ -272,4 +274,101 @@ TEST(VmKvm, BadKernelFileIsRejectedWithItsName) {
     EXPECT_NE(std::string(e.what()).find("not-a-kernel"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("neither an ELF vmlinux nor a bzImage"), std::string::npos) << e.what();
   }
+}
+
+// Real Linux kernels in the runner: a bzImage (Debian's cloud kernel, the nested rig's L1
+// kernel; it has no MP-table parser, so one vCPU) and, once guest/kernel/build.sh has built
+// it, our own vmlinux through its PVH entry with 2 vCPUs. The initramfs is made here from
+// busybox-static and port_out: it marks the boot, prints, and reports status 7.
+namespace {
+
+fs::path find_first(const std::string& glob_dir, const std::string& prefix, const std::string& suffix) {
+  std::error_code ec;
+  std::vector<fs::path> found;
+  for (const auto& e : fs::directory_iterator(glob_dir, ec)) {
+    std::string n = e.path().filename().string();
+    if (n.rfind(prefix, 0) == 0 && n.size() >= suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0)
+      found.push_back(e.path());
+  }
+  std::sort(found.begin(), found.end());
+  return found.empty() ? fs::path() : found.back();
+}
+
+fs::path our_vmlinux() {
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  fs::path cache = xdg ? fs::path(xdg) : fs::path(home ? home : "/root") / ".cache";
+  std::error_code ec;
+  fs::path best;
+  for (const auto& e : fs::directory_iterator(cache / "img2vm" / "kernel", ec))
+    if (fs::exists(e.path() / "vmlinux")) best = e.path() / "vmlinux";
+  return best;
+}
+
+// Builds the initramfs on the host side (before going nested); the path is the same in L1.
+fs::path linux_initrd() {
+  fs::path out = fs::path(VM_GUEST_DIR) / "linux-smoke.cpio";
+  if (std::getenv("IMG2VM_NESTED_INSIDE")) return out;
+  TempDir root("initrd");
+  fs::create_directories(root.path() / "bin");
+  fs::create_directories(root.path() / "proc");
+  fs::copy_file("/bin/busybox", root.path() / "bin/busybox");
+  fs::copy_file(fs::path(VM_GUEST_DIR) / "port_out", root.path() / "bin/port_out");
+  write_file_atomic(root.path() / "init",
+                    "#!/bin/busybox sh\n"
+                    "/bin/port_out 0xf6 1\n"
+                    "/bin/busybox mount -t proc proc /proc\n"
+                    "echo \"LINUX-UP cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo)\"\n"
+                    "/bin/port_out 0xf6 2\n"
+                    "/bin/port_out 0xf4 7\n",
+                    0755);
+  auto r = img2vm::testing::run_command(
+      {"sh", "-c", "cd '" + root.path().string() + "' && find . | cpio -o -H newc -R 0:0 --quiet > '" + out.string() + "'"});
+  EXPECT_EQ(r.exit_code, 0) << r.describe();
+  return out;
+}
+
+constexpr const char* kLinuxCmdline =
+    "console=ttyS0 reboot=k panic=-1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd "
+    "tsc=reliable no_timer_check acpi=off rdinit=/init quiet";
+
+void boot_linux(const fs::path& kernel, unsigned cpus, const std::string& want_cpus) {
+  Console con;
+  MachineConfig c;
+  c.kernel = kernel;
+  c.initrd = linux_initrd();
+  c.cmdline = kLinuxCmdline;
+  c.memory_mib = 256;
+  c.vcpus = cpus;
+  c.console_out_fd = con.fds[1];
+  c.timeout = std::chrono::minutes(8);
+  Machine m(c);
+  auto r = m.run();
+  std::string out = con.drain();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe() << "\n" << out;
+  EXPECT_EQ(r.status, 7) << out;
+  EXPECT_NE(out.find("LINUX-UP cpus=" + want_cpus), std::string::npos) << out;
+  ASSERT_TRUE(r.timings.init_started && r.timings.workload_exec) << "boot marks missing";
+  auto ms = [](std::chrono::microseconds d) { return std::to_string(d.count() / 1000); };
+  std::fprintf(stderr, "[linux boot] %s: setup %s ms, first entry %s ms, init %s ms, exec %s ms, end %s ms\n",
+               kernel.c_str(), ms(*r.timings.setup_done).c_str(), ms(*r.timings.first_entry).c_str(),
+               ms(*r.timings.init_started).c_str(), ms(*r.timings.workload_exec).c_str(), ms(*r.timings.ended).c_str());
+}
+
+}  // namespace
+
+TEST(VmLinux, BootsBzImageToUserspace) {
+  fs::path kernel = find_first("/boot", "vmlinuz-", "-cloud-amd64");
+  if (kernel.empty()) GTEST_SKIP() << "no /boot/vmlinuz-*-cloud-amd64 (linux-image-cloud-amd64, scripts/setup.sh)";
+  fs::path initrd = linux_initrd();
+  if (!img2vm::testing::run_here_or_nested({kernel, initrd}, false)) return;
+  boot_linux(kernel, 1, "1");
+}
+
+TEST(VmLinux, BootsOurVmlinuxThroughPvhWithTwoCpus) {
+  fs::path kernel = our_vmlinux();
+  if (kernel.empty()) GTEST_SKIP() << "no ~/.cache/img2vm/kernel/*/vmlinux yet (guest/kernel/build.sh)";
+  fs::path initrd = linux_initrd();
+  if (!img2vm::testing::run_here_or_nested({kernel, initrd}, false)) return;
+  boot_linux(kernel, 2, "2");
 }
