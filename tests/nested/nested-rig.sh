@@ -37,8 +37,7 @@ build_base() {
   moddir=/lib/modules/$release/kernel
   busybox=$(command -v busybox || true)
   [ -n "$busybox" ] || die "busybox not found: install busybox-static"
-  file -L "$busybox" 2>/dev/null | grep -q 'statically linked' || [ -x /bin/busybox ] ||
-    die "busybox must be statically linked (busybox-static)"
+  if ldd "$busybox" >/dev/null 2>&1; then die "$busybox is dynamically linked: install busybox-static"; fi
   local mods=()
   for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
     local f
@@ -106,13 +105,13 @@ add_file() {
   [ -e "$path" ] || die "no such file: $2"
   mkdir -p "$root$(dirname "$path")"
   # ELF files lose their debug info on the way in: L1 loads them faster (TCG is slow).
-  if file -L "$path" | grep -q '^[^:]*: ELF'; then
+  if [ "$(head -c4 "$path" | tail -c3)" = "ELF" ]; then
     strip --strip-debug -o "$root$path" "$path" 2>/dev/null || cp -a "$path" "$root$path"
     chmod --reference="$path" "$root$path"
   else
     cp -a "$path" "$root$path"
   fi
-  if file -L "$path" | grep -q 'dynamically linked'; then
+  if ldd "$path" >/dev/null 2>&1; then  # a dynamic executable or library
     local lib
     for lib in $(ldd "$path" 2>/dev/null | grep -o '/[^ ]*' || true); do
       [ -e "$root$lib" ] && continue
