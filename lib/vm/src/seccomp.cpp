@@ -9,6 +9,14 @@
 
 #include "img2vm/base/error.hpp"
 
+#if defined(__SANITIZE_ADDRESS__)
+#define IMG2VM_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
+#define IMG2VM_SANITIZED 1
+#endif
+#endif
+
 namespace img2vm::vm {
 
 void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
@@ -33,6 +41,13 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
                  SCMP_SYS(exit), SCMP_SYS(write), SCMP_SYS(writev), SCMP_SYS(close), SCMP_SYS(rseq),
                  SCMP_SYS(set_robust_list)})
     allow(nr);
+#ifdef IMG2VM_SANITIZED
+  // The sanitizer runtimes probe memory with a pipe (UBSan's vptr check) and look up the
+  // executable's name when reporting; test builds only.
+  for (int nr : {SCMP_SYS(pipe), SCMP_SYS(pipe2), SCMP_SYS(mincore), SCMP_SYS(msync), SCMP_SYS(readlink),
+                 SCMP_SYS(readlinkat), SCMP_SYS(sched_getaffinity), SCMP_SYS(prctl), SCMP_SYS(read)})
+    allow(nr);
+#endif
   // glibc's abort path for a failed assertion or std::terminate.
   allow(SCMP_SYS(exit_group));
   allow_ioctl(KVM_IRQ_LINE);
