@@ -8,6 +8,7 @@ find_package(CLI11 2 REQUIRED)                       # libcli11-dev
 pkg_check_modules(LIBARCHIVE REQUIRED IMPORTED_TARGET libarchive)  # libarchive-dev
 pkg_check_modules(EXT2FS REQUIRED IMPORTED_TARGET ext2fs com_err)   # libext2fs-dev
 pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)            # libzstd-dev
+pkg_check_modules(SECCOMP REQUIRED IMPORTED_TARGET libseccomp)      # libseccomp-dev
 if(IMG2VM_TESTS)
   find_package(GTest REQUIRED)                       # googletest (libgtest-dev)
   include(GoogleTest)

@@ -9,7 +9,7 @@ packages=(
   libclang-rt-14-dev   # libFuzzer and sanitizer runtimes for the fuzz preset
   # libraries img2vm links
   libarchive-dev libssl-dev nlohmann-json3-dev libcurl4-openssl-dev libext2fs-dev
-  libcli11-dev libzstd-dev libcrypt-dev googletest libgtest-dev libgmock-dev
+  libcli11-dev libzstd-dev libcrypt-dev libseccomp-dev googletest libgtest-dev libgmock-dev
   # real components the tests use
   docker-registry skopeo umoci qemu-system-x86 e2fsprogs openssl curl busybox-static python3
   linux-image-cloud-amd64   # the L1 kernel (kvm-amd) of the nested KVM test rig, tests/nested

@@ -243,6 +243,12 @@ struct Machine::Impl {
 
   void vcpu_loop(Vcpu& v) {
     block_signals(true);
+    try {
+      install_thread_seccomp(ThreadRole::kVcpu, cfg.seccomp);
+    } catch (const std::exception& e) {
+      finish(ExitReason::kKvmError, 0, std::string("vCPU thread: ") + e.what());
+      return;
+    }
     if (v.id == 0) mark(timings.first_entry);
     kvm_run* run = v.run;
     while (!ending) {
@@ -316,6 +322,7 @@ struct Machine::Impl {
       for (size_t i = 0; i < disks.size(); ++i) add(disks[i]->notify.get(), i);
       bool console = cfg.console_in_fd >= 0 && add(cfg.console_in_fd, kConsole);
       bool console_paused = false;
+      install_thread_seccomp(ThreadRole::kIo, cfg.seccomp);
       while (!ending) {
         epoll_event evs[16];
         int n = ::epoll_wait(ep.get(), evs, 16, console_paused ? 10 : -1);

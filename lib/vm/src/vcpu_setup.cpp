@@ -38,23 +38,22 @@ kvm_segment segment(uint64_t desc, uint16_t selector) {
 CpuidTable supported_cpuid(int kvm_fd) {
   for (unsigned n = 128; n <= 4096; n *= 2) {
     CpuidTable t;
-    size_t bytes = sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2);
-    t.buf = std::make_unique<uint8_t[]>(bytes);
-    std::memset(t.buf.get(), 0, bytes);
-    t.get()->nent = n;
-    if (::ioctl(kvm_fd, KVM_GET_SUPPORTED_CPUID, t.get()) == 0) return t;
+    t.buf.assign(sizeof(CpuidHeader) + n * sizeof(kvm_cpuid_entry2), 0);
+    t.header()->nent = n;
+    if (::ioctl(kvm_fd, kIoctlGetSupportedCpuid, t.buf.data()) == 0) {
+      t.buf.resize(sizeof(CpuidHeader) + t.header()->nent * sizeof(kvm_cpuid_entry2));
+      return t;
+    }
     if (errno != E2BIG) throw_errno("KVM: KVM_GET_SUPPORTED_CPUID");
   }
   throw Error(ErrorKind::kInternal, "KVM: KVM_GET_SUPPORTED_CPUID needs too many entries");
 }
 
 void setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned vcpus, bool tsc_deadline) {
-  auto* src = reinterpret_cast<const kvm_cpuid2*>(supported.buf.get());
-  size_t bytes = sizeof(kvm_cpuid2) + src->nent * sizeof(kvm_cpuid_entry2);
-  std::vector<uint8_t> copy(reinterpret_cast<const uint8_t*>(src), reinterpret_cast<const uint8_t*>(src) + bytes);
-  auto* c = reinterpret_cast<kvm_cpuid2*>(copy.data());
-  for (unsigned i = 0; i < c->nent; ++i) {
-    kvm_cpuid_entry2& e = c->entries[i];
+  CpuidTable c = supported;
+  kvm_cpuid_entry2* entries = c.entries();
+  for (unsigned i = 0; i < c.header()->nent; ++i) {
+    kvm_cpuid_entry2& e = entries[i];
     switch (e.function) {
       case 1:
         e.ebx = (e.ebx & 0x0000ffff) | (uint32_t(vcpus) << 16) | (uint32_t(id) << 24);  // count, APIC id
@@ -73,7 +72,7 @@ void setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned
         break;
     }
   }
-  kvm_ioctl(vcpu_fd, KVM_SET_CPUID2, c, "KVM_SET_CPUID2");
+  kvm_ioctl(vcpu_fd, kIoctlSetCpuid2, c.buf.data(), "KVM_SET_CPUID2");
 }
 
 void setup_msrs(int vcpu_fd) {
@@ -86,14 +85,14 @@ void setup_msrs(int vcpu_fd) {
       {0x1a0, 1},                                 // MISC_ENABLE: fast string operations
   };
   constexpr unsigned n = sizeof msrs / sizeof msrs[0];
-  std::vector<uint8_t> buf(sizeof(kvm_msrs) + n * sizeof(kvm_msr_entry));
-  auto* m = reinterpret_cast<kvm_msrs*>(buf.data());
-  m->nmsrs = n;
+  std::vector<uint8_t> buf(sizeof(MsrsHeader) + n * sizeof(kvm_msr_entry), 0);
+  reinterpret_cast<MsrsHeader*>(buf.data())->nmsrs = n;
+  auto* e = reinterpret_cast<kvm_msr_entry*>(buf.data() + sizeof(MsrsHeader));
   for (unsigned i = 0; i < n; ++i) {
-    m->entries[i].index = msrs[i].first;
-    m->entries[i].data = msrs[i].second;
+    e[i].index = msrs[i].first;
+    e[i].data = msrs[i].second;
   }
-  int r = ::ioctl(vcpu_fd, KVM_SET_MSRS, m);
+  int r = ::ioctl(vcpu_fd, kIoctlSetMsrs, buf.data());
   if (r < 0) throw_errno("KVM: KVM_SET_MSRS");
   if (unsigned(r) != n)
     throw Error(ErrorKind::kInternal, "KVM: KVM_SET_MSRS refused MSR " + std::to_string(msrs[r].first));

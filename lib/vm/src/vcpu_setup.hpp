@@ -5,13 +5,30 @@
 #include <linux/kvm.h>
 
 #include <cstdint>
-#include <memory>
+#include <vector>
 
 namespace img2vm::vm {
 
+// In C++ the uapi headers' __DECLARE_FLEX_ARRAY gives struct kvm_cpuid2 and struct kvm_msrs a
+// wrong size (12/16 instead of 8) and moves their entries, so the ioctl numbers computed from
+// them are wrong too (EINVAL). These are the C layouts: an 8-byte header, then the entries.
+struct CpuidHeader {
+  uint32_t nent;
+  uint32_t padding;
+};
+struct MsrsHeader {
+  uint32_t nmsrs;
+  uint32_t pad;
+};
+static_assert(sizeof(CpuidHeader) == 8 && sizeof(MsrsHeader) == 8);
+inline constexpr unsigned long kIoctlGetSupportedCpuid = _IOWR(KVMIO, 0x05, CpuidHeader);
+inline constexpr unsigned long kIoctlSetCpuid2 = _IOW(KVMIO, 0x90, CpuidHeader);
+inline constexpr unsigned long kIoctlSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
+
 struct CpuidTable {
-  std::unique_ptr<uint8_t[]> buf;
-  kvm_cpuid2* get() { return reinterpret_cast<kvm_cpuid2*>(buf.get()); }
+  std::vector<uint8_t> buf;  // CpuidHeader + nent x kvm_cpuid_entry2
+  CpuidHeader* header() { return reinterpret_cast<CpuidHeader*>(buf.data()); }
+  kvm_cpuid_entry2* entries() { return reinterpret_cast<kvm_cpuid_entry2*>(buf.data() + sizeof(CpuidHeader)); }
 };
 
 // KVM_GET_SUPPORTED_CPUID from the /dev/kvm fd. Throws Error.

@@ -19,6 +19,8 @@
 #include <string>
 #include <vector>
 
+#include "img2vm/vm/seccomp.hpp"
+
 namespace img2vm::vm {
 
 struct DiskConfig {
@@ -38,6 +40,9 @@ struct MachineConfig {
   int console_in_fd = -1;        // UART input; -1 for none. Not owned.
   std::chrono::milliseconds timeout{0};  // 0: none; else the VM ends as kTimeout
   std::filesystem::path kvm_device = "/dev/kvm";
+  // Seccomp filters on the vCPU and I/O threads (seccomp.hpp). kKill suits a process of its
+  // own (img2vm run); an embedder that must outlive a compromised VMM thread picks kErrno.
+  SeccompMode seccomp = SeccompMode::kKill;
 };
 
 enum class ExitReason {

@@ -1,0 +1,66 @@
+#include "img2vm/vm/seccomp.hpp"
+
+#include <errno.h>
+#include <linux/kvm.h>
+#include <seccomp.h>
+
+#include <memory>
+#include <string>
+
+#include "img2vm/base/error.hpp"
+
+#if defined(__SANITIZE_ADDRESS__)
+#define IMG2VM_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(undefined_behavior_sanitizer)
+#define IMG2VM_SANITIZED 1
+#endif
+#endif
+
+namespace img2vm::vm {
+
+void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
+  if (mode == SeccompMode::kOff) return;
+  uint32_t deny = mode == SeccompMode::kKill ? SCMP_ACT_KILL_PROCESS : SCMP_ACT_ERRNO(EPERM);
+  std::unique_ptr<void, decltype(&seccomp_release)> ctx(seccomp_init(deny), &seccomp_release);
+  if (!ctx) throw Error(ErrorKind::kInternal, "seccomp_init failed");
+  auto allow = [&](int nr) {
+    int r = seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, nr, 0);
+    if (r < 0) throw_errno("seccomp_rule_add", -r);
+  };
+  auto allow_ioctl = [&](unsigned long req) {
+    int r = seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
+                             SCMP_A1(SCMP_CMP_EQ, static_cast<scmp_datum_t>(req), 0));
+    if (r < 0) throw_errno("seccomp_rule_add(ioctl)", -r);
+  };
+  // Common to both: memory (malloc), futexes and signals (std::mutex, the kick), time, exiting.
+  for (int nr : {SCMP_SYS(mmap), SCMP_SYS(munmap), SCMP_SYS(mremap), SCMP_SYS(madvise), SCMP_SYS(mprotect),
+                 SCMP_SYS(brk), SCMP_SYS(futex), SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigprocmask),
+                 SCMP_SYS(sigaltstack), SCMP_SYS(tgkill), SCMP_SYS(getpid), SCMP_SYS(gettid),
+                 SCMP_SYS(clock_gettime), SCMP_SYS(clock_nanosleep), SCMP_SYS(nanosleep), SCMP_SYS(sched_yield),
+                 SCMP_SYS(exit), SCMP_SYS(write), SCMP_SYS(writev), SCMP_SYS(close), SCMP_SYS(rseq),
+                 SCMP_SYS(set_robust_list)})
+    allow(nr);
+#ifdef IMG2VM_SANITIZED
+  // The sanitizer runtimes probe memory with a pipe (UBSan's vptr check) and look up the
+  // executable's name when reporting; test builds only.
+  for (int nr : {SCMP_SYS(pipe), SCMP_SYS(pipe2), SCMP_SYS(mincore), SCMP_SYS(msync), SCMP_SYS(readlink),
+                 SCMP_SYS(readlinkat), SCMP_SYS(sched_getaffinity), SCMP_SYS(prctl), SCMP_SYS(read)})
+    allow(nr);
+#endif
+  // glibc's abort path for a failed assertion or std::terminate.
+  allow(SCMP_SYS(exit_group));
+  allow_ioctl(KVM_IRQ_LINE);
+  if (role == ThreadRole::kVcpu) {
+    allow_ioctl(KVM_RUN);
+  } else {
+    for (int nr : {SCMP_SYS(read), SCMP_SYS(pread64), SCMP_SYS(pwrite64), SCMP_SYS(preadv), SCMP_SYS(pwritev),
+                   SCMP_SYS(fdatasync), SCMP_SYS(fsync), SCMP_SYS(epoll_wait), SCMP_SYS(epoll_pwait),
+                   SCMP_SYS(epoll_ctl), SCMP_SYS(lseek)})
+      allow(nr);
+  }
+  int r = seccomp_load(ctx.get());
+  if (r < 0) throw_errno("seccomp_load", -r);
+}
+
+}  // namespace img2vm::vm

@@ -1,0 +1,51 @@
+/* The basic test guest: what it does is chosen by "mode=" on its command line.
+ *   mode=hello      print a line on the UART, exit 42
+ *   mode=exit:N     exit with status N
+ *   mode=initfail:N report an init failure with code N
+ *   mode=marks      write both boot marks, then exit 0
+ *   mode=reset      ask the i8042 for a reset (no exit status)
+ *   mode=triple     triple-fault: an empty IDT and an exception
+ *   mode=echo       echo UART input until it reads 'q', then exit 0
+ *   mode=hang       cli; hlt forever (for timeouts and stop()) */
+#include "guest.h"
+
+int guest_main(const uint8_t* bp) {
+  const char* mode = cmdline_arg(bp, "mode=");
+  if (!mode) return 99;
+  if (str_starts(mode, "hello")) {
+    puts_uart("hello from the guest\n");
+    return 42;
+  }
+  if (str_starts(mode, "exit:")) return (int)parse_uint(mode + 5);
+  if (str_starts(mode, "initfail:")) {
+    outb(0xf5, (uint8_t)parse_uint(mode + 9));
+    return 98;
+  }
+  if (str_starts(mode, "marks")) {
+    outb(0xf6, 1);
+    outb(0xf6, 2);
+    return 0;
+  }
+  if (str_starts(mode, "reset")) {
+    outb(0x64, 0xfe);
+    for (;;) __asm__ volatile("hlt");
+  }
+  if (str_starts(mode, "triple")) {
+    struct __attribute__((packed)) { uint16_t limit; uint64_t base; } idt = {0, 0};
+    __asm__ volatile("lidt %0; ud2" ::"m"(idt));
+  }
+  if (str_starts(mode, "echo")) {
+    puts_uart("ready\n");
+    for (;;) {
+      while (!(inb(0x3f8 + 5) & 1)) {
+      }
+      char c = (char)inb(0x3f8);
+      if (c == 'q') return 0;
+      putc_uart(c >= 'a' && c <= 'z' ? (char)(c - 32) : c);
+    }
+  }
+  if (str_starts(mode, "hang")) {
+    for (;;) __asm__ volatile("cli; hlt");
+  }
+  return 97;
+}

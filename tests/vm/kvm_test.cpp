@@ -1,0 +1,374 @@
+// The runner on real KVM with tiny guests built by the suite (guests/). Each test runs where
+// /dev/kvm works: here with hardware KVM, else inside the nested rig's L1 guest (the route is
+// printed as "[kvm route] ...").
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <string>
+#include <thread>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/vm/machine.hpp"
+#include "nested_rig.hpp"
+#include "process.hpp"
+
+using namespace img2vm;
+using namespace img2vm::vm;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path guest(const std::string& name) { return fs::path(VM_GUEST_DIR) / (name + ".elf"); }
+std::vector<fs::path> all_guests() { return {guest("basic"), guest("blk"), guest("pvh")}; }
+
+// Captures the console in a pipe read after the VM ended (tests print little).
+struct Console {
+  int fds[2] = {-1, -1};
+  Console() {
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
+    ::fcntl(fds[1], F_SETPIPE_SZ, 1 << 20);
+  }
+  ~Console() {
+    ::close(fds[0]);
+    if (fds[1] >= 0) ::close(fds[1]);
+  }
+  std::string drain() {
+    ::close(fds[1]);
+    fds[1] = -1;
+    std::string s;
+    char buf[4096];
+    ssize_t n;
+    while ((n = ::read(fds[0], buf, sizeof buf)) > 0) s.append(buf, size_t(n));
+    return s;
+  }
+};
+
+MachineConfig config(const std::string& g, const std::string& cmdline, int out_fd) {
+  MachineConfig c;
+  c.kernel = guest(g);
+  c.cmdline = cmdline;
+  c.memory_mib = 64;
+  c.console_out_fd = out_fd;
+  c.timeout = 60s;
+  return c;
+}
+
+#define KVM_TEST_PRELUDE() \
+  if (!img2vm::testing::run_here_or_nested(all_guests())) return
+
+}  // namespace
+
+TEST(VmKvm, SerialOutputAndExitStatus) {
+  KVM_TEST_PRELUDE();
+  Console con;
+  Machine m(config("basic", "mode=hello", con.fds[1]));
+  auto r = m.run();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+  EXPECT_EQ(r.status, 42);
+  EXPECT_EQ(r.host_exit_code(), 42);
+  EXPECT_EQ(con.drain(), "hello from the guest\n");
+  ASSERT_TRUE(r.timings.first_entry && r.timings.ended);
+  EXPECT_LE(*r.timings.first_entry, *r.timings.ended);
+}
+
+TEST(VmKvm, ExitStatusPassesThroughUnchanged) {
+  KVM_TEST_PRELUDE();
+  for (int status : {0, 1, 3, 137, 255}) {
+    Machine m(config("basic", "mode=exit:" + std::to_string(status), -1));
+    auto r = m.run();
+    EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+    EXPECT_EQ(r.status, status);
+    EXPECT_EQ(r.host_exit_code(), status);
+    EXPECT_EQ(r.describe(), "exited with status " + std::to_string(status));
+  }
+}
+
+TEST(VmKvm, InitFailureIsDistinct) {
+  KVM_TEST_PRELUDE();
+  Machine m(config("basic", "mode=initfail:7", -1));
+  auto r = m.run();
+  EXPECT_EQ(r.reason, ExitReason::kInitFailed) << r.describe();
+  EXPECT_EQ(r.status, 7);
+  EXPECT_EQ(r.host_exit_code(), 122);
+}
+
+TEST(VmKvm, BootMarksAreTimestamped) {
+  KVM_TEST_PRELUDE();
+  Machine m(config("basic", "mode=marks", -1));
+  auto r = m.run();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+  ASSERT_TRUE(r.timings.setup_done && r.timings.first_entry && r.timings.init_started && r.timings.workload_exec);
+  EXPECT_LE(*r.timings.setup_done, *r.timings.first_entry);
+  EXPECT_LE(*r.timings.first_entry, *r.timings.init_started);
+  EXPECT_LE(*r.timings.init_started, *r.timings.workload_exec);
+  EXPECT_LE(*r.timings.workload_exec, *r.timings.ended);
+}
+
+TEST(VmKvm, I8042ResetWithoutStatusMeansTheGuestDied) {
+  KVM_TEST_PRELUDE();
+  Machine m(config("basic", "mode=reset", -1));
+  auto r = m.run();
+  EXPECT_EQ(r.reason, ExitReason::kReboot) << r.describe();
+  EXPECT_EQ(r.host_exit_code(), 123);
+  EXPECT_NE(r.detail.find("without reporting an exit status"), std::string::npos) << r.detail;
+}
+
+TEST(VmKvm, TripleFaultIsReported) {
+  KVM_TEST_PRELUDE();
+  Machine m(config("basic", "mode=triple", -1));
+  auto r = m.run();
+  EXPECT_EQ(r.reason, ExitReason::kTripleFault) << r.describe();
+  EXPECT_EQ(r.host_exit_code(), 123);
+  EXPECT_NE(r.detail.find("triple-fault"), std::string::npos) << r.detail;
+}
+
+TEST(VmKvm, TimeoutEndsAHungGuest) {
+  KVM_TEST_PRELUDE();
+  auto c = config("basic", "mode=hang", -1);
+  c.timeout = 1500ms;
+  Machine m(c);
+  auto r = m.run();
+  EXPECT_EQ(r.reason, ExitReason::kTimeout) << r.describe();
+  EXPECT_EQ(r.host_exit_code(), 124);
+}
+
+TEST(VmKvm, StopFromAnotherThreadAndWaitFor) {
+  KVM_TEST_PRELUDE();
+  auto c = config("basic", "mode=hang", -1);
+  c.timeout = 0ms;
+  c.vcpus = 2;
+  Machine m(c);
+  m.start();
+  EXPECT_FALSE(m.wait_for(200ms).has_value());  // still hung: the guest never ends by itself
+  std::thread t([&] { m.stop(); });
+  auto r = m.wait();
+  t.join();
+  EXPECT_EQ(r.reason, ExitReason::kStopped) << r.describe();
+  EXPECT_EQ(r.host_exit_code(), 130);
+}
+
+TEST(VmKvm, ConsoleInputReachesTheGuest) {
+  KVM_TEST_PRELUDE();
+  int in[2];
+  ASSERT_EQ(::pipe2(in, O_CLOEXEC), 0);
+  UniqueFd in_r(in[0]), in_w(in[1]);
+  Console con;
+  auto c = config("basic", "mode=echo", con.fds[1]);
+  c.console_in_fd = in_r.get();
+  Machine m(c);
+  m.start();
+  ASSERT_EQ(::write(in_w.get(), "abc\nq", 5), 5);
+  auto r = m.wait();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(con.drain(), "ready\nABC\n");
+}
+
+TEST(VmKvm, PvhEntryGetsStartInfo) {
+  KVM_TEST_PRELUDE();
+  Machine m(config("pvh", "pvh-cmdline", -1));
+  auto r = m.run();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+  EXPECT_EQ(r.status, 0x33) << "0x44 means the start_info or its command line was wrong";
+}
+
+TEST(VmKvm, VirtioBlkReadsAndWritesSectors) {
+  KVM_TEST_PRELUDE();
+  TempDir dir("vmblk");
+  fs::path disk = dir.path() / "disk.img";
+  {
+    std::string data(1 << 20, '\0');
+    std::string hello = "the disk says hi";
+    data.replace(0, hello.size(), hello);
+    write_file_atomic(disk, data);
+  }
+  Console con;
+  auto c = config("blk", "mode=rw", con.fds[1]);
+  c.disks.push_back({disk, false, "test-disk-id"});
+  Machine m(c);
+  EXPECT_NE(m.cmdline().find("virtio_mmio.device=4K@0xd0000000:5"), std::string::npos) << m.cmdline();
+  auto r = m.run();
+  std::string out = con.drain();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe() << "\n" << out;
+  EXPECT_EQ(r.status, 0) << out;
+  EXPECT_NE(out.find("capacity: 00000800"), std::string::npos) << out;  // 2048 sectors
+  EXPECT_NE(out.find("sector0: the disk says hi"), std::string::npos) << out;
+  EXPECT_NE(out.find("id: test-disk-id"), std::string::npos) << out;
+  EXPECT_NE(out.find("past-end status: 01"), std::string::npos) << out;
+  std::string after = read_file(disk);
+  ASSERT_EQ(after.size(), size_t(1) << 20);
+  EXPECT_EQ(after.substr(512, 20), "written by the guest");
+  EXPECT_EQ(uint8_t(after[1023]), 0x5a);
+}
+
+TEST(VmKvm, VirtioBlkReadOnlyDiskRefusesWrites) {
+  KVM_TEST_PRELUDE();
+  TempDir dir("vmblk");
+  fs::path disk = dir.path() / "disk.img";
+  write_file_atomic(disk, std::string(1 << 20, 'x'));
+  Console con;
+  auto c = config("blk", "mode=rw", con.fds[1]);
+  c.disks.push_back({disk, true, ""});
+  Machine m(c);
+  auto r = m.run();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+  EXPECT_EQ(r.status, 21) << "the write must fail with IOERR: " << con.drain();
+  EXPECT_EQ(read_file(disk), std::string(1 << 20, 'x'));
+}
+
+TEST(VmKvm, VirtioBlkSurvivesMaliciousChains) {
+  KVM_TEST_PRELUDE();
+  TempDir dir("vmblk");
+  fs::path disk = dir.path() / "disk.img";
+  write_file_atomic(disk, std::string(1 << 20, 'y'));
+  Console con;
+  auto c = config("blk", "mode=evil", con.fds[1]);
+  c.disks.push_back({disk, false, ""});
+  Machine m(c);
+  auto r = m.run();
+  std::string out = con.drain();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe() << "\n" << out;
+  EXPECT_EQ(r.status, 0) << out;
+  EXPECT_NE(out.find("device needs reset"), std::string::npos) << out;
+  EXPECT_NE(out.find("evil ok"), std::string::npos) << out;
+  EXPECT_EQ(read_file(disk), std::string(1 << 20, 'y'));
+}
+
+TEST(VmKvm, ConfigurationErrorsAreClear) {
+  // No KVM needed: these fail before or at opening /dev/kvm.
+  MachineConfig c;
+  c.kernel = guest("basic");
+  c.memory_mib = 4;
+  try {
+    Machine m(c);
+    FAIL() << "accepted 4 MiB";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("memory must be between"), std::string::npos) << e.what();
+  }
+  c.memory_mib = 64;
+  c.kvm_device = "/nonexistent/kvm";
+  try {
+    Machine m(c);
+    FAIL() << "opened a missing device";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/kvm"), std::string::npos) << e.what();
+  }
+}
+
+TEST(VmKvm, BadKernelFileIsRejectedWithItsName) {
+  KVM_TEST_PRELUDE();
+  TempDir dir("vmk");
+  fs::path k = dir.path() / "not-a-kernel";
+  write_file_atomic(k, std::string(8192, 'z'));
+  auto c = config("basic", "", -1);
+  c.kernel = k;
+  try {
+    Machine m(c);
+    FAIL() << "accepted garbage as a kernel";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not-a-kernel"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("neither an ELF vmlinux nor a bzImage"), std::string::npos) << e.what();
+  }
+}
+
+// Real Linux kernels in the runner: a bzImage (Debian's cloud kernel, the nested rig's L1
+// kernel; it has no MP-table parser, so one vCPU) and, once guest/kernel/build.sh has built
+// it, our own vmlinux through its PVH entry with 2 vCPUs. The initramfs is made here from
+// busybox-static and port_out: it marks the boot, prints, and reports status 7.
+namespace {
+
+fs::path find_first(const std::string& glob_dir, const std::string& prefix, const std::string& suffix) {
+  std::error_code ec;
+  std::vector<fs::path> found;
+  for (const auto& e : fs::directory_iterator(glob_dir, ec)) {
+    std::string n = e.path().filename().string();
+    if (n.rfind(prefix, 0) == 0 && n.size() >= suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0)
+      found.push_back(e.path());
+  }
+  std::sort(found.begin(), found.end());
+  return found.empty() ? fs::path() : found.back();
+}
+
+fs::path our_vmlinux() {
+  const char* xdg = std::getenv("XDG_CACHE_HOME");
+  const char* home = std::getenv("HOME");
+  fs::path cache = xdg ? fs::path(xdg) : fs::path(home ? home : "/root") / ".cache";
+  std::error_code ec;
+  fs::path best;
+  for (const auto& e : fs::directory_iterator(cache / "img2vm" / "kernel", ec))
+    if (fs::exists(e.path() / "vmlinux")) best = e.path() / "vmlinux";
+  return best;
+}
+
+// Builds the initramfs on the host side (before going nested); the path is the same in L1.
+fs::path linux_initrd() {
+  fs::path out = fs::path(VM_GUEST_DIR) / "linux-smoke.cpio";
+  if (std::getenv("IMG2VM_NESTED_INSIDE")) return out;
+  TempDir root("initrd");
+  fs::create_directories(root.path() / "bin");
+  fs::create_directories(root.path() / "proc");
+  fs::copy_file("/bin/busybox", root.path() / "bin/busybox");
+  fs::copy_file(fs::path(VM_GUEST_DIR) / "port_out", root.path() / "bin/port_out");
+  write_file_atomic(root.path() / "init",
+                    "#!/bin/busybox sh\n"
+                    "/bin/port_out 0xf6 1\n"
+                    "/bin/busybox mount -t proc proc /proc\n"
+                    "echo \"LINUX-UP cpus=$(/bin/busybox grep -c ^processor /proc/cpuinfo)\"\n"
+                    "/bin/port_out 0xf6 2\n"
+                    "/bin/port_out 0xf4 7\n",
+                    0755);
+  auto r = img2vm::testing::run_command(
+      {"sh", "-c", "cd '" + root.path().string() + "' && find . | cpio -o -H newc -R 0:0 --quiet > '" + out.string() + "'"});
+  EXPECT_EQ(r.exit_code, 0) << r.describe();
+  return out;
+}
+
+constexpr const char* kLinuxCmdline =
+    "console=ttyS0 reboot=k panic=-1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd "
+    "tsc=reliable no_timer_check acpi=off rdinit=/init quiet";
+
+void boot_linux(const fs::path& kernel, unsigned cpus, const std::string& want_cpus) {
+  Console con;
+  MachineConfig c;
+  c.kernel = kernel;
+  c.initrd = linux_initrd();
+  c.cmdline = kLinuxCmdline;
+  c.memory_mib = 256;
+  c.vcpus = cpus;
+  c.console_out_fd = con.fds[1];
+  c.timeout = std::chrono::minutes(8);
+  Machine m(c);
+  auto r = m.run();
+  std::string out = con.drain();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe() << "\n" << out;
+  EXPECT_EQ(r.status, 7) << out;
+  EXPECT_NE(out.find("LINUX-UP cpus=" + want_cpus), std::string::npos) << out;
+  ASSERT_TRUE(r.timings.init_started && r.timings.workload_exec) << "boot marks missing";
+  auto ms = [](std::chrono::microseconds d) { return std::to_string(d.count() / 1000); };
+  std::fprintf(stderr, "[linux boot] %s: setup %s ms, first entry %s ms, init %s ms, exec %s ms, end %s ms\n",
+               kernel.c_str(), ms(*r.timings.setup_done).c_str(), ms(*r.timings.first_entry).c_str(),
+               ms(*r.timings.init_started).c_str(), ms(*r.timings.workload_exec).c_str(), ms(*r.timings.ended).c_str());
+}
+
+}  // namespace
+
+TEST(VmLinux, BootsBzImageToUserspace) {
+  fs::path kernel = find_first("/boot", "vmlinuz-", "-cloud-amd64");
+  if (kernel.empty()) GTEST_SKIP() << "no /boot/vmlinuz-*-cloud-amd64 (linux-image-cloud-amd64, scripts/setup.sh)";
+  fs::path initrd = linux_initrd();
+  if (!img2vm::testing::run_here_or_nested({kernel, initrd}, false)) return;
+  boot_linux(kernel, 1, "1");
+}
+
+TEST(VmLinux, BootsOurVmlinuxThroughPvhWithTwoCpus) {
+  fs::path kernel = our_vmlinux();
+  if (kernel.empty()) GTEST_SKIP() << "no ~/.cache/img2vm/kernel/*/vmlinux yet (guest/kernel/build.sh)";
+  fs::path initrd = linux_initrd();
+  if (!img2vm::testing::run_here_or_nested({kernel, initrd}, false)) return;
+  boot_linux(kernel, 2, "2");
+}
