@@ -10,6 +10,12 @@ scripts/build.sh default
 scripts/build.sh sanitize
 scripts/build.sh fuzz
 
+# The guest kernel the boot tests use: built once from Debian's linux-source-6.1 and cached
+# under ~/.cache/img2vm/kernel/<hash of its inputs>/ (about 5 minutes the first time).
+IMG2VM_KERNEL=$(build/default/cmd/img2vm/img2vm kernel build)
+export IMG2VM_KERNEL
+printf 'test: guest kernel %s\n' "$IMG2VM_KERNEL" >&2
+
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1:strict_string_checks=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 
