@@ -332,7 +332,7 @@ constexpr const char* kLinuxCmdline =
     "console=ttyS0 reboot=k panic=-1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd "
     "tsc=reliable no_timer_check acpi=off rdinit=/init quiet";
 
-void boot_linux(const fs::path& kernel, unsigned cpus, const std::string& want_cpus) {
+void boot_linux(const fs::path& kernel, unsigned cpus, const std::string& want_cpus, const std::string& want_format) {
   Console con;
   MachineConfig c;
   c.kernel = kernel;
@@ -343,6 +343,7 @@ void boot_linux(const fs::path& kernel, unsigned cpus, const std::string& want_c
   c.console_out_fd = con.fds[1];
   c.timeout = std::chrono::minutes(8);
   Machine m(c);
+  EXPECT_EQ(m.kernel_format(), want_format);
   auto r = m.run();
   std::string out = con.drain();
   EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe() << "\n" << out;
@@ -362,7 +363,28 @@ TEST(VmLinux, BootsBzImageToUserspace) {
   if (kernel.empty()) GTEST_SKIP() << "no /boot/vmlinuz-*-cloud-amd64 (linux-image-cloud-amd64, scripts/setup.sh)";
   fs::path initrd = linux_initrd();
   if (!img2vm::testing::run_here_or_nested({kernel, initrd}, false)) return;
-  boot_linux(kernel, 1, "1");
+  boot_linux(kernel, 1, "1", "bzImage (64-bit boot protocol)");
+}
+
+// The same kernel as an ELF vmlinux (extracted with the kernel's scripts/extract-vmlinux from
+// linux-source-6.1): it carries the PVH note, so the runner enters it in 32-bit mode.
+TEST(VmLinux, BootsVmlinuxThroughPvh) {
+  fs::path bz = find_first("/boot", "vmlinuz-", "-cloud-amd64");
+  const fs::path src = "/usr/src/linux-source-6.1.tar.xz";
+  fs::path vmlinux = fs::path(VM_GUEST_DIR) / "cloud-vmlinux";
+  const bool inside = std::getenv("IMG2VM_NESTED_INSIDE") != nullptr;  // L1 has the extracted copy
+  if (!inside && (bz.empty() || !fs::exists(src)))
+    GTEST_SKIP() << "needs linux-image-cloud-amd64 and linux-source-6.1";
+  if (!inside && !fs::exists(vmlinux)) {
+    auto r = img2vm::testing::run_command(
+        {"sh", "-c", "set -e; t=$(mktemp -d); tar -xJOf '" + src.string() +
+                         "' linux-source-6.1/scripts/extract-vmlinux > $t/x; bash $t/x '" + bz.string() + "' > '" +
+                         vmlinux.string() + ".tmp'; rm -rf $t; mv '" + vmlinux.string() + ".tmp' '" + vmlinux.string() + "'"});
+    ASSERT_EQ(r.exit_code, 0) << r.describe();
+  }
+  fs::path initrd = linux_initrd();
+  if (!img2vm::testing::run_here_or_nested({vmlinux, initrd}, false)) return;
+  boot_linux(vmlinux, 1, "1", "vmlinux (PVH entry)");
 }
 
 TEST(VmLinux, BootsOurVmlinuxThroughPvhWithTwoCpus) {
@@ -370,5 +392,5 @@ TEST(VmLinux, BootsOurVmlinuxThroughPvhWithTwoCpus) {
   if (kernel.empty()) GTEST_SKIP() << "no ~/.cache/img2vm/kernel/*/vmlinux yet (guest/kernel/build.sh)";
   fs::path initrd = linux_initrd();
   if (!img2vm::testing::run_here_or_nested({kernel, initrd}, false)) return;
-  boot_linux(kernel, 2, "2");
+  boot_linux(kernel, 2, "2", "vmlinux (PVH entry)");
 }

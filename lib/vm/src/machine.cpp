@@ -530,6 +530,8 @@ Machine::~Machine() {
 
 const std::string& Machine::cmdline() const noexcept { return impl_->cmdline; }
 
+std::string Machine::kernel_format() const { return to_string(impl_->kernel.format); }
+
 void Machine::start() {
   Impl& m = *impl_;
   if (m.started) throw Error(ErrorKind::kInvalidArgument, "machine already started");

@@ -100,6 +100,9 @@ class Machine {
 
   // The kernel command line the guest gets (with the virtio_mmio.device= entries).
   const std::string& cmdline() const noexcept;
+  // How the kernel is entered: "vmlinux (PVH entry)", "vmlinux (64-bit boot protocol)" or
+  // "bzImage (64-bit boot protocol)".
+  std::string kernel_format() const;
 
   struct Impl;
 
