@@ -19,12 +19,20 @@ using namespace img2vm::vm;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static GuestMemory mem(1u << 20);
-  static VirtioBlk* blk = [] {
+  // Two disks: a plain file, and a copy-on-write overlay (odd sizes on purpose) whose sector
+  // bitmap and copy-up paths then see the same hostile requests.
+  static VirtioBlk* plain = [] {
     int fd = ::memfd_create("fuzz-disk", MFD_CLOEXEC);
     if (fd < 0 || ::ftruncate(fd, 64 * 512) != 0) __builtin_trap();
-    return new VirtioBlk(UniqueFd(fd), 64 * 512, false, "fuzz");
+    return new VirtioBlk(fd_disk_view(fd, 64 * 512, false), "fuzz");
+  }();
+  static VirtioBlk* overlay = [] {
+    int base = ::memfd_create("fuzz-base", MFD_CLOEXEC), top = ::memfd_create("fuzz-top", MFD_CLOEXEC);
+    if (base < 0 || top < 0 || ::ftruncate(base, 40 * 512 + 100) != 0) __builtin_trap();
+    return new VirtioBlk(overlay_disk_view(base, top, 40 * 512 + 100), "fuzz-cow");
   }();
   if (size < 4) return 0;
+  VirtioBlk* blk = data[0] & 2 ? overlay : plain;
   std::memset(mem.host_base(), 0, 0x10000);
   std::memcpy(mem.host_base(), data, std::min<size_t>(size, 0x10000));
 

@@ -2,12 +2,16 @@
 
 #include <fcntl.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 
+#include "img2vm/base/digest.hpp"
 #include "img2vm/base/error.hpp"
+#include "img2vm/base/version.hpp"
 #include "img2vm/registry/pull.hpp"
 #include "img2vm/registry/reference.hpp"
+#include "run_options.hpp"
 
 namespace img2vm::cli {
 
@@ -57,6 +61,52 @@ fs::path init_binary() {
   for (const fs::path& p : {fs::path(IMG2VM_INSTALL_LIBEXECDIR) / "img2vm-init", fs::path(IMG2VM_BUILD_INIT)})
     if (fs::is_regular_file(p)) return p;
   throw Error(ErrorKind::kNotFound, "the guest init (img2vm-init) is missing: build the img2vm-init target or set IMG2VM_INIT");
+}
+
+namespace {
+
+// The cache key covers everything that changes the bytes of the output.
+fs::path cache_path(const registry::Store& store, const registry::ImageSource& src, const fs::path& init,
+                    const RootfsArgs& a) {
+  Sha256 h;
+  std::string key = "img2vm-rootfs-v1\n" + src.manifest_digest().str() + "\n" + src.platform().str() + "\n" +
+                    (init.empty() ? "no-init" : sha256_file(init).str()) + "\n" + std::string(version()) + "\n" +
+                    a.size + "\n" + a.extra_space + "\n" + a.max_size + "\n";
+  h.update(key);
+  return store.home() / "rootfs" / (h.finish().hex().substr(0, 32) + ".ext4");
+}
+
+}  // namespace
+
+RootfsResult make_rootfs(const registry::Store& store, const registry::ImageSource& src, const RootfsArgs& a,
+                         const fs::path& output, bool progress) {
+  rootfs::ConvertOptions o;
+  if (!a.size.empty()) o.size = parse_size("--size", a.size);
+  if (!a.extra_space.empty()) o.extra_space = parse_size("--extra-space", a.extra_space);
+  if (!a.max_size.empty()) o.max_size = parse_size("--max-size", a.max_size);
+  if (!a.no_init) o.init_binary = init_binary();
+
+  RootfsResult r;
+  if (output.empty()) {
+    o.output = cache_path(store, src, o.init_binary, a);
+    fs::create_directories(o.output.parent_path());
+    r.cached = fs::exists(o.output);
+  } else {
+    o.output = output;
+  }
+  r.path = o.output;
+  if (r.cached) return r;
+  if (progress) {
+    o.progress = [](std::string_view phase, uint64_t done, uint64_t total) {
+      std::fprintf(stderr, "\r%-6.*s %llu/%llu", static_cast<int>(phase.size()), phase.data(),
+                   static_cast<unsigned long long>(done), static_cast<unsigned long long>(total));
+      std::fflush(stderr);
+    };
+  }
+  TempDir scratch("img2vm-convert");
+  r.convert = rootfs::convert(image_input(src, scratch.path()), o);
+  if (progress) std::fprintf(stderr, "\n");
+  return r;
 }
 
 }  // namespace img2vm::cli

@@ -26,4 +26,22 @@ rootfs::ImageInput image_input(const registry::ImageSource& src, const std::file
 // The init binary to inject: $IMG2VM_INIT, else the installed one, else the build tree's.
 std::filesystem::path init_binary();
 
+// Options of convert (and run) that change the bytes of the root filesystem.
+struct RootfsArgs {
+  std::string size, extra_space, max_size;
+  bool no_init = false;
+};
+
+struct RootfsResult {
+  std::filesystem::path path;
+  bool cached = false;             // found in the cache (nothing converted)
+  rootfs::ConvertResult convert{}; // when converted
+};
+
+// Converts `src` into `output`, or, with an empty `output`, into the store's rootfs cache keyed
+// by (manifest digest, platform, init, img2vm version, options) unless it is already there.
+// Shows progress on stderr when `progress`.
+RootfsResult make_rootfs(const registry::Store& store, const registry::ImageSource& src, const RootfsArgs& args,
+                         const std::filesystem::path& output, bool progress);
+
 }  // namespace img2vm::cli

@@ -30,7 +30,7 @@ int main(int argc, char** argv) {
   register_prune(app, g, &action);
   register_convert(app, g, &action);
   register_kernel(app, g, &action);
-  add_unavailable(app, "run", "Boot an image as a microVM", "issue #6", &action);
+  register_run(app, g, &action);
 
   try {
     app.parse(argc, argv);

@@ -38,15 +38,55 @@ TEST(Cli, HelpListsEveryCommand) {
     EXPECT_NE(r.out.find(c), std::string::npos) << "help does not mention " << c;
 }
 
-TEST(Cli, UnavailableCommandsFailWithOneLine) {
-  // Each of these is tracked by an open issue; until then it must say so and exit 2.
-  for (const char* c : {"run"}) {
-    auto r = img2vm({c, "busybox"});
-    EXPECT_EQ(r.exit_code, 2) << c << ": " << r.describe();
-    EXPECT_TRUE(r.out.empty()) << c;
-    EXPECT_NE(r.err.find("not available"), std::string::npos) << c << ": " << r.err;
-    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << c << ": " << r.err;
+TEST(Cli, RunRefusesDockerFlagsItDoesNotOfferWithOneLine) {
+  struct Case {
+    std::vector<std::string> args;
+    const char* says;
+  };
+  for (const Case& c : {Case{{"run", "-p", "8080:80", "busybox"}, "issue #7"},
+                        Case{{"run", "--network", "host", "busybox"}, "networking"},
+                        Case{{"run", "-v", "/a:/b", "busybox"}, "--disk"},
+                        Case{{"run", "-d", "busybox"}, "attached"},
+                        Case{{"run", "--no-such-flag", "busybox"}, "--no-such-flag"}}) {
+    auto r = img2vm(c.args);
+    EXPECT_EQ(r.exit_code, 2) << r.describe();
+    EXPECT_TRUE(r.out.empty()) << r.describe();
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.describe();
   }
+  auto none = img2vm({"run"});
+  EXPECT_EQ(none.exit_code, 2) << none.describe();
+  EXPECT_NE(none.err.find("no image given"), std::string::npos) << none.describe();
+}
+
+TEST(Cli, RunValidatesOptionsBeforeTouchingKvmOrTheStore) {
+  // Bad values fail with 125 (docker run's "could not run") naming the option, before any
+  // pull or KVM access: the image here does not exist anywhere.
+  struct Case {
+    std::vector<std::string> args;
+    const char* says;
+  };
+  for (const Case& c : {Case{{"run", "--memory", "1k", "nosuch.invalid/x"}, "--memory"},
+                        Case{{"run", "--timeout", "soon", "nosuch.invalid/x"}, "--timeout"},
+                        Case{{"run", "--env-file", "/nonexistent/env", "nosuch.invalid/x"}, "/nonexistent/env"},
+                        Case{{"run", "-w", "relative", "nosuch.invalid/x"}, "absolute"},
+                        Case{{"run", "--log-level", "loud", "nosuch.invalid/x"}, "--log-level"},
+                        Case{{"run", "--keep", "/tmp/k.ext4", "--rm", "nosuch.invalid/x"}, "--keep"},
+                        Case{{"run", "--cpus", "0", "nosuch.invalid/x"}, "--cpus"}}) {
+    auto r = img2vm(c.args);
+    EXPECT_EQ(r.exit_code, 125) << r.describe();
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.describe();
+  }
+}
+
+TEST(Cli, RunSaysWhyWithoutKvm) {
+  auto kvm = img2vm({"info", "--json"});
+  ASSERT_EQ(kvm.exit_code, 0) << kvm.describe();
+  if (kvm.out.find("\"unavailable\"") == std::string::npos) GTEST_SKIP() << "this host has a /dev/kvm";
+  auto r = img2vm({"run", "busybox"});
+  EXPECT_EQ(r.exit_code, 125) << r.describe();
+  EXPECT_NE(r.err.find("cannot run VMs here"), std::string::npos) << r.describe();
 }
 
 TEST(Cli, UsageErrorsExit2) {

@@ -7,7 +7,7 @@
 #   nested-rig.sh base                       build (or find) the cached base; print its directory
 #   nested-rig.sh run [--timeout SECONDS] [--memory MIB] [--smp N] [--file PATH]... -- CMD [ARG]...
 #
-# `run` copies each --file into L1 at the same absolute path (with the shared libraries a
+# `run` copies each --file (or directory) into L1 at the same absolute path (with the shared libraries a
 # dynamically linked program needs), runs CMD there with /dev/kvm present, prints what CMD
 # wrote (stdout and stderr, merged) between the lines @@NESTED-BEGIN@@ and @@NESTED-END <rc>@@,
 # and exits with CMD's exit status. Rig failures exit 200 (no kvm in L1: 201; timeout: 202;
@@ -104,6 +104,10 @@ add_file() {
   path=$(readlink -f "$path")
   [ -e "$path" ] || die "no such file: $2"
   mkdir -p "$root$(dirname "$path")"
+  if [ -d "$path" ]; then  # a directory goes in whole, as it is (sparse files stay sparse)
+    cp -a --sparse=always "$path" "$root$path"
+    return
+  fi
   # ELF files lose their debug info on the way in: L1 loads them faster (TCG is slow).
   if [ "$(head -c4 "$path" | tail -c3)" = "ELF" ]; then
     strip --strip-debug -o "$root$path" "$path" 2>/dev/null || cp -a "$path" "$root$path"

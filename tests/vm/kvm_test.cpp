@@ -189,7 +189,7 @@ TEST(VmKvm, VirtioBlkReadsAndWritesSectors) {
   }
   Console con;
   auto c = config("blk", "mode=rw", con.fds[1]);
-  c.disks.push_back({disk, false, "test-disk-id"});
+  c.disks.push_back({disk, DiskMode::kReadWrite, "test-disk-id"});
   Machine m(c);
   EXPECT_NE(m.cmdline().find("virtio_mmio.device=4K@0xd0000000:5"), std::string::npos) << m.cmdline();
   auto r = m.run();
@@ -213,7 +213,7 @@ TEST(VmKvm, VirtioBlkReadOnlyDiskRefusesWrites) {
   write_file_atomic(disk, std::string(1 << 20, 'x'));
   Console con;
   auto c = config("blk", "mode=rw", con.fds[1]);
-  c.disks.push_back({disk, true, ""});
+  c.disks.push_back({disk, DiskMode::kReadOnly, ""});
   Machine m(c);
   auto r = m.run();
   EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
@@ -228,7 +228,7 @@ TEST(VmKvm, VirtioBlkSurvivesMaliciousChains) {
   write_file_atomic(disk, std::string(1 << 20, 'y'));
   Console con;
   auto c = config("blk", "mode=evil", con.fds[1]);
-  c.disks.push_back({disk, false, ""});
+  c.disks.push_back({disk, DiskMode::kReadWrite, ""});
   Machine m(c);
   auto r = m.run();
   std::string out = con.drain();

@@ -36,7 +36,7 @@ struct Rig {
       ::pwrite(fd, sec, sizeof sec, off_t(s * 512));
     }
     disk.reset(::dup(fd));
-    blk = std::make_unique<VirtioBlk>(UniqueFd(fd), disk_size, ro, "unit-disk");
+    blk = std::make_unique<VirtioBlk>(fd_disk_view(fd, disk_size, ro), "unit-disk");
     q.size = kQ;
     q.desc_addr = kDesc;
     q.avail_addr = kAvail;
@@ -233,7 +233,7 @@ TEST(VirtioMmio, RegistersAndFeatureNegotiation) {
   GuestMemory mem(1u << 20);
   int fd = ::memfd_create("disk", MFD_CLOEXEC);
   ASSERT_EQ(::ftruncate(fd, 8192), 0);
-  VirtioBlk blk(UniqueFd(fd), 8192, false, "x");
+  VirtioBlk blk(fd_disk_view(fd, 8192, false), "x");
   int interrupts = 0;
   VirtioMmio dev(mem, blk, [&] { ++interrupts; });
   auto rd = [&](uint64_t off) {

@@ -26,7 +26,7 @@ int main(int argc, char** argv) {
     else if (k == "--timeout") c.timeout = std::chrono::milliseconds(std::strtoll(v.c_str(), nullptr, 10));
     else if (k == "--disk") {
       bool ro = v.size() > 3 && v.substr(v.size() - 3) == ":ro";
-      c.disks.push_back({ro ? v.substr(0, v.size() - 3) : v, ro, ""});
+      c.disks.push_back({ro ? v.substr(0, v.size() - 3) : v, ro ? img2vm::vm::DiskMode::kReadOnly : img2vm::vm::DiskMode::kReadWrite, ""});
     } else {
       std::fprintf(stderr, "vm_boot: unknown option %s\n", k.c_str());
       return 2;

@@ -42,8 +42,13 @@ namespace init = img2vm::init;
 constexpr unsigned short kPortExit = 0xf4;
 constexpr unsigned short kPortInitFail = 0xf5;
 constexpr unsigned short kPortBootMark = 0xf6;
+constexpr unsigned short kPortSignal = 0xf7;  // read: a signal the host asks us to deliver
+constexpr unsigned kPortCount = 4;            // 0xf4..0xf7
 constexpr unsigned char kMarkInitStart = 1;
 constexpr unsigned char kMarkExec = 2;
+constexpr unsigned char kSignalStopRequest = 0x80;  // deliver the image's StopSignal
+// How often PID 1 looks at the SIGNAL port while the workload runs (docs/guest-abi.md §5).
+constexpr long kSignalPollNs = 100'000'000;
 
 // INIT_FAIL codes (docs/guest-abi.md).
 enum FailCode : unsigned char {
@@ -64,6 +69,16 @@ bool g_ports = false;
 
 void port_write(unsigned short port, unsigned char value) {
   if (g_ports) outb(value, port);
+}
+
+// A pending host request on the SIGNAL port: 0 for none (0x00 and 0xff, what an absent device
+// reads as), a signal number 1-64, or kSignalStopRequest.
+int port_signal_request() {
+  if (!g_ports) return 0;
+  unsigned char v = inb(kPortSignal);
+  if (v == kSignalStopRequest) return -1;
+  if (v >= 1 && v <= 64) return v;
+  return 0;
 }
 
 void say(const std::string& line) {
@@ -372,9 +387,9 @@ struct Workload {
   ::umask(022);
   bool in_workdir = ::chdir(w.workdir.c_str()) == 0;
 
-  if (g_ports && ::ioperm(kPortExit, 3, 1) == 0) {  // whether fork keeps the I/O bitmap varies
+  if (g_ports && ::ioperm(kPortExit, kPortCount, 1) == 0) {  // whether fork keeps the I/O bitmap varies
     port_write(kPortBootMark, kMarkExec);
-    ::ioperm(kPortExit, 3, 0);  // the workload gets no access to the ports
+    ::ioperm(kPortExit, kPortCount, 0);  // the workload gets no access to the ports
   }
 
   if (::setgroups(w.user.groups.size(), w.user.groups.data()) != 0)
@@ -425,7 +440,21 @@ unsigned char supervise(const Workload& w, int stop_signal) {
   bool done = false;
   while (!done) {
     siginfo_t si{};
-    int sig = ::sigwaitinfo(&set, &si);
+    int sig;
+    if (g_ports) {
+      // The host cannot raise a signal in the guest directly; it leaves one on the SIGNAL port,
+      // which we look at between waits.
+      const struct timespec poll_every{0, kSignalPollNs};
+      sig = ::sigtimedwait(&set, &si, &poll_every);
+      if (sig < 0 && errno == EAGAIN) {
+        int req = port_signal_request();
+        if (req == -1) ::kill(pid, stop_signal);
+        else if (req > 0) ::kill(pid, req);
+        continue;
+      }
+    } else {
+      sig = ::sigwaitinfo(&set, &si);
+    }
     if (sig < 0) continue;
     if (sig == SIGCHLD) {
       int status = 0;
@@ -500,7 +529,7 @@ int main() {
     say("must run as PID 1 (the kernel's init=/.img2vm/init)");
     return 2;
   }
-  g_ports = ::ioperm(kPortExit, 3, 1) == 0;
+  g_ports = ::ioperm(kPortExit, kPortCount, 1) == 0;
   int ports_errno = errno;
   port_write(kPortBootMark, kMarkInitStart);
   open_console_fds();

@@ -150,6 +150,7 @@ struct Machine::Impl {
   std::optional<MachineResult> result;
   BootTimings timings;
   std::atomic<bool> ending{false};
+  std::atomic<uint8_t> pending_signal{0};  // what the guest reads on abi::kSignalPort
 
   microseconds now() const { return std::chrono::duration_cast<microseconds>(Clock::now() - t0); }
 
@@ -213,6 +214,10 @@ struct Machine::Impl {
         finish(ExitReason::kReboot, 0,
                "the guest reset the machine without reporting an exit status (kernel panic or reboot)");
       }
+      return;
+    }
+    if (!out && size == 1 && port == abi::kSignalPort) {
+      data[0] = pending_signal.exchange(0);
       return;
     }
     if (out && size == 1) {
@@ -452,7 +457,7 @@ void Machine::Impl::build() {
     const auto& dc = cfg.disks[i];
     auto d = std::make_unique<Disk>();
     try {
-      d->blk = std::make_unique<VirtioBlk>(dc.path, dc.read_only, dc.id.empty() ? "img2vm" + std::to_string(i) : dc.id);
+      d->blk = std::make_unique<VirtioBlk>(open_disk_view(dc.path, dc.mode), dc.id.empty() ? "img2vm" + std::to_string(i) : dc.id);
     } catch (const Error& e) {
       throw e.with_context("disk " + std::to_string(i));
     }
@@ -532,6 +537,12 @@ const std::string& Machine::cmdline() const noexcept { return impl_->cmdline; }
 
 std::string Machine::kernel_format() const { return to_string(impl_->kernel.format); }
 
+std::vector<std::string> Machine::disk_views() const {
+  std::vector<std::string> out;
+  for (const auto& d : impl_->disks) out.emplace_back(d->blk->view().kind());
+  return out;
+}
+
 void Machine::start() {
   Impl& m = *impl_;
   if (m.started) throw Error(ErrorKind::kInvalidArgument, "machine already started");
@@ -582,6 +593,13 @@ MachineResult Machine::wait() {
 }
 
 void Machine::stop() { impl_->finish(ExitReason::kStopped, 0, "stopped by the host"); }
+
+void Machine::request_stop() { impl_->pending_signal = abi::kStopRequest; }
+
+void Machine::signal_workload(int sig) {
+  if (sig < 1 || sig > 64) throw Error(ErrorKind::kInvalidArgument, "signal " + std::to_string(sig) + " out of range 1-64");
+  impl_->pending_signal = static_cast<uint8_t>(sig);
+}
 
 MachineResult Machine::run() {
   start();

@@ -1,9 +1,5 @@
 #include "img2vm/vm/virtio_blk.hpp"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -15,48 +11,11 @@ namespace img2vm::vm {
 namespace {
 constexpr uint32_t kSegMax = SplitQueue::kMaxSize - 2;
 constexpr uint64_t kIdLen = 20;
-
-bool full_io(bool write, int fd, uint8_t* buf, uint64_t len, uint64_t off) {
-  while (len) {
-    ssize_t n = write ? ::pwrite(fd, buf, len, static_cast<off_t>(off)) : ::pread(fd, buf, len, static_cast<off_t>(off));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return false;
-    if (n == 0) {  // reading past the end of a file that shrank: zeros
-      if (write) return false;
-      std::memset(buf, 0, len);
-      return true;
-    }
-    buf += n;
-    len -= uint64_t(n);
-    off += uint64_t(n);
-  }
-  return true;
-}
 }  // namespace
 
-VirtioBlk::VirtioBlk(const std::filesystem::path& path, bool read_only, std::string id)
-    : read_only_(read_only), id_(std::move(id)) {
-  fd_ = open_file(path, read_only ? O_RDONLY : O_RDWR);
-  struct stat st {};
-  if (::fstat(fd_.get(), &st) != 0) throw_errno("cannot stat disk " + path.string());
-  if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-    throw Error(ErrorKind::kInvalidArgument, "disk " + path.string() + " is not a regular file or block device");
-  uint64_t size = uint64_t(st.st_size);
-  if (S_ISBLK(st.st_mode)) {
-    off_t end = ::lseek(fd_.get(), 0, SEEK_END);
-    if (end < 0) throw_errno("cannot size disk " + path.string());
-    size = uint64_t(end);
-  }
-  init(size);
-}
-
-VirtioBlk::VirtioBlk(UniqueFd fd, uint64_t size, bool read_only, std::string id)
-    : fd_(std::move(fd)), read_only_(read_only), id_(std::move(id)) {
-  init(size);
-}
-
-void VirtioBlk::init(uint64_t size) {
-  size_ = size - size % kSectorSize;
+VirtioBlk::VirtioBlk(std::unique_ptr<DiskView> view, std::string id)
+    : view_(std::move(view)), read_only_(view_->read_only()), id_(std::move(id)) {
+  size_ = view_->size() - view_->size() % kSectorSize;
   uint64_t cap = capacity_sectors();
   std::memcpy(config_.data(), &cap, 8);
   uint32_t size_max = 0, seg_max = kSegMax;
@@ -112,14 +71,14 @@ uint8_t VirtioBlk::do_request(const GuestMemory& mem, const DescChain& chain, ui
       for (size_t i = first; i < last; ++i) {
         const DescElem& e = chain.elems[i];
         uint8_t* p = mem.ptr(e.addr, e.len);
-        if (!p || !full_io(out, fd_.get(), p, e.len, off)) return kStatusIoErr;
+        if (!p || !(out ? view_->write(p, e.len, off) : view_->read(p, e.len, off))) return kStatusIoErr;
         off += e.len;
         if (!out) written += e.len;
       }
       return kStatusOk;
     }
     case kTypeFlush:
-      if (!read_only_ && ::fdatasync(fd_.get()) != 0) return kStatusIoErr;
+      if (!view_->flush()) return kStatusIoErr;
       return kStatusOk;
     case kTypeGetId: {
       if (last != first + 1 || !chain.elems[first].device_writable) return kStatusIoErr;

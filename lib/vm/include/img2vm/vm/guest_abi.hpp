@@ -1,5 +1,5 @@
 // The I/O ports through which the guest init talks to the runner (see docs/vm.md). All are
-// 8-bit `out` writes by the guest. Under qemu the EXIT port is
+// 8-bit `out` writes by the guest, except SIGNAL, which the guest reads. Under qemu the EXIT port is
 // `-device isa-debug-exit,iobase=0xf4,iosize=1` (qemu then exits with (N << 1) | 1).
 #pragma once
 
@@ -12,6 +12,11 @@ inline constexpr uint16_t kInitFailPort = 0x0f5;  // the init failed before the 
 inline constexpr uint16_t kBootMarkPort = 0x0f6;  // boot-time markers, below
 inline constexpr uint8_t kMarkInitStarted = 1;
 inline constexpr uint8_t kMarkWorkloadExec = 2;
+// Read by the init about every 100 ms while the workload runs: 0x00 (or 0xff) nothing pending,
+// 1-64 deliver that signal to the workload, kStopRequest deliver the image's StopSignal.
+// Reading consumes the request.
+inline constexpr uint16_t kSignalPort = 0x0f7;
+inline constexpr uint8_t kStopRequest = 0x80;
 
 inline constexpr uint16_t kUartBase = 0x3f8;      // COM1, IRQ 4
 inline constexpr unsigned kUartIrq = 4;

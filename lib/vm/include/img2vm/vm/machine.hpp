@@ -19,13 +19,15 @@
 #include <string>
 #include <vector>
 
+#include "img2vm/vm/disk_view.hpp"
 #include "img2vm/vm/seccomp.hpp"
 
 namespace img2vm::vm {
 
 struct DiskConfig {
   std::filesystem::path path;
-  bool read_only = false;
+  // kCopyOnWrite: the guest sees a writable disk, `path` is never modified (disk_view.hpp).
+  DiskMode mode = DiskMode::kReadWrite;
   std::string id;  // VIRTIO_BLK_T_GET_ID (up to 20 bytes); default "img2vm<N>"
 };
 
@@ -95,6 +97,12 @@ class Machine {
   std::optional<MachineResult> wait_for(std::chrono::milliseconds d);
   // Asks the VM to end (reason kStopped unless it had already ended). Thread-safe, returns at once.
   void stop();
+  // Asks the guest init to send the image's StopSignal to the workload (what `docker stop`
+  // does first); the VM ends when the workload exits. Thread- and async-signal-safe. The init
+  // polls for it about every 100 ms (docs/guest-abi.md); a newer request replaces an unread one.
+  void request_stop();
+  // Asks the guest init to send signal `sig` (1-64) to the workload, like `docker kill -s`.
+  void signal_workload(int sig);
   // start() + wait().
   MachineResult run();
 
@@ -103,6 +111,9 @@ class Machine {
   // How the kernel is entered: "vmlinux (PVH entry)", "vmlinux (64-bit boot protocol)" or
   // "bzImage (64-bit boot protocol)".
   std::string kernel_format() const;
+  // How each disk's data is stored, in DiskConfig order: "read-write", "read-only", "reflink"
+  // or "overlay" (DiskView::kind()).
+  std::vector<std::string> disk_views() const;
 
   struct Impl;
 

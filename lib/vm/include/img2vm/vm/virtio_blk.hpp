@@ -1,4 +1,4 @@
-// virtio-blk (virtio 1.x, section 5.2) over a host file: read, write, flush and get-id requests,
+// virtio-blk (virtio 1.x, section 5.2) over a DiskView (disk_view.hpp): read, write, flush and get-id requests,
 // each checked against the disk size and guest memory before any I/O. Requests use the framing
 // every Linux driver uses: a 16-byte header in the first (device-readable) descriptor, the data
 // in the following ones, and the status byte as the last byte of the last (device-writable)
@@ -7,10 +7,10 @@
 
 #include <array>
 #include <cstdint>
-#include <filesystem>
+#include <memory>
 #include <string>
 
-#include "img2vm/base/fd.hpp"
+#include "img2vm/vm/disk_view.hpp"
 #include "img2vm/vm/virtio_mmio.hpp"
 
 namespace img2vm::vm {
@@ -22,10 +22,8 @@ class VirtioBlk final : public VirtioDevice {
   static constexpr uint64_t kFeatureRo = 1ull << 5, kFeatureFlush = 1ull << 9, kFeatureSegMax = 1ull << 2;
   static constexpr uint64_t kSectorSize = 512;
 
-  // Opens `path` (read-only when asked); the capacity is its size rounded down to sectors.
-  VirtioBlk(const std::filesystem::path& path, bool read_only, std::string id);
-  // Serves an already open file descriptor of `size` bytes (tests, fuzzing).
-  VirtioBlk(UniqueFd fd, uint64_t size, bool read_only, std::string id);
+  // Serves `view`; the capacity is its size rounded down to sectors.
+  VirtioBlk(std::unique_ptr<DiskView> view, std::string id);
 
   uint32_t device_id() const override { return 2; }
   uint64_t features() const override;
@@ -38,12 +36,12 @@ class VirtioBlk final : public VirtioDevice {
 
   uint64_t capacity_sectors() const noexcept { return size_ / kSectorSize; }
   bool read_only() const noexcept { return read_only_; }
+  const DiskView& view() const noexcept { return *view_; }
 
  private:
-  void init(uint64_t size);
   uint8_t do_request(const GuestMemory& mem, const DescChain& chain, uint32_t& written);
 
-  UniqueFd fd_;
+  std::unique_ptr<DiskView> view_;
   uint64_t size_ = 0;
   bool read_only_ = false;
   std::string id_;

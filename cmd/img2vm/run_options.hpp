@@ -1,0 +1,69 @@
+// `img2vm run`'s docker-style options turned into what the runner and the guest init take: the
+// per-run overrides (docs/guest-abi.md §3), the kernel command line, durations, sizes and extra
+// disks. Pure functions, unit-tested on the host (tests/e2e/run_options_test.cpp).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "img2vm/rootfs/runtime_config.hpp"
+
+namespace img2vm::cli {
+
+// "512M", "2G", "1048576": bytes. `flag` names the option in errors.
+uint64_t parse_size(const std::string& flag, const std::string& text);
+
+// Looks a variable up in the host's environment (injectable for tests).
+using HostEnv = std::function<std::optional<std::string>(const std::string&)>;
+HostEnv process_env();
+
+struct RunRequest {
+  std::vector<std::string> cmd;                // trailing words after the image
+  std::vector<std::string> env;                // -e, in order: KEY=VALUE, or KEY (from the host)
+  std::vector<std::filesystem::path> env_files;  // --env-file, applied before -e as docker does
+  std::optional<std::string> entrypoint;       // --entrypoint ("" clears the image's)
+  std::string workdir, user, hostname;
+  std::vector<std::string> dns;
+  bool interactive = false, tty = false;
+};
+
+// docker's --env-file format: one KEY=VALUE per line, the value taken verbatim to the end of the
+// line; a line with only KEY takes the host's value (and is dropped when the host has none);
+// blank lines and lines starting with # are ignored. Errors name the file and line.
+std::vector<std::string> parse_env_file(const std::filesystem::path& file, const HostEnv& host);
+
+// The overrides for the init: only what the user asked to change is set.
+rootfs::RunOverrides build_overrides(const RunRequest& r, const HostEnv& host);
+
+// "10" (seconds), "500ms", "30s", "5m", "1h", "1m30s". Zero is allowed (no limit).
+std::chrono::milliseconds parse_duration(const std::string& flag, const std::string& text);
+
+// docker's -m/--memory: "512m", "1g", a plain number in MiB when under 1 MiB is meaningless
+// (docker takes bytes; we accept "256" as MiB for convenience and say so in --help). At least
+// 32 MiB; a whole number of MiB.
+uint64_t parse_memory_mib(const std::string& text);
+
+struct ExtraDisk {
+  std::filesystem::path path;
+  bool read_only = false;
+};
+// --disk FILE[:ro|:rw]
+ExtraDisk parse_disk(const std::string& text);
+
+// The kernel command line of an image boot (docs/guest-abi.md §2); `run_param` is the
+// img2vm.run= word or empty.
+std::string guest_cmdline(bool verbose_boot, const std::string& run_param);
+
+// How the overrides reach the init: inline on the command line when short, else on a raw block
+// device. Inline is used while the parameter stays under this many bytes.
+inline constexpr size_t kInlineOverridesMax = 1024;
+
+// The bytes of an overrides block device: the JSON text, NUL-padded to a multiple of 512.
+std::string overrides_disk_image(const rootfs::RunOverrides& o);
+
+}  // namespace img2vm::cli
