@@ -51,7 +51,7 @@ struct RunArgs : RootfsArgs {
   std::string kernel, memory = "256M", timeout, stop_timeout = "10s", platform, keep, log_level = "warn";
   unsigned cpus = 1;
   std::vector<std::string> disks;
-  bool rm = false, timings = false, verbose_boot = false;
+  bool rm = false, timings = false, verbose_boot = false, hugepages = false;
 };
 
 // The host terminal in raw mode for -t, restored on every way out of `run`.
@@ -193,6 +193,7 @@ int run_image(RunArgs& a, Globals& g) {
   vm::MachineConfig mc;
   mc.memory_mib = parse_memory_mib(a.memory);
   mc.vcpus = a.cpus;
+  mc.hugepages = a.hugepages;
   if (!a.timeout.empty()) mc.timeout = parse_duration("--timeout", a.timeout);
   auto stop_timeout = parse_duration("--stop-timeout", a.stop_timeout);
   rootfs::RunOverrides overrides = build_overrides(a.req, process_env());
@@ -261,6 +262,7 @@ int run_image(RunArgs& a, Globals& g) {
   mc.cmdline = guest_cmdline(a.verbose_boot, param);
   mc.console_out_fd = STDOUT_FILENO;
   mc.console_in_fd = (a.req.interactive || a.req.tty) ? STDIN_FILENO : -1;
+  mc.console_input = vm::ConsoleInput::kAtWorkloadExec;
 
   SignalMask mask;
   vm::Machine machine(mc);
@@ -341,6 +343,7 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
   sub->add_option("--kernel", a->kernel, "Guest kernel (vmlinux or bzImage); default: our cached build");
   sub->add_option("--cpus", a->cpus, "Number of vCPUs (default 1)");
   sub->add_option("-m,--memory", a->memory, "Guest memory: 512M, 1G, or a number of MiB (default 256M)");
+  sub->add_flag("--hugepages", a->hugepages, "Back guest memory with 2 MiB huge pages (from /proc/sys/vm/nr_hugepages)");
   sub->add_option("--disk", a->disks, "Attach FILE[:ro] as an extra virtio disk (/dev/vdb, ...)")->allow_extra_args(false);
   sub->add_option("--timeout", a->timeout, "Stop the VM after this long (e.g. 30s, 5m); exit 124");
   sub->add_option("--stop-timeout", a->stop_timeout, "After a stop request, how long the workload gets (default 10s)");

@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/vm/boot.hpp"
+#include "img2vm/vm/guest_memory.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;
@@ -324,4 +327,31 @@ TEST(GuestMemory, BoundsChecksAreOverflowSafe) {
   EXPECT_EQ(mem.ptr(~0ull - 1, 4), nullptr);
   EXPECT_FALSE(mem.load<uint32_t>((1u << 20) - 2).has_value());
   EXPECT_THROW(GuestMemory(0), Error);
+}
+
+// Huge pages come from the host's hugetlb pool: with enough free pages the mapping works and
+// is rounded to 2 MiB; without, the error says what to raise.
+TEST(GuestMemory, HugePagesWorkOrSayWhatIsMissing) {
+  uint64_t free_pages = 0, page_kib = 0;
+  std::ifstream mi("/proc/meminfo");
+  for (std::string line; std::getline(mi, line);) {
+    if (line.rfind("HugePages_Free:", 0) == 0) free_pages = std::stoull(line.substr(15));
+    if (line.rfind("Hugepagesize:", 0) == 0) page_kib = std::stoull(line.substr(13));
+  }
+  if (page_kib == 2048 && free_pages >= 2) {
+    GuestMemory m(3u << 20, GuestMemory::Pages::kHuge2M);
+    EXPECT_EQ(m.size(), 4u << 20);
+    ASSERT_TRUE(m.write(m.size() - 8, "hugepage", 8));
+    EXPECT_EQ(m.host_base()[0], 0);
+  } else {
+    try {
+      GuestMemory m(64u << 20, GuestMemory::Pages::kHuge2M);
+      ADD_FAILURE() << "mapped huge pages although /proc/meminfo shows " << free_pages << " free";
+    } catch (const img2vm::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("nr_hugepages"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("32 free"), std::string::npos) << e.what();
+    }
+  }
+  GuestMemory normal(3u << 20);
+  EXPECT_EQ(normal.size(), 3u << 20);
 }

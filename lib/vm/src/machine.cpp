@@ -142,6 +142,7 @@ struct Machine::Impl {
   std::vector<std::unique_ptr<Disk>> disks;
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   UniqueFd stop_fd;
+  UniqueFd exec_fd;  // signalled at the workload's exec (BOOT_MARK 2): console input may flow
   std::thread io_thread;
   bool started = false, joined = false;
 
@@ -226,7 +227,11 @@ struct Machine::Impl {
         case abi::kInitFailPort: finish(ExitReason::kInitFailed, data[0], {}); return;
         case abi::kBootMarkPort:
           if (data[0] == abi::kMarkInitStarted) mark(timings.init_started);
-          else if (data[0] == abi::kMarkWorkloadExec) mark(timings.workload_exec);
+          else if (data[0] == abi::kMarkWorkloadExec) {
+            mark(timings.workload_exec);
+            uint64_t one = 1;
+            if (exec_fd) (void)!::write(exec_fd.get(), &one, sizeof one);
+          }
           return;
         default: break;
       }
@@ -322,10 +327,14 @@ struct Machine::Impl {
         ev.data.u64 = tag;
         return ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
       };
-      constexpr uint64_t kStop = ~0ull, kConsole = ~1ull;
+      constexpr uint64_t kStop = ~0ull, kConsole = ~1ull, kExec = ~2ull;
       add(stop_fd.get(), kStop);
       for (size_t i = 0; i < disks.size(); ++i) add(disks[i]->notify.get(), i);
-      bool console = cfg.console_in_fd >= 0 && add(cfg.console_in_fd, kConsole);
+      // Held console input waits for the workload's exec: bytes sent earlier would be eaten by
+      // the kernel's serial driver and tty setup before anyone reads them.
+      bool hold = cfg.console_in_fd >= 0 && cfg.console_input == ConsoleInput::kAtWorkloadExec;
+      if (hold) add(exec_fd.get(), kExec);
+      bool console = cfg.console_in_fd >= 0 && !hold && add(cfg.console_in_fd, kConsole);
       bool console_paused = false;
       install_thread_seccomp(ThreadRole::kIo, cfg.seccomp);
       while (!ending) {
@@ -340,6 +349,11 @@ struct Machine::Impl {
         for (int k = 0; k < n; ++k) {
           uint64_t tag = evs[k].data.u64;
           if (tag == kStop) return;
+          if (tag == kExec) {
+            ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, exec_fd.get(), nullptr);
+            console = add(cfg.console_in_fd, kConsole);
+            continue;
+          }
           if (tag == kConsole) {
             uint8_t buf[Uart8250::kFifoSize];
             size_t space = uart->input_space();
@@ -411,7 +425,7 @@ void Machine::Impl::build() {
   pit.flags = KVM_PIT_SPEAKER_DUMMY;
   xioctl(vm.get(), KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2");
 
-  mem = std::make_unique<GuestMemory>(mem_bytes);
+  mem = std::make_unique<GuestMemory>(mem_bytes, cfg.hugepages ? GuestMemory::Pages::kHuge2M : GuestMemory::Pages::kNormal);
   kvm_userspace_memory_region region{};
   region.slot = 0;
   region.guest_phys_addr = 0;
@@ -488,6 +502,8 @@ void Machine::Impl::build() {
   }
   stop_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd) throw_errno("eventfd");
+  exec_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!exec_fd) throw_errno("eventfd");
 
   // Boot tables.
   const bool pvh = kernel.format == KernelFormat::kElfPvh;

@@ -24,6 +24,8 @@
 
 namespace img2vm::vm {
 
+enum class ConsoleInput { kImmediately, kAtWorkloadExec };
+
 struct DiskConfig {
   std::filesystem::path path;
   // kCopyOnWrite: the guest sees a writable disk, `path` is never modified (disk_view.hpp).
@@ -33,6 +35,7 @@ struct DiskConfig {
 
 struct MachineConfig {
   uint64_t memory_mib = 256;
+  bool hugepages = false;        // back guest RAM with 2 MiB huge pages (GuestMemory::Pages)
   unsigned vcpus = 1;
   std::filesystem::path kernel;  // vmlinux ELF (PVH note preferred) or bzImage
   std::string cmdline;           // virtio_mmio.device=... entries for the disks are appended
@@ -40,6 +43,10 @@ struct MachineConfig {
   std::vector<DiskConfig> disks; // /dev/vda, /dev/vdb, ... in this order
   int console_out_fd = 1;        // UART output; -1 discards it. Not owned.
   int console_in_fd = -1;        // UART input; -1 for none. Not owned.
+  // When console input starts to flow: at once, or once the guest init marks the workload's
+  // exec (BOOT_MARK 2), so that input sent early (a pipe) is not lost to the kernel's
+  // serial setup but read by the workload, as `docker run -i` gives it all.
+  ConsoleInput console_input = ConsoleInput::kImmediately;
   std::chrono::milliseconds timeout{0};  // 0: none; else the VM ends as kTimeout
   std::filesystem::path kvm_device = "/dev/kvm";
   // Seccomp filters on the vCPU and I/O threads (seccomp.hpp). kKill suits a process of its
