@@ -72,7 +72,8 @@ TEST(Cli, RunValidatesOptionsBeforeTouchingKvmOrTheStore) {
                         Case{{"run", "-w", "relative", "nosuch.invalid/x"}, "absolute"},
                         Case{{"run", "--log-level", "loud", "nosuch.invalid/x"}, "--log-level"},
                         Case{{"run", "--keep", "/tmp/k.ext4", "--rm", "nosuch.invalid/x"}, "--keep"},
-                        Case{{"run", "--cpus", "0", "nosuch.invalid/x"}, "--cpus"}}) {
+                        Case{{"run", "--cpus", "0", "nosuch.invalid/x"}, "--cpus"},
+                        Case{{"run", "-t", "nosuch.invalid/x"}, "not a TTY"}}) {
     auto r = img2vm(c.args);
     EXPECT_EQ(r.exit_code, 125) << r.describe();
     EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();

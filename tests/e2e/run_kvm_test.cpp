@@ -119,6 +119,16 @@ std::string quote(const std::string& s) {
   return q + "'";
 }
 
+// A workload that ignores SIGTERM, run in the background and sent Ctrl-C (SIGINT) once it is
+// ready; `twice`: a second SIGINT two seconds later.
+std::string stop_case(const std::string& name, const std::string& cmd, bool twice) {
+  return "echo '@@BEGIN " + name + "@@'\n" + cmd +
+         " sh -c 'trap \"\" TERM; echo ready; while :; do sleep 1; done' >\"$W/out\" 2>\"$W/err\" </dev/null &\n"
+         "pid=$!; i=0; while ! grep -q ready \"$W/out\" && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done\n"
+         "kill -INT $pid; " + std::string(twice ? "sleep 2; kill -INT $pid; " : "") + "wait $pid; rc=$?\n"
+         "cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END " + name + " $rc@@\"\n";
+}
+
 }  // namespace
 
 TEST(RunKvm, DockerRunSemanticsInOurRunner) {
@@ -180,6 +190,18 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      << "pid=$!; i=0; while ! grep -q ready \"$W/out\" && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done\n"
      << "kill -INT $pid; wait $pid; rc=$?\n"
      << "cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END sigterm $rc@@\"\n"
+     // Orphans the workload leaves are reaped by the init: no zombies.
+     << "c orphans " << run << " " << B
+     << " sh -c '(sleep 0.2 &); (sleep 0.2 &); sleep 2; z=$(grep -l \"^State:.*Z\" /proc/[0-9]*/status 2>/dev/null"
+        " | wc -l); echo zombies=$z'\n"
+     // A workload that ignores SIGTERM: the stop timeout, then a second Ctrl-C, stop the VM (130).
+     << stop_case("stop-timeout", run + " --stop-timeout 3s " + B, false)
+     << stop_case("second-int", run + " --stop-timeout 10m " + B, true)
+     // -t under a pseudo-terminal (script(1)): the workload has a tty, and the host terminal's
+     // settings are what they were before, after img2vm leaves raw mode.
+     << "printf '%s\\n' 'before=$(stty -g)' " << quote(run + " -t " + B + " sh -c 'test -t 0 && test -t 1 && echo tty-yes; exit 5'")
+     << " 'rc=$?; [ \"$before\" = \"$(stty -g)\" ] && echo tty-restored; exit $rc' > \"$W/tty.sh\"\n"
+     << "c tty script -qec \"sh $W/tty.sh\" /dev/null\n"
      << "c cache-after sh -c 'sha256sum \"$IMG2VM_HOME\"/rootfs/*.ext4'\n";
   write_file_atomic(w / "cases.sh", sh.str());
 
@@ -188,7 +210,8 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
     auto r = run_command({"sh", (w / "cases.sh").string()}, {.input = {}, .env = {}, .cwd = {}, .timeout = std::chrono::minutes(15)});
     output = r.out;
   } else {
-    auto r = run_nested({"sh", (w / "cases.sh").string()}, {bin, IMG2VM_INIT_BINARY, w}, std::chrono::seconds(1500));
+    auto r = run_nested({"sh", (w / "cases.sh").string()}, {bin, IMG2VM_INIT_BINARY, w, "/usr/bin/script"},
+                        std::chrono::seconds(1500));
     ASSERT_EQ(r.exit_code, 0) << r.describe();
     output = r.output;
   }
@@ -252,6 +275,17 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   const Case& term = get("sigterm");
   EXPECT_EQ(term.rc, 7) << term.err;
   EXPECT_TRUE(has(term.out, "got-term")) << term.out;
+  EXPECT_TRUE(has(get("orphans").out, "zombies=0")) << get("orphans").out;
+  for (const char* n : {"stop-timeout", "second-int"}) {
+    const Case& c = get(n);
+    EXPECT_EQ(c.rc, 130) << n << ": " << c.out << c.err;
+    EXPECT_TRUE(has(c.out, "ready")) << n << ": " << c.out;
+    EXPECT_TRUE(has(c.err, "stopped")) << n << ": " << c.err;
+  }
+  const Case& tty = get("tty");
+  EXPECT_EQ(tty.rc, 5) << tty.out << tty.err;
+  EXPECT_TRUE(has(tty.out, "tty-yes")) << tty.out;
+  EXPECT_TRUE(has(tty.out, "tty-restored")) << tty.out;
   // The cached rootfs every run booted is byte for byte what convert wrote.
   EXPECT_FALSE(get("cache-before").out.empty());
   EXPECT_EQ(get("cache-before").out, get("cache-after").out);

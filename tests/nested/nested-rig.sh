@@ -73,6 +73,7 @@ build_base() {
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin:/sbin:/usr/sbin HOME=/root
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts; mount -t devpts -o ptmxmode=0666 devpts /dev/pts
 mkdir -p /root /tmp; chmod 1777 /tmp
 exec </dev/ttyS0 >/dev/ttyS0 2>&1
 for m in irqbypass kvm kvm-amd; do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
