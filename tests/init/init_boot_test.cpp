@@ -6,6 +6,8 @@
 //
 // Needs a guest kernel: $IMG2VM_KERNEL, else the newest ~/.cache/img2vm/kernel/*/vmlinux
 // (guest/kernel/build.sh). Without one every test here is skipped, saying so.
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -59,7 +61,8 @@ void put(const fs::path& p, std::string_view content, mode_t mode = 0644) {
 
 constexpr const char* kApplets[] = {"sh",    "echo",  "id",   "whoami", "ls",    "cat",  "sleep", "kill",
                                     "pwd",   "env",   "printf", "test", "[",     "true", "false", "stat",
-                                    "grep",  "wc",    "hostname", "mount", "ps", "awk",  "head",  "tr"};
+                                    "grep",  "wc",    "hostname", "mount", "ps", "awk",  "head",  "tr",
+                                    "ip",    "wget"};
 
 struct Boot {
   int qemu_exit = -1;
@@ -116,6 +119,7 @@ class InitBoot : public ::testing::Test {
       argv.insert(argv.end(), {"-drive", "id=d1,file=" + extra_disk->string() + ",format=raw,if=none,readonly=on",
                                "-device", "virtio-blk-device,drive=d1"});
     }
+    argv.insert(argv.end(), extra_qemu_.begin(), extra_qemu_.end());
     argv.insert(argv.end(), {"-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-device",
                              "isa-debug-exit,iobase=0xf5,iosize=1"});
     img2vm::testing::RunOptions opts;
@@ -132,6 +136,7 @@ class InitBoot : public ::testing::Test {
     return boot();
   }
 
+  Strings extra_qemu_;  // more qemu arguments (devices)
   std::optional<fs::path> kernel_;
   TempDir work_{"init-boot"};
   fs::path root_;
@@ -365,3 +370,64 @@ TEST_F(InitBoot, MissingConfigIsAnInitFailure) {
 }
 
 }  // namespace
+
+namespace {
+int free_loopback_port() {
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (!s || ::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(s.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    return -1;
+  return ntohs(a.sin_port);
+}
+
+bool accepts(int port) {
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(uint16_t(port));
+  return s && ::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+}
+}  // namespace
+
+// The network overrides configure eth0 before the workload runs. qemu's user-mode network is
+// the peer here (its gateway 10.0.2.2 forwards to the host's loopback), so an HTTP server the
+// test runs on 127.0.0.1 is reachable from the guest only if address, netmask and link are right.
+TEST_F(InitBoot, NetworkOverridesConfigureTheInterface) {
+  TempDir www("init-net-www");
+  put(www.path() / "hello.txt", "hello over the network\n");
+  int port = free_loopback_port();
+  ASSERT_GT(port, 0);
+  img2vm::testing::ChildProcess server({"python3", "-m", "http.server", std::to_string(port), "--bind", "127.0.0.1",
+                                        "--directory", www.path().string()},
+                                       work_.path() / "http.log");
+  for (int i = 0; i < 100 && !accepts(port); ++i) ::usleep(100'000);
+  ASSERT_TRUE(accepts(port)) << "the test's HTTP server did not start";
+
+  extra_qemu_ = {"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"};
+  RuntimeConfig c;
+  c.cmd = {"sh", "-c",
+           "ip -4 addr show eth0; ip route; cat /etc/hosts; wget -qO- http://10.0.2.2:" + std::to_string(port) +
+               "/hello.txt; exit 4"};
+  c.hostname = "netbox";
+  write_config(c);
+  RunOverrides o;
+  o.net = rootfs::NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1400};
+  auto b = boot(rootfs::run_overrides_kernel_param(o));
+  EXPECT_EQ(b.status(), 4) << b.console;
+  EXPECT_TRUE(has(b.console, "inet 10.0.2.15/24")) << b.console;
+  EXPECT_TRUE(has(b.console, "mtu 1400")) << b.console;
+  EXPECT_TRUE(has(b.console, "default via 10.0.2.2 dev eth0")) << b.console;
+  EXPECT_TRUE(has(b.console, "10.0.2.15\tnetbox")) << b.console;
+  EXPECT_TRUE(has(b.console, "hello over the network")) << b.console;
+
+  // Without a network device the same overrides are an init failure (code 10), named.
+  extra_qemu_.clear();
+  b = boot(rootfs::run_overrides_kernel_param(o));
+  EXPECT_EQ(b.qemu_exit, qemu_code_for(10)) << b.console;
+  EXPECT_TRUE(has(b.console, "img2vm-init: network: configuring eth0")) << b.console;
+}

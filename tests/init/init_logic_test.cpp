@@ -6,6 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +19,7 @@
 #include "img2vm/base/fd.hpp"
 #include "img2vm/init/command.hpp"
 #include "img2vm/init/guest_files.hpp"
+#include "img2vm/init/network.hpp"
 #include "img2vm/init/user.hpp"
 #include "img2vm/rootfs/runtime_config.hpp"
 
@@ -425,4 +428,54 @@ TEST(InitGuestFiles, Hostnames) {
   EXPECT_FALSE(valid_hostname("a..b"));
   EXPECT_FALSE(valid_hostname("has space"));
   EXPECT_FALSE(valid_hostname(std::string(65, 'a')));
+}
+
+TEST(InitGuestFiles, HostsMapsTheHostNameToTheGuestAddress) {
+  std::string hosts = hosts_content("web", "10.0.2.15");
+  EXPECT_NE(hosts.find("10.0.2.15\tweb\n"), std::string::npos) << hosts;
+  EXPECT_EQ(hosts.find("127.0.1.1"), std::string::npos) << hosts;
+  EXPECT_NE(hosts_content("web").find("127.0.1.1\tweb\n"), std::string::npos);
+}
+
+TEST(InitNetwork, PrefixNetmask) {
+  EXPECT_EQ(ntohl(prefix_netmask(24)), 0xffffff00u);
+  EXPECT_EQ(ntohl(prefix_netmask(32)), 0xffffffffu);
+  EXPECT_EQ(ntohl(prefix_netmask(0)), 0u);
+  EXPECT_EQ(ntohl(prefix_netmask(17)), 0xffff8000u);
+  EXPECT_THROW(prefix_netmask(33), Error);
+}
+
+TEST(InitNetwork, OverridesCarryTheInterfaceAndRejectBadValues) {
+  RunOverrides o;
+  o.net = rootfs::NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1500};
+  EXPECT_EQ(rootfs::run_overrides_from_json(rootfs::to_json(o)), o);
+  o.net->gateway.clear();
+  o.net->mtu = 0;
+  EXPECT_EQ(rootfs::run_overrides_from_json(rootfs::to_json(o)), o);
+  auto bad = [](const std::string& net) {
+    try {
+      rootfs::run_overrides_from_json(R"({"schema":1,"net":)" + net + "}");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(bad(R"({"address":"10.0.2.300"})").find("net.address"), std::string::npos);
+  EXPECT_NE(bad(R"({"prefix":24})").find("net.address"), std::string::npos);
+  EXPECT_NE(bad(R"({"address":"10.0.2.15","prefix":33})").find("net.prefix"), std::string::npos);
+  EXPECT_NE(bad(R"({"address":"10.0.2.15","mtu":20})").find("net.mtu"), std::string::npos);
+  EXPECT_NE(bad(R"({"address":"10.0.2.15","gateway":"gw"})").find("net.gateway"), std::string::npos);
+  EXPECT_NE(bad(R"({"address":"10.0.2.15","interface":"a/b"})").find("net.interface"), std::string::npos);
+  EXPECT_NE(bad(R"("eth0")").find("net"), std::string::npos);
+}
+
+TEST(InitNetwork, MissingInterfaceIsAClearError) {
+  // Fails before touching anything real: no interface of this name exists on any host.
+  try {
+    configure_interface(rootfs::NetConfig{"img2vm-none0", "10.0.2.15", 24, "", 0});
+    FAIL() << "configured a missing interface";
+  } catch (const Error& e) {
+    std::string m = e.what();
+    EXPECT_NE(m.find("img2vm-none0"), std::string::npos) << m;
+  }
 }

@@ -93,16 +93,16 @@ bool needs_generated_file(const std::filesystem::path& path) {
   return n == static_cast<ssize_t>(head.size()) && head == kGeneratedMarker;
 }
 
-std::string hosts_content(std::string_view hostname) {
-  std::string h(hostname);
+std::string hosts_content(std::string_view hostname, std::string_view address) {
+  std::string h(hostname), a = address.empty() ? "127.0.1.1" : std::string(address);
   return std::string(kGeneratedMarker) + "\n" +
          "127.0.0.1\tlocalhost\n"
          "::1\tlocalhost ip6-localhost ip6-loopback\n"
          "fe00::0\tip6-localnet\n"
          "ff00::0\tip6-mcastprefix\n"
          "ff02::1\tip6-allnodes\n"
-         "ff02::2\tip6-allrouters\n"
-         "127.0.1.1\t" + h + "\n";
+         "ff02::2\tip6-allrouters\n" +
+         a + "\t" + h + "\n";
 }
 
 std::string resolv_conf_content(const std::vector<std::string>& nameservers) {

@@ -29,6 +29,7 @@
 #include "img2vm/base/fd.hpp"
 #include "img2vm/init/command.hpp"
 #include "img2vm/init/guest_files.hpp"
+#include "img2vm/init/network.hpp"
 #include "img2vm/init/user.hpp"
 #include "img2vm/rootfs/runtime_config.hpp"
 
@@ -61,6 +62,7 @@ enum FailCode : unsigned char {
   kFailCommand = 7,
   kFailSpawn = 8,
   kFailHostname = 9,
+  kFailNetwork = 10,
 };
 
 constexpr rlim_t kNofile = 1048576;  // docker's default RLIMIT_NOFILE (soft and hard)
@@ -264,12 +266,12 @@ void write_guest_file(const std::string& path, const std::string& content) {
   }
 }
 
-void write_etc_files(const std::string& hostname, const std::vector<std::string>& dns) {
+void write_etc_files(const std::string& hostname, const std::vector<std::string>& dns, const std::string& address) {
   if (::mkdir("/etc", 0755) != 0 && errno != EEXIST) {
     warn("creating /etc: " + errno_text(errno));
     return;
   }
-  write_guest_file("/etc/hosts", init::hosts_content(hostname));
+  write_guest_file("/etc/hosts", init::hosts_content(hostname, address));
   write_guest_file("/etc/resolv.conf", init::resolv_conf_content(dns));
   struct stat st {};
   if (::lstat("/etc/hostname", &st) != 0 || (S_ISREG(st.st_mode) && st.st_size == 0)) {
@@ -493,7 +495,14 @@ unsigned char run() {
   if (::sethostname(hostname.data(), hostname.size()) != 0)
     fail(kFailHostname, "setting hostname " + hostname, errno_text(errno));
   bring_up_loopback();
-  write_etc_files(hostname, overrides.dns);
+  if (overrides.net) {
+    try {
+      init::configure_interface(*overrides.net);
+    } catch (const Error& e) {
+      fail(kFailNetwork, "network", e.what());
+    }
+  }
+  write_etc_files(hostname, overrides.dns, overrides.net ? overrides.net->address : std::string());
   set_rlimits();
 
   Workload w;

@@ -1,5 +1,7 @@
 #include "img2vm/rootfs/runtime_config.hpp"
 
+#include <arpa/inet.h>
+
 #include <nlohmann/json.hpp>
 
 #include "img2vm/base/error.hpp"
@@ -140,6 +142,12 @@ std::string to_json(const RunOverrides& o) {
   if (!o.dns.empty()) j["dns"] = o.dns;
   if (o.tty) j["tty"] = true;
   if (o.interactive) j["interactive"] = true;
+  if (o.net) {
+    json n = {{"interface", o.net->interface}, {"address", o.net->address}, {"prefix", o.net->prefix}};
+    if (!o.net->gateway.empty()) n["gateway"] = o.net->gateway;
+    if (o.net->mtu) n["mtu"] = o.net->mtu;
+    j["net"] = n;
+  }
   return j.dump();
 }
 
@@ -161,6 +169,35 @@ RunOverrides run_overrides_from_json(std::string_view text) {
   o.dns = string_list(j, what, "dns");
   o.tty = bool_field(j, what, "tty");
   o.interactive = bool_field(j, what, "interactive");
+  if (auto it = j.find("net"); it != j.end() && !it->is_null()) {
+    if (!it->is_object()) bad(what, "net", "must be an object");
+    const json& n = *it;
+    auto ipv4 = [&](const char* field, bool required) {
+      std::string v = string_field(n, what, field);
+      in_addr a{};
+      if (v.empty() && !required) return v;
+      if (::inet_pton(AF_INET, v.c_str(), &a) != 1)
+        bad(what, (std::string("net.") + field).c_str(), "has \"" + v + "\", not an IPv4 address");
+      return v;
+    };
+    auto number = [&](const char* field, unsigned dflt, unsigned lo, unsigned hi) {
+      auto f = n.find(field);
+      if (f == n.end() || f->is_null()) return dflt;
+      if (!f->is_number_unsigned() || f->get<uint64_t>() < lo || f->get<uint64_t>() > hi)
+        bad(what, (std::string("net.") + field).c_str(),
+            "must be a whole number from " + std::to_string(lo) + " to " + std::to_string(hi));
+      return unsigned(f->get<uint64_t>());
+    };
+    NetConfig c;
+    c.interface = optional_string(n, what, "interface").value_or("eth0");
+    if (c.interface.empty() || c.interface.size() > 15 || c.interface.find('/') != std::string::npos)
+      bad(what, "net.interface", "has \"" + c.interface + "\", not an interface name");
+    c.address = ipv4("address", true);
+    c.prefix = number("prefix", 24, 0, 32);
+    c.gateway = ipv4("gateway", false);
+    c.mtu = number("mtu", 0, 68, 65535);
+    o.net = c;
+  }
   return o;
 }
 

@@ -41,6 +41,18 @@ RuntimeConfig runtime_config_from_json(std::string_view json);
 // run options that change what runs. Absent optionals leave the image's value alone.
 inline constexpr std::string_view kRunParam = "img2vm.run";  // kernel command line key
 
+// The guest's network interface, configured by the init before the workload starts (the
+// runner picks the addresses; docs/guest-abi.md). IPv4 dotted quads.
+struct NetConfig {
+  std::string interface = "eth0";
+  std::string address;   // e.g. 10.0.2.15
+  unsigned prefix = 24;  // netmask length, 0-32
+  std::string gateway;   // default route via this address; empty: none
+  unsigned mtu = 0;      // 0: the driver's default; else 68-65535
+
+  friend bool operator==(const NetConfig&, const NetConfig&) = default;
+};
+
 struct RunOverrides {
   std::optional<std::vector<std::string>> entrypoint;  // --entrypoint: also clears the image Cmd
   std::optional<std::vector<std::string>> cmd;         // trailing `run IMAGE ARGS...`
@@ -51,6 +63,7 @@ struct RunOverrides {
   std::vector<std::string> dns;                        // nameservers for a generated resolv.conf
   bool tty = false;                                    // -t: the workload gets the console as its tty
   bool interactive = false;                            // -i: stdin is the console (else /dev/null)
+  std::optional<NetConfig> net;                        // absent: loopback only
 
   friend bool operator==(const RunOverrides&, const RunOverrides&) = default;
 };

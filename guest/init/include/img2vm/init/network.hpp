@@ -1,0 +1,19 @@
+// The guest's network interface, set up by PID 1 from the run overrides (docs/guest-abi.md):
+// address and netmask, MTU, link up, and a default route, with the classic ioctls so that the
+// init needs neither netlink code nor an `ip` binary in the image.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "img2vm/rootfs/runtime_config.hpp"
+
+namespace img2vm::init {
+
+// The netmask for a prefix length 0-32, in network byte order.
+uint32_t prefix_netmask(unsigned prefix);
+
+// Configures `cfg.interface`. Throws Error naming the step and the interface.
+void configure_interface(const rootfs::NetConfig& cfg);
+
+}  // namespace img2vm::init
