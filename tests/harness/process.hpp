@@ -31,6 +31,12 @@ struct RunOptions {
 // Runs argv[0] (looked up in PATH) and waits. Throws img2vm::Error if it cannot be started.
 CommandResult run_command(const std::vector<std::string>& argv, const RunOptions& opts = {});
 
+// A TCP port on 127.0.0.1 that was free when asked (another process may take it before the
+// caller binds it). Throws img2vm::Error.
+int free_loopback_port();
+// True when something accepts TCP connections on 127.0.0.1:`port`.
+bool loopback_port_accepts(int port);
+
 // Full path of a program in PATH, or empty.
 std::string find_program(const std::string& name);
 

@@ -40,17 +40,6 @@ std::string registry_binary() {
 
 namespace {
 
-int free_port() {
-  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw_errno("bind 127.0.0.1:0");
-  socklen_t len = sizeof a;
-  ::getsockname(s.get(), reinterpret_cast<sockaddr*>(&a), &len);
-  return ntohs(a.sin_port);
-}
-
 // A bcrypt htpasswd line (the registry accepts only bcrypt).
 std::string htpasswd_line(const std::string& user, const std::string& pass) {
   char rnd[16];
@@ -85,7 +74,7 @@ Registry::Registry(RegistryOptions opts) : opts_(std::move(opts)), dir_("img2vm-
   // The port is free when we ask; another process may take it before the registry binds it,
   // so a failed start is retried on a new port.
   for (int attempt = 0;; ++attempt) {
-    port_ = free_port();
+    port_ = free_loopback_port();
     write_config();
     try {
       start();

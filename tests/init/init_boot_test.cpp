@@ -6,8 +6,6 @@
 //
 // Needs a guest kernel: $IMG2VM_KERNEL, else the newest ~/.cache/img2vm/kernel/*/vmlinux
 // (guest/kernel/build.sh). Without one every test here is skipped, saying so.
-#include <netinet/in.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -371,28 +369,6 @@ TEST_F(InitBoot, MissingConfigIsAnInitFailure) {
 
 }  // namespace
 
-namespace {
-int free_loopback_port() {
-  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  if (!s || ::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(s.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0)
-    return -1;
-  return ntohs(a.sin_port);
-}
-
-bool accepts(int port) {
-  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(uint16_t(port));
-  return s && ::connect(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-}
-}  // namespace
 
 // The network overrides configure eth0 before the workload runs. qemu's user-mode network is
 // the peer here (its gateway 10.0.2.2 forwards to the host's loopback), so an HTTP server the
@@ -400,13 +376,13 @@ bool accepts(int port) {
 TEST_F(InitBoot, NetworkOverridesConfigureTheInterface) {
   TempDir www("init-net-www");
   put(www.path() / "hello.txt", "hello over the network\n");
-  int port = free_loopback_port();
+  int port = img2vm::testing::free_loopback_port();
   ASSERT_GT(port, 0);
   img2vm::testing::ChildProcess server({"python3", "-m", "http.server", std::to_string(port), "--bind", "127.0.0.1",
                                         "--directory", www.path().string()},
                                        work_.path() / "http.log");
-  for (int i = 0; i < 100 && !accepts(port); ++i) ::usleep(100'000);
-  ASSERT_TRUE(accepts(port)) << "the test's HTTP server did not start";
+  for (int i = 0; i < 100 && !img2vm::testing::loopback_port_accepts(port); ++i) ::usleep(100'000);
+  ASSERT_TRUE(img2vm::testing::loopback_port_accepts(port)) << "the test's HTTP server did not start";
 
   extra_qemu_ = {"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"};
   RuntimeConfig c;
