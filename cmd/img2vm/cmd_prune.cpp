@@ -1,23 +1,36 @@
-// `img2vm prune`: delete blobs that no stored image references, and stale partial downloads.
+// `img2vm prune`: delete blobs that no stored image references, stale partial downloads, and
+// cached root filesystems whose image is no longer in the store.
 #include <iostream>
+#include <set>
 #include <nlohmann/json.hpp>
 
 #include "cli.hpp"
 #include "commands.hpp"
 #include "format.hpp"
+#include "image_input.hpp"
 #include "img2vm/registry/store.hpp"
 
 namespace img2vm::cli {
 
 void register_prune(CLI::App& app, Globals& g, Action* slot) {
-  auto* sub = app.add_subcommand("prune", "Remove unreferenced blobs and partial downloads from the local store");
+  auto* sub = app.add_subcommand("prune", "Remove unreferenced blobs, partial downloads and cached root filesystems of removed images");
   add_global_flags(*sub);
   sub->callback([&g, slot] {
     *slot = [&g] {
       registry::Store store;
+      // Root filesystems first: what they may keep is decided by the images still stored.
+      std::set<std::string> manifests;
+      for (const auto& img : store.list()) manifests.insert(img.manifest.digest.str());
+      auto fsr = rootfs_cache(store).prune(
+          [&](const rootfs::RootfsCache::Entry& e) { return manifests.count(e.manifest_digest) > 0; });
       auto r = store.prune();
-      if (g.json) std::cout << nlohmann::json{{"blobs", r.blobs}, {"bytes", r.bytes}}.dump() << "\n";
-      else std::cout << "removed " << r.blobs << " blobs, freed " << human_size(r.bytes) << "\n";
+      if (g.json)
+        std::cout << nlohmann::json{{"blobs", r.blobs}, {"bytes", r.bytes}, {"rootfs_files", fsr.files},
+                                    {"rootfs_bytes", fsr.bytes}}.dump()
+                  << "\n";
+      else
+        std::cout << "removed " << r.blobs << " blobs, freed " << human_size(r.bytes) << "; removed " << fsr.files
+                  << " cached root filesystem files, freed " << human_size(fsr.bytes) << "\n";
       return kExitOk;
     };
   });

@@ -66,17 +66,14 @@ fs::path init_binary() {
 namespace {
 
 // The cache key covers everything that changes the bytes of the output.
-fs::path cache_path(const registry::Store& store, const registry::ImageSource& src, const fs::path& init,
-                    const RootfsArgs& a) {
-  Sha256 h;
-  std::string key = "img2vm-rootfs-v1\n" + src.manifest_digest().str() + "\n" + src.platform().str() + "\n" +
-                    (init.empty() ? "no-init" : sha256_file(init).str()) + "\n" + std::string(version()) + "\n" +
-                    a.size + "\n" + a.extra_space + "\n" + a.max_size + "\n";
-  h.update(key);
-  return store.home() / "rootfs" / (h.finish().hex().substr(0, 32) + ".ext4");
+rootfs::CacheKey cache_key(const registry::ImageSource& src, const fs::path& init, const RootfsArgs& a) {
+  return {src.manifest_digest().str(), src.platform().str(), init.empty() ? "" : sha256_file(init).str(),
+          std::string(version()), a.size + "\n" + a.extra_space + "\n" + a.max_size + "\n"};
 }
 
 }  // namespace
+
+rootfs::RootfsCache rootfs_cache(const registry::Store& store) { return rootfs::RootfsCache(store.home() / "rootfs"); }
 
 RootfsResult make_rootfs(const registry::Store& store, const registry::ImageSource& src, const RootfsArgs& a,
                          const fs::path& output, bool progress) {
@@ -87,15 +84,21 @@ RootfsResult make_rootfs(const registry::Store& store, const registry::ImageSour
   if (!a.no_init) o.init_binary = init_binary();
 
   RootfsResult r;
+  rootfs::RootfsCache cache = rootfs_cache(store);
+  std::optional<rootfs::CacheKey> key;
   if (output.empty()) {
-    o.output = cache_path(store, src, o.init_binary, a);
-    fs::create_directories(o.output.parent_path());
-    r.cached = fs::exists(o.output);
+    key = cache_key(src, o.init_binary, a);
+    fs::create_directories(cache.dir());
+    o.output = cache.path_for(*key);
+    r.cached = cache.lookup(*key).has_value();
   } else {
     o.output = output;
   }
   r.path = o.output;
-  if (r.cached) return r;
+  if (r.cached) {
+    if (!fs::exists(fs::path(r.path).replace_extension(".json"))) cache.record(*key);  // made by an older img2vm
+    return r;
+  }
   if (progress) {
     o.progress = [](std::string_view phase, uint64_t done, uint64_t total) {
       std::fprintf(stderr, "\r%-6.*s %llu/%llu", static_cast<int>(phase.size()), phase.data(),
@@ -105,6 +108,7 @@ RootfsResult make_rootfs(const registry::Store& store, const registry::ImageSour
   }
   TempDir scratch("img2vm-convert");
   r.convert = rootfs::convert(image_input(src, scratch.path()), o);
+  if (key) cache.record(*key);
   if (progress) std::fprintf(stderr, "\n");
   return r;
 }

@@ -10,6 +10,7 @@
 #include "img2vm/base/fd.hpp"
 #include "img2vm/registry/image_source.hpp"
 #include "img2vm/registry/store.hpp"
+#include "img2vm/rootfs/cache.hpp"
 #include "img2vm/rootfs/convert.hpp"
 
 namespace img2vm::cli {
@@ -25,6 +26,9 @@ rootfs::ImageInput image_input(const registry::ImageSource& src, const std::file
 
 // The init binary to inject: $IMG2VM_INIT, else the installed one, else the build tree's.
 std::filesystem::path init_binary();
+
+// The store's rootfs cache (<home>/rootfs).
+rootfs::RootfsCache rootfs_cache(const registry::Store& store);
 
 // Options of convert (and run) that change the bytes of the root filesystem.
 struct RootfsArgs {

@@ -341,6 +341,14 @@ TEST(Pull, StoreCommandsImagesInspectRmPrune) {
   EXPECT_EQ(um.exit_code, 0) << um.describe();
   EXPECT_EQ(read_file(bundle.path() / "rootfs/etc/marker"), "a\n");
 
+  // A converted root filesystem stays cached while its image is stored, and goes with it.
+  auto cv = img2vm(home.path(), {"convert", reg.host() + "/test/a:v1"});
+  ASSERT_EQ(cv.exit_code, 0) << cv.describe();
+  auto keep = img2vm(home.path(), {"prune", "--json"});
+  ASSERT_EQ(keep.exit_code, 0) << keep.describe();
+  EXPECT_EQ(json::parse(keep.out)["rootfs_files"], 0) << keep.out;
+  EXPECT_EQ(json::parse(keep.out)["blobs"], 0) << keep.out;
+
   auto rm = img2vm(home.path(), {"rm", reg.host() + "/test/a:v1"});
   EXPECT_EQ(rm.exit_code, 0) << rm.describe();
   auto rm2 = img2vm(home.path(), {"rm", reg.host() + "/test/a:v1"});
@@ -349,6 +357,8 @@ TEST(Pull, StoreCommandsImagesInspectRmPrune) {
   auto pr = img2vm(home.path(), {"prune", "--json"});
   ASSERT_EQ(pr.exit_code, 0) << pr.describe();
   EXPECT_EQ(json::parse(pr.out)["blobs"], 5);  // manifest, config, 3 layers
+  EXPECT_EQ(json::parse(pr.out)["rootfs_files"], 2) << pr.out;  // the ext4 and its sidecar
+  EXPECT_TRUE(fs::is_empty(home.path() / "rootfs"));
   size_t left = 0;
   for (auto& e : fs::directory_iterator(home.path() / "oci/blobs/sha256")) left += e.is_regular_file();
   EXPECT_EQ(left, 0u);
