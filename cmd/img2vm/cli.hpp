@@ -28,7 +28,4 @@ using Action = std::function<int()>;
 // `img2vm --json info`): unknown options of `sub` fall through to its parent.
 void add_global_flags(CLI::App& sub);
 
-CLI::App* add_unavailable(CLI::App& app, const std::string& name, const std::string& description,
-                          const std::string& tracked_in, Action* slot);
-
 }  // namespace img2vm::cli
