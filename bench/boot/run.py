@@ -166,7 +166,8 @@ def main():
             row["root_disk"] = j.get("root_disk")
         tag = "warm-up" if rec["round"] < 0 else f"round {rec['round'] + 1}/{rounds}"
         b.say(f"{tag} {name}: first output {row['first_output_s']:.3f} s, exit {row['exit_s']:.3f} s, "
-              f"peak RSS {row['maxrss_mib']:.1f} MiB")
+              f"peak RSS {row['maxrss_mib']:.1f} MiB, own RSS {row['overhead_mib']:.1f} MiB"
+              + (f", to_exec {row['to_exec']:.1f} ms (vmm_setup {row['vmm_setup']:.1f} ms)" if "to_exec" in row else ""))
         if rec["round"] >= 0:
             res[name].append(row)
 
@@ -202,7 +203,8 @@ def main():
     if nested:
         targets = ("Targets (hardware KVM only: under 150 ms to the workload's exec, VMM RSS overhead under "
                    "5 MiB, faster than qemu microvm): not assessable for time here; faster than qemu "
-                   f"{'yes' if m_first < q_first else 'NO'} (in L1); RSS overhead under 5 MiB: "
+                   f"{'yes' if m_first < q_first else 'NO'} in L1 (qemu/img2vm {q_first / m_first:.2f}x; within the noise "
+                   "below 1.1x); RSS overhead under 5 MiB: "
                    f"{'yes' if m_over < 5 else 'no'} in all ({m_over:.1f} MiB), {'yes' if m_anon < 5 else 'no'} "
                    f"for the anonymous part ({m_anon:.1f} MiB) (memory does not depend on the CPU's speed).")
     else:
@@ -232,8 +234,9 @@ process: to the marker on its stdout (the workload's first output) and to its ex
 appears, `/proc/PID/smaps` is read once: "guest RAM resident" is the Rss of the {args.memory} MiB
 guest-RAM mapping, "VMM's own RSS" everything else then (heap, stacks, code and libraries, shared
 pages counted in full), "of which anonymous" its heap and stacks (what one more VM costs: code
-and libraries are shared between VMMs), and "peak RSS − guest RAM" bounds the VMM's own peak from above (it also
-catches short-lived buffers during setup). Median (min–max).
+and libraries are shared between VMMs), and "peak RSS − guest RAM" estimates the VMM's own peak
+(exact if the peak came when the guest had as much memory as at first output; if it came earlier,
+e.g. from a buffer held during setup, the real one is larger). Median (min–max).
 
 {verdict}
 
