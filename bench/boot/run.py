@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+sys.dont_write_bytecode = True  # leave no __pycache__ in the source tree
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import benchlib as b  # noqa: E402
 

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import random
+import shlex
 import shutil
 import socket
 import statistics
@@ -419,5 +420,4 @@ def write_section(name, body):
 
 
 def shell_line(cmd):
-    import shlex
     return " ".join(shlex.quote(str(c)) for c in cmd)
