@@ -13,6 +13,7 @@ packages=(
   # real components the tests use
   docker-registry skopeo umoci qemu-system-x86 e2fsprogs openssl curl busybox-static python3
   linux-image-cloud-amd64   # the L1 kernel (kvm-amd) of the nested KVM test rig, tests/nested
+  isal   # igzip: the decompression floor bench/convert compares against
   # the guest kernel build
   linux-source-6.1 flex bison bc libelf-dev cpio xz-utils
 )
