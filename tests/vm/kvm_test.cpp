@@ -322,8 +322,12 @@ fs::path linux_initrd() {
                     "/bin/port_out 0xf6 2\n"
                     "/bin/port_out 0xf4 7\n",
                     0755);
+  // ctest runs these tests in parallel and a nested one may be reading the archive while
+  // another test rebuilds it: write a private temp file and rename it into place.
   auto r = img2vm::testing::run_command(
-      {"sh", "-c", "cd '" + root.path().string() + "' && find . | cpio -o -H newc -R 0:0 --quiet > '" + out.string() + "'"});
+      {"sh", "-c", "set -e; t=$(mktemp '" + out.string() + ".XXXXXX'); cd '" + root.path().string() +
+                       "'; find . | cpio -o -H newc -R 0:0 --quiet > \"$t\"; chmod 0644 \"$t\"; mv -f \"$t\" '" +
+                       out.string() + "'"});
   EXPECT_EQ(r.exit_code, 0) << r.describe();
   return out;
 }
@@ -378,8 +382,9 @@ TEST(VmLinux, BootsVmlinuxThroughPvh) {
   if (!inside && !fs::exists(vmlinux)) {
     auto r = img2vm::testing::run_command(
         {"sh", "-c", "set -e; t=$(mktemp -d); tar -xJOf '" + src.string() +
-                         "' linux-source-6.1/scripts/extract-vmlinux > $t/x; bash $t/x '" + bz.string() + "' > '" +
-                         vmlinux.string() + ".tmp'; rm -rf $t; mv '" + vmlinux.string() + ".tmp' '" + vmlinux.string() + "'"});
+                         "' linux-source-6.1/scripts/extract-vmlinux > $t/x; o=$(mktemp '" + vmlinux.string() +
+                         ".XXXXXX'); bash $t/x '" + bz.string() + "' > \"$o\"; rm -rf $t; chmod 0644 \"$o\"; mv -f \"$o\" '" +
+                         vmlinux.string() + "'"});
     ASSERT_EQ(r.exit_code, 0) << r.describe();
   }
   fs::path initrd = linux_initrd();
