@@ -17,6 +17,7 @@
 #include <list>
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
@@ -119,10 +120,22 @@ struct SlirpBackend::Impl {
   std::vector<pollfd> pfds;  // built by run() and slirp's add_poll callback
   std::atomic<NetDeviceSide*> device{nullptr};
   std::atomic<bool> delivered{false};  // frames went to the device since the last flush
+  std::atomic<std::thread::id> loop_thread{};  // the thread in run()
   UniqueFd wake;                       // eventfd: slirp's notify, rx_ready()
   std::unique_ptr<detail::UserNetFilter> filter;  // outbound / host_loopback (net_filter.hpp)
   std::vector<uint8_t> reply;
   std::vector<PortForward> published;
+
+  Impl() = default;
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  // Also when the constructor throws (a port in use) after slirp_new.
+  ~Impl() {
+    if (slirp) {
+      std::lock_guard lk(mu);
+      slirp_cleanup(slirp);
+    }
+  }
 
   static Impl* self(void* opaque) { return static_cast<Impl*>(opaque); }
 
@@ -143,9 +156,14 @@ struct SlirpBackend::Impl {
   }
 
   void fire_timers(int64_t now_ms) {
+    // Copied first: a timer's callback may re-arm or free timers.
+    std::vector<Timer> due;
     for (auto& tm : timers) {
       if (tm.expire_ms < 0 || tm.expire_ms > now_ms) continue;
       tm.expire_ms = -1;
+      due.push_back(tm);
+    }
+    for (const Timer& tm : due) {
       if (tm.cb) tm.cb(tm.cb_opaque);
       else slirp_handle_timer(slirp, tm.id, tm.cb_opaque);
     }
@@ -257,12 +275,7 @@ SlirpBackend::SlirpBackend(const UserNetConfig& config, uint16_t mtu) : impl_(st
   }
 }
 
-SlirpBackend::~SlirpBackend() {
-  if (impl_ && impl_->slirp) {
-    std::lock_guard lk(impl_->mu);
-    slirp_cleanup(impl_->slirp);
-  }
-}
+SlirpBackend::~SlirpBackend() = default;
 
 const std::vector<PortForward>& SlirpBackend::published() const noexcept { return impl_->published; }
 
@@ -284,12 +297,16 @@ void SlirpBackend::send(std::span<const uint8_t> frame) {
     case detail::UserNetFilter::Verdict::kDrop:
       break;
   }
+  // From another thread, libslirp may have opened a socket or want to write: the loop must
+  // rebuild its poll set now rather than at its next timeout.
+  if (std::this_thread::get_id() != m.loop_thread.load()) m.kick();
 }
 
 void SlirpBackend::rx_ready() { impl_->kick(); }
 
 void SlirpBackend::run(std::span<const Watch> watches) {
   Impl& m = *impl_;
+  m.loop_thread = std::this_thread::get_id();
   auto add_poll = [](int fd, int events, void* opaque) -> int {
     auto& pfds = Impl::self(opaque)->pfds;
     pfds.push_back({fd, to_poll(events), 0});
@@ -321,21 +338,23 @@ void SlirpBackend::run(std::span<const Watch> watches) {
     }
     int n = ::poll(m.pfds.data(), m.pfds.size(), timeout == UINT32_MAX ? -1 : int(std::min<uint32_t>(timeout, INT_MAX)));
     const bool poll_failed = n < 0;
+    if (!poll_failed && (m.pfds[0].revents & POLLIN)) {
+      uint64_t v;
+      (void)!::read(m.wake.get(), &v, sizeof v);
+    }
+    // libslirp first, while the poll results still match its sockets; the watches (the
+    // guest's frames) may open and close sockets.
+    {
+      std::lock_guard lk(m.mu);
+      slirp_pollfds_poll(m.slirp, poll_failed ? 1 : 0, get_revents, &m);
+      m.fire_timers(now_ns() / 1000000);
+    }
     if (!poll_failed) {
-      if (m.pfds[0].revents & POLLIN) {
-        uint64_t v;
-        (void)!::read(m.wake.get(), &v, sizeof v);
-      }
       for (size_t i = 0; i < watches.size(); ++i) {
         if (m.pfds[1 + i].revents & (POLLIN | POLLERR | POLLHUP)) {
           if (!watches[i].on_readable()) return;
         }
       }
-    }
-    {
-      std::lock_guard lk(m.mu);
-      slirp_pollfds_poll(m.slirp, poll_failed ? 1 : 0, get_revents, &m);
-      m.fire_timers(now_ns() / 1000000);
     }
     if (m.delivered.exchange(false)) {
       if (NetDeviceSide* d = m.device.load()) d->flush_rx();
