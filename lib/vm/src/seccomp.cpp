@@ -63,13 +63,13 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
   } else if (role == ThreadRole::kNet) {
     // libslirp turns the guest's connections into host sockets: IPv4/IPv6 only (no netlink,
     // no unix sockets), non-blocking, polled with poll().
-    for (int domain : {AF_INET, AF_INET6}) allow_if(SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, scmp_datum_t(domain)));
+    for (int domain : {AF_INET, AF_INET6}) allow_if(SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, scmp_datum_t(domain), 0));
     for (int nr : {SCMP_SYS(read), SCMP_SYS(poll), SCMP_SYS(ppoll), SCMP_SYS(connect), SCMP_SYS(bind),
                    SCMP_SYS(listen), SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(getsockname),
                    SCMP_SYS(getpeername), SCMP_SYS(getsockopt), SCMP_SYS(setsockopt), SCMP_SYS(shutdown),
                    SCMP_SYS(sendto), SCMP_SYS(recvfrom), SCMP_SYS(recvmsg)})
       allow(nr);
-    for (int cmd : {F_GETFL, F_SETFL, F_GETFD, F_SETFD}) allow_if(SCMP_SYS(fcntl), SCMP_A1(SCMP_CMP_EQ, scmp_datum_t(cmd)));
+    for (int cmd : {F_GETFL, F_SETFL, F_GETFD, F_SETFD}) allow_if(SCMP_SYS(fcntl), SCMP_A1(SCMP_CMP_EQ, scmp_datum_t(cmd), 0));
     allow_ioctl(FIONREAD);  // the size of a pending UDP datagram
     allow_ioctl(TCGETS);    // glib's logging asks whether stderr is a terminal
     // DNS forwarding: libslirp stats /etc/resolv.conf at most once a second and re-reads it
