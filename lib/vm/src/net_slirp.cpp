@@ -113,7 +113,13 @@ struct SlirpBackend::Impl {
     int64_t expire_ms = -1;     // -1: not armed
   };
 
-  std::mutex mu;  // every call into libslirp
+  // Every call into libslirp holds this one mutex, shared by all instances in the process:
+  // libslirp keeps some state in globals (its clock, the cached DNS address).
+  std::mutex& mu = global_mutex();
+  static std::mutex& global_mutex() {
+    static std::mutex m;
+    return m;
+  }
   Slirp* slirp = nullptr;
   SlirpCb callbacks{};
   std::list<Timer> timers;
@@ -234,6 +240,7 @@ SlirpBackend::SlirpBackend(const UserNetConfig& config, uint16_t mtu) : impl_(st
   sc.enable_emu = false;
   sc.disable_dns = false;
   sc.disable_dhcp = false;
+  std::lock_guard lk(m.mu);
   m.slirp = slirp_new(&sc, &m.callbacks, &m);
   if (!m.slirp) throw Error(ErrorKind::kInternal, "libslirp refused its configuration");
 

@@ -17,9 +17,10 @@
 // published ports (host forwards, TCP and UDP) work either way. The guest can always reach the
 // host through its other addresses when outbound is on, as a docker container can.
 //
-// Threading: libslirp is not thread-safe, so every call into it holds one mutex. run() is the
-// event loop (poll() over slirp's sockets, its timers, a wake-up eventfd and the caller's
-// watches) on the runner's network thread; send() may come from any thread.
+// Threading: libslirp is not thread-safe (and keeps some state in globals), so every call into
+// it holds one process-wide mutex. run() is the event loop (poll() over slirp's sockets, its
+// timers, a wake-up eventfd and the caller's watches) on the runner's network thread; send()
+// may come from any thread.
 #pragma once
 
 #include <memory>
