@@ -9,6 +9,8 @@ pkg_check_modules(LIBARCHIVE REQUIRED IMPORTED_TARGET libarchive)  # libarchive-
 pkg_check_modules(EXT2FS REQUIRED IMPORTED_TARGET ext2fs com_err)   # libext2fs-dev
 pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)            # libzstd-dev
 pkg_check_modules(SECCOMP REQUIRED IMPORTED_TARGET libseccomp)      # libseccomp-dev
+# user-mode networking; slirp.pc requires glib-2.0.pc (libglib2.0-dev), libslirp links glib itself
+pkg_check_modules(SLIRP REQUIRED IMPORTED_TARGET slirp)             # libslirp-dev
 if(IMG2VM_TESTS)
   find_package(GTest REQUIRED)                       # googletest (libgtest-dev)
   include(GoogleTest)

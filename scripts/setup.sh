@@ -10,6 +10,7 @@ packages=(
   # libraries img2vm links
   libarchive-dev libssl-dev nlohmann-json3-dev libcurl4-openssl-dev libext2fs-dev
   libcli11-dev libzstd-dev libcrypt-dev libseccomp-dev googletest libgtest-dev libgmock-dev
+  libslirp-dev libglib2.0-dev   # user-mode networking (slirp.pc requires glib-2.0.pc)
   # real components the tests use
   docker-registry skopeo umoci qemu-system-x86 e2fsprogs openssl curl busybox-static python3
   linux-image-cloud-amd64   # the L1 kernel (kvm-amd) of the nested KVM test rig, tests/nested

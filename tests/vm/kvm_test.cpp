@@ -1,11 +1,18 @@
 // The runner on real KVM with tiny guests built by the suite (guests/). Each test runs where
 // /dev/kvm works: here with hardware KVM, else inside the nested rig's L1 guest (the route is
 // printed as "[kvm route] ...").
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <filesystem>
 #include <string>
 #include <thread>
@@ -24,7 +31,7 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path guest(const std::string& name) { return fs::path(VM_GUEST_DIR) / (name + ".elf"); }
-std::vector<fs::path> all_guests() { return {guest("basic"), guest("blk"), guest("pvh")}; }
+std::vector<fs::path> all_guests() { return {guest("basic"), guest("blk"), guest("pvh"), guest("net")}; }
 
 // Captures the console in a pipe read after the VM ended (tests print little).
 struct Console {
@@ -237,6 +244,97 @@ TEST(VmKvm, VirtioBlkSurvivesMaliciousChains) {
   EXPECT_NE(out.find("device needs reset"), std::string::npos) << out;
   EXPECT_NE(out.find("evil ok"), std::string::npos) << out;
   EXPECT_EQ(read_file(disk), std::string(1 << 20, 'y'));
+}
+
+TEST(VmKvm, VirtioNetReachesTheUserNetwork) {
+  KVM_TEST_PRELUDE();
+  Console con;
+  auto c = config("net", "mode=arp", con.fds[1]);
+  c.net = NetConfig{};
+  Machine m(c);
+  EXPECT_NE(m.cmdline().find("virtio_mmio.device=4K@0xd0000000:5"), std::string::npos) << m.cmdline();
+  auto r = m.run();
+  std::string out = con.drain();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe() << "\n" << out;
+  EXPECT_EQ(r.status, 0) << out;
+  EXPECT_NE(out.find("mac 52:54:00:12:34:56 mtu 05dc status 1"), std::string::npos) << out;
+  EXPECT_NE(out.find("arp: 10.0.2.2 is-at 52:55:"), std::string::npos) << out;
+}
+
+namespace {
+// The nested rig's L1 does not bring up its loopback interface; the host has it up already.
+void ensure_loopback_up() {
+  UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ifreq ifr{};
+  std::strncpy(ifr.ifr_name, "lo", IFNAMSIZ - 1);
+  if (::ioctl(s.get(), SIOCGIFFLAGS, &ifr) == 0 && !(ifr.ifr_flags & IFF_UP)) {
+    ifr.ifr_flags = short(ifr.ifr_flags | IFF_UP);
+    ::ioctl(s.get(), SIOCSIFFLAGS, &ifr);
+  }
+}
+uint16_t free_tcp_port() {
+  UniqueFd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t len = sizeof a;
+  ::getsockname(s.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  return ntohs(a.sin_port);
+}
+}  // namespace
+
+TEST(VmKvm, VirtioNetServesAPublishedPort) {
+  KVM_TEST_PRELUDE();
+  ensure_loopback_up();
+  // A host port already taken: the Machine refuses to start, naming it.
+  {
+    UniqueFd taken(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(taken.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    ASSERT_EQ(::listen(taken.get(), 1), 0);
+    socklen_t len = sizeof a;
+    ::getsockname(taken.get(), reinterpret_cast<sockaddr*>(&a), &len);
+    auto c = config("net", "mode=tcp", -1);
+    c.net = NetConfig{};
+    c.net->user.forwards = parse_port_forward("127.0.0.1:" + std::to_string(ntohs(a.sin_port)) + ":80");
+    try {
+      Machine m(c);
+      ADD_FAILURE() << "a Machine started with its published port in use";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("host port " + std::to_string(ntohs(a.sin_port)) + "/tcp is already in use"),
+                std::string::npos)
+          << e.what();
+    }
+  }
+  uint16_t port = free_tcp_port();
+  Console con;
+  auto c = config("net", "mode=tcp", con.fds[1]);
+  c.net = NetConfig{};
+  c.net->user.forwards = parse_port_forward("127.0.0.1:" + std::to_string(port) + ":80");
+  Machine m(c);
+  ASSERT_EQ(m.published_ports().size(), 1u);
+  EXPECT_EQ(m.published_ports()[0].host_port, port);
+  m.start();
+  UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  ASSERT_EQ(::connect(client.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  ASSERT_EQ(::write(client.get(), "ping", 4), 4);
+  auto r = m.wait();
+  std::string out = con.drain();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe() << "\n" << out;
+  EXPECT_EQ(r.status, 0) << out;
+  EXPECT_NE(out.find("got: ping"), std::string::npos) << out;
+  pollfd p{client.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 10000), 1);
+  char buf[8];
+  ASSERT_EQ(::read(client.get(), buf, sizeof buf), 4);
+  EXPECT_EQ(std::string(buf, 4), "pong");
 }
 
 TEST(VmKvm, ConfigurationErrorsAreClear) {

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -74,4 +75,32 @@ TEST(Seccomp, OffInstallsNothing) {
     ::close(fd);
   });
   t.join();
+}
+
+TEST(Seccomp, NetThreadUsesInetSocketsOnly) {
+  struct {
+    int inet = -1, inet6 = -1, unix_errno = 0, netlink_errno = 0, write_open_errno = 0, read_open = -1,
+        exec_errno = 0;
+  } o;
+  std::thread t([&] {
+    install_thread_seccomp(ThreadRole::kNet, SeccompMode::kErrno);
+    o.inet = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    o.inet6 = ::socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    o.unix_errno = ::socket(AF_UNIX, SOCK_STREAM, 0) < 0 ? errno : 0;
+    o.netlink_errno = ::socket(AF_NETLINK, SOCK_RAW, 0) < 0 ? errno : 0;
+    o.write_open_errno = ::open("/dev/null", O_WRONLY | O_CLOEXEC) < 0 ? errno : 0;
+    o.read_open = ::open("/dev/null", O_RDONLY | O_CLOEXEC);  // libslirp reads /etc/resolv.conf
+    char* argv[] = {nullptr};
+    o.exec_errno = ::execve("/bin/true", argv, argv) < 0 ? errno : 0;
+  });
+  t.join();
+  EXPECT_GE(o.inet, 0);
+  EXPECT_GE(o.inet6, 0);
+  EXPECT_EQ(o.unix_errno, EPERM);
+  EXPECT_EQ(o.netlink_errno, EPERM);
+  EXPECT_EQ(o.write_open_errno, EPERM);
+  EXPECT_GE(o.read_open, 0);
+  EXPECT_EQ(o.exec_errno, EPERM);
+  for (int fd : {o.inet, o.inet6, o.read_open})
+    if (fd >= 0) ::close(fd);
 }

@@ -27,6 +27,7 @@
 #include "img2vm/vm/uart.hpp"
 #include "img2vm/vm/virtio_blk.hpp"
 #include "img2vm/vm/virtio_mmio.hpp"
+#include "img2vm/vm/virtio_net.hpp"
 #include "vcpu_setup.hpp"
 
 namespace img2vm::vm {
@@ -154,6 +155,16 @@ struct Disk {
   UniqueFd irq;     // irqfd
 };
 
+// The NIC: served by the network thread, which runs the backend's event loop and also takes
+// the guest's queue notifications (so libslirp's sockets stay out of the I/O thread's filter).
+struct Nic {
+  std::unique_ptr<SlirpBackend> backend;
+  std::unique_ptr<VirtioNet> dev;  // after the backend: detaches from it when destroyed
+  std::unique_ptr<VirtioMmio> mmio;
+  UniqueFd notify, irq;
+  uint64_t base = 0;
+};
+
 }  // namespace
 
 struct Machine::Impl {
@@ -167,6 +178,8 @@ struct Machine::Impl {
   std::mutex i8042_mu;
   I8042 i8042;
   std::vector<std::unique_ptr<Disk>> disks;
+  std::unique_ptr<Nic> nic;
+  std::thread net_thread;
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   UniqueFd stop_fd;
   UniqueFd exec_fd;  // signalled at the workload's exec (BOOT_MARK 2): console input may flow
@@ -273,6 +286,11 @@ struct Machine::Impl {
       uint64_t off = (addr - layout::kMmioBase) % layout::kMmioStride;
       if (write) disks[i]->mmio->write(off, data, len);
       else disks[i]->mmio->read(off, data, len);
+      return;
+    }
+    if (nic && addr >= nic->base && addr - nic->base < layout::kMmioStride) {
+      if (write) nic->mmio->write(addr - nic->base, data, len);
+      else nic->mmio->read(addr - nic->base, data, len);
       return;
     }
     if (!write) std::memset(data, 0, len);
@@ -410,16 +428,36 @@ struct Machine::Impl {
     }
   }
 
+  void net_loop() {
+    block_signals(false);
+    try {
+      install_thread_seccomp(ThreadRole::kNet, cfg.seccomp);
+      const NetBackend::Watch watches[] = {
+          {stop_fd.get(), [] { return false; }},
+          {nic->notify.get(), [this] {
+             uint64_t cnt;
+             (void)!::read(nic->notify.get(), &cnt, sizeof cnt);
+             nic->mmio->notify();
+             return true;
+           }}};
+      nic->backend->run(watches);
+    } catch (const std::exception& e) {
+      finish(ExitReason::kKvmError, 0, std::string("network thread: ") + e.what());
+    }
+  }
+
   void join_all() {
     if (joined) return;
     joined = true;
     for (auto& v : vcpus)
       if (v->thread.joinable()) v->thread.join();
     if (io_thread.joinable()) io_thread.join();
+    if (net_thread.joinable()) net_thread.join();
     if (cfg.console_out_fd >= 0) ::fsync(cfg.console_out_fd);  // best effort; fails on pipes
   }
 
   void build();
+  void add_nic();
 };
 
 void Machine::Impl::build() {
@@ -529,6 +567,7 @@ void Machine::Impl::build() {
     cmdline += arg;
     disks.push_back(std::move(d));
   }
+  if (cfg.net) add_nic();
   stop_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd) throw_errno("eventfd");
   exec_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -566,6 +605,39 @@ void Machine::Impl::build() {
   }
 }
 
+// The NIC is the virtio-mmio device after the disks: the next 4 KiB slot and IRQ.
+void Machine::Impl::add_nic() {
+  auto n = std::make_unique<Nic>();
+  n->backend = std::make_unique<SlirpBackend>(cfg.net->user, cfg.net->mtu);
+  n->dev = std::make_unique<VirtioNet>(*n->backend, cfg.net->mac, cfg.net->mtu);
+  n->notify.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  n->irq.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!n->notify || !n->irq) throw_errno("eventfd");
+  n->base = layout::kMmioBase + disks.size() * layout::kMmioStride;
+  const unsigned gsi = layout::kMmioFirstIrq + unsigned(disks.size());
+  kvm_ioeventfd ioev{};
+  ioev.addr = n->base + VirtioMmio::kNotifyOffset;
+  ioev.len = 4;
+  ioev.fd = n->notify.get();
+  xioctl(vm.get(), KVM_IOEVENTFD, &ioev, "KVM_IOEVENTFD");
+  kvm_irqfd irqfd{};
+  irqfd.fd = uint32_t(n->irq.get());
+  irqfd.gsi = gsi;
+  xioctl(vm.get(), KVM_IRQFD, &irqfd, "KVM_IRQFD");
+  int irq_fd = n->irq.get();
+  n->mmio = std::make_unique<VirtioMmio>(*mem, *n->dev, [irq_fd] {
+    uint64_t one = 1;
+    (void)!::write(irq_fd, &one, sizeof one);
+  });
+  VirtioMmio* mmio_dev = n->mmio.get();
+  n->dev->set_kick([mmio_dev] { mmio_dev->notify(); });
+  char arg[96];
+  std::snprintf(arg, sizeof arg, "virtio_mmio.device=4K@0x%llx:%u", static_cast<unsigned long long>(n->base), gsi);
+  cmdline += cmdline.empty() ? "" : " ";
+  cmdline += arg;
+  nic = std::move(n);
+}
+
 Machine::Machine(MachineConfig config) : impl_(std::make_unique<Impl>()) {
   impl_->cfg = std::move(config);
   impl_->build();
@@ -588,6 +660,10 @@ std::vector<std::string> Machine::disk_views() const {
   return out;
 }
 
+std::vector<PortForward> Machine::published_ports() const {
+  return impl_->nic ? impl_->nic->backend->published() : std::vector<PortForward>{};
+}
+
 void Machine::start() {
   Impl& m = *impl_;
   if (m.started) throw Error(ErrorKind::kInvalidArgument, "machine already started");
@@ -596,6 +672,7 @@ void Machine::start() {
   m.mark(m.timings.setup_done);
   try {
     m.io_thread = std::thread([&m] { m.io_loop(); });
+    if (m.nic) m.net_thread = std::thread([&m] { m.net_loop(); });
     for (auto& v : m.vcpus) {
       Vcpu* vp = v.get();
       v->thread = std::thread([&m, vp] { m.vcpu_loop(*vp); });

@@ -1,8 +1,11 @@
 #include "img2vm/vm/seccomp.hpp"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <linux/kvm.h>
 #include <seccomp.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 
 #include <memory>
 #include <string>
@@ -51,8 +54,28 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
   // glibc's abort path for a failed assertion or std::terminate.
   allow(SCMP_SYS(exit_group));
   allow_ioctl(KVM_IRQ_LINE);
+  auto allow_if = [&](int nr, scmp_arg_cmp cmp) {
+    int r = seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, nr, 1, cmp);
+    if (r < 0) throw_errno("seccomp_rule_add", -r);
+  };
   if (role == ThreadRole::kVcpu) {
     allow_ioctl(KVM_RUN);
+  } else if (role == ThreadRole::kNet) {
+    // libslirp turns the guest's connections into host sockets: IPv4/IPv6 only (no netlink,
+    // no unix sockets), non-blocking, polled with poll().
+    for (int domain : {AF_INET, AF_INET6}) allow_if(SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, scmp_datum_t(domain), 0));
+    for (int nr : {SCMP_SYS(read), SCMP_SYS(poll), SCMP_SYS(ppoll), SCMP_SYS(connect), SCMP_SYS(bind),
+                   SCMP_SYS(listen), SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(getsockname),
+                   SCMP_SYS(getpeername), SCMP_SYS(getsockopt), SCMP_SYS(setsockopt), SCMP_SYS(shutdown),
+                   SCMP_SYS(sendto), SCMP_SYS(recvfrom), SCMP_SYS(recvmsg)})
+      allow(nr);
+    for (int cmd : {F_GETFL, F_SETFL, F_GETFD, F_SETFD}) allow_if(SCMP_SYS(fcntl), SCMP_A1(SCMP_CMP_EQ, scmp_datum_t(cmd), 0));
+    allow_ioctl(FIONREAD);  // the size of a pending UDP datagram
+    allow_ioctl(TCGETS);    // glib's logging asks whether stderr is a terminal
+    // DNS forwarding: libslirp stats /etc/resolv.conf at most once a second and re-reads it
+    // when it changed. Opening is allowed read-only: no creating, truncating or writing.
+    allow_if(SCMP_SYS(openat), SCMP_A2(SCMP_CMP_MASKED_EQ, scmp_datum_t(O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE), 0));
+    for (int nr : {SCMP_SYS(newfstatat), SCMP_SYS(fstat), SCMP_SYS(stat), SCMP_SYS(lseek)}) allow(nr);
   } else {
     for (int nr : {SCMP_SYS(read), SCMP_SYS(pread64), SCMP_SYS(pwrite64), SCMP_SYS(preadv), SCMP_SYS(pwritev),
                    SCMP_SYS(fdatasync), SCMP_SYS(fsync), SCMP_SYS(epoll_wait), SCMP_SYS(epoll_pwait),

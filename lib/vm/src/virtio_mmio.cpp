@@ -27,6 +27,7 @@ void VirtioMmio::reset_locked() {
   status_ = queue_sel_ = dev_features_sel_ = drv_features_sel_ = interrupt_status_ = 0;
   driver_features_ = 0;
   broken_.clear();
+  dev_.reset();
 }
 
 SplitQueue* VirtioMmio::selected_locked() {
@@ -137,9 +138,8 @@ void VirtioMmio::notify() {
   {
     std::lock_guard lk(mu_);
     if (!(status_ & kStatusDriverOk) || (status_ & (kStatusNeedsReset | kStatusFailed))) return;
+    raise = dev_.process_queues(mem_, queues_, driver_features_);
     for (auto& q : queues_) {
-      if (!q.ready) continue;
-      raise |= dev_.process(mem_, q);
       if (q.broken()) {
         broken_ = q.broken_reason();
         status_ |= kStatusNeedsReset;

@@ -83,14 +83,24 @@ std::optional<DescChain> SplitQueue::pop(const GuestMemory& mem) {
 }
 
 bool SplitQueue::push_used(const GuestMemory& mem, uint16_t head, uint32_t len) {
+  if (!add_used(mem, head, len)) return false;
+  publish_used(mem);
+  return true;
+}
+
+bool SplitQueue::add_used(const GuestMemory& mem, uint16_t head, uint32_t len) {
   if (!mem.contains(used_addr, 6 + uint64_t{8} * size) || size == 0) return false;
   uint64_t slot = used_addr + 4 + 8 * uint64_t(used_idx_ % size);
   mem.store<uint32_t>(slot, head);
   mem.store<uint32_t>(slot + 4, len);
   ++used_idx_;
+  return true;
+}
+
+void SplitQueue::publish_used(const GuestMemory& mem) {
+  if (!mem.contains(used_addr, 6 + uint64_t{8} * size) || size == 0) return;
   auto* idx = reinterpret_cast<uint16_t*>(mem.ptr(used_addr + 2, 2));
   __atomic_store_n(idx, used_idx_, __ATOMIC_RELEASE);
-  return true;
 }
 
 }  // namespace img2vm::vm

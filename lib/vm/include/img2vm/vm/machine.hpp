@@ -11,6 +11,7 @@
 //   return r.host_exit_code();           // the workload's status, or 122-125 (docs/vm.md)
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "img2vm/vm/disk_view.hpp"
+#include "img2vm/vm/net_slirp.hpp"
 #include "img2vm/vm/seccomp.hpp"
 
 namespace img2vm::vm {
@@ -33,6 +35,14 @@ struct DiskConfig {
   std::string id;  // VIRTIO_BLK_T_GET_ID (up to 20 bytes); default "img2vm<N>"
 };
 
+// A virtio-net NIC (virtio_net.hpp). The backend is user-mode networking (net_slirp.hpp), the
+// only one so far; the guest is 10.0.2.15/24 behind gateway 10.0.2.2 with DNS at 10.0.2.3.
+struct NetConfig {
+  std::array<uint8_t, 6> mac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
+  uint16_t mtu = 1500;  // the guest driver adopts it (VIRTIO_NET_F_MTU); 576-65520
+  UserNetConfig user;
+};
+
 struct MachineConfig {
   uint64_t memory_mib = 256;
   bool hugepages = false;        // back guest RAM with 2 MiB huge pages (GuestMemory::Pages)
@@ -41,6 +51,7 @@ struct MachineConfig {
   std::string cmdline;           // virtio_mmio.device=... entries for the disks are appended
   std::filesystem::path initrd;  // optional
   std::vector<DiskConfig> disks; // /dev/vda, /dev/vdb, ... in this order
+  std::optional<NetConfig> net;  // a NIC (eth0), the virtio-mmio device after the disks; none if empty
   int console_out_fd = 1;        // UART output; -1 discards it. Not owned.
   int console_in_fd = -1;        // UART input; -1 for none. Not owned.
   // When console input starts to flow: at once, or once the guest init marks the workload's
@@ -121,6 +132,8 @@ class Machine {
   // How each disk's data is stored, in DiskConfig order: "read-write", "read-only", "reflink"
   // or "overlay" (DiskView::kind()).
   std::vector<std::string> disk_views() const;
+  // The published ports as bound (a host port 0 replaced by the one chosen); empty without a NIC.
+  std::vector<PortForward> published_ports() const;
 
   struct Impl;
 

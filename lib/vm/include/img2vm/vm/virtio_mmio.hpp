@@ -28,6 +28,18 @@ class VirtioDevice {
   virtual std::span<const uint8_t> config() const = 0;
   // Handles every available chain of `queue`; returns true if any was used (interrupt).
   virtual bool process(const GuestMemory& mem, SplitQueue& queue) = 0;
+  // Called by the transport on a notification, with all queues (ready or not) and the
+  // negotiated features. The default runs process() on each ready queue in order; devices
+  // whose queues play different roles (virtio-net: receive, transmit) override it.
+  virtual bool process_queues(const GuestMemory& mem, std::span<SplitQueue> queues, uint64_t features) {
+    (void)features;
+    bool used = false;
+    for (auto& q : queues)
+      if (q.ready) used |= process(mem, q);
+    return used;
+  }
+  // The driver reset the device (status 0): drop any state kept for it.
+  virtual void reset() {}
 };
 
 class VirtioMmio {

@@ -43,6 +43,14 @@ class SplitQueue {
   std::optional<DescChain> pop(const GuestMemory& mem);
   // Returns a chain to the guest with `len` bytes written into its buffers.
   bool push_used(const GuestMemory& mem, uint16_t head, uint32_t len);
+  // As push_used, but the guest sees the entries only at publish_used(): a device that
+  // returns several chains as one unit (virtio-net's mergeable receive buffers) makes them
+  // visible together.
+  bool add_used(const GuestMemory& mem, uint16_t head, uint32_t len);
+  void publish_used(const GuestMemory& mem);
+  // Gives back the last `n` chains pop() returned and that were not used: they are popped
+  // (and checked) again next time. A device that ran out of buffers mid-packet uses this.
+  void undo_pop(uint16_t n) noexcept { last_avail_ = uint16_t(last_avail_ - n); }
 
   bool broken() const noexcept { return broken_; }
   const std::string& broken_reason() const noexcept { return broken_reason_; }

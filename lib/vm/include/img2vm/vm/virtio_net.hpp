@@ -1,0 +1,151 @@
+// virtio-net (virtio 1.x, section 5.1) on the virtio-mmio transport, and the interface between
+// the device and a network backend (user-mode networking through libslirp: net_slirp.hpp).
+//
+// Queues: 0 = receiveq1 (the guest posts empty buffers, the device fills them with frames),
+// 1 = transmitq1 (the guest posts frames). Every frame on either queue is preceded by the
+// 12-byte virtio 1.x `virtio_net_hdr` (flags, gso_type, hdr_len, gso_size, csum_start,
+// csum_offset, num_buffers).
+//
+// Features offered: VERSION_1, MAC (config: the MAC address), MTU (config: the MTU the guest
+// driver adopts as its own), STATUS (config: link up), MRG_RXBUF (a received frame may span
+// several receive buffers; num_buffers says how many) and, when the backend's frames carry
+// correct checksums, GUEST_CSUM (the device marks received frames DATA_VALID so that the guest
+// skips verifying them). Not offered: CSUM and the TSO/UFO offloads. The guest therefore sends
+// fully checksummed, unsegmented frames of at most MTU + 18 bytes, which is what libslirp needs
+// (it cannot take partial checksums); a future backend able to take them (tap with a vnet
+// header) can add the offloads.
+//
+// Everything the guest supplies is checked (virtqueue.hpp for chains; here: buffer directions,
+// header fields, frame sizes). A malformed transmit chain is returned unused; a frame shorter
+// than an Ethernet header or longer than the MTU allows is dropped; a malformed receive chain is
+// returned with length 0. Nothing the guest does can crash the device or make it touch memory
+// outside guest RAM.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "img2vm/vm/virtio_mmio.hpp"
+
+namespace img2vm::vm {
+
+// What a backend sees of the device. Thread-safe.
+class NetDeviceSide {
+ public:
+  virtual ~NetDeviceSide() = default;
+  // A frame for the guest (from the Ethernet header on). The device copies it into a bounded
+  // queue and returns true, or drops it and returns false (queue full, frame too large).
+  // Does not take the transport's lock: callable from inside NetBackend::send().
+  virtual bool receive(std::span<const uint8_t> frame) = 0;
+  // True while the device's queue is full because the guest is not taking frames: the backend
+  // should stop reading from the host until NetBackend::rx_ready() (nothing is dropped then).
+  virtual bool rx_full() const = 0;
+  // Moves queued frames into the guest's receive buffers and interrupts it. Takes the
+  // transport's lock (and may call NetBackend::send for frames the guest sent meanwhile): call
+  // it with no backend lock held, never from inside NetBackend::send().
+  virtual void flush_rx() = 0;
+};
+
+// A network backend: where the guest's frames go and where frames for it come from.
+class NetBackend {
+ public:
+  virtual ~NetBackend() = default;
+  // Connects the device (before any traffic; nullptr detaches).
+  virtual void attach(NetDeviceSide* device) = 0;
+  // A frame from the guest, from the Ethernet header on, fully checksummed. Called by the
+  // device with the transport's lock held, from whichever thread processes the queues.
+  virtual void send(std::span<const uint8_t> frame) = 0;
+  // The device has room again after rx_full(). May be called with the transport's lock held:
+  // must not block or call back into the device.
+  virtual void rx_ready() = 0;
+  // True when every frame this backend delivers carries correct checksums (libslirp builds
+  // them itself), so the device may tell the guest not to verify them.
+  virtual bool rx_checksums_valid() const = 0;
+
+  // The backend's event loop on the calling thread (the runner's network thread). Besides its
+  // own work it watches `watches`: when one's fd is readable its callback runs (with no backend
+  // lock held); a callback returning false ends the loop. Throws Error only when it cannot start.
+  struct Watch {
+    int fd;
+    std::function<bool()> on_readable;
+  };
+  virtual void run(std::span<const Watch> watches) = 0;
+};
+
+struct VirtioNetStats {
+  uint64_t tx_frames = 0, tx_dropped = 0;  // from the guest: sent to the backend / dropped
+  uint64_t rx_frames = 0, rx_dropped = 0;  // to the guest: delivered / dropped
+  uint64_t bad_chains = 0;                 // malformed descriptor chains returned unused
+};
+
+class VirtioNet final : public VirtioDevice, public NetDeviceSide {
+ public:
+  static constexpr uint64_t kFeatureGuestCsum = 1ull << 1, kFeatureMtu = 1ull << 3, kFeatureMac = 1ull << 5,
+                            kFeatureMrgRxbuf = 1ull << 15, kFeatureStatus = 1ull << 16;
+  static constexpr uint8_t kHdrFNeedsCsum = 1, kHdrFDataValid = 2;
+  static constexpr uint16_t kStatusLinkUp = 1;
+  static constexpr size_t kHdrSize = 12;      // struct virtio_net_hdr with num_buffers (virtio 1.x)
+  static constexpr size_t kEthHeader = 14;    // the smallest frame accepted
+  static constexpr size_t kFrameOverhead = 18;  // Ethernet header + one VLAN tag on top of the MTU
+  static constexpr uint16_t kMinMtu = 68, kMaxMtu = 65520;
+  static constexpr unsigned kRxQueue = 0, kTxQueue = 1;
+  // Frames held for the guest (it has not posted buffers yet) before receive() drops: at most
+  // this many, and at most this many bytes.
+  static constexpr size_t kMaxPendingFrames = 256, kMaxPendingBytes = 4u << 20;
+
+  // `backend` must outlive the device; the device attaches itself to it. Throws Error for an
+  // MTU outside [kMinMtu, kMaxMtu].
+  VirtioNet(NetBackend& backend, std::array<uint8_t, 6> mac, uint16_t mtu);
+  ~VirtioNet() override;
+
+  // How the device interrupts the guest for frames that arrived without a notification: the
+  // owner sets this to call VirtioMmio::notify() (which runs process_queues and raises the IRQ).
+  void set_kick(std::function<void()> kick) { kick_ = std::move(kick); }
+
+  uint32_t device_id() const override { return 1; }
+  uint64_t features() const override;
+  unsigned num_queues() const override { return 2; }
+  std::span<const uint8_t> config() const override { return config_; }
+  bool process(const GuestMemory& mem, SplitQueue& queue) override;  // not used: see process_queues
+  bool process_queues(const GuestMemory& mem, std::span<SplitQueue> queues, uint64_t features) override;
+  void reset() override;
+
+  bool receive(std::span<const uint8_t> frame) override;
+  bool rx_full() const override;
+  void flush_rx() override;
+
+  uint16_t mtu() const noexcept { return mtu_; }
+  size_t max_frame() const noexcept { return size_t(mtu_) + kFrameOverhead; }
+  VirtioNetStats stats() const;
+
+ private:
+  bool transmit(const GuestMemory& mem, SplitQueue& q);
+  bool deliver(const GuestMemory& mem, SplitQueue& q, uint64_t features);
+  // One frame into the receive queue: true if done (delivered or dropped), false if the guest
+  // must first post more buffers.
+  bool deliver_one(const GuestMemory& mem, SplitQueue& q, std::span<const uint8_t> frame, bool mergeable,
+                   bool data_valid, bool& used);
+
+  NetBackend& backend_;
+  uint16_t mtu_;
+  bool checksums_valid_;
+  std::array<uint8_t, 12> config_{};  // mac[6], status (le16), max_virtqueue_pairs (le16), mtu (le16)
+  std::function<void()> kick_;
+  std::vector<uint8_t> tx_buf_;  // one transmit chain gathered: header + frame
+  std::vector<DescChain> rx_chains_;
+
+  mutable std::mutex pending_mu_;
+  std::deque<std::vector<uint8_t>> pending_;  // frames for the guest, oldest first
+  size_t pending_bytes_ = 0;
+  mutable bool backend_waiting_ = false;      // rx_full() was reported: tell the backend when not
+
+  std::atomic<uint64_t> tx_frames_{0}, tx_dropped_{0}, rx_frames_{0}, rx_dropped_{0}, bad_chains_{0};
+};
+
+}  // namespace img2vm::vm

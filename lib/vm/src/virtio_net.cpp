@@ -1,0 +1,252 @@
+#include "img2vm/vm/virtio_net.hpp"
+
+#include <algorithm>
+#include <cstring>
+
+#include "img2vm/base/error.hpp"
+
+namespace img2vm::vm {
+
+namespace {
+void put_le16(uint8_t* p, uint16_t v) {
+  p[0] = uint8_t(v);
+  p[1] = uint8_t(v >> 8);
+}
+}  // namespace
+
+VirtioNet::VirtioNet(NetBackend& backend, std::array<uint8_t, 6> mac, uint16_t mtu)
+    : backend_(backend), mtu_(mtu), checksums_valid_(backend.rx_checksums_valid()) {
+  if (mtu < kMinMtu || mtu > kMaxMtu)
+    throw Error(ErrorKind::kInvalidArgument, "network MTU " + std::to_string(mtu) + " is outside " +
+                                                 std::to_string(kMinMtu) + "-" + std::to_string(kMaxMtu));
+  std::memcpy(config_.data(), mac.data(), 6);
+  put_le16(config_.data() + 6, kStatusLinkUp);
+  put_le16(config_.data() + 8, 1);  // max_virtqueue_pairs (meaningful only with MQ)
+  put_le16(config_.data() + 10, mtu);
+  tx_buf_.reserve(kHdrSize + max_frame());
+  backend_.attach(this);
+}
+
+VirtioNet::~VirtioNet() { backend_.attach(nullptr); }
+
+uint64_t VirtioNet::features() const {
+  return kVirtioFVersion1 | kFeatureMac | kFeatureMtu | kFeatureStatus | kFeatureMrgRxbuf |
+         (checksums_valid_ ? kFeatureGuestCsum : 0);
+}
+
+VirtioNetStats VirtioNet::stats() const {
+  VirtioNetStats s;
+  s.tx_frames = tx_frames_;
+  s.tx_dropped = tx_dropped_;
+  s.rx_frames = rx_frames_;
+  s.rx_dropped = rx_dropped_;
+  s.bad_chains = bad_chains_;
+  return s;
+}
+
+bool VirtioNet::process(const GuestMemory&, SplitQueue&) { return false; }
+
+bool VirtioNet::process_queues(const GuestMemory& mem, std::span<SplitQueue> queues, uint64_t features) {
+  if (queues.size() < 2) return false;
+  bool used = false;
+  // Transmit first: frames the backend answers at once (ARP, a refused connection) are then
+  // delivered in the same pass.
+  if (queues[kTxQueue].ready) used |= transmit(mem, queues[kTxQueue]);
+  if (queues[kRxQueue].ready) used |= deliver(mem, queues[kRxQueue], features);
+  return used;
+}
+
+void VirtioNet::reset() {
+  bool wake;
+  {
+    std::lock_guard lk(pending_mu_);
+    pending_.clear();
+    pending_bytes_ = 0;
+    wake = backend_waiting_;
+    backend_waiting_ = false;
+  }
+  if (wake) backend_.rx_ready();
+}
+
+bool VirtioNet::transmit(const GuestMemory& mem, SplitQueue& q) {
+  bool used = false;
+  const uint64_t limit = kHdrSize + max_frame();
+  while (auto chain = q.pop(mem)) {
+    used = true;
+    bool ok = chain->error.empty();
+    uint64_t total = 0;
+    for (const auto& e : chain->elems) {
+      if (e.device_writable) ok = false;  // a transmit buffer is read by the device only
+      total += e.len;
+    }
+    if (!ok) {
+      ++bad_chains_;
+      ++tx_dropped_;
+    } else if (total < kHdrSize + kEthHeader || total > limit) {
+      ++tx_dropped_;  // runt or larger than the MTU allows
+    } else {
+      tx_buf_.resize(total);
+      uint64_t off = 0;
+      for (const auto& e : chain->elems) {
+        mem.read(e.addr, tx_buf_.data() + off, e.len);  // inside guest memory: checked by pop()
+        off += e.len;
+      }
+      // Partial checksums and segmentation offloads were not offered: such a frame would go
+      // out wrong, so it is dropped.
+      const uint8_t flags = tx_buf_[0], gso_type = tx_buf_[1];
+      if ((flags & kHdrFNeedsCsum) || gso_type != 0) {
+        ++tx_dropped_;
+      } else {
+        ++tx_frames_;
+        backend_.send(std::span<const uint8_t>(tx_buf_).subspan(kHdrSize));
+      }
+    }
+    q.add_used(mem, chain->head, 0);
+  }
+  if (used) q.publish_used(mem);
+  return used;
+}
+
+bool VirtioNet::deliver(const GuestMemory& mem, SplitQueue& q, uint64_t features) {
+  const bool mergeable = features & kFeatureMrgRxbuf;
+  const bool data_valid = checksums_valid_ && (features & kFeatureGuestCsum);
+  bool used = false;
+  for (;;) {
+    std::vector<uint8_t> frame;
+    {
+      std::lock_guard lk(pending_mu_);
+      if (pending_.empty()) break;
+      frame = std::move(pending_.front());
+      pending_.pop_front();
+      pending_bytes_ -= frame.size();
+    }
+    if (!deliver_one(mem, q, frame, mergeable, data_valid, used)) {
+      std::lock_guard lk(pending_mu_);
+      pending_bytes_ += frame.size();
+      pending_.push_front(std::move(frame));  // waits for more buffers, still first in line
+      break;
+    }
+  }
+  bool wake = false;
+  {
+    std::lock_guard lk(pending_mu_);
+    if (backend_waiting_ && pending_.size() <= kMaxPendingFrames / 2 && pending_bytes_ <= kMaxPendingBytes / 2) {
+      backend_waiting_ = false;
+      wake = true;
+    }
+  }
+  if (wake) backend_.rx_ready();
+  return used;
+}
+
+bool VirtioNet::deliver_one(const GuestMemory& mem, SplitQueue& q, std::span<const uint8_t> frame, bool mergeable,
+                            bool data_valid, bool& used) {
+  const uint64_t need = kHdrSize + frame.size();
+  rx_chains_.clear();
+  uint64_t cap = 0;
+  while (cap < need) {
+    if (rx_chains_.size() >= q.size) {
+      // The whole ring cannot hold this frame (tiny buffers): drop it, keep the buffers.
+      q.undo_pop(uint16_t(rx_chains_.size()));
+      ++rx_dropped_;
+      return true;
+    }
+    auto c = q.pop(mem);
+    if (!c) {
+      // Out of buffers (or the ring is broken): give back what was taken and wait.
+      q.undo_pop(uint16_t(rx_chains_.size()));
+      return false;
+    }
+    bool bad = !c->error.empty();
+    uint64_t ccap = 0;
+    for (const auto& e : c->elems) {
+      if (!e.device_writable) bad = true;
+      ccap += e.len;
+    }
+    // The header goes whole into the first buffer; every further buffer must take something.
+    if (ccap < (rx_chains_.empty() ? kHdrSize : 1)) bad = true;
+    if (bad) {
+      // A malformed receive buffer: return it, and those taken for this frame, empty; drop
+      // the frame.
+      for (const auto& ch : rx_chains_) q.add_used(mem, ch.head, 0);
+      q.add_used(mem, c->head, 0);
+      q.publish_used(mem);
+      ++bad_chains_;
+      ++rx_dropped_;
+      used = true;
+      return true;
+    }
+    cap += ccap;
+    rx_chains_.push_back(std::move(*c));
+    if (!mergeable && cap < need) {
+      // Without mergeable buffers a frame takes exactly one chain: this one is too small for
+      // it (a smaller frame may fit), so keep it and drop the frame.
+      q.undo_pop(1);
+      ++rx_dropped_;
+      return true;
+    }
+  }
+
+  uint8_t hdr[kHdrSize] = {};
+  hdr[0] = data_valid ? kHdrFDataValid : 0;
+  put_le16(hdr + 10, mergeable ? uint16_t(rx_chains_.size()) : uint16_t{1});  // num_buffers
+  // Scatter header + frame over the chains' buffers in order, filling each completely.
+  uint64_t off = 0;
+  for (const auto& ch : rx_chains_) {
+    uint32_t written = 0;
+    for (const auto& e : ch.elems) {
+      if (off == need) break;
+      uint64_t n = std::min<uint64_t>(e.len, need - off);
+      uint8_t* dst = mem.ptr(e.addr, n);  // inside guest memory: checked by pop()
+      for (uint64_t done = 0; done < n;) {
+        uint64_t pos = off + done;
+        const uint8_t* src = pos < kHdrSize ? hdr + pos : frame.data() + (pos - kHdrSize);
+        uint64_t avail = pos < kHdrSize ? kHdrSize - pos : need - pos;
+        uint64_t k = std::min(avail, n - done);
+        std::memcpy(dst + done, src, k);
+        done += k;
+      }
+      off += n;
+      written += uint32_t(n);
+    }
+    q.add_used(mem, ch.head, written);
+  }
+  q.publish_used(mem);
+  ++rx_frames_;
+  used = true;
+  return true;
+}
+
+bool VirtioNet::receive(std::span<const uint8_t> frame) {
+  if (frame.size() < kEthHeader || frame.size() > max_frame()) {
+    ++rx_dropped_;
+    return false;
+  }
+  std::lock_guard lk(pending_mu_);
+  if (pending_.size() >= kMaxPendingFrames || pending_bytes_ + frame.size() > kMaxPendingBytes) {
+    backend_waiting_ = true;
+    ++rx_dropped_;
+    return false;
+  }
+  pending_.emplace_back(frame.begin(), frame.end());
+  pending_bytes_ += frame.size();
+  return true;
+}
+
+bool VirtioNet::rx_full() const {
+  std::lock_guard lk(pending_mu_);
+  // Full when one more maximum-size frame might not fit.
+  bool full = pending_.size() >= kMaxPendingFrames || pending_bytes_ + max_frame() > kMaxPendingBytes;
+  if (full) backend_waiting_ = true;
+  return full;
+}
+
+void VirtioNet::flush_rx() {
+  {
+    std::lock_guard lk(pending_mu_);
+    if (pending_.empty()) return;
+  }
+  if (kick_) kick_();
+}
+
+}  // namespace img2vm::vm
