@@ -7,6 +7,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -23,6 +24,8 @@
 #include "img2vm/vm/disk_view.hpp"
 #include "img2vm/vm/kvm_detect.hpp"
 #include "img2vm/vm/machine.hpp"
+#include "img2vm/vm/net_slirp.hpp"
+#include "img2vm/vm/port_forward.hpp"
 #include "run_options.hpp"
 
 namespace img2vm::cli {
@@ -51,6 +54,9 @@ struct RunArgs : RootfsArgs {
   std::string kernel, memory = "256M", timeout, stop_timeout = "10s", platform, keep, log_level = "warn";
   unsigned cpus = 1;
   std::vector<std::string> disks;
+  std::string network = "user";
+  std::vector<std::string> publish, expose;
+  bool publish_all = false;
   bool rm = false, timings = false, verbose_boot = false, hugepages = false;
 };
 
@@ -177,6 +183,31 @@ std::string timings_line(const vm::BootTimings& t) {
          ", to exec " + f(ms(t.workload_exec)) + ", total " + f(ms(t.ended));
 }
 
+// -P: every port the image exposes (and --expose adds) on a free host port of every
+// interface, unless -p already publishes that guest port and protocol.
+void add_exposed_ports(std::vector<vm::PortForward>& forwards, const registry::ImageSource& src,
+                       const std::vector<std::string>& expose) {
+  std::vector<std::string> specs;
+  auto config = nlohmann::json::parse(src.config_bytes(), nullptr, false);
+  if (config.is_object() && config.contains("config") && config["config"].is_object()) {
+    const auto& c = config["config"];
+    if (c.contains("ExposedPorts") && c["ExposedPorts"].is_object())
+      for (const auto& [k, v] : c["ExposedPorts"].items()) specs.push_back(k);
+  }
+  std::vector<std::string> ports = parse_exposed_ports(specs, "the image's ExposedPorts");
+  for (const auto& p : parse_exposed_ports(expose, "--expose"))
+    if (std::find(ports.begin(), ports.end(), p) == ports.end()) ports.push_back(p);
+  for (const auto& p : ports) {
+    vm::PortForward f;
+    f.guest_port = static_cast<uint16_t>(std::stoul(p.substr(0, p.find('/'))));
+    f.protocol = p.substr(p.find('/') + 1) == "udp" ? vm::PortProtocol::kUdp : vm::PortProtocol::kTcp;
+    bool taken = std::any_of(forwards.begin(), forwards.end(), [&](const vm::PortForward& x) {
+      return x.guest_port == f.guest_port && x.protocol == f.protocol;
+    });
+    if (!taken) forwards.push_back(f);
+  }
+}
+
 int run_image(RunArgs& a, Globals& g) {
   LogLevel level = parse_log_level(a.log_level);
   if (g.verbose && level < LogLevel::kInfo) level = LogLevel::kInfo;
@@ -200,6 +231,27 @@ int run_image(RunArgs& a, Globals& g) {
   std::vector<ExtraDisk> extra;
   for (const auto& d : a.disks) extra.push_back(parse_disk(d));
 
+  // The network: user-mode (rootless) by default, as docker's default bridge: the guest is
+  // 10.0.2.15/24 behind 10.0.2.2, with DNS at 10.0.2.3 (vm/net_slirp.hpp).
+  NetworkChoice net = parse_network(a.network);
+  std::vector<vm::PortForward> forwards;
+  for (const auto& p : a.publish)
+    for (auto& f : vm::parse_port_forward(p)) forwards.push_back(std::move(f));
+  if (net.mode == NetworkChoice::Mode::kNone && (!forwards.empty() || a.publish_all))
+    throw Error(ErrorKind::kInvalidArgument, "-p/-P: --network none has no network to publish ports on");
+  parse_exposed_ports(a.expose, "--expose");  // checked now; used once the image is known
+  if (net.mode == NetworkChoice::Mode::kTap)
+    throw Error(ErrorKind::kUnsupported, "--network tap: the tap backend is not available yet (issue #7); use --network user");
+  if (net.mode == NetworkChoice::Mode::kUser) {
+    rootfs::NetConfig n;
+    n.interface = "eth0";
+    n.address = std::string(vm::usernet::kGuest);
+    n.prefix = vm::usernet::kPrefixLength;
+    n.gateway = std::string(vm::usernet::kGateway);
+    overrides.net = n;  // the MTU comes from the device (VIRTIO_NET_F_MTU)
+    if (overrides.dns.empty()) overrides.dns = {std::string(vm::usernet::kDns)};
+  }
+
   // KVM first: no point pulling and converting for a VM that cannot start.
   vm::KvmInfo kvm = vm::detect_kvm();
   if (kvm.kind == vm::KvmKind::kUnavailable)
@@ -222,6 +274,13 @@ int run_image(RunArgs& a, Globals& g) {
   auto src = resolve_image(store, ref, platform, g.json);
   RootfsResult root = make_rootfs(store, *src, a, {}, !g.json && ::isatty(STDERR_FILENO));
   log(LogLevel::kInfo, "rootfs: " + root.path.string() + (root.cached ? " (cached)" : " (converted)"));
+  if (a.publish_all) add_exposed_ports(forwards, *src, a.expose);
+  if (net.mode == NetworkChoice::Mode::kUser) {
+    mc.net.emplace();
+    mc.net->user.outbound = net.outbound;
+    mc.net->user.host_loopback = net.host_loopback;
+    mc.net->user.forwards = forwards;
+  }
 
   // The root disk: a private copy-on-write view of the cached rootfs, or with --keep a copy of
   // it that the run writes and that stays.
@@ -268,6 +327,19 @@ int run_image(RunArgs& a, Globals& g) {
   vm::Machine machine(mc);
   log(LogLevel::kDebug, "kernel command line: " + machine.cmdline());
   log(LogLevel::kDebug, "kernel entry: " + machine.kernel_format());
+  // Published ports: said on stderr (always when the host port was picked here, since there is
+  // no `docker port` to ask), and as a JSON event with --json before the VM starts.
+  std::vector<vm::PortForward> published = machine.published_ports();
+  nlohmann::json ports_json = nlohmann::json::array();
+  for (const auto& f : published) ports_json.push_back(vm::to_string(f));
+  if (!published.empty()) {
+    if (g.json) {
+      std::cerr << nlohmann::json{{"event", "published"}, {"ports", ports_json}}.dump() << "\n";
+    } else {
+      bool chosen = std::any_of(forwards.begin(), forwards.end(), [](const vm::PortForward& f) { return f.host_port == 0; });
+      for (const auto& f : published) log(chosen ? LogLevel::kWarn : LogLevel::kInfo, "published " + vm::to_string(f));
+    }
+  }
   std::optional<RawTerminal> raw;
   if (a.req.tty) raw.emplace(STDIN_FILENO);
   vm::MachineResult r;
@@ -291,7 +363,9 @@ int run_image(RunArgs& a, Globals& g) {
                         {"reason", vm::to_string(r.reason)},
                         {"status", r.status},
                         {"exit_code", code},
-                        {"timings_ms", timings_json(r.timings)}};
+                        {"timings_ms", timings_json(r.timings)},
+                        {"network", net.mode == NetworkChoice::Mode::kUser ? "user" : "none"},
+                        {"published", ports_json}};
     if (!a.keep.empty()) j["kept"] = fs::absolute(a.keep).string();
     if (!r.detail.empty()) j["detail"] = r.detail;
     std::cerr << j.dump() << "\n";
@@ -354,12 +428,12 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
   sub->add_flag("--verbose-boot", a->verbose_boot, "Show the guest kernel's boot messages");
   sub->add_option("--log-level", a->log_level, "error, warn (default), info or debug");
   // docker flags that img2vm does not offer (yet): a clear refusal rather than "unexpected".
-  sub->add_option_function<std::string>("-p,--publish", [](const std::string&) {
-    unsupported("--publish", "port publishing needs guest networking, which is not available yet (issue #7)");
-  });
-  sub->add_option_function<std::string>("--network,--net", [](const std::string&) {
-    unsupported("--network", "guest networking is not available yet (issue #7); guests have loopback only");
-  });
+  sub->add_option("--network,--net", a->network,
+                  "user[:outbound=on|off,host_loopback=on|off] (default: user, rootless), none, tap[=NAME]");
+  sub->add_option("-p,--publish", a->publish, "Publish a guest port: [HOSTIP:][HOSTPORT:]GUESTPORT[/tcp|/udp]")
+      ->allow_extra_args(false);
+  sub->add_flag("-P,--publish-all", a->publish_all, "Publish every exposed port on a free host port");
+  sub->add_option("--expose", a->expose, "Expose a port or range (PORT[-PORT][/PROTO]) for -P")->allow_extra_args(false);
   sub->add_option_function<std::string>("-v,--volume", [](const std::string&) {
     unsupported("--volume", "bind mounts are not supported; attach an ext4 image with --disk FILE");
   });

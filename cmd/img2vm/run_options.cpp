@@ -1,5 +1,6 @@
 #include "run_options.hpp"
 
+#include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <fstream>
@@ -164,6 +165,105 @@ ExtraDisk parse_disk(const std::string& text) {
   if (path.empty()) throw Error(ErrorKind::kInvalidArgument, "--disk \"" + text + "\": no file given (FILE[:ro])");
   d.path = path;
   return d;
+}
+
+namespace {
+
+bool parse_switch(const std::string& flag, const std::string& key, const std::string& value) {
+  if (value == "on" || value == "true" || value == "1" || value == "yes") return true;
+  if (value == "off" || value == "false" || value == "0" || value == "no") return false;
+  throw Error(ErrorKind::kInvalidArgument,
+              flag + ": " + key + "=" + value + ": the value must be on or off (true/false)");
+}
+
+unsigned parse_port_number(const std::string& what, const std::string& text) {
+  if (text.empty() || text.size() > 5 || text.find_first_not_of("0123456789") != std::string::npos)
+    throw Error(ErrorKind::kInvalidArgument, what + ": \"" + text + "\" is not a port number");
+  unsigned v = static_cast<unsigned>(std::stoul(text));
+  if (v < 1 || v > 65535) throw Error(ErrorKind::kInvalidArgument, what + ": port " + text + " is not in 1-65535");
+  return v;
+}
+
+}  // namespace
+
+NetworkChoice parse_network(const std::string& text) {
+  const std::string flag = "--network " + text;
+  NetworkChoice c;
+  std::string mode = text, opts;
+  if (auto colon = text.find(':'); colon != std::string::npos) {
+    mode = text.substr(0, colon);
+    opts = text.substr(colon + 1);
+  }
+  if (mode == "user" || mode == "bridge" || mode == "default" || mode == "slirp") {
+    c.mode = NetworkChoice::Mode::kUser;
+    size_t pos = 0;
+    while (!opts.empty() && pos <= opts.size()) {
+      size_t comma = opts.find(',', pos);
+      std::string item = opts.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+      pos = comma == std::string::npos ? opts.size() + 1 : comma + 1;
+      auto eq = item.find('=');
+      std::string key = item.substr(0, eq), value = eq == std::string::npos ? "on" : item.substr(eq + 1);
+      std::replace(key.begin(), key.end(), '-', '_');
+      if (key == "outbound")
+        c.outbound = parse_switch("--network", key, value);
+      else if (key == "host_loopback" || key == "allow_host_loopback")
+        c.host_loopback = parse_switch("--network", key, value);
+      else
+        throw Error(ErrorKind::kInvalidArgument,
+                    flag + ": unknown option \"" + item + "\" (user networking takes outbound=on|off, host_loopback=on|off)");
+    }
+    return c;
+  }
+  if (!opts.empty())
+    throw Error(ErrorKind::kInvalidArgument, flag + ": only user networking takes options after ':'");
+  if (mode == "none") {
+    c.mode = NetworkChoice::Mode::kNone;
+    return c;
+  }
+  if (mode == "tap" || mode.rfind("tap=", 0) == 0) {
+    c.mode = NetworkChoice::Mode::kTap;
+    if (mode.size() >= 4) {
+      c.tap_name = mode.substr(4);
+      // IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and blanks in names.
+      if (c.tap_name.empty() || c.tap_name.size() > 15 || c.tap_name == "." || c.tap_name == ".." ||
+          c.tap_name.find_first_of("/: \t\n") != std::string::npos)
+        throw Error(ErrorKind::kInvalidArgument, flag + ": \"" + c.tap_name + "\" is not a valid interface name (1-15 characters, no '/', ':' or blanks)");
+    }
+    return c;
+  }
+  if (mode == "host")
+    throw Error(ErrorKind::kUnsupported,
+                flag + ": a VM has its own kernel and cannot share the host's network stack; publish ports with -p");
+  if (mode.rfind("container", 0) == 0)
+    throw Error(ErrorKind::kUnsupported, flag + ": joining another VM's network is not supported");
+  throw Error(ErrorKind::kInvalidArgument, flag + ": unknown network (use user, none or tap[=NAME])");
+}
+
+std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& specs, const std::string& what) {
+  std::vector<std::string> out;
+  for (const auto& spec : specs) {
+    std::string ports = spec, proto = "tcp";
+    if (auto slash = spec.find('/'); slash != std::string::npos) {
+      ports = spec.substr(0, slash);
+      proto = spec.substr(slash + 1);
+      for (auto& ch : proto) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    }
+    if (proto != "tcp" && proto != "udp")
+      throw Error(ErrorKind::kInvalidArgument, what + " " + spec + ": protocol \"" + proto + "\" is not tcp or udp");
+    unsigned lo = 0, hi = 0;
+    if (auto dash = ports.find('-'); dash != std::string::npos) {
+      lo = parse_port_number(what + " " + spec, ports.substr(0, dash));
+      hi = parse_port_number(what + " " + spec, ports.substr(dash + 1));
+      if (hi < lo) throw Error(ErrorKind::kInvalidArgument, what + " " + spec + ": the range ends before it starts");
+    } else {
+      lo = hi = parse_port_number(what + " " + spec, ports);
+    }
+    for (unsigned p = lo; p <= hi; ++p) {
+      std::string s = std::to_string(p) + "/" + proto;
+      if (std::find(out.begin(), out.end(), s) == out.end()) out.push_back(s);
+    }
+  }
+  return out;
 }
 
 std::string guest_cmdline(bool verbose_boot, const std::string& run_param) {

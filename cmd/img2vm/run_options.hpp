@@ -55,6 +55,30 @@ struct ExtraDisk {
 // --disk FILE[:ro|:rw]
 ExtraDisk parse_disk(const std::string& text);
 
+// --network: which network the guest gets (docs/cli.md "Networking").
+//   user[:OPT=VAL,...]  rootless user-mode networking, the default (docker's "bridge" and
+//                       "default" mean it too). Options: outbound=on|off (the guest may reach
+//                       the outside world, DNS included; default on), host_loopback=on|off
+//                       (10.0.2.2 reaches the host's 127.0.0.1; default off, as podman's
+//                       allow_host_loopback).
+//   none                loopback only
+//   tap[=NAME]          a tap device (root or CAP_NET_ADMIN)
+struct NetworkChoice {
+  enum class Mode { kUser, kNone, kTap };
+  Mode mode = Mode::kUser;
+  bool outbound = true;
+  bool host_loopback = false;
+  std::string tap_name;  // empty: the kernel picks one
+
+  friend bool operator==(const NetworkChoice&, const NetworkChoice&) = default;
+};
+NetworkChoice parse_network(const std::string& text);
+
+// An image config's ExposedPorts keys ("80/tcp", "53/udp", "8080"), and --expose values
+// ("80", "80/udp", "8000-8002/tcp"), as "PORT/PROTO" strings in order, without repeats.
+// Throws naming the bad value.
+std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& specs, const std::string& what);
+
 // The kernel command line of an image boot (docs/guest-abi.md §2); `run_param` is the
 // img2vm.run= word or empty.
 std::string guest_cmdline(bool verbose_boot, const std::string& run_param);

@@ -46,7 +46,7 @@ std::string file_bytes(const fs::path& p) {
 }
 
 constexpr const char* kApplets[] = {"sh", "echo", "id", "cat", "sleep", "pwd", "env", "test", "true", "false",
-                                    "grep", "head", "mkdir", "mount", "ls"};
+                                    "grep", "head", "mkdir", "mount", "ls", "httpd", "nc", "printf", "ip"};
 
 // busybox-static with a few applets, users and groups; CMD prints a line.
 ImageSpec busybox_image() {
@@ -129,6 +129,38 @@ std::string stop_case(const std::string& name, const std::string& cmd, bool twic
          "cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END " + name + " $rc@@\"\n";
 }
 
+// The cases a script reported, by name; a missing one is a test failure showing the output.
+class Cases {
+ public:
+  explicit Cases(std::string output) : output_(std::move(output)), cases_(parse_cases(output_)) {}
+  const Case& get(const std::string& name) const {
+    static const Case none;
+    auto it = cases_.find(name);
+    if (it == cases_.end()) {
+      ADD_FAILURE() << "case " << name << " did not report; output:\n" << output_;
+      return none;
+    }
+    return it->second;
+  }
+
+ private:
+  std::string output_;
+  std::map<std::string, Case> cases_;
+};
+
+bool has(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+
+// Runs a cases script here (hardware KVM) or inside L1 with `files`; returns what it printed.
+std::string run_script(const fs::path& script, const std::vector<fs::path>& files, std::chrono::seconds timeout) {
+  if (kvm_route(false) == KvmRoute::kDirect) {
+    auto r = run_command({"sh", script.string()}, {.input = {}, .env = {}, .cwd = {}, .timeout = timeout});
+    return r.out;
+  }
+  auto r = run_nested({"sh", script.string()}, files, timeout);
+  EXPECT_EQ(r.exit_code, 0) << r.describe();
+  return r.output;
+}
+
 }  // namespace
 
 TEST(RunKvm, DockerRunSemanticsInOurRunner) {
@@ -205,27 +237,10 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      << "c cache-after sh -c 'sha256sum \"$IMG2VM_HOME\"/rootfs/*.ext4'\n";
   write_file_atomic(w / "cases.sh", sh.str());
 
-  std::string output;
-  if (kvm_route(false) == KvmRoute::kDirect) {
-    auto r = run_command({"sh", (w / "cases.sh").string()}, {.input = {}, .env = {}, .cwd = {}, .timeout = std::chrono::minutes(15)});
-    output = r.out;
-  } else {
-    auto r = run_nested({"sh", (w / "cases.sh").string()}, {bin, IMG2VM_INIT_BINARY, w, "/usr/bin/script"},
-                        std::chrono::seconds(1500));
-    ASSERT_EQ(r.exit_code, 0) << r.describe();
-    output = r.output;
-  }
-  auto cases = parse_cases(output);
-  auto get = [&](const std::string& n) -> const Case& {
-    static const Case none;
-    auto it = cases.find(n);
-    if (it == cases.end()) {
-      ADD_FAILURE() << "case " << n << " did not report; output:\n" << output;
-      return none;
-    }
-    return it->second;
-  };
-  auto has = [](const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; };
+  std::string output =
+      run_script(w / "cases.sh", {bin, IMG2VM_INIT_BINARY, w, "/usr/bin/script"}, std::chrono::seconds(1500));
+  Cases cases(output);
+  auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
 
   const Case& def = get("default");
   EXPECT_EQ(def.rc, 0) << def.err;
@@ -289,4 +304,139 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   // The cached rootfs every run booted is byte for byte what convert wrote.
   EXPECT_FALSE(get("cache-before").out.empty());
   EXPECT_EQ(get("cache-before").out, get("cache-after").out);
+}
+
+// Networking (issue #7) with the default user-mode backend: published TCP ports served by guests
+// (two VMs at once, -p with and without a host address, -P with a port picked for it), a port
+// already in use, a guest reaching a server on the host's loopback (only when allowed), UDP
+// both ways, what the guest's eth0, routes and resolv.conf look like, and --network none.
+TEST(RunKvm, NetworkingInOurRunner) {
+  auto kernel = find_kernel();
+  if (!kernel) GTEST_SKIP() << "no guest kernel: run `img2vm kernel build` or set IMG2VM_KERNEL";
+  if (!fs::exists("/bin/busybox")) GTEST_SKIP() << "needs busybox-static (scripts/setup.sh)";
+  const char* bin = std::getenv("IMG2VM_BIN");
+  ASSERT_TRUE(bin) << "IMG2VM_BIN not set (run through ctest)";
+
+  TempDir work("img2vm-run-net");
+  fs::path w = work.path();
+  fs::path home = w / "home";
+  ImageSpec net = busybox_image();
+  // HTTP client: busybox nc (Debian's static busybox wget crashes in getaddrinfo).
+  net.layers.push_back(layer({file("bin/udp_echo", file_bytes(UDP_ECHO_BINARY), 0755),
+                              file("bin/http_get", "#!/bin/sh\nprintf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 20 \"$1\" \"$2\"\n", 0755),
+                              dir("www"), file("www/index.html", "served-by-image\n")}));
+  net.config.exposed_ports = {"80/tcp"};
+  net.config.cmd = {"httpd", "-f", "-p", "80", "-h", "/www"};
+  write_oci_layout(w / "net", {{"latest", build_image(net)}});
+  fs::copy_file(*kernel, w / "vmlinux");
+  fs::create_directories(w / "hostwww");
+  write_file_atomic(w / "hostwww/index.html", "served-by-host\n");
+  std::map<std::string, std::string> env = {{"IMG2VM_HOME", home.string()}, {"IMG2VM_INIT", IMG2VM_INIT_BINARY}};
+  auto c = run_command({bin, "convert", "oci:" + (w / "net").string()}, {.input = {}, .env = env, .cwd = {}, .timeout = std::chrono::minutes(5)});
+  ASSERT_EQ(c.exit_code, 0) << c.describe();
+
+  std::string B = "oci:" + (w / "net").string();
+  std::string run = quote(bin) + " run -m 160M --kernel " + quote((w / "vmlinux").string());
+  // A guest web server that says which VM it is, started in the background.
+  auto server = [&](const std::string& tag, const std::string& opts, const std::string& body) {
+    return run + " " + opts + " " + B + " sh -c 'echo " + body + " > /www/index.html; echo ready; exec httpd -f -p 80 -h /www'" +
+           " >\"$W/" + tag + ".out\" 2>\"$W/" + tag + ".err\" </dev/null &\n";
+  };
+  std::ostringstream sh;
+  sh << "export IMG2VM_HOME=" << quote(home.string()) << " IMG2VM_INIT=" << quote(IMG2VM_INIT_BINARY) << "\n"
+     << "W=" << quote(w.string()) << " U=" << quote(UDP_ECHO_BINARY) << "\n"
+     << "busybox ip link set lo up 2>/dev/null\n"
+     // Free ports on a real host are not known in advance: a range unlikely to be taken.
+     << "P=$(( 20000 + $$ % 20000 )); P1=$P P2=$((P+1)) P3=$((P+2)) P4=$((P+3)) P5=$((P+4))\n"
+     << "wait_for() { i=0; while ! grep -q \"$2\" \"$1\" 2>/dev/null && [ $i -lt 180 ]; do sleep 1; i=$((i+1)); done; }\n"
+     // slirp accepts a connection before the guest listens (then closes it): retry until a reply.
+     << "fetch() { i=0; while [ $i -lt 60 ]; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 5 127.0.0.1 $1 > \"$2\" 2>/dev/null;"
+        " grep -q '200 OK' \"$2\" && return; sleep 1; i=$((i+1)); done; }\n"
+     << "c() { name=$1; shift; echo \"@@BEGIN $name@@\"; \"$@\" >\"$W/out\" 2>\"$W/err\" </dev/null; rc=$?;\n"
+     << "  cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END $name $rc@@\"; }\n"
+     // Two VMs at once, each publishing its port 80; a third asking for a port in use.
+     << "echo '@@BEGIN two-servers@@'\n"
+     << server("a", "-p 127.0.0.1:$P1:80", "served-by-a") << "pa=$!\n"
+     << server("b", "-p $P2:80", "served-by-b") << "pb=$!\n"
+     << "wait_for \"$W/a.out\" ready; wait_for \"$W/b.out\" ready\n"
+     << "fetch $P1 \"$W/a.html\"; fetch $P2 \"$W/b.html\"\n"
+     << run << " -p 127.0.0.1:$P1:80 " << B << " true >\"$W/c.out\" 2>\"$W/c.err\" </dev/null; rc_c=$?\n"
+     << "kill -INT $pa $pb; wait $pa; rc_a=$?; wait $pb; rc_b=$?\n"
+     << "echo \"a=$(tail -n1 \"$W/a.html\") b=$(tail -n1 \"$W/b.html\") rc_a=$rc_a rc_b=$rc_b rc_c=$rc_c\"\n"
+     << "echo; echo @@STDERR@@; cat \"$W/c.err\" \"$W/a.out\" \"$W/a.err\" \"$W/b.err\"; echo; echo '@@END two-servers 0@@'\n"
+     // -P: the image's ExposedPorts on a port picked here, reported as a JSON event.
+     << "echo '@@BEGIN publish-all@@'\n"
+     << run << " --json -P " << B << " >\"$W/p.out\" 2>\"$W/p.err\" </dev/null &\n"
+     << "pp=$!; wait_for \"$W/p.err\" '\"published\"'\n"
+     << "port=$(sed -n 's/.*\"0\\.0\\.0\\.0:\\([0-9]*\\)->80\\/tcp\".*/\\1/p' \"$W/p.err\" | head -n1)\n"
+     << "fetch $port \"$W/p.html\"; kill -INT $pp; wait $pp; rc=$?\n"
+     << "echo \"port=$port body=$(tail -n1 \"$W/p.html\")\"; echo; echo @@STDERR@@; cat \"$W/p.err\"; echo;"
+     << " echo \"@@END publish-all $rc@@\"\n"
+     // The guest as a client of the host's loopback: only with host_loopback.
+     << "busybox httpd -f -p 127.0.0.1:$P3 -h \"$W/hostwww\" & hp=$!\n"
+     << "c host-loopback " << run << " --network user:host_loopback=on " << B
+     << " http_get 10.0.2.2 $P3\n"
+     << "c host-private " << run << " " << B << " http_get 10.0.2.2 $P3\n"
+     << "kill $hp\n"
+     // UDP: guest to a host echo server, and host to a guest echo server through -p .../udp.
+     << "\"$U\" serve $P4 >\"$W/udp-host.out\" & up=$!\n"
+     << "c udp-out " << run << " --network user:host_loopback=on " << B << " udp_echo send 10.0.2.2 $P4 ping-from-guest\n"
+     << "kill $up\n"
+     << "echo '@@BEGIN udp-in@@'\n"
+     << run << " -p 127.0.0.1:$P5:7/udp " << B << " udp_echo serve 7 >\"$W/u.out\" 2>\"$W/u.err\" </dev/null &\n"
+     << "pu=$!; wait_for \"$W/u.out\" listening; \"$U\" send 127.0.0.1 $P5 ping-from-host; rc=$?\n"
+     << "kill -INT $pu; wait $pu; cat \"$W/u.out\"; echo; echo @@STDERR@@; cat \"$W/u.err\"; echo; echo \"@@END udp-in $rc@@\"\n"
+     << "echo '@@BEGIN udp-host-log@@'; cat \"$W/udp-host.out\"; echo; echo @@STDERR@@; echo; echo '@@END udp-host-log 0@@'\n"
+     // What the guest sees.
+     << "c facts " << run << " " << B
+     << " sh -c 'cat /etc/resolv.conf; ip -4 addr show dev eth0; ip route; cat /sys/class/net/eth0/mtu'\n"
+     << "c none " << run << " --network none " << B << " ls /sys/class/net\n";
+  write_file_atomic(w / "net.sh", sh.str());
+
+  std::string output = run_script(w / "net.sh", {bin, IMG2VM_INIT_BINARY, UDP_ECHO_BINARY, w}, std::chrono::seconds(1200));
+  Cases cases(output);
+  auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
+
+  const Case& two = get("two-servers");
+  EXPECT_TRUE(has(two.out, "a=served-by-a b=served-by-b")) << two.out << two.err;
+  // Ctrl-C stops each server with SIGTERM, as docker stop would: 128+15.
+  EXPECT_TRUE(has(two.out, "rc_a=143 rc_b=143")) << two.out;
+  EXPECT_TRUE(has(two.out, "rc_c=125")) << two.out;
+  EXPECT_TRUE(has(two.err, "already in use")) << two.err;
+
+  const Case& all = get("publish-all");
+  EXPECT_TRUE(has(all.out, "body=served-by-image")) << all.out << all.err;
+  {
+    std::string last = all.err;
+    while (!last.empty() && last.back() == '\n') last.pop_back();
+    auto j = nlohmann::json::parse(last.substr(last.rfind('\n') + 1), nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << all.err;
+    EXPECT_EQ(j["network"], "user");
+    ASSERT_EQ(j["published"].size(), 1u) << j.dump();
+    EXPECT_TRUE(has(j["published"][0].get<std::string>(), "->80/tcp")) << j.dump();
+  }
+
+  EXPECT_EQ(get("host-loopback").rc, 0) << get("host-loopback").out << get("host-loopback").err;
+  EXPECT_TRUE(has(get("host-loopback").out, "served-by-host")) << get("host-loopback").out;
+  EXPECT_NE(get("host-private").rc, 0) << "the host's loopback is reachable without host_loopback";
+  EXPECT_FALSE(has(get("host-private").out, "served-by-host")) << get("host-private").out;
+
+  EXPECT_EQ(get("udp-out").rc, 0) << get("udp-out").out << get("udp-out").err;
+  EXPECT_TRUE(has(get("udp-out").out, "answer ping-from-guest")) << get("udp-out").out;
+  EXPECT_TRUE(has(get("udp-host-log").out, "got ping-from-guest from 127.0.0.1")) << get("udp-host-log").out;
+  const Case& uin = get("udp-in");
+  EXPECT_EQ(uin.rc, 0) << uin.out << uin.err;
+  EXPECT_TRUE(has(uin.out, "got ping-from-host from 10.0.2.2")) << uin.out;
+
+  const Case& facts = get("facts");
+  EXPECT_EQ(facts.rc, 0) << facts.out << facts.err;
+  EXPECT_TRUE(has(facts.out, "nameserver 10.0.2.3")) << facts.out;
+  EXPECT_TRUE(has(facts.out, "inet 10.0.2.15/24")) << facts.out;
+  EXPECT_TRUE(has(facts.out, "default via 10.0.2.2")) << facts.out;
+  EXPECT_TRUE(has(facts.out, "\n1500")) << facts.out;
+  const Case& none = get("none");
+  EXPECT_EQ(none.rc, 0) << none.out << none.err;
+  EXPECT_TRUE(has(none.out, "lo")) << none.out;
+  EXPECT_FALSE(has(none.out, "eth0")) << none.out;
+  if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }

@@ -248,6 +248,10 @@ BuiltImage build_image(const ImageSpec& spec) {
   if (!c.user.empty()) cfg["User"] = c.user;
   if (!c.stop_signal.empty()) cfg["StopSignal"] = c.stop_signal;
   if (!c.labels.empty()) cfg["Labels"] = c.labels;
+  if (!c.exposed_ports.empty()) {
+    cfg["ExposedPorts"] = ordered_json::object();
+    for (const auto& p : c.exposed_ports) cfg["ExposedPorts"][p] = ordered_json::object();
+  }
   ordered_json config = {{"created", "2023-11-14T22:13:20Z"}, {"architecture", c.architecture}, {"os", c.os}};
   if (!c.variant.empty()) config["variant"] = c.variant;
   config["config"] = cfg;

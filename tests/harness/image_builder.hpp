@@ -73,6 +73,7 @@ struct ImageConfigSpec {
   std::vector<std::string> entrypoint, cmd, env;
   std::string working_dir, user, stop_signal;
   std::map<std::string, std::string> labels;
+  std::vector<std::string> exposed_ports;  // ExposedPorts keys: "80/tcp", "53/udp"
   std::string os = "linux", architecture = "amd64", variant;
   bool entrypoint_null = true;  // write "Entrypoint": null when entrypoint is empty
 };

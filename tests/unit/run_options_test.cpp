@@ -169,3 +169,46 @@ TEST(RunOptions, Sizes) {
   EXPECT_THROW(parse_size("--size", "2Q"), Error);
   EXPECT_THROW(parse_size("--size", "-1"), Error);
 }
+
+TEST(RunOptions, NetworkModes) {
+  using Mode = NetworkChoice::Mode;
+  EXPECT_EQ(parse_network("user"), NetworkChoice{});
+  EXPECT_EQ(parse_network("bridge").mode, Mode::kUser);  // docker's name for its default
+  EXPECT_EQ(parse_network("default").mode, Mode::kUser);
+  EXPECT_EQ(parse_network("none").mode, Mode::kNone);
+  NetworkChoice u = parse_network("user:outbound=off,host-loopback=on");
+  EXPECT_EQ(u.mode, Mode::kUser);
+  EXPECT_FALSE(u.outbound);
+  EXPECT_TRUE(u.host_loopback);
+  EXPECT_TRUE(parse_network("user:allow_host_loopback=true").host_loopback);
+  EXPECT_TRUE(parse_network("user:host_loopback").host_loopback);  // a bare switch means on
+  EXPECT_TRUE(parse_network("user:outbound=on").outbound);
+  NetworkChoice t = parse_network("tap");
+  EXPECT_EQ(t.mode, Mode::kTap);
+  EXPECT_TRUE(t.tap_name.empty());
+  EXPECT_EQ(parse_network("tap=img2vm-tap0").tap_name, "img2vm-tap0");
+
+  for (const char* bad : {"", "host", "container:abc", "wifi", "none:x=1", "tap=", "tap=sixteen-chars-xx", "tap=a b",
+                          "tap=a:b", "user:outbound=2", "user:speed=on", "user:,"}) {
+    try {
+      parse_network(bad);
+      ADD_FAILURE() << "accepted --network " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--network"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(RunOptions, ExposedPorts) {
+  EXPECT_EQ(parse_exposed_ports({"80/tcp", "53/udp", "8080", "80", "8000-8002/TCP"}, "x"),
+            (std::vector<std::string>{"80/tcp", "53/udp", "8080/tcp", "8000/tcp", "8001/tcp", "8002/tcp"}));
+  EXPECT_TRUE(parse_exposed_ports({}, "x").empty());
+  for (const char* bad : {"0", "65536", "80/icmp", "abc", "90-80", "/tcp", "-80"}) {
+    try {
+      parse_exposed_ports({bad}, "--expose");
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(std::string("--expose ") + bad), std::string::npos) << e.what();
+    }
+  }
+}
