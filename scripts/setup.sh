@@ -13,6 +13,7 @@ packages=(
   libslirp-dev libglib2.0-dev   # user-mode networking (slirp.pc requires glib-2.0.pc)
   # real components the tests use
   docker-registry skopeo umoci qemu-system-x86 e2fsprogs openssl curl busybox-static python3
+  musl-tools   # musl-gcc: a static musl program for the "scratch image" run test
   linux-image-cloud-amd64   # the L1 kernel (kvm-amd) of the nested KVM test rig, tests/nested
   isal   # igzip: the decompression floor bench/convert compares against
   # the guest kernel build

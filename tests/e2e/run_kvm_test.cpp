@@ -175,12 +175,18 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   fs::path home = w / "home";
   write_oci_layout(w / "busybox", {{"latest", build_image(busybox_image())}});
   write_oci_layout(w / "debian", {{"latest", build_image(glibc_image())}});
+  // FROM scratch: one static musl program and nothing else (no shell, /etc, /dev or /proc).
+  ASSERT_STRNE(SCRATCH_HELLO_BINARY, "") << "musl-gcc was not found at configure time (scripts/setup.sh installs musl-tools)";
+  ImageSpec scratch;
+  scratch.layers.push_back(layer({file("hello", file_bytes(SCRATCH_HELLO_BINARY), 0755)}));
+  scratch.config.cmd = {"/hello"};
+  write_oci_layout(w / "scratch", {{"latest", build_image(scratch)}});
   write_file_atomic(w / "env.list", "# comment\nFROM_FILE=file value\n");
   fs::copy_file(*kernel, w / "vmlinux");
 
   // Convert here (fast) into the rootfs cache that the runs in L1 then find.
   std::map<std::string, std::string> env = {{"IMG2VM_HOME", home.string()}, {"IMG2VM_INIT", IMG2VM_INIT_BINARY}};
-  for (const char* img : {"busybox", "debian"}) {
+  for (const char* img : {"busybox", "debian", "scratch"}) {
     auto c = run_command({bin, "convert", "oci:" + (w / img).string()}, {.input = {}, .env = env, .cwd = {}, .timeout = std::chrono::minutes(5)});
     ASSERT_EQ(c.exit_code, 0) << c.describe();
   }
@@ -197,6 +203,7 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      << "c default " << run << " --json --timings " << B << "\n"
      << "c exit3 " << run << " " << B << " sh -c 'exit 3'\n"
      << "c debian " << run << " " << D << "\n"
+     << "c scratch " << run << " -w /work oci:" << quote((w / "scratch").string()) << "\n"
      << "c user-workdir " << run << " -u 1234:5678 -w /some/new/dir " << B << " sh -c 'id -u; id -g; pwd'\n"
      << "c named-user " << run << " -u app " << B << " id\n"
      << "c env " << run << " -e 'A=x y=z' -e BASE=2 --env-file \"$W/env.list\" " << B
@@ -264,6 +271,9 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   std::string version = file_bytes("/etc/debian_version");
   while (!version.empty() && version.back() == '\n') version.pop_back();
   EXPECT_TRUE(has(deb.out, "debian " + version + " bash 5")) << deb.out;
+  const Case& scr = get("scratch");
+  EXPECT_EQ(scr.rc, 4) << scr.out << scr.err;
+  EXPECT_TRUE(has(scr.out, "scratch hello from /hello: uid=0 cwd=/work args=1 PATH=/usr/local/sbin:")) << scr.out;
   EXPECT_TRUE(has(get("user-workdir").out, "1234\n5678\n/some/new/dir")) << get("user-workdir").out;
   EXPECT_TRUE(has(get("named-user").out, "uid=1000(app) gid=1000(app)")) << get("named-user").out;
   EXPECT_TRUE(has(get("env").out, "[x y=z][2][file value]")) << get("env").out;
