@@ -4,6 +4,7 @@
 // docker run does; the runner's own outcomes are 122-125 and 130 (docs/cli.md).
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -78,13 +79,19 @@ class RawTerminal {
   struct termios saved_ {};
 };
 
+// -t: the host terminal's size, for the guest's tty.
+void pass_window_size(vm::Machine& m, int fd) {
+  struct winsize ws {};
+  if (::ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0) m.set_window_size(ws.ws_row, ws.ws_col);
+}
+
 // Blocks the signals img2vm relays for as long as it lives (threads created meanwhile inherit
 // the mask), and restores the previous mask afterwards.
 class SignalMask {
  public:
   SignalMask() {
     sigemptyset(&set_);
-    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2}) sigaddset(&set_, s);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set_, s);
     ::pthread_sigmask(SIG_BLOCK, &set_, &old_);
   }
   ~SignalMask() {
@@ -103,11 +110,11 @@ class SignalMask {
 // Relays the host's signals to the guest as docker run's --sig-proxy does: the first SIGINT or
 // SIGTERM asks the workload to stop (the image's StopSignal); if it has not ended after the stop
 // timeout, or on a second one, the VM is stopped. SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are
-// delivered to the workload as they are.
+// delivered to the workload as they are. With -t, SIGWINCH passes the terminal's new size on.
 class SignalRelay {
  public:
-  SignalRelay(vm::Machine& m, const SignalMask& mask, std::chrono::milliseconds stop_timeout, bool say)
-      : m_(m), set_(mask.set()), stop_timeout_(stop_timeout), say_(say), thread_([this] { loop(); }) {}
+  SignalRelay(vm::Machine& m, const SignalMask& mask, std::chrono::milliseconds stop_timeout, bool say, int tty_fd)
+      : m_(m), set_(mask.set()), stop_timeout_(stop_timeout), say_(say), tty_fd_(tty_fd), thread_([this] { loop(); }) {}
   ~SignalRelay() {
     done_ = true;
     thread_.join();
@@ -136,6 +143,8 @@ class SignalRelay {
         } else {
           m_.stop();
         }
+      } else if (sig == SIGWINCH) {
+        if (tty_fd_ >= 0) pass_window_size(m_, tty_fd_);
       } else {
         m_.signal_workload(sig);
       }
@@ -146,6 +155,7 @@ class SignalRelay {
   sigset_t set_;
   std::chrono::milliseconds stop_timeout_;
   bool say_;
+  int tty_fd_;
   int stops_ = 0;
   std::atomic<bool> done_{false};
   std::thread thread_;
@@ -344,7 +354,8 @@ int run_image(RunArgs& a, Globals& g) {
   if (a.req.tty) raw.emplace(STDIN_FILENO);
   vm::MachineResult r;
   {
-    SignalRelay relay(machine, mask, stop_timeout, ::isatty(STDERR_FILENO) && !g.json);
+    if (a.req.tty) pass_window_size(machine, STDIN_FILENO);
+    SignalRelay relay(machine, mask, stop_timeout, ::isatty(STDERR_FILENO) && !g.json, a.req.tty ? STDIN_FILENO : -1);
     r = machine.run();
   }
   raw.reset();

@@ -46,7 +46,7 @@ std::string file_bytes(const fs::path& p) {
 }
 
 constexpr const char* kApplets[] = {"sh", "echo", "id", "cat", "sleep", "pwd", "env", "test", "true", "false",
-                                    "grep", "head", "mkdir", "mount", "ls", "httpd", "nc", "printf", "ip"};
+                                    "grep", "head", "mkdir", "mount", "ls", "httpd", "nc", "printf", "ip", "stty"};
 
 // busybox-static with a few applets, users and groups; CMD prints a line.
 ImageSpec busybox_image() {
@@ -238,11 +238,22 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      << stop_case("second-int", run + " --stop-timeout 10m " + B, true)
      // -t under a pseudo-terminal (script(1)): the workload has a tty, and the host terminal's
      // settings are what they were before, after img2vm leaves raw mode.
-     << "printf '%s\\n' 'before=$(stty -g)' " << quote(run + " -t " + B + " sh -c 'test -t 0 && test -t 1 && echo tty-yes; exit 5'")
+     << "printf '%s\\n' 'stty rows 40 cols 100' 'before=$(stty -g)' "
+     << quote(run + " -t " + B + " sh -c 'test -t 0 && test -t 1 && echo tty-yes; echo size=$(stty size); exit 5'")
      << " 'rc=$?; [ \"$before\" = \"$(stty -g)\" ] && echo tty-restored; exit $rc' > \"$W/tty.sh\"\n"
      << "c tty script -qec \"sh $W/tty.sh\" /dev/null\n"
+     // A resize of the host terminal reaches the workload as SIGWINCH with the new size.
+     << "c tty-resize script -qec \"sh $W/tty-resize.sh\" /dev/null\n"
      << "c cache-after sh -c 'sha256sum \"$IMG2VM_HOME\"/rootfs/*.ext4'\n";
   write_file_atomic(w / "cases.sh", sh.str());
+  const std::string resize_out = quote((w / "tty-resize.out").string());
+  write_file_atomic(w / "tty-resize.sh",
+                    "stty rows 40 cols 100\n" + run + " --timeout 120s -t " + B +
+                        " sh -c 'trap \"echo resized=\\$(stty size); exit 6\" WINCH; echo ready; while :; do sleep 1; done'"
+                        " </dev/tty >" + resize_out + " 2>&1 &\n"
+                        "pid=$!; i=0; while ! grep -q ready " + resize_out + " && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done\n"
+                        "stty rows 50 cols 132 </dev/tty\n"
+                        "wait $pid; rc=$?; cat " + resize_out + "; exit $rc\n");
 
   std::string output =
       run_script(w / "cases.sh", {bin, IMG2VM_INIT_BINARY, w, "/usr/bin/script"}, std::chrono::seconds(1500));
@@ -311,6 +322,10 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   EXPECT_EQ(tty.rc, 5) << tty.out << tty.err;
   EXPECT_TRUE(has(tty.out, "tty-yes")) << tty.out;
   EXPECT_TRUE(has(tty.out, "tty-restored")) << tty.out;
+  EXPECT_TRUE(has(tty.out, "size=40 100")) << tty.out;
+  const Case& resize = get("tty-resize");
+  EXPECT_EQ(resize.rc, 6) << resize.out << resize.err;
+  EXPECT_TRUE(has(resize.out, "resized=50 132")) << resize.out;
   // The cached rootfs every run booted is byte for byte what convert wrote.
   EXPECT_FALSE(get("cache-before").out.empty());
   EXPECT_EQ(get("cache-before").out, get("cache-after").out);

@@ -44,10 +44,13 @@ constexpr unsigned short kPortExit = 0xf4;
 constexpr unsigned short kPortInitFail = 0xf5;
 constexpr unsigned short kPortBootMark = 0xf6;
 constexpr unsigned short kPortSignal = 0xf7;  // read: a signal the host asks us to deliver
-constexpr unsigned kPortCount = 4;            // 0xf4..0xf7
+constexpr unsigned short kPortWinRows = 0xf8;  // 16-bit read: the host terminal's rows (-t)
+constexpr unsigned short kPortWinCols = 0xfa;  // 16-bit read: its columns
+constexpr unsigned kPortCount = 8;             // 0xf4..0xfb
 constexpr unsigned char kMarkInitStart = 1;
 constexpr unsigned char kMarkExec = 2;
 constexpr unsigned char kSignalStopRequest = 0x80;  // deliver the image's StopSignal
+constexpr unsigned char kSignalWindowSize = 0x81;   // the terminal's size changed (WINSIZE ports)
 // How often PID 1 looks at the SIGNAL port while the workload runs (docs/guest-abi.md §5).
 constexpr long kSignalPollNs = 100'000'000;
 
@@ -74,11 +77,12 @@ void port_write(unsigned short port, unsigned char value) {
 }
 
 // A pending host request on the SIGNAL port: 0 for none (0x00 and 0xff, what an absent device
-// reads as), a signal number 1-64, or kSignalStopRequest.
+// reads as), a signal number 1-64, -1 for kSignalStopRequest, -2 for kSignalWindowSize.
 int port_signal_request() {
   if (!g_ports) return 0;
   unsigned char v = inb(kPortSignal);
   if (v == kSignalStopRequest) return -1;
+  if (v == kSignalWindowSize) return -2;
   if (v >= 1 && v <= 64) return v;
   return 0;
 }
@@ -326,6 +330,22 @@ std::string console_tty_device() {
   return "/dev/console";
 }
 
+// -t: gives the console tty the host terminal's size from the WINSIZE ports (nothing when the
+// host does not know it). The kernel sends SIGWINCH to the tty's foreground process group when
+// the size changes.
+void apply_window_size(const std::string& tty) {
+  if (!g_ports) return;
+  unsigned short rows = inw(kPortWinRows), cols = inw(kPortWinCols);
+  if (rows == 0 || cols == 0 || rows == 0xffff || cols == 0xffff) return;
+  int fd = ::open(tty.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (fd < 0) return;
+  struct winsize ws {};
+  ws.ws_row = rows;
+  ws.ws_col = cols;
+  ::ioctl(fd, TIOCSWINSZ, &ws);
+  ::close(fd);
+}
+
 // Without a tty the workload's output must reach the host byte for byte, as through docker's
 // pipes: no \n -> \r\n, no echo, no line editing. With one it gets a normal cooked terminal.
 void setup_console(bool tty) {
@@ -434,6 +454,8 @@ unsigned char supervise(const Workload& w, int stop_signal) {
   ::sigaction(SIGPWR, &sa, nullptr);
   ::sigprocmask(SIG_BLOCK, &set, nullptr);
 
+  const std::string tty = w.tty ? console_tty_device() : std::string();
+  if (w.tty) apply_window_size(tty);  // before the workload starts, so it reads the right size
   pid_t pid = ::fork();
   if (pid < 0) fail(kFailSpawn, "starting the workload", errno_text(errno));
   if (pid == 0) exec_workload(w);
@@ -451,6 +473,7 @@ unsigned char supervise(const Workload& w, int stop_signal) {
       if (sig < 0 && errno == EAGAIN) {
         int req = port_signal_request();
         if (req == -1) ::kill(pid, stop_signal);
+        else if (req == -2 && w.tty) apply_window_size(tty);
         else if (req > 0) ::kill(pid, req);
         continue;
       }

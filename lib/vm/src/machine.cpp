@@ -191,6 +191,8 @@ struct Machine::Impl {
   std::optional<MachineResult> result;
   BootTimings timings;
   std::atomic<bool> ending{false};
+  std::atomic<uint32_t> window_size{0};      // rows << 16 | cols, for abi::kWinRowsPort/kWinColsPort
+  std::atomic<bool> window_changed{false};    // reported on the SIGNAL port when no signal is pending
   std::atomic<uint8_t> pending_signal{0};  // what the guest reads on abi::kSignalPort
 
   microseconds now() const { return std::chrono::duration_cast<microseconds>(Clock::now() - t0); }
@@ -259,6 +261,14 @@ struct Machine::Impl {
     }
     if (!out && size == 1 && port == abi::kSignalPort) {
       data[0] = pending_signal.exchange(0);
+      if (data[0] == 0 && window_changed.exchange(false)) data[0] = abi::kWindowSizeChanged;
+      return;
+    }
+    if (!out && size == 2 && (port == abi::kWinRowsPort || port == abi::kWinColsPort)) {
+      uint32_t ws = window_size.load();
+      uint16_t v = port == abi::kWinRowsPort ? uint16_t(ws >> 16) : uint16_t(ws & 0xffff);
+      data[0] = uint8_t(v & 0xff);
+      data[1] = uint8_t(v >> 8);
       return;
     }
     if (out && size == 1) {
@@ -721,6 +731,11 @@ void Machine::request_stop() { impl_->pending_signal = abi::kStopRequest; }
 void Machine::signal_workload(int sig) {
   if (sig < 1 || sig > 64) throw Error(ErrorKind::kInvalidArgument, "signal " + std::to_string(sig) + " out of range 1-64");
   impl_->pending_signal = static_cast<uint8_t>(sig);
+}
+
+void Machine::set_window_size(uint16_t rows, uint16_t cols) {
+  impl_->window_size = uint32_t(rows) << 16 | cols;
+  impl_->window_changed = true;
 }
 
 MachineResult Machine::run() {

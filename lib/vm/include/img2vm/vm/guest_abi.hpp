@@ -17,6 +17,12 @@ inline constexpr uint8_t kMarkWorkloadExec = 2;
 // Reading consumes the request.
 inline constexpr uint16_t kSignalPort = 0x0f7;
 inline constexpr uint8_t kStopRequest = 0x80;
+// kWindowSizeChanged on SIGNAL: the terminal's size changed; the init reads it from the two
+// 16-bit WINSIZE ports (rows, columns; 0 when unknown) and applies it to the workload's tty.
+// Signal requests take precedence: a resize never replaces a pending signal.
+inline constexpr uint8_t kWindowSizeChanged = 0x81;
+inline constexpr uint16_t kWinRowsPort = 0x0f8;  // 16-bit read
+inline constexpr uint16_t kWinColsPort = 0x0fa;  // 16-bit read
 
 inline constexpr uint16_t kUartBase = 0x3f8;      // COM1, IRQ 4
 inline constexpr unsigned kUartIrq = 4;

@@ -121,6 +121,10 @@ class Machine {
   void request_stop();
   // Asks the guest init to send signal `sig` (1-64) to the workload, like `docker kill -s`.
   void signal_workload(int sig);
+  // The size of the terminal the workload's tty stands for (-t): the guest init applies it before
+  // the workload starts and, when it changes later, within ~100 ms (the workload gets SIGWINCH
+  // from its kernel). Thread-safe; 0 means unknown.
+  void set_window_size(uint16_t rows, uint16_t cols);
   // start() + wait().
   MachineResult run();
 
