@@ -1,7 +1,9 @@
 // `img2vm pull REF`: pull an image (registry, oci:DIR[:TAG], docker-archive:FILE[:REF]) into the
 // store, with one progress line per blob on a TTY, quiet otherwise, or JSON events (--json).
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -23,6 +25,37 @@ struct PullArgs {
   bool password_stdin = false;
   int jobs = 4;
   std::vector<std::string> insecure;
+};
+
+// Ctrl-C or SIGTERM during a pull: the first stops it cleanly (partial downloads kept for the
+// next pull to resume), a second one ends the process at once.
+std::atomic<bool> g_interrupted{false};
+
+void on_interrupt(int sig) {
+  if (g_interrupted.exchange(true)) {
+    ::signal(sig, SIG_DFL);
+    ::raise(sig);
+  }
+}
+
+class InterruptHandler {
+ public:
+  InterruptHandler() {
+    struct sigaction sa {};
+    sa.sa_handler = on_interrupt;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGINT, &sa, &old_int_);
+    ::sigaction(SIGTERM, &sa, &old_term_);
+  }
+  ~InterruptHandler() {
+    ::sigaction(SIGINT, &old_int_, nullptr);
+    ::sigaction(SIGTERM, &old_term_, nullptr);
+  }
+  InterruptHandler(const InterruptHandler&) = delete;
+  InterruptHandler& operator=(const InterruptHandler&) = delete;
+
+ private:
+  struct sigaction old_int_ {}, old_term_ {};
 };
 
 // Redraws one line per blob on a terminal.
@@ -148,7 +181,17 @@ void register_pull(CLI::App& app, Globals& g, Action* slot) {
         o.progress = [tp](const registry::PullEvent& e) { tp->on(e); };
       }
       registry::Store store;
-      auto r = registry::pull(store, args->ref, o);
+      InterruptHandler on_ctrl_c;
+      o.interrupt = &g_interrupted;
+      registry::PullResult r;
+      try {
+        r = registry::pull(store, args->ref, o);
+      } catch (const Error& e) {
+        if (!g_interrupted) throw;
+        if (tty) std::cerr << "\n";
+        std::cerr << "img2vm: " << e.what() << "\n";
+        return 130;  // 128 + SIGINT, as a shell reports an interrupted command
+      }
       if (!g.json) {
         std::cout << r.name << " " << r.manifest_digest.str() << " " << r.platform.str()
                   << (r.up_to_date ? " (up to date)" : " (downloaded " + human_size(r.bytes_downloaded) + ")") << "\n";

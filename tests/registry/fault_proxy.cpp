@@ -139,7 +139,11 @@ void FaultProxy::handle(int fd) {
   send_all(up.get(), head);
   size_t sent = 0;
   for (;;) {
-    ssize_t n = ::recv(up.get(), buf, sizeof buf, 0);
+    if (fault == Fault::kSlow && sent > 0) {
+      if (stop_) return;
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    ssize_t n = ::recv(up.get(), buf, fault == Fault::kSlow ? 16384 : sizeof buf, 0);
     if (n <= 0) return;
     size_t take = static_cast<size_t>(n);
     if (fault == Fault::kTruncate && sent + take > cut) take = cut - sent;

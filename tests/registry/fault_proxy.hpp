@@ -1,7 +1,7 @@
 // A fault-injecting HTTP proxy for registry tests: listens on 127.0.0.1, forwards each request
 // (one per connection, "Connection: close") to a real registry, and applies the next scripted
 // fault to requests for blobs: a connection reset, a response cut after N bytes, a 503, or a
-// 429 with Retry-After. Records the blob requests it saw (path and Range header).
+// 429 with Retry-After, or a slow response (kSlow: 16 KiB every 100 ms). Records the blob requests it saw (path and Range header).
 #pragma once
 
 #include <atomic>
@@ -17,7 +17,7 @@ namespace img2vm::testing {
 
 class FaultProxy {
  public:
-  enum class Fault { kPass, kReset, kTruncate, k503, k429 };
+  enum class Fault { kPass, kReset, kTruncate, k503, k429, kSlow };
   struct Seen {
     std::string path, range;
   };

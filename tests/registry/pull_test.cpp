@@ -2,6 +2,7 @@
 // binary for the user-facing errors. Every test uses its own store ($IMG2VM_HOME in a TempDir).
 #include <gtest/gtest.h>
 
+#include <csignal>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
@@ -464,6 +465,54 @@ TEST(Pull, RegistryDownThenResumesFromPartialDownload) {
   EXPECT_NE(error_of([&] { pull(store2, reg.host() + "/test/r:v1", opts_for(reg)); }).find(big.digest.str()),
             std::string::npos);
   EXPECT_EQ(pull(store2, reg.host() + "/test/r:v1", opts_for(reg)).manifest_digest, img.manifest.digest);
+}
+
+// Ctrl-C during `img2vm pull`: exit 130 with one line, the partial download kept, nothing in
+// the store's index; the next pull resumes the blob with a Range request.
+TEST(Pull, CtrlCStopsCleanlyAndTheNextPullResumes) {
+  Registry reg(RegistryAuth::kNone);
+  BuiltImage img = build_image(multi_layer_spec("ctrlc"));
+  push(reg, img, "test/c:v1");
+  std::string h = reg.host();
+  FaultProxy proxy("127.0.0.1", std::stoi(h.substr(h.find(':') + 1)));
+  using F = FaultProxy::Fault;
+  proxy.script(std::vector<F>(16, F::kSlow));  // every blob at ~160 KiB/s
+  TempDir home("home");
+  std::string ref = proxy.host() + "/test/c:v1";
+  const BuiltLayer& big = img.layers[1];
+  fs::path partial = home.path() / "ingest" / (big.digest.hex() + ".partial");
+  ChildProcess p({bin(), "pull", "--jobs", "1", ref}, home.path() / "pull.log",
+                 {{"IMG2VM_HOME", home.path().string()}, {"DOCKER_CONFIG", (home.path() / "none").string()}});
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  std::error_code ec;
+  while (std::chrono::steady_clock::now() < deadline && p.running() &&
+         !(fs::exists(partial, ec) && fs::file_size(partial, ec) >= (64u << 10)))
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_TRUE(p.running()) << read_file(home.path() / "pull.log");
+  ASSERT_GE(fs::file_size(partial, ec), 64u << 10) << "the big layer's download never started";
+  ::kill(p.pid(), SIGINT);
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (p.running() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_FALSE(p.running()) << "Ctrl-C did not stop the pull";
+  std::string log = read_file(home.path() / "pull.log");
+  EXPECT_EQ(p.exit_code(), 130) << log;
+  EXPECT_NE(log.find("interrupted: the partial downloads are kept and the next pull resumes them"), std::string::npos) << log;
+  uint64_t kept = fs::file_size(partial, ec);
+  EXPECT_GE(kept, 64u << 10) << "the partial download was not kept";
+  EXPECT_LT(kept, big.size());
+  EXPECT_TRUE(Store(home.path()).list().empty()) << "an interrupted pull put an image in the index";
+
+  proxy.script({});
+  auto again = img2vm(home.path(), {"pull", ref});
+  ASSERT_EQ(again.exit_code, 0) << again.describe();
+  bool resumed = false;
+  for (const auto& s : proxy.blob_requests())
+    if (s.path.find(big.digest.hex()) != std::string::npos && s.range.rfind("bytes=", 0) == 0 && s.range != "bytes=0-")
+      resumed = true;
+  EXPECT_TRUE(resumed) << "the second pull downloaded the big layer from the start";
+  Store store(home.path());
+  expect_image_in_store(store, ref, img);
 }
 
 TEST(Pull, SurvivesResetsTruncation503And429ThroughAFaultyProxy) {

@@ -31,11 +31,12 @@ std::string now_rfc3339() {
 class ProgressSink : public BlobSink {
  public:
   ProgressSink(Ingest& in, const Descriptor& d, const std::function<void(const PullEvent&)>& report,
-               const std::atomic<bool>& cancel)
-      : in_(in), d_(d), report_(report), cancel_(cancel) {}
+               const std::atomic<bool>& cancel, const std::atomic<bool>* interrupt)
+      : in_(in), d_(d), report_(report), cancel_(cancel), interrupt_(interrupt) {}
   uint64_t offset() const override { return in_.offset(); }
   void restart() override { in_.restart(); }
   void write(const char* data, size_t len) override {
+    if (interrupt_ && *interrupt_) throw Error(ErrorKind::kIo, "interrupted");
     if (cancel_) throw Error(ErrorKind::kIo, "cancelled");
     in_.write(data, len);
     downloaded += len;
@@ -52,6 +53,7 @@ class ProgressSink : public BlobSink {
   const Descriptor& d_;
   const std::function<void(const PullEvent&)>& report_;
   const std::atomic<bool>& cancel_;
+  const std::atomic<bool>* interrupt_;
   uint64_t last_ = 0;
 };
 
@@ -192,7 +194,7 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   auto worker = [&] {
     for (;;) {
       size_t i = next++;
-      if (i >= todo.size() || cancel) return;
+      if (i >= todo.size() || cancel || (opts.interrupt && *opts.interrupt)) return;
       const Descriptor& d = todo[i];
       try {
         std::unique_ptr<Ingest> in = store.ingest(d);
@@ -203,7 +205,7 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
         }
         report(PullEvent{PullEvent::Kind::kBlobStart, {}, d.digest, d.media_type, in->resumed_from(),
                          static_cast<uint64_t>(d.size), {}});
-        ProgressSink sink(*in, d, report, cancel);
+        ProgressSink sink(*in, d, report, cancel, opts.interrupt);
         if (client) client->get_blob(repo, d.digest, sink);
         else copy_local(*local, d, sink);
         in->commit();
@@ -222,6 +224,8 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   std::vector<std::thread> threads;
   for (int t = 0; t < std::min<int>(jobs, static_cast<int>(todo.size())); ++t) threads.emplace_back(worker);
   for (auto& t : threads) t.join();
+  if (opts.interrupt && *opts.interrupt)
+    throw Error(ErrorKind::kIo, "pull " + plan.name + " interrupted: the partial downloads are kept and the next pull resumes them");
   if (first_error) {
     try {
       std::rethrow_exception(first_error);

@@ -2,6 +2,7 @@
 // verified, resumable blob downloads.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -35,6 +36,10 @@ struct PullOptions {
   ClientOptions client;
   // Called from worker threads, serialized by pull().
   std::function<void(const PullEvent&)> progress;
+  // When set and it becomes true (e.g. from a SIGINT handler), the pull stops at the next chunk
+  // and throws Error(kIo, "... interrupted"): partial downloads stay in the store's ingest
+  // directory and the next pull resumes them; nothing half-done enters the store.
+  const std::atomic<bool>* interrupt = nullptr;
 };
 
 struct PullResult {
