@@ -64,7 +64,10 @@ class TtyProgress {
   void on(const registry::PullEvent& e) {
     using K = registry::PullEvent::Kind;
     if (e.kind == K::kResolved) {
-      std::fprintf(stderr, "%s: %s (%s)\n", e.name.c_str(), e.digest.str().c_str(), e.platform.c_str());
+      if (e.platform.empty())
+        std::fprintf(stderr, "%s: %s\n", e.name.c_str(), e.digest.str().c_str());
+      else
+        std::fprintf(stderr, "%s: %s (%s)\n", e.name.c_str(), e.digest.str().c_str(), e.platform.c_str());
       return;
     }
     if (e.kind == K::kDone) {

@@ -515,6 +515,46 @@ TEST(Pull, CtrlCStopsCleanlyAndTheNextPullResumes) {
   expect_image_in_store(store, ref, img);
 }
 
+// On a terminal (a pseudo-terminal from script(1)) pull redraws one line per blob with its
+// rate and ETA, then prints its summary; through a pipe it prints only the summary.
+TEST(Pull, ProgressLinesOnATerminalOnlyTheSummaryOtherwise) {
+  if (!fs::exists("/usr/bin/script")) GTEST_SKIP() << "needs script(1) (bsdutils)";
+  Registry reg(RegistryAuth::kNone);
+  ImageSpec spec;
+  spec.layers.push_back(layer({file("data.bin", random_bytes(640 << 10, 3))}, LayerCompression::kNone));
+  spec.config.cmd = {"/bin/true"};
+  BuiltImage img = build_image(spec);
+  push(reg, img, "test/p:v1");
+  std::string h = reg.host();
+  FaultProxy proxy("127.0.0.1", std::stoi(h.substr(h.find(':') + 1)));
+  proxy.script(std::vector<FaultProxy::Fault>(4, FaultProxy::Fault::kSlow));  // ~4 s for the layer
+  TempDir home("home");
+  std::string ref = proxy.host() + "/test/p:v1";
+  RunOptions o;
+  o.env["IMG2VM_HOME"] = home.path().string();
+  o.env["DOCKER_CONFIG"] = (home.path() / "none").string();
+  o.timeout = std::chrono::minutes(2);
+  auto tty = run_command({"script", "-qec", bin() + " pull " + ref, "/dev/null"}, o);
+  ASSERT_EQ(tty.exit_code, 0) << tty.describe();
+  const std::string& out = tty.out;
+  EXPECT_NE(out.find(img.config.digest.short_hex() + ": done"), std::string::npos) << out;
+  EXPECT_NE(out.find(": downloading     "), std::string::npos) << out;
+  EXPECT_NE(out.find(" / 6"), std::string::npos) << out;  // the layer (skopeo gzips it when pushing)
+  EXPECT_NE(out.find("downloading"), std::string::npos) << out;
+  EXPECT_NE(out.find("/s  ETA "), std::string::npos) << out;
+  EXPECT_NE(out.find("\033["), std::string::npos) << "no redraw (cursor up) in: " << out;
+  EXPECT_NE(out.find("done"), std::string::npos) << out;
+  EXPECT_NE(out.find(" linux/amd64 (downloaded "), std::string::npos) << out;
+  EXPECT_EQ(out.find("()"), std::string::npos) << "an empty platform was printed: " << out;
+
+  TempDir home2("home");
+  auto piped = img2vm(home2.path(), {"pull", reg.host() + "/test/p:v1"});
+  ASSERT_EQ(piped.exit_code, 0) << piped.describe();
+  EXPECT_TRUE(piped.err.empty()) << piped.err;
+  EXPECT_EQ(std::count(piped.out.begin(), piped.out.end(), '\n'), 1) << piped.out;
+  EXPECT_EQ(piped.out.find("\033["), std::string::npos) << piped.out;
+}
+
 TEST(Pull, SurvivesResetsTruncation503And429ThroughAFaultyProxy) {
   Registry reg(RegistryAuth::kNone);
   BuiltImage img = build_image(multi_layer_spec("faults"));
