@@ -149,6 +149,12 @@ void FaultProxy::handle(int fd) {
     if (fault == Fault::kTruncate && sent + take > cut) take = cut - sent;
     send_all(fd, std::string(buf, take));
     sent += take;
+    while (fault == Fault::kStall) {
+      if (stop_) return;
+      pollfd p{fd, POLLIN, 0};
+      char c;
+      if (::poll(&p, 1, 100) > 0 && ::recv(fd, &c, 1, 0) <= 0) return;
+    }
     if (fault == Fault::kTruncate && sent >= cut) return;
   }
 }

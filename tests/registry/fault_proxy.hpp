@@ -1,7 +1,8 @@
 // A fault-injecting HTTP proxy for registry tests: listens on 127.0.0.1, forwards each request
 // (one per connection, "Connection: close") to a real registry, and applies the next scripted
 // fault to requests for blobs: a connection reset, a response cut after N bytes, a 503, or a
-// 429 with Retry-After, or a slow response (kSlow: 16 KiB every 100 ms). Records the blob requests it saw (path and Range header).
+// 429 with Retry-After, a slow response (kSlow: 16 KiB every 100 ms), or a stalled one (kStall: the first chunk,
+// then nothing until the client hangs up). Records the blob requests it saw (path and Range header).
 #pragma once
 
 #include <atomic>
@@ -17,7 +18,7 @@ namespace img2vm::testing {
 
 class FaultProxy {
  public:
-  enum class Fault { kPass, kReset, kTruncate, k503, k429, kSlow };
+  enum class Fault { kPass, kReset, kTruncate, k503, k429, kSlow, kStall };
   struct Seen {
     std::string path, range;
   };

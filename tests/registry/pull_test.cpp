@@ -555,6 +555,35 @@ TEST(Pull, ProgressLinesOnATerminalOnlyTheSummaryOtherwise) {
   EXPECT_EQ(piped.out.find("\033["), std::string::npos) << piped.out;
 }
 
+// Ctrl-C while no bytes flow (a stalled registry): the pull still stops within seconds, not
+// after the 60 s stall timeout.
+TEST(Pull, CtrlCStopsAStalledPull) {
+  Registry reg(RegistryAuth::kNone);
+  BuiltImage img = build_image(multi_layer_spec("stall"));
+  push(reg, img, "test/s:v1");
+  std::string h = reg.host();
+  FaultProxy proxy("127.0.0.1", std::stoi(h.substr(h.find(':') + 1)));
+  proxy.script(std::vector<FaultProxy::Fault>(16, FaultProxy::Fault::kStall));
+  TempDir home("home");
+  ChildProcess p({bin(), "pull", proxy.host() + "/test/s:v1"}, home.path() / "pull.log",
+                 {{"IMG2VM_HOME", home.path().string()}, {"DOCKER_CONFIG", (home.path() / "none").string()}});
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+  while (proxy.blob_requests().empty() && p.running() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_FALSE(proxy.blob_requests().empty()) << read_file(home.path() / "pull.log");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // into the stall
+  ASSERT_TRUE(p.running());
+  ::kill(p.pid(), SIGINT);
+  deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (p.running() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  ASSERT_FALSE(p.running()) << "a stalled pull ignored Ctrl-C";
+  std::string log = read_file(home.path() / "pull.log");
+  EXPECT_EQ(p.exit_code(), 130) << log;
+  EXPECT_NE(log.find("interrupted"), std::string::npos) << log;
+  EXPECT_TRUE(Store(home.path()).list().empty());
+}
+
 TEST(Pull, SurvivesResetsTruncation503And429ThroughAFaultyProxy) {
   Registry reg(RegistryAuth::kNone);
   BuiltImage img = build_image(multi_layer_spec("faults"));

@@ -153,6 +153,11 @@ size_t on_header(char* data, size_t size, size_t n, void* ud) {
   return size * n;
 }
 
+// Called by curl about once a second (and on every chunk): non-zero abandons the transfer.
+int on_xferinfo(void* interrupt, curl_off_t, curl_off_t, curl_off_t, curl_off_t) {
+  return static_cast<const std::atomic<bool>*>(interrupt)->load() ? 1 : 0;
+}
+
 size_t on_body(char* data, size_t size, size_t n, void* ud) {
   auto* t = static_cast<Transfer*>(ud);
   size_t len = size * n;
@@ -344,12 +349,18 @@ struct Client::Impl {
       } else if (req.method == "HEAD") {
         curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
       }
+      if (opts.interrupt) {
+        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_xferinfo);
+        curl_easy_setopt(h, CURLOPT_XFERINFODATA, opts.interrupt);
+      }
       res.curl = curl_easy_perform(h);
       curl_slist_free_all(hdrs);
       // Forget the header list and buffers that are about to go out of scope.
       curl_easy_setopt(h, CURLOPT_HTTPHEADER, nullptr);
       curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);
       if (t.error) std::rethrow_exception(t.error);
+      throw_if_interrupted(url);
       curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &res.status);
       if (res.curl != CURLE_OK) {
         res.curl_error = errbuf[0] ? errbuf : curl_easy_strerror(res.curl);
@@ -368,6 +379,10 @@ struct Client::Impl {
       }
       return res;
     }
+  }
+
+  void throw_if_interrupted(const std::string& url) const {
+    if (opts.interrupt && *opts.interrupt) throw Error(ErrorKind::kIo, "interrupted while fetching " + url);
   }
 
   std::chrono::milliseconds backoff(int attempt, const Result& r) const {
@@ -395,10 +410,14 @@ struct Client::Impl {
       if (!transient) return r;
       if (r.streamed > 0) failures = 0;
       if (++failures >= opts.max_attempts || total > 100) return r;
+      throw_if_interrupted(r.url);
       auto wait = backoff(failures - 1, r);
       log(kind + " " + r.url + ": " + (r.curl != CURLE_OK ? r.curl_error : "HTTP " + std::to_string(r.status)) +
           "; retrying in " + std::to_string(wait.count()) + " ms");
-      std::this_thread::sleep_for(wait);
+      for (auto until = std::chrono::steady_clock::now() + wait; std::chrono::steady_clock::now() < until;) {
+        throw_if_interrupted(r.url);
+        std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(wait, std::chrono::milliseconds(100)));
+      }
     }
   }
 

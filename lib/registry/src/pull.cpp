@@ -105,7 +105,9 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   } else {
     ref = Reference::parse(spec);
     plan.name = ref.str();
-    client = std::make_unique<Client>(ref.registry, opts.client);
+    ClientOptions co = opts.client;
+    if (opts.interrupt) co.interrupt = opts.interrupt;
+    client = std::make_unique<Client>(ref.registry, co);
     std::string repo_name = ref.name();
     std::string top_bytes;
     std::string top_type;

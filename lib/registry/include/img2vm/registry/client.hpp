@@ -6,6 +6,7 @@
 // Thread-safe: one Client may serve many concurrent downloads.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -35,6 +36,9 @@ struct ClientOptions {
   std::chrono::seconds connect_timeout{30};
   // Abort a transfer that moves no bytes for this long (then it is retried).
   std::chrono::seconds stall_timeout{60};
+  // When set and it becomes true (Ctrl-C), a request in progress is abandoned within about a
+  // second even when no bytes flow, and the call throws Error(kIo, "... interrupted").
+  const std::atomic<bool>* interrupt = nullptr;
   // Diagnostics for -v (never carries a secret).
   std::function<void(const std::string&)> log;
 };
