@@ -11,6 +11,7 @@ pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)            # libzstd-de
 pkg_check_modules(SECCOMP REQUIRED IMPORTED_TARGET libseccomp)      # libseccomp-dev
 # user-mode networking; slirp.pc requires glib-2.0.pc (libglib2.0-dev), libslirp links glib itself
 pkg_check_modules(SLIRP REQUIRED IMPORTED_TARGET slirp)             # libslirp-dev
+pkg_check_modules(NFTABLES REQUIRED IMPORTED_TARGET libnftables)   # libnftables-dev (tap backend)
 if(IMG2VM_TESTS)
   find_package(GTest REQUIRED)                       # googletest (libgtest-dev)
   include(GoogleTest)

@@ -11,7 +11,9 @@ packages=(
   libarchive-dev libssl-dev nlohmann-json3-dev libcurl4-openssl-dev libext2fs-dev
   libcli11-dev libzstd-dev libcrypt-dev libseccomp-dev googletest libgtest-dev libgmock-dev
   libslirp-dev libglib2.0-dev   # user-mode networking (slirp.pc requires glib-2.0.pc)
+  libnftables-dev   # the tap backend's NAT and forwarding rules
   # real components the tests use
+  nftables iproute2   # nft and ip, to look at what the tap backend set up (tests)
   docker-registry skopeo umoci qemu-system-x86 e2fsprogs openssl curl busybox-static python3
   musl-tools   # musl-gcc: a static musl program for the "scratch image" run test
   linux-image-cloud-amd64   # the L1 kernel (kvm-amd) of the nested KVM test rig, tests/nested

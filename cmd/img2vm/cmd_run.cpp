@@ -26,6 +26,7 @@
 #include "img2vm/vm/kvm_detect.hpp"
 #include "img2vm/vm/machine.hpp"
 #include "img2vm/vm/net_slirp.hpp"
+#include "img2vm/vm/net_tap.hpp"
 #include "img2vm/vm/port_forward.hpp"
 #include "run_options.hpp"
 
@@ -250,8 +251,6 @@ int run_image(RunArgs& a, Globals& g) {
   if (net.mode == NetworkChoice::Mode::kNone && (!forwards.empty() || a.publish_all))
     throw Error(ErrorKind::kInvalidArgument, "-p/-P: --network none has no network to publish ports on");
   parse_exposed_ports(a.expose, "--expose");  // checked now; used once the image is known
-  if (net.mode == NetworkChoice::Mode::kTap)
-    throw Error(ErrorKind::kUnsupported, "--network tap: the tap backend is not available yet (issue #7); use --network user");
   if (net.mode == NetworkChoice::Mode::kUser) {
     rootfs::NetConfig n;
     n.interface = "eth0";
@@ -290,6 +289,35 @@ int run_image(RunArgs& a, Globals& g) {
     mc.net->user.outbound = net.outbound;
     mc.net->user.host_loopback = net.host_loopback;
     mc.net->user.forwards = forwards;
+  }
+  // The tap network: a device of the VM's own on the host, its host side set up now (it needs
+  // CAP_NET_ADMIN) and undone when the run ends; the guest gets the address chosen for it.
+  std::shared_ptr<vm::TapBackend> tap;
+  if (net.mode == NetworkChoice::Mode::kTap) {
+    vm::TapNetConfig tc;
+    tc.name = net.tap_name;
+    tc.outbound = net.outbound;
+    tc.forwards = forwards;
+    mc.net.emplace();
+    tap = std::make_shared<vm::TapBackend>(tc, mc.net->mtu);
+    mc.net->backend = tap;
+    const vm::TapNetInfo& ti = tap->info();
+    rootfs::NetConfig n;
+    n.interface = "eth0";
+    n.address = ti.guest_ip;
+    n.prefix = ti.prefix_length;
+    n.gateway = ti.host_ip;
+    overrides.net = n;
+    if (overrides.dns.empty()) {
+      std::string resolv;
+      try {
+        resolv = read_file("/etc/resolv.conf");
+      } catch (const Error&) {  // no resolv.conf: docker's fallback resolvers
+      }
+      overrides.dns = tap_guest_dns(resolv);
+    }
+    log(LogLevel::kInfo, "network: tap device " + ti.device + (ti.managed ? "" : " (existing)") + ", guest " + ti.guest_ip +
+                             "/" + std::to_string(ti.prefix_length) + " via " + ti.host_ip);
   }
 
   // The root disk: a private copy-on-write view of the cached rootfs, or with --keep a copy of
@@ -375,8 +403,15 @@ int run_image(RunArgs& a, Globals& g) {
                         {"status", r.status},
                         {"exit_code", code},
                         {"timings_ms", timings_json(r.timings)},
-                        {"network", net.mode == NetworkChoice::Mode::kUser ? "user" : "none"},
+                        {"network", net.mode == NetworkChoice::Mode::kUser ? "user"
+                                    : net.mode == NetworkChoice::Mode::kTap ? "tap"
+                                                                            : "none"},
                         {"published", ports_json}};
+    if (tap)
+      j["tap"] = {{"device", tap->info().device},
+                  {"managed", tap->info().managed},
+                  {"host_ip", tap->info().host_ip},
+                  {"guest_ip", tap->info().guest_ip}};
     if (!a.keep.empty()) j["kept"] = fs::absolute(a.keep).string();
     if (!r.detail.empty()) j["detail"] = r.detail;
     std::cerr << j.dump() << "\n";

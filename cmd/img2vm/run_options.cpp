@@ -1,9 +1,12 @@
 #include "run_options.hpp"
 
+#include <arpa/inet.h>
+
 #include <algorithm>
 #include <cctype>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 
 #include "img2vm/base/error.hpp"
 
@@ -194,8 +197,25 @@ NetworkChoice parse_network(const std::string& text) {
     mode = text.substr(0, colon);
     opts = text.substr(colon + 1);
   }
-  if (mode == "user" || mode == "bridge" || mode == "default" || mode == "slirp") {
-    c.mode = NetworkChoice::Mode::kUser;
+  const bool user = mode == "user" || mode == "bridge" || mode == "default" || mode == "slirp";
+  const bool tap = mode == "tap" || mode.rfind("tap=", 0) == 0;
+  if (!user && !tap && !opts.empty())
+    throw Error(ErrorKind::kInvalidArgument, flag + ": only user and tap networking take options after ':'");
+  if (mode == "none") {
+    c.mode = NetworkChoice::Mode::kNone;
+    return c;
+  }
+  if (tap) {
+    c.mode = NetworkChoice::Mode::kTap;
+    if (mode.size() >= 4) {
+      c.tap_name = mode.substr(4);
+      // IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and blanks in names.
+      if (c.tap_name.empty() || c.tap_name.size() > 15 || c.tap_name == "." || c.tap_name == ".." ||
+          c.tap_name.find_first_of("/: \t\n") != std::string::npos)
+        throw Error(ErrorKind::kInvalidArgument, flag + ": \"" + c.tap_name + "\" is not a valid interface name (1-15 characters, no '/', ':' or blanks)");
+    }
+  }
+  if (user || tap) {
     size_t pos = 0;
     while (!opts.empty() && pos <= opts.size()) {
       size_t comma = opts.find(',', pos);
@@ -206,28 +226,12 @@ NetworkChoice parse_network(const std::string& text) {
       std::replace(key.begin(), key.end(), '-', '_');
       if (key == "outbound")
         c.outbound = parse_switch("--network", key, value);
-      else if (key == "host_loopback" || key == "allow_host_loopback")
+      else if (user && (key == "host_loopback" || key == "allow_host_loopback"))
         c.host_loopback = parse_switch("--network", key, value);
       else
         throw Error(ErrorKind::kInvalidArgument,
-                    flag + ": unknown option \"" + item + "\" (user networking takes outbound=on|off, host_loopback=on|off)");
-    }
-    return c;
-  }
-  if (!opts.empty())
-    throw Error(ErrorKind::kInvalidArgument, flag + ": only user networking takes options after ':'");
-  if (mode == "none") {
-    c.mode = NetworkChoice::Mode::kNone;
-    return c;
-  }
-  if (mode == "tap" || mode.rfind("tap=", 0) == 0) {
-    c.mode = NetworkChoice::Mode::kTap;
-    if (mode.size() >= 4) {
-      c.tap_name = mode.substr(4);
-      // IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and blanks in names.
-      if (c.tap_name.empty() || c.tap_name.size() > 15 || c.tap_name == "." || c.tap_name == ".." ||
-          c.tap_name.find_first_of("/: \t\n") != std::string::npos)
-        throw Error(ErrorKind::kInvalidArgument, flag + ": \"" + c.tap_name + "\" is not a valid interface name (1-15 characters, no '/', ':' or blanks)");
+                    flag + ": unknown option \"" + item + "\" (" +
+                        (user ? "user networking takes outbound=on|off, host_loopback=on|off" : "tap networking takes outbound=on|off") + ")");
     }
     return c;
   }
@@ -237,6 +241,23 @@ NetworkChoice parse_network(const std::string& text) {
   if (mode.rfind("container", 0) == 0)
     throw Error(ErrorKind::kUnsupported, flag + ": joining another VM's network is not supported");
   throw Error(ErrorKind::kInvalidArgument, flag + ": unknown network (use user, none or tap[=NAME])");
+}
+
+std::vector<std::string> tap_guest_dns(const std::string& resolv_conf) {
+  std::vector<std::string> out;
+  std::istringstream in(resolv_conf);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream words(line);
+    std::string key, addr;
+    words >> key >> addr;
+    if (key != "nameserver") continue;
+    in_addr a{};
+    if (::inet_pton(AF_INET, addr.c_str(), &a) != 1) continue;  // IPv6 (the guest has none) or junk
+    if ((ntohl(a.s_addr) >> 24) == 127) continue;
+    if (std::find(out.begin(), out.end(), addr) == out.end()) out.push_back(addr);
+  }
+  if (out.empty()) out = {"8.8.8.8", "8.8.4.4"};
+  return out;
 }
 
 std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& specs, const std::string& what) {

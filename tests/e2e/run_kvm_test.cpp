@@ -9,6 +9,7 @@
 // and qemu-system-x86_64 for the nested route. Missing pieces skip the test, saying which.
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -18,6 +19,7 @@
 #include <sstream>
 
 #include "image_builder.hpp"
+#include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "nested_rig.hpp"
 #include "process.hpp"
@@ -46,7 +48,7 @@ std::string file_bytes(const fs::path& p) {
 }
 
 constexpr const char* kApplets[] = {"sh", "echo", "id", "cat", "sleep", "pwd", "env", "test", "true", "false",
-                                    "grep", "head", "mkdir", "mount", "ls", "httpd", "nc", "printf", "ip", "stty"};
+                                    "grep", "head", "mkdir", "mount", "ls", "httpd", "nc", "printf", "ip", "stty", "ping", "sed"};
 
 // busybox-static with a few applets, users and groups; CMD prints a line.
 ImageSpec busybox_image() {
@@ -84,6 +86,18 @@ ImageSpec glibc_image() {
   s.layers.push_back(layer(e, LayerCompression::kZstd));
   s.config.cmd = {"/bin/bash", "-c", "echo \"debian $(</etc/debian_version) bash ${BASH_VERSINFO[0]}\""};
   return s;
+}
+
+// busybox with a web root, an HTTP client and a UDP echo tool, serving /www on port 80.
+ImageSpec net_image() {
+  ImageSpec net = busybox_image();
+  // HTTP client: busybox nc (Debian's static busybox wget crashes in getaddrinfo).
+  net.layers.push_back(layer({file("bin/udp_echo", file_bytes(UDP_ECHO_BINARY), 0755),
+                              file("bin/http_get", "#!/bin/sh\nprintf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w \"${3:-20}\" \"$1\" \"$2\"\n", 0755),
+                              dir("www"), file("www/index.html", "served-by-image\n")}));
+  net.config.exposed_ports = {"80/tcp"};
+  net.config.cmd = {"httpd", "-f", "-p", "80", "-h", "/www"};
+  return net;
 }
 
 struct Case {
@@ -151,9 +165,13 @@ class Cases {
 bool has(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
 
 // Runs a cases script here (hardware KVM) or inside L1 with `files`; returns what it printed.
-std::string run_script(const fs::path& script, const std::vector<fs::path>& files, std::chrono::seconds timeout) {
+// `direct_prefix` goes before the command on the direct route (L1 is a machine of its own).
+std::string run_script(const fs::path& script, const std::vector<fs::path>& files, std::chrono::seconds timeout,
+                       const std::vector<std::string>& direct_prefix = {}) {
   if (kvm_route(false) == KvmRoute::kDirect) {
-    auto r = run_command({"sh", script.string()}, {.input = {}, .env = {}, .cwd = {}, .timeout = timeout});
+    std::vector<std::string> argv = direct_prefix;
+    argv.insert(argv.end(), {"sh", script.string()});
+    auto r = run_command(argv, {.input = {}, .env = {}, .cwd = {}, .timeout = timeout});
     return r.out;
   }
   auto r = run_nested({"sh", script.string()}, files, timeout);
@@ -331,54 +349,64 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   EXPECT_EQ(get("cache-before").out, get("cache-after").out);
 }
 
+// What the networking tests start from: the net image converted into a store of their own, the
+// kernel, a host web root, and the start of their scripts (variables, wait_for, fetch, c).
+struct NetSetup {
+  TempDir work{"img2vm-run-net"};
+  fs::path w = work.path();
+  std::string B = "oci:" + (w / "net").string();
+  std::string run;  // the img2vm run command line up to the options
+
+  // Returns why the test cannot run here ("" when it can).
+  std::string prepare() {
+    auto kernel = find_kernel();
+    if (!kernel) return "no guest kernel: run `img2vm kernel build` or set IMG2VM_KERNEL";
+    if (!fs::exists("/bin/busybox")) return "needs busybox-static (scripts/setup.sh)";
+    const char* bin = std::getenv("IMG2VM_BIN");
+    if (!bin) throw Error(ErrorKind::kInvalidArgument, "IMG2VM_BIN not set (run through ctest)");
+    write_oci_layout(w / "net", {{"latest", build_image(net_image())}});
+    fs::copy_file(*kernel, w / "vmlinux");
+    fs::create_directories(w / "hostwww");
+    write_file_atomic(w / "hostwww/index.html", "served-by-host\n");
+    std::map<std::string, std::string> env = {{"IMG2VM_HOME", (w / "home").string()}, {"IMG2VM_INIT", IMG2VM_INIT_BINARY}};
+    auto c = run_command({bin, "convert", B}, {.input = {}, .env = env, .cwd = {}, .timeout = std::chrono::minutes(5)});
+    if (c.exit_code != 0) throw Error(ErrorKind::kInternal, "convert failed: " + c.describe());
+    run = quote(bin) + " run -m 160M --kernel " + quote((w / "vmlinux").string());
+    return "";
+  }
+  std::vector<fs::path> files() const { return {std::getenv("IMG2VM_BIN"), IMG2VM_INIT_BINARY, UDP_ECHO_BINARY, w}; }
+  std::string prelude() const {
+    std::ostringstream sh;
+    sh << "export IMG2VM_HOME=" << quote((w / "home").string()) << " IMG2VM_INIT=" << quote(IMG2VM_INIT_BINARY) << "\n"
+       << "W=" << quote(w.string()) << " U=" << quote(UDP_ECHO_BINARY) << "\n"
+       // Free ports on a real host are not known in advance: a range unlikely to be taken.
+       << "P=$(( 20000 + $$ % 20000 )); P1=$P P2=$((P+1)) P3=$((P+2)) P4=$((P+3)) P5=$((P+4))\n"
+       << "wait_for() { i=0; while ! grep -q \"$2\" \"$1\" 2>/dev/null && [ $i -lt 180 ]; do sleep 1; i=$((i+1)); done; }\n"
+       // slirp accepts a connection before the guest listens (then closes it): retry until a reply.
+       << "fetch() { i=0; while [ $i -lt 60 ]; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 5 127.0.0.1 $1 > \"$2\" 2>/dev/null;"
+          " grep -q '200 OK' \"$2\" && return; sleep 1; i=$((i+1)); done; }\n"
+       << "c() { name=$1; shift; echo \"@@BEGIN $name@@\"; \"$@\" >\"$W/out\" 2>\"$W/err\" </dev/null; rc=$?;\n"
+       << "  cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END $name $rc@@\"; }\n";
+    return sh.str();
+  }
+};
+
 // Networking (issue #7) with the default user-mode backend: published TCP ports served by guests
 // (two VMs at once, -p with and without a host address, -P with a port picked for it), a port
 // already in use, a guest reaching a server on the host's loopback (only when allowed), UDP
 // both ways, what the guest's eth0, routes and resolv.conf look like, and --network none.
 TEST(RunKvm, NetworkingInOurRunner) {
-  auto kernel = find_kernel();
-  if (!kernel) GTEST_SKIP() << "no guest kernel: run `img2vm kernel build` or set IMG2VM_KERNEL";
-  if (!fs::exists("/bin/busybox")) GTEST_SKIP() << "needs busybox-static (scripts/setup.sh)";
-  const char* bin = std::getenv("IMG2VM_BIN");
-  ASSERT_TRUE(bin) << "IMG2VM_BIN not set (run through ctest)";
-
-  TempDir work("img2vm-run-net");
-  fs::path w = work.path();
-  fs::path home = w / "home";
-  ImageSpec net = busybox_image();
-  // HTTP client: busybox nc (Debian's static busybox wget crashes in getaddrinfo).
-  net.layers.push_back(layer({file("bin/udp_echo", file_bytes(UDP_ECHO_BINARY), 0755),
-                              file("bin/http_get", "#!/bin/sh\nprintf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 20 \"$1\" \"$2\"\n", 0755),
-                              dir("www"), file("www/index.html", "served-by-image\n")}));
-  net.config.exposed_ports = {"80/tcp"};
-  net.config.cmd = {"httpd", "-f", "-p", "80", "-h", "/www"};
-  write_oci_layout(w / "net", {{"latest", build_image(net)}});
-  fs::copy_file(*kernel, w / "vmlinux");
-  fs::create_directories(w / "hostwww");
-  write_file_atomic(w / "hostwww/index.html", "served-by-host\n");
-  std::map<std::string, std::string> env = {{"IMG2VM_HOME", home.string()}, {"IMG2VM_INIT", IMG2VM_INIT_BINARY}};
-  auto c = run_command({bin, "convert", "oci:" + (w / "net").string()}, {.input = {}, .env = env, .cwd = {}, .timeout = std::chrono::minutes(5)});
-  ASSERT_EQ(c.exit_code, 0) << c.describe();
-
-  std::string B = "oci:" + (w / "net").string();
-  std::string run = quote(bin) + " run -m 160M --kernel " + quote((w / "vmlinux").string());
+  NetSetup ns;
+  if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
+  const std::string& B = ns.B;
+  const std::string& run = ns.run;
   // A guest web server that says which VM it is, started in the background.
   auto server = [&](const std::string& tag, const std::string& opts, const std::string& body) {
     return run + " " + opts + " " + B + " sh -c 'echo " + body + " > /www/index.html; echo ready; exec httpd -f -p 80 -h /www'" +
            " >\"$W/" + tag + ".out\" 2>\"$W/" + tag + ".err\" </dev/null &\n";
   };
   std::ostringstream sh;
-  sh << "export IMG2VM_HOME=" << quote(home.string()) << " IMG2VM_INIT=" << quote(IMG2VM_INIT_BINARY) << "\n"
-     << "W=" << quote(w.string()) << " U=" << quote(UDP_ECHO_BINARY) << "\n"
-     << "busybox ip link set lo up 2>/dev/null\n"
-     // Free ports on a real host are not known in advance: a range unlikely to be taken.
-     << "P=$(( 20000 + $$ % 20000 )); P1=$P P2=$((P+1)) P3=$((P+2)) P4=$((P+3)) P5=$((P+4))\n"
-     << "wait_for() { i=0; while ! grep -q \"$2\" \"$1\" 2>/dev/null && [ $i -lt 180 ]; do sleep 1; i=$((i+1)); done; }\n"
-     // slirp accepts a connection before the guest listens (then closes it): retry until a reply.
-     << "fetch() { i=0; while [ $i -lt 60 ]; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 5 127.0.0.1 $1 > \"$2\" 2>/dev/null;"
-        " grep -q '200 OK' \"$2\" && return; sleep 1; i=$((i+1)); done; }\n"
-     << "c() { name=$1; shift; echo \"@@BEGIN $name@@\"; \"$@\" >\"$W/out\" 2>\"$W/err\" </dev/null; rc=$?;\n"
-     << "  cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END $name $rc@@\"; }\n"
+  sh << ns.prelude() << "busybox ip link set lo up 2>/dev/null\n"
      // Two VMs at once, each publishing its port 80; a third asking for a port in use.
      << "echo '@@BEGIN two-servers@@'\n"
      << server("a", "-p 127.0.0.1:$P1:80", "served-by-a") << "pa=$!\n"
@@ -416,9 +444,9 @@ TEST(RunKvm, NetworkingInOurRunner) {
      << "c facts " << run << " " << B
      << " sh -c 'cat /etc/resolv.conf; ip -4 addr show dev eth0; ip route; cat /sys/class/net/eth0/mtu'\n"
      << "c none " << run << " --network none " << B << " ls /sys/class/net\n";
-  write_file_atomic(w / "net.sh", sh.str());
+  write_file_atomic(ns.w / "net.sh", sh.str());
 
-  std::string output = run_script(w / "net.sh", {bin, IMG2VM_INIT_BINARY, UDP_ECHO_BINARY, w}, std::chrono::seconds(1200));
+  std::string output = run_script(ns.w / "net.sh", ns.files(), std::chrono::seconds(1200));
   Cases cases(output);
   auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
 
@@ -463,5 +491,103 @@ TEST(RunKvm, NetworkingInOurRunner) {
   EXPECT_EQ(none.rc, 0) << none.out << none.err;
   EXPECT_TRUE(has(none.out, "lo")) << none.out;
   EXPECT_FALSE(has(none.out, "eth0")) << none.out;
+  if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
+}
+
+// The tap backend (--network tap) with real guests, as root: a guest web server published on the
+// host's loopback, what the guest sees, a second VM that reaches its gateway but neither the
+// first VM nor a host service, UDP through a published port, the host side gone after each
+// run, and a device made beforehand (tap=NAME). Inside L1 on the nested route; on hardware KVM
+// in a network namespace of its own, so the host's network is not touched.
+TEST(RunKvm, TapNetworkingInOurRunner) {
+  if (::geteuid() != 0) GTEST_SKIP() << "the tap network needs root (CAP_NET_ADMIN)";
+  for (const char* tool : {"/usr/bin/ip", "/usr/sbin/nft"})
+    if (!fs::exists(tool)) GTEST_SKIP() << "needs " << tool << " (iproute2, nftables: scripts/setup.sh)";
+  NetSetup ns;
+  if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
+  const std::string& B = ns.B;
+  const std::string& run = ns.run;
+  std::ostringstream sh;
+  sh << ns.prelude() << "[ -x /bin/load-net-modules ] && /bin/load-net-modules\n"
+     << "/usr/bin/ip link set lo up\n"
+     << "busybox httpd -f -p $P3 -h \"$W/hostwww\" & hp=$!\n"
+     // VM a: a web server published on the host's loopback; it reports what it sees first.
+     << "echo '@@BEGIN server@@'\n"
+     << run << " --json --network tap -p 127.0.0.1:$P1:80 " << B
+     << " sh -c 'echo served-by-tap > /www/index.html; ip -4 addr show dev eth0; ip route; cat /etc/resolv.conf;"
+        " cat /sys/class/net/eth0/mtu; echo ready; exec httpd -f -p 80 -h /www' >\"$W/a.out\" 2>\"$W/a.err\" </dev/null &\n"
+     << "pa=$!; wait_for \"$W/a.out\" ready; fetch $P1 \"$W/a.html\"\n"
+     << "echo \"body=$(tail -n1 \"$W/a.html\")\"; echo; echo @@STDERR@@; echo; echo '@@END server 0@@'\n"
+     << "c links-during /usr/bin/ip -br link\n"
+     << "c rules-during /usr/sbin/nft list ruleset\n"
+     // VM b, outbound off: its gateway answers ping; VM a and the host's web server do not answer.
+     << "c isolation " << run << " --network tap:outbound=off " << B
+     << " sh -c 'gw=$(ip route | sed -n \"s/^default via \\([0-9.]*\\).*/\\1/p\"); echo gw=$gw;"
+        " ping -c 1 -W 10 $gw >/dev/null && echo ping-gateway-ok;"
+        " http_get 10.200.0.2 80 5 | grep -q served-by-tap && echo reached-other-vm;"
+        " http_get $gw '\"$P3\"' 5 | grep -q served-by-host && echo reached-host-service; true'\n"
+     << "kill -INT $pa; wait $pa; rc=$?\n"
+     << "echo '@@BEGIN server-end@@'; cat \"$W/a.out\"; echo; echo @@STDERR@@; cat \"$W/a.err\"; echo; echo \"@@END server-end $rc@@\"\n"
+     << "c links-after /usr/bin/ip -br link\n"
+     << "c rules-after /usr/sbin/nft list ruleset\n"
+     // UDP to a guest through a published port.
+     << "echo '@@BEGIN udp-in@@'\n"
+     << run << " --network tap -p 127.0.0.1:$P5:7/udp " << B << " udp_echo serve 7 >\"$W/u.out\" 2>\"$W/u.err\" </dev/null &\n"
+     << "pu=$!; wait_for \"$W/u.out\" listening; \"$U\" send 127.0.0.1 $P5 ping-from-host; rc=$?\n"
+     << "kill -INT $pu; wait $pu; cat \"$W/u.out\"; echo; echo @@STDERR@@; cat \"$W/u.err\"; echo; echo \"@@END udp-in $rc@@\"\n"
+     << "kill $hp\n"
+     // A device an administrator made: used as it is.
+     << "/usr/bin/ip tuntap add dev vmtap0 mode tap && /usr/bin/ip addr add 172.31.9.1/24 dev vmtap0 && /usr/bin/ip link set vmtap0 up\n"
+     << "c existing " << run << " --network tap=vmtap0 " << B
+     << " sh -c 'ip -4 addr show dev eth0; ping -c 1 -W 10 172.31.9.1 >/dev/null && echo ping-ok'\n"
+     << "c existing-publish " << run << " --network tap=vmtap0 -p 8080:80 " << B << " true\n"
+     << "c existing-after /usr/bin/ip -4 -br addr show dev vmtap0\n";
+  write_file_atomic(ns.w / "tap.sh", sh.str());
+
+  std::vector<fs::path> files = ns.files();
+  files.insert(files.end(), {"/usr/bin/ip", "/usr/sbin/nft"});
+  std::string output = run_script(ns.w / "tap.sh", files, std::chrono::seconds(1200), {"unshare", "--net"});
+  Cases cases(output);
+  auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
+
+  EXPECT_TRUE(has(get("server").out, "body=served-by-tap")) << get("server").out;
+  const Case& end = get("server-end");
+  EXPECT_EQ(end.rc, 143) << end.err;  // Ctrl-C: SIGTERM to httpd, as docker stop
+  EXPECT_TRUE(has(end.out, "inet 10.200.0.2/30")) << end.out;
+  EXPECT_TRUE(has(end.out, "default via 10.200.0.1")) << end.out;
+  EXPECT_TRUE(has(end.out, "nameserver ")) << end.out;
+  EXPECT_TRUE(has(end.out, "\n1500\n")) << end.out;
+  {
+    std::string last = end.err;
+    while (!last.empty() && last.back() == '\n') last.pop_back();
+    auto j = nlohmann::json::parse(last.substr(last.rfind('\n') + 1), nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << end.err;
+    EXPECT_EQ(j["network"], "tap");
+    EXPECT_EQ(j["tap"]["device"], "img2vm0") << j.dump();
+    EXPECT_EQ(j["tap"]["guest_ip"], "10.200.0.2") << j.dump();
+    ASSERT_EQ(j["published"].size(), 1u) << j.dump();
+    EXPECT_TRUE(has(j["published"][0].get<std::string>(), "->80/tcp")) << j.dump();
+  }
+  EXPECT_TRUE(has(get("links-during").out, "img2vm0")) << get("links-during").out;
+  EXPECT_TRUE(has(get("rules-during").out, "table ip img2vm_img2vm0")) << get("rules-during").out;
+  const Case& iso = get("isolation");
+  EXPECT_EQ(iso.rc, 0) << iso.out << iso.err;
+  EXPECT_TRUE(has(iso.out, "gw=10.200.0.5")) << iso.out;
+  EXPECT_TRUE(has(iso.out, "ping-gateway-ok")) << iso.out << iso.err;
+  EXPECT_FALSE(has(iso.out, "reached-other-vm")) << iso.out;
+  EXPECT_FALSE(has(iso.out, "reached-host-service")) << iso.out;
+  EXPECT_FALSE(has(get("links-after").out, "img2vm")) << get("links-after").out;
+  EXPECT_FALSE(has(get("rules-after").out, "img2vm")) << get("rules-after").out;
+  const Case& uin = get("udp-in");
+  EXPECT_EQ(uin.rc, 0) << uin.out << uin.err;
+  EXPECT_TRUE(has(uin.out, "got ping-from-host from 10.200.0.1")) << uin.out;
+  const Case& ex = get("existing");
+  EXPECT_EQ(ex.rc, 0) << ex.out << ex.err;
+  EXPECT_TRUE(has(ex.out, "inet 172.31.9.2/24")) << ex.out;
+  EXPECT_TRUE(has(ex.out, "ping-ok")) << ex.out;
+  const Case& exp = get("existing-publish");
+  EXPECT_EQ(exp.rc, 125) << exp.err;
+  EXPECT_TRUE(has(exp.err, "publish ports with --network tap")) << exp.err;
+  EXPECT_TRUE(has(get("existing-after").out, "172.31.9.1/24")) << get("existing-after").out;
   if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }

@@ -2,7 +2,8 @@
 # The nested rig: runs programs inside an L1 Linux guest that has a working /dev/kvm, on hosts
 # whose own /dev/kvm is missing or cannot run our guests (PVM). L1 is qemu-system-x86_64 with
 # TCG and `-cpu max` (an emulated AMD CPU with SVM) booting Debian's cloud kernel, whose
-# initramfs loads irqbypass, kvm and kvm-amd.
+# initramfs loads irqbypass, kvm and kvm-amd. It also holds tun and the nftables NAT modules:
+# a command that needs them (the tap network tests) runs /bin/load-net-modules first.
 #
 #   nested-rig.sh base                       build (or find) the cached base; print its directory
 #   nested-rig.sh run [--timeout SECONDS] [--memory MIB] [--smp N] [--file PATH]... -- CMD [ARG]...
@@ -30,6 +31,12 @@ find_kernel() {
   printf '%s\n' "$k"
 }
 
+# tun and what nftables needs for NAT, conntrack and fib matches, in load order.
+net_modules="lib/libcrc32c.ko net/netfilter/nfnetlink.ko net/netfilter/nf_tables.ko
+  net/ipv4/netfilter/nf_defrag_ipv4.ko net/ipv6/netfilter/nf_defrag_ipv6.ko net/netfilter/nf_conntrack.ko
+  net/netfilter/nf_nat.ko net/netfilter/nft_chain_nat.ko net/netfilter/nft_nat.ko net/netfilter/nft_masq.ko
+  net/netfilter/nft_ct.ko net/netfilter/nft_fib.ko net/ipv4/netfilter/nft_fib_ipv4.ko drivers/net/tun.ko"
+
 build_base() {
   local kernel release moddir busybox
   kernel=$(find_kernel)
@@ -39,7 +46,7 @@ build_base() {
   [ -n "$busybox" ] || die "busybox not found: install busybox-static"
   if ldd "$busybox" >/dev/null 2>&1; then die "$busybox is dynamically linked: install busybox-static"; fi
   local mods=()
-  for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko; do
+  for m in virt/lib/irqbypass.ko arch/x86/kvm/kvm.ko arch/x86/kvm/kvm-amd.ko $net_modules; do
     local f
     f=$(ls "$moddir/$m" "$moddir/$m.xz" "$moddir/$m.zst" 2>/dev/null | head -n1 || true)
     [ -n "$f" ] || die "missing module $moddir/$m (linux-image-cloud-amd64 incomplete?)"
@@ -89,6 +96,14 @@ echo "@@NESTED-END $rc@@"
 poweroff -f
 EOF
   chmod 755 "$root/init"
+  {
+    echo '#!/bin/busybox sh'
+    for m in $net_modules; do
+      m=$(basename "$m")
+      echo "insmod /lib/modules/$m || { echo 'load-net-modules: insmod $m failed' >&2; exit 1; }"
+    done
+  } >"$root/bin/load-net-modules"
+  chmod 755 "$root/bin/load-net-modules"
   (cd "$root" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) >"$tmp/base.cpio"
   cp "$kernel" "$tmp/vmlinuz"
   printf 'kernel %s\nbusybox %s\n' "$kernel" "$busybox" >"$tmp/inputs"

@@ -187,9 +187,14 @@ TEST(RunOptions, NetworkModes) {
   EXPECT_EQ(t.mode, Mode::kTap);
   EXPECT_TRUE(t.tap_name.empty());
   EXPECT_EQ(parse_network("tap=img2vm-tap0").tap_name, "img2vm-tap0");
+  EXPECT_TRUE(t.outbound);
+  NetworkChoice t2 = parse_network("tap=vm1:outbound=off");
+  EXPECT_EQ(t2.mode, Mode::kTap);
+  EXPECT_EQ(t2.tap_name, "vm1");
+  EXPECT_FALSE(t2.outbound);
 
   for (const char* bad : {"", "host", "container:abc", "wifi", "none:x=1", "tap=", "tap=sixteen-chars-xx", "tap=a b",
-                          "tap=a:b", "user:outbound=2", "user:speed=on", "user:,"}) {
+                          "tap=a:b", "tap:host_loopback=on", "user:outbound=2", "user:speed=on", "user:,"}) {
     try {
       parse_network(bad);
       ADD_FAILURE() << "accepted --network " << bad;
@@ -211,4 +216,12 @@ TEST(RunOptions, ExposedPorts) {
       EXPECT_NE(std::string(e.what()).find(std::string("--expose ") + bad), std::string::npos) << e.what();
     }
   }
+}
+
+TEST(RunOptions, TapGuestDnsSkipsWhatTheGuestCannotReach) {
+  EXPECT_EQ(tap_guest_dns("# comment\nnameserver 192.0.2.53\nnameserver 127.0.0.53\nnameserver ::1\n"
+                          "nameserver 2001:db8::1\nsearch example.org\nnameserver 198.51.100.1\nnameserver 192.0.2.53\n"),
+            (std::vector<std::string>{"192.0.2.53", "198.51.100.1"}));
+  EXPECT_EQ(tap_guest_dns("nameserver 127.0.0.53\noptions edns0\n"), (std::vector<std::string>{"8.8.8.8", "8.8.4.4"}));
+  EXPECT_EQ(tap_guest_dns(""), (std::vector<std::string>{"8.8.8.8", "8.8.4.4"}));
 }

@@ -25,254 +25,22 @@
 #include "img2vm/base/fd.hpp"
 #include "img2vm/vm/net_slirp.hpp"
 #include "img2vm/vm/seccomp.hpp"
+#include "net_frames.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;
 using namespace std::chrono_literals;
+using namespace img2vm::testing::frames;
 
 namespace {
 
-using Bytes = std::vector<uint8_t>;
-using Mac = std::array<uint8_t, 6>;
-
-constexpr Mac kGuestMac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
-constexpr Mac kBroadcast = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
-constexpr uint16_t kArp = 0x0806, kIpv4 = 0x0800;
-constexpr uint8_t kIcmp = 1, kTcp = 6, kUdp = 17;
-constexpr uint8_t kFin = 1, kSyn = 2, kRst = 4, kPsh = 8, kAck = 16;
-
-uint32_t ip(std::string_view s) {
-  in_addr a{};
-  if (::inet_pton(AF_INET, std::string(s).c_str(), &a) != 1) std::abort();
-  return ntohl(a.s_addr);
-}
 const uint32_t kGuestIp = ip(usernet::kGuest), kGatewayIp = ip(usernet::kGateway), kDnsIp = ip(usernet::kDns);
 
-void put16(Bytes& b, uint16_t v) {
-  b.push_back(uint8_t(v >> 8));
-  b.push_back(uint8_t(v));
-}
-void put32(Bytes& b, uint32_t v) {
-  put16(b, uint16_t(v >> 16));
-  put16(b, uint16_t(v));
-}
-uint16_t get16(const Bytes& b, size_t o) { return uint16_t(b.at(o) << 8 | b.at(o + 1)); }
-uint32_t get32(const Bytes& b, size_t o) { return uint32_t(get16(b, o)) << 16 | get16(b, o + 2); }
-
-uint32_t sum_words(const uint8_t* p, size_t n, uint32_t sum = 0) {
-  for (size_t i = 0; i + 1 < n; i += 2) sum += uint32_t(p[i] << 8 | p[i + 1]);
-  if (n & 1) sum += uint32_t(p[n - 1] << 8);
-  return sum;
-}
-uint16_t fold(uint32_t sum) {
-  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
-  return uint16_t(~sum);
-}
-
-Bytes ether(const Mac& dst, const Mac& src, uint16_t type, const Bytes& payload) {
-  Bytes f(dst.begin(), dst.end());
-  f.insert(f.end(), src.begin(), src.end());
-  put16(f, type);
-  f.insert(f.end(), payload.begin(), payload.end());
-  return f;
-}
-
-Bytes arp_request(uint32_t sender_ip, uint32_t target_ip) {
-  Bytes a;
-  put16(a, 1);  // Ethernet
-  put16(a, kIpv4);
-  a.push_back(6);
-  a.push_back(4);
-  put16(a, 1);  // request
-  a.insert(a.end(), kGuestMac.begin(), kGuestMac.end());
-  put32(a, sender_ip);
-  a.insert(a.end(), 6, 0);
-  put32(a, target_ip);
-  return ether(kBroadcast, kGuestMac, kArp, a);
-}
-
-Bytes ipv4(uint8_t proto, uint32_t src, uint32_t dst, const Bytes& payload) {
-  Bytes h;
-  h.push_back(0x45);
-  h.push_back(0);
-  put16(h, uint16_t(20 + payload.size()));
-  put16(h, 0x1234);  // id
-  put16(h, 0x4000);  // don't fragment
-  h.push_back(64);
-  h.push_back(proto);
-  put16(h, 0);
-  put32(h, src);
-  put32(h, dst);
-  uint16_t c = fold(sum_words(h.data(), h.size()));
-  h[10] = uint8_t(c >> 8);
-  h[11] = uint8_t(c);
-  h.insert(h.end(), payload.begin(), payload.end());
-  return h;
-}
-
-// The TCP/UDP checksum over the pseudo header.
-void l4_checksum(Bytes& seg, uint8_t proto, uint32_t src, uint32_t dst, size_t csum_off) {
-  Bytes pseudo;
-  put32(pseudo, src);
-  put32(pseudo, dst);
-  put16(pseudo, proto);
-  put16(pseudo, uint16_t(seg.size()));
-  uint16_t c = fold(sum_words(seg.data(), seg.size(), sum_words(pseudo.data(), pseudo.size())));
-  if (proto == kUdp && c == 0) c = 0xffff;
-  seg[csum_off] = uint8_t(c >> 8);
-  seg[csum_off + 1] = uint8_t(c);
-}
-
-Bytes udp(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, const Bytes& payload) {
-  Bytes u;
-  put16(u, sport);
-  put16(u, dport);
-  put16(u, uint16_t(8 + payload.size()));
-  put16(u, 0);
-  u.insert(u.end(), payload.begin(), payload.end());
-  l4_checksum(u, kUdp, src, dst, 6);
-  return ipv4(kUdp, src, dst, u);
-}
-
-Bytes tcp(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
-          const Bytes& payload = {}) {
-  Bytes t;
-  put16(t, sport);
-  put16(t, dport);
-  put32(t, seq);
-  put32(t, ack);
-  t.push_back(5 << 4);
-  t.push_back(flags);
-  put16(t, 65535);  // window
-  put16(t, 0);
-  put16(t, 0);
-  t.insert(t.end(), payload.begin(), payload.end());
-  l4_checksum(t, kTcp, src, dst, 16);
-  return ipv4(kTcp, src, dst, t);
-}
-
-Bytes text(std::string_view s) { return Bytes(s.begin(), s.end()); }
-
-// What the tests look at in a frame for the guest.
-struct Frame {
-  Bytes raw;
-  Mac dst{}, src{};
-  uint16_t type = 0;
-  // ARP
-  uint16_t arp_op = 0;
-  Mac arp_sender_mac{};
-  uint32_t arp_sender_ip = 0, arp_target_ip = 0;
-  // IPv4 and what it carries
-  uint8_t proto = 0;
-  uint32_t src_ip = 0, dst_ip = 0;
-  bool ip_checksum_ok = false;
-  uint16_t sport = 0, dport = 0;
-  uint32_t seq = 0, ack = 0;
-  uint8_t flags = 0, icmp_type = 0;
-  Bytes payload;
-
-  explicit Frame(Bytes f) : raw(std::move(f)) {
-    if (raw.size() < 14) return;
-    std::copy_n(raw.begin(), 6, dst.begin());
-    std::copy_n(raw.begin() + 6, 6, src.begin());
-    type = get16(raw, 12);
-    if (type == kArp && raw.size() >= 42) {
-      arp_op = get16(raw, 20);
-      std::copy_n(raw.begin() + 22, 6, arp_sender_mac.begin());
-      arp_sender_ip = get32(raw, 28);
-      arp_target_ip = get32(raw, 38);
-    } else if (type == kIpv4 && raw.size() >= 34) {
-      size_t ihl = size_t(raw[14] & 0xf) * 4;
-      size_t total = get16(raw, 16);
-      ip_checksum_ok = fold(sum_words(raw.data() + 14, ihl)) == 0;
-      proto = raw[23];
-      src_ip = get32(raw, 26);
-      dst_ip = get32(raw, 30);
-      size_t l4 = 14 + ihl, end = std::min(raw.size(), 14 + total);
-      if (proto == kTcp && end >= l4 + 20) {
-        sport = get16(raw, l4);
-        dport = get16(raw, l4 + 2);
-        seq = get32(raw, l4 + 4);
-        ack = get32(raw, l4 + 8);
-        flags = raw[l4 + 13];
-        size_t off = size_t(raw[l4 + 12] >> 4) * 4;
-        payload.assign(raw.begin() + long(l4 + off), raw.begin() + long(end));
-      } else if (proto == kUdp && end >= l4 + 8) {
-        sport = get16(raw, l4);
-        dport = get16(raw, l4 + 2);
-        payload.assign(raw.begin() + long(l4 + 8), raw.begin() + long(end));
-      } else if (proto == kIcmp && end >= l4 + 8) {
-        icmp_type = raw[l4];
-        payload.assign(raw.begin() + long(l4 + 8), raw.begin() + long(end));
-      }
-    }
+struct Stack : Guest<SlirpBackend> {
+  explicit Stack(const UserNetConfig& cfg) : Guest(cfg, 1500) {
+    guest = kGuestIp;
+    gateway = kGatewayIp;
   }
-};
-
-// The device side: collects the frames the backend hands over.
-struct Sink final : NetDeviceSide {
-  mutable std::mutex mu;
-  std::condition_variable cv;
-  std::deque<Bytes> frames;
-
-  bool receive(std::span<const uint8_t> f) override {
-    std::lock_guard lk(mu);
-    frames.emplace_back(f.begin(), f.end());
-    cv.notify_all();
-    return true;
-  }
-  bool rx_full() const override { return false; }
-  void flush_rx() override {}
-
-  // The first frame (in arrival order) that `pred` accepts, removed from the queue; frames
-  // before it stay. Gives up after 10 s (a failure, not a speed check).
-  std::optional<Frame> wait(const std::function<bool(const Frame&)>& pred) {
-    std::unique_lock lk(mu);
-    auto deadline = std::chrono::steady_clock::now() + 10s;
-    for (;;) {
-      for (auto it = frames.begin(); it != frames.end(); ++it) {
-        Frame f(*it);
-        if (pred(f)) {
-          frames.erase(it);
-          return f;
-        }
-      }
-      if (cv.wait_until(lk, deadline) == std::cv_status::timeout) return std::nullopt;
-    }
-  }
-};
-
-// A backend with its event loop running as the runner's network thread does.
-struct Stack {
-  SlirpBackend backend;
-  Sink sink;
-  UniqueFd stop{::eventfd(0, EFD_CLOEXEC)};
-  std::thread loop;
-  Mac gateway_mac{};
-
-  explicit Stack(const UserNetConfig& cfg) : backend(cfg, 1500) {
-    backend.attach(&sink);
-    loop = std::thread([this] {
-      install_thread_seccomp(ThreadRole::kNet, SeccompMode::kKill);
-      const NetBackend::Watch w[] = {{stop.get(), [] { return false; }}};
-      backend.run(w);
-    });
-  }
-  ~Stack() {
-    uint64_t one = 1;
-    (void)!::write(stop.get(), &one, sizeof one);
-    loop.join();
-    backend.attach(nullptr);
-  }
-  void send(const Bytes& f) { backend.send(f); }
-  // The guest asks for the gateway's MAC (slirp learns the guest's on the way).
-  bool resolve_gateway() {
-    send(arp_request(kGuestIp, kGatewayIp));
-    auto r = sink.wait([](const Frame& f) { return f.type == kArp && f.arp_op == 2; });
-    if (r) gateway_mac = r->arp_sender_mac;
-    return r.has_value();
-  }
-  void send_ip(const Bytes& packet) { send(ether(gateway_mac, kGuestMac, kIpv4, packet)); }
 };
 
 UniqueFd host_socket(int type, uint16_t& port) {
@@ -492,10 +260,7 @@ TEST(SlirpBackend, PublishedPortCarriesATcpConnection) {
   ASSERT_TRUE(s.resolve_gateway());  // slirp now knows the guest's MAC
 
   UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(free_port);
+  sockaddr_in a = loopback(free_port);
   ASSERT_EQ(::connect(client.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
   ASSERT_EQ(::write(client.get(), "hello", 5), 5);
 
@@ -536,10 +301,7 @@ TEST(SlirpBackend, PublishedPortWithoutHostPortGetsAFreeOne) {
   EXPECT_NE(port, 0);
   ASSERT_TRUE(s.resolve_gateway());
   UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(port);
+  sockaddr_in a = loopback(port);
   ASSERT_EQ(::connect(client.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
   auto syn = s.sink.wait([](const Frame& f) { return f.proto == kTcp && (f.flags & kSyn); });
   ASSERT_TRUE(syn);
@@ -554,10 +316,7 @@ TEST(SlirpBackend, PublishedUdpPortReachesTheGuest) {
   Stack s(config(false, false, parse_port_forward("127.0.0.1:" + std::to_string(free_port) + ":5353/udp")));
   ASSERT_TRUE(s.resolve_gateway());
   UniqueFd client(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  a.sin_port = htons(free_port);
+  sockaddr_in a = loopback(free_port);
   ASSERT_EQ(::sendto(client.get(), "query", 5, 0, reinterpret_cast<sockaddr*>(&a), sizeof a), 5);
   auto r = s.sink.wait([](const Frame& f) { return f.proto == kUdp && f.dport == 5353; });
   ASSERT_TRUE(r) << "the datagram never reached the guest";

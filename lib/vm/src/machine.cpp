@@ -158,7 +158,7 @@ struct Disk {
 // The NIC: served by the network thread, which runs the backend's event loop and also takes
 // the guest's queue notifications (so libslirp's sockets stay out of the I/O thread's filter).
 struct Nic {
-  std::unique_ptr<SlirpBackend> backend;
+  std::shared_ptr<NetBackend> backend;
   std::unique_ptr<VirtioNet> dev;  // after the backend: detaches from it when destroyed
   std::unique_ptr<VirtioMmio> mmio;
   UniqueFd notify, irq;
@@ -618,7 +618,7 @@ void Machine::Impl::build() {
 // The NIC is the virtio-mmio device after the disks: the next 4 KiB slot and IRQ.
 void Machine::Impl::add_nic() {
   auto n = std::make_unique<Nic>();
-  n->backend = std::make_unique<SlirpBackend>(cfg.net->user, cfg.net->mtu);
+  n->backend = cfg.net->backend ? cfg.net->backend : std::make_shared<SlirpBackend>(cfg.net->user, cfg.net->mtu);
   n->dev = std::make_unique<VirtioNet>(*n->backend, cfg.net->mac, cfg.net->mtu);
   n->notify.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   n->irq.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));

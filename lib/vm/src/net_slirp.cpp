@@ -284,7 +284,7 @@ SlirpBackend::SlirpBackend(const UserNetConfig& config, uint16_t mtu) : impl_(st
 
 SlirpBackend::~SlirpBackend() = default;
 
-const std::vector<PortForward>& SlirpBackend::published() const noexcept { return impl_->published; }
+std::vector<PortForward> SlirpBackend::published() const { return impl_->published; }
 
 void SlirpBackend::attach(NetDeviceSide* device) { impl_->device = device; }
 

@@ -35,12 +35,15 @@ struct DiskConfig {
   std::string id;  // VIRTIO_BLK_T_GET_ID (up to 20 bytes); default "img2vm<N>"
 };
 
-// A virtio-net NIC (virtio_net.hpp). The backend is user-mode networking (net_slirp.hpp), the
-// only one so far; the guest is 10.0.2.15/24 behind gateway 10.0.2.2 with DNS at 10.0.2.3.
+// A virtio-net NIC (virtio_net.hpp). The backend is `backend` when given (a TapBackend made by
+// the caller, who needs its addresses for the guest's command line: net_tap.hpp), else
+// user-mode networking with `user` (net_slirp.hpp): the guest is 10.0.2.15/24 behind gateway
+// 10.0.2.2 with DNS at 10.0.2.3.
 struct NetConfig {
   std::array<uint8_t, 6> mac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
-  uint16_t mtu = 1500;  // the guest driver adopts it (VIRTIO_NET_F_MTU); 576-65520
+  uint16_t mtu = 1500;  // the guest driver adopts it (VIRTIO_NET_F_MTU); 68-65520
   UserNetConfig user;
+  std::shared_ptr<NetBackend> backend;  // used by one Machine at a time
 };
 
 struct MachineConfig {

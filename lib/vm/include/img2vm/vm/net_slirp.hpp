@@ -69,7 +69,7 @@ class SlirpBackend final : public NetBackend {
   void run(std::span<const Watch> watches) override;
 
   // The forwards as bound: a host port 0 is replaced by the port the kernel chose.
-  const std::vector<PortForward>& published() const noexcept;
+  std::vector<PortForward> published() const override;
 
   struct Impl;
 

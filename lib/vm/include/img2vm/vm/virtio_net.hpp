@@ -31,6 +31,7 @@
 #include <span>
 #include <vector>
 
+#include "img2vm/vm/port_forward.hpp"
 #include "img2vm/vm/virtio_mmio.hpp"
 
 namespace img2vm::vm {
@@ -67,6 +68,8 @@ class NetBackend {
   // True when every frame this backend delivers carries correct checksums (libslirp builds
   // them itself), so the device may tell the guest not to verify them.
   virtual bool rx_checksums_valid() const = 0;
+  // The published ports as set up (a host port 0 replaced by the one chosen).
+  virtual std::vector<PortForward> published() const { return {}; }
 
   // The backend's event loop on the calling thread (the runner's network thread). Besides its
   // own work it watches `watches`: when one's fd is readable its callback runs (with no backend

@@ -1,0 +1,99 @@
+// The tap backend: the guest's NIC is a tap device on the host, so its frames go through the
+// host kernel's own network stack (routing, conntrack, NAT) at kernel speed. Needs
+// CAP_NET_ADMIN (root) to create the device and configure the host side; the rootless default
+// is user-mode networking (net_slirp.hpp).
+//
+// Two ways to use it:
+//
+//  * Managed (TapNetConfig::name empty, or a name no device has yet): the backend creates a
+//    non-persistent tap device ("img2vm0", "img2vm1", ... or the given name), gives it the host
+//    end of a /30 of its own from 10.200.0.0/16 (host .1, guest .2: every VM on a subnet of its
+//    own, as Firecracker's examples do), and installs one nftables table, `ip img2vm_<device>`,
+//    holding every rule the VM needs:
+//      - outbound (TapNetConfig::outbound): the guest's traffic is masqueraded behind the
+//        host's address on the way out; off: only replies to published ports leave the guest;
+//      - published ports: DNAT from the host's address(es) (and its loopback, as docker's
+//        userland-proxy-less mode does: route_localnet on the device plus a masquerade) to the
+//        guest;
+//      - isolation: nothing reaches the guest except replies and published ports, the guest
+//        reaches no host service (only the gateway's ping), and no other VM's subnet.
+//    IPv4 forwarding is switched on while managed VMs run (docker does the same); when it was
+//    off, the last one to end switches it off again (the table `ip img2vmfwd` marks that). On exit the
+//    table is deleted and the device, being non-persistent, disappears with its file
+//    descriptor, also when the process is killed; a table left by a killed runner is removed
+//    by the next managed tap backend (its device no longer exists).
+//
+//  * Existing (TapNetConfig::name names a device that exists, e.g. a persistent tap made with
+//    `ip tuntap add NAME mode tap user USER`): the backend only attaches to it, which an
+//    unprivileged owner of the device may do. The host side is the administrator's: the
+//    device's IPv4 address is the guest's gateway and the guest takes the next address of that
+//    subnet. No rules are installed, so ports cannot be published this way.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "img2vm/vm/port_forward.hpp"
+#include "img2vm/vm/virtio_net.hpp"
+
+namespace img2vm::vm {
+
+namespace tapnet {
+inline constexpr std::string_view kPool = "10.200.0.0";  // managed subnets: /30s of this /16
+inline constexpr unsigned kPoolPrefixLength = 16;
+inline constexpr std::string_view kDevicePrefix = "img2vm";
+inline constexpr std::string_view kTablePrefix = "img2vm_";
+}  // namespace tapnet
+
+struct TapNetConfig {
+  // Empty: a managed device with a free "img2vmN" name. Otherwise the device to attach to when
+  // it exists, or the name of the managed device to create.
+  std::string name;
+  bool outbound = true;               // managed only: the guest may reach the outside world
+  std::vector<PortForward> forwards;  // managed only: published ports (host -> guest)
+};
+
+// What the guest is told about its network (its init configures eth0 with it).
+struct TapNetInfo {
+  std::string device;      // the tap device's name on the host
+  bool managed = false;    // created and configured by the backend
+  std::string host_ip;     // the host end: the guest's gateway
+  std::string guest_ip;    // the guest's address
+  unsigned prefix_length = 0;
+  std::string table;       // the nftables table (managed), e.g. "ip img2vm_img2vm0"
+};
+
+class TapBackend final : public NetBackend {
+ public:
+  // Creates or attaches the device and configures the host side (managed). Throws Error naming
+  // the device and the step that failed (no CAP_NET_ADMIN, a name in use by another kind of
+  // device, an existing device without an IPv4 address, forwards on an existing device, no
+  // free subnet, nftables refusing the rules); whatever was set up before is undone.
+  TapBackend(const TapNetConfig& config, uint16_t mtu);
+  ~TapBackend() override;  // removes the rules and the device (managed)
+  TapBackend(const TapBackend&) = delete;
+  TapBackend& operator=(const TapBackend&) = delete;
+
+  const TapNetInfo& info() const noexcept;
+
+  void attach(NetDeviceSide* device) override;
+  void send(std::span<const uint8_t> frame) override;
+  void rx_ready() override;
+  bool rx_checksums_valid() const override { return false; }
+  void run(std::span<const Watch> watches) override;
+  std::vector<PortForward> published() const override;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+// Deletes the nftables tables of managed tap devices that no longer exist (left by a runner
+// that was killed); returns their names. Needs CAP_NET_ADMIN. TapBackend calls it itself.
+std::vector<std::string> remove_stale_tap_rules();
+
+}  // namespace img2vm::vm

@@ -1,0 +1,322 @@
+// Raw Ethernet frames for the network backend tests (net_slirp_test, net_tap_test): the tests
+// play the guest, building ARP, IPv4, ICMP, UDP and TCP frames with correct checksums and
+// taking apart what the backend hands to the device side.
+#pragma once
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <algorithm>
+#include <array>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <string_view>
+#include <vector>
+
+#include <unistd.h>
+#include <sys/eventfd.h>
+
+#include <thread>
+#include <utility>
+
+#include "img2vm/base/fd.hpp"
+#include "img2vm/vm/seccomp.hpp"
+#include "img2vm/vm/virtio_net.hpp"
+
+namespace img2vm::testing::frames {
+
+using namespace std::chrono_literals;
+
+using Bytes = std::vector<uint8_t>;
+using Mac = std::array<uint8_t, 6>;
+
+constexpr Mac kGuestMac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
+constexpr Mac kBroadcast = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+constexpr uint16_t kArp = 0x0806, kIpv4 = 0x0800;
+constexpr uint8_t kIcmp = 1, kTcp = 6, kUdp = 17;
+constexpr uint8_t kFin = 1, kSyn = 2, kRst = 4, kPsh = 8, kAck = 16;
+
+inline uint32_t ip(std::string_view s) {
+  in_addr a{};
+  if (::inet_pton(AF_INET, std::string(s).c_str(), &a) != 1) std::abort();
+  return ntohl(a.s_addr);
+}
+
+inline void put16(Bytes& b, uint16_t v) {
+  b.push_back(uint8_t(v >> 8));
+  b.push_back(uint8_t(v));
+}
+inline void put32(Bytes& b, uint32_t v) {
+  put16(b, uint16_t(v >> 16));
+  put16(b, uint16_t(v));
+}
+inline uint16_t get16(const Bytes& b, size_t o) { return uint16_t(b.at(o) << 8 | b.at(o + 1)); }
+inline uint32_t get32(const Bytes& b, size_t o) { return uint32_t(get16(b, o)) << 16 | get16(b, o + 2); }
+
+inline uint32_t sum_words(const uint8_t* p, size_t n, uint32_t sum = 0) {
+  for (size_t i = 0; i + 1 < n; i += 2) sum += uint32_t(p[i] << 8 | p[i + 1]);
+  if (n & 1) sum += uint32_t(p[n - 1] << 8);
+  return sum;
+}
+inline uint16_t fold(uint32_t sum) {
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  return uint16_t(~sum);
+}
+
+inline Bytes ether(const Mac& dst, const Mac& src, uint16_t type, const Bytes& payload) {
+  Bytes f(dst.begin(), dst.end());
+  f.insert(f.end(), src.begin(), src.end());
+  put16(f, type);
+  f.insert(f.end(), payload.begin(), payload.end());
+  return f;
+}
+
+// An ARP packet from the guest (kGuestMac): a request (op 1) broadcast for `target_ip`, or a
+// reply (op 2) to `target_mac`.
+inline Bytes arp(uint16_t op, uint32_t sender_ip, const Mac& target_mac, uint32_t target_ip) {
+  Bytes a;
+  put16(a, 1);  // Ethernet
+  put16(a, kIpv4);
+  a.push_back(6);
+  a.push_back(4);
+  put16(a, op);
+  a.insert(a.end(), kGuestMac.begin(), kGuestMac.end());
+  put32(a, sender_ip);
+  if (op == 1)
+    a.insert(a.end(), 6, 0);
+  else
+    a.insert(a.end(), target_mac.begin(), target_mac.end());
+  put32(a, target_ip);
+  return ether(op == 1 ? kBroadcast : target_mac, kGuestMac, kArp, a);
+}
+inline Bytes arp_request(uint32_t sender_ip, uint32_t target_ip) { return arp(1, sender_ip, kBroadcast, target_ip); }
+inline Bytes arp_reply(uint32_t sender_ip, const Mac& target_mac, uint32_t target_ip) {
+  return arp(2, sender_ip, target_mac, target_ip);
+}
+
+inline Bytes ipv4(uint8_t proto, uint32_t src, uint32_t dst, const Bytes& payload) {
+  Bytes h;
+  h.push_back(0x45);
+  h.push_back(0);
+  put16(h, uint16_t(20 + payload.size()));
+  put16(h, 0x1234);  // id
+  put16(h, 0x4000);  // don't fragment
+  h.push_back(64);
+  h.push_back(proto);
+  put16(h, 0);
+  put32(h, src);
+  put32(h, dst);
+  uint16_t c = fold(sum_words(h.data(), h.size()));
+  h[10] = uint8_t(c >> 8);
+  h[11] = uint8_t(c);
+  h.insert(h.end(), payload.begin(), payload.end());
+  return h;
+}
+
+// The TCP/UDP checksum over the pseudo header.
+inline void l4_checksum(Bytes& seg, uint8_t proto, uint32_t src, uint32_t dst, size_t csum_off) {
+  Bytes pseudo;
+  put32(pseudo, src);
+  put32(pseudo, dst);
+  put16(pseudo, proto);
+  put16(pseudo, uint16_t(seg.size()));
+  uint16_t c = fold(sum_words(seg.data(), seg.size(), sum_words(pseudo.data(), pseudo.size())));
+  if (proto == kUdp && c == 0) c = 0xffff;
+  seg[csum_off] = uint8_t(c >> 8);
+  seg[csum_off + 1] = uint8_t(c);
+}
+
+inline Bytes udp(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, const Bytes& payload) {
+  Bytes u;
+  put16(u, sport);
+  put16(u, dport);
+  put16(u, uint16_t(8 + payload.size()));
+  put16(u, 0);
+  u.insert(u.end(), payload.begin(), payload.end());
+  l4_checksum(u, kUdp, src, dst, 6);
+  return ipv4(kUdp, src, dst, u);
+}
+
+inline Bytes tcp(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
+          const Bytes& payload = {}) {
+  Bytes t;
+  put16(t, sport);
+  put16(t, dport);
+  put32(t, seq);
+  put32(t, ack);
+  t.push_back(5 << 4);
+  t.push_back(flags);
+  put16(t, 65535);  // window
+  put16(t, 0);
+  put16(t, 0);
+  t.insert(t.end(), payload.begin(), payload.end());
+  l4_checksum(t, kTcp, src, dst, 16);
+  return ipv4(kTcp, src, dst, t);
+}
+
+// 127.0.0.1:port as a socket address.
+inline sockaddr_in loopback(uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = htons(port);
+  return a;
+}
+
+// An ICMP echo request (type 8) carrying `payload`, checksummed.
+inline Bytes icmp_echo(const Bytes& payload) {
+  Bytes echo = {8, 0, 0, 0, 0x12, 0x34, 0, 1};
+  echo.insert(echo.end(), payload.begin(), payload.end());
+  uint16_t c = fold(sum_words(echo.data(), echo.size()));
+  echo[2] = uint8_t(c >> 8);
+  echo[3] = uint8_t(c);
+  return echo;
+}
+
+inline Bytes text(std::string_view s) { return Bytes(s.begin(), s.end()); }
+
+// What the tests look at in a frame for the guest.
+struct Frame {
+  Bytes raw;
+  Mac dst{}, src{};
+  uint16_t type = 0;
+  // ARP
+  uint16_t arp_op = 0;
+  Mac arp_sender_mac{};
+  uint32_t arp_sender_ip = 0, arp_target_ip = 0;
+  // IPv4 and what it carries
+  uint8_t proto = 0;
+  uint32_t src_ip = 0, dst_ip = 0;
+  bool ip_checksum_ok = false;
+  uint16_t sport = 0, dport = 0;
+  uint32_t seq = 0, ack = 0;
+  uint8_t flags = 0, icmp_type = 0;
+  Bytes payload;
+
+  explicit Frame(Bytes f) : raw(std::move(f)) {
+    if (raw.size() < 14) return;
+    std::copy_n(raw.begin(), 6, dst.begin());
+    std::copy_n(raw.begin() + 6, 6, src.begin());
+    type = get16(raw, 12);
+    if (type == kArp && raw.size() >= 42) {
+      arp_op = get16(raw, 20);
+      std::copy_n(raw.begin() + 22, 6, arp_sender_mac.begin());
+      arp_sender_ip = get32(raw, 28);
+      arp_target_ip = get32(raw, 38);
+    } else if (type == kIpv4 && raw.size() >= 34) {
+      size_t ihl = size_t(raw[14] & 0xf) * 4;
+      size_t total = get16(raw, 16);
+      ip_checksum_ok = fold(sum_words(raw.data() + 14, ihl)) == 0;
+      proto = raw[23];
+      src_ip = get32(raw, 26);
+      dst_ip = get32(raw, 30);
+      size_t l4 = 14 + ihl, end = std::min(raw.size(), 14 + total);
+      if (proto == kTcp && end >= l4 + 20) {
+        sport = get16(raw, l4);
+        dport = get16(raw, l4 + 2);
+        seq = get32(raw, l4 + 4);
+        ack = get32(raw, l4 + 8);
+        flags = raw[l4 + 13];
+        size_t off = size_t(raw[l4 + 12] >> 4) * 4;
+        payload.assign(raw.begin() + long(l4 + off), raw.begin() + long(end));
+      } else if (proto == kUdp && end >= l4 + 8) {
+        sport = get16(raw, l4);
+        dport = get16(raw, l4 + 2);
+        payload.assign(raw.begin() + long(l4 + 8), raw.begin() + long(end));
+      } else if (proto == kIcmp && end >= l4 + 8) {
+        icmp_type = raw[l4];
+        payload.assign(raw.begin() + long(l4 + 8), raw.begin() + long(end));
+      }
+    }
+  }
+};
+
+// The device side: collects the frames the backend hands over.
+struct Sink final : vm::NetDeviceSide {
+  mutable std::mutex mu;
+  std::condition_variable cv;
+  std::deque<Bytes> frames;
+
+  bool receive(std::span<const uint8_t> f) override {
+    std::lock_guard lk(mu);
+    frames.emplace_back(f.begin(), f.end());
+    cv.notify_all();
+    return true;
+  }
+  bool rx_full() const override { return false; }
+  void flush_rx() override {}
+
+  // The first frame (in arrival order) that `pred` accepts, removed from the queue; frames
+  // before it stay. Gives up after 10 s (a failure, not a speed check).
+  std::optional<Frame> wait(const std::function<bool(const Frame&)>& pred) {
+    std::unique_lock lk(mu);
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    for (;;) {
+      for (auto it = frames.begin(); it != frames.end(); ++it) {
+        Frame f(*it);
+        if (pred(f)) {
+          frames.erase(it);
+          return f;
+        }
+      }
+      if (cv.wait_until(lk, deadline) == std::cv_status::timeout) return std::nullopt;
+    }
+  }
+};
+
+
+// A backend with its event loop running as the runner's network thread does (under that
+// thread's seccomp filter in kill mode, so a system call the backend needs and the filter lacks
+// ends the test binary), and the test as its guest at `guest` behind `gateway`.
+template <class Backend>
+struct Guest {
+  Backend backend;
+  Sink sink;
+  UniqueFd stop{::eventfd(0, EFD_CLOEXEC)};
+  std::thread loop;
+  uint32_t guest = 0, gateway = 0;
+  Mac gateway_mac{};
+
+  template <class... Args>
+  explicit Guest(Args&&... args) : backend(std::forward<Args>(args)...) {
+    backend.attach(&sink);
+    loop = std::thread([this] {
+      vm::install_thread_seccomp(vm::ThreadRole::kNet, vm::SeccompMode::kKill);
+      const vm::NetBackend::Watch w[] = {{stop.get(), [] { return false; }}};
+      backend.run(w);
+    });
+  }
+  ~Guest() {
+    uint64_t one = 1;
+    (void)!::write(stop.get(), &one, sizeof one);
+    loop.join();
+    backend.attach(nullptr);
+  }
+  Guest(const Guest&) = delete;
+  Guest& operator=(const Guest&) = delete;
+
+  void send(const Bytes& f) { backend.send(f); }
+  void send_ip(const Bytes& packet) { send(ether(gateway_mac, kGuestMac, kIpv4, packet)); }
+  // The guest asks for the gateway's MAC.
+  bool resolve_gateway() {
+    send(arp_request(guest, gateway));
+    auto r = sink.wait([this](const Frame& f) { return f.type == kArp && f.arp_op == 2 && f.arp_sender_ip == gateway; });
+    if (r) gateway_mac = r->arp_sender_mac;
+    return r.has_value();
+  }
+  // Answers the host's ARP request for the guest's address.
+  bool answer_arp() {
+    auto q = sink.wait([this](const Frame& f) { return f.type == kArp && f.arp_op == 1 && f.arp_target_ip == guest; });
+    if (!q) return false;
+    send(arp_reply(guest, q->src, q->arp_sender_ip));
+    return true;
+  }
+};
+
+}  // namespace img2vm::testing::frames

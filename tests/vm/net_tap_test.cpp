@@ -1,0 +1,390 @@
+// The tap backend without any VM, each test in a network namespace of its own (so the host's
+// real network is never touched): the test plays the guest with raw Ethernet frames while the
+// backend's event loop runs under the network thread's seccomp filter in kill mode, as in the
+// runner, and looks at the host side (device, addresses, nftables rules) with the kernel's own
+// view and Debian's nft. Needs root for the namespace; skipped otherwise, saying so.
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <gtest/gtest.h>
+#include <ifaddrs.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sched.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <thread>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/vm/net_tap.hpp"
+#include "img2vm/vm/seccomp.hpp"
+#include "net_frames.hpp"
+#include "process.hpp"
+
+using namespace img2vm;
+using namespace img2vm::vm;
+using namespace img2vm::testing;
+using namespace img2vm::testing::frames;
+using namespace std::chrono_literals;
+
+namespace {
+
+// A fresh network namespace for this test process (ctest runs each test in its own), with its
+// loopback up. Returns why not when it cannot be had.
+std::string enter_netns() {
+  if (::unshare(CLONE_NEWNET) != 0) return std::string("cannot create a network namespace: ") + std::strerror(errno);
+  if (::access("/dev/net/tun", R_OK | W_OK) != 0) return "no /dev/net/tun";
+  auto r = run_command({"ip", "link", "set", "lo", "up"});
+  if (r.exit_code != 0) return "ip link set lo up: " + r.describe();
+  return {};
+}
+
+#define ENTER_NETNS_OR_SKIP()                                  \
+  do {                                                         \
+    if (std::string why = enter_netns(); !why.empty())         \
+      GTEST_SKIP() << why << " (the tap tests need root)";     \
+  } while (0)
+
+std::string nft_ruleset() { return run_command({"nft", "list", "ruleset"}).out; }
+
+bool device_exists(const std::string& name) { return ::if_nametoindex(name.c_str()) != 0; }
+
+// The IPv4 address and prefix of `dev` as the kernel has them.
+std::string address_of(const std::string& dev) {
+  ifaddrs* list = nullptr;
+  std::string out;
+  if (::getifaddrs(&list) != 0) return out;
+  for (ifaddrs* a = list; a; a = a->ifa_next) {
+    if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET || dev != a->ifa_name) continue;
+    char buf[INET_ADDRSTRLEN];
+    ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr, buf, sizeof buf);
+    uint32_t mask = ntohl(reinterpret_cast<sockaddr_in*>(a->ifa_netmask)->sin_addr.s_addr);
+    out = std::string(buf) + "/" + std::to_string(__builtin_popcount(mask));
+  }
+  ::freeifaddrs(list);
+  return out;
+}
+
+int mtu_of(const std::string& dev) {
+  UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ifreq r{};
+  std::memcpy(r.ifr_name, dev.data(), std::min<size_t>(dev.size(), IFNAMSIZ - 1));
+  return ::ioctl(s.get(), SIOCGIFMTU, &r) == 0 ? r.ifr_mtu : -1;
+}
+
+std::string first_line(const std::string& p) {
+  std::ifstream in(p);
+  std::string s;
+  std::getline(in, s);
+  return s;
+}
+
+TapNetConfig tap_config(bool outbound, std::vector<PortForward> fwds = {}, std::string name = {}) {
+  TapNetConfig c;
+  c.name = std::move(name);
+  c.outbound = outbound;
+  c.forwards = std::move(fwds);
+  return c;
+}
+
+// The test as the guest, at the address the backend chose.
+struct Stack : Guest<TapBackend> {
+  explicit Stack(const TapNetConfig& cfg) : Guest(cfg, 1500) {
+    guest = ip(backend.info().guest_ip);
+    gateway = ip(backend.info().host_ip);
+  }
+};
+
+// The message of the error a backend setup fails with ("" when it succeeds).
+std::string setup_error(const TapNetConfig& cfg) {
+  try {
+    TapBackend b(cfg, 1500);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// The setup fails with an error that says `needle`; `accepted` describes the failure if not.
+void expect_setup_fails(const TapNetConfig& cfg, const std::string& needle, const char* accepted) {
+  std::string err = setup_error(cfg);
+  EXPECT_NE(err.find(needle), std::string::npos) << (err.empty() ? accepted : err);
+}
+
+// A packet socket that sees every frame leaving `dev`.
+UniqueFd capture(const std::string& dev) {
+  UniqueFd s(::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, htons(ETH_P_ALL)));
+  sockaddr_ll a{};
+  a.sll_family = AF_PACKET;
+  a.sll_protocol = htons(ETH_P_ALL);
+  a.sll_ifindex = int(::if_nametoindex(dev.c_str()));
+  EXPECT_EQ(::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  return s;
+}
+
+// The first UDP datagram to `dport` seen on `cap` within `wait`.
+std::optional<Frame> captured_udp(int cap, uint16_t dport, std::chrono::milliseconds wait) {
+  auto deadline = std::chrono::steady_clock::now() + wait;
+  uint8_t buf[2048];
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return std::nullopt;
+    pollfd p{cap, POLLIN, 0};
+    if (::poll(&p, 1, int(left.count())) != 1) continue;
+    ssize_t n = ::recv(cap, buf, sizeof buf, 0);
+    if (n <= 0) continue;
+    Frame f(Bytes(buf, buf + n));
+    if (f.proto == kUdp && f.dport == dport) return f;
+  }
+}
+
+}  // namespace
+
+TEST(TapBackend, ManagedDeviceIsConfiguredAndLeavesNothingBehind) {
+  ENTER_NETNS_OR_SKIP();
+  auto b = std::make_unique<TapBackend>(tap_config(true, parse_port_forward("127.0.0.1:8080:80")), 1400);
+  const TapNetInfo i = b->info();
+  EXPECT_EQ(i.device, "img2vm0");
+  EXPECT_TRUE(i.managed);
+  EXPECT_EQ(i.host_ip, "10.200.0.1");
+  EXPECT_EQ(i.guest_ip, "10.200.0.2");
+  EXPECT_EQ(i.prefix_length, 30u);
+  EXPECT_EQ(i.table, "ip img2vm_img2vm0");
+  EXPECT_TRUE(device_exists(i.device));
+  EXPECT_EQ(address_of(i.device), "10.200.0.1/30");
+  EXPECT_EQ(mtu_of(i.device), 1400);
+  EXPECT_EQ(first_line("/proc/sys/net/ipv4/ip_forward"), "1");
+  EXPECT_EQ(first_line("/proc/sys/net/ipv4/conf/" + i.device + "/route_localnet"), "1");
+  std::string rules = nft_ruleset();
+  EXPECT_NE(rules.find("table ip img2vm_img2vm0"), std::string::npos) << rules;
+  EXPECT_NE(rules.find("ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.200.0.2:80"), std::string::npos) << rules;
+  EXPECT_NE(rules.find("ip saddr 10.200.0.2 oifname != \"img2vm0\" masquerade"), std::string::npos) << rules;
+  ASSERT_EQ(b->published().size(), 1u);
+  EXPECT_EQ(b->published()[0].host_port, 8080);
+
+  // A second VM gets the next device and subnet; the first one ending leaves it working.
+  auto b2 = std::make_unique<TapBackend>(tap_config(false), 1500);
+  EXPECT_EQ(b2->info().device, "img2vm1");
+  EXPECT_EQ(b2->info().guest_ip, "10.200.0.6");
+  EXPECT_EQ(address_of("img2vm1"), "10.200.0.5/30");
+  b.reset();
+  EXPECT_FALSE(device_exists(i.device)) << i.device << " is still there";
+  EXPECT_EQ(first_line("/proc/sys/net/ipv4/ip_forward"), "1") << "forwarding switched off under a running VM";
+  rules = nft_ruleset();
+  EXPECT_EQ(rules.find("img2vm_img2vm0"), std::string::npos) << rules;
+  EXPECT_NE(rules.find("img2vm_img2vm1"), std::string::npos) << rules;
+  b2.reset();
+
+  EXPECT_FALSE(device_exists("img2vm1"));
+  rules = nft_ruleset();
+  EXPECT_EQ(rules.find("img2vm"), std::string::npos) << "rules left behind:\n" << rules;
+  EXPECT_EQ(first_line("/proc/sys/net/ipv4/ip_forward"), "0") << "ip_forward was off before";
+}
+
+TEST(TapBackend, SubnetsInUseOnTheHostAreSkipped) {
+  ENTER_NETNS_OR_SKIP();
+  ASSERT_EQ(run_command({"ip", "link", "add", "busy0", "type", "bridge"}).exit_code, 0);
+  ASSERT_EQ(run_command({"ip", "addr", "add", "10.200.0.1/29", "dev", "busy0"}).exit_code, 0);
+  TapBackend b(tap_config(true), 1500);
+  EXPECT_EQ(b.info().host_ip, "10.200.0.9") << "10.200.0.0/29 is taken by busy0";
+}
+
+TEST(TapBackend, GuestReachesTheGatewayButNoHostService) {
+  ENTER_NETNS_OR_SKIP();
+  Stack s(tap_config(true));
+  ASSERT_TRUE(s.resolve_gateway()) << "no ARP reply from the host end";
+
+  s.send_ip(ipv4(kIcmp, s.guest, s.gateway, icmp_echo(text("ping payload"))));
+  auto pong = s.sink.wait([](const Frame& f) { return f.proto == kIcmp; });
+  ASSERT_TRUE(pong) << "no echo reply from the gateway";
+  EXPECT_EQ(pong->icmp_type, 0);
+  EXPECT_EQ(pong->src_ip, s.gateway);
+  EXPECT_EQ(pong->dst_ip, s.guest);
+  EXPECT_EQ(pong->payload, text("ping payload"));
+
+  // A UDP service on the host (on every address) hears nothing from the guest; the same
+  // datagram from the host's own loopback arrives (the service works).
+  UniqueFd svc(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  ASSERT_EQ(::bind(svc.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(svc.get(), reinterpret_cast<sockaddr*>(&a), &len);
+  const uint16_t port = ntohs(a.sin_port);
+  s.send_ip(udp(s.guest, 5555, s.gateway, port, text("from-guest")));
+  pollfd p{svc.get(), POLLIN, 0};
+  EXPECT_EQ(::poll(&p, 1, 1500), 0) << "the guest reached a host service";
+  UniqueFd local(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::sendto(local.get(), "from-host", 9, 0, reinterpret_cast<sockaddr*>(&a), sizeof a), 9);
+  ASSERT_EQ(::poll(&p, 1, 5000), 1);
+  char buf[32];
+  ASSERT_EQ(::recv(svc.get(), buf, sizeof buf, 0), 9);
+  EXPECT_EQ(std::string(buf, 9), "from-host");
+}
+
+// Outbound traffic is forwarded and masqueraded behind the host's address on the way out
+// (seen arriving at the far end of a veth "uplink"); with outbound off it never leaves; another
+// VM's subnet is never reached.
+TEST(TapBackend, OutboundIsMasqueradedOnlyWhenAllowed) {
+  ENTER_NETNS_OR_SKIP();
+  ASSERT_EQ(run_command({"ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "far0"}).exit_code, 0);
+  ASSERT_EQ(run_command({"ip", "addr", "add", "192.0.2.1/24", "dev", "uplink0"}).exit_code, 0);
+  ASSERT_EQ(run_command({"ip", "link", "set", "uplink0", "up"}).exit_code, 0);
+  ASSERT_EQ(run_command({"ip", "link", "set", "far0", "up"}).exit_code, 0);
+  ASSERT_EQ(run_command({"ip", "neigh", "add", "192.0.2.77", "lladdr", "02:00:00:00:00:77", "dev", "uplink0"}).exit_code, 0);
+  UniqueFd cap = capture("far0");
+  const uint32_t outside = ip("192.0.2.77");
+
+  Stack open(tap_config(true));
+  Stack closed(tap_config(false));
+  ASSERT_TRUE(open.resolve_gateway());
+  ASSERT_TRUE(closed.resolve_gateway());
+
+  open.send_ip(udp(open.guest, 4000, outside, 9001, text("out")));
+  auto seen = captured_udp(cap.get(), 9001, 5s);
+  ASSERT_TRUE(seen) << "the datagram never left through uplink0";
+  EXPECT_EQ(seen->src_ip, ip("192.0.2.1")) << "not masqueraded";
+  EXPECT_EQ(seen->dst_ip, outside);
+  EXPECT_EQ(seen->payload, text("out"));
+
+  closed.send_ip(udp(closed.guest, 4000, outside, 9002, text("out")));
+  EXPECT_FALSE(captured_udp(cap.get(), 9002, 1500ms)) << "outbound=off let the guest out";
+
+  // VM to VM: nothing arrives (the host would have to ARP for the other guest first).
+  open.send_ip(udp(open.guest, 4000, closed.guest, 9003, text("neighbour")));
+  auto any = closed.sink.wait([](const Frame& f) { return (f.proto == kUdp && f.dport == 9003) || (f.type == kArp && f.arp_op == 1); });
+  EXPECT_FALSE(any) << "a frame from the other VM reached this one";
+}
+
+// A connection to a published port on the host's loopback and on the host's address reaches
+// the guest's port, carries data both ways, and the reserved port cannot be taken meanwhile.
+TEST(TapBackend, PublishedPortsCarryTcpConnections) {
+  ENTER_NETNS_OR_SKIP();
+  int p1 = free_loopback_port();
+  Stack s(tap_config(false, parse_port_forward("127.0.0.1:" + std::to_string(p1) + ":80")));
+  ASSERT_EQ(s.backend.published().size(), 1u);
+  EXPECT_EQ(s.backend.published()[0].host_port, p1);
+
+  // The port is held: binding it again fails.
+  UniqueFd other(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a = loopback(uint16_t(p1));
+  EXPECT_NE(::bind(other.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+
+  UniqueFd client(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  ASSERT_NE(::connect(client.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(errno, EINPROGRESS);
+  ASSERT_TRUE(s.answer_arp()) << "the host never asked for the guest's address";
+  auto syn = s.sink.wait([](const Frame& f) { return f.proto == kTcp && (f.flags & kSyn); });
+  ASSERT_TRUE(syn) << "no SYN toward the guest";
+  EXPECT_EQ(syn->dst_ip, s.guest);
+  EXPECT_EQ(syn->dport, 80);
+  EXPECT_EQ(syn->src_ip, s.gateway) << "loopback clients appear to come from the gateway";
+  s.gateway_mac = syn->src;
+  const uint16_t peer = syn->sport;
+  const uint32_t iss = 7000;
+  uint32_t their = syn->seq + 1;
+  s.send_ip(tcp(s.guest, 80, s.gateway, peer, iss, their, kSyn | kAck));
+
+  pollfd p{client.get(), POLLOUT, 0};
+  ASSERT_EQ(::poll(&p, 1, 10000), 1) << "the connection never completed";
+  ASSERT_EQ(::write(client.get(), "hello", 5), 5);
+  auto data = s.sink.wait([&](const Frame& f) { return f.proto == kTcp && f.sport == peer && !f.payload.empty(); });
+  ASSERT_TRUE(data) << "the host's bytes never reached the guest";
+  EXPECT_EQ(data->payload, text("hello"));
+  their += 5;
+  s.send_ip(tcp(s.guest, 80, s.gateway, peer, iss + 1, their, kAck | kPsh, text("world")));
+  p = {client.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 10000), 1);
+  char buf[16];
+  ASSERT_EQ(::read(client.get(), buf, sizeof buf), 5);
+  EXPECT_EQ(std::string(buf, 5), "world");
+}
+
+TEST(TapBackend, PublishedUdpPortAndAFreeHostPort) {
+  ENTER_NETNS_OR_SKIP();
+  Stack s(tap_config(false, parse_port_forward("127.0.0.1::53/udp")));
+  ASSERT_EQ(s.backend.published().size(), 1u);
+  const uint16_t port = s.backend.published()[0].host_port;
+  EXPECT_NE(port, 0);
+  UniqueFd c(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a = loopback(port);
+  ASSERT_EQ(::sendto(c.get(), "query", 5, 0, reinterpret_cast<sockaddr*>(&a), sizeof a), 5);
+  ASSERT_TRUE(s.answer_arp());
+  auto q = s.sink.wait([](const Frame& f) { return f.proto == kUdp; });
+  ASSERT_TRUE(q) << "the datagram never reached the guest";
+  EXPECT_EQ(q->dst_ip, s.guest);
+  EXPECT_EQ(q->dport, 53);
+  EXPECT_EQ(q->payload, text("query"));
+  s.gateway_mac = q->src;
+  s.send_ip(udp(s.guest, 53, q->src_ip, q->sport, text("answer")));
+  pollfd p{c.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 10000), 1) << "the reply never came back";
+  char buf[16];
+  ASSERT_EQ(::recv(c.get(), buf, sizeof buf, 0), 6);
+  EXPECT_EQ(std::string(buf, 6), "answer");
+}
+
+TEST(TapBackend, FailuresAreClearAndUndoEverything) {
+  ENTER_NETNS_OR_SKIP();
+  int port = free_loopback_port();
+  UniqueFd holder(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a = loopback(uint16_t(port));
+  ASSERT_EQ(::bind(holder.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  expect_setup_fails(tap_config(true, parse_port_forward("127.0.0.1:" + std::to_string(port) + ":80")), "host port " + std::to_string(port) + "/tcp is already in use", "a port in use was accepted");
+  EXPECT_FALSE(device_exists("img2vm0")) << "the device of the failed setup is still there";
+  EXPECT_EQ(nft_ruleset().find("img2vm"), std::string::npos) << nft_ruleset();
+  EXPECT_EQ(first_line("/proc/sys/net/ipv4/ip_forward"), "0");
+
+  expect_setup_fails(tap_config(true, parse_port_forward("[::1]:8080:80")), "IPv4 addresses only", "an IPv6 host address was accepted");
+  expect_setup_fails(tap_config(true, {}, "this-name-is-too-long"), "longer than 15", "a long name was accepted");
+  ASSERT_EQ(run_command({"ip", "link", "add", "notatap", "type", "bridge"}).exit_code, 0);
+  expect_setup_fails(tap_config(true, {}, "notatap"), "not a tap device", "a bridge was taken for a tap");
+}
+
+// A device made beforehand (a persistent tap, as an administrator sets up for a user): the
+// backend attaches, derives the guest's address from the device's, and installs nothing.
+TEST(TapBackend, ExistingDeviceIsUsedAsItIs) {
+  ENTER_NETNS_OR_SKIP();
+  ASSERT_EQ(run_command({"ip", "tuntap", "add", "dev", "vmtap0", "mode", "tap"}).exit_code, 0);
+  expect_setup_fails(tap_config(true, {}, "vmtap0"), "has no IPv4 address", "a device without an address was accepted");
+  ASSERT_EQ(run_command({"ip", "addr", "add", "172.31.5.1/24", "dev", "vmtap0"}).exit_code, 0);
+  ASSERT_EQ(run_command({"ip", "link", "set", "vmtap0", "up"}).exit_code, 0);
+  expect_setup_fails(tap_config(true, parse_port_forward("8080:80"), "vmtap0"), "publish ports with --network tap", "ports were published on a device img2vm does not manage");
+  {
+    Stack s(tap_config(true, {}, "vmtap0"));
+    EXPECT_FALSE(s.backend.info().managed);
+    EXPECT_EQ(s.backend.info().host_ip, "172.31.5.1");
+    EXPECT_EQ(s.backend.info().guest_ip, "172.31.5.2");
+    EXPECT_EQ(s.backend.info().prefix_length, 24u);
+    EXPECT_EQ(nft_ruleset().find("img2vm"), std::string::npos) << "rules installed for a foreign device";
+    ASSERT_TRUE(s.resolve_gateway()) << "frames do not flow through the existing device";
+  }
+  EXPECT_TRUE(device_exists("vmtap0")) << "the administrator's device was removed";
+  EXPECT_EQ(address_of("vmtap0"), "172.31.5.1/24");
+}
+
+// A runner killed with its rules in place: the next managed backend (or the explicit call)
+// removes the table whose device is gone, and keeps the others.
+TEST(TapBackend, RulesLeftByAKilledRunnerAreRemoved) {
+  ENTER_NETNS_OR_SKIP();
+  ASSERT_EQ(run_command({"nft", "add", "table", "ip", "img2vm_img2vm7"}).exit_code, 0);
+  {
+    TapBackend live(tap_config(true), 1500);
+    ASSERT_EQ(run_command({"nft", "add", "table", "ip", "img2vm_img2vm9"}).exit_code, 0);
+    auto removed = remove_stale_tap_rules();
+    EXPECT_EQ(removed, std::vector<std::string>{"img2vm_img2vm9"}) << "img2vm7 should have gone with the setup";
+    std::string rules = nft_ruleset();
+    EXPECT_NE(rules.find("table ip img2vm_" + live.info().device), std::string::npos) << rules;
+    EXPECT_EQ(rules.find("img2vm_img2vm7"), std::string::npos) << rules;
+  }
+  EXPECT_EQ(nft_ruleset().find("img2vm"), std::string::npos) << nft_ruleset();
+}
