@@ -236,7 +236,7 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      << "c extra-disk " << run << " --disk \"$W/kept.ext4:ro\" " << B
      << " sh -c 'mkdir -p /mnt && mount -o ro /dev/vdb /mnt && cat /mnt/kept'\n"
      << "c cpus " << run << " --cpus 2 " << B << " sh -c 'grep -c ^processor /proc/cpuinfo'\n"
-     << "c timeout " << run << " --timeout 40s " << B << " sh -c 'echo started; sleep 1000'\n"
+     << "c timeout " << run << " --timeout 60s " << B << " sh -c 'echo started; sleep 1000'\n"
      << "echo '@@BEGIN stdin@@'; echo piped-line | " << run << " -i " << B
      << " head -n1 >\"$W/out\" 2>\"$W/err\"; rc=$?; cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo;"
      << " echo \"@@END stdin $rc@@\"\n"
@@ -589,5 +589,5 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
   EXPECT_EQ(exp.rc, 125) << exp.err;
   EXPECT_TRUE(has(exp.err, "publish ports with --network tap")) << exp.err;
   EXPECT_TRUE(has(get("existing-after").out, "172.31.9.1/24")) << get("existing-after").out;
-  if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
+  if (HasFailure() || std::getenv("IMG2VM_TEST_SHOW_OUTPUT")) std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <mutex>
 #include <optional>
@@ -112,7 +113,8 @@ std::vector<std::string> managed_tables(Nft& nft) {
 class HostLock {
  public:
   HostLock() {
-    ::mkdir(kLockDir, 0755);
+    std::error_code ec;
+    std::filesystem::create_directories(kLockDir, ec);  // also /run itself on a bare system
     fd_.reset(::open(kLockFile, O_RDWR | O_CREAT | O_CLOEXEC, 0644));
     if (!fd_) throw Error(ErrorKind::kIo, std::string("tap network: cannot open the lock ") + kLockFile + ": " + errno_text(errno));
     while (::flock(fd_.get(), LOCK_EX) != 0)
