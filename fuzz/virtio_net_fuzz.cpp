@@ -2,7 +2,8 @@
 // 64 KiB of a guest's memory (descriptor tables, rings, headers, buffers); its first bytes also
 // pick the negotiated features, the queue size, where the rings live and which frames arrive
 // for the guest. Both queues are then processed through the transport as the network thread
-// would, with a backend that answers some frames at once (as libslirp answers ARP). Crashes,
+// would, with a backend that answers some frames at once (as libslirp answers ARP), with or
+// without offloads (a tap's vnet header passed through, partial checksums and GSO). Crashes,
 // out-of-bounds accesses (ASan) and UB (UBSan) are bugs.
 #include <cstddef>
 #include <cstdint>
@@ -17,22 +18,27 @@ using namespace img2vm::vm;
 
 namespace {
 struct EchoBackend final : NetBackend {
+  explicit EchoBackend(bool offloading) : offload(offloading) {}
+  bool offload;
   NetDeviceSide* dev = nullptr;
   void attach(NetDeviceSide* d) override { dev = d; }
   void send(std::span<const uint8_t> f) override {
     if (!f.empty() && (f[0] & 1) && dev) dev->receive(f);  // an immediate answer
   }
   void rx_ready() override {}
-  bool rx_checksums_valid() const override { return true; }
+  bool rx_checksums_valid() const override { return !offload; }
+  bool offloads() const override { return offload; }
   void run(std::span<const Watch>) override {}
 };
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static GuestMemory mem(1u << 20);
-  static EchoBackend backend;
-  static VirtioNet* net = new VirtioNet(backend, {0x52, 0x54, 0, 0x12, 0x34, 0x56}, 1500);
+  static EchoBackend plain_backend(false), offload_backend(true);
+  static VirtioNet* plain = new VirtioNet(plain_backend, {0x52, 0x54, 0, 0x12, 0x34, 0x56}, 1500);
+  static VirtioNet* offloading = new VirtioNet(offload_backend, {0x52, 0x54, 0, 0x12, 0x34, 0x57}, 1500);
   if (size < 8) return 0;
+  VirtioNet* net = (data[0] & 8) ? offloading : plain;
   std::memset(mem.host_base(), 0, 0x10000);
   std::memcpy(mem.host_base(), data, std::min<size_t>(size, 0x10000));
 
@@ -42,6 +48,14 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   uint64_t features = kVirtioFVersion1 | VirtioNet::kFeatureMac | VirtioNet::kFeatureMtu;
   if (data[0] & 1) features |= VirtioNet::kFeatureMrgRxbuf;
   if (data[0] & 2) features |= VirtioNet::kFeatureGuestCsum;
+  if (data[0] & 8) {
+    // Offloads as the input picks them (any subset the device offers).
+    if (data[6] & 1) features |= VirtioNet::kFeatureCsum;
+    if (data[6] & 2) features |= VirtioNet::kFeatureHostTso4;
+    if (data[6] & 4) features |= VirtioNet::kFeatureHostTso6;
+    if (data[6] & 8) features |= VirtioNet::kFeatureGuestTso4;
+    if (data[6] & 16) features |= VirtioNet::kFeatureGuestTso6;
+  }
   wr(0x070, 0);
   wr(0x070, 3);
   wr(0x024, 0);

@@ -48,7 +48,7 @@ std::string file_bytes(const fs::path& p) {
 }
 
 constexpr const char* kApplets[] = {"sh", "echo", "id", "cat", "sleep", "pwd", "env", "test", "true", "false",
-                                    "grep", "head", "mkdir", "mount", "ls", "httpd", "nc", "printf", "ip", "stty", "ping", "sed"};
+                                    "grep", "head", "mkdir", "mount", "ls", "httpd", "nc", "printf", "ip", "stty", "ping", "sed", "dd", "md5sum"};
 
 // busybox-static with a few applets, users and groups; CMD prints a line.
 ImageSpec busybox_image() {
@@ -515,9 +515,13 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
      << "echo '@@BEGIN server@@'\n"
      << run << " --json --network tap -p 127.0.0.1:$P1:80 " << B
      << " sh -c 'echo served-by-tap > /www/index.html; ip -4 addr show dev eth0; ip route; cat /etc/resolv.conf;"
-        " cat /sys/class/net/eth0/mtu; echo ready; exec httpd -f -p 80 -h /www' >\"$W/a.out\" 2>\"$W/a.err\" </dev/null &\n"
+        " cat /sys/class/net/eth0/mtu; echo features=$(cat /sys/class/net/eth0/device/features); dd if=/dev/urandom of=/www/big bs=1024 count=4096 2>/dev/null;"
+        " echo guest-md5=$(md5sum < /www/big); echo ready; exec httpd -f -p 80 -h /www' >\"$W/a.out\" 2>\"$W/a.err\" </dev/null &\n"
      << "pa=$!; wait_for \"$W/a.out\" ready; fetch $P1 \"$W/a.html\"\n"
-     << "echo \"body=$(tail -n1 \"$W/a.html\")\"; echo; echo @@STDERR@@; echo; echo '@@END server 0@@'\n"
+     // 4 MiB from the guest: its TCP segments and partial checksums finished by the host kernel.
+     << "printf 'GET /big HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 60 127.0.0.1 $P1 > \"$W/big\"\n"
+     << "echo \"body=$(tail -n1 \"$W/a.html\") host-md5=$(tail -c 4194304 \"$W/big\" | md5sum)\"\n"
+     << "echo; echo @@STDERR@@; echo; echo '@@END server 0@@'\n"
      << "c links-during /usr/bin/ip -br link\n"
      << "c rules-during /usr/sbin/nft list ruleset\n"
      // VM b, outbound off: its gateway answers ping; VM a and the host's web server do not answer.
@@ -552,6 +556,19 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
 
   EXPECT_TRUE(has(get("server").out, "body=served-by-tap")) << get("server").out;
   const Case& end = get("server-end");
+  {
+    // The 4 MiB the host fetched are the guest's bytes.
+    const std::string& o = get("server").out;
+    auto pos = end.out.find("guest-md5=");
+    ASSERT_NE(pos, std::string::npos) << end.out;
+    std::string md5 = end.out.substr(pos + 10, 32);
+    EXPECT_TRUE(has(o, "host-md5=" + md5)) << o << "\nguest: " << md5;
+    // The guest's driver took the offloads (virtio feature bits, bit 0 first).
+    pos = end.out.find("features=");
+    ASSERT_NE(pos, std::string::npos) << end.out;
+    std::string bits = end.out.substr(pos + 9, 16);
+    for (int bit : {0, 1, 7, 8, 11, 12}) EXPECT_EQ(bits.at(size_t(bit)), '1') << "feature bit " << bit << ": " << bits;
+  }
   EXPECT_EQ(end.rc, 143) << end.err;  // Ctrl-C: SIGTERM to httpd, as docker stop
   EXPECT_TRUE(has(end.out, "inet 10.200.0.2/30")) << end.out;
   EXPECT_TRUE(has(end.out, "default via 10.200.0.1")) << end.out;

@@ -199,7 +199,15 @@ struct Frame {
   uint8_t flags = 0, icmp_type = 0;
   Bytes payload;
 
-  explicit Frame(Bytes f) : raw(std::move(f)) {
+  Bytes vnet;  // the virtio_net_hdr in front, for a backend with offloads
+
+  // `hdr`: the length of a virtio_net_hdr in front of the Ethernet header (0 or 12).
+  explicit Frame(Bytes f, size_t hdr = 0) : raw(std::move(f)) {
+    if (hdr) {
+      if (raw.size() < hdr) return;
+      vnet.assign(raw.begin(), raw.begin() + long(hdr));
+      raw.erase(raw.begin(), raw.begin() + long(hdr));
+    }
     if (raw.size() < 14) return;
     std::copy_n(raw.begin(), 6, dst.begin());
     std::copy_n(raw.begin() + 6, 6, src.begin());
@@ -242,6 +250,7 @@ struct Sink final : vm::NetDeviceSide {
   mutable std::mutex mu;
   std::condition_variable cv;
   std::deque<Bytes> frames;
+  size_t header = 0;  // a virtio_net_hdr in front of each frame (backends with offloads)
 
   bool receive(std::span<const uint8_t> f) override {
     std::lock_guard lk(mu);
@@ -259,7 +268,7 @@ struct Sink final : vm::NetDeviceSide {
     auto deadline = std::chrono::steady_clock::now() + 10s;
     for (;;) {
       for (auto it = frames.begin(); it != frames.end(); ++it) {
-        Frame f(*it);
+        Frame f(*it, header);
         if (pred(f)) {
           frames.erase(it);
           return f;
@@ -285,6 +294,7 @@ struct Guest {
 
   template <class... Args>
   explicit Guest(Args&&... args) : backend(std::forward<Args>(args)...) {
+    sink.header = backend.offloads() ? vm::VirtioNet::kHdrSize : 0;
     backend.attach(&sink);
     loop = std::thread([this] {
       vm::install_thread_seccomp(vm::ThreadRole::kNet, vm::SeccompMode::kKill);
@@ -301,7 +311,13 @@ struct Guest {
   Guest(const Guest&) = delete;
   Guest& operator=(const Guest&) = delete;
 
-  void send(const Bytes& f) { backend.send(f); }
+  // A frame from the guest; with offloads behind a header `vnet` (default: none used).
+  void send(const Bytes& f, Bytes vnet = {}) {
+    if (!backend.offloads()) return backend.send(f);
+    vnet.resize(vm::VirtioNet::kHdrSize, 0);
+    vnet.insert(vnet.end(), f.begin(), f.end());
+    backend.send(vnet);
+  }
   void send_ip(const Bytes& packet) { send(ether(gateway_mac, kGuestMac, kIpv4, packet)); }
   // The guest asks for the gateway's MAC.
   bool resolve_gateway() {

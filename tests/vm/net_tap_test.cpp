@@ -267,12 +267,13 @@ TEST(TapBackend, OutboundIsMasqueradedOnlyWhenAllowed) {
 
 // A connection to a published port on the host's loopback and on the host's address reaches
 // the guest's port, carries data both ways, and the reserved port cannot be taken meanwhile.
-TEST(TapBackend, PublishedPortsCarryTcpConnections) {
+TEST(TapBackend, PublishedPortsCarryTcpConnectionsWithOffloads) {
   ENTER_NETNS_OR_SKIP();
   int p1 = free_loopback_port();
   Stack s(tap_config(false, parse_port_forward("127.0.0.1:" + std::to_string(p1) + ":80")));
   ASSERT_EQ(s.backend.published().size(), 1u);
   EXPECT_EQ(s.backend.published()[0].host_port, p1);
+  s.backend.set_guest_offloads(true, true, true);
 
   // The port is held: binding it again fails.
   UniqueFd other(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
@@ -307,6 +308,41 @@ TEST(TapBackend, PublishedPortsCarryTcpConnections) {
   char buf[16];
   ASSERT_EQ(::read(client.get(), buf, sizeof buf), 5);
   EXPECT_EQ(std::string(buf, 5), "world");
+
+  // Offloads (taken by the "driver" below, before connecting, as a guest's driver takes them at
+  // boot). Guest to host: one 4000-byte segment with a partial checksum (the pseudo header's
+  // sum in the field), which the host kernel finishes and cuts into 1000-byte pieces.
+  Bytes big(4000);
+  for (size_t i = 0; i < big.size(); ++i) big[i] = uint8_t('a' + i % 26);
+  Bytes seg = ether(s.gateway_mac, kGuestMac, kIpv4, tcp(s.guest, 80, s.gateway, peer, iss + 6, their, kAck | kPsh, big));
+  Bytes pseudo;
+  put32(pseudo, s.guest);
+  put32(pseudo, s.gateway);
+  put16(pseudo, kTcp);
+  put16(pseudo, uint16_t(20 + big.size()));
+  const uint16_t partial = uint16_t(~fold(sum_words(pseudo.data(), pseudo.size())));
+  seg[14 + 20 + 16] = uint8_t(partial >> 8);
+  seg[14 + 20 + 17] = uint8_t(partial);
+  // virtio_net_hdr: NEEDS_CSUM, GSO TCPv4, hdr_len 54, gso_size 1000, csum_start 34, csum_offset 16
+  s.send(seg, {VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 54, 0, 0xe8, 0x03, 34, 0, 16, 0, 0, 0});
+  std::string got;
+  while (got.size() < big.size()) {
+    p = {client.get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, 10000), 1) << "got " << got.size() << " of the segment's bytes";
+    char chunk[8192];
+    ssize_t n = ::read(client.get(), chunk, sizeof chunk);
+    ASSERT_GT(n, 0);
+    got.append(chunk, size_t(n));
+  }
+  EXPECT_EQ(got, std::string(big.begin(), big.end()));
+
+  // Host to guest: a large write arrives as one GSO frame bigger than the MTU.
+  const std::string blob(20000, 'z');
+  ASSERT_GT(::write(client.get(), blob.data(), blob.size()), 0);
+  auto gso = s.sink.wait([&](const Frame& f) { return f.proto == kTcp && f.sport == peer && f.payload.size() > 1460; });
+  ASSERT_TRUE(gso) << "no segment larger than the MTU reached the guest";
+  EXPECT_EQ(gso->vnet.at(1), VirtioNet::kGsoTcpV4);
+  EXPECT_EQ(gso->vnet.at(0) & VirtioNet::kHdrFNeedsCsum, VirtioNet::kHdrFNeedsCsum);
 }
 
 TEST(TapBackend, PublishedUdpPortAndAFreeHostPort) {

@@ -21,11 +21,12 @@ namespace {
 using Bytes = std::vector<uint8_t>;
 
 struct FakeBackend final : NetBackend {
-  explicit FakeBackend(bool checksums) : checksums_valid(checksums) {}
+  explicit FakeBackend(bool checksums, bool offloading = false) : checksums_valid(checksums), offload(offloading) {}
   NetDeviceSide* device = nullptr;
   std::vector<Bytes> sent;
   int ready_calls = 0;
-  bool checksums_valid;
+  bool checksums_valid, offload;
+  std::vector<std::array<bool, 3>> guest_offloads;  // each set_guest_offloads call
   std::function<void(std::span<const uint8_t>)> on_send;
 
   void attach(NetDeviceSide* d) override { device = d; }
@@ -35,6 +36,8 @@ struct FakeBackend final : NetBackend {
   }
   void rx_ready() override { ++ready_calls; }
   bool rx_checksums_valid() const override { return checksums_valid; }
+  bool offloads() const override { return offload; }
+  void set_guest_offloads(bool csum, bool tso4, bool tso6) override { guest_offloads.push_back({csum, tso4, tso6}); }
   void run(std::span<const Watch>) override {}
 };
 
@@ -44,6 +47,13 @@ constexpr uint64_t kBufs = 0x10000;  // buffers from here on
 constexpr std::array<uint8_t, 6> kMac = {0x52, 0x54, 0x00, 0xab, 0xcd, 0xef};
 constexpr uint64_t kDefaultFeatures = kVirtioFVersion1 | VirtioNet::kFeatureMac | VirtioNet::kFeatureMrgRxbuf |
                                       VirtioNet::kFeatureGuestCsum | VirtioNet::kFeatureMtu | VirtioNet::kFeatureStatus;
+
+// A virtio_net_hdr: flags, gso_type, hdr_len (0), gso_size, csum_start, csum_offset, num_buffers.
+Bytes vnet_hdr(uint8_t flags, uint8_t gso, uint16_t gso_size = 0, uint16_t csum_start = 0, uint16_t csum_offset = 0,
+               uint16_t num_buffers = 0) {
+  return {flags, gso, 0, 0, uint8_t(gso_size), uint8_t(gso_size >> 8), uint8_t(csum_start), uint8_t(csum_start >> 8),
+          uint8_t(csum_offset), uint8_t(csum_offset >> 8), uint8_t(num_buffers), uint8_t(num_buffers >> 8)};
+}
 
 Bytes frame_of(size_t n, uint8_t seed) {
   Bytes f(n);
@@ -61,8 +71,8 @@ struct NetRig {
   uint16_t avail_idx[2] = {0, 0};
 
   explicit NetRig(uint64_t features = kDefaultFeatures, uint16_t queue_size = 8, bool checksums = true,
-                  uint16_t mtu = 1500)
-      : backend(checksums), net(backend, kMac, mtu), mmio(mem, net, [this] { ++interrupts; }), qsize(queue_size) {
+                  uint16_t mtu = 1500, bool offloads = false)
+      : backend(checksums, offloads), net(backend, kMac, mtu), mmio(mem, net, [this] { ++interrupts; }), qsize(queue_size) {
     net.set_kick([this] { mmio.notify(); });
     setup(features);
   }
@@ -116,8 +126,10 @@ struct NetRig {
   }
   // Posts a transmit chain: the 12-byte header (flags, gso_type) and `frame` split at `splits`.
   void transmit(const Bytes& frame, std::vector<size_t> splits = {}, uint8_t flags = 0, uint8_t gso = 0) {
-    uint8_t hdr[12] = {flags, gso};
-    Bytes all(hdr, hdr + 12);
+    transmit_with(vnet_hdr(flags, gso), frame, std::move(splits));
+  }
+  void transmit_with(const Bytes& hdr, const Bytes& frame, std::vector<size_t> splits = {}) {
+    Bytes all = hdr;
     all.insert(all.end(), frame.begin(), frame.end());
     mem.write(kBufs, all.data(), all.size());
     std::vector<size_t> cuts = {0};
@@ -412,5 +424,85 @@ TEST(VirtioNet, NothingMovesBeforeDriverOk) {
   r.net.flush_rx();
   r.notify();
   EXPECT_EQ(r.interrupts, 0);
+  EXPECT_TRUE(r.backend.sent.empty());
+}
+
+// A backend with offloads (tap with a vnet header): the device offers CSUM and TSO both ways,
+// passes the header through, tells the backend what the driver takes, and drops what was not
+// negotiated.
+TEST(VirtioNet, OffloadsPassTheHeaderThroughBothWays) {
+  constexpr uint64_t kOffloadFeatures =
+      kDefaultFeatures | VirtioNet::kFeatureCsum | VirtioNet::kFeatureHostTso4 | VirtioNet::kFeatureGuestTso4;
+  NetRig r(kOffloadFeatures, 64, /*checksums=*/false, 1500, /*offloads=*/true);
+  r.wr(0x014, 0);
+  const uint32_t offered = r.rd(0x010);
+  for (uint64_t f : {VirtioNet::kFeatureCsum, VirtioNet::kFeatureGuestCsum, VirtioNet::kFeatureHostTso4,
+                     VirtioNet::kFeatureHostTso6, VirtioNet::kFeatureGuestTso4, VirtioNet::kFeatureGuestTso6})
+    EXPECT_TRUE(offered & f) << "feature bit " << __builtin_ctzll(f) << " not offered";
+
+  // A 20000-byte TCP segment with a partial checksum goes out whole, header first.
+  const Bytes seg = frame_of(20000, 4);
+  const Bytes tso = vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 1448, 34, 16);
+  r.transmit_with(tso, seg, {0, 100});
+  ASSERT_EQ(r.backend.guest_offloads.size(), 1u) << "the backend was not told what the driver takes";
+  EXPECT_EQ(r.backend.guest_offloads[0], (std::array<bool, 3>{true, true, false}));
+  ASSERT_EQ(r.backend.sent.size(), 1u);
+  Bytes want = tso;
+  want.insert(want.end(), seg.begin(), seg.end());
+  EXPECT_EQ(r.backend.sent[0], want);
+
+  // Not negotiated or malformed: dropped.
+  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV6, 1448, 54, 16), seg);  // no HOST_TSO6
+  r.transmit_with(vnet_hdr(0, VirtioNet::kGsoTcpV4, 1448), seg);                                // GSO without a partial checksum
+  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 0, 34, 16), seg);   // gso_size 0
+  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, 0, 0, 59, 0), frame_of(60, 1));           // checksum past the end
+  r.transmit_with(vnet_hdr(0, VirtioNet::kGsoTcpV4 | 0x80, 1448), seg);                         // ECN
+  r.transmit_with(vnet_hdr(4, 0), frame_of(60, 1));                                             // an unknown flag
+  r.transmit(frame_of(1500 + 18 + 1, 1));                                                       // too big without GSO
+  EXPECT_EQ(r.backend.sent.size(), 1u);
+  EXPECT_EQ(r.net.stats().tx_dropped, 7u);
+  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, 0, 0, 34, 6), frame_of(60, 2));  // a plain partial checksum
+  EXPECT_EQ(r.backend.sent.size(), 2u);
+
+  // Receive: a GSO frame from the host keeps its header (num_buffers filled in) over as many
+  // buffers as it needs; one the driver did not take (TSO6) is dropped.
+  r.post_rx(0, 8, 4096);
+  r.notify();
+  Bytes in = vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 1448, 34, 16);
+  const Bytes big = frame_of(9000, 8);
+  in.insert(in.end(), big.begin(), big.end());
+  Bytes v6 = vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV6, 1428, 54, 16);
+  v6.insert(v6.end(), big.begin(), big.end());
+  ASSERT_TRUE(r.net.receive(v6));
+  ASSERT_TRUE(r.net.receive(in));
+  r.net.flush_rx();
+  ASSERT_EQ(r.used_idx(VirtioNet::kRxQueue), 3) << "12 + 9000 bytes in 4096-byte buffers";
+  EXPECT_EQ(r.read(NetRig::rx_buf(0), 12), vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 1448, 34, 16, 3));
+  Bytes got = r.read(NetRig::rx_buf(0) + 12, 4084);
+  for (uint16_t i = 1; i < 3; ++i) {
+    Bytes b = r.read(NetRig::rx_buf(i), r.used(0, i).second);
+    got.insert(got.end(), b.begin(), b.end());
+  }
+  EXPECT_EQ(got, big);
+  EXPECT_EQ(r.net.stats().rx_dropped, 1u);
+  EXPECT_FALSE(r.net.receive(Bytes(12 + 13, 0))) << "shorter than header + Ethernet header";
+}
+
+// A driver that takes no offloads: the backend is told so, and DATA_VALID is not passed on.
+TEST(VirtioNet, OffloadsTheDriverRefusedStayOff) {
+  NetRig r(kVirtioFVersion1 | VirtioNet::kFeatureMrgRxbuf, 8, /*checksums=*/false, 1500, /*offloads=*/true);
+  r.post_rx(0, 2, 2048);
+  r.notify();
+  ASSERT_EQ(r.backend.guest_offloads.size(), 1u);
+  EXPECT_EQ(r.backend.guest_offloads[0], (std::array<bool, 3>{false, false, false}));
+  Bytes in = vnet_hdr(VirtioNet::kHdrFDataValid, 0);
+  const Bytes f = frame_of(100, 3);
+  in.insert(in.end(), f.begin(), f.end());
+  ASSERT_TRUE(r.net.receive(in));
+  r.net.flush_rx();
+  ASSERT_EQ(r.used_idx(VirtioNet::kRxQueue), 1);
+  EXPECT_EQ(r.read(NetRig::rx_buf(0), 12), vnet_hdr(0, 0, 0, 0, 0, 1));
+  EXPECT_EQ(r.read(NetRig::rx_buf(0) + 12, 100), f);
+  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, 0, 0, 34, 6), frame_of(60, 2));  // CSUM not negotiated
   EXPECT_TRUE(r.backend.sent.empty());
 }

@@ -223,6 +223,13 @@ std::vector<std::string> remove_stale(Nft& nft) {
   return removed;
 }
 
+// Frames on the device carry the 12-byte virtio 1.x header; no offloads until the guest takes them.
+void setup_vnet_header(int fd, const std::string& dev) {
+  int size = int(VirtioNet::kHdrSize);
+  if (::ioctl(fd, TUNSETVNETHDRSZ, &size) != 0 || ::ioctl(fd, TUNSETOFFLOAD, 0u) != 0)
+    throw Error(ErrorKind::kIo, "tap device " + dev + ": cannot set up its virtio-net header: " + errno_text(errno));
+}
+
 }  // namespace
 
 std::vector<std::string> remove_stale_tap_rules() {
@@ -238,7 +245,6 @@ struct TapBackend::Impl {
   std::atomic<NetDeviceSide*> device{nullptr};
   std::vector<PortForward> published;
   std::vector<UniqueFd> reserved;
-  size_t max_frame = 0;
 
   void setup_managed(const TapNetConfig& c, uint16_t mtu);
   void attach_existing(const std::string& name);
@@ -250,7 +256,7 @@ void TapBackend::Impl::attach_existing(const std::string& name) {
   tap.reset(::open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK));
   if (!tap) throw Error(ErrorKind::kNotFound, "tap network: cannot open /dev/net/tun: " + errno_text(errno));
   ifreq r = ifreq_for(name);
-  r.ifr_flags = IFF_TAP | IFF_NO_PI;
+  r.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
   if (::ioctl(tap.get(), TUNSETIFF, &r) != 0) {
     int e = errno;
     if (e == EPERM || e == EACCES)
@@ -261,6 +267,7 @@ void TapBackend::Impl::attach_existing(const std::string& name) {
     throw Error(ErrorKind::kInternal, "tap device " + name + ": TUNSETIFF: " + errno_text(e));
   }
   info.device = r.ifr_name;
+  setup_vnet_header(tap.get(), info.device);
   IfSocket s;
   auto host = get_addr(s, info.device, SIOCGIFADDR);
   auto mask = get_addr(s, info.device, SIOCGIFNETMASK);
@@ -324,7 +331,7 @@ void TapBackend::Impl::setup_managed(const TapNetConfig& c, uint16_t mtu) {
   if (!tap) throw Error(ErrorKind::kNotFound, "tap network: cannot open /dev/net/tun: " + errno_text(errno));
   std::string want = c.name.empty() ? std::string(tapnet::kDevicePrefix) + "%d" : c.name;
   ifreq r = ifreq_for(want);
-  r.ifr_flags = IFF_TAP | IFF_NO_PI;
+  r.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
   if (::ioctl(tap.get(), TUNSETIFF, &r) != 0) {
     int e = errno;
     if (e == EPERM || e == EACCES)
@@ -334,6 +341,7 @@ void TapBackend::Impl::setup_managed(const TapNetConfig& c, uint16_t mtu) {
   }
   info.device = r.ifr_name;
   info.managed = true;
+  setup_vnet_header(tap.get(), info.device);
   info.table = "ip " + std::string(tapnet::kTablePrefix) + info.device;
   if (info.device.size() + tapnet::kTablePrefix.size() > 255)
     throw Error(ErrorKind::kInvalidArgument, "tap device name too long: " + info.device);
@@ -399,7 +407,6 @@ TapBackend::TapBackend(const TapNetConfig& config, uint16_t mtu) : impl_(std::ma
   if (!impl_->wake) throw Error(ErrorKind::kInternal, "eventfd: " + errno_text(errno));
   if (config.name.size() >= IFNAMSIZ)
     throw Error(ErrorKind::kInvalidArgument, "tap device name \"" + config.name + "\" is longer than " + std::to_string(IFNAMSIZ - 1) + " characters");
-  impl_->max_frame = size_t(mtu) + VirtioNet::kFrameOverhead;
   const bool exists = !config.name.empty() && ::if_nametoindex(config.name.c_str()) != 0;
   try {
     if (exists) {
@@ -429,6 +436,13 @@ void TapBackend::send(std::span<const uint8_t> frame) {
   (void)!::write(impl_->tap.get(), frame.data(), frame.size());
 }
 
+void TapBackend::set_guest_offloads(bool csum, bool tso4, bool tso6) {
+  // TSO needs partial checksums. Called on the network thread (whose filter allows this ioctl);
+  // a failure leaves the offloads as they were, and the device drops what the guest cannot take.
+  unsigned f = csum ? TUN_F_CSUM | (tso4 ? TUN_F_TSO4 : 0) | (tso6 ? TUN_F_TSO6 : 0) : 0;
+  (void)::ioctl(impl_->tap.get(), TUNSETOFFLOAD, f);
+}
+
 void TapBackend::rx_ready() {
   uint64_t one = 1;
   (void)!::write(impl_->wake.get(), &one, sizeof one);
@@ -437,7 +451,7 @@ void TapBackend::rx_ready() {
 void TapBackend::run(std::span<const Watch> watches) {
   Impl& m = *impl_;
   std::vector<pollfd> pfds(2 + watches.size());
-  std::vector<uint8_t> buf(std::max<size_t>(m.max_frame, 65536));
+  std::vector<uint8_t> buf(VirtioNet::kHdrSize + VirtioNet::kMaxGsoFrame + 64);
   for (;;) {
     NetDeviceSide* dev = m.device.load();
     // While the guest takes no frames, leave them in the device's queue (the host kernel
@@ -461,7 +475,7 @@ void TapBackend::run(std::span<const Watch> watches) {
         if (dev && dev->rx_full()) break;
         ssize_t n = ::read(m.tap.get(), buf.data(), buf.size());
         if (n <= 0) break;
-        if (size_t(n) < VirtioNet::kEthHeader || size_t(n) > m.max_frame || !dev) continue;
+        if (size_t(n) < VirtioNet::kHdrSize + VirtioNet::kEthHeader || !dev) continue;  // the device checks the rest
         delivered |= dev->receive(std::span<const uint8_t>(buf.data(), size_t(n)));
       }
       if (delivered && (dev = m.device.load())) dev->flush_rx();

@@ -2,6 +2,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_tun.h>
 #include <linux/kvm.h>
 #include <seccomp.h>
 #include <sys/ioctl.h>
@@ -71,6 +72,7 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
       allow(nr);
     for (int cmd : {F_GETFL, F_SETFL, F_GETFD, F_SETFD}) allow_if(SCMP_SYS(fcntl), SCMP_A1(SCMP_CMP_EQ, scmp_datum_t(cmd), 0));
     allow_ioctl(FIONREAD);  // the size of a pending UDP datagram
+    allow_ioctl(TUNSETOFFLOAD);  // the tap backend follows the guest driver's offloads
     allow_ioctl(TCGETS);    // glib's logging asks whether stderr is a terminal
     // DNS forwarding: libslirp stats /etc/resolv.conf at most once a second and re-reads it
     // when it changed. Opening is allowed read-only: no creating, truncating or writing.

@@ -12,10 +12,11 @@ void put_le16(uint8_t* p, uint16_t v) {
   p[0] = uint8_t(v);
   p[1] = uint8_t(v >> 8);
 }
+uint16_t le16(const uint8_t* p) { return uint16_t(p[0] | p[1] << 8); }
 }  // namespace
 
 VirtioNet::VirtioNet(NetBackend& backend, std::array<uint8_t, 6> mac, uint16_t mtu)
-    : backend_(backend), mtu_(mtu), checksums_valid_(backend.rx_checksums_valid()) {
+    : backend_(backend), mtu_(mtu), checksums_valid_(backend.rx_checksums_valid()), offloads_(backend.offloads()) {
   if (mtu < kMinMtu || mtu > kMaxMtu)
     throw Error(ErrorKind::kInvalidArgument, "network MTU " + std::to_string(mtu) + " is outside " +
                                                  std::to_string(kMinMtu) + "-" + std::to_string(kMaxMtu));
@@ -23,15 +24,41 @@ VirtioNet::VirtioNet(NetBackend& backend, std::array<uint8_t, 6> mac, uint16_t m
   put_le16(config_.data() + 6, kStatusLinkUp);
   put_le16(config_.data() + 8, 1);  // max_virtqueue_pairs (meaningful only with MQ)
   put_le16(config_.data() + 10, mtu);
-  tx_buf_.reserve(kHdrSize + max_frame());
+  tx_buf_.reserve(kHdrSize + max_any_frame());
   backend_.attach(this);
 }
 
 VirtioNet::~VirtioNet() { backend_.attach(nullptr); }
 
 uint64_t VirtioNet::features() const {
-  return kVirtioFVersion1 | kFeatureMac | kFeatureMtu | kFeatureStatus | kFeatureMrgRxbuf |
-         (checksums_valid_ ? kFeatureGuestCsum : 0);
+  uint64_t f = kVirtioFVersion1 | kFeatureMac | kFeatureMtu | kFeatureStatus | kFeatureMrgRxbuf;
+  if (offloads_)
+    f |= kFeatureCsum | kFeatureGuestCsum | kFeatureHostTso4 | kFeatureHostTso6 | kFeatureGuestTso4 | kFeatureGuestTso6;
+  else if (checksums_valid_)
+    f |= kFeatureGuestCsum;
+  return f;
+}
+
+bool VirtioNet::header_ok(std::span<const uint8_t> hf, bool csum, bool tso4, bool tso6) const {
+  if (hf.size() < kHdrSize + kEthHeader) return false;
+  const uint8_t flags = hf[0], gso = hf[1];
+  const size_t len = hf.size() - kHdrSize;
+  if (flags & ~(kHdrFNeedsCsum | kHdrFDataValid)) return false;
+  if (flags & kHdrFNeedsCsum) {
+    if (!csum) return false;
+    if (size_t(le16(hf.data() + 6)) + le16(hf.data() + 8) + 2 > len) return false;  // csum_start + csum_offset
+  }
+  switch (gso) {
+    case kGsoNone:
+      return len <= max_frame();
+    case kGsoTcpV4:
+    case kGsoTcpV6:
+      // A segment of up to 64 KiB for the other side to cut into gso_size pieces.
+      return (gso == kGsoTcpV4 ? tso4 : tso6) && (flags & kHdrFNeedsCsum) && le16(hf.data() + 4) != 0 &&
+             len <= kMaxGsoFrame;
+    default:
+      return false;  // UDP fragmentation, ECN: not offered
+  }
 }
 
 VirtioNetStats VirtioNet::stats() const {
@@ -49,9 +76,11 @@ bool VirtioNet::process(const GuestMemory&, SplitQueue&) { return false; }
 bool VirtioNet::process_queues(const GuestMemory& mem, std::span<SplitQueue> queues, uint64_t features) {
   if (queues.size() < 2) return false;
   bool used = false;
+  if (offloads_ && told_features_.exchange(features) != features)
+    backend_.set_guest_offloads(features & kFeatureGuestCsum, features & kFeatureGuestTso4, features & kFeatureGuestTso6);
   // Transmit first: frames the backend answers at once (ARP, a refused connection) are then
   // delivered in the same pass.
-  if (queues[kTxQueue].ready) used |= transmit(mem, queues[kTxQueue]);
+  if (queues[kTxQueue].ready) used |= transmit(mem, queues[kTxQueue], features);
   if (queues[kRxQueue].ready) used |= deliver(mem, queues[kRxQueue], features);
   return used;
 }
@@ -68,9 +97,9 @@ void VirtioNet::reset() {
   if (wake) backend_.rx_ready();
 }
 
-bool VirtioNet::transmit(const GuestMemory& mem, SplitQueue& q) {
+bool VirtioNet::transmit(const GuestMemory& mem, SplitQueue& q, uint64_t features) {
   bool used = false;
-  const uint64_t limit = kHdrSize + max_frame();
+  const uint64_t limit = kHdrSize + max_any_frame();
   while (auto chain = q.pop(mem)) {
     used = true;
     bool ok = chain->error.empty();
@@ -91,14 +120,15 @@ bool VirtioNet::transmit(const GuestMemory& mem, SplitQueue& q) {
         mem.read(e.addr, tx_buf_.data() + off, e.len);  // inside guest memory: checked by pop()
         off += e.len;
       }
-      // Partial checksums and segmentation offloads were not offered: such a frame would go
-      // out wrong, so it is dropped.
-      const uint8_t flags = tx_buf_[0], gso_type = tx_buf_[1];
-      if ((flags & kHdrFNeedsCsum) || gso_type != 0) {
+      // Only the offloads negotiated: anything else would go out wrong, so it is dropped.
+      const bool ok_hdr = offloads_ ? header_ok(tx_buf_, features & kFeatureCsum, features & kFeatureHostTso4,
+                                                features & kFeatureHostTso6)
+                                    : tx_buf_[0] == 0 && tx_buf_[1] == kGsoNone && total <= kHdrSize + max_frame();
+      if (!ok_hdr) {
         ++tx_dropped_;
       } else {
         ++tx_frames_;
-        backend_.send(std::span<const uint8_t>(tx_buf_).subspan(kHdrSize));
+        backend_.send(offloads_ ? std::span<const uint8_t>(tx_buf_) : std::span<const uint8_t>(tx_buf_).subspan(kHdrSize));
       }
     }
     q.add_used(mem, chain->head, 0);
@@ -109,7 +139,8 @@ bool VirtioNet::transmit(const GuestMemory& mem, SplitQueue& q) {
 
 bool VirtioNet::deliver(const GuestMemory& mem, SplitQueue& q, uint64_t features) {
   const bool mergeable = features & kFeatureMrgRxbuf;
-  const bool data_valid = checksums_valid_ && (features & kFeatureGuestCsum);
+  // DATA_VALID only for a driver that took GUEST_CSUM (with offloads the backend's header may carry it).
+  const bool data_valid = (checksums_valid_ || offloads_) && (features & kFeatureGuestCsum);
   bool used = false;
   for (;;) {
     std::vector<uint8_t> frame;
@@ -119,6 +150,11 @@ bool VirtioNet::deliver(const GuestMemory& mem, SplitQueue& q, uint64_t features
       frame = std::move(pending_.front());
       pending_.pop_front();
       pending_bytes_ -= frame.size();
+    }
+    if (offloads_ && !header_ok(frame, features & kFeatureGuestCsum, features & kFeatureGuestTso4,
+                                features & kFeatureGuestTso6)) {
+      ++rx_dropped_;  // an offload the driver did not take (it renegotiated meanwhile)
+      continue;
     }
     if (!deliver_one(mem, q, frame, mergeable, data_valid, used)) {
       std::lock_guard lk(pending_mu_);
@@ -141,7 +177,9 @@ bool VirtioNet::deliver(const GuestMemory& mem, SplitQueue& q, uint64_t features
 
 bool VirtioNet::deliver_one(const GuestMemory& mem, SplitQueue& q, std::span<const uint8_t> frame, bool mergeable,
                             bool data_valid, bool& used) {
-  const uint64_t need = kHdrSize + frame.size();
+  // With offloads the frame comes with its header (flags and GSO fields kept as they are).
+  const std::span<const uint8_t> body = offloads_ ? frame.subspan(kHdrSize) : frame;
+  const uint64_t need = kHdrSize + body.size();
   rx_chains_.clear();
   uint64_t cap = 0;
   while (cap < need) {
@@ -188,7 +226,11 @@ bool VirtioNet::deliver_one(const GuestMemory& mem, SplitQueue& q, std::span<con
   }
 
   uint8_t hdr[kHdrSize] = {};
-  hdr[0] = data_valid ? kHdrFDataValid : 0;
+  if (offloads_) {
+    std::memcpy(hdr, frame.data(), kHdrSize);
+    if (!data_valid) hdr[0] &= uint8_t(~kHdrFDataValid);
+  } else
+    hdr[0] = data_valid ? kHdrFDataValid : 0;
   put_le16(hdr + 10, mergeable ? uint16_t(rx_chains_.size()) : uint16_t{1});  // num_buffers
   // Scatter header + frame over the chains' buffers in order, filling each completely.
   uint64_t off = 0;
@@ -200,7 +242,7 @@ bool VirtioNet::deliver_one(const GuestMemory& mem, SplitQueue& q, std::span<con
       uint8_t* dst = mem.ptr(e.addr, n);  // inside guest memory: checked by pop()
       for (uint64_t done = 0; done < n;) {
         uint64_t pos = off + done;
-        const uint8_t* src = pos < kHdrSize ? hdr + pos : frame.data() + (pos - kHdrSize);
+        const uint8_t* src = pos < kHdrSize ? hdr + pos : body.data() + (pos - kHdrSize);
         uint64_t avail = pos < kHdrSize ? kHdrSize - pos : need - pos;
         uint64_t k = std::min(avail, n - done);
         std::memcpy(dst + done, src, k);
@@ -218,7 +260,8 @@ bool VirtioNet::deliver_one(const GuestMemory& mem, SplitQueue& q, std::span<con
 }
 
 bool VirtioNet::receive(std::span<const uint8_t> frame) {
-  if (frame.size() < kEthHeader || frame.size() > max_frame()) {
+  const size_t hdr = offloads_ ? kHdrSize : 0;
+  if (frame.size() < hdr + kEthHeader || frame.size() > hdr + max_any_frame()) {
     ++rx_dropped_;
     return false;
   }
@@ -236,7 +279,7 @@ bool VirtioNet::receive(std::span<const uint8_t> frame) {
 bool VirtioNet::rx_full() const {
   std::lock_guard lk(pending_mu_);
   // Full when one more maximum-size frame might not fit.
-  bool full = pending_.size() >= kMaxPendingFrames || pending_bytes_ + max_frame() > kMaxPendingBytes;
+  bool full = pending_.size() >= kMaxPendingFrames || pending_bytes_ + kHdrSize + max_any_frame() > kMaxPendingBytes;
   if (full) backend_waiting_ = true;
   return full;
 }

@@ -10,10 +10,11 @@
 // driver adopts as its own), STATUS (config: link up), MRG_RXBUF (a received frame may span
 // several receive buffers; num_buffers says how many) and, when the backend's frames carry
 // correct checksums, GUEST_CSUM (the device marks received frames DATA_VALID so that the guest
-// skips verifying them). Not offered: CSUM and the TSO/UFO offloads. The guest therefore sends
-// fully checksummed, unsegmented frames of at most MTU + 18 bytes, which is what libslirp needs
-// (it cannot take partial checksums); a future backend able to take them (tap with a vnet
-// header) can add the offloads.
+// skips verifying them). With a backend that takes offloads (NetBackend::offloads(): tap with a
+// vnet header) the device also offers CSUM, GUEST_CSUM, HOST_TSO4/6 and GUEST_TSO4/6 and passes
+// the virtio_net_hdr through in both directions (partial checksums and segments of up to 64 KiB
+// are the host kernel's to finish); otherwise (libslirp, which cannot take partial checksums) the
+// guest sends fully checksummed, unsegmented frames of at most MTU + 18 bytes.
 //
 // Everything the guest supplies is checked (virtqueue.hpp for chains; here: buffer directions,
 // header fields, frame sizes). A malformed transmit chain is returned unused; a frame shorter
@@ -22,6 +23,7 @@
 // outside guest RAM.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -68,6 +70,15 @@ class NetBackend {
   // True when every frame this backend delivers carries correct checksums (libslirp builds
   // them itself), so the device may tell the guest not to verify them.
   virtual bool rx_checksums_valid() const = 0;
+  // True when the backend takes and gives frames with the 12-byte virtio_net_hdr in front
+  // (send() and NetDeviceSide::receive() then include it) and handles partial checksums and
+  // GSO (TCP over IPv4 and IPv6) itself, as a tap device with IFF_VNET_HDR does.
+  virtual bool offloads() const { return false; }
+  // With offloads: what the guest driver accepts on receive (GUEST_CSUM, GUEST_TSO4/6), so that
+  // the backend hands over only such frames. Called by the device whenever its driver's
+  // features change, from the thread that processes the queues (the runner's network thread);
+  // must not block.
+  virtual void set_guest_offloads(bool /*csum*/, bool /*tso4*/, bool /*tso6*/) {}
   // The published ports as set up (a host port 0 replaced by the one chosen).
   virtual std::vector<PortForward> published() const { return {}; }
 
@@ -89,9 +100,13 @@ struct VirtioNetStats {
 
 class VirtioNet final : public VirtioDevice, public NetDeviceSide {
  public:
-  static constexpr uint64_t kFeatureGuestCsum = 1ull << 1, kFeatureMtu = 1ull << 3, kFeatureMac = 1ull << 5,
+  static constexpr uint64_t kFeatureCsum = 1ull << 0, kFeatureGuestCsum = 1ull << 1, kFeatureMtu = 1ull << 3,
+                            kFeatureMac = 1ull << 5, kFeatureGuestTso4 = 1ull << 7, kFeatureGuestTso6 = 1ull << 8,
+                            kFeatureHostTso4 = 1ull << 11, kFeatureHostTso6 = 1ull << 12,
                             kFeatureMrgRxbuf = 1ull << 15, kFeatureStatus = 1ull << 16;
   static constexpr uint8_t kHdrFNeedsCsum = 1, kHdrFDataValid = 2;
+  static constexpr uint8_t kGsoNone = 0, kGsoTcpV4 = 1, kGsoTcpV6 = 4;
+  static constexpr size_t kMaxGsoFrame = 65535 + 14;  // one IP packet of 64 KiB with its Ethernet header
   static constexpr uint16_t kStatusLinkUp = 1;
   static constexpr size_t kHdrSize = 12;      // struct virtio_net_hdr with num_buffers (virtio 1.x)
   static constexpr size_t kEthHeader = 14;    // the smallest frame accepted
@@ -125,19 +140,26 @@ class VirtioNet final : public VirtioDevice, public NetDeviceSide {
 
   uint16_t mtu() const noexcept { return mtu_; }
   size_t max_frame() const noexcept { return size_t(mtu_) + kFrameOverhead; }
+  // The largest frame (without the header) either way: max_frame(), or a GSO frame with offloads.
+  size_t max_any_frame() const noexcept { return offloads_ ? std::max(max_frame(), kMaxGsoFrame) : max_frame(); }
   VirtioNetStats stats() const;
 
  private:
-  bool transmit(const GuestMemory& mem, SplitQueue& q);
+  bool transmit(const GuestMemory& mem, SplitQueue& q, uint64_t features);
   bool deliver(const GuestMemory& mem, SplitQueue& q, uint64_t features);
   // One frame into the receive queue: true if done (delivered or dropped), false if the guest
   // must first post more buffers.
   bool deliver_one(const GuestMemory& mem, SplitQueue& q, std::span<const uint8_t> frame, bool mergeable,
                    bool data_valid, bool& used);
 
+  // Whether the header a frame arrived with (guest or backend) fits what was negotiated.
+  bool header_ok(std::span<const uint8_t> hdr_and_frame, bool csum, bool tso4, bool tso6) const;
+
   NetBackend& backend_;
   uint16_t mtu_;
   bool checksums_valid_;
+  bool offloads_;
+  std::atomic<uint64_t> told_features_{~0ull};  // the driver features last passed to the backend
   std::array<uint8_t, 12> config_{};  // mac[6], status (le16), max_virtqueue_pairs (le16), mtu (le16)
   std::function<void()> kick_;
   std::vector<uint8_t> tx_buf_;  // one transmit chain gathered: header + frame
