@@ -240,6 +240,15 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      << "echo '@@BEGIN stdin@@'; echo piped-line | " << run << " -i " << B
      << " head -n1 >\"$W/out\" 2>\"$W/err\"; rc=$?; cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo;"
      << " echo \"@@END stdin $rc@@\"\n"
+     // The end of piped stdin reaches the workload (-i without -t: a pipe, as docker's), after
+     // every byte: text, nothing at all, and 20000 random bytes checked by md5.
+     << "echo '@@BEGIN stdin-eof@@'; printf 'line1\\nline2\\n' | " << run << " --timeout 120s -i " << B
+     << " sh -c 'cat; echo eof-seen' >\"$W/out\" 2>\"$W/err\"; rc=$?; cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo;"
+     << " echo \"@@END stdin-eof $rc@@\"\n"
+     << "c stdin-empty " << run << " --timeout 120s -i " << B << " sh -c 'cat; echo empty-eof'\n"
+     << "head -c 20000 /dev/urandom > \"$W/random\"; echo \"host-md5=$(md5sum < \"$W/random\")\" > \"$W/random.md5\"\n"
+     << "echo '@@BEGIN stdin-binary@@'; " << run << " --timeout 120s -i " << B << " md5sum < \"$W/random\" >\"$W/out\" 2>\"$W/err\"; rc=$?;"
+     << " cat \"$W/random.md5\" \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END stdin-binary $rc@@\"\n"
      << "echo '@@BEGIN sigterm@@'\n"
      << run << " " << B
      << " sh -c 'trap \"echo got-term; exit 7\" TERM; echo ready; while :; do sleep 1; done' >\"$W/out\" 2>\"$W/err\" "
@@ -326,6 +335,20 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   EXPECT_EQ(to.rc, 124) << to.err;
   EXPECT_TRUE(has(to.out, "started")) << to.out;
   EXPECT_TRUE(has(get("stdin").out, "piped-line")) << get("stdin").out << get("stdin").err;
+  const Case& eof = get("stdin-eof");
+  EXPECT_EQ(eof.rc, 0) << eof.out << eof.err;
+  EXPECT_TRUE(has(eof.out, "line1\nline2\neof-seen")) << eof.out;
+  const Case& empty = get("stdin-empty");
+  EXPECT_EQ(empty.rc, 0) << empty.out << empty.err;
+  EXPECT_TRUE(has(empty.out, "empty-eof")) << empty.out;
+  {
+    const Case& binary = get("stdin-binary");
+    EXPECT_EQ(binary.rc, 0) << binary.out << binary.err;
+    auto pos = binary.out.find("host-md5=");
+    ASSERT_NE(pos, std::string::npos) << binary.out;
+    std::string md5 = binary.out.substr(pos + 9, 32);
+    EXPECT_NE(binary.out.find(md5, pos + 41), std::string::npos) << "the workload read other bytes: " << binary.out;
+  }
   const Case& term = get("sigterm");
   EXPECT_EQ(term.rc, 7) << term.err;
   EXPECT_TRUE(has(term.out, "got-term")) << term.out;

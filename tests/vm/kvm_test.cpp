@@ -176,6 +176,42 @@ TEST(VmKvm, ConsoleInputReachesTheGuest) {
   EXPECT_EQ(con.drain(), "ready\nABC\n");
 }
 
+// The end of console input reaches the guest as SIGNAL 0x82 (once) with the byte count on
+// STDIN_BYTES, and every byte arrives before the count says so.
+TEST(VmKvm, EndOfConsoleInputIsReportedWithItsLength) {
+  KVM_TEST_PRELUDE();
+  int in[2];
+  ASSERT_EQ(::pipe2(in, O_CLOEXEC), 0);
+  UniqueFd in_r(in[0]), in_w(in[1]);
+  Console con;
+  auto c = config("basic", "mode=eof", con.fds[1]);
+  c.console_in_fd = in_r.get();
+  Machine m(c);
+  m.start();
+  std::string data(300, 'x');  // more than the UART's FIFO holds at once
+  ASSERT_EQ(::write(in_w.get(), data.data(), data.size()), ssize_t(data.size()));
+  in_w.reset();
+  auto r = m.wait();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+  EXPECT_EQ(r.status, 300 & 0xff) << "96: the end was reported twice";
+  EXPECT_EQ(con.drain(), "eof after 012c\n");
+
+  // Input from a regular file (which epoll cannot watch) and from /dev/null.
+  TempDir dir("vmeof");
+  write_file_atomic(dir.path() / "input", std::string(200, 'y'));
+  for (auto [path, n] : {std::pair<fs::path, int>{dir.path() / "input", 200}, {"/dev/null", 0}}) {
+    UniqueFd f(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    ASSERT_TRUE(f) << path;
+    Console con2;
+    auto c2 = config("basic", "mode=eof", con2.fds[1]);
+    c2.console_in_fd = f.get();
+    Machine m2(c2);
+    auto r2 = m2.run();
+    EXPECT_EQ(r2.reason, ExitReason::kExited) << path << ": " << r2.describe();
+    EXPECT_EQ(r2.status, n) << path;
+  }
+}
+
 TEST(VmKvm, PvhEntryGetsStartInfo) {
   KVM_TEST_PRELUDE();
   Machine m(config("pvh", "pvh-cmdline", -1));

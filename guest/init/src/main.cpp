@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <net/if.h>
+#include <poll.h>
 #include <sys/io.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -17,6 +18,7 @@
 #include <termios.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
@@ -46,11 +48,13 @@ constexpr unsigned short kPortBootMark = 0xf6;
 constexpr unsigned short kPortSignal = 0xf7;  // read: a signal the host asks us to deliver
 constexpr unsigned short kPortWinRows = 0xf8;  // 16-bit read: the host terminal's rows (-t)
 constexpr unsigned short kPortWinCols = 0xfa;  // 16-bit read: its columns
-constexpr unsigned kPortCount = 8;             // 0xf4..0xfb
+constexpr unsigned short kPortStdinBytes = 0xfc;  // 32-bit read: console input bytes sent in all
+constexpr unsigned kPortCount = 12;               // 0xf4..0xff
 constexpr unsigned char kMarkInitStart = 1;
 constexpr unsigned char kMarkExec = 2;
 constexpr unsigned char kSignalStopRequest = 0x80;  // deliver the image's StopSignal
 constexpr unsigned char kSignalWindowSize = 0x81;   // the terminal's size changed (WINSIZE ports)
+constexpr unsigned char kSignalStdinClosed = 0x82;  // the host's input ended (STDIN_BYTES says after how much)
 // How often PID 1 looks at the SIGNAL port while the workload runs (docs/guest-abi.md §5).
 constexpr long kSignalPollNs = 100'000'000;
 
@@ -77,12 +81,14 @@ void port_write(unsigned short port, unsigned char value) {
 }
 
 // A pending host request on the SIGNAL port: 0 for none (0x00 and 0xff, what an absent device
-// reads as), a signal number 1-64, -1 for kSignalStopRequest, -2 for kSignalWindowSize.
+// reads as), a signal number 1-64, -1 for kSignalStopRequest, -2 for kSignalWindowSize, -3 for
+// kSignalStdinClosed.
 int port_signal_request() {
   if (!g_ports) return 0;
   unsigned char v = inb(kPortSignal);
   if (v == kSignalStopRequest) return -1;
   if (v == kSignalWindowSize) return -2;
+  if (v == kSignalStdinClosed) return -3;
   if (v >= 1 && v <= 64) return v;
   return 0;
 }
@@ -376,7 +382,50 @@ struct Workload {
   init::ExecUser user;
   bool tty = false;
   bool interactive = false;
+  int stdin_fd = -1;  // -i without -t: the read end of the stdin relay's pipe
 };
+
+// -i without -t: the workload's stdin is a pipe, as docker's, fed by this relay (a child of
+// PID 1) with what arrives on the console. The host cannot close the serial line, so when its
+// input ends it says after how many bytes (SIGNAL 0x82, STDIN_BYTES); PID 1 passes that count
+// on `control`, and the relay closes the pipe once it has passed on exactly that many bytes:
+// the workload reads everything, then EOF.
+[[noreturn]] void stdin_relay(int console, int out, int control) {
+  if (g_ports) ::ioperm(kPortExit, kPortCount, 0);
+  sigset_t empty;
+  sigemptyset(&empty);
+  ::sigprocmask(SIG_SETMASK, &empty, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+  uint32_t passed = 0, total = 0;
+  bool known = false;
+  char buf[4096];
+  for (;;) {
+    if (known && passed == total) break;
+    pollfd p[2] = {{console, POLLIN, 0}, {known ? -1 : control, POLLIN, 0}};
+    if (::poll(p, 2, -1) < 0) continue;
+    if (p[1].revents & POLLIN) {
+      uint32_t n = 0;
+      if (::read(control, &n, sizeof n) == ssize_t(sizeof n)) {
+        total = n;
+        known = true;
+      }
+    } else if (p[1].revents & (POLLHUP | POLLERR)) {
+      ::_exit(0);  // PID 1 is done with us
+    }
+    if (p[0].revents & POLLIN) {
+      ssize_t n = ::read(console, buf, known ? std::min<size_t>(sizeof buf, total - passed) : sizeof buf);
+      if (n <= 0) continue;
+      for (ssize_t off = 0; off < n;) {
+        ssize_t w = ::write(out, buf + off, size_t(n - off));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) ::_exit(0);  // the workload closed its stdin: nothing more to pass on
+        off += w;
+      }
+      passed += uint32_t(n);
+    }
+  }
+  ::_exit(0);
+}
 
 [[noreturn]] void child_fail(int status, const std::string& line) {
   say(line);
@@ -399,6 +448,9 @@ struct Workload {
       for (int i = 0; i <= 2; ++i) ::dup2(fd, i);
       if (fd > 2) ::close(fd);
     }
+  } else if (w.stdin_fd >= 0) {
+    ::dup2(w.stdin_fd, 0);
+    ::close(w.stdin_fd);
   } else if (!w.interactive) {
     int fd = ::open("/dev/null", O_RDONLY);
     if (fd >= 0 && fd != 0) {
@@ -444,7 +496,7 @@ unsigned char wait_status_byte(int status) {
 
 // Runs the workload to its end as PID 1: reaps every child, forwards signals. Returns the exit
 // status byte.
-unsigned char supervise(const Workload& w, int stop_signal) {
+unsigned char supervise(Workload& w, int stop_signal) {
   sigset_t set = supervised_signals();
   struct sigaction sa {};
   sa.sa_handler = noop_handler;
@@ -456,9 +508,27 @@ unsigned char supervise(const Workload& w, int stop_signal) {
 
   const std::string tty = w.tty ? console_tty_device() : std::string();
   if (w.tty) apply_window_size(tty);  // before the workload starts, so it reads the right size
+  int relay_control = -1;
+  if (w.interactive && !w.tty) {
+    int data[2], control[2];
+    if (::pipe2(data, O_CLOEXEC) != 0 || ::pipe2(control, O_CLOEXEC) != 0)
+      fail(kFailSpawn, "the stdin pipe", errno_text(errno));
+    pid_t relay = ::fork();
+    if (relay < 0) fail(kFailSpawn, "starting the stdin relay", errno_text(errno));
+    if (relay == 0) {
+      ::close(data[0]);
+      ::close(control[1]);
+      stdin_relay(0, data[1], control[0]);
+    }
+    ::close(data[1]);
+    ::close(control[0]);
+    w.stdin_fd = data[0];
+    relay_control = control[1];
+  }
   pid_t pid = ::fork();
   if (pid < 0) fail(kFailSpawn, "starting the workload", errno_text(errno));
   if (pid == 0) exec_workload(w);
+  if (w.stdin_fd >= 0) ::close(w.stdin_fd);
 
   unsigned char result = 0;
   bool done = false;
@@ -474,6 +544,12 @@ unsigned char supervise(const Workload& w, int stop_signal) {
         int req = port_signal_request();
         if (req == -1) ::kill(pid, stop_signal);
         else if (req == -2 && w.tty) apply_window_size(tty);
+        else if (req == -3 && relay_control >= 0) {
+          uint32_t n = inl(kPortStdinBytes);
+          (void)!::write(relay_control, &n, sizeof n);
+          ::close(relay_control);
+          relay_control = -1;
+        }
         else if (req > 0) ::kill(pid, req);
         continue;
       }

@@ -194,6 +194,8 @@ struct Machine::Impl {
   std::atomic<uint32_t> window_size{0};      // rows << 16 | cols, for abi::kWinRowsPort/kWinColsPort
   std::atomic<bool> window_changed{false};    // reported on the SIGNAL port when no signal is pending
   std::atomic<uint8_t> pending_signal{0};  // what the guest reads on abi::kSignalPort
+  std::atomic<uint32_t> input_bytes{0};     // console input bytes given to the UART so far
+  std::atomic<bool> input_closed{false};    // the console input ended: tell the guest once
 
   microseconds now() const { return std::chrono::duration_cast<microseconds>(Clock::now() - t0); }
 
@@ -262,6 +264,12 @@ struct Machine::Impl {
     if (!out && size == 1 && port == abi::kSignalPort) {
       data[0] = pending_signal.exchange(0);
       if (data[0] == 0 && window_changed.exchange(false)) data[0] = abi::kWindowSizeChanged;
+      if (data[0] == 0 && input_closed.exchange(false)) data[0] = abi::kStdinClosed;
+      return;
+    }
+    if (!out && size == 4 && port == abi::kStdinBytesPort) {
+      uint32_t v = input_bytes.load();
+      std::memcpy(data, &v, 4);
       return;
     }
     if (!out && size == 2 && (port == abi::kWinRowsPort || port == abi::kWinColsPort)) {
@@ -389,14 +397,37 @@ struct Machine::Impl {
       // the kernel's serial driver and tty setup before anyone reads them.
       bool hold = cfg.console_in_fd >= 0 && cfg.console_input == ConsoleInput::kAtWorkloadExec;
       if (hold) add(exec_fd.get(), kExec);
-      bool console = cfg.console_in_fd >= 0 && !hold && add(cfg.console_in_fd, kConsole);
+      // A regular file or /dev/null cannot be polled (epoll says EPERM): such input is read
+      // whenever the UART has room ("plain"), every 10 ms.
+      bool console_plain = false;
+      auto start_console = [&] {
+        if (add(cfg.console_in_fd, kConsole)) return true;
+        if (errno == EPERM) console_plain = true;
+        else input_closed = true;  // cannot read it at all: as an empty input
+        return false;
+      };
+      // Reads what fits into the UART; false when the input has ended (EOF or an error).
+      auto feed_console = [&] {
+        uint8_t buf[Uart8250::kFifoSize];
+        ssize_t r = ::read(cfg.console_in_fd, buf, uart->input_space());
+        if (r > 0) {
+          input_bytes += uint32_t(uart->push_input(buf, size_t(r)));
+          return true;
+        }
+        if (r < 0 && (errno == EINTR || errno == EAGAIN)) return true;
+        input_closed = true;  // the guest's init closes the workload's stdin after input_bytes
+        return false;
+      };
+      bool console = cfg.console_in_fd >= 0 && !hold && start_console();
       bool console_paused = false;
       install_thread_seccomp(ThreadRole::kIo, cfg.seccomp);
       while (!ending) {
         epoll_event evs[16];
-        int n = ::epoll_wait(ep.get(), evs, 16, console_paused ? 10 : -1);
+        int n = ::epoll_wait(ep.get(), evs, 16, console_paused || console_plain ? 10 : -1);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) throw_errno("epoll_wait");
+        while (console_plain && uart->input_space() > 0)
+          if (!feed_console()) console_plain = false;
         if (console_paused && uart->input_space() > 0) {
           add(cfg.console_in_fd, kConsole);
           console_paused = false;
@@ -406,20 +437,16 @@ struct Machine::Impl {
           if (tag == kStop) return;
           if (tag == kExec) {
             ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, exec_fd.get(), nullptr);
-            console = add(cfg.console_in_fd, kConsole);
+            console = start_console();
             continue;
           }
           if (tag == kConsole) {
-            uint8_t buf[Uart8250::kFifoSize];
-            size_t space = uart->input_space();
-            if (space == 0) {
+            if (uart->input_space() == 0) {
               ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, cfg.console_in_fd, nullptr);
               console_paused = true;
               continue;
             }
-            ssize_t r = ::read(cfg.console_in_fd, buf, space);
-            if (r > 0) uart->push_input(buf, size_t(r));
-            else if (r == 0 || (errno != EINTR && errno != EAGAIN)) {
+            if (!feed_console()) {
               ::epoll_ctl(ep.get(), EPOLL_CTL_DEL, cfg.console_in_fd, nullptr);
               console = false;
             }

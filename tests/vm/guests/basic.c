@@ -6,6 +6,9 @@
  *   mode=reset      ask the i8042 for a reset (no exit status)
  *   mode=triple     triple-fault: an empty IDT and an exception
  *   mode=echo       echo UART input until it reads 'q', then exit 0
+ *   mode=eof        count UART input until the host reports its end (SIGNAL 0x82) and every byte
+ *                   of STDIN_BYTES has arrived; print the count, exit with it (mod 256), or 96
+ *                   when the end was reported twice
  *   mode=hang       cli; hlt forever (for timeouts and stop()) */
 #include "guest.h"
 
@@ -42,6 +45,30 @@ int guest_main(const uint8_t* bp) {
       char c = (char)inb(0x3f8);
       if (c == 'q') return 0;
       putc_uart(c >= 'a' && c <= 'z' ? (char)(c - 32) : c);
+    }
+  }
+  if (str_starts(mode, "eof")) {
+    uint32_t got = 0, total = 0;
+    int ended = 0;
+    for (;;) {
+      if (inb(0x3f8 + 5) & 1) {
+        (void)inb(0x3f8);
+        ++got;
+        continue;
+      }
+      uint8_t req = inb(0xf7);
+      if (req == 0x82) {
+        if (ended) return 96;
+        ended = 1;
+        total = inl(0xfc);
+      }
+      if (ended && got == total) {
+        if (inb(0xf7) == 0x82) return 96;
+        puts_uart("eof after ");
+        put_hex(got, 4);
+        puts_uart("\n");
+        return (int)(got & 0xff);
+      }
     }
   }
   if (str_starts(mode, "hang")) {

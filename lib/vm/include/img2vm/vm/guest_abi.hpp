@@ -23,6 +23,11 @@ inline constexpr uint8_t kStopRequest = 0x80;
 inline constexpr uint8_t kWindowSizeChanged = 0x81;
 inline constexpr uint16_t kWinRowsPort = 0x0f8;  // 16-bit read
 inline constexpr uint16_t kWinColsPort = 0x0fa;  // 16-bit read
+// kStdinClosed on SIGNAL: the console input (-i) has ended; STDIN_BYTES (32-bit read) is how many
+// bytes it carried in all (mod 2^32), so the init closes the workload's stdin after exactly those.
+// Reported once, after any signal and resize.
+inline constexpr uint8_t kStdinClosed = 0x82;
+inline constexpr uint16_t kStdinBytesPort = 0x0fc;  // 32-bit read
 
 inline constexpr uint16_t kUartBase = 0x3f8;      // COM1, IRQ 4
 inline constexpr unsigned kUartIrq = 4;

@@ -56,7 +56,10 @@ struct MachineConfig {
   std::vector<DiskConfig> disks; // /dev/vda, /dev/vdb, ... in this order
   std::optional<NetConfig> net;  // a NIC (eth0), the virtio-mmio device after the disks; none if empty
   int console_out_fd = 1;        // UART output; -1 discards it. Not owned.
-  int console_in_fd = -1;        // UART input; -1 for none. Not owned.
+  // UART input; -1 for none. Not owned. When it ends (EOF or an error) the guest init is told
+  // after how many bytes (SIGNAL 0x82, STDIN_BYTES: docs/guest-abi.md), so that it can close the
+  // workload's stdin after exactly those.
+  int console_in_fd = -1;
   // When console input starts to flow: at once, or once the guest init marks the workload's
   // exec (BOOT_MARK 2), so that input sent early (a pipe) is not lost to the kernel's
   // serial setup but read by the workload, as `docker run -i` gives it all.
