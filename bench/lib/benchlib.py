@@ -397,7 +397,7 @@ def kvm_route(img2vm, choice="auto"):
     if nested:
         for line in ["!" * 78, f"NO HARDWARE KVM HERE (/dev/kvm: {kvm.get('kind')}; {kvm.get('detail', '')}).",
                      "The VMMs run NESTED inside the rig's L1 guest, which is qemu TCG (an emulated CPU):",
-                     "absolute numbers are meaningless, only the comparison between the contenders is not.",
+                     "absolute numbers are meaningless; only the comparison between the contenders means something.",
                      "!" * 78]:
             say(line)
     return nested, kvm
