@@ -224,8 +224,8 @@ when the guest has counted every byte; **guest→host** reads for {args.seconds:
 is {args.count} request/response exchanges of {args.size} bytes on one connection (TCP_NODELAY,
 after {args.count // 10} untimed), median and 99th percentile of each run; **start to first
 answer** is from starting the VMM to the server's first answer through the published port (boot
-included); **VMM CPU** is the VMM process's user+sys time over the whole run (boot, all tests,
-shutdown). {rounds} rounds after {args.warmup} untimed warm-up round(s), the contenders alternating
+included); **VMM CPU** is the VMM process's user+sys time over the whole run (its vCPU thread, so the
+guest's own time, included; boot, all tests, shutdown). {rounds} rounds after {args.warmup} untimed warm-up round(s), the contenders alternating
 (order reversed every other round); median (min–max) over the rounds. Bytes moved per run:
 {moved}
 
