@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "benchmarks.md"
-SECTIONS = ["pull", "convert", "boot"]  # order of the sections in docs/benchmarks.md
+SECTIONS = ["pull", "convert", "boot", "net"]  # order of the sections in docs/benchmarks.md
 FIXED_MTIME = 1700000000  # every tar entry gets this mtime, so layers are reproducible
 
 
@@ -63,18 +63,24 @@ def run(cmd, **kw):
     return r.stdout
 
 
-_timerun = None
+_static_bins = {}
+
+
+def static_bin(src):
+    """The C program `src`, compiled static (gcc -O2) once per benchmark run into a temp dir, so
+    that it also runs where there is no C library (L1, a guest)."""
+    src = Path(src)
+    if src not in _static_bins:
+        d = tempfile.mkdtemp(prefix=f"img2vm-bench-{src.stem}.")
+        atexit.register(shutil.rmtree, d, True)
+        run(["gcc", "-O2", "-static", "-Wall", "-o", Path(d) / src.stem, src])
+        _static_bins[src] = Path(d) / src.stem
+    return _static_bins[src]
 
 
 def timerun_bin():
     """bench/lib/timerun.c, compiled (static) once per benchmark run into a temp dir."""
-    global _timerun
-    if _timerun is None:
-        d = tempfile.mkdtemp(prefix="img2vm-bench-timerun.")
-        atexit.register(shutil.rmtree, d, True)
-        _timerun = Path(d) / "timerun"
-        run(["gcc", "-O2", "-static", "-Wall", "-o", _timerun, Path(__file__).with_name("timerun.c")])
-    return _timerun
+    return static_bin(Path(__file__).with_name("timerun.c"))
 
 
 def measure(cmd, env=None, cwd=None, marker="-"):
@@ -359,6 +365,126 @@ def describe_image(img):
     return ("| layer | content | tar entries | file bytes | gzip blob |\n|---|---|---|---|---|\n" + rows +
             f"\n| | total | {sum(l['entries'] for l in img['layers'])} | {mib(img['content'])} | "
             f"{mib(img['compressed'])} |\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Guests: img2vm and qemu -M microvm booting the same kernel and rootfs, directly or nested
+
+# img2vm's kernel command line (docs/guest-abi.md §2), which qemu is given too.
+GUEST_APPEND = ("console=ttyS0 quiet root=/dev/vda rw init=/.img2vm/init reboot=k panic=-1 "
+                "tsc=reliable no_timer_check")
+
+
+def busybox_writer(layout, applets=("sh",)):
+    """A LayerWriter for `layout` that already holds a static /bin/busybox (each of `applets` a
+    link to it) and /tmp; add what else the image needs, then close() it."""
+    busybox = Path("/bin/busybox")
+    if not busybox.is_file() or b"ld-linux" in busybox.read_bytes()[:4096]:
+        die("needs a static /bin/busybox (Debian package busybox-static)")
+    w = LayerWriter(layout)
+    w.add_bytes("bin/busybox", busybox.read_bytes(), 0o755)
+    for a in applets:
+        w.add_symlink(f"bin/{a}", "busybox")
+    w.add_dir("tmp", 0o1777)
+    return w
+
+
+def kvm_route(img2vm, choice="auto"):
+    """(nested, kvm): whether the VMMs must run inside the nested rig's L1 (choice "nested", or
+    "auto" without hardware KVM, e.g. PVM), and `img2vm info`'s kvm object. Says so loudly."""
+    kvm = json.loads(run([img2vm, "info", "--json"]))["kvm"]
+    nested = choice == "nested" or (choice == "auto" and kvm.get("kind") != "hardware")
+    if nested:
+        for line in ["!" * 78, f"NO HARDWARE KVM HERE (/dev/kvm: {kvm.get('kind')}; {kvm.get('detail', '')}).",
+                     "The VMMs run NESTED inside the rig's L1 guest, which is qemu TCG (an emulated CPU):",
+                     "absolute numbers are meaningless; only the comparison between the contenders means something.",
+                     "!" * 78]:
+            say(line)
+    return nested, kvm
+
+
+def nested_note(nested, kvm, what="the numbers"):
+    """The opening paragraph of a section: where the VMMs ran."""
+    if not nested:
+        return "Hardware KVM: every VMM ran directly on this host."
+    return ("**NESTED: this host has no hardware KVM** (`img2vm info`: "
+            f"{kvm.get('kind')}; {kvm.get('detail', '')}). Every VMM ran inside the nested rig's L1 "
+            "guest, `qemu-system-x86_64 -accel tcg -cpu max` with the Debian cloud kernel's kvm-amd "
+            "(tests/nested/nested-rig.sh): every guest instruction, every VM exit and the host side "
+            f"itself run on an emulated CPU, so **{what} are an emulated CPU's and meaningless in "
+            "absolute terms**; only the comparison between the contenders, measured side by side in "
+            "the same L1, means something.")
+
+
+class Guests:
+    """What both VMMs boot, set up in the work dir `w`: the guest init (IMG2VM_INIT, else the
+    build's), the kernel (`img2vm kernel build`, copied to w/vmlinux), the OCI layout's rootfs as
+    img2vm's cached conversion under w/home (qemu opens that file with snapshot=on), and qemu's
+    microvm firmware and PVH option ROM copied to w/qemu-data (passed with -L, so that L1 finds
+    its copies). Every path stays under `w`, img2vm, the init and qemu: files() for the rig."""
+
+    def __init__(self, img2vm, w, layout, tag="latest"):
+        self.img2vm, self.w = img2vm, Path(w)
+        self.init = Path(os.environ.get("IMG2VM_INIT") or ROOT / "build/default/guest/img2vm-init").resolve()
+        if not self.init.is_file():
+            die(f"{self.init} not built (scripts/build.sh default) and IMG2VM_INIT not set")
+        self.kernel = Path(run([img2vm, "kernel", "build"]).strip().splitlines()[-1])
+        self.vmlinux = self.w / "vmlinux"
+        shutil.copy(self.kernel, self.vmlinux)
+        self.home, self.tmp, self.qemu_data = self.w / "home", self.w / "tmp", self.w / "qemu-data"
+        self.image = f"oci:{layout}:{tag}"
+        self.env = dict(os.environ, IMG2VM_HOME=str(self.home), IMG2VM_INIT=str(self.init))
+        run([img2vm, "convert", self.image], env=self.env)
+        cached = sorted(self.home.rglob("*.ext4"))
+        if len(cached) != 1:
+            die(f"expected one cached rootfs under {self.home}, found {cached}")
+        self.rootfs = cached[0]
+        self.qemu_data.mkdir()
+        for f in ["qboot.rom", "bios-microvm.bin", "pvh.bin"]:
+            if (Path("/usr/share/qemu") / f).exists():
+                shutil.copy(Path("/usr/share/qemu") / f, self.qemu_data / f)
+        self.tmp.mkdir()  # TMPDIR: qemu's snapshot=on overlay
+
+    def img2vm_run(self, memory_mib, *opts):
+        return [self.img2vm, "run", "--json", "--kernel", self.vmlinux, "--memory", f"{memory_mib}M", *opts, self.image]
+
+    def qemu(self, memory_mib, append_extra="", devices=()):
+        append = GUEST_APPEND + (" " + append_extra if append_extra else "")
+        return ["qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "kvm", "-cpu", "host", "-m", f"{memory_mib}M",
+                "-L", self.qemu_data, "-nodefaults", "-no-reboot", "-nographic", "-serial", "stdio",
+                "-kernel", self.vmlinux, "-append", append,
+                "-drive", f"id=root,file={self.rootfs},format=raw,if=none,snapshot=on",
+                "-device", "virtio-blk-device,drive=root", *devices, "-device", "isa-debug-exit,iobase=0xf4,iosize=1"]
+
+    def shell_exports(self):
+        return f"export IMG2VM_HOME={self.home} IMG2VM_INIT={self.init} TMPDIR={self.tmp}"
+
+    def files(self):
+        return [self.img2vm, self.init, shutil.which("qemu-system-x86_64"), self.w]
+
+    def shown(self, cmd):
+        """cmd as a shell line for the docs, with the work dir's paths named."""
+        text = shell_line(cmd)
+        for path, name in [(self.rootfs, "ROOTFS"), (self.vmlinux, "VMLINUX"), (self.qemu_data, "QEMU_DATA"),
+                           (self.image, "oci:DIR:latest"), (self.img2vm, "img2vm")]:
+            text = text.replace(str(path), name)
+        return text
+
+
+def run_script(script, nested, files, timeout, memory_mib=2048):
+    """Runs `sh script` here, or inside the nested rig's L1 with `files` copied in; returns its
+    output (stdout and stderr), failing loudly when it fails."""
+    if not nested:
+        r = measure(["sh", script])
+        return r["stdout"] + r["stderr"]
+    say(f"starting the nested rig (several minutes; timeout {timeout} s)")
+    cmd = [ROOT / "tests/nested/nested-rig.sh", "run", "--timeout", str(timeout), "--memory", str(memory_mib)]
+    for f in files:
+        cmd += ["--file", f]
+    r = measure(cmd + ["--", "sh", script])
+    if r["rc"] != 0:
+        die(f"nested rig failed ({r['rc']}):\n{r['stdout']}\n{r['stderr']}")
+    return r["stdout"]
 
 
 # ---------------------------------------------------------------------------------------------
