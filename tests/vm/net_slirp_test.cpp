@@ -5,9 +5,13 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -249,6 +253,56 @@ TEST(SlirpBackend, DnsForwardingRunsInsideTheSeccompFilter) {
   s.send_ip(udp(kGuestIp, 40003, kDnsIp, 53, query));
   s.send_ip(udp(kGuestIp, 40004, kDnsIp, 53, query));
   EXPECT_TRUE(s.resolve_gateway()) << "the event loop stopped after a DNS query";
+}
+
+// DNS forwarding end to end, in a network and mount namespace of the test's own: the host's
+// /etc/resolv.conf (a bind mount there) names a server the test runs on 127.0.0.1:53; the
+// guest's query to 10.0.2.3 reaches it, and its answer comes back from 10.0.2.3. Needs root.
+TEST(SlirpBackend, DnsQueriesReachTheHostsResolver) {
+  if (::unshare(CLONE_NEWNS | CLONE_NEWNET) != 0) GTEST_SKIP() << "needs root for namespaces: " << std::strerror(errno);
+  ASSERT_EQ(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), 0) << std::strerror(errno);
+  {
+    UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    ifreq lo{};
+    std::strcpy(lo.ifr_name, "lo");
+    ASSERT_EQ(::ioctl(sock.get(), SIOCGIFFLAGS, &lo), 0);
+    lo.ifr_flags |= IFF_UP;
+    ASSERT_EQ(::ioctl(sock.get(), SIOCSIFFLAGS, &lo), 0) << std::strerror(errno);
+  }
+  char path[] = "/tmp/img2vm-resolv-XXXXXX";
+  UniqueFd tmp(::mkstemp(path));
+  ASSERT_TRUE(tmp);
+  const std::string conf = "# test\nnameserver 127.0.0.1\n";
+  ASSERT_EQ(::write(tmp.get(), conf.data(), conf.size()), ssize_t(conf.size()));
+  if (::mount(path, "/etc/resolv.conf", nullptr, MS_BIND, nullptr) != 0) {
+    ::unlink(path);
+    GTEST_SKIP() << "cannot bind-mount over /etc/resolv.conf: " << std::strerror(errno);
+  }
+  ::unlink(path);
+
+  UniqueFd server(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  sockaddr_in a = loopback(53);
+  ASSERT_EQ(::bind(server.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+
+  Stack s(config(true, false));
+  ASSERT_TRUE(s.resolve_gateway());
+  const Bytes query = {0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0, 0, 1, 0, 1};
+  s.send_ip(udp(kGuestIp, 40005, kDnsIp, 53, query));
+  ASSERT_TRUE(readable(server.get())) << "the query never reached the host's resolver";
+  uint8_t buf[512];
+  sockaddr_in from{};
+  socklen_t len = sizeof from;
+  ssize_t n = ::recvfrom(server.get(), buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &len);
+  ASSERT_EQ(Bytes(buf, buf + std::max<ssize_t>(n, 0)), query);
+  Bytes answer = query;
+  answer[2] |= 0x80;  // QR: a response
+  ASSERT_EQ(::sendto(server.get(), answer.data(), answer.size(), 0, reinterpret_cast<sockaddr*>(&from), len),
+            ssize_t(answer.size()));
+  auto r = s.sink.wait([](const Frame& f) { return f.proto == kUdp && f.dport == 40005; });
+  ASSERT_TRUE(r) << "the answer never reached the guest";
+  EXPECT_EQ(r->src_ip, kDnsIp);
+  EXPECT_EQ(r->sport, 53);
+  EXPECT_EQ(r->payload, answer);
 }
 
 TEST(SlirpBackend, PublishedPortCarriesATcpConnection) {
