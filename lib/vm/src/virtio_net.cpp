@@ -76,7 +76,9 @@ bool VirtioNet::process(const GuestMemory&, SplitQueue&) { return false; }
 bool VirtioNet::process_queues(const GuestMemory& mem, std::span<SplitQueue> queues, uint64_t features) {
   if (queues.size() < 2) return false;
   bool used = false;
-  if (offloads_ && told_features_.exchange(features) != features)
+  // Once per feature change (a load on the hot path, the exchange only when it differs).
+  if (offloads_ && told_features_.load(std::memory_order_relaxed) != features &&
+      told_features_.exchange(features) != features)
     backend_.set_guest_offloads(features & kFeatureGuestCsum, features & kFeatureGuestTso4, features & kFeatureGuestTso6);
   // Transmit first: frames the backend answers at once (ARP, a refused connection) are then
   // delivered in the same pass.

@@ -1,5 +1,6 @@
-// The I/O ports through which the guest init talks to the runner (see docs/vm.md). All are
-// 8-bit `out` writes by the guest, except SIGNAL, which the guest reads. Under qemu the EXIT port is
+// The I/O ports through which the guest init talks to the runner (docs/guest-abi.md). The guest
+// writes EXIT, INIT_FAIL and BOOT_MARK (8-bit) and reads SIGNAL (8-bit), WINSIZE (16-bit) and
+// STDIN_BYTES (32-bit). Under qemu the EXIT port is
 // `-device isa-debug-exit,iobase=0xf4,iosize=1` (qemu then exits with (N << 1) | 1).
 #pragma once
 
