@@ -12,6 +12,8 @@ packages=(
   libcli11-dev libzstd-dev libcrypt-dev libseccomp-dev googletest libgtest-dev libgmock-dev
   libslirp-dev libglib2.0-dev   # user-mode networking (slirp.pc requires glib-2.0.pc)
   libnftables-dev   # the tap backend's NAT and forwarding rules
+  libisal-dev   # isa-l: gzip layers are inflated with it
+  zlib1g-dev   # the gzip tests write their streams with zlib
   # real components the tests use
   nftables iproute2   # nft and ip, to look at what the tap backend set up (tests)
   docker-registry skopeo umoci qemu-system-x86 e2fsprogs openssl curl busybox-static python3

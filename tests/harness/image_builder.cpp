@@ -5,6 +5,8 @@
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
 
+#include <algorithm>
+#include <cstring>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -214,6 +216,15 @@ void add_to_index_json(const fs::path& dir, const std::vector<ordered_json>& des
 }  // namespace
 
 std::string make_layer_tar(const std::vector<Entry>& entries) { return write_tar(entries, LayerCompression::kNone); }
+
+std::function<size_t(void*, size_t)> bytes_source(std::string_view data, size_t chunk) {
+  return [data, chunk, pos = size_t{0}](void* buf, size_t n) mutable {
+    size_t k = std::min({n, chunk, data.size() - pos});
+    std::memcpy(buf, data.data() + pos, k);
+    pos += k;
+    return k;
+  };
+}
 
 std::string BuiltImage::platform() const {
   std::string p = spec.config.os + "/" + spec.config.architecture;

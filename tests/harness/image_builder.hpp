@@ -17,9 +17,11 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -113,6 +115,9 @@ struct BuiltIndex {
 
 // Encodes one layer's tar (uncompressed) from its entries.
 std::string make_layer_tar(const std::vector<Entry>& entries);
+// A byte source over `data` (which must outlive it) in the shape of layers::ReadFn: up to n bytes
+// per call, at most `chunk` at a time, 0 at the end.
+std::function<size_t(void*, size_t)> bytes_source(std::string_view data, size_t chunk = SIZE_MAX);
 BuiltImage build_image(const ImageSpec& spec);
 // A multi-platform index over images (each built with its own config.os/architecture).
 // `extra_entries` are raw descriptors added verbatim (e.g. attestation manifests).

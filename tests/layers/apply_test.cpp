@@ -24,14 +24,7 @@ struct Applied {
   uint32_t layer = 0;
 
   void apply(const std::string& tar) {
-    size_t pos = 0;
-    ReadFn rd = [&](void* buf, size_t n) {
-      size_t k = std::min(n, tar.size() - pos);
-      std::memcpy(buf, tar.data() + pos, k);
-      pos += k;
-      return k;
-    };
-    DecodedLayer d = decode_tar(rd, Compression::kNone, spool.get(), {}, "layer test");
+    DecodedLayer d = decode_tar(bytes_source(tar), Compression::kNone, spool.get(), {}, "layer test");
     ++layer;
     apply_layer(tree, d, layer, 1, "layer test");
   }

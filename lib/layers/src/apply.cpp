@@ -9,8 +9,10 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <optional>
 
 #include "img2vm/base/error.hpp"
+#include "img2vm/layers/gunzip.hpp"
 
 namespace img2vm::layers {
 
@@ -130,17 +132,21 @@ class Spool {
 
 }  // namespace
 
-DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_fd,
+DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, int spool_fd,
                         const DecodeLimits& limits, std::string_view what_sv) {
   const std::string what(what_sv);
+  // gzip is inflated by isa-l (GzipReader) rather than by libarchive's zlib-based filter.
+  std::optional<GzipReader> gz;
+  ReadFn gz_read;
+  if (compression == Compression::kGzip) {
+    gz.emplace(read_in, what);
+    gz_read = [&gz](void* b, size_t n) { return gz->read(b, n); };
+  }
+  const ReadFn& read = gz ? gz_read : read_in;
   std::unique_ptr<archive, ArchiveFree> a(archive_read_new());
   if (!a) throw Error(ErrorKind::kInternal, what + ": archive_read_new failed");
   archive_read_support_format_tar(a.get());
-  switch (compression) {
-    case Compression::kGzip: archive_read_support_filter_gzip(a.get()); break;
-    case Compression::kZstd: archive_read_support_filter_zstd(a.get()); break;
-    case Compression::kNone: break;
-  }
+  if (compression == Compression::kZstd) archive_read_support_filter_zstd(a.get());
   ReadCtx ctx{&read, std::make_unique<char[]>(1 << 17), 1 << 17, {}, nullptr};
 
   auto fail = [&](std::string_view during) -> Error {
@@ -158,7 +164,7 @@ DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_f
     // An empty stream is an empty (if odd) layer.
     if (ctx.exc) std::rethrow_exception(ctx.exc);
     const char* msg = archive_error_string(a.get());
-    if (compression == Compression::kNone && msg && std::strstr(msg, "empty")) return {};
+    if (compression != Compression::kZstd && msg && std::strstr(msg, "empty")) return {};
     throw fail("opening");
   }
 
@@ -289,6 +295,15 @@ DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_f
       if (archive_read_data_skip(a.get()) < ARCHIVE_WARN) throw fail("skipping \"" + raw + "\"");
     }
     out.entries.push_back(std::move(e));
+  }
+  if (gz) {
+    // Decode what follows the tar's end too, so that the last member's trailer (CRC-32, length)
+    // is checked, as containerd does when it drains a layer; it counts against the size limit.
+    std::vector<char> rest(1 << 16);
+    while (size_t n = gz->read(rest.data(), rest.size())) {
+      check_cancel();
+      charge(n);
+    }
   }
   spool.flush();
   return out;

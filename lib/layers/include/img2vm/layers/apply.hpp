@@ -57,12 +57,11 @@ struct DecodeLimits {
   const std::atomic<bool>* cancel = nullptr;  // checked while reading; throws when set
 };
 
-// Reads a tar stream (already decompressed or not, per `compression`) through libarchive from
-// `read`, which returns up to n bytes into buf, 0 at the end, and throws on failure. Regular
-// files' data is appended to `spool_fd` (whose current end is found with lseek). `what` names the
-// layer in every error ("layer sha256:..."). Errors: kIntegrity (corrupt tar or compressed
-// stream, a bare ".wh."), kLimit (max_bytes passed), kIo.
-using ReadFn = std::function<size_t(void* buf, size_t n)>;
+// Reads a tar stream (compressed per `compression`: gzip through GzipReader, zstd through
+// libarchive's filter) with libarchive from `read` (see ReadFn). Regular files' data is appended
+// to `spool_fd` (whose current end is found with lseek). `what` names the layer in every error
+// ("layer sha256:..."). Errors: kIntegrity (corrupt tar or compressed stream, a bare ".wh."),
+// kLimit (max_bytes passed), kIo.
 DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_fd,
                         const DecodeLimits& limits, std::string_view what);
 
