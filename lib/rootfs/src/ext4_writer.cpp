@@ -14,6 +14,7 @@ extern "C" {
 #include <unordered_map>
 #include <vector>
 
+#include "dir_blocks.hpp"
 #include "img2vm/base/error.hpp"
 
 namespace img2vm::rootfs::detail {
@@ -100,18 +101,22 @@ struct Ctx {
   const layers::Tree& tree;
   std::unordered_map<const Inode*, uint32_t> nlink;  // names per non-directory inode
   std::vector<const Inode*> order;                    // unique inodes
+  std::unordered_map<const Inode*, std::string> dir_path;  // for messages
 };
 
 void count_links(Ctx& c) {
   std::vector<const Inode*> todo{c.tree.root.get()};
+  c.dir_path[c.tree.root.get()] = "/";
   while (!todo.empty()) {
     const Inode* d = todo.back();
     todo.pop_back();
     c.order.push_back(d);
+    const std::string& path = c.dir_path[d];
     for (const auto& [name, de] : d->children) {
       const Inode* n = de.inode.get();
       if (n->type == NodeType::kDir) {
         todo.push_back(n);
+        c.dir_path[n] = (path == "/" ? "/" : path + "/") + name;
       } else if (c.nlink[n]++ == 0) {
         c.order.push_back(n);
       }
@@ -119,31 +124,33 @@ void count_links(Ctx& c) {
   }
 }
 
-Need estimate(const Ctx& c, const std::string& lost_found_name) {
+// Directory blocks of `dir` as the writer lays them out (dir_blocks.hpp), with `extra` names.
+uint64_t dir_blocks(const Ctx& c, const Inode& dir, const DirFormat& fmt, const std::string* extra) {
+  std::vector<DirEntry> names;
+  names.reserve(dir.children.size() + 1);
+  for (const auto& [name, de] : dir.children) names.push_back({name});
+  if (extra) names.push_back({*extra});
+  try {
+    return plan_dir(std::move(names), fmt).blocks();
+  } catch (const Error& e) {
+    throw e.with_context("ext4: directory \"" + c.dir_path.at(&dir) + "\"");
+  }
+}
+
+Need estimate(const Ctx& c, const std::string& lost_found_name, const DirFormat& fmt) {
   Need need;
   need.inodes = EXT2_GOOD_OLD_FIRST_INO;  // 1..10 reserved, 11 first free
-  const uint64_t dir_cap = kBlockSize - 12;  // minus the checksum tail
   for (const Inode* n : c.order) {
     ++need.inodes;
     uint64_t blocks = 0;
     uint64_t runs = 1;
     switch (n->type) {
       case NodeType::kDir: {
-        uint64_t used = 12 + 12;
-        blocks = 1;
-        for (const auto& [name, de] : n->children) {
-          uint64_t rec = 8 + round4(name.size());
-          if (used + rec > dir_cap) {
-            ++blocks;
-            used = rec;
-          } else {
-            used += rec;
-          }
-        }
-        if (n == c.tree.root.get() && !n->children.count(lost_found_name)) {
+        const bool add_lf = n == c.tree.root.get() && !n->children.count(lost_found_name);
+        blocks = dir_blocks(c, *n, fmt, add_lf ? &lost_found_name : nullptr);
+        if (add_lf) {
           ++need.inodes;
-          ++blocks;  // lost+found's block; its name fits in the slack estimate below
-          ++blocks;
+          ++blocks;  // lost+found's own block
         }
         runs = blocks;  // directories grow one block at a time
         break;
@@ -199,7 +206,7 @@ class Writer {
  public:
   Writer(ext2_filsys fs, int fd, Ctx& c, const Ext4Params& p,
          const std::function<int(uint32_t)>& spool_fd)
-      : fs_(fs), fd_(fd), c_(c), p_(p), spool_fd_(spool_fd) {}
+      : fs_(fs), fd_(fd), c_(c), p_(p), spool_fd_(spool_fd), fmt_(DirFormat::of(*fs->super)) {}
 
   void run() {
     const Inode& root = *c_.tree.root;
@@ -210,23 +217,19 @@ class Writer {
     lf.mode = 0700;
     lf.mtime = p_.timestamp;
     bool has_lf = root.children.count("lost+found") > 0;
-    write_dir(EXT2_ROOT_INO, EXT2_ROOT_INO, root, has_lf ? nullptr : &lf);
+    write_dir(EXT2_ROOT_INO, EXT2_ROOT_INO, root, "/", has_lf ? nullptr : &lf);
     write_data();
   }
 
   uint64_t data_bytes() const { return data_written_; }
 
  private:
-  struct DirEnt {
-    const std::string* name;
-    ext2_ino_t ino;
-    uint8_t ft;
-  };
-
-  // Writes the directory `dir` as inode `dino` (allocated by the caller) below `parent`: its
-  // children first, then its blocks, packed linearly with checksum tails, allocated in one go.
-  void write_dir(ext2_ino_t dino, ext2_ino_t parent, const Inode& dir, const Inode* lost_found) {
-    std::vector<DirEnt> ents;
+  // Writes the directory `dir` (at `path`) as inode `dino` (allocated by the caller) below
+  // `parent`: its children first, then its blocks (linear or an htree, dir_blocks.hpp),
+  // allocated in one go.
+  void write_dir(ext2_ino_t dino, ext2_ino_t parent, const Inode& dir, const std::string& path,
+                 const Inode* lost_found) {
+    std::vector<DirEntry> ents;
     ents.reserve(dir.children.size() + 1);
     uint32_t subdirs = 0;
     static const std::string kLf = "lost+found";
@@ -235,15 +238,15 @@ class Writer {
       check(ext2fs_new_inode(fs_, dino, LINUX_S_IFDIR | 0755, nullptr, &ino), "allocating an inode for \"" + name + "\"");
       ext2fs_inode_alloc_stats2(fs_, ino, +1, 1);
       inos_[&n] = ino;
-      write_dir(ino, dino, n, nullptr);
-      ents.push_back({&name, ino, EXT2_FT_DIR});
+      write_dir(ino, dino, n, (path == "/" ? "/" : path + "/") + name, nullptr);
+      ents.push_back({name, ino, EXT2_FT_DIR});
       ++subdirs;
     };
     for (const auto& [name, de] : dir.children) {
       const Inode& n = *de.inode;
       auto it = inos_.find(&n);
       if (it != inos_.end()) {  // another name of an inode already written
-        ents.push_back({&name, it->second, file_type(n.type)});
+        ents.push_back({name, it->second, file_type(n.type)});
         continue;
       }
       if (n.type == NodeType::kDir) {
@@ -262,7 +265,7 @@ class Writer {
         case NodeType::kFile: create_file(ino, n, name); break;
         default: create_special(ino, n, name); break;
       }
-      ents.push_back({&name, ino, file_type(n.type)});
+      ents.push_back({name, ino, file_type(n.type)});
       uint32_t links = c_.nlink[&n];
       if (links > kMaxLinks)
         throw Error(ErrorKind::kUnsupported, "ext4: \"" + name + "\" has more than 65000 hard links");
@@ -270,47 +273,20 @@ class Writer {
     }
     if (lost_found) add_subdir(kLf, *lost_found);
 
-    // Pack "." and ".." and the entries into blocks.
-    static const std::string kDot = ".", kDotDot = "..";
-    std::vector<DirEnt> all;
-    all.reserve(ents.size() + 2);
-    all.push_back({&kDot, dino, EXT2_FT_DIR});
-    all.push_back({&kDotDot, parent, EXT2_FT_DIR});
-    all.insert(all.end(), ents.begin(), ents.end());
-    const bool csum = ext2fs_has_feature_metadata_csum(fs_->super);
-    const unsigned cap = static_cast<unsigned>(kBlockSize) - (csum ? sizeof(struct ext2_dir_entry_tail) : 0);
-    std::vector<char> buf(kBlockSize, 0);
-    unsigned pos = 0;
-    struct ext2_dir_entry* last = nullptr;
-    auto close_block = [&] {
-      if (last) check(ext2fs_set_rec_len(fs_, cap - static_cast<unsigned>(reinterpret_cast<char*>(last) - (buf.data() + buf.size() - kBlockSize)), last), "dir entry");
-      if (csum) ext2fs_initialize_dirent_tail(fs_, reinterpret_cast<struct ext2_dir_entry_tail*>(buf.data() + buf.size() - kBlockSize + cap));
-    };
-    for (const DirEnt& e : all) {
-      unsigned rec = static_cast<unsigned>(8 + round4(e.name->size()));
-      if (e.name->size() > 255) throw Error(ErrorKind::kUnsupported, "ext4: name longer than 255 bytes: \"" + *e.name + "\"");
-      if (pos + rec > cap) {
-        close_block();
-        buf.resize(buf.size() + kBlockSize, 0);
-        pos = 0;
-        last = nullptr;
-      }
-      auto* d = reinterpret_cast<struct ext2_dir_entry*>(buf.data() + buf.size() - kBlockSize + pos);
-      d->inode = e.ino;
-      ext2fs_dirent_set_name_len(d, static_cast<int>(e.name->size()));
-      ext2fs_dirent_set_file_type(d, e.ft);
-      std::memcpy(d->name, e.name->data(), e.name->size());
-      check(ext2fs_set_rec_len(fs_, rec, d), "dir entry");
-      last = d;
-      pos += rec;
+    DirBlocks db;
+    try {
+      db = build_dir(std::move(ents), dino, parent, fmt_);
+    } catch (const Error& e) {
+      throw e.with_context("ext4: directory \"" + path + "\"");
     }
-    close_block();
+    std::vector<char>& buf = db.data;
     const uint64_t nblocks = buf.size() / kBlockSize;
 
     struct ext2_inode_large in;
     std::memset(&in, 0, sizeof in);
     in.i_mode = static_cast<__u16>(LINUX_S_IFDIR | (dir.mode & 07777));
     in.i_links_count = static_cast<__u16>(subdirs + 2 > kMaxLinks ? 1 : subdirs + 2);
+    if (db.plan.indexed) in.i_flags |= EXT2_INDEX_FL;
     check(ext2fs_inode_size_set(fs_, reinterpret_cast<ext2_inode*>(&in), nblocks * kBlockSize), "sizing a directory");
     ext2_extent_handle_t h;
     check(ext2fs_extent_open2(fs_, dino, reinterpret_cast<ext2_inode*>(&in), &h), "directory extent tree");
@@ -318,7 +294,7 @@ class Writer {
     check(ext2fs_write_new_inode(fs_, dino, reinterpret_cast<ext2_inode*>(&in)), "writing a directory inode");
     check(ext2fs_fallocate(fs_, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF, dino, nullptr, goal_, 0, nblocks),
           "allocating directory blocks");
-    std::vector<PhysRun> map = mapping(dino, *all.front().name);
+    std::vector<PhysRun> map = mapping(dino, path);
     for (uint64_t b = 0; b < nblocks; ++b) {
       auto it = std::upper_bound(map.begin(), map.end(), b, [](uint64_t x, const PhysRun& r) { return x < r.lblk; });
       if (it == map.begin() || b >= std::prev(it)->lblk + std::prev(it)->len)
@@ -500,6 +476,7 @@ class Writer {
   Ctx& c_;
   const Ext4Params& p_;
   const std::function<int(uint32_t)>& spool_fd_;
+  const DirFormat fmt_;
   std::unordered_map<const Inode*, ext2_ino_t> inos_;
   std::vector<FileJob> files_;
   blk64_t goal_ = 0;
@@ -507,6 +484,21 @@ class Writer {
   bool use_cfr_ = true;
   std::vector<char> buf_;
 };
+
+// How directories are written: the superblock init_fs makes says exactly this. The hash flavour is
+// fixed (signed chars, as mke2fs picks on x86) instead of following the build host's `char`, so
+// the same input gives the same bytes on every host.
+DirFormat dir_format(const Ext4Params& p) {
+  DirFormat f;
+  f.block_size = static_cast<unsigned>(kBlockSize);
+  f.metadata_csum = true;
+  f.dir_index = true;
+  f.hash_version = EXT2_HASH_HALF_MD4;
+  f.unsigned_hash = false;
+  static_assert(sizeof f.hash_seed == sizeof p.hash_seed);
+  std::memcpy(f.hash_seed.data(), p.hash_seed.data(), sizeof f.hash_seed);
+  return f;
+}
 
 // Initializes an in-memory file system of `blocks` blocks and `inodes` inodes on `path`.
 void init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_t inodes, const Ext4Params& p) {
@@ -540,9 +532,12 @@ void init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_
   ext2_filsys f = fs.get();
   f->now = p.timestamp ? p.timestamp : 1;
   std::memcpy(f->super->s_uuid, p.uuid.data(), 16);
-  std::memcpy(f->super->s_hash_seed, p.hash_seed.data(), 16);
-  f->super->s_def_hash_version = EXT2_HASH_HALF_MD4;
-  f->super->s_flags |= (static_cast<char>(0x80) < 0) ? EXT2_FLAGS_SIGNED_HASH : EXT2_FLAGS_UNSIGNED_HASH;
+  const DirFormat dirs = dir_format(p);
+  std::memcpy(f->super->s_hash_seed, dirs.hash_seed.data(), sizeof f->super->s_hash_seed);
+  f->super->s_def_hash_version = dirs.hash_version;
+  // ext2fs_initialize sets the flag of the host's char; replace it with ours.
+  f->super->s_flags &= ~(EXT2_FLAGS_SIGNED_HASH | EXT2_FLAGS_UNSIGNED_HASH);
+  f->super->s_flags |= dirs.unsigned_hash ? EXT2_FLAGS_UNSIGNED_HASH : EXT2_FLAGS_SIGNED_HASH;
   f->super->s_checksum_type = EXT2_CRC32C_CHKSUM;
   f->super->s_max_mnt_count = -1;
   f->super->s_checkinterval = 0;
@@ -557,9 +552,10 @@ void init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_
 Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tree& tree,
                      const std::function<int(uint32_t)>& spool_fd, const Ext4Params& p) {
   init_error_table();
-  Ctx c{tree, {}, {}};
+  Ctx c{tree, {}, {}, {}};
   count_links(c);
-  Need need = estimate(c, "lost+found");
+  const DirFormat dirs = dir_format(p);
+  Need need = estimate(c, "lost+found", dirs);
   const uint64_t extra_blocks = (p.extra_space + kBlockSize - 1) / kBlockSize;
   const uint64_t want_free = need.blocks + (p.size ? 0 : extra_blocks);
   const uint64_t want_inodes = need.inodes + p.extra_inodes;
@@ -594,6 +590,8 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
   }
   if (::ftruncate(fd, static_cast<off_t>(blocks * kBlockSize)) != 0) throw_errno("sizing " + path.string());
   ext2_filsys f = fs.get();
+  // The estimate planned directories with `dirs`; the writer reads the superblock.
+  if (!(DirFormat::of(*f->super) == dirs)) throw Error(ErrorKind::kInternal, "ext4: directory format differs from the plan");
   for (dgrp_t g = 0; g < f->group_desc_count; ++g) ext2fs_bg_flags_set(f, g, EXT2_BG_INODE_ZEROED);
 
   // Reserved inodes (1 = bad blocks, 3..10) as mke2fs marks them.
