@@ -97,8 +97,8 @@ la_ssize_t append_cb(archive*, void* ud, const void* buf, size_t n) {
 
 // One tar stream (optionally compressed) from entries; deterministic for the same input.
 std::string write_tar(const std::vector<Entry>& entries, LayerCompression comp) {
+  std::string out;  // declared first: the archive, freed first, still writes into it on the way out
   std::unique_ptr<archive, ArchiveWriteFree> a(archive_write_new());
-  std::string out;
   archive_write_set_format_pax_restricted(a.get());
   archive_write_set_bytes_in_last_block(a.get(), 1);
   switch (comp) {
