@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -193,6 +194,19 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   fs::path home = w / "home";
   write_oci_layout(w / "busybox", {{"latest", build_image(busybox_image())}});
   write_oci_layout(w / "debian", {{"latest", build_image(glibc_image())}});
+  {
+    // A directory of 3000 files: an htree (dir_index) directory that the guest kernel reads and
+    // adds to.
+    ImageSpec big = busybox_image();
+    std::vector<Entry> files = {dir("big")};
+    for (int i = 0; i < 3000; ++i) {
+      char name[32];
+      std::snprintf(name, sizeof name, "big/file-%04d", i);
+      files.push_back(file(name, std::to_string(i) + "\n"));
+    }
+    big.layers.push_back(layer(files));
+    write_oci_layout(w / "bigdir", {{"latest", build_image(big)}});
+  }
   // FROM scratch: one static musl program and nothing else (no shell, /etc, /dev or /proc).
   ASSERT_STRNE(SCRATCH_HELLO_BINARY, "") << "musl-gcc was not found at configure time (scripts/setup.sh installs musl-tools)";
   ImageSpec scratch;
@@ -204,7 +218,7 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
 
   // Convert here (fast) into the rootfs cache that the runs in L1 then find.
   std::map<std::string, std::string> env = {{"IMG2VM_HOME", home.string()}, {"IMG2VM_INIT", IMG2VM_INIT_BINARY}};
-  for (const char* img : {"busybox", "debian", "scratch"}) {
+  for (const char* img : {"busybox", "debian", "scratch", "bigdir"}) {
     auto c = run_command({bin, "convert", "oci:" + (w / img).string()}, {.input = {}, .env = env, .cwd = {}, .timeout = std::chrono::minutes(5)});
     ASSERT_EQ(c.exit_code, 0) << c.describe();
   }
@@ -220,6 +234,9 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      << "c cache-before sh -c 'sha256sum \"$IMG2VM_HOME\"/rootfs/*.ext4'\n"
      << "c default " << run << " --json --timings " << B << "\n"
      << "c exit3 " << run << " " << B << " sh -c 'exit 3'\n"
+     << "c bigdir " << run << " oci:" << quote((w / "bigdir").string())
+     << " sh -c 'ls /big | grep -c .; cat /big/file-2345; echo added > /big/zz-new; cat /big/zz-new; ls /big/file-0007;"
+        " ls /big | grep -c .'\n"
      << "c debian " << run << " " << D << "\n"
      << "c scratch " << run << " -w /work oci:" << quote((w / "scratch").string()) << "\n"
      << "c user-workdir " << run << " -u 1234:5678 -w /some/new/dir " << B << " sh -c 'id -u; id -g; pwd'\n"
@@ -314,6 +331,9 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
     EXPECT_GT(j["timings_ms"]["kernel_boot"].get<double>(), 0.0) << j.dump();
   }
   EXPECT_EQ(get("exit3").rc, 3);
+  const Case& bigdir = get("bigdir");
+  EXPECT_EQ(bigdir.rc, 0) << bigdir.err;
+  EXPECT_TRUE(has(bigdir.out, "3000\n2345\nadded\n/big/file-0007\n3001\n")) << bigdir.out;
   const Case& deb = get("debian");
   EXPECT_EQ(deb.rc, 0) << deb.err;
   std::string version = file_bytes("/etc/debian_version");
