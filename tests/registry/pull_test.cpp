@@ -242,6 +242,19 @@ TEST(Pull, BasicAuthOverTls) {
   EXPECT_EQ(std::count(tls.err.begin(), tls.err.end(), '\n'), 1) << tls.err;
 }
 
+// Loopback registries: plain HTTP is asked first (one request, no TLS attempt that would load
+// the CA bundle); a TLS registry answers that with 400 and is then reached over https.
+TEST(Pull, LoopbackSchemeProbe) {
+  Registry plain(RegistryAuth::kNone);
+  Client c1(plain.host(), opts_for(plain).client);
+  c1.ping();
+  EXPECT_EQ(c1.request_count("ping"), 1u);
+  Registry tls(RegistryAuth::kBasicTls);
+  Client c2(tls.host(), opts_for(tls).client);
+  c2.ping();
+  EXPECT_EQ(c2.request_count("ping"), 2u);
+}
+
 TEST(Pull, TokenAuthWithDockerConfigAndWrongPassword) {
   Registry reg(RegistryAuth::kToken);
   BuiltImage img = build_image(multi_layer_spec("token"));

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <ctime>
+#include <deque>
 #include <exception>
 #include <mutex>
 #include <nlohmann/json.hpp>
@@ -68,6 +70,70 @@ void copy_local(const ImageSource& src, const Descriptor& d, BlobSink& sink) {
     sink.write(buf.data(), n);
   }
 }
+
+// Commits verified blobs (fsync, rename) on its own thread, in the order they finish, so that
+// the download threads go on with the next blob instead of waiting for the disk.
+class Committer {
+ public:
+  explicit Committer(std::function<void(const Descriptor&)> done) : done_(std::move(done)), thread_([this] { run(); }) {}
+  ~Committer() {
+    if (thread_.joinable()) finish();
+  }
+  void add(std::unique_ptr<Ingest> in, const Descriptor& d) {
+    {
+      std::lock_guard l(mu_);
+      queue_.push_back({std::move(in), &d});
+    }
+    cv_.notify_one();
+  }
+  // Commits what is queued, stops the thread and returns the first error (null if none).
+  std::exception_ptr finish() {
+    {
+      std::lock_guard l(mu_);
+      closed_ = true;
+    }
+    cv_.notify_one();
+    thread_.join();
+    return error_;
+  }
+  bool failed() const { return failed_; }
+
+ private:
+  struct Item {
+    std::unique_ptr<Ingest> in;
+    const Descriptor* d;
+  };
+  void run() {
+    for (;;) {
+      Item it;
+      {
+        std::unique_lock l(mu_);
+        cv_.wait(l, [&] { return closed_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        it = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      try {
+        if (!error_) {
+          it.in->commit(false);
+          done_(*it.d);
+        }
+      } catch (...) {
+        error_ = std::current_exception();
+        failed_ = true;
+      }
+      it.in.reset();  // releases the blob's lock
+    }
+  }
+  std::function<void(const Descriptor&)> done_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<Item> queue_;
+  bool closed_ = false;
+  std::atomic<bool> failed_{false};
+  std::exception_ptr error_;
+  std::thread thread_;
+};
 
 struct Plan {
   std::string name;
@@ -193,10 +259,14 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   std::mutex err_mu;
   std::exception_ptr first_error;
   std::string repo = client ? ref.repository : "";
+  Committer committer([&](const Descriptor& d) {
+    report(PullEvent{PullEvent::Kind::kBlobDone, {}, d.digest, d.media_type, static_cast<uint64_t>(d.size),
+                     static_cast<uint64_t>(d.size), {}});
+  });
   auto worker = [&] {
     for (;;) {
       size_t i = next++;
-      if (i >= todo.size() || cancel || (opts.interrupt && *opts.interrupt)) return;
+      if (i >= todo.size() || cancel || committer.failed() || (opts.interrupt && *opts.interrupt)) return;
       const Descriptor& d = todo[i];
       try {
         std::unique_ptr<Ingest> in = store.ingest(d);
@@ -210,10 +280,9 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
         ProgressSink sink(*in, d, report, cancel, opts.interrupt);
         if (client) client->get_blob(repo, d.digest, sink);
         else copy_local(*local, d, sink);
-        in->commit();
+        in->verify();
         downloaded += sink.downloaded;
-        report(PullEvent{PullEvent::Kind::kBlobDone, {}, d.digest, d.media_type, static_cast<uint64_t>(d.size),
-                         static_cast<uint64_t>(d.size), {}});
+        committer.add(std::move(in), d);
       } catch (...) {
         std::lock_guard l(err_mu);
         if (!first_error) first_error = std::current_exception();
@@ -226,6 +295,8 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   std::vector<std::thread> threads;
   for (int t = 0; t < std::min<int>(jobs, static_cast<int>(todo.size())); ++t) threads.emplace_back(worker);
   for (auto& t : threads) t.join();
+  std::exception_ptr commit_error = committer.finish();
+  if (commit_error && !first_error) first_error = commit_error;
   if (opts.interrupt && *opts.interrupt)
     throw Error(ErrorKind::kIo, "pull " + plan.name + " interrupted: the partial downloads are kept and the next pull resumes them");
   if (first_error) {
@@ -239,6 +310,10 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   // Manifests last, so that an entry in index.json always has all its blobs.
   if (plan.index_bytes) store.put_blob(*plan.index_digest, *plan.index_bytes);
   store.put_blob(plan.manifest_desc.digest, plan.manifest_bytes);
+  // The blobs were renamed into blobs/ without syncing the directory each time (so were those
+  // another pull just stored and we found there): one fsync of it makes them all durable before
+  // the entry that refers to them.
+  store.sync_blobs();
   Platform plat;
   if (plan.manifest_desc.platform && !plan.manifest_desc.platform->empty()) {
     plat = *plan.manifest_desc.platform;

@@ -6,8 +6,9 @@
 // ("docker.io/library/alpine:latest") and img2vm's own annotations (pull time, source index).
 //
 // Safety: blobs are written to ingest/<hex>.partial while their sha256 is computed, checked
-// against the descriptor's size and digest and only then renamed into blobs/; a partial file
-// survives a failed download (or kill -9) and is resumed by the next pull. Per-blob flocks make
+// against the descriptor's size and digest, fsync'd, and only then renamed into blobs/; pull
+// makes its renames durable with one fsync of blobs/ before index.json refers to them. A partial
+// file survives a failed download (or kill -9) and is resumed by the next pull. Per-blob flocks make
 // concurrent pulls of the same or overlapping images safe; index.json is rewritten atomically
 // under its own lock; prune takes the whole store exclusively.
 #pragma once
@@ -48,9 +49,13 @@ class Ingest : public BlobSink {
   uint64_t offset() const override { return written_; }
   void restart() override;
   void write(const char* data, size_t len) override;
-  // Verifies size and digest and moves the blob into place. On a mismatch the partial file is
-  // deleted and Error(kIntegrity) names the digest.
-  void commit();
+  // Checks size and digest. On a mismatch the partial file is deleted and Error(kIntegrity)
+  // names the digest.
+  void verify();
+  // verify(), then makes the blob durable (fsync) and moves it into place. With sync_dir false
+  // the rename itself is not yet durable: the caller calls Store::sync_blobs() before anything
+  // refers to the blob (pull does so once for all its blobs).
+  void commit(bool sync_dir = true);
   // Bytes that were already there from an earlier interrupted download.
   uint64_t resumed_from() const { return resumed_; }
 
@@ -61,8 +66,15 @@ class Ingest : public BlobSink {
   std::filesystem::path partial_, final_;
   UniqueFd lock_, fd_;
   std::unique_ptr<Sha256> hash_;
-  uint64_t written_ = 0, resumed_ = 0;
-  bool present_ = false;
+  void flush();
+  void write_out(const char* data, size_t len);
+
+  uint64_t written_ = 0;     // bytes received and hashed (resumed_ of them from an earlier pull)
+  uint64_t resumed_ = 0;
+  uint64_t on_disk_ = 0;     // bytes in the partial file; written_ - on_disk_ wait in pending_
+  uint64_t writeback_ = 0;   // the file up to here has been handed to writeback (sync_file_range)
+  std::string pending_;
+  bool present_ = false, verified_ = false;
 };
 
 class Store {
@@ -82,6 +94,8 @@ class Store {
   void put_blob(const Digest& d, std::string_view data);
   // Starts writing blob `d` (blocks while another process writes the same blob).
   std::unique_ptr<Ingest> ingest(const Descriptor& d);
+  // Makes the renames of blobs committed with commit(false) durable (fsync of blobs/sha256).
+  void sync_blobs() const;
 
   std::vector<StoredImage> list() const;
   // By exact name, then by normalized reference ("alpine" finds docker.io/library/alpine:latest).
