@@ -23,6 +23,7 @@
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/vm/disk_view.hpp"
+#include "img2vm/vm/guest_abi.hpp"
 #include "img2vm/vm/kvm_detect.hpp"
 #include "img2vm/vm/machine.hpp"
 #include "img2vm/vm/net_slirp.hpp"
@@ -356,7 +357,7 @@ int run_image(RunArgs& a, Globals& g) {
     mc.disks.push_back(d);
   }
   mc.kernel = kernel->path;
-  mc.cmdline = guest_cmdline(a.verbose_boot, param);
+  mc.cmdline = vm::abi::image_cmdline(a.verbose_boot, param);
   mc.console_out_fd = STDOUT_FILENO;
   mc.console_in_fd = (a.req.interactive || a.req.tty) ? STDIN_FILENO : -1;
   mc.console_input = vm::ConsoleInput::kAtWorkloadExec;

@@ -287,16 +287,6 @@ std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& spe
   return out;
 }
 
-std::string guest_cmdline(bool verbose_boot, const std::string& run_param) {
-  // docs/guest-abi.md §2. `quiet` keeps the console to the workload's own output; the
-  // timer/TSC words skip calibration the microVM does not need.
-  std::string c = "console=ttyS0";
-  c += verbose_boot ? " loglevel=7" : " quiet";
-  c += " root=/dev/vda rw init=/.img2vm/init reboot=k panic=-1 tsc=reliable no_timer_check";
-  if (!run_param.empty()) c += " " + run_param;
-  return c;
-}
-
 std::string overrides_disk_image(const rootfs::RunOverrides& o) {
   std::string data = rootfs::to_json(o);
   data.resize((data.size() / 512 + 1) * 512, '\0');  // at least one NUL ends the text

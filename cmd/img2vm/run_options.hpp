@@ -84,10 +84,6 @@ std::vector<std::string> tap_guest_dns(const std::string& resolv_conf);
 // Throws naming the bad value.
 std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& specs, const std::string& what);
 
-// The kernel command line of an image boot (docs/guest-abi.md §2); `run_param` is the
-// img2vm.run= word or empty.
-std::string guest_cmdline(bool verbose_boot, const std::string& run_param);
-
 // How the overrides reach the init: inline on the command line when short, else on a raw block
 // device. Inline is used while the parameter stays under this many bytes.
 inline constexpr size_t kInlineOverridesMax = 1024;

@@ -141,16 +141,6 @@ TEST(RunOptions, Disks) {
   EXPECT_THROW(parse_disk(":ro"), Error);
 }
 
-TEST(RunOptions, KernelCommandLine) {
-  std::string quiet = guest_cmdline(false, "");
-  EXPECT_NE(quiet.find(" quiet"), std::string::npos);
-  for (const char* w : {"console=ttyS0", "root=/dev/vda", " rw", "init=/.img2vm/init", "panic=-1", "reboot=k"})
-    EXPECT_NE(quiet.find(w), std::string::npos) << w;
-  std::string loud = guest_cmdline(true, "img2vm.run=abc");
-  EXPECT_EQ(loud.find("quiet"), std::string::npos);
-  EXPECT_EQ(loud.substr(loud.size() - 15), " img2vm.run=abc");
-}
-
 TEST(RunOptions, OverridesDiskIsNulPaddedJson) {
   rootfs::RunOverrides o;
   o.env.push_back("BIG=" + std::string(3000, 'x'));

@@ -5,6 +5,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <string_view>
 
 namespace img2vm::vm::abi {
 
@@ -34,5 +36,17 @@ inline constexpr uint16_t kUartBase = 0x3f8;      // COM1, IRQ 4
 inline constexpr unsigned kUartIrq = 4;
 inline constexpr uint16_t kI8042Data = 0x60;
 inline constexpr uint16_t kI8042Command = 0x64;   // write 0xfe: reset (the VM ends as a reboot)
+
+// The kernel command line that boots an img2vm rootfs (docs/guest-abi.md §2): the console on the
+// UART, the image's ext4 on the first disk with the injected init as PID 1, the VM ending on a
+// panic or a reboot, no timer calibration; `quiet` unless `verbose`. `extra` (the init's
+// img2vm.run= word, say) goes last. Machine adds its virtio_mmio.device= entries after it.
+inline std::string image_cmdline(bool verbose, std::string_view extra = {}) {
+  std::string c = "console=ttyS0";
+  c += verbose ? " loglevel=7" : " quiet";
+  c += " root=/dev/vda rw init=/.img2vm/init reboot=k panic=-1 tsc=reliable no_timer_check";
+  if (!extra.empty()) (c += ' ') += extra;
+  return c;
+}
 
 }  // namespace img2vm::vm::abi

@@ -4,7 +4,7 @@
 // thread and its devices; destroying it stops and joins everything.
 //
 //   img2vm::vm::MachineConfig cfg;
-//   cfg.kernel = "vmlinux"; cfg.cmdline = "console=ttyS0 panic=-1"; cfg.disks = {{"root.ext4"}};
+//   cfg.kernel = "vmlinux"; cfg.cmdline = abi::image_cmdline(false); cfg.disks = {{"root.ext4"}};
 //   img2vm::vm::Machine m(cfg);          // opens /dev/kvm, loads the kernel; throws img2vm::Error
 //   m.start();
 //   auto r = m.wait();                   // or wait_for(), stop()
