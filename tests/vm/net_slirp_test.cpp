@@ -180,6 +180,68 @@ TEST(SlirpBackend, UdpReachesTheHostLoopbackWhenAllowed) {
   EXPECT_EQ(r->payload, text("pong"));
 }
 
+// The guest's datagram goes out before the event loop has run a single round (as a fast guest's
+// first DNS query may). libslirp dates the socket it opens from a clock only its poll sets; left
+// at zero, the socket counted as expired at the loop's next round and was closed, so the
+// host's answer never reached the guest. The loop's rounds are observed through a watch, so
+// the answer is sent only after the loop has polled and rebuilt its poll set: deterministic, no
+// sleeping. (The loss needs a host up for more than the 240 s a UDP socket lives; every
+// machine that has just built this project is.)
+TEST(SlirpBackend, DatagramSentBeforeTheLoopsFirstRoundGetsItsAnswer) {
+  SlirpBackend backend(config(true, true), 1500);
+  Sink sink;
+  backend.attach(&sink);
+  UniqueFd stop(::eventfd(0, EFD_CLOEXEC)), step(::eventfd(0, EFD_CLOEXEC));
+  std::mutex mu;
+  std::condition_variable cv;
+  int rounds = 0;
+
+  backend.send(arp_request(kGuestIp, kGatewayIp));  // answered inside send()
+  auto arp = sink.wait([](const Frame& f) { return f.type == kArp && f.arp_op == 2; });
+  ASSERT_TRUE(arp);
+  uint16_t port = 0;
+  UniqueFd host = host_socket(SOCK_DGRAM, port);
+  backend.send(ether(arp->arp_sender_mac, kGuestMac, kIpv4, udp(kGuestIp, 40010, kGatewayIp, port, text("ping"))));
+  ASSERT_TRUE(readable(host.get())) << "the datagram never reached the host";
+  char buf[16];
+  sockaddr_in from{};
+  socklen_t fl = sizeof from;
+  ASSERT_EQ(::recvfrom(host.get(), buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &fl), 4);
+
+  std::thread loop([&] {
+    install_thread_seccomp(ThreadRole::kNet, SeccompMode::kKill);
+    const NetBackend::Watch w[] = {{stop.get(), [] { return false; }},
+                                   {step.get(), [&] {
+                                      uint64_t v;
+                                      (void)!::read(step.get(), &v, sizeof v);
+                                      std::lock_guard lk(mu);
+                                      ++rounds;
+                                      cv.notify_all();
+                                      return true;
+                                    }}};
+    backend.run(w);
+  });
+  // Two rounds seen by the watch: between them the loop rebuilt its poll set from libslirp's
+  // sockets (where an expired one is closed).
+  for (int want = 1; want <= 2; ++want) {
+    uint64_t one = 1;
+    ASSERT_EQ(::write(step.get(), &one, sizeof one), 8);
+    std::unique_lock lk(mu);
+    ASSERT_TRUE(cv.wait_for(lk, 10s, [&] { return rounds >= want; })) << "the loop did not run";
+  }
+  ASSERT_EQ(::sendto(host.get(), "pong", 4, 0, reinterpret_cast<sockaddr*>(&from), fl), 4);
+  auto r = sink.wait([](const Frame& f) { return f.proto == kUdp && f.dport == 40010; });
+  EXPECT_TRUE(r) << "the answer to the guest's first datagram was lost";
+  if (r) {
+    EXPECT_EQ(r->payload, text("pong"));
+  }
+
+  uint64_t one = 1;
+  (void)!::write(stop.get(), &one, sizeof one);
+  loop.join();
+  backend.attach(nullptr);
+}
+
 TEST(SlirpBackend, HostLoopbackIsClosedByDefault) {
   Stack s(config(true, false));
   ASSERT_TRUE(s.resolve_gateway());

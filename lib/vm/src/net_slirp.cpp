@@ -150,6 +150,16 @@ struct SlirpBackend::Impl {
     (void)!::write(wake.get(), &one, sizeof one);
   }
 
+  // libslirp keeps its clock in a global that only slirp_pollfds_poll sets, and a UDP socket
+  // opened by slirp_input takes its expiry from it. Before the loop's first round that clock is
+  // zero, so such a socket counts as long expired at the next round and is closed before the
+  // answer to the guest's datagram arrives (a guest's first DNS query, sent early, would be lost).
+  // A poll that reports an error and no events sets the clock, runs due slirp timers and
+  // touches no socket. Called with `mu` held.
+  void refresh_clock() {
+    slirp_pollfds_poll(slirp, 1, [](int, void*) { return 0; }, nullptr);
+  }
+
   // Arms: earliest expiry relative to now, in ms (UINT32_MAX: none).
   uint32_t next_timer_ms(int64_t now_ms) const {
     uint32_t t = UINT32_MAX;
@@ -294,6 +304,7 @@ void SlirpBackend::send(std::span<const uint8_t> frame) {
   std::lock_guard lk(m.mu);
   switch (m.filter->check_from_guest(frame, m.reply)) {
     case detail::UserNetFilter::Verdict::kPass:
+      m.refresh_clock();
       slirp_input(m.slirp, frame.data(), int(frame.size()));
       break;
     case detail::UserNetFilter::Verdict::kRefuse:
