@@ -86,7 +86,7 @@ else
   printf 'export IMG2VM_HOME=%q IMG2VM_INIT=%q\nexec' "$IMG2VM_HOME" "$init" > "$work/run.sh"
   printf ' %q' "${run[@]}" >> "$work/run.sh"
   echo >> "$work/run.sh"
-  files=(--file "$PWD/$bin" --file "$kernel" --file "$init" --file "$IMG2VM_HOME" --file "$work/run.sh")
+  files=(--file "$PWD/$bin" --file "$(dirname "$PWD/$bin")/img2vm-vmm" --file "$kernel" --file "$init" --file "$IMG2VM_HOME" --file "$work/run.sh")
   tests/nested/nested-rig.sh run --timeout 900 --memory 1024 "${files[@]}" -- sh "$work/run.sh"
   status=$?
 fi

@@ -131,7 +131,7 @@ def main():
             rig = b.ROOT / "tests/nested/nested-rig.sh"
             timeout = 300 + len(plan) * 180
             b.say(f"starting the nested rig: {len(plan)} boots in L1 (several minutes; timeout {timeout} s)")
-            files = [img2vm, init, shutil.which("qemu-system-x86_64"), w]
+            files = [img2vm, b.vmm_bin(img2vm), init, shutil.which("qemu-system-x86_64"), w]
             cmd = [rig, "run", "--timeout", str(timeout), "--memory", "2048"]
             for f in files:
                 cmd += ["--file", f]
@@ -155,7 +155,10 @@ def main():
         row = {"first_output_s": t["marker_ms"] / 1e3, "exit_s": t["wall_ms"] / 1e3, "maxrss_mib": t["maxrss_kib"] / 1024,
                "cpu_s": (t["user_ms"] + t["sys_ms"]) / 1e3, "guest_mib": t["guest_rss_kib"] / 1024,
                "overhead_mib": (t["rss_at_marker_kib"] - t["guest_rss_kib"]) / 1024,
-               "peak_overhead_mib": (t["maxrss_kib"] - t["guest_rss_kib"]) / 1024, "anon_mib": t["anon_kib"] / 1024}
+               # VmHWM at the marker: the VMM program's own peak (ru_maxrss also spans what ran
+               # before an exec: img2vm run's resolving, before it execs img2vm-vmm)
+               "peak_overhead_mib": (t.get("hwm_at_marker_kib", t["maxrss_kib"]) - t["guest_rss_kib"]) / 1024,
+               "anon_mib": t["anon_kib"] / 1024}
         if name == "img2vm run":
             js = [ln for ln in rec["err"].splitlines() if ln.startswith("{")]
             if not js:
@@ -231,19 +234,21 @@ other round); the same kernel (`img2vm kernel path`: {kernel.parent.name}/vmlinu
 `snapshot=on`, img2vm gives each run a copy-on-write view: {mine[0]['root_disk']}), {args.memory} MiB
 of guest memory and one vCPU each, the same kernel command line. Times are from starting the VMM
 process: to the marker on its stdout (the workload's first output) and to its exit. Peak RSS is
-`ru_maxrss` of the VMM process, which includes the guest memory the guest touched. When the marker
-appears, `/proc/PID/smaps` is read once: "guest RAM resident" is the Rss of the {args.memory} MiB
+`ru_maxrss` of the VMM process, which includes the guest memory the guest touched (for img2vm it
+also covers `img2vm run` before it execs its VMM, img2vm-vmm). When the marker appears,
+`/proc/PID/smaps` is read once: "guest RAM resident" is the Rss of the {args.memory} MiB
 guest-RAM mapping, "VMM's own RSS" everything else then (heap, stacks, code and libraries, shared
 pages counted in full), "of which anonymous" its heap and stacks (what one more VM costs: code
-and libraries are shared between VMMs), and "peak RSS − guest RAM" estimates the VMM's own peak
-(exact if the peak came when the guest had as much memory as at first output; if it came earlier,
-e.g. from a buffer held during setup, the real one is larger). Median (min–max).
+and libraries are shared between VMMs), and "VMM peak − guest RAM" is VmHWM then (the running
+program's peak since its exec) minus guest RAM: the VMM's own peak, exact if the peak came when
+the guest had as much memory as at first output (if it came earlier, the real one is larger).
+Median (min–max).
 
 {verdict}
 
 {targets}
 
-| VMM | to first output | to exit | CPU (user+sys) | peak RSS | guest RAM resident | VMM's own RSS | of which anonymous | peak RSS − guest RAM |
+| VMM | to first output | to exit | CPU (user+sys) | peak RSS | guest RAM resident | VMM's own RSS | of which anonymous | VMM peak − guest RAM |
 |---|---|---|---|---|---|---|---|---|
 {rows}
 
@@ -261,7 +266,7 @@ IMG2VM_HOME=H img2vm convert oci:DIR:latest            # once, not timed: fills 
 IMG2VM_HOME=H img2vm run --json --kernel VMLINUX --memory {args.memory}M oci:DIR:latest
 {q}
 ```
-{"The nested route runs the same commands inside `tests/nested/nested-rig.sh run --file img2vm --file img2vm-init --file qemu-system-x86_64 --file WORKDIR -- sh WORKDIR/bench.sh` (QEMU_DATA holds copies of qboot.rom and pvh.bin, which qemu loads for microvm and a PVH kernel)." if nested else ""}
+{"The nested route runs the same commands inside `tests/nested/nested-rig.sh run --file img2vm --file img2vm-vmm --file img2vm-init --file qemu-system-x86_64 --file WORKDIR -- sh WORKDIR/bench.sh` (QEMU_DATA holds copies of qboot.rom and pvh.bin, which qemu loads for microvm and a PVH kernel)." if nested else ""}
 
 Machine (shared with other work while measured: see the load average):
 {b.facts_md(facts, [["qemu-system-x86_64", "--version"]])}"""

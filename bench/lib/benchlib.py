@@ -49,6 +49,14 @@ def img2vm_bin():
     return b.resolve()
 
 
+def vmm_bin(img2vm):
+    """img2vm-vmm, the VMM process `img2vm run` execs: beside img2vm in the build tree."""
+    v = Path(os.environ.get("IMG2VM_VMM") or Path(img2vm).parent / "img2vm-vmm")
+    if not v.is_file():
+        die(f"{v} not built: run scripts/build.sh default (or set IMG2VM_VMM)")
+    return v.resolve()
+
+
 def need(*programs):
     missing = [p for p in programs if not shutil.which(p)]
     if missing:
@@ -460,7 +468,7 @@ class Guests:
         return f"export IMG2VM_HOME={self.home} IMG2VM_INIT={self.init} TMPDIR={self.tmp}"
 
     def files(self):
-        return [self.img2vm, self.init, shutil.which("qemu-system-x86_64"), self.w]
+        return [self.img2vm, vmm_bin(self.img2vm), self.init, shutil.which("qemu-system-x86_64"), self.w]
 
     def shown(self, cmd):
         """cmd as a shell line for the docs, with the work dir's paths named."""

@@ -16,7 +16,9 @@
 //   "rss_at_marker_kib": the process's total Rss then, "guest_rss_kib": the Rss of the guest-RAM
 //   mapping then; the difference is the VMM's own memory (heap, stacks, code and libraries), and
 //   "anon_kib" the anonymous part of it (heap, stacks: what each further VM would cost; code and
-//   libraries are shared).
+//   libraries are shared), and "hwm_at_marker_kib": VmHWM then, the peak Rss of the program
+//   running at the marker since its exec (ru_maxrss also covers what the process ran before an
+//   exec: `img2vm run` execs its VMM, img2vm-vmm).
 // With TIMERUN_SMAPS_DUMP=FILE that smaps text is also written to FILE, to see what it was.
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -32,6 +34,20 @@ static double now_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+// A "Key:   N kB" line of /proc/PID/status, in KiB; -1 when absent.
+static long status_kib(pid_t pid, const char* key) {
+  char path[64], buf[8192];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  int fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return -1;
+  ssize_t n = read(fd, buf, sizeof buf - 1);
+  close(fd);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  char* at = strstr(buf, key);
+  return at ? strtol(at + strlen(key), NULL, 10) : -1;
 }
 
 // Reads /proc/PID/smaps into `smaps`: total Rss and the Rss of mappings sized like the guest RAM
@@ -109,7 +125,7 @@ int main(int argc, char** argv) {
   size_t tlen = 0;
   const char* g = getenv("TIMERUN_GUEST_MIB");
   unsigned long guest_kib = g ? strtoul(g, NULL, 10) * 1024 : 0;
-  long total = -1, guest = -1, anon = -1;
+  long total = -1, guest = -1, anon = -1, hwm = -1;
   for (;;) {
     ssize_t n = read(p[0], rbuf, sizeof rbuf);
     if (n <= 0) break;
@@ -122,6 +138,7 @@ int main(int argc, char** argv) {
         FILE* f;
         if (guest_kib && sample(pid, guest_kib, &total, &guest, &anon) && dump && (f = fopen(dump, "we")))
           fputs(smaps, f), fclose(f);
+        if (guest_kib) hwm = status_kib(pid, "VmHWM:");
       } else {
         tlen = len < mlen - 1 ? len : mlen - 1;
         memmove(win, win + len - tlen, tlen);
@@ -140,7 +157,9 @@ int main(int argc, char** argv) {
   int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
   printf("{\"rc\":%d,\"wall_ms\":%.3f,\"marker_ms\":%.3f,\"maxrss_kib\":%ld,\"user_ms\":%.3f,\"sys_ms\":%.3f", rc,
          wall, marker_ms, ru.ru_maxrss, tv_ms(ru.ru_utime), tv_ms(ru.ru_stime));
-  if (guest_kib) printf(",\"rss_at_marker_kib\":%ld,\"guest_rss_kib\":%ld,\"anon_kib\":%ld", total, guest, anon);
+  if (guest_kib)
+    printf(",\"rss_at_marker_kib\":%ld,\"guest_rss_kib\":%ld,\"anon_kib\":%ld,\"hwm_at_marker_kib\":%ld", total, guest,
+           anon, hwm);
   printf("}\n");
   return 0;
 }

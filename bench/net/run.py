@@ -241,7 +241,7 @@ it; clients `netbench wait|send|recv|echo|quit 127.0.0.1 PORT ...`; each VMM run
 IMG2VM_HOME=H img2vm convert oci:DIR:latest            # once, not timed: fills the rootfs cache
 {cmd_lines}
 ```
-{"Nested: the same script runs in L1 through `tests/nested/nested-rig.sh run --file img2vm --file img2vm-init --file qemu-system-x86_64 --file WORKDIR -- sh WORKDIR/bench.sh`, after `ip link set lo up` and `/bin/load-net-modules` (tun and nftables NAT for tap). The host side of every transfer (client, libslirp or the L1 kernel's TCP and nftables) also runs on L1's one emulated CPU, shared with the VMM." if nested else ""}
+{"Nested: the same script runs in L1 through `tests/nested/nested-rig.sh run --file img2vm --file img2vm-vmm --file img2vm-init --file qemu-system-x86_64 --file WORKDIR -- sh WORKDIR/bench.sh`, after `ip link set lo up` and `/bin/load-net-modules` (tun and nftables NAT for tap). The host side of every transfer (client, libslirp or the L1 kernel's TCP and nftables) also runs on L1's one emulated CPU, shared with the VMM." if nested else ""}
 
 Machine (shared with other work while measured: see the load average):
 {b.facts_md(facts, [["qemu-system-x86_64", "--version"]])}"""

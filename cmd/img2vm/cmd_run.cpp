@@ -1,21 +1,20 @@
 // `img2vm run [OPTIONS] IMAGE [CMD...]`: pull if needed, convert if needed (the rootfs cache),
-// and boot the image in our own KVM runner (lib/vm), like `docker run`. The workload's output is
+// and boot the image in our own KVM runner (lib/vm), like `docker run`: once the rootfs is ready
+// this process becomes img2vm-vmm (vmm_main.cpp), which runs the VM. The workload's output is
 // the VM's console on stdout; its exit code is ours. Failures of img2vm itself exit 125, as
 // docker run does; the runner's own outcomes are 122-125 and 130 (docs/cli.md).
 #include <fcntl.h>
-#include <signal.h>
-#include <sys/ioctl.h>
-#include <termios.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <iostream>
 #include <nlohmann/json.hpp>
-#include <thread>
 
+#include "attached_run.hpp"
 #include "cli.hpp"
 #include "commands.hpp"
 #include "guest_kernel.hpp"
@@ -39,16 +38,6 @@ namespace {
 
 constexpr int kExitRunFailed = 125;  // img2vm itself failed (docker run's convention)
 
-enum class LogLevel { kError, kWarn, kInfo, kDebug };
-
-LogLevel parse_log_level(const std::string& s) {
-  if (s == "error") return LogLevel::kError;
-  if (s == "warn" || s == "warning") return LogLevel::kWarn;
-  if (s == "info") return LogLevel::kInfo;
-  if (s == "debug") return LogLevel::kDebug;
-  throw Error(ErrorKind::kInvalidArgument, "--log-level: \"" + s + "\" is not one of error, warn, info, debug");
-}
-
 struct RunArgs : RootfsArgs {
   std::vector<std::string> words;  // IMAGE [CMD...]
   RunRequest req;
@@ -62,138 +51,6 @@ struct RunArgs : RootfsArgs {
   bool publish_all = false;
   bool rm = false, timings = false, verbose_boot = false, hugepages = false;
 };
-
-// The host terminal in raw mode for -t, restored on every way out of `run`.
-class RawTerminal {
- public:
-  explicit RawTerminal(int fd) : fd_(fd) {
-    if (::tcgetattr(fd_, &saved_) != 0) throw_errno("cannot read the terminal settings of stdin");
-    struct termios raw = saved_;
-    ::cfmakeraw(&raw);
-    if (::tcsetattr(fd_, TCSANOW, &raw) != 0) throw_errno("cannot put stdin in raw mode");
-  }
-  ~RawTerminal() { ::tcsetattr(fd_, TCSANOW, &saved_); }
-  RawTerminal(const RawTerminal&) = delete;
-  RawTerminal& operator=(const RawTerminal&) = delete;
-
- private:
-  int fd_;
-  struct termios saved_ {};
-};
-
-// -t: the host terminal's size, for the guest's tty.
-void pass_window_size(vm::Machine& m, int fd) {
-  struct winsize ws {};
-  if (::ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0) m.set_window_size(ws.ws_row, ws.ws_col);
-}
-
-// Blocks the signals img2vm relays for as long as it lives (threads created meanwhile inherit
-// the mask), and restores the previous mask afterwards.
-class SignalMask {
- public:
-  SignalMask() {
-    sigemptyset(&set_);
-    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set_, s);
-    ::pthread_sigmask(SIG_BLOCK, &set_, &old_);
-  }
-  ~SignalMask() {
-    // Drop what arrived but was not relayed, so it does not kill us on unblocking.
-    struct timespec zero {};
-    while (::sigtimedwait(&set_, nullptr, &zero) > 0) {
-    }
-    ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
-  }
-  const sigset_t& set() const { return set_; }
-
- private:
-  sigset_t set_{}, old_{};
-};
-
-// Relays the host's signals to the guest as docker run's --sig-proxy does: the first SIGINT or
-// SIGTERM asks the workload to stop (the image's StopSignal); if it has not ended after the stop
-// timeout, or on a second one, the VM is stopped. SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are
-// delivered to the workload as they are. With -t, SIGWINCH passes the terminal's new size on.
-class SignalRelay {
- public:
-  SignalRelay(vm::Machine& m, const SignalMask& mask, std::chrono::milliseconds stop_timeout, bool say, int tty_fd)
-      : m_(m), set_(mask.set()), stop_timeout_(stop_timeout), say_(say), tty_fd_(tty_fd), thread_([this] { loop(); }) {}
-  ~SignalRelay() {
-    done_ = true;
-    thread_.join();
-  }
-
- private:
-  void loop() {
-    using clock = std::chrono::steady_clock;
-    std::optional<clock::time_point> deadline;
-    while (!done_) {
-      struct timespec tick {0, 100'000'000};
-      int sig = ::sigtimedwait(&set_, nullptr, &tick);
-      if (deadline && clock::now() >= *deadline) {
-        if (say_) std::fprintf(stderr, "\r\nimg2vm: the workload did not stop in time; stopping the VM\r\n");
-        m_.stop();
-        deadline.reset();
-      }
-      if (sig <= 0) continue;
-      if (sig == SIGINT || sig == SIGTERM) {
-        if (++stops_ == 1) {
-          if (say_)
-            std::fprintf(stderr, "\r\nimg2vm: stopping the workload (%s again stops the VM)\r\n",
-                         sig == SIGINT ? "Ctrl-C" : "SIGTERM");
-          m_.request_stop();
-          deadline = clock::now() + stop_timeout_;
-        } else {
-          m_.stop();
-        }
-      } else if (sig == SIGWINCH) {
-        if (tty_fd_ >= 0) pass_window_size(m_, tty_fd_);
-      } else {
-        m_.signal_workload(sig);
-      }
-    }
-  }
-
-  vm::Machine& m_;
-  sigset_t set_;
-  std::chrono::milliseconds stop_timeout_;
-  bool say_;
-  int tty_fd_;
-  int stops_ = 0;
-  std::atomic<bool> done_{false};
-  std::thread thread_;
-};
-
-std::optional<double> ms(const std::optional<std::chrono::microseconds>& t) {
-  if (!t) return std::nullopt;
-  return double(t->count()) / 1000.0;
-}
-
-nlohmann::json timings_json(const vm::BootTimings& t) {
-  nlohmann::json j = nlohmann::json::object();
-  auto put = [&](const char* k, std::optional<double> v) {
-    if (v) j[k] = *v;
-  };
-  put("vmm_setup", ms(t.setup_done));
-  if (t.first_entry && t.init_started) put("kernel_boot", ms(*t.init_started - *t.first_entry));
-  if (t.init_started && t.workload_exec) put("init", ms(*t.workload_exec - *t.init_started));
-  put("to_exec", ms(t.workload_exec));
-  put("total", ms(t.ended));
-  return j;
-}
-
-std::string timings_line(const vm::BootTimings& t) {
-  auto f = [](std::optional<double> v) {
-    if (!v) return std::string("-");
-    char b[32];
-    std::snprintf(b, sizeof b, "%.1f ms", *v);
-    return std::string(b);
-  };
-  std::optional<double> kernel, init;
-  if (t.first_entry && t.init_started) kernel = ms(*t.init_started - *t.first_entry);
-  if (t.init_started && t.workload_exec) init = ms(*t.workload_exec - *t.init_started);
-  return "img2vm: timings: vmm setup " + f(ms(t.setup_done)) + ", kernel boot " + f(kernel) + ", init " + f(init) +
-         ", to exec " + f(ms(t.workload_exec)) + ", total " + f(ms(t.ended));
-}
 
 // -P: every port the image exposes (and --expose adds) on a free host port of every
 // interface, unless -p already publishes that guest port and protocol.
@@ -220,7 +77,41 @@ void add_exposed_ports(std::vector<vm::PortForward>& forwards, const registry::I
   }
 }
 
-int run_image(RunArgs& a, Globals& g) {
+// Where img2vm-vmm is: $IMG2VM_VMM, the install's libexec directory, or beside this program
+// (the build tree).
+fs::path vmm_binary() {
+  if (const char* e = std::getenv("IMG2VM_VMM"); e && *e) {
+    if (!fs::is_regular_file(e)) throw Error(ErrorKind::kNotFound, std::string("the VMM ") + e + " (from IMG2VM_VMM) does not exist");
+    return e;
+  }
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec);
+  for (const fs::path& p : {fs::path(IMG2VM_INSTALL_LIBEXECDIR) / "img2vm-vmm", ec ? fs::path() : self.parent_path() / "img2vm-vmm"})
+    if (!p.empty() && fs::is_regular_file(p)) return p;
+  throw Error(ErrorKind::kNotFound, "the VMM program (img2vm-vmm) is missing: build the img2vm-vmm target or set IMG2VM_VMM");
+}
+
+// A read-only, sealed in-memory file holding `bytes`; the guest reads it as a disk through
+// /proc/self/fd/N (no temporary file to clean up, in this process or the VMM it execs).
+UniqueFd sealed_memfd(const char* name, const std::string& bytes) {
+  UniqueFd fd(::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  if (!fd) throw_errno("memfd_create");
+  write_all(fd.get(), bytes, name);
+  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0) throw_errno("sealing a memfd");
+  return fd;
+}
+
+// What a run needs once the image is resolved and converted.
+struct PreparedRun {
+  vm::MachineConfig mc;
+  cli::AttachOptions attach;
+  nlohmann::json summary;
+  UniqueFd overrides;  // the overrides disk, when they are too long for the command line
+  bool in_process = false;  // tap: the VM stays in this process (it owns the host-side setup)
+};
+
+PreparedRun prepare_run(RunArgs& a, Globals& g) {
+  PreparedRun p;
   LogLevel level = parse_log_level(a.log_level);
   if (g.verbose && level < LogLevel::kInfo) level = LogLevel::kInfo;
   auto log = [&](LogLevel l, const std::string& line) {
@@ -233,12 +124,17 @@ int run_image(RunArgs& a, Globals& g) {
   if (a.entrypoint_set) a.req.entrypoint = a.entrypoint;
   if (a.req.tty && !::isatty(STDIN_FILENO)) throw Error(ErrorKind::kInvalidArgument, "-t: the input device is not a TTY");
 
-  vm::MachineConfig mc;
+  vm::MachineConfig& mc = p.mc;
   mc.memory_mib = parse_memory_mib(a.memory);
   mc.vcpus = a.cpus;
   mc.hugepages = a.hugepages;
   if (!a.timeout.empty()) mc.timeout = parse_duration("--timeout", a.timeout);
-  auto stop_timeout = parse_duration("--stop-timeout", a.stop_timeout);
+  p.attach.stop_timeout = parse_duration("--stop-timeout", a.stop_timeout);
+  p.attach.level = level;
+  p.attach.tty = a.req.tty;
+  p.attach.say = ::isatty(STDERR_FILENO) && !g.json;
+  p.attach.json = g.json;
+  p.attach.timings = a.timings;
   rootfs::RunOverrides overrides = build_overrides(a.req, process_env());
   std::vector<ExtraDisk> extra;
   for (const auto& d : a.disks) extra.push_back(parse_disk(d));
@@ -247,8 +143,8 @@ int run_image(RunArgs& a, Globals& g) {
   // 10.0.2.15/24 behind 10.0.2.2, with DNS at 10.0.2.3 (vm/net_slirp.hpp).
   NetworkChoice net = parse_network(a.network);
   std::vector<vm::PortForward> forwards;
-  for (const auto& p : a.publish)
-    for (auto& f : vm::parse_port_forward(p)) forwards.push_back(std::move(f));
+  for (const auto& f : a.publish)
+    for (auto& pf : vm::parse_port_forward(f)) forwards.push_back(std::move(pf));
   if (net.mode == NetworkChoice::Mode::kNone && (!forwards.empty() || a.publish_all))
     throw Error(ErrorKind::kInvalidArgument, "-p/-P: --network none has no network to publish ports on");
   parse_exposed_ports(a.expose, "--expose");  // checked now; used once the image is known
@@ -285,23 +181,36 @@ int run_image(RunArgs& a, Globals& g) {
   RootfsResult root = make_rootfs(store, *src, a, {}, !g.json && ::isatty(STDERR_FILENO));
   log(LogLevel::kInfo, "rootfs: " + root.path.string() + (root.cached ? " (cached)" : " (converted)"));
   if (a.publish_all) add_exposed_ports(forwards, *src, a.expose);
+  p.attach.ports_chosen =
+      std::any_of(forwards.begin(), forwards.end(), [](const vm::PortForward& f) { return f.host_port == 0; });
   if (net.mode == NetworkChoice::Mode::kUser) {
     mc.net.emplace();
     mc.net->user.outbound = net.outbound;
     mc.net->user.host_loopback = net.host_loopback;
     mc.net->user.forwards = forwards;
   }
+  p.summary = {{"image", src->name()},
+               {"manifest_digest", src->manifest_digest().str()},
+               {"platform", src->platform().str()},
+               {"rootfs", root.path.string()},
+               {"rootfs_cached", root.cached},
+               {"kernel", kernel->path.string()},
+               {"kvm", vm::to_string(kvm.kind)},
+               {"network", net.mode == NetworkChoice::Mode::kUser  ? "user"
+                           : net.mode == NetworkChoice::Mode::kTap ? "tap"
+                                                                   : "none"}};
   // The tap network: a device of the VM's own on the host, its host side set up now (it needs
   // CAP_NET_ADMIN) and undone when the run ends; the guest gets the address chosen for it.
-  std::shared_ptr<vm::TapBackend> tap;
+  // The VM then runs in this process, which owns that setup.
   if (net.mode == NetworkChoice::Mode::kTap) {
     vm::TapNetConfig tc;
     tc.name = net.tap_name;
     tc.outbound = net.outbound;
     tc.forwards = forwards;
     mc.net.emplace();
-    tap = std::make_shared<vm::TapBackend>(tc, mc.net->mtu);
+    auto tap = std::make_shared<vm::TapBackend>(tc, mc.net->mtu);
     mc.net->backend = tap;
+    p.in_process = true;
     const vm::TapNetInfo& ti = tap->info();
     rootfs::NetConfig n;
     n.interface = "eth0";
@@ -317,6 +226,7 @@ int run_image(RunArgs& a, Globals& g) {
       }
       overrides.dns = tap_guest_dns(resolv);
     }
+    p.summary["tap"] = {{"device", ti.device}, {"managed", ti.managed}, {"host_ip", ti.host_ip}, {"guest_ip", ti.guest_ip}};
     log(LogLevel::kInfo, "network: tap device " + ti.device + (ti.managed ? "" : " (existing)") + ", guest " + ti.guest_ip +
                              "/" + std::to_string(ti.prefix_length) + " via " + ti.host_ip);
   }
@@ -327,8 +237,9 @@ int run_image(RunArgs& a, Globals& g) {
   rootdisk.id = "img2vm-root";
   if (!a.keep.empty()) {
     vm::clone_file(root.path, a.keep);
-    rootdisk.path = a.keep;
+    rootdisk.path = fs::absolute(a.keep);
     rootdisk.mode = vm::DiskMode::kReadWrite;
+    p.summary["kept"] = rootdisk.path.string();
   } else {
     rootdisk.path = root.path;
     rootdisk.mode = vm::DiskMode::kCopyOnWrite;
@@ -336,21 +247,18 @@ int run_image(RunArgs& a, Globals& g) {
   mc.disks.push_back(rootdisk);
   for (size_t i = 0; i < extra.size(); ++i) {
     vm::DiskConfig d;
-    d.path = extra[i].path;
+    d.path = fs::absolute(extra[i].path);
     d.mode = extra[i].read_only ? vm::DiskMode::kReadOnly : vm::DiskMode::kReadWrite;
     mc.disks.push_back(d);
   }
 
   // The overrides: inline when short, else on a raw block device after the other disks.
-  std::optional<TempDir> scratch;
   std::string param = rootfs::run_overrides_kernel_param(overrides);
   if (param.size() > kInlineOverridesMax) {
     if (mc.disks.size() >= 26) throw Error(ErrorKind::kLimit, "too many disks");
-    scratch.emplace("img2vm-run");
-    fs::path f = scratch->path() / "overrides.img";
-    write_file_atomic(f, overrides_disk_image(overrides));
+    p.overrides = sealed_memfd("img2vm-overrides", overrides_disk_image(overrides));
     vm::DiskConfig d;
-    d.path = f;
+    d.path = "/proc/self/fd/" + std::to_string(p.overrides.get());
     d.mode = vm::DiskMode::kReadOnly;
     d.id = "img2vm-overrides";
     param = std::string(rootfs::kRunParam) + "=blk:/dev/vd" + char('a' + mc.disks.size());
@@ -361,66 +269,30 @@ int run_image(RunArgs& a, Globals& g) {
   mc.console_out_fd = STDOUT_FILENO;
   mc.console_in_fd = (a.req.interactive || a.req.tty) ? STDIN_FILENO : -1;
   mc.console_input = vm::ConsoleInput::kAtWorkloadExec;
+  return p;  // the store, the image source and their files are released here
+}
 
-  SignalMask mask;
-  vm::Machine machine(mc);
-  log(LogLevel::kDebug, "kernel command line: " + machine.cmdline());
-  log(LogLevel::kDebug, "kernel entry: " + machine.kernel_format());
-  // Published ports: said on stderr (always when the host port was picked here, since there is
-  // no `docker port` to ask), and as a JSON event with --json before the VM starts.
-  std::vector<vm::PortForward> published = machine.published_ports();
-  nlohmann::json ports_json = nlohmann::json::array();
-  for (const auto& f : published) ports_json.push_back(vm::to_string(f));
-  if (!published.empty()) {
-    if (g.json) {
-      std::cerr << nlohmann::json{{"event", "published"}, {"ports", ports_json}}.dump() << "\n";
-    } else {
-      bool chosen = std::any_of(forwards.begin(), forwards.end(), [](const vm::PortForward& f) { return f.host_port == 0; });
-      for (const auto& f : published) log(chosen ? LogLevel::kWarn : LogLevel::kInfo, "published " + vm::to_string(f));
-    }
-  }
-  std::optional<RawTerminal> raw;
-  if (a.req.tty) raw.emplace(STDIN_FILENO);
-  vm::MachineResult r;
-  {
-    if (a.req.tty) pass_window_size(machine, STDIN_FILENO);
-    SignalRelay relay(machine, mask, stop_timeout, ::isatty(STDERR_FILENO) && !g.json, a.req.tty ? STDIN_FILENO : -1);
-    r = machine.run();
-  }
-  raw.reset();
-  int code = r.host_exit_code();
-  std::vector<std::string> views = machine.disk_views();
+// Replaces this process with img2vm-vmm running `p`: the VMM process maps only the runner's
+// code and libraries (no registry, TLS, archive or ext4 code next to a guest), and is what the
+// VM's memory and time are charged to. Returns only by throwing.
+[[noreturn]] void exec_vmm(PreparedRun& p) {
+  fs::path vmm = vmm_binary();
+  UniqueFd spec = sealed_memfd("img2vm-vm-spec", attach_spec(p.mc, p.attach, p.summary).dump());
+  for (int fd : {spec.get(), p.overrides.get()})
+    if (fd >= 0 && ::fcntl(fd, F_SETFD, 0) != 0) throw_errno("fcntl");
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
+  std::string fd_arg = std::to_string(spec.get());
+  const char* argv[] = {"img2vm-vmm", "--spec-fd", fd_arg.c_str(), nullptr};
+  ::execv(vmm.c_str(), const_cast<char* const*>(argv));
+  throw_errno("cannot start the VMM " + vmm.string());
+}
 
-  if (g.json) {
-    nlohmann::json j = {{"image", src->name()},
-                        {"manifest_digest", src->manifest_digest().str()},
-                        {"platform", src->platform().str()},
-                        {"rootfs", root.path.string()},
-                        {"rootfs_cached", root.cached},
-                        {"root_disk", views.empty() ? "" : views[0]},
-                        {"kernel", kernel->path.string()},
-                        {"kvm", vm::to_string(kvm.kind)},
-                        {"reason", vm::to_string(r.reason)},
-                        {"status", r.status},
-                        {"exit_code", code},
-                        {"timings_ms", timings_json(r.timings)},
-                        {"network", net.mode == NetworkChoice::Mode::kUser ? "user"
-                                    : net.mode == NetworkChoice::Mode::kTap ? "tap"
-                                                                            : "none"},
-                        {"published", ports_json}};
-    if (tap)
-      j["tap"] = {{"device", tap->info().device},
-                  {"managed", tap->info().managed},
-                  {"host_ip", tap->info().host_ip},
-                  {"guest_ip", tap->info().guest_ip}};
-    if (!a.keep.empty()) j["kept"] = fs::absolute(a.keep).string();
-    if (!r.detail.empty()) j["detail"] = r.detail;
-    std::cerr << j.dump() << "\n";
-  } else {
-    if (r.reason != vm::ExitReason::kExited) std::cerr << "img2vm: " << r.describe() << "\n";
-    if (a.timings) std::cerr << timings_line(r.timings) << "\n";
-  }
-  return code;
+int run_image(RunArgs& a, Globals& g) {
+  PreparedRun p = prepare_run(a, g);
+  if (!p.in_process) exec_vmm(p);
+  return run_attached(std::move(p.mc), p.attach, std::move(p.summary));
 }
 
 [[noreturn]] void unsupported(const std::string& flag, const std::string& why) {

@@ -137,7 +137,9 @@ std::string quote(const std::string& s) {
 // A workload that ignores SIGTERM, run in the background and sent Ctrl-C (SIGINT) once it is
 // ready; `twice`: a second SIGINT two seconds later.
 std::string stop_case(const std::string& name, const std::string& cmd, bool twice) {
-  return "echo '@@BEGIN " + name + "@@'\n" + cmd +
+  // The previous case's out file goes first: the shell redirects in the background child, so
+  // the wait below could otherwise find that case's "ready" and signal this one too early.
+  return "echo '@@BEGIN " + name + "@@'\nrm -f \"$W/out\" \"$W/err\"\n" + cmd +
          " sh -c 'trap \"\" TERM; echo ready; while :; do sleep 1; done' >\"$W/out\" 2>\"$W/err\" </dev/null &\n"
          "pid=$!; i=0; while ! grep -q ready \"$W/out\" && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done\n"
          "kill -INT $pid; " + std::string(twice ? "sleep 2; kill -INT $pid; " : "") + "wait $pid; rc=$?\n"
@@ -266,7 +268,7 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      << "head -c 20000 /dev/urandom > \"$W/random\"; echo \"host-md5=$(md5sum < \"$W/random\")\" > \"$W/random.md5\"\n"
      << "echo '@@BEGIN stdin-binary@@'; " << run << " --timeout 120s -i " << B << " md5sum < \"$W/random\" >\"$W/out\" 2>\"$W/err\"; rc=$?;"
      << " cat \"$W/random.md5\" \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END stdin-binary $rc@@\"\n"
-     << "echo '@@BEGIN sigterm@@'\n"
+     << "echo '@@BEGIN sigterm@@'\nrm -f \"$W/out\" \"$W/err\"\n"
      << run << " " << B
      << " sh -c 'trap \"echo got-term; exit 7\" TERM; echo ready; while :; do sleep 1; done' >\"$W/out\" 2>\"$W/err\" "
         "</dev/null &\n"
@@ -310,7 +312,7 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
                         "wait $pid; rc=$?; cat " + resize_out + "; exit $rc\n");
 
   std::string output =
-      run_script(w / "cases.sh", {bin, IMG2VM_INIT_BINARY, RUNAS_BINARY, w, "/usr/bin/script"}, std::chrono::seconds(1500));
+      run_script(w / "cases.sh", {bin, IMG2VM_VMM_BINARY, IMG2VM_INIT_BINARY, RUNAS_BINARY, w, "/usr/bin/script"}, std::chrono::seconds(1500));
   Cases cases(output);
   auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
 
@@ -438,7 +440,7 @@ struct NetSetup {
     run = quote(bin) + " run -m 160M --kernel " + quote((w / "vmlinux").string());
     return "";
   }
-  std::vector<fs::path> files() const { return {std::getenv("IMG2VM_BIN"), IMG2VM_INIT_BINARY, UDP_ECHO_BINARY, w}; }
+  std::vector<fs::path> files() const { return {std::getenv("IMG2VM_BIN"), IMG2VM_VMM_BINARY, IMG2VM_INIT_BINARY, UDP_ECHO_BINARY, w}; }
   std::string prelude() const {
     std::ostringstream sh;
     sh << "export IMG2VM_HOME=" << quote((w / "home").string()) << " IMG2VM_INIT=" << quote(IMG2VM_INIT_BINARY) << "\n"

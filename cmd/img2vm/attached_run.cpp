@@ -1,0 +1,272 @@
+#include "attached_run.hpp"
+
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <thread>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/vm/machine_json.hpp"
+
+namespace img2vm::cli {
+
+LogLevel parse_log_level(const std::string& s) {
+  if (s == "error") return LogLevel::kError;
+  if (s == "warn" || s == "warning") return LogLevel::kWarn;
+  if (s == "info") return LogLevel::kInfo;
+  if (s == "debug") return LogLevel::kDebug;
+  throw Error(ErrorKind::kInvalidArgument, "--log-level: \"" + s + "\" is not one of error, warn, info, debug");
+}
+
+const char* to_string(LogLevel l) noexcept {
+  switch (l) {
+    case LogLevel::kError: return "error";
+    case LogLevel::kWarn: return "warn";
+    case LogLevel::kInfo: return "info";
+    case LogLevel::kDebug: return "debug";
+  }
+  return "warn";
+}
+
+namespace {
+
+// The host terminal in raw mode for -t, restored on every way out of `run`.
+class RawTerminal {
+ public:
+  explicit RawTerminal(int fd) : fd_(fd) {
+    if (::tcgetattr(fd_, &saved_) != 0) throw_errno("cannot read the terminal settings of stdin");
+    struct termios raw = saved_;
+    ::cfmakeraw(&raw);
+    if (::tcsetattr(fd_, TCSANOW, &raw) != 0) throw_errno("cannot put stdin in raw mode");
+  }
+  ~RawTerminal() { ::tcsetattr(fd_, TCSANOW, &saved_); }
+  RawTerminal(const RawTerminal&) = delete;
+  RawTerminal& operator=(const RawTerminal&) = delete;
+
+ private:
+  int fd_;
+  struct termios saved_ {};
+};
+
+// -t: the host terminal's size, for the guest's tty.
+void pass_window_size(vm::Machine& m, int fd) {
+  struct winsize ws {};
+  if (::ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0) m.set_window_size(ws.ws_row, ws.ws_col);
+}
+
+// Blocks the signals img2vm relays for as long as it lives (threads created meanwhile inherit
+// the mask), and restores the previous mask afterwards.
+class SignalMask {
+ public:
+  SignalMask() {
+    sigemptyset(&set_);
+    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set_, s);
+    ::pthread_sigmask(SIG_BLOCK, &set_, &old_);
+  }
+  ~SignalMask() {
+    // Drop what arrived but was not relayed, so it does not kill us on unblocking.
+    struct timespec zero {};
+    while (::sigtimedwait(&set_, nullptr, &zero) > 0) {
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+  }
+  const sigset_t& set() const { return set_; }
+
+ private:
+  sigset_t set_{}, old_{};
+};
+
+// Relays the host's signals to the guest as docker run's --sig-proxy does: the first SIGINT or
+// SIGTERM asks the workload to stop (the image's StopSignal); if it has not ended after the stop
+// timeout, or on a second one, the VM is stopped. SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are
+// delivered to the workload as they are. With -t, SIGWINCH passes the terminal's new size on.
+class SignalRelay {
+ public:
+  SignalRelay(vm::Machine& m, const SignalMask& mask, std::chrono::milliseconds stop_timeout, bool say, int tty_fd)
+      : m_(m), set_(mask.set()), stop_timeout_(stop_timeout), say_(say), tty_fd_(tty_fd), thread_([this] { loop(); }) {}
+  ~SignalRelay() {
+    done_ = true;
+    thread_.join();
+  }
+
+ private:
+  void loop() {
+    using clock = std::chrono::steady_clock;
+    std::optional<clock::time_point> deadline;
+    while (!done_) {
+      struct timespec tick {0, 100'000'000};
+      int sig = ::sigtimedwait(&set_, nullptr, &tick);
+      if (deadline && clock::now() >= *deadline) {
+        if (say_) std::fprintf(stderr, "\r\nimg2vm: the workload did not stop in time; stopping the VM\r\n");
+        m_.stop();
+        deadline.reset();
+      }
+      if (sig <= 0) continue;
+      if (sig == SIGINT || sig == SIGTERM) {
+        if (++stops_ == 1) {
+          if (say_)
+            std::fprintf(stderr, "\r\nimg2vm: stopping the workload (%s again stops the VM)\r\n",
+                         sig == SIGINT ? "Ctrl-C" : "SIGTERM");
+          m_.request_stop();
+          deadline = clock::now() + stop_timeout_;
+        } else {
+          m_.stop();
+        }
+      } else if (sig == SIGWINCH) {
+        if (tty_fd_ >= 0) pass_window_size(m_, tty_fd_);
+      } else {
+        m_.signal_workload(sig);
+      }
+    }
+  }
+
+  vm::Machine& m_;
+  sigset_t set_;
+  std::chrono::milliseconds stop_timeout_;
+  bool say_;
+  int tty_fd_;
+  int stops_ = 0;
+  std::atomic<bool> done_{false};
+  std::thread thread_;
+};
+
+std::optional<double> ms(const std::optional<std::chrono::microseconds>& t) {
+  if (!t) return std::nullopt;
+  return double(t->count()) / 1000.0;
+}
+
+nlohmann::json timings_json(const vm::BootTimings& t) {
+  nlohmann::json j = nlohmann::json::object();
+  auto put = [&](const char* k, std::optional<double> v) {
+    if (v) j[k] = *v;
+  };
+  put("vmm_setup", ms(t.setup_done));
+  if (t.first_entry && t.init_started) put("kernel_boot", ms(*t.init_started - *t.first_entry));
+  if (t.init_started && t.workload_exec) put("init", ms(*t.workload_exec - *t.init_started));
+  put("to_exec", ms(t.workload_exec));
+  put("total", ms(t.ended));
+  return j;
+}
+
+std::string timings_line(const vm::BootTimings& t) {
+  auto f = [](std::optional<double> v) {
+    if (!v) return std::string("-");
+    char b[32];
+    std::snprintf(b, sizeof b, "%.1f ms", *v);
+    return std::string(b);
+  };
+  std::optional<double> kernel, init;
+  if (t.first_entry && t.init_started) kernel = ms(*t.init_started - *t.first_entry);
+  if (t.init_started && t.workload_exec) init = ms(*t.workload_exec - *t.init_started);
+  return "img2vm: timings: vmm setup " + f(ms(t.setup_done)) + ", kernel boot " + f(kernel) + ", init " + f(init) +
+         ", to exec " + f(ms(t.workload_exec)) + ", total " + f(ms(t.ended));
+}
+
+}  // namespace
+
+int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json summary) {
+  auto log = [&](LogLevel l, const std::string& line) {
+    if (l <= o.level) std::cerr << "img2vm: " << line << "\n";
+  };
+  SignalMask mask;  // before the Machine, whose threads inherit it
+  vm::Machine machine(std::move(mc));
+  log(LogLevel::kDebug, "kernel command line: " + machine.cmdline());
+  log(LogLevel::kDebug, "kernel entry: " + machine.kernel_format());
+  // Published ports: said on stderr (always when the host port was picked here, since there is
+  // no `docker port` to ask), and as a JSON event with --json before the VM starts.
+  std::vector<vm::PortForward> published = machine.published_ports();
+  nlohmann::json ports_json = nlohmann::json::array();
+  for (const auto& f : published) ports_json.push_back(vm::to_string(f));
+  if (!published.empty()) {
+    if (o.json) {
+      std::cerr << nlohmann::json{{"event", "published"}, {"ports", ports_json}}.dump() << "\n";
+    } else {
+      for (const auto& f : published) log(o.ports_chosen ? LogLevel::kWarn : LogLevel::kInfo, "published " + vm::to_string(f));
+    }
+  }
+  std::optional<RawTerminal> raw;
+  if (o.tty) raw.emplace(STDIN_FILENO);
+  vm::MachineResult r;
+  {
+    if (o.tty) pass_window_size(machine, STDIN_FILENO);
+    SignalRelay relay(machine, mask, o.stop_timeout, o.say, o.tty ? STDIN_FILENO : -1);
+    r = machine.run();
+  }
+  raw.reset();
+  int code = r.host_exit_code();
+  std::vector<std::string> views = machine.disk_views();
+
+  if (o.json) {
+    if (!summary.is_object()) summary = nlohmann::json::object();
+    summary["root_disk"] = views.empty() ? "" : views[0];
+    summary["reason"] = vm::to_string(r.reason);
+    summary["status"] = r.status;
+    summary["exit_code"] = code;
+    summary["timings_ms"] = timings_json(r.timings);
+    summary["published"] = ports_json;
+    if (!r.detail.empty()) summary["detail"] = r.detail;
+    std::cerr << summary.dump() << "\n";
+  } else {
+    if (r.reason != vm::ExitReason::kExited) std::cerr << "img2vm: " << r.describe() << "\n";
+    if (o.timings) std::cerr << timings_line(r.timings) << "\n";
+  }
+  return code;
+}
+
+nlohmann::json attach_spec(const vm::MachineConfig& config, const AttachOptions& o, const nlohmann::json& summary) {
+  return {{"machine", nlohmann::json::parse(vm::machine_config_to_json(config))},
+          {"attach",
+           {{"stop_timeout_ms", o.stop_timeout.count()},
+            {"tty", o.tty},
+            {"say", o.say},
+            {"json", o.json},
+            {"timings", o.timings},
+            {"ports_chosen", o.ports_chosen},
+            {"log_level", to_string(o.level)}}},
+          {"summary", summary}};
+}
+
+void parse_attach_spec(const std::string& text, vm::MachineConfig& config, AttachOptions& o, nlohmann::json& summary) {
+  auto j = nlohmann::json::parse(text, nullptr, false);
+  if (j.is_discarded() || !j.is_object()) throw Error(ErrorKind::kInvalidArgument, "VM spec: not a JSON object");
+  for (const auto& [k, v] : j.items())
+    if (k != "machine" && k != "attach" && k != "summary")
+      throw Error(ErrorKind::kInvalidArgument, "VM spec: unknown member " + k);
+  if (!j.contains("machine")) throw Error(ErrorKind::kInvalidArgument, "VM spec: no \"machine\"");
+  config = vm::machine_config_from_json(j["machine"].dump());
+  if (j.contains("attach")) {
+    const auto& a = j["attach"];
+    if (!a.is_object()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach: not a JSON object");
+    for (const auto& [k, v] : a.items()) {
+      auto flag = [&](bool& b) {
+        if (!v.is_boolean()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach." + k + ": not true or false");
+        b = v.get<bool>();
+      };
+      if (k == "stop_timeout_ms") {
+        if (!v.is_number_unsigned()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach.stop_timeout_ms: not a count of ms");
+        o.stop_timeout = std::chrono::milliseconds(std::min<uint64_t>(v.get<uint64_t>(), uint64_t(1) << 40));
+      } else if (k == "tty") flag(o.tty);
+      else if (k == "say") flag(o.say);
+      else if (k == "json") flag(o.json);
+      else if (k == "timings") flag(o.timings);
+      else if (k == "ports_chosen") flag(o.ports_chosen);
+      else if (k == "log_level") {
+        if (!v.is_string()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach.log_level: not a string");
+        o.level = parse_log_level(v.get<std::string>());
+      } else {
+        throw Error(ErrorKind::kInvalidArgument, "VM spec: unknown member attach." + k);
+      }
+    }
+  }
+  summary = j.contains("summary") ? j["summary"] : nlohmann::json::object();
+  if (!summary.is_object()) throw Error(ErrorKind::kInvalidArgument, "VM spec: summary: not a JSON object");
+}
+
+}  // namespace img2vm::cli

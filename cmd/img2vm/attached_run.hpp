@@ -1,0 +1,40 @@
+// Running a prepared VM attached to this process's terminal, as `img2vm run` does: signals
+// relayed as docker run's --sig-proxy, -t's raw terminal, and the end reported (a line or the
+// --json summary). Shared by img2vm-vmm (the lean VMM process `img2vm run` execs) and by
+// `img2vm run --network tap`, which keeps the VM in its own process.
+#pragma once
+
+#include <chrono>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "img2vm/vm/machine.hpp"
+
+namespace img2vm::cli {
+
+enum class LogLevel { kError, kWarn, kInfo, kDebug };
+LogLevel parse_log_level(const std::string& s);  // throws Error naming the value
+const char* to_string(LogLevel l) noexcept;
+
+struct AttachOptions {
+  std::chrono::milliseconds stop_timeout{10000};  // after the first stop request
+  bool tty = false;          // -t: stdin in raw mode, its window size passed to the guest
+  bool say = false;          // stop notices on stderr (stderr a terminal, no --json)
+  bool json = false;         // events and the summary as JSON lines on stderr
+  bool timings = false;      // --timings: one line at the end
+  bool ports_chosen = false; // some host port was picked here: always say the published ports
+  LogLevel level = LogLevel::kWarn;
+};
+
+// Boots `config` and waits for it, relaying signals. `summary` holds what --json reports besides
+// the run's outcome (image, rootfs, ...). Returns img2vm run's exit code; throws Error when the
+// VM cannot be set up.
+int run_attached(vm::MachineConfig config, const AttachOptions& options, nlohmann::json summary);
+
+// The whole hand-over from `img2vm run` to img2vm-vmm: {"machine": machine_json.hpp's form,
+// "attach": AttachOptions, "summary": {...}}.
+nlohmann::json attach_spec(const vm::MachineConfig& config, const AttachOptions& options, const nlohmann::json& summary);
+// Throws Error(kInvalidArgument) naming what is wrong.
+void parse_attach_spec(const std::string& text, vm::MachineConfig& config, AttachOptions& options, nlohmann::json& summary);
+
+}  // namespace img2vm::cli

@@ -1,0 +1,145 @@
+// img2vm-vmm, the VMM process `img2vm run` execs, driven directly with --spec files and tiny
+// freestanding guests (tests/vm/guests): the workload's console and exit status, the --json
+// summary carrying the caller's fields, console input from its stdin, signals relayed as
+// `img2vm run` does, and a process that maps the runner's libraries and nothing else. Where
+// /dev/kvm cannot run the guests here, the KVM part runs in the nested rig's L1.
+#include <gtest/gtest.h>
+#include <signal.h>
+
+#include <chrono>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <thread>
+
+#include "img2vm/base/fd.hpp"
+#include "nested_rig.hpp"
+#include "process.hpp"
+
+using namespace img2vm::testing;
+using img2vm::TempDir;
+namespace fs = std::filesystem;
+using namespace std::chrono_literals;
+
+namespace {
+
+fs::path guest(const std::string& name) { return fs::path(VM_GUEST_DIR) / (name + ".elf"); }
+
+fs::path write_spec(const fs::path& dir, const std::string& name, const nlohmann::json& spec) {
+  fs::path p = dir / name;
+  std::ofstream(p) << spec.dump();
+  return p;
+}
+
+nlohmann::json basic_spec(const std::string& mode, nlohmann::json attach = nlohmann::json::object()) {
+  return {{"machine", {{"kernel", guest("basic").string()}, {"cmdline", "mode=" + mode}, {"memory_mib", 64},
+                       {"timeout_ms", 60000}}},
+          {"attach", attach},
+          {"summary", {{"image", "docker.io/library/example:1"}, {"rootfs_cached", true}}}};
+}
+
+// The last line of `err` that parses as a JSON object.
+nlohmann::json last_json_line(const std::string& err) {
+  std::istringstream in(err);
+  nlohmann::json found;
+  for (std::string line; std::getline(in, line);) {
+    auto j = nlohmann::json::parse(line, nullptr, false);
+    if (!j.is_discarded() && j.is_object()) found = j;
+  }
+  return found;
+}
+
+std::string slurp(const fs::path& p) {
+  std::ifstream in(p);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+}  // namespace
+
+TEST(VmmProcess, UsageAndBadSpecsAreOneLine) {
+  auto usage = run_command({IMG2VM_VMM_BINARY});
+  EXPECT_EQ(usage.exit_code, 2) << usage.describe();
+  EXPECT_NE(usage.err.find("usage: img2vm-vmm --spec FILE | --spec-fd N"), std::string::npos) << usage.describe();
+
+  TempDir dir("img2vm-vmm-spec");
+  struct Case {
+    std::string text;
+    const char* says;
+  } cases[] = {
+      {"not json", "img2vm: VM spec: not a JSON object"},
+      {R"({"attach": {}})", "img2vm: VM spec: no \"machine\""},
+      {R"({"machine": {"kernel": "k"}, "extra": 1})", "img2vm: VM spec: unknown member extra"},
+      {R"({"machine": {"kernel": "k"}, "attach": {"tty": 1}})", "img2vm: VM spec: attach.tty: not true or false"},
+      {R"({"machine": {"kernel": "k"}, "attach": {"log_level": "loud"}})", "\"loud\" is not one of error, warn, info, debug"},
+      {R"({"machine": {"kernel": "k", "vcpu": 2}})", "img2vm: machine config: vcpu: unknown member"},
+      {R"({"machine": {"kernel": "/nonexistent/vmlinux"}})", "/nonexistent/vmlinux"},
+  };
+  for (const auto& c : cases) {
+    fs::path p = dir.path() / "spec.json";
+    std::ofstream(p) << c.text;
+    auto r = run_command({IMG2VM_VMM_BINARY, "--spec", p.string()});
+    EXPECT_EQ(r.exit_code, 125) << c.text << ": " << r.describe();
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << c.text << ": " << r.describe();
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.describe();
+    EXPECT_TRUE(r.out.empty()) << r.out;
+  }
+  auto nofile = run_command({IMG2VM_VMM_BINARY, "--spec", (dir.path() / "missing.json").string()});
+  EXPECT_EQ(nofile.exit_code, 125) << nofile.describe();
+  EXPECT_NE(nofile.err.find("missing.json"), std::string::npos) << nofile.describe();
+  auto badfd = run_command({IMG2VM_VMM_BINARY, "--spec-fd", "x"});
+  EXPECT_EQ(badfd.exit_code, 125) << badfd.describe();
+  EXPECT_NE(badfd.err.find("--spec-fd: not a file descriptor: x"), std::string::npos) << badfd.describe();
+}
+
+TEST(VmmProcess, RunsTheSpecRelaysSignalsAndMapsOnlyTheRunner) {
+  if (!run_here_or_nested({IMG2VM_VMM_BINARY, guest("basic")})) return;
+  TempDir dir("img2vm-vmm-run");
+
+  // The workload's console on stdout, its status as the exit code, and the --json summary with
+  // the caller's fields and the outcome.
+  auto hello = run_command({IMG2VM_VMM_BINARY, "--spec",
+                            write_spec(dir.path(), "hello.json", basic_spec("hello", {{"json", true}})).string()});
+  EXPECT_EQ(hello.exit_code, 42) << hello.describe();
+  EXPECT_EQ(hello.out, "hello from the guest\n");
+  auto sum = last_json_line(hello.err);
+  ASSERT_TRUE(sum.is_object()) << hello.err;
+  EXPECT_EQ(sum.value("image", ""), "docker.io/library/example:1");
+  EXPECT_EQ(sum.value("rootfs_cached", false), true);
+  EXPECT_EQ(sum.value("reason", ""), "exited");
+  EXPECT_EQ(sum.value("exit_code", -1), 42);
+  EXPECT_TRUE(sum["timings_ms"].contains("vmm_setup")) << sum.dump();
+
+  // Console input from stdin, read by the guest (mode=echo says "ready", then gives each byte
+  // back in upper case until 'q').
+  nlohmann::json echo = basic_spec("echo");
+  echo["machine"]["console_in_fd"] = 0;
+  RunOptions in;
+  in.input = "abcq";
+  auto echoed = run_command({IMG2VM_VMM_BINARY, "--spec", write_spec(dir.path(), "echo.json", echo).string()}, in);
+  EXPECT_EQ(echoed.exit_code, 0) << echoed.describe();
+  EXPECT_NE(echoed.out.find("ready"), std::string::npos) << echoed.out;
+  EXPECT_NE(echoed.out.find("ABC"), std::string::npos) << echoed.out;
+
+  // A guest that never ends: while it runs, the process maps the runner's libraries and none of
+  // the registry's, TLS, archive or ext4 ones. The first SIGTERM asks the workload to stop; as
+  // it does not within the stop timeout, the VM is stopped: exit 130, reason "stopped".
+  fs::path log = dir.path() / "hang.log";
+  ChildProcess vmm({IMG2VM_VMM_BINARY, "--spec",
+                    write_spec(dir.path(), "hang.json", basic_spec("hang", {{"json", true}, {"stop_timeout_ms", 300}})).string()},
+                   log);
+  std::string maps;
+  for (int i = 0; i < 100 && maps.find("libslirp") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(50ms);
+    maps = slurp("/proc/" + std::to_string(vmm.pid()) + "/maps");
+  }
+  EXPECT_NE(maps.find("libslirp"), std::string::npos) << maps;
+  for (const char* lib : {"libcurl", "libssl", "libcrypto", "libarchive", "libext2fs", "libisal", "libzstd", "libnftables"})
+    EXPECT_EQ(maps.find(lib), std::string::npos) << "the VMM process maps " << lib;
+  std::this_thread::sleep_for(300ms);  // the vCPU is in the guest
+  EXPECT_TRUE(vmm.running());
+  int code = vmm.stop(std::chrono::seconds(20));
+  EXPECT_EQ(code, 130) << slurp(log);
+  auto stopped = last_json_line(slurp(log));
+  EXPECT_EQ(stopped.value("reason", ""), "stopped") << slurp(log);
+  EXPECT_EQ(stopped.value("exit_code", -1), 130) << slurp(log);
+}
