@@ -274,10 +274,19 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
 
 // Replaces this process with img2vm-vmm running `p`: the VMM process maps only the runner's
 // code and libraries (no registry, TLS, archive or ext4 code next to a guest), and is what the
-// VM's memory and time are charged to. Returns only by throwing.
-[[noreturn]] void exec_vmm(PreparedRun& p) {
+// VM's memory and time are charged to. Returns (false) only when the spec has no JSON form: a
+// path that is not UTF-8; the VM then runs in this process.
+bool exec_vmm(PreparedRun& p) {
   fs::path vmm = vmm_binary();
-  UniqueFd spec = sealed_memfd("img2vm-vm-spec", attach_spec(p.mc, p.attach, p.summary).dump());
+  std::string text;
+  try {
+    text = attach_spec(p.mc, p.attach, p.summary).dump();
+  } catch (const nlohmann::json::exception& e) {
+    if (p.attach.level >= LogLevel::kDebug)
+      std::cerr << "img2vm: running the VM in this process: " << e.what() << "\n";
+    return false;
+  }
+  UniqueFd spec = sealed_memfd("img2vm-vm-spec", text);
   for (int fd : {spec.get(), p.overrides.get()})
     if (fd >= 0 && ::fcntl(fd, F_SETFD, 0) != 0) throw_errno("fcntl");
   std::cout.flush();
@@ -291,7 +300,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
 
 int run_image(RunArgs& a, Globals& g) {
   PreparedRun p = prepare_run(a, g);
-  if (!p.in_process) exec_vmm(p);
+  if (!p.in_process && exec_vmm(p)) return kExitRunFailed;  // not reached: exec_vmm execs or throws
   return run_attached(std::move(p.mc), p.attach, std::move(p.summary));
 }
 
