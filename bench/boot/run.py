@@ -157,7 +157,9 @@ def main():
                "overhead_mib": (t["rss_at_marker_kib"] - t["guest_rss_kib"]) / 1024,
                # VmHWM at the marker: the VMM program's own peak (ru_maxrss also spans what ran
                # before an exec: img2vm run's resolving, before it execs img2vm-vmm)
-               "peak_overhead_mib": (t.get("hwm_at_marker_kib", t["maxrss_kib"]) - t["guest_rss_kib"]) / 1024,
+               # (when VmHWM could not be read, ru_maxrss, as for a program that does not exec)
+               "peak_overhead_mib": ((t.get("hwm_at_marker_kib", -1) if t.get("hwm_at_marker_kib", -1) > 0
+                                      else t["maxrss_kib"]) - t["guest_rss_kib"]) / 1024,
                "anon_mib": t["anon_kib"] / 1024}
         if name == "img2vm run":
             js = [ln for ln in rec["err"].splitlines() if ln.startswith("{")]
@@ -240,7 +242,8 @@ also covers `img2vm run` before it execs its VMM, img2vm-vmm). When the marker a
 guest-RAM mapping, "VMM's own RSS" everything else then (heap, stacks, code and libraries, shared
 pages counted in full), "of which anonymous" its heap and stacks (what one more VM costs: code
 and libraries are shared between VMMs), and "VMM peak − guest RAM" is VmHWM then (the running
-program's peak since its exec) minus guest RAM: the VMM's own peak, exact if the peak came when
+program's peak since its exec; ru_maxrss where it could not be read: qemu's in the last run) minus
+guest RAM: the VMM's own peak, exact if the peak came when
 the guest had as much memory as at first output (if it came earlier, the real one is larger).
 Median (min–max).
 

@@ -38,14 +38,15 @@ static double now_ms(void) {
 
 // A "Key:   N kB" line of /proc/PID/status, in KiB; -1 when absent.
 static long status_kib(pid_t pid, const char* key) {
-  char path[64], buf[8192];
+  static char buf[65536];
+  char path[64];
   snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
-  ssize_t n = read(fd, buf, sizeof buf - 1);
+  size_t len = 0;
+  for (ssize_t n; len < sizeof buf - 1 && (n = read(fd, buf + len, sizeof buf - 1 - len)) > 0;) len += (size_t)n;
   close(fd);
-  if (n <= 0) return -1;
-  buf[n] = 0;
+  buf[len] = 0;
   char* at = strstr(buf, key);
   return at ? strtol(at + strlen(key), NULL, 10) : -1;
 }
