@@ -108,6 +108,7 @@ struct PreparedRun {
   nlohmann::json summary;
   UniqueFd overrides;  // the overrides disk, when they are too long for the command line
   bool in_process = false;  // tap: the VM stays in this process (it owns the host-side setup)
+  fs::path vmm;             // else img2vm-vmm, which this process becomes
 };
 
 PreparedRun prepare_run(RunArgs& a, Globals& g) {
@@ -158,7 +159,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     if (overrides.dns.empty()) overrides.dns = {std::string(vm::usernet::kDns)};
   }
 
-  // KVM first: no point pulling and converting for a VM that cannot start.
+  // KVM and the VMM program first: no point pulling and converting for a VM that cannot start.
   vm::KvmInfo kvm = vm::detect_kvm();
   if (kvm.kind == vm::KvmKind::kUnavailable)
     throw Error(ErrorKind::kNotFound, "cannot run VMs here: " + kvm.detail);
@@ -167,6 +168,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
                              "): a Linux guest boots very slowly or stalls here; use a host with hardware KVM");
   else
     log(LogLevel::kInfo, std::string("KVM: ") + vm::to_string(kvm.kind) + " (" + kvm.detail + ")");
+  if (net.mode != NetworkChoice::Mode::kTap) p.vmm = vmm_binary();
 
   std::optional<GuestKernel> kernel = find_guest_kernel(a.kernel);
   if (!kernel) {
@@ -277,7 +279,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
 // VM's memory and time are charged to. Returns (false) only when the spec has no JSON form: a
 // path that is not UTF-8; the VM then runs in this process.
 bool exec_vmm(PreparedRun& p) {
-  fs::path vmm = vmm_binary();
+  const fs::path& vmm = p.vmm;
   std::string text;
   try {
     text = attach_spec(p.mc, p.attach, p.summary).dump();

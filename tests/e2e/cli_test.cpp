@@ -98,6 +98,18 @@ TEST(Cli, RunSaysWhyWithoutKvm) {
   EXPECT_NE(r.err.find("cannot run VMs here"), std::string::npos) << r.describe();
 }
 
+TEST(Cli, RunSaysWhenTheVmmProgramIsMissingBeforePulling) {
+  auto kvm = img2vm({"info", "--json"});
+  ASSERT_EQ(kvm.exit_code, 0) << kvm.describe();
+  if (kvm.out.find("\"unavailable\"") != std::string::npos) GTEST_SKIP() << "no /dev/kvm: run stops before that";
+  // The image does not exist anywhere: the VMM check must come first.
+  auto r = img2vm({"run", "nosuch.invalid/x"}, {{"IMG2VM_VMM", "/nonexistent/img2vm-vmm"}});
+  EXPECT_EQ(r.exit_code, 125) << r.describe();
+  EXPECT_NE(r.err.find("the VMM /nonexistent/img2vm-vmm (from IMG2VM_VMM) does not exist"), std::string::npos)
+      << r.describe();
+  EXPECT_EQ(r.err.find("nosuch.invalid"), std::string::npos) << r.describe();
+}
+
 TEST(Cli, UsageErrorsExit2) {
   auto none = img2vm({});
   EXPECT_EQ(none.exit_code, 2) << none.describe();
