@@ -244,7 +244,9 @@ void parse_attach_spec(const std::string& text, vm::MachineConfig& config, Attac
   if (j.contains("attach")) {
     const auto& a = j["attach"];
     if (!a.is_object()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach: not a JSON object");
-    for (const auto& [k, v] : a.items()) {
+    for (const auto& item : a.items()) {
+      const std::string& k = item.key();
+      const nlohmann::json& v = item.value();
       auto flag = [&](bool& b) {
         if (!v.is_boolean()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach." + k + ": not true or false");
         b = v.get<bool>();
