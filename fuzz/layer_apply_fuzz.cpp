@@ -1,9 +1,10 @@
 // Fuzzes the tar-to-tree applier: arbitrary bytes decoded as an (uncompressed) layer tar with
 // libarchive, then applied twice as two layers on one tree (so whiteouts, hardlinks and
-// symlinked parents meet earlier content). Errors are img2vm::Error; anything else is a bug.
+// symlinked parents meet earlier content), the second time in the aligned layout. Errors are img2vm::Error; anything else is a bug.
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <string>
@@ -35,7 +36,31 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       return k;
     };
     try {
-      DecodedLayer d = decode_tar(rd, Compression::kNone, spool, limits, "fuzz layer");
+      DecodedLayer d;
+      if (layer == 1) {
+        d = decode_tar(rd, Compression::kNone, spool, limits, "fuzz layer");
+      } else {
+        // The second time in the block-aligned layout the ext4 writer adopts: every byte sits at
+        // a spool offset congruent to its file offset, and no block holds two files' bytes.
+        SpoolTarget t;
+        t.fd = spool;
+        t.base = 1u << 20;
+        t.align = 4096;
+        t.limit = 64u << 20;
+        d = decode_tar(rd, Compression::kNone, t, limits, "fuzz layer");
+        uint64_t next_free_block = 0;
+        for (const auto& e : d.entries) {
+          uint64_t first = UINT64_MAX, last = 0;
+          for (const auto& x : e.node.extents) {
+            if (x.spool_offset % 4096 != x.offset % 4096) __builtin_trap();
+            first = std::min(first, x.spool_offset / 4096);
+            last = std::max(last, (x.spool_offset + x.length + 4095) / 4096);
+          }
+          if (first == UINT64_MAX) continue;
+          if (first < next_free_block || last * 4096 > d.spool_bytes) __builtin_trap();
+          next_free_block = last;
+        }
+      }
       apply_layer(tree, d, layer, 1, "fuzz layer");
     } catch (const Error&) {
       return 0;

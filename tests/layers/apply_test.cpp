@@ -154,3 +154,68 @@ TEST(Apply, LongNamesUidsAndXattrs) {
 }
 
 }  // namespace
+
+namespace {
+
+// Decodes `es` with the aligned layout into `fd` from byte `base`.
+DecodedLayer decode_aligned(const std::vector<Entry>& es, int fd, uint64_t base, uint64_t limit = UINT64_MAX) {
+  SpoolTarget t;
+  t.fd = fd;
+  t.base = base;
+  t.align = 4096;
+  t.limit = limit;
+  return decode_tar(bytes_source(make_layer_tar(es)), Compression::kNone, t, {}, "layer test");
+}
+
+const Inode& node_of(const DecodedLayer& d, const std::string& path) {
+  for (const auto& e : d.entries)
+    if (e.path == path) return e.node;
+  throw std::runtime_error("no entry " + path);
+}
+
+}  // namespace
+
+TEST(AlignedSpool, EachFileStartsOnABlockAndKeepsItsBlocksToItself) {
+  TempDir dir{"img2vm-aligned-test"};
+  UniqueFd fd = open_file(dir.path() / "out", O_RDWR | O_CREAT, 0600);
+  const uint64_t base = 3 * 4096;
+  DecodedLayer d = decode_aligned({file("one", "1"), file("empty", ""), file("block", std::string(4096, 'b')),
+                                   file("more", std::string(5000, 'm')), file("last", "L")},
+                                  fd.get(), base);
+  auto at = [&](const std::string& p) {
+    const Inode& n = node_of(d, p);
+    EXPECT_EQ(n.extents.size(), 1u) << p;
+    return n.extents.empty() ? UINT64_MAX : n.extents[0].spool_offset;
+  };
+  EXPECT_EQ(at("one"), 0u);
+  EXPECT_TRUE(node_of(d, "empty").extents.empty());
+  EXPECT_EQ(at("block"), 4096u);
+  EXPECT_EQ(at("more"), 2u * 4096);
+  EXPECT_EQ(at("last"), 4u * 4096);
+  EXPECT_EQ(d.spool_bytes, 5u * 4096);
+  EXPECT_EQ(d.data_bytes, 1u + 4096 + 5000 + 1);
+  std::string got(d.spool_bytes, '\0');
+  ASSERT_EQ(::pread(fd.get(), got.data(), got.size(), static_cast<off_t>(base)), static_cast<ssize_t>(4 * 4096 + 1));
+  EXPECT_EQ(got.substr(0, 2), std::string("1\0", 2));  // the rest of a file's last block stays zero
+  EXPECT_EQ(got.substr(4096, 4096), std::string(4096, 'b'));
+  EXPECT_EQ(got.substr(2 * 4096, 5000), std::string(5000, 'm'));
+  EXPECT_EQ(got.substr(2 * 4096 + 5000, 4096 - (5000 - 4096)), std::string(4096 - (5000 - 4096), '\0'));
+  EXPECT_EQ(got.substr(4 * 4096, 1), "L");
+  std::string before(base, 'x');
+  ASSERT_EQ(::pread(fd.get(), before.data(), base, 0), static_cast<ssize_t>(base));
+  EXPECT_EQ(before, std::string(base, '\0'));  // nothing is written below `base`
+}
+
+TEST(AlignedSpool, DataPastTheLimitIsSpoolFull) {
+  TempDir dir{"img2vm-aligned-test"};
+  UniqueFd fd = open_file(dir.path() / "out", O_RDWR | O_CREAT, 0600);
+  // Two one-byte files need two blocks: a one-block limit is passed by the second.
+  EXPECT_NO_THROW(decode_aligned({file("a", "a")}, fd.get(), 0, 4096));
+  try {
+    decode_aligned({file("a", "a"), file("b", "b")}, fd.get(), 0, 4096);
+    ADD_FAILURE() << "no SpoolFull";
+  } catch (const SpoolFull& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kLimit);
+    EXPECT_NE(std::string(e.what()).find("layer test"), std::string::npos) << e.what();
+  }
+}

@@ -1,7 +1,10 @@
 // convert(): builder images flattened into ext4, read back through libext2fs, checked with
 // e2fsck -fn every time.
 #include <gtest/gtest.h>
+#include <fcntl.h>
+#include <linux/falloc.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -18,6 +21,14 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// Whether files in `dir` can have ranges collapsed (ext4 and XFS can), as in-place decoding needs.
+bool can_collapse(const fs::path& dir) {
+  UniqueFd fd = open_file(dir / "collapse-probe", O_RDWR | O_CREAT | O_TRUNC, 0600);
+  bool ok = ::ftruncate(fd.get(), 3 * 4096) == 0 && ::fallocate(fd.get(), FALLOC_FL_COLLAPSE_RANGE, 4096, 4096) == 0;
+  fs::remove(dir / "collapse-probe");
+  return ok;
+}
+
 class Convert : public ::testing::Test {
  protected:
   TempDir tmp{"img2vm-convert-test"};
@@ -27,10 +38,12 @@ class Convert : public ::testing::Test {
     BuiltImage img = build_image(spec);
     return convert_built(img, opt, name);
   }
-  FsTree convert_built(const BuiltImage& img, rootfs::ConvertOptions opt = {}, std::string name = "out.ext4") {
+  FsTree convert_built(const BuiltImage& img, rootfs::ConvertOptions opt = {}, std::string name = "out.ext4",
+                       bool* in_place = nullptr) {
     rootfs::ImageInput in = image_input(img, tmp.path() / ("in-" + name));
     opt.output = tmp.path() / name;
     rootfs::ConvertResult r = rootfs::convert(in, opt);
+    if (in_place) *in_place = r.data_in_place;
     EXPECT_EQ(r.size_bytes, fs::file_size(opt.output));
     std::string log;
     int rc = e2fsck(opt.output, &log);
@@ -125,6 +138,104 @@ TEST_F(Convert, ReproducibleByteForByte) {
   opt.output = tmp.path() / "three.ext4";
   rootfs::convert(in, opt);
   EXPECT_FALSE(read_file(tmp.path() / "one.ext4") == read_file(tmp.path() / "three.ext4"));
+}
+
+// Layer data decoded straight into the output, through spool files, or in place until a layer
+// outgrows its region and then again through spool files: the same bytes every time, and no
+// byte of a file that a later layer removed or replaced is left in the image.
+TEST_F(Convert, SameBytesHoweverTheLayerDataReachesTheOutput) {
+  const std::string gone = "GONE-" + std::string(5000, 'g');      // removed by a whiteout
+  const std::string old_v = "OLD-" + std::string(9000, 'o');       // replaced by the next layer
+  const std::string opaque_v = "OPQ-" + std::string(300, 'q');     // hidden by an opaque dir
+  std::string big(3u << 20, '\0');
+  for (size_t i = 0; i < big.size(); i += 511) big[i] = static_cast<char>('a' + i % 26);
+  std::vector<Entry> l1{file("gone", gone), file("keep/old", old_v), dir("opq"), file("opq/x", opaque_v),
+                        file("empty", ""), file("exact", std::string(4096, 'e')), file("one-more", std::string(4097, 'm')),
+                        file("big", big), hardlink_to("big-link", "big")};
+  for (int i = 0; i < 200; ++i) l1.push_back(file("small/" + std::to_string(i), "s" + std::to_string(i)));
+  std::vector<Entry> l2{whiteout("gone"), file("keep/old", "new"), opaque("opq"), file("opq/y", "y")};
+  std::vector<Entry> l3{file("top", std::string(10000, 't'))};
+  ImageSpec spec;
+  spec.layers.push_back(layer(l1));
+  spec.layers.push_back(layer(l2, LayerCompression::kZstd));
+  spec.layers.push_back(layer({}, LayerCompression::kNone));  // an empty layer
+  spec.layers.push_back(layer(l3));
+  BuiltImage img = build_image(spec);
+  fs::path init = tmp.path() / "init";
+  write_file_atomic(init, std::string(50000, 'I'));
+
+  rootfs::ConvertOptions opt;
+  opt.init_binary = init;
+  bool in_place = false;
+  FsTree t = convert_built(img, opt, "in-place.ext4", &in_place);
+  EXPECT_EQ(in_place, can_collapse(tmp.path()));
+  opt.in_place = false;
+  convert_built(img, opt, "spooled.ext4", &in_place);
+  EXPECT_FALSE(in_place);
+  opt.in_place = true;
+  opt.in_place_region = 64 << 10;  // the first layer outgrows it
+  convert_built(img, opt, "outgrown.ext4", &in_place);
+  EXPECT_FALSE(in_place);
+
+  const std::string a = read_file(tmp.path() / "in-place.ext4");
+  EXPECT_TRUE(a == read_file(tmp.path() / "spooled.ext4"));
+  EXPECT_TRUE(a == read_file(tmp.path() / "outgrown.ext4"));
+  EXPECT_EQ(a.find(gone.substr(0, 40)), std::string::npos);
+  EXPECT_EQ(a.find(old_v.substr(0, 40)), std::string::npos);
+  EXPECT_EQ(a.find(opaque_v.substr(0, 40)), std::string::npos);
+
+  EXPECT_FALSE(t.count("/gone"));
+  EXPECT_FALSE(t.count("/opq/x"));
+  EXPECT_EQ(t["/keep/old"].content, "new");
+  EXPECT_EQ(t["/opq/y"].content, "y");
+  EXPECT_EQ(t["/empty"].content, "");
+  EXPECT_EQ(t["/exact"].content, std::string(4096, 'e'));
+  EXPECT_EQ(t["/one-more"].content, std::string(4097, 'm'));
+  EXPECT_EQ(t["/one-more"].allocated, 2u * 4096);
+  EXPECT_TRUE(t["/big"].content == big);
+  EXPECT_EQ(t["/big"].ino, t["/big-link"].ino);
+  EXPECT_EQ(t["/small/199"].content, "s199");
+  EXPECT_EQ(t["/top"].content, std::string(10000, 't'));
+  EXPECT_EQ(t["/.img2vm/init"].content, std::string(50000, 'I'));
+}
+
+// Sparse files of several layers keep their holes when their data is adopted in place, and
+// give the same bytes through spool files.
+TEST_F(Convert, SparseLayersInPlaceAndThroughSpools) {
+  const uint64_t size = 40ull << 20;
+  // Runs a few bytes apart share blocks; runs far apart get blocks of their own.
+  std::string t1 = sparse_tar("s1", size, {{10, "a"}, {100, "b"}, {5000, "c"}, {1u << 20, std::string(9000, 'd')},
+                                           {size - 3, "end"}});
+  std::string t2 = sparse_tar("s2", 1u << 20, {{4095, "xy"}, {8192 + 7, "z"}});
+  FsTree t;
+  std::string bytes[2];
+  for (int k = 0; k < 2; ++k) {
+    rootfs::ImageInput in = raw_input({{kTarMt, t1}, {kTarMt, t2}}, tmp.path() / ("raw" + std::to_string(k)));
+    rootfs::ConvertOptions opt;
+    opt.in_place = k == 0;
+    opt.output = tmp.path() / ("sparse" + std::to_string(k) + ".ext4");
+    rootfs::convert(in, opt);
+    std::string log;
+    ASSERT_EQ(e2fsck(opt.output, &log), 0) << log;
+    bytes[k] = read_file(opt.output);
+    if (k == 0) t = read_ext4(opt.output);
+  }
+  EXPECT_TRUE(bytes[0] == bytes[1]);
+  const std::string& s1 = t["/s1"].content;
+  ASSERT_EQ(s1.size(), size);
+  EXPECT_EQ(s1.substr(10, 1), "a");
+  EXPECT_EQ(s1.substr(100, 1), "b");
+  EXPECT_EQ(s1.substr(5000, 1), "c");
+  EXPECT_EQ(s1.substr(11, 89), std::string(89, '\0'));
+  EXPECT_EQ(s1.substr(1u << 20, 9000), std::string(9000, 'd'));
+  EXPECT_EQ(s1.substr(size - 3), "end");
+  EXPECT_EQ(t["/s1"].allocated, (2u + 3 + 1) * 4096);  // blocks 0-1, three for "d", the last
+  const std::string& s2 = t["/s2"].content;
+  ASSERT_EQ(s2.size(), 1u << 20);
+  EXPECT_EQ(s2.substr(4095, 2), "xy");
+  EXPECT_EQ(s2.substr(8199, 1), "z");
+  EXPECT_EQ(s2.substr(4097, 4102), std::string(4102, '\0'));
+  EXPECT_EQ(t["/s2"].allocated, 3u * 4096);
 }
 
 TEST_F(Convert, InitInjectedAndImageReservedDirReplaced) {

@@ -2,6 +2,7 @@
 
 #include <archive.h>
 #include <archive_entry.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -89,16 +90,23 @@ struct ArchiveFree {
   void operator()(archive* a) const { archive_read_free(a); }
 };
 
+// Writes a layer's file data at the positions decode_tar picks, through a 1 MiB buffer.
 class Spool {
  public:
-  Spool(int fd, std::string_view what) : fd_(fd), what_(what) {
-    off_t end = ::lseek(fd, 0, SEEK_END);
-    if (end < 0) throw_errno(std::string(what) + ": spool file");
-    end_ = static_cast<uint64_t>(end);
+  Spool(const SpoolTarget& t, std::string_view what) : t_(t), what_(what), pos_(t.start), kicked_(t.start) {
     buf_.reserve(kCap);
   }
-  uint64_t end() const { return end_ + buf_.size(); }
+  uint64_t end() const { return pos_ + buf_.size(); }
+  // The next bytes go to spool offset `at` (>= end()); what lies between stays unwritten.
+  void seek(uint64_t at) {
+    if (at == end()) return;
+    flush();
+    pos_ = at;
+  }
   void append(const void* p, size_t n) {
+    if (n > t_.limit || end() > t_.limit - n)
+      throw SpoolFull(what_ + ": the layer's data does not fit the " + std::to_string(t_.limit) +
+                      " bytes of spool space it was given");
     const char* s = static_cast<const char*>(p);
     while (n) {
       size_t k = std::min(n, kCap - buf_.size());
@@ -111,29 +119,51 @@ class Spool {
   void flush() {
     size_t done = 0;
     while (done < buf_.size()) {
-      ssize_t w = ::pwrite(fd_, buf_.data() + done, buf_.size() - done, static_cast<off_t>(end_ + done));
+      ssize_t w = ::pwrite(t_.fd, buf_.data() + done, buf_.size() - done, static_cast<off_t>(t_.base + pos_ + done));
       if (w < 0) {
         if (errno == EINTR) continue;
+        if (errno == EFBIG) throw SpoolFull(what_ + ": the spool file cannot grow that large");
         throw_errno(what_ + ": cannot write the spool file");
       }
       done += static_cast<size_t>(w);
     }
-    end_ += buf_.size();
+    pos_ += buf_.size();
     buf_.clear();
+    if (t_.writeback_step && pos_ - kicked_ >= t_.writeback_step) {
+      // A hint, so that the disk works while decoding goes on: failure changes nothing.
+      (void)::sync_file_range(t_.fd, static_cast<off_t>(t_.base + kicked_), static_cast<off_t>(pos_ - kicked_),
+                              SYNC_FILE_RANGE_WRITE);
+      kicked_ = pos_;
+    }
   }
 
  private:
   static constexpr size_t kCap = 1 << 20;
-  int fd_;
+  SpoolTarget t_;
   std::string what_;
-  uint64_t end_ = 0;
+  uint64_t pos_;
+  uint64_t kicked_;
   std::string buf_;
 };
 
+uint64_t round_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
+
 }  // namespace
 
-DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, int spool_fd,
+DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_fd,
+                        const DecodeLimits& limits, std::string_view what) {
+  off_t end = ::lseek(spool_fd, 0, SEEK_END);
+  if (end < 0) throw_errno(std::string(what) + ": spool file");
+  SpoolTarget t;
+  t.fd = spool_fd;
+  t.start = static_cast<uint64_t>(end);
+  return decode_tar(read, compression, t, limits, what);
+}
+
+DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const SpoolTarget& target,
                         const DecodeLimits& limits, std::string_view what_sv) {
+  const uint64_t align = target.align ? target.align : 1;
+  if (align & (align - 1)) throw Error(ErrorKind::kInternal, "decode_tar: alignment is not a power of two");
   const std::string what(what_sv);
   // gzip is inflated by isa-l (GzipReader) rather than by libarchive's zlib-based filter.
   std::optional<GzipReader> gz;
@@ -169,7 +199,7 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, int spoo
   }
 
   DecodedLayer out;
-  Spool spool(spool_fd, what);
+  Spool spool(target, what);
   uint64_t budget_used = 0;
   auto charge = [&](uint64_t n) {
     budget_used += n;
@@ -266,6 +296,9 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, int spoo
     if (n.type == NodeType::kFile) {
       la_int64_t size = archive_entry_size(ae);
       n.size = size > 0 ? static_cast<uint64_t>(size) : 0;
+      // Aligned layout: the current range of spool blocks starts at spool offset run_start and
+      // holds the file's blocks from run_block on.
+      uint64_t run_start = 0, run_block = 0;
       for (;;) {
         check_cancel();
         const void* buf;
@@ -278,13 +311,22 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, int spoo
         if (off < 0) throw Error(ErrorKind::kIntegrity, what + ": bad data offset in \"" + raw + "\"");
         uint64_t uoff = static_cast<uint64_t>(off);
         charge(len);
-        if (!n.extents.empty() && n.extents.back().offset + n.extents.back().length == uoff &&
-            n.extents.back().spool_offset + n.extents.back().length == spool.end()) {
+        const uint64_t prev_end = n.extents.empty() ? 0 : n.extents.back().offset + n.extents.back().length;
+        if (!n.extents.empty() && uoff < prev_end)
+          throw Error(ErrorKind::kIntegrity, what + ": overlapping sparse data in \"" + raw + "\"");
+        uint64_t at = spool.end();
+        if (align > 1) {
+          if (n.extents.empty() || uoff / align > round_up(prev_end, align) / align) {
+            run_start = round_up(spool.end(), align);
+            run_block = uoff / align;
+          }
+          at = run_start + (uoff - run_block * align);
+          spool.seek(at);
+        }
+        if (!n.extents.empty() && prev_end == uoff && n.extents.back().spool_offset + n.extents.back().length == at) {
           n.extents.back().length += len;
         } else {
-          if (!n.extents.empty() && uoff < n.extents.back().offset + n.extents.back().length)
-            throw Error(ErrorKind::kIntegrity, what + ": overlapping sparse data in \"" + raw + "\"");
-          n.extents.push_back({uoff, len, spool.end()});
+          n.extents.push_back({uoff, len, at});
         }
         spool.append(buf, len);
         out.data_bytes += len;
@@ -306,6 +348,7 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, int spoo
     }
   }
   spool.flush();
+  out.spool_bytes = round_up(spool.end(), align) - target.start;
   return out;
 }
 

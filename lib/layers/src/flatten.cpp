@@ -1,6 +1,7 @@
 #include "img2vm/layers/flatten.hpp"
 
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -141,7 +142,7 @@ class VerifyingReader {
   bool verified_ = false;
 };
 
-DecodedLayer decode_source(const LayerSource& src, int spool_fd, const DecodeLimits& limits,
+DecodedLayer decode_source(const LayerSource& src, const SpoolTarget& spool, const DecodeLimits& limits,
                            const std::string& what) {
   std::optional<Compression> declared = compression_from_media_type(src.media_type);
   if (!declared)
@@ -162,7 +163,7 @@ DecodedLayer decode_source(const LayerSource& src, int spool_fd, const DecodeLim
   }
   DecodedLayer d;
   try {
-    d = decode_tar([&](void* b, size_t n) { return r.read(b, n); }, use, spool_fd, limits, what);
+    d = decode_tar([&](void* b, size_t n) { return r.read(b, n); }, use, spool, limits, what);
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::kIntegrity) r.explain_failure();
     throw;
@@ -190,12 +191,18 @@ uint64_t tree_cost(const Tree& tree) {
   return cost;
 }
 
-Flattened flatten(const std::vector<LayerSource>& layers, const FlattenOptions& opt) {
-  Flattened out;
-  const size_t n = layers.size();
-  out.spools.resize(n + 1);
-  for (size_t i = 0; i < n; ++i) out.spools[i + 1] = make_spool(opt.spool_dir);
+namespace {
 
+std::string layer_name(const std::vector<LayerSource>& layers, size_t i) {
+  return "layer " + std::to_string(i + 1) + "/" + std::to_string(layers.size()) + " " + layers[i].digest.str();
+}
+
+// Decodes the layers (several at once) into their spool targets and applies them in order to
+// out.tree; returns each layer's spool bytes.
+std::vector<uint64_t> decode_all(const std::vector<LayerSource>& layers, const std::vector<SpoolTarget>& targets,
+                                 const FlattenOptions& opt, Flattened& out) {
+  const size_t n = layers.size();
+  std::vector<uint64_t> spool_bytes(n);
   std::vector<std::optional<DecodedLayer>> done(n);
   std::vector<std::exception_ptr> errors(n);
   std::mutex mu;
@@ -206,9 +213,6 @@ Flattened flatten(const std::vector<LayerSource>& layers, const FlattenOptions& 
   limits.max_bytes = opt.max_bytes;
   limits.cancel = &cancel;
 
-  auto name_of = [&](size_t i) {
-    return "layer " + std::to_string(i + 1) + "/" + std::to_string(n) + " " + layers[i].digest.str();
-  };
   auto worker = [&] {
     for (;;) {
       size_t i = next.fetch_add(1);
@@ -216,7 +220,7 @@ Flattened flatten(const std::vector<LayerSource>& layers, const FlattenOptions& 
       std::optional<DecodedLayer> d;
       std::exception_ptr err;
       try {
-        d = decode_source(layers[i], out.spools[i + 1].get(), limits, name_of(i));
+        d = decode_source(layers[i], targets[i], limits, layer_name(layers, i));
       } catch (...) {
         err = std::current_exception();
       }
@@ -253,14 +257,177 @@ Flattened flatten(const std::vector<LayerSource>& layers, const FlattenOptions& 
       done[i].reset();
     }
     out.spooled_bytes += d.data_bytes;
-    apply_layer(out.tree, d, static_cast<uint32_t>(i + 1), static_cast<uint32_t>(i + 1), name_of(i));
+    spool_bytes[i] = d.spool_bytes;
+    apply_layer(out.tree, d, static_cast<uint32_t>(i + 1), static_cast<uint32_t>(i + 1), layer_name(layers, i));
     uint64_t cost = tree_cost(out.tree);
     if (cost > opt.max_bytes)
       throw Error(ErrorKind::kLimit, "the image's content exceeds the size limit of " + std::to_string(opt.max_bytes) +
-                                         " bytes after " + name_of(i));
+                                         " bytes after " + layer_name(layers, i));
     if (opt.progress) opt.progress(i + 1, n);
   }
+  return spool_bytes;
+}
+
+// Whether `fd` (an empty file) can have block-aligned ranges of `align` bytes collapsed.
+bool can_collapse(int fd, uint64_t align) {
+  if (::ftruncate(fd, static_cast<off_t>(3 * align)) != 0) return false;
+  bool ok = ::fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, static_cast<off_t>(align), static_cast<off_t>(align)) == 0;
+  if (::ftruncate(fd, 0) != 0) throw_errno("cannot truncate the output file");
+  return ok;
+}
+
+void write_all_at(int fd, std::string_view data, uint64_t off, const std::string& what) {
+  size_t done = 0;
+  while (done < data.size()) {
+    ssize_t w = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(off + done));
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0) throw_errno(what + ": cannot write spooled data into the output");
+    done += static_cast<size_t>(w);
+  }
+}
+
+// Copies `len` bytes from `in` at `in_off` to `out` at `out_off` (copy_file_range, else read and
+// write); bytes past the end of `in` are left unwritten (zeros in `out`).
+void copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len, const std::string& what) {
+  bool cfr = true;
+  std::vector<char> buf;
+  while (len) {
+    ssize_t r = -1;
+    if (cfr) {
+      loff_t io = static_cast<loff_t>(in_off), oo = static_cast<loff_t>(out_off);
+      r = ::copy_file_range(in, &io, out, &oo, std::min<uint64_t>(len, 1u << 30), 0);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) cfr = false;
+      else if (r < 0) throw_errno(what + ": cannot copy spooled data into the output");
+    }
+    if (!cfr) {
+      if (buf.empty()) buf.resize(1 << 20);
+      ssize_t got = ::pread(in, buf.data(), std::min<uint64_t>(len, buf.size()), static_cast<off_t>(in_off));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) throw_errno(what + ": cannot read spooled data");
+      write_all_at(out, std::string_view(buf.data(), static_cast<size_t>(got)), out_off, what);
+      r = got;
+    }
+    if (r == 0) return;  // the spool file ends here: the rest is zeros
+    in_off += static_cast<uint64_t>(r);
+    out_off += static_cast<uint64_t>(r);
+    len -= static_cast<uint64_t>(r);
+  }
+}
+
+// Decodes in place: layer i into [offset + i * region, ...) of the output, then closes the gaps.
+Flattened flatten_in_place(const std::vector<LayerSource>& layers, const FlattenOptions& opt, uint64_t region) {
+  const auto& o = opt.output;
+  const size_t n = layers.size();
+  Flattened out;
+  out.spools.resize(n + 1);
+  std::vector<SpoolTarget> targets;
+  for (size_t i = 0; i < n; ++i) {
+    targets.push_back({});
+    targets[i].fd = o.fd;
+    targets[i].base = o.offset + i * region;
+    targets[i].align = o.align;
+    targets[i].limit = region;
+    targets[i].writeback_step = 16u << 20;
+  }
+  std::vector<uint64_t> len = decode_all(layers, targets, opt, out);
+  // Close the gaps from the last layer backwards, so that the offsets still to use stay put.
+  uint64_t file_end = targets[n - 1].base + len[n - 1];
+  if (::ftruncate(o.fd, static_cast<off_t>(file_end)) != 0) throw_errno("cannot size the output file");
+  for (size_t k = n - 1; k-- > 0;) {
+    const uint64_t gap = targets[k].base + len[k], gap_len = region - len[k];
+    if (gap_len == 0) continue;
+    if (gap + gap_len >= file_end) {  // nothing after it
+      if (::ftruncate(o.fd, static_cast<off_t>(gap)) != 0) throw_errno("cannot size the output file");
+      file_end = gap;
+    } else {
+      if (::fallocate(o.fd, FALLOC_FL_COLLAPSE_RANGE, static_cast<off_t>(gap), static_cast<off_t>(gap_len)) != 0)
+        throw_errno("cannot close up the decoded layers in the output file");
+      file_end -= gap_len;
+    }
+  }
+  uint64_t at = o.offset;
+  for (size_t i = 0; i < n; ++i) {
+    out.spools[i + 1] = {o.fd, at};
+    at += len[i];
+  }
+  out.data_begin = o.offset;
+  out.data_end = at;
+  out.in_place = true;
   return out;
+}
+
+// Decodes each layer into a spool file of its own, then copies them one after another into
+// the output.
+Flattened flatten_via_spools(const std::vector<LayerSource>& layers, const FlattenOptions& opt) {
+  const auto& o = opt.output;
+  const size_t n = layers.size();
+  Flattened out;
+  out.spools.resize(n + 1);
+  std::vector<SpoolTarget> targets;
+  std::vector<UniqueFd> files;
+  for (size_t i = 0; i < n; ++i) {
+    files.push_back(make_spool(opt.spool_dir));
+    targets.push_back({});
+    targets[i].fd = files.back().get();
+    targets[i].align = o.align;
+  }
+  std::vector<uint64_t> len = decode_all(layers, targets, opt, out);
+  uint64_t at = o.offset;
+  for (size_t i = 0; i < n; ++i) {
+    copy_range(files[i].get(), 0, o.fd, at, len[i], layer_name(layers, i));
+    files[i].reset();
+    out.spools[i + 1] = {o.fd, at};
+    at += len[i];
+  }
+  if (::ftruncate(o.fd, static_cast<off_t>(at)) != 0) throw_errno("cannot size the output file");
+  out.data_begin = o.offset;
+  out.data_end = at;
+  return out;
+}
+
+}  // namespace
+
+uint32_t Flattened::add_spool(UniqueFd fd, uint64_t base) {
+  if (spools.empty()) spools.resize(1);
+  spools.push_back({fd.get(), base});
+  owned.push_back(std::move(fd));
+  return static_cast<uint32_t>(spools.size() - 1);
+}
+
+Flattened flatten(const std::vector<LayerSource>& layers, const FlattenOptions& opt) {
+  const size_t n = layers.size();
+  if (opt.output.fd < 0) {
+    Flattened out;
+    out.spools.resize(n + 1);
+    std::vector<SpoolTarget> targets;
+    for (size_t i = 0; i < n; ++i) {
+      out.owned.push_back(make_spool(opt.spool_dir));
+      out.spools[i + 1] = {out.owned.back().get(), 0};
+      targets.push_back({});
+      targets.back().fd = out.owned.back().get();
+    }
+    decode_all(layers, targets, opt, out);
+    return out;
+  }
+  const auto& o = opt.output;
+  if (o.align == 0 || (o.align & (o.align - 1)) || o.offset % o.align)
+    throw Error(ErrorKind::kInternal, "flatten: output alignment");
+  if (n > 0 && o.in_place && can_collapse(o.fd, o.align)) {
+    // Regions far larger than any layer: the file stays sparse, so only what is written counts.
+    constexpr uint64_t kSpan = 4ull << 40;
+    uint64_t region = o.region ? o.region : (kSpan - o.offset) / n;
+    region = region / o.align * o.align;
+    if (region > 0) {
+      try {
+        return flatten_in_place(layers, opt, region);
+      } catch (const SpoolFull&) {
+        // A layer outgrew its region (or the file system's largest file): start again below.
+        if (::ftruncate(o.fd, 0) != 0) throw_errno("cannot truncate the output file");
+      }
+    }
+  }
+  return flatten_via_spools(layers, opt);
 }
 
 }  // namespace img2vm::layers

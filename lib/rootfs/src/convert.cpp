@@ -73,10 +73,17 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   // The output is created first so that an unwritable destination fails before any work.
   AtomicFile out(opt.output, 0644);
 
+  // The layers' file data goes straight into the output, after room for the superblock and the
+  // group descriptors, where the ext4 writer adopts it block for block.
   layers::FlattenOptions fo;
   fo.max_bytes = opt.max_size;
   fo.spool_dir = temp_dir;
   fo.threads = opt.threads;
+  fo.output.fd = out.fd();
+  fo.output.offset = detail::adopt_offset(opt.max_size);
+  fo.output.align = 4096;
+  fo.output.in_place = opt.in_place;
+  fo.output.region = opt.in_place_region;
   if (opt.progress) fo.progress = [&](size_t d, size_t t) { opt.progress("layers", d, t); };
   layers::Flattened flat = layers::flatten(image.layers, fo);
 
@@ -87,17 +94,15 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
     write_all(cfg.get(), config_json, "the injected config.json");
     auto f = reserved_node(NodeType::kFile, 0644, opt.timestamp);
     f->size = config_json.size();
-    f->spool = static_cast<uint32_t>(flat.spools.size());
     if (!config_json.empty()) f->extents.push_back({0, config_json.size(), 0});
-    flat.spools.push_back(std::move(cfg));
+    f->spool = flat.add_spool(std::move(cfg));
     dir->children["config.json"] = layers::Dentry{f, 0};
   }
   if (init_fd) {
     auto f = reserved_node(NodeType::kFile, 0755, opt.timestamp);
     f->size = static_cast<uint64_t>(init_st.st_size);
-    f->spool = static_cast<uint32_t>(flat.spools.size());
     if (f->size) f->extents.push_back({0, f->size, 0});
-    flat.spools.push_back(std::move(init_fd));
+    f->spool = flat.add_spool(std::move(init_fd));
     dir->children["init"] = layers::Dentry{f, 0};
   }
   std::string reserved_name(kReservedDir.substr(1));
@@ -114,9 +119,12 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   p.hash_seed = derive(image.manifest_digest, "hash-seed");
   p.timestamp = opt.timestamp;
   if (opt.progress) p.progress = [&](uint64_t d, uint64_t t) { opt.progress("data", d, t); };
+  p.adopt_begin = flat.data_begin;
+  p.adopt_end = flat.data_end;
 
-  detail::Ext4Stats st = detail::write_ext4(out.temp_path(), out.fd(), flat.tree,
-                                            [&](uint32_t i) { return flat.spool_fd(i); }, p);
+  detail::Ext4Stats st = detail::write_ext4(
+      out.temp_path(), out.fd(), flat.tree,
+      [&](uint32_t i) { return detail::SpoolRef{flat.spools.at(i).fd, flat.spools.at(i).base}; }, p);
   out.commit();
 
   ConvertResult r;
@@ -125,6 +133,7 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   r.inodes = st.inodes;
   r.data_bytes = st.data_bytes;
   r.layers = image.layers.size();
+  r.data_in_place = flat.in_place;
   return r;
 }
 

@@ -5,6 +5,7 @@ extern "C" {
 }
 #include <ext2fs/ext2fs.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -98,12 +99,50 @@ struct Need {
   uint64_t data_bytes = 0;
 };
 
+struct PhysRun {
+  uint64_t lblk, pblk, len;
+};
+
 struct Ctx {
   const layers::Tree& tree;
   std::unordered_map<const Inode*, uint32_t> nlink;  // names per non-directory inode
   std::vector<const Inode*> order;                    // unique inodes
   std::unordered_map<const Inode*, std::string> dir_path;  // for messages
+  std::unordered_map<const Inode*, std::vector<PhysRun>> adopted;  // files whose blocks are in place
+  uint64_t adopted_blocks = 0;
 };
+
+// The blocks of `n`'s data where its spool (the output itself, from byte `base`) holds them.
+std::vector<PhysRun> adopted_runs(const Inode& n, uint64_t base, const Ext4Params& p) {
+  auto bad = [] { return Error(ErrorKind::kInternal, "ext4: a file's data in the output is not laid out in blocks"); };
+  const auto ranges = block_ranges(n);
+  std::vector<PhysRun> runs;
+  size_t r = 0;
+  bool fresh = true;
+  uint64_t start = 0;  // byte of the output holding the range's first block
+  for (const auto& e : n.extents) {
+    if (e.length == 0) continue;
+    const uint64_t b = e.offset / kBlockSize;
+    while (r < ranges.size() && b >= ranges[r].second) {
+      ++r;
+      fresh = true;
+    }
+    if (r == ranges.size()) throw bad();
+    const uint64_t into = e.offset - ranges[r].first * kBlockSize;
+    const uint64_t at = base + e.spool_offset;
+    if (fresh) {
+      if (at < into || (at - into) % kBlockSize) throw bad();
+      start = at - into;
+      const uint64_t len = ranges[r].second - ranges[r].first;
+      if (start < p.adopt_begin || start > p.adopt_end || len > (p.adopt_end - start) / kBlockSize) throw bad();
+      runs.push_back({ranges[r].first, start / kBlockSize, len});
+      fresh = false;
+    } else if (at != start + into) {
+      throw bad();
+    }
+  }
+  return runs;
+}
 
 void count_links(Ctx& c) {
   std::vector<const Inode*> todo{c.tree.root.get()};
@@ -199,15 +238,10 @@ class Fs {
   ext2_filsys fs_ = nullptr;
 };
 
-struct PhysRun {
-  uint64_t lblk, pblk, len;
-};
-
 class Writer {
  public:
-  Writer(ext2_filsys fs, int fd, Ctx& c, const Ext4Params& p,
-         const std::function<int(uint32_t)>& spool_fd)
-      : fs_(fs), fd_(fd), c_(c), p_(p), spool_fd_(spool_fd), fmt_(DirFormat::of(*fs->super)) {}
+  Writer(ext2_filsys fs, int fd, Ctx& c, const Ext4Params& p, const std::function<SpoolRef(uint32_t)>& spool)
+      : fs_(fs), fd_(fd), c_(c), p_(p), spool_(spool), fmt_(DirFormat::of(*fs->super)) {}
 
   void run() {
     const Inode& root = *c_.tree.root;
@@ -335,6 +369,11 @@ class Writer {
     check(ext2fs_extent_open2(fs_, ino, reinterpret_cast<ext2_inode*>(&in), &h), "extent tree of \"" + name + "\"");
     ext2fs_extent_free(h);
     check(ext2fs_write_new_inode(fs_, ino, reinterpret_cast<ext2_inode*>(&in)), "writing \"" + name + "\"");
+    if (auto a = c_.adopted.find(&n); a != c_.adopted.end()) {
+      adopt(ino, in, a->second, name);
+      data_written_ += n.data_bytes();
+      return;
+    }
     auto ranges = block_ranges(n);
     if (ranges.empty()) return;
     for (auto [b0, b1] : ranges) {
@@ -345,6 +384,30 @@ class Writer {
     std::vector<PhysRun> map = mapping(ino, name);
     if (!map.empty()) goal_ = map.back().pblk + map.back().len;
     files_.push_back({&n, std::move(map), name});
+  }
+
+  // Gives inode `ino` (written as `in`) the blocks its data already occupies (marked in use by
+  // the caller) as its extents.
+  void adopt(ext2_ino_t ino, ext2_inode_large& in, const std::vector<PhysRun>& runs, const std::string& name) {
+    ext2_extent_handle_t h;
+    check(ext2fs_extent_open2(fs_, ino, reinterpret_cast<ext2_inode*>(&in), &h), "extent tree of \"" + name + "\"");
+    uint64_t blocks = 0;
+    errcode_t err = 0;
+    for (const PhysRun& r : runs) {
+      for (uint64_t done = 0; done < r.len && !err;) {
+        struct ext2fs_extent e {};
+        e.e_lblk = r.lblk + done;
+        e.e_pblk = r.pblk + done;
+        e.e_len = static_cast<__u32>(std::min<uint64_t>(r.len - done, EXT_INIT_MAX_LEN));
+        err = ext2fs_extent_insert(h, EXT2_EXTENT_INSERT_AFTER, &e);
+        done += e.e_len;
+      }
+      blocks += r.len;
+    }
+    ext2fs_extent_free(h);
+    check(err, "extents of \"" + name + "\"");
+    check(ext2fs_iblk_add_blocks(fs_, reinterpret_cast<ext2_inode*>(&in), blocks), "block count of \"" + name + "\"");
+    check(ext2fs_write_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in), "writing \"" + name + "\"");
   }
 
   std::vector<PhysRun> mapping(ext2_ino_t ino, const std::string& name) {
@@ -404,16 +467,17 @@ class Writer {
   }
 
   void write_data() {
-    // libext2fs's own cached metadata writes never touch data blocks; flush them anyway first.
-    check(io_channel_flush(fs_->io), "flushing metadata");
+    // No flush of libext2fs's cache first: it holds metadata blocks only (nothing here asks
+    // libext2fs to zero or write data blocks), and its fsync would wait for all the data too.
     uint64_t total = 0;
     for (const auto& f : files_) total += f.node->data_bytes();
     constexpr uint64_t kWritebackStep = 32u << 20;
     uint64_t kicked = 0;
     for (const auto& f : files_) {
-      int sfd = spool_fd_(f.node->spool);
+      const SpoolRef sp = spool_(f.node->spool);
+      const int sfd = sp.fd;
       for (const auto& e : f.node->extents) {
-        uint64_t off = e.offset, len = e.length, soff = e.spool_offset;
+        uint64_t off = e.offset, len = e.length, soff = sp.base + e.spool_offset;
         while (len) {
           uint64_t lblk = off / kBlockSize;
           auto it = std::upper_bound(f.map.begin(), f.map.end(), lblk,
@@ -484,7 +548,7 @@ class Writer {
   int fd_;
   Ctx& c_;
   const Ext4Params& p_;
-  const std::function<int(uint32_t)>& spool_fd_;
+  const std::function<SpoolRef(uint32_t)>& spool_;
   const DirFormat fmt_;
   std::unordered_map<const Inode*, ext2_ino_t> inos_;
   std::vector<FileJob> files_;
@@ -509,8 +573,11 @@ DirFormat dir_format(const Ext4Params& p) {
   return f;
 }
 
-// Initializes an in-memory file system of `blocks` blocks and `inodes` inodes on `path`.
-void init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_t inodes, const Ext4Params& p) {
+// Initializes an in-memory file system of `blocks` blocks and `inodes` inodes on `path`, with
+// no group metadata in blocks [area_begin, area_end) (they stay free).
+void init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_t inodes, const Ext4Params& p,
+             uint64_t area_begin, uint64_t area_end) {
+  const bool area = area_end > area_begin;
   struct ext2_super_block param;
   std::memset(&param, 0, sizeof param);
   ext2fs_blocks_count_set(&param, blocks);
@@ -535,6 +602,16 @@ void init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_
     bpg = std::max<uint64_t>(1024, (blocks / groups_for_inodes) & ~uint64_t{7});
   }
   param.s_blocks_per_group = static_cast<__u32>(bpg);
+  if (area) {
+    // No backup superblocks and one flex group over all groups, so that every group's bitmaps
+    // and inode table can go after the area (with flex_bg they may sit anywhere).
+    param.s_feature_compat |= EXT4_FEATURE_COMPAT_SPARSE_SUPER2;
+    param.s_backup_bgs[0] = param.s_backup_bgs[1] = 0;
+    const uint64_t groups = (blocks + bpg - 1) / bpg;
+    unsigned log = 4;
+    while ((uint64_t{1} << log) < groups) ++log;
+    param.s_log_groups_per_flex = static_cast<__u8>(log);
+  }
   param.s_inodes_count = static_cast<__u32>(std::min<uint64_t>(inodes, 0xffffffffu));
   check(ext2fs_initialize(path.c_str(), EXT2_FLAG_64BITS, &param, unix_io_manager, fs.out()),
         "initializing " + std::to_string(blocks * kBlockSize) + " bytes with " + std::to_string(inodes) + " inodes");
@@ -553,16 +630,65 @@ void init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_
   std::memset(f->super->s_volume_name, 0, sizeof f->super->s_volume_name);
   std::memcpy(f->super->s_volume_name, "img2vm-rootfs", 13);
   ext2fs_init_csum_seed(f);
+  if (area) {
+    if (ext2fs_blocks_count(f->super) < area_end) return;  // the caller grows it
+    if (1 + f->desc_blocks + f->super->s_reserved_gdt_blocks > area_begin)
+      throw Error(ErrorKind::kInternal, "ext4: the group descriptors reach into the data");
+    ext2fs_mark_block_bitmap_range2(f->block_map, area_begin, static_cast<unsigned>(area_end - area_begin));
+  }
   check(ext2fs_allocate_tables(f), "allocating group tables");
+  if (area) ext2fs_unmark_block_bitmap_range2(f->block_map, area_begin, static_cast<unsigned>(area_end - area_begin));
+}
+
+// Replaces the blocks in [begin, end) that the file system does not use with zeros (holes).
+void punch_free(ext2_filsys f, int fd, uint64_t begin, uint64_t end) {
+  std::vector<char> zeros;
+  blk64_t b = begin;
+  while (b < end) {
+    blk64_t first_free, next_used;
+    if (ext2fs_find_first_zero_block_bitmap2(f->block_map, b, end - 1, &first_free)) break;
+    if (ext2fs_find_first_set_block_bitmap2(f->block_map, first_free, end - 1, &next_used)) next_used = end;
+    const off_t off = static_cast<off_t>(first_free * kBlockSize), len = static_cast<off_t>((next_used - first_free) * kBlockSize);
+    if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) != 0) {
+      if (errno != EOPNOTSUPP) throw_errno("ext4: freeing unused data blocks");
+      zeros.resize(1 << 20);
+      for (off_t o = 0; o < len;) {
+        ssize_t w = ::pwrite(fd, zeros.data(), static_cast<size_t>(std::min<off_t>(len - o, 1 << 20)), off + o);
+        if (w < 0 && errno == EINTR) continue;
+        if (w < 0) throw_errno("ext4: zeroing unused data blocks");
+        o += w;
+      }
+    }
+    b = next_used;
+  }
 }
 
 }  // namespace
 
+uint64_t adopt_offset(uint64_t max_size) {
+  // Groups have at least 1024 blocks (init_fs); each descriptor takes 64 bytes (64bit).
+  const uint64_t max_blocks = std::min<uint64_t>(max_size, uint64_t{1} << 50) / kBlockSize;
+  const uint64_t max_groups = (max_blocks + 1023) / 1024;
+  const uint64_t desc_blocks = (max_groups * 64 + kBlockSize - 1) / kBlockSize;
+  return (1 + desc_blocks) * kBlockSize;
+}
+
 Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tree& tree,
-                     const std::function<int(uint32_t)>& spool_fd, const Ext4Params& p) {
+                     const std::function<SpoolRef(uint32_t)>& spool, const Ext4Params& p) {
   init_error_table();
-  Ctx c{tree, {}, {}, {}};
+  Ctx c{tree, {}, {}, {}, {}, 0};
   count_links(c);
+  if (p.adopt_begin % kBlockSize || p.adopt_end % kBlockSize || p.adopt_end < p.adopt_begin)
+    throw Error(ErrorKind::kInternal, "ext4: adopted range not in whole blocks");
+  const uint64_t area_begin = p.adopt_begin / kBlockSize, area_end = p.adopt_end / kBlockSize;
+  for (const Inode* n : c.order) {
+    if (n->type != NodeType::kFile || n->extents.empty()) continue;
+    const SpoolRef sp = spool(n->spool);
+    if (sp.fd != fd) continue;
+    auto runs = adopted_runs(*n, sp.base, p);
+    for (const auto& r : runs) c.adopted_blocks += r.len;
+    c.adopted.emplace(n, std::move(runs));
+  }
   const DirFormat dirs = dir_format(p);
   Need need = estimate(c, "lost+found", dirs);
   const uint64_t extra_blocks = (p.extra_space + kBlockSize - 1) / kBlockSize;
@@ -573,27 +699,38 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
       throw Error(ErrorKind::kLimit, "the root file system needs " + std::to_string(blocks * kBlockSize) +
                                          " bytes, more than the size limit of " + std::to_string(p.max_size));
   };
+  // Enough: the free blocks cover everything to write (the adopted blocks are free until
+  // marked below), the inodes fit, and the file system reaches past the adopted range.
+  auto enough = [&](ext2_filsys f) {
+    return ext2fs_free_blocks_count(f->super) >= want_free && f->super->s_inodes_count >= want_inodes &&
+           ext2fs_blocks_count(f->super) > area_end;
+  };
 
   Fs fs;
   uint64_t blocks;
   if (p.size) {
     blocks = (*p.size + kBlockSize - 1) / kBlockSize;
     too_big(blocks);
-    init_fs(fs, path, blocks, want_inodes, p);
-    if (ext2fs_free_blocks_count(fs.get()->super) < want_free || fs.get()->super->s_inodes_count < want_inodes)
+    if (blocks <= area_end)
+      throw Error(ErrorKind::kLimit, "a size of " + std::to_string(*p.size) + " bytes is too small for this image");
+    init_fs(fs, path, blocks, want_inodes, p, area_begin, area_end);
+    if (!enough(fs.get()))
       throw Error(ErrorKind::kLimit, "a size of " + std::to_string(*p.size) + " bytes is too small for this image");
   } else {
     // Start from the content plus the inode tables and a little for bitmaps and descriptors,
     // then grow until libext2fs's own layout leaves enough free blocks.
-    blocks = want_free + (want_inodes * kInodeSize + kBlockSize - 1) / kBlockSize + 64 + want_free / 4096;
+    const uint64_t tables = (want_inodes * kInodeSize + kBlockSize - 1) / kBlockSize + 64 + want_free / 4096;
+    blocks = std::max(want_free + tables, area_end + (want_free - c.adopted_blocks) + tables);
     blocks = std::max<uint64_t>(blocks, 256);
     for (int round = 0;; ++round) {
       too_big(blocks);
-      init_fs(fs, path, blocks, want_inodes, p);
+      init_fs(fs, path, blocks, want_inodes, p, area_begin, area_end);
       uint64_t free_blocks = ext2fs_free_blocks_count(fs.get()->super);
-      if (free_blocks >= want_free && fs.get()->super->s_inodes_count >= want_inodes) break;
+      if (enough(fs.get())) break;
       if (round > 20) throw Error(ErrorKind::kInternal, "ext4: cannot size the file system");
-      blocks += (free_blocks < want_free ? want_free - free_blocks : 0) + 16 + blocks / 256;
+      const uint64_t have = ext2fs_blocks_count(fs.get()->super);
+      blocks += (free_blocks < want_free ? want_free - free_blocks : 0) + (have <= area_end ? area_end + 1 - have : 0) +
+                16 + blocks / 256;
       fs.reset();
     }
   }
@@ -602,14 +739,18 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
   // The estimate planned directories with `dirs`; the writer reads the superblock.
   if (!(DirFormat::of(*f->super) == dirs)) throw Error(ErrorKind::kInternal, "ext4: directory format differs from the plan");
   for (dgrp_t g = 0; g < f->group_desc_count; ++g) ext2fs_bg_flags_set(f, g, EXT2_BG_INODE_ZEROED);
+  // The adopted blocks are in use before anything else is allocated.
+  for (const auto& [n, runs] : c.adopted)
+    for (const auto& r : runs) ext2fs_block_alloc_stats_range(f, r.pblk, static_cast<blk_t>(r.len), +1);
 
   // Reserved inodes (1 = bad blocks, 3..10) as mke2fs marks them.
   ext2fs_inode_alloc_stats2(f, EXT2_BAD_INO, +1, 0);
   check(ext2fs_update_bb_inode(f, nullptr), "bad blocks inode");
   for (ext2_ino_t i = EXT2_ROOT_INO + 1; i < EXT2_FIRST_INODE(f->super); ++i) ext2fs_inode_alloc_stats2(f, i, +1, 0);
 
-  Writer w(f, fd, c, p, spool_fd);
+  Writer w(f, fd, c, p, spool);
   w.run();
+  if (area_end > area_begin) punch_free(f, fd, area_begin, area_end);
 
   Ext4Stats st;
   st.size_bytes = blocks * kBlockSize;

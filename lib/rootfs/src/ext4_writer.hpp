@@ -21,6 +21,18 @@ struct Ext4Params {
   std::array<uint8_t, 16> hash_seed{};
   int64_t timestamp = 0;
   std::function<void(uint64_t, uint64_t)> progress;  // data bytes written / total
+  // Bytes [adopt_begin, adopt_end) of the output (multiples of 4096) already hold the data of
+  // the files whose spool is the output itself, in layers::SpoolTarget's aligned layout with
+  // 4096-byte blocks: those files get these blocks as they are, without a copy; the blocks of
+  // the range no file keeps are punched out (zeros). The file system then has no backup
+  // superblocks (sparse_super2), so that no group's metadata has to sit inside the range.
+  uint64_t adopt_begin = 0, adopt_end = 0;
+};
+
+// Where a spool's bytes are: DataExtent::spool_offset o is byte base + o of fd.
+struct SpoolRef {
+  int fd = -1;
+  uint64_t base = 0;
 };
 
 struct Ext4Stats {
@@ -29,9 +41,13 @@ struct Ext4Stats {
   uint64_t data_bytes = 0;
 };
 
-// `path` is an existing empty file opened as `fd`. `spool_fd(i)` gives the fd holding the data
-// of inodes whose spool is i.
+// `path` is the file opened as `fd`: empty, or holding only the adopted range. `spool(i)` says
+// where the data of inodes whose spool is i is.
 Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tree& tree,
-                     const std::function<int(uint32_t)>& spool_fd, const Ext4Params& params);
+                     const std::function<SpoolRef(uint32_t)>& spool, const Ext4Params& params);
+
+// The first byte of the output that adopted data may use when the file system may grow to
+// `max_size` bytes: past the superblock and the largest group descriptor table possible.
+uint64_t adopt_offset(uint64_t max_size);
 
 }  // namespace img2vm::rootfs::detail

@@ -29,6 +29,7 @@
 #include <string_view>
 #include <vector>
 
+#include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/layers/compression.hpp"
 #include "img2vm/layers/tree.hpp"
@@ -45,7 +46,35 @@ struct LayerEntry {
 
 struct DecodedLayer {
   std::vector<LayerEntry> entries;
-  uint64_t data_bytes = 0;  // file data spooled
+  uint64_t data_bytes = 0;   // file data spooled
+  uint64_t spool_bytes = 0;  // spool bytes used from SpoolTarget::start (aligned: a multiple of align)
+};
+
+// Where decode_tar writes regular files' data. Spool offset `o` (DataExtent::spool_offset) is
+// byte `base + o` of `fd`; the layer's data starts at spool offset `start`.
+//
+// With `align` > 1 (a power of two) the data is laid out in blocks of `align` bytes, as a file
+// system would store it: a file's data runs whose blocks touch or overlap (the holes between
+// them shorter than a block) share one range of consecutive spool blocks, with each byte at a
+// spool offset congruent to its file offset modulo `align`; a file's first run, and a run after
+// a longer hole, starts at the next block boundary. So no spool block holds two files' bytes,
+// and the bytes between runs inside a range are left unwritten (zeros in a fresh file).
+struct SpoolTarget {
+  int fd = -1;
+  uint64_t base = 0;
+  uint64_t start = 0;
+  uint64_t align = 1;
+  // Spool bytes the layer may use (from offset 0): crossing it throws SpoolFull.
+  uint64_t limit = UINT64_MAX;
+  // > 0: ask the kernel to start writing the spool to disk every this many bytes.
+  uint64_t writeback_step = 0;
+};
+
+// Thrown by decode_tar when the layer's data does not fit SpoolTarget::limit (or past the
+// largest offset the spool's file system allows).
+class SpoolFull : public Error {
+ public:
+  explicit SpoolFull(std::string message) : Error(ErrorKind::kLimit, std::move(message)) {}
 };
 
 // Cleans a tar entry name as described above; returns the components.
@@ -58,10 +87,14 @@ struct DecodeLimits {
 };
 
 // Reads a tar stream (compressed per `compression`: gzip through GzipReader, zstd through
-// libarchive's filter) with libarchive from `read` (see ReadFn). Regular files' data is appended
-// to `spool_fd` (whose current end is found with lseek). `what` names the layer in every error
-// ("layer sha256:..."). Errors: kIntegrity (corrupt tar or compressed stream, a bare ".wh."),
-// kLimit (max_bytes passed), kIo.
+// libarchive's filter) with libarchive from `read` (see ReadFn). Regular files' data goes to
+// `spool` as described above. `what` names the layer in every error ("layer sha256:...").
+// Errors: kIntegrity (corrupt tar or compressed stream, a bare ".wh."), kLimit (max_bytes
+// passed; SpoolFull), kIo.
+DecodedLayer decode_tar(const ReadFn& read, Compression compression, const SpoolTarget& spool,
+                        const DecodeLimits& limits, std::string_view what);
+
+// The same, appending the data back to back at the current end of `spool_fd` (found with lseek).
 DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_fd,
                         const DecodeLimits& limits, std::string_view what);
 

@@ -45,13 +45,43 @@ struct FlattenOptions {
   unsigned threads = 0;  // layers decoded at once; 0: the number of cores
   // Called after each layer is applied: (layers done, layers total).
   std::function<void(size_t, size_t)> progress;
+
+  // Optional: put the layers' file data into `fd` itself (an empty regular file, such as the
+  // ext4 image being made) from byte `offset` (a multiple of `align`) on, in the aligned layout
+  // of SpoolTarget, layer after layer in order with no gap: what a file system writer can then
+  // adopt block for block without copying. The result is the same bytes however it is made:
+  // by default each layer is decoded straight into a region of its own in `fd` and the regions
+  // are then closed up with FALLOC_FL_COLLAPSE_RANGE; where the file system cannot collapse
+  // (or `in_place` is false, or a layer outgrows its region) each layer goes to a spool file
+  // that is then copied into place.
+  struct Output {
+    int fd = -1;
+    uint64_t offset = 0;
+    uint64_t align = 4096;
+    bool in_place = true;
+    uint64_t region = 0;  // bytes of `fd` per layer while decoding in place; 0: chosen here
+  } output;
 };
 
 struct Flattened {
   Tree tree;
-  std::vector<UniqueFd> spools;  // index = Inode::spool (0 unused, layer i+1 -> spools[i+1])
+  // Where the bytes of Inode::spool == i are: DataExtent::spool_offset o is byte base + o of
+  // fd. Index 0 is unused; layer i (from 1) is spool i.
+  struct Spool {
+    int fd = -1;
+    uint64_t base = 0;
+  };
+  std::vector<Spool> spools;
+  std::vector<UniqueFd> owned;  // the spool files behind `spools` (unlinked)
   uint64_t spooled_bytes = 0;
-  int spool_fd(uint32_t spool) const { return spools.at(spool).get(); }
+  // With FlattenOptions::output: the layers' data fills [data_begin, data_end) of the output,
+  // and whether it was decoded in place (rather than copied from spool files).
+  uint64_t data_begin = 0, data_end = 0;
+  bool in_place = false;
+
+  int spool_fd(uint32_t spool) const { return spools.at(spool).fd; }
+  // Adds a spool of the caller's (for files that come from elsewhere); returns its index.
+  uint32_t add_spool(UniqueFd fd, uint64_t base = 0);
 };
 
 // Errors name the layer ("layer sha256:...: ..."): kUnsupported (media type), kIntegrity

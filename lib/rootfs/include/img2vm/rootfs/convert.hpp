@@ -59,8 +59,16 @@ struct ConvertOptions {
   uint64_t max_size = 64ull << 30;
   // Injected as /.img2vm/init (0755) when not empty.
   std::filesystem::path init_binary;
-  // Where layer data is spooled while converting; default: the output's directory.
+  // Where layer data is spooled when it cannot be decoded straight into the output; default:
+  // the output's directory.
   std::filesystem::path temp_dir;
+  // Layer data is decoded straight into the output file where its file system can collapse
+  // ranges (ext4, XFS), else through spool files in temp_dir: the output is the same bytes
+  // either way. false forces the spool files; in_place_region (bytes, 0: automatic) is the
+  // room each layer gets in the output while decoding in place (a layer that outgrows it makes
+  // the conversion start again through spool files). Both are for tests.
+  bool in_place = true;
+  uint64_t in_place_region = 0;
   unsigned threads = 0;                // layers decoded at once; 0: number of cores
   // Fixed timestamp for what the image does not date (superblock, /.img2vm, implicit dirs,
   // /lost+found), seconds since the epoch.
@@ -75,6 +83,7 @@ struct ConvertResult {
   uint64_t inodes = 0;         // used
   uint64_t data_bytes = 0;     // file data written
   uint64_t layers = 0;
+  bool data_in_place = false;  // the layers' data was decoded straight into the output
 };
 
 // Throws img2vm::Error naming the layer (digest) or file at fault; see layers::flatten for the
