@@ -207,10 +207,15 @@ TEST_F(Convert, SparseLayersInPlaceAndThroughSpools) {
   std::string t1 = sparse_tar("s1", size, {{10, "a"}, {100, "b"}, {5000, "c"}, {1u << 20, std::string(9000, 'd')},
                                            {size - 3, "end"}});
   std::string t2 = sparse_tar("s2", 1u << 20, {{4095, "xy"}, {8192 + 7, "z"}});
+  // Ten runs far apart: more extents than the inode holds, so an extent tree block is needed.
+  std::vector<std::pair<uint64_t, std::string>> runs;
+  for (int i = 0; i < 10; ++i) runs.push_back({(uint64_t(i) << 20) + 1, std::string(5000, static_cast<char>('0' + i))});
+  std::string t3 = sparse_tar("s3", 10u << 20, runs);
   FsTree t;
   std::string bytes[2];
   for (int k = 0; k < 2; ++k) {
-    rootfs::ImageInput in = raw_input({{kTarMt, t1}, {kTarMt, t2}}, tmp.path() / ("raw" + std::to_string(k)));
+    rootfs::ImageInput in =
+        raw_input({{kTarMt, t1}, {kTarMt, t2}, {kTarMt, t3}}, tmp.path() / ("raw" + std::to_string(k)));
     rootfs::ConvertOptions opt;
     opt.in_place = k == 0;
     opt.output = tmp.path() / ("sparse" + std::to_string(k) + ".ext4");
@@ -236,6 +241,13 @@ TEST_F(Convert, SparseLayersInPlaceAndThroughSpools) {
   EXPECT_EQ(s2.substr(8199, 1), "z");
   EXPECT_EQ(s2.substr(4097, 4102), std::string(4102, '\0'));
   EXPECT_EQ(t["/s2"].allocated, 3u * 4096);
+  const std::string& s3 = t["/s3"].content;
+  ASSERT_EQ(s3.size(), 10u << 20);
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(s3.substr((uint64_t(i) << 20) + 1, 5000), std::string(5000, static_cast<char>('0' + i))) << i;
+    EXPECT_EQ(s3[uint64_t(i) << 20], '\0') << i;
+  }
+  EXPECT_EQ(t["/s3"].allocated, (10u * 2 + 1) * 4096);  // two blocks per run and the extent tree block
 }
 
 TEST_F(Convert, InitInjectedAndImageReservedDirReplaced) {
