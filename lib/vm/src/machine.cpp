@@ -85,8 +85,11 @@ class ReadOnlyMapping {
     if (p == MAP_FAILED) throw_errno("cannot map " + path.string());
     data_ = static_cast<const uint8_t*>(p);
   }
-  ~ReadOnlyMapping() {
+  ~ReadOnlyMapping() { reset(); }
+  void reset() {
     if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+    data_ = nullptr;
+    size_ = 0;
   }
   ReadOnlyMapping(const ReadOnlyMapping&) = delete;
   ReadOnlyMapping& operator=(const ReadOnlyMapping&) = delete;
@@ -508,6 +511,11 @@ void Machine::Impl::build() {
   if (cfg.disks.size() > kMaxDisks)
     throw Error(ErrorKind::kLimit, "at most " + std::to_string(kMaxDisks) + " disks");
 
+  // Mapped, not read: the segments are copied once, straight from the page cache into guest
+  // RAM, with no staging buffer (a 21 MB vmlinux would otherwise cost as much again in RSS).
+  // Opened before /dev/kvm, so that a missing kernel is reported as such on any host.
+  ReadOnlyMapping kernel_image(cfg.kernel);
+
   int kfd = ::open(cfg.kvm_device.c_str(), O_RDWR | O_CLOEXEC);
   if (kfd < 0) throw_errno("cannot open " + cfg.kvm_device.string());
   kvm.reset(kfd);
@@ -536,16 +544,12 @@ void Machine::Impl::build() {
   xioctl(vm.get(), KVM_SET_USER_MEMORY_REGION, &region, "KVM_SET_USER_MEMORY_REGION");
 
   // Kernel and initrd.
-  {
-    // Mapped, not read: the segments are copied once, straight from the page cache into guest
-    // RAM, with no staging buffer (a 21 MB vmlinux would otherwise cost as much again in RSS).
-    ReadOnlyMapping img(cfg.kernel);
-    try {
-      kernel = load_kernel(img.bytes(), *mem);
-    } catch (const Error& e) {
-      throw e.with_context(cfg.kernel.string());
-    }
+  try {
+    kernel = load_kernel(kernel_image.bytes(), *mem);
+  } catch (const Error& e) {
+    throw e.with_context(cfg.kernel.string());
   }
+  kernel_image.reset();
   uint64_t initrd_addr = 0, initrd_size = 0;
   if (!cfg.initrd.empty()) {
     UniqueFd f = open_file(cfg.initrd, O_RDONLY);

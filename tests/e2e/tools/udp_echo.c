@@ -38,10 +38,14 @@ int main(int argc, char** argv) {
       socklen_t len = sizeof from;
       ssize_t n = recvfrom(s, buf, sizeof buf - 1, 0, (struct sockaddr*)&from, &len);
       if (n < 0) continue;
-      sendto(s, buf, (size_t)n, 0, (struct sockaddr*)&from, len);
-      buf[n] = 0;
-      printf("got %s from %s\n", buf, inet_ntoa(from.sin_addr));
+      /* Said before the answer goes back: a sender that stops this server once it has its
+       * answer must not be able to cut the line off. */
+      char msg[2048];
+      memcpy(msg, buf, (size_t)n);
+      msg[n] = 0;
+      printf("got %s from %s\n", msg, inet_ntoa(from.sin_addr));
       fflush(stdout);
+      sendto(s, buf, (size_t)n, 0, (struct sockaddr*)&from, len);
     }
   }
   if (argc == 5 && strcmp(argv[1], "send") == 0) {
