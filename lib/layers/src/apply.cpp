@@ -116,7 +116,8 @@ class Spool {
       if (buf_.size() == kCap) flush();
     }
   }
-  void flush() {
+  // Writes out the buffer; `last`: the layer is complete (writeback is started for all of it).
+  void flush(bool last = false) {
     size_t done = 0;
     while (done < buf_.size()) {
       ssize_t w = ::pwrite(t_.fd, buf_.data() + done, buf_.size() - done, static_cast<off_t>(t_.base + pos_ + done));
@@ -129,7 +130,7 @@ class Spool {
     }
     pos_ += buf_.size();
     buf_.clear();
-    if (t_.writeback_step && pos_ - kicked_ >= t_.writeback_step) {
+    if (t_.writeback_step && pos_ > kicked_ && (last || pos_ - kicked_ >= t_.writeback_step)) {
       // A hint, so that the disk works while decoding goes on: failure changes nothing.
       (void)::sync_file_range(t_.fd, static_cast<off_t>(t_.base + kicked_), static_cast<off_t>(pos_ - kicked_),
                               SYNC_FILE_RANGE_WRITE);
@@ -347,7 +348,7 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
       charge(n);
     }
   }
-  spool.flush();
+  spool.flush(true);
   out.spool_bytes = round_up(spool.end(), align) - target.start;
   return out;
 }

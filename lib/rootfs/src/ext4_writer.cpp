@@ -575,7 +575,8 @@ DirFormat dir_format(const Ext4Params& p) {
 
 // Initializes an in-memory file system of `blocks` blocks and `inodes` inodes on `path`, with
 // no group metadata in blocks [area_begin, area_end) (they stay free).
-void init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_t inodes, const Ext4Params& p,
+// Returns false when the group tables do not fit after the area (then nothing is allocated).
+bool init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_t inodes, const Ext4Params& p,
              uint64_t area_begin, uint64_t area_end) {
   const bool area = area_end > area_begin;
   struct ext2_super_block param;
@@ -630,14 +631,24 @@ void init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_
   std::memset(f->super->s_volume_name, 0, sizeof f->super->s_volume_name);
   std::memcpy(f->super->s_volume_name, "img2vm-rootfs", 13);
   ext2fs_init_csum_seed(f);
-  if (area) {
-    if (ext2fs_blocks_count(f->super) < area_end) return;  // the caller grows it
-    if (1 + f->desc_blocks + f->super->s_reserved_gdt_blocks > area_begin)
-      throw Error(ErrorKind::kInternal, "ext4: the group descriptors reach into the data");
-    ext2fs_mark_block_bitmap_range2(f->block_map, area_begin, static_cast<unsigned>(area_end - area_begin));
+  if (!area) {
+    check(ext2fs_allocate_tables(f), "allocating group tables");
+    return true;
   }
-  check(ext2fs_allocate_tables(f), "allocating group tables");
-  if (area) ext2fs_unmark_block_bitmap_range2(f->block_map, area_begin, static_cast<unsigned>(area_end - area_begin));
+  if (1 + f->desc_blocks + f->super->s_reserved_gdt_blocks > area_begin)
+    throw Error(ErrorKind::kInternal, "ext4: the group descriptors reach into the data");
+  // Every group's block bitmap, inode bitmap and inode table, in that order, right after the
+  // area (ext2fs_allocate_tables would search for room block by block across the area).
+  const uint64_t groups = f->group_desc_count, itb = f->inode_blocks_per_group;
+  const uint64_t tables = groups * (2 + itb);
+  if (ext2fs_blocks_count(f->super) < area_end + tables + 1) return false;  // the caller grows it
+  blk64_t b = area_end;
+  for (dgrp_t g = 0; g < groups; ++g) ext2fs_block_bitmap_loc_set(f, g, b++);
+  for (dgrp_t g = 0; g < groups; ++g) ext2fs_inode_bitmap_loc_set(f, g, b++);
+  for (dgrp_t g = 0; g < groups; ++g, b += itb) ext2fs_inode_table_loc_set(f, g, b);
+  ext2fs_block_alloc_stats_range(f, area_end, static_cast<blk_t>(tables), +1);
+  for (dgrp_t g = 0; g < groups; ++g) ext2fs_group_desc_csum_set(f, g);
+  return true;
 }
 
 // Replaces the blocks in [begin, end) that the file system does not use with zeros (holes).
@@ -713,8 +724,7 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
     too_big(blocks);
     if (blocks <= area_end)
       throw Error(ErrorKind::kLimit, "a size of " + std::to_string(*p.size) + " bytes is too small for this image");
-    init_fs(fs, path, blocks, want_inodes, p, area_begin, area_end);
-    if (!enough(fs.get()))
+    if (!init_fs(fs, path, blocks, want_inodes, p, area_begin, area_end) || !enough(fs.get()))
       throw Error(ErrorKind::kLimit, "a size of " + std::to_string(*p.size) + " bytes is too small for this image");
   } else {
     // Start from the content plus the inode tables and a little for bitmaps and descriptors,
@@ -724,13 +734,14 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
     blocks = std::max<uint64_t>(blocks, 256);
     for (int round = 0;; ++round) {
       too_big(blocks);
-      init_fs(fs, path, blocks, want_inodes, p, area_begin, area_end);
+      const bool placed = init_fs(fs, path, blocks, want_inodes, p, area_begin, area_end);
       uint64_t free_blocks = ext2fs_free_blocks_count(fs.get()->super);
-      if (enough(fs.get())) break;
+      if (placed && enough(fs.get())) break;
       if (round > 20) throw Error(ErrorKind::kInternal, "ext4: cannot size the file system");
       const uint64_t have = ext2fs_blocks_count(fs.get()->super);
-      blocks += (free_blocks < want_free ? want_free - free_blocks : 0) + (have <= area_end ? area_end + 1 - have : 0) +
-                16 + blocks / 256;
+      const uint64_t need_tables = fs.get()->group_desc_count * (2 + uint64_t{fs.get()->inode_blocks_per_group});
+      blocks += (free_blocks < want_free ? want_free - free_blocks : 0) +
+                (placed ? 0 : (area_end + need_tables + 1 > have ? area_end + need_tables + 1 - have : 0)) + 16 + blocks / 256;
       fs.reset();
     }
   }
