@@ -1,6 +1,7 @@
 #include "img2vm/layers/flatten.hpp"
 
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <linux/falloc.h>
 #include <unistd.h>
 
@@ -465,8 +466,12 @@ Flattened flatten(const std::vector<LayerSource>& layers, const FlattenOptions& 
     throw Error(ErrorKind::kInternal, "flatten: output alignment");
   if (n > 0 && o.in_place && can_collapse(o.fd, o.align)) {
     // Regions far larger than any layer: the file stays sparse, so only what is written counts.
-    constexpr uint64_t kSpan = 4ull << 40;
-    uint64_t region = o.region ? o.region : (kSpan - o.offset) / n;
+    // (Within the file size limit, if one is set: past it a write would raise SIGXFSZ.)
+    uint64_t span = 4ull << 40;
+    struct rlimit fsize {};
+    if (::getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_cur != RLIM_INFINITY)
+      span = std::min<uint64_t>(span, fsize.rlim_cur);
+    uint64_t region = o.region ? o.region : (span > o.offset ? (span - o.offset) / n : 0);
     region = region / o.align * o.align;
     if (region > 0) {
       try {
