@@ -74,3 +74,21 @@ TEST(AtomicFile, CommitReplacesAndKeepsMode) {
   ASSERT_EQ(stat(target.c_str(), &st), 0);
   EXPECT_EQ(st.st_mode & 0777, 0600u);
 }
+
+TEST(CopyRange, CopiesAtOffsetsAndStopsAtTheEndOfTheSource) {
+  TempDir dir("img2vm-fd-test");
+  write_file_atomic(dir.path() / "in", "0123456789");
+  UniqueFd in = open_file(dir.path() / "in", O_RDONLY);
+  UniqueFd out = open_file(dir.path() / "out", O_RDWR | O_CREAT, 0600);
+  pwrite_all(out.get(), "ab", 4, "out");
+  EXPECT_EQ(copy_range(in.get(), 2, out.get(), 0, 3, "in"), 3u);   // "234"
+  EXPECT_EQ(copy_range(in.get(), 8, out.get(), 6, 100, "in"), 2u); // only "89" is left
+  EXPECT_EQ(read_file(dir.path() / "out"), std::string("234\0ab89", 8));
+  // From another file system (tmpfs): copy_file_range refuses (EXDEV), reads and writes copy.
+  if (!fs::is_directory("/dev/shm")) return;
+  TempDir shm("img2vm-fd-test", "/dev/shm");
+  write_file_atomic(shm.path() / "in", "abcdef");
+  UniqueFd in2 = open_file(shm.path() / "in", O_RDONLY);
+  EXPECT_EQ(copy_range(in2.get(), 1, out.get(), 1, 10, "in2"), 5u);
+  EXPECT_EQ(read_file(dir.path() / "out"), "2bcdef89");
+}

@@ -4,10 +4,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <random>
 #include <system_error>
+#include <vector>
 
 #include "img2vm/base/error.hpp"
 
@@ -54,6 +56,47 @@ void write_all(int fd, std::string_view data, std::string_view what) {
     }
     data.remove_prefix(static_cast<size_t>(n));
   }
+}
+
+void pwrite_all(int fd, std::string_view data, uint64_t off, std::string_view what) {
+  while (!data.empty()) {
+    ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(off));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("cannot write " + std::string(what));
+    }
+    data.remove_prefix(static_cast<size_t>(n));
+    off += static_cast<uint64_t>(n);
+  }
+}
+
+uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len, std::string_view what) {
+  bool cfr = true;
+  std::vector<char> buf;
+  uint64_t copied = 0;
+  while (copied < len) {
+    const uint64_t want = len - copied;
+    ssize_t r;
+    if (cfr) {
+      loff_t io = static_cast<loff_t>(in_off + copied), oo = static_cast<loff_t>(out_off + copied);
+      r = ::copy_file_range(in, &io, out, &oo, std::min<uint64_t>(want, 1u << 30), 0);
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
+        cfr = false;  // another file system, or a kernel without it: plain reads and writes
+        continue;
+      }
+      if (r < 0) throw_errno("cannot copy " + std::string(what));
+    } else {
+      if (buf.empty()) buf.resize(1 << 20);
+      r = ::pread(in, buf.data(), std::min<uint64_t>(want, buf.size()), static_cast<off_t>(in_off + copied));
+      if (r < 0 && errno == EINTR) continue;
+      if (r < 0) throw_errno("cannot copy " + std::string(what));
+      pwrite_all(out, std::string_view(buf.data(), static_cast<size_t>(r)), out_off + copied, what);
+    }
+    if (r == 0) break;  // the end of `in`
+    copied += static_cast<uint64_t>(r);
+  }
+  return copied;
 }
 
 TempDir::TempDir(std::string_view prefix, const fs::path& parent) {

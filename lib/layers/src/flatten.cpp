@@ -279,45 +279,6 @@ bool can_collapse(int fd, uint64_t align) {
   return ok;
 }
 
-void write_all_at(int fd, std::string_view data, uint64_t off, const std::string& what) {
-  size_t done = 0;
-  while (done < data.size()) {
-    ssize_t w = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(off + done));
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) throw_errno(what + ": cannot write spooled data into the output");
-    done += static_cast<size_t>(w);
-  }
-}
-
-// Copies `len` bytes from `in` at `in_off` to `out` at `out_off` (copy_file_range, else read and
-// write); bytes past the end of `in` are left unwritten (zeros in `out`).
-void copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len, const std::string& what) {
-  bool cfr = true;
-  std::vector<char> buf;
-  while (len) {
-    ssize_t r = -1;
-    if (cfr) {
-      loff_t io = static_cast<loff_t>(in_off), oo = static_cast<loff_t>(out_off);
-      r = ::copy_file_range(in, &io, out, &oo, std::min<uint64_t>(len, 1u << 30), 0);
-      if (r < 0 && errno == EINTR) continue;
-      if (r < 0 && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) cfr = false;
-      else if (r < 0) throw_errno(what + ": cannot copy spooled data into the output");
-    }
-    if (!cfr) {
-      if (buf.empty()) buf.resize(1 << 20);
-      ssize_t got = ::pread(in, buf.data(), std::min<uint64_t>(len, buf.size()), static_cast<off_t>(in_off));
-      if (got < 0 && errno == EINTR) continue;
-      if (got < 0) throw_errno(what + ": cannot read spooled data");
-      write_all_at(out, std::string_view(buf.data(), static_cast<size_t>(got)), out_off, what);
-      r = got;
-    }
-    if (r == 0) return;  // the spool file ends here: the rest is zeros
-    in_off += static_cast<uint64_t>(r);
-    out_off += static_cast<uint64_t>(r);
-    len -= static_cast<uint64_t>(r);
-  }
-}
-
 // Makes what the decoders wrote durable while they go on (an fdatasync after each layer), so
 // that the final fsync has little left to wait for: on a virtual disk a flush costs about as
 // much as the data written since the one before. Failures are the final fsync's to report.
@@ -426,7 +387,8 @@ Flattened flatten_via_spools(const std::vector<LayerSource>& layers, const Flatt
   std::vector<uint64_t> len = decode_all(layers, targets, opt, out);
   uint64_t at = o.offset;
   for (size_t i = 0; i < n; ++i) {
-    copy_range(files[i].get(), 0, o.fd, at, len[i], layer_name(layers, i));
+    // A spool file may end before len[i] (the last block's tail): the rest is zeros anyway.
+    copy_range(files[i].get(), 0, o.fd, at, len[i], layer_name(layers, i) + ": spooled data into the output");
     files[i].reset();
     out.spools[i + 1] = {o.fd, at};
     at += len[i];

@@ -506,36 +506,8 @@ class Writer {
   }
 
   void copy(int sfd, uint64_t soff, uint64_t dst, uint64_t n, const std::string& name) {
-    while (n) {
-      loff_t in_off = static_cast<loff_t>(soff), out_off = static_cast<loff_t>(dst);
-      ssize_t r = -1;
-      if (use_cfr_) r = ::copy_file_range(sfd, &in_off, fd_, &out_off, std::min<uint64_t>(n, 1u << 30), 0);
-      if (r < 0 && use_cfr_ && (errno == EXDEV || errno == ENOSYS || errno == EINVAL || errno == EOPNOTSUPP)) {
-        use_cfr_ = false;
-      }
-      if (r < 0 && !use_cfr_) {
-        if (buf_.empty()) buf_.resize(1 << 20);
-        ssize_t got = ::pread(sfd, buf_.data(), std::min<uint64_t>(n, buf_.size()), static_cast<off_t>(soff));
-        if (got < 0 && errno == EINTR) continue;
-        if (got <= 0) throw_errno("reading spooled data of \"" + name + "\"", got == 0 ? EIO : errno);
-        size_t done = 0;
-        while (done < static_cast<size_t>(got)) {
-          ssize_t w = ::pwrite(fd_, buf_.data() + done, static_cast<size_t>(got) - done, static_cast<off_t>(dst + done));
-          if (w < 0 && errno == EINTR) continue;
-          if (w < 0) throw_errno("writing data of \"" + name + "\" to the ext4 image");
-          done += static_cast<size_t>(w);
-        }
-        r = got;
-      } else if (r < 0) {
-        if (errno == EINTR) continue;
-        throw_errno("copying data of \"" + name + "\" to the ext4 image");
-      } else if (r == 0) {
-        throw Error(ErrorKind::kIo, "spooled data of \"" + name + "\" ends early");
-      }
-      soff += static_cast<uint64_t>(r);
-      dst += static_cast<uint64_t>(r);
-      n -= static_cast<uint64_t>(r);
-    }
+    if (copy_range(sfd, soff, fd_, dst, n, "the data of \"" + name + "\" into the ext4 image") != n)
+      throw Error(ErrorKind::kIo, "spooled data of \"" + name + "\" ends early");
   }
 
   struct FileJob {
@@ -554,8 +526,6 @@ class Writer {
   std::vector<FileJob> files_;
   blk64_t goal_ = 0;
   uint64_t data_written_ = 0;
-  bool use_cfr_ = true;
-  std::vector<char> buf_;
 };
 
 // How directories are written: the superblock init_fs makes says exactly this. The hash flavour is
@@ -663,12 +633,9 @@ void punch_free(ext2_filsys f, int fd, uint64_t begin, uint64_t end) {
     if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) != 0) {
       if (errno != EOPNOTSUPP) throw_errno("ext4: freeing unused data blocks");
       zeros.resize(1 << 20);
-      for (off_t o = 0; o < len;) {
-        ssize_t w = ::pwrite(fd, zeros.data(), static_cast<size_t>(std::min<off_t>(len - o, 1 << 20)), off + o);
-        if (w < 0 && errno == EINTR) continue;
-        if (w < 0) throw_errno("ext4: zeroing unused data blocks");
-        o += w;
-      }
+      for (off_t o = 0; o < len; o += 1 << 20)
+        pwrite_all(fd, std::string_view(zeros.data(), static_cast<size_t>(std::min<off_t>(len - o, 1 << 20))),
+                   static_cast<uint64_t>(off + o), "zeros over unused data blocks");
     }
     b = next_used;
   }

@@ -1,6 +1,7 @@
 // RAII owners for file descriptors, temporary directories and atomically written files.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -42,6 +43,12 @@ std::string read_file(const std::filesystem::path& path);
 
 // Writes all of data to fd, retrying on EINTR and short writes.
 void write_all(int fd, std::string_view data, std::string_view what);
+// Writes all of `data` at byte `off` of `fd` (pwrite); errors say "cannot write <what>".
+void pwrite_all(int fd, std::string_view data, uint64_t off, std::string_view what);
+// Copies up to `len` bytes from `in` at `in_off` to `out` at `out_off`: copy_file_range where the
+// kernel can, else reads and writes. Stops early at the end of `in`; returns the bytes copied.
+// Errors say "cannot copy <what>".
+uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len, std::string_view what);
 
 // A directory created with mkdtemp under `parent` (default: $TMPDIR or /tmp) and removed with
 // everything in it on destruction.
