@@ -180,6 +180,22 @@ class Registry:
         self.proc.wait()
         self.log.close()
 
+    def cpu_s(self):
+        """CPU seconds (user+sys) the registry process has used so far."""
+        return proc_cpu_s(self.proc.pid)
+
+
+def proc_cpu_s(pid):
+    """CPU seconds (user+sys) of a running process, from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s():
+    """CPU seconds all CPUs have spent busy since boot (everything but idle and iowait)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(v[:8]) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
 
 # ---------------------------------------------------------------------------------------------
 # OCI image layouts made from local files

@@ -7,6 +7,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -62,18 +64,54 @@ StoredImage from_descriptor(const Descriptor& d) {
 constexpr size_t kWriteBuffer = 1u << 20;
 constexpr uint64_t kWritebackChunk = 8u << 20;
 
+namespace {
+
+// Gather buffers of kWriteBuffer bytes, kept for the next blob (at most a few: one per
+// concurrent download is what a pull needs).
+class BufferPool {
+ public:
+  static BufferPool& get() {
+    static BufferPool p;
+    return p;
+  }
+  std::unique_ptr<char[]> take() {
+    {
+      std::lock_guard l(mu_);
+      if (!free_.empty()) {
+        auto b = std::move(free_.back());
+        free_.pop_back();
+        return b;
+      }
+    }
+    return std::make_unique_for_overwrite<char[]>(kWriteBuffer);
+  }
+  void give(std::unique_ptr<char[]> b) {
+    if (!b) return;
+    std::lock_guard l(mu_);
+    if (free_.size() < kKeep) free_.push_back(std::move(b));
+  }
+
+ private:
+  static constexpr size_t kKeep = 8;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<char[]>> free_;
+};
+
+}  // namespace
+
 Ingest::~Ingest() {
   // What was received stays in the partial file for the next pull to resume from.
-  if (fd_ && !pending_.empty()) {
+  if (fd_ && buffered_ > 0) {
     try {
       flush();
     } catch (const Error&) {
     }
   }
+  BufferPool::get().give(std::move(buffer_));
 }
 
 void Ingest::restart() {
-  pending_.clear();
+  buffered_ = 0;
   if (::ftruncate(fd_.get(), 0) != 0) throw_errno("truncate " + partial_.string());
   if (::lseek(fd_.get(), 0, SEEK_SET) < 0) throw_errno("seek " + partial_.string());
   hash_ = std::make_unique<Sha256>();
@@ -92,25 +130,25 @@ void Ingest::write(const char* data, size_t len) {
   written_ += len;
   // curl hands over 16 KiB at a time: gather it into large writes (far fewer system calls, and
   // whole large folios in the page cache).
-  if (pending_.empty() && len >= kWriteBuffer) {
+  if (buffered_ == 0 && len >= kWriteBuffer) {
     write_out(data, len);
     return;
   }
-  size_t want = static_cast<size_t>(std::min<uint64_t>(kWriteBuffer, static_cast<uint64_t>(desc_.size)));
-  if (pending_.capacity() < want) pending_.reserve(want);
+  if (!buffer_) buffer_ = BufferPool::get().take();
   while (len > 0) {
-    size_t n = std::min(len, kWriteBuffer - pending_.size());
-    pending_.append(data, n);
+    size_t n = std::min(len, kWriteBuffer - buffered_);
+    std::memcpy(buffer_.get() + buffered_, data, n);
+    buffered_ += n;
     data += n;
     len -= n;
-    if (pending_.size() >= kWriteBuffer) flush();
+    if (buffered_ == kWriteBuffer) flush();
   }
 }
 
 void Ingest::flush() {
-  if (pending_.empty()) return;
-  write_out(pending_.data(), pending_.size());
-  pending_.clear();
+  if (buffered_ == 0) return;
+  write_out(buffer_.get(), buffered_);
+  buffered_ = 0;
 }
 
 void Ingest::write_out(const char* data, size_t len) {
@@ -129,6 +167,7 @@ void Ingest::write_out(const char* data, size_t len) {
 void Ingest::verify() {
   if (present_ || verified_) return;
   flush();
+  BufferPool::get().give(std::move(buffer_));  // for the next download, as this one is complete
   Digest got = hash_->finish();
   if (written_ != static_cast<uint64_t>(desc_.size) || got != desc_.digest) {
     fd_.reset();

@@ -71,9 +71,12 @@ class Ingest : public BlobSink {
 
   uint64_t written_ = 0;     // bytes received and hashed (resumed_ of them from an earlier pull)
   uint64_t resumed_ = 0;
-  uint64_t on_disk_ = 0;     // bytes in the partial file; written_ - on_disk_ wait in pending_
+  uint64_t on_disk_ = 0;     // bytes in the partial file; written_ - on_disk_ wait in the buffer
   uint64_t writeback_ = 0;   // the file up to here has been handed to writeback (sync_file_range)
-  std::string pending_;
+  // Gathers curl's 16 KiB pieces into large writes; taken from a small pool of reused buffers,
+  // as a fresh 1 MiB for each blob would be faulted in page by page.
+  std::unique_ptr<char[]> buffer_;
+  size_t buffered_ = 0;
   bool present_ = false, verified_ = false;
 };
 
