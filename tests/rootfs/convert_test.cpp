@@ -199,6 +199,61 @@ TEST_F(Convert, SameBytesHoweverTheLayerDataReachesTheOutput) {
   EXPECT_EQ(t["/.img2vm/init"].content, std::string(50000, 'I'));
 }
 
+// The data of files that a later layer removed or replaced takes no room in the image: it is
+// cut out (collapsed, or copied down), leaving the file system no larger than for an image that
+// never had those files, and the same bytes however it was cut out.
+TEST_F(Convert, RemovedFilesDataIsCutOutOfTheImage) {
+  auto pattern = [](size_t n, char seed) {
+    std::string s(n, '\0');
+    for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed + static_cast<char>(i % 23));
+    return s;
+  };
+  const std::string big = "BIG-" + pattern(8u << 20, 'A');          // removed, at the area's start
+  const std::string mid = "MID-" + pattern(300u << 10, 'a');         // replaced
+  const std::string tail = "TAIL-" + pattern(2u << 20, 'k');         // removed, at the area's end
+  const std::string fresh = pattern(100u << 10, '0');
+  std::vector<Entry> small;
+  for (int i = 0; i < 20; ++i) small.push_back(file("small/" + std::to_string(i), std::string(5000 + i, 's')));
+  std::vector<Entry> l1{file("big", big), file("keep", "k"), file("mid", mid)};
+  l1.insert(l1.end(), small.begin(), small.end());
+  l1.push_back(file("tail", tail));
+  std::vector<Entry> l2{whiteout("big"), file("mid", "replaced"), whiteout("tail"), file("new", fresh)};
+  ImageSpec two;
+  two.layers.push_back(layer(l1));
+  two.layers.push_back(layer(l2, LayerCompression::kZstd));
+  // The same final tree, never having had the removed data.
+  std::vector<Entry> only{file("keep", "k"), file("mid", "replaced")};
+  only.insert(only.end(), small.begin(), small.end());
+  only.push_back(file("new", fresh));
+  ImageSpec one;
+  one.layers.push_back(layer(only));
+
+  BuiltImage img = build_image(two);
+  FsTree t = convert_built(img, {}, "collapsed.ext4");
+  rootfs::ConvertOptions copy;
+  copy.compact_by_copy = true;
+  convert_built(img, copy, "copied.ext4");
+  rootfs::ConvertOptions spooled;
+  spooled.in_place = false;
+  convert_built(img, spooled, "spooled.ext4");
+  convert_ok(one, {}, "never.ext4");
+
+  const std::string a = read_file(tmp.path() / "collapsed.ext4");
+  EXPECT_TRUE(a == read_file(tmp.path() / "copied.ext4"));
+  EXPECT_TRUE(a == read_file(tmp.path() / "spooled.ext4"));
+  for (const std::string* gone : {&big, &mid, &tail}) EXPECT_EQ(a.find(gone->substr(0, 64)), std::string::npos);
+  // Before, the removed 10.3 MiB stayed in the file system as free space.
+  const uint64_t size = fs::file_size(tmp.path() / "collapsed.ext4"), never = fs::file_size(tmp.path() / "never.ext4");
+  EXPECT_LE(size, never + (256u << 10)) << size << " vs " << never;
+
+  EXPECT_FALSE(t.count("/big"));
+  EXPECT_FALSE(t.count("/tail"));
+  EXPECT_EQ(t["/keep"].content, "k");
+  EXPECT_EQ(t["/mid"].content, "replaced");
+  EXPECT_TRUE(t["/new"].content == fresh);
+  for (int i = 0; i < 20; ++i) EXPECT_EQ(t["/small/" + std::to_string(i)].content, std::string(5000 + i, 's')) << i;
+}
+
 // Sparse files of several layers keep their holes when their data is adopted in place, and
 // give the same bytes through spool files.
 TEST_F(Convert, SparseLayersInPlaceAndThroughSpools) {

@@ -121,6 +121,7 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   if (opt.progress) p.progress = [&](uint64_t d, uint64_t t) { opt.progress("data", d, t); };
   p.adopt_begin = flat.data_begin;
   p.adopt_end = flat.data_end;
+  p.compact_by_copy = opt.compact_by_copy;
 
   detail::Ext4Stats st = detail::write_ext4(
       out.temp_path(), out.fd(), flat.tree,

@@ -641,6 +641,94 @@ void punch_free(ext2_filsys f, int fd, uint64_t begin, uint64_t end) {
   }
 }
 
+// Removes the larger runs of blocks in [begin, end) that no file keeps (the data of files that
+// later layers removed or replaced) from the output, moving the data after them down, so that
+// the file system does not carry them as free space; moves the adopted runs along and returns
+// the new end. Where the host's file system can collapse ranges (ext4, XFS) the data's extents
+// are shifted and nothing is copied; elsewhere, or with `copy`, the data is copied down. The
+// bytes are the same either way: the smaller dead runs that stay are punched out later.
+uint64_t compact_adopted(const std::filesystem::path& path, int fd, Ctx& c, uint64_t begin, uint64_t end, bool copy) {
+  constexpr uint64_t kMinGap = 16;     // blocks; shorter dead runs stay as holes
+  constexpr size_t kMaxGaps = 4096;    // the largest ones, when there are more
+  struct Span {
+    uint64_t b, e;
+  };
+  std::vector<Span> live;
+  for (const auto& [n, runs] : c.adopted)
+    for (const PhysRun& r : runs) live.push_back({r.pblk, r.pblk + r.len});
+  std::sort(live.begin(), live.end(), [](const Span& x, const Span& y) { return x.b < y.b; });
+  std::vector<Span> merged;
+  for (const Span& s : live) {
+    if (!merged.empty() && s.b <= merged.back().e) merged.back().e = std::max(merged.back().e, s.e);
+    else merged.push_back(s);
+  }
+  std::vector<Span> gaps;
+  uint64_t live_end = begin;
+  for (const Span& s : merged) {
+    if (s.b >= live_end + kMinGap) gaps.push_back({live_end, s.b});
+    live_end = s.e;
+  }
+  if (live_end > end) throw Error(ErrorKind::kInternal, "ext4: adopted data past the end of its range");
+  if (gaps.size() > kMaxGaps) {
+    std::sort(gaps.begin(), gaps.end(), [](const Span& x, const Span& y) {
+      return x.e - x.b != y.e - y.b ? x.e - x.b > y.e - y.b : x.b < y.b;
+    });
+    gaps.resize(kMaxGaps);
+    std::sort(gaps.begin(), gaps.end(), [](const Span& x, const Span& y) { return x.b < y.b; });
+  }
+  // Everything after the last file's data is dead: cut off.
+  if (::ftruncate(fd, static_cast<off_t>(live_end * kBlockSize)) != 0) throw_errno("ext4: cutting off removed files' data");
+  if (gaps.empty()) return live_end;
+
+  bool collapsed = false;
+  if (!copy) {
+    for (size_t i = gaps.size(); i-- > 0;) {
+      const Span& g = gaps[i];
+      if (::fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, static_cast<off_t>(g.b * kBlockSize),
+                      static_cast<off_t>((g.e - g.b) * kBlockSize)) == 0) {
+        collapsed = true;
+        continue;
+      }
+      // The host cannot collapse (tmpfs, btrfs): nothing has moved yet, copy instead.
+      if (!collapsed && (errno == EOPNOTSUPP || errno == EINVAL)) break;
+      throw_errno("ext4: closing up removed files' data");
+    }
+  }
+  // removed[i]: blocks removed before gaps[i + 1] starts (prefix sums of the gaps' lengths).
+  std::vector<uint64_t> removed(gaps.size());
+  for (size_t i = 0; i < gaps.size(); ++i) removed[i] = (i ? removed[i - 1] : 0) + (gaps[i].e - gaps[i].b);
+  auto shift = [&](uint64_t pblk) -> uint64_t {
+    auto it = std::upper_bound(gaps.begin(), gaps.end(), pblk, [](uint64_t v, const Span& g) { return v < g.b; });
+    return it == gaps.begin() ? 0 : removed[static_cast<size_t>(it - gaps.begin()) - 1];
+  };
+  if (!collapsed) {
+    // Front to back, each live span copied to its place lower down: a read always comes before
+    // the writes that could reach its bytes. (`fd` may be write-only.)
+    UniqueFd in = open_file(path, O_RDONLY);
+    std::vector<char> buf(1 << 20);
+    for (const Span& s : merged) {
+      const uint64_t by = shift(s.b);
+      if (by == 0) continue;
+      for (uint64_t off = s.b * kBlockSize; off < s.e * kBlockSize;) {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), s.e * kBlockSize - off));
+        ssize_t got = ::pread(in.get(), buf.data(), n, static_cast<off_t>(off));
+        if (got < 0 && errno == EINTR) continue;
+        if (got != static_cast<ssize_t>(n)) {
+          if (got < 0) throw_errno("ext4: reading data to move");
+          throw Error(ErrorKind::kIo, "ext4: the output ends inside the data to move");
+        }
+        pwrite_all(fd, std::string_view(buf.data(), n), off - by * kBlockSize, "ext4: moving data down");
+        off += n;
+      }
+    }
+    if (::ftruncate(fd, static_cast<off_t>((live_end - removed.back()) * kBlockSize)) != 0)
+      throw_errno("ext4: cutting off moved data");
+  }
+  for (auto& [n, runs] : c.adopted)
+    for (PhysRun& r : runs) r.pblk -= shift(r.pblk);
+  return live_end - removed.back();
+}
+
 }  // namespace
 
 uint64_t adopt_offset(uint64_t max_size) {
@@ -658,7 +746,8 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
   count_links(c);
   if (p.adopt_begin % kBlockSize || p.adopt_end % kBlockSize || p.adopt_end < p.adopt_begin)
     throw Error(ErrorKind::kInternal, "ext4: adopted range not in whole blocks");
-  const uint64_t area_begin = p.adopt_begin / kBlockSize, area_end = p.adopt_end / kBlockSize;
+  const uint64_t area_begin = p.adopt_begin / kBlockSize;
+  uint64_t area_end = p.adopt_end / kBlockSize;
   for (const Inode* n : c.order) {
     if (n->type != NodeType::kFile || n->extents.empty()) continue;
     const SpoolRef sp = spool(n->spool);
@@ -667,6 +756,7 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
     for (const auto& r : runs) c.adopted_blocks += r.len;
     c.adopted.emplace(n, std::move(runs));
   }
+  if (area_end > area_begin) area_end = compact_adopted(path, fd, c, area_begin, area_end, p.compact_by_copy);
   const DirFormat dirs = dir_format(p);
   Need need = estimate(c, "lost+found", dirs);
   const uint64_t extra_blocks = (p.extra_space + kBlockSize - 1) / kBlockSize;

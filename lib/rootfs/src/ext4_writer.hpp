@@ -23,10 +23,13 @@ struct Ext4Params {
   std::function<void(uint64_t, uint64_t)> progress;  // data bytes written / total
   // Bytes [adopt_begin, adopt_end) of the output (multiples of 4096) already hold the data of
   // the files whose spool is the output itself, in layers::SpoolTarget's aligned layout with
-  // 4096-byte blocks: those files get these blocks as they are, without a copy; the blocks of
-  // the range no file keeps are punched out (zeros). The file system then has no backup
-  // superblocks (sparse_super2), so that no group's metadata has to sit inside the range.
+  // 4096-byte blocks: those files get these blocks as they are, without a copy. Longer runs of
+  // blocks that no file keeps are cut out of the output (the data after them moves down: its
+  // extents shifted where the host can collapse ranges, else copied, or always copied with
+  // compact_by_copy, for tests); shorter ones are punched out (zeros). The file system then has
+  // no backup superblocks (sparse_super2), so that no group's metadata has to sit inside the range.
   uint64_t adopt_begin = 0, adopt_end = 0;
+  bool compact_by_copy = false;
 };
 
 // Where a spool's bytes are: DataExtent::spool_offset o is byte base + o of fd.

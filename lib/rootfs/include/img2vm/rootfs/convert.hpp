@@ -69,6 +69,10 @@ struct ConvertOptions {
   // the conversion start again through spool files). Both are for tests.
   bool in_place = true;
   uint64_t in_place_region = 0;
+  // The data of files that later layers removed or replaced is cut out of the output, the data
+  // after it moving down: by shifting extents where the file system can collapse ranges, else
+  // by copying. true copies even where it could collapse (the same bytes; for tests).
+  bool compact_by_copy = false;
   unsigned threads = 0;                // layers decoded at once; 0: number of cores
   // Fixed timestamp for what the image does not date (superblock, /.img2vm, implicit dirs,
   // /lost+found), seconds since the epoch.
