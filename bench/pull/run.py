@@ -37,15 +37,15 @@ def busy_share(runs):
 def sha256_seconds(nbytes):
     """CPU seconds hashlib's SHA-256 (OpenSSL) needs for nbytes here, in 1 MiB updates (best of 3)."""
     chunk = os.urandom(1 << 20)
-    best = None
-    for _ in range(3):
+
+    def once():
         h = hashlib.sha256()
         t = time.process_time()
         for _ in range(64):
             h.update(chunk)
-        d = time.process_time() - t
-        best = d if best is None else min(best, d)
-    return best * nbytes / (64 << 20)
+        return time.process_time() - t
+
+    return min(once() for _ in range(3)) * nbytes / (64 << 20)
 
 
 def main():
@@ -75,9 +75,15 @@ def main():
 
             pull_cmd = [img2vm, "pull", "--json"] + (["--jobs", str(args.jobs)] if args.jobs else []) + [ref]
             skopeo = ["skopeo", "--insecure-policy", "copy", "--quiet", "--src-tls-verify=false", f"docker://{ref}"]
-            curl_cmd = ["curl", "-fsS", "--parallel", "--parallel-max", "16"]
-            for u in urls:
-                curl_cmd += ["-o", "/dev/null", u]
+
+            def curl_into(outs):
+                """One curl fetching every blob in parallel, blob i into outs[i]."""
+                cmd = ["curl", "-fsS", "--parallel", "--parallel-max", "16"]
+                for out, u in zip(outs, urls):
+                    cmd += ["-o", str(out), u]
+                return cmd
+
+            curl_cmd = curl_into(["/dev/null"] * len(urls))
 
             def fresh(name):
                 d = work / name
@@ -117,10 +123,7 @@ def main():
             def curl_files(_):
                 dest = fresh("curl-files")
                 dest.mkdir()
-                cmd = ["curl", "-fsS", "--parallel", "--parallel-max", "16"]
-                for i, u in enumerate(urls):
-                    cmd += ["-o", str(dest / str(i)), u]
-                r = b.measure(cmd)
+                r = b.measure(curl_into([dest / str(i) for i in range(len(urls))]))
                 if r["rc"] != 0:
                     b.die(f"curl failed:\n{r['stderr']}")
                 return {"wall_s": r["wall_s"], "maxrss_mib": r["maxrss_mib"], "cpu_s": r["cpu_s"],

@@ -212,17 +212,19 @@ TEST_F(Convert, RemovedFilesDataIsCutOutOfTheImage) {
   const std::string mid = "MID-" + pattern(300u << 10, 'a');         // replaced
   const std::string tail = "TAIL-" + pattern(2u << 20, 'k');         // removed, at the area's end
   const std::string fresh = pattern(100u << 10, '0');
+  const std::string early = "EARLY-" + pattern(100u << 10, 'e');     // removed, just before `large`
+  const std::string large = pattern(1u << 20, 'L');                  // moves down less than its size
   std::vector<Entry> small;
   for (int i = 0; i < 20; ++i) small.push_back(file("small/" + std::to_string(i), std::string(5000 + i, 's')));
-  std::vector<Entry> l1{file("big", big), file("keep", "k"), file("mid", mid)};
+  std::vector<Entry> l1{file("early", early), file("large", large), file("big", big), file("keep", "k"), file("mid", mid)};
   l1.insert(l1.end(), small.begin(), small.end());
   l1.push_back(file("tail", tail));
-  std::vector<Entry> l2{whiteout("big"), file("mid", "replaced"), whiteout("tail"), file("new", fresh)};
+  std::vector<Entry> l2{whiteout("early"), whiteout("big"), file("mid", "replaced"), whiteout("tail"), file("new", fresh)};
   ImageSpec two;
   two.layers.push_back(layer(l1));
   two.layers.push_back(layer(l2, LayerCompression::kZstd));
   // The same final tree, never having had the removed data.
-  std::vector<Entry> only{file("keep", "k"), file("mid", "replaced")};
+  std::vector<Entry> only{file("large", large), file("keep", "k"), file("mid", "replaced")};
   only.insert(only.end(), small.begin(), small.end());
   only.push_back(file("new", fresh));
   ImageSpec one;
@@ -241,11 +243,13 @@ TEST_F(Convert, RemovedFilesDataIsCutOutOfTheImage) {
   const std::string a = read_file(tmp.path() / "collapsed.ext4");
   EXPECT_TRUE(a == read_file(tmp.path() / "copied.ext4"));
   EXPECT_TRUE(a == read_file(tmp.path() / "spooled.ext4"));
-  for (const std::string* gone : {&big, &mid, &tail}) EXPECT_EQ(a.find(gone->substr(0, 64)), std::string::npos);
-  // Before, the removed 10.3 MiB stayed in the file system as free space.
+  for (const std::string* gone : {&early, &big, &mid, &tail}) EXPECT_EQ(a.find(gone->substr(0, 64)), std::string::npos);
+  // Before, the removed 10.4 MiB stayed in the file system as free space.
   const uint64_t size = fs::file_size(tmp.path() / "collapsed.ext4"), never = fs::file_size(tmp.path() / "never.ext4");
   EXPECT_LE(size, never + (256u << 10)) << size << " vs " << never;
 
+  EXPECT_FALSE(t.count("/early"));
+  EXPECT_TRUE(t["/large"].content == large);
   EXPECT_FALSE(t.count("/big"));
   EXPECT_FALSE(t.count("/tail"));
   EXPECT_EQ(t["/keep"].content, "k");

@@ -702,24 +702,15 @@ uint64_t compact_adopted(const std::filesystem::path& path, int fd, Ctx& c, uint
     return it == gaps.begin() ? 0 : removed[static_cast<size_t>(it - gaps.begin()) - 1];
   };
   if (!collapsed) {
-    // Front to back, each live span copied to its place lower down: a read always comes before
-    // the writes that could reach its bytes. (`fd` may be write-only.)
+    // Front to back, each live span copied to its place lower down, so no copy overwrites bytes
+    // still to be copied (copy_range copies front to back too; the kernel refuses overlapping
+    // ranges and it falls back to reads and writes). `fd` may be write-only.
     UniqueFd in = open_file(path, O_RDONLY);
-    std::vector<char> buf(1 << 20);
     for (const Span& s : merged) {
-      const uint64_t by = shift(s.b);
-      if (by == 0) continue;
-      for (uint64_t off = s.b * kBlockSize; off < s.e * kBlockSize;) {
-        const size_t n = static_cast<size_t>(std::min<uint64_t>(buf.size(), s.e * kBlockSize - off));
-        ssize_t got = ::pread(in.get(), buf.data(), n, static_cast<off_t>(off));
-        if (got < 0 && errno == EINTR) continue;
-        if (got != static_cast<ssize_t>(n)) {
-          if (got < 0) throw_errno("ext4: reading data to move");
-          throw Error(ErrorKind::kIo, "ext4: the output ends inside the data to move");
-        }
-        pwrite_all(fd, std::string_view(buf.data(), n), off - by * kBlockSize, "ext4: moving data down");
-        off += n;
-      }
+      const uint64_t by = shift(s.b), len = (s.e - s.b) * kBlockSize;
+      if (by != 0 && copy_range(in.get(), s.b * kBlockSize, fd, (s.b - by) * kBlockSize, len,
+                                "removed files' data out of the ext4 image") != len)
+        throw Error(ErrorKind::kIo, "ext4: the output ends inside the data to move");
     }
     if (::ftruncate(fd, static_cast<off_t>((live_end - removed.back()) * kBlockSize)) != 0)
       throw_errno("ext4: cutting off moved data");
