@@ -47,10 +47,12 @@ say "local registry on 127.0.0.1:$port"
 mkdir -p "$work/rootfs/bin"
 cp /bin/busybox "$work/rootfs/bin/busybox"
 ln -s busybox "$work/rootfs/bin/sh"
-tar -C "$work/rootfs" --numeric-owner --owner=0 --group=0 -czf "$work/layer.tar.gz" .
+# umoci raw add-layer takes an uncompressed tar and gzips it itself (a .tar.gz here would become
+# a layer compressed twice, which img2vm, docker and containerd refuse).
+tar -C "$work/rootfs" --numeric-owner --owner=0 --group=0 -cf "$work/layer.tar" .
 umoci init --layout "$work/oci" >/dev/null
 umoci new --image "$work/oci:demo" >/dev/null
-umoci raw add-layer --image "$work/oci:demo" "$work/layer.tar.gz" >/dev/null
+umoci raw add-layer --image "$work/oci:demo" "$work/layer.tar" >/dev/null
 umoci config --image "$work/oci:demo" --config.cmd /bin/sh --config.cmd -c \
   --config.cmd 'echo "Hello from img2vm demo running $(uname -m)"' >/dev/null
 skopeo --insecure-policy copy --dest-tls-verify=false "oci:$work/oci:demo" \
