@@ -1,6 +1,9 @@
 // Fuzzes the tar-to-tree applier: arbitrary bytes decoded as an (uncompressed) layer tar with
 // libarchive, then applied twice as two layers on one tree (so whiteouts, hardlinks and
-// symlinked parents meet earlier content), the second time in the aligned layout. Errors are img2vm::Error; anything else is a bug.
+// symlinked parents meet earlier content), the second time in the aligned layout. Errors are
+// img2vm::Error; anything else is a bug, and so is a tree, even after an error, with a name that
+// is not one ("", ".", "..", or with a "/") or a path longer than kMaxPathBytes. libFuzzer's
+// -rss_limit_mb and -timeout catch inputs that cost memory or time out of proportion.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -8,6 +11,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
@@ -16,6 +20,29 @@
 
 using namespace img2vm;
 using namespace img2vm::layers;
+
+namespace {
+
+void check_tree(const Tree& tree) {
+  struct Item {
+    const Inode* dir;
+    size_t path_len;
+  };
+  std::vector<Item> todo{{tree.root.get(), 0}};
+  while (!todo.empty()) {
+    Item d = todo.back();
+    todo.pop_back();
+    for (const auto& [name, de] : d.dir->children) {
+      if (name.empty() || name == "." || name == ".." || name.find('/') != std::string::npos)
+        __builtin_trap();
+      const size_t len = d.path_len + 1 + name.size();
+      if (len > kMaxPathBytes) __builtin_trap();
+      if (de.inode->type == NodeType::kDir) todo.push_back({de.inode.get(), len});
+    }
+  }
+}
+
+}  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static int spool = [] {
@@ -63,9 +90,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       }
       apply_layer(tree, d, layer, 1, "fuzz layer");
     } catch (const Error&) {
+      check_tree(tree);
       return 0;
     }
   }
+  check_tree(tree);
   (void)tree_cost(tree);
   return 0;
 }

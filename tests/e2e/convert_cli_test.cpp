@@ -37,9 +37,10 @@ std::string debugfs(const fs::path& img, const std::string& request) {
 TEST(ConvertCli, RegistryImageToCheckedExt4WithInitAndConfig) {
   Registry reg;
   ImageSpec spec;
-  spec.layers.push_back(layer({dir("bin"), file("bin/app", "#!/bin/sh\necho hi\n", 0755), dir("etc"),
-                               file("etc/motd", "hello\n")}));
-  spec.layers.push_back(layer({whiteout("etc/motd"), file("etc/added", "two\n")}, LayerCompression::kZstd));
+  spec.layers.push_back(layer({dir("bin"), file("bin/app", "#!/bin/sh\necho hi\n", 0755),
+                               dir("etc"), file("etc/motd", "hello\n")}));
+  spec.layers.push_back(
+      layer({whiteout("etc/motd"), file("etc/added", "two\n")}, LayerCompression::kZstd));
   spec.config.entrypoint = {"/bin/app"};
   spec.config.env = {"GREETING=a b=c"};
   spec.config.working_dir = "/srv";
@@ -104,18 +105,56 @@ TEST(ConvertCli, ErrorsAreOneLineAndLeaveNoOutput) {
   bytes[bytes.size() / 2] ^= 0x55;
   fs::permissions(blob, fs::perms::owner_write, fs::perm_options::add);
   write_file_atomic(blob, bytes);
-  CommandResult corrupt = img2vm_cmd(home, {"convert", "oci:" + (tmp.path() / "layout").string() + ":v1", "-o", out.string()});
+  CommandResult corrupt = img2vm_cmd(
+      home, {"convert", "oci:" + (tmp.path() / "layout").string() + ":v1", "-o", out.string()});
   EXPECT_EQ(corrupt.exit_code, 1) << corrupt.describe();
   EXPECT_NE(corrupt.err.find(img.layers[0].digest.str()), std::string::npos) << corrupt.err;
   EXPECT_EQ(std::count(corrupt.err.begin(), corrupt.err.end(), '\n'), 1) << corrupt.err;
 
-  CommandResult bad_size = img2vm_cmd(home, {"convert", "oci:" + (tmp.path() / "layout").string() + ":v1", "-o",
-                                             out.string(), "--size", "12Q"});
+  CommandResult bad_size =
+      img2vm_cmd(home, {"convert", "oci:" + (tmp.path() / "layout").string() + ":v1", "-o",
+                        out.string(), "--size", "12Q"});
   EXPECT_EQ(bad_size.exit_code, 1) << bad_size.describe();
   EXPECT_NE(bad_size.err.find("--size"), std::string::npos) << bad_size.err;
 
   EXPECT_FALSE(fs::exists(out));
-  for (const auto& e : fs::directory_iterator(tmp.path())) EXPECT_EQ(e.path().filename(), "layout") << e.path();
+  for (const auto& e : fs::directory_iterator(tmp.path()))
+    EXPECT_EQ(e.path().filename(), "layout") << e.path();
+}
+
+TEST(ConvertCli, HostileLayersFailFastWithBoundedMemory) {
+  // From the issue-14 review: one entry 10,000 directories deep (the writer's recursion crashed
+  // with SIGSEGV, memory grew with depth squared) and a symlink x -> x/x/... of 100,000
+  // components with an entry under it (827 MB from a 386-byte layer). Each is now one line and
+  // exit code 1, and the process's peak memory stays small.
+  std::string deep, bomb;
+  for (int i = 0; i < 10000; ++i) deep += "a/";
+  for (int i = 0; i < 100000; ++i) bomb += "x/";
+  struct Case {
+    std::string name;
+    std::vector<Entry> entries;
+    std::string says;
+  };
+  for (const Case& c :
+       std::vector<Case>{{"deep", {file(deep + "f", "f")}, "PATH_MAX"},
+                         {"bomb", {symlink_to("x", bomb), file("x/y", "y")}, "symbolic links"}}) {
+    ImageSpec spec;
+    spec.layers.push_back(layer(c.entries));
+    BuiltImage img = build_image(spec);
+    ASSERT_LT(img.layers[0].size(), 4096u) << c.name;  // a few hundred bytes gzipped
+    TempDir home("img2vm-home");
+    TempDir tmp("convert-e2e");
+    write_oci_layout(tmp.path() / "layout", {{"v1", img}});
+    auto out = tmp.path() / "out.ext4";
+    CommandResult r = img2vm_cmd(
+        home, {"convert", "oci:" + (tmp.path() / "layout").string() + ":v1", "-o", out.string()});
+    EXPECT_EQ(r.exit_code, 1) << c.name << ": " << r.describe();
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+    EXPECT_NE(r.err.find(img.layers[0].digest.str()), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << r.err;
+    EXPECT_LT(r.max_rss_kb, 128 * 1024) << c.name << ": peak RSS " << r.max_rss_kb << " KiB";
+    EXPECT_FALSE(fs::exists(out));
+  }
 }
 
 }  // namespace

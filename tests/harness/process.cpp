@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -78,8 +79,9 @@ std::vector<char*> cstrs(std::vector<std::string>& v) {
 }
 
 // fork + exec with the three standard descriptors given; the child dies with its parent.
-pid_t spawn(const std::vector<std::string>& argv_in, const std::map<std::string, std::string>& env_extra,
-            const fs::path& cwd, int in_fd, int out_fd, int err_fd) {
+pid_t spawn(const std::vector<std::string>& argv_in,
+            const std::map<std::string, std::string>& env_extra, const fs::path& cwd, int in_fd,
+            int out_fd, int err_fd) {
   if (argv_in.empty()) throw Error(ErrorKind::kInternal, "spawn: empty argv");
   std::string prog = find_program(argv_in[0]);
   if (prog.empty()) throw Error(ErrorKind::kNotFound, "program not found in PATH: " + argv_in[0]);
@@ -161,9 +163,11 @@ CommandResult run_command(const std::vector<std::string>& argv, const RunOptions
   }
   in_w.reset();
   int status = 0;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  struct rusage ru {};
+  while (wait4(pid, &status, 0, &ru) < 0 && errno == EINTR) {
   }
   r.exit_code = decode_status(status);
+  r.max_rss_kb = ru.ru_maxrss;
   return r;
 }
 
@@ -174,7 +178,9 @@ ChildProcess::ChildProcess(const std::vector<std::string>& argv, const fs::path&
   pid_ = spawn(argv, env, {}, devnull.get(), logfd.get(), logfd.get());
 }
 
-ChildProcess::ChildProcess(ChildProcess&& o) noexcept : pid_(o.pid_), exit_code_(o.exit_code_) { o.pid_ = -1; }
+ChildProcess::ChildProcess(ChildProcess&& o) noexcept : pid_(o.pid_), exit_code_(o.exit_code_) {
+  o.pid_ = -1;
+}
 
 ChildProcess& ChildProcess::operator=(ChildProcess&& o) noexcept {
   if (this != &o) {
@@ -228,9 +234,11 @@ int free_loopback_port() {
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw_errno("bind 127.0.0.1:0");
+  if (::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+    throw_errno("bind 127.0.0.1:0");
   socklen_t len = sizeof a;
-  if (::getsockname(s.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0) throw_errno("getsockname");
+  if (::getsockname(s.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0)
+    throw_errno("getsockname");
   return ntohs(a.sin_port);
 }
 

@@ -17,14 +17,15 @@ struct CommandResult {
   std::string out;
   std::string err;
   bool timed_out = false;
+  long max_rss_kb = 0;  // the child's peak resident set (getrusage's ru_maxrss, from wait4)
   // "argv[0] exited with N: <stderr>" for assertion messages.
   std::string describe() const;
 };
 
 struct RunOptions {
-  std::string input;                                 // written to the child's stdin
-  std::map<std::string, std::string> env;            // added to (or replacing) the environment
-  std::filesystem::path cwd;                         // empty: inherit
+  std::string input;                       // written to the child's stdin
+  std::map<std::string, std::string> env;  // added to (or replacing) the environment
+  std::filesystem::path cwd;               // empty: inherit
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
 };
 

@@ -1,5 +1,7 @@
 // Layer application on the metadata tree (no ext4, no external programs): path confinement,
 // whiteout/opaque ordering within a layer, hardlink rules, replacement rules.
+#include "img2vm/layers/apply.hpp"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -9,7 +11,7 @@
 #include "image_builder.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
-#include "img2vm/layers/apply.hpp"
+#include "small_stack.hpp"
 
 using namespace img2vm;
 using namespace img2vm::layers;
@@ -24,11 +26,22 @@ struct Applied {
   uint32_t layer = 0;
 
   void apply(const std::string& tar) {
-    DecodedLayer d = decode_tar(bytes_source(tar), Compression::kNone, spool.get(), {}, "layer test");
+    DecodedLayer d =
+        decode_tar(bytes_source(tar), Compression::kNone, spool.get(), {}, "layer test");
     ++layer;
     apply_layer(tree, d, layer, 1, "layer test");
   }
   void apply(const std::vector<Entry>& es) { apply(make_layer_tar(es)); }
+  // Applies `es` as the next layer, which must fail; returns the error.
+  Error apply_fails(const std::vector<Entry>& es) {
+    try {
+      apply(es);
+    } catch (const Error& e) {
+      return e;
+    }
+    ADD_FAILURE() << "the layer was applied";
+    return Error(ErrorKind::kInternal, "");
+  }
 
   const Inode* find(const std::string& path) const {
     const Inode* cur = tree.root.get();
@@ -73,7 +86,8 @@ TEST(Apply, SymlinkedParentsResolveInsideTheImage) {
   Applied a;
   a.apply({dir("etc"), symlink_to("abs", "/etc"), symlink_to("rel", "../../../../etc"),
            symlink_to("root", "/"), symlink_to("chain", "abs")});
-  a.apply({file("abs/a", "a"), file("rel/b", "b"), file("root/../../c", "c"), file("chain/d", "d")});
+  a.apply(
+      {file("abs/a", "a"), file("rel/b", "b"), file("root/../../c", "c"), file("chain/d", "d")});
   EXPECT_EQ(a.content("etc/a"), "a");
   EXPECT_EQ(a.content("etc/b"), "b");
   EXPECT_EQ(a.content("c"), "c");
@@ -113,6 +127,129 @@ TEST(Apply, BareWhiteoutIsAnErrorAndAufsMetadataIgnored) {
   EXPECT_THROW(a.apply({file("d/.wh.", "")}), Error);
 }
 
+TEST(Apply, WhiteoutsOfDotAndDotDotAreRefusedAndRemoveNothing) {
+  // ".wh.." and ".wh..." would hide "." and "..": the whiteout's own directory and its parent.
+  for (const std::string bad : {"a/b/.", "a/b/..", "a/b/./.", "./.", "."}) {
+    Applied a;
+    a.apply({dir("a"), dir("a/b"), file("a/b/f", "f"), file("a/g", "g")});
+    Error e = a.apply_fails({whiteout(bad)});
+    EXPECT_EQ(e.kind(), ErrorKind::kIntegrity) << bad;
+    EXPECT_NE(std::string(e.what()).find("layer test"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("invalid whiteout entry"), std::string::npos) << e.what();
+    EXPECT_EQ(a.content("a/b/f"), "f") << bad;
+    EXPECT_EQ(a.content("a/g"), "g") << bad;
+  }
+  // Names that only start like those are names.
+  Applied a;
+  a.apply(
+      {dir("a"), file("a/..x", "1"), file("a/...", "2"), file("a/.wh", "3"), file("a/keep", "4")});
+  a.apply({whiteout("a/..x"), whiteout("a/..."), whiteout("a/.wh")});
+  EXPECT_EQ(a.find("a/..x"), nullptr);
+  EXPECT_EQ(a.find("a/..."), nullptr);
+  EXPECT_EQ(a.find("a/.wh"), nullptr);
+  EXPECT_EQ(a.content("a/keep"), "4");
+}
+
+TEST(Apply, WhiteoutEntriesNamingNoNameAreRefusedWhenApplied) {
+  // The same rule where entries come from elsewhere than decode_tar: never a directory removed.
+  for (const std::string path : {"a/b/..", "a/b/.", "a/b/", ""}) {
+    Tree tree;
+    auto a = std::make_shared<Inode>();
+    a->type = NodeType::kDir;
+    auto b = std::make_shared<Inode>();
+    b->type = NodeType::kDir;
+    a->children["b"] = Dentry{b, 1};
+    tree.root->children["a"] = Dentry{a, 1};
+    DecodedLayer d;
+    d.entries.push_back({LayerEntry::Kind::kWhiteout, path, "", Inode{}});
+    EXPECT_THROW(apply_layer(tree, d, 2, 2, "layer test"), Error) << path;
+    ASSERT_TRUE(tree.root->children.count("a")) << path;
+    EXPECT_TRUE(a->children.count("b")) << path;
+  }
+}
+
+TEST(Apply, PathsLongerThanPathMaxAreALimit) {
+  // "/d/d/.../x": 4095 bytes is the longest absolute path Linux's PATH_MAX (4096 with the NUL)
+  // allows.
+  std::string deep;
+  for (int i = 0; i < 2046; ++i) deep += "d/";
+  Applied a;
+  a.apply({file(deep + "xy", "at the limit")});  // "/" + 4092 + 2 = 4095 bytes
+  EXPECT_EQ(a.content(deep + "xy"), "at the limit");
+  Error e = a.apply_fails({file(deep + "xyz", "one past")});
+  EXPECT_EQ(e.kind(), ErrorKind::kLimit);
+  EXPECT_NE(std::string(e.what()).find("layer test"), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("4095 bytes"), std::string::npos) << e.what();
+  EXPECT_EQ(a.find(deep + "xyz"), nullptr);
+  // The same through a symlinked parent: the path that counts is the one in the image.
+  Error via_link =
+      a.apply_fails({symlink_to("s", deep.substr(0, deep.size() - 1)), file("s/xyz", "x")});
+  EXPECT_EQ(via_link.kind(), ErrorKind::kLimit) << via_link.what();
+  // And for hardlinks and the implicit parents of a very deep entry, which stop at the limit.
+  Error link = a.apply_fails({hardlink_to(deep + "abc", deep + "xy")});
+  EXPECT_EQ(link.kind(), ErrorKind::kLimit) << link.what();
+  std::string very_deep;
+  for (int i = 0; i < 10000; ++i) very_deep += "a/";
+  Applied b;
+  Error vd = b.apply_fails({file(very_deep + "f", "x")});
+  EXPECT_EQ(vd.kind(), ErrorKind::kLimit) << vd.what();
+  EXPECT_LT(std::string(vd.what()).size(), 512u) << "the entry's name is cut short in the message";
+  size_t depth = 0;
+  for (const Inode* n = b.tree.root.get(); !n->children.empty();
+       n = n->children.begin()->second.inode.get())
+    ++depth;
+  EXPECT_LE(depth, 2047u);
+}
+
+TEST(Apply, SymlinkExpansionIsBudgeted) {
+  // x -> x/x/x/... : each of the 255 allowed expansions would queue every component again.
+  std::string target;
+  for (int i = 0; i < 100000; ++i) target += "x/";
+  Applied a;
+  Error e = a.apply_fails({symlink_to("x", target), file("x/y", "y")});
+  EXPECT_EQ(e.kind(), ErrorKind::kLimit) << e.what();
+  EXPECT_NE(std::string(e.what()).find("layer test"), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("\"x/y\""), std::string::npos) << e.what();
+  EXPECT_NE(std::string(e.what()).find("65536 path components"), std::string::npos) << e.what();
+  // Each entry within its own budget, the layer's entries together past theirs.
+  std::string d2000;
+  for (int i = 0; i < 2000; ++i) d2000 += "d/";
+  Applied b;
+  b.apply({dir(d2000), symlink_to("l", d2000)});
+  std::vector<Entry> many;
+  for (int i = 0; i < 2100; ++i) many.push_back(file("l/f" + std::to_string(i), ""));
+  Error layer = b.apply_fails(many);
+  EXPECT_EQ(layer.kind(), ErrorKind::kLimit) << layer.what();
+  EXPECT_NE(std::string(layer.what()).find("in all"), std::string::npos) << layer.what();
+  // Fewer such entries are fine.
+  many.resize(100);
+  b.apply(many);
+  EXPECT_NE(b.find(d2000 + "f99"), nullptr);
+}
+
+TEST(Tree, DeepTreesAreReleasedWithoutRecursion) {
+  // 100,000 nested directories released on a 256 KiB stack: a recursive release would need
+  // megabytes. Hard links and a pointer held from outside survive.
+  std::shared_ptr<Inode> kept, shared_file = std::make_shared<Inode>();
+  run_with_stack(256 << 10, [&] {
+    Tree tree;
+    Inode* cur = tree.root.get();
+    for (int i = 0; i < 100000; ++i) {
+      auto d = std::make_shared<Inode>();
+      d->type = NodeType::kDir;
+      cur->children["d"] = Dentry{d, 1};
+      cur->children["f"] = Dentry{shared_file, 1};
+      if (i == 50000) kept = d;
+      cur = d.get();
+    }
+  });
+  ASSERT_NE(kept, nullptr);
+  EXPECT_EQ(kept->children.size(), 2u);
+  EXPECT_EQ(shared_file.use_count(), 1 + 49999);  // held by the kept subtree's directories
+  run_with_stack(256 << 10, [&] { kept.reset(); });
+  EXPECT_EQ(shared_file.use_count(), 1);
+}
+
 TEST(Apply, HardlinkRules) {
   Applied a;
   a.apply({file("f", "data"), dir("d")});
@@ -144,7 +281,8 @@ TEST(Apply, ReplacementRules) {
 TEST(Apply, LongNamesUidsAndXattrs) {
   Applied a;
   std::string longname = std::string(200, 'a') + "/" + std::string(250, 'b');
-  a.apply({file(longname, "long").owner(4000000000LL, 70000).xattr("user.k", std::string("v\0w", 3))});
+  a.apply(
+      {file(longname, "long").owner(4000000000LL, 70000).xattr("user.k", std::string("v\0w", 3))});
   const Inode* n = a.find(longname);
   ASSERT_NE(n, nullptr);
   EXPECT_EQ(n->uid, 4000000000u);
@@ -158,7 +296,8 @@ TEST(Apply, LongNamesUidsAndXattrs) {
 namespace {
 
 // Decodes `es` with the aligned layout into `fd` from byte `base`.
-DecodedLayer decode_aligned(const std::vector<Entry>& es, int fd, uint64_t base, uint64_t limit = UINT64_MAX) {
+DecodedLayer decode_aligned(const std::vector<Entry>& es, int fd, uint64_t base,
+                            uint64_t limit = UINT64_MAX) {
   SpoolTarget t;
   t.fd = fd;
   t.base = base;
@@ -179,9 +318,10 @@ TEST(AlignedSpool, EachFileStartsOnABlockAndKeepsItsBlocksToItself) {
   TempDir dir{"img2vm-aligned-test"};
   UniqueFd fd = open_file(dir.path() / "out", O_RDWR | O_CREAT, 0600);
   const uint64_t base = 3 * 4096;
-  DecodedLayer d = decode_aligned({file("one", "1"), file("empty", ""), file("block", std::string(4096, 'b')),
-                                   file("more", std::string(5000, 'm')), file("last", "L")},
-                                  fd.get(), base);
+  DecodedLayer d =
+      decode_aligned({file("one", "1"), file("empty", ""), file("block", std::string(4096, 'b')),
+                      file("more", std::string(5000, 'm')), file("last", "L")},
+                     fd.get(), base);
   auto at = [&](const std::string& p) {
     const Inode& n = node_of(d, p);
     EXPECT_EQ(n.extents.size(), 1u) << p;
@@ -195,11 +335,13 @@ TEST(AlignedSpool, EachFileStartsOnABlockAndKeepsItsBlocksToItself) {
   EXPECT_EQ(d.spool_bytes, 5u * 4096);
   EXPECT_EQ(d.data_bytes, 1u + 4096 + 5000 + 1);
   std::string got(d.spool_bytes, '\0');
-  ASSERT_EQ(::pread(fd.get(), got.data(), got.size(), static_cast<off_t>(base)), static_cast<ssize_t>(4 * 4096 + 1));
+  ASSERT_EQ(::pread(fd.get(), got.data(), got.size(), static_cast<off_t>(base)),
+            static_cast<ssize_t>(4 * 4096 + 1));
   EXPECT_EQ(got.substr(0, 2), std::string("1\0", 2));  // the rest of a file's last block stays zero
   EXPECT_EQ(got.substr(4096, 4096), std::string(4096, 'b'));
   EXPECT_EQ(got.substr(2 * 4096, 5000), std::string(5000, 'm'));
-  EXPECT_EQ(got.substr(2 * 4096 + 5000, 4096 - (5000 - 4096)), std::string(4096 - (5000 - 4096), '\0'));
+  EXPECT_EQ(got.substr(2 * 4096 + 5000, 4096 - (5000 - 4096)),
+            std::string(4096 - (5000 - 4096), '\0'));
   EXPECT_EQ(got.substr(4 * 4096, 1), "L");
   std::string before(base, 'x');
   ASSERT_EQ(::pread(fd.get(), before.data(), base, 0), static_cast<ssize_t>(base));

@@ -1,7 +1,9 @@
 // convert(): builder images flattened into ext4, read back through libext2fs, checked with
 // e2fsck -fn every time.
-#include <gtest/gtest.h>
+#include "img2vm/rootfs/convert.hpp"
+
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <linux/falloc.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -12,7 +14,6 @@
 #include "image_builder.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
-#include "img2vm/rootfs/convert.hpp"
 #include "img2vm/rootfs/runtime_config.hpp"
 
 using namespace img2vm;
@@ -24,7 +25,8 @@ namespace {
 // Whether files in `dir` can have ranges collapsed (ext4 and XFS can), as in-place decoding needs.
 bool can_collapse(const fs::path& dir) {
   UniqueFd fd = open_file(dir / "collapse-probe", O_RDWR | O_CREAT | O_TRUNC, 0600);
-  bool ok = ::ftruncate(fd.get(), 3 * 4096) == 0 && ::fallocate(fd.get(), FALLOC_FL_COLLAPSE_RANGE, 4096, 4096) == 0;
+  bool ok = ::ftruncate(fd.get(), 3 * 4096) == 0 &&
+            ::fallocate(fd.get(), FALLOC_FL_COLLAPSE_RANGE, 4096, 4096) == 0;
   fs::remove(dir / "collapse-probe");
   return ok;
 }
@@ -34,12 +36,13 @@ class Convert : public ::testing::Test {
   TempDir tmp{"img2vm-convert-test"};
 
   // Converts, asserts e2fsck -fn is clean, returns the tree.
-  FsTree convert_ok(const ImageSpec& spec, rootfs::ConvertOptions opt = {}, std::string name = "out.ext4") {
+  FsTree convert_ok(const ImageSpec& spec, rootfs::ConvertOptions opt = {},
+                    std::string name = "out.ext4") {
     BuiltImage img = build_image(spec);
     return convert_built(img, opt, name);
   }
-  FsTree convert_built(const BuiltImage& img, rootfs::ConvertOptions opt = {}, std::string name = "out.ext4",
-                       bool* in_place = nullptr) {
+  FsTree convert_built(const BuiltImage& img, rootfs::ConvertOptions opt = {},
+                       std::string name = "out.ext4", bool* in_place = nullptr) {
     rootfs::ImageInput in = image_input(img, tmp.path() / ("in-" + name));
     opt.output = tmp.path() / name;
     rootfs::ConvertResult r = rootfs::convert(in, opt);
@@ -54,8 +57,9 @@ class Convert : public ::testing::Test {
 
 TEST_F(Convert, BasicFilesDirsAndInjectedConfig) {
   ImageSpec spec;
-  spec.layers.push_back(layer({dir("etc", 0755), file("etc/hostname", "box\n"), dir("var/empty", 0700),
-                               symlink_to("bin", "usr/bin"), dir("usr/bin"), file("usr/bin/sh", "#!sh", 0755)}));
+  spec.layers.push_back(
+      layer({dir("etc", 0755), file("etc/hostname", "box\n"), dir("var/empty", 0700),
+             symlink_to("bin", "usr/bin"), dir("usr/bin"), file("usr/bin/sh", "#!sh", 0755)}));
   spec.config.cmd = {"/bin/sh"};
   spec.config.env = {"PATH=/usr/bin"};
   FsTree t = convert_ok(spec);
@@ -80,16 +84,17 @@ TEST_F(Convert, BasicFilesDirsAndInjectedConfig) {
   EXPECT_EQ(t["/lost+found"].type, 'd');
 }
 
-
 // Fails to convert; returns the error. Asserts nothing is left in the output directory.
-Error convert_fails(const rootfs::ImageInput& in, rootfs::ConvertOptions opt, const fs::path& outdir) {
+Error convert_fails(const rootfs::ImageInput& in, rootfs::ConvertOptions opt,
+                    const fs::path& outdir) {
   fs::create_directories(outdir);
   opt.output = outdir / "out.ext4";
   try {
     rootfs::convert(in, opt);
   } catch (const Error& e) {
     std::vector<std::string> left;
-    for (const auto& de : fs::directory_iterator(outdir)) left.push_back(de.path().filename().string());
+    for (const auto& de : fs::directory_iterator(outdir))
+      left.push_back(de.path().filename().string());
     EXPECT_TRUE(left.empty()) << ::testing::PrintToString(left);
     return e;
   }
@@ -144,16 +149,24 @@ TEST_F(Convert, ReproducibleByteForByte) {
 // outgrows its region and then again through spool files: the same bytes every time, and no
 // byte of a file that a later layer removed or replaced is left in the image.
 TEST_F(Convert, SameBytesHoweverTheLayerDataReachesTheOutput) {
-  const std::string gone = "GONE-" + std::string(5000, 'g');      // removed by a whiteout
-  const std::string old_v = "OLD-" + std::string(9000, 'o');       // replaced by the next layer
-  const std::string opaque_v = "OPQ-" + std::string(300, 'q');     // hidden by an opaque dir
+  const std::string gone = "GONE-" + std::string(5000, 'g');    // removed by a whiteout
+  const std::string old_v = "OLD-" + std::string(9000, 'o');    // replaced by the next layer
+  const std::string opaque_v = "OPQ-" + std::string(300, 'q');  // hidden by an opaque dir
   std::string big(3u << 20, '\0');
   for (size_t i = 0; i < big.size(); i += 511) big[i] = static_cast<char>('a' + i % 26);
-  std::vector<Entry> l1{file("gone", gone), file("keep/old", old_v), dir("opq"), file("opq/x", opaque_v),
-                        file("empty", ""), file("exact", std::string(4096, 'e')), file("one-more", std::string(4097, 'm')),
-                        file("big", big), hardlink_to("big-link", "big")};
-  for (int i = 0; i < 200; ++i) l1.push_back(file("small/" + std::to_string(i), "s" + std::to_string(i)));
-  std::vector<Entry> l2{whiteout("gone"), file("keep/old", "new"), opaque("opq"), file("opq/y", "y")};
+  std::vector<Entry> l1{file("gone", gone),
+                        file("keep/old", old_v),
+                        dir("opq"),
+                        file("opq/x", opaque_v),
+                        file("empty", ""),
+                        file("exact", std::string(4096, 'e')),
+                        file("one-more", std::string(4097, 'm')),
+                        file("big", big),
+                        hardlink_to("big-link", "big")};
+  for (int i = 0; i < 200; ++i)
+    l1.push_back(file("small/" + std::to_string(i), "s" + std::to_string(i)));
+  std::vector<Entry> l2{whiteout("gone"), file("keep/old", "new"), opaque("opq"),
+                        file("opq/y", "y")};
   std::vector<Entry> l3{file("top", std::string(10000, 't'))};
   ImageSpec spec;
   spec.layers.push_back(layer(l1));
@@ -208,18 +221,21 @@ TEST_F(Convert, RemovedFilesDataIsCutOutOfTheImage) {
     for (size_t i = 0; i < n; ++i) s[i] = static_cast<char>(seed + static_cast<char>(i % 23));
     return s;
   };
-  const std::string big = "BIG-" + pattern(8u << 20, 'A');          // removed, at the area's start
-  const std::string mid = "MID-" + pattern(300u << 10, 'a');         // replaced
-  const std::string tail = "TAIL-" + pattern(2u << 20, 'k');         // removed, at the area's end
+  const std::string big = "BIG-" + pattern(8u << 20, 'A');    // removed, at the area's start
+  const std::string mid = "MID-" + pattern(300u << 10, 'a');  // replaced
+  const std::string tail = "TAIL-" + pattern(2u << 20, 'k');  // removed, at the area's end
   const std::string fresh = pattern(100u << 10, '0');
-  const std::string early = "EARLY-" + pattern(100u << 10, 'e');     // removed, just before `large`
-  const std::string large = pattern(1u << 20, 'L');                  // moves down less than its size
+  const std::string early = "EARLY-" + pattern(100u << 10, 'e');  // removed, just before `large`
+  const std::string large = pattern(1u << 20, 'L');               // moves down less than its size
   std::vector<Entry> small;
-  for (int i = 0; i < 20; ++i) small.push_back(file("small/" + std::to_string(i), std::string(5000 + i, 's')));
-  std::vector<Entry> l1{file("early", early), file("large", large), file("big", big), file("keep", "k"), file("mid", mid)};
+  for (int i = 0; i < 20; ++i)
+    small.push_back(file("small/" + std::to_string(i), std::string(5000 + i, 's')));
+  std::vector<Entry> l1{file("early", early), file("large", large), file("big", big),
+                        file("keep", "k"), file("mid", mid)};
   l1.insert(l1.end(), small.begin(), small.end());
   l1.push_back(file("tail", tail));
-  std::vector<Entry> l2{whiteout("early"), whiteout("big"), file("mid", "replaced"), whiteout("tail"), file("new", fresh)};
+  std::vector<Entry> l2{whiteout("early"), whiteout("big"), file("mid", "replaced"),
+                        whiteout("tail"), file("new", fresh)};
   ImageSpec two;
   two.layers.push_back(layer(l1));
   two.layers.push_back(layer(l2, LayerCompression::kZstd));
@@ -243,9 +259,11 @@ TEST_F(Convert, RemovedFilesDataIsCutOutOfTheImage) {
   const std::string a = read_file(tmp.path() / "collapsed.ext4");
   EXPECT_TRUE(a == read_file(tmp.path() / "copied.ext4"));
   EXPECT_TRUE(a == read_file(tmp.path() / "spooled.ext4"));
-  for (const std::string* gone : {&early, &big, &mid, &tail}) EXPECT_EQ(a.find(gone->substr(0, 64)), std::string::npos);
+  for (const std::string* gone : {&early, &big, &mid, &tail})
+    EXPECT_EQ(a.find(gone->substr(0, 64)), std::string::npos);
   // Before, the removed 10.4 MiB stayed in the file system as free space.
-  const uint64_t size = fs::file_size(tmp.path() / "collapsed.ext4"), never = fs::file_size(tmp.path() / "never.ext4");
+  const uint64_t size = fs::file_size(tmp.path() / "collapsed.ext4"),
+                 never = fs::file_size(tmp.path() / "never.ext4");
   EXPECT_LE(size, never + (256u << 10)) << size << " vs " << never;
 
   EXPECT_FALSE(t.count("/early"));
@@ -255,7 +273,8 @@ TEST_F(Convert, RemovedFilesDataIsCutOutOfTheImage) {
   EXPECT_EQ(t["/keep"].content, "k");
   EXPECT_EQ(t["/mid"].content, "replaced");
   EXPECT_TRUE(t["/new"].content == fresh);
-  for (int i = 0; i < 20; ++i) EXPECT_EQ(t["/small/" + std::to_string(i)].content, std::string(5000 + i, 's')) << i;
+  for (int i = 0; i < 20; ++i)
+    EXPECT_EQ(t["/small/" + std::to_string(i)].content, std::string(5000 + i, 's')) << i;
 }
 
 // Sparse files of several layers keep their holes when their data is adopted in place, and
@@ -263,18 +282,20 @@ TEST_F(Convert, RemovedFilesDataIsCutOutOfTheImage) {
 TEST_F(Convert, SparseLayersInPlaceAndThroughSpools) {
   const uint64_t size = 40ull << 20;
   // Runs a few bytes apart share blocks; runs far apart get blocks of their own.
-  std::string t1 = sparse_tar("s1", size, {{10, "a"}, {100, "b"}, {5000, "c"}, {1u << 20, std::string(9000, 'd')},
-                                           {size - 3, "end"}});
+  std::string t1 = sparse_tar(
+      "s1", size,
+      {{10, "a"}, {100, "b"}, {5000, "c"}, {1u << 20, std::string(9000, 'd')}, {size - 3, "end"}});
   std::string t2 = sparse_tar("s2", 1u << 20, {{4095, "xy"}, {8192 + 7, "z"}});
   // Ten runs far apart: more extents than the inode holds, so an extent tree block is needed.
   std::vector<std::pair<uint64_t, std::string>> runs;
-  for (int i = 0; i < 10; ++i) runs.push_back({(uint64_t(i) << 20) + 1, std::string(5000, static_cast<char>('0' + i))});
+  for (int i = 0; i < 10; ++i)
+    runs.push_back({(uint64_t(i) << 20) + 1, std::string(5000, static_cast<char>('0' + i))});
   std::string t3 = sparse_tar("s3", 10u << 20, runs);
   FsTree t;
   std::string bytes[2];
   for (int k = 0; k < 2; ++k) {
-    rootfs::ImageInput in =
-        raw_input({{kTarMt, t1}, {kTarMt, t2}, {kTarMt, t3}}, tmp.path() / ("raw" + std::to_string(k)));
+    rootfs::ImageInput in = raw_input({{kTarMt, t1}, {kTarMt, t2}, {kTarMt, t3}},
+                                      tmp.path() / ("raw" + std::to_string(k)));
     rootfs::ConvertOptions opt;
     opt.in_place = k == 0;
     opt.output = tmp.path() / ("sparse" + std::to_string(k) + ".ext4");
@@ -303,19 +324,26 @@ TEST_F(Convert, SparseLayersInPlaceAndThroughSpools) {
   const std::string& s3 = t["/s3"].content;
   ASSERT_EQ(s3.size(), 10u << 20);
   for (int i = 0; i < 10; ++i) {
-    EXPECT_EQ(s3.substr((uint64_t(i) << 20) + 1, 5000), std::string(5000, static_cast<char>('0' + i))) << i;
+    EXPECT_EQ(s3.substr((uint64_t(i) << 20) + 1, 5000),
+              std::string(5000, static_cast<char>('0' + i)))
+        << i;
     EXPECT_EQ(s3[uint64_t(i) << 20], '\0') << i;
   }
-  EXPECT_EQ(t["/s3"].allocated, (10u * 2 + 1) * 4096);  // two blocks per run and the extent tree block
+  EXPECT_EQ(t["/s3"].allocated,
+            (10u * 2 + 1) * 4096);  // two blocks per run and the extent tree block
 }
 
 TEST_F(Convert, InitInjectedAndImageReservedDirReplaced) {
   ImageSpec spec;
-  spec.layers.push_back(layer({dir(".img2vm", 0777), file(".img2vm/evil", "x"), file("keep", "k")}));
+  spec.layers.push_back(
+      layer({dir(".img2vm", 0777), file(".img2vm/evil", "x"), file("keep", "k")}));
   spec.config.entrypoint = {"/app"};
   spec.config.working_dir = "/srv";
   fs::path init = tmp.path() / "init";
-  write_file_atomic(init, "\x7f" "ELF fake init", 0600);
+  write_file_atomic(init,
+                    "\x7f"
+                    "ELF fake init",
+                    0600);
   rootfs::ConvertOptions opt;
   opt.init_binary = init;
   FsTree t = convert_ok(spec, opt);
@@ -344,7 +372,8 @@ TEST_F(Convert, RootDirectoryOwnerAndModeFromImage) {
 
 TEST_F(Convert, SparseFilesStaySparse) {
   const uint64_t size = 64ull << 20;
-  std::string tar = sparse_tar("sparse", size, {{0, "head"}, {8u << 20, std::string(10000, 's')}, {size - 4, "tail"}});
+  std::string tar = sparse_tar(
+      "sparse", size, {{0, "head"}, {8u << 20, std::string(10000, 's')}, {size - 4, "tail"}});
   FsTree t;
   {
     rootfs::ImageInput in = raw_input({{kTarMt, tar}}, tmp.path() / "raw");
@@ -368,7 +397,8 @@ TEST_F(Convert, SparseFilesStaySparse) {
 
 TEST_F(Convert, LargeDirectoriesLargeFilesAndSlowSymlinks) {
   std::vector<Entry> es{dir("big")};
-  for (int i = 0; i < 3000; ++i) es.push_back(file("big/entry-with-a-longish-name-" + std::to_string(i), std::to_string(i)));
+  for (int i = 0; i < 3000; ++i)
+    es.push_back(file("big/entry-with-a-longish-name-" + std::to_string(i), std::to_string(i)));
   std::string blob(24u << 20, '\0');
   for (size_t i = 0; i < blob.size(); i += 4093) blob[i] = static_cast<char>(i * 7);
   es.push_back(file("blob", blob));
@@ -378,7 +408,8 @@ TEST_F(Convert, LargeDirectoriesLargeFilesAndSlowSymlinks) {
   ImageSpec spec;
   spec.layers.push_back(layer(es));
   FsTree t = convert_ok(spec);
-  EXPECT_EQ(t.size(), 1u + 1 + 3000 + 4 + 3);  // /, big, its files, blob and links, lost+found .img2vm config.json
+  EXPECT_EQ(t.size(), 1u + 1 + 3000 + 4 +
+                          3);  // /, big, its files, blob and links, lost+found .img2vm config.json
   EXPECT_EQ(t["/big/entry-with-a-longish-name-2999"].content, "2999");
   EXPECT_TRUE(t["/blob"].content == blob);
   EXPECT_EQ(t["/fast"].target, std::string(59, 'f'));
@@ -400,7 +431,8 @@ TEST_F(Convert, SizeOptions) {
   rootfs::ConvertOptions roomy;
   roomy.extra_space = 100ull << 20;
   convert_built(img, roomy, "roomy.ext4");
-  uint64_t a = fs::file_size(tmp.path() / "small.ext4"), b = fs::file_size(tmp.path() / "roomy.ext4");
+  uint64_t a = fs::file_size(tmp.path() / "small.ext4"),
+           b = fs::file_size(tmp.path() / "roomy.ext4");
   EXPECT_LT(a, 3ull << 20);  // 1 MiB of data plus metadata, minimal slack
   EXPECT_GE(b, (100ull << 20) + (1ull << 20));
 
@@ -425,7 +457,8 @@ TEST_F(Convert, ErrorTruncatedLayer) {
   std::string good = gzip_bytes(make_layer_tar({file("a", std::string(200000, 'a'))}));
   rootfs::ImageInput in = raw_input({{kGzipMt, good}}, tmp.path() / "raw");
   // The descriptor says the full size; the blob on disk is cut short.
-  write_file_atomic(tmp.path() / "raw" / in.layers[0].digest.hex(), good.substr(0, good.size() / 2));
+  write_file_atomic(tmp.path() / "raw" / in.layers[0].digest.hex(),
+                    good.substr(0, good.size() / 2));
   Error e = convert_fails(in, {}, tmp.path() / "out");
   EXPECT_EQ(e.kind(), ErrorKind::kIntegrity) << e.what();
   EXPECT_NE(std::string(e.what()).find(in.layers[0].digest.str()), std::string::npos) << e.what();
@@ -445,7 +478,8 @@ TEST_F(Convert, ErrorDigestMismatch) {
 }
 
 TEST_F(Convert, ErrorUnsupportedMediaType) {
-  rootfs::ImageInput in = raw_input({{"application/vnd.oci.image.layer.v1.tar+bzip2", "BZh9"}}, tmp.path() / "raw");
+  rootfs::ImageInput in =
+      raw_input({{"application/vnd.oci.image.layer.v1.tar+bzip2", "BZh9"}}, tmp.path() / "raw");
   Error e = convert_fails(in, {}, tmp.path() / "out");
   EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << e.what();
   EXPECT_NE(std::string(e.what()).find(in.layers[0].digest.str()), std::string::npos) << e.what();
@@ -489,6 +523,42 @@ TEST_F(Convert, ErrorDecompressionBomb) {
   Error e = convert_fails(image_input(img, tmp.path() / "in"), opt, tmp.path() / "out");
   EXPECT_EQ(e.kind(), ErrorKind::kLimit) << e.what();
   EXPECT_NE(std::string(e.what()).find(img.layers[0].digest.str()), std::string::npos) << e.what();
+}
+
+TEST_F(Convert, PathsUpToPathMaxConvertAndHostileLayersFailCleanly) {
+  // The longest path Linux can use (4095 bytes, 2047 directories deep) converts and checks clean.
+  std::string deep;
+  for (int i = 0; i < 2046; ++i) deep += "d/";
+  ImageSpec ok;
+  ok.layers.push_back(layer({file(deep + "xy", "deep"), symlink_to(deep + "l", "xy")}));
+  FsTree t = convert_ok(ok);
+  EXPECT_EQ(t["/" + deep + "xy"].content, "deep");
+  EXPECT_EQ(t["/" + deep + "l"].target, "xy");
+
+  // Refused, naming the layer, leaving nothing: a path past PATH_MAX (10,000 deep), a whiteout
+  // of "..", a symlink that expands without end.
+  std::string very_deep, bomb;
+  for (int i = 0; i < 10000; ++i) very_deep += "a/";
+  for (int i = 0; i < 100000; ++i) bomb += "x/";
+  struct Case {
+    std::string what;
+    std::vector<Entry> entries;
+    ErrorKind kind;
+  };
+  std::vector<Case> cases{{"deep", {file(very_deep + "f", "f")}, ErrorKind::kLimit},
+                          {"whiteout", {dir("a"), whiteout("a/..")}, ErrorKind::kIntegrity},
+                          {"bomb", {symlink_to("x", bomb), file("x/y", "y")}, ErrorKind::kLimit}};
+  for (const auto& c : cases) {
+    ImageSpec spec;
+    spec.layers.push_back(layer({dir("a"), file("a/keep", "k")}));
+    spec.layers.push_back(layer(c.entries));
+    BuiltImage img = build_image(spec);
+    Error e = convert_fails(image_input(img, tmp.path() / ("in-" + c.what)), {},
+                            tmp.path() / ("out-" + c.what));
+    EXPECT_EQ(e.kind(), c.kind) << c.what << ": " << e.what();
+    EXPECT_NE(std::string(e.what()).find(img.layers[1].digest.str()), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST_F(Convert, UnwritableOutputLeavesNothing) {

@@ -1,6 +1,6 @@
-// Test helpers for the rootfs suites: a file system tree as path -> attributes, read back from an
-// ext4 image through libext2fs (no mount) or from a host directory (umoci's bundle), plus a
-// helper that turns builder images into convert() inputs.
+// Test helpers for the rootfs suites: file system trees (ext4_tree.hpp) read back from a host
+// directory (umoci's bundle) too, e2fsck, and helpers that turn builder images into convert()
+// inputs.
 #pragma once
 
 #include <cstdint>
@@ -9,31 +9,12 @@
 #include <string>
 #include <vector>
 
+#include "ext4_tree.hpp"
 #include "image_builder.hpp"
 #include "img2vm/rootfs/convert.hpp"
 
 namespace img2vm::testing {
 
-struct FsEntry {
-  char type = '?';  // f d l c b p
-  uint32_t mode = 0;  // permission bits incl. setuid/setgid/sticky
-  uint32_t uid = 0, gid = 0;
-  uint64_t size = 0;
-  std::string content;  // regular files
-  std::string target;   // symlinks
-  uint32_t major = 0, minor = 0;
-  std::map<std::string, std::string> xattrs;
-  uint64_t ino = 0;
-  uint32_t nlink = 0;
-  int64_t mtime = 0;
-  uint32_t mtime_nsec = 0;
-  uint64_t allocated = 0;  // bytes of data blocks (ext4 only; 0 for a host tree)
-};
-
-// Keyed by absolute path ("/" is the root).
-using FsTree = std::map<std::string, FsEntry>;
-
-FsTree read_ext4(const std::filesystem::path& image);
 FsTree read_host_tree(const std::filesystem::path& root);
 
 // Paths grouped by shared inode, only groups of two or more names; each group sorted.

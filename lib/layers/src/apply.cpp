@@ -19,12 +19,18 @@ namespace img2vm::layers {
 
 std::string_view to_string(NodeType t) noexcept {
   switch (t) {
-    case NodeType::kFile: return "file";
-    case NodeType::kDir: return "directory";
-    case NodeType::kSymlink: return "symlink";
-    case NodeType::kCharDev: return "character device";
-    case NodeType::kBlockDev: return "block device";
-    case NodeType::kFifo: return "fifo";
+    case NodeType::kFile:
+      return "file";
+    case NodeType::kDir:
+      return "directory";
+    case NodeType::kSymlink:
+      return "symlink";
+    case NodeType::kCharDev:
+      return "character device";
+    case NodeType::kBlockDev:
+      return "block device";
+    case NodeType::kFifo:
+      return "fifo";
   }
   return "?";
 }
@@ -32,6 +38,24 @@ std::string_view to_string(NodeType t) noexcept {
 Tree::Tree() : root(std::make_shared<Inode>()) {
   root->type = NodeType::kDir;
   root->mode = 0755;
+}
+
+Inode::~Inode() {
+  if (children.empty()) return;
+  // Each inode popped here is released with no children left, so its own destructor returns at
+  // once; inodes still held elsewhere (hard links, a caller's pointer) are only let go of.
+  std::vector<std::shared_ptr<Inode>> todo;
+  auto take = [&todo](std::map<std::string, Dentry, std::less<>>& kids) {
+    for (auto& [name, d] : kids)
+      if (d.inode) todo.push_back(std::move(d.inode));
+    kids.clear();
+  };
+  take(children);
+  while (!todo.empty()) {
+    std::shared_ptr<Inode> n = std::move(todo.back());
+    todo.pop_back();
+    if (n.use_count() == 1) take(n->children);
+  }
 }
 
 std::vector<std::string> clean_path(std::string_view name) {
@@ -53,6 +77,18 @@ std::vector<std::string> clean_path(std::string_view name) {
 }
 
 namespace {
+
+// A name for an error message: in quotes, on one line (control bytes shown as '?'), and cut
+// short when long (a hostile entry name may be megabytes).
+std::string quote(std::string_view name) {
+  constexpr size_t kShown = 160;
+  std::string s = "\"";
+  for (char ch : name.substr(0, kShown))
+    s += (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) ? '?' : ch;
+  s += '"';
+  if (name.size() > kShown) s += "... (" + std::to_string(name.size()) + " bytes)";
+  return s;
+}
 
 std::string join(const std::vector<std::string>& parts, size_t n) {
   std::string s;
@@ -93,7 +129,8 @@ struct ArchiveFree {
 // Writes a layer's file data at the positions decode_tar picks, through a 1 MiB buffer.
 class Spool {
  public:
-  Spool(const SpoolTarget& t, std::string_view what) : t_(t), what_(what), pos_(t.start), kicked_(t.start) {
+  Spool(const SpoolTarget& t, std::string_view what)
+      : t_(t), what_(what), pos_(t.start), kicked_(t.start) {
     buf_.reserve(kCap);
   }
   uint64_t end() const { return pos_ + buf_.size(); }
@@ -120,7 +157,8 @@ class Spool {
   void flush(bool last = false) {
     size_t done = 0;
     while (done < buf_.size()) {
-      ssize_t w = ::pwrite(t_.fd, buf_.data() + done, buf_.size() - done, static_cast<off_t>(t_.base + pos_ + done));
+      ssize_t w = ::pwrite(t_.fd, buf_.data() + done, buf_.size() - done,
+                           static_cast<off_t>(t_.base + pos_ + done));
       if (w < 0) {
         if (errno == EINTR) continue;
         if (errno == EFBIG) throw SpoolFull(what_ + ": the spool file cannot grow that large");
@@ -132,8 +170,8 @@ class Spool {
     buf_.clear();
     if (t_.writeback_step && pos_ > kicked_ && (last || pos_ - kicked_ >= t_.writeback_step)) {
       // A hint, so that the disk works while decoding goes on: failure changes nothing.
-      (void)::sync_file_range(t_.fd, static_cast<off_t>(t_.base + kicked_), static_cast<off_t>(pos_ - kicked_),
-                              SYNC_FILE_RANGE_WRITE);
+      (void)::sync_file_range(t_.fd, static_cast<off_t>(t_.base + kicked_),
+                              static_cast<off_t>(pos_ - kicked_), SYNC_FILE_RANGE_WRITE);
       kicked_ = pos_;
     }
   }
@@ -164,7 +202,8 @@ DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_f
 DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const SpoolTarget& target,
                         const DecodeLimits& limits, std::string_view what_sv) {
   const uint64_t align = target.align ? target.align : 1;
-  if (align & (align - 1)) throw Error(ErrorKind::kInternal, "decode_tar: alignment is not a power of two");
+  if (align & (align - 1))
+    throw Error(ErrorKind::kInternal, "decode_tar: alignment is not a power of two");
   const std::string what(what_sv);
   // gzip is inflated by isa-l (GzipReader) rather than by libarchive's zlib-based filter.
   std::optional<GzipReader> gz;
@@ -183,7 +222,8 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
   auto fail = [&](std::string_view during) -> Error {
     if (ctx.exc) std::rethrow_exception(ctx.exc);
     const char* msg = archive_error_string(a.get());
-    return Error(ErrorKind::kIntegrity, what + ": corrupt or truncated layer (" + std::string(during) +
+    return Error(ErrorKind::kIntegrity, what + ": corrupt or truncated layer (" +
+                                            std::string(during) +
                                             "): " + (msg ? msg : "libarchive error"));
   };
   auto check_cancel = [&] {
@@ -230,8 +270,12 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
         e.path = join(parts, parts.size() - 1);
       } else if (base.rfind(".wh..wh.", 0) == 0) {
         continue;  // aufs metadata (.wh..wh.plnk, .wh..wh.aufs): never part of the image
-      } else if (base == ".wh.") {
-        throw Error(ErrorKind::kIntegrity, what + ": invalid whiteout entry \"" + raw + "\"");
+      } else if (base == ".wh." || base == ".wh.." || base == ".wh...") {
+        // ".wh.", ".wh.." and ".wh..." hide no name: "" and "." would be the whiteout's own
+        // directory, ".." its parent (refused, as containerd does).
+        throw Error(ErrorKind::kIntegrity, what + ": invalid whiteout entry " + quote(raw) +
+                                               ": \"" + base.substr(4) +
+                                               "\" is not a name in its directory");
       } else {
         e.kind = LayerEntry::Kind::kWhiteout;
         parts.back() = base.substr(4);
@@ -246,24 +290,38 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
       e.kind = LayerEntry::Kind::kHardlink;
       e.target = join(t, t.size());
       if (e.target.empty())
-        throw Error(ErrorKind::kIntegrity, what + ": hardlink \"" + raw + "\" points at the root directory");
+        throw Error(ErrorKind::kIntegrity,
+                    what + ": hardlink " + quote(raw) + " points at the root directory");
       out.entries.push_back(std::move(e));
       continue;
     }
     Inode& n = e.node;
     switch (archive_entry_filetype(ae)) {
-      case AE_IFREG: n.type = NodeType::kFile; break;
-      case AE_IFDIR: n.type = NodeType::kDir; break;
-      case AE_IFLNK: n.type = NodeType::kSymlink; break;
-      case AE_IFCHR: n.type = NodeType::kCharDev; break;
-      case AE_IFBLK: n.type = NodeType::kBlockDev; break;
-      case AE_IFIFO: n.type = NodeType::kFifo; break;
-      default: continue;  // sockets and unknown types are not part of a rootfs
+      case AE_IFREG:
+        n.type = NodeType::kFile;
+        break;
+      case AE_IFDIR:
+        n.type = NodeType::kDir;
+        break;
+      case AE_IFLNK:
+        n.type = NodeType::kSymlink;
+        break;
+      case AE_IFCHR:
+        n.type = NodeType::kCharDev;
+        break;
+      case AE_IFBLK:
+        n.type = NodeType::kBlockDev;
+        break;
+      case AE_IFIFO:
+        n.type = NodeType::kFifo;
+        break;
+      default:
+        continue;  // sockets and unknown types are not part of a rootfs
     }
     n.mode = archive_entry_perm(ae) & 07777;
     la_int64_t uid = archive_entry_uid(ae), gid = archive_entry_gid(ae);
     if (uid < 0 || uid > 0xfffffffeLL || gid < 0 || gid > 0xfffffffeLL)
-      throw Error(ErrorKind::kIntegrity, what + ": \"" + raw + "\" has an out-of-range uid/gid");
+      throw Error(ErrorKind::kIntegrity, what + ": " + quote(raw) + " has an out-of-range uid/gid");
     n.uid = static_cast<uint32_t>(uid);
     n.gid = static_cast<uint32_t>(gid);
     n.mtime = archive_entry_mtime(ae);
@@ -273,7 +331,8 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
       const char* t = archive_entry_symlink(ae);
       n.link_target = t ? t : "";
       if (n.link_target.empty())
-        throw Error(ErrorKind::kIntegrity, what + ": symlink \"" + raw + "\" has an empty target");
+        throw Error(ErrorKind::kIntegrity,
+                    what + ": symlink " + quote(raw) + " has an empty target");
       charge(n.link_target.size());
     }
     if (n.type == NodeType::kCharDev || n.type == NodeType::kBlockDev) {
@@ -307,14 +366,16 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
         la_int64_t off;
         int rr = archive_read_data_block(a.get(), &buf, &len, &off);
         if (rr == ARCHIVE_EOF) break;
-        if (rr < ARCHIVE_WARN) throw fail("reading \"" + raw + "\"");
+        if (rr < ARCHIVE_WARN) throw fail("reading " + quote(raw));
         if (len == 0) continue;
-        if (off < 0) throw Error(ErrorKind::kIntegrity, what + ": bad data offset in \"" + raw + "\"");
+        if (off < 0)
+          throw Error(ErrorKind::kIntegrity, what + ": bad data offset in " + quote(raw));
         uint64_t uoff = static_cast<uint64_t>(off);
         charge(len);
-        const uint64_t prev_end = n.extents.empty() ? 0 : n.extents.back().offset + n.extents.back().length;
+        const uint64_t prev_end =
+            n.extents.empty() ? 0 : n.extents.back().offset + n.extents.back().length;
         if (!n.extents.empty() && uoff < prev_end)
-          throw Error(ErrorKind::kIntegrity, what + ": overlapping sparse data in \"" + raw + "\"");
+          throw Error(ErrorKind::kIntegrity, what + ": overlapping sparse data in " + quote(raw));
         uint64_t at = spool.end();
         if (align > 1) {
           if (n.extents.empty() || uoff / align > round_up(prev_end, align) / align) {
@@ -324,7 +385,8 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
           at = run_start + (uoff - run_block * align);
           spool.seek(at);
         }
-        if (!n.extents.empty() && prev_end == uoff && n.extents.back().spool_offset + n.extents.back().length == at) {
+        if (!n.extents.empty() && prev_end == uoff &&
+            n.extents.back().spool_offset + n.extents.back().length == at) {
           n.extents.back().length += len;
         } else {
           n.extents.push_back({uoff, len, at});
@@ -332,10 +394,11 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
         spool.append(buf, len);
         out.data_bytes += len;
       }
-      if (!n.extents.empty()) n.size = std::max(n.size, n.extents.back().offset + n.extents.back().length);
+      if (!n.extents.empty())
+        n.size = std::max(n.size, n.extents.back().offset + n.extents.back().length);
     } else {
       // Data attached to a non-regular entry (never in a sane tar) is skipped.
-      if (archive_read_data_skip(a.get()) < ARCHIVE_WARN) throw fail("skipping \"" + raw + "\"");
+      if (archive_read_data_skip(a.get()) < ARCHIVE_WARN) throw fail("skipping " + quote(raw));
     }
     out.entries.push_back(std::move(e));
   }
@@ -366,42 +429,73 @@ std::shared_ptr<Inode> implicit_dir() {
 
 class Applier {
  public:
-  Applier(Tree& tree, uint32_t layer, std::string_view what) : tree_(tree), layer_(layer), what_(what) {}
+  Applier(Tree& tree, uint32_t layer, std::string_view what)
+      : tree_(tree), layer_(layer), what_(what) {}
 
-  // Resolves the directory that holds parts[0..n) (following symlinks, confined to the root).
-  // Returns nullptr when a component is missing and !create.
-  Inode* resolve_dir(const std::vector<std::string>& parts, size_t n, bool create, const std::string& name) {
-    std::deque<std::string> todo(parts.begin(), parts.begin() + static_cast<long>(n));
-    std::vector<Inode*> stack{tree_.root.get()};
+  // The directory that holds parts[0..n) (following symlinks, confined to the root) and the
+  // length of its path in the image (0 for the root; a child's is that plus 1 + its name).
+  struct Found {
+    Inode* dir = nullptr;
+    size_t path_len = 0;
+  };
+
+  // Resolves parts[0..n); dir is nullptr when a component is missing and !create. Every
+  // directory it creates has a path of at most kMaxPathBytes. `name` is the entry, for errors.
+  Found resolve_dir(const std::vector<std::string>& parts, size_t n, bool create,
+                    std::string_view name) {
+    // Views into `parts` and into the link targets of the tree's symlinks, which stay put:
+    // resolving only ever adds directories.
+    std::deque<std::string_view> todo(parts.begin(), parts.begin() + static_cast<long>(n));
+    std::vector<Found> stack{{tree_.root.get(), 0}};
     int links = 0;
+    uint64_t expanded = 0;
+    std::vector<std::string_view> tp;
     while (!todo.empty()) {
-      std::string c = std::move(todo.front());
+      std::string_view c = todo.front();
       todo.pop_front();
       if (c.empty() || c == ".") continue;
       if (c == "..") {
         if (stack.size() > 1) stack.pop_back();
         continue;
       }
-      Inode* cur = stack.back();
-      auto it = cur->children.find(c);
-      if (it == cur->children.end()) {
-        if (!create) return nullptr;
-        it = cur->children.emplace(c, Dentry{implicit_dir(), layer_}).first;
+      const Found cur = stack.back();
+      const size_t len = cur.path_len + 1 + c.size();
+      auto it = cur.dir->children.find(c);
+      if (it == cur.dir->children.end()) {
+        if (!create) return {};
+        check_path_len(len, name);
+        it = cur.dir->children.emplace(std::string(c), Dentry{implicit_dir(), layer_}).first;
       }
       Inode* child = it->second.inode.get();
       if (child->type == NodeType::kDir) {
-        stack.push_back(child);
+        stack.push_back({child, len});
       } else if (child->type == NodeType::kSymlink) {
         if (++links > 255)
-          throw Error(ErrorKind::kIntegrity, what_ + ": too many levels of symbolic links resolving \"" + name + "\"");
+          throw Error(ErrorKind::kIntegrity,
+                      what_ + ": too many levels of symbolic links resolving " + quote(name));
         const std::string& t = child->link_target;
         if (!t.empty() && t[0] == '/') stack.resize(1);
-        std::vector<std::string> tp = clean_path_keep_dots(t);
+        link_components(t, tp);
+        // Each expansion queues the target's components again: charged, so that a long target
+        // met over and over (x -> x/x/x/...) cannot make one entry cost time and memory at will.
+        expanded += tp.size();
+        layer_expanded_ += tp.size();
+        if (expanded > kMaxLinkComponents)
+          throw Error(ErrorKind::kLimit, what_ + ": resolving " + quote(name) +
+                                             " expands symbolic links to more than " +
+                                             std::to_string(kMaxLinkComponents) +
+                                             " path components");
+        if (layer_expanded_ > kMaxLayerLinkComponents)
+          throw Error(ErrorKind::kLimit,
+                      what_ + ": the layer's entries expand symbolic links to more than " +
+                          std::to_string(kMaxLayerLinkComponents) + " path components in all (at " +
+                          quote(name) + ")");
         todo.insert(todo.begin(), tp.begin(), tp.end());
       } else {
-        if (!create) return nullptr;
-        throw Error(ErrorKind::kIntegrity, what_ + ": \"" + name + "\": a parent is a " +
-                                              std::string(to_string(child->type)) + ", not a directory");
+        if (!create) return {};
+        throw Error(ErrorKind::kIntegrity, what_ + ": " + quote(name) + ": a parent is a " +
+                                               std::string(to_string(child->type)) +
+                                               ", not a directory");
       }
     }
     return stack.back();
@@ -411,25 +505,31 @@ class Applier {
     std::vector<std::string> parts = clean_path(e.path);
     switch (e.kind) {
       case LayerEntry::Kind::kOpaque: {
-        Inode* d = resolve_dir(parts, parts.size(), false, e.path);
+        Inode* d = resolve_dir(parts, parts.size(), false, e.path).dir;
         if (d) d->children.clear();
         return;
       }
       case LayerEntry::Kind::kWhiteout: {
-        if (parts.empty()) return;
-        Inode* d = resolve_dir(parts, parts.size() - 1, false, e.path);
+        // The hidden name is a name in its directory: never "", "." or ".." (which cleaning
+        // would turn into the directory itself or its parent). decode_tar refuses those.
+        const std::string_view last = std::string_view(e.path).substr(e.path.rfind('/') + 1);
+        if (last.empty() || last == "." || last == "..")
+          throw Error(ErrorKind::kIntegrity, what_ + ": invalid whiteout of " + quote(e.path));
+        Inode* d = resolve_dir(parts, parts.size() - 1, false, e.path).dir;
         if (d) d->children.erase(parts.back());
         return;
       }
       case LayerEntry::Kind::kNode: {
         if (parts.empty()) {
           if (e.node.type != NodeType::kDir)
-            throw Error(ErrorKind::kIntegrity, what_ + ": a " + std::string(to_string(e.node.type)) +
-                                                  " entry would replace the root directory");
+            throw Error(ErrorKind::kIntegrity, what_ + ": a " +
+                                                   std::string(to_string(e.node.type)) +
+                                                   " entry would replace the root directory");
           update_dir(*tree_.root, e.node);
           return;
         }
-        Inode* d = resolve_dir(parts, parts.size() - 1, true, e.path);
+        Found f = resolve_dir(parts, parts.size() - 1, true, e.path);
+        Inode* d = f.dir;
         auto it = d->children.find(parts.back());
         if (e.node.type == NodeType::kDir && it != d->children.end() &&
             it->second.inode->type == NodeType::kDir) {
@@ -437,6 +537,7 @@ class Applier {
           it->second.layer = layer_;
           return;
         }
+        check_path_len(f.path_len + 1 + parts.back().size(), e.path);
         auto node = std::make_shared<Inode>(std::move(e.node));
         if (node->type == NodeType::kFile) node->spool = spool;
         d->children[parts.back()] = Dentry{std::move(node), layer_};
@@ -445,39 +546,49 @@ class Applier {
       case LayerEntry::Kind::kHardlink: {
         std::vector<std::string> tp = clean_path(e.target);
         if (parts.empty())
-          throw Error(ErrorKind::kIntegrity, what_ + ": a hardlink entry would replace the root directory");
-        Inode* td = resolve_dir(tp, tp.size() - 1, false, e.target);
+          throw Error(ErrorKind::kIntegrity,
+                      what_ + ": a hardlink entry would replace the root directory");
+        Inode* td = tp.empty() ? nullptr : resolve_dir(tp, tp.size() - 1, false, e.target).dir;
         std::shared_ptr<Inode> target;
         if (td) {
           auto it = td->children.find(tp.back());
           if (it != td->children.end()) target = it->second.inode;
         }
         if (!target)
-          throw Error(ErrorKind::kIntegrity, what_ + ": hardlink \"" + e.path + "\" points at \"" + e.target +
-                                                "\", which does not exist");
+          throw Error(ErrorKind::kIntegrity, what_ + ": hardlink " + quote(e.path) + " points at " +
+                                                 quote(e.target) + ", which does not exist");
         if (target->type == NodeType::kDir)
-          throw Error(ErrorKind::kIntegrity, what_ + ": hardlink \"" + e.path + "\" points at directory \"" +
-                                                e.target + "\"");
-        Inode* d = resolve_dir(parts, parts.size() - 1, true, e.path);
-        d->children[parts.back()] = Dentry{std::move(target), layer_};
+          throw Error(ErrorKind::kIntegrity, what_ + ": hardlink " + quote(e.path) +
+                                                 " points at directory " + quote(e.target));
+        Found f = resolve_dir(parts, parts.size() - 1, true, e.path);
+        check_path_len(f.path_len + 1 + parts.back().size(), e.path);
+        f.dir->children[parts.back()] = Dentry{std::move(target), layer_};
         return;
       }
     }
   }
 
  private:
-  static std::vector<std::string> clean_path_keep_dots(std::string_view t) {
-    // Symlink targets keep ".." (resolved against the walk's stack); empty and "." go.
-    std::vector<std::string> out;
+  // The components of a symlink target, for resolving: ".." is kept (resolved against the
+  // walk's stack); empty components and "." go.
+  static void link_components(std::string_view t, std::vector<std::string_view>& out) {
+    out.clear();
     size_t i = 0;
     while (i <= t.size()) {
       size_t j = t.find('/', i);
       if (j == std::string_view::npos) j = t.size();
       std::string_view c = t.substr(i, j - i);
-      if (!c.empty() && c != ".") out.emplace_back(c);
+      if (!c.empty() && c != ".") out.push_back(c);
       i = j + 1;
     }
-    return out;
+  }
+  // A node at a path longer than Linux's PATH_MAX allows could be neither made by docker or
+  // containerd (ENAMETOOLONG) nor used by most programs in the guest.
+  void check_path_len(size_t len, std::string_view name) const {
+    if (len > kMaxPathBytes)
+      throw Error(ErrorKind::kLimit, what_ + ": " + quote(name) +
+                                         ": its path in the image would be longer than " +
+                                         std::to_string(kMaxPathBytes) + " bytes (PATH_MAX)");
   }
   static void update_dir(Inode& dst, Inode& src) {
     dst.mode = src.mode;
@@ -491,18 +602,21 @@ class Applier {
   Tree& tree_;
   uint32_t layer_;
   std::string what_;
+  uint64_t layer_expanded_ = 0;  // symlink components queued for all entries of the layer
 };
 
 }  // namespace
 
-void apply_layer(Tree& tree, DecodedLayer& decoded, uint32_t layer, uint32_t spool, std::string_view what) {
+void apply_layer(Tree& tree, DecodedLayer& decoded, uint32_t layer, uint32_t spool,
+                 std::string_view what) {
   Applier ap(tree, layer, what);
   for (auto& e : decoded.entries)
     if (e.kind == LayerEntry::Kind::kOpaque) ap.apply(e, spool);
   for (auto& e : decoded.entries)
     if (e.kind == LayerEntry::Kind::kWhiteout) ap.apply(e, spool);
   for (auto& e : decoded.entries)
-    if (e.kind == LayerEntry::Kind::kNode || e.kind == LayerEntry::Kind::kHardlink) ap.apply(e, spool);
+    if (e.kind == LayerEntry::Kind::kNode || e.kind == LayerEntry::Kind::kHardlink)
+      ap.apply(e, spool);
   decoded.entries.clear();
 }
 

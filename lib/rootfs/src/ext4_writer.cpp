@@ -11,6 +11,7 @@ extern "C" {
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <string>
 #include <unordered_map>
@@ -65,24 +66,36 @@ uint64_t xattr_bytes(const Inode& n) {
 
 uint8_t file_type(NodeType t) {
   switch (t) {
-    case NodeType::kFile: return EXT2_FT_REG_FILE;
-    case NodeType::kDir: return EXT2_FT_DIR;
-    case NodeType::kSymlink: return EXT2_FT_SYMLINK;
-    case NodeType::kCharDev: return EXT2_FT_CHRDEV;
-    case NodeType::kBlockDev: return EXT2_FT_BLKDEV;
-    case NodeType::kFifo: return EXT2_FT_FIFO;
+    case NodeType::kFile:
+      return EXT2_FT_REG_FILE;
+    case NodeType::kDir:
+      return EXT2_FT_DIR;
+    case NodeType::kSymlink:
+      return EXT2_FT_SYMLINK;
+    case NodeType::kCharDev:
+      return EXT2_FT_CHRDEV;
+    case NodeType::kBlockDev:
+      return EXT2_FT_BLKDEV;
+    case NodeType::kFifo:
+      return EXT2_FT_FIFO;
   }
   return EXT2_FT_UNKNOWN;
 }
 
 uint16_t type_bits(NodeType t) {
   switch (t) {
-    case NodeType::kFile: return LINUX_S_IFREG;
-    case NodeType::kDir: return LINUX_S_IFDIR;
-    case NodeType::kSymlink: return LINUX_S_IFLNK;
-    case NodeType::kCharDev: return LINUX_S_IFCHR;
-    case NodeType::kBlockDev: return LINUX_S_IFBLK;
-    case NodeType::kFifo: return LINUX_S_IFIFO;
+    case NodeType::kFile:
+      return LINUX_S_IFREG;
+    case NodeType::kDir:
+      return LINUX_S_IFDIR;
+    case NodeType::kSymlink:
+      return LINUX_S_IFLNK;
+    case NodeType::kCharDev:
+      return LINUX_S_IFCHR;
+    case NodeType::kBlockDev:
+      return LINUX_S_IFBLK;
+    case NodeType::kFifo:
+      return LINUX_S_IFIFO;
   }
   return 0;
 }
@@ -106,15 +119,21 @@ struct PhysRun {
 struct Ctx {
   const layers::Tree& tree;
   std::unordered_map<const Inode*, uint32_t> nlink;  // names per non-directory inode
-  std::vector<const Inode*> order;                    // unique inodes
-  std::unordered_map<const Inode*, std::string> dir_path;  // for messages
-  std::unordered_map<const Inode*, std::vector<PhysRun>> adopted;  // files whose blocks are in place
+  std::vector<const Inode*> order;                   // unique inodes
+  // Each directory's parent and name in it (the root: none), for messages: paths are made only
+  // when one is needed, so memory stays linear in the entries however deep the tree.
+  std::unordered_map<const Inode*, std::pair<const Inode*, const std::string*>> dir_parent;
+  std::unordered_map<const Inode*, std::vector<PhysRun>>
+      adopted;  // files whose blocks are in place
   uint64_t adopted_blocks = 0;
 };
 
 // The blocks of `n`'s data where its spool (the output itself, from byte `base`) holds them.
 std::vector<PhysRun> adopted_runs(const Inode& n, uint64_t base, const Ext4Params& p) {
-  auto bad = [] { return Error(ErrorKind::kInternal, "ext4: a file's data in the output is not laid out in blocks"); };
+  auto bad = [] {
+    return Error(ErrorKind::kInternal,
+                 "ext4: a file's data in the output is not laid out in blocks");
+  };
   const auto ranges = block_ranges(n);
   std::vector<PhysRun> runs;
   size_t r = 0;
@@ -134,7 +153,8 @@ std::vector<PhysRun> adopted_runs(const Inode& n, uint64_t base, const Ext4Param
       if (at < into || (at - into) % kBlockSize) throw bad();
       start = at - into;
       const uint64_t len = ranges[r].second - ranges[r].first;
-      if (start < p.adopt_begin || start > p.adopt_end || len > (p.adopt_end - start) / kBlockSize) throw bad();
+      if (start < p.adopt_begin || start > p.adopt_end || len > (p.adopt_end - start) / kBlockSize)
+        throw bad();
       runs.push_back({ranges[r].first, start / kBlockSize, len});
       fresh = false;
     } else if (at != start + into) {
@@ -144,19 +164,34 @@ std::vector<PhysRun> adopted_runs(const Inode& n, uint64_t base, const Ext4Param
   return runs;
 }
 
+// "/a/b" from the names of a directory's ancestors.
+std::string join_path(const std::vector<const std::string*>& names_upward) {
+  if (names_upward.empty()) return "/";
+  std::string p;
+  for (auto it = names_upward.rbegin(); it != names_upward.rend(); ++it) p += "/" + **it;
+  return p;
+}
+
+std::string dir_path(const Ctx& c, const Inode* dir) {
+  std::vector<const std::string*> names;
+  for (auto it = c.dir_parent.find(dir); it != c.dir_parent.end() && it->second.first;
+       it = c.dir_parent.find(it->second.first))
+    names.push_back(it->second.second);
+  return join_path(names);
+}
+
 void count_links(Ctx& c) {
   std::vector<const Inode*> todo{c.tree.root.get()};
-  c.dir_path[c.tree.root.get()] = "/";
+  c.dir_parent[c.tree.root.get()] = {nullptr, nullptr};
   while (!todo.empty()) {
     const Inode* d = todo.back();
     todo.pop_back();
     c.order.push_back(d);
-    const std::string& path = c.dir_path[d];
     for (const auto& [name, de] : d->children) {
       const Inode* n = de.inode.get();
       if (n->type == NodeType::kDir) {
         todo.push_back(n);
-        c.dir_path[n] = (path == "/" ? "/" : path + "/") + name;
+        c.dir_parent[n] = {d, &name};
       } else if (c.nlink[n]++ == 0) {
         c.order.push_back(n);
       }
@@ -165,7 +200,8 @@ void count_links(Ctx& c) {
 }
 
 // Directory blocks of `dir` as the writer lays them out (dir_blocks.hpp), with `extra` names.
-uint64_t dir_blocks(const Ctx& c, const Inode& dir, const DirFormat& fmt, const std::string* extra) {
+uint64_t dir_blocks(const Ctx& c, const Inode& dir, const DirFormat& fmt,
+                    const std::string* extra) {
   std::vector<DirEntry> names;
   names.reserve(dir.children.size() + 1);
   for (const auto& [name, de] : dir.children) names.push_back({name});
@@ -173,7 +209,7 @@ uint64_t dir_blocks(const Ctx& c, const Inode& dir, const DirFormat& fmt, const 
   try {
     return plan_dir(std::move(names), fmt).blocks();
   } catch (const Error& e) {
-    throw e.with_context("ext4: directory \"" + c.dir_path.at(&dir) + "\"");
+    throw e.with_context("ext4: directory \"" + dir_path(c, &dir) + "\"");
   }
 }
 
@@ -204,10 +240,12 @@ Need estimate(const Ctx& c, const std::string& lost_found_name, const DirFormat&
       case NodeType::kSymlink:
         if (n->link_target.size() >= 60) blocks = 1;
         break;
-      default: break;
+      default:
+        break;
     }
     if (runs > 4) blocks += (runs + 339) / 340 + 1;  // extent tree blocks
-    if (!n->xattrs.empty() && xattr_bytes(*n) + 8 > kInodeSize - EXT2_GOOD_OLD_INODE_SIZE - kExtraIsize)
+    if (!n->xattrs.empty() &&
+        xattr_bytes(*n) + 8 > kInodeSize - EXT2_GOOD_OLD_INODE_SIZE - kExtraIsize)
       blocks += 1;
     need.blocks += blocks;
   }
@@ -240,7 +278,8 @@ class Fs {
 
 class Writer {
  public:
-  Writer(ext2_filsys fs, int fd, Ctx& c, const Ext4Params& p, const std::function<SpoolRef(uint32_t)>& spool)
+  Writer(ext2_filsys fs, int fd, Ctx& c, const Ext4Params& p,
+         const std::function<SpoolRef(uint32_t)>& spool)
       : fs_(fs), fd_(fd), c_(c), p_(p), spool_(spool), fmt_(DirFormat::of(*fs->super)) {}
 
   void run() {
@@ -252,67 +291,121 @@ class Writer {
     lf.mode = 0700;
     lf.mtime = p_.timestamp;
     bool has_lf = root.children.count("lost+found") > 0;
-    write_dir(EXT2_ROOT_INO, EXT2_ROOT_INO, root, "/", has_lf ? nullptr : &lf);
+    write_dirs(root, has_lf ? nullptr : &lf);
     write_data();
   }
 
   uint64_t data_bytes() const { return data_written_; }
 
  private:
-  // Writes the directory `dir` (at `path`) as inode `dino` (allocated by the caller) below
-  // `parent`: its children first, then its blocks (linear or an htree, dir_blocks.hpp),
-  // allocated in one go.
-  void write_dir(ext2_ino_t dino, ext2_ino_t parent, const Inode& dir, const std::string& path,
-                 const Inode* lost_found) {
+  // A directory being written: its inode (allocated), its parent's, the next child to write
+  // and the entries written so far.
+  struct Frame {
+    ext2_ino_t ino, parent;
+    const Inode* dir;
+    const std::string* name;  // in the parent; nullptr for the root
+    std::map<std::string, layers::Dentry, std::less<>>::const_iterator next;
     std::vector<DirEntry> ents;
-    ents.reserve(dir.children.size() + 1);
     uint32_t subdirs = 0;
-    static const std::string kLf = "lost+found";
-    auto add_subdir = [&](const std::string& name, const Inode& n) {
-      ext2_ino_t ino;
-      check(ext2fs_new_inode(fs_, dino, LINUX_S_IFDIR | 0755, nullptr, &ino), "allocating an inode for \"" + name + "\"");
-      ext2fs_inode_alloc_stats2(fs_, ino, +1, 1);
-      inos_[&n] = ino;
-      write_dir(ino, dino, n, (path == "/" ? "/" : path + "/") + name, nullptr);
-      ents.push_back({name, ino, EXT2_FT_DIR});
-      ++subdirs;
-    };
-    for (const auto& [name, de] : dir.children) {
-      const Inode& n = *de.inode;
-      auto it = inos_.find(&n);
-      if (it != inos_.end()) {  // another name of an inode already written
-        ents.push_back({name, it->second, file_type(n.type)});
-        continue;
-      }
-      if (n.type == NodeType::kDir) {
-        add_subdir(name, n);
-        continue;
-      }
-      ext2_ino_t ino;
-      check(ext2fs_new_inode(fs_, dino, type_bits(n.type) | 0644, nullptr, &ino), "allocating an inode for \"" + name + "\"");
-      inos_[&n] = ino;
-      switch (n.type) {
-        case NodeType::kSymlink:
-          if (n.link_target.size() >= kBlockSize)
-            throw Error(ErrorKind::kUnsupported, "ext4: symlink \"" + name + "\" has a target longer than 4095 bytes");
-          check(ext2fs_symlink(fs_, dino, ino, nullptr, n.link_target.c_str()), "creating symlink \"" + name + "\"");
-          break;
-        case NodeType::kFile: create_file(ino, n, name); break;
-        default: create_special(ino, n, name); break;
-      }
-      ents.push_back({name, ino, file_type(n.type)});
-      uint32_t links = c_.nlink[&n];
-      if (links > kMaxLinks)
-        throw Error(ErrorKind::kUnsupported, "ext4: \"" + name + "\" has more than 65000 hard links");
-      finalize(ino, n, links);
-    }
-    if (lost_found) add_subdir(kLf, *lost_found);
+    const Inode* lost_found = nullptr;  // the root's, still to add
+  };
 
+  // Writes the tree from `root` depth first, without recursion (the tree may be deep): each
+  // directory's children first, in name order, then its blocks (linear or an htree,
+  // dir_blocks.hpp), allocated in one go. A directory's inode is allocated when its parent
+  // reaches it, near the parent's.
+  void write_dirs(const Inode& root, const Inode* lost_found) {
+    static const std::string kLf = "lost+found";
+    std::vector<Frame> stack;
+    stack.push_back(
+        {EXT2_ROOT_INO, EXT2_ROOT_INO, &root, nullptr, root.children.begin(), {}, 0, lost_found});
+    while (!stack.empty()) {
+      Frame& f = stack.back();
+      const std::string* name = nullptr;
+      const Inode* sub = nullptr;
+      if (f.next != f.dir->children.end()) {
+        name = &f.next->first;
+        const Inode& n = *f.next->second.inode;
+        ++f.next;
+        if (auto it = inos_.find(&n);
+            it != inos_.end()) {  // another name of an inode already written
+          f.ents.push_back({*name, it->second, file_type(n.type)});
+          continue;
+        }
+        if (n.type != NodeType::kDir) {
+          f.ents.push_back({*name, write_node(f.ino, n, *name), file_type(n.type)});
+          continue;
+        }
+        sub = &n;
+      } else if (f.lost_found) {
+        name = &kLf;
+        sub = f.lost_found;
+        f.lost_found = nullptr;
+      } else {
+        finish_dir(stack);
+        stack.pop_back();
+        continue;
+      }
+      ext2_ino_t ino;
+      check(ext2fs_new_inode(fs_, f.ino, LINUX_S_IFDIR | 0755, nullptr, &ino),
+            "allocating an inode for \"" + *name + "\"");
+      ext2fs_inode_alloc_stats2(fs_, ino, +1, 1);
+      inos_[sub] = ino;
+      f.ents.push_back({*name, ino, EXT2_FT_DIR});
+      ++f.subdirs;
+      const ext2_ino_t parent = f.ino;
+      stack.push_back(
+          {ino, parent, sub, name, sub->children.begin(), {}, 0, nullptr});  // `f` is stale from
+                                                                             // here
+    }
+  }
+
+  // Writes the inode of non-directory `n` named `name` in directory `dino`; returns its number.
+  ext2_ino_t write_node(ext2_ino_t dino, const Inode& n, const std::string& name) {
+    ext2_ino_t ino;
+    check(ext2fs_new_inode(fs_, dino, type_bits(n.type) | 0644, nullptr, &ino),
+          "allocating an inode for \"" + name + "\"");
+    inos_[&n] = ino;
+    switch (n.type) {
+      case NodeType::kSymlink:
+        if (n.link_target.size() >= kBlockSize)
+          throw Error(ErrorKind::kUnsupported,
+                      "ext4: symlink \"" + name + "\" has a target longer than 4095 bytes");
+        check(ext2fs_symlink(fs_, dino, ino, nullptr, n.link_target.c_str()),
+              "creating symlink \"" + name + "\"");
+        break;
+      case NodeType::kFile:
+        create_file(ino, n, name);
+        break;
+      default:
+        create_special(ino, n, name);
+        break;
+    }
+    uint32_t links = c_.nlink[&n];
+    if (links > kMaxLinks)
+      throw Error(ErrorKind::kUnsupported, "ext4: \"" + name + "\" has more than 65000 hard links");
+    finalize(ino, n, links);
+    return ino;
+  }
+
+  // "/a/b": the path of the directory on top of `stack`, for messages.
+  static std::string stack_path(const std::vector<Frame>& stack) {
+    std::vector<const std::string*> names;
+    for (auto it = stack.rbegin(); it != stack.rend() && it->name; ++it) names.push_back(it->name);
+    return join_path(names);
+  }
+
+  // The directory on top of `stack`, its children written: its blocks and its inode.
+  void finish_dir(std::vector<Frame>& stack) {
+    Frame& f = stack.back();
+    const ext2_ino_t dino = f.ino;
+    const Inode& dir = *f.dir;
+    const std::string& name = f.name ? *f.name : std::string("/");
     DirBlocks db;
     try {
-      db = build_dir(std::move(ents), dino, parent, fmt_);
+      db = build_dir(std::move(f.ents), dino, f.parent, fmt_);
     } catch (const Error& e) {
-      throw e.with_context("ext4: directory \"" + path + "\"");
+      throw e.with_context("ext4: directory \"" + stack_path(stack) + "\"");
     }
     std::vector<char>& buf = db.data;
     const uint64_t nblocks = buf.size() / kBlockSize;
@@ -320,22 +413,28 @@ class Writer {
     struct ext2_inode_large in;
     std::memset(&in, 0, sizeof in);
     in.i_mode = static_cast<__u16>(LINUX_S_IFDIR | (dir.mode & 07777));
-    in.i_links_count = static_cast<__u16>(subdirs + 2 > kMaxLinks ? 1 : subdirs + 2);
+    in.i_links_count = static_cast<__u16>(f.subdirs + 2 > kMaxLinks ? 1 : f.subdirs + 2);
     if (db.plan.indexed) in.i_flags |= EXT2_INDEX_FL;
-    check(ext2fs_inode_size_set(fs_, reinterpret_cast<ext2_inode*>(&in), nblocks * kBlockSize), "sizing a directory");
+    check(ext2fs_inode_size_set(fs_, reinterpret_cast<ext2_inode*>(&in), nblocks * kBlockSize),
+          "sizing a directory");
     ext2_extent_handle_t h;
-    check(ext2fs_extent_open2(fs_, dino, reinterpret_cast<ext2_inode*>(&in), &h), "directory extent tree");
+    check(ext2fs_extent_open2(fs_, dino, reinterpret_cast<ext2_inode*>(&in), &h),
+          "directory extent tree");
     ext2fs_extent_free(h);
-    check(ext2fs_write_new_inode(fs_, dino, reinterpret_cast<ext2_inode*>(&in)), "writing a directory inode");
-    check(ext2fs_fallocate(fs_, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF, dino, nullptr, goal_, 0, nblocks),
+    check(ext2fs_write_new_inode(fs_, dino, reinterpret_cast<ext2_inode*>(&in)),
+          "writing a directory inode");
+    check(ext2fs_fallocate(fs_, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF, dino,
+                           nullptr, goal_, 0, nblocks),
           "allocating directory blocks");
-    std::vector<PhysRun> map = mapping(dino, path);
+    std::vector<PhysRun> map = mapping(dino, name);
     for (uint64_t b = 0; b < nblocks; ++b) {
-      auto it = std::upper_bound(map.begin(), map.end(), b, [](uint64_t x, const PhysRun& r) { return x < r.lblk; });
+      auto it = std::upper_bound(map.begin(), map.end(), b,
+                                 [](uint64_t x, const PhysRun& r) { return x < r.lblk; });
       if (it == map.begin() || b >= std::prev(it)->lblk + std::prev(it)->len)
         throw Error(ErrorKind::kInternal, "ext4: directory block not mapped");
       blk64_t pblk = std::prev(it)->pblk + (b - std::prev(it)->lblk);
-      check(ext2fs_write_dir_block4(fs_, pblk, buf.data() + b * kBlockSize, 0, dino), "writing a directory block");
+      check(ext2fs_write_dir_block4(fs_, pblk, buf.data() + b * kBlockSize, 0, dino),
+            "writing a directory block");
     }
     if (!map.empty()) goal_ = map.back().pblk + map.back().len;
     finalize(dino, dir, 0);
@@ -349,13 +448,20 @@ class Writer {
     in.i_links_count = 1;
     if (n.type == NodeType::kCharDev || n.type == NodeType::kBlockDev) {
       uint32_t ma = n.dev_major, mi = n.dev_minor;
+      // Linux's device numbers have 12 bits of major and 20 of minor (and so has the inode's
+      // encoding): larger ones would come out as another device.
+      if (ma > 0xfff || mi > 0xfffff)
+        throw Error(ErrorKind::kUnsupported, "ext4: device \"" + name + "\" has numbers " +
+                                                 std::to_string(ma) + ":" + std::to_string(mi) +
+                                                 ", past Linux's 4095:1048575");
       if (ma < 256 && mi < 256) {
         in.i_block[0] = ma * 256 + mi;
       } else {
         in.i_block[1] = (mi & 0xff) | (ma << 8) | ((mi & ~0xffu) << 12);
       }
     }
-    check(ext2fs_write_new_inode(fs_, ino, reinterpret_cast<ext2_inode*>(&in)), "writing \"" + name + "\"");
+    check(ext2fs_write_new_inode(fs_, ino, reinterpret_cast<ext2_inode*>(&in)),
+          "writing \"" + name + "\"");
   }
 
   void create_file(ext2_ino_t ino, const Inode& n, const std::string& name) {
@@ -364,11 +470,14 @@ class Writer {
     std::memset(&in, 0, sizeof in);
     in.i_mode = static_cast<__u16>(LINUX_S_IFREG | (n.mode & 07777));
     in.i_links_count = 1;
-    check(ext2fs_inode_size_set(fs_, reinterpret_cast<ext2_inode*>(&in), n.size), "sizing \"" + name + "\"");
+    check(ext2fs_inode_size_set(fs_, reinterpret_cast<ext2_inode*>(&in), n.size),
+          "sizing \"" + name + "\"");
     ext2_extent_handle_t h;
-    check(ext2fs_extent_open2(fs_, ino, reinterpret_cast<ext2_inode*>(&in), &h), "extent tree of \"" + name + "\"");
+    check(ext2fs_extent_open2(fs_, ino, reinterpret_cast<ext2_inode*>(&in), &h),
+          "extent tree of \"" + name + "\"");
     ext2fs_extent_free(h);
-    check(ext2fs_write_new_inode(fs_, ino, reinterpret_cast<ext2_inode*>(&in)), "writing \"" + name + "\"");
+    check(ext2fs_write_new_inode(fs_, ino, reinterpret_cast<ext2_inode*>(&in)),
+          "writing \"" + name + "\"");
     if (auto a = c_.adopted.find(&n); a != c_.adopted.end()) {
       adopt(ino, in, a->second, name);
       data_written_ += n.data_bytes();
@@ -377,8 +486,8 @@ class Writer {
     auto ranges = block_ranges(n);
     if (ranges.empty()) return;
     for (auto [b0, b1] : ranges) {
-      check(ext2fs_fallocate(fs_, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF, ino, nullptr, goal_, b0,
-                             b1 - b0),
+      check(ext2fs_fallocate(fs_, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF, ino,
+                             nullptr, goal_, b0, b1 - b0),
             "allocating " + std::to_string((b1 - b0) * kBlockSize) + " bytes for \"" + name + "\"");
     }
     std::vector<PhysRun> map = mapping(ino, name);
@@ -388,9 +497,11 @@ class Writer {
 
   // Gives inode `ino` (written as `in`) the blocks its data already occupies (marked in use by
   // the caller) as its extents.
-  void adopt(ext2_ino_t ino, ext2_inode_large& in, const std::vector<PhysRun>& runs, const std::string& name) {
+  void adopt(ext2_ino_t ino, ext2_inode_large& in, const std::vector<PhysRun>& runs,
+             const std::string& name) {
     ext2_extent_handle_t h;
-    check(ext2fs_extent_open2(fs_, ino, reinterpret_cast<ext2_inode*>(&in), &h), "extent tree of \"" + name + "\"");
+    check(ext2fs_extent_open2(fs_, ino, reinterpret_cast<ext2_inode*>(&in), &h),
+          "extent tree of \"" + name + "\"");
     uint64_t blocks = 0;
     errcode_t err = 0;
     for (const PhysRun& r : runs) {
@@ -406,8 +517,10 @@ class Writer {
     }
     ext2fs_extent_free(h);
     check(err, "extents of \"" + name + "\"");
-    check(ext2fs_iblk_add_blocks(fs_, reinterpret_cast<ext2_inode*>(&in), blocks), "block count of \"" + name + "\"");
-    check(ext2fs_write_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in), "writing \"" + name + "\"");
+    check(ext2fs_iblk_add_blocks(fs_, reinterpret_cast<ext2_inode*>(&in), blocks),
+          "block count of \"" + name + "\"");
+    check(ext2fs_write_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in),
+          "writing \"" + name + "\"");
   }
 
   std::vector<PhysRun> mapping(ext2_ino_t ino, const std::string& name) {
@@ -420,22 +533,27 @@ class Writer {
       if (e.e_flags & EXT2_EXTENT_FLAGS_LEAF) {
         if (e.e_flags & EXT2_EXTENT_FLAGS_UNINIT) {
           ext2fs_extent_free(h);
-          throw Error(ErrorKind::kInternal, "ext4: uninitialized extent allocated for \"" + name + "\"");
+          throw Error(ErrorKind::kInternal,
+                      "ext4: uninitialized extent allocated for \"" + name + "\"");
         }
-        if (!(e.e_flags & EXT2_EXTENT_FLAGS_SECOND_VISIT)) out.push_back({e.e_lblk, e.e_pblk, e.e_len});
+        if (!(e.e_flags & EXT2_EXTENT_FLAGS_SECOND_VISIT))
+          out.push_back({e.e_lblk, e.e_pblk, e.e_len});
       }
       err = ext2fs_extent_get(h, EXT2_EXTENT_NEXT, &e);
     }
     ext2fs_extent_free(h);
-    if (err != EXT2_ET_EXTENT_NO_NEXT && err != EXT2_ET_EXTENT_NO_DOWN) check(err, "reading the extents of \"" + name + "\"");
-    std::sort(out.begin(), out.end(), [](const PhysRun& a, const PhysRun& b) { return a.lblk < b.lblk; });
+    if (err != EXT2_ET_EXTENT_NO_NEXT && err != EXT2_ET_EXTENT_NO_DOWN)
+      check(err, "reading the extents of \"" + name + "\"");
+    std::sort(out.begin(), out.end(),
+              [](const PhysRun& a, const PhysRun& b) { return a.lblk < b.lblk; });
     return out;
   }
 
   void finalize(ext2_ino_t ino, const Inode& n, uint32_t links) {
     struct ext2_inode_large in;
     std::memset(&in, 0, sizeof in);
-    check(ext2fs_read_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in), "reading inode");
+    check(ext2fs_read_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in),
+          "reading inode");
     in.i_mode = static_cast<__u16>((in.i_mode & LINUX_S_IFMT) | (n.mode & 07777));
     in.i_uid = static_cast<__u16>(n.uid & 0xffff);
     ext2fs_set_i_uid_high(in, static_cast<__u16>(n.uid >> 16));
@@ -447,7 +565,8 @@ class Writer {
     encode_time(n.mtime, n.mtime_nsec, in.i_atime, in.i_atime_extra);
     encode_time(n.mtime, n.mtime_nsec, in.i_ctime, in.i_ctime_extra);
     encode_time(n.mtime, n.mtime_nsec, in.i_crtime, in.i_crtime_extra);
-    check(ext2fs_write_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in), "writing inode");
+    check(ext2fs_write_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in),
+          "writing inode");
     if (n.xattrs.empty()) return;
     struct ext2_xattr_handle* h = nullptr;
     check(ext2fs_xattrs_open(fs_, ino, &h), "opening xattrs");
@@ -458,11 +577,14 @@ class Writer {
       if (err) {
         ext2fs_xattrs_close(&h);
         throw Error(ErrorKind::kUnsupported, "ext4: cannot store xattr \"" + k + "\" (" +
-                                                 std::to_string(v.size()) + " bytes): " + error_message(err));
+                                                 std::to_string(v.size()) +
+                                                 " bytes): " + error_message(err));
       }
     }
-    if (!err) err = ext2fs_xattrs_close(&h);
-    else ext2fs_xattrs_close(&h);
+    if (!err)
+      err = ext2fs_xattrs_close(&h);
+    else
+      ext2fs_xattrs_close(&h);
     check(err, "writing xattrs");
   }
 
@@ -500,7 +622,8 @@ class Writer {
       // final fsync of the output overlaps with the copying instead of following it.
       if (data_written_ - kicked >= kWritebackStep) {
         kicked = data_written_;
-        (void)::sync_file_range(fd_, 0, 0, SYNC_FILE_RANGE_WRITE);  // a hint: failure changes nothing
+        (void)::sync_file_range(fd_, 0, 0,
+                                SYNC_FILE_RANGE_WRITE);  // a hint: failure changes nothing
       }
     }
   }
@@ -546,8 +669,8 @@ DirFormat dir_format(const Ext4Params& p) {
 // Initializes an in-memory file system of `blocks` blocks and `inodes` inodes on `path`, with
 // no group metadata in blocks [area_begin, area_end) (they stay free).
 // Returns false when the group tables do not fit after the area (then nothing is allocated).
-bool init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_t inodes, const Ext4Params& p,
-             uint64_t area_begin, uint64_t area_end) {
+bool init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_t inodes,
+             const Ext4Params& p, uint64_t area_begin, uint64_t area_end) {
   const bool area = area_end > area_begin;
   struct ext2_super_block param;
   std::memset(&param, 0, sizeof param);
@@ -561,9 +684,10 @@ bool init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_
   param.s_feature_compat = EXT2_FEATURE_COMPAT_EXT_ATTR | EXT2_FEATURE_COMPAT_DIR_INDEX;
   param.s_feature_incompat = EXT2_FEATURE_INCOMPAT_FILETYPE | EXT3_FEATURE_INCOMPAT_EXTENTS |
                              EXT4_FEATURE_INCOMPAT_FLEX_BG | EXT4_FEATURE_INCOMPAT_64BIT;
-  param.s_feature_ro_compat = EXT2_FEATURE_RO_COMPAT_SPARSE_SUPER | EXT2_FEATURE_RO_COMPAT_LARGE_FILE |
-                              EXT4_FEATURE_RO_COMPAT_HUGE_FILE | EXT4_FEATURE_RO_COMPAT_DIR_NLINK |
-                              EXT4_FEATURE_RO_COMPAT_EXTRA_ISIZE | EXT4_FEATURE_RO_COMPAT_METADATA_CSUM;
+  param.s_feature_ro_compat =
+      EXT2_FEATURE_RO_COMPAT_SPARSE_SUPER | EXT2_FEATURE_RO_COMPAT_LARGE_FILE |
+      EXT4_FEATURE_RO_COMPAT_HUGE_FILE | EXT4_FEATURE_RO_COMPAT_DIR_NLINK |
+      EXT4_FEATURE_RO_COMPAT_EXTRA_ISIZE | EXT4_FEATURE_RO_COMPAT_METADATA_CSUM;
   param.s_default_mount_opts = EXT2_DEFM_XATTR_USER | EXT2_DEFM_ACL;
   // More groups when one group's inode bitmap could not hold every inode.
   const uint64_t per_group_inodes = kBlockSize * 8;
@@ -585,7 +709,8 @@ bool init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_
   }
   param.s_inodes_count = static_cast<__u32>(std::min<uint64_t>(inodes, 0xffffffffu));
   check(ext2fs_initialize(path.c_str(), EXT2_FLAG_64BITS, &param, unix_io_manager, fs.out()),
-        "initializing " + std::to_string(blocks * kBlockSize) + " bytes with " + std::to_string(inodes) + " inodes");
+        "initializing " + std::to_string(blocks * kBlockSize) + " bytes with " +
+            std::to_string(inodes) + " inodes");
   ext2_filsys f = fs.get();
   f->now = p.timestamp ? p.timestamp : 1;
   std::memcpy(f->super->s_uuid, p.uuid.data(), 16);
@@ -628,14 +753,18 @@ void punch_free(ext2_filsys f, int fd, uint64_t begin, uint64_t end) {
   while (b < end) {
     blk64_t first_free, next_used;
     if (ext2fs_find_first_zero_block_bitmap2(f->block_map, b, end - 1, &first_free)) break;
-    if (ext2fs_find_first_set_block_bitmap2(f->block_map, first_free, end - 1, &next_used)) next_used = end;
-    const off_t off = static_cast<off_t>(first_free * kBlockSize), len = static_cast<off_t>((next_used - first_free) * kBlockSize);
+    if (ext2fs_find_first_set_block_bitmap2(f->block_map, first_free, end - 1, &next_used))
+      next_used = end;
+    const off_t off = static_cast<off_t>(first_free * kBlockSize),
+                len = static_cast<off_t>((next_used - first_free) * kBlockSize);
     if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, len) != 0) {
       if (errno != EOPNOTSUPP) throw_errno("ext4: freeing unused data blocks");
       zeros.resize(1 << 20);
       for (off_t o = 0; o < len; o += 1 << 20)
-        pwrite_all(fd, std::string_view(zeros.data(), static_cast<size_t>(std::min<off_t>(len - o, 1 << 20))),
-                   static_cast<uint64_t>(off + o), "zeros over unused data blocks");
+        pwrite_all(
+            fd,
+            std::string_view(zeros.data(), static_cast<size_t>(std::min<off_t>(len - o, 1 << 20))),
+            static_cast<uint64_t>(off + o), "zeros over unused data blocks");
     }
     b = next_used;
   }
@@ -647,9 +776,10 @@ void punch_free(ext2_filsys f, int fd, uint64_t begin, uint64_t end) {
 // the new end. Where the host's file system can collapse ranges (ext4, XFS) the data's extents
 // are shifted and nothing is copied; elsewhere, or with `copy`, the data is copied down. The
 // bytes are the same either way: the smaller dead runs that stay are punched out later.
-uint64_t compact_adopted(const std::filesystem::path& path, int fd, Ctx& c, uint64_t begin, uint64_t end, bool copy) {
-  constexpr uint64_t kMinGap = 16;     // blocks; shorter dead runs stay as holes
-  constexpr size_t kMaxGaps = 4096;    // the largest ones, when there are more
+uint64_t compact_adopted(const std::filesystem::path& path, int fd, Ctx& c, uint64_t begin,
+                         uint64_t end, bool copy) {
+  constexpr uint64_t kMinGap = 16;   // blocks; shorter dead runs stay as holes
+  constexpr size_t kMaxGaps = 4096;  // the largest ones, when there are more
   struct Span {
     uint64_t b, e;
   };
@@ -659,8 +789,10 @@ uint64_t compact_adopted(const std::filesystem::path& path, int fd, Ctx& c, uint
   std::sort(live.begin(), live.end(), [](const Span& x, const Span& y) { return x.b < y.b; });
   std::vector<Span> merged;
   for (const Span& s : live) {
-    if (!merged.empty() && s.b <= merged.back().e) merged.back().e = std::max(merged.back().e, s.e);
-    else merged.push_back(s);
+    if (!merged.empty() && s.b <= merged.back().e)
+      merged.back().e = std::max(merged.back().e, s.e);
+    else
+      merged.push_back(s);
   }
   std::vector<Span> gaps;
   uint64_t live_end = begin;
@@ -668,7 +800,8 @@ uint64_t compact_adopted(const std::filesystem::path& path, int fd, Ctx& c, uint
     if (s.b >= live_end + kMinGap) gaps.push_back({live_end, s.b});
     live_end = s.e;
   }
-  if (live_end > end) throw Error(ErrorKind::kInternal, "ext4: adopted data past the end of its range");
+  if (live_end > end)
+    throw Error(ErrorKind::kInternal, "ext4: adopted data past the end of its range");
   if (gaps.size() > kMaxGaps) {
     std::sort(gaps.begin(), gaps.end(), [](const Span& x, const Span& y) {
       return x.e - x.b != y.e - y.b ? x.e - x.b > y.e - y.b : x.b < y.b;
@@ -677,7 +810,8 @@ uint64_t compact_adopted(const std::filesystem::path& path, int fd, Ctx& c, uint
     std::sort(gaps.begin(), gaps.end(), [](const Span& x, const Span& y) { return x.b < y.b; });
   }
   // Everything after the last file's data is dead: cut off.
-  if (::ftruncate(fd, static_cast<off_t>(live_end * kBlockSize)) != 0) throw_errno("ext4: cutting off removed files' data");
+  if (::ftruncate(fd, static_cast<off_t>(live_end * kBlockSize)) != 0)
+    throw_errno("ext4: cutting off removed files' data");
   if (gaps.empty()) return live_end;
 
   bool collapsed = false;
@@ -696,9 +830,11 @@ uint64_t compact_adopted(const std::filesystem::path& path, int fd, Ctx& c, uint
   }
   // removed[i]: blocks removed before gaps[i + 1] starts (prefix sums of the gaps' lengths).
   std::vector<uint64_t> removed(gaps.size());
-  for (size_t i = 0; i < gaps.size(); ++i) removed[i] = (i ? removed[i - 1] : 0) + (gaps[i].e - gaps[i].b);
+  for (size_t i = 0; i < gaps.size(); ++i)
+    removed[i] = (i ? removed[i - 1] : 0) + (gaps[i].e - gaps[i].b);
   auto shift = [&](uint64_t pblk) -> uint64_t {
-    auto it = std::upper_bound(gaps.begin(), gaps.end(), pblk, [](uint64_t v, const Span& g) { return v < g.b; });
+    auto it = std::upper_bound(gaps.begin(), gaps.end(), pblk,
+                               [](uint64_t v, const Span& g) { return v < g.b; });
     return it == gaps.begin() ? 0 : removed[static_cast<size_t>(it - gaps.begin()) - 1];
   };
   if (!collapsed) {
@@ -747,7 +883,8 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
     for (const auto& r : runs) c.adopted_blocks += r.len;
     c.adopted.emplace(n, std::move(runs));
   }
-  if (area_end > area_begin) area_end = compact_adopted(path, fd, c, area_begin, area_end, p.compact_by_copy);
+  if (area_end > area_begin)
+    area_end = compact_adopted(path, fd, c, area_begin, area_end, p.compact_by_copy);
   const DirFormat dirs = dir_format(p);
   Need need = estimate(c, "lost+found", dirs);
   const uint64_t extra_blocks = (p.extra_space + kBlockSize - 1) / kBlockSize;
@@ -755,14 +892,15 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
   const uint64_t want_inodes = need.inodes + p.extra_inodes;
   auto too_big = [&](uint64_t blocks) {
     if (blocks * kBlockSize > p.max_size)
-      throw Error(ErrorKind::kLimit, "the root file system needs " + std::to_string(blocks * kBlockSize) +
-                                         " bytes, more than the size limit of " + std::to_string(p.max_size));
+      throw Error(ErrorKind::kLimit,
+                  "the root file system needs " + std::to_string(blocks * kBlockSize) +
+                      " bytes, more than the size limit of " + std::to_string(p.max_size));
   };
   // Enough: the free blocks cover everything to write (the adopted blocks are free until
   // marked below), the inodes fit, and the file system reaches past the adopted range.
   auto enough = [&](ext2_filsys f) {
-    return ext2fs_free_blocks_count(f->super) >= want_free && f->super->s_inodes_count >= want_inodes &&
-           ext2fs_blocks_count(f->super) > area_end;
+    return ext2fs_free_blocks_count(f->super) >= want_free &&
+           f->super->s_inodes_count >= want_inodes && ext2fs_blocks_count(f->super) > area_end;
   };
 
   Fs fs;
@@ -771,13 +909,16 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
     blocks = (*p.size + kBlockSize - 1) / kBlockSize;
     too_big(blocks);
     if (blocks <= area_end)
-      throw Error(ErrorKind::kLimit, "a size of " + std::to_string(*p.size) + " bytes is too small for this image");
+      throw Error(ErrorKind::kLimit,
+                  "a size of " + std::to_string(*p.size) + " bytes is too small for this image");
     if (!init_fs(fs, path, blocks, want_inodes, p, area_begin, area_end) || !enough(fs.get()))
-      throw Error(ErrorKind::kLimit, "a size of " + std::to_string(*p.size) + " bytes is too small for this image");
+      throw Error(ErrorKind::kLimit,
+                  "a size of " + std::to_string(*p.size) + " bytes is too small for this image");
   } else {
     // Start from the content plus the inode tables and a little for bitmaps and descriptors,
     // then grow until libext2fs's own layout leaves enough free blocks.
-    const uint64_t tables = (want_inodes * kInodeSize + kBlockSize - 1) / kBlockSize + 64 + want_free / 4096;
+    const uint64_t tables =
+        (want_inodes * kInodeSize + kBlockSize - 1) / kBlockSize + 64 + want_free / 4096;
     blocks = std::max(want_free + tables, area_end + (want_free - c.adopted_blocks) + tables);
     blocks = std::max<uint64_t>(blocks, 256);
     for (int round = 0;; ++round) {
@@ -787,25 +928,33 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
       if (placed && enough(fs.get())) break;
       if (round > 20) throw Error(ErrorKind::kInternal, "ext4: cannot size the file system");
       const uint64_t have = ext2fs_blocks_count(fs.get()->super);
-      const uint64_t need_tables = fs.get()->group_desc_count * (2 + uint64_t{fs.get()->inode_blocks_per_group});
-      blocks += (free_blocks < want_free ? want_free - free_blocks : 0) +
-                (placed ? 0 : (area_end + need_tables + 1 > have ? area_end + need_tables + 1 - have : 0)) + 16 + blocks / 256;
+      const uint64_t need_tables =
+          fs.get()->group_desc_count * (2 + uint64_t{fs.get()->inode_blocks_per_group});
+      blocks +=
+          (free_blocks < want_free ? want_free - free_blocks : 0) +
+          (placed ? 0
+                  : (area_end + need_tables + 1 > have ? area_end + need_tables + 1 - have : 0)) +
+          16 + blocks / 256;
       fs.reset();
     }
   }
-  if (::ftruncate(fd, static_cast<off_t>(blocks * kBlockSize)) != 0) throw_errno("sizing " + path.string());
+  if (::ftruncate(fd, static_cast<off_t>(blocks * kBlockSize)) != 0)
+    throw_errno("sizing " + path.string());
   ext2_filsys f = fs.get();
   // The estimate planned directories with `dirs`; the writer reads the superblock.
-  if (!(DirFormat::of(*f->super) == dirs)) throw Error(ErrorKind::kInternal, "ext4: directory format differs from the plan");
+  if (!(DirFormat::of(*f->super) == dirs))
+    throw Error(ErrorKind::kInternal, "ext4: directory format differs from the plan");
   for (dgrp_t g = 0; g < f->group_desc_count; ++g) ext2fs_bg_flags_set(f, g, EXT2_BG_INODE_ZEROED);
   // The adopted blocks are in use before anything else is allocated.
   for (const auto& [n, runs] : c.adopted)
-    for (const auto& r : runs) ext2fs_block_alloc_stats_range(f, r.pblk, static_cast<blk_t>(r.len), +1);
+    for (const auto& r : runs)
+      ext2fs_block_alloc_stats_range(f, r.pblk, static_cast<blk_t>(r.len), +1);
 
   // Reserved inodes (1 = bad blocks, 3..10) as mke2fs marks them.
   ext2fs_inode_alloc_stats2(f, EXT2_BAD_INO, +1, 0);
   check(ext2fs_update_bb_inode(f, nullptr), "bad blocks inode");
-  for (ext2_ino_t i = EXT2_ROOT_INO + 1; i < EXT2_FIRST_INODE(f->super); ++i) ext2fs_inode_alloc_stats2(f, i, +1, 0);
+  for (ext2_ino_t i = EXT2_ROOT_INO + 1; i < EXT2_FIRST_INODE(f->super); ++i)
+    ext2fs_inode_alloc_stats2(f, i, +1, 0);
 
   Writer w(f, fd, c, p, spool);
   w.run();

@@ -11,10 +11,18 @@
 // parent that is missing is created (0755 root:root, mtime 0); one that is neither a directory
 // nor a symlink to one is an error. More than 255 symlinks in one resolution is an error.
 //
+// Bounds (hostile layers): an entry whose path in the image (its parents resolved) would be
+// longer than kMaxPathBytes is refused (kLimit), as docker and containerd fail on it
+// (ENAMETOOLONG) and the guest could not use it; so no directory is nested deeper than 2047.
+// Resolving one entry may expand symlinks to at most kMaxLinkComponents path components, a
+// whole layer to kMaxLayerLinkComponents (kLimit past either), so that a long link met again
+// and again (x -> x/x/x/...) costs bounded time and memory.
+//
 // Layer semantics (image-spec layer.md): within one layer, the opaque markers
 // ".wh..wh..opq" are applied first, then the whiteouts ".wh.NAME", then the layer's other entries
 // in tar order — so whiteouts hide only lower layers wherever they appear in the tar. Other
-// ".wh..wh.*" names (aufs internals) are ignored; a bare ".wh." is an error. A directory entry
+// ".wh..wh.*" names (aufs internals) are ignored; ".wh.", ".wh.." and ".wh..." hide no name
+// (the latter two would be the directory itself or its parent) and are errors. A directory entry
 // over an existing directory updates its attributes (xattrs replaced) and keeps its contents;
 // any other entry replaces what was at its name (a directory replaced by a file loses its whole
 // subtree). A hardlink entry makes its name share the inode of its target, looked up in the tree
@@ -36,6 +44,14 @@
 
 namespace img2vm::layers {
 
+// Longest path of a node in the image, in bytes with the leading "/": Linux's PATH_MAX (4096)
+// less its terminating NUL.
+inline constexpr size_t kMaxPathBytes = 4095;
+// Path components that symlink targets may add while resolving one entry's parents / all the
+// entries of one layer.
+inline constexpr uint64_t kMaxLinkComponents = 65536;
+inline constexpr uint64_t kMaxLayerLinkComponents = uint64_t{1} << 22;
+
 struct LayerEntry {
   enum class Kind : uint8_t { kNode, kHardlink, kWhiteout, kOpaque };
   Kind kind = Kind::kNode;
@@ -46,8 +62,9 @@ struct LayerEntry {
 
 struct DecodedLayer {
   std::vector<LayerEntry> entries;
-  uint64_t data_bytes = 0;   // file data spooled
-  uint64_t spool_bytes = 0;  // spool bytes used from SpoolTarget::start (aligned: a multiple of align)
+  uint64_t data_bytes = 0;  // file data spooled
+  uint64_t spool_bytes =
+      0;  // spool bytes used from SpoolTarget::start (aligned: a multiple of align)
 };
 
 // Where decode_tar writes regular files' data. Spool offset `o` (DataExtent::spool_offset) is
@@ -89,7 +106,7 @@ struct DecodeLimits {
 // Reads a tar stream (compressed per `compression`: gzip through GzipReader, zstd through
 // libarchive's filter) with libarchive from `read` (see ReadFn). Regular files' data goes to
 // `spool` as described above. `what` names the layer in every error ("layer sha256:...").
-// Errors: kIntegrity (corrupt tar or compressed stream, a bare ".wh."), kLimit (max_bytes
+// Errors: kIntegrity (corrupt tar or compressed stream, an invalid whiteout), kLimit (max_bytes
 // passed; SpoolFull), kIo.
 DecodedLayer decode_tar(const ReadFn& read, Compression compression, const SpoolTarget& spool,
                         const DecodeLimits& limits, std::string_view what);
@@ -99,7 +116,8 @@ DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_f
                         const DecodeLimits& limits, std::string_view what);
 
 // Applies one decoded layer (index `layer` >= 1, ascending) to the tree; `spool` is stored in
-// each regular file's Inode::spool. Entries are moved out of `decoded`.
+// each regular file's Inode::spool. Entries are moved out of `decoded`. Errors name the layer
+// (`what`) and the entry: kIntegrity (rules above), kLimit (the bounds above).
 void apply_layer(Tree& tree, DecodedLayer& decoded, uint32_t layer, uint32_t spool,
                  std::string_view what);
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -29,22 +30,31 @@ struct Inode;
 // One name in a directory. Several dentries may share an Inode (hard links).
 struct Dentry {
   std::shared_ptr<Inode> inode;
-  uint32_t layer = 0;    // the layer whose entry created or last replaced this name
+  uint32_t layer = 0;  // the layer whose entry created or last replaced this name
 };
 
 struct Inode {
   NodeType type = NodeType::kFile;
   uint32_t mode = 0644;  // permission bits incl. setuid/setgid/sticky (07777)
   uint32_t uid = 0, gid = 0;
-  int64_t mtime = 0;     // seconds since the epoch
+  int64_t mtime = 0;  // seconds since the epoch
   uint32_t mtime_nsec = 0;
-  uint64_t size = 0;     // regular files: apparent size in bytes (holes included)
+  uint64_t size = 0;                      // regular files: apparent size in bytes (holes included)
   uint32_t dev_major = 0, dev_minor = 0;  // character and block devices
   std::string link_target;                // symlinks: the link text, never interpreted on the host
   std::vector<std::pair<std::string, std::string>> xattrs;  // sorted by name
-  uint32_t spool = 0;                     // regular files: which layer's spool holds the data
-  std::vector<DataExtent> extents;        // regular files: where the data is, ascending offsets
-  std::map<std::string, Dentry> children; // directories
+  uint32_t spool = 0;               // regular files: which layer's spool holds the data
+  std::vector<DataExtent> extents;  // regular files: where the data is, ascending offsets
+  std::map<std::string, Dentry, std::less<>> children;  // directories
+
+  Inode() = default;
+  Inode(const Inode&) = default;
+  Inode(Inode&&) noexcept = default;
+  Inode& operator=(const Inode&) = default;
+  Inode& operator=(Inode&&) noexcept = default;
+  // Releases the subtree without recursion (a hostile image may nest directories deeply): the
+  // children that only this inode holds are taken apart one by one from a heap stack.
+  ~Inode();
 
   // Bytes of data actually stored (holes excluded).
   uint64_t data_bytes() const noexcept {
