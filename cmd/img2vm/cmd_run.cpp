@@ -210,6 +210,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     tc.outbound = net.outbound;
     tc.forwards = forwards;
     mc.net.emplace();
+    tc.guest_mac = mc.net->mac;
     auto tap = std::make_shared<vm::TapBackend>(tc, mc.net->mtu);
     mc.net->backend = tap;
     p.in_process = true;

@@ -5,6 +5,8 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -17,13 +19,9 @@
 #include <optional>
 #include <span>
 #include <string_view>
-#include <vector>
-
-#include <unistd.h>
-#include <sys/eventfd.h>
-
 #include <thread>
 #include <utility>
+#include <vector>
 
 #include "img2vm/base/fd.hpp"
 #include "img2vm/vm/seccomp.hpp"
@@ -57,7 +55,9 @@ inline void put32(Bytes& b, uint32_t v) {
   put16(b, uint16_t(v));
 }
 inline uint16_t get16(const Bytes& b, size_t o) { return uint16_t(b.at(o) << 8 | b.at(o + 1)); }
-inline uint32_t get32(const Bytes& b, size_t o) { return uint32_t(get16(b, o)) << 16 | get16(b, o + 2); }
+inline uint32_t get32(const Bytes& b, size_t o) {
+  return uint32_t(get16(b, o)) << 16 | get16(b, o + 2);
+}
 
 inline uint32_t sum_words(const uint8_t* p, size_t n, uint32_t sum = 0) {
   for (size_t i = 0; i + 1 < n; i += 2) sum += uint32_t(p[i] << 8 | p[i + 1]);
@@ -95,7 +95,9 @@ inline Bytes arp(uint16_t op, uint32_t sender_ip, const Mac& target_mac, uint32_
   put32(a, target_ip);
   return ether(op == 1 ? kBroadcast : target_mac, kGuestMac, kArp, a);
 }
-inline Bytes arp_request(uint32_t sender_ip, uint32_t target_ip) { return arp(1, sender_ip, kBroadcast, target_ip); }
+inline Bytes arp_request(uint32_t sender_ip, uint32_t target_ip) {
+  return arp(1, sender_ip, kBroadcast, target_ip);
+}
 inline Bytes arp_reply(uint32_t sender_ip, const Mac& target_mac, uint32_t target_ip) {
   return arp(2, sender_ip, target_mac, target_ip);
 }
@@ -132,19 +134,25 @@ inline void l4_checksum(Bytes& seg, uint8_t proto, uint32_t src, uint32_t dst, s
   seg[csum_off + 1] = uint8_t(c);
 }
 
-inline Bytes udp(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, const Bytes& payload) {
+// A UDP header (checksum 0) and its payload.
+inline Bytes udp_datagram(uint16_t sport, uint16_t dport, const Bytes& payload) {
   Bytes u;
   put16(u, sport);
   put16(u, dport);
   put16(u, uint16_t(8 + payload.size()));
   put16(u, 0);
   u.insert(u.end(), payload.begin(), payload.end());
+  return u;
+}
+
+inline Bytes udp(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, const Bytes& payload) {
+  Bytes u = udp_datagram(sport, dport, payload);
   l4_checksum(u, kUdp, src, dst, 6);
   return ipv4(kUdp, src, dst, u);
 }
 
-inline Bytes tcp(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, uint32_t seq, uint32_t ack, uint8_t flags,
-          const Bytes& payload = {}) {
+inline Bytes tcp(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, uint32_t seq,
+                 uint32_t ack, uint8_t flags, const Bytes& payload = {}) {
   Bytes t;
   put16(t, sport);
   put16(t, dport);
@@ -158,6 +166,74 @@ inline Bytes tcp(uint32_t src, uint16_t sport, uint32_t dst, uint16_t dport, uin
   t.insert(t.end(), payload.begin(), payload.end());
   l4_checksum(t, kTcp, src, dst, 16);
   return ipv4(kTcp, src, dst, t);
+}
+
+// IPv6 (only ever sent by the tests' guest, to show that it goes nowhere).
+constexpr uint16_t kIpv6 = 0x86dd;
+constexpr uint8_t kIcmp6 = 58;
+using Ip6 = std::array<uint8_t, 16>;
+
+inline Ip6 ip6(std::string_view s) {
+  Ip6 a{};
+  if (::inet_pton(AF_INET6, std::string(s).c_str(), a.data()) != 1) std::abort();
+  return a;
+}
+// The link-local address the kernel derives from a MAC (modified EUI-64).
+inline Ip6 link_local(const Mac& m) {
+  Ip6 a{0xfe, 0x80};
+  a[8] = uint8_t(m[0] ^ 0x02);
+  a[9] = m[1];
+  a[10] = m[2];
+  a[11] = 0xff;
+  a[12] = 0xfe;
+  a[13] = m[3];
+  a[14] = m[4];
+  a[15] = m[5];
+  return a;
+}
+
+// An IPv6 packet whose upper-layer checksum (at `csum_off` of `payload`) is filled in.
+inline Bytes ipv6(uint8_t next, const Ip6& src, const Ip6& dst, Bytes payload, size_t csum_off,
+                  uint8_t hops = 64) {
+  Bytes pseudo(src.begin(), src.end());
+  pseudo.insert(pseudo.end(), dst.begin(), dst.end());
+  put32(pseudo, uint32_t(payload.size()));
+  put32(pseudo, next);
+  uint16_t c =
+      fold(sum_words(payload.data(), payload.size(), sum_words(pseudo.data(), pseudo.size())));
+  if (next == kUdp && c == 0) c = 0xffff;
+  payload[csum_off] = uint8_t(c >> 8);
+  payload[csum_off + 1] = uint8_t(c);
+  Bytes h = {0x60, 0, 0, 0};
+  put16(h, uint16_t(payload.size()));
+  h.push_back(next);
+  h.push_back(hops);
+  h.insert(h.end(), src.begin(), src.end());
+  h.insert(h.end(), dst.begin(), dst.end());
+  h.insert(h.end(), payload.begin(), payload.end());
+  return h;
+}
+
+inline Bytes udp6(const Ip6& src, uint16_t sport, const Ip6& dst, uint16_t dport,
+                  const Bytes& payload) {
+  return ipv6(kUdp, src, dst, udp_datagram(sport, dport, payload), 6);
+}
+
+// A router advertisement from `src` (link-local) to all nodes: a default router for 30 minutes
+// and an on-link prefix for address autoconfiguration.
+inline Bytes router_advertisement(const Ip6& src, const Mac& src_mac, const Ip6& prefix) {
+  Bytes ra = {134, 0, 0, 0, 64, 0};
+  put16(ra, 1800);              // router lifetime
+  put32(ra, 0);                 // reachable time
+  put32(ra, 0);                 // retransmission timer
+  ra.insert(ra.end(), {1, 1});  // source link-layer address
+  ra.insert(ra.end(), src_mac.begin(), src_mac.end());
+  ra.insert(ra.end(), {3, 4, 64, 0xc0});  // prefix information: /64, on-link, autonomous
+  put32(ra, 86400);                       // valid lifetime
+  put32(ra, 14400);                       // preferred lifetime
+  put32(ra, 0);
+  ra.insert(ra.end(), prefix.begin(), prefix.end());
+  return ipv6(kIcmp6, src, ip6("ff02::1"), ra, 2, 255);
 }
 
 // 127.0.0.1:port as a socket address.
@@ -279,7 +355,6 @@ struct Sink final : vm::NetDeviceSide {
   }
 };
 
-
 // A backend with its event loop running as the runner's network thread does (under that
 // thread's seccomp filter in kill mode, so a system call the backend needs and the filter lacks
 // ends the test binary), and the test as its guest at `guest` behind `gateway`.
@@ -322,13 +397,17 @@ struct Guest {
   // The guest asks for the gateway's MAC.
   bool resolve_gateway() {
     send(arp_request(guest, gateway));
-    auto r = sink.wait([this](const Frame& f) { return f.type == kArp && f.arp_op == 2 && f.arp_sender_ip == gateway; });
+    auto r = sink.wait([this](const Frame& f) {
+      return f.type == kArp && f.arp_op == 2 && f.arp_sender_ip == gateway;
+    });
     if (r) gateway_mac = r->arp_sender_mac;
     return r.has_value();
   }
   // Answers the host's ARP request for the guest's address.
   bool answer_arp() {
-    auto q = sink.wait([this](const Frame& f) { return f.type == kArp && f.arp_op == 1 && f.arp_target_ip == guest; });
+    auto q = sink.wait([this](const Frame& f) {
+      return f.type == kArp && f.arp_op == 1 && f.arp_target_ip == guest;
+    });
     if (!q) return false;
     send(arp_reply(guest, q->src, q->arp_sender_ip));
     return true;

@@ -2,6 +2,8 @@
 // (ARP, ICMP, DHCP, UDP and a whole TCP connection) while the backend's event loop runs on a
 // thread under the network thread's seccomp filter in kill mode, as in the runner, so a system
 // call libslirp needs and the filter lacks ends the test binary. Host sides bind 127.0.0.1.
+#include "img2vm/vm/net_slirp.hpp"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
@@ -23,22 +25,25 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
-#include "img2vm/vm/net_slirp.hpp"
 #include "img2vm/vm/seccomp.hpp"
 #include "net_frames.hpp"
+#include "process.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;
 using namespace std::chrono_literals;
 using namespace img2vm::testing::frames;
+using img2vm::testing::run_command;
 
 namespace {
 
-const uint32_t kGuestIp = ip(usernet::kGuest), kGatewayIp = ip(usernet::kGateway), kDnsIp = ip(usernet::kDns);
+const uint32_t kGuestIp = ip(usernet::kGuest), kGatewayIp = ip(usernet::kGateway),
+               kDnsIp = ip(usernet::kDns);
 
 struct Stack : Guest<SlirpBackend> {
   explicit Stack(const UserNetConfig& cfg) : Guest(cfg, 1500) {
@@ -47,11 +52,12 @@ struct Stack : Guest<SlirpBackend> {
   }
 };
 
-UniqueFd host_socket(int type, uint16_t& port) {
+// A socket on the host's 127.0.0.1 (or `addr`: INADDR_ANY for every address) and a free port.
+UniqueFd host_socket(int type, uint16_t& port, uint32_t addr = INADDR_LOOPBACK) {
   UniqueFd s(::socket(AF_INET, type | SOCK_CLOEXEC, 0));
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_addr.s_addr = htonl(addr);
   EXPECT_EQ(::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
   if (type == SOCK_STREAM) {
     EXPECT_EQ(::listen(s.get(), 4), 0);
@@ -79,7 +85,7 @@ Bytes dhcp_discover() {
   Bytes b = {1, 1, 6, 0};
   put32(b, 0x12345678);  // xid
   put16(b, 0);
-  put16(b, 0x8000);      // broadcast reply
+  put16(b, 0x8000);          // broadcast reply
   b.insert(b.end(), 16, 0);  // ciaddr yiaddr siaddr giaddr
   b.insert(b.end(), kGuestMac.begin(), kGuestMac.end());
   b.insert(b.end(), 10 + 64 + 128, 0);  // rest of chaddr, sname, file
@@ -110,6 +116,52 @@ Bytes addr_bytes(uint32_t a) {
   Bytes b;
   put32(b, a);
   return b;
+}
+
+// Brings up the loopback of the network namespace the test process has just entered.
+void loopback_up() {
+  UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  ifreq lo{};
+  std::strcpy(lo.ifr_name, "lo");
+  ASSERT_EQ(::ioctl(sock.get(), SIOCGIFFLAGS, &lo), 0);
+  lo.ifr_flags |= IFF_UP;
+  ASSERT_EQ(::ioctl(sock.get(), SIOCSIFFLAGS, &lo), 0) << std::strerror(errno);
+}
+
+// The datagrams on `fd` up to and including the one saying `last` (bounded wait).
+std::vector<std::string> datagrams_until(int fd, const std::string& last) {
+  std::vector<std::string> got;
+  while (got.empty() || got.back() != last) {
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 10000) != 1) break;
+    char buf[64];
+    ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n >= 0) got.emplace_back(buf, size_t(n));
+  }
+  return got;
+}
+
+// The local addresses of the connections accepted on `listener` up to and including one to
+// `last` (bounded wait).
+std::vector<uint32_t> connections_until(int listener, uint32_t last) {
+  std::vector<uint32_t> got;
+  while (got.empty() || got.back() != last) {
+    pollfd p{listener, POLLIN, 0};
+    if (::poll(&p, 1, 10000) != 1) break;
+    UniqueFd c(::accept4(listener, nullptr, nullptr, SOCK_CLOEXEC));
+    if (!c) continue;
+    sockaddr_in a{};
+    socklen_t len = sizeof a;
+    ::getsockname(c.get(), reinterpret_cast<sockaddr*>(&a), &len);
+    got.push_back(ntohl(a.sin_addr.s_addr));
+  }
+  return got;
+}
+
+std::string ip_text(uint32_t a) {
+  in_addr i{htonl(a)};
+  char buf[INET_ADDRSTRLEN];
+  return ::inet_ntop(AF_INET, &i, buf, sizeof buf);
 }
 
 }  // namespace
@@ -201,7 +253,8 @@ TEST(SlirpBackend, DatagramSentBeforeTheLoopsFirstRoundGetsItsAnswer) {
   ASSERT_TRUE(arp);
   uint16_t port = 0;
   UniqueFd host = host_socket(SOCK_DGRAM, port);
-  backend.send(ether(arp->arp_sender_mac, kGuestMac, kIpv4, udp(kGuestIp, 40010, kGatewayIp, port, text("ping"))));
+  backend.send(ether(arp->arp_sender_mac, kGuestMac, kIpv4,
+                     udp(kGuestIp, 40010, kGatewayIp, port, text("ping"))));
   ASSERT_TRUE(readable(host.get())) << "the datagram never reached the host";
   char buf[16];
   sockaddr_in from{};
@@ -266,12 +319,94 @@ TEST(SlirpBackend, HostLoopbackIsClosedByDefault) {
   s.send_ip(udp(kGuestIp, 40000, kGatewayIp, port, text("leak")));
   s.send_ip(udp(kGuestIp, 40000, 0xffffffff, port, text("leak")));
   char buf[8];
-  EXPECT_LT(::recv(host.get(), buf, sizeof buf, MSG_DONTWAIT), 0) << "a datagram reached the host's loopback";
+  EXPECT_LT(::recv(host.get(), buf, sizeof buf, MSG_DONTWAIT), 0)
+      << "a datagram reached the host's loopback";
   EXPECT_EQ(errno, EAGAIN);
   // The gateway still answers pings (inside libslirp).
   Bytes echo = {8, 0, 0xf7, 0xfe, 0, 0, 0, 1};
   s.send_ip(ipv4(kIcmp, kGuestIp, kGatewayIp, echo));
   EXPECT_TRUE(s.sink.wait([](const Frame& f) { return f.proto == kIcmp && f.icmp_type == 0; }));
+}
+
+// libslirp connects the guest to whatever address it names, and sends a few to the host's
+// loopback itself. In a network namespace of the test's own, with sockets on every address of
+// the host there: without host_loopback, no datagram or connection to 127.0.0.0/8, 0.0.0.0,
+// 255.255.255.255, multicast or the virtual network's other addresses (given to the host here,
+// as libslirp sends them to the host's own network) reaches them, each SYN is refused; the
+// host's own address on another network (outbound) does, sent after them. With host_loopback,
+// the loopback does and (without outbound) the other network does not.
+TEST(SlirpBackend, NothingReachesTheHostItselfWithoutHostLoopback) {
+  if (::unshare(CLONE_NEWNET) != 0)
+    GTEST_SKIP() << "needs root for a network namespace: " << std::strerror(errno);
+  loopback_up();
+  // The host's addresses on a network of its own (a veth pair: it has a carrier).
+  for (std::vector<std::string> cmd : {std::vector<std::string>{"ip", "link", "add", "net0", "type",
+                                                                "veth", "peer", "name", "peer0"},
+                                       {"ip", "link", "set", "peer0", "up"},
+                                       {"ip", "link", "set", "net0", "up"},
+                                       {"ip", "addr", "add", "192.0.2.10/24", "dev", "net0"},
+                                       {"ip", "addr", "add", "10.0.2.4/32", "dev", "net0"},
+                                       {"ip", "addr", "add", "10.0.2.255/32", "dev", "net0"},
+                                       {"ip", "route", "add", "224.0.0.0/4", "dev", "net0"}})
+    ASSERT_EQ(run_command(cmd).exit_code, 0) << run_command(cmd).describe();
+  uint16_t uport = 0, tport = 0;
+  UniqueFd u = host_socket(SOCK_DGRAM, uport, INADDR_ANY);
+  UniqueFd t = host_socket(SOCK_STREAM, tport, INADDR_ANY);
+  const uint32_t own = ip("192.0.2.10");
+  {
+    // The namespace delivers each of these to the sockets (multicast is looped back).
+    UniqueFd c(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    for (const char* d : {"127.0.0.2", "0.0.0.0", "10.0.2.4", "224.0.0.1", "192.0.2.10"}) {
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_port = htons(uport);
+      a.sin_addr.s_addr = htonl(ip(d));
+      ASSERT_EQ(::sendto(c.get(), d, std::strlen(d), 0, reinterpret_cast<sockaddr*>(&a), sizeof a),
+                ssize_t(std::strlen(d)))
+          << d << ": " << std::strerror(errno);
+    }
+    std::set<std::string> got;
+    for (pollfd p{u.get(), POLLIN, 0}; got.size() < 5 && ::poll(&p, 1, 10000) == 1;) {
+      char buf[64];
+      ssize_t n = ::recv(u.get(), buf, sizeof buf, 0);
+      if (n > 0) got.emplace(buf, size_t(n));
+    }
+    ASSERT_EQ(got.size(), 5u) << "the namespace does not deliver them all";
+  }
+
+  const std::vector<std::string> host = {"127.0.0.1", "127.0.0.2", "0.0.0.0",
+                                         "10.0.2.2",  "10.0.2.4",  "10.0.2.255"};
+  {
+    Stack s(config(true, false));
+    ASSERT_TRUE(s.resolve_gateway());
+    uint16_t sport = 41000;
+    for (const auto& d : host) {
+      s.send_ip(udp(kGuestIp, sport, ip(d), uport, text(d)));
+      s.send_ip(tcp(kGuestIp, sport, ip(d), tport, 1000, 0, kSyn));
+      auto r = s.sink.wait([&](const Frame& f) { return f.proto == kTcp && f.dport == sport; });
+      ASSERT_TRUE(r) << d << ": the SYN was not answered";
+      EXPECT_EQ(r->flags, kRst | kAck) << d << ": not refused";
+      ++sport;
+    }
+    for (const char* d : {"255.255.255.255", "224.0.0.1"})
+      s.send_ip(udp(kGuestIp, sport++, ip(d), uport, text(d)));
+    // The host's own address on another network is outside: allowed.
+    s.send_ip(udp(kGuestIp, sport, own, uport, text("192.0.2.10")));
+    EXPECT_EQ(datagrams_until(u.get(), "192.0.2.10"), std::vector<std::string>{"192.0.2.10"});
+    s.send_ip(tcp(kGuestIp, sport, own, tport, 1000, 0, kSyn));
+    auto got = connections_until(t.get(), own);
+    std::vector<std::string> names;
+    for (uint32_t a : got) names.push_back(ip_text(a));
+    EXPECT_EQ(names, std::vector<std::string>{"192.0.2.10"});
+  }
+  {
+    Stack s(config(false, true));
+    ASSERT_TRUE(s.resolve_gateway());
+    s.send_ip(udp(kGuestIp, 42000, own, uport, text("192.0.2.10")));
+    s.send_ip(udp(kGuestIp, 42001, ip("224.0.0.1"), uport, text("224.0.0.1")));
+    s.send_ip(udp(kGuestIp, 42002, ip("127.0.0.2"), uport, text("127.0.0.2")));
+    EXPECT_EQ(datagrams_until(u.get(), "127.0.0.2"), std::vector<std::string>{"127.0.0.2"});
+  }
 }
 
 TEST(SlirpBackend, WithoutOutboundConnectionsAreReset) {
@@ -311,7 +446,8 @@ TEST(SlirpBackend, DnsForwardingRunsInsideTheSeccompFilter) {
   // resolver, so the test checks that the loop is alive afterwards.
   Stack s(config(true, false));
   ASSERT_TRUE(s.resolve_gateway());
-  Bytes query = {0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0, 0, 1, 0, 1};
+  Bytes query = {0xab, 0xcd, 1,   0,   0,   1,   0,   0, 0, 0, 0, 0, 7,
+                 'e',  'x',  'a', 'm', 'p', 'l', 'e', 0, 0, 1, 0, 1};
   s.send_ip(udp(kGuestIp, 40003, kDnsIp, 53, query));
   s.send_ip(udp(kGuestIp, 40004, kDnsIp, 53, query));
   EXPECT_TRUE(s.resolve_gateway()) << "the event loop stopped after a DNS query";
@@ -321,16 +457,11 @@ TEST(SlirpBackend, DnsForwardingRunsInsideTheSeccompFilter) {
 // /etc/resolv.conf (a bind mount there) names a server the test runs on 127.0.0.1:53; the
 // guest's query to 10.0.2.3 reaches it, and its answer comes back from 10.0.2.3. Needs root.
 TEST(SlirpBackend, DnsQueriesReachTheHostsResolver) {
-  if (::unshare(CLONE_NEWNS | CLONE_NEWNET) != 0) GTEST_SKIP() << "needs root for namespaces: " << std::strerror(errno);
-  ASSERT_EQ(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), 0) << std::strerror(errno);
-  {
-    UniqueFd sock(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
-    ifreq lo{};
-    std::strcpy(lo.ifr_name, "lo");
-    ASSERT_EQ(::ioctl(sock.get(), SIOCGIFFLAGS, &lo), 0);
-    lo.ifr_flags |= IFF_UP;
-    ASSERT_EQ(::ioctl(sock.get(), SIOCSIFFLAGS, &lo), 0) << std::strerror(errno);
-  }
+  if (::unshare(CLONE_NEWNS | CLONE_NEWNET) != 0)
+    GTEST_SKIP() << "needs root for namespaces: " << std::strerror(errno);
+  ASSERT_EQ(::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr), 0)
+      << std::strerror(errno);
+  loopback_up();
   char path[] = "/tmp/img2vm-resolv-XXXXXX";
   UniqueFd tmp(::mkstemp(path));
   ASSERT_TRUE(tmp);
@@ -344,7 +475,8 @@ TEST(SlirpBackend, DnsQueriesReachTheHostsResolver) {
 
   UniqueFd server(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   sockaddr_in a = loopback(53);
-  ASSERT_EQ(::bind(server.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  ASSERT_EQ(::bind(server.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0)
+      << std::strerror(errno);
 
   // libslirp keeps the name server it last read from /etc/resolv.conf for a second (process-wide),
   // without looking at the file again: when an earlier test in this process made it read the
@@ -352,17 +484,20 @@ TEST(SlirpBackend, DnsQueriesReachTheHostsResolver) {
   std::this_thread::sleep_for(std::chrono::milliseconds(1100));
   Stack s(config(true, false));
   ASSERT_TRUE(s.resolve_gateway());
-  const Bytes query = {0xab, 0xcd, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7, 'e', 'x', 'a', 'm', 'p', 'l', 'e', 0, 0, 1, 0, 1};
+  const Bytes query = {0xab, 0xcd, 1,   0,   0,   1,   0,   0, 0, 0, 0, 0, 7,
+                       'e',  'x',  'a', 'm', 'p', 'l', 'e', 0, 0, 1, 0, 1};
   s.send_ip(udp(kGuestIp, 40005, kDnsIp, 53, query));
   ASSERT_TRUE(readable(server.get())) << "the query never reached the host's resolver";
   uint8_t buf[512];
   sockaddr_in from{};
   socklen_t len = sizeof from;
-  ssize_t n = ::recvfrom(server.get(), buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &len);
+  ssize_t n =
+      ::recvfrom(server.get(), buf, sizeof buf, 0, reinterpret_cast<sockaddr*>(&from), &len);
   ASSERT_EQ(Bytes(buf, buf + std::max<ssize_t>(n, 0)), query);
   Bytes answer = query;
   answer[2] |= 0x80;  // QR: a response
-  ASSERT_EQ(::sendto(server.get(), answer.data(), answer.size(), 0, reinterpret_cast<sockaddr*>(&from), len),
+  ASSERT_EQ(::sendto(server.get(), answer.data(), answer.size(), 0,
+                     reinterpret_cast<sockaddr*>(&from), len),
             ssize_t(answer.size()));
   auto r = s.sink.wait([](const Frame& f) { return f.proto == kUdp && f.dport == 40005; });
   ASSERT_TRUE(r) << "the answer never reached the guest";
@@ -374,7 +509,8 @@ TEST(SlirpBackend, DnsQueriesReachTheHostsResolver) {
 TEST(SlirpBackend, PublishedPortCarriesATcpConnection) {
   uint16_t free_port = 0;
   { UniqueFd probe = host_socket(SOCK_STREAM, free_port); }
-  Stack s(config(false, false, parse_port_forward("127.0.0.1:" + std::to_string(free_port) + ":80")));
+  Stack s(
+      config(false, false, parse_port_forward("127.0.0.1:" + std::to_string(free_port) + ":80")));
   ASSERT_EQ(s.backend.published().size(), 1u);
   EXPECT_EQ(s.backend.published()[0].host_port, free_port);
   ASSERT_TRUE(s.resolve_gateway());  // slirp now knows the guest's MAC
@@ -396,7 +532,8 @@ TEST(SlirpBackend, PublishedPortCarriesATcpConnection) {
   uint32_t their = syn->seq + 1;
   s.send_ip(tcp(kGuestIp, 80, kGatewayIp, peer, iss, their, kSyn | kAck));
 
-  auto data = s.sink.wait([&](const Frame& f) { return f.proto == kTcp && f.sport == peer && !f.payload.empty(); });
+  auto data = s.sink.wait(
+      [&](const Frame& f) { return f.proto == kTcp && f.sport == peer && !f.payload.empty(); });
   ASSERT_TRUE(data) << "the host's bytes never reached the guest";
   EXPECT_EQ(data->payload, text("hello"));
   EXPECT_EQ(data->seq, their);
@@ -410,7 +547,8 @@ TEST(SlirpBackend, PublishedPortCarriesATcpConnection) {
 
   // The host closes: the guest sees a FIN.
   ::shutdown(client.get(), SHUT_WR);
-  auto fin = s.sink.wait([&](const Frame& f) { return f.proto == kTcp && f.sport == peer && (f.flags & kFin); });
+  auto fin = s.sink.wait(
+      [&](const Frame& f) { return f.proto == kTcp && f.sport == peer && (f.flags & kFin); });
   ASSERT_TRUE(fin) << "no FIN";
 }
 
@@ -433,7 +571,8 @@ TEST(SlirpBackend, PublishedUdpPortReachesTheGuest) {
   { UniqueFd probe = host_socket(SOCK_DGRAM, free_port); }
   // Neither outbound nor host loopback: the guest may still answer the published port's
   // client on the host's loopback, and only that.
-  Stack s(config(false, false, parse_port_forward("127.0.0.1:" + std::to_string(free_port) + ":5353/udp")));
+  Stack s(config(false, false,
+                 parse_port_forward("127.0.0.1:" + std::to_string(free_port) + ":5353/udp")));
   ASSERT_TRUE(s.resolve_gateway());
   UniqueFd client(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   sockaddr_in a = loopback(free_port);
@@ -454,7 +593,8 @@ TEST(SlirpBackend, PublishedUdpPortReachesTheGuest) {
   UniqueFd other = host_socket(SOCK_DGRAM, other_port);
   s.send_ip(udp(kGuestIp, 5353, kGatewayIp, other_port, text("leak")));
   s.send_ip(udp(kGuestIp, 5353, r->src_ip, uint16_t(r->sport + 1), text("leak")));
-  EXPECT_LT(::recv(other.get(), buf, sizeof buf, MSG_DONTWAIT), 0) << "the guest reached a host port it was not asked by";
+  EXPECT_LT(::recv(other.get(), buf, sizeof buf, MSG_DONTWAIT), 0)
+      << "the guest reached a host port it was not asked by";
   EXPECT_EQ(errno, EAGAIN);
   // Answering again still works.
   s.send_ip(udp(kGuestIp, 5353, r->src_ip, r->sport, text("again")));
@@ -466,20 +606,21 @@ TEST(SlirpBackend, PortAlreadyInUseNamesThePort) {
   for (int type : {SOCK_STREAM, SOCK_DGRAM}) {
     uint16_t port = 0;
     UniqueFd taken = host_socket(type, port);
-    std::string spec = "127.0.0.1:" + std::to_string(port) + ":80" + (type == SOCK_DGRAM ? "/udp" : "");
+    std::string spec =
+        "127.0.0.1:" + std::to_string(port) + ":80" + (type == SOCK_DGRAM ? "/udp" : "");
     try {
       SlirpBackend b(config(true, false, parse_port_forward(spec)), 1500);
       ADD_FAILURE() << "publishing a port in use succeeded: " << spec;
     } catch (const Error& e) {
-      std::string want = "host port " + std::to_string(port) + (type == SOCK_DGRAM ? "/udp" : "/tcp") + " is already in use";
+      std::string want = "host port " + std::to_string(port) +
+                         (type == SOCK_DGRAM ? "/udp" : "/tcp") + " is already in use";
       EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find("cannot publish 127.0.0.1:" + std::to_string(port) + "->80"),
-                std::string::npos)
+      EXPECT_NE(
+          std::string(e.what()).find("cannot publish 127.0.0.1:" + std::to_string(port) + "->80"),
+          std::string::npos)
           << e.what();
     }
   }
 }
 
-TEST(SlirpBackend, BadMtuIsRefused) {
-  EXPECT_THROW(SlirpBackend(config(true, false), 100), Error);
-}
+TEST(SlirpBackend, BadMtuIsRefused) { EXPECT_THROW(SlirpBackend(config(true, false), 100), Error); }

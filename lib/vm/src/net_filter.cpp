@@ -8,10 +8,11 @@ namespace img2vm::vm::detail {
 namespace {
 
 constexpr size_t kEth = 14;
-constexpr uint16_t kTypeIpv4 = 0x0800;
+constexpr uint16_t kTypeIpv4 = 0x0800, kTypeArp = 0x0806;
 constexpr uint8_t kIcmp = 1, kTcp = 6, kUdp = 17;
 constexpr uint8_t kFin = 0x01, kSyn = 0x02, kRst = 0x04, kAck = 0x10, kUrg = 0x20;
 constexpr uint32_t kBroadcast = 0xffffffff;
+constexpr uint16_t kDnsPort = 53, kDhcpPort = 67;
 
 uint16_t be16(const uint8_t* p) { return uint16_t(p[0] << 8 | p[1]); }
 uint32_t be32(const uint8_t* p) { return uint32_t(be16(p)) << 16 | be16(p + 2); }
@@ -81,8 +82,8 @@ std::vector<uint8_t> tcp_reset_for(std::span<const uint8_t> syn, const Ipv4& ip)
   put32(h + 16, ip.src);
   put16(h + 10, fold(sum16(h, 20)));
   uint8_t* tcp = h + 20;
-  std::memcpy(tcp, t + 2, 2);  // source port: the one the guest called
-  std::memcpy(tcp + 2, t, 2);  // destination port: the guest's
+  std::memcpy(tcp, t + 2, 2);                 // source port: the one the guest called
+  std::memcpy(tcp + 2, t, 2);                 // destination port: the guest's
   put32(tcp + 8, be32(t + 4) + 1 + payload);  // acknowledges the SYN (and any data on it)
   tcp[12] = 5 << 4;
   tcp[13] = kRst | kAck;
@@ -95,32 +96,71 @@ std::vector<uint8_t> tcp_reset_for(std::span<const uint8_t> syn, const Ipv4& ip)
   return r;
 }
 
+uint32_t prefix_mask(unsigned prefix) {
+  return prefix == 0 ? 0 : ~uint32_t(0) << (32 - std::min(prefix, 32u));
+}
+
+// What a destination reaches through libslirp, so which switch it needs.
+enum class Reach { kHost, kOutside, kHostAndOutside };
+
+Reach reach_of(const Ipv4& ip, uint32_t network, uint32_t mask, uint32_t dns) {
+  const uint32_t d = ip.dst;
+  if ((d & mask) == network) {
+    // libslirp sends the DNS address's port 53 to the host's resolver (and refuses its other
+    // ports); the gateway is the host's loopback, the rest goes to the host's own network.
+    const bool dns_query = d == dns && !ip.fragment && (ip.proto == kUdp || ip.proto == kTcp) &&
+                           ip.l4_len >= (ip.proto == kTcp ? 20u : 8u) &&
+                           be16(ip.l4 + 2) == kDnsPort;
+    return dns_query ? Reach::kOutside : Reach::kHost;
+  }
+  const uint32_t top = d >> 24;
+  if (top == 127 || top == 0 || d == kBroadcast) return Reach::kHost;  // the host itself
+  if ((d >> 28) == 0xe) return Reach::kHostAndOutside;                 // multicast, looped back too
+  return Reach::kOutside;
+}
+
 }  // namespace
 
-UserNetFilter::UserNetFilter(bool outbound, bool host_loopback, std::set<uint16_t> published_udp_guest_ports,
-                             uint32_t gateway, uint32_t dns)
+UserNetFilter::UserNetFilter(bool outbound, bool host_loopback,
+                             std::set<uint16_t> published_udp_guest_ports, const Addresses& net)
     : open_all_(outbound && host_loopback),
       outbound_(outbound),
       host_loopback_(host_loopback),
       udp_ports_(std::move(published_udp_guest_ports)),
-      gateway_(gateway),
-      dns_(dns) {}
+      network_(net.network & prefix_mask(net.prefix_length)),
+      mask_(prefix_mask(net.prefix_length)),
+      gateway_(net.gateway),
+      dns_(net.dns) {}
 
-UserNetFilter::Verdict UserNetFilter::check_from_guest(std::span<const uint8_t> frame, std::vector<uint8_t>& reply) {
+UserNetFilter::Verdict UserNetFilter::check_from_guest(std::span<const uint8_t> frame,
+                                                       std::vector<uint8_t>& reply) {
+  // ARP and IPv4 only: libslirp runs without IPv6 (and would answer NC-SI, of no use here).
+  if (frame.size() < kEth) return Verdict::kDrop;
+  const uint16_t type = be16(frame.data() + 12);
+  if (type == kTypeArp) return Verdict::kPass;
+  if (type != kTypeIpv4) return Verdict::kDrop;
   if (open_all_) return Verdict::kPass;
   Ipv4 ip;
   bool ok;
-  if (!parse_ipv4(frame, ip, ok)) return Verdict::kPass;  // ARP; IPv6 is off in libslirp
+  parse_ipv4(frame, ip, ok);
   if (!ok) return Verdict::kDrop;
-  const bool to_host = ip.dst == gateway_ || ip.dst == kBroadcast;
-  if (to_host ? host_loopback_ : outbound_) return Verdict::kPass;
+  switch (reach_of(ip, network_, mask_, dns_)) {
+    case Reach::kHost:
+      if (host_loopback_) return Verdict::kPass;
+      break;
+    case Reach::kOutside:
+      if (outbound_) return Verdict::kPass;
+      break;
+    case Reach::kHostAndOutside:
+      break;  // both switches on is open_all_
+  }
   // libslirp answers these itself, without a host socket.
-  if (ip.proto == kIcmp && (to_host || ip.dst == dns_)) return Verdict::kPass;
+  if (ip.proto == kIcmp && (ip.dst == gateway_ || ip.dst == dns_)) return Verdict::kPass;
   if (ip.fragment) return Verdict::kDrop;  // ports and flags may not be in this fragment
   if (ip.proto == kUdp) {
     if (ip.l4_len < 8) return Verdict::kDrop;
     uint16_t sport = be16(ip.l4), dport = be16(ip.l4 + 2);
-    if (to_host && dport == 67) return Verdict::kPass;  // DHCP
+    if (dport == kDhcpPort && (ip.dst == gateway_ || ip.dst == kBroadcast)) return Verdict::kPass;
     auto it = flows_.find({sport, ip.dst, dport});
     if (it != flows_.end() && Clock::now() - it->second < kFlowIdle) return Verdict::kPass;
     return Verdict::kDrop;
@@ -148,8 +188,9 @@ void UserNetFilter::note_to_guest(std::span<const uint8_t> frame) {
   auto now = Clock::now();
   if (flows_.size() >= kMaxFlows && !flows_.count({dport, ip.src, sport})) {
     // Forget the idlest flow.
-    auto oldest = std::min_element(flows_.begin(), flows_.end(),
-                                   [](const auto& a, const auto& b) { return a.second < b.second; });
+    auto oldest = std::min_element(flows_.begin(), flows_.end(), [](const auto& a, const auto& b) {
+      return a.second < b.second;
+    });
     flows_.erase(oldest);
   }
   flows_[{dport, ip.src, sport}] = now;

@@ -6,12 +6,19 @@
 // restricted; a reply to a client on the host's loopback is refused as "host loopback"). So
 // libslirp runs with both open and this filter, which sees every frame both ways, enforces them:
 //
-// - "host" destinations are the gateway 10.0.2.2 and 255.255.255.255 (libslirp sends both to
-//   the host's 127.0.0.1); allowed with host_loopback. "outside" is everything else, including
-//   the DNS address 10.0.2.3 (forwarded to the host's resolver); allowed with outbound.
-// - Always allowed: ARP and non-IPv4 frames (libslirp answers them itself or drops them), DHCP
-//   (UDP to port 67 of the gateway or broadcast, answered inside libslirp) and ICMP to the
-//   gateway or the DNS address (echo answered inside libslirp).
+// - "host" destinations are those libslirp sends to the host itself (4.7: it connects to any
+//   destination it is given, and maps the gateway and 255.255.255.255 to 127.0.0.1): 127.0.0.0/8,
+//   0.0.0.0/8, 255.255.255.255 and every address of the virtual network 10.0.2.0/24 except the
+//   DNS address's port 53 (the gateway is the host's loopback; libslirp sends the others to the
+//   host's own network). Allowed with host_loopback. Multicast (224.0.0.0/4) reaches both the
+//   host's own listeners (looped back) and its networks: it needs host_loopback and outbound.
+//   "outside" is everything else, including the DNS address's port 53 (forwarded to the host's
+//   resolver); allowed with outbound.
+// - Only ARP and IPv4 frames pass: libslirp runs without IPv6, and nothing else has a use here.
+// - Always allowed: ARP (answered inside libslirp), DHCP (UDP to port 67 of the gateway or
+//   255.255.255.255, answered inside libslirp) and ICMP to exactly the gateway or the DNS
+//   address (echo answered inside libslirp; ICMP to any other address makes libslirp ping it,
+//   or send to its UDP port 7 where ping sockets are not allowed).
 // - To a destination not allowed:
 //   - a TCP SYN (what makes libslirp open a host connection) is refused with a TCP RST to the
 //     guest (the guest sees "connection refused"); other TCP segments pass (libslirp resets
@@ -35,8 +42,16 @@ class UserNetFilter {
  public:
   enum class Verdict { kPass, kDrop, kRefuse };
 
-  UserNetFilter(bool outbound, bool host_loopback, std::set<uint16_t> published_udp_guest_ports, uint32_t gateway,
-                uint32_t dns);
+  // The guest network's addresses (host byte order).
+  struct Addresses {
+    uint32_t network = 0;  // the virtual network and its prefix length
+    unsigned prefix_length = 24;
+    uint32_t gateway = 0;  // libslirp's host address, which it maps to 127.0.0.1
+    uint32_t dns = 0;      // forwarded to the host's resolver (port 53 only)
+  };
+
+  UserNetFilter(bool outbound, bool host_loopback, std::set<uint16_t> published_udp_guest_ports,
+                const Addresses& net);
 
   // A frame from the guest. kRefuse: `reply` holds the TCP RST frame to hand to the guest.
   Verdict check_from_guest(std::span<const uint8_t> frame, std::vector<uint8_t>& reply);
@@ -53,7 +68,7 @@ class UserNetFilter {
   bool open_all_ = false;
   bool outbound_, host_loopback_;
   std::set<uint16_t> udp_ports_;
-  uint32_t gateway_, dns_;
+  uint32_t network_, mask_, gateway_, dns_;
   std::map<FlowKey, Clock::time_point> flows_;
 };
 

@@ -30,7 +30,8 @@ namespace {
 in_addr ip4(std::string_view s) {
   in_addr a{};
   std::string str(s);
-  if (::inet_pton(AF_INET, str.c_str(), &a) != 1) throw Error(ErrorKind::kInternal, "bad address " + str);
+  if (::inet_pton(AF_INET, str.c_str(), &a) != 1)
+    throw Error(ErrorKind::kInternal, "bad address " + str);
   return a;
 }
 
@@ -74,7 +75,8 @@ HostAddr host_addr(const PortForward& f, uint16_t port) {
     a->sin6_family = AF_INET6;
     a->sin6_port = htons(port);
     if (::inet_pton(AF_INET6, f.host_ip.c_str(), &a->sin6_addr) != 1)
-      throw Error(ErrorKind::kInvalidArgument, "\"" + f.host_ip + "\" is not a numeric IPv6 address");
+      throw Error(ErrorKind::kInvalidArgument,
+                  "\"" + f.host_ip + "\" is not a numeric IPv6 address");
     h.len = sizeof(sockaddr_in6);
     h.v6 = true;
   } else {
@@ -82,7 +84,8 @@ HostAddr host_addr(const PortForward& f, uint16_t port) {
     a->sin_family = AF_INET;
     a->sin_port = htons(port);
     if (::inet_pton(AF_INET, f.host_ip.c_str(), &a->sin_addr) != 1)
-      throw Error(ErrorKind::kInvalidArgument, "\"" + f.host_ip + "\" is not a numeric IPv4 address");
+      throw Error(ErrorKind::kInvalidArgument,
+                  "\"" + f.host_ip + "\" is not a numeric IPv4 address");
     h.len = sizeof(sockaddr_in);
   }
   return h;
@@ -93,14 +96,17 @@ HostAddr host_addr(const PortForward& f, uint16_t port) {
 uint16_t pick_free_port(const PortForward& f) {
   HostAddr h = host_addr(f, 0);
   UniqueFd s(::socket(h.v6 ? AF_INET6 : AF_INET,
-                      (f.protocol == PortProtocol::kUdp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC, 0));
+                      (f.protocol == PortProtocol::kUdp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC,
+                      0));
   if (!s) throw_errno("socket");
   if (::bind(s.get(), reinterpret_cast<sockaddr*>(&h.ss), h.len) != 0)
     throw_errno("cannot find a free host port on " + f.host_ip);
   sockaddr_storage got{};
   socklen_t len = sizeof got;
-  if (::getsockname(s.get(), reinterpret_cast<sockaddr*>(&got), &len) != 0) throw_errno("getsockname");
-  return ntohs(h.v6 ? reinterpret_cast<sockaddr_in6*>(&got)->sin6_port : reinterpret_cast<sockaddr_in*>(&got)->sin_port);
+  if (::getsockname(s.get(), reinterpret_cast<sockaddr*>(&got), &len) != 0)
+    throw_errno("getsockname");
+  return ntohs(h.v6 ? reinterpret_cast<sockaddr_in6*>(&got)->sin6_port
+                    : reinterpret_cast<sockaddr_in*>(&got)->sin_port);
 }
 
 }  // namespace
@@ -110,7 +116,7 @@ struct SlirpBackend::Impl {
     SlirpTimerId id{};
     SlirpTimerCb cb = nullptr;  // timer_new style; else slirp_handle_timer(id)
     void* cb_opaque = nullptr;
-    int64_t expire_ms = -1;     // -1: not armed
+    int64_t expire_ms = -1;  // -1: not armed
   };
 
   // Every call into libslirp holds this one mutex, shared by all instances in the process:
@@ -125,9 +131,9 @@ struct SlirpBackend::Impl {
   std::list<Timer> timers;
   std::vector<pollfd> pfds;  // built by run() and slirp's add_poll callback
   std::atomic<NetDeviceSide*> device{nullptr};
-  std::atomic<bool> delivered{false};  // frames went to the device since the last flush
-  std::atomic<std::thread::id> loop_thread{};  // the thread in run()
-  UniqueFd wake;                       // eventfd: slirp's notify, rx_ready()
+  std::atomic<bool> delivered{false};             // frames went to the device since the last flush
+  std::atomic<std::thread::id> loop_thread{};     // the thread in run()
+  UniqueFd wake;                                  // eventfd: slirp's notify, rx_ready()
   std::unique_ptr<detail::UserNetFilter> filter;  // outbound / host_loopback (net_filter.hpp)
   std::vector<uint8_t> reply;
   std::vector<PortForward> published;
@@ -157,7 +163,8 @@ struct SlirpBackend::Impl {
   // A poll that reports an error and no events sets the clock, runs due slirp timers and
   // touches no socket. Called with `mu` held.
   void refresh_clock() {
-    slirp_pollfds_poll(slirp, 1, [](int, void*) { return 0; }, nullptr);
+    slirp_pollfds_poll(
+        slirp, 1, [](int, void*) { return 0; }, nullptr);
   }
 
   // Arms: earliest expiry relative to now, in ms (UINT32_MAX: none).
@@ -180,16 +187,20 @@ struct SlirpBackend::Impl {
       due.push_back(tm);
     }
     for (const Timer& tm : due) {
-      if (tm.cb) tm.cb(tm.cb_opaque);
-      else slirp_handle_timer(slirp, tm.id, tm.cb_opaque);
+      if (tm.cb)
+        tm.cb(tm.cb_opaque);
+      else
+        slirp_handle_timer(slirp, tm.id, tm.cb_opaque);
     }
   }
 };
 
-SlirpBackend::SlirpBackend(const UserNetConfig& config, uint16_t mtu) : impl_(std::make_unique<Impl>()) {
+SlirpBackend::SlirpBackend(const UserNetConfig& config, uint16_t mtu)
+    : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
   if (mtu < 576 || mtu > 65520)
-    throw Error(ErrorKind::kInvalidArgument, "user-mode networking needs an MTU from 576 to 65520, not " + std::to_string(mtu));
+    throw Error(ErrorKind::kInvalidArgument,
+                "user-mode networking needs an MTU from 576 to 65520, not " + std::to_string(mtu));
   m.wake.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!m.wake) throw_errno("eventfd");
 
@@ -219,8 +230,10 @@ SlirpBackend::SlirpBackend(const UserNetConfig& config, uint16_t mtu) : impl_(st
   cb.timer_free = [](void* timer, void* opaque) {
     Impl::self(opaque)->timers.remove_if([timer](const Impl::Timer& t) { return &t == timer; });
   };
-  cb.timer_mod = [](void* timer, int64_t expire_ms, void*) { static_cast<Impl::Timer*>(timer)->expire_ms = expire_ms; };
-  cb.register_poll_fd = [](int, void*) {};    // run() asks slirp for its fds on every round
+  cb.timer_mod = [](void* timer, int64_t expire_ms, void*) {
+    static_cast<Impl::Timer*>(timer)->expire_ms = expire_ms;
+  };
+  cb.register_poll_fd = [](int, void*) {};  // run() asks slirp for its fds on every round
   cb.unregister_poll_fd = [](int, void*) {};
   cb.notify = [](void* opaque) { Impl::self(opaque)->kick(); };
   cb.init_completed = [](Slirp*, void*) {};
@@ -228,9 +241,13 @@ SlirpBackend::SlirpBackend(const UserNetConfig& config, uint16_t mtu) : impl_(st
   std::set<uint16_t> udp_ports;
   for (const PortForward& f : config.forwards)
     if (f.protocol == PortProtocol::kUdp) udp_ports.insert(f.guest_port);
-  m.filter = std::make_unique<detail::UserNetFilter>(config.outbound, config.host_loopback, std::move(udp_ports),
-                                                     ntohl(ip4(usernet::kGateway).s_addr),
-                                                     ntohl(ip4(usernet::kDns).s_addr));
+  detail::UserNetFilter::Addresses addrs;
+  addrs.network = ntohl(ip4(usernet::kNetwork).s_addr);
+  addrs.prefix_length = usernet::kPrefixLength;
+  addrs.gateway = ntohl(ip4(usernet::kGateway).s_addr);
+  addrs.dns = ntohl(ip4(usernet::kDns).s_addr);
+  m.filter = std::make_unique<detail::UserNetFilter>(config.outbound, config.host_loopback,
+                                                     std::move(udp_ports), addrs);
 
   // libslirp's own "restricted" and "disable_host_loopback" stay off: the filter enforces
   // both (they would also stop published UDP ports from answering).
@@ -267,23 +284,27 @@ SlirpBackend::SlirpBackend(const UserNetConfig& config, uint16_t mtu) : impl_(st
     } catch (const Error& e) {
       throw e.with_context("cannot publish " + to_string(f));
     }
-    if (bound.guest_port == 0) throw Error(ErrorKind::kInvalidArgument, "cannot publish " + to_string(f) + ": no guest port");
+    if (bound.guest_port == 0)
+      throw Error(ErrorKind::kInvalidArgument,
+                  "cannot publish " + to_string(f) + ": no guest port");
     HostAddr h = host_addr(bound, bound.host_port);
     sockaddr_in g = guest;
     g.sin_port = htons(bound.guest_port);
-    int flags = (f.protocol == PortProtocol::kUdp ? SLIRP_HOSTFWD_UDP : 0) | (h.v6 ? SLIRP_HOSTFWD_V6ONLY : 0);
+    int flags = (f.protocol == PortProtocol::kUdp ? SLIRP_HOSTFWD_UDP : 0) |
+                (h.v6 ? SLIRP_HOSTFWD_V6ONLY : 0);
     errno = 0;
-    if (slirp_add_hostxfwd(m.slirp, reinterpret_cast<sockaddr*>(&h.ss), h.len, reinterpret_cast<const sockaddr*>(&g),
-                           sizeof g, flags) < 0) {
+    if (slirp_add_hostxfwd(m.slirp, reinterpret_cast<sockaddr*>(&h.ss), h.len,
+                           reinterpret_cast<const sockaddr*>(&g), sizeof g, flags) < 0) {
       int err = errno;
       std::string what = "cannot publish " + to_string(bound) + ": ";
       if (err == EADDRINUSE)
-        throw Error(ErrorKind::kInvalidArgument, what + "host port " + std::to_string(bound.host_port) + "/" +
+        throw Error(ErrorKind::kInvalidArgument, what + "host port " +
+                                                     std::to_string(bound.host_port) + "/" +
                                                      to_string(f.protocol) + " is already in use");
       if (err == EACCES)
-        throw Error(ErrorKind::kInvalidArgument, what + "permission denied for host port " +
-                                                     std::to_string(bound.host_port) +
-                                                     " (ports below net.ipv4.ip_unprivileged_port_start need privilege)");
+        throw Error(ErrorKind::kInvalidArgument,
+                    what + "permission denied for host port " + std::to_string(bound.host_port) +
+                        " (ports below net.ipv4.ip_unprivileged_port_start need privilege)");
       if (err == EADDRNOTAVAIL)
         throw Error(ErrorKind::kInvalidArgument, what + "the host has no address " + f.host_ip);
       throw Error(ErrorKind::kIo, what + (err ? std::strerror(err) : "libslirp refused it"));
@@ -354,7 +375,8 @@ void SlirpBackend::run(std::span<const Watch> watches) {
         if (!m.pfds[i].events) m.pfds[i].fd = -1;
       }
     }
-    int n = ::poll(m.pfds.data(), m.pfds.size(), timeout == UINT32_MAX ? -1 : int(std::min<uint32_t>(timeout, INT_MAX)));
+    int n = ::poll(m.pfds.data(), m.pfds.size(),
+                   timeout == UINT32_MAX ? -1 : int(std::min<uint32_t>(timeout, INT_MAX)));
     const bool poll_failed = n < 0;
     if (!poll_failed && (m.pfds[0].revents & POLLIN)) {
       uint64_t v;

@@ -17,8 +17,10 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -97,13 +99,17 @@ class Nft {
   nft_ctx* ctx_;
 };
 
-// The managed tables ("img2vm_<device>") present now.
-std::vector<std::string> managed_tables(Nft& nft) {
+// Each managed device has two tables of the same name ("img2vm_<device>"): one in the `ip`
+// family (NAT and the IPv4 filter) and one in the `netdev` family (what the guest may send).
+constexpr const char* kFamilies[] = {"ip", "netdev"};
+
+// The managed tables ("img2vm_<device>") of `family` present now.
+std::vector<std::string> managed_tables(Nft& nft, const std::string& family = "ip") {
   std::vector<std::string> out;
-  std::istringstream in(nft.run("list tables ip", "listing nftables tables"));
-  const std::string head = "table ip " + std::string(tapnet::kTablePrefix);
+  std::istringstream in(nft.run("list tables " + family, "listing nftables tables"));
+  const std::string head = "table " + family + " " + std::string(tapnet::kTablePrefix);
   for (std::string line; std::getline(in, line);)
-    if (line.rfind(head, 0) == 0) out.push_back(line.substr(9));
+    if (line.rfind(head, 0) == 0) out.push_back(line.substr(7 + family.size()));
   return out;
 }
 
@@ -211,15 +217,35 @@ UniqueFd reserve_port(const PortForward& f, uint16_t& port) {
   return s;
 }
 
-// Deletes the tables whose device is gone (call with the HostLock held).
+// Deletes the tables whose device is gone (call with the HostLock held); names each once.
 std::vector<std::string> remove_stale(Nft& nft) {
   std::vector<std::string> removed;
-  for (const auto& t : managed_tables(nft)) {
-    std::string dev = t.substr(tapnet::kTablePrefix.size());
-    if (::if_nametoindex(dev.c_str()) != 0) continue;
-    if (nft.try_run("delete table ip " + t)) removed.push_back(t);
+  for (const char* family : kFamilies) {
+    for (const auto& t : managed_tables(nft, family)) {
+      std::string dev = t.substr(tapnet::kTablePrefix.size());
+      if (::if_nametoindex(dev.c_str()) != 0) continue;
+      if (nft.try_run(std::string("delete table ") + family + " " + t) &&
+          std::find(removed.begin(), removed.end(), t) == removed.end())
+        removed.push_back(t);
+    }
   }
   return removed;
+}
+
+std::string mac_str(const std::array<uint8_t, 6>& m) {
+  char buf[18];
+  std::snprintf(buf, sizeof buf, "%02x:%02x:%02x:%02x:%02x:%02x", m[0], m[1], m[2], m[3], m[4],
+                m[5]);
+  return buf;
+}
+
+// Whether a published port's host address includes the host's loopback (0.0.0.0 or 127.0.0.0/8):
+// its connections leave through the device with a loopback source, which needs route_localnet.
+bool reaches_from_loopback(const PortForward& f) {
+  in_addr a{};
+  if (::inet_pton(AF_INET, f.host_ip.c_str(), &a) != 1) return false;  // refused later
+  const uint32_t v = ntohl(a.s_addr);
+  return v == 0 || (v >> 24) == 127;
 }
 
 // Frames on the device carry the 12-byte virtio 1.x header; no offloads until the guest takes them.
@@ -247,7 +273,7 @@ struct TapBackend::Impl {
 
   void setup_managed(const TapNetConfig& c, uint16_t mtu);
   void attach_existing(const std::string& name);
-  std::string ruleset(bool outbound) const;
+  std::string ruleset(const TapNetConfig& c) const;
   void teardown() noexcept;
 };
 
@@ -286,7 +312,8 @@ void TapBackend::Impl::attach_existing(const std::string& name) {
   info.prefix_length = prefix;
 }
 
-std::string TapBackend::Impl::ruleset(bool outbound) const {
+std::string TapBackend::Impl::ruleset(const TapNetConfig& c) const {
+  const bool outbound = c.outbound;
   const std::string d = "\"" + info.device + "\"";
   const std::string pool = std::string(tapnet::kPool) + "/" + std::to_string(tapnet::kPoolPrefixLength);
   std::string dnat;
@@ -318,6 +345,19 @@ std::string TapBackend::Impl::ruleset(bool outbound) const {
        "    iifname " + d + " ct state established,related accept\n"
        "    iifname " + d + " icmp type echo-request accept\n"
        "    iifname " + d + " drop\n  }\n}\n";
+  // What the guest may send at all, checked as each frame enters the host (before IPv6, ARP,
+  // routing, conntrack or the rules above see it): ARP and IPv4 from its own MAC and address,
+  // to no loopback, "this network", multicast, broadcast or class E address. Nothing else: no
+  // IPv6 (router advertisements included), no spoofed source.
+  const uint32_t guest = parse_ip(info.guest_ip), bcast = guest | ~mask_of(info.prefix_length);
+  const std::string from_guest = "ether saddr " + mac_str(c.guest_mac) + " ";
+  t += "table netdev " + info.table.substr(3) + " {\n  chain from_guest {\n";
+  t += "    type filter hook ingress device " + d + " priority -500; policy drop;\n";
+  t += "    " + from_guest + "arp saddr ether " + mac_str(c.guest_mac) + " arp saddr ip { " +
+       info.guest_ip + ", 0.0.0.0 } accept\n";
+  t += "    " + from_guest + "ip saddr " + info.guest_ip +
+       " ip daddr != { 0.0.0.0/8, 127.0.0.0/8, 224.0.0.0/3, " + ip_str(bcast) +
+       " } accept\n  }\n}\n";
   return t;
 }
 
@@ -345,6 +385,15 @@ void TapBackend::Impl::setup_managed(const TapNetConfig& c, uint16_t mtu) {
   if (info.device.size() + tapnet::kTablePrefix.size() > 255)
     throw Error(ErrorKind::kInvalidArgument, "tap device name too long: " + info.device);
 
+  // No IPv6 on the device: the host side gets no link-local address and takes no router
+  // advertisement from the guest (set before the device is up). Strict reverse-path checks
+  // drop a source address the host would not route back through the device.
+  if (::access("/proc/sys/net/ipv6/conf", F_OK) == 0) {
+    write_sysctl("/proc/sys/net/ipv6/conf/" + info.device + "/accept_ra", "0");
+    write_sysctl("/proc/sys/net/ipv6/conf/" + info.device + "/disable_ipv6", "1");
+  }
+  write_sysctl("/proc/sys/net/ipv4/conf/" + info.device + "/rp_filter", "1");
+
   const uint32_t net = free_subnet();
   info.host_ip = ip_str(net + 1);
   info.guest_ip = ip_str(net + 2);
@@ -362,8 +411,12 @@ void TapBackend::Impl::setup_managed(const TapNetConfig& c, uint16_t mtu) {
       throw Error(ErrorKind::kIo, "tap device " + info.device + ": cannot bring it up: " + errno_text(errno));
   }
 
-  // Connections from the host's loopback to a published port leave through the device.
-  write_sysctl("/proc/sys/net/ipv4/conf/" + info.device + "/route_localnet", "1");
+  // Connections from the host's loopback to a published port leave through the device with a
+  // loopback source (masqueraded on the way) and their replies come back to 127.0.0.1: only
+  // then does the device route loopback addresses. A guest's own frames to 127.0.0.0/8 are
+  // dropped as they enter (the netdev table) and again in the input chain.
+  if (std::any_of(c.forwards.begin(), c.forwards.end(), reaches_from_loopback))
+    write_sysctl("/proc/sys/net/ipv4/conf/" + info.device + "/route_localnet", "1");
   if (read_sysctl("/proc/sys/net/ipv4/ip_forward") != "1") {
     nft.run(std::string("add table ") + kForwardingMark, "tap network: recording ip_forward");
     write_sysctl("/proc/sys/net/ipv4/ip_forward", "1");
@@ -374,9 +427,13 @@ void TapBackend::Impl::setup_managed(const TapNetConfig& c, uint16_t mtu) {
     reserved.push_back(reserve_port(f, p.host_port));
     published.push_back(p);
   }
-  // A table of the same name can only be a leftover: replace it in the same transaction.
-  nft.run("add table " + info.table + "\ndelete table " + info.table + "\n" + ruleset(c.outbound),
-          "tap device " + info.device + ": installing its rules");
+  // Tables of the same name can only be leftovers: replace them in the same transaction.
+  const std::string name = info.table.substr(3);
+  std::string cmds;
+  for (const char* family : kFamilies)
+    cmds += std::string("add table ") + family + " " + name + "\ndelete table " + family + " " +
+            name + "\n";
+  nft.run(cmds + ruleset(c), "tap device " + info.device + ": installing its rules");
 }
 
 void TapBackend::Impl::teardown() noexcept {
@@ -384,7 +441,8 @@ void TapBackend::Impl::teardown() noexcept {
   try {
     HostLock lock;
     Nft nft;
-    nft.try_run("delete table " + info.table);
+    for (const char* family : kFamilies)
+      nft.try_run(std::string("delete table ") + family + " " + info.table.substr(3));
     tap.reset();  // the device goes with its last descriptor
     reserved.clear();
     if (managed_tables(nft).empty() && nft.try_run(std::string("list table ") + kForwardingMark)) {

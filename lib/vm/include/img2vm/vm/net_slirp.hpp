@@ -13,9 +13,12 @@
 //                 nameserver of the host's /etc/resolv.conf (re-read when it changes)
 //
 // No IPv6 in the guest network (as docker's default bridge). Outbound connections (and DNS)
-// need UserNetConfig::outbound, the host's loopback needs UserNetConfig::host_loopback;
-// published ports (host forwards, TCP and UDP) work either way. The guest can always reach the
-// host through its other addresses when outbound is on, as a docker container can.
+// need UserNetConfig::outbound, the host itself needs UserNetConfig::host_loopback: besides
+// 10.0.2.2, libslirp would connect the guest to the host's loopback for 127.0.0.0/8, 0.0.0.0/8
+// and 255.255.255.255, so those and the rest of 10.0.2.0/24 (but DNS) are filtered the same way
+// (src/net_filter.hpp). Published ports (host forwards, TCP and UDP) work either way. With
+// outbound on, the guest reaches the host's services on its other (non-loopback) addresses, as
+// a docker container can.
 //
 // Threading: libslirp is not thread-safe (and keeps some state in globals), so every call into
 // it holds one process-wide mutex. run() is the event loop (poll() over slirp's sockets, its
@@ -46,8 +49,9 @@ struct UserNetConfig {
   // only published ports work, and what the guest sends is limited to answering them (a
   // connection it opens is refused with a TCP RST; see src/net_filter.hpp).
   bool outbound = true;
-  // 10.0.2.2 reaches the host's loopback (podman's allow_host_loopback). Off by default, so
-  // services listening on the host's 127.0.0.1 stay private, as with docker.
+  // 10.0.2.2 (and 127.0.0.0/8, 0.0.0.0/8, 255.255.255.255) reach the host's loopback (podman's
+  // allow_host_loopback). Off by default, so services listening on the host's 127.0.0.1 stay
+  // private, as with docker.
   bool host_loopback = false;
   // Published ports (`-p`), host side -> guest 10.0.2.15.
   std::vector<PortForward> forwards;

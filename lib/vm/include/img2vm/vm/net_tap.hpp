@@ -8,19 +8,24 @@
 //  * Managed (TapNetConfig::name empty, or a name no device has yet): the backend creates a
 //    non-persistent tap device ("img2vm0", "img2vm1", ... or the given name), gives it the host
 //    end of a /30 of its own from 10.200.0.0/16 (host .1, guest .2: every VM on a subnet of its
-//    own, as Firecracker's examples do), and installs one nftables table, `ip img2vm_<device>`,
-//    holding every rule the VM needs:
+//    own, as Firecracker's examples do), switches IPv6 off on it, and installs two nftables
+//    tables named `img2vm_<device>` holding every rule the VM needs:
+//      - from the guest (`netdev` table, on the device's ingress, before the host's stack sees a
+//        frame): only ARP and IPv4 from the guest's own MAC (TapNetConfig::guest_mac) and
+//        address, to no loopback, 0.0.0.0/8, multicast or broadcast address; no IPv6, no
+//        spoofed sources (also dropped by strict reverse-path filtering on the device);
+//    and in the `ip` table:
 //      - outbound (TapNetConfig::outbound): the guest's traffic is masqueraded behind the
 //        host's address on the way out; off: only replies to published ports leave the guest;
 //      - published ports: DNAT from the host's address(es) (and its loopback, as docker's
-//        userland-proxy-less mode does: route_localnet on the device plus a masquerade) to the
-//        guest;
+//        userland-proxy-less mode does: route_localnet on the device, only when a port is
+//        published on 0.0.0.0 or 127.0.0.0/8, plus a masquerade) to the guest;
 //      - isolation: nothing reaches the guest except replies and published ports, the guest
 //        reaches no host service (only the gateway's ping), and no other VM's subnet.
 //    IPv4 forwarding is switched on while managed VMs run (docker does the same); when it was
-//    off, the last one to end switches it off again (the table `ip img2vmfwd` marks that). On exit the
-//    table is deleted and the device, being non-persistent, disappears with its file
-//    descriptor, also when the process is killed; a table left by a killed runner is removed
+//    off, the last one to end switches it off again (the table `ip img2vmfwd` marks that). On exit
+//    the tables are deleted and the device, being non-persistent, disappears with its file
+//    descriptor, also when the process is killed; tables left by a killed runner are removed
 //    by the next managed tap backend (its device no longer exists).
 //
 //  * Existing (TapNetConfig::name names a device that exists, e.g. a persistent tap made with
@@ -34,6 +39,7 @@
 // come to the guest the same way once its driver takes them (TUNSETOFFLOAD).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -58,6 +64,8 @@ struct TapNetConfig {
   std::string name;
   bool outbound = true;               // managed only: the guest may reach the outside world
   std::vector<PortForward> forwards;  // managed only: published ports (host -> guest)
+  // Managed only: the guest NIC's MAC (NetConfig::mac); frames from any other are dropped.
+  std::array<uint8_t, 6> guest_mac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
 };
 
 // What the guest is told about its network (its init configures eth0 with it).
@@ -67,7 +75,8 @@ struct TapNetInfo {
   std::string host_ip;     // the host end: the guest's gateway
   std::string guest_ip;    // the guest's address
   unsigned prefix_length = 0;
-  std::string table;       // the nftables table (managed), e.g. "ip img2vm_img2vm0"
+  std::string table;  // the nftables `ip` table (managed), e.g. "ip img2vm_img2vm0"; a
+                      // `netdev` table of the same name filters what the guest sends
 };
 
 class TapBackend final : public NetBackend {
