@@ -147,7 +147,12 @@ void register_pull(CLI::App& app, Globals& g, Action* slot) {
   sub->add_option("-j,--jobs", args->jobs, "Concurrent blob downloads")->check(CLI::Range(1, 32));
   sub->add_option("-u,--username", args->username, "Registry user name (the password is read from stdin)");
   sub->add_flag("--password-stdin", args->password_stdin, "Read the registry password from stdin");
-  sub->add_option("--insecure-registry", args->insecure, "Allow plain HTTP or unverified TLS for this registry host[:port]");
+  // One host per occurrence (repeat the option for more), so that it does not swallow the REF after
+  // it.
+  sub->add_option("--insecure-registry", args->insecure,
+                  "Allow plain HTTP or unverified TLS for this registry host[:port]")
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   sub->add_option("--ca-cert", args->ca_cert, "Trust this PEM CA bundle for the registry")->check(CLI::ExistingFile);
   sub->callback([&g, slot, args] {
     *slot = [&g, args] {

@@ -104,7 +104,8 @@ void Registry::write_config() {
   if (opts_.auth == RegistryAuth::kBasicTls) {
     y += "auth:\n  htpasswd:\n    realm: img2vm-test\n    path: " + d + "/htpasswd\n";
   } else if (opts_.auth == RegistryAuth::kToken) {
-    y += "auth:\n  token:\n    realm: " + token_->realm() + "\n    service: " + token_->service() +
+    std::string realm = opts_.token_realm.empty() ? token_->realm() : opts_.token_realm;
+    y += "auth:\n  token:\n    realm: " + realm + "\n    service: " + token_->service() +
          "\n    issuer: " + token_->issuer() + "\n    rootcertbundle: " + d + "/token.crt\n";
   }
   y += "health:\n  storagedriver:\n    enabled: false\n";

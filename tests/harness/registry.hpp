@@ -29,12 +29,16 @@ struct RegistryOptions {
   std::string password = "s3cret-Pa55";
   // With kToken: repositories anyone may pull without credentials.
   std::set<std::string> public_repos;
+  // With kToken: the realm the registry announces, when not the token server's own (a front
+  // that passes the requests on to token_server()->realm()).
+  std::string token_realm;
 };
 
 class Registry {
  public:
   explicit Registry(RegistryOptions opts = {});
-  explicit Registry(RegistryAuth auth) : Registry(RegistryOptions{auth, "img2vm", "s3cret-Pa55", {}}) {}
+  explicit Registry(RegistryAuth auth)
+      : Registry(RegistryOptions{auth, "img2vm", "s3cret-Pa55", {}, {}}) {}
   ~Registry();
   Registry(const Registry&) = delete;
   Registry& operator=(const Registry&) = delete;

@@ -8,6 +8,7 @@
 
 #include <cstring>
 #include <optional>
+#include <thread>
 
 #include "img2vm/base/error.hpp"
 
@@ -32,24 +33,7 @@ std::string lower(std::string s) {
 }  // namespace
 
 FaultProxy::FaultProxy(std::string upstream_host, int upstream_port)
-    : upstream_host_(std::move(upstream_host)), upstream_port_(upstream_port) {
-  listen_ = UniqueFd(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(listen_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) throw_errno("bind fault proxy");
-  socklen_t len = sizeof a;
-  ::getsockname(listen_.get(), reinterpret_cast<sockaddr*>(&a), &len);
-  port_ = ntohs(a.sin_port);
-  ::listen(listen_.get(), 64);
-  thread_ = std::thread([this] { serve(); });
-}
-
-FaultProxy::~FaultProxy() {
-  stop_ = true;
-  thread_.join();
-  for (auto& w : workers_) w.join();
-}
+    : upstream_host_(std::move(upstream_host)), upstream_port_(upstream_port) {}
 
 void FaultProxy::script(std::vector<Fault> faults, size_t truncate_after) {
   std::lock_guard l(mu_);
@@ -62,18 +46,7 @@ std::vector<FaultProxy::Seen> FaultProxy::blob_requests() const {
   return seen_;
 }
 
-void FaultProxy::serve() {
-  while (!stop_) {
-    pollfd p{listen_.get(), POLLIN, 0};
-    if (::poll(&p, 1, 100) <= 0) continue;
-    int c = ::accept4(listen_.get(), nullptr, nullptr, SOCK_CLOEXEC);
-    if (c < 0) continue;
-    workers_.emplace_back([this, c] { handle(c); });
-  }
-}
-
 void FaultProxy::handle(int fd) {
-  UniqueFd client(fd);
   std::string req;
   char buf[65536];
   while (req.find("\r\n\r\n") == std::string::npos) {
@@ -91,7 +64,8 @@ void FaultProxy::handle(int fd) {
   std::string path = line.substr(line.find(' ') + 1);
   path = path.substr(0, path.find(' '));
   // Rewrite headers: one request per connection.
-  std::string head = line + "\r\n", range;
+  std::vector<std::string> headers;
+  std::string range;
   size_t pos = eol + 2;
   while (pos < req.size()) {
     size_t e = req.find("\r\n", pos);
@@ -100,10 +74,12 @@ void FaultProxy::handle(int fd) {
     if (h.empty()) break;
     std::string name = lower(h.substr(0, h.find(':')));
     if (name == "connection") continue;
-    if (name == "range") range = h.substr(h.find(':') + 2);
-    head += h + "\r\n";
+    if (name == "range") {
+      range = h.substr(h.find(':') + 2);
+      continue;
+    }
+    headers.push_back(h);
   }
-  head += "Connection: close\r\n\r\n";
   std::optional<Fault> fault;
   size_t cut = 0;
   if (path.find("/blobs/") != std::string::npos) {
@@ -115,6 +91,13 @@ void FaultProxy::handle(int fd) {
     }
     cut = truncate_after_;
   }
+  std::string head = line + "\r\n";
+  for (const auto& h : headers) head += h + "\r\n";
+  if (fault == Fault::kRangePastEnd)
+    head += "Range: bytes=999999999-\r\n";
+  else if (!range.empty())
+    head += "Range: " + range + "\r\n";
+  head += "Connection: close\r\n\r\n";
   if (fault == Fault::kReset) {
     linger lg{1, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
@@ -140,7 +123,7 @@ void FaultProxy::handle(int fd) {
   size_t sent = 0;
   for (;;) {
     if (fault == Fault::kSlow && sent > 0) {
-      if (stop_) return;
+      if (server_.stopping()) return;
       std::this_thread::sleep_for(std::chrono::milliseconds(100));
     }
     ssize_t n = ::recv(up.get(), buf, fault == Fault::kSlow ? 16384 : sizeof buf, 0);
@@ -149,8 +132,9 @@ void FaultProxy::handle(int fd) {
     if (fault == Fault::kTruncate && sent + take > cut) take = cut - sent;
     send_all(fd, std::string(buf, take));
     sent += take;
+    if (fault == Fault::kStall) ++stalls_;
     while (fault == Fault::kStall) {
-      if (stop_) return;
+      if (server_.stopping()) return;
       pollfd p{fd, POLLIN, 0};
       char c;
       if (::poll(&p, 1, 100) > 0 && ::recv(fd, &c, 1, 0) <= 0) return;

@@ -1,6 +1,10 @@
 // Pulls against a real docker-registry (the harness), images pushed by skopeo, and the img2vm
 // binary for the user-facing errors. Every test uses its own store ($IMG2VM_HOME in a TempDir).
+#include "img2vm/registry/pull.hpp"
+
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/file.h>
 
 #include <csignal>
 #include <fstream>
@@ -12,7 +16,6 @@
 #include "image_builder.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/registry/image_source.hpp"
-#include "img2vm/registry/pull.hpp"
 #include "img2vm/registry/store.hpp"
 #include "process.hpp"
 #include "registry.hpp"
@@ -470,14 +473,6 @@ TEST(Pull, RegistryDownThenResumesFromPartialDownload) {
   EXPECT_EQ(resumed_at, half);
   EXPECT_EQ(r.bytes_downloaded, img.config.size() + img.layers[0].size() + (big.size() - half) + img.layers[2].size());
   expect_image_in_store(store, reg.host() + "/test/r:v1", img);
-  // A partial file with wrong bytes is caught by the digest check, deleted, and the next pull
-  // succeeds from scratch.
-  TempDir home2("home");
-  Store store2(home2.path());
-  write_file_atomic(home2.path() / "ingest" / (big.digest.hex() + ".partial"), std::string(half, 'Z'));
-  EXPECT_NE(error_of([&] { pull(store2, reg.host() + "/test/r:v1", opts_for(reg)); }).find(big.digest.str()),
-            std::string::npos);
-  EXPECT_EQ(pull(store2, reg.host() + "/test/r:v1", opts_for(reg)).manifest_digest, img.manifest.digest);
 }
 
 // Ctrl-C during `img2vm pull`: exit 130 with one line, the partial download kept, nothing in
@@ -662,6 +657,164 @@ TEST(Credentials, CredentialHelperFromDockerConfig) {
   auto other = img2vm(home.path(), {"pull", "localhost:" + reg.host().substr(reg.host().find(':') + 1) + "/private/app:v1"}, ro);
   EXPECT_EQ(other.exit_code, 1) << other.describe();
   EXPECT_NE(other.err.find("unauthorized"), std::string::npos) << other.err;
+}
+
+}  // namespace
+
+// What pulls that were killed leave in ingest/, and what the next pull makes of it (issue 14).
+namespace {
+
+uint16_t port_of(const Registry& reg) {
+  return static_cast<uint16_t>(std::stoi(reg.host().substr(reg.host().find(':') + 1)));
+}
+
+// The Range headers of the requests for `d` from the proxy's `from`-th blob request on ("" when
+// the whole blob was asked for).
+std::vector<std::string> ranges_of(const FaultProxy& proxy, size_t from, const Digest& d) {
+  std::vector<std::string> out;
+  auto seen = proxy.blob_requests();
+  for (size_t i = from; i < seen.size(); ++i)
+    if (seen[i].path.find(d.hex()) != std::string::npos) out.push_back(seen[i].range);
+  return out;
+}
+
+struct PartialCase {
+  std::string what;
+  std::string partial;              // left in ingest/ for the big layer
+  std::vector<std::string> ranges;  // its requests, in order
+  uint64_t downloaded;              // its bytes over the wire
+};
+
+// Each case in a fresh store, one download at a time; the image ends up whole every time.
+void pull_with_partials(Registry& reg, FaultProxy& proxy, const BuiltImage& img,
+                        const std::vector<PartialCase>& cases,
+                        const std::vector<FaultProxy::Fault>& faults = {}) {
+  const BuiltLayer& big = img.layers[1];
+  std::string ref = proxy.host() + "/test/p:v1";
+  uint64_t others = img.config.size();
+  for (size_t i = 0; i < img.layers.size(); ++i)
+    if (i != 1) others += img.layers[i].size();
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.what);
+    TempDir home("home");
+    Store store(home.path());
+    fs::path partial = home.path() / "ingest" / (big.digest.hex() + ".partial");
+    write_file_atomic(partial, c.partial);
+    size_t before = proxy.blob_requests().size();
+    proxy.script(faults);
+    PullOptions o = opts_for(reg);
+    o.jobs = 1;
+    PullResult r;
+    ASSERT_NO_THROW(r = pull(store, ref, o));
+    expect_image_in_store(store, ref, img);
+    EXPECT_EQ(ranges_of(proxy, before, big.digest), c.ranges);
+    EXPECT_EQ(r.bytes_downloaded, others + c.downloaded);
+    EXPECT_FALSE(fs::exists(partial));
+  }
+}
+
+// Whatever a killed pull left in ingest/ for the big layer, the next pull stores the image: a
+// whole partial file is committed without a request, a short one resumed, a wrong or oversized
+// one discarded. Distribution answers a Range past the end with 416, the whole blob's
+// Content-Length and a short body, and a resumed request can keep failing where a whole one would
+// not: either way the blob is downloaded whole instead of the same request retried until the
+// pull gives up.
+TEST(Pull, PartialFilesLeftBehindNeverMakeAPullFail) {
+  Registry reg(RegistryAuth::kNone);
+  BuiltImage img = build_image(multi_layer_spec("partials"));
+  push(reg, img, "test/p:v1");
+  FaultProxy proxy("127.0.0.1", port_of(reg));
+  const BuiltLayer& big = img.layers[1];
+  const uint64_t size = big.size(), half = size / 2;
+  std::string flipped = big.data;
+  flipped[size / 3] ^= 0x20;
+  auto from = [](uint64_t n) { return "bytes=" + std::to_string(n) + "-"; };
+  pull_with_partials(
+      reg, proxy, img,
+      {
+          {"complete", big.data, {}, 0},
+          {"one byte short", big.data.substr(0, size - 1), {from(size - 1)}, 1},
+          {"corrupt", std::string(half, 'Z'), {from(half), ""}, (size - half) + size},
+          {"complete but corrupt", flipped, {""}, size},
+          {"larger than the blob", big.data + "trailing", {""}, size},
+      });
+  // One download at a time: config, the small layer, then the big one meets the fault.
+  using F = FaultProxy::Fault;
+  pull_with_partials(reg, proxy, img,
+                     {{"416 from the registry", big.data.substr(0, half), {from(half), ""}, size}},
+                     {F::kPass, F::kPass, F::kRangePastEnd});
+  pull_with_partials(
+      reg, proxy, img,
+      {{"reset twice when resumed", big.data.substr(0, half), {from(half), from(half), ""}, size}},
+      {F::kPass, F::kPass, F::kReset, F::kReset});
+}
+
+// Real `img2vm pull` processes killed with SIGKILL at several points into one store (each point a
+// condition: a stalled response, so many bytes in the partial file, the index lock held by the
+// test); then one more pull completes and the image converts.
+TEST(Pull, APullAlwaysCompletesAfterEarlierPullsIntoTheSameStoreWereKilled) {
+  Registry reg(RegistryAuth::kNone);
+  ImageSpec spec = multi_layer_spec("killed");
+  for (unsigned i = 0; i < 4; ++i)
+    spec.layers.push_back(
+        layer({file("extra/" + std::to_string(i), random_bytes(100000 + i, 20 + i))}));
+  BuiltImage img = build_image(spec);
+  ASSERT_EQ(img.layers.size(), 7u);
+  push(reg, img, "test/k:v1");
+  FaultProxy proxy("127.0.0.1", port_of(reg));
+  TempDir home("home");
+  const std::string ref = proxy.host() + "/test/k:v1";
+  const BuiltLayer& big = img.layers[1];
+  ASSERT_GT(big.size(), 5u << 19);
+  const fs::path partial = home.path() / "ingest" / (big.digest.hex() + ".partial");
+  const fs::path manifest_blob = home.path() / "oci/blobs/sha256" / img.manifest.digest.hex();
+  auto partial_size = [&] {
+    std::error_code ec;
+    auto n = fs::file_size(partial, ec);
+    return ec ? uintmax_t{0} : n;
+  };
+  auto kill_when = [&](const std::string& what, const std::function<bool()>& reached) {
+    SCOPED_TRACE(what);
+    fs::path log = home.path() / "pull.log";
+    ChildProcess p({bin(), "pull", "--jobs", "1", ref}, log,
+                   {{"IMG2VM_HOME", home.path().string()},
+                    {"DOCKER_CONFIG", (home.path() / "none").string()}});
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (std::chrono::steady_clock::now() < deadline && p.running() && !reached())
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    ASSERT_TRUE(p.running()) << "the pull ended before the kill point: " << read_file(log);
+    ASSERT_TRUE(reached()) << "the kill point was never reached: " << read_file(log);
+    p.kill_now();
+    EXPECT_TRUE(Store(home.path()).list().empty());
+  };
+  using F = FaultProxy::Fault;
+  proxy.script({F::kStall});
+  kill_when("in the config's stalled response", [&] { return proxy.stalls() >= 1; });
+  proxy.script(std::vector<F>(16, F::kSlow));
+  kill_when("1 MiB into the big layer", [&] { return partial_size() >= (1u << 20); });
+  proxy.script(std::vector<F>(16, F::kSlow));
+  kill_when("2 MiB into the big layer, resumed", [&] { return partial_size() >= (2u << 20); });
+  proxy.script({});
+  {
+    // Every blob and the manifest stored, the index entry not written: blocked on index.lock.
+    UniqueFd lock = open_file(home.path() / "index.lock", O_RDWR | O_CREAT, 0644);
+    ASSERT_EQ(::flock(lock.get(), LOCK_EX), 0);
+    kill_when("before its index entry", [&] { return fs::exists(manifest_blob); });
+  }
+  if (HasFatalFailure()) return;
+
+  auto done = img2vm(home.path(), {"pull", ref});
+  ASSERT_EQ(done.exit_code, 0) << done.describe();
+  Store store(home.path());
+  expect_image_in_store(store, ref, img);
+  ASSERT_EQ(store.list().size(), 1u);
+  for (const auto& e : fs::directory_iterator(home.path() / "ingest"))
+    EXPECT_NE(e.path().extension(), ".partial") << e.path();
+  fs::path rootfs = home.path() / "rootfs.ext4";
+  auto conv = img2vm(home.path(), {"convert", ref, "-o", rootfs.string()});
+  ASSERT_EQ(conv.exit_code, 0) << conv.describe();
+  auto cat = run_command({"debugfs", "-R", "cat /etc/marker", rootfs.string()});
+  EXPECT_NE(cat.out.find("killed\n"), std::string::npos) << cat.describe();
 }
 
 }  // namespace

@@ -9,11 +9,11 @@
 #include <exception>
 #include <map>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <thread>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/version.hpp"
+#include "img2vm/registry/http_response.hpp"
 #include "img2vm/registry/manifest.hpp"
 #include "img2vm/registry/media_types.hpp"
 #include "img2vm/registry/reference.hpp"
@@ -21,7 +21,6 @@
 
 namespace img2vm::registry {
 
-using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -40,19 +39,10 @@ std::string lower(std::string s) {
   return s;
 }
 
-std::string trim(std::string s) {
-  while (!s.empty() && (s.back() == '\r' || s.back() == '\n' || s.back() == ' ' || s.back() == '\t')) s.pop_back();
-  size_t b = 0;
-  while (b < s.size() && (s[b] == ' ' || s[b] == '\t')) ++b;
-  return s.substr(b);
-}
-
-// "scheme://host:port/path" -> "host:port"
+// "host[:port]" of a URL for messages, or the URL itself when it is not one.
 std::string url_authority(const std::string& url) {
-  size_t p = url.find("://");
-  size_t b = p == std::string::npos ? 0 : p + 3;
-  size_t e = url.find_first_of("/?#", b);
-  return lower(url.substr(b, e == std::string::npos ? std::string::npos : e - b));
+  auto o = url_origin(url);
+  return o ? o->authority() : url;
 }
 
 std::string url_escape(const std::string& s) {
@@ -107,8 +97,8 @@ struct Request {
   std::string method = "GET";
   std::string url;
   std::vector<std::string> headers;
-  std::string authorization;  // full header value; sent only to auth_authority
-  std::string auth_authority;
+  std::string authorization;  // full header value; sent only to auth_origin (may_send_credentials)
+  std::optional<UrlOrigin> auth_origin;
   std::string post_body;
   BlobSink* sink = nullptr;
   uint64_t max_body = kMaxErrorBody;
@@ -118,16 +108,16 @@ struct Result {
   CURLcode curl = CURLE_OK;
   std::string curl_error;
   long status = 0;
-  std::map<std::string, std::string> headers;
+  ResponseHeaders headers;
   std::string body;
-  bool body_too_large = false;
+  bool body_too_large = false, headers_too_large = false;
+  // A 206 whose Content-Range does not start where the Range asked (or is missing): its bytes
+  // were not written; the download must start over.
+  bool bad_range = false;
   std::string url;  // the last URL requested (after redirects)
   uint64_t streamed = 0;
 
-  std::string header(const std::string& n) const {
-    auto it = headers.find(n);
-    return it == headers.end() ? std::string() : it->second;
-  }
+  std::string header(const std::string& n) const { return headers.get(n); }
 };
 
 struct Transfer {
@@ -141,15 +131,9 @@ struct Transfer {
 
 size_t on_header(char* data, size_t size, size_t n, void* ud) {
   auto* t = static_cast<Transfer*>(ud);
-  std::string line(data, size * n);
-  if (line.rfind("HTTP/", 0) == 0) {
-    t->res->headers.clear();
-  } else if (size_t c = line.find(':'); c != std::string::npos) {
-    std::string name = lower(line.substr(0, c));
-    std::string value = trim(line.substr(c + 1));
-    auto& slot = t->res->headers[name];
-    // Several WWW-Authenticate headers are equivalent to one comma-joined list.
-    slot = (name == "www-authenticate" && !slot.empty()) ? slot + ", " + value : value;
+  if (!t->res->headers.add(std::string_view(data, size * n))) {
+    t->res->headers_too_large = true;
+    return 0;
   }
   return size * n;
 }
@@ -168,7 +152,16 @@ size_t on_body(char* data, size_t size, size_t n, void* ud) {
       long status = 0;
       curl_easy_getinfo(t->h, CURLINFO_RESPONSE_CODE, &status);
       t->to_sink = t->req->sink && status >= 200 && status < 300;
-      if (t->to_sink && t->range_from > 0 && status != 206) t->req->sink->restart();
+      if (t->to_sink && status == 206) {
+        // Partial content must be the bytes asked for: from range_from on.
+        auto cr = parse_content_range(t->res->header("content-range"));
+        if (!cr || cr->unsatisfied || cr->first != t->range_from) {
+          t->res->bad_range = true;
+          return 0;
+        }
+      } else if (t->to_sink && t->range_from > 0) {
+        t->req->sink->restart();  // the server ignored the Range: the whole blob follows
+      }
     }
     if (t->to_sink) {
       t->req->sink->write(data, len);
@@ -187,19 +180,10 @@ size_t on_body(char* data, size_t size, size_t n, void* ud) {
   }
 }
 
-// "errors":[{"code":..,"message":..}] of a distribution error body, as "CODE: message".
+// "errors":[{"code":..,"message":..}] of a distribution error body.
 std::pair<std::string, std::string> registry_error(const std::string& body) {
-  json j = json::parse(body, nullptr, false);
-  if (j.is_object()) {
-    auto e = j.find("errors");
-    if (e != j.end() && e->is_array() && !e->empty() && (*e)[0].is_object()) {
-      const json& f = (*e)[0];
-      std::string code = f.contains("code") && f["code"].is_string() ? f["code"].get<std::string>() : "";
-      std::string msg = f.contains("message") && f["message"].is_string() ? f["message"].get<std::string>() : "";
-      return {code, msg};
-    }
-  }
-  return {};
+  RegistryErrorBody e = parse_registry_error(body);
+  return {e.code, e.message};
 }
 
 }  // namespace
@@ -258,11 +242,23 @@ struct Client::Impl {
     ++stats[kind];
   }
 
-  bool insecure_host(const std::string& authority) const {
-    return std::find(opts.insecure_registries.begin(), opts.insecure_registries.end(), authority) !=
-               opts.insecure_registries.end() ||
-           std::find(opts.insecure_registries.begin(), opts.insecure_registries.end(), registry) !=
-               opts.insecure_registries.end();
+  // Whether `host_port` (a registry's name or API host, as written) was named insecure.
+  bool insecure_name(const std::string& host_port) const {
+    for (const auto& e : opts.insecure_registries)
+      if (lower(e) == lower(host_port) || (lower(e) == registry && host_port == api_host))
+        return true;
+    return false;
+  }
+  // Whether requests to this origin were named insecure: only the host[:port] given with
+  // --insecure-registry (docker.io's also covers the host serving its API), never another host
+  // the registry points to (a token realm, a redirect).
+  bool insecure_origin(const UrlOrigin& o) const {
+    return insecure_name(o.authority()) || insecure_name(o.host + ":" + std::to_string(o.port));
+  }
+  // Credentials may go over plain http to a registry named insecure or on loopback (nothing
+  // leaves the machine).
+  bool plain_http_allowed(const UrlOrigin& o) const {
+    return insecure_origin(o) || is_loopback_host(o.host);
   }
 
   CURL* acquire() {
@@ -328,15 +324,17 @@ struct Client::Impl {
       if (ca.empty())
         if (const char* e = std::getenv("SSL_CERT_FILE"); e && *e) ca = e;
       if (!ca.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, ca.c_str());
-      std::string authority = url_authority(url);
-      if (insecure_host(authority) || (authority == url_authority(base_url) && !verify_tls)) {
+      std::optional<UrlOrigin> origin = url_origin(url);
+      if (!origin) throw Error(ErrorKind::kNetwork, "not an http or https URL: " + url);
+      if (insecure_origin(*origin) || (!verify_tls && origin == url_origin(base_url))) {
         curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
         curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
       }
       curl_slist* hdrs = nullptr;
       for (const auto& x : req.headers) hdrs = curl_slist_append(hdrs, x.c_str());
       std::string auth_line;
-      if (!req.authorization.empty() && authority == req.auth_authority) {
+      if (!req.authorization.empty() && req.auth_origin &&
+          may_send_credentials(url, *req.auth_origin, plain_http_allowed(*origin))) {
         auth_line = "Authorization: " + req.authorization;
         hdrs = curl_slist_append(hdrs, auth_line.c_str());
       }
@@ -369,16 +367,21 @@ struct Client::Impl {
       if (res.curl != CURLE_OK) {
         res.curl_error = errbuf[0] ? errbuf : curl_easy_strerror(res.curl);
         if (res.body_too_large) res.curl_error = "response too large";
+        if (res.headers_too_large) res.curl_error = "response headers too large";
+        if (res.bad_range)
+          res.curl_error = "asked for bytes " + std::to_string(range_from) +
+                           "- but got Content-Range '" +
+                           res.header("content-range").substr(0, 100) + "'";
         return res;
       }
       if (res.status == 301 || res.status == 302 || res.status == 303 || res.status == 307 || res.status == 308) {
-        char* loc = nullptr;
-        curl_easy_getinfo(h, CURLINFO_REDIRECT_URL, &loc);
-        if (!loc || hop >= 10)
-          throw Error(ErrorKind::kNetwork, "too many or broken redirects fetching " + req.url);
-        std::string next = loc;
-        log("redirect " + url_authority(url) + " -> " + url_authority(next));
-        url = next;
+        std::optional<std::string> next = resolve_redirect(url, res.header("location"));
+        if (!next)
+          throw Error(ErrorKind::kNetwork,
+                      "broken redirect (not to an http or https URL) fetching " + req.url);
+        if (hop >= 10) throw Error(ErrorKind::kNetwork, "too many redirects fetching " + req.url);
+        log("redirect " + url_authority(url) + " -> " + url_authority(*next));
+        url = *next;
         continue;
       }
       return res;
@@ -392,27 +395,45 @@ struct Client::Impl {
   std::chrono::milliseconds backoff(int attempt, const Result& r) const {
     auto d = opts.backoff_initial * (1 << std::min(attempt, 16));
     d = std::min(d, opts.backoff_max);
-    std::string ra = r.header("retry-after");
-    if (!ra.empty() && std::all_of(ra.begin(), ra.end(), ::isdigit) && ra.size() < 6) {
-      auto s = std::chrono::seconds(std::stol(ra));
-      d = std::min<std::chrono::milliseconds>(std::max<std::chrono::milliseconds>(d, s), std::chrono::seconds(60));
-    }
+    if (auto ra = parse_retry_after(r.header("retry-after"), std::chrono::seconds(60)))
+      d = std::max<std::chrono::milliseconds>(d, *ra);
     return d;
   }
 
   // perform() with retries on transient failures; returns the last result when they run out
   // (or on a result that is final). For blob downloads the Range restarts at sink->offset(),
-  // and attempts that made progress do not count against the limit.
+  // and attempts that made progress do not count against the limit. A resumed download that
+  // fails the same way twice without a byte, or whose 206 starts elsewhere, starts over whole.
   Result perform_retrying(const Request& req, const std::string& kind) {
     Result r;
     int failures = 0;
+    std::string resume_failure;  // how the last resumed attempt failed without progress
     for (int total = 0;; ++total) {
       uint64_t from = req.sink ? req.sink->offset() : 0;
       count(kind);
       r = perform(req, from);
-      bool transient = r.curl != CURLE_OK ? retriable_transport(r.curl) : retriable_status(r.status);
+      // The Range is past the end: final (the caller starts over), also when curl complains about
+      // the body (distribution 2.8 sends the whole blob's Content-Length with a short body).
+      if (r.status == 416) return r;
+      bool transient = r.bad_range || (r.curl != CURLE_OK ? retriable_transport(r.curl)
+                                                          : retriable_status(r.status));
       if (!transient) return r;
-      if (r.streamed > 0) failures = 0;
+      if (r.streamed > 0) {
+        failures = 0;
+        resume_failure.clear();
+      } else if (req.sink && from > 0) {
+        std::string how = r.bad_range          ? "bad Content-Range"
+                          : r.curl != CURLE_OK ? curl_easy_strerror(r.curl)
+                                               : "HTTP " + std::to_string(r.status);
+        if (r.bad_range || how == resume_failure) {
+          log(kind + " " + r.url + ": resuming at byte " + std::to_string(from) + " failed (" +
+              how + (r.bad_range ? "" : ", twice") + "); downloading it whole");
+          req.sink->restart();
+          resume_failure.clear();
+        } else {
+          resume_failure = how;
+        }
+      }
       if (++failures >= opts.max_attempts || total > 100) return r;
       throw_if_interrupted(r.url);
       auto wait = backoff(failures - 1, r);
@@ -462,7 +483,7 @@ struct Client::Impl {
   void ping() {
     std::lock_guard l(ping_mu);
     if (pinged) return;
-    bool insecure = insecure_host(api_host);
+    bool insecure = insecure_name(api_host);
     // The server did not speak TLS: a plain-HTTP server answering a TLS handshake.
     auto tls_mismatch = [&](CURLcode c) {
       return c == CURLE_SSL_CONNECT_ERROR || c == CURLE_RECV_ERROR || c == CURLE_GOT_NOTHING ||
@@ -565,14 +586,15 @@ struct Client::Impl {
   Token fetch_token(const std::string& scope) {
     std::string realm = challenge->param("realm");
     if (realm.empty()) throw Error(ErrorKind::kAuth, registry + " sent a Bearer challenge without a realm");
-    std::string realm_host = url_authority(realm);
-    bool secure_realm = realm.rfind("https://", 0) == 0;
-    if (!secure_realm && !(realm.rfind("http://", 0) == 0 && (is_loopback_host(realm_host) || insecure_host(realm_host))))
+    std::optional<UrlOrigin> realm_origin = url_origin(realm);
+    if (!realm_origin)
+      throw Error(ErrorKind::kAuth, registry + " sent a token realm that is not an http(s) URL");
+    if (realm_origin->scheme != "https" && !plain_http_allowed(*realm_origin))
       throw Error(ErrorKind::kAuth, registry + " sent a token realm that is not https: " + realm);
     std::string service = challenge->param("service");
     const auto& c = credentials();
     Request req;
-    req.auth_authority = realm_host;
+    req.auth_origin = realm_origin;
     Result r;
     if (c && !c->identity_token.empty()) {
       req.method = "POST";
@@ -592,25 +614,18 @@ struct Client::Impl {
                                         (c ? std::string("the credentials") : std::string("anonymous access")) +
                                         "; check them (docker login " + registry + ", or --username/--password-stdin)");
     if (r.status != 200) status_error(r, "get a token from " + realm, "");
-    json j = json::parse(r.body, nullptr, false);
-    if (!j.is_object()) throw Error(ErrorKind::kAuth, "the token service " + realm + " answered with something that is not JSON");
-    std::string tok;
-    if (j.contains("token") && j["token"].is_string()) tok = j["token"].get<std::string>();
-    if (tok.empty() && j.contains("access_token") && j["access_token"].is_string()) tok = j["access_token"].get<std::string>();
-    if (tok.empty()) throw Error(ErrorKind::kAuth, "the token service " + realm + " returned no token");
-    int64_t expires_in = 60;
-    if (j.contains("expires_in") && j["expires_in"].is_number_integer()) expires_in = std::max<int64_t>(j["expires_in"].get<int64_t>(), 60);
+    TokenResponse t = parse_token_response(r.body, realm_origin->str());
     // Renew a little early so that a token does not expire in flight.
-    auto life = std::chrono::seconds(expires_in) - std::chrono::seconds(std::min<int64_t>(10, expires_in / 6));
-    log("got a token for " + scope + " valid " + std::to_string(expires_in) + " s");
-    return Token{tok, Clock::now() + life};
+    auto life = t.expires_in - std::chrono::seconds(10);
+    log("got a token for " + scope + " valid " + std::to_string(t.expires_in.count()) + " s");
+    return Token{std::move(t.token), Clock::now() + life};
   }
 
   // An authenticated request to the registry with one re-authentication on 401.
   Result registry_request(Request req, const std::string& repo, const std::string& kind) {
     ping();
     std::string scope = "repository:" + repo + ":pull";
-    req.auth_authority = url_authority(base_url);
+    req.auth_origin = url_origin(base_url);
     for (int round = 0;; ++round) {
       req.authorization = authorization(scope);
       Result r = perform_retrying(req, kind);
@@ -683,13 +698,14 @@ void Client::get_blob(const std::string& repo, const Digest& digest, BlobSink& s
   req.sink = &sink;
   std::string what = "download blob " + digest.str() + " of " + registry() + "/" + repo;
   Result r = impl_->registry_request(req, repo, "blob");
-  if (r.curl != CURLE_OK) impl_->transport_error(r, what);
   if (r.status == 416 && sink.offset() > 0) {
-    // The partial file is already as long as (or longer than) the blob: start over.
+    // The server will not serve the rest (it thinks the partial file reaches the end): start over.
+    impl_->log("blob " + digest.str() + ": the registry refused the range from byte " +
+               std::to_string(sink.offset()) + " (HTTP 416); downloading it whole");
     sink.restart();
     r = impl_->registry_request(req, repo, "blob");
-    if (r.curl != CURLE_OK) impl_->transport_error(r, what);
   }
+  if (r.curl != CURLE_OK && r.status != 416) impl_->transport_error(r, what);
   if (r.status == 404) throw Error(ErrorKind::kNotFound, "blob " + digest.str() + " not found in " + registry() + "/" + repo);
   if (r.status != 200 && r.status != 206) impl_->status_error(r, what, repo);
 }

@@ -36,7 +36,10 @@ class ProgressSink : public BlobSink {
                const std::atomic<bool>& cancel, const std::atomic<bool>* interrupt)
       : in_(in), d_(d), report_(report), cancel_(cancel), interrupt_(interrupt) {}
   uint64_t offset() const override { return in_.offset(); }
-  void restart() override { in_.restart(); }
+  void restart() override {
+    in_.restart();
+    last_ = 0;
+  }
   void write(const char* data, size_t len) override {
     if (interrupt_ && *interrupt_) throw Error(ErrorKind::kIo, "interrupted");
     if (cancel_) throw Error(ErrorKind::kIo, "cancelled");
@@ -278,8 +281,23 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
         report(PullEvent{PullEvent::Kind::kBlobStart, {}, d.digest, d.media_type, in->resumed_from(),
                          static_cast<uint64_t>(d.size), {}});
         ProgressSink sink(*in, d, report, cancel, opts.interrupt);
-        if (client) client->get_blob(repo, d.digest, sink);
-        else copy_local(*local, d, sink);
+        auto fetch = [&] {
+          if (client)
+            client->get_blob(repo, d.digest, sink);
+          else
+            copy_local(*local, d, sink);
+        };
+        // A partial file that already holds the whole blob (a pull killed before its commit)
+        // needs no request: it is verified like any download.
+        if (!in->complete()) fetch();
+        if (in->resumed_from() > 0 && !in->matches()) {
+          // Bytes an earlier pull left behind were wrong: discard them, download the blob whole.
+          if (opts.client.log)
+            opts.client.log("blob " + d.digest.str() +
+                            ": the partial download failed verification; downloading it whole");
+          sink.restart();
+          fetch();
+        }
         in->verify();
         downloaded += sink.downloaded;
         committer.add(std::move(in), d);

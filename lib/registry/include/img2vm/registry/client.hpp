@@ -1,9 +1,9 @@
 // A client for one registry's distribution API (/v2/) on libcurl: keep-alive connections
 // shared across threads (a curl share of connections, DNS and TLS sessions), the /v2/ ping,
 // Bearer token and Basic authentication (tokens cached per scope until they expire),
-// redirects followed without forwarding Authorization to another host, retries with backoff
-// on connection errors, 408, 429 (honouring Retry-After) and 5xx, and Range resume of blobs.
-// Thread-safe: one Client may serve many concurrent downloads.
+// redirects followed without forwarding Authorization to another origin or over plain http, retries
+// with backoff on connection errors, 408, 429 (honouring Retry-After) and 5xx, and Range resume of
+// blobs. Thread-safe: one Client may serve many concurrent downloads.
 #pragma once
 
 #include <atomic>
@@ -28,7 +28,8 @@ struct ClientOptions {
   // A PEM bundle to trust instead of the system's (--ca-cert); when empty, $SSL_CERT_FILE.
   std::string ca_cert;
   // Hosts (host[:port]) to reach over HTTPS without verification, or plain HTTP
-  // (--insecure-registry). Loopback hosts may always fall back to plain HTTP.
+  // (--insecure-registry): exactly those, not a token realm or redirect target elsewhere.
+  // Loopback hosts may always fall back to plain HTTP.
   std::vector<std::string> insecure_registries;
   int max_attempts = 5;
   std::chrono::milliseconds backoff_initial{200};

@@ -49,6 +49,9 @@ class Ingest : public BlobSink {
   uint64_t offset() const override { return written_; }
   void restart() override;
   void write(const char* data, size_t len) override;
+  // True when the bytes so far are the whole blob (size and digest). Ends the hash: after false,
+  // only restart() may follow.
+  bool matches();
   // Checks size and digest. On a mismatch the partial file is deleted and Error(kIntegrity)
   // names the digest.
   void verify();
@@ -56,8 +59,11 @@ class Ingest : public BlobSink {
   // the rename itself is not yet durable: the caller calls Store::sync_blobs() before anything
   // refers to the blob (pull does so once for all its blobs).
   void commit(bool sync_dir = true);
-  // Bytes that were already there from an earlier interrupted download.
+  // Bytes that were already there from an earlier interrupted download (0 after restart()).
   uint64_t resumed_from() const { return resumed_; }
+  // The partial file already holds as many bytes as the descriptor says (a download that was
+  // killed before its commit): verify, no request.
+  bool complete() const { return written_ == static_cast<uint64_t>(desc_.size); }
 
  private:
   friend class Store;
@@ -66,6 +72,7 @@ class Ingest : public BlobSink {
   std::filesystem::path partial_, final_;
   UniqueFd lock_, fd_;
   std::unique_ptr<Sha256> hash_;
+  std::optional<Digest> got_;  // the hash, once finished
   void flush();
   void write_out(const char* data, size_t len);
 
