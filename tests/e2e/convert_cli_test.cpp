@@ -1,6 +1,8 @@
 // `img2vm convert` end to end: an image pushed by skopeo to a real registry is pulled and
 // flattened into an ext4 that e2fsck accepts, with our init and the image's config injected;
-// the rootfs cache answers a second conversion; bad input is one line and leaves no file.
+// the rootfs cache answers a second conversion; bad input is one line and leaves no file (nor
+// anything in the rootfs cache), from every kind of source; layers umoci made from compressed
+// tarballs are refused as compressed twice.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -26,6 +28,15 @@ CommandResult img2vm_cmd(const TempDir& home, std::vector<std::string> args) {
   RunOptions o;
   o.env["IMG2VM_HOME"] = home.path().string();
   return run_command(args, o);
+}
+
+// The files under `dir` (recursively; none when it does not exist).
+std::vector<std::string> files_under(const fs::path& dir) {
+  std::vector<std::string> out;
+  if (!fs::exists(dir)) return out;
+  for (const auto& e : fs::recursive_directory_iterator(dir))
+    if (!e.is_directory()) out.push_back(e.path().string());
+  return out;
 }
 
 std::string debugfs(const fs::path& img, const std::string& request) {
@@ -153,6 +164,107 @@ TEST(ConvertCli, HostileLayersFailFastWithBoundedMemory) {
     EXPECT_NE(r.err.find(img.layers[0].digest.str()), std::string::npos) << r.err;
     EXPECT_NE(r.err.find(c.says), std::string::npos) << r.err;
     EXPECT_LT(r.max_rss_kb, 128 * 1024) << c.name << ": peak RSS " << r.max_rss_kb << " KiB";
+    EXPECT_FALSE(fs::exists(out));
+  }
+}
+
+TEST(ConvertCli, WrongDiffIdFailsFromEverySourceAndLeavesNothing) {
+  Registry reg;
+  ImageSpec spec;
+  spec.layers.push_back(layer({file("a", std::string(100000, 'a'))}));
+  spec.layers.push_back(layer({file("b", "b")}, LayerCompression::kZstd));
+  BuiltImage good = build_image(spec);
+  const Digest wrong = Digest::sha256_of("not the layer");
+  spec.diff_ids = std::vector<std::string>{good.layers[0].diff_id.str(), wrong.str()};
+  BuiltImage img = build_image(spec);
+  TempDir tmp("convert-e2e");
+  write_oci_layout(tmp.path() / "layout", {{"v1", img}});
+  skopeo_push("oci:" + (tmp.path() / "layout").string() + ":v1", reg, "e2e/bad-diff-id:v1");
+  // docker save writes plain layers; their diff_ids are checked all the same.
+  ImageSpec plain = spec;
+  for (auto& l : plain.layers) l.compression = LayerCompression::kNone;
+  write_docker_archive(tmp.path() / "image.tar", build_image(plain), {"example.com/bad:1"});
+
+  const std::string expected = "img2vm: layer 2: diff_id mismatch: config says " + wrong.str() +
+                               ", content is " + good.layers[1].diff_id.str() + "\n";
+  TempDir home("img2vm-home");
+  CommandResult pull =
+      img2vm_cmd(home, {"pull", reg.host() + "/e2e/bad-diff-id:v1"});  // pull checks no diff_ids
+  ASSERT_EQ(pull.exit_code, 0) << pull.describe();
+  auto out = tmp.path() / "out" / "rootfs.ext4";
+  fs::create_directories(out.parent_path());
+  for (const std::string& ref :
+       {reg.host() + "/e2e/bad-diff-id:v1", "oci:" + (tmp.path() / "layout").string() + ":v1",
+        "docker-archive:" + (tmp.path() / "image.tar").string()}) {
+    CommandResult r = img2vm_cmd(home, {"convert", ref, "-o", out.string()});
+    EXPECT_EQ(r.exit_code, 1) << ref << ": " << r.describe();
+    EXPECT_EQ(r.err, expected) << ref;
+    EXPECT_TRUE(fs::is_empty(out.parent_path()))
+        << ref << ": " << ::testing::PrintToString(files_under(out.parent_path()));
+    // Into the rootfs cache (what `img2vm run` converts into): nothing is left there either.
+    CommandResult c = img2vm_cmd(home, {"convert", ref});
+    EXPECT_EQ(c.exit_code, 1) << ref << ": " << c.describe();
+    EXPECT_EQ(c.err, expected) << ref;
+    EXPECT_TRUE(files_under(home.path() / "rootfs").empty())
+        << ref << ": " << ::testing::PrintToString(files_under(home.path() / "rootfs"));
+  }
+
+  // A config that lists fewer diff_ids than there are layers.
+  ImageSpec none = spec;
+  none.omit_rootfs = true;
+  write_oci_layout(tmp.path() / "layout", {{"none", build_image(none)}});
+  CommandResult r =
+      img2vm_cmd(home, {"convert", "oci:" + (tmp.path() / "layout").string() + ":none"});
+  EXPECT_EQ(r.exit_code, 1) << r.describe();
+  EXPECT_EQ(r.err,
+            "img2vm: the image config lists 0 diff_ids (rootfs.diff_ids) for 2 layers: it needs "
+            "one per layer\n");
+  EXPECT_TRUE(files_under(home.path() / "rootfs").empty())
+      << ::testing::PrintToString(files_under(home.path() / "rootfs"));
+}
+
+// Layers added with `umoci raw add-layer` (which gzips what it is given, and records the
+// diff_id of what it was given): a plain tar converts; a .tar.gz or .tar.zst is compressed
+// twice and refused, as containerd refuses it.
+TEST(ConvertCli, UmociLayersFromCompressedTarballsAreRefused) {
+  if (find_program("umoci").empty() || find_program("tar").empty() || find_program("zstd").empty())
+    GTEST_SKIP() << "umoci, tar or zstd not installed";
+  TempDir tmp("convert-umoci");
+  const fs::path layout = tmp.path() / "layout", tree = tmp.path() / "tree";
+  fs::create_directories(tree / "etc");
+  write_file_atomic(tree / "etc" / "greeting", "hello from umoci\n");
+  auto sh = [&](const std::string& script) {
+    RunOptions o;
+    o.cwd = tmp.path();
+    CommandResult r = run_command({"sh", "-ec", script}, o);
+    ASSERT_EQ(r.exit_code, 0) << script << ": " << r.describe();
+  };
+  sh("umoci init --layout layout");
+  sh("tar -C tree -cf layer.tar . && tar -C tree -czf layer.tar.gz . && tar -C tree -cf - . | zstd "
+     "-q > layer.tar.zst");
+  for (std::string tag : {"tar", "tar.gz", "tar.zst"})
+    sh("umoci new --image layout:" + tag + " && umoci raw add-layer --image layout:" + tag +
+       " layer." + tag);
+
+  TempDir home("img2vm-home");
+  const std::string src = "oci:" + layout.string() + ":";
+  CommandResult ok =
+      img2vm_cmd(home, {"convert", src + "tar", "-o", (tmp.path() / "ok.ext4").string()});
+  ASSERT_EQ(ok.exit_code, 0) << ok.describe();
+  EXPECT_NE(debugfs(tmp.path() / "ok.ext4", "cat /etc/greeting").find("hello from umoci"),
+            std::string::npos);
+
+  struct Case {
+    std::string tag, says;
+  } cases[] = {{"tar.gz", "is compressed twice: its gzip content is gzip again"},
+               {"tar.zst", "is compressed twice: its gzip content is zstd, not a tar"}};
+  for (const Case& k : cases) {
+    auto out = tmp.path() / (k.tag + ".ext4");
+    CommandResult r = img2vm_cmd(home, {"convert", src + k.tag, "-o", out.string()});
+    EXPECT_EQ(r.exit_code, 1) << r.describe();
+    EXPECT_NE(r.err.find("img2vm: layer 1/1 sha256:"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find(k.says), std::string::npos) << r.err;
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
     EXPECT_FALSE(fs::exists(out));
   }
 }

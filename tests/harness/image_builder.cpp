@@ -217,6 +217,34 @@ void add_to_index_json(const fs::path& dir, const std::vector<ordered_json>& des
 
 std::string make_layer_tar(const std::vector<Entry>& entries) { return write_tar(entries, LayerCompression::kNone); }
 
+std::string compress_bytes(std::string_view data, LayerCompression c) {
+  if (c == LayerCompression::kNone) return std::string(data);
+  std::string out;  // declared first: the archive, freed first, still writes into it on the way out
+  std::unique_ptr<archive, ArchiveWriteFree> a(archive_write_new());
+  archive_write_set_format_raw(a.get());
+  archive_write_set_bytes_per_block(a.get(), 0);
+  if (c == LayerCompression::kGzip) {
+    archive_write_add_filter_gzip(a.get());
+    archive_write_set_filter_option(a.get(), "gzip", "timestamp", nullptr);
+  } else {
+    archive_write_add_filter_zstd(a.get());
+  }
+  if (archive_write_open2(a.get(), &out, nullptr, append_cb, nullptr, nullptr) != ARCHIVE_OK)
+    archive_fail(a.get(), "archive_write_open");
+  std::unique_ptr<archive_entry, EntryFree> ae(archive_entry_new());
+  archive_entry_set_filetype(ae.get(), AE_IFREG);
+  archive_entry_set_pathname(ae.get(), "data");
+  if (archive_write_header(a.get(), ae.get()) != ARCHIVE_OK) archive_fail(a.get(), "raw header");
+  for (size_t off = 0; off < data.size();) {
+    size_t n = std::min<size_t>(data.size() - off, 1 << 20);
+    if (archive_write_data(a.get(), data.data() + off, n) != static_cast<la_ssize_t>(n))
+      archive_fail(a.get(), "raw data");
+    off += n;
+  }
+  if (archive_write_close(a.get()) != ARCHIVE_OK) archive_fail(a.get(), "archive_write_close");
+  return out;
+}
+
 std::function<size_t(void*, size_t)> bytes_source(std::string_view data, size_t chunk) {
   return [data, chunk, pos = size_t{0}](void* buf, size_t n) mutable {
     size_t k = std::min({n, chunk, data.size() - pos});
@@ -266,7 +294,8 @@ BuiltImage build_image(const ImageSpec& spec) {
   ordered_json config = {{"created", "2023-11-14T22:13:20Z"}, {"architecture", c.architecture}, {"os", c.os}};
   if (!c.variant.empty()) config["variant"] = c.variant;
   config["config"] = cfg;
-  config["rootfs"] = {{"type", "layers"}, {"diff_ids", diff_ids}};
+  if (spec.diff_ids) diff_ids = *spec.diff_ids;
+  if (!spec.omit_rootfs) config["rootfs"] = {{"type", "layers"}, {"diff_ids", diff_ids}};
   config["history"] = history;
   bool docker = spec.format == ManifestFormat::kDocker;
   img.config = blob(docker ? "application/vnd.docker.container.image.v1+json" : "application/vnd.oci.image.config.v1+json",

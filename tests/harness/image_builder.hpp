@@ -86,6 +86,10 @@ struct ImageSpec {
   std::vector<LayerSpec> layers;
   ImageConfigSpec config;
   ManifestFormat format = ManifestFormat::kOci;
+  // For tests of the diff_id check: the config's rootfs.diff_ids as given here instead of the
+  // layers' real ones, or (omit_rootfs) no "rootfs" in the config at all.
+  std::optional<std::vector<std::string>> diff_ids;
+  bool omit_rootfs = false;
 };
 
 struct BuiltBlob {
@@ -115,6 +119,8 @@ struct BuiltIndex {
 
 // Encodes one layer's tar (uncompressed) from its entries.
 std::string make_layer_tar(const std::vector<Entry>& entries);
+// `data` as one gzip member or one zstd frame (libarchive's raw writer); unchanged for kNone.
+std::string compress_bytes(std::string_view data, LayerCompression c);
 // A byte source over `data` (which must outlive it) in the shape of layers::ReadFn: up to n bytes
 // per call, at most `chunk` at a time, 0 at the end.
 std::function<size_t(void*, size_t)> bytes_source(std::string_view data, size_t chunk = SIZE_MAX);

@@ -5,12 +5,12 @@
 #include <zlib.h>
 
 #include <cstring>
-#include <random>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
 #include "image_builder.hpp"
+#include "decoder_testing.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/layers/apply.hpp"
@@ -18,6 +18,7 @@
 
 using namespace img2vm;
 using namespace img2vm::layers;
+using img2vm::testing::sample_data;
 
 namespace {
 
@@ -56,36 +57,13 @@ std::string gzip_member(const std::string& data, int level = 6, const Header* h 
   return out;
 }
 
-// Text-like (compressible) and random (stored/incompressible) stretches, n bytes in all.
-std::string sample(size_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::string s;
-  s.reserve(n);
-  static const char* words[] = {"usr", "lib", "share", "doc", "x86_64-linux-gnu", "python3", "/", ".so.", "\n"};
-  while (s.size() < n) {
-    if (rng() % 4 == 0) {
-      for (int i = 0; i < 2000 && s.size() < n; ++i) s.push_back(static_cast<char>(rng()));
-    } else {
-      for (int i = 0; i < 400 && s.size() < n; ++i) s += words[rng() % 9];
-    }
-  }
-  s.resize(n);
-  return s;
-}
-
 // Reads `gz` fully through a GzipReader, handing the input over in `in_chunk`-byte pieces and
 // asking for `out_chunk` bytes at a time.
 std::string gunzip(const std::string& gz, size_t in_chunk = 1 << 20, size_t out_chunk = 1 << 17,
                    GzipReader** keep = nullptr) {
   static thread_local std::unique_ptr<GzipReader> last;
   last = std::make_unique<GzipReader>(img2vm::testing::bytes_source(gz, in_chunk), "layer test");
-  std::string out;
-  std::vector<char> buf(out_chunk);
-  for (;;) {
-    size_t n = last->read(buf.data(), buf.size());
-    if (n == 0) break;
-    out.append(buf.data(), n);
-  }
+  std::string out = img2vm::testing::read_to_end(*last, out_chunk);
   if (keep) *keep = last.get();
   return out;
 }
@@ -104,7 +82,7 @@ std::string failure(const std::string& gz) {
 }  // namespace
 
 TEST(Gunzip, DecodesWhatZlibWroteWhateverTheChunking) {
-  const std::string data = sample(3 << 20, 1);
+  const std::string data = sample_data(3 << 20, 1);
   for (int level : {1, 6, 9}) {
     const std::string gz = gzip_member(data, level);
     GzipReader* r = nullptr;
@@ -119,7 +97,7 @@ TEST(Gunzip, DecodesWhatZlibWroteWhateverTheChunking) {
 }
 
 TEST(Gunzip, HeaderFieldsAreSkippedAndTheirCrcChecked) {
-  const std::string data = sample(100000, 2);
+  const std::string data = sample_data(100000, 2);
   Header h{"layer.tar", "made by a test", std::string("AB\x04\x00xyzw", 8), true};
   const std::string gz = gzip_member(data, 6, &h);
   ASSERT_EQ(static_cast<uint8_t>(gz[3]), 0x1e);  // FHCRC | FEXTRA | FNAME | FCOMMENT
@@ -131,7 +109,7 @@ TEST(Gunzip, HeaderFieldsAreSkippedAndTheirCrcChecked) {
 }
 
 TEST(Gunzip, ConcatenatedMembersAreOneStream) {
-  const std::string a = sample(70000, 3), b = sample(50000, 4);
+  const std::string a = sample_data(70000, 3), b = sample_data(50000, 4);
   const std::string gz = gzip_member(a) + gzip_member("") + gzip_member(b, 1);
   GzipReader* r = nullptr;
   EXPECT_EQ(gunzip(gz, 1 << 20, 1 << 17, &r), a + b);
@@ -141,7 +119,7 @@ TEST(Gunzip, ConcatenatedMembersAreOneStream) {
 }
 
 TEST(Gunzip, BytesAfterTheLastMemberEndTheStreamUndecoded) {
-  const std::string data = sample(40000, 5);
+  const std::string data = sample_data(40000, 5);
   const std::string gz = gzip_member(data);
   for (const std::string& tail : {std::string(1024, '\0'), std::string("trailing garbage"), std::string("\x1f")}) {
     GzipReader* r = nullptr;
@@ -154,7 +132,7 @@ TEST(Gunzip, BytesAfterTheLastMemberEndTheStreamUndecoded) {
 }
 
 TEST(Gunzip, DamageIsAnIntegrityErrorNamingTheLayer) {
-  const std::string data = sample(200000, 6);
+  const std::string data = sample_data(200000, 6);
   const std::string gz = gzip_member(data);
   std::string e = failure(gz.substr(0, gz.size() - 1));
   EXPECT_NE(e.find("layer test: corrupt gzip stream"), std::string::npos) << e;

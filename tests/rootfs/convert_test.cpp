@@ -443,7 +443,8 @@ TEST_F(Convert, SizeOptions) {
 }
 
 TEST_F(Convert, ErrorCorruptGzip) {
-  std::string good = gzip_bytes(make_layer_tar({file("a", std::string(100000, 'a'))}));
+  std::string good = compress_bytes(make_layer_tar({file("a", std::string(100000, 'a'))}),
+                                    LayerCompression::kGzip);
   std::string bad = good;
   for (size_t i = 20; i < 60; ++i) bad[i] = static_cast<char>(bad[i] ^ 0x5a);
   rootfs::ImageInput in = raw_input({{kGzipMt, good}, {kGzipMt, bad}}, tmp.path() / "raw");
@@ -454,7 +455,8 @@ TEST_F(Convert, ErrorCorruptGzip) {
 }
 
 TEST_F(Convert, ErrorTruncatedLayer) {
-  std::string good = gzip_bytes(make_layer_tar({file("a", std::string(200000, 'a'))}));
+  std::string good = compress_bytes(make_layer_tar({file("a", std::string(200000, 'a'))}),
+                                    LayerCompression::kGzip);
   rootfs::ImageInput in = raw_input({{kGzipMt, good}}, tmp.path() / "raw");
   // The descriptor says the full size; the blob on disk is cut short.
   write_file_atomic(tmp.path() / "raw" / in.layers[0].digest.hex(),
@@ -466,8 +468,10 @@ TEST_F(Convert, ErrorTruncatedLayer) {
 }
 
 TEST_F(Convert, ErrorDigestMismatch) {
-  std::string good = gzip_bytes(make_layer_tar({file("a", "content")}));
-  std::string other = gzip_bytes(make_layer_tar({file("a", "CONTENT")}));
+  std::string good =
+      compress_bytes(make_layer_tar({file("a", "content")}), LayerCompression::kGzip);
+  std::string other =
+      compress_bytes(make_layer_tar({file("a", "CONTENT")}), LayerCompression::kGzip);
   ASSERT_EQ(good.size(), other.size());
   rootfs::ImageInput in = raw_input({{kGzipMt, good}}, tmp.path() / "raw");
   write_file_atomic(tmp.path() / "raw" / in.layers[0].digest.hex(), other);
@@ -492,6 +496,130 @@ TEST_F(Convert, ErrorMediaTypeDoesNotMatchMagic) {
   Error e = convert_fails(in, {}, tmp.path() / "out");
   EXPECT_EQ(e.kind(), ErrorKind::kIntegrity) << e.what();
   EXPECT_NE(std::string(e.what()).find("not gzip"), std::string::npos) << e.what();
+}
+
+// The config's diff_ids name each layer's uncompressed content: a layer that does not hash to
+// its diff_id fails the conversion (in place or through spool files) and leaves no file.
+TEST_F(Convert, ErrorDiffIdMismatch) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({file("a", std::string(300000, 'a'))}, LayerCompression::kGzip));
+  spec.layers.push_back(layer({file("b", "b")}, LayerCompression::kZstd));
+  spec.layers.push_back(layer({file("c", "c")}, LayerCompression::kNone));
+  BuiltImage good = build_image(spec);
+  convert_built(good, {}, "good.ext4");  // the same layers with their real diff_ids convert
+  for (size_t bad = 0; bad < 3; ++bad) {
+    ImageSpec s = spec;
+    s.diff_ids = std::vector<std::string>();
+    for (const auto& l : good.layers) s.diff_ids->push_back(l.diff_id.str());
+    const Digest wrong = Digest::sha256_of("something else");
+    (*s.diff_ids)[bad] = wrong.str();
+    BuiltImage img = build_image(s);
+    for (bool in_place : {true, false}) {
+      rootfs::ConvertOptions opt;
+      opt.in_place = in_place;
+      std::string name = "bad" + std::to_string(bad) + (in_place ? "-in-place" : "-spools");
+      Error e =
+          convert_fails(image_input(img, tmp.path() / ("in-" + name)), opt, tmp.path() / name);
+      EXPECT_EQ(e.kind(), ErrorKind::kIntegrity) << e.what();
+      EXPECT_EQ(std::string(e.what()), "layer " + std::to_string(bad + 1) +
+                                           ": diff_id mismatch: config says " + wrong.str() +
+                                           ", content is " + good.layers[bad].diff_id.str());
+    }
+  }
+}
+
+TEST_F(Convert, ErrorDiffIdsDoNotNumberTheLayers) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({file("a", "a")}));
+  spec.layers.push_back(layer({file("b", "b")}));
+  BuiltImage good = build_image(spec);
+  ImageSpec fewer = spec;
+  fewer.diff_ids = std::vector<std::string>{good.layers[0].diff_id.str()};
+  Error e = convert_fails(image_input(build_image(fewer), tmp.path() / "in-fewer"), {},
+                          tmp.path() / "fewer");
+  EXPECT_EQ(e.kind(), ErrorKind::kIntegrity) << e.what();
+  EXPECT_EQ(
+      std::string(e.what()),
+      "the image config lists 1 diff_id (rootfs.diff_ids) for 2 layers: it needs one per layer");
+  ImageSpec more = spec;
+  more.diff_ids = std::vector<std::string>{
+      good.layers[0].diff_id.str(), good.layers[1].diff_id.str(), good.layers[1].diff_id.str()};
+  e = convert_fails(image_input(build_image(more), tmp.path() / "in-more"), {},
+                    tmp.path() / "more");
+  EXPECT_NE(std::string(e.what()).find("lists 3 diff_ids (rootfs.diff_ids) for 2 layers"),
+            std::string::npos)
+      << e.what();
+  // A config without rootfs.diff_ids (or without rootfs) has none for the layers.
+  ImageSpec none = spec;
+  none.omit_rootfs = true;
+  e = convert_fails(image_input(build_image(none), tmp.path() / "in-none"), {},
+                    tmp.path() / "none");
+  EXPECT_NE(std::string(e.what()).find("lists 0 diff_ids (rootfs.diff_ids) for 2 layers"),
+            std::string::npos)
+      << e.what();
+  none.omit_rootfs = false;
+  none.diff_ids = std::vector<std::string>{};
+  e = convert_fails(image_input(build_image(none), tmp.path() / "in-empty"), {},
+                    tmp.path() / "empty");
+  EXPECT_NE(std::string(e.what()).find("lists 0 diff_ids"), std::string::npos) << e.what();
+  // Entries that are not digests.
+  ImageSpec junk = spec;
+  junk.diff_ids = std::vector<std::string>{good.layers[0].diff_id.str(), "sha256:nope"};
+  e = convert_fails(image_input(build_image(junk), tmp.path() / "in-junk"), {},
+                    tmp.path() / "junk");
+  EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument) << e.what();
+  EXPECT_NE(std::string(e.what()).find("image config: rootfs.diff_ids holds sha256:nope"),
+            std::string::npos)
+      << e.what();
+}
+
+TEST_F(Convert, ACallersDiffIdMustAgreeWithTheConfig) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({file("a", "a")}));
+  BuiltImage img = build_image(spec);
+  rootfs::ImageInput in = image_input(img, tmp.path() / "in");
+  in.layers[0].diff_id = img.layers[0].diff_id;  // the same: fine
+  rootfs::ConvertOptions opt;
+  opt.output = tmp.path() / "agree.ext4";
+  rootfs::convert(in, opt);
+  in.layers[0].diff_id = Digest::sha256_of("other");
+  Error e = convert_fails(in, {}, tmp.path() / "disagree");
+  EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument) << e.what();
+  EXPECT_NE(std::string(e.what()).find("is not the config's"), std::string::npos) << e.what();
+}
+
+// A compressed tarball handed over as a layer (and compressed again) is refused with a message
+// that says so, for each mix of gzip and zstd.
+TEST_F(Convert, ErrorLayerCompressedTwice) {
+  const std::string tar = make_layer_tar({file("a", "content")});
+  const std::string zst_mt = "application/vnd.oci.image.layer.v1.tar+zstd";
+  struct Case {
+    LayerCompression outer, inner;
+    std::string mt, says;
+  } cases[] = {
+      {LayerCompression::kGzip, LayerCompression::kGzip, kGzipMt,
+       "compressed twice: its gzip content is gzip again"},
+      {LayerCompression::kGzip, LayerCompression::kZstd, kGzipMt,
+       "compressed twice: its gzip content is zstd, not a tar"},
+      {LayerCompression::kZstd, LayerCompression::kGzip, zst_mt,
+       "compressed twice: its zstd content is gzip, not a tar"},
+      {LayerCompression::kZstd, LayerCompression::kZstd, zst_mt,
+       "compressed twice: its zstd content is zstd again"},
+  };
+  int i = 0;
+  for (const Case& k : cases) {
+    std::string inner = compress_bytes(tar, k.inner);
+    std::string dir = "twice" + std::to_string(i++);
+    rootfs::ImageInput in =
+        raw_input({{kTarMt, tar}, {k.mt, compress_bytes(inner, k.outer), Digest::sha256_of(inner)}},
+                  tmp.path() / ("raw-" + dir));
+    Error e = convert_fails(in, {}, tmp.path() / dir);
+    EXPECT_EQ(e.kind(), ErrorKind::kIntegrity) << e.what();
+    EXPECT_NE(
+        std::string(e.what()).find("layer 2/2 " + in.layers[1].digest.str() + " is " + k.says),
+        std::string::npos)
+        << e.what();
+  }
 }
 
 TEST_F(Convert, ErrorMaxSizeOverflow) {

@@ -102,52 +102,55 @@ rootfs::ImageInput image_input(const BuiltImage& img, const fs::path& dir) {
 #include <archive.h>
 #include <archive_entry.h>
 
+#include <nlohmann/json.hpp>
+
 namespace img2vm::testing {
 
-rootfs::ImageInput raw_input(const std::vector<std::pair<std::string, std::string>>& layers_in,
-                             const fs::path& dir) {
-  rootfs::ImageInput in;
-  in.config_json =
-      R"({"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]},"rootfs":{"type":"layers","diff_ids":[]}})";
-  in.manifest_digest = Digest::sha256_of("raw-input");
-  fs::create_directories(dir);
-  for (const auto& [mt, data] : layers_in) {
-    Digest d = Digest::sha256_of(data);
-    fs::path p = dir / d.hex();
-    write_file_atomic(p, data);
-    in.layers.push_back(layers::LayerSource::from_file(mt, d, data.size(), p));
-  }
-  return in;
-}
-
 namespace {
+
 la_ssize_t append(archive*, void* ud, const void* buf, size_t n) {
   static_cast<std::string*>(ud)->append(static_cast<const char*>(buf), n);
   return static_cast<la_ssize_t>(n);
 }
+
+// The sha256 of `blob` decompressed (libarchive's raw reader); of the blob itself when it is
+// plain or does not decode.
+Digest content_digest(const std::string& blob) {
+  std::unique_ptr<archive, decltype(&archive_read_free)> a(archive_read_new(), archive_read_free);
+  archive_read_support_filter_gzip(a.get());
+  archive_read_support_filter_zstd(a.get());
+  archive_read_support_format_raw(a.get());
+  archive_entry* e = nullptr;
+  if (archive_read_open_memory(a.get(), blob.data(), blob.size()) != ARCHIVE_OK ||
+      archive_filter_count(a.get()) < 2 || archive_read_next_header(a.get(), &e) != ARCHIVE_OK)
+    return Digest::sha256_of(blob);
+  Sha256 h;
+  char buf[1 << 16];
+  for (la_ssize_t n; (n = archive_read_data(a.get(), buf, sizeof buf)) != 0;) {
+    if (n < 0) return Digest::sha256_of(blob);
+    h.update(buf, static_cast<size_t>(n));
+  }
+  return h.finish();
+}
+
 }  // namespace
 
-std::string gzip_bytes(const std::string& data) {
-  archive* a = archive_write_new();
-  std::string out;
-  archive_write_add_filter_gzip(a);
-  archive_write_set_format_raw(a);
-  archive_write_set_bytes_per_block(a, 0);
-  archive_write_open2(a, &out, nullptr, append, nullptr, nullptr);
-  archive_entry* e = archive_entry_new();
-  archive_entry_set_filetype(e, AE_IFREG);
-  archive_entry_set_pathname(e, "x");
-  archive_write_header(a, e);
-  size_t off = 0;
-  while (off < data.size()) {
-    size_t n = std::min<size_t>(data.size() - off, 1 << 20);
-    archive_write_data(a, data.data() + off, n);
-    off += n;
+rootfs::ImageInput raw_input(const std::vector<RawLayer>& layers_in, const fs::path& dir) {
+  rootfs::ImageInput in;
+  nlohmann::json config = {
+      {"architecture", "amd64"}, {"os", "linux"}, {"config", {{"Cmd", {"/bin/sh"}}}}};
+  config["rootfs"] = {{"type", "layers"}, {"diff_ids", nlohmann::json::array()}};
+  in.manifest_digest = Digest::sha256_of("raw-input");
+  fs::create_directories(dir);
+  for (const RawLayer& l : layers_in) {
+    Digest d = Digest::sha256_of(l.data);
+    fs::path p = dir / d.hex();
+    write_file_atomic(p, l.data);
+    in.layers.push_back(layers::LayerSource::from_file(l.media_type, d, l.data.size(), p));
+    config["rootfs"]["diff_ids"].push_back((l.diff_id ? *l.diff_id : content_digest(l.data)).str());
   }
-  archive_entry_free(e);
-  archive_write_close(a);
-  archive_write_free(a);
-  return out;
+  in.config_json = config.dump();
+  return in;
 }
 
 std::string sparse_tar(const std::string& name, uint64_t size,

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,11 +30,17 @@ rootfs::ImageInput image_input(const BuiltImage& img, const std::filesystem::pat
 }  // namespace img2vm::testing
 
 namespace img2vm::testing {
-// A convert() input from raw layer blobs (media type, bytes), with a minimal image config.
-rootfs::ImageInput raw_input(const std::vector<std::pair<std::string, std::string>>& layers,
-                             const std::filesystem::path& dir);
-// A gzip stream of `data` (libarchive's raw writer).
-std::string gzip_bytes(const std::string& data);
+// A raw layer blob and its diff_id (default: the digest of the blob decompressed once, or of
+// the blob itself where it does not decompress).
+struct RawLayer {
+  RawLayer(std::string mt, std::string bytes, std::optional<Digest> id = std::nullopt)
+      : media_type(std::move(mt)), data(std::move(bytes)), diff_id(std::move(id)) {}
+  std::string media_type;
+  std::string data;
+  std::optional<Digest> diff_id;
+};
+// A convert() input from raw layer blobs, with a minimal image config listing their diff_ids.
+rootfs::ImageInput raw_input(const std::vector<RawLayer>& layers, const std::filesystem::path& dir);
 // A one-file sparse tar (PAX): `size` bytes with data `chunks` (offset, bytes), holes elsewhere.
 std::string sparse_tar(const std::string& name, uint64_t size,
                        const std::vector<std::pair<uint64_t, std::string>>& chunks);

@@ -14,6 +14,7 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/layers/gunzip.hpp"
+#include "img2vm/layers/unzstd.hpp"
 
 namespace img2vm::layers {
 
@@ -187,6 +188,30 @@ class Spool {
 
 uint64_t round_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
+// A layer's content (its decompressed tar stream) as libarchive reads it: hashed and counted,
+// its first bytes kept for sniffing.
+class ContentReader {
+ public:
+  explicit ContentReader(const ReadFn& source) : source_(source) {}
+  size_t read(void* buf, size_t n) {
+    size_t got = source_(buf, n);
+    if (got == 0) return 0;
+    sha_.update(buf, got);
+    if (head_.size() < kHead)
+      head_.append(static_cast<const char*>(buf), std::min(got, kHead - head_.size()));
+    return got;
+  }
+  std::string_view head() const { return head_; }
+  uint64_t bytes() const { return sha_.bytes(); }
+  Digest digest() { return sha_.finish(); }
+
+ private:
+  static constexpr size_t kHead = 8;
+  const ReadFn& source_;
+  Sha256 sha_;
+  std::string head_;
+};
+
 }  // namespace
 
 DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_fd,
@@ -205,22 +230,44 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
   if (align & (align - 1))
     throw Error(ErrorKind::kInternal, "decode_tar: alignment is not a power of two");
   const std::string what(what_sv);
-  // gzip is inflated by isa-l (GzipReader) rather than by libarchive's zlib-based filter.
+  // The layer's content, its tar stream, is decompressed here (gzip by isa-l, zstd by libzstd),
+  // never by libarchive, which would silently peel a second compression too; it is hashed for
+  // the diff_id on the way.
   std::optional<GzipReader> gz;
-  ReadFn gz_read;
-  if (compression == Compression::kGzip) {
-    gz.emplace(read_in, what);
-    gz_read = [&gz](void* b, size_t n) { return gz->read(b, n); };
+  std::optional<ZstdReader> zs;
+  ReadFn decompressed;
+  switch (compression) {
+    case Compression::kGzip:
+      gz.emplace(read_in, what);
+      decompressed = [&gz](void* b, size_t n) { return gz->read(b, n); };
+      break;
+    case Compression::kZstd:
+      zs.emplace(read_in, what);
+      decompressed = [&zs](void* b, size_t n) { return zs->read(b, n); };
+      break;
+    case Compression::kNone:
+      decompressed = [&read_in](void* b, size_t n) { return read_in(b, n); };
+      break;
   }
-  const ReadFn& read = gz ? gz_read : read_in;
+  ContentReader content(decompressed);
+  const ReadFn read = [&content](void* b, size_t n) { return content.read(b, n); };
   std::unique_ptr<archive, ArchiveFree> a(archive_read_new());
   if (!a) throw Error(ErrorKind::kInternal, what + ": archive_read_new failed");
   archive_read_support_format_tar(a.get());
-  if (compression == Compression::kZstd) archive_read_support_filter_zstd(a.get());
   ReadCtx ctx{&read, std::make_unique<char[]>(1 << 17), 1 << 17, {}, nullptr};
 
+  bool first_header = true;
   auto fail = [&](std::string_view during) -> Error {
     if (ctx.exc) std::rethrow_exception(ctx.exc);
+    // Compressed content is not a tar: say what it is (a compressed tarball given as the layer).
+    Compression inner = sniff_compression(content.head());
+    if (first_header && inner != Compression::kNone && compression != Compression::kNone) {
+      std::string outer(to_string(compression)), in(to_string(inner));
+      return Error(ErrorKind::kIntegrity,
+                   what + " is compressed twice: its " + outer + " content is " + in +
+                       (inner == compression ? " again" : "") +
+                       ", not a tar (a compressed tarball added as a layer?)");
+    }
     const char* msg = archive_error_string(a.get());
     return Error(ErrorKind::kIntegrity, what + ": corrupt or truncated layer (" +
                                             std::string(during) +
@@ -231,16 +278,7 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
       throw Error(ErrorKind::kInternal, what + ": cancelled");
   };
 
-  if (archive_read_open(a.get(), &ctx, nullptr, read_cb, nullptr) != ARCHIVE_OK) {
-    // An empty stream is an empty (if odd) layer.
-    if (ctx.exc) std::rethrow_exception(ctx.exc);
-    const char* msg = archive_error_string(a.get());
-    if (compression != Compression::kZstd && msg && std::strstr(msg, "empty")) return {};
-    throw fail("opening");
-  }
-
   DecodedLayer out;
-  Spool spool(target, what);
   uint64_t budget_used = 0;
   auto charge = [&](uint64_t n) {
     budget_used += n;
@@ -248,13 +286,39 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
       throw Error(ErrorKind::kLimit, what + ": uncompressed content exceeds the size limit of " +
                                          std::to_string(limits.max_bytes) + " bytes");
   };
+  // Reads what follows the tar's end too, as containerd does when it drains a layer: all of
+  // the content counts for the diff_id (and against the size limit), and for gzip the last
+  // member's trailer (CRC-32, length) is checked.
+  auto finish_content = [&] {
+    std::vector<char> rest(1 << 16);
+    while (size_t n = content.read(rest.data(), rest.size())) {
+      check_cancel();
+      charge(n);
+    }
+    out.diff_id = content.digest();
+  };
+
+  if (archive_read_open(a.get(), &ctx, nullptr, read_cb, nullptr) != ARCHIVE_OK) {
+    // Empty content is an empty (if odd) layer.
+    if (!ctx.exc && content.bytes() == 0) {
+      finish_content();
+      return out;
+    }
+    throw fail("opening");
+  }
+
+  Spool spool(target, what);
 
   for (;;) {
     check_cancel();
     archive_entry* ae = nullptr;
     int r = archive_read_next_header(a.get(), &ae);
     if (r == ARCHIVE_EOF) break;
-    if (r < ARCHIVE_WARN) throw fail("reading a header");
+    if (r < ARCHIVE_WARN) {
+      if (first_header && !ctx.exc && content.bytes() == 0) break;  // empty content: an empty layer
+      throw fail("reading a header");
+    }
+    first_header = false;
     const char* raw_name = archive_entry_pathname(ae);
     if (!raw_name) throw Error(ErrorKind::kIntegrity, what + ": a tar entry has no readable name");
     std::string raw(raw_name);
@@ -402,15 +466,7 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
     }
     out.entries.push_back(std::move(e));
   }
-  if (gz) {
-    // Decode what follows the tar's end too, so that the last member's trailer (CRC-32, length)
-    // is checked, as containerd does when it drains a layer; it counts against the size limit.
-    std::vector<char> rest(1 << 16);
-    while (size_t n = gz->read(rest.data(), rest.size())) {
-      check_cancel();
-      charge(n);
-    }
-  }
+  finish_content();
   spool.flush(true);
   out.spool_bytes = round_up(spool.end(), align) - target.start;
   return out;

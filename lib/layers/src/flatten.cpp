@@ -24,11 +24,13 @@ namespace img2vm::layers {
 
 namespace fs = std::filesystem;
 
-LayerSource LayerSource::from_file(std::string media_type, Digest digest, uint64_t size, fs::path path) {
+LayerSource LayerSource::from_file(std::string media_type, Digest digest, uint64_t size,
+                                   fs::path path, Digest diff_id) {
   LayerSource s;
   s.media_type = std::move(media_type);
   s.digest = std::move(digest);
   s.size = size;
+  s.diff_id = std::move(diff_id);
   s.open = [path = std::move(path)] { return open_file(path, O_RDONLY); };
   return s;
 }
@@ -143,8 +145,9 @@ class VerifyingReader {
   bool verified_ = false;
 };
 
-DecodedLayer decode_source(const LayerSource& src, const SpoolTarget& spool, const DecodeLimits& limits,
-                           const std::string& what) {
+// Decodes layer `index` (from 0); its content must hash to its diff_id.
+DecodedLayer decode_source(const LayerSource& src, size_t index, const SpoolTarget& spool,
+                           const DecodeLimits& limits, const std::string& what) {
   std::optional<Compression> declared = compression_from_media_type(src.media_type);
   if (!declared)
     throw Error(ErrorKind::kUnsupported, what + ": unsupported layer media type \"" + src.media_type + "\"");
@@ -169,7 +172,11 @@ DecodedLayer decode_source(const LayerSource& src, const SpoolTarget& spool, con
     if (e.kind() == ErrorKind::kIntegrity) r.explain_failure();
     throw;
   }
-  r.finish();
+  r.finish();  // the blob's own digest first: a damaged blob is reported as such
+  if (d.diff_id != src.diff_id)
+    throw Error(ErrorKind::kIntegrity, "layer " + std::to_string(index + 1) +
+                                           ": diff_id mismatch: config says " + src.diff_id.str() +
+                                           ", content is " + d.diff_id.str());
   return d;
 }
 
@@ -222,7 +229,7 @@ std::vector<uint64_t> decode_all(const std::vector<LayerSource>& layers, const s
       std::optional<DecodedLayer> d;
       std::exception_ptr err;
       try {
-        d = decode_source(layers[i], targets[i], limits, layer_name(layers, i));
+        d = decode_source(layers[i], i, targets[i], limits, layer_name(layers, i));
       } catch (...) {
         err = std::current_exception();
       }
@@ -410,6 +417,17 @@ uint32_t Flattened::add_spool(UniqueFd fd, uint64_t base) {
 
 Flattened flatten(const std::vector<LayerSource>& layers, const FlattenOptions& opt) {
   const size_t n = layers.size();
+  for (size_t i = 0; i < n; ++i) {
+    const Digest& id = layers[i].diff_id;
+    if (id.empty())
+      throw Error(
+          ErrorKind::kInvalidArgument,
+          layer_name(layers, i) + ": no diff_id given (the image config's rootfs.diff_ids entry)");
+    if (id.algorithm() != "sha256")
+      throw Error(ErrorKind::kUnsupported,
+                  layer_name(layers, i) + ": diff_id " + id.str() +
+                      " is not sha256, the only algorithm img2vm verifies layers with");
+  }
   if (opt.output.fd < 0) {
     Flattened out;
     out.spools.resize(n + 1);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <nlohmann/json.hpp>
 
 #include "ext4_writer.hpp"
 #include "img2vm/base/error.hpp"
@@ -47,6 +48,29 @@ std::shared_ptr<Inode> reserved_node(NodeType type, uint32_t mode, int64_t ts) {
 
 }  // namespace
 
+std::vector<Digest> diff_ids_from_image_config(std::string_view config_json) {
+  auto bad = [](const std::string& why) {
+    return Error(ErrorKind::kInvalidArgument, "rootfs.diff_ids " + why);
+  };
+  nlohmann::json root = nlohmann::json::parse(config_json, nullptr, /*allow_exceptions=*/false);
+  if (!root.is_object()) throw Error(ErrorKind::kInvalidArgument, "not a JSON object");
+  std::vector<Digest> out;
+  auto rfs = root.find("rootfs");
+  if (rfs == root.end() || rfs->is_null()) return out;
+  if (!rfs->is_object()) throw Error(ErrorKind::kInvalidArgument, "rootfs must be an object");
+  auto ids = rfs->find("diff_ids");
+  if (ids == rfs->end() || ids->is_null()) return out;
+  if (!ids->is_array()) throw bad("must be an array of digests");
+  for (const auto& v : *ids) {
+    std::string s = v.is_string() ? v.get<std::string>() : v.dump();
+    if (!v.is_string() || !Digest::valid(s))
+      throw bad("holds " + s.substr(0, 80) + (s.size() > 80 ? "..." : "") +
+                ", which is not a digest");
+    out.push_back(Digest::parse(s));
+  }
+  return out;
+}
+
 ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   if (opt.output.empty()) throw Error(ErrorKind::kInvalidArgument, "convert: no output path given");
   fs::path out_dir = opt.output.parent_path();
@@ -54,10 +78,28 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   fs::path temp_dir = opt.temp_dir.empty() ? out_dir : opt.temp_dir;
 
   RuntimeConfig rc;
+  std::vector<Digest> diff_ids;
   try {
     rc = runtime_config_from_image_config(image.config_json);
+    diff_ids = diff_ids_from_image_config(image.config_json);
   } catch (const Error& e) {
     throw e.with_context("image config");
+  }
+  // Each layer's content is verified against the config's diff_id while it is decoded.
+  const size_t n = image.layers.size();
+  if (diff_ids.size() != n)
+    throw Error(ErrorKind::kIntegrity, "the image config lists " + std::to_string(diff_ids.size()) +
+                                           (diff_ids.size() == 1 ? " diff_id" : " diff_ids") +
+                                           " (rootfs.diff_ids) for " + std::to_string(n) +
+                                           (n == 1 ? " layer" : " layers") +
+                                           ": it needs one per layer");
+  std::vector<layers::LayerSource> sources = image.layers;
+  for (size_t i = 0; i < n; ++i) {
+    if (!sources[i].diff_id.empty() && sources[i].diff_id != diff_ids[i])
+      throw Error(ErrorKind::kInvalidArgument,
+                  "layer " + std::to_string(i + 1) + ": its LayerSource::diff_id " +
+                      sources[i].diff_id.str() + " is not the config's " + diff_ids[i].str());
+    sources[i].diff_id = diff_ids[i];
   }
   std::string config_json = to_json(rc);
 
@@ -85,7 +127,7 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   fo.output.in_place = opt.in_place;
   fo.output.region = opt.in_place_region;
   if (opt.progress) fo.progress = [&](size_t d, size_t t) { opt.progress("layers", d, t); };
-  layers::Flattened flat = layers::flatten(image.layers, fo);
+  layers::Flattened flat = layers::flatten(sources, fo);
 
   // /.img2vm: config.json from a spool of its own, init straight from its file.
   auto dir = reserved_node(NodeType::kDir, 0755, opt.timestamp);
@@ -133,7 +175,7 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   r.size_bytes = st.size_bytes;
   r.inodes = st.inodes;
   r.data_bytes = st.data_bytes;
-  r.layers = image.layers.size();
+  r.layers = n;
   r.data_in_place = flat.in_place;
   return r;
 }

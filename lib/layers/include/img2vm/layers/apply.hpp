@@ -37,6 +37,7 @@
 #include <string_view>
 #include <vector>
 
+#include "img2vm/base/digest.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/layers/compression.hpp"
@@ -62,9 +63,9 @@ struct LayerEntry {
 
 struct DecodedLayer {
   std::vector<LayerEntry> entries;
-  uint64_t data_bytes = 0;  // file data spooled
-  uint64_t spool_bytes =
-      0;  // spool bytes used from SpoolTarget::start (aligned: a multiple of align)
+  Digest diff_id;            // sha256 of the layer's whole content (the uncompressed tar stream)
+  uint64_t data_bytes = 0;   // file data spooled
+  uint64_t spool_bytes = 0;  // spool bytes used from SpoolTarget::start (aligned: a multiple of align)
 };
 
 // Where decode_tar writes regular files' data. Spool offset `o` (DataExtent::spool_offset) is
@@ -104,10 +105,13 @@ struct DecodeLimits {
 };
 
 // Reads a tar stream (compressed per `compression`: gzip through GzipReader, zstd through
-// libarchive's filter) with libarchive from `read` (see ReadFn). Regular files' data goes to
-// `spool` as described above. `what` names the layer in every error ("layer sha256:...").
-// Errors: kIntegrity (corrupt tar or compressed stream, an invalid whiteout), kLimit (max_bytes
-// passed; SpoolFull), kIo.
+// ZstdReader) with libarchive from `read` (see ReadFn). Regular files' data goes to `spool` as
+// described above. The whole content (the decompressed stream, including what follows the
+// tar's end-of-archive blocks) is read and its sha256 returned as DecodedLayer::diff_id; the
+// caller compares it with the image's. `what` names the layer in every error
+// ("layer sha256:..."). Errors: kIntegrity (corrupt tar or compressed stream, content that is
+// compressed again rather than a tar, an invalid whiteout), kLimit (max_bytes passed, a path
+// past PATH_MAX, symlink expansion past its budget; SpoolFull), kIo.
 DecodedLayer decode_tar(const ReadFn& read, Compression compression, const SpoolTarget& spool,
                         const DecodeLimits& limits, std::string_view what);
 

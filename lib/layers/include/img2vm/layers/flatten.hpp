@@ -6,8 +6,9 @@
 //   // f.tree: every path of the image; f.spool_fd(i): where Inode::spool == i keeps its bytes
 //
 // Each layer is read once as a stream: its compressed bytes are hashed (sha256) and counted
-// while libarchive decodes them, so a digest or size mismatch or a truncated blob fails naming
-// the layer's digest. Layers are decoded in parallel (up to `threads`) and applied in order.
+// while they are decoded, so a digest or size mismatch or a truncated blob fails naming the
+// layer's digest; its decompressed content is hashed too, on the same thread, and must match
+// the layer's diff_id. Layers are decoded in parallel (up to `threads`) and applied in order.
 #pragma once
 
 #include <cstdint>
@@ -27,12 +28,16 @@ struct LayerSource {
   std::string media_type;  // OCI or Docker layer media type; chooses the decompressor
   Digest digest;           // of the (compressed) blob, verified while reading
   uint64_t size = 0;       // of the (compressed) blob, verified while reading
+  // Required: the sha256 of the layer's uncompressed tar stream, the image config's
+  // rootfs.diff_ids entry for this layer (rootfs::convert fills it in from the config).
+  // Verified while decoding, as containerd and umoci do.
+  Digest diff_id;
   // Opens the blob as a byte stream positioned at its start (a file, a pipe, a socket).
   std::function<UniqueFd()> open;
 
   // A LayerSource reading a local blob file.
   static LayerSource from_file(std::string media_type, Digest digest, uint64_t size,
-                               std::filesystem::path path);
+                               std::filesystem::path path, Digest diff_id = {});
 };
 
 struct FlattenOptions {
@@ -84,9 +89,11 @@ struct Flattened {
   uint32_t add_spool(UniqueFd fd, uint64_t base = 0);
 };
 
-// Errors name the layer ("layer sha256:...: ..."): kUnsupported (media type), kIntegrity
-// (digest/size mismatch, truncated or corrupt stream, magic not matching the media type),
-// kLimit (max_bytes), kIo.
+// Errors name the layer ("layer 2/3 sha256:...: ..."): kUnsupported (media type, a diff_id
+// that is not sha256), kIntegrity (digest/size mismatch, truncated or corrupt stream, magic not
+// matching the media type, content compressed twice, and "layer N: diff_id mismatch: config
+// says X, content is Y" with N counted from 1 at the bottom), kInvalidArgument (a layer
+// without diff_id), kLimit (max_bytes), kIo.
 Flattened flatten(const std::vector<LayerSource>& layers, const FlattenOptions& options);
 
 // Live size of a tree: file data (holes excluded) plus 512 per inode, used for max_bytes.

@@ -22,6 +22,11 @@
 // and no resize inode. The same input and options give a byte-identical file: the UUID and
 // directory hash seed derive from the manifest digest, every timestamp is fixed.
 //
+// Every layer is verified while it is decoded: its blob against the descriptor's digest and
+// size, its uncompressed content against the config's rootfs.diff_ids, which must list one
+// digest per layer (bottom first). convert() sets each LayerSource::diff_id from the config;
+// one the caller set already must agree with it.
+//
 // The output is written as a temporary file next to `output` and renamed over it only on
 // success; on any error no file is left behind.
 #pragma once
@@ -41,7 +46,7 @@ namespace img2vm::rootfs {
 
 // An image independent of where it came from (registry store, OCI layout, docker-archive).
 struct ImageInput {
-  std::string config_json;             // the image configuration blob
+  std::string config_json;             // the image configuration blob (its rootfs.diff_ids too)
   Digest manifest_digest;              // reproducibility seed; may be empty (then a fixed seed)
   std::vector<layers::LayerSource> layers;  // bottom first
 };
@@ -91,7 +96,12 @@ struct ConvertResult {
 };
 
 // Throws img2vm::Error naming the layer (digest) or file at fault; see layers::flatten for the
-// layer errors, kLimit for max_size/size, kIo for the output.
+// layer errors (diff_id mismatch included), kIntegrity when the config's diff_ids do not
+// number the layers, kLimit for max_size/size, kIo for the output.
 ConvertResult convert(const ImageInput& image, const ConvertOptions& options);
+
+// The rootfs.diff_ids of an image configuration blob, bottom layer first (empty when it has
+// none). Throws Error(kInvalidArgument) when they are malformed.
+std::vector<Digest> diff_ids_from_image_config(std::string_view config_json);
 
 }  // namespace img2vm::rootfs
