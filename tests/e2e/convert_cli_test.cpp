@@ -1,8 +1,9 @@
 // `img2vm convert` end to end: an image pushed by skopeo to a real registry is pulled and
 // flattened into an ext4 that e2fsck accepts, with our init and the image's config injected;
-// the rootfs cache answers a second conversion; bad input is one line and leaves no file (nor
-// anything in the rootfs cache), from every kind of source; layers umoci made from compressed
-// tarballs are refused as compressed twice.
+// the rootfs cache answers a second conversion; a compressed docker archive converts to the same
+// file system as the plain one; bad input is one line and leaves no file (nor anything in the
+// rootfs cache), from every kind of source; layers umoci made from compressed tarballs are
+// refused as compressed twice.
 #include <gtest/gtest.h>
 
 #include <cstdlib>
@@ -97,6 +98,40 @@ TEST(ConvertCli, RegistryImageToCheckedExt4WithInitAndConfig) {
   EXPECT_EQ(read_file(j1["output"].get<std::string>()), read_file(out));
 }
 
+// A `docker save | gzip` archive (written by skopeo, compressed as a whole) converts to the
+// same file system as the OCI layout it came from: its layers are read out of the tar.
+TEST(ConvertCli, CompressedDockerArchiveToExt4) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({dir("etc"), file("etc/motd", "from an archive\n"),
+                               file("etc/big", std::string(200000, 'b'))}));
+  spec.layers.push_back(layer({file("etc/added", "two\n")}));
+  BuiltImage img = build_image(spec);
+  TempDir tmp("convert-e2e");
+  write_oci_layout(tmp.path() / "layout", {{"v1", img}});
+  fs::path tar = tmp.path() / "image.tar";
+  skopeo_copy("oci:" + (tmp.path() / "layout").string() + ":v1",
+              "docker-archive:" + tar.string() + ":example.com/e2e/archive:1");
+  write_file_atomic(tmp.path() / "image.tar.gz", compress(read_file(tar), "gzip"));
+
+  TempDir home("img2vm-home");
+  auto from_tar = tmp.path() / "tar.ext4";
+  auto from_gz = tmp.path() / "gz.ext4";
+  CommandResult a = img2vm_cmd(
+      home, {"convert", "--json", "docker-archive:" + tar.string(), "-o", from_tar.string()});
+  ASSERT_EQ(a.exit_code, 0) << a.describe();
+  CommandResult b = img2vm_cmd(
+      home, {"convert", "--json", "docker-archive:" + (tmp.path() / "image.tar.gz").string(), "-o",
+             from_gz.string()});
+  ASSERT_EQ(b.exit_code, 0) << b.describe();
+  EXPECT_EQ(json::parse(a.out)["manifest_digest"], json::parse(b.out)["manifest_digest"]);
+  EXPECT_EQ(json::parse(b.out)["layers"], 2);
+  CommandResult fsck = run_command({"e2fsck", "-fn", from_gz.string()});
+  EXPECT_EQ(fsck.exit_code, 0) << fsck.describe();
+  EXPECT_NE(debugfs(from_gz, "cat /etc/motd").find("from an archive\n"), std::string::npos);
+  EXPECT_NE(debugfs(from_gz, "cat /etc/added").find("two\n"), std::string::npos);
+  EXPECT_EQ(read_file(from_tar), read_file(from_gz));
+}
+
 TEST(ConvertCli, ErrorsAreOneLineAndLeaveNoOutput) {
   TempDir home("img2vm-home");
   TempDir tmp("convert-e2e");
@@ -127,6 +162,19 @@ TEST(ConvertCli, ErrorsAreOneLineAndLeaveNoOutput) {
                         out.string(), "--size", "12Q"});
   EXPECT_EQ(bad_size.exit_code, 1) << bad_size.describe();
   EXPECT_NE(bad_size.err.find("--size"), std::string::npos) << bad_size.err;
+
+  // A compression bomb in a docker archive: one line, refused before it is decompressed.
+  std::string bomb = compress(tar_prefix({}, "layer.tar", 1ull << 31), "gzip");
+  const std::string zeros = compress(std::string(1u << 20, '\0'), "gzip");
+  for (int i = 0; i < 2048; ++i) bomb += zeros;
+  write_file_atomic(tmp.path() / "layout" / "bomb.tar.gz",
+                    bomb + compress(std::string(1024, '\0'), "gzip"));
+  CommandResult bombed = img2vm_cmd(
+      home, {"convert", "docker-archive:" + (tmp.path() / "layout" / "bomb.tar.gz").string(), "-o",
+             out.string()});
+  EXPECT_EQ(bombed.exit_code, 1) << bombed.describe();
+  EXPECT_NE(bombed.err.find("expands to more than"), std::string::npos) << bombed.err;
+  EXPECT_EQ(std::count(bombed.err.begin(), bombed.err.end(), '\n'), 1) << bombed.err;
 
   EXPECT_FALSE(fs::exists(out));
   for (const auto& e : fs::directory_iterator(tmp.path()))

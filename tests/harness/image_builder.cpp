@@ -344,22 +344,59 @@ void write_oci_layout(const fs::path& dir, const std::string& tag, const BuiltIn
   add_to_index_json(dir, {d});
 }
 
-void write_docker_archive(const fs::path& out_file, const BuiltImage& image, const std::vector<std::string>& repo_tags) {
+void write_docker_archive(const fs::path& out_file, const BuiltImage& image,
+                          const std::vector<std::string>& repo_tags,
+                          const DockerArchiveOptions& options) {
   std::vector<Entry> entries;
   ordered_json layer_paths = ordered_json::array();
   std::set<std::string> seen;
-  for (const auto& l : image.layers) {
-    // docker save stores each layer uncompressed under a directory named by its diff id.
-    std::string d = l.diff_id.hex();
-    std::string p = d + "/layer.tar";
-    layer_paths.push_back(p);
-    if (!seen.insert(d).second) continue;
-    entries.push_back(dir(d, 0755));
-    entries.push_back(file(d + "/VERSION", "1.0"));
-    entries.push_back(file(p, l.tar));
+  std::string config_name;
+  if (options.oci_layout) {
+    // docker 25 and later: an OCI layout whose manifest lists the uncompressed layers, and
+    // manifest.json pointing at the same blobs.
+    auto add_blob = [&](const BuiltBlob& b) {
+      std::string p = "blobs/sha256/" + b.digest.hex();
+      if (seen.insert(p).second) entries.push_back(file(p, b.data));
+      return p;
+    };
+    entries.push_back(dir("blobs", 0755));
+    entries.push_back(dir("blobs/sha256", 0755));
+    ordered_json layers = ordered_json::array();
+    for (const auto& l : image.layers) {
+      BuiltBlob tar = blob("application/vnd.oci.image.layer.v1.tar", l.tar);
+      layer_paths.push_back(add_blob(tar));
+      layers.push_back(descriptor(tar));
+    }
+    BuiltBlob config = blob("application/vnd.oci.image.config.v1+json", image.config.data);
+    config_name = add_blob(config);
+    ordered_json manifest = {{"schemaVersion", 2},
+                             {"mediaType", "application/vnd.oci.image.manifest.v1+json"},
+                             {"config", descriptor(config)},
+                             {"layers", layers}};
+    BuiltBlob mblob = blob("application/vnd.oci.image.manifest.v1+json", manifest.dump());
+    add_blob(mblob);
+    ordered_json d = descriptor(mblob);
+    if (!repo_tags.empty()) d["annotations"] = {{"io.containerd.image.name", repo_tags[0]}};
+    entries.push_back(
+        file("index.json", ordered_json{{"schemaVersion", 2},
+                                        {"mediaType", "application/vnd.oci.image.index.v1+json"},
+                                        {"manifests", ordered_json::array({d})}}
+                               .dump()));
+    entries.push_back(file("oci-layout", R"({"imageLayoutVersion":"1.0.0"})"));
+  } else {
+    for (const auto& l : image.layers) {
+      // docker save stores each layer uncompressed under a directory named by its diff id.
+      std::string d = l.diff_id.hex();
+      std::string p = d + "/layer.tar";
+      layer_paths.push_back(p);
+      if (!seen.insert(d).second) continue;
+      entries.push_back(dir(d, 0755));
+      entries.push_back(file(d + "/VERSION", "1.0"));
+      entries.push_back(file(p, l.tar));
+    }
+    config_name = image.config.digest.hex() + ".json";
+    entries.push_back(file(config_name, image.config.data));
   }
-  std::string config_name = image.config.digest.hex() + ".json";
-  entries.push_back(file(config_name, image.config.data));
   ordered_json manifest = ordered_json::array(
       {{{"Config", config_name}, {"RepoTags", repo_tags}, {"Layers", layer_paths}}});
   entries.push_back(file("manifest.json", manifest.dump()));
@@ -371,7 +408,72 @@ void write_docker_archive(const fs::path& out_file, const BuiltImage& image, con
   }
   entries.push_back(file("repositories", repos.dump()));
   for (auto& e : entries) e.mtime = 0;
-  write_file_atomic(out_file, write_tar(entries, LayerCompression::kNone));
+  entries.insert(entries.end(), options.extra_entries.begin(), options.extra_entries.end());
+  std::string tar = write_tar(entries, LayerCompression::kNone);
+  write_file_atomic(out_file,
+                    options.compression.empty() ? tar : compress(tar, options.compression));
+}
+
+std::string compress(std::string_view data, const std::string& filter) {
+  std::string out;
+  std::unique_ptr<archive, ArchiveWriteFree> a(archive_write_new());
+  archive_write_set_format_raw(a.get());
+  if (archive_write_add_filter_by_name(a.get(), filter.c_str()) != ARCHIVE_OK)
+    archive_fail(a.get(), "filter " + filter);
+  archive_write_set_bytes_per_block(a.get(), 0);
+  if (archive_write_open2(a.get(), &out, nullptr, append_cb, nullptr, nullptr) != ARCHIVE_OK)
+    archive_fail(a.get(), "archive_write_open");
+  std::unique_ptr<archive_entry, EntryFree> ae(archive_entry_new());
+  archive_entry_set_filetype(ae.get(), AE_IFREG);
+  if (archive_write_header(a.get(), ae.get()) != ARCHIVE_OK) archive_fail(a.get(), "raw header");
+  if (!data.empty() &&
+      archive_write_data(a.get(), data.data(), data.size()) != static_cast<la_ssize_t>(data.size()))
+    archive_fail(a.get(), "compress");
+  if (archive_write_close(a.get()) != ARCHIVE_OK) archive_fail(a.get(), "archive_write_close");
+  return out;
+}
+
+std::string tar_prefix(const std::vector<Entry>& entries, const std::string& last_path,
+                       uint64_t last_size) {
+  struct Sink {
+    std::string out;
+    bool open = true;
+  } sink;
+  std::unique_ptr<archive, ArchiveWriteFree> a(archive_write_new());
+  archive_write_set_format_pax_restricted(a.get());
+  archive_write_set_bytes_per_block(a.get(),
+                                    0);  // unbuffered: each header reaches the sink at once
+  auto cb = [](archive*, void* ud, const void* buf, size_t n) -> la_ssize_t {
+    auto* s = static_cast<Sink*>(ud);
+    if (!s->open) return -1;  // the last member's data is the caller's
+    s->out.append(static_cast<const char*>(buf), n);
+    return static_cast<la_ssize_t>(n);
+  };
+  if (archive_write_open2(a.get(), &sink, nullptr, cb, nullptr, nullptr) != ARCHIVE_OK)
+    archive_fail(a.get(), "archive_write_open");
+  std::vector<Entry> all = entries;
+  all.push_back(file(last_path, ""));
+  for (size_t i = 0; i < all.size(); ++i) {
+    const Entry& e = all[i];
+    bool last = i + 1 == all.size();
+    std::unique_ptr<archive_entry, EntryFree> ae(archive_entry_new());
+    archive_entry_set_pathname(ae.get(), e.path.c_str());
+    archive_entry_set_filetype(ae.get(), e.type == Entry::Type::kDir ? AE_IFDIR : AE_IFREG);
+    archive_entry_set_perm(ae.get(), e.mode & 07777);
+    archive_entry_set_size(
+        ae.get(),
+        last ? static_cast<la_int64_t>(last_size)
+             : static_cast<la_int64_t>(e.type == Entry::Type::kFile ? e.content.size() : 0));
+    if (archive_write_header(a.get(), ae.get()) != ARCHIVE_OK)
+      archive_fail(a.get(), "tar header for " + e.path);
+    if (!last && e.type == Entry::Type::kFile && !e.content.empty() &&
+        archive_write_data(a.get(), e.content.data(), e.content.size()) !=
+            static_cast<la_ssize_t>(e.content.size()))
+      archive_fail(a.get(), "tar data for " + e.path);
+  }
+  sink.open = false;
+  a.reset();  // its padding of the last member fails into the closed sink: nothing more is kept
+  return sink.out;
 }
 
 }  // namespace img2vm::testing

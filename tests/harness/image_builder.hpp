@@ -131,10 +131,33 @@ BuiltIndex build_index(const std::vector<ImageSpec>& specs);
 
 // Writes (or adds to) an OCI image layout: blobs/sha256/*, oci-layout and index.json entries
 // annotated with org.opencontainers.image.ref.name = tag.
-void write_oci_layout(const std::filesystem::path& dir, const std::vector<std::pair<std::string, BuiltImage>>& tagged);
-void write_oci_layout(const std::filesystem::path& dir, const std::string& tag, const BuiltIndex& index);
+void write_oci_layout(const std::filesystem::path& dir,
+                      const std::vector<std::pair<std::string, BuiltImage>>& tagged);
+void write_oci_layout(const std::filesystem::path& dir, const std::string& tag,
+                      const BuiltIndex& index);
+struct DockerArchiveOptions {
+  // docker 25 and later: the blobs as an OCI image layout (blobs/sha256/<hex>, index.json,
+  // oci-layout) that manifest.json points into; else the legacy <id>/layer.tar layout.
+  bool oci_layout = false;
+  // Of the whole archive, as `docker save | gzip` makes it; a libarchive filter name ("gzip",
+  // "bzip2", "xz", "zstd"), empty for a plain tar.
+  std::string compression;
+  // Added after docker's own members (e.g. hostile names, many members).
+  std::vector<Entry> extra_entries;
+};
+
 // Writes a `docker save`-style tarball (manifest.json, <config>.json, <id>/layer.tar).
 void write_docker_archive(const std::filesystem::path& file, const BuiltImage& image,
-                          const std::vector<std::string>& repo_tags);
+                          const std::vector<std::string>& repo_tags,
+                          const DockerArchiveOptions& options = {});
+
+// `data` compressed as one stream by the libarchive filter named `filter` ("gzip", "bzip2",
+// "xz", "zstd"). Concatenated streams decompress to the concatenation of their data.
+std::string compress(std::string_view data, const std::string& filter);
+// The tar stream of `entries` without its end-of-archive blocks, ending in the header of a
+// regular file `last_path` of `last_size` bytes whose data the caller appends (then 1024 zero
+// bytes end the archive): for archives too large to hold in memory.
+std::string tar_prefix(const std::vector<Entry>& entries, const std::string& last_path,
+                       uint64_t last_size);
 
 }  // namespace img2vm::testing

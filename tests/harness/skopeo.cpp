@@ -45,6 +45,11 @@ void skopeo_push(const std::string& src, const Registry& reg, const std::string&
     throw Error(ErrorKind::kIo, "skopeo copy " + src + " -> " + reg.host() + "/" + dest_ref + " failed: " + r.describe());
 }
 
+void skopeo_copy(const std::string& src, const std::string& dest) {
+  CommandResult r = skopeo({"copy", src, dest});
+  if (r.exit_code != 0) throw Error(ErrorKind::kIo, "skopeo copy " + src + " -> " + dest + " failed: " + r.describe());
+}
+
 std::string skopeo_inspect_raw(const Registry& reg, const std::string& ref) {
   std::vector<std::string> args = {"inspect", "--raw"};
   for (auto& a : skopeo_registry_args(reg, "src")) {

@@ -19,6 +19,10 @@ std::vector<std::string> skopeo_registry_args(const Registry& reg, const std::st
 void skopeo_push(const std::string& src, const Registry& reg, const std::string& dest_ref,
                  const std::vector<std::string>& extra = {});
 
+// skopeo copy SRC DEST between local transports (oci:, docker-archive:, dir:); throws with
+// skopeo's stderr when it fails.
+void skopeo_copy(const std::string& src, const std::string& dest);
+
 // skopeo inspect --raw docker://HOST/REF: the manifest bytes as the registry serves them.
 std::string skopeo_inspect_raw(const Registry& reg, const std::string& ref);
 

@@ -31,7 +31,7 @@ UniqueFd open_file(const fs::path& path, int flags, int mode) {
   return UniqueFd(fd);
 }
 
-std::string read_file(const fs::path& path) {
+std::string read_file(const fs::path& path, uint64_t max_bytes) {
   UniqueFd fd = open_file(path, O_RDONLY);
   std::string out;
   char buf[65536];
@@ -42,6 +42,9 @@ std::string read_file(const fs::path& path) {
       throw_errno("cannot read " + path.string());
     }
     if (n == 0) break;
+    if (static_cast<uint64_t>(n) > max_bytes - out.size())
+      throw Error(ErrorKind::kLimit,
+                  path.string() + " is larger than " + std::to_string(max_bytes) + " bytes");
     out.append(buf, static_cast<size_t>(n));
   }
   return out;

@@ -38,8 +38,9 @@ class UniqueFd {
 // open(2) that throws an Error naming the path on failure; O_CLOEXEC is always added.
 UniqueFd open_file(const std::filesystem::path& path, int flags, int mode = 0644);
 
-// Reads a whole (small) file; throws an Error naming the path on failure.
-std::string read_file(const std::filesystem::path& path);
+// Reads a whole (small) file; throws an Error naming the path on failure, and Error(kLimit) when
+// it holds more than `max_bytes`.
+std::string read_file(const std::filesystem::path& path, uint64_t max_bytes = UINT64_MAX);
 
 // Writes all of data to fd, retrying on EINTR and short writes.
 void write_all(int fd, std::string_view data, std::string_view what);

@@ -15,9 +15,11 @@
 
 #include <cstddef>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "img2vm/base/digest.hpp"
 #include "img2vm/registry/manifest.hpp"
@@ -59,6 +61,17 @@ class ImageSource {
 
 // A BlobReader over a local file, verifying `d`'s size and digest.
 std::unique_ptr<BlobReader> open_file_blob(const std::filesystem::path& file, const Descriptor& d);
+// A BlobReader over raw bytes (`read` returns up to n of them, 0 at the end), verifying `d`'s
+// size and digest; `what` says where the bytes come from in errors.
+std::unique_ptr<BlobReader> verifying_reader(std::function<size_t(void*, size_t)> read,
+                                             Descriptor d, std::string what);
+
+// The entry of an OCI image layout's index.json named `tag` (its org.opencontainers.image.ref.name
+// annotation; the last such entry), or with an empty `tag` its only entry. Errors name `what`
+// ("oci:DIR") and list the available names: kNotFound (no such tag), kInvalidArgument (several
+// entries and no tag).
+const Descriptor& select_layout_entry(const Index& index, std::string_view tag,
+                                      std::string_view what);
 
 // "oci:DIR[:TAG]" or "docker-archive:FILE[:REF]" (TAG/REF optional when there is one image).
 // `want` selects the platform from an index. Error(kInvalidArgument) for other strings.

@@ -48,6 +48,7 @@ struct Descriptor {
   std::map<std::string, std::string> annotations;
   std::optional<Platform> platform;
   std::string artifact_type;
+  friend bool operator==(const Descriptor&, const Descriptor&) = default;
 };
 
 struct Manifest {
@@ -55,12 +56,14 @@ struct Manifest {
   Descriptor config;
   std::vector<Descriptor> layers;
   std::map<std::string, std::string> annotations;
+  friend bool operator==(const Manifest&, const Manifest&) = default;
 };
 
 struct Index {
   std::string media_type;  // OCI index or Docker manifest list
   std::vector<Descriptor> manifests;
   std::map<std::string, std::string> annotations;
+  friend bool operator==(const Index&, const Index&) = default;
 };
 
 // What a manifest document turned out to be.
