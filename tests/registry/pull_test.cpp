@@ -751,7 +751,8 @@ TEST(Pull, PartialFilesLeftBehindNeverMakeAPullFail) {
 
 // Real `img2vm pull` processes killed with SIGKILL at several points into one store (each point a
 // condition: a stalled response, so many bytes in the partial file, the index lock held by the
-// test); then one more pull completes and the image converts.
+// test), and one whose rename failed after the whole blob was written; then one more pull
+// completes and the image converts.
 TEST(Pull, APullAlwaysCompletesAfterEarlierPullsIntoTheSameStoreWereKilled) {
   Registry reg(RegistryAuth::kNone);
   ImageSpec spec = multi_layer_spec("killed");
@@ -788,13 +789,25 @@ TEST(Pull, APullAlwaysCompletesAfterEarlierPullsIntoTheSameStoreWereKilled) {
     EXPECT_TRUE(Store(home.path()).list().empty());
   };
   using F = FaultProxy::Fault;
-  proxy.script({F::kStall});
-  kill_when("in the config's stalled response", [&] { return proxy.stalls() >= 1; });
+  // One download at a time: the config and the small layer pass, the big layer's response stalls.
+  proxy.script({F::kPass, F::kPass, F::kStall});
+  kill_when("in the big layer's stalled response", [&] { return proxy.stalls() >= 1; });
   proxy.script(std::vector<F>(16, F::kSlow));
   kill_when("1 MiB into the big layer", [&] { return partial_size() >= (1u << 20); });
   proxy.script(std::vector<F>(16, F::kSlow));
   kill_when("2 MiB into the big layer, resumed", [&] { return partial_size() >= (2u << 20); });
   proxy.script({});
+  {
+    // The whole blob in its partial file, not renamed into blobs/: what a kill between the last
+    // write and the rename leaves. No kill point waits there, so a pull whose rename fails (a
+    // directory in the way) makes it.
+    fs::path in_the_way = home.path() / "oci/blobs/sha256" / big.digest.hex();
+    fs::create_directories(in_the_way / "x");
+    auto failed = img2vm(home.path(), {"pull", "--jobs", "1", ref});
+    EXPECT_EQ(failed.exit_code, 1) << failed.describe();
+    fs::remove_all(in_the_way);
+    ASSERT_EQ(partial_size(), big.size());
+  }
   {
     // Every blob and the manifest stored, the index entry not written: blocked on index.lock.
     UniqueFd lock = open_file(home.path() / "index.lock", O_RDWR | O_CREAT, 0644);
