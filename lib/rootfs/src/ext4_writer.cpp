@@ -710,7 +710,8 @@ bool init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_
   param.s_inodes_count = static_cast<__u32>(std::min<uint64_t>(inodes, 0xffffffffu));
   const errcode_t err =
       ext2fs_initialize(path.c_str(), EXT2_FLAG_64BITS, &param, unix_io_manager, fs.out());
-  if (err == EXT2_ET_TOOSMALL)  // the inode tables and group metadata alone do not fit
+  // The inode tables and group metadata alone do not fit:
+  if (err == EXT2_ET_TOOSMALL || err == EXT2_ET_TOO_MANY_INODES)
     throw Error(ErrorKind::kLimit, "ext4: " + std::to_string(blocks * kBlockSize) +
                                        " bytes are too few for " + std::to_string(inodes) +
                                        " inodes");
