@@ -1,6 +1,6 @@
 // Fuzzes the ext4 writer: the input describes a tree (directories, files with data and holes,
 // fast and slow symlinks, hard links, devices, fifos, xattrs, long names, deep chains, large
-// directories), which is written with write_ext4 to an image in /dev/shm (or $TMPDIR) — in about
+// directories), which is written with write_ext4 to an image in a memfd — in about
 // half of the runs with files' data already in the output, adopted as convert does, with dead
 // runs between them to cut out — and then checked: e2fsck -fn must be clean and every entry
 // read back through libext2fs must match the tree. Errors the writer reports for what ext4
@@ -269,24 +269,22 @@ class Gen {
   uint64_t data_total_ = 0;
 };
 
-// Where a run's image goes: a file in /dev/shm (else $TMPDIR or /tmp) that e2fsck can open.
-const std::string& image_path() {
-  static const std::string path = [] {
-    const char* t = std::getenv("TMPDIR");
-    std::string dir = ::access("/dev/shm", W_OK) == 0 ? "/dev/shm" : (t && *t ? t : "/tmp");
-    std::string p = dir + "/img2vm-ext4-fuzz-" + std::to_string(::getpid()) + ".img";
-    std::atexit([] { ::unlink(image_path().c_str()); });
-    return p;
-  }();
-  return path;
-}
+// A memfd and a path that opens it, for this process and its children (e2fsck).
+struct MemFile {
+  UniqueFd fd;
+  std::string path;
+  explicit MemFile(const char* name) : fd(::memfd_create(name, MFD_CLOEXEC)) {
+    if (!fd) bug("memfd_create");
+    path = "/proc/" + std::to_string(::getpid()) + "/fd/" + std::to_string(fd.get());
+  }
+};
 
 void e2fsck_clean(const std::string& img) {
-  const std::string log = img + ".log";
+  MemFile log("ext4-fuzz-e2fsck-log");
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
-  posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  posix_spawn_file_actions_adddup2(&fa, log.fd.get(), 1);
+  posix_spawn_file_actions_adddup2(&fa, log.fd.get(), 2);
   const char* argv[] = {"e2fsck", "-fn", img.c_str(), nullptr};
   pid_t pid;
   int err = posix_spawnp(&pid, "e2fsck", &fa, nullptr, const_cast<char* const*>(argv), environ);
@@ -295,16 +293,13 @@ void e2fsck_clean(const std::string& img) {
   int status = 0;
   while (::waitpid(pid, &status, 0) < 0) {
   }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return;
   std::string out;
-  {
-    UniqueFd fd(::open(log.c_str(), O_RDONLY | O_CLOEXEC));
-    char buf[4096];
-    ssize_t n;
-    while (fd && (n = ::read(fd.get(), buf, sizeof buf)) > 0)
-      out.append(buf, static_cast<size_t>(n));
-  }
-  ::unlink(log.c_str());
-  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) bug("e2fsck -fn is not clean:\n" + out);
+  char buf[4096];
+  ssize_t n;
+  for (off_t at = 0; (n = ::pread(log.fd.get(), buf, sizeof buf, at)) > 0; at += n)
+    out.append(buf, static_cast<size_t>(n));
+  bug("e2fsck -fn is not clean:\n" + out);
 }
 
 // Blocks of a file's data as the writer allocates them (4 KiB blocks touched by an extent).
@@ -427,9 +422,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Gen g(in);
   g.run();
 
-  const std::string& path = image_path();
-  UniqueFd out(::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-  if (!out) bug("cannot create " + path);
+  MemFile image("ext4-fuzz-image");
+  const std::string& path = image.path;
+  UniqueFd& out = image.fd;
   UniqueFd spool(::memfd_create("ext4-fuzz-spool", MFD_CLOEXEC));
   if (!spool) bug("memfd_create");
 

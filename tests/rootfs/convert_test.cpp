@@ -440,6 +440,18 @@ TEST_F(Convert, SizeOptions) {
   tiny.size = 512 * 1024;
   Error e = convert_fails(image_input(img, tmp.path() / "in-tiny"), tiny, tmp.path() / "tiny");
   EXPECT_EQ(e.kind(), ErrorKind::kLimit) << e.what();
+  // Too small for the inode tables alone (libext2fs refuses to lay out the file system; it
+  // was reported as an I/O error): 3,000 empty files in 1100 KiB.
+  std::vector<Entry> empties;
+  for (int i = 0; i < 3000; ++i) empties.push_back(file("e" + std::to_string(i), ""));
+  ImageSpec many;
+  many.layers.push_back(layer(empties));
+  rootfs::ConvertOptions few_blocks;
+  few_blocks.size = 1100 * 1024;
+  Error e2 = convert_fails(image_input(build_image(many), tmp.path() / "in-many"), few_blocks,
+                           tmp.path() / "many");
+  EXPECT_EQ(e2.kind(), ErrorKind::kLimit) << e2.what();
+  EXPECT_NE(std::string(e2.what()).find("too small"), std::string::npos) << e2.what();
 }
 
 TEST_F(Convert, ErrorCorruptGzip) {

@@ -29,10 +29,10 @@ std::shared_ptr<Inode> node(NodeType t, uint32_t mode = 0755) {
 
 // Writes `tree` (file data from `spool`, spool index 1) to dir/name on a thread with a
 // `stack`-byte stack; returns the image's path.
-fs::path write(const layers::Tree& tree, int spool, const fs::path& dir, size_t stack) {
+fs::path write(const layers::Tree& tree, int spool, const fs::path& dir, size_t stack,
+               rootfs::detail::Ext4Params p = {}) {
   fs::path out = dir / "out.ext4";
   UniqueFd fd = open_file(out, O_RDWR | O_CREAT | O_TRUNC, 0644);
-  rootfs::detail::Ext4Params p;
   p.timestamp = 1700000000;
   run_with_stack(stack, [&] {
     rootfs::detail::write_ext4(
@@ -137,6 +137,26 @@ TEST(Ext4Writer, DeviceNumbersPastLinuxsAreRefused) {
     } catch (const Error& e) {
       EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << e.what();
       EXPECT_NE(std::string(e.what()).find("\"big\""), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(Ext4Writer, ExactSizesTooSmallForTheMetadataAreALimit) {
+  // libext2fs refuses to lay these out at all (too few blocks for the inode tables, or more
+  // inodes than the blocks can have): the caller's size is too small, not an I/O error.
+  TempDir tmp("img2vm-ext4-writer-test");
+  UniqueFd spool = open_file(tmp.path() / "spool", O_RDWR | O_CREAT, 0600);
+  layers::Tree tree;
+  for (auto [size, inodes] : {std::pair<uint64_t, uint64_t>{4096, 60000}, {64 * 4096, 60000}}) {
+    rootfs::detail::Ext4Params p;
+    p.size = size;
+    p.extra_inodes = inodes;
+    try {
+      write(tree, spool.get(), tmp.path(), 8 << 20, p);
+      ADD_FAILURE() << size << " bytes for " << inodes << " inodes were written";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kLimit) << e.what();
+      EXPECT_NE(std::string(e.what()).find("too small"), std::string::npos) << e.what();
     }
   }
 }

@@ -708,9 +708,15 @@ bool init_fs(Fs& fs, const std::filesystem::path& path, uint64_t blocks, uint64_
     param.s_log_groups_per_flex = static_cast<__u8>(log);
   }
   param.s_inodes_count = static_cast<__u32>(std::min<uint64_t>(inodes, 0xffffffffu));
-  check(ext2fs_initialize(path.c_str(), EXT2_FLAG_64BITS, &param, unix_io_manager, fs.out()),
-        "initializing " + std::to_string(blocks * kBlockSize) + " bytes with " +
-            std::to_string(inodes) + " inodes");
+  const errcode_t err =
+      ext2fs_initialize(path.c_str(), EXT2_FLAG_64BITS, &param, unix_io_manager, fs.out());
+  // The inode tables and group metadata alone do not fit:
+  if (err == EXT2_ET_TOOSMALL || err == EXT2_ET_TOO_MANY_INODES)
+    throw Error(ErrorKind::kLimit, "ext4: " + std::to_string(blocks * kBlockSize) +
+                                       " bytes are too few for " + std::to_string(inodes) +
+                                       " inodes");
+  check(err, "initializing " + std::to_string(blocks * kBlockSize) + " bytes with " +
+                 std::to_string(inodes) + " inodes");
   ext2_filsys f = fs.get();
   f->now = p.timestamp ? p.timestamp : 1;
   std::memcpy(f->super->s_uuid, p.uuid.data(), 16);
@@ -908,12 +914,16 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
   if (p.size) {
     blocks = (*p.size + kBlockSize - 1) / kBlockSize;
     too_big(blocks);
-    if (blocks <= area_end)
-      throw Error(ErrorKind::kLimit,
-                  "a size of " + std::to_string(*p.size) + " bytes is too small for this image");
-    if (!init_fs(fs, path, blocks, want_inodes, p, area_begin, area_end) || !enough(fs.get()))
-      throw Error(ErrorKind::kLimit,
-                  "a size of " + std::to_string(*p.size) + " bytes is too small for this image");
+    const Error too_small(ErrorKind::kLimit, "a size of " + std::to_string(*p.size) +
+                                                 " bytes is too small for this image");
+    if (blocks <= area_end) throw too_small;
+    bool fits = false;
+    try {
+      fits = init_fs(fs, path, blocks, want_inodes, p, area_begin, area_end) && enough(fs.get());
+    } catch (const Error& e) {
+      if (e.kind() != ErrorKind::kLimit) throw;
+    }
+    if (!fits) throw too_small;
   } else {
     // Start from the content plus the inode tables and a little for bitmaps and descriptors,
     // then grow until libext2fs's own layout leaves enough free blocks.
