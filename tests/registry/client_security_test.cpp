@@ -36,6 +36,16 @@ Error error_of(const std::function<void()>& f) {
   return Error(ErrorKind::kInternal, "no error");
 }
 
+// The front's answers: plain http is not this registry (it answers like a TLS port would, so
+// that the client's loopback probe goes on to https); over https, a redirect to the same host
+// and port over plain http.
+TlsFront::Response refuse_plain_http(const TlsFront::Request&) { return {400, {}, "plain http\n"}; }
+TlsFront::Response redirect_to_plain_http(const TlsFront::Request& r) {
+  auto host = r.headers.find("host");
+  return {
+      307, {"Location: http://" + (host == r.headers.end() ? "" : host->second) + r.target}, ""};
+}
+
 class RedirectToPlainHttp : public ::testing::TestWithParam<RegistryAuth> {};
 
 // The registry (behind the front, over https) redirects a manifest request to plain http on the
@@ -45,16 +55,8 @@ TEST_P(RedirectToPlainHttp, TheSameHostOverPlainHttpGetsNoCredentials) {
   Registry reg(GetParam());
   std::string upstream_ca = reg.tls() ? reg.ca_cert_file().string() : "";
   TlsFront front([&](const TlsFront::Request& r) {
-    // Plain http is not this registry (it answers like a TLS port would, so that the client's
-    // loopback probe goes on to https).
-    if (!r.tls) return TlsFront::Response{400, {}, "plain http\n"};
-    if (r.target.find("/manifests/") != std::string::npos) {
-      auto host = r.headers.find("host");
-      return TlsFront::Response{
-          307,
-          {"Location: http://" + (host == r.headers.end() ? "" : host->second) + r.target},
-          ""};
-    }
+    if (!r.tls) return refuse_plain_http(r);
+    if (r.target.find("/manifests/") != std::string::npos) return redirect_to_plain_http(r);
     return TlsFront::forward(r, reg.base_url(), upstream_ca);
   });
   ClientOptions o = client_options(reg);
@@ -79,6 +81,28 @@ TEST_P(RedirectToPlainHttp, TheSameHostOverPlainHttpGetsNoCredentials) {
 
 INSTANTIATE_TEST_SUITE_P(Auth, RedirectToPlainHttp,
                          ::testing::Values(RegistryAuth::kBasicTls, RegistryAuth::kToken));
+
+// An OAuth refresh token travels in a POST body, which a redirect would carry along: the realm's
+// redirect to plain http on its own host and port is not followed.
+TEST(TokenRealmRedirect, ARefreshTokenPostIsNotSentOnOverPlainHttp) {
+  TlsFront realm([](const TlsFront::Request& r) {
+    return r.tls ? redirect_to_plain_http(r) : refuse_plain_http(r);
+  });
+  RegistryOptions ro;
+  ro.auth = RegistryAuth::kToken;
+  ro.token_realm = "https://" + realm.host() + "/token";
+  Registry reg(ro);
+  ClientOptions o = client_options(reg);
+  o.credentials = Credentials{"", "", "a-refresh-token"};
+  o.ca_cert = realm.ca_cert_file().string();
+  Client c(reg.host(), o);
+  Error e = error_of([&] { c.get_manifest("private/app", "v1"); });
+  EXPECT_EQ(e.kind(), ErrorKind::kAuth) << e.what();
+  ASSERT_FALSE(realm.requests().empty());
+  EXPECT_EQ(realm.requests().front().method, "POST");
+  for (const auto& r : realm.requests())
+    EXPECT_TRUE(r.tls) << "the POST went on over plain http to " << r.target;
+}
 
 // --insecure-registry names one host: its token realm on another host keeps TLS verification,
 // so Basic credentials never go to a realm whose certificate nobody checked.

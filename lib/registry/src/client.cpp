@@ -380,6 +380,15 @@ struct Client::Impl {
           throw Error(ErrorKind::kNetwork,
                       "broken redirect (not to an http or https URL) fetching " + req.url);
         if (hop >= 10) throw Error(ErrorKind::kNetwork, "too many redirects fetching " + req.url);
+        // A POST carries its credentials in the body (an OAuth refresh token): it goes on only
+        // where its Authorization header could.
+        std::optional<UrlOrigin> next_origin = url_origin(*next);
+        if (!req.post_body.empty() &&
+            !(req.auth_origin && next_origin &&
+              may_send_credentials(*next, *req.auth_origin, plain_http_allowed(*next_origin))))
+          throw Error(ErrorKind::kAuth, "refusing to follow a redirect of " + url_authority(url) +
+                                            " to " + url_authority(*next) +
+                                            " with credentials in the request body");
         log("redirect " + url_authority(url) + " -> " + url_authority(*next));
         url = *next;
         continue;
