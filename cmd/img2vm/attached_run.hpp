@@ -4,6 +4,8 @@
 // `img2vm run --network tap`, which keeps the VM in its own process.
 #pragma once
 
+#include <signal.h>
+
 #include <chrono>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -26,10 +28,17 @@ struct AttachOptions {
   LogLevel level = LogLevel::kWarn;
 };
 
+// The signals `img2vm run` relays to the guest (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1,
+// SIGUSR2, SIGWINCH).
+sigset_t relayed_signals();
+
 // Boots `config` and waits for it, relaying signals. `summary` holds what --json reports besides
 // the run's outcome (image, rootfs, ...). Returns img2vm run's exit code; throws Error when the
-// VM cannot be set up.
-int run_attached(vm::MachineConfig config, const AttachOptions& options, nlohmann::json summary);
+// VM cannot be set up. `confine`: the process is the VM's alone (img2vm-vmm), so the calling
+// thread and the signal relay take the main thread's seccomp filter (config.seccomp's mode)
+// once the VM has started: from then on they only wait, relay, report and tear down.
+int run_attached(vm::MachineConfig config, const AttachOptions& options, nlohmann::json summary,
+                 bool confine = false);
 
 // The whole hand-over from `img2vm run` to img2vm-vmm: {"machine": machine_json.hpp's form,
 // "attach": AttachOptions, "summary": {...}}.
