@@ -205,6 +205,8 @@ int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json su
   SignalMask mask;  // before the Machine, whose threads inherit it
   const vm::SeccompMode seccomp = confine ? mc.seccomp : vm::SeccompMode::kOff;
   vm::Machine machine(std::move(mc));
+  // Every file is open now (/dev/kvm, the kernel, the disks) and the guest has not run yet.
+  if (o.run_as) drop_privileges(*o.run_as);
   log(LogLevel::kDebug, "kernel command line: " + machine.cmdline());
   log(LogLevel::kDebug, "kernel entry: " + machine.kernel_format());
   // Published ports: said on stderr (always when the host port was picked here, since there is
@@ -265,6 +267,7 @@ nlohmann::json attach_spec(const vm::MachineConfig& config, const AttachOptions&
                            {"ports_chosen", o.ports_chosen},
                            {"log_level", to_string(o.level)}}},
                          {"summary", summary}};
+  if (o.run_as) spec["attach"]["run_as"] = {{"uid", o.run_as->uid}, {"gid", o.run_as->gid}};
   return spec;
 }
 
@@ -289,6 +292,20 @@ void parse_attach_spec(const std::string& text, vm::MachineConfig& config, Attac
       if (k == "stop_timeout_ms") {
         if (!v.is_number_unsigned()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach.stop_timeout_ms: not a count of ms");
         o.stop_timeout = std::chrono::milliseconds(std::min<uint64_t>(v.get<uint64_t>(), uint64_t(1) << 40));
+      } else if (k == "run_as") {
+        auto id = [&](const char* name) {
+          if (!v.is_object() || !v.contains(name) || !v[name].is_number_unsigned() ||
+              v[name].get<uint64_t>() == 0 || v[name].get<uint64_t>() >= 0xffffffffu)
+            throw Error(ErrorKind::kInvalidArgument, std::string("VM spec: attach.run_as.") + name +
+                                                         ": not a user or group id other than 0");
+          return uint32_t(v[name].get<uint64_t>());
+        };
+        if (v.is_object())
+          for (const auto& m : v.items())
+            if (m.key() != "uid" && m.key() != "gid")
+              throw Error(ErrorKind::kInvalidArgument,
+                          "VM spec: unknown member attach.run_as." + m.key());
+        o.run_as = RunAs{id("uid"), id("gid")};
       } else if (k == "tty") flag(o.tty);
       else if (k == "say") flag(o.say);
       else if (k == "json") flag(o.json);

@@ -116,6 +116,10 @@ TEST(VmmProcess, UsageAndBadSpecsAreOneLine) {
       {R"({"machine": {"kernel": "k"}, "attach": {"tty": 1}})", "img2vm: VM spec: attach.tty: not true or false"},
       {R"({"machine": {"kernel": "k"}, "attach": {"log_level": "loud"}})", "\"loud\" is not one of error, warn, info, debug"},
       {R"({"machine": {"kernel": "k", "vcpu": 2}})", "img2vm: machine config: vcpu: unknown member"},
+      {R"({"machine": {"kernel": "k"}, "attach": {"run_as": {"uid": 0, "gid": 5}}})",
+       "img2vm: VM spec: attach.run_as.uid: not a user or group id other than 0"},
+      {R"({"machine": {"kernel": "k"}, "attach": {"run_as": {"uid": 7, "gid": 5, "caps": 1}}})",
+       "img2vm: VM spec: unknown member attach.run_as.caps"},
       {R"({"machine": {"kernel": "/nonexistent/vmlinux"}})", "/nonexistent/vmlinux"},
   };
   for (const auto& c : cases) {
