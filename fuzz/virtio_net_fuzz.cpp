@@ -10,27 +10,14 @@
 #include <cstring>
 #include <vector>
 
+#include "echo_backend.hpp"
 #include "img2vm/vm/guest_memory.hpp"
 #include "img2vm/vm/virtio_mmio.hpp"
 #include "img2vm/vm/virtio_net.hpp"
 
 using namespace img2vm::vm;
 
-namespace {
-struct EchoBackend final : NetBackend {
-  explicit EchoBackend(bool offloading) : offload(offloading) {}
-  bool offload;
-  NetDeviceSide* dev = nullptr;
-  void attach(NetDeviceSide* d) override { dev = d; }
-  void send(std::span<const uint8_t> f) override {
-    if (!f.empty() && (f[0] & 1) && dev) dev->receive(f);  // an immediate answer
-  }
-  void rx_ready() override {}
-  bool rx_checksums_valid() const override { return !offload; }
-  bool offloads() const override { return offload; }
-  void run(std::span<const Watch>) override {}
-};
-}  // namespace
+using img2vm::fuzzing::EchoBackend;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static GuestMemory mem(1u << 20);

@@ -14,6 +14,7 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/vm/machine_json.hpp"
+#include "img2vm/vm/seccomp.hpp"
 
 namespace img2vm::cli {
 
@@ -65,11 +66,7 @@ void pass_window_size(vm::Machine& m, int fd) {
 // the mask), and restores the previous mask afterwards.
 class SignalMask {
  public:
-  SignalMask() {
-    sigemptyset(&set_);
-    for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set_, s);
-    ::pthread_sigmask(SIG_BLOCK, &set_, &old_);
-  }
+  SignalMask() : set_(relayed_signals()) { ::pthread_sigmask(SIG_BLOCK, &set_, &old_); }
   ~SignalMask() {
     // Drop what arrived but was not relayed, so it does not kill us on unblocking.
     struct timespec zero {};
@@ -87,17 +84,37 @@ class SignalMask {
 // SIGTERM asks the workload to stop (the image's StopSignal); if it has not ended after the stop
 // timeout, or on a second one, the VM is stopped. SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 are
 // delivered to the workload as they are. With -t, SIGWINCH passes the terminal's new size on.
+//
+// `seccomp`: the relay thread takes the main thread's filter first (seccomp.hpp); when it cannot,
+// it stops the VM and failure() says why.
 class SignalRelay {
  public:
-  SignalRelay(vm::Machine& m, const SignalMask& mask, std::chrono::milliseconds stop_timeout, bool say, int tty_fd)
-      : m_(m), set_(mask.set()), stop_timeout_(stop_timeout), say_(say), tty_fd_(tty_fd), thread_([this] { loop(); }) {}
-  ~SignalRelay() {
+  SignalRelay(vm::Machine& m, const SignalMask& mask, std::chrono::milliseconds stop_timeout,
+              bool say, int tty_fd, vm::SeccompMode seccomp)
+      : m_(m),
+        set_(mask.set()),
+        stop_timeout_(stop_timeout),
+        say_(say),
+        tty_fd_(tty_fd),
+        seccomp_(seccomp),
+        thread_([this] { loop(); }) {}
+  ~SignalRelay() { join(); }
+  // Ends the relay; returns why it could not run, or "".
+  std::string join() {
     done_ = true;
-    thread_.join();
+    if (thread_.joinable()) thread_.join();
+    return failure_;
   }
 
  private:
   void loop() {
+    try {
+      vm::install_thread_seccomp(vm::ThreadRole::kMain, seccomp_);
+    } catch (const std::exception& e) {
+      failure_ = std::string("signal relay: ") + e.what();
+      m_.stop();
+      return;
+    }
     using clock = std::chrono::steady_clock;
     std::optional<clock::time_point> deadline;
     while (!done_) {
@@ -132,6 +149,8 @@ class SignalRelay {
   std::chrono::milliseconds stop_timeout_;
   bool say_;
   int tty_fd_;
+  vm::SeccompMode seccomp_;
+  std::string failure_;
   int stops_ = 0;
   std::atomic<bool> done_{false};
   std::thread thread_;
@@ -171,12 +190,23 @@ std::string timings_line(const vm::BootTimings& t) {
 
 }  // namespace
 
-int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json summary) {
+sigset_t relayed_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH}) sigaddset(&set, s);
+  return set;
+}
+
+int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json summary,
+                 bool confine) {
   auto log = [&](LogLevel l, const std::string& line) {
     if (l <= o.level) std::cerr << "img2vm: " << line << "\n";
   };
   SignalMask mask;  // before the Machine, whose threads inherit it
+  const vm::SeccompMode seccomp = confine ? mc.seccomp : vm::SeccompMode::kOff;
   vm::Machine machine(std::move(mc));
+  // Every file is open now (/dev/kvm, the kernel, the disks) and the guest has not run yet.
+  if (o.run_as) drop_privileges(*o.run_as);
   log(LogLevel::kDebug, "kernel command line: " + machine.cmdline());
   log(LogLevel::kDebug, "kernel entry: " + machine.kernel_format());
   // Published ports: said on stderr (always when the host port was picked here, since there is
@@ -194,12 +224,18 @@ int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json su
   std::optional<RawTerminal> raw;
   if (o.tty) raw.emplace(STDIN_FILENO);
   vm::MachineResult r;
+  std::string relay_failure;
   {
     if (o.tty) pass_window_size(machine, STDIN_FILENO);
-    SignalRelay relay(machine, mask, o.stop_timeout, o.say, o.tty ? STDIN_FILENO : -1);
-    r = machine.run();
+    SignalRelay relay(machine, mask, o.stop_timeout, o.say, o.tty ? STDIN_FILENO : -1, seccomp);
+    machine.start();
+    // From here this thread only waits, reports and tears down (seccomp.hpp, ThreadRole::kMain).
+    if (confine) vm::install_thread_seccomp(vm::ThreadRole::kMain, seccomp);
+    r = machine.wait();
+    relay_failure = relay.join();
   }
   raw.reset();
+  if (!relay_failure.empty()) throw Error(ErrorKind::kInternal, relay_failure);
   int code = r.host_exit_code();
   std::vector<std::string> views = machine.disk_views();
 
@@ -221,16 +257,18 @@ int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json su
 }
 
 nlohmann::json attach_spec(const vm::MachineConfig& config, const AttachOptions& o, const nlohmann::json& summary) {
-  return {{"machine", nlohmann::json::parse(vm::machine_config_to_json(config))},
-          {"attach",
-           {{"stop_timeout_ms", o.stop_timeout.count()},
-            {"tty", o.tty},
-            {"say", o.say},
-            {"json", o.json},
-            {"timings", o.timings},
-            {"ports_chosen", o.ports_chosen},
-            {"log_level", to_string(o.level)}}},
-          {"summary", summary}};
+  nlohmann::json spec = {{"machine", nlohmann::json::parse(vm::machine_config_to_json(config))},
+                         {"attach",
+                          {{"stop_timeout_ms", o.stop_timeout.count()},
+                           {"tty", o.tty},
+                           {"say", o.say},
+                           {"json", o.json},
+                           {"timings", o.timings},
+                           {"ports_chosen", o.ports_chosen},
+                           {"log_level", to_string(o.level)}}},
+                         {"summary", summary}};
+  if (o.run_as) spec["attach"]["run_as"] = {{"uid", o.run_as->uid}, {"gid", o.run_as->gid}};
+  return spec;
 }
 
 void parse_attach_spec(const std::string& text, vm::MachineConfig& config, AttachOptions& o, nlohmann::json& summary) {
@@ -254,6 +292,20 @@ void parse_attach_spec(const std::string& text, vm::MachineConfig& config, Attac
       if (k == "stop_timeout_ms") {
         if (!v.is_number_unsigned()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach.stop_timeout_ms: not a count of ms");
         o.stop_timeout = std::chrono::milliseconds(std::min<uint64_t>(v.get<uint64_t>(), uint64_t(1) << 40));
+      } else if (k == "run_as") {
+        auto id = [&](const char* name) {
+          if (!v.is_object() || !v.contains(name) || !v[name].is_number_unsigned() ||
+              v[name].get<uint64_t>() == 0 || v[name].get<uint64_t>() >= 0xffffffffu)
+            throw Error(ErrorKind::kInvalidArgument, std::string("VM spec: attach.run_as.") + name +
+                                                         ": not a user or group id other than 0");
+          return uint32_t(v[name].get<uint64_t>());
+        };
+        if (v.is_object())
+          for (const auto& m : v.items())
+            if (m.key() != "uid" && m.key() != "gid")
+              throw Error(ErrorKind::kInvalidArgument,
+                          "VM spec: unknown member attach.run_as." + m.key());
+        o.run_as = RunAs{id("uid"), id("gid")};
       } else if (k == "tty") flag(o.tty);
       else if (k == "say") flag(o.say);
       else if (k == "json") flag(o.json);

@@ -1,16 +1,22 @@
 // `img2vm run [OPTIONS] IMAGE [CMD...]`: pull if needed, convert if needed (the rootfs cache),
 // and boot the image in our own KVM runner (lib/vm), like `docker run`: once the rootfs is ready
-// this process becomes img2vm-vmm (vmm_main.cpp), which runs the VM. The workload's output is
+// this process becomes img2vm-vmm (vmm_main.cpp), which runs the VM. With --network tap it sets
+// the tap device and its rules up as root, starts img2vm-vmm as a child that gives up root before
+// the guest runs, and undoes the host side when the child has ended. The workload's output is
 // the VM's console on stdout; its exit code is ours. Failures of img2vm itself exit 125, as
 // docker run does; the runner's own outcomes are 122-125 and 130 (docs/cli.md).
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <iostream>
 #include <nlohmann/json.hpp>
 
@@ -28,6 +34,7 @@
 #include "img2vm/vm/net_slirp.hpp"
 #include "img2vm/vm/net_tap.hpp"
 #include "img2vm/vm/port_forward.hpp"
+#include "privileges.hpp"
 #include "run_options.hpp"
 
 namespace img2vm::cli {
@@ -107,8 +114,8 @@ struct PreparedRun {
   cli::AttachOptions attach;
   nlohmann::json summary;
   UniqueFd overrides;  // the overrides disk, when they are too long for the command line
-  bool in_process = false;  // tap: the VM stays in this process (it owns the host-side setup)
-  fs::path vmm;             // else img2vm-vmm, which this process becomes
+  std::shared_ptr<vm::TapBackend> tap;  // --network tap: the host side, undone when this goes
+  fs::path vmm;                         // img2vm-vmm
 };
 
 PreparedRun prepare_run(RunArgs& a, Globals& g) {
@@ -168,7 +175,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
                              "): a Linux guest boots very slowly or stalls here; use a host with hardware KVM");
   else
     log(LogLevel::kInfo, std::string("KVM: ") + vm::to_string(kvm.kind) + " (" + kvm.detail + ")");
-  if (net.mode != NetworkChoice::Mode::kTap) p.vmm = vmm_binary();
+  p.vmm = vmm_binary();
 
   std::optional<GuestKernel> kernel = find_guest_kernel(a.kernel);
   if (!kernel) {
@@ -203,7 +210,8 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
                                                                    : "none"}};
   // The tap network: a device of the VM's own on the host, its host side set up now (it needs
   // CAP_NET_ADMIN) and undone when the run ends; the guest gets the address chosen for it.
-  // The VM then runs in this process, which owns that setup.
+  // This process keeps that setup; the VM runs in a child given the device's descriptor, which
+  // gives up root before the guest runs (run_tap_vmm).
   if (net.mode == NetworkChoice::Mode::kTap) {
     vm::TapNetConfig tc;
     tc.name = net.tap_name;
@@ -211,10 +219,10 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     tc.forwards = forwards;
     mc.net.emplace();
     tc.guest_mac = mc.net->mac;
-    auto tap = std::make_shared<vm::TapBackend>(tc, mc.net->mtu);
-    mc.net->backend = tap;
-    p.in_process = true;
-    const vm::TapNetInfo& ti = tap->info();
+    p.tap = std::make_shared<vm::TapBackend>(tc, mc.net->mtu);
+    mc.net->tap = vm::TapFdConfig{p.tap->device_fd(), p.tap->published()};
+    p.attach.run_as = unprivileged_identity();
+    const vm::TapNetInfo& ti = p.tap->info();
     rootfs::NetConfig n;
     n.interface = "eth0";
     n.address = ti.guest_ip;
@@ -301,9 +309,88 @@ bool exec_vmm(PreparedRun& p) {
   throw_errno("cannot start the VMM " + vmm.string());
 }
 
+// --network tap: the host side (device, addresses, nftables rules, reserved ports) is set up in
+// this process, as root. The VM runs in img2vm-vmm, a child given the device's descriptor
+// (NetConfig::tap), which gives up root and every capability before the guest runs
+// (attach.run_as). This process keeps nothing next to the guest: it waits for the child, passes
+// on the signals sent to it, and undoes the host side afterwards (p.tap's destructor, once
+// run_image returns). Returns the child's exit code.
+int run_tap_vmm(PreparedRun& p) {
+  std::string text;
+  try {
+    text = attach_spec(p.mc, p.attach, p.summary).dump();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string("--network tap: the VM cannot be handed to img2vm-vmm: ") + e.what());
+  }
+  UniqueFd spec = sealed_memfd("img2vm-vm-spec", text);
+  const std::string fd_arg = std::to_string(spec.get());
+  const char* argv[] = {"img2vm-vmm", "--spec-fd", fd_arg.c_str(), nullptr};
+  const std::string exec_failed = "img2vm: cannot start the VMM " + p.vmm.string() + "\n";
+  const int pass[] = {spec.get(), p.overrides.get(), p.tap->device_fd()};
+
+  // Blocked before the child exists, so that nothing sent meanwhile is lost; the child starts
+  // with the mask and SIGCHLD action this process had.
+  sigset_t wait_set = relayed_signals(), old_mask;
+  sigaddset(&wait_set, SIGCHLD);
+  struct sigaction dfl = {};
+  struct sigaction old_chld = {};
+  dfl.sa_handler = SIG_DFL;
+  ::sigaction(SIGCHLD, &dfl, &old_chld);  // not SIG_IGN: the child must stay waitable
+  ::pthread_sigmask(SIG_BLOCK, &wait_set, &old_mask);
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
+  const pid_t parent = ::getpid();
+  const pid_t child = ::fork();
+  if (child == 0) {
+    // Only async-signal-safe calls between fork and exec. Nothing but stdio and `pass` goes
+    // to the VMM (whatever this process still has open and forgot to mark).
+    (void)::close_range(3, ~0u, CLOSE_RANGE_CLOEXEC);
+    for (int fd : pass)
+      if (fd >= 0) ::fcntl(fd, F_SETFD, 0);
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // killed with this process (kept across its setuid)
+    if (::getppid() != parent) ::_exit(kExitRunFailed);
+    ::sigaction(SIGCHLD, &old_chld, nullptr);
+    ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+    ::execv(p.vmm.c_str(), const_cast<char* const*>(argv));
+    (void)!::write(STDERR_FILENO, exec_failed.data(), exec_failed.size());
+    ::_exit(kExitRunFailed);
+  }
+  auto restore = [&] {
+    struct timespec zero {};
+    sigset_t relayed = relayed_signals();
+    while (::sigtimedwait(&relayed, nullptr, &zero) > 0) {
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
+    ::sigaction(SIGCHLD, &old_chld, nullptr);
+  };
+  if (child < 0) {
+    int e = errno;
+    restore();
+    throw_errno("cannot start the VMM: fork", e);
+  }
+  int status = 0;
+  for (;;) {
+    if (::waitpid(child, &status, WNOHANG) == child) break;
+    siginfo_t si{};
+    int sig = ::sigwaitinfo(&wait_set, &si);
+    if (sig <= 0 || sig == SIGCHLD) continue;
+    // What the terminal sends (Ctrl-C, a resize) reaches the child itself, in the same process
+    // group; what a process sends to this one is passed on, as sudo does.
+    if ((si.si_code == SI_USER || si.si_code == SI_QUEUE) && si.si_pid != child) ::kill(child, sig);
+  }
+  restore();
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  std::cerr << "img2vm: the VMM (img2vm-vmm) was killed by signal " << WTERMSIG(status) << " ("
+            << ::strsignal(WTERMSIG(status)) << ")\n";
+  return kExitRunFailed;
+}
+
 int run_image(RunArgs& a, Globals& g) {
   PreparedRun p = prepare_run(a, g);
-  if (!p.in_process && exec_vmm(p)) return kExitRunFailed;  // not reached: exec_vmm execs or throws
+  if (p.tap) return run_tap_vmm(p);
+  if (exec_vmm(p)) return kExitRunFailed;  // not reached: exec_vmm execs or throws
   return run_attached(std::move(p.mc), p.attach, std::move(p.summary));
 }
 

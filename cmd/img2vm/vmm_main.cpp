@@ -8,6 +8,8 @@
 //
 // "machine" is a MachineConfig in machine_json.hpp's form; "attach" and "summary" are optional
 // (attached_run.hpp; docs/vm.md "The VMM process"). Exit code: the workload's, or 122-125/130.
+// Once the VM runs, every thread of this process is under a seccomp filter, this one included;
+// with "attach": {"run_as": ...} (img2vm run --network tap, as root) it has given up root first.
 #include <unistd.h>
 
 #include <cerrno>
@@ -64,7 +66,7 @@ int main(int argc, char** argv) {
     cli::AttachOptions options;
     nlohmann::json summary;
     cli::parse_attach_spec(text, config, options, summary);
-    return cli::run_attached(std::move(config), options, std::move(summary));
+    return cli::run_attached(std::move(config), options, std::move(summary), true);
   } catch (const Error& e) {
     std::cerr << "img2vm: " << e.what() << "\n";
     return kExitFailed;

@@ -561,9 +561,10 @@ TEST(RunKvm, NetworkingInOurRunner) {
 }
 
 // The tap backend (--network tap) with real guests, as root: a guest web server published on the
-// host's loopback, what the guest sees, a second VM that reaches its gateway but neither the
-// first VM nor a host service, UDP through a published port, the host side gone after each
-// run, and a device made beforehand (tap=NAME). Inside L1 on the nested route; on hardware KVM
+// host's loopback, what the guest sees, the VMM running as an unprivileged child of img2vm
+// meanwhile, a second VM that reaches its gateway but neither the first VM nor a host service,
+// UDP through a published port, the host side gone after each run, and a device made
+// beforehand (tap=NAME). Inside L1 on the nested route; on hardware KVM
 // in a network namespace of its own, so the host's network is not touched.
 TEST(RunKvm, TapNetworkingInOurRunner) {
   if (::geteuid() != 0) GTEST_SKIP() << "the tap network needs root (CAP_NET_ADMIN)";
@@ -575,6 +576,7 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
   const std::string& run = ns.run;
   std::ostringstream sh;
   sh << ns.prelude() << "[ -x /bin/load-net-modules ] && /bin/load-net-modules\n"
+     << "unset SUDO_UID SUDO_GID SUDO_USER\n"  // root itself: the VMM becomes nobody
      << "/usr/bin/ip link set lo up\n"
      << "busybox httpd -f -p $P3 -h \"$W/hostwww\" & hp=$!\n"
      // VM a: a web server published on the host's loopback; it reports what it sees first.
@@ -588,6 +590,14 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
      << "printf 'GET /big HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 60 127.0.0.1 $P1 > \"$W/big\"\n"
      << "echo \"body=$(tail -n1 \"$W/a.html\") host-md5=$(tail -c 4194304 \"$W/big\" | md5sum)\"\n"
      << "echo; echo @@STDERR@@; echo; echo '@@END server 0@@'\n"
+     // The VMM is a child of img2vm that gave up root: its identity, capabilities and filters.
+     << "echo '@@BEGIN vmm-child@@'\n"
+     << "for d in /proc/[0-9]*; do [ \"$(awk '/^PPid:/{print $2}' $d/status 2>/dev/null)\" = \"$pa\" ] && vmm=${d#/proc/}; done\n"
+     << "echo \"exe=$(readlink /proc/$vmm/exe)\"\n"
+     << "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/$vmm/status\n"
+     << "echo \"threads=$(ls /proc/$vmm/task | wc -l) filtered=$(cat /proc/$vmm/task/*/status | grep -c '^Seccomp:.2')\"\n"
+     << "grep -q -E 'libcurl|libssl|libnftables|libarchive|libext2fs' /proc/$vmm/maps && echo maps-registry-code\n"
+     << "echo; echo @@STDERR@@; echo; echo '@@END vmm-child 0@@'\n"
      << "c links-during /usr/bin/ip -br link\n"
      << "c rules-during /usr/sbin/nft list ruleset\n"
      // VM b, outbound off: its gateway answers ping; VM a and the host's web server do not answer.
@@ -650,6 +660,24 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
     EXPECT_EQ(j["tap"]["guest_ip"], "10.200.0.2") << j.dump();
     ASSERT_EQ(j["published"].size(), 1u) << j.dump();
     EXPECT_TRUE(has(j["published"][0].get<std::string>(), "->80/tcp")) << j.dump();
+  }
+  {
+    // While its guest served through the tap: the VMM runs as nobody, with no capability left
+    // in any set, no_new_privs, every thread filtered, and none of img2vm's other code mapped.
+    const std::string& v = get("vmm-child").out;
+    EXPECT_TRUE(has(v, "exe=" + fs::path(IMG2VM_VMM_BINARY).string())) << v;
+    EXPECT_TRUE(has(v, "Uid:\t65534\t65534\t65534\t65534")) << v;
+    EXPECT_TRUE(has(v, "Gid:\t65534\t65534\t65534\t65534")) << v;
+    for (const char* set : {"CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"})
+      EXPECT_TRUE(has(v, std::string(set) + ":\t0000000000000000")) << set << "\n" << v;
+    EXPECT_TRUE(has(v, "NoNewPrivs:\t1")) << v;
+    auto threads = v.find("threads="), filtered = v.find(" filtered=");
+    ASSERT_NE(threads, std::string::npos) << v;
+    ASSERT_NE(filtered, std::string::npos) << v;
+    int n = std::atoi(v.c_str() + threads + 8), f = std::atoi(v.c_str() + filtered + 10);
+    EXPECT_GE(n, 5) << v;  // main, signal relay, I/O, network, vCPU
+    EXPECT_EQ(f, n) << "not every thread of the VMM is filtered\n" << v;
+    EXPECT_FALSE(has(v, "maps-registry-code")) << v;
   }
   EXPECT_TRUE(has(get("links-during").out, "img2vm0")) << get("links-during").out;
   EXPECT_TRUE(has(get("rules-during").out, "table ip img2vm_img2vm0")) << get("rules-during").out;

@@ -2,6 +2,7 @@
 // parsing (ELF with/without the PVH note, bzImage) against synthetic images.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <stdexcept>
@@ -328,6 +329,30 @@ TEST(GuestMemory, BoundsChecksAreOverflowSafe) {
   EXPECT_EQ(mem.ptr(~0ull - 1, 4), nullptr);
   EXPECT_FALSE(mem.load<uint32_t>((1u << 20) - 2).has_value());
   EXPECT_THROW(GuestMemory(0), Error);
+}
+
+// The pages right before and after guest RAM are mapped but inaccessible, so that a device
+// access just outside guest memory faults instead of reaching other memory of the process.
+TEST(GuestMemory, GuardPagesSurroundGuestRam) {
+  GuestMemory mem(1u << 20);
+  const auto base = reinterpret_cast<uintptr_t>(mem.host_base()), end = base + mem.size();
+  // The permissions of the mapping that holds `addr` ("" when none does).
+  auto perms_at = [](uintptr_t addr) {
+    std::ifstream maps("/proc/self/maps");
+    for (std::string line; std::getline(maps, line);) {
+      unsigned long lo = 0, hi = 0;
+      char perms[5] = {};
+      if (std::sscanf(line.c_str(), "%lx-%lx %4s", &lo, &hi, perms) == 3 && addr >= lo && addr < hi)
+        return std::string(perms);
+    }
+    return std::string();
+  };
+  EXPECT_EQ(perms_at(base), "rw-p");
+  EXPECT_EQ(perms_at(end - 1), "rw-p");
+  EXPECT_EQ(perms_at(base - 1), "---p") << "no guard page before guest RAM";
+  EXPECT_EQ(perms_at(base - 4096), "---p");
+  EXPECT_EQ(perms_at(end), "---p") << "no guard page after guest RAM";
+  EXPECT_EQ(perms_at(end + 4095), "---p");
 }
 
 // Huge pages come from the host's hugetlb pool: with enough free pages the mapping works and

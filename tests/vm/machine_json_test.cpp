@@ -42,6 +42,7 @@ TEST(MachineJson, EveryFieldSurvivesTheRoundTrip) {
   c.net->user.outbound = false;
   c.net->user.host_loopback = true;
   c.net->user.forwards = {{PortProtocol::kTcp, "127.0.0.1", 8080, 80}, {PortProtocol::kUdp, "::1", 0, 53}};
+  c.net->tap = TapFdConfig{5, {{PortProtocol::kUdp, "0.0.0.0", 5353, 53}}};
   c.console_out_fd = -1;
   c.console_in_fd = 0;
   c.console_input = ConsoleInput::kAtWorkloadExec;
@@ -68,6 +69,9 @@ TEST(MachineJson, EveryFieldSurvivesTheRoundTrip) {
   EXPECT_FALSE(r.net->user.outbound);
   EXPECT_TRUE(r.net->user.host_loopback);
   EXPECT_EQ(r.net->user.forwards, c.net->user.forwards);
+  ASSERT_TRUE(r.net->tap);
+  EXPECT_EQ(r.net->tap->fd, 5);
+  EXPECT_EQ(r.net->tap->published, c.net->tap->published);
   EXPECT_EQ(r.console_out_fd, -1);
   EXPECT_EQ(r.console_in_fd, 0);
   EXPECT_EQ(r.console_input, ConsoleInput::kAtWorkloadExec);
@@ -120,7 +124,13 @@ TEST(MachineJson, MistakesNameTheMember) {
       {R"({"kernel": "k", "net": {"mtu": 67}})", "net.mtu: out of range"},
       {R"({"kernel": "k", "net": {"mac": "52:54:00:12:34"}})", "net.mac: \"52:54:00:12:34\" is not a MAC address"},
       {R"({"kernel": "k", "net": {"mac": "01:00:5e:00:00:01"}})", "net.mac: \"01:00:5e:00:00:01\" is a multicast address"},
-      {R"({"kernel": "k", "net": {"tap": "tap0"}})", "net.tap: unknown member"},
+      {R"({"kernel": "k", "net": {"tap": "tap0"}})", "net.tap: not a JSON object"},
+      {R"({"kernel": "k", "net": {"tap": {}}})", "net.tap.fd: missing"},
+      {R"({"kernel": "k", "net": {"tap": {"fd": -1}}})", "net.tap.fd: out of range"},
+      {R"({"kernel": "k", "net": {"tap": {"fd": 3, "name": "tap0"}}})",
+       "net.tap.name: unknown member"},
+      {R"({"kernel": "k", "net": {"tap": {"fd": 3, "published": [{"host_port": 1}]}}})",
+       "net.tap.published[0].guest_port: missing"},
       {R"({"kernel": "k", "net": {"user": {"forwards": [{"host_port": 80}]}}})",
        "net.user.forwards[0].guest_port: missing"},
       {R"({"kernel": "k", "net": {"user": {"forwards": [{"guest_port": 70000}]}}})",

@@ -357,15 +357,24 @@ struct Sink final : vm::NetDeviceSide {
 
 // A backend with its event loop running as the runner's network thread does (under that
 // thread's seccomp filter in kill mode, so a system call the backend needs and the filter lacks
-// ends the test binary), and the test as its guest at `guest` behind `gateway`.
+// ends the test binary), and the test as its guest at `guest` behind `gateway`. With
+// `from_net_thread` the guest's frames reach the backend on that thread too, as the NIC's do in
+// the runner (the guest's queue notifications are served there): send() hands a frame over and
+// returns once it was sent; else the test's thread sends them itself.
 template <class Backend>
 struct Guest {
   Backend backend;
   Sink sink;
   UniqueFd stop{::eventfd(0, EFD_CLOEXEC)};
+  UniqueFd kick{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+  std::mutex out_mu;
+  std::condition_variable out_cv;
+  std::deque<Bytes> outq;
+  uint64_t queued = 0, sent = 0;
   std::thread loop;
   uint32_t guest = 0, gateway = 0;
   Mac gateway_mac{};
+  bool from_net_thread = false;
 
   template <class... Args>
   explicit Guest(Args&&... args) : backend(std::forward<Args>(args)...) {
@@ -373,7 +382,22 @@ struct Guest {
     backend.attach(&sink);
     loop = std::thread([this] {
       vm::install_thread_seccomp(vm::ThreadRole::kNet, vm::SeccompMode::kKill);
-      const vm::NetBackend::Watch w[] = {{stop.get(), [] { return false; }}};
+      const vm::NetBackend::Watch w[] = {{stop.get(), [] { return false; }},
+                                         {kick.get(), [this] {
+                                            uint64_t v;
+                                            (void)!::read(kick.get(), &v, sizeof v);
+                                            std::unique_lock lk(out_mu);
+                                            while (!outq.empty()) {
+                                              Bytes f = std::move(outq.front());
+                                              outq.pop_front();
+                                              lk.unlock();
+                                              backend.send(f);
+                                              lk.lock();
+                                              ++sent;
+                                            }
+                                            out_cv.notify_all();
+                                            return true;
+                                          }}};
       backend.run(w);
     });
   }
@@ -386,12 +410,23 @@ struct Guest {
   Guest(const Guest&) = delete;
   Guest& operator=(const Guest&) = delete;
 
+  // A frame from the guest as it is (with offloads: the virtio_net_hdr in front); returns once
+  // the backend has taken it (on the network thread: gives up after 10 s).
+  void send_raw(Bytes f) {
+    if (!from_net_thread) return backend.send(f);
+    std::unique_lock lk(out_mu);
+    outq.push_back(std::move(f));
+    const uint64_t mine = ++queued;
+    uint64_t one = 1;
+    (void)!::write(kick.get(), &one, sizeof one);
+    out_cv.wait_for(lk, 10s, [&] { return sent >= mine; });
+  }
   // A frame from the guest; with offloads behind a header `vnet` (default: none used).
   void send(const Bytes& f, Bytes vnet = {}) {
-    if (!backend.offloads()) return backend.send(f);
+    if (!backend.offloads()) return send_raw(f);
     vnet.resize(vm::VirtioNet::kHdrSize, 0);
     vnet.insert(vnet.end(), f.begin(), f.end());
-    backend.send(vnet);
+    send_raw(std::move(vnet));
   }
   void send_ip(const Bytes& packet) { send(ether(gateway_mac, kGuestMac, kIpv4, packet)); }
   // The guest asks for the gateway's MAC.

@@ -3,8 +3,11 @@
 // backend's event loop runs under the network thread's seccomp filter in kill mode, as in the
 // runner, and looks at the host side (device, addresses, nftables rules) with the kernel's own
 // view and Debian's nft. Needs root for the namespace; skipped otherwise, saying so.
+#include "img2vm/vm/net_tap.hpp"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <gtest/gtest.h>
 #include <ifaddrs.h>
 #include <linux/if_packet.h>
@@ -16,6 +19,7 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -24,7 +28,6 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
-#include "img2vm/vm/net_tap.hpp"
 #include "img2vm/vm/seccomp.hpp"
 #include "net_frames.hpp"
 #include "process.hpp"
@@ -658,5 +661,51 @@ TEST(TapBackend, GuestFramesToTheHostsLoopbackAreDropped) {
   for (const Bytes& raw : s.sink.frames) {
     Frame f(raw, s.sink.header);
     EXPECT_FALSE(f.proto == kTcp && f.sport == tport) << "the host answered a SYN to its loopback";
+  }
+}
+
+// What img2vm-vmm gets for --network tap: the device's descriptor, in a process that is no
+// longer root and has no capabilities. A child process gives up root, then carries the guest's
+// frames over a TapDevice on that descriptor (its event loop under the network thread's filter):
+// ARP and a ping of the gateway work; the host side (addresses, rules) stays with the parent.
+// Anything that is not such a tap device is refused with a clear error.
+TEST(TapBackend, TheDevicesDescriptorWorksWithoutPrivileges) {
+  ENTER_NETNS_OR_SKIP();
+  TapBackend b(tap_config(true), 1500);
+  const TapNetInfo info = b.info();
+  const int fd = b.device_fd();
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    if (::setgroups(0, nullptr) != 0 || ::setresgid(65534, 65534, 65534) != 0 ||
+        ::setresuid(65534, 65534, 65534) != 0)
+      ::_exit(10);
+    if (::geteuid() == 0) ::_exit(11);
+    try {
+      Guest<TapDevice> g(UniqueFd(::fcntl(fd, F_DUPFD_CLOEXEC, 3)));
+      if (g.backend.name() != info.device) ::_exit(12);
+      g.guest = ip(info.guest_ip);
+      g.gateway = ip(info.host_ip);
+      if (!g.resolve_gateway()) ::_exit(13);
+      g.send_ip(ipv4(kIcmp, g.guest, g.gateway, icmp_echo(text("unprivileged"))));
+      auto pong = g.sink.wait([](const Frame& f) { return f.proto == kIcmp && f.icmp_type == 0; });
+      ::_exit(pong && pong->payload == text("unprivileged") ? 0 : 14);
+    } catch (const Error&) {
+      ::_exit(15);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  EXPECT_TRUE(WIFEXITED(status)) << "killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0)
+      << "10: could not give up root, 12: wrong device, 13: no ARP reply, 14: no ping "
+         "reply, 15: the device was refused";
+
+  try {
+    TapDevice not_tap(UniqueFd(::open("/dev/null", O_RDWR | O_CLOEXEC)));
+    ADD_FAILURE() << "/dev/null was taken for a tap device";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("not an attached tap device"), std::string::npos)
+        << e.what();
   }
 }

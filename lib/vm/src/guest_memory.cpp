@@ -3,8 +3,8 @@
 #include <linux/mman.h>
 #include <sys/mman.h>
 
+#include <cerrno>
 #include <cstdint>
-
 #include <string>
 
 #include "img2vm/base/error.hpp"
@@ -15,26 +15,48 @@ GuestMemory::GuestMemory(uint64_t size, Pages pages) {
   if (size == 0) throw Error(ErrorKind::kInvalidArgument, "guest memory size must not be 0");
   const bool huge = pages == Pages::kHuge2M;
   const uint64_t align = huge ? (uint64_t{2} << 20) : 0x1000;
-  if (size > UINT64_MAX - align) throw Error(ErrorKind::kInvalidArgument, "guest memory size too large");
+  if (size > UINT64_MAX / 2 - 3 * align)
+    throw Error(ErrorKind::kInvalidArgument, "guest memory size too large");
   size_ = (size + align - 1) & ~(align - 1);
-  int flags = MAP_PRIVATE | MAP_ANONYMOUS | (huge ? MAP_HUGETLB | MAP_HUGE_2MB | MAP_POPULATE : MAP_NORESERVE);
-  void* p = ::mmap(nullptr, size_, PROT_READ | PROT_WRITE, flags, -1, 0);
-  if (p == MAP_FAILED && huge)
-    throw_errno("cannot map " + std::to_string(size_ >> 20) + " MiB of guest memory in 2 MiB huge pages (needs " +
-                std::to_string(size_ >> 21) + " free in /proc/sys/vm/nr_hugepages)");
-  if (p == MAP_FAILED) throw_errno("cannot map " + std::to_string(size_ >> 20) + " MiB of guest memory");
+  // Guest RAM sits inside a larger reservation that stays inaccessible (PROT_NONE, no memory
+  // behind it): a device access just outside guest RAM faults instead of reaching whatever the
+  // process has mapped next to it. At least `align` bytes on each side, and RAM aligned.
+  reserved_size_ = size_ + 3 * align;
+  void* r = ::mmap(nullptr, reserved_size_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+  if (r == MAP_FAILED)
+    throw_errno("cannot reserve " + std::to_string(size_ >> 20) +
+                " MiB of address space for guest memory");
+  reserved_ = static_cast<uint8_t*>(r);
+  const uintptr_t at =
+      (reinterpret_cast<uintptr_t>(reserved_) + 2 * align - 1) & ~uintptr_t(align - 1);
+  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED |
+              (huge ? MAP_HUGETLB | MAP_HUGE_2MB | MAP_POPULATE : MAP_NORESERVE);
+  void* p = ::mmap(reinterpret_cast<void*>(at), size_, PROT_READ | PROT_WRITE, flags, -1, 0);
+  if (p == MAP_FAILED) {
+    int e = errno;
+    ::munmap(reserved_, reserved_size_);
+    reserved_ = nullptr;
+    if (huge)
+      throw_errno("cannot map " + std::to_string(size_ >> 20) +
+                      " MiB of guest memory in 2 MiB huge pages (needs " +
+                      std::to_string(size_ >> 21) + " free in /proc/sys/vm/nr_hugepages)",
+                  e);
+    throw_errno("cannot map " + std::to_string(size_ >> 20) + " MiB of guest memory", e);
+  }
   base_ = static_cast<uint8_t*>(p);
   // Not dumped with the VMM's own core.
   ::madvise(p, size_, MADV_DONTDUMP);
 }
 
-GuestMemory::GuestMemory(GuestMemory&& o) noexcept : base_(o.base_), size_(o.size_) {
-  o.base_ = nullptr;
-  o.size_ = 0;
+GuestMemory::GuestMemory(GuestMemory&& o) noexcept
+    : base_(o.base_), size_(o.size_), reserved_(o.reserved_), reserved_size_(o.reserved_size_) {
+  o.base_ = o.reserved_ = nullptr;
+  o.size_ = o.reserved_size_ = 0;
 }
 
 GuestMemory::~GuestMemory() {
-  if (base_) ::munmap(base_, size_);
+  if (reserved_) ::munmap(reserved_, reserved_size_);
 }
 
 }  // namespace img2vm::vm

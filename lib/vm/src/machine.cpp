@@ -24,6 +24,7 @@
 #include "img2vm/vm/guest_abi.hpp"
 #include "img2vm/vm/guest_memory.hpp"
 #include "img2vm/vm/i8042.hpp"
+#include "img2vm/vm/net_tap.hpp"
 #include "img2vm/vm/uart.hpp"
 #include "img2vm/vm/virtio_blk.hpp"
 #include "img2vm/vm/virtio_mmio.hpp"
@@ -649,7 +650,15 @@ void Machine::Impl::build() {
 // The NIC is the virtio-mmio device after the disks: the next 4 KiB slot and IRQ.
 void Machine::Impl::add_nic() {
   auto n = std::make_unique<Nic>();
-  n->backend = cfg.net->backend ? cfg.net->backend : std::make_shared<SlirpBackend>(cfg.net->user, cfg.net->mtu);
+  if (cfg.net->backend) {
+    n->backend = cfg.net->backend;
+  } else if (cfg.net->tap) {
+    UniqueFd dup(::fcntl(cfg.net->tap->fd, F_DUPFD_CLOEXEC, 3));
+    if (!dup) throw_errno("the network's tap device (fd " + std::to_string(cfg.net->tap->fd) + ")");
+    n->backend = std::make_shared<TapDevice>(std::move(dup), cfg.net->tap->published);
+  } else {
+    n->backend = std::make_shared<SlirpBackend>(cfg.net->user, cfg.net->mtu);
+  }
   n->dev = std::make_unique<VirtioNet>(*n->backend, cfg.net->mac, cfg.net->mtu);
   n->notify.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   n->irq.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));

@@ -101,6 +101,34 @@ std::array<uint8_t, 6> parse_mac(const std::string& s, const std::string& where)
   return m;
 }
 
+json forwards_json(const std::vector<PortForward>& forwards) {
+  json fw = json::array();
+  for (const auto& f : forwards)
+    fw.push_back({{"protocol", to_string(f.protocol)},
+                  {"host_ip", f.host_ip},
+                  {"host_port", f.host_port},
+                  {"guest_port", f.guest_port}});
+  return fw;
+}
+
+std::vector<PortForward> parse_forwards(const json& list, const std::string& where) {
+  if (!list.is_array()) bad(where, "not an array");
+  std::vector<PortForward> out;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const json& f = list[i];
+    std::string w = where + "[" + std::to_string(i) + "]";
+    only(f, w, {"protocol", "host_ip", "host_port", "guest_port"});
+    PortForward pf;
+    pf.protocol = choice(f, w, "protocol", pf.protocol, kProtocols);
+    pf.host_ip = string(f, w, "host_ip", pf.host_ip);
+    pf.host_port = number<uint16_t>(f, w, "host_port", 0, 0, 65535);
+    if (!f.contains("guest_port")) bad(w + ".guest_port", "missing");
+    pf.guest_port = number<uint16_t>(f, w, "guest_port", 0, 1, 65535);
+    out.push_back(std::move(pf));
+  }
+  return out;
+}
+
 }  // namespace
 
 std::string machine_config_to_json(const MachineConfig& c) {
@@ -121,12 +149,15 @@ std::string machine_config_to_json(const MachineConfig& c) {
   if (c.net) {
     if (c.net->backend)
       throw Error(ErrorKind::kInvalidArgument, "machine config: a network backend made by the caller has no JSON form");
-    json fw = json::array();
-    for (const auto& f : c.net->user.forwards)
-      fw.push_back({{"protocol", to_string(f.protocol)}, {"host_ip", f.host_ip}, {"host_port", f.host_port}, {"guest_port", f.guest_port}});
     j["net"] = {{"mac", mac_string(c.net->mac)},
                 {"mtu", c.net->mtu},
-                {"user", {{"outbound", c.net->user.outbound}, {"host_loopback", c.net->user.host_loopback}, {"forwards", fw}}}};
+                {"user",
+                 {{"outbound", c.net->user.outbound},
+                  {"host_loopback", c.net->user.host_loopback},
+                  {"forwards", forwards_json(c.net->user.forwards)}}}};
+    if (c.net->tap)
+      j["net"]["tap"] = {{"fd", c.net->tap->fd},
+                         {"published", forwards_json(c.net->tap->published)}};
   }
   return j.dump();
 }
@@ -167,7 +198,7 @@ MachineConfig machine_config_from_json(std::string_view text) {
   }
   if (j.contains("net") && !j["net"].is_null()) {
     const json& n = j["net"];
-    only(n, "net", {"mac", "mtu", "user"});
+    only(n, "net", {"mac", "mtu", "user", "tap"});
     NetConfig nc;
     if (n.contains("mac")) nc.mac = parse_mac(string(n, "net", "mac", ""), "net.mac");
     nc.mtu = number<uint16_t>(n, "net", "mtu", nc.mtu, 68, 65520);
@@ -176,21 +207,18 @@ MachineConfig machine_config_from_json(std::string_view text) {
       only(u, "net.user", {"outbound", "host_loopback", "forwards"});
       nc.user.outbound = boolean(u, "net.user", "outbound", nc.user.outbound);
       nc.user.host_loopback = boolean(u, "net.user", "host_loopback", nc.user.host_loopback);
-      if (u.contains("forwards")) {
-        if (!u["forwards"].is_array()) bad("net.user.forwards", "not an array");
-        for (size_t i = 0; i < u["forwards"].size(); ++i) {
-          const json& f = u["forwards"][i];
-          std::string w = "net.user.forwards[" + std::to_string(i) + "]";
-          only(f, w, {"protocol", "host_ip", "host_port", "guest_port"});
-          PortForward pf;
-          pf.protocol = choice(f, w, "protocol", pf.protocol, kProtocols);
-          pf.host_ip = string(f, w, "host_ip", pf.host_ip);
-          pf.host_port = number<uint16_t>(f, w, "host_port", 0, 0, 65535);
-          if (!f.contains("guest_port")) bad(w + ".guest_port", "missing");
-          pf.guest_port = number<uint16_t>(f, w, "guest_port", 0, 1, 65535);
-          nc.user.forwards.push_back(std::move(pf));
-        }
-      }
+      if (u.contains("forwards"))
+        nc.user.forwards = parse_forwards(u["forwards"], "net.user.forwards");
+    }
+    if (n.contains("tap") && !n["tap"].is_null()) {
+      const json& t = n["tap"];
+      only(t, "net.tap", {"fd", "published"});
+      TapFdConfig tc;
+      if (!t.contains("fd")) bad("net.tap.fd", "missing");
+      tc.fd = number<int>(t, "net.tap", "fd", -1, 0, std::numeric_limits<int>::max());
+      if (t.contains("published"))
+        tc.published = parse_forwards(t["published"], "net.tap.published");
+      nc.tap = std::move(tc);
     }
     c.net = std::move(nc);
   }

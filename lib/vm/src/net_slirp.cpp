@@ -4,6 +4,7 @@
 #include <libslirp.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <seccomp.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -137,6 +138,8 @@ struct SlirpBackend::Impl {
   std::unique_ptr<detail::UserNetFilter> filter;  // outbound / host_loopback (net_filter.hpp)
   std::vector<uint8_t> reply;
   std::vector<PortForward> published;
+  // Added to libslirp's clock while the name server is read in advance (prime_dns).
+  std::atomic<int64_t> clock_offset_ns{0};
 
   Impl() = default;
   Impl(const Impl&) = delete;
@@ -167,6 +170,8 @@ struct SlirpBackend::Impl {
         slirp, 1, [](int, void*) { return 0; }, nullptr);
   }
 
+  void prime_dns();
+
   // Arms: earliest expiry relative to now, in ms (UINT32_MAX: none).
   uint32_t next_timer_ms(int64_t now_ms) const {
     uint32_t t = UINT32_MAX;
@@ -195,6 +200,63 @@ struct SlirpBackend::Impl {
   }
 };
 
+// libslirp forwards the guest's DNS queries to the first name server of /etc/resolv.conf, which
+// it reads when a query comes and keeps process-wide: for a second without looking at the file,
+// then for as long as stat() says the file is unchanged (device, inode, size, mtime). The first
+// read stats nothing, so the file is read twice before only stat() is needed. Both reads
+// happen here, on a short-lived thread, so that the network thread never opens a file (its
+// filter refuses open): two queries from the source-only address 0.0.0.0 (libslirp answers
+// those with no ICMP error) to 10.0.2.3:53, the second one libslirp's cache time later by its
+// clock (offset, not waited for). The thread's own filter makes sendto fail, so libslirp reads
+// the name server but no datagram leaves; the socket it opened is then expired by the same
+// clock. Called with `mu` held (the calling thread waits for this one).
+void SlirpBackend::Impl::prime_dns() {
+  constexpr int64_t kMs = 1000000;
+  constexpr int64_t kDnsCacheMs = 1000;     // libslirp's TIMEOUT_DEFAULT
+  constexpr int64_t kUdpExpireMs = 240000;  // libslirp's SO_EXPIRE for an idle UDP socket
+  // Ethernet, IPv4 0.0.0.0 -> 10.0.2.3, UDP port 1 -> 53 with no payload and no checksum.
+  std::vector<uint8_t> frame(14 + 20 + 8, 0);
+  frame[12] = 0x08;
+  uint8_t* iph = frame.data() + 14;
+  iph[0] = 0x45;
+  iph[3] = 28;
+  iph[8] = 64;
+  iph[9] = 17;
+  const uint32_t dns = ntohl(ip4(usernet::kDns).s_addr);
+  for (int i = 0; i < 4; ++i) iph[16 + i] = uint8_t(dns >> (24 - 8 * i));
+  uint32_t sum = 0;
+  for (int i = 0; i < 20; i += 2) sum += uint32_t(iph[i] << 8 | iph[i + 1]);
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  iph[10] = uint8_t(~sum >> 8);
+  iph[11] = uint8_t(~sum);
+  uint8_t* udp = iph + 20;
+  udp[1] = 1;
+  udp[3] = 53;
+  udp[5] = 8;
+
+  std::thread t([&] {
+    std::unique_ptr<void, decltype(&seccomp_release)> ctx(seccomp_init(SCMP_ACT_ALLOW),
+                                                          &seccomp_release);
+    if (!ctx) return;
+    for (int nr : {SCMP_SYS(sendto), SCMP_SYS(sendmsg), SCMP_SYS(sendmmsg)})
+      if (seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EPERM), nr, 0) != 0) return;
+    if (seccomp_load(ctx.get()) != 0) return;
+    refresh_clock();
+    slirp_input(slirp, frame.data(), int(frame.size()));
+    clock_offset_ns += (kDnsCacheMs + 1) * kMs;
+    refresh_clock();
+    slirp_input(slirp, frame.data(), int(frame.size()));
+    clock_offset_ns += (kUdpExpireMs + 1) * kMs;
+    refresh_clock();
+    uint32_t timeout = UINT32_MAX;
+    slirp_pollfds_fill(
+        slirp, &timeout, [](int, int, void*) { return -1; }, nullptr);
+    clock_offset_ns = 0;
+    refresh_clock();
+  });
+  t.join();
+}
+
 SlirpBackend::SlirpBackend(const UserNetConfig& config, uint16_t mtu)
     : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
@@ -214,7 +276,9 @@ SlirpBackend::SlirpBackend(const UserNetConfig& config, uint16_t mtu)
     return ssize_t(len);  // a dropped frame is not an error to slirp (TCP retransmits)
   };
   cb.guest_error = [](const char*, void*) {};  // the guest's own mistakes: not ours to print
-  cb.clock_get_ns = [](void*) -> int64_t { return now_ns(); };
+  cb.clock_get_ns = [](void* opaque) -> int64_t {
+    return now_ns() + Impl::self(opaque)->clock_offset_ns.load();
+  };
   cb.timer_new = [](SlirpTimerCb fn, void* cb_opaque, void* opaque) -> void* {
     Impl::Timer t;
     t.cb = fn;
@@ -270,6 +334,7 @@ SlirpBackend::SlirpBackend(const UserNetConfig& config, uint16_t mtu)
   std::lock_guard lk(m.mu);
   m.slirp = slirp_new(&sc, &m.callbacks, &m);
   if (!m.slirp) throw Error(ErrorKind::kInternal, "libslirp refused its configuration");
+  m.prime_dns();
 
   const sockaddr_in guest = [] {
     sockaddr_in g{};

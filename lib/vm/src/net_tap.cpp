@@ -248,13 +248,6 @@ bool reaches_from_loopback(const PortForward& f) {
   return v == 0 || (v >> 24) == 127;
 }
 
-// Frames on the device carry the 12-byte virtio 1.x header; no offloads until the guest takes them.
-void setup_vnet_header(int fd, const std::string& dev) {
-  int size = int(VirtioNet::kHdrSize);
-  if (::ioctl(fd, TUNSETVNETHDRSZ, &size) != 0 || ::ioctl(fd, TUNSETOFFLOAD, 0u) != 0)
-    throw Error(ErrorKind::kIo, "tap device " + dev + ": cannot set up its virtio-net header: " + errno_text(errno));
-}
-
 }  // namespace
 
 std::vector<std::string> remove_stale_tap_rules() {
@@ -265,9 +258,8 @@ std::vector<std::string> remove_stale_tap_rules() {
 
 struct TapBackend::Impl {
   TapNetInfo info;
-  UniqueFd tap;
-  UniqueFd wake{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
-  std::atomic<NetDeviceSide*> device{nullptr};
+  UniqueFd tap;                   // until it is attached to a device
+  std::unique_ptr<TapDevice> io;  // then the frame path
   std::vector<PortForward> published;
   std::vector<UniqueFd> reserved;
 
@@ -292,7 +284,7 @@ void TapBackend::Impl::attach_existing(const std::string& name) {
     throw Error(ErrorKind::kInternal, "tap device " + name + ": TUNSETIFF: " + errno_text(e));
   }
   info.device = r.ifr_name;
-  setup_vnet_header(tap.get(), info.device);
+  io = std::make_unique<TapDevice>(std::move(tap));
   IfSocket s;
   auto host = get_addr(s, info.device, SIOCGIFADDR);
   auto mask = get_addr(s, info.device, SIOCGIFNETMASK);
@@ -380,7 +372,7 @@ void TapBackend::Impl::setup_managed(const TapNetConfig& c, uint16_t mtu) {
   }
   info.device = r.ifr_name;
   info.managed = true;
-  setup_vnet_header(tap.get(), info.device);
+  io = std::make_unique<TapDevice>(std::move(tap));
   info.table = "ip " + std::string(tapnet::kTablePrefix) + info.device;
   if (info.device.size() + tapnet::kTablePrefix.size() > 255)
     throw Error(ErrorKind::kInvalidArgument, "tap device name too long: " + info.device);
@@ -443,7 +435,8 @@ void TapBackend::Impl::teardown() noexcept {
     Nft nft;
     for (const char* family : kFamilies)
       nft.try_run(std::string("delete table ") + family + " " + info.table.substr(3));
-    tap.reset();  // the device goes with its last descriptor
+    io.reset();  // the device goes with its last descriptor
+    tap.reset();
     reserved.clear();
     if (managed_tables(nft).empty() && nft.try_run(std::string("list table ") + kForwardingMark)) {
       try {
@@ -461,7 +454,6 @@ TapBackend::TapBackend(const TapNetConfig& config, uint16_t mtu) : impl_(std::ma
   if (mtu < VirtioNet::kMinMtu || mtu > VirtioNet::kMaxMtu)
     throw Error(ErrorKind::kInvalidArgument, "network MTU " + std::to_string(mtu) + " is outside " +
                                                  std::to_string(VirtioNet::kMinMtu) + "-" + std::to_string(VirtioNet::kMaxMtu));
-  if (!impl_->wake) throw Error(ErrorKind::kInternal, "eventfd: " + errno_text(errno));
   if (config.name.size() >= IFNAMSIZ)
     throw Error(ErrorKind::kInvalidArgument, "tap device name \"" + config.name + "\" is longer than " + std::to_string(IFNAMSIZ - 1) + " characters");
   const bool exists = !config.name.empty() && ::if_nametoindex(config.name.c_str()) != 0;
@@ -484,63 +476,20 @@ TapBackend::~TapBackend() { impl_->teardown(); }
 
 const TapNetInfo& TapBackend::info() const noexcept { return impl_->info; }
 
+int TapBackend::device_fd() const noexcept { return impl_->io->fd(); }
+
 std::vector<PortForward> TapBackend::published() const { return impl_->published; }
 
-void TapBackend::attach(NetDeviceSide* device) { impl_->device = device; }
+void TapBackend::attach(NetDeviceSide* device) { impl_->io->attach(device); }
 
-void TapBackend::send(std::span<const uint8_t> frame) {
-  // A full device queue or a link that is down drops the frame, as a NIC would.
-  (void)!::write(impl_->tap.get(), frame.data(), frame.size());
-}
+void TapBackend::send(std::span<const uint8_t> frame) { impl_->io->send(frame); }
 
 void TapBackend::set_guest_offloads(bool csum, bool tso4, bool tso6) {
-  // TSO needs partial checksums. Called on the network thread (whose filter allows this ioctl);
-  // a failure leaves the offloads as they were, and the device drops what the guest cannot take.
-  unsigned f = csum ? TUN_F_CSUM | (tso4 ? TUN_F_TSO4 : 0) | (tso6 ? TUN_F_TSO6 : 0) : 0;
-  (void)::ioctl(impl_->tap.get(), TUNSETOFFLOAD, f);
+  impl_->io->set_guest_offloads(csum, tso4, tso6);
 }
 
-void TapBackend::rx_ready() {
-  uint64_t one = 1;
-  (void)!::write(impl_->wake.get(), &one, sizeof one);
-}
+void TapBackend::rx_ready() { impl_->io->rx_ready(); }
 
-void TapBackend::run(std::span<const Watch> watches) {
-  Impl& m = *impl_;
-  std::vector<pollfd> pfds(2 + watches.size());
-  std::vector<uint8_t> buf(VirtioNet::kHdrSize + VirtioNet::kMaxGsoFrame + 64);
-  for (;;) {
-    NetDeviceSide* dev = m.device.load();
-    // While the guest takes no frames, leave them in the device's queue (the host kernel
-    // drops beyond it, as a full NIC ring would) instead of reading and dropping here.
-    const bool paused = dev && dev->rx_full();
-    pfds[0] = {m.wake.get(), POLLIN, 0};
-    pfds[1] = {paused ? -1 : m.tap.get(), POLLIN, 0};
-    for (size_t i = 0; i < watches.size(); ++i) pfds[2 + i] = {watches[i].fd, POLLIN, 0};
-    if (::poll(pfds.data(), pfds.size(), -1) < 0) {
-      if (errno == EINTR) continue;
-      throw Error(ErrorKind::kInternal, "tap network: poll: " + errno_text(errno));
-    }
-    if (pfds[0].revents & POLLIN) {
-      uint64_t v;
-      (void)!::read(m.wake.get(), &v, sizeof v);
-    }
-    if (pfds[1].revents & POLLIN) {
-      bool delivered = false;
-      for (int i = 0; i < 64; ++i) {
-        dev = m.device.load();
-        if (dev && dev->rx_full()) break;
-        ssize_t n = ::read(m.tap.get(), buf.data(), buf.size());
-        if (n <= 0) break;
-        if (size_t(n) < VirtioNet::kHdrSize + VirtioNet::kEthHeader || !dev) continue;  // the device checks the rest
-        delivered |= dev->receive(std::span<const uint8_t>(buf.data(), size_t(n)));
-      }
-      if (delivered && (dev = m.device.load())) dev->flush_rx();
-    }
-    for (size_t i = 0; i < watches.size(); ++i)
-      if (pfds[2 + i].revents & (POLLIN | POLLERR | POLLHUP))
-        if (!watches[i].on_readable()) return;
-  }
-}
+void TapBackend::run(std::span<const Watch> watches) { impl_->io->run(watches); }
 
 }  // namespace img2vm::vm

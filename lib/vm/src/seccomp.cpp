@@ -7,6 +7,7 @@
 #include <seccomp.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <termios.h>
 
 #include <memory>
 #include <string>
@@ -25,6 +26,11 @@ namespace img2vm::vm {
 
 void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
   if (mode == SeccompMode::kOff) return;
+#ifdef IMG2VM_SANITIZED
+  // LeakSanitizer's check at exit runs on the main thread (a tracer thread that ptraces the
+  // others and reads /proc): under this filter it cannot. Test builds only.
+  if (role == ThreadRole::kMain) return;
+#endif
   uint32_t deny = mode == SeccompMode::kKill ? SCMP_ACT_KILL_PROCESS : SCMP_ACT_ERRNO(EPERM);
   std::unique_ptr<void, decltype(&seccomp_release)> ctx(seccomp_init(deny), &seccomp_release);
   if (!ctx) throw Error(ErrorKind::kInternal, "seccomp_init failed");
@@ -37,13 +43,22 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
                              SCMP_A1(SCMP_CMP_EQ, static_cast<scmp_datum_t>(req), 0));
     if (r < 0) throw_errno("seccomp_rule_add(ioctl)", -r);
   };
-  // Common to both: memory (malloc), futexes and signals (std::mutex, the kick), time, exiting.
-  for (int nr : {SCMP_SYS(mmap), SCMP_SYS(munmap), SCMP_SYS(mremap), SCMP_SYS(madvise), SCMP_SYS(mprotect),
-                 SCMP_SYS(brk), SCMP_SYS(futex), SCMP_SYS(rt_sigreturn), SCMP_SYS(rt_sigprocmask),
-                 SCMP_SYS(sigaltstack), SCMP_SYS(tgkill), SCMP_SYS(getpid), SCMP_SYS(gettid),
-                 SCMP_SYS(clock_gettime), SCMP_SYS(clock_nanosleep), SCMP_SYS(nanosleep), SCMP_SYS(sched_yield),
-                 SCMP_SYS(exit), SCMP_SYS(write), SCMP_SYS(writev), SCMP_SYS(close), SCMP_SYS(rseq),
-                 SCMP_SYS(set_robust_list)})
+  // Common to all: memory (malloc), futexes and signals (std::mutex, the kick), time, exiting.
+  // restart_syscall is how the kernel resumes a sleep that a stop interrupted (a futex or
+  // poll with a timeout, nanosleep): SIGSTOP + SIGCONT (Ctrl-Z and fg, a debugger, a cgroup
+  // freeze) makes every such thread call it. rt_sigreturn ends the kick signal's handler.
+  for (int nr : {SCMP_SYS(mmap),           SCMP_SYS(munmap),
+                 SCMP_SYS(mremap),         SCMP_SYS(madvise),
+                 SCMP_SYS(mprotect),       SCMP_SYS(brk),
+                 SCMP_SYS(futex),          SCMP_SYS(rt_sigreturn),
+                 SCMP_SYS(rt_sigprocmask), SCMP_SYS(restart_syscall),
+                 SCMP_SYS(sigaltstack),    SCMP_SYS(tgkill),
+                 SCMP_SYS(getpid),         SCMP_SYS(gettid),
+                 SCMP_SYS(clock_gettime),  SCMP_SYS(clock_nanosleep),
+                 SCMP_SYS(nanosleep),      SCMP_SYS(sched_yield),
+                 SCMP_SYS(exit),           SCMP_SYS(write),
+                 SCMP_SYS(writev),         SCMP_SYS(close),
+                 SCMP_SYS(rseq),           SCMP_SYS(set_robust_list)})
     allow(nr);
 #ifdef IMG2VM_SANITIZED
   // The sanitizer runtimes probe memory with a pipe (UBSan's vptr check) and look up the
@@ -74,10 +89,25 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
     allow_ioctl(FIONREAD);  // the size of a pending UDP datagram
     allow_ioctl(TUNSETOFFLOAD);  // the tap backend follows the guest driver's offloads
     allow_ioctl(TCGETS);    // glib's logging asks whether stderr is a terminal
-    // DNS forwarding: libslirp stats /etc/resolv.conf at most once a second and re-reads it
-    // when it changed. Opening is allowed read-only: no creating, truncating or writing.
-    allow_if(SCMP_SYS(openat), SCMP_A2(SCMP_CMP_MASKED_EQ, scmp_datum_t(O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND | O_TMPFILE), 0));
-    for (int nr : {SCMP_SYS(newfstatat), SCMP_SYS(fstat), SCMP_SYS(stat), SCMP_SYS(lseek)}) allow(nr);
+    // No file is opened here: a memory bug in libslirp must not read the user's files and send
+    // them out. The backend has read /etc/resolv.conf before (SlirpBackend's constructor), so
+    // libslirp only stats it (at most once a second, to see whether it changed); when it did,
+    // libslirp's attempt to re-read it fails (EACCES, whatever the mode: a rewritten
+    // resolv.conf must not kill the VM) and it keeps the name server it had.
+    for (int nr : {SCMP_SYS(open), SCMP_SYS(openat), SCMP_SYS(openat2), SCMP_SYS(creat)}) {
+      int r = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EACCES), nr, 0);
+      if (r < 0) throw_errno("seccomp_rule_add(open)", -r);
+    }
+    for (int nr : {SCMP_SYS(newfstatat), SCMP_SYS(fstat), SCMP_SYS(stat)}) allow(nr);
+  } else if (role == ThreadRole::kMain) {
+    // The thread that waits for the VM, and the signal relay it started: waiting (futexes,
+    // sigtimedwait), stopping the VM (eventfd writes, tgkill), reporting (writes), the
+    // terminal (-t: its size, and its settings restored at the end), joining the VM's threads,
+    // syncing the console output, and tearing everything down (munmap, close).
+    for (int nr :
+         {SCMP_SYS(rt_sigtimedwait), SCMP_SYS(fsync), SCMP_SYS(fstat), SCMP_SYS(newfstatat)})
+      allow(nr);
+    for (unsigned long req : {TIOCGWINSZ, TCGETS, TCSETS, TCSETSW, TCSETSF}) allow_ioctl(req);
   } else {
     for (int nr : {SCMP_SYS(read), SCMP_SYS(pread64), SCMP_SYS(pwrite64), SCMP_SYS(preadv), SCMP_SYS(pwritev),
                    SCMP_SYS(fdatasync), SCMP_SYS(fsync), SCMP_SYS(epoll_wait), SCMP_SYS(epoll_pwait),

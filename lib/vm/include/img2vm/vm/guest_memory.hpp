@@ -18,7 +18,8 @@ class GuestMemory {
   // Maps `size` bytes (rounded up to 4 KiB, or 2 MiB for kHuge2M), zero-filled. kNormal is
   // MAP_NORESERVE (the host commits pages as the guest touches them); kHuge2M takes 2 MiB pages
   // from the host's hugetlb pool up front (fewer TLB misses, faster boot of large guests) and
-  // throws Error saying how many are needed when the pool is short.
+  // throws Error saying how many are needed when the pool is short. Guard pages (at least a
+  // page, or 2 MiB, on each side, inaccessible) make a stray access just outside it fault.
   explicit GuestMemory(uint64_t size, Pages pages = Pages::kNormal);
   GuestMemory(GuestMemory&& o) noexcept;
   GuestMemory& operator=(GuestMemory&&) = delete;
@@ -70,6 +71,8 @@ class GuestMemory {
  private:
   uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
+  uint8_t* reserved_ = nullptr;  // the mapping with the guard pages around guest RAM
+  uint64_t reserved_size_ = 0;
 };
 
 }  // namespace img2vm::vm

@@ -35,14 +35,23 @@ struct DiskConfig {
   std::string id;  // VIRTIO_BLK_T_GET_ID (up to 20 bytes); default "img2vm<N>"
 };
 
+// A tap device someone else has opened and set up (TapBackend::device_fd(): `img2vm run
+// --network tap` hands it to img2vm-vmm this way). The NIC carries frames on it and needs no
+// privilege for that (TapDevice, net_tap.hpp). The Machine uses a duplicate of `fd`.
+struct TapFdConfig {
+  int fd = -1;
+  std::vector<PortForward> published;  // what the host side publishes (Machine::published_ports())
+};
+
 // A virtio-net NIC (virtio_net.hpp). The backend is `backend` when given (a TapBackend made by
-// the caller, who needs its addresses for the guest's command line: net_tap.hpp), else
-// user-mode networking with `user` (net_slirp.hpp): the guest is 10.0.2.15/24 behind gateway
-// 10.0.2.2 with DNS at 10.0.2.3.
+// the caller, who needs its addresses for the guest's command line: net_tap.hpp), else the tap
+// device `tap` when given, else user-mode networking with `user` (net_slirp.hpp): the guest is
+// 10.0.2.15/24 behind gateway 10.0.2.2 with DNS at 10.0.2.3.
 struct NetConfig {
   std::array<uint8_t, 6> mac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
   uint16_t mtu = 1500;  // the guest driver adopts it (VIRTIO_NET_F_MTU); 68-65520
   UserNetConfig user;
+  std::optional<TapFdConfig> tap;
   std::shared_ptr<NetBackend> backend;  // used by one Machine at a time
 };
 
@@ -66,8 +75,8 @@ struct MachineConfig {
   ConsoleInput console_input = ConsoleInput::kImmediately;
   std::chrono::milliseconds timeout{0};  // 0: none; else the VM ends as kTimeout
   std::filesystem::path kvm_device = "/dev/kvm";
-  // Seccomp filters on the vCPU and I/O threads (seccomp.hpp). kKill suits a process of its
-  // own (img2vm run); an embedder that must outlive a compromised VMM thread picks kErrno.
+  // Seccomp filters on the vCPU, I/O and network threads (seccomp.hpp). kKill suits a process
+  // of its own (img2vm run); an embedder that must outlive a compromised VMM thread picks kErrno.
   SeccompMode seccomp = SeccompMode::kKill;
 };
 

@@ -37,6 +37,11 @@
 // Frames cross the device with a virtio_net_hdr (IFF_VNET_HDR), so the guest's partial
 // checksums and TCP segments of up to 64 KiB go to the host kernel as they are, and the host's
 // come to the guest the same way once its driver takes them (TUNSETOFFLOAD).
+//
+// The frame path alone is TapDevice: an open tap device, whatever made it, carried with no
+// privilege. `img2vm run --network tap` sets the host side up with a TapBackend as root and
+// hands its descriptor (device_fd()) to img2vm-vmm, which drops every privilege and runs the
+// NIC on a TapDevice over it (NetConfig::tap, machine.hpp).
 #pragma once
 
 #include <array>
@@ -46,6 +51,7 @@
 #include <string>
 #include <vector>
 
+#include "img2vm/base/fd.hpp"
 #include "img2vm/vm/port_forward.hpp"
 #include "img2vm/vm/virtio_net.hpp"
 
@@ -79,6 +85,36 @@ struct TapNetInfo {
                       // `netdev` table of the same name filters what the guest sends
 };
 
+// The frames of an open tap device (made with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR), whose host
+// side someone else has set up; needs no privilege.
+class TapDevice final : public NetBackend {
+ public:
+  // Takes `fd`: checks that it is such a device, sets its 12-byte virtio-net header (no
+  // offloads until the guest's driver takes them) and non-blocking mode. `published`: the ports
+  // the host side publishes for the guest, for published(). Throws Error naming the device.
+  explicit TapDevice(UniqueFd fd, std::vector<PortForward> published = {});
+  ~TapDevice() override;
+  TapDevice(const TapDevice&) = delete;
+  TapDevice& operator=(const TapDevice&) = delete;
+
+  int fd() const noexcept;
+  const std::string& name() const noexcept;  // the device's name on the host
+
+  void attach(NetDeviceSide* device) override;
+  void send(std::span<const uint8_t> frame) override;
+  void rx_ready() override;
+  bool rx_checksums_valid() const override { return false; }
+  bool offloads() const override { return true; }
+  void set_guest_offloads(bool csum, bool tso4, bool tso6) override;
+  void run(std::span<const Watch> watches) override;
+  std::vector<PortForward> published() const override;
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
 class TapBackend final : public NetBackend {
  public:
   // Creates or attaches the device and configures the host side (managed). Throws Error naming
@@ -91,6 +127,9 @@ class TapBackend final : public NetBackend {
   TapBackend& operator=(const TapBackend&) = delete;
 
   const TapNetInfo& info() const noexcept;
+  // The device's descriptor (not owned), for a process that runs the VM without privileges: it
+  // keeps the device alive as long as it has it open; the rules stay until this object goes.
+  int device_fd() const noexcept;
 
   void attach(NetDeviceSide* device) override;
   void send(std::span<const uint8_t> frame) override;

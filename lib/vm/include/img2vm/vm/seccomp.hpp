@@ -2,9 +2,12 @@
 // once the VM is set up, before it touches anything the guest controls: a vCPU thread may only
 // run KVM_RUN and raise IRQ lines, write the console and eventfds, and manage memory and
 // futexes; the I/O thread additionally reads, writes and syncs disks and waits in epoll; the
-// network thread (user-mode networking, net_slirp.hpp) uses IPv4/IPv6 sockets and poll(), and
-// may open files read-only (libslirp re-reads /etc/resolv.conf to forward DNS).
-// Everything else (exec, other socket families, ...) is refused.
+// network thread (user-mode networking, net_slirp.hpp, or a tap device) uses IPv4/IPv6 sockets
+// and poll() and opens no file at all. The main role is for the thread that started the VM and
+// waits for it (img2vm-vmm's main thread and its signal relay): waiting, signals, writing to the
+// terminal, joining and tearing down.
+// Everything else (open, exec, other socket families, ...) is refused. Every role may resume a
+// sleep after SIGSTOP/SIGCONT (restart_syscall).
 #pragma once
 
 namespace img2vm::vm {
@@ -15,7 +18,7 @@ enum class SeccompMode {
   kOff,    // no filter
 };
 
-enum class ThreadRole { kVcpu, kIo, kNet };
+enum class ThreadRole { kVcpu, kIo, kNet, kMain };
 
 // Installs the filter for the calling thread (and threads it creates later). Throws Error.
 void install_thread_seccomp(ThreadRole role, SeccompMode mode);
