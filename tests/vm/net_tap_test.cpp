@@ -43,17 +43,18 @@ namespace {
 // A fresh network namespace for this test process (ctest runs each test in its own), with its
 // loopback up. Returns why not when it cannot be had.
 std::string enter_netns() {
-  if (::unshare(CLONE_NEWNET) != 0) return std::string("cannot create a network namespace: ") + std::strerror(errno);
+  if (::unshare(CLONE_NEWNET) != 0)
+    return std::string("cannot create a network namespace: ") + std::strerror(errno);
   if (::access("/dev/net/tun", R_OK | W_OK) != 0) return "no /dev/net/tun";
   auto r = run_command({"ip", "link", "set", "lo", "up"});
   if (r.exit_code != 0) return "ip link set lo up: " + r.describe();
   return {};
 }
 
-#define ENTER_NETNS_OR_SKIP()                                  \
-  do {                                                         \
-    if (std::string why = enter_netns(); !why.empty())         \
-      GTEST_SKIP() << why << " (the tap tests need root)";     \
+#define ENTER_NETNS_OR_SKIP()                              \
+  do {                                                     \
+    if (std::string why = enter_netns(); !why.empty())     \
+      GTEST_SKIP() << why << " (the tap tests need root)"; \
   } while (0)
 
 std::string nft_ruleset() { return run_command({"nft", "list", "ruleset"}).out; }
@@ -138,7 +139,8 @@ std::optional<Frame> captured_udp(int cap, uint16_t dport, std::chrono::millisec
   auto deadline = std::chrono::steady_clock::now() + wait;
   uint8_t buf[2048];
   for (;;) {
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
     if (left.count() <= 0) return std::nullopt;
     pollfd p{cap, POLLIN, 0};
     if (::poll(&p, 1, int(left.count())) != 1) continue;
@@ -265,7 +267,8 @@ std::vector<Frame> captured_until(int cap, uint16_t until_dport) {
 
 TEST(TapBackend, ManagedDeviceIsConfiguredAndLeavesNothingBehind) {
   ENTER_NETNS_OR_SKIP();
-  auto b = std::make_unique<TapBackend>(tap_config(true, parse_port_forward("127.0.0.1:8080:80")), 1400);
+  auto b =
+      std::make_unique<TapBackend>(tap_config(true, parse_port_forward("127.0.0.1:8080:80")), 1400);
   const TapNetInfo i = b->info();
   EXPECT_EQ(i.device, "img2vm0");
   EXPECT_TRUE(i.managed);
@@ -285,8 +288,11 @@ TEST(TapBackend, ManagedDeviceIsConfiguredAndLeavesNothingBehind) {
   std::string rules = nft_ruleset();
   EXPECT_NE(rules.find("table ip img2vm_img2vm0"), std::string::npos) << rules;
   EXPECT_NE(rules.find("table netdev img2vm_img2vm0"), std::string::npos) << rules;
-  EXPECT_NE(rules.find("ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.200.0.2:80"), std::string::npos) << rules;
-  EXPECT_NE(rules.find("ip saddr 10.200.0.2 oifname != \"img2vm0\" masquerade"), std::string::npos) << rules;
+  EXPECT_NE(rules.find("ip daddr 127.0.0.1 tcp dport 8080 dnat to 10.200.0.2:80"),
+            std::string::npos)
+      << rules;
+  EXPECT_NE(rules.find("ip saddr 10.200.0.2 oifname != \"img2vm0\" masquerade"), std::string::npos)
+      << rules;
   ASSERT_EQ(b->published().size(), 1u);
   EXPECT_EQ(b->published()[0].host_port, 8080);
 
@@ -299,7 +305,8 @@ TEST(TapBackend, ManagedDeviceIsConfiguredAndLeavesNothingBehind) {
   EXPECT_EQ(address_of("img2vm1"), "10.200.0.5/30");
   b.reset();
   EXPECT_FALSE(device_exists(i.device)) << i.device << " is still there";
-  EXPECT_EQ(first_line("/proc/sys/net/ipv4/ip_forward"), "1") << "forwarding switched off under a running VM";
+  EXPECT_EQ(first_line("/proc/sys/net/ipv4/ip_forward"), "1")
+      << "forwarding switched off under a running VM";
   rules = nft_ruleset();
   EXPECT_EQ(rules.find("img2vm_img2vm0"), std::string::npos) << rules;
   EXPECT_NE(rules.find("img2vm_img2vm1"), std::string::npos) << rules;
@@ -358,11 +365,16 @@ TEST(TapBackend, GuestReachesTheGatewayButNoHostService) {
 // VM's subnet is never reached.
 TEST(TapBackend, OutboundIsMasqueradedOnlyWhenAllowed) {
   ENTER_NETNS_OR_SKIP();
-  ASSERT_EQ(run_command({"ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "far0"}).exit_code, 0);
+  ASSERT_EQ(run_command({"ip", "link", "add", "uplink0", "type", "veth", "peer", "name", "far0"})
+                .exit_code,
+            0);
   ASSERT_EQ(run_command({"ip", "addr", "add", "192.0.2.1/24", "dev", "uplink0"}).exit_code, 0);
   ASSERT_EQ(run_command({"ip", "link", "set", "uplink0", "up"}).exit_code, 0);
   ASSERT_EQ(run_command({"ip", "link", "set", "far0", "up"}).exit_code, 0);
-  ASSERT_EQ(run_command({"ip", "neigh", "add", "192.0.2.77", "lladdr", "02:00:00:00:00:77", "dev", "uplink0"}).exit_code, 0);
+  ASSERT_EQ(run_command({"ip", "neigh", "add", "192.0.2.77", "lladdr", "02:00:00:00:00:77", "dev",
+                         "uplink0"})
+                .exit_code,
+            0);
   UniqueFd cap = capture("far0");
   const uint32_t outside = ip("192.0.2.77");
 
@@ -383,7 +395,9 @@ TEST(TapBackend, OutboundIsMasqueradedOnlyWhenAllowed) {
 
   // VM to VM: nothing arrives (the host would have to ARP for the other guest first).
   open.send_ip(udp(open.guest, 4000, closed.guest, 9003, text("neighbour")));
-  auto any = closed.sink.wait([](const Frame& f) { return (f.proto == kUdp && f.dport == 9003) || (f.type == kArp && f.arp_op == 1); });
+  auto any = closed.sink.wait([](const Frame& f) {
+    return (f.proto == kUdp && f.dport == 9003) || (f.type == kArp && f.arp_op == 1);
+  });
   EXPECT_FALSE(any) << "a frame from the other VM reached this one";
 }
 
@@ -420,7 +434,8 @@ TEST(TapBackend, PublishedPortsCarryTcpConnectionsWithOffloads) {
   pollfd p{client.get(), POLLOUT, 0};
   ASSERT_EQ(::poll(&p, 1, 10000), 1) << "the connection never completed";
   ASSERT_EQ(::write(client.get(), "hello", 5), 5);
-  auto data = s.sink.wait([&](const Frame& f) { return f.proto == kTcp && f.sport == peer && !f.payload.empty(); });
+  auto data = s.sink.wait(
+      [&](const Frame& f) { return f.proto == kTcp && f.sport == peer && !f.payload.empty(); });
   ASSERT_TRUE(data) << "the host's bytes never reached the guest";
   EXPECT_EQ(data->payload, text("hello"));
   their += 5;
@@ -436,7 +451,8 @@ TEST(TapBackend, PublishedPortsCarryTcpConnectionsWithOffloads) {
   // sum in the field), which the host kernel finishes and cuts into 1000-byte pieces.
   Bytes big(4000);
   for (size_t i = 0; i < big.size(); ++i) big[i] = uint8_t('a' + i % 26);
-  Bytes seg = ether(s.gateway_mac, kGuestMac, kIpv4, tcp(s.guest, 80, s.gateway, peer, iss + 6, their, kAck | kPsh, big));
+  Bytes seg = ether(s.gateway_mac, kGuestMac, kIpv4,
+                    tcp(s.guest, 80, s.gateway, peer, iss + 6, their, kAck | kPsh, big));
   Bytes pseudo;
   put32(pseudo, s.guest);
   put32(pseudo, s.gateway);
@@ -446,7 +462,8 @@ TEST(TapBackend, PublishedPortsCarryTcpConnectionsWithOffloads) {
   seg[14 + 20 + 16] = uint8_t(partial >> 8);
   seg[14 + 20 + 17] = uint8_t(partial);
   // virtio_net_hdr: NEEDS_CSUM, GSO TCPv4, hdr_len 54, gso_size 1000, csum_start 34, csum_offset 16
-  s.send(seg, {VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 54, 0, 0xe8, 0x03, 34, 0, 16, 0, 0, 0});
+  s.send(seg,
+         {VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 54, 0, 0xe8, 0x03, 34, 0, 16, 0, 0, 0});
   std::string got;
   while (got.size() < big.size()) {
     p = {client.get(), POLLIN, 0};
@@ -502,15 +519,32 @@ TEST(TapBackend, FailuresAreClearAndUndoEverything) {
   UniqueFd holder(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
   sockaddr_in a = loopback(uint16_t(port));
   ASSERT_EQ(::bind(holder.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-  expect_setup_fails(tap_config(true, parse_port_forward("127.0.0.1:" + std::to_string(port) + ":80")), "host port " + std::to_string(port) + "/tcp is already in use", "a port in use was accepted");
+  expect_setup_fails(
+      tap_config(true, parse_port_forward("127.0.0.1:" + std::to_string(port) + ":80")),
+      "host port " + std::to_string(port) + "/tcp is already in use", "a port in use was accepted");
   EXPECT_FALSE(device_exists("img2vm0")) << "the device of the failed setup is still there";
   EXPECT_EQ(nft_ruleset().find("img2vm"), std::string::npos) << nft_ruleset();
   EXPECT_EQ(first_line("/proc/sys/net/ipv4/ip_forward"), "0");
 
-  expect_setup_fails(tap_config(true, parse_port_forward("[::1]:8080:80")), "IPv4 addresses only", "an IPv6 host address was accepted");
-  expect_setup_fails(tap_config(true, {}, "this-name-is-too-long"), "longer than 15", "a long name was accepted");
+  expect_setup_fails(tap_config(true, parse_port_forward("[::1]:8080:80")), "IPv4 addresses only",
+                     "an IPv6 host address was accepted");
+  expect_setup_fails(tap_config(true, {}, "this-name-is-too-long"), "longer than 15",
+                     "a long name was accepted");
+  for (const char* name : {"vm\"tap", "vm;tap", "vm{tap}", "9tap", "_tap", "vm@tap"}) {
+    expect_setup_fails(tap_config(true, {}, name), "use a letter, then letters", name);
+    EXPECT_FALSE(device_exists(name)) << name;
+  }
+  {  // a name of the user's choosing, dashes and dots included, is made and ruled as it is
+    Stack s(tap_config(true, {}, "vm-tap.1"));
+    EXPECT_TRUE(s.backend.info().managed);
+    EXPECT_EQ(s.backend.info().device, "vm-tap.1");
+    EXPECT_NE(nft_ruleset().find("table ip img2vm_vm-tap.1"), std::string::npos) << nft_ruleset();
+    ASSERT_TRUE(s.resolve_gateway());
+  }
+  EXPECT_FALSE(device_exists("vm-tap.1"));
   ASSERT_EQ(run_command({"ip", "link", "add", "notatap", "type", "bridge"}).exit_code, 0);
-  expect_setup_fails(tap_config(true, {}, "notatap"), "not a tap device", "a bridge was taken for a tap");
+  expect_setup_fails(tap_config(true, {}, "notatap"), "not a tap device",
+                     "a bridge was taken for a tap");
 }
 
 // A device made beforehand (a persistent tap, as an administrator sets up for a user): the
@@ -518,17 +552,21 @@ TEST(TapBackend, FailuresAreClearAndUndoEverything) {
 TEST(TapBackend, ExistingDeviceIsUsedAsItIs) {
   ENTER_NETNS_OR_SKIP();
   ASSERT_EQ(run_command({"ip", "tuntap", "add", "dev", "vmtap0", "mode", "tap"}).exit_code, 0);
-  expect_setup_fails(tap_config(true, {}, "vmtap0"), "has no IPv4 address", "a device without an address was accepted");
+  expect_setup_fails(tap_config(true, {}, "vmtap0"), "has no IPv4 address",
+                     "a device without an address was accepted");
   ASSERT_EQ(run_command({"ip", "addr", "add", "172.31.5.1/24", "dev", "vmtap0"}).exit_code, 0);
   ASSERT_EQ(run_command({"ip", "link", "set", "vmtap0", "up"}).exit_code, 0);
-  expect_setup_fails(tap_config(true, parse_port_forward("8080:80"), "vmtap0"), "publish ports with --network tap", "ports were published on a device img2vm does not manage");
+  expect_setup_fails(tap_config(true, parse_port_forward("8080:80"), "vmtap0"),
+                     "publish ports with --network tap",
+                     "ports were published on a device img2vm does not manage");
   {
     Stack s(tap_config(true, {}, "vmtap0"));
     EXPECT_FALSE(s.backend.info().managed);
     EXPECT_EQ(s.backend.info().host_ip, "172.31.5.1");
     EXPECT_EQ(s.backend.info().guest_ip, "172.31.5.2");
     EXPECT_EQ(s.backend.info().prefix_length, 24u);
-    EXPECT_EQ(nft_ruleset().find("img2vm"), std::string::npos) << "rules installed for a foreign device";
+    EXPECT_EQ(nft_ruleset().find("img2vm"), std::string::npos)
+        << "rules installed for a foreign device";
     ASSERT_TRUE(s.resolve_gateway()) << "frames do not flow through the existing device";
   }
   EXPECT_TRUE(device_exists("vmtap0")) << "the administrator's device was removed";
@@ -546,7 +584,8 @@ TEST(TapBackend, RulesLeftByAKilledRunnerAreRemoved) {
     ASSERT_EQ(run_command({"nft", "add", "table", "ip", "img2vm_img2vm9"}).exit_code, 0);
     ASSERT_EQ(run_command({"nft", "add", "table", "netdev", "img2vm_img2vm9"}).exit_code, 0);
     auto removed = remove_stale_tap_rules();
-    EXPECT_EQ(removed, std::vector<std::string>{"img2vm_img2vm9"}) << "img2vm7 should have gone with the setup";
+    EXPECT_EQ(removed, std::vector<std::string>{"img2vm_img2vm9"})
+        << "img2vm7 should have gone with the setup";
     std::string rules = nft_ruleset();
     EXPECT_NE(rules.find("table ip img2vm_" + live.info().device), std::string::npos) << rules;
     EXPECT_NE(rules.find("table netdev img2vm_" + live.info().device), std::string::npos) << rules;

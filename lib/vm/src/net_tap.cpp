@@ -3,8 +3,8 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <ifaddrs.h>
-#include <net/if.h>  // before linux/if_tun.h: glibc's ifreq and if_nametoindex
 #include <linux/if_tun.h>
+#include <net/if.h>  // before linux/if_tun.h: glibc's ifreq and if_nametoindex
 #include <net/if_arp.h>
 #include <netinet/in.h>
 #include <nftables/libnftables.h>
@@ -42,7 +42,8 @@ constexpr const char* kForwardingMark = "ip img2vmfwd";
 
 uint32_t parse_ip(std::string_view s) {
   in_addr a{};
-  if (::inet_pton(AF_INET, std::string(s).c_str(), &a) != 1) throw Error(ErrorKind::kInternal, "bad IPv4 address " + std::string(s));
+  if (::inet_pton(AF_INET, std::string(s).c_str(), &a) != 1)
+    throw Error(ErrorKind::kInternal, "bad IPv4 address " + std::string(s));
   return ntohl(a.s_addr);
 }
 
@@ -83,7 +84,8 @@ class Nft {
       std::string err = ::nft_ctx_get_error_buffer(ctx_);
       while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
       auto nl = err.find('\n');
-      throw Error(ErrorKind::kIo, what + ": nftables: " + (nl == std::string::npos ? err : err.substr(0, nl)));
+      throw Error(ErrorKind::kIo,
+                  what + ": nftables: " + (nl == std::string::npos ? err : err.substr(0, nl)));
     }
     (void)::nft_ctx_get_error_buffer(ctx_);
     return ::nft_ctx_get_output_buffer(ctx_);
@@ -121,9 +123,13 @@ class HostLock {
     std::error_code ec;
     std::filesystem::create_directories(kLockDir, ec);  // also /run itself on a bare system
     fd_.reset(::open(kLockFile, O_RDWR | O_CREAT | O_CLOEXEC, 0644));
-    if (!fd_) throw Error(ErrorKind::kIo, std::string("tap network: cannot open the lock ") + kLockFile + ": " + errno_text(errno));
+    if (!fd_)
+      throw Error(ErrorKind::kIo, std::string("tap network: cannot open the lock ") + kLockFile +
+                                      ": " + errno_text(errno));
     while (::flock(fd_.get(), LOCK_EX) != 0)
-      if (errno != EINTR) throw Error(ErrorKind::kInternal, std::string("tap network: cannot lock ") + kLockFile + ": " + errno_text(errno));
+      if (errno != EINTR)
+        throw Error(ErrorKind::kInternal, std::string("tap network: cannot lock ") + kLockFile +
+                                              ": " + errno_text(errno));
   }
 
  private:
@@ -140,7 +146,8 @@ std::string read_sysctl(const std::string& path) {
 void write_sysctl(const std::string& path, const std::string& value) {
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC));
   if (!fd || ::write(fd.get(), value.data(), value.size()) != ssize_t(value.size()))
-    throw Error(ErrorKind::kIo, "tap network: cannot set " + path + " to " + value + ": " + errno_text(errno));
+    throw Error(ErrorKind::kIo,
+                "tap network: cannot set " + path + " to " + value + ": " + errno_text(errno));
 }
 
 // ioctl on an AF_INET datagram socket for interface requests.
@@ -149,13 +156,15 @@ struct IfSocket {
   ifreq req(const std::string& dev) const { return ifreq_for(dev); }
 };
 
-void set_addr(const IfSocket& s, const std::string& dev, unsigned long op, uint32_t v, const char* what) {
+void set_addr(const IfSocket& s, const std::string& dev, unsigned long op, uint32_t v,
+              const char* what) {
   ifreq r = s.req(dev);
   auto* sin = reinterpret_cast<sockaddr_in*>(&r.ifr_addr);
   sin->sin_family = AF_INET;
   sin->sin_addr.s_addr = htonl(v);
   if (::ioctl(s.fd.get(), op, &r) != 0)
-    throw Error(ErrorKind::kIo, "tap device " + dev + ": cannot set its " + what + ": " + errno_text(errno));
+    throw Error(ErrorKind::kIo,
+                "tap device " + dev + ": cannot set its " + what + ": " + errno_text(errno));
 }
 
 std::optional<uint32_t> get_addr(const IfSocket& s, const std::string& dev, unsigned long op) {
@@ -171,11 +180,14 @@ uint32_t free_subnet() {
   };
   std::vector<Net> used;
   ifaddrs* list = nullptr;
-  if (::getifaddrs(&list) != 0) throw Error(ErrorKind::kInternal, "tap network: getifaddrs: " + errno_text(errno));
+  if (::getifaddrs(&list) != 0)
+    throw Error(ErrorKind::kInternal, "tap network: getifaddrs: " + errno_text(errno));
   for (ifaddrs* a = list; a; a = a->ifa_next) {
     if (!a->ifa_addr || a->ifa_addr->sa_family != AF_INET) continue;
     uint32_t addr = ntohl(reinterpret_cast<sockaddr_in*>(a->ifa_addr)->sin_addr.s_addr);
-    uint32_t mask = a->ifa_netmask ? ntohl(reinterpret_cast<sockaddr_in*>(a->ifa_netmask)->sin_addr.s_addr) : ~0u;
+    uint32_t mask = a->ifa_netmask
+                        ? ntohl(reinterpret_cast<sockaddr_in*>(a->ifa_netmask)->sin_addr.s_addr)
+                        : ~0u;
     used.push_back({addr & mask, mask});
   }
   ::freeifaddrs(list);
@@ -190,26 +202,30 @@ uint32_t free_subnet() {
     if (!clash) return net;
     if (net + 4 < net) break;
   }
-  throw Error(ErrorKind::kLimit, "tap network: no free /30 left in " + std::string(tapnet::kPool) + "/" +
-                                           std::to_string(tapnet::kPoolPrefixLength));
+  throw Error(ErrorKind::kLimit, "tap network: no free /30 left in " + std::string(tapnet::kPool) +
+                                     "/" + std::to_string(tapnet::kPoolPrefixLength));
 }
 
 // A host socket that holds a published port while the VM runs, as docker's proxy does: the
 // port cannot be taken by another program (or VM), and a port 0 becomes a free one.
 UniqueFd reserve_port(const PortForward& f, uint16_t& port) {
-  UniqueFd s(::socket(AF_INET, (f.protocol == PortProtocol::kUdp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC, 0));
+  UniqueFd s(::socket(
+      AF_INET, (f.protocol == PortProtocol::kUdp ? SOCK_DGRAM : SOCK_STREAM) | SOCK_CLOEXEC, 0));
   if (!s) throw Error(ErrorKind::kInternal, "socket: " + errno_text(errno));
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_port = htons(f.host_port);
   if (::inet_pton(AF_INET, f.host_ip.c_str(), &a.sin_addr) != 1)
-    throw Error(ErrorKind::kInvalidArgument, "-p " + to_string(f) + ": the tap network publishes on IPv4 addresses only");
+    throw Error(ErrorKind::kInvalidArgument,
+                "-p " + to_string(f) + ": the tap network publishes on IPv4 addresses only");
   if (::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
     int e = errno;
     if (e == EADDRINUSE)
-      throw Error(ErrorKind::kIo, "-p " + to_string(f) + ": host port " + std::to_string(f.host_port) + "/" +
-                                            to_string(f.protocol) + " is already in use");
-    throw Error(ErrorKind::kInvalidArgument, "-p " + to_string(f) + ": cannot bind " + f.host_ip + ": " + errno_text(e));
+      throw Error(ErrorKind::kIo, "-p " + to_string(f) + ": host port " +
+                                      std::to_string(f.host_port) + "/" + to_string(f.protocol) +
+                                      " is already in use");
+    throw Error(ErrorKind::kInvalidArgument,
+                "-p " + to_string(f) + ": cannot bind " + f.host_ip + ": " + errno_text(e));
   }
   socklen_t len = sizeof a;
   ::getsockname(s.get(), reinterpret_cast<sockaddr*>(&a), &len);
@@ -271,16 +287,23 @@ struct TapBackend::Impl {
 
 void TapBackend::Impl::attach_existing(const std::string& name) {
   tap.reset(::open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK));
-  if (!tap) throw Error(ErrorKind::kNotFound, "tap network: cannot open /dev/net/tun: " + errno_text(errno));
+  if (!tap)
+    throw Error(ErrorKind::kNotFound,
+                "tap network: cannot open /dev/net/tun: " + errno_text(errno));
   ifreq r = ifreq_for(name);
   r.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
   if (::ioctl(tap.get(), TUNSETIFF, &r) != 0) {
     int e = errno;
     if (e == EPERM || e == EACCES)
-      throw Error(ErrorKind::kIo, "tap device " + name + ": not allowed to attach (it belongs to another user; "
-                                          "create it with `ip tuntap add " + name + " mode tap user $USER`)");
-    if (e == EINVAL) throw Error(ErrorKind::kInvalidArgument, "tap device " + name + ": a device of that name exists and is not a tap device");
-    if (e == EBUSY) throw Error(ErrorKind::kIo, "tap device " + name + ": already attached to another program");
+      throw Error(ErrorKind::kIo, "tap device " + name +
+                                      ": not allowed to attach (it belongs to another user; "
+                                      "create it with `ip tuntap add " +
+                                      name + " mode tap user $USER`)");
+    if (e == EINVAL)
+      throw Error(ErrorKind::kInvalidArgument,
+                  "tap device " + name + ": a device of that name exists and is not a tap device");
+    if (e == EBUSY)
+      throw Error(ErrorKind::kIo, "tap device " + name + ": already attached to another program");
     throw Error(ErrorKind::kInternal, "tap device " + name + ": TUNSETIFF: " + errno_text(e));
   }
   info.device = r.ifr_name;
@@ -289,16 +312,22 @@ void TapBackend::Impl::attach_existing(const std::string& name) {
   auto host = get_addr(s, info.device, SIOCGIFADDR);
   auto mask = get_addr(s, info.device, SIOCGIFNETMASK);
   if (!host || !mask)
-    throw Error(ErrorKind::kInvalidArgument, "tap device " + info.device + " has no IPv4 address: give it one "
-                                             "(ip addr add 172.16.0.1/30 dev " + info.device + ") or let img2vm create a device (--network tap)");
+    throw Error(ErrorKind::kInvalidArgument, "tap device " + info.device +
+                                                 " has no IPv4 address: give it one "
+                                                 "(ip addr add 172.16.0.1/30 dev " +
+                                                 info.device +
+                                                 ") or let img2vm create a device (--network tap)");
   unsigned prefix = unsigned(__builtin_popcount(*mask));
   if (prefix > 30)
-    throw Error(ErrorKind::kInvalidArgument, "tap device " + info.device + ": its subnet /" + std::to_string(prefix) +
+    throw Error(ErrorKind::kInvalidArgument, "tap device " + info.device + ": its subnet /" +
+                                                 std::to_string(prefix) +
                                                  " has no room for a guest address");
   const uint32_t net = *host & *mask, bcast = net | ~*mask;
   uint32_t guest = *host + 1;
   if (guest >= bcast) guest = *host - 1;
-  if (guest <= net) throw Error(ErrorKind::kInvalidArgument, "tap device " + info.device + ": no free guest address next to " + ip_str(*host));
+  if (guest <= net)
+    throw Error(ErrorKind::kInvalidArgument,
+                "tap device " + info.device + ": no free guest address next to " + ip_str(*host));
   info.host_ip = ip_str(*host);
   info.guest_ip = ip_str(guest);
   info.prefix_length = prefix;
@@ -307,36 +336,55 @@ void TapBackend::Impl::attach_existing(const std::string& name) {
 std::string TapBackend::Impl::ruleset(const TapNetConfig& c) const {
   const bool outbound = c.outbound;
   const std::string d = "\"" + info.device + "\"";
-  const std::string pool = std::string(tapnet::kPool) + "/" + std::to_string(tapnet::kPoolPrefixLength);
+  const std::string pool =
+      std::string(tapnet::kPool) + "/" + std::to_string(tapnet::kPoolPrefixLength);
   std::string dnat;
   for (const auto& f : published) {
     const char* proto = f.protocol == PortProtocol::kUdp ? "udp" : "tcp";
-    std::string match = f.host_ip == "0.0.0.0" ? "fib daddr type local " : "ip daddr " + f.host_ip + " ";
-    dnat += "    " + match + proto + " dport " + std::to_string(f.host_port) + " dnat to " + info.guest_ip + ":" +
-            std::to_string(f.guest_port) + "\n";
+    std::string match =
+        f.host_ip == "0.0.0.0" ? "fib daddr type local " : "ip daddr " + f.host_ip + " ";
+    dnat += "    " + match + proto + " dport " + std::to_string(f.host_port) + " dnat to " +
+            info.guest_ip + ":" + std::to_string(f.guest_port) + "\n";
   }
   std::string t = "table ip " + info.table.substr(3) + " {\n";
-  t += "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n" + dnat + "  }\n";
-  t += "  chain output {\n    type nat hook output priority -100; policy accept;\n" + dnat + "  }\n";
+  t += "  chain prerouting {\n    type nat hook prerouting priority dstnat; policy accept;\n" +
+       dnat + "  }\n";
+  t +=
+      "  chain output {\n    type nat hook output priority -100; policy accept;\n" + dnat + "  }\n";
   t += "  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n"
-       "    oifname " + d + " ip saddr 127.0.0.0/8 masquerade\n";
+       "    oifname " +
+       d + " ip saddr 127.0.0.0/8 masquerade\n";
   if (outbound) t += "    ip saddr " + info.guest_ip + " oifname != " + d + " masquerade\n";
   t += "  }\n";
   // Toward the guest: replies and published ports only. From the guest: never another VM's
   // subnet; the outside world when outbound is on, else replies only.
   t += "  chain forward {\n    type filter hook forward priority filter; policy accept;\n"
-       "    oifname " + d + " ct state established,related accept\n"
-       "    oifname " + d + " ct status dnat accept\n"
-       "    oifname " + d + " drop\n"
-       "    iifname " + d + " ip daddr " + pool + " drop\n"
-       "    iifname " + d + " ct state established,related accept\n";
+       "    oifname " +
+       d +
+       " ct state established,related accept\n"
+       "    oifname " +
+       d +
+       " ct status dnat accept\n"
+       "    oifname " +
+       d +
+       " drop\n"
+       "    iifname " +
+       d + " ip daddr " + pool +
+       " drop\n"
+       "    iifname " +
+       d + " ct state established,related accept\n";
   if (outbound) t += "    iifname " + d + " accept\n";
   t += "    iifname " + d + " drop\n  }\n";
   // The host's own services are not the guest's business: replies, and ping of the gateway.
   t += "  chain input {\n    type filter hook input priority filter; policy accept;\n"
-       "    iifname " + d + " ct state established,related accept\n"
-       "    iifname " + d + " icmp type echo-request accept\n"
-       "    iifname " + d + " drop\n  }\n}\n";
+       "    iifname " +
+       d +
+       " ct state established,related accept\n"
+       "    iifname " +
+       d +
+       " icmp type echo-request accept\n"
+       "    iifname " +
+       d + " drop\n  }\n}\n";
   // What the guest may send at all, checked as each frame enters the host (before IPv6, ARP,
   // routing, conntrack or the rules above see it): ARP and IPv4 from its own MAC and address,
   // to no loopback, "this network", multicast, broadcast or class E address. Nothing else: no
@@ -359,16 +407,20 @@ void TapBackend::Impl::setup_managed(const TapNetConfig& c, uint16_t mtu) {
   remove_stale(nft);
 
   tap.reset(::open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK));
-  if (!tap) throw Error(ErrorKind::kNotFound, "tap network: cannot open /dev/net/tun: " + errno_text(errno));
+  if (!tap)
+    throw Error(ErrorKind::kNotFound,
+                "tap network: cannot open /dev/net/tun: " + errno_text(errno));
   std::string want = c.name.empty() ? std::string(tapnet::kDevicePrefix) + "%d" : c.name;
   ifreq r = ifreq_for(want);
   r.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
   if (::ioctl(tap.get(), TUNSETIFF, &r) != 0) {
     int e = errno;
     if (e == EPERM || e == EACCES)
-      throw Error(ErrorKind::kIo, "tap network: creating a tap device needs CAP_NET_ADMIN (run as root), "
-                                          "or use --network user (rootless)");
-    throw Error(ErrorKind::kInternal, "tap network: cannot create tap device " + want + ": " + errno_text(e));
+      throw Error(ErrorKind::kIo,
+                  "tap network: creating a tap device needs CAP_NET_ADMIN (run as root), "
+                  "or use --network user (rootless)");
+    throw Error(ErrorKind::kInternal,
+                "tap network: cannot create tap device " + want + ": " + errno_text(e));
   }
   info.device = r.ifr_name;
   info.managed = true;
@@ -397,10 +449,13 @@ void TapBackend::Impl::setup_managed(const TapNetConfig& c, uint16_t mtu) {
     ifreq q = s.req(info.device);
     q.ifr_mtu = mtu;
     if (::ioctl(s.fd.get(), SIOCSIFMTU, &q) != 0)
-      throw Error(ErrorKind::kInvalidArgument, "tap device " + info.device + ": cannot set MTU " + std::to_string(mtu) + ": " + errno_text(errno));
+      throw Error(ErrorKind::kInvalidArgument, "tap device " + info.device + ": cannot set MTU " +
+                                                   std::to_string(mtu) + ": " + errno_text(errno));
     q = s.req(info.device);
-    if (::ioctl(s.fd.get(), SIOCGIFFLAGS, &q) != 0 || (q.ifr_flags |= IFF_UP, ::ioctl(s.fd.get(), SIOCSIFFLAGS, &q) != 0))
-      throw Error(ErrorKind::kIo, "tap device " + info.device + ": cannot bring it up: " + errno_text(errno));
+    if (::ioctl(s.fd.get(), SIOCGIFFLAGS, &q) != 0 ||
+        (q.ifr_flags |= IFF_UP, ::ioctl(s.fd.get(), SIOCSIFFLAGS, &q) != 0))
+      throw Error(ErrorKind::kIo,
+                  "tap device " + info.device + ": cannot bring it up: " + errno_text(errno));
   }
 
   // Connections from the host's loopback to a published port leave through the device with a
@@ -453,15 +508,27 @@ void TapBackend::Impl::teardown() noexcept {
 TapBackend::TapBackend(const TapNetConfig& config, uint16_t mtu) : impl_(std::make_unique<Impl>()) {
   if (mtu < VirtioNet::kMinMtu || mtu > VirtioNet::kMaxMtu)
     throw Error(ErrorKind::kInvalidArgument, "network MTU " + std::to_string(mtu) + " is outside " +
-                                                 std::to_string(VirtioNet::kMinMtu) + "-" + std::to_string(VirtioNet::kMaxMtu));
+                                                 std::to_string(VirtioNet::kMinMtu) + "-" +
+                                                 std::to_string(VirtioNet::kMaxMtu));
   if (config.name.size() >= IFNAMSIZ)
-    throw Error(ErrorKind::kInvalidArgument, "tap device name \"" + config.name + "\" is longer than " + std::to_string(IFNAMSIZ - 1) + " characters");
+    throw Error(ErrorKind::kInvalidArgument, "tap device name \"" + config.name +
+                                                 "\" is longer than " +
+                                                 std::to_string(IFNAMSIZ - 1) + " characters");
   const bool exists = !config.name.empty() && ::if_nametoindex(config.name.c_str()) != 0;
+  // A device img2vm makes names its nftables tables and appears in their rules, so its name is
+  // kept to what those take as it is: a letter first, then letters, digits, '_', '.' or '-'.
+  if (!exists && !config.name.empty() && !tapnet::valid_device_name(config.name))
+    throw Error(ErrorKind::kInvalidArgument,
+                "tap device name \"" + config.name +
+                    "\": use a letter, then letters, digits, '_', '.' or '-'");
   try {
     if (exists) {
       if (!config.forwards.empty())
-        throw Error(ErrorKind::kInvalidArgument, "-p: tap device " + config.name + " was made by someone else, so img2vm sets up "
-                                                 "no rules for it; publish ports with --network tap (a device of img2vm's own)");
+        throw Error(
+            ErrorKind::kInvalidArgument,
+            "-p: tap device " + config.name +
+                " was made by someone else, so img2vm sets up "
+                "no rules for it; publish ports with --network tap (a device of img2vm's own)");
       impl_->attach_existing(config.name);
     } else {
       impl_->setup_managed(config, mtu);

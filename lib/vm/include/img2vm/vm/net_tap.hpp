@@ -62,6 +62,15 @@ inline constexpr std::string_view kPool = "10.200.0.0";  // managed subnets: /30
 inline constexpr unsigned kPoolPrefixLength = 16;
 inline constexpr std::string_view kDevicePrefix = "img2vm";
 inline constexpr std::string_view kTablePrefix = "img2vm_";
+// Whether img2vm may create a device of this name: one its nftables rules can name unquoted
+// (a letter, then letters, digits, '_', '.' or '-').
+constexpr bool valid_device_name(std::string_view name) {
+  auto letter = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); };
+  if (name.empty() || !letter(name[0])) return false;
+  for (char c : name)
+    if (!letter(c) && !(c >= '0' && c <= '9') && c != '_' && c != '.' && c != '-') return false;
+  return true;
+}
 }  // namespace tapnet
 
 struct TapNetConfig {
@@ -76,10 +85,10 @@ struct TapNetConfig {
 
 // What the guest is told about its network (its init configures eth0 with it).
 struct TapNetInfo {
-  std::string device;      // the tap device's name on the host
-  bool managed = false;    // created and configured by the backend
-  std::string host_ip;     // the host end: the guest's gateway
-  std::string guest_ip;    // the guest's address
+  std::string device;    // the tap device's name on the host
+  bool managed = false;  // created and configured by the backend
+  std::string host_ip;   // the host end: the guest's gateway
+  std::string guest_ip;  // the guest's address
   unsigned prefix_length = 0;
   std::string table;  // the nftables `ip` table (managed), e.g. "ip img2vm_img2vm0"; a
                       // `netdev` table of the same name filters what the guest sends
