@@ -35,14 +35,14 @@ int UniqueFd::release() noexcept {
 
 std::string read_file(const std::string& path, std::size_t max_bytes) {
   UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (!fd) throw_errno("opening " + path);
+  if (!fd) throw_errno("cannot open " + path);
   std::string out;
   char buf[65536];
   while (out.size() < max_bytes) {
     ssize_t n = ::read(fd.get(), buf, std::min(sizeof buf, max_bytes - out.size()));
     if (n < 0) {
       if (errno == EINTR) continue;
-      throw_errno("reading " + path);
+      throw_errno("cannot read " + path);
     }
     if (n == 0) break;
     out.append(buf, static_cast<std::size_t>(n));
