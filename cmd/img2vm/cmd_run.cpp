@@ -27,8 +27,10 @@
 #include "image_input.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "img2vm/guestabi/cmdline.hpp"
+#include "img2vm/guestabi/error.hpp"
+#include "img2vm/guestabi/overrides_disk.hpp"
 #include "img2vm/vm/disk_view.hpp"
-#include "img2vm/vm/guest_abi.hpp"
 #include "img2vm/vm/kvm_detect.hpp"
 #include "img2vm/vm/machine.hpp"
 #include "img2vm/vm/net_slirp.hpp"
@@ -143,7 +145,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   p.attach.say = ::isatty(STDERR_FILENO) && !g.json;
   p.attach.json = g.json;
   p.attach.timings = a.timings;
-  rootfs::RunOverrides overrides = build_overrides(a.req, process_env());
+  guestabi::RunOverrides overrides = build_overrides(a.req, process_env());
   std::vector<ExtraDisk> extra;
   for (const auto& d : a.disks) extra.push_back(parse_disk(d));
 
@@ -157,7 +159,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     throw Error(ErrorKind::kInvalidArgument, "-p/-P: --network none has no network to publish ports on");
   parse_exposed_ports(a.expose, "--expose");  // checked now; used once the image is known
   if (net.mode == NetworkChoice::Mode::kUser) {
-    rootfs::NetConfig n;
+    guestabi::NetConfig n;
     n.interface = "eth0";
     n.address = std::string(vm::usernet::kGuest);
     n.prefix = vm::usernet::kPrefixLength;
@@ -223,7 +225,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     mc.net->tap = vm::TapFdConfig{p.tap->device_fd(), p.tap->published()};
     p.attach.run_as = unprivileged_identity();
     const vm::TapNetInfo& ti = p.tap->info();
-    rootfs::NetConfig n;
+    guestabi::NetConfig n;
     n.interface = "eth0";
     n.address = ti.guest_ip;
     n.prefix = ti.prefix_length;
@@ -264,19 +266,25 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   }
 
   // The overrides: inline when short, else on a raw block device after the other disks.
-  std::string param = rootfs::run_overrides_kernel_param(overrides);
-  if (param.size() > kInlineOverridesMax) {
-    if (mc.disks.size() >= 26) throw Error(ErrorKind::kLimit, "too many disks");
-    p.overrides = sealed_memfd("img2vm-overrides", overrides_disk_image(overrides));
-    vm::DiskConfig d;
-    d.path = "/proc/self/fd/" + std::to_string(p.overrides.get());
-    d.mode = vm::DiskMode::kReadOnly;
-    d.id = "img2vm-overrides";
-    param = std::string(rootfs::kRunParam) + "=blk:/dev/vd" + char('a' + mc.disks.size());
-    mc.disks.push_back(d);
+  std::string param;
+  try {
+    param = guestabi::run_overrides_kernel_param(overrides);
+    if (param.size() > kInlineOverridesMax) {
+      if (mc.disks.size() >= 26) throw Error(ErrorKind::kLimit, "too many disks");
+      p.overrides = sealed_memfd("img2vm-overrides", guestabi::encode_overrides_disk(overrides));
+      vm::DiskConfig d;
+      d.path = "/proc/self/fd/" + std::to_string(p.overrides.get());
+      d.mode = vm::DiskMode::kReadOnly;
+      d.id = "img2vm-overrides";
+      param =
+          guestabi::run_overrides_disk_param(std::string("/dev/vd") + char('a' + mc.disks.size()));
+      mc.disks.push_back(d);
+    }
+  } catch (const guestabi::Error& e) {
+    throw Error(ErrorKind::kInvalidArgument, std::string("run: ") + e.what());
   }
   mc.kernel = kernel->path;
-  mc.cmdline = vm::abi::image_cmdline(a.verbose_boot, param);
+  mc.cmdline = guestabi::image_cmdline(a.verbose_boot, param);
   mc.console_out_fd = STDOUT_FILENO;
   mc.console_in_fd = (a.req.interactive || a.req.tty) ? STDIN_FILENO : -1;
   mc.console_input = vm::ConsoleInput::kAtWorkloadExec;

@@ -83,8 +83,8 @@ std::vector<std::string> parse_env_file(const fs::path& file, const HostEnv& hos
   return out;
 }
 
-rootfs::RunOverrides build_overrides(const RunRequest& r, const HostEnv& host) {
-  rootfs::RunOverrides o;
+guestabi::RunOverrides build_overrides(const RunRequest& r, const HostEnv& host) {
+  guestabi::RunOverrides o;
   for (const auto& f : r.env_files)
     for (auto& e : parse_env_file(f, host)) o.env.push_back(std::move(e));
   for (const auto& e : r.env) add_env(o.env, e, host, "-e");
@@ -285,12 +285,6 @@ std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& spe
     }
   }
   return out;
-}
-
-std::string overrides_disk_image(const rootfs::RunOverrides& o) {
-  std::string data = rootfs::to_json(o);
-  data.resize((data.size() / 512 + 1) * 512, '\0');  // at least one NUL ends the text
-  return data;
 }
 
 }  // namespace img2vm::cli

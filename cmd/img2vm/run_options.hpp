@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "img2vm/rootfs/runtime_config.hpp"
+#include "img2vm/guestabi/config.hpp"
 
 namespace img2vm::cli {
 
@@ -38,7 +38,7 @@ struct RunRequest {
 std::vector<std::string> parse_env_file(const std::filesystem::path& file, const HostEnv& host);
 
 // The overrides for the init: only what the user asked to change is set.
-rootfs::RunOverrides build_overrides(const RunRequest& r, const HostEnv& host);
+guestabi::RunOverrides build_overrides(const RunRequest& r, const HostEnv& host);
 
 // "10" (seconds), "500ms", "30s", "5m", "1h", "1m30s". Zero is allowed (no limit).
 std::chrono::milliseconds parse_duration(const std::string& flag, const std::string& text);
@@ -87,8 +87,5 @@ std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& spe
 // How the overrides reach the init: inline on the command line when short, else on a raw block
 // device. Inline is used while the parameter stays under this many bytes.
 inline constexpr size_t kInlineOverridesMax = 1024;
-
-// The bytes of an overrides block device: the JSON text, NUL-padded to a multiple of 512.
-std::string overrides_disk_image(const rootfs::RunOverrides& o);
 
 }  // namespace img2vm::cli

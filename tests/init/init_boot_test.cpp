@@ -6,6 +6,7 @@
 //
 // Needs a guest kernel: $IMG2VM_KERNEL, else the newest ~/.cache/img2vm/kernel/*/vmlinux
 // (guest/kernel/build.sh). Without one every test here is skipped, saying so.
+#include <gtest/gtest.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -16,15 +17,15 @@
 #include <string>
 #include <vector>
 
-#include <gtest/gtest.h>
-
 #include "img2vm/base/fd.hpp"
-#include "img2vm/rootfs/runtime_config.hpp"
+#include "img2vm/guestabi/cmdline.hpp"
+#include "img2vm/guestabi/config.hpp"
+#include "img2vm/guestabi/overrides_disk.hpp"
 #include "process.hpp"
 
 using namespace img2vm;
-using img2vm::rootfs::RunOverrides;
-using img2vm::rootfs::RuntimeConfig;
+using img2vm::guestabi::RunOverrides;
+using img2vm::guestabi::RuntimeConfig;
 using img2vm::testing::run_command;
 namespace fs = std::filesystem;
 using Strings = std::vector<std::string>;
@@ -100,7 +101,9 @@ class InitBoot : public ::testing::Test {
         "app:x:1000:\n");
   }
 
-  void write_config(const RuntimeConfig& c) { put(root_ / ".img2vm/config.json", rootfs::to_json(c)); }
+  void write_config(const RuntimeConfig& c) {
+    put(root_ / ".img2vm/config.json", guestabi::to_json(c));
+  }
 
   // Boots the rootfs; `append` is added to the kernel command line, `extra_disk` becomes the
   // second virtio block device.
@@ -322,7 +325,7 @@ TEST_F(InitBoot, OverridesThroughTheKernelCommandLine) {
   o.user = "1000";
   o.working_dir = "/work dir";
   o.hostname = "ovr";
-  auto b = boot(rootfs::run_overrides_kernel_param(o));
+  auto b = boot(guestabi::run_overrides_kernel_param(o));
   EXPECT_EQ(b.status(), 4) << b.console;
   EXPECT_TRUE(has(b.console, "greet a b c=d X=new value=1 KEEP=1 user=1000 cwd=/work dir host=ovr\n")) << b.console;
 }
@@ -335,7 +338,7 @@ TEST_F(InitBoot, TrailingArgsOverrideCmdAndTtyMode) {
   RunOverrides o;
   o.cmd = Strings{"[ -t 0 ] && [ -t 1 ] && echo tty=yes TERM=$TERM; exit 6"};
   o.tty = true;
-  auto b = boot(rootfs::run_overrides_kernel_param(o));
+  auto b = boot(guestabi::run_overrides_kernel_param(o));
   EXPECT_EQ(b.status(), 6) << b.console;
   EXPECT_TRUE(has(b.console, "tty=yes TERM=xterm")) << b.console;
 }
@@ -348,9 +351,8 @@ TEST_F(InitBoot, OverridesThroughABlockDevice) {
   std::string big(6000, 'v');  // far beyond the 2048-byte kernel command line
   o.env = {"BIG=" + big};
   o.cmd = Strings{"sh", "-c", "echo big=${#BIG}; exit 11"};
-  std::string json = rootfs::to_json(o);
   fs::path disk = work_.path() / "overrides.img";
-  put(disk, json + std::string(4096 - json.size() % 4096, '\0'));
+  put(disk, guestabi::encode_overrides_disk(o));
   auto b = boot("img2vm.run=blk:/dev/vdb", disk);
   EXPECT_EQ(b.status(), 11) << b.console;
   EXPECT_TRUE(has(b.console, "big=6000\n")) << b.console;
@@ -397,8 +399,8 @@ TEST_F(InitBoot, NetworkOverridesConfigureTheInterface) {
   c.hostname = "netbox";
   write_config(c);
   RunOverrides o;
-  o.net = rootfs::NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1400};
-  auto b = boot(rootfs::run_overrides_kernel_param(o));
+  o.net = guestabi::NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1400};
+  auto b = boot(guestabi::run_overrides_kernel_param(o));
   EXPECT_EQ(b.status(), 4) << b.console;
   EXPECT_TRUE(has(b.console, "inet 10.0.2.15/24")) << b.console;
   EXPECT_TRUE(has(b.console, "mtu 1400")) << b.console;
@@ -408,7 +410,7 @@ TEST_F(InitBoot, NetworkOverridesConfigureTheInterface) {
 
   // Without a network device the same overrides are an init failure (code 10), named.
   extra_qemu_.clear();
-  b = boot(rootfs::run_overrides_kernel_param(o));
+  b = boot(guestabi::run_overrides_kernel_param(o));
   EXPECT_EQ(b.qemu_exit, qemu_code_for(10)) << b.console;
   EXPECT_TRUE(has(b.console, "img2vm-init: network: configuring eth0")) << b.console;
 }

@@ -1,32 +1,33 @@
 // The guest init's pure logic, on the host: docker run's override rules, Entrypoint + Cmd,
 // the environment, PATH lookup and its errors, user resolution from fake rootfs directories,
 // and the per-run override transport.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <arpa/inet.h>
 
 #include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
-#include <gtest/gtest.h>
-
-#include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "img2vm/guestabi/cmdline.hpp"
+#include "img2vm/guestabi/config.hpp"
+#include "img2vm/guestabi/overrides_disk.hpp"
 #include "img2vm/init/command.hpp"
 #include "img2vm/init/guest_files.hpp"
 #include "img2vm/init/network.hpp"
+#include "img2vm/init/sys.hpp"
 #include "img2vm/init/user.hpp"
-#include "img2vm/rootfs/runtime_config.hpp"
 
-using namespace img2vm;
 using namespace img2vm::init;
-using img2vm::rootfs::RunOverrides;
-using img2vm::rootfs::RuntimeConfig;
+using img2vm::TempDir;
+using img2vm::guestabi::RunOverrides;
+using img2vm::guestabi::RuntimeConfig;
+namespace guestabi = img2vm::guestabi;
 namespace fs = std::filesystem;
 
 using Strings = std::vector<std::string>;
@@ -43,7 +44,7 @@ template <typename F>
 std::string error_of(F&& f) {
   try {
     f();
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
     return e.what();
   }
   return "(no error)";
@@ -297,79 +298,25 @@ TEST(InitUserNoFiles, MissingPasswdAndGroupLikeDocker) {
 
 // --- the per-run overrides ------------------------------------------------------------------
 
-TEST(InitOverrides, JsonRoundTripAndAbsence) {
-  RunOverrides o;
-  o.entrypoint = Strings{};
-  o.cmd = Strings{"sh", "-c", "echo \"a b\"; exit 3"};
-  o.env = {"A=b=c d", "EMPTY="};
-  o.working_dir = "/w";
-  o.user = "app:staff";
-  o.hostname = "box";
-  o.dns = {"10.0.2.3"};
-  o.tty = true;
-  o.interactive = true;
-  EXPECT_EQ(rootfs::run_overrides_from_json(rootfs::to_json(o)), o);
-  EXPECT_EQ(rootfs::run_overrides_from_json(R"({"schema":1})"), RunOverrides{});
-  auto none = rootfs::run_overrides_from_json(rootfs::to_json(RunOverrides{}));
-  EXPECT_FALSE(none.entrypoint.has_value());
-  EXPECT_FALSE(none.cmd.has_value());
-}
-
-TEST(InitOverrides, BadInputNamesTheField) {
-  auto err = [](std::string_view json) { return error_of([&] { rootfs::run_overrides_from_json(json); }); };
-  EXPECT_NE(err(R"({"schema":1,"env":["NOEQUALS"]})").find("\"env\""), std::string::npos);
-  EXPECT_NE(err(R"({"schema":1,"env":["=x"]})").find("\"env\""), std::string::npos);
-  EXPECT_NE(err(R"({"schema":1,"tty":"yes"})").find("\"tty\""), std::string::npos);
-  EXPECT_NE(err(R"({"schema":1,"cmd":"sh"})").find("\"cmd\""), std::string::npos);
-  EXPECT_NE(err(R"({"cmd":["sh"]})").find("\"schema\""), std::string::npos);
-  EXPECT_NE(err(R"({"schema":2})").find("version 2"), std::string::npos);
-  EXPECT_NE(err("[1]").find("not a JSON object"), std::string::npos);
-}
-
-TEST(InitOverrides, Base64Url) {
-  EXPECT_EQ(rootfs::base64url_encode(""), "");
-  EXPECT_EQ(rootfs::base64url_encode("f"), "Zg");
-  EXPECT_EQ(rootfs::base64url_encode("fo"), "Zm8");
-  EXPECT_EQ(rootfs::base64url_encode("foo"), "Zm9v");
-  EXPECT_EQ(rootfs::base64url_encode("\xfb\xff\xbf"), "-_-_");
-  for (std::string s : {"", "a", "ab", "abc", "abcd", "\x00\xff\x10 =?"})
-    EXPECT_EQ(rootfs::base64url_decode(rootfs::base64url_encode(s)), s);
-  EXPECT_EQ(rootfs::base64url_decode("Zm8="), "fo");
-  EXPECT_NE(error_of([] { rootfs::base64url_decode("Zm9v+"); }).find("base64url"), std::string::npos);
-  EXPECT_NE(error_of([] { rootfs::base64url_decode("Z"); }).find("truncated"), std::string::npos);
-  EXPECT_NE(error_of([] { rootfs::base64url_decode("Zh"); }).find("non-canonical"), std::string::npos);
-}
-
 TEST(InitOverrides, KernelParamRoundTrip) {
   RunOverrides o;
   o.cmd = Strings{"echo", "x y"};
-  std::string param = rootfs::run_overrides_kernel_param(o);
-  ASSERT_TRUE(param.starts_with("img2vm.run="));
-  EXPECT_EQ(param.find_first_of(" \"\t\n"), std::string::npos);
-  std::string cmdline = "console=ttyS0 quiet root=/dev/vda rw " + param + " panic=-1\n";
-  auto value = kernel_param(cmdline, rootfs::kRunParam);
+  std::string cmdline =
+      guestabi::image_cmdline(false, guestabi::run_overrides_kernel_param(o)) + "\n";
+  auto value = guestabi::kernel_param(cmdline, guestabi::kRunParam);
   ASSERT_TRUE(value);
   EXPECT_EQ(decode_run_param(*value), o);
 }
 
-TEST(InitOverrides, KernelCommandLineWords) {
-  EXPECT_EQ(kernel_param("a=1 img2vm.run=first b img2vm.run=last", "img2vm.run"), "last");
-  EXPECT_EQ(kernel_param("x=\"quoted value\" y", "x"), "quoted value");
-  EXPECT_EQ(kernel_param("img2vm.running=no img2vm.run", "img2vm.run"), std::nullopt);
-  EXPECT_EQ(kernel_param("a -- img2vm.run=afterdashes", "img2vm.run"), std::nullopt);
-  EXPECT_EQ(kernel_param("", "img2vm.run"), std::nullopt);
-}
-
-TEST(InitOverrides, BlockDeviceWithNulPadding) {
+TEST(InitOverrides, BlockDevice) {
   TempDir dir("init-blk");
   RunOverrides o;
   o.env.push_back("BIG=" + std::string(100000, 'v'));  // far beyond the kernel command line
-  std::string json = rootfs::to_json(o);
-  std::string padded = json + std::string(4096 - json.size() % 4096, '\0');
-  put(dir.path() / "vdb", padded);
+  put(dir.path() / "vdb", guestabi::encode_overrides_disk(o));
   EXPECT_EQ(decode_run_param("blk:" + (dir.path() / "vdb").string()), o);
-  put(dir.path() / "unpadded", json);
-  EXPECT_EQ(decode_run_param("blk:" + (dir.path() / "unpadded").string()), o);
+  // A device larger than the overrides (a disk rounded up to its size) reads the same.
+  put(dir.path() / "vdc", guestabi::encode_overrides_disk(o) + std::string(1 << 20, '\0'));
+  EXPECT_EQ(decode_run_param("blk:" + (dir.path() / "vdc").string()), o);
 }
 
 TEST(InitOverrides, DecodeErrorsNameTheSource) {
@@ -377,15 +324,24 @@ TEST(InitOverrides, DecodeErrorsNameTheSource) {
   std::string missing = (dir.path() / "vdz").string();
   std::string e = error_of([&] { decode_run_param("blk:" + missing); });
   EXPECT_NE(e.find(missing), std::string::npos) << e;
+  // The old format (bare JSON) or any other disk is refused by its magic.
   put(dir.path() / "garbage", std::string("{not json") + std::string(512, '\0'));
   e = error_of([&] { decode_run_param("blk:" + (dir.path() / "garbage").string()); });
   EXPECT_NE(e.find("garbage"), std::string::npos) << e;
+  EXPECT_NE(e.find("magic"), std::string::npos) << e;
+  std::string disk = guestabi::encode_overrides_disk(RunOverrides{});
+  disk.replace(16, 1, "[");
+  put(dir.path() / "badjson", disk);
+  e = error_of([&] { decode_run_param("blk:" + (dir.path() / "badjson").string()); });
+  EXPECT_NE(e.find("badjson"), std::string::npos) << e;
   EXPECT_NE(e.find("not valid JSON"), std::string::npos) << e;
   e = error_of([] { decode_run_param("!!!"); });
   EXPECT_NE(e.find("img2vm.run"), std::string::npos) << e;
-  put(dir.path() / "huge", std::string(kMaxOverridesBytes + 1, 'x'));
-  e = error_of([&] { decode_run_param("blk:" + (dir.path() / "huge").string()); });
-  EXPECT_NE(e.find("more than"), std::string::npos) << e;
+  // A device larger than any overrides disk still decodes (the init reads only its start).
+  disk = guestabi::encode_overrides_disk(RunOverrides{});
+  disk.resize(guestabi::kMaxOverridesDisk + (1 << 20), 'x');
+  put(dir.path() / "huge", disk);
+  EXPECT_EQ(decode_run_param("blk:" + (dir.path() / "huge").string()), RunOverrides{});
 }
 
 // --- generated files --------------------------------------------------------------------------
@@ -445,34 +401,10 @@ TEST(InitNetwork, PrefixNetmask) {
   EXPECT_THROW(prefix_netmask(33), Error);
 }
 
-TEST(InitNetwork, OverridesCarryTheInterfaceAndRejectBadValues) {
-  RunOverrides o;
-  o.net = rootfs::NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1500};
-  EXPECT_EQ(rootfs::run_overrides_from_json(rootfs::to_json(o)), o);
-  o.net->gateway.clear();
-  o.net->mtu = 0;
-  EXPECT_EQ(rootfs::run_overrides_from_json(rootfs::to_json(o)), o);
-  auto bad = [](const std::string& net) {
-    try {
-      rootfs::run_overrides_from_json(R"({"schema":1,"net":)" + net + "}");
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("accepted");
-  };
-  EXPECT_NE(bad(R"({"address":"10.0.2.300"})").find("net.address"), std::string::npos);
-  EXPECT_NE(bad(R"({"prefix":24})").find("net.address"), std::string::npos);
-  EXPECT_NE(bad(R"({"address":"10.0.2.15","prefix":33})").find("net.prefix"), std::string::npos);
-  EXPECT_NE(bad(R"({"address":"10.0.2.15","mtu":20})").find("net.mtu"), std::string::npos);
-  EXPECT_NE(bad(R"({"address":"10.0.2.15","gateway":"gw"})").find("net.gateway"), std::string::npos);
-  EXPECT_NE(bad(R"({"address":"10.0.2.15","interface":"a/b"})").find("net.interface"), std::string::npos);
-  EXPECT_NE(bad(R"("eth0")").find("net"), std::string::npos);
-}
-
 TEST(InitNetwork, MissingInterfaceIsAClearError) {
   // Fails before touching anything real: no interface of this name exists on any host.
   try {
-    configure_interface(rootfs::NetConfig{"img2vm-none0", "10.0.2.15", 24, "", 0});
+    configure_interface(guestabi::NetConfig{"img2vm-none0", "10.0.2.15", 24, "", 0});
     FAIL() << "configured a missing interface";
   } catch (const Error& e) {
     std::string m = e.what();

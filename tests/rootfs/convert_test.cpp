@@ -14,7 +14,7 @@
 #include "image_builder.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
-#include "img2vm/rootfs/runtime_config.hpp"
+#include "img2vm/guestabi/config.hpp"
 
 using namespace img2vm;
 using namespace img2vm::testing;
@@ -77,7 +77,8 @@ TEST_F(Convert, BasicFilesDirsAndInjectedConfig) {
   EXPECT_EQ(t["/.img2vm"].type, 'd');
   EXPECT_EQ(t["/.img2vm"].mode, 0755u);
   EXPECT_EQ(t["/.img2vm"].uid, 0u);
-  rootfs::RuntimeConfig rc = rootfs::runtime_config_from_json(t["/.img2vm/config.json"].content);
+  guestabi::RuntimeConfig rc =
+      guestabi::runtime_config_from_json(t["/.img2vm/config.json"].content);
   EXPECT_EQ(rc.cmd, std::vector<std::string>{"/bin/sh"});
   EXPECT_EQ(rc.env, std::vector<std::string>{"PATH=/usr/bin"});
   EXPECT_FALSE(t.count("/.img2vm/init"));
@@ -353,7 +354,8 @@ TEST_F(Convert, InitInjectedAndImageReservedDirReplaced) {
   EXPECT_EQ(t["/.img2vm/init"].uid, 0u);
   EXPECT_EQ(t["/.img2vm/init"].content, read_file(init));
   EXPECT_EQ(t["/.img2vm/config.json"].mode, 0644u);
-  rootfs::RuntimeConfig rc = rootfs::runtime_config_from_json(t["/.img2vm/config.json"].content);
+  guestabi::RuntimeConfig rc =
+      guestabi::runtime_config_from_json(t["/.img2vm/config.json"].content);
   EXPECT_EQ(rc.entrypoint, std::vector<std::string>{"/app"});
   EXPECT_EQ(rc.working_dir, "/srv");
   EXPECT_EQ(t["/keep"].content, "k");

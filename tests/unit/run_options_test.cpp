@@ -60,7 +60,7 @@ TEST(RunOptions, EnvFileErrorsNameFileAndLine) {
 TEST(RunOptions, OverridesCarryOnlyWhatWasAsked) {
   RunRequest none;
   auto o = build_overrides(none, fake_env({}));
-  EXPECT_EQ(o, rootfs::RunOverrides{});
+  EXPECT_EQ(o, guestabi::RunOverrides{});
 
   TempDir d("envfile");
   write_file_atomic(d.path() / "env", "K=from-file\nX=1\n");
@@ -139,18 +139,6 @@ TEST(RunOptions, Disks) {
   d = parse_disk("/odd:name.img");  // a colon that is not a mode stays in the name
   EXPECT_EQ(d.path, "/odd:name.img");
   EXPECT_THROW(parse_disk(":ro"), Error);
-}
-
-TEST(RunOptions, OverridesDiskIsNulPaddedJson) {
-  rootfs::RunOverrides o;
-  o.env.push_back("BIG=" + std::string(3000, 'x'));
-  std::string img = overrides_disk_image(o);
-  EXPECT_EQ(img.size() % 512, 0u);
-  auto end = img.find('\0');
-  ASSERT_NE(end, std::string::npos);
-  EXPECT_EQ(rootfs::run_overrides_from_json(img.substr(0, end)), o);
-  // An overrides document that fits exactly in sectors still gets its terminating NUL.
-  EXPECT_GT(img.size(), rootfs::to_json(o).size());
 }
 
 TEST(RunOptions, Sizes) {

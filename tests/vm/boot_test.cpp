@@ -1,5 +1,7 @@
 // Boot layout: e820, boot_params, PVH start_info, page tables, GDT, MP table, and kernel image
 // parsing (ELF with/without the PVH note, bzImage) against synthetic images.
+#include "img2vm/vm/boot.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
@@ -10,8 +12,6 @@
 #include <vector>
 
 #include "img2vm/base/error.hpp"
-#include "img2vm/vm/boot.hpp"
-#include "img2vm/vm/guest_abi.hpp"
 #include "img2vm/vm/guest_memory.hpp"
 
 using namespace img2vm;
@@ -380,16 +380,4 @@ TEST(GuestMemory, HugePagesWorkOrSayWhatIsMissing) {
   }
   GuestMemory normal(3u << 20);
   EXPECT_EQ(normal.size(), 3u << 20);
-}
-
-TEST(GuestAbi, ImageCommandLine) {
-  const std::string quiet = img2vm::vm::abi::image_cmdline(false);
-  EXPECT_EQ(quiet.rfind("console=ttyS0 quiet ", 0), 0u) << quiet;
-  for (const char* w : {" root=/dev/vda rw ", " init=/.img2vm/init ", " reboot=k ", " panic=-1 "})
-    EXPECT_NE(quiet.find(w), std::string::npos) << w;
-  EXPECT_NE(quiet.back(), ' ');
-  const std::string loud = img2vm::vm::abi::image_cmdline(true, "img2vm.run=abc");
-  EXPECT_EQ(loud.find("quiet"), std::string::npos);
-  EXPECT_NE(loud.find(" loglevel=7 "), std::string::npos);
-  EXPECT_EQ(loud.substr(loud.size() - 15), " img2vm.run=abc");
 }

@@ -9,7 +9,7 @@
 #include <ostream>
 #include <utility>
 
-#include "img2vm/base/error.hpp"
+#include "img2vm/init/sys.hpp"
 
 namespace img2vm::init {
 
@@ -70,7 +70,8 @@ int status_for(int err) { return (err == ENOENT || err == ENOTDIR) ? 127 : 126; 
 
 }  // namespace
 
-rootfs::RuntimeConfig apply_overrides(rootfs::RuntimeConfig c, const rootfs::RunOverrides& o) {
+guestabi::RuntimeConfig apply_overrides(guestabi::RuntimeConfig c,
+                                        const guestabi::RunOverrides& o) {
   c.entrypoint = normalized(std::move(c.entrypoint));
   if (o.entrypoint) {
     c.entrypoint = normalized(*o.entrypoint);
@@ -84,10 +85,10 @@ rootfs::RuntimeConfig apply_overrides(rootfs::RuntimeConfig c, const rootfs::Run
   return c;
 }
 
-std::vector<std::string> command_line(const rootfs::RuntimeConfig& c) {
+std::vector<std::string> command_line(const guestabi::RuntimeConfig& c) {
   std::vector<std::string> argv = normalized(c.entrypoint);
   argv.insert(argv.end(), c.cmd.begin(), c.cmd.end());
-  if (argv.empty()) throw Error(ErrorKind::kInvalidArgument, "no command specified");
+  if (argv.empty()) throw Error("no command specified");
   return argv;
 }
 

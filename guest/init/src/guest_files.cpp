@@ -6,74 +6,32 @@
 
 #include <cerrno>
 
-#include "img2vm/base/error.hpp"
-#include "img2vm/base/fd.hpp"
+#include "img2vm/guestabi/cmdline.hpp"
+#include "img2vm/guestabi/error.hpp"
+#include "img2vm/guestabi/overrides_disk.hpp"
+#include "img2vm/init/sys.hpp"
 
 namespace img2vm::init {
 
-std::optional<std::string> kernel_param(std::string_view cmdline, std::string_view key) {
-  std::optional<std::string> found;
-  std::size_t i = 0;
-  while (i < cmdline.size()) {
-    while (i < cmdline.size() && (cmdline[i] == ' ' || cmdline[i] == '\t' || cmdline[i] == '\n')) ++i;
-    if (i >= cmdline.size()) break;
-    std::string word;
-    bool in_quotes = false;
-    for (; i < cmdline.size(); ++i) {
-      char c = cmdline[i];
-      if (c == '"') {
-        in_quotes = !in_quotes;
-        continue;
-      }
-      if (!in_quotes && (c == ' ' || c == '\t' || c == '\n')) break;
-      word += c;
-    }
-    if (word.size() > key.size() && word.compare(0, key.size(), key) == 0 && word[key.size()] == '=')
-      found = word.substr(key.size() + 1);
-    if (word == "--") break;  // the rest belongs to init's argv, not to parameters
-  }
-  return found;
-}
-
-rootfs::RunOverrides decode_run_param(std::string_view value) {
-  std::string json;
-  std::string source;
-  if (value.starts_with("blk:")) {
-    std::string path(value.substr(4));
-    source = path;
-    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) throw_errno("run overrides: opening " + path);
-    char buf[65536];
-    bool done = false;
-    while (!done) {
-      ssize_t n = ::read(fd.get(), buf, sizeof buf);
-      if (n < 0) {
-        if (errno == EINTR) continue;
-        throw_errno("run overrides: reading " + path);
-      }
-      if (n == 0) break;
-      std::string_view chunk(buf, static_cast<std::size_t>(n));
-      if (auto nul = chunk.find('\0'); nul != std::string_view::npos) {
-        chunk = chunk.substr(0, nul);
-        done = true;
-      }
-      if (json.size() + chunk.size() > kMaxOverridesBytes)
-        throw Error(ErrorKind::kLimit, "run overrides: " + path + " holds more than " +
-                                           std::to_string(kMaxOverridesBytes) + " bytes before its NUL padding");
-      json.append(chunk);
-    }
-  } else {
-    source = "kernel parameter " + std::string(rootfs::kRunParam);
+guestabi::RunOverrides decode_run_param(std::string_view value) {
+  if (!value.starts_with(guestabi::kRunParamDiskPrefix)) {
     try {
-      json = rootfs::base64url_decode(value);
-    } catch (const Error& e) {
-      throw e.with_context("run overrides: " + source);
+      return guestabi::decode_inline_run_param(value);
+    } catch (const guestabi::Error& e) {
+      throw Error(e.what());
     }
+  }
+  std::string path(value.substr(guestabi::kRunParamDiskPrefix.size()));
+  std::string bytes;
+  try {
+    bytes = read_file(path, guestabi::kMaxOverridesDisk);
+  } catch (const Error& e) {
+    throw Error(std::string("run overrides: ") + e.what());
   }
   try {
-    return rootfs::run_overrides_from_json(json);
-  } catch (const Error& e) {
-    throw e.with_context("run overrides from " + source);
+    return guestabi::decode_overrides_disk(bytes);
+  } catch (const guestabi::Error& e) {
+    throw Error("run overrides from " + path + ": " + e.what());
   }
 }
 

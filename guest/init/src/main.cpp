@@ -27,50 +27,28 @@
 #include <string>
 #include <vector>
 
-#include "img2vm/base/error.hpp"
-#include "img2vm/base/fd.hpp"
+#include "img2vm/guestabi/cmdline.hpp"
+#include "img2vm/guestabi/config.hpp"
+#include "img2vm/guestabi/error.hpp"
+#include "img2vm/guestabi/paths.hpp"
+#include "img2vm/guestabi/ports.hpp"
 #include "img2vm/init/command.hpp"
 #include "img2vm/init/guest_files.hpp"
 #include "img2vm/init/network.hpp"
+#include "img2vm/init/sys.hpp"
 #include "img2vm/init/user.hpp"
-#include "img2vm/rootfs/runtime_config.hpp"
 
 namespace {
 
-using img2vm::Error;
-namespace rootfs = img2vm::rootfs;
+namespace guestabi = img2vm::guestabi;
 namespace init = img2vm::init;
+using init::Error;
+using namespace img2vm::guestabi;  // the ports, marks and INIT_FAIL codes (docs/guest-abi.md)
 
-// docs/guest-abi.md
-constexpr unsigned short kPortExit = 0xf4;
-constexpr unsigned short kPortInitFail = 0xf5;
-constexpr unsigned short kPortBootMark = 0xf6;
-constexpr unsigned short kPortSignal = 0xf7;  // read: a signal the host asks us to deliver
-constexpr unsigned short kPortWinRows = 0xf8;  // 16-bit read: the host terminal's rows (-t)
-constexpr unsigned short kPortWinCols = 0xfa;  // 16-bit read: its columns
-constexpr unsigned short kPortStdinBytes = 0xfc;  // 32-bit read: console input bytes sent in all
-constexpr unsigned kPortCount = 12;               // 0xf4..0xff
-constexpr unsigned char kMarkInitStart = 1;
-constexpr unsigned char kMarkExec = 2;
-constexpr unsigned char kSignalStopRequest = 0x80;  // deliver the image's StopSignal
-constexpr unsigned char kSignalWindowSize = 0x81;   // the terminal's size changed (WINSIZE ports)
-constexpr unsigned char kSignalStdinClosed = 0x82;  // the host's input ended (STDIN_BYTES says after how much)
 // How often PID 1 looks at the SIGNAL port while the workload runs (docs/guest-abi.md §5).
 constexpr long kSignalPollNs = 100'000'000;
-
-// INIT_FAIL codes (docs/guest-abi.md).
-enum FailCode : unsigned char {
-  kFailInternal = 1,
-  kFailConfig = 2,
-  kFailOverrides = 3,
-  kFailMount = 4,
-  kFailUser = 5,
-  kFailWorkdir = 6,
-  kFailCommand = 7,
-  kFailSpawn = 8,
-  kFailHostname = 9,
-  kFailNetwork = 10,
-};
+// The most the init reads of /proc/cmdline and the console's sysfs file.
+constexpr std::size_t kSmallFileMax = 65536;
 
 constexpr rlim_t kNofile = 1048576;  // docker's default RLIMIT_NOFILE (soft and hard)
 
@@ -81,14 +59,14 @@ void port_write(unsigned short port, unsigned char value) {
 }
 
 // A pending host request on the SIGNAL port: 0 for none (0x00 and 0xff, what an absent device
-// reads as), a signal number 1-64, -1 for kSignalStopRequest, -2 for kSignalWindowSize, -3 for
-// kSignalStdinClosed.
+// reads as), a signal number 1-64, -1 for kStopRequest, -2 for kWindowSizeChanged, -3 for
+// kStdinClosed.
 int port_signal_request() {
   if (!g_ports) return 0;
-  unsigned char v = inb(kPortSignal);
-  if (v == kSignalStopRequest) return -1;
-  if (v == kSignalWindowSize) return -2;
-  if (v == kSignalStdinClosed) return -3;
+  unsigned char v = inb(kSignalPort);
+  if (v == kStopRequest) return -1;
+  if (v == kWindowSizeChanged) return -2;
+  if (v == kStdinClosed) return -3;
   if (v >= 1 && v <= 64) return v;
   return 0;
 }
@@ -196,29 +174,32 @@ void mount_api_filesystems() {
   ::symlink("pts/ptmx", "/dev/ptmx");
 }
 
-rootfs::RuntimeConfig load_config() {
-  std::string path(rootfs::kConfigPath);
+guestabi::RuntimeConfig load_config() {
+  std::string path(guestabi::kConfigPath);
   std::string text;
   try {
-    text = img2vm::read_file(path);
+    text = init::read_file(path, guestabi::kMaxConfigJson + 1);
   } catch (const Error& e) {
     throw InitFailure{kFailConfig, std::string("reading the runtime config: ") + e.what()};
   }
+  if (text.size() > guestabi::kMaxConfigJson)
+    throw InitFailure{
+        kFailConfig, path + ": larger than " + std::to_string(guestabi::kMaxConfigJson) + " bytes"};
   try {
-    return rootfs::runtime_config_from_json(text);
-  } catch (const Error& e) {
+    return guestabi::runtime_config_from_json(text);
+  } catch (const guestabi::Error& e) {
     throw InitFailure{kFailConfig, path + ": " + e.what()};
   }
 }
 
-rootfs::RunOverrides load_overrides() {
+guestabi::RunOverrides load_overrides() {
   std::string cmdline;
   try {
-    cmdline = img2vm::read_file("/proc/cmdline");
+    cmdline = init::read_file("/proc/cmdline", kSmallFileMax);
   } catch (const Error& e) {
     throw InitFailure{kFailOverrides, e.what()};
   }
-  auto value = init::kernel_param(cmdline, rootfs::kRunParam);
+  auto value = guestabi::kernel_param(cmdline, guestabi::kRunParam);
   if (!value) return {};
   try {
     return init::decode_run_param(*value);
@@ -248,7 +229,7 @@ std::string random_hostname() {
 }
 
 void bring_up_loopback() {
-  img2vm::UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  init::UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!s) {
     if (errno != EAFNOSUPPORT) warn("bringing up lo: socket: " + errno_text(errno));
     return;
@@ -268,9 +249,7 @@ void write_guest_file(const std::string& path, const std::string& content) {
     if (!init::needs_generated_file(path)) return;
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) ::unlink(path.c_str());
-    img2vm::AtomicFile f(path, 0644);
-    f.write(content);
-    f.commit();
+    init::replace_file(path, content, 0644);
   } catch (const std::exception& e) {
     warn(std::string("writing ") + path + ": " + e.what());
   }
@@ -286,9 +265,7 @@ void write_etc_files(const std::string& hostname, const std::vector<std::string>
   struct stat st {};
   if (::lstat("/etc/hostname", &st) != 0 || (S_ISREG(st.st_mode) && st.st_size == 0)) {
     try {
-      img2vm::AtomicFile f("/etc/hostname", 0644);
-      f.write(init::hostname_content(hostname));
-      f.commit();
+      init::replace_file("/etc/hostname", init::hostname_content(hostname), 0644);
     } catch (const std::exception& e) {
       warn(std::string("writing /etc/hostname: ") + e.what());
     }
@@ -326,7 +303,7 @@ std::string prepare_workdir(const std::string& configured) {
 
 std::string console_tty_device() {
   try {
-    std::string active = img2vm::read_file("/sys/class/tty/console/active");
+    std::string active = init::read_file("/sys/class/tty/console/active", kSmallFileMax);
     while (!active.empty() && (active.back() == '\n' || active.back() == ' ')) active.pop_back();
     auto space = active.rfind(' ');
     std::string name = space == std::string::npos ? active : active.substr(space + 1);
@@ -341,7 +318,7 @@ std::string console_tty_device() {
 // the size changes.
 void apply_window_size(const std::string& tty) {
   if (!g_ports) return;
-  unsigned short rows = inw(kPortWinRows), cols = inw(kPortWinCols);
+  unsigned short rows = inw(kWinRowsPort), cols = inw(kWinColsPort);
   if (rows == 0 || cols == 0 || rows == 0xffff || cols == 0xffff) return;
   int fd = ::open(tty.c_str(), O_RDWR | O_NOCTTY | O_CLOEXEC);
   if (fd < 0) return;
@@ -391,7 +368,7 @@ struct Workload {
 // on `control`, and the relay closes the pipe once it has passed on exactly that many bytes:
 // the workload reads everything, then EOF.
 [[noreturn]] void stdin_relay(int console, int out, int control) {
-  if (g_ports) ::ioperm(kPortExit, kPortCount, 0);
+  if (g_ports) ::ioperm(kFirstPort, kPortCount, 0);
   sigset_t empty;
   sigemptyset(&empty);
   ::sigprocmask(SIG_SETMASK, &empty, nullptr);
@@ -461,9 +438,10 @@ struct Workload {
   ::umask(022);
   bool in_workdir = ::chdir(w.workdir.c_str()) == 0;
 
-  if (g_ports && ::ioperm(kPortExit, kPortCount, 1) == 0) {  // whether fork keeps the I/O bitmap varies
-    port_write(kPortBootMark, kMarkExec);
-    ::ioperm(kPortExit, kPortCount, 0);  // the workload gets no access to the ports
+  // Whether fork keeps the I/O bitmap varies: ask again.
+  if (g_ports && ::ioperm(kFirstPort, kPortCount, 1) == 0) {
+    port_write(kBootMarkPort, kMarkWorkloadExec);
+    ::ioperm(kFirstPort, kPortCount, 0);  // the workload gets no access to the ports
   }
 
   if (::setgroups(w.user.groups.size(), w.user.groups.data()) != 0)
@@ -545,7 +523,7 @@ unsigned char supervise(Workload& w, int stop_signal) {
         if (req == -1) ::kill(pid, stop_signal);
         else if (req == -2 && w.tty) apply_window_size(tty);
         else if (req == -3 && relay_control >= 0) {
-          uint32_t n = inl(kPortStdinBytes);
+          uint32_t n = inl(kStdinBytesPort);
           (void)!::write(relay_control, &n, sizeof n);
           ::close(relay_control);
           relay_control = -1;
@@ -585,9 +563,9 @@ unsigned char run() {
   mount_api_filesystems();
   ::reboot(RB_DISABLE_CAD);  // ctrl-alt-del becomes SIGINT to us, forwarded like any other
 
-  rootfs::RuntimeConfig image = load_config();
-  rootfs::RunOverrides overrides = load_overrides();
-  rootfs::RuntimeConfig cfg = init::apply_overrides(image, overrides);
+  guestabi::RuntimeConfig image = load_config();
+  guestabi::RunOverrides overrides = load_overrides();
+  guestabi::RuntimeConfig cfg = init::apply_overrides(image, overrides);
 
   std::string hostname = cfg.hostname.empty() ? random_hostname() : cfg.hostname;
   if (!init::valid_hostname(hostname)) fail(kFailHostname, "hostname \"" + hostname + "\"", "is not a valid host name");
@@ -634,12 +612,12 @@ unsigned char run() {
 
 int main() {
   if (::getpid() != 1) {
-    say("must run as PID 1 (the kernel's init=/.img2vm/init)");
+    say("must run as PID 1 (the kernel's init=" + std::string(kInitPath) + ")");
     return 2;
   }
-  g_ports = ::ioperm(kPortExit, kPortCount, 1) == 0;
+  g_ports = ::ioperm(kFirstPort, kPortCount, 1) == 0;
   int ports_errno = errno;
-  port_write(kPortBootMark, kMarkInitStart);
+  port_write(kBootMarkPort, kMarkInitStarted);
   open_console_fds();
   if (!g_ports)
     warn("no access to the status ports (ioperm: " + errno_text(ports_errno) +
@@ -649,10 +627,10 @@ int main() {
     status = run();
   } catch (const InitFailure& f) {
     say(f.line);
-    end_vm(kPortInitFail, f.code);
+    end_vm(kInitFailPort, f.code);
   } catch (const std::exception& e) {
     say(std::string("internal error: ") + e.what());
-    end_vm(kPortInitFail, kFailInternal);
+    end_vm(kInitFailPort, kFailInternal);
   }
-  end_vm(kPortExit, status);
+  end_vm(kExitPort, status);
 }

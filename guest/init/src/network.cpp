@@ -10,13 +10,12 @@
 #include <cerrno>
 #include <cstring>
 
-#include "img2vm/base/error.hpp"
-#include "img2vm/base/fd.hpp"
+#include "img2vm/init/sys.hpp"
 
 namespace img2vm::init {
 
 uint32_t prefix_netmask(unsigned prefix) {
-  if (prefix > 32) throw Error(ErrorKind::kInvalidArgument, "prefix length " + std::to_string(prefix) + " is over 32");
+  if (prefix > 32) throw Error("prefix length " + std::to_string(prefix) + " is over 32");
   uint32_t host = prefix == 0 ? 0 : ~uint32_t{0} << (32 - prefix);
   return htonl(host);
 }
@@ -35,15 +34,15 @@ sockaddr ipv4_sockaddr(uint32_t net_order) {
 uint32_t parse_ipv4(const std::string& text, const std::string& what) {
   in_addr a{};
   if (::inet_pton(AF_INET, text.c_str(), &a) != 1)
-    throw Error(ErrorKind::kInvalidArgument, what + " \"" + text + "\" is not an IPv4 address");
+    throw Error(what + " \"" + text + "\" is not an IPv4 address");
   return a.s_addr;
 }
 
 }  // namespace
 
-void configure_interface(const rootfs::NetConfig& cfg) {
+void configure_interface(const guestabi::NetConfig& cfg) {
   const std::string& ifn = cfg.interface;
-  if (ifn.empty() || ifn.size() >= IFNAMSIZ) throw Error(ErrorKind::kInvalidArgument, "bad interface name \"" + ifn + "\"");
+  if (ifn.empty() || ifn.size() >= IFNAMSIZ) throw Error("bad interface name \"" + ifn + "\"");
   uint32_t addr = parse_ipv4(cfg.address, "address");
   uint32_t mask = prefix_netmask(cfg.prefix);
   UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
@@ -54,7 +53,7 @@ void configure_interface(const rootfs::NetConfig& cfg) {
     if (::ioctl(s.get(), op, &r) != 0) {
       int err = errno;
       std::string why = err == ENODEV ? "no such interface (does the VM have a network device?)" : std::strerror(err);
-      throw Error(ErrorKind::kIo, "configuring " + ifn + ": " + step + ": " + why);
+      throw Error("configuring " + ifn + ": " + step + ": " + why);
     }
   };
   ifreq r{};
@@ -83,8 +82,8 @@ void configure_interface(const rootfs::NetConfig& cfg) {
     std::string dev = ifn;
     rt.rt_dev = dev.data();
     if (::ioctl(s.get(), SIOCADDRT, &rt) != 0 && errno != EEXIST)
-      throw Error(ErrorKind::kIo, "configuring " + ifn + ": adding the default route via " + cfg.gateway + ": " +
-                                      std::strerror(errno));
+      throw Error("configuring " + ifn + ": adding the default route via " + cfg.gateway + ": " +
+                  std::strerror(errno));
   }
 }
 

@@ -6,7 +6,7 @@
 #include <optional>
 #include <sstream>
 
-#include "img2vm/base/error.hpp"
+#include "img2vm/init/sys.hpp"
 
 namespace img2vm::init {
 
@@ -91,8 +91,8 @@ std::vector<GroupEntry> read_group(const std::filesystem::path& root) {
 }
 
 [[noreturn]] void out_of_range(std::string_view what, std::string_view value) {
-  throw Error(ErrorKind::kInvalidArgument,
-              std::string(what) + " " + std::string(value) + " is out of range (0-" + std::to_string(kMaxId) + ")");
+  throw Error(std::string(what) + " " + std::string(value) + " is out of range (0-" +
+              std::to_string(kMaxId) + ")");
 }
 
 }  // namespace
@@ -120,8 +120,8 @@ ExecUser resolve_user(const std::filesystem::path& root, std::string_view spec) 
       if (user_id ? p.uid == *user_id : p.name == user_arg) { match = &p; break; }
     }
     if (!match && !user_id)
-      throw Error(ErrorKind::kNotFound,
-                  "unable to find user " + std::string(user_arg) + ": no matching entries in passwd file");
+      throw Error("unable to find user " + std::string(user_arg) +
+                  ": no matching entries in passwd file");
   }
   if (match) {
     u.uid = static_cast<uid_t>(match->uid);
@@ -146,8 +146,8 @@ ExecUser resolve_user(const std::filesystem::path& root, std::string_view spec) 
       } else if (gid) {
         u.gid = static_cast<gid_t>(*gid);
       } else {
-        throw Error(ErrorKind::kNotFound,
-                    "unable to find group " + std::string(group_arg) + ": no matching entries in group file");
+        throw Error("unable to find group " + std::string(group_arg) +
+                    ": no matching entries in group file");
       }
     } else if (match) {
       for (const auto& e : groups)

@@ -10,11 +10,15 @@
 #include "ext4_writer.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
-#include "img2vm/rootfs/runtime_config.hpp"
+#include "img2vm/guestabi/config.hpp"
+#include "img2vm/guestabi/error.hpp"
+#include "img2vm/guestabi/paths.hpp"
 
 namespace img2vm::rootfs {
 
 namespace fs = std::filesystem;
+using guestabi::kReservedDir;
+using guestabi::RuntimeConfig;
 using layers::Inode;
 using layers::NodeType;
 
@@ -80,8 +84,10 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   RuntimeConfig rc;
   std::vector<Digest> diff_ids;
   try {
-    rc = runtime_config_from_image_config(image.config_json);
+    rc = guestabi::runtime_config_from_image_config(image.config_json);
     diff_ids = diff_ids_from_image_config(image.config_json);
+  } catch (const guestabi::Error& e) {
+    throw Error(ErrorKind::kInvalidArgument, std::string("image config: ") + e.what());
   } catch (const Error& e) {
     throw e.with_context("image config");
   }
@@ -101,7 +107,7 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
                       sources[i].diff_id.str() + " is not the config's " + diff_ids[i].str());
     sources[i].diff_id = diff_ids[i];
   }
-  std::string config_json = to_json(rc);
+  std::string config_json = guestabi::to_json(rc);
 
   UniqueFd init_fd;
   struct stat init_st {};
@@ -138,14 +144,16 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
     f->size = config_json.size();
     if (!config_json.empty()) f->extents.push_back({0, config_json.size(), 0});
     f->spool = flat.add_spool(std::move(cfg));
-    dir->children["config.json"] = layers::Dentry{f, 0};
+    dir->children[std::string(guestabi::kConfigPath.substr(kReservedDir.size() + 1))] =
+        layers::Dentry{f, 0};
   }
   if (init_fd) {
     auto f = reserved_node(NodeType::kFile, 0755, opt.timestamp);
     f->size = static_cast<uint64_t>(init_st.st_size);
     if (f->size) f->extents.push_back({0, f->size, 0});
     f->spool = flat.add_spool(std::move(init_fd));
-    dir->children["init"] = layers::Dentry{f, 0};
+    dir->children[std::string(guestabi::kInitPath.substr(kReservedDir.size() + 1))] =
+        layers::Dentry{f, 0};
   }
   std::string reserved_name(kReservedDir.substr(1));
   flat.tree.root->children[reserved_name] = layers::Dentry{dir, 0};

@@ -20,8 +20,8 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "img2vm/guestabi/ports.hpp"
 #include "img2vm/vm/boot.hpp"
-#include "img2vm/vm/guest_abi.hpp"
 #include "img2vm/vm/guest_memory.hpp"
 #include "img2vm/vm/i8042.hpp"
 #include "img2vm/vm/net_tap.hpp"
@@ -195,9 +195,10 @@ struct Machine::Impl {
   std::optional<MachineResult> result;
   BootTimings timings;
   std::atomic<bool> ending{false};
-  std::atomic<uint32_t> window_size{0};      // rows << 16 | cols, for abi::kWinRowsPort/kWinColsPort
+  std::atomic<uint32_t> window_size{
+      0};  // rows << 16 | cols, for guestabi::kWinRowsPort/kWinColsPort
   std::atomic<bool> window_changed{false};    // reported on the SIGNAL port when no signal is pending
-  std::atomic<uint8_t> pending_signal{0};  // what the guest reads on abi::kSignalPort
+  std::atomic<uint8_t> pending_signal{0};     // what the guest reads on guestabi::kSignalPort
   std::atomic<uint32_t> input_bytes{0};     // console input bytes given to the UART so far
   std::atomic<bool> input_closed{false};    // the console input ended: tell the guest once
 
@@ -246,16 +247,18 @@ struct Machine::Impl {
   }
 
   void pio(uint16_t port, bool out, uint8_t* data, unsigned size) {
-    if (port >= abi::kUartBase && port < abi::kUartBase + 8) {
+    if (port >= guestabi::kUartBase && port < guestabi::kUartBase + 8) {
       if (size != 1) {
         if (!out) std::memset(data, 0xff, size);
         return;
       }
-      if (out) uart->write(uint16_t(port - abi::kUartBase), data[0]);
-      else data[0] = uart->read(uint16_t(port - abi::kUartBase));
+      if (out)
+        uart->write(uint16_t(port - guestabi::kUartBase), data[0]);
+      else
+        data[0] = uart->read(uint16_t(port - guestabi::kUartBase));
       return;
     }
-    if ((port == abi::kI8042Data || port == abi::kI8042Command) && size == 1) {
+    if ((port == guestabi::kI8042Data || port == guestabi::kI8042Command) && size == 1) {
       std::lock_guard lk(i8042_mu);
       if (!out) {
         data[0] = i8042.read(port);
@@ -265,31 +268,36 @@ struct Machine::Impl {
       }
       return;
     }
-    if (!out && size == 1 && port == abi::kSignalPort) {
+    if (!out && size == 1 && port == guestabi::kSignalPort) {
       data[0] = pending_signal.exchange(0);
-      if (data[0] == 0 && window_changed.exchange(false)) data[0] = abi::kWindowSizeChanged;
-      if (data[0] == 0 && input_closed.exchange(false)) data[0] = abi::kStdinClosed;
+      if (data[0] == 0 && window_changed.exchange(false)) data[0] = guestabi::kWindowSizeChanged;
+      if (data[0] == 0 && input_closed.exchange(false)) data[0] = guestabi::kStdinClosed;
       return;
     }
-    if (!out && size == 4 && port == abi::kStdinBytesPort) {
+    if (!out && size == 4 && port == guestabi::kStdinBytesPort) {
       uint32_t v = input_bytes.load();
       std::memcpy(data, &v, 4);
       return;
     }
-    if (!out && size == 2 && (port == abi::kWinRowsPort || port == abi::kWinColsPort)) {
+    if (!out && size == 2 && (port == guestabi::kWinRowsPort || port == guestabi::kWinColsPort)) {
       uint32_t ws = window_size.load();
-      uint16_t v = port == abi::kWinRowsPort ? uint16_t(ws >> 16) : uint16_t(ws & 0xffff);
+      uint16_t v = port == guestabi::kWinRowsPort ? uint16_t(ws >> 16) : uint16_t(ws & 0xffff);
       data[0] = uint8_t(v & 0xff);
       data[1] = uint8_t(v >> 8);
       return;
     }
     if (out && size == 1) {
       switch (port) {
-        case abi::kExitPort: finish(ExitReason::kExited, data[0], {}); return;
-        case abi::kInitFailPort: finish(ExitReason::kInitFailed, data[0], {}); return;
-        case abi::kBootMarkPort:
-          if (data[0] == abi::kMarkInitStarted) mark(timings.init_started);
-          else if (data[0] == abi::kMarkWorkloadExec) {
+        case guestabi::kExitPort:
+          finish(ExitReason::kExited, data[0], {});
+          return;
+        case guestabi::kInitFailPort:
+          finish(ExitReason::kInitFailed, data[0], {});
+          return;
+        case guestabi::kBootMarkPort:
+          if (data[0] == guestabi::kMarkInitStarted)
+            mark(timings.init_started);
+          else if (data[0] == guestabi::kMarkWorkloadExec) {
             mark(timings.workload_exec);
             uint64_t one = 1;
             if (exec_fd) (void)!::write(exec_fd.get(), &one, sizeof one);
@@ -573,8 +581,9 @@ void Machine::Impl::build() {
   }
 
   // Devices.
-  uart = std::make_unique<Uart8250>([this](uint8_t c) { console_out(c); },
-                                    [this](bool level) { set_irq_line(abi::kUartIrq, level); });
+  uart =
+      std::make_unique<Uart8250>([this](uint8_t c) { console_out(c); },
+                                 [this](bool level) { set_irq_line(guestabi::kUartIrq, level); });
   cmdline = cfg.cmdline;
   for (size_t i = 0; i < cfg.disks.size(); ++i) {
     const auto& dc = cfg.disks[i];
@@ -766,7 +775,7 @@ MachineResult Machine::wait() {
 
 void Machine::stop() { impl_->finish(ExitReason::kStopped, 0, "stopped by the host"); }
 
-void Machine::request_stop() { impl_->pending_signal = abi::kStopRequest; }
+void Machine::request_stop() { impl_->pending_signal = guestabi::kStopRequest; }
 
 void Machine::signal_workload(int sig) {
   if (sig < 1 || sig > 64) throw Error(ErrorKind::kInvalidArgument, "signal " + std::to_string(sig) + " out of range 1-64");

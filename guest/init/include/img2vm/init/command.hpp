@@ -11,7 +11,7 @@
 #include <variant>
 #include <vector>
 
-#include "img2vm/rootfs/runtime_config.hpp"
+#include "img2vm/guestabi/config.hpp"
 
 namespace img2vm::init {
 
@@ -21,11 +21,12 @@ inline constexpr std::string_view kDefaultPath = "/usr/local/sbin:/usr/local/bin
 // docker run's rules: --entrypoint replaces the image Entrypoint and clears the image Cmd;
 // trailing arguments replace Cmd; each -e KEY=VALUE replaces KEY in place or is appended, in
 // order; -w, -u and -h replace WorkingDir, User and the hostname.
-rootfs::RuntimeConfig apply_overrides(rootfs::RuntimeConfig config, const rootfs::RunOverrides& overrides);
+guestabi::RuntimeConfig apply_overrides(guestabi::RuntimeConfig config,
+                                        const guestabi::RunOverrides& overrides);
 
-// Entrypoint followed by Cmd. Throws Error(kInvalidArgument) "no command specified" when both
+// Entrypoint followed by Cmd. Throws Error "no command specified" when both
 // are empty, as docker does.
-std::vector<std::string> command_line(const rootfs::RuntimeConfig& config);
+std::vector<std::string> command_line(const guestabi::RuntimeConfig& config);
 
 // Replaces the entry with the same key as `entry` ("KEY=VALUE"), or appends it.
 void env_set(std::vector<std::string>& env, std::string_view entry);

@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <string>
 
-#include "img2vm/rootfs/runtime_config.hpp"
+#include "img2vm/guestabi/config.hpp"
 
 namespace img2vm::init {
 
@@ -14,6 +14,6 @@ namespace img2vm::init {
 uint32_t prefix_netmask(unsigned prefix);
 
 // Configures `cfg.interface`. Throws Error naming the step and the interface.
-void configure_interface(const rootfs::NetConfig& cfg);
+void configure_interface(const guestabi::NetConfig& cfg);
 
 }  // namespace img2vm::init

@@ -23,7 +23,7 @@ struct ExecUser {
 
 // `root` is the directory holding the guest's / (so tests can use a fake rootfs). Empty spec is
 // root. A numeric uid or gid need not exist in the files; an unknown name throws
-// Error(kNotFound) naming it. Missing /etc/passwd or /etc/group count as empty files.
+// Error naming it. Missing /etc/passwd or /etc/group count as empty files.
 ExecUser resolve_user(const std::filesystem::path& root, std::string_view spec);
 
 }  // namespace img2vm::init

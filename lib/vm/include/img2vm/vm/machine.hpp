@@ -4,10 +4,9 @@
 // thread and its devices; destroying it stops and joins everything.
 //
 //   img2vm::vm::MachineConfig cfg;
-//   cfg.kernel = "vmlinux"; cfg.cmdline = abi::image_cmdline(false); cfg.disks = {{"root.ext4"}};
-//   img2vm::vm::Machine m(cfg);          // opens /dev/kvm, loads the kernel; throws img2vm::Error
-//   m.start();
-//   auto r = m.wait();                   // or wait_for(), stop()
+//   cfg.kernel = "vmlinux"; cfg.cmdline = guestabi::image_cmdline(false); cfg.disks =
+//   {{"root.ext4"}}; img2vm::vm::Machine m(cfg);          // opens /dev/kvm, loads the kernel;
+//   throws img2vm::Error m.start(); auto r = m.wait();                   // or wait_for(), stop()
 //   return r.host_exit_code();           // the workload's status, or 122-125 (docs/vm.md)
 #pragma once
 

@@ -1,17 +1,17 @@
-// The I/O ports through which the guest init talks to the runner (docs/guest-abi.md). The guest
-// writes EXIT, INIT_FAIL and BOOT_MARK (8-bit) and reads SIGNAL (8-bit), WINSIZE (16-bit) and
-// STDIN_BYTES (32-bit). Under qemu the EXIT port is
+// The I/O ports through which the guest init talks to the runner (docs/guest-abi.md §5). The
+// guest writes EXIT, INIT_FAIL and BOOT_MARK (8-bit) and reads SIGNAL (8-bit), WINSIZE (16-bit)
+// and STDIN_BYTES (32-bit). Under qemu the EXIT port is
 // `-device isa-debug-exit,iobase=0xf4,iosize=1` (qemu then exits with (N << 1) | 1).
 #pragma once
 
 #include <cstdint>
-#include <string>
-#include <string_view>
 
-namespace img2vm::vm::abi {
+namespace img2vm::guestabi {
 
-inline constexpr uint16_t kExitPort = 0x0f4;      // workload exit status 0-255 (128+N: signal N); ends the VM
-inline constexpr uint16_t kInitFailPort = 0x0f5;  // the init failed before the workload ran (code 1-255)
+inline constexpr uint16_t kExitPort =
+    0x0f4;  // workload exit status 0-255 (128+N: signal N); ends the VM
+inline constexpr uint16_t kInitFailPort =
+    0x0f5;  // the init failed before the workload ran (InitFail code)
 inline constexpr uint16_t kBootMarkPort = 0x0f6;  // boot-time markers, below
 inline constexpr uint8_t kMarkInitStarted = 1;
 inline constexpr uint8_t kMarkWorkloadExec = 2;
@@ -31,22 +31,28 @@ inline constexpr uint16_t kWinColsPort = 0x0fa;  // 16-bit read
 // Reported once, after any signal and resize.
 inline constexpr uint8_t kStdinClosed = 0x82;
 inline constexpr uint16_t kStdinBytesPort = 0x0fc;  // 32-bit read
+// The init's ioperm range: kExitPort up to 0x0ff.
+inline constexpr uint16_t kFirstPort = kExitPort;
+inline constexpr unsigned kPortCount = 12;
 
-inline constexpr uint16_t kUartBase = 0x3f8;      // COM1, IRQ 4
+// INIT_FAIL values: what failed before the workload ran.
+enum InitFail : uint8_t {
+  kFailInternal = 1,
+  kFailConfig = 2,     // config.json unreadable or invalid
+  kFailOverrides = 3,  // the run overrides invalid
+  kFailMount = 4,
+  kFailUser = 5,
+  kFailWorkdir = 6,
+  kFailCommand = 7,  // no command specified
+  kFailSpawn = 8,
+  kFailHostname = 9,
+  kFailNetwork = 10,
+};
+
+// Legacy PC devices the runner emulates for the guest kernel (not used by the init).
+inline constexpr uint16_t kUartBase = 0x3f8;  // COM1, IRQ 4
 inline constexpr unsigned kUartIrq = 4;
 inline constexpr uint16_t kI8042Data = 0x60;
-inline constexpr uint16_t kI8042Command = 0x64;   // write 0xfe: reset (the VM ends as a reboot)
+inline constexpr uint16_t kI8042Command = 0x64;  // write 0xfe: reset (the VM ends as a reboot)
 
-// The kernel command line that boots an img2vm rootfs (docs/guest-abi.md §2): the console on the
-// UART, the image's ext4 on the first disk with the injected init as PID 1, the VM ending on a
-// panic or a reboot, no timer calibration; `quiet` unless `verbose`. `extra` (the init's
-// img2vm.run= word, say) goes last. Machine adds its virtio_mmio.device= entries after it.
-inline std::string image_cmdline(bool verbose, std::string_view extra = {}) {
-  std::string c = "console=ttyS0";
-  c += verbose ? " loglevel=7" : " quiet";
-  c += " root=/dev/vda rw init=/.img2vm/init reboot=k panic=-1 tsc=reliable no_timer_check";
-  if (!extra.empty()) (c += ' ') += extra;
-  return c;
-}
-
-}  // namespace img2vm::vm::abi
+}  // namespace img2vm::guestabi

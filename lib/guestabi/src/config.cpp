@@ -1,19 +1,19 @@
-#include "img2vm/rootfs/runtime_config.hpp"
+#include "img2vm/guestabi/config.hpp"
 
 #include <arpa/inet.h>
 
 #include <nlohmann/json.hpp>
 
-#include "img2vm/base/error.hpp"
+#include "img2vm/guestabi/error.hpp"
 
-namespace img2vm::rootfs {
+namespace img2vm::guestabi {
 
 using nlohmann::json;
 
 namespace {
 
 [[noreturn]] void bad(std::string_view what, std::string_view field, std::string_view why) {
-  throw Error(ErrorKind::kInvalidArgument, std::string(what) + ": field \"" + std::string(field) + "\" " + std::string(why));
+  throw Error(std::string(what) + ": field \"" + std::string(field) + "\" " + std::string(why));
 }
 
 std::vector<std::string> string_list(const json& obj, std::string_view what, const char* field) {
@@ -42,7 +42,8 @@ std::optional<std::vector<std::string>> optional_string_list(const json& obj, st
   return string_list(obj, what, field);
 }
 
-std::optional<std::string> optional_string(const json& obj, std::string_view what, const char* field) {
+std::optional<std::string> optional_string(const json& obj, std::string_view what,
+                                           const char* field) {
   auto it = obj.find(field);
   if (it == obj.end() || it->is_null()) return std::nullopt;
   return string_field(obj, what, field);
@@ -55,7 +56,8 @@ bool bool_field(const json& obj, std::string_view what, const char* field) {
   return it->get<bool>();
 }
 
-std::map<std::string, std::string> string_map(const json& obj, std::string_view what, const char* field) {
+std::map<std::string, std::string> string_map(const json& obj, std::string_view what,
+                                              const char* field) {
   std::map<std::string, std::string> out;
   auto it = obj.find(field);
   if (it == obj.end() || it->is_null()) return out;
@@ -68,10 +70,22 @@ std::map<std::string, std::string> string_map(const json& obj, std::string_view 
 }
 
 json parse_object(std::string_view text, std::string_view what) {
-  json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) throw Error(ErrorKind::kInvalidArgument, std::string(what) + ": not valid JSON");
-  if (!j.is_object()) throw Error(ErrorKind::kInvalidArgument, std::string(what) + ": not a JSON object");
+  // nlohmann stops at a NUL byte and would ignore whatever follows it.
+  json j = text.find('\0') == std::string_view::npos
+               ? json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false)
+               : json(json::value_t::discarded);
+  if (j.is_discarded()) throw Error(std::string(what) + ": not valid JSON");
+  if (!j.is_object()) throw Error(std::string(what) + ": not a JSON object");
   return j;
+}
+
+// nlohmann refuses to write a string that is not UTF-8 (JSON text must be).
+std::string dump(const json& j, std::string_view what, int indent) {
+  try {
+    return j.dump(indent);
+  } catch (const json::exception&) {
+    throw Error(std::string(what) + ": a string is not valid UTF-8");
+  }
 }
 
 }  // namespace
@@ -96,11 +110,17 @@ RuntimeConfig runtime_config_from_image_config(std::string_view text) {
 
 std::string to_json(const RuntimeConfig& c) {
   json j = {
-      {"schema", kSchemaVersion}, {"entrypoint", c.entrypoint}, {"cmd", c.cmd},
-      {"env", c.env},           {"working_dir", c.working_dir}, {"user", c.user},
-      {"stop_signal", c.stop_signal}, {"hostname", c.hostname}, {"labels", c.labels},
+      {"schema", kSchemaVersion},
+      {"entrypoint", c.entrypoint},
+      {"cmd", c.cmd},
+      {"env", c.env},
+      {"working_dir", c.working_dir},
+      {"user", c.user},
+      {"stop_signal", c.stop_signal},
+      {"hostname", c.hostname},
+      {"labels", c.labels},
   };
-  return j.dump(2) + "\n";
+  return dump(j, "img2vm runtime config", 2) + "\n";
 }
 
 namespace {
@@ -109,8 +129,9 @@ void check_schema(const json& j, std::string_view what) {
   auto schema = j.find("schema");
   if (schema == j.end() || !schema->is_number_integer()) bad(what, "schema", "is missing");
   if (schema->get<int>() != kSchemaVersion)
-    bad(what, "schema", "is version " + std::to_string(schema->get<int>()) + ", this build reads version " +
-                            std::to_string(kSchemaVersion));
+    bad(what, "schema",
+        "is version " + std::to_string(schema->get<int>()) + ", this build reads version " +
+            std::to_string(kSchemaVersion));
 }
 
 }  // namespace
@@ -143,12 +164,13 @@ std::string to_json(const RunOverrides& o) {
   if (o.tty) j["tty"] = true;
   if (o.interactive) j["interactive"] = true;
   if (o.net) {
-    json n = {{"interface", o.net->interface}, {"address", o.net->address}, {"prefix", o.net->prefix}};
+    json n = {
+        {"interface", o.net->interface}, {"address", o.net->address}, {"prefix", o.net->prefix}};
     if (!o.net->gateway.empty()) n["gateway"] = o.net->gateway;
     if (o.net->mtu) n["mtu"] = o.net->mtu;
     j["net"] = n;
   }
-  return j.dump();
+  return dump(j, "img2vm run overrides", -1);
 }
 
 RunOverrides run_overrides_from_json(std::string_view text) {
@@ -190,7 +212,8 @@ RunOverrides run_overrides_from_json(std::string_view text) {
     };
     NetConfig c;
     c.interface = optional_string(n, what, "interface").value_or("eth0");
-    if (c.interface.empty() || c.interface.size() > 15 || c.interface.find('/') != std::string::npos)
+    if (c.interface.empty() || c.interface.size() > 15 ||
+        c.interface.find('/') != std::string::npos)
       bad(what, "net.interface", "has \"" + c.interface + "\", not an interface name");
     c.address = ipv4("address", true);
     c.prefix = number("prefix", 24, 0, 32);
@@ -210,7 +233,8 @@ std::string base64url_encode(std::string_view bytes) {
   out.reserve((bytes.size() + 2) / 3 * 4);
   std::size_t i = 0;
   for (; i + 3 <= bytes.size(); i += 3) {
-    unsigned v = (static_cast<unsigned char>(bytes[i]) << 16) | (static_cast<unsigned char>(bytes[i + 1]) << 8) |
+    unsigned v = (static_cast<unsigned char>(bytes[i]) << 16) |
+                 (static_cast<unsigned char>(bytes[i + 1]) << 8) |
                  static_cast<unsigned char>(bytes[i + 2]);
     out += kB64[(v >> 18) & 63];
     out += kB64[(v >> 12) & 63];
@@ -238,14 +262,14 @@ std::string base64url_decode(std::string_view text) {
     if (c == '_') return 63;
     return -1;
   };
-  if (text.size() % 4 == 1) throw Error(ErrorKind::kInvalidArgument, "base64url: truncated input");
+  if (text.size() % 4 == 1) throw Error("base64url: truncated input");
   std::string out;
   out.reserve(text.size() / 4 * 3 + 2);
   unsigned acc = 0;
   int bits = 0;
   for (char c : text) {
     int v = value(c);
-    if (v < 0) throw Error(ErrorKind::kInvalidArgument, "base64url: invalid character");
+    if (v < 0) throw Error("base64url: invalid character");
     acc = (acc << 6) | static_cast<unsigned>(v);
     bits += 6;
     if (bits >= 8) {
@@ -253,12 +277,8 @@ std::string base64url_decode(std::string_view text) {
       out += static_cast<char>((acc >> bits) & 0xff);
     }
   }
-  if ((acc & ((1u << bits) - 1)) != 0) throw Error(ErrorKind::kInvalidArgument, "base64url: non-canonical trailing bits");
+  if ((acc & ((1u << bits) - 1)) != 0) throw Error("base64url: non-canonical trailing bits");
   return out;
 }
 
-std::string run_overrides_kernel_param(const RunOverrides& o) {
-  return std::string(kRunParam) + "=" + base64url_encode(to_json(o));
-}
-
-}  // namespace img2vm::rootfs
+}  // namespace img2vm::guestabi

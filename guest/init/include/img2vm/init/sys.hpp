@@ -1,0 +1,52 @@
+// The little the init needs around system calls: its error type, a file descriptor owner, a
+// bounded file read and a file replaced by rename. The init links only libc and img2vm::guestabi
+// (docs/guest-abi.md), so these are its own rather than img2vm::base's.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+
+namespace img2vm::init {
+
+// What the init's steps throw: one line saying what failed and why.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Throws Error "what: strerror(err)".
+[[noreturn]] void throw_errno(const std::string& what, int err);
+[[noreturn]] void throw_errno(const std::string& what);  // with the current errno
+
+// Owns one file descriptor; closes it on destruction. Move-only.
+class UniqueFd {
+ public:
+  UniqueFd() = default;
+  explicit UniqueFd(int fd) noexcept : fd_(fd) {}
+  UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
+  UniqueFd& operator=(UniqueFd&& o) noexcept;
+  UniqueFd(const UniqueFd&) = delete;
+  UniqueFd& operator=(const UniqueFd&) = delete;
+  ~UniqueFd();
+
+  int get() const noexcept { return fd_; }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+  int release() noexcept;
+
+ private:
+  int fd_ = -1;
+};
+
+// Up to `max_bytes` of the file at `path` (what is beyond is not read). Throws Error naming the
+// path.
+std::string read_file(const std::string& path, std::size_t max_bytes);
+
+// Replaces `path` with `content`: written under a temporary name beside it, then renamed over
+// it, so a reader never sees half a file. Throws Error naming the path; leaves nothing behind.
+void replace_file(const std::string& path, std::string_view content, mode_t mode);
+
+}  // namespace img2vm::init

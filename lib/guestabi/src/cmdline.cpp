@@ -1,0 +1,67 @@
+#include "img2vm/guestabi/cmdline.hpp"
+
+#include "img2vm/guestabi/error.hpp"
+#include "img2vm/guestabi/paths.hpp"
+
+namespace img2vm::guestabi {
+
+std::string image_cmdline(bool verbose, std::string_view extra) {
+  std::string c = "console=ttyS0";
+  c += verbose ? " loglevel=7" : " quiet";
+  c += " root=/dev/vda rw init=";
+  c += kInitPath;
+  c += " reboot=k panic=-1 tsc=reliable no_timer_check";
+  if (!extra.empty()) (c += ' ') += extra;
+  return c;
+}
+
+std::string run_overrides_kernel_param(const RunOverrides& o) {
+  return std::string(kRunParam) + "=" + base64url_encode(to_json(o));
+}
+
+std::string run_overrides_disk_param(std::string_view device) {
+  return std::string(kRunParam) + "=" + std::string(kRunParamDiskPrefix) + std::string(device);
+}
+
+std::optional<std::string> kernel_param(std::string_view cmdline, std::string_view key) {
+  std::optional<std::string> found;
+  std::size_t i = 0;
+  while (i < cmdline.size()) {
+    while (i < cmdline.size() && (cmdline[i] == ' ' || cmdline[i] == '\t' || cmdline[i] == '\n'))
+      ++i;
+    if (i >= cmdline.size()) break;
+    std::string word;
+    bool in_quotes = false;
+    for (; i < cmdline.size(); ++i) {
+      char c = cmdline[i];
+      if (c == '"') {
+        in_quotes = !in_quotes;
+        continue;
+      }
+      if (!in_quotes && (c == ' ' || c == '\t' || c == '\n')) break;
+      word += c;
+    }
+    if (word.size() > key.size() && word.compare(0, key.size(), key) == 0 &&
+        word[key.size()] == '=')
+      found = word.substr(key.size() + 1);
+    if (word == "--") break;  // the rest belongs to init's argv, not to parameters
+  }
+  return found;
+}
+
+RunOverrides decode_inline_run_param(std::string_view value) {
+  const std::string source = "kernel parameter " + std::string(kRunParam);
+  std::string json;
+  try {
+    json = base64url_decode(value);
+  } catch (const Error& e) {
+    throw Error("run overrides: " + source + ": " + e.what());
+  }
+  try {
+    return run_overrides_from_json(json);
+  } catch (const Error& e) {
+    throw Error("run overrides from " + source + ": " + e.what());
+  }
+}
+
+}  // namespace img2vm::guestabi

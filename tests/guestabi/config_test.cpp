@@ -1,0 +1,154 @@
+// The guest contract's JSON documents: the runtime config (from an image config, round trip,
+// errors naming the field and the schema version) and the run overrides, and base64url.
+#include "img2vm/guestabi/config.hpp"
+
+#include <gtest/gtest.h>
+
+#include "img2vm/guestabi/error.hpp"
+
+using namespace img2vm::guestabi;
+
+namespace {
+
+using Strings = std::vector<std::string>;
+
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "(no error)";
+}
+
+}  // namespace
+
+TEST(RuntimeConfig, FromImageConfig) {
+  auto c = runtime_config_from_image_config(R"({
+    "architecture": "amd64", "os": "linux",
+    "config": {"Entrypoint": ["/bin/app", "--flag"], "Cmd": ["serve"],
+               "Env": ["PATH=/usr/bin:/bin", "A=b=c d"], "WorkingDir": "/srv",
+               "User": "app:staff", "StopSignal": "SIGQUIT", "Labels": {"k": "v"}},
+    "rootfs": {"type": "layers", "diff_ids": []}})");
+  EXPECT_EQ(c.entrypoint, (std::vector<std::string>{"/bin/app", "--flag"}));
+  EXPECT_EQ(c.cmd, (std::vector<std::string>{"serve"}));
+  EXPECT_EQ(c.env, (std::vector<std::string>{"PATH=/usr/bin:/bin", "A=b=c d"}));
+  EXPECT_EQ(c.working_dir, "/srv");
+  EXPECT_EQ(c.user, "app:staff");
+  EXPECT_EQ(c.stop_signal, "SIGQUIT");
+  EXPECT_EQ(c.labels.at("k"), "v");
+}
+
+TEST(RuntimeConfig, NullsAndMissingAreEmpty) {
+  auto c = runtime_config_from_image_config(R"({"config": {"Entrypoint": null, "Cmd": ["sh"]}})");
+  EXPECT_TRUE(c.entrypoint.empty());
+  EXPECT_EQ(c.cmd.size(), 1u);
+  EXPECT_EQ(runtime_config_from_image_config("{}"), RuntimeConfig{});
+}
+
+TEST(RuntimeConfig, RoundTrip) {
+  RuntimeConfig c;
+  c.entrypoint = {"/bin/sh", "-c"};
+  c.cmd = {"echo \"hi\"; exit 3"};
+  c.env = {"X=1", "EMPTY="};
+  c.working_dir = "/w";
+  c.user = "1000:1000";
+  c.hostname = "box";
+  c.labels = {{"a", "b"}};
+  EXPECT_EQ(runtime_config_from_json(to_json(c)), c);
+}
+
+TEST(RuntimeConfig, BadInputNamesTheField) {
+  auto expect_error = [](std::string_view json, std::string_view needle) {
+    try {
+      runtime_config_from_json(json);
+      ADD_FAILURE() << "accepted " << json;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  expect_error("not json", "not valid JSON");
+  expect_error("[]", "not a JSON object");
+  expect_error(R"({"cmd": ["x"]})", "\"schema\"");
+  expect_error(R"({"schema": 99})", "version 99");
+  expect_error(R"({"schema": 1, "cmd": "x"})", "\"cmd\"");
+  expect_error(R"({"schema": 1, "env": [1]})", "\"env\"");
+  expect_error(R"({"schema": 1, "labels": {"a": 1}})", "\"labels\"");
+  EXPECT_THROW(runtime_config_from_image_config(R"({"config": {"User": 0}})"), Error);
+}
+
+TEST(RunOverrides, JsonRoundTripAndAbsence) {
+  RunOverrides o;
+  o.entrypoint = Strings{};
+  o.cmd = Strings{"sh", "-c", "echo \"a b\"; exit 3"};
+  o.env = {"A=b=c d", "EMPTY="};
+  o.working_dir = "/w";
+  o.user = "app:staff";
+  o.hostname = "box";
+  o.dns = {"10.0.2.3"};
+  o.tty = true;
+  o.interactive = true;
+  EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
+  EXPECT_EQ(run_overrides_from_json(R"({"schema":1})"), RunOverrides{});
+  auto none = run_overrides_from_json(to_json(RunOverrides{}));
+  EXPECT_FALSE(none.entrypoint.has_value());
+  EXPECT_FALSE(none.cmd.has_value());
+}
+
+TEST(RunOverrides, BadInputNamesTheField) {
+  auto err = [](std::string_view json) { return error_of([&] { run_overrides_from_json(json); }); };
+  EXPECT_NE(err(R"({"schema":1,"env":["NOEQUALS"]})").find("\"env\""), std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"env":["=x"]})").find("\"env\""), std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"tty":"yes"})").find("\"tty\""), std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"cmd":"sh"})").find("\"cmd\""), std::string::npos);
+  EXPECT_NE(err(R"({"cmd":["sh"]})").find("\"schema\""), std::string::npos);
+  EXPECT_NE(err(R"({"schema":2})").find("version 2"), std::string::npos);
+  EXPECT_NE(err("[1]").find("not a JSON object"), std::string::npos);
+}
+
+TEST(RunOverrides, Base64Url) {
+  EXPECT_EQ(base64url_encode(""), "");
+  EXPECT_EQ(base64url_encode("f"), "Zg");
+  EXPECT_EQ(base64url_encode("fo"), "Zm8");
+  EXPECT_EQ(base64url_encode("foo"), "Zm9v");
+  EXPECT_EQ(base64url_encode("\xfb\xff\xbf"), "-_-_");
+  for (std::string s : {"", "a", "ab", "abc", "abcd", "\x00\xff\x10 =?"})
+    EXPECT_EQ(base64url_decode(base64url_encode(s)), s);
+  EXPECT_EQ(base64url_decode("Zm8="), "fo");
+  EXPECT_NE(error_of([] { base64url_decode("Zm9v+"); }).find("base64url"), std::string::npos);
+  EXPECT_NE(error_of([] { base64url_decode("Z"); }).find("truncated"), std::string::npos);
+  EXPECT_NE(error_of([] { base64url_decode("Zh"); }).find("non-canonical"), std::string::npos);
+}
+
+TEST(RunOverrides, NetCarriesTheInterfaceAndRejectsBadValues) {
+  RunOverrides o;
+  o.net = NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1500};
+  EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
+  o.net->gateway.clear();
+  o.net->mtu = 0;
+  EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
+  auto bad = [](const std::string& net) {
+    try {
+      run_overrides_from_json(R"({"schema":1,"net":)" + net + "}");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(bad(R"({"address":"10.0.2.300"})").find("net.address"), std::string::npos);
+  EXPECT_NE(bad(R"({"prefix":24})").find("net.address"), std::string::npos);
+  EXPECT_NE(bad(R"({"address":"10.0.2.15","prefix":33})").find("net.prefix"), std::string::npos);
+  EXPECT_NE(bad(R"({"address":"10.0.2.15","mtu":20})").find("net.mtu"), std::string::npos);
+  EXPECT_NE(bad(R"({"address":"10.0.2.15","gateway":"gw"})").find("net.gateway"),
+            std::string::npos);
+  EXPECT_NE(bad(R"({"address":"10.0.2.15","interface":"a/b"})").find("net.interface"),
+            std::string::npos);
+  EXPECT_NE(bad(R"("eth0")").find("net"), std::string::npos);
+}
+
+TEST(RunOverrides, NotUtf8IsAnErrorNotACrash) {
+  RunOverrides o;
+  o.env = {"A=\xff\xfe"};
+  EXPECT_NE(error_of([&] { to_json(o); }).find("UTF-8"), std::string::npos);
+}
