@@ -1,15 +1,14 @@
 // `img2vm run [OPTIONS] IMAGE [CMD...]`: pull if needed, convert if needed (the rootfs cache),
-// and boot the image in our own KVM runner (lib/vm), like `docker run`: once the rootfs is ready
-// this process becomes img2vm-vmm (vmm_main.cpp), which runs the VM. With --network tap it sets
-// the tap device and its rules up as root, starts img2vm-vmm as a child that gives up root before
-// the guest runs, and undoes the host side when the child has ended. The workload's output is
-// the VM's console on stdout; its exit code is ours. Failures of img2vm itself exit 125, as
-// docker run does; the runner's own outcomes are 122-125 and 130 (docs/cli.md).
+// and boot the image in our own KVM runner (lib/vm), like `docker run`; the steps are the
+// facade's (img2vm::runtime); this file parses, reports and handles signals. Once the rootfs
+// is ready this process becomes img2vm-vmm (vmm_main.cpp), which runs the VM. With --network
+// tap it sets the tap device and its rules up as root, starts img2vm-vmm as a child that gives
+// up root before the guest runs, and undoes the host side when the child has ended. The
+// workload's output is the VM's console on stdout; its exit code is ours. Failures of img2vm
+// itself exit 125, as docker run does; the runner's own outcomes are 122-125 and 130
+// (docs/cli.md).
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>

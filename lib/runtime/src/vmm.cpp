@@ -168,7 +168,7 @@ VmmProcess::VmmProcess(VmmProcess&& other) noexcept
 
 VmmProcess& VmmProcess::operator=(VmmProcess&& other) noexcept {
   if (this != &other) {
-    this->~VmmProcess();
+    end();
     pid_ = std::exchange(other.pid_, 0);
     pidfd_ = std::move(other.pidfd_);
     status_ = std::move(other.status_);
@@ -176,9 +176,14 @@ VmmProcess& VmmProcess::operator=(VmmProcess&& other) noexcept {
   return *this;
 }
 
-VmmProcess::~VmmProcess() {
+VmmProcess::~VmmProcess() { end(); }
+
+void VmmProcess::end() noexcept {
   if (pid_ <= 0) return;
-  signal(SIGKILL);
+  if (pidfd_)
+    (void)::syscall(SYS_pidfd_send_signal, pidfd_.get(), SIGKILL, nullptr, 0);
+  else
+    (void)::kill(pid_, SIGKILL);
   int st = 0;
   while (::waitpid(pid_, &st, 0) < 0 && errno == EINTR) {
   }

@@ -86,6 +86,7 @@ class VmmProcess {
 
  private:
   VmmProcess(pid_t pid, UniqueFd pidfd) : pid_(pid), pidfd_(std::move(pidfd)) {}
+  void end() noexcept;  // kills and reaps a child still running
   pid_t pid_ = 0;
   UniqueFd pidfd_;
   std::optional<ExitStatus> status_;
