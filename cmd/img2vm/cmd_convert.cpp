@@ -8,7 +8,7 @@
 
 #include "cli.hpp"
 #include "commands.hpp"
-#include "image_input.hpp"
+#include "image_args.hpp"
 #include "img2vm/base/error.hpp"
 
 namespace img2vm::cli {
@@ -34,7 +34,8 @@ void register_convert(CLI::App& app, Globals& g, Action* slot) {
       registry::Store store;
       registry::Platform platform = a->platform.empty() ? registry::host_platform() : registry::Platform::parse(a->platform);
       auto src = resolve_image(store, a->ref, platform, g.json);
-      RootfsResult res = make_rootfs(store, *src, *a, a->output, !g.json && isatty(STDERR_FILENO));
+      runtime::RootfsResult res =
+          make_rootfs(store, *src, *a, a->output, !g.json && isatty(STDERR_FILENO));
       bool cached = res.cached;
       const rootfs::ConvertResult& r = res.convert;
       const fs::path& out = res.path;

@@ -7,9 +7,9 @@
 
 #include "cli.hpp"
 #include "commands.hpp"
-#include "guest_kernel.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "img2vm/runtime/kernel.hpp"
 
 namespace img2vm::cli {
 
@@ -35,8 +35,8 @@ std::string image_format(const fs::path& p) {
   return "unknown";
 }
 
-GuestKernel require_kernel(const KernelOpts& o) {
-  auto k = find_guest_kernel(o.kernel);
+runtime::GuestKernel require_kernel(const KernelOpts& o) {
+  auto k = runtime::find_guest_kernel(o.kernel);
   if (!k) throw Error(ErrorKind::kNotFound, "the guest kernel is not built yet: run 'img2vm kernel build' (about 5 minutes)");
   return *k;
 }
@@ -64,7 +64,7 @@ void register_kernel(CLI::App& app, Globals& g, Action* slot) {
   add_global_flags(*build);
   build->callback([opts, &g, slot] {
     *slot = [opts, &g] {
-      GuestKernel kern = build_guest_kernel(opts->force);
+      runtime::GuestKernel kern = runtime::build_guest_kernel(opts->force);
       if (g.json)
         std::cout << nlohmann::json{{"path", kern.path.string()}, {"cache_dir", kern.cache_dir.string()}}.dump() << "\n";
       else
@@ -77,7 +77,7 @@ void register_kernel(CLI::App& app, Globals& g, Action* slot) {
   add_global_flags(*info);
   info->callback([opts, &g, slot] {
     *slot = [opts, &g] {
-      GuestKernel kern = require_kernel(*opts);
+      runtime::GuestKernel kern = require_kernel(*opts);
       nlohmann::json j = {{"path", kern.path.string()},
                           {"source", kern.source},
                           {"format", image_format(kern.path)},

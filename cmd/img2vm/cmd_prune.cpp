@@ -1,14 +1,14 @@
 // `img2vm prune`: delete blobs that no stored image references, stale partial downloads, and
 // cached root filesystems whose image is no longer in the store.
 #include <iostream>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "cli.hpp"
 #include "commands.hpp"
 #include "format.hpp"
-#include "image_input.hpp"
 #include "img2vm/registry/store.hpp"
+#include "img2vm/runtime/rootfs.hpp"
 
 namespace img2vm::cli {
 
@@ -21,8 +21,9 @@ void register_prune(CLI::App& app, Globals& g, Action* slot) {
       // Root filesystems first: what they may keep is decided by the images still stored.
       std::set<std::string> manifests;
       for (const auto& img : store.list()) manifests.insert(img.manifest.digest.str());
-      auto fsr = rootfs_cache(store).prune(
-          [&](const rootfs::RootfsCache::Entry& e) { return manifests.count(e.manifest_digest) > 0; });
+      auto fsr = runtime::rootfs_cache(store).prune([&](const rootfs::RootfsCache::Entry& e) {
+        return manifests.count(e.manifest_digest) > 0;
+      });
       auto r = store.prune();
       if (g.json)
         std::cout << nlohmann::json{{"blobs", r.blobs}, {"bytes", r.bytes}, {"rootfs_files", fsr.files},

@@ -1,15 +1,14 @@
 // `img2vm run [OPTIONS] IMAGE [CMD...]`: pull if needed, convert if needed (the rootfs cache),
-// and boot the image in our own KVM runner (lib/vm), like `docker run`: once the rootfs is ready
-// this process becomes img2vm-vmm (vmm_main.cpp), which runs the VM. With --network tap it sets
-// the tap device and its rules up as root, starts img2vm-vmm as a child that gives up root before
-// the guest runs, and undoes the host side when the child has ended. The workload's output is
-// the VM's console on stdout; its exit code is ours. Failures of img2vm itself exit 125, as
-// docker run does; the runner's own outcomes are 122-125 and 130 (docs/cli.md).
+// and boot the image in our own KVM runner (lib/vm), like `docker run`; the steps are the
+// facade's (img2vm::runtime); this file parses, reports and handles signals. Once the rootfs
+// is ready this process becomes img2vm-vmm (vmm_main.cpp), which runs the VM. With --network
+// tap it sets the tap device and its rules up as root, starts img2vm-vmm as a child that gives
+// up root before the guest runs, and undoes the host side when the child has ended. The
+// workload's output is the VM's console on stdout; its exit code is ours. Failures of img2vm
+// itself exit 125, as docker run does; the runner's own outcomes are 122-125 and 130
+// (docs/cli.md).
 #include <fcntl.h>
 #include <signal.h>
-#include <sys/mman.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -23,17 +22,14 @@
 #include "attached_run.hpp"
 #include "cli.hpp"
 #include "commands.hpp"
-#include "guest_kernel.hpp"
-#include "image_input.hpp"
+#include "image_args.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
-#include "img2vm/guestabi/cmdline.hpp"
-#include "img2vm/guestabi/error.hpp"
-#include "img2vm/guestabi/overrides_disk.hpp"
-#include "img2vm/vm/disk_view.hpp"
+#include "img2vm/runtime/kernel.hpp"
+#include "img2vm/runtime/machine.hpp"
+#include "img2vm/runtime/vmm.hpp"
 #include "img2vm/vm/kvm_detect.hpp"
 #include "img2vm/vm/machine.hpp"
-#include "img2vm/vm/net_slirp.hpp"
 #include "img2vm/vm/net_tap.hpp"
 #include "img2vm/vm/port_forward.hpp"
 #include "privileges.hpp"
@@ -61,63 +57,12 @@ struct RunArgs : RootfsArgs {
   bool rm = false, timings = false, verbose_boot = false, hugepages = false;
 };
 
-// -P: every port the image exposes (and --expose adds) on a free host port of every
-// interface, unless -p already publishes that guest port and protocol.
-void add_exposed_ports(std::vector<vm::PortForward>& forwards, const registry::ImageSource& src,
-                       const std::vector<std::string>& expose) {
-  std::vector<std::string> specs;
-  auto config = nlohmann::json::parse(src.config_bytes(), nullptr, false);
-  if (config.is_object() && config.contains("config") && config["config"].is_object()) {
-    const auto& c = config["config"];
-    if (c.contains("ExposedPorts") && c["ExposedPorts"].is_object())
-      for (const auto& [k, v] : c["ExposedPorts"].items()) specs.push_back(k);
-  }
-  std::vector<std::string> ports = parse_exposed_ports(specs, "the image's ExposedPorts");
-  for (const auto& p : parse_exposed_ports(expose, "--expose"))
-    if (std::find(ports.begin(), ports.end(), p) == ports.end()) ports.push_back(p);
-  for (const auto& p : ports) {
-    vm::PortForward f;
-    f.guest_port = static_cast<uint16_t>(std::stoul(p.substr(0, p.find('/'))));
-    f.protocol = p.substr(p.find('/') + 1) == "udp" ? vm::PortProtocol::kUdp : vm::PortProtocol::kTcp;
-    bool taken = std::any_of(forwards.begin(), forwards.end(), [&](const vm::PortForward& x) {
-      return x.guest_port == f.guest_port && x.protocol == f.protocol;
-    });
-    if (!taken) forwards.push_back(f);
-  }
-}
-
-// Where img2vm-vmm is: $IMG2VM_VMM, the install's libexec directory, or beside this program
-// (the build tree).
-fs::path vmm_binary() {
-  if (const char* e = std::getenv("IMG2VM_VMM"); e && *e) {
-    if (!fs::is_regular_file(e)) throw Error(ErrorKind::kNotFound, std::string("the VMM ") + e + " (from IMG2VM_VMM) does not exist");
-    return e;
-  }
-  std::error_code ec;
-  fs::path self = fs::read_symlink("/proc/self/exe", ec);
-  for (const fs::path& p : {fs::path(IMG2VM_INSTALL_LIBEXECDIR) / "img2vm-vmm", ec ? fs::path() : self.parent_path() / "img2vm-vmm"})
-    if (!p.empty() && fs::is_regular_file(p)) return p;
-  throw Error(ErrorKind::kNotFound, "the VMM program (img2vm-vmm) is missing: build the img2vm-vmm target or set IMG2VM_VMM");
-}
-
-// A read-only, sealed in-memory file holding `bytes`; the guest reads it as a disk through
-// /proc/self/fd/N (no temporary file to clean up, in this process or the VMM it execs).
-UniqueFd sealed_memfd(const char* name, const std::string& bytes) {
-  UniqueFd fd(::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
-  if (!fd) throw_errno("memfd_create");
-  write_all(fd.get(), bytes, name);
-  if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0) throw_errno("sealing a memfd");
-  return fd;
-}
-
 // What a run needs once the image is resolved and converted.
 struct PreparedRun {
-  vm::MachineConfig mc;
+  runtime::PreparedMachine machine;
   cli::AttachOptions attach;
   nlohmann::json summary;
-  UniqueFd overrides;  // the overrides disk, when they are too long for the command line
-  std::shared_ptr<vm::TapBackend> tap;  // --network tap: the host side, undone when this goes
-  fs::path vmm;                         // img2vm-vmm
+  fs::path vmm;  // img2vm-vmm
 };
 
 PreparedRun prepare_run(RunArgs& a, Globals& g) {
@@ -134,39 +79,37 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   if (a.entrypoint_set) a.req.entrypoint = a.entrypoint;
   if (a.req.tty && !::isatty(STDIN_FILENO)) throw Error(ErrorKind::kInvalidArgument, "-t: the input device is not a TTY");
 
-  vm::MachineConfig& mc = p.mc;
-  mc.memory_mib = parse_memory_mib(a.memory);
-  mc.vcpus = a.cpus;
-  mc.hugepages = a.hugepages;
-  if (!a.timeout.empty()) mc.timeout = parse_duration("--timeout", a.timeout);
+  runtime::MachineOptions mo;
+  mo.memory_mib = parse_memory_mib(a.memory);
+  mo.cpus = a.cpus;
+  mo.hugepages = a.hugepages;
+  if (!a.timeout.empty()) mo.timeout = parse_duration("--timeout", a.timeout);
   p.attach.stop_timeout = parse_duration("--stop-timeout", a.stop_timeout);
   p.attach.level = level;
   p.attach.tty = a.req.tty;
   p.attach.say = ::isatty(STDERR_FILENO) && !g.json;
   p.attach.json = g.json;
   p.attach.timings = a.timings;
-  guestabi::RunOverrides overrides = build_overrides(a.req, process_env());
-  std::vector<ExtraDisk> extra;
-  for (const auto& d : a.disks) extra.push_back(parse_disk(d));
-
-  // The network: user-mode (rootless) by default, as docker's default bridge: the guest is
-  // 10.0.2.15/24 behind 10.0.2.2, with DNS at 10.0.2.3 (vm/net_slirp.hpp).
-  NetworkChoice net = parse_network(a.network);
-  std::vector<vm::PortForward> forwards;
-  for (const auto& f : a.publish)
-    for (auto& pf : vm::parse_port_forward(f)) forwards.push_back(std::move(pf));
-  if (net.mode == NetworkChoice::Mode::kNone && (!forwards.empty() || a.publish_all))
-    throw Error(ErrorKind::kInvalidArgument, "-p/-P: --network none has no network to publish ports on");
-  parse_exposed_ports(a.expose, "--expose");  // checked now; used once the image is known
-  if (net.mode == NetworkChoice::Mode::kUser) {
-    guestabi::NetConfig n;
-    n.interface = "eth0";
-    n.address = std::string(vm::usernet::kGuest);
-    n.prefix = vm::usernet::kPrefixLength;
-    n.gateway = std::string(vm::usernet::kGateway);
-    overrides.net = n;  // the MTU comes from the device (VIRTIO_NET_F_MTU)
-    if (overrides.dns.empty()) overrides.dns = {std::string(vm::usernet::kDns)};
+  mo.overrides = build_overrides(a.req, process_env());
+  for (const auto& d : a.disks) {
+    ExtraDisk e = parse_disk(d);
+    mo.disks.push_back({e.path, e.read_only});
   }
+
+  NetworkChoice net = parse_network(a.network);
+  for (const auto& f : a.publish)
+    for (auto& pf : vm::parse_port_forward(f)) mo.publish.push_back(std::move(pf));
+  if (net.mode == NetworkChoice::Mode::kNone && (!mo.publish.empty() || a.publish_all))
+    throw Error(ErrorKind::kInvalidArgument, "-p/-P: --network none has no network to publish ports on");
+  runtime::parse_exposed_ports(a.expose, "--expose");  // checked now; used once the image is known
+  mo.network = net.mode == NetworkChoice::Mode::kUser  ? runtime::NetworkMode::kUser
+               : net.mode == NetworkChoice::Mode::kTap ? runtime::NetworkMode::kTap
+                                                       : runtime::NetworkMode::kNone;
+  mo.outbound = net.outbound;
+  mo.host_loopback = net.host_loopback;
+  mo.tap_name = net.tap_name;
+  mo.publish_all = a.publish_all;
+  mo.expose = a.expose;
 
   // KVM and the VMM program first: no point pulling and converting for a VM that cannot start.
   vm::KvmInfo kvm = vm::detect_kvm();
@@ -177,29 +120,32 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
                              "): a Linux guest boots very slowly or stalls here; use a host with hardware KVM");
   else
     log(LogLevel::kInfo, std::string("KVM: ") + vm::to_string(kvm.kind) + " (" + kvm.detail + ")");
-  p.vmm = vmm_binary();
+  p.vmm = runtime::find_vmm_binary();
 
-  std::optional<GuestKernel> kernel = find_guest_kernel(a.kernel);
+  std::optional<runtime::GuestKernel> kernel = runtime::find_guest_kernel(a.kernel);
   if (!kernel) {
     log(LogLevel::kWarn, "the guest kernel is not built yet; building it from linux-source-6.1 (once, a few minutes)");
-    kernel = build_guest_kernel(false);
+    kernel = runtime::build_guest_kernel(false);
   }
   log(LogLevel::kInfo, "kernel: " + kernel->path.string() + " (" + kernel->source + ")");
 
   registry::Store store;
   registry::Platform platform = a.platform.empty() ? registry::host_platform() : registry::Platform::parse(a.platform);
   auto src = resolve_image(store, ref, platform, g.json);
-  RootfsResult root = make_rootfs(store, *src, a, {}, !g.json && ::isatty(STDERR_FILENO));
+  runtime::RootfsResult root = make_rootfs(store, *src, a, {}, !g.json && ::isatty(STDERR_FILENO));
   log(LogLevel::kInfo, "rootfs: " + root.path.string() + (root.cached ? " (cached)" : " (converted)"));
-  if (a.publish_all) add_exposed_ports(forwards, *src, a.expose);
-  p.attach.ports_chosen =
-      std::any_of(forwards.begin(), forwards.end(), [](const vm::PortForward& f) { return f.host_port == 0; });
-  if (net.mode == NetworkChoice::Mode::kUser) {
-    mc.net.emplace();
-    mc.net->user.outbound = net.outbound;
-    mc.net->user.host_loopback = net.host_loopback;
-    mc.net->user.forwards = forwards;
-  }
+
+  mo.kernel = kernel->path;
+  mo.rootfs = root.path;
+  mo.keep = a.keep;
+  mo.image_config_json = src->config_bytes();
+  mo.verbose_boot = a.verbose_boot;
+  mo.console_out_fd = STDOUT_FILENO;
+  mo.console_in_fd = (a.req.interactive || a.req.tty) ? STDIN_FILENO : -1;
+  // With --network tap the host side is set up here, as root; the VM runs in a child given the
+  // device's descriptor, which gives up root before the guest runs (run_tap_vmm).
+  p.machine = runtime::build_machine(std::move(mo));
+  p.attach.ports_chosen = p.machine.ports_chosen;
   p.summary = {{"image", src->name()},
                {"manifest_digest", src->manifest_digest().str()},
                {"platform", src->platform().str()},
@@ -210,84 +156,14 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
                {"network", net.mode == NetworkChoice::Mode::kUser  ? "user"
                            : net.mode == NetworkChoice::Mode::kTap ? "tap"
                                                                    : "none"}};
-  // The tap network: a device of the VM's own on the host, its host side set up now (it needs
-  // CAP_NET_ADMIN) and undone when the run ends; the guest gets the address chosen for it.
-  // This process keeps that setup; the VM runs in a child given the device's descriptor, which
-  // gives up root before the guest runs (run_tap_vmm).
-  if (net.mode == NetworkChoice::Mode::kTap) {
-    vm::TapNetConfig tc;
-    tc.name = net.tap_name;
-    tc.outbound = net.outbound;
-    tc.forwards = forwards;
-    mc.net.emplace();
-    tc.guest_mac = mc.net->mac;
-    p.tap = std::make_shared<vm::TapBackend>(tc, mc.net->mtu);
-    mc.net->tap = vm::TapFdConfig{p.tap->device_fd(), p.tap->published()};
+  if (p.machine.tap) {
     p.attach.run_as = unprivileged_identity();
-    const vm::TapNetInfo& ti = p.tap->info();
-    guestabi::NetConfig n;
-    n.interface = "eth0";
-    n.address = ti.guest_ip;
-    n.prefix = ti.prefix_length;
-    n.gateway = ti.host_ip;
-    overrides.net = n;
-    if (overrides.dns.empty()) {
-      std::string resolv;
-      try {
-        resolv = read_file("/etc/resolv.conf");
-      } catch (const Error&) {  // no resolv.conf: docker's fallback resolvers
-      }
-      overrides.dns = tap_guest_dns(resolv);
-    }
+    const vm::TapNetInfo& ti = p.machine.tap->info();
     p.summary["tap"] = {{"device", ti.device}, {"managed", ti.managed}, {"host_ip", ti.host_ip}, {"guest_ip", ti.guest_ip}};
     log(LogLevel::kInfo, "network: tap device " + ti.device + (ti.managed ? "" : " (existing)") + ", guest " + ti.guest_ip +
                              "/" + std::to_string(ti.prefix_length) + " via " + ti.host_ip);
   }
-
-  // The root disk: a private copy-on-write view of the cached rootfs, or with --keep a copy of
-  // it that the run writes and that stays.
-  vm::DiskConfig rootdisk;
-  rootdisk.id = "img2vm-root";
-  if (!a.keep.empty()) {
-    vm::clone_file(root.path, a.keep);
-    rootdisk.path = fs::absolute(a.keep);
-    rootdisk.mode = vm::DiskMode::kReadWrite;
-    p.summary["kept"] = rootdisk.path.string();
-  } else {
-    rootdisk.path = root.path;
-    rootdisk.mode = vm::DiskMode::kCopyOnWrite;
-  }
-  mc.disks.push_back(rootdisk);
-  for (size_t i = 0; i < extra.size(); ++i) {
-    vm::DiskConfig d;
-    d.path = fs::absolute(extra[i].path);
-    d.mode = extra[i].read_only ? vm::DiskMode::kReadOnly : vm::DiskMode::kReadWrite;
-    mc.disks.push_back(d);
-  }
-
-  // The overrides: inline when short, else on a raw block device after the other disks.
-  std::string param;
-  try {
-    param = guestabi::run_overrides_kernel_param(overrides);
-    if (param.size() > kInlineOverridesMax) {
-      if (mc.disks.size() >= 26) throw Error(ErrorKind::kLimit, "too many disks");
-      p.overrides = sealed_memfd("img2vm-overrides", guestabi::encode_overrides_disk(overrides));
-      vm::DiskConfig d;
-      d.path = "/proc/self/fd/" + std::to_string(p.overrides.get());
-      d.mode = vm::DiskMode::kReadOnly;
-      d.id = "img2vm-overrides";
-      param =
-          guestabi::run_overrides_disk_param(std::string("/dev/vd") + char('a' + mc.disks.size()));
-      mc.disks.push_back(d);
-    }
-  } catch (const guestabi::Error& e) {
-    throw Error(ErrorKind::kInvalidArgument, std::string("run: ") + e.what());
-  }
-  mc.kernel = kernel->path;
-  mc.cmdline = guestabi::image_cmdline(a.verbose_boot, param);
-  mc.console_out_fd = STDOUT_FILENO;
-  mc.console_in_fd = (a.req.interactive || a.req.tty) ? STDIN_FILENO : -1;
-  mc.console_input = vm::ConsoleInput::kAtWorkloadExec;
+  if (!a.keep.empty()) p.summary["kept"] = fs::absolute(a.keep).string();
   return p;  // the store, the image source and their files are released here
 }
 
@@ -299,14 +175,14 @@ bool exec_vmm(PreparedRun& p) {
   const fs::path& vmm = p.vmm;
   std::string text;
   try {
-    text = attach_spec(p.mc, p.attach, p.summary).dump();
+    text = attach_spec(p.machine.config, p.attach, p.summary).dump();
   } catch (const nlohmann::json::exception& e) {
     if (p.attach.level >= LogLevel::kDebug)
       std::cerr << "img2vm: running the VM in this process: " << e.what() << "\n";
     return false;
   }
-  UniqueFd spec = sealed_memfd("img2vm-vm-spec", text);
-  for (int fd : {spec.get(), p.overrides.get()})
+  UniqueFd spec = runtime::sealed_memfd("img2vm-vm-spec", text);
+  for (int fd : {spec.get(), p.machine.overrides_disk.get()})
     if (fd >= 0 && ::fcntl(fd, F_SETFD, 0) != 0) throw_errno("fcntl");
   std::cout.flush();
   std::cerr.flush();
@@ -321,24 +197,19 @@ bool exec_vmm(PreparedRun& p) {
 // this process, as root. The VM runs in img2vm-vmm, a child given the device's descriptor
 // (NetConfig::tap), which gives up root and every capability before the guest runs
 // (attach.run_as). This process keeps nothing next to the guest: it waits for the child, passes
-// on the signals sent to it, and undoes the host side afterwards (p.tap's destructor, once
-// run_image returns). Returns the child's exit code.
+// on the signals sent to it, and undoes the host side afterwards (the tap backend's
+// destructor, once run_image returns). Returns the child's exit code.
 int run_tap_vmm(PreparedRun& p) {
   std::string text;
   try {
-    text = attach_spec(p.mc, p.attach, p.summary).dump();
+    text = attach_spec(p.machine.config, p.attach, p.summary).dump();
   } catch (const nlohmann::json::exception& e) {
     throw Error(ErrorKind::kInvalidArgument,
                 std::string("--network tap: the VM cannot be handed to img2vm-vmm: ") + e.what());
   }
-  UniqueFd spec = sealed_memfd("img2vm-vm-spec", text);
-  const std::string fd_arg = std::to_string(spec.get());
-  const char* argv[] = {"img2vm-vmm", "--spec-fd", fd_arg.c_str(), nullptr};
-  const std::string exec_failed = "img2vm: cannot start the VMM " + p.vmm.string() + "\n";
-  const int pass[] = {spec.get(), p.overrides.get(), p.tap->device_fd()};
 
   // Blocked before the child exists, so that nothing sent meanwhile is lost; the child starts
-  // with the mask and SIGCHLD action this process had.
+  // with the mask this process had.
   sigset_t wait_set = relayed_signals(), old_mask;
   sigaddset(&wait_set, SIGCHLD);
   struct sigaction dfl = {};
@@ -346,25 +217,6 @@ int run_tap_vmm(PreparedRun& p) {
   dfl.sa_handler = SIG_DFL;
   ::sigaction(SIGCHLD, &dfl, &old_chld);  // not SIG_IGN: the child must stay waitable
   ::pthread_sigmask(SIG_BLOCK, &wait_set, &old_mask);
-  std::cout.flush();
-  std::cerr.flush();
-  std::fflush(nullptr);
-  const pid_t parent = ::getpid();
-  const pid_t child = ::fork();
-  if (child == 0) {
-    // Only async-signal-safe calls between fork and exec. Nothing but stdio and `pass` goes
-    // to the VMM (whatever this process still has open and forgot to mark).
-    (void)::close_range(3, ~0u, CLOSE_RANGE_CLOEXEC);
-    for (int fd : pass)
-      if (fd >= 0) ::fcntl(fd, F_SETFD, 0);
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // killed with this process (kept across its setuid)
-    if (::getppid() != parent) ::_exit(kExitRunFailed);
-    ::sigaction(SIGCHLD, &old_chld, nullptr);
-    ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-    ::execv(p.vmm.c_str(), const_cast<char* const*>(argv));
-    (void)!::write(STDERR_FILENO, exec_failed.data(), exec_failed.size());
-    ::_exit(kExitRunFailed);
-  }
   auto restore = [&] {
     struct timespec zero {};
     sigset_t relayed = relayed_signals();
@@ -373,33 +225,41 @@ int run_tap_vmm(PreparedRun& p) {
     ::pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
     ::sigaction(SIGCHLD, &old_chld, nullptr);
   };
-  if (child < 0) {
-    int e = errno;
+  std::cout.flush();
+  std::cerr.flush();
+  std::fflush(nullptr);
+  std::optional<runtime::VmmProcess> child;
+  try {
+    runtime::VmmChildOptions co;
+    co.vmm = p.vmm;
+    co.sigmask = old_mask;
+    child.emplace(runtime::VmmProcess::start(text, co));
+  } catch (...) {
     restore();
-    throw_errno("cannot start the VMM: fork", e);
+    throw;
   }
-  int status = 0;
-  for (;;) {
-    if (::waitpid(child, &status, WNOHANG) == child) break;
+  std::optional<runtime::ExitStatus> status;
+  while (!(status = child->try_wait())) {
     siginfo_t si{};
     int sig = ::sigwaitinfo(&wait_set, &si);
     if (sig <= 0 || sig == SIGCHLD) continue;
     // What the terminal sends (Ctrl-C, a resize) reaches the child itself, in the same process
     // group; what a process sends to this one is passed on, as sudo does.
-    if ((si.si_code == SI_USER || si.si_code == SI_QUEUE) && si.si_pid != child) ::kill(child, sig);
+    if ((si.si_code == SI_USER || si.si_code == SI_QUEUE) && si.si_pid != child->pid())
+      child->signal(sig);
   }
   restore();
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  std::cerr << "img2vm: the VMM (img2vm-vmm) was killed by signal " << WTERMSIG(status) << " ("
-            << ::strsignal(WTERMSIG(status)) << ")\n";
+  if (status->exited) return status->code;
+  std::cerr << "img2vm: the VMM (img2vm-vmm) was killed by signal " << status->signal << " ("
+            << ::strsignal(status->signal) << ")\n";
   return kExitRunFailed;
 }
 
 int run_image(RunArgs& a, Globals& g) {
   PreparedRun p = prepare_run(a, g);
-  if (p.tap) return run_tap_vmm(p);
+  if (p.machine.tap) return run_tap_vmm(p);
   if (exec_vmm(p)) return kExitRunFailed;  // not reached: exec_vmm execs or throws
-  return run_attached(std::move(p.mc), p.attach, std::move(p.summary));
+  return run_attached(std::move(p.machine.config), p.attach, std::move(p.summary));
 }
 
 [[noreturn]] void unsupported(const std::string& flag, const std::string& why) {

@@ -179,13 +179,6 @@ bool parse_switch(const std::string& flag, const std::string& key, const std::st
               flag + ": " + key + "=" + value + ": the value must be on or off (true/false)");
 }
 
-unsigned parse_port_number(const std::string& what, const std::string& text) {
-  if (text.empty() || text.size() > 5 || text.find_first_not_of("0123456789") != std::string::npos)
-    throw Error(ErrorKind::kInvalidArgument, what + ": \"" + text + "\" is not a port number");
-  unsigned v = static_cast<unsigned>(std::stoul(text));
-  if (v < 1 || v > 65535) throw Error(ErrorKind::kInvalidArgument, what + ": port " + text + " is not in 1-65535");
-  return v;
-}
 
 }  // namespace
 
@@ -241,50 +234,6 @@ NetworkChoice parse_network(const std::string& text) {
   if (mode.rfind("container", 0) == 0)
     throw Error(ErrorKind::kUnsupported, flag + ": joining another VM's network is not supported");
   throw Error(ErrorKind::kInvalidArgument, flag + ": unknown network (use user, none or tap[=NAME])");
-}
-
-std::vector<std::string> tap_guest_dns(const std::string& resolv_conf) {
-  std::vector<std::string> out;
-  std::istringstream in(resolv_conf);
-  for (std::string line; std::getline(in, line);) {
-    std::istringstream words(line);
-    std::string key, addr;
-    words >> key >> addr;
-    if (key != "nameserver") continue;
-    in_addr a{};
-    if (::inet_pton(AF_INET, addr.c_str(), &a) != 1) continue;  // IPv6 (the guest has none) or junk
-    if ((ntohl(a.s_addr) >> 24) == 127) continue;
-    if (std::find(out.begin(), out.end(), addr) == out.end()) out.push_back(addr);
-  }
-  if (out.empty()) out = {"8.8.8.8", "8.8.4.4"};
-  return out;
-}
-
-std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& specs, const std::string& what) {
-  std::vector<std::string> out;
-  for (const auto& spec : specs) {
-    std::string ports = spec, proto = "tcp";
-    if (auto slash = spec.find('/'); slash != std::string::npos) {
-      ports = spec.substr(0, slash);
-      proto = spec.substr(slash + 1);
-      for (auto& ch : proto) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
-    }
-    if (proto != "tcp" && proto != "udp")
-      throw Error(ErrorKind::kInvalidArgument, what + " " + spec + ": protocol \"" + proto + "\" is not tcp or udp");
-    unsigned lo = 0, hi = 0;
-    if (auto dash = ports.find('-'); dash != std::string::npos) {
-      lo = parse_port_number(what + " " + spec, ports.substr(0, dash));
-      hi = parse_port_number(what + " " + spec, ports.substr(dash + 1));
-      if (hi < lo) throw Error(ErrorKind::kInvalidArgument, what + " " + spec + ": the range ends before it starts");
-    } else {
-      lo = hi = parse_port_number(what + " " + spec, ports);
-    }
-    for (unsigned p = lo; p <= hi; ++p) {
-      std::string s = std::to_string(p) + "/" + proto;
-      if (std::find(out.begin(), out.end(), s) == out.end()) out.push_back(s);
-    }
-  }
-  return out;
 }
 
 }  // namespace img2vm::cli

@@ -74,18 +74,5 @@ struct NetworkChoice {
 };
 NetworkChoice parse_network(const std::string& text);
 
-// The nameservers a guest on the tap network uses, from the host's resolv.conf text: its IPv4
-// nameservers except loopback ones (which the guest cannot reach; systemd-resolved's 127.0.0.53),
-// or, when none is left, Google's public resolvers, as docker does.
-std::vector<std::string> tap_guest_dns(const std::string& resolv_conf);
-
-// An image config's ExposedPorts keys ("80/tcp", "53/udp", "8080"), and --expose values
-// ("80", "80/udp", "8000-8002/tcp"), as "PORT/PROTO" strings in order, without repeats.
-// Throws naming the bad value.
-std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& specs, const std::string& what);
-
-// How the overrides reach the init: inline on the command line when short, else on a raw block
-// device. Inline is used while the parameter stays under this many bytes.
-inline constexpr size_t kInlineOverridesMax = 1024;
 
 }  // namespace img2vm::cli

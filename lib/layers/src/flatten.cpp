@@ -145,9 +145,17 @@ class VerifyingReader {
   bool verified_ = false;
 };
 
-// Decodes layer `index` (from 0); its content must hash to its diff_id.
+// Throws when the caller's cancel flag (FlattenOptions::cancel) is set.
+void throw_if_cancelled(const std::atomic<bool>* cancel, const std::string& what) {
+  if (cancel && cancel->load(std::memory_order_relaxed))
+    throw Error(ErrorKind::kIo, what + ": cancelled");
+}
+
+// Decodes layer `index` (from 0); its content must hash to its diff_id. `cancel` (the
+// caller's) is checked before every read of the blob.
 DecodedLayer decode_source(const LayerSource& src, size_t index, const SpoolTarget& spool,
-                           const DecodeLimits& limits, const std::string& what) {
+                           const DecodeLimits& limits, const std::string& what,
+                           const std::atomic<bool>* cancel) {
   std::optional<Compression> declared = compression_from_media_type(src.media_type);
   if (!declared)
     throw Error(ErrorKind::kUnsupported, what + ": unsupported layer media type \"" + src.media_type + "\"");
@@ -167,7 +175,12 @@ DecodedLayer decode_source(const LayerSource& src, size_t index, const SpoolTarg
   }
   DecodedLayer d;
   try {
-    d = decode_tar([&](void* b, size_t n) { return r.read(b, n); }, use, spool, limits, what);
+    d = decode_tar(
+        [&](void* b, size_t n) {
+          throw_if_cancelled(cancel, what);
+          return r.read(b, n);
+        },
+        use, spool, limits, what);
   } catch (const Error& e) {
     if (e.kind() == ErrorKind::kIntegrity) r.explain_failure();
     throw;
@@ -229,7 +242,7 @@ std::vector<uint64_t> decode_all(const std::vector<LayerSource>& layers, const s
       std::optional<DecodedLayer> d;
       std::exception_ptr err;
       try {
-        d = decode_source(layers[i], i, targets[i], limits, layer_name(layers, i));
+        d = decode_source(layers[i], i, targets[i], limits, layer_name(layers, i), opt.cancel);
       } catch (...) {
         err = std::current_exception();
       }
@@ -266,6 +279,7 @@ std::vector<uint64_t> decode_all(const std::vector<LayerSource>& layers, const s
       d = std::move(*done[i]);
       done[i].reset();
     }
+    throw_if_cancelled(opt.cancel, layer_name(layers, i));
     out.spooled_bytes += d.data_bytes;
     spool_bytes[i] = d.spool_bytes;
     apply_layer(out.tree, d, static_cast<uint32_t>(i + 1), static_cast<uint32_t>(i + 1), layer_name(layers, i));
@@ -394,6 +408,7 @@ Flattened flatten_via_spools(const std::vector<LayerSource>& layers, const Flatt
   std::vector<uint64_t> len = decode_all(layers, targets, opt, out);
   uint64_t at = o.offset;
   for (size_t i = 0; i < n; ++i) {
+    throw_if_cancelled(opt.cancel, layer_name(layers, i));
     // A spool file may end before len[i] (the last block's tail): the rest is zeros anyway.
     copy_range(files[i].get(), 0, o.fd, at, len[i], layer_name(layers, i) + ": spooled data into the output");
     files[i].reset();

@@ -76,6 +76,11 @@ std::vector<Digest> diff_ids_from_image_config(std::string_view config_json) {
 }
 
 ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
+  auto throw_if_cancelled = [](const std::atomic<bool>* cancel) {
+    if (cancel && cancel->load(std::memory_order_relaxed))
+      throw Error(ErrorKind::kIo, "convert: cancelled");
+  };
+  throw_if_cancelled(opt.cancel);
   if (opt.output.empty()) throw Error(ErrorKind::kInvalidArgument, "convert: no output path given");
   fs::path out_dir = opt.output.parent_path();
   if (out_dir.empty()) out_dir = ".";
@@ -133,6 +138,7 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   fo.output.in_place = opt.in_place;
   fo.output.region = opt.in_place_region;
   if (opt.progress) fo.progress = [&](size_t d, size_t t) { opt.progress("layers", d, t); };
+  fo.cancel = opt.cancel;
   layers::Flattened flat = layers::flatten(sources, fo);
 
   // /.img2vm: config.json from a spool of its own, init straight from its file.
@@ -168,7 +174,13 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   p.uuid[8] = static_cast<uint8_t>((p.uuid[8] & 0x3f) | 0x80);
   p.hash_seed = derive(image.manifest_digest, "hash-seed");
   p.timestamp = opt.timestamp;
-  if (opt.progress) p.progress = [&](uint64_t d, uint64_t t) { opt.progress("data", d, t); };
+  // The writer reports after each file's data: the cancel flag is checked there too.
+  if (opt.progress || opt.cancel) {
+    p.progress = [&](uint64_t d, uint64_t t) {
+      throw_if_cancelled(opt.cancel);
+      if (opt.progress) opt.progress("data", d, t);
+    };
+  }
   p.adopt_begin = flat.data_begin;
   p.adopt_end = flat.data_end;
   p.compact_by_copy = opt.compact_by_copy;
@@ -176,6 +188,7 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   detail::Ext4Stats st = detail::write_ext4(
       out.temp_path(), out.fd(), flat.tree,
       [&](uint32_t i) { return detail::SpoolRef{flat.spools.at(i).fd, flat.spools.at(i).base}; }, p);
+  throw_if_cancelled(opt.cancel);
   out.commit();
 
   ConvertResult r;

@@ -11,6 +11,7 @@
 // the layer's diff_id. Layers are decoded in parallel (up to `threads`) and applied in order.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -50,6 +51,10 @@ struct FlattenOptions {
   unsigned threads = 0;  // layers decoded at once; 0: the number of cores
   // Called after each layer is applied: (layers done, layers total).
   std::function<void(size_t, size_t)> progress;
+  // When set and it becomes true (from any thread, or a signal handler), flatten stops within
+  // one read of a layer blob and throws Error(kIo, "... cancelled"); the output fd is left for
+  // the caller to discard (rootfs::convert removes its temporary file).
+  const std::atomic<bool>* cancel = nullptr;
 
   // Optional: put the layers' file data into `fd` itself (an empty regular file, such as the
   // ext4 image being made) from byte `offset` (a multiple of `align`) on, in the aligned layout

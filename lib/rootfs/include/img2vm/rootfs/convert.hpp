@@ -31,6 +31,7 @@
 // success; on any error no file is left behind.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -84,6 +85,10 @@ struct ConvertOptions {
   int64_t timestamp = 0;
   // Progress: (phase, done, total); phases "layers" (layers applied) and "data" (bytes written).
   std::function<void(std::string_view, uint64_t, uint64_t)> progress;
+  // When set and it becomes true (from any thread, or a signal handler), convert stops within
+  // one read of a layer blob (or one file's data while writing ext4) and throws
+  // Error(kIo, "... cancelled"), leaving no output file behind.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct ConvertResult {

@@ -1,4 +1,4 @@
-#include "guest_kernel.hpp"
+#include "img2vm/runtime/kernel.hpp"
 
 #include <fcntl.h>
 #include <spawn.h>
@@ -14,19 +14,21 @@
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 
-namespace img2vm::cli {
+namespace img2vm::runtime {
 
 namespace fs = std::filesystem;
 
 fs::path kernel_build_script() {
   std::vector<fs::path> candidates;
-  if (const char* d = std::getenv("IMG2VM_DATA_DIR"); d && *d) candidates.push_back(fs::path(d) / "kernel" / "build.sh");
+  if (const char* d = std::getenv("IMG2VM_DATA_DIR"); d && *d)
+    candidates.push_back(fs::path(d) / "kernel" / "build.sh");
   candidates.push_back(fs::path(IMG2VM_INSTALL_DATADIR) / "kernel" / "build.sh");
   candidates.push_back(fs::path(IMG2VM_SOURCE_DIR) / "guest" / "kernel" / "build.sh");
   for (const auto& c : candidates)
     if (fs::exists(c)) return c;
   throw Error(ErrorKind::kNotFound, "the guest kernel build script is missing (looked for " +
-                                        candidates.back().string() + "); set IMG2VM_KERNEL to a kernel image");
+                                        candidates.back().string() +
+                                        "); set IMG2VM_KERNEL to a kernel image");
 }
 
 namespace {
@@ -64,7 +66,8 @@ int run_script(const fs::path& script, const std::vector<std::string>& args, std
   while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
   }
   while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status)
+                           : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 }
 
 GuestKernel from_cache_dir(const fs::path& dir) {
@@ -72,7 +75,8 @@ GuestKernel from_cache_dir(const fs::path& dir) {
   k.cache_dir = dir;
   k.source = "cache";
   k.path = dir / "vmlinux";
-  if (!fs::exists(k.path)) throw Error(ErrorKind::kNotFound, "the kernel cache " + dir.string() + " has no vmlinux");
+  if (!fs::exists(k.path))
+    throw Error(ErrorKind::kNotFound, "the kernel cache " + dir.string() + " has no vmlinux");
   return k;
 }
 
@@ -89,7 +93,8 @@ std::optional<GuestKernel> find_guest_kernel(const std::string& flag_value) {
   }
   if (!explicit_path.empty()) {
     if (!fs::is_regular_file(explicit_path))
-      throw Error(ErrorKind::kNotFound, "kernel image " + explicit_path + " (from " + source + ") does not exist");
+      throw Error(ErrorKind::kNotFound,
+                  "kernel image " + explicit_path + " (from " + source + ") does not exist");
     return GuestKernel{fs::absolute(explicit_path), source, {}};
   }
   std::string out;
@@ -101,9 +106,12 @@ std::optional<GuestKernel> find_guest_kernel(const std::string& flag_value) {
 GuestKernel build_guest_kernel(bool force) {
   std::string out;
   fs::path script = kernel_build_script();
-  int rc = run_script(script, force ? std::vector<std::string>{"--force"} : std::vector<std::string>{}, out);
-  if (rc != 0) throw Error(ErrorKind::kIo, "the guest kernel build failed (" + script.string() + " exited with " + std::to_string(rc) + ")");
+  int rc = run_script(
+      script, force ? std::vector<std::string>{"--force"} : std::vector<std::string>{}, out);
+  if (rc != 0)
+    throw Error(ErrorKind::kIo, "the guest kernel build failed (" + script.string() +
+                                    " exited with " + std::to_string(rc) + ")");
   return from_cache_dir(out);
 }
 
-}  // namespace img2vm::cli
+}  // namespace img2vm::runtime

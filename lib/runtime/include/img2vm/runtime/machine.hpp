@@ -1,0 +1,101 @@
+// A vm::MachineConfig for a converted image and docker-style run options: the guest's
+// overrides (env, user, workdir, entrypoint/cmd, ...) on its kernel command line or on a
+// read-only disk, the network, published ports, extra disks, memory and vCPUs.
+//
+//   img2vm::runtime::MachineOptions mo;
+//   mo.kernel = img2vm::runtime::find_guest_kernel()->path;
+//   mo.rootfs = root.path;
+//   mo.overrides.cmd = std::vector<std::string>{"/bin/sh", "-c", "echo hi"};
+//   mo.overrides.env = {"MODE=test"};
+//   mo.memory_mib = 512;
+//   img2vm::runtime::PreparedMachine pm = img2vm::runtime::build_machine(std::move(mo));
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "img2vm/base/fd.hpp"
+#include "img2vm/guestabi/config.hpp"
+#include "img2vm/vm/machine.hpp"
+#include "img2vm/vm/net_tap.hpp"
+#include "img2vm/vm/port_forward.hpp"
+
+namespace img2vm::runtime {
+
+// The nameservers a guest on the tap network uses, from the host's resolv.conf text: its IPv4
+// nameservers except loopback ones (which the guest cannot reach; systemd-resolved's 127.0.0.53),
+// or, when none is left, Google's public resolvers, as docker does.
+std::vector<std::string> tap_guest_dns(const std::string& resolv_conf);
+
+// An image config's ExposedPorts keys ("80/tcp", "53/udp", "8080"), and --expose values
+// ("80", "80/udp", "8000-8002/tcp"), as "PORT/PROTO" strings in order, without repeats.
+// Throws naming the bad value.
+std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& specs,
+                                             const std::string& what);
+
+// How the overrides reach the init: inline on the command line when short, else on a raw block
+// device. Inline is used while the parameter stays under this many bytes.
+inline constexpr size_t kInlineOverridesMax = 1024;
+
+// Which network the guest gets.
+enum class NetworkMode {
+  kUser,  // rootless user-mode networking: 10.0.2.15/24 behind 10.0.2.2, DNS 10.0.2.3
+  kNone,  // loopback only
+  kTap,   // a tap device set up on the host (needs CAP_NET_ADMIN)
+};
+
+// An extra disk for the guest (/dev/vdb, ...).
+struct ExtraDisk {
+  std::filesystem::path path;
+  bool read_only = false;
+};
+
+// Everything a run is made of besides the image's own config.
+struct MachineOptions {
+  std::filesystem::path kernel;  // required: find_guest_kernel() or build_guest_kernel()
+  std::filesystem::path rootfs;  // required: a converted root filesystem (never modified)
+  std::filesystem::path keep;    // when set: run on a read-write copy made here, which stays
+  // What the guest init applies over the image config (docker-style): entrypoint, cmd, env,
+  // working_dir, user, hostname, dns, tty, interactive. `net` is filled in here.
+  guestabi::RunOverrides overrides;
+  uint64_t memory_mib = 256;             // at least 32
+  unsigned cpus = 1;                     // 1 to 64
+  bool hugepages = false;                // back guest RAM with 2 MiB huge pages
+  std::chrono::milliseconds timeout{0};  // 0: none
+  std::vector<ExtraDisk> disks;          // after the root disk, in order
+  NetworkMode network = NetworkMode::kUser;
+  bool outbound = true;                  // the guest may reach the outside world (user, tap)
+  bool host_loopback = false;            // user: 10.0.2.2 reaches the host's 127.0.0.1
+  std::string tap_name;                  // tap: the device name; empty: the kernel picks one
+  std::vector<vm::PortForward> publish;  // host ports forwarded to guest ports (docker -p)
+  bool publish_all = false;         // also every port the image exposes, on free host ports (-P)
+  std::vector<std::string> expose;  // more ports for publish_all: "80", "53/udp", "8000-8002/tcp"
+  std::string image_config_json;  // the image config (ImageSource::config_bytes()), for publish_all
+  bool verbose_boot = false;      // the guest kernel's boot messages on the console
+  int console_out_fd = 1;         // where the console goes (not owned); -1 discards it
+  int console_in_fd = -1;         // the console's input (not owned); -1: none
+};
+
+// A MachineConfig ready to run, and what it refers to.
+struct PreparedMachine {
+  vm::MachineConfig config;
+  guestabi::RunOverrides overrides;  // what the guest init receives (the network included)
+  UniqueFd overrides_disk;  // the overrides when too long for the command line (config's last disk)
+  std::shared_ptr<vm::TapBackend> tap;  // kTap: the host side, undone when the last owner lets go
+  bool ports_chosen = false;            // some host port is picked when the VM starts
+};
+
+// The ports the image config (its ExposedPorts) and `expose` name, as "PORT/PROTO", in order
+// without repeats. Throws Error(kInvalidArgument) naming a bad value.
+std::vector<std::string> exposed_ports(const std::string& image_config_json,
+                                       const std::vector<std::string>& expose);
+
+// Assembles the machine. Throws Error(kInvalidArgument) for contradicting or out-of-range
+// options, Error(kLimit) for too many disks; kTap sets up the host side now.
+PreparedMachine build_machine(MachineOptions options);
+
+}  // namespace img2vm::runtime

@@ -1,0 +1,237 @@
+#include "img2vm/runtime/machine.hpp"
+
+#include <arpa/inet.h>
+
+#include <algorithm>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/guestabi/cmdline.hpp"
+#include "img2vm/guestabi/error.hpp"
+#include "img2vm/guestabi/overrides_disk.hpp"
+#include "img2vm/runtime/vmm.hpp"
+#include "img2vm/vm/disk_view.hpp"
+#include "img2vm/vm/net_slirp.hpp"
+
+namespace img2vm::runtime {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+unsigned parse_port_number(const std::string& what, const std::string& text) {
+  if (text.empty() || text.size() > 5 || text.find_first_not_of("0123456789") != std::string::npos)
+    throw Error(ErrorKind::kInvalidArgument, what + ": \"" + text + "\" is not a port number");
+  unsigned v = static_cast<unsigned>(std::stoul(text));
+  if (v < 1 || v > 65535)
+    throw Error(ErrorKind::kInvalidArgument, what + ": port " + text + " is not in 1-65535");
+  return v;
+}
+
+}  // namespace
+
+std::vector<std::string> tap_guest_dns(const std::string& resolv_conf) {
+  std::vector<std::string> out;
+  std::istringstream in(resolv_conf);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream words(line);
+    std::string key, addr;
+    words >> key >> addr;
+    if (key != "nameserver") continue;
+    in_addr a{};
+    if (::inet_pton(AF_INET, addr.c_str(), &a) != 1) continue;  // IPv6 (the guest has none) or junk
+    if ((ntohl(a.s_addr) >> 24) == 127) continue;
+    if (std::find(out.begin(), out.end(), addr) == out.end()) out.push_back(addr);
+  }
+  if (out.empty()) out = {"8.8.8.8", "8.8.4.4"};
+  return out;
+}
+
+std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& specs,
+                                             const std::string& what) {
+  std::vector<std::string> out;
+  for (const auto& spec : specs) {
+    std::string ports = spec, proto = "tcp";
+    if (auto slash = spec.find('/'); slash != std::string::npos) {
+      ports = spec.substr(0, slash);
+      proto = spec.substr(slash + 1);
+      for (auto& ch : proto) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    }
+    if (proto != "tcp" && proto != "udp")
+      throw Error(ErrorKind::kInvalidArgument,
+                  what + " " + spec + ": protocol \"" + proto + "\" is not tcp or udp");
+    unsigned lo = 0, hi = 0;
+    if (auto dash = ports.find('-'); dash != std::string::npos) {
+      lo = parse_port_number(what + " " + spec, ports.substr(0, dash));
+      hi = parse_port_number(what + " " + spec, ports.substr(dash + 1));
+      if (hi < lo)
+        throw Error(ErrorKind::kInvalidArgument,
+                    what + " " + spec + ": the range ends before it starts");
+    } else {
+      lo = hi = parse_port_number(what + " " + spec, ports);
+    }
+    for (unsigned p = lo; p <= hi; ++p) {
+      std::string s = std::to_string(p) + "/" + proto;
+      if (std::find(out.begin(), out.end(), s) == out.end()) out.push_back(s);
+    }
+  }
+  return out;
+}
+
+std::vector<std::string> exposed_ports(const std::string& image_config_json,
+                                       const std::vector<std::string>& expose) {
+  std::vector<std::string> specs;
+  auto config = nlohmann::json::parse(image_config_json, nullptr, false);
+  if (config.is_object() && config.contains("config") && config["config"].is_object()) {
+    const auto& c = config["config"];
+    if (c.contains("ExposedPorts") && c["ExposedPorts"].is_object())
+      for (const auto& [k, v] : c["ExposedPorts"].items()) specs.push_back(k);
+  }
+  std::vector<std::string> ports = parse_exposed_ports(specs, "the image's ExposedPorts");
+  for (const auto& p : parse_exposed_ports(expose, "--expose"))
+    if (std::find(ports.begin(), ports.end(), p) == ports.end()) ports.push_back(p);
+  return ports;
+}
+
+namespace {
+
+// The exposed ports not yet published (same guest port and protocol), on free host ports.
+void add_exposed(std::vector<vm::PortForward>& forwards, const MachineOptions& o) {
+  for (const auto& p : exposed_ports(o.image_config_json, o.expose)) {
+    vm::PortForward f;
+    f.guest_port = static_cast<uint16_t>(std::stoul(p.substr(0, p.find('/'))));
+    f.protocol =
+        p.substr(p.find('/') + 1) == "udp" ? vm::PortProtocol::kUdp : vm::PortProtocol::kTcp;
+    bool taken = std::any_of(forwards.begin(), forwards.end(), [&](const vm::PortForward& x) {
+      return x.guest_port == f.guest_port && x.protocol == f.protocol;
+    });
+    if (!taken) forwards.push_back(f);
+  }
+}
+
+void check(const MachineOptions& o) {
+  auto bad = [](const std::string& why) {
+    return Error(ErrorKind::kInvalidArgument, "machine: " + why);
+  };
+  if (o.kernel.empty()) throw bad("no kernel given");
+  if (o.rootfs.empty()) throw bad("no root filesystem given");
+  if (o.cpus < 1 || o.cpus > 64) throw bad("cpus must be between 1 and 64");
+  if (o.memory_mib < 32) throw bad("memory must be at least 32 MiB");
+  if (o.network == NetworkMode::kNone && (!o.publish.empty() || o.publish_all))
+    throw bad("published ports need a network (the network is none)");
+  if (o.overrides.working_dir &&
+      (o.overrides.working_dir->empty() || (*o.overrides.working_dir)[0] != '/'))
+    throw bad("the working directory must be an absolute path");
+}
+
+// The root disk: a private copy-on-write view of `rootfs`, or a read-write copy at `keep`.
+vm::DiskConfig root_disk(const MachineOptions& o) {
+  vm::DiskConfig d;
+  d.id = "img2vm-root";
+  if (!o.keep.empty()) {
+    vm::clone_file(o.rootfs, o.keep);
+    d.path = fs::absolute(o.keep);
+    d.mode = vm::DiskMode::kReadWrite;
+  } else {
+    d.path = o.rootfs;
+    d.mode = vm::DiskMode::kCopyOnWrite;
+  }
+  return d;
+}
+
+}  // namespace
+
+PreparedMachine build_machine(MachineOptions o) {
+  check(o);
+  PreparedMachine p;
+  vm::MachineConfig& mc = p.config;
+  guestabi::RunOverrides& ov = p.overrides;
+  ov = std::move(o.overrides);
+  mc.memory_mib = o.memory_mib;
+  mc.vcpus = o.cpus;
+  mc.hugepages = o.hugepages;
+  mc.timeout = o.timeout;
+
+  std::vector<vm::PortForward> forwards = o.publish;
+  if (o.publish_all) add_exposed(forwards, o);
+  p.ports_chosen = std::any_of(forwards.begin(), forwards.end(),
+                               [](const vm::PortForward& f) { return f.host_port == 0; });
+
+  if (o.network == NetworkMode::kUser) {
+    // docker's default bridge, rootless: the guest is 10.0.2.15/24 behind 10.0.2.2, with DNS at
+    // 10.0.2.3 (vm/net_slirp.hpp); the MTU comes from the device (VIRTIO_NET_F_MTU).
+    guestabi::NetConfig n;
+    n.interface = "eth0";
+    n.address = std::string(vm::usernet::kGuest);
+    n.prefix = vm::usernet::kPrefixLength;
+    n.gateway = std::string(vm::usernet::kGateway);
+    ov.net = n;
+    if (ov.dns.empty()) ov.dns = {std::string(vm::usernet::kDns)};
+    mc.net.emplace();
+    mc.net->user.outbound = o.outbound;
+    mc.net->user.host_loopback = o.host_loopback;
+    mc.net->user.forwards = forwards;
+  } else if (o.network == NetworkMode::kTap) {
+    // A device of the VM's own on the host, its host side set up now (CAP_NET_ADMIN) and undone
+    // when `tap` goes; the guest gets the address chosen for it.
+    vm::TapNetConfig tc;
+    tc.name = o.tap_name;
+    tc.outbound = o.outbound;
+    tc.forwards = forwards;
+    mc.net.emplace();
+    tc.guest_mac = mc.net->mac;
+    p.tap = std::make_shared<vm::TapBackend>(tc, mc.net->mtu);
+    mc.net->tap = vm::TapFdConfig{p.tap->device_fd(), p.tap->published()};
+    const vm::TapNetInfo& ti = p.tap->info();
+    guestabi::NetConfig n;
+    n.interface = "eth0";
+    n.address = ti.guest_ip;
+    n.prefix = ti.prefix_length;
+    n.gateway = ti.host_ip;
+    ov.net = n;
+    if (ov.dns.empty()) {
+      std::string resolv;
+      try {
+        resolv = read_file("/etc/resolv.conf");
+      } catch (const Error&) {  // no resolv.conf: docker's fallback resolvers
+      }
+      ov.dns = tap_guest_dns(resolv);
+    }
+  }
+
+  mc.disks.push_back(root_disk(o));
+  for (const ExtraDisk& e : o.disks) {
+    vm::DiskConfig d;
+    d.path = fs::absolute(e.path);
+    d.mode = e.read_only ? vm::DiskMode::kReadOnly : vm::DiskMode::kReadWrite;
+    mc.disks.push_back(d);
+  }
+
+  // The overrides: inline when short, else on a raw block device after the other disks.
+  std::string param;
+  try {
+    param = guestabi::run_overrides_kernel_param(ov);
+    if (param.size() > kInlineOverridesMax) {
+      if (mc.disks.size() >= 26) throw Error(ErrorKind::kLimit, "too many disks");
+      p.overrides_disk = sealed_memfd("img2vm-overrides", guestabi::encode_overrides_disk(ov));
+      vm::DiskConfig d;
+      d.path = "/proc/self/fd/" + std::to_string(p.overrides_disk.get());
+      d.mode = vm::DiskMode::kReadOnly;
+      d.id = "img2vm-overrides";
+      param =
+          guestabi::run_overrides_disk_param(std::string("/dev/vd") + char('a' + mc.disks.size()));
+      mc.disks.push_back(d);
+    }
+  } catch (const guestabi::Error& e) {
+    throw Error(ErrorKind::kInvalidArgument, std::string("run: ") + e.what());
+  }
+  mc.kernel = o.kernel;
+  mc.cmdline = guestabi::image_cmdline(o.verbose_boot, param);
+  mc.console_out_fd = o.console_out_fd;
+  mc.console_in_fd = o.console_in_fd;
+  mc.console_input = vm::ConsoleInput::kAtWorkloadExec;
+  return p;
+}
+
+}  // namespace img2vm::runtime
