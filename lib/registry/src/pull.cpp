@@ -177,7 +177,6 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
     ClientOptions co = opts.client;
     if (opts.interrupt) co.interrupt = opts.interrupt;
     client = std::make_unique<Client>(ref.registry, co);
-    std::string repo_name = ref.name();
     std::string top_bytes;
     std::string top_type;
     Digest top_digest;
@@ -207,7 +206,6 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
           throw Error(ErrorKind::kIntegrity, "manifest " + child.digest.str() + " of " + plan.name +
                                                  " does not match its digest: got " + m.digest.str());
         child_bytes = std::move(m.body);
-        top_type = m.content_type;
       }
       ParsedManifest c = parse_manifest(child_bytes, child.media_type, "manifest " + child.digest.str() + " of " + plan.name);
       if (!c.manifest) throw Error(ErrorKind::kUnsupported, plan.name + ": an index inside an index is not supported");
@@ -218,7 +216,6 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
       plan.manifest = *p.manifest;
       plan.manifest_bytes = std::move(top_bytes);
     }
-    (void)repo_name;
   }
   plan.manifest_desc.media_type = plan.manifest.media_type;
   plan.manifest_desc.digest = Digest::sha256_of(plan.manifest_bytes);

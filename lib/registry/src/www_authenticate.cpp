@@ -39,13 +39,11 @@ class Parser {
         // Either a token68 or the first auth-param.
         size_t save = i_;
         std::string_view t = token68();
-        size_t after = i_;
         skip_ws();
         if (!t.empty() && (done() || peek() == ',') && !looks_like_param_at(save)) {
           ch.token68 = std::string(t);
         } else {
           i_ = save;
-          (void)after;
           params(ch);
         }
       }

@@ -235,7 +235,9 @@ struct Machine::Impl {
     kvm_irq_level l{};
     l.irq = irq;
     l.level = level ? 1 : 0;
-    ::ioctl(vm.get(), KVM_IRQ_LINE, &l);
+    if (::ioctl(vm.get(), KVM_IRQ_LINE, &l) != 0)
+      finish(ExitReason::kKvmError, 0,
+             "KVM_IRQ_LINE failed for IRQ " + std::to_string(irq) + ": " + std::strerror(errno));
   }
 
   void console_out(uint8_t c) {
