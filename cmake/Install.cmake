@@ -22,5 +22,6 @@ install(FILES ${CMAKE_CURRENT_BINARY_DIR}/img2vmConfig.cmake
 # pkg-config: the libraries are static, so their dependencies are in Requires (not .private)
 # and `pkg-config --libs img2vm` links everything an embedder needs.
 file(RELATIVE_PATH IMG2VM_PC_UP /p/${CMAKE_INSTALL_LIBDIR}/pkgconfig /p)
+string(REGEX REPLACE "/$" "" IMG2VM_PC_UP "${IMG2VM_PC_UP}")
 configure_file(cmake/img2vm.pc.in ${CMAKE_CURRENT_BINARY_DIR}/img2vm.pc @ONLY)
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/img2vm.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
