@@ -21,12 +21,23 @@ if(IMG2VM_FUZZ)
 endif()
 
 # img2vm_library(NAME SOURCES ... DEPS ...): one static library per lib/ module, with public
-# headers under lib/<module>/include/img2vm/<module>/.
+# headers under lib/<module>/include/img2vm/<module>/ (installed to <prefix>/include) and
+# internal ones in lib/<module>/src/. img2vm_<module>_internal adds the src/ directory for the
+# tests and fuzz targets that reach into a module's internals; it is never installed.
 function(img2vm_library name)
   cmake_parse_arguments(A "" "" "SOURCES;PUBLIC_DEPS;PRIVATE_DEPS" ${ARGN})
   add_library(img2vm_${name} STATIC ${A_SOURCES})
   add_library(img2vm::${name} ALIAS img2vm_${name})
-  target_include_directories(img2vm_${name} PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/include
+  set_target_properties(img2vm_${name} PROPERTIES EXPORT_NAME ${name} OUTPUT_NAME img2vm_${name})
+  target_include_directories(img2vm_${name}
+    PUBLIC $<BUILD_INTERFACE:${CMAKE_CURRENT_SOURCE_DIR}/include> $<INSTALL_INTERFACE:include>
     PRIVATE ${CMAKE_CURRENT_SOURCE_DIR}/src)
-  target_link_libraries(img2vm_${name} PUBLIC ${A_PUBLIC_DEPS} PRIVATE img2vm_flags ${A_PRIVATE_DEPS})
+  target_link_libraries(img2vm_${name} PUBLIC ${A_PUBLIC_DEPS}
+    PRIVATE $<BUILD_INTERFACE:img2vm_flags> ${A_PRIVATE_DEPS})
+  add_library(img2vm_${name}_internal INTERFACE)
+  target_include_directories(img2vm_${name}_internal INTERFACE ${CMAKE_CURRENT_SOURCE_DIR}/src)
+  target_link_libraries(img2vm_${name}_internal INTERFACE img2vm_${name})
+  set_property(GLOBAL APPEND PROPERTY IMG2VM_INSTALLED_LIBRARIES img2vm_${name})
+  install(DIRECTORY ${CMAKE_CURRENT_SOURCE_DIR}/include/ DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
+    FILES_MATCHING PATTERN "*.hpp")
 endfunction()

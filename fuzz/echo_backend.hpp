@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <span>
 
-#include "img2vm/vm/virtio_net.hpp"
+#include "virtio_net.hpp"
 
 namespace img2vm::fuzzing {
 

@@ -4,8 +4,8 @@
 #include <cstdint>
 
 #include "chunked_input.hpp"
+#include "gunzip.hpp"
 #include "img2vm/base/error.hpp"
-#include "img2vm/layers/gunzip.hpp"
 
 using namespace img2vm;
 using namespace img2vm::layers;

@@ -9,9 +9,9 @@
 #include <string>
 #include <string_view>
 
+#include "http_response.hpp"
 #include "img2vm/base/error.hpp"
-#include "img2vm/registry/http_response.hpp"
-#include "img2vm/registry/www_authenticate.hpp"
+#include "www_authenticate.hpp"
 
 using namespace img2vm;
 using namespace img2vm::registry;

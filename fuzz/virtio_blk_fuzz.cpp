@@ -9,10 +9,10 @@
 #include <cstdint>
 #include <cstring>
 
+#include "guest_memory.hpp"
 #include "img2vm/base/fd.hpp"
-#include "img2vm/vm/guest_memory.hpp"
-#include "img2vm/vm/virtio_blk.hpp"
-#include "img2vm/vm/virtio_mmio.hpp"
+#include "virtio_blk.hpp"
+#include "virtio_mmio.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;

@@ -24,11 +24,11 @@
 #include <vector>
 
 #include "echo_backend.hpp"
+#include "guest_memory.hpp"
 #include "img2vm/vm/disk_view.hpp"
-#include "img2vm/vm/guest_memory.hpp"
-#include "img2vm/vm/virtio_blk.hpp"
-#include "img2vm/vm/virtio_mmio.hpp"
-#include "img2vm/vm/virtio_net.hpp"
+#include "virtio_blk.hpp"
+#include "virtio_mmio.hpp"
+#include "virtio_net.hpp"
 
 using namespace img2vm::vm;
 using img2vm::fuzzing::EchoBackend;

@@ -11,9 +11,9 @@
 #include <vector>
 
 #include "echo_backend.hpp"
-#include "img2vm/vm/guest_memory.hpp"
-#include "img2vm/vm/virtio_mmio.hpp"
-#include "img2vm/vm/virtio_net.hpp"
+#include "guest_memory.hpp"
+#include "virtio_mmio.hpp"
+#include "virtio_net.hpp"
 
 using namespace img2vm::vm;
 

@@ -4,7 +4,7 @@
 #include <string_view>
 
 #include "img2vm/base/error.hpp"
-#include "img2vm/registry/www_authenticate.hpp"
+#include "www_authenticate.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

@@ -10,7 +10,7 @@
 #include "chunked_input.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/layers/apply.hpp"
-#include "img2vm/layers/unzstd.hpp"
+#include "unzstd.hpp"
 
 using namespace img2vm;
 using namespace img2vm::layers;

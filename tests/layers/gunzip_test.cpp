@@ -1,5 +1,7 @@
 // GzipReader (isa-l inflate) against streams written by zlib: contents, chunking on both sides,
 // header fields, concatenated members, trailing bytes, and every kind of damage.
+#include "gunzip.hpp"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <zlib.h>
@@ -9,12 +11,11 @@
 #include <string>
 #include <vector>
 
-#include "image_builder.hpp"
 #include "decoder_testing.hpp"
+#include "image_builder.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/layers/apply.hpp"
-#include "img2vm/layers/gunzip.hpp"
 
 using namespace img2vm;
 using namespace img2vm::layers;

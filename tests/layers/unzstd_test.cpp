@@ -1,7 +1,7 @@
 // ZstdReader (libzstd streaming) against frames written by libzstd's compressor: contents,
 // chunking on both sides, concatenated and skippable frames, checksums, the window limit, and
 // damage of every kind.
-#include "img2vm/layers/unzstd.hpp"
+#include "unzstd.hpp"
 
 #include <gtest/gtest.h>
 #include <zstd.h>
@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "image_builder.hpp"
 #include "decoder_testing.hpp"
+#include "image_builder.hpp"
 #include "img2vm/base/error.hpp"
 
 using namespace img2vm;

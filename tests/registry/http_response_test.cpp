@@ -1,7 +1,7 @@
 // The registry client's response parsing on its own: header lines, Content-Length,
 // Content-Range, Retry-After, Docker-Content-Digest, URL origins, redirects, where credentials
 // may go, token and error bodies.
-#include "img2vm/registry/http_response.hpp"
+#include "http_response.hpp"
 
 #include <gtest/gtest.h>
 

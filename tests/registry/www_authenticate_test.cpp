@@ -1,7 +1,8 @@
+#include "www_authenticate.hpp"
+
 #include <gtest/gtest.h>
 
 #include "img2vm/base/error.hpp"
-#include "img2vm/registry/www_authenticate.hpp"
 
 using img2vm::Error;
 using img2vm::registry::parse_www_authenticate;

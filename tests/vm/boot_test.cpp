@@ -1,6 +1,6 @@
 // Boot layout: e820, boot_params, PVH start_info, page tables, GDT, MP table, and kernel image
 // parsing (ELF with/without the PVH note, bzImage) against synthetic images.
-#include "img2vm/vm/boot.hpp"
+#include "boot.hpp"
 
 #include <gtest/gtest.h>
 
@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "guest_memory.hpp"
 #include "img2vm/base/error.hpp"
-#include "img2vm/vm/guest_memory.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;

@@ -1,12 +1,13 @@
 // Disk views: the copy-on-write overlay against a byte-for-byte model under random unaligned
 // I/O, views that must leave their image untouched, read-only refusal, and clone_file's sparse,
 // atomic copy.
+#include "img2vm/vm/disk_view.hpp"
+
 #include <fcntl.h>
+#include <gtest/gtest.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <gtest/gtest.h>
 
 #include <cstring>
 #include <random>
@@ -16,8 +17,7 @@
 #include "img2vm/base/digest.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
-#include "img2vm/vm/disk_view.hpp"
-#include "img2vm/vm/virtio_blk.hpp"
+#include "virtio_blk.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;

@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "img2vm/base/error.hpp"
-#include "img2vm/vm/virtio_net.hpp"
+#include "virtio_net.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;

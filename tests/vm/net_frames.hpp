@@ -25,7 +25,7 @@
 
 #include "img2vm/base/fd.hpp"
 #include "img2vm/vm/seccomp.hpp"
-#include "img2vm/vm/virtio_net.hpp"
+#include "virtio_net.hpp"
 
 namespace img2vm::testing::frames {
 

@@ -1,11 +1,12 @@
 // The 8250 UART's registers as Linux's driver uses them, and the i8042 reset.
+#include "uart.hpp"
+
 #include <gtest/gtest.h>
 
 #include <string>
 #include <vector>
 
-#include "img2vm/vm/i8042.hpp"
-#include "img2vm/vm/uart.hpp"
+#include "i8042.hpp"
 
 using namespace img2vm::vm;
 

@@ -2,6 +2,8 @@
 // guest driver would: feature negotiation and config space, transmit of frames split over
 // descriptors, mergeable and single-chain receive, waiting for buffers, malicious chains, a
 // broken queue and a reset. The backend is a fake that records what it is given.
+#include "virtio_net.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -10,8 +12,7 @@
 #include <vector>
 
 #include "img2vm/base/error.hpp"
-#include "img2vm/vm/virtio_mmio.hpp"
-#include "img2vm/vm/virtio_net.hpp"
+#include "virtio_mmio.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;

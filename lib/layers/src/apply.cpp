@@ -12,9 +12,9 @@
 #include <memory>
 #include <optional>
 
+#include "gunzip.hpp"
 #include "img2vm/base/error.hpp"
-#include "img2vm/layers/gunzip.hpp"
-#include "img2vm/layers/unzstd.hpp"
+#include "unzstd.hpp"
 
 namespace img2vm::layers {
 

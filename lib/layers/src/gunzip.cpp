@@ -1,4 +1,4 @@
-#include "img2vm/layers/gunzip.hpp"
+#include "gunzip.hpp"
 
 #include <isa-l/crc.h>
 #include <isa-l/igzip_lib.h>

@@ -1,4 +1,4 @@
-#include "img2vm/layers/unzstd.hpp"
+#include "unzstd.hpp"
 
 #include <zstd.h>
 #include <zstd_errors.h>

@@ -11,13 +11,13 @@
 #include <mutex>
 #include <thread>
 
+#include "http_response.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/version.hpp"
-#include "img2vm/registry/http_response.hpp"
 #include "img2vm/registry/manifest.hpp"
 #include "img2vm/registry/media_types.hpp"
 #include "img2vm/registry/reference.hpp"
-#include "img2vm/registry/www_authenticate.hpp"
+#include "www_authenticate.hpp"
 
 namespace img2vm::registry {
 

@@ -1,4 +1,4 @@
-#include "img2vm/registry/http_response.hpp"
+#include "http_response.hpp"
 
 #include <curl/curl.h>
 

@@ -1,4 +1,4 @@
-#include "img2vm/registry/www_authenticate.hpp"
+#include "www_authenticate.hpp"
 
 #include <cctype>
 #include <cstring>

@@ -1,4 +1,4 @@
-#include "img2vm/vm/boot.hpp"
+#include "boot.hpp"
 
 #include <algorithm>
 #include <cstring>

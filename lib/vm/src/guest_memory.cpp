@@ -1,4 +1,4 @@
-#include "img2vm/vm/guest_memory.hpp"
+#include "guest_memory.hpp"
 
 #include <linux/mman.h>
 #include <sys/mman.h>

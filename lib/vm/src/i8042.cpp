@@ -1,4 +1,4 @@
-#include "img2vm/vm/i8042.hpp"
+#include "i8042.hpp"
 
 namespace img2vm::vm {
 

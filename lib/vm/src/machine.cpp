@@ -18,18 +18,18 @@
 #include <mutex>
 #include <thread>
 
+#include "boot.hpp"
+#include "guest_memory.hpp"
+#include "i8042.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/guestabi/ports.hpp"
-#include "img2vm/vm/boot.hpp"
-#include "img2vm/vm/guest_memory.hpp"
-#include "img2vm/vm/i8042.hpp"
 #include "img2vm/vm/net_tap.hpp"
-#include "img2vm/vm/uart.hpp"
-#include "img2vm/vm/virtio_blk.hpp"
-#include "img2vm/vm/virtio_mmio.hpp"
-#include "img2vm/vm/virtio_net.hpp"
+#include "uart.hpp"
 #include "vcpu_setup.hpp"
+#include "virtio_blk.hpp"
+#include "virtio_mmio.hpp"
+#include "virtio_net.hpp"
 
 namespace img2vm::vm {
 

@@ -29,6 +29,7 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "virtio_net.hpp"
 
 namespace img2vm::vm {
 

@@ -14,6 +14,7 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/vm/net_tap.hpp"
+#include "virtio_net.hpp"
 
 namespace img2vm::vm {
 

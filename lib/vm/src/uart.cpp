@@ -1,4 +1,4 @@
-#include "img2vm/vm/uart.hpp"
+#include "uart.hpp"
 
 #include <algorithm>
 

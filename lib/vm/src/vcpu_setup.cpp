@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "boot.hpp"
 #include "img2vm/base/error.hpp"
-#include "img2vm/vm/boot.hpp"
 
 namespace img2vm::vm {
 

@@ -1,4 +1,4 @@
-#include "img2vm/vm/virtio_blk.hpp"
+#include "virtio_blk.hpp"
 
 #include <algorithm>
 #include <cerrno>

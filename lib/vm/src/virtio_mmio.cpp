@@ -1,4 +1,4 @@
-#include "img2vm/vm/virtio_mmio.hpp"
+#include "virtio_mmio.hpp"
 
 #include <cstring>
 

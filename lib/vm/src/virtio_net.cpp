@@ -1,4 +1,4 @@
-#include "img2vm/vm/virtio_net.hpp"
+#include "virtio_net.hpp"
 
 #include <algorithm>
 #include <cstring>

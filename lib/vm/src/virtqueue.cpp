@@ -1,4 +1,4 @@
-#include "img2vm/vm/virtqueue.hpp"
+#include "virtqueue.hpp"
 
 #include <atomic>
 

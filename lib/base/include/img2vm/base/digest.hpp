@@ -18,11 +18,16 @@ class Digest {
   static Digest parse(std::string_view text);
   // Returns false instead of throwing.
   static bool valid(std::string_view text) noexcept;
+  // The sha256 digest of `data`.
   static Digest sha256_of(std::string_view data);
 
+  // "sha256" or "sha512".
   const std::string& algorithm() const noexcept { return algorithm_; }
+  // The encoded part, lowercase hex.
   const std::string& hex() const noexcept { return hex_; }
+  // "algorithm:hex", as in manifests and references.
   std::string str() const { return algorithm_ + ":" + hex_; }
+  // True for a default-constructed (no) digest.
   bool empty() const noexcept { return hex_.empty(); }
   // The first 12 hex characters, as docker shows short IDs.
   std::string short_hex() const { return hex_.substr(0, 12); }
@@ -47,8 +52,11 @@ class Sha256 {
   Sha256(const Sha256&) = delete;
   Sha256& operator=(const Sha256&) = delete;
 
+  // Hashes `len` more bytes.
   void update(const void* data, size_t len);
+  // Hashes the bytes of `s`.
   void update(std::string_view s) { update(s.data(), s.size()); }
+  // How many bytes were hashed so far.
   uint64_t bytes() const noexcept { return bytes_; }
   // Finishes the hash; the object must not be updated afterwards.
   Digest finish();

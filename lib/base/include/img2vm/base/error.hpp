@@ -22,9 +22,11 @@ enum class ErrorKind {
   kInternal,         // a bug on our side
 };
 
+// The exception every img2vm library throws: a kind and a one-line message with context.
 class Error : public std::runtime_error {
  public:
   Error(ErrorKind kind, std::string message);
+  // What went wrong, for callers that react differently (exit codes, retries).
   ErrorKind kind() const noexcept { return kind_; }
 
   // Returns a copy of this error with "context: " prepended to its message.

@@ -12,6 +12,7 @@ namespace img2vm {
 class UniqueFd {
  public:
   UniqueFd() = default;
+  // Takes ownership of `fd` (-1: none).
   explicit UniqueFd(int fd) noexcept : fd_(fd) {}
   UniqueFd(UniqueFd&& o) noexcept : fd_(o.release()) {}
   UniqueFd& operator=(UniqueFd&& o) noexcept {
@@ -22,13 +23,17 @@ class UniqueFd {
   UniqueFd& operator=(const UniqueFd&) = delete;
   ~UniqueFd() { reset(); }
 
+  // The descriptor, still owned (-1 when none).
   int get() const noexcept { return fd_; }
+  // True when a descriptor is held.
   explicit operator bool() const noexcept { return fd_ >= 0; }
+  // Gives up ownership and returns the descriptor.
   int release() noexcept {
     int fd = fd_;
     fd_ = -1;
     return fd;
   }
+  // Closes the held descriptor and takes `fd` instead.
   void reset(int fd = -1) noexcept;
 
  private:
@@ -55,6 +60,7 @@ uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t
 // everything in it on destruction.
 class TempDir {
  public:
+  // Creates <parent>/<prefix>.XXXXXX; throws Error naming the parent on failure.
   explicit TempDir(std::string_view prefix = "img2vm",
                    const std::filesystem::path& parent = {});
   TempDir(TempDir&& o) noexcept : path_(std::move(o.path_)) { o.path_.clear(); }
@@ -63,6 +69,7 @@ class TempDir {
   TempDir& operator=(const TempDir&) = delete;
   ~TempDir();
 
+  // The directory (empty once moved from).
   const std::filesystem::path& path() const noexcept { return path_; }
   // Keeps the directory: the destructor will not remove it.
   std::filesystem::path release();
@@ -76,14 +83,19 @@ class TempDir {
 // and the temporary file is removed by the destructor.
 class AtomicFile {
  public:
+  // Creates the temporary file beside `final_path` with `mode`; throws Error naming it.
   explicit AtomicFile(std::filesystem::path final_path, int mode = 0644);
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
   ~AtomicFile();
 
+  // The temporary file's descriptor, for writing (not owned by the caller).
   int fd() const noexcept { return fd_.get(); }
+  // Where the data is written until commit().
   const std::filesystem::path& temp_path() const noexcept { return temp_; }
+  // Where commit() puts it.
   const std::filesystem::path& final_path() const noexcept { return final_; }
+  // Appends `data` to the temporary file.
   void write(std::string_view data) { write_all(fd_.get(), data, temp_.string()); }
   // fsync, close, rename into place, fsync the directory.
   void commit();

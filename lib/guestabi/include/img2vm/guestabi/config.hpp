@@ -17,6 +17,7 @@ inline constexpr int kSchemaVersion = 1;
 // The most of config.json the init reads; a larger one is refused.
 inline constexpr std::size_t kMaxConfigJson = 16u << 20;
 
+// The image's runtime configuration as the init reads it from kConfigPath.
 struct RuntimeConfig {
   std::vector<std::string> entrypoint;
   std::vector<std::string> cmd;
@@ -76,6 +77,7 @@ RunOverrides run_overrides_from_json(std::string_view json);
 // RFC 4648 section 5 alphabet, without padding; decoding accepts padding and throws Error on
 // anything else.
 std::string base64url_encode(std::string_view bytes);
+// The bytes of base64url `text`; throws Error on a character outside the alphabet.
 std::string base64url_decode(std::string_view text);
 
 }  // namespace img2vm::guestabi

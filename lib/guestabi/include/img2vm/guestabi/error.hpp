@@ -8,6 +8,7 @@
 
 namespace img2vm::guestabi {
 
+// What the guest contract's parsers throw: one line naming the bad field or value.
 class Error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;

@@ -53,7 +53,9 @@ inline constexpr size_t kMaxPathBytes = 4095;
 inline constexpr uint64_t kMaxLinkComponents = 65536;
 inline constexpr uint64_t kMaxLayerLinkComponents = uint64_t{1} << 22;
 
+// One entry of a decoded layer: a node, a hard link, a whiteout or an opaque marker.
 struct LayerEntry {
+  // What the entry does to the tree below it.
   enum class Kind : uint8_t { kNode, kHardlink, kWhiteout, kOpaque };
   Kind kind = Kind::kNode;
   std::string path;    // cleaned, relative to the root ("" is the root); for kOpaque the dir
@@ -61,6 +63,7 @@ struct LayerEntry {
   Inode node;          // kNode: type, attributes, data extents (children empty)
 };
 
+// A layer's entries in tar order, with their file data in the spool.
 struct DecodedLayer {
   std::vector<LayerEntry> entries;
   Digest diff_id;            // sha256 of the layer's whole content (the uncompressed tar stream)
@@ -92,12 +95,14 @@ struct SpoolTarget {
 // largest offset the spool's file system allows).
 class SpoolFull : public Error {
  public:
+  // A kLimit error with `message`.
   explicit SpoolFull(std::string message) : Error(ErrorKind::kLimit, std::move(message)) {}
 };
 
 // Cleans a tar entry name as described above; returns the components.
 std::vector<std::string> clean_path(std::string_view name);
 
+// The bounds decode_tar enforces on one layer.
 struct DecodeLimits {
   // Uncompressed bytes (file data plus 512 per entry plus name lengths) one layer may produce.
   uint64_t max_bytes = UINT64_MAX;

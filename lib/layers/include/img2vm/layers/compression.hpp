@@ -8,8 +8,10 @@
 
 namespace img2vm::layers {
 
+// How a layer blob is compressed.
 enum class Compression { kNone, kGzip, kZstd };
 
+// "none", "gzip" or "zstd".
 std::string_view to_string(Compression c) noexcept;
 
 // From an OCI or Docker layer media type; nullopt when the type is not a layer we can read.

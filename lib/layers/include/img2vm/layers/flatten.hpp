@@ -41,6 +41,7 @@ struct LayerSource {
                                std::filesystem::path path, Digest diff_id = {});
 };
 
+// The bounds, spool place and hooks of flatten().
 struct FlattenOptions {
   // Bound on the uncompressed content of each layer and of the flattened tree (file data plus a
   // small per-entry cost): passing it stops reading at once with ErrorKind::kLimit.
@@ -73,6 +74,7 @@ struct FlattenOptions {
   } output;
 };
 
+// The merged tree of an image's layers and the spools holding its file data.
 struct Flattened {
   Tree tree;
   // Where the bytes of Inode::spool == i are: DataExtent::spool_offset o is byte base + o of
@@ -89,6 +91,7 @@ struct Flattened {
   uint64_t data_begin = 0, data_end = 0;
   bool in_place = false;
 
+  // The descriptor of spool number `spool` (not owned).
   int spool_fd(uint32_t spool) const { return spools.at(spool).fd; }
   // Adds a spool of the caller's (for files that come from elsewhere); returns its index.
   uint32_t add_spool(UniqueFd fd, uint64_t base = 0);

@@ -13,8 +13,10 @@
 
 namespace img2vm::layers {
 
+// The kind of file system object a node is.
 enum class NodeType : uint8_t { kFile, kDir, kSymlink, kCharDev, kBlockDev, kFifo };
 
+// "file", "directory", "symlink", ... for messages.
 std::string_view to_string(NodeType t) noexcept;
 
 // A run of a regular file's data: `length` bytes at file offset `offset`, stored in the spool
@@ -33,6 +35,7 @@ struct Dentry {
   uint32_t layer = 0;  // the layer whose entry created or last replaced this name
 };
 
+// A file system object of the tree: type, metadata and where its data is.
 struct Inode {
   NodeType type = NodeType::kFile;
   uint32_t mode = 0644;  // permission bits incl. setuid/setgid/sticky (07777)

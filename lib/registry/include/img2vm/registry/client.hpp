@@ -20,6 +20,7 @@
 
 namespace img2vm::registry {
 
+// How a Client reaches registries: trust, credentials, retries, timeouts.
 struct ClientOptions {
   // Explicit credentials (--username/--password-stdin); when unset, docker's config.json is
   // consulted (unless use_docker_config is false).
@@ -49,11 +50,15 @@ struct ClientOptions {
 class BlobSink {
  public:
   virtual ~BlobSink() = default;
+  // Bytes already held: a download resumes from here.
   virtual uint64_t offset() const = 0;
+  // Drops what was written: the data starts again from 0.
   virtual void restart() = 0;
+  // Appends `len` downloaded bytes.
   virtual void write(const char* data, size_t len) = 0;
 };
 
+// A fetched manifest or index: its bytes, media type and digest.
 struct ManifestResponse {
   std::string body;
   std::string content_type;
@@ -61,6 +66,7 @@ struct ManifestResponse {
   Digest digest;                      // sha256 of body, computed here
 };
 
+// An OCI distribution client for one registry: auth, retries, manifests and blobs.
 class Client {
  public:
   // `registry` as in Reference::registry ("docker.io" is served by registry-1.docker.io).
@@ -69,6 +75,7 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
+  // The registry host this client talks to.
   const std::string& registry() const;
   // GET /v2/: picks the scheme (https; http for loopback or insecure hosts when https fails)
   // and learns the authentication challenge. Called lazily by the other methods.

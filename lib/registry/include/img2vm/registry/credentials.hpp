@@ -10,10 +10,12 @@
 
 namespace img2vm::registry {
 
+// What to authenticate with: a username and password, or an identity token.
 struct Credentials {
   std::string username;
   std::string password;
   std::string identity_token;  // an OAuth2 refresh token (docker login with a token service)
+  // True when nothing is set (anonymous).
   bool empty() const { return username.empty() && password.empty() && identity_token.empty(); }
 };
 

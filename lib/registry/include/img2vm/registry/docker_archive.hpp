@@ -47,6 +47,7 @@ struct ArchiveBytes {
   uint64_t size = 0;
 };
 
+// A regular file of the archive: its path and where its bytes are.
 struct ArchiveMember {
   std::string name;     // clean relative path (see clean_member_path)
   uint64_t offset = 0;  // of its data in the tar stream (the decompressed one if compressed)
@@ -55,6 +56,7 @@ struct ArchiveMember {
   std::string head;  // its first bytes (up to 4), to tell compressed layers by magic
 };
 
+// The members of a docker-archive tarball, read once.
 struct ArchiveIndex {
   int filter = 0;                // libarchive's ARCHIVE_FILTER_* code; 0 (none) for a plain tar
   std::string compression;       // "" for a plain tar, else "gzip", "bzip2", "xz", "zstd"
@@ -96,6 +98,7 @@ struct DockerArchiveImage {
 std::vector<DockerArchiveImage> parse_archive_manifest(std::string_view bytes,
                                                        std::string_view what);
 
+// Which image of the archive was chosen, and by which tag.
 struct DockerArchiveChoice {
   size_t image = 0;  // index into the images
   std::string name;  // the normalized tag it was chosen by, or empty

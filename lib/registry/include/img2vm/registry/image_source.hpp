@@ -37,6 +37,8 @@ class BlobReader {
   virtual size_t read(void* buf, size_t n) = 0;
 };
 
+// A resolved image, whatever it came from (store, oci: layout, docker-archive:): its manifest,
+// config and blobs.
 class ImageSource {
  public:
   virtual ~ImageSource() = default;
@@ -44,10 +46,13 @@ class ImageSource {
   virtual std::string name() const = 0;
   // The platform-selected image manifest, its exact bytes and their digest.
   virtual const Manifest& manifest() const = 0;
+  // The manifest exactly as stored.
   virtual const std::string& manifest_bytes() const = 0;
+  // The digest of manifest_bytes().
   virtual Digest manifest_digest() const = 0;
   // The index it was selected from, when there was one.
   virtual std::optional<Digest> index_digest() const { return std::nullopt; }
+  // The index exactly as stored, when there was one.
   virtual std::optional<std::string> index_bytes() const { return std::nullopt; }
   // The platform of the image (from the index entry or the config).
   virtual Platform platform() const = 0;

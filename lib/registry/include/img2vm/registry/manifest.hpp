@@ -18,6 +18,7 @@ inline constexpr uint64_t kMaxManifestBytes = 16u << 20;
 // Largest image config we accept.
 inline constexpr uint64_t kMaxConfigBytes = 32u << 20;
 
+// An image platform: os, architecture, variant, os.version.
 struct Platform {
   std::string os, architecture, variant, os_version;
   std::vector<std::string> os_features;
@@ -26,6 +27,7 @@ struct Platform {
   static Platform parse(std::string_view text);
   // "linux/amd64", "linux/arm/v7".
   std::string str() const;
+  // True when neither os nor architecture is set.
   bool empty() const { return os.empty() && architecture.empty(); }
   friend bool operator==(const Platform&, const Platform&) = default;
 };
@@ -40,6 +42,7 @@ Platform host_platform();
 // and 386 for amd64.
 std::vector<Platform> compatible_platforms(const Platform& want);
 
+// An OCI content descriptor: media type, digest, size (and platform in an index).
 struct Descriptor {
   std::string media_type;
   Digest digest;
@@ -51,6 +54,7 @@ struct Descriptor {
   friend bool operator==(const Descriptor&, const Descriptor&) = default;
 };
 
+// An image manifest: its config and layer descriptors.
 struct Manifest {
   std::string media_type;  // OCI manifest or Docker schema 2 manifest
   Descriptor config;
@@ -59,6 +63,7 @@ struct Manifest {
   friend bool operator==(const Manifest&, const Manifest&) = default;
 };
 
+// An image index or manifest list: one descriptor per platform.
 struct Index {
   std::string media_type;  // OCI index or Docker manifest list
   std::vector<Descriptor> manifests;
@@ -71,6 +76,7 @@ struct ParsedManifest {
   std::string media_type;
   std::optional<Manifest> manifest;  // exactly one of these is set
   std::optional<Index> index;
+  // True when the document was an index.
   bool is_index() const { return index.has_value(); }
 };
 

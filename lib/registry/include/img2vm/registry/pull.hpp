@@ -13,7 +13,9 @@
 
 namespace img2vm::registry {
 
+// Progress of a pull, reported through PullOptions.
 struct PullEvent {
+  // What happened.
   enum class Kind {
     kResolved,   // manifest known: digest, platform, `total` = bytes of all blobs
     kBlobStart,  // a blob download starts (`current` = bytes resumed from a partial file)
@@ -30,6 +32,7 @@ struct PullEvent {
   std::string platform;
 };
 
+// What to pull (platform), how (client, parallel downloads) and whom to tell.
 struct PullOptions {
   Platform platform = host_platform();
   int jobs = 4;  // concurrent blob downloads
@@ -42,6 +45,7 @@ struct PullOptions {
   const std::atomic<bool>* interrupt = nullptr;
 };
 
+// What a pull stored.
 struct PullResult {
   std::string name;        // the store entry
   Digest manifest_digest;  // the image manifest

@@ -19,6 +19,7 @@ inline constexpr std::string_view kDockerHub = "docker.io";
 // The host that actually serves Docker Hub's v2 API.
 inline constexpr std::string_view kDockerHubApiHost = "registry-1.docker.io";
 
+// A parsed, normalized image reference: registry, repository, tag and/or digest.
 struct Reference {
   std::string registry;    // "docker.io", "127.0.0.1:5000", "localhost", "[::1]:5000"
   std::string repository;  // "library/alpine"

@@ -32,6 +32,7 @@ inline constexpr std::string_view kPulledAnnotation = "io.img2vm.pulled";       
 inline constexpr std::string_view kIndexAnnotation = "io.img2vm.index.digest";   // the index it came from
 inline constexpr std::string_view kSourceAnnotation = "io.img2vm.source";        // what was pulled
 
+// An image in the store's index.
 struct StoredImage {
   std::string name;       // the ref.name annotation
   Descriptor manifest;    // the image manifest's descriptor (with platform and annotations)
@@ -87,6 +88,7 @@ class Ingest : public BlobSink {
   bool present_ = false, verified_ = false;
 };
 
+// The content store: an OCI image layout with verified blobs and named images.
 class Store {
  public:
   // $IMG2VM_HOME, else $XDG_DATA_HOME/img2vm, else ~/.local/share/img2vm.
@@ -94,9 +96,13 @@ class Store {
   // Opens (creating if needed) the store under `home`.
   explicit Store(std::filesystem::path home = default_home());
 
+  // The directory the store lives in.
   const std::filesystem::path& home() const { return home_; }
+  // Its OCI image layout (<home>/oci).
   std::filesystem::path layout_dir() const { return home_ / "oci"; }
+  // Where the blob `d` is (or would be) stored.
   std::filesystem::path blob_path(const Digest& d) const;
+  // True when the blob is present (with `size` bytes, when given).
   bool has_blob(const Digest& d, int64_t size = -1) const;
   // Reads a (small) blob and verifies its digest; Error(kNotFound) if absent.
   std::string read_blob(const Digest& d, uint64_t max_bytes) const;
@@ -107,6 +113,7 @@ class Store {
   // Makes the renames of blobs committed with commit(false) durable (fsync of blobs/sha256).
   void sync_blobs() const;
 
+  // The images in the store, by name.
   std::vector<StoredImage> list() const;
   // By exact name, then by normalized reference ("alpine" finds docker.io/library/alpine:latest).
   std::optional<StoredImage> find(const std::string& name) const;
@@ -115,6 +122,7 @@ class Store {
   // Removes the entry; false when there was none.
   bool remove_image(const std::string& name);
 
+  // What prune() removed.
   struct PruneResult {
     uint64_t blobs = 0, bytes = 0;
   };

@@ -15,6 +15,7 @@
 
 namespace img2vm::rootfs {
 
+// Everything that changes a converted rootfs's bytes: the cache entry's name is its hash.
 struct CacheKey {
   std::string manifest_digest;  // "sha256:..."
   std::string platform;         // "linux/amd64"
@@ -23,9 +24,12 @@ struct CacheKey {
   std::string options;          // the convert options that change the output, as text
 };
 
+// Converted root filesystems, one file per CacheKey, in one directory.
 class RootfsCache {
  public:
+  // Opens (creating if needed) the cache in `dir`.
   explicit RootfsCache(std::filesystem::path dir);
+  // The cache directory.
   const std::filesystem::path& dir() const { return dir_; }
 
   // Where the entry for `key` lives (it may not exist yet).
@@ -35,13 +39,16 @@ class RootfsCache {
   // Writes the sidecar of a freshly converted entry (atomically).
   void record(const CacheKey& key) const;
 
+  // One cached rootfs.
   struct Entry {
     std::filesystem::path path;
     std::string manifest_digest;  // empty when the sidecar is missing or unreadable
     uint64_t bytes = 0;           // space used on disk (sparse files count their data only)
   };
+  // The cached files.
   std::vector<Entry> list() const;
 
+  // What prune() removed.
   struct PruneResult {
     uint64_t files = 0, bytes = 0;
   };

@@ -52,6 +52,7 @@ struct ImageInput {
   std::vector<layers::LayerSource> layers;  // bottom first
 };
 
+// Where and how convert() writes the ext4: sizes, init, config, hooks.
 struct ConvertOptions {
   std::filesystem::path output;        // required
   // Exact file system size in bytes (rounded up to 4 KiB); too small is an error (kLimit).
@@ -91,6 +92,7 @@ struct ConvertOptions {
   const std::atomic<bool>* cancel = nullptr;
 };
 
+// What convert() wrote.
 struct ConvertResult {
   std::filesystem::path output;
   uint64_t size_bytes = 0;     // of the ext4 file

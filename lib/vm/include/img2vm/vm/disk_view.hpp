@@ -14,9 +14,12 @@
 
 namespace img2vm::vm {
 
+// How a disk holds the guest's writes: in the file, refused, or in a private copy.
 enum class DiskMode { kReadWrite, kReadOnly, kCopyOnWrite };
+// "read-write", "read-only" or "copy-on-write".
 std::string_view to_string(DiskMode m);
 
+// The bytes a virtio-blk disk shows the guest, over a host file.
 class DiskView {
  public:
   virtual ~DiskView() = default;
@@ -25,7 +28,9 @@ class DiskView {
   // Whole transfers or false (errno set). Callers keep [off, off+len) inside size().
   virtual bool read(uint8_t* buf, uint64_t len, uint64_t off) = 0;
   virtual bool write(const uint8_t* buf, uint64_t len, uint64_t off) = 0;
+  // Makes written data durable (fdatasync where it applies); false on failure.
   virtual bool flush() = 0;
+  // True when writes are refused.
   virtual bool read_only() const = 0;
   // "read-write", "read-only", "reflink" or "overlay": how this view stores the guest's data.
   virtual std::string_view kind() const = 0;

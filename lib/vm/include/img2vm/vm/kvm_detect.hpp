@@ -6,6 +6,7 @@
 
 namespace img2vm::vm {
 
+// The kind of KVM this host offers.
 enum class KvmKind {
   kUnavailable,  // no /dev/kvm, or it cannot be opened
   kHardware,     // kvm_intel / kvm_amd on VMX/SVM (possibly itself nested under a hypervisor)
@@ -13,6 +14,7 @@ enum class KvmKind {
   kOther,        // /dev/kvm works but the backend module is not one we recognise
 };
 
+// What detect_kvm() found.
 struct KvmInfo {
   KvmKind kind = KvmKind::kUnavailable;
   int api_version = -1;       // KVM_GET_API_VERSION, -1 when not opened
@@ -24,6 +26,7 @@ struct KvmInfo {
 // Probes /dev/kvm (override the path for tests) and /sys/module.
 KvmInfo detect_kvm(const std::string& dev = "/dev/kvm", const std::string& sys_module = "/sys/module");
 
+// "unavailable", "hardware", "pvm" or "other".
 const char* to_string(KvmKind k) noexcept;
 
 }  // namespace img2vm::vm

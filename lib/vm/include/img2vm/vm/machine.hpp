@@ -25,8 +25,10 @@
 
 namespace img2vm::vm {
 
+// When the console's input starts reaching the guest: at once, or once the workload runs.
 enum class ConsoleInput { kImmediately, kAtWorkloadExec };
 
+// A virtio-blk disk: its file and how the guest's writes are kept.
 struct DiskConfig {
   std::filesystem::path path;
   // kCopyOnWrite: the guest sees a writable disk, `path` is never modified (disk_view.hpp).
@@ -54,6 +56,7 @@ struct NetConfig {
   std::shared_ptr<NetBackend> backend;  // used by one Machine at a time
 };
 
+// Everything a Machine is built from: memory, vCPUs, kernel, command line, disks, network.
 struct MachineConfig {
   uint64_t memory_mib = 256;
   bool hugepages = false;        // back guest RAM with 2 MiB huge pages (GuestMemory::Pages)
@@ -79,6 +82,7 @@ struct MachineConfig {
   SeccompMode seccomp = SeccompMode::kKill;
 };
 
+// Why a machine stopped.
 enum class ExitReason {
   kExited,      // the guest wrote its workload's status to the EXIT port
   kInitFailed,  // the guest init reported its own failure (INIT_FAIL port)
@@ -88,6 +92,7 @@ enum class ExitReason {
   kTimeout,     // MachineConfig::timeout expired
   kStopped,     // stop() was called
 };
+// A short name for messages ("exited", "timeout", ...).
 const char* to_string(ExitReason r) noexcept;
 
 // Times since the Machine was constructed (VMM start); empty when the event did not happen.
@@ -99,6 +104,7 @@ struct BootTimings {
   std::optional<std::chrono::microseconds> ended;
 };
 
+// How a run ended, with its timings.
 struct MachineResult {
   ExitReason reason = ExitReason::kStopped;
   int status = 0;      // kExited: the workload's status; kInitFailed: the init's code
@@ -109,9 +115,11 @@ struct MachineResult {
   // 123 the guest died (reboot/panic, triple fault), 124 timeout, 125 VMM or KVM error,
   // 130 stopped (documented in docs/vm.md).
   int host_exit_code() const noexcept;
+  // One line for humans about how the run ended.
   std::string describe() const;
 };
 
+// A KVM virtual machine built from a MachineConfig: vCPU threads, devices, network.
 class Machine {
  public:
   // Validates `config`, opens KVM, creates the VM, loads kernel and initrd, opens the disks.

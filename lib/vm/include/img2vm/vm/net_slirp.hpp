@@ -31,8 +31,8 @@
 #include <string_view>
 #include <vector>
 
+#include "img2vm/vm/net_backend.hpp"
 #include "img2vm/vm/port_forward.hpp"
-#include "img2vm/vm/virtio_net.hpp"
 
 namespace img2vm::vm {
 
@@ -44,6 +44,7 @@ inline constexpr std::string_view kGateway = "10.0.2.2";
 inline constexpr std::string_view kDns = "10.0.2.3";
 }  // namespace usernet
 
+// The user-mode network's policy and published ports.
 struct UserNetConfig {
   // The guest may open TCP connections and send UDP (DNS included) to the outside world. Off:
   // only published ports work, and what the guest sends is limited to answering them (a
@@ -57,6 +58,7 @@ struct UserNetConfig {
   std::vector<PortForward> forwards;
 };
 
+// User-mode networking through libslirp: no privilege, NAT to the host's sockets.
 class SlirpBackend final : public NetBackend {
  public:
   // Sets up the stack and binds every forward's host socket. Throws Error naming the forward

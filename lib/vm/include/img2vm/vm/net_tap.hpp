@@ -52,8 +52,8 @@
 #include <vector>
 
 #include "img2vm/base/fd.hpp"
+#include "img2vm/vm/net_backend.hpp"
 #include "img2vm/vm/port_forward.hpp"
-#include "img2vm/vm/virtio_net.hpp"
 
 namespace img2vm::vm {
 
@@ -73,6 +73,7 @@ constexpr bool valid_device_name(std::string_view name) {
 }
 }  // namespace tapnet
 
+// The tap network to set up: device name, addresses, policy, published ports.
 struct TapNetConfig {
   // Empty: a managed device with a free "img2vmN" name. Otherwise the device to attach to when
   // it exists, or the name of the managed device to create.
@@ -106,6 +107,7 @@ class TapDevice final : public NetBackend {
   TapDevice(const TapDevice&) = delete;
   TapDevice& operator=(const TapDevice&) = delete;
 
+  // The device's descriptor (owned by this object).
   int fd() const noexcept;
   const std::string& name() const noexcept;  // the device's name on the host
 
@@ -124,6 +126,7 @@ class TapDevice final : public NetBackend {
   std::unique_ptr<Impl> impl_;
 };
 
+// A tap device whose host side img2vm sets up (addresses, routes, nftables NAT and forwards).
 class TapBackend final : public NetBackend {
  public:
   // Creates or attaches the device and configures the host side (managed). Throws Error naming
@@ -135,6 +138,7 @@ class TapBackend final : public NetBackend {
   TapBackend(const TapBackend&) = delete;
   TapBackend& operator=(const TapBackend&) = delete;
 
+  // What was set up: device, subnet, addresses.
   const TapNetInfo& info() const noexcept;
   // The device's descriptor (not owned), for a process that runs the VM without privileges: it
   // keeps the device alive as long as it has it open; the rules stay until this object goes.

@@ -20,8 +20,10 @@
 
 namespace img2vm::vm {
 
+// The transport protocol of a published port.
 enum class PortProtocol { kTcp, kUdp };
 
+// A published port: host address and port forwarded to a guest port.
 struct PortForward {
   PortProtocol protocol = PortProtocol::kTcp;
   std::string host_ip = "0.0.0.0";  // numeric IPv4 or IPv6 (without brackets)
@@ -34,6 +36,7 @@ struct PortForward {
 // Parses one `-p` value; throws Error(kInvalidArgument) naming the value and what is wrong.
 std::vector<PortForward> parse_port_forward(std::string_view spec);
 
+// "tcp" or "udp".
 const char* to_string(PortProtocol p) noexcept;
 // docker ps style: "127.0.0.1:8080->80/tcp", "[::1]:8080->80/udp".
 std::string to_string(const PortForward& f);

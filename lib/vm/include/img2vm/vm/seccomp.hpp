@@ -12,12 +12,14 @@
 
 namespace img2vm::vm {
 
+// What a seccomp filter does with a refused system call.
 enum class SeccompMode {
   kKill,   // a refused system call kills the process (SCMP_ACT_KILL_PROCESS), as Firecracker
   kErrno,  // a refused system call fails with EPERM (for embedders that must survive)
   kOff,    // no filter
 };
 
+// Which thread of the runner a filter is for; each gets only its own system calls.
 enum class ThreadRole { kVcpu, kIo, kNet, kMain };
 
 // Installs the filter for the calling thread (and threads it creates later). Throws Error.

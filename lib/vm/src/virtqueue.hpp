@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "img2vm/vm/guest_memory.hpp"
+#include "guest_memory.hpp"
 
 namespace img2vm::vm {
 

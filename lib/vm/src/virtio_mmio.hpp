@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "img2vm/vm/guest_memory.hpp"
-#include "img2vm/vm/virtqueue.hpp"
+#include "guest_memory.hpp"
+#include "virtqueue.hpp"
 
 namespace img2vm::vm {
 
@@ -31,7 +31,8 @@ class VirtioDevice {
   // Called by the transport on a notification, with all queues (ready or not) and the
   // negotiated features. The default runs process() on each ready queue in order; devices
   // whose queues play different roles (virtio-net: receive, transmit) override it.
-  virtual bool process_queues(const GuestMemory& mem, std::span<SplitQueue> queues, uint64_t features) {
+  virtual bool process_queues(const GuestMemory& mem, std::span<SplitQueue> queues,
+                              uint64_t features) {
     (void)features;
     bool used = false;
     for (auto& q : queues)

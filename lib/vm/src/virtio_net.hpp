@@ -33,64 +33,11 @@
 #include <span>
 #include <vector>
 
+#include "img2vm/vm/net_backend.hpp"
 #include "img2vm/vm/port_forward.hpp"
-#include "img2vm/vm/virtio_mmio.hpp"
+#include "virtio_mmio.hpp"
 
 namespace img2vm::vm {
-
-// What a backend sees of the device. Thread-safe.
-class NetDeviceSide {
- public:
-  virtual ~NetDeviceSide() = default;
-  // A frame for the guest (from the Ethernet header on). The device copies it into a bounded
-  // queue and returns true, or drops it and returns false (queue full, frame too large).
-  // Does not take the transport's lock: callable from inside NetBackend::send().
-  virtual bool receive(std::span<const uint8_t> frame) = 0;
-  // True while the device's queue is full because the guest is not taking frames: the backend
-  // should stop reading from the host until NetBackend::rx_ready() (nothing is dropped then).
-  virtual bool rx_full() const = 0;
-  // Moves queued frames into the guest's receive buffers and interrupts it. Takes the
-  // transport's lock (and may call NetBackend::send for frames the guest sent meanwhile): call
-  // it with no backend lock held, never from inside NetBackend::send().
-  virtual void flush_rx() = 0;
-};
-
-// A network backend: where the guest's frames go and where frames for it come from.
-class NetBackend {
- public:
-  virtual ~NetBackend() = default;
-  // Connects the device (before any traffic; nullptr detaches).
-  virtual void attach(NetDeviceSide* device) = 0;
-  // A frame from the guest, from the Ethernet header on, fully checksummed. Called by the
-  // device with the transport's lock held, from whichever thread processes the queues.
-  virtual void send(std::span<const uint8_t> frame) = 0;
-  // The device has room again after rx_full(). May be called with the transport's lock held:
-  // must not block or call back into the device.
-  virtual void rx_ready() = 0;
-  // True when every frame this backend delivers carries correct checksums (libslirp builds
-  // them itself), so the device may tell the guest not to verify them.
-  virtual bool rx_checksums_valid() const = 0;
-  // True when the backend takes and gives frames with the 12-byte virtio_net_hdr in front
-  // (send() and NetDeviceSide::receive() then include it) and handles partial checksums and
-  // GSO (TCP over IPv4 and IPv6) itself, as a tap device with IFF_VNET_HDR does.
-  virtual bool offloads() const { return false; }
-  // With offloads: what the guest driver accepts on receive (GUEST_CSUM, GUEST_TSO4/6), so that
-  // the backend hands over only such frames. Called by the device whenever its driver's
-  // features change, from the thread that processes the queues (the runner's network thread);
-  // must not block.
-  virtual void set_guest_offloads(bool /*csum*/, bool /*tso4*/, bool /*tso6*/) {}
-  // The published ports as set up (a host port 0 replaced by the one chosen).
-  virtual std::vector<PortForward> published() const { return {}; }
-
-  // The backend's event loop on the calling thread (the runner's network thread). Besides its
-  // own work it watches `watches`: when one's fd is readable its callback runs (with no backend
-  // lock held); a callback returning false ends the loop. Throws Error only when it cannot start.
-  struct Watch {
-    int fd;
-    std::function<bool()> on_readable;
-  };
-  virtual void run(std::span<const Watch> watches) = 0;
-};
 
 struct VirtioNetStats {
   uint64_t tx_frames = 0, tx_dropped = 0;  // from the guest: sent to the backend / dropped
@@ -100,16 +47,18 @@ struct VirtioNetStats {
 
 class VirtioNet final : public VirtioDevice, public NetDeviceSide {
  public:
-  static constexpr uint64_t kFeatureCsum = 1ull << 0, kFeatureGuestCsum = 1ull << 1, kFeatureMtu = 1ull << 3,
-                            kFeatureMac = 1ull << 5, kFeatureGuestTso4 = 1ull << 7, kFeatureGuestTso6 = 1ull << 8,
+  static constexpr uint64_t kFeatureCsum = 1ull << 0, kFeatureGuestCsum = 1ull << 1,
+                            kFeatureMtu = 1ull << 3, kFeatureMac = 1ull << 5,
+                            kFeatureGuestTso4 = 1ull << 7, kFeatureGuestTso6 = 1ull << 8,
                             kFeatureHostTso4 = 1ull << 11, kFeatureHostTso6 = 1ull << 12,
                             kFeatureMrgRxbuf = 1ull << 15, kFeatureStatus = 1ull << 16;
   static constexpr uint8_t kHdrFNeedsCsum = 1, kHdrFDataValid = 2;
   static constexpr uint8_t kGsoNone = 0, kGsoTcpV4 = 1, kGsoTcpV6 = 4;
-  static constexpr size_t kMaxGsoFrame = 65535 + 14;  // one IP packet of 64 KiB with its Ethernet header
+  static constexpr size_t kMaxGsoFrame =
+      65535 + 14;  // one IP packet of 64 KiB with its Ethernet header
   static constexpr uint16_t kStatusLinkUp = 1;
-  static constexpr size_t kHdrSize = 12;      // struct virtio_net_hdr with num_buffers (virtio 1.x)
-  static constexpr size_t kEthHeader = 14;    // the smallest frame accepted
+  static constexpr size_t kHdrSize = 12;    // struct virtio_net_hdr with num_buffers (virtio 1.x)
+  static constexpr size_t kEthHeader = 14;  // the smallest frame accepted
   static constexpr size_t kFrameOverhead = 18;  // Ethernet header + one VLAN tag on top of the MTU
   static constexpr uint16_t kMinMtu = 68, kMaxMtu = 65520;
   static constexpr unsigned kRxQueue = 0, kTxQueue = 1;
@@ -131,7 +80,8 @@ class VirtioNet final : public VirtioDevice, public NetDeviceSide {
   unsigned num_queues() const override { return 2; }
   std::span<const uint8_t> config() const override { return config_; }
   bool process(const GuestMemory& mem, SplitQueue& queue) override;  // not used: see process_queues
-  bool process_queues(const GuestMemory& mem, std::span<SplitQueue> queues, uint64_t features) override;
+  bool process_queues(const GuestMemory& mem, std::span<SplitQueue> queues,
+                      uint64_t features) override;
   void reset() override;
 
   bool receive(std::span<const uint8_t> frame) override;
@@ -141,7 +91,9 @@ class VirtioNet final : public VirtioDevice, public NetDeviceSide {
   uint16_t mtu() const noexcept { return mtu_; }
   size_t max_frame() const noexcept { return size_t(mtu_) + kFrameOverhead; }
   // The largest frame (without the header) either way: max_frame(), or a GSO frame with offloads.
-  size_t max_any_frame() const noexcept { return offloads_ ? std::max(max_frame(), kMaxGsoFrame) : max_frame(); }
+  size_t max_any_frame() const noexcept {
+    return offloads_ ? std::max(max_frame(), kMaxGsoFrame) : max_frame();
+  }
   VirtioNetStats stats() const;
 
  private:
@@ -149,8 +101,8 @@ class VirtioNet final : public VirtioDevice, public NetDeviceSide {
   bool deliver(const GuestMemory& mem, SplitQueue& q, uint64_t features);
   // One frame into the receive queue: true if done (delivered or dropped), false if the guest
   // must first post more buffers.
-  bool deliver_one(const GuestMemory& mem, SplitQueue& q, std::span<const uint8_t> frame, bool mergeable,
-                   bool data_valid, bool& used);
+  bool deliver_one(const GuestMemory& mem, SplitQueue& q, std::span<const uint8_t> frame,
+                   bool mergeable, bool data_valid, bool& used);
 
   // Whether the header a frame arrived with (guest or backend) fits what was negotiated.
   bool header_ok(std::span<const uint8_t> hdr_and_frame, bool csum, bool tso4, bool tso6) const;
@@ -160,7 +112,8 @@ class VirtioNet final : public VirtioDevice, public NetDeviceSide {
   bool checksums_valid_;
   bool offloads_;
   std::atomic<uint64_t> told_features_{~0ull};  // the driver features last passed to the backend
-  std::array<uint8_t, 12> config_{};  // mac[6], status (le16), max_virtqueue_pairs (le16), mtu (le16)
+  std::array<uint8_t, 12>
+      config_{};  // mac[6], status (le16), max_virtqueue_pairs (le16), mtu (le16)
   std::function<void()> kick_;
   std::vector<uint8_t> tx_buf_;  // one transmit chain gathered: header + frame
   std::vector<DescChain> rx_chains_;
@@ -168,9 +121,10 @@ class VirtioNet final : public VirtioDevice, public NetDeviceSide {
   mutable std::mutex pending_mu_;
   std::deque<std::vector<uint8_t>> pending_;  // frames for the guest, oldest first
   size_t pending_bytes_ = 0;
-  mutable bool backend_waiting_ = false;      // rx_full() was reported: tell the backend when not
+  mutable bool backend_waiting_ = false;  // rx_full() was reported: tell the backend when not
 
-  std::atomic<uint64_t> tx_frames_{0}, tx_dropped_{0}, rx_frames_{0}, rx_dropped_{0}, bad_chains_{0};
+  std::atomic<uint64_t> tx_frames_{0}, tx_dropped_{0}, rx_frames_{0}, rx_dropped_{0},
+      bad_chains_{0};
 };
 
 }  // namespace img2vm::vm

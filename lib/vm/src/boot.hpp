@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "img2vm/vm/guest_memory.hpp"
+#include "guest_memory.hpp"
 
 namespace img2vm::vm {
 
@@ -20,19 +20,19 @@ inline constexpr uint64_t kIdt = 0x520;
 inline constexpr uint64_t kPvhStartInfo = 0x6000;
 inline constexpr uint64_t kPvhModList = 0x6040;
 inline constexpr uint64_t kPvhMemMap = 0x6080;
-inline constexpr uint64_t kZeroPage = 0x7000;    // boot_params
+inline constexpr uint64_t kZeroPage = 0x7000;  // boot_params
 inline constexpr uint64_t kBootStack = 0x8ff0;
 inline constexpr uint64_t kPml4 = 0x9000;
 inline constexpr uint64_t kPdpt = 0xa000;
-inline constexpr uint64_t kPd = 0xb000;           // 512 x 2 MiB = the first 1 GiB
+inline constexpr uint64_t kPd = 0xb000;  // 512 x 2 MiB = the first 1 GiB
 inline constexpr uint64_t kCmdline = 0x20000;
-inline constexpr uint64_t kCmdlineMax = 4096;     // bytes, including the terminating NUL
-inline constexpr uint64_t kEbda = 0x9fc00;        // end of low RAM; the MP table lives here
-inline constexpr uint64_t kBiosStart = 0xe0000;   // reserved [kEbda, 1 MiB)
-inline constexpr uint64_t kHighMem = 0x100000;    // kernels load at or above 1 MiB
-inline constexpr uint64_t kMmioBase = 0xd0000000; // virtio-mmio devices, 4 KiB each
+inline constexpr uint64_t kCmdlineMax = 4096;      // bytes, including the terminating NUL
+inline constexpr uint64_t kEbda = 0x9fc00;         // end of low RAM; the MP table lives here
+inline constexpr uint64_t kBiosStart = 0xe0000;    // reserved [kEbda, 1 MiB)
+inline constexpr uint64_t kHighMem = 0x100000;     // kernels load at or above 1 MiB
+inline constexpr uint64_t kMmioBase = 0xd0000000;  // virtio-mmio devices, 4 KiB each
 inline constexpr uint64_t kMmioStride = 0x1000;
-inline constexpr unsigned kMmioFirstIrq = 5;      // device i gets IRQ 5 + i (IOAPIC pins)
+inline constexpr unsigned kMmioFirstIrq = 5;        // device i gets IRQ 5 + i (IOAPIC pins)
 inline constexpr uint64_t kMaxMemory = 0xc0000000;  // 3 GiB: guest RAM stays below the MMIO hole
 inline constexpr uint64_t kMinMemory = 16u << 20;
 inline constexpr uint64_t kIoApic = 0xfec00000;
@@ -46,8 +46,8 @@ const char* to_string(KernelFormat f) noexcept;
 
 struct LoadedKernel {
   KernelFormat format = KernelFormat::kElf64;
-  uint64_t entry = 0;       // guest physical address of the first instruction
-  uint64_t load_end = 0;    // first byte above everything loaded (initrd goes above)
+  uint64_t entry = 0;                 // guest physical address of the first instruction
+  uint64_t load_end = 0;              // first byte above everything loaded (initrd goes above)
   std::vector<uint8_t> setup_header;  // bzImage: header bytes from 0x1f1, copied to boot_params
   uint64_t initrd_addr_max = 0x7fffffff;
 };

@@ -1,8 +1,9 @@
-// virtio-blk (virtio 1.x, section 5.2) over a DiskView (disk_view.hpp): read, write, flush and get-id requests,
-// each checked against the disk size and guest memory before any I/O. Requests use the framing
-// every Linux driver uses: a 16-byte header in the first (device-readable) descriptor, the data
-// in the following ones, and the status byte as the last byte of the last (device-writable)
-// descriptor. Anything else completes with VIRTIO_BLK_S_IOERR or _UNSUPP, never a crash.
+// virtio-blk (virtio 1.x, section 5.2) over a DiskView (disk_view.hpp): read, write, flush and
+// get-id requests, each checked against the disk size and guest memory before any I/O. Requests use
+// the framing every Linux driver uses: a 16-byte header in the first (device-readable) descriptor,
+// the data in the following ones, and the status byte as the last byte of the last
+// (device-writable) descriptor. Anything else completes with VIRTIO_BLK_S_IOERR or _UNSUPP, never a
+// crash.
 #pragma once
 
 #include <array>
@@ -11,7 +12,7 @@
 #include <string>
 
 #include "img2vm/vm/disk_view.hpp"
-#include "img2vm/vm/virtio_mmio.hpp"
+#include "virtio_mmio.hpp"
 
 namespace img2vm::vm {
 
@@ -19,7 +20,8 @@ class VirtioBlk final : public VirtioDevice {
  public:
   static constexpr uint32_t kTypeIn = 0, kTypeOut = 1, kTypeFlush = 4, kTypeGetId = 8;
   static constexpr uint8_t kStatusOk = 0, kStatusIoErr = 1, kStatusUnsupp = 2;
-  static constexpr uint64_t kFeatureRo = 1ull << 5, kFeatureFlush = 1ull << 9, kFeatureSegMax = 1ull << 2;
+  static constexpr uint64_t kFeatureRo = 1ull << 5, kFeatureFlush = 1ull << 9,
+                            kFeatureSegMax = 1ull << 2;
   static constexpr uint64_t kSectorSize = 512;
 
   // Serves `view`; the capacity is its size rounded down to sectors.
