@@ -954,7 +954,10 @@ Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tr
   // The estimate planned directories with `dirs`; the writer reads the superblock.
   if (!(DirFormat::of(*f->super) == dirs))
     throw Error(ErrorKind::kInternal, "ext4: directory format differs from the plan");
-  for (dgrp_t g = 0; g < f->group_desc_count; ++g) ext2fs_bg_flags_set(f, g, EXT2_BG_INODE_ZEROED);
+  for (dgrp_t g = 0; g < f->group_desc_count; ++g) {
+    ext2fs_bg_flags_set(f, g, EXT2_BG_INODE_ZEROED);
+    ext2fs_bg_flags_clear(f, g, EXT2_BG_BLOCK_UNINIT);
+  }
   // The adopted blocks are in use before anything else is allocated.
   for (const auto& [n, runs] : c.adopted)
     for (const auto& r : runs)
