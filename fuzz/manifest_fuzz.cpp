@@ -12,8 +12,13 @@ namespace mt = img2vm::registry::media_type;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
-  static const std::string_view kTypes[] = {"", "application/json", mt::kOciManifest, mt::kOciIndex,
-                                            mt::kDockerManifest, mt::kDockerManifestList, mt::kDockerSchema1Signed};
+  static const std::string_view kTypes[] = {"",
+                                            "application/json",
+                                            mt::kOciManifest,
+                                            mt::kOciIndex,
+                                            mt::kDockerManifest,
+                                            mt::kDockerManifestList,
+                                            mt::kDockerSchema1Signed};
   std::string_view ct = kTypes[data[0] % (sizeof kTypes / sizeof kTypes[0])];
   std::string_view body(reinterpret_cast<const char*>(data + 1), size - 1);
   try {
@@ -21,7 +26,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (p.index) {
       for (const char* plat : {"linux/amd64", "linux/arm64", "linux/arm/v6"}) {
         try {
-          (void)img2vm::registry::select_platform(*p.index, img2vm::registry::Platform::parse(plat), "fuzz");
+          (void)img2vm::registry::select_platform(*p.index, img2vm::registry::Platform::parse(plat),
+                                                  "fuzz");
         } catch (const img2vm::Error&) {
         }
       }

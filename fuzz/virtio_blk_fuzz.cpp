@@ -27,7 +27,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     return new VirtioBlk(fd_disk_view(fd, 64 * 512, false), "fuzz");
   }();
   static VirtioBlk* overlay = [] {
-    int base = ::memfd_create("fuzz-base", MFD_CLOEXEC), top = ::memfd_create("fuzz-top", MFD_CLOEXEC);
+    int base = ::memfd_create("fuzz-base", MFD_CLOEXEC),
+        top = ::memfd_create("fuzz-top", MFD_CLOEXEC);
     if (base < 0 || top < 0 || ::ftruncate(base, 40 * 512 + 100) != 0) __builtin_trap();
     return new VirtioBlk(overlay_disk_view(base, top, 40 * 512 + 100), "fuzz-cow");
   }();
@@ -38,7 +39,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   // Through the transport too: the guest programs the queue with register writes.
   VirtioMmio dev(mem, *blk, [] {});
-  auto wr = [&](uint64_t off, uint32_t v) { dev.write(off, reinterpret_cast<const uint8_t*>(&v), 4); };
+  auto wr = [&](uint64_t off, uint32_t v) {
+    dev.write(off, reinterpret_cast<const uint8_t*>(&v), 4);
+  };
   wr(0x070, 3);
   wr(0x024, 1);
   wr(0x020, 1);
@@ -46,8 +49,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   wr(0x020, data[0] & 1 ? (1u << 9) : 0);
   wr(0x070, 11);
   wr(0x030, 0);
-  wr(0x038, 1u << (data[1] % 10));          // queue sizes 1..512 (512 is refused)
-  wr(0x080, uint32_t(data[2]) << 8);        // descriptors, avail and used inside the input
+  wr(0x038, 1u << (data[1] % 10));    // queue sizes 1..512 (512 is refused)
+  wr(0x080, uint32_t(data[2]) << 8);  // descriptors, avail and used inside the input
   wr(0x090, uint32_t(data[3]) << 6);
   wr(0x0a0, 0x8000 + (uint32_t(data[2] ^ data[3]) << 4));
   wr(0x044, 1);

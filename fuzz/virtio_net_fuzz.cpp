@@ -23,7 +23,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static GuestMemory mem(1u << 20);
   static EchoBackend plain_backend(false), offload_backend(true);
   static VirtioNet* plain = new VirtioNet(plain_backend, {0x52, 0x54, 0, 0x12, 0x34, 0x56}, 1500);
-  static VirtioNet* offloading = new VirtioNet(offload_backend, {0x52, 0x54, 0, 0x12, 0x34, 0x57}, 1500);
+  static VirtioNet* offloading =
+      new VirtioNet(offload_backend, {0x52, 0x54, 0, 0x12, 0x34, 0x57}, 1500);
   if (size < 8) return 0;
   VirtioNet* net = (data[0] & 8) ? offloading : plain;
   std::memset(mem.host_base(), 0, 0x10000);
@@ -31,7 +32,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   VirtioMmio dev(mem, *net, [] {});
   net->set_kick([&dev] { dev.notify(); });
-  auto wr = [&](uint64_t off, uint32_t v) { dev.write(off, reinterpret_cast<const uint8_t*>(&v), 4); };
+  auto wr = [&](uint64_t off, uint32_t v) {
+    dev.write(off, reinterpret_cast<const uint8_t*>(&v), 4);
+  };
   uint64_t features = kVirtioFVersion1 | VirtioNet::kFeatureMac | VirtioNet::kFeatureMtu;
   if (data[0] & 1) features |= VirtioNet::kFeatureMrgRxbuf;
   if (data[0] & 2) features |= VirtioNet::kFeatureGuestCsum;
@@ -71,7 +74,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   dev.notify();
   net->flush_rx();
-  dev.notify();  // again: nothing new must be fine too
+  dev.notify();                   // again: nothing new must be fine too
   if (data[0] & 4) wr(0x070, 0);  // a reset with frames still pending
   net->flush_rx();
   wr(0x070, 0);  // leave nothing pending for the next input

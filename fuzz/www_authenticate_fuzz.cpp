@@ -8,7 +8,8 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
-    (void)img2vm::registry::parse_www_authenticate(std::string_view(reinterpret_cast<const char*>(data), size));
+    (void)img2vm::registry::parse_www_authenticate(
+        std::string_view(reinterpret_cast<const char*>(data), size));
   } catch (const img2vm::Error&) {
   }
   return 0;

@@ -44,7 +44,8 @@ static long status_kib(pid_t pid, const char* key) {
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return -1;
   size_t len = 0;
-  for (ssize_t n; len < sizeof buf - 1 && (n = read(fd, buf + len, sizeof buf - 1 - len)) > 0;) len += (size_t)n;
+  for (ssize_t n; len < sizeof buf - 1 && (n = read(fd, buf + len, sizeof buf - 1 - len)) > 0;)
+    len += (size_t)n;
   close(fd);
   buf[len] = 0;
   char* at = strstr(buf, key);
@@ -60,12 +61,15 @@ static int sample(pid_t pid, unsigned long guest_kib, long* total, long* guest, 
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) return 0;
   size_t len = 0;
-  for (ssize_t n; len < sizeof smaps - 1 && (n = read(fd, smaps + len, sizeof smaps - 1 - len)) > 0;) len += (size_t)n;
+  for (ssize_t n;
+       len < sizeof smaps - 1 && (n = read(fd, smaps + len, sizeof smaps - 1 - len)) > 0;)
+    len += (size_t)n;
   close(fd);
   smaps[len] = 0;
   *total = *guest = *anon = 0;
   int in_guest = 0;
-  for (char* line = smaps; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+  for (char* line = smaps; line && *line;
+       line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
     unsigned long lo, hi;
     long kib;
     if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2 && line[strcspn(line, " ")] == ' ' &&
@@ -137,7 +141,8 @@ int main(int argc, char** argv) {
         marker_ms = now_ms() - t0;
         const char* dump = getenv("TIMERUN_SMAPS_DUMP");
         FILE* f;
-        if (guest_kib && sample(pid, guest_kib, &total, &guest, &anon) && dump && (f = fopen(dump, "we")))
+        if (guest_kib && sample(pid, guest_kib, &total, &guest, &anon) && dump &&
+            (f = fopen(dump, "we")))
           fputs(smaps, f), fclose(f);
         if (guest_kib) hwm = status_kib(pid, "VmHWM:");
       } else {
@@ -156,11 +161,15 @@ int main(int argc, char** argv) {
   double wall = now_ms() - t0;
   if (marker_ms == -2) marker_ms = -1;
   int rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  printf("{\"rc\":%d,\"wall_ms\":%.3f,\"marker_ms\":%.3f,\"maxrss_kib\":%ld,\"user_ms\":%.3f,\"sys_ms\":%.3f", rc,
-         wall, marker_ms, ru.ru_maxrss, tv_ms(ru.ru_utime), tv_ms(ru.ru_stime));
+  printf(
+      "{\"rc\":%d,\"wall_ms\":%.3f,\"marker_ms\":%.3f,\"maxrss_kib\":%ld,\"user_ms\":%.3f,\"sys_"
+      "ms\":%.3f",
+      rc, wall, marker_ms, ru.ru_maxrss, tv_ms(ru.ru_utime), tv_ms(ru.ru_stime));
   if (guest_kib)
-    printf(",\"rss_at_marker_kib\":%ld,\"guest_rss_kib\":%ld,\"anon_kib\":%ld,\"hwm_at_marker_kib\":%ld", total, guest,
-           anon, hwm);
+    printf(
+        ",\"rss_at_marker_kib\":%ld,\"guest_rss_kib\":%ld,\"anon_kib\":%ld,\"hwm_at_marker_kib\":%"
+        "ld",
+        total, guest, anon, hwm);
   printf("}\n");
   return 0;
 }

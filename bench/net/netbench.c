@@ -104,7 +104,8 @@ static int serve(int port) {
   if (ls < 0) fail("socket");
   int one = 1;
   setsockopt(ls, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY)};
+  struct sockaddr_in a = {
+      .sin_family = AF_INET, .sin_port = htons(port), .sin_addr.s_addr = htonl(INADDR_ANY)};
   if (bind(ls, (struct sockaddr*)&a, sizeof a) < 0) fail("bind");
   if (listen(ls, 16) < 0) fail("listen");
   printf("netbench: listening on port %d\n", port);
@@ -185,8 +186,8 @@ static int wait_ready(const char* host, int port, double timeout) {
 }
 
 static void print_rate(const char* dir, uint64_t bytes, double s) {
-  printf("{\"dir\":\"%s\",\"bytes\":%llu,\"s\":%.3f,\"mib_s\":%.3f}\n", dir, (unsigned long long)bytes, s,
-         bytes / s / 1048576.0);
+  printf("{\"dir\":\"%s\",\"bytes\":%llu,\"s\":%.3f,\"mib_s\":%.3f}\n", dir,
+         (unsigned long long)bytes, s, bytes / s / 1048576.0);
 }
 
 static int send_stream(const char* host, int port, double seconds) {
@@ -252,9 +253,11 @@ static int echo(const char* host, int port, int count, uint32_t size) {
   double sum = 0;
   for (int i = 0; i < count; i++) sum += us[i];
   qsort(us, (size_t)count, sizeof *us, cmp_double);
-  printf("{\"count\":%d,\"size\":%u,\"median_us\":%.1f,\"p99_us\":%.1f,\"min_us\":%.1f,\"max_us\":%.1f,"
-         "\"mean_us\":%.1f}\n",
-         count, size, us[count / 2], us[(int)(count * 0.99)], us[0], us[count - 1], sum / count);
+  printf(
+      "{\"count\":%d,\"size\":%u,\"median_us\":%.1f,\"p99_us\":%.1f,\"min_us\":%.1f,\"max_us\":%."
+      "1f,"
+      "\"mean_us\":%.1f}\n",
+      count, size, us[count / 2], us[(int)(count * 0.99)], us[0], us[count - 1], sum / count);
   free(us);
   return 0;
 }
@@ -275,7 +278,8 @@ int main(int argc, char** argv) {
   if (!strcmp(m, "wait") && argc == 5) return wait_ready(argv[2], atoi(argv[3]), atof(argv[4]));
   if (!strcmp(m, "send") && argc == 5) return send_stream(argv[2], atoi(argv[3]), atof(argv[4]));
   if (!strcmp(m, "recv") && argc == 5) return recv_stream(argv[2], atoi(argv[3]), atof(argv[4]));
-  if (!strcmp(m, "echo") && argc == 6) return echo(argv[2], atoi(argv[3]), atoi(argv[4]), (uint32_t)atoi(argv[5]));
+  if (!strcmp(m, "echo") && argc == 6)
+    return echo(argv[2], atoi(argv[3]), atoi(argv[4]), (uint32_t)atoi(argv[5]));
   if (!strcmp(m, "quit") && argc == 4) return quit(argv[2], atoi(argv[3]));
   fprintf(stderr,
           "usage: netbench serve PORT | wait HOST PORT TIMEOUT_S | send HOST PORT SECONDS |\n"

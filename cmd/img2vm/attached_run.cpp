@@ -23,15 +23,20 @@ LogLevel parse_log_level(const std::string& s) {
   if (s == "warn" || s == "warning") return LogLevel::kWarn;
   if (s == "info") return LogLevel::kInfo;
   if (s == "debug") return LogLevel::kDebug;
-  throw Error(ErrorKind::kInvalidArgument, "--log-level: \"" + s + "\" is not one of error, warn, info, debug");
+  throw Error(ErrorKind::kInvalidArgument,
+              "--log-level: \"" + s + "\" is not one of error, warn, info, debug");
 }
 
 const char* to_string(LogLevel l) noexcept {
   switch (l) {
-    case LogLevel::kError: return "error";
-    case LogLevel::kWarn: return "warn";
-    case LogLevel::kInfo: return "info";
-    case LogLevel::kDebug: return "debug";
+    case LogLevel::kError:
+      return "error";
+    case LogLevel::kWarn:
+      return "warn";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kDebug:
+      return "debug";
   }
   return "warn";
 }
@@ -59,7 +64,8 @@ class RawTerminal {
 // -t: the host terminal's size, for the guest's tty.
 void pass_window_size(vm::Machine& m, int fd) {
   struct winsize ws {};
-  if (::ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0) m.set_window_size(ws.ws_row, ws.ws_col);
+  if (::ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0)
+    m.set_window_size(ws.ws_row, ws.ws_col);
 }
 
 // Blocks the signals img2vm relays for as long as it lives (threads created meanwhile inherit
@@ -118,10 +124,14 @@ class SignalRelay {
     using clock = std::chrono::steady_clock;
     std::optional<clock::time_point> deadline;
     while (!done_) {
-      struct timespec tick {0, 100'000'000};
+      struct timespec tick {
+        0, 100'000'000
+      };
       int sig = ::sigtimedwait(&set_, nullptr, &tick);
       if (deadline && clock::now() >= *deadline) {
-        if (say_) std::fprintf(stderr, "\r\nimg2vm: the workload did not stop in time; stopping the VM\r\n");
+        if (say_)
+          std::fprintf(stderr,
+                       "\r\nimg2vm: the workload did not stop in time; stopping the VM\r\n");
         m_.stop();
         deadline.reset();
       }
@@ -184,8 +194,8 @@ std::string timings_line(const vm::BootTimings& t) {
   std::optional<double> kernel, init;
   if (t.first_entry && t.init_started) kernel = ms(*t.init_started - *t.first_entry);
   if (t.init_started && t.workload_exec) init = ms(*t.workload_exec - *t.init_started);
-  return "img2vm: timings: vmm setup " + f(ms(t.setup_done)) + ", kernel boot " + f(kernel) + ", init " + f(init) +
-         ", to exec " + f(ms(t.workload_exec)) + ", total " + f(ms(t.ended));
+  return "img2vm: timings: vmm setup " + f(ms(t.setup_done)) + ", kernel boot " + f(kernel) +
+         ", init " + f(init) + ", to exec " + f(ms(t.workload_exec)) + ", total " + f(ms(t.ended));
 }
 
 }  // namespace
@@ -218,7 +228,8 @@ int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json su
     if (o.json) {
       std::cerr << nlohmann::json{{"event", "published"}, {"ports", ports_json}}.dump() << "\n";
     } else {
-      for (const auto& f : published) log(o.ports_chosen ? LogLevel::kWarn : LogLevel::kInfo, "published " + vm::to_string(f));
+      for (const auto& f : published)
+        log(o.ports_chosen ? LogLevel::kWarn : LogLevel::kInfo, "published " + vm::to_string(f));
     }
   }
   std::optional<RawTerminal> raw;
@@ -256,7 +267,8 @@ int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json su
   return code;
 }
 
-nlohmann::json attach_spec(const vm::MachineConfig& config, const AttachOptions& o, const nlohmann::json& summary) {
+nlohmann::json attach_spec(const vm::MachineConfig& config, const AttachOptions& o,
+                           const nlohmann::json& summary) {
   nlohmann::json spec = {{"machine", nlohmann::json::parse(vm::machine_config_to_json(config))},
                          {"attach",
                           {{"stop_timeout_ms", o.stop_timeout.count()},
@@ -271,9 +283,11 @@ nlohmann::json attach_spec(const vm::MachineConfig& config, const AttachOptions&
   return spec;
 }
 
-void parse_attach_spec(const std::string& text, vm::MachineConfig& config, AttachOptions& o, nlohmann::json& summary) {
+void parse_attach_spec(const std::string& text, vm::MachineConfig& config, AttachOptions& o,
+                       nlohmann::json& summary) {
   auto j = nlohmann::json::parse(text, nullptr, false);
-  if (j.is_discarded() || !j.is_object()) throw Error(ErrorKind::kInvalidArgument, "VM spec: not a JSON object");
+  if (j.is_discarded() || !j.is_object())
+    throw Error(ErrorKind::kInvalidArgument, "VM spec: not a JSON object");
   for (const auto& [k, v] : j.items())
     if (k != "machine" && k != "attach" && k != "summary")
       throw Error(ErrorKind::kInvalidArgument, "VM spec: unknown member " + k);
@@ -281,17 +295,22 @@ void parse_attach_spec(const std::string& text, vm::MachineConfig& config, Attac
   config = vm::machine_config_from_json(j["machine"].dump());
   if (j.contains("attach")) {
     const auto& a = j["attach"];
-    if (!a.is_object()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach: not a JSON object");
+    if (!a.is_object())
+      throw Error(ErrorKind::kInvalidArgument, "VM spec: attach: not a JSON object");
     for (const auto& item : a.items()) {
       const std::string& k = item.key();
       const nlohmann::json& v = item.value();
       auto flag = [&](bool& b) {
-        if (!v.is_boolean()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach." + k + ": not true or false");
+        if (!v.is_boolean())
+          throw Error(ErrorKind::kInvalidArgument, "VM spec: attach." + k + ": not true or false");
         b = v.get<bool>();
       };
       if (k == "stop_timeout_ms") {
-        if (!v.is_number_unsigned()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach.stop_timeout_ms: not a count of ms");
-        o.stop_timeout = std::chrono::milliseconds(std::min<uint64_t>(v.get<uint64_t>(), uint64_t(1) << 40));
+        if (!v.is_number_unsigned())
+          throw Error(ErrorKind::kInvalidArgument,
+                      "VM spec: attach.stop_timeout_ms: not a count of ms");
+        o.stop_timeout =
+            std::chrono::milliseconds(std::min<uint64_t>(v.get<uint64_t>(), uint64_t(1) << 40));
       } else if (k == "run_as") {
         auto id = [&](const char* name) {
           if (!v.is_object() || !v.contains(name) || !v[name].is_number_unsigned() ||
@@ -306,13 +325,19 @@ void parse_attach_spec(const std::string& text, vm::MachineConfig& config, Attac
               throw Error(ErrorKind::kInvalidArgument,
                           "VM spec: unknown member attach.run_as." + m.key());
         o.run_as = RunAs{id("uid"), id("gid")};
-      } else if (k == "tty") flag(o.tty);
-      else if (k == "say") flag(o.say);
-      else if (k == "json") flag(o.json);
-      else if (k == "timings") flag(o.timings);
-      else if (k == "ports_chosen") flag(o.ports_chosen);
+      } else if (k == "tty")
+        flag(o.tty);
+      else if (k == "say")
+        flag(o.say);
+      else if (k == "json")
+        flag(o.json);
+      else if (k == "timings")
+        flag(o.timings);
+      else if (k == "ports_chosen")
+        flag(o.ports_chosen);
       else if (k == "log_level") {
-        if (!v.is_string()) throw Error(ErrorKind::kInvalidArgument, "VM spec: attach.log_level: not a string");
+        if (!v.is_string())
+          throw Error(ErrorKind::kInvalidArgument, "VM spec: attach.log_level: not a string");
         o.level = parse_log_level(v.get<std::string>());
       } else {
         throw Error(ErrorKind::kInvalidArgument, "VM spec: unknown member attach." + k);
@@ -320,7 +345,8 @@ void parse_attach_spec(const std::string& text, vm::MachineConfig& config, Attac
     }
   }
   summary = j.contains("summary") ? j["summary"] : nlohmann::json::object();
-  if (!summary.is_object()) throw Error(ErrorKind::kInvalidArgument, "VM spec: summary: not a JSON object");
+  if (!summary.is_object())
+    throw Error(ErrorKind::kInvalidArgument, "VM spec: summary: not a JSON object");
 }
 
 }  // namespace img2vm::cli

@@ -22,11 +22,11 @@ const char* to_string(LogLevel l) noexcept;
 
 struct AttachOptions {
   std::chrono::milliseconds stop_timeout{10000};  // after the first stop request
-  bool tty = false;          // -t: stdin in raw mode, its window size passed to the guest
-  bool say = false;          // stop notices on stderr (stderr a terminal, no --json)
-  bool json = false;         // events and the summary as JSON lines on stderr
-  bool timings = false;      // --timings: one line at the end
-  bool ports_chosen = false; // some host port was picked here: always say the published ports
+  bool tty = false;           // -t: stdin in raw mode, its window size passed to the guest
+  bool say = false;           // stop notices on stderr (stderr a terminal, no --json)
+  bool json = false;          // events and the summary as JSON lines on stderr
+  bool timings = false;       // --timings: one line at the end
+  bool ports_chosen = false;  // some host port was picked here: always say the published ports
   LogLevel level = LogLevel::kWarn;
   // Become this user once the VM is set up (every file open), before the guest runs, giving up
   // every privilege (privileges.hpp): img2vm-vmm started as root for --network tap.
@@ -47,8 +47,10 @@ int run_attached(vm::MachineConfig config, const AttachOptions& options, nlohman
 
 // The whole hand-over from `img2vm run` to img2vm-vmm: {"machine": machine_json.hpp's form,
 // "attach": AttachOptions, "summary": {...}}.
-nlohmann::json attach_spec(const vm::MachineConfig& config, const AttachOptions& options, const nlohmann::json& summary);
+nlohmann::json attach_spec(const vm::MachineConfig& config, const AttachOptions& options,
+                           const nlohmann::json& summary);
 // Throws Error(kInvalidArgument) naming what is wrong.
-void parse_attach_spec(const std::string& text, vm::MachineConfig& config, AttachOptions& options, nlohmann::json& summary);
+void parse_attach_spec(const std::string& text, vm::MachineConfig& config, AttachOptions& options,
+                       nlohmann::json& summary);
 
 }  // namespace img2vm::cli

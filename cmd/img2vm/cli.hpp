@@ -10,11 +10,11 @@ namespace img2vm::cli {
 // Exit codes of the img2vm command (docs/cli.md). `run` adds the workload's own exit code and
 // the runner's codes on top of these.
 inline constexpr int kExitOk = 0;
-inline constexpr int kExitError = 1;        // the operation failed; one line on stderr says why
-inline constexpr int kExitUsage = 2;        // bad usage, or a command not available in this build
+inline constexpr int kExitError = 1;  // the operation failed; one line on stderr says why
+inline constexpr int kExitUsage = 2;  // bad usage, or a command not available in this build
 
 struct Globals {
-  bool json = false;     // machine-readable output, one JSON object per line
+  bool json = false;  // machine-readable output, one JSON object per line
   bool verbose = false;
 };
 

@@ -20,19 +20,27 @@ void register_convert(CLI::App& app, Globals& g, Action* slot) {
     std::string ref, output, platform;
   };
   auto a = std::make_shared<ConvertArgs>();
-  auto* sub = app.add_subcommand("convert", "Convert an image into a bootable ext4 root filesystem (rootless)");
+  auto* sub = app.add_subcommand(
+      "convert", "Convert an image into a bootable ext4 root filesystem (rootless)");
   add_global_flags(*sub);
-  sub->add_option("ref", a->ref, "Image: a registry reference, oci:DIR[:TAG] or docker-archive:FILE[:REF]")->required();
-  sub->add_option("-o,--output", a->output, "Write the ext4 image here (default: the store's rootfs cache)");
-  sub->add_option("--platform", a->platform, "os/arch[/variant] to select from a multi-platform image");
+  sub->add_option("ref", a->ref,
+                  "Image: a registry reference, oci:DIR[:TAG] or docker-archive:FILE[:REF]")
+      ->required();
+  sub->add_option("-o,--output", a->output,
+                  "Write the ext4 image here (default: the store's rootfs cache)");
+  sub->add_option("--platform", a->platform,
+                  "os/arch[/variant] to select from a multi-platform image");
   sub->add_option("--size", a->size, "Exact filesystem size (e.g. 2G); default: from the content");
-  sub->add_option("--extra-space", a->extra_space, "Free space to leave on top of the content (default 16M)");
-  sub->add_option("--max-size", a->max_size, "Refuse images whose content exceeds this (default 64G)");
+  sub->add_option("--extra-space", a->extra_space,
+                  "Free space to leave on top of the content (default 16M)");
+  sub->add_option("--max-size", a->max_size,
+                  "Refuse images whose content exceeds this (default 64G)");
   sub->add_flag("--no-init", a->no_init, "Do not inject the img2vm guest init");
   sub->callback([a, &g, slot] {
     *slot = [a, &g] {
       registry::Store store;
-      registry::Platform platform = a->platform.empty() ? registry::host_platform() : registry::Platform::parse(a->platform);
+      registry::Platform platform =
+          a->platform.empty() ? registry::host_platform() : registry::Platform::parse(a->platform);
       auto src = resolve_image(store, a->ref, platform, g.json);
       runtime::RootfsResult res =
           make_rootfs(store, *src, *a, a->output, !g.json && isatty(STDERR_FILENO));

@@ -12,7 +12,8 @@ namespace img2vm::cli {
 
 void register_inspect(CLI::App& app, Globals& g, Action* slot) {
   auto ref = std::make_shared<std::string>();
-  auto* sub = app.add_subcommand("inspect", "Show a stored image's manifest and configuration as JSON");
+  auto* sub =
+      app.add_subcommand("inspect", "Show a stored image's manifest and configuration as JSON");
   add_global_flags(*sub);
   sub->add_option("ref", *ref, "Image reference (as pulled)")->required();
   sub->callback([&g, slot, ref] {

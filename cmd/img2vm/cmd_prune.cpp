@@ -13,7 +13,9 @@
 namespace img2vm::cli {
 
 void register_prune(CLI::App& app, Globals& g, Action* slot) {
-  auto* sub = app.add_subcommand("prune", "Remove unreferenced blobs, partial downloads and cached root filesystems of removed images");
+  auto* sub = app.add_subcommand(
+      "prune",
+      "Remove unreferenced blobs, partial downloads and cached root filesystems of removed images");
   add_global_flags(*sub);
   sub->callback([&g, slot] {
     *slot = [&g] {
@@ -26,12 +28,16 @@ void register_prune(CLI::App& app, Globals& g, Action* slot) {
       });
       auto r = store.prune();
       if (g.json)
-        std::cout << nlohmann::json{{"blobs", r.blobs}, {"bytes", r.bytes}, {"rootfs_files", fsr.files},
-                                    {"rootfs_bytes", fsr.bytes}}.dump()
+        std::cout << nlohmann::json{{"blobs", r.blobs},
+                                    {"bytes", r.bytes},
+                                    {"rootfs_files", fsr.files},
+                                    {"rootfs_bytes", fsr.bytes}}
+                         .dump()
                   << "\n";
       else
-        std::cout << "removed " << r.blobs << " blobs, freed " << human_size(r.bytes) << "; removed " << fsr.files
-                  << " cached root filesystem files, freed " << human_size(fsr.bytes) << "\n";
+        std::cout << "removed " << r.blobs << " blobs, freed " << human_size(r.bytes)
+                  << "; removed " << fsr.files << " cached root filesystem files, freed "
+                  << human_size(fsr.bytes) << "\n";
       return kExitOk;
     };
   });

@@ -55,7 +55,8 @@ class InterruptHandler {
   InterruptHandler& operator=(const InterruptHandler&) = delete;
 
  private:
-  struct sigaction old_int_ {}, old_term_ {};
+  struct sigaction old_int_ {
+  }, old_term_{};
 };
 
 // Redraws one line per blob on a terminal.
@@ -67,7 +68,8 @@ class TtyProgress {
       if (e.platform.empty())
         std::fprintf(stderr, "%s: %s\n", e.name.c_str(), e.digest.str().c_str());
       else
-        std::fprintf(stderr, "%s: %s (%s)\n", e.name.c_str(), e.digest.str().c_str(), e.platform.c_str());
+        std::fprintf(stderr, "%s: %s (%s)\n", e.name.c_str(), e.digest.str().c_str(),
+                     e.platform.c_str());
       return;
     }
     if (e.kind == K::kDone) {
@@ -77,7 +79,8 @@ class TtyProgress {
     std::string key = e.digest.str();
     if (!index_.count(key)) {
       index_[key] = lines_.size();
-      lines_.push_back({e.digest.short_hex(), 0, e.total, "waiting", std::chrono::steady_clock::now(), 0});
+      lines_.push_back(
+          {e.digest.short_hex(), 0, e.total, "waiting", std::chrono::steady_clock::now(), 0});
     }
     Line& l = lines_[index_[key]];
     l.current = e.current;
@@ -85,8 +88,10 @@ class TtyProgress {
       l.state = "downloading";
       l.start = std::chrono::steady_clock::now();
       l.start_bytes = e.current;
-    } else if (e.kind == K::kBlobDone) l.state = "done";
-    else if (e.kind == K::kBlobCached) l.state = "already present";
+    } else if (e.kind == K::kBlobDone)
+      l.state = "done";
+    else if (e.kind == K::kBlobCached)
+      l.state = "already present";
     draw(e.kind != K::kProgress);
   }
 
@@ -110,10 +115,13 @@ class TtyProgress {
         double rate = secs > 0 ? static_cast<double>(l.current - l.start_bytes) / secs : 0;
         extra = "  " + human_size(static_cast<uint64_t>(rate)) + "/s";
         if (rate > 0 && l.total > l.current)
-          extra += "  ETA " + std::to_string(static_cast<int>(static_cast<double>(l.total - l.current) / rate)) + "s";
+          extra +=
+              "  ETA " +
+              std::to_string(static_cast<int>(static_cast<double>(l.total - l.current) / rate)) +
+              "s";
       }
-      std::fprintf(stderr, "\033[2K%s: %-15s %s / %s%s\n", l.id.c_str(), l.state.c_str(), human_size(l.current).c_str(),
-                   human_size(l.total).c_str(), extra.c_str());
+      std::fprintf(stderr, "\033[2K%s: %-15s %s / %s%s\n", l.id.c_str(), l.state.c_str(),
+                   human_size(l.current).c_str(), human_size(l.total).c_str(), extra.c_str());
     }
     drawn_ = lines_.size();
   }
@@ -126,12 +134,18 @@ class TtyProgress {
 const char* kind_name(registry::PullEvent::Kind k) {
   using K = registry::PullEvent::Kind;
   switch (k) {
-    case K::kResolved: return "resolved";
-    case K::kBlobStart: return "blob-start";
-    case K::kProgress: return "progress";
-    case K::kBlobDone: return "blob-done";
-    case K::kBlobCached: return "blob-cached";
-    case K::kDone: return "done";
+    case K::kResolved:
+      return "resolved";
+    case K::kBlobStart:
+      return "blob-start";
+    case K::kProgress:
+      return "progress";
+    case K::kBlobDone:
+      return "blob-done";
+    case K::kBlobCached:
+      return "blob-cached";
+    case K::kDone:
+      return "done";
   }
   return "?";
 }
@@ -140,12 +154,16 @@ const char* kind_name(registry::PullEvent::Kind k) {
 
 void register_pull(CLI::App& app, Globals& g, Action* slot) {
   auto args = std::make_shared<PullArgs>();
-  auto* sub = app.add_subcommand("pull", "Pull an image (registry, oci:DIR[:TAG], docker-archive:FILE[:REF]) into the local store");
+  auto* sub = app.add_subcommand(
+      "pull",
+      "Pull an image (registry, oci:DIR[:TAG], docker-archive:FILE[:REF]) into the local store");
   add_global_flags(*sub);
   sub->add_option("ref", args->ref, "Image reference or source")->required();
-  sub->add_option("--platform", args->platform, "os/arch[/variant] to select from a multi-platform image (default: this host)");
+  sub->add_option("--platform", args->platform,
+                  "os/arch[/variant] to select from a multi-platform image (default: this host)");
   sub->add_option("-j,--jobs", args->jobs, "Concurrent blob downloads")->check(CLI::Range(1, 32));
-  sub->add_option("-u,--username", args->username, "Registry user name (the password is read from stdin)");
+  sub->add_option("-u,--username", args->username,
+                  "Registry user name (the password is read from stdin)");
   sub->add_flag("--password-stdin", args->password_stdin, "Read the registry password from stdin");
   // One host per occurrence (repeat the option for more), so that it does not swallow the REF after
   // it.
@@ -153,7 +171,8 @@ void register_pull(CLI::App& app, Globals& g, Action* slot) {
                   "Allow plain HTTP or unverified TLS for this registry host[:port]")
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
-  sub->add_option("--ca-cert", args->ca_cert, "Trust this PEM CA bundle for the registry")->check(CLI::ExistingFile);
+  sub->add_option("--ca-cert", args->ca_cert, "Trust this PEM CA bundle for the registry")
+      ->check(CLI::ExistingFile);
   sub->callback([&g, slot, args] {
     *slot = [&g, args] {
       registry::PullOptions o;
@@ -172,7 +191,8 @@ void register_pull(CLI::App& app, Globals& g, Action* slot) {
         }
         o.client.credentials = c;
       }
-      if (g.verbose) o.client.log = [](const std::string& m) { std::cerr << "img2vm: " << m << "\n"; };
+      if (g.verbose)
+        o.client.log = [](const std::string& m) { std::cerr << "img2vm: " << m << "\n"; };
       bool tty = ::isatty(2) && !g.json;
       auto tp = std::make_shared<TtyProgress>();
       if (g.json) {
@@ -202,7 +222,9 @@ void register_pull(CLI::App& app, Globals& g, Action* slot) {
       }
       if (!g.json) {
         std::cout << r.name << " " << r.manifest_digest.str() << " " << r.platform.str()
-                  << (r.up_to_date ? " (up to date)" : " (downloaded " + human_size(r.bytes_downloaded) + ")") << "\n";
+                  << (r.up_to_date ? " (up to date)"
+                                   : " (downloaded " + human_size(r.bytes_downloaded) + ")")
+                  << "\n";
       }
       return kExitOk;
     };

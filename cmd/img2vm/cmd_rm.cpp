@@ -10,7 +10,8 @@ namespace img2vm::cli {
 
 void register_rm(CLI::App& app, Globals& /*g*/, Action* slot) {
   auto refs = std::make_shared<std::vector<std::string>>();
-  auto* sub = app.add_subcommand("rm", "Remove images from the local store (run prune to free their blobs)");
+  auto* sub = app.add_subcommand(
+      "rm", "Remove images from the local store (run prune to free their blobs)");
   add_global_flags(*sub);
   sub->add_option("ref", *refs, "Image references")->required();
   sub->callback([slot, refs] {

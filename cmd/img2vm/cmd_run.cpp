@@ -48,7 +48,8 @@ struct RunArgs : RootfsArgs {
   RunRequest req;
   std::string entrypoint;
   bool entrypoint_set = false;
-  std::string kernel, memory = "256M", timeout, stop_timeout = "10s", platform, keep, log_level = "warn";
+  std::string kernel, memory = "256M", timeout, stop_timeout = "10s", platform, keep,
+                      log_level = "warn";
   unsigned cpus = 1;
   std::vector<std::string> disks;
   std::string network = "user";
@@ -72,12 +73,15 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   auto log = [&](LogLevel l, const std::string& line) {
     if (l <= level) std::cerr << "img2vm: " << line << "\n";
   };
-  if (!a.keep.empty() && a.rm) throw Error(ErrorKind::kInvalidArgument, "--rm and --keep contradict each other");
-  if (a.cpus < 1 || a.cpus > 64) throw Error(ErrorKind::kInvalidArgument, "--cpus must be between 1 and 64");
+  if (!a.keep.empty() && a.rm)
+    throw Error(ErrorKind::kInvalidArgument, "--rm and --keep contradict each other");
+  if (a.cpus < 1 || a.cpus > 64)
+    throw Error(ErrorKind::kInvalidArgument, "--cpus must be between 1 and 64");
   const std::string& ref = a.words[0];
   a.req.cmd.assign(a.words.begin() + 1, a.words.end());
   if (a.entrypoint_set) a.req.entrypoint = a.entrypoint;
-  if (a.req.tty && !::isatty(STDIN_FILENO)) throw Error(ErrorKind::kInvalidArgument, "-t: the input device is not a TTY");
+  if (a.req.tty && !::isatty(STDIN_FILENO))
+    throw Error(ErrorKind::kInvalidArgument, "-t: the input device is not a TTY");
 
   runtime::MachineOptions mo;
   mo.memory_mib = parse_memory_mib(a.memory);
@@ -100,7 +104,8 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   for (const auto& f : a.publish)
     for (auto& pf : vm::parse_port_forward(f)) mo.publish.push_back(std::move(pf));
   if (net.mode == NetworkChoice::Mode::kNone && (!mo.publish.empty() || a.publish_all))
-    throw Error(ErrorKind::kInvalidArgument, "-p/-P: --network none has no network to publish ports on");
+    throw Error(ErrorKind::kInvalidArgument,
+                "-p/-P: --network none has no network to publish ports on");
   runtime::parse_exposed_ports(a.expose, "--expose");  // checked now; used once the image is known
   mo.network = net.mode == NetworkChoice::Mode::kUser  ? runtime::NetworkMode::kUser
                : net.mode == NetworkChoice::Mode::kTap ? runtime::NetworkMode::kTap
@@ -116,24 +121,29 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   if (kvm.kind == vm::KvmKind::kUnavailable)
     throw Error(ErrorKind::kNotFound, "cannot run VMs here: " + kvm.detail);
   if (kvm.kind == vm::KvmKind::kPvm)
-    log(LogLevel::kWarn, "warning: /dev/kvm is PVM, a software nested hypervisor (" + kvm.detail +
-                             "): a Linux guest boots very slowly or stalls here; use a host with hardware KVM");
+    log(LogLevel::kWarn,
+        "warning: /dev/kvm is PVM, a software nested hypervisor (" + kvm.detail +
+            "): a Linux guest boots very slowly or stalls here; use a host with hardware KVM");
   else
     log(LogLevel::kInfo, std::string("KVM: ") + vm::to_string(kvm.kind) + " (" + kvm.detail + ")");
   p.vmm = runtime::find_vmm_binary();
 
   std::optional<runtime::GuestKernel> kernel = runtime::find_guest_kernel(a.kernel);
   if (!kernel) {
-    log(LogLevel::kWarn, "the guest kernel is not built yet; building it from linux-source-6.1 (once, a few minutes)");
+    log(LogLevel::kWarn,
+        "the guest kernel is not built yet; building it from linux-source-6.1 (once, a few "
+        "minutes)");
     kernel = runtime::build_guest_kernel(false);
   }
   log(LogLevel::kInfo, "kernel: " + kernel->path.string() + " (" + kernel->source + ")");
 
   registry::Store store;
-  registry::Platform platform = a.platform.empty() ? registry::host_platform() : registry::Platform::parse(a.platform);
+  registry::Platform platform =
+      a.platform.empty() ? registry::host_platform() : registry::Platform::parse(a.platform);
   auto src = resolve_image(store, ref, platform, g.json);
   runtime::RootfsResult root = make_rootfs(store, *src, a, {}, !g.json && ::isatty(STDERR_FILENO));
-  log(LogLevel::kInfo, "rootfs: " + root.path.string() + (root.cached ? " (cached)" : " (converted)"));
+  log(LogLevel::kInfo,
+      "rootfs: " + root.path.string() + (root.cached ? " (cached)" : " (converted)"));
 
   mo.kernel = kernel->path;
   mo.rootfs = root.path;
@@ -159,9 +169,13 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   if (p.machine.tap) {
     p.attach.run_as = unprivileged_identity();
     const vm::TapNetInfo& ti = p.machine.tap->info();
-    p.summary["tap"] = {{"device", ti.device}, {"managed", ti.managed}, {"host_ip", ti.host_ip}, {"guest_ip", ti.guest_ip}};
-    log(LogLevel::kInfo, "network: tap device " + ti.device + (ti.managed ? "" : " (existing)") + ", guest " + ti.guest_ip +
-                             "/" + std::to_string(ti.prefix_length) + " via " + ti.host_ip);
+    p.summary["tap"] = {{"device", ti.device},
+                        {"managed", ti.managed},
+                        {"host_ip", ti.host_ip},
+                        {"guest_ip", ti.guest_ip}};
+    log(LogLevel::kInfo, "network: tap device " + ti.device + (ti.managed ? "" : " (existing)") +
+                             ", guest " + ti.guest_ip + "/" + std::to_string(ti.prefix_length) +
+                             " via " + ti.host_ip);
   }
   if (!a.keep.empty()) p.summary["kept"] = fs::absolute(a.keep).string();
   return p;  // the store, the image source and their files are released here
@@ -270,7 +284,8 @@ int run_image(RunArgs& a, Globals& g) {
 
 void register_run(CLI::App& app, Globals& g, Action* slot) {
   auto a = std::make_shared<RunArgs>();
-  auto* sub = app.add_subcommand("run", "Boot an image as a microVM and run its command, like docker run");
+  auto* sub =
+      app.add_subcommand("run", "Boot an image as a microVM and run its command, like docker run");
   // No fallthrough to the global flags (add_global_flags): the words after the image must stay
   // here, not go to the parent. So run takes --json and --verbose itself (docker's -v is
   // --volume, refused below).
@@ -282,44 +297,62 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
   sub->prefix_command();
   sub->footer(
       "Usage: img2vm run [OPTIONS] IMAGE [COMMAND [ARG...]]\n"
-      "IMAGE is a registry reference (pulled when missing), oci:DIR[:TAG] or docker-archive:FILE[:REF].\n"
-      "Exit code: the workload's; 122 the guest init failed, 123 the guest kernel died, 124 --timeout,\n"
+      "IMAGE is a registry reference (pulled when missing), oci:DIR[:TAG] or "
+      "docker-archive:FILE[:REF].\n"
+      "Exit code: the workload's; 122 the guest init failed, 123 the guest kernel died, 124 "
+      "--timeout,\n"
       "125 img2vm could not run the VM, 130 stopped from the host.");
 
-  sub->add_option("-e,--env", a->req.env, "Set an environment variable (KEY=VALUE, or KEY to pass the host's)")
+  sub->add_option("-e,--env", a->req.env,
+                  "Set an environment variable (KEY=VALUE, or KEY to pass the host's)")
       ->allow_extra_args(false);
-  sub->add_option("--env-file", a->req.env_files, "Read environment variables from a file (docker's format)")
+  sub->add_option("--env-file", a->req.env_files,
+                  "Read environment variables from a file (docker's format)")
       ->allow_extra_args(false);
   sub->add_option("--entrypoint", a->entrypoint, "Override the image's ENTRYPOINT (\"\" clears it)")
       ->each([a](const std::string&) { a->entrypoint_set = true; });
   sub->add_option("-w,--workdir", a->req.workdir, "Working directory inside the guest");
   sub->add_option("-u,--user", a->req.user, "User: name, uid, name:group or uid:gid");
   sub->add_option("-h,--hostname", a->req.hostname, "Guest host name");
-  sub->add_option("--dns", a->req.dns, "Nameserver for a generated /etc/resolv.conf")->allow_extra_args(false);
+  sub->add_option("--dns", a->req.dns, "Nameserver for a generated /etc/resolv.conf")
+      ->allow_extra_args(false);
   sub->add_flag("-i,--interactive", a->req.interactive, "Connect stdin to the workload");
   sub->add_flag("-t,--tty", a->req.tty, "Give the workload a terminal (host terminal in raw mode)");
-  sub->add_flag("--rm", a->rm, "Discard the VM's disk writes at exit (always the case without --keep)");
-  sub->add_option("--keep", a->keep, "Run on a copy of the rootfs written to FILE, which stays afterwards");
-  sub->add_option("--kernel", a->kernel, "Guest kernel (vmlinux or bzImage); default: our cached build");
+  sub->add_flag("--rm", a->rm,
+                "Discard the VM's disk writes at exit (always the case without --keep)");
+  sub->add_option("--keep", a->keep,
+                  "Run on a copy of the rootfs written to FILE, which stays afterwards");
+  sub->add_option("--kernel", a->kernel,
+                  "Guest kernel (vmlinux or bzImage); default: our cached build");
   sub->add_option("--cpus", a->cpus, "Number of vCPUs (default 1)");
-  sub->add_option("-m,--memory", a->memory, "Guest memory: 512M, 1G, or a number of MiB (default 256M)");
-  sub->add_flag("--hugepages", a->hugepages, "Back guest memory with 2 MiB huge pages (from /proc/sys/vm/nr_hugepages)");
-  sub->add_option("--disk", a->disks, "Attach FILE[:ro] as an extra virtio disk (/dev/vdb, ...)")->allow_extra_args(false);
+  sub->add_option("-m,--memory", a->memory,
+                  "Guest memory: 512M, 1G, or a number of MiB (default 256M)");
+  sub->add_flag("--hugepages", a->hugepages,
+                "Back guest memory with 2 MiB huge pages (from /proc/sys/vm/nr_hugepages)");
+  sub->add_option("--disk", a->disks, "Attach FILE[:ro] as an extra virtio disk (/dev/vdb, ...)")
+      ->allow_extra_args(false);
   sub->add_option("--timeout", a->timeout, "Stop the VM after this long (e.g. 30s, 5m); exit 124");
-  sub->add_option("--stop-timeout", a->stop_timeout, "After a stop request, how long the workload gets (default 10s)");
-  sub->add_option("--platform", a->platform, "os/arch[/variant] to select from a multi-platform image");
+  sub->add_option("--stop-timeout", a->stop_timeout,
+                  "After a stop request, how long the workload gets (default 10s)");
+  sub->add_option("--platform", a->platform,
+                  "os/arch[/variant] to select from a multi-platform image");
   sub->add_option("--size", a->size, "Root filesystem size (e.g. 2G); default: from the content");
-  sub->add_option("--extra-space", a->extra_space, "Free space in the root filesystem (default 16M)");
+  sub->add_option("--extra-space", a->extra_space,
+                  "Free space in the root filesystem (default 16M)");
   sub->add_flag("--timings", a->timings, "Print VMM setup, kernel boot, init and time to exec");
   sub->add_flag("--verbose-boot", a->verbose_boot, "Show the guest kernel's boot messages");
   sub->add_option("--log-level", a->log_level, "error, warn (default), info or debug");
   // docker flags that img2vm does not offer (yet): a clear refusal rather than "unexpected".
-  sub->add_option("--network,--net", a->network,
-                  "user[:outbound=on|off,host_loopback=on|off] (default: user, rootless), none, tap[=NAME]");
-  sub->add_option("-p,--publish", a->publish, "Publish a guest port: [HOSTIP:][HOSTPORT:]GUESTPORT[/tcp|/udp]")
+  sub->add_option(
+      "--network,--net", a->network,
+      "user[:outbound=on|off,host_loopback=on|off] (default: user, rootless), none, tap[=NAME]");
+  sub->add_option("-p,--publish", a->publish,
+                  "Publish a guest port: [HOSTIP:][HOSTPORT:]GUESTPORT[/tcp|/udp]")
       ->allow_extra_args(false);
-  sub->add_flag("-P,--publish-all", a->publish_all, "Publish every exposed port on a free host port");
-  sub->add_option("--expose", a->expose, "Expose a port or range (PORT[-PORT][/PROTO]) for -P")->allow_extra_args(false);
+  sub->add_flag("-P,--publish-all", a->publish_all,
+                "Publish every exposed port on a free host port");
+  sub->add_option("--expose", a->expose, "Expose a port or range (PORT[-PORT][/PROTO]) for -P")
+      ->allow_extra_args(false);
   sub->add_option_function<std::string>("-v,--volume", [](const std::string&) {
     unsupported("--volume", "bind mounts are not supported; attach an ext4 image with --disk FILE");
   });
@@ -330,10 +363,12 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
     unsupported("--name", "named VMs are not supported: img2vm run is attached and has no daemon");
   });
   sub->add_flag_function("-d,--detach", [](int64_t) {
-    unsupported("--detach", "detached runs are not supported: img2vm run stays attached (use your shell's &)");
+    unsupported("--detach",
+                "detached runs are not supported: img2vm run stays attached (use your shell's &)");
   });
   sub->add_flag_function("--privileged", [](int64_t) {
-    unsupported("--privileged", "the guest is already root in its own VM; there is nothing to grant");
+    unsupported("--privileged",
+                "the guest is already root in its own VM; there is nothing to grant");
   });
 
   sub->callback([a, sub, &g, slot] {
@@ -346,7 +381,8 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
       // prefix_command() hands everything from the first unknown word on to us, so an unknown
       // option before the image lands here.
       if (a->words[0].size() > 1 && a->words[0][0] == '-') {
-        std::cerr << "img2vm: run: unknown option " << a->words[0] << " (see 'img2vm run --help')\n";
+        std::cerr << "img2vm: run: unknown option " << a->words[0]
+                  << " (see 'img2vm run --help')\n";
         return kExitUsage;
       }
       try {

@@ -27,7 +27,9 @@ inline std::string age(const std::string& rfc3339) {
   if (!strptime(rfc3339.c_str(), "%Y-%m-%dT%H:%M:%SZ", &tm)) return "?";
   long d = static_cast<long>(std::time(nullptr) - timegm(&tm));
   if (d < 0) d = 0;
-  auto fmt = [](long n, const char* unit) { return std::to_string(n) + " " + unit + (n == 1 ? "" : "s") + " ago"; };
+  auto fmt = [](long n, const char* unit) {
+    return std::to_string(n) + " " + unit + (n == 1 ? "" : "s") + " ago";
+  };
   if (d < 60) return fmt(d, "second");
   if (d < 3600) return fmt(d / 60, "minute");
   if (d < 86400) return fmt(d / 3600, "hour");

@@ -29,16 +29,26 @@ uint64_t parse_size(const std::string& flag, const std::string& text) {
   } catch (const std::exception&) {
     pos = 0;
   }
-  if (pos == 0) throw Error(ErrorKind::kInvalidArgument, flag + ": \"" + text + "\" is not a size (e.g. 512M, 2G)");
+  if (pos == 0)
+    throw Error(ErrorKind::kInvalidArgument,
+                flag + ": \"" + text + "\" is not a size (e.g. 512M, 2G)");
   std::string unit = text.substr(pos);
   uint64_t mul = 1;
-  if (unit == "" || unit == "B" || unit == "b") mul = 1;
-  else if (unit == "K" || unit == "KiB" || unit == "k") mul = 1ull << 10;
-  else if (unit == "M" || unit == "MiB" || unit == "m") mul = 1ull << 20;
-  else if (unit == "G" || unit == "GiB" || unit == "g") mul = 1ull << 30;
-  else if (unit == "T" || unit == "TiB" || unit == "t") mul = 1ull << 40;
-  else throw Error(ErrorKind::kInvalidArgument, flag + ": unknown unit \"" + unit + "\" in \"" + text + "\"");
-  if (v > UINT64_MAX / mul) throw Error(ErrorKind::kInvalidArgument, flag + ": \"" + text + "\" is too large");
+  if (unit == "" || unit == "B" || unit == "b")
+    mul = 1;
+  else if (unit == "K" || unit == "KiB" || unit == "k")
+    mul = 1ull << 10;
+  else if (unit == "M" || unit == "MiB" || unit == "m")
+    mul = 1ull << 20;
+  else if (unit == "G" || unit == "GiB" || unit == "g")
+    mul = 1ull << 30;
+  else if (unit == "T" || unit == "TiB" || unit == "t")
+    mul = 1ull << 40;
+  else
+    throw Error(ErrorKind::kInvalidArgument,
+                flag + ": unknown unit \"" + unit + "\" in \"" + text + "\"");
+  if (v > UINT64_MAX / mul)
+    throw Error(ErrorKind::kInvalidArgument, flag + ": \"" + text + "\" is too large");
   return v * mul;
 }
 
@@ -51,12 +61,16 @@ bool has_space(const std::string& s) {
 }
 
 // Appends one -e / --env-file entry: KEY=VALUE as is, KEY alone from the host (if set there).
-void add_env(std::vector<std::string>& out, const std::string& entry, const HostEnv& host, const std::string& where) {
+void add_env(std::vector<std::string>& out, const std::string& entry, const HostEnv& host,
+             const std::string& where) {
   auto eq = entry.find('=');
   std::string key = entry.substr(0, eq);
-  if (key.empty()) throw Error(ErrorKind::kInvalidArgument, where + ": invalid environment variable \"" + entry + "\" (no name)");
+  if (key.empty())
+    throw Error(ErrorKind::kInvalidArgument,
+                where + ": invalid environment variable \"" + entry + "\" (no name)");
   if (has_space(key))
-    throw Error(ErrorKind::kInvalidArgument, where + ": variable \"" + key + "\" contains whitespace");
+    throw Error(ErrorKind::kInvalidArgument,
+                where + ": variable \"" + key + "\" contains whitespace");
   if (eq != std::string::npos) {
     out.push_back(entry);
   } else if (auto v = host(key)) {
@@ -90,12 +104,14 @@ guestabi::RunOverrides build_overrides(const RunRequest& r, const HostEnv& host)
   for (const auto& e : r.env) add_env(o.env, e, host, "-e");
   if (r.entrypoint) {
     // docker takes --entrypoint as one executable (no word splitting); "" resets it.
-    o.entrypoint = r.entrypoint->empty() ? std::vector<std::string>{} : std::vector<std::string>{*r.entrypoint};
+    o.entrypoint = r.entrypoint->empty() ? std::vector<std::string>{}
+                                         : std::vector<std::string>{*r.entrypoint};
   }
   if (!r.cmd.empty()) o.cmd = r.cmd;
   if (!r.workdir.empty()) {
     if (r.workdir[0] != '/')
-      throw Error(ErrorKind::kInvalidArgument, "-w " + r.workdir + ": the working directory must be an absolute path");
+      throw Error(ErrorKind::kInvalidArgument,
+                  "-w " + r.workdir + ": the working directory must be an absolute path");
     o.working_dir = r.workdir;
   }
   if (!r.user.empty()) o.user = r.user;
@@ -108,7 +124,8 @@ guestabi::RunOverrides build_overrides(const RunRequest& r, const HostEnv& host)
 
 std::chrono::milliseconds parse_duration(const std::string& flag, const std::string& text) {
   auto bad = [&] {
-    return Error(ErrorKind::kInvalidArgument, flag + ": \"" + text + "\" is not a duration (e.g. 30s, 5m, 1m30s, 500ms)");
+    return Error(ErrorKind::kInvalidArgument,
+                 flag + ": \"" + text + "\" is not a duration (e.g. 30s, 5m, 1m30s, 500ms)");
   };
   if (text.empty()) throw bad();
   // A plain number is seconds.
@@ -127,11 +144,16 @@ std::chrono::milliseconds parse_duration(const std::string& flag, const std::str
     while (k < text.size() && std::isalpha(static_cast<unsigned char>(text[k]))) ++k;
     std::string unit = text.substr(j, k - j);
     uint64_t mul;
-    if (unit == "ms") mul = 1;
-    else if (unit == "s") mul = 1000;
-    else if (unit == "m") mul = 60'000;
-    else if (unit == "h") mul = 3'600'000;
-    else throw bad();
+    if (unit == "ms")
+      mul = 1;
+    else if (unit == "s")
+      mul = 1000;
+    else if (unit == "m")
+      mul = 60'000;
+    else if (unit == "h")
+      mul = 3'600'000;
+    else
+      throw bad();
     total_ms += v * mul;
     i = k;
   }
@@ -141,16 +163,20 @@ std::chrono::milliseconds parse_duration(const std::string& flag, const std::str
 uint64_t parse_memory_mib(const std::string& text) {
   uint64_t mib;
   if (!text.empty() && text.find_first_not_of("0123456789") == std::string::npos) {
-    if (text.size() > 9) throw Error(ErrorKind::kInvalidArgument, "--memory: \"" + text + "\" is too large");
+    if (text.size() > 9)
+      throw Error(ErrorKind::kInvalidArgument, "--memory: \"" + text + "\" is too large");
     mib = std::stoull(text);
   } else {
     uint64_t bytes = parse_size("--memory", text);
     if (bytes % (1ull << 20) != 0)
-      throw Error(ErrorKind::kInvalidArgument, "--memory: \"" + text + "\" is not a whole number of MiB");
+      throw Error(ErrorKind::kInvalidArgument,
+                  "--memory: \"" + text + "\" is not a whole number of MiB");
     mib = bytes >> 20;
   }
-  if (mib < 32) throw Error(ErrorKind::kInvalidArgument, "--memory: " + text + " is too small (at least 32M)");
-  if (mib > (1ull << 20)) throw Error(ErrorKind::kInvalidArgument, "--memory: " + text + " is too large");
+  if (mib < 32)
+    throw Error(ErrorKind::kInvalidArgument, "--memory: " + text + " is too small (at least 32M)");
+  if (mib > (1ull << 20))
+    throw Error(ErrorKind::kInvalidArgument, "--memory: " + text + " is too large");
   return mib;
 }
 
@@ -165,7 +191,8 @@ ExtraDisk parse_disk(const std::string& text) {
       path = text.substr(0, colon);
     }
   }
-  if (path.empty()) throw Error(ErrorKind::kInvalidArgument, "--disk \"" + text + "\": no file given (FILE[:ro])");
+  if (path.empty())
+    throw Error(ErrorKind::kInvalidArgument, "--disk \"" + text + "\": no file given (FILE[:ro])");
   d.path = path;
   return d;
 }
@@ -178,7 +205,6 @@ bool parse_switch(const std::string& flag, const std::string& key, const std::st
   throw Error(ErrorKind::kInvalidArgument,
               flag + ": " + key + "=" + value + ": the value must be on or off (true/false)");
 }
-
 
 }  // namespace
 
@@ -193,7 +219,8 @@ NetworkChoice parse_network(const std::string& text) {
   const bool user = mode == "user" || mode == "bridge" || mode == "default" || mode == "slirp";
   const bool tap = mode == "tap" || mode.rfind("tap=", 0) == 0;
   if (!user && !tap && !opts.empty())
-    throw Error(ErrorKind::kInvalidArgument, flag + ": only user and tap networking take options after ':'");
+    throw Error(ErrorKind::kInvalidArgument,
+                flag + ": only user and tap networking take options after ':'");
   if (mode == "none") {
     c.mode = NetworkChoice::Mode::kNone;
     return c;
@@ -205,17 +232,22 @@ NetworkChoice parse_network(const std::string& text) {
       // IFNAMSIZ is 16 with the NUL; the kernel refuses '/', ':' and blanks in names.
       if (c.tap_name.empty() || c.tap_name.size() > 15 || c.tap_name == "." || c.tap_name == ".." ||
           c.tap_name.find_first_of("/: \t\n") != std::string::npos)
-        throw Error(ErrorKind::kInvalidArgument, flag + ": \"" + c.tap_name + "\" is not a valid interface name (1-15 characters, no '/', ':' or blanks)");
+        throw Error(
+            ErrorKind::kInvalidArgument,
+            flag + ": \"" + c.tap_name +
+                "\" is not a valid interface name (1-15 characters, no '/', ':' or blanks)");
     }
   }
   if (user || tap) {
     size_t pos = 0;
     while (!opts.empty() && pos <= opts.size()) {
       size_t comma = opts.find(',', pos);
-      std::string item = opts.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
+      std::string item =
+          opts.substr(pos, comma == std::string::npos ? std::string::npos : comma - pos);
       pos = comma == std::string::npos ? opts.size() + 1 : comma + 1;
       auto eq = item.find('=');
-      std::string key = item.substr(0, eq), value = eq == std::string::npos ? "on" : item.substr(eq + 1);
+      std::string key = item.substr(0, eq),
+                  value = eq == std::string::npos ? "on" : item.substr(eq + 1);
       std::replace(key.begin(), key.end(), '-', '_');
       if (key == "outbound")
         c.outbound = parse_switch("--network", key, value);
@@ -224,16 +256,20 @@ NetworkChoice parse_network(const std::string& text) {
       else
         throw Error(ErrorKind::kInvalidArgument,
                     flag + ": unknown option \"" + item + "\" (" +
-                        (user ? "user networking takes outbound=on|off, host_loopback=on|off" : "tap networking takes outbound=on|off") + ")");
+                        (user ? "user networking takes outbound=on|off, host_loopback=on|off"
+                              : "tap networking takes outbound=on|off") +
+                        ")");
     }
     return c;
   }
   if (mode == "host")
-    throw Error(ErrorKind::kUnsupported,
-                flag + ": a VM has its own kernel and cannot share the host's network stack; publish ports with -p");
+    throw Error(ErrorKind::kUnsupported, flag +
+                                             ": a VM has its own kernel and cannot share the "
+                                             "host's network stack; publish ports with -p");
   if (mode.rfind("container", 0) == 0)
     throw Error(ErrorKind::kUnsupported, flag + ": joining another VM's network is not supported");
-  throw Error(ErrorKind::kInvalidArgument, flag + ": unknown network (use user, none or tap[=NAME])");
+  throw Error(ErrorKind::kInvalidArgument,
+              flag + ": unknown network (use user, none or tap[=NAME])");
 }
 
 }  // namespace img2vm::cli

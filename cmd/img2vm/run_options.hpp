@@ -23,10 +23,10 @@ using HostEnv = std::function<std::optional<std::string>(const std::string&)>;
 HostEnv process_env();
 
 struct RunRequest {
-  std::vector<std::string> cmd;                // trailing words after the image
-  std::vector<std::string> env;                // -e, in order: KEY=VALUE, or KEY (from the host)
+  std::vector<std::string> cmd;                  // trailing words after the image
+  std::vector<std::string> env;                  // -e, in order: KEY=VALUE, or KEY (from the host)
   std::vector<std::filesystem::path> env_files;  // --env-file, applied before -e as docker does
-  std::optional<std::string> entrypoint;       // --entrypoint ("" clears the image's)
+  std::optional<std::string> entrypoint;         // --entrypoint ("" clears the image's)
   std::string workdir, user, hostname;
   std::vector<std::string> dns;
   bool interactive = false, tty = false;
@@ -73,6 +73,5 @@ struct NetworkChoice {
   friend bool operator==(const NetworkChoice&, const NetworkChoice&) = default;
 };
 NetworkChoice parse_network(const std::string& text);
-
 
 }  // namespace img2vm::cli

@@ -39,7 +39,8 @@ std::string read_fd(int fd) {
     }
     if (n == 0) return out;
     out.append(buf, size_t(n));
-    if (out.size() > (16u << 20)) throw img2vm::Error(img2vm::ErrorKind::kLimit, "the VM spec is larger than 16 MiB");
+    if (out.size() > (16u << 20))
+      throw img2vm::Error(img2vm::ErrorKind::kLimit, "the VM spec is larger than 16 MiB");
   }
 }
 
@@ -47,7 +48,8 @@ std::string read_fd(int fd) {
 
 int main(int argc, char** argv) {
   using namespace img2vm;
-  if (argc != 3 || (std::strcmp(argv[1], "--spec") != 0 && std::strcmp(argv[1], "--spec-fd") != 0)) {
+  if (argc != 3 ||
+      (std::strcmp(argv[1], "--spec") != 0 && std::strcmp(argv[1], "--spec-fd") != 0)) {
     std::cerr << "usage: img2vm-vmm --spec FILE | --spec-fd N\n";
     return kExitUsage;
   }
@@ -58,7 +60,9 @@ int main(int argc, char** argv) {
     } else {
       char* end = nullptr;
       long fd = std::strtol(argv[2], &end, 10);
-      if (!*argv[2] || *end || fd < 0 || fd > 1 << 20) throw Error(ErrorKind::kInvalidArgument, std::string("--spec-fd: not a file descriptor: ") + argv[2]);
+      if (!*argv[2] || *end || fd < 0 || fd > 1 << 20)
+        throw Error(ErrorKind::kInvalidArgument,
+                    std::string("--spec-fd: not a file descriptor: ") + argv[2]);
       UniqueFd owned{int(fd)};
       text = read_fd(owned.get());
     }

@@ -34,7 +34,8 @@ TEST(Cli, Version) {
 TEST(Cli, HelpListsEveryCommand) {
   auto r = img2vm({"--help"});
   EXPECT_EQ(r.exit_code, 0) << r.describe();
-  for (const char* c : {"pull", "images", "inspect", "rm", "prune", "convert", "run", "kernel", "info"})
+  for (const char* c :
+       {"pull", "images", "inspect", "rm", "prune", "convert", "run", "kernel", "info"})
     EXPECT_NE(r.out.find(c), std::string::npos) << "help does not mention " << c;
 }
 
@@ -64,24 +65,26 @@ TEST(Cli, RunValidatesOptionsBeforeTouchingKvmOrTheStore) {
     std::vector<std::string> args;
     const char* says;
   };
-  for (const Case& c : {Case{{"run", "--memory", "1k", "nosuch.invalid/x"}, "--memory"},
-                        Case{{"run", "--timeout", "soon", "nosuch.invalid/x"}, "--timeout"},
-                        Case{{"run", "--env-file", "/nonexistent/env", "nosuch.invalid/x"}, "/nonexistent/env"},
-                        Case{{"run", "-w", "relative", "nosuch.invalid/x"}, "absolute"},
-                        Case{{"run", "--log-level", "loud", "nosuch.invalid/x"}, "--log-level"},
-                        Case{{"run", "--keep", "/tmp/k.ext4", "--rm", "nosuch.invalid/x"}, "--keep"},
-                        Case{{"run", "--cpus", "0", "nosuch.invalid/x"}, "--cpus"},
-                        Case{{"run", "-t", "nosuch.invalid/x"}, "not a TTY"},
-                        Case{{"run", "--network", "host", "nosuch.invalid/x"}, "own kernel"},
-                        Case{{"run", "--network", "wifi", "nosuch.invalid/x"}, "use user, none or tap"},
-                        Case{{"run", "--network", "user:fast=on", "nosuch.invalid/x"}, "unknown option \"fast=on\""},
-                        Case{{"run", "--network", "user:outbound=maybe", "nosuch.invalid/x"}, "on or off"},
-                        Case{{"run", "--network", "tap=a/b", "nosuch.invalid/x"}, "not a valid interface name"},
-                        Case{{"run", "--network", "none", "-p", "8080:80", "nosuch.invalid/x"}, "--network none"},
-                        Case{{"run", "--network", "none", "-P", "nosuch.invalid/x"}, "--network none"},
-                        Case{{"run", "-p", "8080:80/sctp", "nosuch.invalid/x"}, "8080:80/sctp"},
-                        Case{{"run", "-p", "99999:80", "nosuch.invalid/x"}, "99999:80"},
-                        Case{{"run", "--expose", "80/icmp", "-P", "nosuch.invalid/x"}, "--expose 80/icmp"}}) {
+  for (const Case& c :
+       {Case{{"run", "--memory", "1k", "nosuch.invalid/x"}, "--memory"},
+        Case{{"run", "--timeout", "soon", "nosuch.invalid/x"}, "--timeout"},
+        Case{{"run", "--env-file", "/nonexistent/env", "nosuch.invalid/x"}, "/nonexistent/env"},
+        Case{{"run", "-w", "relative", "nosuch.invalid/x"}, "absolute"},
+        Case{{"run", "--log-level", "loud", "nosuch.invalid/x"}, "--log-level"},
+        Case{{"run", "--keep", "/tmp/k.ext4", "--rm", "nosuch.invalid/x"}, "--keep"},
+        Case{{"run", "--cpus", "0", "nosuch.invalid/x"}, "--cpus"},
+        Case{{"run", "-t", "nosuch.invalid/x"}, "not a TTY"},
+        Case{{"run", "--network", "host", "nosuch.invalid/x"}, "own kernel"},
+        Case{{"run", "--network", "wifi", "nosuch.invalid/x"}, "use user, none or tap"},
+        Case{{"run", "--network", "user:fast=on", "nosuch.invalid/x"},
+             "unknown option \"fast=on\""},
+        Case{{"run", "--network", "user:outbound=maybe", "nosuch.invalid/x"}, "on or off"},
+        Case{{"run", "--network", "tap=a/b", "nosuch.invalid/x"}, "not a valid interface name"},
+        Case{{"run", "--network", "none", "-p", "8080:80", "nosuch.invalid/x"}, "--network none"},
+        Case{{"run", "--network", "none", "-P", "nosuch.invalid/x"}, "--network none"},
+        Case{{"run", "-p", "8080:80/sctp", "nosuch.invalid/x"}, "8080:80/sctp"},
+        Case{{"run", "-p", "99999:80", "nosuch.invalid/x"}, "99999:80"},
+        Case{{"run", "--expose", "80/icmp", "-P", "nosuch.invalid/x"}, "--expose 80/icmp"}}) {
     auto r = img2vm(c.args);
     EXPECT_EQ(r.exit_code, 125) << r.describe();
     EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();
@@ -92,7 +95,8 @@ TEST(Cli, RunValidatesOptionsBeforeTouchingKvmOrTheStore) {
 TEST(Cli, RunSaysWhyWithoutKvm) {
   auto kvm = img2vm({"info", "--json"});
   ASSERT_EQ(kvm.exit_code, 0) << kvm.describe();
-  if (kvm.out.find("\"unavailable\"") == std::string::npos) GTEST_SKIP() << "this host has a /dev/kvm";
+  if (kvm.out.find("\"unavailable\"") == std::string::npos)
+    GTEST_SKIP() << "this host has a /dev/kvm";
   auto r = img2vm({"run", "busybox"});
   EXPECT_EQ(r.exit_code, 125) << r.describe();
   EXPECT_NE(r.err.find("cannot run VMs here"), std::string::npos) << r.describe();
@@ -101,11 +105,13 @@ TEST(Cli, RunSaysWhyWithoutKvm) {
 TEST(Cli, RunSaysWhenTheVmmProgramIsMissingBeforePulling) {
   auto kvm = img2vm({"info", "--json"});
   ASSERT_EQ(kvm.exit_code, 0) << kvm.describe();
-  if (kvm.out.find("\"unavailable\"") != std::string::npos) GTEST_SKIP() << "no /dev/kvm: run stops before that";
+  if (kvm.out.find("\"unavailable\"") != std::string::npos)
+    GTEST_SKIP() << "no /dev/kvm: run stops before that";
   // The image does not exist anywhere: the VMM check must come first.
   auto r = img2vm({"run", "nosuch.invalid/x"}, {{"IMG2VM_VMM", "/nonexistent/img2vm-vmm"}});
   EXPECT_EQ(r.exit_code, 125) << r.describe();
-  EXPECT_NE(r.err.find("the VMM /nonexistent/img2vm-vmm (from IMG2VM_VMM) does not exist"), std::string::npos)
+  EXPECT_NE(r.err.find("the VMM /nonexistent/img2vm-vmm (from IMG2VM_VMM) does not exist"),
+            std::string::npos)
       << r.describe();
   EXPECT_EQ(r.err.find("nosuch.invalid"), std::string::npos) << r.describe();
 }
@@ -126,7 +132,8 @@ TEST(Cli, InfoReportsKvmAsJson) {
   auto j = nlohmann::json::parse(r.out);
   EXPECT_FALSE(j["version"].get<std::string>().empty());
   std::string kind = j["kvm"]["kind"];
-  EXPECT_TRUE(kind == "unavailable" || kind == "hardware" || kind == "pvm" || kind == "other") << kind;
+  EXPECT_TRUE(kind == "unavailable" || kind == "hardware" || kind == "pvm" || kind == "other")
+      << kind;
   EXPECT_FALSE(j["kvm"]["detail"].get<std::string>().empty());
   // Global flags also work after the command.
   auto after = img2vm({"info", "--json"});
@@ -143,7 +150,10 @@ namespace {
 
 TEST(CliKernel, ExplicitKernelFromEnvironmentOrFlag) {
   img2vm::TempDir d("kernel");
-  std::string elf = "\x7f" "ELF" + std::string(0x300, '\0');
+  std::string elf =
+      "\x7f"
+      "ELF" +
+      std::string(0x300, '\0');
   auto vmlinux = d.path() / "vmlinux";
   img2vm::write_file_atomic(vmlinux, elf);
   std::string bz(0x300, '\0');
@@ -163,7 +173,8 @@ TEST(CliKernel, ExplicitKernelFromEnvironmentOrFlag) {
   EXPECT_EQ(j["size"], elf.size());
 
   // --kernel wins over the environment.
-  auto flag = img2vm({"kernel", "--kernel", bzimage.string(), "info", "--json"}, {{"IMG2VM_KERNEL", vmlinux.string()}});
+  auto flag = img2vm({"kernel", "--kernel", bzimage.string(), "info", "--json"},
+                     {{"IMG2VM_KERNEL", vmlinux.string()}});
   ASSERT_EQ(flag.exit_code, 0) << flag.describe();
   auto jf = nlohmann::json::parse(flag.out);
   EXPECT_EQ(jf["source"], "--kernel");
@@ -173,7 +184,8 @@ TEST(CliKernel, ExplicitKernelFromEnvironmentOrFlag) {
 TEST(CliKernel, MissingKernelIsOneClearLine) {
   auto r = img2vm({"kernel", "path"}, {{"IMG2VM_KERNEL", "/nonexistent/vmlinux"}});
   EXPECT_EQ(r.exit_code, 1);
-  EXPECT_EQ(r.err, "img2vm: kernel image /nonexistent/vmlinux (from IMG2VM_KERNEL) does not exist\n");
+  EXPECT_EQ(r.err,
+            "img2vm: kernel image /nonexistent/vmlinux (from IMG2VM_KERNEL) does not exist\n");
   auto none = img2vm({"kernel"});
   EXPECT_EQ(none.exit_code, 2) << none.describe();
 }

@@ -15,8 +15,8 @@
 #include <cstdlib>
 #include <fstream>
 #include <map>
-#include <set>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 #include "image_builder.hpp"
@@ -37,7 +37,8 @@ std::optional<fs::path> find_kernel() {
   if (!home) return std::nullopt;
   std::error_code ec;
   for (const auto& e : fs::directory_iterator(fs::path(home) / ".cache/img2vm/kernel", ec))
-    if (fs::exists(e.path() / "vmlinux") && fs::exists(e.path() / ".complete")) return e.path() / "vmlinux";
+    if (fs::exists(e.path() / "vmlinux") && fs::exists(e.path() / ".complete"))
+      return e.path() / "vmlinux";
   return std::nullopt;
 }
 
@@ -48,15 +49,21 @@ std::string file_bytes(const fs::path& p) {
   return s.str();
 }
 
-constexpr const char* kApplets[] = {"sh", "echo", "id", "cat", "sleep", "pwd", "env", "test", "true", "false",
-                                    "grep", "head", "mkdir", "mount", "ls", "httpd", "nc", "printf", "ip", "stty", "ping", "sed", "dd", "md5sum"};
+constexpr const char* kApplets[] = {"sh",    "echo",  "id",   "cat",   "sleep", "pwd",
+                                    "env",   "test",  "true", "false", "grep",  "head",
+                                    "mkdir", "mount", "ls",   "httpd", "nc",    "printf",
+                                    "ip",    "stty",  "ping", "sed",   "dd",    "md5sum"};
 
 // busybox-static with a few applets, users and groups; CMD prints a line.
 ImageSpec busybox_image() {
-  std::vector<Entry> e = {dir("bin"), dir("etc"), dir("tmp", 01777), dir("root", 0700),
-                          file("bin/busybox", file_bytes("/bin/busybox"), 0755),
-                          file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"),
-                          file("etc/group", "root:x:0:\napp:x:1000:\n")};
+  std::vector<Entry> e = {
+      dir("bin"),
+      dir("etc"),
+      dir("tmp", 01777),
+      dir("root", 0700),
+      file("bin/busybox", file_bytes("/bin/busybox"), 0755),
+      file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/home/app:/bin/sh\n"),
+      file("etc/group", "root:x:0:\napp:x:1000:\n")};
   for (const char* a : kApplets) e.push_back(symlink_to(std::string("bin/") + a, "busybox"));
   ImageSpec s;
   s.layers.push_back(layer(e));
@@ -67,7 +74,8 @@ ImageSpec busybox_image() {
 
 // Debian's bash with the shared libraries it loads, copied from this host (a Debian 12 system).
 ImageSpec glibc_image() {
-  std::vector<Entry> e = {dir("etc"), file("etc/debian_version", file_bytes("/etc/debian_version"))};
+  std::vector<Entry> e = {dir("etc"),
+                          file("etc/debian_version", file_bytes("/etc/debian_version"))};
   auto ldd = run_command({"ldd", "/bin/bash"});
   std::vector<std::string> files = {"/bin/bash"};
   std::istringstream in(ldd.out);
@@ -82,10 +90,12 @@ ImageSpec glibc_image() {
     for (fs::path d = p.parent_path(); !d.empty(); d = d.parent_path()) dirs.insert(d.string());
   }
   for (const auto& d : dirs) e.push_back(dir(d));
-  for (const auto& f : files) e.push_back(file(fs::path(f).relative_path().string(), file_bytes(fs::canonical(f)), 0755));
+  for (const auto& f : files)
+    e.push_back(file(fs::path(f).relative_path().string(), file_bytes(fs::canonical(f)), 0755));
   ImageSpec s;
   s.layers.push_back(layer(e, LayerCompression::kZstd));
-  s.config.cmd = {"/bin/bash", "-c", "echo \"debian $(</etc/debian_version) bash ${BASH_VERSINFO[0]}\""};
+  s.config.cmd = {"/bin/bash", "-c",
+                  "echo \"debian $(</etc/debian_version) bash ${BASH_VERSINFO[0]}\""};
   return s;
 }
 
@@ -93,9 +103,12 @@ ImageSpec glibc_image() {
 ImageSpec net_image() {
   ImageSpec net = busybox_image();
   // HTTP client: busybox nc (Debian's static busybox wget crashes in getaddrinfo).
-  net.layers.push_back(layer({file("bin/udp_echo", file_bytes(UDP_ECHO_BINARY), 0755),
-                              file("bin/http_get", "#!/bin/sh\nprintf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w \"${3:-20}\" \"$1\" \"$2\"\n", 0755),
-                              dir("www"), file("www/index.html", "served-by-image\n")}));
+  net.layers.push_back(layer(
+      {file("bin/udp_echo", file_bytes(UDP_ECHO_BINARY), 0755),
+       file("bin/http_get",
+            "#!/bin/sh\nprintf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w \"${3:-20}\" \"$1\" \"$2\"\n",
+            0755),
+       dir("www"), file("www/index.html", "served-by-image\n")}));
   net.config.exposed_ports = {"80/tcp"};
   net.config.cmd = {"httpd", "-f", "-p", "80", "-h", "/www"};
   return net;
@@ -140,10 +153,15 @@ std::string stop_case(const std::string& name, const std::string& cmd, bool twic
   // The previous case's out file goes first: the shell redirects in the background child, so
   // the wait below could otherwise find that case's "ready" and signal this one too early.
   return "echo '@@BEGIN " + name + "@@'\nrm -f \"$W/out\" \"$W/err\"\n" + cmd +
-         " sh -c 'trap \"\" TERM; echo ready; while :; do sleep 1; done' >\"$W/out\" 2>\"$W/err\" </dev/null &\n"
-         "pid=$!; i=0; while ! grep -q ready \"$W/out\" && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done\n"
-         "kill -INT $pid; " + std::string(twice ? "sleep 2; kill -INT $pid; " : "") + "wait $pid; rc=$?\n"
-         "cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END " + name + " $rc@@\"\n";
+         " sh -c 'trap \"\" TERM; echo ready; while :; do sleep 1; done' >\"$W/out\" 2>\"$W/err\" "
+         "</dev/null &\n"
+         "pid=$!; i=0; while ! grep -q ready \"$W/out\" && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); "
+         "done\n"
+         "kill -INT $pid; " +
+         std::string(twice ? "sleep 2; kill -INT $pid; " : "") +
+         "wait $pid; rc=$?\n"
+         "cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END " +
+         name + " $rc@@\"\n";
 }
 
 // The cases a script reported, by name; a missing one is a test failure showing the output.
@@ -165,11 +183,14 @@ class Cases {
   std::map<std::string, Case> cases_;
 };
 
-bool has(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+bool has(const std::string& hay, const std::string& needle) {
+  return hay.find(needle) != std::string::npos;
+}
 
 // Runs a cases script here (hardware KVM) or inside L1 with `files`; returns what it printed.
 // `direct_prefix` goes before the command on the direct route (L1 is a machine of its own).
-std::string run_script(const fs::path& script, const std::vector<fs::path>& files, std::chrono::seconds timeout,
+std::string run_script(const fs::path& script, const std::vector<fs::path>& files,
+                       std::chrono::seconds timeout,
                        const std::vector<std::string>& direct_prefix = {}) {
   if (kvm_route(false) == KvmRoute::kDirect) {
     std::vector<std::string> argv = direct_prefix;
@@ -210,7 +231,8 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
     write_oci_layout(w / "bigdir", {{"latest", build_image(big)}});
   }
   // FROM scratch: one static musl program and nothing else (no shell, /etc, /dev or /proc).
-  ASSERT_STRNE(SCRATCH_HELLO_BINARY, "") << "musl-gcc was not found at configure time (scripts/setup.sh installs musl-tools)";
+  ASSERT_STRNE(SCRATCH_HELLO_BINARY, "")
+      << "musl-gcc was not found at configure time (scripts/setup.sh installs musl-tools)";
   ImageSpec scratch;
   scratch.layers.push_back(layer({file("hello", file_bytes(SCRATCH_HELLO_BINARY), 0755)}));
   scratch.config.cmd = {"/hello"};
@@ -219,9 +241,11 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   fs::copy_file(*kernel, w / "vmlinux");
 
   // Convert here (fast) into the rootfs cache that the runs in L1 then find.
-  std::map<std::string, std::string> env = {{"IMG2VM_HOME", home.string()}, {"IMG2VM_INIT", IMG2VM_INIT_BINARY}};
+  std::map<std::string, std::string> env = {{"IMG2VM_HOME", home.string()},
+                                            {"IMG2VM_INIT", IMG2VM_INIT_BINARY}};
   for (const char* img : {"busybox", "debian", "scratch", "bigdir"}) {
-    auto c = run_command({bin, "convert", "oci:" + (w / img).string()}, {.input = {}, .env = env, .cwd = {}, .timeout = std::chrono::minutes(5)});
+    auto c = run_command({bin, "convert", "oci:" + (w / img).string()},
+                         {.input = {}, .env = env, .cwd = {}, .timeout = std::chrono::minutes(5)});
     ASSERT_EQ(c.exit_code, 0) << c.describe();
   }
 
@@ -229,19 +253,24 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   std::string run = quote(bin) + " run --kernel " + quote((w / "vmlinux").string());
   std::string big(3000, 'x');
   std::ostringstream sh;
-  sh << "export IMG2VM_HOME=" << quote(home.string()) << " IMG2VM_INIT=" << quote(IMG2VM_INIT_BINARY) << "\n"
+  sh << "export IMG2VM_HOME=" << quote(home.string())
+     << " IMG2VM_INIT=" << quote(IMG2VM_INIT_BINARY) << "\n"
      << "W=" << quote(w.string()) << "\n"
-     << "c() { name=$1; shift; echo \"@@BEGIN $name@@\"; \"$@\" >\"$W/out\" 2>\"$W/err\" </dev/null; rc=$?;\n"
-     << "  cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END $name $rc@@\"; }\n"
+     << "c() { name=$1; shift; echo \"@@BEGIN $name@@\"; \"$@\" >\"$W/out\" 2>\"$W/err\" "
+        "</dev/null; rc=$?;\n"
+     << "  cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END $name "
+        "$rc@@\"; }\n"
      << "c cache-before sh -c 'sha256sum \"$IMG2VM_HOME\"/rootfs/*.ext4'\n"
      << "c default " << run << " --json --timings " << B << "\n"
      << "c exit3 " << run << " " << B << " sh -c 'exit 3'\n"
      << "c bigdir " << run << " oci:" << quote((w / "bigdir").string())
-     << " sh -c 'ls /big | grep -c .; cat /big/file-2345; echo added > /big/zz-new; cat /big/zz-new; ls /big/file-0007;"
+     << " sh -c 'ls /big | grep -c .; cat /big/file-2345; echo added > /big/zz-new; cat "
+        "/big/zz-new; ls /big/file-0007;"
         " ls /big | grep -c .'\n"
      << "c debian " << run << " " << D << "\n"
      << "c scratch " << run << " -w /work oci:" << quote((w / "scratch").string()) << "\n"
-     << "c user-workdir " << run << " -u 1234:5678 -w /some/new/dir " << B << " sh -c 'id -u; id -g; pwd'\n"
+     << "c user-workdir " << run << " -u 1234:5678 -w /some/new/dir " << B
+     << " sh -c 'id -u; id -g; pwd'\n"
      << "c named-user " << run << " -u app " << B << " id\n"
      << "c env " << run << " -e 'A=x y=z' -e BASE=2 --env-file \"$W/env.list\" " << B
      << " sh -c 'echo \"[$A][$BASE][$FROM_FILE]\"'\n"
@@ -257,27 +286,37 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      << "c cpus " << run << " --cpus 2 " << B << " sh -c 'grep -c ^processor /proc/cpuinfo'\n"
      << "c timeout " << run << " --timeout 60s " << B << " sh -c 'echo started; sleep 1000'\n"
      << "echo '@@BEGIN stdin@@'; echo piped-line | " << run << " -i " << B
-     << " head -n1 >\"$W/out\" 2>\"$W/err\"; rc=$?; cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo;"
+     << " head -n1 >\"$W/out\" 2>\"$W/err\"; rc=$?; cat \"$W/out\"; echo; echo @@STDERR@@; cat "
+        "\"$W/err\"; echo;"
      << " echo \"@@END stdin $rc@@\"\n"
      // The end of piped stdin reaches the workload (-i without -t: a pipe, as docker's), after
      // every byte: text, nothing at all, and 20000 random bytes checked by md5.
-     << "echo '@@BEGIN stdin-eof@@'; printf 'line1\\nline2\\n' | " << run << " --timeout 120s -i " << B
-     << " sh -c 'cat; echo eof-seen' >\"$W/out\" 2>\"$W/err\"; rc=$?; cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo;"
+     << "echo '@@BEGIN stdin-eof@@'; printf 'line1\\nline2\\n' | " << run << " --timeout 120s -i "
+     << B
+     << " sh -c 'cat; echo eof-seen' >\"$W/out\" 2>\"$W/err\"; rc=$?; cat \"$W/out\"; echo; echo "
+        "@@STDERR@@; cat \"$W/err\"; echo;"
      << " echo \"@@END stdin-eof $rc@@\"\n"
      << "c stdin-empty " << run << " --timeout 120s -i " << B << " sh -c 'cat; echo empty-eof'\n"
-     << "head -c 20000 /dev/urandom > \"$W/random\"; echo \"host-md5=$(md5sum < \"$W/random\")\" > \"$W/random.md5\"\n"
-     << "echo '@@BEGIN stdin-binary@@'; " << run << " --timeout 120s -i " << B << " md5sum < \"$W/random\" >\"$W/out\" 2>\"$W/err\"; rc=$?;"
-     << " cat \"$W/random.md5\" \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END stdin-binary $rc@@\"\n"
+     << "head -c 20000 /dev/urandom > \"$W/random\"; echo \"host-md5=$(md5sum < \"$W/random\")\" > "
+        "\"$W/random.md5\"\n"
+     << "echo '@@BEGIN stdin-binary@@'; " << run << " --timeout 120s -i " << B
+     << " md5sum < \"$W/random\" >\"$W/out\" 2>\"$W/err\"; rc=$?;"
+     << " cat \"$W/random.md5\" \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo "
+        "\"@@END stdin-binary $rc@@\"\n"
      << "echo '@@BEGIN sigterm@@'\nrm -f \"$W/out\" \"$W/err\"\n"
      << run << " " << B
-     << " sh -c 'trap \"echo got-term; exit 7\" TERM; echo ready; while :; do sleep 1; done' >\"$W/out\" 2>\"$W/err\" "
+     << " sh -c 'trap \"echo got-term; exit 7\" TERM; echo ready; while :; do sleep 1; done' "
+        ">\"$W/out\" 2>\"$W/err\" "
         "</dev/null &\n"
-     << "pid=$!; i=0; while ! grep -q ready \"$W/out\" && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done\n"
+     << "pid=$!; i=0; while ! grep -q ready \"$W/out\" && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); "
+        "done\n"
      << "kill -INT $pid; wait $pid; rc=$?\n"
-     << "cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END sigterm $rc@@\"\n"
+     << "cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END sigterm "
+        "$rc@@\"\n"
      // Orphans the workload leaves are reaped by the init: no zombies.
      << "c orphans " << run << " " << B
-     << " sh -c '(sleep 0.2 &); (sleep 0.2 &); sleep 2; z=$(grep -l \"^State:.*Z\" /proc/[0-9]*/status 2>/dev/null"
+     << " sh -c '(sleep 0.2 &); (sleep 0.2 &); sleep 2; z=$(grep -l \"^State:.*Z\" "
+        "/proc/[0-9]*/status 2>/dev/null"
         " | wc -l); echo zombies=$z'\n"
      // A workload that ignores SIGTERM: the stop timeout, then a second Ctrl-C, stop the VM (130).
      << stop_case("stop-timeout", run + " --stop-timeout 3s " + B, false)
@@ -285,34 +324,46 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      // -t under a pseudo-terminal (script(1)): the workload has a tty, and the host terminal's
      // settings are what they were before, after img2vm leaves raw mode.
      << "printf '%s\\n' 'stty rows 40 cols 100' 'before=$(stty -g)' "
-     << quote(run + " -t " + B + " sh -c 'test -t 0 && test -t 1 && echo tty-yes; echo size=$(stty size); exit 5'")
-     << " 'rc=$?; [ \"$before\" = \"$(stty -g)\" ] && echo tty-restored; exit $rc' > \"$W/tty.sh\"\n"
+     << quote(run + " -t " + B +
+              " sh -c 'test -t 0 && test -t 1 && echo tty-yes; echo size=$(stty size); exit 5'")
+     << " 'rc=$?; [ \"$before\" = \"$(stty -g)\" ] && echo tty-restored; exit $rc' > "
+        "\"$W/tty.sh\"\n"
      << "c tty script -qec \"sh $W/tty.sh\" /dev/null\n"
      // A resize of the host terminal reaches the workload as SIGWINCH with the new size.
      << "c tty-resize script -qec \"sh $W/tty-resize.sh\" /dev/null\n"
      // An ordinary user whose only privilege is access to /dev/kvm (its group, as Debian's 'kvm')
      // runs images from a store of its own; without that access, one clear line. In L1, a
      // throwaway machine, /dev/kvm is given a group first; on a host, its own group is used.
-     << "if [ " << (kvm_route(false) == KvmRoute::kDirect ? 0 : 1) << " = 1 ]; then chgrp 4321 /dev/kvm; chmod 0660 /dev/kvm; fi\n"
-     << "KG=$(stat -c %g /dev/kvm); cp -a \"$IMG2VM_HOME\" \"$W/home-u\"; chown -R 4321:$KG \"$W/home-u\"; chmod 0755 \"$W\"\n"
+     << "if [ " << (kvm_route(false) == KvmRoute::kDirect ? 0 : 1)
+     << " = 1 ]; then chgrp 4321 /dev/kvm; chmod 0660 /dev/kvm; fi\n"
+     << "KG=$(stat -c %g /dev/kvm); cp -a \"$IMG2VM_HOME\" \"$W/home-u\"; chown -R 4321:$KG "
+        "\"$W/home-u\"; chmod 0755 \"$W\"\n"
      << "c kvm-access stat -c %a /dev/kvm\n"
-     << "c nonroot env HOME=\"$W/home-u\" IMG2VM_HOME=\"$W/home-u\" " << quote(RUNAS_BINARY) << " 4321 $KG " << run << " " << B
-     << " sh -c 'echo nonroot-ok; id -u'\n"
-     << "c nonroot-nokvm env HOME=\"$W/home-u\" IMG2VM_HOME=\"$W/home-u\" " << quote(RUNAS_BINARY) << " 4321 4322 " << run
-     << " " << B << " true\n"
+     << "c nonroot env HOME=\"$W/home-u\" IMG2VM_HOME=\"$W/home-u\" " << quote(RUNAS_BINARY)
+     << " 4321 $KG " << run << " " << B << " sh -c 'echo nonroot-ok; id -u'\n"
+     << "c nonroot-nokvm env HOME=\"$W/home-u\" IMG2VM_HOME=\"$W/home-u\" " << quote(RUNAS_BINARY)
+     << " 4321 4322 " << run << " " << B << " true\n"
      << "c cache-after sh -c 'sha256sum \"$IMG2VM_HOME\"/rootfs/*.ext4'\n";
   write_file_atomic(w / "cases.sh", sh.str());
   const std::string resize_out = quote((w / "tty-resize.out").string());
-  write_file_atomic(w / "tty-resize.sh",
-                    "stty rows 40 cols 100\n" + run + " --timeout 120s -t " + B +
-                        " sh -c 'trap \"echo resized=\\$(stty size); exit 6\" WINCH; echo ready; while :; do sleep 1; done'"
-                        " </dev/tty >" + resize_out + " 2>&1 &\n"
-                        "pid=$!; i=0; while ! grep -q ready " + resize_out + " && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done\n"
-                        "stty rows 50 cols 132 </dev/tty\n"
-                        "wait $pid; rc=$?; cat " + resize_out + "; exit $rc\n");
+  write_file_atomic(w / "tty-resize.sh", "stty rows 40 cols 100\n" + run + " --timeout 120s -t " +
+                                             B +
+                                             " sh -c 'trap \"echo resized=\\$(stty size); exit 6\" "
+                                             "WINCH; echo ready; while :; do sleep 1; done'"
+                                             " </dev/tty >" +
+                                             resize_out +
+                                             " 2>&1 &\n"
+                                             "pid=$!; i=0; while ! grep -q ready " +
+                                             resize_out +
+                                             " && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done\n"
+                                             "stty rows 50 cols 132 </dev/tty\n"
+                                             "wait $pid; rc=$?; cat " +
+                                             resize_out + "; exit $rc\n");
 
   std::string output =
-      run_script(w / "cases.sh", {bin, IMG2VM_VMM_BINARY, IMG2VM_INIT_BINARY, RUNAS_BINARY, w, "/usr/bin/script"}, std::chrono::seconds(1500));
+      run_script(w / "cases.sh",
+                 {bin, IMG2VM_VMM_BINARY, IMG2VM_INIT_BINARY, RUNAS_BINARY, w, "/usr/bin/script"},
+                 std::chrono::seconds(1500));
   Cases cases(output);
   auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
 
@@ -343,7 +394,9 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   EXPECT_TRUE(has(deb.out, "debian " + version + " bash 5")) << deb.out;
   const Case& scr = get("scratch");
   EXPECT_EQ(scr.rc, 4) << scr.out << scr.err;
-  EXPECT_TRUE(has(scr.out, "scratch hello from /hello: uid=0 cwd=/work args=1 PATH=/usr/local/sbin:")) << scr.out;
+  EXPECT_TRUE(
+      has(scr.out, "scratch hello from /hello: uid=0 cwd=/work args=1 PATH=/usr/local/sbin:"))
+      << scr.out;
   EXPECT_TRUE(has(get("user-workdir").out, "1234\n5678\n/some/new/dir")) << get("user-workdir").out;
   EXPECT_TRUE(has(get("named-user").out, "uid=1000(app) gid=1000(app)")) << get("named-user").out;
   EXPECT_TRUE(has(get("env").out, "[x y=z][2][file value]")) << get("env").out;
@@ -351,7 +404,8 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   EXPECT_TRUE(has(get("entrypoint").out, "one two")) << get("entrypoint").out;
   const Case& missing = get("missing");
   EXPECT_EQ(missing.rc, 127);
-  EXPECT_TRUE(has(missing.out, "exec: \"nosuchcmd\": executable file not found in $PATH")) << missing.out;
+  EXPECT_TRUE(has(missing.out, "exec: \"nosuchcmd\": executable file not found in $PATH"))
+      << missing.out;
   const Case& initfail = get("init-fail");
   EXPECT_EQ(initfail.rc, 122) << initfail.out << initfail.err;
   EXPECT_TRUE(has(initfail.out, "unable to find user nosuchuser")) << initfail.out;
@@ -360,7 +414,8 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   EXPECT_EQ(get("write").rc, 0);
   EXPECT_EQ(get("not-kept").rc, 1) << "a write in one run is visible in the next";
   EXPECT_EQ(get("keep").rc, 0) << get("keep").err;
-  EXPECT_TRUE(has(get("extra-disk").out, "kept-data")) << get("extra-disk").out << get("extra-disk").err;
+  EXPECT_TRUE(has(get("extra-disk").out, "kept-data"))
+      << get("extra-disk").out << get("extra-disk").err;
   EXPECT_EQ(get("cpus").out.substr(0, 2), "2\n") << get("cpus").out;
   EXPECT_EQ(get("cpus").rc, 0);
   const Case& to = get("timeout");
@@ -379,7 +434,8 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
     auto pos = binary.out.find("host-md5=");
     ASSERT_NE(pos, std::string::npos) << binary.out;
     std::string md5 = binary.out.substr(pos + 9, 32);
-    EXPECT_NE(binary.out.find(md5, pos + 41), std::string::npos) << "the workload read other bytes: " << binary.out;
+    EXPECT_NE(binary.out.find(md5, pos + 41), std::string::npos)
+        << "the workload read other bytes: " << binary.out;
   }
   const Case& term = get("sigterm");
   EXPECT_EQ(term.rc, 7) << term.err;
@@ -402,12 +458,15 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   {
     const Case& nr = get("nonroot");
     EXPECT_EQ(nr.rc, 0) << nr.out << nr.err;
-    EXPECT_TRUE(has(nr.out, "nonroot-ok\n0\n")) << nr.out;  // root inside the guest, an ordinary user outside
+    EXPECT_TRUE(has(nr.out, "nonroot-ok\n0\n"))
+        << nr.out;  // root inside the guest, an ordinary user outside
     const std::string mode = get("kvm-access").out;
-    if (!mode.empty() && mode[mode.find_first_of("0123456789") + 2] == '0') {  // no access for others
+    if (!mode.empty() &&
+        mode[mode.find_first_of("0123456789") + 2] == '0') {  // no access for others
       const Case& no = get("nonroot-nokvm");
       EXPECT_NE(no.rc, 0) << no.out << no.err;
-      EXPECT_TRUE(has(no.err, "/dev/kvm: Permission denied (add yourself to the 'kvm' group)")) << no.err;
+      EXPECT_TRUE(has(no.err, "/dev/kvm: Permission denied (add yourself to the 'kvm' group)"))
+          << no.err;
     }
   }
   // The cached rootfs every run booted is byte for byte what convert wrote.
@@ -434,25 +493,35 @@ struct NetSetup {
     fs::copy_file(*kernel, w / "vmlinux");
     fs::create_directories(w / "hostwww");
     write_file_atomic(w / "hostwww/index.html", "served-by-host\n");
-    std::map<std::string, std::string> env = {{"IMG2VM_HOME", (w / "home").string()}, {"IMG2VM_INIT", IMG2VM_INIT_BINARY}};
-    auto c = run_command({bin, "convert", B}, {.input = {}, .env = env, .cwd = {}, .timeout = std::chrono::minutes(5)});
+    std::map<std::string, std::string> env = {{"IMG2VM_HOME", (w / "home").string()},
+                                              {"IMG2VM_INIT", IMG2VM_INIT_BINARY}};
+    auto c = run_command({bin, "convert", B},
+                         {.input = {}, .env = env, .cwd = {}, .timeout = std::chrono::minutes(5)});
     if (c.exit_code != 0) throw Error(ErrorKind::kInternal, "convert failed: " + c.describe());
     run = quote(bin) + " run -m 160M --kernel " + quote((w / "vmlinux").string());
     return "";
   }
-  std::vector<fs::path> files() const { return {std::getenv("IMG2VM_BIN"), IMG2VM_VMM_BINARY, IMG2VM_INIT_BINARY, UDP_ECHO_BINARY, w}; }
+  std::vector<fs::path> files() const {
+    return {std::getenv("IMG2VM_BIN"), IMG2VM_VMM_BINARY, IMG2VM_INIT_BINARY, UDP_ECHO_BINARY, w};
+  }
   std::string prelude() const {
     std::ostringstream sh;
-    sh << "export IMG2VM_HOME=" << quote((w / "home").string()) << " IMG2VM_INIT=" << quote(IMG2VM_INIT_BINARY) << "\n"
-       << "W=" << quote(w.string()) << " U=" << quote(UDP_ECHO_BINARY) << "\n"
+    sh << "export IMG2VM_HOME=" << quote((w / "home").string())
+       << " IMG2VM_INIT=" << quote(IMG2VM_INIT_BINARY) << "\n"
+       << "W=" << quote(w.string()) << " U=" << quote(UDP_ECHO_BINARY)
+       << "\n"
        // Free ports on a real host are not known in advance: a range unlikely to be taken.
        << "P=$(( 20000 + $$ % 20000 )); P1=$P P2=$((P+1)) P3=$((P+2)) P4=$((P+3)) P5=$((P+4))\n"
-       << "wait_for() { i=0; while ! grep -q \"$2\" \"$1\" 2>/dev/null && [ $i -lt 180 ]; do sleep 1; i=$((i+1)); done; }\n"
+       << "wait_for() { i=0; while ! grep -q \"$2\" \"$1\" 2>/dev/null && [ $i -lt 180 ]; do sleep "
+          "1; i=$((i+1)); done; }\n"
        // slirp accepts a connection before the guest listens (then closes it): retry until a reply.
-       << "fetch() { i=0; while [ $i -lt 60 ]; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 5 127.0.0.1 $1 > \"$2\" 2>/dev/null;"
+       << "fetch() { i=0; while [ $i -lt 60 ]; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc "
+          "-w 5 127.0.0.1 $1 > \"$2\" 2>/dev/null;"
           " grep -q '200 OK' \"$2\" && return; sleep 1; i=$((i+1)); done; }\n"
-       << "c() { name=$1; shift; echo \"@@BEGIN $name@@\"; \"$@\" >\"$W/out\" 2>\"$W/err\" </dev/null; rc=$?;\n"
-       << "  cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END $name $rc@@\"; }\n";
+       << "c() { name=$1; shift; echo \"@@BEGIN $name@@\"; \"$@\" >\"$W/out\" 2>\"$W/err\" "
+          "</dev/null; rc=$?;\n"
+       << "  cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END $name "
+          "$rc@@\"; }\n";
     return sh.str();
   }
 };
@@ -468,28 +537,35 @@ TEST(RunKvm, NetworkingInOurRunner) {
   const std::string& run = ns.run;
   // A guest web server that says which VM it is, started in the background.
   auto server = [&](const std::string& tag, const std::string& opts, const std::string& body) {
-    return run + " " + opts + " " + B + " sh -c 'echo " + body + " > /www/index.html; echo ready; exec httpd -f -p 80 -h /www'" +
-           " >\"$W/" + tag + ".out\" 2>\"$W/" + tag + ".err\" </dev/null &\n";
+    return run + " " + opts + " " + B + " sh -c 'echo " + body +
+           " > /www/index.html; echo ready; exec httpd -f -p 80 -h /www'" + " >\"$W/" + tag +
+           ".out\" 2>\"$W/" + tag + ".err\" </dev/null &\n";
   };
   std::ostringstream sh;
-  sh << ns.prelude() << "busybox ip link set lo up 2>/dev/null\n"
+  sh << ns.prelude()
+     << "busybox ip link set lo up 2>/dev/null\n"
      // Two VMs at once, each publishing its port 80; a third asking for a port in use.
      << "echo '@@BEGIN two-servers@@'\n"
      << server("a", "-p 127.0.0.1:$P1:80", "served-by-a") << "pa=$!\n"
      << server("b", "-p $P2:80", "served-by-b") << "pb=$!\n"
      << "wait_for \"$W/a.out\" ready; wait_for \"$W/b.out\" ready\n"
      << "fetch $P1 \"$W/a.html\"; fetch $P2 \"$W/b.html\"\n"
-     << run << " -p 127.0.0.1:$P1:80 " << B << " true >\"$W/c.out\" 2>\"$W/c.err\" </dev/null; rc_c=$?\n"
+     << run << " -p 127.0.0.1:$P1:80 " << B
+     << " true >\"$W/c.out\" 2>\"$W/c.err\" </dev/null; rc_c=$?\n"
      << "kill -INT $pa $pb; wait $pa; rc_a=$?; wait $pb; rc_b=$?\n"
-     << "echo \"a=$(tail -n1 \"$W/a.html\") b=$(tail -n1 \"$W/b.html\") rc_a=$rc_a rc_b=$rc_b rc_c=$rc_c\"\n"
-     << "echo; echo @@STDERR@@; cat \"$W/c.err\" \"$W/a.out\" \"$W/a.err\" \"$W/b.err\"; echo; echo '@@END two-servers 0@@'\n"
+     << "echo \"a=$(tail -n1 \"$W/a.html\") b=$(tail -n1 \"$W/b.html\") rc_a=$rc_a rc_b=$rc_b "
+        "rc_c=$rc_c\"\n"
+     << "echo; echo @@STDERR@@; cat \"$W/c.err\" \"$W/a.out\" \"$W/a.err\" \"$W/b.err\"; echo; "
+        "echo '@@END two-servers 0@@'\n"
      // -P: the image's ExposedPorts on a port picked here, reported as a JSON event.
      << "echo '@@BEGIN publish-all@@'\n"
      << run << " --json -P " << B << " >\"$W/p.out\" 2>\"$W/p.err\" </dev/null &\n"
      << "pp=$!; wait_for \"$W/p.err\" '\"published\"'\n"
-     << "port=$(sed -n 's/.*\"0\\.0\\.0\\.0:\\([0-9]*\\)->80\\/tcp\".*/\\1/p' \"$W/p.err\" | head -n1)\n"
+     << "port=$(sed -n 's/.*\"0\\.0\\.0\\.0:\\([0-9]*\\)->80\\/tcp\".*/\\1/p' \"$W/p.err\" | head "
+        "-n1)\n"
      << "fetch $port \"$W/p.html\"; kill -INT $pp; wait $pp; rc=$?\n"
-     << "echo \"port=$port body=$(tail -n1 \"$W/p.html\")\"; echo; echo @@STDERR@@; cat \"$W/p.err\"; echo;"
+     << "echo \"port=$port body=$(tail -n1 \"$W/p.html\")\"; echo; echo @@STDERR@@; cat "
+        "\"$W/p.err\"; echo;"
      << " echo \"@@END publish-all $rc@@\"\n"
      // The guest as a client of the host's loopback: only with host_loopback.
      << "busybox httpd -f -p 127.0.0.1:$P3 -h \"$W/hostwww\" & hp=$!\n"
@@ -499,16 +575,21 @@ TEST(RunKvm, NetworkingInOurRunner) {
      << "kill $hp\n"
      // UDP: guest to a host echo server, and host to a guest echo server through -p .../udp.
      << "\"$U\" serve $P4 >\"$W/udp-host.out\" & up=$!\n"
-     << "c udp-out " << run << " --network user:host_loopback=on " << B << " udp_echo send 10.0.2.2 $P4 ping-from-guest\n"
+     << "c udp-out " << run << " --network user:host_loopback=on " << B
+     << " udp_echo send 10.0.2.2 $P4 ping-from-guest\n"
      << "kill $up\n"
      << "echo '@@BEGIN udp-in@@'\n"
-     << run << " -p 127.0.0.1:$P5:7/udp " << B << " udp_echo serve 7 >\"$W/u.out\" 2>\"$W/u.err\" </dev/null &\n"
+     << run << " -p 127.0.0.1:$P5:7/udp " << B
+     << " udp_echo serve 7 >\"$W/u.out\" 2>\"$W/u.err\" </dev/null &\n"
      << "pu=$!; wait_for \"$W/u.out\" listening; \"$U\" send 127.0.0.1 $P5 ping-from-host; rc=$?\n"
-     << "kill -INT $pu; wait $pu; cat \"$W/u.out\"; echo; echo @@STDERR@@; cat \"$W/u.err\"; echo; echo \"@@END udp-in $rc@@\"\n"
-     << "echo '@@BEGIN udp-host-log@@'; cat \"$W/udp-host.out\"; echo; echo @@STDERR@@; echo; echo '@@END udp-host-log 0@@'\n"
+     << "kill -INT $pu; wait $pu; cat \"$W/u.out\"; echo; echo @@STDERR@@; cat \"$W/u.err\"; echo; "
+        "echo \"@@END udp-in $rc@@\"\n"
+     << "echo '@@BEGIN udp-host-log@@'; cat \"$W/udp-host.out\"; echo; echo @@STDERR@@; echo; echo "
+        "'@@END udp-host-log 0@@'\n"
      // What the guest sees.
      << "c facts " << run << " " << B
-     << " sh -c 'cat /etc/resolv.conf; ip -4 addr show dev eth0; ip route; cat /sys/class/net/eth0/mtu'\n"
+     << " sh -c 'cat /etc/resolv.conf; ip -4 addr show dev eth0; ip route; cat "
+        "/sys/class/net/eth0/mtu'\n"
      << "c none " << run << " --network none " << B << " ls /sys/class/net\n";
   write_file_atomic(ns.w / "net.sh", sh.str());
 
@@ -542,7 +623,8 @@ TEST(RunKvm, NetworkingInOurRunner) {
 
   EXPECT_EQ(get("udp-out").rc, 0) << get("udp-out").out << get("udp-out").err;
   EXPECT_TRUE(has(get("udp-out").out, "answer ping-from-guest")) << get("udp-out").out;
-  EXPECT_TRUE(has(get("udp-host-log").out, "got ping-from-guest from 127.0.0.1")) << get("udp-host-log").out;
+  EXPECT_TRUE(has(get("udp-host-log").out, "got ping-from-guest from 127.0.0.1"))
+      << get("udp-host-log").out;
   const Case& uin = get("udp-in");
   EXPECT_EQ(uin.rc, 0) << uin.out << uin.err;
   EXPECT_TRUE(has(uin.out, "got ping-from-host from 10.0.2.2")) << uin.out;
@@ -569,7 +651,8 @@ TEST(RunKvm, NetworkingInOurRunner) {
 TEST(RunKvm, TapNetworkingInOurRunner) {
   if (::geteuid() != 0) GTEST_SKIP() << "the tap network needs root (CAP_NET_ADMIN)";
   for (const char* tool : {"/usr/bin/ip", "/usr/sbin/nft"})
-    if (!fs::exists(tool)) GTEST_SKIP() << "needs " << tool << " (iproute2, nftables: scripts/setup.sh)";
+    if (!fs::exists(tool))
+      GTEST_SKIP() << "needs " << tool << " (iproute2, nftables: scripts/setup.sh)";
   NetSetup ns;
   if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
   const std::string& B = ns.B;
@@ -582,9 +665,12 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
      // VM a: a web server published on the host's loopback; it reports what it sees first.
      << "echo '@@BEGIN server@@'\n"
      << run << " --json --network tap -p 127.0.0.1:$P1:80 " << B
-     << " sh -c 'echo served-by-tap > /www/index.html; ip -4 addr show dev eth0; ip route; cat /etc/resolv.conf;"
-        " cat /sys/class/net/eth0/mtu; echo features=$(cat /sys/class/net/eth0/device/features); dd if=/dev/urandom of=/www/big bs=1024 count=4096 2>/dev/null;"
-        " echo guest-md5=$(md5sum < /www/big); echo ready; exec httpd -f -p 80 -h /www' >\"$W/a.out\" 2>\"$W/a.err\" </dev/null &\n"
+     << " sh -c 'echo served-by-tap > /www/index.html; ip -4 addr show dev eth0; ip route; cat "
+        "/etc/resolv.conf;"
+        " cat /sys/class/net/eth0/mtu; echo features=$(cat /sys/class/net/eth0/device/features); "
+        "dd if=/dev/urandom of=/www/big bs=1024 count=4096 2>/dev/null;"
+        " echo guest-md5=$(md5sum < /www/big); echo ready; exec httpd -f -p 80 -h /www' "
+        ">\"$W/a.out\" 2>\"$W/a.err\" </dev/null &\n"
      << "pa=$!; wait_for \"$W/a.out\" ready; fetch $P1 \"$W/a.html\"\n"
      // 4 MiB from the guest: its TCP segments and partial checksums finished by the host kernel.
      << "printf 'GET /big HTTP/1.0\\r\\n\\r\\n' | busybox nc -w 60 127.0.0.1 $P1 > \"$W/big\"\n"
@@ -592,11 +678,15 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
      << "echo; echo @@STDERR@@; echo; echo '@@END server 0@@'\n"
      // The VMM is a child of img2vm that gave up root: its identity, capabilities and filters.
      << "echo '@@BEGIN vmm-child@@'\n"
-     << "for d in /proc/[0-9]*; do [ \"$(awk '/^PPid:/{print $2}' $d/status 2>/dev/null)\" = \"$pa\" ] && vmm=${d#/proc/}; done\n"
+     << "for d in /proc/[0-9]*; do [ \"$(awk '/^PPid:/{print $2}' $d/status 2>/dev/null)\" = "
+        "\"$pa\" ] && vmm=${d#/proc/}; done\n"
      << "echo \"exe=$(readlink /proc/$vmm/exe)\"\n"
-     << "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' /proc/$vmm/status\n"
-     << "echo \"threads=$(ls /proc/$vmm/task | wc -l) filtered=$(cat /proc/$vmm/task/*/status | grep -c '^Seccomp:.2')\"\n"
-     << "grep -q -E 'libcurl|libssl|libnftables|libarchive|libext2fs' /proc/$vmm/maps && echo maps-registry-code\n"
+     << "grep -E '^(Uid|Gid|Groups|CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs):' "
+        "/proc/$vmm/status\n"
+     << "echo \"threads=$(ls /proc/$vmm/task | wc -l) filtered=$(cat /proc/$vmm/task/*/status | "
+        "grep -c '^Seccomp:.2')\"\n"
+     << "grep -q -E 'libcurl|libssl|libnftables|libarchive|libext2fs' /proc/$vmm/maps && echo "
+        "maps-registry-code\n"
      << "echo; echo @@STDERR@@; echo; echo '@@END vmm-child 0@@'\n"
      << "c links-during /usr/bin/ip -br link\n"
      << "c rules-during /usr/sbin/nft list ruleset\n"
@@ -607,17 +697,21 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
         " http_get 10.200.0.2 80 5 | grep -q served-by-tap && echo reached-other-vm;"
         " http_get $gw '\"$P3\"' 5 | grep -q served-by-host && echo reached-host-service; true'\n"
      << "kill -INT $pa; wait $pa; rc=$?\n"
-     << "echo '@@BEGIN server-end@@'; cat \"$W/a.out\"; echo; echo @@STDERR@@; cat \"$W/a.err\"; echo; echo \"@@END server-end $rc@@\"\n"
+     << "echo '@@BEGIN server-end@@'; cat \"$W/a.out\"; echo; echo @@STDERR@@; cat \"$W/a.err\"; "
+        "echo; echo \"@@END server-end $rc@@\"\n"
      << "c links-after /usr/bin/ip -br link\n"
      << "c rules-after /usr/sbin/nft list ruleset\n"
      // UDP to a guest through a published port.
      << "echo '@@BEGIN udp-in@@'\n"
-     << run << " --network tap -p 127.0.0.1:$P5:7/udp " << B << " udp_echo serve 7 >\"$W/u.out\" 2>\"$W/u.err\" </dev/null &\n"
+     << run << " --network tap -p 127.0.0.1:$P5:7/udp " << B
+     << " udp_echo serve 7 >\"$W/u.out\" 2>\"$W/u.err\" </dev/null &\n"
      << "pu=$!; wait_for \"$W/u.out\" listening; \"$U\" send 127.0.0.1 $P5 ping-from-host; rc=$?\n"
-     << "kill -INT $pu; wait $pu; cat \"$W/u.out\"; echo; echo @@STDERR@@; cat \"$W/u.err\"; echo; echo \"@@END udp-in $rc@@\"\n"
+     << "kill -INT $pu; wait $pu; cat \"$W/u.out\"; echo; echo @@STDERR@@; cat \"$W/u.err\"; echo; "
+        "echo \"@@END udp-in $rc@@\"\n"
      << "kill $hp\n"
      // A device an administrator made: used as it is.
-     << "/usr/bin/ip tuntap add dev vmtap0 mode tap && /usr/bin/ip addr add 172.31.9.1/24 dev vmtap0 && /usr/bin/ip link set vmtap0 up\n"
+     << "/usr/bin/ip tuntap add dev vmtap0 mode tap && /usr/bin/ip addr add 172.31.9.1/24 dev "
+        "vmtap0 && /usr/bin/ip link set vmtap0 up\n"
      << "c existing " << run << " --network tap=vmtap0 " << B
      << " sh -c 'ip -4 addr show dev eth0; ping -c 1 -W 10 172.31.9.1 >/dev/null && echo ping-ok'\n"
      << "c existing-publish " << run << " --network tap=vmtap0 -p 8080:80 " << B << " true\n"
@@ -626,7 +720,8 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
 
   std::vector<fs::path> files = ns.files();
   files.insert(files.end(), {"/usr/bin/ip", "/usr/sbin/nft"});
-  std::string output = run_script(ns.w / "tap.sh", files, std::chrono::seconds(1200), {"unshare", "--net"});
+  std::string output =
+      run_script(ns.w / "tap.sh", files, std::chrono::seconds(1200), {"unshare", "--net"});
   Cases cases(output);
   auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
 
@@ -643,7 +738,8 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
     pos = end.out.find("features=");
     ASSERT_NE(pos, std::string::npos) << end.out;
     std::string bits = end.out.substr(pos + 9, 16);
-    for (int bit : {0, 1, 7, 8, 11, 12}) EXPECT_EQ(bits.at(size_t(bit)), '1') << "feature bit " << bit << ": " << bits;
+    for (int bit : {0, 1, 7, 8, 11, 12})
+      EXPECT_EQ(bits.at(size_t(bit)), '1') << "feature bit " << bit << ": " << bits;
   }
   EXPECT_EQ(end.rc, 143) << end.err;  // Ctrl-C: SIGTERM to httpd, as docker stop
   EXPECT_TRUE(has(end.out, "inet 10.200.0.2/30")) << end.out;
@@ -700,5 +796,6 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
   EXPECT_EQ(exp.rc, 125) << exp.err;
   EXPECT_TRUE(has(exp.err, "publish ports with --network tap")) << exp.err;
   EXPECT_TRUE(has(get("existing-after").out, "172.31.9.1/24")) << get("existing-after").out;
-  if (HasFailure() || std::getenv("IMG2VM_TEST_SHOW_OUTPUT")) std::cerr << "--- the script's whole output ---\n" << output << "\n";
+  if (HasFailure() || std::getenv("IMG2VM_TEST_SHOW_OUTPUT"))
+    std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }

@@ -37,9 +37,13 @@ fs::path write_spec(const fs::path& dir, const std::string& name, const nlohmann
   return p;
 }
 
-nlohmann::json basic_spec(const std::string& mode, nlohmann::json attach = nlohmann::json::object()) {
-  return {{"machine", {{"kernel", guest("basic").string()}, {"cmdline", "mode=" + mode}, {"memory_mib", 64},
-                       {"timeout_ms", 60000}}},
+nlohmann::json basic_spec(const std::string& mode,
+                          nlohmann::json attach = nlohmann::json::object()) {
+  return {{"machine",
+           {{"kernel", guest("basic").string()},
+            {"cmdline", "mode=" + mode},
+            {"memory_mib", 64},
+            {"timeout_ms", 60000}}},
           {"attach", attach},
           {"summary", {{"image", "docker.io/library/example:1"}, {"rootfs_cached", true}}}};
 }
@@ -103,7 +107,8 @@ bool eventually(Pred done) {
 TEST(VmmProcess, UsageAndBadSpecsAreOneLine) {
   auto usage = run_command({IMG2VM_VMM_BINARY});
   EXPECT_EQ(usage.exit_code, 2) << usage.describe();
-  EXPECT_NE(usage.err.find("usage: img2vm-vmm --spec FILE | --spec-fd N"), std::string::npos) << usage.describe();
+  EXPECT_NE(usage.err.find("usage: img2vm-vmm --spec FILE | --spec-fd N"), std::string::npos)
+      << usage.describe();
 
   TempDir dir("img2vm-vmm-spec");
   struct Case {
@@ -113,9 +118,12 @@ TEST(VmmProcess, UsageAndBadSpecsAreOneLine) {
       {"not json", "img2vm: VM spec: not a JSON object"},
       {R"({"attach": {}})", "img2vm: VM spec: no \"machine\""},
       {R"({"machine": {"kernel": "k"}, "extra": 1})", "img2vm: VM spec: unknown member extra"},
-      {R"({"machine": {"kernel": "k"}, "attach": {"tty": 1}})", "img2vm: VM spec: attach.tty: not true or false"},
-      {R"({"machine": {"kernel": "k"}, "attach": {"log_level": "loud"}})", "\"loud\" is not one of error, warn, info, debug"},
-      {R"({"machine": {"kernel": "k", "vcpu": 2}})", "img2vm: machine config: vcpu: unknown member"},
+      {R"({"machine": {"kernel": "k"}, "attach": {"tty": 1}})",
+       "img2vm: VM spec: attach.tty: not true or false"},
+      {R"({"machine": {"kernel": "k"}, "attach": {"log_level": "loud"}})",
+       "\"loud\" is not one of error, warn, info, debug"},
+      {R"({"machine": {"kernel": "k", "vcpu": 2}})",
+       "img2vm: machine config: vcpu: unknown member"},
       {R"({"machine": {"kernel": "k"}, "attach": {"run_as": {"uid": 0, "gid": 5}}})",
        "img2vm: VM spec: attach.run_as.uid: not a user or group id other than 0"},
       {R"({"machine": {"kernel": "k"}, "attach": {"run_as": {"uid": 7, "gid": 5, "caps": 1}}})",
@@ -136,7 +144,8 @@ TEST(VmmProcess, UsageAndBadSpecsAreOneLine) {
   EXPECT_NE(nofile.err.find("missing.json"), std::string::npos) << nofile.describe();
   auto badfd = run_command({IMG2VM_VMM_BINARY, "--spec-fd", "x"});
   EXPECT_EQ(badfd.exit_code, 125) << badfd.describe();
-  EXPECT_NE(badfd.err.find("--spec-fd: not a file descriptor: x"), std::string::npos) << badfd.describe();
+  EXPECT_NE(badfd.err.find("--spec-fd: not a file descriptor: x"), std::string::npos)
+      << badfd.describe();
 }
 
 TEST(VmmProcess, RunsTheSpecRelaysSignalsAndMapsOnlyTheRunner) {
@@ -145,8 +154,9 @@ TEST(VmmProcess, RunsTheSpecRelaysSignalsAndMapsOnlyTheRunner) {
 
   // The workload's console on stdout, its status as the exit code, and the --json summary with
   // the caller's fields and the outcome.
-  auto hello = run_command({IMG2VM_VMM_BINARY, "--spec",
-                            write_spec(dir.path(), "hello.json", basic_spec("hello", {{"json", true}})).string()});
+  auto hello = run_command(
+      {IMG2VM_VMM_BINARY, "--spec",
+       write_spec(dir.path(), "hello.json", basic_spec("hello", {{"json", true}})).string()});
   EXPECT_EQ(hello.exit_code, 42) << hello.describe();
   EXPECT_EQ(hello.out, "hello from the guest\n");
   auto sum = last_json_line(hello.err);
@@ -163,7 +173,8 @@ TEST(VmmProcess, RunsTheSpecRelaysSignalsAndMapsOnlyTheRunner) {
   echo["machine"]["console_in_fd"] = 0;
   RunOptions in;
   in.input = "abcq";
-  auto echoed = run_command({IMG2VM_VMM_BINARY, "--spec", write_spec(dir.path(), "echo.json", echo).string()}, in);
+  auto echoed = run_command(
+      {IMG2VM_VMM_BINARY, "--spec", write_spec(dir.path(), "echo.json", echo).string()}, in);
   EXPECT_EQ(echoed.exit_code, 0) << echoed.describe();
   EXPECT_NE(echoed.out.find("ready"), std::string::npos) << echoed.out;
   EXPECT_NE(echoed.out.find("ABC"), std::string::npos) << echoed.out;
@@ -173,7 +184,9 @@ TEST(VmmProcess, RunsTheSpecRelaysSignalsAndMapsOnlyTheRunner) {
   // it does not within the stop timeout, the VM is stopped: exit 130, reason "stopped".
   fs::path log = dir.path() / "hang.log";
   ChildProcess vmm({IMG2VM_VMM_BINARY, "--spec",
-                    write_spec(dir.path(), "hang.json", basic_spec("hang", {{"json", true}, {"stop_timeout_ms", 300}})).string()},
+                    write_spec(dir.path(), "hang.json",
+                               basic_spec("hang", {{"json", true}, {"stop_timeout_ms", 300}}))
+                        .string()},
                    log);
   std::string maps;
   for (int i = 0; i < 100 && maps.find("libslirp") == std::string::npos; ++i) {
@@ -181,7 +194,8 @@ TEST(VmmProcess, RunsTheSpecRelaysSignalsAndMapsOnlyTheRunner) {
     maps = slurp("/proc/" + std::to_string(vmm.pid()) + "/maps");
   }
   EXPECT_NE(maps.find("libslirp"), std::string::npos) << maps;
-  for (const char* lib : {"libcurl", "libssl", "libcrypto", "libarchive", "libext2fs", "libisal", "libzstd", "libnftables"})
+  for (const char* lib : {"libcurl", "libssl", "libcrypto", "libarchive", "libext2fs", "libisal",
+                          "libzstd", "libnftables"})
     EXPECT_EQ(maps.find(lib), std::string::npos) << "the VMM process maps " << lib;
   std::this_thread::sleep_for(300ms);  // the vCPU is in the guest
   EXPECT_TRUE(vmm.running());

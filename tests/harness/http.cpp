@@ -46,14 +46,16 @@ std::string escape(const std::string& s) {
 
 }  // namespace
 
-HttpResponse http_request(const std::string& method, const std::string& url, const HttpOptions& opts) {
+HttpResponse http_request(const std::string& method, const std::string& url,
+                          const HttpOptions& opts) {
   static std::once_flag once;
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
   HttpResponse r;
   CURL* c = curl_easy_init();
   curl_slist* hdrs = nullptr;
   for (const auto& h : opts.headers) hdrs = curl_slist_append(hdrs, h.c_str());
-  if (!opts.bearer.empty()) hdrs = curl_slist_append(hdrs, ("Authorization: Bearer " + opts.bearer).c_str());
+  if (!opts.bearer.empty())
+    hdrs = curl_slist_append(hdrs, ("Authorization: Bearer " + opts.bearer).c_str());
   curl_easy_setopt(c, CURLOPT_URL, url.c_str());
   curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method.c_str());
   if (method == "HEAD") curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
@@ -117,13 +119,16 @@ Challenge parse_challenge(const std::string& v) {
   return ch;
 }
 
-HttpResponse get_manifest(const std::string& base_url, const std::string& repo, const std::string& reference,
-                          const std::string& user, const std::string& password, const std::string& ca_file) {
+HttpResponse get_manifest(const std::string& base_url, const std::string& repo,
+                          const std::string& reference, const std::string& user,
+                          const std::string& password, const std::string& ca_file) {
   HttpOptions o;
   o.ca_file = ca_file;
-  o.headers = {"Accept: application/vnd.oci.image.manifest.v1+json, application/vnd.oci.image.index.v1+json, "
-               "application/vnd.docker.distribution.manifest.v2+json, "
-               "application/vnd.docker.distribution.manifest.list.v2+json"};
+  o.headers = {
+      "Accept: application/vnd.oci.image.manifest.v1+json, "
+      "application/vnd.oci.image.index.v1+json, "
+      "application/vnd.docker.distribution.manifest.v2+json, "
+      "application/vnd.docker.distribution.manifest.list.v2+json"};
   std::string url = base_url + "/v2/" + repo + "/manifests/" + reference;
   HttpResponse r = http_request("GET", url, o);
   if (r.status != 401 || !r.headers.count("www-authenticate")) return r;

@@ -75,7 +75,9 @@ Entry whiteout(const std::string& path) {
   fs::path parent = p.parent_path();
   return file((parent / (".wh." + p.filename().string())).string(), "", 0644);
 }
-Entry opaque(const std::string& dir_path) { return file((fs::path(dir_path) / ".wh..wh..opq").string(), "", 0644); }
+Entry opaque(const std::string& dir_path) {
+  return file((fs::path(dir_path) / ".wh..wh..opq").string(), "", 0644);
+}
 
 namespace {
 
@@ -87,7 +89,9 @@ struct EntryFree {
 };
 
 [[noreturn]] void archive_fail(archive* a, const std::string& what) {
-  throw Error(ErrorKind::kInternal, what + ": " + (archive_error_string(a) ? archive_error_string(a) : "libarchive error"));
+  throw Error(
+      ErrorKind::kInternal,
+      what + ": " + (archive_error_string(a) ? archive_error_string(a) : "libarchive error"));
 }
 
 la_ssize_t append_cb(archive*, void* ud, const void* buf, size_t n) {
@@ -104,10 +108,14 @@ std::string write_tar(const std::vector<Entry>& entries, LayerCompression comp) 
   switch (comp) {
     case LayerCompression::kGzip:
       archive_write_add_filter_gzip(a.get());
-      archive_write_set_filter_option(a.get(), "gzip", "timestamp", nullptr);  // no mtime in the header
+      archive_write_set_filter_option(a.get(), "gzip", "timestamp",
+                                      nullptr);  // no mtime in the header
       break;
-    case LayerCompression::kZstd: archive_write_add_filter_zstd(a.get()); break;
-    case LayerCompression::kNone: break;
+    case LayerCompression::kZstd:
+      archive_write_add_filter_zstd(a.get());
+      break;
+    case LayerCompression::kNone:
+      break;
   }
   if (archive_write_open2(a.get(), &out, nullptr, append_cb, nullptr, nullptr) != ARCHIVE_OK)
     archive_fail(a.get(), "archive_write_open");
@@ -119,16 +127,31 @@ std::string write_tar(const std::vector<Entry>& entries, LayerCompression comp) 
     if (!e.uname.empty()) archive_entry_set_uname(ae.get(), e.uname.c_str());
     if (!e.gname.empty()) archive_entry_set_gname(ae.get(), e.gname.c_str());
     archive_entry_set_mtime(ae.get(), e.mtime, 0);
-    for (const auto& [k, v] : e.xattrs) archive_entry_xattr_add_entry(ae.get(), k.c_str(), v.data(), v.size());
+    for (const auto& [k, v] : e.xattrs)
+      archive_entry_xattr_add_entry(ae.get(), k.c_str(), v.data(), v.size());
     mode_t type = AE_IFREG;
     switch (e.type) {
-      case Entry::Type::kFile: type = AE_IFREG; break;
-      case Entry::Type::kDir: type = AE_IFDIR; break;
-      case Entry::Type::kSymlink: type = AE_IFLNK; break;
-      case Entry::Type::kHardlink: type = AE_IFREG; break;
-      case Entry::Type::kCharDev: type = AE_IFCHR; break;
-      case Entry::Type::kBlockDev: type = AE_IFBLK; break;
-      case Entry::Type::kFifo: type = AE_IFIFO; break;
+      case Entry::Type::kFile:
+        type = AE_IFREG;
+        break;
+      case Entry::Type::kDir:
+        type = AE_IFDIR;
+        break;
+      case Entry::Type::kSymlink:
+        type = AE_IFLNK;
+        break;
+      case Entry::Type::kHardlink:
+        type = AE_IFREG;
+        break;
+      case Entry::Type::kCharDev:
+        type = AE_IFCHR;
+        break;
+      case Entry::Type::kBlockDev:
+        type = AE_IFBLK;
+        break;
+      case Entry::Type::kFifo:
+        type = AE_IFIFO;
+        break;
     }
     archive_entry_set_filetype(ae.get(), type);
     archive_entry_set_perm(ae.get(), e.mode & 07777);
@@ -136,10 +159,13 @@ std::string write_tar(const std::vector<Entry>& entries, LayerCompression comp) 
     if (e.type == Entry::Type::kHardlink) archive_entry_set_hardlink(ae.get(), e.target.c_str());
     if (e.type == Entry::Type::kCharDev || e.type == Entry::Type::kBlockDev)
       archive_entry_set_rdev(ae.get(), makedev(e.dev_major, e.dev_minor));
-    archive_entry_set_size(ae.get(), e.type == Entry::Type::kFile ? static_cast<la_int64_t>(e.content.size()) : 0);
-    if (archive_write_header(a.get(), ae.get()) != ARCHIVE_OK) archive_fail(a.get(), "tar header for " + e.path);
+    archive_entry_set_size(
+        ae.get(), e.type == Entry::Type::kFile ? static_cast<la_int64_t>(e.content.size()) : 0);
+    if (archive_write_header(a.get(), ae.get()) != ARCHIVE_OK)
+      archive_fail(a.get(), "tar header for " + e.path);
     if (e.type == Entry::Type::kFile && !e.content.empty()) {
-      if (archive_write_data(a.get(), e.content.data(), e.content.size()) != static_cast<la_ssize_t>(e.content.size()))
+      if (archive_write_data(a.get(), e.content.data(), e.content.size()) !=
+          static_cast<la_ssize_t>(e.content.size()))
         archive_fail(a.get(), "tar data for " + e.path);
     }
   }
@@ -154,9 +180,12 @@ std::string layer_media_type(ManifestFormat f, LayerCompression c) {
     return "application/vnd.docker.image.rootfs.diff.tar.gzip";
   }
   switch (c) {
-    case LayerCompression::kGzip: return "application/vnd.oci.image.layer.v1.tar+gzip";
-    case LayerCompression::kZstd: return "application/vnd.oci.image.layer.v1.tar+zstd";
-    case LayerCompression::kNone: return "application/vnd.oci.image.layer.v1.tar";
+    case LayerCompression::kGzip:
+      return "application/vnd.oci.image.layer.v1.tar+gzip";
+    case LayerCompression::kZstd:
+      return "application/vnd.oci.image.layer.v1.tar+zstd";
+    case LayerCompression::kNone:
+      return "application/vnd.oci.image.layer.v1.tar";
   }
   return "";
 }
@@ -196,14 +225,16 @@ void put_image_blobs(const fs::path& dir, const BuiltImage& img) {
 void add_to_index_json(const fs::path& dir, const std::vector<ordered_json>& descs) {
   fs::create_directories(dir / "blobs" / "sha256");
   write_file_atomic(dir / "oci-layout", R"({"imageLayoutVersion":"1.0.0"})");
-  ordered_json index = {{"schemaVersion", 2}, {"mediaType", "application/vnd.oci.image.index.v1+json"},
+  ordered_json index = {{"schemaVersion", 2},
+                        {"mediaType", "application/vnd.oci.image.index.v1+json"},
                         {"manifests", ordered_json::array()}};
   if (fs::exists(dir / "index.json")) index = ordered_json::parse(read_file(dir / "index.json"));
   for (const auto& d : descs) {
     std::string ref = d["annotations"]["org.opencontainers.image.ref.name"];
     auto& m = index["manifests"];
     for (auto it = m.begin(); it != m.end();) {
-      if (it->contains("annotations") && (*it)["annotations"].value("org.opencontainers.image.ref.name", "") == ref)
+      if (it->contains("annotations") &&
+          (*it)["annotations"].value("org.opencontainers.image.ref.name", "") == ref)
         it = m.erase(it);
       else
         ++it;
@@ -215,7 +246,9 @@ void add_to_index_json(const fs::path& dir, const std::vector<ordered_json>& des
 
 }  // namespace
 
-std::string make_layer_tar(const std::vector<Entry>& entries) { return write_tar(entries, LayerCompression::kNone); }
+std::string make_layer_tar(const std::vector<Entry>& entries) {
+  return write_tar(entries, LayerCompression::kNone);
+}
 
 std::string compress_bytes(std::string_view data, LayerCompression c) {
   if (c == LayerCompression::kNone) return std::string(data);
@@ -271,17 +304,21 @@ BuiltImage build_image(const ImageSpec& spec) {
     l.tar = write_tar(ls.entries, LayerCompression::kNone);
     l.diff_id = Digest::sha256_of(l.tar);
     l.media_type = layer_media_type(spec.format, ls.compression);
-    l.data = ls.compression == LayerCompression::kNone ? l.tar : write_tar(ls.entries, ls.compression);
+    l.data =
+        ls.compression == LayerCompression::kNone ? l.tar : write_tar(ls.entries, ls.compression);
     l.digest = Digest::sha256_of(l.data);
     diff_ids.push_back(l.diff_id.str());
-    history.push_back({{"created", "2023-11-14T22:13:20Z"}, {"created_by", "img2vm test layer " + std::to_string(i)}});
+    history.push_back({{"created", "2023-11-14T22:13:20Z"},
+                       {"created_by", "img2vm test layer " + std::to_string(i)}});
     img.layers.push_back(std::move(l));
   }
   const ImageConfigSpec& c = spec.config;
   ordered_json cfg = ordered_json::object();
   if (!c.env.empty()) cfg["Env"] = c.env;
-  if (!c.entrypoint.empty()) cfg["Entrypoint"] = c.entrypoint;
-  else if (c.entrypoint_null) cfg["Entrypoint"] = nullptr;
+  if (!c.entrypoint.empty())
+    cfg["Entrypoint"] = c.entrypoint;
+  else if (c.entrypoint_null)
+    cfg["Entrypoint"] = nullptr;
   if (!c.cmd.empty()) cfg["Cmd"] = c.cmd;
   if (!c.working_dir.empty()) cfg["WorkingDir"] = c.working_dir;
   if (!c.user.empty()) cfg["User"] = c.user;
@@ -291,19 +328,25 @@ BuiltImage build_image(const ImageSpec& spec) {
     cfg["ExposedPorts"] = ordered_json::object();
     for (const auto& p : c.exposed_ports) cfg["ExposedPorts"][p] = ordered_json::object();
   }
-  ordered_json config = {{"created", "2023-11-14T22:13:20Z"}, {"architecture", c.architecture}, {"os", c.os}};
+  ordered_json config = {
+      {"created", "2023-11-14T22:13:20Z"}, {"architecture", c.architecture}, {"os", c.os}};
   if (!c.variant.empty()) config["variant"] = c.variant;
   config["config"] = cfg;
   if (spec.diff_ids) diff_ids = *spec.diff_ids;
   if (!spec.omit_rootfs) config["rootfs"] = {{"type", "layers"}, {"diff_ids", diff_ids}};
   config["history"] = history;
   bool docker = spec.format == ManifestFormat::kDocker;
-  img.config = blob(docker ? "application/vnd.docker.container.image.v1+json" : "application/vnd.oci.image.config.v1+json",
+  img.config = blob(docker ? "application/vnd.docker.container.image.v1+json"
+                           : "application/vnd.oci.image.config.v1+json",
                     config.dump());
   ordered_json layers = ordered_json::array();
   for (const auto& l : img.layers) layers.push_back(descriptor(l));
-  std::string mt = docker ? "application/vnd.docker.distribution.manifest.v2+json" : "application/vnd.oci.image.manifest.v1+json";
-  ordered_json manifest = {{"schemaVersion", 2}, {"mediaType", mt}, {"config", descriptor(img.config)}, {"layers", layers}};
+  std::string mt = docker ? "application/vnd.docker.distribution.manifest.v2+json"
+                          : "application/vnd.oci.image.manifest.v1+json";
+  ordered_json manifest = {{"schemaVersion", 2},
+                           {"mediaType", mt},
+                           {"config", descriptor(img.config)},
+                           {"layers", layers}};
   img.manifest = blob(mt, manifest.dump());
   return img;
 }
@@ -319,13 +362,15 @@ BuiltIndex build_index(const std::vector<ImageSpec>& specs) {
     manifests.push_back(d);
   }
   bool docker = specs[0].format == ManifestFormat::kDocker;
-  std::string mt = docker ? "application/vnd.docker.distribution.manifest.list.v2+json" : "application/vnd.oci.image.index.v1+json";
+  std::string mt = docker ? "application/vnd.docker.distribution.manifest.list.v2+json"
+                          : "application/vnd.oci.image.index.v1+json";
   ordered_json index = {{"schemaVersion", 2}, {"mediaType", mt}, {"manifests", manifests}};
   out.index = blob(mt, index.dump());
   return out;
 }
 
-void write_oci_layout(const fs::path& dir, const std::vector<std::pair<std::string, BuiltImage>>& tagged) {
+void write_oci_layout(const fs::path& dir,
+                      const std::vector<std::pair<std::string, BuiltImage>>& tagged) {
   std::vector<ordered_json> descs;
   for (const auto& [tag, img] : tagged) {
     put_image_blobs(dir, img);
@@ -404,7 +449,8 @@ void write_docker_archive(const fs::path& out_file, const BuiltImage& image,
   for (const auto& rt : repo_tags) {
     auto colon = rt.rfind(':');
     if (colon == std::string::npos || rt.find('/', colon) != std::string::npos) continue;
-    repos[rt.substr(0, colon)][rt.substr(colon + 1)] = image.layers.empty() ? "" : image.layers.back().diff_id.hex();
+    repos[rt.substr(0, colon)][rt.substr(colon + 1)] =
+        image.layers.empty() ? "" : image.layers.back().diff_id.hex();
   }
   entries.push_back(file("repositories", repos.dump()));
   for (auto& e : entries) e.mtime = 0;

@@ -32,20 +32,34 @@ namespace img2vm::testing {
 struct Entry {
   enum class Type { kFile, kDir, kSymlink, kHardlink, kCharDev, kBlockDev, kFifo };
   Type type = Type::kFile;
-  std::string path;       // relative, as it appears in the tar (no leading "/" needed)
-  std::string content;    // kFile
-  std::string target;     // kSymlink: link text; kHardlink: the path of the earlier entry
-  unsigned mode = 0644;   // permission bits incl. setuid/setgid/sticky
+  std::string path;      // relative, as it appears in the tar (no leading "/" needed)
+  std::string content;   // kFile
+  std::string target;    // kSymlink: link text; kHardlink: the path of the earlier entry
+  unsigned mode = 0644;  // permission bits incl. setuid/setgid/sticky
   int64_t uid = 0, gid = 0;
   int64_t mtime = 1700000000;  // seconds since the epoch
   unsigned dev_major = 0, dev_minor = 0;
-  std::map<std::string, std::string> xattrs;  // e.g. {"user.k", "v"}, {"security.capability", bytes}
+  std::map<std::string, std::string>
+      xattrs;                // e.g. {"user.k", "v"}, {"security.capability", bytes}
   std::string uname, gname;  // optional owner names in the tar header
 
-  Entry& owner(int64_t u, int64_t g) { uid = u; gid = g; return *this; }
-  Entry& with_mode(unsigned m) { mode = m; return *this; }
-  Entry& with_mtime(int64_t t) { mtime = t; return *this; }
-  Entry& xattr(std::string k, std::string v) { xattrs[std::move(k)] = std::move(v); return *this; }
+  Entry& owner(int64_t u, int64_t g) {
+    uid = u;
+    gid = g;
+    return *this;
+  }
+  Entry& with_mode(unsigned m) {
+    mode = m;
+    return *this;
+  }
+  Entry& with_mtime(int64_t t) {
+    mtime = t;
+    return *this;
+  }
+  Entry& xattr(std::string k, std::string v) {
+    xattrs[std::move(k)] = std::move(v);
+    return *this;
+  }
 };
 
 Entry file(std::string path, std::string content, unsigned mode = 0644);
@@ -100,8 +114,8 @@ struct BuiltBlob {
 };
 
 struct BuiltLayer : BuiltBlob {
-  Digest diff_id;        // digest of the uncompressed tar
-  std::string tar;       // the uncompressed tar stream
+  Digest diff_id;   // digest of the uncompressed tar
+  std::string tar;  // the uncompressed tar stream
 };
 
 struct BuiltImage {

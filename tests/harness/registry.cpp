@@ -22,9 +22,12 @@ using namespace std::chrono;
 
 const char* to_string(RegistryAuth a) {
   switch (a) {
-    case RegistryAuth::kNone: return "none";
-    case RegistryAuth::kBasicTls: return "basic-tls";
-    case RegistryAuth::kToken: return "token";
+    case RegistryAuth::kNone:
+      return "none";
+    case RegistryAuth::kBasicTls:
+      return "basic-tls";
+    case RegistryAuth::kToken:
+      return "token";
   }
   return "?";
 }
@@ -34,8 +37,9 @@ std::string registry_binary() {
     std::string p = find_program(name);
     if (!p.empty()) return p;
   }
-  throw Error(ErrorKind::kNotFound,
-              "docker-registry is not installed: run scripts/setup.sh (Debian package docker-registry)");
+  throw Error(
+      ErrorKind::kNotFound,
+      "docker-registry is not installed: run scripts/setup.sh (Debian package docker-registry)");
 }
 
 namespace {
@@ -66,9 +70,9 @@ Registry::Registry(RegistryOptions opts) : opts_(std::move(opts)), dir_("img2vm-
     write_file_atomic(dir_.path() / "server.key", t.server_key_pem, 0600);
     write_file_atomic(dir_.path() / "htpasswd", htpasswd_line(opts_.username, opts_.password));
   } else if (opts_.auth == RegistryAuth::kToken) {
-    token_ = std::make_unique<TokenServer>("img2vm-test-registry", "img2vm-test-issuer",
-                                           std::map<std::string, std::string>{{opts_.username, opts_.password}},
-                                           opts_.public_repos);
+    token_ = std::make_unique<TokenServer>(
+        "img2vm-test-registry", "img2vm-test-issuer",
+        std::map<std::string, std::string>{{opts_.username, opts_.password}}, opts_.public_repos);
     write_file_atomic(dir_.path() / "token.crt", token_->cert_pem());
   }
   // The port is free when we ask; another process may take it before the registry binds it,
@@ -116,7 +120,8 @@ void Registry::start() {
   if (proc_.running()) return;
   // docker-registry also reads REGISTRY_* variables; keep a developer's own out of the test.
   std::map<std::string, std::string> env;
-  proc_ = ChildProcess({registry_binary(), "serve", (dir_.path() / "config.yml").string()}, log_file(), env);
+  proc_ = ChildProcess({registry_binary(), "serve", (dir_.path() / "config.yml").string()},
+                       log_file(), env);
   wait_ready();
 }
 
@@ -133,16 +138,17 @@ void Registry::wait_ready() {
       } catch (const Error&) {
       }
       if (log.size() > 2000) log = log.substr(log.size() - 2000);
-      throw Error(ErrorKind::kIo, "docker-registry exited with " + std::to_string(proc_.exit_code()) +
-                                      " while starting on " + host() + "; log: " + log);
+      throw Error(ErrorKind::kIo, "docker-registry exited with " +
+                                      std::to_string(proc_.exit_code()) + " while starting on " +
+                                      host() + "; log: " + log);
     }
     HttpResponse r = http_request("GET", base_url() + "/v2/", o);
     if (r.status == 200 || r.status == 401) return;
     std::this_thread::sleep_for(milliseconds(25));
   }
   proc_.kill_now();
-  throw Error(ErrorKind::kIo, "docker-registry did not answer /v2/ on " + host() + " within 20 s; see " +
-                                  log_file().string());
+  throw Error(ErrorKind::kIo, "docker-registry did not answer /v2/ on " + host() +
+                                  " within 20 s; see " + log_file().string());
 }
 
 void Registry::stop() { proc_.stop(); }

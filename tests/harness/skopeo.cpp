@@ -12,7 +12,8 @@ std::vector<std::string> skopeo_registry_args(const Registry& reg, const std::st
   } else {
     a.push_back("--" + side + "-tls-verify=false");
   }
-  if (reg.options().auth != RegistryAuth::kNone) a.push_back("--" + side + "-creds=" + reg.username() + ":" + reg.password());
+  if (reg.options().auth != RegistryAuth::kNone)
+    a.push_back("--" + side + "-creds=" + reg.username() + ":" + reg.password());
   return a;
 }
 
@@ -42,12 +43,14 @@ void skopeo_push(const std::string& src, const Registry& reg, const std::string&
   args.push_back("docker://" + reg.host() + "/" + dest_ref);
   CommandResult r = skopeo(args);
   if (r.exit_code != 0)
-    throw Error(ErrorKind::kIo, "skopeo copy " + src + " -> " + reg.host() + "/" + dest_ref + " failed: " + r.describe());
+    throw Error(ErrorKind::kIo, "skopeo copy " + src + " -> " + reg.host() + "/" + dest_ref +
+                                    " failed: " + r.describe());
 }
 
 void skopeo_copy(const std::string& src, const std::string& dest) {
   CommandResult r = skopeo({"copy", src, dest});
-  if (r.exit_code != 0) throw Error(ErrorKind::kIo, "skopeo copy " + src + " -> " + dest + " failed: " + r.describe());
+  if (r.exit_code != 0)
+    throw Error(ErrorKind::kIo, "skopeo copy " + src + " -> " + dest + " failed: " + r.describe());
 }
 
 std::string skopeo_inspect_raw(const Registry& reg, const std::string& ref) {
@@ -59,7 +62,8 @@ std::string skopeo_inspect_raw(const Registry& reg, const std::string& ref) {
   }
   args.push_back("docker://" + reg.host() + "/" + ref);
   CommandResult r = skopeo(args);
-  if (r.exit_code != 0) throw Error(ErrorKind::kIo, "skopeo inspect " + ref + " failed: " + r.describe());
+  if (r.exit_code != 0)
+    throw Error(ErrorKind::kIo, "skopeo inspect " + ref + " failed: " + r.describe());
   return r.out;
 }
 

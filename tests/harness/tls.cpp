@@ -44,7 +44,8 @@ std::string pem_of_cert(X509* c) {
 
 std::string key_pem(EVP_PKEY* k) {
   Bio b(BIO_new(BIO_s_mem()));
-  if (!PEM_write_bio_PrivateKey(b.get(), k, nullptr, nullptr, 0, nullptr, nullptr)) ossl_fail("PEM_write_bio_PrivateKey");
+  if (!PEM_write_bio_PrivateKey(b.get(), k, nullptr, nullptr, 0, nullptr, nullptr))
+    ossl_fail("PEM_write_bio_PrivateKey");
   return bio_string(b.get());
 }
 
@@ -59,7 +60,8 @@ void add_ext(X509* cert, X509* issuer, int nid, const char* value) {
 }
 
 // A certificate for `key` named `cn`, signed by issuer_key (self-signed when issuer is null).
-Cert make_cert(EVP_PKEY* key, const char* cn, X509* issuer, EVP_PKEY* issuer_key, bool is_ca, bool server) {
+Cert make_cert(EVP_PKEY* key, const char* cn, X509* issuer, EVP_PKEY* issuer_key, bool is_ca,
+               bool server) {
   Cert c(X509_new());
   X509_set_version(c.get(), 2);
   unsigned char serial[16];
@@ -72,7 +74,8 @@ Cert make_cert(EVP_PKEY* key, const char* cn, X509* issuer, EVP_PKEY* issuer_key
   X509_gmtime_adj(X509_getm_notAfter(c.get()), 7L * 24 * 3600);
   X509_set_pubkey(c.get(), key);
   X509_NAME* name = X509_get_subject_name(c.get());
-  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn), -1, -1, 0);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, reinterpret_cast<const unsigned char*>(cn),
+                             -1, -1, 0);
   X509* iss = issuer ? issuer : c.get();
   X509_set_issuer_name(c.get(), X509_get_subject_name(iss));
   if (is_ca) {
@@ -125,7 +128,8 @@ std::string SigningKey::sign_rs256(std::string_view data) const {
   std::string sig;
   size_t len = 0;
   bool ok = ctx && EVP_DigestSignInit(ctx, nullptr, EVP_sha256(), nullptr, impl_->key.get()) == 1 &&
-            EVP_DigestSign(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(data.data()), data.size()) == 1;
+            EVP_DigestSign(ctx, nullptr, &len, reinterpret_cast<const unsigned char*>(data.data()),
+                           data.size()) == 1;
   if (ok) {
     sig.resize(len);
     ok = EVP_DigestSign(ctx, reinterpret_cast<unsigned char*>(sig.data()), &len,
@@ -142,7 +146,8 @@ std::string base64(std::string_view data) {
   std::string out;
   size_t i = 0;
   for (; i + 2 < data.size(); i += 3) {
-    unsigned v = (static_cast<unsigned char>(data[i]) << 16) | (static_cast<unsigned char>(data[i + 1]) << 8) |
+    unsigned v = (static_cast<unsigned char>(data[i]) << 16) |
+                 (static_cast<unsigned char>(data[i + 1]) << 8) |
                  static_cast<unsigned char>(data[i + 2]);
     out += kAlpha[v >> 18];
     out += kAlpha[(v >> 12) & 63];

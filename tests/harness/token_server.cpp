@@ -40,7 +40,8 @@ std::multimap<std::string, std::string> parse_form(std::string_view q) {
     size_t amp = q.find('&');
     std::string_view kv = q.substr(0, amp);
     size_t eq = kv.find('=');
-    out.emplace(url_decode(kv.substr(0, eq)), eq == std::string_view::npos ? "" : url_decode(kv.substr(eq + 1)));
+    out.emplace(url_decode(kv.substr(0, eq)),
+                eq == std::string_view::npos ? "" : url_decode(kv.substr(eq + 1)));
     if (amp == std::string_view::npos) break;
     q.remove_prefix(amp + 1);
   }
@@ -53,12 +54,18 @@ std::string b64decode(std::string_view in) {
   int bits = -8;
   for (char c : in) {
     int d;
-    if (c >= 'A' && c <= 'Z') d = c - 'A';
-    else if (c >= 'a' && c <= 'z') d = c - 'a' + 26;
-    else if (c >= '0' && c <= '9') d = c - '0' + 52;
-    else if (c == '+') d = 62;
-    else if (c == '/') d = 63;
-    else break;
+    if (c >= 'A' && c <= 'Z')
+      d = c - 'A';
+    else if (c >= 'a' && c <= 'z')
+      d = c - 'a' + 26;
+    else if (c >= '0' && c <= '9')
+      d = c - '0' + 52;
+    else if (c == '+')
+      d = 62;
+    else if (c == '/')
+      d = 63;
+    else
+      break;
     val = (val << 6) | static_cast<unsigned>(d);
     bits += 6;
     if (bits >= 0) {
@@ -80,15 +87,17 @@ void send_all(int fd, const std::string& s) {
 
 void respond(int fd, int status, const std::string& body, const std::string& extra_headers = "") {
   const char* reason = status == 200 ? "OK" : status == 401 ? "Unauthorized" : "Bad Request";
-  std::string r = "HTTP/1.1 " + std::to_string(status) + " " + reason + "\r\nContent-Type: application/json\r\n" +
-                  extra_headers + "Content-Length: " + std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" +
-                  body;
+  std::string r = "HTTP/1.1 " + std::to_string(status) + " " + reason +
+                  "\r\nContent-Type: application/json\r\n" + extra_headers +
+                  "Content-Length: " + std::to_string(body.size()) +
+                  "\r\nConnection: close\r\n\r\n" + body;
   send_all(fd, r);
 }
 
 }  // namespace
 
-TokenServer::TokenServer(std::string service, std::string issuer, std::map<std::string, std::string> users,
+TokenServer::TokenServer(std::string service, std::string issuer,
+                         std::map<std::string, std::string> users,
                          std::set<std::string> public_repos)
     : service_(std::move(service)),
       issuer_(std::move(issuer)),
@@ -99,7 +108,8 @@ TokenServer::TokenServer(std::string service, std::string issuer, std::map<std::
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (::bind(listen_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) throw_errno("token server: bind");
+  if (::bind(listen_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0)
+    throw_errno("token server: bind");
   if (::listen(listen_.get(), 64) != 0) throw_errno("token server: listen");
   socklen_t len = sizeof addr;
   ::getsockname(listen_.get(), reinterpret_cast<sockaddr*>(&addr), &len);
@@ -116,7 +126,9 @@ TokenServer::~TokenServer() {
   if (thread_.joinable()) thread_.join();
 }
 
-std::string TokenServer::realm() const { return "http://127.0.0.1:" + std::to_string(port_) + "/token"; }
+std::string TokenServer::realm() const {
+  return "http://127.0.0.1:" + std::to_string(port_) + "/token";
+}
 
 std::vector<TokenServer::Request> TokenServer::requests() const {
   std::lock_guard<std::mutex> lock(mu_);
@@ -153,7 +165,8 @@ void TokenServer::handle(int fd) {
   std::string request_line = head.substr(0, line_end);
   for (size_t pos = line_end; pos != std::string::npos && pos < head.size();) {
     size_t next = head.find("\r\n", pos + 2);
-    std::string line = head.substr(pos + 2, next == std::string::npos ? std::string::npos : next - pos - 2);
+    std::string line =
+        head.substr(pos + 2, next == std::string::npos ? std::string::npos : next - pos - 2);
     size_t colon = line.find(':');
     if (colon != std::string::npos) {
       std::string k = line.substr(0, colon);
@@ -178,8 +191,9 @@ void TokenServer::handle(int fd) {
   std::string target = request_line.substr(rec.method.size() + 1);
   target = target.substr(0, target.find(' '));
   std::string path = target.substr(0, target.find('?'));
-  auto q = target.find('?') == std::string::npos ? std::multimap<std::string, std::string>{}
-                                                 : parse_form(std::string_view(target).substr(target.find('?') + 1));
+  auto q = target.find('?') == std::string::npos
+               ? std::multimap<std::string, std::string>{}
+               : parse_form(std::string_view(target).substr(target.find('?') + 1));
   if (rec.method == "POST") q = parse_form(body);
 
   auto finish = [&](int status, const std::string& out, const std::string& extra = "") {
@@ -214,7 +228,8 @@ void TokenServer::handle(int fd) {
       pass = q.count("password") ? q.find("password")->second : "";
       have_creds = true;
     }
-  } else if (auto it = headers.find("authorization"); it != headers.end() && it->second.rfind("Basic ", 0) == 0) {
+  } else if (auto it = headers.find("authorization");
+             it != headers.end() && it->second.rfind("Basic ", 0) == 0) {
     std::string dec = b64decode(it->second.substr(6));
     auto colon = dec.find(':');
     user = dec.substr(0, colon);
@@ -234,11 +249,15 @@ void TokenServer::handle(int fd) {
   std::time_t t = std::chrono::system_clock::to_time_t(now);
   char issued[64];
   std::strftime(issued, sizeof issued, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
-  json out = {{"token", token}, {"access_token", token}, {"expires_in", token_lifetime_seconds}, {"issued_at", issued}};
+  json out = {{"token", token},
+              {"access_token", token},
+              {"expires_in", token_lifetime_seconds},
+              {"issued_at", issued}};
   finish(200, out.dump());
 }
 
-std::string TokenServer::issue(const std::string& subject, const std::vector<std::string>& scopes, bool authenticated) {
+std::string TokenServer::issue(const std::string& subject, const std::vector<std::string>& scopes,
+                               bool authenticated) {
   json access = json::array();
   for (const auto& s : scopes) {
     // type:name:actions, where name may itself contain ':' only in theory; split at the ends.
@@ -252,13 +271,16 @@ std::string TokenServer::issue(const std::string& subject, const std::vector<std
       size_t comma = acts.find(',', start);
       if (comma == std::string::npos) comma = acts.size();
       std::string a = acts.substr(start, comma - start);
-      bool allowed = authenticated || (type == "repository" && a == "pull" && public_repos_.count(name));
+      bool allowed =
+          authenticated || (type == "repository" && a == "pull" && public_repos_.count(name));
       if (!a.empty() && allowed) actions.push_back(a);
       start = comma + 1;
     }
     access.push_back({{"type", type}, {"name", name}, {"actions", actions}});
   }
-  auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  auto now = std::chrono::duration_cast<std::chrono::seconds>(
+                 std::chrono::system_clock::now().time_since_epoch())
+                 .count();
   static std::atomic<unsigned> counter{0};
   json header = {{"alg", "RS256"}, {"typ", "JWT"}, {"x5c", json::array({base64(key_.cert_der())})}};
   json claims = {{"iss", issuer_},

@@ -42,7 +42,8 @@ class TokenServer {
  private:
   void serve();
   void handle(int fd);
-  std::string issue(const std::string& subject, const std::vector<std::string>& scopes, bool authenticated);
+  std::string issue(const std::string& subject, const std::vector<std::string>& scopes,
+                    bool authenticated);
 
   std::string service_, issuer_;
   std::map<std::string, std::string> users_;

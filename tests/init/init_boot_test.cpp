@@ -58,16 +58,17 @@ void put(const fs::path& p, std::string_view content, mode_t mode = 0644) {
   ASSERT_EQ(::chmod(p.c_str(), mode), 0) << p;
 }
 
-constexpr const char* kApplets[] = {"sh",    "echo",  "id",   "whoami", "ls",    "cat",  "sleep", "kill",
-                                    "pwd",   "env",   "printf", "test", "[",     "true", "false", "stat",
-                                    "grep",  "wc",    "hostname", "mount", "ps", "awk",  "head",  "tr",
-                                    "ip",    "wget"};
+constexpr const char* kApplets[] = {"sh",    "echo", "id",   "whoami", "ls",       "cat",   "sleep",
+                                    "kill",  "pwd",  "env",  "printf", "test",     "[",     "true",
+                                    "false", "stat", "grep", "wc",     "hostname", "mount", "ps",
+                                    "awk",   "head", "tr",   "ip",     "wget"};
 
 struct Boot {
   int qemu_exit = -1;
   std::string console;
   bool timed_out = false;
-  // The byte the guest wrote to an isa-debug-exit port, as far as qemu's exit code keeps it (7 bits).
+  // The byte the guest wrote to an isa-debug-exit port, as far as qemu's exit code keeps it (7
+  // bits).
   std::optional<int> status() const {
     if (qemu_exit < 0 || (qemu_exit & 1) == 0) return std::nullopt;
     return qemu_exit >> 1;
@@ -81,12 +82,14 @@ class InitBoot : public ::testing::Test {
   void SetUp() override {
     kernel_ = find_kernel();
     if (!kernel_)
-      GTEST_SKIP() << "no guest kernel: build one with guest/kernel/build.sh (~/.cache/img2vm/kernel/*/vmlinux) "
+      GTEST_SKIP() << "no guest kernel: build one with guest/kernel/build.sh "
+                      "(~/.cache/img2vm/kernel/*/vmlinux) "
                       "or set IMG2VM_KERNEL";
     if (img2vm::testing::find_program("qemu-system-x86_64").empty() || !fs::exists("/bin/busybox"))
       GTEST_SKIP() << "needs qemu-system-x86_64 and busybox-static (scripts/setup.sh)";
     root_ = work_.path() / "root";
-    for (const char* d : {"bin", "etc", "tmp", ".img2vm", "root"}) fs::create_directories(root_ / d);
+    for (const char* d : {"bin", "etc", "tmp", ".img2vm", "root"})
+      fs::create_directories(root_ / d);
     ::chmod((root_ / "tmp").c_str(), 01777);
     fs::copy_file("/bin/busybox", root_ / "bin/busybox");
     for (const char* a : kApplets) fs::create_symlink("busybox", root_ / "bin" / a);
@@ -107,18 +110,39 @@ class InitBoot : public ::testing::Test {
 
   // Boots the rootfs; `append` is added to the kernel command line, `extra_disk` becomes the
   // second virtio block device.
-  Boot boot(const std::string& append = "", const std::optional<fs::path>& extra_disk = std::nullopt) {
+  Boot boot(const std::string& append = "",
+            const std::optional<fs::path>& extra_disk = std::nullopt) {
     fs::path img = work_.path() / "rootfs.ext4";
     fs::remove(img);
-    auto mk = run_command({"mke2fs", "-q", "-F", "-t", "ext4", "-d", root_.string(), img.string(), "64M"});
+    auto mk = run_command(
+        {"mke2fs", "-q", "-F", "-t", "ext4", "-d", root_.string(), img.string(), "64M"});
     EXPECT_EQ(mk.exit_code, 0) << mk.describe();
-    Strings argv = {"qemu-system-x86_64", "-M", "microvm,acpi=off", "-accel", "tcg", "-m", "256", "-nographic",
-                    "-no-reboot", "-nodefaults", "-serial", "stdio", "-kernel", kernel_->string(), "-append",
-                    "console=ttyS0 quiet root=/dev/vda rw init=/.img2vm/init reboot=k panic=-1 " + append, "-drive",
-                    "id=d0,file=" + img.string() + ",format=raw,if=none", "-device", "virtio-blk-device,drive=d0"};
+    Strings argv = {
+        "qemu-system-x86_64",
+        "-M",
+        "microvm,acpi=off",
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-nographic",
+        "-no-reboot",
+        "-nodefaults",
+        "-serial",
+        "stdio",
+        "-kernel",
+        kernel_->string(),
+        "-append",
+        "console=ttyS0 quiet root=/dev/vda rw init=/.img2vm/init reboot=k panic=-1 " + append,
+        "-drive",
+        "id=d0,file=" + img.string() + ",format=raw,if=none",
+        "-device",
+        "virtio-blk-device,drive=d0"};
     if (extra_disk) {
-      argv.insert(argv.end(), {"-drive", "id=d1,file=" + extra_disk->string() + ",format=raw,if=none,readonly=on",
-                               "-device", "virtio-blk-device,drive=d1"});
+      argv.insert(
+          argv.end(),
+          {"-drive", "id=d1,file=" + extra_disk->string() + ",format=raw,if=none,readonly=on",
+           "-device", "virtio-blk-device,drive=d1"});
     }
     argv.insert(argv.end(), extra_qemu_.begin(), extra_qemu_.end());
     argv.insert(argv.end(), {"-device", "isa-debug-exit,iobase=0xf4,iosize=1", "-device",
@@ -143,7 +167,9 @@ class InitBoot : public ::testing::Test {
   fs::path root_;
 };
 
-bool has(const std::string& hay, const std::string& needle) { return hay.find(needle) != std::string::npos; }
+bool has(const std::string& hay, const std::string& needle) {
+  return hay.find(needle) != std::string::npos;
+}
 
 TEST_F(InitBoot, ExitStatusReachesTheHost) {
   auto b = run_sh("exit 3");
@@ -166,7 +192,8 @@ TEST_F(InitBoot, EnvWithSpacesAndEqualsAndDockerDefaults) {
   auto b = run_sh("printf '[%s][%s][%s]\\n' \"$GREETING\" \"$EQ\" \"${EMPTY-unset}\"; env", c);
   EXPECT_EQ(b.status(), 0) << b.console;
   EXPECT_TRUE(has(b.console, "[hello  world][a=b=c][]\n")) << b.console;
-  EXPECT_TRUE(has(b.console, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\n"))
+      << b.console;
   EXPECT_TRUE(has(b.console, "HOSTNAME=envbox\n")) << b.console;
   EXPECT_TRUE(has(b.console, "HOME=/root\n")) << b.console;
   EXPECT_FALSE(has(b.console, "TERM=")) << b.console;
@@ -204,7 +231,9 @@ TEST_F(InitBoot, UnknownUserIsAnInitFailure) {
   RuntimeConfig c;
   c.user = "ghost";
   auto b = run_sh("echo should not run", c);
-  EXPECT_TRUE(has(b.console, "img2vm-init: user \"ghost\": unable to find user ghost: no matching entries in passwd file"))
+  EXPECT_TRUE(has(
+      b.console,
+      "img2vm-init: user \"ghost\": unable to find user ghost: no matching entries in passwd file"))
       << b.console;
   EXPECT_FALSE(has(b.console, "should not run")) << b.console;
   EXPECT_EQ(b.status(), 5) << b.console;  // INIT_FAIL code 5 (user), through the 0xf5 port
@@ -225,7 +254,8 @@ TEST_F(InitBoot, MissingCommandIs127WithDockersMessage) {
   write_config(c);
   auto b = boot();
   EXPECT_EQ(b.status(), 127) << b.console;
-  EXPECT_TRUE(has(b.console, "exec: \"nosuchcmd\": executable file not found in $PATH")) << b.console;
+  EXPECT_TRUE(has(b.console, "exec: \"nosuchcmd\": executable file not found in $PATH"))
+      << b.console;
 }
 
 TEST_F(InitBoot, NotExecutableIs126) {
@@ -244,7 +274,8 @@ TEST_F(InitBoot, OrphansAreReaped) {
       "sh -c 'sleep 1 & echo $! > /tmp/o1; sleep 1 & echo $! > /tmp/o2; exit 0'; "
       "sh -c '(sleep 1; exit 7) & echo $! > /tmp/o3'; "
       "sleep 3; "
-      "for f in /tmp/o1 /tmp/o2 /tmp/o3; do p=$(cat $f); if [ -e /proc/$p ]; then echo \"left $p $(grep State /proc/$p/status)\"; fi; done; "
+      "for f in /tmp/o1 /tmp/o2 /tmp/o3; do p=$(cat $f); if [ -e /proc/$p ]; then echo \"left $p "
+      "$(grep State /proc/$p/status)\"; fi; done; "
       "z=$(grep -l '^State:.*Z' /proc/[0-9]*/status 2>/dev/null | wc -l); echo zombies=$z");
   EXPECT_EQ(b.status(), 0) << b.console;
   EXPECT_TRUE(has(b.console, "zombies=0\n")) << b.console;
@@ -270,7 +301,8 @@ TEST_F(InitBoot, StopRequestSendsTheImagesStopSignal) {
   RuntimeConfig c;
   c.stop_signal = "SIGUSR1";
   auto b = run_sh(
-      "trap 'echo got USR1; exit 0' USR1; trap 'echo got PWR; exit 8' PWR; (sleep 1; kill -PWR 1) & "
+      "trap 'echo got USR1; exit 0' USR1; trap 'echo got PWR; exit 8' PWR; (sleep 1; kill -PWR 1) "
+      "& "
       "i=0; while [ $i -lt 60 ]; do sleep 1; i=$((i+1)); done; exit 9",
       c);
   EXPECT_EQ(b.status(), 0) << b.console;
@@ -281,7 +313,8 @@ TEST_F(InitBoot, GuestSetupLikeDocker) {
   RuntimeConfig c;
   c.hostname = "setupbox";
   auto b = run_sh(
-      "hostname; cat /etc/hosts; cat /etc/hostname; cat /proc/mounts; ulimit -n; cat /sys/class/net/lo/flags; "
+      "hostname; cat /etc/hosts; cat /etc/hostname; cat /proc/mounts; ulimit -n; cat "
+      "/sys/class/net/lo/flags; "
       "ls -l /dev/fd /dev/ptmx; [ -c /dev/null ] && echo null-ok; echo umask=$(umask)",
       c);
   EXPECT_EQ(b.status(), 0) << b.console;
@@ -316,7 +349,9 @@ TEST_F(InitBoot, OverridesThroughTheKernelCommandLine) {
   c.cmd = {"ignored"};
   c.env = {"KEEP=1", "X=old"};
   write_config(c);
-  put(root_ / "opt/greet", "#!/bin/sh\necho \"greet $* X=$X KEEP=$KEEP user=$(id -u) cwd=$(pwd) host=$(hostname)\"\nexit 4\n",
+  put(root_ / "opt/greet",
+      "#!/bin/sh\necho \"greet $* X=$X KEEP=$KEEP user=$(id -u) cwd=$(pwd) "
+      "host=$(hostname)\"\nexit 4\n",
       0755);
   RunOverrides o;
   o.entrypoint = Strings{"/opt/greet"};
@@ -327,7 +362,9 @@ TEST_F(InitBoot, OverridesThroughTheKernelCommandLine) {
   o.hostname = "ovr";
   auto b = boot(guestabi::run_overrides_kernel_param(o));
   EXPECT_EQ(b.status(), 4) << b.console;
-  EXPECT_TRUE(has(b.console, "greet a b c=d X=new value=1 KEEP=1 user=1000 cwd=/work dir host=ovr\n")) << b.console;
+  EXPECT_TRUE(
+      has(b.console, "greet a b c=d X=new value=1 KEEP=1 user=1000 cwd=/work dir host=ovr\n"))
+      << b.console;
 }
 
 TEST_F(InitBoot, TrailingArgsOverrideCmdAndTtyMode) {
@@ -363,19 +400,23 @@ TEST_F(InitBoot, BadOverridesAreAnInitFailure) {
   c.cmd = {"sh", "-c", "echo should not run"};
   write_config(c);
   auto b = boot("img2vm.run=@@@");
-  EXPECT_TRUE(has(b.console, "img2vm-init: run overrides: kernel parameter img2vm.run: base64url: invalid character"))
+  EXPECT_TRUE(
+      has(b.console,
+          "img2vm-init: run overrides: kernel parameter img2vm.run: base64url: invalid character"))
       << b.console;
   EXPECT_EQ(b.status(), 3) << b.console;
 }
 
 TEST_F(InitBoot, MissingConfigIsAnInitFailure) {
   auto b = boot();
-  EXPECT_TRUE(has(b.console, "img2vm-init: reading the runtime config: cannot open /.img2vm/config.json: No such file or directory")) << b.console;
+  EXPECT_TRUE(has(b.console,
+                  "img2vm-init: reading the runtime config: cannot open /.img2vm/config.json: No "
+                  "such file or directory"))
+      << b.console;
   EXPECT_EQ(b.status(), 2) << b.console;
 }
 
 }  // namespace
-
 
 // The network overrides configure eth0 before the workload runs. qemu's user-mode network is
 // the peer here (its gateway 10.0.2.2 forwards to the host's loopback), so an HTTP server the
@@ -385,17 +426,18 @@ TEST_F(InitBoot, NetworkOverridesConfigureTheInterface) {
   put(www.path() / "hello.txt", "hello over the network\n");
   int port = img2vm::testing::free_loopback_port();
   ASSERT_GT(port, 0);
-  img2vm::testing::ChildProcess server({"python3", "-m", "http.server", std::to_string(port), "--bind", "127.0.0.1",
-                                        "--directory", www.path().string()},
+  img2vm::testing::ChildProcess server({"python3", "-m", "http.server", std::to_string(port),
+                                        "--bind", "127.0.0.1", "--directory", www.path().string()},
                                        work_.path() / "http.log");
   for (int i = 0; i < 100 && !img2vm::testing::loopback_port_accepts(port); ++i) ::usleep(100'000);
-  ASSERT_TRUE(img2vm::testing::loopback_port_accepts(port)) << "the test's HTTP server did not start";
+  ASSERT_TRUE(img2vm::testing::loopback_port_accepts(port))
+      << "the test's HTTP server did not start";
 
   extra_qemu_ = {"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"};
   RuntimeConfig c;
   c.cmd = {"sh", "-c",
-           "ip -4 addr show eth0; ip route; cat /etc/hosts; wget -qO- http://10.0.2.2:" + std::to_string(port) +
-               "/hello.txt; exit 4"};
+           "ip -4 addr show eth0; ip route; cat /etc/hosts; wget -qO- http://10.0.2.2:" +
+               std::to_string(port) + "/hello.txt; exit 4"};
   c.hostname = "netbox";
   write_config(c);
   RunOverrides o;

@@ -84,16 +84,19 @@ TEST(InitCommand, TrailingArgsReplaceCmdOnly) {
 TEST(InitCommand, EntrypointOverrideClearsImageCmd) {
   RunOverrides o;
   o.entrypoint = Strings{"/bin/other"};
-  EXPECT_EQ(command_line(apply_overrides(image({"/entry"}, {"default"}), o)), (Strings{"/bin/other"}));
+  EXPECT_EQ(command_line(apply_overrides(image({"/entry"}, {"default"}), o)),
+            (Strings{"/bin/other"}));
   o.cmd = Strings{"a", "b"};
-  EXPECT_EQ(command_line(apply_overrides(image({"/entry"}, {"default"}), o)), (Strings{"/bin/other", "a", "b"}));
+  EXPECT_EQ(command_line(apply_overrides(image({"/entry"}, {"default"}), o)),
+            (Strings{"/bin/other", "a", "b"}));
 }
 
 TEST(InitCommand, EmptyEntrypointOverrideRunsCmdAlone) {
   RunOverrides o;
   o.entrypoint = Strings{""};  // docker run --entrypoint "" IMAGE ARGS
   o.cmd = Strings{"ls", "-l"};
-  EXPECT_EQ(command_line(apply_overrides(image({"/entry"}, {"default"}), o)), (Strings{"ls", "-l"}));
+  EXPECT_EQ(command_line(apply_overrides(image({"/entry"}, {"default"}), o)),
+            (Strings{"ls", "-l"}));
   o.cmd.reset();
   EXPECT_EQ(error_of([&] { command_line(apply_overrides(image({"/entry"}, {"default"}), o)); }),
             "no command specified");
@@ -125,12 +128,13 @@ TEST(InitCommand, OtherOverridesReplace) {
 
 TEST(InitEnv, DockerOrderAndDefaults) {
   EXPECT_EQ(workload_env({}, "h1", false, "/root"),
-            (Strings{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=h1", "HOME=/root"}));
+            (Strings{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                     "HOSTNAME=h1", "HOME=/root"}));
   EXPECT_EQ(workload_env({"PATH=/opt/bin", "X=a b=c", "NOVALUE"}, "h", true, ""),
             (Strings{"PATH=/opt/bin", "HOSTNAME=h", "TERM=xterm", "X=a b=c", "HOME=/"}));
   EXPECT_EQ(workload_env({"HOME=/data", "TERM=dumb", "HOSTNAME=mine"}, "h", true, "/root"),
-            (Strings{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOSTNAME=mine", "TERM=dumb",
-                     "HOME=/data"}));
+            (Strings{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                     "HOSTNAME=mine", "TERM=dumb", "HOME=/data"}));
 }
 
 TEST(InitEnv, GetAndSet) {
@@ -157,7 +161,8 @@ class InitLookup : public ::testing::Test {
     put(root_.path() / "app/notexec", "x", 0600);
     fs::create_directories(root_.path() / "usr/bin/adir");
   }
-  std::variant<std::string, ExecFailure> find(std::string_view name, std::string_view path = kDefaultPath,
+  std::variant<std::string, ExecFailure> find(std::string_view name,
+                                              std::string_view path = kDefaultPath,
                                               std::string_view cwd = "/") {
     return find_executable(root_.path(), name, path, cwd);
   }
@@ -177,7 +182,8 @@ TEST_F(InitLookup, SkipsNonExecutablesAndDirectories) {
 }
 
 TEST_F(InitLookup, MissingIsDockers127) {
-  EXPECT_EQ(std::get<ExecFailure>(find("foo")), (ExecFailure{127, "exec: \"foo\": executable file not found in $PATH"}));
+  EXPECT_EQ(std::get<ExecFailure>(find("foo")),
+            (ExecFailure{127, "exec: \"foo\": executable file not found in $PATH"}));
   EXPECT_EQ(std::get<ExecFailure>(find("sh", "/nowhere")).status, 127);
   EXPECT_EQ(std::get<ExecFailure>(find("")).status, 127);
 }
@@ -193,8 +199,10 @@ TEST_F(InitLookup, NamesWithSlashAreNotLookedUp) {
 }
 
 TEST_F(InitLookup, NotExecutableIs126) {
-  EXPECT_EQ(std::get<ExecFailure>(find("/app/notexec")), (ExecFailure{126, "exec: \"/app/notexec\": permission denied"}));
-  EXPECT_EQ(std::get<ExecFailure>(find("/usr/bin/adir")), (ExecFailure{126, "exec: \"/usr/bin/adir\": is a directory"}));
+  EXPECT_EQ(std::get<ExecFailure>(find("/app/notexec")),
+            (ExecFailure{126, "exec: \"/app/notexec\": permission denied"}));
+  EXPECT_EQ(std::get<ExecFailure>(find("/usr/bin/adir")),
+            (ExecFailure{126, "exec: \"/usr/bin/adir\": is a directory"}));
 }
 
 TEST_F(InitLookup, EmptyPathElementIsTheWorkingDirectory) {
@@ -275,14 +283,18 @@ TEST_F(InitUser, ExplicitGroupReplacesPrimaryAndDropsSupplementary) {
 TEST_F(InitUser, EmptyHomeIsSlash) { EXPECT_EQ(resolve("nohome").home, "/"); }
 
 TEST_F(InitUser, UnknownNamesAreErrorsNamingThem) {
-  EXPECT_EQ(error_of([&] { resolve("ghost"); }), "unable to find user ghost: no matching entries in passwd file");
-  EXPECT_EQ(error_of([&] { resolve("app:ghosts"); }), "unable to find group ghosts: no matching entries in group file");
-  EXPECT_EQ(error_of([&] { resolve("bad"); }), "unable to find user bad: no matching entries in passwd file");
+  EXPECT_EQ(error_of([&] { resolve("ghost"); }),
+            "unable to find user ghost: no matching entries in passwd file");
+  EXPECT_EQ(error_of([&] { resolve("app:ghosts"); }),
+            "unable to find group ghosts: no matching entries in group file");
+  EXPECT_EQ(error_of([&] { resolve("bad"); }),
+            "unable to find user bad: no matching entries in passwd file");
 }
 
 TEST_F(InitUser, OutOfRangeIds) {
   EXPECT_NE(error_of([&] { resolve("4294967296"); }).find("out of range"), std::string::npos);
-  EXPECT_NE(error_of([&] { resolve("1:99999999999999999999999"); }).find("out of range"), std::string::npos);
+  EXPECT_NE(error_of([&] { resolve("1:99999999999999999999999"); }).find("out of range"),
+            std::string::npos);
 }
 
 TEST(InitUserNoFiles, MissingPasswdAndGroupLikeDocker) {

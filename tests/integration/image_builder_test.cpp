@@ -2,6 +2,8 @@
 // libarchive to exactly the entries described, skopeo reads its OCI layouts and docker-save
 // tarballs and pushes them (also as Docker v2s2 and multi-platform), and umoci unpacks them
 // with whiteouts applied.
+#include "image_builder.hpp"
+
 #include <archive.h>
 #include <archive_entry.h>
 #include <gtest/gtest.h>
@@ -13,7 +15,6 @@
 #include <nlohmann/json.hpp>
 
 #include "http.hpp"
-#include "image_builder.hpp"
 #include "img2vm/base/fd.hpp"
 #include "process.hpp"
 #include "registry.hpp"
@@ -61,7 +62,8 @@ std::vector<Decoded> decode(const std::string& data) {
       d.xattrs[name] = std::string(static_cast<const char*>(val), size);
     char buf[4096];
     la_ssize_t n;
-    while ((n = archive_read_data(a, buf, sizeof buf)) > 0) d.content.append(buf, static_cast<size_t>(n));
+    while ((n = archive_read_data(a, buf, sizeof buf)) > 0)
+      d.content.append(buf, static_cast<size_t>(n));
     out.push_back(d);
   }
   archive_read_free(a);
@@ -70,7 +72,8 @@ std::vector<Decoded> decode(const std::string& data) {
 
 TEST(ImageBuilder, LayerTarHoldsExactlyTheDescribedEntries) {
   std::string long_name = "deep/" + std::string(120, 'n') + "/file";
-  std::string cap("\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", 20);
+  std::string cap(
+      "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", 20);
   std::vector<Entry> entries = {
       dir("etc", 0755),
       file("etc/passwd", "root:x:0:0::/root:/bin/sh\n", 0644).owner(0, 0),
@@ -147,8 +150,9 @@ TEST(ImageBuilder, SkopeoReadsDockerArchiveAndOciLayout) {
 
   // skopeo turns the docker-save tarball into an OCI layout; the config survives byte for byte.
   auto out = tmp.path() / "oci";
-  CommandResult r = run_command({"skopeo", "--insecure-policy", "copy", "docker-archive:" + tarball.string(),
-                                 "oci:" + out.string() + ":copied"});
+  CommandResult r =
+      run_command({"skopeo", "--insecure-policy", "copy", "docker-archive:" + tarball.string(),
+                   "oci:" + out.string() + ":copied"});
   ASSERT_EQ(r.exit_code, 0) << r.describe();
   json index = json::parse(read_file(out / "index.json"));
   std::string mdigest = index["manifests"][0]["digest"];
@@ -159,7 +163,8 @@ TEST(ImageBuilder, SkopeoReadsDockerArchiveAndOciLayout) {
   // And it reads our own OCI layout as-is.
   auto ours = tmp.path() / "ours";
   write_oci_layout(ours, {{"v1", img}});
-  r = run_command({"skopeo", "--insecure-policy", "inspect", "--raw", "oci:" + ours.string() + ":v1"});
+  r = run_command(
+      {"skopeo", "--insecure-policy", "inspect", "--raw", "oci:" + ours.string() + ":v1"});
   ASSERT_EQ(r.exit_code, 0) << r.describe();
   EXPECT_EQ(r.out, img.manifest.data);
 }
@@ -173,7 +178,8 @@ TEST(ImageBuilder, DockerV2s2AndMultiPlatformPushes) {
   spec.layers.push_back(layer({file("etc/os-release", "ID=test\n")}));
   BuiltImage img = build_image(spec);
   write_oci_layout(tmp.path() / "d", {{"v1", img}});
-  skopeo_push("oci:" + (tmp.path() / "d").string() + ":v1", reg, "fmt/docker:v1", {"--format", "v2s2"});
+  skopeo_push("oci:" + (tmp.path() / "d").string() + ":v1", reg, "fmt/docker:v1",
+              {"--format", "v2s2"});
   HttpResponse r = get_manifest(reg.base_url(), "fmt/docker", "v1", "", "");
   ASSERT_EQ(r.status, 200);
   EXPECT_EQ(r.headers["content-type"], "application/vnd.docker.distribution.manifest.v2+json");
@@ -191,7 +197,8 @@ TEST(ImageBuilder, DockerV2s2AndMultiPlatformPushes) {
   for (auto& p : plats) p.layers.push_back(layer({file("arch", p.config.architecture + "\n")}));
   BuiltIndex idx = build_index(plats);
   write_oci_layout(tmp.path() / "m", "multi", idx);
-  skopeo_push("oci:" + (tmp.path() / "m").string() + ":multi", reg, "fmt/multi:latest", {"--all", "--preserve-digests"});
+  skopeo_push("oci:" + (tmp.path() / "m").string() + ":multi", reg, "fmt/multi:latest",
+              {"--all", "--preserve-digests"});
   r = get_manifest(reg.base_url(), "fmt/multi", "latest", "", "");
   ASSERT_EQ(r.status, 200);
   EXPECT_EQ(r.body, idx.index.data);
@@ -200,20 +207,24 @@ TEST(ImageBuilder, DockerV2s2AndMultiPlatformPushes) {
   EXPECT_EQ(j["manifests"][1]["platform"]["variant"], "v8");
   // Each platform's manifest is there too.
   for (const auto& pimg : idx.images)
-    EXPECT_EQ(get_manifest(reg.base_url(), "fmt/multi", pimg.manifest.digest.str(), "", "").status, 200);
+    EXPECT_EQ(get_manifest(reg.base_url(), "fmt/multi", pimg.manifest.digest.str(), "", "").status,
+              200);
 }
 
 TEST(ImageBuilder, UmociUnpacksWithWhiteoutsApplied) {
   ImageSpec spec;
-  spec.layers.push_back(layer({dir("etc"), file("etc/motd", "welcome"), file("etc/keep", "kept"), dir("var"),
-                          dir("var/cache"), file("var/cache/old", "old"), symlink_to("etc/link", "keep")}));
-  spec.layers.push_back(layer({whiteout("etc/motd"), opaque("var/cache"), file("var/cache/new", "new", 0640)}));
+  spec.layers.push_back(
+      layer({dir("etc"), file("etc/motd", "welcome"), file("etc/keep", "kept"), dir("var"),
+             dir("var/cache"), file("var/cache/old", "old"), symlink_to("etc/link", "keep")}));
+  spec.layers.push_back(
+      layer({whiteout("etc/motd"), opaque("var/cache"), file("var/cache/new", "new", 0640)}));
   BuiltImage img = build_image(spec);
   TempDir tmp("umoci");
   auto layout = tmp.path() / "layout";
   write_oci_layout(layout, {{"v1", img}});
   auto bundle = tmp.path() / "bundle";
-  std::vector<std::string> cmd = {"umoci", "unpack", "--image", layout.string() + ":v1", bundle.string()};
+  std::vector<std::string> cmd = {"umoci", "unpack", "--image", layout.string() + ":v1",
+                                  bundle.string()};
   if (geteuid() != 0) cmd.insert(cmd.begin() + 2, "--rootless");
   CommandResult r = run_command(cmd);
   ASSERT_EQ(r.exit_code, 0) << r.describe();

@@ -18,7 +18,8 @@ namespace {
 BuiltImage small_image(const std::string& marker) {
   ImageSpec spec;
   spec.layers.push_back(layer({dir("etc"), file("etc/marker", marker + "\n")}));
-  spec.layers.push_back(layer({file("hello.txt", "hello from layer two\n", 0600)}, LayerCompression::kZstd));
+  spec.layers.push_back(
+      layer({file("hello.txt", "hello from layer two\n", 0600)}, LayerCompression::kZstd));
   spec.config.cmd = {"/bin/sh"};
   return build_image(spec);
 }
@@ -38,7 +39,8 @@ TEST_P(RegistryAuthModes, PushWithSkopeoAndReadManifestBack) {
   // And so does a plain HTTP client doing the auth dance itself, by tag and by digest.
   std::string ca = reg.tls() ? reg.ca_cert_file().string() : "";
   for (const std::string& ref : {std::string("v1"), img.manifest.digest.str()}) {
-    HttpResponse r = get_manifest(reg.base_url(), "test/app", ref, reg.username(), reg.password(), ca);
+    HttpResponse r =
+        get_manifest(reg.base_url(), "test/app", ref, reg.username(), reg.password(), ca);
     ASSERT_EQ(r.status, 200) << ref << ": " << r.error << r.body;
     EXPECT_EQ(r.body, img.manifest.data);
     EXPECT_EQ(r.headers["docker-content-digest"], img.manifest.digest.str());
@@ -72,9 +74,11 @@ TEST_P(RegistryAuthModes, CredentialsAreEnforced) {
     EXPECT_EQ(ch.params["service"], "img2vm-test-registry");
   }
 
-  HttpResponse wrong = get_manifest(reg.base_url(), "private/app", "v1", reg.username(), "wrong-password", ca);
+  HttpResponse wrong =
+      get_manifest(reg.base_url(), "private/app", "v1", reg.username(), "wrong-password", ca);
   EXPECT_EQ(wrong.status, 401);
-  HttpResponse right = get_manifest(reg.base_url(), "private/app", "v1", reg.username(), reg.password(), ca);
+  HttpResponse right =
+      get_manifest(reg.base_url(), "private/app", "v1", reg.username(), reg.password(), ca);
   EXPECT_EQ(right.status, 200);
 
   if (GetParam() == RegistryAuth::kToken) {
@@ -90,7 +94,8 @@ TEST_P(RegistryAuthModes, CredentialsAreEnforced) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Auth, RegistryAuthModes,
-                         ::testing::Values(RegistryAuth::kNone, RegistryAuth::kBasicTls, RegistryAuth::kToken),
+                         ::testing::Values(RegistryAuth::kNone, RegistryAuth::kBasicTls,
+                                           RegistryAuth::kToken),
                          [](const auto& p) {
                            std::string n = to_string(p.param);
                            for (char& c : n)

@@ -31,7 +31,8 @@ struct Header {
 // One gzip member of `data` written by zlib (windowBits 15 + 16), with optional header fields.
 std::string gzip_member(const std::string& data, int level = 6, const Header* h = nullptr) {
   z_stream z{};
-  if (deflateInit2(&z, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK) throw std::runtime_error("deflateInit2");
+  if (deflateInit2(&z, level, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+    throw std::runtime_error("deflateInit2");
   gz_header gh{};
   std::string name, comment, extra;
   if (h) {
@@ -93,8 +94,10 @@ TEST(Gunzip, DecodesWhatZlibWroteWhateverTheChunking) {
     EXPECT_EQ(r->members(), 1u);
   }
   const std::string gz = gzip_member(data.substr(0, 300000));
-  for (auto [in_chunk, out_chunk] : std::vector<std::pair<size_t, size_t>>{{1, 4096}, {13, 1}, {4096, 7}, {gz.size(), 3 << 20}})
-    EXPECT_EQ(gunzip(gz, in_chunk, out_chunk), data.substr(0, 300000)) << in_chunk << "/" << out_chunk;
+  for (auto [in_chunk, out_chunk] :
+       std::vector<std::pair<size_t, size_t>>{{1, 4096}, {13, 1}, {4096, 7}, {gz.size(), 3 << 20}})
+    EXPECT_EQ(gunzip(gz, in_chunk, out_chunk), data.substr(0, 300000))
+        << in_chunk << "/" << out_chunk;
 }
 
 TEST(Gunzip, HeaderFieldsAreSkippedAndTheirCrcChecked) {
@@ -122,7 +125,8 @@ TEST(Gunzip, ConcatenatedMembersAreOneStream) {
 TEST(Gunzip, BytesAfterTheLastMemberEndTheStreamUndecoded) {
   const std::string data = sample_data(40000, 5);
   const std::string gz = gzip_member(data);
-  for (const std::string& tail : {std::string(1024, '\0'), std::string("trailing garbage"), std::string("\x1f")}) {
+  for (const std::string& tail :
+       {std::string(1024, '\0'), std::string("trailing garbage"), std::string("\x1f")}) {
     GzipReader* r = nullptr;
     EXPECT_EQ(gunzip(gz + tail, 1 << 20, 1 << 17, &r), data);
     EXPECT_EQ(r->bytes_in(), gz.size());
@@ -139,7 +143,8 @@ TEST(Gunzip, DamageIsAnIntegrityErrorNamingTheLayer) {
   EXPECT_NE(e.find("layer test: corrupt gzip stream"), std::string::npos) << e;
   EXPECT_NE(e.find("truncated"), std::string::npos) << e;
   // Truncated anywhere, including inside the header and the trailer.
-  for (size_t cut : {size_t{1}, size_t{5}, size_t{10}, gz.size() / 3, gz.size() / 2, gz.size() - 8, gz.size() - 4})
+  for (size_t cut : {size_t{1}, size_t{5}, size_t{10}, gz.size() / 3, gz.size() / 2, gz.size() - 8,
+                     gz.size() - 4})
     EXPECT_NE(failure(gz.substr(0, cut)), "") << "cut at " << cut;
   std::string crc = gz;
   crc[crc.size() - 6] ^= 1;  // CRC-32 in the trailer
@@ -164,7 +169,8 @@ TEST(Gunzip, DamageIsAnIntegrityErrorNamingTheLayer) {
 }
 
 TEST(Gunzip, SourceErrorsPassThrough) {
-  GzipReader r([](void*, size_t) -> size_t { throw Error(ErrorKind::kIo, "disk on fire"); }, "layer test");
+  GzipReader r([](void*, size_t) -> size_t { throw Error(ErrorKind::kIo, "disk on fire"); },
+               "layer test");
   char b[16];
   try {
     r.read(b, sizeof b);
@@ -178,12 +184,14 @@ TEST(Gunzip, SourceErrorsPassThrough) {
 TEST(Gunzip, DecodeTarUsesItForGzipLayers) {
   // A gzip layer whose tar is fine but whose trailer CRC is wrong: only a checking inflater
   // notices (the tar's end-of-archive blocks come before the trailer).
-  const std::string tar = img2vm::testing::make_layer_tar({img2vm::testing::file("etc/hello", "hello\n")});
+  const std::string tar =
+      img2vm::testing::make_layer_tar({img2vm::testing::file("etc/hello", "hello\n")});
   std::string gz = gzip_member(tar);
   auto decode = [&](const std::string& blob) {
     TempDir dir("img2vm-gunzip-test");
     UniqueFd spool = open_file(dir.path() / "spool", O_RDWR | O_CREAT, 0600);
-    return decode_tar(img2vm::testing::bytes_source(blob), Compression::kGzip, spool.get(), {}, "layer x");
+    return decode_tar(img2vm::testing::bytes_source(blob), Compression::kGzip, spool.get(), {},
+                      "layer x");
   };
   DecodedLayer good = decode(gz);
   ASSERT_EQ(good.entries.size(), 1u);
@@ -195,6 +203,7 @@ TEST(Gunzip, DecodeTarUsesItForGzipLayers) {
     FAIL() << "a bad CRC was accepted";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kIntegrity);
-    EXPECT_NE(std::string(e.what()).find("layer x: corrupt gzip stream"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("layer x: corrupt gzip stream"), std::string::npos)
+        << e.what();
   }
 }

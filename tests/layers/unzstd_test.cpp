@@ -131,7 +131,8 @@ TEST(Unzstd, AWindowPastTheLimitIsRefused) {
   std::string e = failure(z);
   EXPECT_NE(e.find("window larger than 128 MiB"), std::string::npos) << e;
   // At the limit it decodes.
-  const std::string ok = zstd_frame(sample_data(100000, 6), 3, true, ZstdReader::kMaxWindowLog, false);
+  const std::string ok =
+      zstd_frame(sample_data(100000, 6), 3, true, ZstdReader::kMaxWindowLog, false);
   EXPECT_EQ(failure(ok), "");
 }
 

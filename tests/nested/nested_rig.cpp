@@ -14,7 +14,9 @@ namespace img2vm::testing {
 
 namespace fs = std::filesystem;
 
-const char* to_string(KvmRoute r) noexcept { return r == KvmRoute::kDirect ? "direct" : "nested (L1 under qemu TCG)"; }
+const char* to_string(KvmRoute r) noexcept {
+  return r == KvmRoute::kDirect ? "direct" : "nested (L1 under qemu TCG)";
+}
 
 KvmRoute kvm_route(bool tiny_guests_ok_on_pvm) {
   static std::once_flag once;
@@ -36,7 +38,8 @@ KvmRoute kvm_route(bool tiny_guests_ok_on_pvm) {
     } else if (info.kind == vm::KvmKind::kHardware) {
       route = KvmRoute::kDirect;
       why = info.detail;
-    } else if (info.kind == vm::KvmKind::kPvm && tiny_guests_ok_on_pvm && std::getenv("IMG2VM_KVM_TESTS_ON_PVM")) {
+    } else if (info.kind == vm::KvmKind::kPvm && tiny_guests_ok_on_pvm &&
+               std::getenv("IMG2VM_KVM_TESTS_ON_PVM")) {
       route = KvmRoute::kDirect;
       why = "PVM with IMG2VM_KVM_TESTS_ON_PVM set: " + info.detail;
     } else {
@@ -51,13 +54,16 @@ KvmRoute kvm_route(bool tiny_guests_ok_on_pvm) {
 std::string NestedResult::describe() const {
   std::string s = timed_out ? "timed out" : "exited with " + std::to_string(exit_code);
   s += "\n--- output ---\n" + output;
-  if (!rig_stderr.empty()) s += "\n--- rig ---\n" + rig_stderr.substr(rig_stderr.size() > 6000 ? rig_stderr.size() - 6000 : 0);
+  if (!rig_stderr.empty())
+    s += "\n--- rig ---\n" +
+         rig_stderr.substr(rig_stderr.size() > 6000 ? rig_stderr.size() - 6000 : 0);
   return s;
 }
 
 NestedResult run_nested(const std::vector<std::string>& argv, const std::vector<fs::path>& files,
                         std::chrono::seconds timeout) {
-  std::vector<std::string> cmd = {IMG2VM_NESTED_RIG, "run", "--timeout", std::to_string(timeout.count())};
+  std::vector<std::string> cmd = {IMG2VM_NESTED_RIG, "run", "--timeout",
+                                  std::to_string(timeout.count())};
   for (const auto& f : files) {
     cmd.push_back("--file");
     cmd.push_back(f.string());
@@ -85,8 +91,8 @@ bool run_here_or_nested(const std::vector<fs::path>& files, bool tiny_guests) {
   std::string filter = std::string(info->test_suite_name()) + "." + info->name();
   std::vector<fs::path> all = files;
   all.push_back(fs::read_symlink("/proc/self/exe"));
-  auto r = run_nested({"env", "IMG2VM_NESTED_INSIDE=1", all.back().string(), "--gtest_filter=" + filter,
-                       "--gtest_color=no"},
+  auto r = run_nested({"env", "IMG2VM_NESTED_INSIDE=1", all.back().string(),
+                       "--gtest_filter=" + filter, "--gtest_color=no"},
                       all);
   std::fprintf(stderr, "[kvm route] %s ran in L1:\n%s\n", filter.c_str(), r.output.c_str());
   EXPECT_EQ(r.exit_code, 0) << "the test failed inside L1: " << r.describe();

@@ -11,8 +11,8 @@
 namespace img2vm::testing {
 
 enum class KvmRoute {
-  kDirect,        // this process can use /dev/kvm (hardware KVM, or inside L1 already)
-  kNested,        // run through nested-rig.sh in an L1 guest
+  kDirect,  // this process can use /dev/kvm (hardware KVM, or inside L1 already)
+  kNested,  // run through nested-rig.sh in an L1 guest
 };
 
 // Decides once per process and prints the decision (and why) to stderr:
@@ -24,16 +24,17 @@ KvmRoute kvm_route(bool tiny_guests_ok_on_pvm = false);
 const char* to_string(KvmRoute r) noexcept;
 
 struct NestedResult {
-  int exit_code = -1;       // the command's status inside L1; 200-203 rig failures (see the script)
-  std::string output;       // what the command printed (stdout and stderr merged)
-  std::string rig_stderr;   // the rig's own messages (and L1's console on failures)
+  int exit_code = -1;      // the command's status inside L1; 200-203 rig failures (see the script)
+  std::string output;      // what the command printed (stdout and stderr merged)
+  std::string rig_stderr;  // the rig's own messages (and L1's console on failures)
   bool timed_out = false;
   std::string describe() const;
 };
 
 // Runs argv inside L1 with `files` copied in at the same absolute paths (shared libraries of
 // dynamic executables included). argv[0] must be one of `files` or a busybox applet.
-NestedResult run_nested(const std::vector<std::string>& argv, const std::vector<std::filesystem::path>& files,
+NestedResult run_nested(const std::vector<std::string>& argv,
+                        const std::vector<std::filesystem::path>& files,
                         std::chrono::seconds timeout = std::chrono::seconds(300));
 
 // For a gtest body that needs KVM: returns true when the body should run in this process.

@@ -1,16 +1,18 @@
+#include "img2vm/registry/credentials.hpp"
+
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
-#include "img2vm/registry/credentials.hpp"
 
 using namespace img2vm;
 using namespace img2vm::registry;
 
 TEST(Credentials, Base64) {
-  for (const std::string& s : std::vector<std::string>{"", "a", "ab", "abc", "user:p@ss:w0rd", std::string("\0\xff\x10", 3)})
+  for (const std::string& s : std::vector<std::string>{"", "a", "ab", "abc", "user:p@ss:w0rd",
+                                                       std::string("\0\xff\x10", 3)})
     EXPECT_EQ(base64_decode(base64_encode(s)), s);
   EXPECT_EQ(base64_encode("img2vm:s3cret"), "aW1nMnZtOnMzY3JldA==");
   EXPECT_THROW(base64_decode("a*b="), Error);
@@ -18,10 +20,11 @@ TEST(Credentials, Base64) {
 
 TEST(Credentials, DockerConfigAuths) {
   TempDir d("dockercfg");
-  nlohmann::json j = {{"auths",
-                       {{"https://index.docker.io/v1/", {{"auth", base64_encode("hubuser:hubpass")}}},
-                        {"reg.example:5000", {{"auth", base64_encode("u:p:with:colons")}}},
-                        {"https://tok.example/v2/", {{"identitytoken", "refresh-me"}}}}}};
+  nlohmann::json j = {
+      {"auths",
+       {{"https://index.docker.io/v1/", {{"auth", base64_encode("hubuser:hubpass")}}},
+        {"reg.example:5000", {{"auth", base64_encode("u:p:with:colons")}}},
+        {"https://tok.example/v2/", {{"identitytoken", "refresh-me"}}}}}};
   write_file_atomic(d.path() / "config.json", j.dump());
   auto hub = lookup_docker_credentials("docker.io", d.path());
   ASSERT_TRUE(hub);

@@ -104,13 +104,16 @@ void FaultProxy::handle(int fd) {
     return;
   }
   if (fault == Fault::k503) {
-    send_all(fd, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    send_all(fd,
+             "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     return;
   }
   if (fault == Fault::k429) {
-    send_all(fd, "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: application/json\r\n"
-                 "Content-Length: 60\r\nConnection: close\r\n\r\n"
-                 "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"slow down\"}]}");
+    send_all(
+        fd,
+        "HTTP/1.1 429 Too Many Requests\r\nRetry-After: 1\r\nContent-Type: application/json\r\n"
+        "Content-Length: 60\r\nConnection: close\r\n\r\n"
+        "{\"errors\":[{\"code\":\"TOOMANYREQUESTS\",\"message\":\"slow down\"}]}");
     return;
   }
   UniqueFd up(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));

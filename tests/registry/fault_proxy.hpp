@@ -29,7 +29,8 @@ class FaultProxy {
   FaultProxy& operator=(const FaultProxy&) = delete;
 
   std::string host() const { return server_.host(); }
-  // Faults applied, in order, to the next blob requests; kTruncate cuts after `truncate_after` bytes.
+  // Faults applied, in order, to the next blob requests; kTruncate cuts after `truncate_after`
+  // bytes.
   void script(std::vector<Fault> faults, size_t truncate_after = 100000);
   std::vector<Seen> blob_requests() const;
   // How many responses are being held by kStall now or were (a condition to wait for).

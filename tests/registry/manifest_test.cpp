@@ -1,9 +1,10 @@
+#include "img2vm/registry/manifest.hpp"
+
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 
 #include "img2vm/base/error.hpp"
-#include "img2vm/registry/manifest.hpp"
 #include "img2vm/registry/media_types.hpp"
 
 using namespace img2vm;
@@ -14,9 +15,12 @@ namespace {
 
 std::string dg(char c) { return "sha256:" + std::string(64, c); }
 
-json desc(const std::string& mt, char c, int64_t size) { return {{"mediaType", mt}, {"digest", dg(c)}, {"size", size}}; }
+json desc(const std::string& mt, char c, int64_t size) {
+  return {{"mediaType", mt}, {"digest", dg(c)}, {"size", size}};
+}
 
-json plat_entry(char c, const std::string& os, const std::string& arch, const std::string& variant = "") {
+json plat_entry(char c, const std::string& os, const std::string& arch,
+                const std::string& variant = "") {
   json d = desc(std::string(media_type::kOciManifest), c, 100);
   d["platform"] = {{"os", os}, {"architecture", arch}};
   if (!variant.empty()) d["platform"]["variant"] = variant;
@@ -39,9 +43,10 @@ std::string error_of(std::function<void()> f) {
 }
 
 TEST(Manifest, ParsesOciAndDockerManifests) {
-  for (auto [mt, cfg, lay] : {std::tuple{media_type::kOciManifest, media_type::kOciConfig, media_type::kOciLayerGzip},
-                              std::tuple{media_type::kDockerManifest, media_type::kDockerConfig,
-                                         media_type::kDockerLayerGzip}}) {
+  for (auto [mt, cfg, lay] :
+       {std::tuple{media_type::kOciManifest, media_type::kOciConfig, media_type::kOciLayerGzip},
+        std::tuple{media_type::kDockerManifest, media_type::kDockerConfig,
+                   media_type::kDockerLayerGzip}}) {
     json j = {{"schemaVersion", 2},
               {"mediaType", mt},
               {"config", desc(std::string(cfg), 'c', 123)},
@@ -63,7 +68,8 @@ TEST(Manifest, ParsesOciAndDockerManifests) {
 TEST(Manifest, MediaTypeFromContentTypeOrShape) {
   json m = {{"schemaVersion", 2}, {"config", desc("x", 'c', 1)}, {"layers", json::array()}};
   EXPECT_EQ(parse_manifest(m.dump()).media_type, media_type::kOciManifest);
-  EXPECT_EQ(parse_manifest(m.dump(), std::string(media_type::kDockerManifest) + "; charset=utf-8").media_type,
+  EXPECT_EQ(parse_manifest(m.dump(), std::string(media_type::kDockerManifest) + "; charset=utf-8")
+                .media_type,
             media_type::kDockerManifest);
   json i = {{"schemaVersion", 2}, {"manifests", json::array()}};
   EXPECT_TRUE(parse_manifest(i.dump(), "application/json").is_index());
@@ -84,25 +90,31 @@ TEST(Manifest, RefusesSchema1AndConflicts) {
 }
 
 TEST(Manifest, RejectsMalformedDocuments) {
-  EXPECT_NE(error_of([] { parse_manifest("{not json", "", "manifest of x"); }).find("invalid manifest of x: not valid JSON"),
+  EXPECT_NE(error_of([] {
+              parse_manifest("{not json", "", "manifest of x");
+            }).find("invalid manifest of x: not valid JSON"),
             std::string::npos);
   EXPECT_NE(error_of([] { parse_manifest("[]"); }).find("not a JSON object"), std::string::npos);
   json bad_digest = {{"schemaVersion", 2},
                      {"mediaType", media_type::kOciManifest},
                      {"config", {{"mediaType", "x"}, {"digest", "sha256:nothex"}, {"size", 1}}},
                      {"layers", json::array()}};
-  EXPECT_NE(error_of([&] { parse_manifest(bad_digest.dump()); }).find("not a valid digest"), std::string::npos);
+  EXPECT_NE(error_of([&] { parse_manifest(bad_digest.dump()); }).find("not a valid digest"),
+            std::string::npos);
   json neg = {{"schemaVersion", 2},
               {"mediaType", media_type::kOciManifest},
               {"config", desc("x", 'c', -1)},
               {"layers", json::array()}};
   EXPECT_NE(error_of([&] { parse_manifest(neg.dump()); }).find("negative size"), std::string::npos);
-  json no_layers = {{"schemaVersion", 2}, {"mediaType", media_type::kOciManifest}, {"config", desc("x", 'c', 1)}};
-  EXPECT_NE(error_of([&] { parse_manifest(no_layers.dump()); }).find("\"layers\""), std::string::npos);
+  json no_layers = {
+      {"schemaVersion", 2}, {"mediaType", media_type::kOciManifest}, {"config", desc("x", 'c', 1)}};
+  EXPECT_NE(error_of([&] { parse_manifest(no_layers.dump()); }).find("\"layers\""),
+            std::string::npos);
   json v3 = {{"schemaVersion", 3}, {"manifests", json::array()}};
   EXPECT_NE(error_of([&] { parse_manifest(v3.dump()); }).find("schemaVersion"), std::string::npos);
   json other = {{"schemaVersion", 2}, {"mediaType", "application/vnd.example+json"}};
-  EXPECT_NE(error_of([&] { parse_manifest(other.dump()); }).find("unsupported media type"), std::string::npos);
+  EXPECT_NE(error_of([&] { parse_manifest(other.dump()); }).find("unsupported media type"),
+            std::string::npos);
   std::string huge(kMaxManifestBytes + 1, ' ');
   EXPECT_NE(error_of([&] { parse_manifest(huge); }).find("larger than"), std::string::npos);
 }
@@ -119,16 +131,18 @@ TEST(Platform, ParseAndNormalize) {
   EXPECT_THROW(Platform::parse("linux"), Error);
   EXPECT_THROW(Platform::parse("linux//v7"), Error);
   EXPECT_THROW(Platform::parse("linux/amd64/v2/x"), Error);
-  EXPECT_NE(error_of([] { Platform::parse("linux/am d64"); }).find("not allowed"), std::string::npos);
+  EXPECT_NE(error_of([] { Platform::parse("linux/am d64"); }).find("not allowed"),
+            std::string::npos);
   Platform h = host_platform();
   EXPECT_EQ(h.os, "linux");
   EXPECT_FALSE(h.architecture.empty());
 }
 
 TEST(Platform, SelectsLikeContainerd) {
-  Index idx = index_of({plat_entry('1', "linux", "amd64"), plat_entry('2', "linux", "arm64", "v8"),
-                        plat_entry('3', "linux", "arm", "v6"), plat_entry('4', "linux", "arm", "v7"),
-                        plat_entry('5', "unknown", "unknown"), plat_entry('6', "linux", "386")});
+  Index idx =
+      index_of({plat_entry('1', "linux", "amd64"), plat_entry('2', "linux", "arm64", "v8"),
+                plat_entry('3', "linux", "arm", "v6"), plat_entry('4', "linux", "arm", "v7"),
+                plat_entry('5', "unknown", "unknown"), plat_entry('6', "linux", "386")});
   EXPECT_EQ(select_platform(idx, Platform::parse("linux/amd64"), "x").digest.str(), dg('1'));
   // arm64 with and without the v8 variant is the same platform.
   EXPECT_EQ(select_platform(idx, Platform::parse("linux/arm64"), "x").digest.str(), dg('2'));
@@ -140,7 +154,8 @@ TEST(Platform, SelectsLikeContainerd) {
   EXPECT_EQ(select_platform(idx, Platform::parse("linux/arm/v8"), "x").digest.str(), dg('4'));
   EXPECT_EQ(select_platform(idx, Platform::parse("linux/amd64/v3"), "x").digest.str(), dg('1'));
   // An arm64 host runs 32-bit arm images when nothing better exists; an amd64 host runs 386.
-  Index armonly = index_of({plat_entry('3', "linux", "arm", "v6"), plat_entry('4', "linux", "arm", "v7")});
+  Index armonly =
+      index_of({plat_entry('3', "linux", "arm", "v6"), plat_entry('4', "linux", "arm", "v7")});
   EXPECT_EQ(select_platform(armonly, Platform::parse("linux/arm64"), "x").digest.str(), dg('4'));
   Index x86 = index_of({plat_entry('6', "linux", "386")});
   EXPECT_EQ(select_platform(x86, Platform::parse("linux/amd64"), "x").digest.str(), dg('6'));
@@ -149,9 +164,13 @@ TEST(Platform, SelectsLikeContainerd) {
 TEST(Platform, AttestationsNeverChosenAndErrorListsAvailable) {
   json att = plat_entry('9', "unknown", "unknown");
   att["annotations"] = {{"vnd.docker.reference.type", "attestation-manifest"}};
-  Index idx = index_of({att, plat_entry('1', "linux", "amd64"), plat_entry('2', "linux", "arm64", "v8")});
-  std::string e = error_of([&] { select_platform(idx, Platform::parse("linux/riscv64"), "example.com/a:b"); });
-  EXPECT_EQ(e, "no image for platform linux/riscv64 in example.com/a:b (available: linux/amd64, linux/arm64)");
+  Index idx =
+      index_of({att, plat_entry('1', "linux", "amd64"), plat_entry('2', "linux", "arm64", "v8")});
+  std::string e =
+      error_of([&] { select_platform(idx, Platform::parse("linux/riscv64"), "example.com/a:b"); });
+  EXPECT_EQ(e,
+            "no image for platform linux/riscv64 in example.com/a:b (available: linux/amd64, "
+            "linux/arm64)");
   Index only_att = index_of({att});
   e = error_of([&] { select_platform(only_att, Platform::parse("linux/amd64"), "y"); });
   EXPECT_NE(e.find("available: none"), std::string::npos) << e;

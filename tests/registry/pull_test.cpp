@@ -71,7 +71,8 @@ ImageSpec multi_layer_spec(const std::string& marker, bool gzip_only = false) {
   return spec;
 }
 
-void push(Registry& reg, const BuiltImage& img, const std::string& dest, const std::vector<std::string>& extra = {}) {
+void push(Registry& reg, const BuiltImage& img, const std::string& dest,
+          const std::vector<std::string>& extra = {}) {
   TempDir layout("layout");
   write_oci_layout(layout.path(), {{"t", img}});
   skopeo_push("oci:" + layout.path().string() + ":t", reg, dest, extra);
@@ -82,7 +83,8 @@ int count_in_log(const Registry& reg, const std::string& needle) {
   std::string log = read_file(reg.log_file());
   std::string needle_line = "\"GET " + needle;
   int n = 0;
-  for (size_t p = log.find(needle_line); p != std::string::npos; p = log.find(needle_line, p + 1)) ++n;
+  for (size_t p = log.find(needle_line); p != std::string::npos; p = log.find(needle_line, p + 1))
+    ++n;
   return n;
 }
 
@@ -92,7 +94,8 @@ PullOptions opts_for(const Registry& reg) {
   if (reg.tls()) o.client.ca_cert = reg.ca_cert_file().string();
   o.client.use_docker_config = false;
   o.client.backoff_initial = std::chrono::milliseconds(20);
-  if (reg.options().auth != RegistryAuth::kNone) o.client.credentials = Credentials{reg.username(), reg.password(), ""};
+  if (reg.options().auth != RegistryAuth::kNone)
+    o.client.credentials = Credentials{reg.username(), reg.password(), ""};
   return o;
 }
 
@@ -136,7 +139,8 @@ TEST(Pull, ByTagThenUpToDateThenByDigest) {
   EXPECT_EQ(r.name, ref);
   EXPECT_EQ(r.manifest_digest, img.manifest.digest);
   EXPECT_FALSE(r.up_to_date);
-  EXPECT_EQ(r.bytes_downloaded, img.config.size() + img.layers[0].size() + img.layers[1].size() + img.layers[2].size());
+  EXPECT_EQ(r.bytes_downloaded,
+            img.config.size() + img.layers[0].size() + img.layers[1].size() + img.layers[2].size());
   expect_image_in_store(store, ref, img);
 
   // Again: one manifest request, no blob request, nothing downloaded.
@@ -160,7 +164,8 @@ TEST(Pull, ByTagThenUpToDateThenByDigest) {
   EXPECT_EQ(sk.exit_code, 0) << sk.describe();
   // A wrong digest is refused.
   std::string wrong = reg.host() + "/test/app@sha256:" + std::string(64, '0');
-  EXPECT_NE(error_of([&] { pull(store2, wrong, opts_for(reg)); }).find("manifest sha256:0000"), std::string::npos);
+  EXPECT_NE(error_of([&] { pull(store2, wrong, opts_for(reg)); }).find("manifest sha256:0000"),
+            std::string::npos);
 }
 
 TEST(Pull, DockerV2s2PushedBySkopeo) {
@@ -181,7 +186,8 @@ TEST(Pull, DockerV2s2PushedBySkopeo) {
 TEST(Pull, IndexSelectsPlatformAndSkipsAttestations) {
   Registry reg(RegistryAuth::kNone);
   std::vector<ImageSpec> specs;
-  for (auto [arch, variant] : {std::pair{"amd64", ""}, std::pair{"arm64", "v8"}, std::pair{"arm", "v7"}}) {
+  for (auto [arch, variant] :
+       {std::pair{"amd64", ""}, std::pair{"arm64", "v8"}, std::pair{"arm", "v7"}}) {
     ImageSpec s;
     s.layers.push_back(layer({file("arch", std::string(arch) + "\n")}));
     s.config.architecture = arch;
@@ -230,12 +236,15 @@ TEST(Pull, BasicAuthOverTls) {
 
   PullOptions anon = opts_for(reg);
   anon.client.credentials.reset();
-  EXPECT_NE(error_of([&] { pull(store, reg.host() + "/private/app:v1", anon); }).find("unauthorized"), std::string::npos);
+  EXPECT_NE(
+      error_of([&] { pull(store, reg.host() + "/private/app:v1", anon); }).find("unauthorized"),
+      std::string::npos);
 
   // The CLI: --password-stdin, and a TLS failure without the CA.
   TempDir home2("home");
-  auto ok = img2vm(home2.path(), {"pull", reg.host() + "/private/app:v1", "--username", reg.username(),
-                                  "--password-stdin", "--ca-cert", reg.ca_cert_file().string()},
+  auto ok = img2vm(home2.path(),
+                   {"pull", reg.host() + "/private/app:v1", "--username", reg.username(),
+                    "--password-stdin", "--ca-cert", reg.ca_cert_file().string()},
                    stdin_input(reg.password() + "\n"));
   EXPECT_EQ(ok.exit_code, 0) << ok.describe();
   EXPECT_EQ(ok.err.find(reg.password()), std::string::npos);
@@ -271,7 +280,8 @@ TEST(Pull, TokenAuthWithDockerConfigAndWrongPassword) {
 
   // Credentials from $DOCKER_CONFIG/config.json (auths, base64 user:password).
   TempDir cfg("dockercfg");
-  json c = {{"auths", {{reg.host(), {{"auth", base64_encode(reg.username() + ":" + reg.password())}}}}}};
+  json c = {
+      {"auths", {{reg.host(), {{"auth", base64_encode(reg.username() + ":" + reg.password())}}}}}};
   write_file_atomic(cfg.path() / "config.json", c.dump());
   TempDir home2("home");
   RunOptions ro;
@@ -289,8 +299,10 @@ TEST(Pull, TokenAuthWithDockerConfigAndWrongPassword) {
 
   // A wrong password: one line saying unauthorized, with a docker login hint.
   TempDir home3("home");
-  auto bad = img2vm(home3.path(), {"pull", reg.host() + "/private/app:v1", "-u", reg.username(), "--password-stdin"},
-                    stdin_input("wrong\n"));
+  auto bad =
+      img2vm(home3.path(),
+             {"pull", reg.host() + "/private/app:v1", "-u", reg.username(), "--password-stdin"},
+             stdin_input("wrong\n"));
   EXPECT_EQ(bad.exit_code, 1) << bad.describe();
   EXPECT_NE(bad.err.find("unauthorized"), std::string::npos) << bad.err;
   EXPECT_NE(bad.err.find("docker login"), std::string::npos) << bad.err;
@@ -308,7 +320,8 @@ TEST(Pull, UserFacingErrors) {
   TempDir home("home");
   auto unknown_repo = img2vm(home.path(), {"pull", reg.host() + "/no/such:v1"});
   EXPECT_EQ(unknown_repo.exit_code, 1);
-  EXPECT_NE(unknown_repo.err.find("unknown repository no/such"), std::string::npos) << unknown_repo.err;
+  EXPECT_NE(unknown_repo.err.find("unknown repository no/such"), std::string::npos)
+      << unknown_repo.err;
   auto no_tag = img2vm(home.path(), {"pull", reg.host() + "/test/app:v9"});
   EXPECT_EQ(no_tag.exit_code, 1);
   EXPECT_NE(no_tag.err.find("tag not found: v9"), std::string::npos) << no_tag.err;
@@ -373,11 +386,12 @@ TEST(Pull, StoreCommandsImagesInspectRmPrune) {
   EXPECT_NE(rm2.err.find("not in the store"), std::string::npos);
   auto pr = img2vm(home.path(), {"prune", "--json"});
   ASSERT_EQ(pr.exit_code, 0) << pr.describe();
-  EXPECT_EQ(json::parse(pr.out)["blobs"], 5);  // manifest, config, 3 layers
+  EXPECT_EQ(json::parse(pr.out)["blobs"], 5);                   // manifest, config, 3 layers
   EXPECT_EQ(json::parse(pr.out)["rootfs_files"], 2) << pr.out;  // the ext4 and its sidecar
   EXPECT_TRUE(fs::is_empty(home.path() / "rootfs"));
   size_t left = 0;
-  for (auto& e : fs::directory_iterator(home.path() / "oci/blobs/sha256")) left += e.is_regular_file();
+  for (auto& e : fs::directory_iterator(home.path() / "oci/blobs/sha256"))
+    left += e.is_regular_file();
   EXPECT_EQ(left, 0u);
 }
 
@@ -398,9 +412,12 @@ TEST(Pull, LocalSourcesOciLayoutAndDockerArchive) {
   EXPECT_EQ(src->config_bytes(), img.config.data);
   ASSERT_EQ(src->manifest().layers.size(), 3u);
   // The archive holds the layers as docker save wrote them; their content is the same tar.
-  auto direct = open_image_source("docker-archive:" + (dir.path() / "image.tar").string() + ":example.com/test/archive:1");
+  auto direct = open_image_source("docker-archive:" + (dir.path() / "image.tar").string() +
+                                  ":example.com/test/archive:1");
   EXPECT_EQ(direct->manifest_digest(), src->manifest_digest());
-  EXPECT_NE(error_of([&] { open_image_source("oci:" + (dir.path() / "layout").string() + ":nope"); }).find("tag not found: nope"),
+  EXPECT_NE(error_of([&] {
+              open_image_source("oci:" + (dir.path() / "layout").string() + ":nope");
+            }).find("tag not found: nope"),
             std::string::npos);
 }
 
@@ -409,7 +426,8 @@ TEST(Pull, CorruptedBlobInRegistryIsRejectedAndLeavesNoTrace) {
   BuiltImage img = build_image(multi_layer_spec("corrupt"));
   push(reg, img, "test/bad:v1");
   const Digest& bad = img.layers[1].digest;
-  fs::path data = reg.storage_dir() / "docker/registry/v2/blobs/sha256" / bad.hex().substr(0, 2) / bad.hex() / "data";
+  fs::path data = reg.storage_dir() / "docker/registry/v2/blobs/sha256" / bad.hex().substr(0, 2) /
+                  bad.hex() / "data";
   ASSERT_TRUE(fs::exists(data));
   {
     std::fstream f(data, std::ios::in | std::ios::out | std::ios::binary);
@@ -435,7 +453,10 @@ TEST(Pull, ConcurrentPullsIntoOneStore) {
   std::vector<CommandResult> results(4);
   std::vector<std::thread> ts;
   for (int i = 0; i < 4; ++i)
-    ts.emplace_back([&, i] { results[i] = img2vm(home.path(), {"pull", reg.host() + "/test/c:v" + std::to_string(1 + i % 2)}); });
+    ts.emplace_back([&, i] {
+      results[i] =
+          img2vm(home.path(), {"pull", reg.host() + "/test/c:v" + std::to_string(1 + i % 2)});
+    });
   for (auto& t : ts) t.join();
   for (const auto& r : results) EXPECT_EQ(r.exit_code, 0) << r.describe();
   Store store(home.path());
@@ -463,7 +484,8 @@ TEST(Pull, RegistryDownThenResumesFromPartialDownload) {
   // continues from there with a Range request.
   const BuiltLayer& big = img.layers[1];
   size_t half = big.data.size() / 2;
-  write_file_atomic(home.path() / "ingest" / (big.digest.hex() + ".partial"), big.data.substr(0, half));
+  write_file_atomic(home.path() / "ingest" / (big.digest.hex() + ".partial"),
+                    big.data.substr(0, half));
   PullOptions o = opts_for(reg);
   uint64_t resumed_at = 0;
   o.progress = [&](const PullEvent& ev) {
@@ -471,7 +493,8 @@ TEST(Pull, RegistryDownThenResumesFromPartialDownload) {
   };
   PullResult r = pull(store, reg.host() + "/test/r:v1", o);
   EXPECT_EQ(resumed_at, half);
-  EXPECT_EQ(r.bytes_downloaded, img.config.size() + img.layers[0].size() + (big.size() - half) + img.layers[2].size());
+  EXPECT_EQ(r.bytes_downloaded,
+            img.config.size() + img.layers[0].size() + (big.size() - half) + img.layers[2].size());
   expect_image_in_store(store, reg.host() + "/test/r:v1", img);
 }
 
@@ -489,8 +512,9 @@ TEST(Pull, CtrlCStopsCleanlyAndTheNextPullResumes) {
   std::string ref = proxy.host() + "/test/c:v1";
   const BuiltLayer& big = img.layers[1];
   fs::path partial = home.path() / "ingest" / (big.digest.hex() + ".partial");
-  ChildProcess p({bin(), "pull", "--jobs", "1", ref}, home.path() / "pull.log",
-                 {{"IMG2VM_HOME", home.path().string()}, {"DOCKER_CONFIG", (home.path() / "none").string()}});
+  ChildProcess p(
+      {bin(), "pull", "--jobs", "1", ref}, home.path() / "pull.log",
+      {{"IMG2VM_HOME", home.path().string()}, {"DOCKER_CONFIG", (home.path() / "none").string()}});
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   std::error_code ec;
   while (std::chrono::steady_clock::now() < deadline && p.running() &&
@@ -505,7 +529,9 @@ TEST(Pull, CtrlCStopsCleanlyAndTheNextPullResumes) {
   ASSERT_FALSE(p.running()) << "Ctrl-C did not stop the pull";
   std::string log = read_file(home.path() / "pull.log");
   EXPECT_EQ(p.exit_code(), 130) << log;
-  EXPECT_NE(log.find("interrupted: the partial downloads are kept and the next pull resumes them"), std::string::npos) << log;
+  EXPECT_NE(log.find("interrupted: the partial downloads are kept and the next pull resumes them"),
+            std::string::npos)
+      << log;
   uint64_t kept = fs::file_size(partial, ec);
   EXPECT_GE(kept, 64u << 10) << "the partial download was not kept";
   EXPECT_LT(kept, big.size());
@@ -516,7 +542,8 @@ TEST(Pull, CtrlCStopsCleanlyAndTheNextPullResumes) {
   ASSERT_EQ(again.exit_code, 0) << again.describe();
   bool resumed = false;
   for (const auto& s : proxy.blob_requests())
-    if (s.path.find(big.digest.hex()) != std::string::npos && s.range.rfind("bytes=", 0) == 0 && s.range != "bytes=0-")
+    if (s.path.find(big.digest.hex()) != std::string::npos && s.range.rfind("bytes=", 0) == 0 &&
+        s.range != "bytes=0-")
       resumed = true;
   EXPECT_TRUE(resumed) << "the second pull downloaded the big layer from the start";
   Store store(home.path());
@@ -529,7 +556,8 @@ TEST(Pull, ProgressLinesOnATerminalOnlyTheSummaryOtherwise) {
   if (!fs::exists("/usr/bin/script")) GTEST_SKIP() << "needs script(1) (bsdutils)";
   Registry reg(RegistryAuth::kNone);
   ImageSpec spec;
-  spec.layers.push_back(layer({file("data.bin", random_bytes(640 << 10, 3))}, LayerCompression::kNone));
+  spec.layers.push_back(
+      layer({file("data.bin", random_bytes(640 << 10, 3))}, LayerCompression::kNone));
   spec.config.cmd = {"/bin/true"};
   BuiltImage img = build_image(spec);
   push(reg, img, "test/p:v1");
@@ -547,7 +575,8 @@ TEST(Pull, ProgressLinesOnATerminalOnlyTheSummaryOtherwise) {
   const std::string& out = tty.out;
   EXPECT_NE(out.find(img.config.digest.short_hex() + ": done"), std::string::npos) << out;
   EXPECT_NE(out.find(": downloading     "), std::string::npos) << out;
-  EXPECT_NE(out.find(" / 6"), std::string::npos) << out;  // the layer (skopeo gzips it when pushing)
+  EXPECT_NE(out.find(" / 6"), std::string::npos)
+      << out;  // the layer (skopeo gzips it when pushing)
   EXPECT_NE(out.find("downloading"), std::string::npos) << out;
   EXPECT_NE(out.find("/s  ETA "), std::string::npos) << out;
   EXPECT_NE(out.find("\033["), std::string::npos) << "no redraw (cursor up) in: " << out;
@@ -573,10 +602,12 @@ TEST(Pull, CtrlCStopsAStalledPull) {
   FaultProxy proxy("127.0.0.1", std::stoi(h.substr(h.find(':') + 1)));
   proxy.script(std::vector<FaultProxy::Fault>(16, FaultProxy::Fault::kStall));
   TempDir home("home");
-  ChildProcess p({bin(), "pull", proxy.host() + "/test/s:v1"}, home.path() / "pull.log",
-                 {{"IMG2VM_HOME", home.path().string()}, {"DOCKER_CONFIG", (home.path() / "none").string()}});
+  ChildProcess p(
+      {bin(), "pull", proxy.host() + "/test/s:v1"}, home.path() / "pull.log",
+      {{"IMG2VM_HOME", home.path().string()}, {"DOCKER_CONFIG", (home.path() / "none").string()}});
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-  while (proxy.blob_requests().empty() && p.running() && std::chrono::steady_clock::now() < deadline)
+  while (proxy.blob_requests().empty() && p.running() &&
+         std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   ASSERT_FALSE(proxy.blob_requests().empty()) << read_file(home.path() / "pull.log");
   std::this_thread::sleep_for(std::chrono::milliseconds(500));  // into the stall
@@ -613,8 +644,8 @@ TEST(Pull, SurvivesResetsTruncation503And429ThroughAFaultyProxy) {
   // The truncated download was resumed with a Range request rather than started again.
   bool resumed = false;
   for (const auto& s : proxy.blob_requests())
-    if (s.path.find(img.layers[1].digest.hex()) != std::string::npos && s.range.rfind("bytes=", 0) == 0 &&
-        s.range != "bytes=0-")
+    if (s.path.find(img.layers[1].digest.hex()) != std::string::npos &&
+        s.range.rfind("bytes=", 0) == 0 && s.range != "bytes=0-")
       resumed = true;
   EXPECT_TRUE(resumed);
   EXPECT_EQ(proxy.blob_requests().size(), 3u + 2u + 2u + 1u);
@@ -639,10 +670,14 @@ TEST(Credentials, CredentialHelperFromDockerConfig) {
   push(reg, img, "private/app:v1");
   TempDir cfg("dockercfg");
   fs::path helper = cfg.path() / "docker-credential-img2vmtest";
-  write_file_atomic(helper, "#!/bin/sh\nread server\n[ \"$1\" = get ] || exit 1\n"
-                            "[ \"$server\" = \"" + reg.host() + "\" ] || { echo 'credentials not found'; exit 1; }\n"
-                            "printf '{\"ServerURL\":\"%s\",\"Username\":\"" + reg.username() + "\",\"Secret\":\"" +
-                            reg.password() + "\"}' \"$server\"\n", 0755);
+  write_file_atomic(helper,
+                    "#!/bin/sh\nread server\n[ \"$1\" = get ] || exit 1\n"
+                    "[ \"$server\" = \"" +
+                        reg.host() +
+                        "\" ] || { echo 'credentials not found'; exit 1; }\n"
+                        "printf '{\"ServerURL\":\"%s\",\"Username\":\"" +
+                        reg.username() + "\",\"Secret\":\"" + reg.password() + "\"}' \"$server\"\n",
+                    0755);
   write_file_atomic(cfg.path() / "config.json",
                     nlohmann::json{{"credHelpers", {{reg.host(), "img2vmtest"}}}}.dump());
   TempDir home("home");
@@ -653,8 +688,11 @@ TEST(Credentials, CredentialHelperFromDockerConfig) {
   EXPECT_EQ(r.exit_code, 0) << r.describe();
   EXPECT_NE(r.out.find(img.manifest.digest.str()), std::string::npos);
   // Another registry: the helper has nothing, the pull is anonymous and refused.
-  write_file_atomic(cfg.path() / "config.json", nlohmann::json{{"credsStore", "img2vmtest"}}.dump());
-  auto other = img2vm(home.path(), {"pull", "localhost:" + reg.host().substr(reg.host().find(':') + 1) + "/private/app:v1"}, ro);
+  write_file_atomic(cfg.path() / "config.json",
+                    nlohmann::json{{"credsStore", "img2vmtest"}}.dump());
+  auto other = img2vm(
+      home.path(),
+      {"pull", "localhost:" + reg.host().substr(reg.host().find(':') + 1) + "/private/app:v1"}, ro);
   EXPECT_EQ(other.exit_code, 1) << other.describe();
   EXPECT_NE(other.err.find("unauthorized"), std::string::npos) << other.err;
 }

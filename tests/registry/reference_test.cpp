@@ -1,7 +1,8 @@
+#include "img2vm/registry/reference.hpp"
+
 #include <gtest/gtest.h>
 
 #include "img2vm/base/error.hpp"
-#include "img2vm/registry/reference.hpp"
 
 using img2vm::Error;
 using img2vm::registry::Reference;

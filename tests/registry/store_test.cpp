@@ -1,12 +1,13 @@
 // The store's blob ingest on its own: pieces of any size gathered into the partial file, an
 // interrupted download resumed, and a wrong blob refused without leaving anything behind.
+#include "img2vm/registry/store.hpp"
+
 #include <gtest/gtest.h>
 
 #include <random>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
-#include "img2vm/registry/store.hpp"
 
 using namespace img2vm;
 using namespace img2vm::registry;
@@ -29,7 +30,8 @@ Descriptor describe(const std::string& data) {
 }
 
 // Writes data[from, to) in pieces whose sizes cycle through `sizes`.
-void feed(Ingest& in, const std::string& data, size_t from, size_t to, const std::vector<size_t>& sizes) {
+void feed(Ingest& in, const std::string& data, size_t from, size_t to,
+          const std::vector<size_t>& sizes) {
   size_t i = 0;
   while (from < to) {
     size_t n = std::min(sizes[i++ % sizes.size()], to - from);

@@ -36,7 +36,8 @@ TEST(WwwAuthenticate, SchemeAndNamesAreCaseInsensitiveTokensAllowed) {
 }
 
 TEST(WwwAuthenticate, SeveralChallenges) {
-  auto c = parse_www_authenticate(R"(Basic realm="x", Bearer realm="https://a/token",service=s, Negotiate abc123==)");
+  auto c = parse_www_authenticate(
+      R"(Basic realm="x", Bearer realm="https://a/token",service=s, Negotiate abc123==)");
   ASSERT_EQ(c.size(), 3u);
   EXPECT_EQ(c[0].scheme, "basic");
   EXPECT_EQ(c[0].param("realm"), "x");
@@ -58,6 +59,7 @@ TEST(WwwAuthenticate, MalformedIsAnError) {
   try {
     parse_www_authenticate(R"(Bearer realm="x)");
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("unterminated quoted string"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("unterminated quoted string"), std::string::npos)
+        << e.what();
   }
 }

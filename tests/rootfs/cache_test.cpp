@@ -1,8 +1,9 @@
 // The rootfs cache: keys, lookups, sidecars, and what prune removes and keeps.
-#include <sys/stat.h>
-#include <unistd.h>
+#include "img2vm/rootfs/cache.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <filesystem>
@@ -10,7 +11,6 @@
 #include <string>
 
 #include "img2vm/base/fd.hpp"
-#include "img2vm/rootfs/cache.hpp"
 
 using namespace img2vm;
 using namespace img2vm::rootfs;
@@ -65,7 +65,8 @@ TEST(RootfsCache, LookupRecordListAndPrune) {
   write_file_atomic(legacy, "legacy");
   write_file_atomic(dir.path() / "fedcba9876543210fedcba9876543210.json", "{}");
   write_file_atomic(dir.path() / ".x.ext4.tmp-old", "partial");
-  fs::last_write_time(dir.path() / ".x.ext4.tmp-old", fs::file_time_type::clock::now() - std::chrono::hours(2));
+  fs::last_write_time(dir.path() / ".x.ext4.tmp-old",
+                      fs::file_time_type::clock::now() - std::chrono::hours(2));
   write_file_atomic(dir.path() / ".y.ext4.tmp-new", "a convert in progress");
 
   auto entries = c.list();
@@ -80,11 +81,13 @@ TEST(RootfsCache, LookupRecordListAndPrune) {
   EXPECT_EQ(manifests, (std::set<std::string>{"", "sha256:aaaa", "sha256:bbbb"}));
 
   auto r = c.prune([](const RootfsCache::Entry& e) { return e.manifest_digest == "sha256:aaaa"; });
-  EXPECT_EQ(r.files, 5u);  // b + its sidecar, the legacy entry, the orphaned sidecar, the old temp file
+  EXPECT_EQ(r.files,
+            5u);  // b + its sidecar, the legacy entry, the orphaned sidecar, the old temp file
   EXPECT_GE(r.bytes, 4096u);
   std::string ka = c.path_for(a).filename().string();
-  EXPECT_EQ(names(dir.path()), (std::set<std::string>{ka, fs::path(ka).replace_extension(".json").string(),
-                                                      ".y.ext4.tmp-new"}));
+  EXPECT_EQ(names(dir.path()),
+            (std::set<std::string>{ka, fs::path(ka).replace_extension(".json").string(),
+                                   ".y.ext4.tmp-new"}));
   EXPECT_TRUE(c.lookup(a));
   EXPECT_FALSE(c.lookup(b));
 }

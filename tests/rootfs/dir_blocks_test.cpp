@@ -37,7 +37,8 @@ std::vector<std::string> names(size_t n, size_t len) {
 
 std::vector<DirEntry> entries(const std::vector<std::string>& ns) {
   std::vector<DirEntry> v;
-  for (size_t i = 0; i < ns.size(); ++i) v.push_back({ns[i], static_cast<uint32_t>(100 + i), EXT2_FT_REG_FILE});
+  for (size_t i = 0; i < ns.size(); ++i)
+    v.push_back({ns[i], static_cast<uint32_t>(100 + i), EXT2_FT_REG_FILE});
   return v;
 }
 

@@ -9,9 +9,8 @@ extern "C" {
 }
 #include <ext2fs/ext2fs.h>
 
-#include <clocale>
-
 #include <algorithm>
+#include <clocale>
 #include <cstring>
 #include <set>
 #include <stdexcept>
@@ -59,7 +58,8 @@ class Image {
     blk64_t pblk = 0;
     ck(ext2fs_bmap2(fs_, dir, nullptr, nullptr, 0, lblk, nullptr, &pblk), "bmap");
     std::string buf(fs_->blocksize, '\0');
-    ck(ext2fs_read_dir_block4(fs_, pblk, buf.data(), 0, dir), "read dir block " + std::to_string(lblk));
+    ck(ext2fs_read_dir_block4(fs_, pblk, buf.data(), 0, dir),
+       "read dir block " + std::to_string(lblk));
     return buf;
   }
 
@@ -83,7 +83,8 @@ DxBlock parse_index(const std::string& blk, size_t off) {
   std::memcpy(&cl, blk.data() + off, sizeof cl);
   b.limit = ext2fs_le16_to_cpu(cl.limit);
   uint16_t count = ext2fs_le16_to_cpu(cl.count);
-  if (count == 0 || count > b.limit) throw std::runtime_error("bad dx count " + std::to_string(count));
+  if (count == 0 || count > b.limit)
+    throw std::runtime_error("bad dx count " + std::to_string(count));
   for (unsigned i = 0; i < count; ++i) {
     struct ext2_dx_entry e;
     std::memcpy(&e, blk.data() + off + i * sizeof e, sizeof e);
@@ -120,7 +121,8 @@ class Htree {
     std::string b = img_.dir_block(dir_, block);
     struct ext2_dir_entry d;
     std::memcpy(&d, b.data(), sizeof d);
-    if (d.inode != 0 || d.rec_len != img_.get()->blocksize) throw std::runtime_error("not a dx_node");
+    if (d.inode != 0 || d.rec_len != img_.get()->blocksize)
+      throw std::runtime_error("not a dx_node");
     return parse_index(b, 8);
   }
 
@@ -148,7 +150,8 @@ class Htree {
       Frame& f = path[d - 1];
       if ((f.b.ents[f.at + 1].hash & ~1u) != h) return 0;  // the hash does not go on
       ++f.at;
-      for (size_t k = d; k < path.size(); ++k) path[k] = {node(path[k - 1].b.ents[path[k - 1].at].block), 0};
+      for (size_t k = d; k < path.size(); ++k)
+        path[k] = {node(path[k - 1].b.ents[path[k - 1].at].block), 0};
     }
   }
 
@@ -190,8 +193,8 @@ class Htrees : public ::testing::Test {
   TempDir tmp{"img2vm-htree-test"};
 
   // Converts (with the manifest digest `digest` if given), asserts e2fsck -fn is clean.
-  fs::path convert_ok(const BuiltImage& img, const std::string& name, const std::string& digest = "",
-                      rootfs::ConvertOptions opt = {}) {
+  fs::path convert_ok(const BuiltImage& img, const std::string& name,
+                      const std::string& digest = "", rootfs::ConvertOptions opt = {}) {
     rootfs::ImageInput in = image_input(img, tmp.path() / ("in-" + name));
     if (!digest.empty()) in.manifest_digest = Digest::sha256_of(digest);
     opt.output = tmp.path() / name;
@@ -211,14 +214,17 @@ class Htrees : public ::testing::Test {
     return out;
   }
 
-  static void expect_all_found(const Image& img, const Htree& h, ext2_ino_t dir, const std::vector<std::string>& names,
-                               size_t lookup_every) {
+  static void expect_all_found(const Image& img, const Htree& h, ext2_ino_t dir,
+                               const std::vector<std::string>& names, size_t lookup_every) {
     size_t missing = 0, lookups = 0;
     for (size_t i = 0; i < names.size(); ++i) {
-      if (!h.find(names[i]) && ++missing <= 5) ADD_FAILURE() << "not found through the index: " << names[i];
+      if (!h.find(names[i]) && ++missing <= 5)
+        ADD_FAILURE() << "not found through the index: " << names[i];
       if (i % lookup_every == 0) {
         ext2_ino_t ino = 0;
-        EXPECT_EQ(ext2fs_lookup(img.get(), dir, names[i].data(), static_cast<int>(names[i].size()), nullptr, &ino), 0)
+        EXPECT_EQ(ext2fs_lookup(img.get(), dir, names[i].data(), static_cast<int>(names[i].size()),
+                                nullptr, &ino),
+                  0)
             << names[i];
         ++lookups;
       }
@@ -255,7 +261,8 @@ void expect_no_complaint(const std::string& dump) {
   EXPECT_NE(dump.find("Checksum: 0x"), std::string::npos) << dump.substr(0, 800);
   for (const char* word : {"EXPECTED", "while ", "Corrupt", "Not a hash-indexed"}) {
     size_t at = dump.find(word);
-    EXPECT_EQ(at, std::string::npos) << word << " in:\n" << dump.substr(at < 400 ? 0 : at - 400, 800);
+    EXPECT_EQ(at, std::string::npos) << word << " in:\n"
+                                     << dump.substr(at < 400 ? 0 : at - 400, 800);
   }
 }
 
@@ -314,7 +321,8 @@ TEST_F(Htrees, VariedNamesIndexedLookedUpAndSmallDirsLinear) {
 TEST_F(Htrees, TwoLevelIndexAndByteForByteReproducible) {
   // 60,000 names of 24-31 bytes need over 507 leaves: the root points at dx_nodes.
   std::vector<std::string> names;
-  for (int i = 0; i < 60000; ++i) names.push_back("entry-" + std::to_string(i * 7919) + std::string(i % 8, 'z') + ".so.1");
+  for (int i = 0; i < 60000; ++i)
+    names.push_back("entry-" + std::to_string(i * 7919) + std::string(i % 8, 'z') + ".so.1");
   std::vector<Entry> es{dir("lib")};
   for (const auto& n : names) es.push_back(file("lib/" + n, ""));
   ImageSpec spec;
@@ -375,7 +383,8 @@ TEST_F(Htrees, EqualHashesAcrossALeafBoundaryStayFindable) {
   for (uint32_t i = 0; i < n_try; ++i) {
     std::string n = name(i);
     ext2_dirhash_t h = 0;
-    ck(ext2fs_dirhash2(EXT2_HASH_HALF_MD4, n.data(), static_cast<int>(n.size()), nullptr, 0, seed.data(), &h, nullptr),
+    ck(ext2fs_dirhash2(EXT2_HASH_HALF_MD4, n.data(), static_cast<int>(n.size()), nullptr, 0,
+                       seed.data(), &h, nullptr),
        "dirhash");
     hashes.emplace_back(h, i);
   }

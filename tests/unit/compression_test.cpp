@@ -1,17 +1,23 @@
-#include <gtest/gtest.h>
-
 #include "img2vm/layers/compression.hpp"
+
+#include <gtest/gtest.h>
 
 using namespace img2vm::layers;
 
 TEST(Compression, FromMediaType) {
-  EXPECT_EQ(compression_from_media_type("application/vnd.oci.image.layer.v1.tar"), Compression::kNone);
-  EXPECT_EQ(compression_from_media_type("application/vnd.oci.image.layer.v1.tar+gzip"), Compression::kGzip);
-  EXPECT_EQ(compression_from_media_type("application/vnd.oci.image.layer.v1.tar+zstd"), Compression::kZstd);
-  EXPECT_EQ(compression_from_media_type("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"),
+  EXPECT_EQ(compression_from_media_type("application/vnd.oci.image.layer.v1.tar"),
+            Compression::kNone);
+  EXPECT_EQ(compression_from_media_type("application/vnd.oci.image.layer.v1.tar+gzip"),
             Compression::kGzip);
-  EXPECT_EQ(compression_from_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"), Compression::kGzip);
-  EXPECT_EQ(compression_from_media_type("application/vnd.oci.image.layer.v1.tar+bzip2"), std::nullopt);
+  EXPECT_EQ(compression_from_media_type("application/vnd.oci.image.layer.v1.tar+zstd"),
+            Compression::kZstd);
+  EXPECT_EQ(
+      compression_from_media_type("application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"),
+      Compression::kGzip);
+  EXPECT_EQ(compression_from_media_type("application/vnd.docker.image.rootfs.diff.tar.gzip"),
+            Compression::kGzip);
+  EXPECT_EQ(compression_from_media_type("application/vnd.oci.image.layer.v1.tar+bzip2"),
+            std::nullopt);
   EXPECT_EQ(compression_from_media_type("application/vnd.oci.image.config.v1+json"), std::nullopt);
   EXPECT_EQ(compression_from_media_type(""), std::nullopt);
 }

@@ -1,8 +1,9 @@
+#include "img2vm/base/digest.hpp"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
-#include "img2vm/base/digest.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 
@@ -19,7 +20,8 @@ TEST(Digest, StreamingEqualsOneShot) {
   std::string data(1 << 20, 'x');
   for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>(i * 31 + 7);
   Sha256 h;
-  for (size_t off = 0; off < data.size(); off += 4093) h.update(std::string_view(data).substr(off, 4093));
+  for (size_t off = 0; off < data.size(); off += 4093)
+    h.update(std::string_view(data).substr(off, 4093));
   EXPECT_EQ(h.bytes(), data.size());
   EXPECT_EQ(h.finish(), Digest::sha256_of(data));
 }
@@ -50,7 +52,8 @@ TEST(Digest, ParseRejectsWithReason) {
     } catch (const Error& e) {
       EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
       EXPECT_NE(std::string(e.what()).find(c.why), std::string::npos) << e.what();
-      EXPECT_NE(std::string(e.what()).find(c.text), std::string::npos) << "error does not name the input";
+      EXPECT_NE(std::string(e.what()).find(c.text), std::string::npos)
+          << "error does not name the input";
     }
   }
 }

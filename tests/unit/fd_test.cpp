@@ -1,3 +1,5 @@
+#include "img2vm/base/fd.hpp"
+
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
@@ -6,7 +8,6 @@
 #include <filesystem>
 
 #include "img2vm/base/error.hpp"
-#include "img2vm/base/fd.hpp"
 
 using namespace img2vm;
 namespace fs = std::filesystem;
@@ -81,8 +82,8 @@ TEST(CopyRange, CopiesAtOffsetsAndStopsAtTheEndOfTheSource) {
   UniqueFd in = open_file(dir.path() / "in", O_RDONLY);
   UniqueFd out = open_file(dir.path() / "out", O_RDWR | O_CREAT, 0600);
   pwrite_all(out.get(), "ab", 4, "out");
-  EXPECT_EQ(copy_range(in.get(), 2, out.get(), 0, 3, "in"), 3u);   // "234"
-  EXPECT_EQ(copy_range(in.get(), 8, out.get(), 6, 100, "in"), 2u); // only "89" is left
+  EXPECT_EQ(copy_range(in.get(), 2, out.get(), 0, 3, "in"), 3u);    // "234"
+  EXPECT_EQ(copy_range(in.get(), 8, out.get(), 6, 100, "in"), 2u);  // only "89" is left
   EXPECT_EQ(read_file(dir.path() / "out"), std::string("234\0ab89", 8));
   // From another file system (tmpfs): copy_file_range refuses (EXDEV), reads and writes copy.
   if (!fs::is_directory("/dev/shm")) return;

@@ -1,9 +1,10 @@
+#include "img2vm/vm/kvm_detect.hpp"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
 #include "img2vm/base/fd.hpp"
-#include "img2vm/vm/kvm_detect.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;

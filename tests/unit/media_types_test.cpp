@@ -1,6 +1,6 @@
-#include <gtest/gtest.h>
-
 #include "img2vm/registry/media_types.hpp"
+
+#include <gtest/gtest.h>
 
 namespace mt = img2vm::registry::media_type;
 

@@ -1,12 +1,13 @@
 // img2vm run's option handling: docker's env-file and -e rules, durations, memory sizes,
 // --disk, the overrides document and the kernel command line the init gets.
+#include "run_options.hpp"
+
 #include <gtest/gtest.h>
 
 #include <map>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
-#include "run_options.hpp"
 
 using namespace img2vm;
 using namespace img2vm::cli;
@@ -37,7 +38,8 @@ TEST(RunOptions, EnvFileFollowsDockersFormat) {
                     "EMPTY=\n"
                     "C=x\r\n");
   auto env = parse_env_file(f, fake_env({{"FROM_HOST", "h v"}}));
-  std::vector<std::string> want = {"A=1", "B=two words = and more  ", "FROM_HOST=h v", "EMPTY=", "C=x"};
+  std::vector<std::string> want = {"A=1", "B=two words = and more  ", "FROM_HOST=h v",
+                                   "EMPTY=", "C=x"};
   EXPECT_EQ(env, want);
 }
 
@@ -89,7 +91,8 @@ TEST(RunOptions, OverridesCarryOnlyWhatWasAsked) {
 
   RunRequest ep;
   ep.entrypoint = "/bin/my tool";
-  EXPECT_EQ(*build_overrides(ep, fake_env({})).entrypoint, std::vector<std::string>{"/bin/my tool"});
+  EXPECT_EQ(*build_overrides(ep, fake_env({})).entrypoint,
+            std::vector<std::string>{"/bin/my tool"});
 
   RunRequest rel;
   rel.workdir = "relative";
@@ -171,8 +174,9 @@ TEST(RunOptions, NetworkModes) {
   EXPECT_EQ(t2.tap_name, "vm1");
   EXPECT_FALSE(t2.outbound);
 
-  for (const char* bad : {"", "host", "container:abc", "wifi", "none:x=1", "tap=", "tap=sixteen-chars-xx", "tap=a b",
-                          "tap=a:b", "tap:host_loopback=on", "user:outbound=2", "user:speed=on", "user:,"}) {
+  for (const char* bad :
+       {"", "host", "container:abc", "wifi", "none:x=1", "tap=", "tap=sixteen-chars-xx", "tap=a b",
+        "tap=a:b", "tap:host_loopback=on", "user:outbound=2", "user:speed=on", "user:,"}) {
     try {
       parse_network(bad);
       ADD_FAILURE() << "accepted --network " << bad;
@@ -181,4 +185,3 @@ TEST(RunOptions, NetworkModes) {
     }
   }
 }
-

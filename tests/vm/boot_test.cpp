@@ -34,28 +34,33 @@ void put(std::vector<uint8_t>& b, size_t off, T v) {
 
 // A minimal ELF64 x86-64 image with one PT_LOAD of `payload` at `paddr` and optionally a PT_NOTE
 // holding XEN_ELFNOTE_PHYS32_ENTRY.
-std::vector<uint8_t> make_elf(uint64_t paddr, const std::string& payload, uint64_t entry, uint32_t pvh_entry = 0,
-                              uint64_t memsz = 0) {
+std::vector<uint8_t> make_elf(uint64_t paddr, const std::string& payload, uint64_t entry,
+                              uint32_t pvh_entry = 0, uint64_t memsz = 0) {
   std::vector<uint8_t> b(0x200, 0);
-  std::memcpy(b.data(), "\x7f" "ELF", 4);
-  b[4] = 2; b[5] = 1; b[6] = 1;
-  put<uint16_t>(b, 16, 2);       // ET_EXEC
-  put<uint16_t>(b, 18, 62);      // EM_X86_64
+  std::memcpy(b.data(),
+              "\x7f"
+              "ELF",
+              4);
+  b[4] = 2;
+  b[5] = 1;
+  b[6] = 1;
+  put<uint16_t>(b, 16, 2);   // ET_EXEC
+  put<uint16_t>(b, 18, 62);  // EM_X86_64
   put<uint32_t>(b, 20, 1);
   put<uint64_t>(b, 24, entry);
-  put<uint64_t>(b, 32, 64);      // phoff
+  put<uint64_t>(b, 32, 64);  // phoff
   put<uint16_t>(b, 52, 64);
   put<uint16_t>(b, 54, 56);
   put<uint16_t>(b, 56, pvh_entry ? 2 : 1);
   // PT_LOAD
   put<uint32_t>(b, 64, 1);
-  put<uint64_t>(b, 64 + 8, 0x200);           // offset
-  put<uint64_t>(b, 64 + 16, paddr);          // vaddr
-  put<uint64_t>(b, 64 + 24, paddr);          // paddr
-  put<uint64_t>(b, 64 + 32, payload.size()); // filesz
+  put<uint64_t>(b, 64 + 8, 0x200);            // offset
+  put<uint64_t>(b, 64 + 16, paddr);           // vaddr
+  put<uint64_t>(b, 64 + 24, paddr);           // paddr
+  put<uint64_t>(b, 64 + 32, payload.size());  // filesz
   put<uint64_t>(b, 64 + 40, memsz ? memsz : payload.size());
   if (pvh_entry) {
-    put<uint32_t>(b, 120, 4);                // PT_NOTE
+    put<uint32_t>(b, 120, 4);  // PT_NOTE
     put<uint64_t>(b, 120 + 8, 0x180);
     put<uint64_t>(b, 120 + 32, 20);
     put<uint32_t>(b, 0x180, 4);
@@ -70,16 +75,16 @@ std::vector<uint8_t> make_elf(uint64_t paddr, const std::string& payload, uint64
 
 std::vector<uint8_t> make_bzimage(uint16_t xloadflags = 1) {
   std::vector<uint8_t> b(1024, 0);
-  b[0x1f1] = 1;                    // setup_sects: the kernel starts at (1+1)*512
+  b[0x1f1] = 1;  // setup_sects: the kernel starts at (1+1)*512
   put<uint16_t>(b, 0x1fe, 0xaa55);
-  b[0x201] = 0x66;                 // jump offset: header ends at 0x268
+  b[0x201] = 0x66;  // jump offset: header ends at 0x268
   std::memcpy(b.data() + 0x202, "HdrS", 4);
   put<uint16_t>(b, 0x206, 0x020f);
-  b[0x211] = 1;                    // LOADED_HIGH
+  b[0x211] = 1;  // LOADED_HIGH
   put<uint32_t>(b, 0x22c, 0x7fffffff);
   put<uint32_t>(b, 0x230, 0x200000);  // kernel_alignment (copied to boot_params)
   put<uint16_t>(b, 0x236, xloadflags);
-  put<uint32_t>(b, 0x260, 0x10000);   // init_size
+  put<uint32_t>(b, 0x260, 0x10000);  // init_size
   std::string body = "compressed kernel goes here";
   b.insert(b.end(), body.begin(), body.end());
   return b;
@@ -112,12 +117,13 @@ TEST(Boot, BootParamsForVmlinux) {
   EXPECT_EQ(at<uint8_t>(mem, bp + 0x210), 0xff);
   EXPECT_EQ(at<uint8_t>(mem, bp + 0x211) & 0x81, 0x81);
   EXPECT_EQ(at<uint32_t>(mem, bp + 0x228), layout::kCmdline);
-  EXPECT_STREQ(reinterpret_cast<const char*>(mem.ptr(layout::kCmdline, 1)), "console=ttyS0 panic=-1");
+  EXPECT_STREQ(reinterpret_cast<const char*>(mem.ptr(layout::kCmdline, 1)),
+               "console=ttyS0 panic=-1");
   EXPECT_EQ(at<uint32_t>(mem, bp + 0x218), 0x3000000u);
   EXPECT_EQ(at<uint32_t>(mem, bp + 0x21c), 0x12345u);
   ASSERT_EQ(at<uint8_t>(mem, bp + 0x1e8), 3);
-  EXPECT_EQ(at<uint64_t>(mem, bp + 0x2d0 + 40), 0x100000u);                   // entry 2 addr
-  EXPECT_EQ(at<uint64_t>(mem, bp + 0x2d0 + 48), (64u << 20) - 0x100000u);     // entry 2 size
+  EXPECT_EQ(at<uint64_t>(mem, bp + 0x2d0 + 40), 0x100000u);                // entry 2 addr
+  EXPECT_EQ(at<uint64_t>(mem, bp + 0x2d0 + 48), (64u << 20) - 0x100000u);  // entry 2 size
   EXPECT_EQ(at<uint32_t>(mem, bp + 0x2d0 + 56), kE820Ram);
 }
 
@@ -157,7 +163,8 @@ TEST(Boot, PageTablesIdentityMapFirstGigabyteWith2MiBPages) {
   EXPECT_EQ(at<uint64_t>(mem, layout::kPml4), layout::kPdpt | 3);
   EXPECT_EQ(at<uint64_t>(mem, layout::kPdpt), layout::kPd | 3);
   EXPECT_EQ(at<uint64_t>(mem, layout::kPdpt + 8), 0u);
-  for (uint64_t i : {0ull, 1ull, 300ull, 511ull}) EXPECT_EQ(at<uint64_t>(mem, layout::kPd + 8 * i), (i << 21) | 0x83);
+  for (uint64_t i : {0ull, 1ull, 300ull, 511ull})
+    EXPECT_EQ(at<uint64_t>(mem, layout::kPd + 8 * i), (i << 21) | 0x83);
 }
 
 TEST(Boot, GdtEntries) {

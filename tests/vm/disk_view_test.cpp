@@ -67,7 +67,8 @@ TEST(DiskView, OverlayMatchesAModelUnderRandomUnalignedIo) {
     } else {
       std::vector<uint8_t> got(len);
       ASSERT_TRUE(view->read(got.data(), len, off));
-      ASSERT_EQ(0, std::memcmp(got.data(), model.data() + off, len)) << "read " << off << "+" << len;
+      ASSERT_EQ(0, std::memcmp(got.data(), model.data() + off, len))
+          << "read " << off << "+" << len;
     }
   }
   EXPECT_EQ(read_view(*view), model);
@@ -163,7 +164,8 @@ TEST(CloneFile, KeepsContentAndHolesAndReplacesAtomically) {
   write_file_atomic(dst, "old contents");
   clone_file(src, dst);
   EXPECT_EQ(sha256_file(dst).str(), sha256_file(src).str());
-  struct stat s {}, d {};
+  struct stat s {
+  }, d{};
   ASSERT_EQ(::stat(src.c_str(), &s), 0);
   ASSERT_EQ(::stat(dst.c_str(), &d), 0);
   EXPECT_EQ(d.st_size, s.st_size);

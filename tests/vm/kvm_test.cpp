@@ -31,7 +31,9 @@ namespace fs = std::filesystem;
 namespace {
 
 fs::path guest(const std::string& name) { return fs::path(VM_GUEST_DIR) / (name + ".elf"); }
-std::vector<fs::path> all_guests() { return {guest("basic"), guest("blk"), guest("pvh"), guest("net")}; }
+std::vector<fs::path> all_guests() {
+  return {guest("basic"), guest("blk"), guest("pvh"), guest("net")};
+}
 
 // Captures the console in a pipe read after the VM ended (tests print little).
 struct Console {
@@ -109,7 +111,8 @@ TEST(VmKvm, BootMarksAreTimestamped) {
   Machine m(config("basic", "mode=marks", -1));
   auto r = m.run();
   EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
-  ASSERT_TRUE(r.timings.setup_done && r.timings.first_entry && r.timings.init_started && r.timings.workload_exec);
+  ASSERT_TRUE(r.timings.setup_done && r.timings.first_entry && r.timings.init_started &&
+              r.timings.workload_exec);
   EXPECT_LE(*r.timings.setup_done, *r.timings.first_entry);
   EXPECT_LE(*r.timings.first_entry, *r.timings.init_started);
   EXPECT_LE(*r.timings.init_started, *r.timings.workload_exec);
@@ -234,7 +237,8 @@ TEST(VmKvm, VirtioBlkReadsAndWritesSectors) {
   auto c = config("blk", "mode=rw", con.fds[1]);
   c.disks.push_back({disk, DiskMode::kReadWrite, "test-disk-id"});
   Machine m(c);
-  EXPECT_NE(m.cmdline().find("virtio_mmio.device=4K@0xd0000000:5"), std::string::npos) << m.cmdline();
+  EXPECT_NE(m.cmdline().find("virtio_mmio.device=4K@0xd0000000:5"), std::string::npos)
+      << m.cmdline();
   auto r = m.run();
   std::string out = con.drain();
   EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe() << "\n" << out;
@@ -288,7 +292,8 @@ TEST(VmKvm, VirtioNetReachesTheUserNetwork) {
   auto c = config("net", "mode=arp", con.fds[1]);
   c.net = NetConfig{};
   Machine m(c);
-  EXPECT_NE(m.cmdline().find("virtio_mmio.device=4K@0xd0000000:5"), std::string::npos) << m.cmdline();
+  EXPECT_NE(m.cmdline().find("virtio_mmio.device=4K@0xd0000000:5"), std::string::npos)
+      << m.cmdline();
   auto r = m.run();
   std::string out = con.drain();
   EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe() << "\n" << out;
@@ -335,12 +340,14 @@ TEST(VmKvm, VirtioNetServesAPublishedPort) {
     ::getsockname(taken.get(), reinterpret_cast<sockaddr*>(&a), &len);
     auto c = config("net", "mode=tcp", -1);
     c.net = NetConfig{};
-    c.net->user.forwards = parse_port_forward("127.0.0.1:" + std::to_string(ntohs(a.sin_port)) + ":80");
+    c.net->user.forwards =
+        parse_port_forward("127.0.0.1:" + std::to_string(ntohs(a.sin_port)) + ":80");
     try {
       Machine m(c);
       ADD_FAILURE() << "a Machine started with its published port in use";
     } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("host port " + std::to_string(ntohs(a.sin_port)) + "/tcp is already in use"),
+      EXPECT_NE(std::string(e.what()).find("host port " + std::to_string(ntohs(a.sin_port)) +
+                                           "/tcp is already in use"),
                 std::string::npos)
           << e.what();
     }
@@ -359,7 +366,8 @@ TEST(VmKvm, VirtioNetServesAPublishedPort) {
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   a.sin_port = htons(port);
-  ASSERT_EQ(::connect(client.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  ASSERT_EQ(::connect(client.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0)
+      << std::strerror(errno);
   ASSERT_EQ(::write(client.get(), "ping", 4), 4);
   auto r = m.wait();
   std::string out = con.drain();
@@ -406,7 +414,8 @@ TEST(VmKvm, BadKernelFileIsRejectedWithItsName) {
     FAIL() << "accepted garbage as a kernel";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("not-a-kernel"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find("neither an ELF vmlinux nor a bzImage"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("neither an ELF vmlinux nor a bzImage"), std::string::npos)
+        << e.what();
   }
 }
 
@@ -416,12 +425,14 @@ TEST(VmKvm, BadKernelFileIsRejectedWithItsName) {
 // busybox-static and port_out: it marks the boot, prints, and reports status 7.
 namespace {
 
-fs::path find_first(const std::string& glob_dir, const std::string& prefix, const std::string& suffix) {
+fs::path find_first(const std::string& glob_dir, const std::string& prefix,
+                    const std::string& suffix) {
   std::error_code ec;
   std::vector<fs::path> found;
   for (const auto& e : fs::directory_iterator(glob_dir, ec)) {
     std::string n = e.path().filename().string();
-    if (n.rfind(prefix, 0) == 0 && n.size() >= suffix.size() && n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0)
+    if (n.rfind(prefix, 0) == 0 && n.size() >= suffix.size() &&
+        n.compare(n.size() - suffix.size(), suffix.size(), suffix) == 0)
       found.push_back(e.path());
   }
   std::sort(found.begin(), found.end());
@@ -458,10 +469,12 @@ fs::path linux_initrd() {
                     0755);
   // ctest runs these tests in parallel and a nested one may be reading the archive while
   // another test rebuilds it: write a private temp file and rename it into place.
-  auto r = img2vm::testing::run_command(
-      {"sh", "-c", "set -e; t=$(mktemp '" + out.string() + ".XXXXXX'); cd '" + root.path().string() +
-                       "'; find . | cpio -o -H newc -R 0:0 --quiet > \"$t\"; chmod 0644 \"$t\"; mv -f \"$t\" '" +
-                       out.string() + "'"});
+  auto r = img2vm::testing::run_command({"sh", "-c",
+                                         "set -e; t=$(mktemp '" + out.string() + ".XXXXXX'); cd '" +
+                                             root.path().string() +
+                                             "'; find . | cpio -o -H newc -R 0:0 --quiet > \"$t\"; "
+                                             "chmod 0644 \"$t\"; mv -f \"$t\" '" +
+                                             out.string() + "'"});
   EXPECT_EQ(r.exit_code, 0) << r.describe();
   return out;
 }
@@ -470,7 +483,8 @@ constexpr const char* kLinuxCmdline =
     "console=ttyS0 reboot=k panic=-1 pci=off nomodule i8042.noaux i8042.nomux i8042.dumbkbd "
     "tsc=reliable no_timer_check acpi=off rdinit=/init quiet";
 
-void boot_linux(const fs::path& kernel, unsigned cpus, const std::string& want_cpus, const std::string& want_format) {
+void boot_linux(const fs::path& kernel, unsigned cpus, const std::string& want_cpus,
+                const std::string& want_format) {
   Console con;
   MachineConfig c;
   c.kernel = kernel;
@@ -489,16 +503,20 @@ void boot_linux(const fs::path& kernel, unsigned cpus, const std::string& want_c
   EXPECT_NE(out.find("LINUX-UP cpus=" + want_cpus), std::string::npos) << out;
   ASSERT_TRUE(r.timings.init_started && r.timings.workload_exec) << "boot marks missing";
   auto ms = [](std::chrono::microseconds d) { return std::to_string(d.count() / 1000); };
-  std::fprintf(stderr, "[linux boot] %s: setup %s ms, first entry %s ms, init %s ms, exec %s ms, end %s ms\n",
-               kernel.c_str(), ms(*r.timings.setup_done).c_str(), ms(*r.timings.first_entry).c_str(),
-               ms(*r.timings.init_started).c_str(), ms(*r.timings.workload_exec).c_str(), ms(*r.timings.ended).c_str());
+  std::fprintf(
+      stderr,
+      "[linux boot] %s: setup %s ms, first entry %s ms, init %s ms, exec %s ms, end %s ms\n",
+      kernel.c_str(), ms(*r.timings.setup_done).c_str(), ms(*r.timings.first_entry).c_str(),
+      ms(*r.timings.init_started).c_str(), ms(*r.timings.workload_exec).c_str(),
+      ms(*r.timings.ended).c_str());
 }
 
 }  // namespace
 
 TEST(VmLinux, BootsBzImageToUserspace) {
   fs::path kernel = find_first("/boot", "vmlinuz-", "-cloud-amd64");
-  if (kernel.empty()) GTEST_SKIP() << "no /boot/vmlinuz-*-cloud-amd64 (linux-image-cloud-amd64, scripts/setup.sh)";
+  if (kernel.empty())
+    GTEST_SKIP() << "no /boot/vmlinuz-*-cloud-amd64 (linux-image-cloud-amd64, scripts/setup.sh)";
   fs::path initrd = linux_initrd();
   if (!img2vm::testing::run_here_or_nested({kernel, initrd}, false)) return;
   boot_linux(kernel, 1, "1", "bzImage (64-bit boot protocol)");
@@ -515,10 +533,11 @@ TEST(VmLinux, BootsVmlinuxThroughPvh) {
     GTEST_SKIP() << "needs linux-image-cloud-amd64 and linux-source-6.1";
   if (!inside && !fs::exists(vmlinux)) {
     auto r = img2vm::testing::run_command(
-        {"sh", "-c", "set -e; t=$(mktemp -d); tar -xJOf '" + src.string() +
-                         "' linux-source-6.1/scripts/extract-vmlinux > $t/x; o=$(mktemp '" + vmlinux.string() +
-                         ".XXXXXX'); bash $t/x '" + bz.string() + "' > \"$o\"; rm -rf $t; chmod 0644 \"$o\"; mv -f \"$o\" '" +
-                         vmlinux.string() + "'"});
+        {"sh", "-c",
+         "set -e; t=$(mktemp -d); tar -xJOf '" + src.string() +
+             "' linux-source-6.1/scripts/extract-vmlinux > $t/x; o=$(mktemp '" + vmlinux.string() +
+             ".XXXXXX'); bash $t/x '" + bz.string() +
+             "' > \"$o\"; rm -rf $t; chmod 0644 \"$o\"; mv -f \"$o\" '" + vmlinux.string() + "'"});
     ASSERT_EQ(r.exit_code, 0) << r.describe();
   }
   fs::path initrd = linux_initrd();
@@ -528,7 +547,8 @@ TEST(VmLinux, BootsVmlinuxThroughPvh) {
 
 TEST(VmLinux, BootsOurVmlinuxThroughPvhWithTwoCpus) {
   fs::path kernel = our_vmlinux();
-  if (kernel.empty()) GTEST_SKIP() << "no ~/.cache/img2vm/kernel/*/vmlinux yet (guest/kernel/build.sh)";
+  if (kernel.empty())
+    GTEST_SKIP() << "no ~/.cache/img2vm/kernel/*/vmlinux yet (guest/kernel/build.sh)";
   fs::path initrd = linux_initrd();
   if (!img2vm::testing::run_here_or_nested({kernel, initrd}, false)) return;
   boot_linux(kernel, 2, "2", "vmlinux (PVH entry)");

@@ -34,14 +34,16 @@ TEST(MachineJson, EveryFieldSurvivesTheRoundTrip) {
   c.kernel = "/k/vmlinux";
   c.cmdline = "console=ttyS0 quiet img2vm.run=\"a b\"";
   c.initrd = "/k/initrd.cpio";
-  c.disks = {{"/r/root.ext4", DiskMode::kCopyOnWrite, "img2vm-root"}, {"/proc/self/fd/7", DiskMode::kReadOnly, ""},
+  c.disks = {{"/r/root.ext4", DiskMode::kCopyOnWrite, "img2vm-root"},
+             {"/proc/self/fd/7", DiskMode::kReadOnly, ""},
              {"data.img", DiskMode::kReadWrite, "data"}};
   c.net.emplace();
   c.net->mac = {0x02, 0xab, 0xcd, 0xef, 0x01, 0x23};
   c.net->mtu = 9000;
   c.net->user.outbound = false;
   c.net->user.host_loopback = true;
-  c.net->user.forwards = {{PortProtocol::kTcp, "127.0.0.1", 8080, 80}, {PortProtocol::kUdp, "::1", 0, 53}};
+  c.net->user.forwards = {{PortProtocol::kTcp, "127.0.0.1", 8080, 80},
+                          {PortProtocol::kUdp, "::1", 0, 53}};
   c.net->tap = TapFdConfig{5, {{PortProtocol::kUdp, "0.0.0.0", 5353, 53}}};
   c.console_out_fd = -1;
   c.console_in_fd = 0;
@@ -115,15 +117,18 @@ TEST(MachineJson, MistakesNameTheMember) {
       {R"({"kernel": "k", "memory_mib": 1.5})", "memory_mib: not an integer"},
       {R"({"kernel": "k", "vcpus": 0})", "vcpus: out of range"},
       {R"({"kernel": "k", "hugepages": "yes"})", "hugepages: not true or false"},
-      {R"({"kernel": "k", "seccomp": "maybe"})", "seccomp: \"maybe\" is not one of kill, errno, off"},
+      {R"({"kernel": "k", "seccomp": "maybe"})",
+       "seccomp: \"maybe\" is not one of kill, errno, off"},
       {R"({"kernel": "k", "disks": {}})", "disks: not an array"},
       {R"({"kernel": "k", "disks": [{"mode": "read-only"}]})", "disks[0].path: missing or empty"},
       {R"({"kernel": "k", "disks": [{"path": "a"}, {"path": "b", "mode": "rw"}]})",
        "disks[1].mode: \"rw\" is not one of read-write, read-only, copy-on-write"},
       {R"({"kernel": "k", "disks": [{"path": "a", "size": 1}]})", "disks[0].size: unknown member"},
       {R"({"kernel": "k", "net": {"mtu": 67}})", "net.mtu: out of range"},
-      {R"({"kernel": "k", "net": {"mac": "52:54:00:12:34"}})", "net.mac: \"52:54:00:12:34\" is not a MAC address"},
-      {R"({"kernel": "k", "net": {"mac": "01:00:5e:00:00:01"}})", "net.mac: \"01:00:5e:00:00:01\" is a multicast address"},
+      {R"({"kernel": "k", "net": {"mac": "52:54:00:12:34"}})",
+       "net.mac: \"52:54:00:12:34\" is not a MAC address"},
+      {R"({"kernel": "k", "net": {"mac": "01:00:5e:00:00:01"}})",
+       "net.mac: \"01:00:5e:00:00:01\" is a multicast address"},
       {R"({"kernel": "k", "net": {"tap": "tap0"}})", "net.tap: not a JSON object"},
       {R"({"kernel": "k", "net": {"tap": {}}})", "net.tap.fd: missing"},
       {R"({"kernel": "k", "net": {"tap": {"fd": -1}}})", "net.tap.fd: out of range"},

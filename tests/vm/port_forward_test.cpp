@@ -1,8 +1,9 @@
 // docker's `-p` syntax: every accepted form, and a clear error for each malformed one.
+#include "img2vm/vm/port_forward.hpp"
+
 #include <gtest/gtest.h>
 
 #include "img2vm/base/error.hpp"
-#include "img2vm/vm/port_forward.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;
@@ -45,7 +46,8 @@ TEST(PortForward, DockerForms) {
   EXPECT_EQ(parse_port_forward("0:80"), V{fwd(kTcp, "0.0.0.0", 0, 80)});
   EXPECT_EQ(parse_port_forward("65535:1"), V{fwd(kTcp, "0.0.0.0", 65535, 1)});
   EXPECT_EQ(parse_port_forward("8000-8002:80-82/udp"),
-            (V{fwd(kUdp, "0.0.0.0", 8000, 80), fwd(kUdp, "0.0.0.0", 8001, 81), fwd(kUdp, "0.0.0.0", 8002, 82)}));
+            (V{fwd(kUdp, "0.0.0.0", 8000, 80), fwd(kUdp, "0.0.0.0", 8001, 81),
+               fwd(kUdp, "0.0.0.0", 8002, 82)}));
   EXPECT_EQ(parse_port_forward("10.1.2.3::7000-7001"),
             (V{fwd(kTcp, "10.1.2.3", 0, 7000), fwd(kTcp, "10.1.2.3", 0, 7001)}));
 }
@@ -87,6 +89,7 @@ TEST(PortForward, MalformedSpecsAreRefusedWithTheReason) {
   for (const auto& c : cases) {
     std::string msg = error_of(c.spec);
     EXPECT_NE(msg.find(c.why), std::string::npos) << c.spec << " -> " << msg;
-    EXPECT_NE(msg.find(std::string("\"") + c.spec + "\""), std::string::npos) << "names the spec: " << msg;
+    EXPECT_NE(msg.find(std::string("\"") + c.spec + "\""), std::string::npos)
+        << "names the spec: " << msg;
   }
 }

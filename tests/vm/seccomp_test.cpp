@@ -55,12 +55,12 @@ Outcome probe(ThreadRole role) {
 TEST(Seccomp, VcpuThreadMayNotOpenFilesOrRead) {
   auto o = probe(ThreadRole::kVcpu);
   ASSERT_TRUE(o.installed);
-  EXPECT_TRUE(o.wrote);                 // console output
+  EXPECT_TRUE(o.wrote);  // console output
 #if !defined(__SANITIZE_ADDRESS__)
-  EXPECT_EQ(o.read_result, -1);         // vCPU threads do not read (sanitizer builds allow it)
+  EXPECT_EQ(o.read_result, -1);  // vCPU threads do not read (sanitizer builds allow it)
 #endif
   EXPECT_EQ(o.open_errno, EPERM);
-  EXPECT_EQ(o.ioctl_errno, EPERM);      // only KVM_RUN and KVM_IRQ_LINE
+  EXPECT_EQ(o.ioctl_errno, EPERM);  // only KVM_RUN and KVM_IRQ_LINE
   // The filter stayed in that thread: this one can still open files.
   int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
   EXPECT_GE(fd, 0);
@@ -88,8 +88,8 @@ TEST(Seccomp, OffInstallsNothing) {
 
 TEST(Seccomp, NetThreadUsesInetSocketsOnly) {
   struct {
-    int inet = -1, inet6 = -1, unix_errno = 0, netlink_errno = 0, write_open_errno = 0, read_open = -1,
-        exec_errno = 0;
+    int inet = -1, inet6 = -1, unix_errno = 0, netlink_errno = 0, write_open_errno = 0,
+        read_open = -1, exec_errno = 0;
   } o;
   std::thread t([&] {
     install_thread_seccomp(ThreadRole::kNet, SeccompMode::kErrno);

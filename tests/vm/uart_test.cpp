@@ -14,7 +14,8 @@ namespace {
 struct Fixture {
   std::string out;
   std::vector<bool> irqs;
-  Uart8250 uart{[this](uint8_t c) { out.push_back(char(c)); }, [this](bool l) { irqs.push_back(l); }};
+  Uart8250 uart{[this](uint8_t c) { out.push_back(char(c)); },
+                [this](bool l) { irqs.push_back(l); }};
 };
 constexpr uint16_t THR = 0, IER = 1, IIR = 2, LCR = 3, MCR = 4, LSR = 5, MSR = 6, SCR = 7;
 }  // namespace

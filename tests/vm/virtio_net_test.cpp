@@ -22,7 +22,8 @@ namespace {
 using Bytes = std::vector<uint8_t>;
 
 struct FakeBackend final : NetBackend {
-  explicit FakeBackend(bool checksums, bool offloading = false) : checksums_valid(checksums), offload(offloading) {}
+  explicit FakeBackend(bool checksums, bool offloading = false)
+      : checksums_valid(checksums), offload(offloading) {}
   NetDeviceSide* device = nullptr;
   std::vector<Bytes> sent;
   int ready_calls = 0;
@@ -38,7 +39,9 @@ struct FakeBackend final : NetBackend {
   void rx_ready() override { ++ready_calls; }
   bool rx_checksums_valid() const override { return checksums_valid; }
   bool offloads() const override { return offload; }
-  void set_guest_offloads(bool csum, bool tso4, bool tso6) override { guest_offloads.push_back({csum, tso4, tso6}); }
+  void set_guest_offloads(bool csum, bool tso4, bool tso6) override {
+    guest_offloads.push_back({csum, tso4, tso6});
+  }
   void run(std::span<const Watch>) override {}
 };
 
@@ -46,14 +49,25 @@ constexpr uint64_t kDescBase[2] = {0x1000, 0x4000}, kAvailBase[2] = {0x2000, 0x5
                    kUsedBase[2] = {0x3000, 0x6000};
 constexpr uint64_t kBufs = 0x10000;  // buffers from here on
 constexpr std::array<uint8_t, 6> kMac = {0x52, 0x54, 0x00, 0xab, 0xcd, 0xef};
-constexpr uint64_t kDefaultFeatures = kVirtioFVersion1 | VirtioNet::kFeatureMac | VirtioNet::kFeatureMrgRxbuf |
-                                      VirtioNet::kFeatureGuestCsum | VirtioNet::kFeatureMtu | VirtioNet::kFeatureStatus;
+constexpr uint64_t kDefaultFeatures = kVirtioFVersion1 | VirtioNet::kFeatureMac |
+                                      VirtioNet::kFeatureMrgRxbuf | VirtioNet::kFeatureGuestCsum |
+                                      VirtioNet::kFeatureMtu | VirtioNet::kFeatureStatus;
 
 // A virtio_net_hdr: flags, gso_type, hdr_len (0), gso_size, csum_start, csum_offset, num_buffers.
-Bytes vnet_hdr(uint8_t flags, uint8_t gso, uint16_t gso_size = 0, uint16_t csum_start = 0, uint16_t csum_offset = 0,
-               uint16_t num_buffers = 0) {
-  return {flags, gso, 0, 0, uint8_t(gso_size), uint8_t(gso_size >> 8), uint8_t(csum_start), uint8_t(csum_start >> 8),
-          uint8_t(csum_offset), uint8_t(csum_offset >> 8), uint8_t(num_buffers), uint8_t(num_buffers >> 8)};
+Bytes vnet_hdr(uint8_t flags, uint8_t gso, uint16_t gso_size = 0, uint16_t csum_start = 0,
+               uint16_t csum_offset = 0, uint16_t num_buffers = 0) {
+  return {flags,
+          gso,
+          0,
+          0,
+          uint8_t(gso_size),
+          uint8_t(gso_size >> 8),
+          uint8_t(csum_start),
+          uint8_t(csum_start >> 8),
+          uint8_t(csum_offset),
+          uint8_t(csum_offset >> 8),
+          uint8_t(num_buffers),
+          uint8_t(num_buffers >> 8)};
 }
 
 Bytes frame_of(size_t n, uint8_t seed) {
@@ -71,9 +85,12 @@ struct NetRig {
   uint16_t qsize;
   uint16_t avail_idx[2] = {0, 0};
 
-  explicit NetRig(uint64_t features = kDefaultFeatures, uint16_t queue_size = 8, bool checksums = true,
-                  uint16_t mtu = 1500, bool offloads = false)
-      : backend(checksums, offloads), net(backend, kMac, mtu), mmio(mem, net, [this] { ++interrupts; }), qsize(queue_size) {
+  explicit NetRig(uint64_t features = kDefaultFeatures, uint16_t queue_size = 8,
+                  bool checksums = true, uint16_t mtu = 1500, bool offloads = false)
+      : backend(checksums, offloads),
+        net(backend, kMac, mtu),
+        mmio(mem, net, [this] { ++interrupts; }),
+        qsize(queue_size) {
     net.set_kick([this] { mmio.notify(); });
     setup(features);
   }
@@ -108,7 +125,8 @@ struct NetRig {
     }
     wr(0x070, 15);
   }
-  void desc(unsigned q, uint16_t i, uint64_t addr, uint32_t len, uint16_t flags, uint16_t next = 0) {
+  void desc(unsigned q, uint16_t i, uint64_t addr, uint32_t len, uint16_t flags,
+            uint16_t next = 0) {
     uint64_t d = kDescBase[q] + 16 * uint64_t(i);
     mem.store<uint64_t>(d, addr);
     mem.store<uint32_t>(d + 8, len);
@@ -126,7 +144,8 @@ struct NetRig {
     return {*mem.load<uint32_t>(e), *mem.load<uint32_t>(e + 4)};
   }
   // Posts a transmit chain: the 12-byte header (flags, gso_type) and `frame` split at `splits`.
-  void transmit(const Bytes& frame, std::vector<size_t> splits = {}, uint8_t flags = 0, uint8_t gso = 0) {
+  void transmit(const Bytes& frame, std::vector<size_t> splits = {}, uint8_t flags = 0,
+                uint8_t gso = 0) {
     transmit_with(vnet_hdr(flags, gso), frame, std::move(splits));
   }
   void transmit_with(const Bytes& hdr, const Bytes& frame, std::vector<size_t> splits = {}) {
@@ -182,7 +201,8 @@ TEST(VirtioNet, OffersFeaturesAndConfig) {
 
   NetRig plain(kVirtioFVersion1, 8, /*checksums=*/false);
   plain.wr(0x014, 0);
-  EXPECT_FALSE(plain.rd(0x010) & VirtioNet::kFeatureGuestCsum) << "DATA_VALID only when the backend's checksums are right";
+  EXPECT_FALSE(plain.rd(0x010) & VirtioNet::kFeatureGuestCsum)
+      << "DATA_VALID only when the backend's checksums are right";
 }
 
 TEST(VirtioNet, MtuOutOfRangeIsRefused) {
@@ -213,10 +233,10 @@ TEST(VirtioNet, TransmitReachesTheBackendIntact) {
 
 TEST(VirtioNet, BadTransmitFramesAreDroppedAndReturned) {
   NetRig r;
-  r.transmit(frame_of(13, 1));                 // shorter than an Ethernet header
-  r.transmit(frame_of(1500 + 18 + 1, 1));      // longer than the MTU allows
+  r.transmit(frame_of(13, 1));                                 // shorter than an Ethernet header
+  r.transmit(frame_of(1500 + 18 + 1, 1));                      // longer than the MTU allows
   r.transmit(frame_of(60, 1), {}, VirtioNet::kHdrFNeedsCsum);  // partial checksum: not negotiated
-  r.transmit(frame_of(60, 1), {}, 0, 1);       // TSO: not negotiated
+  r.transmit(frame_of(60, 1), {}, 0, 1);                       // TSO: not negotiated
   EXPECT_TRUE(r.backend.sent.empty());
   EXPECT_EQ(r.used_idx(VirtioNet::kTxQueue), 4);
   EXPECT_EQ(r.net.stats().tx_dropped, 4u);
@@ -238,7 +258,8 @@ TEST(VirtioNet, BadTransmitFramesAreDroppedAndReturned) {
   EXPECT_TRUE(r.backend.sent.empty());
   EXPECT_EQ(r.used_idx(VirtioNet::kTxQueue), 8);
   EXPECT_EQ(r.net.stats().bad_chains, 4u);
-  EXPECT_EQ(r.rd(0x070) & VirtioMmio::kStatusNeedsReset, 0u) << "malformed chains do not break the queue";
+  EXPECT_EQ(r.rd(0x070) & VirtioMmio::kStatusNeedsReset, 0u)
+      << "malformed chains do not break the queue";
 
   r.transmit(frame_of(60, 5));  // and the queue still works
   ASSERT_EQ(r.backend.sent.size(), 1u);
@@ -301,7 +322,9 @@ TEST(VirtioNet, TransmitAnsweredAtOnceIsDeliveredInTheSamePass) {
   r.post_rx(0, 2, 2048);
   r.notify();
   Bytes reply = frame_of(42, 77);
-  r.backend.on_send = [&](std::span<const uint8_t>) { r.backend.device->receive(reply); };  // as slirp's ARP
+  r.backend.on_send = [&](std::span<const uint8_t>) {
+    r.backend.device->receive(reply);
+  };  // as slirp's ARP
   r.transmit(frame_of(42, 1));
   ASSERT_EQ(r.used_idx(VirtioNet::kRxQueue), 1);
   EXPECT_EQ(r.read(NetRig::rx_buf(0) + 12, 42), reply);
@@ -341,7 +364,8 @@ TEST(VirtioNet, MaliciousReceiveChainsAreReturnedEmpty) {
   r.post(0, 1);
   r.desc(0, 2, NetRig::rx_buf(2), 8, SplitQueue::kDescWrite);  // smaller than the header
   r.post(0, 2);
-  r.desc(0, 3, NetRig::rx_buf(3), 256, SplitQueue::kDescWrite | SplitQueue::kDescNext, 3);  // a loop
+  r.desc(0, 3, NetRig::rx_buf(3), 256, SplitQueue::kDescWrite | SplitQueue::kDescNext,
+         3);  // a loop
   r.post(0, 3);
   r.post_rx(4, 1, 2048);  // and one good buffer
   r.notify();
@@ -432,20 +456,22 @@ TEST(VirtioNet, NothingMovesBeforeDriverOk) {
 // passes the header through, tells the backend what the driver takes, and drops what was not
 // negotiated.
 TEST(VirtioNet, OffloadsPassTheHeaderThroughBothWays) {
-  constexpr uint64_t kOffloadFeatures =
-      kDefaultFeatures | VirtioNet::kFeatureCsum | VirtioNet::kFeatureHostTso4 | VirtioNet::kFeatureGuestTso4;
+  constexpr uint64_t kOffloadFeatures = kDefaultFeatures | VirtioNet::kFeatureCsum |
+                                        VirtioNet::kFeatureHostTso4 | VirtioNet::kFeatureGuestTso4;
   NetRig r(kOffloadFeatures, 64, /*checksums=*/false, 1500, /*offloads=*/true);
   r.wr(0x014, 0);
   const uint32_t offered = r.rd(0x010);
-  for (uint64_t f : {VirtioNet::kFeatureCsum, VirtioNet::kFeatureGuestCsum, VirtioNet::kFeatureHostTso4,
-                     VirtioNet::kFeatureHostTso6, VirtioNet::kFeatureGuestTso4, VirtioNet::kFeatureGuestTso6})
+  for (uint64_t f :
+       {VirtioNet::kFeatureCsum, VirtioNet::kFeatureGuestCsum, VirtioNet::kFeatureHostTso4,
+        VirtioNet::kFeatureHostTso6, VirtioNet::kFeatureGuestTso4, VirtioNet::kFeatureGuestTso6})
     EXPECT_TRUE(offered & f) << "feature bit " << __builtin_ctzll(f) << " not offered";
 
   // A 20000-byte TCP segment with a partial checksum goes out whole, header first.
   const Bytes seg = frame_of(20000, 4);
   const Bytes tso = vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 1448, 34, 16);
   r.transmit_with(tso, seg, {0, 100});
-  ASSERT_EQ(r.backend.guest_offloads.size(), 1u) << "the backend was not told what the driver takes";
+  ASSERT_EQ(r.backend.guest_offloads.size(), 1u)
+      << "the backend was not told what the driver takes";
   EXPECT_EQ(r.backend.guest_offloads[0], (std::array<bool, 3>{true, true, false}));
   ASSERT_EQ(r.backend.sent.size(), 1u);
   Bytes want = tso;
@@ -453,16 +479,20 @@ TEST(VirtioNet, OffloadsPassTheHeaderThroughBothWays) {
   EXPECT_EQ(r.backend.sent[0], want);
 
   // Not negotiated or malformed: dropped.
-  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV6, 1448, 54, 16), seg);  // no HOST_TSO6
-  r.transmit_with(vnet_hdr(0, VirtioNet::kGsoTcpV4, 1448), seg);                                // GSO without a partial checksum
-  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 0, 34, 16), seg);   // gso_size 0
-  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, 0, 0, 59, 0), frame_of(60, 1));           // checksum past the end
-  r.transmit_with(vnet_hdr(0, VirtioNet::kGsoTcpV4 | 0x80, 1448), seg);                         // ECN
-  r.transmit_with(vnet_hdr(4, 0), frame_of(60, 1));                                             // an unknown flag
-  r.transmit(frame_of(1500 + 18 + 1, 1));                                                       // too big without GSO
+  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV6, 1448, 54, 16),
+                  seg);                                           // no HOST_TSO6
+  r.transmit_with(vnet_hdr(0, VirtioNet::kGsoTcpV4, 1448), seg);  // GSO without a partial checksum
+  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 0, 34, 16),
+                  seg);  // gso_size 0
+  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, 0, 0, 59, 0),
+                  frame_of(60, 1));                                      // checksum past the end
+  r.transmit_with(vnet_hdr(0, VirtioNet::kGsoTcpV4 | 0x80, 1448), seg);  // ECN
+  r.transmit_with(vnet_hdr(4, 0), frame_of(60, 1));                      // an unknown flag
+  r.transmit(frame_of(1500 + 18 + 1, 1));                                // too big without GSO
   EXPECT_EQ(r.backend.sent.size(), 1u);
   EXPECT_EQ(r.net.stats().tx_dropped, 7u);
-  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, 0, 0, 34, 6), frame_of(60, 2));  // a plain partial checksum
+  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, 0, 0, 34, 6),
+                  frame_of(60, 2));  // a plain partial checksum
   EXPECT_EQ(r.backend.sent.size(), 2u);
 
   // Receive: a GSO frame from the host keeps its header (num_buffers filled in) over as many
@@ -478,7 +508,8 @@ TEST(VirtioNet, OffloadsPassTheHeaderThroughBothWays) {
   ASSERT_TRUE(r.net.receive(in));
   r.net.flush_rx();
   ASSERT_EQ(r.used_idx(VirtioNet::kRxQueue), 3) << "12 + 9000 bytes in 4096-byte buffers";
-  EXPECT_EQ(r.read(NetRig::rx_buf(0), 12), vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 1448, 34, 16, 3));
+  EXPECT_EQ(r.read(NetRig::rx_buf(0), 12),
+            vnet_hdr(VirtioNet::kHdrFNeedsCsum, VirtioNet::kGsoTcpV4, 1448, 34, 16, 3));
   Bytes got = r.read(NetRig::rx_buf(0) + 12, 4084);
   for (uint16_t i = 1; i < 3; ++i) {
     Bytes b = r.read(NetRig::rx_buf(i), r.used(0, i).second);
@@ -491,7 +522,8 @@ TEST(VirtioNet, OffloadsPassTheHeaderThroughBothWays) {
 
 // A driver that takes no offloads: the backend is told so, and DATA_VALID is not passed on.
 TEST(VirtioNet, OffloadsTheDriverRefusedStayOff) {
-  NetRig r(kVirtioFVersion1 | VirtioNet::kFeatureMrgRxbuf, 8, /*checksums=*/false, 1500, /*offloads=*/true);
+  NetRig r(kVirtioFVersion1 | VirtioNet::kFeatureMrgRxbuf, 8, /*checksums=*/false, 1500,
+           /*offloads=*/true);
   r.post_rx(0, 2, 2048);
   r.notify();
   ASSERT_EQ(r.backend.guest_offloads.size(), 1u);
@@ -504,6 +536,7 @@ TEST(VirtioNet, OffloadsTheDriverRefusedStayOff) {
   ASSERT_EQ(r.used_idx(VirtioNet::kRxQueue), 1);
   EXPECT_EQ(r.read(NetRig::rx_buf(0), 12), vnet_hdr(0, 0, 0, 0, 0, 1));
   EXPECT_EQ(r.read(NetRig::rx_buf(0) + 12, 100), f);
-  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, 0, 0, 34, 6), frame_of(60, 2));  // CSUM not negotiated
+  r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, 0, 0, 34, 6),
+                  frame_of(60, 2));  // CSUM not negotiated
   EXPECT_TRUE(r.backend.sent.empty());
 }

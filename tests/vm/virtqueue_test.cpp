@@ -63,7 +63,8 @@ struct Rig {
   void request(uint32_t type, uint64_t sector, uint32_t len, bool device_writes) {
     header(type, sector);
     desc(0, kHdr, 16, SplitQueue::kDescNext, 1);
-    desc(1, kData, len, uint16_t(SplitQueue::kDescNext | (device_writes ? SplitQueue::kDescWrite : 0)), 2);
+    desc(1, kData, len,
+         uint16_t(SplitQueue::kDescNext | (device_writes ? SplitQueue::kDescWrite : 0)), 2);
     desc(2, kStatus, 1, SplitQueue::kDescWrite);
     make_avail(0);
   }
@@ -137,13 +138,13 @@ TEST(VirtioBlkRequests, OutOfRangeAndMalformedRequestsFailCleanly) {
     bool writes;
     uint8_t want;
   } cases[] = {
-      {VirtioBlk::kTypeIn, 64, 512, true, VirtioBlk::kStatusIoErr},          // one past the end
-      {VirtioBlk::kTypeIn, 63, 1024, true, VirtioBlk::kStatusIoErr},         // runs past the end
-      {VirtioBlk::kTypeIn, ~0ull, 512, true, VirtioBlk::kStatusIoErr},       // sector*512 overflows
+      {VirtioBlk::kTypeIn, 64, 512, true, VirtioBlk::kStatusIoErr},     // one past the end
+      {VirtioBlk::kTypeIn, 63, 1024, true, VirtioBlk::kStatusIoErr},    // runs past the end
+      {VirtioBlk::kTypeIn, ~0ull, 512, true, VirtioBlk::kStatusIoErr},  // sector*512 overflows
       {VirtioBlk::kTypeIn, ~0ull / 512, 512, true, VirtioBlk::kStatusIoErr},
-      {VirtioBlk::kTypeIn, 0, 100, true, VirtioBlk::kStatusIoErr},           // partial sector
-      {VirtioBlk::kTypeIn, 0, 512, false, VirtioBlk::kStatusIoErr},          // device-readable data for IN
-      {VirtioBlk::kTypeOut, 0, 512, true, VirtioBlk::kStatusIoErr},          // device-writable data for OUT
+      {VirtioBlk::kTypeIn, 0, 100, true, VirtioBlk::kStatusIoErr},   // partial sector
+      {VirtioBlk::kTypeIn, 0, 512, false, VirtioBlk::kStatusIoErr},  // device-readable data for IN
+      {VirtioBlk::kTypeOut, 0, 512, true, VirtioBlk::kStatusIoErr},  // device-writable data for OUT
       {VirtioBlk::kTypeGetId, 0, 20, false, VirtioBlk::kStatusIoErr},
       {12345, 0, 512, true, VirtioBlk::kStatusUnsupp},
   };
@@ -152,7 +153,8 @@ TEST(VirtioBlkRequests, OutOfRangeAndMalformedRequestsFailCleanly) {
     r.request(c.type, c.sector, c.len, c.writes);
     r.blk->process(r.mem, r.q);
     EXPECT_EQ(r.used_idx(), ++n);
-    EXPECT_EQ(r.status(), c.want) << "type " << c.type << " sector " << c.sector << " len " << c.len;
+    EXPECT_EQ(r.status(), c.want) << "type " << c.type << " sector " << c.sector << " len "
+                                  << c.len;
   }
   // The disk is unchanged.
   char sec[512];

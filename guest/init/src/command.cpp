@@ -42,7 +42,8 @@ std::string join(const std::filesystem::path& root, std::string_view guest_path)
 }
 
 // The in-guest absolute (or cwd-relative) path for `name`, below `root`.
-std::string host_path(const std::filesystem::path& root, std::string_view name, std::string_view cwd) {
+std::string host_path(const std::filesystem::path& root, std::string_view name,
+                      std::string_view cwd) {
   if (!name.empty() && name.front() == '/') return join(root, name);
   std::string base(cwd.empty() ? "/" : cwd);
   if (base.back() != '/') base += '/';
@@ -106,13 +107,14 @@ void env_set(std::vector<std::string>& env, std::string_view entry) {
 std::optional<std::string> env_get(const std::vector<std::string>& env, std::string_view key) {
   for (const auto& e : env) {
     auto eq = e.find('=');
-    if (eq != std::string::npos && std::string_view(e).substr(0, eq) == key) return e.substr(eq + 1);
+    if (eq != std::string::npos && std::string_view(e).substr(0, eq) == key)
+      return e.substr(eq + 1);
   }
   return std::nullopt;
 }
 
-std::vector<std::string> workload_env(const std::vector<std::string>& config_env, std::string_view hostname,
-                                      bool tty, std::string_view home) {
+std::vector<std::string> workload_env(const std::vector<std::string>& config_env,
+                                      std::string_view hostname, bool tty, std::string_view home) {
   std::vector<std::string> env;
   env.push_back("PATH=" + std::string(kDefaultPath));
   env.push_back("HOSTNAME=" + std::string(hostname));
@@ -125,8 +127,10 @@ std::vector<std::string> workload_env(const std::vector<std::string>& config_env
   return env;
 }
 
-std::variant<std::string, ExecFailure> find_executable(const std::filesystem::path& root, std::string_view name,
-                                                       std::string_view path_env, std::string_view cwd) {
+std::variant<std::string, ExecFailure> find_executable(const std::filesystem::path& root,
+                                                       std::string_view name,
+                                                       std::string_view path_env,
+                                                       std::string_view cwd) {
   if (name.empty()) return ExecFailure{127, "exec: \"\": executable file not found in $PATH"};
   if (name.find('/') != std::string_view::npos) {
     int err = check_executable(host_path(root, name, cwd));
@@ -138,9 +142,12 @@ std::variant<std::string, ExecFailure> find_executable(const std::filesystem::pa
   std::size_t start = 0;
   while (true) {
     std::size_t end = path_env.find(':', start);
-    std::string_view dir = path_env.substr(start, end == std::string_view::npos ? std::string_view::npos : end - start);
+    std::string_view dir = path_env.substr(
+        start, end == std::string_view::npos ? std::string_view::npos : end - start);
     // Relative elements are relative to the working directory, as execve resolves them.
-    std::string candidate = (dir.empty() || dir == ".") ? "./" + std::string(name) : std::string(dir) + "/" + std::string(name);
+    std::string candidate = (dir.empty() || dir == ".")
+                                ? "./" + std::string(name)
+                                : std::string(dir) + "/" + std::string(name);
     if (check_executable(host_path(root, candidate, cwd)) == 0) return candidate;
     if (end == std::string_view::npos) break;
     start = end + 1;
@@ -158,13 +165,15 @@ ExecFailure exec_failure(std::string_view path, int err) {
 
 std::optional<int> parse_signal(std::string_view name) {
   static constexpr std::pair<std::string_view, int> kSignals[] = {
-      {"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT}, {"ILL", SIGILL},       {"TRAP", SIGTRAP},
-      {"ABRT", SIGABRT}, {"IOT", SIGIOT},   {"BUS", SIGBUS},   {"FPE", SIGFPE},       {"KILL", SIGKILL},
-      {"USR1", SIGUSR1}, {"SEGV", SIGSEGV}, {"USR2", SIGUSR2}, {"PIPE", SIGPIPE},     {"ALRM", SIGALRM},
-      {"TERM", SIGTERM}, {"STKFLT", SIGSTKFLT}, {"CHLD", SIGCHLD}, {"CONT", SIGCONT}, {"STOP", SIGSTOP},
-      {"TSTP", SIGTSTP}, {"TTIN", SIGTTIN}, {"TTOU", SIGTTOU}, {"URG", SIGURG},       {"XCPU", SIGXCPU},
-      {"XFSZ", SIGXFSZ}, {"VTALRM", SIGVTALRM}, {"PROF", SIGPROF}, {"WINCH", SIGWINCH}, {"IO", SIGIO},
-      {"POLL", SIGPOLL}, {"PWR", SIGPWR},   {"SYS", SIGSYS},
+      {"HUP", SIGHUP},       {"INT", SIGINT},   {"QUIT", SIGQUIT},     {"ILL", SIGILL},
+      {"TRAP", SIGTRAP},     {"ABRT", SIGABRT}, {"IOT", SIGIOT},       {"BUS", SIGBUS},
+      {"FPE", SIGFPE},       {"KILL", SIGKILL}, {"USR1", SIGUSR1},     {"SEGV", SIGSEGV},
+      {"USR2", SIGUSR2},     {"PIPE", SIGPIPE}, {"ALRM", SIGALRM},     {"TERM", SIGTERM},
+      {"STKFLT", SIGSTKFLT}, {"CHLD", SIGCHLD}, {"CONT", SIGCONT},     {"STOP", SIGSTOP},
+      {"TSTP", SIGTSTP},     {"TTIN", SIGTTIN}, {"TTOU", SIGTTOU},     {"URG", SIGURG},
+      {"XCPU", SIGXCPU},     {"XFSZ", SIGXFSZ}, {"VTALRM", SIGVTALRM}, {"PROF", SIGPROF},
+      {"WINCH", SIGWINCH},   {"IO", SIGIO},     {"POLL", SIGPOLL},     {"PWR", SIGPWR},
+      {"SYS", SIGSYS},
   };
   if (name.empty()) return std::nullopt;
   if (name.find_first_not_of("0123456789") == std::string_view::npos) {

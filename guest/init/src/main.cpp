@@ -103,7 +103,8 @@ struct InitFailure {
 }
 
 bool is_mountpoint(const std::string& path) {
-  struct stat st {}, parent {};
+  struct stat st {
+  }, parent{};
   if (::stat(path.c_str(), &st) != 0) return false;
   if (::stat((path + "/..").c_str(), &parent) != 0) return false;
   return st.st_dev != parent.st_dev || st.st_ino == parent.st_ino;
@@ -154,7 +155,8 @@ void mount_api_filesystems() {
   open_console_fds();
   mount_fs("proc", "/proc", kSafe, nullptr);
   mount_fs("sysfs", "/sys", kSafe, nullptr);
-  mount_fs("devpts", "/dev/pts", MS_NOSUID | MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620,gid=5");
+  mount_fs("devpts", "/dev/pts", MS_NOSUID | MS_NOEXEC,
+           "newinstance,ptmxmode=0666,mode=0620,gid=5");
   mount_fs("tmpfs", "/dev/shm", kSafe, "mode=1777,size=65536k");
   mount_fs("mqueue", "/dev/mqueue", kSafe, nullptr, /*required=*/false);
   mount_fs("cgroup2", "/sys/fs/cgroup", kSafe, nullptr, /*required=*/false);
@@ -163,9 +165,10 @@ void mount_api_filesystems() {
     const char* target;
     const char* path;
   };
-  for (auto [target, path] : {Link{"/proc/self/fd", "/dev/fd"}, Link{"/proc/self/fd/0", "/dev/stdin"},
-                              Link{"/proc/self/fd/1", "/dev/stdout"}, Link{"/proc/self/fd/2", "/dev/stderr"},
-                              Link{"/proc/kcore", "/dev/core"}}) {
+  for (auto [target, path] :
+       {Link{"/proc/self/fd", "/dev/fd"}, Link{"/proc/self/fd/0", "/dev/stdin"},
+        Link{"/proc/self/fd/1", "/dev/stdout"}, Link{"/proc/self/fd/2", "/dev/stderr"},
+        Link{"/proc/kcore", "/dev/core"}}) {
     ::symlink(target, path);
   }
   // The pts instance mounted above has its own ptmx; make /dev/ptmx point at it.
@@ -255,7 +258,8 @@ void write_guest_file(const std::string& path, const std::string& content) {
   }
 }
 
-void write_etc_files(const std::string& hostname, const std::vector<std::string>& dns, const std::string& address) {
+void write_etc_files(const std::string& hostname, const std::vector<std::string>& dns,
+                     const std::string& address) {
   if (::mkdir("/etc", 0755) != 0 && errno != EEXIST) {
     warn("creating /etc: " + errno_text(errno));
     return;
@@ -273,7 +277,9 @@ void write_etc_files(const std::string& hostname, const std::vector<std::string>
 }
 
 void set_rlimits() {
-  struct rlimit rl {kNofile, kNofile};
+  struct rlimit rl {
+    kNofile, kNofile
+  };
   if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) warn("setting RLIMIT_NOFILE: " + errno_text(errno));
 }
 
@@ -281,7 +287,8 @@ void set_rlimits() {
 std::string prepare_workdir(const std::string& configured) {
   std::string dir = configured.empty() ? "/" : configured;
   if (dir.front() != '/')
-    fail(kFailWorkdir, "working directory \"" + dir + "\"", "is invalid, it needs to be an absolute path");
+    fail(kFailWorkdir, "working directory \"" + dir + "\"",
+         "is invalid, it needs to be an absolute path");
   std::string partial;
   std::size_t pos = 1;
   while (pos <= dir.size()) {
@@ -390,7 +397,8 @@ struct Workload {
       ::_exit(0);  // PID 1 is done with us
     }
     if (p[0].revents & POLLIN) {
-      ssize_t n = ::read(console, buf, known ? std::min<size_t>(sizeof buf, total - passed) : sizeof buf);
+      ssize_t n =
+          ::read(console, buf, known ? std::min<size_t>(sizeof buf, total - passed) : sizeof buf);
       if (n <= 0) continue;
       for (ssize_t off = 0; off < n;) {
         ssize_t w = ::write(out, buf + off, size_t(n - off));
@@ -446,8 +454,10 @@ struct Workload {
 
   if (::setgroups(w.user.groups.size(), w.user.groups.data()) != 0)
     child_fail(126, "setgroups: " + errno_text(errno));
-  if (::setgid(w.user.gid) != 0) child_fail(126, "setgid " + std::to_string(w.user.gid) + ": " + errno_text(errno));
-  if (::setuid(w.user.uid) != 0) child_fail(126, "setuid " + std::to_string(w.user.uid) + ": " + errno_text(errno));
+  if (::setgid(w.user.gid) != 0)
+    child_fail(126, "setgid " + std::to_string(w.user.gid) + ": " + errno_text(errno));
+  if (::setuid(w.user.uid) != 0)
+    child_fail(126, "setuid " + std::to_string(w.user.uid) + ": " + errno_text(errno));
   if (!in_workdir && ::chdir(w.workdir.c_str()) != 0)
     child_fail(126, "chdir to " + w.workdir + ": " + errno_text(errno));
 
@@ -516,19 +526,21 @@ unsigned char supervise(Workload& w, int stop_signal) {
     if (g_ports) {
       // The host cannot raise a signal in the guest directly; it leaves one on the SIGNAL port,
       // which we look at between waits.
-      const struct timespec poll_every{0, kSignalPollNs};
+      const struct timespec poll_every { 0, kSignalPollNs };
       sig = ::sigtimedwait(&set, &si, &poll_every);
       if (sig < 0 && errno == EAGAIN) {
         int req = port_signal_request();
-        if (req == -1) ::kill(pid, stop_signal);
-        else if (req == -2 && w.tty) apply_window_size(tty);
+        if (req == -1)
+          ::kill(pid, stop_signal);
+        else if (req == -2 && w.tty)
+          apply_window_size(tty);
         else if (req == -3 && relay_control >= 0) {
           uint32_t n = inl(kStdinBytesPort);
           (void)!::write(relay_control, &n, sizeof n);
           ::close(relay_control);
           relay_control = -1;
-        }
-        else if (req > 0) ::kill(pid, req);
+        } else if (req > 0)
+          ::kill(pid, req);
         continue;
       }
     } else {
@@ -568,7 +580,8 @@ unsigned char run() {
   guestabi::RuntimeConfig cfg = init::apply_overrides(image, overrides);
 
   std::string hostname = cfg.hostname.empty() ? random_hostname() : cfg.hostname;
-  if (!init::valid_hostname(hostname)) fail(kFailHostname, "hostname \"" + hostname + "\"", "is not a valid host name");
+  if (!init::valid_hostname(hostname))
+    fail(kFailHostname, "hostname \"" + hostname + "\"", "is not a valid host name");
   if (::sethostname(hostname.data(), hostname.size()) != 0)
     fail(kFailHostname, "setting hostname " + hostname, errno_text(errno));
   bring_up_loopback();
@@ -600,8 +613,10 @@ unsigned char run() {
 
   int stop_signal = SIGTERM;
   if (!cfg.stop_signal.empty()) {
-    if (auto s = init::parse_signal(cfg.stop_signal)) stop_signal = *s;
-    else warn("unknown StopSignal \"" + cfg.stop_signal + "\", using SIGTERM");
+    if (auto s = init::parse_signal(cfg.stop_signal))
+      stop_signal = *s;
+    else
+      warn("unknown StopSignal \"" + cfg.stop_signal + "\", using SIGTERM");
   }
 
   setup_console(w.tty);

@@ -52,7 +52,8 @@ void configure_interface(const guestabi::NetConfig& cfg) {
     std::strncpy(r.ifr_name, ifn.c_str(), IFNAMSIZ - 1);
     if (::ioctl(s.get(), op, &r) != 0) {
       int err = errno;
-      std::string why = err == ENODEV ? "no such interface (does the VM have a network device?)" : std::strerror(err);
+      std::string why = err == ENODEV ? "no such interface (does the VM have a network device?)"
+                                      : std::strerror(err);
       throw Error("configuring " + ifn + ": " + step + ": " + why);
     }
   };

@@ -32,7 +32,8 @@ std::vector<std::string> split(std::string_view s, char sep) {
   std::size_t start = 0;
   while (true) {
     auto pos = s.find(sep, start);
-    out.emplace_back(s.substr(start, pos == std::string_view::npos ? std::string_view::npos : pos - start));
+    out.emplace_back(
+        s.substr(start, pos == std::string_view::npos ? std::string_view::npos : pos - start));
     if (pos == std::string_view::npos) return out;
     start = pos + 1;
   }
@@ -114,10 +115,16 @@ ExecUser resolve_user(const std::filesystem::path& root, std::string_view spec) 
   if (user_id && *user_id > kMaxId) out_of_range("user id", user_arg);
   if (user_arg.empty()) {
     for (const auto& p : passwd)
-      if (p.uid == 0) { match = &p; break; }
+      if (p.uid == 0) {
+        match = &p;
+        break;
+      }
   } else {
     for (const auto& p : passwd) {
-      if (user_id ? p.uid == *user_id : p.name == user_arg) { match = &p; break; }
+      if (user_id ? p.uid == *user_id : p.name == user_arg) {
+        match = &p;
+        break;
+      }
     }
     if (!match && !user_id)
       throw Error("unable to find user " + std::string(user_arg) +
@@ -140,7 +147,10 @@ ExecUser resolve_user(const std::filesystem::path& root, std::string_view spec) 
       if (gid && *gid > kMaxId) out_of_range("group id", group_arg);
       const GroupEntry* g = nullptr;
       for (const auto& e : groups)
-        if (e.name == group_arg || (gid && e.gid == *gid)) { g = &e; break; }
+        if (e.name == group_arg || (gid && e.gid == *gid)) {
+          g = &e;
+          break;
+        }
       if (g) {
         u.gid = static_cast<gid_t>(g->gid);
       } else if (gid) {

@@ -41,7 +41,9 @@ std::string check(std::string_view text) {
 
 Digest Digest::parse(std::string_view text) {
   std::string why = check(text);
-  if (!why.empty()) throw Error(ErrorKind::kInvalidArgument, "invalid digest \"" + std::string(text) + "\": " + why);
+  if (!why.empty())
+    throw Error(ErrorKind::kInvalidArgument,
+                "invalid digest \"" + std::string(text) + "\": " + why);
   auto colon = text.find(':');
   return Digest(std::string(text.substr(0, colon)), std::string(text.substr(colon + 1)));
 }
@@ -70,14 +72,16 @@ Sha256& Sha256::operator=(Sha256&&) noexcept = default;
 
 void Sha256::update(const void* data, size_t len) {
   if (len == 0) return;
-  if (EVP_DigestUpdate(ctx_->md, data, len) != 1) throw Error(ErrorKind::kInternal, "OpenSSL: SHA-256 update failed");
+  if (EVP_DigestUpdate(ctx_->md, data, len) != 1)
+    throw Error(ErrorKind::kInternal, "OpenSSL: SHA-256 update failed");
   bytes_ += len;
 }
 
 Digest Sha256::finish() {
   unsigned char out[EVP_MAX_MD_SIZE];
   unsigned int n = 0;
-  if (EVP_DigestFinal_ex(ctx_->md, out, &n) != 1) throw Error(ErrorKind::kInternal, "OpenSSL: SHA-256 final failed");
+  if (EVP_DigestFinal_ex(ctx_->md, out, &n) != 1)
+    throw Error(ErrorKind::kInternal, "OpenSSL: SHA-256 final failed");
   static const char kHex[] = "0123456789abcdef";
   std::string hex;
   hex.reserve(n * 2);

@@ -73,7 +73,8 @@ void pwrite_all(int fd, std::string_view data, uint64_t off, std::string_view wh
   }
 }
 
-uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len, std::string_view what) {
+uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len,
+                    std::string_view what) {
   bool cfr = true;
   std::vector<char> buf;
   uint64_t copied = 0;
@@ -91,7 +92,8 @@ uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t
       if (r < 0) throw_errno("cannot copy " + std::string(what));
     } else {
       if (buf.empty()) buf.resize(1 << 20);
-      r = ::pread(in, buf.data(), std::min<uint64_t>(want, buf.size()), static_cast<off_t>(in_off + copied));
+      r = ::pread(in, buf.data(), std::min<uint64_t>(want, buf.size()),
+                  static_cast<off_t>(in_off + copied));
       if (r < 0 && errno == EINTR) continue;
       if (r < 0) throw_errno("cannot copy " + std::string(what));
       pwrite_all(out, std::string_view(buf.data(), static_cast<size_t>(r)), out_off + copied, what);
@@ -109,7 +111,8 @@ TempDir::TempDir(std::string_view prefix, const fs::path& parent) {
     base = (t && *t) ? fs::path(t) : fs::path("/tmp");
   }
   std::string tmpl = (base / (std::string(prefix) + ".XXXXXX")).string();
-  if (::mkdtemp(tmpl.data()) == nullptr) throw_errno("cannot create a temporary directory in " + base.string());
+  if (::mkdtemp(tmpl.data()) == nullptr)
+    throw_errno("cannot create a temporary directory in " + base.string());
   path_ = tmpl;
 }
 
@@ -117,8 +120,8 @@ TempDir::~TempDir() {
   if (path_.empty()) return;
   std::error_code ec;
   // Make everything writable first so that read-only directories made by tests go too.
-  for (auto it = fs::recursive_directory_iterator(path_, ec); !ec && it != fs::recursive_directory_iterator();
-       it.increment(ec)) {
+  for (auto it = fs::recursive_directory_iterator(path_, ec);
+       !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
     if (it->is_directory(ec) && !it->is_symlink(ec))
       fs::permissions(it->path(), fs::perms::owner_all, fs::perm_options::add, ec);
   }
@@ -158,7 +161,8 @@ AtomicFile::~AtomicFile() {
 void AtomicFile::commit() {
   if (::fsync(fd_.get()) != 0) throw_errno("cannot sync " + temp_.string());
   if (::close(fd_.release()) != 0) throw_errno("cannot close " + temp_.string());
-  if (::rename(temp_.c_str(), final_.c_str()) != 0) throw_errno("cannot rename into " + final_.string());
+  if (::rename(temp_.c_str(), final_.c_str()) != 0)
+    throw_errno("cannot rename into " + final_.string());
   committed_ = true;
   fs::path dir = final_.parent_path();
   if (dir.empty()) dir = ".";

@@ -4,9 +4,12 @@ namespace img2vm::layers {
 
 std::string_view to_string(Compression c) noexcept {
   switch (c) {
-    case Compression::kNone: return "none";
-    case Compression::kGzip: return "gzip";
-    case Compression::kZstd: return "zstd";
+    case Compression::kNone:
+      return "none";
+    case Compression::kGzip:
+      return "gzip";
+    case Compression::kZstd:
+      return "zstd";
   }
   return "?";
 }
@@ -17,8 +20,9 @@ std::optional<Compression> compression_from_media_type(std::string_view mt) noex
       mt == "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
     return Compression::kGzip;
   // OCI: application/vnd.oci.image.layer[.nondistributable].v1.tar[+gzip|+zstd]
-  for (std::string_view prefix : {std::string_view("application/vnd.oci.image.layer.v1.tar"),
-                                  std::string_view("application/vnd.oci.image.layer.nondistributable.v1.tar")}) {
+  for (std::string_view prefix :
+       {std::string_view("application/vnd.oci.image.layer.v1.tar"),
+        std::string_view("application/vnd.oci.image.layer.nondistributable.v1.tar")}) {
     if (mt.substr(0, prefix.size()) != prefix) continue;
     std::string_view rest = mt.substr(prefix.size());
     if (rest.empty()) return Compression::kNone;
@@ -29,10 +33,12 @@ std::optional<Compression> compression_from_media_type(std::string_view mt) noex
 }
 
 Compression sniff_compression(std::string_view b) noexcept {
-  if (b.size() >= 2 && static_cast<unsigned char>(b[0]) == 0x1f && static_cast<unsigned char>(b[1]) == 0x8b)
+  if (b.size() >= 2 && static_cast<unsigned char>(b[0]) == 0x1f &&
+      static_cast<unsigned char>(b[1]) == 0x8b)
     return Compression::kGzip;
-  if (b.size() >= 4 && static_cast<unsigned char>(b[0]) == 0x28 && static_cast<unsigned char>(b[1]) == 0xb5 &&
-      static_cast<unsigned char>(b[2]) == 0x2f && static_cast<unsigned char>(b[3]) == 0xfd)
+  if (b.size() >= 4 && static_cast<unsigned char>(b[0]) == 0x28 &&
+      static_cast<unsigned char>(b[1]) == 0xb5 && static_cast<unsigned char>(b[2]) == 0x2f &&
+      static_cast<unsigned char>(b[3]) == 0xfd)
     return Compression::kZstd;
   return Compression::kNone;
 }

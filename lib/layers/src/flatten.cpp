@@ -1,16 +1,16 @@
 #include "img2vm/layers/flatten.hpp"
 
 #include <fcntl.h>
-#include <sys/resource.h>
 #include <linux/falloc.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <cstring>
 #include <condition_variable>
 #include <cstdlib>
+#include <cstring>
 #include <mutex>
 #include <optional>
 #include <thread>
@@ -117,7 +117,8 @@ class VerifyingReader {
         sha_.update(buf, static_cast<size_t>(r));
         bytes_ += static_cast<uint64_t>(r);
         if (bytes_ > src_.size)
-          throw Error(ErrorKind::kIntegrity, what_ + ": blob is larger than the " + std::to_string(src_.size) +
+          throw Error(ErrorKind::kIntegrity, what_ + ": blob is larger than the " +
+                                                 std::to_string(src_.size) +
                                                  " bytes its descriptor declares");
       }
       return static_cast<size_t>(r);
@@ -127,11 +128,12 @@ class VerifyingReader {
     if (verified_) return;
     verified_ = true;
     if (bytes_ != src_.size)
-      throw Error(ErrorKind::kIntegrity, what_ + ": truncated blob: " + std::to_string(bytes_) + " of " +
-                                             std::to_string(src_.size) + " bytes");
+      throw Error(ErrorKind::kIntegrity, what_ + ": truncated blob: " + std::to_string(bytes_) +
+                                             " of " + std::to_string(src_.size) + " bytes");
     Digest got = sha_.finish();
     if (got != src_.digest)
-      throw Error(ErrorKind::kIntegrity, what_ + ": digest mismatch: the blob's content hashes to " + got.str());
+      throw Error(ErrorKind::kIntegrity,
+                  what_ + ": digest mismatch: the blob's content hashes to " + got.str());
   }
 
   const LayerSource& src_;
@@ -158,7 +160,8 @@ DecodedLayer decode_source(const LayerSource& src, size_t index, const SpoolTarg
                            const std::atomic<bool>* cancel) {
   std::optional<Compression> declared = compression_from_media_type(src.media_type);
   if (!declared)
-    throw Error(ErrorKind::kUnsupported, what + ": unsupported layer media type \"" + src.media_type + "\"");
+    throw Error(ErrorKind::kUnsupported,
+                what + ": unsupported layer media type \"" + src.media_type + "\"");
   VerifyingReader r(src, what);
   Compression actual = sniff_compression(r.peek());
   Compression use = *declared;
@@ -169,8 +172,9 @@ DecodedLayer decode_source(const LayerSource& src, size_t index, const SpoolTarg
       use = actual;
     } else {
       r.explain_failure();
-      throw Error(ErrorKind::kIntegrity, what + ": media type says " + std::string(to_string(*declared)) +
-                                             " but the data is not " + std::string(to_string(*declared)));
+      throw Error(ErrorKind::kIntegrity,
+                  what + ": media type says " + std::string(to_string(*declared)) +
+                      " but the data is not " + std::string(to_string(*declared)));
     }
   }
   DecodedLayer d;
@@ -215,14 +219,15 @@ uint64_t tree_cost(const Tree& tree) {
 namespace {
 
 std::string layer_name(const std::vector<LayerSource>& layers, size_t i) {
-  return "layer " + std::to_string(i + 1) + "/" + std::to_string(layers.size()) + " " + layers[i].digest.str();
+  return "layer " + std::to_string(i + 1) + "/" + std::to_string(layers.size()) + " " +
+         layers[i].digest.str();
 }
 
 // Decodes the layers (several at once) into their spool targets and applies them in order to
 // out.tree; returns each layer's spool bytes.
-std::vector<uint64_t> decode_all(const std::vector<LayerSource>& layers, const std::vector<SpoolTarget>& targets,
-                                 const FlattenOptions& opt, Flattened& out,
-                                 const std::function<void()>& layer_decoded = {}) {
+std::vector<uint64_t> decode_all(const std::vector<LayerSource>& layers,
+                                 const std::vector<SpoolTarget>& targets, const FlattenOptions& opt,
+                                 Flattened& out, const std::function<void()>& layer_decoded = {}) {
   const size_t n = layers.size();
   std::vector<uint64_t> spool_bytes(n);
   std::vector<std::optional<DecodedLayer>> done(n);
@@ -282,11 +287,13 @@ std::vector<uint64_t> decode_all(const std::vector<LayerSource>& layers, const s
     throw_if_cancelled(opt.cancel, layer_name(layers, i));
     out.spooled_bytes += d.data_bytes;
     spool_bytes[i] = d.spool_bytes;
-    apply_layer(out.tree, d, static_cast<uint32_t>(i + 1), static_cast<uint32_t>(i + 1), layer_name(layers, i));
+    apply_layer(out.tree, d, static_cast<uint32_t>(i + 1), static_cast<uint32_t>(i + 1),
+                layer_name(layers, i));
     uint64_t cost = tree_cost(out.tree);
     if (cost > opt.max_bytes)
-      throw Error(ErrorKind::kLimit, "the image's content exceeds the size limit of " + std::to_string(opt.max_bytes) +
-                                         " bytes after " + layer_name(layers, i));
+      throw Error(ErrorKind::kLimit, "the image's content exceeds the size limit of " +
+                                         std::to_string(opt.max_bytes) + " bytes after " +
+                                         layer_name(layers, i));
     if (opt.progress) opt.progress(i + 1, n);
   }
   return spool_bytes;
@@ -295,7 +302,8 @@ std::vector<uint64_t> decode_all(const std::vector<LayerSource>& layers, const s
 // Whether `fd` (an empty file) can have block-aligned ranges of `align` bytes collapsed.
 bool can_collapse(int fd, uint64_t align) {
   if (::ftruncate(fd, static_cast<off_t>(3 * align)) != 0) return false;
-  bool ok = ::fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, static_cast<off_t>(align), static_cast<off_t>(align)) == 0;
+  bool ok = ::fallocate(fd, FALLOC_FL_COLLAPSE_RANGE, static_cast<off_t>(align),
+                        static_cast<off_t>(align)) == 0;
   if (::ftruncate(fd, 0) != 0) throw_errno("cannot truncate the output file");
   return ok;
 }
@@ -345,7 +353,8 @@ class Syncer {
 };
 
 // Decodes in place: layer i into [offset + i * region, ...) of the output, then closes the gaps.
-Flattened flatten_in_place(const std::vector<LayerSource>& layers, const FlattenOptions& opt, uint64_t region) {
+Flattened flatten_in_place(const std::vector<LayerSource>& layers, const FlattenOptions& opt,
+                           uint64_t region) {
   const auto& o = opt.output;
   const size_t n = layers.size();
   Flattened out;
@@ -366,15 +375,18 @@ Flattened flatten_in_place(const std::vector<LayerSource>& layers, const Flatten
   }
   // Close the gaps from the last layer backwards, so that the offsets still to use stay put.
   uint64_t file_end = targets[n - 1].base + len[n - 1];
-  if (::ftruncate(o.fd, static_cast<off_t>(file_end)) != 0) throw_errno("cannot size the output file");
+  if (::ftruncate(o.fd, static_cast<off_t>(file_end)) != 0)
+    throw_errno("cannot size the output file");
   for (size_t k = n - 1; k-- > 0;) {
     const uint64_t gap = targets[k].base + len[k], gap_len = region - len[k];
     if (gap_len == 0) continue;
     if (gap + gap_len >= file_end) {  // nothing after it
-      if (::ftruncate(o.fd, static_cast<off_t>(gap)) != 0) throw_errno("cannot size the output file");
+      if (::ftruncate(o.fd, static_cast<off_t>(gap)) != 0)
+        throw_errno("cannot size the output file");
       file_end = gap;
     } else {
-      if (::fallocate(o.fd, FALLOC_FL_COLLAPSE_RANGE, static_cast<off_t>(gap), static_cast<off_t>(gap_len)) != 0)
+      if (::fallocate(o.fd, FALLOC_FL_COLLAPSE_RANGE, static_cast<off_t>(gap),
+                      static_cast<off_t>(gap_len)) != 0)
         throw_errno("cannot close up the decoded layers in the output file");
       file_end -= gap_len;
     }
@@ -410,7 +422,8 @@ Flattened flatten_via_spools(const std::vector<LayerSource>& layers, const Flatt
   for (size_t i = 0; i < n; ++i) {
     throw_if_cancelled(opt.cancel, layer_name(layers, i));
     // A spool file may end before len[i] (the last block's tail): the rest is zeros anyway.
-    copy_range(files[i].get(), 0, o.fd, at, len[i], layer_name(layers, i) + ": spooled data into the output");
+    copy_range(files[i].get(), 0, o.fd, at, len[i],
+               layer_name(layers, i) + ": spooled data into the output");
     files[i].reset();
     out.spools[i + 1] = {o.fd, at};
     at += len[i];

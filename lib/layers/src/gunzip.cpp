@@ -19,11 +19,16 @@ constexpr uint8_t kFhcrc = 0x02, kFextra = 0x04, kFname = 0x08, kFcomment = 0x10
 
 std::string describe(int ret) {
   switch (ret) {
-    case ISAL_INVALID_BLOCK: return "invalid deflate block";
-    case ISAL_INVALID_SYMBOL: return "invalid deflate symbol";
-    case ISAL_INVALID_LOOKBACK: return "back-reference before the start of the data";
-    case ISAL_INCORRECT_CHECKSUM: return "the trailer's CRC-32 or length does not match the data";
-    default: return "isa-l inflate error " + std::to_string(ret);
+    case ISAL_INVALID_BLOCK:
+      return "invalid deflate block";
+    case ISAL_INVALID_SYMBOL:
+      return "invalid deflate symbol";
+    case ISAL_INVALID_LOOKBACK:
+      return "back-reference before the start of the data";
+    case ISAL_INCORRECT_CHECKSUM:
+      return "the trailer's CRC-32 or length does not match the data";
+    default:
+      return "isa-l inflate error " + std::to_string(ret);
   }
 }
 
@@ -81,18 +86,24 @@ class HeaderParser {
     switch (part_) {
       case Part::kFixed:
         if (small_[0] != 0x1f || small_[1] != 0x8b) throw std::string("not gzip data (bad magic)");
-        if (small_[2] != 8) throw "compression method " + std::to_string(small_[2]) + " is not deflate";
+        if (small_[2] != 8)
+          throw "compression method " + std::to_string(small_[2]) + " is not deflate";
         flags_ = small_[3];
         if (flags_ & kReserved) throw std::string("reserved header flags are set");
         return after(Part::kFixed);
       case Part::kXlen:
-        return start(Part::kExtra, static_cast<size_t>(small_[0]) | (static_cast<size_t>(small_[1]) << 8));
-      case Part::kExtra: return after(Part::kExtra);
-      case Part::kName: return after(Part::kName);
-      case Part::kComment: return after(Part::kComment);
+        return start(Part::kExtra,
+                     static_cast<size_t>(small_[0]) | (static_cast<size_t>(small_[1]) << 8));
+      case Part::kExtra:
+        return after(Part::kExtra);
+      case Part::kName:
+        return after(Part::kName);
+      case Part::kComment:
+        return after(Part::kComment);
       case Part::kHcrc: {
         const unsigned stored = small_[0] | (small_[1] << 8);
-        if (stored != (crc_ & 0xffff)) throw std::string("the header's CRC does not match the header");
+        if (stored != (crc_ & 0xffff))
+          throw std::string("the header's CRC does not match the header");
         return Step::kDone;
       }
     }
@@ -137,7 +148,8 @@ struct GzipReader::State {
   unsigned members = 1;
 
   [[noreturn]] void corrupt(const std::string& why) const {
-    throw Error(ErrorKind::kIntegrity, what + ": corrupt gzip stream: " + why + " (at compressed byte " +
+    throw Error(ErrorKind::kIntegrity, what + ": corrupt gzip stream: " + why +
+                                           " (at compressed byte " +
                                            std::to_string(in_total - z.avail_in) + ")");
   }
 
@@ -208,19 +220,23 @@ size_t GzipReader::read(void* buf, size_t n) {
   if (n > (1u << 30)) n = 1u << 30;  // isa-l counts in 32 bits
   for (;;) {
     switch (s.phase) {
-      case State::Phase::kEnded: return 0;
+      case State::Phase::kEnded:
+        return 0;
       case State::Phase::kHeader:
         if (s.z.avail_in == 0 && !s.refill())
-          s.corrupt(s.in_total == 0 ? "empty input" : "truncated: the input ended inside a gzip header");
+          s.corrupt(s.in_total == 0 ? "empty input"
+                                    : "truncated: the input ended inside a gzip header");
         s.parse_header();
         continue;
-      case State::Phase::kBody: break;
+      case State::Phase::kBody:
+        break;
     }
     if (s.z.block_state == ISAL_BLOCK_FINISH) {
       s.after_member();
       continue;
     }
-    if (s.z.avail_in == 0 && !s.refill()) s.corrupt("truncated: the input ended inside a gzip member");
+    if (s.z.avail_in == 0 && !s.refill())
+      s.corrupt("truncated: the input ended inside a gzip member");
     const uint32_t in_before = s.z.avail_in;
     s.z.next_out = static_cast<uint8_t*>(buf);
     s.z.avail_out = static_cast<uint32_t>(n);

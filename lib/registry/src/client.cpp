@@ -48,7 +48,8 @@ std::string url_authority(const std::string& url) {
 std::string url_escape(const std::string& s) {
   std::string o;
   for (unsigned char c : s) {
-    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') o.push_back(static_cast<char>(c));
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')
+      o.push_back(static_cast<char>(c));
     else {
       char buf[4];
       std::snprintf(buf, sizeof buf, "%%%02X", c);
@@ -91,7 +92,9 @@ bool tls_error(CURLcode c) {
   }
 }
 
-bool retriable_status(long s) { return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504; }
+bool retriable_status(long s) {
+  return s == 408 || s == 429 || s == 500 || s == 502 || s == 503 || s == 504;
+}
 
 struct Request {
   std::string method = "GET";
@@ -218,12 +221,13 @@ struct Client::Impl {
     curl_global();
     api_host = registry == kDockerHub ? std::string(kDockerHubApiHost) : registry;
     share = curl_share_init();
-    curl_share_setopt(share, CURLSHOPT_LOCKFUNC, +[](CURL*, curl_lock_data d, curl_lock_access, void* u) {
-      static_cast<Impl*>(u)->share_locks[d].lock();
-    });
-    curl_share_setopt(share, CURLSHOPT_UNLOCKFUNC, +[](CURL*, curl_lock_data d, void* u) {
-      static_cast<Impl*>(u)->share_locks[d].unlock();
-    });
+    curl_share_setopt(
+        share, CURLSHOPT_LOCKFUNC, +[](CURL*, curl_lock_data d, curl_lock_access, void* u) {
+          static_cast<Impl*>(u)->share_locks[d].lock();
+        });
+    curl_share_setopt(
+        share, CURLSHOPT_UNLOCKFUNC,
+        +[](CURL*, curl_lock_data d, void* u) { static_cast<Impl*>(u)->share_locks[d].unlock(); });
     curl_share_setopt(share, CURLSHOPT_USERDATA, this);
     curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
     curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
@@ -374,7 +378,8 @@ struct Client::Impl {
                            res.header("content-range").substr(0, 100) + "'";
         return res;
       }
-      if (res.status == 301 || res.status == 302 || res.status == 303 || res.status == 307 || res.status == 308) {
+      if (res.status == 301 || res.status == 302 || res.status == 303 || res.status == 307 ||
+          res.status == 308) {
         std::optional<std::string> next = resolve_redirect(url, res.header("location"));
         if (!next)
           throw Error(ErrorKind::kNetwork,
@@ -398,7 +403,8 @@ struct Client::Impl {
   }
 
   void throw_if_interrupted(const std::string& url) const {
-    if (opts.interrupt && *opts.interrupt) throw Error(ErrorKind::kIo, "interrupted while fetching " + url);
+    if (opts.interrupt && *opts.interrupt)
+      throw Error(ErrorKind::kIo, "interrupted while fetching " + url);
   }
 
   std::chrono::milliseconds backoff(int attempt, const Result& r) const {
@@ -446,33 +452,39 @@ struct Client::Impl {
       if (++failures >= opts.max_attempts || total > 100) return r;
       throw_if_interrupted(r.url);
       auto wait = backoff(failures - 1, r);
-      log(kind + " " + r.url + ": " + (r.curl != CURLE_OK ? r.curl_error : "HTTP " + std::to_string(r.status)) +
+      log(kind + " " + r.url + ": " +
+          (r.curl != CURLE_OK ? r.curl_error : "HTTP " + std::to_string(r.status)) +
           "; retrying in " + std::to_string(wait.count()) + " ms");
-      for (auto until = std::chrono::steady_clock::now() + wait; std::chrono::steady_clock::now() < until;) {
+      for (auto until = std::chrono::steady_clock::now() + wait;
+           std::chrono::steady_clock::now() < until;) {
         throw_if_interrupted(r.url);
-        std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(wait, std::chrono::milliseconds(100)));
+        std::this_thread::sleep_for(
+            std::min<std::chrono::milliseconds>(wait, std::chrono::milliseconds(100)));
       }
     }
   }
 
   [[noreturn]] void transport_error(const Result& r, const std::string& what) {
     if (tls_error(r.curl))
-      throw Error(ErrorKind::kNetwork, "TLS failure talking to " + url_authority(r.url) + ": " + r.curl_error +
-                                           " (use --ca-cert FILE to trust a private CA, or --insecure-registry " +
-                                           registry + ")");
+      throw Error(ErrorKind::kNetwork,
+                  "TLS failure talking to " + url_authority(r.url) + ": " + r.curl_error +
+                      " (use --ca-cert FILE to trust a private CA, or --insecure-registry " +
+                      registry + ")");
     throw Error(ErrorKind::kNetwork, "cannot " + what + " (" + r.url + "): " + r.curl_error);
   }
 
-  [[noreturn]] void status_error(const Result& r, const std::string& what, const std::string& repo) {
+  [[noreturn]] void status_error(const Result& r, const std::string& what,
+                                 const std::string& repo) {
     auto [code, msg] = registry_error(r.body);
     std::string detail = code.empty() ? "" : " (" + code + (msg.empty() ? "" : ": " + msg) + ")";
     if (r.status == 401 || r.status == 403)
       throw Error(ErrorKind::kAuth, "unauthorized: " + registry + " refused access to " +
                                         (repo.empty() ? std::string("the registry") : repo) +
-                                        detail + "; check the credentials (docker login " + registry +
-                                        ", or --username/--password-stdin)");
+                                        detail + "; check the credentials (docker login " +
+                                        registry + ", or --username/--password-stdin)");
     if (r.status == 429)
-      throw Error(ErrorKind::kNetwork, "rate limited by " + registry + " while trying to " + what + detail +
+      throw Error(ErrorKind::kNetwork, "rate limited by " + registry + " while trying to " + what +
+                                           detail +
                                            "; try again later, or log in for a higher limit");
     throw Error(r.status >= 500 ? ErrorKind::kNetwork : ErrorKind::kNotFound,
                 registry + " answered HTTP " + std::to_string(r.status) + " to " + what + detail);
@@ -507,16 +519,20 @@ struct Client::Impl {
       last = ping_at("http://" + api_host, true, false);
       bool registry_like = last.curl == CURLE_OK && (last.status == 200 || last.status == 401);
       if (!registry_like) {
-        bool unreachable = last.curl == CURLE_COULDNT_CONNECT || last.curl == CURLE_COULDNT_RESOLVE_HOST ||
+        bool unreachable = last.curl == CURLE_COULDNT_CONNECT ||
+                           last.curl == CURLE_COULDNT_RESOLVE_HOST ||
                            last.curl == CURLE_OPERATION_TIMEDOUT;
         Result tls;
         if (!unreachable) {
           log("plain http to " + api_host + " got " +
-              (last.curl != CURLE_OK ? last.curl_error : "HTTP " + std::to_string(last.status)) + "; trying https");
+              (last.curl != CURLE_OK ? last.curl_error : "HTTP " + std::to_string(last.status)) +
+              "; trying https");
           tls = ping_at("https://" + api_host, !insecure, true);
         }
-        if (!unreachable && !tls_mismatch(tls.curl)) last = tls;
-        else last = ping_at("http://" + api_host, true, true);
+        if (!unreachable && !tls_mismatch(tls.curl))
+          last = tls;
+        else
+          last = ping_at("http://" + api_host, true, true);
       }
       if (last.curl != CURLE_OK) transport_error(last, "reach registry " + registry);
     } else {
@@ -531,11 +547,13 @@ struct Client::Impl {
       learn_challenge(last);
     } else if (last.status != 200) {
       if (retriable_status(last.status)) status_error(last, "ping /v2/", "");
-      throw Error(ErrorKind::kNetwork, registry + " does not look like a registry: GET " + last.url + " returned HTTP " +
+      throw Error(ErrorKind::kNetwork, registry + " does not look like a registry: GET " +
+                                           last.url + " returned HTTP " +
                                            std::to_string(last.status));
     }
     pinged = true;
-    log("registry " + registry + " at " + base_url + (challenge ? " (auth: " + challenge->scheme + ")" : ""));
+    log("registry " + registry + " at " + base_url +
+        (challenge ? " (auth: " + challenge->scheme + ")" : ""));
   }
 
   void learn_challenge(const Result& r) {
@@ -557,16 +575,23 @@ struct Client::Impl {
         challenge = c;
         return;
       }
-    if (cs.empty()) throw Error(ErrorKind::kAuth, registry + " requires authentication but sent no WWW-Authenticate challenge");
-    throw Error(ErrorKind::kUnsupported, registry + " asks for unsupported authentication scheme " + cs[0].scheme);
+    if (cs.empty())
+      throw Error(ErrorKind::kAuth,
+                  registry + " requires authentication but sent no WWW-Authenticate challenge");
+    throw Error(ErrorKind::kUnsupported,
+                registry + " asks for unsupported authentication scheme " + cs[0].scheme);
   }
 
   const std::optional<Credentials>& credentials() {
     if (!creds_loaded) {
       creds_loaded = true;
-      if (opts.credentials) creds = opts.credentials;
-      else if (opts.use_docker_config) creds = lookup_docker_credentials(registry);
-      if (creds) log("using credentials for " + registry + (creds->username.empty() ? "" : " as " + creds->username));
+      if (opts.credentials)
+        creds = opts.credentials;
+      else if (opts.use_docker_config)
+        creds = lookup_docker_credentials(registry);
+      if (creds)
+        log("using credentials for " + registry +
+            (creds->username.empty() ? "" : " as " + creds->username));
     }
     return creds;
   }
@@ -581,7 +606,8 @@ struct Client::Impl {
       return "Basic " + base64_encode(c->username + ":" + c->password);
     }
     auto it = tokens.find(scope);
-    if (it != tokens.end() && Clock::now() < it->second.expires) return "Bearer " + it->second.value;
+    if (it != tokens.end() && Clock::now() < it->second.expires)
+      return "Bearer " + it->second.value;
     Token t = fetch_token(scope);
     tokens[scope] = t;
     return "Bearer " + t.value;
@@ -594,7 +620,8 @@ struct Client::Impl {
 
   Token fetch_token(const std::string& scope) {
     std::string realm = challenge->param("realm");
-    if (realm.empty()) throw Error(ErrorKind::kAuth, registry + " sent a Bearer challenge without a realm");
+    if (realm.empty())
+      throw Error(ErrorKind::kAuth, registry + " sent a Bearer challenge without a realm");
     std::optional<UrlOrigin> realm_origin = url_origin(realm);
     if (!realm_origin)
       throw Error(ErrorKind::kAuth, registry + " sent a token realm that is not an http(s) URL");
@@ -610,18 +637,22 @@ struct Client::Impl {
       req.url = realm;
       req.headers.push_back("Content-Type: application/x-www-form-urlencoded");
       req.post_body = "grant_type=refresh_token&refresh_token=" + url_escape(c->identity_token) +
-                      "&service=" + url_escape(service) + "&scope=" + url_escape(scope) + "&client_id=img2vm";
+                      "&service=" + url_escape(service) + "&scope=" + url_escape(scope) +
+                      "&client_id=img2vm";
     } else {
-      req.url = realm + (realm.find('?') == std::string::npos ? "?" : "&") + "service=" + url_escape(service) +
-                "&scope=" + url_escape(scope);
-      if (c && !c->username.empty()) req.authorization = "Basic " + base64_encode(c->username + ":" + c->password);
+      req.url = realm + (realm.find('?') == std::string::npos ? "?" : "&") +
+                "service=" + url_escape(service) + "&scope=" + url_escape(scope);
+      if (c && !c->username.empty())
+        req.authorization = "Basic " + base64_encode(c->username + ":" + c->password);
     }
     r = perform_retrying(req, "token");
     if (r.curl != CURLE_OK) transport_error(r, "get a token from " + realm);
     if (r.status == 401 || r.status == 403)
-      throw Error(ErrorKind::kAuth, "unauthorized: the token service of " + registry + " refused " +
-                                        (c ? std::string("the credentials") : std::string("anonymous access")) +
-                                        "; check them (docker login " + registry + ", or --username/--password-stdin)");
+      throw Error(ErrorKind::kAuth,
+                  "unauthorized: the token service of " + registry + " refused " +
+                      (c ? std::string("the credentials") : std::string("anonymous access")) +
+                      "; check them (docker login " + registry +
+                      ", or --username/--password-stdin)");
     if (r.status != 200) status_error(r, "get a token from " + realm, "");
     TokenResponse t = parse_token_response(r.body, realm_origin->str());
     // Renew a little early so that a token does not expire in flight.
@@ -648,7 +679,8 @@ struct Client::Impl {
   }
 };
 
-Client::Client(std::string registry, ClientOptions opts) : impl_(std::make_unique<Impl>(std::move(registry), std::move(opts))) {}
+Client::Client(std::string registry, ClientOptions opts)
+    : impl_(std::make_unique<Impl>(std::move(registry), std::move(opts))) {}
 Client::~Client() = default;
 
 const std::string& Client::registry() const { return impl_->registry; }
@@ -665,14 +697,17 @@ ManifestResponse Client::get_manifest(const std::string& repo, const std::string
   req.url = "";  // set after ping
   impl_->ping();
   req.url = impl_->base_url + "/v2/" + repo + "/manifests/" + reference;
-  req.headers.push_back("Accept: " + std::string(media_type::kOciIndex) + ", " + std::string(media_type::kOciManifest) +
-                        ", " + std::string(media_type::kDockerManifestList) + ", " +
+  req.headers.push_back("Accept: " + std::string(media_type::kOciIndex) + ", " +
+                        std::string(media_type::kOciManifest) + ", " +
+                        std::string(media_type::kDockerManifestList) + ", " +
                         std::string(media_type::kDockerManifest));
   req.max_body = kMaxManifestBytes;
-  std::string what = "fetch the manifest " + registry() + "/" + repo + (reference.find(':') != std::string::npos ? "@" : ":") + reference;
+  std::string what = "fetch the manifest " + registry() + "/" + repo +
+                     (reference.find(':') != std::string::npos ? "@" : ":") + reference;
   Result r = impl_->registry_request(req, repo, "manifest");
   if (r.body_too_large)
-    throw Error(ErrorKind::kLimit, "the manifest of " + registry() + "/" + repo + " is larger than " +
+    throw Error(ErrorKind::kLimit, "the manifest of " + registry() + "/" + repo +
+                                       " is larger than " +
                                        std::to_string(kMaxManifestBytes >> 20) + " MiB");
   if (r.curl != CURLE_OK) impl_->transport_error(r, what);
   if (r.status == 404) {
@@ -686,10 +721,13 @@ ManifestResponse Client::get_manifest(const std::string& repo, const std::string
       Result t = impl_->registry_request(tags, repo, "tags");
       unknown_repo = t.curl == CURLE_OK && t.status == 404;
     }
-    if (unknown_repo) throw Error(ErrorKind::kNotFound, "unknown repository " + repo + " on " + registry());
+    if (unknown_repo)
+      throw Error(ErrorKind::kNotFound, "unknown repository " + repo + " on " + registry());
     if (reference.find(':') != std::string::npos)
-      throw Error(ErrorKind::kNotFound, "manifest " + reference + " not found in " + registry() + "/" + repo);
-    throw Error(ErrorKind::kNotFound, "tag not found: " + reference + " in " + registry() + "/" + repo);
+      throw Error(ErrorKind::kNotFound,
+                  "manifest " + reference + " not found in " + registry() + "/" + repo);
+    throw Error(ErrorKind::kNotFound,
+                "tag not found: " + reference + " in " + registry() + "/" + repo);
   }
   if (r.status != 200) impl_->status_error(r, what, repo);
   ManifestResponse m;
@@ -715,7 +753,9 @@ void Client::get_blob(const std::string& repo, const Digest& digest, BlobSink& s
     r = impl_->registry_request(req, repo, "blob");
   }
   if (r.curl != CURLE_OK && r.status != 416) impl_->transport_error(r, what);
-  if (r.status == 404) throw Error(ErrorKind::kNotFound, "blob " + digest.str() + " not found in " + registry() + "/" + repo);
+  if (r.status == 404)
+    throw Error(ErrorKind::kNotFound,
+                "blob " + digest.str() + " not found in " + registry() + "/" + repo);
   if (r.status != 200 && r.status != 206) impl_->status_error(r, what, repo);
 }
 

@@ -23,7 +23,8 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::string_view kB64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+constexpr std::string_view kB64 =
+    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
 // The host part of a config.json key: "https://index.docker.io/v1/" -> "index.docker.io".
 std::string key_host(std::string k) {
@@ -63,12 +64,14 @@ std::optional<Credentials> run_helper(const std::string& name, const std::string
   posix_spawn_file_actions_destroy(&fa);
   if (rc != 0)
     throw Error(ErrorKind::kAuth, "cannot run credential helper " + prog + " (configured in " +
-                                      (docker_config_dir() / "config.json").string() + "): " + std::strerror(rc));
+                                      (docker_config_dir() / "config.json").string() +
+                                      "): " + std::strerror(rc));
   in_r.reset();
   out_w.reset();
   std::string url = server_url(registry);
   // The input is tiny; a helper that exits early gives EPIPE, which we ignore.
-  struct sigaction ign{}, old{};
+  struct sigaction ign {
+  }, old{};
   ign.sa_handler = SIG_IGN;
   ::sigaction(SIGPIPE, &ign, &old);
   (void)!::write(in_w.get(), url.data(), url.size());
@@ -92,11 +95,14 @@ std::optional<Credentials> run_helper(const std::string& name, const std::string
     throw Error(ErrorKind::kAuth, "credential helper " + prog + " failed for " + registry);
   }
   json j = json::parse(output, nullptr, false);
-  if (!j.is_object()) throw Error(ErrorKind::kAuth, "credential helper " + prog + " printed something that is not JSON");
+  if (!j.is_object())
+    throw Error(ErrorKind::kAuth,
+                "credential helper " + prog + " printed something that is not JSON");
   Credentials c;
   std::string user = j.value("Username", "");
   std::string secret = j.value("Secret", "");
-  if (user == "<token>") c.identity_token = secret;
+  if (user == "<token>")
+    c.identity_token = secret;
   else {
     c.username = user;
     c.password = secret;
@@ -138,7 +144,8 @@ std::string base64_decode(std::string_view s) {
     }
     if (c == '\n' || c == '\r') continue;
     size_t v = kB64.find(c);
-    if (v == std::string_view::npos || pad) throw Error(ErrorKind::kInvalidArgument, "invalid base64");
+    if (v == std::string_view::npos || pad)
+      throw Error(ErrorKind::kInvalidArgument, "invalid base64");
     acc = (acc << 6) | static_cast<uint32_t>(v);
     bits += 6;
     if (bits >= 8) {
@@ -156,33 +163,41 @@ fs::path docker_config_dir() {
   return {};
 }
 
-std::optional<Credentials> lookup_docker_credentials(const std::string& registry, const fs::path& dir) {
+std::optional<Credentials> lookup_docker_credentials(const std::string& registry,
+                                                     const fs::path& dir) {
   if (dir.empty()) return std::nullopt;
   fs::path file = dir / "config.json";
   std::error_code ec;
   if (!fs::exists(file, ec)) return std::nullopt;
   json j = json::parse(read_file(file), nullptr, false);
-  if (!j.is_object()) throw Error(ErrorKind::kInvalidArgument, file.string() + " is not valid JSON");
+  if (!j.is_object())
+    throw Error(ErrorKind::kInvalidArgument, file.string() + " is not valid JSON");
   if (auto h = j.find("credHelpers"); h != j.end() && h->is_object())
     for (auto& [k, v] : h->items())
-      if (v.is_string() && same_registry(k, registry)) return run_helper(v.get<std::string>(), registry);
-  if (auto s = j.find("credsStore"); s != j.end() && s->is_string() && !s->get<std::string>().empty())
+      if (v.is_string() && same_registry(k, registry))
+        return run_helper(v.get<std::string>(), registry);
+  if (auto s = j.find("credsStore");
+      s != j.end() && s->is_string() && !s->get<std::string>().empty())
     return run_helper(s->get<std::string>(), registry);
   if (auto a = j.find("auths"); a != j.end() && a->is_object()) {
     for (auto& [k, v] : a->items()) {
       if (!v.is_object() || !same_registry(k, registry)) continue;
       Credentials c;
-      if (auto t = v.find("identitytoken"); t != v.end() && t->is_string()) c.identity_token = t->get<std::string>();
-      if (auto au = v.find("auth"); au != v.end() && au->is_string() && !au->get<std::string>().empty()) {
+      if (auto t = v.find("identitytoken"); t != v.end() && t->is_string())
+        c.identity_token = t->get<std::string>();
+      if (auto au = v.find("auth");
+          au != v.end() && au->is_string() && !au->get<std::string>().empty()) {
         std::string dec;
         try {
           dec = base64_decode(au->get<std::string>());
         } catch (const Error&) {
-          throw Error(ErrorKind::kInvalidArgument, file.string() + ": the \"auth\" entry for " + k + " is not valid base64");
+          throw Error(ErrorKind::kInvalidArgument,
+                      file.string() + ": the \"auth\" entry for " + k + " is not valid base64");
         }
         size_t colon = dec.find(':');
         if (colon == std::string::npos)
-          throw Error(ErrorKind::kInvalidArgument, file.string() + ": the \"auth\" entry for " + k + " is not user:password");
+          throw Error(ErrorKind::kInvalidArgument,
+                      file.string() + ": the \"auth\" entry for " + k + " is not user:password");
         c.username = dec.substr(0, colon);
         c.password = dec.substr(colon + 1);
       } else {

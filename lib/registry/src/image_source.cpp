@@ -60,7 +60,8 @@ class VerifyingReader : public BlobReader {
 
 std::string read_verified(const fs::path& p, const Descriptor& d, uint64_t max) {
   if (static_cast<uint64_t>(d.size) > max)
-    throw Error(ErrorKind::kLimit, "blob " + d.digest.str() + " is too large (" + std::to_string(d.size) + " bytes)");
+    throw Error(ErrorKind::kLimit,
+                "blob " + d.digest.str() + " is too large (" + std::to_string(d.size) + " bytes)");
   std::error_code ec;
   if (!fs::exists(p, ec))
     throw Error(ErrorKind::kNotFound,
@@ -68,7 +69,8 @@ std::string read_verified(const fs::path& p, const Descriptor& d, uint64_t max) 
   std::string data =
       read_file(p, static_cast<uint64_t>(d.size) + 1);  // one more shows a size mismatch
   if (data.size() != static_cast<uint64_t>(d.size) || Digest::sha256_of(data) != d.digest)
-    throw Error(ErrorKind::kIntegrity, "blob " + d.digest.str() + " (" + p.string() + ") does not match its descriptor");
+    throw Error(ErrorKind::kIntegrity,
+                "blob " + d.digest.str() + " (" + p.string() + ") does not match its descriptor");
   return data;
 }
 
@@ -101,27 +103,34 @@ class LocalSource : public ImageSource {
   Digest manifest_digest() const override { return manifest_digest_; }
   std::optional<Digest> index_digest() const override { return index_digest_; }
   std::optional<std::string> index_bytes() const override { return index_bytes_; }
-  Platform platform() const override { return platform_ ? *platform_ : platform_of_config(config_bytes()); }
+  Platform platform() const override {
+    return platform_ ? *platform_ : platform_of_config(config_bytes());
+  }
   std::string config_bytes() const override {
     return read_verified(path_of(manifest_.config.digest), manifest_.config, kMaxConfigBytes);
   }
   std::unique_ptr<BlobReader> open_blob(const Descriptor& d) const override {
     return open_file_blob(path_of(d.digest), d);
   }
-  std::optional<fs::path> blob_path(const Descriptor& d) const override { return path_of(d.digest); }
+  std::optional<fs::path> blob_path(const Descriptor& d) const override {
+    return path_of(d.digest);
+  }
 
   // Loads manifest `d` (an image manifest or an index to select from).
   void load(const Descriptor& top, const Platform& want) {
     std::string bytes = read_verified(path_of(top.digest), top, kMaxManifestBytes);
-    ParsedManifest p = parse_manifest(bytes, top.media_type, "manifest " + top.digest.str() + " of " + name_);
+    ParsedManifest p =
+        parse_manifest(bytes, top.media_type, "manifest " + top.digest.str() + " of " + name_);
     Descriptor chosen = top;
     if (p.index) {
       index_bytes_ = bytes;
       index_digest_ = top.digest;
       chosen = select_platform(*p.index, want, name_);
       bytes = read_verified(path_of(chosen.digest), chosen, kMaxManifestBytes);
-      p = parse_manifest(bytes, chosen.media_type, "manifest " + chosen.digest.str() + " of " + name_);
-      if (!p.manifest) throw Error(ErrorKind::kUnsupported, name_ + ": nested indexes are not supported");
+      p = parse_manifest(bytes, chosen.media_type,
+                         "manifest " + chosen.digest.str() + " of " + name_);
+      if (!p.manifest)
+        throw Error(ErrorKind::kUnsupported, name_ + ": nested indexes are not supported");
     }
     if (chosen.platform) platform_ = normalize(*chosen.platform);
     manifest_bytes_ = std::move(bytes);
@@ -147,7 +156,9 @@ std::unique_ptr<ImageSource> open_oci_layout(const std::string& spec, const Plat
     dir = rest.substr(0, c);
     tag = rest.substr(c + 1);
   }
-  if (dir.empty()) throw Error(ErrorKind::kInvalidArgument, "invalid source '" + spec + "': expected oci:DIR[:TAG]");
+  if (dir.empty())
+    throw Error(ErrorKind::kInvalidArgument,
+                "invalid source '" + spec + "': expected oci:DIR[:TAG]");
   fs::path root = fs::absolute(dir);
   fs::path idx = root / "index.json";
   if (!fs::exists(idx))
@@ -241,7 +252,9 @@ std::unique_ptr<ImageSource> open_docker_archive(const std::string& spec) {
     file = rest.substr(0, c);
     want_ref = rest.substr(c + 1);
   }
-  if (file.empty()) throw Error(ErrorKind::kInvalidArgument, "invalid source '" + spec + "': expected docker-archive:FILE[:REF]");
+  if (file.empty())
+    throw Error(ErrorKind::kInvalidArgument,
+                "invalid source '" + spec + "': expected docker-archive:FILE[:REF]");
   fs::path path = fs::absolute(file);
   auto src = std::make_unique<ArchiveSource>();
   src->what_ = "docker archive " + path.string();
@@ -328,12 +341,16 @@ bool is_local_source(const std::string& spec) {
 std::unique_ptr<ImageSource> open_image_source(const std::string& spec, const Platform& want) {
   if (spec.rfind("oci:", 0) == 0) return open_oci_layout(spec, want);
   if (spec.rfind("docker-archive:", 0) == 0) return open_docker_archive(spec);
-  throw Error(ErrorKind::kInvalidArgument, "'" + spec + "' is not a local image source (oci:DIR[:TAG] or docker-archive:FILE[:REF])");
+  throw Error(
+      ErrorKind::kInvalidArgument,
+      "'" + spec + "' is not a local image source (oci:DIR[:TAG] or docker-archive:FILE[:REF])");
 }
 
 std::unique_ptr<ImageSource> open_image(const Store& store, const std::string& name) {
   auto img = store.find(name);
-  if (!img) throw Error(ErrorKind::kNotFound, "image " + name + " is not in the store (" + store.layout_dir().string() + "); pull it first");
+  if (!img)
+    throw Error(ErrorKind::kNotFound, "image " + name + " is not in the store (" +
+                                          store.layout_dir().string() + "); pull it first");
   auto src = std::make_unique<LocalSource>();
   src->name_ = img->name;
   fs::path layout = store.layout_dir();

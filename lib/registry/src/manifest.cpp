@@ -51,13 +51,15 @@ Descriptor parse_descriptor(const json& j, std::string_view what) {
   Descriptor d;
   d.media_type = get_string(j, "mediaType", what, false);
   std::string dg = get_string(j, "digest", what, true);
-  if (!Digest::valid(dg)) bad(what, "descriptor digest '" + dg.substr(0, 100) + "' is not a valid digest");
+  if (!Digest::valid(dg))
+    bad(what, "descriptor digest '" + dg.substr(0, 100) + "' is not a valid digest");
   d.digest = Digest::parse(dg);
   auto sz = j.find("size");
   if (sz == j.end()) bad(what, "descriptor " + dg + " has no size");
   if (sz->is_number_unsigned()) {
     auto v = sz->get<uint64_t>();
-    if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) bad(what, "descriptor " + dg + " size is too large");
+    if (v > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      bad(what, "descriptor " + dg + " size is too large");
     d.size = static_cast<int64_t>(v);
   } else if (sz->is_number_integer()) {
     d.size = sz->get<int64_t>();
@@ -90,8 +92,8 @@ Descriptor parse_descriptor(const json& j, std::string_view what) {
 }
 
 bool generic_content_type(std::string_view ct) {
-  return ct.empty() || ct == "application/json" || ct == "text/plain" || ct == "application/octet-stream" ||
-         ct.substr(0, 11) == "text/plain;";
+  return ct.empty() || ct == "application/json" || ct == "text/plain" ||
+         ct == "application/octet-stream" || ct.substr(0, 11) == "text/plain;";
 }
 
 std::string_view strip_params(std::string_view ct) {
@@ -109,13 +111,15 @@ Platform Platform::parse(std::string_view text) {
   size_t start = 0;
   for (;;) {
     size_t slash = text.find('/', start);
-    parts.emplace_back(text.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start));
+    parts.emplace_back(text.substr(
+        start, slash == std::string_view::npos ? std::string_view::npos : slash - start));
     if (slash == std::string_view::npos) break;
     start = slash + 1;
   }
   auto fail = [&](const std::string& why) {
-    throw Error(ErrorKind::kInvalidArgument,
-                "invalid platform '" + std::string(text) + "': " + why + " (expected os/arch[/variant], e.g. linux/arm64)");
+    throw Error(ErrorKind::kInvalidArgument, "invalid platform '" + std::string(text) +
+                                                 "': " + why +
+                                                 " (expected os/arch[/variant], e.g. linux/arm64)");
   };
   if (parts.size() < 2 || parts.size() > 3) fail("wrong number of '/'-separated parts");
   for (const auto& s : parts) {
@@ -131,7 +135,8 @@ Platform Platform::parse(std::string_view text) {
 }
 
 std::string Platform::str() const {
-  std::string s = (os.empty() ? "unknown" : os) + "/" + (architecture.empty() ? "unknown" : architecture);
+  std::string s =
+      (os.empty() ? "unknown" : os) + "/" + (architecture.empty() ? "unknown" : architecture);
   if (!variant.empty()) s += "/" + variant;
   return s;
 }
@@ -157,8 +162,10 @@ Platform normalize(Platform p) {
     p.architecture = "arm";
     p.variant = "v6";
   } else if (a == "arm") {
-    if (p.variant.empty() || p.variant == "7") p.variant = "v7";
-    else if (p.variant == "5" || p.variant == "6" || p.variant == "8") p.variant = "v" + p.variant;
+    if (p.variant.empty() || p.variant == "7")
+      p.variant = "v7";
+    else if (p.variant == "5" || p.variant == "6" || p.variant == "8")
+      p.variant = "v" + p.variant;
   }
   return p;
 }
@@ -195,11 +202,13 @@ std::vector<Platform> compatible_platforms(const Platform& want_in) {
     return p;
   };
   if (want.architecture == "amd64") {
-    for (int n = variant_num(want.variant) - 1; n >= 2; --n) v.push_back(with("amd64", "v" + std::to_string(n)));
+    for (int n = variant_num(want.variant) - 1; n >= 2; --n)
+      v.push_back(with("amd64", "v" + std::to_string(n)));
     if (!want.variant.empty()) v.push_back(with("amd64", ""));
     v.push_back(with("386", ""));
   } else if (want.architecture == "arm") {
-    for (int n = variant_num(want.variant) - 1; n >= 5; --n) v.push_back(with("arm", "v" + std::to_string(n)));
+    for (int n = variant_num(want.variant) - 1; n >= 5; --n)
+      v.push_back(with("arm", "v" + std::to_string(n)));
   } else if (want.architecture == "arm64") {
     for (int n = 8; n >= 5; --n) v.push_back(with("arm", "v" + std::to_string(n)));
   }
@@ -224,7 +233,8 @@ const Descriptor& select_platform(const Index& index, const Platform& want, std:
       Platform have = normalize(*d.platform);
       rank = ok.size() + 1;
       for (size_t i = 0; i < ok.size(); ++i)
-        if (ok[i].os == have.os && ok[i].architecture == have.architecture && ok[i].variant == have.variant) {
+        if (ok[i].os == have.os && ok[i].architecture == have.architecture &&
+            ok[i].variant == have.variant) {
           rank = i;
           break;
         }
@@ -243,40 +253,52 @@ const Descriptor& select_platform(const Index& index, const Platform& want, std:
     if (!avail.empty()) avail += ", ";
     avail += s;
   }
-  throw Error(ErrorKind::kUnsupported, "no image for platform " + normalize(want).str() + " in " + std::string(what) +
-                                           " (available: " + (avail.empty() ? "none" : avail) + ")");
+  throw Error(ErrorKind::kUnsupported,
+              "no image for platform " + normalize(want).str() + " in " + std::string(what) +
+                  " (available: " + (avail.empty() ? "none" : avail) + ")");
 }
 
-ParsedManifest parse_manifest(std::string_view bytes, std::string_view content_type_in, std::string_view what) {
+ParsedManifest parse_manifest(std::string_view bytes, std::string_view content_type_in,
+                              std::string_view what) {
   if (bytes.size() > kMaxManifestBytes)
-    throw Error(ErrorKind::kLimit, std::string(what) + " is larger than " + std::to_string(kMaxManifestBytes >> 20) + " MiB");
+    throw Error(ErrorKind::kLimit, std::string(what) + " is larger than " +
+                                       std::to_string(kMaxManifestBytes >> 20) + " MiB");
   std::string_view content_type = strip_params(content_type_in);
   if (media_type::is_schema1(content_type) && content_type != "application/json")
-    throw Error(ErrorKind::kUnsupported, std::string(what) +
-                                             " is a Docker schema 1 manifest, which is deprecated and not supported; "
-                                             "push the image again with a current client");
+    throw Error(ErrorKind::kUnsupported,
+                std::string(what) +
+                    " is a Docker schema 1 manifest, which is deprecated and not supported; "
+                    "push the image again with a current client");
   json j = json::parse(bytes.begin(), bytes.end(), nullptr, false);
   if (j.is_discarded()) bad(what, "not valid JSON");
   if (!j.is_object()) bad(what, "not a JSON object");
   std::string mt = get_string(j, "mediaType", what, false);
   auto sv = j.find("schemaVersion");
   if (sv != j.end() && sv->is_number_integer() && sv->get<int64_t>() == 1)
-    throw Error(ErrorKind::kUnsupported, std::string(what) +
-                                             " is a Docker schema 1 manifest, which is deprecated and not supported; "
-                                             "push the image again with a current client");
+    throw Error(ErrorKind::kUnsupported,
+                std::string(what) +
+                    " is a Docker schema 1 manifest, which is deprecated and not supported; "
+                    "push the image again with a current client");
   if (j.contains("fsLayers") || media_type::is_schema1(mt))
-    throw Error(ErrorKind::kUnsupported, std::string(what) +
-                                             " is a Docker schema 1 manifest, which is deprecated and not supported; "
-                                             "push the image again with a current client");
-  if (sv == j.end() || !sv->is_number_integer() || sv->get<int64_t>() != 2) bad(what, "schemaVersion is not 2");
+    throw Error(ErrorKind::kUnsupported,
+                std::string(what) +
+                    " is a Docker schema 1 manifest, which is deprecated and not supported; "
+                    "push the image again with a current client");
+  if (sv == j.end() || !sv->is_number_integer() || sv->get<int64_t>() != 2)
+    bad(what, "schemaVersion is not 2");
   if (!mt.empty() && !generic_content_type(content_type) && mt != content_type)
-    bad(what, "its mediaType " + mt + " does not match the Content-Type " + std::string(content_type));
-  if (mt.empty()) mt = generic_content_type(content_type) ? std::string() : std::string(content_type);
+    bad(what,
+        "its mediaType " + mt + " does not match the Content-Type " + std::string(content_type));
+  if (mt.empty())
+    mt = generic_content_type(content_type) ? std::string() : std::string(content_type);
   if (mt.empty()) {
     // OCI allows mediaType to be omitted; tell the two kinds apart by their fields.
-    if (j.contains("manifests")) mt = media_type::kOciIndex;
-    else if (j.contains("config") || j.contains("layers")) mt = media_type::kOciManifest;
-    else bad(what, "neither an image manifest nor an index");
+    if (j.contains("manifests"))
+      mt = media_type::kOciIndex;
+    else if (j.contains("config") || j.contains("layers"))
+      mt = media_type::kOciManifest;
+    else
+      bad(what, "neither an image manifest nor an index");
   }
   ParsedManifest out;
   out.media_type = mt;

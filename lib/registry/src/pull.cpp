@@ -47,7 +47,8 @@ class ProgressSink : public BlobSink {
     downloaded += len;
     if (in_.offset() - last_ >= (512u << 10) || in_.offset() == static_cast<uint64_t>(d_.size)) {
       last_ = in_.offset();
-      PullEvent e{PullEvent::Kind::kProgress, {}, d_.digest, d_.media_type, in_.offset(), static_cast<uint64_t>(d_.size), {}};
+      PullEvent e{PullEvent::Kind::kProgress,     {}, d_.digest, d_.media_type, in_.offset(),
+                  static_cast<uint64_t>(d_.size), {}};
       report_(e);
     }
   }
@@ -78,7 +79,8 @@ void copy_local(const ImageSource& src, const Descriptor& d, BlobSink& sink) {
 // the download threads go on with the next blob instead of waiting for the disk.
 class Committer {
  public:
-  explicit Committer(std::function<void(const Descriptor&)> done) : done_(std::move(done)), thread_([this] { run(); }) {}
+  explicit Committer(std::function<void(const Descriptor&)> done)
+      : done_(std::move(done)), thread_([this] { run(); }) {}
   ~Committer() {
     if (thread_.joinable()) finish();
   }
@@ -187,7 +189,8 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
     } else {
       ManifestResponse m = client->get_manifest(ref.repository, ref.manifest_reference());
       if (ref.digest && m.digest != *ref.digest)
-        throw Error(ErrorKind::kIntegrity, "manifest of " + plan.name + " does not match its digest: got " + m.digest.str());
+        throw Error(ErrorKind::kIntegrity, "manifest of " + plan.name +
+                                               " does not match its digest: got " + m.digest.str());
       top_bytes = std::move(m.body);
       top_type = m.content_type;
       top_digest = m.digest;
@@ -204,11 +207,15 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
         ManifestResponse m = client->get_manifest(ref.repository, child.digest.str());
         if (m.digest != child.digest)
           throw Error(ErrorKind::kIntegrity, "manifest " + child.digest.str() + " of " + plan.name +
-                                                 " does not match its digest: got " + m.digest.str());
+                                                 " does not match its digest: got " +
+                                                 m.digest.str());
         child_bytes = std::move(m.body);
       }
-      ParsedManifest c = parse_manifest(child_bytes, child.media_type, "manifest " + child.digest.str() + " of " + plan.name);
-      if (!c.manifest) throw Error(ErrorKind::kUnsupported, plan.name + ": an index inside an index is not supported");
+      ParsedManifest c = parse_manifest(child_bytes, child.media_type,
+                                        "manifest " + child.digest.str() + " of " + plan.name);
+      if (!c.manifest)
+        throw Error(ErrorKind::kUnsupported,
+                    plan.name + ": an index inside an index is not supported");
       plan.manifest = *c.manifest;
       plan.manifest_bytes = std::move(child_bytes);
       plan.manifest_desc.platform = normalize(*child.platform);
@@ -229,7 +236,8 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
     if (seen.insert(l.digest.str()).second) blobs.push_back(l);
   }
   if (plan.manifest.config.size > static_cast<int64_t>(kMaxConfigBytes))
-    throw Error(ErrorKind::kLimit, plan.name + ": image config " + plan.manifest.config.digest.str() + " is too large");
+    throw Error(ErrorKind::kLimit, plan.name + ": image config " +
+                                       plan.manifest.config.digest.str() + " is too large");
   uint64_t total = 0;
   for (const auto& b : blobs) total += static_cast<uint64_t>(b.size);
 
@@ -238,7 +246,13 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   result.manifest_digest = plan.manifest_desc.digest;
   result.size = total;
   {
-    PullEvent e{PullEvent::Kind::kResolved, plan.name, plan.manifest_desc.digest, plan.manifest.media_type, 0, total, {}};
+    PullEvent e{PullEvent::Kind::kResolved,
+                plan.name,
+                plan.manifest_desc.digest,
+                plan.manifest.media_type,
+                0,
+                total,
+                {}};
     if (plan.manifest_desc.platform) e.platform = plan.manifest_desc.platform->str();
     report(e);
   }
@@ -246,8 +260,13 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   std::vector<Descriptor> todo;
   for (const auto& b : blobs) {
     if (store.has_blob(b.digest, b.size)) {
-      report(PullEvent{PullEvent::Kind::kBlobCached, {}, b.digest, b.media_type, static_cast<uint64_t>(b.size),
-                       static_cast<uint64_t>(b.size), {}});
+      report(PullEvent{PullEvent::Kind::kBlobCached,
+                       {},
+                       b.digest,
+                       b.media_type,
+                       static_cast<uint64_t>(b.size),
+                       static_cast<uint64_t>(b.size),
+                       {}});
     } else {
       todo.push_back(b);
     }
@@ -260,23 +279,39 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   std::exception_ptr first_error;
   std::string repo = client ? ref.repository : "";
   Committer committer([&](const Descriptor& d) {
-    report(PullEvent{PullEvent::Kind::kBlobDone, {}, d.digest, d.media_type, static_cast<uint64_t>(d.size),
-                     static_cast<uint64_t>(d.size), {}});
+    report(PullEvent{PullEvent::Kind::kBlobDone,
+                     {},
+                     d.digest,
+                     d.media_type,
+                     static_cast<uint64_t>(d.size),
+                     static_cast<uint64_t>(d.size),
+                     {}});
   });
   auto worker = [&] {
     for (;;) {
       size_t i = next++;
-      if (i >= todo.size() || cancel || committer.failed() || (opts.interrupt && *opts.interrupt)) return;
+      if (i >= todo.size() || cancel || committer.failed() || (opts.interrupt && *opts.interrupt))
+        return;
       const Descriptor& d = todo[i];
       try {
         std::unique_ptr<Ingest> in = store.ingest(d);
         if (in->already_present()) {
-          report(PullEvent{PullEvent::Kind::kBlobCached, {}, d.digest, d.media_type, static_cast<uint64_t>(d.size),
-                           static_cast<uint64_t>(d.size), {}});
+          report(PullEvent{PullEvent::Kind::kBlobCached,
+                           {},
+                           d.digest,
+                           d.media_type,
+                           static_cast<uint64_t>(d.size),
+                           static_cast<uint64_t>(d.size),
+                           {}});
           continue;
         }
-        report(PullEvent{PullEvent::Kind::kBlobStart, {}, d.digest, d.media_type, in->resumed_from(),
-                         static_cast<uint64_t>(d.size), {}});
+        report(PullEvent{PullEvent::Kind::kBlobStart,
+                         {},
+                         d.digest,
+                         d.media_type,
+                         in->resumed_from(),
+                         static_cast<uint64_t>(d.size),
+                         {}});
         ProgressSink sink(*in, d, report, cancel, opts.interrupt);
         auto fetch = [&] {
           if (client)
@@ -308,12 +343,15 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   };
   int jobs = std::clamp(opts.jobs, 1, 32);
   std::vector<std::thread> threads;
-  for (int t = 0; t < std::min<int>(jobs, static_cast<int>(todo.size())); ++t) threads.emplace_back(worker);
+  for (int t = 0; t < std::min<int>(jobs, static_cast<int>(todo.size())); ++t)
+    threads.emplace_back(worker);
   for (auto& t : threads) t.join();
   std::exception_ptr commit_error = committer.finish();
   if (commit_error && !first_error) first_error = commit_error;
   if (opts.interrupt && *opts.interrupt)
-    throw Error(ErrorKind::kIo, "pull " + plan.name + " interrupted: the partial downloads are kept and the next pull resumes them");
+    throw Error(ErrorKind::kIo,
+                "pull " + plan.name +
+                    " interrupted: the partial downloads are kept and the next pull resumes them");
   if (first_error) {
     try {
       std::rethrow_exception(first_error);
@@ -354,8 +392,8 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   result.platform = plat;
   result.bytes_downloaded = downloaded;
   result.up_to_date = todo.empty();
-  report(PullEvent{PullEvent::Kind::kDone, plan.name, plan.manifest_desc.digest, plan.manifest.media_type, downloaded,
-                   total, plat.str()});
+  report(PullEvent{PullEvent::Kind::kDone, plan.name, plan.manifest_desc.digest,
+                   plan.manifest.media_type, downloaded, total, plat.str()});
   return result;
 }
 

@@ -13,7 +13,8 @@ constexpr size_t kMaxNameLength = 255;
 constexpr size_t kMaxTagLength = 128;
 
 [[noreturn]] void invalid(std::string_view input, const std::string& what) {
-  throw Error(ErrorKind::kInvalidArgument, "invalid reference '" + std::string(input) + "': " + what);
+  throw Error(ErrorKind::kInvalidArgument,
+              "invalid reference '" + std::string(input) + "': " + what);
 }
 
 bool lower_alnum(char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9'); }
@@ -26,7 +27,8 @@ std::string check_component(std::string_view c) {
   for (char ch : c)
     if (ch >= 'A' && ch <= 'Z') return "repository name must be lowercase";
   if (!lower_alnum(c.front()) || !lower_alnum(c.back()))
-    return "path component '" + std::string(c) + "' must start and end with a lowercase letter or digit";
+    return "path component '" + std::string(c) +
+           "' must start and end with a lowercase letter or digit";
   for (size_t i = 0; i < c.size();) {
     char ch = c[i];
     if (lower_alnum(ch)) {
@@ -54,7 +56,8 @@ std::string check_domain(std::string_view d) {
   std::string_view host = d, port;
   if (!d.empty() && d.front() == '[') {
     size_t close = d.find(']');
-    if (close == std::string_view::npos) return "unterminated '[' in registry host '" + std::string(d) + "'";
+    if (close == std::string_view::npos)
+      return "unterminated '[' in registry host '" + std::string(d) + "'";
     std::string_view v6 = d.substr(1, close - 1);
     if (v6.empty()) return "empty IPv6 address in registry host";
     for (char c : v6)
@@ -62,7 +65,8 @@ std::string check_domain(std::string_view d) {
         return "invalid IPv6 address '" + std::string(v6) + "'";
     std::string_view rest = d.substr(close + 1);
     if (!rest.empty()) {
-      if (rest.front() != ':') return "unexpected text after IPv6 address in registry host '" + std::string(d) + "'";
+      if (rest.front() != ':')
+        return "unexpected text after IPv6 address in registry host '" + std::string(d) + "'";
       port = rest.substr(1);
       if (port.empty()) return "empty port in registry host '" + std::string(d) + "'";
     }
@@ -73,7 +77,8 @@ std::string check_domain(std::string_view d) {
     if (port.empty()) return "empty port in registry host '" + std::string(d) + "'";
   }
   if (!port.empty()) {
-    if (port.size() > 5 || !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    if (port.size() > 5 ||
+        !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; }))
       return "invalid port '" + std::string(port) + "' in registry host '" + std::string(d) + "'";
   }
   if (d.front() == '[') return {};
@@ -81,12 +86,14 @@ std::string check_domain(std::string_view d) {
   size_t start = 0;
   while (start <= host.size()) {
     size_t dot = host.find('.', start);
-    std::string_view label = host.substr(start, dot == std::string_view::npos ? host.size() - start : dot - start);
+    std::string_view label =
+        host.substr(start, dot == std::string_view::npos ? host.size() - start : dot - start);
     if (label.empty() || !alnum(label.front()) || !alnum(label.back()))
       return "invalid registry host '" + std::string(host) + "'";
     for (char c : label)
-      if (!alnum(c) && c != '-') return "character '" + std::string(1, c) + "' is not allowed in registry host '" +
-                                        std::string(host) + "'";
+      if (!alnum(c) && c != '-')
+        return "character '" + std::string(1, c) + "' is not allowed in registry host '" +
+               std::string(host) + "'";
     if (dot == std::string_view::npos) break;
     start = dot + 1;
   }
@@ -97,7 +104,8 @@ std::string check_tag(std::string_view t) {
   if (t.empty()) return "empty tag after ':'";
   if (t.size() > kMaxTagLength) return "tag is longer than 128 characters";
   auto word = [](char c) { return alnum(c) || c == '_'; };
-  if (!word(t.front())) return "tag '" + std::string(t) + "' must start with a letter, digit or '_'";
+  if (!word(t.front()))
+    return "tag '" + std::string(t) + "' must start with a letter, digit or '_'";
   for (char c : t)
     if (!word(c) && c != '.' && c != '-')
       return "character '" + std::string(1, c) + "' is not allowed in tag '" + std::string(t) + "'";
@@ -118,7 +126,8 @@ Reference Reference::parse(std::string_view input) {
   if (s.empty()) invalid(input, "empty reference");
   if (s.size() > 4096) invalid(input.substr(0, 64), "reference is too long");
   for (char c : s)
-    if (std::isspace(static_cast<unsigned char>(c)) || static_cast<unsigned char>(c) < 0x20 || c == 0x7f)
+    if (std::isspace(static_cast<unsigned char>(c)) || static_cast<unsigned char>(c) < 0x20 ||
+        c == 0x7f)
       invalid(input, "whitespace or control characters are not allowed");
 
   Reference r;
@@ -126,7 +135,9 @@ Reference Reference::parse(std::string_view input) {
     std::string_view d = s.substr(at + 1);
     if (d.empty()) invalid(input, "empty digest after '@'");
     if (d.find('@') != std::string_view::npos) invalid(input, "more than one '@'");
-    if (!Digest::valid(d)) invalid(input, "'" + std::string(d) + "' is not a valid digest (expected sha256:<64 lowercase hex>)");
+    if (!Digest::valid(d))
+      invalid(input, "'" + std::string(d) +
+                         "' is not a valid digest (expected sha256:<64 lowercase hex>)");
     r.digest = Digest::parse(d);
     s = s.substr(0, at);
   }
@@ -162,7 +173,8 @@ Reference Reference::parse(std::string_view input) {
   if (remote.empty()) invalid(input, "missing repository name after the registry host");
   for (size_t start = 0;;) {
     size_t next = remote.find('/', start);
-    std::string_view comp = remote.substr(start, next == std::string_view::npos ? std::string_view::npos : next - start);
+    std::string_view comp = remote.substr(
+        start, next == std::string_view::npos ? std::string_view::npos : next - start);
     if (std::string e = check_component(comp); !e.empty()) invalid(input, e);
     if (next == std::string_view::npos) break;
     start = next + 1;
@@ -205,8 +217,10 @@ bool is_loopback_host(std::string_view hp) {
   if (host.substr(0, 4) == "127.") {
     int dots = 0;
     for (char c : host) {
-      if (c == '.') ++dots;
-      else if (c < '0' || c > '9') return false;
+      if (c == '.')
+        ++dots;
+      else if (c < '0' || c > '9')
+        return false;
     }
     return dots == 3;
   }

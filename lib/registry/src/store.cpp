@@ -50,10 +50,13 @@ json descriptor_json(const Descriptor& d) {
 StoredImage from_descriptor(const Descriptor& d) {
   StoredImage s;
   s.manifest = d;
-  if (auto it = d.annotations.find(std::string(kRefNameAnnotation)); it != d.annotations.end()) s.name = it->second;
-  if (auto it = d.annotations.find(std::string(kIndexAnnotation)); it != d.annotations.end() && Digest::valid(it->second))
+  if (auto it = d.annotations.find(std::string(kRefNameAnnotation)); it != d.annotations.end())
+    s.name = it->second;
+  if (auto it = d.annotations.find(std::string(kIndexAnnotation));
+      it != d.annotations.end() && Digest::valid(it->second))
     s.index_digest = Digest::parse(it->second);
-  if (auto it = d.annotations.find(std::string(kPulledAnnotation)); it != d.annotations.end()) s.pulled = it->second;
+  if (auto it = d.annotations.find(std::string(kPulledAnnotation)); it != d.annotations.end())
+    s.pulled = it->second;
   return s;
 }
 
@@ -125,7 +128,8 @@ void Ingest::write(const char* data, size_t len) {
     fd_.reset();
     ::unlink(partial_.c_str());
     throw Error(ErrorKind::kIntegrity, "blob " + desc_.digest.str() + " is larger than the " +
-                                           std::to_string(desc_.size) + " bytes its descriptor says");
+                                           std::to_string(desc_.size) +
+                                           " bytes its descriptor says");
   }
   hash_->update(data, len);
   written_ += len;
@@ -159,8 +163,8 @@ void Ingest::write_out(const char* data, size_t len) {
   // works while the download goes on, and the fsync finds little left to do. (A hint: it does not
   // wait for the writes, and a failure is the fsync's to report.)
   if (on_disk_ - writeback_ >= kWritebackChunk) {
-    ::sync_file_range(fd_.get(), static_cast<off_t>(writeback_), static_cast<off_t>(on_disk_ - writeback_),
-                      SYNC_FILE_RANGE_WRITE);
+    ::sync_file_range(fd_.get(), static_cast<off_t>(writeback_),
+                      static_cast<off_t>(on_disk_ - writeback_), SYNC_FILE_RANGE_WRITE);
     writeback_ = on_disk_;
   }
 }
@@ -196,7 +200,8 @@ void Ingest::commit(bool sync_dir) {
   verify();
   if (::fsync(fd_.get()) != 0) throw_errno("fsync " + partial_.string());
   fd_.reset();
-  if (::rename(partial_.c_str(), final_.c_str()) != 0) throw_errno("rename " + partial_.string() + " to " + final_.string());
+  if (::rename(partial_.c_str(), final_.c_str()) != 0)
+    throw_errno("rename " + partial_.string() + " to " + final_.string());
   if (sync_dir) fsync_dir(final_.parent_path());
 }
 
@@ -212,25 +217,33 @@ fs::path Store::default_home() {
 Store::Store(fs::path home) : home_(std::move(home)) {
   std::error_code ec;
   fs::create_directories(layout_dir() / "blobs" / "sha256", ec);
-  if (ec) throw Error(ErrorKind::kIo, "cannot create the store " + layout_dir().string() + ": " + ec.message());
+  if (ec)
+    throw Error(ErrorKind::kIo,
+                "cannot create the store " + layout_dir().string() + ": " + ec.message());
   fs::create_directories(home_ / "ingest", ec);
-  if (ec) throw Error(ErrorKind::kIo, "cannot create " + (home_ / "ingest").string() + ": " + ec.message());
+  if (ec)
+    throw Error(ErrorKind::kIo,
+                "cannot create " + (home_ / "ingest").string() + ": " + ec.message());
   if (!fs::exists(layout_dir() / "oci-layout"))
     write_file_atomic(layout_dir() / "oci-layout", R"({"imageLayoutVersion":"1.0.0"})");
   if (!fs::exists(layout_dir() / "index.json")) {
     UniqueFd l = flock_file(home_ / "index.lock", LOCK_EX);
     if (!fs::exists(layout_dir() / "index.json"))
-      write_file_atomic(layout_dir() / "index.json",
-                        json{{"schemaVersion", 2}, {"mediaType", media_type::kOciIndex}, {"manifests", json::array()}}.dump());
+      write_file_atomic(layout_dir() / "index.json", json{{"schemaVersion", 2},
+                                                          {"mediaType", media_type::kOciIndex},
+                                                          {"manifests", json::array()}}
+                                                         .dump());
   }
 }
 
-fs::path Store::blob_path(const Digest& d) const { return layout_dir() / "blobs" / d.algorithm() / d.hex(); }
+fs::path Store::blob_path(const Digest& d) const {
+  return layout_dir() / "blobs" / d.algorithm() / d.hex();
+}
 
 void Store::sync_blobs() const { fsync_dir(layout_dir() / "blobs" / "sha256"); }
 
 bool Store::has_blob(const Digest& d, int64_t size) const {
-  struct stat st{};
+  struct stat st {};
   if (::stat(blob_path(d).c_str(), &st) != 0) return false;
   return size < 0 || st.st_size == size;
 }
@@ -240,15 +253,19 @@ std::string Store::read_blob(const Digest& d, uint64_t max_bytes) const {
   std::error_code ec;
   auto sz = fs::file_size(p, ec);
   if (ec) throw Error(ErrorKind::kNotFound, "blob " + d.str() + " is not in the store");
-  if (sz > max_bytes) throw Error(ErrorKind::kLimit, "blob " + d.str() + " is too large (" + std::to_string(sz) + " bytes)");
+  if (sz > max_bytes)
+    throw Error(ErrorKind::kLimit,
+                "blob " + d.str() + " is too large (" + std::to_string(sz) + " bytes)");
   std::string data = read_file(p);
   if (Digest::sha256_of(data) != d)
-    throw Error(ErrorKind::kIntegrity, "blob " + d.str() + " in the store is corrupt (" + p.string() + ")");
+    throw Error(ErrorKind::kIntegrity,
+                "blob " + d.str() + " in the store is corrupt (" + p.string() + ")");
   return data;
 }
 
 void Store::put_blob(const Digest& d, std::string_view data) {
-  if (Digest::sha256_of(data) != d) throw Error(ErrorKind::kIntegrity, "content does not match digest " + d.str());
+  if (Digest::sha256_of(data) != d)
+    throw Error(ErrorKind::kIntegrity, "content does not match digest " + d.str());
   if (has_blob(d, static_cast<int64_t>(data.size()))) return;
   write_file_atomic(blob_path(d), data);
 }
@@ -266,7 +283,7 @@ std::unique_ptr<Ingest> Store::ingest(const Descriptor& d) {
   in->fd_ = open_file(in->partial_, O_RDWR | O_CREAT, 0644);
   in->hash_ = std::make_unique<Sha256>();
   // Resume: hash what an earlier attempt left behind.
-  struct stat st{};
+  struct stat st {};
   ::fstat(in->fd_.get(), &st);
   uint64_t have = static_cast<uint64_t>(st.st_size);
   if (have > static_cast<uint64_t>(d.size)) {
@@ -289,8 +306,11 @@ std::unique_ptr<Ingest> Store::ingest(const Descriptor& d) {
 
 std::vector<StoredImage> Store::list() const {
   json j = json::parse(read_file(layout_dir() / "index.json"), nullptr, false);
-  if (!j.is_object()) throw Error(ErrorKind::kIntegrity, (layout_dir() / "index.json").string() + " is not valid JSON");
-  ParsedManifest p = parse_manifest(j.dump(), media_type::kOciIndex, (layout_dir() / "index.json").string());
+  if (!j.is_object())
+    throw Error(ErrorKind::kIntegrity,
+                (layout_dir() / "index.json").string() + " is not valid JSON");
+  ParsedManifest p =
+      parse_manifest(j.dump(), media_type::kOciIndex, (layout_dir() / "index.json").string());
   std::vector<StoredImage> out;
   if (p.index)
     for (const auto& d : p.index->manifests) out.push_back(from_descriptor(d));
@@ -316,7 +336,8 @@ void Store::put_image(const StoredImage& img) {
   UniqueFd l = flock_file(home_ / "index.lock", LOCK_EX);
   json j = json::parse(read_file(layout_dir() / "index.json"), nullptr, false);
   if (!j.is_object() || !j.contains("manifests") || !j["manifests"].is_array())
-    throw Error(ErrorKind::kIntegrity, (layout_dir() / "index.json").string() + " is not a valid OCI index");
+    throw Error(ErrorKind::kIntegrity,
+                (layout_dir() / "index.json").string() + " is not a valid OCI index");
   json kept = json::array();
   for (const auto& m : j["manifests"]) {
     bool same = m.contains("annotations") && m["annotations"].is_object() &&
@@ -342,8 +363,10 @@ bool Store::remove_image(const std::string& name) {
   for (const auto& m : j["manifests"]) {
     bool same = m.contains("annotations") && m["annotations"].is_object() &&
                 m["annotations"].value(std::string(kRefNameAnnotation), "") == found->name;
-    if (same) removed = true;
-    else kept.push_back(m);
+    if (same)
+      removed = true;
+    else
+      kept.push_back(m);
   }
   j["manifests"] = kept;
   write_file_atomic(layout_dir() / "index.json", j.dump(2) + "\n");
@@ -359,7 +382,8 @@ Store::PruneResult Store::prune() {
     keep.insert(img.manifest.digest.hex());
     if (img.index_digest) keep.insert(img.index_digest->hex());
     try {
-      ParsedManifest p = parse_manifest(read_blob(img.manifest.digest, kMaxManifestBytes), img.manifest.media_type);
+      ParsedManifest p = parse_manifest(read_blob(img.manifest.digest, kMaxManifestBytes),
+                                        img.manifest.media_type);
       if (p.manifest) {
         keep.insert(p.manifest->config.digest.hex());
         for (const auto& l : p.manifest->layers) keep.insert(l.digest.hex());

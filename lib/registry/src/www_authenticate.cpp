@@ -10,10 +10,12 @@ namespace img2vm::registry {
 namespace {
 
 bool tchar(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) || (c != 0 && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
+  return std::isalnum(static_cast<unsigned char>(c)) ||
+         (c != 0 && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
 }
 bool token68_char(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) || (c != 0 && std::strchr("-._~+/", c) != nullptr);
+  return std::isalnum(static_cast<unsigned char>(c)) ||
+         (c != 0 && std::strchr("-._~+/", c) != nullptr);
 }
 std::string lower(std::string_view s) {
   std::string o(s);
@@ -140,7 +142,8 @@ class Parser {
 
 std::vector<AuthChallenge> parse_www_authenticate(std::string_view value) {
   if (value.size() > 64 * 1024)
-    throw Error(ErrorKind::kInvalidArgument, "malformed WWW-Authenticate header: longer than 64 KiB");
+    throw Error(ErrorKind::kInvalidArgument,
+                "malformed WWW-Authenticate header: longer than 64 KiB");
   return Parser(value).parse();
 }
 

@@ -1,7 +1,8 @@
 // The WWW-Authenticate header (RFC 7235): one or more challenges, each a scheme followed by
 // either a token68 or comma-separated auth-params whose values are tokens or quoted strings
 // (with backslash escapes, and commas allowed inside the quotes):
-//   Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:a/b:pull"
+//   Bearer
+//   realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:a/b:pull"
 //   Basic realm="Registry Realm"
 #pragma once
 

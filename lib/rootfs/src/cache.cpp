@@ -20,7 +20,8 @@ std::string key_hash(const CacheKey& k) {
   // The layout of this text is the cache's format: changing it orphans every entry.
   Sha256 h;
   h.update("img2vm-rootfs-v1\n" + k.manifest_digest + "\n" + k.platform + "\n" +
-           (k.init_digest.empty() ? "no-init" : k.init_digest) + "\n" + k.version + "\n" + k.options);
+           (k.init_digest.empty() ? "no-init" : k.init_digest) + "\n" + k.version + "\n" +
+           k.options);
   return h.finish().hex().substr(0, 32);
 }
 
@@ -39,7 +40,9 @@ fs::path sidecar(const fs::path& ext4) {
 
 RootfsCache::RootfsCache(fs::path dir) : dir_(std::move(dir)) {}
 
-fs::path RootfsCache::path_for(const CacheKey& key) const { return dir_ / (key_hash(key) + ".ext4"); }
+fs::path RootfsCache::path_for(const CacheKey& key) const {
+  return dir_ / (key_hash(key) + ".ext4");
+}
 
 std::optional<fs::path> RootfsCache::lookup(const CacheKey& key) const {
   fs::path p = path_for(key);
@@ -50,8 +53,10 @@ std::optional<fs::path> RootfsCache::lookup(const CacheKey& key) const {
 }
 
 void RootfsCache::record(const CacheKey& key) const {
-  nlohmann::json j = {{"manifest_digest", key.manifest_digest}, {"platform", key.platform},
-                      {"init_digest", key.init_digest},         {"version", key.version},
+  nlohmann::json j = {{"manifest_digest", key.manifest_digest},
+                      {"platform", key.platform},
+                      {"init_digest", key.init_digest},
+                      {"version", key.version},
                       {"options", key.options}};
   write_file_atomic(sidecar(path_for(key)), j.dump() + "\n");
 }

@@ -25,10 +25,12 @@ using layers::NodeType;
 namespace {
 
 std::array<uint8_t, 16> derive(const Digest& seed, std::string_view purpose) {
-  std::string text = "img2vm-rootfs-v1\n" + std::string(purpose) + "\n" + (seed.empty() ? "" : seed.str());
+  std::string text =
+      "img2vm-rootfs-v1\n" + std::string(purpose) + "\n" + (seed.empty() ? "" : seed.str());
   Digest d = Digest::sha256_of(text);
   std::array<uint8_t, 16> out{};
-  for (size_t i = 0; i < 16; ++i) out[i] = static_cast<uint8_t>(std::stoi(d.hex().substr(2 * i, 2), nullptr, 16));
+  for (size_t i = 0; i < 16; ++i)
+    out[i] = static_cast<uint8_t>(std::stoi(d.hex().substr(2 * i, 2), nullptr, 16));
   return out;
 }
 
@@ -118,9 +120,11 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
   struct stat init_st {};
   if (!opt.init_binary.empty()) {
     init_fd = open_file(opt.init_binary, O_RDONLY);
-    if (::fstat(init_fd.get(), &init_st) != 0) throw_errno("cannot stat " + opt.init_binary.string());
+    if (::fstat(init_fd.get(), &init_st) != 0)
+      throw_errno("cannot stat " + opt.init_binary.string());
     if (!S_ISREG(init_st.st_mode))
-      throw Error(ErrorKind::kInvalidArgument, "init binary " + opt.init_binary.string() + " is not a regular file");
+      throw Error(ErrorKind::kInvalidArgument,
+                  "init binary " + opt.init_binary.string() + " is not a regular file");
   }
 
   // The output is created first so that an unwritable destination fails before any work.
@@ -187,7 +191,10 @@ ConvertResult convert(const ImageInput& image, const ConvertOptions& opt) {
 
   detail::Ext4Stats st = detail::write_ext4(
       out.temp_path(), out.fd(), flat.tree,
-      [&](uint32_t i) { return detail::SpoolRef{flat.spools.at(i).fd, flat.spools.at(i).base}; }, p);
+      [&](uint32_t i) {
+        return detail::SpoolRef{flat.spools.at(i).fd, flat.spools.at(i).base};
+      },
+      p);
   throw_if_cancelled(opt.cancel);
   out.commit();
 

@@ -17,15 +17,17 @@ namespace img2vm::rootfs::detail {
 namespace {
 
 // On-disk sizes (Documentation/filesystems/ext4/directory.rst).
-constexpr unsigned kDirentHeader = 8;       // inode, rec_len, name_len, file_type
-constexpr unsigned kDotRec = 12;            // "." and ".." records
-constexpr unsigned kRootInfoOffset = 24;    // dx_root_info after the two fake entries
-constexpr unsigned kRootIndexOffset = 32;   // count/limit and dx_entries after dx_root_info
-constexpr unsigned kNodeIndexOffset = 8;    // after a dx_node's empty dirent
+constexpr unsigned kDirentHeader = 8;      // inode, rec_len, name_len, file_type
+constexpr unsigned kDotRec = 12;           // "." and ".." records
+constexpr unsigned kRootInfoOffset = 24;   // dx_root_info after the two fake entries
+constexpr unsigned kRootIndexOffset = 32;  // count/limit and dx_entries after dx_root_info
+constexpr unsigned kNodeIndexOffset = 8;   // after a dx_node's empty dirent
 constexpr unsigned kDxEntry = sizeof(struct ext2_dx_entry);
 constexpr unsigned kMaxName = 255;
 
-unsigned rec_len(size_t name_len) { return static_cast<unsigned>((kDirentHeader + name_len + 3) & ~size_t{3}); }
+unsigned rec_len(size_t name_len) {
+  return static_cast<unsigned>((kDirentHeader + name_len + 3) & ~size_t{3});
+}
 
 struct Hashed {
   DirEntry e;
@@ -41,7 +43,8 @@ struct Geometry {
 
 Geometry geometry(const DirFormat& f) {
   if (f.block_size < 1024 || f.block_size > 32768 || (f.block_size & (f.block_size - 1)))
-    throw Error(ErrorKind::kUnsupported, "directory blocks of " + std::to_string(f.block_size) + " bytes");
+    throw Error(ErrorKind::kUnsupported,
+                "directory blocks of " + std::to_string(f.block_size) + " bytes");
   Geometry g;
   g.usable = f.block_size - (f.metadata_csum ? sizeof(struct ext2_dir_entry_tail) : 0);
   // Leaves are filled to about 80%, so that names added later in the VM mostly land in a leaf
@@ -81,13 +84,15 @@ Layout layout(std::vector<DirEntry> entries, const DirFormat& f, uint32_t self, 
   const Geometry g = geometry(f);
   for (const DirEntry& e : entries)
     if (e.name.size() > kMaxName)
-      throw Error(ErrorKind::kUnsupported, "name longer than 255 bytes: \"" + std::string(e.name) + "\"");
+      throw Error(ErrorKind::kUnsupported,
+                  "name longer than 255 bytes: \"" + std::string(e.name) + "\"");
   Layout l;
   l.ents.reserve(entries.size() + 2);
   l.ents.push_back({{".", self, EXT2_FT_DIR}});
   l.ents.push_back({{"..", parent, EXT2_FT_DIR}});
   for (const DirEntry& e : entries) l.ents.push_back({e});
-  l.start = pack(l.ents.size(), g.usable, [&](size_t i) { return rec_len(l.ents[i].e.name.size()); });
+  l.start =
+      pack(l.ents.size(), g.usable, [&](size_t i) { return rec_len(l.ents[i].e.name.size()); });
   l.plan.leaf_blocks = l.start.size();
   if (l.start.size() == 1 || !f.dir_index) return l;
 
@@ -98,7 +103,8 @@ Layout layout(std::vector<DirEntry> entries, const DirFormat& f, uint32_t self, 
   std::sort(l.ents.begin(), l.ents.end(), [](const Hashed& a, const Hashed& b) {
     return std::tie(a.hash, a.minor, a.e.name) < std::tie(b.hash, b.minor, b.e.name);
   });
-  l.start = pack(l.ents.size(), g.leaf_fill, [&](size_t i) { return rec_len(l.ents[i].e.name.size()); });
+  l.start =
+      pack(l.ents.size(), g.leaf_fill, [&](size_t i) { return rec_len(l.ents[i].e.name.size()); });
   const uint64_t leaves = l.start.size();
   l.plan.indexed = true;
   l.plan.leaf_blocks = leaves;
@@ -111,9 +117,11 @@ Layout layout(std::vector<DirEntry> entries, const DirFormat& f, uint32_t self, 
     // compatible with every ext4 kernel and refuses anything larger.
     if (l.nodes > g.root_limit)
       throw Error(ErrorKind::kUnsupported,
-                  "a directory of " + std::to_string(entries.size()) + " entries needs " + std::to_string(leaves) +
+                  "a directory of " + std::to_string(entries.size()) + " entries needs " +
+                      std::to_string(leaves) +
                       " leaf blocks, more than a two-level htree indexes (" +
-                      std::to_string(uint64_t{g.root_limit} * g.node_limit) + "); largedir is not supported");
+                      std::to_string(uint64_t{g.root_limit} * g.node_limit) +
+                      "); largedir is not supported");
   }
   l.plan.index_blocks = 1 + l.nodes;
   return l;
@@ -145,7 +153,8 @@ void put_leaf(char* blk, const Hashed* first, const Hashed* last, const Geometry
 
 // A count/limit header and dx_entries at `at` (little endian, as libext2fs and the kernel read
 // them); the first entry's hash field is the count/limit header, its hash implicitly 0.
-void put_index(char* at, unsigned limit, const std::vector<std::pair<uint32_t, uint32_t>>& hash_block) {
+void put_index(char* at, unsigned limit,
+               const std::vector<std::pair<uint32_t, uint32_t>>& hash_block) {
   auto* cl = reinterpret_cast<struct ext2_dx_countlimit*>(at);
   cl->limit = ext2fs_cpu_to_le16(static_cast<__u16>(limit));
   cl->count = ext2fs_cpu_to_le16(static_cast<__u16>(hash_block.size()));
@@ -178,7 +187,8 @@ uint32_t dir_name_hash(std::string_view name, const DirFormat& f, uint32_t* mino
   errcode_t err = ext2fs_dirhash2(alg, name.data(), static_cast<int>(name.size()), nullptr, 0,
                                   f.hash_seed.data(), &hash, &minor_hash);
   if (err)
-    throw Error(ErrorKind::kUnsupported, "directory hash " + std::to_string(f.hash_version) + ": " + error_message(err));
+    throw Error(ErrorKind::kUnsupported,
+                "directory hash " + std::to_string(f.hash_version) + ": " + error_message(err));
   if (minor) *minor = minor_hash;
   return hash;
 }
@@ -187,7 +197,8 @@ DirPlan plan_dir(std::vector<DirEntry> entries, const DirFormat& f) {
   return layout(std::move(entries), f, 0, 0).plan;
 }
 
-DirBlocks build_dir(std::vector<DirEntry> entries, uint32_t self, uint32_t parent, const DirFormat& f) {
+DirBlocks build_dir(std::vector<DirEntry> entries, uint32_t self, uint32_t parent,
+                    const DirFormat& f) {
   const Geometry g = geometry(f);
   Layout l = layout(std::move(entries), f, self, parent);
   DirBlocks out;
@@ -197,8 +208,8 @@ DirBlocks build_dir(std::vector<DirEntry> entries, uint32_t self, uint32_t paren
   const uint64_t first_leaf = l.plan.index_blocks;
   for (size_t j = 0; j < l.start.size(); ++j) {
     const size_t end = j + 1 < l.start.size() ? l.start[j + 1] : l.ents.size();
-    put_leaf(out.data.data() + (first_leaf + j) * bs, l.ents.data() + l.start[j], l.ents.data() + end, g,
-             f.metadata_csum);
+    put_leaf(out.data.data() + (first_leaf + j) * bs, l.ents.data() + l.start[j],
+             l.ents.data() + end, g, f.metadata_csum);
   }
   if (!l.plan.indexed) return out;
 
@@ -211,14 +222,16 @@ DirBlocks build_dir(std::vector<DirEntry> entries, uint32_t self, uint32_t paren
   };
   std::vector<std::pair<uint32_t, uint32_t>> root;
   if (l.plan.indirect_levels == 0) {
-    for (size_t j = 0; j < l.start.size(); ++j) root.emplace_back(bound(j), static_cast<uint32_t>(first_leaf + j));
+    for (size_t j = 0; j < l.start.size(); ++j)
+      root.emplace_back(bound(j), static_cast<uint32_t>(first_leaf + j));
   } else {
     // Leaves spread evenly over the dx_nodes (blocks 1..nodes), so every node has room to grow.
     const uint64_t leaves = l.start.size();
     for (uint64_t k = 0; k < l.nodes; ++k) {
       const uint64_t a = leaves * k / l.nodes, b = leaves * (k + 1) / l.nodes;
       std::vector<std::pair<uint32_t, uint32_t>> node;
-      for (uint64_t j = a; j < b; ++j) node.emplace_back(bound(j), static_cast<uint32_t>(first_leaf + j));
+      for (uint64_t j = a; j < b; ++j)
+        node.emplace_back(bound(j), static_cast<uint32_t>(first_leaf + j));
       char* blk = out.data.data() + (1 + k) * bs;
       auto* d = reinterpret_cast<struct ext2_dir_entry*>(blk);  // an empty entry over the block
       d->inode = 0;

@@ -51,7 +51,8 @@ struct DirBlocks {
 // Entries exclude "." and ".."; names must be unique. Both throw img2vm::Error (kUnsupported)
 // for a name longer than 255 bytes or a directory too large for a two-level htree.
 DirPlan plan_dir(std::vector<DirEntry> entries, const DirFormat& f);
-DirBlocks build_dir(std::vector<DirEntry> entries, uint32_t self, uint32_t parent, const DirFormat& f);
+DirBlocks build_dir(std::vector<DirEntry> entries, uint32_t self, uint32_t parent,
+                    const DirFormat& f);
 
 // The name hash the kernel uses for this directory format (bit 0 clear), minor hash in *minor.
 uint32_t dir_name_hash(std::string_view name, const DirFormat& f, uint32_t* minor = nullptr);

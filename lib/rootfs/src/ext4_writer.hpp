@@ -13,7 +13,7 @@
 namespace img2vm::rootfs::detail {
 
 struct Ext4Params {
-  std::optional<uint64_t> size;   // exact size in bytes
+  std::optional<uint64_t> size;  // exact size in bytes
   uint64_t extra_space = 0;
   uint64_t extra_inodes = 0;
   uint64_t max_size = UINT64_MAX;

@@ -21,9 +21,12 @@ namespace fs = std::filesystem;
 
 std::string_view to_string(DiskMode m) {
   switch (m) {
-    case DiskMode::kReadWrite: return "read-write";
-    case DiskMode::kReadOnly: return "read-only";
-    case DiskMode::kCopyOnWrite: return "copy-on-write";
+    case DiskMode::kReadWrite:
+      return "read-write";
+    case DiskMode::kReadOnly:
+      return "read-only";
+    case DiskMode::kCopyOnWrite:
+      return "copy-on-write";
   }
   return "?";
 }
@@ -63,7 +66,9 @@ class PlainView final : public DiskView {
   PlainView(UniqueFd fd, uint64_t size, bool ro, std::string_view kind)
       : fd_(std::move(fd)), size_(size), ro_(ro), kind_(kind) {}
   uint64_t size() const override { return size_; }
-  bool read(uint8_t* buf, uint64_t len, uint64_t off) override { return pread_full(fd_.get(), buf, len, off); }
+  bool read(uint8_t* buf, uint64_t len, uint64_t off) override {
+    return pread_full(fd_.get(), buf, len, off);
+  }
   bool write(const uint8_t* buf, uint64_t len, uint64_t off) override {
     if (ro_) {
       errno = EROFS;
@@ -90,9 +95,12 @@ class OverlayView final : public DiskView {
   static constexpr uint64_t kGrain = 512;
 
   OverlayView(UniqueFd base, UniqueFd overlay, uint64_t size)
-      : base_(std::move(base)), overlay_(std::move(overlay)), size_(size),
+      : base_(std::move(base)),
+        overlay_(std::move(overlay)),
+        size_(size),
         dirty_((size + kGrain * 64 - 1) / (kGrain * 64), 0) {
-    if (::ftruncate(overlay_.get(), off_t(size)) != 0) throw_errno("cannot size the copy-on-write overlay");
+    if (::ftruncate(overlay_.get(), off_t(size)) != 0)
+      throw_errno("cannot size the copy-on-write overlay");
   }
   uint64_t size() const override { return size_; }
   bool read_only() const override { return false; }
@@ -130,7 +138,8 @@ class OverlayView final : public DiskView {
     if (is_dirty(g)) return true;
     uint8_t sector[kGrain];
     uint64_t off = g * kGrain, n = std::min(kGrain, size_ - off);
-    if (!pread_full(base_.get(), sector, n, off) || !pwrite_full(overlay_.get(), sector, n, off)) return false;
+    if (!pread_full(base_.get(), sector, n, off) || !pwrite_full(overlay_.get(), sector, n, off))
+      return false;
     set_dirty(g);
     return true;
   }
@@ -149,7 +158,8 @@ uint64_t size_of(int fd, const fs::path& path) {
     if (end < 0) throw_errno("cannot size disk " + path.string());
     return uint64_t(end);
   }
-  throw Error(ErrorKind::kInvalidArgument, "disk " + path.string() + " is not a regular file or block device");
+  throw Error(ErrorKind::kInvalidArgument,
+              "disk " + path.string() + " is not a regular file or block device");
 }
 
 // An unlinked read-write file in `dir`: O_TMPFILE where the filesystem has it, else a named
@@ -178,14 +188,17 @@ std::vector<fs::path> scratch_candidates(const fs::path& path, const fs::path& s
 }  // namespace
 
 std::unique_ptr<DiskView> fd_disk_view(int fd_owned, uint64_t size, bool read_only) {
-  return std::make_unique<PlainView>(UniqueFd(fd_owned), size, read_only, read_only ? "read-only" : "read-write");
+  return std::make_unique<PlainView>(UniqueFd(fd_owned), size, read_only,
+                                     read_only ? "read-only" : "read-write");
 }
 
-std::unique_ptr<DiskView> overlay_disk_view(int base_fd_owned, int overlay_fd_owned, uint64_t size) {
+std::unique_ptr<DiskView> overlay_disk_view(int base_fd_owned, int overlay_fd_owned,
+                                            uint64_t size) {
   return std::make_unique<OverlayView>(UniqueFd(base_fd_owned), UniqueFd(overlay_fd_owned), size);
 }
 
-std::unique_ptr<DiskView> open_disk_view(const fs::path& path, DiskMode mode, const fs::path& scratch_dir) {
+std::unique_ptr<DiskView> open_disk_view(const fs::path& path, DiskMode mode,
+                                         const fs::path& scratch_dir) {
   if (mode != DiskMode::kCopyOnWrite) {
     const bool ro = mode == DiskMode::kReadOnly;
     UniqueFd fd = open_file(path, ro ? O_RDONLY : O_RDWR);
@@ -209,7 +222,8 @@ std::unique_ptr<DiskView> open_disk_view(const fs::path& path, DiskMode mode, co
     return std::make_unique<OverlayView>(std::move(base), std::move(tmp), size);
   }
   errno = last_errno;
-  throw_errno("cannot create a copy-on-write overlay for " + path.string() + " in " + last_dir.string());
+  throw_errno("cannot create a copy-on-write overlay for " + path.string() + " in " +
+              last_dir.string());
 }
 
 void clone_file(const fs::path& src, const fs::path& dst) {
@@ -224,7 +238,7 @@ void clone_file(const fs::path& src, const fs::path& dst) {
       off_t data = ::lseek(in.get(), off_t(pos), SEEK_DATA);
       if (data < 0 && errno == ENXIO) break;  // only a hole remains
       off_t hole = data < 0 ? off_t(size) : ::lseek(in.get(), data, SEEK_HOLE);
-      if (data < 0) data = off_t(pos);        // no SEEK_DATA here: copy everything
+      if (data < 0) data = off_t(pos);  // no SEEK_DATA here: copy everything
       if (hole < 0) hole = off_t(size);
       uint64_t at = uint64_t(data), end = std::min<uint64_t>(uint64_t(hole), size);
       while (at < end) {
@@ -240,13 +254,15 @@ void clone_file(const fs::path& src, const fs::path& dst) {
         // copy_file_range cannot help (or hit an early end): plain reads and writes.
         buf.resize(1 << 20);
         uint64_t len = std::min<uint64_t>(buf.size(), end - at);
-        if (!pread_full(in.get(), buf.data(), len, at) || !pwrite_full(out.fd(), buf.data(), len, at))
+        if (!pread_full(in.get(), buf.data(), len, at) ||
+            !pwrite_full(out.fd(), buf.data(), len, at))
           throw_errno("cannot copy " + src.string() + " to " + out.temp_path().string());
         at += len;
       }
       pos = end;
     }
-    if (::ftruncate(out.fd(), off_t(size)) != 0) throw_errno("cannot size " + out.temp_path().string());
+    if (::ftruncate(out.fd(), off_t(size)) != 0)
+      throw_errno("cannot size " + out.temp_path().string());
   }
   out.commit();
 }

@@ -14,12 +14,26 @@ bool I8042::write(uint16_t port, uint8_t value) {
   if (port == 0x64) {
     pending_ = 0;
     switch (value) {
-      case 0xfe: return true;                        // pulse reset
-      case 0x20: out_.push_back(command_byte_); break;  // read command byte
-      case 0x60: case 0xd1: case 0xd2: case 0xd3: case 0xd4: pending_ = value; break;
-      case 0xaa: out_.push_back(0x55); break;        // controller self-test passed
-      case 0xab: out_.push_back(0x00); break;        // keyboard interface test passed
-      default: break;
+      case 0xfe:
+        return true;  // pulse reset
+      case 0x20:
+        out_.push_back(command_byte_);
+        break;  // read command byte
+      case 0x60:
+      case 0xd1:
+      case 0xd2:
+      case 0xd3:
+      case 0xd4:
+        pending_ = value;
+        break;
+      case 0xaa:
+        out_.push_back(0x55);
+        break;  // controller self-test passed
+      case 0xab:
+        out_.push_back(0x00);
+        break;  // keyboard interface test passed
+      default:
+        break;
     }
     if (out_.size() > 16) out_.pop_front();
     return false;

@@ -24,10 +24,14 @@ bool cpu_has_hypervisor_bit() {
 
 const char* to_string(KvmKind k) noexcept {
   switch (k) {
-    case KvmKind::kUnavailable: return "unavailable";
-    case KvmKind::kHardware: return "hardware";
-    case KvmKind::kPvm: return "pvm";
-    case KvmKind::kOther: return "other";
+    case KvmKind::kUnavailable:
+      return "unavailable";
+    case KvmKind::kHardware:
+      return "hardware";
+    case KvmKind::kPvm:
+      return "pvm";
+    case KvmKind::kOther:
+      return "other";
   }
   return "?";
 }
@@ -60,10 +64,13 @@ KvmInfo detect_kvm(const std::string& dev, const std::string& sys_module) {
   }
   if (info.module == "kvm_pvm") {
     info.kind = KvmKind::kPvm;
-    info.detail = "KVM backed by PVM (software nested virtualization): tiny guests run, Linux guests are very slow";
+    info.detail =
+        "KVM backed by PVM (software nested virtualization): tiny guests run, Linux guests are "
+        "very slow";
   } else if (info.module == "kvm_intel" || info.module == "kvm_amd") {
     info.kind = KvmKind::kHardware;
-    info.detail = "hardware KVM (" + info.module + ")" + (info.under_hypervisor ? ", nested under a hypervisor" : "");
+    info.detail = "hardware KVM (" + info.module + ")" +
+                  (info.under_hypervisor ? ", nested under a hypervisor" : "");
   } else {
     info.kind = KvmKind::kOther;
     info.detail = "KVM available through an unrecognised module";

@@ -38,35 +38,52 @@ using std::chrono::microseconds;
 
 const char* to_string(ExitReason r) noexcept {
   switch (r) {
-    case ExitReason::kExited: return "exited";
-    case ExitReason::kInitFailed: return "init-failed";
-    case ExitReason::kReboot: return "reboot";
-    case ExitReason::kTripleFault: return "triple-fault";
-    case ExitReason::kKvmError: return "kvm-error";
-    case ExitReason::kTimeout: return "timeout";
-    case ExitReason::kStopped: return "stopped";
+    case ExitReason::kExited:
+      return "exited";
+    case ExitReason::kInitFailed:
+      return "init-failed";
+    case ExitReason::kReboot:
+      return "reboot";
+    case ExitReason::kTripleFault:
+      return "triple-fault";
+    case ExitReason::kKvmError:
+      return "kvm-error";
+    case ExitReason::kTimeout:
+      return "timeout";
+    case ExitReason::kStopped:
+      return "stopped";
   }
   return "?";
 }
 
 int MachineResult::host_exit_code() const noexcept {
   switch (reason) {
-    case ExitReason::kExited: return status & 0xff;
-    case ExitReason::kInitFailed: return 122;
+    case ExitReason::kExited:
+      return status & 0xff;
+    case ExitReason::kInitFailed:
+      return 122;
     case ExitReason::kReboot:
-    case ExitReason::kTripleFault: return 123;
-    case ExitReason::kTimeout: return 124;
-    case ExitReason::kKvmError: return 125;
-    case ExitReason::kStopped: return 130;
+    case ExitReason::kTripleFault:
+      return 123;
+    case ExitReason::kTimeout:
+      return 124;
+    case ExitReason::kKvmError:
+      return 125;
+    case ExitReason::kStopped:
+      return 130;
   }
   return 125;
 }
 
 std::string MachineResult::describe() const {
   switch (reason) {
-    case ExitReason::kExited: return "exited with status " + std::to_string(status);
-    case ExitReason::kInitFailed: return "the guest init failed with code " + std::to_string(status) + (detail.empty() ? "" : ": " + detail);
-    default: return detail.empty() ? to_string(reason) : detail;
+    case ExitReason::kExited:
+      return "exited with status " + std::to_string(status);
+    case ExitReason::kInitFailed:
+      return "the guest init failed with code " + std::to_string(status) +
+             (detail.empty() ? "" : ": " + detail);
+    default:
+      return detail.empty() ? to_string(reason) : detail;
   }
 }
 
@@ -79,7 +96,8 @@ class ReadOnlyMapping {
     UniqueFd fd = open_file(path, O_RDONLY);
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) throw_errno("cannot stat " + path.string());
-    if (!S_ISREG(st.st_mode)) throw Error(ErrorKind::kInvalidArgument, path.string() + " is not a regular file");
+    if (!S_ISREG(st.st_mode))
+      throw Error(ErrorKind::kInvalidArgument, path.string() + " is not a regular file");
     size_ = size_t(st.st_size);
     if (size_ == 0) return;
     void* p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd.get(), 0);
@@ -100,7 +118,6 @@ class ReadOnlyMapping {
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
 };
-
 
 constexpr unsigned kMaxDisks = 8;
 
@@ -197,8 +214,8 @@ struct Machine::Impl {
   std::atomic<bool> ending{false};
   std::atomic<uint32_t> window_size{
       0};  // rows << 16 | cols, for guestabi::kWinRowsPort/kWinColsPort
-  std::atomic<bool> window_changed{false};    // reported on the SIGNAL port when no signal is pending
-  std::atomic<uint8_t> pending_signal{0};     // what the guest reads on guestabi::kSignalPort
+  std::atomic<bool> window_changed{false};  // reported on the SIGNAL port when no signal is pending
+  std::atomic<uint8_t> pending_signal{0};   // what the guest reads on guestabi::kSignalPort
   std::atomic<uint32_t> input_bytes{0};     // console input bytes given to the UART so far
   std::atomic<bool> input_closed{false};    // the console input ended: tell the guest once
 
@@ -266,7 +283,8 @@ struct Machine::Impl {
         data[0] = i8042.read(port);
       } else if (i8042.write(port, data[0])) {
         finish(ExitReason::kReboot, 0,
-               "the guest reset the machine without reporting an exit status (kernel panic or reboot)");
+               "the guest reset the machine without reporting an exit status (kernel panic or "
+               "reboot)");
       }
       return;
     }
@@ -305,7 +323,8 @@ struct Machine::Impl {
             if (exec_fd) (void)!::write(exec_fd.get(), &one, sizeof one);
           }
           return;
-        default: break;
+        default:
+          break;
       }
     }
     if (!out) std::memset(data, 0xff, size);  // nothing there: a floating bus
@@ -313,16 +332,21 @@ struct Machine::Impl {
 
   void mmio(uint64_t addr, bool write, uint8_t* data, unsigned len) {
     if (len > 8) return;
-    if (addr >= layout::kMmioBase && addr - layout::kMmioBase < disks.size() * layout::kMmioStride) {
+    if (addr >= layout::kMmioBase &&
+        addr - layout::kMmioBase < disks.size() * layout::kMmioStride) {
       uint64_t i = (addr - layout::kMmioBase) / layout::kMmioStride;
       uint64_t off = (addr - layout::kMmioBase) % layout::kMmioStride;
-      if (write) disks[i]->mmio->write(off, data, len);
-      else disks[i]->mmio->read(off, data, len);
+      if (write)
+        disks[i]->mmio->write(off, data, len);
+      else
+        disks[i]->mmio->read(off, data, len);
       return;
     }
     if (nic && addr >= nic->base && addr - nic->base < layout::kMmioStride) {
-      if (write) nic->mmio->write(addr - nic->base, data, len);
-      else nic->mmio->read(addr - nic->base, data, len);
+      if (write)
+        nic->mmio->write(addr - nic->base, data, len);
+      else
+        nic->mmio->read(addr - nic->base, data, len);
       return;
     }
     if (!write) std::memset(data, 0, len);
@@ -342,7 +366,9 @@ struct Machine::Impl {
       int r = ::ioctl(v.fd.get(), KVM_RUN, 0);
       if (r < 0) {
         if (errno == EINTR || errno == EAGAIN) continue;
-        finish(ExitReason::kKvmError, 0, std::string("KVM_RUN failed on vCPU ") + std::to_string(v.id) + ": " + std::strerror(errno));
+        finish(ExitReason::kKvmError, 0,
+               std::string("KVM_RUN failed on vCPU ") + std::to_string(v.id) + ": " +
+                   std::strerror(errno));
         return;
       }
       switch (run->exit_reason) {
@@ -354,40 +380,54 @@ struct Machine::Impl {
           }
           auto* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
           for (uint32_t c = 0; c < run->io.count; ++c)
-            pio(run->io.port, run->io.direction == KVM_EXIT_IO_OUT, data + uint64_t(c) * run->io.size, run->io.size);
+            pio(run->io.port, run->io.direction == KVM_EXIT_IO_OUT,
+                data + uint64_t(c) * run->io.size, run->io.size);
           break;
         }
         case KVM_EXIT_MMIO:
           mmio(run->mmio.phys_addr, run->mmio.is_write, run->mmio.data, run->mmio.len);
           break;
         case KVM_EXIT_SHUTDOWN:
-          finish(ExitReason::kTripleFault, 0, "the guest triple-faulted (vCPU " + std::to_string(v.id) + ")");
+          finish(ExitReason::kTripleFault, 0,
+                 "the guest triple-faulted (vCPU " + std::to_string(v.id) + ")");
           return;
         case KVM_EXIT_SYSTEM_EVENT:
           if (run->system_event.type == KVM_SYSTEM_EVENT_CRASH)
             finish(ExitReason::kReboot, 0, "the guest reported a crash");
           else if (run->system_event.type == KVM_SYSTEM_EVENT_SHUTDOWN)
-            finish(ExitReason::kReboot, 0, "the guest powered off without reporting an exit status");
+            finish(ExitReason::kReboot, 0,
+                   "the guest powered off without reporting an exit status");
           else
-            finish(ExitReason::kReboot, 0, "the guest reset the machine without reporting an exit status (kernel panic or reboot)");
+            finish(ExitReason::kReboot, 0,
+                   "the guest reset the machine without reporting an exit status (kernel panic or "
+                   "reboot)");
           return;
         case KVM_EXIT_HLT:
-          finish(ExitReason::kKvmError, 0, "vCPU " + std::to_string(v.id) + " halted outside the in-kernel irqchip");
+          finish(ExitReason::kKvmError, 0,
+                 "vCPU " + std::to_string(v.id) + " halted outside the in-kernel irqchip");
           return;
         case KVM_EXIT_FAIL_ENTRY:
-          finish(ExitReason::kKvmError, 0, "KVM could not enter the guest (hardware reason 0x" +
-                                               [&] { char b[32]; std::snprintf(b, sizeof b, "%llx", (unsigned long long)run->fail_entry.hardware_entry_failure_reason); return std::string(b); }() + ")");
+          finish(
+              ExitReason::kKvmError, 0, "KVM could not enter the guest (hardware reason 0x" + [&] {
+                char b[32];
+                std::snprintf(b, sizeof b, "%llx",
+                              (unsigned long long)run->fail_entry.hardware_entry_failure_reason);
+                return std::string(b);
+              }() + ")");
           return;
         case KVM_EXIT_INTERNAL_ERROR:
-          finish(ExitReason::kKvmError, 0,
-                 run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION
-                     ? "KVM could not emulate a guest instruction (vCPU " + std::to_string(v.id) + ")"
-                     : "KVM internal error " + std::to_string(run->internal.suberror) + " (vCPU " + std::to_string(v.id) + ")");
+          finish(
+              ExitReason::kKvmError, 0,
+              run->internal.suberror == KVM_INTERNAL_ERROR_EMULATION
+                  ? "KVM could not emulate a guest instruction (vCPU " + std::to_string(v.id) + ")"
+                  : "KVM internal error " + std::to_string(run->internal.suberror) + " (vCPU " +
+                        std::to_string(v.id) + ")");
           return;
         case KVM_EXIT_INTR:
           break;
         default:
-          finish(ExitReason::kKvmError, 0, "unexpected KVM exit " + std::to_string(run->exit_reason));
+          finish(ExitReason::kKvmError, 0,
+                 "unexpected KVM exit " + std::to_string(run->exit_reason));
           return;
       }
     }
@@ -416,8 +456,10 @@ struct Machine::Impl {
       bool console_plain = false;
       auto start_console = [&] {
         if (add(cfg.console_in_fd, kConsole)) return true;
-        if (errno == EPERM) console_plain = true;
-        else input_closed = true;  // cannot read it at all: as an empty input
+        if (errno == EPERM)
+          console_plain = true;
+        else
+          input_closed = true;  // cannot read it at all: as an empty input
         return false;
       };
       // Reads what fits into the UART; false when the input has ended (EOF or an error).
@@ -483,14 +525,13 @@ struct Machine::Impl {
     block_signals(false);
     try {
       install_thread_seccomp(ThreadRole::kNet, cfg.seccomp);
-      const NetBackend::Watch watches[] = {
-          {stop_fd.get(), [] { return false; }},
-          {nic->notify.get(), [this] {
-             uint64_t cnt;
-             (void)!::read(nic->notify.get(), &cnt, sizeof cnt);
-             nic->mmio->notify();
-             return true;
-           }}};
+      const NetBackend::Watch watches[] = {{stop_fd.get(), [] { return false; }},
+                                           {nic->notify.get(), [this] {
+                                              uint64_t cnt;
+                                              (void)!::read(nic->notify.get(), &cnt, sizeof cnt);
+                                              nic->mmio->notify();
+                                              return true;
+                                            }}};
       nic->backend->run(watches);
     } catch (const std::exception& e) {
       finish(ExitReason::kKvmError, 0, std::string("network thread: ") + e.what());
@@ -515,10 +556,12 @@ void Machine::Impl::build() {
   if (cfg.kernel.empty()) throw Error(ErrorKind::kInvalidArgument, "no kernel given");
   uint64_t mem_bytes = cfg.memory_mib << 20;
   if (cfg.memory_mib == 0 || mem_bytes < layout::kMinMemory || mem_bytes > layout::kMaxMemory)
-    throw Error(ErrorKind::kInvalidArgument, "memory must be between " + std::to_string(layout::kMinMemory >> 20) +
-                                                 " and " + std::to_string(layout::kMaxMemory >> 20) + " MiB");
+    throw Error(ErrorKind::kInvalidArgument,
+                "memory must be between " + std::to_string(layout::kMinMemory >> 20) + " and " +
+                    std::to_string(layout::kMaxMemory >> 20) + " MiB");
   if (cfg.vcpus == 0 || cfg.vcpus > layout::kMaxVcpus)
-    throw Error(ErrorKind::kInvalidArgument, "vCPU count must be between 1 and " + std::to_string(layout::kMaxVcpus));
+    throw Error(ErrorKind::kInvalidArgument,
+                "vCPU count must be between 1 and " + std::to_string(layout::kMaxVcpus));
   if (cfg.disks.size() > kMaxDisks)
     throw Error(ErrorKind::kLimit, "at most " + std::to_string(kMaxDisks) + " disks");
 
@@ -532,21 +575,27 @@ void Machine::Impl::build() {
   kvm.reset(kfd);
   if (::ioctl(kvm.get(), KVM_GET_API_VERSION, 0) != KVM_API_VERSION)
     throw Error(ErrorKind::kUnsupported, cfg.kvm_device.string() + " does not speak the KVM API");
-  for (auto [cap, name] : {std::pair{KVM_CAP_IRQCHIP, "IRQCHIP"}, {KVM_CAP_USER_MEMORY, "USER_MEMORY"},
-                           {KVM_CAP_IOEVENTFD, "IOEVENTFD"}, {KVM_CAP_IRQFD, "IRQFD"}, {KVM_CAP_PIT2, "PIT2"},
-                           {KVM_CAP_IMMEDIATE_EXIT, "IMMEDIATE_EXIT"}, {KVM_CAP_EXT_CPUID, "EXT_CPUID"}}) {
+  for (auto [cap, name] : {std::pair{KVM_CAP_IRQCHIP, "IRQCHIP"},
+                           {KVM_CAP_USER_MEMORY, "USER_MEMORY"},
+                           {KVM_CAP_IOEVENTFD, "IOEVENTFD"},
+                           {KVM_CAP_IRQFD, "IRQFD"},
+                           {KVM_CAP_PIT2, "PIT2"},
+                           {KVM_CAP_IMMEDIATE_EXIT, "IMMEDIATE_EXIT"},
+                           {KVM_CAP_EXT_CPUID, "EXT_CPUID"}}) {
     if (::ioctl(kvm.get(), KVM_CHECK_EXTENSION, cap) <= 0)
       throw Error(ErrorKind::kUnsupported, std::string("KVM lacks KVM_CAP_") + name);
   }
   bool tsc_deadline = ::ioctl(kvm.get(), KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0;
   vm.reset(xioctl(kvm.get(), KVM_CREATE_VM, 0ul, "KVM_CREATE_VM"));
-  xioctl(vm.get(), KVM_SET_TSS_ADDR, static_cast<unsigned long>(layout::kTssAddr), "KVM_SET_TSS_ADDR");
+  xioctl(vm.get(), KVM_SET_TSS_ADDR, static_cast<unsigned long>(layout::kTssAddr),
+         "KVM_SET_TSS_ADDR");
   xioctl(vm.get(), KVM_CREATE_IRQCHIP, 0ul, "KVM_CREATE_IRQCHIP");
   kvm_pit_config pit{};
   pit.flags = KVM_PIT_SPEAKER_DUMMY;
   xioctl(vm.get(), KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2");
 
-  mem = std::make_unique<GuestMemory>(mem_bytes, cfg.hugepages ? GuestMemory::Pages::kHuge2M : GuestMemory::Pages::kNormal);
+  mem = std::make_unique<GuestMemory>(
+      mem_bytes, cfg.hugepages ? GuestMemory::Pages::kHuge2M : GuestMemory::Pages::kNormal);
   kvm_userspace_memory_region region{};
   region.slot = 0;
   region.guest_phys_addr = 0;
@@ -591,7 +640,8 @@ void Machine::Impl::build() {
     const auto& dc = cfg.disks[i];
     auto d = std::make_unique<Disk>();
     try {
-      d->blk = std::make_unique<VirtioBlk>(open_disk_view(dc.path, dc.mode), dc.id.empty() ? "img2vm" + std::to_string(i) : dc.id);
+      d->blk = std::make_unique<VirtioBlk>(open_disk_view(dc.path, dc.mode),
+                                           dc.id.empty() ? "img2vm" + std::to_string(i) : dc.id);
     } catch (const Error& e) {
       throw e.with_context("disk " + std::to_string(i));
     }
@@ -615,7 +665,8 @@ void Machine::Impl::build() {
       (void)!::write(irq_fd, &one, sizeof one);
     });
     char arg[96];
-    std::snprintf(arg, sizeof arg, "virtio_mmio.device=4K@0x%llx:%u", static_cast<unsigned long long>(base), gsi);
+    std::snprintf(arg, sizeof arg, "virtio_mmio.device=4K@0x%llx:%u",
+                  static_cast<unsigned long long>(base), gsi);
     cmdline += cmdline.empty() ? "" : " ";
     cmdline += arg;
     disks.push_back(std::move(d));
@@ -639,12 +690,14 @@ void Machine::Impl::build() {
 
   // vCPUs.
   int run_size = xioctl(kvm.get(), KVM_GET_VCPU_MMAP_SIZE, 0ul, "KVM_GET_VCPU_MMAP_SIZE");
-  if (run_size < int(sizeof(kvm_run))) throw Error(ErrorKind::kUnsupported, "KVM: run area too small");
+  if (run_size < int(sizeof(kvm_run)))
+    throw Error(ErrorKind::kUnsupported, "KVM: run area too small");
   CpuidTable cpuid = supported_cpuid(kvm.get());
   for (unsigned id = 0; id < cfg.vcpus; ++id) {
     auto v = std::make_unique<Vcpu>();
     v->id = id;
-    v->fd.reset(xioctl(vm.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(id), "KVM_CREATE_VCPU"));
+    v->fd.reset(
+        xioctl(vm.get(), KVM_CREATE_VCPU, static_cast<unsigned long>(id), "KVM_CREATE_VCPU"));
     void* p = ::mmap(nullptr, size_t(run_size), PROT_READ | PROT_WRITE, MAP_SHARED, v->fd.get(), 0);
     if (p == MAP_FAILED) throw_errno("KVM: cannot map the vCPU run area");
     v->run = static_cast<kvm_run*>(p);
@@ -693,7 +746,8 @@ void Machine::Impl::add_nic() {
   VirtioMmio* mmio_dev = n->mmio.get();
   n->dev->set_kick([mmio_dev] { mmio_dev->notify(); });
   char arg[96];
-  std::snprintf(arg, sizeof arg, "virtio_mmio.device=4K@0x%llx:%u", static_cast<unsigned long long>(n->base), gsi);
+  std::snprintf(arg, sizeof arg, "virtio_mmio.device=4K@0x%llx:%u",
+                static_cast<unsigned long long>(n->base), gsi);
   cmdline += cmdline.empty() ? "" : " ";
   cmdline += arg;
   nic = std::move(n);
@@ -749,14 +803,16 @@ std::optional<MachineResult> Machine::wait_for(std::chrono::milliseconds d) {
   if (!m.started) throw Error(ErrorKind::kInvalidArgument, "machine not started");
   auto deadline = Clock::now() + d;
   if (m.cfg.timeout.count() > 0) {
-    auto tdeadline = m.t0 + std::chrono::duration_cast<Clock::duration>(*m.timings.setup_done) + m.cfg.timeout;
+    auto tdeadline =
+        m.t0 + std::chrono::duration_cast<Clock::duration>(*m.timings.setup_done) + m.cfg.timeout;
     bool timeout_first = tdeadline <= deadline;
     if (timeout_first) deadline = tdeadline;
     std::unique_lock lk(m.mu);
     if (!m.cv.wait_until(lk, deadline, [&] { return m.result.has_value(); })) {
       lk.unlock();
       if (!timeout_first) return std::nullopt;
-      m.finish(ExitReason::kTimeout, 0, "timed out after " + std::to_string(m.cfg.timeout.count()) + " ms");
+      m.finish(ExitReason::kTimeout, 0,
+               "timed out after " + std::to_string(m.cfg.timeout.count()) + " ms");
     }
   } else {
     std::unique_lock lk(m.mu);
@@ -780,7 +836,9 @@ void Machine::stop() { impl_->finish(ExitReason::kStopped, 0, "stopped by the ho
 void Machine::request_stop() { impl_->pending_signal = guestabi::kStopRequest; }
 
 void Machine::signal_workload(int sig) {
-  if (sig < 1 || sig > 64) throw Error(ErrorKind::kInvalidArgument, "signal " + std::to_string(sig) + " out of range 1-64");
+  if (sig < 1 || sig > 64)
+    throw Error(ErrorKind::kInvalidArgument,
+                "signal " + std::to_string(sig) + " out of range 1-64");
   impl_->pending_signal = static_cast<uint8_t>(sig);
 }
 

@@ -25,7 +25,9 @@ void only(const json& obj, const std::string& where, std::initializer_list<const
     if (!k.count(key)) bad(where.empty() ? key : where + "." + key, "unknown member");
 }
 
-std::string at(const std::string& where, const char* key) { return where.empty() ? key : where + "." + key; }
+std::string at(const std::string& where, const char* key) {
+  return where.empty() ? key : where + "." + key;
+}
 
 template <class T>
 T number(const json& obj, const std::string& where, const char* key, T def, T lo, T hi) {
@@ -34,7 +36,8 @@ T number(const json& obj, const std::string& where, const char* key, T def, T lo
   if (!v.is_number_integer()) bad(at(where, key), "not an integer");
   if (v.is_number_unsigned()) {
     auto u = v.get<uint64_t>();
-    if (u > uint64_t(std::numeric_limits<int64_t>::max()) || int64_t(u) < int64_t(lo) || int64_t(u) > int64_t(hi))
+    if (u > uint64_t(std::numeric_limits<int64_t>::max()) || int64_t(u) < int64_t(lo) ||
+        int64_t(u) > int64_t(hi))
       bad(at(where, key), "out of range");
     return T(u);
   }
@@ -49,7 +52,8 @@ bool boolean(const json& obj, const std::string& where, const char* key, bool de
   return obj[key].get<bool>();
 }
 
-std::string string(const json& obj, const std::string& where, const char* key, const std::string& def) {
+std::string string(const json& obj, const std::string& where, const char* key,
+                   const std::string& def) {
   if (!obj.contains(key)) return def;
   if (!obj[key].is_string()) bad(at(where, key), "not a string");
   return obj[key].get<std::string>();
@@ -69,13 +73,16 @@ E choice(const json& obj, const std::string& where, const char* key, E def,
 }
 
 const std::initializer_list<std::pair<const char*, DiskMode>> kDiskModes = {
-    {"read-write", DiskMode::kReadWrite}, {"read-only", DiskMode::kReadOnly}, {"copy-on-write", DiskMode::kCopyOnWrite}};
+    {"read-write", DiskMode::kReadWrite},
+    {"read-only", DiskMode::kReadOnly},
+    {"copy-on-write", DiskMode::kCopyOnWrite}};
 const std::initializer_list<std::pair<const char*, ConsoleInput>> kConsoleInputs = {
-    {"immediately", ConsoleInput::kImmediately}, {"at-workload-exec", ConsoleInput::kAtWorkloadExec}};
+    {"immediately", ConsoleInput::kImmediately},
+    {"at-workload-exec", ConsoleInput::kAtWorkloadExec}};
 const std::initializer_list<std::pair<const char*, SeccompMode>> kSeccompModes = {
     {"kill", SeccompMode::kKill}, {"errno", SeccompMode::kErrno}, {"off", SeccompMode::kOff}};
-const std::initializer_list<std::pair<const char*, PortProtocol>> kProtocols = {{"tcp", PortProtocol::kTcp},
-                                                                                 {"udp", PortProtocol::kUdp}};
+const std::initializer_list<std::pair<const char*, PortProtocol>> kProtocols = {
+    {"tcp", PortProtocol::kTcp}, {"udp", PortProtocol::kUdp}};
 
 template <class E>
 const char* name_of(E e, std::initializer_list<std::pair<const char*, E>> names) {
@@ -94,7 +101,8 @@ std::array<uint8_t, 6> parse_mac(const std::string& s, const std::string& where)
   std::array<uint8_t, 6> m{};
   unsigned v[6];
   char tail;
-  if (s.size() != 17 || std::sscanf(s.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &tail) != 6)
+  if (s.size() != 17 || std::sscanf(s.c_str(), "%2x:%2x:%2x:%2x:%2x:%2x%c", &v[0], &v[1], &v[2],
+                                    &v[3], &v[4], &v[5], &tail) != 6)
     bad(where, "\"" + s + "\" is not a MAC address (xx:xx:xx:xx:xx:xx)");
   for (int i = 0; i < 6; ++i) m[size_t(i)] = uint8_t(v[i]);
   if (m[0] & 1) bad(where, "\"" + s + "\" is a multicast address");
@@ -145,10 +153,13 @@ std::string machine_config_to_json(const MachineConfig& c) {
             {"seccomp", name_of(c.seccomp, kSeccompModes)}};
   if (!c.initrd.empty()) j["initrd"] = c.initrd.string();
   j["disks"] = json::array();
-  for (const auto& d : c.disks) j["disks"].push_back({{"path", d.path.string()}, {"mode", name_of(d.mode, kDiskModes)}, {"id", d.id}});
+  for (const auto& d : c.disks)
+    j["disks"].push_back(
+        {{"path", d.path.string()}, {"mode", name_of(d.mode, kDiskModes)}, {"id", d.id}});
   if (c.net) {
     if (c.net->backend)
-      throw Error(ErrorKind::kInvalidArgument, "machine config: a network backend made by the caller has no JSON form");
+      throw Error(ErrorKind::kInvalidArgument,
+                  "machine config: a network backend made by the caller has no JSON form");
     j["net"] = {{"mac", mac_string(c.net->mac)},
                 {"mtu", c.net->mtu},
                 {"user",
@@ -165,8 +176,9 @@ std::string machine_config_to_json(const MachineConfig& c) {
 MachineConfig machine_config_from_json(std::string_view text) {
   json j = json::parse(text, nullptr, false);
   if (j.is_discarded()) throw Error(ErrorKind::kInvalidArgument, "machine config: not valid JSON");
-  only(j, "", {"memory_mib", "hugepages", "vcpus", "kernel", "cmdline", "initrd", "disks", "net", "console_out_fd",
-               "console_in_fd", "console_input", "timeout_ms", "kvm_device", "seccomp"});
+  only(j, "",
+       {"memory_mib", "hugepages", "vcpus", "kernel", "cmdline", "initrd", "disks", "net",
+        "console_out_fd", "console_in_fd", "console_input", "timeout_ms", "kvm_device", "seccomp"});
   MachineConfig c;
   c.memory_mib = number<uint64_t>(j, "", "memory_mib", c.memory_mib, 1, uint64_t(1) << 30);
   c.hugepages = boolean(j, "", "hugepages", c.hugepages);
@@ -176,10 +188,13 @@ MachineConfig machine_config_from_json(std::string_view text) {
   if (c.kernel.empty()) bad("kernel", "empty");
   c.cmdline = string(j, "", "cmdline", c.cmdline);
   c.initrd = string(j, "", "initrd", "");
-  c.console_out_fd = number<int>(j, "", "console_out_fd", c.console_out_fd, -1, std::numeric_limits<int>::max());
-  c.console_in_fd = number<int>(j, "", "console_in_fd", c.console_in_fd, -1, std::numeric_limits<int>::max());
+  c.console_out_fd =
+      number<int>(j, "", "console_out_fd", c.console_out_fd, -1, std::numeric_limits<int>::max());
+  c.console_in_fd =
+      number<int>(j, "", "console_in_fd", c.console_in_fd, -1, std::numeric_limits<int>::max());
   c.console_input = choice(j, "", "console_input", c.console_input, kConsoleInputs);
-  c.timeout = std::chrono::milliseconds(number<int64_t>(j, "", "timeout_ms", 0, 0, std::numeric_limits<int64_t>::max() / 1000));
+  c.timeout = std::chrono::milliseconds(
+      number<int64_t>(j, "", "timeout_ms", 0, 0, std::numeric_limits<int64_t>::max() / 1000));
   c.kvm_device = string(j, "", "kvm_device", c.kvm_device.string());
   c.seccomp = choice(j, "", "seccomp", c.seccomp, kSeccompModes);
   if (j.contains("disks")) {

@@ -16,18 +16,24 @@ struct Range {
 };
 
 [[noreturn]] void bad(std::string_view spec, const std::string& why) {
-  throw Error(ErrorKind::kInvalidArgument, "invalid port spec \"" + std::string(spec) + "\": " + why);
+  throw Error(ErrorKind::kInvalidArgument,
+              "invalid port spec \"" + std::string(spec) + "\": " + why);
 }
 
 uint32_t parse_port(std::string_view spec, std::string_view s, const char* what, bool allow_zero) {
-  if (s.empty() || s.size() > 5) bad(spec, std::string(what) + " port \"" + std::string(s) + "\" is not a number from 1 to 65535");
+  if (s.empty() || s.size() > 5)
+    bad(spec,
+        std::string(what) + " port \"" + std::string(s) + "\" is not a number from 1 to 65535");
   uint32_t v = 0;
   for (char c : s) {
-    if (c < '0' || c > '9') bad(spec, std::string(what) + " port \"" + std::string(s) + "\" is not a number from 1 to 65535");
+    if (c < '0' || c > '9')
+      bad(spec,
+          std::string(what) + " port \"" + std::string(s) + "\" is not a number from 1 to 65535");
     v = v * 10 + uint32_t(c - '0');
   }
   if (v > 65535 || (v == 0 && !allow_zero))
-    bad(spec, std::string(what) + " port \"" + std::string(s) + "\" is not a number from 1 to 65535");
+    bad(spec,
+        std::string(what) + " port \"" + std::string(s) + "\" is not a number from 1 to 65535");
   return v;
 }
 
@@ -42,7 +48,8 @@ Range parse_range(std::string_view spec, std::string_view s, const char* what, b
   }
   r.first = parse_port(spec, s.substr(0, dash), what, false);
   r.last = parse_port(spec, s.substr(dash + 1), what, false);
-  if (r.last < r.first) bad(spec, std::string(what) + " port range \"" + std::string(s) + "\" runs backwards");
+  if (r.last < r.first)
+    bad(spec, std::string(what) + " port range \"" + std::string(s) + "\" runs backwards");
   return r;
 }
 
@@ -52,7 +59,8 @@ const char* to_string(PortProtocol p) noexcept { return p == PortProtocol::kUdp 
 
 std::string to_string(const PortForward& f) {
   std::string ip = f.host_ip.find(':') != std::string::npos ? "[" + f.host_ip + "]" : f.host_ip;
-  return ip + ":" + std::to_string(f.host_port) + "->" + std::to_string(f.guest_port) + "/" + to_string(f.protocol);
+  return ip + ":" + std::to_string(f.host_port) + "->" + std::to_string(f.guest_port) + "/" +
+         to_string(f.protocol);
 }
 
 std::vector<PortForward> parse_port_forward(std::string_view spec) {
@@ -66,9 +74,12 @@ std::vector<PortForward> parse_port_forward(std::string_view spec) {
   if (size_t slash = rest.rfind('/'); slash != std::string_view::npos) {
     std::string p(rest.substr(slash + 1));
     for (auto& c : p) c = char(std::tolower(static_cast<unsigned char>(c)));
-    if (p == "udp") proto = PortProtocol::kUdp;
-    else if (p == "sctp") bad(spec, "sctp is not supported");
-    else if (p != "tcp") bad(spec, "unknown protocol \"" + std::string(rest.substr(slash + 1)) + "\" (tcp or udp)");
+    if (p == "udp")
+      proto = PortProtocol::kUdp;
+    else if (p == "sctp")
+      bad(spec, "sctp is not supported");
+    else if (p != "tcp")
+      bad(spec, "unknown protocol \"" + std::string(rest.substr(slash + 1)) + "\" (tcp or udp)");
     rest = rest.substr(0, slash);
   }
 
@@ -80,10 +91,12 @@ std::vector<PortForward> parse_port_forward(std::string_view spec) {
     ip = rest.substr(1, close - 1);
     v6 = true;
     std::string_view after = rest.substr(close + 1);
-    if (after.empty() || after.front() != ':') bad(spec, "expected ':' after the bracketed host address");
+    if (after.empty() || after.front() != ':')
+      bad(spec, "expected ':' after the bracketed host address");
     after.remove_prefix(1);
     size_t colon = after.find(':');
-    if (colon == std::string_view::npos) bad(spec, "expected HOSTPORT:GUESTPORT after the host address");
+    if (colon == std::string_view::npos)
+      bad(spec, "expected HOSTPORT:GUESTPORT after the host address");
     host = after.substr(0, colon);
     guest = after.substr(colon + 1);
     if (guest.find(':') != std::string_view::npos) bad(spec, "too many ':'");
@@ -92,7 +105,8 @@ std::vector<PortForward> parse_port_forward(std::string_view spec) {
     size_t start = 0;
     for (;;) {
       size_t colon = rest.find(':', start);
-      parts.push_back(rest.substr(start, colon == std::string_view::npos ? std::string_view::npos : colon - start));
+      parts.push_back(rest.substr(
+          start, colon == std::string_view::npos ? std::string_view::npos : colon - start));
       if (colon == std::string_view::npos) break;
       start = colon + 1;
     }
@@ -115,7 +129,8 @@ std::vector<PortForward> parse_port_forward(std::string_view spec) {
   if (!ip.empty() || v6) {
     std::string addr(ip);
     unsigned char buf[16];
-    if (v6 ? ::inet_pton(AF_INET6, addr.c_str(), buf) != 1 : ::inet_pton(AF_INET, addr.c_str(), buf) != 1)
+    if (v6 ? ::inet_pton(AF_INET6, addr.c_str(), buf) != 1
+           : ::inet_pton(AF_INET, addr.c_str(), buf) != 1)
       bad(spec, "\"" + addr + "\" is not a numeric " + (v6 ? "IPv6" : "IPv4") + " address");
     host_ip = addr;
   }

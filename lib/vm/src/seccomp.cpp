@@ -63,8 +63,9 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
 #ifdef IMG2VM_SANITIZED
   // The sanitizer runtimes probe memory with a pipe (UBSan's vptr check) and look up the
   // executable's name when reporting; test builds only.
-  for (int nr : {SCMP_SYS(pipe), SCMP_SYS(pipe2), SCMP_SYS(mincore), SCMP_SYS(msync), SCMP_SYS(readlink),
-                 SCMP_SYS(readlinkat), SCMP_SYS(sched_getaffinity), SCMP_SYS(prctl), SCMP_SYS(read)})
+  for (int nr :
+       {SCMP_SYS(pipe), SCMP_SYS(pipe2), SCMP_SYS(mincore), SCMP_SYS(msync), SCMP_SYS(readlink),
+        SCMP_SYS(readlinkat), SCMP_SYS(sched_getaffinity), SCMP_SYS(prctl), SCMP_SYS(read)})
     allow(nr);
 #endif
   // glibc's abort path for a failed assertion or std::terminate.
@@ -79,16 +80,19 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
   } else if (role == ThreadRole::kNet) {
     // libslirp turns the guest's connections into host sockets: IPv4/IPv6 only (no netlink,
     // no unix sockets), non-blocking, polled with poll().
-    for (int domain : {AF_INET, AF_INET6}) allow_if(SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, scmp_datum_t(domain), 0));
-    for (int nr : {SCMP_SYS(read), SCMP_SYS(poll), SCMP_SYS(ppoll), SCMP_SYS(connect), SCMP_SYS(bind),
-                   SCMP_SYS(listen), SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(getsockname),
-                   SCMP_SYS(getpeername), SCMP_SYS(getsockopt), SCMP_SYS(setsockopt), SCMP_SYS(shutdown),
-                   SCMP_SYS(sendto), SCMP_SYS(recvfrom), SCMP_SYS(recvmsg)})
+    for (int domain : {AF_INET, AF_INET6})
+      allow_if(SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, scmp_datum_t(domain), 0));
+    for (int nr :
+         {SCMP_SYS(read), SCMP_SYS(poll), SCMP_SYS(ppoll), SCMP_SYS(connect), SCMP_SYS(bind),
+          SCMP_SYS(listen), SCMP_SYS(accept), SCMP_SYS(accept4), SCMP_SYS(getsockname),
+          SCMP_SYS(getpeername), SCMP_SYS(getsockopt), SCMP_SYS(setsockopt), SCMP_SYS(shutdown),
+          SCMP_SYS(sendto), SCMP_SYS(recvfrom), SCMP_SYS(recvmsg)})
       allow(nr);
-    for (int cmd : {F_GETFL, F_SETFL, F_GETFD, F_SETFD}) allow_if(SCMP_SYS(fcntl), SCMP_A1(SCMP_CMP_EQ, scmp_datum_t(cmd), 0));
-    allow_ioctl(FIONREAD);  // the size of a pending UDP datagram
+    for (int cmd : {F_GETFL, F_SETFL, F_GETFD, F_SETFD})
+      allow_if(SCMP_SYS(fcntl), SCMP_A1(SCMP_CMP_EQ, scmp_datum_t(cmd), 0));
+    allow_ioctl(FIONREAD);       // the size of a pending UDP datagram
     allow_ioctl(TUNSETOFFLOAD);  // the tap backend follows the guest driver's offloads
-    allow_ioctl(TCGETS);    // glib's logging asks whether stderr is a terminal
+    allow_ioctl(TCGETS);         // glib's logging asks whether stderr is a terminal
     // No file is opened here: a memory bug in libslirp must not read the user's files and send
     // them out. The backend has read /etc/resolv.conf before (SlirpBackend's constructor), so
     // libslirp only stats it (at most once a second, to see whether it changed); when it did,
@@ -109,9 +113,9 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
       allow(nr);
     for (unsigned long req : {TIOCGWINSZ, TCGETS, TCSETS, TCSETSW, TCSETSF}) allow_ioctl(req);
   } else {
-    for (int nr : {SCMP_SYS(read), SCMP_SYS(pread64), SCMP_SYS(pwrite64), SCMP_SYS(preadv), SCMP_SYS(pwritev),
-                   SCMP_SYS(fdatasync), SCMP_SYS(fsync), SCMP_SYS(epoll_wait), SCMP_SYS(epoll_pwait),
-                   SCMP_SYS(epoll_ctl), SCMP_SYS(lseek)})
+    for (int nr : {SCMP_SYS(read), SCMP_SYS(pread64), SCMP_SYS(pwrite64), SCMP_SYS(preadv),
+                   SCMP_SYS(pwritev), SCMP_SYS(fdatasync), SCMP_SYS(fsync), SCMP_SYS(epoll_wait),
+                   SCMP_SYS(epoll_pwait), SCMP_SYS(epoll_ctl), SCMP_SYS(lseek)})
       allow(nr);
   }
   int r = seccomp_load(ctx.get());

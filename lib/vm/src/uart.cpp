@@ -5,7 +5,16 @@
 namespace img2vm::vm {
 
 namespace {
-enum : uint16_t { kRbrThr = 0, kIer = 1, kIirFcr = 2, kLcr = 3, kMcr = 4, kLsr = 5, kMsr = 6, kScr = 7 };
+enum : uint16_t {
+  kRbrThr = 0,
+  kIer = 1,
+  kIirFcr = 2,
+  kLcr = 3,
+  kMcr = 4,
+  kLsr = 5,
+  kMsr = 6,
+  kScr = 7
+};
 constexpr uint8_t kIerRx = 0x01, kIerThre = 0x02;
 constexpr uint8_t kIirNone = 0x01, kIirThre = 0x02, kIirRx = 0x04, kIirFifo = 0xc0;
 constexpr uint8_t kLsrDr = 0x01, kLsrThre = 0x20, kLsrTemt = 0x40;
@@ -37,17 +46,23 @@ uint8_t Uart8250::read(uint16_t offset) {
         v = kIirNone;
       }
       return uint8_t(v | ((fcr_ & 1) ? kIirFifo : 0));
-    case kLcr: return lcr_;
-    case kMcr: return mcr_;
-    case kLsr: return uint8_t(kLsrThre | kLsrTemt | (rx_.empty() ? 0 : kLsrDr));
+    case kLcr:
+      return lcr_;
+    case kMcr:
+      return mcr_;
+    case kLsr:
+      return uint8_t(kLsrThre | kLsrTemt | (rx_.empty() ? 0 : kLsrDr));
     case kMsr:
       if (mcr_ & kMcrLoop) {
         // Loopback: RTS->CTS, DTR->DSR, OUT1->RI, OUT2->DCD.
-        return uint8_t(((mcr_ & 0x02) << 3) | ((mcr_ & 0x01) << 5) | ((mcr_ & 0x04) << 4) | ((mcr_ & 0x08) << 4));
+        return uint8_t(((mcr_ & 0x02) << 3) | ((mcr_ & 0x01) << 5) | ((mcr_ & 0x04) << 4) |
+                       ((mcr_ & 0x08) << 4));
       }
       return 0xb0;  // DCD, DSR, CTS
-    case kScr: return scr_;
-    default: return 0xff;
+    case kScr:
+      return scr_;
+    default:
+      return 0xff;
   }
 }
 
@@ -84,10 +99,17 @@ void Uart8250::write(uint16_t offset, uint8_t value) {
       if (value & 0x02) rx_.clear();  // clear the receive FIFO
       update_irq_locked();
       return;
-    case kLcr: lcr_ = value; return;
-    case kMcr: mcr_ = value & 0x1f; return;
-    case kScr: scr_ = value; return;
-    default: return;  // LSR, MSR: read-only
+    case kLcr:
+      lcr_ = value;
+      return;
+    case kMcr:
+      mcr_ = value & 0x1f;
+      return;
+    case kScr:
+      scr_ = value;
+      return;
+    default:
+      return;  // LSR, MSR: read-only
   }
 }
 

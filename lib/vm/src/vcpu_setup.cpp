@@ -49,17 +49,19 @@ CpuidTable supported_cpuid(int kvm_fd) {
   throw Error(ErrorKind::kInternal, "KVM: KVM_GET_SUPPORTED_CPUID needs too many entries");
 }
 
-void setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned vcpus, bool tsc_deadline) {
+void setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned vcpus,
+                 bool tsc_deadline) {
   CpuidTable c = supported;
   kvm_cpuid_entry2* entries = c.entries();
   for (unsigned i = 0; i < c.header()->nent; ++i) {
     kvm_cpuid_entry2& e = entries[i];
     switch (e.function) {
       case 1:
-        e.ebx = (e.ebx & 0x0000ffff) | (uint32_t(vcpus) << 16) | (uint32_t(id) << 24);  // count, APIC id
-        e.ecx |= 1u << 31;                     // hypervisor present
-        if (tsc_deadline) e.ecx |= 1u << 24;   // TSC deadline timer
-        if (vcpus > 1) e.edx |= 1u << 28;      // HTT: the logical count above is valid
+        e.ebx = (e.ebx & 0x0000ffff) | (uint32_t(vcpus) << 16) |
+                (uint32_t(id) << 24);         // count, APIC id
+        e.ecx |= 1u << 31;                    // hypervisor present
+        if (tsc_deadline) e.ecx |= 1u << 24;  // TSC deadline timer
+        if (vcpus > 1) e.edx |= 1u << 28;     // HTT: the logical count above is valid
         break;
       case 0xb:
       case 0x1f:
@@ -77,12 +79,12 @@ void setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned
 
 void setup_msrs(int vcpu_fd) {
   const std::pair<uint32_t, uint64_t> msrs[] = {
-      {0x174, 0}, {0x175, 0}, {0x176, 0},         // SYSENTER_CS/ESP/EIP
-      {0xc0000081, 0}, {0xc0000082, 0},           // STAR, LSTAR
-      {0xc0000083, 0}, {0xc0000084, 0},           // CSTAR, SYSCALL_MASK
-      {0xc0000102, 0},                            // KERNEL_GS_BASE
-      {0x10, 0},                                  // TSC
-      {0x1a0, 1},                                 // MISC_ENABLE: fast string operations
+      {0x174, 0},      {0x175, 0},      {0x176, 0},  // SYSENTER_CS/ESP/EIP
+      {0xc0000081, 0}, {0xc0000082, 0},              // STAR, LSTAR
+      {0xc0000083, 0}, {0xc0000084, 0},              // CSTAR, SYSCALL_MASK
+      {0xc0000102, 0},                               // KERNEL_GS_BASE
+      {0x10, 0},                                     // TSC
+      {0x1a0, 1},                                    // MISC_ENABLE: fast string operations
   };
   constexpr unsigned n = sizeof msrs / sizeof msrs[0];
   std::vector<uint8_t> buf(sizeof(MsrsHeader) + n * sizeof(kvm_msr_entry), 0);
@@ -95,7 +97,8 @@ void setup_msrs(int vcpu_fd) {
   int r = ::ioctl(vcpu_fd, kIoctlSetMsrs, buf.data());
   if (r < 0) throw_errno("KVM: KVM_SET_MSRS");
   if (unsigned(r) != n)
-    throw Error(ErrorKind::kInternal, "KVM: KVM_SET_MSRS refused MSR " + std::to_string(msrs[r].first));
+    throw Error(ErrorKind::kInternal,
+                "KVM: KVM_SET_MSRS refused MSR " + std::to_string(msrs[r].first));
 }
 
 void setup_fpu(int vcpu_fd) {

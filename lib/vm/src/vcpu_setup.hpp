@@ -28,13 +28,16 @@ inline constexpr unsigned long kIoctlSetMsrs = _IOW(KVMIO, 0x89, MsrsHeader);
 struct CpuidTable {
   std::vector<uint8_t> buf;  // CpuidHeader + nent x kvm_cpuid_entry2
   CpuidHeader* header() { return reinterpret_cast<CpuidHeader*>(buf.data()); }
-  kvm_cpuid_entry2* entries() { return reinterpret_cast<kvm_cpuid_entry2*>(buf.data() + sizeof(CpuidHeader)); }
+  kvm_cpuid_entry2* entries() {
+    return reinterpret_cast<kvm_cpuid_entry2*>(buf.data() + sizeof(CpuidHeader));
+  }
 };
 
 // KVM_GET_SUPPORTED_CPUID from the /dev/kvm fd. Throws Error.
 CpuidTable supported_cpuid(int kvm_fd);
 // Adapts the table for vCPU `id` (APIC id, hypervisor bit, TSC deadline) and sets it.
-void setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned vcpus, bool tsc_deadline);
+void setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned vcpus,
+                 bool tsc_deadline);
 void setup_msrs(int vcpu_fd);
 void setup_fpu(int vcpu_fd);
 void setup_lapic(int vcpu_fd);

@@ -66,12 +66,14 @@ uint8_t VirtioBlk::do_request(const GuestMemory& mem, const DescChain& chain, ui
         total += chain.elems[i].len;
       }
       if (total % kSectorSize) return kStatusIoErr;
-      if (sector > capacity_sectors() || total / kSectorSize > capacity_sectors() - sector) return kStatusIoErr;
+      if (sector > capacity_sectors() || total / kSectorSize > capacity_sectors() - sector)
+        return kStatusIoErr;
       uint64_t off = sector * kSectorSize;
       for (size_t i = first; i < last; ++i) {
         const DescElem& e = chain.elems[i];
         uint8_t* p = mem.ptr(e.addr, e.len);
-        if (!p || !(out ? view_->write(p, e.len, off) : view_->read(p, e.len, off))) return kStatusIoErr;
+        if (!p || !(out ? view_->write(p, e.len, off) : view_->read(p, e.len, off)))
+          return kStatusIoErr;
         off += e.len;
         if (!out) written += e.len;
       }

@@ -6,13 +6,30 @@ namespace img2vm::vm {
 
 namespace {
 enum : uint64_t {
-  kRegMagic = 0x000, kRegVersion = 0x004, kRegDeviceId = 0x008, kRegVendorId = 0x00c,
-  kRegDeviceFeatures = 0x010, kRegDeviceFeaturesSel = 0x014, kRegDriverFeatures = 0x020,
-  kRegDriverFeaturesSel = 0x024, kRegQueueSel = 0x030, kRegQueueNumMax = 0x034, kRegQueueNum = 0x038,
-  kRegQueueReady = 0x044, kRegQueueNotify = 0x050, kRegInterruptStatus = 0x060,
-  kRegInterruptAck = 0x064, kRegStatus = 0x070, kRegQueueDescLow = 0x080, kRegQueueDescHigh = 0x084,
-  kRegQueueDriverLow = 0x090, kRegQueueDriverHigh = 0x094, kRegQueueDeviceLow = 0x0a0,
-  kRegQueueDeviceHigh = 0x0a4, kRegConfigGeneration = 0x0fc, kRegConfig = 0x100,
+  kRegMagic = 0x000,
+  kRegVersion = 0x004,
+  kRegDeviceId = 0x008,
+  kRegVendorId = 0x00c,
+  kRegDeviceFeatures = 0x010,
+  kRegDeviceFeaturesSel = 0x014,
+  kRegDriverFeatures = 0x020,
+  kRegDriverFeaturesSel = 0x024,
+  kRegQueueSel = 0x030,
+  kRegQueueNumMax = 0x034,
+  kRegQueueNum = 0x038,
+  kRegQueueReady = 0x044,
+  kRegQueueNotify = 0x050,
+  kRegInterruptStatus = 0x060,
+  kRegInterruptAck = 0x064,
+  kRegStatus = 0x070,
+  kRegQueueDescLow = 0x080,
+  kRegQueueDescHigh = 0x084,
+  kRegQueueDriverLow = 0x090,
+  kRegQueueDriverHigh = 0x094,
+  kRegQueueDeviceLow = 0x0a0,
+  kRegQueueDeviceHigh = 0x0a4,
+  kRegConfigGeneration = 0x0fc,
+  kRegConfig = 0x100,
 };
 constexpr uint32_t kVendorId = 0x4d56;  // "VM"
 void set_low(uint64_t& v, uint32_t x) { v = (v & ~0xffffffffull) | x; }
@@ -50,26 +67,48 @@ void VirtioMmio::read(uint64_t offset, uint8_t* data, unsigned size) {
   if (offset >= kRegConfig) {
     auto cfg = dev_.config();
     uint64_t off = offset - kRegConfig;
-    if (size <= 8 && off <= cfg.size() && size <= cfg.size() - off) std::memcpy(data, cfg.data() + off, size);
+    if (size <= 8 && off <= cfg.size() && size <= cfg.size() - off)
+      std::memcpy(data, cfg.data() + off, size);
     return;
   }
   if (size != 4 || offset % 4) return;
   uint32_t v = 0;
   SplitQueue* q = selected_locked();
   switch (offset) {
-    case kRegMagic: v = kMagic; break;
-    case kRegVersion: v = 2; break;
-    case kRegDeviceId: v = dev_.device_id(); break;
-    case kRegVendorId: v = kVendorId; break;
-    case kRegDeviceFeatures:
-      v = dev_features_sel_ == 0 ? uint32_t(dev_.features()) : dev_features_sel_ == 1 ? uint32_t(dev_.features() >> 32) : 0;
+    case kRegMagic:
+      v = kMagic;
       break;
-    case kRegQueueNumMax: v = q ? SplitQueue::kMaxSize : 0; break;
-    case kRegQueueReady: v = q && q->ready ? 1 : 0; break;
-    case kRegInterruptStatus: v = interrupt_status_; break;
-    case kRegStatus: v = status_; break;
-    case kRegConfigGeneration: v = config_generation_; break;
-    default: break;
+    case kRegVersion:
+      v = 2;
+      break;
+    case kRegDeviceId:
+      v = dev_.device_id();
+      break;
+    case kRegVendorId:
+      v = kVendorId;
+      break;
+    case kRegDeviceFeatures:
+      v = dev_features_sel_ == 0   ? uint32_t(dev_.features())
+          : dev_features_sel_ == 1 ? uint32_t(dev_.features() >> 32)
+                                   : 0;
+      break;
+    case kRegQueueNumMax:
+      v = q ? SplitQueue::kMaxSize : 0;
+      break;
+    case kRegQueueReady:
+      v = q && q->ready ? 1 : 0;
+      break;
+    case kRegInterruptStatus:
+      v = interrupt_status_;
+      break;
+    case kRegStatus:
+      v = status_;
+      break;
+    case kRegConfigGeneration:
+      v = config_generation_;
+      break;
+    default:
+      break;
   }
   std::memcpy(data, &v, 4);
 }
@@ -86,21 +125,43 @@ void VirtioMmio::write(uint64_t offset, const uint8_t* data, unsigned size) {
     // Queue registers may only change while the queue is not live.
     bool q_writable = q && !q->ready;
     switch (offset) {
-      case kRegDeviceFeaturesSel: dev_features_sel_ = v; break;
-      case kRegDriverFeaturesSel: drv_features_sel_ = v; break;
+      case kRegDeviceFeaturesSel:
+        dev_features_sel_ = v;
+        break;
+      case kRegDriverFeaturesSel:
+        drv_features_sel_ = v;
+        break;
       case kRegDriverFeatures:
         if (status_ & kStatusFeaturesOk) break;
-        if (drv_features_sel_ == 0) set_low(driver_features_, v);
-        else if (drv_features_sel_ == 1) set_high(driver_features_, v);
+        if (drv_features_sel_ == 0)
+          set_low(driver_features_, v);
+        else if (drv_features_sel_ == 1)
+          set_high(driver_features_, v);
         break;
-      case kRegQueueSel: queue_sel_ = v; break;
-      case kRegQueueNum: if (q_writable) q->size = uint16_t(v > 0xffff ? 0 : v); break;
-      case kRegQueueDescLow: if (q_writable) set_low(q->desc_addr, v); break;
-      case kRegQueueDescHigh: if (q_writable) set_high(q->desc_addr, v); break;
-      case kRegQueueDriverLow: if (q_writable) set_low(q->avail_addr, v); break;
-      case kRegQueueDriverHigh: if (q_writable) set_high(q->avail_addr, v); break;
-      case kRegQueueDeviceLow: if (q_writable) set_low(q->used_addr, v); break;
-      case kRegQueueDeviceHigh: if (q_writable) set_high(q->used_addr, v); break;
+      case kRegQueueSel:
+        queue_sel_ = v;
+        break;
+      case kRegQueueNum:
+        if (q_writable) q->size = uint16_t(v > 0xffff ? 0 : v);
+        break;
+      case kRegQueueDescLow:
+        if (q_writable) set_low(q->desc_addr, v);
+        break;
+      case kRegQueueDescHigh:
+        if (q_writable) set_high(q->desc_addr, v);
+        break;
+      case kRegQueueDriverLow:
+        if (q_writable) set_low(q->avail_addr, v);
+        break;
+      case kRegQueueDriverHigh:
+        if (q_writable) set_high(q->avail_addr, v);
+        break;
+      case kRegQueueDeviceLow:
+        if (q_writable) set_low(q->used_addr, v);
+        break;
+      case kRegQueueDeviceHigh:
+        if (q_writable) set_high(q->used_addr, v);
+        break;
       case kRegQueueReady:
         if (!q) break;
         if (v == 1 && !q->ready) {
@@ -114,8 +175,12 @@ void VirtioMmio::write(uint64_t offset, const uint8_t* data, unsigned size) {
           q->ready = false;
         }
         break;
-      case kRegQueueNotify: do_notify = true; break;
-      case kRegInterruptAck: interrupt_status_ &= ~v; break;
+      case kRegQueueNotify:
+        do_notify = true;
+        break;
+      case kRegInterruptAck:
+        interrupt_status_ &= ~v;
+        break;
       case kRegStatus:
         if (v == 0) {
           reset_locked();
@@ -123,11 +188,13 @@ void VirtioMmio::write(uint64_t offset, const uint8_t* data, unsigned size) {
         }
         if ((v & kStatusFeaturesOk) && !(status_ & kStatusFeaturesOk)) {
           // Accept only features we offered, and insist on VERSION_1 (no legacy layout).
-          if ((driver_features_ & ~dev_.features()) || !(driver_features_ & kVirtioFVersion1)) v &= ~kStatusFeaturesOk;
+          if ((driver_features_ & ~dev_.features()) || !(driver_features_ & kVirtioFVersion1))
+            v &= ~kStatusFeaturesOk;
         }
         status_ = (status_ & kStatusNeedsReset) | v;
         break;
-      default: break;
+      default:
+        break;
     }
   }
   if (do_notify) notify();

@@ -16,10 +16,14 @@ uint16_t le16(const uint8_t* p) { return uint16_t(p[0] | p[1] << 8); }
 }  // namespace
 
 VirtioNet::VirtioNet(NetBackend& backend, std::array<uint8_t, 6> mac, uint16_t mtu)
-    : backend_(backend), mtu_(mtu), checksums_valid_(backend.rx_checksums_valid()), offloads_(backend.offloads()) {
+    : backend_(backend),
+      mtu_(mtu),
+      checksums_valid_(backend.rx_checksums_valid()),
+      offloads_(backend.offloads()) {
   if (mtu < kMinMtu || mtu > kMaxMtu)
     throw Error(ErrorKind::kInvalidArgument, "network MTU " + std::to_string(mtu) + " is outside " +
-                                                 std::to_string(kMinMtu) + "-" + std::to_string(kMaxMtu));
+                                                 std::to_string(kMinMtu) + "-" +
+                                                 std::to_string(kMaxMtu));
   std::memcpy(config_.data(), mac.data(), 6);
   put_le16(config_.data() + 6, kStatusLinkUp);
   put_le16(config_.data() + 8, 1);  // max_virtqueue_pairs (meaningful only with MQ)
@@ -33,7 +37,8 @@ VirtioNet::~VirtioNet() { backend_.attach(nullptr); }
 uint64_t VirtioNet::features() const {
   uint64_t f = kVirtioFVersion1 | kFeatureMac | kFeatureMtu | kFeatureStatus | kFeatureMrgRxbuf;
   if (offloads_)
-    f |= kFeatureCsum | kFeatureGuestCsum | kFeatureHostTso4 | kFeatureHostTso6 | kFeatureGuestTso4 | kFeatureGuestTso6;
+    f |= kFeatureCsum | kFeatureGuestCsum | kFeatureHostTso4 | kFeatureHostTso6 |
+         kFeatureGuestTso4 | kFeatureGuestTso6;
   else if (checksums_valid_)
     f |= kFeatureGuestCsum;
   return f;
@@ -46,7 +51,8 @@ bool VirtioNet::header_ok(std::span<const uint8_t> hf, bool csum, bool tso4, boo
   if (flags & ~(kHdrFNeedsCsum | kHdrFDataValid)) return false;
   if (flags & kHdrFNeedsCsum) {
     if (!csum) return false;
-    if (size_t(le16(hf.data() + 6)) + le16(hf.data() + 8) + 2 > len) return false;  // csum_start + csum_offset
+    if (size_t(le16(hf.data() + 6)) + le16(hf.data() + 8) + 2 > len)
+      return false;  // csum_start + csum_offset
   }
   switch (gso) {
     case kGsoNone:
@@ -54,8 +60,8 @@ bool VirtioNet::header_ok(std::span<const uint8_t> hf, bool csum, bool tso4, boo
     case kGsoTcpV4:
     case kGsoTcpV6:
       // A segment of up to 64 KiB for the other side to cut into gso_size pieces.
-      return (gso == kGsoTcpV4 ? tso4 : tso6) && (flags & kHdrFNeedsCsum) && le16(hf.data() + 4) != 0 &&
-             len <= kMaxGsoFrame;
+      return (gso == kGsoTcpV4 ? tso4 : tso6) && (flags & kHdrFNeedsCsum) &&
+             le16(hf.data() + 4) != 0 && len <= kMaxGsoFrame;
     default:
       return false;  // UDP fragmentation, ECN: not offered
   }
@@ -73,13 +79,15 @@ VirtioNetStats VirtioNet::stats() const {
 
 bool VirtioNet::process(const GuestMemory&, SplitQueue&) { return false; }
 
-bool VirtioNet::process_queues(const GuestMemory& mem, std::span<SplitQueue> queues, uint64_t features) {
+bool VirtioNet::process_queues(const GuestMemory& mem, std::span<SplitQueue> queues,
+                               uint64_t features) {
   if (queues.size() < 2) return false;
   bool used = false;
   // Once per feature change (a load on the hot path, the exchange only when it differs).
   if (offloads_ && told_features_.load(std::memory_order_relaxed) != features &&
       told_features_.exchange(features) != features)
-    backend_.set_guest_offloads(features & kFeatureGuestCsum, features & kFeatureGuestTso4, features & kFeatureGuestTso6);
+    backend_.set_guest_offloads(features & kFeatureGuestCsum, features & kFeatureGuestTso4,
+                                features & kFeatureGuestTso6);
   // Transmit first: frames the backend answers at once (ARP, a refused connection) are then
   // delivered in the same pass.
   if (queues[kTxQueue].ready) used |= transmit(mem, queues[kTxQueue], features);
@@ -123,14 +131,16 @@ bool VirtioNet::transmit(const GuestMemory& mem, SplitQueue& q, uint64_t feature
         off += e.len;
       }
       // Only the offloads negotiated: anything else would go out wrong, so it is dropped.
-      const bool ok_hdr = offloads_ ? header_ok(tx_buf_, features & kFeatureCsum, features & kFeatureHostTso4,
-                                                features & kFeatureHostTso6)
-                                    : tx_buf_[0] == 0 && tx_buf_[1] == kGsoNone && total <= kHdrSize + max_frame();
+      const bool ok_hdr =
+          offloads_ ? header_ok(tx_buf_, features & kFeatureCsum, features & kFeatureHostTso4,
+                                features & kFeatureHostTso6)
+                    : tx_buf_[0] == 0 && tx_buf_[1] == kGsoNone && total <= kHdrSize + max_frame();
       if (!ok_hdr) {
         ++tx_dropped_;
       } else {
         ++tx_frames_;
-        backend_.send(offloads_ ? std::span<const uint8_t>(tx_buf_) : std::span<const uint8_t>(tx_buf_).subspan(kHdrSize));
+        backend_.send(offloads_ ? std::span<const uint8_t>(tx_buf_)
+                                : std::span<const uint8_t>(tx_buf_).subspan(kHdrSize));
       }
     }
     q.add_used(mem, chain->head, 0);
@@ -141,7 +151,8 @@ bool VirtioNet::transmit(const GuestMemory& mem, SplitQueue& q, uint64_t feature
 
 bool VirtioNet::deliver(const GuestMemory& mem, SplitQueue& q, uint64_t features) {
   const bool mergeable = features & kFeatureMrgRxbuf;
-  // DATA_VALID only for a driver that took GUEST_CSUM (with offloads the backend's header may carry it).
+  // DATA_VALID only for a driver that took GUEST_CSUM (with offloads the backend's header may carry
+  // it).
   const bool data_valid = (checksums_valid_ || offloads_) && (features & kFeatureGuestCsum);
   bool used = false;
   for (;;) {
@@ -168,7 +179,8 @@ bool VirtioNet::deliver(const GuestMemory& mem, SplitQueue& q, uint64_t features
   bool wake = false;
   {
     std::lock_guard lk(pending_mu_);
-    if (backend_waiting_ && pending_.size() <= kMaxPendingFrames / 2 && pending_bytes_ <= kMaxPendingBytes / 2) {
+    if (backend_waiting_ && pending_.size() <= kMaxPendingFrames / 2 &&
+        pending_bytes_ <= kMaxPendingBytes / 2) {
       backend_waiting_ = false;
       wake = true;
     }
@@ -177,8 +189,8 @@ bool VirtioNet::deliver(const GuestMemory& mem, SplitQueue& q, uint64_t features
   return used;
 }
 
-bool VirtioNet::deliver_one(const GuestMemory& mem, SplitQueue& q, std::span<const uint8_t> frame, bool mergeable,
-                            bool data_valid, bool& used) {
+bool VirtioNet::deliver_one(const GuestMemory& mem, SplitQueue& q, std::span<const uint8_t> frame,
+                            bool mergeable, bool data_valid, bool& used) {
   // With offloads the frame comes with its header (flags and GSO fields kept as they are).
   const std::span<const uint8_t> body = offloads_ ? frame.subspan(kHdrSize) : frame;
   const uint64_t need = kHdrSize + body.size();
@@ -281,7 +293,8 @@ bool VirtioNet::receive(std::span<const uint8_t> frame) {
 bool VirtioNet::rx_full() const {
   std::lock_guard lk(pending_mu_);
   // Full when one more maximum-size frame might not fit.
-  bool full = pending_.size() >= kMaxPendingFrames || pending_bytes_ + kHdrSize + max_any_frame() > kMaxPendingBytes;
+  bool full = pending_.size() >= kMaxPendingFrames ||
+              pending_bytes_ + kHdrSize + max_any_frame() > kMaxPendingBytes;
   if (full) backend_waiting_ = true;
   return full;
 }

@@ -21,10 +21,12 @@ uint16_t load_u16_acquire(const GuestMemory& mem, uint64_t gpa) {
 
 std::string SplitQueue::validate(const GuestMemory& mem) const {
   if (size == 0 || size > kMaxSize || (size & (size - 1)) != 0)
-    return "queue size " + std::to_string(size) + " is not a power of two up to " + std::to_string(kMaxSize);
+    return "queue size " + std::to_string(size) + " is not a power of two up to " +
+           std::to_string(kMaxSize);
   if (desc_addr % 16 || avail_addr % 2 || used_addr % 4) return "misaligned ring address";
   if (!mem.contains(desc_addr, uint64_t{16} * size)) return "descriptor table outside guest memory";
-  if (!mem.contains(avail_addr, 6 + uint64_t{2} * size)) return "available ring outside guest memory";
+  if (!mem.contains(avail_addr, 6 + uint64_t{2} * size))
+    return "available ring outside guest memory";
   if (!mem.contains(used_addr, 6 + uint64_t{8} * size)) return "used ring outside guest memory";
   return {};
 }
@@ -41,8 +43,8 @@ std::optional<DescChain> SplitQueue::pop(const GuestMemory& mem) {
   if (pending == 0) return std::nullopt;
   if (pending > size) {
     broken_ = true;
-    broken_reason_ = "available index ran " + std::to_string(pending) + " entries ahead of a queue of " +
-                     std::to_string(size);
+    broken_reason_ = "available index ran " + std::to_string(pending) +
+                     " entries ahead of a queue of " + std::to_string(size);
     return std::nullopt;
   }
   uint16_t head = *mem.load<uint16_t>(avail_addr + 4 + 2 * uint64_t(last_avail_ % size));

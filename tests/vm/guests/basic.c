@@ -34,7 +34,10 @@ int guest_main(const uint8_t* bp) {
     for (;;) __asm__ volatile("hlt");
   }
   if (str_starts(mode, "triple")) {
-    struct __attribute__((packed)) { uint16_t limit; uint64_t base; } idt = {0, 0};
+    struct __attribute__((packed)) {
+      uint16_t limit;
+      uint64_t base;
+    } idt = {0, 0};
     __asm__ volatile("lidt %0; ud2" ::"m"(idt));
   }
   if (str_starts(mode, "echo")) {

@@ -11,16 +11,29 @@
 static inline uint32_t r32(uint64_t off) { return *(volatile uint32_t*)(MMIO + off); }
 static inline void w32(uint64_t off, uint32_t v) { *(volatile uint32_t*)(MMIO + off) = v; }
 
-struct desc { uint64_t addr; uint32_t len; uint16_t flags, next; };
+struct desc {
+  uint64_t addr;
+  uint32_t len;
+  uint16_t flags, next;
+};
 static struct desc descs[QN] __attribute__((aligned(16)));
 static struct { uint16_t flags, idx, ring[QN], used_event; } avail __attribute__((aligned(4)));
-static struct { uint16_t flags, idx; struct { uint32_t id, len; } ring[QN]; uint16_t avail_event; } used __attribute__((aligned(8)));
+static struct {
+  uint16_t flags, idx;
+  struct {
+    uint32_t id, len;
+  } ring[QN];
+  uint16_t avail_event;
+} used __attribute__((aligned(8)));
 static uint64_t pd[512] __attribute__((aligned(4096)));
-static struct { uint32_t type, reserved; uint64_t sector; } hdr;
+static struct {
+  uint32_t type, reserved;
+  uint64_t sector;
+} hdr;
 static uint8_t buf[1024], status;
 static uint16_t next_used;
 
-static void map_mmio(void) {  /* identity-map 3-4 GiB uncached through PDPT[3] */
+static void map_mmio(void) { /* identity-map 3-4 GiB uncached through PDPT[3] */
   for (uint64_t i = 0; i < 512; ++i) pd[i] = (0xc0000000ull + (i << 21)) | 0x93;
   *(volatile uint64_t*)(0xa000 + 3 * 8) = (uint64_t)(uintptr_t)pd | 3;
   uint64_t cr3;
@@ -33,9 +46,11 @@ static int init_dev(void) {
   w32(0x70, 1);
   w32(0x70, 3);
   w32(0x14, 1);
-  if (!(r32(0x10) & 1)) return 11;  /* VERSION_1 */
-  w32(0x24, 0); w32(0x20, 1u << 9);  /* FLUSH */
-  w32(0x24, 1); w32(0x20, 1);        /* VERSION_1 */
+  if (!(r32(0x10) & 1)) return 11; /* VERSION_1 */
+  w32(0x24, 0);
+  w32(0x20, 1u << 9); /* FLUSH */
+  w32(0x24, 1);
+  w32(0x20, 1); /* VERSION_1 */
   w32(0x70, 3 | 8);
   if (!(r32(0x70) & 8)) return 12;
   w32(0x30, 0);
@@ -44,9 +59,12 @@ static int init_dev(void) {
   memset_g(&used, 0, sizeof used);
   next_used = 0;
   w32(0x38, QN);
-  w32(0x80, (uint32_t)(uintptr_t)descs); w32(0x84, 0);
-  w32(0x90, (uint32_t)(uintptr_t)&avail); w32(0x94, 0);
-  w32(0xa0, (uint32_t)(uintptr_t)&used); w32(0xa4, 0);
+  w32(0x80, (uint32_t)(uintptr_t)descs);
+  w32(0x84, 0);
+  w32(0x90, (uint32_t)(uintptr_t)&avail);
+  w32(0x94, 0);
+  w32(0xa0, (uint32_t)(uintptr_t)&used);
+  w32(0xa4, 0);
   w32(0x44, 1);
   w32(0x70, 15);
   return 0;
@@ -66,13 +84,15 @@ static uint32_t submit(uint16_t head) {
 }
 
 /* A well-formed request; returns its status byte (0xee if the device did not write it). */
-static uint8_t request(uint32_t type, uint64_t sector, void* data, uint32_t len, int device_writes) {
+static uint8_t request(uint32_t type, uint64_t sector, void* data, uint32_t len,
+                       int device_writes) {
   hdr.type = type;
   hdr.sector = sector;
   status = 0xee;
   descs[0] = (struct desc){(uint64_t)(uintptr_t)&hdr, 16, 1, 1};
   if (len) {
-    descs[1] = (struct desc){(uint64_t)(uintptr_t)data, len, (uint16_t)(1 | (device_writes ? 2 : 0)), 2};
+    descs[1] =
+        (struct desc){(uint64_t)(uintptr_t)data, len, (uint16_t)(1 | (device_writes ? 2 : 0)), 2};
     descs[2] = (struct desc){(uint64_t)(uintptr_t)&status, 1, 2, 0};
   } else {
     descs[0].next = 2;
@@ -84,7 +104,9 @@ static uint8_t request(uint32_t type, uint64_t sector, void* data, uint32_t len,
 
 static int rw(void) {
   uint64_t cap = r32(0x100) | ((uint64_t)r32(0x104) << 32);
-  puts_uart("capacity: "); put_hex(cap, 8); puts_uart("\n");
+  puts_uart("capacity: ");
+  put_hex(cap, 8);
+  puts_uart("\n");
   if (request(0, 0, buf, 512, 1) != 0) return 20;
   puts_uart("sector0: ");
   for (int i = 0; i < 32 && buf[i] >= ' ' && buf[i] < 127; ++i) putc_uart((char)buf[i]);
@@ -102,12 +124,14 @@ static int rw(void) {
   puts_uart("id: ");
   for (int i = 0; i < 20 && buf[i]; ++i) putc_uart((char)buf[i]);
   puts_uart("\n");
-  uint8_t st = request(0, cap, buf, 512, 1);  /* one past the end */
-  puts_uart("past-end status: "); put_hex(st, 2); puts_uart("\n");
+  uint8_t st = request(0, cap, buf, 512, 1); /* one past the end */
+  puts_uart("past-end status: ");
+  put_hex(st, 2);
+  puts_uart("\n");
   if (st != 1) return 25;
-  if (request(0, 0, buf, 100, 1) != 1) return 26;    /* not a whole sector */
-  if (request(1, 2, buf, 512, 1) != 1) return 27;    /* OUT into a device-writable buffer */
-  if (request(77, 0, buf, 512, 1) != 2) return 28;   /* unknown type: UNSUPP */
+  if (request(0, 0, buf, 100, 1) != 1) return 26;  /* not a whole sector */
+  if (request(1, 2, buf, 512, 1) != 1) return 27;  /* OUT into a device-writable buffer */
+  if (request(77, 0, buf, 512, 1) != 2) return 28; /* unknown type: UNSUPP */
   puts_uart("rw ok\n");
   return 0;
 }
@@ -118,7 +142,8 @@ static int evil(void) {
   descs[1] = (struct desc){(uint64_t)(uintptr_t)buf, 512, 1 | 2, 0};
   if (submit(0) != 0) return 30;
   /* 2: a buffer outside guest memory */
-  hdr.type = 0; hdr.sector = 0;
+  hdr.type = 0;
+  hdr.sector = 0;
   descs[0] = (struct desc){(uint64_t)(uintptr_t)&hdr, 16, 1, 1};
   descs[1] = (struct desc){0x7ffffffff000ull, 512, 1 | 2, 2};
   descs[2] = (struct desc){(uint64_t)(uintptr_t)&status, 1, 2, 0};

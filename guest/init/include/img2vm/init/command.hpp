@@ -16,7 +16,8 @@
 namespace img2vm::init {
 
 // docker's default PATH for Linux containers, used when the image's Env has none.
-inline constexpr std::string_view kDefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+inline constexpr std::string_view kDefaultPath =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 // docker run's rules: --entrypoint replaces the image Entrypoint and clears the image Cmd;
 // trailing arguments replace Cmd; each -e KEY=VALUE replaces KEY in place or is appended, in
@@ -34,8 +35,8 @@ std::optional<std::string> env_get(const std::vector<std::string>& env, std::str
 
 // The workload's environment as docker builds it: PATH (default), HOSTNAME, TERM=xterm with a
 // tty, then the config's Env replacing or appending, then HOME from the user if still unset.
-std::vector<std::string> workload_env(const std::vector<std::string>& config_env, std::string_view hostname,
-                                      bool tty, std::string_view home);
+std::vector<std::string> workload_env(const std::vector<std::string>& config_env,
+                                      std::string_view hostname, bool tty, std::string_view home);
 
 // Why the workload could not be started: docker's message and `docker run`'s exit status
 // (127 not found, 126 found but not executable).
@@ -50,8 +51,10 @@ std::ostream& operator<<(std::ostream& os, const ExecFailure& f);
 // to `cwd`), anything else is searched in the colon-separated `path_env` (an empty element is
 // the current directory). Files are looked up below `root` (the guest's "/"); the returned path
 // is the in-guest path to pass to execve.
-std::variant<std::string, ExecFailure> find_executable(const std::filesystem::path& root, std::string_view name,
-                                                       std::string_view path_env, std::string_view cwd);
+std::variant<std::string, ExecFailure> find_executable(const std::filesystem::path& root,
+                                                       std::string_view name,
+                                                       std::string_view path_env,
+                                                       std::string_view cwd);
 
 // The failure for execve(path) failing with errno `err`.
 ExecFailure exec_failure(std::string_view path, int err);

@@ -54,15 +54,15 @@ void pwrite_all(int fd, std::string_view data, uint64_t off, std::string_view wh
 // Copies up to `len` bytes from `in` at `in_off` to `out` at `out_off`: copy_file_range where the
 // kernel can, else reads and writes. Stops early at the end of `in`; returns the bytes copied.
 // Errors say "cannot copy <what>".
-uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len, std::string_view what);
+uint64_t copy_range(int in, uint64_t in_off, int out, uint64_t out_off, uint64_t len,
+                    std::string_view what);
 
 // A directory created with mkdtemp under `parent` (default: $TMPDIR or /tmp) and removed with
 // everything in it on destruction.
 class TempDir {
  public:
   // Creates <parent>/<prefix>.XXXXXX; throws Error naming the parent on failure.
-  explicit TempDir(std::string_view prefix = "img2vm",
-                   const std::filesystem::path& parent = {});
+  explicit TempDir(std::string_view prefix = "img2vm", const std::filesystem::path& parent = {});
   TempDir(TempDir&& o) noexcept : path_(std::move(o.path_)) { o.path_.clear(); }
   TempDir& operator=(TempDir&&) = delete;
   TempDir(const TempDir&) = delete;

@@ -66,9 +66,10 @@ struct LayerEntry {
 // A layer's entries in tar order, with their file data in the spool.
 struct DecodedLayer {
   std::vector<LayerEntry> entries;
-  Digest diff_id;            // sha256 of the layer's whole content (the uncompressed tar stream)
-  uint64_t data_bytes = 0;   // file data spooled
-  uint64_t spool_bytes = 0;  // spool bytes used from SpoolTarget::start (aligned: a multiple of align)
+  Digest diff_id;           // sha256 of the layer's whole content (the uncompressed tar stream)
+  uint64_t data_bytes = 0;  // file data spooled
+  uint64_t spool_bytes =
+      0;  // spool bytes used from SpoolTarget::start (aligned: a multiple of align)
 };
 
 // Where decode_tar writes regular files' data. Spool offset `o` (DataExtent::spool_offset) is

@@ -20,7 +20,8 @@ std::optional<Compression> compression_from_media_type(std::string_view media_ty
 // From the magic at the start of the stream (gzip 1f 8b, zstd 28 b5 2f fd); kNone otherwise.
 Compression sniff_compression(std::string_view first_bytes) noexcept;
 
-// A byte source: reads up to n bytes into buf and returns how many, 0 at the end; throws on failure.
+// A byte source: reads up to n bytes into buf and returns how many, 0 at the end; throws on
+// failure.
 using ReadFn = std::function<size_t(void* buf, size_t n)>;
 
 }  // namespace img2vm::layers

@@ -25,8 +25,8 @@ std::filesystem::path docker_config_dir();
 // Credentials for `registry` (as in Reference::registry: "docker.io", "host:5000") from the
 // docker config in `config_dir`, or nullopt when there are none. A malformed config.json or a
 // failing helper is an Error naming the file or helper.
-std::optional<Credentials> lookup_docker_credentials(const std::string& registry,
-                                                     const std::filesystem::path& config_dir = docker_config_dir());
+std::optional<Credentials> lookup_docker_credentials(
+    const std::string& registry, const std::filesystem::path& config_dir = docker_config_dir());
 
 // RFC 4648 base64, as used by config.json and HTTP Basic.
 std::string base64_encode(std::string_view data);

@@ -61,7 +61,9 @@ class ImageSource {
   // Any blob of this image (config or layer) as a verifying stream.
   virtual std::unique_ptr<BlobReader> open_blob(const Descriptor& d) const = 0;
   // A local file holding the blob's exact bytes, when the source has one (store, OCI layout).
-  virtual std::optional<std::filesystem::path> blob_path(const Descriptor&) const { return std::nullopt; }
+  virtual std::optional<std::filesystem::path> blob_path(const Descriptor&) const {
+    return std::nullopt;
+  }
 };
 
 // A BlobReader over a local file, verifying `d`'s size and digest.
@@ -80,7 +82,8 @@ const Descriptor& select_layout_entry(const Index& index, std::string_view tag,
 
 // "oci:DIR[:TAG]" or "docker-archive:FILE[:REF]" (TAG/REF optional when there is one image).
 // `want` selects the platform from an index. Error(kInvalidArgument) for other strings.
-std::unique_ptr<ImageSource> open_image_source(const std::string& spec, const Platform& want = host_platform());
+std::unique_ptr<ImageSource> open_image_source(const std::string& spec,
+                                               const Platform& want = host_platform());
 // True when `spec` names a local source (oci:, docker-archive:).
 bool is_local_source(const std::string& spec);
 // An image in the store (by name or reference); Error(kNotFound) if it is not there.

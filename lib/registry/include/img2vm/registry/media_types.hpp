@@ -14,14 +14,17 @@ inline constexpr std::string_view kOciLayerZstd = "application/vnd.oci.image.lay
 inline constexpr std::string_view kOciLayerNondistGzip =
     "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
 
-inline constexpr std::string_view kDockerManifest = "application/vnd.docker.distribution.manifest.v2+json";
+inline constexpr std::string_view kDockerManifest =
+    "application/vnd.docker.distribution.manifest.v2+json";
 inline constexpr std::string_view kDockerManifestList =
     "application/vnd.docker.distribution.manifest.list.v2+json";
 inline constexpr std::string_view kDockerConfig = "application/vnd.docker.container.image.v1+json";
-inline constexpr std::string_view kDockerLayerGzip = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+inline constexpr std::string_view kDockerLayerGzip =
+    "application/vnd.docker.image.rootfs.diff.tar.gzip";
 inline constexpr std::string_view kDockerForeignLayerGzip =
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
-inline constexpr std::string_view kDockerSchema1 = "application/vnd.docker.distribution.manifest.v1+json";
+inline constexpr std::string_view kDockerSchema1 =
+    "application/vnd.docker.distribution.manifest.v1+json";
 inline constexpr std::string_view kDockerSchema1Signed =
     "application/vnd.docker.distribution.manifest.v1+prettyjws";
 

@@ -17,12 +17,12 @@ namespace img2vm::registry {
 struct PullEvent {
   // What happened.
   enum class Kind {
-    kResolved,   // manifest known: digest, platform, `total` = bytes of all blobs
-    kBlobStart,  // a blob download starts (`current` = bytes resumed from a partial file)
-    kProgress,   // `current` of `total` bytes of blob `digest`
-    kBlobDone,   // blob verified and stored
-    kBlobCached, // blob already in the store
-    kDone,       // image stored under `name`
+    kResolved,    // manifest known: digest, platform, `total` = bytes of all blobs
+    kBlobStart,   // a blob download starts (`current` = bytes resumed from a partial file)
+    kProgress,    // `current` of `total` bytes of blob `digest`
+    kBlobDone,    // blob verified and stored
+    kBlobCached,  // blob already in the store
+    kDone,        // image stored under `name`
   };
   Kind kind;
   std::string name;
@@ -51,8 +51,8 @@ struct PullResult {
   Digest manifest_digest;  // the image manifest
   Platform platform;
   uint64_t bytes_downloaded = 0;
-  uint64_t size = 0;       // config + layers
-  bool up_to_date = false; // nothing was downloaded
+  uint64_t size = 0;        // config + layers
+  bool up_to_date = false;  // nothing was downloaded
 };
 
 // `spec`: a registry reference (docker:// optional), "oci:DIR[:TAG]" or

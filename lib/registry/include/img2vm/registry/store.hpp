@@ -8,8 +8,8 @@
 // Safety: blobs are written to ingest/<hex>.partial while their sha256 is computed, checked
 // against the descriptor's size and digest, fsync'd, and only then renamed into blobs/; pull
 // makes its renames durable with one fsync of blobs/ before index.json refers to them. A partial
-// file survives a failed download (or kill -9) and is resumed by the next pull. Per-blob flocks make
-// concurrent pulls of the same or overlapping images safe; index.json is rewritten atomically
+// file survives a failed download (or kill -9) and is resumed by the next pull. Per-blob flocks
+// make concurrent pulls of the same or overlapping images safe; index.json is rewritten atomically
 // under its own lock; prune takes the whole store exclusively.
 #pragma once
 
@@ -28,16 +28,17 @@
 namespace img2vm::registry {
 
 inline constexpr std::string_view kRefNameAnnotation = "org.opencontainers.image.ref.name";
-inline constexpr std::string_view kPulledAnnotation = "io.img2vm.pulled";        // RFC 3339 UTC
-inline constexpr std::string_view kIndexAnnotation = "io.img2vm.index.digest";   // the index it came from
-inline constexpr std::string_view kSourceAnnotation = "io.img2vm.source";        // what was pulled
+inline constexpr std::string_view kPulledAnnotation = "io.img2vm.pulled";  // RFC 3339 UTC
+inline constexpr std::string_view kIndexAnnotation =
+    "io.img2vm.index.digest";                                              // the index it came from
+inline constexpr std::string_view kSourceAnnotation = "io.img2vm.source";  // what was pulled
 
 // An image in the store's index.
 struct StoredImage {
-  std::string name;       // the ref.name annotation
-  Descriptor manifest;    // the image manifest's descriptor (with platform and annotations)
+  std::string name;     // the ref.name annotation
+  Descriptor manifest;  // the image manifest's descriptor (with platform and annotations)
   std::optional<Digest> index_digest;
-  std::string pulled;     // RFC 3339
+  std::string pulled;  // RFC 3339
 };
 
 // A blob being written into the store (a BlobSink for Client::get_blob). Holds the blob's
@@ -77,10 +78,10 @@ class Ingest : public BlobSink {
   void flush();
   void write_out(const char* data, size_t len);
 
-  uint64_t written_ = 0;     // bytes received and hashed (resumed_ of them from an earlier pull)
+  uint64_t written_ = 0;  // bytes received and hashed (resumed_ of them from an earlier pull)
   uint64_t resumed_ = 0;
-  uint64_t on_disk_ = 0;     // bytes in the partial file; written_ - on_disk_ wait in the buffer
-  uint64_t writeback_ = 0;   // the file up to here has been handed to writeback (sync_file_range)
+  uint64_t on_disk_ = 0;    // bytes in the partial file; written_ - on_disk_ wait in the buffer
+  uint64_t writeback_ = 0;  // the file up to here has been handed to writeback (sync_file_range)
   // Gathers curl's 16 KiB pieces into large writes; taken from a small pool of reused buffers,
   // as a fresh 1 MiB for each blob would be faulted in page by page.
   std::unique_ptr<char[]> buffer_;

@@ -47,14 +47,14 @@ namespace img2vm::rootfs {
 
 // An image independent of where it came from (registry store, OCI layout, docker-archive).
 struct ImageInput {
-  std::string config_json;             // the image configuration blob (its rootfs.diff_ids too)
-  Digest manifest_digest;              // reproducibility seed; may be empty (then a fixed seed)
+  std::string config_json;  // the image configuration blob (its rootfs.diff_ids too)
+  Digest manifest_digest;   // reproducibility seed; may be empty (then a fixed seed)
   std::vector<layers::LayerSource> layers;  // bottom first
 };
 
 // Where and how convert() writes the ext4: sizes, init, config, hooks.
 struct ConvertOptions {
-  std::filesystem::path output;        // required
+  std::filesystem::path output;  // required
   // Exact file system size in bytes (rounded up to 4 KiB); too small is an error (kLimit).
   std::optional<uint64_t> size;
   // Free space added to what the content needs when `size` is not given.
@@ -80,7 +80,7 @@ struct ConvertOptions {
   // after it moving down: by shifting extents where the file system can collapse ranges, else
   // by copying. true copies even where it could collapse (the same bytes; for tests).
   bool compact_by_copy = false;
-  unsigned threads = 0;                // layers decoded at once; 0: number of cores
+  unsigned threads = 0;  // layers decoded at once; 0: number of cores
   // Fixed timestamp for what the image does not date (superblock, /.img2vm, implicit dirs,
   // /lost+found), seconds since the epoch.
   int64_t timestamp = 0;
@@ -95,9 +95,9 @@ struct ConvertOptions {
 // What convert() wrote.
 struct ConvertResult {
   std::filesystem::path output;
-  uint64_t size_bytes = 0;     // of the ext4 file
-  uint64_t inodes = 0;         // used
-  uint64_t data_bytes = 0;     // file data written
+  uint64_t size_bytes = 0;  // of the ext4 file
+  uint64_t inodes = 0;      // used
+  uint64_t data_bytes = 0;  // file data written
   uint64_t layers = 0;
   bool data_in_place = false;  // the layers' data was decoded straight into the output
 };

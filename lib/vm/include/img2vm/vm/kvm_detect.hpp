@@ -17,14 +17,15 @@ enum class KvmKind {
 // What detect_kvm() found.
 struct KvmInfo {
   KvmKind kind = KvmKind::kUnavailable;
-  int api_version = -1;       // KVM_GET_API_VERSION, -1 when not opened
+  int api_version = -1;           // KVM_GET_API_VERSION, -1 when not opened
   bool under_hypervisor = false;  // the host itself runs in a VM (CPUID hypervisor bit)
-  std::string module;         // "kvm_intel", "kvm_amd", "kvm_pvm" or empty
-  std::string detail;         // one line for humans, e.g. why it is unavailable
+  std::string module;             // "kvm_intel", "kvm_amd", "kvm_pvm" or empty
+  std::string detail;             // one line for humans, e.g. why it is unavailable
 };
 
 // Probes /dev/kvm (override the path for tests) and /sys/module.
-KvmInfo detect_kvm(const std::string& dev = "/dev/kvm", const std::string& sys_module = "/sys/module");
+KvmInfo detect_kvm(const std::string& dev = "/dev/kvm",
+                   const std::string& sys_module = "/sys/module");
 
 // "unavailable", "hardware", "pvm" or "other".
 const char* to_string(KvmKind k) noexcept;

@@ -59,14 +59,15 @@ struct NetConfig {
 // Everything a Machine is built from: memory, vCPUs, kernel, command line, disks, network.
 struct MachineConfig {
   uint64_t memory_mib = 256;
-  bool hugepages = false;        // back guest RAM with 2 MiB huge pages (GuestMemory::Pages)
+  bool hugepages = false;  // back guest RAM with 2 MiB huge pages (GuestMemory::Pages)
   unsigned vcpus = 1;
-  std::filesystem::path kernel;  // vmlinux ELF (PVH note preferred) or bzImage
-  std::string cmdline;           // virtio_mmio.device=... entries for the disks are appended
-  std::filesystem::path initrd;  // optional
-  std::vector<DiskConfig> disks; // /dev/vda, /dev/vdb, ... in this order
-  std::optional<NetConfig> net;  // a NIC (eth0), the virtio-mmio device after the disks; none if empty
-  int console_out_fd = 1;        // UART output; -1 discards it. Not owned.
+  std::filesystem::path kernel;   // vmlinux ELF (PVH note preferred) or bzImage
+  std::string cmdline;            // virtio_mmio.device=... entries for the disks are appended
+  std::filesystem::path initrd;   // optional
+  std::vector<DiskConfig> disks;  // /dev/vda, /dev/vdb, ... in this order
+  std::optional<NetConfig>
+      net;                 // a NIC (eth0), the virtio-mmio device after the disks; none if empty
+  int console_out_fd = 1;  // UART output; -1 discards it. Not owned.
   // UART input; -1 for none. Not owned. When it ends (EOF or an error) the guest init is told
   // after how many bytes (SIGNAL 0x82, STDIN_BYTES: docs/guest-abi.md), so that it can close the
   // workload's stdin after exactly those.
@@ -84,13 +85,13 @@ struct MachineConfig {
 
 // Why a machine stopped.
 enum class ExitReason {
-  kExited,      // the guest wrote its workload's status to the EXIT port
-  kInitFailed,  // the guest init reported its own failure (INIT_FAIL port)
-  kReboot,      // reset (i8042 or KVM system event) with no status: the guest kernel died
-  kTripleFault, // KVM_EXIT_SHUTDOWN: the guest CPU triple-faulted
-  kKvmError,    // KVM could not run the guest (internal/emulation error, failed entry)
-  kTimeout,     // MachineConfig::timeout expired
-  kStopped,     // stop() was called
+  kExited,       // the guest wrote its workload's status to the EXIT port
+  kInitFailed,   // the guest init reported its own failure (INIT_FAIL port)
+  kReboot,       // reset (i8042 or KVM system event) with no status: the guest kernel died
+  kTripleFault,  // KVM_EXIT_SHUTDOWN: the guest CPU triple-faulted
+  kKvmError,     // KVM could not run the guest (internal/emulation error, failed entry)
+  kTimeout,      // MachineConfig::timeout expired
+  kStopped,      // stop() was called
 };
 // A short name for messages ("exited", "timeout", ...).
 const char* to_string(ExitReason r) noexcept;

@@ -3,7 +3,8 @@
 //
 //   {"memory_mib": 256, "vcpus": 1, "kernel": "/path/vmlinux", "cmdline": "console=ttyS0 ...",
 //    "disks": [{"path": "root.ext4", "mode": "copy-on-write", "id": "img2vm-root"}],
-//    "net": {"mtu": 1500, "user": {"outbound": true, "forwards": [{"host_port": 8080, "guest_port": 80}]}}}
+//    "net": {"mtu": 1500, "user": {"outbound": true, "forwards": [{"host_port": 8080, "guest_port":
+//    80}]}}}
 //
 // Every member is optional except "kernel"; absent ones keep MachineConfig's defaults. Unknown
 // members are refused (a misspelt key must not be silently ignored). A NetConfig with its own
