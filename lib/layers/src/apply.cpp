@@ -14,6 +14,7 @@
 
 #include "gunzip.hpp"
 #include "img2vm/base/error.hpp"
+#include "prefetch.hpp"
 #include "unzstd.hpp"
 
 namespace img2vm::layers {
@@ -102,27 +103,6 @@ std::string join(const std::vector<std::string>& parts, size_t n) {
 
 // ---------------------------------------------------------------- decoding
 
-struct ReadCtx {
-  const ReadFn* read;
-  std::unique_ptr<char[]> buf;
-  size_t cap = 1 << 17;
-  std::string error;  // an exception from `read`, reported after libarchive gives up
-  std::exception_ptr exc;
-};
-
-la_ssize_t read_cb(archive* a, void* ud, const void** out) {
-  auto* c = static_cast<ReadCtx*>(ud);
-  try {
-    size_t n = (*c->read)(c->buf.get(), c->cap);
-    *out = c->buf.get();
-    return static_cast<la_ssize_t>(n);
-  } catch (...) {
-    c->exc = std::current_exception();
-    archive_set_error(a, EIO, "read failed");
-    return -1;
-  }
-}
-
 struct ArchiveFree {
   void operator()(archive* a) const { archive_read_free(a); }
 };
@@ -188,18 +168,17 @@ class Spool {
 
 uint64_t round_up(uint64_t n, uint64_t a) { return (n + a - 1) / a * a; }
 
-// A layer's content (its decompressed tar stream) as libarchive reads it: hashed and counted,
-// its first bytes kept for sniffing.
+// A layer's content (its decompressed tar stream) as libarchive reads it: produced on a
+// thread of its own (Prefetcher), hashed and counted here, its first bytes kept for sniffing.
 class ContentReader {
  public:
-  explicit ContentReader(const ReadFn& source) : source_(source) {}
-  size_t read(void* buf, size_t n) {
-    size_t got = source_(buf, n);
-    if (got == 0) return 0;
-    sha_.update(buf, got);
-    if (head_.size() < kHead)
-      head_.append(static_cast<const char*>(buf), std::min(got, kHead - head_.size()));
-    return got;
+  explicit ContentReader(ReadFn source) : fetch_(std::move(source)) {}
+  // The next piece of content, valid until the next call; empty at the end.
+  std::string_view next() {
+    std::string_view s = fetch_.next();
+    sha_.update(s);
+    if (head_.size() < kHead) head_.append(s.substr(0, kHead - head_.size()));
+    return s;
   }
   std::string_view head() const { return head_; }
   uint64_t bytes() const { return sha_.bytes(); }
@@ -207,10 +186,29 @@ class ContentReader {
 
  private:
   static constexpr size_t kHead = 8;
-  const ReadFn& source_;
+  Prefetcher fetch_;
   Sha256 sha_;
   std::string head_;
 };
+
+// libarchive's view of the content; an exception from it is kept for after libarchive gives up.
+struct ReadCtx {
+  ContentReader* content;
+  std::exception_ptr exc;
+};
+
+la_ssize_t read_cb(archive* a, void* ud, const void** out) {
+  auto* c = static_cast<ReadCtx*>(ud);
+  try {
+    std::string_view s = c->content->next();
+    *out = s.data();
+    return static_cast<la_ssize_t>(s.size());
+  } catch (...) {
+    c->exc = std::current_exception();
+    archive_set_error(a, EIO, "read failed");
+    return -1;
+  }
+}
 
 }  // namespace
 
@@ -249,12 +247,12 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
       decompressed = [&read_in](void* b, size_t n) { return read_in(b, n); };
       break;
   }
-  ContentReader content(decompressed);
-  const ReadFn read = [&content](void* b, size_t n) { return content.read(b, n); };
+  // Declared after gz and zs, so its thread stops before they go.
+  ContentReader content(std::move(decompressed));
   std::unique_ptr<archive, ArchiveFree> a(archive_read_new());
   if (!a) throw Error(ErrorKind::kInternal, what + ": archive_read_new failed");
   archive_read_support_format_tar(a.get());
-  ReadCtx ctx{&read, std::make_unique<char[]>(1 << 17), 1 << 17, {}, nullptr};
+  ReadCtx ctx{&content, nullptr};
 
   bool first_header = true;
   auto fail = [&](std::string_view during) -> Error {
@@ -290,8 +288,7 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
   // the content counts for the diff_id (and against the size limit), and for gzip the last
   // member's trailer (CRC-32, length) is checked.
   auto finish_content = [&] {
-    std::vector<char> rest(1 << 16);
-    while (size_t n = content.read(rest.data(), rest.size())) {
+    while (size_t n = content.next().size()) {
       check_cancel();
       charge(n);
     }

@@ -240,10 +240,18 @@ std::vector<uint64_t> decode_all(const std::vector<LayerSource>& layers,
   limits.max_bytes = opt.max_bytes;
   limits.cancel = &cancel;
 
+  // The largest blobs first, so that no large layer is left to decode alone at the end
+  // (longest-processing-time-first scheduling, with the blob size as the cost).
+  std::vector<size_t> order(n);
+  for (size_t i = 0; i < n; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](size_t x, size_t y) { return layers[x].size > layers[y].size; });
+
   auto worker = [&] {
     for (;;) {
-      size_t i = next.fetch_add(1);
-      if (i >= n || cancel.load()) return;
+      size_t k = next.fetch_add(1);
+      if (k >= n || cancel.load()) return;
+      const size_t i = order[k];
       std::optional<DecodedLayer> d;
       std::exception_ptr err;
       try {
