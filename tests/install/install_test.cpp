@@ -115,4 +115,29 @@ TEST(Install, ExampleBuiltAgainstThePrefixAlonePullsAndConverts) {
   EXPECT_EQ(r.exit_code, 1) << r.describe();
   EXPECT_EQ(r.err.rfind("hello: ", 0), 0u) << r.err;
   EXPECT_TRUE(fs::is_empty(work.path() / "tmp"));
+
+  // The install moved elsewhere after `cmake --install`: its img2vm finds its own programs,
+  // with no variable set and this build tree's still in place. Its init is marked, so that the
+  // one injected shows where it came from.
+  TempDir moved_parent("img2vm-moved");
+  const fs::path moved = moved_parent.path() / "prefix";
+  fs::rename(p, moved);
+  const std::string mark = "#!/bin/sh\n# the moved install's init\n";
+  std::ofstream(moved / "libexec/img2vm/img2vm-init", std::ios::trunc) << mark;
+  RunOptions m;
+  m.env["IMG2VM_HOME"] = (work.path() / "home").string();
+  m.env["TMPDIR"] = (work.path() / "tmp").string();
+  m.env["IMG2VM_INIT"] = "";
+  m.env["IMG2VM_VMM"] = "";
+  m.timeout = std::chrono::minutes(5);
+  const fs::path out = work.path() / "moved.ext4";
+  r = run_command({(moved / "bin/img2vm").string(), "convert",
+                   "oci:" + (work.path() / "layout").string() + ":v1", "-o", out.string()},
+                  m);
+  ASSERT_EQ(r.exit_code, 0) << r.describe() << "\n" << r.out;
+  CommandResult cat = run_command({"debugfs", "-R", "cat /.img2vm/init", out.string()});
+  ASSERT_EQ(cat.exit_code, 0) << cat.describe();
+  EXPECT_TRUE(cat.out == mark) << "the injected init (" << cat.out.size()
+                               << " bytes) is not the moved install's";
+  fs::rename(moved, p);  // for the prefix's own clean-up
 }

@@ -27,4 +27,22 @@ inline std::filesystem::path locate(const char* env, const std::string& label,
   throw Error(ErrorKind::kNotFound, missing);
 }
 
+// `name` in the libexec/img2vm directory of the prefix the running program is installed in
+// (<dir of /proc/self/exe>/../libexec/img2vm), so that an install moved elsewhere after
+// `cmake --install` still finds its own programs; empty when /proc/self/exe cannot be read.
+inline std::filesystem::path beside_own_install(const std::string& name) {
+  std::error_code ec;
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return {};
+  return self.parent_path().parent_path() / "libexec" / "img2vm" / name;
+}
+
+// `name` in the directory of the running program (the build tree keeps them together).
+inline std::filesystem::path beside_own_program(const std::string& name) {
+  std::error_code ec;
+  std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return {};
+  return self.parent_path() / name;
+}
+
 }  // namespace img2vm::runtime::detail

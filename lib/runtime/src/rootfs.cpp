@@ -17,7 +17,8 @@ namespace fs = std::filesystem;
 fs::path find_init_binary() {
   return detail::locate(
       "IMG2VM_INIT", "init binary",
-      {fs::path(IMG2VM_INSTALL_LIBEXECDIR) / "img2vm-init", fs::path(IMG2VM_BUILD_INIT)},
+      {detail::beside_own_install("img2vm-init"),
+       fs::path(IMG2VM_INSTALL_LIBEXECDIR) / "img2vm-init", fs::path(IMG2VM_BUILD_INIT)},
       "the guest init (img2vm-init) is missing: build the img2vm-init target or set IMG2VM_INIT");
 }
 

@@ -22,12 +22,10 @@ namespace img2vm::runtime {
 namespace fs = std::filesystem;
 
 fs::path find_vmm_binary() {
-  std::error_code ec;
-  fs::path self = fs::read_symlink("/proc/self/exe", ec);
   return detail::locate(
       "IMG2VM_VMM", "the VMM",
-      {fs::path(IMG2VM_INSTALL_LIBEXECDIR) / "img2vm-vmm",
-       ec ? fs::path() : self.parent_path() / "img2vm-vmm", fs::path(IMG2VM_BUILD_VMM)},
+      {detail::beside_own_install("img2vm-vmm"), fs::path(IMG2VM_INSTALL_LIBEXECDIR) / "img2vm-vmm",
+       detail::beside_own_program("img2vm-vmm"), fs::path(IMG2VM_BUILD_VMM)},
       "the VMM program (img2vm-vmm) is missing: build the img2vm-vmm target or set IMG2VM_VMM");
 }
 

@@ -35,7 +35,9 @@ struct RootfsResult {
   rootfs::ConvertResult convert{};  // when converted
 };
 
-// The guest init to inject: $IMG2VM_INIT, else the installed one, else this build tree's.
+// The guest init to inject: $IMG2VM_INIT, else libexec/img2vm/ of the prefix the running program
+// is installed in (so a moved install finds its own), else the configured install's, else this
+// build tree's.
 // Throws Error(kNotFound) naming what is missing.
 std::filesystem::path find_init_binary();
 

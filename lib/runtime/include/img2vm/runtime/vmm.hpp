@@ -23,8 +23,10 @@
 
 namespace img2vm::runtime {
 
-// Where img2vm-vmm is: $IMG2VM_VMM, the install's libexec directory, beside the running
-// program, else this build tree's. Throws Error(kNotFound) naming what is missing.
+// Where img2vm-vmm is: $IMG2VM_VMM, else libexec/img2vm/ of the prefix the running program is
+// installed in (so a moved install finds its own), else the configured install's libexec
+// directory, else beside the running program, else this build tree's. Throws Error(kNotFound)
+// naming what is missing.
 std::filesystem::path find_vmm_binary();
 
 // A read-only, sealed in-memory file holding `bytes` (close-on-exec): a disk or a spec that a
