@@ -123,6 +123,8 @@ class ReadOnlyMapping {
 };
 
 constexpr unsigned kMaxDisks = 8;
+constexpr const char* kResetWithoutStatus =
+    "the guest reset the machine without reporting an exit status (kernel panic or reboot)";
 
 int kick_signal() { return SIGRTMIN + 6; }
 
@@ -340,9 +342,7 @@ struct Machine::Impl {
             finish(ExitReason::kReboot, 0,
                    "the guest powered off without reporting an exit status");
           else
-            finish(ExitReason::kReboot, 0,
-                   "the guest reset the machine without reporting an exit status (kernel panic or "
-                   "reboot)");
+            finish(ExitReason::kReboot, 0, kResetWithoutStatus);
           return;
         case KVM_EXIT_HLT:
           finish(ExitReason::kKvmError, 0,
@@ -634,9 +634,7 @@ void Machine::Impl::attach_port_devices() {
                    if (!write) {
                      data[0] = i8042.read(port);
                    } else if (i8042.write(port, data[0])) {
-                     finish(ExitReason::kReboot, 0,
-                            "the guest reset the machine without reporting an exit status "
-                            "(kernel panic or reboot)");
+                     finish(ExitReason::kReboot, 0, kResetWithoutStatus);
                    }
                  });
   }
