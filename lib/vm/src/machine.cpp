@@ -19,12 +19,15 @@
 #include <thread>
 
 #include "boot.hpp"
+#include "bus.hpp"
 #include "guest_memory.hpp"
+#include "guest_ports.hpp"
 #include "i8042.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/guestabi/ports.hpp"
 #include "img2vm/vm/net_tap.hpp"
+#include "mmio_devices.hpp"
 #include "uart.hpp"
 #include "vcpu_setup.hpp"
 #include "virtio_blk.hpp"
@@ -120,6 +123,8 @@ class ReadOnlyMapping {
 };
 
 constexpr unsigned kMaxDisks = 8;
+constexpr const char* kResetWithoutStatus =
+    "the guest reset the machine without reporting an exit status (kernel panic or reboot)";
 
 int kick_signal() { return SIGRTMIN + 6; }
 
@@ -169,11 +174,19 @@ struct Vcpu {
   }
 };
 
-struct Disk {
-  std::unique_ptr<VirtioBlk> blk;
-  std::unique_ptr<VirtioMmio> mmio;
+// A virtio device's transport in its MMIO slot, with the KVM plumbing: the guest's queue
+// notifications arrive on an ioeventfd, its interrupt goes out through an irqfd.
+struct MmioDevice {
+  std::unique_ptr<VirtioMmio> transport;
   UniqueFd notify;  // ioeventfd on QueueNotify
   UniqueFd irq;     // irqfd
+  MmioSlot slot;
+};
+
+// Served by the I/O thread.
+struct Disk {
+  std::unique_ptr<VirtioBlk> blk;
+  MmioDevice mmio;  // after the device it serves
 };
 
 // The NIC: served by the network thread, which runs the backend's event loop and also takes
@@ -181,9 +194,7 @@ struct Disk {
 struct Nic {
   std::shared_ptr<NetBackend> backend;
   std::unique_ptr<VirtioNet> dev;  // after the backend: detaches from it when destroyed
-  std::unique_ptr<VirtioMmio> mmio;
-  UniqueFd notify, irq;
-  uint64_t base = 0;
+  MmioDevice mmio;
 };
 
 }  // namespace
@@ -193,11 +204,22 @@ struct Machine::Impl {
   Clock::time_point t0 = Clock::now();
   std::string cmdline;
   UniqueFd kvm, vm;
+  bool tsc_deadline = false;  // KVM_CAP_TSC_DEADLINE_TIMER
   std::unique_ptr<GuestMemory> mem;
   LoadedKernel kernel;
+  uint64_t initrd_addr = 0, initrd_size = 0;
+  // Guest accesses go through the buses: unclaimed ports read as 0xff, unclaimed MMIO as 0.
+  Bus port_bus{"I/O port", 0xff};
+  Bus mmio_bus{"MMIO", 0};
+  MmioDeviceManager mmio_devices{mmio_bus};
   std::unique_ptr<Uart8250> uart;
   std::mutex i8042_mu;
   I8042 i8042;
+  GuestPorts guest_ports{{
+      .exited = [this](uint8_t status) { finish(ExitReason::kExited, status, {}); },
+      .init_failed = [this](uint8_t code) { finish(ExitReason::kInitFailed, code, {}); },
+      .boot_mark = [this](uint8_t m) { boot_mark(m); },
+  }};
   std::vector<std::unique_ptr<Disk>> disks;
   std::unique_ptr<Nic> nic;
   std::thread net_thread;
@@ -212,12 +234,6 @@ struct Machine::Impl {
   std::optional<MachineResult> result;
   BootTimings timings;
   std::atomic<bool> ending{false};
-  std::atomic<uint32_t> window_size{
-      0};  // rows << 16 | cols, for guestabi::kWinRowsPort/kWinColsPort
-  std::atomic<bool> window_changed{false};  // reported on the SIGNAL port when no signal is pending
-  std::atomic<uint8_t> pending_signal{0};   // what the guest reads on guestabi::kSignalPort
-  std::atomic<uint32_t> input_bytes{0};     // console input bytes given to the UART so far
-  std::atomic<bool> input_closed{false};    // the console input ended: tell the guest once
 
   microseconds now() const { return std::chrono::duration_cast<microseconds>(Clock::now() - t0); }
 
@@ -265,91 +281,19 @@ struct Machine::Impl {
     }
   }
 
-  void pio(uint16_t port, bool out, uint8_t* data, unsigned size) {
-    if (port >= guestabi::kUartBase && port < guestabi::kUartBase + 8) {
-      if (size != 1) {
-        if (!out) std::memset(data, 0xff, size);
-        return;
-      }
-      if (out)
-        uart->write(uint16_t(port - guestabi::kUartBase), data[0]);
-      else
-        data[0] = uart->read(uint16_t(port - guestabi::kUartBase));
-      return;
+  void boot_mark(uint8_t m) {
+    if (m == guestabi::kMarkInitStarted) {
+      mark(timings.init_started);
+    } else if (m == guestabi::kMarkWorkloadExec) {
+      mark(timings.workload_exec);
+      uint64_t one = 1;
+      if (exec_fd) (void)!::write(exec_fd.get(), &one, sizeof one);
     }
-    if ((port == guestabi::kI8042Data || port == guestabi::kI8042Command) && size == 1) {
-      std::lock_guard lk(i8042_mu);
-      if (!out) {
-        data[0] = i8042.read(port);
-      } else if (i8042.write(port, data[0])) {
-        finish(ExitReason::kReboot, 0,
-               "the guest reset the machine without reporting an exit status (kernel panic or "
-               "reboot)");
-      }
-      return;
-    }
-    if (!out && size == 1 && port == guestabi::kSignalPort) {
-      data[0] = pending_signal.exchange(0);
-      if (data[0] == 0 && window_changed.exchange(false)) data[0] = guestabi::kWindowSizeChanged;
-      if (data[0] == 0 && input_closed.exchange(false)) data[0] = guestabi::kStdinClosed;
-      return;
-    }
-    if (!out && size == 4 && port == guestabi::kStdinBytesPort) {
-      uint32_t v = input_bytes.load();
-      std::memcpy(data, &v, 4);
-      return;
-    }
-    if (!out && size == 2 && (port == guestabi::kWinRowsPort || port == guestabi::kWinColsPort)) {
-      uint32_t ws = window_size.load();
-      uint16_t v = port == guestabi::kWinRowsPort ? uint16_t(ws >> 16) : uint16_t(ws & 0xffff);
-      data[0] = uint8_t(v & 0xff);
-      data[1] = uint8_t(v >> 8);
-      return;
-    }
-    if (out && size == 1) {
-      switch (port) {
-        case guestabi::kExitPort:
-          finish(ExitReason::kExited, data[0], {});
-          return;
-        case guestabi::kInitFailPort:
-          finish(ExitReason::kInitFailed, data[0], {});
-          return;
-        case guestabi::kBootMarkPort:
-          if (data[0] == guestabi::kMarkInitStarted)
-            mark(timings.init_started);
-          else if (data[0] == guestabi::kMarkWorkloadExec) {
-            mark(timings.workload_exec);
-            uint64_t one = 1;
-            if (exec_fd) (void)!::write(exec_fd.get(), &one, sizeof one);
-          }
-          return;
-        default:
-          break;
-      }
-    }
-    if (!out) std::memset(data, 0xff, size);  // nothing there: a floating bus
   }
 
   void mmio(uint64_t addr, bool write, uint8_t* data, unsigned len) {
     if (len > 8) return;
-    if (addr >= layout::kMmioBase &&
-        addr - layout::kMmioBase < disks.size() * layout::kMmioStride) {
-      uint64_t i = (addr - layout::kMmioBase) / layout::kMmioStride;
-      uint64_t off = (addr - layout::kMmioBase) % layout::kMmioStride;
-      if (write)
-        disks[i]->mmio->write(off, data, len);
-      else
-        disks[i]->mmio->read(off, data, len);
-      return;
-    }
-    if (nic && addr >= nic->base && addr - nic->base < layout::kMmioStride) {
-      if (write)
-        nic->mmio->write(addr - nic->base, data, len);
-      else
-        nic->mmio->read(addr - nic->base, data, len);
-      return;
-    }
-    if (!write) std::memset(data, 0, len);
+    mmio_bus.access(addr, write, data, len);
   }
 
   void vcpu_loop(Vcpu& v) {
@@ -380,8 +324,8 @@ struct Machine::Impl {
           }
           auto* data = reinterpret_cast<uint8_t*>(run) + run->io.data_offset;
           for (uint32_t c = 0; c < run->io.count; ++c)
-            pio(run->io.port, run->io.direction == KVM_EXIT_IO_OUT,
-                data + uint64_t(c) * run->io.size, run->io.size);
+            port_bus.access(run->io.port, run->io.direction == KVM_EXIT_IO_OUT,
+                            data + uint64_t(c) * run->io.size, run->io.size);
           break;
         }
         case KVM_EXIT_MMIO:
@@ -398,9 +342,7 @@ struct Machine::Impl {
             finish(ExitReason::kReboot, 0,
                    "the guest powered off without reporting an exit status");
           else
-            finish(ExitReason::kReboot, 0,
-                   "the guest reset the machine without reporting an exit status (kernel panic or "
-                   "reboot)");
+            finish(ExitReason::kReboot, 0, kResetWithoutStatus);
           return;
         case KVM_EXIT_HLT:
           finish(ExitReason::kKvmError, 0,
@@ -446,7 +388,7 @@ struct Machine::Impl {
       };
       constexpr uint64_t kStop = ~0ull, kConsole = ~1ull, kExec = ~2ull;
       add(stop_fd.get(), kStop);
-      for (size_t i = 0; i < disks.size(); ++i) add(disks[i]->notify.get(), i);
+      for (size_t i = 0; i < disks.size(); ++i) add(disks[i]->mmio.notify.get(), i);
       // Held console input waits for the workload's exec: bytes sent earlier would be eaten by
       // the kernel's serial driver and tty setup before anyone reads them.
       bool hold = cfg.console_in_fd >= 0 && cfg.console_input == ConsoleInput::kAtWorkloadExec;
@@ -459,7 +401,7 @@ struct Machine::Impl {
         if (errno == EPERM)
           console_plain = true;
         else
-          input_closed = true;  // cannot read it at all: as an empty input
+          guest_ports.close_input();  // cannot read it at all: as an empty input
         return false;
       };
       // Reads what fits into the UART; false when the input has ended (EOF or an error).
@@ -467,11 +409,11 @@ struct Machine::Impl {
         uint8_t buf[Uart8250::kFifoSize];
         ssize_t r = ::read(cfg.console_in_fd, buf, uart->input_space());
         if (r > 0) {
-          input_bytes += uint32_t(uart->push_input(buf, size_t(r)));
+          guest_ports.add_input_bytes(uint32_t(uart->push_input(buf, size_t(r))));
           return true;
         }
         if (r < 0 && (errno == EINTR || errno == EAGAIN)) return true;
-        input_closed = true;  // the guest's init closes the workload's stdin after input_bytes
+        guest_ports.close_input();  // the guest's init closes the workload's stdin after them
         return false;
       };
       bool console = cfg.console_in_fd >= 0 && !hold && start_console();
@@ -510,8 +452,8 @@ struct Machine::Impl {
           }
           if (tag < disks.size()) {
             uint64_t cnt;
-            (void)!::read(disks[tag]->notify.get(), &cnt, sizeof cnt);
-            disks[tag]->mmio->notify();
+            (void)!::read(disks[tag]->mmio.notify.get(), &cnt, sizeof cnt);
+            disks[tag]->mmio.transport->notify();
           }
         }
       }
@@ -526,10 +468,11 @@ struct Machine::Impl {
     try {
       install_thread_seccomp(ThreadRole::kNet, cfg.seccomp);
       const NetBackend::Watch watches[] = {{stop_fd.get(), [] { return false; }},
-                                           {nic->notify.get(), [this] {
+                                           {nic->mmio.notify.get(), [this] {
                                               uint64_t cnt;
-                                              (void)!::read(nic->notify.get(), &cnt, sizeof cnt);
-                                              nic->mmio->notify();
+                                              (void)!::read(nic->mmio.notify.get(), &cnt,
+                                                            sizeof cnt);
+                                              nic->mmio.transport->notify();
                                               return true;
                                             }}};
       nic->backend->run(watches);
@@ -548,11 +491,45 @@ struct Machine::Impl {
     if (cfg.console_out_fd >= 0) ::fsync(cfg.console_out_fd);  // best effort; fails on pipes
   }
 
+  // Construction, in this order (build()).
   void build();
-  void add_nic();
+  void check_config() const;
+  void create_vm();
+  void create_memory();
+  void load_kernel_image(const ReadOnlyMapping& kernel_image);
+  void load_initrd();
+  void attach_port_devices();
+  void attach_block_devices();
+  void attach_net_device();
+  MmioDevice attach_mmio_device(std::string name, VirtioDevice& dev);
+  void create_event_fds();
+  void write_boot_tables();
+  void create_vcpus();
 };
 
 void Machine::Impl::build() {
+  check_config();
+  // Mapped, not read: the segments are copied once, straight from the page cache into guest
+  // RAM, with no staging buffer (a 21 MB vmlinux would otherwise cost as much again in RSS).
+  // Opened before /dev/kvm, so that a missing kernel is reported as such on any host.
+  ReadOnlyMapping kernel_image(cfg.kernel);
+  create_vm();
+  create_memory();
+  load_kernel_image(kernel_image);
+  kernel_image.reset();
+  load_initrd();
+  // The guest-visible machine: legacy ports, then the virtio-mmio devices in slot order (disks,
+  // then the NIC), each announced on the command line after the caller's arguments.
+  attach_port_devices();
+  attach_block_devices();
+  if (cfg.net) attach_net_device();
+  cmdline = mmio_devices.command_line(cfg.cmdline);
+  create_event_fds();
+  write_boot_tables();
+  create_vcpus();
+}
+
+void Machine::Impl::check_config() const {
   if (cfg.kernel.empty()) throw Error(ErrorKind::kInvalidArgument, "no kernel given");
   uint64_t mem_bytes = cfg.memory_mib << 20;
   if (cfg.memory_mib == 0 || mem_bytes < layout::kMinMemory || mem_bytes > layout::kMaxMemory)
@@ -564,12 +541,10 @@ void Machine::Impl::build() {
                 "vCPU count must be between 1 and " + std::to_string(layout::kMaxVcpus));
   if (cfg.disks.size() > kMaxDisks)
     throw Error(ErrorKind::kLimit, "at most " + std::to_string(kMaxDisks) + " disks");
+}
 
-  // Mapped, not read: the segments are copied once, straight from the page cache into guest
-  // RAM, with no staging buffer (a 21 MB vmlinux would otherwise cost as much again in RSS).
-  // Opened before /dev/kvm, so that a missing kernel is reported as such on any host.
-  ReadOnlyMapping kernel_image(cfg.kernel);
-
+// /dev/kvm, the VM with its in-kernel irqchip and PIT.
+void Machine::Impl::create_vm() {
   int kfd = ::open(cfg.kvm_device.c_str(), O_RDWR | O_CLOEXEC);
   if (kfd < 0) throw_errno("cannot open " + cfg.kvm_device.string());
   kvm.reset(kfd);
@@ -585,7 +560,7 @@ void Machine::Impl::build() {
     if (::ioctl(kvm.get(), KVM_CHECK_EXTENSION, cap) <= 0)
       throw Error(ErrorKind::kUnsupported, std::string("KVM lacks KVM_CAP_") + name);
   }
-  bool tsc_deadline = ::ioctl(kvm.get(), KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0;
+  tsc_deadline = ::ioctl(kvm.get(), KVM_CHECK_EXTENSION, KVM_CAP_TSC_DEADLINE_TIMER) > 0;
   vm.reset(xioctl(kvm.get(), KVM_CREATE_VM, 0ul, "KVM_CREATE_VM"));
   xioctl(vm.get(), KVM_SET_TSS_ADDR, static_cast<unsigned long>(layout::kTssAddr),
          "KVM_SET_TSS_ADDR");
@@ -593,49 +568,80 @@ void Machine::Impl::build() {
   kvm_pit_config pit{};
   pit.flags = KVM_PIT_SPEAKER_DUMMY;
   xioctl(vm.get(), KVM_CREATE_PIT2, &pit, "KVM_CREATE_PIT2");
+}
 
-  mem = std::make_unique<GuestMemory>(
-      mem_bytes, cfg.hugepages ? GuestMemory::Pages::kHuge2M : GuestMemory::Pages::kNormal);
+// Guest RAM from address 0, one memory slot.
+void Machine::Impl::create_memory() {
+  mem = std::make_unique<GuestMemory>(cfg.memory_mib << 20, cfg.hugepages
+                                                                ? GuestMemory::Pages::kHuge2M
+                                                                : GuestMemory::Pages::kNormal);
   kvm_userspace_memory_region region{};
   region.slot = 0;
   region.guest_phys_addr = 0;
   region.memory_size = mem->size();
   region.userspace_addr = reinterpret_cast<uint64_t>(mem->host_base());
   xioctl(vm.get(), KVM_SET_USER_MEMORY_REGION, &region, "KVM_SET_USER_MEMORY_REGION");
+}
 
-  // Kernel and initrd.
+void Machine::Impl::load_kernel_image(const ReadOnlyMapping& kernel_image) {
   try {
     kernel = load_kernel(kernel_image.bytes(), *mem);
   } catch (const Error& e) {
     throw e.with_context(cfg.kernel.string());
   }
-  kernel_image.reset();
-  uint64_t initrd_addr = 0, initrd_size = 0;
-  if (!cfg.initrd.empty()) {
-    UniqueFd f = open_file(cfg.initrd, O_RDONLY);
-    struct stat st {};
-    if (::fstat(f.get(), &st) != 0) throw_errno("cannot stat " + cfg.initrd.string());
-    initrd_size = uint64_t(st.st_size);
-    try {
-      initrd_addr = place_initrd(*mem, kernel, initrd_size);
-    } catch (const Error& e) {
-      throw e.with_context(cfg.initrd.string());
-    }
-    uint8_t* dst = mem->ptr(initrd_addr, initrd_size);
-    for (uint64_t done = 0; done < initrd_size;) {
-      ssize_t n = ::pread(f.get(), dst + done, initrd_size - done, static_cast<off_t>(done));
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) throw_errno("cannot read " + cfg.initrd.string());
-      if (n == 0) throw Error(ErrorKind::kIo, cfg.initrd.string() + ": file shrank while reading");
-      done += uint64_t(n);
-    }
-  }
+}
 
-  // Devices.
+// Above the kernel, as high as it may go.
+void Machine::Impl::load_initrd() {
+  if (cfg.initrd.empty()) return;
+  UniqueFd f = open_file(cfg.initrd, O_RDONLY);
+  struct stat st {};
+  if (::fstat(f.get(), &st) != 0) throw_errno("cannot stat " + cfg.initrd.string());
+  initrd_size = uint64_t(st.st_size);
+  try {
+    initrd_addr = place_initrd(*mem, kernel, initrd_size);
+  } catch (const Error& e) {
+    throw e.with_context(cfg.initrd.string());
+  }
+  uint8_t* dst = mem->ptr(initrd_addr, initrd_size);
+  for (uint64_t done = 0; done < initrd_size;) {
+    ssize_t n = ::pread(f.get(), dst + done, initrd_size - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw_errno("cannot read " + cfg.initrd.string());
+    if (n == 0) throw Error(ErrorKind::kIo, cfg.initrd.string() + ": file shrank while reading");
+    done += uint64_t(n);
+  }
+}
+
+// The I/O ports: COM1, the i8042's reset line and the guest init's ports (guest_ports.hpp).
+void Machine::Impl::attach_port_devices() {
   uart =
       std::make_unique<Uart8250>([this](uint8_t c) { console_out(c); },
                                  [this](bool level) { set_irq_line(guestabi::kUartIrq, level); });
-  cmdline = cfg.cmdline;
+  port_bus.add(guestabi::kUartBase, 8, "COM1",
+               [this](uint64_t offset, bool write, uint8_t* data, unsigned size) {
+                 if (size != 1) return port_bus.unclaimed(write, data, size);
+                 if (write)
+                   uart->write(uint16_t(offset), data[0]);
+                 else
+                   data[0] = uart->read(uint16_t(offset));
+               });
+  for (uint16_t port : {guestabi::kI8042Data, guestabi::kI8042Command}) {
+    port_bus.add(port, 1, "i8042",
+                 [this, port](uint64_t, bool write, uint8_t* data, unsigned size) {
+                   if (size != 1) return port_bus.unclaimed(write, data, size);
+                   std::lock_guard lk(i8042_mu);
+                   if (!write) {
+                     data[0] = i8042.read(port);
+                   } else if (i8042.write(port, data[0])) {
+                     finish(ExitReason::kReboot, 0, kResetWithoutStatus);
+                   }
+                 });
+  }
+  guest_ports.attach(port_bus);
+}
+
+void Machine::Impl::attach_block_devices() {
   for (size_t i = 0; i < cfg.disks.size(); ++i) {
     const auto& dc = cfg.disks[i];
     auto d = std::make_unique<Disk>();
@@ -645,39 +651,62 @@ void Machine::Impl::build() {
     } catch (const Error& e) {
       throw e.with_context("disk " + std::to_string(i));
     }
-    d->notify.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    d->irq.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-    if (!d->notify || !d->irq) throw_errno("eventfd");
-    const uint64_t base = layout::kMmioBase + i * layout::kMmioStride;
-    const unsigned gsi = layout::kMmioFirstIrq + unsigned(i);
-    kvm_ioeventfd ioev{};
-    ioev.addr = base + VirtioMmio::kNotifyOffset;
-    ioev.len = 4;
-    ioev.fd = d->notify.get();
-    xioctl(vm.get(), KVM_IOEVENTFD, &ioev, "KVM_IOEVENTFD");
-    kvm_irqfd irqfd{};
-    irqfd.fd = uint32_t(d->irq.get());
-    irqfd.gsi = gsi;
-    xioctl(vm.get(), KVM_IRQFD, &irqfd, "KVM_IRQFD");
-    int irq_fd = d->irq.get();
-    d->mmio = std::make_unique<VirtioMmio>(*mem, *d->blk, [irq_fd] {
-      uint64_t one = 1;
-      (void)!::write(irq_fd, &one, sizeof one);
-    });
-    char arg[96];
-    std::snprintf(arg, sizeof arg, "virtio_mmio.device=4K@0x%llx:%u",
-                  static_cast<unsigned long long>(base), gsi);
-    cmdline += cmdline.empty() ? "" : " ";
-    cmdline += arg;
+    d->mmio = attach_mmio_device("virtio-blk " + std::to_string(i), *d->blk);
     disks.push_back(std::move(d));
   }
-  if (cfg.net) add_nic();
+}
+
+void Machine::Impl::attach_net_device() {
+  auto n = std::make_unique<Nic>();
+  if (cfg.net->backend) {
+    n->backend = cfg.net->backend;
+  } else if (cfg.net->tap) {
+    UniqueFd dup(::fcntl(cfg.net->tap->fd, F_DUPFD_CLOEXEC, 3));
+    if (!dup) throw_errno("the network's tap device (fd " + std::to_string(cfg.net->tap->fd) + ")");
+    n->backend = std::make_shared<TapDevice>(std::move(dup), cfg.net->tap->published);
+  } else {
+    n->backend = std::make_shared<SlirpBackend>(cfg.net->user, cfg.net->mtu);
+  }
+  n->dev = std::make_unique<VirtioNet>(*n->backend, cfg.net->mac, cfg.net->mtu);
+  n->mmio = attach_mmio_device("virtio-net", *n->dev);
+  VirtioMmio* transport = n->mmio.transport.get();
+  n->dev->set_kick([transport] { transport->notify(); });
+  nic = std::move(n);
+}
+
+// Every virtio device goes into the guest this way: its transport in the next MMIO slot (bus,
+// command line), its queue notifications on an ioeventfd and its interrupt on an irqfd.
+MmioDevice Machine::Impl::attach_mmio_device(std::string name, VirtioDevice& dev) {
+  MmioDevice d;
+  d.notify.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  d.irq.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  if (!d.notify || !d.irq) throw_errno("eventfd");
+  const int irq_fd = d.irq.get();
+  d.transport = std::make_unique<VirtioMmio>(*mem, dev, [irq_fd] {
+    uint64_t one = 1;
+    (void)!::write(irq_fd, &one, sizeof one);
+  });
+  d.slot = mmio_devices.attach(std::move(name), *d.transport);
+  kvm_ioeventfd ioev{};
+  ioev.addr = d.slot.base + VirtioMmio::kNotifyOffset;
+  ioev.len = 4;
+  ioev.fd = d.notify.get();
+  xioctl(vm.get(), KVM_IOEVENTFD, &ioev, "KVM_IOEVENTFD");
+  kvm_irqfd irqfd{};
+  irqfd.fd = uint32_t(d.irq.get());
+  irqfd.gsi = d.slot.irq;
+  xioctl(vm.get(), KVM_IRQFD, &irqfd, "KVM_IRQFD");
+  return d;
+}
+
+void Machine::Impl::create_event_fds() {
   stop_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!stop_fd) throw_errno("eventfd");
   exec_fd.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!exec_fd) throw_errno("eventfd");
+}
 
-  // Boot tables.
+void Machine::Impl::write_boot_tables() {
   const bool pvh = kernel.format == KernelFormat::kElfPvh;
   write_mp_table(*mem, cfg.vcpus);
   write_gdt(*mem, !pvh);
@@ -687,8 +716,10 @@ void Machine::Impl::build() {
     write_page_tables(*mem);
     write_boot_params(*mem, kernel, cmdline, initrd_addr, initrd_size);
   }
+}
 
-  // vCPUs.
+void Machine::Impl::create_vcpus() {
+  const bool pvh = kernel.format == KernelFormat::kElfPvh;
   int run_size = xioctl(kvm.get(), KVM_GET_VCPU_MMAP_SIZE, 0ul, "KVM_GET_VCPU_MMAP_SIZE");
   if (run_size < int(sizeof(kvm_run)))
     throw Error(ErrorKind::kUnsupported, "KVM: run area too small");
@@ -709,48 +740,6 @@ void Machine::Impl::build() {
     if (id == 0) setup_boot_regs(v->fd.get(), kernel.entry, pvh);
     vcpus.push_back(std::move(v));
   }
-}
-
-// The NIC is the virtio-mmio device after the disks: the next 4 KiB slot and IRQ.
-void Machine::Impl::add_nic() {
-  auto n = std::make_unique<Nic>();
-  if (cfg.net->backend) {
-    n->backend = cfg.net->backend;
-  } else if (cfg.net->tap) {
-    UniqueFd dup(::fcntl(cfg.net->tap->fd, F_DUPFD_CLOEXEC, 3));
-    if (!dup) throw_errno("the network's tap device (fd " + std::to_string(cfg.net->tap->fd) + ")");
-    n->backend = std::make_shared<TapDevice>(std::move(dup), cfg.net->tap->published);
-  } else {
-    n->backend = std::make_shared<SlirpBackend>(cfg.net->user, cfg.net->mtu);
-  }
-  n->dev = std::make_unique<VirtioNet>(*n->backend, cfg.net->mac, cfg.net->mtu);
-  n->notify.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  n->irq.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
-  if (!n->notify || !n->irq) throw_errno("eventfd");
-  n->base = layout::kMmioBase + disks.size() * layout::kMmioStride;
-  const unsigned gsi = layout::kMmioFirstIrq + unsigned(disks.size());
-  kvm_ioeventfd ioev{};
-  ioev.addr = n->base + VirtioMmio::kNotifyOffset;
-  ioev.len = 4;
-  ioev.fd = n->notify.get();
-  xioctl(vm.get(), KVM_IOEVENTFD, &ioev, "KVM_IOEVENTFD");
-  kvm_irqfd irqfd{};
-  irqfd.fd = uint32_t(n->irq.get());
-  irqfd.gsi = gsi;
-  xioctl(vm.get(), KVM_IRQFD, &irqfd, "KVM_IRQFD");
-  int irq_fd = n->irq.get();
-  n->mmio = std::make_unique<VirtioMmio>(*mem, *n->dev, [irq_fd] {
-    uint64_t one = 1;
-    (void)!::write(irq_fd, &one, sizeof one);
-  });
-  VirtioMmio* mmio_dev = n->mmio.get();
-  n->dev->set_kick([mmio_dev] { mmio_dev->notify(); });
-  char arg[96];
-  std::snprintf(arg, sizeof arg, "virtio_mmio.device=4K@0x%llx:%u",
-                static_cast<unsigned long long>(n->base), gsi);
-  cmdline += cmdline.empty() ? "" : " ";
-  cmdline += arg;
-  nic = std::move(n);
 }
 
 Machine::Machine(MachineConfig config) : impl_(std::make_unique<Impl>()) {
@@ -833,18 +822,17 @@ MachineResult Machine::wait() {
 
 void Machine::stop() { impl_->finish(ExitReason::kStopped, 0, "stopped by the host"); }
 
-void Machine::request_stop() { impl_->pending_signal = guestabi::kStopRequest; }
+void Machine::request_stop() { impl_->guest_ports.request_signal(guestabi::kStopRequest); }
 
 void Machine::signal_workload(int sig) {
   if (sig < 1 || sig > 64)
     throw Error(ErrorKind::kInvalidArgument,
                 "signal " + std::to_string(sig) + " out of range 1-64");
-  impl_->pending_signal = static_cast<uint8_t>(sig);
+  impl_->guest_ports.request_signal(static_cast<uint8_t>(sig));
 }
 
 void Machine::set_window_size(uint16_t rows, uint16_t cols) {
-  impl_->window_size = uint32_t(rows) << 16 | cols;
-  impl_->window_changed = true;
+  impl_->guest_ports.set_window_size(rows, cols);
 }
 
 MachineResult Machine::run() {

@@ -19,6 +19,7 @@
 #include <mutex>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
@@ -42,23 +43,24 @@ int64_t now_ns() {
   return int64_t(ts.tv_sec) * 1000000000 + ts.tv_nsec;
 }
 
+// libslirp's poll events and poll(2)'s, bit for bit.
+constexpr std::pair<int, short> kPollEvents[] = {{SLIRP_POLL_IN, POLLIN},
+                                                 {SLIRP_POLL_OUT, POLLOUT},
+                                                 {SLIRP_POLL_PRI, POLLPRI},
+                                                 {SLIRP_POLL_ERR, POLLERR},
+                                                 {SLIRP_POLL_HUP, POLLHUP}};
+
 short to_poll(int slirp_events) {
   short e = 0;
-  if (slirp_events & SLIRP_POLL_IN) e |= POLLIN;
-  if (slirp_events & SLIRP_POLL_OUT) e |= POLLOUT;
-  if (slirp_events & SLIRP_POLL_PRI) e |= POLLPRI;
-  if (slirp_events & SLIRP_POLL_ERR) e |= POLLERR;
-  if (slirp_events & SLIRP_POLL_HUP) e |= POLLHUP;
+  for (auto [slirp_bit, poll_bit] : kPollEvents)
+    if (slirp_events & slirp_bit) e |= poll_bit;
   return e;
 }
 
 int from_poll(short revents) {
   int e = 0;
-  if (revents & POLLIN) e |= SLIRP_POLL_IN;
-  if (revents & POLLOUT) e |= SLIRP_POLL_OUT;
-  if (revents & POLLPRI) e |= SLIRP_POLL_PRI;
-  if (revents & POLLERR) e |= SLIRP_POLL_ERR;
-  if (revents & POLLHUP) e |= SLIRP_POLL_HUP;
+  for (auto [slirp_bit, poll_bit] : kPollEvents)
+    if (revents & poll_bit) e |= slirp_bit;
   return e;
 }
 

@@ -282,19 +282,27 @@ struct TapBackend::Impl {
 
   void setup_managed(const TapNetConfig& c, uint16_t mtu);
   void attach_existing(const std::string& name);
+  int open_tap(const std::string& name);
   std::string ruleset(const TapNetConfig& c) const;
   void teardown() noexcept;
 };
 
-void TapBackend::Impl::attach_existing(const std::string& name) {
+// Opens /dev/net/tun as the tap device `name` (a pattern with %d picks a free name), frames
+// with a virtio-net header. Returns 0 (the name it got in info.device) or TUNSETIFF's errno.
+int TapBackend::Impl::open_tap(const std::string& name) {
   tap.reset(::open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK));
   if (!tap)
     throw Error(ErrorKind::kNotFound,
                 "tap network: cannot open /dev/net/tun: " + errno_text(errno));
   ifreq r = ifreq_for(name);
   r.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-  if (::ioctl(tap.get(), TUNSETIFF, &r) != 0) {
-    int e = errno;
+  if (::ioctl(tap.get(), TUNSETIFF, &r) != 0) return errno;
+  info.device = r.ifr_name;
+  return 0;
+}
+
+void TapBackend::Impl::attach_existing(const std::string& name) {
+  if (int e = open_tap(name)) {
     if (e == EPERM || e == EACCES)
       throw Error(ErrorKind::kIo, "tap device " + name +
                                       ": not allowed to attach (it belongs to another user; "
@@ -307,7 +315,6 @@ void TapBackend::Impl::attach_existing(const std::string& name) {
       throw Error(ErrorKind::kIo, "tap device " + name + ": already attached to another program");
     throw Error(ErrorKind::kInternal, "tap device " + name + ": TUNSETIFF: " + errno_text(e));
   }
-  info.device = r.ifr_name;
   io = std::make_unique<TapDevice>(std::move(tap));
   IfSocket s;
   auto host = get_addr(s, info.device, SIOCGIFADDR);
@@ -407,15 +414,8 @@ void TapBackend::Impl::setup_managed(const TapNetConfig& c, uint16_t mtu) {
   Nft nft;
   remove_stale(nft);
 
-  tap.reset(::open("/dev/net/tun", O_RDWR | O_CLOEXEC | O_NONBLOCK));
-  if (!tap)
-    throw Error(ErrorKind::kNotFound,
-                "tap network: cannot open /dev/net/tun: " + errno_text(errno));
   std::string want = c.name.empty() ? std::string(tapnet::kDevicePrefix) + "%d" : c.name;
-  ifreq r = ifreq_for(want);
-  r.ifr_flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
-  if (::ioctl(tap.get(), TUNSETIFF, &r) != 0) {
-    int e = errno;
+  if (int e = open_tap(want)) {
     if (e == EPERM || e == EACCES)
       throw Error(ErrorKind::kIo,
                   "tap network: creating a tap device needs CAP_NET_ADMIN (run as root), "
@@ -423,7 +423,6 @@ void TapBackend::Impl::setup_managed(const TapNetConfig& c, uint16_t mtu) {
     throw Error(ErrorKind::kInternal,
                 "tap network: cannot create tap device " + want + ": " + errno_text(e));
   }
-  info.device = r.ifr_name;
   info.managed = true;
   io = std::make_unique<TapDevice>(std::move(tap));
   info.table = "ip " + std::string(tapnet::kTablePrefix) + info.device;

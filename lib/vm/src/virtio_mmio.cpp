@@ -32,8 +32,23 @@ enum : uint64_t {
   kRegConfig = 0x100,
 };
 constexpr uint32_t kVendorId = 0x4d56;  // "VM"
-void set_low(uint64_t& v, uint32_t x) { v = (v & ~0xffffffffull) | x; }
-void set_high(uint64_t& v, uint32_t x) { v = (v & 0xffffffffull) | (uint64_t{x} << 32); }
+// Sets 32-bit word `word` (0: bits 0-31, 1: bits 32-63) of `v`.
+void set_word(uint64_t& v, unsigned word, uint32_t x) {
+  const unsigned shift = 32 * word;
+  v = (v & ~(0xffffffffull << shift)) | (uint64_t{x} << shift);
+}
+// The ring address a Queue{Desc,Driver,Device}{Low,High} register sets: the low word's register
+// is at a multiple of 8, the high word's 4 bytes above it.
+uint64_t SplitQueue::*queue_address(uint64_t reg) {
+  switch (reg & ~uint64_t{4}) {
+    case kRegQueueDescLow:
+      return &SplitQueue::desc_addr;
+    case kRegQueueDriverLow:
+      return &SplitQueue::avail_addr;
+    default:
+      return &SplitQueue::used_addr;
+  }
+}
 }  // namespace
 
 VirtioMmio::VirtioMmio(const GuestMemory& mem, VirtioDevice& dev, std::function<void()> interrupt)
@@ -133,10 +148,7 @@ void VirtioMmio::write(uint64_t offset, const uint8_t* data, unsigned size) {
         break;
       case kRegDriverFeatures:
         if (status_ & kStatusFeaturesOk) break;
-        if (drv_features_sel_ == 0)
-          set_low(driver_features_, v);
-        else if (drv_features_sel_ == 1)
-          set_high(driver_features_, v);
+        if (drv_features_sel_ < 2) set_word(driver_features_, drv_features_sel_, v);
         break;
       case kRegQueueSel:
         queue_sel_ = v;
@@ -145,22 +157,12 @@ void VirtioMmio::write(uint64_t offset, const uint8_t* data, unsigned size) {
         if (q_writable) q->size = uint16_t(v > 0xffff ? 0 : v);
         break;
       case kRegQueueDescLow:
-        if (q_writable) set_low(q->desc_addr, v);
-        break;
       case kRegQueueDescHigh:
-        if (q_writable) set_high(q->desc_addr, v);
-        break;
       case kRegQueueDriverLow:
-        if (q_writable) set_low(q->avail_addr, v);
-        break;
       case kRegQueueDriverHigh:
-        if (q_writable) set_high(q->avail_addr, v);
-        break;
       case kRegQueueDeviceLow:
-        if (q_writable) set_low(q->used_addr, v);
-        break;
       case kRegQueueDeviceHigh:
-        if (q_writable) set_high(q->used_addr, v);
+        if (q_writable) set_word(q->*queue_address(offset), offset & 4 ? 1 : 0, v);
         break;
       case kRegQueueReady:
         if (!q) break;
