@@ -366,6 +366,9 @@ class Writer {
     check(ext2fs_new_inode(fs_, dino, type_bits(n.type) | 0644, nullptr, &ino),
           "allocating an inode for \"" + name + "\"");
     inos_[&n] = ino;
+    const uint32_t links = c_.nlink[&n];
+    if (links > kMaxLinks)
+      throw Error(ErrorKind::kUnsupported, "ext4: \"" + name + "\" has more than 65000 hard links");
     switch (n.type) {
       case NodeType::kSymlink:
         if (n.link_target.size() >= kBlockSize)
@@ -375,15 +378,15 @@ class Writer {
               "creating symlink \"" + name + "\"");
         break;
       case NodeType::kFile:
-        create_file(ino, n, name);
+        if (create_file(ino, n, name, links)) {
+          write_xattrs(ino, n);
+          return ino;
+        }
         break;
       default:
         create_special(ino, n, name);
         break;
     }
-    uint32_t links = c_.nlink[&n];
-    if (links > kMaxLinks)
-      throw Error(ErrorKind::kUnsupported, "ext4: \"" + name + "\" has more than 65000 hard links");
     finalize(ino, n, links);
     return ino;
   }
@@ -464,7 +467,9 @@ class Writer {
           "writing \"" + name + "\"");
   }
 
-  void create_file(ext2_ino_t ino, const Inode& n, const std::string& name) {
+  // Creates regular file `n` as inode `ino` with `links` links; returns whether the inode is
+  // complete (attributes included) and needs only its xattrs.
+  bool create_file(ext2_ino_t ino, const Inode& n, const std::string& name, uint32_t links) {
     ext2fs_inode_alloc_stats2(fs_, ino, +1, 0);
     struct ext2_inode_large in;
     std::memset(&in, 0, sizeof in);
@@ -479,12 +484,15 @@ class Writer {
     check(ext2fs_write_new_inode(fs_, ino, reinterpret_cast<ext2_inode*>(&in)),
           "writing \"" + name + "\"");
     if (auto a = c_.adopted.find(&n); a != c_.adopted.end()) {
+      // Its attributes go into adopt's write (after write_new_inode, which sets zero times to
+      // now), so the inode is written whole once more rather than read and written again.
+      set_attributes(in, n, links);
       adopt(ino, in, a->second, name);
       data_written_ += n.data_bytes();
-      return;
+      return true;
     }
     auto ranges = block_ranges(n);
-    if (ranges.empty()) return;
+    if (ranges.empty()) return false;
     for (auto [b0, b1] : ranges) {
       check(ext2fs_fallocate(fs_, EXT2_FALLOCATE_FORCE_INIT | EXT2_FALLOCATE_INIT_BEYOND_EOF, ino,
                              nullptr, goal_, b0, b1 - b0),
@@ -493,6 +501,7 @@ class Writer {
     std::vector<PhysRun> map = mapping(ino, name);
     if (!map.empty()) goal_ = map.back().pblk + map.back().len;
     files_.push_back({&n, std::move(map), name});
+    return false;
   }
 
   // Gives inode `ino` (written as `in`) the blocks its data already occupies (marked in use by
@@ -549,11 +558,9 @@ class Writer {
     return out;
   }
 
-  void finalize(ext2_ino_t ino, const Inode& n, uint32_t links) {
-    struct ext2_inode_large in;
-    std::memset(&in, 0, sizeof in);
-    check(ext2fs_read_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in),
-          "reading inode");
+  // The attributes every inode takes from its node: permissions, owner, link count (when
+  // `links`), times.
+  static void set_attributes(ext2_inode_large& in, const Inode& n, uint32_t links) {
     in.i_mode = static_cast<__u16>((in.i_mode & LINUX_S_IFMT) | (n.mode & 07777));
     in.i_uid = static_cast<__u16>(n.uid & 0xffff);
     ext2fs_set_i_uid_high(in, static_cast<__u16>(n.uid >> 16));
@@ -565,8 +572,21 @@ class Writer {
     encode_time(n.mtime, n.mtime_nsec, in.i_atime, in.i_atime_extra);
     encode_time(n.mtime, n.mtime_nsec, in.i_ctime, in.i_ctime_extra);
     encode_time(n.mtime, n.mtime_nsec, in.i_crtime, in.i_crtime_extra);
+  }
+
+  // Gives inode `ino`, as written so far, its attributes and its xattrs.
+  void finalize(ext2_ino_t ino, const Inode& n, uint32_t links) {
+    struct ext2_inode_large in;
+    std::memset(&in, 0, sizeof in);
+    check(ext2fs_read_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in),
+          "reading inode");
+    set_attributes(in, n, links);
     check(ext2fs_write_inode_full(fs_, ino, reinterpret_cast<ext2_inode*>(&in), sizeof in),
           "writing inode");
+    write_xattrs(ino, n);
+  }
+
+  void write_xattrs(ext2_ino_t ino, const Inode& n) {
     if (n.xattrs.empty()) return;
     struct ext2_xattr_handle* h = nullptr;
     check(ext2fs_xattrs_open(fs_, ino, &h), "opening xattrs");
