@@ -209,7 +209,7 @@ bool exec_vmm(PreparedRun& p) {
 
 // --network tap: the host side (device, addresses, nftables rules, reserved ports) is set up in
 // this process, as root. The VM runs in img2vm-vmm, a child given the device's descriptor
-// (NetConfig::tap), which gives up root and every capability before the guest runs
+// (NicConfig::tap), which gives up root and every capability before the guest runs
 // (attach.run_as). This process keeps nothing next to the guest: it waits for the child, passes
 // on the signals sent to it, and undoes the host side afterwards (the tap backend's
 // destructor, once run_image returns). Returns the child's exit code.

@@ -290,7 +290,7 @@ TEST(VmKvm, VirtioNetReachesTheUserNetwork) {
   KVM_TEST_PRELUDE();
   Console con;
   auto c = config("net", "mode=arp", con.fds[1]);
-  c.net = NetConfig{};
+  c.net = NicConfig{};
   Machine m(c);
   EXPECT_NE(m.cmdline().find("virtio_mmio.device=4K@0xd0000000:5"), std::string::npos)
       << m.cmdline();
@@ -339,7 +339,7 @@ TEST(VmKvm, VirtioNetServesAPublishedPort) {
     socklen_t len = sizeof a;
     ::getsockname(taken.get(), reinterpret_cast<sockaddr*>(&a), &len);
     auto c = config("net", "mode=tcp", -1);
-    c.net = NetConfig{};
+    c.net = NicConfig{};
     c.net->user.forwards =
         parse_port_forward("127.0.0.1:" + std::to_string(ntohs(a.sin_port)) + ":80");
     try {
@@ -355,7 +355,7 @@ TEST(VmKvm, VirtioNetServesAPublishedPort) {
   uint16_t port = free_tcp_port();
   Console con;
   auto c = config("net", "mode=tcp", con.fds[1]);
-  c.net = NetConfig{};
+  c.net = NicConfig{};
   c.net->user.forwards = parse_port_forward("127.0.0.1:" + std::to_string(port) + ":80");
   Machine m(c);
   ASSERT_EQ(m.published_ports().size(), 1u);

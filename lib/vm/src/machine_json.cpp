@@ -214,7 +214,7 @@ MachineConfig machine_config_from_json(std::string_view text) {
   if (j.contains("net") && !j["net"].is_null()) {
     const json& n = j["net"];
     only(n, "net", {"mac", "mtu", "user", "tap"});
-    NetConfig nc;
+    NicConfig nc;
     if (n.contains("mac")) nc.mac = parse_mac(string(n, "net", "mac", ""), "net.mac");
     nc.mtu = number<uint16_t>(n, "net", "mtu", nc.mtu, 68, 65520);
     if (n.contains("user")) {

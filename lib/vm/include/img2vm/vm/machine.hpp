@@ -44,11 +44,12 @@ struct TapFdConfig {
   std::vector<PortForward> published;  // what the host side publishes (Machine::published_ports())
 };
 
-// A virtio-net NIC (virtio_net.hpp). The backend is `backend` when given (a TapBackend made by
-// the caller, who needs its addresses for the guest's command line: net_tap.hpp), else the tap
-// device `tap` when given, else user-mode networking with `user` (net_slirp.hpp): the guest is
-// 10.0.2.15/24 behind gateway 10.0.2.2 with DNS at 10.0.2.3.
-struct NetConfig {
+// The host side of a virtio-net NIC (virtio_net.hpp); what the guest configures on it (address,
+// route) is guestabi::NetConfig, the init's business. The backend is `backend` when given (a
+// TapBackend made by the caller, who needs its addresses for the guest's command line:
+// net_tap.hpp), else the tap device `tap` when given, else user-mode networking with `user`
+// (net_slirp.hpp): the guest is 10.0.2.15/24 behind gateway 10.0.2.2 with DNS at 10.0.2.3.
+struct NicConfig {
   std::array<uint8_t, 6> mac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
   uint16_t mtu = 1500;  // the guest driver adopts it (VIRTIO_NET_F_MTU); 68-65520
   UserNetConfig user;
@@ -65,7 +66,7 @@ struct MachineConfig {
   std::string cmdline;            // virtio_mmio.device=... entries for the disks are appended
   std::filesystem::path initrd;   // optional
   std::vector<DiskConfig> disks;  // /dev/vda, /dev/vdb, ... in this order
-  std::optional<NetConfig>
+  std::optional<NicConfig>
       net;                 // a NIC (eth0), the virtio-mmio device after the disks; none if empty
   int console_out_fd = 1;  // UART output; -1 discards it. Not owned.
   // UART input; -1 for none. Not owned. When it ends (EOF or an error) the guest init is told

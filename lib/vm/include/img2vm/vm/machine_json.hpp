@@ -7,7 +7,7 @@
 //    80}]}}}
 //
 // Every member is optional except "kernel"; absent ones keep MachineConfig's defaults. Unknown
-// members are refused (a misspelt key must not be silently ignored). A NetConfig with its own
+// members are refused (a misspelt key must not be silently ignored). A NicConfig with its own
 // `backend` (a TapBackend) has no JSON form.
 #pragma once
 

@@ -41,7 +41,7 @@
 // The frame path alone is TapDevice: an open tap device, whatever made it, carried with no
 // privilege. `img2vm run --network tap` sets the host side up with a TapBackend as root and
 // hands its descriptor (device_fd()) to img2vm-vmm, which drops every privilege and runs the
-// NIC on a TapDevice over it (NetConfig::tap, machine.hpp).
+// NIC on a TapDevice over it (NicConfig::tap, machine.hpp).
 #pragma once
 
 #include <array>
@@ -80,7 +80,7 @@ struct TapNetConfig {
   std::string name;
   bool outbound = true;               // managed only: the guest may reach the outside world
   std::vector<PortForward> forwards;  // managed only: published ports (host -> guest)
-  // Managed only: the guest NIC's MAC (NetConfig::mac); frames from any other are dropped.
+  // Managed only: the guest NIC's MAC (NicConfig::mac); frames from any other are dropped.
   std::array<uint8_t, 6> guest_mac = {0x52, 0x54, 0x00, 0x12, 0x34, 0x56};
 };
 
