@@ -6,6 +6,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/registry/media_types.hpp"
 
@@ -14,11 +15,6 @@ namespace img2vm::registry {
 using nlohmann::json;
 
 namespace {
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 [[noreturn]] void bad(std::string_view what, const std::string& msg) {
   throw Error(ErrorKind::kIntegrity, "invalid " + std::string(what) + ": " + msg);
@@ -142,9 +138,9 @@ std::string Platform::str() const {
 }
 
 Platform normalize(Platform p) {
-  p.os = lower(p.os);
-  p.architecture = lower(p.architecture);
-  p.variant = lower(p.variant);
+  p.os = ascii_lower(p.os);
+  p.architecture = ascii_lower(p.architecture);
+  p.variant = ascii_lower(p.variant);
   const std::string& a = p.architecture;
   if (a == "i386") {
     p.architecture = "386";
