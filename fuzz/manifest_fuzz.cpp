@@ -1,12 +1,15 @@
-// Manifest/index parsing and platform selection on arbitrary bytes. The first byte picks the
-// Content-Type hint; errors must be img2vm::Error, never a crash.
+// Manifest/index parsing and platform selection on arbitrary bytes, and the same bytes read as an
+// image config's platform (which comes out normalized). The first byte picks the Content-Type
+// hint; errors must be img2vm::Error, never a crash.
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <string_view>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/registry/manifest.hpp"
 #include "img2vm/registry/media_types.hpp"
+#include "platform_json.hpp"
 
 namespace mt = img2vm::registry::media_type;
 
@@ -32,6 +35,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         }
       }
     }
+  } catch (const img2vm::Error&) {
+  }
+  try {
+    img2vm::registry::Platform p = img2vm::registry::platform_of_config(body, "fuzz");
+    if (img2vm::registry::normalize(p) != p) std::abort();
   } catch (const img2vm::Error&) {
   }
   return 0;

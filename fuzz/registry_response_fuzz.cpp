@@ -1,4 +1,4 @@
-// The registry client's response handling (img2vm/registry/http_response.hpp) on arbitrary bytes.
+// The registry client's response handling (lib/registry/src/http_response.hpp) on arbitrary bytes.
 // The first byte picks what the rest is: header lines, a Content-Range, a number header, a URL,
 // a redirect (base URL, newline, Location), a URL and an origin for credentials, a token body,
 // an error body. Besides "no crash", each parser's guarantees are checked, and what can be

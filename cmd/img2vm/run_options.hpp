@@ -1,6 +1,6 @@
 // `img2vm run`'s docker-style options turned into what the runner and the guest init take: the
 // per-run overrides (docs/guest-abi.md §3), the kernel command line, durations, sizes and extra
-// disks. Pure functions, unit-tested on the host (tests/e2e/run_options_test.cpp).
+// disks. Pure functions, unit-tested on the host (tests/cli/run_options_test.cpp).
 #pragma once
 
 #include <chrono>

@@ -6,6 +6,8 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 
+#include "img2vm/base/ascii.hpp"
+
 namespace img2vm::testing {
 
 namespace {
@@ -19,8 +21,7 @@ size_t on_header(char* p, size_t size, size_t n, void* ud) {
   std::string line(p, size * n);
   auto colon = line.find(':');
   if (colon != std::string::npos) {
-    std::string k = line.substr(0, colon);
-    for (char& c : k) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    std::string k = ascii_lower(line.substr(0, colon));
     std::string v = line.substr(colon + 1);
     v.erase(0, v.find_first_not_of(" \t"));
     while (!v.empty() && (v.back() == '\r' || v.back() == '\n')) v.pop_back();
@@ -91,8 +92,7 @@ HttpResponse http_request(const std::string& method, const std::string& url,
 Challenge parse_challenge(const std::string& v) {
   Challenge ch;
   size_t sp = v.find(' ');
-  ch.scheme = v.substr(0, sp);
-  for (char& c : ch.scheme) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  ch.scheme = ascii_lower(v.substr(0, sp));
   size_t i = sp == std::string::npos ? v.size() : sp + 1;
   while (i < v.size()) {
     while (i < v.size() && (v[i] == ' ' || v[i] == ',')) ++i;

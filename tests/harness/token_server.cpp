@@ -11,6 +11,7 @@
 #include <cstring>
 #include <nlohmann/json.hpp>
 
+#include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 
 namespace img2vm::testing {
@@ -169,8 +170,7 @@ void TokenServer::handle(int fd) {
         head.substr(pos + 2, next == std::string::npos ? std::string::npos : next - pos - 2);
     size_t colon = line.find(':');
     if (colon != std::string::npos) {
-      std::string k = line.substr(0, colon);
-      for (char& ch : k) ch = static_cast<char>(tolower(static_cast<unsigned char>(ch)));
+      std::string k = ascii_lower(line.substr(0, colon));
       std::string v = line.substr(colon + 1);
       v.erase(0, v.find_first_not_of(" \t"));
       headers[k] = v;

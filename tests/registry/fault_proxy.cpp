@@ -10,6 +10,7 @@
 #include <optional>
 #include <thread>
 
+#include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 
 namespace img2vm::testing {
@@ -23,11 +24,6 @@ void send_all(int fd, const std::string& s) {
     if (n <= 0) return;
     off += static_cast<size_t>(n);
   }
-}
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
 }
 
 }  // namespace
@@ -72,7 +68,7 @@ void FaultProxy::handle(int fd) {
     std::string h = req.substr(pos, e - pos);
     pos = e + 2;
     if (h.empty()) break;
-    std::string name = lower(h.substr(0, h.find(':')));
+    std::string name = ascii_lower(h.substr(0, h.find(':')));
     if (name == "connection") continue;
     if (name == "range") {
       range = h.substr(h.find(':') + 2);

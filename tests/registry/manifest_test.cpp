@@ -6,6 +6,7 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/registry/media_types.hpp"
+#include "platform_json.hpp"
 
 using namespace img2vm;
 using namespace img2vm::registry;
@@ -182,3 +183,41 @@ TEST(Platform, AttestationsNeverChosenAndErrorListsAvailable) {
 }
 
 }  // namespace
+
+TEST(Platform, ReadFromAConfigLikeFromAnIndexEntry) {
+  // One reader: an index entry's platform object and an image config's top-level fields.
+  json fields = {{"os", "Linux"},
+                 {"architecture", "x86_64"},
+                 {"variant", "V1"},
+                 {"os.version", "10.0"},
+                 {"os.features", {"a", 1, "b"}}};
+  json entry = plat_entry('1', "linux", "amd64");
+  entry["platform"] = fields;
+  Platform from_index = *index_of({entry}).manifests[0].platform;
+  EXPECT_EQ(from_index, read_platform(fields, "x"));
+  EXPECT_EQ(from_index.os, "Linux");  // as written: normalized where it is used
+  EXPECT_EQ(from_index.os_features, (std::vector<std::string>{"a", "b"}));
+  json config = fields;
+  config["config"] = {{"Cmd", {"/bin/sh"}}};
+  Platform from_config = platform_of_config(config.dump(), "x");
+  EXPECT_EQ(from_config, normalize(from_index));
+  EXPECT_EQ(from_config.str(), "linux/amd64");
+  EXPECT_EQ(
+      platform_of_config(R"({"os":"linux","architecture":"ARM64","variant":"v8"})", "x").str(),
+      "linux/arm64");
+  EXPECT_EQ(platform_of_config(R"({"os":null})", "x"), Platform{});
+  EXPECT_EQ(platform_of_config("[1]", "x"), Platform{});
+  EXPECT_EQ(platform_of_config("not json", "x"), Platform{});
+  for (const char* bad : {R"({"os":5})", R"({"architecture":["amd64"]})", R"({"variant":{}})",
+                          R"({"os.version":1.5})"}) {
+    std::string e = error_of([&] { platform_of_config(bad, "image config c"); });
+    EXPECT_EQ(e.rfind("invalid image config c: \"", 0), 0u) << bad << ": " << e;
+    EXPECT_NE(e.find("\" is not a string"), std::string::npos) << bad << ": " << e;
+    std::string entry_error = error_of([&] {
+      json d = plat_entry('1', "linux", "amd64");
+      d["platform"] = json::parse(bad);
+      index_of({d});
+    });
+    EXPECT_NE(entry_error.find(e.substr(e.find(": ") + 2)), std::string::npos) << entry_error;
+  }
+}

@@ -78,6 +78,21 @@ void push(Registry& reg, const BuiltImage& img, const std::string& dest,
   skopeo_push("oci:" + layout.path().string() + ":t", reg, dest, extra);
 }
 
+// Pushes the images of `idx` and the index itself (as they are) to `dest`.
+void push_index(Registry& reg, const BuiltIndex& idx, const std::string& dest) {
+  TempDir layout("layout");
+  write_oci_layout(layout.path(), "t", idx);
+  skopeo_push("oci:" + layout.path().string() + ":t", reg, dest, {"--all"});
+}
+
+// `blob` (a JSON document) changed by `edit`, with its digest updated.
+void edit_json(BuiltBlob& blob, const std::function<void(json&)>& edit) {
+  json j = json::parse(blob.data);
+  edit(j);
+  blob.data = j.dump();
+  blob.digest = Digest::sha256_of(blob.data);
+}
+
 int count_in_log(const Registry& reg, const std::string& needle) {
   // Access-log lines only: "GET /v2/... HTTP/1.1".
   std::string log = read_file(reg.log_file());
@@ -196,16 +211,13 @@ TEST(Pull, IndexSelectsPlatformAndSkipsAttestations) {
   }
   BuiltIndex idx = build_index(specs);
   // An attestation-style entry (unknown/unknown), first in the list.
-  json j = json::parse(idx.index.data);
-  json att = j["manifests"][2];
-  att["platform"] = {{"os", "unknown"}, {"architecture", "unknown"}};
-  att["annotations"] = {{"vnd.docker.reference.type", "attestation-manifest"}};
-  j["manifests"].insert(j["manifests"].begin(), att);
-  idx.index.data = j.dump();
-  idx.index.digest = Digest::sha256_of(idx.index.data);
-  TempDir layout("layout");
-  write_oci_layout(layout.path(), "multi", idx);
-  skopeo_push("oci:" + layout.path().string() + ":multi", reg, "test/multi:v1", {"--all"});
+  edit_json(idx.index, [](json& j) {
+    json att = j["manifests"][2];
+    att["platform"] = {{"os", "unknown"}, {"architecture", "unknown"}};
+    att["annotations"] = {{"vnd.docker.reference.type", "attestation-manifest"}};
+    j["manifests"].insert(j["manifests"].begin(), att);
+  });
+  push_index(reg, idx, "test/multi:v1");
 
   TempDir home("home");
   Store store(home.path());
@@ -223,6 +235,57 @@ TEST(Pull, IndexSelectsPlatformAndSkipsAttestations) {
   EXPECT_NE(e.find("no image for platform linux/riscv64"), std::string::npos) << e;
   EXPECT_NE(e.find("available: linux/amd64, linux/arm64, linux/arm/v7)"), std::string::npos) << e;
   EXPECT_EQ(e.find("unknown"), std::string::npos) << e;
+}
+
+TEST(Pull, IndexEntryWithoutPlatformTakesTheConfigsPlatform) {
+  // An index whose only entry names no platform: it is chosen for any platform, and the image
+  // is stored with the platform its config declares.
+  Registry reg(RegistryAuth::kNone);
+  ImageSpec s;
+  s.layers.push_back(layer({file("arch", "arm64\n")}));
+  s.config.architecture = "aarch64";
+  BuiltIndex idx = build_index({s});
+  edit_json(idx.index, [](json& j) { j["manifests"][0].erase("platform"); });
+  push_index(reg, idx, "test/noplat:v1");
+
+  TempDir home("home");
+  Store store(home.path());
+  PullResult r = pull(store, reg.host() + "/test/noplat:v1", opts_for(reg));
+  EXPECT_EQ(r.manifest_digest, idx.images[0].manifest.digest);
+  EXPECT_EQ(r.platform.str(), "linux/arm64");
+  auto stored = store.find(reg.host() + "/test/noplat:v1");
+  ASSERT_TRUE(stored);
+  EXPECT_EQ(stored->index_digest, idx.index.digest);
+  ASSERT_TRUE(stored->manifest.platform);
+  EXPECT_EQ(stored->manifest.platform->str(), "linux/arm64");
+}
+
+TEST(Pull, ConfigPlatformFieldsThatAreNotStringsAreAnError) {
+  // The config's platform is read like an index entry's: normalized, and a field that is not a
+  // string is an img2vm::Error naming the config, from every kind of source.
+  BuiltImage img = build_image(multi_layer_spec("numeric-arch"));
+  edit_json(img.config, [](json& c) { c["architecture"] = 64; });
+  edit_json(img.manifest, [&](json& m) {
+    m["config"]["digest"] = img.config.digest.str();
+    m["config"]["size"] = img.config.size();
+  });
+  TempDir dir("src");
+  write_oci_layout(dir.path() / "layout", {{"v1", img}});
+  write_docker_archive(dir.path() / "image.tar", img, {"example.com/test/numeric:1"});
+  Registry reg(RegistryAuth::kNone);
+  push(reg, img, "test/numeric:v1");
+
+  TempDir home("home");
+  Store store(home.path());
+  for (const std::string& spec :
+       {reg.host() + "/test/numeric:v1", "oci:" + (dir.path() / "layout").string() + ":v1",
+        "docker-archive:" + (dir.path() / "image.tar").string()}) {
+    std::string e = error_of([&] { pull(store, spec, opts_for(reg)); });
+    EXPECT_NE(e.find("invalid image config " + img.config.digest.str()), std::string::npos)
+        << spec << ": " << e;
+    EXPECT_NE(e.find("\"architecture\" is not a string"), std::string::npos) << spec << ": " << e;
+  }
+  EXPECT_TRUE(store.list().empty());
 }
 
 TEST(Pull, BasicAuthOverTls) {

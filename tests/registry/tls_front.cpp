@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "http.hpp"
+#include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 #include "tls.hpp"
 
@@ -49,8 +50,7 @@ TlsFront::Request parse_request(const std::string& head, bool tls) {
     if (h.empty()) break;
     size_t c = h.find(':');
     if (c == std::string::npos) continue;
-    std::string name = h.substr(0, c);
-    for (char& ch : name) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    std::string name = ascii_lower(h.substr(0, c));
     size_t v = h.find_first_not_of(' ', c + 1);
     r.headers[name] = v == std::string::npos ? "" : h.substr(v);
   }

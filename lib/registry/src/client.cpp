@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "http_response.hpp"
+#include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/version.hpp"
 #include "img2vm/registry/manifest.hpp"
@@ -33,11 +34,6 @@ struct CurlGlobal {
 };
 
 void curl_global() { static CurlGlobal g; }
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 // "host[:port]" of a URL for messages, or the URL itself when it is not one.
 std::string url_authority(const std::string& url) {
@@ -249,7 +245,8 @@ struct Client::Impl {
   // Whether `host_port` (a registry's name or API host, as written) was named insecure.
   bool insecure_name(const std::string& host_port) const {
     for (const auto& e : opts.insecure_registries)
-      if (lower(e) == lower(host_port) || (lower(e) == registry && host_port == api_host))
+      if (ascii_lower(e) == ascii_lower(host_port) ||
+          (ascii_lower(e) == registry && host_port == api_host))
         return true;
     return false;
   }

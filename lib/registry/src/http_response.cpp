@@ -6,6 +6,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 
 namespace img2vm::registry {
@@ -21,12 +22,6 @@ std::string_view trim(std::string_view s) {
     s.remove_suffix(1);
   while (!s.empty() && blank(s.front())) s.remove_prefix(1);
   return s;
-}
-
-std::string lower(std::string_view s) {
-  std::string o(s);
-  for (char& c : o) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return o;
 }
 
 // RFC 9110 tchar.
@@ -67,7 +62,7 @@ std::optional<std::string> url_part(CURLU* u, CURLUPart part, unsigned flags = 0
 std::optional<UrlOrigin> origin_of(CURLU* u) {
   auto scheme = url_part(u, CURLUPART_SCHEME);
   if (!scheme) return std::nullopt;
-  std::string sch = lower(*scheme);
+  std::string sch = ascii_lower(*scheme);
   if (sch != "http" && sch != "https") return std::nullopt;
   // Credentials inside a URL are refused: they would go wherever the URL points.
   if (url_part(u, CURLUPART_USER) || url_part(u, CURLUPART_PASSWORD)) return std::nullopt;
@@ -76,7 +71,7 @@ std::optional<UrlOrigin> origin_of(CURLU* u) {
   if (!host || host->empty() || !port || !visible_ascii(*host)) return std::nullopt;
   auto p = parse_number(*port);
   if (!p || *p == 0 || *p > 65535) return std::nullopt;
-  return UrlOrigin{sch, lower(*host), static_cast<unsigned>(*p)};
+  return UrlOrigin{sch, ascii_lower(*host), static_cast<unsigned>(*p)};
 }
 
 // A URL as curl's parser reads it; nullopt for what it refuses or anything with blanks or
@@ -105,7 +100,7 @@ std::optional<HeaderField> parse_header_line(std::string_view line) {
   if (colon == std::string_view::npos || colon == 0) return std::nullopt;
   std::string_view name = line.substr(0, colon);
   if (!std::all_of(name.begin(), name.end(), token_char)) return std::nullopt;
-  return HeaderField{lower(name), std::string(trim(line.substr(colon + 1)))};
+  return HeaderField{ascii_lower(name), std::string(trim(line.substr(colon + 1)))};
 }
 
 bool ResponseHeaders::add(std::string_view line) {
@@ -139,7 +134,7 @@ std::optional<uint64_t> parse_content_length(std::string_view value) {
 
 std::optional<ContentRange> parse_content_range(std::string_view value) {
   value = trim(value);
-  if (value.size() < 6 || lower(value.substr(0, 6)) != "bytes ") return std::nullopt;
+  if (value.size() < 6 || ascii_lower(value.substr(0, 6)) != "bytes ") return std::nullopt;
   value.remove_prefix(6);
   size_t slash = value.find('/');
   if (slash == std::string_view::npos) return std::nullopt;

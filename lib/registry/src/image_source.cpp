@@ -15,6 +15,7 @@
 #include "img2vm/registry/media_types.hpp"
 #include "img2vm/registry/reference.hpp"
 #include "img2vm/registry/store.hpp"
+#include "platform_json.hpp"
 
 namespace img2vm::registry {
 
@@ -74,15 +75,9 @@ std::string read_verified(const fs::path& p, const Descriptor& d, uint64_t max) 
   return data;
 }
 
-Platform platform_of_config(const std::string& cfg) {
-  json j = json::parse(cfg, nullptr, false);
-  Platform p;
-  if (j.is_object()) {
-    p.os = j.value("os", "");
-    p.architecture = j.value("architecture", "");
-    p.variant = j.value("variant", "");
-  }
-  return normalize(p);
+// "image config sha256:... of NAME", for errors about it.
+std::string config_what(const Manifest& m, const std::string& name) {
+  return "image config " + m.config.digest.str() + " of " + name;
 }
 
 // A resolved image whose blobs are files in a directory (the store, an OCI layout).
@@ -104,7 +99,8 @@ class LocalSource : public ImageSource {
   std::optional<Digest> index_digest() const override { return index_digest_; }
   std::optional<std::string> index_bytes() const override { return index_bytes_; }
   Platform platform() const override {
-    return platform_ ? *platform_ : platform_of_config(config_bytes());
+    return platform_ ? *platform_
+                     : platform_of_config(config_bytes(), config_what(manifest_, name_));
   }
   std::string config_bytes() const override {
     return read_verified(path_of(manifest_.config.digest), manifest_.config, kMaxConfigBytes);
@@ -230,7 +226,9 @@ class ArchiveSource : public ImageSource {
   const Manifest& manifest() const override { return manifest_; }
   const std::string& manifest_bytes() const override { return manifest_bytes_; }
   Digest manifest_digest() const override { return manifest_digest_; }
-  Platform platform() const override { return platform_of_config(config_); }
+  Platform platform() const override {
+    return platform_of_config(config_, config_what(manifest_, name_));
+  }
   std::string config_bytes() const override { return config_; }
   std::unique_ptr<BlobReader> open_blob(const Descriptor& d) const override {
     auto it = by_digest_.find(d.digest);

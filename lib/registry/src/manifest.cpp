@@ -6,19 +6,16 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 
+#include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/registry/media_types.hpp"
+#include "platform_json.hpp"
 
 namespace img2vm::registry {
 
 using nlohmann::json;
 
 namespace {
-
-std::string lower(std::string s) {
-  for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return s;
-}
 
 [[noreturn]] void bad(std::string_view what, const std::string& msg) {
   throw Error(ErrorKind::kIntegrity, "invalid " + std::string(what) + ": " + msg);
@@ -78,15 +75,7 @@ Descriptor parse_descriptor(const json& j, std::string_view what) {
   }
   if (auto p = j.find("platform"); p != j.end() && !p->is_null()) {
     if (!p->is_object()) bad(what, "\"platform\" is not an object");
-    Platform pl;
-    pl.os = get_string(*p, "os", what, false);
-    pl.architecture = get_string(*p, "architecture", what, false);
-    pl.variant = get_string(*p, "variant", what, false);
-    pl.os_version = get_string(*p, "os.version", what, false);
-    if (auto f = p->find("os.features"); f != p->end() && f->is_array())
-      for (const auto& x : *f)
-        if (x.is_string()) pl.os_features.push_back(x.get<std::string>());
-    d.platform = pl;
+    d.platform = read_platform(*p, what);
   }
   return d;
 }
@@ -104,6 +93,24 @@ std::string_view strip_params(std::string_view ct) {
 }
 
 }  // namespace
+
+Platform read_platform(const json& j, std::string_view what) {
+  Platform p;
+  p.os = get_string(j, "os", what, false);
+  p.architecture = get_string(j, "architecture", what, false);
+  p.variant = get_string(j, "variant", what, false);
+  p.os_version = get_string(j, "os.version", what, false);
+  if (auto f = j.find("os.features"); f != j.end() && f->is_array())
+    for (const auto& x : *f)
+      if (x.is_string()) p.os_features.push_back(x.get<std::string>());
+  return p;
+}
+
+Platform platform_of_config(std::string_view config, std::string_view what) {
+  json j = json::parse(config.begin(), config.end(), nullptr, false);
+  if (!j.is_object()) return {};
+  return normalize(read_platform(j, what));
+}
 
 Platform Platform::parse(std::string_view text) {
   Platform p;
@@ -142,9 +149,9 @@ std::string Platform::str() const {
 }
 
 Platform normalize(Platform p) {
-  p.os = lower(p.os);
-  p.architecture = lower(p.architecture);
-  p.variant = lower(p.variant);
+  p.os = ascii_lower(p.os);
+  p.architecture = ascii_lower(p.architecture);
+  p.variant = ascii_lower(p.variant);
   const std::string& a = p.architecture;
   if (a == "i386") {
     p.architecture = "386";

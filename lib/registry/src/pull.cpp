@@ -7,7 +7,6 @@
 #include <deque>
 #include <exception>
 #include <mutex>
-#include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
 
@@ -15,6 +14,7 @@
 #include "img2vm/registry/image_source.hpp"
 #include "img2vm/registry/media_types.hpp"
 #include "img2vm/registry/reference.hpp"
+#include "platform_json.hpp"
 
 namespace img2vm::registry {
 
@@ -29,10 +29,17 @@ std::string now_rfc3339() {
   return buf;
 }
 
+using Report = std::function<void(const PullEvent&)>;
+
+// An event about blob `d`: `current` of its bytes.
+PullEvent blob_event(PullEvent::Kind kind, const Descriptor& d, uint64_t current) {
+  return PullEvent{kind, {}, d.digest, d.media_type, current, static_cast<uint64_t>(d.size), {}};
+}
+
 // Wraps an Ingest to report progress and to stop when another download failed.
 class ProgressSink : public BlobSink {
  public:
-  ProgressSink(Ingest& in, const Descriptor& d, const std::function<void(const PullEvent&)>& report,
+  ProgressSink(Ingest& in, const Descriptor& d, const Report& report,
                const std::atomic<bool>& cancel, const std::atomic<bool>* interrupt)
       : in_(in), d_(d), report_(report), cancel_(cancel), interrupt_(interrupt) {}
   uint64_t offset() const override { return in_.offset(); }
@@ -47,9 +54,7 @@ class ProgressSink : public BlobSink {
     downloaded += len;
     if (in_.offset() - last_ >= (512u << 10) || in_.offset() == static_cast<uint64_t>(d_.size)) {
       last_ = in_.offset();
-      PullEvent e{PullEvent::Kind::kProgress,     {}, d_.digest, d_.media_type, in_.offset(),
-                  static_cast<uint64_t>(d_.size), {}};
-      report_(e);
+      report_(blob_event(PullEvent::Kind::kProgress, d_, in_.offset()));
     }
   }
   uint64_t downloaded = 0;
@@ -57,7 +62,7 @@ class ProgressSink : public BlobSink {
  private:
   Ingest& in_;
   const Descriptor& d_;
-  const std::function<void(const PullEvent&)>& report_;
+  const Report& report_;
   const std::atomic<bool>& cancel_;
   const std::atomic<bool>* interrupt_;
   uint64_t last_ = 0;
@@ -140,9 +145,13 @@ class Committer {
   std::thread thread_;
 };
 
+// What a pull stores: the image manifest (and the index it was chosen from), and where its blobs
+// come from: a local source or a registry.
 struct Plan {
   std::string name;
-  std::string source;
+  std::unique_ptr<ImageSource> local;  // oci: and docker-archive: sources
+  std::unique_ptr<Client> client;      // a registry
+  std::string repository;              // on that registry
   Manifest manifest;
   std::string manifest_bytes;
   Descriptor manifest_desc;
@@ -150,193 +159,177 @@ struct Plan {
   std::optional<Digest> index_digest;
 };
 
-}  // namespace
-
-PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) {
-  std::mutex report_mu;
-  std::function<void(const PullEvent&)> report = [&](const PullEvent& e) {
-    if (!opts.progress) return;
-    std::lock_guard l(report_mu);
-    opts.progress(e);
-  };
-  UniqueFd store_lock = store.lock_shared();
-
+// An oci: or docker-archive: source, resolved by the source itself.
+Plan resolve_local(const std::string& spec, const PullOptions& opts) {
   Plan plan;
-  std::unique_ptr<ImageSource> local;
-  std::unique_ptr<Client> client;
-  Reference ref;
-  if (is_local_source(spec)) {
-    local = open_image_source(spec, opts.platform);
-    plan.name = local->name();
-    plan.manifest = local->manifest();
-    plan.manifest_bytes = local->manifest_bytes();
-    plan.index_bytes = local->index_bytes();
-    plan.index_digest = local->index_digest();
-    plan.manifest_desc.platform = local->platform();
+  plan.local = open_image_source(spec, opts.platform);
+  plan.name = plan.local->name();
+  plan.manifest = plan.local->manifest();
+  plan.manifest_bytes = plan.local->manifest_bytes();
+  plan.index_bytes = plan.local->index_bytes();
+  plan.index_digest = plan.local->index_digest();
+  plan.manifest_desc.platform = plan.local->platform();
+  return plan;
+}
+
+// Manifest `reference` of the plan's repository, named `what` in errors. When its `digest` is
+// known and the store has it (with `size`, -1 for any), it is read from there without a request;
+// otherwise what the registry serves must hash to that digest.
+ManifestResponse fetch_manifest(Store& store, const Plan& plan, const std::string& reference,
+                                const std::optional<Digest>& digest, int64_t size,
+                                const std::string& what) {
+  if (digest && store.has_blob(*digest, size))
+    return ManifestResponse{store.read_blob(*digest, kMaxManifestBytes), {}, {}, *digest};
+  ManifestResponse m = plan.client->get_manifest(plan.repository, reference);
+  if (digest && m.digest != *digest)
+    throw Error(ErrorKind::kIntegrity, what + " does not match its digest: got " + m.digest.str());
+  return m;
+}
+
+// The image manifest for `want` out of `index` (fetched as `top`), into the plan.
+void choose_from_index(Store& store, Plan& plan, const Index& index, ManifestResponse top,
+                       const Platform& want) {
+  Descriptor child = select_platform(index, want, plan.name);
+  plan.index_bytes = std::move(top.body);
+  plan.index_digest = top.digest;
+  std::string what = "manifest " + child.digest.str() + " of " + plan.name;
+  ManifestResponse m =
+      fetch_manifest(store, plan, child.digest.str(), child.digest, child.size, what);
+  ParsedManifest c = parse_manifest(m.body, child.media_type, what);
+  if (!c.manifest)
+    throw Error(ErrorKind::kUnsupported, plan.name + ": an index inside an index is not supported");
+  plan.manifest = *c.manifest;
+  plan.manifest_bytes = std::move(m.body);
+  // An entry without a platform leaves it to the image config (record_image).
+  if (child.platform) plan.manifest_desc.platform = normalize(*child.platform);
+}
+
+// A registry reference: its manifest, or the one an index holds for the wanted platform.
+Plan resolve_remote(Store& store, const std::string& spec, const PullOptions& opts) {
+  Plan plan;
+  Reference ref = Reference::parse(spec);
+  plan.name = ref.str();
+  plan.repository = ref.repository;
+  ClientOptions co = opts.client;
+  if (opts.interrupt) co.interrupt = opts.interrupt;
+  plan.client = std::make_unique<Client>(ref.registry, co);
+  std::string what = "manifest of " + plan.name;
+  // Pulling by digest with everything already here needs no request at all.
+  ManifestResponse top =
+      fetch_manifest(store, plan, ref.manifest_reference(), ref.digest, -1, what);
+  ParsedManifest p = parse_manifest(top.body, top.content_type, what);
+  if (p.index) {
+    choose_from_index(store, plan, *p.index, std::move(top), opts.platform);
   } else {
-    ref = Reference::parse(spec);
-    plan.name = ref.str();
-    ClientOptions co = opts.client;
-    if (opts.interrupt) co.interrupt = opts.interrupt;
-    client = std::make_unique<Client>(ref.registry, co);
-    std::string top_bytes;
-    std::string top_type;
-    Digest top_digest;
-    // Pulling by digest with everything already here needs no request at all.
-    if (ref.digest && store.has_blob(*ref.digest)) {
-      top_bytes = store.read_blob(*ref.digest, kMaxManifestBytes);
-      top_digest = *ref.digest;
-    } else {
-      ManifestResponse m = client->get_manifest(ref.repository, ref.manifest_reference());
-      if (ref.digest && m.digest != *ref.digest)
-        throw Error(ErrorKind::kIntegrity, "manifest of " + plan.name +
-                                               " does not match its digest: got " + m.digest.str());
-      top_bytes = std::move(m.body);
-      top_type = m.content_type;
-      top_digest = m.digest;
-    }
-    ParsedManifest p = parse_manifest(top_bytes, top_type, "manifest of " + plan.name);
-    if (p.index) {
-      Descriptor child = select_platform(*p.index, opts.platform, plan.name);
-      plan.index_bytes = top_bytes;
-      plan.index_digest = top_digest;
-      std::string child_bytes;
-      if (store.has_blob(child.digest, child.size)) {
-        child_bytes = store.read_blob(child.digest, kMaxManifestBytes);
-      } else {
-        ManifestResponse m = client->get_manifest(ref.repository, child.digest.str());
-        if (m.digest != child.digest)
-          throw Error(ErrorKind::kIntegrity, "manifest " + child.digest.str() + " of " + plan.name +
-                                                 " does not match its digest: got " +
-                                                 m.digest.str());
-        child_bytes = std::move(m.body);
-      }
-      ParsedManifest c = parse_manifest(child_bytes, child.media_type,
-                                        "manifest " + child.digest.str() + " of " + plan.name);
-      if (!c.manifest)
-        throw Error(ErrorKind::kUnsupported,
-                    plan.name + ": an index inside an index is not supported");
-      plan.manifest = *c.manifest;
-      plan.manifest_bytes = std::move(child_bytes);
-      plan.manifest_desc.platform = normalize(*child.platform);
-    } else {
-      plan.manifest = *p.manifest;
-      plan.manifest_bytes = std::move(top_bytes);
-    }
+    plan.manifest = *p.manifest;
+    plan.manifest_bytes = std::move(top.body);
   }
+  return plan;
+}
+
+// The plan for `spec`, with the descriptor of its image manifest filled in.
+Plan resolve(Store& store, const std::string& spec, const PullOptions& opts) {
+  Plan plan = is_local_source(spec) ? resolve_local(spec, opts) : resolve_remote(store, spec, opts);
   plan.manifest_desc.media_type = plan.manifest.media_type;
   plan.manifest_desc.digest = Digest::sha256_of(plan.manifest_bytes);
   plan.manifest_desc.size = static_cast<int64_t>(plan.manifest_bytes.size());
+  return plan;
+}
 
-  // The blobs: config first, then layers, each once.
+// The blobs of the image: config first, then layers, each once.
+std::vector<Descriptor> blobs_of(const Plan& plan) {
+  if (plan.manifest.config.size > static_cast<int64_t>(kMaxConfigBytes))
+    throw Error(ErrorKind::kLimit, plan.name + ": image config " +
+                                       plan.manifest.config.digest.str() + " is too large");
   std::vector<Descriptor> blobs{plan.manifest.config};
   std::set<std::string> seen{plan.manifest.config.digest.str()};
   for (const auto& l : plan.manifest.layers) {
     if (media_type::is_schema1(l.media_type)) continue;
     if (seen.insert(l.digest.str()).second) blobs.push_back(l);
   }
-  if (plan.manifest.config.size > static_cast<int64_t>(kMaxConfigBytes))
-    throw Error(ErrorKind::kLimit, plan.name + ": image config " +
-                                       plan.manifest.config.digest.str() + " is too large");
-  uint64_t total = 0;
-  for (const auto& b : blobs) total += static_cast<uint64_t>(b.size);
+  return blobs;
+}
 
-  PullResult result;
-  result.name = plan.name;
-  result.manifest_digest = plan.manifest_desc.digest;
-  result.size = total;
-  {
-    PullEvent e{PullEvent::Kind::kResolved,
-                plan.name,
-                plan.manifest_desc.digest,
-                plan.manifest.media_type,
-                0,
-                total,
-                {}};
-    if (plan.manifest_desc.platform) e.platform = plan.manifest_desc.platform->str();
-    report(e);
-  }
-
+// Those of `blobs` the store lacks; the others are reported as cached.
+std::vector<Descriptor> missing_blobs(const Store& store, const std::vector<Descriptor>& blobs,
+                                      const Report& report) {
   std::vector<Descriptor> todo;
   for (const auto& b : blobs) {
-    if (store.has_blob(b.digest, b.size)) {
-      report(PullEvent{PullEvent::Kind::kBlobCached,
-                       {},
-                       b.digest,
-                       b.media_type,
-                       static_cast<uint64_t>(b.size),
-                       static_cast<uint64_t>(b.size),
-                       {}});
-    } else {
+    if (store.has_blob(b.digest, b.size))
+      report(blob_event(PullEvent::Kind::kBlobCached, b, static_cast<uint64_t>(b.size)));
+    else
       todo.push_back(b);
-    }
   }
+  return todo;
+}
 
-  std::atomic<size_t> next{0};
+// What the download threads share.
+struct Downloads {
+  Store& store;
+  const Plan& plan;
+  const PullOptions& opts;
+  const Report& report;
   std::atomic<bool> cancel{false};
   std::atomic<uint64_t> downloaded{0};
+};
+
+// Blob `d` downloaded (or resumed) into the store's ingest directory and verified, ready to
+// commit; null when another pull stored it meanwhile.
+std::unique_ptr<Ingest> download_blob(Downloads& dl, const Descriptor& d) {
+  std::unique_ptr<Ingest> in = dl.store.ingest(d);
+  if (in->already_present()) {
+    dl.report(blob_event(PullEvent::Kind::kBlobCached, d, static_cast<uint64_t>(d.size)));
+    return nullptr;
+  }
+  dl.report(blob_event(PullEvent::Kind::kBlobStart, d, in->resumed_from()));
+  ProgressSink sink(*in, d, dl.report, dl.cancel, dl.opts.interrupt);
+  auto fetch = [&] {
+    if (dl.plan.client)
+      dl.plan.client->get_blob(dl.plan.repository, d.digest, sink);
+    else
+      copy_local(*dl.plan.local, d, sink);
+  };
+  // A partial file that already holds the whole blob (a pull killed before its commit)
+  // needs no request: it is verified like any download.
+  if (!in->complete()) fetch();
+  if (in->resumed_from() > 0 && !in->matches()) {
+    // Bytes an earlier pull left behind were wrong: discard them, download the blob whole.
+    if (dl.opts.client.log)
+      dl.opts.client.log("blob " + d.digest.str() +
+                         ": the partial download failed verification; downloading it whole");
+    sink.restart();
+    fetch();
+  }
+  in->verify();
+  dl.downloaded += sink.downloaded;
+  return in;
+}
+
+// Downloads the blobs of `todo`, up to opts.jobs at a time, and commits them into the store as
+// they are verified; returns the bytes downloaded. The first error stops the others and is
+// thrown (with the pull as context), as is an interruption.
+uint64_t download_blobs(Store& store, const Plan& plan, const std::vector<Descriptor>& todo,
+                        const PullOptions& opts, const Report& report) {
+  Downloads dl{store, plan, opts, report};
+  std::atomic<size_t> next{0};
   std::mutex err_mu;
   std::exception_ptr first_error;
-  std::string repo = client ? ref.repository : "";
   Committer committer([&](const Descriptor& d) {
-    report(PullEvent{PullEvent::Kind::kBlobDone,
-                     {},
-                     d.digest,
-                     d.media_type,
-                     static_cast<uint64_t>(d.size),
-                     static_cast<uint64_t>(d.size),
-                     {}});
+    report(blob_event(PullEvent::Kind::kBlobDone, d, static_cast<uint64_t>(d.size)));
   });
   auto worker = [&] {
     for (;;) {
       size_t i = next++;
-      if (i >= todo.size() || cancel || committer.failed() || (opts.interrupt && *opts.interrupt))
+      if (i >= todo.size() || dl.cancel || committer.failed() ||
+          (opts.interrupt && *opts.interrupt))
         return;
-      const Descriptor& d = todo[i];
       try {
-        std::unique_ptr<Ingest> in = store.ingest(d);
-        if (in->already_present()) {
-          report(PullEvent{PullEvent::Kind::kBlobCached,
-                           {},
-                           d.digest,
-                           d.media_type,
-                           static_cast<uint64_t>(d.size),
-                           static_cast<uint64_t>(d.size),
-                           {}});
-          continue;
-        }
-        report(PullEvent{PullEvent::Kind::kBlobStart,
-                         {},
-                         d.digest,
-                         d.media_type,
-                         in->resumed_from(),
-                         static_cast<uint64_t>(d.size),
-                         {}});
-        ProgressSink sink(*in, d, report, cancel, opts.interrupt);
-        auto fetch = [&] {
-          if (client)
-            client->get_blob(repo, d.digest, sink);
-          else
-            copy_local(*local, d, sink);
-        };
-        // A partial file that already holds the whole blob (a pull killed before its commit)
-        // needs no request: it is verified like any download.
-        if (!in->complete()) fetch();
-        if (in->resumed_from() > 0 && !in->matches()) {
-          // Bytes an earlier pull left behind were wrong: discard them, download the blob whole.
-          if (opts.client.log)
-            opts.client.log("blob " + d.digest.str() +
-                            ": the partial download failed verification; downloading it whole");
-          sink.restart();
-          fetch();
-        }
-        in->verify();
-        downloaded += sink.downloaded;
-        committer.add(std::move(in), d);
+        if (std::unique_ptr<Ingest> in = download_blob(dl, todo[i]))
+          committer.add(std::move(in), todo[i]);
       } catch (...) {
         std::lock_guard l(err_mu);
         if (!first_error) first_error = std::current_exception();
-        cancel = true;
+        dl.cancel = true;
         return;
       }
     }
@@ -359,7 +352,22 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
       throw e.with_context("pull " + plan.name);
     }
   }
+  return dl.downloaded;
+}
 
+// The image's platform: the one its index entry named, else the one its config (now in the
+// store) declares.
+Platform platform_of(const Store& store, const Plan& plan) {
+  if (plan.manifest_desc.platform && !plan.manifest_desc.platform->empty())
+    return *plan.manifest_desc.platform;
+  const Descriptor& config = plan.manifest.config;
+  return platform_of_config(store.read_blob(config.digest, kMaxConfigBytes),
+                            "image config " + config.digest.str() + " of " + plan.name);
+}
+
+// Stores the manifests (after the blobs they refer to) and the image entry for `spec`; returns
+// the image's platform.
+Platform record_image(Store& store, Plan& plan, const std::string& spec) {
   // Manifests last, so that an entry in index.json always has all its blobs.
   if (plan.index_bytes) store.put_blob(*plan.index_digest, *plan.index_bytes);
   store.put_blob(plan.manifest_desc.digest, plan.manifest_bytes);
@@ -367,19 +375,7 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   // another pull just stored and we found there): one fsync of it makes them all durable before
   // the entry that refers to them.
   store.sync_blobs();
-  Platform plat;
-  if (plan.manifest_desc.platform && !plan.manifest_desc.platform->empty()) {
-    plat = *plan.manifest_desc.platform;
-  } else {
-    std::string cfg = store.read_blob(plan.manifest.config.digest, kMaxConfigBytes);
-    auto j = nlohmann::json::parse(cfg, nullptr, false);
-    if (j.is_object()) {
-      plat.os = j.value("os", "");
-      plat.architecture = j.value("architecture", "");
-      plat.variant = j.value("variant", "");
-    }
-    plat = normalize(plat);
-  }
+  Platform plat = platform_of(store, plan);
   plan.manifest_desc.platform = plat;
   StoredImage img;
   img.name = plan.name;
@@ -388,7 +384,42 @@ PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) 
   img.pulled = now_rfc3339();
   img.manifest.annotations[std::string(kSourceAnnotation)] = spec;
   store.put_image(img);
+  return plat;
+}
 
+}  // namespace
+
+PullResult pull(Store& store, const std::string& spec, const PullOptions& opts) {
+  std::mutex report_mu;
+  Report report = [&](const PullEvent& e) {
+    if (!opts.progress) return;
+    std::lock_guard l(report_mu);
+    opts.progress(e);
+  };
+  UniqueFd store_lock = store.lock_shared();
+
+  Plan plan = resolve(store, spec, opts);
+  std::vector<Descriptor> blobs = blobs_of(plan);
+  uint64_t total = 0;
+  for (const auto& b : blobs) total += static_cast<uint64_t>(b.size);
+  PullEvent resolved{PullEvent::Kind::kResolved,
+                     plan.name,
+                     plan.manifest_desc.digest,
+                     plan.manifest.media_type,
+                     0,
+                     total,
+                     {}};
+  if (plan.manifest_desc.platform) resolved.platform = plan.manifest_desc.platform->str();
+  report(resolved);
+
+  std::vector<Descriptor> todo = missing_blobs(store, blobs, report);
+  uint64_t downloaded = download_blobs(store, plan, todo, opts, report);
+  Platform plat = record_image(store, plan, spec);
+
+  PullResult result;
+  result.name = plan.name;
+  result.manifest_digest = plan.manifest_desc.digest;
+  result.size = total;
   result.platform = plat;
   result.bytes_downloaded = downloaded;
   result.up_to_date = todo.empty();

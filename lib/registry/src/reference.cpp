@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 
+#include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 
 namespace img2vm::registry {
@@ -162,9 +163,7 @@ Reference Reference::parse(std::string_view input) {
                      head.front() == '[';
     if (is_domain) {
       if (std::string e = check_domain(head); !e.empty()) invalid(input, e);
-      r.registry = std::string(head);
-      std::transform(r.registry.begin(), r.registry.end(), r.registry.begin(),
-                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+      r.registry = ascii_lower(head);
       remote = s.substr(first + 1);
     }
   } else if (s.find(':') != std::string_view::npos) {

@@ -3,6 +3,7 @@
 #include <cctype>
 #include <cstring>
 
+#include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 
 namespace img2vm::registry {
@@ -17,11 +18,6 @@ bool token68_char(char c) {
   return std::isalnum(static_cast<unsigned char>(c)) ||
          (c != 0 && std::strchr("-._~+/", c) != nullptr);
 }
-std::string lower(std::string_view s) {
-  std::string o(s);
-  for (char& c : o) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return o;
-}
 
 class Parser {
  public:
@@ -35,7 +31,7 @@ class Parser {
       AuthChallenge ch;
       std::string_view scheme = token();
       if (scheme.empty()) fail("expected an authentication scheme");
-      ch.scheme = lower(scheme);
+      ch.scheme = ascii_lower(scheme);
       skip_ws();
       if (!done() && peek() != ',') {
         // Either a token68 or the first auth-param.
@@ -102,7 +98,7 @@ class Parser {
       } else {
         value = std::string(token());
       }
-      ch.params[lower(name)] = std::move(value);
+      ch.params[ascii_lower(name)] = std::move(value);
       skip_ws();
       if (done()) return;
       if (peek() != ',') fail("expected ',' after parameter '" + std::string(name) + "'");

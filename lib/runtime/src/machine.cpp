@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/guestabi/cmdline.hpp"
 #include "img2vm/guestabi/error.hpp"
@@ -55,8 +56,7 @@ std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& spe
     std::string ports = spec, proto = "tcp";
     if (auto slash = spec.find('/'); slash != std::string::npos) {
       ports = spec.substr(0, slash);
-      proto = spec.substr(slash + 1);
-      for (auto& ch : proto) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+      proto = ascii_lower(spec.substr(slash + 1));
     }
     if (proto != "tcp" && proto != "udp")
       throw Error(ErrorKind::kInvalidArgument,

@@ -4,6 +4,7 @@
 
 #include <cctype>
 
+#include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 
 namespace img2vm::vm {
@@ -72,8 +73,7 @@ std::vector<PortForward> parse_port_forward(std::string_view spec) {
   std::string_view rest = spec;
   PortProtocol proto = PortProtocol::kTcp;
   if (size_t slash = rest.rfind('/'); slash != std::string_view::npos) {
-    std::string p(rest.substr(slash + 1));
-    for (auto& c : p) c = char(std::tolower(static_cast<unsigned char>(c)));
+    std::string p = ascii_lower(rest.substr(slash + 1));
     if (p == "udp")
       proto = PortProtocol::kUdp;
     else if (p == "sctp")
