@@ -222,167 +222,150 @@ DecodedLayer decode_tar(const ReadFn& read, Compression compression, int spool_f
   return decode_tar(read, compression, t, limits, what);
 }
 
-DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const SpoolTarget& target,
-                        const DecodeLimits& limits, std::string_view what_sv) {
-  const uint64_t align = target.align ? target.align : 1;
-  if (align & (align - 1))
-    throw Error(ErrorKind::kInternal, "decode_tar: alignment is not a power of two");
-  const std::string what(what_sv);
-  // The layer's content, its tar stream, is decompressed here (gzip by isa-l, zstd by libzstd),
-  // never by libarchive, which would silently peel a second compression too; it is hashed for
-  // the diff_id on the way.
-  std::optional<GzipReader> gz;
-  std::optional<ZstdReader> zs;
-  ReadFn decompressed;
-  switch (compression) {
-    case Compression::kGzip:
-      gz.emplace(read_in, what);
-      decompressed = [&gz](void* b, size_t n) { return gz->read(b, n); };
-      break;
-    case Compression::kZstd:
-      zs.emplace(read_in, what);
-      decompressed = [&zs](void* b, size_t n) { return zs->read(b, n); };
-      break;
-    case Compression::kNone:
-      decompressed = [&read_in](void* b, size_t n) { return read_in(b, n); };
-      break;
-  }
-  // Declared after gz and zs, so its thread stops before they go.
-  ContentReader content(std::move(decompressed));
-  std::unique_ptr<archive, ArchiveFree> a(archive_read_new());
-  if (!a) throw Error(ErrorKind::kInternal, what + ": archive_read_new failed");
-  archive_read_support_format_tar(a.get());
-  ReadCtx ctx{&content, nullptr};
+namespace {
 
-  bool first_header = true;
-  auto fail = [&](std::string_view during) -> Error {
-    if (ctx.exc) std::rethrow_exception(ctx.exc);
-    // Compressed content is not a tar: say what it is (a compressed tarball given as the layer).
-    Compression inner = sniff_compression(content.head());
-    if (first_header && inner != Compression::kNone && compression != Compression::kNone) {
-      std::string outer(to_string(compression)), in(to_string(inner));
-      return Error(ErrorKind::kIntegrity,
-                   what + " is compressed twice: its " + outer + " content is " + in +
-                       (inner == compression ? " again" : "") +
-                       ", not a tar (a compressed tarball added as a layer?)");
-    }
-    const char* msg = archive_error_string(a.get());
-    return Error(ErrorKind::kIntegrity, what + ": corrupt or truncated layer (" +
-                                            std::string(during) +
-                                            "): " + (msg ? msg : "libarchive error"));
-  };
-  auto check_cancel = [&] {
-    if (limits.cancel && limits.cancel->load(std::memory_order_relaxed))
-      throw Error(ErrorKind::kInternal, what + ": cancelled");
-  };
+// The node type of a tar entry; nullopt for sockets and unknown types (not part of a rootfs).
+std::optional<NodeType> node_type(archive_entry* ae) {
+  static constexpr std::pair<unsigned, NodeType> kTypes[] = {
+      {AE_IFREG, NodeType::kFile},     {AE_IFDIR, NodeType::kDir},
+      {AE_IFLNK, NodeType::kSymlink},  {AE_IFCHR, NodeType::kCharDev},
+      {AE_IFBLK, NodeType::kBlockDev}, {AE_IFIFO, NodeType::kFifo}};
+  const unsigned t = archive_entry_filetype(ae);
+  for (const auto& [ae_type, type] : kTypes)
+    if (t == ae_type) return type;
+  return std::nullopt;
+}
 
-  DecodedLayer out;
-  uint64_t budget_used = 0;
-  auto charge = [&](uint64_t n) {
-    budget_used += n;
-    if (budget_used > limits.max_bytes)
-      throw Error(ErrorKind::kLimit, what + ": uncompressed content exceeds the size limit of " +
-                                         std::to_string(limits.max_bytes) + " bytes");
-  };
-  // Reads what follows the tar's end too, as containerd does when it drains a layer: all of
-  // the content counts for the diff_id (and against the size limit), and for gzip the last
-  // member's trailer (CRC-32, length) is checked.
-  auto finish_content = [&] {
-    while (size_t n = content.next().size()) {
-      check_cancel();
-      charge(n);
+// One layer's decoding (decode_tar): its content decompressed and hashed, its tar entries read
+// into a DecodedLayer, regular files' data written to the spool.
+class TarDecoder {
+ public:
+  TarDecoder(const ReadFn& read_in, Compression compression, const SpoolTarget& target,
+             const DecodeLimits& limits, std::string what)
+      : compression_(compression),
+        target_(target),
+        limits_(limits),
+        what_(std::move(what)),
+        align_(target.align ? target.align : 1) {
+    if (align_ & (align_ - 1))
+      throw Error(ErrorKind::kInternal, "decode_tar: alignment is not a power of two");
+    // The layer's content, its tar stream, is decompressed here (gzip by isa-l, zstd by
+    // libzstd), never by libarchive, which would silently peel a second compression too.
+    ReadFn decompressed;
+    switch (compression) {
+      case Compression::kGzip:
+        gz_.emplace(read_in, what_);
+        decompressed = [this](void* b, size_t n) { return gz_->read(b, n); };
+        break;
+      case Compression::kZstd:
+        zs_.emplace(read_in, what_);
+        decompressed = [this](void* b, size_t n) { return zs_->read(b, n); };
+        break;
+      case Compression::kNone:
+        decompressed = read_in;
+        break;
     }
-    out.diff_id = content.digest();
-  };
-
-  if (archive_read_open(a.get(), &ctx, nullptr, read_cb, nullptr) != ARCHIVE_OK) {
-    // Empty content is an empty (if odd) layer.
-    if (!ctx.exc && content.bytes() == 0) {
-      finish_content();
-      return out;
-    }
-    throw fail("opening");
+    content_.emplace(std::move(decompressed));
+    ctx_.content = &*content_;
+    a_.reset(archive_read_new());
+    if (!a_) throw Error(ErrorKind::kInternal, what_ + ": archive_read_new failed");
+    archive_read_support_format_tar(a_.get());
   }
 
-  Spool spool(target, what);
+  DecodedLayer run() {
+    if (archive_read_open(a_.get(), &ctx_, nullptr, read_cb, nullptr) != ARCHIVE_OK) {
+      if (!empty_content()) throw fail("opening");
+      finish_content();  // empty content is an empty (if odd) layer
+      return std::move(out_);
+    }
+    spool_.emplace(target_, what_);
+    while (archive_entry* ae = next_header()) read_entry(ae);
+    finish_content();
+    spool_->flush(true);
+    out_.spool_bytes = round_up(spool_->end(), align_) - target_.start;
+    return std::move(out_);
+  }
 
-  for (;;) {
+ private:
+  bool empty_content() const { return !ctx_.exc && content_->bytes() == 0; }
+
+  // The next entry's header; nullptr at the end of the tar.
+  archive_entry* next_header() {
     check_cancel();
     archive_entry* ae = nullptr;
-    int r = archive_read_next_header(a.get(), &ae);
-    if (r == ARCHIVE_EOF) break;
+    int r = archive_read_next_header(a_.get(), &ae);
+    if (r == ARCHIVE_EOF) return nullptr;
     if (r < ARCHIVE_WARN) {
-      if (first_header && !ctx.exc && content.bytes() == 0) break;  // empty content: an empty layer
+      if (first_header_ && empty_content()) return nullptr;  // empty content: an empty layer
       throw fail("reading a header");
     }
-    first_header = false;
+    first_header_ = false;
+    return ae;
+  }
+
+  void read_entry(archive_entry* ae) {
     const char* raw_name = archive_entry_pathname(ae);
-    if (!raw_name) throw Error(ErrorKind::kIntegrity, what + ": a tar entry has no readable name");
-    std::string raw(raw_name);
+    if (!raw_name) throw Error(ErrorKind::kIntegrity, what_ + ": a tar entry has no readable name");
+    const std::string raw(raw_name);
     charge(512 + raw.size());
     std::vector<std::string> parts = clean_path(raw);
+    const std::string base = parts.empty() ? std::string() : parts.back();
+    if (base.rfind(".wh.", 0) == 0) return read_whiteout(parts, base, raw);
 
     LayerEntry e;
-    const char* hl = archive_entry_hardlink(ae);
-    std::string base = parts.empty() ? std::string() : parts.back();
-    if (base.rfind(".wh.", 0) == 0) {
-      if (base == ".wh..wh..opq") {
-        e.kind = LayerEntry::Kind::kOpaque;
-        e.path = join(parts, parts.size() - 1);
-      } else if (base.rfind(".wh..wh.", 0) == 0) {
-        continue;  // aufs metadata (.wh..wh.plnk, .wh..wh.aufs): never part of the image
-      } else if (base == ".wh." || base == ".wh.." || base == ".wh...") {
-        // ".wh.", ".wh.." and ".wh..." hide no name: "" and "." would be the whiteout's own
-        // directory, ".." its parent (refused, as containerd does).
-        throw Error(ErrorKind::kIntegrity, what + ": invalid whiteout entry " + quote(raw) +
-                                               ": \"" + base.substr(4) +
-                                               "\" is not a name in its directory");
-      } else {
-        e.kind = LayerEntry::Kind::kWhiteout;
-        parts.back() = base.substr(4);
-        e.path = join(parts, parts.size());
-      }
-      out.entries.push_back(std::move(e));
-      continue;
-    }
     e.path = join(parts, parts.size());
-    if (hl) {
+    if (const char* hl = archive_entry_hardlink(ae)) {
       std::vector<std::string> t = clean_path(hl);
       e.kind = LayerEntry::Kind::kHardlink;
       e.target = join(t, t.size());
       if (e.target.empty())
         throw Error(ErrorKind::kIntegrity,
-                    what + ": hardlink " + quote(raw) + " points at the root directory");
-      out.entries.push_back(std::move(e));
-      continue;
+                    what_ + ": hardlink " + quote(raw) + " points at the root directory");
+      out_.entries.push_back(std::move(e));
+      return;
     }
-    Inode& n = e.node;
-    switch (archive_entry_filetype(ae)) {
-      case AE_IFREG:
-        n.type = NodeType::kFile;
-        break;
-      case AE_IFDIR:
-        n.type = NodeType::kDir;
-        break;
-      case AE_IFLNK:
-        n.type = NodeType::kSymlink;
-        break;
-      case AE_IFCHR:
-        n.type = NodeType::kCharDev;
-        break;
-      case AE_IFBLK:
-        n.type = NodeType::kBlockDev;
-        break;
-      case AE_IFIFO:
-        n.type = NodeType::kFifo;
-        break;
-      default:
-        continue;  // sockets and unknown types are not part of a rootfs
+    std::optional<NodeType> type = node_type(ae);
+    if (!type) return;
+    e.node.type = *type;
+    read_attributes(ae, e.node, raw);
+    if (e.node.type == NodeType::kFile) {
+      read_file_data(ae, e.node, raw);
+    } else if (archive_read_data_skip(a_.get()) < ARCHIVE_WARN) {
+      // Data attached to a non-regular entry (never in a sane tar) is skipped.
+      throw fail("skipping " + quote(raw));
     }
+    out_.entries.push_back(std::move(e));
+  }
+
+  // An entry whose name starts with ".wh.": an opaque marker, a whiteout, or aufs metadata.
+  void read_whiteout(std::vector<std::string>& parts, const std::string& base,
+                     const std::string& raw) {
+    LayerEntry e;
+    if (base == ".wh..wh..opq") {
+      e.kind = LayerEntry::Kind::kOpaque;
+      e.path = join(parts, parts.size() - 1);
+    } else if (base.rfind(".wh..wh.", 0) == 0) {
+      return;  // aufs metadata (.wh..wh.plnk, .wh..wh.aufs): never part of the image
+    } else if (base == ".wh." || base == ".wh.." || base == ".wh...") {
+      // ".wh.", ".wh.." and ".wh..." hide no name: "" and "." would be the whiteout's own
+      // directory, ".." its parent (refused, as containerd does).
+      throw Error(ErrorKind::kIntegrity, what_ + ": invalid whiteout entry " + quote(raw) + ": \"" +
+                                             base.substr(4) + "\" is not a name in its directory");
+    } else {
+      e.kind = LayerEntry::Kind::kWhiteout;
+      parts.back() = base.substr(4);
+      e.path = join(parts, parts.size());
+    }
+    out_.entries.push_back(std::move(e));
+  }
+
+  // Mode, owner, mtime, symlink target, device numbers and xattrs.
+  void read_attributes(archive_entry* ae, Inode& n, const std::string& raw) {
     n.mode = archive_entry_perm(ae) & 07777;
     la_int64_t uid = archive_entry_uid(ae), gid = archive_entry_gid(ae);
     if (uid < 0 || uid > 0xfffffffeLL || gid < 0 || gid > 0xfffffffeLL)
-      throw Error(ErrorKind::kIntegrity, what + ": " + quote(raw) + " has an out-of-range uid/gid");
+      throw Error(ErrorKind::kIntegrity,
+                  what_ + ": " + quote(raw) + " has an out-of-range uid/gid");
     n.uid = static_cast<uint32_t>(uid);
     n.gid = static_cast<uint32_t>(gid);
     n.mtime = archive_entry_mtime(ae);
@@ -393,14 +376,18 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
       n.link_target = t ? t : "";
       if (n.link_target.empty())
         throw Error(ErrorKind::kIntegrity,
-                    what + ": symlink " + quote(raw) + " has an empty target");
+                    what_ + ": symlink " + quote(raw) + " has an empty target");
       charge(n.link_target.size());
     }
     if (n.type == NodeType::kCharDev || n.type == NodeType::kBlockDev) {
       n.dev_major = static_cast<uint32_t>(archive_entry_rdevmajor(ae));
       n.dev_minor = static_cast<uint32_t>(archive_entry_rdevminor(ae));
     }
-    // PAX xattrs (SCHILY.xattr.* and LIBARCHIVE.xattr.*), values are binary-safe.
+    read_xattrs(ae, n);
+  }
+
+  // PAX xattrs (SCHILY.xattr.* and LIBARCHIVE.xattr.*); values are binary-safe.
+  void read_xattrs(archive_entry* ae, Inode& n) {
     archive_entry_xattr_reset(ae);
     const char* xname;
     const void* xval;
@@ -414,59 +401,114 @@ DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const Sp
     n.xattrs.erase(std::unique(n.xattrs.begin(), n.xattrs.end(),
                                [](const auto& x, const auto& y) { return x.first == y.first; }),
                    n.xattrs.end());
-    if (n.type == NodeType::kFile) {
-      la_int64_t size = archive_entry_size(ae);
-      n.size = size > 0 ? static_cast<uint64_t>(size) : 0;
-      // Aligned layout: the current range of spool blocks starts at spool offset run_start and
-      // holds the file's blocks from run_block on.
-      uint64_t run_start = 0, run_block = 0;
-      for (;;) {
-        check_cancel();
-        const void* buf;
-        size_t len;
-        la_int64_t off;
-        int rr = archive_read_data_block(a.get(), &buf, &len, &off);
-        if (rr == ARCHIVE_EOF) break;
-        if (rr < ARCHIVE_WARN) throw fail("reading " + quote(raw));
-        if (len == 0) continue;
-        if (off < 0)
-          throw Error(ErrorKind::kIntegrity, what + ": bad data offset in " + quote(raw));
-        uint64_t uoff = static_cast<uint64_t>(off);
-        charge(len);
-        const uint64_t prev_end =
-            n.extents.empty() ? 0 : n.extents.back().offset + n.extents.back().length;
-        if (!n.extents.empty() && uoff < prev_end)
-          throw Error(ErrorKind::kIntegrity, what + ": overlapping sparse data in " + quote(raw));
-        uint64_t at = spool.end();
-        if (align > 1) {
-          if (n.extents.empty() || uoff / align > round_up(prev_end, align) / align) {
-            run_start = round_up(spool.end(), align);
-            run_block = uoff / align;
-          }
-          at = run_start + (uoff - run_block * align);
-          spool.seek(at);
-        }
-        if (!n.extents.empty() && prev_end == uoff &&
-            n.extents.back().spool_offset + n.extents.back().length == at) {
-          n.extents.back().length += len;
-        } else {
-          n.extents.push_back({uoff, len, at});
-        }
-        spool.append(buf, len);
-        out.data_bytes += len;
-      }
-      if (!n.extents.empty())
-        n.size = std::max(n.size, n.extents.back().offset + n.extents.back().length);
-    } else {
-      // Data attached to a non-regular entry (never in a sane tar) is skipped.
-      if (archive_read_data_skip(a.get()) < ARCHIVE_WARN) throw fail("skipping " + quote(raw));
-    }
-    out.entries.push_back(std::move(e));
   }
-  finish_content();
-  spool.flush(true);
-  out.spool_bytes = round_up(spool.end(), align) - target.start;
-  return out;
+
+  // A regular file's data (sparse or not) into the spool, as extents of `n`.
+  void read_file_data(archive_entry* ae, Inode& n, const std::string& raw) {
+    la_int64_t size = archive_entry_size(ae);
+    n.size = size > 0 ? static_cast<uint64_t>(size) : 0;
+    // Aligned layout: the current range of spool blocks starts at spool offset run_start and
+    // holds the file's blocks from run_block on.
+    uint64_t run_start = 0, run_block = 0;
+    for (;;) {
+      check_cancel();
+      const void* buf;
+      size_t len;
+      la_int64_t off;
+      int rr = archive_read_data_block(a_.get(), &buf, &len, &off);
+      if (rr == ARCHIVE_EOF) break;
+      if (rr < ARCHIVE_WARN) throw fail("reading " + quote(raw));
+      if (len == 0) continue;
+      if (off < 0) throw Error(ErrorKind::kIntegrity, what_ + ": bad data offset in " + quote(raw));
+      uint64_t uoff = static_cast<uint64_t>(off);
+      charge(len);
+      const uint64_t prev_end =
+          n.extents.empty() ? 0 : n.extents.back().offset + n.extents.back().length;
+      if (!n.extents.empty() && uoff < prev_end)
+        throw Error(ErrorKind::kIntegrity, what_ + ": overlapping sparse data in " + quote(raw));
+      uint64_t at = spool_->end();
+      if (align_ > 1) {
+        if (n.extents.empty() || uoff / align_ > round_up(prev_end, align_) / align_) {
+          run_start = round_up(spool_->end(), align_);
+          run_block = uoff / align_;
+        }
+        at = run_start + (uoff - run_block * align_);
+        spool_->seek(at);
+      }
+      if (!n.extents.empty() && prev_end == uoff &&
+          n.extents.back().spool_offset + n.extents.back().length == at) {
+        n.extents.back().length += len;
+      } else {
+        n.extents.push_back({uoff, len, at});
+      }
+      spool_->append(buf, len);
+      out_.data_bytes += len;
+    }
+    if (!n.extents.empty())
+      n.size = std::max(n.size, n.extents.back().offset + n.extents.back().length);
+  }
+
+  // Reads what follows the tar's end too, as containerd does when it drains a layer: all of
+  // the content counts for the diff_id (and against the size limit), and for gzip the last
+  // member's trailer (CRC-32, length) is checked.
+  void finish_content() {
+    while (size_t n = content_->next().size()) {
+      check_cancel();
+      charge(n);
+    }
+    out_.diff_id = content_->digest();
+  }
+
+  Error fail(std::string_view during) {
+    if (ctx_.exc) std::rethrow_exception(ctx_.exc);
+    // Compressed content is not a tar: say what it is (a compressed tarball given as the layer).
+    Compression inner = sniff_compression(content_->head());
+    if (first_header_ && inner != Compression::kNone && compression_ != Compression::kNone) {
+      std::string outer(to_string(compression_)), in(to_string(inner));
+      return Error(ErrorKind::kIntegrity,
+                   what_ + " is compressed twice: its " + outer + " content is " + in +
+                       (inner == compression_ ? " again" : "") +
+                       ", not a tar (a compressed tarball added as a layer?)");
+    }
+    const char* msg = archive_error_string(a_.get());
+    return Error(ErrorKind::kIntegrity, what_ + ": corrupt or truncated layer (" +
+                                            std::string(during) +
+                                            "): " + (msg ? msg : "libarchive error"));
+  }
+
+  void check_cancel() const {
+    if (limits_.cancel && limits_.cancel->load(std::memory_order_relaxed))
+      throw Error(ErrorKind::kInternal, what_ + ": cancelled");
+  }
+
+  void charge(uint64_t n) {
+    budget_used_ += n;
+    if (budget_used_ > limits_.max_bytes)
+      throw Error(ErrorKind::kLimit, what_ + ": uncompressed content exceeds the size limit of " +
+                                         std::to_string(limits_.max_bytes) + " bytes");
+  }
+
+  const Compression compression_;
+  const SpoolTarget target_;
+  const DecodeLimits& limits_;
+  const std::string what_;
+  const uint64_t align_;
+  std::optional<GzipReader> gz_;
+  std::optional<ZstdReader> zs_;
+  std::optional<ContentReader> content_;  // after gz_ and zs_: its thread stops before they go
+  ReadCtx ctx_{nullptr, nullptr};
+  std::unique_ptr<archive, ArchiveFree> a_;  // after content_: freed first
+  std::optional<Spool> spool_;               // once the archive is open
+  DecodedLayer out_;
+  uint64_t budget_used_ = 0;
+  bool first_header_ = true;
+};
+
+}  // namespace
+
+DecodedLayer decode_tar(const ReadFn& read_in, Compression compression, const SpoolTarget& target,
+                        const DecodeLimits& limits, std::string_view what) {
+  return TarDecoder(read_in, compression, target, limits, std::string(what)).run();
 }
 
 // ---------------------------------------------------------------- applying
