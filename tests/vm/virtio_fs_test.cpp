@@ -218,6 +218,21 @@ class VirtioFsTest : public ::testing::Test {
     return dev;
   }
 
+  // A device over `mem`, its transport, and the driver with features and queues negotiated.
+  struct Guest {
+    std::unique_ptr<VirtioFs> dev;
+    std::unique_ptr<VirtioMmio> mmio;
+    std::unique_ptr<Driver> drv;
+  };
+  Guest negotiated_guest(GuestMemory& mem, std::chrono::milliseconds timeout = 5s) {
+    Guest g;
+    g.dev = make_device(timeout);
+    g.mmio = std::make_unique<VirtioMmio>(mem, *g.dev, [] {});
+    g.drv = std::make_unique<Driver>(Driver{mem, *g.mmio});
+    g.drv->negotiate();
+    return g;
+  }
+
   TempDir dir_{"virtio-fs-test"};
   img2vm::testing::ChildProcess proc_;
   UniqueFd call_;
@@ -290,10 +305,9 @@ class VirtioFsKillTest : public VirtioFsTest {
 };
 
 TEST_F(VirtioFsKillTest, KilledVirtiofsdIsAnErrorNotAHang) {
-  auto dev = make_device(2s);
-  VirtioMmio mmio(mem_, *dev, [] {});
-  Driver drv{mem_, mmio};
-  drv.negotiate();
+  auto g = negotiated_guest(mem_, 2s);
+  auto& mmio = *g.mmio;
+  auto& drv = *g.drv;
   proc_.kill_now();
   drv.driver_ok();
   EXPECT_TRUE(mmio.status() & VirtioMmio::kStatusNeedsReset);
@@ -304,10 +318,10 @@ TEST_F(VirtioFsKillTest, KilledVirtiofsdIsAnErrorNotAHang) {
 }
 
 TEST_F(VirtioFsKillTest, KilledVirtiofsdAfterStartMakesTheResetReportIt) {
-  auto dev = make_device(2s);
-  VirtioMmio mmio(mem_, *dev, [] {});
-  Driver drv{mem_, mmio};
-  drv.negotiate();
+  auto g = negotiated_guest(mem_, 2s);
+  auto& mmio = *g.mmio;
+  auto& drv = *g.drv;
+  auto& dev = g.dev;
   drv.driver_ok();
   ASSERT_EQ(mmio.broken_reason(), "");
   proc_.kill_now();
@@ -319,14 +333,12 @@ TEST_F(VirtioFsKillTest, KilledVirtiofsdAfterStartMakesTheResetReportIt) {
 }
 
 TEST_F(VirtioFsTest, PrivateGuestMemoryCannotBeHandedOver) {
-  auto dev = make_device();
   GuestMemory priv(4 << 20);
   EXPECT_EQ(priv.fd(), -1);
-  VirtioMmio mmio(priv, *dev, [] {});
-  Driver drv{priv, mmio};
-  drv.negotiate();
-  drv.driver_ok();
-  EXPECT_NE(mmio.broken_reason().find("not shared"), std::string::npos) << mmio.broken_reason();
+  auto g = negotiated_guest(priv);
+  g.drv->driver_ok();
+  EXPECT_NE(g.mmio->broken_reason().find("not shared"), std::string::npos)
+      << g.mmio->broken_reason();
 }
 
 TEST(GuestMemoryShared, TheMemfdShowsTheGuestsBytes) {
