@@ -51,8 +51,16 @@ TEST(MachineJson, EveryFieldSurvivesTheRoundTrip) {
   c.timeout = std::chrono::milliseconds(90000);
   c.kvm_device = "/dev/kvm-other";
   c.seccomp = SeccompMode::kErrno;
+  c.fs = {{"src", "/run/vfs-src.sock", -1}, {"cache", "", 9}};
 
   MachineConfig r = machine_config_from_json(machine_config_to_json(c));
+  ASSERT_EQ(r.fs.size(), 2u);
+  EXPECT_EQ(r.fs[0].tag, "src");
+  EXPECT_EQ(r.fs[0].socket_path, "/run/vfs-src.sock");
+  EXPECT_EQ(r.fs[0].socket_fd, -1);
+  EXPECT_EQ(r.fs[1].tag, "cache");
+  EXPECT_EQ(r.fs[1].socket_path, "");
+  EXPECT_EQ(r.fs[1].socket_fd, 9);
   EXPECT_EQ(r.memory_mib, 1536u);
   EXPECT_TRUE(r.hugepages);
   EXPECT_EQ(r.vcpus, 3u);
@@ -142,6 +150,18 @@ TEST(MachineJson, MistakesNameTheMember) {
        "net.user.forwards[0].guest_port: out of range"},
       {R"({"kernel": "k", "net": {"user": {"forwards": [{"guest_port": 53, "protocol": "sctp"}]}}})",
        "net.user.forwards[0].protocol: \"sctp\" is not one of tcp, udp"},
+      {R"({"kernel": "k", "fs": {}})", "fs: not an array"},
+      {R"({"kernel": "k", "fs": [{"socket_path": "s"}]})", "fs[0].tag: must be 1 to 36 bytes"},
+      {R"({"kernel": "k", "fs": [{"tag": "0123456789012345678901234567890123456", "socket_fd": 3}]})",
+       "fs[0].tag: must be 1 to 36 bytes"},
+      {R"({"kernel": "k", "fs": [{"tag": "t"}]})",
+       "fs[0]: needs exactly one of socket_path and socket_fd"},
+      {R"({"kernel": "k", "fs": [{"tag": "t", "socket_path": "s", "socket_fd": 3}]})",
+       "fs[0]: needs exactly one of socket_path and socket_fd"},
+      {R"({"kernel": "k", "fs": [{"tag": "t", "socket_fd": -2}]})",
+       "fs[0].socket_fd: out of range"},
+      {R"({"kernel": "k", "fs": [{"tag": "t", "socket_fd": 3, "ro": true}]})",
+       "fs[0].ro: unknown member"},
   };
   for (const auto& c : cases) {
     std::string e = error_of(c.json);

@@ -21,6 +21,11 @@
 #include <string>
 #include <thread>
 
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "vhost_user.hpp"
+#include "virtio_mmio.hpp"
+
 using namespace img2vm::vm;
 
 namespace {
@@ -256,4 +261,39 @@ TEST(Seccomp, EveryRoleSurvivesStopAndContinue) {
                                 : "exit " + std::to_string(WEXITSTATUS(status)));
     ::munmap(mem, 4096);
   }
+}
+
+// A vCPU thread starts and resets virtio-fs devices (DRIVER_OK, status 0): it talks vhost-user on
+// the backends' sockets, and on no other.
+TEST(Seccomp, VcpuThreadTalksVhostUserOnItsSocketsOnly) {
+  int sv[2], other[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, other), 0);
+  img2vm::UniqueFd peer(sv[1]), o0(other[0]), o1(other[1]);
+  // The backend's reply to GET_FEATURES, written in advance.
+  const uint32_t hdr[3] = {vhost_user::kGetFeatures, vhost_user::kVersion | vhost_user::kFlagReply,
+                           8};
+  const uint64_t features = kVirtioFVersion1;
+  ASSERT_EQ(::write(peer.get(), hdr, sizeof hdr), ssize_t(sizeof hdr));
+  ASSERT_EQ(::write(peer.get(), &features, sizeof features), ssize_t(sizeof features));
+  VhostUserFrontend fe(img2vm::UniqueFd(sv[0]), "backend", std::chrono::milliseconds(1000));
+  uint64_t got = 0;
+  int other_errno = 0;
+  std::thread t([&] {
+    const int fds[] = {fe.fd()};
+    install_thread_seccomp(ThreadRole::kVcpu, SeccompMode::kErrno, fds);
+    try {
+      got = fe.handshake();
+    } catch (const img2vm::Error& e) {
+      ADD_FAILURE() << e.what();
+    }
+    msghdr mh{};
+    iovec iov{const_cast<uint32_t*>(hdr), sizeof hdr};
+    mh.msg_iov = &iov;
+    mh.msg_iovlen = 1;
+    other_errno = ::sendmsg(o0.get(), &mh, MSG_NOSIGNAL) < 0 ? errno : 0;
+  });
+  t.join();
+  EXPECT_EQ(got, kVirtioFVersion1);
+  EXPECT_EQ(other_errno, EPERM);
 }

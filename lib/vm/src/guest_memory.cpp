@@ -2,16 +2,18 @@
 
 #include <linux/mman.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "img2vm/base/error.hpp"
 
 namespace img2vm::vm {
 
-GuestMemory::GuestMemory(uint64_t size, Pages pages) {
+GuestMemory::GuestMemory(uint64_t size, Pages pages, Sharing sharing) {
   if (size == 0) throw Error(ErrorKind::kInvalidArgument, "guest memory size must not be 0");
   const bool huge = pages == Pages::kHuge2M;
   const uint64_t align = huge ? (uint64_t{2} << 20) : 0x1000;
@@ -30,9 +32,26 @@ GuestMemory::GuestMemory(uint64_t size, Pages pages) {
   reserved_ = static_cast<uint8_t*>(r);
   const uintptr_t at =
       (reinterpret_cast<uintptr_t>(reserved_) + 2 * align - 1) & ~uintptr_t(align - 1);
-  int flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED |
-              (huge ? MAP_HUGETLB | MAP_HUGE_2MB | MAP_POPULATE : MAP_NORESERVE);
-  void* p = ::mmap(reinterpret_cast<void*>(at), size_, PROT_READ | PROT_WRITE, flags, -1, 0);
+  int flags = MAP_FIXED | (huge ? MAP_POPULATE : MAP_NORESERVE);
+  if (sharing == Sharing::kShared) {
+    // A memfd another process (a vhost-user backend) can map: guest RAM is its pages.
+    // MFD_HUGE_2MB has MAP_HUGE_2MB's value (both encode log2(size) at bit 26); glibc's
+    // headers do not define it.
+    fd_.reset(::memfd_create("img2vm-guest-ram",
+                             MFD_CLOEXEC | (huge ? MFD_HUGETLB | unsigned(MAP_HUGE_2MB) : 0u)));
+    if (!fd_ || ::ftruncate(fd_.get(), off_t(size_)) != 0) {
+      int e = errno;
+      ::munmap(reserved_, reserved_size_);
+      reserved_ = nullptr;
+      throw_errno("cannot create the shared memory for " + std::to_string(size_ >> 20) +
+                      " MiB of guest memory",
+                  e);
+    }
+    flags |= MAP_SHARED;
+  } else {
+    flags |= MAP_PRIVATE | MAP_ANONYMOUS | (huge ? MAP_HUGETLB | MAP_HUGE_2MB : 0);
+  }
+  void* p = ::mmap(reinterpret_cast<void*>(at), size_, PROT_READ | PROT_WRITE, flags, fd_.get(), 0);
   if (p == MAP_FAILED) {
     int e = errno;
     ::munmap(reserved_, reserved_size_);
@@ -50,7 +69,11 @@ GuestMemory::GuestMemory(uint64_t size, Pages pages) {
 }
 
 GuestMemory::GuestMemory(GuestMemory&& o) noexcept
-    : base_(o.base_), size_(o.size_), reserved_(o.reserved_), reserved_size_(o.reserved_size_) {
+    : base_(o.base_),
+      size_(o.size_),
+      reserved_(o.reserved_),
+      reserved_size_(o.reserved_size_),
+      fd_(std::move(o.fd_)) {
   o.base_ = o.reserved_ = nullptr;
   o.size_ = o.reserved_size_ = 0;
 }

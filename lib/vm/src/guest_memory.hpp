@@ -1,4 +1,5 @@
-// Guest physical memory: one anonymous mapping from guest address 0, owned (RAII). Every
+// Guest physical memory: one mapping from guest address 0, owned (RAII): anonymous and private,
+// or (Sharing::kShared) a memfd mapped shared, whose fd a vhost-user backend maps too. Every
 // access by a device goes through these checked accessors; a guest-supplied address or length
 // that does not fit is reported as nullptr / false, never dereferenced.
 #pragma once
@@ -10,17 +11,22 @@
 #include <span>
 #include <type_traits>
 
+#include "img2vm/base/fd.hpp"
+
 namespace img2vm::vm {
 
 class GuestMemory {
  public:
   enum class Pages { kNormal, kHuge2M };
+  enum class Sharing { kPrivate, kShared };
   // Maps `size` bytes (rounded up to 4 KiB, or 2 MiB for kHuge2M), zero-filled. kNormal is
   // MAP_NORESERVE (the host commits pages as the guest touches them); kHuge2M takes 2 MiB pages
   // from the host's hugetlb pool up front (fewer TLB misses, faster boot of large guests) and
   // throws Error saying how many are needed when the pool is short. Guard pages (at least a
   // page, or 2 MiB, on each side, inaccessible) make a stray access just outside it fault.
-  explicit GuestMemory(uint64_t size, Pages pages = Pages::kNormal);
+  // kShared backs the same pages with a memfd (MFD_HUGETLB for kHuge2M), see fd().
+  explicit GuestMemory(uint64_t size, Pages pages = Pages::kNormal,
+                       Sharing sharing = Sharing::kPrivate);
   GuestMemory(GuestMemory&& o) noexcept;
   GuestMemory& operator=(GuestMemory&&) = delete;
   GuestMemory(const GuestMemory&) = delete;
@@ -29,6 +35,8 @@ class GuestMemory {
 
   uint64_t size() const noexcept { return size_; }
   uint8_t* host_base() const noexcept { return base_; }
+  // The memfd behind guest RAM (offset 0 is guest address 0), or -1 when it is private.
+  int fd() const noexcept { return fd_.get(); }
 
   // True when [gpa, gpa+len) lies inside guest memory (overflow-safe; len 0 is fine inside).
   bool contains(uint64_t gpa, uint64_t len) const noexcept {
@@ -73,6 +81,7 @@ class GuestMemory {
   uint64_t size_ = 0;
   uint8_t* reserved_ = nullptr;  // the mapping with the guard pages around guest RAM
   uint64_t reserved_size_ = 0;
+  UniqueFd fd_;
 };
 
 }  // namespace img2vm::vm

@@ -31,6 +31,7 @@
 #include "uart.hpp"
 #include "vcpu_setup.hpp"
 #include "virtio_blk.hpp"
+#include "virtio_fs.hpp"
 #include "virtio_mmio.hpp"
 #include "virtio_net.hpp"
 
@@ -197,6 +198,13 @@ struct Nic {
   MmioDevice mmio;
 };
 
+// A virtio-fs device: its queues are served by the vhost-user backend, which the vCPU threads
+// talk to (DRIVER_OK, reset) and whose hang-up the I/O thread watches.
+struct SharedDir {
+  std::unique_ptr<VirtioFs> dev;
+  MmioDevice mmio;
+};
+
 }  // namespace
 
 struct Machine::Impl {
@@ -222,6 +230,7 @@ struct Machine::Impl {
   }};
   std::vector<std::unique_ptr<Disk>> disks;
   std::unique_ptr<Nic> nic;
+  std::vector<std::unique_ptr<SharedDir>> shared_dirs;
   std::thread net_thread;
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   UniqueFd stop_fd;
@@ -299,7 +308,7 @@ struct Machine::Impl {
   void vcpu_loop(Vcpu& v) {
     block_signals(true);
     try {
-      install_thread_seccomp(ThreadRole::kVcpu, cfg.seccomp);
+      install_thread_seccomp(ThreadRole::kVcpu, cfg.seccomp, vhost_user_fds());
     } catch (const std::exception& e) {
       finish(ExitReason::kKvmError, 0, std::string("vCPU thread: ") + e.what());
       return;
@@ -386,8 +395,18 @@ struct Machine::Impl {
         ev.data.u64 = tag;
         return ::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) == 0;
       };
-      constexpr uint64_t kStop = ~0ull, kConsole = ~1ull, kExec = ~2ull;
+      constexpr uint64_t kStop = ~0ull, kConsole = ~1ull, kExec = ~2ull, kFsBase = 1ull << 32;
       add(stop_fd.get(), kStop);
+      // A vhost-user backend that goes away (virtiofsd crashed or was killed) ends the VM: the
+      // guest's requests to it would wait forever. Only the hang-up is watched; the replies on
+      // that socket are read by the vCPU thread that asked.
+      for (size_t i = 0; i < shared_dirs.size(); ++i) {
+        epoll_event ev{};
+        ev.events = EPOLLRDHUP;
+        ev.data.u64 = kFsBase + i;
+        if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, shared_dirs[i]->dev->backend().fd(), &ev) != 0)
+          throw_errno("epoll_ctl");
+      }
       for (size_t i = 0; i < disks.size(); ++i) add(disks[i]->mmio.notify.get(), i);
       // Held console input waits for the workload's exec: bytes sent earlier would be eaten by
       // the kernel's serial driver and tty setup before anyone reads them.
@@ -450,6 +469,13 @@ struct Machine::Impl {
             }
             continue;
           }
+          if (tag >= kFsBase && tag - kFsBase < shared_dirs.size()) {
+            const auto& dev = *shared_dirs[tag - kFsBase]->dev;
+            finish(ExitReason::kKvmError, 0,
+                   "virtio-fs '" + dev.tag() + "': " + dev.backend().name() +
+                       " closed its connection (the backend exited?)");
+            return;
+          }
           if (tag < disks.size()) {
             uint64_t cnt;
             (void)!::read(disks[tag]->mmio.notify.get(), &cnt, sizeof cnt);
@@ -501,7 +527,12 @@ struct Machine::Impl {
   void attach_port_devices();
   void attach_block_devices();
   void attach_net_device();
-  MmioDevice attach_mmio_device(std::string name, VirtioDevice& dev);
+  void attach_fs_devices();
+  std::vector<int> vhost_user_fds() const;
+  // `queue_kicks`: one eventfd per queue, signalled by QueueNotify writes of the queue's index
+  // (instead of the one notify eventfd for all queues).
+  MmioDevice attach_mmio_device(std::string name, VirtioDevice& dev,
+                                std::span<const int> queue_kicks = {});
   void create_event_fds();
   void write_boot_tables();
   void create_vcpus();
@@ -519,10 +550,12 @@ void Machine::Impl::build() {
   kernel_image.reset();
   load_initrd();
   // The guest-visible machine: legacy ports, then the virtio-mmio devices in slot order (disks,
-  // then the NIC), each announced on the command line after the caller's arguments.
+  // then the NIC, then the virtio-fs devices), each announced on the command line after the
+  // caller's arguments.
   attach_port_devices();
   attach_block_devices();
   if (cfg.net) attach_net_device();
+  attach_fs_devices();
   cmdline = mmio_devices.command_line(cfg.cmdline);
   create_event_fds();
   write_boot_tables();
@@ -541,6 +574,11 @@ void Machine::Impl::check_config() const {
                 "vCPU count must be between 1 and " + std::to_string(layout::kMaxVcpus));
   if (cfg.disks.size() > kMaxDisks)
     throw Error(ErrorKind::kLimit, "at most " + std::to_string(kMaxDisks) + " disks");
+  for (size_t i = 0; i < cfg.fs.size(); ++i)
+    for (size_t k = 0; k < i; ++k)
+      if (cfg.fs[i].tag == cfg.fs[k].tag)
+        throw Error(ErrorKind::kInvalidArgument,
+                    "two shared directories have the tag '" + cfg.fs[i].tag + "'");
 }
 
 // /dev/kvm, the VM with its in-kernel irqchip and PIT.
@@ -572,9 +610,11 @@ void Machine::Impl::create_vm() {
 
 // Guest RAM from address 0, one memory slot.
 void Machine::Impl::create_memory() {
-  mem = std::make_unique<GuestMemory>(cfg.memory_mib << 20, cfg.hugepages
-                                                                ? GuestMemory::Pages::kHuge2M
-                                                                : GuestMemory::Pages::kNormal);
+  // A vhost-user backend maps guest RAM itself: it must then be a shared memfd.
+  mem = std::make_unique<GuestMemory>(
+      cfg.memory_mib << 20,
+      cfg.hugepages ? GuestMemory::Pages::kHuge2M : GuestMemory::Pages::kNormal,
+      cfg.fs.empty() ? GuestMemory::Sharing::kPrivate : GuestMemory::Sharing::kShared);
   kvm_userspace_memory_region region{};
   region.slot = 0;
   region.guest_phys_addr = 0;
@@ -674,9 +714,41 @@ void Machine::Impl::attach_net_device() {
   nic = std::move(n);
 }
 
+void Machine::Impl::attach_fs_devices() {
+  for (size_t i = 0; i < cfg.fs.size(); ++i) {
+    const auto& fc = cfg.fs[i];
+    auto d = std::make_unique<SharedDir>();
+    std::string name = "the virtio-fs backend for '" + fc.tag + "'";
+    try {
+      if (fc.socket_fd >= 0) {
+        UniqueFd dup(::fcntl(fc.socket_fd, F_DUPFD_CLOEXEC, 3));
+        if (!dup) throw_errno(name + " (fd " + std::to_string(fc.socket_fd) + ")");
+        d->dev = std::make_unique<VirtioFs>(VhostUserFrontend(std::move(dup), name), fc.tag);
+      } else {
+        d->dev = std::make_unique<VirtioFs>(
+            VhostUserFrontend::connect(fc.socket_path.string(), name), fc.tag);
+      }
+    } catch (const Error& e) {
+      throw e.with_context("shared directory " + std::to_string(i));
+    }
+    std::vector<int> kicks;
+    for (unsigned q = 0; q < d->dev->num_queues(); ++q) kicks.push_back(d->dev->kick_fd(q));
+    d->mmio = attach_mmio_device("virtio-fs " + fc.tag, *d->dev, kicks);
+    d->dev->set_call_fd(d->mmio.irq.get());
+    shared_dirs.push_back(std::move(d));
+  }
+}
+
+std::vector<int> Machine::Impl::vhost_user_fds() const {
+  std::vector<int> fds;
+  for (const auto& d : shared_dirs) fds.push_back(d->dev->backend().fd());
+  return fds;
+}
+
 // Every virtio device goes into the guest this way: its transport in the next MMIO slot (bus,
 // command line), its queue notifications on an ioeventfd and its interrupt on an irqfd.
-MmioDevice Machine::Impl::attach_mmio_device(std::string name, VirtioDevice& dev) {
+MmioDevice Machine::Impl::attach_mmio_device(std::string name, VirtioDevice& dev,
+                                             std::span<const int> queue_kicks) {
   MmioDevice d;
   d.notify.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   d.irq.reset(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
@@ -691,7 +763,13 @@ MmioDevice Machine::Impl::attach_mmio_device(std::string name, VirtioDevice& dev
   ioev.addr = d.slot.base + VirtioMmio::kNotifyOffset;
   ioev.len = 4;
   ioev.fd = d.notify.get();
-  xioctl(vm.get(), KVM_IOEVENTFD, &ioev, "KVM_IOEVENTFD");
+  if (queue_kicks.empty()) xioctl(vm.get(), KVM_IOEVENTFD, &ioev, "KVM_IOEVENTFD");
+  for (size_t q = 0; q < queue_kicks.size(); ++q) {
+    ioev.fd = queue_kicks[q];
+    ioev.flags = KVM_IOEVENTFD_FLAG_DATAMATCH;
+    ioev.datamatch = q;
+    xioctl(vm.get(), KVM_IOEVENTFD, &ioev, "KVM_IOEVENTFD");
+  }
   kvm_irqfd irqfd{};
   irqfd.fd = uint32_t(d.irq.get());
   irqfd.gsi = d.slot.irq;

@@ -170,6 +170,15 @@ std::string machine_config_to_json(const MachineConfig& c) {
       j["net"]["tap"] = {{"fd", c.net->tap->fd},
                          {"published", forwards_json(c.net->tap->published)}};
   }
+  j["fs"] = json::array();
+  for (const auto& f : c.fs) {
+    json e = {{"tag", f.tag}};
+    if (f.socket_fd >= 0)
+      e["socket_fd"] = f.socket_fd;
+    else
+      e["socket_path"] = f.socket_path.string();
+    j["fs"].push_back(std::move(e));
+  }
   return j.dump();
 }
 
@@ -177,7 +186,7 @@ MachineConfig machine_config_from_json(std::string_view text) {
   json j = json::parse(text, nullptr, false);
   if (j.is_discarded()) throw Error(ErrorKind::kInvalidArgument, "machine config: not valid JSON");
   only(j, "",
-       {"memory_mib", "hugepages", "vcpus", "kernel", "cmdline", "initrd", "disks", "net",
+       {"memory_mib", "hugepages", "vcpus", "kernel", "cmdline", "initrd", "disks", "net", "fs",
         "console_out_fd", "console_in_fd", "console_input", "timeout_ms", "kvm_device", "seccomp"});
   MachineConfig c;
   c.memory_mib = number<uint64_t>(j, "", "memory_mib", c.memory_mib, 1, uint64_t(1) << 30);
@@ -236,6 +245,22 @@ MachineConfig machine_config_from_json(std::string_view text) {
       nc.tap = std::move(tc);
     }
     c.net = std::move(nc);
+  }
+  if (j.contains("fs")) {
+    if (!j["fs"].is_array()) bad("fs", "not an array");
+    for (size_t i = 0; i < j["fs"].size(); ++i) {
+      const json& f = j["fs"][i];
+      std::string w = "fs[" + std::to_string(i) + "]";
+      only(f, w, {"tag", "socket_path", "socket_fd"});
+      FsConfig fc;
+      fc.tag = string(f, w, "tag", "");
+      if (fc.tag.empty() || fc.tag.size() > 36) bad(w + ".tag", "must be 1 to 36 bytes");
+      fc.socket_path = string(f, w, "socket_path", "");
+      fc.socket_fd = number<int>(f, w, "socket_fd", -1, 0, std::numeric_limits<int>::max());
+      if (fc.socket_path.empty() == (fc.socket_fd < 0))
+        bad(w, "needs exactly one of socket_path and socket_fd");
+      c.fs.push_back(std::move(fc));
+    }
   }
   return c;
 }

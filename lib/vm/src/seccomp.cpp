@@ -24,7 +24,8 @@
 
 namespace img2vm::vm {
 
-void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
+void install_thread_seccomp(ThreadRole role, SeccompMode mode,
+                            std::span<const int> vhost_user_fds) {
   if (mode == SeccompMode::kOff) return;
 #ifdef IMG2VM_SANITIZED
   // LeakSanitizer's check at exit runs on the main thread (a tracer thread that ptraces the
@@ -77,6 +78,11 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode) {
   };
   if (role == ThreadRole::kVcpu) {
     allow_ioctl(KVM_RUN);
+    // DRIVER_OK and reset of a virtio-fs device are vhost-user messages to its backend, sent
+    // and answered on this thread (the socket has send and receive timeouts: no poll needed).
+    for (int fd : vhost_user_fds)
+      for (int nr : {SCMP_SYS(sendmsg), SCMP_SYS(recvmsg)})
+        allow_if(nr, SCMP_A0(SCMP_CMP_EQ, scmp_datum_t(fd), 0));
   } else if (role == ThreadRole::kNet) {
     // libslirp turns the guest's connections into host sockets: IPv4/IPv6 only (no netlink,
     // no unix sockets), non-blocking, polled with poll().

@@ -114,7 +114,7 @@ void VirtioMmio::read(uint64_t offset, uint8_t* data, unsigned size) {
       v = q && q->ready ? 1 : 0;
       break;
     case kRegInterruptStatus:
-      v = interrupt_status_;
+      v = interrupt_status_ | (dev_.external_interrupts() && (status_ & kStatusDriverOk) ? 1 : 0);
       break;
     case kRegStatus:
       v = status_;
@@ -133,7 +133,7 @@ void VirtioMmio::write(uint64_t offset, const uint8_t* data, unsigned size) {
   if (size != 4 || offset % 4) return;
   uint32_t v;
   std::memcpy(&v, data, 4);
-  bool do_notify = false;
+  bool do_notify = false, raise = false;
   {
     std::lock_guard lk(mu_);
     SplitQueue* q = selected_locked();
@@ -193,12 +193,22 @@ void VirtioMmio::write(uint64_t offset, const uint8_t* data, unsigned size) {
           if ((driver_features_ & ~dev_.features()) || !(driver_features_ & kVirtioFVersion1))
             v &= ~kStatusFeaturesOk;
         }
+        if ((v & kStatusDriverOk) && !(status_ & kStatusDriverOk) &&
+            (status_ & kStatusFeaturesOk) && !(status_ & kStatusNeedsReset)) {
+          if (auto why = dev_.activate(mem_, queues_, driver_features_); !why.empty()) {
+            broken_ = why;
+            status_ |= kStatusNeedsReset;
+            interrupt_status_ |= 2;  // configuration change: the driver looks at status
+            raise = true;
+          }
+        }
         status_ = (status_ & kStatusNeedsReset) | v;
         break;
       default:
         break;
     }
   }
+  if (raise && interrupt_) interrupt_();
   if (do_notify) notify();
 }
 

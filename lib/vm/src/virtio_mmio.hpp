@@ -41,6 +41,20 @@ class VirtioDevice {
   }
   // The driver reset the device (status 0): drop any state kept for it.
   virtual void reset() {}
+  // The driver set DRIVER_OK: features are negotiated and the ready queues validated (in guest
+  // memory, sizes powers of two). A device whose queues are served by another process
+  // (vhost-user) hands them over here. Returns empty, or why the device cannot run (the
+  // transport then sets DEVICE_NEEDS_RESET).
+  virtual std::string activate(const GuestMemory& mem, std::span<SplitQueue> queues,
+                               uint64_t features) {
+    (void)mem, (void)queues, (void)features;
+    return {};
+  }
+  // True when someone else (a vhost-user backend through the irqfd) raises the device's
+  // used-buffer interrupts: InterruptStatus then always shows the used-buffer bit, since the
+  // transport never sees those interrupts (the guest's driver checks the rings; a spurious
+  // interrupt finds nothing new).
+  virtual bool external_interrupts() const { return false; }
 };
 
 class VirtioMmio {

@@ -57,6 +57,16 @@ struct NicConfig {
   std::shared_ptr<NetBackend> backend;  // used by one Machine at a time
 };
 
+// A host directory shared with the guest through virtio-fs (docs/vm.md): a vhost-user backend
+// (virtiofsd) already listening on `socket_path`, or already connected on `socket_fd` (not
+// owned; the Machine uses a duplicate), serves it; the guest mounts it by `tag`
+// (`mount -t virtiofs TAG DIR`). Guest RAM becomes a shared memfd when any is configured.
+struct FsConfig {
+  std::string tag;  // 1-36 bytes
+  std::filesystem::path socket_path;
+  int socket_fd = -1;  // used instead of socket_path when >= 0
+};
+
 // Everything a Machine is built from: memory, vCPUs, kernel, command line, disks, network.
 struct MachineConfig {
   uint64_t memory_mib = 256;
@@ -67,7 +77,9 @@ struct MachineConfig {
   std::filesystem::path initrd;   // optional
   std::vector<DiskConfig> disks;  // /dev/vda, /dev/vdb, ... in this order
   std::optional<NicConfig>
-      net;                 // a NIC (eth0), the virtio-mmio device after the disks; none if empty
+      net;  // a NIC (eth0), the virtio-mmio device after the disks; none if empty
+  // virtio-fs devices, the virtio-mmio devices after the disks and the NIC, in this order.
+  std::vector<FsConfig> fs;
   int console_out_fd = 1;  // UART output; -1 discards it. Not owned.
   // UART input; -1 for none. Not owned. When it ends (EOF or an error) the guest init is told
   // after how many bytes (SIGNAL 0x82, STDIN_BYTES: docs/guest-abi.md), so that it can close the

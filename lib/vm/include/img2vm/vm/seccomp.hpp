@@ -10,6 +10,8 @@
 // sleep after SIGSTOP/SIGCONT (restart_syscall).
 #pragma once
 
+#include <span>
+
 namespace img2vm::vm {
 
 // What a seccomp filter does with a refused system call.
@@ -23,6 +25,9 @@ enum class SeccompMode {
 enum class ThreadRole { kVcpu, kIo, kNet, kMain };
 
 // Installs the filter for the calling thread (and threads it creates later). Throws Error.
-void install_thread_seccomp(ThreadRole role, SeccompMode mode);
+// `vhost_user_fds`: the vhost-user sockets a vCPU thread talks to when the guest's driver starts
+// or resets a virtio-fs device; the kVcpu filter allows sendmsg and recvmsg on exactly those.
+void install_thread_seccomp(ThreadRole role, SeccompMode mode,
+                            std::span<const int> vhost_user_fds = {});
 
 }  // namespace img2vm::vm
