@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -116,6 +117,19 @@ CommandResult run_command(const std::vector<std::string>& argv, const RunOptions
   int in[2], out[2], err[2];
   if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) throw_errno("pipe");
   UniqueFd in_r(in[0]), in_w(in[1]), out_r(out[0]), out_w(out[1]), err_r(err[0]), err_w(err[1]);
+  if (opts.terminal) {
+    // The master reads what the child writes to the slave, and EIO once no one holds it.
+    UniqueFd master(::posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+    if (!master || ::grantpt(master.get()) != 0 || ::unlockpt(master.get()) != 0)
+      throw_errno("posix_openpt");
+    const char* name = ::ptsname(master.get());
+    if (!name) throw_errno("ptsname");
+    out_w.reset(::open(name, O_RDWR | O_NOCTTY | O_CLOEXEC));
+    if (!out_w) throw_errno(std::string("open ") + name);
+    out_r = std::move(master);
+    err_r.reset();
+    err_w.reset(::dup(out_w.get()));
+  }
   pid_t pid = spawn(argv, opts.env, opts.cwd, in_r.get(), out_w.get(), err_w.get());
   in_r.reset();
   out_w.reset();

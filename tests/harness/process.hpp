@@ -27,6 +27,9 @@ struct RunOptions {
   std::map<std::string, std::string> env;  // added to (or replacing) the environment
   std::filesystem::path cwd;               // empty: inherit
   std::chrono::milliseconds timeout{std::chrono::minutes(5)};
+  // stdout and stderr are one new pseudo-terminal (both land in CommandResult::out, with the
+  // terminal's \r\n), as for a user at a terminal; stdin stays a pipe.
+  bool terminal = false;
 };
 
 // Runs argv[0] (looked up in PATH) and waits. Throws img2vm::Error if it cannot be started.

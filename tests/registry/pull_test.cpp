@@ -616,7 +616,6 @@ TEST(Pull, CtrlCStopsCleanlyAndTheNextPullResumes) {
 // On a terminal (a pseudo-terminal from script(1)) pull redraws one line per blob with its
 // rate and ETA, then prints its summary; through a pipe it prints only the summary.
 TEST(Pull, ProgressLinesOnATerminalOnlyTheSummaryOtherwise) {
-  if (!fs::exists("/usr/bin/script")) GTEST_SKIP() << "needs script(1) (bsdutils)";
   Registry reg(RegistryAuth::kNone);
   ImageSpec spec;
   spec.layers.push_back(
@@ -633,7 +632,8 @@ TEST(Pull, ProgressLinesOnATerminalOnlyTheSummaryOtherwise) {
   o.env["IMG2VM_HOME"] = home.path().string();
   o.env["DOCKER_CONFIG"] = (home.path() / "none").string();
   o.timeout = std::chrono::minutes(2);
-  auto tty = run_command({"script", "-qec", bin() + " pull " + ref, "/dev/null"}, o);
+  o.terminal = true;
+  auto tty = run_command({bin(), "pull", ref}, o);
   ASSERT_EQ(tty.exit_code, 0) << tty.describe();
   const std::string& out = tty.out;
   EXPECT_NE(out.find(img.config.digest.short_hex() + ": done"), std::string::npos) << out;
