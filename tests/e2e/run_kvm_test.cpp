@@ -147,12 +147,45 @@ std::string quote(const std::string& s) {
   return q + "'";
 }
 
+// Shell functions every cases script starts with (after IMG2VM_HOME and W are set): `begin NAME`
+// prints a case's @@BEGIN marker and starts its clock, and a watchdog bounds each case. A case
+// still running after kCaseLimitSeconds is reported as "@@HUNG NAME@@" with what this test's
+// img2vm processes were doing (each thread's state, wait channel, system call and kernel stack),
+// and those processes are killed, so the case ends with an error and the cases after it still
+// run: one hang costs minutes and says where it was, instead of the whole rig's timeout.
+// "This test's" processes are those named img2vm or img2vm-vmm whose environment has this
+// script's IMG2VM_HOME (nothing else on the machine is touched).
+constexpr int kCaseLimitSeconds = 300;
+std::string case_watchdog() {
+  return "begin() { echo \"@@BEGIN $1@@\"; echo \"$1 $(date +%s)\" > \"$W/.case\"; }\n"
+         "mine() { for d in /proc/[0-9]*; do case $(cat $d/comm 2>/dev/null) in img2vm|img2vm-vmm) "
+         ";; *) continue;; esac;"
+         " tr '\\0' '\\n' < $d/environ 2>/dev/null | grep -qxF \"IMG2VM_HOME=$IMG2VM_HOME\" && "
+         "echo ${d#/proc/}; done; }\n"
+         "watchdog() { while [ -e \"$W/.watch\" ]; do sleep 5 </dev/null >/dev/null 2>&1; read -r "
+         "name start < \"$W/.case\" "
+         "2>/dev/null || continue;\n"
+         "  [ $(( $(date +%s) - start )) -ge " +
+         std::to_string(kCaseLimitSeconds) +
+         " ] || continue; rm -f \"$W/.case\";\n"
+         "  echo \"@@HUNG $name@@ still running after " +
+         std::to_string(kCaseLimitSeconds) +
+         " s; load $(cat /proc/loadavg)\";\n"
+         "  for p in $(mine); do echo \"pid $p: $(tr '\\0' ' ' < /proc/$p/cmdline | cut -c1-300)\";"
+         " for t in /proc/$p/task/*; do echo \"  thread ${t##*/} $(cat $t/comm)"
+         " $(grep '^State:' $t/status) wchan=$(cat $t/wchan) syscall=$(cat $t/syscall)\";"
+         " sed 's/^/    /' $t/stack 2>/dev/null; done; done\n"
+         "  for p in $(mine); do kill -9 $p; done; echo \"@@HUNG-END $name@@\"; done; }\n"
+         "touch \"$W/.watch\"; watchdog & watchdog_pid=$!\n"
+         "trap 'rm -f \"$W/.watch\"; kill $watchdog_pid 2>/dev/null' EXIT\n";
+}
+
 // A workload that ignores SIGTERM, run in the background and sent Ctrl-C (SIGINT) once it is
 // ready; `twice`: a second SIGINT two seconds later.
 std::string stop_case(const std::string& name, const std::string& cmd, bool twice) {
   // The previous case's out file goes first: the shell redirects in the background child, so
   // the wait below could otherwise find that case's "ready" and signal this one too early.
-  return "echo '@@BEGIN " + name + "@@'\nrm -f \"$W/out\" \"$W/err\"\n" + cmd +
+  return "begin " + name + "\nrm -f \"$W/out\" \"$W/err\"\n" + cmd +
          " sh -c 'trap \"\" TERM; echo ready; while :; do sleep 1; done' >\"$W/out\" 2>\"$W/err\" "
          "</dev/null &\n"
          "pid=$!; i=0; while ! grep -q ready \"$W/out\" && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); "
@@ -167,7 +200,15 @@ std::string stop_case(const std::string& name, const std::string& cmd, bool twic
 // The cases a script reported, by name; a missing one is a test failure showing the output.
 class Cases {
  public:
-  explicit Cases(std::string output) : output_(std::move(output)), cases_(parse_cases(output_)) {}
+  explicit Cases(std::string output) : output_(std::move(output)), cases_(parse_cases(output_)) {
+    // What the watchdog (case_watchdog) found, each hang on its own.
+    for (size_t pos = 0; (pos = output_.find("@@HUNG ", pos)) != std::string::npos;) {
+      size_t end = output_.find("@@HUNG-END", pos);
+      ADD_FAILURE() << "a case hung and was killed after " << kCaseLimitSeconds << " s:\n"
+                    << output_.substr(pos, end == std::string::npos ? 20000 : end - pos);
+      pos += 7;
+    }
+  }
   const Case& get(const std::string& name) const {
     static const Case none;
     auto it = cases_.find(name);
@@ -256,7 +297,8 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   sh << "export IMG2VM_HOME=" << quote(home.string())
      << " IMG2VM_INIT=" << quote(IMG2VM_INIT_BINARY) << "\n"
      << "W=" << quote(w.string()) << "\n"
-     << "c() { name=$1; shift; echo \"@@BEGIN $name@@\"; \"$@\" >\"$W/out\" 2>\"$W/err\" "
+     << case_watchdog()
+     << "c() { name=$1; shift; begin \"$name\"; \"$@\" >\"$W/out\" 2>\"$W/err\" "
         "</dev/null; rc=$?;\n"
      << "  cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END $name "
         "$rc@@\"; }\n"
@@ -285,25 +327,24 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      << " sh -c 'mkdir -p /mnt && mount -o ro /dev/vdb /mnt && cat /mnt/kept'\n"
      << "c cpus " << run << " --cpus 2 " << B << " sh -c 'grep -c ^processor /proc/cpuinfo'\n"
      << "c timeout " << run << " --timeout 60s " << B << " sh -c 'echo started; sleep 1000'\n"
-     << "echo '@@BEGIN stdin@@'; echo piped-line | " << run << " -i " << B
+     << "begin stdin; echo piped-line | " << run << " -i " << B
      << " head -n1 >\"$W/out\" 2>\"$W/err\"; rc=$?; cat \"$W/out\"; echo; echo @@STDERR@@; cat "
         "\"$W/err\"; echo;"
      << " echo \"@@END stdin $rc@@\"\n"
      // The end of piped stdin reaches the workload (-i without -t: a pipe, as docker's), after
      // every byte: text, nothing at all, and 20000 random bytes checked by md5.
-     << "echo '@@BEGIN stdin-eof@@'; printf 'line1\\nline2\\n' | " << run << " --timeout 120s -i "
-     << B
+     << "begin stdin-eof; printf 'line1\\nline2\\n' | " << run << " --timeout 120s -i " << B
      << " sh -c 'cat; echo eof-seen' >\"$W/out\" 2>\"$W/err\"; rc=$?; cat \"$W/out\"; echo; echo "
         "@@STDERR@@; cat \"$W/err\"; echo;"
      << " echo \"@@END stdin-eof $rc@@\"\n"
      << "c stdin-empty " << run << " --timeout 120s -i " << B << " sh -c 'cat; echo empty-eof'\n"
      << "head -c 20000 /dev/urandom > \"$W/random\"; echo \"host-md5=$(md5sum < \"$W/random\")\" > "
         "\"$W/random.md5\"\n"
-     << "echo '@@BEGIN stdin-binary@@'; " << run << " --timeout 120s -i " << B
+     << "begin stdin-binary; " << run << " --timeout 120s -i " << B
      << " md5sum < \"$W/random\" >\"$W/out\" 2>\"$W/err\"; rc=$?;"
      << " cat \"$W/random.md5\" \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo "
         "\"@@END stdin-binary $rc@@\"\n"
-     << "echo '@@BEGIN sigterm@@'\nrm -f \"$W/out\" \"$W/err\"\n"
+     << "begin sigterm\nrm -f \"$W/out\" \"$W/err\"\n"
      << run << " " << B
      << " sh -c 'trap \"echo got-term; exit 7\" TERM; echo ready; while :; do sleep 1; done' "
         ">\"$W/out\" 2>\"$W/err\" "
@@ -363,7 +404,7 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   std::string output =
       run_script(w / "cases.sh",
                  {bin, IMG2VM_VMM_BINARY, IMG2VM_INIT_BINARY, RUNAS_BINARY, w, "/usr/bin/script"},
-                 std::chrono::seconds(1500));
+                 std::chrono::seconds(1200));
   Cases cases(output);
   auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
 
@@ -508,8 +549,8 @@ struct NetSetup {
     std::ostringstream sh;
     sh << "export IMG2VM_HOME=" << quote((w / "home").string())
        << " IMG2VM_INIT=" << quote(IMG2VM_INIT_BINARY) << "\n"
-       << "W=" << quote(w.string()) << " U=" << quote(UDP_ECHO_BINARY)
-       << "\n"
+       << "W=" << quote(w.string()) << " U=" << quote(UDP_ECHO_BINARY) << "\n"
+       << case_watchdog()
        // Free ports on a real host are not known in advance: a range unlikely to be taken.
        << "P=$(( 20000 + $$ % 20000 )); P1=$P P2=$((P+1)) P3=$((P+2)) P4=$((P+3)) P5=$((P+4))\n"
        << "wait_for() { i=0; while ! grep -q \"$2\" \"$1\" 2>/dev/null && [ $i -lt 180 ]; do sleep "
@@ -518,7 +559,7 @@ struct NetSetup {
        << "fetch() { i=0; while [ $i -lt 60 ]; do printf 'GET / HTTP/1.0\\r\\n\\r\\n' | busybox nc "
           "-w 5 127.0.0.1 $1 > \"$2\" 2>/dev/null;"
           " grep -q '200 OK' \"$2\" && return; sleep 1; i=$((i+1)); done; }\n"
-       << "c() { name=$1; shift; echo \"@@BEGIN $name@@\"; \"$@\" >\"$W/out\" 2>\"$W/err\" "
+       << "c() { name=$1; shift; begin \"$name\"; \"$@\" >\"$W/out\" 2>\"$W/err\" "
           "</dev/null; rc=$?;\n"
        << "  cat \"$W/out\"; echo; echo @@STDERR@@; cat \"$W/err\"; echo; echo \"@@END $name "
           "$rc@@\"; }\n";
@@ -545,7 +586,7 @@ TEST(RunKvm, NetworkingInOurRunner) {
   sh << ns.prelude()
      << "busybox ip link set lo up 2>/dev/null\n"
      // Two VMs at once, each publishing its port 80; a third asking for a port in use.
-     << "echo '@@BEGIN two-servers@@'\n"
+     << "begin two-servers\n"
      << server("a", "-p 127.0.0.1:$P1:80", "served-by-a") << "pa=$!\n"
      << server("b", "-p $P2:80", "served-by-b") << "pb=$!\n"
      << "wait_for \"$W/a.out\" ready; wait_for \"$W/b.out\" ready\n"
@@ -558,7 +599,7 @@ TEST(RunKvm, NetworkingInOurRunner) {
      << "echo; echo @@STDERR@@; cat \"$W/c.err\" \"$W/a.out\" \"$W/a.err\" \"$W/b.err\"; echo; "
         "echo '@@END two-servers 0@@'\n"
      // -P: the image's ExposedPorts on a port picked here, reported as a JSON event.
-     << "echo '@@BEGIN publish-all@@'\n"
+     << "begin publish-all\n"
      << run << " --json -P " << B << " >\"$W/p.out\" 2>\"$W/p.err\" </dev/null &\n"
      << "pp=$!; wait_for \"$W/p.err\" '\"published\"'\n"
      << "port=$(sed -n 's/.*\"0\\.0\\.0\\.0:\\([0-9]*\\)->80\\/tcp\".*/\\1/p' \"$W/p.err\" | head "
@@ -578,13 +619,13 @@ TEST(RunKvm, NetworkingInOurRunner) {
      << "c udp-out " << run << " --network user:host_loopback=on " << B
      << " udp_echo send 10.0.2.2 $P4 ping-from-guest\n"
      << "kill $up\n"
-     << "echo '@@BEGIN udp-in@@'\n"
+     << "begin udp-in\n"
      << run << " -p 127.0.0.1:$P5:7/udp " << B
      << " udp_echo serve 7 >\"$W/u.out\" 2>\"$W/u.err\" </dev/null &\n"
      << "pu=$!; wait_for \"$W/u.out\" listening; \"$U\" send 127.0.0.1 $P5 ping-from-host; rc=$?\n"
      << "kill -INT $pu; wait $pu; cat \"$W/u.out\"; echo; echo @@STDERR@@; cat \"$W/u.err\"; echo; "
         "echo \"@@END udp-in $rc@@\"\n"
-     << "echo '@@BEGIN udp-host-log@@'; cat \"$W/udp-host.out\"; echo; echo @@STDERR@@; echo; echo "
+     << "begin udp-host-log; cat \"$W/udp-host.out\"; echo; echo @@STDERR@@; echo; echo "
         "'@@END udp-host-log 0@@'\n"
      // What the guest sees.
      << "c facts " << run << " " << B
@@ -663,7 +704,7 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
      << "/usr/bin/ip link set lo up\n"
      << "busybox httpd -f -p $P3 -h \"$W/hostwww\" & hp=$!\n"
      // VM a: a web server published on the host's loopback; it reports what it sees first.
-     << "echo '@@BEGIN server@@'\n"
+     << "begin server\n"
      << run << " --json --network tap -p 127.0.0.1:$P1:80 " << B
      << " sh -c 'echo served-by-tap > /www/index.html; ip -4 addr show dev eth0; ip route; cat "
         "/etc/resolv.conf;"
@@ -677,7 +718,7 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
      << "echo \"body=$(tail -n1 \"$W/a.html\") host-md5=$(tail -c 4194304 \"$W/big\" | md5sum)\"\n"
      << "echo; echo @@STDERR@@; echo; echo '@@END server 0@@'\n"
      // The VMM is a child of img2vm that gave up root: its identity, capabilities and filters.
-     << "echo '@@BEGIN vmm-child@@'\n"
+     << "begin vmm-child\n"
      << "for d in /proc/[0-9]*; do [ \"$(awk '/^PPid:/{print $2}' $d/status 2>/dev/null)\" = "
         "\"$pa\" ] && vmm=${d#/proc/}; done\n"
      << "echo \"exe=$(readlink /proc/$vmm/exe)\"\n"
@@ -697,12 +738,12 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
         " http_get 10.200.0.2 80 5 | grep -q served-by-tap && echo reached-other-vm;"
         " http_get $gw '\"$P3\"' 5 | grep -q served-by-host && echo reached-host-service; true'\n"
      << "kill -INT $pa; wait $pa; rc=$?\n"
-     << "echo '@@BEGIN server-end@@'; cat \"$W/a.out\"; echo; echo @@STDERR@@; cat \"$W/a.err\"; "
+     << "begin server-end; cat \"$W/a.out\"; echo; echo @@STDERR@@; cat \"$W/a.err\"; "
         "echo; echo \"@@END server-end $rc@@\"\n"
      << "c links-after /usr/bin/ip -br link\n"
      << "c rules-after /usr/sbin/nft list ruleset\n"
      // UDP to a guest through a published port.
-     << "echo '@@BEGIN udp-in@@'\n"
+     << "begin udp-in\n"
      << run << " --network tap -p 127.0.0.1:$P5:7/udp " << B
      << " udp_echo serve 7 >\"$W/u.out\" 2>\"$W/u.err\" </dev/null &\n"
      << "pu=$!; wait_for \"$W/u.out\" listening; \"$U\" send 127.0.0.1 $P5 ping-from-host; rc=$?\n"
