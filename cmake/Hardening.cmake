@@ -5,6 +5,9 @@ target_compile_options(img2vm_flags INTERFACE -Wall -Wextra -Wshadow -Wnon-virtu
 if(IMG2VM_WERROR)
   target_compile_options(img2vm_flags INTERFACE -Werror)
 endif()
+# Only the shared libraries a program calls are loaded when it starts (a static libarchive lists
+# every library its writer could use; img2vm reads only).
+target_link_options(img2vm_flags INTERFACE -Wl,--as-needed)
 if(IMG2VM_SANITIZE)
   set(_san -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer)
   target_compile_options(img2vm_flags INTERFACE ${_san})

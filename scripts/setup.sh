@@ -13,7 +13,8 @@ packages=(
   libslirp-dev libglib2.0-dev   # user-mode networking (slirp.pc requires glib-2.0.pc)
   libnftables-dev   # the tap backend's NAT and forwarding rules
   libisal-dev   # isa-l: gzip layers are inflated with it
-  zlib1g-dev   # the gzip tests write their streams with zlib
+  zlib1g-dev   # the gzip tests write their streams with zlib (and libarchive.a's gzip filter)
+  liblz4-dev libbz2-dev liblzma-dev nettle-dev libacl1-dev libxml2-dev   # what libarchive.a needs (Dependencies.cmake)
   # real components the tests use
   nftables iproute2   # nft and ip, to look at what the tap backend set up (tests)
   docker-registry skopeo umoci qemu-system-x86 e2fsprogs openssl curl busybox-static python3

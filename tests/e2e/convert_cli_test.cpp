@@ -318,3 +318,39 @@ TEST(ConvertCli, UmociLayersFromCompressedTarballsAreRefused) {
 }
 
 }  // namespace
+
+// Commands that need no registry never load libcurl (opened on the first transfer: GnuTLS,
+// Kerberos, LDAP and the rest come with it), nor the libxml2 and ICU of the shared libarchive
+// (libarchive.a is linked): together about 15 ms of every command's start. The dynamic loader's
+// own list (LD_DEBUG=libs) says what was loaded; a pull shows that the check sees libcurl.
+TEST(ConvertCli, LocalCommandsLoadNoNetworkOrXmlLibraries) {
+  ImageSpec spec;
+  spec.layers.push_back(layer({dir("etc"), file("etc/motd", "local\n")}));
+  TempDir tmp("convert-libs");
+  write_oci_layout(tmp.path() / "layout", {{"v1", build_image(spec)}});
+  TempDir home("img2vm-home");
+  const char* b = std::getenv("IMG2VM_BIN");
+  auto traced = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), b ? b : "img2vm");
+    RunOptions o;
+    o.env["IMG2VM_HOME"] = home.path().string();
+    o.env["LD_DEBUG"] = "libs";
+    return run_command(args, o);
+  };
+  const fs::path out = tmp.path() / "out.ext4";
+  for (const auto& args : std::vector<std::vector<std::string>>{
+           {"--version"},
+           {"convert", "oci:" + (tmp.path() / "layout").string() + ":v1", "-o", out.string()},
+           {"images"}}) {
+    CommandResult r = traced(args);
+    ASSERT_EQ(r.exit_code, 0) << r.describe();
+    ASSERT_NE(r.err.find("calling init:"), std::string::npos) << "no loader trace: " << r.err;
+    for (const char* lib : {"libcurl", "libgnutls", "libxml2", "libicu"})
+      EXPECT_EQ(r.err.find(lib), std::string::npos) << args[0] << " loaded " << lib;
+  }
+  EXPECT_TRUE(fs::exists(out));
+  // Port 1 on the loopback: refused at once, after libcurl was opened for the request.
+  CommandResult pull = traced({"pull", "127.0.0.1:1/none/such:1"});
+  EXPECT_NE(pull.exit_code, 0) << pull.describe();
+  EXPECT_NE(pull.err.find("libcurl.so.4"), std::string::npos) << pull.err;
+}

@@ -1,7 +1,5 @@
 #include "img2vm/registry/client.hpp"
 
-#include <curl/curl.h>
-
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -11,6 +9,7 @@
 #include <mutex>
 #include <thread>
 
+#include "curl_api.hpp"
 #include "http_response.hpp"
 #include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
@@ -28,12 +27,6 @@ namespace {
 
 constexpr size_t kMaxErrorBody = 1u << 20;
 constexpr long kBlobBufferSize = 512L << 10;  // the largest libcurl before 7.88 accepts
-
-struct CurlGlobal {
-  CurlGlobal() { curl_global_init(CURL_GLOBAL_DEFAULT); }
-};
-
-void curl_global() { static CurlGlobal g; }
 
 // "host[:port]" of a URL for messages, or the URL itself when it is not one.
 std::string url_authority(const std::string& url) {
@@ -149,7 +142,7 @@ size_t on_body(char* data, size_t size, size_t n, void* ud) {
     if (!t->decided) {
       t->decided = true;
       long status = 0;
-      curl_easy_getinfo(t->h, CURLINFO_RESPONSE_CODE, &status);
+      curl::api().easy_getinfo(t->h, CURLINFO_RESPONSE_CODE, &status);
       t->to_sink = t->req->sink && status >= 200 && status < 300;
       if (t->to_sink && status == 206) {
         // Partial content must be the bytes asked for: from range_from on.
@@ -214,24 +207,24 @@ struct Client::Impl {
   std::map<std::string, uint64_t> stats;
 
   Impl(std::string reg, ClientOptions o) : registry(std::move(reg)), opts(std::move(o)) {
-    curl_global();
+    (void)curl::api();  // loads libcurl (and initialises it) before any thread uses it
     api_host = registry == kDockerHub ? std::string(kDockerHubApiHost) : registry;
-    share = curl_share_init();
-    curl_share_setopt(
+    share = curl::api().share_init();
+    curl::api().share_setopt(
         share, CURLSHOPT_LOCKFUNC, +[](CURL*, curl_lock_data d, curl_lock_access, void* u) {
           static_cast<Impl*>(u)->share_locks[d].lock();
         });
-    curl_share_setopt(
+    curl::api().share_setopt(
         share, CURLSHOPT_UNLOCKFUNC,
         +[](CURL*, curl_lock_data d, void* u) { static_cast<Impl*>(u)->share_locks[d].unlock(); });
-    curl_share_setopt(share, CURLSHOPT_USERDATA, this);
-    curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-    curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
-    curl_share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
+    curl::api().share_setopt(share, CURLSHOPT_USERDATA, this);
+    curl::api().share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    curl::api().share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    curl::api().share_setopt(share, CURLSHOPT_SHARE, CURL_LOCK_DATA_CONNECT);
   }
   ~Impl() {
-    for (CURL* h : pool) curl_easy_cleanup(h);
-    curl_share_cleanup(share);
+    for (CURL* h : pool) curl::api().easy_cleanup(h);
+    curl::api().share_cleanup(share);
   }
 
   void log(const std::string& m) const {
@@ -271,7 +264,7 @@ struct Client::Impl {
         return h;
       }
     }
-    CURL* h = curl_easy_init();
+    CURL* h = curl::api().easy_init();
     if (!h) throw Error(ErrorKind::kInternal, "curl_easy_init failed");
     return h;
   }
@@ -294,79 +287,79 @@ struct Client::Impl {
     for (int hop = 0;; ++hop) {
       res = Result{};
       res.url = url;
-      curl_easy_reset(h);
+      curl::api().easy_reset(h);
       Transfer t;
       t.h = h;
       t.req = &req;
       t.res = &res;
       t.range_from = range_from;
       char errbuf[CURL_ERROR_SIZE] = {0};
-      curl_easy_setopt(h, CURLOPT_URL, url.c_str());
-      curl_easy_setopt(h, CURLOPT_SHARE, share);
-      curl_easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
-      curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-      curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-      curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
-      curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT, static_cast<long>(opts.connect_timeout.count()));
-      curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
-      curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, static_cast<long>(opts.stall_timeout.count()));
-      curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-      curl_easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "identity");
+      curl::easy_setopt(h, CURLOPT_URL, url.c_str());
+      curl::easy_setopt(h, CURLOPT_SHARE, share);
+      curl::easy_setopt(h, CURLOPT_ERRORBUFFER, errbuf);
+      curl::easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+      curl::easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+      curl::easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);
+      curl::easy_setopt(h, CURLOPT_CONNECTTIMEOUT, static_cast<long>(opts.connect_timeout.count()));
+      curl::easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, 1L);
+      curl::easy_setopt(h, CURLOPT_LOW_SPEED_TIME, static_cast<long>(opts.stall_timeout.count()));
+      curl::easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+      curl::easy_setopt(h, CURLOPT_ACCEPT_ENCODING, "identity");
       // Blobs: curl's largest receive buffer, so that a fast connection hands the sink (hash and
       // write) up to 512 KiB per call instead of 16 KiB.
-      if (req.sink) curl_easy_setopt(h, CURLOPT_BUFFERSIZE, kBlobBufferSize);
+      if (req.sink) curl::easy_setopt(h, CURLOPT_BUFFERSIZE, kBlobBufferSize);
       std::string ua = "img2vm/" + std::string(version());
-      curl_easy_setopt(h, CURLOPT_USERAGENT, ua.c_str());
-      curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-      curl_easy_setopt(h, CURLOPT_HEADERDATA, &t);
-      curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-      curl_easy_setopt(h, CURLOPT_WRITEDATA, &t);
+      curl::easy_setopt(h, CURLOPT_USERAGENT, ua.c_str());
+      curl::easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
+      curl::easy_setopt(h, CURLOPT_HEADERDATA, &t);
+      curl::easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+      curl::easy_setopt(h, CURLOPT_WRITEDATA, &t);
       std::string ca = opts.ca_cert;
       if (ca.empty())
         if (const char* e = std::getenv("SSL_CERT_FILE"); e && *e) ca = e;
-      if (!ca.empty()) curl_easy_setopt(h, CURLOPT_CAINFO, ca.c_str());
+      if (!ca.empty()) curl::easy_setopt(h, CURLOPT_CAINFO, ca.c_str());
       std::optional<UrlOrigin> origin = url_origin(url);
       if (!origin) throw Error(ErrorKind::kNetwork, "not an http or https URL: " + url);
       if (insecure_origin(*origin) || (!verify_tls && origin == url_origin(base_url))) {
-        curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
-        curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+        curl::easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl::easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
       }
       curl_slist* hdrs = nullptr;
-      for (const auto& x : req.headers) hdrs = curl_slist_append(hdrs, x.c_str());
+      for (const auto& x : req.headers) hdrs = curl::api().slist_append(hdrs, x.c_str());
       std::string auth_line;
       if (!req.authorization.empty() && req.auth_origin &&
           may_send_credentials(url, *req.auth_origin, plain_http_allowed(*origin))) {
         auth_line = "Authorization: " + req.authorization;
-        hdrs = curl_slist_append(hdrs, auth_line.c_str());
+        hdrs = curl::api().slist_append(hdrs, auth_line.c_str());
       }
-      curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+      curl::easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
       std::string range;
       if (range_from > 0) {
         range = std::to_string(range_from) + "-";
-        curl_easy_setopt(h, CURLOPT_RANGE, range.c_str());
+        curl::easy_setopt(h, CURLOPT_RANGE, range.c_str());
       }
       if (req.method == "POST") {
-        curl_easy_setopt(h, CURLOPT_POST, 1L);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, req.post_body.c_str());
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE, static_cast<long>(req.post_body.size()));
+        curl::easy_setopt(h, CURLOPT_POST, 1L);
+        curl::easy_setopt(h, CURLOPT_POSTFIELDS, req.post_body.c_str());
+        curl::easy_setopt(h, CURLOPT_POSTFIELDSIZE, static_cast<long>(req.post_body.size()));
       } else if (req.method == "HEAD") {
-        curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+        curl::easy_setopt(h, CURLOPT_NOBODY, 1L);
       }
       if (opts.interrupt) {
-        curl_easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
-        curl_easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_xferinfo);
-        curl_easy_setopt(h, CURLOPT_XFERINFODATA, opts.interrupt);
+        curl::easy_setopt(h, CURLOPT_NOPROGRESS, 0L);
+        curl::easy_setopt(h, CURLOPT_XFERINFOFUNCTION, on_xferinfo);
+        curl::easy_setopt(h, CURLOPT_XFERINFODATA, opts.interrupt);
       }
-      res.curl = curl_easy_perform(h);
-      curl_slist_free_all(hdrs);
+      res.curl = curl::api().easy_perform(h);
+      curl::api().slist_free_all(hdrs);
       // Forget the header list and buffers that are about to go out of scope.
-      curl_easy_setopt(h, CURLOPT_HTTPHEADER, nullptr);
-      curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);
+      curl::easy_setopt(h, CURLOPT_HTTPHEADER, nullptr);
+      curl::easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);
       if (t.error) std::rethrow_exception(t.error);
       throw_if_interrupted(url);
-      curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &res.status);
+      curl::api().easy_getinfo(h, CURLINFO_RESPONSE_CODE, &res.status);
       if (res.curl != CURLE_OK) {
-        res.curl_error = errbuf[0] ? errbuf : curl_easy_strerror(res.curl);
+        res.curl_error = errbuf[0] ? errbuf : curl::api().easy_strerror(res.curl);
         if (res.body_too_large) res.curl_error = "response too large";
         if (res.headers_too_large) res.curl_error = "response headers too large";
         if (res.bad_range)
@@ -435,7 +428,7 @@ struct Client::Impl {
         resume_failure.clear();
       } else if (req.sink && from > 0) {
         std::string how = r.bad_range          ? "bad Content-Range"
-                          : r.curl != CURLE_OK ? curl_easy_strerror(r.curl)
+                          : r.curl != CURLE_OK ? curl::api().easy_strerror(r.curl)
                                                : "HTTP " + std::to_string(r.status);
         if (r.bad_range || how == resume_failure) {
           log(kind + " " + r.url + ": resuming at byte " + std::to_string(from) + " failed (" +

@@ -1,11 +1,10 @@
 #include "http_response.hpp"
 
-#include <curl/curl.h>
-
 #include <algorithm>
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "curl_api.hpp"
 #include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 
@@ -47,15 +46,15 @@ bool visible_ascii(std::string_view s) {
 }
 
 struct CurlUrlDeleter {
-  void operator()(CURLU* u) const { curl_url_cleanup(u); }
+  void operator()(CURLU* u) const { curl::api().url_cleanup(u); }
 };
 using CurlUrl = std::unique_ptr<CURLU, CurlUrlDeleter>;
 
 std::optional<std::string> url_part(CURLU* u, CURLUPart part, unsigned flags = 0) {
   char* p = nullptr;
-  if (curl_url_get(u, part, &p, flags) != CURLUE_OK || !p) return std::nullopt;
+  if (curl::api().url_get(u, part, &p, flags) != CURLUE_OK || !p) return std::nullopt;
   std::string s(p);
-  curl_free(p);
+  curl::api().free(p);
   return s;
 }
 
@@ -78,9 +77,9 @@ std::optional<UrlOrigin> origin_of(CURLU* u) {
 // control characters (a NUL would cut the C string short).
 CurlUrl parse_url(std::string_view url, CURLU* base = nullptr) {
   if (url.empty() || url.size() > kMaxUrl || !visible_ascii(url)) return nullptr;
-  CurlUrl u(base ? curl_url_dup(base) : curl_url());
+  CurlUrl u(base ? curl::api().url_dup(base) : curl::api().url());
   if (!u) return nullptr;
-  if (curl_url_set(u.get(), CURLUPART_URL, std::string(url).c_str(), 0) != CURLUE_OK)
+  if (curl::api().url_set(u.get(), CURLUPART_URL, std::string(url).c_str(), 0) != CURLUE_OK)
     return nullptr;
   return u;
 }
