@@ -21,6 +21,8 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "img2vm/runtime/machine.hpp"
+#include "img2vm/runtime/mounts.hpp"
 #include "vhost_user.hpp"
 #include "virtio_fs.hpp"
 #include "virtio_fs_driver.hpp"
@@ -252,6 +254,41 @@ TEST_F(VirtiofsdTest, AVirtiofsdThatFailsIsReportedWithItsLastLines) {
         << e.what();
     EXPECT_NE(std::string(e.what()).find("fake: cannot serve this"), std::string::npos) << e.what();
   }
+}
+
+// The facade: build_machine starts a virtiofsd per bind mount (tags in the order mounted,
+// parents first) and hands the guest init every mount.
+TEST_F(VirtiofsdTest, BuildMachineStartsOneVirtiofsdPerBindMount) {
+  if (::geteuid() != 0) GTEST_SKIP() << kRootOnly;
+  std::filesystem::create_directory(dir_.path() / "other");
+  runtime::MachineOptions mo;
+  mo.kernel = "/nonexistent/vmlinux";
+  mo.rootfs = "/nonexistent/rootfs.ext4";
+  mo.network = runtime::NetworkMode::kNone;
+  mo.mounts = {runtime::parse_tmpfs("/data/cache:size=1m"),
+               runtime::parse_volume((dir_.path() / "other").string() + ":/host"),
+               // The comma in the path: quoted, as docker's CSV wants it.
+               runtime::parse_mount("type=bind,\"src=" + share().string() + "\",dst=/data,ro")};
+  runtime::PreparedMachine pm = runtime::build_machine(std::move(mo));
+  ASSERT_EQ(pm.shares.size(), 2u);
+  ASSERT_EQ(pm.config.fs.size(), 2u);
+  ASSERT_EQ(pm.overrides.mounts.size(), 3u);
+  const auto& m = pm.overrides.mounts;
+  EXPECT_EQ(m[0].target, "/host");
+  EXPECT_EQ(m[0].tag, "img2vm-fs0");
+  EXPECT_FALSE(m[0].readonly);
+  EXPECT_EQ(m[1].target, "/data");
+  EXPECT_EQ(m[1].tag, "img2vm-fs1");
+  EXPECT_TRUE(m[1].readonly);
+  EXPECT_EQ(m[2].target, "/data/cache");
+  EXPECT_EQ(m[2].type, guestabi::MountSpec::Type::kTmpfs);
+  EXPECT_EQ(pm.config.fs[1].tag, "img2vm-fs1");
+  EXPECT_EQ(pm.config.fs[1].socket_fd, pm.shares[1].socket_fd());
+  Session ro(pm.config.fs[1].socket_fd);
+  EXPECT_EQ(ro.mkdir("made"), -EROFS);
+  Session rw(pm.config.fs[0].socket_fd);
+  EXPECT_EQ(rw.mkdir("made"), 0);
+  EXPECT_TRUE(std::filesystem::is_directory(dir_.path() / "other" / "made"));
 }
 
 // Not root: the same in an unprivileged user namespace. The test drops to nobody in a child.
