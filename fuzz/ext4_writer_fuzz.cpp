@@ -361,7 +361,10 @@ void compare(const Gen& g, const FsTree& got, int64_t timestamp) {
     entry_of[&n] = &e;
     if (n.type == NodeType::kFile) {
       if (e.size != n.size || e.content != g.data.at(&n)) fail("content");
-      if (e.allocated != data_blocks(n) * kBlock) fail("allocation");
+      if (e.allocated != data_blocks(n) * kBlock)
+        fail("allocation (" + std::to_string(e.allocated) + " bytes in the image, " +
+             std::to_string(data_blocks(n) * kBlock) + " expected, " +
+             std::to_string(n.extents.size()) + " extents)");
     }
     if (n.type == NodeType::kSymlink && e.target != n.link_target) fail("target");
     if ((n.type == NodeType::kCharDev || n.type == NodeType::kBlockDev) &&

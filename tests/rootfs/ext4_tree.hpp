@@ -22,7 +22,8 @@ struct FsEntry {
   uint32_t nlink = 0;
   int64_t mtime = 0;
   uint32_t mtime_nsec = 0;
-  uint64_t allocated = 0;  // bytes of data blocks (ext4 only; 0 for a host tree)
+  uint64_t allocated = 0;  // bytes of data blocks (ext4 only: i_blocks less the xattr block and
+                           // the extent tree's node blocks; 0 for a host tree)
 };
 
 // Keyed by absolute path ("/" is the root).
