@@ -27,6 +27,8 @@
 #include "img2vm/base/fd.hpp"
 #include "img2vm/runtime/kernel.hpp"
 #include "img2vm/runtime/machine.hpp"
+#include "img2vm/runtime/mounts.hpp"
+#include "img2vm/runtime/virtiofsd.hpp"
 #include "img2vm/runtime/vmm.hpp"
 #include "img2vm/vm/kvm_detect.hpp"
 #include "img2vm/vm/machine.hpp"
@@ -54,6 +56,7 @@ struct RunArgs : RootfsArgs {
   std::vector<std::string> disks;
   std::string network = "user";
   std::vector<std::string> publish, expose;
+  std::vector<std::string> volumes, mounts, tmpfs;
   bool publish_all = false;
   bool rm = false, timings = false, verbose_boot = false, hugepages = false;
 };
@@ -99,6 +102,12 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     ExtraDisk e = parse_disk(d);
     mo.disks.push_back({e.path, e.read_only});
   }
+  for (const auto& v : a.volumes) mo.mounts.push_back(runtime::parse_volume(v));
+  for (const auto& m : a.mounts) mo.mounts.push_back(runtime::parse_mount(m));
+  for (const auto& t : a.tmpfs) mo.mounts.push_back(runtime::parse_tmpfs(t));
+  runtime::check_mounts(mo.mounts);
+  for (const auto& m : mo.mounts)  // checked again when virtiofsd starts; now to fail early
+    if (m.type == runtime::Mount::Type::kBind) runtime::share_source(m.source);
 
   NetworkChoice net = parse_network(a.network);
   for (const auto& f : a.publish)
@@ -196,7 +205,11 @@ bool exec_vmm(PreparedRun& p) {
     return false;
   }
   UniqueFd spec = runtime::sealed_memfd("img2vm-vm-spec", text);
-  for (int fd : {spec.get(), p.machine.overrides_disk.get()})
+  // What the spec refers to by descriptor stays open in img2vm-vmm. The virtiofsd processes
+  // become its children, ended by their parent-death signal when it exits.
+  std::vector<int> keep = {spec.get(), p.machine.overrides_disk.get()};
+  for (const auto& share : p.machine.shares) keep.push_back(share.socket_fd());
+  for (int fd : keep)
     if (fd >= 0 && ::fcntl(fd, F_SETFD, 0) != 0) throw_errno("fcntl");
   std::cout.flush();
   std::cerr.flush();
@@ -288,7 +301,7 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
       app.add_subcommand("run", "Boot an image as a microVM and run its command, like docker run");
   // No fallthrough to the global flags (add_global_flags): the words after the image must stay
   // here, not go to the parent. So run takes --json and --verbose itself (docker's -v is
-  // --volume, refused below).
+  // --volume).
   sub->add_flag("--json", g.json, "Machine-readable summary on stderr when the VM ends");
   sub->add_flag("--verbose", g.verbose, "More detail on stderr (as --log-level info)");
   // docker's -h is --hostname; help stays available as --help.
@@ -353,12 +366,15 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
                 "Publish every exposed port on a free host port");
   sub->add_option("--expose", a->expose, "Expose a port or range (PORT[-PORT][/PROTO]) for -P")
       ->allow_extra_args(false);
-  sub->add_option_function<std::string>("-v,--volume", [](const std::string&) {
-    unsupported("--volume", "bind mounts are not supported; attach an ext4 image with --disk FILE");
-  });
-  sub->add_option_function<std::string>("--mount", [](const std::string&) {
-    unsupported("--mount", "bind mounts are not supported; attach an ext4 image with --disk FILE");
-  });
+  sub->add_option("-v,--volume", a->volumes,
+                  "Share a host directory: HOST:GUEST[:ro|rw] (HOST absolute and existing)")
+      ->allow_extra_args(false);
+  sub->add_option("--mount", a->mounts,
+                  "type=bind,source=HOST,target=GUEST[,readonly] or "
+                  "type=tmpfs,target=GUEST[,tmpfs-size=S][,tmpfs-mode=M]")
+      ->allow_extra_args(false);
+  sub->add_option("--tmpfs", a->tmpfs, "Mount a tmpfs: GUEST[:size=S,mode=M,ro]")
+      ->allow_extra_args(false);
   sub->add_option_function<std::string>("--name", [](const std::string&) {
     unsupported("--name", "named VMs are not supported: img2vm run is attached and has no daemon");
   });

@@ -44,7 +44,7 @@ TEST(Cli, RunRefusesDockerFlagsItDoesNotOfferWithOneLine) {
     std::vector<std::string> args;
     const char* says;
   };
-  for (const Case& c : {Case{{"run", "-v", "/a:/b", "busybox"}, "--disk"},
+  for (const Case& c : {Case{{"run", "--name", "x", "busybox"}, "named VMs"},
                         Case{{"run", "-d", "busybox"}, "attached"},
                         Case{{"run", "--no-such-flag", "busybox"}, "--no-such-flag"}}) {
     auto r = img2vm(c.args);
@@ -84,7 +84,14 @@ TEST(Cli, RunValidatesOptionsBeforeTouchingKvmOrTheStore) {
         Case{{"run", "--network", "none", "-P", "nosuch.invalid/x"}, "--network none"},
         Case{{"run", "-p", "8080:80/sctp", "nosuch.invalid/x"}, "8080:80/sctp"},
         Case{{"run", "-p", "99999:80", "nosuch.invalid/x"}, "99999:80"},
-        Case{{"run", "--expose", "80/icmp", "-P", "nosuch.invalid/x"}, "--expose 80/icmp"}}) {
+        Case{{"run", "--expose", "80/icmp", "-P", "nosuch.invalid/x"}, "--expose 80/icmp"},
+        Case{{"run", "-v", "data:/data", "nosuch.invalid/x"}, "named volumes are not supported"},
+        Case{{"run", "-v", "/nonexistent/dir:/data", "nosuch.invalid/x"},
+             "bind source path does not exist: /nonexistent/dir"},
+        Case{{"run", "--mount", "type=bind,src=/tmp", "nosuch.invalid/x"}, "target is required"},
+        Case{{"run", "--tmpfs", "/run:noexec", "nosuch.invalid/x"}, "'noexec' is not supported"},
+        Case{{"run", "-v", "/tmp:/x", "--tmpfs", "/x/", "nosuch.invalid/x"},
+             "Duplicate mount point: /x"}}) {
     auto r = img2vm(c.args);
     EXPECT_EQ(r.exit_code, 125) << r.describe();
     EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();

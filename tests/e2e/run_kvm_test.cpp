@@ -571,6 +571,79 @@ struct NetSetup {
 // (two VMs at once, -p with and without a host address, -P with a port picked for it), a port
 // already in use, a guest reaching a server on the host's loopback (only when allowed), UDP
 // both ways, what the guest's eth0, routes and resolv.conf look like, and --network none.
+// Host directories in the guest (issue #16): -v and --mount type=bind through virtio-fs served by
+// Debian's virtiofsd, both ways with owner, mode and mtime; read-only shares refusing writes in
+// the guest (EROFS) whatever the guest's mount flags; --tmpfs with size and mode; a missing host
+// path refused before anything starts; and virtiofsd killed mid-run ending the run with 125.
+TEST(RunKvm, VolumesThroughVirtioFs) {
+  constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
+  if (!fs::exists(kVirtiofsd)) GTEST_SKIP() << "needs " << kVirtiofsd << " (qemu-system-common)";
+  if (::geteuid() != 0) GTEST_SKIP() << "virtiofsd's sandbox in L1 runs as root here";
+  NetSetup ns;
+  if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
+  const std::string& B = ns.B;
+  const std::string& run = ns.run;
+  std::ostringstream sh;
+  sh << ns.prelude() << "S=\"$W/share\"; mkdir -p \"$S\"; echo from-host > \"$S/from-host\"\n"
+     << "chown 1234:5678 \"$S/from-host\"; chmod 640 \"$S/from-host\"; touch -d @1500000000 "
+        "\"$S/from-host\"\n"
+     << "c rw " << run << " -v \"$S:/mnt/share\" " << B
+     << " sh -c 'cat /mnt/share/from-host; stat -c \"%a %u %g %Y\" /mnt/share/from-host;"
+        " echo from-guest > /mnt/share/new && chown 42:43 /mnt/share/new && chmod 600 "
+        "/mnt/share/new && touch -d @1400000000 /mnt/share/new && echo wrote'\n"
+     << "begin host-side; stat -c '%a %u %g %Y' \"$S/new\"; cat \"$S/new\"; echo; echo @@STDERR@@; "
+        "echo; echo '@@END host-side 0@@'\n"
+     << "c ro " << run << " -v \"$S:/ro:ro\" " << B
+     << " sh -c 'cat /ro/from-host; echo x > /ro/y; mount -o remount,rw /ro; echo x > /ro/z; ls "
+        "/ro'\n"
+     << "c mount-ro " << run << " --mount type=bind,source=\"$S\",target=/m,readonly " << B
+     << " sh -c 'touch /m/t'\n"
+     << "begin ro-host; ls \"$S\"; echo; echo @@STDERR@@; echo; echo '@@END ro-host 0@@'\n"
+     << "c tmpfs " << run << " --tmpfs /scratch:size=1m,mode=1770 " << B
+     << " sh -c 'grep \" /scratch \" /proc/mounts; stat -c %a /scratch; dd if=/dev/zero "
+        "of=/scratch/f bs=1k count=2048 2>&1 | grep -c \"No space left\"'\n"
+     << "c missing " << run << " -v /no/such/dir:/x " << B << " true\n"
+     << "begin kill-backend\n"
+     << run << " -v \"$S:/s\" " << B
+     << " sh -c 'echo ready; while :; do ls /s >/dev/null; sleep 1; done' >\"$W/k.out\" "
+        "2>\"$W/k.err\" </dev/null &\n"
+     << "kp=$!; wait_for \"$W/k.out\" ready; kill -9 $(pidof virtiofsd); wait $kp; rc=$?\n"
+     << "cat \"$W/k.out\"; echo; echo @@STDERR@@; cat \"$W/k.err\"; echo; echo \"@@END "
+        "kill-backend $rc@@\"\n";
+  write_file_atomic(ns.w / "fs.sh", sh.str());
+  std::vector<fs::path> files = ns.files();
+  files.push_back(kVirtiofsd);
+  std::string output = run_script(ns.w / "fs.sh", files, std::chrono::seconds(1200));
+  Cases cases(output);
+  auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
+  const Case& rw = get("rw");
+  EXPECT_EQ(rw.rc, 0) << rw.out << rw.err;
+  EXPECT_TRUE(has(rw.out, "from-host\n640 1234 5678 1500000000\n")) << rw.out;
+  EXPECT_TRUE(has(rw.out, "wrote")) << rw.out << rw.err;
+  EXPECT_TRUE(has(get("host-side").out, "600 42 43 1400000000\nfrom-guest"))
+      << get("host-side").out;
+  const Case& ro = get("ro");
+  EXPECT_TRUE(has(ro.out, "from-host")) << ro.out;
+  EXPECT_TRUE(has(ro.out + ro.err, "Read-only file system")) << ro.out << ro.err;
+  const Case& mro = get("mount-ro");
+  EXPECT_NE(mro.rc, 0) << mro.out << mro.err;
+  EXPECT_TRUE(has(mro.out + mro.err, "Read-only file system")) << mro.out << mro.err;
+  const Case& roh = get("ro-host");
+  EXPECT_FALSE(has(roh.out, "\ny\n") || has(roh.out, "\nz\n") || has(roh.out, "\nt\n")) << roh.out;
+  const Case& tmp = get("tmpfs");
+  EXPECT_EQ(tmp.rc, 0) << tmp.out << tmp.err;
+  EXPECT_TRUE(has(tmp.out, "size=1024k")) << tmp.out;
+  EXPECT_TRUE(has(tmp.out, "1770")) << tmp.out;
+  EXPECT_TRUE(has(tmp.out, "\n1\n")) << "no ENOSPC past 1 MiB: " << tmp.out;
+  const Case& miss = get("missing");
+  EXPECT_NE(miss.rc, 0);
+  EXPECT_TRUE(has(miss.err, "/no/such/dir")) << miss.err;
+  const Case& kill = get("kill-backend");
+  EXPECT_EQ(kill.rc, 125) << kill.out << kill.err;
+  EXPECT_TRUE(has(kill.err, "virtio-fs")) << kill.err;
+  if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
+}
+
 TEST(RunKvm, NetworkingInOurRunner) {
   NetSetup ns;
   if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;

@@ -147,6 +147,54 @@ TEST(RunOverrides, NetCarriesTheInterfaceAndRejectsBadValues) {
   EXPECT_NE(bad(R"("eth0")").find("net"), std::string::npos);
 }
 
+TEST(RunOverrides, MountsRoundTripAndBadOnesAreRefused) {
+  RunOverrides o;
+  o.mounts.push_back({MountSpec::Type::kVirtiofs, "img2vm-fs0", "/src", false, 0, 0});
+  o.mounts.push_back({MountSpec::Type::kVirtiofs, "img2vm-fs1", "/data/ro", true, 0, 0});
+  o.mounts.push_back({MountSpec::Type::kTmpfs, "", "/run/cache", false, 64u << 20, 0700});
+  o.mounts.push_back({MountSpec::Type::kTmpfs, "", "/scratch", true, 0, 0});
+  EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
+  EXPECT_EQ(run_overrides_from_json(to_json(RunOverrides{})).mounts.size(), 0u);
+  auto bad = [](const std::string& mounts) {
+    try {
+      run_overrides_from_json(R"({"schema":1,"mounts":)" + mounts + "}");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(bad(R"({"type":"tmpfs"})").find("mounts"), std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"nfs","target":"/a"}])").find("mounts.type"), std::string::npos);
+  for (const char* target : {"/", "a", "/a/", "/a//b", "/a/./b", "/a/../b", "/..", ""})
+    EXPECT_NE(
+        bad(std::string(R"([{"type":"tmpfs","target":")") + target + "\"}]").find("mounts.target"),
+        std::string::npos)
+        << target;
+  EXPECT_NE(bad(R"([{"type":"tmpfs","target":"/a"},{"type":"tmpfs","target":"/a"}])").find("twice"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"virtiofs","target":"/a"}])").find("mounts.tag"), std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"virtiofs","tag":"a,b","target":"/a"}])").find("mounts.tag"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"virtiofs","tag":")" + std::string(37, 't') + R"(","target":"/a"}])")
+                .find("mounts.tag"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"tmpfs","tag":"x","target":"/a"}])").find("mounts.tag"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"tmpfs","target":"/a","mode":4096}])").find("mounts.mode"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"tmpfs","target":"/a","size":-1}])").find("mounts.size"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"virtiofs","tag":"t","target":"/a","size":1}])").find("size or mode"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"tmpfs","target":"/a","uid":0}])").find("unknown field"),
+            std::string::npos);
+  std::string many = "[";
+  for (size_t i = 0; i <= kMaxMounts; ++i)
+    many +=
+        std::string(i ? "," : "") + R"({"type":"tmpfs","target":"/m)" + std::to_string(i) + "\"}";
+  EXPECT_NE(bad(many + "]").find("more than"), std::string::npos);
+}
+
 TEST(RunOverrides, NotUtf8IsAnErrorNotACrash) {
   RunOverrides o;
   o.env = {"A=\xff\xfe"};

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <vector>
@@ -61,7 +62,7 @@ void put(const fs::path& p, std::string_view content, mode_t mode = 0644) {
 constexpr const char* kApplets[] = {"sh",    "echo", "id",   "whoami", "ls",       "cat",   "sleep",
                                     "kill",  "pwd",  "env",  "printf", "test",     "[",     "true",
                                     "false", "stat", "grep", "wc",     "hostname", "mount", "ps",
-                                    "awk",   "head", "tr",   "ip",     "wget"};
+                                    "awk",   "head", "tr",   "ip",     "wget",     "chmod"};
 
 struct Boot {
   int qemu_exit = -1;
@@ -120,7 +121,7 @@ class InitBoot : public ::testing::Test {
     Strings argv = {
         "qemu-system-x86_64",
         "-M",
-        "microvm,acpi=off",
+        "microvm,acpi=off" + machine_options_,
         "-accel",
         "tcg",
         "-m",
@@ -161,7 +162,8 @@ class InitBoot : public ::testing::Test {
     return boot();
   }
 
-  Strings extra_qemu_;  // more qemu arguments (devices)
+  Strings extra_qemu_;           // more qemu arguments (devices)
+  std::string machine_options_;  // appended to -M microvm,acpi=off
   std::optional<fs::path> kernel_;
   TempDir work_{"init-boot"};
   fs::path root_;
@@ -405,6 +407,128 @@ TEST_F(InitBoot, BadOverridesAreAnInitFailure) {
           "img2vm-init: run overrides: kernel parameter img2vm.run: base64url: invalid character"))
       << b.console;
   EXPECT_EQ(b.status(), 3) << b.console;
+}
+
+// The console line starting with `start`, without its end of line (the init's own lines end in
+// \r\n: the console is still a cooked terminal then); empty when there is none.
+std::string line_starting(const std::string& console, const std::string& start) {
+  std::size_t at = console.find(start);
+  if (at == std::string::npos) return {};
+  std::string line = console.substr(at, console.find('\n', at) - at);
+  if (line.ends_with('\r')) line.pop_back();
+  return line;
+}
+
+std::string file_text(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+// MountSpec's fields: type, tag, target, readonly, size, mode.
+constexpr auto kTmpfs = guestabi::MountSpec::Type::kTmpfs;
+constexpr auto kVirtiofs = guestabi::MountSpec::Type::kVirtiofs;
+
+// --tmpfs: mounted before the workload on created mount points, with size, mode and read-only
+// as asked, nosuid and nodev but not noexec; -w may lie inside one.
+TEST_F(InitBoot, TmpfsMountsFromTheOverrides) {
+  RuntimeConfig c;
+  c.cmd = {"sh", "-c", "exit 1"};
+  write_config(c);
+  RunOverrides o;
+  o.mounts = {{kTmpfs, "", "/scratch/deep", false, 1 << 20, 0750}, {kTmpfs, "", "/ro", true, 0, 0}};
+  o.working_dir = "/scratch/deep/work";
+  o.cmd = Strings{
+      "sh", "-c",
+      "grep -E ' /scratch/deep | /ro ' /proc/mounts; "
+      "stat -c '%n %a %u:%g' /scratch /scratch/deep /ro; pwd; "
+      "[ \"$(stat -c %d .)\" = \"$(stat -c %d /scratch/deep)\" ] && echo workdir-in-tmpfs; "
+      "printf '#!/bin/sh\\necho exec-ok\\n' > /scratch/deep/x && chmod 755 /scratch/deep/x && "
+      "/scratch/deep/x; "
+      "(echo no > /ro/f) 2>&1; exit 5"};
+  auto b = boot(guestabi::run_overrides_kernel_param(o));
+  EXPECT_EQ(b.status(), 5) << b.console;
+  std::string scratch = line_starting(b.console, "tmpfs /scratch/deep tmpfs ");
+  EXPECT_TRUE(scratch.starts_with("tmpfs /scratch/deep tmpfs rw,nosuid,nodev,")) << b.console;
+  EXPECT_TRUE(has(scratch, ",size=1024k")) << b.console;
+  EXPECT_TRUE(has(scratch, ",mode=750")) << b.console;
+  EXPECT_FALSE(has(scratch, "noexec")) << b.console;
+  std::string ro = line_starting(b.console, "tmpfs /ro tmpfs ");
+  EXPECT_TRUE(ro.starts_with("tmpfs /ro tmpfs ro,nosuid,nodev,")) << b.console;
+  EXPECT_FALSE(has(ro, "size=")) << b.console;  // the kernel's default size
+  EXPECT_TRUE(has(b.console, "/scratch 755 0:0\n/scratch/deep 750 0:0\n/ro 1777 0:0\n"))
+      << b.console;
+  EXPECT_TRUE(has(b.console, "/scratch/deep/work\nworkdir-in-tmpfs\nexec-ok\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "can't create /ro/f: Read-only file system")) << b.console;
+}
+
+// A mount that cannot be made is an init failure (INIT_FAIL 4) naming it; the workload never runs.
+TEST_F(InitBoot, FailedMountsAreInitFailures) {
+  RuntimeConfig c;
+  c.cmd = {"sh", "-c", "echo should not run"};
+  write_config(c);
+  RunOverrides o;
+  o.mounts = {{kVirtiofs, "nosuch", "/data", false, 0, 0}};
+  auto b = boot(guestabi::run_overrides_kernel_param(o));
+  EXPECT_EQ(b.status(), 4) << b.console;
+  // The old guest kernel has no virtio-fs at all; one with it has no device with this tag.
+  std::string line = line_starting(b.console, "img2vm-init: mounting virtiofs 'nosuch' on /data: ");
+  EXPECT_TRUE(line.ends_with(": No such device (the guest kernel has no virtio-fs)") ||
+              line.ends_with(": Invalid argument (no virtio-fs device has this tag)"))
+      << b.console;
+  EXPECT_FALSE(has(b.console, "should not run")) << b.console;
+
+  o.mounts = {{kTmpfs, "", "/etc/passwd/sub", false, 0, 0}};
+  b = boot(guestabi::run_overrides_kernel_param(o));
+  EXPECT_EQ(b.status(), 4) << b.console;
+  EXPECT_TRUE(has(b.console,
+                  "img2vm-init: mounting tmpfs on /etc/passwd/sub: /etc/passwd exists and is not "
+                  "a directory"))
+      << b.console;
+  EXPECT_FALSE(has(b.console, "should not run")) << b.console;
+}
+
+// -v HOST:GUEST: a host directory shared through virtio-fs (qemu's vhost-user-fs device served
+// by Debian's virtiofsd), read and written from inside the guest. Skipped with a guest kernel
+// that has no virtio-fs, which the init's failure says.
+TEST_F(InitBoot, VirtiofsShareFromTheHost) {
+  // Opt-in for now: on the CI machine Debian's virtiofsd (qemu 7.2) drops the connection at
+  // vhost_set_mem_table after the guest has mounted the share, and the guest's first file access
+  // then hangs until the boot's timeout. Not yet understood.
+  if (!std::getenv("IMG2VM_TEST_VIRTIOFSD"))
+    GTEST_SKIP() << "set IMG2VM_TEST_VIRTIOFSD=1 to run (virtiofsd fails on the CI machine)";
+  const std::string virtiofsd = "/usr/lib/qemu/virtiofsd";
+  if (::geteuid() != 0 || !fs::exists(virtiofsd))
+    GTEST_SKIP() << "needs root and " << virtiofsd << " (qemu-system-common)";
+  TempDir share("init-virtiofs");
+  put(share.path() / "from-host.txt", "hello from the host\n");
+  const fs::path sock = work_.path() / "virtiofsd.sock", log = work_.path() / "virtiofsd.log";
+  img2vm::testing::ChildProcess daemon(
+      {virtiofsd, "--socket-path=" + sock.string(), "-o", "source=" + share.path().string(), "-o",
+       "sandbox=chroot", "-o", "cache=none"},
+      log);
+  // It logs this once it listens; it serves one connection, so the test must not probe it.
+  auto listening = [&] { return has(file_text(log), "Waiting for vhost-user socket connection"); };
+  for (int i = 0; i < 100 && !listening() && daemon.running(); ++i) ::usleep(100'000);
+  ASSERT_TRUE(listening()) << "virtiofsd did not start; see " << log;
+
+  machine_options_ = ",memory-backend=mem";
+  extra_qemu_ = {"-object",  "memory-backend-memfd,id=mem,size=256M,share=on",
+                 "-chardev", "socket,id=c0,path=" + sock.string(),
+                 "-device",  "vhost-user-fs-device,chardev=c0,tag=share0"};
+  RuntimeConfig c;
+  c.cmd = {"sh", "-c",
+           "grep ' /data ' /proc/mounts; cat /data/from-host.txt; "
+           "echo 'written in the guest' > /data/from-guest.txt; exit 7"};
+  write_config(c);
+  RunOverrides o;
+  o.mounts = {{kVirtiofs, "share0", "/data", false, 0, 0}};
+  auto b = boot(guestabi::run_overrides_kernel_param(o));
+  if (has(b.console, "(the guest kernel has no virtio-fs)"))
+    GTEST_SKIP() << "the guest kernel " << *kernel_ << " has no virtio-fs";
+  EXPECT_EQ(b.status(), 7) << b.console;
+  EXPECT_TRUE(has(b.console, "share0 /data virtiofs rw,")) << b.console;
+  EXPECT_TRUE(has(b.console, "hello from the host\n")) << b.console;
+  EXPECT_EQ(file_text(share.path() / "from-guest.txt"), "written in the guest\n");
 }
 
 TEST_F(InitBoot, MissingConfigIsAnInitFailure) {

@@ -1,14 +1,16 @@
 // The guest init's pure logic, on the host: docker run's override rules, Entrypoint + Cmd,
 // the environment, PATH lookup and its errors, user resolution from fake rootfs directories,
-// and the per-run override transport.
+// the per-run override transport and the overrides' mounts.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -19,6 +21,7 @@
 #include "img2vm/guestabi/overrides_disk.hpp"
 #include "img2vm/init/command.hpp"
 #include "img2vm/init/guest_files.hpp"
+#include "img2vm/init/mounts.hpp"
 #include "img2vm/init/network.hpp"
 #include "img2vm/init/sys.hpp"
 #include "img2vm/init/user.hpp"
@@ -403,6 +406,96 @@ TEST(InitGuestFiles, HostsMapsTheHostNameToTheGuestAddress) {
   EXPECT_NE(hosts.find("10.0.2.15\tweb\n"), std::string::npos) << hosts;
   EXPECT_EQ(hosts.find("127.0.1.1"), std::string::npos) << hosts;
   EXPECT_NE(hosts_content("web").find("127.0.1.1\tweb\n"), std::string::npos);
+}
+
+// --- the overrides' mounts ------------------------------------------------------------------
+
+// MountSpec's fields: type, tag, target, readonly, size, mode.
+using MountSpec = guestabi::MountSpec;
+constexpr auto kTmpfs = MountSpec::Type::kTmpfs;
+constexpr auto kVirtiofs = MountSpec::Type::kVirtiofs;
+
+TEST(InitMounts, TmpfsDataSizeInBytesAndOctalModeDefaulting1777) {
+  EXPECT_EQ(tmpfs_data(0, 0), "mode=1777");
+  EXPECT_EQ(tmpfs_data(65536, 0), "size=65536,mode=1777");
+  EXPECT_EQ(tmpfs_data(1 << 20, 0700), "size=1048576,mode=700");
+  EXPECT_EQ(tmpfs_data(0, 01750), "mode=1750");
+  EXPECT_EQ(tmpfs_data(0, 07777), "mode=7777");
+  EXPECT_EQ(tmpfs_data(uint64_t(1) << 50, 1), "size=1125899906842624,mode=1");
+}
+
+TEST(InitMounts, TmpfsIsNosuidNodevAndReadonlyWhenAsked) {
+  EXPECT_EQ(mount_call(MountSpec{kTmpfs, "", "/scratch", false, 4096, 0755}),
+            (MountCall{"tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "size=4096,mode=755"}));
+  EXPECT_EQ(mount_call(MountSpec{kTmpfs, "", "/ro", true, 0, 0}),
+            (MountCall{"tmpfs", "tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, "mode=1777"}));
+  EXPECT_EQ(mount_name(MountSpec{kTmpfs, "", "/ro", true, 0, 0}), "tmpfs");
+}
+
+TEST(InitMounts, VirtiofsMountsTheTagWithNoOptions) {
+  EXPECT_EQ(mount_call(MountSpec{kVirtiofs, "share0", "/data", false, 0, 0}),
+            (MountCall{"share0", "virtiofs", 0, ""}));
+  EXPECT_EQ(mount_call(MountSpec{kVirtiofs, "share1", "/etc/app", true, 0, 0}),
+            (MountCall{"share1", "virtiofs", MS_RDONLY, ""}));
+  EXPECT_EQ(mount_name(MountSpec{kVirtiofs, "share1", "/x", false, 0, 0}), "virtiofs 'share1'");
+}
+
+TEST(InitMounts, ErrorsSayWhatTheyMeanForVirtiofs) {
+  EXPECT_EQ(mount_error_text(MountSpec{kVirtiofs, "t", "/x", false, 0, 0}, ENODEV),
+            std::string(std::strerror(ENODEV)) + " (the guest kernel has no virtio-fs)");
+  EXPECT_EQ(mount_error_text(MountSpec{kVirtiofs, "t", "/x", false, 0, 0}, EINVAL),
+            std::string(std::strerror(EINVAL)) + " (no virtio-fs device has this tag)");
+  EXPECT_EQ(mount_error_text(MountSpec{kVirtiofs, "t", "/x", false, 0, 0}, EBUSY),
+            std::strerror(EBUSY));
+  EXPECT_EQ(mount_error_text(MountSpec{kTmpfs, "", "/x", false, 0, 0}, EINVAL),
+            std::strerror(EINVAL));
+}
+
+TEST(InitMounts, PathPrefixesOutermostFirst) {
+  EXPECT_EQ(path_prefixes("/a"), Strings{"/a"});
+  EXPECT_EQ(path_prefixes("/a/b/c"), (Strings{"/a", "/a/b", "/a/b/c"}));
+  EXPECT_EQ(path_prefixes("/"), Strings{});
+  EXPECT_EQ(path_prefixes(""), Strings{});
+  EXPECT_EQ(path_prefixes("/srv/app/"), (Strings{"/srv", "/srv/app"}));
+  EXPECT_EQ(path_prefixes("/srv//app"), (Strings{"/srv", "/srv//app"}));
+}
+
+TEST(InitMounts, MakeDirectoriesCreatesMissingParents0755) {
+  TempDir dir("init-mkdirs");
+  const fs::path target = dir.path() / "a/b/c";
+  const mode_t old_umask = ::umask(022);  // the init's (the kernel's default)
+  make_directories(target.string(), 0755);
+  ::umask(old_umask);
+  for (const fs::path& p : {dir.path() / "a", dir.path() / "a/b", target}) {
+    struct stat st {};
+    ASSERT_EQ(::stat(p.c_str(), &st), 0) << p;
+    EXPECT_TRUE(S_ISDIR(st.st_mode)) << p;
+    EXPECT_EQ(st.st_mode & 07777, 0755u) << p;
+  }
+  make_directories(target.string(), 0755);  // existing directories are fine
+  // A symlink to a directory on the way is followed, as mount(2) follows it.
+  fs::create_directory_symlink("a/b", dir.path() / "link");
+  make_directories((dir.path() / "link/d").string(), 0755);
+  EXPECT_TRUE(fs::is_directory(dir.path() / "a/b/d"));
+}
+
+TEST(InitMounts, MakeDirectoriesRefusesANonDirectoryOnTheWay) {
+  TempDir dir("init-mkdirs");
+  put(dir.path() / "file", "x");
+  const std::string file = (dir.path() / "file").string();
+  for (const std::string& target : {file, file + "/below"}) {
+    try {
+      make_directories(target, 0755);
+      FAIL() << "made " << target;
+    } catch (const NotADirectory& e) {
+      EXPECT_EQ(e.path, file);
+      EXPECT_EQ(std::string(e.what()), file + " exists and is not a directory");
+    }
+  }
+  fs::create_symlink("nowhere", dir.path() / "dangling");
+  EXPECT_EQ(error_of([&] { make_directories((dir.path() / "dangling/x").string(), 0755); }),
+            "creating " + (dir.path() / "dangling").string() + ": No such file or directory");
+  EXPECT_FALSE(fs::exists(dir.path() / "nowhere"));
 }
 
 TEST(InitNetwork, PrefixNetmask) {

@@ -77,6 +77,23 @@ build_base() {
     die "cannot build nested-exit helper"
   cat >"$root/init" <<'EOF'
 #!/bin/busybox sh
+# The initramfs root cannot be pivot_root(2)ed away from, which sandboxes such as virtiofsd's do:
+# first move everything into a tmpfs and make that the root (moved file by file, so the memory
+# in use stays about the same), then start again there.
+if [ ! -e /.in-tmpfs ]; then
+  /bin/busybox mkdir /newroot
+  /bin/busybox mount -t tmpfs -o size=90% tmpfs /newroot
+  /bin/busybox mv /bin /newroot/
+  for f in /* /.[!.]*; do
+    case "$f" in /newroot|/proc|/sys|/dev|'/.[!.]*') continue ;; esac
+    # switch_root looks for the init before it changes root: it stays here too.
+    [ "$f" = /init ] && { /newroot/bin/busybox cp -a /init /newroot/init; continue; }
+    /newroot/bin/busybox mv "$f" /newroot/
+  done
+  /newroot/bin/busybox mkdir -p /newroot/proc /newroot/sys /newroot/dev
+  /newroot/bin/busybox touch /newroot/.in-tmpfs
+  exec /newroot/bin/busybox switch_root /newroot /init
+fi
 /bin/busybox --install -s /bin
 export PATH=/bin:/usr/bin:/sbin:/usr/sbin HOME=/root
 mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev

@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include "common.hpp"
@@ -53,6 +54,10 @@ TEST(RuntimeVmm, TheChildKeepsTheSpecAndTheConfigsDescriptorsOnly) {
   vm::MachineConfig mc = dummy_config("/nonexistent/vmlinux");
   mc.disks.push_back(
       {"/proc/self/fd/" + std::to_string(disk.get()), vm::DiskMode::kReadOnly, "ovr"});
+  int sv[2];  // a virtio-fs socket (close-on-exec, as runtime::Virtiofsd's)
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+  UniqueFd fs_ours(sv[0]), fs_theirs(sv[1]);
+  mc.fs.push_back({"share", {}, fs_ours.get()});
   fs::path out = dir.path() / "fds";
   fs::path vmm = script(dir, "fake-vmm",
                         "cat /proc/$$/fd/$2 > " + (dir.path() / "spec").string() +
@@ -71,6 +76,8 @@ TEST(RuntimeVmm, TheChildKeepsTheSpecAndTheConfigsDescriptorsOnly) {
     return std::find(fds.begin(), fds.end(), std::to_string(fd)) != fds.end();
   };
   EXPECT_TRUE(has(disk.get())) << list;
+  EXPECT_TRUE(has(fs_ours.get())) << list;
+  EXPECT_FALSE(has(fs_theirs.get())) << list;
   EXPECT_FALSE(has(leaked.get())) << list;
   EXPECT_EQ(read_file(dir.path() / "spec"), runtime::vmm_spec(mc));
 }

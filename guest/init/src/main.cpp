@@ -1,7 +1,8 @@
 // img2vm-init: PID 1 of an img2vm microVM. Mounts the API filesystems, applies the image's
 // runtime config (/.img2vm/config.json) and the runner's per-run overrides (kernel parameter
-// img2vm.run=), runs ENTRYPOINT/CMD as docker would, reaps every process, forwards signals, and
-// reports the workload's exit status through the I/O ports documented in docs/guest-abi.md.
+// img2vm.run=) with their mounts, runs ENTRYPOINT/CMD as docker would, reaps every process,
+// forwards signals, and reports the workload's exit status through the I/O ports documented in
+// docs/guest-abi.md.
 #include <fcntl.h>
 #include <grp.h>
 #include <net/if.h>
@@ -34,6 +35,7 @@
 #include "img2vm/guestabi/ports.hpp"
 #include "img2vm/init/command.hpp"
 #include "img2vm/init/guest_files.hpp"
+#include "img2vm/init/mounts.hpp"
 #include "img2vm/init/network.hpp"
 #include "img2vm/init/sys.hpp"
 #include "img2vm/init/user.hpp"
@@ -110,21 +112,16 @@ bool is_mountpoint(const std::string& path) {
   return st.st_dev != parent.st_dev || st.st_ino == parent.st_ino;
 }
 
-void ensure_dir(const std::string& path, mode_t mode) {
-  if (::mkdir(path.c_str(), mode) == 0 || errno == EEXIST) {
-    struct stat st {};
-    if (::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) return;
-    fail(kFailMount, "mounting " + path, "exists and is not a directory");
-  }
-  fail(kFailMount, "creating mount point " + path, errno_text(errno));
-}
-
 // Mounts unless something is mounted there already. Optional mounts only warn when the kernel
 // lacks the file system, and are silent about it otherwise.
 void mount_fs(const char* type, const std::string& target, unsigned long flags, const char* data,
               bool required = true) {
   if (required) {
-    ensure_dir(target, 0755);
+    try {
+      init::make_directories(target, 0755);
+    } catch (const Error& e) {
+      fail(kFailMount, "mounting " + std::string(type) + " on " + target, e.what());
+    }
   } else {
     struct stat st {};
     if (::stat(target.c_str(), &st) != 0 && ::mkdir(target.c_str(), 0755) != 0) return;
@@ -175,6 +172,23 @@ void mount_api_filesystems() {
   struct stat st {};
   if (::lstat("/dev/ptmx", &st) == 0 && !S_ISLNK(st.st_mode)) ::unlink("/dev/ptmx");
   ::symlink("pts/ptmx", "/dev/ptmx");
+}
+
+// The run overrides' mounts, in order, each on its target created as docker creates a missing
+// mount point (root-owned, 0755, parents too).
+void mount_overrides(const std::vector<guestabi::MountSpec>& mounts) {
+  for (const auto& m : mounts) {
+    const std::string what = "mounting " + init::mount_name(m) + " on " + m.target;
+    try {
+      init::make_directories(m.target, 0755);
+    } catch (const Error& e) {
+      fail(kFailMount, what, e.what());
+    }
+    init::MountCall c = init::mount_call(m);
+    if (::mount(c.source.c_str(), m.target.c_str(), c.fstype.c_str(), c.flags,
+                c.data.empty() ? nullptr : c.data.c_str()) != 0)
+      fail(kFailMount, what, init::mount_error_text(m, errno));
+  }
 }
 
 guestabi::RuntimeConfig load_config() {
@@ -289,21 +303,12 @@ std::string prepare_workdir(const std::string& configured) {
   if (dir.front() != '/')
     fail(kFailWorkdir, "working directory \"" + dir + "\"",
          "is invalid, it needs to be an absolute path");
-  std::string partial;
-  std::size_t pos = 1;
-  while (pos <= dir.size()) {
-    std::size_t next = dir.find('/', pos);
-    if (next == std::string::npos) next = dir.size();
-    if (next > pos) {
-      partial = dir.substr(0, next);
-      if (::mkdir(partial.c_str(), 0755) != 0 && errno != EEXIST)
-        fail(kFailWorkdir, "creating working directory " + dir, partial + ": " + errno_text(errno));
-      struct stat st {};
-      if (::stat(partial.c_str(), &st) != 0)
-        fail(kFailWorkdir, "creating working directory " + dir, partial + ": " + errno_text(errno));
-      if (!S_ISDIR(st.st_mode)) fail(kFailWorkdir, "Cannot mkdir", partial + " is not a directory");
-    }
-    pos = next + 1;
+  try {
+    init::make_directories(dir, 0755);
+  } catch (const init::NotADirectory& e) {
+    fail(kFailWorkdir, "Cannot mkdir", e.path + " is not a directory");
+  } catch (const Error& e) {
+    fail(kFailWorkdir, "creating working directory " + dir, e.what());
   }
   return dir;
 }
@@ -578,6 +583,7 @@ unsigned char run() {
   guestabi::RuntimeConfig image = load_config();
   guestabi::RunOverrides overrides = load_overrides();
   guestabi::RuntimeConfig cfg = init::apply_overrides(image, overrides);
+  mount_overrides(overrides.mounts);  // before User and WorkingDir, which may lie in a mount
 
   std::string hostname = cfg.hostname.empty() ? random_hostname() : cfg.hostname;
   if (!init::valid_hostname(hostname))

@@ -152,6 +152,79 @@ RuntimeConfig runtime_config_from_json(std::string_view text) {
   return c;
 }
 
+namespace {
+
+// An absolute path with no empty, "." or ".." component, no trailing slash, no NUL, and not "/".
+bool normal_guest_path(const std::string& p) {
+  if (p.size() < 2 || p.size() > 4096 || p[0] != '/' || p.back() == '/' ||
+      p.find('\0') != std::string::npos)
+    return false;
+  for (std::size_t i = 1; i <= p.size();) {
+    std::size_t e = p.find('/', i);
+    if (e == std::string::npos) e = p.size();
+    std::string_view c(p.data() + i, e - i);
+    if (c.empty() || c == "." || c == "..") return false;
+    i = e + 1;
+  }
+  return true;
+}
+
+std::vector<MountSpec> mounts_field(const json& j, std::string_view what) {
+  std::vector<MountSpec> out;
+  auto it = j.find("mounts");
+  if (it == j.end() || it->is_null()) return out;
+  if (!it->is_array()) bad(what, "mounts", "must be an array");
+  if (it->size() > kMaxMounts)
+    bad(what, "mounts",
+        "has " + std::to_string(it->size()) + " entries, more than " + std::to_string(kMaxMounts));
+  for (const json& e : *it) {
+    if (!e.is_object()) bad(what, "mounts", "holds an entry that is not an object");
+    for (const auto& [k, v] : e.items())
+      if (k != "type" && k != "tag" && k != "target" && k != "readonly" && k != "size" &&
+          k != "mode")
+        bad(what, "mounts", "has an entry with an unknown field \"" + k + "\"");
+    MountSpec m;
+    std::string type = string_field(e, what, "type");
+    if (type == "tmpfs")
+      m.type = MountSpec::Type::kTmpfs;
+    else if (type != "virtiofs")
+      bad(what, "mounts.type", "has \"" + type + "\", not virtiofs or tmpfs");
+    m.target = string_field(e, what, "target");
+    if (!normal_guest_path(m.target))
+      bad(what, "mounts.target",
+          "has \"" + m.target + "\", not an absolute normalised path other than /");
+    for (const auto& other : out)
+      if (other.target == m.target) bad(what, "mounts.target", "has " + m.target + " twice");
+    m.tag = optional_string(e, what, "tag").value_or("");
+    if (m.type == MountSpec::Type::kVirtiofs) {
+      if (m.tag.empty() || m.tag.size() > kMaxFsTag)
+        bad(what, "mounts.tag", "must be 1 to " + std::to_string(kMaxFsTag) + " bytes");
+      for (char c : m.tag)
+        if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == ',')
+          bad(what, "mounts.tag", "has a blank, control character or comma");
+    } else if (!m.tag.empty()) {
+      bad(what, "mounts.tag", "is given for a tmpfs");
+    }
+    m.readonly = bool_field(e, what, "readonly");
+    auto number = [&](const char* field, uint64_t hi) -> uint64_t {
+      auto f = e.find(field);
+      if (f == e.end() || f->is_null()) return 0;
+      if (!f->is_number_unsigned() || f->get<uint64_t>() > hi)
+        bad(what, (std::string("mounts.") + field).c_str(),
+            "must be a whole number up to " + std::to_string(hi));
+      return f->get<uint64_t>();
+    };
+    m.size = number("size", uint64_t(1) << 50);
+    m.mode = static_cast<uint32_t>(number("mode", 07777));
+    if (m.type == MountSpec::Type::kVirtiofs && (m.size || m.mode))
+      bad(what, "mounts", "gives a size or mode for a virtiofs mount");
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string to_json(const RunOverrides& o) {
   json j = {{"schema", kSchemaVersion}};
   if (o.entrypoint) j["entrypoint"] = *o.entrypoint;
@@ -169,6 +242,19 @@ std::string to_json(const RunOverrides& o) {
     if (!o.net->gateway.empty()) n["gateway"] = o.net->gateway;
     if (o.net->mtu) n["mtu"] = o.net->mtu;
     j["net"] = n;
+  }
+  if (!o.mounts.empty()) {
+    json ms = json::array();
+    for (const auto& m : o.mounts) {
+      json e = {{"type", m.type == MountSpec::Type::kTmpfs ? "tmpfs" : "virtiofs"},
+                {"target", m.target}};
+      if (!m.tag.empty()) e["tag"] = m.tag;
+      if (m.readonly) e["readonly"] = true;
+      if (m.size) e["size"] = m.size;
+      if (m.mode) e["mode"] = m.mode;
+      ms.push_back(std::move(e));
+    }
+    j["mounts"] = std::move(ms);
   }
   return dump(j, "img2vm run overrides", -1);
 }
@@ -221,6 +307,7 @@ RunOverrides run_overrides_from_json(std::string_view text) {
     c.mtu = number("mtu", 0, 68, 65535);
     o.net = c;
   }
+  o.mounts = mounts_field(j, what);
   return o;
 }
 

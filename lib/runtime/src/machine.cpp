@@ -140,6 +140,38 @@ vm::DiskConfig root_disk(const MachineOptions& o) {
   return d;
 }
 
+// The mounts, parents before children (docker's order): a virtiofsd and a virtio-fs device per
+// bind mount, and what the guest init mounts.
+void add_mounts(PreparedMachine& p, const MachineOptions& o) {
+  std::vector<Mount> ms = o.mounts;
+  for (const auto& m : p.overrides.mounts) ms.push_back({Mount::Type::kTmpfs, {}, m.target});
+  check_mounts(ms);
+  ms.resize(o.mounts.size());
+  auto depth = [](const Mount& m) { return std::count(m.target.begin(), m.target.end(), '/'); };
+  std::stable_sort(ms.begin(), ms.end(),
+                   [&](const Mount& a, const Mount& b) { return depth(a) < depth(b); });
+  for (const Mount& m : ms) {
+    guestabi::MountSpec s;
+    s.target = m.target;
+    s.readonly = m.read_only;
+    if (m.type == Mount::Type::kTmpfs) {
+      s.type = guestabi::MountSpec::Type::kTmpfs;
+      s.size = m.size;
+      s.mode = m.mode;
+    } else {
+      VirtiofsdOptions vo;
+      vo.source = m.source;
+      vo.read_only = m.read_only;
+      vo.program = o.virtiofsd;
+      s.type = guestabi::MountSpec::Type::kVirtiofs;
+      s.tag = "img2vm-fs" + std::to_string(p.shares.size());
+      p.shares.push_back(Virtiofsd::start(vo));
+      p.config.fs.push_back(vm::FsConfig{s.tag, {}, p.shares.back().socket_fd()});
+    }
+    p.overrides.mounts.push_back(std::move(s));
+  }
+}
+
 }  // namespace
 
 PreparedMachine build_machine(MachineOptions o) {
@@ -148,6 +180,7 @@ PreparedMachine build_machine(MachineOptions o) {
   vm::MachineConfig& mc = p.config;
   guestabi::RunOverrides& ov = p.overrides;
   ov = std::move(o.overrides);
+  add_mounts(p, o);
   mc.memory_mib = o.memory_mib;
   mc.vcpus = o.cpus;
   mc.hugepages = o.hugepages;

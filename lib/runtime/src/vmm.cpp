@@ -55,7 +55,7 @@ std::string vmm_spec(const vm::MachineConfig& config, const std::string& attach,
 namespace {
 
 // The descriptors a spec's machine refers to, which the child must keep: its /proc/self/fd/N
-// disks and its tap device.
+// disks, its tap device and its virtio-fs sockets.
 std::vector<int> config_fds(const std::string& spec) {
   std::vector<int> fds;
   auto j = nlohmann::json::parse(spec, nullptr, false);
@@ -77,6 +77,10 @@ std::vector<int> config_fds(const std::string& spec) {
       m["net"]["tap"].is_object() && m["net"]["tap"].contains("fd") &&
       m["net"]["tap"]["fd"].is_number_integer())
     fds.push_back(m["net"]["tap"]["fd"].get<int>());
+  if (m.contains("fs") && m["fs"].is_array())
+    for (const auto& f : m["fs"])
+      if (f.is_object() && f.contains("socket_fd") && f["socket_fd"].is_number_integer())
+        fds.push_back(f["socket_fd"].get<int>());
   return fds;
 }
 

@@ -52,6 +52,24 @@ struct NetConfig {
   friend bool operator==(const NetConfig&, const NetConfig&) = default;
 };
 
+// A file system the init mounts before the workload starts: a host directory shared through
+// virtio-fs (run -v / --mount type=bind, and named volumes) or a tmpfs (--tmpfs, --mount
+// type=tmpfs). Mounted in the order given, after the image's own file systems (/proc, /dev...),
+// each target created (root-owned, 0755, parents too) when missing.
+struct MountSpec {
+  enum class Type { kVirtiofs, kTmpfs };
+  Type type = Type::kVirtiofs;
+  std::string tag;        // virtiofs: the device's tag (1-36 bytes); empty for tmpfs
+  std::string target;     // absolute, normalised path in the guest; never "/"
+  bool readonly = false;  // MS_RDONLY (for virtio-fs the host side refuses writes as well)
+  uint64_t size = 0;      // tmpfs: bytes, 0 for the kernel's default (half of RAM)
+  uint32_t mode = 0;      // tmpfs: permission bits, 0 for docker's 01777
+
+  friend bool operator==(const MountSpec&, const MountSpec&) = default;
+};
+inline constexpr std::size_t kMaxMounts = 64;
+inline constexpr std::size_t kMaxFsTag = 36;  // virtio-fs: the tag field of the device's config
+
 // Per-run overrides: the docker run options that change what runs. Absent optionals leave the
 // image's value alone.
 struct RunOverrides {
@@ -62,9 +80,10 @@ struct RunOverrides {
   std::optional<std::string> user;                     // -u
   std::optional<std::string> hostname;                 // -h
   std::vector<std::string> dns;                        // nameservers for a generated resolv.conf
-  bool tty = false;              // -t: the workload gets the console as its tty
-  bool interactive = false;      // -i: stdin is the console (else /dev/null)
-  std::optional<NetConfig> net;  // absent: loopback only
+  bool tty = false;               // -t: the workload gets the console as its tty
+  bool interactive = false;       // -i: stdin is the console (else /dev/null)
+  std::optional<NetConfig> net;   // absent: loopback only
+  std::vector<MountSpec> mounts;  // at most kMaxMounts, distinct targets
 
   friend bool operator==(const RunOverrides&, const RunOverrides&) = default;
 };

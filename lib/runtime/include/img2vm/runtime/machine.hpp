@@ -20,6 +20,8 @@
 
 #include "img2vm/base/fd.hpp"
 #include "img2vm/guestabi/config.hpp"
+#include "img2vm/runtime/mounts.hpp"
+#include "img2vm/runtime/virtiofsd.hpp"
 #include "img2vm/vm/machine.hpp"
 #include "img2vm/vm/net_tap.hpp"
 #include "img2vm/vm/port_forward.hpp"
@@ -67,6 +69,10 @@ struct MachineOptions {
   bool hugepages = false;                // back guest RAM with 2 MiB huge pages
   std::chrono::milliseconds timeout{0};  // 0: none
   std::vector<ExtraDisk> disks;          // after the root disk, in order
+  // Host directories (each served by a virtiofsd started by build_machine) and tmpfs mounts
+  // (mounts.hpp), mounted by the guest init before the workload, parents before children.
+  std::vector<Mount> mounts;
+  std::filesystem::path virtiofsd;  // empty: find_virtiofsd()
   NetworkMode network = NetworkMode::kUser;
   bool outbound = true;                  // the guest may reach the outside world (user, tap)
   bool host_loopback = false;            // user: 10.0.2.2 reaches the host's 127.0.0.1
@@ -86,7 +92,10 @@ struct PreparedMachine {
   guestabi::RunOverrides overrides;  // what the guest init receives (the network included)
   UniqueFd overrides_disk;  // the overrides when too long for the command line (config's last disk)
   std::shared_ptr<vm::TapBackend> tap;  // kTap: the host side, undone when the last owner lets go
-  bool ports_chosen = false;            // some host port is picked when the VM starts
+  // One virtiofsd per bind mount, tags img2vm-fs0, img2vm-fs1, ... in order; config.fs holds
+  // their sockets (not owned), so these must outlive the VM.
+  std::vector<Virtiofsd> shares;
+  bool ports_chosen = false;  // some host port is picked when the VM starts
 };
 
 // The ports the image config (its ExposedPorts) and `expose` name, as "PORT/PROTO", in order
@@ -95,7 +104,8 @@ std::vector<std::string> exposed_ports(const std::string& image_config_json,
                                        const std::vector<std::string>& expose);
 
 // Assembles the machine. Throws Error(kInvalidArgument) for contradicting or out-of-range
-// options, Error(kLimit) for too many disks; kTap sets up the host side now.
+// options, Error(kLimit) for too many disks; kTap sets up the host side now, and bind mounts
+// start their virtiofsd now (virtiofsd.hpp: errors for a missing source or virtiofsd).
 PreparedMachine build_machine(MachineOptions options);
 
 }  // namespace img2vm::runtime

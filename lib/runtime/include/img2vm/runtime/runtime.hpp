@@ -23,5 +23,7 @@
 #include "img2vm/runtime/image.hpp"
 #include "img2vm/runtime/kernel.hpp"
 #include "img2vm/runtime/machine.hpp"
+#include "img2vm/runtime/mounts.hpp"
 #include "img2vm/runtime/rootfs.hpp"
+#include "img2vm/runtime/virtiofsd.hpp"
 #include "img2vm/runtime/vmm.hpp"

@@ -51,8 +51,8 @@ struct ExitStatus {
 // How the child VMM is started.
 struct VmmChildOptions {
   std::filesystem::path vmm;  // empty: find_vmm_binary()
-  // Descriptors the child keeps besides stdio and the spec: the config's /proc/self/fd/N disks
-  // and tap descriptor are kept without being named here.
+  // Descriptors the child keeps besides stdio and the spec: the config's /proc/self/fd/N disks,
+  // tap descriptor and virtio-fs sockets are kept without being named here.
   std::vector<int> pass_fds;
   // The child's signal mask; default: nothing blocked.
   std::optional<sigset_t> sigmask;
