@@ -6,6 +6,7 @@
 // refused as compressed twice.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
@@ -353,4 +354,38 @@ TEST(ConvertCli, LocalCommandsLoadNoNetworkOrXmlLibraries) {
   CommandResult pull = traced({"pull", "127.0.0.1:1/none/such:1"});
   EXPECT_NE(pull.exit_code, 0) << pull.describe();
   EXPECT_NE(pull.err.find("libcurl.so.4"), std::string::npos) << pull.err;
+}
+
+// Without a usable libcurl, a command that needs a registry says which library it could not
+// load and why, in one line with a non-zero exit: a file that is no shared object, and a shared
+// object that lacks libcurl's functions (found first through LD_LIBRARY_PATH).
+TEST(ConvertCli, PullWithoutUsableLibcurlSaysWhichLibraryAndWhy) {
+  TempDir tmp("no-libcurl");
+  TempDir home("img2vm-home");
+  const char* b = std::getenv("IMG2VM_BIN");
+  auto pull_with = [&](const fs::path& libdir) {
+    RunOptions o;
+    o.env["IMG2VM_HOME"] = home.path().string();
+    o.env["LD_LIBRARY_PATH"] = libdir.string();
+    return run_command({b ? b : "img2vm", "pull", "127.0.0.1:1/none/such:1"}, o);
+  };
+  const fs::path junk = tmp.path() / "junk";
+  fs::create_directories(junk);
+  write_file_atomic(junk / "libcurl.so.4", "not a shared object\n");
+  CommandResult r = pull_with(junk);
+  EXPECT_EQ(r.exit_code, 1) << r.describe();
+  EXPECT_NE(r.err.find("img2vm: cannot load libcurl.so.4, needed to talk to registries"),
+            std::string::npos)
+      << r.err;
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+
+  const fs::path empty = tmp.path() / "empty";
+  fs::create_directories(empty);
+  write_file_atomic(tmp.path() / "empty.c", "int not_curl;\n");
+  CommandResult cc = run_command({"cc", "-shared", "-fPIC", "-o", (empty / "libcurl.so.4").string(),
+                                  (tmp.path() / "empty.c").string()});
+  ASSERT_EQ(cc.exit_code, 0) << cc.describe();
+  r = pull_with(empty);
+  EXPECT_EQ(r.exit_code, 1) << r.describe();
+  EXPECT_NE(r.err.find("libcurl.so.4 has no curl_global_init"), std::string::npos) << r.err;
 }
