@@ -43,8 +43,9 @@ TEST_F(Volumes, CreateFindListAndMetadata) {
   EXPECT_EQ(again.created_at, v.created_at);
   EXPECT_TRUE(fs::exists(v.mountpoint / "f"));
 
-  Volume anon = vs.create();
+  Volume anon = vs.create("", true);
   EXPECT_TRUE(anon.anonymous);
+  EXPECT_FALSE(vs.create().anonymous);  // volume create without a name: random, not anonymous
   EXPECT_EQ(anon.name.size(), 64u);
   EXPECT_EQ(anon.name.find_first_not_of("0123456789abcdef"), std::string::npos);
   EXPECT_NE(vs.create().name, anon.name);
@@ -52,7 +53,7 @@ TEST_F(Volumes, CreateFindListAndMetadata) {
   ASSERT_TRUE(vs.find("data"));
   EXPECT_FALSE(vs.find("nosuch"));
   EXPECT_FALSE(vs.find("../volumes"));
-  EXPECT_EQ(vs.list().size(), 3u);
+  EXPECT_EQ(vs.list().size(), 4u);
   EXPECT_EQ(vs.disk_usage(*vs.find("data")), 4u);
 }
 
@@ -134,16 +135,17 @@ TEST_F(Volumes, UseCreatesOnFirstUseAndAnonymousGetANewName) {
 
 TEST_F(Volumes, PruneTakesAnonymousOnlyUnlessAll) {
   vs.create("named");
-  Volume a = vs.create();
+  vs.create();
+  Volume a = vs.create("", true);
   std::ofstream(a.mountpoint / "f") << "12345";
-  Volume held = vs.create();
+  Volume held = vs.create("", true);
   VolumeLease l = vs.use(held.name, "/nonexistent.ext4", "/x", false);
   VolumeStore::PruneResult r = vs.prune(false);
   EXPECT_EQ(r.removed, std::vector<std::string>{a.name});
   EXPECT_EQ(r.bytes, 5u);
-  EXPECT_EQ(names(vs.list()).size(), 2u);  // named, held
+  EXPECT_EQ(names(vs.list()).size(), 3u);  // named, random, held
   r = vs.prune(true);
-  EXPECT_EQ(r.removed, std::vector<std::string>{"named"});
+  EXPECT_EQ(r.removed.size(), 2u);
   EXPECT_EQ(names(vs.list()), std::vector<std::string>{held.name});
 }
 

@@ -102,14 +102,13 @@ std::optional<Volume> VolumeStore::read(const std::string& name) const {
 }
 
 Volume VolumeStore::create(const std::string& name, bool anonymous) {
-  const bool anon = anonymous || name.empty();
   const std::string n = name.empty() ? random_name() : name;
   check_volume_name(n);
   if (auto v = read(n)) return *v;
   TempDir tmp(".new", dir_);
   if (::mkdir((tmp.path() / "_data").c_str(), 0755) != 0)
     throw_errno("mkdir " + (tmp.path() / "_data").string());
-  nlohmann::json meta = {{"Name", n}, {"CreatedAt", now_rfc3339()}, {"Anonymous", anon}};
+  nlohmann::json meta = {{"Name", n}, {"CreatedAt", now_rfc3339()}, {"Anonymous", anonymous}};
   write_file_atomic(tmp.path() / kMeta, meta.dump() + "\n");
   if (::rename(tmp.path().c_str(), path_of(n).c_str()) == 0)
     tmp.release();

@@ -49,7 +49,8 @@ class VolumeStore {
   const std::filesystem::path& dir() const { return dir_; }
 
   // Creates the volume (atomically: it appears whole or not at all), or returns it when it
-  // exists. An empty name creates an anonymous volume with a random 64-hex name.
+  // exists. An empty name gives a random 64-hex name. `anonymous` marks it as docker marks the
+  // volumes `run -v /path` creates: prune without `all` removes only those.
   Volume create(const std::string& name = "", bool anonymous = false);
   // The volume, or nothing when there is none by that name.
   std::optional<Volume> find(const std::string& name) const;
