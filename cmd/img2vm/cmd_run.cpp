@@ -164,6 +164,9 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   // With --network tap the host side is set up here, as root; the VM runs in a child given the
   // device's descriptor, which gives up root before the guest runs (run_tap_vmm).
   p.machine = runtime::build_machine(std::move(mo));
+  for (const auto& v : p.machine.volumes)
+    log(LogLevel::kInfo, "volume " + v.volume.name + ": " + v.volume.mountpoint.string() +
+                             (v.copied ? " (filled from the image)" : ""));
   p.attach.ports_chosen = p.machine.ports_chosen;
   p.summary = {{"image", src->name()},
                {"manifest_digest", src->manifest_digest().str()},
