@@ -198,6 +198,17 @@ void mount_field(const std::string& what, MountFields& f, const std::string& fie
   }
 }
 
+// --mount type=volume: a named volume (source) or an anonymous one.
+Mount volume_mount(const std::string& what, const MountFields& f, Mount m) {
+  if (!f.source.empty()) volume_source(what, f.source, m);
+  if (!m.source.empty())
+    bad(what,
+        "invalid mount config for type \"volume\": the source of a volume is a name, not a path");
+  m.type = Mount::Type::kVolume;
+  m.nocopy = f.nocopy;
+  return m;
+}
+
 }  // namespace
 
 Mount parse_mount(const std::string& spec) {
@@ -222,13 +233,7 @@ Mount parse_mount(const std::string& spec) {
     if (!f.mode.empty()) m.mode = parse_mode(what, f.mode);
     return m;
   }
-  if (f.type == "volume") {
-    if (!f.source.empty()) volume_source(what, f.source, m);
-    if (!m.source.empty()) bad(what, cfg + "the source of a volume is a name, not a path");
-    m.type = Mount::Type::kVolume;
-    m.nocopy = f.nocopy;
-    return m;
-  }
+  if (f.type == "volume") return volume_mount(what, f, std::move(m));
   if (f.source.empty()) bad(what, cfg + "field Source must not be empty");
   if (f.source[0] != '/')
     bad(what, cfg + "invalid mount path: '" + f.source + "' mount path must be absolute");
