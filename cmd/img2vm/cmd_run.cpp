@@ -164,6 +164,9 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   // With --network tap the host side is set up here, as root; the VM runs in a child given the
   // device's descriptor, which gives up root before the guest runs (run_tap_vmm).
   p.machine = runtime::build_machine(std::move(mo));
+  for (const auto& v : p.machine.volumes)
+    log(LogLevel::kInfo, "volume " + v.volume.name + ": " + v.volume.mountpoint.string() +
+                             (v.copied ? " (filled from the image)" : ""));
   p.attach.ports_chosen = p.machine.ports_chosen;
   p.summary = {{"image", src->name()},
                {"manifest_digest", src->manifest_digest().str()},
@@ -205,10 +208,12 @@ bool exec_vmm(PreparedRun& p) {
     return false;
   }
   UniqueFd spec = runtime::sealed_memfd("img2vm-vm-spec", text);
-  // What the spec refers to by descriptor stays open in img2vm-vmm. The virtiofsd processes
-  // become its children, ended by their parent-death signal when it exits.
+  // What the spec refers to by descriptor stays open in img2vm-vmm, and so do the volumes'
+  // locks. The virtiofsd processes become its children, ended by their parent-death signal when
+  // it exits.
   std::vector<int> keep = {spec.get(), p.machine.overrides_disk.get()};
   for (const auto& share : p.machine.shares) keep.push_back(share.socket_fd());
+  for (const auto& v : p.machine.volumes) keep.push_back(v.lock.get());  // held while the VM runs
   for (int fd : keep)
     if (fd >= 0 && ::fcntl(fd, F_SETFD, 0) != 0) throw_errno("fcntl");
   std::cout.flush();
@@ -367,10 +372,12 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
   sub->add_option("--expose", a->expose, "Expose a port or range (PORT[-PORT][/PROTO]) for -P")
       ->allow_extra_args(false);
   sub->add_option("-v,--volume", a->volumes,
-                  "Share a host directory: HOST:GUEST[:ro|rw] (HOST absolute and existing)")
+                  "Share a host directory or a volume: HOST:GUEST[:ro|rw] (HOST absolute and "
+                  "existing), NAME:GUEST[:ro|rw|nocopy], or GUEST (an anonymous volume)")
       ->allow_extra_args(false);
   sub->add_option("--mount", a->mounts,
-                  "type=bind,source=HOST,target=GUEST[,readonly] or "
+                  "type=bind,source=HOST,target=GUEST[,readonly], "
+                  "type=volume[,source=NAME],target=GUEST[,readonly][,volume-nocopy] or "
                   "type=tmpfs,target=GUEST[,tmpfs-size=S][,tmpfs-mode=M]")
       ->allow_extra_args(false);
   sub->add_option("--tmpfs", a->tmpfs, "Mount a tmpfs: GUEST[:size=S,mode=M,ro]")

@@ -14,5 +14,6 @@ void register_inspect(CLI::App& app, Globals& g, Action* slot);
 void register_rm(CLI::App& app, Globals& g, Action* slot);
 void register_prune(CLI::App& app, Globals& g, Action* slot);
 void register_run(CLI::App& app, Globals& g, Action* slot);
+void register_volume(CLI::App& app, Globals& g, Action* slot);
 
 }  // namespace img2vm::cli

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   register_convert(app, g, &action);
   register_kernel(app, g, &action);
   register_run(app, g, &action);
+  register_volume(app, g, &action);
 
   try {
     app.parse(argc, argv);

@@ -35,7 +35,7 @@ TEST(Cli, HelpListsEveryCommand) {
   auto r = img2vm({"--help"});
   EXPECT_EQ(r.exit_code, 0) << r.describe();
   for (const char* c :
-       {"pull", "images", "inspect", "rm", "prune", "convert", "run", "kernel", "info"})
+       {"pull", "images", "inspect", "rm", "prune", "convert", "run", "kernel", "info", "volume"})
     EXPECT_NE(r.out.find(c), std::string::npos) << "help does not mention " << c;
 }
 
@@ -85,7 +85,11 @@ TEST(Cli, RunValidatesOptionsBeforeTouchingKvmOrTheStore) {
         Case{{"run", "-p", "8080:80/sctp", "nosuch.invalid/x"}, "8080:80/sctp"},
         Case{{"run", "-p", "99999:80", "nosuch.invalid/x"}, "99999:80"},
         Case{{"run", "--expose", "80/icmp", "-P", "nosuch.invalid/x"}, "--expose 80/icmp"},
-        Case{{"run", "-v", "data:/data", "nosuch.invalid/x"}, "named volumes are not supported"},
+        Case{{"run", "-v", "x y:/data", "nosuch.invalid/x"},
+             "\"x y\" includes invalid characters for a local volume name"},
+        Case{{"run", "--mount", "type=volume,src=/srv,dst=/d", "nosuch.invalid/x"},
+             "the source of a volume is a name, not a path"},
+        Case{{"run", "-v", "data:/data:z", "nosuch.invalid/x"}, "(ro, rw or nocopy)"},
         Case{{"run", "-v", "/nonexistent/dir:/data", "nosuch.invalid/x"},
              "bind source path does not exist: /nonexistent/dir"},
         Case{{"run", "--mount", "type=bind,src=/tmp", "nosuch.invalid/x"}, "target is required"},
@@ -97,6 +101,60 @@ TEST(Cli, RunValidatesOptionsBeforeTouchingKvmOrTheStore) {
     EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.describe();
   }
+}
+
+// `volume create|ls|inspect|rm|prune` on a store of its own, as docker's commands print.
+TEST(CliVolume, CreateListInspectRemovePrune) {
+  img2vm::TempDir home("img2vm-cli-volume");
+  const std::map<std::string, std::string> env = {{"IMG2VM_HOME", home.path().string()}};
+  auto v = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), "volume");
+    return img2vm(args, env);
+  };
+  auto created = v({"create", "zdata"});
+  ASSERT_EQ(created.exit_code, 0) << created.describe();
+  EXPECT_EQ(created.out, "zdata\n");
+  auto random = v({"create"});
+  ASSERT_EQ(random.exit_code, 0) << random.describe();
+  const std::string rnd = random.out.substr(0, random.out.size() - 1);
+  EXPECT_EQ(rnd.size(), 64u) << random.out;
+
+  auto ls = v({"ls"});
+  EXPECT_EQ(ls.exit_code, 0) << ls.describe();
+  EXPECT_EQ(ls.out, "DRIVER    VOLUME NAME\nlocal     " + rnd + "\nlocal     zdata\n");
+  EXPECT_EQ(v({"ls", "-q"}).out, rnd + "\nzdata\n");
+  auto json = v({"ls", "--json"});
+  EXPECT_EQ(nlohmann::json::parse(json.out.substr(json.out.find('\n') + 1))["Mountpoint"],
+            (home.path() / "volumes/zdata/_data").string());
+
+  auto inspect = v({"inspect", "zdata"});
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.describe();
+  auto j = nlohmann::json::parse(inspect.out);
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0]["Name"], "zdata");
+  EXPECT_EQ(j[0]["Driver"], "local");
+  EXPECT_EQ(j[0]["Labels"], nlohmann::json::object());
+  EXPECT_EQ(j[0]["CreatedAt"].get<std::string>().size(), 20u);
+  auto missing = v({"inspect", "nosuch"});
+  EXPECT_EQ(missing.exit_code, 1) << missing.describe();
+  EXPECT_EQ(missing.err, "img2vm: no such volume: nosuch\n");
+  auto bad = v({"create", "-bad"});
+  EXPECT_NE(bad.exit_code, 0) << bad.describe();
+
+  // rm: a missing name is an error unless -f; the others are still removed.
+  auto rm = v({"rm", "nosuch", "zdata"});
+  EXPECT_EQ(rm.exit_code, 1) << rm.describe();
+  EXPECT_EQ(rm.out, "zdata\n");
+  EXPECT_EQ(rm.err, "img2vm: no such volume: nosuch\n");
+  EXPECT_EQ(v({"rm", "-f", "nosuch"}).exit_code, 0);
+
+  // prune: anonymous volumes only (none here) unless -a.
+  auto prune = v({"prune"});
+  EXPECT_EQ(prune.out, "Total reclaimed space: 0 B\n") << prune.describe();
+  auto all = v({"prune", "-a", "-f"});
+  EXPECT_EQ(all.out, "Deleted Volumes:\n" + rnd + "\n\nTotal reclaimed space: 0 B\n")
+      << all.describe();
+  EXPECT_EQ(v({"ls", "-q"}).out, "");
 }
 
 TEST(Cli, RunSaysWhyWithoutKvm) {

@@ -644,6 +644,63 @@ TEST(RunKvm, VolumesThroughVirtioFs) {
   if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }
 
+// Named and anonymous volumes (issue #16): a named volume starts with the image's content at its
+// mount point and keeps what a run wrote for the next run; volume-nocopy leaves it empty; -v PATH
+// alone makes an anonymous volume filled the same way; a volume a running VM holds cannot be
+// removed, and prune takes only the anonymous ones.
+TEST(RunKvm, NamedVolumes) {
+  constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
+  if (!fs::exists(kVirtiofsd)) GTEST_SKIP() << "needs " << kVirtiofsd << " (qemu-system-common)";
+  if (::geteuid() != 0) GTEST_SKIP() << "virtiofsd's sandbox in L1 runs as root here";
+  NetSetup ns;
+  if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
+  const std::string& B = ns.B;
+  const std::string& run = ns.run;
+  const std::string vol = quote(std::getenv("IMG2VM_BIN")) + " volume";
+  std::ostringstream sh;
+  sh << ns.prelude() << "c first " << run << " -v web:/www " << B
+     << " sh -c 'cat /www/index.html; echo kept > /www/state'\n"
+     << "c second " << run << " -v web:/www " << B << " sh -c 'cat /www/state /www/index.html'\n"
+     << "c nocopy " << run << " --mount type=volume,src=bare,dst=/www,volume-nocopy " << B
+     << " sh -c 'ls -A /www | wc -l'\n"
+     << "c anonymous " << run << " -v /www " << B << " cat /www/index.html\n"
+     << "c host-side sh -c '" << vol
+     << " ls -q | wc -l; cat \"$IMG2VM_HOME/volumes/web/_data/state\"'\n"
+     << "begin in-use\n"
+     << run << " -v web:/www " << B
+     << " sh -c 'echo ready; while :; do sleep 1; done' >\"$W/u.out\" 2>\"$W/u.err\" </dev/null &\n"
+     << "up=$!; wait_for \"$W/u.out\" ready; " << vol << " rm web 2>&1; echo rm=$?\n"
+     << "kill -INT $up; wait $up; " << vol << " rm web; echo rm-after=$?\n"
+     << "echo; echo @@STDERR@@; cat \"$W/u.err\"; echo; echo '@@END in-use 0@@'\n"
+     << "c prune sh -c '" << vol << " prune; " << vol << " ls -q'\n";
+  write_file_atomic(ns.w / "vol.sh", sh.str());
+  std::vector<fs::path> files = ns.files();
+  files.push_back(kVirtiofsd);
+  std::string output = run_script(ns.w / "vol.sh", files, std::chrono::seconds(1200));
+  Cases cases(output);
+  auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
+  const Case& first = get("first");
+  EXPECT_EQ(first.rc, 0) << first.out << first.err;
+  EXPECT_TRUE(has(first.out, "served-by-image")) << first.out << first.err;
+  const Case& second = get("second");
+  EXPECT_EQ(second.rc, 0) << second.out << second.err;
+  EXPECT_TRUE(has(second.out, "kept\nserved-by-image")) << second.out << second.err;
+  const Case& nocopy = get("nocopy");
+  EXPECT_EQ(nocopy.rc, 0) << nocopy.out << nocopy.err;
+  EXPECT_TRUE(has(nocopy.out, "0\n")) << nocopy.out;
+  const Case& anon = get("anonymous");
+  EXPECT_EQ(anon.rc, 0) << anon.out << anon.err;
+  EXPECT_TRUE(has(anon.out, "served-by-image")) << anon.out << anon.err;
+  EXPECT_TRUE(has(get("host-side").out, "3\nkept")) << get("host-side").out;
+  const Case& busy = get("in-use");
+  EXPECT_TRUE(has(busy.out, "img2vm: volume web is in use\nrm=1")) << busy.out << busy.err;
+  EXPECT_TRUE(has(busy.out, "web\nrm-after=0")) << busy.out << busy.err;
+  const Case& prune = get("prune");
+  EXPECT_TRUE(has(prune.out, "Deleted Volumes:\n")) << prune.out;
+  EXPECT_TRUE(has(prune.out, "\nbare\n")) << prune.out;  // the named one stays
+  if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
+}
+
 TEST(RunKvm, NetworkingInOurRunner) {
   NetSetup ns;
   if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;

@@ -28,6 +28,16 @@ Mount tmpfs(std::string target, uint64_t size = 0, uint32_t mode = 0, bool ro = 
   return m;
 }
 
+Mount volume(std::string name, std::string target, bool ro = false, bool nocopy = false) {
+  Mount m;
+  m.type = Mount::Type::kVolume;
+  m.volume = std::move(name);
+  m.target = std::move(target);
+  m.read_only = ro;
+  m.nocopy = nocopy;
+  return m;
+}
+
 // The message of the Error `f` throws (kInvalidArgument), or a failure.
 template <class F>
 std::string error_of(F f) {
@@ -51,13 +61,31 @@ TEST(Volume, HostGuestAndMode) {
   EXPECT_EQ(parse_volume("./x:/x").source, std::filesystem::current_path() / "x");
 }
 
+TEST(Volume, NamedAndAnonymous) {
+  EXPECT_EQ(parse_volume("data:/data"), volume("data", "/data"));
+  EXPECT_EQ(parse_volume("my.vol_1-x:/var/lib/x/:ro"), volume("my.vol_1-x", "/var/lib/x", true));
+  EXPECT_EQ(parse_volume("data:/data:nocopy,ro"), volume("data", "/data", true, true));
+  EXPECT_EQ(parse_volume("/var/cache"), volume("", "/var/cache"));
+  EXPECT_EQ(parse_volume("/var//cache/"), volume("", "/var/cache"));
+}
+
 TEST(Volume, Errors) {
-  EXPECT_EQ(error_of([] { parse_volume("data:/data"); }),
-            "-v data:/data: named volumes are not supported yet: share a host directory (an "
-            "absolute path) or use a tmpfs");
-  EXPECT_NE(error_of([] { parse_volume("/data"); }).find("anonymous volumes are not supported"),
+  const std::string bad_name =
+      "-v x y:/data: \"x y\" includes invalid characters for a local volume name, only "
+      "\"[a-zA-Z0-9][a-zA-Z0-9_.-]\" are allowed (2 to 255 bytes). If you intended to pass a "
+      "host directory, use absolute path";
+  EXPECT_EQ(error_of([] { parse_volume("x y:/data"); }), bad_name);
+  EXPECT_NE(error_of([] { parse_volume("_data:/data"); }).find("invalid characters"),
             std::string::npos);
-  EXPECT_NE(error_of([] { parse_volume("x y:/data"); }).find("is not absolute"), std::string::npos);
+  EXPECT_NE(error_of([] { parse_volume("d:/data"); }).find("invalid characters"),
+            std::string::npos);
+  EXPECT_NE(
+      error_of([] { parse_volume(std::string(256, 'a') + ":/data"); }).find("invalid characters"),
+      std::string::npos);
+  EXPECT_NE(error_of([] { parse_volume("data"); }).find("mount path must be absolute"),
+            std::string::npos);
+  EXPECT_EQ(error_of([] { parse_volume("/srv:/data:nocopy"); }),
+            "-v /srv:/data:nocopy: unsupported option 'nocopy' (ro or rw)");
   EXPECT_EQ(error_of([] { parse_volume("/srv:data"); }),
             "-v /srv:data: invalid mount path: 'data' mount path must be absolute");
   EXPECT_EQ(error_of([] { parse_volume("/srv:/"); }),
@@ -68,7 +96,7 @@ TEST(Volume, Errors) {
             "-v /srv:/data:z: unsupported option 'z' (ro or rw)");
   EXPECT_NE(error_of([] { parse_volume("/srv:/data:ro:x"); }).find("invalid volume specification"),
             std::string::npos);
-  EXPECT_NE(error_of([] { parse_volume(":/data"); }).find("is not absolute"), std::string::npos);
+  EXPECT_NE(error_of([] { parse_volume(":/data"); }).find("invalid characters"), std::string::npos);
 }
 
 TEST(MountFlag, Bind) {
@@ -82,6 +110,15 @@ TEST(MountFlag, Bind) {
             bind("/srv", "/data"));
   // docker's CSV: a quoted field may hold a comma.
   EXPECT_EQ(parse_mount("type=bind,\"src=/a,b\",target=/data"), bind("/a,b", "/data"));
+}
+
+TEST(MountFlag, Volume) {
+  EXPECT_EQ(parse_mount("type=volume,source=data,target=/data"), volume("data", "/data"));
+  EXPECT_EQ(parse_mount("src=data,dst=/data,readonly,volume-nocopy"),
+            volume("data", "/data", true, true));
+  EXPECT_EQ(parse_mount("type=volume,target=/cache,volume-nocopy=false"), volume("", "/cache"));
+  EXPECT_EQ(parse_mount("type=volume,target=/cache,volume-nocopy=true"),
+            volume("", "/cache", false, true));
 }
 
 TEST(MountFlag, Tmpfs) {
@@ -106,9 +143,16 @@ TEST(MountFlag, Errors) {
             std::string::npos);
   EXPECT_NE(e("type=bind,src=/srv,target=/d,tmpfs-size=1m").find("TmpfsOptions"),
             std::string::npos);
-  EXPECT_NE(e("src=/srv,target=/d").find("named volumes are not supported yet"), std::string::npos);
-  EXPECT_NE(e("type=volume,src=v,target=/d").find("named volumes are not supported yet"),
+  EXPECT_NE(e("src=/srv,target=/d").find("the source of a volume is a name, not a path"),
             std::string::npos);
+  EXPECT_NE(e("type=volume,src=a:b,target=/d").find("invalid characters"), std::string::npos);
+  EXPECT_NE(e("type=volume,src=v").find("target is required"), std::string::npos);
+  EXPECT_NE(e("type=volume,src=v,target=/d,volume-driver=nfs").find("not supported"),
+            std::string::npos);
+  EXPECT_NE(e("type=volume,src=v,target=/d,volume-nocopy=maybe").find("invalid value"),
+            std::string::npos);
+  EXPECT_NE(e("type=bind,src=/s,target=/d,volume-nocopy").find("VolumeOptions"), std::string::npos);
+  EXPECT_NE(e("type=volume,target=/d,tmpfs-size=1m").find("TmpfsOptions"), std::string::npos);
   EXPECT_NE(e("type=npipe,target=/d").find("mount type 'npipe' is not supported"),
             std::string::npos);
   EXPECT_NE(e("type=bind,src=/s,target=/d,readonly=maybe").find("invalid value for readonly"),

@@ -23,6 +23,7 @@
 #include "img2vm/base/fd.hpp"
 #include "img2vm/runtime/machine.hpp"
 #include "img2vm/runtime/mounts.hpp"
+#include "img2vm/runtime/volumes.hpp"
 #include "vhost_user.hpp"
 #include "virtio_fs.hpp"
 #include "virtio_fs_driver.hpp"
@@ -289,6 +290,31 @@ TEST_F(VirtiofsdTest, BuildMachineStartsOneVirtiofsdPerBindMount) {
   Session rw(pm.config.fs[0].socket_fd);
   EXPECT_EQ(rw.mkdir("made"), 0);
   EXPECT_TRUE(std::filesystem::is_directory(dir_.path() / "other" / "made"));
+}
+
+// A volume mount: build_machine creates the volume in the given store, serves its _data like a
+// bind mount and holds it (in use) as long as the PreparedMachine lives.
+TEST_F(VirtiofsdTest, BuildMachineServesAVolumeAndHoldsIt) {
+  if (::geteuid() != 0) GTEST_SKIP() << kRootOnly;
+  runtime::MachineOptions mo;
+  mo.kernel = "/nonexistent/vmlinux";
+  mo.rootfs = "/nonexistent/rootfs.ext4";  // nocopy: never read
+  mo.network = runtime::NetworkMode::kNone;
+  mo.volumes_dir = dir_.path() / "volumes";
+  mo.mounts = {runtime::parse_volume("cache:/cache:nocopy")};
+  runtime::VolumeStore vs(mo.volumes_dir);
+  {
+    runtime::PreparedMachine pm = runtime::build_machine(std::move(mo));
+    ASSERT_EQ(pm.volumes.size(), 1u);
+    ASSERT_EQ(pm.config.fs.size(), 1u);
+    EXPECT_EQ(pm.overrides.mounts[0].target, "/cache");
+    Session rw(pm.config.fs[0].socket_fd);
+    EXPECT_EQ(rw.mkdir("made"), 0);
+    EXPECT_TRUE(std::filesystem::is_directory(vs.dir() / "cache" / "_data" / "made"));
+    EXPECT_THROW(vs.remove("cache"), Error);
+  }
+  vs.remove("cache");
+  EXPECT_FALSE(vs.find("cache"));
 }
 
 // Not root: the same in an unprivileged user namespace. The test drops to nobody in a child.

@@ -140,11 +140,24 @@ vm::DiskConfig root_disk(const MachineOptions& o) {
   return d;
 }
 
+// The host directory of a volume mount: the volume, created and filled from the image on first
+// use, held (shared lock) by the machine until it is destroyed.
+fs::path lease_volume(PreparedMachine& p, const MachineOptions& o, const Mount& m) {
+  VolumeStore vs(o.volumes_dir.empty() ? VolumeStore::default_dir() : o.volumes_dir);
+  p.volumes.push_back(vs.use(m.volume, o.rootfs, m.target, !m.nocopy));
+  return p.volumes.back().volume.mountpoint;
+}
+
 // The mounts, parents before children (docker's order): a virtiofsd and a virtio-fs device per
-// bind mount, and what the guest init mounts.
+// bind mount and volume, and what the guest init mounts.
 void add_mounts(PreparedMachine& p, const MachineOptions& o) {
   std::vector<Mount> ms = o.mounts;
-  for (const auto& m : p.overrides.mounts) ms.push_back({Mount::Type::kTmpfs, {}, m.target});
+  for (const auto& m : p.overrides.mounts) {
+    Mount t;
+    t.type = Mount::Type::kTmpfs;
+    t.target = m.target;
+    ms.push_back(std::move(t));
+  }
   check_mounts(ms);
   ms.resize(o.mounts.size());
   auto depth = [](const Mount& m) { return std::count(m.target.begin(), m.target.end(), '/'); };
@@ -160,7 +173,7 @@ void add_mounts(PreparedMachine& p, const MachineOptions& o) {
       s.mode = m.mode;
     } else {
       VirtiofsdOptions vo;
-      vo.source = m.source;
+      vo.source = m.type == Mount::Type::kVolume ? lease_volume(p, o, m) : m.source;
       vo.read_only = m.read_only;
       vo.program = o.virtiofsd;
       s.type = guestabi::MountSpec::Type::kVirtiofs;

@@ -1,12 +1,12 @@
 #include "img2vm/runtime/mounts.hpp"
 
 #include <algorithm>
-#include <cctype>
 #include <set>
 
 #include "img2vm/base/ascii.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/guestabi/config.hpp"
+#include "img2vm/runtime/volumes.hpp"
 
 namespace img2vm::runtime {
 
@@ -105,23 +105,21 @@ std::vector<std::string> csv_fields(const std::string& what, const std::string& 
   return out;
 }
 
-bool volume_name(const std::string& s) {
-  auto ok = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) != 0; };
-  if (s.size() < 2 || !ok(s[0])) return false;
-  return std::all_of(s.begin() + 1, s.end(),
-                     [&](char c) { return ok(c) || c == '_' || c == '.' || c == '-'; });
-}
-
-constexpr const char* kNoVolumes =
-    "named volumes are not supported yet: share a host directory (an absolute path) or use a "
-    "tmpfs";
-
-fs::path host_path(const std::string& what, const std::string& host) {
-  if (!host.empty() && host[0] == '/') return clean(host);
-  if (host == "." || host == ".." || host.rfind("./", 0) == 0 || host.rfind("../", 0) == 0)
-    return clean(fs::absolute(host).string());
-  if (volume_name(host)) bad(what, kNoVolumes);
-  bad(what, "invalid volume specification: the host path '" + host + "' is not absolute");
+// HOST of -v HOST:GUEST: a host path, or a volume's name.
+void volume_source(const std::string& what, const std::string& host, Mount& m) {
+  if (!host.empty() && host[0] == '/') {
+    m.source = clean(host);
+  } else if (host == "." || host == ".." || host.rfind("./", 0) == 0 || host.rfind("../", 0) == 0) {
+    m.source = clean(fs::absolute(host).string());
+  } else {
+    try {
+      check_volume_name(host);
+    } catch (const Error& e) {
+      throw e.with_context(what);
+    }
+    m.type = Mount::Type::kVolume;
+    m.volume = host;
+  }
 }
 
 }  // namespace
@@ -129,16 +127,24 @@ fs::path host_path(const std::string& what, const std::string& host) {
 Mount parse_volume(const std::string& spec) {
   const std::string what = "-v " + spec;
   std::vector<std::string> parts = split(spec, ':');
-  if (parts.size() == 1)
-    bad(what, "anonymous volumes are not supported yet: give HOST:GUEST[:ro|rw]");
   if (parts.size() > 3) bad(what, "invalid volume specification (HOST:GUEST[:ro|rw])");
   Mount m;
-  m.source = host_path(what, parts[0]);
+  if (parts.size() == 1) {  // an anonymous volume
+    m.type = Mount::Type::kVolume;
+    m.target = guest_path(what, parts[0]);
+    return m;
+  }
+  volume_source(what, parts[0], m);
   m.target = guest_path(what, parts[1]);
   if (parts.size() < 3) return m;
+  const bool vol = m.type == Mount::Type::kVolume;
   for (const auto& opt : split(parts[2], ',')) {
-    if (opt != "ro" && opt != "rw") bad(what, "unsupported option '" + opt + "' (ro or rw)");
-    m.read_only = opt == "ro";
+    if (opt == "ro" || opt == "rw")
+      m.read_only = opt == "ro";
+    else if (opt == "nocopy" && vol)
+      m.nocopy = true;
+    else
+      bad(what, "unsupported option '" + opt + (vol ? "' (ro, rw or nocopy)" : "' (ro or rw)"));
   }
   return m;
 }
@@ -147,7 +153,7 @@ namespace {
 
 struct MountFields {
   std::string type = "volume", source, target, size, mode;
-  bool source_set = false, tmpfs_set = false, read_only = false;
+  bool source_set = false, tmpfs_set = false, volume_set = false, read_only = false, nocopy = false;
 };
 
 void mount_field(const std::string& what, MountFields& f, const std::string& field) {
@@ -156,6 +162,10 @@ void mount_field(const std::string& what, MountFields& f, const std::string& fie
   if (eq == std::string::npos) {
     if (key == "readonly" || key == "ro") {
       f.read_only = true;
+      return;
+    }
+    if (key == "volume-nocopy") {
+      f.nocopy = f.volume_set = true;
       return;
     }
     bad(what, "invalid field '" + field + "' must be a key=value pair");
@@ -176,6 +186,9 @@ void mount_field(const std::string& what, MountFields& f, const std::string& fie
   } else if (key == "tmpfs-mode") {
     f.mode = value;
     f.tmpfs_set = true;
+  } else if (key == "volume-nocopy") {
+    f.nocopy = parse_bool(what, key, value);
+    f.volume_set = true;
   } else if (key == "consistency") {
     // docker ignores it on Linux; so do we
   } else if (key.rfind("bind-", 0) == 0 || key.rfind("volume-", 0) == 0) {
@@ -183,6 +196,17 @@ void mount_field(const std::string& what, MountFields& f, const std::string& fie
   } else {
     bad(what, "unexpected key '" + key + "' in '" + field + "'");
   }
+}
+
+// --mount type=volume: a named volume (source) or an anonymous one.
+Mount volume_mount(const std::string& what, const MountFields& f, Mount m) {
+  if (!f.source.empty()) volume_source(what, f.source, m);
+  if (!m.source.empty())
+    bad(what,
+        "invalid mount config for type \"volume\": the source of a volume is a name, not a path");
+  m.type = Mount::Type::kVolume;
+  m.nocopy = f.nocopy;
+  return m;
 }
 
 }  // namespace
@@ -194,12 +218,14 @@ Mount parse_mount(const std::string& spec) {
     if (!field.empty()) mount_field(what, f, field);
   Mount m;
   m.read_only = f.read_only;
-  if (f.type == "volume") bad(what, std::string("type=volume (docker's default): ") + kNoVolumes);
-  if (f.type != "bind" && f.type != "tmpfs")
-    bad(what, "mount type '" + f.type + "' is not supported (bind or tmpfs)");
+  if (f.type != "bind" && f.type != "tmpfs" && f.type != "volume")
+    bad(what, "mount type '" + f.type + "' is not supported (bind, volume or tmpfs)");
   const std::string cfg = "invalid mount config for type \"" + f.type + "\": ";
   if (f.target.empty()) bad(what, "target is required");
   m.target = guest_path(what, f.target);
+  if (f.type != "volume" && f.volume_set)
+    bad(what, cfg + "field VolumeOptions must not be specified");
+  if (f.type != "tmpfs" && f.tmpfs_set) bad(what, cfg + "field TmpfsOptions must not be specified");
   if (f.type == "tmpfs") {
     m.type = Mount::Type::kTmpfs;
     if (f.source_set) bad(what, cfg + "field Source must not be specified");
@@ -207,7 +233,7 @@ Mount parse_mount(const std::string& spec) {
     if (!f.mode.empty()) m.mode = parse_mode(what, f.mode);
     return m;
   }
-  if (f.tmpfs_set) bad(what, cfg + "field TmpfsOptions must not be specified");
+  if (f.type == "volume") return volume_mount(what, f, std::move(m));
   if (f.source.empty()) bad(what, cfg + "field Source must not be empty");
   if (f.source[0] != '/')
     bad(what, cfg + "invalid mount path: '" + f.source + "' mount path must be absolute");

@@ -22,6 +22,7 @@
 #include "img2vm/guestabi/config.hpp"
 #include "img2vm/runtime/mounts.hpp"
 #include "img2vm/runtime/virtiofsd.hpp"
+#include "img2vm/runtime/volumes.hpp"
 #include "img2vm/vm/machine.hpp"
 #include "img2vm/vm/net_tap.hpp"
 #include "img2vm/vm/port_forward.hpp"
@@ -72,7 +73,8 @@ struct MachineOptions {
   // Host directories (each served by a virtiofsd started by build_machine) and tmpfs mounts
   // (mounts.hpp), mounted by the guest init before the workload, parents before children.
   std::vector<Mount> mounts;
-  std::filesystem::path virtiofsd;  // empty: find_virtiofsd()
+  std::filesystem::path virtiofsd;    // empty: find_virtiofsd()
+  std::filesystem::path volumes_dir;  // the volume store; empty: VolumeStore::default_dir()
   NetworkMode network = NetworkMode::kUser;
   bool outbound = true;                  // the guest may reach the outside world (user, tap)
   bool host_loopback = false;            // user: 10.0.2.2 reaches the host's 127.0.0.1
@@ -95,6 +97,9 @@ struct PreparedMachine {
   // One virtiofsd per bind mount, tags img2vm-fs0, img2vm-fs1, ... in order; config.fs holds
   // their sockets (not owned), so these must outlive the VM.
   std::vector<Virtiofsd> shares;
+  // The volumes the mounts use, each locked (shared) while its lease lives: keep them, and their
+  // descriptors open in img2vm-vmm, as long as the VM runs.
+  std::vector<VolumeLease> volumes;
   bool ports_chosen = false;  // some host port is picked when the VM starts
 };
 
@@ -105,7 +110,8 @@ std::vector<std::string> exposed_ports(const std::string& image_config_json,
 
 // Assembles the machine. Throws Error(kInvalidArgument) for contradicting or out-of-range
 // options, Error(kLimit) for too many disks; kTap sets up the host side now, and bind mounts
-// start their virtiofsd now (virtiofsd.hpp: errors for a missing source or virtiofsd).
+// and volumes start their virtiofsd now (virtiofsd.hpp: errors for a missing source or
+// virtiofsd); volumes are created, filled from `rootfs` on first use and locked (volumes.hpp).
 PreparedMachine build_machine(MachineOptions options);
 
 }  // namespace img2vm::runtime
