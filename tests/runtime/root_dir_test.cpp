@@ -7,13 +7,16 @@
 #include <archive_entry.h>
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <memory>
 
 #include "image_builder.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "img2vm/guestabi/cmdline.hpp"
 #include "img2vm/guestabi/config.hpp"
+#include "img2vm/runtime/machine.hpp"
 #include "process.hpp"
 
 namespace img2vm::runtime {
@@ -215,6 +218,53 @@ TEST(RootDirectory, UmociUnpackedBundle) {
   EXPECT_TRUE(std::find(root.config->env.begin(), root.config->env.end(), "MODE=umoci") !=
               root.config->env.end());
   EXPECT_FALSE(fs::exists(t.path() / "bundle/rootfs/.img2vm"));  // nothing written into DIR
+}
+
+// The facade's composition: no root disk, the initramfs as the initrd, the command line naming
+// the root share, a virtiofsd serving DIR, and the directory's config in the overrides (a
+// virtiofsd that cannot start here, without root, skips).
+TEST(RootDirectory, BuildMachineBootsTheDirectoryFromAnInitramfs) {
+  constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
+  if (::access(kVirtiofsd, X_OK) != 0) GTEST_SKIP() << kVirtiofsd << " not installed";
+  if (::geteuid() != 0) GTEST_SKIP() << "virtiofsd's sandbox here needs root";
+  TempDir t("rootdir-machine");
+  fs::create_directories(t.path() / "rootfs/.img2vm");
+  write_file_atomic(t.path() / "rootfs/.img2vm/config.json", own_config({"from-dir"}));
+  write_file_atomic(t.path() / "init", "not really an init");
+  MachineOptions mo;
+  mo.kernel = "/nonexistent/vmlinux";  // not opened by build_machine
+  mo.root_dir = open_root_directory(t.path() / "rootfs", true);
+  mo.init = t.path() / "init";
+  mo.network = NetworkMode::kNone;
+  mo.disks.push_back({t.path() / "init", true});
+  PreparedMachine p = build_machine(mo);
+  ASSERT_EQ(p.config.disks.size(), 1u);  // only the extra disk: /dev/vda
+  EXPECT_EQ(p.config.disks[0].path, fs::absolute(t.path() / "init"));
+  ASSERT_TRUE(p.initramfs);
+  EXPECT_EQ(p.config.initrd, "/proc/self/fd/" + std::to_string(p.initramfs.get()));
+  EXPECT_TRUE(read_file(p.config.initrd) == init_initramfs(t.path() / "init"));
+  auto root = guestabi::kernel_param(p.config.cmdline, guestabi::kRootParam);
+  ASSERT_TRUE(root) << p.config.cmdline;
+  EXPECT_EQ(guestabi::parse_root_share(*root), (guestabi::RootShare{"img2vm-root", true}));
+  EXPECT_EQ(guestabi::kernel_param(p.config.cmdline, "root"), std::nullopt) << p.config.cmdline;
+  ASSERT_EQ(p.shares.size(), 1u);
+  EXPECT_EQ(p.shares[0].source(), fs::canonical(t.path() / "rootfs"));
+  ASSERT_EQ(p.config.fs.size(), 1u);
+  EXPECT_EQ(p.config.fs[0].tag, "img2vm-root");
+  ASSERT_TRUE(p.overrides.image);
+  EXPECT_EQ(p.overrides.image->cmd, Strings{"from-dir"});
+  EXPECT_FALSE(fs::exists(t.path() / "rootfs/.img2vm/init"));  // nothing written into DIR
+
+  // No config and no command: refused before anything starts.
+  fs::remove_all(t.path() / "rootfs/.img2vm");
+  MachineOptions bare;
+  bare.kernel = "/nonexistent/vmlinux";
+  bare.root_dir = open_root_directory(t.path() / "rootfs", false);
+  bare.init = t.path() / "init";
+  EXPECT_EQ(error_of([&] { build_machine(bare); }).kind(), ErrorKind::kInvalidArgument);
+  bare.rootfs = t.path() / "init";
+  bare.overrides.cmd = Strings{"true"};
+  EXPECT_TRUE(has(error_of([&] { build_machine(bare); }).what(), "a root directory given"));
 }
 
 }  // namespace
