@@ -376,7 +376,8 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
                 "Discard the VM's disk writes at exit (always the case without --keep)");
   sub->add_option("--rootfs", a->rootfs,
                   "Boot the host directory DIR (through virtio-fs) instead of an image; the words "
-                  "after the options are the command");
+                  "after the options are the command")
+      ->type_name("DIR");
   sub->add_flag("--read-only", a->read_only, "With --rootfs: the root file system is read-only");
   sub->add_option("--keep", a->keep,
                   "Run on a copy of the rootfs written to FILE, which stays afterwards");
