@@ -252,7 +252,8 @@ int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json su
 
   if (o.json) {
     if (!summary.is_object()) summary = nlohmann::json::object();
-    summary["root_disk"] = views.empty() ? "" : views[0];
+    if (!summary.contains("root_dir"))  // --rootfs has no root disk (views[0] is a --disk)
+      summary["root_disk"] = views.empty() ? "" : views[0];
     summary["reason"] = vm::to_string(r.reason);
     summary["status"] = r.status;
     summary["exit_code"] = code;

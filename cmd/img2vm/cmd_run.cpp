@@ -28,6 +28,7 @@
 #include "img2vm/runtime/kernel.hpp"
 #include "img2vm/runtime/machine.hpp"
 #include "img2vm/runtime/mounts.hpp"
+#include "img2vm/runtime/root_dir.hpp"
 #include "img2vm/runtime/virtiofsd.hpp"
 #include "img2vm/runtime/vmm.hpp"
 #include "img2vm/vm/kvm_detect.hpp"
@@ -46,7 +47,9 @@ namespace {
 constexpr int kExitRunFailed = 125;  // img2vm itself failed (docker run's convention)
 
 struct RunArgs : RootfsArgs {
-  std::vector<std::string> words;  // IMAGE [CMD...]
+  std::vector<std::string> words;  // IMAGE [CMD...], or with --rootfs CMD...
+  std::string rootfs;              // --rootfs DIR
+  bool read_only = false;          // --read-only
   RunRequest req;
   std::string entrypoint;
   bool entrypoint_set = false;
@@ -69,6 +72,21 @@ struct PreparedRun {
   fs::path vmm;  // img2vm-vmm
 };
 
+// --rootfs: the words are the command, and what belongs to an image has no meaning.
+void check_rootfs_args(const RunArgs& a) {
+  if (!a.words.empty() && looks_like_image(a.words[0]))
+    throw Error(ErrorKind::kInvalidArgument,
+                "--rootfs boots a directory, not an image: \"" + a.words[0] +
+                    "\" looks like an image (with --rootfs the words after the options are the "
+                    "command)");
+  for (auto [flag, set] :
+       {std::pair{"--keep", !a.keep.empty()}, std::pair{"--platform", !a.platform.empty()},
+        std::pair{"--size", !a.size.empty()}, std::pair{"--extra-space", !a.extra_space.empty()}})
+    if (set)
+      throw Error(ErrorKind::kInvalidArgument,
+                  std::string(flag) + ": not with --rootfs (no image is converted or copied)");
+}
+
 PreparedRun prepare_run(RunArgs& a, Globals& g) {
   PreparedRun p;
   LogLevel level = parse_log_level(a.log_level);
@@ -80,8 +98,14 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     throw Error(ErrorKind::kInvalidArgument, "--rm and --keep contradict each other");
   if (a.cpus < 1 || a.cpus > 64)
     throw Error(ErrorKind::kInvalidArgument, "--cpus must be between 1 and 64");
-  const std::string& ref = a.words[0];
-  a.req.cmd.assign(a.words.begin() + 1, a.words.end());
+  const bool dir_root = !a.rootfs.empty();
+  const std::string ref = dir_root ? std::string() : a.words[0];
+  a.req.cmd.assign(a.words.begin() + (dir_root ? 0 : 1), a.words.end());
+  if (dir_root) check_rootfs_args(a);
+  if (a.read_only && !dir_root)
+    throw Error(ErrorKind::kInvalidArgument,
+                "--read-only: only a --rootfs directory can be read-only (an image's disk cannot "
+                "yet)");
   if (a.entrypoint_set) a.req.entrypoint = a.entrypoint;
   if (a.req.tty && !::isatty(STDIN_FILENO))
     throw Error(ErrorKind::kInvalidArgument, "-t: the input device is not a TTY");
@@ -108,6 +132,13 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   runtime::check_mounts(mo.mounts);
   for (const auto& m : mo.mounts)  // checked again when virtiofsd starts; now to fail early
     if (m.type == runtime::Mount::Type::kBind) runtime::share_source(m.source);
+  std::optional<runtime::RootDirectory> root_dir;
+  if (dir_root) {
+    root_dir = runtime::open_root_directory(a.rootfs, a.read_only);
+    runtime::check_root_command(*root_dir, mo.overrides);
+    if (!root_dir->config_file.empty())
+      log(LogLevel::kInfo, "config: " + root_dir->config_file.string());
+  }
 
   NetworkChoice net = parse_network(a.network);
   for (const auto& f : a.publish)
@@ -146,19 +177,24 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   }
   log(LogLevel::kInfo, "kernel: " + kernel->path.string() + " (" + kernel->source + ")");
 
-  registry::Store store;
-  registry::Platform platform =
-      a.platform.empty() ? registry::host_platform() : registry::Platform::parse(a.platform);
-  auto src = resolve_image(store, ref, platform, g.json);
-  runtime::RootfsResult root = make_rootfs(store, *src, a, {}, !g.json && ::isatty(STDERR_FILENO));
-  log(LogLevel::kInfo,
-      "rootfs: " + root.path.string() + (root.cached ? " (cached)" : " (converted)"));
-
   mo.kernel = kernel->path;
-  mo.rootfs = root.path;
-  mo.keep = a.keep;
-  mo.image_config_json = src->config_bytes();
   mo.verbose_boot = a.verbose_boot;
+  std::unique_ptr<registry::ImageSource> src;
+  runtime::RootfsResult root;
+  if (root_dir) {
+    mo.root_dir = std::move(root_dir);
+  } else {
+    registry::Store store;
+    registry::Platform platform =
+        a.platform.empty() ? registry::host_platform() : registry::Platform::parse(a.platform);
+    src = resolve_image(store, ref, platform, g.json);
+    root = make_rootfs(store, *src, a, {}, !g.json && ::isatty(STDERR_FILENO));
+    log(LogLevel::kInfo,
+        "rootfs: " + root.path.string() + (root.cached ? " (cached)" : " (converted)"));
+    mo.rootfs = root.path;
+    mo.keep = a.keep;
+    mo.image_config_json = src->config_bytes();
+  }
   mo.console_out_fd = STDOUT_FILENO;
   mo.console_in_fd = (a.req.interactive || a.req.tty) ? STDIN_FILENO : -1;
   // With --network tap the host side is set up here, as root; the VM runs in a child given the
@@ -168,16 +204,20 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     log(LogLevel::kInfo, "volume " + v.volume.name + ": " + v.volume.mountpoint.string() +
                              (v.copied ? " (filled from the image)" : ""));
   p.attach.ports_chosen = p.machine.ports_chosen;
-  p.summary = {{"image", src->name()},
-               {"manifest_digest", src->manifest_digest().str()},
-               {"platform", src->platform().str()},
-               {"rootfs", root.path.string()},
-               {"rootfs_cached", root.cached},
-               {"kernel", kernel->path.string()},
-               {"kvm", vm::to_string(kvm.kind)},
-               {"network", net.mode == NetworkChoice::Mode::kUser  ? "user"
-                           : net.mode == NetworkChoice::Mode::kTap ? "tap"
-                                                                   : "none"}};
+  if (src)
+    p.summary = {{"image", src->name()},
+                 {"manifest_digest", src->manifest_digest().str()},
+                 {"platform", src->platform().str()},
+                 {"rootfs", root.path.string()},
+                 {"rootfs_cached", root.cached}};
+  else
+    p.summary = {{"root_dir", p.machine.shares.back().source().string()},
+                 {"read_only", a.read_only}};
+  p.summary.update({{"kernel", kernel->path.string()},
+                    {"kvm", vm::to_string(kvm.kind)},
+                    {"network", net.mode == NetworkChoice::Mode::kUser  ? "user"
+                                : net.mode == NetworkChoice::Mode::kTap ? "tap"
+                                                                        : "none"}});
   if (p.machine.tap) {
     p.attach.run_as = unprivileged_identity();
     const vm::TapNetInfo& ti = p.machine.tap->info();
@@ -211,7 +251,7 @@ bool exec_vmm(PreparedRun& p) {
   // What the spec refers to by descriptor stays open in img2vm-vmm, and so do the volumes'
   // locks. The virtiofsd processes become its children, ended by their parent-death signal when
   // it exits.
-  std::vector<int> keep = {spec.get(), p.machine.overrides_disk.get()};
+  std::vector<int> keep = {spec.get(), p.machine.overrides_disk.get(), p.machine.initramfs.get()};
   for (const auto& share : p.machine.shares) keep.push_back(share.socket_fd());
   for (const auto& v : p.machine.volumes) keep.push_back(v.lock.get());  // held while the VM runs
   for (int fd : keep)
@@ -315,6 +355,7 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
   sub->prefix_command();
   sub->footer(
       "Usage: img2vm run [OPTIONS] IMAGE [COMMAND [ARG...]]\n"
+      "       img2vm run [OPTIONS] --rootfs DIR [COMMAND [ARG...]]\n"
       "IMAGE is a registry reference (pulled when missing), oci:DIR[:TAG] or "
       "docker-archive:FILE[:REF].\n"
       "Exit code: the workload's; 122 the guest init failed, 123 the guest kernel died, 124 "
@@ -338,6 +379,11 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
   sub->add_flag("-t,--tty", a->req.tty, "Give the workload a terminal (host terminal in raw mode)");
   sub->add_flag("--rm", a->rm,
                 "Discard the VM's disk writes at exit (always the case without --keep)");
+  sub->add_option("--rootfs", a->rootfs,
+                  "Boot the host directory DIR (through virtio-fs) instead of an image; the words "
+                  "after the options are the command")
+      ->type_name("DIR");
+  sub->add_flag("--read-only", a->read_only, "With --rootfs: the root file system is read-only");
   sub->add_option("--keep", a->keep,
                   "Run on a copy of the rootfs written to FILE, which stays afterwards");
   sub->add_option("--kernel", a->kernel,
@@ -397,13 +443,13 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
   sub->callback([a, sub, &g, slot] {
     a->words = sub->remaining();
     *slot = [a, &g] {
-      if (a->words.empty()) {
+      if (a->words.empty() && a->rootfs.empty()) {
         std::cerr << "img2vm: run: no image given (img2vm run [OPTIONS] IMAGE [COMMAND...])\n";
         return kExitUsage;
       }
       // prefix_command() hands everything from the first unknown word on to us, so an unknown
       // option before the image lands here.
-      if (a->words[0].size() > 1 && a->words[0][0] == '-') {
+      if (!a->words.empty() && a->words[0].size() > 1 && a->words[0][0] == '-') {
         std::cerr << "img2vm: run: unknown option " << a->words[0]
                   << " (see 'img2vm run --help')\n";
         return kExitUsage;

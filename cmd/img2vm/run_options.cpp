@@ -272,4 +272,14 @@ NetworkChoice parse_network(const std::string& text) {
               flag + ": unknown network (use user, none or tap[=NAME])");
 }
 
+bool looks_like_image(const std::string& word) {
+  if (word.rfind("oci:", 0) == 0 || word.rfind("docker-archive:", 0) == 0) return true;
+  if (word.empty() || word[0] == '/' || word[0] == '.') return false;
+  if (word.find_first_of(":@") != std::string::npos) return true;
+  auto slash = word.find('/');
+  if (slash == std::string::npos) return false;
+  std::string host = word.substr(0, slash);
+  return host.find('.') != std::string::npos || host == "localhost";
+}
+
 }  // namespace img2vm::cli

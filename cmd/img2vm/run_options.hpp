@@ -55,6 +55,12 @@ struct ExtraDisk {
 // --disk FILE[:ro|:rw]
 ExtraDisk parse_disk(const std::string& text);
 
+// Whether the first word after run's options names an image rather than a command (for
+// --rootfs, which takes no image): an oci: or docker-archive: source, or, unless it starts with
+// / or ., a word with a tag or digest (':' or '@') or a registry host before its first '/'
+// (a '.' or ':' in it, or localhost). A bare name (busybox) counts as a command.
+bool looks_like_image(const std::string& word);
+
 // --network: which network the guest gets (docs/cli.md "Networking").
 //   user[:OPT=VAL,...]  rootless user-mode networking, the default (docker's "bridge" and
 //                       "default" mean it too). Options: outbound=on|off (the guest may reach

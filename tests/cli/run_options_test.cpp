@@ -185,3 +185,13 @@ TEST(RunOptions, NetworkModes) {
     }
   }
 }
+
+// --rootfs takes no image: a first word that names one is refused, a command is not.
+TEST(RunOptions, ImagesAreToldApartFromCommands) {
+  for (const char* image :
+       {"oci:/tmp/layout", "oci:layout:tag", "docker-archive:x.tar", "busybox:1.36",
+        "alpine@sha256:abc", "docker.io/library/busybox", "localhost/app", "registry:5000/app"})
+    EXPECT_TRUE(looks_like_image(image)) << image;
+  for (const char* command : {"sh", "/bin/sh", "./run.sh", "../x:y", "bin/app", "echo", ""})
+    EXPECT_FALSE(looks_like_image(command)) << command;
+}

@@ -256,3 +256,49 @@ TEST(CliKernel, MissingKernelIsOneClearLine) {
 }
 
 }  // namespace
+
+namespace {
+
+// run --rootfs DIR [CMD...]: what is wrong with the directory, its config or the words after it
+// is one line and exit 125, before KVM is looked at (this host has none).
+TEST(Cli, RunRootfsErrors) {
+  img2vm::TempDir t("cli-rootfs");
+  const std::string dir = (t.path() / "rootfs").string();
+  std::filesystem::create_directories(dir);
+  img2vm::write_file_atomic(t.path() / "file", "x");
+  struct Case {
+    std::vector<std::string> args;
+    const char* says;
+  };
+  for (const Case& c : {
+           Case{{"run", "--rootfs", (t.path() / "nope").string(), "true"}, "does not exist"},
+           Case{{"run", "--rootfs", (t.path() / "file").string(), "true"}, "is not a directory"},
+           Case{{"run", "--rootfs", dir, "busybox:latest", "true"}, "looks like an image"},
+           Case{{"run", "--rootfs", dir, "oci:/tmp/layout", "true"}, "looks like an image"},
+           Case{{"run", "--rootfs", dir}, "has no image config"},
+           Case{{"run", "--rootfs", dir, "--entrypoint", ""}, "has no image config"},
+           Case{{"run", "--rootfs", dir, "--keep", "/tmp/k.ext4", "true"}, "--keep: not with"},
+           Case{{"run", "--rootfs", dir, "--platform", "linux/arm64", "true"}, "--platform"},
+           Case{{"run", "--read-only", "nosuch.invalid/x"}, "--read-only"},
+       }) {
+    auto r = img2vm(c.args);
+    EXPECT_EQ(r.exit_code, 125) << r.describe();
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.describe();
+  }
+  // A config beside it (umoci's bundle) or a command: past these checks, on to KVM.
+  auto kvm = img2vm({"info", "--json"});
+  if (kvm.out.find("\"unavailable\"") == std::string::npos) return;  // it would boot
+  img2vm::write_file_atomic(
+      t.path() / "config.json",
+      R"({"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"args":["true"]}})");
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"run", "--rootfs", dir},
+        std::vector<std::string>{"run", "--rootfs", dir, "--read-only", "/bin/true"}}) {
+    auto r = img2vm(args);
+    EXPECT_EQ(r.exit_code, 125) << r.describe();
+    EXPECT_NE(r.err.find("cannot run VMs here"), std::string::npos) << r.describe();
+  }
+}
+
+}  // namespace

@@ -517,6 +517,13 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
 
 // What the networking tests start from: the net image converted into a store of their own, the
 // kernel, a host web root, and the start of their scripts (variables, wait_for, fetch, c).
+// Our runtime config (guestabi's, what convert writes) at `path`, its command `sh -c CMD`.
+void guestabi_config_json(const fs::path& path, const std::string& cmd) {
+  fs::create_directories(path.parent_path());
+  nlohmann::json j = {{"schema", 1}, {"cmd", {"sh", "-c", cmd}}, {"env", {"PATH=/bin"}}};
+  write_file_atomic(path, j.dump());
+}
+
 struct NetSetup {
   TempDir work{"img2vm-run-net"};
   fs::path w = work.path();
@@ -698,6 +705,71 @@ TEST(RunKvm, NamedVolumes) {
   const Case& prune = get("prune");
   EXPECT_TRUE(has(prune.out, "Deleted Volumes:\n")) << prune.out;
   EXPECT_TRUE(has(prune.out, "\nbare\n")) << prune.out;  // the named one stays
+  if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
+}
+
+// A host directory as the root (run --rootfs, issue #16): a bundle `umoci unpack` made from a
+// busybox image boots with its CMD from umoci's config.json (exit code and output passed
+// through); what the guest writes to / lands in the directory and nothing of ours is written
+// there; --read-only refuses writes with EROFS; DIR/.img2vm/config.json comes before the
+// bundle's config; a command on the command line replaces the config's.
+TEST(RunKvm, RootDirectoryThroughVirtioFs) {
+  constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
+  if (!fs::exists(kVirtiofsd)) GTEST_SKIP() << "needs " << kVirtiofsd << " (qemu-system-common)";
+  if (::geteuid() != 0) GTEST_SKIP() << "virtiofsd's sandbox in L1 runs as root here";
+  if (find_program("umoci").empty()) GTEST_SKIP() << "needs umoci";
+  NetSetup ns;
+  if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
+  const fs::path& w = ns.w;
+  ImageSpec img = busybox_image();
+  img.layers.push_back(layer({dir("dev"), dir("proc"), dir("sys")}));
+  img.config.cmd = {"sh", "-c", "echo hello from the bundle as $(id -u); exit 7"};
+  write_oci_layout(w / "bb", {{"latest", build_image(img)}});
+  for (const char* b : {"bundle", "own"}) {
+    auto r = run_command({"umoci", "unpack", "--rootless", "--image",
+                          (w / "bb").string() + ":latest", (w / b).string()});
+    ASSERT_EQ(r.exit_code, 0) << r.describe();
+  }
+  guestabi_config_json(w / "own/rootfs/.img2vm/config.json", "echo own config wins");
+  const std::string run = ns.run;
+  std::ostringstream sh;
+  sh << ns.prelude() << "D=\"$W/bundle/rootfs\"\n"
+     << "c cmd " << run << " --rootfs \"$D\"\n"
+     << "c write " << run << " --rootfs \"$D\" sh -c 'echo from-guest > /written; echo wrote'\n"
+     << "begin host-side; cat \"$D/written\"; ls -a \"$D\"; echo; echo @@STDERR@@; echo; echo "
+        "'@@END host-side 0@@'\n"
+     << "c ro " << run << " --rootfs \"$D\" --read-only sh -c 'echo x > /ro-file'\n"
+     << "begin ro-host; ls \"$D\"; echo; echo @@STDERR@@; echo; echo '@@END ro-host 0@@'\n"
+     << "c own " << run << " --rootfs \"$W/own/rootfs\"\n"
+     << "c timings-dir " << run << " --timings --rootfs \"$D\" true\n"
+     << "c timings-ext4 " << run << " --timings " << ns.B << " true\n";
+  write_file_atomic(w / "rootdir.sh", sh.str());
+  std::vector<fs::path> files = ns.files();
+  files.push_back(kVirtiofsd);
+  std::string output = run_script(w / "rootdir.sh", files, std::chrono::seconds(1200));
+  Cases cases(output);
+  auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
+  const Case& cmd = get("cmd");
+  EXPECT_EQ(cmd.rc, 7) << cmd.out << cmd.err;
+  EXPECT_TRUE(has(cmd.out, "hello from the bundle as 0")) << cmd.out << cmd.err;
+  const Case& wr = get("write");
+  EXPECT_EQ(wr.rc, 0) << wr.out << wr.err;
+  EXPECT_TRUE(has(wr.out, "wrote")) << wr.out << wr.err;
+  const Case& host = get("host-side");
+  EXPECT_TRUE(has(host.out, "from-guest\n")) << host.out;
+  EXPECT_FALSE(has(host.out, ".img2vm")) << host.out;
+  EXPECT_FALSE(has(host.out, "newroot")) << host.out;
+  const Case& ro = get("ro");
+  EXPECT_NE(ro.rc, 0) << ro.out << ro.err;
+  EXPECT_TRUE(has(ro.out + ro.err, "Read-only file system")) << ro.out << ro.err;
+  EXPECT_FALSE(has(get("ro-host").out, "ro-file")) << get("ro-host").out;
+  const Case& own = get("own");
+  EXPECT_EQ(own.rc, 0) << own.out << own.err;
+  EXPECT_TRUE(has(own.out, "own config wins")) << own.out << own.err;
+  EXPECT_EQ(get("timings-dir").rc, 0) << get("timings-dir").err;
+  std::cerr << "--- timings: --rootfs ---\n"
+            << get("timings-dir").err << "--- timings: ext4 ---\n"
+            << get("timings-ext4").err;
   if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }
 

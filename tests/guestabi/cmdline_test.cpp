@@ -72,3 +72,34 @@ TEST(GuestCmdline, InlineErrorsNameTheParameter) {
   EXPECT_NE(e.find("kernel parameter img2vm.run"), std::string::npos) << e;
   EXPECT_NE(e.find("version 2"), std::string::npos) << e;
 }
+
+// run --rootfs: the init comes from the initramfs (rdinit=), there is no root disk, and the root
+// share's tag (and read-only) survives the trip through the command line.
+TEST(GuestCmdline, RootShareRoundTrip) {
+  for (const RootShare& r : {RootShare{"img2vm-root", false}, RootShare{"x", true}}) {
+    const std::string line = directory_cmdline(false, r, "img2vm.run=abc");
+    EXPECT_EQ(line.find("root=/dev/vda"), std::string::npos) << line;
+    EXPECT_EQ(line.find(" init="), std::string::npos) << line;
+    EXPECT_EQ(kernel_param(line, "rdinit"), std::string(kInitPath)) << line;
+    auto value = kernel_param(line, kRootParam);
+    ASSERT_TRUE(value) << line;
+    EXPECT_EQ(parse_root_share(*value), r) << line;
+    EXPECT_EQ(kernel_param(line, kRunParam), "abc");
+  }
+  EXPECT_EQ(root_share_param({"t", true}), "img2vm.root=t,ro");
+  EXPECT_EQ(root_share_param({"t", false}), "img2vm.root=t");
+}
+
+TEST(GuestCmdline, BadRootSharesAreRefused) {
+  const std::string too_long(kMaxFsTag + 1, 'a');
+  for (const std::string& bad :
+       std::vector<std::string>{"", ",ro", "t,rw", "t,ro,ro", "a b", "t,", "a\"b", too_long})
+    try {
+      parse_root_share(bad);
+      ADD_FAILURE() << "accepted \"" << bad << "\"";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("img2vm.root"), std::string::npos) << e.what();
+    }
+  for (const char* bad : {"", "a,b", "a b", "a\tb", "\"a\""})
+    EXPECT_THROW(root_share_param({bad, false}), Error) << bad;
+}

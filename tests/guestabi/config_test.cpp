@@ -200,3 +200,107 @@ TEST(RunOverrides, NotUtf8IsAnErrorNotACrash) {
   o.env = {"A=\xff\xfe"};
   EXPECT_NE(error_of([&] { to_json(o); }).find("UTF-8"), std::string::npos);
 }
+
+// run --rootfs: the image config travels in the overrides (the directory's own is not read).
+TEST(RunOverrides, ImageConfigRoundTrip) {
+  RunOverrides o;
+  EXPECT_EQ(to_json(o).find("image"), std::string::npos);
+  RuntimeConfig c;
+  c.cmd = {"sh", "-c", "echo hi"};
+  c.env = {"PATH=/bin"};
+  c.working_dir = "/w";
+  c.user = "1:2";
+  c.stop_signal = "SIGINT";
+  c.hostname = "h";
+  c.labels = {{"k", "v"}};
+  o.image = c;
+  o.cmd = Strings{"x"};
+  EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
+  o.image = RuntimeConfig{};
+  EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
+  EXPECT_NE(error_of([] {
+              run_overrides_from_json(R"({"schema":1,"image":[]})");
+            }).find("\"image\" must be an object"),
+            std::string::npos);
+  EXPECT_NE(error_of([] {
+              run_overrides_from_json(R"({"schema":1,"image":{"cmd":"sh"}})");
+            }).find("image: field \"cmd\""),
+            std::string::npos);
+}
+
+// What `umoci unpack` writes (runtime-spec config.md), abridged.
+constexpr const char* kUmociConfig = R"({
+  "ociVersion": "1.0.0",
+  "process": {"terminal": true, "user": {"uid": 1000, "gid": 100, "additionalGids": [10]},
+              "args": ["sh", "-c", "echo hi"], "env": ["PATH=/bin", "A=b=c"], "cwd": "/srv",
+              "capabilities": {"bounding": ["CAP_CHOWN"]}, "rlimits": [], "noNewPrivileges": true},
+  "root": {"path": "rootfs"},
+  "hostname": "umoci-default",
+  "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}],
+  "annotations": {"org.opencontainers.image.ref.name": "latest"},
+  "linux": {"namespaces": [{"type": "pid"}]}})";
+
+TEST(OciBundleConfig, TakesTheProcessAndTheRoot) {
+  auto b = oci_bundle_config(kUmociConfig);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->root_path, "rootfs");
+  EXPECT_EQ(b->config.cmd, (Strings{"sh", "-c", "echo hi"}));
+  EXPECT_TRUE(b->config.entrypoint.empty());
+  EXPECT_EQ(b->config.env, (Strings{"PATH=/bin", "A=b=c"}));
+  EXPECT_EQ(b->config.working_dir, "/srv");
+  EXPECT_EQ(b->config.user, "1000:100");
+  EXPECT_EQ(b->config.hostname, "umoci-default");
+  // The minimum: a version and nothing else.
+  auto m = oci_bundle_config(R"({"ociVersion":"1.1.0"})");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(*m, OciBundleConfig{});
+  auto u = oci_bundle_config(R"({"ociVersion":"1","process":{"user":{"uid":5}}})");
+  ASSERT_TRUE(u);
+  EXPECT_EQ(u->config.user, "5:0");
+}
+
+TEST(OciBundleConfig, NotARuntimeSpecIsNoConfig) {
+  for (const char* other : {"", "[]", "not json", R"({"schema":1,"cmd":["x"]})",
+                            R"({"ociVersion":1,"root":{"path":"rootfs"}})"})
+    EXPECT_FALSE(oci_bundle_config(other)) << other;
+  // nlohmann would stop at a NUL and ignore what follows.
+  EXPECT_FALSE(oci_bundle_config(std::string("{\"ociVersion\":\"1\"}\0trailing", 27)));
+}
+
+TEST(OciBundleConfig, HostileFieldsAreRefusedNamingTheField) {
+  struct Case {
+    const char* json;
+    const char* says;
+  };
+  for (const Case& c : {
+           Case{R"({"ociVersion":"1","root":"rootfs"})", "\"root\" must be an object"},
+           Case{R"({"ociVersion":"1","root":{"path":7}})", "\"path\" must be a string"},
+           Case{R"({"ociVersion":"1","process":[]})", "\"process\" must be an object"},
+           Case{R"({"ociVersion":"1","process":{"args":"sh"}})", "\"args\""},
+           Case{R"({"ociVersion":"1","process":{"args":["sh",1]}})", "\"args\""},
+           Case{R"({"ociVersion":"1","process":{"env":["NOEQUALS"]}})", "process.env"},
+           Case{R"({"ociVersion":"1","process":{"env":["=x"]}})", "process.env"},
+           Case{R"({"ociVersion":"1","process":{"cwd":"rel"}})", "process.cwd"},
+           Case{R"({"ociVersion":"1","process":{"user":{"uid":-1}}})", "process.user.uid"},
+           Case{R"({"ociVersion":"1","process":{"user":{"gid":4294967295}}})", "process.user.gid"},
+           Case{R"({"ociVersion":"1","process":{"user":{"uid":"0"}}})", "process.user.uid"},
+           Case{R"({"ociVersion":"1","hostname":["h"]})", "\"hostname\""},
+       }) {
+    std::string e = error_of([&] { oci_bundle_config(c.json); });
+    EXPECT_NE(e.find(c.says), std::string::npos) << c.json << " -> " << e;
+    EXPECT_EQ(e.rfind("OCI runtime config", 0), 0u) << e;
+  }
+}
+
+TEST(OciBundleConfig, OversizeIsRefusedBeforeParsing) {
+  std::string big = R"({"ociVersion":"1","process":{"args":[")";
+  big += std::string(kMaxOciConfigJson, 'a');
+  big += "\"]}}";
+  EXPECT_NE(error_of([&] { oci_bundle_config(big); }).find("larger than"), std::string::npos);
+  std::string fits = R"({"ociVersion":"1","process":{"args":[")";
+  fits += std::string(kMaxOciConfigJson - fits.size() - 4, 'a') + "\"]}}";
+  ASSERT_EQ(fits.size(), kMaxOciConfigJson);
+  auto b = oci_bundle_config(fits);
+  ASSERT_TRUE(b);
+  EXPECT_EQ(b->config.cmd.at(0).size(), kMaxOciConfigJson - 42);
+}

@@ -1,10 +1,13 @@
-// img2vm-init: PID 1 of an img2vm microVM. Mounts the API filesystems, applies the image's
-// runtime config (/.img2vm/config.json) and the runner's per-run overrides (kernel parameter
-// img2vm.run=) with their mounts, runs ENTRYPOINT/CMD as docker would, reaps every process,
-// forwards signals, and reports the workload's exit status through the I/O ports documented in
-// docs/guest-abi.md.
+// img2vm-init: PID 1 of an img2vm microVM. Started from the runner's initramfs (run --rootfs), it
+// first makes the virtio-fs share named by img2vm.root= the root. Mounts the API filesystems,
+// applies the image's runtime config (/.img2vm/config.json, or the one in the overrides) and the
+// runner's per-run overrides (kernel parameter img2vm.run=) with their mounts, runs ENTRYPOINT/CMD
+// as docker would, reaps every process, forwards signals, and reports the workload's exit status
+// through the I/O ports documented in docs/guest-abi.md.
 #include <fcntl.h>
+#include <ftw.h>
 #include <grp.h>
+#include <linux/magic.h>
 #include <net/if.h>
 #include <poll.h>
 #include <sys/io.h>
@@ -15,6 +18,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
@@ -172,6 +176,58 @@ void mount_api_filesystems() {
   struct stat st {};
   if (::lstat("/dev/ptmx", &st) == 0 && !S_ISLNK(st.st_mode)) ::unlink("/dev/ptmx");
   ::symlink("pts/ptmx", "/dev/ptmx");
+}
+
+// nftw's callback freeing the initramfs: everything but / itself (other file systems are not
+// visited: FTW_MOUNT).
+int remove_initramfs_entry(const char* path, const struct stat*, int, struct FTW*) {
+  if (std::strcmp(path, "/") != 0) ::remove(path);
+  return 0;
+}
+
+// Started from the runner's initramfs (run --rootfs: `/` is a ramfs or tmpfs holding only this
+// program): mounts the virtio-fs share that img2vm.root= names, frees the initramfs and makes the
+// share / (switch_root's steps: mount --move, chroot, chdir). Returns false, doing nothing, on
+// any other root (an image's ext4).
+bool enter_root_share() {
+  struct statfs sf {};
+  if (::statfs("/", &sf) != 0 || (sf.f_type != RAMFS_MAGIC && sf.f_type != TMPFS_MAGIC))
+    return false;
+  ::mkdir("/proc", 0755);
+  if (::mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, nullptr) != 0)
+    fail(kFailMount, "mounting proc on /proc in the initramfs", errno_text(errno));
+  std::string cmdline;
+  try {
+    cmdline = init::read_file("/proc/cmdline", kSmallFileMax);
+  } catch (const Error& e) {
+    fail(kFailOverrides, "reading /proc/cmdline", e.what());
+  }
+  ::umount2("/proc", MNT_DETACH);
+  auto value = guestabi::kernel_param(cmdline, guestabi::kRootParam);
+  if (!value)
+    fail(kFailMount, "the root file system",
+         "started from an initramfs without " + std::string(guestabi::kRootParam) + "=");
+  guestabi::MountSpec root;
+  try {
+    guestabi::RootShare share = guestabi::parse_root_share(*value);
+    root.tag = share.tag;
+    root.readonly = share.read_only;
+  } catch (const guestabi::Error& e) {
+    fail(kFailOverrides, "the root share", e.what());
+  }
+  root.target = "/";
+  constexpr const char* kNewRoot = "/newroot";
+  const std::string what = "mounting " + init::mount_name(root) + " on /";
+  if (::mkdir(kNewRoot, 0755) != 0) fail(kFailMount, what, "mkdir: " + errno_text(errno));
+  init::MountCall c = init::mount_call(root);
+  if (::mount(c.source.c_str(), kNewRoot, c.fstype.c_str(), c.flags, nullptr) != 0)
+    fail(kFailMount, what, init::mount_error_text(root, errno));
+  // This program keeps running from its (now unlinked) pages.
+  ::nftw("/", remove_initramfs_entry, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+  if (::chdir(kNewRoot) != 0 || ::mount(".", "/", nullptr, MS_MOVE, nullptr) != 0 ||
+      ::chroot(".") != 0 || ::chdir("/") != 0)
+    fail(kFailMount, "moving the root share over /", errno_text(errno));
+  return true;
 }
 
 // The run overrides' mounts, in order, each on its target created as docker creates a missing
@@ -577,11 +633,15 @@ unsigned char supervise(Workload& w, int stop_signal) {
 }
 
 unsigned char run() {
+  const bool share_root = enter_root_share();
   mount_api_filesystems();
   ::reboot(RB_DISABLE_CAD);  // ctrl-alt-del becomes SIGINT to us, forwarded like any other
 
-  guestabi::RuntimeConfig image = load_config();
   guestabi::RunOverrides overrides = load_overrides();
+  // A shared host directory's own /.img2vm is not ours: its config comes with the overrides.
+  guestabi::RuntimeConfig image = overrides.image ? *overrides.image
+                                  : share_root    ? guestabi::RuntimeConfig{}
+                                                  : load_config();
   guestabi::RuntimeConfig cfg = init::apply_overrides(image, overrides);
   mount_overrides(overrides.mounts);  // before User and WorkingDir, which may lie in a mount
 

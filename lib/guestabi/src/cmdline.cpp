@@ -5,14 +5,51 @@
 
 namespace img2vm::guestabi {
 
-std::string image_cmdline(bool verbose, std::string_view extra) {
+namespace {
+
+// The console, the log level, `root` (how the kernel finds the root and the init), the VM ending
+// on a panic or a reboot, no timer calibration, then `extra`.
+std::string cmdline(bool verbose, std::string_view root, std::string_view extra) {
   std::string c = "console=ttyS0";
   c += verbose ? " loglevel=7" : " quiet";
-  c += " root=/dev/vda rw init=";
-  c += kInitPath;
+  (c += ' ') += root;
   c += " reboot=k panic=-1 tsc=reliable no_timer_check";
   if (!extra.empty()) (c += ' ') += extra;
   return c;
+}
+
+}  // namespace
+
+std::string image_cmdline(bool verbose, std::string_view extra) {
+  return cmdline(verbose, "root=/dev/vda rw init=" + std::string(kInitPath), extra);
+}
+
+std::string root_share_param(const RootShare& root) {
+  if (!valid_fs_tag(root.tag))
+    throw Error("root share: tag \"" + root.tag + "\" is not 1 to " + std::to_string(kMaxFsTag) +
+                " bytes without blanks, control characters, commas or quotes");
+  return std::string(kRootParam) + "=" + root.tag + (root.read_only ? ",ro" : "");
+}
+
+RootShare parse_root_share(std::string_view value) {
+  RootShare r;
+  std::string_view tag = value;
+  if (auto comma = value.find(','); comma != std::string_view::npos) {
+    if (value.substr(comma + 1) != "ro")
+      throw Error("kernel parameter " + std::string(kRootParam) + ": \"" + std::string(value) +
+                  "\" is not TAG or TAG,ro");
+    tag = value.substr(0, comma);
+    r.read_only = true;
+  }
+  if (!valid_fs_tag(tag))
+    throw Error("kernel parameter " + std::string(kRootParam) + ": \"" + std::string(tag) +
+                "\" is not a virtio-fs tag");
+  r.tag = std::string(tag);
+  return r;
+}
+
+std::string directory_cmdline(bool verbose, const RootShare& root, std::string_view extra) {
+  return cmdline(verbose, "rdinit=" + std::string(kInitPath) + " " + root_share_param(root), extra);
 }
 
 std::string run_overrides_kernel_param(const RunOverrides& o) {

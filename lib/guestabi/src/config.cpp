@@ -90,6 +90,13 @@ std::string dump(const json& j, std::string_view what, int indent) {
 
 }  // namespace
 
+bool valid_fs_tag(std::string_view tag) {
+  if (tag.empty() || tag.size() > kMaxFsTag) return false;
+  for (char c : tag)
+    if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == ',' || c == '"') return false;
+  return true;
+}
+
 RuntimeConfig runtime_config_from_image_config(std::string_view text) {
   constexpr std::string_view what = "image configuration";
   json root = parse_object(text, what);
@@ -108,18 +115,34 @@ RuntimeConfig runtime_config_from_image_config(std::string_view text) {
   return c;
 }
 
-std::string to_json(const RuntimeConfig& c) {
-  json j = {
-      {"schema", kSchemaVersion},
-      {"entrypoint", c.entrypoint},
-      {"cmd", c.cmd},
-      {"env", c.env},
-      {"working_dir", c.working_dir},
-      {"user", c.user},
-      {"stop_signal", c.stop_signal},
-      {"hostname", c.hostname},
-      {"labels", c.labels},
+namespace {
+
+json config_object(const RuntimeConfig& c) {
+  return {
+      {"entrypoint", c.entrypoint},   {"cmd", c.cmd},       {"env", c.env},
+      {"working_dir", c.working_dir}, {"user", c.user},     {"stop_signal", c.stop_signal},
+      {"hostname", c.hostname},       {"labels", c.labels},
   };
+}
+
+RuntimeConfig config_fields(const json& j, std::string_view what) {
+  RuntimeConfig c;
+  c.entrypoint = string_list(j, what, "entrypoint");
+  c.cmd = string_list(j, what, "cmd");
+  c.env = string_list(j, what, "env");
+  c.working_dir = string_field(j, what, "working_dir");
+  c.user = string_field(j, what, "user");
+  c.stop_signal = string_field(j, what, "stop_signal");
+  c.hostname = string_field(j, what, "hostname");
+  c.labels = string_map(j, what, "labels");
+  return c;
+}
+
+}  // namespace
+
+std::string to_json(const RuntimeConfig& c) {
+  json j = config_object(c);
+  j["schema"] = kSchemaVersion;
   return dump(j, "img2vm runtime config", 2) + "\n";
 }
 
@@ -140,16 +163,7 @@ RuntimeConfig runtime_config_from_json(std::string_view text) {
   constexpr std::string_view what = "img2vm runtime config";
   json j = parse_object(text, what);
   check_schema(j, what);
-  RuntimeConfig c;
-  c.entrypoint = string_list(j, what, "entrypoint");
-  c.cmd = string_list(j, what, "cmd");
-  c.env = string_list(j, what, "env");
-  c.working_dir = string_field(j, what, "working_dir");
-  c.user = string_field(j, what, "user");
-  c.stop_signal = string_field(j, what, "stop_signal");
-  c.hostname = string_field(j, what, "hostname");
-  c.labels = string_map(j, what, "labels");
-  return c;
+  return config_fields(j, what);
 }
 
 namespace {
@@ -197,11 +211,10 @@ std::vector<MountSpec> mounts_field(const json& j, std::string_view what) {
       if (other.target == m.target) bad(what, "mounts.target", "has " + m.target + " twice");
     m.tag = optional_string(e, what, "tag").value_or("");
     if (m.type == MountSpec::Type::kVirtiofs) {
-      if (m.tag.empty() || m.tag.size() > kMaxFsTag)
-        bad(what, "mounts.tag", "must be 1 to " + std::to_string(kMaxFsTag) + " bytes");
-      for (char c : m.tag)
-        if (static_cast<unsigned char>(c) <= 0x20 || c == 0x7f || c == ',')
-          bad(what, "mounts.tag", "has a blank, control character or comma");
+      if (!valid_fs_tag(m.tag))
+        bad(what, "mounts.tag",
+            "must be 1 to " + std::to_string(kMaxFsTag) +
+                " bytes without blanks, control characters, commas or quotes");
     } else if (!m.tag.empty()) {
       bad(what, "mounts.tag", "is given for a tmpfs");
     }
@@ -256,6 +269,7 @@ std::string to_json(const RunOverrides& o) {
     }
     j["mounts"] = std::move(ms);
   }
+  if (o.image) j["image"] = config_object(*o.image);
   return dump(j, "img2vm run overrides", -1);
 }
 
@@ -308,7 +322,57 @@ RunOverrides run_overrides_from_json(std::string_view text) {
     o.net = c;
   }
   o.mounts = mounts_field(j, what);
+  if (auto it = j.find("image"); it != j.end() && !it->is_null()) {
+    if (!it->is_object()) bad(what, "image", "must be an object");
+    o.image = config_fields(*it, std::string(what) + ": image");
+  }
   return o;
+}
+
+std::optional<OciBundleConfig> oci_bundle_config(std::string_view text) {
+  constexpr std::string_view what = "OCI runtime config";
+  if (text.size() > kMaxOciConfigJson)
+    throw Error(std::string(what) + ": larger than " + std::to_string(kMaxOciConfigJson) +
+                " bytes");
+  json j = text.find('\0') == std::string_view::npos
+               ? json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false)
+               : json(json::value_t::discarded);
+  if (!j.is_object()) return std::nullopt;
+  auto version = j.find("ociVersion");
+  if (version == j.end() || !version->is_string()) return std::nullopt;
+  auto object = [&](const json& parent, const char* field, const char* name) -> const json* {
+    auto it = parent.find(field);
+    if (it == parent.end() || it->is_null()) return nullptr;
+    if (!it->is_object()) bad(what, name, "must be an object");
+    return &*it;
+  };
+  OciBundleConfig b;
+  if (const json* root = object(j, "root", "root")) b.root_path = string_field(*root, what, "path");
+  b.config.hostname = string_field(j, what, "hostname");
+  if (const json* process = object(j, "process", "process")) {
+    b.config.cmd = string_list(*process, what, "args");
+    b.config.env = string_list(*process, what, "env");
+    for (const auto& e : b.config.env) {
+      auto eq = e.find('=');
+      if (eq == std::string::npos || eq == 0)
+        bad(what, "process.env", "has \"" + e + "\", not KEY=VALUE");
+    }
+    b.config.working_dir = string_field(*process, what, "cwd");
+    if (!b.config.working_dir.empty() && b.config.working_dir[0] != '/')
+      bad(what, "process.cwd", "must be an absolute path");
+    if (const json* user = object(*process, "user", "process.user")) {
+      auto id = [&](const char* field) -> std::string {
+        auto f = user->find(field);
+        if (f == user->end() || f->is_null()) return "0";
+        if (!f->is_number_unsigned() || f->get<uint64_t>() > 0xfffffffeu)
+          bad(what, (std::string("process.user.") + field).c_str(),
+              "must be a whole number up to 4294967294");
+        return std::to_string(f->get<uint64_t>());
+      };
+      b.config.user = id("uid") + ":" + id("gid");
+    }
+  }
+  return b;
 }
 
 namespace {

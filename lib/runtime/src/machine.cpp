@@ -11,6 +11,7 @@
 #include "img2vm/guestabi/cmdline.hpp"
 #include "img2vm/guestabi/error.hpp"
 #include "img2vm/guestabi/overrides_disk.hpp"
+#include "img2vm/runtime/rootfs.hpp"
 #include "img2vm/runtime/vmm.hpp"
 #include "img2vm/vm/disk_view.hpp"
 #include "img2vm/vm/net_slirp.hpp"
@@ -115,7 +116,10 @@ void check(const MachineOptions& o) {
     return Error(ErrorKind::kInvalidArgument, "machine: " + why);
   };
   if (o.kernel.empty()) throw bad("no kernel given");
-  if (o.rootfs.empty()) throw bad("no root filesystem given");
+  if (o.rootfs.empty() == !o.root_dir)
+    throw bad(o.root_dir ? "a root filesystem and a root directory given"
+                         : "no root filesystem given");
+  if (o.root_dir && !o.keep.empty()) throw bad("a root directory is not copied (keep)");
   if (o.cpus < 1 || o.cpus > 64) throw bad("cpus must be between 1 and 64");
   if (o.memory_mib < 32) throw bad("memory must be at least 32 MiB");
   if (o.network == NetworkMode::kNone && (!o.publish.empty() || o.publish_all))
@@ -144,8 +148,28 @@ vm::DiskConfig root_disk(const MachineOptions& o) {
 // use, held (shared lock) by the machine until it is destroyed.
 fs::path lease_volume(PreparedMachine& p, const MachineOptions& o, const Mount& m) {
   VolumeStore vs(o.volumes_dir.empty() ? VolumeStore::default_dir() : o.volumes_dir);
-  p.volumes.push_back(vs.use(m.volume, o.rootfs, m.target, !m.nocopy));
+  // With a root directory there is no image to copy from: the volume starts empty.
+  p.volumes.push_back(vs.use(m.volume, o.rootfs, m.target, !m.nocopy && !o.rootfs.empty()));
   return p.volumes.back().volume.mountpoint;
+}
+
+// The root directory: its virtiofsd (after the mounts'), the initramfs holding the init, and
+// its config for the init. Returns what the command line names it by.
+guestabi::RootShare add_root_dir(PreparedMachine& p, const MachineOptions& o) {
+  const RootDirectory& r = *o.root_dir;
+  check_root_command(r, p.overrides);
+  p.overrides.image = r.config.value_or(guestabi::RuntimeConfig{});
+  p.initramfs = sealed_memfd("img2vm-initramfs",
+                             init_initramfs(o.init.empty() ? find_init_binary() : o.init));
+  p.config.initrd = "/proc/self/fd/" + std::to_string(p.initramfs.get());
+  VirtiofsdOptions vo;
+  vo.source = r.path;
+  vo.read_only = r.read_only;
+  vo.program = o.virtiofsd;
+  guestabi::RootShare share{"img2vm-root", r.read_only};
+  p.shares.push_back(Virtiofsd::start(vo));
+  p.config.fs.push_back(vm::FsConfig{share.tag, {}, p.shares.back().socket_fd()});
+  return share;
 }
 
 // The mounts, parents before children (docker's order): a virtiofsd and a virtio-fs device per
@@ -194,6 +218,8 @@ PreparedMachine build_machine(MachineOptions o) {
   guestabi::RunOverrides& ov = p.overrides;
   ov = std::move(o.overrides);
   add_mounts(p, o);
+  std::optional<guestabi::RootShare> share;
+  if (o.root_dir) share = add_root_dir(p, o);
   mc.memory_mib = o.memory_mib;
   mc.vcpus = o.cpus;
   mc.hugepages = o.hugepages;
@@ -246,7 +272,7 @@ PreparedMachine build_machine(MachineOptions o) {
     }
   }
 
-  mc.disks.push_back(root_disk(o));
+  if (!o.root_dir) mc.disks.push_back(root_disk(o));
   for (const ExtraDisk& e : o.disks) {
     vm::DiskConfig d;
     d.path = fs::absolute(e.path);
@@ -273,7 +299,8 @@ PreparedMachine build_machine(MachineOptions o) {
     throw Error(ErrorKind::kInvalidArgument, std::string("run: ") + e.what());
   }
   mc.kernel = o.kernel;
-  mc.cmdline = guestabi::image_cmdline(o.verbose_boot, param);
+  mc.cmdline = share ? guestabi::directory_cmdline(o.verbose_boot, *share, param)
+                     : guestabi::image_cmdline(o.verbose_boot, param);
   mc.console_out_fd = o.console_out_fd;
   mc.console_in_fd = o.console_in_fd;
   mc.console_input = vm::ConsoleInput::kAtWorkloadExec;

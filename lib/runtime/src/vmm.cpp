@@ -55,24 +55,27 @@ std::string vmm_spec(const vm::MachineConfig& config, const std::string& attach,
 namespace {
 
 // The descriptors a spec's machine refers to, which the child must keep: its /proc/self/fd/N
-// disks, its tap device and its virtio-fs sockets.
+// disks and initrd, its tap device and its virtio-fs sockets.
 std::vector<int> config_fds(const std::string& spec) {
   std::vector<int> fds;
   auto j = nlohmann::json::parse(spec, nullptr, false);
   if (!j.is_object() || !j.contains("machine") || !j["machine"].is_object())
     throw Error(ErrorKind::kInvalidArgument, "VM spec: no \"machine\" object");
   const auto& m = j["machine"];
+  auto fd_path = [&](const nlohmann::json& v) {
+    if (!v.is_string()) return;
+    const std::string path = v.get<std::string>();
+    const std::string prefix = "/proc/self/fd/";
+    if (path.rfind(prefix, 0) != 0) return;
+    const char* p = path.c_str() + prefix.size();
+    char* end = nullptr;
+    long fd = std::strtol(p, &end, 10);
+    if (end != p && *end == '\0' && fd > 2 && fd < (1 << 20)) fds.push_back(int(fd));
+  };
   if (m.contains("disks") && m["disks"].is_array())
-    for (const auto& d : m["disks"]) {
-      if (!d.is_object() || !d.contains("path") || !d["path"].is_string()) continue;
-      const std::string path = d["path"].get<std::string>();
-      const std::string prefix = "/proc/self/fd/";
-      if (path.rfind(prefix, 0) != 0) continue;
-      const char* p = path.c_str() + prefix.size();
-      char* end = nullptr;
-      long fd = std::strtol(p, &end, 10);
-      if (end != p && *end == '\0' && fd > 2 && fd < (1 << 20)) fds.push_back(int(fd));
-    }
+    for (const auto& d : m["disks"])
+      if (d.is_object() && d.contains("path")) fd_path(d["path"]);
+  if (m.contains("initrd")) fd_path(m["initrd"]);
   if (m.contains("net") && m["net"].is_object() && m["net"].contains("tap") &&
       m["net"]["tap"].is_object() && m["net"]["tap"].contains("fd") &&
       m["net"]["tap"]["fd"].is_number_integer())

@@ -21,6 +21,28 @@ inline constexpr std::string_view kRunParamDiskPrefix = "blk:";
 // virtio_mmio.device= entries after it.
 std::string image_cmdline(bool verbose, std::string_view extra = {});
 
+// The kernel command line key naming the virtio-fs share that is the root file system when the
+// runner boots a host directory (run --rootfs) from an initramfs holding only the init:
+// "img2vm.root=<tag>" or "img2vm.root=<tag>,ro".
+inline constexpr std::string_view kRootParam = "img2vm.root";
+
+struct RootShare {
+  std::string tag;         // valid_fs_tag()
+  bool read_only = false;  // mounted read-only (the host refuses writes as well)
+
+  friend bool operator==(const RootShare&, const RootShare&) = default;
+};
+
+// "img2vm.root=<tag>[,ro]". Throws Error for a tag valid_fs_tag() refuses.
+std::string root_share_param(const RootShare& root);
+// The value of an `img2vm.root=` parameter. Throws Error naming the parameter.
+RootShare parse_root_share(std::string_view value);
+
+// The command line for a host directory as the root: as image_cmdline, but no root disk: the
+// kernel starts kInitPath from the runner's initramfs (rdinit=), and the init mounts `root` over
+// / before it goes on as it does on an image's ext4 (docs/guest-abi.md §2).
+std::string directory_cmdline(bool verbose, const RootShare& root, std::string_view extra = {});
+
 // "img2vm.run=<base64url of to_json(o)>". The kernel limits the whole command line to 2048 bytes
 // on x86: a runner whose overrides do not fit uses run_overrides_disk_param instead.
 std::string run_overrides_kernel_param(const RunOverrides& o);

@@ -35,6 +35,24 @@ struct RuntimeConfig {
 // text). Missing fields stay empty; wrong types throw Error naming the field.
 RuntimeConfig runtime_config_from_image_config(std::string_view image_config_json);
 
+// The most of an OCI runtime-spec config.json (a bundle's) the runner reads.
+inline constexpr std::size_t kMaxOciConfigJson = 4u << 20;
+
+// What the runner takes from an OCI runtime-spec bundle config (runtime-spec config.md, as
+// `umoci unpack` writes it): root.path (as written: relative to the bundle or absolute; empty
+// when absent) and the process as an image config: process.args as Cmd (the spec does not keep
+// Entrypoint apart), process.env, process.cwd, process.user.uid and gid as "UID:GID", hostname.
+struct OciBundleConfig {
+  std::string root_path;
+  RuntimeConfig config;
+
+  friend bool operator==(const OciBundleConfig&, const OciBundleConfig&) = default;
+};
+// nullopt when `json` is no runtime spec (not a JSON object with a string "ociVersion"); throws
+// Error naming the field when a field it reads has the wrong type or is out of range, or the
+// text is larger than kMaxOciConfigJson.
+std::optional<OciBundleConfig> oci_bundle_config(std::string_view json);
+
 // config.json's text (every field present, "schema" first).
 std::string to_json(const RuntimeConfig& c);
 // Throws Error naming the field at fault (or the schema version).
@@ -70,6 +88,11 @@ struct MountSpec {
 inline constexpr std::size_t kMaxMounts = 64;
 inline constexpr std::size_t kMaxFsTag = 36;  // virtio-fs: the tag field of the device's config
 
+// A virtio-fs tag the init can mount and the kernel command line can carry: 1 to kMaxFsTag
+// bytes, no blank, control character, comma or double quote (which the kernel's command line
+// parser takes as quoting).
+bool valid_fs_tag(std::string_view tag);
+
 // Per-run overrides: the docker run options that change what runs. Absent optionals leave the
 // image's value alone.
 struct RunOverrides {
@@ -84,6 +107,9 @@ struct RunOverrides {
   bool interactive = false;       // -i: stdin is the console (else /dev/null)
   std::optional<NetConfig> net;   // absent: loopback only
   std::vector<MountSpec> mounts;  // at most kMaxMounts, distinct targets
+  // The image config itself, used instead of the root's kConfigPath: a root that is a host
+  // directory (run --rootfs) gets its config from the runner, never from the directory.
+  std::optional<RuntimeConfig> image;
 
   friend bool operator==(const RunOverrides&, const RunOverrides&) = default;
 };

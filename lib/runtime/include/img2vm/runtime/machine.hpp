@@ -21,6 +21,7 @@
 #include "img2vm/base/fd.hpp"
 #include "img2vm/guestabi/config.hpp"
 #include "img2vm/runtime/mounts.hpp"
+#include "img2vm/runtime/root_dir.hpp"
 #include "img2vm/runtime/virtiofsd.hpp"
 #include "img2vm/runtime/volumes.hpp"
 #include "img2vm/vm/machine.hpp"
@@ -60,8 +61,13 @@ struct ExtraDisk {
 // Everything a run is made of besides the image's own config.
 struct MachineOptions {
   std::filesystem::path kernel;  // required: find_guest_kernel() or build_guest_kernel()
-  std::filesystem::path rootfs;  // required: a converted root filesystem (never modified)
+  // The root: exactly one of `rootfs` and `root_dir`.
+  std::filesystem::path rootfs;  // a converted root filesystem (never modified)
   std::filesystem::path keep;    // when set: run on a read-write copy made here, which stays
+  // A host directory (root_dir.hpp), served by a virtiofsd started by build_machine and booted
+  // from an initramfs holding only the init; its config goes to the guest in the overrides.
+  std::optional<RootDirectory> root_dir;
+  std::filesystem::path init;  // root_dir: the init for the initramfs; empty: find_init_binary()
   // What the guest init applies over the image config (docker-style): entrypoint, cmd, env,
   // working_dir, user, hostname, dns, tty, interactive. `net` is filled in here.
   guestabi::RunOverrides overrides;
@@ -96,10 +102,12 @@ struct PreparedMachine {
   std::shared_ptr<vm::TapBackend> tap;  // kTap: the host side, undone when the last owner lets go
   // One virtiofsd per bind mount, tags img2vm-fs0, img2vm-fs1, ... in order; config.fs holds
   // their sockets (not owned), so these must outlive the VM.
+  // With a root directory, its virtiofsd comes last (tag img2vm-root).
   std::vector<Virtiofsd> shares;
   // The volumes the mounts use, each locked (shared) while its lease lives: keep them, and their
   // descriptors open in img2vm-vmm, as long as the VM runs.
   std::vector<VolumeLease> volumes;
+  UniqueFd initramfs;         // root_dir: the initramfs (config.initrd is /proc/self/fd/N of it)
   bool ports_chosen = false;  // some host port is picked when the VM starts
 };
 
@@ -109,9 +117,10 @@ std::vector<std::string> exposed_ports(const std::string& image_config_json,
                                        const std::vector<std::string>& expose);
 
 // Assembles the machine. Throws Error(kInvalidArgument) for contradicting or out-of-range
-// options, Error(kLimit) for too many disks; kTap sets up the host side now, and bind mounts
-// and volumes start their virtiofsd now (virtiofsd.hpp: errors for a missing source or
-// virtiofsd); volumes are created, filled from `rootfs` on first use and locked (volumes.hpp).
+// options (check_root_command's error too), Error(kLimit) for too many disks; kTap sets up the host
+// side now, and bind mounts and volumes start their virtiofsd now (virtiofsd.hpp: errors for a
+// missing source or virtiofsd); volumes are created, filled from `rootfs` on first use and locked
+// (volumes.hpp).
 PreparedMachine build_machine(MachineOptions options);
 
 }  // namespace img2vm::runtime
