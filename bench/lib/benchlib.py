@@ -6,6 +6,7 @@
 - a throwaway docker-registry on a free 127.0.0.1 port;
 - machine facts, and writing one replaceable section of docs/benchmarks.md.
 """
+import argparse
 import atexit
 import datetime
 import gzip
@@ -29,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "benchmarks.md"
-SECTIONS = ["pull", "convert", "boot", "net"]  # order of the sections in docs/benchmarks.md
+SECTIONS = ["pull", "convert", "boot", "net", "fs"]  # order of the sections in docs/benchmarks.md
 FIXED_MTIME = 1700000000  # every tar entry gets this mtime, so layers are reproducible
 
 
@@ -425,6 +426,19 @@ def kvm_route(img2vm, choice="auto"):
                      "!" * 78]:
             say(line)
     return nested, kvm
+
+
+def vm_bench_parser(doc, memory_mib, direct_rounds):
+    """An argument parser with the options every benchmark of VMs has: --rounds, --warmup,
+    --route, --memory and --no-doc."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, help=f"timed rounds (default 3 nested, {direct_rounds} direct)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
+    ap.add_argument("--route", choices=["auto", "direct", "nested"], default="auto")
+    ap.add_argument("--memory", type=int, default=memory_mib,
+                    help=f"guest memory in MiB, every VMM (default {memory_mib})")
+    ap.add_argument("--no-doc", action="store_true", help="do not write docs/benchmarks.md")
+    return ap
 
 
 def nested_note(nested, kvm, what="the numbers"):
