@@ -60,6 +60,7 @@ struct RunArgs : RootfsArgs {
   std::string network = "user";
   std::vector<std::string> publish, expose;
   std::vector<std::string> volumes, mounts, tmpfs;
+  std::string virtiofsd;  // --virtiofsd PATH
   bool publish_all = false;
   bool rm = false, timings = false, verbose_boot = false, hugepages = false;
 };
@@ -132,6 +133,10 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   runtime::check_mounts(mo.mounts);
   for (const auto& m : mo.mounts)  // checked again when virtiofsd starts; now to fail early
     if (m.type == runtime::Mount::Type::kBind) runtime::share_source(m.source);
+  const bool shares = dir_root || std::any_of(mo.mounts.begin(), mo.mounts.end(), [](auto& m) {
+                        return m.type != runtime::Mount::Type::kTmpfs;
+                      });
+  if (shares) mo.virtiofsd = runtime::find_virtiofsd(a.virtiofsd);
   std::optional<runtime::RootDirectory> root_dir;
   if (dir_root) {
     root_dir = runtime::open_root_directory(a.rootfs, a.read_only);
@@ -428,6 +433,10 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
       ->allow_extra_args(false);
   sub->add_option("--tmpfs", a->tmpfs, "Mount a tmpfs: GUEST[:size=S,mode=M,ro]")
       ->allow_extra_args(false);
+  sub->add_option("--virtiofsd", a->virtiofsd,
+                  "The virtiofsd serving -v, --mount and --rootfs directories (default: "
+                  "$IMG2VM_VIRTIOFSD, else /usr/lib/qemu/virtiofsd or /usr/libexec/virtiofsd)")
+      ->type_name("PATH");
   sub->add_option_function<std::string>("--name", [](const std::string&) {
     unsupported("--name", "named VMs are not supported: img2vm run is attached and has no daemon");
   });

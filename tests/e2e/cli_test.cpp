@@ -280,6 +280,10 @@ TEST(Cli, RunRootfsErrors) {
            Case{{"run", "--rootfs", dir, "--keep", "/tmp/k.ext4", "true"}, "--keep: not with"},
            Case{{"run", "--rootfs", dir, "--platform", "linux/arm64", "true"}, "--platform"},
            Case{{"run", "--read-only", "nosuch.invalid/x"}, "--read-only"},
+           Case{{"run", "--virtiofsd", (t.path() / "file").string(), "--rootfs", dir, "true"},
+                "does not exist or is not executable"},
+           Case{{"run", "--virtiofsd", "/no/virtiofsd", "-v", dir + ":/d", "nosuch.invalid/x"},
+                "virtiofsd /no/virtiofsd does not exist or is not executable"},
        }) {
     auto r = img2vm(c.args);
     EXPECT_EQ(r.exit_code, 125) << r.describe();
