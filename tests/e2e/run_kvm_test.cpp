@@ -578,14 +578,30 @@ struct NetSetup {
 // (two VMs at once, -p with and without a host address, -P with a port picked for it), a port
 // already in use, a guest reaching a server on the host's loopback (only when allowed), UDP
 // both ways, what the guest's eth0, routes and resolv.conf look like, and --network none.
+// Debian's virtiofsd, copied into L1 for the virtio-fs tests.
+constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
+
+// Why a virtio-fs test cannot run here; empty when it can.
+std::string virtiofs_skip_reason() {
+  if (!fs::exists(kVirtiofsd)) return std::string("needs ") + kVirtiofsd + " (qemu-system-common)";
+  if (::geteuid() != 0) return "virtiofsd's sandbox in L1 runs as root here";
+  return {};
+}
+
+// Writes `script` as `name` in the work directory and runs it in L1 with virtiofsd.
+std::string run_fs_script(const NetSetup& ns, const std::string& name, const std::string& script) {
+  write_file_atomic(ns.w / name, script);
+  std::vector<fs::path> files = ns.files();
+  files.push_back(kVirtiofsd);
+  return run_script(ns.w / name, files, std::chrono::seconds(1200));
+}
+
 // Host directories in the guest (issue #16): -v and --mount type=bind through virtio-fs served by
 // Debian's virtiofsd, both ways with owner, mode and mtime; read-only shares refusing writes in
 // the guest (EROFS) whatever the guest's mount flags; --tmpfs with size and mode; a missing host
 // path refused before anything starts; and virtiofsd killed mid-run ending the run with 125.
 TEST(RunKvm, VolumesThroughVirtioFs) {
-  constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
-  if (!fs::exists(kVirtiofsd)) GTEST_SKIP() << "needs " << kVirtiofsd << " (qemu-system-common)";
-  if (::geteuid() != 0) GTEST_SKIP() << "virtiofsd's sandbox in L1 runs as root here";
+  if (std::string why = virtiofs_skip_reason(); !why.empty()) GTEST_SKIP() << why;
   NetSetup ns;
   if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
   const std::string& B = ns.B;
@@ -617,10 +633,7 @@ TEST(RunKvm, VolumesThroughVirtioFs) {
      << "kp=$!; wait_for \"$W/k.out\" ready; kill -9 $(pidof virtiofsd); wait $kp; rc=$?\n"
      << "cat \"$W/k.out\"; echo; echo @@STDERR@@; cat \"$W/k.err\"; echo; echo \"@@END "
         "kill-backend $rc@@\"\n";
-  write_file_atomic(ns.w / "fs.sh", sh.str());
-  std::vector<fs::path> files = ns.files();
-  files.push_back(kVirtiofsd);
-  std::string output = run_script(ns.w / "fs.sh", files, std::chrono::seconds(1200));
+  std::string output = run_fs_script(ns, "fs.sh", sh.str());
   Cases cases(output);
   auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
   const Case& rw = get("rw");
@@ -656,9 +669,7 @@ TEST(RunKvm, VolumesThroughVirtioFs) {
 // alone makes an anonymous volume filled the same way; a volume a running VM holds cannot be
 // removed, and prune takes only the anonymous ones.
 TEST(RunKvm, NamedVolumes) {
-  constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
-  if (!fs::exists(kVirtiofsd)) GTEST_SKIP() << "needs " << kVirtiofsd << " (qemu-system-common)";
-  if (::geteuid() != 0) GTEST_SKIP() << "virtiofsd's sandbox in L1 runs as root here";
+  if (std::string why = virtiofs_skip_reason(); !why.empty()) GTEST_SKIP() << why;
   NetSetup ns;
   if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
   const std::string& B = ns.B;
@@ -680,10 +691,7 @@ TEST(RunKvm, NamedVolumes) {
      << "kill -INT $up; wait $up; " << vol << " rm web; echo rm-after=$?\n"
      << "echo; echo @@STDERR@@; cat \"$W/u.err\"; echo; echo '@@END in-use 0@@'\n"
      << "c prune sh -c '" << vol << " prune; " << vol << " ls -q'\n";
-  write_file_atomic(ns.w / "vol.sh", sh.str());
-  std::vector<fs::path> files = ns.files();
-  files.push_back(kVirtiofsd);
-  std::string output = run_script(ns.w / "vol.sh", files, std::chrono::seconds(1200));
+  std::string output = run_fs_script(ns, "vol.sh", sh.str());
   Cases cases(output);
   auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
   const Case& first = get("first");
@@ -714,9 +722,7 @@ TEST(RunKvm, NamedVolumes) {
 // there; --read-only refuses writes with EROFS; DIR/.img2vm/config.json comes before the
 // bundle's config; a command on the command line replaces the config's.
 TEST(RunKvm, RootDirectoryThroughVirtioFs) {
-  constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
-  if (!fs::exists(kVirtiofsd)) GTEST_SKIP() << "needs " << kVirtiofsd << " (qemu-system-common)";
-  if (::geteuid() != 0) GTEST_SKIP() << "virtiofsd's sandbox in L1 runs as root here";
+  if (std::string why = virtiofs_skip_reason(); !why.empty()) GTEST_SKIP() << why;
   if (find_program("umoci").empty()) GTEST_SKIP() << "needs umoci";
   NetSetup ns;
   if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
@@ -743,10 +749,7 @@ TEST(RunKvm, RootDirectoryThroughVirtioFs) {
      << "c own " << run << " --rootfs \"$W/own/rootfs\"\n"
      << "c timings-dir " << run << " --timings --rootfs \"$D\" true\n"
      << "c timings-ext4 " << run << " --timings " << ns.B << " true\n";
-  write_file_atomic(w / "rootdir.sh", sh.str());
-  std::vector<fs::path> files = ns.files();
-  files.push_back(kVirtiofsd);
-  std::string output = run_script(w / "rootdir.sh", files, std::chrono::seconds(1200));
+  std::string output = run_fs_script(ns, "rootdir.sh", sh.str());
   Cases cases(output);
   auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
   const Case& cmd = get("cmd");
