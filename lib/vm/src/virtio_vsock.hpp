@@ -90,7 +90,9 @@ class VirtioVsock final : public VirtioDevice {
   static constexpr std::chrono::milliseconds kTimeout{2000};
   static constexpr uint32_t kFirstHostPort = 1u << 30, kEndHostPort = 1u << 31;
 
-  // Listens on `uds_path` (which must not exist; it is removed again by the destructor). Throws
+  // Listens on `uds_path`, which must not exist; the caller removes it (and any
+  // `<uds_path>_<port>` of its own) afterwards: under the VMM's seccomp filters the thread
+  // that destroys the device may not unlink files. Throws
   // Error for a reserved CID (0, 1, 2, 0xffffffff and above 32 bits) or a path that cannot be
   // bound.
   // `max_connections` (at most kMaxConnections) is lowered by tests only.

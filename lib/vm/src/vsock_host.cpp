@@ -78,7 +78,7 @@ VirtioVsock::VirtioVsock(uint64_t guest_cid, std::filesystem::path uds_path, siz
   }
 }
 
-VirtioVsock::~VirtioVsock() { ::unlink(path_.c_str()); }
+VirtioVsock::~VirtioVsock() = default;
 
 VirtioVsock::Conn* VirtioVsock::find(uint32_t local, uint32_t peer) {
   auto it = by_key_.find(key(local, peer));
