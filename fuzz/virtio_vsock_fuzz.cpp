@@ -36,9 +36,9 @@ UniqueFd unix_socket(const std::string& path, bool listen) {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static GuestMemory mem(1u << 20);
-  static TempDir* dir = new TempDir("fuzz-vsock");
-  static VirtioVsock* vsock = new VirtioVsock(3, dir->path() / "v.sock");
-  static UniqueFd* peer = new UniqueFd(unix_socket((dir->path() / "v.sock_5000").string(), true));
+  static TempDir dir("fuzz-vsock");  // removed at exit
+  static VirtioVsock* vsock = new VirtioVsock(3, dir.path() / "v.sock");
+  static UniqueFd* peer = new UniqueFd(unix_socket((dir.path() / "v.sock_5000").string(), true));
   if (size < 8) return 0;
   std::memset(mem.host_base(), 0, 0x10000);
   std::memcpy(mem.host_base(), data, std::min<size_t>(size, 0x10000));
@@ -65,7 +65,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   UniqueFd client;
   if (data[0] & 1) {
-    client = unix_socket((dir->path() / "v.sock").string(), false);
+    client = unix_socket((dir.path() / "v.sock").string(), false);
     // A CONNECT line for the port in data[5..6], and whatever follows it in the input.
     std::string line = "CONNECT " + std::to_string(data[5] | data[6] << 8) + "\n";
     if (data[0] & 2)
