@@ -52,8 +52,12 @@ TEST(MachineJson, EveryFieldSurvivesTheRoundTrip) {
   c.kvm_device = "/dev/kvm-other";
   c.seccomp = SeccompMode::kErrno;
   c.fs = {{"src", "/run/vfs-src.sock", -1}, {"cache", "", 9}};
+  c.vsock = VsockConfig{42, "/run/vm/vsock.sock"};
 
   MachineConfig r = machine_config_from_json(machine_config_to_json(c));
+  ASSERT_TRUE(r.vsock);
+  EXPECT_EQ(r.vsock->guest_cid, 42u);
+  EXPECT_EQ(r.vsock->uds_path, "/run/vm/vsock.sock");
   ASSERT_EQ(r.fs.size(), 2u);
   EXPECT_EQ(r.fs[0].tag, "src");
   EXPECT_EQ(r.fs[0].socket_path, "/run/vfs-src.sock");
@@ -102,6 +106,10 @@ TEST(MachineJson, OnlyTheKernelIsRequiredAndTheRestKeepsTheDefaults) {
   EXPECT_EQ(r.kvm_device, d.kvm_device);
   EXPECT_TRUE(r.disks.empty());
   EXPECT_FALSE(r.net);
+  EXPECT_FALSE(r.vsock);
+  MachineConfig v = machine_config_from_json(R"({"kernel": "k", "vsock": {"uds_path": "v"}})");
+  ASSERT_TRUE(v.vsock);
+  EXPECT_EQ(v.vsock->guest_cid, 3u);
   // A NIC with nothing said is user-mode networking with its defaults.
   MachineConfig n = machine_config_from_json(R"({"kernel": "k", "net": {}})");
   ASSERT_TRUE(n.net);
@@ -162,6 +170,12 @@ TEST(MachineJson, MistakesNameTheMember) {
        "fs[0].socket_fd: out of range"},
       {R"({"kernel": "k", "fs": [{"tag": "t", "socket_fd": 3, "ro": true}]})",
        "fs[0].ro: unknown member"},
+      {R"({"kernel": "k", "vsock": {}})", "vsock.uds_path: missing or empty"},
+      {R"({"kernel": "k", "vsock": {"uds_path": "v", "guest_cid": 2}})",
+       "vsock.guest_cid: out of range"},
+      {R"({"kernel": "k", "vsock": {"uds_path": "v", "guest_cid": 4294967295}})",
+       "vsock.guest_cid: out of range"},
+      {R"({"kernel": "k", "vsock": {"uds_path": "v", "port": 1}})", "vsock.port: unknown member"},
   };
   for (const auto& c : cases) {
     std::string e = error_of(c.json);

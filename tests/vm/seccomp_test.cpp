@@ -214,8 +214,8 @@ bool wait_state(pid_t pid, pid_t tid, Pred pred) {
 // thread under each role's filter (kill mode) sleeps in a futex with a timeout, is stopped and
 // continued, and must then wake normally when the word changes, not die of SIGSYS.
 TEST(Seccomp, EveryRoleSurvivesStopAndContinue) {
-  for (ThreadRole role :
-       {ThreadRole::kVcpu, ThreadRole::kIo, ThreadRole::kNet, ThreadRole::kMain}) {
+  for (ThreadRole role : {ThreadRole::kVcpu, ThreadRole::kIo, ThreadRole::kNet, ThreadRole::kMain,
+                          ThreadRole::kVsock}) {
     SCOPED_TRACE("role " + std::to_string(int(role)));
     // The futex word, shared with the child.
     void* mem = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);

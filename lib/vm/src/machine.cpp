@@ -34,6 +34,7 @@
 #include "virtio_fs.hpp"
 #include "virtio_mmio.hpp"
 #include "virtio_net.hpp"
+#include "virtio_vsock.hpp"
 
 namespace img2vm::vm {
 
@@ -205,6 +206,13 @@ struct SharedDir {
   MmioDevice mmio;
 };
 
+// The vsock device: served by its own thread, which takes the guest's queue notifications and
+// the host sockets' events (so unix sockets stay out of the other threads' filters).
+struct Vsock {
+  std::unique_ptr<VirtioVsock> dev;
+  MmioDevice mmio;
+};
+
 }  // namespace
 
 struct Machine::Impl {
@@ -232,6 +240,8 @@ struct Machine::Impl {
   std::unique_ptr<Nic> nic;
   std::vector<std::unique_ptr<SharedDir>> shared_dirs;
   std::thread net_thread;
+  std::unique_ptr<Vsock> vsock;
+  std::thread vsock_thread;
   std::vector<std::unique_ptr<Vcpu>> vcpus;
   UniqueFd stop_fd;
   UniqueFd exec_fd;  // signalled at the workload's exec (BOOT_MARK 2): console input may flow
@@ -507,6 +517,43 @@ struct Machine::Impl {
     }
   }
 
+  void vsock_loop() {
+    block_signals(false);
+    try {
+      UniqueFd ep(::epoll_create1(EPOLL_CLOEXEC));
+      if (!ep) throw_errno("epoll_create1");
+      constexpr uint64_t kStop = 0, kNotify = 1, kHost = 2;
+      for (auto [fd, tag] :
+           {std::pair{stop_fd.get(), kStop}, std::pair{vsock->mmio.notify.get(), kNotify},
+            std::pair{vsock->dev->poll_fd(), kHost}}) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.u64 = tag;
+        if (::epoll_ctl(ep.get(), EPOLL_CTL_ADD, fd, &ev) != 0) throw_errno("epoll_ctl");
+      }
+      install_thread_seccomp(ThreadRole::kVsock, cfg.seccomp);
+      while (!ending) {
+        epoll_event evs[4];
+        int n = ::epoll_wait(ep.get(), evs, 4, vsock->dev->timeout_ms());
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) throw_errno("epoll_wait");
+        bool notified = false;
+        for (int k = 0; k < n; ++k) {
+          if (evs[k].data.u64 == kStop) return;
+          if (evs[k].data.u64 == kNotify) {
+            uint64_t cnt;
+            (void)!::read(vsock->mmio.notify.get(), &cnt, sizeof cnt);
+            notified = true;
+          }
+        }
+        vsock->dev->handle_host();  // also expires deadlines (n == 0)
+        if (notified) vsock->mmio.transport->notify();
+      }
+    } catch (const std::exception& e) {
+      finish(ExitReason::kKvmError, 0, std::string("vsock thread: ") + e.what());
+    }
+  }
+
   void join_all() {
     if (joined) return;
     joined = true;
@@ -514,6 +561,7 @@ struct Machine::Impl {
       if (v->thread.joinable()) v->thread.join();
     if (io_thread.joinable()) io_thread.join();
     if (net_thread.joinable()) net_thread.join();
+    if (vsock_thread.joinable()) vsock_thread.join();
     if (cfg.console_out_fd >= 0) ::fsync(cfg.console_out_fd);  // best effort; fails on pipes
   }
 
@@ -528,6 +576,7 @@ struct Machine::Impl {
   void attach_block_devices();
   void attach_net_device();
   void attach_fs_devices();
+  void attach_vsock_device();
   std::vector<int> vhost_user_fds() const;
   // `queue_kicks`: one eventfd per queue, signalled by QueueNotify writes of the queue's index
   // (instead of the one notify eventfd for all queues).
@@ -556,6 +605,7 @@ void Machine::Impl::build() {
   attach_block_devices();
   if (cfg.net) attach_net_device();
   attach_fs_devices();
+  if (cfg.vsock) attach_vsock_device();
   cmdline = mmio_devices.command_line(cfg.cmdline);
   create_event_fds();
   write_boot_tables();
@@ -739,6 +789,19 @@ void Machine::Impl::attach_fs_devices() {
   }
 }
 
+void Machine::Impl::attach_vsock_device() {
+  auto v = std::make_unique<Vsock>();
+  try {
+    v->dev = std::make_unique<VirtioVsock>(cfg.vsock->guest_cid, cfg.vsock->uds_path);
+  } catch (const Error& e) {
+    throw e.with_context("vsock device");
+  }
+  v->mmio = attach_mmio_device("virtio-vsock", *v->dev);
+  VirtioMmio* transport = v->mmio.transport.get();
+  v->dev->set_kick([transport] { transport->notify(); });
+  vsock = std::move(v);
+}
+
 std::vector<int> Machine::Impl::vhost_user_fds() const {
   std::vector<int> fds;
   for (const auto& d : shared_dirs) fds.push_back(d->dev->backend().fd());
@@ -855,6 +918,7 @@ void Machine::start() {
   try {
     m.io_thread = std::thread([&m] { m.io_loop(); });
     if (m.nic) m.net_thread = std::thread([&m] { m.net_loop(); });
+    if (m.vsock) m.vsock_thread = std::thread([&m] { m.vsock_loop(); });
     for (auto& v : m.vcpus) {
       Vcpu* vp = v.get();
       v->thread = std::thread([&m, vp] { m.vcpu_loop(*vp); });

@@ -179,6 +179,8 @@ std::string machine_config_to_json(const MachineConfig& c) {
       e["socket_path"] = f.socket_path.string();
     j["fs"].push_back(std::move(e));
   }
+  if (c.vsock)
+    j["vsock"] = {{"guest_cid", c.vsock->guest_cid}, {"uds_path", c.vsock->uds_path.string()}};
   return j.dump();
 }
 
@@ -187,7 +189,8 @@ MachineConfig machine_config_from_json(std::string_view text) {
   if (j.is_discarded()) throw Error(ErrorKind::kInvalidArgument, "machine config: not valid JSON");
   only(j, "",
        {"memory_mib", "hugepages", "vcpus", "kernel", "cmdline", "initrd", "disks", "net", "fs",
-        "console_out_fd", "console_in_fd", "console_input", "timeout_ms", "kvm_device", "seccomp"});
+        "vsock", "console_out_fd", "console_in_fd", "console_input", "timeout_ms", "kvm_device",
+        "seccomp"});
   MachineConfig c;
   c.memory_mib = number<uint64_t>(j, "", "memory_mib", c.memory_mib, 1, uint64_t(1) << 30);
   c.hugepages = boolean(j, "", "hugepages", c.hugepages);
@@ -261,6 +264,15 @@ MachineConfig machine_config_from_json(std::string_view text) {
         bad(w, "needs exactly one of socket_path and socket_fd");
       c.fs.push_back(std::move(fc));
     }
+  }
+  if (j.contains("vsock") && !j["vsock"].is_null()) {
+    const json& v = j["vsock"];
+    only(v, "vsock", {"guest_cid", "uds_path"});
+    VsockConfig vc;
+    vc.guest_cid = number<uint64_t>(v, "vsock", "guest_cid", vc.guest_cid, 3, 0xfffffffeull);
+    vc.uds_path = string(v, "vsock", "uds_path", "");
+    if (vc.uds_path.empty()) bad("vsock.uds_path", "missing or empty");
+    c.vsock = std::move(vc);
   }
   return c;
 }

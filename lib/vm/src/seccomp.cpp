@@ -109,6 +109,15 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode,
       if (r < 0) throw_errno("seccomp_rule_add(open)", -r);
     }
     for (int nr : {SCMP_SYS(newfstatat), SCMP_SYS(fstat), SCMP_SYS(stat)}) allow(nr);
+  } else if (role == ThreadRole::kVsock) {
+    // The vsock device's host side: unix sockets only (accepting clients on its listening
+    // socket, connecting to `<uds_path>_<port>`), non-blocking, watched with epoll; its queue
+    // notifications are read from an eventfd. No file is opened.
+    allow_if(SCMP_SYS(socket), SCMP_A0(SCMP_CMP_EQ, scmp_datum_t(AF_UNIX), 0));
+    for (int nr : {SCMP_SYS(read), SCMP_SYS(epoll_wait), SCMP_SYS(epoll_pwait), SCMP_SYS(epoll_ctl),
+                   SCMP_SYS(accept4), SCMP_SYS(connect), SCMP_SYS(sendto), SCMP_SYS(recvfrom),
+                   SCMP_SYS(shutdown)})
+      allow(nr);
   } else if (role == ThreadRole::kMain) {
     // The thread that waits for the VM, and the signal relay it started: waiting (futexes,
     // sigtimedwait), stopping the VM (eventfd writes, tgkill), reporting (writes), the

@@ -67,6 +67,15 @@ struct FsConfig {
   int socket_fd = -1;  // used instead of socket_path when >= 0
 };
 
+// A virtio-vsock device (docs/vm.md) whose host side is unix sockets: the host reaches guest
+// port P through `uds_path` with a `CONNECT P` line, and the guest's connections to the host's
+// port P arrive on `<uds_path>_P`. The Machine creates `uds_path` (it must not exist); the
+// caller removes it after the Machine is gone (the VMM's threads may not unlink files).
+struct VsockConfig {
+  uint64_t guest_cid = 3;  // 3 to 2^32-2 (0, 1, 2 and 2^32-1 are reserved)
+  std::filesystem::path uds_path;
+};
+
 // Everything a Machine is built from: memory, vCPUs, kernel, command line, disks, network.
 struct MachineConfig {
   uint64_t memory_mib = 256;
@@ -80,6 +89,8 @@ struct MachineConfig {
       net;  // a NIC (eth0), the virtio-mmio device after the disks; none if empty
   // virtio-fs devices, the virtio-mmio devices after the disks and the NIC, in this order.
   std::vector<FsConfig> fs;
+  // A vsock device, the virtio-mmio device after the virtio-fs ones; none if empty.
+  std::optional<VsockConfig> vsock;
   int console_out_fd = 1;  // UART output; -1 discards it. Not owned.
   // UART input; -1 for none. Not owned. When it ends (EOF or an error) the guest init is told
   // after how many bytes (SIGNAL 0x82, STDIN_BYTES: docs/guest-abi.md), so that it can close the

@@ -22,7 +22,7 @@ enum class SeccompMode {
 };
 
 // Which thread of the runner a filter is for; each gets only its own system calls.
-enum class ThreadRole { kVcpu, kIo, kNet, kMain };
+enum class ThreadRole { kVcpu, kIo, kNet, kMain, kVsock };
 
 // Installs the filter for the calling thread (and threads it creates later). Throws Error.
 // `vhost_user_fds`: the vhost-user sockets a vCPU thread talks to when the guest's driver starts
