@@ -18,6 +18,7 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "img2vm/base/unix_address.hpp"
 #include "img2vm/vm/seccomp.hpp"
 #include "virtio_mmio.hpp"
 
@@ -59,22 +60,22 @@ Bytes bytes_of(std::string_view s) { return Bytes(s.begin(), s.end()); }
 
 UniqueFd unix_connect(const std::filesystem::path& p) {
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::strncpy(sa.sun_path, p.c_str(), sizeof sa.sun_path - 1);
-  if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0) return UniqueFd();
+  UnixAddress a(p);
+  if (::connect(fd.get(), a.get(), a.size()) != 0) return UniqueFd();
   return fd;
 }
 
 UniqueFd unix_listen(const std::filesystem::path& p) {
   UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  sockaddr_un sa{};
-  sa.sun_family = AF_UNIX;
-  std::strncpy(sa.sun_path, p.c_str(), sizeof sa.sun_path - 1);
-  if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&sa), sizeof sa) != 0 ||
-      ::listen(fd.get(), 16) != 0)
-    return UniqueFd();
+  UnixAddress a(p);
+  if (::bind(fd.get(), a.get(), a.size()) != 0 || ::listen(fd.get(), 16) != 0) return UniqueFd();
   return fd;
+}
+
+// `dir`/`sub`/v.sock, the directories made.
+std::filesystem::path socket_in(const TempDir& dir, const std::filesystem::path& sub) {
+  std::filesystem::create_directories(dir.path() / sub);
+  return dir.path() / sub / "v.sock";
 }
 
 // What is readable now, without waiting (the device's writes are synchronous).
@@ -93,7 +94,7 @@ bool at_eof(int fd) {
 
 struct VsockRig {
   TempDir dir{"vsock-test"};
-  std::filesystem::path uds = dir.path() / "v.sock";
+  std::filesystem::path uds;
   GuestMemory mem{1u << 20};
   VirtioVsock vsock;
   VirtioMmio mmio;
@@ -102,8 +103,11 @@ struct VsockRig {
   uint16_t rx_seen = 0;
   bool repost = true;  // hand each rx buffer back once its packet was read
 
-  explicit VsockRig(size_t max_conns = V::kMaxConnections, bool post_rx = true)
-      : vsock(kCid, uds, max_conns), mmio(mem, vsock, [this] { ++interrupts; }) {
+  explicit VsockRig(size_t max_conns = V::kMaxConnections, bool post_rx = true,
+                    const std::filesystem::path& sub = {})
+      : uds(socket_in(dir, sub)),
+        vsock(kCid, uds, max_conns),
+        mmio(mem, vsock, [this] { ++interrupts; }) {
     vsock.set_kick([this] { mmio.notify(); });
     wr(0x070, 0);
     wr(0x070, 3);
@@ -371,6 +375,29 @@ TEST(VirtioVsock, GuestConnectsToListeningAndMissingPorts) {
   EXPECT_EQ(rst.h.src_port, 5001u);
   EXPECT_EQ(rst.h.dst_port, 1026u);
   EXPECT_EQ(r.vsock.stats().connections, 1u);
+}
+
+// A VM directory deep in a store makes socket paths longer than sockaddr_un holds (107 bytes):
+// the device and its peers reach them through the directory (UnixAddress), both ways.
+TEST(VirtioVsock, ALongSocketPathIsReachedThroughItsDirectory) {
+  VsockRig r(V::kMaxConnections, true,
+             std::filesystem::path(std::string(60, 'd')) / "vms" / std::string(64, 'e'));
+  ASSERT_GT(r.uds.string().size() + 6, sizeof(sockaddr_un::sun_path)) << r.uds;
+  EXPECT_TRUE(std::filesystem::exists(r.uds));
+  UniqueFd c = unix_connect(r.uds);
+  ASSERT_TRUE(c);
+  ASSERT_EQ(::write(c.get(), "CONNECT 7\n", 10), 10);
+  r.vsock.handle_host();
+  Pkt req = r.one();
+  EXPECT_EQ(req.h.op, V::kOpRequest);
+  EXPECT_EQ(req.h.dst_port, 7u);
+
+  UniqueFd l = unix_listen(r.uds.string() + "_5000");
+  ASSERT_TRUE(l);
+  r.send(guest_hdr(V::kOpRequest, 1025, 5000));
+  EXPECT_EQ(r.one().h.op, V::kOpResponse);
+  UniqueFd a(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  EXPECT_TRUE(a);
 }
 
 TEST(VirtioVsock, ShutdownAndResetCleanUp) {

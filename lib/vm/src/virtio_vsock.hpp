@@ -45,6 +45,7 @@
 #include <vector>
 
 #include "img2vm/base/fd.hpp"
+#include "img2vm/base/unix_address.hpp"
 #include "virtio_mmio.hpp"
 
 namespace img2vm::vm {
@@ -172,6 +173,7 @@ class VirtioVsock final : public VirtioDevice {
 
   uint64_t cid_;
   std::filesystem::path path_;
+  UnixAddress addr_;  // path_ as bind/connect see it (through its directory when long)
   size_t max_conns_;
   std::array<uint8_t, 8> config_{};
   UniqueFd listen_fd_, ep_;
