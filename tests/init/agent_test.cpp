@@ -7,10 +7,12 @@
 #include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <csignal>
+#include <cstring>
 #include <string>
 
 #include "img2vm/base/fd.hpp"
@@ -352,4 +354,74 @@ TEST(AgentRequests, SignalAndStatusOfTheWorkload) {
   Session s(ctx);
   s.request(StatusRequest{});
   EXPECT_EQ(s.read_all().response, (AgentResponse{"", workload, false}));
+}
+
+TEST(AgentListener, RefusesConnectionsBeyondTheBound) {
+  TempDir dir;
+  std::string path = (dir.path() / "agent.sock").string();
+  UniqueFd l(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strcpy(a.sun_path, path.c_str());
+  ASSERT_EQ(::bind(l.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(l.get(), 128), 0);
+  pid_t listener = ::fork();
+  if (listener == 0) {
+    img2vm::init::serve_listener(l.get(), context());
+    ::_exit(1);
+  }
+  l.reset();
+  auto connect_one = [&] {
+    UniqueFd c(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    EXPECT_EQ(::connect(c.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    return c;
+  };
+  // Each of these runs a `cat` that waits for stdin: all stay busy.
+  std::vector<UniqueFd> busy;
+  ExecRequest e = exec({"cat"});
+  e.open_stdin = true;
+  std::string request = encode_frame(FrameType::kRequest, to_json(AgentRequest{e}));
+  for (unsigned i = 0; i < kMaxAgentConnections; ++i) {
+    busy.push_back(connect_one());
+    ASSERT_EQ(::send(busy.back().get(), request.data(), request.size(), MSG_NOSIGNAL),
+              ssize_t(request.size()));
+  }
+  // Accepted in order, so this one comes after 64 live handlers.
+  UniqueFd extra = connect_one();
+  FrameDecoder d;
+  char buf[4096];
+  std::optional<Frame> f;
+  while (!f) {
+    pollfd p{extra.get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, kStallMs), 1);
+    ssize_t n = ::recv(extra.get(), buf, sizeof buf, 0);
+    ASSERT_GT(n, 0);
+    d.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+    f = d.next();
+  }
+  EXPECT_EQ(f->type, FrameType::kResponse);
+  EXPECT_EQ(agent_response_from_json(f->payload).error,
+            "agent: too many requests at once (at most 64)");
+  // One of the busy ones still works.
+  std::string in =
+      encode_frame(FrameType::kStdin, "still here\n") + encode_frame(FrameType::kStdinClose, "");
+  ASSERT_EQ(::send(busy[5].get(), in.data(), in.size(), MSG_NOSIGNAL), ssize_t(in.size()));
+  std::string out;
+  FrameDecoder d5;
+  bool exited = false;
+  while (!exited) {
+    pollfd p{busy[5].get(), POLLIN, 0};
+    ASSERT_EQ(::poll(&p, 1, kStallMs), 1);
+    ssize_t n = ::recv(busy[5].get(), buf, sizeof buf, 0);
+    ASSERT_GT(n, 0);
+    d5.feed(std::string_view(buf, static_cast<std::size_t>(n)));
+    while (auto g = d5.next()) {
+      if (g->type == FrameType::kStdout) out += g->payload;
+      if (g->type == FrameType::kExit) exited = true;
+    }
+  }
+  EXPECT_EQ(out, "still here\n");
+  busy.clear();  // the handlers kill their cats and end
+  ::kill(listener, SIGKILL);
+  ::waitpid(listener, nullptr, 0);
 }
