@@ -149,6 +149,17 @@ TEST(AgentClient, StdinIsForwardedToItsEnd) {
   EXPECT_EQ(file_text(dir.path() / "out"), input + "end\n");
 }
 
+TEST(AgentClient, WithoutStdinTheInputIsNotRead) {
+  FakeVmm vmm(agent());
+  Pipe in;
+  write_all(in.w.get(), "left for the caller", "input");
+  ExecResult r = runtime::exec(vmm.path(), kTimeout, exec_of({"true"}), in.r.get(), -1, -1);
+  EXPECT_EQ(r.status, 0);
+  in.w.reset();
+  char buf[64];
+  EXPECT_EQ(::read(in.r.get(), buf, sizeof buf), 19);
+}
+
 TEST(AgentClient, MissingCommandIs127WithTheMessage) {
   FakeVmm vmm(agent());
   ExecResult r = runtime::exec(vmm.path(), kTimeout, exec_of({"no-such-command-here"}), -1, -1, -1);

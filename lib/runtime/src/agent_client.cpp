@@ -207,7 +207,7 @@ AgentConnection connect_agent(const std::filesystem::path& vsock_uds,
 }
 
 ExecSession::ExecSession(AgentConnection conn, const guestabi::ExecRequest& request)
-    : conn_(std::move(conn)) {
+    : conn_(std::move(conn)), stdin_(request.open_stdin) {
   wake_ = UniqueFd(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   if (!wake_) throw_errno("eventfd");
   try {
@@ -250,7 +250,7 @@ ExecResult ExecSession::run(int in_fd, int out_fd, int err_fd) {
     std::lock_guard<std::mutex> lock(mu_);
     out.swap(control_);
   }
-  bool reading_in = in_fd >= 0;
+  bool reading_in = in_fd >= 0 && stdin_;
   bool can_send = true, eof = false;
   char buf[kReadChunk];
   for (;;) {

@@ -73,7 +73,8 @@ class ExecSession {
   void queue(std::string frame);
 
   AgentConnection conn_;
-  UniqueFd wake_;  // eventfd: control frames are queued
+  bool stdin_ = false;  // the request's open_stdin
+  UniqueFd wake_;       // eventfd: control frames are queued
   std::mutex mu_;
   std::string control_;  // queued frames, under mu_
 };
