@@ -521,9 +521,11 @@ void serve_listener(int listen_fd, const AgentContext& ctx) {
     while (active > 0 && ::waitpid(-1, nullptr, WNOHANG) > 0) --active;
     int fd = ::accept4(listen_fd, nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) {
-      if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE ||
-          errno == ENOBUFS || errno == ENOMEM)
+      if (errno == EINTR || errno == ECONNABORTED) continue;
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        ::poll(nullptr, 0, 100);  // out of resources for now: not a busy loop
         continue;
+      }
       return;
     }
     UniqueFd conn(fd);
@@ -548,6 +550,9 @@ void serve_listener(int listen_fd, const AgentContext& ctx) {
 void run_agent(const AgentContext& ctx) {
   reset_signals();
   ::signal(SIGPIPE, SIG_IGN);
+  // The exec'd processes get their stdio with dup2 onto 0-2: no pipe of theirs may land there.
+  for (int fd = 0; fd <= 2; ++fd)
+    if (::fcntl(fd, F_GETFD) == -1 && ::open("/dev/null", O_RDWR) != fd) ::_exit(0);
   UniqueFd s(::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!s) {
     say_warning(std::string("exec agent: no vsock (") + std::strerror(errno) +
