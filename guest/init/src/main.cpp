@@ -37,6 +37,7 @@
 #include "img2vm/guestabi/error.hpp"
 #include "img2vm/guestabi/paths.hpp"
 #include "img2vm/guestabi/ports.hpp"
+#include "img2vm/init/agent.hpp"
 #include "img2vm/init/command.hpp"
 #include "img2vm/init/guest_files.hpp"
 #include "img2vm/init/mounts.hpp"
@@ -428,6 +429,10 @@ struct Workload {
   bool tty = false;
   bool interactive = false;
   int stdin_fd = -1;  // -i without -t: the read end of the stdin relay's pipe
+  // What the exec agent needs besides the above: an exec's defaults.
+  std::vector<std::string> config_env;
+  std::string hostname;
+  std::string user_spec;
 };
 
 // -i without -t: the workload's stdin is a pipe, as docker's, fed by this relay (a child of
@@ -578,6 +583,21 @@ unsigned char supervise(Workload& w, int stop_signal) {
   if (pid < 0) fail(kFailSpawn, "starting the workload", errno_text(errno));
   if (pid == 0) exec_workload(w);
   if (w.stdin_fd >= 0) ::close(w.stdin_fd);
+  // The exec agent (docs/guest-abi.md §6), after the workload so that it knows its pid. Its exit
+  // and its children's are reaped below like any orphan's; only `pid` ends the VM.
+  pid_t agent = ::fork();
+  if (agent < 0) warn("starting the exec agent: " + errno_text(errno));
+  if (agent == 0) {
+    if (g_ports) ::ioperm(kFirstPort, kPortCount, 0);
+    if (relay_control >= 0) ::close(relay_control);
+    init::AgentContext ctx;
+    ctx.workload_pid = pid;
+    ctx.config_env = w.config_env;
+    ctx.hostname = w.hostname;
+    ctx.user = w.user_spec;
+    ctx.workdir = w.workdir;
+    init::run_agent(ctx);
+  }
 
   unsigned char result = 0;
   bool done = false;
@@ -676,6 +696,9 @@ unsigned char run() {
   }
   w.workdir = prepare_workdir(cfg.working_dir);
   w.env = init::workload_env(cfg.env, hostname, w.tty, w.user.home);
+  w.config_env = cfg.env;
+  w.hostname = hostname;
+  w.user_spec = cfg.user;
 
   int stop_signal = SIGTERM;
   if (!cfg.stop_signal.empty()) {

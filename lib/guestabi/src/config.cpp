@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include "img2vm/guestabi/error.hpp"
+#include "json_object.hpp"
 
 namespace img2vm::guestabi {
 
@@ -69,16 +70,6 @@ std::map<std::string, std::string> string_map(const json& obj, std::string_view 
   return out;
 }
 
-json parse_object(std::string_view text, std::string_view what) {
-  // nlohmann stops at a NUL byte and would ignore whatever follows it.
-  json j = text.find('\0') == std::string_view::npos
-               ? json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false)
-               : json(json::value_t::discarded);
-  if (j.is_discarded()) throw Error(std::string(what) + ": not valid JSON");
-  if (!j.is_object()) throw Error(std::string(what) + ": not a JSON object");
-  return j;
-}
-
 // nlohmann refuses to write a string that is not UTF-8 (JSON text must be).
 std::string dump(const json& j, std::string_view what, int indent) {
   try {
@@ -99,7 +90,7 @@ bool valid_fs_tag(std::string_view tag) {
 
 RuntimeConfig runtime_config_from_image_config(std::string_view text) {
   constexpr std::string_view what = "image configuration";
-  json root = parse_object(text, what);
+  json root = detail::parse_json_object(text, what);
   RuntimeConfig c;
   auto it = root.find("config");
   if (it == root.end() || it->is_null()) return c;
@@ -161,7 +152,7 @@ void check_schema(const json& j, std::string_view what) {
 
 RuntimeConfig runtime_config_from_json(std::string_view text) {
   constexpr std::string_view what = "img2vm runtime config";
-  json j = parse_object(text, what);
+  json j = detail::parse_json_object(text, what);
   check_schema(j, what);
   return config_fields(j, what);
 }
@@ -275,7 +266,7 @@ std::string to_json(const RunOverrides& o) {
 
 RunOverrides run_overrides_from_json(std::string_view text) {
   constexpr std::string_view what = "img2vm run overrides";
-  json j = parse_object(text, what);
+  json j = detail::parse_json_object(text, what);
   check_schema(j, what);
   RunOverrides o;
   o.entrypoint = optional_string_list(j, what, "entrypoint");
@@ -431,5 +422,19 @@ std::string base64url_decode(std::string_view text) {
   if ((acc & ((1u << bits) - 1)) != 0) throw Error("base64url: non-canonical trailing bits");
   return out;
 }
+
+namespace detail {
+
+json parse_json_object(std::string_view text, std::string_view what) {
+  // nlohmann stops at a NUL byte and would ignore whatever follows it.
+  json j = text.find('\0') == std::string_view::npos
+               ? json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false)
+               : json(json::value_t::discarded);
+  if (j.is_discarded()) throw Error(std::string(what) + ": not valid JSON");
+  if (!j.is_object()) throw Error(std::string(what) + ": not a JSON object");
+  return j;
+}
+
+}  // namespace detail
 
 }  // namespace img2vm::guestabi

@@ -19,6 +19,7 @@
 //   int status = vmm.wait().host_exit_code();
 #pragma once
 
+#include "img2vm/runtime/agent_client.hpp"
 #include "img2vm/runtime/hooks.hpp"
 #include "img2vm/runtime/image.hpp"
 #include "img2vm/runtime/kernel.hpp"
