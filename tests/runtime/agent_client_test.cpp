@@ -34,7 +34,11 @@ constexpr auto kTimeout = 30s;  // the handshake's bound; the fake answers at on
 // the CONNECT line and then does `then` with the connection.
 class FakeVmm {
  public:
-  FakeVmm(std::function<void(int)> then, bool answer = true) {
+  // `refusals`: connections closed after their CONNECT line without an answer before the one
+  // that is served (kForever: every one, until the fake is destroyed).
+  static constexpr int kForever = -1;
+  FakeVmm(std::function<void(int)> then, bool answer = true, int refusals = 0)
+      : forever_(refusals == kForever) {
     path_ = dir_.path() / "vsock.sock";
     UniqueFd l(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     sockaddr_un a{};
@@ -44,11 +48,16 @@ class FakeVmm {
     EXPECT_EQ(::listen(l.get(), 4), 0);
     pid_ = ::fork();
     if (pid_ == 0) {
-      int c = ::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC);
-      std::string line;
-      char ch;
-      while (line.size() < 64 && ::read(c, &ch, 1) == 1 && ch != '\n') line += ch;
-      if (line != "CONNECT 1024") ::_exit(3);
+      int c = -1;
+      for (int i = 0;; ++i) {
+        c = ::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC);
+        std::string line;
+        char ch;
+        while (line.size() < 64 && ::read(c, &ch, 1) == 1 && ch != '\n') line += ch;
+        if (line != "CONNECT 1024") ::_exit(3);
+        if (refusals != kForever && i >= refusals) break;
+        ::close(c);
+      }
       if (answer && ::write(c, "OK 1073741824\n", 14) != 14) ::_exit(4);
       then(c);
       ::_exit(0);
@@ -56,6 +65,11 @@ class FakeVmm {
   }
   ~FakeVmm() {
     int st = 0;
+    if (forever_) {  // it refuses until it is stopped
+      ::kill(pid_, SIGKILL);
+      ::waitpid(pid_, &st, 0);
+      return;
+    }
     ::waitpid(pid_, &st, 0);
     EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "the fake VMM side failed: " << st;
   }
@@ -64,6 +78,7 @@ class FakeVmm {
  private:
   TempDir dir_;
   std::filesystem::path path_;
+  bool forever_ = false;
   pid_t pid_ = -1;
 };
 
@@ -221,11 +236,16 @@ TEST(AgentClient, HandshakeFailuresNameTheSocket) {
   EXPECT_EQ(none.kind(), ErrorKind::kNotFound);
   EXPECT_NE(std::string(none.what()).find((dir.path() / "nothing").string()), std::string::npos);
   {
-    // The VMM closes without an answer: nothing listens on the guest port.
-    FakeVmm vmm([](int) {}, /*answer=*/false);
-    Error e = error_of([&] { runtime::connect_agent(vmm.path(), kTimeout); });
+    // The VMM closes without an answer: nothing listens on the guest port, within the timeout.
+    FakeVmm vmm([](int) {}, /*answer=*/false, FakeVmm::kForever);
+    Error e = error_of([&] { runtime::connect_agent(vmm.path(), 300ms); });
     EXPECT_EQ(e.kind(), ErrorKind::kNetwork);
     EXPECT_NE(std::string(e.what()).find("refused CONNECT 1024"), std::string::npos) << e.what();
+  }
+  {
+    // A guest whose agent listens only after a few refusals (a VM just started) is waited for.
+    FakeVmm vmm([](int) {}, /*answer=*/true, /*refusals=*/3);
+    EXPECT_NO_THROW(runtime::connect_agent(vmm.path(), std::chrono::seconds(30)));
   }
   {
     // No answer: the handshake's timeout ends the wait (the fake waits for the client to go).

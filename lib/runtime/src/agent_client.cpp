@@ -9,8 +9,10 @@
 
 #include <cerrno>
 #include <cstring>
+#include <optional>
 
 #include "img2vm/base/error.hpp"
+#include "img2vm/base/unix_address.hpp"
 #include "img2vm/guestabi/error.hpp"
 
 namespace img2vm::runtime {
@@ -147,21 +149,20 @@ void write_out(int fd, std::string_view data, const char* what) {
 
 }  // namespace
 
-AgentConnection connect_agent(const std::filesystem::path& vsock_uds,
-                              std::chrono::milliseconds timeout, uint32_t port) {
-  const auto deadline = Clock::now() + timeout;
+namespace {
+
+// One CONNECT handshake; nullopt when the VMM closed without an answer (nothing listens on
+// `port` in the guest).
+std::optional<AgentConnection> try_connect(const std::filesystem::path& vsock_uds,
+                                           Clock::time_point deadline,
+                                           std::chrono::milliseconds timeout, uint32_t port) {
   AgentConnection c;
   c.socket = vsock_uds;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  const std::string path = vsock_uds.string();
-  if (path.size() >= sizeof addr.sun_path)
-    fail(ErrorKind::kInvalidArgument, vsock_uds, "the socket's path is too long");
-  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  const UnixAddress addr(vsock_uds);
   c.fd = UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
   if (!c.fd) throw_errno("socket");
   for (;;) {
-    if (::connect(c.fd.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) break;
+    if (::connect(c.fd.get(), addr.get(), addr.size()) == 0) break;
     int err = errno;
     if (err == EINTR) continue;
     if (err == EAGAIN) {  // the VMM's backlog is full: try again until the deadline
@@ -198,11 +199,32 @@ AgentConnection connect_agent(const std::filesystem::path& vsock_uds,
                std::to_string(timeout.count()) + " ms");
     ssize_t n = ::recv(c.fd.get(), buf, sizeof buf, MSG_DONTWAIT);
     if (n < 0 && (errno == EINTR || errno == EAGAIN)) continue;
-    if (n <= 0)
-      fail(ErrorKind::kNetwork, vsock_uds,
-           "the VMM refused CONNECT " + std::to_string(port) +
-               " (nothing listens on that port in the guest: is its init the agent's?)");
+    if (n <= 0) return std::nullopt;
     got.append(buf, static_cast<std::size_t>(n));
+  }
+}
+
+}  // namespace
+
+AgentConnection connect_agent(const std::filesystem::path& vsock_uds,
+                              std::chrono::milliseconds timeout, uint32_t port) {
+  const auto deadline = Clock::now() + timeout;
+  // A VM that has just started may not listen yet: its refusals are retried until the deadline.
+  auto refused = [&] {
+    fail(ErrorKind::kNetwork, vsock_uds,
+         "the VMM refused CONNECT " + std::to_string(port) + " for " +
+             std::to_string(timeout.count()) +
+             " ms (nothing listens on that port in the guest: is its init the agent's?)");
+  };
+  for (bool retried = false;; retried = true) {
+    try {
+      if (auto c = try_connect(vsock_uds, deadline, timeout, port)) return std::move(*c);
+    } catch (const Error&) {
+      if (retried && remaining_ms(deadline) == 0) refused();  // the deadline cut a retry short
+      throw;
+    }
+    if (remaining_ms(deadline) == 0) refused();
+    ::poll(nullptr, 0, 20);
   }
 }
 

@@ -29,10 +29,11 @@ struct AgentConnection {
 };
 
 // Connects to the VMM's vsock socket `vsock_uds` and asks for guest port `port` (`CONNECT P`,
-// answered `OK <host port>`). The whole handshake is bounded by `timeout`. Throws Error naming
-// the socket: kNotFound when nothing listens there, kNetwork when the VMM refuses (the guest has
-// no listener on the port: closed without an answer) or `timeout` passes, kIntegrity for an
-// answer that is not `OK <number>`.
+// answered `OK <host port>`). The whole handshake is bounded by `timeout`; refusals (the guest
+// has no listener on the port yet: the VMM closes without an answer) are retried within it, so
+// a VM that has just started is waited for. Throws Error naming the socket: kNotFound when
+// nothing listens there, kNetwork when the VMM still refuses or `timeout` passes, kIntegrity for
+// an answer that is not `OK <number>`.
 AgentConnection connect_agent(const std::filesystem::path& vsock_uds,
                               std::chrono::milliseconds timeout,
                               uint32_t port = guestabi::kAgentPort);
