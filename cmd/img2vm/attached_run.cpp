@@ -15,6 +15,7 @@
 #include "img2vm/base/error.hpp"
 #include "img2vm/vm/machine_json.hpp"
 #include "img2vm/vm/seccomp.hpp"
+#include "terminal.hpp"
 
 namespace img2vm::cli {
 
@@ -43,29 +44,9 @@ const char* to_string(LogLevel l) noexcept {
 
 namespace {
 
-// The host terminal in raw mode for -t, restored on every way out of `run`.
-class RawTerminal {
- public:
-  explicit RawTerminal(int fd) : fd_(fd) {
-    if (::tcgetattr(fd_, &saved_) != 0) throw_errno("cannot read the terminal settings of stdin");
-    struct termios raw = saved_;
-    ::cfmakeraw(&raw);
-    if (::tcsetattr(fd_, TCSANOW, &raw) != 0) throw_errno("cannot put stdin in raw mode");
-  }
-  ~RawTerminal() { ::tcsetattr(fd_, TCSANOW, &saved_); }
-  RawTerminal(const RawTerminal&) = delete;
-  RawTerminal& operator=(const RawTerminal&) = delete;
-
- private:
-  int fd_;
-  struct termios saved_ {};
-};
-
 // -t: the host terminal's size, for the guest's tty.
 void pass_window_size(vm::Machine& m, int fd) {
-  struct winsize ws {};
-  if (::ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_row > 0 && ws.ws_col > 0)
-    m.set_window_size(ws.ws_row, ws.ws_col);
+  if (auto ws = window_size(fd)) m.set_window_size(ws->first, ws->second);
 }
 
 // Blocks the signals img2vm relays for as long as it lives (threads created meanwhile inherit
