@@ -117,6 +117,9 @@ TEST(AgentRequests, RoundTrip) {
             AgentRequest{SignalRequest{10}});
   EXPECT_EQ(agent_request_from_json(to_json(AgentRequest{StatusRequest{}})),
             AgentRequest{StatusRequest{}});
+  EXPECT_EQ(agent_request_from_json(to_json(AgentRequest{StopRequest{}})),
+            AgentRequest{StopRequest{}});
+  EXPECT_EQ(to_json(AgentRequest{StopRequest{}}), R"({"op":"stop","version":1})");
   // Optional fields default; unknown fields are ignored.
   auto minimal = agent_request_from_json(R"({"version":1,"op":"exec","args":["true"],"x":1})");
   ExecRequest m;
@@ -135,7 +138,8 @@ TEST(AgentRequests, StrictErrors) {
             "agent request: field \"version\" must be an integer");
   EXPECT_EQ(err(R"({"version":1})"), "agent request: field \"op\" is missing");
   EXPECT_EQ(err(R"({"version":1,"op":"reboot"})"),
-            "agent request: field \"op\" \"reboot\" is not an operation (exec, signal, status)");
+            "agent request: field \"op\" \"reboot\" is not an operation (exec, signal, stop, "
+            "status)");
   EXPECT_EQ(err(R"({"version":1,"op":"exec"})"),
             "agent request: field \"args\" must name a command");
   EXPECT_EQ(err(R"({"version":1,"op":"exec","args":[]})"),

@@ -89,7 +89,9 @@ TEST(RunOverrides, JsonRoundTripAndAbsence) {
   o.dns = {"10.0.2.3"};
   o.tty = true;
   o.interactive = true;
+  o.agent_signals = true;
   EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
+  EXPECT_NE(to_json(o).find("\"agent_signals\":true"), std::string::npos) << to_json(o);
   EXPECT_EQ(run_overrides_from_json(R"({"schema":1})"), RunOverrides{});
   auto none = run_overrides_from_json(to_json(RunOverrides{}));
   EXPECT_FALSE(none.entrypoint.has_value());

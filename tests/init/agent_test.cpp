@@ -356,6 +356,26 @@ TEST(AgentRequests, SignalAndStatusOfTheWorkload) {
   EXPECT_EQ(s.read_all().response, (AgentResponse{"", workload, false}));
 }
 
+// docker stop's first step: the image's StopSignal, whichever it is.
+TEST(AgentRequests, StopSendsTheImagesStopSignal) {
+  pid_t workload = ::fork();
+  if (workload == 0) {
+    ::pause();
+    ::_exit(0);
+  }
+  AgentContext ctx = context();
+  ctx.workload_pid = workload;
+  ctx.stop_signal = SIGUSR2;
+  {
+    Session s(ctx);
+    s.request(StopRequest{});
+    EXPECT_EQ(s.read_all().response, AgentResponse{});
+  }
+  int st = 0;
+  ASSERT_EQ(::waitpid(workload, &st, 0), workload);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGUSR2) << st;
+}
+
 TEST(AgentListener, RefusesConnectionsBeyondTheBound) {
   TempDir dir;
   std::string path = (dir.path() / "agent.sock").string();

@@ -491,9 +491,12 @@ void serve_connection(int fd, const AgentContext& ctx) noexcept {
     if (!req) return;
     if (const auto* e = std::get_if<guestabi::ExecRequest>(&*req)) {
       serve_exec(c, *e, ctx);
-    } else if (const auto* s = std::get_if<guestabi::SignalRequest>(&*req)) {
+    } else if (std::holds_alternative<guestabi::SignalRequest>(*req) ||
+               std::holds_alternative<guestabi::StopRequest>(*req)) {
+      const auto* s = std::get_if<guestabi::SignalRequest>(&*req);
+      const int sig = s ? s->signal : ctx.stop_signal;
       guestabi::AgentResponse r;
-      if (ctx.workload_pid <= 0 || ::kill(ctx.workload_pid, s->signal) != 0)
+      if (ctx.workload_pid <= 0 || ::kill(ctx.workload_pid, sig) != 0)
         r.error = "signalling the workload: " +
                   std::string(ctx.workload_pid <= 0 ? "no workload" : std::strerror(errno));
       c.send(FrameType::kResponse, to_json(r));

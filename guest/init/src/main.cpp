@@ -428,7 +428,8 @@ struct Workload {
   init::ExecUser user;
   bool tty = false;
   bool interactive = false;
-  int stdin_fd = -1;  // -i without -t: the read end of the stdin relay's pipe
+  bool agent_signals = false;  // the host signals through the exec agent, not the SIGNAL port
+  int stdin_fd = -1;           // -i without -t: the read end of the stdin relay's pipe
   // What the exec agent needs besides the above: an exec's defaults.
   std::vector<std::string> config_env;
   std::string hostname;
@@ -592,6 +593,7 @@ unsigned char supervise(Workload& w, int stop_signal) {
     if (relay_control >= 0) ::close(relay_control);
     init::AgentContext ctx;
     ctx.workload_pid = pid;
+    ctx.stop_signal = stop_signal;
     ctx.config_env = w.config_env;
     ctx.hostname = w.hostname;
     ctx.user = w.user_spec;
@@ -599,12 +601,16 @@ unsigned char supervise(Workload& w, int stop_signal) {
     init::run_agent(ctx);
   }
 
+  // The SIGNAL port is looked at every kSignalPollNs unless the host sends its signals through
+  // the agent instead (a detached VM: no wake-ups while it idles). Should the agent end, the
+  // port is all there is again.
+  bool poll_port = g_ports && !(w.agent_signals && agent > 0 && !w.tty && !w.interactive);
   unsigned char result = 0;
   bool done = false;
   while (!done) {
     siginfo_t si{};
     int sig;
-    if (g_ports) {
+    if (poll_port) {
       // The host cannot raise a signal in the guest directly; it leaves one on the SIGNAL port,
       // which we look at between waits.
       const struct timespec poll_every { 0, kSignalPollNs };
@@ -635,6 +641,9 @@ unsigned char supervise(Workload& w, int stop_signal) {
         if (r == pid) {
           result = wait_status_byte(status);
           done = true;
+        } else if (r == agent && g_ports && !poll_port) {
+          warn("the exec agent ended; the host's signals come through the SIGNAL port again");
+          poll_port = true;
         }
       }
     } else if (sig == SIGPWR) {
@@ -684,6 +693,7 @@ unsigned char run() {
   Workload w;
   w.tty = overrides.tty;
   w.interactive = overrides.interactive;
+  w.agent_signals = overrides.agent_signals;
   try {
     w.user = init::resolve_user("/", cfg.user);
   } catch (const Error& e) {

@@ -159,6 +159,8 @@ std::string to_json(const AgentRequest& r) {
   } else if (const auto* s = std::get_if<SignalRequest>(&r)) {
     j["op"] = "signal";
     j["signal"] = s->signal;
+  } else if (std::holds_alternative<StopRequest>(r)) {
+    j["op"] = "stop";
   } else {
     j["op"] = "status";
   }
@@ -199,7 +201,8 @@ AgentRequest agent_request_from_json(std::string_view text) {
   if (name == "signal")
     return SignalRequest{static_cast<int>(int_field(j, what, "signal", 1, 64, std::nullopt))};
   if (name == "status") return StatusRequest{};
-  bad(what, "op", "\"" + name + "\" is not an operation (exec, signal, status)");
+  if (name == "stop") return StopRequest{};
+  bad(what, "op", "\"" + name + "\" is not an operation (exec, signal, stop, status)");
 }
 
 std::string to_json(const ExecExit& e) {

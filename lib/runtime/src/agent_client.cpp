@@ -360,6 +360,11 @@ void signal_workload(const std::filesystem::path& vsock_uds, int sig,
   if (!r.error.empty()) fail(ErrorKind::kInvalidArgument, vsock_uds, r.error);
 }
 
+void stop_workload(const std::filesystem::path& vsock_uds, std::chrono::milliseconds timeout) {
+  guestabi::AgentResponse r = request_response(vsock_uds, guestabi::StopRequest{}, timeout);
+  if (!r.error.empty()) fail(ErrorKind::kInvalidArgument, vsock_uds, r.error);
+}
+
 guestabi::AgentResponse agent_status(const std::filesystem::path& vsock_uds,
                                      std::chrono::milliseconds timeout) {
   guestabi::AgentResponse r = request_response(vsock_uds, guestabi::StatusRequest{}, timeout);

@@ -15,6 +15,7 @@ namespace img2vm::init {
 // config).
 struct AgentContext {
   pid_t workload_pid = 0;
+  int stop_signal = 15;  // the image's StopSignal (SIGTERM unless the config names another)
   std::vector<std::string> config_env;  // the config's Env after -e (workload_env() adds the rest)
   std::string hostname;
   std::string user;                  // the User spec ("" root), resolved again for each exec

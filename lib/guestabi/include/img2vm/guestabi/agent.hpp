@@ -97,7 +97,12 @@ struct SignalRequest {
 struct StatusRequest {
   friend bool operator==(const StatusRequest&, const StatusRequest&) = default;
 };
-using AgentRequest = std::variant<ExecRequest, SignalRequest, StatusRequest>;
+// op "stop": the image's StopSignal (SIGTERM unless the config names another) for the workload,
+// as docker stop sends it.
+struct StopRequest {
+  friend bool operator==(const StopRequest&, const StopRequest&) = default;
+};
+using AgentRequest = std::variant<ExecRequest, SignalRequest, StatusRequest, StopRequest>;
 
 // {"version":1,"op":...}. Throws Error when a string is not UTF-8.
 std::string to_json(const AgentRequest& r);

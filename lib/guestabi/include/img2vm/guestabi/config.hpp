@@ -103,8 +103,12 @@ struct RunOverrides {
   std::optional<std::string> user;                     // -u
   std::optional<std::string> hostname;                 // -h
   std::vector<std::string> dns;                        // nameservers for a generated resolv.conf
-  bool tty = false;               // -t: the workload gets the console as its tty
-  bool interactive = false;       // -i: stdin is the console (else /dev/null)
+  bool tty = false;          // -t: the workload gets the console as its tty
+  bool interactive = false;  // -i: stdin is the console (else /dev/null)
+  // Detached runs: signals and stop requests come through the exec agent (vsock), so the init
+  // does not poll the SIGNAL port (it still does with tty or interactive, whose resizes and
+  // end of input only the port carries, and when the agent is not running).
+  bool agent_signals = false;
   std::optional<NetConfig> net;   // absent: loopback only
   std::vector<MountSpec> mounts;  // at most kMaxMounts, distinct targets
   // The image config itself, used instead of the root's kConfigPath: a root that is a host

@@ -89,6 +89,10 @@ ExecResult exec(const std::filesystem::path& vsock_uds, std::chrono::millisecond
 void signal_workload(const std::filesystem::path& vsock_uds, int sig,
                      std::chrono::milliseconds timeout);
 
+// Sends the workload the image's StopSignal (docker stop's first step). Throws Error with the
+// agent's message when it could not. `timeout` bounds the handshake and the answer.
+void stop_workload(const std::filesystem::path& vsock_uds, std::chrono::milliseconds timeout);
+
 // The workload's pid in the guest and whether it still runs. `timeout` bounds the handshake and
 // the answer.
 guestabi::AgentResponse agent_status(const std::filesystem::path& vsock_uds,
