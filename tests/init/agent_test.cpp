@@ -330,12 +330,18 @@ TEST(AgentRequests, MalformedInputGetsAnErrorAndTheConnectionCloses) {
   }
 }
 
-TEST(AgentRequests, SignalAndStatusOfTheWorkload) {
-  pid_t workload = ::fork();
-  if (workload == 0) {
+// A stand-in workload: a child that waits for a signal.
+pid_t paused_child() {
+  pid_t pid = ::fork();
+  if (pid == 0) {
     ::pause();
     ::_exit(0);
   }
+  return pid;
+}
+
+TEST(AgentRequests, SignalAndStatusOfTheWorkload) {
+  const pid_t workload = paused_child();
   AgentContext ctx = context();
   ctx.workload_pid = workload;
   {
@@ -358,11 +364,7 @@ TEST(AgentRequests, SignalAndStatusOfTheWorkload) {
 
 // docker stop's first step: the image's StopSignal, whichever it is.
 TEST(AgentRequests, StopSendsTheImagesStopSignal) {
-  pid_t workload = ::fork();
-  if (workload == 0) {
-    ::pause();
-    ::_exit(0);
-  }
+  const pid_t workload = paused_child();
   AgentContext ctx = context();
   ctx.workload_pid = workload;
   ctx.stop_signal = SIGUSR2;
