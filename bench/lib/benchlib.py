@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "benchmarks.md"
-SECTIONS = ["pull", "convert", "boot", "net", "fs"]  # order of the sections in docs/benchmarks.md
+SECTIONS = ["pull", "convert", "boot", "net", "fs", "exec"]  # order of the sections in docs/benchmarks.md
 FIXED_MTIME = 1700000000  # every tar entry gets this mtime, so layers are reproducible
 
 
