@@ -293,6 +293,22 @@ std::optional<VmRecord> VmStore::update(const std::string& id,
   return r;
 }
 
+namespace {
+
+void conflict(const std::vector<VmRecord>& all, const std::string& name) {
+  for (const auto& v : all)
+    if (v.name == name)
+      throw Error(ErrorKind::kInvalidArgument,
+                  "Conflict. The container name \"/" + name +
+                      "\" is already in use by container \"" + v.id +
+                      "\". You have to remove (or rename) that container to be able to reuse "
+                      "that name.");
+}
+
+}  // namespace
+
+void VmStore::check_name_free(const std::string& name) const { conflict(list(), name); }
+
 VmRecord VmStore::create(const VmCreate& c, const std::string& spec) {
   if (!c.name.empty()) check_vm_name(c.name);
   UniqueFd lock = lock_store();
@@ -303,15 +319,8 @@ VmRecord VmStore::create(const VmCreate& c, const std::string& spec) {
   VmRecord r;
   r.id = detail::random_id();
   std::vector<std::string> taken;
-  for (const auto& v : all) {
-    if (v.name == c.name)
-      throw Error(ErrorKind::kInvalidArgument,
-                  "Conflict. The container name \"/" + c.name +
-                      "\" is already in use by container \"" + v.id +
-                      "\". You have to remove (or rename) that container to be able to reuse "
-                      "that name.");
-    taken.push_back(v.name);
-  }
+  for (const auto& v : all) taken.push_back(v.name);
+  if (!c.name.empty()) conflict(all, c.name);
   r.name = c.name.empty() ? generated_name(taken, r.id) : c.name;
   r.image = c.image;
   r.command = c.command;
@@ -410,7 +419,9 @@ void VmStore::stop(const std::string& id, std::chrono::milliseconds timeout) con
 int parse_signal(const std::string& s) {
   static const std::pair<const char*, int> names[] = {
       {"HUP", SIGHUP},   {"INT", SIGINT},   {"QUIT", SIGQUIT}, {"KILL", SIGKILL},
-      {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM}, {"WINCH", SIGWINCH}};
+      {"USR1", SIGUSR1}, {"USR2", SIGUSR2}, {"TERM", SIGTERM}, {"WINCH", SIGWINCH},
+      {"ABRT", SIGABRT}, {"ALRM", SIGALRM}, {"CONT", SIGCONT}, {"STOP", SIGSTOP},
+      {"TSTP", SIGTSTP}, {"PIPE", SIGPIPE}};
   std::string u;
   for (char c : s) u += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   if (u.rfind("SIG", 0) == 0) u = u.substr(3);

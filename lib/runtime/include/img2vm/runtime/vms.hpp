@@ -102,6 +102,9 @@ class VmStore {
   // `Conflict. The container name "/N" is already in use by container "ID"...` when the name is
   // taken; Error(kLimit) when the store holds the most VMs it lists (kMaxVms).
   VmRecord create(const VmCreate& c, const std::string& spec);
+  // Throws create()'s Conflict error when a VM is named `name` (a check before a long pull;
+  // create() checks again under the store's lock).
+  void check_name_free(const std::string& name) const;
 
   // By full id, name or unique id prefix (docker's order); nothing when none matches.
   // Error(kInvalidArgument) when a prefix matches several VMs.
