@@ -355,6 +355,7 @@ int run_tap_vmm(PreparedRun& p) {
     runtime::VmmChildOptions co;
     co.vmm = p.vmm;
     co.sigmask = old_mask;
+    if (p.attach.exit_fd >= 0) co.pass_fds.push_back(p.attach.exit_fd);
     child.emplace(runtime::VmmProcess::start(text, co));
   } catch (...) {
     restore();
@@ -401,9 +402,38 @@ int run_detached(PreparedRun& p, const RunArgs& a) {
   return kExitOk;
 }
 
+// Attached with --name: the VM is recorded in the store as running in this process (which
+// becomes img2vm-vmm, or is its parent with --network tap); the VMM writes how it ended to the
+// record's exit.json (AttachOptions::exit_fd), read by ps, wait and inspect once it is gone.
+// Returns the exit file, open (not close-on-exec: it goes to img2vm-vmm).
+UniqueFd record_attached(PreparedRun& p, const RunArgs& a) {
+  runtime::VmCreate c;
+  c.name = a.name;
+  c.image = p.image;
+  c.command = p.command;
+  c.detached = false;
+  c.auto_remove = a.rm;
+  c.stop_timeout = p.attach.stop_timeout;
+  c.vmm_program = p.vmm.string();
+  runtime::VmStore store;
+  runtime::VmRecord r = store.create(c, spec_text(p, "--name"));
+  UniqueFd exit_file = open_file(store.exit_file(r.id), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (::fcntl(exit_file.get(), F_SETFD, 0) != 0) throw_errno("fcntl");
+  const runtime::ProcessRef me = runtime::ProcessRef::of(::getpid());
+  store.update(r.id, [&](runtime::VmRecord& s) {
+    s.status = runtime::VmStatus::kRunning;
+    s.monitor = s.vmm = me;
+    s.started = runtime::now_rfc3339_nano();
+  });
+  p.attach.exit_fd = exit_file.get();
+  return exit_file;
+}
+
 int run_image(RunArgs& a, Globals& g) {
   PreparedRun p = prepare_run(a, g);
   if (a.detach) return run_detached(p, a);
+  UniqueFd exit_file;
+  if (!a.name.empty()) exit_file = record_attached(p, a);
   if (p.machine.tap) return run_tap_vmm(p);
   if (exec_vmm(p)) return kExitRunFailed;  // not reached: exec_vmm execs or throws
   return run_attached(std::move(p.machine.config), p.attach, std::move(p.summary));
@@ -453,8 +483,8 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
   sub->add_flag("-i,--interactive", a->req.interactive, "Connect stdin to the workload");
   sub->add_flag("-t,--tty", a->req.tty, "Give the workload a terminal (host terminal in raw mode)");
   sub->add_flag("--rm", a->rm,
-                "Discard the VM's disk writes at exit (always the case without --keep); with "
-                "-d, also remove the VM's record when it ends");
+                "Discard the VM's disk writes at exit (always the case without --keep); also "
+                "remove the VM's record (-d, --name) when it ends");
   sub->add_option("--rootfs", a->rootfs,
                   "Boot the host directory DIR (through virtio-fs) instead of an image; the words "
                   "after the options are the command")
@@ -508,7 +538,9 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
                   "The virtiofsd serving -v, --mount and --rootfs directories (default: "
                   "$IMG2VM_VIRTIOFSD, else /usr/lib/qemu/virtiofsd or /usr/libexec/virtiofsd)")
       ->type_name("PATH");
-  sub->add_option("--name", a->name, "With -d: the VM's name (unique; default: generated)");
+  sub->add_option("--name", a->name,
+                  "The VM's name (unique; -d: generated when not given); a named attached run "
+                  "stays in ps -a until rm (with --rm: until it ends)");
   sub->add_flag("-d,--detach", a->detach,
                 "Run the VM in the background and print its id once the workload has started "
                 "(img2vm ps, logs, stop, kill, wait, rm)");

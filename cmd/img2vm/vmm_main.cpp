@@ -76,6 +76,9 @@ int main(int argc, char** argv) {
     std::cerr << "usage: img2vm-vmm --spec FILE | --spec-fd N | --monitor DIR [--ready-fd N]\n";
     return kExitUsage;
   }
+  vm::MachineConfig config;
+  cli::AttachOptions options;
+  nlohmann::json summary;
   try {
     std::string text;
     if (std::strcmp(argv[1], "--spec") == 0) {
@@ -89,16 +92,15 @@ int main(int argc, char** argv) {
       UniqueFd owned{int(fd)};
       text = read_fd(owned.get());
     }
-    vm::MachineConfig config;
-    cli::AttachOptions options;
-    nlohmann::json summary;
     cli::parse_attach_spec(text, config, options, summary);
     return cli::run_attached(std::move(config), options, std::move(summary), true);
   } catch (const Error& e) {
     std::cerr << "img2vm: " << e.what() << "\n";
+    cli::write_exit_record(options.exit_fd, kExitFailed, e.what());
     return kExitFailed;
   } catch (const std::exception& e) {
     std::cerr << "img2vm: internal error: " << e.what() << "\n";
+    cli::write_exit_record(options.exit_fd, kExitFailed, e.what());
     return kExitFailed;
   }
 }

@@ -276,5 +276,24 @@ TEST_F(Detached, AVmThatFailsToStartSaysWhyAndStaysListed) {
   EXPECT_EQ(img2vm({"rm", "broken"}).exit_code, 0);
 }
 
+// img2vm run --name records an attached run whose VMM writes its end to the exit file; a VMM
+// that cannot start the VM (no KVM here, no kernel) writes it too.
+TEST_F(Detached, TheVmmWritesItsEndToTheExitFileItIsGiven) {
+  const fs::path spec = home.path() / "spec.json";
+  const fs::path exit = home.path() / "exit.json";
+  std::ofstream(spec) << nlohmann::json{
+      {"machine", {{"kernel", "/nonexistent/vmlinux"}, {"kvm_device", "/nonexistent/kvm"}}},
+      {"attach",
+       {{"exit_fd", 9}}}}.dump();
+  CommandResult r = img2vm::testing::run_command(
+      {"sh", "-c",
+       std::string(IMG2VM_VMM_BINARY) + " --spec " + spec.string() + " 9>" + exit.string()});
+  EXPECT_EQ(r.exit_code, 125) << r.describe();
+  auto j = nlohmann::json::parse(read_file(exit), nullptr, false);
+  ASSERT_TRUE(j.is_object()) << read_file(exit);
+  EXPECT_EQ(j["ExitCode"], 125);
+  EXPECT_NE(j["Reason"].get<std::string>().find("/nonexistent"), std::string::npos) << j.dump();
+}
+
 }  // namespace
 }  // namespace img2vm::runtime

@@ -187,6 +187,41 @@ TEST_F(Vms, ARunningVmWhoseMonitorIsGoneIsReportedExited) {
   EXPECT_FALSE(fs::exists(vms.vm_dir(r.id)));
 }
 
+TEST_F(Vms, AnAttachedRunsEndIsReadFromItsExitFile) {
+  uint64_t start = 0;
+  pid_t pid = reaped_pid(&start);
+  VmCreate c;
+  c.name = "attached";
+  c.detached = false;
+  VmRecord r = vms.create(c, "{}");
+  vms.update(r.id, [&](VmRecord& s) {
+    s.status = VmStatus::kRunning;
+    s.monitor = s.vmm = {pid, start};
+  });
+  write_file_atomic(vms.exit_file(r.id), R"({"ExitCode":7,"Reason":"exited with code 7"})");
+  VmRecord seen = vms.get("attached");
+  EXPECT_EQ(seen.status, VmStatus::kExited);
+  EXPECT_EQ(seen.exit_code, 7);
+  EXPECT_EQ(seen.exit_reason, "exited with code 7");
+  EXPECT_EQ(vms.wait("attached"), 7);
+
+  // run --rm --name: kept (the name taken) while it runs, gone once it has ended.
+  c.name = "transient";
+  c.auto_remove = true;
+  VmRecord t = vms.create(c, "{}");
+  ProcessRef me = ProcessRef::of(::getpid());
+  vms.update(t.id, [&](VmRecord& s) {
+    s.status = VmStatus::kRunning;
+    s.monitor = me;
+  });
+  EXPECT_EQ(vms.list().size(), 2u);
+  EXPECT_THROW(vms.check_name_free("transient"), Error);
+  vms.update(t.id, [&](VmRecord& s) { s.monitor = {pid, start}; });
+  EXPECT_EQ(vms.list().size(), 1u);
+  EXPECT_FALSE(fs::exists(vms.vm_dir(t.id)));
+  vms.check_name_free("transient");
+}
+
 TEST_F(Vms, APidReusedByAnotherProcessIsNotTheVm) {
   // This very process, recorded with another start time: not alive.
   ProcessRef me = ProcessRef::of(::getpid());

@@ -27,6 +27,7 @@ namespace {
 
 constexpr const char* kState = "state.json";
 constexpr const char* kSpec = "spec.json";
+constexpr const char* kExit = "exit.json";
 constexpr size_t kMaxNameBytes = 128;
 // How long rm -f and stop wait for a killed VM's monitor to record its end.
 constexpr std::chrono::seconds kKillWait{30};
@@ -271,13 +272,25 @@ VmRecord VmStore::observe(VmRecord r) const {
   if (r.status == VmStatus::kExited || r.monitor.pid <= 0 || r.monitor.alive()) return r;
   // The monitor is gone without recording an end: record it now (under the VM's lock, against
   // what is stored then).
-  auto changed = update(r.id, [](VmRecord& s) {
+  auto changed = update(r.id, [&](VmRecord& s) {
     if (s.status == VmStatus::kExited || s.monitor.pid <= 0 || s.monitor.alive()) return;
     s.status = VmStatus::kExited;
+    s.finished = now_rfc3339_nano();
+    // An attached run's VMM leaves its end in exit.json (img2vm run --name).
+    std::string text;
+    try {
+      text = read_file(vm_dir(s.id) / kExit, 4096);
+    } catch (const Error&) {
+    }
+    json j = json::parse(text, nullptr, false);
+    if (j.is_object() && j.contains("ExitCode") && j["ExitCode"].is_number_integer()) {
+      s.exit_code = j["ExitCode"].get<int>();
+      s.exit_reason = str(j, "Reason").substr(0, 1024);
+      return;
+    }
     s.exit_code = 255;
     s.exit_reason = "the VMM is gone; no exit status was recorded (its monitor, pid " +
                     std::to_string(s.monitor.pid) + ", ended)";
-    s.finished = now_rfc3339_nano();
   });
   return changed ? *changed : r;
 }
@@ -374,7 +387,19 @@ std::vector<VmRecord> VmStore::list() const {
   for (auto it = fs::directory_iterator(dir_, ec);
        !ec && it != fs::directory_iterator() && seen < 4 * kMaxVms; it.increment(ec), ++seen) {
     if (out.size() >= kMaxVms) break;
-    if (auto r = read(it->path().filename().string())) out.push_back(observe(*r));
+    auto r = read(it->path().filename().string());
+    if (!r) continue;
+    VmRecord now = observe(*r);
+    // An attached `run --rm --name` is kept while it runs (its name taken), and dropped once it
+    // has ended.
+    if (now.auto_remove && !now.detached && now.status == VmStatus::kExited) {
+      try {
+        remove(now.id, false);
+        continue;
+      } catch (const Error&) {
+      }
+    }
+    out.push_back(std::move(now));
   }
   std::sort(out.begin(), out.end(), [](const VmRecord& a, const VmRecord& b) {
     return a.created != b.created ? a.created > b.created : a.id < b.id;
@@ -489,7 +514,8 @@ void VmStore::remove(const std::string& id, bool force) const {
     signal_process(r->monitor, SIGKILL);  // its VMM dies with it (parent-death signal)
     wait_ended(*r, kKillWait);
   }
-  UniqueFd lock = lock_store();
+  // The VM's lock alone: a removal only frees a name, which create's check under the store's
+  // lock can live with (and list() removes ended `run --rm` records while create holds it).
   VmLock vm(*this, r->id);
   if (!vm) return;  // removed meanwhile
   // Out of sight at once, then deleted.

@@ -2,13 +2,14 @@
 // rm), kept as docker keeps containers: one directory per VM under <home>/vms (home:
 // registry::Store::default_home()):
 //
-//   <home>/vms/.lock             flock: create, rename and remove take it exclusively
+//   <home>/vms/.lock             flock: create takes it exclusively (names stay unique)
 //   <home>/vms/<id>/             id: 64 lowercase hex; the directory's flock guards state changes
 //     state.json                 VmRecord, replaced atomically (temp + rename)
 //     spec.json                  what img2vm-vmm runs ({"machine", "attach", "summary"})
 //     console.log[.1]            the VM's console and the VMM's messages, one RFC 3339 time per
 //                                line; at 10 MiB console.log becomes console.log.1 (two kept)
 //     vsock.sock[_PORT]          the VM's vsock device (vm::VsockConfig::uds_path)
+//     exit.json                  an attached run's end, written by its VMM ({"ExitCode", "Reason"})
 //
 // A detached VM runs as two processes in a session of their own: the monitor
 // (`img2vm-vmm --monitor DIR`, run_monitor()), which starts img2vm-vmm, copies its output to
@@ -98,6 +99,9 @@ class VmStore {
   const std::filesystem::path& dir() const { return dir_; }
   std::filesystem::path vm_dir(const std::string& id) const { return dir_ / id; }
 
+  // The file an attached run's VMM writes its end to (AttachOptions::exit_fd in the CLI).
+  std::filesystem::path exit_file(const std::string& id) const { return vm_dir(id) / "exit.json"; }
+
   // Records a new VM (status created) with `spec` as its spec.json. Error(kInvalidArgument)
   // `Conflict. The container name "/N" is already in use by container "ID"...` when the name is
   // taken; Error(kLimit) when the store holds the most VMs it lists (kMaxVms).
@@ -111,7 +115,8 @@ class VmStore {
   std::optional<VmRecord> find(const std::string& ref) const;
   // As find(), but Error(kNotFound) "No such VM: REF" when none matches.
   VmRecord get(const std::string& ref) const;
-  // Every VM, the newest first (at most kMaxVms).
+  // Every VM, the newest first (at most kMaxVms). An attached run with auto_remove that has
+  // ended is removed here.
   std::vector<VmRecord> list() const;
 
   // Changes the record of `id` under its lock: `change` gets the current record (as stored) and
