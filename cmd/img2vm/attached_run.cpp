@@ -229,6 +229,9 @@ int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json su
   raw.reset();
   if (!relay_failure.empty()) throw Error(ErrorKind::kInternal, relay_failure);
   int code = r.host_exit_code();
+  write_exit_record(o.exit_fd, code,
+                    r.reason == vm::ExitReason::kExited ? "exited with code " + std::to_string(code)
+                                                        : r.describe());
   std::vector<std::string> views = machine.disk_views();
 
   if (o.json) {
@@ -249,6 +252,14 @@ int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json su
   return code;
 }
 
+void write_exit_record(int fd, int code, const std::string& reason) {
+  if (fd < 0) return;
+  const std::string line = nlohmann::json{{"ExitCode", code}, {"Reason", reason}}.dump(
+                               -1, ' ', false, nlohmann::json::error_handler_t::replace) +
+                           "\n";
+  (void)!::pwrite(fd, line.data(), line.size(), 0);
+}
+
 nlohmann::json attach_spec(const vm::MachineConfig& config, const AttachOptions& o,
                            const nlohmann::json& summary) {
   nlohmann::json spec = {{"machine", nlohmann::json::parse(vm::machine_config_to_json(config))},
@@ -262,6 +273,7 @@ nlohmann::json attach_spec(const vm::MachineConfig& config, const AttachOptions&
                            {"log_level", to_string(o.level)}}},
                          {"summary", summary}};
   if (o.run_as) spec["attach"]["run_as"] = {{"uid", o.run_as->uid}, {"gid", o.run_as->gid}};
+  if (o.exit_fd >= 0) spec["attach"]["exit_fd"] = o.exit_fd;
   return spec;
 }
 
@@ -307,6 +319,10 @@ void parse_attach_spec(const std::string& text, vm::MachineConfig& config, Attac
               throw Error(ErrorKind::kInvalidArgument,
                           "VM spec: unknown member attach.run_as." + m.key());
         o.run_as = RunAs{id("uid"), id("gid")};
+      } else if (k == "exit_fd") {
+        if (!v.is_number_unsigned() || v.get<uint64_t>() < 3 || v.get<uint64_t>() > (1u << 20))
+          throw Error(ErrorKind::kInvalidArgument, "VM spec: attach.exit_fd: not a descriptor");
+        o.exit_fd = int(v.get<uint64_t>());
       } else if (k == "tty")
         flag(o.tty);
       else if (k == "say")

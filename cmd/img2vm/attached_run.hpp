@@ -31,7 +31,14 @@ struct AttachOptions {
   // Become this user once the VM is set up (every file open), before the guest runs, giving up
   // every privilege (privileges.hpp): img2vm-vmm started as root for --network tap.
   std::optional<RunAs> run_as;
+  // When >= 0, how the run ended is written there as one JSON line ({"ExitCode": N, "Reason":
+  // "..."}, write_exit_record): the exit record of a VM that `run --name` records in the store
+  // (runtime::VmStore reads it once the VMM is gone). Not owned.
+  int exit_fd = -1;
 };
+
+// Writes the exit record (AttachOptions::exit_fd) once; nothing when `fd` < 0.
+void write_exit_record(int fd, int code, const std::string& reason);
 
 // The signals `img2vm run` relays to the guest (SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1,
 // SIGUSR2, SIGWINCH).

@@ -31,6 +31,7 @@
 #include "img2vm/runtime/root_dir.hpp"
 #include "img2vm/runtime/virtiofsd.hpp"
 #include "img2vm/runtime/vmm.hpp"
+#include "img2vm/runtime/vms.hpp"
 #include "img2vm/vm/kvm_detect.hpp"
 #include "img2vm/vm/machine.hpp"
 #include "img2vm/vm/net_tap.hpp"
@@ -63,6 +64,8 @@ struct RunArgs : RootfsArgs {
   std::string virtiofsd;  // --virtiofsd PATH
   bool publish_all = false;
   bool rm = false, timings = false, verbose_boot = false, hugepages = false;
+  bool detach = false;  // -d
+  std::string name;     // --name (with -d)
 };
 
 // What a run needs once the image is resolved and converted.
@@ -70,7 +73,9 @@ struct PreparedRun {
   runtime::PreparedMachine machine;
   cli::AttachOptions attach;
   nlohmann::json summary;
-  fs::path vmm;  // img2vm-vmm
+  fs::path vmm;                      // img2vm-vmm
+  std::string image;                 // what ps shows
+  std::vector<std::string> command;  // the workload's command line, as far as known here
 };
 
 // --rootfs: the words are the command, and what belongs to an image has no meaning.
@@ -136,6 +141,20 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   const bool shares = dir_root || std::any_of(mo.mounts.begin(), mo.mounts.end(), [](auto& m) {
                         return m.type != runtime::Mount::Type::kTmpfs;
                       });
+  if (a.detach && shares)
+    throw Error(ErrorKind::kUnsupported,
+                "-d: shared directories (-v, --mount, --rootfs) are not supported with -d yet "
+                "(their virtiofsd would end with this command); --tmpfs is");
+  if (!a.name.empty() && !a.detach)
+    throw Error(ErrorKind::kUnsupported,
+                "--name: only with -d for now (an attached run is not "
+                "recorded as a VM yet)");
+  if (a.detach && (a.req.tty || a.req.interactive))
+    throw Error(ErrorKind::kUnsupported, "-d: not with -i or -t (no terminal or input is kept)");
+  if (!a.name.empty()) {
+    runtime::check_vm_name(a.name);
+    runtime::VmStore().check_name_free(a.name);
+  }
   if (shares) mo.virtiofsd = runtime::find_virtiofsd(a.virtiofsd);
   std::optional<runtime::RootDirectory> root_dir;
   if (dir_root) {
@@ -152,6 +171,8 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     throw Error(ErrorKind::kInvalidArgument,
                 "-p/-P: --network none has no network to publish ports on");
   runtime::parse_exposed_ports(a.expose, "--expose");  // checked now; used once the image is known
+  if (a.detach && net.mode == NetworkChoice::Mode::kTap)
+    throw Error(ErrorKind::kUnsupported, "-d: --network tap is not supported with -d yet");
   mo.network = net.mode == NetworkChoice::Mode::kUser  ? runtime::NetworkMode::kUser
                : net.mode == NetworkChoice::Mode::kTap ? runtime::NetworkMode::kTap
                                                        : runtime::NetworkMode::kNone;
@@ -199,6 +220,26 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     mo.rootfs = root.path;
     mo.keep = a.keep;
     mo.image_config_json = src->config_bytes();
+    p.image = ref;
+    auto cfg = nlohmann::json::parse(src->config_bytes(), nullptr, false);
+    const nlohmann::json* c = cfg.is_object() && cfg.contains("config") ? &cfg["config"] : nullptr;
+    auto words = [&](const char* k) {
+      std::vector<std::string> w;
+      if (c && c->is_object() && c->contains(k) && (*c)[k].is_array())
+        for (const auto& x : (*c)[k])
+          if (x.is_string()) w.push_back(x.get<std::string>());
+      return w;
+    };
+    p.command = a.entrypoint_set ? (a.entrypoint.empty() ? std::vector<std::string>()
+                                                         : std::vector<std::string>{a.entrypoint})
+                                 : words("Entrypoint");
+    std::vector<std::string> cmd =
+        a.req.cmd.empty() && !a.entrypoint_set ? words("Cmd") : a.req.cmd;
+    p.command.insert(p.command.end(), cmd.begin(), cmd.end());
+  }
+  if (p.image.empty()) {
+    p.image = a.rootfs;
+    p.command = a.req.cmd;
   }
   mo.console_out_fd = STDOUT_FILENO;
   mo.console_in_fd = (a.req.interactive || a.req.tty) ? STDIN_FILENO : -1;
@@ -270,6 +311,16 @@ bool exec_vmm(PreparedRun& p) {
   throw_errno("cannot start the VMM " + vmm.string());
 }
 
+// The spec img2vm-vmm gets for `p`; Error naming `flag` when the VM has no JSON form.
+std::string spec_text(const PreparedRun& p, const char* flag) {
+  try {
+    return attach_spec(p.machine.config, p.attach, p.summary).dump();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string(flag) + ": the VM cannot be handed to img2vm-vmm: " + e.what());
+  }
+}
+
 // --network tap: the host side (device, addresses, nftables rules, reserved ports) is set up in
 // this process, as root. The VM runs in img2vm-vmm, a child given the device's descriptor
 // (NicConfig::tap), which gives up root and every capability before the guest runs
@@ -277,13 +328,7 @@ bool exec_vmm(PreparedRun& p) {
 // on the signals sent to it, and undoes the host side afterwards (the tap backend's
 // destructor, once run_image returns). Returns the child's exit code.
 int run_tap_vmm(PreparedRun& p) {
-  std::string text;
-  try {
-    text = attach_spec(p.machine.config, p.attach, p.summary).dump();
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(ErrorKind::kInvalidArgument,
-                std::string("--network tap: the VM cannot be handed to img2vm-vmm: ") + e.what());
-  }
+  const std::string text = spec_text(p, "--network tap");
 
   // Blocked before the child exists, so that nothing sent meanwhile is lost; the child starts
   // with the mask this process had.
@@ -310,6 +355,7 @@ int run_tap_vmm(PreparedRun& p) {
     runtime::VmmChildOptions co;
     co.vmm = p.vmm;
     co.sigmask = old_mask;
+    if (p.attach.exit_fd >= 0) co.pass_fds.push_back(p.attach.exit_fd);
     child.emplace(runtime::VmmProcess::start(text, co));
   } catch (...) {
     restore();
@@ -332,8 +378,62 @@ int run_tap_vmm(PreparedRun& p) {
   return kExitRunFailed;
 }
 
+// -d: the VM recorded in the store and started by its monitor, a daemon
+// (runtime::start_detached); prints the id once the workload has started.
+int run_detached(PreparedRun& p, const RunArgs& a) {
+  const std::string text = spec_text(p, "-d");
+  runtime::VmCreate c;
+  c.name = a.name;
+  c.image = p.image;
+  c.command = p.command;
+  c.auto_remove = a.rm;
+  c.stop_timeout = p.attach.stop_timeout;
+  c.vmm_program = p.vmm.string();
+  runtime::DetachedOptions o;
+  o.monitor = p.vmm;
+  // The memfds the spec names as /proc/self/fd/N: the monitor keeps them for its VMM.
+  for (int fd : {p.machine.overrides_disk.get(), p.machine.initramfs.get()})
+    if (fd >= 0) o.pass_fds.push_back(fd);
+  runtime::VmStore store;
+  std::cout.flush();
+  std::cerr.flush();
+  runtime::VmRecord r = runtime::start_detached(store, c, text, o);
+  std::cout << r.id << std::endl;
+  return kExitOk;
+}
+
+// Attached with --name: the VM is recorded in the store as running in this process (which
+// becomes img2vm-vmm, or is its parent with --network tap); the VMM writes how it ended to the
+// record's exit.json (AttachOptions::exit_fd), read by ps, wait and inspect once it is gone.
+// Returns the exit file, open (not close-on-exec: it goes to img2vm-vmm).
+UniqueFd record_attached(PreparedRun& p, const RunArgs& a) {
+  runtime::VmCreate c;
+  c.name = a.name;
+  c.image = p.image;
+  c.command = p.command;
+  c.detached = false;
+  c.auto_remove = a.rm;
+  c.stop_timeout = p.attach.stop_timeout;
+  c.vmm_program = p.vmm.string();
+  runtime::VmStore store;
+  runtime::VmRecord r = store.create(c, spec_text(p, "--name"));
+  UniqueFd exit_file = open_file(store.exit_file(r.id), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (::fcntl(exit_file.get(), F_SETFD, 0) != 0) throw_errno("fcntl");
+  const runtime::ProcessRef me = runtime::ProcessRef::of(::getpid());
+  store.update(r.id, [&](runtime::VmRecord& s) {
+    s.status = runtime::VmStatus::kRunning;
+    s.monitor = s.vmm = me;
+    s.started = runtime::now_rfc3339_nano();
+  });
+  p.attach.exit_fd = exit_file.get();
+  return exit_file;
+}
+
 int run_image(RunArgs& a, Globals& g) {
   PreparedRun p = prepare_run(a, g);
+  if (a.detach) return run_detached(p, a);
+  UniqueFd exit_file;
+  if (!a.name.empty()) exit_file = record_attached(p, a);
   if (p.machine.tap) return run_tap_vmm(p);
   if (exec_vmm(p)) return kExitRunFailed;  // not reached: exec_vmm execs or throws
   return run_attached(std::move(p.machine.config), p.attach, std::move(p.summary));
@@ -383,7 +483,8 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
   sub->add_flag("-i,--interactive", a->req.interactive, "Connect stdin to the workload");
   sub->add_flag("-t,--tty", a->req.tty, "Give the workload a terminal (host terminal in raw mode)");
   sub->add_flag("--rm", a->rm,
-                "Discard the VM's disk writes at exit (always the case without --keep)");
+                "Discard the VM's disk writes at exit (always the case without --keep); also "
+                "remove the VM's record (-d, --name) when it ends");
   sub->add_option("--rootfs", a->rootfs,
                   "Boot the host directory DIR (through virtio-fs) instead of an image; the words "
                   "after the options are the command")
@@ -437,13 +538,12 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
                   "The virtiofsd serving -v, --mount and --rootfs directories (default: "
                   "$IMG2VM_VIRTIOFSD, else /usr/lib/qemu/virtiofsd or /usr/libexec/virtiofsd)")
       ->type_name("PATH");
-  sub->add_option_function<std::string>("--name", [](const std::string&) {
-    unsupported("--name", "named VMs are not supported: img2vm run is attached and has no daemon");
-  });
-  sub->add_flag_function("-d,--detach", [](int64_t) {
-    unsupported("--detach",
-                "detached runs are not supported: img2vm run stays attached (use your shell's &)");
-  });
+  sub->add_option("--name", a->name,
+                  "The VM's name (unique; -d: generated when not given); a named attached run "
+                  "stays in ps -a until rm (with --rm: until it ends)");
+  sub->add_flag("-d,--detach", a->detach,
+                "Run the VM in the background and print its id once the workload has started "
+                "(img2vm ps, logs, stop, kill, wait, rm)");
   sub->add_flag_function("--privileged", [](int64_t) {
     unsupported("--privileged",
                 "the guest is already root in its own VM; there is nothing to grant");

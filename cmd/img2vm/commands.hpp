@@ -15,5 +15,11 @@ void register_rm(CLI::App& app, Globals& g, Action* slot);
 void register_prune(CLI::App& app, Globals& g, Action* slot);
 void register_run(CLI::App& app, Globals& g, Action* slot);
 void register_volume(CLI::App& app, Globals& g, Action* slot);
+void register_rmi(CLI::App& app, Globals& g, Action* slot);
+void register_ps(CLI::App& app, Globals& g, Action* slot);
+void register_logs(CLI::App& app, Globals& g, Action* slot);
+void register_stop(CLI::App& app, Globals& g, Action* slot);
+void register_kill(CLI::App& app, Globals& g, Action* slot);
+void register_wait(CLI::App& app, Globals& g, Action* slot);
 
 }  // namespace img2vm::cli

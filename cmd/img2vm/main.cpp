@@ -32,6 +32,12 @@ int main(int argc, char** argv) {
   register_kernel(app, g, &action);
   register_run(app, g, &action);
   register_volume(app, g, &action);
+  register_rmi(app, g, &action);
+  register_ps(app, g, &action);
+  register_logs(app, g, &action);
+  register_stop(app, g, &action);
+  register_kill(app, g, &action);
+  register_wait(app, g, &action);
 
   try {
     app.parse(argc, argv);

@@ -5,6 +5,10 @@
 //
 //   img2vm-vmm --spec FILE     {"machine": {...}, "attach": {...}, "summary": {...}}
 //   img2vm-vmm --spec-fd N     the same from an open file descriptor (what img2vm run passes)
+//   img2vm-vmm --monitor DIR [--ready-fd N]
+//                              a detached VM's monitor (runtime::run_monitor, vms.hpp): runs
+//                              img2vm-vmm --spec-fd on DIR/spec.json, its output to
+//                              DIR/console.log, and records its end in DIR/state.json
 //
 // "machine" is a MachineConfig in machine_json.hpp's form; "attach" and "summary" are optional
 // (attached_run.hpp; docs/vm.md "The VMM process"). Exit code: the workload's, or 122-125/130.
@@ -21,6 +25,7 @@
 #include "attached_run.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "img2vm/runtime/vms.hpp"
 
 namespace {
 
@@ -48,11 +53,32 @@ std::string read_fd(int fd) {
 
 int main(int argc, char** argv) {
   using namespace img2vm;
+  if ((argc == 3 || argc == 5) && std::strcmp(argv[1], "--monitor") == 0) {
+    int ready = -1;
+    if (argc == 5) {
+      char* end = nullptr;
+      long fd = std::strtol(argv[4], &end, 10);
+      if (std::strcmp(argv[3], "--ready-fd") != 0 || !*argv[4] || *end || fd < 3 || fd > 1 << 20) {
+        std::cerr << "usage: img2vm-vmm --monitor DIR [--ready-fd N]\n";
+        return kExitUsage;
+      }
+      ready = int(fd);
+    }
+    try {
+      return runtime::run_monitor(argv[2], ready);
+    } catch (const std::exception& e) {
+      std::cerr << "img2vm: monitor: " << e.what() << "\n";
+      return kExitFailed;
+    }
+  }
   if (argc != 3 ||
       (std::strcmp(argv[1], "--spec") != 0 && std::strcmp(argv[1], "--spec-fd") != 0)) {
-    std::cerr << "usage: img2vm-vmm --spec FILE | --spec-fd N\n";
+    std::cerr << "usage: img2vm-vmm --spec FILE | --spec-fd N | --monitor DIR [--ready-fd N]\n";
     return kExitUsage;
   }
+  vm::MachineConfig config;
+  cli::AttachOptions options;
+  nlohmann::json summary;
   try {
     std::string text;
     if (std::strcmp(argv[1], "--spec") == 0) {
@@ -66,16 +92,15 @@ int main(int argc, char** argv) {
       UniqueFd owned{int(fd)};
       text = read_fd(owned.get());
     }
-    vm::MachineConfig config;
-    cli::AttachOptions options;
-    nlohmann::json summary;
     cli::parse_attach_spec(text, config, options, summary);
     return cli::run_attached(std::move(config), options, std::move(summary), true);
   } catch (const Error& e) {
     std::cerr << "img2vm: " << e.what() << "\n";
+    cli::write_exit_record(options.exit_fd, kExitFailed, e.what());
     return kExitFailed;
   } catch (const std::exception& e) {
     std::cerr << "img2vm: internal error: " << e.what() << "\n";
+    cli::write_exit_record(options.exit_fd, kExitFailed, e.what());
     return kExitFailed;
   }
 }

@@ -34,8 +34,8 @@ TEST(Cli, Version) {
 TEST(Cli, HelpListsEveryCommand) {
   auto r = img2vm({"--help"});
   EXPECT_EQ(r.exit_code, 0) << r.describe();
-  for (const char* c :
-       {"pull", "images", "inspect", "rm", "prune", "convert", "run", "kernel", "info", "volume"})
+  for (const char* c : {"pull", "images", "inspect", "rm", "rmi", "prune", "convert", "run",
+                        "kernel", "info", "volume", "ps", "logs", "stop", "kill", "wait"})
     EXPECT_NE(r.out.find(c), std::string::npos) << "help does not mention " << c;
 }
 
@@ -44,12 +44,23 @@ TEST(Cli, RunRefusesDockerFlagsItDoesNotOfferWithOneLine) {
     std::vector<std::string> args;
     const char* says;
   };
-  for (const Case& c : {Case{{"run", "--name", "x", "busybox"}, "named VMs"},
-                        Case{{"run", "-d", "busybox"}, "attached"},
+  for (const Case& c : {Case{{"run", "--privileged", "busybox"}, "already root"},
                         Case{{"run", "--no-such-flag", "busybox"}, "--no-such-flag"}}) {
     auto r = img2vm(c.args);
     EXPECT_EQ(r.exit_code, 2) << r.describe();
     EXPECT_TRUE(r.out.empty()) << r.describe();
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();
+    EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.describe();
+  }
+  // What -d and --name do not take (yet): refused before anything is pulled (exit 125, as
+  // every run failure of img2vm's own).
+  for (const Case& c :
+       {Case{{"run", "-d", "-v", "/tmp:/x", "nosuch.invalid/x"}, "shared directories"},
+        Case{{"run", "-d", "--network", "tap", "nosuch.invalid/x"}, "--network tap"},
+        Case{{"run", "-d", "-i", "nosuch.invalid/x"}, "not with -i or -t"},
+        Case{{"run", "-d", "--name", "bad name", "nosuch.invalid/x"}, "Invalid container name"}}) {
+    auto r = img2vm(c.args);
+    EXPECT_EQ(r.exit_code, 125) << r.describe();
     EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.describe();
   }

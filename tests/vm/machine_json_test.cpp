@@ -47,6 +47,7 @@ TEST(MachineJson, EveryFieldSurvivesTheRoundTrip) {
   c.net->tap = TapFdConfig{5, {{PortProtocol::kUdp, "0.0.0.0", 5353, 53}}};
   c.console_out_fd = -1;
   c.console_in_fd = 0;
+  c.ready_fd = 11;
   c.console_input = ConsoleInput::kAtWorkloadExec;
   c.timeout = std::chrono::milliseconds(90000);
   c.kvm_device = "/dev/kvm-other";
@@ -88,6 +89,7 @@ TEST(MachineJson, EveryFieldSurvivesTheRoundTrip) {
   EXPECT_EQ(r.net->tap->published, c.net->tap->published);
   EXPECT_EQ(r.console_out_fd, -1);
   EXPECT_EQ(r.console_in_fd, 0);
+  EXPECT_EQ(r.ready_fd, 11);
   EXPECT_EQ(r.console_input, ConsoleInput::kAtWorkloadExec);
   EXPECT_EQ(r.timeout.count(), 90000);
   EXPECT_EQ(r.kvm_device, "/dev/kvm-other");
@@ -102,6 +104,7 @@ TEST(MachineJson, OnlyTheKernelIsRequiredAndTheRestKeepsTheDefaults) {
   EXPECT_EQ(r.vcpus, d.vcpus);
   EXPECT_EQ(r.console_out_fd, d.console_out_fd);
   EXPECT_EQ(r.console_in_fd, d.console_in_fd);
+  EXPECT_EQ(r.ready_fd, -1);
   EXPECT_EQ(r.seccomp, d.seccomp);
   EXPECT_EQ(r.kvm_device, d.kvm_device);
   EXPECT_TRUE(r.disks.empty());

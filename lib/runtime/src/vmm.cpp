@@ -136,9 +136,13 @@ VmmProcess VmmProcess::start(const std::string& spec, const VmmChildOptions& o) 
       ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // kept across a setuid in the VMM
       if (::getppid() != parent) ::_exit(125);
     }
+    if (o.output_fd >= 0 &&
+        (::dup2(o.output_fd, STDOUT_FILENO) < 0 || ::dup2(o.output_fd, STDERR_FILENO) < 0))
+      ::_exit(125);
     struct sigaction dfl {};
     dfl.sa_handler = SIG_DFL;
     ::sigaction(SIGCHLD, &dfl, nullptr);
+    ::sigaction(SIGPIPE, &dfl, nullptr);
     ::sigprocmask(SIG_SETMASK, &mask, nullptr);
     ::execv(vmm.c_str(), const_cast<char* const*>(argv));
     err = errno;

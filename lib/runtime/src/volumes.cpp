@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +14,7 @@
 #include "img2vm/base/error.hpp"
 #include "img2vm/registry/store.hpp"
 #include "img2vm/rootfs/extract.hpp"
+#include "random_id.hpp"
 
 namespace img2vm::runtime {
 
@@ -33,20 +33,6 @@ std::string now_rfc3339() {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
   return buf;
-}
-
-std::string random_name() {
-  unsigned char b[32];
-  size_t got = 0;
-  while (got < sizeof b) {
-    ssize_t n = ::getrandom(b + got, sizeof b - got, 0);
-    if (n < 0 && errno != EINTR) throw_errno("getrandom");
-    if (n > 0) got += static_cast<size_t>(n);
-  }
-  static const char* hex = "0123456789abcdef";
-  std::string s;
-  for (unsigned char c : b) s += {hex[c >> 4], hex[c & 15]};
-  return s;
 }
 
 bool dir_empty(const fs::path& p) {
@@ -102,7 +88,7 @@ std::optional<Volume> VolumeStore::read(const std::string& name) const {
 }
 
 Volume VolumeStore::create(const std::string& name, bool anonymous) {
-  const std::string n = name.empty() ? random_name() : name;
+  const std::string n = name.empty() ? detail::random_id() : name;
   check_volume_name(n);
   if (auto v = read(n)) return *v;
   TempDir tmp(".new", dir_);

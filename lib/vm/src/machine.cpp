@@ -304,7 +304,13 @@ struct Machine::Impl {
     if (m == guestabi::kMarkInitStarted) {
       mark(timings.init_started);
     } else if (m == guestabi::kMarkWorkloadExec) {
+      bool first;
+      {
+        std::lock_guard lk(mu);
+        first = !timings.workload_exec;
+      }
       mark(timings.workload_exec);
+      if (first && cfg.ready_fd >= 0) (void)!::write(cfg.ready_fd, "R", 1);
       uint64_t one = 1;
       if (exec_fd) (void)!::write(exec_fd.get(), &one, sizeof one);
     }

@@ -59,6 +59,8 @@ struct VmmChildOptions {
   // Kill the child (SIGKILL) when the thread that started it ends (PR_SET_PDEATHSIG: a thread,
   // not the process; start it from a thread that outlives the VM).
   bool kill_with_caller = true;
+  // When >= 0, the child's stdout and stderr (a detached VM's monitor reads them from a pipe).
+  int output_fd = -1;
 };
 
 // img2vm-vmm running as a child of this process. Destroying it kills (SIGKILL) and reaps the
@@ -74,6 +76,8 @@ class VmmProcess {
 
   // The child's process id (0 once it has been reaped).
   pid_t pid() const noexcept { return pid_; }
+  // A pidfd of the child (readable once it has ended; -1 once reaped). Still owned.
+  int pidfd() const noexcept { return pid_ > 0 ? pidfd_.get() : -1; }
   // Sends `sig` to the child (SIGTERM: its workload is asked to stop; SIGKILL ends the VM).
   void signal(int sig);
   // The status if the child has ended (reaping it), else nullopt; never blocks.

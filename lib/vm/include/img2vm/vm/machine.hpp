@@ -100,6 +100,9 @@ struct MachineConfig {
   // exec (BOOT_MARK 2), so that input sent early (a pipe) is not lost to the kernel's
   // serial setup but read by the workload, as `docker run -i` gives it all.
   ConsoleInput console_input = ConsoleInput::kImmediately;
+  // When >= 0, one byte is written to it when the guest init marks the workload's exec
+  // (BOOT_MARK 2): how a detached run's monitor learns that the workload has started. Not owned.
+  int ready_fd = -1;
   std::chrono::milliseconds timeout{0};  // 0: none; else the VM ends as kTimeout
   std::filesystem::path kvm_device = "/dev/kvm";
   // Seccomp filters on the vCPU, I/O and network threads (seccomp.hpp). kKill suits a process

@@ -1,0 +1,284 @@
+// Detached VMs: start_detached() daemonises the monitor; run_monitor() is the monitor
+// (img2vm-vmm --monitor DIR), which runs the VMM, keeps its output and records its end.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/runtime/vmm.hpp"
+#include "img2vm/runtime/vms.hpp"
+
+namespace img2vm::runtime {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string short_id(const std::string& id) { return id.substr(0, 12); }
+
+// How a VMM's end reads: docker's exit code and a reason.
+void record_end(VmRecord& r, const ExitStatus& st, const std::string& last_error) {
+  r.status = VmStatus::kExited;
+  r.finished = now_rfc3339_nano();
+  if (st.exited) {
+    r.exit_code = st.code;
+    r.exit_reason = last_error.empty() ? "exited with code " + std::to_string(st.code) : last_error;
+  } else {
+    r.exit_code = 128 + st.signal;
+    r.exit_reason = "the VMM was killed by signal " + std::to_string(st.signal) + " (" +
+                    ::strsignal(st.signal) + ")";
+  }
+}
+
+// The last "img2vm: ..." line of the VMM's output: why it ended, when it says so.
+class ErrorLine {
+ public:
+  void feed(std::string_view d) {
+    for (char c : d) {
+      if (c == '\n') {
+        if (cur_.rfind("img2vm: ", 0) == 0) last_ = cur_.substr(8);
+        cur_.clear();
+      } else if (c != '\r' && cur_.size() < 1024) {
+        cur_ += c;
+      }
+    }
+  }
+  const std::string& last() const { return last_; }
+
+ private:
+  std::string cur_, last_;
+};
+
+}  // namespace
+
+VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& spec,
+                        const DetachedOptions& o) {
+  VmCreate cc = c;
+  cc.detached = true;
+  if (cc.vmm_program.empty()) cc.vmm_program = find_vmm_binary().string();
+  const fs::path monitor = o.monitor.empty() ? find_vmm_binary() : o.monitor;
+  VmRecord r = store.create(cc, spec);
+  const fs::path dir = store.vm_dir(r.id);
+  auto failed = [&](const std::string& why) {
+    store.update(r.id, [&](VmRecord& s) {
+      if (s.status == VmStatus::kExited) return;
+      s.status = VmStatus::kExited;
+      s.exit_code = 125;
+      s.error = s.exit_reason = why;
+      s.finished = now_rfc3339_nano();
+    });
+    return Error(ErrorKind::kInvalidArgument, why);
+  };
+
+  int p[2];
+  if (::pipe2(p, O_CLOEXEC) != 0) throw failed(std::string("pipe: ") + std::strerror(errno));
+  UniqueFd ready_rd(p[0]), ready_wr(p[1]);
+  UniqueFd devnull = open_file("/dev/null", O_RDWR);
+  const std::string dir_arg = dir.string(), fd_arg = std::to_string(ready_wr.get());
+  const char* argv[] = {"img2vm-vmm", "--monitor",    dir_arg.c_str(),
+                        "--ready-fd", fd_arg.c_str(), nullptr};
+  std::vector<int> keep = o.pass_fds;
+  keep.push_back(ready_wr.get());
+  sigset_t none;
+  sigemptyset(&none);
+
+  const pid_t child = ::fork();
+  if (child == 0) {
+    // Only async-signal-safe calls from here to the exec. A session of its own, and a second
+    // fork so that the monitor is not a session leader (it can never get a terminal) and is
+    // not this process's child.
+    if (::setsid() < 0) ::_exit(126);
+    const pid_t g = ::fork();
+    if (g != 0) ::_exit(g < 0 ? 126 : 0);
+    if (::dup2(devnull.get(), 0) < 0 || ::dup2(devnull.get(), 1) < 0 ||
+        ::dup2(devnull.get(), 2) < 0)
+      ::_exit(126);
+    (void)::close_range(3, ~0u, CLOSE_RANGE_CLOEXEC);
+    for (int fd : keep) (void)::fcntl(fd, F_SETFD, 0);
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int s : {SIGCHLD, SIGPIPE, SIGINT, SIGTERM, SIGHUP, SIGQUIT})
+      ::sigaction(s, &dfl, nullptr);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    if (::chdir("/") != 0) ::_exit(126);
+    ::execv(monitor.c_str(), const_cast<char* const*>(argv));
+    ::_exit(127);
+  }
+  if (child < 0) throw failed(std::string("fork: ") + std::strerror(errno));
+  ready_wr.reset();
+  int st = 0;
+  while (::waitpid(child, &st, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) throw failed("cannot start the VM's monitor");
+
+  // One byte once the workload has started; the end of the pipe (the monitor gone, or the VM
+  // ended before) otherwise.
+  const auto deadline = std::chrono::steady_clock::now() + o.ready_timeout;
+  for (;;) {
+    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        deadline - std::chrono::steady_clock::now());
+    if (left.count() <= 0)
+      throw Error(ErrorKind::kIo, "the workload of VM " + short_id(r.id) +
+                                      " did not start within " +
+                                      std::to_string(o.ready_timeout.count() / 1000) +
+                                      " s; it is left running (img2vm logs, img2vm rm -f)");
+    struct pollfd pf {
+      ready_rd.get(), POLLIN, 0
+    };
+    int n = ::poll(&pf, 1, static_cast<int>(std::min<int64_t>(left.count(), 1 << 30)));
+    if (n < 0 && errno != EINTR) throw_errno("waiting for the VM to start");
+    if (n <= 0) continue;
+    char b = 0;
+    ssize_t got = ::read(ready_rd.get(), &b, 1);
+    if (got < 0 && errno == EINTR) continue;
+    if (got == 1) return store.get(r.id);
+    break;
+  }
+  auto now = store.find(r.id);
+  if (now && now->status == VmStatus::kExited) {
+    std::string why = !now->error.empty() ? now->error : now->exit_reason;
+    throw Error(ErrorKind::kInvalidArgument, "VM " + short_id(r.id) + " did not start: " + why);
+  }
+  if (!now) throw Error(ErrorKind::kInvalidArgument, "VM " + short_id(r.id) + " did not start");
+  throw failed("the VM's monitor (" + monitor.string() + ") ended before starting the VMM");
+}
+
+int run_monitor(const fs::path& vm_dir, int ready_fd) {
+  struct sigaction ign {};
+  ign.sa_handler = SIG_IGN;
+  ::sigaction(SIGPIPE, &ign, nullptr);  // start_detached's end may be gone
+  UniqueFd ready(ready_fd);
+  VmStore store(vm_dir.parent_path());
+  const std::string id = vm_dir.filename().string();
+  auto me = store.update(id, [](VmRecord& r) { r.monitor = ProcessRef::of(::getpid()); });
+  if (!me) return 125;
+  const VmRecord rec = *me;
+  auto give_up = [&](const std::string& why) {
+    store.update(id, [&](VmRecord& r) {
+      r.status = VmStatus::kExited;
+      r.exit_code = 125;
+      r.error = r.exit_reason = why;
+      r.finished = now_rfc3339_nano();
+    });
+    if (rec.auto_remove) {
+      try {
+        store.remove(id, false);
+      } catch (const Error&) {
+      }
+    }
+    return 125;
+  };
+
+  try {
+    json spec =
+        json::parse(read_file(vm_dir / "spec.json", VmStore::kMaxSpecBytes), nullptr, false);
+    if (!spec.is_object() || !spec.contains("machine") || !spec["machine"].is_object())
+      return give_up("spec.json: no \"machine\" object");
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) throw_errno("pipe");
+    UniqueFd vm_ready_rd(p[0]), vm_ready_wr(p[1]);
+    if (::pipe2(p, O_CLOEXEC) != 0) throw_errno("pipe");
+    UniqueFd out_rd(p[0]), out_wr(p[1]);
+    json& m = spec["machine"];
+    m["ready_fd"] = vm_ready_wr.get();
+    m["console_out_fd"] = 1;
+    m["console_in_fd"] = -1;
+    m["vsock"] = {{"guest_cid", 3}, {"uds_path", rec.vsock_socket}};
+    // Detached: no terminal, no notices; `stop` decides when the VM is killed, so the VMM's own
+    // stop timeout never runs out first.
+    json attach =
+        spec.contains("attach") && spec["attach"].is_object() ? spec["attach"] : json::object();
+    attach["tty"] = false;
+    attach["say"] = false;
+    attach["json"] = false;
+    attach["timings"] = false;
+    attach["stop_timeout_ms"] = uint64_t(1) << 40;
+    spec["attach"] = attach;
+
+    VmmChildOptions co;
+    co.vmm = rec.vmm_program.empty() ? find_vmm_binary() : fs::path(rec.vmm_program);
+    co.pass_fds = {vm_ready_wr.get()};
+    co.output_fd = out_wr.get();
+    co.kill_with_caller = true;  // a monitor killed takes its VM along: never a VM unaccounted
+    VmmProcess vmm = VmmProcess::start(spec.dump(), co);
+    vm_ready_wr.reset();
+    out_wr.reset();
+    const ProcessRef vmm_ref = ProcessRef::of(vmm.pid());
+    store.update(id, [&](VmRecord& r) {
+      r.vmm = vmm_ref;
+      if (r.status == VmStatus::kCreated) r.status = VmStatus::kRunning;
+    });
+
+    ConsoleLog log(vm_dir);
+    ErrorLine err;
+    bool started = false;
+    char buf[65536];
+    auto on_output = [&](bool drain) {
+      for (;;) {
+        ssize_t n = ::read(out_rd.get(), buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          if (n == 0) out_rd.reset();
+          return;
+        }
+        log.write(std::string_view(buf, size_t(n)));
+        err.feed(std::string_view(buf, size_t(n)));
+        if (!drain) return;
+      }
+    };
+    auto on_ready = [&] {
+      char b;
+      ssize_t n = ::read(vm_ready_rd.get(), &b, 1);
+      if (n < 0 && errno == EINTR) return;
+      if (n == 1 && !started) {
+        started = true;
+        store.update(id, [](VmRecord& r) { r.started = now_rfc3339_nano(); });
+        if (ready) {
+          (void)!::write(ready.get(), "R", 1);
+          ready.reset();
+        }
+      }
+      if (n <= 0) vm_ready_rd.reset();
+    };
+    for (;;) {
+      struct pollfd pf[3] = {{out_rd ? out_rd.get() : -1, POLLIN, 0},
+                             {vm_ready_rd ? vm_ready_rd.get() : -1, POLLIN, 0},
+                             {vmm.pidfd(), POLLIN, 0}};
+      int n = ::poll(pf, 3, -1);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        throw_errno("poll");
+      }
+      if (pf[0].revents) on_output(false);
+      if (pf[1].revents) on_ready();
+      if (pf[2].revents) break;
+    }
+    const ExitStatus st = vmm.wait();
+    // What it wrote last: whatever is in the pipes now (its own children may hold them open).
+    for (UniqueFd* fd : {&out_rd, &vm_ready_rd})
+      if (*fd) (void)::fcntl(fd->get(), F_SETFL, O_NONBLOCK);
+    if (out_rd) on_output(true);
+    if (vm_ready_rd && !started) on_ready();
+    store.update(id, [&](VmRecord& r) {
+      record_end(r, st, err.last());
+      if (!started) r.error = r.exit_reason;
+    });
+    if (rec.auto_remove) {
+      try {
+        store.remove(id, false);
+      } catch (const Error&) {
+      }
+    }
+    return 0;  // `ready` closes now: start_detached reads the record
+  } catch (const std::exception& e) {
+    return give_up(e.what());
+  }
+}
+
+}  // namespace img2vm::runtime

@@ -1,0 +1,299 @@
+// Detached VMs end to end without KVM: runtime::start_detached() daemonises the real monitor
+// (img2vm-vmm --monitor), which starts a fake VMM (a shell script standing for img2vm-vmm: it
+// prints, says the workload started on the spec's ready_fd, handles signals, exits or dies),
+// and the real img2vm binary reads and drives it: ps, logs, inspect, kill, stop, wait, rm.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <thread>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/runtime/vms.hpp"
+#include "process.hpp"
+
+namespace img2vm::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+using img2vm::testing::CommandResult;
+using img2vm::testing::RunOptions;
+
+// The fake VMM. Its mode is the spec's machine.cmdline.
+constexpr const char* kFakeVmm = R"SH(#!/bin/sh
+spec=$(cat /proc/self/fd/$2)
+mode=$(printf '%s' "$spec" | sed -n 's/.*"cmdline":"\([a-z-]*\)".*/\1/p')
+ready=$(printf '%s' "$spec" | sed -n 's/.*"ready_fd":\([0-9]*\).*/\1/p')
+if [ "$mode" = fail ]; then
+  echo "booting"
+  echo "img2vm: the guest init failed: /bin/nosuch: not found" >&2
+  exit 122
+fi
+echo "hello from the workload"
+echo "second line" >&2
+sleep 120 &
+s=$!
+trap 'echo got USR1' USR1
+if [ "$mode" = ignore-term ]; then trap 'echo ignoring TERM' TERM; else trap 'echo got TERM; kill $s; exit 3' TERM; fi
+printf R > /proc/self/fd/$ready
+while kill -0 $s 2>/dev/null; do wait $s; done
+)SH";
+
+class Detached : public ::testing::Test {
+ protected:
+  TempDir home{"img2vm-detached-test"};
+  VmStore store{home.path() / "vms"};
+  fs::path fake = home.path() / "fake-vmm";
+
+  std::vector<pid_t> sessions;  // of the VMs started: what TearDown ends (the fake's sleeps)
+
+  void SetUp() override {
+    std::ofstream(fake) << kFakeVmm;
+    fs::permissions(fake, fs::perms::owner_all);
+  }
+  void TearDown() override {
+    for (const auto& e : fs::directory_iterator("/proc")) {
+      const std::string n = e.path().filename();
+      if (n.find_first_not_of("0123456789") != std::string::npos) continue;
+      pid_t pid = std::stoi(n);
+      pid_t sid = ::getsid(pid);
+      if (sid > 0 && std::find(sessions.begin(), sessions.end(), sid) != sessions.end())
+        ::kill(pid, SIGKILL);
+    }
+  }
+
+  VmRecord start(const std::string& name, const std::string& mode) {
+    VmCreate c;
+    c.name = name;
+    c.image = "fake:1";
+    c.command = {"serve"};
+    c.vmm_program = fake.string();
+    DetachedOptions o;
+    o.monitor = IMG2VM_VMM_BINARY;
+    o.ready_timeout = std::chrono::minutes(2);
+    nlohmann::json spec = {{"machine", {{"kernel", "/none"}, {"cmdline", mode}}}};
+    try {
+      VmRecord r = start_detached(store, c, spec.dump(), o);
+      sessions.push_back(::getsid(r.monitor.pid));
+      return r;
+    } catch (const Error&) {
+      if (auto r = store.find(name)) sessions.push_back(::getsid(r->monitor.pid));
+      throw;
+    }
+  }
+
+  CommandResult img2vm(std::vector<std::string> args) {
+    const char* bin = std::getenv("IMG2VM_BIN");  // set by ctest
+    args.insert(args.begin(), bin ? bin : "img2vm");
+    RunOptions o;
+    o.env = {{"IMG2VM_HOME", home.path().string()}};
+    o.timeout = std::chrono::minutes(2);
+    return img2vm::testing::run_command(args, o);
+  }
+
+  // Waits (bounded) until `logs NAME` holds `text`.
+  bool logs_show(const std::string& name, const std::string& text) {
+    for (int i = 0; i < 600; ++i) {
+      if (img2vm({"logs", name}).out.find(text) != std::string::npos) return true;
+      // Woken by the log's change (inotify in follow) would be finer; a bounded re-read suffices.
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  }
+
+  nlohmann::json inspect(const std::string& name) {
+    CommandResult r = img2vm({"inspect", name});
+    EXPECT_EQ(r.exit_code, 0) << r.describe();
+    auto j = nlohmann::json::parse(r.out, nullptr, false);
+    EXPECT_TRUE(j.is_array() && j.size() == 1) << r.out;
+    return j.is_array() && !j.empty() ? j[0] : nlohmann::json::object();
+  }
+};
+
+TEST_F(Detached, RunsInTheBackgroundAndIsDrivenByTheCli) {
+  VmRecord r = start("web", "serve");
+  EXPECT_EQ(r.status, VmStatus::kRunning);
+  EXPECT_FALSE(r.started.empty());
+  EXPECT_TRUE(r.monitor.alive());
+  EXPECT_TRUE(r.vmm.alive());
+  EXPECT_EQ(r.vsock_socket, (store.vm_dir(r.id) / "vsock.sock").string());
+  // The monitor is a daemon: its own session, not this process's child.
+  EXPECT_NE(::getsid(r.monitor.pid), ::getsid(0));
+  EXPECT_EQ(::getsid(r.monitor.pid), ::getsid(r.vmm.pid));
+
+  CommandResult ps = img2vm({"ps"});
+  ASSERT_EQ(ps.exit_code, 0) << ps.describe();
+  EXPECT_NE(ps.out.find("CONTAINER ID"), std::string::npos) << ps.out;
+  EXPECT_NE(ps.out.find(r.id.substr(0, 12) + " "), std::string::npos) << ps.out;
+  EXPECT_NE(ps.out.find("Up "), std::string::npos) << ps.out;
+  EXPECT_NE(ps.out.find(" web\n"), std::string::npos) << ps.out;
+  EXPECT_EQ(img2vm({"ps", "-q"}).out, r.id.substr(0, 12) + "\n");
+
+  ASSERT_TRUE(logs_show("web", "second line"));
+  CommandResult logs = img2vm({"logs", "web"});
+  EXPECT_EQ(logs.out, "hello from the workload\nsecond line\n");
+  CommandResult stamped = img2vm({"logs", "-t", "--tail", "1", r.id.substr(0, 5)});
+  EXPECT_TRUE(std::regex_match(
+      stamped.out, std::regex(R"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z second line\n)")))
+      << stamped.out;
+
+  CommandResult usr1 = img2vm({"kill", "-s", "USR1", "web"});
+  EXPECT_EQ(usr1.exit_code, 0) << usr1.describe();
+  EXPECT_EQ(usr1.out, "web\n");
+  EXPECT_TRUE(logs_show("web", "got USR1"));
+  CommandResult stop = img2vm({"kill", "-s", "STOP", "web"});
+  EXPECT_EQ(stop.exit_code, 1);
+  EXPECT_NE(stop.err.find("cannot be sent to a VM"), std::string::npos) << stop.err;
+
+  // logs -f follows until the VM ends.
+  CommandResult followed;
+  std::thread follower([&] { followed = img2vm({"logs", "-f", "web"}); });
+  ASSERT_TRUE(logs_show("web", "got USR1"));
+  CommandResult stopped = img2vm({"stop", "web"});
+  follower.join();
+  EXPECT_EQ(stopped.exit_code, 0) << stopped.describe();
+  EXPECT_EQ(stopped.out, "web\n");
+  EXPECT_EQ(followed.exit_code, 0) << followed.describe();
+  EXPECT_NE(followed.out.find("got TERM\n"), std::string::npos) << followed.out;
+
+  CommandResult wait = img2vm({"wait", "web"});
+  EXPECT_EQ(wait.out, "3\n") << wait.describe();
+  EXPECT_EQ(img2vm({"ps", "-q"}).out, "");
+  CommandResult all = img2vm({"ps", "-a"});
+  EXPECT_NE(all.out.find("Exited (3) "), std::string::npos) << all.out;
+  nlohmann::json j = inspect("web");
+  EXPECT_EQ(j["Id"], r.id);
+  EXPECT_EQ(j["Name"], "/web");
+  EXPECT_EQ(j["State"]["Status"], "exited");
+  EXPECT_EQ(j["State"]["ExitCode"], 3);
+  EXPECT_FALSE(r.monitor.alive());
+
+  CommandResult rm = img2vm({"rm", "web"});
+  EXPECT_EQ(rm.exit_code, 0) << rm.describe();
+  EXPECT_EQ(rm.out, "web\n");
+  EXPECT_FALSE(fs::exists(store.vm_dir(r.id)));
+  CommandResult again = img2vm({"rm", "web"});
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_EQ(again.err, "img2vm: No such VM: web\n");
+}
+
+TEST_F(Detached, StopKillsTheVmWhenTheWorkloadIgnoresTerm) {
+  VmRecord r = start("stubborn", "ignore-term");
+  CommandResult stop = img2vm({"stop", "-t", "1", "stubborn"});
+  EXPECT_EQ(stop.exit_code, 0) << stop.describe();
+  EXPECT_NE(img2vm({"logs", "stubborn"}).out.find("ignoring TERM"), std::string::npos);
+  EXPECT_EQ(img2vm({"wait", "stubborn"}).out, "137\n");
+  nlohmann::json j = inspect("stubborn");
+  EXPECT_EQ(j["State"]["ExitCode"], 137);
+  EXPECT_NE(j["State"]["ExitReason"].get<std::string>().find("killed by signal 9"),
+            std::string::npos)
+      << j.dump();
+  EXPECT_FALSE(r.vmm.alive());
+}
+
+TEST_F(Detached, AVmmKilledWithSigkillShowsExited) {
+  VmRecord r = start("victim", "serve");
+  ASSERT_EQ(::kill(r.vmm.pid, SIGKILL), 0);
+  EXPECT_EQ(img2vm({"wait", "victim"}).out, "137\n");
+  CommandResult all = img2vm({"ps", "-a"});
+  EXPECT_NE(all.out.find("Exited (137) "), std::string::npos) << all.out;
+  EXPECT_NE(inspect("victim")["State"]["ExitReason"].get<std::string>().find(
+                "the VMM was killed by signal 9"),
+            std::string::npos);
+}
+
+TEST_F(Detached, AKilledMonitorTakesItsVmAlongAndIsReportedGone) {
+  VmRecord r = start("orphan", "serve");
+  ASSERT_EQ(::kill(r.monitor.pid, SIGKILL), 0);
+  EXPECT_EQ(img2vm({"wait", "orphan"}).out, "255\n");
+  nlohmann::json j = inspect("orphan");
+  EXPECT_EQ(j["State"]["Status"], "exited");
+  EXPECT_NE(j["State"]["ExitReason"].get<std::string>().find(
+                "the VMM is gone; no exit status was recorded"),
+            std::string::npos)
+      << j.dump();
+  EXPECT_EQ(img2vm({"rm", "orphan"}).exit_code, 0);
+}
+
+TEST_F(Detached, RmRefusesARunningVmAndForceKillsIt) {
+  VmRecord r = start("busy", "serve");
+  CommandResult refused = img2vm({"rm", "busy"});
+  EXPECT_EQ(refused.exit_code, 1);
+  EXPECT_NE(refused.err.find("You cannot remove a running container " + r.id), std::string::npos)
+      << refused.err;
+  EXPECT_TRUE(r.vmm.alive());
+  CommandResult forced = img2vm({"rm", "-f", "busy"});
+  EXPECT_EQ(forced.exit_code, 0) << forced.describe();
+  EXPECT_FALSE(fs::exists(store.vm_dir(r.id)));
+  EXPECT_FALSE(r.vmm.alive());
+  EXPECT_FALSE(r.monitor.alive());
+  EXPECT_EQ(img2vm({"rm", "-f", "busy"}).exit_code, 0);  // docker: -f ignores a missing one
+}
+
+TEST_F(Detached, ConcurrentStopAndRmLeaveNothingBehind) {
+  VmRecord r = start("raced", "serve");
+  CommandResult stop, rm;
+  std::thread a([&] { stop = img2vm({"stop", "raced"}); });
+  std::thread b([&] { rm = img2vm({"rm", "-f", "raced"}); });
+  a.join();
+  b.join();
+  EXPECT_EQ(rm.exit_code, 0) << rm.describe();
+  // stop either stopped it or found it gone: never a crash or a half state.
+  EXPECT_TRUE(stop.exit_code == 0 || stop.err == "img2vm: No such VM: raced\n") << stop.describe();
+  EXPECT_FALSE(fs::exists(store.vm_dir(r.id)));
+  EXPECT_FALSE(r.vmm.alive());
+  EXPECT_FALSE(r.monitor.alive());
+  EXPECT_EQ(img2vm({"ps", "-a", "-q"}).out, "");
+}
+
+TEST_F(Detached, AVmThatFailsToStartSaysWhyAndStaysListed) {
+  try {
+    start("broken", "fail");
+    FAIL() << "started";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("did not start: the guest init failed: /bin/nosuch"),
+              std::string::npos)
+        << e.what();
+  }
+  CommandResult all = img2vm({"ps", "-a"});
+  EXPECT_NE(all.out.find("Exited (122) "), std::string::npos) << all.out;
+  EXPECT_EQ(img2vm({"logs", "broken"}).out,
+            "booting\nimg2vm: the guest init failed: /bin/nosuch: not found\n");
+  // The name stays taken until rm.
+  try {
+    start("broken", "serve");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("Conflict. The container name \"/broken\""),
+              std::string::npos);
+  }
+  EXPECT_EQ(img2vm({"rm", "broken"}).exit_code, 0);
+}
+
+// img2vm run --name records an attached run whose VMM writes its end to the exit file; a VMM
+// that cannot start the VM (no KVM here, no kernel) writes it too.
+TEST_F(Detached, TheVmmWritesItsEndToTheExitFileItIsGiven) {
+  const fs::path spec = home.path() / "spec.json";
+  const fs::path exit = home.path() / "exit.json";
+  std::ofstream(spec) << nlohmann::json{
+      {"machine", {{"kernel", "/nonexistent/vmlinux"}, {"kvm_device", "/nonexistent/kvm"}}},
+      {"attach",
+       {{"exit_fd", 9}}}}.dump();
+  CommandResult r = img2vm::testing::run_command(
+      {"sh", "-c",
+       std::string(IMG2VM_VMM_BINARY) + " --spec " + spec.string() + " 9>" + exit.string()});
+  EXPECT_EQ(r.exit_code, 125) << r.describe();
+  auto j = nlohmann::json::parse(read_file(exit), nullptr, false);
+  ASSERT_TRUE(j.is_object()) << read_file(exit);
+  EXPECT_EQ(j["ExitCode"], 125);
+  EXPECT_NE(j["Reason"].get<std::string>().find("/nonexistent"), std::string::npos) << j.dump();
+}
+
+}  // namespace
+}  // namespace img2vm::runtime
