@@ -21,5 +21,6 @@ void register_logs(CLI::App& app, Globals& g, Action* slot);
 void register_stop(CLI::App& app, Globals& g, Action* slot);
 void register_kill(CLI::App& app, Globals& g, Action* slot);
 void register_wait(CLI::App& app, Globals& g, Action* slot);
+void register_exec(CLI::App& app, Globals& g, Action* slot);
 
 }  // namespace img2vm::cli

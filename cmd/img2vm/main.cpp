@@ -38,6 +38,7 @@ int main(int argc, char** argv) {
   register_stop(app, g, &action);
   register_kill(app, g, &action);
   register_wait(app, g, &action);
+  register_exec(app, g, &action);
 
   try {
     app.parse(argc, argv);
