@@ -1,6 +1,5 @@
 // `img2vm ps [-a] [-q] [--json]`: the VMs, as docker ps lists containers (running ones unless
 // -a), newest first.
-#include <cstdio>
 #include <iostream>
 
 #include "commands.hpp"
@@ -45,16 +44,21 @@ int ps(const PsArgs& a, const Globals& g) {
                 << "\n";
     return kExitOk;
   }
-  auto row = [](const std::string& id, const std::string& image, const std::string& cmd,
-                const std::string& created, const std::string& status, const std::string& name) {
-    std::printf("%-14s %-22s %-24s %-16s %-26s %s\n", id.c_str(), image.c_str(), cmd.c_str(),
-                created.c_str(), status.c_str(), name.c_str());
+  // Columns padded by characters, not bytes (COMMAND may end in a multi-byte "…").
+  auto pad = [](const std::string& v, size_t width) {
+    size_t chars = 0;
+    for (unsigned char c : v) chars += (c & 0xc0) != 0x80;
+    return v + std::string(chars < width ? width - chars : 1, ' ');
+  };
+  auto row = [&](const std::string& id, const std::string& image, const std::string& cmd,
+                 const std::string& created, const std::string& status, const std::string& name) {
+    std::cout << pad(id, 15) << pad(image, 23) << pad(cmd, 25) << pad(created, 17)
+              << pad(status, 27) << name << "\n";
   };
   row("CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "NAMES");
   for (const auto& r : vms)
     row(r.id.substr(0, 12), r.image, command_text(r), vm_elapsed(r.created) + " ago",
         vm_status_text(r), r.name);
-  std::fflush(stdout);
   return kExitOk;
 }
 
