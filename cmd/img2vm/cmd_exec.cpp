@@ -124,8 +124,8 @@ int exec_in_vm(const ExecArgs& a) {
   runtime::VmStore vms;
   runtime::VmRecord r = vms.get(a.words[0]);
   if (r.status != runtime::VmStatus::kRunning)
-    throw Error(ErrorKind::kInvalidArgument, "VM " + r.name + " (" + r.id.substr(0, 12) +
-                                                 ") is not running");
+    throw Error(ErrorKind::kInvalidArgument,
+                "VM " + r.name + " (" + r.id.substr(0, 12) + ") is not running");
   if (r.vsock_socket.empty())
     throw Error(ErrorKind::kInvalidArgument,
                 "VM " + r.name + " has no vsock device, so nothing can be run in it");

@@ -128,6 +128,8 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   p.attach.json = g.json;
   p.attach.timings = a.timings;
   mo.overrides = build_overrides(a.req, process_env());
+  // A detached VM's signals come through its exec agent: its init does not poll for them.
+  mo.overrides.agent_signals = a.detach;
   for (const auto& d : a.disks) {
     ExtraDisk e = parse_disk(d);
     mo.disks.push_back({e.path, e.read_only});
@@ -426,6 +428,8 @@ UniqueFd record_attached(PreparedRun& p, const RunArgs& a) {
     s.started = runtime::now_rfc3339_nano();
   });
   p.attach.exit_fd = exit_file.get();
+  // `exec`, `stop` and `kill` reach its workload through the guest's agent on this socket.
+  p.machine.config.vsock = vm::VsockConfig{3, r.vsock_socket};
   return exit_file;
 }
 

@@ -776,6 +776,122 @@ TEST(RunKvm, RootDirectoryThroughVirtioFs) {
   if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }
 
+// Detached VMs (issue #17): run -d returns once the workload runs; exec gives the output,
+// stderr and exit status, takes -e/-w/-u/-i, and 20 at once all answer; exec -t passes the
+// terminal's size and its resize; logs -f follows the workload's output until it ends; kill -s
+// USR1 reaches the workload; stop gives it SIGTERM (its trap's exit status comes back through
+// wait and ps -a) and SIGKILL after -t when it ignores SIGTERM (137); a VMM killed with SIGKILL
+// shows as exited in ps -a; rm -f removes a running VM and everything of it.
+TEST(RunKvm, DetachedVmsExecLogsStopWaitRm) {
+  NetSetup ns;
+  if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
+  const std::string& B = ns.B;
+  const std::string& run = ns.run;
+  const std::string img = quote(std::getenv("IMG2VM_BIN"));
+  const fs::path& w = ns.w;
+  const std::string tty_out = quote((w / "exec-tty.out").string());
+  write_file_atomic(w / "exec-tty.sh",
+                    "stty rows 40 cols 100\n" + img +
+                        " exec -t svc sh -c 'stty size; trap \"echo resized=\\$(stty size); exit "
+                        "6\" WINCH; echo ready; while :; do sleep 1; done' </dev/tty >" +
+                        tty_out +
+                        " 2>&1 &\n"
+                        "pid=$!; i=0; while ! grep -q ready " +
+                        tty_out +
+                        " && [ $i -lt 120 ]; do sleep 1; i=$((i+1)); done\n"
+                        "stty rows 50 cols 132 </dev/tty\n"
+                        "wait $pid; rc=$?; cat " +
+                        tty_out + "; exit $rc\n");
+  std::ostringstream sh;
+  sh << ns.prelude()
+     << "svc='trap \"echo got-usr1\" USR1; trap \"echo got-term; exit 7\" TERM; echo started; "
+        "i=0; while :; do i=$((i+1)); echo tick $i; sleep 1; done'\n"
+     << "c run-d " << run << " -d --name svc " << B << " sh -c \"$svc\"\n"
+     << "c ps " << img << " ps\n"
+     << "c exec " << img << " exec svc sh -c 'echo out; echo err >&2; exit 3'\n"
+     << "c exec-opts " << img
+     << " exec -e FOO=bar -w /tmp -u 1000 svc sh -c 'echo \"$FOO $(pwd) $(id -u) $BASE\"'\n"
+     << "c exec-missing " << img << " exec svc /no/such/program\n"
+     << "c exec-stdin sh -c 'printf \"piped\\n\" | " << img << " exec -i svc cat'\n"
+     << "begin parallel\n"
+     << "for i in $(seq 20); do " << img
+     << " exec svc echo par-$i >\"$W/par$i\" 2>&1 & done; wait\n"
+     << "cat \"$W\"/par* | grep -c '^par-'; echo; echo @@STDERR@@; echo; echo '@@END parallel "
+        "0@@'\n"
+     << "c exec-tty script -qec \"sh $W/exec-tty.sh\" /dev/null\n"
+     << "begin follow\n"
+     << img << " logs -f svc >\"$W/follow\" 2>&1 &\n"
+     << "lf=$!; wait_for \"$W/follow\" 'tick 2'\n"
+     << img << " kill -s USR1 svc; wait_for \"$W/follow\" got-usr1\n"
+     << img << " stop -t 60 svc; echo stop=$?; wait $lf; echo follow-ended=$?\n"
+     << "cat \"$W/follow\"; echo; echo @@STDERR@@; echo; echo '@@END follow 0@@'\n"
+     << "c wait " << img << " wait svc\n"
+     << "c logs-tail " << img << " logs --tail 1 svc\n"
+     << "c logs-t " << img << " logs -t svc\n"
+     << "c stubborn sh -c '" << run << " -d --name stubborn " << B
+     << " sh -c \"trap \\\"\\\" TERM; echo ready; while :; do sleep 1; done\" >/dev/null && " << img
+     << " stop -t 2 stubborn && " << img << " wait stubborn'\n"
+     << "begin vmm-killed\n"
+     << run << " -d --name victim " << B << " sleep 1000 >/dev/null\n"
+     << "vp=$(" << img
+     << " inspect victim | sed -n 's/.*\"Pid\": *\\([0-9][0-9]*\\).*/\\1/p' | head -n 1)\n"
+     << "echo vmm=$vp; kill -9 $vp; " << img << " wait victim; " << img << " ps -a | grep victim\n"
+     << "echo; echo @@STDERR@@; echo; echo '@@END vmm-killed 0@@'\n"
+     << "begin rm-f\n"
+     << "did=$(" << run << " -d --name doomed " << B << " sleep 1000)\n"
+     << img << " rm doomed; echo rm=$?; " << img << " rm -f doomed; echo rm-f=$?\n"
+     << img << " ps -a | grep -c doomed; test -e \"$IMG2VM_HOME/vms/$did\" && echo dir-left || "
+     << "echo dir-gone\n"
+     << "echo; echo @@STDERR@@; echo; echo '@@END rm-f 0@@'\n"
+     << "c ps-a " << img << " ps -a\n";
+  write_file_atomic(w / "life.sh", sh.str());
+  std::vector<fs::path> files = ns.files();
+  files.push_back("/usr/bin/script");
+  std::string output = run_script(w / "life.sh", files, std::chrono::seconds(1200));
+  Cases cases(output);
+  auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
+  const Case& rd = get("run-d");
+  EXPECT_EQ(rd.rc, 0) << rd.out << rd.err;
+  EXPECT_EQ(rd.out.find_first_not_of("0123456789abcdef"), 64u) << "the full id: " << rd.out;
+  EXPECT_TRUE(has(get("ps").out, " svc")) << get("ps").out;
+  const Case& ex = get("exec");
+  EXPECT_EQ(ex.rc, 3) << ex.out << ex.err;
+  EXPECT_TRUE(has(ex.out, "out\n")) << ex.out;
+  EXPECT_TRUE(has(ex.err, "err\n")) << ex.err;
+  EXPECT_FALSE(has(ex.out, "err")) << "stderr kept apart: " << ex.out;
+  const Case& opts = get("exec-opts");
+  EXPECT_EQ(opts.rc, 0) << opts.out << opts.err;
+  EXPECT_TRUE(has(opts.out, "bar /tmp 1000 1\n")) << opts.out << opts.err;
+  EXPECT_EQ(get("exec-missing").rc, 127) << get("exec-missing").err;
+  EXPECT_TRUE(has(get("exec-stdin").out, "piped\n")) << get("exec-stdin").out;
+  EXPECT_TRUE(has(get("parallel").out, "20\n")) << get("parallel").out;
+  const Case& tty = get("exec-tty");
+  EXPECT_EQ(tty.rc, 6) << tty.out << tty.err;
+  EXPECT_TRUE(has(tty.out, "40 100")) << tty.out;
+  EXPECT_TRUE(has(tty.out, "resized=50 132")) << tty.out;
+  const Case& follow = get("follow");
+  EXPECT_TRUE(has(follow.out, "started\n")) << follow.out;
+  EXPECT_TRUE(has(follow.out, "got-usr1\n")) << follow.out;
+  EXPECT_TRUE(has(follow.out, "got-term\n")) << follow.out;
+  EXPECT_TRUE(has(follow.out, "stop=0")) << follow.out;
+  EXPECT_TRUE(has(follow.out, "follow-ended=0")) << follow.out;
+  EXPECT_TRUE(has(get("wait").out, "7\n")) << get("wait").out << get("wait").err;
+  EXPECT_TRUE(has(get("logs-tail").out, "got-term")) << get("logs-tail").out;
+  EXPECT_FALSE(has(get("logs-tail").out, "started")) << get("logs-tail").out;
+  EXPECT_TRUE(has(get("logs-t").out, "Z started")) << get("logs-t").out;
+  const Case& stubborn = get("stubborn");
+  EXPECT_EQ(stubborn.rc, 0) << stubborn.out << stubborn.err;
+  EXPECT_TRUE(has(stubborn.out, "stubborn\n137\n")) << stubborn.out << stubborn.err;
+  const Case& killed = get("vmm-killed");
+  EXPECT_FALSE(has(killed.out, "vmm=\n")) << "no VMM pid in inspect: " << killed.out;
+  EXPECT_TRUE(has(killed.out, "\n137\n")) << killed.out;
+  EXPECT_TRUE(has(killed.out, "Exited (137)")) << killed.out;
+  const Case& rmf = get("rm-f");
+  EXPECT_TRUE(has(rmf.out, "rm=1")) << rmf.out;
+  EXPECT_TRUE(has(rmf.out, "doomed\nrm-f=0\n0\ndir-gone")) << rmf.out;
+  if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
+}
+
 TEST(RunKvm, NetworkingInOurRunner) {
   NetSetup ns;
   if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;

@@ -149,7 +149,7 @@ TEST_F(Detached, RunsInTheBackgroundAndIsDrivenByTheCli) {
   EXPECT_TRUE(logs_show("web", "got USR1"));
   CommandResult stop = img2vm({"kill", "-s", "STOP", "web"});
   EXPECT_EQ(stop.exit_code, 1);
-  EXPECT_NE(stop.err.find("cannot be sent to a VM"), std::string::npos) << stop.err;
+  EXPECT_NE(stop.err.find("cannot reach this VM's workload"), std::string::npos) << stop.err;
 
   // logs -f follows until the VM ends.
   CommandResult followed;

@@ -260,6 +260,8 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
       if (pf[2].revents) break;
     }
     const ExitStatus st = vmm.wait();
+    // The VMM may not remove its vsock socket (its seccomp filter): nothing listens there now.
+    ::unlink(rec.vsock_socket.c_str());
     // What it wrote last: whatever is in the pipes now (its own children may hold them open).
     for (UniqueFd* fd : {&out_rd, &vm_ready_rd})
       if (*fd) (void)::fcntl(fd->get(), F_SETFL, O_NONBLOCK);

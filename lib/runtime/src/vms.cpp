@@ -16,6 +16,7 @@
 #include <nlohmann/json.hpp>
 
 #include "img2vm/base/error.hpp"
+#include "img2vm/runtime/agent_client.hpp"
 #include "random_id.hpp"
 
 namespace img2vm::runtime {
@@ -31,6 +32,9 @@ constexpr const char* kExit = "exit.json";
 constexpr size_t kMaxNameBytes = 128;
 // How long rm -f and stop wait for a killed VM's monitor to record its end.
 constexpr std::chrono::seconds kKillWait{30};
+// How long the guest's exec agent gets to take a stop or a signal before the VMM is signalled
+// instead.
+constexpr std::chrono::seconds kAgentWait{10};
 
 bool is_id(const std::string& s) {
   return s.size() == 64 && s.find_first_not_of("0123456789abcdef") == std::string::npos;
@@ -132,6 +136,21 @@ bool same_dir(int fd, const fs::path& path) {
   }, b{};
   return ::fstat(fd, &a) == 0 && ::stat(path.c_str(), &b) == 0 && a.st_dev == b.st_dev &&
          a.st_ino == b.st_ino && a.st_nlink > 0;
+}
+
+// Sends `sig` (0: the image's StopSignal) to the workload of `r` through its guest agent;
+// false when the VM has no agent to take it (no vsock device, or nothing answers in time).
+bool deliver_through_agent(const VmRecord& r, int sig) {
+  if (r.vsock_socket.empty()) return false;
+  try {
+    if (sig == 0)
+      stop_workload(r.vsock_socket, kAgentWait);
+    else
+      signal_workload(r.vsock_socket, sig, kAgentWait);
+    return true;
+  } catch (const Error&) {
+    return false;
+  }
 }
 
 void signal_process(const ProcessRef& p, int sig) {
@@ -435,7 +454,9 @@ bool VmStore::wait_ended(const VmRecord& r,
 void VmStore::stop(const std::string& id, std::chrono::milliseconds timeout) const {
   auto r = find(id);
   if (!r || r->status != VmStatus::kRunning) return;
-  signal_process(r->vmm, SIGTERM);
+  // The image's StopSignal through the guest's agent (a detached VM's init does not poll for
+  // the VMM's), else SIGTERM to the VMM, which leaves the same request on the SIGNAL port.
+  if (!deliver_through_agent(*r, 0)) signal_process(r->vmm, SIGTERM);
   if (wait_ended(*r, timeout)) return;
   signal_process(r->vmm, SIGKILL);
   wait_ended(*r, kKillWait);
@@ -462,6 +483,12 @@ int parse_signal(const std::string& s) {
 void VmStore::kill(const std::string& id, int sig) const {
   auto r = find(id);
   if (!r) throw Error(ErrorKind::kNotFound, "No such VM: " + id);
+  if (sig < 1 || sig > 64)
+    throw Error(ErrorKind::kInvalidArgument, "invalid signal: " + std::to_string(sig));
+  if (r->status != VmStatus::kRunning)
+    throw Error(ErrorKind::kInvalidArgument, "Container " + r->id + " is not running");
+  // Any signal but KILL goes to the workload through the guest's agent; KILL ends the VM.
+  if (sig != SIGKILL && deliver_through_agent(*r, sig)) return;
   switch (sig) {
     case SIGINT:
     case SIGTERM:
@@ -475,11 +502,10 @@ void VmStore::kill(const std::string& id, int sig) const {
     default:
       throw Error(ErrorKind::kInvalidArgument,
                   "signal " + std::to_string(sig) + " (" + ::strsignal(sig) +
-                      ") cannot be sent to a VM: only HUP, INT, QUIT, TERM, USR1, USR2 and WINCH "
-                      "reach its workload, and KILL ends the VM");
+                      ") cannot reach this VM's workload: its exec agent does not answer, and "
+                      "its VMM relays only HUP, INT, QUIT, TERM, USR1, USR2 and WINCH (KILL ends "
+                      "the VM)");
   }
-  if (r->status != VmStatus::kRunning)
-    throw Error(ErrorKind::kInvalidArgument, "Container " + r->id + " is not running");
   signal_process(r->vmm, sig);
   if (sig == SIGKILL) wait_ended(*r, kKillWait);
 }
