@@ -558,8 +558,9 @@ void run_agent(const AgentContext& ctx) {
     if (::fcntl(fd, F_GETFD) == -1 && ::open("/dev/null", O_RDWR) != fd) ::_exit(0);
   UniqueFd s(::socket(AF_VSOCK, SOCK_STREAM | SOCK_CLOEXEC, 0));
   if (!s) {
-    say_warning(std::string("exec agent: no vsock (") + std::strerror(errno) +
-                "): exec, signal and status requests are unavailable");
+    if (ctx.expected)
+      say_warning(std::string("exec agent: no vsock (") + std::strerror(errno) +
+                  "): exec, signal and status requests are unavailable");
     ::_exit(0);
   }
   sockaddr_vm addr{};
@@ -568,8 +569,9 @@ void run_agent(const AgentContext& ctx) {
   addr.svm_port = guestabi::kAgentPort;
   if (::bind(s.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
       ::listen(s.get(), 64) != 0) {
-    say_warning("exec agent: listening on vsock port " + std::to_string(guestabi::kAgentPort) +
-                ": " + std::strerror(errno));
+    if (ctx.expected)
+      say_warning("exec agent: listening on vsock port " + std::to_string(guestabi::kAgentPort) +
+                  ": " + std::strerror(errno));
     ::_exit(0);
   }
   serve_listener(s.get(), ctx);

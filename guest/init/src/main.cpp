@@ -594,6 +594,7 @@ unsigned char supervise(Workload& w, int stop_signal) {
     init::AgentContext ctx;
     ctx.workload_pid = pid;
     ctx.stop_signal = stop_signal;
+    ctx.expected = w.agent_signals;
     ctx.config_env = w.config_env;
     ctx.hostname = w.hostname;
     ctx.user = w.user_spec;

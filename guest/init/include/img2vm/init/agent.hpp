@@ -15,7 +15,10 @@ namespace img2vm::init {
 // config).
 struct AgentContext {
   pid_t workload_pid = 0;
-  int stop_signal = 15;  // the image's StopSignal (SIGTERM unless the config names another)
+  int stop_signal = 15;
+  // The host relies on the agent (a detached VM): failing to listen is worth a warning on the
+  // console. Otherwise (an attached run, which may have no vsock device) the agent ends quietly.
+  bool expected = false;
   std::vector<std::string> config_env;  // the config's Env after -e (workload_env() adds the rest)
   std::string hostname;
   std::string user;                  // the User spec ("" root), resolved again for each exec
