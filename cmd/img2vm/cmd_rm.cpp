@@ -42,7 +42,9 @@ void register_rm(CLI::App& app, Globals& /*g*/, Action* slot) {
         }
         if (!images) images.emplace();
         if (images->find(ref)) return remove_image(*images, ref);
-        if (!*force) throw Error(ErrorKind::kNotFound, "No such VM: " + ref);
+        if (!*force)
+          throw Error(ErrorKind::kNotFound,
+                      "No such VM: " + ref + ", and image " + ref + " is not in the store");
       });
     };
   });

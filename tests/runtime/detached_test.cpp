@@ -180,7 +180,7 @@ TEST_F(Detached, RunsInTheBackgroundAndIsDrivenByTheCli) {
   EXPECT_FALSE(fs::exists(store.vm_dir(r.id)));
   CommandResult again = img2vm({"rm", "web"});
   EXPECT_EQ(again.exit_code, 1);
-  EXPECT_EQ(again.err, "img2vm: No such VM: web\n");
+  EXPECT_EQ(again.err, "img2vm: No such VM: web, and image web is not in the store\n");
 }
 
 TEST_F(Detached, StopKillsTheVmWhenTheWorkloadIgnoresTerm) {
