@@ -285,11 +285,13 @@ void VirtioVsock::handle_host() {
     int n = ::epoll_wait(ep_.get(), evs, 64, 0);
     for (int i = 0; i < n; ++i) {
       news = true;
-      if (evs[i].data.u64 == 0) {
+      // epoll_event is packed on x86-64: its u64 is copied out, never bound to a reference.
+      const uint64_t id = evs[i].data.u64;
+      if (id == 0) {
         accept_clients();
         continue;
       }
-      auto it = conns_.find(evs[i].data.u64);
+      auto it = conns_.find(id);
       if (it != conns_.end()) host_event(*it->second, evs[i].events);  // else: dropped meanwhile
     }
     news |= expire();
