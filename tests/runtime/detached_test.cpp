@@ -174,6 +174,17 @@ TEST_F(Detached, RunsInTheBackgroundAndIsDrivenByTheCli) {
   EXPECT_EQ(j["State"]["ExitCode"], 3);
   EXPECT_FALSE(r.monitor.alive());
 
+  // exec's refusals: an ended VM, a VM and no command, -it without a terminal.
+  CommandResult ended = img2vm({"exec", "web", "true"});
+  EXPECT_EQ(ended.exit_code, 1) << ended.describe();
+  EXPECT_NE(ended.err.find("is not running"), std::string::npos) << ended.err;
+  CommandResult bare = img2vm({"exec", "web"});
+  EXPECT_EQ(bare.exit_code, 1) << bare.describe();
+  EXPECT_NE(bare.err.find("a VM and a command are needed"), std::string::npos) << bare.err;
+  CommandResult notty = img2vm({"exec", "-it", "web", "sh"});
+  EXPECT_EQ(notty.exit_code, 1) << notty.describe();
+  EXPECT_NE(notty.err.find("the input device is not a TTY"), std::string::npos) << notty.err;
+
   CommandResult rm = img2vm({"rm", "web"});
   EXPECT_EQ(rm.exit_code, 0) << rm.describe();
   EXPECT_EQ(rm.out, "web\n");
