@@ -825,8 +825,10 @@ TEST(RunKvm, DetachedVmsExecLogsStopWaitRm) {
      << "for i in $(seq " << (parallel ? 20 : 0) << "); do " << img
      << " exec svc echo par-$i >\"$W/par$i\" 2>&1 & pids=\"$pids $!\"; done\n"
      << "[ -z \"$pids\" ] || wait $pids  # a bare wait would wait for the watchdog too\n"
-     << "cat \"$W\"/par* | grep -c '^par-'; echo; echo @@STDERR@@; echo; echo '@@END parallel "
-        "0@@'\n"
+     << "cat \"$W\"/par* | grep -c '^par-'; echo; echo @@STDERR@@\n"
+     << "for f in \"$W\"/par*; do grep -q '^par-' \"$f\" || { echo \"$f:\"; cat \"$f\"; }; done\n"
+     << img << " ps -a; " << img << " logs --tail 5 svc\n"
+     << "echo; echo '@@END parallel 0@@'\n"
      << "c exec-tty script -qec \"sh $W/exec-tty.sh\" /dev/null\n"
      << "begin follow\n"
      << img << " logs -f svc >\"$W/follow\" 2>&1 &\n"
@@ -874,7 +876,7 @@ TEST(RunKvm, DetachedVmsExecLogsStopWaitRm) {
   EXPECT_EQ(get("exec-missing").rc, 127) << get("exec-missing").err;
   EXPECT_TRUE(has(get("exec-stdin").out, "piped\n")) << get("exec-stdin").out;
   if (parallel) {
-    EXPECT_TRUE(has(get("parallel").out, "20\n")) << get("parallel").out;
+    EXPECT_TRUE(has(get("parallel").out, "20\n")) << get("parallel").out << get("parallel").err;
   }
   const Case& tty = get("exec-tty");
   EXPECT_EQ(tty.rc, 6) << tty.out << tty.err;

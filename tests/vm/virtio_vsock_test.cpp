@@ -630,6 +630,6 @@ TEST(VirtioVsock, WorksUnderItsThreadsSeccompFilter) {
   EXPECT_EQ(o.data_op, V::kOpRw);
   EXPECT_EQ(o.response, V::kOpResponse);
   EXPECT_EQ(o.inet_errno, EPERM);
-  EXPECT_EQ(o.open_errno, EPERM);
+  EXPECT_EQ(o.open_errno, EACCES);
   EXPECT_EQ(recv_now(c.get()).substr(0, 3), "OK ");
 }

@@ -146,6 +146,7 @@ void block_signals(bool allow_kick) {
   sigset_t all;
   sigfillset(&all);
   if (allow_kick) sigdelset(&all, kick_signal());
+  sigdelset(&all, SIGSYS);  // seccomp's report of a refused system call (seccomp.cpp)
   pthread_sigmask(SIG_SETMASK, &all, nullptr);
 }
 

@@ -5,9 +5,13 @@
 #include <linux/if_tun.h>
 #include <linux/kvm.h>
 #include <seccomp.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/ucontext.h>
 #include <termios.h>
+#include <unistd.h>
 
 #include <memory>
 #include <string>
@@ -24,6 +28,82 @@
 
 namespace img2vm::vm {
 
+namespace {
+thread_local ThreadRole t_role = ThreadRole::kMain;
+
+const char* role_name(ThreadRole r) {
+  switch (r) {
+    case ThreadRole::kVcpu:
+      return "vCPU";
+    case ThreadRole::kIo:
+      return "I/O";
+    case ThreadRole::kNet:
+      return "network";
+    case ThreadRole::kMain:
+      return "main";
+    case ThreadRole::kVsock:
+      return "vsock";
+  }
+  return "?";
+}
+
+// Async-signal-safe: appends `s` / the decimal `v` at `p`, never past `end`.
+char* put(char* p, char* end, const char* s) {
+  while (*s && p < end) *p++ = *s++;
+  return p;
+}
+char* put(char* p, char* end, unsigned long v) {
+  char digits[24];
+  int n = 0;
+  do digits[n++] = char('0' + v % 10);
+  while ((v /= 10) && n < 24);
+  while (n && p < end) *p++ = digits[--n];
+  return p;
+}
+
+// Kill mode traps instead of killing at once (as Firecracker does): this handler names the
+// refused system call on stderr (which a detached VM's monitor keeps in its log), then the
+// signal is raised again with its default action (SA_RESETHAND), so the process still dies of
+// SIGSYS (status 159). Only write, getpid, gettid, tgkill and rt_sigreturn are used, which
+// every filter allows.
+void on_sigsys(int, siginfo_t* info, void* context) {
+  char msg[400];
+  char* end = msg + sizeof msg;
+  char* p = put(msg, end, "img2vm-vmm: seccomp: the ");
+  p = put(p, end, role_name(t_role));
+  p = put(p, end, " thread made system call ");
+  p = put(p, end, static_cast<unsigned long>(info->si_syscall));
+  p = put(p, end, " (x86-64 number)");
+  // For open and openat, the file: it tells which library asked.
+  const auto* uc = static_cast<const ucontext_t*>(context);
+  const char* path = nullptr;
+  if (info->si_syscall == SYS_open)
+    path = reinterpret_cast<const char*>(uc->uc_mcontext.gregs[REG_RDI]);
+  if (info->si_syscall == SYS_openat)
+    path = reinterpret_cast<const char*>(uc->uc_mcontext.gregs[REG_RSI]);
+  if (path) {
+    p = put(p, end, " on \"");
+    for (int i = 0; i < 160 && path[i] && p < end; ++i) *p++ = path[i];
+    p = put(p, end, "\"");
+  }
+  p = put(p, end, ", which its filter refuses; the VM is stopped\n");
+  (void)!::write(STDERR_FILENO, msg, size_t(p - msg));
+  ::syscall(SYS_tgkill, ::getpid(), ::gettid(), SIGSYS);  // delivered after the handler returns
+}
+
+void install_sigsys_report() {
+  struct sigaction sa {};
+  sa.sa_sigaction = on_sigsys;
+  sa.sa_flags = SA_SIGINFO | SA_RESETHAND;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGSYS, &sa, nullptr);
+  sigset_t sys;
+  sigemptyset(&sys);
+  sigaddset(&sys, SIGSYS);
+  pthread_sigmask(SIG_UNBLOCK, &sys, nullptr);  // a blocked SIGSYS would die unreported
+}
+}  // namespace
+
 void install_thread_seccomp(ThreadRole role, SeccompMode mode,
                             std::span<const int> vhost_user_fds) {
   if (mode == SeccompMode::kOff) return;
@@ -32,7 +112,9 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode,
   // others and reads /proc): under this filter it cannot. Test builds only.
   if (role == ThreadRole::kMain) return;
 #endif
-  uint32_t deny = mode == SeccompMode::kKill ? SCMP_ACT_KILL_PROCESS : SCMP_ACT_ERRNO(EPERM);
+  t_role = role;
+  if (mode == SeccompMode::kKill) install_sigsys_report();
+  uint32_t deny = mode == SeccompMode::kKill ? SCMP_ACT_TRAP : SCMP_ACT_ERRNO(EPERM);
   std::unique_ptr<void, decltype(&seccomp_release)> ctx(seccomp_init(deny), &seccomp_release);
   if (!ctx) throw Error(ErrorKind::kInternal, "seccomp_init failed");
   auto allow = [&](int nr) {
@@ -71,6 +153,14 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode,
 #endif
   // glibc's abort path for a failed assertion or std::terminate.
   allow(SCMP_SYS(exit_group));
+  // No thread opens a file, but glibc may try on its own and copes with a refusal, so an open
+  // fails with EACCES in every mode rather than killing the VM: malloc reads
+  // /proc/sys/vm/overcommit_memory the first time a thread's arena gives memory back (and
+  // uses madvise when it cannot), libslirp re-reads a changed /etc/resolv.conf (net thread).
+  for (int nr : {SCMP_SYS(open), SCMP_SYS(openat), SCMP_SYS(openat2), SCMP_SYS(creat)}) {
+    int r = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EACCES), nr, 0);
+    if (r < 0) throw_errno("seccomp_rule_add(open)", -r);
+  }
   allow_ioctl(KVM_IRQ_LINE);
   auto allow_if = [&](int nr, scmp_arg_cmp cmp) {
     int r = seccomp_rule_add(ctx.get(), SCMP_ACT_ALLOW, nr, 1, cmp);
@@ -99,15 +189,11 @@ void install_thread_seccomp(ThreadRole role, SeccompMode mode,
     allow_ioctl(FIONREAD);       // the size of a pending UDP datagram
     allow_ioctl(TUNSETOFFLOAD);  // the tap backend follows the guest driver's offloads
     allow_ioctl(TCGETS);         // glib's logging asks whether stderr is a terminal
-    // No file is opened here: a memory bug in libslirp must not read the user's files and send
-    // them out. The backend has read /etc/resolv.conf before (SlirpBackend's constructor), so
-    // libslirp only stats it (at most once a second, to see whether it changed); when it did,
-    // libslirp's attempt to re-read it fails (EACCES, whatever the mode: a rewritten
-    // resolv.conf must not kill the VM) and it keeps the name server it had.
-    for (int nr : {SCMP_SYS(open), SCMP_SYS(openat), SCMP_SYS(openat2), SCMP_SYS(creat)}) {
-      int r = seccomp_rule_add(ctx.get(), SCMP_ACT_ERRNO(EACCES), nr, 0);
-      if (r < 0) throw_errno("seccomp_rule_add(open)", -r);
-    }
+    // No file is opened here (the common rule above): a memory bug in libslirp must not read
+    // the user's files and send them out. The backend has read /etc/resolv.conf before
+    // (SlirpBackend's constructor), so libslirp only stats it (at most once a second, to see
+    // whether it changed); when it did, libslirp's attempt to re-read it fails and it keeps
+    // the name server it had.
     for (int nr : {SCMP_SYS(newfstatat), SCMP_SYS(fstat), SCMP_SYS(stat)}) allow(nr);
   } else if (role == ThreadRole::kVsock) {
     // The vsock device's host side: unix sockets only (accepting clients on its listening

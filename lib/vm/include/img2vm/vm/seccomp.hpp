@@ -6,8 +6,10 @@
 // and poll() and opens no file at all. The main role is for the thread that started the VM and
 // waits for it (img2vm-vmm's main thread and its signal relay): waiting, signals, writing to the
 // terminal, joining and tearing down.
-// Everything else (open, exec, other socket families, ...) is refused. Every role may resume a
-// sleep after SIGSTOP/SIGCONT (restart_syscall).
+// Everything else (exec, other socket families, ...) is refused; open and openat fail with
+// EACCES in every mode (glibc's malloc and libslirp try on their own and cope). Every role may
+// resume a sleep after SIGSTOP/SIGCONT (restart_syscall). Kill mode installs a process-wide
+// SIGSYS handler that names the refused call on stderr before the process dies of SIGSYS.
 #pragma once
 
 #include <span>
