@@ -169,6 +169,21 @@ TEST(AgentExec, ForwardsStdinAndItsEnd) {
   EXPECT_EQ(t.exit->status, 0);
 }
 
+// The host's client sends the request, stdin and its end at once when its input is ready (a
+// pipe): under load they reach the guest in one read, and the frames behind the request must
+// be handled without waiting for more bytes from the host (which never come: the exec hung).
+TEST(AgentExec, FramesThatArriveWithTheRequestAreHandled) {
+  Session s(context());
+  ExecRequest e = exec({"cat"});
+  e.open_stdin = true;
+  s.send_raw(encode_frame(FrameType::kRequest, to_json(AgentRequest{e})) +
+             encode_frame(FrameType::kStdin, "piped\n") + encode_frame(FrameType::kStdinClose, ""));
+  Transcript& t = s.read_all();
+  EXPECT_EQ(t.out, "piped\n");
+  ASSERT_TRUE(t.exit);
+  EXPECT_EQ(t.exit->status, 0);
+}
+
 TEST(AgentExec, WithoutStdinTheProcessReadsNothing) {
   Session s(context());
   s.request(exec({"sh", "-c", "cat; echo done"}));

@@ -359,6 +359,46 @@ void serve_exec(Conn& c, const guestabi::ExecRequest& req, const AgentContext& c
   long long exit_time = 0;
 
   auto host_gone = [&] { kill_and_reap(pid); };
+  // The host's frames: those the decoder holds (read together with the request, or with the
+  // previous ones) are handled before waiting for more; false after an error was answered.
+  auto handle_frames = [&]() -> bool {
+    try {
+      while (auto f = c.next()) {
+        switch (f->type) {
+          case FrameType::kStdin:
+            if (stdin_open && !stdin_closing) pending_in += f->payload;
+            break;
+          case FrameType::kStdinClose:
+            stdin_closing = true;
+            break;
+          case FrameType::kResize: {
+            auto [rows, cols] = guestabi::decode_resize(f->payload);
+            if (req.tty) {
+              winsize ws{};
+              ws.ws_row = rows;
+              ws.ws_col = cols;
+              ::ioctl(master.get(), TIOCSWINSZ, &ws);
+            }
+            break;
+          }
+          case FrameType::kSignal:
+            if (!exited) ::kill(pid, guestabi::decode_signal(f->payload));
+            break;
+          default:
+            throw guestabi::Error("agent: unexpected frame type " +
+                                  std::to_string(static_cast<unsigned>(f->type)) +
+                                  " during an exec");
+        }
+      }
+    } catch (const guestabi::Error& e) {
+      if (!exited) kill_and_reap(pid);
+      c.send_error(e.what());
+      return false;
+    }
+    return true;
+  };
+  if (!handle_frames()) return finish(c);
+
   for (;;) {
     if (exited && ((outs[0] < 0 && outs[1] < 0) || now_ms() - exit_time >= kDrainAfterExitMs))
       break;
@@ -395,39 +435,7 @@ void serve_exec(Conn& c, const guestabi::ExecRequest& req, const AgentContext& c
 
     if (p[conn_i].revents & (POLLIN | POLLHUP | POLLERR)) {
       if (!c.read_some()) return host_gone();
-      try {
-        while (auto f = c.next()) {
-          switch (f->type) {
-            case FrameType::kStdin:
-              if (stdin_open && !stdin_closing) pending_in += f->payload;
-              break;
-            case FrameType::kStdinClose:
-              stdin_closing = true;
-              break;
-            case FrameType::kResize: {
-              auto [rows, cols] = guestabi::decode_resize(f->payload);
-              if (req.tty) {
-                winsize ws{};
-                ws.ws_row = rows;
-                ws.ws_col = cols;
-                ::ioctl(master.get(), TIOCSWINSZ, &ws);
-              }
-              break;
-            }
-            case FrameType::kSignal:
-              if (!exited) ::kill(pid, guestabi::decode_signal(f->payload));
-              break;
-            default:
-              throw guestabi::Error("agent: unexpected frame type " +
-                                    std::to_string(static_cast<unsigned>(f->type)) +
-                                    " during an exec");
-          }
-        }
-      } catch (const guestabi::Error& e) {
-        if (!exited) kill_and_reap(pid);
-        c.send_error(e.what());
-        return finish(c);
-      }
+      if (!handle_frames()) return finish(c);
     }
     if (p[conn_i].revents & POLLOUT && !c.flush_some()) return host_gone();
 
