@@ -143,10 +143,8 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
   const bool shares = dir_root || std::any_of(mo.mounts.begin(), mo.mounts.end(), [](auto& m) {
                         return m.type != runtime::Mount::Type::kTmpfs;
                       });
-  if (a.detach && shares)
-    throw Error(ErrorKind::kUnsupported,
-                "-d: shared directories (-v, --mount, --rootfs) are not supported with -d yet "
-                "(their virtiofsd would end with this command); --tmpfs is");
+  // -d: the VM's monitor starts the virtiofsd, so that they live as long as the VM.
+  mo.defer_shares = a.detach;
   if (!a.name.empty() && !a.detach)
     throw Error(ErrorKind::kUnsupported,
                 "--name: only with -d for now (an attached run is not "
@@ -259,8 +257,11 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
                  {"rootfs", root.path.string()},
                  {"rootfs_cached", root.cached}};
   else
-    p.summary = {{"root_dir", p.machine.shares.back().source().string()},
-                 {"read_only", a.read_only}};
+    p.summary = {
+        {"root_dir", (p.machine.shares.empty() ? p.machine.deferred_shares.back().options.source
+                                               : p.machine.shares.back().source())
+                         .string()},
+        {"read_only", a.read_only}};
   p.summary.update({{"kernel", kernel->path.string()},
                     {"kvm", vm::to_string(kvm.kind)},
                     {"network", net.mode == NetworkChoice::Mode::kUser  ? "user"
@@ -396,6 +397,9 @@ int run_detached(PreparedRun& p, const RunArgs& a) {
   // The memfds the spec names as /proc/self/fd/N: the monitor keeps them for its VMM.
   for (int fd : {p.machine.overrides_disk.get(), p.machine.initramfs.get()})
     if (fd >= 0) o.pass_fds.push_back(fd);
+  // The volumes stay locked (in use) as long as the monitor runs; it starts the shares.
+  for (const auto& v : p.machine.volumes) o.pass_fds.push_back(v.lock.get());
+  o.shares = p.machine.deferred_shares;
   runtime::VmStore store;
   std::cout.flush();
   std::cerr.flush();

@@ -52,10 +52,11 @@ TEST(Cli, RunRefusesDockerFlagsItDoesNotOfferWithOneLine) {
     EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.describe();
   }
-  // What -d and --name do not take (yet): refused before anything is pulled (exit 125, as
-  // every run failure of img2vm's own).
+  // What -d and --name do not take (yet), and a -d share that cannot be served: refused before
+  // anything is pulled (exit 125, as every run failure of img2vm's own).
   for (const Case& c :
-       {Case{{"run", "-d", "-v", "/tmp:/x", "nosuch.invalid/x"}, "shared directories"},
+       {Case{{"run", "-d", "-v", "/no/such/dir:/x", "nosuch.invalid/x"},
+             "bind source path does not exist"},
         Case{{"run", "-d", "--network", "tap", "nosuch.invalid/x"}, "--network tap"},
         Case{{"run", "-d", "-i", "nosuch.invalid/x"}, "not with -i or -t"},
         Case{{"run", "-d", "--name", "bad name", "nosuch.invalid/x"}, "Invalid container name"}}) {

@@ -850,9 +850,22 @@ TEST(RunKvm, DetachedVmsExecLogsStopWaitRm) {
      << "echo dir-gone\n"
      << "echo; echo @@STDERR@@; echo; echo '@@END rm-f 0@@'\n"
      << "c ps-a " << img << " ps -a\n";
+  // run -d -v: the share's virtiofsd lives with the VM (its monitor's child), not with `run`.
+  const bool shares = virtiofs_skip_reason().empty();
+  if (shares)
+    sh << "begin shared\n"
+       << "mkdir -p \"$W/share\"; echo from-host > \"$W/share/in\"\n"
+       << run << " -d --name shared -v \"$W/share:/data\" " << B
+       << " sleep 1000 >/dev/null; echo run=$?\n"
+       << img << " exec shared sh -c 'cat /data/in; echo from-guest > /data/out'; echo exec=$?\n"
+       << "cat \"$W/share/out\"; " << img << " rm -f shared >/dev/null; echo rm=$?\n"
+       << "i=0; while pidof virtiofsd >/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); "
+          "done; pidof virtiofsd || echo virtiofsd-gone\n"
+       << "echo; echo @@STDERR@@; echo; echo '@@END shared 0@@'\n";
   write_file_atomic(w / "life.sh", sh.str());
   std::vector<fs::path> files = ns.files();
   files.push_back("/usr/bin/script");
+  if (shares) files.push_back(kVirtiofsd);
   std::string output = run_script(w / "life.sh", files, std::chrono::seconds(1200));
   Cases cases(output);
   auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
@@ -895,6 +908,11 @@ TEST(RunKvm, DetachedVmsExecLogsStopWaitRm) {
   const Case& rmf = get("rm-f");
   EXPECT_TRUE(has(rmf.out, "rm=1")) << rmf.out;
   EXPECT_TRUE(has(rmf.out, "doomed\nrm-f=0\n0\ndir-gone")) << rmf.out;
+  if (shares) {
+    const Case& sh_case = get("shared");
+    EXPECT_TRUE(has(sh_case.out, "run=0\nfrom-host\nexec=0\nfrom-guest\nrm=0\nvirtiofsd-gone"))
+        << sh_case.out << sh_case.err;
+  }
   if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }
 

@@ -35,6 +35,12 @@ if [ "$mode" = fail ]; then
   echo "img2vm: the guest init failed: /bin/nosuch: not found" >&2
   exit 122
 fi
+if [ "$mode" = share ]; then
+  fd=$(printf '%s' "$spec" | sed -n 's/.*"socket_fd":\([0-9]*\),"tag":"\([a-z0-9-]*\)".*/\1/p')
+  tag=$(printf '%s' "$spec" | sed -n 's/.*"socket_fd":\([0-9]*\),"tag":"\([a-z0-9-]*\)".*/\2/p')
+  echo "share $tag on $(readlink /proc/self/fd/$fd | cut -c1-7)"
+  case "$spec" in *'"shares"'*) echo "img2vm-vmm got the shares list";; esac
+fi
 echo "hello from the workload"
 echo "second line" >&2
 sleep 120 &
@@ -68,7 +74,8 @@ class Detached : public ::testing::Test {
     }
   }
 
-  VmRecord start(const std::string& name, const std::string& mode) {
+  VmRecord start(const std::string& name, const std::string& mode,
+                 std::vector<DeferredShare> shares = {}) {
     VmCreate c;
     c.name = name;
     c.image = "fake:1";
@@ -77,6 +84,7 @@ class Detached : public ::testing::Test {
     DetachedOptions o;
     o.monitor = IMG2VM_VMM_BINARY;
     o.ready_timeout = std::chrono::minutes(2);
+    o.shares = std::move(shares);
     nlohmann::json spec = {{"machine", {{"kernel", "/none"}, {"cmdline", mode}}}};
     try {
       VmRecord r = start_detached(store, c, spec.dump(), o);
@@ -285,6 +293,55 @@ TEST_F(Detached, AVmThatFailsToStartSaysWhyAndStaysListed) {
               std::string::npos);
   }
   EXPECT_EQ(img2vm({"rm", "broken"}).exit_code, 0);
+}
+
+// The children of `pid` whose command name is `comm`.
+std::vector<pid_t> children_named(pid_t pid, const std::string& comm) {
+  std::vector<pid_t> out;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+  for (pid_t c; in >> c;) {
+    std::ifstream cf("/proc/" + std::to_string(c) + "/comm");
+    std::string name;
+    std::getline(cf, name);
+    if (name == comm) out.push_back(c);
+  }
+  return out;
+}
+
+// run -d -v: the monitor starts the share's virtiofsd (not the caller, whose end would end it),
+// gives the VMM its socket as a virtio-fs device and no "shares" key, keeps it while the VM
+// runs and stops it with the VM. A share that cannot be served ends the start with the reason.
+TEST_F(Detached, TheMonitorServesSharedDirectoriesAsLongAsTheVm) {
+  constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
+  if (::access(kVirtiofsd, X_OK) != 0) GTEST_SKIP() << kVirtiofsd << " not installed";
+  fs::create_directories(home.path() / "data");
+  DeferredShare s;
+  s.tag = "img2vm-fs0";
+  s.options.source = home.path() / "data";
+  s.options.program = kVirtiofsd;
+  VmRecord r = start("shared", "share", {s});
+  ASSERT_TRUE(logs_show("shared", "hello from the workload"));
+  std::string out = img2vm({"logs", "shared"}).out;
+  EXPECT_NE(out.find("share img2vm-fs0 on socket:"), std::string::npos) << out;
+  EXPECT_EQ(out.find("got the shares list"), std::string::npos) << out;
+  std::vector<pid_t> served = children_named(r.monitor.pid, "virtiofsd");
+  EXPECT_EQ(served.size(), 1u) << "the monitor's own child";
+  EXPECT_EQ(img2vm({"stop", "-t", "5", "shared"}).exit_code, 0);
+  EXPECT_EQ(img2vm({"wait", "shared"}).out, "3\n");
+  for (pid_t p : served) {
+    for (int i = 0; i < 200 && ::kill(p, 0) == 0; ++i)  // the monitor reaps it as it ends
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_NE(::kill(p, 0), 0) << "virtiofsd " << p << " outlived its VM";
+  }
+
+  s.options.program = home.path() / "no-such-virtiofsd";
+  try {
+    start("unserved", "serve", {s});
+    FAIL() << "started without its share";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("did not start"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("no-such-virtiofsd"), std::string::npos) << e.what();
+  }
 }
 
 // img2vm run --name records an attached run whose VMM writes its end to the exit file; a VMM

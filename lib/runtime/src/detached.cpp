@@ -55,6 +55,45 @@ class ErrorLine {
   std::string cur_, last_;
 };
 
+// `spec` with "shares": what the monitor starts (run_monitor, start_shares).
+std::string with_shares(const std::string& spec, const std::vector<DeferredShare>& shares) {
+  json j = json::parse(spec);
+  json& a = j["shares"] = json::array();
+  for (const auto& s : shares)
+    a.push_back({{"tag", s.tag},
+                 {"source", s.options.source.string()},
+                 {"read_only", s.options.read_only},
+                 {"program", s.options.program.string()}});
+  return j.dump();
+}
+
+// Starts the virtiofsd of each of the spec's "shares" and gives the machine their devices; the
+// spec then has no "shares" (img2vm-vmm takes no such key). Throws Error.
+std::vector<Virtiofsd> start_shares(json& spec) {
+  std::vector<Virtiofsd> started;
+  if (!spec.contains("shares")) return started;
+  const json shares = spec["shares"];
+  spec.erase("shares");
+  auto bad = [] { return Error(ErrorKind::kIntegrity, "spec.json: malformed \"shares\""); };
+  if (!shares.is_array()) throw bad();
+  json& fs_list = spec["machine"]["fs"];
+  if (fs_list.is_null()) fs_list = json::array();
+  if (!fs_list.is_array()) throw bad();
+  for (const json& s : shares) {
+    if (!s.is_object() || !s.value("tag", json()).is_string() ||
+        !s.value("source", json()).is_string() || !s.value("read_only", json()).is_boolean() ||
+        !s.value("program", json()).is_string())
+      throw bad();
+    VirtiofsdOptions vo;
+    vo.source = s["source"].get<std::string>();
+    vo.read_only = s["read_only"].get<bool>();
+    vo.program = s["program"].get<std::string>();
+    started.push_back(Virtiofsd::start(vo));
+    fs_list.push_back({{"tag", s["tag"]}, {"socket_fd", started.back().socket_fd()}});
+  }
+  return started;
+}
+
 }  // namespace
 
 VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& spec,
@@ -63,7 +102,7 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
   cc.detached = true;
   if (cc.vmm_program.empty()) cc.vmm_program = find_vmm_binary().string();
   const fs::path monitor = o.monitor.empty() ? find_vmm_binary() : o.monitor;
-  VmRecord r = store.create(cc, spec);
+  VmRecord r = store.create(cc, o.shares.empty() ? spec : with_shares(spec, o.shares));
   const fs::path dir = store.vm_dir(r.id);
   auto failed = [&](const std::string& why) {
     store.update(r.id, [&](VmRecord& s) {
@@ -185,6 +224,8 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     UniqueFd vm_ready_rd(p[0]), vm_ready_wr(p[1]);
     if (::pipe2(p, O_CLOEXEC) != 0) throw_errno("pipe");
     UniqueFd out_rd(p[0]), out_wr(p[1]);
+    // Before the VMM, after it (declared first: destroyed last).
+    std::vector<Virtiofsd> shares = start_shares(spec);
     json& m = spec["machine"];
     m["ready_fd"] = vm_ready_wr.get();
     m["console_out_fd"] = 1;

@@ -153,6 +153,17 @@ fs::path lease_volume(PreparedMachine& p, const MachineOptions& o, const Mount& 
   return p.volumes.back().volume.mountpoint;
 }
 
+// A virtiofsd for `vo` and its virtio-fs device `tag`, or both deferred (defer_shares).
+void add_share(PreparedMachine& p, const MachineOptions& o, std::string tag,
+               const VirtiofsdOptions& vo) {
+  if (o.defer_shares) {
+    p.deferred_shares.push_back({std::move(tag), vo});
+    return;
+  }
+  p.shares.push_back(Virtiofsd::start(vo));
+  p.config.fs.push_back(vm::FsConfig{std::move(tag), {}, p.shares.back().socket_fd()});
+}
+
 // The root directory: its virtiofsd (after the mounts'), the initramfs holding the init, and
 // its config for the init. Returns what the command line names it by.
 guestabi::RootShare add_root_dir(PreparedMachine& p, const MachineOptions& o) {
@@ -167,8 +178,7 @@ guestabi::RootShare add_root_dir(PreparedMachine& p, const MachineOptions& o) {
   vo.read_only = r.read_only;
   vo.program = o.virtiofsd;
   guestabi::RootShare share{"img2vm-root", r.read_only};
-  p.shares.push_back(Virtiofsd::start(vo));
-  p.config.fs.push_back(vm::FsConfig{share.tag, {}, p.shares.back().socket_fd()});
+  add_share(p, o, share.tag, vo);
   return share;
 }
 
@@ -201,9 +211,8 @@ void add_mounts(PreparedMachine& p, const MachineOptions& o) {
       vo.read_only = m.read_only;
       vo.program = o.virtiofsd;
       s.type = guestabi::MountSpec::Type::kVirtiofs;
-      s.tag = "img2vm-fs" + std::to_string(p.shares.size());
-      p.shares.push_back(Virtiofsd::start(vo));
-      p.config.fs.push_back(vm::FsConfig{s.tag, {}, p.shares.back().socket_fd()});
+      s.tag = "img2vm-fs" + std::to_string(p.shares.size() + p.deferred_shares.size());
+      add_share(p, o, s.tag, vo);
     }
     p.overrides.mounts.push_back(std::move(s));
   }

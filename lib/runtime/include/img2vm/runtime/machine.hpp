@@ -79,7 +79,10 @@ struct MachineOptions {
   // Host directories (each served by a virtiofsd started by build_machine) and tmpfs mounts
   // (mounts.hpp), mounted by the guest init before the workload, parents before children.
   std::vector<Mount> mounts;
-  std::filesystem::path virtiofsd;    // empty: find_virtiofsd()
+  std::filesystem::path virtiofsd;  // empty: find_virtiofsd()
+  // build_machine starts no virtiofsd: PreparedMachine::deferred_shares says what to start, and
+  // config.fs gets their devices only once they run (a detached VM's monitor does both).
+  bool defer_shares = false;
   std::filesystem::path volumes_dir;  // the volume store; empty: VolumeStore::default_dir()
   NetworkMode network = NetworkMode::kUser;
   bool outbound = true;                  // the guest may reach the outside world (user, tap)
@@ -104,6 +107,8 @@ struct PreparedMachine {
   // their sockets (not owned), so these must outlive the VM.
   // With a root directory, its virtiofsd comes last (tag img2vm-root).
   std::vector<Virtiofsd> shares;
+  // MachineOptions::defer_shares: the same, not started yet (and not in config.fs).
+  std::vector<DeferredShare> deferred_shares;
   // The volumes the mounts use, each locked (shared) while its lease lives: keep them, and their
   // descriptors open in img2vm-vmm, as long as the VM runs.
   std::vector<VolumeLease> volumes;

@@ -35,6 +35,14 @@ struct VirtiofsdOptions {
   std::chrono::milliseconds start_timeout{10000};
 };
 
+// A virtiofsd to be started later, by the process that will run the VM: the device's tag and
+// the options (MachineOptions::defer_shares; a detached VM's monitor starts them, so that they
+// live exactly as long as it).
+struct DeferredShare {
+  std::string tag;
+  VirtiofsdOptions options;
+};
+
 // One virtiofsd serving one directory. It runs in a mount namespace of its own (and, when the
 // caller is not root, an unprivileged user namespace mapping the caller to root) where the
 // source is a read-only bind mount when `read_only`, so the host refuses writes whatever the

@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "img2vm/base/fd.hpp"
+#include "img2vm/runtime/virtiofsd.hpp"
 
 namespace img2vm::runtime {
 
@@ -200,16 +201,21 @@ struct DetachedOptions {
   std::filesystem::path monitor;
   // How long the workload may take to start (a slow nested boot included).
   std::chrono::milliseconds ready_timeout{std::chrono::minutes(10)};
-  // Descriptors the spec refers to (/proc/self/fd/N disks, virtio-fs sockets, volume locks):
-  // kept open in the monitor and passed to the VMM.
+  // Descriptors the spec refers to (/proc/self/fd/N disks), kept open in the monitor and passed
+  // to the VMM, and the volume locks the monitor holds as long as it runs.
   std::vector<int> pass_fds;
+  // Shared directories (-v, --mount, --rootfs DIR): the monitor starts their virtiofsd before
+  // the VMM (and adds their devices to the machine), so that they live as long as the VM, and
+  // stops them after it. Recorded in spec.json as "shares".
+  std::vector<DeferredShare> shares;
 };
 
 // `run -d`: records the VM (VmStore::create), starts its monitor as a daemon (double fork: its
 // own session, no terminal, stdin and stdout /dev/null) and returns once the guest init has
 // started the workload (BOOT_MARK 2, vm::MachineConfig::ready_fd). When the VM ends before,
 // Error(kInvalidArgument) with its reason (the record stays, exited, for logs and ps -a).
-// The monitor adds the vsock device (<dir>/vsock.sock) to the spec's machine.
+// The monitor adds the vsock device (<dir>/vsock.sock) to the spec's machine. A share that
+// cannot be served (virtiofsd failed) ends the VM before it starts, with virtiofsd's reason.
 VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& spec,
                         const DetachedOptions& o = {});
 
