@@ -394,12 +394,8 @@ int run_detached(PreparedRun& p, const RunArgs& a) {
   c.vmm_program = p.vmm.string();
   runtime::DetachedOptions o;
   o.monitor = p.vmm;
-  // The memfds the spec names as /proc/self/fd/N: the monitor keeps them for its VMM.
-  for (int fd : {p.machine.overrides_disk.get(), p.machine.initramfs.get()})
-    if (fd >= 0) o.pass_fds.push_back(fd);
-  // The volumes stay locked (in use) as long as the monitor runs; it starts the shares.
-  for (const auto& v : p.machine.volumes) o.pass_fds.push_back(v.lock.get());
-  o.shares = p.machine.deferred_shares;
+  // The memfds the spec names as /proc/self/fd/N, the volume locks, the shares to start.
+  o = runtime::detached_options(p.machine, o);
   runtime::VmStore store;
   std::cout.flush();
   std::cerr.flush();

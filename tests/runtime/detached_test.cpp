@@ -15,6 +15,7 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "img2vm/runtime/machine.hpp"
 #include "img2vm/runtime/vms.hpp"
 #include "process.hpp"
 
@@ -341,6 +342,46 @@ TEST_F(Detached, TheMonitorServesSharedDirectoriesAsLongAsTheVm) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("did not start"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("no-such-virtiofsd"), std::string::npos) << e.what();
+  }
+}
+
+// The library's form: a PreparedMachine started detached (its config is the spec's machine, its
+// deferred share served by the monitor); one whose virtiofsd runs in this process is refused.
+TEST_F(Detached, APreparedMachineStartsDetachedThroughTheLibrary) {
+  constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
+  PreparedMachine p;
+  p.config.kernel = "/none";
+  p.config.cmdline = "share";
+  const bool serve = ::access(kVirtiofsd, X_OK) == 0;
+  if (serve) {
+    fs::create_directories(home.path() / "lib-data");
+    p.deferred_shares.push_back({"img2vm-fs0", {}});
+    p.deferred_shares.back().options.source = home.path() / "lib-data";
+    p.deferred_shares.back().options.program = kVirtiofsd;
+  }
+  VmCreate c;
+  c.name = "from-lib";
+  c.image = "fake:1";
+  c.vmm_program = fake.string();
+  DetachedOptions o;
+  o.monitor = IMG2VM_VMM_BINARY;
+  VmRecord r = start_detached(store, c, p, o);
+  sessions.push_back(::getsid(r.monitor.pid));
+  ASSERT_TRUE(logs_show("from-lib", "hello from the workload"));
+  if (serve) {
+    EXPECT_NE(img2vm({"logs", "from-lib"}).out.find("share img2vm-fs0 on socket:"),
+              std::string::npos);
+  }
+  store.stop(r.id, std::chrono::seconds(5));
+  EXPECT_EQ(store.wait(r.id), 3);
+
+  if (serve) {
+    PreparedMachine here;
+    VirtiofsdOptions vo;
+    vo.source = home.path() / "lib-data";
+    vo.program = kVirtiofsd;
+    here.shares.push_back(Virtiofsd::start(vo));
+    EXPECT_THROW(detached_options(here), Error);
   }
 }
 

@@ -10,8 +10,10 @@
 #include <nlohmann/json.hpp>
 
 #include "img2vm/base/error.hpp"
+#include "img2vm/runtime/machine.hpp"
 #include "img2vm/runtime/vmm.hpp"
 #include "img2vm/runtime/vms.hpp"
+#include "img2vm/vm/machine_json.hpp"
 
 namespace img2vm::runtime {
 
@@ -186,6 +188,27 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
   }
   if (!now) throw Error(ErrorKind::kInvalidArgument, "VM " + short_id(r.id) + " did not start");
   throw failed("the VM's monitor (" + monitor.string() + ") ended before starting the VMM");
+}
+
+DetachedOptions detached_options(const PreparedMachine& p, DetachedOptions o) {
+  if (!p.shares.empty())
+    throw Error(ErrorKind::kUnsupported,
+                "a detached VM's shared directories must be served by its monitor: build the "
+                "machine with MachineOptions::defer_shares");
+  if (p.tap) throw Error(ErrorKind::kUnsupported, "a detached VM cannot use a tap device yet");
+  for (int fd : {p.overrides_disk.get(), p.initramfs.get()})
+    if (fd >= 0) o.pass_fds.push_back(fd);
+  // The volumes stay locked (in use) as long as the monitor runs.
+  for (const auto& v : p.volumes) o.pass_fds.push_back(v.lock.get());
+  o.shares.insert(o.shares.end(), p.deferred_shares.begin(), p.deferred_shares.end());
+  return o;
+}
+
+VmRecord start_detached(VmStore& store, const VmCreate& c, const PreparedMachine& p,
+                        const DetachedOptions& o) {
+  DetachedOptions full = detached_options(p, o);
+  json spec = {{"machine", json::parse(vm::machine_config_to_json(p.config))}};
+  return start_detached(store, c, spec.dump(), full);
 }
 
 int run_monitor(const fs::path& vm_dir, int ready_fd) {

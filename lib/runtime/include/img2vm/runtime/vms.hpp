@@ -219,6 +219,17 @@ struct DetachedOptions {
 VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& spec,
                         const DetachedOptions& o = {});
 
+struct PreparedMachine;
+// What a detached start of `p` needs besides the spec: its memfds and volume locks in
+// pass_fds, its deferred shares (build it with MachineOptions::defer_shares). Throws
+// Error(kUnsupported) for shares already started here (they would end with this process) or a
+// tap device.
+DetachedOptions detached_options(const PreparedMachine& p, DetachedOptions base = {});
+// `p` started detached, the spec being its config: start_detached(store, c, {"machine": ...},
+// detached_options(p, o)).
+VmRecord start_detached(VmStore& store, const VmCreate& c, const PreparedMachine& p,
+                        const DetachedOptions& o = {});
+
 // The monitor (`img2vm-vmm --monitor DIR --ready-fd N`): starts the VMM of the VM in `vm_dir`
 // with its output on a pipe copied to console.log, records its pid, writes one byte to
 // `ready_fd` (when >= 0) once the workload has started and closes it, waits for the VMM and
