@@ -120,6 +120,11 @@ TEST(AgentRequests, RoundTrip) {
   EXPECT_EQ(agent_request_from_json(to_json(AgentRequest{StopRequest{}})),
             AgentRequest{StopRequest{}});
   EXPECT_EQ(to_json(AgentRequest{StopRequest{}}), R"({"op":"stop","version":1})");
+  EXPECT_EQ(agent_request_from_json(to_json(AgentRequest{StartRequest{}})),
+            AgentRequest{StartRequest{}});
+  EXPECT_EQ(to_json(AgentRequest{StartRequest{}}), R"({"op":"start","version":1})");
+  EXPECT_EQ(agent_request_from_json(R"({"version":1,"op":"start","signal":"ignored"})"),
+            AgentRequest{StartRequest{}});
   // Optional fields default; unknown fields are ignored.
   auto minimal = agent_request_from_json(R"({"version":1,"op":"exec","args":["true"],"x":1})");
   ExecRequest m;
@@ -139,7 +144,9 @@ TEST(AgentRequests, StrictErrors) {
   EXPECT_EQ(err(R"({"version":1})"), "agent request: field \"op\" is missing");
   EXPECT_EQ(err(R"({"version":1,"op":"reboot"})"),
             "agent request: field \"op\" \"reboot\" is not an operation (exec, signal, stop, "
-            "status)");
+            "status, start)");
+  EXPECT_EQ(err(R"({"version":2,"op":"start"})"),
+            "agent request: version 2 is not supported (this agent speaks version 1)");
   EXPECT_EQ(err(R"({"version":1,"op":"exec"})"),
             "agent request: field \"args\" must name a command");
   EXPECT_EQ(err(R"({"version":1,"op":"exec","args":[]})"),
@@ -187,4 +194,8 @@ TEST(AgentResponses, RoundTrip) {
   AgentResponse bad{"no such thing", 0, false};
   EXPECT_EQ(agent_response_from_json(to_json(bad)), bad);
   EXPECT_EQ(agent_response_from_json("{}"), AgentResponse{});
+  // A refused start.
+  AgentResponse started{"start: the workload has already started", 0, false};
+  EXPECT_EQ(to_json(started), R"({"error":"start: the workload has already started"})");
+  EXPECT_EQ(agent_response_from_json(to_json(started)), started);
 }

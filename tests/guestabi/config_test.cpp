@@ -90,12 +90,19 @@ TEST(RunOverrides, JsonRoundTripAndAbsence) {
   o.tty = true;
   o.interactive = true;
   o.agent_signals = true;
+  o.wait_for_start = true;
   EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
   EXPECT_NE(to_json(o).find("\"agent_signals\":true"), std::string::npos) << to_json(o);
+  EXPECT_NE(to_json(o).find("\"wait_for_start\":true"), std::string::npos) << to_json(o);
   EXPECT_EQ(run_overrides_from_json(R"({"schema":1})"), RunOverrides{});
   auto none = run_overrides_from_json(to_json(RunOverrides{}));
   EXPECT_FALSE(none.entrypoint.has_value());
   EXPECT_FALSE(none.cmd.has_value());
+  EXPECT_FALSE(none.wait_for_start);
+  // Only written when set.
+  EXPECT_EQ(to_json(RunOverrides{}).find("wait_for_start"), std::string::npos);
+  EXPECT_FALSE(run_overrides_from_json(R"({"schema":1,"wait_for_start":false})").wait_for_start);
+  EXPECT_TRUE(run_overrides_from_json(R"({"schema":1,"wait_for_start":true})").wait_for_start);
 }
 
 TEST(RunOverrides, BadInputNamesTheField) {
@@ -103,6 +110,10 @@ TEST(RunOverrides, BadInputNamesTheField) {
   EXPECT_NE(err(R"({"schema":1,"env":["NOEQUALS"]})").find("\"env\""), std::string::npos);
   EXPECT_NE(err(R"({"schema":1,"env":["=x"]})").find("\"env\""), std::string::npos);
   EXPECT_NE(err(R"({"schema":1,"tty":"yes"})").find("\"tty\""), std::string::npos);
+  EXPECT_EQ(err(R"({"schema":1,"wait_for_start":1})"),
+            "img2vm run overrides: field \"wait_for_start\" must be true or false");
+  EXPECT_NE(err(R"({"schema":1,"wait_for_start":"true"})").find("\"wait_for_start\""),
+            std::string::npos);
   EXPECT_NE(err(R"({"schema":1,"cmd":"sh"})").find("\"cmd\""), std::string::npos);
   EXPECT_NE(err(R"({"cmd":["sh"]})").find("\"schema\""), std::string::npos);
   EXPECT_NE(err(R"({"schema":2})").find("version 2"), std::string::npos);

@@ -161,6 +161,8 @@ std::string to_json(const AgentRequest& r) {
     j["signal"] = s->signal;
   } else if (std::holds_alternative<StopRequest>(r)) {
     j["op"] = "stop";
+  } else if (std::holds_alternative<StartRequest>(r)) {
+    j["op"] = "start";
   } else {
     j["op"] = "status";
   }
@@ -202,7 +204,8 @@ AgentRequest agent_request_from_json(std::string_view text) {
     return SignalRequest{static_cast<int>(int_field(j, what, "signal", 1, 64, std::nullopt))};
   if (name == "status") return StatusRequest{};
   if (name == "stop") return StopRequest{};
-  bad(what, "op", "\"" + name + "\" is not an operation (exec, signal, stop, status)");
+  if (name == "start") return StartRequest{};
+  bad(what, "op", "\"" + name + "\" is not an operation (exec, signal, stop, status, start)");
 }
 
 std::string to_json(const ExecExit& e) {

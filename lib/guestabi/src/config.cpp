@@ -241,6 +241,7 @@ std::string to_json(const RunOverrides& o) {
   if (o.tty) j["tty"] = true;
   if (o.interactive) j["interactive"] = true;
   if (o.agent_signals) j["agent_signals"] = true;
+  if (o.wait_for_start) j["wait_for_start"] = true;
   if (o.net) {
     json n = {
         {"interface", o.net->interface}, {"address", o.net->address}, {"prefix", o.net->prefix}};
@@ -284,6 +285,7 @@ RunOverrides run_overrides_from_json(std::string_view text) {
   o.tty = bool_field(j, what, "tty");
   o.interactive = bool_field(j, what, "interactive");
   o.agent_signals = bool_field(j, what, "agent_signals");
+  o.wait_for_start = bool_field(j, what, "wait_for_start");
   if (auto it = j.find("net"); it != j.end() && !it->is_null()) {
     if (!it->is_object()) bad(what, "net", "must be an object");
     const json& n = *it;

@@ -102,7 +102,14 @@ struct StatusRequest {
 struct StopRequest {
   friend bool operator==(const StopRequest&, const StopRequest&) = default;
 };
-using AgentRequest = std::variant<ExecRequest, SignalRequest, StatusRequest, StopRequest>;
+// op "start": OCI start. The workload's process, created waiting (RunOverrides::
+// wait_for_start), execs its command. Answered {} once; refused when the workload was not
+// waiting (started already, or never made to wait).
+struct StartRequest {
+  friend bool operator==(const StartRequest&, const StartRequest&) = default;
+};
+using AgentRequest =
+    std::variant<ExecRequest, SignalRequest, StatusRequest, StopRequest, StartRequest>;
 
 // {"version":1,"op":...}. Throws Error when a string is not UTF-8.
 std::string to_json(const AgentRequest& r);
@@ -123,7 +130,7 @@ std::string to_json(const ExecExit& e);
 ExecExit exec_exit_from_json(std::string_view json);  // throws Error
 
 // The kResponse frame: `error` set when the request was refused or failed; otherwise, for
-// status, the workload's pid and whether it still runs ({} for a delivered signal).
+// status, the workload's pid and whether it still runs ({} for a delivered signal or a start).
 struct AgentResponse {
   std::string error;
   int workload_pid = 0;

@@ -109,6 +109,10 @@ struct RunOverrides {
   // does not poll the SIGNAL port (it still does with tty or interactive, whose resizes and
   // end of input only the port carries, and when the agent is not running).
   bool agent_signals = false;
+  // OCI create/start: the workload's process is created (forked, signals reset) but waits for
+  // the exec agent's "start" request before it execs; the init then marks kMarkWorkloadCreated
+  // once the agent runs. Needs the agent (vsock).
+  bool wait_for_start = false;
   std::optional<NetConfig> net;   // absent: loopback only
   std::vector<MountSpec> mounts;  // at most kMaxMounts, distinct targets
   // The image config itself, used instead of the root's kConfigPath: a root that is a host

@@ -15,6 +15,10 @@ inline constexpr uint16_t kInitFailPort =
 inline constexpr uint16_t kBootMarkPort = 0x0f6;  // boot-time markers, below
 inline constexpr uint8_t kMarkInitStarted = 1;
 inline constexpr uint8_t kMarkWorkloadExec = 2;
+// Only with RunOverrides::wait_for_start (OCI create): the workload's process exists and waits
+// for the host's start (agent op "start"); the exec agent is running (it may not listen yet: the
+// host's connection retries). kMarkWorkloadExec follows once the start has released it.
+inline constexpr uint8_t kMarkWorkloadCreated = 3;
 // Read by the init about every 100 ms while the workload runs: 0x00 (or 0xff) nothing pending,
 // 1-64 deliver that signal to the workload, kStopRequest deliver the image's StopSignal.
 // Reading consumes the request.
