@@ -13,7 +13,9 @@
 
 #include <csignal>
 #include <cstring>
+#include <memory>
 #include <string>
+#include <vector>
 
 #include "img2vm/base/fd.hpp"
 #include "img2vm/guestabi/agent.hpp"
@@ -391,6 +393,85 @@ TEST(AgentRequests, StopSendsTheImagesStopSignal) {
   int st = 0;
   ASSERT_EQ(::waitpid(workload, &st, 0), workload);
   EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGUSR2) << st;
+}
+
+// OCI start: the gate's pipe as PID 1 makes it, the test in the workload's place.
+struct GatePipe {
+  UniqueFd r, w;
+  GatePipe() {
+    int p[2];
+    EXPECT_EQ(::pipe2(p, O_CLOEXEC), 0);
+    r = UniqueFd(p[0]);
+    w = UniqueFd(p[1]);
+  }
+  // Everything written to the pipe once every write end is closed (the test's own included).
+  std::string drain() {
+    w.reset();
+    std::string got;
+    char buf[16];
+    ssize_t n;
+    while ((n = ::read(r.get(), buf, sizeof buf)) > 0) got.append(buf, static_cast<std::size_t>(n));
+    return got;
+  }
+};
+
+TEST(AgentRequests, StartOpensTheGateOnce) {
+  GatePipe gate;
+  AgentContext ctx = context();
+  ctx.start.emplace(gate.w.get());
+  {
+    Session s(ctx);
+    s.request(StartRequest{});
+    EXPECT_EQ(s.read_all().response, AgentResponse{});
+  }
+  // The byte is there for the workload at once.
+  pollfd p{gate.r.get(), POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 0), 1);
+  {
+    Session s(ctx);
+    s.request(StartRequest{});
+    EXPECT_EQ(s.read_all().response->error, "start: the workload has already started");
+  }
+  EXPECT_EQ(gate.drain().size(), 1u);
+}
+
+TEST(AgentRequests, ConcurrentStartsOpenTheGateOnce) {
+  GatePipe gate;
+  AgentContext ctx = context();
+  ctx.start.emplace(gate.w.get());
+  std::vector<std::unique_ptr<Session>> sessions;
+  for (int i = 0; i < 8; ++i) sessions.push_back(std::make_unique<Session>(ctx));
+  for (auto& s : sessions) s->request(StartRequest{});
+  int opened = 0, refused = 0;
+  for (auto& s : sessions) {
+    std::optional<AgentResponse> r = s->read_all().response;
+    ASSERT_TRUE(r);
+    if (r->error.empty())
+      ++opened;
+    else if (r->error == "start: the workload has already started")
+      ++refused;
+  }
+  EXPECT_EQ(opened, 1);
+  EXPECT_EQ(refused, 7);
+  sessions.clear();
+  EXPECT_EQ(gate.drain().size(), 1u);
+}
+
+TEST(AgentRequests, StartWithoutAWaitingWorkloadIsRefused) {
+  {
+    // Not created waiting (no wait_for_start): it started with the VM.
+    Session s(context());
+    s.request(StartRequest{});
+    EXPECT_EQ(s.read_all().response->error, "start: the workload has already started");
+  }
+  // The waiting process died (its read end closed): EPIPE, not a signal that kills the handler.
+  GatePipe gate;
+  gate.r.reset();
+  AgentContext ctx = context();
+  ctx.start.emplace(gate.w.get());
+  Session s(ctx);
+  s.request(StartRequest{});
+  EXPECT_EQ(s.read_all().response->error, "start: the workload ended before it was started");
 }
 
 TEST(AgentListener, RefusesConnectionsBeyondTheBound) {

@@ -5,6 +5,7 @@
 #include <linux/vm_sockets.h>
 #include <poll.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -17,6 +18,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
+#include <new>
 #include <string>
 #include <variant>
 #include <vector>
@@ -487,6 +489,30 @@ void serve_exec(Conn& c, const guestabi::ExecRequest& req, const AgentContext& c
 
 }  // namespace
 
+StartGate::StartGate(int write_fd) : fd_(write_fd) {
+  static_assert(std::atomic<bool>::is_always_lock_free);
+  void* p = ::mmap(nullptr, sizeof(std::atomic<bool>), PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) throw_errno("mapping the start gate's flag");
+  opened_ = std::shared_ptr<std::atomic<bool>>(
+      new (p) std::atomic<bool>(false),
+      [](std::atomic<bool>* f) { ::munmap(f, sizeof(std::atomic<bool>)); });
+}
+
+std::string StartGate::open() const {
+  if (opened_->exchange(true)) return "start: the workload has already started";
+  const char go = 'S';
+  ssize_t n;
+  do {
+    n = ::write(fd_, &go, 1);
+  } while (n < 0 && errno == EINTR);
+  const int err = errno;
+  ::close(fd_);
+  if (n == 1) return {};
+  if (err == EPIPE) return "start: the workload ended before it was started";
+  return std::string("start: writing to the workload's start pipe: ") + std::strerror(err);
+}
+
 void serve_connection(int fd, const AgentContext& ctx) noexcept {
   ::signal(SIGPIPE, SIG_IGN);
   ::fcntl(fd, F_SETFD, FD_CLOEXEC);
@@ -510,6 +536,11 @@ void serve_connection(int fd, const AgentContext& ctx) noexcept {
       if (ctx.workload_pid <= 0 || ::kill(ctx.workload_pid, sig) != 0)
         r.error = "signalling the workload: " +
                   std::string(ctx.workload_pid <= 0 ? "no workload" : std::strerror(errno));
+      c.send(FrameType::kResponse, to_json(r));
+      finish(c);
+    } else if (std::holds_alternative<guestabi::StartRequest>(*req)) {
+      guestabi::AgentResponse r;
+      r.error = ctx.start ? ctx.start->open() : "start: the workload has already started";
       c.send(FrameType::kResponse, to_json(r));
       finish(c);
     } else {

@@ -428,8 +428,9 @@ struct Workload {
   init::ExecUser user;
   bool tty = false;
   bool interactive = false;
-  bool agent_signals = false;  // the host signals through the exec agent, not the SIGNAL port
-  int stdin_fd = -1;           // -i without -t: the read end of the stdin relay's pipe
+  bool agent_signals = false;   // the host signals through the exec agent, not the SIGNAL port
+  bool wait_for_start = false;  // OCI create: exec only once the agent's "start" came
+  int stdin_fd = -1;            // -i without -t: the read end of the stdin relay's pipe
   // What the exec agent needs besides the above: an exec's defaults.
   std::vector<std::string> config_env;
   std::string hostname;
@@ -484,13 +485,32 @@ struct Workload {
   ::_exit(status);
 }
 
-[[noreturn]] void exec_workload(const Workload& w) {
+// The workload's child, first: the signals PID 1 handles or blocks get their defaults back.
+void reset_workload_signals() {
   sigset_t empty;
   sigemptyset(&empty);
   for (int s : kForwarded) ::signal(s, SIG_DFL);
   ::signal(SIGCHLD, SIG_DFL);
   ::signal(SIGPWR, SIG_DFL);
   ::sigprocmask(SIG_SETMASK, &empty, nullptr);
+}
+
+// OCI create: the workload's process exists but waits for the host's start, one byte on `gate`
+// from the exec agent, the only holder of the pipe's write end. End of file: the agent ended
+// and nothing can start the workload any more.
+void wait_for_start(int gate) {
+  char go;
+  ssize_t n;
+  do {
+    n = ::read(gate, &go, 1);
+  } while (n < 0 && errno == EINTR);
+  if (n == 0) child_fail(125, "the exec agent ended before the workload was started");
+  if (n < 0) child_fail(125, "waiting for the workload's start: " + errno_text(errno));
+  ::close(gate);
+}
+
+// After reset_workload_signals (and wait_for_start).
+[[noreturn]] void exec_workload(const Workload& w) {
   ::setsid();
   if (w.tty) {
     std::string dev = console_tty_device();
@@ -580,10 +600,22 @@ unsigned char supervise(Workload& w, int stop_signal) {
     w.stdin_fd = data[0];
     relay_control = control[1];
   }
+  // wait_for_start: the pipe the workload waits on; its write end goes to the agent alone.
+  int gate[2] = {-1, -1};
+  if (w.wait_for_start && ::pipe2(gate, O_CLOEXEC) != 0)
+    fail(kFailSpawn, "the workload's start pipe", errno_text(errno));
   pid_t pid = ::fork();
   if (pid < 0) fail(kFailSpawn, "starting the workload", errno_text(errno));
-  if (pid == 0) exec_workload(w);
+  if (pid == 0) {
+    reset_workload_signals();
+    if (w.wait_for_start) {
+      ::close(gate[1]);
+      wait_for_start(gate[0]);
+    }
+    exec_workload(w);
+  }
   if (w.stdin_fd >= 0) ::close(w.stdin_fd);
+  if (gate[0] >= 0) ::close(gate[0]);
   // The exec agent (docs/guest-abi.md §6), after the workload so that it knows its pid. Its exit
   // and its children's are reaped below like any orphan's; only `pid` ends the VM.
   pid_t agent = ::fork();
@@ -599,7 +631,20 @@ unsigned char supervise(Workload& w, int stop_signal) {
     ctx.hostname = w.hostname;
     ctx.user = w.user_spec;
     ctx.workdir = w.workdir;
+    if (gate[1] >= 0) {
+      try {
+        ctx.start.emplace(gate[1]);
+      } catch (const Error& e) {
+        // Without the gate the workload could never start: it sees end of file instead.
+        warn(std::string("exec agent: ") + e.what());
+        ::close(gate[1]);
+      }
+    }
     init::run_agent(ctx);
+  }
+  if (gate[1] >= 0) {
+    ::close(gate[1]);
+    if (agent > 0) port_write(kBootMarkPort, kMarkWorkloadCreated);
   }
 
   // The SIGNAL port is looked at every kSignalPollNs unless the host sends its signals through
@@ -695,6 +740,7 @@ unsigned char run() {
   w.tty = overrides.tty;
   w.interactive = overrides.interactive;
   w.agent_signals = overrides.agent_signals;
+  w.wait_for_start = overrides.wait_for_start;
   try {
     w.user = init::resolve_user("/", cfg.user);
   } catch (const Error& e) {

@@ -5,11 +5,33 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <filesystem>
+#include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 namespace img2vm::init {
+
+// The agent's end of the workload's start gate (OCI create/start, guestabi::RunOverrides::
+// wait_for_start): the write end of the pipe the workload's process reads one byte from before
+// it execs, and a flag in memory shared (MAP_SHARED) with every process forked after the gate
+// was made, as the agent's connection handlers are: only the first "start" writes the byte.
+// Copies share the flag. The fd is not owned.
+class StartGate {
+ public:
+  // Throws Error when the shared flag cannot be mapped.
+  explicit StartGate(int write_fd);
+  // Opens the gate: writes the byte and closes this process's copy of the fd. Returns "" when
+  // this call did; else the refusal for the host ("start: the workload has already started",
+  // or why the write failed). Needs SIGPIPE ignored (a workload that died is EPIPE).
+  std::string open() const;
+
+ private:
+  int fd_;
+  std::shared_ptr<std::atomic<bool>> opened_;
+};
 
 // What PID 1 computed for the workload, an exec's defaults (as docker exec takes the container's
 // config).
@@ -24,6 +46,8 @@ struct AgentContext {
   std::string user;                  // the User spec ("" root), resolved again for each exec
   std::string workdir;               // absolute
   std::filesystem::path root = "/";  // where the guest's / is (users and PATH are looked up)
+  // The workload waits for op "start" (wait_for_start); none: "start" is refused.
+  std::optional<StartGate> start;
 };
 
 // Serves one connection on the connected stream socket `fd` (the agent's frames, one request)
