@@ -304,6 +304,14 @@ struct Machine::Impl {
   void boot_mark(uint8_t m) {
     if (m == guestabi::kMarkInitStarted) {
       mark(timings.init_started);
+    } else if (m == guestabi::kMarkWorkloadCreated) {
+      bool first;
+      {
+        std::lock_guard lk(mu);
+        first = !timings.workload_created;
+      }
+      mark(timings.workload_created);
+      if (first && cfg.ready_fd >= 0) (void)!::write(cfg.ready_fd, "C", 1);
     } else if (m == guestabi::kMarkWorkloadExec) {
       bool first;
       {

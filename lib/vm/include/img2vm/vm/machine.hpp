@@ -100,8 +100,11 @@ struct MachineConfig {
   // exec (BOOT_MARK 2), so that input sent early (a pipe) is not lost to the kernel's
   // serial setup but read by the workload, as `docker run -i` gives it all.
   ConsoleInput console_input = ConsoleInput::kImmediately;
-  // When >= 0, one byte is written to it when the guest init marks the workload's exec
-  // (BOOT_MARK 2): how a detached run's monitor learns that the workload has started. Not owned.
+  // When >= 0, the guest init's progress is written to it, one byte each time, at the first of
+  // each mark: 'C' when the workload's process exists and waits for its start (BOOT_MARK 3,
+  // only with guestabi::RunOverrides::wait_for_start: OCI create), 'R' when it execs
+  // (BOOT_MARK 2). How a detached run's monitor learns that the workload was created and has
+  // started. Not owned.
   int ready_fd = -1;
   std::chrono::milliseconds timeout{0};  // 0: none; else the VM ends as kTimeout
   std::filesystem::path kvm_device = "/dev/kvm";
@@ -125,10 +128,11 @@ const char* to_string(ExitReason r) noexcept;
 
 // Times since the Machine was constructed (VMM start); empty when the event did not happen.
 struct BootTimings {
-  std::optional<std::chrono::microseconds> setup_done;     // start() called, VM configured
-  std::optional<std::chrono::microseconds> first_entry;    // first KVM_RUN of vCPU 0
-  std::optional<std::chrono::microseconds> init_started;   // BOOT_MARK 1
-  std::optional<std::chrono::microseconds> workload_exec;  // BOOT_MARK 2
+  std::optional<std::chrono::microseconds> setup_done;        // start() called, VM configured
+  std::optional<std::chrono::microseconds> first_entry;       // first KVM_RUN of vCPU 0
+  std::optional<std::chrono::microseconds> init_started;      // BOOT_MARK 1
+  std::optional<std::chrono::microseconds> workload_created;  // BOOT_MARK 3 (wait_for_start)
+  std::optional<std::chrono::microseconds> workload_exec;     // BOOT_MARK 2
   std::optional<std::chrono::microseconds> ended;
 };
 
