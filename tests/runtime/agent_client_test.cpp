@@ -230,6 +230,24 @@ TEST(AgentClient, SignalAndStatusOfTheWorkload) {
             "exec agent at " + vmm.path().string() + ": signalling the workload: no workload");
 }
 
+// OCI start against a VM whose agent does not listen yet (refused twice), then once more.
+TEST(AgentClient, StartReleasesTheWaitingWorkloadOnce) {
+  Pipe gate;  // the test in the waiting workload's place
+  init::AgentContext ctx = context();
+  ctx.start.emplace(gate.w.get());
+  {
+    FakeVmm vmm(agent(ctx), true, 2);
+    runtime::start_workload(vmm.path(), kTimeout);
+  }
+  char go = 0;
+  ASSERT_EQ(::read(gate.r.get(), &go, 1), 1);
+  FakeVmm vmm(agent(ctx));
+  Error e = error_of([&] { runtime::start_workload(vmm.path(), kTimeout); });
+  EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+  EXPECT_EQ(std::string(e.what()),
+            "exec agent at " + vmm.path().string() + ": start: the workload has already started");
+}
+
 TEST(AgentClient, HandshakeFailuresNameTheSocket) {
   TempDir dir;
   Error none = error_of([&] { runtime::connect_agent(dir.path() / "nothing", kTimeout); });

@@ -116,7 +116,7 @@ class Reader {
        r.error.empty() ? std::string("the request was refused") : r.error);
 }
 
-// A signal or status request: its response, within `timeout` (handshake included).
+// A signal, stop, start or status request: its response, within `timeout` (handshake included).
 guestabi::AgentResponse request_response(const std::filesystem::path& uds,
                                          const guestabi::AgentRequest& req,
                                          std::chrono::milliseconds timeout) {
@@ -362,6 +362,11 @@ void signal_workload(const std::filesystem::path& vsock_uds, int sig,
 
 void stop_workload(const std::filesystem::path& vsock_uds, std::chrono::milliseconds timeout) {
   guestabi::AgentResponse r = request_response(vsock_uds, guestabi::StopRequest{}, timeout);
+  if (!r.error.empty()) fail(ErrorKind::kInvalidArgument, vsock_uds, r.error);
+}
+
+void start_workload(const std::filesystem::path& vsock_uds, std::chrono::milliseconds timeout) {
+  guestabi::AgentResponse r = request_response(vsock_uds, guestabi::StartRequest{}, timeout);
   if (!r.error.empty()) fail(ErrorKind::kInvalidArgument, vsock_uds, r.error);
 }
 

@@ -1,7 +1,7 @@
 // The host side of the guest's exec agent (docs/guest-abi.md §6): connect to a running VM's
 // vsock socket (docs/vm.md "vsock"), then exec a command in it with its stdio streamed, signal
-// its workload or ask its status. The library never prints, exits or installs signal handlers;
-// errors are img2vm::Error naming the socket.
+// its workload, ask its status or start it. The library never prints, exits or installs signal
+// handlers; errors are img2vm::Error naming the socket.
 //
 //   auto conn = img2vm::runtime::connect_agent(vm_dir / "vsock.sock", std::chrono::seconds(5));
 //   img2vm::guestabi::ExecRequest req;
@@ -92,6 +92,12 @@ void signal_workload(const std::filesystem::path& vsock_uds, int sig,
 // Sends the workload the image's StopSignal (docker stop's first step). Throws Error with the
 // agent's message when it could not. `timeout` bounds the handshake and the answer.
 void stop_workload(const std::filesystem::path& vsock_uds, std::chrono::milliseconds timeout);
+
+// OCI start: lets the workload of a VM created with guestabi::RunOverrides::wait_for_start exec
+// (the agent's op "start"). Throws Error with the agent's message when it was not waiting (it
+// started already: "start: the workload has already started") or could not be started.
+// `timeout` bounds the handshake (retried while the agent does not listen yet) and the answer.
+void start_workload(const std::filesystem::path& vsock_uds, std::chrono::milliseconds timeout);
 
 // The workload's pid in the guest and whether it still runs. `timeout` bounds the handshake and
 // the answer.
