@@ -279,9 +279,12 @@ struct Machine::Impl {
     cv.notify_all();
   }
 
-  void mark(std::optional<microseconds>& slot) {
+  // Records the time of a mark; true the first time only.
+  bool mark(std::optional<microseconds>& slot) {
     std::lock_guard lk(mu);
-    if (!slot) slot = now();
+    if (slot) return false;
+    slot = now();
+    return true;
   }
 
   void set_irq_line(unsigned irq, bool level) {
@@ -305,21 +308,9 @@ struct Machine::Impl {
     if (m == guestabi::kMarkInitStarted) {
       mark(timings.init_started);
     } else if (m == guestabi::kMarkWorkloadCreated) {
-      bool first;
-      {
-        std::lock_guard lk(mu);
-        first = !timings.workload_created;
-      }
-      mark(timings.workload_created);
-      if (first && cfg.ready_fd >= 0) (void)!::write(cfg.ready_fd, "C", 1);
+      if (mark(timings.workload_created) && cfg.ready_fd >= 0) (void)!::write(cfg.ready_fd, "C", 1);
     } else if (m == guestabi::kMarkWorkloadExec) {
-      bool first;
-      {
-        std::lock_guard lk(mu);
-        first = !timings.workload_exec;
-      }
-      mark(timings.workload_exec);
-      if (first && cfg.ready_fd >= 0) (void)!::write(cfg.ready_fd, "R", 1);
+      if (mark(timings.workload_exec) && cfg.ready_fd >= 0) (void)!::write(cfg.ready_fd, "R", 1);
       uint64_t one = 1;
       if (exec_fd) (void)!::write(exec_fd.get(), &one, sizeof one);
     }
