@@ -776,6 +776,196 @@ TEST(RunKvm, RootDirectoryThroughVirtioFs) {
   if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }
 
+// An OCI runtime-spec config.json for the bundle `dir` (root "rootfs"), running `cmd` with sh.
+void oci_config(const fs::path& dir, const std::string& cmd, const fs::path& share) {
+  nlohmann::json j = {
+      {"ociVersion", "1.0.2"},
+      {"root", {{"path", "rootfs"}}},
+      {"hostname", "oci-host"},
+      {"process",
+       {{"terminal", false},
+        {"user", {{"uid", 1000}, {"gid", 1000}}},
+        {"args", {"sh", "-c", cmd}},
+        {"env", {"PATH=/bin", "FOO=bar"}},
+        {"cwd", "/data"}}},
+      {"mounts",
+       {{{"destination", "/proc"}, {"type", "proc"}, {"source", "proc"}},
+        {{"destination", "/dev"},
+         {"type", "tmpfs"},
+         {"source", "tmpfs"},
+         {"options", {"nosuid", "strictatime", "mode=755", "size=65536k"}}},
+        {{"destination", "/data"},
+         {"type", "bind"},
+         {"source", share.string()},
+         {"options", {"rbind", "rw"}}},
+        {{"destination", "/etc/extra"},
+         {"type", "bind"},
+         {"source", (share / "host-file").string()},
+         {"options", {"rbind", "ro"}}},
+        {{"destination", "/scratch"}, {"type", "tmpfs"}, {"source", "tmpfs"}}}},
+      {"annotations", {{"org.img2vm.memory_mib", "160"}, {"test", "oci"}}},
+      {"linux", {{"namespaces", {{{"type", "pid"}}, {{"type", "network"}}, {{"type", "mount"}}}}}}};
+  write_file_atomic(dir / "config.json", j.dump(2));
+}
+
+// img2vm-oci (issue #18) driven as conmon drives runc, under a child subreaper standing for
+// conmon: create boots the VM and leaves the workload waiting (state "created", its output not
+// there yet), the --pid-file process is the one whose exit status is the workload's (7, then
+// 9 from a TERM trap via kill, 137 from KILL while created); config.json's process (uid:gid,
+// env, cwd, hostname), a bind mount (read and written through virtio-fs) and annotations reach
+// the VM; a file bind is refused with a warning in the JSON log; exec (a process JSON) gives its
+// output and status, and with --detach its --pid-file process exits with that status; delete
+// refuses a running container without --force; a duplicate id and an unknown one are errors.
+TEST(RunKvm, OciRuntimeCreateStartKillDelete) {
+  if (std::string why = virtiofs_skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  if (find_program("umoci").empty()) GTEST_SKIP() << "needs umoci";
+  NetSetup ns;
+  if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
+  const fs::path& w = ns.w;
+  ImageSpec img = busybox_image();
+  img.layers.push_back(layer({dir("dev"), dir("proc"), dir("sys"), dir("data"), dir("scratch")}));
+  write_oci_layout(w / "bb", {{"latest", build_image(img)}});
+  for (const char* b : {"b1", "b2"}) {
+    auto r = run_command({"umoci", "unpack", "--rootless", "--image",
+                          (w / "bb").string() + ":latest", (w / b).string()});
+    ASSERT_EQ(r.exit_code, 0) << r.describe();
+  }
+  const fs::path share = w / "share";
+  fs::create_directories(share);
+  fs::permissions(share, fs::perms::all);
+  write_file_atomic(share / "host-file", "host-data\n");
+  oci_config(w / "b1",
+             "echo hello-oci $(hostname) $(id -u):$(id -g) $(pwd) $FOO; cat /data/host-file; "
+             "echo written > /data/from-guest; exit 7",
+             share);
+  oci_config(w / "b2", "trap 'echo got-term; exit 9' TERM; echo up; while :; do sleep 1; done",
+             share);
+  std::ostringstream sh;
+  sh << ns.prelude() << "export IMG2VM_KERNEL=\"$W/vmlinux\"\n"
+     << "R=" << quote(REAPER_BINARY) << "\n"
+     << "O=\"" << IMG2VM_OCI_BINARY
+     << " --root $W/oci-state --log $W/oci.log --log-format json\"\n"
+     // create under the reaper, in the background; its first report line is create's own end.
+     << "create() { id=$1; b=$2; $R \"$W/r-$id\" $O create --bundle \"$W/$b\" --pid-file "
+        "\"$W/p-$id\" $id >\"$W/o-$id\" 2>&1 & wait_for \"$W/r-$id\" '^exited'; }\n"
+     << "begin create1\n"
+     << "create c1 b1; cat \"$W/r-c1\"; echo pid=$(cat \"$W/p-c1\"); $O state c1\n"
+     << "echo output-lines=$(grep -c hello-oci \"$W/o-c1\")\n"
+     << "echo; echo @@STDERR@@; cat \"$W/o-c1\"; echo; echo '@@END create1 0@@'\n"
+     << "c dup $O create --bundle \"$W/b1\" c1\n"
+     << "begin start1\n"
+     << "$O start c1; echo start=$?; wait_for \"$W/r-c1\" \"exited $(cat \"$W/p-c1\") \"\n"
+     << "cat \"$W/r-c1\"; echo pid=$(cat \"$W/p-c1\"); $O state c1; cat \"$W/o-c1\"; "
+        "echo from-guest=$(cat \"$W/share/from-guest\")\n"
+     << "echo; echo @@STDERR@@; echo; echo '@@END start1 0@@'\n"
+     << "c start-stopped $O start c1\n"
+     << "c delete1 $O delete c1\n"
+     << "c state-gone $O state c1\n"
+     << "begin term\n"
+     << "create c2 b2; $O start c2; wait_for \"$W/o-c2\" up; $O kill c2 TERM; echo kill=$?\n"
+     << "wait_for \"$W/r-c2\" \"exited $(cat \"$W/p-c2\") \"; echo pid=$(cat \"$W/p-c2\")\n"
+     << "cat \"$W/r-c2\" \"$W/o-c2\"; $O state c2; $O delete c2; echo delete=$?\n"
+     << "echo; echo @@STDERR@@; echo; echo '@@END term 0@@'\n"
+     << "begin kill-created\n"
+     << "create c3 b2; $O state c3; $O kill c3 KILL; echo kill=$?\n"
+     << "wait_for \"$W/r-c3\" \"exited $(cat \"$W/p-c3\") \"; echo pid=$(cat \"$W/p-c3\")\n"
+     << "cat \"$W/r-c3\"; $O state c3; grep -c up \"$W/o-c3\"; $O delete c3; echo delete=$?\n"
+     << "echo; echo @@STDERR@@; echo; echo '@@END kill-created 0@@'\n"
+     << "begin delete-running\n"
+     << "create c4 b2; $O start c4; wait_for \"$W/o-c4\" up\n"
+     << "echo '{\"args\":[\"sh\",\"-c\",\"echo exec-out $(id -u) $(pwd) $E; exit 4\"],"
+        "\"env\":[\"E=x\",\"PATH=/bin\"],\"cwd\":\"/scratch\",\"user\":{\"uid\":0,\"gid\":0}}' "
+        ">\"$W/proc.json\"\n"
+     << "$O exec --process \"$W/proc.json\" c4; echo exec=$?\n"
+     << "$R \"$W/r-e4\" $O exec --detach --pid-file \"$W/p-e4\" --process \"$W/proc.json\" c4 "
+        ">\"$W/o-e4\" 2>&1 & wait_for \"$W/r-e4\" '^exited'\n"
+     << "wait_for \"$W/r-e4\" \"exited $(cat \"$W/p-e4\") \"; echo e4=$(cat \"$W/p-e4\"); "
+        "cat \"$W/r-e4\" \"$W/o-e4\"\n"
+     << "$O delete c4; echo delete=$?; $O delete --force c4; echo force=$?\n"
+     << "wait_for \"$W/r-c4\" \"exited $(cat \"$W/p-c4\") \"; $O state c4; echo state=$?\n"
+     << "$O delete --force c4; echo force-gone=$?; $O list\n"
+     << "echo; echo @@STDERR@@; echo; echo '@@END delete-running 0@@'\n"
+     << "c features $O features\n"
+     << "begin log; cat \"$W/oci.log\"; echo; echo @@STDERR@@; echo; echo '@@END log 0@@'\n";
+  std::vector<fs::path> files = ns.files();
+  files.push_back(kVirtiofsd);
+  files.push_back(IMG2VM_OCI_BINARY);
+  files.push_back(REAPER_BINARY);
+  write_file_atomic(w / "oci.sh", sh.str());
+  std::string output = run_script(w / "oci.sh", files, std::chrono::seconds(1200));
+  Cases cases(output);
+  auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
+  auto pid_of = [](const Case& c) {
+    auto at = c.out.find("pid=");
+    return at == std::string::npos ? std::string("?")
+                                   : c.out.substr(at + 4, c.out.find('\n', at) - at - 4);
+  };
+
+  const Case& c1 = get("create1");
+  EXPECT_TRUE(has(c1.out, "exited ")) << c1.out;
+  EXPECT_TRUE(has(c1.out, " 0\n")) << "create must exit 0:\n" << c1.out << c1.err;
+  EXPECT_TRUE(has(c1.out, "\"status\": \"created\"")) << c1.out << c1.err;
+  EXPECT_TRUE(has(c1.out, "\"pid\": " + pid_of(c1))) << c1.out;
+  EXPECT_TRUE(has(c1.out, "\"test\": \"oci\"")) << c1.out;
+  EXPECT_TRUE(has(c1.out, "output-lines=0")) << "the workload ran before start:\n" << c1.out;
+  const Case& dup = get("dup");
+  EXPECT_EQ(dup.rc, 1) << dup.out << dup.err;
+  EXPECT_TRUE(has(dup.err, "container with id exists: c1")) << dup.err;
+
+  const Case& s1 = get("start1");
+  EXPECT_TRUE(has(s1.out, "start=0")) << s1.out;
+  EXPECT_TRUE(has(s1.out, "exited " + pid_of(s1) + " 7\n"))
+      << "the pid-file process must exit with the workload's status:\n"
+      << s1.out;
+  EXPECT_TRUE(has(s1.out, "\"status\": \"stopped\"")) << s1.out;
+  EXPECT_TRUE(has(s1.out, "hello-oci oci-host 1000:1000 /data bar")) << s1.out;
+  EXPECT_TRUE(has(s1.out, "host-data")) << s1.out;
+  EXPECT_TRUE(has(s1.out, "from-guest=written")) << s1.out;
+  EXPECT_EQ(get("start-stopped").rc, 1);
+  EXPECT_TRUE(has(get("start-stopped").err, "has stopped")) << get("start-stopped").err;
+  EXPECT_EQ(get("delete1").rc, 0) << get("delete1").err;
+  EXPECT_EQ(get("state-gone").rc, 1);
+  EXPECT_TRUE(has(get("state-gone").err, "container c1 does not exist")) << get("state-gone").err;
+
+  const Case& term = get("term");
+  EXPECT_TRUE(has(term.out, "kill=0")) << term.out;
+  EXPECT_TRUE(has(term.out, "exited " + pid_of(term) + " 9\n")) << term.out;
+  EXPECT_TRUE(has(term.out, "got-term")) << term.out;
+  EXPECT_TRUE(has(term.out, "delete=0")) << term.out;
+
+  const Case& kc = get("kill-created");
+  EXPECT_TRUE(has(kc.out, "\"status\": \"created\"")) << kc.out;
+  EXPECT_TRUE(has(kc.out, "exited " + pid_of(kc) + " 137\n")) << kc.out;
+  EXPECT_TRUE(has(kc.out, "\"status\": \"stopped\"")) << kc.out;
+  EXPECT_TRUE(has(kc.out, "\n0\n")) << "the workload ran without start:\n" << kc.out;
+  EXPECT_TRUE(has(kc.out, "delete=0")) << kc.out;
+
+  const Case& dr = get("delete-running");
+  EXPECT_TRUE(has(dr.out, "exec-out 0 /scratch x\nexec=4\n")) << dr.out;
+  {
+    auto at = dr.out.find("e4=");
+    std::string e4 =
+        at == std::string::npos ? "?" : dr.out.substr(at + 3, dr.out.find('\n', at) - at - 3);
+    EXPECT_TRUE(has(dr.out, "exited " + e4 + " 4\n"))
+        << "a detached exec's pid-file process must exit with its status:\n"
+        << dr.out;
+  }
+  EXPECT_TRUE(has(dr.out, "delete=1")) << dr.out;
+  EXPECT_TRUE(has(dr.out, "force=0")) << dr.out;
+  EXPECT_TRUE(has(dr.out, "state=1")) << dr.out;
+  EXPECT_TRUE(has(dr.out, "force-gone=0")) << dr.out;
+
+  const Case& feat = get("features");
+  EXPECT_EQ(feat.rc, 0) << feat.err;
+  EXPECT_TRUE(has(feat.out, "\"ociVersionMax\": \"1.1.0\"")) << feat.out;
+  const Case& log = get("log");
+  EXPECT_TRUE(has(log.out, "\"level\":\"warning\"")) << log.out;
+  EXPECT_TRUE(has(log.out, "/etc/extra")) << log.out;
+  EXPECT_TRUE(has(log.out, "\"level\":\"error\",\"msg\":\"container with id exists: c1\""))
+      << log.out;
+  if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
+}
+
 // Detached VMs (issue #17): run -d returns once the workload runs; exec gives the output,
 // stderr and exit status, takes -e/-w/-u/-i, and 20 at once all answer; exec -t passes the
 // terminal's size and its resize; logs -f follows the workload's output until it ends; kill -s

@@ -2,8 +2,11 @@
 // (img2vm-vmm --monitor), which starts a fake VMM (a shell script standing for img2vm-vmm: it
 // prints, says the workload started on the spec's ready_fd, handles signals, exits or dies),
 // and the real img2vm binary reads and drives it: ps, logs, inspect, kill, stop, wait, rm.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -42,6 +45,11 @@ if [ "$mode" = share ]; then
   echo "share $tag on $(readlink /proc/self/fd/$fd | cut -c1-7)"
   case "$spec" in *'"shares"'*) echo "img2vm-vmm got the shares list";; esac
 fi
+if [ "$mode" = created ]; then
+  echo "the workload waits for its start"
+  printf C > /proc/self/fd/$ready
+  exit 5
+fi
 echo "hello from the workload"
 echo "second line" >&2
 sleep 120 &
@@ -76,7 +84,7 @@ class Detached : public ::testing::Test {
   }
 
   VmRecord start(const std::string& name, const std::string& mode,
-                 std::vector<DeferredShare> shares = {}) {
+                 std::vector<DeferredShare> shares = {}, bool inherit_stdio = false) {
     VmCreate c;
     c.name = name;
     c.image = "fake:1";
@@ -86,6 +94,7 @@ class Detached : public ::testing::Test {
     o.monitor = IMG2VM_VMM_BINARY;
     o.ready_timeout = std::chrono::minutes(2);
     o.shares = std::move(shares);
+    o.inherit_stdio = inherit_stdio;
     nlohmann::json spec = {{"machine", {{"kernel", "/none"}, {"cmdline", mode}}}};
     try {
       VmRecord r = start_detached(store, c, spec.dump(), o);
@@ -402,6 +411,79 @@ TEST_F(Detached, TheVmmWritesItsEndToTheExitFileItIsGiven) {
   ASSERT_TRUE(j.is_object()) << read_file(exit);
   EXPECT_EQ(j["ExitCode"], 125);
   EXPECT_NE(j["Reason"].get<std::string>().find("/nonexistent"), std::string::npos) << j.dump();
+}
+
+}  // namespace
+}  // namespace img2vm::runtime
+
+namespace img2vm::runtime {
+namespace {
+
+std::string read_fd_to_end(int fd) {
+  std::string out;
+  char buf[4096];
+  for (;;) {
+    ssize_t n = ::read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return out;
+    out.append(buf, size_t(n));
+  }
+}
+
+// img2vm-oci's create (DetachedOptions::inherit_stdio): start_detached returns once the
+// workload waits for its start (the VMM's 'C'), which is not recorded as started; the monitor
+// copies the console to the stdout it was given (conmon's pipe) and exits with the workload's
+// status, which a subreaper (conmon) reaps.
+TEST_F(Detached, AnOciCreateReturnsWhenTheWorkloadWaitsAndTheMonitorExitsWithItsStatus) {
+  ASSERT_EQ(::prctl(PR_SET_CHILD_SUBREAPER, 1), 0);
+  struct Unreap {
+    ~Unreap() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
+  } unreap;
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd rd(p[0]), wr(p[1]);
+  // start_detached runs in a child whose stdout is the pipe, as create runs under conmon.
+  int report[2];
+  ASSERT_EQ(::pipe2(report, O_CLOEXEC), 0);
+  UniqueFd report_rd(report[0]), report_wr(report[1]);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::dup2(wr.get(), 1);
+    std::string line;
+    try {
+      VmRecord r = start("oci", "created", {}, true);
+      line = std::to_string(r.monitor.pid) + " started=[" + r.started + "]";
+    } catch (const std::exception& e) {
+      line = std::string("error ") + e.what();
+    }
+    (void)!::write(report_wr.get(), line.data(), line.size());
+    ::_exit(0);
+  }
+  wr.reset();
+  report_wr.reset();
+  int st = 0;
+  ASSERT_EQ(::waitpid(child, &st, 0), child);
+  std::string line = read_fd_to_end(report_rd.get());
+  ASSERT_EQ(line.rfind("error", 0), std::string::npos) << line;
+  EXPECT_NE(line.find("started=[]"), std::string::npos) << line;
+  const pid_t monitor = std::stoi(line);
+  // The forwarded console, until the monitor and the fake VMM are gone.
+  std::string out = read_fd_to_end(rd.get());
+  EXPECT_NE(out.find("the workload waits for its start"), std::string::npos) << out;
+  // The monitor is this process's now (subreaper): its status is the workload's.
+  int mst = 0;
+  pid_t got;
+  while ((got = ::waitpid(monitor, &mst, 0)) < 0 && errno == EINTR) {
+  }
+  ASSERT_EQ(got, monitor);
+  ASSERT_TRUE(WIFEXITED(mst)) << mst;
+  EXPECT_EQ(WEXITSTATUS(mst), 5);
+  VmRecord r = store.get("oci");
+  EXPECT_EQ(r.exit_code, 5);
+  EXPECT_TRUE(r.started.empty()) << r.started;
+  while (::waitpid(-1, nullptr, WNOHANG) > 0) {
+  }
 }
 
 }  // namespace

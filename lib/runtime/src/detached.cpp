@@ -96,6 +96,17 @@ std::vector<Virtiofsd> start_shares(json& spec) {
   return started;
 }
 
+// Writes all of `d` to `fd`; false when it cannot (the reader is gone).
+bool write_all_to(int fd, std::string_view d) {
+  while (!d.empty()) {
+    ssize_t n = ::write(fd, d.data(), d.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    d.remove_prefix(size_t(n));
+  }
+  return true;
+}
+
 }  // namespace
 
 VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& spec,
@@ -104,7 +115,13 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
   cc.detached = true;
   if (cc.vmm_program.empty()) cc.vmm_program = find_vmm_binary().string();
   const fs::path monitor = o.monitor.empty() ? find_vmm_binary() : o.monitor;
-  VmRecord r = store.create(cc, o.shares.empty() ? spec : with_shares(spec, o.shares));
+  std::string full = o.shares.empty() ? spec : with_shares(spec, o.shares);
+  if (o.inherit_stdio) {
+    json j = json::parse(full);
+    j["forward_output"] = true;
+    full = j.dump();
+  }
+  VmRecord r = store.create(cc, full);
   const fs::path dir = store.vm_dir(r.id);
   auto failed = [&](const std::string& why) {
     store.update(r.id, [&](VmRecord& s) {
@@ -128,6 +145,7 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
   keep.push_back(ready_wr.get());
   sigset_t none;
   sigemptyset(&none);
+  const bool inherit = o.inherit_stdio;
 
   const pid_t child = ::fork();
   if (child == 0) {
@@ -137,8 +155,8 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
     if (::setsid() < 0) ::_exit(126);
     const pid_t g = ::fork();
     if (g != 0) ::_exit(g < 0 ? 126 : 0);
-    if (::dup2(devnull.get(), 0) < 0 || ::dup2(devnull.get(), 1) < 0 ||
-        ::dup2(devnull.get(), 2) < 0)
+    if (!inherit && (::dup2(devnull.get(), 0) < 0 || ::dup2(devnull.get(), 1) < 0 ||
+                     ::dup2(devnull.get(), 2) < 0))
       ::_exit(126);
     (void)::close_range(3, ~0u, CLOSE_RANGE_CLOEXEC);
     for (int fd : keep) (void)::fcntl(fd, F_SETFD, 0);
@@ -158,8 +176,8 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
   }
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) throw failed("cannot start the VM's monitor");
 
-  // One byte once the workload has started; the end of the pipe (the monitor gone, or the VM
-  // ended before) otherwise.
+  // One byte once the workload has started or waits for its start; the end of the pipe (the
+  // monitor gone, or the VM ended before) otherwise.
   const auto deadline = std::chrono::steady_clock::now() + o.ready_timeout;
   for (;;) {
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -249,6 +267,8 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     UniqueFd out_rd(p[0]), out_wr(p[1]);
     // Before the VMM, after it (declared first: destroyed last).
     std::vector<Virtiofsd> shares = start_shares(spec);
+    bool forward = spec.value("forward_output", json(false)) == json(true);
+    spec.erase("forward_output");
     json& m = spec["machine"];
     m["ready_fd"] = vm_ready_wr.get();
     m["console_out_fd"] = 1;
@@ -293,6 +313,7 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
         }
         log.write(std::string_view(buf, size_t(n)));
         err.feed(std::string_view(buf, size_t(n)));
+        if (forward && !write_all_to(1, std::string_view(buf, size_t(n)))) forward = false;
         if (!drain) return;
       }
     };
@@ -300,13 +321,14 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
       char b;
       ssize_t n = ::read(vm_ready_rd.get(), &b, 1);
       if (n < 0 && errno == EINTR) return;
-      if (n == 1 && !started) {
+      // 'C': the workload waits for its start (img2vm-oci create); 'R': it has started.
+      if (n == 1 && b == 'R' && !started) {
         started = true;
         store.update(id, [](VmRecord& r) { r.started = now_rfc3339_nano(); });
-        if (ready) {
-          (void)!::write(ready.get(), "R", 1);
-          ready.reset();
-        }
+      }
+      if (n == 1 && (b == 'R' || b == 'C') && ready) {
+        (void)!::write(ready.get(), "R", 1);
+        ready.reset();
       }
       if (n <= 0) vm_ready_rd.reset();
     };
@@ -330,10 +352,12 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     for (UniqueFd* fd : {&out_rd, &vm_ready_rd})
       if (*fd) (void)::fcntl(fd->get(), F_SETFL, O_NONBLOCK);
     if (out_rd) on_output(true);
-    if (vm_ready_rd && !started) on_ready();
+    while (vm_ready_rd && !started) on_ready();
+    int code = 0;
     store.update(id, [&](VmRecord& r) {
       record_end(r, st, err.last());
       if (!started) r.error = r.exit_reason;
+      code = r.exit_code.value_or(0);
     });
     if (rec.auto_remove) {
       try {
@@ -341,7 +365,7 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
       } catch (const Error&) {
       }
     }
-    return 0;  // `ready` closes now: start_detached reads the record
+    return code;  // `ready` closes now: start_detached reads the record
   } catch (const std::exception& e) {
     return give_up(e.what());
   }

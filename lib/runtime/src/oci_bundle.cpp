@@ -330,6 +330,24 @@ OciBundle parse_oci_config(const std::string& text, const fs::path& dir) {
   return b;
 }
 
+OciBundle parse_oci_process(const std::string& text) {
+  try {
+    if (text.size() > OciBundle::kMaxConfigBytes)
+      throw Error(ErrorKind::kLimit, "config.json: larger than 4 MiB");
+    json j = json::parse(text, nullptr, false);
+    if (j.is_discarded() || !j.is_object()) bad("process", "not a JSON object");
+    OciBundle b;
+    read_process(j, b);
+    return b;
+  } catch (const Error& e) {
+    // The same checks as config.json's process, named for the file they read here.
+    std::string msg = e.what();
+    const std::string from = "config.json: ";
+    if (msg.rfind(from, 0) == 0) msg = "the process JSON: " + msg.substr(from.size());
+    throw Error(e.kind(), msg);
+  }
+}
+
 OciBundle load_oci_bundle(const fs::path& dir) {
   const fs::path abs = fs::absolute(dir).lexically_normal();
   const fs::path cfg = abs / "config.json";

@@ -87,6 +87,8 @@ json to_json(const VmRecord& r) {
             {"ExitReason", r.exit_reason},
             {"Error", r.error},
             {"VsockSocket", r.vsock_socket}};
+  if (!r.bundle.empty()) j["Bundle"] = r.bundle;
+  if (!r.annotations.empty()) j["Annotations"] = r.annotations;
   j["ExitCode"] = r.exit_code ? json(*r.exit_code) : json(nullptr);
   return j;
 }
@@ -123,6 +125,10 @@ VmRecord record_from(const json& j) {
   r.exit_reason = str(j, "ExitReason");
   r.error = str(j, "Error");
   r.vsock_socket = str(j, "VsockSocket");
+  r.bundle = str(j, "Bundle");
+  if (j.contains("Annotations") && j["Annotations"].is_object())
+    for (const auto& [k, v] : j["Annotations"].items())
+      if (v.is_string()) r.annotations[k] = v.get<std::string>();
   return r;
 }
 
@@ -362,6 +368,13 @@ VmRecord VmStore::create(const VmCreate& c, const std::string& spec) {
   r.stop_timeout = c.stop_timeout;
   r.vmm_program = c.vmm_program;
   r.vsock_socket = (vm_dir(r.id) / "vsock.sock").string();
+  r.bundle = c.bundle;
+  r.annotations = c.annotations;
+  if (json(to_json(r)).dump(2).size() + 1024 > kMaxStateBytes)
+    throw Error(ErrorKind::kLimit,
+                "the VM's record (its command, image and annotations) would be "
+                "larger than " +
+                    std::to_string(kMaxStateBytes / 1024) + " KiB");
   // Made whole under a temporary name, then renamed into place: never seen half made.
   TempDir tmp(".new", dir_);
   write_file_atomic(tmp.path() / kSpec, spec, 0600);
@@ -391,6 +404,12 @@ std::optional<VmRecord> VmStore::find(const std::string& ref) const {
     match = r;
   }
   return match;
+}
+
+std::optional<VmRecord> VmStore::find_name(const std::string& name) const {
+  for (auto& r : list())
+    if (r.name == name) return r;
+  return std::nullopt;
 }
 
 VmRecord VmStore::get(const std::string& ref) const {

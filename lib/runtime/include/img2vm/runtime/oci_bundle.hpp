@@ -62,6 +62,11 @@ struct OciBundle {
 // Error(kUnsupported) for an ociVersion other than 1.x.
 OciBundle load_oci_bundle(const std::filesystem::path& dir);
 
+// A runtime-spec process object alone (`img2vm-oci exec --process FILE`), read with the same
+// checks and bounds as config.json's process into the process fields of an OciBundle; errors
+// name "the process JSON".
+OciBundle parse_oci_process(const std::string& text);
+
 // The same from config.json's text, the bundle being `dir` (for tests and fuzzing).
 OciBundle parse_oci_config(const std::string& text, const std::filesystem::path& dir);
 

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -78,6 +79,10 @@ struct VmRecord {
   std::string error;             // why it could not start ("" when it did)
   // The VM's vsock device (<dir>/vsock.sock; vm::VsockConfig::uds_path), for exec's agent.
   std::string vsock_socket;
+  // A VM made by img2vm-oci (oci_runtime.hpp): its bundle directory and config.json's
+  // annotations, for the runtime-spec state; empty otherwise.
+  std::string bundle;
+  std::map<std::string, std::string> annotations;
 };
 
 // What a new VM is recorded with.
@@ -89,6 +94,8 @@ struct VmCreate {
   bool auto_remove = false;
   std::chrono::milliseconds stop_timeout{10000};
   std::string vmm_program;  // empty: find_vmm_binary() when it starts
+  std::string bundle;       // img2vm-oci: VmRecord::bundle and annotations
+  std::map<std::string, std::string> annotations;
 };
 
 class VmStore {
@@ -114,6 +121,8 @@ class VmStore {
   // By full id, name or unique id prefix (docker's order); nothing when none matches.
   // Error(kInvalidArgument) when a prefix matches several VMs.
   std::optional<VmRecord> find(const std::string& ref) const;
+  // By name only (img2vm-oci's container ids are names: a prefix never matches).
+  std::optional<VmRecord> find_name(const std::string& name) const;
   // As find(), but Error(kNotFound) "No such VM: REF" when none matches.
   VmRecord get(const std::string& ref) const;
   // Every VM, the newest first (at most kMaxVms). An attached run with auto_remove that has
@@ -208,11 +217,17 @@ struct DetachedOptions {
   // the VMM (and adds their devices to the machine), so that they live as long as the VM, and
   // stops them after it. Recorded in spec.json as "shares".
   std::vector<DeferredShare> shares;
+  // img2vm-oci: the monitor keeps the caller's stdin, stdout and stderr (conmon's or the
+  // shim's pipes) and copies the VM's console to its stdout as well as to console.log; its
+  // exit status is the workload's either way. Recorded in spec.json as "forward_output".
+  bool inherit_stdio = false;
 };
 
 // `run -d`: records the VM (VmStore::create), starts its monitor as a daemon (double fork: its
-// own session, no terminal, stdin and stdout /dev/null) and returns once the guest init has
-// started the workload (BOOT_MARK 2, vm::MachineConfig::ready_fd). When the VM ends before,
+// own session, no terminal, stdin and stdout /dev/null unless inherit_stdio) and returns once
+// the guest init has started the workload (BOOT_MARK 2, vm::MachineConfig::ready_fd), or, for
+// a workload that waits for its start (RunOverrides::wait_for_start), once it waits (BOOT_MARK
+// 3: VmRecord::started stays empty until the agent's start lets it go). When the VM ends before,
 // Error(kInvalidArgument) with its reason (the record stays, exited, for logs and ps -a).
 // The monitor adds the vsock device (<dir>/vsock.sock) to the spec's machine. A share that
 // cannot be served (virtiofsd failed) ends the VM before it starts, with virtiofsd's reason.
@@ -232,8 +247,10 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const PreparedMachine
 
 // The monitor (`img2vm-vmm --monitor DIR --ready-fd N`): starts the VMM of the VM in `vm_dir`
 // with its output on a pipe copied to console.log, records its pid, writes one byte to
-// `ready_fd` (when >= 0) once the workload has started and closes it, waits for the VMM and
-// records how it ended. Returns 0, or 125 when the VM could not be started (recorded too).
+// `ready_fd` (when >= 0) once the workload has started or waits for its start, and closes it;
+// copies the console to its stdout too when spec.json says "forward_output"; waits for the VMM and
+// records how it ended. Returns the VM's exit code (VmRecord::exit_code: the workload's, 128+N
+// when the VMM died of signal N), or 125 when the VM could not be started (recorded too).
 int run_monitor(const std::filesystem::path& vm_dir, int ready_fd);
 
 }  // namespace img2vm::runtime

@@ -1,0 +1,369 @@
+#include "img2vm/runtime/oci_runtime.hpp"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <charconv>
+#include <chrono>
+#include <cstdlib>
+#include <nlohmann/json.hpp>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/base/version.hpp"
+#include "img2vm/runtime/agent_client.hpp"
+#include "img2vm/runtime/kernel.hpp"
+#include "img2vm/runtime/root_dir.hpp"
+
+namespace img2vm::runtime {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+constexpr std::chrono::seconds kAgentTimeout{30};
+constexpr unsigned kMaxCpus = 64;
+
+// An annotation's value as a number in [lo, hi]; throws naming it.
+uint64_t annotation_number(const std::string& value, const char* key, uint64_t lo, uint64_t hi) {
+  uint64_t n = 0;
+  auto [end, ec] = std::from_chars(value.data(), value.data() + value.size(), n);
+  if (value.empty() || ec != std::errc() || end != value.data() + value.size() || n < lo || n > hi)
+    throw Error(ErrorKind::kInvalidArgument,
+                std::string("config.json: annotation ") + key + ": \"" + value.substr(0, 40) +
+                    "\" is not a number from " + std::to_string(lo) + " to " + std::to_string(hi));
+  return n;
+}
+
+// The bind and tmpfs mounts a VM can give: directories through virtio-fs, tmpfs in guest
+// memory. The engine's tmpfs at /dev gives way to the init's devtmpfs; a bind mount of a file
+// cannot be shared and is left out, with a warning.
+std::vector<Mount> vm_mounts(const OciBundle& b,
+                             const std::function<void(const std::string&)>& say) {
+  std::vector<Mount> out;
+  for (const Mount& m : b.mounts) {
+    if (m.type == Mount::Type::kTmpfs && m.target == "/dev") continue;
+    if (m.type == Mount::Type::kBind) {
+      std::error_code ec;
+      if (!fs::is_directory(m.source, ec)) {
+        say("mounts: " + m.target + ": " + m.source.string() +
+            (fs::exists(m.source, ec) ? " is not a directory: only directories can be shared "
+                                        "with a VM; not mounted"
+                                      : " does not exist; not mounted"));
+        continue;
+      }
+    }
+    out.push_back(m);
+  }
+  return out;
+}
+
+const char* oci_status(const VmRecord& r) {
+  switch (r.status) {
+    case VmStatus::kCreated:
+      return "creating";
+    case VmStatus::kRunning:
+      return r.started.empty() ? "created" : "running";
+    case VmStatus::kExited:
+      return "stopped";
+  }
+  return "stopped";
+}
+
+OciState state_of(const VmRecord& r) {
+  OciState s;
+  s.id = r.name;
+  s.status = oci_status(r);
+  if (s.status != "stopped") s.pid = r.monitor.pid;
+  s.bundle = r.bundle;
+  s.annotations = r.annotations;
+  return s;
+}
+
+}  // namespace
+
+std::string to_json(const OciState& s) {
+  json j = {{"ociVersion", kOciRuntimeSpecVersion},
+            {"id", s.id},
+            {"status", s.status},
+            {"pid", s.pid},
+            {"bundle", s.bundle}};
+  if (!s.annotations.empty()) j["annotations"] = s.annotations;
+  return j.dump(2);
+}
+
+std::string oci_features_json() {
+  json j = {
+      {"ociVersionMin", "1.0.0"},
+      {"ociVersionMax", kOciRuntimeSpecVersion},
+      {"hooks", json::array()},
+      {"mountOptions",
+       {"bind", "rbind", "ro", "rw", "size", "mode", "nosuid", "nodev", "noexec", "relatime",
+        "strictatime", "private", "rprivate"}},
+      {"linux",
+       {{"namespaces", {"cgroup", "ipc", "mount", "network", "pid", "user", "uts"}},
+        {"capabilities", json::array()},
+        {"cgroup", {{"v1", false}, {"v2", false}, {"systemd", false}, {"systemdUser", false}}},
+        {"seccomp", {{"enabled", false}}},
+        {"apparmor", {{"enabled", false}}},
+        {"selinux", {{"enabled", false}}}}},
+      {"annotations",
+       {{"org.img2vm.runtime.version", std::string(version())},
+        {kAnnotationKernel, "the guest kernel (a path on the host)"},
+        {kAnnotationMemory, "guest memory in MiB (default: linux.resources.memory.limit, else " +
+                                std::to_string(kOciDefaultMemoryMib) + ")"},
+        {kAnnotationCpus, "vCPUs (default: linux.resources.cpu, else 1)"}}}};
+  return j.dump(2);
+}
+
+MachineOptions oci_machine_options(const OciBundle& b,
+                                   const std::function<void(const std::string&)>& warn) {
+  auto say = [&](const std::string& s) {
+    if (warn) warn(s);
+  };
+  for (const auto& u : b.unhonoured) say(u);
+  if (b.terminal)
+    throw Error(ErrorKind::kUnsupported,
+                "process.terminal: img2vm-oci cannot give a container a terminal yet "
+                "(--console-socket); run it without a tty (no -t)");
+  auto annotation = [&](const char* key) -> const std::string* {
+    auto it = b.annotations.find(key);
+    return it == b.annotations.end() ? nullptr : &it->second;
+  };
+
+  MachineOptions mo;
+  const std::string* k = annotation(kAnnotationKernel);
+  auto kernel = find_guest_kernel(k ? *k : std::string());
+  if (!kernel)
+    throw Error(ErrorKind::kNotFound,
+                "no guest kernel: build one with `img2vm kernel build`, or name one with "
+                "IMG2VM_KERNEL or the annotation " +
+                    std::string(kAnnotationKernel));
+  mo.kernel = kernel->path;
+
+  RootDirectory root = open_root_directory(b.root, b.root_readonly);
+  guestabi::RuntimeConfig rc;
+  rc.cmd = b.args;
+  rc.env = b.env;
+  rc.working_dir = b.cwd;
+  rc.user = std::to_string(b.uid) + ":" + std::to_string(b.gid);
+  rc.hostname = b.hostname;
+  root.config = rc;
+  root.config_file = b.dir / "config.json";
+  mo.root_dir = std::move(root);
+  if (!b.additional_gids.empty())
+    say("process.user.additionalGids: not applied yet (the groups the root's /etc/group gives "
+        "the uid apply)");
+  if (!b.rlimits.empty()) say("process.rlimits: not applied yet (the init's limits apply)");
+  if (b.no_new_privileges) say("process.noNewPrivileges: not applied yet");
+
+  mo.overrides.wait_for_start = true;
+  mo.overrides.agent_signals = true;
+  mo.mounts = vm_mounts(b, say);
+
+  uint64_t mib = kOciDefaultMemoryMib;
+  if (b.memory_limit) {
+    mib = (*b.memory_limit + (uint64_t(1) << 20) - 1) >> 20;
+    if (mib < kOciMinMemoryMib) {
+      say("linux.resources.memory.limit: " + std::to_string(mib) + " MiB is below a VM's least, " +
+          std::to_string(kOciMinMemoryMib) + " MiB, which it gets");
+      mib = kOciMinMemoryMib;
+    }
+  }
+  if (const std::string* a = annotation(kAnnotationMemory))
+    mib = annotation_number(*a, kAnnotationMemory, kOciMinMemoryMib, uint64_t(1) << 20);
+  mo.memory_mib = mib;
+  unsigned cpus = b.cpus.value_or(1);
+  if (cpus > kMaxCpus) {
+    say("linux.resources.cpu: " + std::to_string(cpus) + " CPUs; a VM gets at most " +
+        std::to_string(kMaxCpus));
+    cpus = kMaxCpus;
+  }
+  if (const std::string* a = annotation(kAnnotationCpus))
+    cpus = unsigned(annotation_number(*a, kAnnotationCpus, 1, kMaxCpus));
+  mo.cpus = std::max(1u, cpus);
+
+  mo.network = NetworkMode::kNone;
+  if (!b.network_namespace.empty())
+    say("linux.namespaces: network " + b.network_namespace.string() +
+        ": not joined yet; the VM has loopback only");
+  mo.defer_shares = true;
+  mo.console_out_fd = -1;
+  return mo;
+}
+
+fs::path OciRuntime::default_root() {
+  if (::geteuid() == 0) return "/run/img2vm-oci";
+  if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x && *x && fs::path(x).is_absolute())
+    return fs::path(x) / "img2vm-oci";
+  return "/tmp/img2vm-oci-" + std::to_string(::geteuid());
+}
+
+OciRuntime::OciRuntime(fs::path root) : store_(std::move(root)) {}
+
+VmRecord OciRuntime::get(const std::string& id) const {
+  auto r = store_.find_name(id);
+  if (!r) throw Error(ErrorKind::kNotFound, "container " + id.substr(0, 200) + " does not exist");
+  return *r;
+}
+
+OciState OciRuntime::create(const OciCreateOptions& o) {
+  if (!is_vm_name(o.id))
+    throw Error(ErrorKind::kInvalidArgument,
+                "invalid container id \"" + o.id.substr(0, 200) +
+                    "\": it must match [a-zA-Z0-9][a-zA-Z0-9_.-]* (at most 128 bytes)");
+  if (store_.find_name(o.id))
+    throw Error(ErrorKind::kInvalidArgument, "container with id exists: " + o.id);
+  OciBundle b = load_oci_bundle(o.bundle);
+  PreparedMachine pm = build_machine(oci_machine_options(b, o.warn));
+  VmCreate c;
+  c.name = o.id;
+  c.image = b.root.string();
+  c.command = b.args;
+  c.bundle = b.dir.string();
+  c.annotations = b.annotations;
+  DetachedOptions d;
+  d.inherit_stdio = o.inherit_stdio;
+  VmRecord r;
+  try {
+    r = start_detached(store_, c, pm, d);
+  } catch (...) {
+    // A create that fails leaves nothing behind (runc's): the record of a VM that did not
+    // start goes too. What the VM said is in the error.
+    if (auto left = store_.find_name(o.id)) {
+      try {
+        store_.remove(left->id, true);
+      } catch (const Error&) {
+      }
+    }
+    throw;
+  }
+  if (!o.pid_file.empty()) {
+    try {
+      write_file_atomic(o.pid_file, std::to_string(r.monitor.pid), 0644);
+    } catch (const Error& e) {
+      store_.remove(r.id, true);
+      throw e.with_context("--pid-file");
+    }
+  }
+  return state_of(store_.get(r.id));
+}
+
+void OciRuntime::start(const std::string& id) {
+  const VmRecord r = get(id);
+  const std::string status = oci_status(r);
+  if (status == "running")
+    throw Error(ErrorKind::kInvalidArgument, "cannot start an already running container");
+  if (status == "stopped")
+    throw Error(ErrorKind::kInvalidArgument, "cannot start a container that has stopped");
+  if (status != "created")
+    throw Error(ErrorKind::kInvalidArgument, "cannot start a container that is " + status);
+  start_workload(r.vsock_socket, kAgentTimeout);
+  // Running from now on; the monitor records the exec's own time when the guest marks it.
+  store_.update(r.id, [](VmRecord& s) {
+    if (s.started.empty()) s.started = now_rfc3339_nano();
+  });
+}
+
+OciState OciRuntime::state(const std::string& id) const { return state_of(get(id)); }
+
+std::vector<OciState> OciRuntime::list() const {
+  std::vector<OciState> out;
+  for (const auto& r : store_.list()) out.push_back(state_of(r));
+  return out;
+}
+
+void OciRuntime::kill(const std::string& id, int sig) {
+  if (sig < 1 || sig > 64)
+    throw Error(ErrorKind::kInvalidArgument, "signal " + std::to_string(sig) + " is not 1-64");
+  const VmRecord r = get(id);
+  const std::string status = oci_status(r);
+  if (status == "stopped" || status == "creating")
+    throw Error(ErrorKind::kInvalidArgument, "container not running");
+  if (sig == SIGKILL)
+    store_.kill(r.id, SIGKILL);
+  else
+    signal_workload(r.vsock_socket, sig, kAgentTimeout);
+}
+
+void OciRuntime::remove(const std::string& id, bool force) {
+  const VmRecord r = get(id);
+  const std::string status = oci_status(r);
+  if (status != "stopped" && status != "created" && !force)
+    throw Error(ErrorKind::kInvalidArgument,
+                "cannot delete container " + id + " that is not stopped: " + status);
+  store_.remove(r.id, true);
+}
+
+int OciRuntime::exec(const OciExecOptions& o) {
+  const VmRecord r = get(o.id);
+  const std::string status = oci_status(r);
+  if (status != "running")
+    throw Error(ErrorKind::kInvalidArgument, "cannot exec in a container that is " + status);
+  if (o.process.terminal)
+    throw Error(ErrorKind::kUnsupported,
+                "process.terminal: img2vm-oci cannot give an exec a terminal yet (no -t)");
+  guestabi::ExecRequest req;
+  req.args = o.process.args;
+  req.env = o.process.env;
+  req.user = std::to_string(o.process.uid) + ":" + std::to_string(o.process.gid);
+  req.workdir = o.process.cwd;
+  req.open_stdin = true;  // whatever stdin the engine gave (/dev/null ends it at once)
+  ExecSession session(connect_agent(r.vsock_socket, kAgentTimeout), req);
+  auto run = [&session] {
+    ExecResult res = session.run(0, 1, 2);
+    if (!res.error.empty()) {
+      std::string line = "img2vm-oci: exec: " + res.error + "\n";
+      (void)!::write(2, line.data(), line.size());
+    }
+    return res.status;
+  };
+  if (!o.detach) return run();
+
+  // Detached: this process is single-threaded here, so the children may go on with the session.
+  const pid_t child = ::fork();
+  if (child < 0) throw_errno("fork");
+  if (child == 0) {
+    if (::setsid() < 0) ::_exit(126);
+    const pid_t daemon = ::fork();
+    if (daemon == 0) {
+      int st = 255;
+      try {
+        st = run();
+      } catch (const std::exception& e) {
+        std::string line = std::string("img2vm-oci: exec: ") + e.what() + "\n";
+        (void)!::write(2, line.data(), line.size());
+      }
+      ::_exit(st);
+    }
+    if (daemon < 0) ::_exit(126);
+    try {
+      if (!o.pid_file.empty()) write_file_atomic(o.pid_file, std::to_string(daemon), 0644);
+    } catch (const std::exception&) {
+      ::kill(daemon, SIGKILL);
+      ::_exit(125);
+    }
+    ::_exit(0);
+  }
+  int st = 0;
+  while (::waitpid(child, &st, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    throw Error(ErrorKind::kIo, WIFEXITED(st) && WEXITSTATUS(st) == 125
+                                    ? "exec: cannot write the pid file " + o.pid_file.string()
+                                    : std::string("exec: cannot start the exec's process"));
+  return 0;
+}
+
+std::vector<pid_t> OciRuntime::pids(const std::string& id) const {
+  const VmRecord r = get(id);
+  std::vector<pid_t> out;
+  for (const ProcessRef& p : {r.monitor, r.vmm})
+    if (p.pid > 0 && p.alive()) out.push_back(p.pid);
+  return out;
+}
+
+}  // namespace img2vm::runtime

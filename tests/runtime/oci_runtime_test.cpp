@@ -1,0 +1,192 @@
+// A bundle's config.json made into a VM's options for img2vm-oci (issue #18): the process
+// becomes the root's config, the workload waits for start, memory and vCPUs come from
+// linux.resources or the annotations, the engine's /dev tmpfs gives way to the init's, a bind
+// mount of a file is left out with a warning, a terminal is refused; and the state's JSON.
+#include "img2vm/runtime/oci_runtime.hpp"
+
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+
+namespace img2vm::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+class OciOptions : public ::testing::Test {
+ protected:
+  TempDir dir{"img2vm-oci-options"};
+  std::vector<std::string> warnings;
+
+  void SetUp() override {
+    fs::create_directories(dir.path() / "rootfs");
+    fs::create_directories(dir.path() / "share");
+    write_file_atomic(dir.path() / "share/file", "x");
+    write_file_atomic(dir.path() / "vmlinux", "not really a kernel");
+  }
+  json config() const {
+    return {{"ociVersion", "1.0.2"},
+            {"root", {{"path", "rootfs"}, {"readonly", true}}},
+            {"hostname", "h1"},
+            {"process",
+             {{"user", {{"uid", 1000}, {"gid", 100}}},
+              {"args", {"sh", "-c", "echo hi"}},
+              {"env", {"PATH=/bin", "A=1"}},
+              {"cwd", "/work"}}},
+            {"mounts",
+             {{{"destination", "/proc"}, {"type", "proc"}, {"source", "proc"}},
+              {{"destination", "/dev"}, {"type", "tmpfs"}, {"source", "tmpfs"}},
+              {{"destination", "/dev/shm"}, {"type", "tmpfs"}, {"source", "shm"}},
+              {{"destination", "/data"},
+               {"type", "bind"},
+               {"source", (dir.path() / "share").string()},
+               {"options", {"rbind", "ro"}}},
+              {{"destination", "/etc/hosts"},
+               {"type", "bind"},
+               {"source", (dir.path() / "share/file").string()},
+               {"options", {"rbind"}}}}},
+            {"annotations", {{"org.img2vm.kernel", (dir.path() / "vmlinux").string()}}}};
+  }
+  MachineOptions options(const json& j) {
+    OciBundle b = parse_oci_config(j.dump(), dir.path());
+    return oci_machine_options(b, [this](const std::string& w) { warnings.push_back(w); });
+  }
+  bool warned(const std::string& part) const {
+    for (const auto& w : warnings)
+      if (w.find(part) != std::string::npos) return true;
+    return false;
+  }
+};
+
+TEST_F(OciOptions, TheProcessBecomesTheRootsConfigAndWaitsForStart) {
+  MachineOptions mo = options(config());
+  EXPECT_EQ(mo.kernel, dir.path() / "vmlinux");
+  ASSERT_TRUE(mo.root_dir);
+  EXPECT_EQ(mo.root_dir->path, fs::canonical(dir.path() / "rootfs"));
+  EXPECT_TRUE(mo.root_dir->read_only);
+  ASSERT_TRUE(mo.root_dir->config);
+  const guestabi::RuntimeConfig& rc = *mo.root_dir->config;
+  EXPECT_EQ(rc.cmd, (std::vector<std::string>{"sh", "-c", "echo hi"}));
+  EXPECT_TRUE(rc.entrypoint.empty());
+  EXPECT_EQ(rc.env, (std::vector<std::string>{"PATH=/bin", "A=1"}));
+  EXPECT_EQ(rc.working_dir, "/work");
+  EXPECT_EQ(rc.user, "1000:100");
+  EXPECT_EQ(rc.hostname, "h1");
+  EXPECT_TRUE(mo.overrides.wait_for_start);
+  EXPECT_TRUE(mo.overrides.agent_signals);
+  EXPECT_TRUE(mo.defer_shares);
+  EXPECT_EQ(mo.network, NetworkMode::kNone);
+  EXPECT_EQ(mo.memory_mib, kOciDefaultMemoryMib);
+  EXPECT_EQ(mo.cpus, 1u);
+}
+
+TEST_F(OciOptions, MountsAVmCanGiveAndWarningsForTheRest) {
+  MachineOptions mo = options(config());
+  ASSERT_EQ(mo.mounts.size(), 2u);  // /dev/shm and /data; not /dev, not the file
+  EXPECT_EQ(mo.mounts[0].target, "/dev/shm");
+  EXPECT_EQ(mo.mounts[0].type, Mount::Type::kTmpfs);
+  EXPECT_EQ(mo.mounts[1].target, "/data");
+  EXPECT_EQ(mo.mounts[1].type, Mount::Type::kBind);
+  EXPECT_TRUE(mo.mounts[1].read_only);
+  EXPECT_TRUE(warned("/etc/hosts")) << ::testing::PrintToString(warnings);
+  EXPECT_TRUE(warned("is not a directory")) << ::testing::PrintToString(warnings);
+}
+
+TEST_F(OciOptions, MemoryAndCpusFromResourcesAndAnnotations) {
+  json j = config();
+  j["linux"] = {{"resources",
+                 {{"memory", {{"limit", 300 * 1024 * 1024 + 1}}},
+                  {"cpu", {{"quota", 150000}, {"period", 100000}}}}},
+                {"namespaces", {{{"type", "network"}, {"path", "/proc/1/ns/net"}}}}};
+  MachineOptions mo = options(j);
+  EXPECT_EQ(mo.memory_mib, 301u);  // rounded up
+  EXPECT_EQ(mo.cpus, 2u);
+  EXPECT_TRUE(warned("network /proc/1/ns/net")) << ::testing::PrintToString(warnings);
+
+  j["linux"]["resources"]["memory"]["limit"] = 1024 * 1024;
+  mo = options(j);
+  EXPECT_EQ(mo.memory_mib, kOciMinMemoryMib);
+  EXPECT_TRUE(warned("below a VM's least"));
+
+  j["annotations"]["org.img2vm.memory_mib"] = "512";
+  j["annotations"]["org.img2vm.cpus"] = "3";
+  mo = options(j);
+  EXPECT_EQ(mo.memory_mib, 512u);
+  EXPECT_EQ(mo.cpus, 3u);
+
+  for (const char* bad : {"0", "x", "65", "-1", "3 "}) {
+    j["annotations"]["org.img2vm.cpus"] = bad;
+    try {
+      options(j);
+      ADD_FAILURE() << "cpus " << bad << " accepted";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("org.img2vm.cpus"), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST_F(OciOptions, ATerminalAndAMissingKernelAreRefusedClearly) {
+  json j = config();
+  j["process"]["terminal"] = true;
+  try {
+    options(j);
+    ADD_FAILURE() << "terminal accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_NE(std::string(e.what()).find("process.terminal"), std::string::npos) << e.what();
+  }
+  j = config();
+  j["annotations"]["org.img2vm.kernel"] = (dir.path() / "nosuch").string();
+  EXPECT_THROW(options(j), Error);
+}
+
+TEST(OciState, IsTheRuntimeSpecsJson) {
+  OciState s;
+  s.id = "c1";
+  s.status = "created";
+  s.pid = 42;
+  s.bundle = "/b";
+  s.annotations = {{"a", "b"}};
+  json j = json::parse(to_json(s));
+  EXPECT_EQ(j["ociVersion"], kOciRuntimeSpecVersion);
+  EXPECT_EQ(j["id"], "c1");
+  EXPECT_EQ(j["status"], "created");
+  EXPECT_EQ(j["pid"], 42);
+  EXPECT_EQ(j["bundle"], "/b");
+  EXPECT_EQ(j["annotations"]["a"], "b");
+  json f = json::parse(oci_features_json());
+  EXPECT_EQ(f["ociVersionMax"], kOciRuntimeSpecVersion);
+  EXPECT_TRUE(f["linux"]["namespaces"].is_array());
+}
+
+TEST(OciRuntimeStore, UnknownIdsAndBadIdsAreErrors) {
+  TempDir dir("img2vm-oci-store");
+  OciRuntime rt(dir.path() / "state");
+  try {
+    rt.state("nosuch");
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kNotFound);
+    EXPECT_EQ(std::string(e.what()), "container nosuch does not exist");
+  }
+  EXPECT_THROW(rt.start("nosuch"), Error);
+  EXPECT_THROW(rt.kill("nosuch", 15), Error);
+  EXPECT_THROW(rt.remove("nosuch", false), Error);
+  OciCreateOptions o;
+  o.id = "../x";
+  o.bundle = dir.path();
+  try {
+    rt.create(o);
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("invalid container id"), std::string::npos) << e.what();
+  }
+  EXPECT_TRUE(rt.list().empty());
+}
+
+}  // namespace
+}  // namespace img2vm::runtime
