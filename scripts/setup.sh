@@ -20,6 +20,7 @@ packages=(
   docker-registry skopeo umoci qemu-system-x86 e2fsprogs openssl curl busybox-static python3
   musl-tools   # musl-gcc: a static musl program for the "scratch image" run test
   linux-image-cloud-amd64   # the L1 kernel (kvm-amd) of the nested KVM test rig, tests/nested
+  mmdebstrap   # builds the rig's Debian userland with container engines (run --userland debian)
   isal   # igzip: the decompression floor bench/convert compares against
   # the guest kernel build
   linux-source-6.1 flex bison bc libelf-dev cpio xz-utils

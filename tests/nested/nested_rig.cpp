@@ -62,8 +62,23 @@ std::string NestedResult::describe() const {
 
 NestedResult run_nested(const std::vector<std::string>& argv, const std::vector<fs::path>& files,
                         std::chrono::seconds timeout) {
+  NestedOptions options;
+  options.timeout = timeout;
+  return run_nested(argv, files, options);
+}
+
+NestedResult run_nested(const std::vector<std::string>& argv, const std::vector<fs::path>& files,
+                        const NestedOptions& options) {
   std::vector<std::string> cmd = {IMG2VM_NESTED_RIG, "run", "--timeout",
-                                  std::to_string(timeout.count())};
+                                  std::to_string(options.timeout.count())};
+  if (options.userland == NestedUserland::kDebian) {
+    cmd.push_back("--userland");
+    cmd.push_back("debian");
+  }
+  if (options.memory_mib > 0) {
+    cmd.push_back("--memory");
+    cmd.push_back(std::to_string(options.memory_mib));
+  }
   for (const auto& f : files) {
     cmd.push_back("--file");
     cmd.push_back(f.string());
@@ -71,7 +86,10 @@ NestedResult run_nested(const std::vector<std::string>& argv, const std::vector<
   cmd.push_back("--");
   cmd.insert(cmd.end(), argv.begin(), argv.end());
   RunOptions opts;
-  opts.timeout = timeout + std::chrono::seconds(120);  // the base build on first use, and boot
+  // The base build on first use, and boot; the Debian userland's build (a few minutes, bounded
+  // by the test's own timeout) on its first use.
+  opts.timeout = options.timeout + std::chrono::seconds(120);
+  if (options.userland == NestedUserland::kDebian) opts.timeout += std::chrono::minutes(40);
   auto r = run_command(cmd, opts);
   NestedResult n;
   n.exit_code = r.exit_code;

@@ -31,8 +31,25 @@ struct NestedResult {
   std::string describe() const;
 };
 
+// What L1 runs on (nested-rig.sh run --userland).
+enum class NestedUserland {
+  kBusybox,  // busybox in an initramfs (the default)
+  kDebian,   // Debian 12 with podman, crun, conmon, containerd, CNI plugins, nftables, skopeo ...
+             // built once with mmdebstrap and cached (a few minutes the first time)
+};
+
+struct NestedOptions {
+  std::chrono::seconds timeout{300};  // of L1 as a whole (the rig's --timeout)
+  NestedUserland userland = NestedUserland::kBusybox;
+  int memory_mib = 0;  // 0: the rig's default (2048)
+};
+
 // Runs argv inside L1 with `files` copied in at the same absolute paths (shared libraries of
-// dynamic executables included). argv[0] must be one of `files` or a busybox applet.
+// dynamic executables included; over the Debian userland, only those it lacks). argv[0] must
+// be one of `files` or a program of the userland (a busybox applet in the default one).
+NestedResult run_nested(const std::vector<std::string>& argv,
+                        const std::vector<std::filesystem::path>& files,
+                        const NestedOptions& options);
 NestedResult run_nested(const std::vector<std::string>& argv,
                         const std::vector<std::filesystem::path>& files,
                         std::chrono::seconds timeout = std::chrono::seconds(300));
