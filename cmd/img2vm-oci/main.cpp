@@ -59,8 +59,11 @@ void Globals::warn(const std::string& msg) const {
   }
   std::error_code ec;
   std::filesystem::create_directories(root_dir(), ec);
-  if (!append_log(root_dir() / kDefaultLog, false, "warning", msg))
-    std::cerr << "img2vm-oci: warning: " << msg << "\n";
+  const std::filesystem::path file = root_dir() / kDefaultLog;
+  // Every container adds a dozen lines: two files of kDefaultLogMax at the most.
+  if (std::filesystem::file_size(file, ec) >= kDefaultLogMax && !ec)
+    std::filesystem::rename(file, file.string() + ".1", ec);
+  if (!append_log(file, false, "warning", msg)) std::cerr << "img2vm-oci: warning: " << msg << "\n";
 }
 
 }  // namespace img2vm::oci_cli

@@ -81,6 +81,23 @@ TEST(OciCli, CreatesWarningsGoToALogNotToTheWorkloadsStderr) {
       << r.describe();
 }
 
+// ROOT/img2vm-oci.log stays bounded: at 1 MiB it becomes img2vm-oci.log.1 (the one before goes).
+TEST(OciCli, TheDefaultWarningLogIsRotatedAtOneMib) {
+  img2vm::TempDir t("img2vm-oci-cli");
+  write_bundle(t.path() / "b");
+  const fs::path root = t.path() / "state";
+  fs::create_directories(root);
+  img2vm::write_file_atomic(root / "img2vm-oci.log.1", "the oldest\n");
+  img2vm::write_file_atomic(root / "img2vm-oci.log", std::string((1u << 20) - 1, 'x') + "\n");
+  auto r = oci({"--root", root.string(), "create", "--bundle", (t.path() / "b").string(), "c1"});
+  EXPECT_EQ(r.exit_code, 1) << r.describe();
+  EXPECT_EQ(fs::file_size(root / "img2vm-oci.log.1"), 1u << 20);
+  const std::string log = file_text(root / "img2vm-oci.log");
+  // Its first line is create's first warning; none of the old file is left in it.
+  EXPECT_LT(log.find("warning: container c1: process.capabilities"), log.find('\n')) << log;
+  EXPECT_EQ(log.find("xx"), std::string::npos);
+}
+
 // What engines do with ids the runtime does not know: podman's state check looks for "does not
 // exist"; delete --force of an unknown id succeeds (the shim's and podman's cleanups).
 TEST(OciCli, UnknownIdsAnswerAsEnginesExpect) {
