@@ -158,6 +158,10 @@ echo "opts-rc=$?"
 echo "host-out=$(cat "$W/host/out") owner=$(stat -c %u:%g "$W/host/out")"
 $P --log-level=debug run --rm $A localhost/img echo on-the-default-network 2>"$D/net"
 echo "net-rc=$?"
+# A create that fails: podman's error is img2vm-oci's line (no warnings in it).
+$P run --rm --network none --annotation org.img2vm.kernel=/no/such/vmlinux localhost/img true \
+  >/dev/null 2>"$W/bad.err"
+echo "bad-kernel-rc=$?"; sed 's/^/bad-kernel-err: /' "$W/bad.err"
 
 $P --log-level=debug run -d --name d1 $A localhost/img \
   sh -c 'trap "echo got-term; exit 42" TERM; echo started; while :; do sleep 1; done' >"$W/d1.id" 2>"$D/d1"
@@ -192,6 +196,11 @@ kill $syslogd
   EXPECT_TRUE(has(o, "opts-rc=0\n"));
   EXPECT_TRUE(has(o, "host-out=from-guest owner=1000:1000\n"));
   EXPECT_TRUE(has(o, "on-the-default-network\nnet-rc=0\n"));
+  EXPECT_TRUE(has(o, "bad-kernel-rc=126\n"));
+  EXPECT_TRUE(has(o,
+                  "annotation org.img2vm.kernel: the kernel image /no/such/vmlinux does not "
+                  "exist"));
+  EXPECT_FALSE(has(o, "bad-kernel-err: img2vm-oci: warning"));
   EXPECT_TRUE(has(o, "run-d-rc=0\n"));
   EXPECT_FALSE(has(o, "gave-up-waiting-for"));
   EXPECT_TRUE(has(o, "exec-out 0 /\nexec-rc=4\n"));

@@ -156,6 +156,11 @@ MachineOptions oci_machine_options(const OciBundle& b,
 
   MachineOptions mo;
   const std::string* k = annotation(kAnnotationKernel);
+  std::error_code ec;
+  if (k && !fs::is_regular_file(*k, ec))
+    throw Error(ErrorKind::kNotFound, std::string("config.json: annotation ") + kAnnotationKernel +
+                                          ": the kernel image " + k->substr(0, 200) +
+                                          " does not exist");
   auto kernel = find_guest_kernel(k ? *k : std::string());
   if (!kernel)
     throw Error(ErrorKind::kNotFound,
