@@ -222,6 +222,12 @@ TEST(OciRuntimeStore, StoppedOnlyOnceTheMonitorHasEnded) {
   EXPECT_EQ(s.status, "running");
   EXPECT_EQ(s.pid, ::getpid());
   EXPECT_THROW(rt.remove("c1", false), Error);  // not stopped yet
+  try {
+    rt.kill("c1", 15);  // the VM has gone: nothing to signal
+    ADD_FAILURE() << "kill of an ended VM";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "container not running");
+  }
   ended_with_monitor(alive, false);
   EXPECT_EQ(rt.state("c1").status, "created");
   ProcessRef gone = alive;

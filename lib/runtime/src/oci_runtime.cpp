@@ -306,7 +306,9 @@ void OciRuntime::kill(const std::string& id, int sig) {
     throw Error(ErrorKind::kInvalidArgument, "signal " + std::to_string(sig) + " is not 1-64");
   const VmRecord r = get(id);
   const std::string status = oci_status(r);
-  if (status == "stopped" || status == "creating")
+  // A VM that has ended while its monitor finishes is running for state but has nothing left
+  // to signal; "container not running" is what podman's stop takes for done.
+  if (status == "stopped" || status == "creating" || r.status == VmStatus::kExited)
     throw Error(ErrorKind::kInvalidArgument, "container not running");
   if (sig == SIGKILL)
     store_.kill(r.id, SIGKILL);
