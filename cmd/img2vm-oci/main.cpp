@@ -14,31 +14,56 @@
 
 namespace img2vm::oci_cli {
 
-runtime::OciRuntime Globals::runtime() const {
-  return runtime::OciRuntime(root.empty() ? runtime::OciRuntime::default_root()
-                                          : std::filesystem::path(root));
+std::filesystem::path Globals::root_dir() const {
+  return root.empty() ? runtime::OciRuntime::default_root() : std::filesystem::path(root);
 }
 
-void Globals::log_line(const std::string& level, const std::string& msg) const {
-  if (log.empty()) {
-    std::cerr << "img2vm-oci: " << (level == "error" ? "" : level + ": ") << msg << "\n";
-    return;
-  }
+runtime::OciRuntime Globals::runtime() const { return runtime::OciRuntime(root_dir()); }
+
+namespace {
+
+// Appends one line at `level` to `file` as runc writes its log (`json`: {"level", "msg",
+// "time"}); false when the file cannot be opened.
+bool append_log(const std::filesystem::path& file, bool json, const std::string& level,
+                const std::string& msg) {
   std::string line;
-  if (log_format == "json")
+  if (json)
     line =
         nlohmann::json{{"level", level}, {"msg", msg}, {"time", runtime::now_rfc3339_nano()}}.dump(
             -1, ' ', false, nlohmann::json::error_handler_t::replace) +
         "\n";
   else
     line = runtime::now_rfc3339_nano() + " " + level + ": " + msg + "\n";
-  int fd = ::open(log.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-  if (fd < 0) {
-    std::cerr << "img2vm-oci: " << msg << "\n";
-    return;
-  }
+  int fd = ::open(file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) return false;
   (void)!::write(fd, line.data(), line.size());
   ::close(fd);
+  return true;
+}
+
+}  // namespace
+
+void Globals::log_line(const std::string& level, const std::string& msg) const {
+  if (log.empty()) {
+    std::cerr << "img2vm-oci: " << (level == "error" ? "" : level + ": ") << msg << "\n";
+    return;
+  }
+  if (!append_log(log, log_format == "json", level, msg))
+    std::cerr << "img2vm-oci: " << msg << "\n";
+}
+
+void Globals::warn(const std::string& msg) const {
+  if (!log.empty() || ::isatty(2)) {
+    log_line("warning", msg);
+    return;
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(root_dir(), ec);
+  const std::filesystem::path file = root_dir() / kDefaultLog;
+  // Every container adds a dozen lines: two files of kDefaultLogMax at the most.
+  if (std::filesystem::file_size(file, ec) >= kDefaultLogMax && !ec)
+    std::filesystem::rename(file, file.string() + ".1", ec);
+  if (!append_log(file, false, "warning", msg)) std::cerr << "img2vm-oci: warning: " << msg << "\n";
 }
 
 }  // namespace img2vm::oci_cli

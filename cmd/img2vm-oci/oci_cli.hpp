@@ -19,8 +19,17 @@ struct Globals {
   std::string rootless;  // --rootless true|false|auto: accepted
 
   runtime::OciRuntime runtime() const;
+  std::filesystem::path root_dir() const;
   // A line for --log (or stderr without it) at `level` ("warning", "error").
   void log_line(const std::string& level, const std::string& msg) const;
+  // A warning of create's (what a container does not get): to --log; without one, to stderr
+  // when that is a terminal, else to ROOT/img2vm-oci.log (kDefaultLog; once it holds
+  // kDefaultLogMax bytes it becomes img2vm-oci.log.1, replacing the one before). An engine's
+  // create has the workload's stdout and stderr: conmon and the shim log what it writes there as
+  // the container's own output.
+  void warn(const std::string& msg) const;
+  static constexpr const char* kDefaultLog = "img2vm-oci.log";
+  static constexpr uintmax_t kDefaultLogMax = 1u << 20;
 };
 
 // A command's body: returns the exit code; errors are thrown as img2vm::Error.

@@ -5,6 +5,9 @@
 #include "img2vm/runtime/oci_runtime.hpp"
 
 #include <gtest/gtest.h>
+#include <linux/magic.h>
+#include <sys/statfs.h>
+#include <unistd.h>
 
 #include <nlohmann/json.hpp>
 
@@ -96,6 +99,29 @@ TEST_F(OciOptions, MountsAVmCanGiveAndWarningsForTheRest) {
   EXPECT_TRUE(warned("is not a directory")) << ::testing::PrintToString(warnings);
 }
 
+// podman binds a tmpfs of its own at /dev/shm (userdata/shm): the guest gets a tmpfs of that
+// size instead of a virtio-fs share (and its virtiofsd) of it.
+TEST_F(OciOptions, PodmansShmBindIsATmpfsOfTheGuest) {
+  json j = config();
+  j["mounts"][2] = {{"destination", "/dev/shm"},
+                    {"type", "bind"},
+                    {"source", (dir.path() / "share").string()},
+                    {"options", {"rbind", "nosuid", "noexec", "nodev"}}};
+  MachineOptions mo = options(j);
+  ASSERT_EQ(mo.mounts.size(), 2u);
+  EXPECT_EQ(mo.mounts[0].target, "/dev/shm");
+  EXPECT_EQ(mo.mounts[0].type, Mount::Type::kTmpfs);
+  EXPECT_TRUE(mo.mounts[0].source.empty());
+  EXPECT_EQ(mo.mounts[0].size, 0u);  // not a tmpfs on the host: the guest kernel's default
+  struct statfs st {};
+  if (::statfs("/dev/shm", &st) == 0 && st.f_type == TMPFS_MAGIC) {
+    j["mounts"][2]["source"] = "/dev/shm";
+    mo = options(j);
+    ASSERT_EQ(mo.mounts[0].type, Mount::Type::kTmpfs);
+    EXPECT_EQ(mo.mounts[0].size, uint64_t(st.f_blocks) * uint64_t(st.f_bsize));
+  }
+}
+
 TEST_F(OciOptions, MemoryAndCpusFromResourcesAndAnnotations) {
   json j = config();
   j["linux"] = {{"resources",
@@ -141,7 +167,16 @@ TEST_F(OciOptions, ATerminalAndAMissingKernelAreRefusedClearly) {
   }
   j = config();
   j["annotations"]["org.img2vm.kernel"] = (dir.path() / "nosuch").string();
-  EXPECT_THROW(options(j), Error);
+  try {
+    options(j);
+    ADD_FAILURE() << "a missing kernel accepted";
+  } catch (const Error& e) {
+    // Named as the annotation it came from (podman shows this line as its error).
+    EXPECT_EQ(e.kind(), ErrorKind::kNotFound);
+    EXPECT_EQ(std::string(e.what()),
+              "config.json: annotation org.img2vm.kernel: the kernel image " +
+                  (dir.path() / "nosuch").string() + " does not exist");
+  }
 }
 
 TEST(OciState, IsTheRuntimeSpecsJson) {
@@ -161,6 +196,48 @@ TEST(OciState, IsTheRuntimeSpecsJson) {
   json f = json::parse(oci_features_json());
   EXPECT_EQ(f["ociVersionMax"], kOciRuntimeSpecVersion);
   EXPECT_TRUE(f["linux"]["namespaces"].is_array());
+}
+
+// The VM's end is recorded before its monitor (the --pid-file process) has gone: the container
+// is stopped only once the monitor has (runtime-spec: its process has exited), so an engine
+// that hears "stopped" finds the exit status its conmon or shim writes on reaping the monitor.
+TEST(OciRuntimeStore, StoppedOnlyOnceTheMonitorHasEnded) {
+  TempDir dir("img2vm-oci-store");
+  OciRuntime rt(dir.path() / "state");
+  VmCreate c;
+  c.name = "c1";
+  c.bundle = "/b";
+  const VmRecord r = rt.store().create(c, "{}");
+  auto ended_with_monitor = [&](ProcessRef monitor, bool started) {
+    rt.store().update(r.id, [&](VmRecord& s) {
+      s.status = VmStatus::kExited;
+      s.exit_code = 3;
+      s.monitor = monitor;
+      s.started = started ? now_rfc3339_nano() : "";
+    });
+  };
+  const ProcessRef alive = ProcessRef::of(::getpid());  // this process stands for the monitor
+  ended_with_monitor(alive, true);
+  OciState s = rt.state("c1");
+  EXPECT_EQ(s.status, "running");
+  EXPECT_EQ(s.pid, ::getpid());
+  EXPECT_THROW(rt.remove("c1", false), Error);  // not stopped yet
+  try {
+    rt.kill("c1", 15);  // the VM has gone: nothing to signal
+    ADD_FAILURE() << "kill of an ended VM";
+  } catch (const Error& e) {
+    EXPECT_EQ(std::string(e.what()), "container not running");
+  }
+  ended_with_monitor(alive, false);
+  EXPECT_EQ(rt.state("c1").status, "created");
+  ProcessRef gone = alive;
+  gone.start_time += 1;  // the same pid, another process: the monitor has ended
+  ended_with_monitor(gone, true);
+  s = rt.state("c1");
+  EXPECT_EQ(s.status, "stopped");
+  EXPECT_EQ(s.pid, 0);
+  rt.remove("c1", false);
+  EXPECT_THROW(rt.state("c1"), Error);
 }
 
 TEST(OciRuntimeStore, UnknownIdsAndBadIdsAreErrors) {

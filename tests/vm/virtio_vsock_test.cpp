@@ -400,6 +400,29 @@ TEST(VirtioVsock, ALongSocketPathIsReachedThroughItsDirectory) {
   EXPECT_TRUE(a);
 }
 
+// containerd's state directory: /run/containerd/runc/default/<64 hex>/vsock.sock is 106 bytes,
+// which fits sockaddr_un but not with a connection's `_PORT` after it; the device goes through
+// the directory then too, and a guest's connection to a host port still arrives.
+TEST(VirtioVsock, APathThatFitsOnlyWithoutThePortSuffixIsReachedThroughItsDirectory) {
+  const size_t base = TempDir("vsock-test").path().string().size();  // as the rig's own
+  const size_t want = sizeof(sockaddr_un::sun_path) - 4;  // 104: fits, `_4294967295` does not
+  ASSERT_LT(base + 1 + std::string("/v.sock").size(), want);
+  VsockRig r(V::kMaxConnections, true, std::string(want - base - 1 - 7, 'd'));
+  ASSERT_EQ(r.uds.string().size(), want) << r.uds;
+  EXPECT_TRUE(std::filesystem::exists(r.uds));
+  UniqueFd l = unix_listen(r.uds.string() + "_4000000000");
+  ASSERT_TRUE(l);
+  r.send(guest_hdr(V::kOpRequest, 1025, 4000000000u));
+  EXPECT_EQ(r.one().h.op, V::kOpResponse);
+  UniqueFd a(::accept4(l.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  EXPECT_TRUE(a);
+  UniqueFd c = unix_connect(r.uds);
+  ASSERT_TRUE(c);
+  ASSERT_EQ(::write(c.get(), "CONNECT 9\n", 10), 10);
+  r.vsock.handle_host();
+  EXPECT_EQ(r.one().h.dst_port, 9u);
+}
+
 TEST(VirtioVsock, ShutdownAndResetCleanUp) {
   VsockRig r;
   // The guest closes: its last bytes reach the host, then EOF, and the flow ends with an RST.

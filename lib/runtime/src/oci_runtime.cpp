@@ -1,6 +1,8 @@
 #include "img2vm/runtime/oci_runtime.hpp"
 
+#include <linux/magic.h>
 #include <signal.h>
+#include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -39,13 +41,26 @@ uint64_t annotation_number(const std::string& value, const char* key, uint64_t l
 }
 
 // The bind and tmpfs mounts a VM can give: directories through virtio-fs, tmpfs in guest
-// memory. The engine's tmpfs at /dev gives way to the init's devtmpfs; a bind mount of a file
-// cannot be shared and is left out, with a warning.
+// memory. The engine's tmpfs at /dev gives way to the init's devtmpfs; its /dev/shm (podman
+// binds a tmpfs of the host's there) is a tmpfs of the guest's, as large as the host's: shared
+// memory does not cross a virtio-fs share, and it would cost a virtiofsd. A bind mount of a
+// file cannot be shared and is left out, with a warning.
 std::vector<Mount> vm_mounts(const OciBundle& b,
                              const std::function<void(const std::string&)>& say) {
   std::vector<Mount> out;
   for (const Mount& m : b.mounts) {
     if (m.type == Mount::Type::kTmpfs && m.target == "/dev") continue;
+    if (m.type == Mount::Type::kBind && m.target == "/dev/shm") {
+      Mount shm;
+      shm.type = Mount::Type::kTmpfs;
+      shm.target = m.target;
+      shm.read_only = m.read_only;
+      struct statfs st {};
+      if (::statfs(m.source.c_str(), &st) == 0 && st.f_type == TMPFS_MAGIC)
+        shm.size = uint64_t(st.f_blocks) * uint64_t(st.f_bsize);
+      out.push_back(shm);
+      continue;
+    }
     if (m.type == Mount::Type::kBind) {
       std::error_code ec;
       if (!fs::is_directory(m.source, ec)) {
@@ -61,6 +76,10 @@ std::vector<Mount> vm_mounts(const OciBundle& b,
   return out;
 }
 
+// The container's process is the monitor (--pid-file's): it has not stopped before the monitor
+// has ended, although the VM's end is recorded before it goes (its virtiofsd are stopped after).
+// An engine that hears "stopped" looks for the exit status its conmon or shim writes once it
+// has reaped the monitor, and podman gives up on it after a few seconds.
 const char* oci_status(const VmRecord& r) {
   switch (r.status) {
     case VmStatus::kCreated:
@@ -68,6 +87,7 @@ const char* oci_status(const VmRecord& r) {
     case VmStatus::kRunning:
       return r.started.empty() ? "created" : "running";
     case VmStatus::kExited:
+      if (r.monitor.alive()) return r.started.empty() ? "created" : "running";
       return "stopped";
   }
   return "stopped";
@@ -136,6 +156,11 @@ MachineOptions oci_machine_options(const OciBundle& b,
 
   MachineOptions mo;
   const std::string* k = annotation(kAnnotationKernel);
+  std::error_code ec;
+  if (k && !fs::is_regular_file(*k, ec))
+    throw Error(ErrorKind::kNotFound, std::string("config.json: annotation ") + kAnnotationKernel +
+                                          ": the kernel image " + k->substr(0, 200) +
+                                          " does not exist");
   auto kernel = find_guest_kernel(k ? *k : std::string());
   if (!kernel)
     throw Error(ErrorKind::kNotFound,
@@ -281,7 +306,9 @@ void OciRuntime::kill(const std::string& id, int sig) {
     throw Error(ErrorKind::kInvalidArgument, "signal " + std::to_string(sig) + " is not 1-64");
   const VmRecord r = get(id);
   const std::string status = oci_status(r);
-  if (status == "stopped" || status == "creating")
+  // A VM that has ended while its monitor finishes is running for state but has nothing left
+  // to signal; "container not running" is what podman's stop takes for done.
+  if (status == "stopped" || status == "creating" || r.status == VmStatus::kExited)
     throw Error(ErrorKind::kInvalidArgument, "container not running");
   if (sig == SIGKILL)
     store_.kill(r.id, SIGKILL);

@@ -18,6 +18,9 @@ namespace img2vm::vm {
 namespace {
 using Clock = std::chrono::steady_clock;
 
+// What a connection's path adds to the device's at most: `<uds_path>_<port>`.
+constexpr std::string_view kLongestPortSuffix = "_4294967295";
+
 bool to_sockaddr(const std::string& path, sockaddr_un& sa) {
   sa = {};
   sa.sun_family = AF_UNIX;
@@ -46,14 +49,14 @@ std::optional<uint32_t> parse_connect(std::string_view line) {
 VirtioVsock::VirtioVsock(uint64_t guest_cid, std::filesystem::path uds_path, size_t max_connections)
     : cid_(guest_cid),
       path_(std::move(uds_path)),
-      addr_(path_),
+      addr_(path_, kLongestPortSuffix.size()),
       max_conns_(std::min(max_connections, kMaxConnections)) {
   if (guest_cid <= kHostCid || guest_cid >= 0xffffffffull)
     throw Error(ErrorKind::kInvalidArgument, "vsock guest CID " + std::to_string(guest_cid) +
                                                  " is reserved (it must be 3 to 4294967294)");
   sockaddr_un sa;
   // The longest connection path, `<uds_path>_4294967295`, must fit as well.
-  if (!to_sockaddr(std::string(addr_.text()) + "_4294967295", sa))
+  if (!to_sockaddr(std::string(addr_.text()) + std::string(kLongestPortSuffix), sa))
     throw Error(ErrorKind::kInvalidArgument,
                 "vsock socket name '" + path_.filename().string() + "' is too long");
   for (size_t i = 0; i < 8; ++i) config_[i] = uint8_t(guest_cid >> (8 * i));

@@ -17,8 +17,10 @@ namespace img2vm {
 class UnixAddress {
  public:
   // Throws Error(kInvalidArgument) naming the path when it is empty, its name does not fit, or
-  // its directory cannot be opened (ErrorKind of errno then).
-  explicit UnixAddress(const std::filesystem::path& path);
+  // its directory cannot be opened (ErrorKind of errno then). `room`: bytes a caller appends to
+  // text() for other sockets beside this one (the vsock device's `_PORT`); a path that fits
+  // only without them goes through its directory too.
+  explicit UnixAddress(const std::filesystem::path& path, size_t room = 0);
 
   const sockaddr* get() const noexcept { return reinterpret_cast<const sockaddr*>(&sa_); }
   socklen_t size() const noexcept { return sizeof sa_; }

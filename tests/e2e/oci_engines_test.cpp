@@ -1,0 +1,249 @@
+// img2vm-oci driven by the container engines themselves (issue #18), in the nested rig's Debian
+// userland (tests/nested: podman 4.3 with conmon, containerd 1.6 with its runc shim and ctr),
+// next to L1's /dev/kvm: every container is a microVM of ours. img2vm-oci, img2vm-vmm and
+// img2vm-init go into L1 at their build paths (img2vm-oci finds the other two there), with
+// Debian's virtiofsd and the guest kernel. One L1 boot per engine; its script prints one
+// "name=value" line per fact and the test checks the lines; on a failure the whole output is
+// shown, with podman's --log-level=debug output, the runtime's log, containerd's log and the
+// shim's log.json.
+//
+// Needs: mmdebstrap (the userland is built once, a few minutes), qemu-system-x86_64, the guest
+// kernel ($IMG2VM_KERNEL or ~/.cache/img2vm/kernel/*/vmlinux), busybox-static, root.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <optional>
+#include <string>
+
+#include "image_builder.hpp"
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/runtime/kernel.hpp"
+#include "nested_rig.hpp"
+#include "process.hpp"
+
+using namespace img2vm::testing;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kVirtiofsd = "/usr/lib/qemu/virtiofsd";
+
+// The guest kernel as img2vm finds it ($IMG2VM_KERNEL, else the cached build).
+std::optional<fs::path> find_kernel() {
+  try {
+    if (auto k = img2vm::runtime::find_guest_kernel()) return k->path;
+  } catch (const img2vm::Error&) {
+  }
+  return std::nullopt;
+}
+
+// Why these tests cannot run here; empty when they can.
+std::string skip_reason() {
+  if (find_program("mmdebstrap").empty()) return "mmdebstrap not installed (the rig's userland)";
+  if (find_program("qemu-system-x86_64").empty()) return "qemu-system-x86_64 not installed";
+  if (!find_kernel()) return "no guest kernel: run `img2vm kernel build` or set IMG2VM_KERNEL";
+  if (!fs::exists("/bin/busybox")) return "needs busybox-static";
+  if (!fs::exists(kVirtiofsd)) return std::string("needs ") + kVirtiofsd + " (qemu-system-common)";
+  if (::geteuid() != 0) return "the engines and virtiofsd run as root in L1";
+  return {};
+}
+
+bool has(const std::string& out, const std::string& what) {
+  return out.find(what) != std::string::npos;
+}
+
+// The work directory copied into L1 whole: a busybox image as an OCI layout (layout/, tag
+// latest) and as an OCI archive (busybox-oci.tar), the guest kernel (vmlinux) and the script
+// (run.sh), which starts with W (this directory) and O (img2vm-oci).
+struct Workdir {
+  img2vm::TempDir tmp{"oci-engines"};
+  fs::path path() const { return tmp.path(); }
+
+  void make(const std::string& script) {
+    std::vector<Entry> e = {dir("bin"),
+                            dir("etc"),
+                            dir("tmp", 01777),
+                            dir("data"),
+                            file("bin/busybox", img2vm::read_file("/bin/busybox", 64 << 20), 0755),
+                            file("etc/passwd",
+                                 "root:x:0:0:root:/root:/bin/sh\n"
+                                 "app:x:1000:1000::/tmp:/bin/sh\n"),
+                            file("etc/group", "root:x:0:\napp:x:1000:\n")};
+    for (const char* a : {"sh", "echo", "cat", "id", "pwd", "hostname", "sleep", "ls", "grep",
+                          "true", "stat", "mount"})
+      e.push_back(symlink_to(std::string("bin/") + a, "busybox"));
+    ImageSpec spec;
+    spec.layers.push_back(layer(e));
+    spec.config.cmd = {"sh"};
+    spec.config.env = {"PATH=/bin"};
+    write_oci_layout(path() / "layout", {{"latest", build_image(spec)}});
+    auto tar = run_command({"tar", "-C", (path() / "layout").string(), "-cf",
+                            (path() / "busybox-oci.tar").string(), "."});
+    ASSERT_EQ(tar.exit_code, 0) << tar.describe();
+    fs::copy_file(*find_kernel(), path() / "vmlinux");
+    std::ofstream(path() / "run.sh")
+        << "W=" << path().string() << "\nO=" << IMG2VM_OCI_BINARY << "\n"
+        << kPrelude << script;
+  }
+
+  NestedResult run() const {
+    NestedOptions o;
+    o.userland = NestedUserland::kDebian;
+    o.timeout = std::chrono::seconds(1800);
+    return run_nested(
+        {"sh", (path() / "run.sh").string()},
+        {IMG2VM_OCI_BINARY, IMG2VM_VMM_BINARY, IMG2VM_INIT_BINARY, kVirtiofsd, path()}, o);
+  }
+
+  // until_ok SECONDS CMD...: runs CMD every 0.2 s until it succeeds, at most SECONDS; says so
+  // when it never did. show NAME FILE: a file between markers, for a failure's report.
+  static constexpr const char* kPrelude = R"SH(
+until_ok() {
+  limit=$(( $1 * 5 )); shift; i=0
+  until "$@"; do
+    i=$((i + 1)); if [ $i -ge $limit ]; then echo "gave-up-waiting-for: $*"; return 1; fi
+    sleep 0.2
+  done
+}
+show() { echo "@@SHOW $1@@"; cat "$2" 2>&1; echo "@@SHOW-END $1@@"; }
+)SH";
+};
+
+// Everything a failed test needs to see: the script's output and the rig's messages.
+void report(const NestedResult& r) {
+  std::cerr << "--- exit " << r.exit_code << (r.timed_out ? " (timed out)" : "")
+            << " --- the script's output ---\n"
+            << r.output << "\n--- the rig ---\n"
+            << r.rig_stderr << "\n";
+}
+
+}  // namespace
+
+// podman 4.3 with `--runtime img2vm-oci` and its defaults (conmon, the cgroupfs manager, CNI):
+// run --rm gives the workload's output and exit status; -e, -u, -w and -v (read and written
+// through virtio-fs) reach the VM; the guest init's /etc/hosts and resolv.conf stand in for
+// podman's file binds; the default network (a netns the VM does not join yet) runs too;
+// run -d, logs (the workload's lines only: none of the runtime's warnings), exec with its
+// status, -u, -w and -e, stop (SIGTERM reaches the workload's trap, whose exit code inspect
+// shows), rm, and nothing left behind.
+TEST(OciEngines, PodmanRunsContainersAsVms) {
+  if (std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  Workdir w;
+  w.make(R"SH(
+# conmon and podman's cleanup log to syslog at --log-level=debug; without a /dev/log the cleanup
+# fails and podman waits 20 s for each container's end (crun's as well).
+busybox syslogd -n -O "$W/syslog" & syslogd=$!
+until_ok 60 test -S /dev/log || exit 89
+skopeo copy -q "oci:$W/layout:latest" containers-storage:localhost/img:latest || exit 90
+# The kernel goes by annotation: conmon gives the runtime only a few variables of podman's.
+P="podman --runtime $O"
+A="--annotation org.img2vm.kernel=$W/vmlinux"
+D="$W/podman-debug"; mkdir -p "$D"
+$P --log-level=debug run --rm --network none $A localhost/img echo hi-from-a-vm >"$W/hi.out" 2>"$D/hi"
+echo "hi-rc=$?"; sed 's/^/hi-out: /' "$W/hi.out"
+$P --log-level=debug run --rm --network none $A localhost/img sh -c 'exit 3' 2>"$D/exit3"
+echo "exit3-rc=$?"
+mkdir -p "$W/host"; echo from-host >"$W/host/in"; chmod 777 "$W/host"
+$P --log-level=debug run --rm --network none $A -e FOO=bar -u 1000:1000 -w /tmp -v "$W/host:/data" \
+  localhost/img sh -c 'echo "opts foo=$FOO id=$(id -u):$(id -g) pwd=$(pwd) in=$(cat /data/in)";
+    echo from-guest >/data/out; grep -c localhost /etc/hosts | sed "s/^/hosts-localhost=/";
+    grep -q "$(hostname)" /etc/hosts && echo hosts-has-hostname; test -f /etc/resolv.conf && echo resolv-ok;
+    grep /dev/shm /proc/mounts | cut -d" " -f3 | sed "s/^/shm-fs=/"' 2>"$D/opts"
+echo "opts-rc=$?"
+echo "host-out=$(cat "$W/host/out") owner=$(stat -c %u:%g "$W/host/out")"
+$P --log-level=debug run --rm $A localhost/img echo on-the-default-network 2>"$D/net"
+echo "net-rc=$?"
+# A create that fails: podman's error is img2vm-oci's line (no warnings in it).
+$P run --rm --network none --annotation org.img2vm.kernel=/no/such/vmlinux localhost/img true \
+  >/dev/null 2>"$W/bad.err"
+echo "bad-kernel-rc=$?"; sed 's/^/bad-kernel-err: /' "$W/bad.err"
+
+$P --log-level=debug run -d --name d1 $A localhost/img \
+  sh -c 'trap "echo got-term; exit 42" TERM; echo started; while :; do sleep 1; done' >"$W/d1.id" 2>"$D/d1"
+echo "run-d-rc=$?"
+until_ok 300 sh -c "$P logs d1 2>/dev/null | grep -q started"
+$P exec d1 sh -c 'echo exec-out $(id -u) $(pwd); exit 4' 2>"$D/exec"
+echo "exec-rc=$?"
+$P exec -u 1000:1000 -w /tmp -e X=y d1 sh -c 'echo exec2 $(id -u):$(id -g) $(pwd) $X' 2>"$D/exec2"
+echo "exec2-rc=$?"
+$P inspect --format 'running: {{.State.Status}} pid={{.State.Pid}}' d1
+echo "d1-pid-is-the-monitor=$(cat /proc/$($P inspect --format '{{.State.Pid}}' d1)/comm)"
+$P --log-level=debug stop -t 120 d1 >/dev/null 2>"$D/stop"
+echo "stop-rc=$?"
+$P inspect --format 'inspect status={{.State.Status}} exit={{.State.ExitCode}}' d1
+$P logs d1 >"$W/d1.logs" 2>&1; sed 's/^/d1-log: /' "$W/d1.logs"
+$P rm d1 >/dev/null; echo "rm-rc=$?"
+echo "left: containers=$($O list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w) virtiofsd=$(pidof virtiofsd | wc -w)"
+echo "conmon-timeouts=$(cat "$D"/* | grep -c 'Exceeded conmon timeout')"
+for f in "$D"/*; do show "podman ${f##*/}" "$f"; done
+show "img2vm-oci.log" /run/img2vm-oci/img2vm-oci.log
+show syslog "$W/syslog"
+kill $syslogd
+)SH");
+  if (HasFatalFailure()) return;
+  NestedResult r = w.run();
+  const std::string& o = r.output;
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(has(o, "hi-rc=0\nhi-out: hi-from-a-vm\n"));
+  EXPECT_TRUE(has(o, "exit3-rc=3\n"));
+  EXPECT_TRUE(has(o, "opts foo=bar id=1000:1000 pwd=/tmp in=from-host\n"));
+  EXPECT_TRUE(has(o, "hosts-localhost=2\nhosts-has-hostname\nresolv-ok\nshm-fs=tmpfs\n"));
+  EXPECT_TRUE(has(o, "opts-rc=0\n"));
+  EXPECT_TRUE(has(o, "host-out=from-guest owner=1000:1000\n"));
+  EXPECT_TRUE(has(o, "on-the-default-network\nnet-rc=0\n"));
+  EXPECT_TRUE(has(o, "bad-kernel-rc=126\n"));
+  EXPECT_TRUE(has(o,
+                  "annotation org.img2vm.kernel: the kernel image /no/such/vmlinux does not "
+                  "exist"));
+  EXPECT_FALSE(has(o, "bad-kernel-err: img2vm-oci: warning"));
+  EXPECT_TRUE(has(o, "run-d-rc=0\n"));
+  EXPECT_FALSE(has(o, "gave-up-waiting-for"));
+  EXPECT_TRUE(has(o, "exec-out 0 /\nexec-rc=4\n"));
+  EXPECT_TRUE(has(o, "exec2 1000:1000 /tmp y\nexec2-rc=0\n"));
+  EXPECT_TRUE(has(o, "running: running pid="));
+  EXPECT_TRUE(has(o, "d1-pid-is-the-monitor=img2vm-vmm\n"));
+  EXPECT_TRUE(has(o, "stop-rc=0\n"));
+  EXPECT_TRUE(has(o, "inspect status=exited exit=42\n"));
+  // The workload's lines and nothing else: create's warnings went to the runtime's own log.
+  EXPECT_TRUE(has(o, "exit=42\nd1-log: started\nd1-log: got-term\nrm-rc=0\n"));
+  EXPECT_TRUE(has(o, "left: containers=0 vmms=0 virtiofsd=0\n"));
+  EXPECT_TRUE(has(o, "warning: container ")) << "no warnings in img2vm-oci.log";
+  // podman had each end from conmon's exit file, never after its 20 s wait for one.
+  EXPECT_TRUE(has(o, "conmon-timeouts=0\n"));
+  if (HasFailure()) report(r);
+}
+
+// containerd 1.6 with its runc shim (io.containerd.runc.v2) and `ctr run --runc-binary
+// img2vm-oci`: the workload's output and exit status; the shim's --root
+// (/run/containerd/runc/default) makes the VM's vsock socket paths long; ctr --rm leaves nothing.
+TEST(OciEngines, ContainerdRunsAContainerAsAVm) {
+  if (std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  Workdir w;
+  w.make(R"SH(
+# containerd's environment reaches the shim and the runtime: the kernel goes by IMG2VM_KERNEL.
+IMG2VM_KERNEL="$W/vmlinux" containerd >"$W/containerd.log" 2>&1 &
+until_ok 300 sh -c '[ -S /run/containerd/containerd.sock ] && ctr version >/dev/null 2>&1' || exit 90
+ctr images import --base-name localhost/img "$W/busybox-oci.tar" >/dev/null || exit 91
+ctr run --rm --runc-binary "$O" localhost/img:latest c1 sh -c 'echo hi-from-a-vm; exit 5' >"$W/c1.out" 2>&1
+echo "ctr-rc=$?"; sed 's/^/c1-out: /' "$W/c1.out"
+ctr run --rm --runc-binary "$O" localhost/img:latest c2 sh -c 'echo "id=$(id -u) pwd=$(pwd)"' >"$W/c2.out" 2>&1
+echo "ctr2-rc=$?"; sed 's/^/c2-out: /' "$W/c2.out"
+echo "left: containers=$($O --root /run/containerd/runc/default list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w)"
+show containerd.log "$W/containerd.log"
+for f in $(find /run/containerd -name log.json); do show "$f" "$f"; done
+show img2vm-oci.log /run/containerd/runc/default/img2vm-oci.log
+)SH");
+  if (HasFatalFailure()) return;
+  NestedResult r = w.run();
+  const std::string& o = r.output;
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(has(o, "ctr-rc=5\nc1-out: hi-from-a-vm\n"));
+  EXPECT_TRUE(has(o, "ctr2-rc=0\nc2-out: id=0 pwd=/\n"));
+  EXPECT_TRUE(has(o, "left: containers=0 vmms=0\n"));
+  if (HasFailure()) report(r);
+}
