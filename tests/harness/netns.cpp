@@ -45,6 +45,20 @@ void run_ip(const std::vector<std::string>& args) {
   }
 }
 
+void make_engine_netns(const std::string& vm, const std::string& peer) {
+  run_ip({"netns", "add", vm});
+  run_ip({"netns", "add", peer});
+  run_ip({"-n", vm, "link", "set", "lo", "up"});
+  run_ip({"-n", peer, "link", "set", "lo", "up"});
+  run_ip({"-n", vm, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns", peer});
+  run_ip({"-n", vm, "link", "set", "eth0", "address", "02:42:0a:63:00:02", "mtu", "1400", "up"});
+  run_ip({"-n", peer, "link", "set", "peer0", "address", "02:42:0a:63:00:01", "mtu", "1400", "up"});
+  run_ip({"-n", vm, "addr", "add", "10.99.0.2/24", "dev", "eth0"});
+  run_ip({"-n", peer, "addr", "add", "10.99.0.1/24", "dev", "peer0"});
+  run_ip({"-n", vm, "route", "add", "default", "via", "10.99.0.1"});
+  run_ip({"-n", vm, "route", "add", "192.168.77.0/24", "via", "10.99.0.1"});
+}
+
 void in_netns(const std::string& path, const std::function<void()>& f) {
   UniqueFd ns = open_file(path, O_RDONLY);
   std::exception_ptr failure;

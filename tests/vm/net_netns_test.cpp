@@ -71,25 +71,6 @@ class Netns : public ::testing::Test {
     if (std::string why = enter_private_netns_dir(); !why.empty())
       GTEST_SKIP() << why << " (the netns tests need root for their own namespaces)";
   }
-
-  // The engine's work: namespace `vm` with eth0 (10.99.0.2/24, MTU 1400, a fixed MAC, default
-  // route via 10.99.0.1 and one more route), its peer peer0 (10.99.0.1/24) in namespace `peer`.
-  void make_engine_namespaces() {
-    run_ip({"netns", "add", "vm"});
-    run_ip({"netns", "add", "peer"});
-    run_ip({"-n", "vm", "link", "set", "lo", "up"});
-    run_ip({"-n", "peer", "link", "set", "lo", "up"});
-    run_ip({"-n", "vm", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns",
-            "peer"});
-    run_ip(
-        {"-n", "vm", "link", "set", "eth0", "address", "02:42:0a:63:00:02", "mtu", "1400", "up"});
-    run_ip({"-n", "peer", "link", "set", "peer0", "address", "02:42:0a:63:00:01", "mtu", "1400",
-            "up"});
-    run_ip({"-n", "vm", "addr", "add", "10.99.0.2/24", "dev", "eth0"});
-    run_ip({"-n", "peer", "addr", "add", "10.99.0.1/24", "dev", "peer0"});
-    run_ip({"-n", "vm", "route", "add", "default", "via", "10.99.0.1"});
-    run_ip({"-n", "vm", "route", "add", "192.168.77.0/24", "via", "10.99.0.1"});
-  }
 };
 
 // What the guest's side reads: frames from the tap's descriptor, each after its virtio-net header.
@@ -118,7 +99,8 @@ void write_frame(int fd, const Bytes& frame) {
 }
 
 TEST_F(Netns, TakesTheInterfacesPlaceAndRestoresItOnceTheVmHasEnded) {
-  make_engine_namespaces();
+  // harness/netns.hpp: vm (eth0: 10.99.0.2/24, kVethMac, MTU 1400), peer (peer0: 10.99.0.1/24).
+  make_engine_netns();
   std::optional<NetnsTap> t;
   t.emplace(kVmNs);
   const NetnsLink& i = t->info();
@@ -185,7 +167,7 @@ TEST_F(Netns, TakesTheInterfacesPlaceAndRestoresItOnceTheVmHasEnded) {
 // and address) reaches a socket in the peer namespace; the peer's datagram back comes out of
 // the descriptor after the ARP exchange for the container's address, answered from the tap.
 TEST_F(Netns, MirrorsFramesBetweenTheTapAndTheEnginesSide) {
-  make_engine_namespaces();
+  make_engine_netns();
   NetnsTap t(kVmNs);
   const int fd = t.device_fd();
   int size = int(kVnetHeader);
@@ -252,7 +234,7 @@ TEST_F(Netns, ANamespaceThatIsNotThereOrNotANetworkNamespaceIsRefused) {
 
 // Without root: entering the namespace is refused, and the error says what is missing.
 TEST_F(Netns, WithoutPrivilegesTheErrorSaysRootIsNeeded) {
-  make_engine_namespaces();
+  make_engine_netns();
   int p[2];
   ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
   UniqueFd rd(p[0]), wr(p[1]);
@@ -322,7 +304,7 @@ TEST_F(Netns, AnInterfaceWithoutIpv4IsRefused) {
 // A step the kernel refuses (here: the veth has an ingress qdisc already) undoes the earlier
 // ones: no tap left, the address still on the veth.
 TEST_F(Netns, AFailedSetupLeavesTheNamespaceAsItWas) {
-  make_engine_namespaces();
+  make_engine_netns();
   ASSERT_EQ(out_of({"tc", "-n", "vm", "qdisc", "add", "dev", "eth0", "ingress"}), "");
   std::string e = setup_error(kVmNs);
   EXPECT_TRUE(contains(e,
