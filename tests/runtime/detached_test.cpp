@@ -104,6 +104,19 @@ class Detached : public ::testing::Test {
     }
   }
 
+  // `p` started detached through the library, the fake as its VMM.
+  VmRecord start_prepared(const std::string& name, const PreparedMachine& p) {
+    VmCreate c;
+    c.name = name;
+    c.image = "fake:1";
+    c.vmm_program = fake.string();
+    DetachedOptions o;
+    o.monitor = IMG2VM_VMM_BINARY;
+    VmRecord r = start_detached(store, c, p, o);
+    sessions.push_back(::getsid(r.monitor.pid));
+    return r;
+  }
+
   CommandResult img2vm(std::vector<std::string> args) {
     const char* bin = std::getenv("IMG2VM_BIN");  // set by ctest
     args.insert(args.begin(), bin ? bin : "img2vm");
@@ -366,14 +379,7 @@ TEST_F(Detached, APreparedMachineStartsDetachedThroughTheLibrary) {
     p.deferred_shares.back().options.source = home.path() / "lib-data";
     p.deferred_shares.back().options.program = kVirtiofsd;
   }
-  VmCreate c;
-  c.name = "from-lib";
-  c.image = "fake:1";
-  c.vmm_program = fake.string();
-  DetachedOptions o;
-  o.monitor = IMG2VM_VMM_BINARY;
-  VmRecord r = start_detached(store, c, p, o);
-  sessions.push_back(::getsid(r.monitor.pid));
+  VmRecord r = start_prepared("from-lib", p);
   ASSERT_TRUE(logs_show("from-lib", "hello from the workload"));
   if (serve) {
     EXPECT_NE(img2vm({"logs", "from-lib"}).out.find("share img2vm-fs0 on socket:"),
@@ -411,14 +417,7 @@ TEST_F(Detached, ANetnsTapReachesTheVmmAndLivesAsLongAsTheVm) {
   std::optional<PreparedMachine> p;
   p.emplace(build_machine(std::move(mo)));
   p->config.cmdline = "tap";
-  VmCreate c;
-  c.name = "in-netns";
-  c.image = "fake:1";
-  c.vmm_program = fake.string();
-  DetachedOptions o;
-  o.monitor = IMG2VM_VMM_BINARY;
-  VmRecord r = start_detached(store, c, *p, o);
-  sessions.push_back(::getsid(r.monitor.pid));
+  VmRecord r = start_prepared("in-netns", *p);
   p.reset();  // the starter is done (img2vm-oci create exits)
   ASSERT_TRUE(logs_show("in-netns", "is /dev/net/tun, iff:\timg2vm-tap0"))
       << img2vm({"logs", "in-netns"}).out;
