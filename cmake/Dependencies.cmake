@@ -32,6 +32,8 @@ pkg_check_modules(SECCOMP REQUIRED IMPORTED_TARGET libseccomp)      # libseccomp
 # user-mode networking; slirp.pc requires glib-2.0.pc (libglib2.0-dev), libslirp links glib itself
 pkg_check_modules(SLIRP REQUIRED IMPORTED_TARGET slirp)             # libslirp-dev
 pkg_check_modules(NFTABLES REQUIRED IMPORTED_TARGET libnftables)   # libnftables-dev (tap backend)
+# rtnetlink and tc (links, addresses, routes, ingress qdiscs, u32 filters, mirred actions)
+pkg_check_modules(LIBNL REQUIRED IMPORTED_TARGET libnl-route-3.0 libnl-3.0)  # libnl-route-3-dev (netns network)
 if(IMG2VM_TESTS)
   find_package(GTest REQUIRED)                       # googletest (libgtest-dev)
   find_package(ZLIB REQUIRED)                        # zlib1g-dev: the gzip tests' writer

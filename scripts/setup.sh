@@ -12,6 +12,7 @@ packages=(
   libcli11-dev libzstd-dev libcrypt-dev libseccomp-dev googletest libgtest-dev libgmock-dev
   libslirp-dev libglib2.0-dev   # user-mode networking (slirp.pc requires glib-2.0.pc)
   libnftables-dev   # the tap backend's NAT and forwarding rules
+  libnl-3-dev libnl-route-3-dev   # a container engine's network namespace: tap, tc mirred (net_netns)
   libisal-dev   # isa-l: gzip layers are inflated with it
   zlib1g-dev   # the gzip tests write their streams with zlib (and libarchive.a's gzip filter)
   liblz4-dev libbz2-dev liblzma-dev nettle-dev libacl1-dev libxml2-dev   # what libarchive.a needs (Dependencies.cmake)

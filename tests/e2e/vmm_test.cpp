@@ -195,7 +195,7 @@ TEST(VmmProcess, RunsTheSpecRelaysSignalsAndMapsOnlyTheRunner) {
   }
   EXPECT_NE(maps.find("libslirp"), std::string::npos) << maps;
   for (const char* lib : {"libcurl", "libssl", "libcrypto", "libarchive", "libext2fs", "libisal",
-                          "libzstd", "libnftables"})
+                          "libzstd", "libnftables", "libnl-3"})
     EXPECT_EQ(maps.find(lib), std::string::npos) << "the VMM process maps " << lib;
   std::this_thread::sleep_for(300ms);  // the vCPU is in the guest
   EXPECT_TRUE(vmm.running());

@@ -4,15 +4,19 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <string>
 
 #include "img2vm/base/fd.hpp"
@@ -504,6 +508,46 @@ TEST(InitNetwork, PrefixNetmask) {
   EXPECT_EQ(ntohl(prefix_netmask(0)), 0u);
   EXPECT_EQ(ntohl(prefix_netmask(17)), 0xffff8000u);
   EXPECT_THROW(prefix_netmask(33), Error);
+}
+
+// A pod's network as Calico or Cilium make it: a /32 address behind 169.254.1.1, reached on the
+// link. Configured for real on a veth in a network namespace of a child of the test (root).
+TEST(InitNetwork, AGatewayOutsideTheSubnetIsReachedOnTheLink) {
+  if (::geteuid() != 0) GTEST_SKIP() << "not root (a network namespace of the test's own)";
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  img2vm::UniqueFd rd(p[0]), wr(p[1]);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::string out;
+    if (::unshare(CLONE_NEWNET) != 0) {
+      out = std::string("skip: unshare: ") + std::strerror(errno);
+    } else if (std::system("ip link add eth9 type veth peer name eth8 >/dev/null 2>&1") != 0) {
+      out = "skip: ip link add (iproute2, veth) failed";
+    } else {
+      try {
+        configure_interface(
+            img2vm::guestabi::NetConfig{"eth9", "10.244.1.5", 32, "169.254.1.1", 0});
+        std::ifstream in("/proc/net/route");
+        out.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+      } catch (const std::exception& e) {
+        out = std::string("error: ") + e.what();
+      }
+    }
+    (void)!::write(wr.get(), out.data(), out.size());
+    ::_exit(0);
+  }
+  wr.reset();
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(rd.get(), buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
+  int st = 0;
+  ::waitpid(child, &st, 0);
+  if (out.rfind("skip: ", 0) == 0) GTEST_SKIP() << out;
+  // /proc/net/route: Iface, Destination, Gateway (hex, little-endian), Flags, ...
+  EXPECT_NE(out.find("eth9\t0101FEA9\t00000000\t0005"), std::string::npos) << out;  // UP|HOST
+  EXPECT_NE(out.find("eth9\t00000000\t0101FEA9\t0003"), std::string::npos) << out;  // UP|GATEWAY
 }
 
 TEST(InitNetwork, MissingInterfaceIsAClearError) {

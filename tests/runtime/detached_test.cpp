@@ -1,7 +1,8 @@
 // Detached VMs end to end without KVM: runtime::start_detached() daemonises the real monitor
 // (img2vm-vmm --monitor), which starts a fake VMM (a shell script standing for img2vm-vmm: it
 // prints, says the workload started on the spec's ready_fd, handles signals, exits or dies),
-// and the real img2vm binary reads and drives it: ps, logs, inspect, kill, stop, wait, rm.
+// and the real img2vm binary reads and drives it: ps, logs, inspect, kill, stop, wait, rm; and a
+// tap in a network namespace of the test's own reaching the VMM (root).
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -13,6 +14,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <regex>
 #include <thread>
 
@@ -20,6 +22,7 @@
 #include "img2vm/base/fd.hpp"
 #include "img2vm/runtime/machine.hpp"
 #include "img2vm/runtime/vms.hpp"
+#include "netns.hpp"
 #include "process.hpp"
 
 namespace img2vm::runtime {
@@ -49,6 +52,10 @@ if [ "$mode" = created ]; then
   echo "the workload waits for its start"
   printf C > /proc/self/fd/$ready
   exit 5
+fi
+if [ "$mode" = tap ]; then
+  fd=$(printf '%s' "$spec" | sed -n 's/.*"tap":{"fd":\([0-9]*\).*/\1/p')
+  echo "tap fd $fd is $(readlink /proc/self/fd/$fd), $(grep iff /proc/self/fdinfo/$fd)"
 fi
 echo "hello from the workload"
 echo "second line" >&2
@@ -104,6 +111,19 @@ class Detached : public ::testing::Test {
       if (auto r = store.find(name)) sessions.push_back(::getsid(r->monitor.pid));
       throw;
     }
+  }
+
+  // `p` started detached through the library, the fake as its VMM.
+  VmRecord start_prepared(const std::string& name, const PreparedMachine& p) {
+    VmCreate c;
+    c.name = name;
+    c.image = "fake:1";
+    c.vmm_program = fake.string();
+    DetachedOptions o;
+    o.monitor = IMG2VM_VMM_BINARY;
+    VmRecord r = start_detached(store, c, p, o);
+    sessions.push_back(::getsid(r.monitor.pid));
+    return r;
   }
 
   CommandResult img2vm(std::vector<std::string> args) {
@@ -368,14 +388,7 @@ TEST_F(Detached, APreparedMachineStartsDetachedThroughTheLibrary) {
     p.deferred_shares.back().options.source = home.path() / "lib-data";
     p.deferred_shares.back().options.program = kVirtiofsd;
   }
-  VmCreate c;
-  c.name = "from-lib";
-  c.image = "fake:1";
-  c.vmm_program = fake.string();
-  DetachedOptions o;
-  o.monitor = IMG2VM_VMM_BINARY;
-  VmRecord r = start_detached(store, c, p, o);
-  sessions.push_back(::getsid(r.monitor.pid));
+  VmRecord r = start_prepared("from-lib", p);
   ASSERT_TRUE(logs_show("from-lib", "hello from the workload"));
   if (serve) {
     EXPECT_NE(img2vm({"logs", "from-lib"}).out.find("share img2vm-fs0 on socket:"),
@@ -392,6 +405,39 @@ TEST_F(Detached, APreparedMachineStartsDetachedThroughTheLibrary) {
     here.shares.push_back(Virtiofsd::start(vo));
     EXPECT_THROW(detached_options(here), Error);
   }
+}
+
+// A VM in a container engine's network namespace (NetworkMode::kNetns): the tap's descriptor
+// reaches the VMM through the monitor, and the device outlives the PreparedMachine that made it
+// for as long as the VM runs (root: namespaces of the test's own; skipped otherwise).
+TEST_F(Detached, ANetnsTapReachesTheVmmAndLivesAsLongAsTheVm) {
+  if (std::string why = img2vm::testing::enter_private_netns_dir(); !why.empty())
+    GTEST_SKIP() << why << " (a network namespace of the test's own needs root)";
+  img2vm::testing::make_engine_netns("vm", "peer");
+  auto tap_exists = [] {
+    return img2vm::testing::run_command({"ip", "-n", "vm", "link", "show"})
+               .out.find("img2vm-tap0") != std::string::npos;
+  };
+  MachineOptions mo;
+  mo.kernel = "/nonexistent/vmlinux";
+  mo.rootfs = "/nonexistent/rootfs.ext4";
+  mo.network = NetworkMode::kNetns;
+  mo.netns = "/run/netns/vm";
+  std::optional<PreparedMachine> p;
+  p.emplace(build_machine(std::move(mo)));
+  p->config.cmdline = "tap";
+  VmRecord r = start_prepared("in-netns", *p);
+  p.reset();  // the starter is done (img2vm-oci create exits)
+  ASSERT_TRUE(logs_show("in-netns", "is /dev/net/tun, iff:\timg2vm-tap0"))
+      << img2vm({"logs", "in-netns"}).out;
+  EXPECT_TRUE(tap_exists());
+  store.stop(r.id, std::chrono::seconds(5));
+  EXPECT_EQ(store.wait(r.id), 3);
+  // The monitor records the end just before it exits: the device goes with its last holder.
+  bool gone = false;
+  for (int i = 0; i < 200 && !(gone = !tap_exists()); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_TRUE(gone) << "the tap outlived the VM";
 }
 
 // img2vm run --name records an attached run whose VMM writes its end to the exit file; a VMM

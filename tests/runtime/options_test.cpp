@@ -1,5 +1,6 @@
 // The pure parsing the facade does for docker-style options: ExposedPorts and --expose specs,
-// and the name servers a tap-networked guest gets from the host's resolv.conf.
+// the name servers a tap-networked guest gets from the host's resolv.conf, and the checks of the
+// netns network's options.
 #include <gtest/gtest.h>
 
 #include "img2vm/base/error.hpp"
@@ -33,6 +34,32 @@ TEST(MachineOptions, TapGuestDnsSkipsWhatTheGuestCannotReach) {
   EXPECT_EQ(tap_guest_dns("nameserver 127.0.0.53\noptions edns0\n"),
             (std::vector<std::string>{"8.8.8.8", "8.8.4.4"}));
   EXPECT_EQ(tap_guest_dns(""), (std::vector<std::string>{"8.8.8.8", "8.8.4.4"}));
+}
+
+// The netns network takes a namespace's path, the path is for it alone, and ports are the
+// engine's to publish; all refused before anything is set up.
+TEST(MachineOptions, NetnsNetworkOptionsAreChecked) {
+  auto error_of = [](NetworkMode mode, const std::string& netns, bool publish) {
+    MachineOptions mo;
+    mo.kernel = "/nonexistent/vmlinux";
+    mo.rootfs = "/nonexistent/rootfs.ext4";
+    mo.network = mode;
+    mo.netns = netns;
+    if (publish) mo.publish.push_back(vm::PortForward{});
+    try {
+      build_machine(std::move(mo));
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(error_of(NetworkMode::kNetns, "", false),
+            "machine: the netns network needs the network namespace's path");
+  EXPECT_EQ(error_of(NetworkMode::kUser, "/run/netns/x", false),
+            "machine: a network namespace path is for the netns network only");
+  EXPECT_EQ(error_of(NetworkMode::kNetns, "/run/netns/x", true),
+            "machine: published ports are the container engine's in a network namespace it made");
 }
 
 }  // namespace

@@ -77,29 +77,31 @@ inline Bytes ether(const Mac& dst, const Mac& src, uint16_t type, const Bytes& p
   return f;
 }
 
-// An ARP packet from the guest (kGuestMac): a request (op 1) broadcast for `target_ip`, or a
+// An ARP packet from the guest (`sender_mac`): a request (op 1) broadcast for `target_ip`, or a
 // reply (op 2) to `target_mac`.
-inline Bytes arp(uint16_t op, uint32_t sender_ip, const Mac& target_mac, uint32_t target_ip) {
+inline Bytes arp(uint16_t op, uint32_t sender_ip, const Mac& target_mac, uint32_t target_ip,
+                 const Mac& sender_mac = kGuestMac) {
   Bytes a;
   put16(a, 1);  // Ethernet
   put16(a, kIpv4);
   a.push_back(6);
   a.push_back(4);
   put16(a, op);
-  a.insert(a.end(), kGuestMac.begin(), kGuestMac.end());
+  a.insert(a.end(), sender_mac.begin(), sender_mac.end());
   put32(a, sender_ip);
   if (op == 1)
     a.insert(a.end(), 6, 0);
   else
     a.insert(a.end(), target_mac.begin(), target_mac.end());
   put32(a, target_ip);
-  return ether(op == 1 ? kBroadcast : target_mac, kGuestMac, kArp, a);
+  return ether(op == 1 ? kBroadcast : target_mac, sender_mac, kArp, a);
 }
 inline Bytes arp_request(uint32_t sender_ip, uint32_t target_ip) {
   return arp(1, sender_ip, kBroadcast, target_ip);
 }
-inline Bytes arp_reply(uint32_t sender_ip, const Mac& target_mac, uint32_t target_ip) {
-  return arp(2, sender_ip, target_mac, target_ip);
+inline Bytes arp_reply(uint32_t sender_ip, const Mac& target_mac, uint32_t target_ip,
+                       const Mac& sender_mac = kGuestMac) {
+  return arp(2, sender_ip, target_mac, target_ip, sender_mac);
 }
 
 inline Bytes ipv4(uint8_t proto, uint32_t src, uint32_t dst, const Bytes& payload) {

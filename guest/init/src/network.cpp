@@ -75,12 +75,24 @@ void configure_interface(const guestabi::NetConfig& cfg) {
 
   if (!cfg.gateway.empty()) {
     uint32_t gw = parse_ipv4(cfg.gateway, "gateway");
+    std::string dev = ifn;
+    // A gateway outside the interface's subnet (a pod's /32 behind 169.254.1.1, as Calico and
+    // Cilium give it) is on the link all the same: a host route to it first.
+    if ((gw & mask) != (addr & mask)) {
+      rtentry host{};
+      host.rt_dst = ipv4_sockaddr(gw);
+      host.rt_genmask = ipv4_sockaddr(0xffffffffu);
+      host.rt_flags = RTF_UP | RTF_HOST;
+      host.rt_dev = dev.data();
+      if (::ioctl(s.get(), SIOCADDRT, &host) != 0 && errno != EEXIST)
+        throw Error("configuring " + ifn + ": adding a route to the gateway " + cfg.gateway + ": " +
+                    std::strerror(errno));
+    }
     rtentry rt{};
     rt.rt_dst = ipv4_sockaddr(0);
     rt.rt_genmask = ipv4_sockaddr(0);
     rt.rt_gateway = ipv4_sockaddr(gw);
     rt.rt_flags = RTF_UP | RTF_GATEWAY;
-    std::string dev = ifn;
     rt.rt_dev = dev.data();
     if (::ioctl(s.get(), SIOCADDRT, &rt) != 0 && errno != EEXIST)
       throw Error("configuring " + ifn + ": adding the default route via " + cfg.gateway + ": " +

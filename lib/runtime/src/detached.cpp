@@ -213,7 +213,13 @@ DetachedOptions detached_options(const PreparedMachine& p, DetachedOptions o) {
     throw Error(ErrorKind::kUnsupported,
                 "a detached VM's shared directories must be served by its monitor: build the "
                 "machine with MachineOptions::defer_shares");
-  if (p.tap) throw Error(ErrorKind::kUnsupported, "a detached VM cannot use a tap device yet");
+  // img2vm's own tap network is undone when the PreparedMachine goes, long before the VM ends.
+  if (p.tap)
+    throw Error(ErrorKind::kUnsupported, "a detached VM cannot use img2vm's tap network yet");
+  // A tap whose host side outlives this process (a container engine's namespace, NetnsTap): the
+  // monitor and the VMM keep its descriptor (the spec's net.tap.fd), and so the device.
+  if (p.config.net && p.config.net->tap && p.config.net->tap->fd >= 0)
+    o.pass_fds.push_back(p.config.net->tap->fd);
   for (int fd : {p.overrides_disk.get(), p.initramfs.get()})
     if (fd >= 0) o.pass_fds.push_back(fd);
   // The volumes stay locked (in use) as long as the monitor runs.

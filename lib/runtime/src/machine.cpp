@@ -124,6 +124,11 @@ void check(const MachineOptions& o) {
   if (o.memory_mib < 32) throw bad("memory must be at least 32 MiB");
   if (o.network == NetworkMode::kNone && (!o.publish.empty() || o.publish_all))
     throw bad("published ports need a network (the network is none)");
+  if ((o.network == NetworkMode::kNetns) == o.netns.empty())
+    throw bad(o.netns.empty() ? "the netns network needs the network namespace's path"
+                              : "a network namespace path is for the netns network only");
+  if (o.network == NetworkMode::kNetns && (!o.publish.empty() || o.publish_all))
+    throw bad("published ports are the container engine's in a network namespace it made");
   if (o.overrides.working_dir &&
       (o.overrides.working_dir->empty() || (*o.overrides.working_dir)[0] != '/'))
     throw bad("the working directory must be an absolute path");
@@ -279,6 +284,22 @@ PreparedMachine build_machine(MachineOptions o) {
       }
       ov.dns = tap_guest_dns(resolv);
     }
+  } else if (o.network == NetworkMode::kNetns) {
+    // A container engine's namespace: the guest takes its interface's place (vm/net_netns.hpp),
+    // with its MAC, so that the engine's bridge and the neighbours' ARP caches stay right.
+    p.netns = std::make_shared<vm::NetnsTap>(o.netns);
+    const vm::NetnsLink& l = p.netns->info();
+    mc.net.emplace();
+    mc.net->mac = l.mac;
+    mc.net->mtu = static_cast<uint16_t>(std::min(l.mtu, 65520u));  // virtio-net's most
+    mc.net->tap = vm::TapFdConfig{p.netns->device_fd(), {}};
+    guestabi::NetConfig n;
+    n.interface = "eth0";
+    n.address = l.address;
+    n.prefix = l.prefix_length;
+    n.gateway = l.gateway;
+    n.mtu = mc.net->mtu;
+    ov.net = n;
   }
 
   if (!o.root_dir) mc.disks.push_back(root_disk(o));

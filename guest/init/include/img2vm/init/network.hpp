@@ -13,7 +13,9 @@ namespace img2vm::init {
 // The netmask for a prefix length 0-32, in network byte order.
 uint32_t prefix_netmask(unsigned prefix);
 
-// Configures `cfg.interface`. Throws Error naming the step and the interface.
+// Configures `cfg.interface`: address, netmask, MTU, link up and the default route; a gateway
+// outside the subnet gets a host route on the link first. Throws Error naming the step and the
+// interface.
 void configure_interface(const guestabi::NetConfig& cfg);
 
 }  // namespace img2vm::init

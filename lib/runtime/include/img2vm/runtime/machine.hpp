@@ -25,6 +25,7 @@
 #include "img2vm/runtime/virtiofsd.hpp"
 #include "img2vm/runtime/volumes.hpp"
 #include "img2vm/vm/machine.hpp"
+#include "img2vm/vm/net_netns.hpp"
 #include "img2vm/vm/net_tap.hpp"
 #include "img2vm/vm/port_forward.hpp"
 
@@ -50,6 +51,9 @@ enum class NetworkMode {
   kUser,  // rootless user-mode networking: 10.0.2.15/24 behind 10.0.2.2, DNS 10.0.2.3
   kNone,  // loopback only
   kTap,   // a tap device set up on the host (needs CAP_NET_ADMIN)
+  // The VM takes the place of the one interface of a network namespace that a container engine
+  // made (MachineOptions::netns; vm/net_netns.hpp): its address, gateway, MAC and MTU. Needs root.
+  kNetns,
 };
 
 // An extra disk for the guest (/dev/vdb, ...).
@@ -85,6 +89,9 @@ struct MachineOptions {
   bool defer_shares = false;
   std::filesystem::path volumes_dir;  // the volume store; empty: VolumeStore::default_dir()
   NetworkMode network = NetworkMode::kUser;
+  // netns: the network namespace (an OCI config's linux.namespaces path, /run/netns/NAME). The
+  // engine publishes ports and names the DNS servers (overrides.dns, kept as given).
+  std::filesystem::path netns;
   bool outbound = true;                  // the guest may reach the outside world (user, tap)
   bool host_loopback = false;            // user: 10.0.2.2 reaches the host's 127.0.0.1
   std::string tap_name;                  // tap: the device name; empty: the kernel picks one
@@ -103,6 +110,9 @@ struct PreparedMachine {
   guestabi::RunOverrides overrides;  // what the guest init receives (the network included)
   UniqueFd overrides_disk;  // the overrides when too long for the command line (config's last disk)
   std::shared_ptr<vm::TapBackend> tap;  // kTap: the host side, undone when the last owner lets go
+  // kNetns: the tap in the engine's namespace (config.net->tap is its descriptor, not owned); the
+  // namespace is restored when the last owner lets go after the VM has ended.
+  std::shared_ptr<vm::NetnsTap> netns;
   // One virtiofsd per bind mount, tags img2vm-fs0, img2vm-fs1, ... in order; config.fs holds
   // their sockets (not owned), so these must outlive the VM.
   // With a root directory, its virtiofsd comes last (tag img2vm-root).
@@ -123,9 +133,9 @@ std::vector<std::string> exposed_ports(const std::string& image_config_json,
 
 // Assembles the machine. Throws Error(kInvalidArgument) for contradicting or out-of-range
 // options (check_root_command's error too), Error(kLimit) for too many disks; kTap sets up the host
-// side now, and bind mounts and volumes start their virtiofsd now (virtiofsd.hpp: errors for a
-// missing source or virtiofsd); volumes are created, filled from `rootfs` on first use and locked
-// (volumes.hpp).
+// side now, kNetns the tap and redirection in the namespace (NetnsTap's errors), and bind mounts
+// and volumes start their virtiofsd now (virtiofsd.hpp: errors for a missing source or virtiofsd);
+// volumes are created, filled from `rootfs` on first use and locked (volumes.hpp).
 PreparedMachine build_machine(MachineOptions options);
 
 }  // namespace img2vm::runtime

@@ -235,10 +235,10 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
                         const DetachedOptions& o = {});
 
 struct PreparedMachine;
-// What a detached start of `p` needs besides the spec: its memfds and volume locks in
-// pass_fds, its deferred shares (build it with MachineOptions::defer_shares). Throws
-// Error(kUnsupported) for shares already started here (they would end with this process) or a
-// tap device.
+// What a detached start of `p` needs besides the spec: its memfds, volume locks and tap
+// descriptor (NetworkMode::kNetns) in pass_fds, its deferred shares (build it with
+// MachineOptions::defer_shares). Throws Error(kUnsupported) for shares already started here or
+// img2vm's own tap network (NetworkMode::kTap), which would end with this process.
 DetachedOptions detached_options(const PreparedMachine& p, DetachedOptions base = {});
 // `p` started detached, the spec being its config: start_detached(store, c, {"machine": ...},
 // detached_options(p, o)).
