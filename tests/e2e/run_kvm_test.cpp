@@ -784,7 +784,9 @@ void oci_config(const fs::path& dir, const std::string& cmd, const fs::path& sha
       {"hostname", "oci-host"},
       {"process",
        {{"terminal", false},
-        {"user", {{"uid", 1000}, {"gid", 1000}}},
+        {"user", {{"uid", 1000}, {"gid", 1000}, {"additionalGids", {10, 20}}}},
+        {"rlimits", {{{"type", "RLIMIT_NOFILE"}, {"soft", 1000}, {"hard", 2000}}}},
+        {"noNewPrivileges", true},
         {"args", {"sh", "-c", cmd}},
         {"env", {"PATH=/bin", "FOO=bar"}},
         {"cwd", "/data"}}},
@@ -812,8 +814,8 @@ void oci_config(const fs::path& dir, const std::string& cmd, const fs::path& sha
 // conmon: create boots the VM and leaves the workload waiting (state "created", its output not
 // there yet), the --pid-file process is the one whose exit status is the workload's (7, then
 // 9 from a TERM trap via kill, 137 from KILL while created); config.json's process (uid:gid,
-// env, cwd, hostname), a bind mount (read and written through virtio-fs) and annotations reach
-// the VM; a file bind is refused with a warning in the JSON log; exec (a process JSON) gives its
+// additionalGids, rlimits, noNewPrivileges, env, cwd, hostname), a bind mount (read and
+// written through virtio-fs) and annotations reach the VM; a file bind is refused with a warning in the JSON log; exec (a process JSON) gives its
 // output and status, and with --detach its --pid-file process exits with that status; delete
 // refuses a running container without --force; a duplicate id and an unknown one are errors.
 TEST(RunKvm, OciRuntimeCreateStartKillDelete) {
@@ -836,7 +838,8 @@ TEST(RunKvm, OciRuntimeCreateStartKillDelete) {
   write_file_atomic(share / "host-file", "host-data\n");
   oci_config(w / "b1",
              "echo hello-oci $(hostname) $(id -u):$(id -g) $(pwd) $FOO; cat /data/host-file; "
-             "echo written > /data/from-guest; exit 7",
+             "echo groups=$(id -G) nofile=$(ulimit -n)/$(ulimit -Hn); grep NoNewPrivs "
+             "/proc/self/status; echo written > /data/from-guest; exit 7",
              share);
   oci_config(w / "b2", "trap 'echo got-term; exit 9' TERM; echo up; while :; do sleep 1; done",
              share);
@@ -920,6 +923,8 @@ TEST(RunKvm, OciRuntimeCreateStartKillDelete) {
   EXPECT_TRUE(has(s1.out, "\"status\": \"stopped\"")) << s1.out;
   EXPECT_TRUE(has(s1.out, "hello-oci oci-host 1000:1000 /data bar")) << s1.out;
   EXPECT_TRUE(has(s1.out, "host-data")) << s1.out;
+  EXPECT_TRUE(has(s1.out, "groups=1000 10 20 nofile=1000/2000")) << s1.out;
+  EXPECT_TRUE(has(s1.out, "NoNewPrivs:\t1")) << s1.out;
   EXPECT_TRUE(has(s1.out, "from-guest=written")) << s1.out;
   EXPECT_EQ(get("start-stopped").rc, 1);
   EXPECT_TRUE(has(get("start-stopped").err, "has stopped")) << get("start-stopped").err;

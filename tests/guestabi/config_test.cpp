@@ -3,6 +3,7 @@
 #include "img2vm/guestabi/config.hpp"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include "img2vm/guestabi/error.hpp"
 
@@ -118,6 +119,45 @@ TEST(RunOverrides, BadInputNamesTheField) {
   EXPECT_NE(err(R"({"cmd":["sh"]})").find("\"schema\""), std::string::npos);
   EXPECT_NE(err(R"({"schema":2})").find("version 2"), std::string::npos);
   EXPECT_NE(err("[1]").find("not a JSON object"), std::string::npos);
+}
+
+// OCI process fields (img2vm-oci): extra groups, rlimits and noNewPrivileges, written only when
+// set and checked when read.
+TEST(RunOverrides, OciProcessFieldsRoundTripAndAreBounded) {
+  RunOverrides o;
+  o.extra_groups = {10, 20, 4294967295u};
+  o.rlimits = {{"RLIMIT_NOFILE", 100, 200}, {"RLIMIT_CORE", 0, UINT64_MAX}};
+  o.no_new_privileges = true;
+  EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
+  const std::string none = to_json(RunOverrides{});
+  for (const char* k : {"groups", "rlimits", "no_new_privileges"})
+    EXPECT_EQ(none.find(k), std::string::npos) << k;
+  EXPECT_EQ(rlimit_resource("RLIMIT_NOFILE"), RLIMIT_NOFILE);
+  EXPECT_EQ(rlimit_resource("RLIMIT_STACK"), RLIMIT_STACK);
+  EXPECT_FALSE(rlimit_resource("NOFILE"));
+  EXPECT_FALSE(rlimit_resource("RLIMIT_NOPE"));
+
+  auto err = [](std::string_view json) { return error_of([&] { run_overrides_from_json(json); }); };
+  EXPECT_NE(err(R"({"schema":1,"groups":[-1]})").find("\"groups\""), std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"groups":[4294967296]})").find("\"groups\""), std::string::npos);
+  std::string many = R"({"schema":1,"groups":[)";
+  for (int i = 0; i <= 1024; ++i) many += (i ? "," : "") + std::to_string(i);
+  EXPECT_NE(err(many + "]}").find("at most 1024"), std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"rlimits":[{"type":"RLIMIT_NOPE","soft":1,"hard":1}]})")
+                .find("not a limit Linux has"),
+            std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"rlimits":[{"type":"RLIMIT_NOFILE","soft":2,"hard":1}]})")
+                .find("soft is above hard"),
+            std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"rlimits":[{"type":"RLIMIT_NOFILE","soft":1,"hard":1},)"
+                R"({"type":"RLIMIT_NOFILE","soft":1,"hard":1}]})")
+                .find("twice"),
+            std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"rlimits":[{"type":"RLIMIT_NOFILE","soft":-1,"hard":1}]})")
+                .find("rlimits.soft"),
+            std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"no_new_privileges":1})").find("no_new_privileges"),
+            std::string::npos);
 }
 
 TEST(RunOverrides, Base64Url) {

@@ -7,6 +7,8 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,6 +18,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iterator>
 #include <string>
 
@@ -25,6 +28,7 @@
 #include "img2vm/guestabi/overrides_disk.hpp"
 #include "img2vm/init/command.hpp"
 #include "img2vm/init/guest_files.hpp"
+#include "img2vm/init/limits.hpp"
 #include "img2vm/init/mounts.hpp"
 #include "img2vm/init/network.hpp"
 #include "img2vm/init/sys.hpp"
@@ -560,3 +564,74 @@ TEST(InitNetwork, MissingInterfaceIsAClearError) {
     EXPECT_NE(m.find("img2vm-none0"), std::string::npos) << m;
   }
 }
+
+namespace img2vm::init {
+namespace {
+
+// Runs `body` in a forked child (so that limits and no_new_privs stay there); its exit status.
+int in_child(const std::function<int()>& body) {
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int rc = 99;
+    try {
+      rc = body();
+    } catch (...) {
+      rc = 98;
+    }
+    ::_exit(rc);
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST(ProcessLimits, RlimitsAreSetInOrder) {
+  EXPECT_EQ(in_child([] {
+              apply_rlimits({{"RLIMIT_NOFILE", 100, 200}, {"RLIMIT_CORE", 0, 0}});
+              struct rlimit r {};
+              ::getrlimit(RLIMIT_NOFILE, &r);
+              if (r.rlim_cur != 100 || r.rlim_max != 200) return 1;
+              ::getrlimit(RLIMIT_CORE, &r);
+              return r.rlim_cur == 0 && r.rlim_max == 0 ? 0 : 2;
+            }),
+            0);
+  // A limit the kernel refuses (raising a hard limit without CAP_SYS_RESOURCE) names it.
+  EXPECT_EQ(in_child([] {
+              apply_rlimits({{"RLIMIT_NOFILE", 10, 20}});
+              if (::geteuid() == 0 && ::setresuid(65534, 65534, 65534) != 0) return 5;
+              try {
+                apply_rlimits({{"RLIMIT_NOFILE", 10, 100000}});
+              } catch (const Error& e) {
+                return std::string(e.what()).rfind("setrlimit RLIMIT_NOFILE 10 100000", 0) == 0 ? 0
+                                                                                                : 3;
+              }
+              return 4;
+            }),
+            0);
+  EXPECT_EQ(in_child([] {
+              try {
+                apply_rlimits({{"RLIMIT_NOPE", 1, 1}});
+              } catch (const Error&) {
+                return 0;
+              }
+              return 1;
+            }),
+            0);
+}
+
+TEST(ProcessLimits, NoNewPrivilegesIsSet) {
+  EXPECT_EQ(in_child([] {
+              if (::prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) != 0) return 1;
+              set_no_new_privileges();
+              return ::prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1 ? 0 : 2;
+            }),
+            0);
+}
+
+TEST(ProcessLimits, ExtraGroupsAreAddedOnce) {
+  EXPECT_EQ(with_extra_groups({1000, 10}, {10, 20, 20, 0}), (std::vector<gid_t>{1000, 10, 20, 0}));
+  EXPECT_EQ(with_extra_groups({}, {}), std::vector<gid_t>{});
+}
+
+}  // namespace
+}  // namespace img2vm::init

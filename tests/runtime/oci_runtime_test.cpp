@@ -179,6 +179,29 @@ TEST_F(OciOptions, ATerminalAndAMissingKernelAreRefusedClearly) {
   }
 }
 
+TEST_F(OciOptions, GroupsLimitsAndNoNewPrivilegesReachTheGuest) {
+  json j = config();
+  j["process"]["user"]["additionalGids"] = {10, 20};
+  j["process"]["rlimits"] = {{{"type", "RLIMIT_NOFILE"}, {"soft", 1000}, {"hard", 2000}},
+                             {{"type", "RLIMIT_BOGUS"}, {"soft", 1}, {"hard", 1}}};
+  j["process"]["noNewPrivileges"] = true;
+  MachineOptions mo = options(j);
+  EXPECT_EQ(mo.overrides.extra_groups, (std::vector<uint32_t>{10, 20}));
+  ASSERT_EQ(mo.overrides.rlimits.size(), 1u);
+  EXPECT_EQ(mo.overrides.rlimits[0], (guestabi::Rlimit{"RLIMIT_NOFILE", 1000, 2000}));
+  EXPECT_TRUE(warned("RLIMIT_BOGUS")) << ::testing::PrintToString(warnings);
+  EXPECT_TRUE(mo.overrides.no_new_privileges);
+
+  j["process"]["rlimits"] = {{{"type", "RLIMIT_NOFILE"}, {"soft", 1}, {"hard", 2}},
+                             {{"type", "RLIMIT_NOFILE"}, {"soft", 1}, {"hard", 2}}};
+  EXPECT_THROW(options(j), Error);
+  j["process"].erase("rlimits");
+  json gids = json::array();
+  for (int i = 0; i <= 1024; ++i) gids.push_back(i);
+  j["process"]["user"]["additionalGids"] = gids;
+  EXPECT_THROW(options(j), Error);
+}
+
 TEST(OciState, IsTheRuntimeSpecsJson) {
   OciState s;
   s.id = "c1";

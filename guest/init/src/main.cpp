@@ -40,6 +40,7 @@
 #include "img2vm/init/agent.hpp"
 #include "img2vm/init/command.hpp"
 #include "img2vm/init/guest_files.hpp"
+#include "img2vm/init/limits.hpp"
 #include "img2vm/init/mounts.hpp"
 #include "img2vm/init/network.hpp"
 #include "img2vm/init/sys.hpp"
@@ -435,6 +436,9 @@ struct Workload {
   std::vector<std::string> config_env;
   std::string hostname;
   std::string user_spec;
+  // OCI process fields (RunOverrides): set in the child before it drops to the user.
+  std::vector<guestabi::Rlimit> rlimits;
+  bool no_new_privileges = false;
 };
 
 // -i without -t: the workload's stdin is a pipe, as docker's, fed by this relay (a child of
@@ -539,6 +543,12 @@ void wait_for_start(int gate) {
     ::ioperm(kFirstPort, kPortCount, 0);  // the workload gets no access to the ports
   }
 
+  try {
+    init::apply_rlimits(w.rlimits);
+    if (w.no_new_privileges) init::set_no_new_privileges();
+  } catch (const init::Error& e) {
+    child_fail(126, e.what());
+  }
   if (::setgroups(w.user.groups.size(), w.user.groups.data()) != 0)
     child_fail(126, "setgroups: " + errno_text(errno));
   if (::setgid(w.user.gid) != 0)
@@ -751,6 +761,9 @@ unsigned char run() {
   } catch (const Error& e) {
     fail(kFailCommand, "starting the workload", e.what());
   }
+  w.user.groups = init::with_extra_groups(std::move(w.user.groups), overrides.extra_groups);
+  w.rlimits = overrides.rlimits;
+  w.no_new_privileges = overrides.no_new_privileges;
   w.workdir = prepare_workdir(cfg.working_dir);
   w.env = init::workload_env(cfg.env, hostname, w.tty, w.user.home);
   w.config_env = cfg.env;

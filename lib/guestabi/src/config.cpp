@@ -1,6 +1,7 @@
 #include "img2vm/guestabi/config.hpp"
 
 #include <arpa/inet.h>
+#include <sys/resource.h>
 
 #include <nlohmann/json.hpp>
 
@@ -227,7 +228,72 @@ std::vector<MountSpec> mounts_field(const json& j, std::string_view what) {
   return out;
 }
 
+// "groups": at most kMaxExtraGroups gids.
+std::vector<uint32_t> groups_field(const json& j, std::string_view what) {
+  std::vector<uint32_t> out;
+  auto it = j.find("groups");
+  if (it == j.end() || it->is_null()) return out;
+  if (!it->is_array() || it->size() > kMaxExtraGroups)
+    bad(what, "groups", "must be an array of at most " + std::to_string(kMaxExtraGroups) + " gids");
+  for (const auto& g : *it) {
+    if (!g.is_number_unsigned() || g.get<uint64_t>() > UINT32_MAX)
+      bad(what, "groups", "must hold gids from 0 to 4294967295");
+    out.push_back(g.get<uint32_t>());
+  }
+  return out;
+}
+
+// "rlimits": at most kMaxRlimits {"type", "soft", "hard"}, known types, soft <= hard.
+std::vector<Rlimit> rlimits_field(const json& j, std::string_view what) {
+  std::vector<Rlimit> out;
+  auto it = j.find("rlimits");
+  if (it == j.end() || it->is_null()) return out;
+  if (!it->is_array() || it->size() > kMaxRlimits)
+    bad(what, "rlimits", "must be an array of at most " + std::to_string(kMaxRlimits) + " limits");
+  for (const auto& e : *it) {
+    if (!e.is_object()) bad(what, "rlimits", "must hold objects");
+    Rlimit r;
+    r.type = string_field(e, what, "type");
+    if (!rlimit_resource(r.type))
+      bad(what, "rlimits.type", "has \"" + r.type + "\", not a limit Linux has");
+    for (auto [field, v] : {std::pair{"soft", &r.soft}, std::pair{"hard", &r.hard}}) {
+      auto f = e.find(field);
+      if (f == e.end() || !f->is_number_unsigned())
+        bad(what, (std::string("rlimits.") + field).c_str(), "must be a whole number");
+      *v = f->get<uint64_t>();
+    }
+    if (r.soft > r.hard) bad(what, "rlimits", r.type + ": soft is above hard");
+    for (const auto& other : out)
+      if (other.type == r.type) bad(what, "rlimits", "has " + r.type + " twice");
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
 }  // namespace
+
+std::optional<int> rlimit_resource(std::string_view type) {
+  static constexpr std::pair<std::string_view, int> kTypes[] = {
+      {"RLIMIT_AS", RLIMIT_AS},
+      {"RLIMIT_CORE", RLIMIT_CORE},
+      {"RLIMIT_CPU", RLIMIT_CPU},
+      {"RLIMIT_DATA", RLIMIT_DATA},
+      {"RLIMIT_FSIZE", RLIMIT_FSIZE},
+      {"RLIMIT_LOCKS", RLIMIT_LOCKS},
+      {"RLIMIT_MEMLOCK", RLIMIT_MEMLOCK},
+      {"RLIMIT_MSGQUEUE", RLIMIT_MSGQUEUE},
+      {"RLIMIT_NICE", RLIMIT_NICE},
+      {"RLIMIT_NOFILE", RLIMIT_NOFILE},
+      {"RLIMIT_NPROC", RLIMIT_NPROC},
+      {"RLIMIT_RSS", RLIMIT_RSS},
+      {"RLIMIT_RTPRIO", RLIMIT_RTPRIO},
+      {"RLIMIT_RTTIME", RLIMIT_RTTIME},
+      {"RLIMIT_SIGPENDING", RLIMIT_SIGPENDING},
+      {"RLIMIT_STACK", RLIMIT_STACK}};
+  for (const auto& [name, r] : kTypes)
+    if (name == type) return r;
+  return std::nullopt;
+}
 
 std::string to_json(const RunOverrides& o) {
   json j = {{"schema", kSchemaVersion}};
@@ -242,6 +308,14 @@ std::string to_json(const RunOverrides& o) {
   if (o.interactive) j["interactive"] = true;
   if (o.agent_signals) j["agent_signals"] = true;
   if (o.wait_for_start) j["wait_for_start"] = true;
+  if (!o.extra_groups.empty()) j["groups"] = o.extra_groups;
+  if (!o.rlimits.empty()) {
+    json rs = json::array();
+    for (const auto& r : o.rlimits)
+      rs.push_back({{"type", r.type}, {"soft", r.soft}, {"hard", r.hard}});
+    j["rlimits"] = std::move(rs);
+  }
+  if (o.no_new_privileges) j["no_new_privileges"] = true;
   if (o.net) {
     json n = {
         {"interface", o.net->interface}, {"address", o.net->address}, {"prefix", o.net->prefix}};
@@ -286,6 +360,9 @@ RunOverrides run_overrides_from_json(std::string_view text) {
   o.interactive = bool_field(j, what, "interactive");
   o.agent_signals = bool_field(j, what, "agent_signals");
   o.wait_for_start = bool_field(j, what, "wait_for_start");
+  o.extra_groups = groups_field(j, what);
+  o.rlimits = rlimits_field(j, what);
+  o.no_new_privileges = bool_field(j, what, "no_new_privileges");
   if (auto it = j.find("net"); it != j.end() && !it->is_null()) {
     if (!it->is_object()) bad(what, "net", "must be an object");
     const json& n = *it;

@@ -179,11 +179,22 @@ MachineOptions oci_machine_options(const OciBundle& b,
   root.config = rc;
   root.config_file = b.dir / "config.json";
   mo.root_dir = std::move(root);
-  if (!b.additional_gids.empty())
-    say("process.user.additionalGids: not applied yet (the groups the root's /etc/group gives "
-        "the uid apply)");
-  if (!b.rlimits.empty()) say("process.rlimits: not applied yet (the init's limits apply)");
-  if (b.no_new_privileges) say("process.noNewPrivileges: not applied yet");
+  if (b.additional_gids.size() > guestabi::kMaxExtraGroups)
+    throw Error(ErrorKind::kLimit, "config.json: process.user.additionalGids: more than " +
+                                       std::to_string(guestabi::kMaxExtraGroups));
+  mo.overrides.extra_groups = b.additional_gids;
+  for (const OciRlimit& l : b.rlimits) {
+    if (!guestabi::rlimit_resource(l.type)) {
+      say("process.rlimits: " + l.type + " is not a limit Linux has; not applied");
+      continue;
+    }
+    for (const auto& seen : mo.overrides.rlimits)
+      if (seen.type == l.type)
+        throw Error(ErrorKind::kInvalidArgument,
+                    "config.json: process.rlimits: " + l.type + " twice");
+    mo.overrides.rlimits.push_back({l.type, l.soft, l.hard});
+  }
+  mo.overrides.no_new_privileges = b.no_new_privileges;
 
   mo.overrides.wait_for_start = true;
   mo.overrides.agent_signals = true;

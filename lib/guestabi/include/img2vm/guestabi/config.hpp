@@ -95,6 +95,18 @@ bool valid_fs_tag(std::string_view tag);
 
 // Per-run overrides: the docker run options that change what runs. Absent optionals leave the
 // image's value alone.
+// A resource limit for the workload (OCI process.rlimits): its name as setrlimit(2)'s
+// constants are spelt ("RLIMIT_NOFILE"), soft and hard (RLIM_INFINITY: UINT64_MAX).
+struct Rlimit {
+  std::string type;
+  uint64_t soft = 0, hard = 0;
+  friend bool operator==(const Rlimit&, const Rlimit&) = default;
+};
+inline constexpr std::size_t kMaxRlimits = 16;        // one per resource Linux has
+inline constexpr std::size_t kMaxExtraGroups = 1024;  // additional gids of the workload
+// setrlimit(2)'s resource number for `type` ("RLIMIT_NOFILE", ...); nullopt for other names.
+std::optional<int> rlimit_resource(std::string_view type);
+
 struct RunOverrides {
   std::optional<std::vector<std::string>> entrypoint;  // --entrypoint: also clears the image Cmd
   std::optional<std::vector<std::string>> cmd;         // trailing `run IMAGE ARGS...`
@@ -115,6 +127,11 @@ struct RunOverrides {
   bool wait_for_start = false;
   std::optional<NetConfig> net;   // absent: loopback only
   std::vector<MountSpec> mounts;  // at most kMaxMounts, distinct targets
+  // OCI process fields (img2vm-oci): gids added to the user's groups, limits set for the
+  // workload after the init's own defaults, and PR_SET_NO_NEW_PRIVS before its exec.
+  std::vector<uint32_t> extra_groups;  // at most kMaxExtraGroups
+  std::vector<Rlimit> rlimits;         // at most kMaxRlimits, known types, soft <= hard
+  bool no_new_privileges = false;
   // The image config itself, used instead of the root's kConfigPath: a root that is a host
   // directory (run --rootfs) gets its config from the runner, never from the directory.
   std::optional<RuntimeConfig> image;
