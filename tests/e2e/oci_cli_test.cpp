@@ -4,6 +4,7 @@
 // podman and the shim read. Containers that boot are tested in tests/e2e/oci_engines_test.cpp.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -112,6 +113,32 @@ TEST(OciCli, UnknownIdsAnswerAsEnginesExpect) {
   EXPECT_EQ(r.exit_code, 1) << r.describe();
   r = oci({"--root", root, "kill", "nosuch", "9"});
   EXPECT_EQ(r.exit_code, 1) << r.describe();
+}
+
+// exec's command comes from --process or the arguments, one of them: each mistake is one line
+// naming it, before any container is looked at; a process file that is not one names the file.
+TEST(OciCli, ExecSaysWhatIsWrongWithItsCommand) {
+  img2vm::TempDir t("img2vm-oci-cli");
+  const std::string root = (t.path() / "state").string();
+  auto r = oci({"--root", root, "exec", "c1"});
+  EXPECT_EQ(r.exit_code, 1) << r.describe();
+  EXPECT_NE(r.err.find("no command: give --process FILE or ARGS"), std::string::npos)
+      << r.describe();
+  const fs::path process = t.path() / "process.json";
+  img2vm::write_file_atomic(process, R"({"args":["true"],"cwd":"/"})");
+  r = oci({"--root", root, "exec", "--process", process.string(), "c1", "echo"});
+  EXPECT_EQ(r.exit_code, 1) << r.describe();
+  EXPECT_NE(r.err.find("give the command in --process or as arguments, not both"),
+            std::string::npos)
+      << r.describe();
+  img2vm::write_file_atomic(process, R"({"args":[],"cwd":"/"})");
+  r = oci({"--root", root, "exec", "--process", process.string(), "c1"});
+  EXPECT_EQ(r.exit_code, 1) << r.describe();
+  EXPECT_NE(r.err.find("the process JSON: process.args"), std::string::npos) << r.describe();
+  r = oci({"--root", root, "exec", "c1", "true"});
+  EXPECT_EQ(r.exit_code, 1) << r.describe();
+  EXPECT_NE(r.err.find("container c1 does not exist"), std::string::npos) << r.describe();
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.describe();
 }
 
 }  // namespace

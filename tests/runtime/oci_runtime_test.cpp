@@ -221,16 +221,21 @@ TEST(OciState, IsTheRuntimeSpecsJson) {
   EXPECT_TRUE(f["linux"]["namespaces"].is_array());
 }
 
+// A record named c1 in the runtime's store, as create makes it before the VM starts.
+VmRecord record_c1(OciRuntime& rt) {
+  VmCreate c;
+  c.name = "c1";
+  c.bundle = "/b";
+  return rt.store().create(c, "{}");
+}
+
 // The VM's end is recorded before its monitor (the --pid-file process) has gone: the container
 // is stopped only once the monitor has (runtime-spec: its process has exited), so an engine
 // that hears "stopped" finds the exit status its conmon or shim writes on reaping the monitor.
 TEST(OciRuntimeStore, StoppedOnlyOnceTheMonitorHasEnded) {
   TempDir dir("img2vm-oci-store");
   OciRuntime rt(dir.path() / "state");
-  VmCreate c;
-  c.name = "c1";
-  c.bundle = "/b";
-  const VmRecord r = rt.store().create(c, "{}");
+  const VmRecord r = record_c1(rt);
   auto ended_with_monitor = [&](ProcessRef monitor, bool started) {
     rt.store().update(r.id, [&](VmRecord& s) {
       s.status = VmStatus::kExited;
@@ -261,6 +266,51 @@ TEST(OciRuntimeStore, StoppedOnlyOnceTheMonitorHasEnded) {
   EXPECT_EQ(s.pid, 0);
   rt.remove("c1", false);
   EXPECT_THROW(rt.state("c1"), Error);
+}
+
+// What start and exec say for a container in the wrong state (podman shows these lines): no
+// exec before start or after the end, no second start, no start of a stopped one, no terminal.
+TEST(OciRuntimeStore, StartAndExecAreRefusedInTheWrongStateWithTheReason) {
+  TempDir dir("img2vm-oci-store");
+  OciRuntime rt(dir.path() / "state");
+  const VmRecord r = record_c1(rt);
+  auto set = [&](VmStatus status, bool started, ProcessRef monitor) {
+    rt.store().update(r.id, [&](VmRecord& s) {
+      s.status = status;
+      s.started = started ? now_rfc3339_nano() : "";
+      s.monitor = monitor;
+    });
+  };
+  auto message = [](auto&& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  OciExecOptions e;
+  e.id = "c1";
+  e.process.args = {"true"};
+  e.process.cwd = "/";
+  const ProcessRef alive = ProcessRef::of(::getpid());
+  ProcessRef gone = alive;
+  gone.start_time += 1;
+
+  set(VmStatus::kCreated, false, alive);
+  EXPECT_EQ(message([&] { rt.exec(e); }), "cannot exec in a container that is creating");
+  EXPECT_EQ(message([&] { rt.start("c1"); }), "cannot start a container that is creating");
+  set(VmStatus::kRunning, false, alive);
+  EXPECT_EQ(message([&] { rt.exec(e); }), "cannot exec in a container that is created");
+  set(VmStatus::kRunning, true, alive);
+  EXPECT_EQ(message([&] { rt.start("c1"); }), "cannot start an already running container");
+  e.process.terminal = true;
+  EXPECT_EQ(message([&] { rt.exec(e); }),
+            "process.terminal: img2vm-oci cannot give an exec a terminal yet (no -t)");
+  e.process.terminal = false;
+  set(VmStatus::kExited, true, gone);
+  EXPECT_EQ(message([&] { rt.exec(e); }), "cannot exec in a container that is stopped");
+  EXPECT_EQ(message([&] { rt.start("c1"); }), "cannot start a container that has stopped");
 }
 
 TEST(OciRuntimeStore, UnknownIdsAndBadIdsAreErrors) {
