@@ -815,9 +815,10 @@ void oci_config(const fs::path& dir, const std::string& cmd, const fs::path& sha
 // there yet), the --pid-file process is the one whose exit status is the workload's (7, then
 // 9 from a TERM trap via kill, 137 from KILL while created); config.json's process (uid:gid,
 // additionalGids, rlimits, noNewPrivileges, env, cwd, hostname), a bind mount (read and
-// written through virtio-fs) and annotations reach the VM; a file bind is refused with a warning in the JSON log; exec (a process JSON) gives its
-// output and status, and with --detach its --pid-file process exits with that status; delete
-// refuses a running container without --force; a duplicate id and an unknown one are errors.
+// written through virtio-fs) and annotations reach the VM; a file bind is refused with a warning in
+// the JSON log; exec (a process JSON) gives its output and status, and with --detach its --pid-file
+// process exits with that status; delete refuses a running container without --force; a duplicate
+// id and an unknown one are errors.
 TEST(RunKvm, OciRuntimeCreateStartKillDelete) {
   if (std::string why = virtiofs_skip_reason(); !why.empty()) GTEST_SKIP() << why;
   if (find_program("umoci").empty()) GTEST_SKIP() << "needs umoci";

@@ -145,10 +145,6 @@ MachineOptions oci_machine_options(const OciBundle& b,
     if (warn) warn(s);
   };
   for (const auto& u : b.unhonoured) say(u);
-  if (b.terminal)
-    throw Error(ErrorKind::kUnsupported,
-                "process.terminal: img2vm-oci cannot give a container a terminal yet "
-                "(--console-socket); run it without a tty (no -t)");
   auto annotation = [&](const char* key) -> const std::string* {
     auto it = b.annotations.find(key);
     return it == b.annotations.end() ? nullptr : &it->second;
@@ -195,6 +191,7 @@ MachineOptions oci_machine_options(const OciBundle& b,
     mo.overrides.rlimits.push_back({l.type, l.soft, l.hard});
   }
   mo.overrides.no_new_privileges = b.no_new_privileges;
+  mo.overrides.tty = mo.overrides.interactive = b.terminal;  // the console: create's pty
 
   mo.overrides.wait_for_start = true;
   mo.overrides.agent_signals = true;
@@ -255,6 +252,15 @@ OciState OciRuntime::create(const OciCreateOptions& o) {
     throw Error(ErrorKind::kInvalidArgument, "container with id exists: " + o.id);
   OciBundle b = load_oci_bundle(o.bundle);
   PreparedMachine pm = build_machine(oci_machine_options(b, o.warn));
+  std::optional<ConsolePty> pty;
+  if (b.terminal) {
+    if (o.console_socket.empty())
+      throw Error(ErrorKind::kInvalidArgument,
+                  "process.terminal: a terminal needs --console-socket (where its master goes)");
+    pty = open_console_pty();
+    send_console_master(o.console_socket, *pty);
+    pty->master.reset();  // the engine's now: its end hangs the terminal up
+  }
   VmCreate c;
   c.name = o.id;
   c.image = b.root.string();
@@ -263,6 +269,7 @@ OciState OciRuntime::create(const OciCreateOptions& o) {
   c.annotations = b.annotations;
   DetachedOptions d;
   d.inherit_stdio = o.inherit_stdio;
+  if (pty) d.terminal_fd = pty->slave.get();
   VmRecord r;
   try {
     r = start_detached(store_, c, pm, d);
