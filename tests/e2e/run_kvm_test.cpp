@@ -998,6 +998,10 @@ TEST(RunKvm, OciRuntimeTerminal) {
   nlohmann::json j = nlohmann::json::parse(read_file(w / "bt/config.json"));
   j["process"]["terminal"] = true;
   write_file_atomic(w / "bt/config.json", j.dump(2));
+  // exec --tty's process: each line read is answered with its terminal and size, "q" ends it.
+  write_file_atomic(w / "bt/rootfs/loop.sh",
+                    "while read l; do [ \"$l\" = q ] && exit 5; echo \"got-$l $(tty) $(stty "
+                    "size)\"; done\n");
   std::ostringstream sh;
   sh << ns.prelude() << "export IMG2VM_KERNEL=\"$W/vmlinux\"\n"
      << "R=" << quote(REAPER_BINARY) << " T=" << quote(CONSOLE_BINARY) << "\n"
@@ -1013,6 +1017,16 @@ TEST(RunKvm, OciRuntimeTerminal) {
      << "say 'tty'; say 'stty size'; say 'echo hi-$((6*7))'; wait_for \"$W/tout\" hi-42\n"
      << "say '@size 40 120'; i=0; while ! grep -q '40 120' \"$W/tout\" && [ $i -lt 30 ]; do "
         "say 'stty size'; sleep 1; i=$((i+1)); done\n"
+     // exec --tty as conmon runs it (--detach, the daemon's status through --pid-file).
+     << "mkfifo \"$W/ein\"; : > \"$W/eout\"\n"
+     << "$T \"$W/esock\" \"$W/ein\" \"$W/eout\" $R \"$W/r-e\" $O exec --detach --pid-file "
+        "\"$W/p-e\" --tty --console-socket \"$W/esock\" t sh /loop.sh >\"$W/o-e\" 2>&1 &\n"
+     << "wait_for \"$W/r-e\" '^exited'; printf '@size 25 90\\n' > \"$W/ein\"\n"
+     << "i=0; while ! grep -q 'got-x .* 25 90' \"$W/eout\" && [ $i -lt 30 ]; do "
+        "printf 'x\\n' > \"$W/ein\"; sleep 1; i=$((i+1)); done\n"
+     << "printf 'q\\n' > \"$W/ein\"; wait_for \"$W/r-e\" \"exited $(cat \"$W/p-e\") \"\n"
+     << "wait_for \"$W/o-e\" 'hung up'; echo exec-pid=$(cat \"$W/p-e\")\n"
+     << "echo ---; cat \"$W/r-e\" \"$W/eout\" \"$W/o-e\"; echo; echo ---\n"
      << "say 'exit 3'; wait_for \"$W/r-t\" \"exited $(cat \"$W/p-t\") \"\n"
      << "wait_for \"$W/o-t\" 'hung up'\n"
      << "cat \"$W/r-t\"; echo; echo ---; cat \"$W/tout\"; echo; echo ---; cat \"$W/o-t\"\n"
@@ -1049,6 +1063,14 @@ TEST(RunKvm, OciRuntimeTerminal) {
       << out;
   EXPECT_TRUE(has(out, "console: the terminal hung up")) << out;
   EXPECT_TRUE(has(out, "delete=0")) << out;
+  // exec --tty: a pty master of its own at its socket, the guest's tty its terminal, resized.
+  at = out.find("exec-pid=");
+  const std::string exec_pid =
+      at == std::string::npos ? "?" : out.substr(at + 9, out.find('\n', at) - at - 9);
+  EXPECT_TRUE(std::regex_search(out, std::regex("got-x /dev/[a-z]+/?[0-9]* 25 90\n"))) << out;
+  EXPECT_TRUE(has(out, "exited " + exec_pid + " 5\n"))
+      << "the exec's pid-file process must exit with its status:\n"
+      << out;
   if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }
 

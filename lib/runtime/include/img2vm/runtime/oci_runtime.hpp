@@ -67,6 +67,9 @@ struct OciExecOptions {
   OciBundle process;               // its process fields: args, env, cwd, uid, gid, terminal
   bool detach = false;             // a daemon runs it (see OciRuntime::exec)
   std::filesystem::path pid_file;  // detach: that daemon's pid
+  // process.terminal (exec --tty): where the pty's master goes, as for create; the slave is the
+  // exec's stdin, stdout and stderr and its window size is passed on.
+  std::filesystem::path console_socket;
 };
 
 // The runtime-spec state of a container.
@@ -130,7 +133,10 @@ class OciRuntime {
   // when it could not be started, its reason on stderr). With detach: a daemon of its own (a
   // double fork, so it is reparented to the nearest subreaper, conmon or the shim) runs it and
   // exits with its status; its pid goes to pid_file; returns 0 then. Error(kInvalidArgument)
-  // when the container is not running, Error(kUnsupported) for a terminal.
+  // when the container is not running. With process.terminal, the guest gives the process a
+  // tty whose input and output are a pty's slave here, its master sent to o.console_socket
+  // (Error(kInvalidArgument) without one); the slave's size is read every 100 ms and a change
+  // passed on (ExecSession::resize).
   int exec(const OciExecOptions& o);
   // The host processes of a running container: the monitor, then the VMM.
   std::vector<pid_t> pids(const std::string& id) const;
