@@ -35,8 +35,9 @@ void register_exec(CLI::App& app, Globals& g, Action* slot) {
   sub->add_flag("-d,--detach", o->detach, "Run it in the background");
   sub->add_option("--pid-file", o->pid_file,
                   "Write the pid of the process whose exit status is the exec's");
-  sub->add_flag("-t,--tty", o->tty, "A terminal (not supported yet)");
-  sub->add_option("--console-socket", o->console_socket, "For --tty (not supported yet)");
+  sub->add_flag("-t,--tty", o->tty, "A terminal (its master goes to --console-socket)");
+  sub->add_option("--console-socket", o->console_socket,
+                  "A unix socket for the terminal's master (--tty, process.terminal)");
   sub->add_option("--cwd", o->cwd, "The working directory (without --process)");
   sub->add_option("-e,--env", o->env, "KEY=VALUE (without --process)");
   sub->add_option("-u,--user", o->user, "UID[:GID] (without --process)");
@@ -49,6 +50,7 @@ void register_exec(CLI::App& app, Globals& g, Action* slot) {
       e.id = o->id;
       e.detach = o->detach;
       e.pid_file = o->pid_file;
+      e.console_socket = o->console_socket;
       if (!o->process.empty()) {
         if (!o->args.empty())
           throw Error(ErrorKind::kInvalidArgument,

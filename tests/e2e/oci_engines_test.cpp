@@ -114,6 +114,28 @@ show() { echo "@@SHOW $1@@"; cat "$2" 2>&1; echo "@@SHOW-END $1@@"; }
 )SH";
 };
 
+// The start of a podman script: a syslog, the image in podman's storage, and P (podman with
+// img2vm-oci), A (the kernel's annotation) and D (a directory for --log-level=debug output).
+constexpr const char* kPodmanSetup = R"SH(
+# conmon and podman's cleanup log to syslog at --log-level=debug; without a /dev/log the cleanup
+# fails and podman waits 20 s for each container's end (crun's as well).
+busybox syslogd -n -O "$W/syslog" & syslogd=$!
+until_ok 60 test -S /dev/log || exit 89
+skopeo copy -q "oci:$W/layout:latest" containers-storage:localhost/img:latest || exit 90
+# The kernel goes by annotation: conmon gives the runtime only a few variables of podman's.
+P="podman --runtime $O"
+A="--annotation org.img2vm.kernel=$W/vmlinux"
+D="$W/podman-debug"; mkdir -p "$D"
+)SH";
+
+// The end of a podman script: what a failure's report shows (podman's debug output, the
+// runtime's log, the syslog), and the syslog stopped.
+constexpr const char* kPodmanReport = R"SH(for f in "$D"/*; do show "podman ${f##*/}" "$f"; done
+show "img2vm-oci.log" /run/img2vm-oci/img2vm-oci.log
+show syslog "$W/syslog"
+kill $syslogd
+)SH";
+
 // Everything a failed test needs to see: the script's output and the rig's messages.
 void report(const NestedResult& r) {
   std::cerr << "--- exit " << r.exit_code << (r.timed_out ? " (timed out)" : "")
@@ -134,16 +156,7 @@ void report(const NestedResult& r) {
 TEST(OciEngines, PodmanRunsContainersAsVms) {
   if (std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
   Workdir w;
-  w.make(R"SH(
-# conmon and podman's cleanup log to syslog at --log-level=debug; without a /dev/log the cleanup
-# fails and podman waits 20 s for each container's end (crun's as well).
-busybox syslogd -n -O "$W/syslog" & syslogd=$!
-until_ok 60 test -S /dev/log || exit 89
-skopeo copy -q "oci:$W/layout:latest" containers-storage:localhost/img:latest || exit 90
-# The kernel goes by annotation: conmon gives the runtime only a few variables of podman's.
-P="podman --runtime $O"
-A="--annotation org.img2vm.kernel=$W/vmlinux"
-D="$W/podman-debug"; mkdir -p "$D"
+  w.make(std::string(kPodmanSetup) + R"SH(
 $P --log-level=debug run --rm --network none $A localhost/img echo hi-from-a-vm >"$W/hi.out" 2>"$D/hi"
 echo "hi-rc=$?"; sed 's/^/hi-out: /' "$W/hi.out"
 $P --log-level=debug run --rm --network none $A localhost/img sh -c 'exit 3' 2>"$D/exit3"
@@ -180,11 +193,7 @@ $P logs d1 >"$W/d1.logs" 2>&1; sed 's/^/d1-log: /' "$W/d1.logs"
 $P rm d1 >/dev/null; echo "rm-rc=$?"
 echo "left: containers=$($O list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w) virtiofsd=$(pidof virtiofsd | wc -w)"
 echo "conmon-timeouts=$(cat "$D"/* | grep -c 'Exceeded conmon timeout')"
-for f in "$D"/*; do show "podman ${f##*/}" "$f"; done
-show "img2vm-oci.log" /run/img2vm-oci/img2vm-oci.log
-show syslog "$W/syslog"
-kill $syslogd
-)SH");
+)SH" + std::string(kPodmanReport));
   if (HasFatalFailure()) return;
   NestedResult r = w.run();
   const std::string& o = r.output;
@@ -215,6 +224,40 @@ kill $syslogd
   EXPECT_TRUE(has(o, "warning: container ")) << "no warnings in img2vm-oci.log";
   // podman had each end from conmon's exit file, never after its 20 s wait for one.
   EXPECT_TRUE(has(o, "conmon-timeouts=0\n"));
+  if (HasFailure()) report(r);
+}
+
+// podman run -t and -it (process.terminal): conmon gets the terminal's master from create's
+// --console-socket; the workload's tty is the guest's console, what it prints comes back through
+// podman, what is typed at podman's terminal (script(1) gives it one) reaches the shell, and the
+// exit status passes through.
+TEST(OciEngines, PodmanRunGivesATerminal) {
+  if (std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  Workdir w;
+  w.make(std::string(kPodmanSetup) + R"SH(
+$P --log-level=debug run --rm -t --network none $A localhost/img sh -c 'echo "tty=$(tty)"; exit 6' \
+  >"$W/t.out" 2>"$D/t" </dev/null
+echo "t-rc=$?"; tr -d '\r' <"$W/t.out" | sed 's/^/t-out: /'
+if command -v script >/dev/null; then
+  printf 'echo in-$((6*7))\nexit 7\n' >"$W/typed"
+  timeout 600 script -qec "$P --log-level=debug run --rm -it --network none $A localhost/img sh 2>$D/it" \
+    /dev/null <"$W/typed" >"$W/it.out"
+  echo "it-rc=$?"; tr -d '\r' <"$W/it.out" | sed 's/^/it-out: /'
+else
+  echo "it-rc=no-script"
+fi
+echo "left: containers=$($O list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w)"
+)SH" + std::string(kPodmanReport));
+  if (HasFatalFailure()) return;
+  NestedResult r = w.run();
+  const std::string& o = r.output;
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(has(o, "t-rc=6\n"));
+  EXPECT_TRUE(has(o, "t-out: tty=/dev/"));
+  EXPECT_FALSE(has(o, "t-out: tty=not a tty"));
+  EXPECT_TRUE(has(o, "it-rc=7\n"));
+  EXPECT_TRUE(has(o, "\nit-out: in-42\n"));
+  EXPECT_TRUE(has(o, "left: containers=0 vmms=0\n"));
   if (HasFailure()) report(r);
 }
 

@@ -16,6 +16,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -969,6 +970,107 @@ TEST(RunKvm, OciRuntimeCreateStartKillDelete) {
   EXPECT_TRUE(has(log.out, "/etc/extra")) << log.out;
   EXPECT_TRUE(has(log.out, "\"level\":\"error\",\"msg\":\"container with id exists: c1\""))
       << log.out;
+  if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
+}
+
+// process.terminal (issue #18): create sends the terminal's master to --console-socket (a pty
+// master, named by the message), and the workload's stdin, stdout and tty are that terminal: a
+// line written to the master is echoed by the guest's tty and run by its shell, a window size
+// set on the master (before start and later) is the guest's `stty size`, and the --pid-file
+// process exits with the shell's status.
+TEST(RunKvm, OciRuntimeTerminal) {
+  if (std::string why = virtiofs_skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  if (find_program("umoci").empty()) GTEST_SKIP() << "needs umoci";
+  NetSetup ns;
+  if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
+  const fs::path& w = ns.w;
+  ImageSpec img = busybox_image();
+  img.layers.push_back(layer({dir("dev"), dir("proc"), dir("sys"), dir("data"), dir("scratch")}));
+  write_oci_layout(w / "bb", {{"latest", build_image(img)}});
+  auto r = run_command({"umoci", "unpack", "--rootless", "--image", (w / "bb").string() + ":latest",
+                        (w / "bt").string()});
+  ASSERT_EQ(r.exit_code, 0) << r.describe();
+  const fs::path share = w / "share";
+  fs::create_directories(share);
+  fs::permissions(share, fs::perms::all);
+  write_file_atomic(share / "host-file", "host-data\n");
+  oci_config(w / "bt", "echo shell-up; exec sh", share);
+  nlohmann::json j = nlohmann::json::parse(read_file(w / "bt/config.json"));
+  j["process"]["terminal"] = true;
+  write_file_atomic(w / "bt/config.json", j.dump(2));
+  // exec --tty's process: each line read is answered with its terminal and size, "q" ends it.
+  write_file_atomic(w / "bt/rootfs/loop.sh",
+                    "while read l; do [ \"$l\" = q ] && exit 5; echo \"got-$l $(tty) $(stty "
+                    "size)\"; done\n");
+  std::ostringstream sh;
+  sh << ns.prelude() << "export IMG2VM_KERNEL=\"$W/vmlinux\"\n"
+     << "R=" << quote(REAPER_BINARY) << " T=" << quote(CONSOLE_BINARY) << "\n"
+     << "O=\"" << IMG2VM_OCI_BINARY << " --root $W/oci-state --log $W/oci.log\"\n"
+     << "say() { printf '%s\\n' \"$1\" > \"$W/tin\"; }\n"
+     << "begin tty\n"
+     << "mkfifo \"$W/tin\"; : > \"$W/tout\"\n"
+     << "$T \"$W/tsock\" \"$W/tin\" \"$W/tout\" $R \"$W/r-t\" $O create --bundle \"$W/bt\" "
+        "--pid-file \"$W/p-t\" --console-socket \"$W/tsock\" t >\"$W/o-t\" 2>&1 &\n"
+     << "wait_for \"$W/r-t\" '^exited'; cat \"$W/r-t\"; echo pid=$(cat \"$W/p-t\")\n"
+     << "say '@size 33 101'; $O start t; echo start=$?\n"
+     << "wait_for \"$W/tout\" shell-up\n"
+     << "say 'tty'; say 'stty size'; say 'echo hi-$((6*7))'; wait_for \"$W/tout\" hi-42\n"
+     << "say '@size 40 120'; i=0; while ! grep -q '40 120' \"$W/tout\" && [ $i -lt 30 ]; do "
+        "say 'stty size'; sleep 1; i=$((i+1)); done\n"
+     // exec --tty as conmon runs it (--detach, the daemon's status through --pid-file).
+     << "mkfifo \"$W/ein\"; : > \"$W/eout\"\n"
+     << "$T \"$W/esock\" \"$W/ein\" \"$W/eout\" $R \"$W/r-e\" $O exec --detach --pid-file "
+        "\"$W/p-e\" --tty --console-socket \"$W/esock\" t sh /loop.sh >\"$W/o-e\" 2>&1 &\n"
+     << "wait_for \"$W/r-e\" '^exited'; printf '@size 25 90\\n' > \"$W/ein\"\n"
+     << "i=0; while ! grep -q 'got-x .* 25 90' \"$W/eout\" && [ $i -lt 30 ]; do "
+        "printf 'x\\n' > \"$W/ein\"; sleep 1; i=$((i+1)); done\n"
+     << "printf 'q\\n' > \"$W/ein\"; wait_for \"$W/r-e\" \"exited $(cat \"$W/p-e\") \"\n"
+     << "wait_for \"$W/o-e\" 'hung up'; echo exec-pid=$(cat \"$W/p-e\")\n"
+     << "echo ---; cat \"$W/r-e\" \"$W/eout\" \"$W/o-e\"; echo; echo ---\n"
+     << "say 'exit 3'; wait_for \"$W/r-t\" \"exited $(cat \"$W/p-t\") \"\n"
+     << "wait_for \"$W/o-t\" 'hung up'\n"
+     << "cat \"$W/r-t\"; echo; echo ---; cat \"$W/tout\"; echo; echo ---; cat \"$W/o-t\"\n"
+     << "$O delete t; echo delete=$?\n"
+     << "echo; echo @@STDERR@@; cat \"$W/oci.log\" 2>/dev/null; echo; echo '@@END tty 0@@'\n";
+  std::vector<fs::path> files = ns.files();
+  files.push_back(kVirtiofsd);
+  files.push_back(IMG2VM_OCI_BINARY);
+  files.push_back(REAPER_BINARY);
+  files.push_back(CONSOLE_BINARY);
+  write_file_atomic(w / "oci-tty.sh", sh.str());
+  std::string output = run_script(w / "oci-tty.sh", files, std::chrono::seconds(900));
+  Cases cases(output);
+  const Case& t = cases.get("tty");
+  // The guest's tty ends lines with CR LF; the rig's console may leave the CRs out.
+  std::string out = t.out;
+  std::erase(out, '\r');
+  auto at = out.find("pid=");
+  const std::string pid =
+      at == std::string::npos ? "?" : out.substr(at + 4, out.find('\n', at) - at - 4);
+  EXPECT_TRUE(has(out, "console: /dev/pts/")) << out;
+  EXPECT_TRUE(has(out, " pty=yes")) << out;
+  EXPECT_TRUE(has(out, "start=0")) << out;
+  // The guest's tty echoes the line as typed; only the shell's run of it says 42.
+  EXPECT_TRUE(has(out, "echo hi-$((6*7))")) << out;
+  EXPECT_TRUE(has(out, "\nhi-42\n")) << out;
+  EXPECT_TRUE(std::regex_search(out, std::regex("\n/dev/(console|tty[A-Za-z0-9]*|pts/[0-9]+)\n")))
+      << "`tty` must name the workload's terminal:\n"
+      << out;
+  EXPECT_TRUE(has(out, "\n33 101\n")) << out;
+  EXPECT_TRUE(has(out, "\n40 120\n")) << out;
+  EXPECT_TRUE(has(out, "exited " + pid + " 3\n"))
+      << "the pid-file process must exit with the shell's status:\n"
+      << out;
+  EXPECT_TRUE(has(out, "console: the terminal hung up")) << out;
+  EXPECT_TRUE(has(out, "delete=0")) << out;
+  // exec --tty: a pty master of its own at its socket, the guest's tty its terminal, resized.
+  at = out.find("exec-pid=");
+  const std::string exec_pid =
+      at == std::string::npos ? "?" : out.substr(at + 9, out.find('\n', at) - at - 9);
+  EXPECT_TRUE(std::regex_search(out, std::regex("got-x /dev/[a-z]+/?[0-9]* 25 90\n"))) << out;
+  EXPECT_TRUE(has(out, "exited " + exec_pid + " 5\n"))
+      << "the exec's pid-file process must exit with its status:\n"
+      << out;
   if (HasFailure()) std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }
 

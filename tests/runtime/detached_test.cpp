@@ -5,7 +5,9 @@
 // tap in a network namespace of the test's own reaching the VMM (root).
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -21,6 +23,7 @@
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/runtime/machine.hpp"
+#include "img2vm/runtime/oci_runtime.hpp"
 #include "img2vm/runtime/vms.hpp"
 #include "netns.hpp"
 #include "process.hpp"
@@ -52,6 +55,14 @@ if [ "$mode" = created ]; then
   echo "the workload waits for its start"
   printf C > /proc/self/fd/$ready
   exit 5
+fi
+if [ "$mode" = terminal ]; then
+  case "$spec" in *'"console_in_fd":0'*) echo "console input: stdin";; esac
+  case "$spec" in *'"tty":true'*) echo "attach.tty";; esac
+  [ -t 0 ] && echo "stdin is a terminal"
+  trap 'echo "winch $(stty size)"' WINCH
+  printf R > /proc/self/fd/$ready
+  while :; do read -r line || continue; echo "typed $line"; [ "$line" = bye ] && exit 4; done
 fi
 if [ "$mode" = tap ]; then
   fd=$(printf '%s' "$spec" | sed -n 's/.*"tap":{"fd":\([0-9]*\).*/\1/p')
@@ -91,7 +102,8 @@ class Detached : public ::testing::Test {
   }
 
   VmRecord start(const std::string& name, const std::string& mode,
-                 std::vector<DeferredShare> shares = {}, bool inherit_stdio = false) {
+                 std::vector<DeferredShare> shares = {}, bool inherit_stdio = false,
+                 int terminal_fd = -1) {
     VmCreate c;
     c.name = name;
     c.image = "fake:1";
@@ -102,6 +114,7 @@ class Detached : public ::testing::Test {
     o.ready_timeout = std::chrono::minutes(2);
     o.shares = std::move(shares);
     o.inherit_stdio = inherit_stdio;
+    o.terminal_fd = terminal_fd;
     nlohmann::json spec = {{"machine", {{"kernel", "/none"}, {"cmdline", mode}}}};
     try {
       VmRecord r = start_detached(store, c, spec.dump(), o);
@@ -530,6 +543,48 @@ TEST_F(Detached, AnOciCreateReturnsWhenTheWorkloadWaitsAndTheMonitorExitsWithIts
   EXPECT_TRUE(r.started.empty()) << r.started;
   while (::waitpid(-1, nullptr, WNOHANG) > 0) {
   }
+}
+
+// img2vm-oci's process.terminal (DetachedOptions::terminal_fd): the terminal is the VMM's stdin
+// (the spec's console input, attach.tty) and gets the console; a window size set on the master
+// reaches the VMM as SIGWINCH (the monitor looks every 100 ms; the terminal is no one's
+// controlling terminal), and the monitor exits with the workload's status.
+TEST_F(Detached, ATerminalIsTheVmmsInputAndGetsTheConsoleAndResizes) {
+  ConsolePty pty = open_console_pty();
+  VmRecord r = start("tty", "terminal", {}, false, pty.slave.get());
+  pty.slave.reset();
+  std::string seen;
+  // What the terminal has said, until it says `want` or hangs up (bounded: 60 s).
+  auto until = [&](const std::string& want) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (seen.find(want) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+      struct pollfd pf {
+        pty.master.get(), POLLIN, 0
+      };
+      if (::poll(&pf, 1, 1000) <= 0) continue;
+      char buf[4096];
+      ssize_t n = ::read(pty.master.get(), buf, sizeof buf);
+      if (n <= 0) return false;  // EIO: every slave is closed
+      seen.append(buf, size_t(n));
+    }
+    return seen.find(want) != std::string::npos;
+  };
+  ASSERT_TRUE(until("stdin is a terminal")) << seen;
+  EXPECT_NE(seen.find("console input: stdin"), std::string::npos) << seen;
+  EXPECT_NE(seen.find("attach.tty"), std::string::npos) << seen;
+  struct winsize ws {};
+  ws.ws_row = 21;
+  ws.ws_col = 77;
+  ASSERT_EQ(::ioctl(pty.master.get(), TIOCSWINSZ, &ws), 0);
+  EXPECT_TRUE(until("winch 21 77")) << seen;
+  ASSERT_EQ(::write(pty.master.get(), "hello\nbye\n", 10), 10);
+  EXPECT_TRUE(until("typed bye")) << seen;
+  EXPECT_NE(seen.find("typed hello"), std::string::npos) << seen;
+  until("the end that never comes: read to the hang-up");
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  while (store.get(r.id).status != VmStatus::kExited && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(store.get(r.id).exit_code, 4);
 }
 
 }  // namespace

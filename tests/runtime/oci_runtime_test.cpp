@@ -1,14 +1,21 @@
 // A bundle's config.json made into a VM's options for img2vm-oci (issue #18): the process
 // becomes the root's config, the workload waits for start, memory and vCPUs come from
 // linux.resources or the annotations, the engine's /dev tmpfs gives way to the init's, a bind
-// mount of a file is left out with a warning, a terminal is refused; and the state's JSON.
+// mount of a file is left out with a warning, a terminal is the guest's tty; the pty whose
+// master goes to --console-socket; and the state's JSON.
 #include "img2vm/runtime/oci_runtime.hpp"
 
 #include <gtest/gtest.h>
 #include <linux/magic.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/statfs.h>
+#include <sys/un.h>
+#include <termios.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <nlohmann/json.hpp>
 
 #include "img2vm/base/error.hpp"
@@ -155,17 +162,91 @@ TEST_F(OciOptions, MemoryAndCpusFromResourcesAndAnnotations) {
   }
 }
 
-TEST_F(OciOptions, ATerminalAndAMissingKernelAreRefusedClearly) {
+// process.terminal: the workload gets the console as its tty and its stdin (create's pty).
+TEST_F(OciOptions, ATerminalIsTheConsoleAsTheWorkloadsTty) {
+  EXPECT_FALSE(options(config()).overrides.tty);
+  EXPECT_FALSE(options(config()).overrides.interactive);
   json j = config();
   j["process"]["terminal"] = true;
+  MachineOptions mo = options(j);
+  EXPECT_TRUE(mo.overrides.tty);
+  EXPECT_TRUE(mo.overrides.interactive);
+}
+
+// --console-socket as runc serves it: one message on the engine's socket, the pty's name as its
+// data and its master as the descriptor; the slave is raw (the guest's tty does the echo).
+TEST(OciConsole, TheMasterOfARawPtyGoesToTheConsoleSocket) {
+  TempDir dir{"img2vm-oci-console"};
+  const fs::path path = dir.path() / "console.sock";
+  UniqueFd listener(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  ASSERT_TRUE(listener);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  ASSERT_EQ(::bind(listener.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(::listen(listener.get(), 1), 0);
+
+  ConsolePty pty = open_console_pty();
+  send_console_master(path, pty);
+  UniqueFd conn(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+  ASSERT_TRUE(conn);
+  char data[256] = {};
+  iovec iov{data, sizeof data - 1};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n = ::recvmsg(conn.get(), &msg, MSG_CMSG_CLOEXEC);
+  ASSERT_GT(n, 0);
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  ASSERT_NE(c, nullptr);
+  ASSERT_EQ(c->cmsg_type, SCM_RIGHTS);
+  int fd = -1;
+  std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
+  UniqueFd master(fd);
+  EXPECT_EQ(std::string(data, size_t(n)), pty.name);
+  EXPECT_EQ(pty.name.rfind("/dev/pts/", 0), 0u) << pty.name;
+  // A pty master: it names its slave, which is the pty's.
+  ASSERT_TRUE(::isatty(master.get()));
+  char name[128];
+  ASSERT_EQ(::ptsname_r(master.get(), name, sizeof name), 0);
+  EXPECT_EQ(std::string(name), pty.name);
+  // What goes in at the master comes out of the slave as it is, and not echoed back.
+  pty.master.reset();
+  ASSERT_EQ(::write(master.get(), "ab\n", 3), 3);
+  char got[8] = {};
+  ASSERT_EQ(::read(pty.slave.get(), got, sizeof got), 3);
+  EXPECT_EQ(std::string(got, 3), "ab\n");
+  termios t{};
+  ASSERT_EQ(::tcgetattr(pty.slave.get(), &t), 0);
+  EXPECT_EQ(t.c_lflag & (ECHO | ICANON), 0u);
+  // A size the engine sets on the master is the slave's.
+  winsize ws{};
+  ws.ws_row = 33;
+  ws.ws_col = 101;
+  ASSERT_EQ(::ioctl(master.get(), TIOCSWINSZ, &ws), 0);
+  winsize seen{};
+  ASSERT_EQ(::ioctl(pty.slave.get(), TIOCGWINSZ, &seen), 0);
+  EXPECT_EQ(seen.ws_row, 33);
+  EXPECT_EQ(seen.ws_col, 101);
+}
+
+TEST(OciConsole, ANoSocketIsAnErrorNamingIt) {
+  ConsolePty pty = open_console_pty();
   try {
-    options(j);
-    ADD_FAILURE() << "terminal accepted";
+    send_console_master("/nonexistent/console.sock", pty);
+    ADD_FAILURE() << "sent";
   } catch (const Error& e) {
-    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-    EXPECT_NE(std::string(e.what()).find("process.terminal"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--console-socket /nonexistent/console.sock"),
+              std::string::npos)
+        << e.what();
   }
-  j = config();
+}
+
+TEST_F(OciOptions, AMissingKernelIsRefusedClearly) {
+  json j = config();
   j["annotations"]["org.img2vm.kernel"] = (dir.path() / "nosuch").string();
   try {
     options(j);

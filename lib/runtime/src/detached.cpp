@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -116,9 +117,10 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
   if (cc.vmm_program.empty()) cc.vmm_program = find_vmm_binary().string();
   const fs::path monitor = o.monitor.empty() ? find_vmm_binary() : o.monitor;
   std::string full = o.shares.empty() ? spec : with_shares(spec, o.shares);
-  if (o.inherit_stdio) {
+  if (o.inherit_stdio || o.terminal_fd >= 0) {
     json j = json::parse(full);
     j["forward_output"] = true;
+    if (o.terminal_fd >= 0) j["terminal"] = true;
     full = j.dump();
   }
   VmRecord r = store.create(cc, full);
@@ -146,6 +148,7 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
   sigset_t none;
   sigemptyset(&none);
   const bool inherit = o.inherit_stdio;
+  const int terminal = o.terminal_fd;
 
   const pid_t child = ::fork();
   if (child == 0) {
@@ -155,8 +158,8 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
     if (::setsid() < 0) ::_exit(126);
     const pid_t g = ::fork();
     if (g != 0) ::_exit(g < 0 ? 126 : 0);
-    if (!inherit && (::dup2(devnull.get(), 0) < 0 || ::dup2(devnull.get(), 1) < 0 ||
-                     ::dup2(devnull.get(), 2) < 0))
+    const int stdio = terminal >= 0 ? terminal : inherit ? -1 : devnull.get();
+    if (stdio >= 0 && (::dup2(stdio, 0) < 0 || ::dup2(stdio, 1) < 0 || ::dup2(stdio, 2) < 0))
       ::_exit(126);
     (void)::close_range(3, ~0u, CLOSE_RANGE_CLOEXEC);
     for (int fd : keep) (void)::fcntl(fd, F_SETFD, 0);
@@ -274,23 +277,35 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     // Before the VMM, after it (declared first: destroyed last).
     std::vector<Virtiofsd> shares = start_shares(spec);
     bool forward = spec.value("forward_output", json(false)) == json(true);
+    const bool terminal = spec.value("terminal", json(false)) == json(true);
     spec.erase("forward_output");
+    spec.erase("terminal");
     json& m = spec["machine"];
     m["ready_fd"] = vm_ready_wr.get();
     m["console_out_fd"] = 1;
-    m["console_in_fd"] = -1;
+    m["console_in_fd"] = terminal ? 0 : -1;  // the VMM's stdin is the monitor's: the terminal
     m["vsock"] = {{"guest_cid", 3}, {"uds_path", rec.vsock_socket}};
     // Detached: no terminal, no notices; `stop` decides when the VM is killed, so the VMM's own
     // stop timeout never runs out first.
     json attach =
         spec.contains("attach") && spec["attach"].is_object() ? spec["attach"] : json::object();
-    attach["tty"] = false;
+    attach["tty"] = terminal;  // the VMM takes the terminal's size at start and on SIGWINCH
     attach["say"] = false;
     attach["json"] = false;
     attach["timings"] = false;
     attach["stop_timeout_ms"] = uint64_t(1) << 40;
     spec["attach"] = attach;
 
+    // The terminal's size as last seen: the engine sets it on the master, and a terminal that
+    // is no one's controlling terminal signals no one, so it is looked at every 100 ms. Taken
+    // before the VMM starts, which takes it again itself: a change between is not missed.
+    auto window = [] {
+      struct winsize ws {};
+      (void)::ioctl(0, TIOCGWINSZ, &ws);
+      return std::make_pair(ws.ws_row, ws.ws_col);
+    };
+    std::pair<unsigned short, unsigned short> size{};
+    if (terminal) size = window();
     VmmChildOptions co;
     co.vmm = rec.vmm_program.empty() ? find_vmm_binary() : fs::path(rec.vmm_program);
     co.pass_fds = {vm_ready_wr.get()};
@@ -342,10 +357,16 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
       struct pollfd pf[3] = {{out_rd ? out_rd.get() : -1, POLLIN, 0},
                              {vm_ready_rd ? vm_ready_rd.get() : -1, POLLIN, 0},
                              {vmm.pidfd(), POLLIN, 0}};
-      int n = ::poll(pf, 3, -1);
+      int n = ::poll(pf, 3, terminal ? 100 : -1);
       if (n < 0) {
         if (errno == EINTR) continue;
         throw_errno("poll");
+      }
+      if (terminal) {
+        if (auto now = window(); now != size) {
+          size = now;
+          (void)::kill(vmm.pid(), SIGWINCH);
+        }
       }
       if (pf[0].revents) on_output(false);
       if (pf[1].revents) on_ready();

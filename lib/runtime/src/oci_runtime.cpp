@@ -1,7 +1,10 @@
 #include "img2vm/runtime/oci_runtime.hpp"
 
 #include <linux/magic.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -11,6 +14,8 @@
 #include <chrono>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <thread>
+#include <tuple>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
@@ -28,6 +33,13 @@ namespace {
 
 constexpr std::chrono::seconds kAgentTimeout{30};
 constexpr unsigned kMaxCpus = 64;
+
+// The size (rows, columns) of the terminal `fd`, when it knows one.
+std::optional<std::pair<uint16_t, uint16_t>> window_of(int fd) {
+  struct winsize ws {};
+  if (::ioctl(fd, TIOCGWINSZ, &ws) != 0 || ws.ws_row == 0 || ws.ws_col == 0) return std::nullopt;
+  return std::make_pair(uint16_t(ws.ws_row), uint16_t(ws.ws_col));
+}
 
 // An annotation's value as a number in [lo, hi]; throws naming it.
 uint64_t annotation_number(const std::string& value, const char* key, uint64_t lo, uint64_t hi) {
@@ -145,10 +157,6 @@ MachineOptions oci_machine_options(const OciBundle& b,
     if (warn) warn(s);
   };
   for (const auto& u : b.unhonoured) say(u);
-  if (b.terminal)
-    throw Error(ErrorKind::kUnsupported,
-                "process.terminal: img2vm-oci cannot give a container a terminal yet "
-                "(--console-socket); run it without a tty (no -t)");
   auto annotation = [&](const char* key) -> const std::string* {
     auto it = b.annotations.find(key);
     return it == b.annotations.end() ? nullptr : &it->second;
@@ -195,6 +203,7 @@ MachineOptions oci_machine_options(const OciBundle& b,
     mo.overrides.rlimits.push_back({l.type, l.soft, l.hard});
   }
   mo.overrides.no_new_privileges = b.no_new_privileges;
+  mo.overrides.tty = mo.overrides.interactive = b.terminal;  // the console: create's pty
 
   mo.overrides.wait_for_start = true;
   mo.overrides.agent_signals = true;
@@ -255,6 +264,15 @@ OciState OciRuntime::create(const OciCreateOptions& o) {
     throw Error(ErrorKind::kInvalidArgument, "container with id exists: " + o.id);
   OciBundle b = load_oci_bundle(o.bundle);
   PreparedMachine pm = build_machine(oci_machine_options(b, o.warn));
+  std::optional<ConsolePty> pty;
+  if (b.terminal) {
+    if (o.console_socket.empty())
+      throw Error(ErrorKind::kInvalidArgument,
+                  "process.terminal: a terminal needs --console-socket (where its master goes)");
+    pty = open_console_pty();
+    send_console_master(o.console_socket, *pty);
+    pty->master.reset();  // the engine's now: its end hangs the terminal up
+  }
   VmCreate c;
   c.name = o.id;
   c.image = b.root.string();
@@ -263,6 +281,7 @@ OciState OciRuntime::create(const OciCreateOptions& o) {
   c.annotations = b.annotations;
   DetachedOptions d;
   d.inherit_stdio = o.inherit_stdio;
+  if (pty) d.terminal_fd = pty->slave.get();
   VmRecord r;
   try {
     r = start_detached(store_, c, pm, d);
@@ -341,18 +360,58 @@ int OciRuntime::exec(const OciExecOptions& o) {
   const std::string status = oci_status(r);
   if (status != "running")
     throw Error(ErrorKind::kInvalidArgument, "cannot exec in a container that is " + status);
-  if (o.process.terminal)
-    throw Error(ErrorKind::kUnsupported,
-                "process.terminal: img2vm-oci cannot give an exec a terminal yet (no -t)");
   guestabi::ExecRequest req;
   req.args = o.process.args;
   req.env = o.process.env;
   req.user = std::to_string(o.process.uid) + ":" + std::to_string(o.process.gid);
   req.workdir = o.process.cwd;
   req.open_stdin = true;  // whatever stdin the engine gave (/dev/null ends it at once)
+  std::optional<ConsolePty> pty;
+  if (o.process.terminal) {
+    if (o.console_socket.empty())
+      throw Error(ErrorKind::kInvalidArgument,
+                  "process.terminal: a terminal needs --console-socket (where its master goes)");
+    pty = open_console_pty();
+    req.tty = true;
+    if (auto ws = window_of(pty->slave.get())) std::tie(req.rows, req.cols) = *ws;
+  }
   ExecSession session(connect_agent(r.vsock_socket, kAgentTimeout), req);
-  auto run = [&session] {
-    ExecResult res = session.run(0, 1, 2);
+  if (pty) {
+    send_console_master(o.console_socket, *pty);
+    pty->master.reset();
+  }
+  const int in = pty ? pty->slave.get() : 0, out = pty ? in : 1, err = pty ? in : 2;
+  const std::pair<int, int> asked{req.rows, req.cols};  // the size the request gave (0: none)
+  auto run = [&session, &pty, in, out, err, asked] {
+    // The terminal's size as the engine sets it on the master: no one gets its SIGWINCH.
+    UniqueFd stop(::eventfd(0, EFD_CLOEXEC));
+    std::thread sizes;
+    if (pty && stop)
+      sizes = std::thread([&session, &stop, fd = pty->slave.get(), asked] {
+        auto size = [fd] { return window_of(fd).value_or(std::make_pair(0, 0)); };
+        // The engine sets the size once it has the master: after the request, as a resize.
+        std::pair<int, int> last = asked;
+        struct pollfd pf {
+          stop.get(), POLLIN, 0
+        };
+        while (::poll(&pf, 1, 100) == 0) {
+          const std::pair<int, int> now = size();
+          if (now != last && now.first > 0)
+            session.resize(uint16_t(now.first), uint16_t(now.second));
+          last = now;
+        }
+      });
+    struct Join {
+      std::thread& t;
+      int stop;
+      ~Join() {
+        if (!t.joinable()) return;
+        uint64_t one = 1;
+        (void)!::write(stop, &one, sizeof one);
+        t.join();
+      }
+    } join{sizes, stop.get()};
+    ExecResult res = session.run(in, out, err);
     if (!res.error.empty()) {
       std::string line = "img2vm-oci: exec: " + res.error + "\n";
       (void)!::write(2, line.data(), line.size());

@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "img2vm/base/fd.hpp"
 #include "img2vm/runtime/machine.hpp"
 #include "img2vm/runtime/oci_bundle.hpp"
 #include "img2vm/runtime/vms.hpp"
@@ -46,10 +47,12 @@ inline constexpr uint64_t kOciDefaultMemoryMib = 256;
 inline constexpr uint64_t kOciMinMemoryMib = 64;
 
 struct OciCreateOptions {
-  std::string id;                        // the container id: [a-zA-Z0-9][a-zA-Z0-9_.-]*, <= 128
-  std::filesystem::path bundle;          // holds config.json
-  std::filesystem::path pid_file;        // written with the monitor's pid (empty: none)
-  std::filesystem::path console_socket;  // terminal: true (not supported yet)
+  std::string id;                  // the container id: [a-zA-Z0-9][a-zA-Z0-9_.-]*, <= 128
+  std::filesystem::path bundle;    // holds config.json
+  std::filesystem::path pid_file;  // written with the monitor's pid (empty: none)
+  // process.terminal: a unix socket (the engine listens there) that gets the pty's master
+  // (send_console_master); its slave is the monitor's stdin, stdout and stderr.
+  std::filesystem::path console_socket;
   // The monitor keeps this process's stdin, stdout and stderr and copies the VM's console to
   // its stdout (what conmon and the shim read); false: /dev/null, as run -d.
   bool inherit_stdio = true;
@@ -64,6 +67,9 @@ struct OciExecOptions {
   OciBundle process;               // its process fields: args, env, cwd, uid, gid, terminal
   bool detach = false;             // a daemon runs it (see OciRuntime::exec)
   std::filesystem::path pid_file;  // detach: that daemon's pid
+  // process.terminal (exec --tty): where the pty's master goes, as for create; the slave is the
+  // exec's stdin, stdout and stderr and its window size is passed on.
+  std::filesystem::path console_socket;
 };
 
 // The runtime-spec state of a container.
@@ -82,10 +88,25 @@ std::string to_json(const OciState& s);
 std::string oci_features_json();
 
 // The MachineOptions for a bundle (the kernel, the root directory and process, mounts, memory,
-// vCPUs), with what cannot be honoured passed to `warn`. Throws Error naming the field at
-// fault, or Error(kUnsupported) for terminal: true.
+// vCPUs), with what cannot be honoured passed to `warn`; process.terminal gives the workload the
+// console as its tty and stdin (RunOverrides::tty, interactive). Throws Error naming the field
+// at fault.
 MachineOptions oci_machine_options(const OciBundle& b,
                                    const std::function<void(const std::string&)>& warn);
+
+// process.terminal's pty: the master for the engine, the slave (raw: the guest's tty does the
+// line discipline) for the VM's monitor, which copies the console to it and its input to the
+// console, and passes its window size on (the engine sets it on the master).
+struct ConsolePty {
+  UniqueFd master, slave;
+  std::string name;  // the slave's path, /dev/pts/N
+};
+// Throws Error naming what failed.
+ConsolePty open_console_pty();
+// What runc does with --console-socket: connects to the unix socket `socket_path` and sends one
+// message, the pty's name as its data and the master as its one descriptor (SCM_RIGHTS).
+// Throws Error naming the socket.
+void send_console_master(const std::filesystem::path& socket_path, const ConsolePty& pty);
 
 class OciRuntime {
  public:
@@ -112,7 +133,10 @@ class OciRuntime {
   // when it could not be started, its reason on stderr). With detach: a daemon of its own (a
   // double fork, so it is reparented to the nearest subreaper, conmon or the shim) runs it and
   // exits with its status; its pid goes to pid_file; returns 0 then. Error(kInvalidArgument)
-  // when the container is not running, Error(kUnsupported) for a terminal.
+  // when the container is not running. With process.terminal, the guest gives the process a
+  // tty whose input and output are a pty's slave here, its master sent to o.console_socket
+  // (Error(kInvalidArgument) without one); the slave's size is read every 100 ms and a change
+  // passed on (ExecSession::resize).
   int exec(const OciExecOptions& o);
   // The host processes of a running container: the monitor, then the VMM.
   std::vector<pid_t> pids(const std::string& id) const;

@@ -221,6 +221,12 @@ struct DetachedOptions {
   // shim's pipes) and copies the VM's console to its stdout as well as to console.log; its
   // exit status is the workload's either way. Recorded in spec.json as "forward_output".
   bool inherit_stdio = false;
+  // img2vm-oci's process.terminal: a terminal (a pty's slave, raw) that is the monitor's stdin,
+  // stdout and stderr instead. The monitor copies the console to it, the VMM reads the
+  // console's input from it, and the monitor passes its window size on (it checks it every
+  // 100 ms, and sends the VMM SIGWINCH when it changed). -1: none. Recorded in spec.json as
+  // "terminal".
+  int terminal_fd = -1;
 };
 
 // `run -d`: records the VM (VmStore::create), starts its monitor as a daemon (double fork: its
@@ -248,7 +254,8 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const PreparedMachine
 // The monitor (`img2vm-vmm --monitor DIR --ready-fd N`): starts the VMM of the VM in `vm_dir`
 // with its output on a pipe copied to console.log, records its pid, writes one byte to
 // `ready_fd` (when >= 0) once the workload has started or waits for its start, and closes it;
-// copies the console to its stdout too when spec.json says "forward_output"; waits for the VMM and
+// copies the console to its stdout too when spec.json says "forward_output" (and with
+// "terminal", takes the console's input and window size from its stdin); waits for the VMM and
 // records how it ended. Returns the VM's exit code (VmRecord::exit_code: the workload's, 128+N
 // when the VMM died of signal N), or 125 when the VM could not be started (recorded too).
 int run_monitor(const std::filesystem::path& vm_dir, int ready_fd);
