@@ -221,6 +221,11 @@ struct DetachedOptions {
   // shim's pipes) and copies the VM's console to its stdout as well as to console.log; its
   // exit status is the workload's either way. Recorded in spec.json as "forward_output".
   bool inherit_stdio = false;
+  // A container engine's network namespace the VM has taken over (vm::NetnsTap::restore_state):
+  // the monitor closes its copy of the tap once the VMM has it, and restores the namespace
+  // (vm::restore_netns) when the VM has ended, before it exits itself. Recorded in spec.json as
+  // "netns_restore".
+  std::string netns_restore;
 };
 
 // `run -d`: records the VM (VmStore::create), starts its monitor as a daemon (double fork: its
