@@ -75,7 +75,7 @@ struct Workdir {
                                  "app:x:1000:1000::/tmp:/bin/sh\n"),
                             file("etc/group", "root:x:0:\napp:x:1000:\n")};
     for (const char* a : {"sh", "echo", "cat", "id", "pwd", "hostname", "sleep", "ls", "grep",
-                          "true", "stat", "mount"})
+                          "true", "stat", "mount", "mkdir", "httpd", "wget", "ip"})
       e.push_back(symlink_to(std::string("bin/") + a, "busybox"));
     ImageSpec spec;
     spec.layers.push_back(layer(e));
@@ -101,7 +101,8 @@ struct Workdir {
   }
 
   // until_ok SECONDS CMD...: runs CMD every 0.2 s until it succeeds, at most SECONDS; says so
-  // when it never did. show NAME FILE: a file between markers, for a failure's report.
+  // when it never did. show NAME FILE: a file between markers, for a failure's report. The
+  // podman tests' beginning and end (below).
   static constexpr const char* kPrelude = R"SH(
 until_ok() {
   limit=$(( $1 * 5 )); shift; i=0
@@ -111,30 +112,27 @@ until_ok() {
   done
 }
 show() { echo "@@SHOW $1@@"; cat "$2" 2>&1; echo "@@SHOW-END $1@@"; }
+# podman_begin: a syslogd (conmon and podman's cleanup log to syslog at --log-level=debug;
+# without a /dev/log the cleanup fails and podman waits 20 s for each container's end, crun's
+# as well), the image in podman's storage as localhost/img, P (podman with img2vm-oci), A (the
+# kernel by annotation: conmon gives the runtime only a few variables of podman's) and D (where
+# the debug output goes). podman_end: that output, img2vm-oci's log and syslog, shown.
+podman_begin() {
+  busybox syslogd -n -O "$W/syslog" & syslogd=$!
+  until_ok 60 test -S /dev/log || exit 89
+  skopeo copy -q "oci:$W/layout:latest" containers-storage:localhost/img:latest || exit 90
+  P="podman --runtime $O"
+  A="--annotation org.img2vm.kernel=$W/vmlinux"
+  D="$W/podman-debug"; mkdir -p "$D"
+}
+podman_end() {
+  for f in "$D"/*; do show "podman ${f##*/}" "$f"; done
+  show "img2vm-oci.log" /run/img2vm-oci/img2vm-oci.log
+  show syslog "$W/syslog"
+  kill $syslogd
+}
 )SH";
 };
-
-// The start of a podman script: a syslog, the image in podman's storage, and P (podman with
-// img2vm-oci), A (the kernel's annotation) and D (a directory for --log-level=debug output).
-constexpr const char* kPodmanSetup = R"SH(
-# conmon and podman's cleanup log to syslog at --log-level=debug; without a /dev/log the cleanup
-# fails and podman waits 20 s for each container's end (crun's as well).
-busybox syslogd -n -O "$W/syslog" & syslogd=$!
-until_ok 60 test -S /dev/log || exit 89
-skopeo copy -q "oci:$W/layout:latest" containers-storage:localhost/img:latest || exit 90
-# The kernel goes by annotation: conmon gives the runtime only a few variables of podman's.
-P="podman --runtime $O"
-A="--annotation org.img2vm.kernel=$W/vmlinux"
-D="$W/podman-debug"; mkdir -p "$D"
-)SH";
-
-// The end of a podman script: what a failure's report shows (podman's debug output, the
-// runtime's log, the syslog), and the syslog stopped.
-constexpr const char* kPodmanReport = R"SH(for f in "$D"/*; do show "podman ${f##*/}" "$f"; done
-show "img2vm-oci.log" /run/img2vm-oci/img2vm-oci.log
-show syslog "$W/syslog"
-kill $syslogd
-)SH";
 
 // Everything a failed test needs to see: the script's output and the rig's messages.
 void report(const NestedResult& r) {
@@ -149,14 +147,15 @@ void report(const NestedResult& r) {
 // podman 4.3 with `--runtime img2vm-oci` and its defaults (conmon, the cgroupfs manager, CNI):
 // run --rm gives the workload's output and exit status; -e, -u, -w and -v (read and written
 // through virtio-fs) reach the VM; the guest init's /etc/hosts and resolv.conf stand in for
-// podman's file binds; the default network (a netns the VM does not join yet) runs too;
+// podman's file binds; the default network (its CNI namespace, which the VM joins) runs too;
 // run -d, logs (the workload's lines only: none of the runtime's warnings), exec with its
 // status, -u, -w and -e, stop (SIGTERM reaches the workload's trap, whose exit code inspect
 // shows), rm, and nothing left behind.
 TEST(OciEngines, PodmanRunsContainersAsVms) {
   if (std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
   Workdir w;
-  w.make(std::string(kPodmanSetup) + R"SH(
+  w.make(R"SH(
+podman_begin
 $P --log-level=debug run --rm --network none $A localhost/img echo hi-from-a-vm >"$W/hi.out" 2>"$D/hi"
 echo "hi-rc=$?"; sed 's/^/hi-out: /' "$W/hi.out"
 $P --log-level=debug run --rm --network none $A localhost/img sh -c 'exit 3' 2>"$D/exit3"
@@ -193,7 +192,8 @@ $P logs d1 >"$W/d1.logs" 2>&1; sed 's/^/d1-log: /' "$W/d1.logs"
 $P rm d1 >/dev/null; echo "rm-rc=$?"
 echo "left: containers=$($O list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w) virtiofsd=$(pidof virtiofsd | wc -w)"
 echo "conmon-timeouts=$(cat "$D"/* | grep -c 'Exceeded conmon timeout')"
-)SH" + std::string(kPodmanReport));
+podman_end
+)SH");
   if (HasFatalFailure()) return;
   NestedResult r = w.run();
   const std::string& o = r.output;
@@ -234,7 +234,8 @@ echo "conmon-timeouts=$(cat "$D"/* | grep -c 'Exceeded conmon timeout')"
 TEST(OciEngines, PodmanRunGivesATerminal) {
   if (std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
   Workdir w;
-  w.make(std::string(kPodmanSetup) + R"SH(
+  w.make(R"SH(
+podman_begin
 $P --log-level=debug run --rm -t --network none $A localhost/img sh -c 'echo "tty=$(tty)"; exit 6' \
   >"$W/t.out" 2>"$D/t" </dev/null
 echo "t-rc=$?"; tr -d '\r' <"$W/t.out" | sed 's/^/t-out: /'
@@ -247,7 +248,8 @@ else
   echo "it-rc=no-script"
 fi
 echo "left: containers=$($O list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w)"
-)SH" + std::string(kPodmanReport));
+podman_end
+)SH");
   if (HasFatalFailure()) return;
   NestedResult r = w.run();
   const std::string& o = r.output;
@@ -258,6 +260,85 @@ echo "left: containers=$($O list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w)"
   EXPECT_TRUE(has(o, "it-rc=7\n"));
   EXPECT_TRUE(has(o, "\nit-out: in-42\n"));
   EXPECT_TRUE(has(o, "left: containers=0 vmms=0\n"));
+  if (HasFailure()) report(r);
+}
+
+// podman's networking with the VM in the container's place (NetworkMode::kNetns): on the default
+// CNI network, run -d -p 8080:80 serves busybox httpd's page to L1 through CNI's portmap (at the
+// bridge's address: DNAT to the container's) and at the container's own address; the guest's
+// eth0 has the address podman inspect shows, and its resolv.conf the nameservers of podman's;
+// on a network of `podman network create`, a second container fetches the first one's page by
+// its address; in a pod, the infra container's VM has the network and the others loopback only
+// (a warning). rm -f and network rm leave no VM, virtiofsd, netns or CNI rule behind (the
+// monitor gives the namespace's interface its address back when the VM ends).
+TEST(OciEngines, PodmanNetworking) {
+  if (std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  Workdir w;
+  w.make(R"SH(
+podman_begin
+serve() { echo "mkdir -p /tmp/www && echo $1 >/tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"; }
+fetch() { curl -sf --max-time 5 "$1" >"$W/fetched" 2>/dev/null; }
+
+$P --log-level=debug run -d --name web -p 8080:80 $A localhost/img sh -c "$(serve page-of-web)" \
+  >/dev/null 2>"$D/web"
+echo "web-rc=$?"
+until_ok 300 fetch http://10.88.0.1:8080/ && echo "published=$(cat "$W/fetched")"
+ip_p=$($P inspect --format '{{.NetworkSettings.IPAddress}}' web)
+echo "web-ip=$ip_p"
+fetch "http://$ip_p/" && echo "direct=$(cat "$W/fetched")"
+ip_g=$($P exec web ip -4 -o addr show dev eth0 | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p')
+echo "guest-ip=$ip_g"
+[ -n "$ip_g" ] && [ "$ip_g" = "$ip_p" ] && echo "ip-same"
+ns_e=$(grep '^nameserver [0-9.]*$' "$($P inspect --format '{{.ResolvConfPath}}' web)" | head -3)
+ns_g=$($P exec web grep '^nameserver' /etc/resolv.conf)
+echo "engine-dns=$(echo $ns_e) guest-dns=$(echo $ns_g)"
+[ -n "$ns_g" ] && [ "$ns_e" = "$ns_g" ] && echo "dns-same"
+
+$P network create --subnet 10.89.7.0/24 n2 >/dev/null; echo "network-create-rc=$?"
+$P --log-level=debug run -d --name srv --network n2 $A localhost/img sh -c "$(serve page-of-srv)" \
+  >/dev/null 2>"$D/srv"
+echo "srv-rc=$?"
+ip_s=$($P inspect --format '{{(index .NetworkSettings.Networks "n2").IPAddress}}' srv)
+echo "srv-ip=$ip_s"
+until_ok 300 fetch "http://$ip_s/"
+$P --log-level=debug run --rm --network n2 $A localhost/img wget -q -O - "http://$ip_s/" \
+  >"$W/cli.out" 2>"$D/cli"
+echo "cli-rc=$?"; sed 's/^/from-cli: /' "$W/cli.out"
+
+# A pod's containers share its infra container's namespace, whose interface that VM has taken:
+# the others run with loopback only (a warning), as before img2vm joined namespaces.
+$P pod create --name p1 >/dev/null; echo "pod-create-rc=$?"
+$P --log-level=debug run --rm --pod p1 $A localhost/img echo in-the-pod >"$W/pod.out" 2>"$D/pod"
+echo "pod-run-rc=$?"; sed 's/^/pod-out: /' "$W/pod.out"
+echo "pod-warned=$(grep -c "its interface is another VM's" /run/img2vm-oci/img2vm-oci.log)"
+$P pod rm -f p1 >/dev/null; echo "pod-rm-rc=$?"
+
+$P rm -f web srv >/dev/null; echo "rm-rc=$?"
+$P network rm n2 >/dev/null; echo "network-rm-rc=$?"
+echo "left: containers=$($O list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w) virtiofsd=$(pidof virtiofsd | wc -w) netns=$(ip netns list | wc -l)"
+# CNI's bridge plugin drops a container's masquerading rule only when it finds the container's
+# address on the interface: the monitor gave it back when the VM ended.
+echo "masquerade-rules-left=$(iptables -t nat -S POSTROUTING | grep -c ' id: ')"
+podman_end
+)SH");
+  if (HasFatalFailure()) return;
+  NestedResult r = w.run();
+  const std::string& o = r.output;
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(has(o, "web-rc=0\n"));
+  EXPECT_TRUE(has(o, "published=page-of-web\n")) << "podman's -p 8080:80 (CNI portmap)";
+  EXPECT_TRUE(has(o, "web-ip=10.88."));
+  EXPECT_TRUE(has(o, "direct=page-of-web\n")) << "at the container's address";
+  EXPECT_TRUE(has(o, "ip-same\n")) << "the guest has podman's address for the container";
+  EXPECT_TRUE(has(o, "dns-same\n")) << "the guest's nameservers are podman's resolv.conf's";
+  EXPECT_TRUE(has(o, "network-create-rc=0\nsrv-rc=0\nsrv-ip=10.89.7."));
+  EXPECT_TRUE(has(o, "cli-rc=0\nfrom-cli: page-of-srv\n")) << "container to container";
+  EXPECT_FALSE(has(o, "gave-up-waiting-for"));
+  EXPECT_TRUE(has(o, "pod-create-rc=0\npod-run-rc=0\npod-out: in-the-pod\npod-warned=1\n"));
+  EXPECT_TRUE(has(o, "pod-rm-rc=0\n"));
+  EXPECT_TRUE(has(o, "rm-rc=0\nnetwork-rm-rc=0\n"));
+  EXPECT_TRUE(has(o, "left: containers=0 vmms=0 virtiofsd=0 netns=0\n"));
+  EXPECT_TRUE(has(o, "masquerade-rules-left=0\n"));
   if (HasFailure()) report(r);
 }
 

@@ -98,6 +98,7 @@ TEST(OciBundle, ReadsWhatPodmanWrites) {
   EXPECT_EQ(b.memory_limit, 536870912u);
   EXPECT_EQ(b.cpus, 2u) << "1.5 CPUs round up";
   EXPECT_EQ(b.network_namespace, "/run/netns/cni-1");
+  EXPECT_FALSE(b.host_network);
   for (const char* u : {"umask", "capabilities", "pids", "seccomp", "maskedPaths", "overlay"})
     EXPECT_TRUE(lists(b, u)) << u << " is not listed as unhonoured";
 }

@@ -1,7 +1,8 @@
 // A bundle's config.json made into a VM's options for img2vm-oci (issue #18): the process
 // becomes the root's config, the workload waits for start, memory and vCPUs come from
 // linux.resources or the annotations, the engine's /dev tmpfs gives way to the init's, a bind
-// mount of a file is left out with a warning, a terminal is the guest's tty; the pty whose
+// mount of a file is left out with a warning (the engine's resolv.conf gives the nameservers),
+// the engine's network namespace is the VM's, a terminal is the guest's tty; the pty whose
 // master goes to --console-socket; and the state's JSON.
 #include "img2vm/runtime/oci_runtime.hpp"
 
@@ -10,6 +11,7 @@
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/un.h>
 #include <termios.h>
@@ -58,6 +60,10 @@ class OciOptions : public ::testing::Test {
               {{"destination", "/etc/hosts"},
                {"type", "bind"},
                {"source", (dir.path() / "share/file").string()},
+               {"options", {"rbind"}}},
+              {{"destination", "/etc/motd"},
+               {"type", "bind"},
+               {"source", (dir.path() / "share/file").string()},
                {"options", {"rbind"}}}}},
             {"annotations", {{"org.img2vm.kernel", (dir.path() / "vmlinux").string()}}}};
   }
@@ -102,8 +108,96 @@ TEST_F(OciOptions, MountsAVmCanGiveAndWarningsForTheRest) {
   EXPECT_EQ(mo.mounts[1].target, "/data");
   EXPECT_EQ(mo.mounts[1].type, Mount::Type::kBind);
   EXPECT_TRUE(mo.mounts[1].read_only);
-  EXPECT_TRUE(warned("/etc/hosts")) << ::testing::PrintToString(warnings);
-  EXPECT_TRUE(warned("is not a directory")) << ::testing::PrintToString(warnings);
+  EXPECT_TRUE(warned("mounts: /etc/hosts: the VM's is the guest init's"))
+      << ::testing::PrintToString(warnings);
+  EXPECT_TRUE(
+      warned("mounts: /etc/motd: " + (dir.path() / "share/file").string() + " is not a directory"))
+      << ::testing::PrintToString(warnings);
+}
+
+// The engine's namespace (podman's CNI or netavark, containerd's CNI) is the VM's network; a
+// namespace of its own (no path) or none at all (the host's) leaves the VM loopback only.
+TEST_F(OciOptions, TheEnginesNetworkNamespaceIsTheVms) {
+  json j = config();
+  j["linux"] = {
+      {"namespaces", {{{"type", "pid"}}, {{"type", "network"}, {"path", "/run/netns/cni-1"}}}}};
+  MachineOptions mo = options(j);
+  EXPECT_EQ(mo.network, NetworkMode::kNetns);
+  EXPECT_EQ(mo.netns, "/run/netns/cni-1");
+  EXPECT_FALSE(warned("network")) << ::testing::PrintToString(warnings);
+
+  j["linux"]["namespaces"][1].erase("path");
+  mo = options(j);
+  EXPECT_EQ(mo.network, NetworkMode::kNone);
+  EXPECT_TRUE(mo.netns.empty());
+  EXPECT_FALSE(warned("network")) << ::testing::PrintToString(warnings);
+
+  j["linux"]["namespaces"].erase(1);
+  mo = options(j);
+  EXPECT_EQ(mo.network, NetworkMode::kNone);
+  EXPECT_TRUE(warned("no network namespace (the host's network)"))
+      << ::testing::PrintToString(warnings);
+}
+
+// The engine's resolv.conf, bound at /etc/resolv.conf, names the guest's nameservers: IPv4
+// ones, at most three, each once; the rest is said. Without it the VM gets none from img2vm.
+TEST_F(OciOptions, TheEnginesResolvConfNamesTheNameservers) {
+  json j = config();
+  const fs::path resolv = dir.path() / "resolv.conf";
+  write_file_atomic(resolv,
+                    "# from the engine\nsearch dns.podman example.org\n"
+                    "nameserver 10.88.0.1\n  nameserver\t192.0.2.53  # trailing\n"
+                    "nameserver fd00::1\nnameserver 10.88.0.1\nnameserver not-an-address\n"
+                    "nameserver 127.0.0.1\nnameserver 192.0.2.54\noptions ndots:5\n");
+  j["mounts"].push_back(
+      {{"destination", "/etc/resolv.conf"}, {"type", "bind"}, {"source", resolv.string()}});
+  j["mounts"].push_back({{"destination", "/etc/hostname"},
+                         {"type", "bind"},
+                         {"source", (dir.path() / "share/file").string()}});
+  MachineOptions mo = options(j);
+  EXPECT_EQ(mo.overrides.dns, (std::vector<std::string>{"10.88.0.1", "192.0.2.53", "127.0.0.1"}));
+  EXPECT_TRUE(warned("nameserver fd00::1 is not an IPv4 address"))
+      << ::testing::PrintToString(warnings);
+  EXPECT_TRUE(warned("search, domain and options lines are not passed"));
+  EXPECT_FALSE(warned("/etc/resolv.conf: " + resolv.string() + " is not a directory"));
+  EXPECT_FALSE(warned("/etc/hostname")) << "the hostname is config.json's";
+  EXPECT_EQ(mo.mounts.size(), 2u) << "neither file is a mount";
+
+  j["mounts"].erase(j["mounts"].size() - 1);
+  j["mounts"].erase(j["mounts"].size() - 1);
+  warnings.clear();
+  mo = options(j);
+  EXPECT_TRUE(mo.overrides.dns.empty());
+}
+
+// A hostile resolv.conf: only a regular file is read, and only its first 64 KiB, so a huge one
+// (or one growing without end) costs nothing; a FIFO is never opened (it would block).
+TEST_F(OciOptions, AHostileResolvConfIsBounded) {
+  json j = config();
+  const fs::path resolv = dir.path() / "resolv.conf";
+  std::string big = "nameserver 192.0.2.1\n";
+  while (big.size() < (64u << 10) - 10) big += "# " + std::string(77, 'x') + "\n";
+  big += "nameserver 192.0.2.2\n";  // across the 64 KiB mark: cut, not read
+  big += std::string(1 << 20, 'y') + "\nnameserver 192.0.2.3\n";
+  write_file_atomic(resolv, big);
+  j["mounts"].push_back(
+      {{"destination", "/etc/resolv.conf"}, {"type", "bind"}, {"source", resolv.string()}});
+  MachineOptions mo = options(j);
+  EXPECT_EQ(mo.overrides.dns, (std::vector<std::string>{"192.0.2.1"}));
+  EXPECT_TRUE(warned("longer than 64 KiB")) << ::testing::PrintToString(warnings);
+
+  fs::remove(resolv);
+  ASSERT_EQ(::mkfifo(resolv.c_str(), 0600), 0);
+  warnings.clear();
+  mo = options(j);  // returns: the FIFO is not opened
+  EXPECT_TRUE(mo.overrides.dns.empty());
+  EXPECT_TRUE(warned("not a regular file")) << ::testing::PrintToString(warnings);
+
+  j["mounts"].back()["source"] = "/dev/zero";
+  warnings.clear();
+  mo = options(j);
+  EXPECT_TRUE(mo.overrides.dns.empty());
+  EXPECT_TRUE(warned("not a regular file")) << ::testing::PrintToString(warnings);
 }
 
 // podman binds a tmpfs of its own at /dev/shm (userdata/shm): the guest gets a tmpfs of that
@@ -138,7 +232,7 @@ TEST_F(OciOptions, MemoryAndCpusFromResourcesAndAnnotations) {
   MachineOptions mo = options(j);
   EXPECT_EQ(mo.memory_mib, 301u);  // rounded up
   EXPECT_EQ(mo.cpus, 2u);
-  EXPECT_TRUE(warned("network /proc/1/ns/net")) << ::testing::PrintToString(warnings);
+  EXPECT_EQ(mo.network, NetworkMode::kNetns);
 
   j["linux"]["resources"]["memory"]["limit"] = 1024 * 1024;
   mo = options(j);
@@ -350,7 +444,8 @@ TEST(OciRuntimeStore, StoppedOnlyOnceTheMonitorHasEnded) {
 }
 
 // What start and exec say for a container in the wrong state (podman shows these lines): no
-// exec before start or after the end, no second start, no start of a stopped one, no terminal.
+// exec before start or after the end, no second start, no start of a stopped one, no terminal
+// without a console socket.
 TEST(OciRuntimeStore, StartAndExecAreRefusedInTheWrongStateWithTheReason) {
   TempDir dir("img2vm-oci-store");
   OciRuntime rt(dir.path() / "state");
@@ -387,7 +482,7 @@ TEST(OciRuntimeStore, StartAndExecAreRefusedInTheWrongStateWithTheReason) {
   EXPECT_EQ(message([&] { rt.start("c1"); }), "cannot start an already running container");
   e.process.terminal = true;
   EXPECT_EQ(message([&] { rt.exec(e); }),
-            "process.terminal: img2vm-oci cannot give an exec a terminal yet (no -t)");
+            "process.terminal: a terminal needs --console-socket (where its master goes)");
   e.process.terminal = false;
   set(VmStatus::kExited, true, gone);
   EXPECT_EQ(message([&] { rt.exec(e); }), "cannot exec in a container that is stopped");

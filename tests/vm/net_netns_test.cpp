@@ -131,13 +131,17 @@ TEST_F(Netns, TakesTheInterfacesPlaceAndRestoresItOnceTheVmHasEnded) {
       out_of({"tc", "-n", "vm", "filter", "show", "dev", "img2vm-tap0", "ingress"});
   EXPECT_TRUE(contains(to_veth, "mirred (Egress Redirect to device eth0) stolen")) << to_veth;
 
-  // A second VM in the same namespace is refused, naming the first one's tap.
+  // A second VM in the same namespace is refused, naming the first one's tap; netns_has_vm
+  // tells beforehand.
+  EXPECT_TRUE(netns_has_vm(kVmNs));
   std::string again = setup_error(kVmNs);
   EXPECT_TRUE(contains(again, "already has img2vm's tap device img2vm-tap0")) << again;
 
   // Destroyed when no VM has the tap any more, a NetnsTap restores the namespace as it found it.
   t.reset();
   EXPECT_FALSE(contains(ip_out({"-n", "vm", "link", "show"}), "img2vm-tap0"));
+  EXPECT_FALSE(netns_has_vm(kVmNs));
+  EXPECT_FALSE(netns_has_vm("/run/netns/none"));
   EXPECT_TRUE(contains(ip_out({"-n", "vm", "-4", "-o", "addr", "show", "dev", "eth0"}),
                        "inet 10.99.0.2/24"));
   std::string routes = ip_out({"-n", "vm", "-4", "route", "show"});
@@ -152,15 +156,31 @@ TEST_F(Netns, TakesTheInterfacesPlaceAndRestoresItOnceTheVmHasEnded) {
   EXPECT_EQ(t->info().gateway, "10.99.0.1");
   UniqueFd vmm(::fcntl(t->device_fd(), F_DUPFD_CLOEXEC, 0));
   ASSERT_TRUE(vmm);
+  const std::string state = t->restore_state();
   t.reset();
   EXPECT_TRUE(contains(ip_out({"-n", "vm", "link", "show"}), "img2vm-tap0"));
   EXPECT_EQ(ip_out({"-n", "vm", "-4", "-o", "addr", "show", "dev", "eth0"}), "");
   EXPECT_TRUE(contains(out_of({"tc", "-n", "vm", "filter", "show", "dev", "eth0", "ingress"}),
                        "Egress Redirect to device img2vm-tap0"));
-  // That VM ends: its non-persistent tap goes with the last descriptor; the veth's filter, its
-  // target gone, drops what arrives until the engine deletes the namespace.
+  // Its monitor's restore_netns while the VM runs: nothing is undone under it.
+  EXPECT_EQ(restore_netns(state), "");
+  EXPECT_EQ(ip_out({"-n", "vm", "-4", "-o", "addr", "show", "dev", "eth0"}), "");
+  // That VM ends: its non-persistent tap goes with the last descriptor (the veth's filter, its
+  // target gone, drops what arrives), and the monitor's restore_netns puts the namespace back
+  // as it was, from the state's text alone.
   vmm.reset();
   EXPECT_FALSE(contains(ip_out({"-n", "vm", "link", "show"}), "img2vm-tap0"));
+  EXPECT_EQ(restore_netns(state), "");
+  EXPECT_TRUE(contains(ip_out({"-n", "vm", "-4", "-o", "addr", "show", "dev", "eth0"}),
+                       "inet 10.99.0.2/24"));
+  routes = ip_out({"-n", "vm", "-4", "route", "show"});
+  EXPECT_TRUE(contains(routes, "default via 10.99.0.1 dev eth0")) << routes;
+  EXPECT_TRUE(contains(routes, "192.168.77.0/24 via 10.99.0.1 dev eth0")) << routes;
+  EXPECT_TRUE(contains(routes, "10.99.0.0/24 dev eth0 proto kernel")) << routes;
+  EXPECT_FALSE(contains(out_of({"tc", "-n", "vm", "qdisc", "show", "dev", "eth0"}), "ingress"));
+  // A state that is not one, or names a namespace gone, is an error line, never a throw.
+  EXPECT_NE(restore_netns("{"), "");
+  EXPECT_NE(restore_netns(R"({"netns": "/run/netns/none"})"), "");
 }
 
 // The test as the VMM on the tap's descriptor: a UDP datagram it writes (from the veth's MAC

@@ -15,6 +15,7 @@
 #include "img2vm/runtime/vmm.hpp"
 #include "img2vm/runtime/vms.hpp"
 #include "img2vm/vm/machine_json.hpp"
+#include "img2vm/vm/net_netns.hpp"
 
 namespace img2vm::runtime {
 
@@ -117,6 +118,11 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
   if (cc.vmm_program.empty()) cc.vmm_program = find_vmm_binary().string();
   const fs::path monitor = o.monitor.empty() ? find_vmm_binary() : o.monitor;
   std::string full = o.shares.empty() ? spec : with_shares(spec, o.shares);
+  if (!o.netns_restore.empty()) {
+    json j = json::parse(full);
+    j["netns_restore"] = o.netns_restore;
+    full = j.dump();
+  }
   if (o.inherit_stdio || o.terminal_fd >= 0) {
     json j = json::parse(full);
     j["forward_output"] = true;
@@ -220,9 +226,11 @@ DetachedOptions detached_options(const PreparedMachine& p, DetachedOptions o) {
   if (p.tap)
     throw Error(ErrorKind::kUnsupported, "a detached VM cannot use img2vm's tap network yet");
   // A tap whose host side outlives this process (a container engine's namespace, NetnsTap): the
-  // monitor and the VMM keep its descriptor (the spec's net.tap.fd), and so the device.
+  // monitor and the VMM keep its descriptor (the spec's net.tap.fd), and so the device; the
+  // monitor restores the namespace once the VM has ended.
   if (p.config.net && p.config.net->tap && p.config.net->tap->fd >= 0)
     o.pass_fds.push_back(p.config.net->tap->fd);
+  if (p.netns) o.netns_restore = p.netns->restore_state();
   for (int fd : {p.overrides_disk.get(), p.initramfs.get()})
     if (fd >= 0) o.pass_fds.push_back(fd);
   // The volumes stay locked (in use) as long as the monitor runs.
@@ -276,6 +284,11 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     UniqueFd out_rd(p[0]), out_wr(p[1]);
     // Before the VMM, after it (declared first: destroyed last).
     std::vector<Virtiofsd> shares = start_shares(spec);
+    std::string netns_restore;
+    if (spec.contains("netns_restore")) {
+      if (spec["netns_restore"].is_string()) netns_restore = spec["netns_restore"];
+      spec.erase("netns_restore");  // img2vm-vmm takes no such key
+    }
     bool forward = spec.value("forward_output", json(false)) == json(true);
     const bool terminal = spec.value("terminal", json(false)) == json(true);
     spec.erase("forward_output");
@@ -314,6 +327,16 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     VmmProcess vmm = VmmProcess::start(spec.dump(), co);
     vm_ready_wr.reset();
     out_wr.reset();
+    // The engine's namespace: the tap is the VMM's alone from now on, so that it goes when the
+    // VM ends and the namespace can be restored.
+    if (!netns_restore.empty()) {
+      const json& net = m.contains("net") ? m["net"] : json();
+      if (net.is_object() && net.contains("tap") && net["tap"].is_object() &&
+          net["tap"].contains("fd") && net["tap"]["fd"].is_number_integer()) {
+        const int tap = net["tap"]["fd"].get<int>();
+        if (tap > 2) ::close(tap);
+      }
+    }
     const ProcessRef vmm_ref = ProcessRef::of(vmm.pid());
     store.update(id, [&](VmRecord& r) {
       r.vmm = vmm_ref;
@@ -375,6 +398,10 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     const ExitStatus st = vmm.wait();
     // The VMM may not remove its vsock socket (its seccomp filter): nothing listens there now.
     ::unlink(rec.vsock_socket.c_str());
+    // The VM's tap is gone with the VMM: the engine's interface gets its address and routes back
+    // before the engine hears of the end (this process's exit) and tears the namespace down. A
+    // failure is not the workload's: the engine deletes the namespace all the same.
+    if (!netns_restore.empty()) (void)vm::restore_netns(netns_restore);
     // What it wrote last: whatever is in the pipes now (its own children may hold them open).
     for (UniqueFd* fd : {&out_rd, &vm_ready_rd})
       if (*fd) (void)::fcntl(fd->get(), F_SETFL, O_NONBLOCK);

@@ -280,8 +280,9 @@ void read_linux(const json& l, OciBundle& b) {
       const std::string w = "linux.namespaces[" + std::to_string(i) + "]";
       const json& n = (*ns)[i];
       if (!n.is_object() || !member(n, "type")) bad(w, "needs a type");
-      if (str(n["type"], w + ".type") == "network" && member(n, "path"))
-        b.network_namespace = str(n["path"], w + ".path");
+      if (str(n["type"], w + ".type") != "network") continue;
+      b.host_network = false;
+      if (member(n, "path")) b.network_namespace = str(n["path"], w + ".path");
     }
   }
   for (const char* k : {"seccomp", "devices", "maskedPaths", "readonlyPaths", "sysctl",

@@ -1,19 +1,26 @@
 #include "img2vm/runtime/oci_runtime.hpp"
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <linux/magic.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
 #include <chrono>
 #include <cstdlib>
+#include <cstring>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 #include <tuple>
 
@@ -23,6 +30,7 @@
 #include "img2vm/runtime/agent_client.hpp"
 #include "img2vm/runtime/kernel.hpp"
 #include "img2vm/runtime/root_dir.hpp"
+#include "img2vm/vm/net_netns.hpp"
 
 namespace img2vm::runtime {
 
@@ -52,12 +60,80 @@ uint64_t annotation_number(const std::string& value, const char* key, uint64_t l
   return n;
 }
 
+// The engine's resolv.conf (what it binds at /etc/resolv.conf) holds at most this much, and a
+// resolver uses the first three nameservers (glibc's and musl's MAXNS).
+constexpr size_t kMaxResolvConf = 64 << 10;
+constexpr size_t kMaxNameservers = 3;
+
+// The IPv4 nameservers of the engine's resolv.conf at `file` (an untrusted path: only a regular
+// file is read, and only its first kMaxResolvConf bytes), in order without repeats, for the
+// guest init's own resolv.conf. IPv6 ones are left out: the VM takes only the IPv4 address of
+// the engine's namespace. search and options lines are not passed on.
+std::vector<std::string> engine_nameservers(const fs::path& file,
+                                            const std::function<void(const std::string&)>& say) {
+  const std::string w = "mounts: /etc/resolv.conf: " + file.string();
+  // Looked at before it is opened: opening a device or a FIFO may do something.
+  struct stat st {};
+  UniqueFd fd;
+  if (::stat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode))
+    fd.reset(::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
+  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
+    say(w + ": not a regular file that can be read; the VM has no nameservers from it");
+    return {};
+  }
+  std::string text(kMaxResolvConf + 1, '\0');
+  size_t got = 0;
+  while (got < text.size()) {
+    ssize_t n = ::read(fd.get(), text.data() + got, text.size() - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += size_t(n);
+  }
+  text.resize(got);
+  if (got > kMaxResolvConf) {
+    say(w + ": longer than " + std::to_string(kMaxResolvConf >> 10) +
+        " KiB; only the lines before that are read");
+    text.resize(kMaxResolvConf);
+    auto nl = text.rfind('\n');
+    text.resize(nl == std::string::npos ? 0 : nl + 1);
+  }
+  std::vector<std::string> out;
+  std::string not_ipv4;
+  bool other = false;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream words(line);
+    std::string key, value;
+    words >> key >> value;
+    if (key.empty() || key[0] == '#' || key[0] == ';') continue;
+    if (key != "nameserver") {
+      other = other || key == "search" || key == "domain" || key == "options";
+      continue;
+    }
+    in_addr a{};
+    if (::inet_pton(AF_INET, value.c_str(), &a) != 1) {
+      if (not_ipv4.empty()) not_ipv4 = value.substr(0, 64);
+      continue;
+    }
+    if (out.size() < kMaxNameservers && std::find(out.begin(), out.end(), value) == out.end())
+      out.push_back(value);
+  }
+  if (!not_ipv4.empty())
+    say(w + ": nameserver " + not_ipv4 +
+        " is not an IPv4 address; left out (the VM's network is IPv4 only)");
+  if (other) say(w + ": its search, domain and options lines are not passed to the VM");
+  return out;
+}
+
 // The bind and tmpfs mounts a VM can give: directories through virtio-fs, tmpfs in guest
 // memory. The engine's tmpfs at /dev gives way to the init's devtmpfs; its /dev/shm (podman
 // binds a tmpfs of the host's there) is a tmpfs of the guest's, as large as the host's: shared
-// memory does not cross a virtio-fs share, and it would cost a virtiofsd. A bind mount of a
-// file cannot be shared and is left out, with a warning.
-std::vector<Mount> vm_mounts(const OciBundle& b,
+// memory does not cross a virtio-fs share, and it would cost a virtiofsd. The engine's files
+// for the network stand in as the init writes its own: /etc/resolv.conf's nameservers go to
+// `dns`, /etc/hostname is config.json's hostname, /etc/hosts the init's (localhost, the hostname
+// and the VM's address: the engine's other names are not there, which is said). Any other bind
+// mount of a file cannot be shared and is left out, with a warning.
+std::vector<Mount> vm_mounts(const OciBundle& b, std::vector<std::string>& dns,
                              const std::function<void(const std::string&)>& say) {
   std::vector<Mount> out;
   for (const Mount& m : b.mounts) {
@@ -75,13 +151,23 @@ std::vector<Mount> vm_mounts(const OciBundle& b,
     }
     if (m.type == Mount::Type::kBind) {
       std::error_code ec;
-      if (!fs::is_directory(m.source, ec)) {
+      if (fs::is_directory(m.source, ec)) {
+        out.push_back(m);
+        continue;
+      }
+      if (m.target == "/etc/resolv.conf") {
+        dns = engine_nameservers(m.source, say);
+      } else if (m.target == "/etc/hosts") {
+        say("mounts: /etc/hosts: the VM's is the guest init's (localhost, the hostname and the "
+            "VM's address); other names in " +
+            m.source.string() + " are not there");
+      } else if (m.target != "/etc/hostname") {
         say("mounts: " + m.target + ": " + m.source.string() +
             (fs::exists(m.source, ec) ? " is not a directory: only directories can be shared "
                                         "with a VM; not mounted"
                                       : " does not exist; not mounted"));
-        continue;
       }
+      continue;
     }
     out.push_back(m);
   }
@@ -207,7 +293,7 @@ MachineOptions oci_machine_options(const OciBundle& b,
 
   mo.overrides.wait_for_start = true;
   mo.overrides.agent_signals = true;
-  mo.mounts = vm_mounts(b, say);
+  mo.mounts = vm_mounts(b, mo.overrides.dns, say);
 
   uint64_t mib = kOciDefaultMemoryMib;
   if (b.memory_limit) {
@@ -231,10 +317,18 @@ MachineOptions oci_machine_options(const OciBundle& b,
     cpus = unsigned(annotation_number(*a, kAnnotationCpus, 1, kMaxCpus));
   mo.cpus = std::max(1u, cpus);
 
-  mo.network = NetworkMode::kNone;
-  if (!b.network_namespace.empty())
-    say("linux.namespaces: network " + b.network_namespace.string() +
-        ": not joined yet; the VM has loopback only");
+  // The engine's namespace (its veth, address and routes, made by CNI or netavark) is the VM's:
+  // build_machine's NetnsTap hands the interface to the guest. A namespace of its own (listed
+  // without a path) would hold loopback alone, and so does the VM.
+  if (!b.network_namespace.empty()) {
+    mo.network = NetworkMode::kNetns;
+    mo.netns = b.network_namespace;
+  } else {
+    mo.network = NetworkMode::kNone;
+    if (b.host_network)
+      say("linux.namespaces: no network namespace (the host's network): a VM cannot share the "
+          "host's; it has loopback only");
+  }
   mo.defer_shares = true;
   mo.console_out_fd = -1;
   return mo;
@@ -263,7 +357,18 @@ OciState OciRuntime::create(const OciCreateOptions& o) {
   if (store_.find_name(o.id))
     throw Error(ErrorKind::kInvalidArgument, "container with id exists: " + o.id);
   OciBundle b = load_oci_bundle(o.bundle);
-  PreparedMachine pm = build_machine(oci_machine_options(b, o.warn));
+  MachineOptions mo = oci_machine_options(b, o.warn);
+  // A pod's containers share its namespace, whose interface its first VM (the infra or pause
+  // container's) has taken: the others get loopback only, as before img2vm joined namespaces.
+  if (mo.network == NetworkMode::kNetns && vm::netns_has_vm(mo.netns)) {
+    if (o.warn)
+      o.warn("linux.namespaces: network " + mo.netns.string() +
+             ": its interface is another VM's (the pod's first container); this VM has loopback "
+             "only");
+    mo.network = NetworkMode::kNone;
+    mo.netns.clear();
+  }
+  PreparedMachine pm = build_machine(std::move(mo));
   std::optional<ConsolePty> pty;
   if (b.terminal) {
     if (o.console_socket.empty())

@@ -29,6 +29,7 @@
 #include <cstring>
 #include <exception>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <thread>
 #include <vector>
 
@@ -169,9 +170,42 @@ void add_redirect(nl_sock* s, int from, int to, const std::string& what) {
             e);
 }
 
+// Once the tap is gone (no VM has it open any more): the interface's redirect removed, its
+// address and routes back. Nothing while the tap is there, or when `info`'s interface is not.
+void restore_if_ended(const std::string& where, const NetnsLink& info, rtnl_addr* address,
+                      const std::vector<Route>& routes) {
+  Sock s = route_socket(where);
+  rtnl_link* raw = nullptr;
+  if (::rtnl_link_get_kernel(s.get(), info.tap_index, nullptr, &raw) >= 0) {
+    Link still(raw);
+    if (link_name(still.get()) == info.tap) return;  // a VM still has it
+  }
+  if (::rtnl_link_get_kernel(s.get(), info.interface_index, nullptr, &raw) < 0) return;
+  Link interface(raw);
+  if (link_name(interface.get()) != info.interface) return;
+  (void)::rtnl_qdisc_delete(s.get(), ingress_qdisc(info.interface_index).get());
+  (void)::rtnl_addr_add(s.get(), address, NLM_F_CREATE);
+  for (const Route& r : routes) (void)::rtnl_route_add(s.get(), r.get(), NLM_F_CREATE);
+}
+
+// An IPv4 address with a prefix length, for libnl; throws naming `what` for anything else.
+nl_addr* ipv4_addr(const std::string& text, unsigned prefix, const std::string& what) {
+  in_addr a{};
+  if (prefix > 32 || ::inet_pton(AF_INET, text.c_str(), &a) != 1)
+    throw Error(ErrorKind::kInvalidArgument,
+                what + ": \"" + text.substr(0, 40) + "\" is not an IPv4 address");
+  nl_addr* n = ::nl_addr_build(AF_INET, &a, sizeof a);
+  if (!n) throw Error(ErrorKind::kInternal, "netlink: out of memory");
+  ::nl_addr_set_prefixlen(n, int(prefix));
+  return n;
+}
+
+using nlohmann::json;
+
 }  // namespace
 
 struct NetnsTap::Impl {
+  std::filesystem::path path;
   std::string where;  // "network namespace PATH", for messages
   UniqueFd ns;
   UniqueFd tap;
@@ -352,28 +386,16 @@ void NetnsTap::Impl::setup() {
   }
 }
 
-// Once the tap is gone (no VM has it open any more): the interface's redirect removed, its
-// address and routes back.
 void NetnsTap::Impl::restore_if_ended() noexcept {
   try {
-    Sock s = route_socket(where);
-    rtnl_link* raw = nullptr;
-    if (::rtnl_link_get_kernel(s.get(), info.tap_index, nullptr, &raw) >= 0) {
-      Link still(raw);
-      if (link_name(still.get()) == info.tap) return;  // a VM still has it
-    }
-    if (::rtnl_link_get_kernel(s.get(), info.interface_index, nullptr, &raw) < 0) return;
-    Link interface(raw);
-    if (link_name(interface.get()) != info.interface) return;
-    (void)::rtnl_qdisc_delete(s.get(), ingress_qdisc(info.interface_index).get());
-    (void)::rtnl_addr_add(s.get(), address.get(), NLM_F_CREATE);
-    for (const Route& r : routes) (void)::rtnl_route_add(s.get(), r.get(), NLM_F_CREATE);
+    vm::restore_if_ended(where, info, address.get(), routes);
   } catch (...) {
   }
 }
 
 NetnsTap::NetnsTap(const std::filesystem::path& netns_path) : impl_(std::make_unique<Impl>()) {
   Impl& m = *impl_;
+  m.path = netns_path;
   m.where = "network namespace " + netns_path.string();
   m.ns.reset(::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
   if (!m.ns) throw Error(ErrorKind::kNotFound, m.where + ": " + std::strerror(errno));
@@ -392,5 +414,128 @@ NetnsTap::~NetnsTap() {
 
 const NetnsLink& NetnsTap::info() const noexcept { return impl_->info; }
 int NetnsTap::device_fd() const noexcept { return impl_->tap.get(); }
+
+// The routes as their destination, table, protocol, scope, type and metric, and each next hop
+// as its interface and gateway: what the kernel needs to put them back.
+std::string NetnsTap::restore_state() const {
+  const Impl& m = *impl_;
+  json routes = json::array();
+  for (const Route& r : m.routes) {
+    nl_addr* dst = ::rtnl_route_get_dst(r.get());
+    json hops = json::array();
+    for (int i = 0; i < ::rtnl_route_get_nnexthops(r.get()); ++i) {
+      rtnl_nexthop* nh = ::rtnl_route_nexthop_n(r.get(), i);
+      hops.push_back({{"ifindex", ::rtnl_route_nh_get_ifindex(nh)},
+                      {"gateway", ipv4_text(::rtnl_route_nh_get_gateway(nh))}});
+    }
+    const std::string d = ipv4_text(dst);
+    routes.push_back({{"dst", d.empty() ? "0.0.0.0" : d},
+                      {"dst_len", d.empty() ? 0 : ::nl_addr_get_prefixlen(dst)},
+                      {"table", ::rtnl_route_get_table(r.get())},
+                      {"protocol", ::rtnl_route_get_protocol(r.get())},
+                      {"scope", ::rtnl_route_get_scope(r.get())},
+                      {"type", ::rtnl_route_get_type(r.get())},
+                      {"priority", ::rtnl_route_get_priority(r.get())},
+                      {"nexthops", hops}});
+  }
+  json j = {{"netns", m.path.string()},
+            {"interface", m.info.interface},
+            {"interface_index", m.info.interface_index},
+            {"tap", m.info.tap},
+            {"tap_index", m.info.tap_index},
+            {"address", m.info.address},
+            {"prefix_length", m.info.prefix_length},
+            {"broadcast", ipv4_text(::rtnl_addr_get_broadcast(m.address.get()))},
+            {"routes", routes}};
+  return j.dump();
+}
+
+bool netns_has_vm(const std::filesystem::path& netns_path) noexcept {
+  try {
+    const std::string where = "network namespace " + netns_path.string();
+    UniqueFd ns(::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ns || ::ioctl(ns.get(), NS_GET_NSTYPE) != CLONE_NEWNET) return false;
+    bool found = false;
+    in_netns(ns.get(), where, [&] {
+      Sock s = route_socket(where);
+      nl_cache* raw = nullptr;
+      if (int e = ::rtnl_link_alloc_cache(s.get(), AF_UNSPEC, &raw); e < 0)
+        nl_fail(where + ": reading interfaces", e);
+      Cache links(raw);
+      for (rtnl_link* l : items<rtnl_link>(links.get(), netns::kMaxLinks, where + ": interfaces"))
+        if (link_name(l).rfind(netns::kTapPrefix, 0) == 0) found = true;
+    });
+    return found;
+  } catch (...) {
+    return false;
+  }
+}
+
+std::string restore_netns(std::string_view state) noexcept {
+  std::string where = "a network namespace";
+  try {
+    const json j = json::parse(state);
+    const std::filesystem::path netns_path = j.at("netns").get<std::string>();
+    where = "network namespace " + netns_path.string();
+    NetnsLink info;
+    info.interface = j.at("interface").get<std::string>();
+    info.interface_index = j.at("interface_index").get<int>();
+    info.tap = j.at("tap").get<std::string>();
+    info.tap_index = j.at("tap_index").get<int>();
+    Addr address(::rtnl_addr_alloc());
+    if (!address) throw Error(ErrorKind::kInternal, "netlink: out of memory");
+    const unsigned prefix = j.at("prefix_length").get<unsigned>();
+    ::rtnl_addr_set_ifindex(address.get(), info.interface_index);
+    ::rtnl_addr_set_family(address.get(), AF_INET);
+    nl_addr* local = ipv4_addr(j.at("address").get<std::string>(), prefix, "address");
+    int e = ::rtnl_addr_set_local(address.get(), local);
+    ::nl_addr_put(local);
+    if (e < 0) nl_fail(where + ": address", e);
+    ::rtnl_addr_set_prefixlen(address.get(), int(prefix));
+    if (const std::string b = j.at("broadcast").get<std::string>(); !b.empty()) {
+      nl_addr* bc = ipv4_addr(b, 32, "broadcast");
+      e = ::rtnl_addr_set_broadcast(address.get(), bc);
+      ::nl_addr_put(bc);
+      if (e < 0) nl_fail(where + ": broadcast address", e);
+    }
+    std::vector<Route> routes;
+    for (const json& r : j.at("routes")) {
+      if (routes.size() >= netns::kMaxRoutes) break;
+      Route route(::rtnl_route_alloc());
+      if (!route) throw Error(ErrorKind::kInternal, "netlink: out of memory");
+      ::rtnl_route_set_family(route.get(), AF_INET);
+      nl_addr* dst =
+          ipv4_addr(r.at("dst").get<std::string>(), r.at("dst_len").get<unsigned>(), "route");
+      e = ::rtnl_route_set_dst(route.get(), dst);
+      ::nl_addr_put(dst);
+      if (e < 0) nl_fail(where + ": route", e);
+      ::rtnl_route_set_table(route.get(), r.at("table").get<uint32_t>());
+      ::rtnl_route_set_protocol(route.get(), r.at("protocol").get<uint8_t>());
+      ::rtnl_route_set_scope(route.get(), r.at("scope").get<uint8_t>());
+      (void)::rtnl_route_set_type(route.get(), r.at("type").get<uint8_t>());
+      ::rtnl_route_set_priority(route.get(), r.at("priority").get<uint32_t>());
+      for (const json& h : r.at("nexthops")) {
+        rtnl_nexthop* nh = ::rtnl_route_nh_alloc();
+        if (!nh) throw Error(ErrorKind::kInternal, "netlink: out of memory");
+        ::rtnl_route_nh_set_ifindex(nh, h.at("ifindex").get<int>());
+        if (const std::string g = h.at("gateway").get<std::string>(); !g.empty()) {
+          nl_addr* gw = ipv4_addr(g, 32, "gateway");
+          ::rtnl_route_nh_set_gateway(nh, gw);
+          ::nl_addr_put(gw);
+        }
+        ::rtnl_route_add_nexthop(route.get(), nh);  // the route owns it now
+      }
+      routes.push_back(std::move(route));
+    }
+    UniqueFd ns(::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!ns) return where + ": " + std::strerror(errno);
+    if (::ioctl(ns.get(), NS_GET_NSTYPE) != CLONE_NEWNET)
+      return where + ": not a network namespace";
+    in_netns(ns.get(), where, [&] { restore_if_ended(where, info, address.get(), routes); });
+    return "";
+  } catch (const std::exception& e) {
+    return where + ": restoring it: " + e.what();
+  }
+}
 
 }  // namespace img2vm::vm

@@ -52,7 +52,10 @@ struct OciBundle {
   std::optional<uint64_t> memory_limit;  // linux.resources.memory.limit, bytes (> 0)
   std::optional<unsigned>
       cpus;  // from linux.resources.cpu: ceil(quota / period), or cpuset's count
-  std::filesystem::path network_namespace;  // linux.namespaces' network path; empty: none
+  // linux.namespaces' network entry: its path (the engine's namespace, joined), or none listed
+  // at all (the host's network, which a VM cannot share); listed without a path: a new one.
+  std::filesystem::path network_namespace;
+  bool host_network = true;
   // One line for each setting a VM cannot honour, naming it (logged by img2vm-oci).
   std::vector<std::string> unhonoured;
 };

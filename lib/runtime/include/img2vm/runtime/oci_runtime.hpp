@@ -88,9 +88,10 @@ std::string to_json(const OciState& s);
 std::string oci_features_json();
 
 // The MachineOptions for a bundle (the kernel, the root directory and process, mounts, memory,
-// vCPUs), with what cannot be honoured passed to `warn`; process.terminal gives the workload the
-// console as its tty and stdin (RunOverrides::tty, interactive). Throws Error naming the field
-// at fault.
+// vCPUs, the network: the engine's namespace joined, NetworkMode::kNetns, with the nameservers
+// of the resolv.conf it binds), with what cannot be honoured passed to `warn`; process.terminal
+// gives the workload the console as its tty and stdin (RunOverrides::tty, interactive). Throws
+// Error naming the field at fault.
 MachineOptions oci_machine_options(const OciBundle& b,
                                    const std::function<void(const std::string&)>& warn);
 

@@ -227,6 +227,11 @@ struct DetachedOptions {
   // 100 ms, and sends the VMM SIGWINCH when it changed). -1: none. Recorded in spec.json as
   // "terminal".
   int terminal_fd = -1;
+  // A container engine's network namespace the VM has taken over (vm::NetnsTap::restore_state):
+  // the monitor closes its copy of the tap once the VMM has it, and restores the namespace
+  // (vm::restore_netns) when the VM has ended, before it exits itself. Recorded in spec.json as
+  // "netns_restore".
+  std::string netns_restore;
 };
 
 // `run -d`: records the VM (VmStore::create), starts its monitor as a daemon (double fork: its

@@ -28,7 +28,10 @@
 // once its own descriptor is closed), it restores the namespace as it found it: the
 // interface's ingress qdisc and filter removed, its address and routes put back. Destroyed
 // while another process still holds the tap (a detached VM's monitor and VMM), it leaves
-// everything to that VM.
+// everything to that VM, whose monitor restores the namespace when the VM has ended
+// (restore_state, restore_netns): before the engine tears the namespace down, so that its CNI
+// plugins find the container's address on the interface (the bridge plugin's masquerading rule
+// for it goes only then).
 #pragma once
 
 #include <array>
@@ -81,11 +84,27 @@ class NetnsTap {
   // The tap device's descriptor (owned; close-on-exec, non-blocking): what the NIC is given
   // (TapFdConfig). The device lives as long as some process has it open.
   int device_fd() const noexcept;
+  // What restoring the namespace takes (JSON text: the namespace's path, the interface, its
+  // address, the routes that went with it, the tap), for a process that outlives this object and
+  // holds the tap (a detached VM's monitor): it calls restore_netns() with it once the VM has
+  // ended.
+  std::string restore_state() const;
 
   struct Impl;
 
  private:
   std::unique_ptr<Impl> impl_;
 };
+
+// Whether the network namespace at `netns_path` holds a tap device of img2vm's: another VM has
+// its interface (a pod's infra or pause container, when the pod's containers share its
+// namespace). False when it cannot be looked at (NetnsTap then says why).
+bool netns_has_vm(const std::filesystem::path& netns_path) noexcept;
+
+// Restores the namespace that NetnsTap::restore_state()'s text names as ~NetnsTap does
+// once the tap is gone: the interface's qdisc removed, its address and routes put back. Does
+// nothing while the tap is there or when the interface is not the one the state names. Returns
+// "" when done (or when nothing was to be done), else why not; never throws.
+std::string restore_netns(std::string_view state) noexcept;
 
 }  // namespace img2vm::vm
