@@ -268,8 +268,7 @@ podman_end
 // bridge's address: DNAT to the container's) and at the container's own address; the guest's
 // eth0 has the address podman inspect shows, and its resolv.conf the nameservers of podman's;
 // on a network of `podman network create`, a second container fetches the first one's page by
-// its address; in a pod, the infra container's VM has the network and the others loopback only
-// (a warning). rm -f and network rm leave no VM, virtiofsd, netns or CNI rule behind (the
+// its address. rm -f and network rm leave no VM, virtiofsd, netns or CNI rule behind (the
 // monitor gives the namespace's interface its address back when the VM ends).
 TEST(OciEngines, PodmanNetworking) {
   if (std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
@@ -305,14 +304,6 @@ $P --log-level=debug run --rm --network n2 $A localhost/img wget -q -O - "http:/
   >"$W/cli.out" 2>"$D/cli"
 echo "cli-rc=$?"; sed 's/^/from-cli: /' "$W/cli.out"
 
-# A pod's containers share its infra container's namespace, whose interface that VM has taken:
-# the others run with loopback only (a warning), as before img2vm joined namespaces.
-$P pod create --name p1 >/dev/null; echo "pod-create-rc=$?"
-$P --log-level=debug run --rm --pod p1 $A localhost/img echo in-the-pod >"$W/pod.out" 2>"$D/pod"
-echo "pod-run-rc=$?"; sed 's/^/pod-out: /' "$W/pod.out"
-echo "pod-warned=$(grep -c "its interface is another VM's" /run/img2vm-oci/img2vm-oci.log)"
-$P pod rm -f p1 >/dev/null; echo "pod-rm-rc=$?"
-
 $P rm -f web srv >/dev/null; echo "rm-rc=$?"
 $P network rm n2 >/dev/null; echo "network-rm-rc=$?"
 echo "left: containers=$($O list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w) virtiofsd=$(pidof virtiofsd | wc -w) netns=$(ip netns list | wc -l)"
@@ -334,8 +325,6 @@ podman_end
   EXPECT_TRUE(has(o, "network-create-rc=0\nsrv-rc=0\nsrv-ip=10.89.7."));
   EXPECT_TRUE(has(o, "cli-rc=0\nfrom-cli: page-of-srv\n")) << "container to container";
   EXPECT_FALSE(has(o, "gave-up-waiting-for"));
-  EXPECT_TRUE(has(o, "pod-create-rc=0\npod-run-rc=0\npod-out: in-the-pod\npod-warned=1\n"));
-  EXPECT_TRUE(has(o, "pod-rm-rc=0\n"));
   EXPECT_TRUE(has(o, "rm-rc=0\nnetwork-rm-rc=0\n"));
   EXPECT_TRUE(has(o, "left: containers=0 vmms=0 virtiofsd=0 netns=0\n"));
   EXPECT_TRUE(has(o, "masquerade-rules-left=0\n"));

@@ -99,7 +99,29 @@ struct InitFailure {
   throw InitFailure{code, what + ": " + why};
 }
 
+void on_alarm(int) {}
+
+// The workload's last output may still wait in the console tty's buffer, which the kernel's
+// serial driver empties on the UART's interrupts: the port write that ends the VM would cut it
+// off (seen as `podman run -it` losing the shell's last line). Waits for it, at most 2 s (output
+// stopped with ^S would otherwise hold the VM forever): the alarm interrupts tcdrain.
+void drain_console() {
+  if (!::isatty(1)) return;
+  struct sigaction sa {};
+  sa.sa_handler = on_alarm;
+  sigemptyset(&sa.sa_mask);
+  ::sigaction(SIGALRM, &sa, nullptr);
+  sigset_t alarm_only;
+  sigemptyset(&alarm_only);
+  sigaddset(&alarm_only, SIGALRM);
+  ::sigprocmask(SIG_UNBLOCK, &alarm_only, nullptr);
+  ::alarm(2);
+  (void)::tcdrain(1);
+  ::alarm(0);
+}
+
 [[noreturn]] void end_vm(unsigned short port, unsigned char value) {
+  drain_console();
   ::sync();
   // A clean ext4 for the next boot; fails harmlessly if something still holds files open.
   ::mount(nullptr, "/", nullptr, MS_REMOUNT | MS_RDONLY, nullptr);
