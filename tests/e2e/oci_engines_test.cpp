@@ -1,7 +1,8 @@
 // img2vm-oci driven by the container engines themselves (issue #18), in the nested rig's Debian
 // userland (tests/nested: podman 4.3 with conmon, containerd 1.6 with its runc shim and ctr),
-// next to L1's /dev/kvm: every container is a microVM of ours. img2vm-oci, img2vm-vmm and
-// img2vm-init go into L1 at their build paths (img2vm-oci finds the other two there), with
+// next to L1's /dev/kvm: every container is a microVM of ours. img2vm-oci, img2vm-vmm,
+// img2vm-netns and img2vm-init go into L1 at their build paths (img2vm-oci finds the others
+// there), with
 // Debian's virtiofsd and the guest kernel. One L1 boot per engine; its script prints one
 // "name=value" line per fact and the test checks the lines; on a failure the whole output is
 // shown, with podman's --log-level=debug output, the runtime's log, containerd's log and the
@@ -95,9 +96,10 @@ struct Workdir {
     NestedOptions o;
     o.userland = NestedUserland::kDebian;
     o.timeout = std::chrono::seconds(1800);
-    return run_nested(
-        {"sh", (path() / "run.sh").string()},
-        {IMG2VM_OCI_BINARY, IMG2VM_VMM_BINARY, IMG2VM_INIT_BINARY, kVirtiofsd, path()}, o);
+    return run_nested({"sh", (path() / "run.sh").string()},
+                      {IMG2VM_OCI_BINARY, IMG2VM_VMM_BINARY, IMG2VM_INIT_BINARY,
+                       IMG2VM_NETNS_BINARY, kVirtiofsd, path()},
+                      o);
   }
 
   // until_ok SECONDS CMD...: runs CMD every 0.2 s until it succeeds, at most SECONDS; says so

@@ -52,7 +52,7 @@ TEST(Install, ExampleBuiltAgainstThePrefixAlonePullsAndConverts) {
         lib / "libimg2vm_vm.a", lib / "libimg2vm_base.a", lib / "cmake/img2vm/img2vmConfig.cmake",
         lib / "cmake/img2vm/img2vmConfigVersion.cmake", lib / "cmake/img2vm/img2vmTargets.cmake",
         lib / "pkgconfig/img2vm.pc", p / "bin/img2vm", p / "libexec/img2vm/img2vm-vmm",
-        p / "libexec/img2vm/img2vm-init"})
+        p / "libexec/img2vm/img2vm-init", p / "libexec/img2vm/img2vm-netns"})
     EXPECT_TRUE(fs::is_regular_file(f)) << f;
   for (const char* h :
        {"virtio_mmio.hpp", "virtqueue.hpp", "uart.hpp", "boot.hpp", "guest_memory.hpp"})

@@ -5,6 +5,7 @@
 // skipped otherwise.
 #include "netns.hpp"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include "img2vm/base/error.hpp"
 #include "img2vm/guestabi/cmdline.hpp"
 #include "img2vm/runtime/machine.hpp"
+#include "img2vm/runtime/vmm.hpp"
 #include "img2vm/runtime/vms.hpp"
 #include "img2vm/vm/machine_json.hpp"
 #include "process.hpp"
@@ -106,6 +108,41 @@ TEST_F(RuntimeNetns, ADetachedVmStillRefusesImg2vmsOwnTapNetwork) {
     EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
     EXPECT_EQ(std::string(e.what()), "a detached VM cannot use img2vm's tap network yet");
   }
+}
+
+// A detached VM's monitor restores the namespace through img2vm-netns (so that img2vm-vmm does
+// not load libnl): nothing is undone while the VMM holds the tap, the veth's address and routes
+// come back once it is gone, and a state that is not one is the helper's own error line.
+TEST_F(RuntimeNetns, TheMonitorsHelperRestoresTheNamespaceOnceTheTapIsGone) {
+  using std::chrono::seconds;
+  auto addr = [] {
+    return img2vm::testing::run_command(
+               {"ip", "-n", "vm", "-4", "-o", "addr", "show", "dev", "eth0"})
+        .out;
+  };
+  std::optional<PreparedMachine> pm;
+  pm.emplace(build_machine(options()));
+  ASSERT_TRUE(pm->netns);
+  const DetachedOptions d = detached_options(*pm);
+  ASSERT_FALSE(d.netns_restore.empty());
+  // The VMM's descriptor, standing in: the tap outlives the machine.
+  UniqueFd vmm(::fcntl(pm->netns->device_fd(), F_DUPFD_CLOEXEC, 0));
+  ASSERT_TRUE(vmm);
+  pm.reset();
+  EXPECT_EQ(addr(), "");
+  EXPECT_EQ(restore_netns_in_child(d.netns_restore, seconds(30)), "");
+  EXPECT_EQ(addr(), "");
+
+  vmm.reset();
+  EXPECT_EQ(restore_netns_in_child(d.netns_restore, seconds(30)), "");
+  EXPECT_NE(addr().find("inet 10.99.0.2/24"), std::string::npos) << addr();
+  const std::string routes =
+      img2vm::testing::run_command({"ip", "-n", "vm", "-4", "route", "show"}).out;
+  EXPECT_NE(routes.find("default via 10.99.0.1 dev eth0"), std::string::npos) << routes;
+
+  const std::string err = restore_netns_in_child("{", seconds(30));
+  EXPECT_EQ(err.rfind("img2vm-netns: ", 0), 0u) << err;
+  EXPECT_EQ(err.find('\n'), std::string::npos) << err;
 }
 
 }  // namespace

@@ -15,7 +15,6 @@
 #include "img2vm/runtime/vmm.hpp"
 #include "img2vm/runtime/vms.hpp"
 #include "img2vm/vm/machine_json.hpp"
-#include "img2vm/vm/net_netns.hpp"
 
 namespace img2vm::runtime {
 
@@ -217,35 +216,6 @@ VmRecord start_detached(VmStore& store, const VmCreate& c, const std::string& sp
   throw failed("the VM's monitor (" + monitor.string() + ") ended before starting the VMM");
 }
 
-DetachedOptions detached_options(const PreparedMachine& p, DetachedOptions o) {
-  if (!p.shares.empty())
-    throw Error(ErrorKind::kUnsupported,
-                "a detached VM's shared directories must be served by its monitor: build the "
-                "machine with MachineOptions::defer_shares");
-  // img2vm's own tap network is undone when the PreparedMachine goes, long before the VM ends.
-  if (p.tap)
-    throw Error(ErrorKind::kUnsupported, "a detached VM cannot use img2vm's tap network yet");
-  // A tap whose host side outlives this process (a container engine's namespace, NetnsTap): the
-  // monitor and the VMM keep its descriptor (the spec's net.tap.fd), and so the device; the
-  // monitor restores the namespace once the VM has ended.
-  if (p.config.net && p.config.net->tap && p.config.net->tap->fd >= 0)
-    o.pass_fds.push_back(p.config.net->tap->fd);
-  if (p.netns) o.netns_restore = p.netns->restore_state();
-  for (int fd : {p.overrides_disk.get(), p.initramfs.get()})
-    if (fd >= 0) o.pass_fds.push_back(fd);
-  // The volumes stay locked (in use) as long as the monitor runs.
-  for (const auto& v : p.volumes) o.pass_fds.push_back(v.lock.get());
-  o.shares.insert(o.shares.end(), p.deferred_shares.begin(), p.deferred_shares.end());
-  return o;
-}
-
-VmRecord start_detached(VmStore& store, const VmCreate& c, const PreparedMachine& p,
-                        const DetachedOptions& o) {
-  DetachedOptions full = detached_options(p, o);
-  json spec = {{"machine", json::parse(vm::machine_config_to_json(p.config))}};
-  return start_detached(store, c, spec.dump(), full);
-}
-
 int run_monitor(const fs::path& vm_dir, int ready_fd) {
   struct sigaction ign {};
   ign.sa_handler = SIG_IGN;
@@ -401,7 +371,9 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     // The VM's tap is gone with the VMM: the engine's interface gets its address and routes back
     // before the engine hears of the end (this process's exit) and tears the namespace down. A
     // failure is not the workload's: the engine deletes the namespace all the same.
-    if (!netns_restore.empty()) (void)vm::restore_netns(netns_restore);
+    // It is done by img2vm-netns, so that this program (img2vm-vmm) does not load libnl.
+    if (!netns_restore.empty())
+      (void)restore_netns_in_child(netns_restore, std::chrono::seconds(30));
     // What it wrote last: whatever is in the pipes now (its own children may hold them open).
     for (UniqueFd* fd : {&out_rd, &vm_ready_rd})
       if (*fd) (void)::fcntl(fd->get(), F_SETFL, O_NONBLOCK);

@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -27,6 +28,113 @@ fs::path find_vmm_binary() {
       {detail::beside_own_install("img2vm-vmm"), fs::path(IMG2VM_INSTALL_LIBEXECDIR) / "img2vm-vmm",
        detail::beside_own_program("img2vm-vmm"), fs::path(IMG2VM_BUILD_VMM)},
       "the VMM program (img2vm-vmm) is missing: build the img2vm-vmm target or set IMG2VM_VMM");
+}
+
+fs::path find_netns_binary() {
+  return detail::locate(
+      "IMG2VM_NETNS", "the network namespace helper",
+      {detail::beside_own_install("img2vm-netns"),
+       fs::path(IMG2VM_INSTALL_LIBEXECDIR) / "img2vm-netns",
+       detail::beside_own_program("img2vm-netns"), fs::path(IMG2VM_BUILD_NETNS)},
+      "the network namespace helper (img2vm-netns) is missing: build the img2vm-netns target or "
+      "set IMG2VM_NETNS");
+}
+
+std::string restore_netns_in_child(const std::string& state, std::chrono::milliseconds timeout) {
+  try {
+    const fs::path prog = find_netns_binary();
+    UniqueFd in = sealed_memfd("img2vm-netns-state", state);
+    if (::lseek(in.get(), 0, SEEK_SET) != 0)
+      throw_errno("lseek");  // its stdin, read from the start
+    int p[2];
+    if (::pipe2(p, O_CLOEXEC) != 0) throw_errno("pipe");
+    UniqueFd out_rd(p[0]), out_wr(p[1]);
+    const char* argv[] = {"img2vm-netns", "restore", nullptr};
+    sigset_t none;
+    sigemptyset(&none);
+    const pid_t child = ::fork();
+    if (child == 0) {
+      // Only async-signal-safe calls between fork and exec; nothing but stdio reaches it.
+      if (::dup2(in.get(), STDIN_FILENO) < 0 || ::dup2(out_wr.get(), STDOUT_FILENO) < 0 ||
+          ::dup2(out_wr.get(), STDERR_FILENO) < 0)
+        ::_exit(127);
+      (void)::close_range(3, ~0u, CLOSE_RANGE_CLOEXEC);
+      struct sigaction dfl {};
+      dfl.sa_handler = SIG_DFL;
+      ::sigaction(SIGCHLD, &dfl, nullptr);
+      ::sigaction(SIGPIPE, &dfl, nullptr);
+      ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      ::execv(prog.c_str(), const_cast<char* const*>(argv));
+      static constexpr char kExecFailed[] = "cannot run img2vm-netns\n";
+      (void)!::write(STDERR_FILENO, kExecFailed, sizeof kExecFailed - 1);
+      ::_exit(127);
+    }
+    if (child < 0) throw_errno("cannot run img2vm-netns: fork");
+    out_wr.reset();
+    in.reset();
+    UniqueFd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, child, 0)));
+    auto reap = [child] {
+      int ws = 0;
+      while (::waitpid(child, &ws, 0) < 0 && errno == EINTR) {
+      }
+      return ws;
+    };
+    if (!pidfd) {
+      const int e = errno;
+      ::kill(child, SIGKILL);
+      reap();
+      throw_errno("pidfd_open", e);
+    }
+    // Its output, the first 4 KiB kept (its error is one line), until it exits or time is up.
+    std::string out;
+    auto read_out = [&] {
+      char buf[4096];
+      ssize_t n = ::read(out_rd.get(), buf, sizeof buf);
+      if (n < 0 && (errno == EINTR || errno == EAGAIN)) return false;
+      if (n <= 0) {
+        out_rd.reset();
+        return false;
+      }
+      if (out.size() < 4096) out.append(buf, size_t(n));
+      return true;
+    };
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    for (;;) {
+      const auto left =
+          std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) {
+        ::kill(child, SIGKILL);
+        reap();
+        return "img2vm-netns did not finish within " + std::to_string(timeout.count()) +
+               " ms: killed";
+      }
+      struct pollfd pf[2] = {{out_rd ? out_rd.get() : -1, POLLIN, 0}, {pidfd.get(), POLLIN, 0}};
+      if (::poll(pf, 2, int(std::min<int64_t>(left.count(), 1 << 30))) < 0) {
+        if (errno == EINTR) continue;
+        const int e = errno;
+        ::kill(child, SIGKILL);
+        reap();
+        throw_errno("poll", e);
+      }
+      if (pf[0].revents) read_out();
+      if (pf[1].revents) break;
+    }
+    const int ws = reap();
+    if (out_rd) {
+      (void)::fcntl(out_rd.get(), F_SETFL, O_NONBLOCK);
+      while (out_rd && read_out()) {
+      }
+    }
+    if (WIFEXITED(ws) && WEXITSTATUS(ws) == 0) return "";
+    while (!out.empty() && (out.back() == '\n' || out.back() == '\r' || out.back() == ' '))
+      out.pop_back();
+    if (const size_t nl = out.rfind('\n'); nl != std::string::npos) out.erase(0, nl + 1);
+    if (!out.empty()) return out;
+    if (WIFSIGNALED(ws)) return "img2vm-netns was killed by signal " + std::to_string(WTERMSIG(ws));
+    return "img2vm-netns exited with status " + std::to_string(WEXITSTATUS(ws));
+  } catch (const std::exception& e) {
+    return e.what();
+  }
 }
 
 UniqueFd sealed_memfd(const char* name, const std::string& bytes) {

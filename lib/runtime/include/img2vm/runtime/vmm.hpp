@@ -29,6 +29,18 @@ namespace img2vm::runtime {
 // naming what is missing.
 std::filesystem::path find_vmm_binary();
 
+// Where img2vm-netns is (a detached VM's monitor restores a container engine's network namespace
+// with it): $IMG2VM_NETNS, else the places find_vmm_binary() looks in, in its order. Throws
+// Error(kNotFound) naming what is missing.
+std::filesystem::path find_netns_binary();
+
+// Runs `img2vm-netns restore` (find_netns_binary()) on `state` (vm::NetnsTap::restore_state()'s
+// text, given on its stdin) and waits for it, at most `timeout`: then it is killed (SIGKILL).
+// Returns "" when it restored the namespace (or had nothing to do), else one line saying why not
+// (its own line from stderr when it gave one); never throws. The caller's SIGCHLD must not be
+// ignored.
+std::string restore_netns_in_child(const std::string& state, std::chrono::milliseconds timeout);
+
 // A read-only, sealed in-memory file holding `bytes` (close-on-exec): a disk or a spec that a
 // child reads through its descriptor, with no file to clean up.
 UniqueFd sealed_memfd(const char* name, const std::string& bytes);

@@ -229,8 +229,8 @@ struct DetachedOptions {
   int terminal_fd = -1;
   // A container engine's network namespace the VM has taken over (vm::NetnsTap::restore_state):
   // the monitor closes its copy of the tap once the VMM has it, and restores the namespace
-  // (vm::restore_netns) when the VM has ended, before it exits itself. Recorded in spec.json as
-  // "netns_restore".
+  // (vm::restore_netns, run by img2vm-netns: restore_netns_in_child) when the VM has ended,
+  // before it exits itself. Recorded in spec.json as "netns_restore".
   std::string netns_restore;
 };
 
