@@ -109,12 +109,9 @@ def main():
                f"64 MiB of stdout: {b.fmt(mib_s, 'MiB/s', 1)}. A cold `img2vm run` to its first "
                f"output: {med['cold run'] * 1e3:.0f} ms, {med['cold run'] / med['exec true']:.0f}x "
                f"an exec.{target}")
-    table = "| step | median (min-max) |\n|---|---|\n" + "\n".join(
-        f"| {s} | {b.fmt(v, 's', 4)} |" for s, v in res.items())
+    table = b.results_table(res, "step", 4)
     where = b.nested_note(nested, kvm, "the times")
-    print(where)
-    print(verdict)
-    print(table)
+    b.print_result(where, verdict, table)
     if args.no_doc:
         return
     cmd_lines = "\n".join(f"{shown[s]}    # {s}" for s in STEPS)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "benchmarks.md"
-SECTIONS = ["pull", "convert", "boot", "net", "fs", "exec"]  # order of the sections in docs/benchmarks.md
+SECTIONS = ["pull", "convert", "boot", "net", "fs", "exec", "oci"]  # order of the sections in docs/benchmarks.md
 FIXED_MTIME = 1700000000  # every tar entry gets this mtime, so layers are reproducible
 
 
@@ -509,14 +509,17 @@ class Guests:
         return text
 
 
-def run_script(script, nested, files, timeout, memory_mib=2048):
-    """Runs `sh script` here, or inside the nested rig's L1 with `files` copied in; returns its
-    output (stdout and stderr), failing loudly when it fails."""
+def run_script(script, nested, files, timeout, memory_mib=2048, userland=None):
+    """Runs `sh script` here, or inside the nested rig's L1 with `files` copied in (on the
+    rig's Debian userland with userland="debian"); returns its output (stdout and stderr),
+    failing loudly when it fails."""
     if not nested:
         r = measure(["sh", script])
         return r["stdout"] + r["stderr"]
     say(f"starting the nested rig (several minutes; timeout {timeout} s)")
     cmd = [ROOT / "tests/nested/nested-rig.sh", "run", "--timeout", str(timeout), "--memory", str(memory_mib)]
+    if userland:
+        cmd += ["--userland", userland]
     for f in files:
         cmd += ["--file", f]
     r = measure(cmd + ["--", "sh", script])
@@ -565,6 +568,18 @@ def facts_md(facts, extra_versions=()):
     lines = [f"- {k}: {v}" for k, v in facts.items()]
     lines += [f"- {_version(c)}" for c in extra_versions]
     return "\n".join(lines) + "\n"
+
+
+def results_table(results, head, digits=3, unit="s"):
+    """A markdown table of {name: [values]}: one row per name with its median (min-max)."""
+    return f"| {head} | median (min-max) |\n|---|---|\n" + "\n".join(
+        f"| {n} | {fmt(v, unit, digits)} |" for n, v in results.items())
+
+
+def print_result(*parts):
+    """What a benchmark found, printed whether or not it goes into docs/benchmarks.md."""
+    for p in parts:
+        print(p)
 
 
 def write_section(name, body):
