@@ -23,6 +23,7 @@
 #include "image_builder.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "img2vm/runtime/kernel.hpp"
 #include "nested_rig.hpp"
 #include "process.hpp"
 
@@ -32,14 +33,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The guest kernel as img2vm finds it ($IMG2VM_KERNEL, else the cached build of this tree's
+// guest/kernel: its cache key, not whichever build the cache lists first).
 std::optional<fs::path> find_kernel() {
-  if (const char* k = std::getenv("IMG2VM_KERNEL"); k && *k) return fs::path(k);
-  const char* home = std::getenv("HOME");
-  if (!home) return std::nullopt;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(fs::path(home) / ".cache/img2vm/kernel", ec))
-    if (fs::exists(e.path() / "vmlinux") && fs::exists(e.path() / ".complete"))
-      return e.path() / "vmlinux";
+  try {
+    if (auto k = img2vm::runtime::find_guest_kernel()) return k->path;
+  } catch (const img2vm::Error&) {
+  }
   return std::nullopt;
 }
 
