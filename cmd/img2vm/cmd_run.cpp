@@ -242,6 +242,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     p.command = a.req.cmd;
   }
   mo.console_out_fd = STDOUT_FILENO;
+  mo.console_err_fd = STDERR_FILENO;
   mo.console_in_fd = (a.req.interactive || a.req.tty) ? STDIN_FILENO : -1;
   // With --network tap the host side is set up here, as root; the VM runs in a child given the
   // device's descriptor, which gives up root before the guest runs (run_tap_vmm).

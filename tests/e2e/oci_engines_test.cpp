@@ -150,6 +150,7 @@ void report(const NestedResult& r) {
 // run --rm gives the workload's output and exit status; -e, -u, -w and -v (read and written
 // through virtio-fs) reach the VM; the guest init's /etc/hosts and resolv.conf stand in for
 // podman's file binds; the default network (its CNI namespace, which the VM joins) runs too;
+// the workload's stdout and stderr apart (run --rm, and logs of a run -d);
 // run -d, logs (the workload's lines only: none of the runtime's warnings), exec with its
 // status, -u, -w and -e, stop (SIGTERM reaches the workload's trap, whose exit code inspect
 // shows), rm, and nothing left behind.
@@ -162,6 +163,10 @@ $P --log-level=debug run --rm --network none $A localhost/img echo hi-from-a-vm 
 echo "hi-rc=$?"; sed 's/^/hi-out: /' "$W/hi.out"
 $P --log-level=debug run --rm --network none $A localhost/img sh -c 'exit 3' 2>"$D/exit3"
 echo "exit3-rc=$?"
+# The workload's stdout and stderr apart (podman's, not --log-level=debug's, on stderr).
+$P run --rm --network none $A localhost/img sh -c 'echo to-stdout; echo to-stderr >&2' \
+  >"$W/streams.out" 2>"$W/streams.err"
+echo "streams-rc=$?"; sed 's/^/streams-out: /' "$W/streams.out"; sed 's/^/streams-err: /' "$W/streams.err"
 mkdir -p "$W/host"; echo from-host >"$W/host/in"; chmod 777 "$W/host"
 $P --log-level=debug run --rm --network none $A -e FOO=bar -u 1000:1000 -w /tmp -v "$W/host:/data" \
   localhost/img sh -c 'echo "opts foo=$FOO id=$(id -u):$(id -g) pwd=$(pwd) in=$(cat /data/in)";
@@ -192,6 +197,13 @@ echo "stop-rc=$?"
 $P inspect --format 'inspect status={{.State.Status}} exit={{.State.ExitCode}}' d1
 $P logs d1 >"$W/d1.logs" 2>&1; sed 's/^/d1-log: /' "$W/d1.logs"
 $P rm d1 >/dev/null; echo "rm-rc=$?"
+# podman logs of a detached one: both streams, each on its own.
+$P run -d --name d2 --network none $A localhost/img sh -c 'echo d2-stdout; echo d2-stderr >&2' \
+  >/dev/null 2>"$D/d2"
+echo "d2-wait=$($P wait d2)"
+$P logs d2 >"$W/d2.out" 2>"$W/d2.err"
+sed 's/^/d2-out: /' "$W/d2.out"; sed 's/^/d2-err: /' "$W/d2.err"
+$P rm d2 >/dev/null; echo "rm2-rc=$?"
 echo "left: containers=$($O list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w) virtiofsd=$(pidof virtiofsd | wc -w)"
 echo "conmon-timeouts=$(cat "$D"/* | grep -c 'Exceeded conmon timeout')"
 podman_end
@@ -202,6 +214,10 @@ podman_end
   EXPECT_EQ(r.exit_code, 0);
   EXPECT_TRUE(has(o, "hi-rc=0\nhi-out: hi-from-a-vm\n"));
   EXPECT_TRUE(has(o, "exit3-rc=3\n"));
+  EXPECT_TRUE(has(o, "streams-rc=0\nstreams-out: to-stdout\nstreams-err: "));
+  EXPECT_TRUE(has(o, "streams-err: to-stderr\n"));
+  EXPECT_FALSE(has(o, "streams-out: to-stderr"));
+  EXPECT_FALSE(has(o, "streams-err: to-stdout"));
   EXPECT_TRUE(has(o, "opts foo=bar id=1000:1000 pwd=/tmp in=from-host\n"));
   EXPECT_TRUE(has(o, "hosts-localhost=2\nhosts-has-hostname\nresolv-ok\nshm-fs=tmpfs\n"));
   EXPECT_TRUE(has(o, "opts-rc=0\n"));
@@ -222,6 +238,7 @@ podman_end
   EXPECT_TRUE(has(o, "inspect status=exited exit=42\n"));
   // The workload's lines and nothing else: create's warnings went to the runtime's own log.
   EXPECT_TRUE(has(o, "exit=42\nd1-log: started\nd1-log: got-term\nrm-rc=0\n"));
+  EXPECT_TRUE(has(o, "d2-wait=0\nd2-out: d2-stdout\nd2-err: d2-stderr\nrm2-rc=0\n"));
   EXPECT_TRUE(has(o, "left: containers=0 vmms=0 virtiofsd=0\n"));
   EXPECT_TRUE(has(o, "warning: container ")) << "no warnings in img2vm-oci.log";
   // podman had each end from conmon's exit file, never after its 20 s wait for one.

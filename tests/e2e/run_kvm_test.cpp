@@ -23,6 +23,7 @@
 #include "image_builder.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "img2vm/runtime/kernel.hpp"
 #include "nested_rig.hpp"
 #include "process.hpp"
 
@@ -32,14 +33,13 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The guest kernel as img2vm finds it ($IMG2VM_KERNEL, else the cached build of this tree's
+// guest/kernel: its cache key, not whichever build the cache lists first).
 std::optional<fs::path> find_kernel() {
-  if (const char* k = std::getenv("IMG2VM_KERNEL"); k && *k) return fs::path(k);
-  const char* home = std::getenv("HOME");
-  if (!home) return std::nullopt;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(fs::path(home) / ".cache/img2vm/kernel", ec))
-    if (fs::exists(e.path() / "vmlinux") && fs::exists(e.path() / ".complete"))
-      return e.path() / "vmlinux";
+  try {
+    if (auto k = img2vm::runtime::find_guest_kernel()) return k->path;
+  } catch (const img2vm::Error&) {
+  }
   return std::nullopt;
 }
 
@@ -319,7 +319,11 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
      << " sh -c 'echo \"[$A][$BASE][$FROM_FILE]\"'\n"
      << "c big-env " << run << " -e BIG=" << big << " " << B << " sh -c 'echo ${#BIG}'\n"
      << "c entrypoint " << run << " --entrypoint /bin/echo " << B << " one two\n"
-     << "c missing " << run << " " << B << " nosuchcmd\n"
+     << "c missing " << run << " " << B
+     << " nosuchcmd\n"
+     // The workload's stdout and stderr apart, as docker's (the guest's second UART).
+     << "c streams " << run << " " << B
+     << " sh -c 'echo to-stdout; echo to-stderr >&2; echo to-stdout-2; exit 5'\n"
      << "c init-fail " << run << " -u nosuchuser " << B << " true\n"
      << "c write " << run << " " << B << " sh -c 'echo written > /marker && cat /marker'\n"
      << "c not-kept " << run << " " << B << " test -e /marker\n"
@@ -446,8 +450,14 @@ TEST(RunKvm, DockerRunSemanticsInOurRunner) {
   EXPECT_TRUE(has(get("entrypoint").out, "one two")) << get("entrypoint").out;
   const Case& missing = get("missing");
   EXPECT_EQ(missing.rc, 127);
-  EXPECT_TRUE(has(missing.out, "exec: \"nosuchcmd\": executable file not found in $PATH"))
-      << missing.out;
+  EXPECT_TRUE(has(missing.err, "exec: \"nosuchcmd\": executable file not found in $PATH"))
+      << missing.out << missing.err;
+  const Case& streams = get("streams");
+  EXPECT_EQ(streams.rc, 5) << streams.out << streams.err;
+  EXPECT_TRUE(has(streams.out, "to-stdout\nto-stdout-2\n")) << streams.out;
+  EXPECT_FALSE(has(streams.out, "to-stderr")) << streams.out;
+  EXPECT_TRUE(has(streams.err, "to-stderr\n")) << streams.err;
+  EXPECT_FALSE(has(streams.err, "to-stdout")) << streams.err;
   const Case& initfail = get("init-fail");
   EXPECT_EQ(initfail.rc, 122) << initfail.out << initfail.err;
   EXPECT_TRUE(has(initfail.out, "unable to find user nosuchuser")) << initfail.out;

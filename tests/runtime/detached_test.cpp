@@ -52,7 +52,9 @@ if [ "$mode" = share ]; then
   case "$spec" in *'"shares"'*) echo "img2vm-vmm got the shares list";; esac
 fi
 if [ "$mode" = created ]; then
+  err=$(printf '%s' "$spec" | sed -n 's/.*"console_err_fd":\([0-9]*\).*/\1/p')
   echo "the workload waits for its start"
+  echo "the workload's stderr" > /proc/self/fd/$err
   printf C > /proc/self/fd/$ready
   exit 5
 fi
@@ -501,7 +503,10 @@ TEST_F(Detached, AnOciCreateReturnsWhenTheWorkloadWaitsAndTheMonitorExitsWithIts
   int p[2];
   ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
   UniqueFd rd(p[0]), wr(p[1]);
-  // start_detached runs in a child whose stdout is the pipe, as create runs under conmon.
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd err_rd(p[0]), err_wr(p[1]);
+  // start_detached runs in a child whose stdout and stderr are the pipes, as create runs under
+  // conmon.
   int report[2];
   ASSERT_EQ(::pipe2(report, O_CLOEXEC), 0);
   UniqueFd report_rd(report[0]), report_wr(report[1]);
@@ -509,6 +514,7 @@ TEST_F(Detached, AnOciCreateReturnsWhenTheWorkloadWaitsAndTheMonitorExitsWithIts
   ASSERT_GE(child, 0);
   if (child == 0) {
     ::dup2(wr.get(), 1);
+    ::dup2(err_wr.get(), 2);
     std::string line;
     try {
       VmRecord r = start("oci", "created", {}, true);
@@ -520,6 +526,7 @@ TEST_F(Detached, AnOciCreateReturnsWhenTheWorkloadWaitsAndTheMonitorExitsWithIts
     ::_exit(0);
   }
   wr.reset();
+  err_wr.reset();
   report_wr.reset();
   int st = 0;
   ASSERT_EQ(::waitpid(child, &st, 0), child);
@@ -530,6 +537,10 @@ TEST_F(Detached, AnOciCreateReturnsWhenTheWorkloadWaitsAndTheMonitorExitsWithIts
   // The forwarded console, until the monitor and the fake VMM are gone.
   std::string out = read_fd_to_end(rd.get());
   EXPECT_NE(out.find("the workload waits for its start"), std::string::npos) << out;
+  // The workload's stderr (the VM's second UART) on the monitor's stderr, not its stdout.
+  EXPECT_EQ(out.find("the workload's stderr"), std::string::npos) << out;
+  std::string err = read_fd_to_end(err_rd.get());
+  EXPECT_EQ(err, "the workload's stderr\n");
   // The monitor is this process's now (subreaper): its status is the workload's.
   int mst = 0;
   pid_t got;
@@ -541,6 +552,10 @@ TEST_F(Detached, AnOciCreateReturnsWhenTheWorkloadWaitsAndTheMonitorExitsWithIts
   VmRecord r = store.get("oci");
   EXPECT_EQ(r.exit_code, 5);
   EXPECT_TRUE(r.started.empty()) << r.started;
+  // Both in the log.
+  CommandResult logs = img2vm({"logs", "oci"});
+  EXPECT_NE(logs.out.find("the workload waits for its start\n"), std::string::npos) << logs.out;
+  EXPECT_NE(logs.out.find("the workload's stderr\n"), std::string::npos) << logs.out;
   while (::waitpid(-1, nullptr, WNOHANG) > 0) {
   }
 }

@@ -349,6 +349,20 @@ TEST_F(Logs, RotationKeepsTwoBoundedFiles) {
   EXPECT_EQ(tail.substr(tail.size() - 4), "end\n");
 }
 
+TEST_F(Logs, StderrSharesTheLogInOrderWithLinesKeptApart) {
+  {
+    ConsoleLog log(dir.path());
+    log.write("out 1\nout ");
+    log.write("err 1\n", ConsoleLog::Stream::kStderr);
+    log.write("2\n");
+    log.write("err ", ConsoleLog::Stream::kStderr);
+    log.write("2\n", ConsoleLog::Stream::kStderr);
+  }
+  EXPECT_EQ(read_console_log(dir.path(), {}), "out 1\nout \nerr 1\n2\nerr 2\n");
+  std::string raw = read_file(dir.path() / "console.log");
+  EXPECT_EQ(std::count(raw.begin(), raw.end(), 'Z'), 5) << raw;  // each line has its time
+}
+
 TEST_F(Logs, NoLogYetReadsEmpty) { EXPECT_EQ(read_console_log(dir.path(), {}), ""); }
 
 }  // namespace

@@ -85,6 +85,19 @@ TEST(VmKvm, SerialOutputAndExitStatus) {
   EXPECT_LE(*r.timings.first_entry, *r.timings.ended);
 }
 
+TEST(VmKvm, SecondUartWritesToItsOwnFd) {
+  KVM_TEST_PRELUDE();
+  Console con, err;
+  MachineConfig c = config("basic", "mode=stderr", con.fds[1]);
+  c.console_err_fd = err.fds[1];
+  Machine m(c);
+  auto r = m.run();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+  EXPECT_EQ(r.status, 0);
+  EXPECT_EQ(con.drain(), "to COM1\nCOM1 again\n");
+  EXPECT_EQ(err.drain(), "to COM2\n");
+}
+
 TEST(VmKvm, ExitStatusPassesThroughUnchanged) {
   KVM_TEST_PRELUDE();
   for (int status : {0, 1, 3, 137, 255}) {

@@ -46,6 +46,7 @@ TEST(MachineJson, EveryFieldSurvivesTheRoundTrip) {
                           {PortProtocol::kUdp, "::1", 0, 53}};
   c.net->tap = TapFdConfig{5, {{PortProtocol::kUdp, "0.0.0.0", 5353, 53}}};
   c.console_out_fd = -1;
+  c.console_err_fd = 12;
   c.console_in_fd = 0;
   c.ready_fd = 11;
   c.console_input = ConsoleInput::kAtWorkloadExec;
@@ -88,6 +89,7 @@ TEST(MachineJson, EveryFieldSurvivesTheRoundTrip) {
   EXPECT_EQ(r.net->tap->fd, 5);
   EXPECT_EQ(r.net->tap->published, c.net->tap->published);
   EXPECT_EQ(r.console_out_fd, -1);
+  EXPECT_EQ(r.console_err_fd, 12);
   EXPECT_EQ(r.console_in_fd, 0);
   EXPECT_EQ(r.ready_fd, 11);
   EXPECT_EQ(r.console_input, ConsoleInput::kAtWorkloadExec);
@@ -103,6 +105,7 @@ TEST(MachineJson, OnlyTheKernelIsRequiredAndTheRestKeepsTheDefaults) {
   EXPECT_EQ(r.memory_mib, d.memory_mib);
   EXPECT_EQ(r.vcpus, d.vcpus);
   EXPECT_EQ(r.console_out_fd, d.console_out_fd);
+  EXPECT_EQ(r.console_err_fd, 2);
   EXPECT_EQ(r.console_in_fd, d.console_in_fd);
   EXPECT_EQ(r.ready_fd, -1);
   EXPECT_EQ(r.seccomp, d.seccomp);

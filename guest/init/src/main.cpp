@@ -61,6 +61,10 @@ constexpr std::size_t kSmallFileMax = 65536;
 constexpr rlim_t kNofile = 1048576;  // docker's default RLIMIT_NOFILE (soft and hard)
 
 bool g_ports = false;
+// Without a tty, the workload's stderr: the second serial port (ttyS1, COM2), which the host
+// keeps apart from the console (docs/guest-abi.md §7). -1 when there is none (a kernel with one
+// serial port, or a VMM without COM2): the workload's stderr is then the console, as its stdout.
+int g_stderr_port = -1;
 
 void port_write(unsigned short port, unsigned char value) {
   if (g_ports) outb(value, port);
@@ -106,7 +110,8 @@ void on_alarm(int) {}
 // off (seen as `podman run -it` losing the shell's last line). Waits for it, at most 2 s (output
 // stopped with ^S would otherwise hold the VM forever): the alarm interrupts tcdrain.
 void drain_console() {
-  if (!::isatty(1)) return;
+  const bool console = ::isatty(1);
+  if (!console && g_stderr_port < 0) return;
   struct sigaction sa {};
   sa.sa_handler = on_alarm;
   sigemptyset(&sa.sa_mask);
@@ -116,7 +121,8 @@ void drain_console() {
   sigaddset(&alarm_only, SIGALRM);
   ::sigprocmask(SIG_UNBLOCK, &alarm_only, nullptr);
   ::alarm(2);
-  (void)::tcdrain(1);
+  if (console) (void)::tcdrain(1);
+  if (g_stderr_port >= 0) (void)::tcdrain(g_stderr_port);
   ::alarm(0);
 }
 
@@ -421,10 +427,41 @@ void apply_window_size(const std::string& tty) {
   ::close(fd);
 }
 
+// The second serial port, raw, for the workload's stderr; -1 when the kernel has no ttyS1, or
+// one that found no UART behind it (sysfs reports its type as 0, PORT_UNKNOWN), or when ttyS1
+// is the console itself.
+int open_stderr_port() {
+  constexpr const char* kPort = "/dev/ttyS1";
+  try {
+    std::string type = init::read_file("/sys/class/tty/ttyS1/type", kSmallFileMax);
+    if (type.empty() || type == "0\n" || type == "0") return -1;
+  } catch (const Error&) {
+    return -1;
+  }
+  if (console_tty_device() == kPort) return -1;
+  // O_NONBLOCK: the open does not wait for a carrier; cleared again, so that a workload writing
+  // faster than the port drains blocks instead of failing with EAGAIN.
+  int fd = ::open(kPort, O_RDWR | O_NOCTTY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return -1;
+  struct termios t {};
+  int flags = ::fcntl(fd, F_GETFL);
+  if (::tcgetattr(fd, &t) != 0 || flags < 0 || ::fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  ::cfmakeraw(&t);
+  t.c_cflag |= CLOCAL;
+  ::tcsetattr(fd, TCSANOW, &t);
+  return fd;
+}
+
 // Without a tty the workload's output must reach the host byte for byte, as through docker's
-// pipes: no \n -> \r\n, no echo, no line editing. With one it gets a normal cooked terminal.
+// pipes: no \n -> \r\n, no echo, no line editing; and its stderr apart from its stdout, on the
+// second serial port when there is one. With a tty it gets a normal cooked terminal for both.
 void setup_console(bool tty) {
-  if (tty || !::isatty(1)) return;
+  if (tty) return;
+  g_stderr_port = open_stderr_port();
+  if (!::isatty(1)) return;
   struct termios t {};
   if (::tcgetattr(1, &t) != 0) return;
   ::cfmakeraw(&t);
@@ -556,6 +593,7 @@ void wait_for_start(int gate) {
       ::close(fd);
     }
   }
+  if (!w.tty && g_stderr_port >= 0) ::dup2(g_stderr_port, 2);
   ::umask(022);
   bool in_workdir = ::chdir(w.workdir.c_str()) == 0;
 

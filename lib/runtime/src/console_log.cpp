@@ -91,9 +91,15 @@ void ConsoleLog::rotate() {
   open();
 }
 
-void ConsoleLog::write(std::string_view data) {
+void ConsoleLog::write(std::string_view data, Stream stream) {
   std::string out;
   std::string stamp;
+  if (data.empty()) return;
+  if (!line_start_ && stream != open_line_) {
+    out += '\n';
+    line_start_ = true;
+  }
+  open_line_ = stream;
   auto flush = [&] {
     if (!fd_ || out.empty()) return;
     try {

@@ -252,6 +252,9 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     UniqueFd vm_ready_rd(p[0]), vm_ready_wr(p[1]);
     if (::pipe2(p, O_CLOEXEC) != 0) throw_errno("pipe");
     UniqueFd out_rd(p[0]), out_wr(p[1]);
+    // The workload's stderr (the VM's second UART) apart from the console.
+    if (::pipe2(p, O_CLOEXEC) != 0) throw_errno("pipe");
+    UniqueFd err_rd(p[0]), err_wr(p[1]);
     // Before the VMM, after it (declared first: destroyed last).
     std::vector<Virtiofsd> shares = start_shares(spec);
     std::string netns_restore;
@@ -266,6 +269,7 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     json& m = spec["machine"];
     m["ready_fd"] = vm_ready_wr.get();
     m["console_out_fd"] = 1;
+    m["console_err_fd"] = err_wr.get();
     m["console_in_fd"] = terminal ? 0 : -1;  // the VMM's stdin is the monitor's: the terminal
     m["vsock"] = {{"guest_cid", 3}, {"uds_path", rec.vsock_socket}};
     // Detached: no terminal, no notices; `stop` decides when the VM is killed, so the VMM's own
@@ -291,12 +295,13 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     if (terminal) size = window();
     VmmChildOptions co;
     co.vmm = rec.vmm_program.empty() ? find_vmm_binary() : fs::path(rec.vmm_program);
-    co.pass_fds = {vm_ready_wr.get()};
+    co.pass_fds = {vm_ready_wr.get(), err_wr.get()};
     co.output_fd = out_wr.get();
     co.kill_with_caller = true;  // a monitor killed takes its VM along: never a VM unaccounted
     VmmProcess vmm = VmmProcess::start(spec.dump(), co);
     vm_ready_wr.reset();
     out_wr.reset();
+    err_wr.reset();
     // The engine's namespace: the tap is the VMM's alone from now on, so that it goes when the
     // VM ends and the namespace can be restored.
     if (!netns_restore.empty()) {
@@ -316,7 +321,10 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     ConsoleLog log(vm_dir);
     ErrorLine err;
     bool started = false;
+    bool forward_err = forward;
     char buf[65536];
+    // The VMM's output (the console, and the VMM's own messages) goes to the log and, when
+    // forwarded, to this process's stdout; the workload's stderr to the log and to its stderr.
     auto on_output = [&](bool drain) {
       for (;;) {
         ssize_t n = ::read(out_rd.get(), buf, sizeof buf);
@@ -328,6 +336,19 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
         log.write(std::string_view(buf, size_t(n)));
         err.feed(std::string_view(buf, size_t(n)));
         if (forward && !write_all_to(1, std::string_view(buf, size_t(n)))) forward = false;
+        if (!drain) return;
+      }
+    };
+    auto on_stderr = [&](bool drain) {
+      for (;;) {
+        ssize_t n = ::read(err_rd.get(), buf, sizeof buf);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          if (n == 0) err_rd.reset();
+          return;
+        }
+        log.write(std::string_view(buf, size_t(n)), ConsoleLog::Stream::kStderr);
+        if (forward_err && !write_all_to(2, std::string_view(buf, size_t(n)))) forward_err = false;
         if (!drain) return;
       }
     };
@@ -347,10 +368,11 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
       if (n <= 0) vm_ready_rd.reset();
     };
     for (;;) {
-      struct pollfd pf[3] = {{out_rd ? out_rd.get() : -1, POLLIN, 0},
+      struct pollfd pf[4] = {{out_rd ? out_rd.get() : -1, POLLIN, 0},
                              {vm_ready_rd ? vm_ready_rd.get() : -1, POLLIN, 0},
-                             {vmm.pidfd(), POLLIN, 0}};
-      int n = ::poll(pf, 3, terminal ? 100 : -1);
+                             {vmm.pidfd(), POLLIN, 0},
+                             {err_rd ? err_rd.get() : -1, POLLIN, 0}};
+      int n = ::poll(pf, 4, terminal ? 100 : -1);
       if (n < 0) {
         if (errno == EINTR) continue;
         throw_errno("poll");
@@ -362,6 +384,7 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
         }
       }
       if (pf[0].revents) on_output(false);
+      if (pf[3].revents) on_stderr(false);
       if (pf[1].revents) on_ready();
       if (pf[2].revents) break;
     }
@@ -375,9 +398,10 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     if (!netns_restore.empty())
       (void)restore_netns_in_child(netns_restore, std::chrono::seconds(30));
     // What it wrote last: whatever is in the pipes now (its own children may hold them open).
-    for (UniqueFd* fd : {&out_rd, &vm_ready_rd})
+    for (UniqueFd* fd : {&out_rd, &err_rd, &vm_ready_rd})
       if (*fd) (void)::fcntl(fd->get(), F_SETFL, O_NONBLOCK);
     if (out_rd) on_output(true);
+    if (err_rd) on_stderr(true);
     while (vm_ready_rd && !started) on_ready();
     int code = 0;
     store.update(id, [&](VmRecord& r) {

@@ -332,6 +332,7 @@ PreparedMachine build_machine(MachineOptions o) {
   mc.cmdline = share ? guestabi::directory_cmdline(o.verbose_boot, *share, param)
                      : guestabi::image_cmdline(o.verbose_boot, param);
   mc.console_out_fd = o.console_out_fd;
+  mc.console_err_fd = o.console_err_fd;
   mc.console_in_fd = o.console_in_fd;
   mc.console_input = vm::ConsoleInput::kAtWorkloadExec;
   return p;

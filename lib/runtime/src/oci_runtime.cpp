@@ -331,6 +331,7 @@ MachineOptions oci_machine_options(const OciBundle& b,
   }
   mo.defer_shares = true;
   mo.console_out_fd = -1;
+  mo.console_err_fd = -1;
   return mo;
 }
 

@@ -230,6 +230,7 @@ struct Machine::Impl {
   Bus mmio_bus{"MMIO", 0};
   MmioDeviceManager mmio_devices{mmio_bus};
   std::unique_ptr<Uart8250> uart;
+  std::unique_ptr<Uart8250> stderr_uart;  // COM2: output only
   std::mutex i8042_mu;
   I8042 i8042;
   GuestPorts guest_ports{{
@@ -296,10 +297,10 @@ struct Machine::Impl {
              "KVM_IRQ_LINE failed for IRQ " + std::to_string(irq) + ": " + std::strerror(errno));
   }
 
-  void console_out(uint8_t c) {
-    if (cfg.console_out_fd < 0) return;
+  static void write_byte(int fd, uint8_t c) {
+    if (fd < 0) return;
     for (;;) {
-      ssize_t n = ::write(cfg.console_out_fd, &c, 1);
+      ssize_t n = ::write(fd, &c, 1);
       if (n >= 0 || errno != EINTR) return;
     }
   }
@@ -568,7 +569,8 @@ struct Machine::Impl {
     if (io_thread.joinable()) io_thread.join();
     if (net_thread.joinable()) net_thread.join();
     if (vsock_thread.joinable()) vsock_thread.join();
-    if (cfg.console_out_fd >= 0) ::fsync(cfg.console_out_fd);  // best effort; fails on pipes
+    for (int fd : {cfg.console_out_fd, cfg.console_err_fd})
+      if (fd >= 0) ::fsync(fd);  // best effort; fails on pipes
   }
 
   // Construction, in this order (build()).
@@ -709,19 +711,27 @@ void Machine::Impl::load_initrd() {
   }
 }
 
-// The I/O ports: COM1, the i8042's reset line and the guest init's ports (guest_ports.hpp).
+// The I/O ports: COM1 (the console), COM2 (the workload's stderr), the i8042's reset line and
+// the guest init's ports (guest_ports.hpp).
 void Machine::Impl::attach_port_devices() {
+  auto add_uart = [this](Uart8250& u, uint16_t base, const char* name) {
+    port_bus.add(base, 8, name,
+                 [this, &u](uint64_t offset, bool write, uint8_t* data, unsigned size) {
+                   if (size != 1) return port_bus.unclaimed(write, data, size);
+                   if (write)
+                     u.write(uint16_t(offset), data[0]);
+                   else
+                     data[0] = u.read(uint16_t(offset));
+                 });
+  };
   uart =
-      std::make_unique<Uart8250>([this](uint8_t c) { console_out(c); },
+      std::make_unique<Uart8250>([this](uint8_t c) { write_byte(cfg.console_out_fd, c); },
                                  [this](bool level) { set_irq_line(guestabi::kUartIrq, level); });
-  port_bus.add(guestabi::kUartBase, 8, "COM1",
-               [this](uint64_t offset, bool write, uint8_t* data, unsigned size) {
-                 if (size != 1) return port_bus.unclaimed(write, data, size);
-                 if (write)
-                   uart->write(uint16_t(offset), data[0]);
-                 else
-                   data[0] = uart->read(uint16_t(offset));
-               });
+  add_uart(*uart, guestabi::kUartBase, "COM1");
+  stderr_uart = std::make_unique<Uart8250>(
+      [this](uint8_t c) { write_byte(cfg.console_err_fd, c); },
+      [this](bool level) { set_irq_line(guestabi::kStderrUartIrq, level); });
+  add_uart(*stderr_uart, guestabi::kStderrUartBase, "COM2");
   for (uint16_t port : {guestabi::kI8042Data, guestabi::kI8042Command}) {
     port_bus.add(port, 1, "i8042",
                  [this, port](uint64_t, bool write, uint8_t* data, unsigned size) {

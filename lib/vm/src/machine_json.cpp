@@ -146,6 +146,7 @@ std::string machine_config_to_json(const MachineConfig& c) {
             {"kernel", c.kernel.string()},
             {"cmdline", c.cmdline},
             {"console_out_fd", c.console_out_fd},
+            {"console_err_fd", c.console_err_fd},
             {"ready_fd", c.ready_fd},
             {"console_in_fd", c.console_in_fd},
             {"console_input", name_of(c.console_input, kConsoleInputs)},
@@ -190,8 +191,8 @@ MachineConfig machine_config_from_json(std::string_view text) {
   if (j.is_discarded()) throw Error(ErrorKind::kInvalidArgument, "machine config: not valid JSON");
   only(j, "",
        {"memory_mib", "hugepages", "vcpus", "kernel", "cmdline", "initrd", "disks", "net", "fs",
-        "vsock", "console_out_fd", "ready_fd", "console_in_fd", "console_input", "timeout_ms",
-        "kvm_device", "seccomp"});
+        "vsock", "console_out_fd", "console_err_fd", "ready_fd", "console_in_fd", "console_input",
+        "timeout_ms", "kvm_device", "seccomp"});
   MachineConfig c;
   c.memory_mib = number<uint64_t>(j, "", "memory_mib", c.memory_mib, 1, uint64_t(1) << 30);
   c.hugepages = boolean(j, "", "hugepages", c.hugepages);
@@ -203,6 +204,8 @@ MachineConfig machine_config_from_json(std::string_view text) {
   c.initrd = string(j, "", "initrd", "");
   c.console_out_fd =
       number<int>(j, "", "console_out_fd", c.console_out_fd, -1, std::numeric_limits<int>::max());
+  c.console_err_fd =
+      number<int>(j, "", "console_err_fd", c.console_err_fd, -1, std::numeric_limits<int>::max());
   c.ready_fd = number<int>(j, "", "ready_fd", c.ready_fd, -1, std::numeric_limits<int>::max());
   c.console_in_fd =
       number<int>(j, "", "console_in_fd", c.console_in_fd, -1, std::numeric_limits<int>::max());

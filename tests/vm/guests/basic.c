@@ -1,5 +1,6 @@
 /* The basic test guest: what it does is chosen by "mode=" on its command line.
  *   mode=hello      print a line on the UART, exit 42
+ *   mode=stderr     a line on COM1, one on COM2 (0x2f8), another on COM1, exit 0
  *   mode=exit:N     exit with status N
  *   mode=initfail:N report an init failure with code N
  *   mode=marks      write both boot marks, then exit 0
@@ -18,6 +19,16 @@ int guest_main(const uint8_t* bp) {
   if (str_starts(mode, "hello")) {
     puts_uart("hello from the guest\n");
     return 42;
+  }
+  if (str_starts(mode, "stderr")) {
+    puts_uart("to COM1\n");
+    for (const char* s = "to COM2\n"; *s; ++s) {
+      while (!(inb(0x2f8 + 5) & 0x20)) {
+      }
+      outb(0x2f8, (uint8_t)*s);
+    }
+    puts_uart("COM1 again\n");
+    return 0;
   }
   if (str_starts(mode, "exit:")) return (int)parse_uint(mode + 5);
   if (str_starts(mode, "initfail:")) {

@@ -54,8 +54,12 @@ enum InitFail : uint8_t {
 };
 
 // Legacy PC devices the runner emulates for the guest kernel (not used by the init).
-inline constexpr uint16_t kUartBase = 0x3f8;  // COM1, IRQ 4
+inline constexpr uint16_t kUartBase = 0x3f8;  // COM1, IRQ 4: the console (ttyS0)
 inline constexpr unsigned kUartIrq = 4;
+// COM2, IRQ 3 (ttyS1): output only, the workload's stderr when it has no tty (the guest init
+// falls back to the console when the kernel has no such port).
+inline constexpr uint16_t kStderrUartBase = 0x2f8;
+inline constexpr unsigned kStderrUartIrq = 3;
 inline constexpr uint16_t kI8042Data = 0x60;
 inline constexpr uint16_t kI8042Command = 0x64;  // write 0xfe: reset (the VM ends as a reboot)
 

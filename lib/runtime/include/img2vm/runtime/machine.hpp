@@ -101,6 +101,7 @@ struct MachineOptions {
   std::string image_config_json;  // the image config (ImageSource::config_bytes()), for publish_all
   bool verbose_boot = false;      // the guest kernel's boot messages on the console
   int console_out_fd = 1;         // where the console goes (not owned); -1 discards it
+  int console_err_fd = 2;         // the workload's stderr without a tty (not owned); -1: away
   int console_in_fd = -1;         // the console's input (not owned); -1: none
 };
 

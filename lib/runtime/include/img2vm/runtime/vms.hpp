@@ -175,12 +175,15 @@ std::string now_rfc3339_nano();
 // console.log.1 (replacing the one before) and a new console.log is started: at most two files,
 // 2 x max_bytes. A line longer than max_bytes is cut into lines. Write errors stop the logging
 // silently (a VM whose directory was removed).
+// Two streams (the console and the workload's stderr) share the file in the order their bytes
+// come; a line one of them has not finished is ended in the log when the other writes.
 class ConsoleLog {
  public:
+  enum class Stream { kConsole, kStderr };
   static constexpr uint64_t kDefaultMaxBytes = 10u << 20;
   explicit ConsoleLog(std::filesystem::path dir, uint64_t max_bytes = kDefaultMaxBytes);
-  // Appends `data` (any bytes, split anywhere).
-  void write(std::string_view data);
+  // Appends `data` (any bytes, split anywhere) of `stream`.
+  void write(std::string_view data, Stream stream = Stream::kConsole);
 
  private:
   void open();
@@ -189,6 +192,7 @@ class ConsoleLog {
   uint64_t max_;
   uint64_t size_ = 0;
   bool line_start_ = true;
+  Stream open_line_ = Stream::kConsole;  // whose line is unfinished when !line_start_
   UniqueFd fd_;
 };
 

@@ -92,6 +92,9 @@ struct MachineConfig {
   // A vsock device, the virtio-mmio device after the virtio-fs ones; none if empty.
   std::optional<VsockConfig> vsock;
   int console_out_fd = 1;  // UART output; -1 discards it. Not owned.
+  // The second UART's output (COM2, ttyS1: the workload's stderr when it has no tty); -1
+  // discards it. Not owned.
+  int console_err_fd = 2;
   // UART input; -1 for none. Not owned. When it ends (EOF or an error) the guest init is told
   // after how many bytes (SIGNAL 0x82, STDIN_BYTES: docs/guest-abi.md), so that it can close the
   // workload's stdin after exactly those.
