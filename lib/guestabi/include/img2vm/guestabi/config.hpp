@@ -86,7 +86,7 @@ struct MountSpec {
   uint64_t size = 0;          // tmpfs: bytes, 0 for the kernel's default (half of RAM)
   uint32_t mode = 0;          // tmpfs: permission bits, 0 for docker's 01777; file: its bits
   uint32_t uid = 0, gid = 0;  // file: its owner
-  std::string content;        // file: its bytes, at most kMaxFileMountBytes
+  std::string content{};      // file: its bytes, at most kMaxFileMountBytes
 
   friend bool operator==(const MountSpec&, const MountSpec&) = default;
 };

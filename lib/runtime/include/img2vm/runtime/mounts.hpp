@@ -29,7 +29,7 @@ struct Mount {
   uint32_t mode = 0;          // kTmpfs: permission bits; 0 for 01777. kFile: the file's bits
   std::string volume;         // kVolume: its name; empty for a new anonymous volume
   bool nocopy = false;        // kVolume: never copy the image's content in
-  std::string content;        // kFile: its bytes (guestabi::kMaxFileMountBytes at most)
+  std::string content{};      // kFile: its bytes (guestabi::kMaxFileMountBytes at most)
   uint32_t uid = 0, gid = 0;  // kFile: its owner
 
   friend bool operator==(const Mount&, const Mount&) = default;
