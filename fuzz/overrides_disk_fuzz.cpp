@@ -17,6 +17,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::string disk = encode_overrides_disk(o);
     if (disk.size() % kOverridesDiskSector != 0 || !(decode_overrides_disk(disk) == o))
       __builtin_trap();
+    std::size_t file_bytes = 0;  // file mounts' contents, which the init writes out
+    for (const MountSpec& m : o.mounts)
+      if (m.type == MountSpec::Type::kFile) file_bytes += m.content.size();
+    if (file_bytes > kMaxFileMountsBytes) __builtin_trap();
   } catch (const Error&) {
   }
   return 0;

@@ -1,5 +1,6 @@
 // Per-run overrides reach the guest init as a kernel command line word carrying base64url JSON
-// (docs/guest-abi.md). Parsing them must never crash, and what parses must round-trip.
+// (docs/guest-abi.md). Parsing them must never crash, what parses must round-trip, and file
+// mounts' contents must keep within their bounds.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -15,6 +16,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     RunOverrides o = run_overrides_from_json(in);
     if (!(run_overrides_from_json(to_json(o)) == o)) __builtin_trap();
+    // What the init will write to its tmpfs is within the bounds, whatever the input claimed.
+    std::size_t file_bytes = 0;
+    for (const MountSpec& m : o.mounts) {
+      if (m.type != MountSpec::Type::kFile) continue;
+      if (m.content.size() > kMaxFileMountBytes || m.mode > 07777 || !m.tag.empty() || m.size)
+        __builtin_trap();
+      file_bytes += m.content.size();
+    }
+    if (file_bytes > kMaxFileMountsBytes || o.mounts.size() > kMaxMounts) __builtin_trap();
     auto value = kernel_param(image_cmdline(false, run_overrides_kernel_param(o)), kRunParam);
     if (!value || !(decode_inline_run_param(*value) == o)) __builtin_trap();
   } catch (const Error&) {

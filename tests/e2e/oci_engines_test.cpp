@@ -148,8 +148,9 @@ void report(const NestedResult& r) {
 
 // podman 4.3 with `--runtime img2vm-oci` and its defaults (conmon, the cgroupfs manager, CNI):
 // run --rm gives the workload's output and exit status; -e, -u, -w and -v (read and written
-// through virtio-fs) reach the VM; the guest init's /etc/hosts and resolv.conf stand in for
-// podman's file binds; the default network (its CNI namespace, which the VM joins) runs too;
+// through virtio-fs) reach the VM; podman's file binds (/etc/hosts, resolv.conf,
+// /run/.containerenv) and -v FILE:DEST:ro are copies in the VM (read-only with ro, mode kept);
+// the default network (its CNI namespace, which the VM joins) runs too;
 // the workload's stdout and stderr apart (run --rm, and logs of a run -d);
 // run -d, logs (the workload's lines only: none of the runtime's warnings), exec with its
 // status, -u, -w and -e, stop (SIGTERM reaches the workload's trap, whose exit code inspect
@@ -170,11 +171,23 @@ echo "streams-rc=$?"; sed 's/^/streams-out: /' "$W/streams.out"; sed 's/^/stream
 mkdir -p "$W/host"; echo from-host >"$W/host/in"; chmod 777 "$W/host"
 $P --log-level=debug run --rm --network none $A -e FOO=bar -u 1000:1000 -w /tmp -v "$W/host:/data" \
   localhost/img sh -c 'echo "opts foo=$FOO id=$(id -u):$(id -g) pwd=$(pwd) in=$(cat /data/in)";
-    echo from-guest >/data/out; grep -c localhost /etc/hosts | sed "s/^/hosts-localhost=/";
+    echo from-guest >/data/out; grep -q localhost /etc/hosts && echo hosts-has-localhost;
     grep -q "$(hostname)" /etc/hosts && echo hosts-has-hostname; test -f /etc/resolv.conf && echo resolv-ok;
     grep /dev/shm /proc/mounts | cut -d" " -f3 | sed "s/^/shm-fs=/"' 2>"$D/opts"
 echo "opts-rc=$?"
 echo "host-out=$(cat "$W/host/out") owner=$(stat -c %u:%g "$W/host/out")"
+# A file bind (a copy in the VM, read-only with :ro, mode kept), and podman's own file binds:
+# /run/.containerenv (the image has no /run: made by the init) and its /etc/hosts, which names
+# the container.
+printf 'app-setting=1\nsecond line\n' >"$W/f.conf"; chmod 640 "$W/f.conf"
+$P --log-level=debug run --rm --name filebind $A -v "$W/f.conf:/etc/app.conf:ro" localhost/img \
+  sh -c 'sed "s/^/app-conf: /" /etc/app.conf; stat -c "app-conf-mode=%a owner=%u:%g" /etc/app.conf;
+    if echo more >>/etc/app.conf; then echo app-conf-written; else echo app-conf-read-only; fi;
+    test -f /run/.containerenv && echo containerenv-exists;
+    grep -q filebind /etc/hosts && echo hosts-names-the-container; sed "s/^/hosts: /" /etc/hosts' \
+  2>"$D/filebind"
+echo "filebind-rc=$?"
+echo "f-conf-after=$(cat "$W/f.conf" | tr '\n' '|')"
 $P --log-level=debug run --rm $A localhost/img echo on-the-default-network 2>"$D/net"
 echo "net-rc=$?"
 # A create that fails: podman's error is img2vm-oci's line (no warnings in it).
@@ -219,9 +232,15 @@ podman_end
   EXPECT_FALSE(has(o, "streams-out: to-stderr"));
   EXPECT_FALSE(has(o, "streams-err: to-stdout"));
   EXPECT_TRUE(has(o, "opts foo=bar id=1000:1000 pwd=/tmp in=from-host\n"));
-  EXPECT_TRUE(has(o, "hosts-localhost=2\nhosts-has-hostname\nresolv-ok\nshm-fs=tmpfs\n"));
+  EXPECT_TRUE(has(o, "hosts-has-localhost\nhosts-has-hostname\nresolv-ok\nshm-fs=tmpfs\n"));
   EXPECT_TRUE(has(o, "opts-rc=0\n"));
   EXPECT_TRUE(has(o, "host-out=from-guest owner=1000:1000\n"));
+  EXPECT_TRUE(has(o,
+                  "app-conf: app-setting=1\napp-conf: second line\n"
+                  "app-conf-mode=640 owner=0:0\napp-conf-read-only\n"
+                  "containerenv-exists\nhosts-names-the-container\n"));
+  EXPECT_TRUE(has(o, "filebind-rc=0\n"));
+  EXPECT_TRUE(has(o, "f-conf-after=app-setting=1|second line|\n"));
   EXPECT_TRUE(has(o, "on-the-default-network\nnet-rc=0\n"));
   EXPECT_TRUE(has(o, "bad-kernel-rc=126\n"));
   EXPECT_TRUE(has(o,

@@ -239,13 +239,111 @@ TEST(RunOverrides, MountsRoundTripAndBadOnesAreRefused) {
             std::string::npos);
   EXPECT_NE(bad(R"([{"type":"virtiofs","tag":"t","target":"/a","size":1}])").find("size or mode"),
             std::string::npos);
-  EXPECT_NE(bad(R"([{"type":"tmpfs","target":"/a","uid":0}])").find("unknown field"),
+  EXPECT_NE(bad(R"([{"type":"tmpfs","target":"/a","uid":0}])").find("not a file"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"tmpfs","target":"/a","owner":0}])").find("unknown field"),
             std::string::npos);
   std::string many = "[";
   for (size_t i = 0; i <= kMaxMounts; ++i)
     many +=
         std::string(i ? "," : "") + R"({"type":"tmpfs","target":"/m)" + std::to_string(i) + "\"}";
   EXPECT_NE(bad(many + "]").find("more than"), std::string::npos);
+}
+
+// A bind mount of a host file (OCI): its bytes, any of them, travel base64url in the JSON; the
+// decoder bounds each file and all of them before and after decoding.
+TEST(RunOverrides, FileMountsCarryContentModeAndOwnerWithinBounds) {
+  RunOverrides o;
+  MountSpec hosts;
+  hosts.type = MountSpec::Type::kFile;
+  hosts.target = "/etc/hosts";
+  hosts.content = "127.0.0.1\tlocalhost\n10.88.0.5\tweb\n";
+  hosts.mode = 0644;
+  MountSpec conf;
+  conf.type = MountSpec::Type::kFile;
+  conf.target = "/etc/app.conf";
+  conf.content = std::string("bin\0ary\xff\xfe", 9);  // not UTF-8: base64url carries it
+  conf.mode = 0;                                      // mode 0 is a mode, not "absent"
+  conf.uid = 1000;
+  conf.gid = 4294967295u;
+  conf.readonly = true;
+  MountSpec empty;
+  empty.type = MountSpec::Type::kFile;
+  empty.target = "/run/.containerenv";
+  empty.mode = 0600;
+  o.mounts = {hosts, conf, empty};
+  const std::string json = to_json(o);
+  EXPECT_NE(json.find(R"("type":"file")"), std::string::npos) << json;
+  EXPECT_NE(json.find(R"("content":")" + base64url_encode(hosts.content) + "\""), std::string::npos)
+      << json;
+  EXPECT_EQ(run_overrides_from_json(json), o);
+  // A file without a mode is 0644.
+  RunOverrides d = run_overrides_from_json(
+      R"({"schema":1,"mounts":[{"type":"file","target":"/f","content":"eA"}]})");
+  ASSERT_EQ(d.mounts.size(), 1u);
+  EXPECT_EQ(d.mounts[0].mode, 0644u);
+  EXPECT_EQ(d.mounts[0].content, "x");
+
+  auto bad = [](const std::string& mounts) {
+    try {
+      run_overrides_from_json(R"({"schema":1,"mounts":)" + mounts + "}");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  auto file = [](const std::string& target, const std::string& content) {
+    return R"({"type":"file","target":")" + target + R"(","content":")" + content + "\"}";
+  };
+  EXPECT_NE(bad("[" + file("/f", "e*") + "]").find(R"("mounts.content" of /f: base64url)"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"file","target":"/f","content":7}])").find("content"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"file","target":"/f","tag":"t"}])").find("mounts.tag"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"file","target":"/f","size":1}])").find("size"), std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"file","target":"/f","uid":4294967296}])").find("mounts.uid"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"file","target":"/f","mode":4096}])").find("mounts.mode"),
+            std::string::npos);
+  EXPECT_NE(bad(R"([{"type":"virtiofs","tag":"t","target":"/a","content":""}])").find("not a file"),
+            std::string::npos);
+  EXPECT_NE(bad("[" + file("/etc", "") + "," + file("/etc", "") + "]").find("twice"),
+            std::string::npos);
+  // One file: at most kMaxFileMountBytes, refused by its text's length before decoding, and by
+  // the decoded size (padding makes the text longer without more bytes).
+  const std::string at_most = base64url_encode(std::string(kMaxFileMountBytes, 'a'));
+  EXPECT_EQ(bad("[" + file("/f", at_most) + "]"), "accepted");
+  const std::string over = base64url_encode(std::string(kMaxFileMountBytes + 1, 'a'));
+  EXPECT_NE(
+      bad("[" + file("/f", over) + "]").find(R"("mounts.content" of /f is larger than 1048576)"),
+      std::string::npos);
+  EXPECT_NE(bad("[" + file("/f", std::string(at_most.size() + 4, 'A')) + "]").find("larger than"),
+            std::string::npos);
+  // All of them: at most kMaxFileMountsBytes.
+  std::string four = "[";
+  for (int i = 0; i < 4; ++i) four += (i ? "," : "") + file("/f" + std::to_string(i), at_most);
+  EXPECT_EQ(bad(four + "]"), "accepted");
+  EXPECT_NE(bad(four + "," + file("/g", "eA") + "]").find("4194304 bytes in all"),
+            std::string::npos);
+
+  // The encoder refuses what the decoder would.
+  RunOverrides big;
+  MountSpec f = hosts;
+  f.content.assign(kMaxFileMountBytes + 1, 'a');
+  big.mounts = {f};
+  EXPECT_NE(error_of([&] { to_json(big); }).find("the file mount /etc/hosts holds 1048577 bytes"),
+            std::string::npos);
+  f.content.assign(kMaxFileMountBytes, 'a');
+  big.mounts.clear();
+  for (int i = 0; i < 5; ++i) {
+    f.target = "/f" + std::to_string(i);
+    big.mounts.push_back(f);
+  }
+  EXPECT_NE(error_of([&] { to_json(big); }).find("more than 4194304 bytes in all"),
+            std::string::npos);
+  big.mounts.pop_back();
+  EXPECT_EQ(run_overrides_from_json(to_json(big)), big);
 }
 
 TEST(RunOverrides, NotUtf8IsAnErrorNotACrash) {

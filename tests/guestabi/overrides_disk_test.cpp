@@ -36,6 +36,16 @@ RunOverrides full() {
   o.tty = true;
   o.interactive = true;
   o.net = NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1500};
+  // A file mount as large as one may be: the overrides disk is where it travels.
+  MountSpec f;
+  f.type = MountSpec::Type::kFile;
+  f.target = "/etc/app.conf";
+  f.content.assign(kMaxFileMountBytes, '\xa5');
+  f.mode = 0440;
+  f.uid = 7;
+  f.gid = 8;
+  f.readonly = true;
+  o.mounts.push_back(f);
   return o;
 }
 

@@ -506,6 +506,136 @@ TEST(InitMounts, MakeDirectoriesRefusesANonDirectoryOnTheWay) {
   EXPECT_FALSE(fs::exists(dir.path() / "nowhere"));
 }
 
+// A file mount's target is resolved inside the root as crun resolves one: ".." and absolute
+// symlinks stay inside it, a missing target is created (parents 0755, the file empty), a
+// dangling symlink there is replaced; nothing outside the root is created.
+TEST(InitMounts, FileTargetsResolveInsideTheRoot) {
+  TempDir dir("init-file-target");
+  const fs::path root = dir.path() / "root", outside = dir.path() / "outside";
+  fs::create_directories(root / "inside");
+  fs::create_directories(root / "outside");
+  fs::create_directories(outside);
+  img2vm::UniqueFd root_fd(::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+  ASSERT_TRUE(root_fd);
+  auto same = [](const UniqueFd& fd, const fs::path& p) {
+    struct stat a {
+    }, b{};
+    return ::fstat(fd.get(), &a) == 0 && ::lstat(p.c_str(), &b) == 0 && a.st_ino == b.st_ino &&
+           a.st_dev == b.st_dev;
+  };
+  const mode_t old_umask = ::umask(022);
+  UniqueFd fd = open_file_target(root_fd.get(), "/etc/app/app.conf");
+  ::umask(old_umask);
+  EXPECT_TRUE(same(fd, root / "etc/app/app.conf"));
+  EXPECT_TRUE(fs::is_regular_file(root / "etc/app/app.conf"));
+  EXPECT_EQ(fs::file_size(root / "etc/app/app.conf"), 0u);
+  EXPECT_EQ(fs::status(root / "etc/app").permissions(), fs::perms(0755));
+  EXPECT_EQ(fs::status(root / "etc/app/app.conf").permissions(), fs::perms(0644));
+  // An existing file is opened as it is.
+  put(root / "etc/hosts", "image's");
+  EXPECT_TRUE(same(open_file_target(root_fd.get(), "/etc/hosts"), root / "etc/hosts"));
+  // ".." stops at the root; an absolute symlink is taken from the root.
+  fs::create_directory_symlink("../../../outside", root / "up");
+  EXPECT_TRUE(same(open_file_target(root_fd.get(), "/up/f"), root / "outside/f"));
+  fs::create_directory_symlink(outside, root / "abs");  // the host's path: not in the root
+  EXPECT_NE(error_of([&] { open_file_target(root_fd.get(), "/abs/g"); }).find("/abs"),
+            std::string::npos);
+  fs::create_directory_symlink("/inside", root / "in");
+  EXPECT_TRUE(same(open_file_target(root_fd.get(), "/in/h"), root / "inside/h"));
+  EXPECT_TRUE(fs::is_empty(outside)) << "created outside the root";
+  // The final component: a symlink is followed inside the root, a dangling one replaced.
+  put(root / "inside/real", "r");
+  fs::create_symlink("/inside/real", root / "etc/link");
+  EXPECT_TRUE(same(open_file_target(root_fd.get(), "/etc/link"), root / "inside/real"));
+  fs::create_symlink("/run/systemd/resolve/stub-resolv.conf", root / "etc/resolv.conf");
+  EXPECT_TRUE(same(open_file_target(root_fd.get(), "/etc/resolv.conf"), root / "etc/resolv.conf"));
+  EXPECT_TRUE(fs::is_regular_file(fs::symlink_status(root / "etc/resolv.conf")));
+  EXPECT_FALSE(fs::exists(root / "run"));
+  // A directory, or a file on the way, cannot be a file mount's target.
+  EXPECT_EQ(error_of([&] { open_file_target(root_fd.get(), "/etc"); }), "/etc is a directory");
+  EXPECT_EQ(error_of([&] { open_file_target(root_fd.get(), "/etc/hosts/x"); }),
+            "/etc/hosts/x: Not a directory");
+}
+
+// The init's placement, for real in a mount namespace of a child of the test (root): each file
+// mount is a copy (content, mode, owner) on a tmpfs bound over its target, read-only when asked;
+// the staging tmpfs is gone from its directory afterwards.
+TEST(InitMounts, FileMountsAreCopiesBoundOverTheirTargets) {
+  if (::geteuid() != 0) GTEST_SKIP() << "not root (a mount namespace of the test's own)";
+  TempDir dir("init-file-mounts");
+  const fs::path root = dir.path() / "root", staging = dir.path() / "staging";
+  put(root / "etc/hosts", "the image's\n");
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  img2vm::UniqueFd rd(p[0]), wr(p[1]);
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    std::string out;
+    auto line = [&](const std::string& l) { out += l + "\n"; };
+    if (::unshare(CLONE_NEWNS) != 0 ||
+        ::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+      out = std::string("skip: unshare: ") + std::strerror(errno);
+    } else {
+      try {
+        guestabi::MountSpec conf;
+        conf.type = guestabi::MountSpec::Type::kFile;
+        conf.target = "/etc/app.conf";
+        conf.content = "key = value\n";
+        conf.mode = 0640;
+        conf.uid = 123;
+        conf.gid = 456;
+        conf.readonly = true;
+        guestabi::MountSpec hosts = conf;
+        hosts.target = "/etc/hosts";
+        hosts.content = "10.88.0.7\tweb\n";
+        hosts.mode = 0644;
+        hosts.uid = hosts.gid = 0;
+        hosts.readonly = false;
+        UniqueFd root_fd(::open(root.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC));
+        {
+          FileMounts files(staging.string());
+          files.place(root_fd.get(), conf);
+          files.place(root_fd.get(), hosts);
+        }
+        for (const char* f : {"etc/app.conf", "etc/hosts"}) {
+          std::ifstream in(root / f);
+          std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+          struct stat st {};
+          ::stat((root / f).c_str(), &st);
+          int w = ::open((root / f).c_str(), O_WRONLY | O_CLOEXEC);
+          line(std::string(f) + ": " + text.substr(0, text.size() - 1) + " mode " +
+               std::to_string(st.st_mode & 07777) + " owner " + std::to_string(st.st_uid) + ":" +
+               std::to_string(st.st_gid) + " write " +
+               (w >= 0 ? "ok" : std::string(std::strerror(errno))));
+          if (w >= 0) ::close(w);
+        }
+        line(std::string("staging ") + (fs::exists(staging) ? "left" : "gone"));
+      } catch (const std::exception& e) {
+        out = std::string("error: ") + e.what();
+      }
+    }
+    (void)!::write(wr.get(), out.data(), out.size());
+    ::_exit(0);
+  }
+  wr.reset();
+  std::string out;
+  char buf[4096];
+  for (ssize_t n; (n = ::read(rd.get(), buf, sizeof buf)) > 0;) out.append(buf, size_t(n));
+  int st = 0;
+  ::waitpid(child, &st, 0);
+  if (out.rfind("skip: ", 0) == 0) GTEST_SKIP() << out;
+  EXPECT_EQ(out,
+            "etc/app.conf: key = value mode 416 owner 123:456 write Read-only file system\n"
+            "etc/hosts: 10.88.0.7\tweb mode 420 owner 0:0 write ok\n"
+            "staging gone\n");
+  // Outside the child's namespace the image's file is untouched.
+  std::ifstream in(root / "etc/hosts");
+  EXPECT_EQ(std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>()),
+            "the image's\n");
+  EXPECT_TRUE(fs::exists(root / "etc/app.conf")) << "the mount point is created";
+}
+
 TEST(InitNetwork, PrefixNetmask) {
   EXPECT_EQ(ntohl(prefix_netmask(24)), 0xffffff00u);
   EXPECT_EQ(ntohl(prefix_netmask(32)), 0xffffffffu);

@@ -1,7 +1,7 @@
 // A bundle's config.json made into a VM's options for img2vm-oci (issue #18): the process
 // becomes the root's config, the workload waits for start, memory and vCPUs come from
 // linux.resources or the annotations, the engine's /dev tmpfs gives way to the init's, a bind
-// mount of a file is left out with a warning (the engine's resolv.conf gives the nameservers),
+// mount of a regular file is a copy for the guest init to place (bounded),
 // the engine's network namespace is the VM's, a terminal is the guest's tty; the pty whose
 // master goes to --console-socket; and the state's JSON.
 #include "img2vm/runtime/oci_runtime.hpp"
@@ -100,19 +100,29 @@ TEST_F(OciOptions, TheProcessBecomesTheRootsConfigAndWaitsForStart) {
   EXPECT_EQ(mo.cpus, 1u);
 }
 
-TEST_F(OciOptions, MountsAVmCanGiveAndWarningsForTheRest) {
-  MachineOptions mo = options(config());
-  ASSERT_EQ(mo.mounts.size(), 2u);  // /dev/shm and /data; not /dev, not the file
+TEST_F(OciOptions, MountsAVmCanGiveAndCopiesOfFiles) {
+  json j = config();
+  j["mounts"][5]["options"] = {"rbind", "ro"};
+  ASSERT_EQ(::chmod((dir.path() / "share/file").c_str(), 0640), 0);
+  MachineOptions mo = options(j);
+  // /dev/shm and /data; not /dev; the files as copies, in config order.
+  ASSERT_EQ(mo.mounts.size(), 4u);
   EXPECT_EQ(mo.mounts[0].target, "/dev/shm");
   EXPECT_EQ(mo.mounts[0].type, Mount::Type::kTmpfs);
   EXPECT_EQ(mo.mounts[1].target, "/data");
   EXPECT_EQ(mo.mounts[1].type, Mount::Type::kBind);
   EXPECT_TRUE(mo.mounts[1].read_only);
-  EXPECT_TRUE(warned("mounts: /etc/hosts: the VM's is the guest init's"))
-      << ::testing::PrintToString(warnings);
-  EXPECT_TRUE(
-      warned("mounts: /etc/motd: " + (dir.path() / "share/file").string() + " is not a directory"))
-      << ::testing::PrintToString(warnings);
+  for (size_t i : {2u, 3u}) {
+    const Mount& f = mo.mounts[i];
+    EXPECT_EQ(f.target, i == 2 ? "/etc/hosts" : "/etc/motd");
+    EXPECT_EQ(f.type, Mount::Type::kFile);
+    EXPECT_EQ(f.content, "x");
+    EXPECT_EQ(f.mode, 0640u);
+    EXPECT_EQ(f.uid, ::geteuid());
+    EXPECT_EQ(f.gid, ::getegid());
+    EXPECT_EQ(f.read_only, i == 3);
+  }
+  EXPECT_FALSE(warned("mounts")) << ::testing::PrintToString(warnings);
 }
 
 // The engine's namespace (podman's CNI or netavark, containerd's CNI) is the VM's network; a
@@ -139,65 +149,114 @@ TEST_F(OciOptions, TheEnginesNetworkNamespaceIsTheVms) {
       << ::testing::PrintToString(warnings);
 }
 
-// The engine's resolv.conf, bound at /etc/resolv.conf, names the guest's nameservers: IPv4
-// ones, at most three, each once; the rest is said. Without it the VM gets none from img2vm.
-TEST_F(OciOptions, TheEnginesResolvConfNamesTheNameservers) {
+// The engine's network files (podman's /etc/hosts names the container and
+// host.containers.internal) reach the guest as they are, owner and mode kept; the init then
+// generates none of its own (no nameservers are picked out for it).
+TEST_F(OciOptions, TheEnginesNetworkFilesAreCopiedAsTheyAre) {
   json j = config();
-  const fs::path resolv = dir.path() / "resolv.conf";
-  write_file_atomic(resolv,
-                    "# from the engine\nsearch dns.podman example.org\n"
-                    "nameserver 10.88.0.1\n  nameserver\t192.0.2.53  # trailing\n"
-                    "nameserver fd00::1\nnameserver 10.88.0.1\nnameserver not-an-address\n"
-                    "nameserver 127.0.0.1\nnameserver 192.0.2.54\noptions ndots:5\n");
-  j["mounts"].push_back(
-      {{"destination", "/etc/resolv.conf"}, {"type", "bind"}, {"source", resolv.string()}});
-  j["mounts"].push_back({{"destination", "/etc/hostname"},
-                         {"type", "bind"},
-                         {"source", (dir.path() / "share/file").string()}});
+  j["mounts"].erase(5);
+  j["mounts"].erase(4);
+  const std::string resolv_text =
+      "search dns.podman\nnameserver 10.88.0.1\nnameserver fd00::1\noptions ndots:5\n";
+  const std::string hosts_text =
+      "127.0.0.1\tlocalhost\n10.88.0.7\tweb c0ffee\n"
+      "10.88.0.1\thost.containers.internal\n";
+  std::vector<std::pair<std::string, std::string>> files = {{"/etc/resolv.conf", resolv_text},
+                                                            {"/etc/hosts", hosts_text},
+                                                            {"/etc/hostname", "web\n"},
+                                                            {"/run/.containerenv", ""}};
+  for (const auto& [target, text] : files) {
+    const fs::path src = dir.path() / ("engine" + fs::path(target).filename().string());
+    write_file_atomic(src, text);
+    ASSERT_EQ(::chmod(src.c_str(), 0644), 0);
+    if (::geteuid() == 0) {
+      ASSERT_EQ(::chown(src.c_str(), 0, 0), 0);
+    }
+    j["mounts"].push_back({{"destination", target},
+                           {"type", "bind"},
+                           {"source", src.string()},
+                           {"options", {"rbind", "nosuid"}}});
+  }
   MachineOptions mo = options(j);
-  EXPECT_EQ(mo.overrides.dns, (std::vector<std::string>{"10.88.0.1", "192.0.2.53", "127.0.0.1"}));
-  EXPECT_TRUE(warned("nameserver fd00::1 is not an IPv4 address"))
-      << ::testing::PrintToString(warnings);
-  EXPECT_TRUE(warned("search, domain and options lines are not passed"));
-  EXPECT_FALSE(warned("/etc/resolv.conf: " + resolv.string() + " is not a directory"));
-  EXPECT_FALSE(warned("/etc/hostname")) << "the hostname is config.json's";
-  EXPECT_EQ(mo.mounts.size(), 2u) << "neither file is a mount";
-
-  j["mounts"].erase(j["mounts"].size() - 1);
-  j["mounts"].erase(j["mounts"].size() - 1);
-  warnings.clear();
-  mo = options(j);
   EXPECT_TRUE(mo.overrides.dns.empty());
+  ASSERT_EQ(mo.mounts.size(), 2u + files.size());
+  for (size_t i = 0; i < files.size(); ++i) {
+    const Mount& f = mo.mounts[2 + i];
+    EXPECT_EQ(f.type, Mount::Type::kFile) << f.target;
+    EXPECT_EQ(f.target, files[i].first);
+    EXPECT_EQ(f.content, files[i].second) << f.target;
+    EXPECT_EQ(f.mode, 0644u);
+    EXPECT_FALSE(f.read_only);
+  }
+  EXPECT_FALSE(warned("mounts")) << ::testing::PrintToString(warnings);
+  // They reach the guest init's overrides as file mounts.
+  mo.init = dir.path() / "vmlinux";  // any file: what the initramfs holds is not looked at here
+  PreparedMachine pm = build_machine(std::move(mo));
+  size_t seen = 0;
+  for (const auto& m : pm.overrides.mounts)
+    if (m.type == guestabi::MountSpec::Type::kFile) {
+      EXPECT_EQ(m.content, files[seen].second);
+      ++seen;
+    }
+  EXPECT_EQ(seen, files.size());
 }
 
-// A hostile resolv.conf: only a regular file is read, and only its first 64 KiB, so a huge one
-// (or one growing without end) costs nothing; a FIFO is never opened (it would block).
-TEST_F(OciOptions, AHostileResolvConfIsBounded) {
-  json j = config();
-  const fs::path resolv = dir.path() / "resolv.conf";
-  std::string big = "nameserver 192.0.2.1\n";
-  while (big.size() < (64u << 10) - 10) big += "# " + std::string(77, 'x') + "\n";
-  big += "nameserver 192.0.2.2\n";  // across the 64 KiB mark: cut, not read
-  big += std::string(1 << 20, 'y') + "\nnameserver 192.0.2.3\n";
-  write_file_atomic(resolv, big);
-  j["mounts"].push_back(
-      {{"destination", "/etc/resolv.conf"}, {"type", "bind"}, {"source", resolv.string()}});
-  MachineOptions mo = options(j);
-  EXPECT_EQ(mo.overrides.dns, (std::vector<std::string>{"192.0.2.1"}));
-  EXPECT_TRUE(warned("longer than 64 KiB")) << ::testing::PrintToString(warnings);
+// The sources are untrusted: a file past 1 MiB, or files adding up past 4 MiB, are errors naming
+// the mount; a FIFO (never opened: it would block), a device or a missing source is left out
+// with a warning; a symlink is followed, as mount(2) follows it.
+TEST_F(OciOptions, FileBindsAreBoundedAndOnlyRegularFilesAreRead) {
+  auto with = [&](const std::vector<std::pair<std::string, fs::path>>& binds) {
+    json j = config();
+    j["mounts"].erase(5);
+    j["mounts"].erase(4);
+    for (const auto& [target, src] : binds)
+      j["mounts"].push_back({{"destination", target}, {"type", "bind"}, {"source", src.string()}});
+    warnings.clear();
+    return j;
+  };
+  auto error_of = [&](const json& j) -> std::string {
+    try {
+      options(j);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kLimit) << e.what();
+      return e.what();
+    }
+    return "(no error)";
+  };
+  const fs::path mib = dir.path() / "mib", over = dir.path() / "over";
+  write_file_atomic(mib, std::string(guestabi::kMaxFileMountBytes, 'm'));
+  write_file_atomic(over, std::string(guestabi::kMaxFileMountBytes + 1, 'o'));
+  EXPECT_EQ(error_of(with({{"/etc/big", over}})),
+            "config.json: mounts: /etc/big: " + over.string() +
+                ": larger than 1024 KiB, the most a bind-mounted file may hold (it is copied into "
+                "the VM)");
+  std::vector<std::pair<std::string, fs::path>> four;
+  for (int i = 0; i < 4; ++i) four.push_back({"/m" + std::to_string(i), mib});
+  EXPECT_EQ(options(with(four)).mounts.size(), 2u + 4u);
+  four.push_back({"/one-more", dir.path() / "share/file"});
+  EXPECT_EQ(error_of(with(four)),
+            "config.json: mounts: /one-more: " + (dir.path() / "share/file").string() +
+                ": the bind-mounted files add up to more than 4 MiB, the most a VM takes (they "
+                "are copied into it)");
 
-  fs::remove(resolv);
-  ASSERT_EQ(::mkfifo(resolv.c_str(), 0600), 0);
-  warnings.clear();
-  mo = options(j);  // returns: the FIFO is not opened
-  EXPECT_TRUE(mo.overrides.dns.empty());
-  EXPECT_TRUE(warned("not a regular file")) << ::testing::PrintToString(warnings);
-
-  j["mounts"].back()["source"] = "/dev/zero";
-  warnings.clear();
-  mo = options(j);
-  EXPECT_TRUE(mo.overrides.dns.empty());
-  EXPECT_TRUE(warned("not a regular file")) << ::testing::PrintToString(warnings);
+  const fs::path fifo = dir.path() / "fifo";
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  const fs::path link = dir.path() / "link";
+  fs::create_symlink(dir.path() / "share/file", link);
+  MachineOptions mo = options(with({{"/etc/fifo", fifo},
+                                    {"/etc/zero", "/dev/zero"},
+                                    {"/etc/gone", dir.path() / "missing"},
+                                    {"/etc/link", link}}));
+  ASSERT_EQ(mo.mounts.size(), 3u);
+  EXPECT_EQ(mo.mounts[2].target, "/etc/link");
+  EXPECT_EQ(mo.mounts[2].content, "x");
+  EXPECT_TRUE(warned("mounts: /etc/fifo: " + fifo.string() +
+                     " is not a directory or a regular "
+                     "file (a FIFO, device or socket cannot be shared with a VM); not mounted"))
+      << ::testing::PrintToString(warnings);
+  EXPECT_TRUE(warned("mounts: /etc/zero: /dev/zero is not a directory or a regular file"));
+  EXPECT_TRUE(warned("mounts: /etc/gone: " + (dir.path() / "missing").string() +
+                     " does not exist; not mounted"));
 }
 
 // podman binds a tmpfs of its own at /dev/shm (userdata/shm): the guest gets a tmpfs of that
@@ -209,7 +268,7 @@ TEST_F(OciOptions, PodmansShmBindIsATmpfsOfTheGuest) {
                     {"source", (dir.path() / "share").string()},
                     {"options", {"rbind", "nosuid", "noexec", "nodev"}}};
   MachineOptions mo = options(j);
-  ASSERT_EQ(mo.mounts.size(), 2u);
+  ASSERT_EQ(mo.mounts.size(), 4u);  // and /data, and the copies of the two files
   EXPECT_EQ(mo.mounts[0].target, "/dev/shm");
   EXPECT_EQ(mo.mounts[0].type, Mount::Type::kTmpfs);
   EXPECT_TRUE(mo.mounts[0].source.empty());

@@ -260,11 +260,27 @@ bool enter_root_share() {
   return true;
 }
 
+// Where the file mounts' copies live while they are bound (a tmpfs, detached once all are).
+constexpr const char* kFileMountsStaging = "/dev/.img2vm-files";
+
 // The run overrides' mounts, in order, each on its target created as docker creates a missing
-// mount point (root-owned, 0755, parents too).
+// mount point (root-owned, 0755, parents too); a file mount's target is resolved inside the
+// root and created empty when missing, as crun does.
 void mount_overrides(const std::vector<guestabi::MountSpec>& mounts) {
+  init::FileMounts files(kFileMountsStaging);
+  init::UniqueFd root;
   for (const auto& m : mounts) {
     const std::string what = "mounting " + init::mount_name(m) + " on " + m.target;
+    if (m.type == guestabi::MountSpec::Type::kFile) {
+      if (!root) root = init::UniqueFd(::open("/", O_PATH | O_DIRECTORY | O_CLOEXEC));
+      try {
+        if (!root) init::throw_errno("opening /");
+        files.place(root.get(), m);
+      } catch (const Error& e) {
+        fail(kFailMount, what, e.what());
+      }
+      continue;
+    }
     try {
       init::make_directories(m.target, 0755);
     } catch (const Error& e) {
@@ -347,9 +363,17 @@ void bring_up_loopback() {
   if (::ioctl(s.get(), SIOCSIFFLAGS, &ifr) != 0) warn("bringing up lo: " + errno_text(errno));
 }
 
+// Targets of the overrides' file mounts: the engine's own /etc/hosts and the like, which the
+// init leaves as they are.
+std::vector<std::string> g_file_mounts;
+
+bool file_mounted(const std::string& path) {
+  return std::find(g_file_mounts.begin(), g_file_mounts.end(), path) != g_file_mounts.end();
+}
+
 void write_guest_file(const std::string& path, const std::string& content) {
   try {
-    if (!init::needs_generated_file(path)) return;
+    if (file_mounted(path) || !init::needs_generated_file(path)) return;
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) ::unlink(path.c_str());
     init::replace_file(path, content, 0644);
@@ -367,7 +391,8 @@ void write_etc_files(const std::string& hostname, const std::vector<std::string>
   write_guest_file("/etc/hosts", init::hosts_content(hostname, address));
   write_guest_file("/etc/resolv.conf", init::resolv_conf_content(dns));
   struct stat st {};
-  if (::lstat("/etc/hostname", &st) != 0 || (S_ISREG(st.st_mode) && st.st_size == 0)) {
+  if (!file_mounted("/etc/hostname") &&
+      (::lstat("/etc/hostname", &st) != 0 || (S_ISREG(st.st_mode) && st.st_size == 0))) {
     try {
       init::replace_file("/etc/hostname", init::hostname_content(hostname), 0644);
     } catch (const std::exception& e) {
@@ -789,6 +814,8 @@ unsigned char run() {
                                                   : load_config();
   guestabi::RuntimeConfig cfg = init::apply_overrides(image, overrides);
   mount_overrides(overrides.mounts);  // before User and WorkingDir, which may lie in a mount
+  for (const auto& m : overrides.mounts)
+    if (m.type == guestabi::MountSpec::Type::kFile) g_file_mounts.push_back(m.target);
 
   std::string hostname = cfg.hostname.empty() ? random_hostname() : cfg.hostname;
   if (!init::valid_hostname(hostname))

@@ -183,18 +183,21 @@ std::vector<MountSpec> mounts_field(const json& j, std::string_view what) {
   if (it->size() > kMaxMounts)
     bad(what, "mounts",
         "has " + std::to_string(it->size()) + " entries, more than " + std::to_string(kMaxMounts));
+  std::size_t file_bytes = 0;
   for (const json& e : *it) {
     if (!e.is_object()) bad(what, "mounts", "holds an entry that is not an object");
     for (const auto& [k, v] : e.items())
       if (k != "type" && k != "tag" && k != "target" && k != "readonly" && k != "size" &&
-          k != "mode")
+          k != "mode" && k != "uid" && k != "gid" && k != "content")
         bad(what, "mounts", "has an entry with an unknown field \"" + k + "\"");
     MountSpec m;
     std::string type = string_field(e, what, "type");
     if (type == "tmpfs")
       m.type = MountSpec::Type::kTmpfs;
+    else if (type == "file")
+      m.type = MountSpec::Type::kFile;
     else if (type != "virtiofs")
-      bad(what, "mounts.type", "has \"" + type + "\", not virtiofs or tmpfs");
+      bad(what, "mounts.type", "has \"" + type + "\", not virtiofs, tmpfs or file");
     m.target = string_field(e, what, "target");
     if (!normal_guest_path(m.target))
       bad(what, "mounts.target",
@@ -208,24 +211,65 @@ std::vector<MountSpec> mounts_field(const json& j, std::string_view what) {
             "must be 1 to " + std::to_string(kMaxFsTag) +
                 " bytes without blanks, control characters, commas or quotes");
     } else if (!m.tag.empty()) {
-      bad(what, "mounts.tag", "is given for a tmpfs");
+      bad(what, "mounts.tag", "is given for a tmpfs or file");
     }
     m.readonly = bool_field(e, what, "readonly");
-    auto number = [&](const char* field, uint64_t hi) -> uint64_t {
+    auto number = [&](const char* field, uint64_t hi, uint64_t absent) -> uint64_t {
       auto f = e.find(field);
-      if (f == e.end() || f->is_null()) return 0;
+      if (f == e.end() || f->is_null()) return absent;
       if (!f->is_number_unsigned() || f->get<uint64_t>() > hi)
         bad(what, (std::string("mounts.") + field).c_str(),
             "must be a whole number up to " + std::to_string(hi));
       return f->get<uint64_t>();
     };
-    m.size = number("size", uint64_t(1) << 50);
-    m.mode = static_cast<uint32_t>(number("mode", 07777));
+    const bool file = m.type == MountSpec::Type::kFile;
+    m.size = number("size", uint64_t(1) << 50, 0);
+    m.mode = static_cast<uint32_t>(number("mode", 07777, file ? 0644 : 0));
+    m.uid = static_cast<uint32_t>(number("uid", UINT32_MAX, 0));
+    m.gid = static_cast<uint32_t>(number("gid", UINT32_MAX, 0));
     if (m.type == MountSpec::Type::kVirtiofs && (m.size || m.mode))
       bad(what, "mounts", "gives a size or mode for a virtiofs mount");
+    if (file && m.size) bad(what, "mounts", "gives a size for a file");
+    if (!file && (e.contains("uid") || e.contains("gid") || e.contains("content")))
+      bad(what, "mounts", "gives a uid, gid or content for a mount that is not a file");
+    if (file) {
+      // The length is checked before anything is decoded: the text is untrusted.
+      const std::string text = string_field(e, what, "content");
+      if (text.size() > (kMaxFileMountBytes + 2) / 3 * 4)
+        bad(what, "mounts.content",
+            "of " + m.target + " is larger than " + std::to_string(kMaxFileMountBytes) + " bytes");
+      try {
+        m.content = base64url_decode(text);
+      } catch (const Error& err) {
+        bad(what, "mounts.content", "of " + m.target + ": " + err.what());
+      }
+      if (m.content.size() > kMaxFileMountBytes)
+        bad(what, "mounts.content",
+            "of " + m.target + " is larger than " + std::to_string(kMaxFileMountBytes) + " bytes");
+      file_bytes += m.content.size();
+      if (file_bytes > kMaxFileMountsBytes)
+        bad(what, "mounts.content",
+            "of the files is larger than " + std::to_string(kMaxFileMountsBytes) + " bytes in all");
+    }
     out.push_back(std::move(m));
   }
   return out;
+}
+
+// The bounds decoding enforces on file mounts, for the encoder: what it writes must decode.
+void check_file_mounts(const std::vector<MountSpec>& mounts, std::string_view what) {
+  std::size_t total = 0;
+  for (const auto& m : mounts) {
+    if (m.type != MountSpec::Type::kFile) continue;
+    if (m.content.size() > kMaxFileMountBytes)
+      throw Error(std::string(what) + ": the file mount " + m.target + " holds " +
+                  std::to_string(m.content.size()) + " bytes, more than " +
+                  std::to_string(kMaxFileMountBytes));
+    total += m.content.size();
+    if (total > kMaxFileMountsBytes)
+      throw Error(std::string(what) + ": the file mounts hold more than " +
+                  std::to_string(kMaxFileMountsBytes) + " bytes in all");
+  }
 }
 
 // "groups": at most kMaxExtraGroups gids.
@@ -325,13 +369,20 @@ std::string to_json(const RunOverrides& o) {
   }
   if (!o.mounts.empty()) {
     json ms = json::array();
+    check_file_mounts(o.mounts, "img2vm run overrides");
     for (const auto& m : o.mounts) {
-      json e = {{"type", m.type == MountSpec::Type::kTmpfs ? "tmpfs" : "virtiofs"},
+      const bool file = m.type == MountSpec::Type::kFile;
+      json e = {{"type", file                                ? "file"
+                         : m.type == MountSpec::Type::kTmpfs ? "tmpfs"
+                                                             : "virtiofs"},
                 {"target", m.target}};
       if (!m.tag.empty()) e["tag"] = m.tag;
       if (m.readonly) e["readonly"] = true;
       if (m.size) e["size"] = m.size;
-      if (m.mode) e["mode"] = m.mode;
+      if (m.mode || file) e["mode"] = m.mode;
+      if (m.uid) e["uid"] = m.uid;
+      if (m.gid) e["gid"] = m.gid;
+      if (file) e["content"] = base64url_encode(m.content);
       ms.push_back(std::move(e));
     }
     j["mounts"] = std::move(ms);

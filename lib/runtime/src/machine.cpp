@@ -188,7 +188,7 @@ guestabi::RootShare add_root_dir(PreparedMachine& p, const MachineOptions& o) {
 }
 
 // The mounts, parents before children (docker's order): a virtiofsd and a virtio-fs device per
-// bind mount and volume, and what the guest init mounts.
+// bind mount and volume, and what the guest init mounts (a file's content with it).
 void add_mounts(PreparedMachine& p, const MachineOptions& o) {
   std::vector<Mount> ms = o.mounts;
   for (const auto& m : p.overrides.mounts) {
@@ -210,6 +210,12 @@ void add_mounts(PreparedMachine& p, const MachineOptions& o) {
       s.type = guestabi::MountSpec::Type::kTmpfs;
       s.size = m.size;
       s.mode = m.mode;
+    } else if (m.type == Mount::Type::kFile) {
+      s.type = guestabi::MountSpec::Type::kFile;
+      s.content = m.content;
+      s.mode = m.mode;
+      s.uid = m.uid;
+      s.gid = m.gid;
     } else {
       VirtiofsdOptions vo;
       vo.source = m.type == Mount::Type::kVolume ? lease_volume(p, o, m) : m.source;

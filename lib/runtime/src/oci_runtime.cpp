@@ -1,9 +1,7 @@
 #include "img2vm/runtime/oci_runtime.hpp"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <linux/magic.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/eventfd.h>
@@ -20,7 +18,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <thread>
 #include <tuple>
 
@@ -60,82 +57,84 @@ uint64_t annotation_number(const std::string& value, const char* key, uint64_t l
   return n;
 }
 
-// The engine's resolv.conf (what it binds at /etc/resolv.conf) holds at most this much, and a
-// resolver uses the first three nameservers (glibc's and musl's MAXNS).
-constexpr size_t kMaxResolvConf = 64 << 10;
-constexpr size_t kMaxNameservers = 3;
-
-// The IPv4 nameservers of the engine's resolv.conf at `file` (an untrusted path: only a regular
-// file is read, and only its first kMaxResolvConf bytes), in order without repeats, for the
-// guest init's own resolv.conf. IPv6 ones are left out: the VM takes only the IPv4 address of
-// the engine's namespace. search and options lines are not passed on.
-std::vector<std::string> engine_nameservers(const fs::path& file,
-                                            const std::function<void(const std::string&)>& say) {
-  const std::string w = "mounts: /etc/resolv.conf: " + file.string();
-  // Looked at before it is opened: opening a device or a FIFO may do something.
-  struct stat st {};
-  UniqueFd fd;
-  if (::stat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode))
-    fd.reset(::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
-  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) {
-    say(w + ": not a regular file that can be read; the VM has no nameservers from it");
-    return {};
+// The copy of a bind mount's source that is a regular file (the engine's /etc/hosts,
+// /etc/resolv.conf, /etc/hostname, /run/.containerenv, or a user's `-v FILE:DEST`), for the
+// guest init to place at the target (Mount::Type::kFile), with its permission bits and owner.
+// The source is untrusted: opened O_PATH first (symlinks followed as mount(2) follows them, and
+// nothing opened for reading yet), then only a regular file is reopened, through that very
+// descriptor, to read at most kMaxFileMountBytes; `total` adds up all of them. nullopt, with a
+// warning, for a source that is missing or a FIFO, device or socket (which a copy cannot stand
+// in for); Error(kLimit) naming the mount for one past the bounds.
+std::optional<Mount> file_mount(const Mount& m, size_t& total,
+                                const std::function<void(const std::string&)>& say) {
+  const std::string w = "mounts: " + m.target + ": " + m.source.string();
+  UniqueFd path(::open(m.source.c_str(), O_PATH | O_CLOEXEC));
+  if (!path) {
+    if (errno == ENOENT || errno == ENOTDIR) {
+      say(w + " does not exist; not mounted");
+      return std::nullopt;
+    }
+    throw Error(ErrorKind::kIo, "config.json: " + w + ": " + std::strerror(errno));
   }
-  std::string text(kMaxResolvConf + 1, '\0');
+  struct stat st {};
+  if (::fstat(path.get(), &st) != 0)
+    throw Error(ErrorKind::kIo, "config.json: " + w + ": " + std::strerror(errno));
+  if (!S_ISREG(st.st_mode)) {
+    say(w + " is not a directory or a regular file (a FIFO, device or socket cannot be shared " +
+        "with a VM); not mounted");
+    return std::nullopt;
+  }
+  auto too_large = [&] {
+    return Error(ErrorKind::kLimit, "config.json: " + w + ": larger than " +
+                                        std::to_string(guestabi::kMaxFileMountBytes >> 10) +
+                                        " KiB, the most a bind-mounted file may hold (it is "
+                                        "copied into the VM)");
+  };
+  if (uint64_t(st.st_size) > guestabi::kMaxFileMountBytes) throw too_large();
+  const std::string self = "/proc/self/fd/" + std::to_string(path.get());
+  UniqueFd fd(::open(self.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
+  struct stat again {};
+  if (!fd || ::fstat(fd.get(), &again) != 0)
+    throw Error(ErrorKind::kIo, "config.json: " + w + ": " + std::strerror(errno));
+  if (again.st_dev != st.st_dev || again.st_ino != st.st_ino || !S_ISREG(again.st_mode))
+    throw Error(ErrorKind::kIo, "config.json: " + w + ": changed while it was opened");
+  Mount f;
+  f.type = Mount::Type::kFile;
+  f.target = m.target;
+  f.read_only = m.read_only;
+  f.mode = again.st_mode & 07777;
+  f.uid = again.st_uid;
+  f.gid = again.st_gid;
+  f.content.resize(guestabi::kMaxFileMountBytes + 1);
   size_t got = 0;
-  while (got < text.size()) {
-    ssize_t n = ::read(fd.get(), text.data() + got, text.size() - got);
+  while (got < f.content.size()) {
+    ssize_t n = ::read(fd.get(), f.content.data() + got, f.content.size() - got);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
+    if (n < 0) throw Error(ErrorKind::kIo, "config.json: " + w + ": " + std::strerror(errno));
+    if (n == 0) break;
     got += size_t(n);
   }
-  text.resize(got);
-  if (got > kMaxResolvConf) {
-    say(w + ": longer than " + std::to_string(kMaxResolvConf >> 10) +
-        " KiB; only the lines before that are read");
-    text.resize(kMaxResolvConf);
-    auto nl = text.rfind('\n');
-    text.resize(nl == std::string::npos ? 0 : nl + 1);
-  }
-  std::vector<std::string> out;
-  std::string not_ipv4;
-  bool other = false;
-  std::istringstream in(text);
-  for (std::string line; std::getline(in, line);) {
-    std::istringstream words(line);
-    std::string key, value;
-    words >> key >> value;
-    if (key.empty() || key[0] == '#' || key[0] == ';') continue;
-    if (key != "nameserver") {
-      other = other || key == "search" || key == "domain" || key == "options";
-      continue;
-    }
-    in_addr a{};
-    if (::inet_pton(AF_INET, value.c_str(), &a) != 1) {
-      if (not_ipv4.empty()) not_ipv4 = value.substr(0, 64);
-      continue;
-    }
-    if (out.size() < kMaxNameservers && std::find(out.begin(), out.end(), value) == out.end())
-      out.push_back(value);
-  }
-  if (!not_ipv4.empty())
-    say(w + ": nameserver " + not_ipv4 +
-        " is not an IPv4 address; left out (the VM's network is IPv4 only)");
-  if (other) say(w + ": its search, domain and options lines are not passed to the VM");
-  return out;
+  if (got > guestabi::kMaxFileMountBytes) throw too_large();  // it grew
+  f.content.resize(got);
+  total += got;
+  if (total > guestabi::kMaxFileMountsBytes)
+    throw Error(ErrorKind::kLimit, "config.json: " + w +
+                                       ": the bind-mounted files add up to more than " +
+                                       std::to_string(guestabi::kMaxFileMountsBytes >> 20) +
+                                       " MiB, the most a VM takes (they are copied into it)");
+  return f;
 }
 
 // The bind and tmpfs mounts a VM can give: directories through virtio-fs, tmpfs in guest
-// memory. The engine's tmpfs at /dev gives way to the init's devtmpfs; its /dev/shm (podman
-// binds a tmpfs of the host's there) is a tmpfs of the guest's, as large as the host's: shared
-// memory does not cross a virtio-fs share, and it would cost a virtiofsd. The engine's files
-// for the network stand in as the init writes its own: /etc/resolv.conf's nameservers go to
-// `dns`, /etc/hostname is config.json's hostname, /etc/hosts the init's (localhost, the hostname
-// and the VM's address: the engine's other names are not there, which is said). Any other bind
-// mount of a file cannot be shared and is left out, with a warning.
-std::vector<Mount> vm_mounts(const OciBundle& b, std::vector<std::string>& dns,
+// memory, regular files as copies (file_mount). The engine's tmpfs at /dev gives way to the
+// init's devtmpfs; its /dev/shm (podman binds a tmpfs of the host's there) is a tmpfs of the
+// guest's, as large as the host's: shared memory does not cross a virtio-fs share, and it would
+// cost a virtiofsd. The engine's /etc/hosts, /etc/resolv.conf and /etc/hostname are such files:
+// the init then generates none of its own there.
+std::vector<Mount> vm_mounts(const OciBundle& b,
                              const std::function<void(const std::string&)>& say) {
   std::vector<Mount> out;
+  size_t file_bytes = 0;
   for (const Mount& m : b.mounts) {
     if (m.type == Mount::Type::kTmpfs && m.target == "/dev") continue;
     if (m.type == Mount::Type::kBind && m.target == "/dev/shm") {
@@ -153,19 +152,8 @@ std::vector<Mount> vm_mounts(const OciBundle& b, std::vector<std::string>& dns,
       std::error_code ec;
       if (fs::is_directory(m.source, ec)) {
         out.push_back(m);
-        continue;
-      }
-      if (m.target == "/etc/resolv.conf") {
-        dns = engine_nameservers(m.source, say);
-      } else if (m.target == "/etc/hosts") {
-        say("mounts: /etc/hosts: the VM's is the guest init's (localhost, the hostname and the "
-            "VM's address); other names in " +
-            m.source.string() + " are not there");
-      } else if (m.target != "/etc/hostname") {
-        say("mounts: " + m.target + ": " + m.source.string() +
-            (fs::exists(m.source, ec) ? " is not a directory: only directories can be shared "
-                                        "with a VM; not mounted"
-                                      : " does not exist; not mounted"));
+      } else if (auto f = file_mount(m, file_bytes, say)) {
+        out.push_back(std::move(*f));
       }
       continue;
     }
@@ -293,7 +281,7 @@ MachineOptions oci_machine_options(const OciBundle& b,
 
   mo.overrides.wait_for_start = true;
   mo.overrides.agent_signals = true;
-  mo.mounts = vm_mounts(b, mo.overrides.dns, say);
+  mo.mounts = vm_mounts(b, say);
 
   uint64_t mib = kOciDefaultMemoryMib;
   if (b.memory_limit) {

@@ -71,21 +71,29 @@ struct NetConfig {
 };
 
 // A file system the init mounts before the workload starts: a host directory shared through
-// virtio-fs (run -v / --mount type=bind, and named volumes) or a tmpfs (--tmpfs, --mount
-// type=tmpfs). Mounted in the order given, after the image's own file systems (/proc, /dev...),
-// each target created (root-owned, 0755, parents too) when missing.
+// virtio-fs (run -v / --mount type=bind, and named volumes), a tmpfs (--tmpfs, --mount
+// type=tmpfs), or a file: a copy of a host file the runner read (an OCI bind mount of a regular
+// file, such as the engine's /etc/hosts), which the init writes to a tmpfs of its own and
+// bind-mounts over the target. Mounted in the order given, after the image's own file systems
+// (/proc, /dev...), each target created (root-owned, 0755, parents too; an empty file for a
+// file) when missing.
 struct MountSpec {
-  enum class Type { kVirtiofs, kTmpfs };
+  enum class Type { kVirtiofs, kTmpfs, kFile };
   Type type = Type::kVirtiofs;
-  std::string tag;        // virtiofs: the device's tag (1-36 bytes); empty for tmpfs
-  std::string target;     // absolute, normalised path in the guest; never "/"
-  bool readonly = false;  // MS_RDONLY (for virtio-fs the host side refuses writes as well)
-  uint64_t size = 0;      // tmpfs: bytes, 0 for the kernel's default (half of RAM)
-  uint32_t mode = 0;      // tmpfs: permission bits, 0 for docker's 01777
+  std::string tag;            // virtiofs: the device's tag (1-36 bytes); empty otherwise
+  std::string target;         // absolute, normalised path in the guest; never "/"
+  bool readonly = false;      // MS_RDONLY (for virtio-fs the host side refuses writes as well)
+  uint64_t size = 0;          // tmpfs: bytes, 0 for the kernel's default (half of RAM)
+  uint32_t mode = 0;          // tmpfs: permission bits, 0 for docker's 01777; file: its bits
+  uint32_t uid = 0, gid = 0;  // file: its owner
+  std::string content{};      // file: its bytes, at most kMaxFileMountBytes
 
   friend bool operator==(const MountSpec&, const MountSpec&) = default;
 };
 inline constexpr std::size_t kMaxMounts = 64;
+// A file mount's content, and all file mounts' together (they travel in the overrides).
+inline constexpr std::size_t kMaxFileMountBytes = 1u << 20;
+inline constexpr std::size_t kMaxFileMountsBytes = 4u << 20;
 inline constexpr std::size_t kMaxFsTag = 36;  // virtio-fs: the tag field of the device's config
 
 // A virtio-fs tag the init can mount and the kernel command line can carry: 1 to kMaxFsTag
@@ -126,7 +134,7 @@ struct RunOverrides {
   // once the agent runs. Needs the agent (vsock).
   bool wait_for_start = false;
   std::optional<NetConfig> net;   // absent: loopback only
-  std::vector<MountSpec> mounts;  // at most kMaxMounts, distinct targets
+  std::vector<MountSpec> mounts;  // at most kMaxMounts, distinct targets; files bounded above
   // OCI process fields (img2vm-oci): gids added to the user's groups, limits set for the
   // workload after the init's own defaults, and PR_SET_NO_NEW_PRIVS before its exec.
   std::vector<uint32_t> extra_groups;  // at most kMaxExtraGroups
@@ -139,7 +147,8 @@ struct RunOverrides {
   friend bool operator==(const RunOverrides&, const RunOverrides&) = default;
 };
 
-// Compact JSON holding only the fields that are set. Throws Error when a string is not UTF-8.
+// Compact JSON holding only the fields that are set. Throws Error when a string is not UTF-8
+// or a file mount's content is over kMaxFileMountBytes (all of them over kMaxFileMountsBytes).
 std::string to_json(const RunOverrides& o);
 // Throws Error naming the field at fault (or the schema version).
 RunOverrides run_overrides_from_json(std::string_view json);

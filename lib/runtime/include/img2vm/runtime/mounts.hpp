@@ -15,16 +15,22 @@
 
 namespace img2vm::runtime {
 
+// kFile: a copy of a host file made when the run is set up (an OCI bind mount of a regular file:
+// the engine's /etc/hosts, a config file), which the guest init places at the target on a tmpfs
+// of its own (guestabi::MountSpec::Type::kFile). Later changes on the host are not seen, and
+// writes in the guest stay in the guest.
 struct Mount {
-  enum class Type { kBind, kTmpfs, kVolume };
+  enum class Type { kBind, kTmpfs, kVolume, kFile };
   Type type = Type::kBind;
   std::filesystem::path source;  // kBind: the host directory, absolute (it must exist)
   std::string target;            // in the guest: absolute, normalised, never "/"
   bool read_only = false;
-  uint64_t size = 0;    // kTmpfs: bytes; 0 for the kernel's default (half the guest's memory)
-  uint32_t mode = 0;    // kTmpfs: permission bits; 0 for 01777
-  std::string volume;   // kVolume: its name; empty for a new anonymous volume
-  bool nocopy = false;  // kVolume: never copy the image's content in
+  uint64_t size = 0;          // kTmpfs: bytes; 0 for the kernel's default (half the guest's memory)
+  uint32_t mode = 0;          // kTmpfs: permission bits; 0 for 01777. kFile: the file's bits
+  std::string volume;         // kVolume: its name; empty for a new anonymous volume
+  bool nocopy = false;        // kVolume: never copy the image's content in
+  std::string content{};      // kFile: its bytes (guestabi::kMaxFileMountBytes at most)
+  uint32_t uid = 0, gid = 0;  // kFile: its owner
 
   friend bool operator==(const Mount&, const Mount&) = default;
 };

@@ -87,9 +87,10 @@ std::string to_json(const OciState& s);
 // namespaces understood, and the annotations above.
 std::string oci_features_json();
 
-// The MachineOptions for a bundle (the kernel, the root directory and process, mounts, memory,
-// vCPUs, the network: the engine's namespace joined, NetworkMode::kNetns, with the nameservers
-// of the resolv.conf it binds), with what cannot be honoured passed to `warn`; process.terminal
+// The MachineOptions for a bundle (the kernel, the root directory and process, mounts, with
+// copies of the regular files bound (Mount::Type::kFile, read here: Error(kLimit) naming the
+// mount past 1 MiB a file or 4 MiB in all), memory, vCPUs, the network: the engine's namespace
+// joined, NetworkMode::kNetns), with what cannot be honoured passed to `warn`; process.terminal
 // gives the workload the console as its tty and stdin (RunOverrides::tty, interactive). Throws
 // Error naming the field at fault.
 MachineOptions oci_machine_options(const OciBundle& b,
