@@ -15,13 +15,17 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <thread>
 
+#include "img2vm/base/digest.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/vm/machine.hpp"
 #include "nested_rig.hpp"
 #include "process.hpp"
+#include "snapshot_file.hpp"
+#include "vcpu_setup.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;
@@ -34,6 +38,21 @@ fs::path guest(const std::string& name) { return fs::path(VM_GUEST_DIR) / (name 
 std::vector<fs::path> all_guests() {
   return {guest("basic"), guest("blk"), guest("pvh"), guest("net")};
 }
+
+// A pipe for a machine's console input: the machine reads `r`, the test writes `w`.
+struct Input {
+  UniqueFd r, w;
+  Input() {
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) throw std::runtime_error("pipe");
+    r.reset(fds[0]);
+    w.reset(fds[1]);
+  }
+  void send(std::string_view s) {
+    if (::write(w.get(), s.data(), s.size()) != ssize_t(s.size()))
+      throw std::runtime_error("write");
+  }
+};
 
 // Captures the console in a pipe read after the VM ended (tests print little).
 struct Console {
@@ -173,6 +192,152 @@ TEST(VmKvm, StopFromAnotherThreadAndWaitFor) {
   t.join();
   EXPECT_EQ(r.reason, ExitReason::kStopped) << r.describe();
   EXPECT_EQ(r.host_exit_code(), 130);
+}
+
+// The message of the Error a Machine built from `c` throws (kind in `kind`), "" if none.
+std::string construction_error(const MachineConfig& c, ErrorKind* kind = nullptr) {
+  try {
+    Machine m(c);
+    return "";
+  } catch (const Error& e) {
+    if (kind) *kind = e.kind();
+    return e.what();
+  }
+}
+
+MachineConfig restore_config(const fs::path& dir, int out_fd) {
+  auto c = config("basic", "", out_fd);
+  c.kernel.clear();
+  c.cmdline.clear();
+  c.vcpus = 2;
+  c.restore_from = dir;
+  // The snapshot was taken after the mark's OUT completed: were it run again, the restored VM
+  // would pause there and never end (the test's timeout ends it as kTimeout).
+  c.pause_at_snapshot_point = true;
+  return c;
+}
+
+TEST(VmKvm, ASnapshotAtTheMarkResumesInOtherMachines) {
+  KVM_TEST_PRELUDE();
+  TempDir tmp("vmsnap");
+  const fs::path snap = tmp.path() / "snap";
+  {
+    Console con;
+    auto c = config("basic", "mode=snap", con.fds[1]);
+    c.vcpus = 2;  // the second stays in wait-for-SIPI: its MP state must come back too
+    c.pause_at_snapshot_point = true;
+    Machine m(c);
+    m.start();
+    ASSERT_TRUE(m.wait_for_pause(60s));
+    m.save_snapshot(snap);
+    m.resume();
+    auto r = m.wait();
+    EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+    EXPECT_EQ(r.status, 7);
+    EXPECT_EQ(con.drain(), "before\nafter 00079f2d\n");
+  }
+  ASSERT_TRUE(fs::exists(snap / "state"));
+  EXPECT_EQ(fs::file_size(snap / "memory"), 64u << 20);
+  const Digest memory_before = Digest::sha256_of(read_file(snap / "memory"));
+  // Two machines from one snapshot: each goes on from the mark, with the sum in its memory.
+  for (int run = 0; run < 2; ++run) {
+    Console con;
+    Machine m(restore_config(snap, con.fds[1]));
+    auto r = m.run();
+    EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+    EXPECT_EQ(r.status, 7);
+    EXPECT_EQ(con.drain(), "after 00079f2d\n") << "run " << run;
+  }
+  // The guests wrote to their copies of the pages, never to the file.
+  EXPECT_EQ(Digest::sha256_of(read_file(snap / "memory")), memory_before);
+
+  // What cannot be restored is refused before anything runs, with the reason.
+  ErrorKind kind{};
+  auto other_size = restore_config(snap, -1);
+  other_size.memory_mib = 128;
+  EXPECT_EQ(construction_error(other_size, &kind),
+            "the snapshot in " + snap.string() +
+                " is of a machine with 64 MiB and 2 vCPUs, not 128 MiB and 2");
+  auto with_disk = restore_config(snap, -1);
+  with_disk.disks = {{snap / "memory", DiskMode::kReadOnly, ""}};
+  EXPECT_NE(construction_error(with_disk, &kind).find("virtio devices"), std::string::npos);
+  EXPECT_EQ(kind, ErrorKind::kUnsupported);
+
+  // Another CPU: vCPU 0's CPUID section as another host's KVM would have given it.
+  const std::string state = read_file(snap / "state");
+  auto copy = [&](const std::string& name, const std::string& state_bytes) {
+    fs::path d = tmp.path() / name;
+    fs::create_directories(d);
+    fs::copy_file(snap / "memory", d / "memory");
+    write_file_atomic(d / "state", state_bytes);
+    return d;
+  };
+  {
+    auto st = SnapshotState::parse(state);
+    SnapshotWriter w;
+    for (const auto& e : st.entries()) {
+      std::vector<uint8_t> p(e.payload.begin(), e.payload.end());
+      if (e.section == Section::kCpuid && e.instance == 0 && p.size() > sizeof(CpuidHeader) + 12)
+        p[sizeof(CpuidHeader) + 12] ^= 1;  // the first entry's eax
+      w.add(e.section, e.instance, p);
+    }
+    EXPECT_NE(construction_error(restore_config(copy("other-cpu", w.serialize()), -1), &kind)
+                  .find("taken on a CPU with other features"),
+              std::string::npos);
+    EXPECT_EQ(kind, ErrorKind::kUnsupported);
+  }
+  // Damaged files: a truncated state, a truncated memory file.
+  EXPECT_NE(construction_error(
+                restore_config(copy("cut-state", state.substr(0, state.size() / 2)), -1), &kind)
+                .find("snapshot state file: truncated"),
+            std::string::npos);
+  EXPECT_EQ(kind, ErrorKind::kIntegrity);
+  {
+    fs::path d = copy("cut-memory", state);
+    fs::resize_file(d / "memory", 32u << 20);
+    EXPECT_NE(
+        construction_error(restore_config(d, -1), &kind).find("the snapshot's guest memory is"),
+        std::string::npos);
+    EXPECT_EQ(kind, ErrorKind::kIntegrity);
+  }
+}
+
+// A guest busy reading the UART's status (an exit per read) is paused in the middle of one,
+// snapshotted there, and resumed twice: the read completes and the guest reads on.
+TEST(VmKvm, APausedMachineResumesAndItsSnapshotTakesNewInput) {
+  KVM_TEST_PRELUDE();
+  TempDir tmp("vmpause");
+  Input in;
+  Console con;
+  auto c = config("basic", "mode=echo", con.fds[1]);
+  c.console_in_fd = in.r.get();
+  Machine m(c);
+  m.start();
+  in.send("ab");
+  ASSERT_TRUE(m.pause(60s));
+  m.save_snapshot(tmp.path() / "snap");
+  in.send("cq");  // read by the UART while paused, taken after
+  m.resume();
+  auto r = m.wait();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+  EXPECT_EQ(r.status, 0);
+  std::string out = con.drain();
+  EXPECT_EQ(out.substr(0, 6), "ready\n");
+  EXPECT_EQ(out.substr(out.size() - 3), "ABC") << out;
+
+  Input in2;
+  Console con2;
+  auto rc = config("basic", "", con2.fds[1]);
+  rc.kernel.clear();
+  rc.restore_from = tmp.path() / "snap";
+  rc.console_in_fd = in2.r.get();
+  in2.send("xyq");
+  Machine m2(rc);
+  auto r2 = m2.run();
+  EXPECT_EQ(r2.reason, ExitReason::kExited) << r2.describe();
+  EXPECT_EQ(r2.status, 0);
+  std::string out2 = con2.drain();
+  EXPECT_EQ(out2.substr(out2.size() - 2), "XY") << out2;
 }
 
 TEST(VmKvm, ConsoleInputReachesTheGuest) {

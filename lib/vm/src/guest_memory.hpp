@@ -7,8 +7,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 #include <optional>
 #include <span>
+#include <string>
 #include <type_traits>
 
 #include "img2vm/base/fd.hpp"
@@ -27,6 +29,11 @@ class GuestMemory {
   // kShared backs the same pages with a memfd (MFD_HUGETLB for kHuge2M), see fd().
   explicit GuestMemory(uint64_t size, Pages pages = Pages::kNormal,
                        Sharing sharing = Sharing::kPrivate);
+  // Guest RAM from a snapshot's memory file (exactly `size` bytes, a multiple of 4 KiB), mapped
+  // privately: a page is read from the file when the guest first touches it and stays shared
+  // in the page cache with every other VM mapped from the same file until someone writes to it
+  // (copy on write); the file itself is never written. Throws Error naming `path`.
+  static GuestMemory from_file(uint64_t size, const std::filesystem::path& path);
   GuestMemory(GuestMemory&& o) noexcept;
   GuestMemory& operator=(GuestMemory&&) = delete;
   GuestMemory(const GuestMemory&) = delete;
@@ -76,7 +83,13 @@ class GuestMemory {
     return write(gpa, &v, sizeof v);
   }
 
+  // Writes guest RAM to `fd` (an empty file) as a sparse file: pages of zeros become holes.
+  void save_to(int fd, const std::string& what) const;
+
  private:
+  GuestMemory() = default;
+  // Reserves size_ (already aligned to `align`) plus guard pages; returns where RAM goes.
+  uint8_t* reserve(uint64_t align);
   uint8_t* base_ = nullptr;
   uint64_t size_ = 0;
   uint8_t* reserved_ = nullptr;  // the mapping with the guard pages around guest RAM

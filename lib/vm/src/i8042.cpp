@@ -1,5 +1,9 @@
 #include "i8042.hpp"
 
+#include <algorithm>
+
+#include "img2vm/base/error.hpp"
+
 namespace img2vm::vm {
 
 uint8_t I8042::read(uint16_t port) {
@@ -45,6 +49,23 @@ bool I8042::write(uint16_t port, uint8_t value) {
   }
   pending_ = 0;
   return false;
+}
+
+I8042::State I8042::save() const {
+  State s{};
+  s.command_byte = command_byte_;
+  s.pending = pending_;
+  s.out_len = uint8_t(out_.size());
+  std::copy(out_.begin(), out_.end(), s.out);
+  return s;
+}
+
+void I8042::load(const State& s) {
+  if (s.out_len > sizeof s.out)
+    throw Error(ErrorKind::kIntegrity, "snapshot: the i8042's saved queue is too long");
+  command_byte_ = s.command_byte;
+  pending_ = s.pending;
+  out_.assign(s.out, s.out + s.out_len);
 }
 
 }  // namespace img2vm::vm

@@ -15,6 +15,14 @@ class I8042 {
   // Returns true when the guest asked for a reset.
   bool write(uint16_t port, uint8_t value);
 
+  // For a snapshot: the bytes waiting to be read (at most 16), the command byte, a pending command.
+  struct State {
+    uint8_t command_byte, pending, out_len, reserved;
+    uint8_t out[16];
+  };
+  State save() const;
+  void load(const State& s);  // throws Error for a state save() cannot give
+
  private:
   std::deque<uint8_t> out_;
   uint8_t command_byte_ = 0x45;  // keyboard interrupt on, system flag, translation

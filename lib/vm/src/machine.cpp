@@ -27,7 +27,9 @@
 #include "img2vm/base/fd.hpp"
 #include "img2vm/guestabi/ports.hpp"
 #include "img2vm/vm/net_tap.hpp"
+#include "kvm_state.hpp"
 #include "mmio_devices.hpp"
+#include "snapshot_file.hpp"
 #include "uart.hpp"
 #include "vcpu_setup.hpp"
 #include "virtio_blk.hpp"
@@ -169,6 +171,7 @@ struct Vcpu {
   size_t run_size = 0;
   std::thread thread;
   std::atomic<bool> started{false};
+  CpuidTable cpuid;  // what it was given (a snapshot records it)
   Vcpu() = default;
   Vcpu(const Vcpu&) = delete;
   Vcpu& operator=(const Vcpu&) = delete;
@@ -255,6 +258,10 @@ struct Machine::Impl {
   std::optional<MachineResult> result;
   BootTimings timings;
   std::atomic<bool> ending{false};
+  // Pausing (snapshots): vCPU threads park, under mu, while pause_requested holds.
+  std::atomic<bool> pause_requested{false};
+  unsigned parked = 0;
+  bool snapshot_point_seen = false;
 
   microseconds now() const { return std::chrono::duration_cast<microseconds>(Clock::now() - t0); }
 
@@ -310,12 +317,47 @@ struct Machine::Impl {
       mark(timings.init_started);
     } else if (m == guestabi::kMarkWorkloadCreated) {
       if (mark(timings.workload_created) && cfg.ready_fd >= 0) (void)!::write(cfg.ready_fd, "C", 1);
+    } else if (m == guestabi::kMarkSnapshotPoint) {
+      if (!cfg.pause_at_snapshot_point) return;
+      {
+        std::lock_guard lk(mu);
+        if (snapshot_point_seen) return;
+        snapshot_point_seen = true;
+      }
+      request_pause();  // this vCPU parks once it is back in its loop
     } else if (m == guestabi::kMarkWorkloadExec) {
       if (mark(timings.workload_exec) && cfg.ready_fd >= 0) (void)!::write(cfg.ready_fd, "R", 1);
       uint64_t one = 1;
       if (exec_fd) (void)!::write(exec_fd.get(), &one, sizeof one);
     }
   }
+
+  // Asks every vCPU to leave the guest and park (vcpu_loop).
+  void request_pause() {
+    pause_requested = true;
+    for (auto& v : vcpus) {
+      __atomic_store_n(&v->run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+      if (v->started && v->thread.joinable() && v->thread.get_id() != std::this_thread::get_id())
+        pthread_kill(v->thread.native_handle(), kick_signal());
+    }
+  }
+
+  // A vCPU asked to pause: its last exit is completed by a KVM_RUN that returns at once
+  // (immediate_exit), so that its registers are consistent (an IN's value in RAX, the RIP past
+  // the instruction), then it waits until resumed or the VM ends.
+  void park(Vcpu& v) {
+    __atomic_store_n(&v.run->immediate_exit, 1, __ATOMIC_SEQ_CST);
+    while (::ioctl(v.fd.get(), KVM_RUN, 0) == 0) {
+    }
+    std::unique_lock lk(mu);
+    ++parked;
+    cv.notify_all();
+    cv.wait(lk, [&] { return !pause_requested || ending; });
+    --parked;
+    if (!ending) __atomic_store_n(&v.run->immediate_exit, 0, __ATOMIC_SEQ_CST);
+  }
+
+  bool all_parked() const { return parked == vcpus.size(); }
 
   void mmio(uint64_t addr, bool write, uint8_t* data, unsigned len) {
     if (len > 8) return;
@@ -333,6 +375,10 @@ struct Machine::Impl {
     if (v.id == 0) mark(timings.first_entry);
     kvm_run* run = v.run;
     while (!ending) {
+      if (pause_requested) {
+        park(v);
+        continue;
+      }
       int r = ::ioctl(v.fd.get(), KVM_RUN, 0);
       if (r < 0) {
         if (errno == EINTR || errno == EAGAIN) continue;
@@ -573,8 +619,10 @@ struct Machine::Impl {
       if (fd >= 0) ::fsync(fd);  // best effort; fails on pipes
   }
 
-  // Construction, in this order (build()).
+  // Construction, in this order (build()); a restore (build_restored()) loads instead of booting.
   void build();
+  void build_restored();
+  void map_memory();
   void check_config() const;
   void create_vm();
   void create_memory();
@@ -592,11 +640,13 @@ struct Machine::Impl {
                                 std::span<const int> queue_kicks = {});
   void create_event_fds();
   void write_boot_tables();
-  void create_vcpus();
+  void create_vcpus(const SnapshotState* restore = nullptr);
+  void save_snapshot(const std::filesystem::path& dir);
 };
 
 void Machine::Impl::build() {
   check_config();
+  if (!cfg.restore_from.empty()) return build_restored();
   // Mapped, not read: the segments are copied once, straight from the page cache into guest
   // RAM, with no staging buffer (a 21 MB vmlinux would otherwise cost as much again in RSS).
   // Opened before /dev/kvm, so that a missing kernel is reported as such on any host.
@@ -621,7 +671,8 @@ void Machine::Impl::build() {
 }
 
 void Machine::Impl::check_config() const {
-  if (cfg.kernel.empty()) throw Error(ErrorKind::kInvalidArgument, "no kernel given");
+  if (cfg.kernel.empty() && cfg.restore_from.empty())
+    throw Error(ErrorKind::kInvalidArgument, "no kernel given");
   uint64_t mem_bytes = cfg.memory_mib << 20;
   if (cfg.memory_mib == 0 || mem_bytes < layout::kMinMemory || mem_bytes > layout::kMaxMemory)
     throw Error(ErrorKind::kInvalidArgument,
@@ -673,6 +724,10 @@ void Machine::Impl::create_memory() {
       cfg.memory_mib << 20,
       cfg.hugepages ? GuestMemory::Pages::kHuge2M : GuestMemory::Pages::kNormal,
       cfg.fs.empty() ? GuestMemory::Sharing::kPrivate : GuestMemory::Sharing::kShared);
+  map_memory();
+}
+
+void Machine::Impl::map_memory() {
   kvm_userspace_memory_region region{};
   region.slot = 0;
   region.guest_phys_addr = 0;
@@ -875,7 +930,7 @@ void Machine::Impl::write_boot_tables() {
   }
 }
 
-void Machine::Impl::create_vcpus() {
+void Machine::Impl::create_vcpus(const SnapshotState* restore) {
   const bool pvh = kernel.format == KernelFormat::kElfPvh;
   int run_size = xioctl(kvm.get(), KVM_GET_VCPU_MMAP_SIZE, 0ul, "KVM_GET_VCPU_MMAP_SIZE");
   if (run_size < int(sizeof(kvm_run)))
@@ -890,13 +945,88 @@ void Machine::Impl::create_vcpus() {
     if (p == MAP_FAILED) throw_errno("KVM: cannot map the vCPU run area");
     v->run = static_cast<kvm_run*>(p);
     v->run_size = size_t(run_size);
-    setup_cpuid(v->fd.get(), cpuid, id, cfg.vcpus, tsc_deadline);
-    setup_msrs(v->fd.get());
-    setup_fpu(v->fd.get());
-    setup_lapic(v->fd.get());
-    if (id == 0) setup_boot_regs(v->fd.get(), kernel.entry, pvh);
+    v->cpuid = setup_cpuid(v->fd.get(), cpuid, id, cfg.vcpus, tsc_deadline);
+    if (restore) {
+      restore_vcpu(v->fd.get(), id, v->cpuid, *restore);
+    } else {
+      setup_msrs(v->fd.get());
+      setup_fpu(v->fd.get());
+      setup_lapic(v->fd.get());
+      if (id == 0) setup_boot_regs(v->fd.get(), kernel.entry, pvh);
+    }
     vcpus.push_back(std::move(v));
   }
+}
+
+// The machine a snapshot recorded, resumed: its memory mapped from the snapshot's file, the
+// in-kernel devices and vCPUs set from its state, the VMM's devices loaded. Nothing is booted.
+void Machine::Impl::build_restored() {
+  const auto state_path = cfg.restore_from / "state";
+  SnapshotState st;
+  try {
+    st = SnapshotState::parse(read_file(state_path, kMaxSnapshotState + 1));
+  } catch (const Error& e) {
+    throw e.with_context(state_path.string());
+  }
+  auto shape = st.get_struct<SnapshotMachine>(Section::kMachine, 0);
+  if (shape.disks || shape.nics || shape.shared_dirs || shape.vsock || !cfg.disks.empty() ||
+      cfg.net || !cfg.fs.empty() || cfg.vsock)
+    throw Error(ErrorKind::kUnsupported,
+                "snapshots of machines with virtio devices (disks, a NIC, virtio-fs, vsock) are "
+                "not supported yet");
+  if (shape.memory_bytes != cfg.memory_mib << 20 || shape.vcpus != cfg.vcpus)
+    throw Error(ErrorKind::kInvalidArgument,
+                "the snapshot in " + cfg.restore_from.string() + " is of a machine with " +
+                    std::to_string(shape.memory_bytes >> 20) + " MiB and " +
+                    std::to_string(shape.vcpus) + " vCPUs, not " + std::to_string(cfg.memory_mib) +
+                    " MiB and " + std::to_string(cfg.vcpus));
+  if (shape.kernel_format > uint32_t(KernelFormat::kBzImage))
+    throw Error(ErrorKind::kIntegrity, "snapshot state file: unknown kernel format");
+  kernel.format = KernelFormat(shape.kernel_format);
+  create_vm();
+  mem = std::make_unique<GuestMemory>(
+      GuestMemory::from_file(shape.memory_bytes, cfg.restore_from / "memory"));
+  map_memory();
+  restore_vm(vm.get(), st);
+  attach_port_devices();
+  uart->load(st.get_struct<Uart8250::State>(Section::kUart, 0));
+  i8042.load(st.get_struct<I8042::State>(Section::kI8042, 0));
+  create_event_fds();
+  create_vcpus(&st);
+}
+
+void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
+  {
+    std::lock_guard lk(mu);
+    if (!started || result || !pause_requested || !all_parked())
+      throw Error(ErrorKind::kInvalidArgument, "a snapshot needs a paused machine");
+  }
+  if (!disks.empty() || nic || !shared_dirs.empty() || vsock)
+    throw Error(ErrorKind::kInvalidArgument,
+                "snapshots of machines with virtio devices (disks, a NIC, virtio-fs, vsock) are "
+                "not supported yet");
+  SnapshotWriter w;
+  SnapshotMachine shape;
+  shape.memory_bytes = mem->size();
+  shape.vcpus = unsigned(vcpus.size());
+  shape.kernel_format = uint32_t(kernel.format);
+  w.add_struct(Section::kMachine, 0, shape);
+  const auto msrs = saveable_msrs(kvm.get());
+  for (const auto& v : vcpus) save_vcpu(v->fd.get(), v->id, msrs, v->cpuid, w);
+  save_vm(vm.get(), w);
+  w.add_struct(Section::kUart, 0, uart->save());
+  {
+    std::lock_guard lk(i8042_mu);
+    w.add_struct(Section::kI8042, 0, i8042.save());
+  }
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  if (ec) throw Error(ErrorKind::kIo, "cannot create " + dir.string() + ": " + ec.message());
+  // The state last: a directory with a state file holds a whole snapshot.
+  AtomicFile memory(dir / "memory", 0600);
+  mem->save_to(memory.fd(), memory.temp_path().string());
+  memory.commit();
+  write_file_atomic(dir / "state", w.serialize(), 0600);
 }
 
 Machine::Machine(MachineConfig config) : impl_(std::make_unique<Impl>()) {
@@ -997,5 +1127,31 @@ MachineResult Machine::run() {
   start();
   return wait();
 }
+
+bool Machine::pause(std::chrono::milliseconds d) {
+  Impl& m = *impl_;
+  if (!m.started) throw Error(ErrorKind::kInvalidArgument, "machine not started");
+  m.request_pause();
+  return wait_for_pause(d);
+}
+
+bool Machine::wait_for_pause(std::chrono::milliseconds d) {
+  Impl& m = *impl_;
+  std::unique_lock lk(m.mu);
+  m.cv.wait_for(lk, d,
+                [&] { return m.result.has_value() || (m.pause_requested && m.all_parked()); });
+  return !m.result && m.pause_requested && m.all_parked();
+}
+
+void Machine::resume() {
+  Impl& m = *impl_;
+  {
+    std::lock_guard lk(m.mu);
+    m.pause_requested = false;
+  }
+  m.cv.notify_all();
+}
+
+void Machine::save_snapshot(const std::filesystem::path& dir) { impl_->save_snapshot(dir); }
 
 }  // namespace img2vm::vm

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "img2vm/base/error.hpp"
+
 namespace img2vm::vm {
 
 namespace {
@@ -124,6 +126,39 @@ size_t Uart8250::push_input(const uint8_t* data, size_t len) {
 size_t Uart8250::input_space() const {
   std::lock_guard lk(mu_);
   return kFifoSize - rx_.size();
+}
+
+Uart8250::State Uart8250::save() const {
+  std::lock_guard lk(mu_);
+  State s{};
+  s.ier = ier_;
+  s.lcr = lcr_;
+  s.mcr = mcr_;
+  s.scr = scr_;
+  s.dll = dll_;
+  s.dlm = dlm_;
+  s.fcr = fcr_;
+  s.thr_ipending = thr_ipending_;
+  s.irq_level = irq_level_;
+  s.rx_len = uint8_t(rx_.size());
+  std::copy(rx_.begin(), rx_.end(), s.rx);
+  return s;
+}
+
+void Uart8250::load(const State& s) {
+  if (s.rx_len > kFifoSize || s.ier > 0x0f || s.mcr > 0x1f || s.thr_ipending > 1 || s.irq_level > 1)
+    throw Error(ErrorKind::kIntegrity, "snapshot: the UART's saved registers are impossible");
+  std::lock_guard lk(mu_);
+  ier_ = s.ier;
+  lcr_ = s.lcr;
+  mcr_ = s.mcr;
+  scr_ = s.scr;
+  dll_ = s.dll;
+  dlm_ = s.dlm;
+  fcr_ = s.fcr;
+  thr_ipending_ = s.thr_ipending;
+  irq_level_ = s.irq_level;
+  rx_.assign(s.rx, s.rx + s.rx_len);
 }
 
 void Uart8250::update_irq_locked() {

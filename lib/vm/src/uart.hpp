@@ -26,6 +26,17 @@ class Uart8250 {
   size_t push_input(const uint8_t* data, size_t len);
   size_t input_space() const;
 
+  // The registers and the received bytes not yet read, for a snapshot (docs/snapshots.md).
+  struct State {
+    uint8_t ier, lcr, mcr, scr, dll, dlm, fcr, thr_ipending, irq_level, rx_len;
+    uint8_t reserved[6];
+    uint8_t rx[kFifoSize];
+  };
+  State save() const;
+  // Takes a saved state; the interrupt line's level is taken as saved (the restored interrupt
+  // controller holds it). Throws Error for a state save() cannot give.
+  void load(const State& s);
+
  private:
   void update_irq_locked();  // recomputes the IRQ line; calls irq_ on a change
 

@@ -49,8 +49,8 @@ CpuidTable supported_cpuid(int kvm_fd) {
   throw Error(ErrorKind::kInternal, "KVM: KVM_GET_SUPPORTED_CPUID needs too many entries");
 }
 
-void setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned vcpus,
-                 bool tsc_deadline) {
+CpuidTable setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned vcpus,
+                       bool tsc_deadline) {
   CpuidTable c = supported;
   kvm_cpuid_entry2* entries = c.entries();
   for (unsigned i = 0; i < c.header()->nent; ++i) {
@@ -75,6 +75,7 @@ void setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned
     }
   }
   kvm_ioctl(vcpu_fd, kIoctlSetCpuid2, c.buf.data(), "KVM_SET_CPUID2");
+  return c;
 }
 
 void setup_msrs(int vcpu_fd) {

@@ -35,9 +35,9 @@ struct CpuidTable {
 
 // KVM_GET_SUPPORTED_CPUID from the /dev/kvm fd. Throws Error.
 CpuidTable supported_cpuid(int kvm_fd);
-// Adapts the table for vCPU `id` (APIC id, hypervisor bit, TSC deadline) and sets it.
-void setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned vcpus,
-                 bool tsc_deadline);
+// Adapts the table for vCPU `id` (APIC id, hypervisor bit, TSC deadline), sets it and returns it.
+CpuidTable setup_cpuid(int vcpu_fd, const CpuidTable& supported, unsigned id, unsigned vcpus,
+                       bool tsc_deadline);
 void setup_msrs(int vcpu_fd);
 void setup_fpu(int vcpu_fd);
 void setup_lapic(int vcpu_fd);

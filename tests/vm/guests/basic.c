@@ -10,7 +10,9 @@
  *   mode=eof        count UART input until the host reports its end (SIGNAL 0x82) and every byte
  *                   of STDIN_BYTES has arrived; print the count, exit with it (mod 256), or 96
  *                   when the end was reported twice
- *   mode=hang       cli; hlt forever (for timeouts and stop()) */
+ *   mode=hang       cli; hlt forever (for timeouts and stop())
+ *   mode=snap       sum 0..999 into memory, print "before", write the snapshot point mark
+ *                   (BOOT_MARK 4), add 1, print "after" and the sum in hex (0x79f2d), exit 7 */
 #include "guest.h"
 
 int guest_main(const uint8_t* bp) {
@@ -84,6 +86,17 @@ int guest_main(const uint8_t* bp) {
         return (int)(got & 0xff);
       }
     }
+  }
+  if (str_starts(mode, "snap")) {
+    static volatile uint64_t sum;  // in guest RAM: a restore must bring it back
+    for (uint64_t i = 0; i < 1000; ++i) sum += i;
+    puts_uart("before\n");
+    outb(0xf6, 4);
+    sum += 1;
+    puts_uart("after ");
+    put_hex(sum, 8);
+    puts_uart("\n");
+    return 7;
   }
   if (str_starts(mode, "hang")) {
     for (;;) __asm__ volatile("cli; hlt");

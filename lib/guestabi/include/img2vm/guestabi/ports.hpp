@@ -19,6 +19,9 @@ inline constexpr uint8_t kMarkWorkloadExec = 2;
 // for the host's start (agent op "start"); the exec agent is running (it may not listen yet: the
 // host's connection retries). kMarkWorkloadExec follows once the start has released it.
 inline constexpr uint8_t kMarkWorkloadCreated = 3;
+// The guest is at the point a snapshot is taken (docs/snapshots.md): a host that asked for it
+// (vm::MachineConfig::pause_at_snapshot_point) pauses the VM here, right after this write.
+inline constexpr uint8_t kMarkSnapshotPoint = 4;
 // Read by the init about every 100 ms while the workload runs: 0x00 (or 0xff) nothing pending,
 // 1-64 deliver that signal to the workload, kStopRequest deliver the image's StopSignal.
 // Reading consumes the request.

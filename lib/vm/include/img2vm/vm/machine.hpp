@@ -109,6 +109,17 @@ struct MachineConfig {
   // (BOOT_MARK 2). How a detached run's monitor learns that the workload was created and has
   // started. Not owned.
   int ready_fd = -1;
+  // Resume a snapshot instead of booting (docs/snapshots.md): a directory Machine::save_snapshot
+  // wrote (its `memory` and `state` files). `kernel`, `initrd` and `cmdline` are then unused;
+  // memory_mib and vcpus must be the snapshot's, and the machine may not have virtio devices
+  // yet (disks, NIC, virtio-fs, vsock: refused with kUnsupported). Guest memory is mapped from
+  // the file privately, so VMs resumed from one snapshot share its pages until they write them.
+  // A snapshot taken on a CPU with other features is refused (kUnsupported), a damaged one too
+  // (kIntegrity), never run.
+  std::filesystem::path restore_from;
+  // When true, the guest's BOOT_MARK 4 (guestabi::kMarkSnapshotPoint) pauses the VM (every
+  // vCPU) right after that write, for save_snapshot(); wait_for_pause() reports it.
+  bool pause_at_snapshot_point = false;
   std::chrono::milliseconds timeout{0};  // 0: none; else the VM ends as kTimeout
   std::filesystem::path kvm_device = "/dev/kvm";
   // Seccomp filters on the vCPU, I/O and network threads (seccomp.hpp). kKill suits a process
@@ -184,6 +195,19 @@ class Machine {
   void set_window_size(uint16_t rows, uint16_t cols);
   // start() + wait().
   MachineResult run();
+
+  // Snapshots (docs/snapshots.md). Not from the VM's own threads.
+  // Stops every vCPU outside the guest, its last exit completed; true once all are paused,
+  // false when the VM ended first or `d` passed.
+  bool pause(std::chrono::milliseconds d);
+  // Waits up to `d` for the VM to be paused (by pause() or the snapshot point).
+  bool wait_for_pause(std::chrono::milliseconds d);
+  // Lets a paused VM run on.
+  void resume();
+  // Writes the paused VM to `dir` (created if missing): `memory` (guest RAM, a sparse file) and
+  // then `state` (vCPUs, interrupt controllers, clock, devices), each atomically. Throws Error
+  // (kInvalidArgument when not paused or when the machine has virtio devices).
+  void save_snapshot(const std::filesystem::path& dir);
 
   // The kernel command line the guest gets (with the virtio_mmio.device= entries).
   const std::string& cmdline() const noexcept;
