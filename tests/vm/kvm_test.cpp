@@ -234,7 +234,7 @@ TEST(VmKvm, ASnapshotAtTheMarkResumesInOtherMachines) {
     auto r = m.wait();
     EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
     EXPECT_EQ(r.status, 7);
-    EXPECT_EQ(con.drain(), "before\nafter 00079f2d\n");
+    EXPECT_EQ(con.drain(), "before\nafter 00079f2d 5a\n");
   }
   ASSERT_TRUE(fs::exists(snap / "state"));
   EXPECT_EQ(fs::file_size(snap / "memory"), 64u << 20);
@@ -246,7 +246,7 @@ TEST(VmKvm, ASnapshotAtTheMarkResumesInOtherMachines) {
     auto r = m.run();
     EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
     EXPECT_EQ(r.status, 7);
-    EXPECT_EQ(con.drain(), "after 00079f2d\n") << "run " << run;
+    EXPECT_EQ(con.drain(), "after 00079f2d 5a\n") << "run " << run;
   }
   // The guests wrote to their copies of the pages, never to the file.
   EXPECT_EQ(Digest::sha256_of(read_file(snap / "memory")), memory_before);

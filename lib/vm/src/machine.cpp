@@ -990,6 +990,7 @@ void Machine::Impl::build_restored() {
   restore_vm(vm.get(), st);
   attach_port_devices();
   uart->load(st.get_struct<Uart8250::State>(Section::kUart, 0));
+  stderr_uart->load(st.get_struct<Uart8250::State>(Section::kUart, 1));
   i8042.load(st.get_struct<I8042::State>(Section::kI8042, 0));
   create_event_fds();
   create_vcpus(&st);
@@ -1015,6 +1016,7 @@ void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
   for (const auto& v : vcpus) save_vcpu(v->fd.get(), v->id, msrs, v->cpuid, w);
   save_vm(vm.get(), w);
   w.add_struct(Section::kUart, 0, uart->save());
+  w.add_struct(Section::kUart, 1, stderr_uart->save());
   {
     std::lock_guard lk(i8042_mu);
     w.add_struct(Section::kI8042, 0, i8042.save());

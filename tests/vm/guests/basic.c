@@ -11,8 +11,9 @@
  *                   of STDIN_BYTES has arrived; print the count, exit with it (mod 256), or 96
  *                   when the end was reported twice
  *   mode=hang       cli; hlt forever (for timeouts and stop())
- *   mode=snap       sum 0..999 into memory, print "before", write the snapshot point mark
- *                   (BOOT_MARK 4), add 1, print "after" and the sum in hex (0x79f2d), exit 7 */
+ *   mode=snap       sum 0..999 into memory, set COM2's scratch register to 0x5a, print
+ *                   "before", write the snapshot point mark (BOOT_MARK 4), add 1, print
+ *                   "after", the sum in hex (0x79f2d) and the scratch register, exit 7 */
 #include "guest.h"
 
 int guest_main(const uint8_t* bp) {
@@ -90,11 +91,14 @@ int guest_main(const uint8_t* bp) {
   if (str_starts(mode, "snap")) {
     static volatile uint64_t sum;  // in guest RAM: a restore must bring it back
     for (uint64_t i = 0; i < 1000; ++i) sum += i;
+    outb(0x2f8 + 7, 0x5a);  // COM2's scratch register: a restore must bring it back too
     puts_uart("before\n");
     outb(0xf6, 4);
     sum += 1;
     puts_uart("after ");
     put_hex(sum, 8);
+    puts_uart(" ");
+    put_hex(inb(0x2f8 + 7), 2);
     puts_uart("\n");
     return 7;
   }
