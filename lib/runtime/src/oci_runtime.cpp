@@ -177,14 +177,10 @@ std::vector<Mount> vm_mounts(const OciBundle& b, std::vector<std::string>& dns,
   return out;
 }
 
-// The container's process is the monitor (--pid-file's): it has not stopped before the monitor
-// has ended, although the VM's end is recorded before it goes (its virtiofsd are stopped after).
-// An engine that hears "stopped" looks for the exit status its conmon or shim writes once it
-// has reaped the monitor, and podman gives up on it after a few seconds.
 // `path` is the network namespace this process is in (an engine's runtime runs in the host's).
 bool is_own_netns(const fs::path& path) {
-  struct stat a {
-  }, own{};
+  struct stat a {};
+  struct stat own {};
   return ::stat(path.c_str(), &a) == 0 && ::stat("/proc/self/ns/net", &own) == 0 &&
          a.st_dev == own.st_dev && a.st_ino == own.st_ino;
 }
@@ -249,6 +245,10 @@ pid_t start_sandbox_process(int netns, bool new_netns, int devnull, const std::s
   return msg.pid;
 }
 
+// The container's process is the monitor (--pid-file's): it has not stopped before the monitor
+// has ended, although the VM's end is recorded before it goes (its virtiofsd are stopped after).
+// An engine that hears "stopped" looks for the exit status its conmon or shim writes once it
+// has reaped the monitor, and podman gives up on it after a few seconds.
 const char* oci_status(const VmRecord& r) {
   switch (r.status) {
     case VmStatus::kCreated:
