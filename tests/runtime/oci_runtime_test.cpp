@@ -620,7 +620,7 @@ std::string proc_field(pid_t pid, const std::string& file, const std::string& ke
 // process whose pid goes to --pid-file, a child of the subreaper (conmon's place), in a session
 // of its own, with /dev/null for its stdio and nothing else open; created, then running; TERM
 // ends it with that signal's status; then it is stopped, its kill refused, its delete leaves
-// nothing. A second one is deleted with --force while it runs; exec is refused.
+// nothing. A second one is deleted with --force while it runs (only then); exec is refused.
 TEST(OciPodSandbox, IsAHostProcessThatTheEngineWaitsForAndKills) {
   TempDir dir("img2vm-oci-sandbox");
   fs::create_directories(dir.path() / "bundle/rootfs");
@@ -676,6 +676,7 @@ TEST(OciPodSandbox, IsAHostProcessThatTheEngineWaitsForAndKills) {
 
   o.id = "infra2";
   s = rt.create(o);
+  rt.start("infra2");
   EXPECT_THROW(rt.remove("infra2", false), Error);  // running
   rt.remove("infra2", true);
   ASSERT_EQ(::waitpid(s.pid, &st, 0), s.pid);
