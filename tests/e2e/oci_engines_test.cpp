@@ -360,7 +360,7 @@ echo "app-rc=$?"
 infra=$($P pod inspect --format '{{.InfraContainerID}}' p)
 infra_pid=$($P inspect --format '{{.State.Pid}}' "$infra")
 echo "infra-status=$($P inspect --format '{{.State.Status}}' "$infra") comm=$(cat /proc/$infra_pid/comm)"
-show infra-config.json "/run/containers/storage/overlay-containers/$infra/userdata/config.json"
+show infra-config.json "$($O state "$infra" | sed -n 's/.*"bundle": "\(.*\)".*/\1/p')/config.json"
 [ "$(readlink /proc/$infra_pid/ns/net)" != "$(readlink /proc/self/ns/net)" ] && echo "infra-in-its-own-netns"
 until_ok 300 fetch http://10.88.0.1:8081/ && echo "pod-published-bridge=$(cat "$W/fetched")"
 until_ok 30 fetch http://127.0.0.1:8081/ && echo "pod-published=$(cat "$W/fetched")"
