@@ -28,6 +28,7 @@ void register_create(CLI::App& app, Globals& g, Action* slot) {
       c.bundle = o->bundle;
       c.pid_file = o->pid_file;
       c.console_socket = o->console_socket;
+      c.kernel = g.kernel;
       c.warn = [&g, id = o->id](const std::string& w) { g.warn("container " + id + ": " + w); };
       g.runtime().create(c);
       return 0;

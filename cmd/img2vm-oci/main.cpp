@@ -87,6 +87,9 @@ int main(int argc, char** argv) {
                "Accepted (runc's); a VM is not placed in a cgroup of the host");
   app.add_flag("--debug", g.debug, "Accepted (runc's)");
   app.add_option("--rootless", g.rootless, "Accepted (runc's)");
+  app.add_option("--kernel", g.kernel,
+                 "The guest kernel when the annotation org.img2vm.kernel names none (before "
+                 "IMG2VM_KERNEL and the cached build); podman: --runtime-flag kernel=PATH");
 
   Action action;
   register_create(app, g, &action);

@@ -17,6 +17,9 @@ struct Globals {
   bool systemd_cgroup = false;      // --systemd-cgroup: accepted; a VM has no cgroup of the host's
   bool debug = false;
   std::string rootless;  // --rootless true|false|auto: accepted
+  // --kernel PATH: the guest kernel when config.json's annotation names none (podman
+  // --runtime-flag kernel=PATH); before IMG2VM_KERNEL and the cached build.
+  std::string kernel;
 
   runtime::OciRuntime runtime() const;
   std::filesystem::path root_dir() const;

@@ -369,6 +369,69 @@ podman_end
   if (HasFailure()) report(r);
 }
 
+// podman pods, the kernel given by `--runtime-flag kernel=PATH` alone (img2vm-oci's global
+// --kernel, which podman passes to every runtime call, through conmon too): a plain run; then
+// `pod create -p 8081:80`, whose infra container (podman's pause image, /catatonit -P, no
+// annotation) img2vm-oci runs as a host process in the pod's namespace, no VM; the pod's first
+// container, busybox httpd in a VM, takes the pod's address and serves L1 at 127.0.0.1:8081
+// (CNI's portmap); a second container of the pod runs with loopback only and says so in the
+// runtime's log; pod rm -f leaves no VM, virtiofsd, namespace, sandbox process or conmon.
+TEST(OciEngines, PodmanPods) {
+  if (std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
+  Workdir w;
+  w.make(R"SH(
+podman_begin
+K="--runtime-flag kernel=$W/vmlinux"
+serve() { echo "mkdir -p /tmp/www && echo $1 >/tmp/www/index.html && exec httpd -f -p 80 -h /tmp/www"; }
+fetch() { curl -sf --max-time 5 "$1" >"$W/fetched" 2>/dev/null; }
+sandboxes() { grep -lx img2vm-sandbox /proc/[0-9]*/comm 2>/dev/null | wc -l; }
+
+$P $K --log-level=debug run --rm --network none localhost/img echo kernel-by-flag >"$W/flag.out" 2>"$D/flag"
+echo "flag-rc=$?"; sed 's/^/flag-out: /' "$W/flag.out"
+
+$P $K --log-level=debug pod create -p 8081:80 --name p >/dev/null 2>"$D/pod-create"
+echo "pod-create-rc=$?"
+$P $K --log-level=debug run -d --pod p --name app localhost/img sh -c "$(serve page-of-pod)"   >/dev/null 2>"$D/app"
+echo "app-rc=$?"
+infra=$($P pod inspect --format '{{.InfraContainerID}}' p)
+infra_pid=$($P inspect --format '{{.State.Pid}}' "$infra")
+echo "infra-status=$($P inspect --format '{{.State.Status}}' "$infra") comm=$(cat /proc/$infra_pid/comm)"
+show infra-config.json "$($O state "$infra" | sed -n 's/.*"bundle": "\(.*\)".*/\1/p')/config.json"
+[ "$(readlink /proc/$infra_pid/ns/net)" != "$(readlink /proc/self/ns/net)" ] && echo "infra-in-its-own-netns"
+until_ok 300 fetch http://10.88.0.1:8081/ && echo "pod-published-bridge=$(cat "$W/fetched")"
+until_ok 30 fetch http://127.0.0.1:8081/ && echo "pod-published=$(cat "$W/fetched")"
+ip_pod=$($P inspect --format '{{.NetworkSettings.IPAddress}}' "$infra")
+ip_g=$($P exec app ip -4 -o addr show dev eth0 | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p')
+echo "pod-ip=$ip_pod app-ip=$ip_g"
+[ -n "$ip_g" ] && [ "$ip_g" = "$ip_pod" ] && echo "app-has-the-pod-ip"
+
+$P $K --log-level=debug run --rm --pod p localhost/img   sh -c 'echo "second-addrs=$(ip -4 -o addr show | grep -vc " lo ")"' >"$W/second.out" 2>"$D/second"
+echo "second-rc=$?"; cat "$W/second.out"
+echo "loopback-warnings=$(grep -c "its interface is another VM's" /run/img2vm-oci/img2vm-oci.log)"
+
+$P $K --log-level=debug pod rm -f p >/dev/null 2>"$D/pod-rm"; echo "pod-rm-rc=$?"
+echo "left: containers=$($O list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w) virtiofsd=$(pidof virtiofsd | wc -w) netns=$(ip netns list | wc -l) sandboxes=$(sandboxes) conmon=$(pidof conmon | wc -w)"
+podman_end
+)SH");
+  if (HasFatalFailure()) return;
+  NestedResult r = w.run();
+  const std::string& o = r.output;
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_TRUE(has(o, "flag-rc=0\nflag-out: kernel-by-flag\n")) << "the kernel by --runtime-flag";
+  EXPECT_TRUE(has(o, "pod-create-rc=0\napp-rc=0\n"));
+  EXPECT_TRUE(has(o, "infra-status=running comm=img2vm-sandbox\n")) << "the infra: no VM";
+  EXPECT_TRUE(has(o, "infra-in-its-own-netns\n"));
+  EXPECT_TRUE(has(o, "pod-published-bridge=page-of-pod\n")) << "pod create -p 8081:80";
+  EXPECT_TRUE(has(o, "pod-published=page-of-pod\n")) << "pod create -p 8081:80, at 127.0.0.1";
+  EXPECT_TRUE(has(o, "app-has-the-pod-ip\n"));
+  EXPECT_TRUE(has(o, "second-rc=0\nsecond-addrs=0\n")) << "the pod's second VM: loopback only";
+  EXPECT_TRUE(has(o, "loopback-warnings=1\n"));
+  EXPECT_FALSE(has(o, "gave-up-waiting-for"));
+  EXPECT_TRUE(has(o, "pod-rm-rc=0\n"));
+  EXPECT_TRUE(has(o, "left: containers=0 vmms=0 virtiofsd=0 netns=0 sandboxes=0 conmon=0\n"));
+  if (HasFailure()) report(r);
+}
+
 // containerd 1.6 with its runc shim (io.containerd.runc.v2) and `ctr run --runc-binary
 // img2vm-oci`: the workload's output and exit status; the shim's --root
 // (/run/containerd/runc/default) makes the VM's vsock socket paths long; ctr --rm leaves nothing.

@@ -10,10 +10,12 @@
 #include <linux/magic.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -413,6 +415,110 @@ TEST_F(OciOptions, AMissingKernelIsRefusedClearly) {
   }
 }
 
+// IMG2VM_KERNEL set (or unset) for a test, as it was afterwards.
+class KernelEnv {
+ public:
+  explicit KernelEnv(const std::optional<std::string>& value) {
+    if (const char* e = std::getenv("IMG2VM_KERNEL")) saved_ = e;
+    set(value);
+  }
+  ~KernelEnv() { set(saved_); }
+  static void set(const std::optional<std::string>& v) {
+    if (v)
+      ::setenv("IMG2VM_KERNEL", v->c_str(), 1);
+    else
+      ::unsetenv("IMG2VM_KERNEL");
+  }
+
+ private:
+  std::optional<std::string> saved_;
+};
+
+std::string message_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kNotFound) << e.what();
+    return e.what();
+  }
+  return "(no error)";
+}
+
+// The kernel: the annotation's, else img2vm-oci's --kernel (podman --runtime-flag kernel=P, which
+// reaches the infra container's create too), else IMG2VM_KERNEL (which conmon does not pass on);
+// a missing file is refused naming where it was named, even when a later source has one.
+TEST_F(OciOptions, TheKernelIsTheAnnotationsThenTheFlagsThenTheEnvironments) {
+  const fs::path annotated = dir.path() / "vmlinux", flag = dir.path() / "flag-vmlinux",
+                 env = dir.path() / "env-vmlinux", none = dir.path() / "nosuch";
+  write_file_atomic(flag, "x");
+  write_file_atomic(env, "x");
+  KernelEnv e(env.string());
+  json j = config();
+  OciBundle b = parse_oci_config(j.dump(), dir.path());
+  GuestKernel k = oci_guest_kernel(b, flag);
+  EXPECT_EQ(k.path, annotated);
+  EXPECT_EQ(k.source, "annotation");
+  j["annotations"].erase("org.img2vm.kernel");
+  b = parse_oci_config(j.dump(), dir.path());
+  k = oci_guest_kernel(b, flag);
+  EXPECT_EQ(k.path, flag);
+  EXPECT_EQ(k.source, "--kernel");
+  EXPECT_EQ(oci_machine_options(b, {}, flag).kernel, flag);
+  k = oci_guest_kernel(b, {});
+  EXPECT_EQ(k.path, env);
+  EXPECT_EQ(k.source, "IMG2VM_KERNEL");
+  EXPECT_EQ(oci_machine_options(b, {}).kernel, env);
+
+  EXPECT_EQ(message_of([&] { oci_guest_kernel(b, none); }),
+            "img2vm-oci --kernel: the kernel image " + none.string() + " does not exist");
+  KernelEnv::set(none.string());
+  EXPECT_EQ(message_of([&] { oci_guest_kernel(b, {}); }),
+            "IMG2VM_KERNEL: the kernel image " + none.string() + " does not exist");
+  EXPECT_EQ(oci_guest_kernel(b, flag).path, flag);
+  j["annotations"]["org.img2vm.kernel"] = none.string();
+  b = parse_oci_config(j.dump(), dir.path());
+  EXPECT_EQ(message_of([&] { oci_guest_kernel(b, flag); }),
+            "config.json: annotation org.img2vm.kernel: the kernel image " + none.string() +
+                " does not exist");
+}
+
+// A pod's sandbox: containerd's and CRI-O's annotations say so (or say it is not), and podman's
+// infra container, which has neither, runs its pause image's `/catatonit -P` (or Kubernetes'
+// `/pause`); catatonit as an init (podman run --init) or anything else is a container.
+TEST_F(OciOptions, APodsSandboxIsKnownByTheCriAnnotationsOrItsPauseProgram) {
+  auto sandbox = [&](const std::vector<std::string>& args,
+                     const std::map<std::string, std::string>& annotations) {
+    json j = config();
+    j["process"]["args"] = args;
+    j["annotations"] = annotations;
+    return is_pod_sandbox(parse_oci_config(j.dump(), dir.path()));
+  };
+  EXPECT_TRUE(sandbox({"/catatonit", "-P"}, {}));
+  EXPECT_TRUE(sandbox({"/pause"}, {}));
+  EXPECT_TRUE(sandbox({"/usr/bin/pause"}, {{"io.kubernetes.cri-o.ContainerType", "sandbox"}}));
+  EXPECT_TRUE(sandbox({"/anything"}, {{"io.kubernetes.cri.container-type", "sandbox"}}));
+  EXPECT_TRUE(sandbox({"/anything"}, {{"io.kubernetes.cri-o.ContainerType", "sandbox"}}));
+  EXPECT_FALSE(sandbox({"/catatonit", "-P"}, {{"io.kubernetes.cri-o.ContainerType", "container"}}));
+  EXPECT_FALSE(sandbox({"/pause"}, {{"io.kubernetes.cri.container-type", "container"}}));
+  EXPECT_FALSE(sandbox({"/run/podman-init", "--", "sh"}, {}));
+  EXPECT_FALSE(sandbox({"/catatonit", "--", "sh"}, {}));
+  EXPECT_FALSE(sandbox({"/pause", "1"}, {}));
+  EXPECT_FALSE(sandbox({"sh", "-c", "sleep 1"}, {}));
+  EXPECT_FALSE(sandbox({"httpd", "-f"}, {{"io.kubernetes.cri-o.SandboxID", "abc"}}));
+}
+
+// A pod on the host's network gives its other containers its sandbox's namespace, the host's:
+// no VM takes its interface.
+TEST_F(OciOptions, TheHostsNetworkNamespaceIsNeverAVms) {
+  json j = config();
+  j["linux"]["namespaces"] = {{{"type", "network"}, {"path", "/proc/self/ns/net"}}};
+  MachineOptions mo = options(j);
+  EXPECT_EQ(mo.network, NetworkMode::kNone);
+  EXPECT_TRUE(mo.netns.empty());
+  EXPECT_TRUE(warned("/proc/self/ns/net is the host's network namespace"))
+      << ::testing::PrintToString(warnings);
+}
+
 TEST_F(OciOptions, GroupsLimitsAndNoNewPrivilegesReachTheGuest) {
   json j = config();
   j["process"]["user"]["additionalGids"] = {10, 20};
@@ -546,6 +652,95 @@ TEST(OciRuntimeStore, StartAndExecAreRefusedInTheWrongStateWithTheReason) {
   set(VmStatus::kExited, true, gone);
   EXPECT_EQ(message([&] { rt.exec(e); }), "cannot exec in a container that is stopped");
   EXPECT_EQ(message([&] { rt.start("c1"); }), "cannot start a container that has stopped");
+}
+
+// This process as conmon and the shim are: the subreaper that a container's process is
+// reparented to, for the test's time.
+struct Subreaper {
+  Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 1); }
+  ~Subreaper() { ::prctl(PR_SET_CHILD_SUBREAPER, 0); }
+};
+
+std::string proc_field(pid_t pid, const std::string& file, const std::string& key = "") {
+  std::string text;
+  try {
+    text = read_file("/proc/" + std::to_string(pid) + "/" + file, 1 << 16);
+  } catch (const Error&) {
+    return "(gone)";
+  }
+  if (key.empty()) return text;
+  auto at = text.find("\n" + key + ":\t");
+  if (at == std::string::npos) return "";
+  at += key.size() + 3;
+  return text.substr(at, text.find('\n', at) - at);
+}
+
+// The pod's sandbox (podman's infra container, `/catatonit -P`) without a kernel: no VM, a host
+// process whose pid goes to --pid-file, a child of the subreaper (conmon's place), in a session
+// of its own, with /dev/null for its stdio and nothing else open; created, then running; TERM
+// ends it with that signal's status; then it is stopped, its kill refused, its delete leaves
+// nothing. A second one is deleted with --force while it runs (only then); exec is refused.
+TEST(OciPodSandbox, IsAHostProcessThatTheEngineWaitsForAndKills) {
+  TempDir dir("img2vm-oci-sandbox");
+  fs::create_directories(dir.path() / "bundle/rootfs");
+  json cfg = {{"ociVersion", "1.0.2"},
+              {"root", {{"path", "rootfs"}}},
+              {"process", {{"args", {"/catatonit", "-P"}}, {"cwd", "/"}}}};
+  write_file_atomic(dir.path() / "bundle/config.json", cfg.dump());
+  KernelEnv no_kernel((dir.path() / "no-such-kernel").string());
+  Subreaper reaper;
+  OciRuntime rt(dir.path() / "state");
+  std::vector<std::string> warnings;
+  OciCreateOptions o;
+  o.id = "infra";
+  o.bundle = dir.path() / "bundle";
+  o.pid_file = dir.path() / "pid";
+  o.kernel = dir.path() / "no-such-kernel-either";
+  o.warn = [&](const std::string& w) { warnings.push_back(w); };
+  OciState s = rt.create(o);
+  const pid_t pid = std::stoi(read_file(o.pid_file, 64));
+  EXPECT_EQ(s.status, "created");
+  EXPECT_EQ(s.pid, pid);
+  EXPECT_EQ(proc_field(pid, "comm"), "img2vm-sandbox\n");
+  EXPECT_EQ(proc_field(pid, "status", "PPid"), std::to_string(::getpid()));
+  EXPECT_NE(::getsid(pid), ::getsid(0));
+  std::error_code ec;
+  size_t fds = 0;
+  for (auto it = fs::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+       !ec && it != fs::directory_iterator(); it.increment(ec))
+    ++fds;
+  EXPECT_EQ(fds, 3u);
+  EXPECT_EQ(fs::read_symlink("/proc/" + std::to_string(pid) + "/fd/1", ec), "/dev/null");
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_NE(warnings[0].find("a pod's sandbox (/catatonit): no VM"), std::string::npos)
+      << warnings[0];
+  EXPECT_EQ(rt.pids("infra"), std::vector<pid_t>{pid});
+
+  rt.start("infra");
+  EXPECT_EQ(rt.state("infra").status, "running");
+  OciExecOptions e;
+  e.id = "infra";
+  e.process.args = {"true"};
+  EXPECT_THROW(rt.exec(e), Error);
+  rt.kill("infra", SIGTERM);
+  int st = 0;
+  ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGTERM) << st;
+  s = rt.state("infra");
+  EXPECT_EQ(s.status, "stopped");
+  EXPECT_EQ(s.pid, 0);
+  EXPECT_THROW(rt.kill("infra", SIGKILL), Error);
+  rt.remove("infra", false);
+  EXPECT_THROW(rt.state("infra"), Error);
+
+  o.id = "infra2";
+  s = rt.create(o);
+  rt.start("infra2");
+  EXPECT_THROW(rt.remove("infra2", false), Error);  // running
+  rt.remove("infra2", true);
+  ASSERT_EQ(::waitpid(s.pid, &st, 0), s.pid);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+  EXPECT_TRUE(rt.list().empty());
 }
 
 TEST(OciRuntimeStore, UnknownIdsAndBadIdsAreErrors) {

@@ -3,11 +3,14 @@
 #include <fcntl.h>
 #include <linux/magic.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -162,6 +165,74 @@ std::vector<Mount> vm_mounts(const OciBundle& b,
   return out;
 }
 
+// `path` is the network namespace this process is in (an engine's runtime runs in the host's).
+bool is_own_netns(const fs::path& path) {
+  struct stat a {};
+  struct stat own {};
+  return ::stat(path.c_str(), &a) == 0 && ::stat("/proc/self/ns/net", &own) == 0 &&
+         a.st_dev == own.st_dev && a.st_ino == own.st_ino;
+}
+
+// What the pod sandbox's process tells create: its pid, and the errno of joining or making its
+// network namespace (0: done).
+struct SandboxStarted {
+  pid_t pid = 0;
+  int error = 0;
+};
+
+// The pod sandbox's process (OciRuntime::create): a grandchild in a session of its own, so that
+// it is reparented to the nearest subreaper (conmon, the shim), in the namespace `netns` (a
+// descriptor; -1: none) or a new one (`new_netns`), with the default action for every signal,
+// /dev/null (`devnull`) as its stdin, stdout and stderr, no other descriptors, "/" as its
+// directory. Only async-signal-safe calls after the fork. Returns its pid; throws Error with
+// `what` when it could not join its namespace.
+pid_t start_sandbox_process(int netns, bool new_netns, int devnull, const std::string& what) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) throw_errno("pipe");
+  UniqueFd rd(fds[0]), wr(fds[1]);
+  const pid_t child = ::fork();
+  if (child < 0) throw_errno("fork");
+  if (child == 0) {
+    if (::setsid() < 0) ::_exit(1);
+    const pid_t holder = ::fork();
+    if (holder != 0) ::_exit(holder < 0 ? 1 : 0);
+    SandboxStarted msg{::getpid(), 0};
+    if (netns >= 0 && ::setns(netns, CLONE_NEWNET) != 0)
+      msg.error = errno;
+    else if (netns < 0 && new_netns && ::unshare(CLONE_NEWNET) != 0)
+      msg.error = errno;
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) (void)::sigaction(sig, &dfl, nullptr);
+    sigset_t none;
+    ::sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    for (int fd = 0; fd < 3; ++fd) ::dup2(devnull, fd);
+    (void)!::chdir("/");
+    (void)!::write(wr.get(), &msg, sizeof msg);
+    if (msg.error != 0) ::_exit(1);
+    ::close_range(3, ~0u, 0);
+    ::prctl(PR_SET_NAME, "img2vm-sandbox", 0, 0, 0);
+    for (;;) ::pause();
+  }
+  wr.reset();
+  int st = 0;
+  while (::waitpid(child, &st, 0) < 0 && errno == EINTR) {
+  }
+  SandboxStarted msg;
+  ssize_t n;
+  do {
+    n = ::read(rd.get(), &msg, sizeof msg);
+  } while (n < 0 && errno == EINTR);
+  if (n != ssize_t(sizeof msg) || msg.pid <= 0)
+    throw Error(ErrorKind::kIo, "the pod sandbox's process could not be started");
+  if (msg.error != 0) {
+    errno = msg.error;
+    throw_errno(what);
+  }
+  return msg.pid;
+}
+
 // The container's process is the monitor (--pid-file's): it has not stopped before the monitor
 // has ended, although the VM's end is recorded before it goes (its virtiofsd are stopped after).
 // An engine that hears "stopped" looks for the exit status its conmon or shim writes once it
@@ -225,8 +296,54 @@ std::string oci_features_json() {
   return j.dump(2);
 }
 
+GuestKernel oci_guest_kernel(const OciBundle& b, const fs::path& kernel_flag) {
+  // The first that names a kernel, and how its error names it.
+  std::string path, source, named_by;
+  if (auto it = b.annotations.find(kAnnotationKernel); it != b.annotations.end()) {
+    path = it->second;
+    source = "annotation";
+    named_by = std::string("config.json: annotation ") + kAnnotationKernel;
+  } else if (!kernel_flag.empty()) {
+    path = kernel_flag.string();
+    source = "--kernel";
+    named_by = "img2vm-oci --kernel";
+  } else if (const char* e = std::getenv("IMG2VM_KERNEL"); e && *e) {
+    path = e;
+    source = named_by = "IMG2VM_KERNEL";
+  }
+  if (!path.empty()) {
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec))
+      throw Error(ErrorKind::kNotFound,
+                  named_by + ": the kernel image " + path.substr(0, 200) + " does not exist");
+    return GuestKernel{fs::absolute(path), source, {}};
+  }
+  auto kernel = find_guest_kernel();
+  if (!kernel)
+    throw Error(ErrorKind::kNotFound,
+                "no guest kernel: build one with `img2vm kernel build`, or name one with the "
+                "annotation " +
+                    std::string(kAnnotationKernel) +
+                    ", img2vm-oci's --kernel (podman --runtime-flag kernel=PATH) or IMG2VM_KERNEL");
+  return *kernel;
+}
+
+bool is_pod_sandbox(const OciBundle& b) {
+  for (const char* key : {kAnnotationCriContainerType, kAnnotationCrioContainerType})
+    if (auto it = b.annotations.find(key); it != b.annotations.end()) {
+      if (it->second == "sandbox") return true;
+      if (it->second == "container") return false;
+    }
+  if (b.args.empty()) return false;
+  const std::string program = fs::path(b.args[0]).filename().string();
+  if (program == "pause") return b.args.size() == 1;
+  if (program == "catatonit") return b.args.size() == 2 && b.args[1] == "-P";
+  return false;
+}
+
 MachineOptions oci_machine_options(const OciBundle& b,
-                                   const std::function<void(const std::string&)>& warn) {
+                                   const std::function<void(const std::string&)>& warn,
+                                   const fs::path& kernel_flag) {
   auto say = [&](const std::string& s) {
     if (warn) warn(s);
   };
@@ -237,19 +354,7 @@ MachineOptions oci_machine_options(const OciBundle& b,
   };
 
   MachineOptions mo;
-  const std::string* k = annotation(kAnnotationKernel);
-  std::error_code ec;
-  if (k && !fs::is_regular_file(*k, ec))
-    throw Error(ErrorKind::kNotFound, std::string("config.json: annotation ") + kAnnotationKernel +
-                                          ": the kernel image " + k->substr(0, 200) +
-                                          " does not exist");
-  auto kernel = find_guest_kernel(k ? *k : std::string());
-  if (!kernel)
-    throw Error(ErrorKind::kNotFound,
-                "no guest kernel: build one with `img2vm kernel build`, or name one with "
-                "IMG2VM_KERNEL or the annotation " +
-                    std::string(kAnnotationKernel));
-  mo.kernel = kernel->path;
+  mo.kernel = oci_guest_kernel(b, kernel_flag).path;
 
   RootDirectory root = open_root_directory(b.root, b.root_readonly);
   guestabi::RuntimeConfig rc;
@@ -308,7 +413,13 @@ MachineOptions oci_machine_options(const OciBundle& b,
   // The engine's namespace (its veth, address and routes, made by CNI or netavark) is the VM's:
   // build_machine's NetnsTap hands the interface to the guest. A namespace of its own (listed
   // without a path) would hold loopback alone, and so does the VM.
-  if (!b.network_namespace.empty()) {
+  if (!b.network_namespace.empty() && is_own_netns(b.network_namespace)) {
+    // A pod's on the host's network: its other containers are given its sandbox's namespace
+    // (/proc/PID/ns/net), the host's, whose interface no VM may take.
+    mo.network = NetworkMode::kNone;
+    say("linux.namespaces: network " + b.network_namespace.string() +
+        " is the host's network namespace: a VM cannot share the host's; it has loopback only");
+  } else if (!b.network_namespace.empty()) {
     mo.network = NetworkMode::kNetns;
     mo.netns = b.network_namespace;
   } else {
@@ -346,7 +457,8 @@ OciState OciRuntime::create(const OciCreateOptions& o) {
   if (store_.find_name(o.id))
     throw Error(ErrorKind::kInvalidArgument, "container with id exists: " + o.id);
   OciBundle b = load_oci_bundle(o.bundle);
-  MachineOptions mo = oci_machine_options(b, o.warn);
+  if (is_pod_sandbox(b)) return create_pod_sandbox(o, b);
+  MachineOptions mo = oci_machine_options(b, o.warn, o.kernel);
   // A pod's containers share its namespace, whose interface its first VM (the infra or pause
   // container's) has taken: the others get loopback only, as before img2vm joined namespaces.
   if (mo.network == NetworkMode::kNetns && vm::netns_has_vm(mo.netns)) {
@@ -401,6 +513,57 @@ OciState OciRuntime::create(const OciCreateOptions& o) {
   return state_of(store_.get(r.id));
 }
 
+OciState OciRuntime::create_pod_sandbox(const OciCreateOptions& o, const OciBundle& b) {
+  const std::string ns = b.network_namespace.string();
+  UniqueFd netns;
+  if (!b.network_namespace.empty()) {
+    netns.reset(::open(b.network_namespace.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!netns) throw_errno("linux.namespaces: network " + ns);
+  }
+  UniqueFd devnull(::open("/dev/null", O_RDWR | O_CLOEXEC));
+  if (!devnull) throw_errno("/dev/null");
+  if (o.warn)
+    o.warn("a pod's sandbox (" + b.args[0].substr(0, 200) +
+           "): no VM; a host process holds the pod's namespaces" +
+           (ns.empty() ? std::string() : " (network " + ns + ")") +
+           ", and the pod's first other container's VM takes its network");
+  VmCreate c;
+  c.name = o.id;
+  c.image = b.root.string();
+  c.command = b.args;
+  c.bundle = b.dir.string();
+  c.annotations = b.annotations;
+  c.pod_sandbox = true;
+  const VmRecord r = store_.create(c, "{}");
+  ProcessRef process;
+  try {
+    const pid_t pid =
+        start_sandbox_process(netns.get(), b.network_namespace.empty() && !b.host_network,
+                              devnull.get(), "linux.namespaces: network " + ns);
+    process = ProcessRef::of(pid);
+    store_.update(r.id, [&](VmRecord& s) {
+      s.status = VmStatus::kRunning;
+      s.monitor = process;
+    });
+    if (!o.pid_file.empty()) {
+      try {
+        write_file_atomic(o.pid_file, std::to_string(pid), 0644);
+      } catch (const Error& e) {
+        throw e.with_context("--pid-file");
+      }
+    }
+  } catch (...) {
+    if (UniqueFd fd = process.pidfd())
+      (void)::syscall(SYS_pidfd_send_signal, fd.get(), SIGKILL, nullptr, 0);
+    try {
+      store_.remove(r.id, true);
+    } catch (const Error&) {
+    }
+    throw;
+  }
+  return state_of(store_.get(r.id));
+}
+
 void OciRuntime::start(const std::string& id) {
   const VmRecord r = get(id);
   const std::string status = oci_status(r);
@@ -410,7 +573,7 @@ void OciRuntime::start(const std::string& id) {
     throw Error(ErrorKind::kInvalidArgument, "cannot start a container that has stopped");
   if (status != "created")
     throw Error(ErrorKind::kInvalidArgument, "cannot start a container that is " + status);
-  start_workload(r.vsock_socket, kAgentTimeout);
+  if (!r.pod_sandbox) start_workload(r.vsock_socket, kAgentTimeout);
   // Running from now on; the monitor records the exec's own time when the guest marks it.
   store_.update(r.id, [](VmRecord& s) {
     if (s.started.empty()) s.started = now_rfc3339_nano();
@@ -434,7 +597,14 @@ void OciRuntime::kill(const std::string& id, int sig) {
   // to signal; "container not running" is what podman's stop takes for done.
   if (status == "stopped" || status == "creating" || r.status == VmStatus::kExited)
     throw Error(ErrorKind::kInvalidArgument, "container not running");
-  if (sig == SIGKILL)
+  if (r.pod_sandbox) {
+    UniqueFd fd = r.monitor.pidfd();
+    if (!fd) throw Error(ErrorKind::kInvalidArgument, "container not running");
+    if (::syscall(SYS_pidfd_send_signal, fd.get(), sig, nullptr, 0) != 0) {
+      if (errno == ESRCH) throw Error(ErrorKind::kInvalidArgument, "container not running");
+      throw_errno("cannot signal container " + id);
+    }
+  } else if (sig == SIGKILL)
     store_.kill(r.id, SIGKILL);
   else
     signal_workload(r.vsock_socket, sig, kAgentTimeout);
@@ -454,6 +624,11 @@ int OciRuntime::exec(const OciExecOptions& o) {
   const std::string status = oci_status(r);
   if (status != "running")
     throw Error(ErrorKind::kInvalidArgument, "cannot exec in a container that is " + status);
+  if (r.pod_sandbox)
+    throw Error(ErrorKind::kUnsupported,
+                "cannot exec in container " + o.id +
+                    ": it is a pod's sandbox, a host process that holds the pod's namespaces "
+                    "(no VM)");
   guestabi::ExecRequest req;
   req.args = o.process.args;
   req.env = o.process.env;

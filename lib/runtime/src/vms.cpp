@@ -89,6 +89,7 @@ json to_json(const VmRecord& r) {
             {"VsockSocket", r.vsock_socket}};
   if (!r.bundle.empty()) j["Bundle"] = r.bundle;
   if (!r.annotations.empty()) j["Annotations"] = r.annotations;
+  if (r.pod_sandbox) j["PodSandbox"] = true;
   j["ExitCode"] = r.exit_code ? json(*r.exit_code) : json(nullptr);
   return j;
 }
@@ -129,6 +130,7 @@ VmRecord record_from(const json& j) {
   if (j.contains("Annotations") && j["Annotations"].is_object())
     for (const auto& [k, v] : j["Annotations"].items())
       if (v.is_string()) r.annotations[k] = v.get<std::string>();
+  r.pod_sandbox = j.contains("PodSandbox") && j["PodSandbox"].is_boolean() && j["PodSandbox"];
   return r;
 }
 
@@ -301,6 +303,10 @@ VmRecord VmStore::observe(VmRecord r) const {
     if (s.status == VmStatus::kExited || s.monitor.pid <= 0 || s.monitor.alive()) return;
     s.status = VmStatus::kExited;
     s.finished = now_rfc3339_nano();
+    if (s.pod_sandbox) {  // not this process's child: its status went to its reaper
+      s.exit_reason = "the pod sandbox's process (pid " + std::to_string(s.monitor.pid) + ") ended";
+      return;
+    }
     // An attached run's VMM leaves its end in exit.json (img2vm run --name).
     std::string text;
     try {
@@ -370,6 +376,7 @@ VmRecord VmStore::create(const VmCreate& c, const std::string& spec) {
   r.vsock_socket = (vm_dir(r.id) / "vsock.sock").string();
   r.bundle = c.bundle;
   r.annotations = c.annotations;
+  r.pod_sandbox = c.pod_sandbox;
   if (json(to_json(r)).dump(2).size() + 1024 > kMaxStateBytes)
     throw Error(ErrorKind::kLimit,
                 "the VM's record (its command, image and annotations) would be "

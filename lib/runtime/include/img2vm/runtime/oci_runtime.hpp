@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "img2vm/base/fd.hpp"
+#include "img2vm/runtime/kernel.hpp"
 #include "img2vm/runtime/machine.hpp"
 #include "img2vm/runtime/oci_bundle.hpp"
 #include "img2vm/runtime/vms.hpp"
@@ -40,6 +41,12 @@ inline constexpr const char* kOciRuntimeSpecVersion = "1.1.0";
 inline constexpr const char* kAnnotationKernel = "org.img2vm.kernel";
 inline constexpr const char* kAnnotationMemory = "org.img2vm.memory_mib";
 inline constexpr const char* kAnnotationCpus = "org.img2vm.cpus";
+
+// The annotations by which the CRI marks a pod's sandbox ("sandbox") and its other containers
+// ("container"): containerd's and CRI-O's (podman sets CRI-O's "container" on the other
+// containers of a pod, but nothing on its infra container).
+inline constexpr const char* kAnnotationCriContainerType = "io.kubernetes.cri.container-type";
+inline constexpr const char* kAnnotationCrioContainerType = "io.kubernetes.cri-o.ContainerType";
 
 // Guest memory when config.json sets no memory limit, and the least a VM gets. The VM's host
 // processes (img2vm-vmm, the monitor, one virtiofsd per shared directory) come on top.
@@ -58,6 +65,8 @@ struct OciCreateOptions {
   bool inherit_stdio = true;
   // Each setting of config.json a VM does not honour, one line each (for --log).
   std::function<void(const std::string&)> warn;
+  // img2vm-oci's global --kernel: the kernel when config.json's annotation names none.
+  std::filesystem::path kernel;
 };
 
 // `exec`: a process (parse_oci_process) run in a running container's VM by the guest agent,
@@ -87,6 +96,21 @@ std::string to_json(const OciState& s);
 // namespaces understood, and the annotations above.
 std::string oci_features_json();
 
+// The guest kernel of a container: the annotation org.img2vm.kernel, else `kernel_flag`
+// (img2vm-oci --kernel), else $IMG2VM_KERNEL, else the cached build (GuestKernel::source:
+// "annotation", "--kernel", "IMG2VM_KERNEL", "cache"). A named file that does not exist is
+// Error(kNotFound) saying where it was named ("config.json: annotation org.img2vm.kernel: the
+// kernel image P does not exist", "img2vm-oci --kernel: ...", "IMG2VM_KERNEL: ..."); no kernel
+// at all is Error(kNotFound) saying how to give one.
+GuestKernel oci_guest_kernel(const OciBundle& b, const std::filesystem::path& kernel_flag);
+
+// A pod's sandbox ("infra", "pause") container, which only holds the pod's namespaces: marked
+// so by the CRI annotations above ("sandbox"; "container" says it is not), else, as podman
+// marks its infra container with neither, a process that does nothing but wait for a signal:
+// podman's pause image's (`/catatonit -P`) or Kubernetes' (`/pause`), by the program's base
+// name. OciRuntime::create runs it as a host process, not a VM.
+bool is_pod_sandbox(const OciBundle& b);
+
 // The MachineOptions for a bundle (the kernel, the root directory and process, mounts, with
 // copies of the regular files bound (Mount::Type::kFile, read here: Error(kLimit) naming the
 // mount past 1 MiB a file or 4 MiB in all), memory, vCPUs, the network: the engine's namespace
@@ -94,7 +118,8 @@ std::string oci_features_json();
 // gives the workload the console as its tty and stdin (RunOverrides::tty, interactive). Throws
 // Error naming the field at fault.
 MachineOptions oci_machine_options(const OciBundle& b,
-                                   const std::function<void(const std::string&)>& warn);
+                                   const std::function<void(const std::string&)>& warn,
+                                   const std::filesystem::path& kernel_flag = {});
 
 // process.terminal's pty: the master for the engine, the slave (raw: the guest's tty does the
 // line discipline) for the VM's monitor, which copies the console to it and its input to the
@@ -120,6 +145,15 @@ class OciRuntime {
   // Boots the container's VM and returns once its workload waits for start. Throws Error:
   // kInvalidArgument "container with id exists: ID", config.json's errors, the VM's reason when
   // it could not start.
+  //
+  // A pod's sandbox (is_pod_sandbox) gets no VM: a host process stands in for its pause
+  // program, in the network namespace config.json names (so that /proc/PID/ns/net, which the
+  // engines give the pod's other containers, is the pod's), in a session of its own, reparented
+  // to the nearest subreaper (conmon, the shim) as runc's container process is. It waits for a
+  // signal: TERM, INT, HUP and KILL end it (its status is the signal's, 128+N for the engine);
+  // its pid goes to --pid-file and its state, start, kill and delete are a container's. The
+  // pod's namespace thus stays free for its first other container's VM, which takes the pod's
+  // address; the ones after that find the interface taken and have loopback only (a warning).
   OciState create(const OciCreateOptions& o);
   // Lets a created container's workload exec. Error(kInvalidArgument) when it is not created.
   void start(const std::string& id);
@@ -145,6 +179,7 @@ class OciRuntime {
 
  private:
   VmRecord get(const std::string& id) const;
+  OciState create_pod_sandbox(const OciCreateOptions& o, const OciBundle& b);
   VmStore store_;
 };
 

@@ -83,6 +83,9 @@ struct VmRecord {
   // annotations, for the runtime-spec state; empty otherwise.
   std::string bundle;
   std::map<std::string, std::string> annotations;
+  // img2vm-oci's pod sandbox (oci_runtime.hpp): no VM; `monitor` is a host process that holds
+  // the pod's namespaces until it is signalled.
+  bool pod_sandbox = false;
 };
 
 // What a new VM is recorded with.
@@ -94,8 +97,9 @@ struct VmCreate {
   bool auto_remove = false;
   std::chrono::milliseconds stop_timeout{10000};
   std::string vmm_program;  // empty: find_vmm_binary() when it starts
-  std::string bundle;       // img2vm-oci: VmRecord::bundle and annotations
+  std::string bundle;       // img2vm-oci: VmRecord::bundle, annotations and pod_sandbox
   std::map<std::string, std::string> annotations;
+  bool pod_sandbox = false;
 };
 
 class VmStore {
