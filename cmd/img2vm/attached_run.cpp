@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <functional>
 #include <iostream>
+#include <memory>
 #include <optional>
 #include <thread>
 
@@ -188,6 +190,31 @@ sigset_t relayed_signals() {
   return set;
 }
 
+namespace {
+
+// The machine for `mc`: its snapshot resumed when it names one, else a cold boot of the same
+// config; also when the VMM refuses the snapshot (taken on another CPU, damaged files): the
+// guest then boots as it did when the snapshot was taken, and goes on past the same point.
+std::unique_ptr<vm::Machine> make_machine(
+    vm::MachineConfig mc, const std::function<void(LogLevel, const std::string&)>& log,
+    bool& restored) {
+  restored = false;
+  if (!mc.restore_from.empty()) {
+    try {
+      auto m = std::make_unique<vm::Machine>(mc);
+      restored = true;
+      return m;
+    } catch (const Error& e) {
+      log(LogLevel::kWarn, "snapshot " + mc.restore_from.filename().string() +
+                               " not resumed: " + e.what() + "; booting instead");
+      mc.restore_from.clear();
+    }
+  }
+  return std::make_unique<vm::Machine>(std::move(mc));
+}
+
+}  // namespace
+
 int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json summary,
                  bool confine) {
   auto log = [&](LogLevel l, const std::string& line) {
@@ -195,7 +222,10 @@ int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json su
   };
   SignalMask mask;  // before the Machine, whose threads inherit it
   const vm::SeccompMode seccomp = confine ? mc.seccomp : vm::SeccompMode::kOff;
-  vm::Machine machine(std::move(mc));
+  const bool from_snapshot = !mc.restore_from.empty();
+  bool restored = false;
+  std::unique_ptr<vm::Machine> made = make_machine(std::move(mc), log, restored);
+  vm::Machine& machine = *made;
   // Every file is open now (/dev/kvm, the kernel, the disks) and the guest has not run yet.
   if (o.run_as) drop_privileges(*o.run_as);
   log(LogLevel::kDebug, "kernel command line: " + machine.cmdline());
@@ -238,6 +268,7 @@ int run_attached(vm::MachineConfig mc, const AttachOptions& o, nlohmann::json su
     if (!summary.is_object()) summary = nlohmann::json::object();
     if (!summary.contains("root_dir"))  // --rootfs has no root disk (views[0] is a --disk)
       summary["root_disk"] = views.empty() ? "" : views[0];
+    if (from_snapshot) summary["restored"] = restored;
     summary["reason"] = vm::to_string(r.reason);
     summary["status"] = r.status;
     summary["exit_code"] = code;

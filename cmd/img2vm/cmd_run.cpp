@@ -16,19 +16,23 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "attached_run.hpp"
 #include "cli.hpp"
 #include "commands.hpp"
 #include "image_args.hpp"
 #include "img2vm/base/error.hpp"
+#include "img2vm/base/digest.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/runtime/kernel.hpp"
 #include "img2vm/runtime/machine.hpp"
 #include "img2vm/runtime/mounts.hpp"
 #include "img2vm/runtime/root_dir.hpp"
+#include "img2vm/runtime/snapshots.hpp"
 #include "img2vm/runtime/virtiofsd.hpp"
 #include "img2vm/runtime/vmm.hpp"
 #include "img2vm/runtime/vms.hpp"
@@ -65,6 +69,7 @@ struct RunArgs : RootfsArgs {
   bool publish_all = false;
   bool rm = false, timings = false, verbose_boot = false, hugepages = false;
   bool detach = false;  // -d
+  bool no_snapshot = false;  // --no-snapshot
   std::string name;     // --name (with -d)
 };
 
@@ -91,6 +96,34 @@ void check_rootfs_args(const RunArgs& a) {
     if (set)
       throw Error(ErrorKind::kInvalidArgument,
                   std::string(flag) + ": not with --rootfs (no image is converted or copied)");
+}
+
+// The stored snapshot this run resumes (img2vm snapshot create): the one of its image, kernel,
+// memory and vCPUs, when the run's devices fit in a snapshot; else none, said at `log`'s levels.
+// Nothing is hashed when the store holds no snapshot.
+std::optional<runtime::SnapshotInfo> pick_snapshot(
+    const runtime::MachineOptions& mo, const std::string& image,
+    const std::function<void(LogLevel, const std::string&)>& log) {
+  runtime::SnapshotStore ss;
+  std::vector<runtime::SnapshotInfo> all = ss.list();
+  if (all.empty()) return std::nullopt;
+  runtime::SnapshotInputs in{mo.kernel, mo.rootfs, mo.memory_mib, mo.cpus, image, {}};
+  in.kernel_digest = sha256_file(mo.kernel).str();
+  const std::string key = runtime::snapshot_key(in);
+  std::string why = runtime::snapshot_unsupported(mo);
+  for (const auto& s : all) {
+    if (s.rootfs != mo.rootfs.filename().string()) continue;
+    std::string mismatch = runtime::snapshot_mismatch(s, in);
+    if (s.key == key && mismatch.empty()) {
+      if (why.empty()) return s;
+      log(LogLevel::kInfo, "snapshot " + s.key + " not used: this run has " + why);
+      return std::nullopt;
+    }
+    if (s.key == key || s.kernel_digest != in.kernel_digest)
+      log(LogLevel::kWarn, "snapshot " + s.key + " of this image not used: " + mismatch +
+                               "; booting (img2vm snapshot create takes a new one)");
+  }
+  return std::nullopt;
 }
 
 PreparedRun prepare_run(RunArgs& a, Globals& g) {
@@ -241,6 +274,12 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     p.image = a.rootfs;
     p.command = a.req.cmd;
   }
+  std::optional<runtime::SnapshotInfo> snap;
+  if (src && !a.no_snapshot && !a.detach) snap = pick_snapshot(mo, ref, log);
+  if (snap) {
+    mo.snapshot = snap->dir;
+    log(LogLevel::kInfo, "resuming snapshot " + snap->key + " (" + snap->dir.string() + ")");
+  }
   mo.console_out_fd = STDOUT_FILENO;
   mo.console_err_fd = STDERR_FILENO;
   mo.console_in_fd = (a.req.interactive || a.req.tty) ? STDIN_FILENO : -1;
@@ -263,6 +302,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
                                                : p.machine.shares.back().source())
                          .string()},
         {"read_only", a.read_only}};
+  if (snap) p.summary["snapshot"] = snap->key;
   p.summary.update({{"kernel", kernel->path.string()},
                     {"kvm", vm::to_string(kvm.kind)},
                     {"network", net.mode == NetworkChoice::Mode::kUser  ? "user"
@@ -514,6 +554,8 @@ void register_run(CLI::App& app, Globals& g, Action* slot) {
   sub->add_option("--size", a->size, "Root filesystem size (e.g. 2G); default: from the content");
   sub->add_option("--extra-space", a->extra_space,
                   "Free space in the root filesystem (default 16M)");
+  sub->add_flag("--no-snapshot", a->no_snapshot,
+                "Boot even when a snapshot of this image and shape is stored (img2vm snapshot)");
   sub->add_flag("--timings", a->timings, "Print VMM setup, kernel boot, init and time to exec");
   sub->add_flag("--verbose-boot", a->verbose_boot, "Show the guest kernel's boot messages");
   sub->add_option("--log-level", a->log_level, "error, warn (default), info or debug");

@@ -15,6 +15,7 @@ void register_rm(CLI::App& app, Globals& g, Action* slot);
 void register_prune(CLI::App& app, Globals& g, Action* slot);
 void register_run(CLI::App& app, Globals& g, Action* slot);
 void register_volume(CLI::App& app, Globals& g, Action* slot);
+void register_snapshot(CLI::App& app, Globals& g, Action* slot);
 void register_rmi(CLI::App& app, Globals& g, Action* slot);
 void register_ps(CLI::App& app, Globals& g, Action* slot);
 void register_logs(CLI::App& app, Globals& g, Action* slot);

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   register_kernel(app, g, &action);
   register_run(app, g, &action);
   register_volume(app, g, &action);
+  register_snapshot(app, g, &action);
   register_rmi(app, g, &action);
   register_ps(app, g, &action);
   register_logs(app, g, &action);

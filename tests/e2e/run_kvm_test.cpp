@@ -1501,3 +1501,115 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
   if (HasFailure() || std::getenv("IMG2VM_TEST_SHOW_OUTPUT"))
     std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }
+
+// Snapshots (issue #19): `img2vm snapshot create` boots the image up to the init's snapshot
+// point and stores the VM; `img2vm run` with the same image, kernel, memory and vCPUs (and no
+// network) resumes it instead of booting. Each resumed VM runs its own command, env and exit code,
+// and gets its own entropy (RNG output, boot id) and the current time; --no-snapshot, a network,
+// another kernel and a damaged snapshot boot instead (the last two saying why); ls, rm, prune.
+TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
+  NetSetup ns;
+  if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
+  const std::string& B = ns.B;
+  const std::string bin = quote(std::getenv("IMG2VM_BIN"));
+  const std::string k = quote((ns.w / "vmlinux").string());
+  const std::string run = ns.run + " --network none --json";
+  const std::string work =
+      " sh -c 'echo var=$RUNVAR args=$0 guest-time=$(date +%s); cat "
+      "/proc/sys/kernel/random/boot_id; head -c 64 /dev/urandom | md5sum; exit 7' ";
+  std::ostringstream sh;
+  sh << ns.prelude() << "c create " << bin << " snapshot create -m 160M --kernel " << k
+     << " --json " << B << "\n"
+     << "c ls " << bin << " snapshot ls\n"
+     << "c r1 sh -c 'echo host-time=$(date +%s); exec \"$@\"' - " << run << " -e RUNVAR=one " << B
+     << work << "first\n"
+     << "c r2 " << run << " -e RUNVAR=two " << B << work << "second\n"
+     << "c cold " << run << " --no-snapshot -e RUNVAR=three " << B << work << "third\n"
+     << "c with-net " << ns.run << " --json " << B << " echo net-run\n"
+     << "cp \"$W/vmlinux\" \"$W/vmlinux2\"; printf x >> \"$W/vmlinux2\"\n"
+     << "c other-kernel " << bin << " run -m 160M --kernel \"$W/vmlinux2\" --network none --json "
+     << B << " echo other-kernel-run\n"
+     << "c damaged sh -c 'for f in \"$IMG2VM_HOME\"/snapshots/*/state; do truncate -s 100 \"$f\";"
+        " done; exec \"$@\"' - "
+     << run << " " << B << " echo after-damage\n"
+     << "c rm sh -c '" << bin << " snapshot rm $(" << bin << " snapshot ls -q)'\n"
+     << "c ls-after " << bin << " snapshot ls -q\n"
+     << "c create2 " << bin << " snapshot create -m 160M --kernel " << k << " " << B << "\n"
+     << "c prune " << bin << " snapshot prune -a --json\n";
+  write_file_atomic(ns.w / "snap.sh", sh.str());
+  std::string output = run_script(ns.w / "snap.sh", ns.files(), std::chrono::seconds(1500));
+  Cases cases(output);
+  auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
+  // The summary --json writes last on stderr.
+  auto summary = [](const Case& c) {
+    auto nl = c.err.find_last_of('{');
+    auto j = nlohmann::json::parse(nl == std::string::npos ? "" : c.err.substr(nl), nullptr, false);
+    return j.is_object() ? j : nlohmann::json::object();
+  };
+  const Case& create = get("create");
+  ASSERT_EQ(create.rc, 0) << create.out << create.err;
+  auto made = nlohmann::json::parse(create.out, nullptr, false);
+  ASSERT_TRUE(made.is_object()) << create.out;
+  const std::string key = made.value("key", "");
+  EXPECT_EQ(key.size(), 32u) << create.out;
+  EXPECT_EQ(made.value("memory_mib", 0), 160);
+  EXPECT_TRUE(has(get("ls").out, key)) << get("ls").out;
+
+  auto lines_of = [](const std::string& s) {
+    std::vector<std::string> v;
+    std::istringstream in(s);
+    for (std::string l; std::getline(in, l);)
+      if (!l.empty()) v.push_back(l);
+    return v;
+  };
+  const Case& r1 = get("r1");
+  const Case& r2 = get("r2");
+  const Case& cold = get("cold");
+  EXPECT_EQ(r1.rc, 7) << r1.out << r1.err;
+  EXPECT_EQ(r2.rc, 7) << r2.out << r2.err;
+  EXPECT_EQ(cold.rc, 7) << cold.out << cold.err;
+  EXPECT_TRUE(has(r1.out, "var=one args=first")) << r1.out;
+  EXPECT_TRUE(has(r2.out, "var=two args=second")) << r2.out;
+  EXPECT_TRUE(has(cold.out, "var=three args=third")) << cold.out;
+  EXPECT_EQ(summary(r1).value("snapshot", ""), key) << r1.err;
+  EXPECT_TRUE(summary(r1).value("restored", false)) << r1.err;
+  EXPECT_TRUE(summary(r2).value("restored", false)) << r2.err;
+  EXPECT_FALSE(summary(cold).contains("snapshot")) << cold.err;
+  // Fresh per VM: boot id and RNG output (lines 2 and 3), and a clock that is not the snapshot's.
+  auto l1 = lines_of(r1.out), l2 = lines_of(r2.out), l3 = lines_of(cold.out);
+  ASSERT_GE(l1.size(), 4u) << r1.out;
+  ASSERT_GE(l2.size(), 3u) << r2.out;
+  ASSERT_GE(l3.size(), 3u) << cold.out;
+  EXPECT_NE(l1[2], l2[1]) << "the same boot id in two resumed VMs";
+  EXPECT_NE(l1[3], l2[2]) << "the same random bytes in two resumed VMs";
+  EXPECT_NE(l2[1], l3[1]);
+  {
+    long host = std::atol(r1.out.c_str() + r1.out.find("host-time=") + 10);
+    auto g = r1.out.find("guest-time=");
+    ASSERT_NE(g, std::string::npos) << r1.out;
+    long guest = std::atol(r1.out.c_str() + g + 11);
+    EXPECT_GE(guest, host - 1) << "the resumed guest's clock is behind the host's: " << r1.out;
+  }
+  const Case& net = get("with-net");
+  EXPECT_EQ(net.rc, 0) << net.out << net.err;
+  EXPECT_TRUE(has(net.out, "net-run")) << net.out;
+  EXPECT_FALSE(summary(net).contains("snapshot")) << net.err;
+  const Case& ok = get("other-kernel");
+  EXPECT_EQ(ok.rc, 0) << ok.out << ok.err;
+  EXPECT_TRUE(has(ok.out, "other-kernel-run")) << ok.out;
+  EXPECT_TRUE(has(ok.err, "snapshot " + key + " of this image not used: it was taken with kernel"))
+      << ok.err;
+  const Case& dmg = get("damaged");
+  EXPECT_EQ(dmg.rc, 0) << dmg.out << dmg.err;
+  EXPECT_TRUE(has(dmg.out, "after-damage")) << dmg.out;
+  EXPECT_TRUE(has(dmg.err, "snapshot " + key + " not resumed: ")) << dmg.err;
+  EXPECT_TRUE(has(dmg.err, "; booting instead")) << dmg.err;
+  EXPECT_FALSE(summary(dmg).value("restored", true)) << dmg.err;
+  EXPECT_EQ(get("rm").rc, 0) << get("rm").err;
+  EXPECT_TRUE(has(get("rm").out, key)) << get("rm").out;
+  EXPECT_EQ(get("ls-after").out, "\n") << get("ls-after").out;
+  EXPECT_EQ(get("create2").rc, 0) << get("create2").err;
+  EXPECT_TRUE(has(get("prune").out, key)) << get("prune").out;
+  if (HasFailure() || std::getenv("IMG2VM_TEST_SHOW_OUTPUT"))
+    std::cerr << "--- the script's whole output ---\n" << output << "\n";
+}

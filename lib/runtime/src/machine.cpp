@@ -1,8 +1,11 @@
 #include "img2vm/runtime/machine.hpp"
 
 #include <arpa/inet.h>
+#include <sys/random.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <ctime>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -21,6 +24,25 @@ namespace img2vm::runtime {
 namespace fs = std::filesystem;
 
 namespace {
+
+constexpr size_t kEntropyBytes = 32;
+
+std::string random_bytes(size_t n) {
+  std::string b(n, '\0');
+  size_t got = 0;
+  while (got < n) {
+    ssize_t r = ::getrandom(b.data() + got, n - got, 0);
+    if (r < 0 && errno != EINTR) throw_errno("getrandom");
+    if (r > 0) got += static_cast<size_t>(r);
+  }
+  return b;
+}
+
+int64_t realtime_ns() {
+  struct timespec ts {};
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+}
 
 unsigned parse_port_number(const std::string& what, const std::string& text) {
   if (text.empty() || text.size() > 5 || text.find_first_not_of("0123456789") != std::string::npos)
@@ -231,8 +253,23 @@ void add_mounts(PreparedMachine& p, const MachineOptions& o) {
 
 }  // namespace
 
+std::string snapshot_unsupported(const MachineOptions& o) {
+  if (o.root_dir) return "a root directory (virtio-fs)";
+  if (o.network != NetworkMode::kNone) return "a network (virtio-net)";
+  if (!o.mounts.empty()) return "mounts (virtio-fs)";
+  if (!o.disks.empty()) return "extra disks";
+  if (!o.keep.empty()) return "a kept root filesystem (read-write)";
+  if (o.hugepages) return "huge pages";
+  if (!o.overrides.mounts.empty()) return "mounts";
+  return {};
+}
+
 PreparedMachine build_machine(MachineOptions o) {
   check(o);
+  if (!o.snapshot.empty()) o.snapshot_layout = true;
+  if (o.snapshot_layout)
+    if (std::string why = snapshot_unsupported(o); !why.empty())
+      throw Error(ErrorKind::kUnsupported, "machine: a snapshot cannot hold " + why + " yet");
   PreparedMachine p;
   vm::MachineConfig& mc = p.config;
   guestabi::RunOverrides& ov = p.overrides;
@@ -316,13 +353,21 @@ PreparedMachine build_machine(MachineOptions o) {
     mc.disks.push_back(d);
   }
 
-  // The overrides: inline when short, else on a raw block device after the other disks.
+  // Fresh for every VM, a resumed snapshot's too: the guest's RNG is reseeded with this, and its
+  // clock set (a snapshot's clock stopped when it was taken).
+  ov.entropy = random_bytes(kEntropyBytes);
+  ov.realtime_ns = realtime_ns();
+  // The overrides: inline when short, else on a raw block device after the other disks. In the
+  // snapshot layout always on a disk of the largest size, the same for every run: the command
+  // line and the guest's view of the disk's size are part of the snapshot.
   std::string param;
   try {
     param = guestabi::run_overrides_kernel_param(ov);
-    if (param.size() > kInlineOverridesMax) {
+    if (param.size() > kInlineOverridesMax || o.snapshot_layout) {
       if (mc.disks.size() >= 26) throw Error(ErrorKind::kLimit, "too many disks");
-      p.overrides_disk = sealed_memfd("img2vm-overrides", guestabi::encode_overrides_disk(ov));
+      p.overrides_disk =
+          sealed_memfd("img2vm-overrides", guestabi::encode_overrides_disk(ov),
+                       o.snapshot_layout ? guestabi::kMaxOverridesDisk : 0);
       vm::DiskConfig d;
       d.path = "/proc/self/fd/" + std::to_string(p.overrides_disk.get());
       d.mode = vm::DiskMode::kReadOnly;
@@ -335,8 +380,10 @@ PreparedMachine build_machine(MachineOptions o) {
     throw Error(ErrorKind::kInvalidArgument, std::string("run: ") + e.what());
   }
   mc.kernel = o.kernel;
+  if (o.snapshot_layout) param += " " + std::string(guestabi::kSnapshotParam) + "=1";
   mc.cmdline = share ? guestabi::directory_cmdline(o.verbose_boot, *share, param)
                      : guestabi::image_cmdline(o.verbose_boot, param);
+  mc.restore_from = o.snapshot;
   mc.console_out_fd = o.console_out_fd;
   mc.console_err_fd = o.console_err_fd;
   mc.console_in_fd = o.console_in_fd;

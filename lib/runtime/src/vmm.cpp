@@ -137,10 +137,12 @@ std::string restore_netns_in_child(const std::string& state, std::chrono::millis
   }
 }
 
-UniqueFd sealed_memfd(const char* name, const std::string& bytes) {
+UniqueFd sealed_memfd(const char* name, const std::string& bytes, uint64_t size) {
   UniqueFd fd(::memfd_create(name, MFD_CLOEXEC | MFD_ALLOW_SEALING));
   if (!fd) throw_errno("memfd_create");
   write_all(fd.get(), bytes, name);
+  if (size > bytes.size() && ::ftruncate(fd.get(), static_cast<off_t>(size)) != 0)
+    throw_errno(std::string("sizing ") + name);
   if (::fcntl(fd.get(), F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL) != 0)
     throw_errno("sealing a memfd");
   return fd;

@@ -154,6 +154,7 @@ std::string machine_config_to_json(const MachineConfig& c) {
             {"kvm_device", c.kvm_device.string()},
             {"seccomp", name_of(c.seccomp, kSeccompModes)}};
   if (!c.initrd.empty()) j["initrd"] = c.initrd.string();
+  if (!c.restore_from.empty()) j["restore_from"] = c.restore_from.string();
   j["disks"] = json::array();
   for (const auto& d : c.disks)
     j["disks"].push_back(
@@ -192,7 +193,7 @@ MachineConfig machine_config_from_json(std::string_view text) {
   only(j, "",
        {"memory_mib", "hugepages", "vcpus", "kernel", "cmdline", "initrd", "disks", "net", "fs",
         "vsock", "console_out_fd", "console_err_fd", "ready_fd", "console_in_fd", "console_input",
-        "timeout_ms", "kvm_device", "seccomp"});
+        "timeout_ms", "kvm_device", "seccomp", "restore_from"});
   MachineConfig c;
   c.memory_mib = number<uint64_t>(j, "", "memory_mib", c.memory_mib, 1, uint64_t(1) << 30);
   c.hugepages = boolean(j, "", "hugepages", c.hugepages);
@@ -202,6 +203,7 @@ MachineConfig machine_config_from_json(std::string_view text) {
   if (c.kernel.empty()) bad("kernel", "empty");
   c.cmdline = string(j, "", "cmdline", c.cmdline);
   c.initrd = string(j, "", "initrd", "");
+  c.restore_from = string(j, "", "restore_from", "");
   c.console_out_fd =
       number<int>(j, "", "console_out_fd", c.console_out_fd, -1, std::numeric_limits<int>::max());
   c.console_err_fd =

@@ -103,7 +103,21 @@ struct MachineOptions {
   int console_out_fd = 1;         // where the console goes (not owned); -1 discards it
   int console_err_fd = 2;         // the workload's stderr without a tty (not owned); -1: away
   int console_in_fd = -1;         // the console's input (not owned); -1: none
+  // Snapshots (snapshots.hpp, docs/snapshots.md). With snapshot_layout the guest init stops at
+  // its snapshot point and only then reads the overrides, from a disk of a fixed size: a
+  // snapshot taken there serves every later run of the same image, kernel and machine shape.
+  // Only for a root filesystem without mounts, extra disks, keep, huge pages or a network
+  // (virtio-net, virtio-fs and vsock cannot be in a snapshot yet): snapshot_unsupported().
+  bool snapshot_layout = false;
+  // Resume this snapshot (a SnapshotStore directory) instead of booting; implies
+  // snapshot_layout. The config keeps the cold boot of the same layout: a VMM that refuses the
+  // snapshot (another CPU, damaged files) boots that instead (vm::MachineConfig::restore_from).
+  std::filesystem::path snapshot;
 };
+
+// Why `o` cannot use the snapshot layout, in a few words ("a network", "mounts"); empty when it
+// can.
+std::string snapshot_unsupported(const MachineOptions& o);
 
 // A MachineConfig ready to run, and what it refers to.
 struct PreparedMachine {

@@ -42,8 +42,9 @@ std::filesystem::path find_netns_binary();
 std::string restore_netns_in_child(const std::string& state, std::chrono::milliseconds timeout);
 
 // A read-only, sealed in-memory file holding `bytes` (close-on-exec): a disk or a spec that a
-// child reads through its descriptor, with no file to clean up.
-UniqueFd sealed_memfd(const char* name, const std::string& bytes);
+// child reads through its descriptor, with no file to clean up. With `size` larger than the bytes,
+// the file is that long, zeros after them (holes: they take no memory).
+UniqueFd sealed_memfd(const char* name, const std::string& bytes, uint64_t size = 0);
 
 // The spec img2vm-vmm runs: {"machine": config, ...}; `attach` and `summary` (JSON object
 // texts, may be empty) are its optional members (docs/vm.md, "The VMM process"). Throws

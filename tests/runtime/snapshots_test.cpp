@@ -1,0 +1,206 @@
+// The snapshot store (snapshots.hpp) on a temporary directory, without KVM: keys, commit, find,
+// list, remove and prune, what a half-written or edited snapshot looks like to them; and the
+// machine a run in the snapshot layout gets (build_machine): the command line, the overrides
+// disk of a fixed size with fresh entropy and time, the refusal of what a snapshot cannot hold.
+#include "img2vm/runtime/snapshots.hpp"
+
+#include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <nlohmann/json.hpp>
+
+#include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/guestabi/cmdline.hpp"
+#include "img2vm/guestabi/overrides_disk.hpp"
+
+namespace img2vm::runtime {
+namespace {
+
+namespace fs = std::filesystem;
+
+class Snapshots : public ::testing::Test {
+ protected:
+  TempDir tmp{"img2vm-snapshots-test"};
+  SnapshotStore ss{tmp.path() / "snapshots"};
+  fs::path kernel = tmp.path() / "vmlinux";
+  fs::path rootfs = tmp.path() / "rootfs" / "0123abcd.ext4";
+
+  void SetUp() override {
+    write_file_atomic(kernel, "a kernel");
+    fs::create_directories(rootfs.parent_path());
+    write_file_atomic(rootfs, std::string(4096, 'r'));
+  }
+  SnapshotInputs inputs(uint64_t mib = 256, unsigned cpus = 1) const {
+    return SnapshotInputs{kernel, rootfs, mib, cpus, "demo/hello:latest", {}};
+  }
+  // A snapshot as Machine::save_snapshot leaves it (its files' content is not looked at here).
+  SnapshotInfo store(const SnapshotInputs& in) const {
+    fs::path t = ss.begin();
+    write_file_atomic(t / "memory", std::string(8192, 'm'));
+    write_file_atomic(t / "state", "IMG2VMSN");
+    return ss.commit(t, in);
+  }
+};
+
+TEST_F(Snapshots, KeysFollowEveryInput) {
+  const std::string k = snapshot_key(inputs());
+  EXPECT_EQ(k.size(), 32u);
+  EXPECT_EQ(k, snapshot_key(inputs()));
+  SnapshotInputs named = inputs();
+  named.image = "another/name:tag";  // the same rootfs under another name: the same snapshot
+  EXPECT_EQ(snapshot_key(named), k);
+  EXPECT_NE(snapshot_key(inputs(512)), k);
+  EXPECT_NE(snapshot_key(inputs(256, 2)), k);
+  write_file_atomic(kernel, "another kernel");
+  EXPECT_NE(snapshot_key(inputs()), k);
+  write_file_atomic(kernel, "a kernel");
+  SnapshotInputs other = inputs();
+  other.rootfs = rootfs.parent_path() / "4567cdef.ext4";
+  write_file_atomic(other.rootfs, std::string(4096, 'r'));
+  EXPECT_NE(snapshot_key(other), k);
+}
+
+TEST_F(Snapshots, CommitFindListRemove) {
+  EXPECT_TRUE(ss.list().empty());  // no directory yet: nothing, no error
+  EXPECT_FALSE(fs::exists(ss.dir()));
+  SnapshotInfo a = store(inputs());
+  EXPECT_EQ(a.key, snapshot_key(inputs()));
+  EXPECT_EQ(a.dir, ss.dir() / a.key);
+  EXPECT_EQ(a.image, "demo/hello:latest");
+  EXPECT_EQ(a.rootfs, "0123abcd.ext4");
+  EXPECT_EQ(a.memory_mib, 256u);
+  EXPECT_EQ(a.cpus, 1u);
+  EXPECT_EQ(a.kernel_digest, "sha256:" + Digest::sha256_of("a kernel").hex());
+  EXPECT_GT(a.bytes, 0u);
+  EXPECT_TRUE(snapshot_mismatch(a, inputs()).empty());
+  ASSERT_TRUE(ss.find(a.key));
+  EXPECT_FALSE(ss.find("../" + a.key));
+  EXPECT_FALSE(ss.find(a.key.substr(1)));
+  SnapshotInfo b = store(inputs(512));
+  EXPECT_EQ(ss.list().size(), 2u);
+  // Stored again: replaced, not doubled.
+  store(inputs());
+  EXPECT_EQ(ss.list().size(), 2u);
+
+  EXPECT_EQ(ss.remove(a.key.substr(0, 12)).key, a.key);  // a unique prefix
+  EXPECT_FALSE(ss.find(a.key));
+  try {
+    ss.remove(a.key);
+    ADD_FAILURE() << "removed twice";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kNotFound);
+  }
+  try {
+    ss.remove("");
+    ADD_FAILURE() << "an empty key removed something";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kNotFound);
+  }
+  EXPECT_TRUE(ss.find(b.key));
+}
+
+TEST_F(Snapshots, HalfWrittenOrEditedSnapshotsAreNotFound) {
+  SnapshotInfo a = store(inputs());
+  // A create interrupted before commit: a temporary directory, never listed.
+  fs::path t = ss.begin();
+  write_file_atomic(t / "memory", "m");
+  EXPECT_EQ(ss.list().size(), 1u);
+  // A key directory without its state (a disk that lost it): not whole, not found.
+  fs::remove(a.dir / "state");
+  EXPECT_FALSE(ss.find(a.key));
+  store(inputs());
+  // snapshot.json edited to claim another kernel: the key still finds it, the check does not.
+  auto j = nlohmann::json::parse(read_file(a.dir / "snapshot.json"));
+  j["kernel_digest"] = "sha256:" + std::string(64, '0');
+  write_file_atomic(a.dir / "snapshot.json", j.dump());
+  auto edited = ss.find(a.key);
+  ASSERT_TRUE(edited);
+  EXPECT_NE(snapshot_mismatch(*edited, inputs()).find("taken with kernel sha256:000"),
+            std::string::npos)
+      << snapshot_mismatch(*edited, inputs());
+  // A directory renamed to another key: its snapshot.json names its own.
+  SnapshotInputs other = inputs(1024);
+  fs::rename(a.dir, ss.dir() / snapshot_key(other));
+  EXPECT_FALSE(ss.find(snapshot_key(other)));
+}
+
+TEST_F(Snapshots, PruneDropsSnapshotsWhoseRootfsLeftAndLeftovers) {
+  SnapshotInfo a = store(inputs());
+  SnapshotInfo b = store(inputs(512));
+  fs::path t = ss.begin();
+  auto r = ss.prune(false);
+  EXPECT_TRUE(r.removed.empty());
+  EXPECT_FALSE(fs::exists(t));  // the interrupted create's directory
+  EXPECT_EQ(ss.list().size(), 2u);
+  fs::remove(rootfs);  // pruned from the rootfs cache: the snapshots cannot be resumed
+  r = ss.prune(false);
+  EXPECT_EQ(r.removed.size(), 2u);
+  EXPECT_GT(r.bytes, 0u);
+  EXPECT_TRUE(ss.list().empty());
+  write_file_atomic(rootfs, std::string(4096, 'r'));
+  store(inputs());
+  EXPECT_EQ(ss.prune(true).removed, std::vector<std::string>{a.key});
+  (void)b;
+}
+
+// The snapshot layout: the init stops at its point, the overrides always on a disk of the
+// largest size (the same for every run), fresh entropy and time in them.
+TEST_F(Snapshots, TheSnapshotLayoutsMachine) {
+  auto prepare = [&](bool layout) {
+    MachineOptions mo;
+    mo.kernel = kernel;
+    mo.rootfs = rootfs;
+    mo.network = NetworkMode::kNone;
+    mo.snapshot_layout = layout;
+    mo.overrides.cmd = std::vector<std::string>{"echo", "hi"};
+    return build_machine(std::move(mo));
+  };
+  PreparedMachine cold = prepare(false);
+  EXPECT_EQ(cold.config.cmdline.find(guestabi::kSnapshotParam), std::string::npos);
+  EXPECT_EQ(cold.config.disks.size(), 1u);  // short overrides: inline
+  PreparedMachine p = prepare(true);
+  EXPECT_NE(p.config.cmdline.find(std::string(guestabi::kSnapshotParam) + "=1"),
+            std::string::npos)
+      << p.config.cmdline;
+  ASSERT_EQ(p.config.disks.size(), 2u);
+  EXPECT_EQ(p.config.disks[1].mode, vm::DiskMode::kReadOnly);
+  EXPECT_NE(p.config.cmdline.find("/dev/vdb"), std::string::npos) << p.config.cmdline;
+  struct stat st {};
+  ASSERT_EQ(::fstat(p.overrides_disk.get(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), guestabi::kMaxOverridesDisk);
+  std::string bytes(4096, '\0');
+  ASSERT_EQ(::pread(p.overrides_disk.get(), bytes.data(), bytes.size(), 0), 4096);
+  guestabi::RunOverrides ov = guestabi::decode_overrides_disk(bytes);
+  EXPECT_EQ(ov.entropy.size(), 32u);
+  ASSERT_TRUE(ov.realtime_ns);
+  EXPECT_GT(*ov.realtime_ns, int64_t{1767225600} * 1000000000);  // after 2026-01-01
+  PreparedMachine q = prepare(true);
+  std::string again(4096, '\0');
+  ASSERT_EQ(::pread(q.overrides_disk.get(), again.data(), again.size(), 0), 4096);
+  EXPECT_NE(guestabi::decode_overrides_disk(again).entropy, ov.entropy);  // fresh per VM
+
+  // What a snapshot cannot hold yet is refused, naming it.
+  MachineOptions net;
+  net.kernel = kernel;
+  net.rootfs = rootfs;
+  net.snapshot_layout = true;  // the default network is user: virtio-net
+  try {
+    build_machine(std::move(net));
+    ADD_FAILURE() << "a snapshot layout with a network";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
+    EXPECT_STREQ(e.what(), "machine: a snapshot cannot hold a network (virtio-net) yet");
+  }
+  MachineOptions resume;
+  resume.kernel = kernel;
+  resume.rootfs = rootfs;
+  resume.network = NetworkMode::kNone;
+  resume.snapshot = ss.dir() / "k";
+  PreparedMachine r = build_machine(std::move(resume));
+  EXPECT_EQ(r.config.restore_from, ss.dir() / "k");
+  EXPECT_NE(r.config.cmdline.find(guestabi::kSnapshotParam), std::string::npos);
+}
+
+}  // namespace
+}  // namespace img2vm::runtime
