@@ -79,7 +79,7 @@ TEST(GuestCmdline, SnapshotParam) {
   EXPECT_TRUE(snapshot_requested(image_cmdline(false, snapshot_param())));
   EXPECT_FALSE(snapshot_requested(image_cmdline(false)));
   EXPECT_FALSE(snapshot_requested("quiet img2vm.snapshot=1 img2vm.snapshot=0"));  // the last wins
-  EXPECT_FALSE(snapshot_requested("quiet -- img2vm.snapshot=1"));  // init's argv
+  EXPECT_FALSE(snapshot_requested("quiet -- img2vm.snapshot=1"));                 // init's argv
   std::string e = "(no error)";
   try {
     snapshot_requested("quiet img2vm.snapshot=yes");

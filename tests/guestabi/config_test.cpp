@@ -165,7 +165,7 @@ TEST(RunOverrides, OciProcessFieldsRoundTripAndAreBounded) {
 TEST(RunOverrides, EntropyAndRealtimeRoundTripWithinBounds) {
   RunOverrides o;
   o.entropy = std::string("\0\xff", 2) + std::string(30, '\x80');  // any bytes
-  o.realtime_ns = 1'767'225'600'000'000'123;                        // 2026-01-01
+  o.realtime_ns = 1'767'225'600'000'000'123;                       // 2026-01-01
   const std::string text = to_json(o);
   EXPECT_NE(text.find("\"entropy\":\"" + base64url_encode(o.entropy) + "\""), std::string::npos)
       << text;
