@@ -1,6 +1,6 @@
 // Per-run overrides reach the guest init as a kernel command line word carrying base64url JSON
 // (docs/guest-abi.md). Parsing them must never crash, what parses must round-trip, and file
-// mounts' contents must keep within their bounds.
+// mounts' contents, the entropy and the clock must keep within their bounds.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -25,6 +25,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       file_bytes += m.content.size();
     }
     if (file_bytes > kMaxFileMountsBytes || o.mounts.size() > kMaxMounts) __builtin_trap();
+    // The entropy the init hands the kernel and the clock it sets are within theirs too.
+    if (!o.entropy.empty() &&
+        (o.entropy.size() < kMinEntropyBytes || o.entropy.size() > kMaxEntropyBytes))
+      __builtin_trap();
+    if (o.realtime_ns && (*o.realtime_ns < kMinRealtimeNs || *o.realtime_ns > kMaxRealtimeNs))
+      __builtin_trap();
     auto value = kernel_param(image_cmdline(false, run_overrides_kernel_param(o)), kRunParam);
     if (!value || !(decode_inline_run_param(*value) == o)) __builtin_trap();
   } catch (const Error&) {

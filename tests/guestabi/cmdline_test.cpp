@@ -73,6 +73,22 @@ TEST(GuestCmdline, InlineErrorsNameTheParameter) {
   EXPECT_NE(e.find("version 2"), std::string::npos) << e;
 }
 
+// Snapshots (issue #19): img2vm.snapshot=1 asks the init to stop at the snapshot point.
+TEST(GuestCmdline, SnapshotParam) {
+  EXPECT_EQ(snapshot_param(), "img2vm.snapshot=1");
+  EXPECT_TRUE(snapshot_requested(image_cmdline(false, snapshot_param())));
+  EXPECT_FALSE(snapshot_requested(image_cmdline(false)));
+  EXPECT_FALSE(snapshot_requested("quiet img2vm.snapshot=1 img2vm.snapshot=0"));  // the last wins
+  EXPECT_FALSE(snapshot_requested("quiet -- img2vm.snapshot=1"));                 // init's argv
+  std::string e = "(no error)";
+  try {
+    snapshot_requested("quiet img2vm.snapshot=yes");
+  } catch (const Error& err) {
+    e = err.what();
+  }
+  EXPECT_EQ(e, "kernel parameter img2vm.snapshot: \"yes\" is not 1 or 0");
+}
+
 // run --rootfs: the init comes from the initramfs (rdinit=), there is no root disk, and the root
 // share's tag (and read-only) survives the trip through the command line.
 TEST(GuestCmdline, RootShareRoundTrip) {

@@ -160,6 +160,74 @@ TEST(RunOverrides, OciProcessFieldsRoundTripAndAreBounded) {
             std::string::npos);
 }
 
+// Snapshots (issue #19): the RNG's entropy and the wall clock travel with every run's overrides;
+// both are bounded when read and when written.
+TEST(RunOverrides, EntropyAndRealtimeRoundTripWithinBounds) {
+  RunOverrides o;
+  o.entropy = std::string("\0\xff", 2) + std::string(30, '\x80');  // any bytes
+  o.realtime_ns = 1'767'225'600'000'000'123;                       // 2026-01-01
+  const std::string text = to_json(o);
+  EXPECT_NE(text.find("\"entropy\":\"" + base64url_encode(o.entropy) + "\""), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("\"realtime_ns\":1767225600000000123"), std::string::npos) << text;
+  EXPECT_EQ(run_overrides_from_json(text), o);
+  for (std::size_t n : {kMinEntropyBytes, kMaxEntropyBytes}) {
+    o.entropy.assign(n, 'e');
+    EXPECT_EQ(run_overrides_from_json(to_json(o)).entropy, o.entropy) << n;
+  }
+  for (int64_t ns : {kMinRealtimeNs, kMaxRealtimeNs}) {
+    o.realtime_ns = ns;
+    EXPECT_EQ(run_overrides_from_json(to_json(o)).realtime_ns, ns);
+  }
+  const std::string none = to_json(RunOverrides{});
+  EXPECT_EQ(none.find("entropy"), std::string::npos) << none;
+  EXPECT_EQ(none.find("realtime_ns"), std::string::npos) << none;
+  EXPECT_EQ(run_overrides_from_json(R"({"schema":1,"entropy":null,"realtime_ns":null})"),
+            RunOverrides{});
+
+  // The encoder refuses what the decoder would.
+  RunOverrides bad;
+  bad.entropy.assign(kMinEntropyBytes - 1, 'e');
+  EXPECT_NE(error_of([&] { to_json(bad); }).find("entropy of 15 bytes"), std::string::npos);
+  bad.entropy.assign(kMaxEntropyBytes + 1, 'e');
+  EXPECT_NE(error_of([&] { to_json(bad); }).find("entropy of 513 bytes"), std::string::npos);
+  bad.entropy.clear();
+  bad.realtime_ns = kMinRealtimeNs - 1;
+  EXPECT_NE(error_of([&] { to_json(bad); }).find("realtime_ns"), std::string::npos);
+  bad.realtime_ns = kMaxRealtimeNs + 1;
+  EXPECT_NE(error_of([&] { to_json(bad); }).find("realtime_ns"), std::string::npos);
+}
+
+TEST(RunOverrides, BadEntropyAndRealtimeAreRefusedNamingTheField) {
+  auto err = [](const std::string& json) {
+    return error_of([&] { run_overrides_from_json(json); });
+  };
+  auto entropy = [&](const std::string& text) {
+    return err(R"({"schema":1,"entropy":")" + text + "\"}");
+  };
+  const std::string bounds = "must be base64url of 16 to 512 bytes";
+  EXPECT_EQ(entropy(base64url_encode(std::string(15, 'e'))),
+            "img2vm run overrides: field \"entropy\" " + bounds + ", not 15");
+  EXPECT_NE(entropy("").find(bounds + ", not 0"), std::string::npos);
+  EXPECT_NE(entropy(base64url_encode(std::string(513, 'e'))).find(bounds), std::string::npos);
+  // Refused by its length before it is decoded.
+  EXPECT_NE(entropy(std::string(1 << 20, 'A')).find(bounds), std::string::npos);
+  EXPECT_NE(entropy(std::string(24, '!')).find("invalid character"), std::string::npos);
+  EXPECT_NE(err(R"({"schema":1,"entropy":[1,2]})").find("\"entropy\" must be a string"),
+            std::string::npos);
+
+  auto realtime = [&](const std::string& number) {
+    return err(R"({"schema":1,"realtime_ns":)" + number + "}");
+  };
+  for (const char* n : {"-1", "0", "946684799999999999", "7258118400000000001",
+                        "18446744073709551615", "1.7e18", "\"1767225600000000000\"", "true"})
+    EXPECT_NE(realtime(n).find("field \"realtime_ns\" must be a whole number of nanoseconds"),
+              std::string::npos)
+        << n;
+  EXPECT_EQ(run_overrides_from_json(R"({"schema":1,"realtime_ns":946684800000000000})").realtime_ns,
+            kMinRealtimeNs);
+}
+
 TEST(RunOverrides, Base64Url) {
   EXPECT_EQ(base64url_encode(""), "");
   EXPECT_EQ(base64url_encode("f"), "Zg");

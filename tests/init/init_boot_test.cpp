@@ -62,7 +62,7 @@ void put(const fs::path& p, std::string_view content, mode_t mode = 0644) {
 constexpr const char* kApplets[] = {"sh",    "echo", "id",   "whoami", "ls",       "cat",   "sleep",
                                     "kill",  "pwd",  "env",  "printf", "test",     "[",     "true",
                                     "false", "stat", "grep", "wc",     "hostname", "mount", "ps",
-                                    "awk",   "head", "tr",   "ip",     "wget",     "chmod"};
+                                    "awk",   "head", "tr",   "ip",     "wget",     "chmod", "date"};
 
 struct Boot {
   int qemu_exit = -1;
@@ -406,6 +406,52 @@ TEST_F(InitBoot, BadOverridesAreAnInitFailure) {
       has(b.console,
           "img2vm-init: run overrides: kernel parameter img2vm.run: base64url: invalid character"))
       << b.console;
+  EXPECT_EQ(b.status(), 3) << b.console;
+}
+
+// Every run's entropy and clock (issue #19): taken in and set before the workload, no warning.
+constexpr int64_t k2031 = 1'938'038'400'000'000'000;  // 2031-06-01T00:00:00Z
+
+RunOverrides fresh_overrides(const std::string& script) {
+  RunOverrides o;
+  o.cmd = Strings{"sh", "-c", script};
+  o.entropy = std::string(32, '\x5a');
+  o.realtime_ns = k2031;
+  return o;
+}
+
+TEST_F(InitBoot, ColdBootTakesTheRunsClockAndEntropy) {
+  write_config({});
+  auto b = boot(guestabi::run_overrides_kernel_param(fresh_overrides("date -u +%F; exit 12")));
+  EXPECT_EQ(b.status(), 12) << b.console;
+  EXPECT_TRUE(has(b.console, "2031-06-01\n")) << b.console;
+  EXPECT_FALSE(has(b.console, "img2vm-init: warning")) << b.console;
+}
+
+// img2vm.snapshot=1: BOOT_MARK 4 (nothing listens under qemu, so the guest goes on as the saved
+// VM does when resumed), then the overrides from the disk, read with O_DIRECT.
+TEST_F(InitBoot, SnapshotModeTakesTheOverridesFromTheDisk) {
+  write_config({});
+  fs::path disk = work_.path() / "overrides.img";
+  put(disk, guestabi::encode_overrides_disk(fresh_overrides(
+                "date -u +%F; echo boot_id=$(cat /proc/sys/kernel/random/boot_id); exit 13")));
+  auto b =
+      boot(guestabi::snapshot_param() + " " + guestabi::run_overrides_disk_param("/dev/vdb"), disk);
+  EXPECT_EQ(b.status(), 13) << b.console;
+  EXPECT_TRUE(has(b.console, "2031-06-01\n")) << b.console;
+  EXPECT_TRUE(has(b.console, "boot_id=")) << b.console;
+  EXPECT_FALSE(has(b.console, "img2vm-init: warning")) << b.console;
+}
+
+TEST_F(InitBoot, InlineOverridesInSnapshotModeAreAnInitFailure) {
+  write_config({});
+  auto b = boot(guestabi::snapshot_param() + " " +
+                guestabi::run_overrides_kernel_param(fresh_overrides("echo should not run")));
+  EXPECT_TRUE(has(b.console,
+                  "img2vm-init: run overrides: inline img2vm.run= in snapshot mode "
+                  "(img2vm.snapshot=1): the command line is frozen in the snapshot"))
+      << b.console;
+  EXPECT_FALSE(has(b.console, "should not run")) << b.console;
   EXPECT_EQ(b.status(), 3) << b.console;
 }
 

@@ -4,8 +4,10 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <linux/loop.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -20,6 +22,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <memory>
 #include <string>
 
 #include "img2vm/base/fd.hpp"
@@ -365,6 +368,134 @@ TEST(InitOverrides, DecodeErrorsNameTheSource) {
   disk.resize(guestabi::kMaxOverridesDisk + (1 << 20), 'x');
   put(dir.path() / "huge", disk);
   EXPECT_EQ(decode_run_param("blk:" + (dir.path() / "huge").string()), RunOverrides{});
+}
+
+// Snapshots (issue #19): with img2vm.snapshot=1 the command line is the one frozen in the
+// snapshot, so the overrides come from a disk, which every restore replaces.
+TEST(InitOverrides, SnapshotModeTakesThemFromADiskOnly) {
+  TempDir dir("init-snap");
+  RunOverrides o;
+  o.cmd = Strings{"date"};
+  o.entropy.assign(32, 'r');
+  o.realtime_ns = 1'767'225'600'000'000'000;
+  put(dir.path() / "vdb", guestabi::encode_overrides_disk(o));
+  const std::string disk = guestabi::run_overrides_disk_param((dir.path() / "vdb").string());
+  const std::string snap = guestabi::snapshot_param();
+  EXPECT_EQ(run_overrides_from_cmdline(guestabi::image_cmdline(false, snap + " " + disk), true), o);
+  EXPECT_EQ(run_overrides_from_cmdline(guestabi::image_cmdline(false, disk), false), o);
+
+  const std::string inline_param = guestabi::run_overrides_kernel_param(o);
+  EXPECT_EQ(run_overrides_from_cmdline(guestabi::image_cmdline(false, inline_param), false), o);
+  EXPECT_EQ(error_of([&] {
+              run_overrides_from_cmdline(guestabi::image_cmdline(false, inline_param), true);
+            }),
+            "run overrides: inline img2vm.run= in snapshot mode (img2vm.snapshot=1): the command "
+            "line is frozen in the snapshot; they must come on a disk (img2vm.run=blk:/dev/vdX)");
+  EXPECT_NE(error_of([&] {
+              decode_run_param(guestabi::base64url_encode("{}"), true);
+            }).find("frozen in the snapshot"),
+            std::string::npos);
+
+  EXPECT_EQ(run_overrides_from_cmdline(guestabi::image_cmdline(false), false), RunOverrides{});
+  EXPECT_EQ(error_of([] { run_overrides_from_cmdline(guestabi::image_cmdline(false), true); }),
+            "run overrides: snapshot mode (img2vm.snapshot=1) without img2vm.run=blk:/dev/vdX: "
+            "every restore needs overrides of its own (entropy, clock)");
+}
+
+TEST(InitOverrides, ReadDeviceReadsAFileWhole) {
+  TempDir dir("init-read");
+  std::string content;
+  for (int i = 0; i < 70000; ++i) content += static_cast<char>(i * 7 + i / 256);
+  put(dir.path() / "f", content);
+  const std::string path = (dir.path() / "f").string();
+  EXPECT_EQ(read_device(path, 1 << 20), content);
+  EXPECT_EQ(read_device(path, 1000), content.substr(0, 1000));
+  EXPECT_NE(error_of([&] { read_device(path + "-missing", 10); }).find(path + "-missing"),
+            std::string::npos);
+}
+
+// What read_device does with a block device, on a regular file that takes O_DIRECT (ext4 here):
+// whole 64 KiB chunks, a last short one, a limit inside a sector.
+TEST(InitOverrides, DirectReadsThroughAnAlignedBuffer) {
+  TempDir dir("init-direct");
+  std::string content;
+  for (int i = 0; i < 3 * 65536 + 1536 + 100; ++i) content += static_cast<char>(i % 251);
+  put(dir.path() / "f", content);
+  const std::string path = (dir.path() / "f").string();
+  auto direct = [&](std::size_t max) {
+    img2vm::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECT | O_CLOEXEC));
+    if (!fd) throw std::runtime_error("O_DIRECT: " + std::string(std::strerror(errno)));
+    return read_direct(fd.get(), path, max);
+  };
+  std::string e = error_of([&] { direct(1); });
+  if (e.find("O_DIRECT: Invalid argument") == 0) GTEST_SKIP() << "no O_DIRECT on " << path;
+  EXPECT_EQ(direct(1 << 20), content);
+  EXPECT_EQ(direct(65536 + 700), content.substr(0, 65536 + 700));
+  EXPECT_EQ(direct(content.size()), content);
+}
+
+namespace {
+
+// A loop device over a file, detached when it goes; nullptr where loop devices are not available
+// (not root, no /dev/loop-control or no node for the free device).
+class LoopDevice {
+ public:
+  static std::unique_ptr<LoopDevice> attach(const std::string& file) {
+    img2vm::UniqueFd ctl(::open("/dev/loop-control", O_RDWR | O_CLOEXEC));
+    img2vm::UniqueFd backing(::open(file.c_str(), O_RDWR | O_CLOEXEC));
+    if (!ctl || !backing) return nullptr;
+    for (int attempt = 0; attempt < 10; ++attempt) {  // another process may take it first
+      int n = ::ioctl(ctl.get(), LOOP_CTL_GET_FREE);
+      if (n < 0) return nullptr;
+      std::unique_ptr<LoopDevice> loop(new LoopDevice("/dev/loop" + std::to_string(n)));
+      if (!loop->fd_) return nullptr;
+      if (::ioctl(loop->fd_.get(), LOOP_SET_FD, backing.get()) == 0) {
+        loop->attached_ = true;
+        return loop;
+      }
+      if (errno != EBUSY) return nullptr;
+    }
+    return nullptr;
+  }
+  ~LoopDevice() {
+    if (attached_) ::ioctl(fd_.get(), LOOP_CLR_FD, 0);
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  explicit LoopDevice(std::string path)
+      : path_(std::move(path)), fd_(::open(path_.c_str(), O_RDWR | O_CLOEXEC)) {}
+  std::string path_;
+  img2vm::UniqueFd fd_;
+  bool attached_ = false;
+};
+
+}  // namespace
+
+// A restored VM's page cache holds the saved VM's view of the overrides device; the disk under
+// it is another file now. A loop device shows the same: its own cache keeps what was read
+// through it after the file beneath changed. The init reads past that cache.
+TEST(InitOverrides, ABlockDeviceIsReadPastItsPageCache) {
+  TempDir dir("init-loop");
+  RunOverrides saved, restored;
+  saved.cmd = Strings{"saved"};
+  restored.cmd = Strings{"restored"};
+  restored.entropy.assign(64, 'n');
+  const std::string old_disk = guestabi::encode_overrides_disk(saved);
+  std::string new_disk = guestabi::encode_overrides_disk(restored);
+  ASSERT_EQ(old_disk.size(), new_disk.size());
+  const fs::path file = dir.path() / "overrides.img";
+  put(file, old_disk);
+  auto loop = LoopDevice::attach(file.string());
+  if (!loop) GTEST_SKIP() << "no loop device here";
+  EXPECT_EQ(read_file(loop->path(), 1 << 20), old_disk);  // now in the device's page cache
+
+  img2vm::UniqueFd backing(::open(file.c_str(), O_WRONLY | O_CLOEXEC));
+  ASSERT_TRUE(backing);
+  ASSERT_EQ(::pwrite(backing.get(), new_disk.data(), new_disk.size(), 0), ssize_t(new_disk.size()));
+  EXPECT_EQ(read_file(loop->path(), 1 << 20), old_disk) << "the cached pages are the old disk's";
+  EXPECT_EQ(read_device(loop->path(), 1 << 20), new_disk);
+  EXPECT_EQ(decode_run_param("blk:" + loop->path(), true), restored);
 }
 
 // --- generated files --------------------------------------------------------------------------

@@ -13,8 +13,19 @@
 
 namespace img2vm::init {
 
-guestabi::RunOverrides decode_run_param(std::string_view value) {
+namespace {
+
+std::string snapshot_mode_text() { return "snapshot mode (" + guestabi::snapshot_param() + ")"; }
+
+}  // namespace
+
+guestabi::RunOverrides decode_run_param(std::string_view value, bool snapshot) {
   if (!value.starts_with(guestabi::kRunParamDiskPrefix)) {
+    if (snapshot)
+      throw Error("run overrides: inline " + std::string(guestabi::kRunParam) + "= in " +
+                  snapshot_mode_text() +
+                  ": the command line is frozen in the snapshot; they must come on a disk (" +
+                  guestabi::run_overrides_disk_param("/dev/vdX") + ")");
     try {
       return guestabi::decode_inline_run_param(value);
     } catch (const guestabi::Error& e) {
@@ -24,7 +35,7 @@ guestabi::RunOverrides decode_run_param(std::string_view value) {
   std::string path(value.substr(guestabi::kRunParamDiskPrefix.size()));
   std::string bytes;
   try {
-    bytes = read_file(path, guestabi::kMaxOverridesDisk);
+    bytes = read_device(path, guestabi::kMaxOverridesDisk);
   } catch (const Error& e) {
     throw Error(std::string("run overrides: ") + e.what());
   }
@@ -33,6 +44,16 @@ guestabi::RunOverrides decode_run_param(std::string_view value) {
   } catch (const guestabi::Error& e) {
     throw Error("run overrides from " + path + ": " + e.what());
   }
+}
+
+guestabi::RunOverrides run_overrides_from_cmdline(std::string_view cmdline, bool snapshot) {
+  auto value = guestabi::kernel_param(cmdline, guestabi::kRunParam);
+  if (value) return decode_run_param(*value, snapshot);
+  if (snapshot)
+    throw Error("run overrides: " + snapshot_mode_text() + " without " +
+                guestabi::run_overrides_disk_param("/dev/vdX") +
+                ": every restore needs overrides of its own (entropy, clock)");
+  return {};
 }
 
 bool needs_generated_file(const std::filesystem::path& path) {

@@ -39,6 +39,7 @@
 #include "img2vm/guestabi/ports.hpp"
 #include "img2vm/init/agent.hpp"
 #include "img2vm/init/command.hpp"
+#include "img2vm/init/fresh_inputs.hpp"
 #include "img2vm/init/guest_files.hpp"
 #include "img2vm/init/limits.hpp"
 #include "img2vm/init/mounts.hpp"
@@ -311,19 +312,43 @@ guestabi::RuntimeConfig load_config() {
   }
 }
 
-guestabi::RunOverrides load_overrides() {
-  std::string cmdline;
+std::string read_cmdline() {
   try {
-    cmdline = init::read_file("/proc/cmdline", kSmallFileMax);
+    return init::read_file("/proc/cmdline", kSmallFileMax);
   } catch (const Error& e) {
     throw InitFailure{kFailOverrides, e.what()};
   }
-  auto value = guestabi::kernel_param(cmdline, guestabi::kRunParam);
-  if (!value) return {};
+}
+
+bool snapshot_mode(const std::string& cmdline) {
   try {
-    return init::decode_run_param(*value);
+    return guestabi::snapshot_requested(cmdline);
+  } catch (const guestabi::Error& e) {
+    throw InitFailure{kFailOverrides, e.what()};
+  }
+}
+
+guestabi::RunOverrides load_overrides(const std::string& cmdline, bool snapshot) {
+  try {
+    return init::run_overrides_from_cmdline(cmdline, snapshot);
   } catch (const Error& e) {
     throw InitFailure{kFailOverrides, e.what()};
+  }
+}
+
+// The run's entropy and clock, before anything else uses them, in every boot: a VM restored from
+// a snapshot has the saved VM's RNG state and a clock that stood still while it was a file.
+// Failures are warnings: the workload can still run.
+void apply_fresh_inputs(const guestabi::RunOverrides& o) {
+  try {
+    if (!o.entropy.empty()) init::add_entropy(o.entropy);
+  } catch (const Error& e) {
+    warn(e.what());
+  }
+  try {
+    if (o.realtime_ns) init::set_realtime(*o.realtime_ns);
+  } catch (const Error& e) {
+    warn(e.what());
   }
 }
 
@@ -805,9 +830,16 @@ unsigned char supervise(Workload& w, int stop_signal) {
 unsigned char run() {
   const bool share_root = enter_root_share();
   mount_api_filesystems();
+  const std::string cmdline = read_cmdline();
+  const bool snapshot = snapshot_mode(cmdline);
+  // The snapshot point (docs/snapshots.md): nothing a run changes has been read yet, and nothing
+  // random drawn (the hostname, boot_id: the kernel makes it at its first read). Every restore
+  // goes on from here with its own overrides disk.
+  if (snapshot) port_write(kBootMarkPort, kMarkSnapshotPoint);
   ::reboot(RB_DISABLE_CAD);  // ctrl-alt-del becomes SIGINT to us, forwarded like any other
 
-  guestabi::RunOverrides overrides = load_overrides();
+  guestabi::RunOverrides overrides = load_overrides(cmdline, snapshot);
+  apply_fresh_inputs(overrides);
   // A shared host directory's own /.img2vm is not ours: its config comes with the overrides.
   guestabi::RuntimeConfig image = overrides.image ? *overrides.image
                                   : share_root    ? guestabi::RuntimeConfig{}

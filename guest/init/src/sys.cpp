@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
+#include <memory>
 
 namespace img2vm::init {
 
@@ -48,6 +50,52 @@ std::string read_file(const std::string& path, std::size_t max_bytes) {
     out.append(buf, static_cast<std::size_t>(n));
   }
   return out;
+}
+
+namespace {
+
+constexpr std::size_t kSector = 512;
+constexpr std::size_t kDirectChunk = 64 * 1024;  // a multiple of any logical block size
+
+struct FreeDeleter {
+  void operator()(void* p) const noexcept { std::free(p); }
+};
+
+}  // namespace
+
+std::string read_direct(int fd, const std::string& path, std::size_t max_bytes) {
+  void* raw = nullptr;
+  // 4096: the alignment of any logical block size a virtio-blk device may report.
+  if (int err = ::posix_memalign(&raw, 4096, kDirectChunk); err != 0)
+    throw_errno("cannot read " + path + ": allocating an aligned buffer", err);
+  std::unique_ptr<char, FreeDeleter> buf(static_cast<char*>(raw));
+  const std::size_t limit = (max_bytes + kSector - 1) / kSector * kSector;
+  std::string out;
+  while (out.size() < limit) {
+    // Offsets stay multiples of kDirectChunk until the end of the device (a short read).
+    ssize_t n = ::read(fd, buf.get(), std::min(kDirectChunk, limit - out.size()));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      throw_errno("cannot read " + path + " (O_DIRECT)");
+    }
+    if (n == 0) break;
+    out.append(buf.get(), static_cast<std::size_t>(n));
+    if (static_cast<std::size_t>(n) % kSector != 0) break;  // the end of a regular file
+  }
+  if (out.size() > max_bytes) out.resize(max_bytes);
+  return out;
+}
+
+std::string read_device(const std::string& path, std::size_t max_bytes) {
+  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd) throw_errno("cannot open " + path);
+  struct stat st {};
+  if (::fstat(fd.get(), &st) != 0) throw_errno("cannot stat " + path);
+  if (!S_ISBLK(st.st_mode)) return read_file(path, max_bytes);
+  const int flags = ::fcntl(fd.get(), F_GETFL);
+  if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags | O_DIRECT) != 0)
+    throw_errno("cannot read " + path + ": setting O_DIRECT");
+  return read_direct(fd.get(), path, max_bytes);
 }
 
 void replace_file(const std::string& path, std::string_view content, mode_t mode) {

@@ -86,6 +86,16 @@ std::optional<std::string> kernel_param(std::string_view cmdline, std::string_vi
   return found;
 }
 
+std::string snapshot_param() { return std::string(kSnapshotParam) + "=1"; }
+
+bool snapshot_requested(std::string_view cmdline) {
+  auto value = kernel_param(cmdline, kSnapshotParam);
+  if (!value || *value == "0") return false;
+  if (*value == "1") return true;
+  throw Error("kernel parameter " + std::string(kSnapshotParam) + ": \"" + *value +
+              "\" is not 1 or 0");
+}
+
 RunOverrides decode_inline_run_param(std::string_view value) {
   const std::string source = "kernel parameter " + std::string(kRunParam);
   std::string json;

@@ -314,6 +314,55 @@ std::vector<Rlimit> rlimits_field(const json& j, std::string_view what) {
   return out;
 }
 
+// "entropy": base64url of kMinEntropyBytes to kMaxEntropyBytes; absent: none. The text's length
+// is checked before it is decoded (untrusted input).
+std::string entropy_field(const json& j, std::string_view what) {
+  if (auto it = j.find("entropy"); it == j.end() || it->is_null()) return {};
+  const std::string text = string_field(j, what, "entropy");
+  const std::string bounds = "must be base64url of " + std::to_string(kMinEntropyBytes) + " to " +
+                             std::to_string(kMaxEntropyBytes) + " bytes";
+  if (text.size() > (kMaxEntropyBytes + 2) / 3 * 4) bad(what, "entropy", bounds);
+  std::string bytes;
+  try {
+    bytes = base64url_decode(text);
+  } catch (const Error& err) {
+    bad(what, "entropy", bounds + " (" + err.what() + ")");
+  }
+  if (bytes.size() < kMinEntropyBytes || bytes.size() > kMaxEntropyBytes)
+    bad(what, "entropy", bounds + ", not " + std::to_string(bytes.size()));
+  return bytes;
+}
+
+const std::string& realtime_bounds() {
+  static const std::string text = "must be a whole number of nanoseconds from " +
+                                  std::to_string(kMinRealtimeNs) + " (2000-01-01) to " +
+                                  std::to_string(kMaxRealtimeNs) + " (2200-01-01)";
+  return text;
+}
+
+// "realtime_ns": a whole number within kMinRealtimeNs..kMaxRealtimeNs; absent: nullopt.
+std::optional<int64_t> realtime_field(const json& j, std::string_view what) {
+  auto it = j.find("realtime_ns");
+  if (it == j.end() || it->is_null()) return std::nullopt;
+  // Checked as unsigned first: a number above INT64_MAX would wrap as int64_t.
+  if (!it->is_number_unsigned() || it->get<uint64_t>() < uint64_t(kMinRealtimeNs) ||
+      it->get<uint64_t>() > uint64_t(kMaxRealtimeNs))
+    bad(what, "realtime_ns", realtime_bounds());
+  return it->get<int64_t>();
+}
+
+// The bounds decoding enforces on entropy and realtime_ns, for the encoder.
+void check_fresh_fields(const RunOverrides& o, std::string_view what) {
+  if (!o.entropy.empty() &&
+      (o.entropy.size() < kMinEntropyBytes || o.entropy.size() > kMaxEntropyBytes))
+    throw Error(std::string(what) + ": entropy of " + std::to_string(o.entropy.size()) +
+                " bytes, not " + std::to_string(kMinEntropyBytes) + " to " +
+                std::to_string(kMaxEntropyBytes));
+  if (o.realtime_ns && (*o.realtime_ns < kMinRealtimeNs || *o.realtime_ns > kMaxRealtimeNs))
+    throw Error(std::string(what) + ": realtime_ns " + std::to_string(*o.realtime_ns) + " " +
+                realtime_bounds());
+}
+
 }  // namespace
 
 std::optional<int> rlimit_resource(std::string_view type) {
@@ -388,6 +437,9 @@ std::string to_json(const RunOverrides& o) {
     j["mounts"] = std::move(ms);
   }
   if (o.image) j["image"] = config_object(*o.image);
+  check_fresh_fields(o, "img2vm run overrides");
+  if (!o.entropy.empty()) j["entropy"] = base64url_encode(o.entropy);
+  if (o.realtime_ns) j["realtime_ns"] = *o.realtime_ns;
   return dump(j, "img2vm run overrides", -1);
 }
 
@@ -449,6 +501,8 @@ RunOverrides run_overrides_from_json(std::string_view text) {
     if (!it->is_object()) bad(what, "image", "must be an object");
     o.image = config_fields(*it, std::string(what) + ": image");
   }
+  o.entropy = entropy_field(j, what);
+  o.realtime_ns = realtime_field(j, what);
   return o;
 }
 

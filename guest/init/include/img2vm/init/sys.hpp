@@ -45,6 +45,16 @@ class UniqueFd {
 // path.
 std::string read_file(const std::string& path, std::size_t max_bytes);
 
+// As read_file, but a block device is read with O_DIRECT (sector-aligned buffer and lengths):
+// straight from the device, never from the page cache. A VM restored from a snapshot keeps the
+// cache of the VM that was saved, whose pages of this device (the kernel's partition scan reads
+// its first sectors when it probes it) hold another file's bytes than the device now has. Any
+// other file (a regular file, in the unit tests) is read as read_file reads it.
+std::string read_device(const std::string& path, std::size_t max_bytes);
+// Reads up to `max_bytes` (rounded up to whole 512-byte sectors) from `fd`, opened with
+// O_DIRECT, through an aligned buffer, up to its end; the result is cut to `max_bytes`.
+std::string read_direct(int fd, const std::string& path, std::size_t max_bytes);
+
 // Replaces `path` with `content`: written under a temporary name beside it, then renamed over
 // it, so a reader never sees half a file. Throws Error naming the path; leaves nothing behind.
 void replace_file(const std::string& path, std::string_view content, mode_t mode);

@@ -53,6 +53,17 @@ std::string run_overrides_disk_param(std::string_view device);
 // does it; words after "--" belong to init's argv and are not looked at), or nullopt.
 std::optional<std::string> kernel_param(std::string_view cmdline, std::string_view key);
 
+// The kernel command line key that makes the init stop at the snapshot point (docs/guest-abi.md
+// §2, docs/snapshots.md): "img2vm.snapshot=1". The init then writes BOOT_MARK kMarkSnapshotPoint
+// before it reads anything a run may change, and takes its overrides from a disk only (the
+// command line is frozen in the snapshot, the disk is a new one for every restore).
+inline constexpr std::string_view kSnapshotParam = "img2vm.snapshot";
+// "img2vm.snapshot=1".
+std::string snapshot_param();
+// Whether `cmdline` asks for the snapshot point: its last img2vm.snapshot= is 1 (0 or absent:
+// no). Throws Error naming the parameter for any other value.
+bool snapshot_requested(std::string_view cmdline);
+
 // Decodes an inline `img2vm.run=` value (base64url JSON). Throws Error naming the parameter.
 RunOverrides decode_inline_run_param(std::string_view value);
 

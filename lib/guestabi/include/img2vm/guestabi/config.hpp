@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -112,6 +113,12 @@ struct Rlimit {
 };
 inline constexpr std::size_t kMaxRlimits = 16;        // one per resource Linux has
 inline constexpr std::size_t kMaxExtraGroups = 1024;  // additional gids of the workload
+// RunOverrides::entropy: the host's random bytes for the guest's RNG, when present.
+inline constexpr std::size_t kMinEntropyBytes = 16;
+inline constexpr std::size_t kMaxEntropyBytes = 512;
+// RunOverrides::realtime_ns: from 2000-01-01 to 2200-01-01 (UTC), nanoseconds since the epoch.
+inline constexpr int64_t kMinRealtimeNs = 946'684'800'000'000'000;
+inline constexpr int64_t kMaxRealtimeNs = 7'258'118'400'000'000'000;
 // setrlimit(2)'s resource number for `type` ("RLIMIT_NOFILE", ...); nullopt for other names.
 std::optional<int> rlimit_resource(std::string_view type);
 
@@ -143,12 +150,19 @@ struct RunOverrides {
   // The image config itself, used instead of the root's kConfigPath: a root that is a host
   // directory (run --rootfs) gets its config from the runner, never from the directory.
   std::optional<RuntimeConfig> image;
+  // Fresh for every run, applied first by the init, cold boots and snapshot restores alike
+  // (docs/guest-abi.md §3): random bytes the guest's RNG takes in and credits (empty: none;
+  // else kMinEntropyBytes to kMaxEntropyBytes), and the host's CLOCK_REALTIME when it wrote
+  // these overrides, which becomes the guest's (kMinRealtimeNs to kMaxRealtimeNs).
+  std::string entropy{};
+  std::optional<int64_t> realtime_ns{};
 
   friend bool operator==(const RunOverrides&, const RunOverrides&) = default;
 };
 
-// Compact JSON holding only the fields that are set. Throws Error when a string is not UTF-8
-// or a file mount's content is over kMaxFileMountBytes (all of them over kMaxFileMountsBytes).
+// Compact JSON holding only the fields that are set. Throws Error when a string is not UTF-8,
+// a file mount's content is over kMaxFileMountBytes (all of them over kMaxFileMountsBytes), or
+// entropy or realtime_ns is out of its bounds.
 std::string to_json(const RunOverrides& o);
 // Throws Error naming the field at fault (or the schema version).
 RunOverrides run_overrides_from_json(std::string_view json);
