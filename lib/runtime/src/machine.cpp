@@ -380,7 +380,7 @@ PreparedMachine build_machine(MachineOptions o) {
     throw Error(ErrorKind::kInvalidArgument, std::string("run: ") + e.what());
   }
   mc.kernel = o.kernel;
-  if (o.snapshot_layout) param += " " + std::string(guestabi::kSnapshotParam) + "=1";
+  if (o.snapshot_layout) param += " " + guestabi::snapshot_param();
   mc.cmdline = share ? guestabi::directory_cmdline(o.verbose_boot, *share, param)
                      : guestabi::image_cmdline(o.verbose_boot, param);
   mc.restore_from = o.snapshot;
