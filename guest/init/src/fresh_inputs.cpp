@@ -38,9 +38,14 @@ void add_entropy(std::string_view bytes) {
   if (::ioctl(fd.get(), RNDRESEEDCRNG) != 0) throw_errno("adding entropy: RNDRESEEDCRNG");
 }
 
-void set_realtime(int64_t ns) {
+bool set_realtime(int64_t ns) {
+  timespec now{};
+  if (::clock_gettime(CLOCK_REALTIME, &now) == 0 &&
+      int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec >= ns)
+    return false;  // a cold boot's clock, read at boot from the host: later than `ns` already
   const timespec ts{static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
   if (::clock_settime(CLOCK_REALTIME, &ts) != 0) throw_errno("setting the clock");
+  return true;
 }
 
 }  // namespace img2vm::init

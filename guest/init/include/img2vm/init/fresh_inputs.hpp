@@ -14,7 +14,10 @@ namespace img2vm::init {
 // Error naming the step.
 void add_entropy(std::string_view bytes);
 
-// Sets CLOCK_REALTIME to `ns` nanoseconds since the epoch. Throws Error.
-void set_realtime(int64_t ns);
+// Moves CLOCK_REALTIME forward to `ns` nanoseconds since the epoch, never back: a VM resumed
+// from a snapshot has the snapshot's time, behind `ns` (the host's time when it wrote the
+// overrides); a cold boot's clock came from the host while the kernel booted, after `ns`, and
+// setting it back would lose the boot's time. True when it was set. Throws Error.
+bool set_realtime(int64_t ns);
 
 }  // namespace img2vm::init
