@@ -134,7 +134,9 @@ class InitBoot : public ::testing::Test {
         "-kernel",
         kernel_->string(),
         "-append",
-        "console=ttyS0 quiet root=/dev/vda rw init=/.img2vm/init reboot=k panic=-1 " + append,
+        "console=ttyS0 quiet root=/dev/vda rw init=/.img2vm/init reboot=k panic=-1 "
+        "no_timer_check " +
+            append,
         "-drive",
         "id=d0,file=" + img.string() + ",format=raw,if=none",
         "-device",
