@@ -81,7 +81,7 @@ const char* name(Section s) {
     case Section::kVirtioMmio:
       return "transport";
     case Section::kVirtioDevice:
-      return "device state";
+      return "state";
     case Section::kDisk:
       return "disk";
   }
