@@ -168,3 +168,21 @@ TEST(SnapshotFile, TheUartAndTheI8042ComeBackAsSaved) {
   kb.out_len = 17;
   EXPECT_THROW(k2.load(kb), Error);
 }
+
+TEST(SnapshotFile, VirtioAndDiskSectionsAreKnownAndNamedByTheirInstance) {
+  SnapshotWriter w;
+  w.add(Section::kVirtioMmio, 1, {});
+  w.add(Section::kVirtioDevice, 1, {});
+  w.add_struct(Section::kDisk, 2, SnapshotDisk{});
+  auto st = SnapshotState::parse(w.serialize());
+  EXPECT_TRUE(st.has(Section::kVirtioMmio, 1));
+  EXPECT_EQ(st.get_struct<SnapshotDisk>(Section::kDisk, 2).size, 0u);
+  EXPECT_EQ(describe(Section::kVirtioMmio, 1), "virtio-mmio device 1's transport");
+  EXPECT_EQ(describe(Section::kVirtioDevice, 0), "virtio-mmio device 0's state");
+  try {
+    st.get(Section::kDisk, 0);
+    FAIL() << "a missing disk section was handed out";
+  } catch (const Error& e) {
+    EXPECT_STREQ(e.what(), "snapshot state file: disk 0's section is missing");
+  }
+}

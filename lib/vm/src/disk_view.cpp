@@ -87,18 +87,52 @@ class PlainView final : public DiskView {
   std::string_view kind_;
 };
 
+// Which 512-byte sectors of a copy-on-write view the guest has written.
+class SectorMap {
+ public:
+  static constexpr uint64_t kSector = 512;
+  explicit SectorMap(uint64_t size)
+      : sectors_((size + kSector - 1) / kSector), words_((sectors_ + 63) / 64, 0) {}
+  bool test(uint64_t s) const { return (words_[s / 64] >> (s % 64)) & 1; }
+  void set(uint64_t s) { words_[s / 64] |= uint64_t(1) << (s % 64); }
+  // Marks every sector [off, off+len) touches (len > 0).
+  void mark(uint64_t off, uint64_t len) {
+    for (uint64_t s = off / kSector; s <= (off + len - 1) / kSector; ++s) set(s);
+  }
+  uint64_t sectors() const { return sectors_; }
+  std::vector<uint64_t>& words() { return words_; }
+  const std::vector<uint64_t>& words() const { return words_; }
+  // Calls f(first, count) for each run of marked sectors, in order.
+  template <typename F>
+  void for_each_run(F f) const {
+    for (uint64_t s = 0; s < sectors_;) {
+      if (!test(s)) {
+        ++s;
+        continue;
+      }
+      uint64_t e = s + 1;
+      while (e < sectors_ && test(e)) ++e;
+      f(s, e - s);
+      s = e;
+    }
+  }
+
+ private:
+  uint64_t sectors_;
+  std::vector<uint64_t> words_;
+};
+
+void save_written(DiskView& view, const SectorMap& map, const fs::path& dst);
+
 // The base image read-only underneath; every 512-byte sector the guest writes lives in the
 // overlay file at the same offset, and a bitmap says which sectors those are. A write that
 // covers part of a sector not yet in the overlay first copies that sector up from the base.
 class OverlayView final : public DiskView {
  public:
-  static constexpr uint64_t kGrain = 512;
+  static constexpr uint64_t kGrain = SectorMap::kSector;
 
   OverlayView(UniqueFd base, UniqueFd overlay, uint64_t size)
-      : base_(std::move(base)),
-        overlay_(std::move(overlay)),
-        size_(size),
-        dirty_((size + kGrain * 64 - 1) / (kGrain * 64), 0) {
+      : base_(std::move(base)), overlay_(std::move(overlay)), size_(size), dirty_(size) {
     if (::ftruncate(overlay_.get(), off_t(size)) != 0)
       throw_errno("cannot size the copy-on-write overlay");
   }
@@ -106,14 +140,15 @@ class OverlayView final : public DiskView {
   bool read_only() const override { return false; }
   std::string_view kind() const override { return "overlay"; }
   bool flush() override { return true; }  // the overlay dies with the VM: nothing to make durable
+  void save_writes(const fs::path& dst) override { save_written(*this, dirty_, dst); }
 
   bool read(uint8_t* buf, uint64_t len, uint64_t off) override {
     while (len) {
       uint64_t g = off / kGrain;
-      bool d = is_dirty(g);
+      bool d = dirty_.test(g);
       // Extend over the following grains in the same state.
       uint64_t end = (g + 1) * kGrain;
-      while (end < off + len && is_dirty(end / kGrain) == d) end += kGrain;
+      while (end < off + len && dirty_.test(end / kGrain) == d) end += kGrain;
       uint64_t n = std::min(end, off + len) - off;
       if (!pread_full(d ? overlay_.get() : base_.get(), buf, n, off)) return false;
       buf += n, len -= n, off += n;
@@ -127,27 +162,150 @@ class OverlayView final : public DiskView {
     if (off % kGrain && !copy_up(first)) return false;
     if ((off + len) % kGrain && !copy_up(last)) return false;
     if (!pwrite_full(overlay_.get(), buf, len, off)) return false;
-    for (uint64_t g = first; g <= last; ++g) set_dirty(g);
+    dirty_.mark(off, len);
     return true;
   }
 
  private:
-  bool is_dirty(uint64_t g) const { return (dirty_[g / 64] >> (g % 64)) & 1; }
-  void set_dirty(uint64_t g) { dirty_[g / 64] |= uint64_t(1) << (g % 64); }
   bool copy_up(uint64_t g) {
-    if (is_dirty(g)) return true;
+    if (dirty_.test(g)) return true;
     uint8_t sector[kGrain];
     uint64_t off = g * kGrain, n = std::min(kGrain, size_ - off);
     if (!pread_full(base_.get(), sector, n, off) || !pwrite_full(overlay_.get(), sector, n, off))
       return false;
-    set_dirty(g);
+    dirty_.set(g);
     return true;
   }
 
   UniqueFd base_, overlay_;
   uint64_t size_;
-  std::vector<uint64_t> dirty_;
+  SectorMap dirty_;
 };
+
+// A reflink clone of the image, used directly; it notes which sectors the guest wrote, for
+// save_writes().
+class ReflinkView final : public DiskView {
+ public:
+  ReflinkView(UniqueFd clone, uint64_t size) : fd_(std::move(clone)), size_(size), written_(size) {}
+  uint64_t size() const override { return size_; }
+  bool read_only() const override { return false; }
+  std::string_view kind() const override { return "reflink"; }
+  bool flush() override { return ::fdatasync(fd_.get()) == 0; }
+  void save_writes(const fs::path& dst) override { save_written(*this, written_, dst); }
+  bool read(uint8_t* buf, uint64_t len, uint64_t off) override {
+    return pread_full(fd_.get(), buf, len, off);
+  }
+  bool write(const uint8_t* buf, uint64_t len, uint64_t off) override {
+    if (len == 0) return true;
+    if (!pwrite_full(fd_.get(), buf, len, off)) return false;
+    written_.mark(off, len);
+    return true;
+  }
+
+ private:
+  UniqueFd fd_;
+  uint64_t size_;
+  SectorMap written_;
+};
+
+// The saved writes of a copy-on-write view (a snapshot's disk-N): SavedWritesHeader at 0, the
+// sector map (one bit per 512-byte sector, 64-bit words) at kMapOffset, and from data_offset
+// (4 KiB aligned) the disk's bytes at their own offsets: written sectors hold data, the rest
+// are holes. The file is data_offset + disk size bytes long.
+struct SavedWritesHeader {
+  char magic[8] = {'I', 'M', 'G', '2', 'V', 'M', 'D', 'W'};
+  uint64_t disk_size = 0;
+  uint64_t map_offset = 0;
+  uint64_t map_bytes = 0;
+  uint64_t data_offset = 0;
+};
+constexpr uint64_t kMapOffset = 4096;
+
+SavedWritesHeader saved_layout(const SectorMap& map, uint64_t disk_size) {
+  SavedWritesHeader h;
+  h.disk_size = disk_size;
+  h.map_offset = kMapOffset;
+  h.map_bytes = map.words().size() * 8;
+  h.data_offset = (kMapOffset + h.map_bytes + 4095) / 4096 * 4096;
+  return h;
+}
+
+void save_written(DiskView& view, const SectorMap& map, const fs::path& dst) {
+  AtomicFile out(dst, 0600);
+  const std::string what = out.temp_path().string();
+  const SavedWritesHeader h = saved_layout(map, view.size());
+  if (!pwrite_full(out.fd(), reinterpret_cast<const uint8_t*>(&h), sizeof h, 0) ||
+      !pwrite_full(out.fd(), reinterpret_cast<const uint8_t*>(map.words().data()), h.map_bytes,
+                   h.map_offset))
+    throw_errno("cannot write " + what);
+  std::vector<uint8_t> buf;
+  map.for_each_run([&](uint64_t first, uint64_t count) {
+    uint64_t off = first * SectorMap::kSector;
+    const uint64_t end = std::min(view.size(), (first + count) * SectorMap::kSector);
+    while (off < end) {
+      buf.resize(std::min<uint64_t>(end - off, 1 << 20));
+      if (!view.read(buf.data(), buf.size(), off))
+        throw_errno("cannot read the disk's written sectors");
+      if (!pwrite_full(out.fd(), buf.data(), buf.size(), h.data_offset + off))
+        throw_errno("cannot write " + what);
+      off += buf.size();
+    }
+  });
+  if (::ftruncate(out.fd(), off_t(h.data_offset + h.disk_size)) != 0)
+    throw_errno("cannot size " + what);
+  out.commit();
+}
+
+Error damaged_writes(const fs::path& p, const std::string& why) {
+  return Error(ErrorKind::kIntegrity, "saved disk writes " + p.string() + ": " + why);
+}
+
+// The sector map of `file` (a saved writes file) for a disk of `size` bytes, checked.
+SectorMap read_saved_map(int fd, const fs::path& p, uint64_t size, SavedWritesHeader& h) {
+  SectorMap map(size);
+  const SavedWritesHeader want = saved_layout(map, size);
+  if (!pread_full(fd, reinterpret_cast<uint8_t*>(&h), sizeof h, 0))
+    throw_errno("cannot read " + p.string());
+  if (std::memcmp(h.magic, want.magic, sizeof h.magic) != 0)
+    throw damaged_writes(p, "no IMG2VMDW header");
+  if (h.disk_size != size)
+    throw Error(ErrorKind::kInvalidArgument,
+                "saved disk writes " + p.string() + " are of a disk of " +
+                    std::to_string(h.disk_size) + " bytes, not " + std::to_string(size));
+  if (h.map_offset != want.map_offset || h.map_bytes != want.map_bytes ||
+      h.data_offset != want.data_offset)
+    throw damaged_writes(p, "unexpected layout");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) throw_errno("cannot stat " + p.string());
+  if (uint64_t(st.st_size) != h.data_offset + size)
+    throw damaged_writes(
+        p, std::to_string(st.st_size) + " bytes, not " + std::to_string(h.data_offset + size));
+  if (!pread_full(fd, reinterpret_cast<uint8_t*>(map.words().data()), h.map_bytes, h.map_offset))
+    throw_errno("cannot read " + p.string());
+  const uint64_t tail = map.sectors() % 64;
+  if (tail && (map.words().back() >> tail) != 0) throw damaged_writes(p, "sectors past the end");
+  return map;
+}
+
+// Writes the sectors saved in `p` into `view`.
+void replay_writes(DiskView& view, const fs::path& p) {
+  UniqueFd fd = open_file(p, O_RDONLY);
+  SavedWritesHeader h;
+  const SectorMap map = read_saved_map(fd.get(), p, view.size(), h);
+  std::vector<uint8_t> buf;
+  map.for_each_run([&](uint64_t first, uint64_t count) {
+    uint64_t off = first * SectorMap::kSector;
+    const uint64_t end = std::min(view.size(), (first + count) * SectorMap::kSector);
+    while (off < end) {
+      buf.resize(std::min<uint64_t>(end - off, 1 << 20));
+      if (!pread_full(fd.get(), buf.data(), buf.size(), h.data_offset + off))
+        throw_errno("cannot read " + p.string());
+      if (!view.write(buf.data(), buf.size(), off))
+        throw_errno("cannot write the saved sectors into the disk's copy-on-write view");
+      off += buf.size();
+    }
+  });
+}
 
 uint64_t size_of(int fd, const fs::path& path) {
   struct stat st {};
@@ -187,6 +345,20 @@ std::vector<fs::path> scratch_candidates(const fs::path& path, const fs::path& s
 
 }  // namespace
 
+void DiskView::save_writes(const fs::path& dst) {
+  throw Error(ErrorKind::kUnsupported, "cannot save the writes of a " + std::string(kind()) +
+                                           " disk for " + dst.string() +
+                                           " (only copy-on-write disks keep them apart)");
+}
+
+std::unique_ptr<DiskView> open_disk_view_with_writes(const fs::path& path,
+                                                     const fs::path& saved_writes,
+                                                     const fs::path& scratch_dir) {
+  auto view = open_disk_view(path, DiskMode::kCopyOnWrite, scratch_dir);
+  replay_writes(*view, saved_writes);
+  return view;
+}
+
 std::unique_ptr<DiskView> fd_disk_view(int fd_owned, uint64_t size, bool read_only) {
   return std::make_unique<PlainView>(UniqueFd(fd_owned), size, read_only,
                                      read_only ? "read-only" : "read-write");
@@ -218,7 +390,7 @@ std::unique_ptr<DiskView> open_disk_view(const fs::path& path, DiskMode mode,
     }
     // Sharing the image's extents costs nothing and is as fast as the image itself.
     if (::ioctl(tmp.get(), FICLONE, base.get()) == 0)
-      return std::make_unique<PlainView>(std::move(tmp), size, false, "reflink");
+      return std::make_unique<ReflinkView>(std::move(tmp), size);
     return std::make_unique<OverlayView>(std::move(base), std::move(tmp), size);
   }
   errno = last_errno;

@@ -622,6 +622,10 @@ struct Machine::Impl {
   // Construction, in this order (build()); a restore (build_restored()) loads instead of booting.
   void build();
   void build_restored();
+  SnapshotState read_snapshot_state() const;
+  void check_restored_shape(const SnapshotState& st);
+  std::vector<std::unique_ptr<DiskView>> open_restored_disks(const SnapshotState& st);
+  void load_virtio_devices(const SnapshotState& st);
   void map_memory();
   void check_config() const;
   void create_vm();
@@ -630,6 +634,7 @@ struct Machine::Impl {
   void load_initrd();
   void attach_port_devices();
   void attach_block_devices();
+  void attach_block_devices(std::vector<std::unique_ptr<DiskView>> views);
   void attach_net_device();
   void attach_fs_devices();
   void attach_vsock_device();
@@ -642,6 +647,9 @@ struct Machine::Impl {
   void write_boot_tables();
   void create_vcpus(const SnapshotState* restore = nullptr);
   void save_snapshot(const std::filesystem::path& dir);
+  void check_snapshot_devices() const;
+  void save_virtio_devices(SnapshotWriter& w) const;
+  void save_disks(const std::filesystem::path& dir) const;
 };
 
 void Machine::Impl::build() {
@@ -803,15 +811,24 @@ void Machine::Impl::attach_port_devices() {
 }
 
 void Machine::Impl::attach_block_devices() {
+  std::vector<std::unique_ptr<DiskView>> views;
   for (size_t i = 0; i < cfg.disks.size(); ++i) {
-    const auto& dc = cfg.disks[i];
-    auto d = std::make_unique<Disk>();
     try {
-      d->blk = std::make_unique<VirtioBlk>(open_disk_view(dc.path, dc.mode),
-                                           dc.id.empty() ? "img2vm" + std::to_string(i) : dc.id);
+      views.push_back(open_disk_view(cfg.disks[i].path, cfg.disks[i].mode));
     } catch (const Error& e) {
       throw e.with_context("disk " + std::to_string(i));
     }
+  }
+  attach_block_devices(std::move(views));
+}
+
+// The disks' devices in MMIO slots 0, 1, ... (their order in cfg.disks), over `views`.
+void Machine::Impl::attach_block_devices(std::vector<std::unique_ptr<DiskView>> views) {
+  for (size_t i = 0; i < views.size(); ++i) {
+    const auto& dc = cfg.disks[i];
+    auto d = std::make_unique<Disk>();
+    d->blk = std::make_unique<VirtioBlk>(std::move(views[i]),
+                                         dc.id.empty() ? "img2vm" + std::to_string(i) : dc.id);
     d->mmio = attach_mmio_device("virtio-blk " + std::to_string(i), *d->blk);
     disks.push_back(std::move(d));
   }
@@ -959,41 +976,118 @@ void Machine::Impl::create_vcpus(const SnapshotState* restore) {
 }
 
 // The machine a snapshot recorded, resumed: its memory mapped from the snapshot's file, the
-// in-kernel devices and vCPUs set from its state, the VMM's devices loaded. Nothing is booted.
+// in-kernel devices and vCPUs set from its state, the VMM's devices and the virtio devices
+// (in the same MMIO slots as at the cold boot) loaded. Nothing is booted.
 void Machine::Impl::build_restored() {
-  const auto state_path = cfg.restore_from / "state";
-  SnapshotState st;
-  try {
-    st = SnapshotState::parse(read_file(state_path, kMaxSnapshotState + 1));
-  } catch (const Error& e) {
-    throw e.with_context(state_path.string());
-  }
-  auto shape = st.get_struct<SnapshotMachine>(Section::kMachine, 0);
-  if (shape.disks || shape.nics || shape.shared_dirs || shape.vsock || !cfg.disks.empty() ||
-      cfg.net || !cfg.fs.empty() || cfg.vsock)
-    throw Error(ErrorKind::kUnsupported,
-                "snapshots of machines with virtio devices (disks, a NIC, virtio-fs, vsock) are "
-                "not supported yet");
-  if (shape.memory_bytes != cfg.memory_mib << 20 || shape.vcpus != cfg.vcpus)
-    throw Error(ErrorKind::kInvalidArgument,
-                "the snapshot in " + cfg.restore_from.string() + " is of a machine with " +
-                    std::to_string(shape.memory_bytes >> 20) + " MiB and " +
-                    std::to_string(shape.vcpus) + " vCPUs, not " + std::to_string(cfg.memory_mib) +
-                    " MiB and " + std::to_string(cfg.vcpus));
-  if (shape.kernel_format > uint32_t(KernelFormat::kBzImage))
-    throw Error(ErrorKind::kIntegrity, "snapshot state file: unknown kernel format");
-  kernel.format = KernelFormat(shape.kernel_format);
+  const SnapshotState st = read_snapshot_state();
+  check_restored_shape(st);
+  auto views = open_restored_disks(st);
   create_vm();
   mem = std::make_unique<GuestMemory>(
-      GuestMemory::from_file(shape.memory_bytes, cfg.restore_from / "memory"));
+      GuestMemory::from_file(cfg.memory_mib << 20, cfg.restore_from / "memory"));
   map_memory();
   restore_vm(vm.get(), st);
   attach_port_devices();
   uart->load(st.get_struct<Uart8250::State>(Section::kUart, 0));
   stderr_uart->load(st.get_struct<Uart8250::State>(Section::kUart, 1));
   i8042.load(st.get_struct<I8042::State>(Section::kI8042, 0));
+  attach_block_devices(std::move(views));
+  load_virtio_devices(st);
   create_event_fds();
   create_vcpus(&st);
+  // After the vCPUs' local APICs are set: an interrupt raised now is not overwritten.
+  for (auto& d : disks) d->mmio.transport->raise_pending();
+}
+
+SnapshotState Machine::Impl::read_snapshot_state() const {
+  const auto state_path = cfg.restore_from / "state";
+  try {
+    return SnapshotState::parse(read_file(state_path, kMaxSnapshotState + 1));
+  } catch (const Error& e) {
+    throw e.with_context(state_path.string());
+  }
+}
+
+// Memory, vCPUs and devices as the configuration has them; the kernel format from the state.
+void Machine::Impl::check_restored_shape(const SnapshotState& st) {
+  auto shape = st.get_struct<SnapshotMachine>(Section::kMachine, 0);
+  if (shape.nics || cfg.net)
+    throw Error(ErrorKind::kUnsupported, "snapshots of machines with a NIC are not supported yet");
+  if (shape.shared_dirs || !cfg.fs.empty())
+    throw Error(ErrorKind::kUnsupported,
+                "snapshots of machines with virtio-fs are not supported yet");
+  if (shape.vsock || cfg.vsock)
+    throw Error(ErrorKind::kUnsupported, "snapshots of machines with vsock are not supported yet");
+  if (shape.memory_bytes != cfg.memory_mib << 20 || shape.vcpus != cfg.vcpus)
+    throw Error(ErrorKind::kInvalidArgument,
+                "the snapshot in " + cfg.restore_from.string() + " is of a machine with " +
+                    std::to_string(shape.memory_bytes >> 20) + " MiB and " +
+                    std::to_string(shape.vcpus) + " vCPUs, not " + std::to_string(cfg.memory_mib) +
+                    " MiB and " + std::to_string(cfg.vcpus));
+  if (shape.disks != cfg.disks.size())
+    throw Error(ErrorKind::kInvalidArgument, "the snapshot in " + cfg.restore_from.string() +
+                                                 " is of a machine with " +
+                                                 std::to_string(shape.disks) + " disks, not " +
+                                                 std::to_string(cfg.disks.size()));
+  if (shape.kernel_format > uint32_t(KernelFormat::kBzImage))
+    throw Error(ErrorKind::kIntegrity, "snapshot state file: unknown kernel format");
+  kernel.format = KernelFormat(shape.kernel_format);
+}
+
+namespace {
+// The size of a disk file or block device, as a view of it would have.
+uint64_t disk_size(const std::filesystem::path& p) {
+  UniqueFd fd = open_file(p, O_RDONLY);
+  off_t end = ::lseek(fd.get(), 0, SEEK_END);
+  if (end < 0) throw_errno("cannot size disk " + p.string());
+  return uint64_t(end);
+}
+}  // namespace
+
+// Each configured disk against the snapshot's (mode, size), then its view: a copy-on-write
+// disk starts from its image plus the writes saved in disk-N, a read-only one is as given.
+std::vector<std::unique_ptr<DiskView>> Machine::Impl::open_restored_disks(const SnapshotState& st) {
+  std::vector<std::unique_ptr<DiskView>> views;
+  for (uint32_t i = 0; i < cfg.disks.size(); ++i) {
+    const auto& dc = cfg.disks[i];
+    const std::string name = "disk " + std::to_string(i) + " (" + dc.path.string() + ")";
+    const auto saved = st.get_struct<SnapshotDisk>(Section::kDisk, i);
+    if (saved.mode > uint32_t(DiskMode::kCopyOnWrite) ||
+        saved.mode == uint32_t(DiskMode::kReadWrite) ||
+        saved.saved_writes != uint32_t(saved.mode == uint32_t(DiskMode::kCopyOnWrite)))
+      throw Error(ErrorKind::kIntegrity, "snapshot state file: " + describe(Section::kDisk, i) +
+                                             " has an impossible mode");
+    if (DiskMode(saved.mode) != dc.mode)
+      throw Error(ErrorKind::kInvalidArgument, name + " is " + std::string(to_string(dc.mode)) +
+                                                   ", the snapshot's was " +
+                                                   std::string(to_string(DiskMode(saved.mode))));
+    try {
+      if (uint64_t size = disk_size(dc.path); size != saved.size)
+        throw Error(
+            ErrorKind::kInvalidArgument,
+            std::to_string(size) + " bytes, the snapshot's disk had " + std::to_string(saved.size));
+      views.push_back(dc.mode == DiskMode::kCopyOnWrite
+                          ? open_disk_view_with_writes(
+                                dc.path, cfg.restore_from / ("disk-" + std::to_string(i)))
+                          : open_disk_view(dc.path, dc.mode));
+    } catch (const Error& e) {
+      throw e.with_context(name);
+    }
+  }
+  return views;
+}
+
+// Each virtio device's transport and own state, into the devices just attached in the same
+// slots.
+void Machine::Impl::load_virtio_devices(const SnapshotState& st) {
+  for (uint32_t i = 0; i < disks.size(); ++i) {
+    try {
+      disks[i]->mmio.transport->load(st.get(Section::kVirtioMmio, i));
+      disks[i]->blk->load_state(st.get(Section::kVirtioDevice, i));
+    } catch (const Error& e) {
+      throw e.with_context("virtio-blk " + std::to_string(i));
+    }
+  }
 }
 
 void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
@@ -1002,15 +1096,22 @@ void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
     if (!started || result || !pause_requested || !all_parked())
       throw Error(ErrorKind::kInvalidArgument, "a snapshot needs a paused machine");
   }
-  if (!disks.empty() || nic || !shared_dirs.empty() || vsock)
-    throw Error(ErrorKind::kInvalidArgument,
-                "snapshots of machines with virtio devices (disks, a NIC, virtio-fs, vsock) are "
-                "not supported yet");
+  check_snapshot_devices();
+  // The vCPUs are parked: the guest makes no chain available any more. But a notification it
+  // wrote before parking may still be on its way through the ioeventfd to the I/O thread, or
+  // be handled there right now. finish_pending() takes each transport's lock (after any
+  // handling in progress) and handles every available chain. From then on nothing changes
+  // guest memory, the queues' indices or the disks: a late notification the I/O thread reads
+  // finds nothing to do (and a restored VM, whose ioeventfds are new, needs none). So memory,
+  // the disks' writes and the state below are all of that one moment. An interrupt raised
+  // here may reach the irqchip after it is saved: the restore raises it again (raise_pending).
+  for (auto& d : disks) d->mmio.transport->finish_pending();
   SnapshotWriter w;
   SnapshotMachine shape;
   shape.memory_bytes = mem->size();
   shape.vcpus = unsigned(vcpus.size());
   shape.kernel_format = uint32_t(kernel.format);
+  shape.disks = uint32_t(disks.size());
   w.add_struct(Section::kMachine, 0, shape);
   const auto msrs = saveable_msrs(kvm.get());
   for (const auto& v : vcpus) save_vcpu(v->fd.get(), v->id, msrs, v->cpuid, w);
@@ -1021,6 +1122,7 @@ void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
     std::lock_guard lk(i8042_mu);
     w.add_struct(Section::kI8042, 0, i8042.save());
   }
+  save_virtio_devices(w);
   std::error_code ec;
   std::filesystem::create_directories(dir, ec);
   if (ec) throw Error(ErrorKind::kIo, "cannot create " + dir.string() + ": " + ec.message());
@@ -1028,7 +1130,50 @@ void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
   AtomicFile memory(dir / "memory", 0600);
   mem->save_to(memory.fd(), memory.temp_path().string());
   memory.commit();
+  save_disks(dir);
   write_file_atomic(dir / "state", w.serialize(), 0600);
+}
+
+// What a snapshot cannot hold yet, refused before anything is written.
+void Machine::Impl::check_snapshot_devices() const {
+  if (nic)
+    throw Error(ErrorKind::kUnsupported, "snapshots of machines with a NIC are not supported yet");
+  if (!shared_dirs.empty())
+    throw Error(ErrorKind::kUnsupported,
+                "snapshots of machines with virtio-fs are not supported yet");
+  if (vsock)
+    throw Error(ErrorKind::kUnsupported, "snapshots of machines with vsock are not supported yet");
+  for (size_t i = 0; i < disks.size(); ++i) {
+    const std::string name = "disk " + std::to_string(i) + " (" + cfg.disks[i].path.string() + ")";
+    if (!disks[i]->blk->snapshot_supported())
+      throw Error(ErrorKind::kUnsupported, name + " cannot be saved in a snapshot");
+    if (cfg.disks[i].mode == DiskMode::kReadWrite)
+      throw Error(ErrorKind::kUnsupported,
+                  name +
+                      " is read-write: a snapshot needs it copy-on-write or read-only (the "
+                      "guest's page cache of it would not survive changes made to the file "
+                      "after the snapshot)");
+  }
+}
+
+void Machine::Impl::save_virtio_devices(SnapshotWriter& w) const {
+  for (uint32_t i = 0; i < disks.size(); ++i) {
+    const Disk& d = *disks[i];
+    w.add(Section::kVirtioMmio, i, d.mmio.transport->save());
+    w.add(Section::kVirtioDevice, i, d.blk->save_state());
+    SnapshotDisk sd;
+    sd.size = d.blk->view().size();
+    sd.mode = uint32_t(cfg.disks[i].mode);
+    sd.saved_writes = cfg.disks[i].mode == DiskMode::kCopyOnWrite;
+    w.add_struct(Section::kDisk, i, sd);
+  }
+}
+
+// A copy-on-write disk's writes so far go to disk-N; a read-only disk has none.
+void Machine::Impl::save_disks(const std::filesystem::path& dir) const {
+  for (size_t i = 0; i < disks.size(); ++i)
+    if (cfg.disks[i].mode == DiskMode::kCopyOnWrite)
+      disks[i]->blk->view().save_writes(dir / ("disk-" + std::to_string(i)));
 }
 
 Machine::Machine(MachineConfig config) : impl_(std::make_unique<Impl>()) {

@@ -30,6 +30,9 @@ bool known(uint32_t kind) {
     case Section::kClock:
     case Section::kUart:
     case Section::kI8042:
+    case Section::kVirtioMmio:
+    case Section::kVirtioDevice:
+    case Section::kDisk:
       return true;
   }
   return false;
@@ -75,6 +78,12 @@ const char* name(Section s) {
       return "UART";
     case Section::kI8042:
       return "i8042";
+    case Section::kVirtioMmio:
+      return "transport";
+    case Section::kVirtioDevice:
+      return "state";
+    case Section::kDisk:
+      return "disk";
   }
   return "unknown";
 }
@@ -101,6 +110,9 @@ Error damaged(const std::string& why) {
 std::string describe(Section s, uint32_t instance) {
   std::string n = name(s);
   if (per_vcpu(s)) return "vCPU " + std::to_string(instance) + " " + n;
+  if (s == Section::kVirtioMmio || s == Section::kVirtioDevice)
+    return "virtio-mmio device " + std::to_string(instance) + "'s " + n;
+  if (s == Section::kDisk) return "disk " + std::to_string(instance) + "'s section";
   return "the " + n + " section";
 }
 

@@ -48,6 +48,11 @@ enum class Section : uint32_t {
   // The VMM's own devices (instance 0).
   kUart = 40,
   kI8042 = 41,
+  // Virtio devices (instance = the device's virtio-mmio slot: disks first, as at boot).
+  kVirtioMmio = 50,    // VirtioMmioState and the queues (virtio_mmio.hpp)
+  kVirtioDevice = 51,  // the device's own state (VirtioDevice::save_state)
+  // Disks (instance = the disk's index in MachineConfig::disks).
+  kDisk = 52,  // SnapshotDisk
 };
 // "vCPU 0 registers", "the UART", ... for messages.
 std::string describe(Section s, uint32_t instance);
@@ -61,6 +66,15 @@ struct SnapshotMachine {
   uint32_t reserved[8] = {};
 };
 static_assert(sizeof(SnapshotMachine) == 64);
+
+// A disk as the snapshot's machine had it; a restore must configure it alike.
+struct SnapshotDisk {
+  uint64_t size = 0;          // bytes
+  uint32_t mode = 0;          // DiskMode
+  uint32_t saved_writes = 0;  // 1: the guest's writes so far are in the snapshot's disk-N
+  uint32_t reserved[4] = {};
+};
+static_assert(sizeof(SnapshotDisk) == 32);
 
 struct SnapshotMsr {
   uint32_t index = 0;

@@ -37,6 +37,31 @@ bool VirtioBlk::process(const GuestMemory& mem, SplitQueue& queue) {
   return used;
 }
 
+std::vector<uint8_t> VirtioBlk::save_state() const {
+  State st;
+  st.capacity_sectors = capacity_sectors();
+  st.read_only = read_only_;
+  auto p = reinterpret_cast<const uint8_t*>(&st);
+  return {p, p + sizeof st};
+}
+
+void VirtioBlk::load_state(std::span<const uint8_t> state) {
+  State st;
+  if (state.size() != sizeof st)
+    throw Error(ErrorKind::kIntegrity, "virtio-blk state: " + std::to_string(state.size()) +
+                                           " bytes, not " + std::to_string(sizeof st));
+  std::memcpy(&st, state.data(), sizeof st);
+  if (st.capacity_sectors != capacity_sectors())
+    throw Error(ErrorKind::kUnsupported,
+                "the snapshot's disk had " + std::to_string(st.capacity_sectors) +
+                    " sectors, this one " + std::to_string(capacity_sectors()));
+  if (st.read_only != uint32_t(read_only_))
+    throw Error(ErrorKind::kUnsupported, std::string("the snapshot's disk was ") +
+                                             (st.read_only ? "read-only" : "writable") +
+                                             ", this one is " +
+                                             (read_only_ ? "read-only" : "writable"));
+}
+
 uint32_t VirtioBlk::handle(const GuestMemory& mem, const DescChain& chain) {
   if (chain.elems.size() < 2) return 0;  // no room for a header and a status: nothing to say
   const DescElem& st = chain.elems.back();

@@ -33,12 +33,25 @@ class VirtioBlk final : public VirtioDevice {
   std::span<const uint8_t> config() const override { return config_; }
   bool process(const GuestMemory& mem, SplitQueue& queue) override;
 
+  // Requests complete before process() returns: besides the transport's queues the state is
+  // only what the guest was told, the capacity and read-only flag, which a restore must
+  // match (Error kUnsupported otherwise).
+  struct State {
+    uint64_t capacity_sectors = 0;
+    uint32_t read_only = 0;
+    uint32_t reserved = 0;
+  };
+  bool snapshot_supported() const override { return true; }
+  std::vector<uint8_t> save_state() const override;
+  void load_state(std::span<const uint8_t> state) override;
+
   // One request: performs it and returns the number of bytes written into guest buffers.
   uint32_t handle(const GuestMemory& mem, const DescChain& chain);
 
   uint64_t capacity_sectors() const noexcept { return size_ / kSectorSize; }
   bool read_only() const noexcept { return read_only_; }
   const DiskView& view() const noexcept { return *view_; }
+  DiskView& view() noexcept { return *view_; }
 
  private:
   uint8_t do_request(const GuestMemory& mem, const DescChain& chain, uint32_t& written);

@@ -1,6 +1,10 @@
 #include "virtio_mmio.hpp"
 
+#include <algorithm>
+#include <cstdio>
 #include <cstring>
+
+#include "img2vm/base/error.hpp"
 
 namespace img2vm::vm {
 
@@ -227,6 +231,140 @@ void VirtioMmio::notify() {
       }
     }
     if (raise) interrupt_status_ |= 1;  // used buffer notification
+  }
+  if (raise && interrupt_) interrupt_();
+}
+
+}  // namespace img2vm::vm
+
+namespace img2vm::vm {
+
+namespace {
+Error bad_state(const std::string& why) {
+  return Error(ErrorKind::kIntegrity, "virtio-mmio state: " + why);
+}
+std::string hex(uint64_t v) {
+  char b[24];
+  std::snprintf(b, sizeof b, "%#llx", static_cast<unsigned long long>(v));
+  return b;
+}
+template <typename T>
+void append(std::vector<uint8_t>& out, const T& v) {
+  auto p = reinterpret_cast<const uint8_t*>(&v);
+  out.insert(out.end(), p, p + sizeof v);
+}
+
+void check_shape(const VirtioMmioState& h, const VirtioDevice& dev, size_t queues) {
+  if (h.device_id != dev.device_id())
+    throw Error(ErrorKind::kUnsupported, "the snapshot's virtio device has type " +
+                                             std::to_string(h.device_id) + ", this one " +
+                                             std::to_string(dev.device_id()));
+  if (h.device_features != dev.features())
+    throw Error(ErrorKind::kUnsupported, "the snapshot's virtio device offered features " +
+                                             hex(h.device_features) + ", this one offers " +
+                                             hex(dev.features()));
+  if (h.num_queues != queues)
+    throw Error(ErrorKind::kUnsupported, "the snapshot's virtio device has " +
+                                             std::to_string(h.num_queues) + " queues, this one " +
+                                             std::to_string(queues));
+}
+
+void check_registers(const VirtioMmioState& h) {
+  if (h.status > 0xff) throw bad_state("device status " + hex(h.status));
+  if (h.interrupt_status > 3) throw bad_state("interrupt status " + hex(h.interrupt_status));
+  if ((h.status & VirtioMmio::kStatusFeaturesOk) && (h.driver_features & ~h.device_features))
+    throw bad_state("driver features " + hex(h.driver_features) + " beyond the offered ones");
+  if (std::memchr(h.broken, 0, sizeof h.broken) == nullptr)
+    throw bad_state("the broken reason is not terminated");
+}
+
+void check_queue(const VirtioQueueState& s, const SplitQueue& q, const GuestMemory& mem, size_t i) {
+  const std::string name = "queue " + std::to_string(i) + ": ";
+  if (s.ready > 1 || s.broken > 1) throw bad_state(name + "flags out of range");
+  if (s.size == 0 || s.size > SplitQueue::kMaxSize || (s.size & (s.size - 1)))
+    throw bad_state(name + "size " + std::to_string(s.size) + " is not a power of two up to " +
+                    std::to_string(SplitQueue::kMaxSize));
+  if (!s.ready) return;
+  if (auto why = q.validate(mem); !why.empty()) throw bad_state(name + why);
+}
+}  // namespace
+
+void VirtioDevice::load_state(std::span<const uint8_t> state) {
+  if (!state.empty())
+    throw Error(ErrorKind::kIntegrity, "virtio device state: " + std::to_string(state.size()) +
+                                           " bytes for a device that keeps none");
+}
+
+std::vector<uint8_t> VirtioMmio::save() const {
+  std::lock_guard lk(mu_);
+  VirtioMmioState h;
+  h.device_id = dev_.device_id();
+  h.num_queues = uint32_t(queues_.size());
+  h.device_features = dev_.features();
+  h.driver_features = driver_features_;
+  h.status = status_;
+  h.dev_features_sel = dev_features_sel_;
+  h.drv_features_sel = drv_features_sel_;
+  h.queue_sel = queue_sel_;
+  h.interrupt_status = interrupt_status_;
+  h.config_generation = config_generation_;
+  std::memcpy(h.broken, broken_.data(), std::min(broken_.size(), sizeof h.broken - 1));
+  std::vector<uint8_t> out;
+  append(out, h);
+  for (const auto& q : queues_) {
+    VirtioQueueState s;
+    s.desc_addr = q.desc_addr;
+    s.avail_addr = q.avail_addr;
+    s.used_addr = q.used_addr;
+    s.size = q.size;
+    s.last_avail = q.last_avail();
+    s.used_idx = q.used_idx();
+    s.ready = q.ready;
+    s.broken = q.broken();
+    append(out, s);
+  }
+  return out;
+}
+
+void VirtioMmio::load(std::span<const uint8_t> state) {
+  VirtioMmioState h;
+  if (state.size() < sizeof h) throw bad_state(std::to_string(state.size()) + " bytes");
+  std::memcpy(&h, state.data(), sizeof h);
+  check_shape(h, dev_, queues_.size());
+  if (state.size() != sizeof h + h.num_queues * sizeof(VirtioQueueState))
+    throw bad_state(std::to_string(state.size()) + " bytes for " + std::to_string(h.num_queues) +
+                    " queues");
+  check_registers(h);
+  std::vector<SplitQueue> queues(queues_.size());
+  for (size_t i = 0; i < queues.size(); ++i) {
+    VirtioQueueState s;
+    std::memcpy(&s, state.data() + sizeof h + i * sizeof s, sizeof s);
+    SplitQueue& q = queues[i];
+    q.size = s.size;
+    q.desc_addr = s.desc_addr;
+    q.avail_addr = s.avail_addr;
+    q.used_addr = s.used_addr;
+    q.ready = s.ready;
+    check_queue(s, q, mem_, i);
+    q.restore(s.last_avail, s.used_idx, s.broken, h.broken);
+  }
+  std::lock_guard lk(mu_);
+  queues_ = std::move(queues);
+  status_ = h.status;
+  dev_features_sel_ = h.dev_features_sel;
+  drv_features_sel_ = h.drv_features_sel;
+  queue_sel_ = h.queue_sel;
+  driver_features_ = h.driver_features;
+  interrupt_status_ = h.interrupt_status;
+  config_generation_ = h.config_generation;
+  broken_ = h.broken;
+}
+
+void VirtioMmio::raise_pending() {
+  bool raise;
+  {
+    std::lock_guard lk(mu_);
+    raise = interrupt_status_ != 0;
   }
   if (raise && interrupt_) interrupt_();
 }

@@ -55,7 +55,34 @@ class VirtioDevice {
   // transport never sees those interrupts (the guest's driver checks the rings; a spurious
   // interrupt finds nothing new).
   virtual bool external_interrupts() const { return false; }
+
+  // Snapshots (docs/snapshots.md). Whether this device's state can be saved at all (a device
+  // with host-side state, such as connections or a backend process, needs more than its
+  // queues); its own state beside the transport's (Section::kVirtioDevice), and the load of
+  // it, which throws Error when this device cannot take that state.
+  virtual bool snapshot_supported() const { return false; }
+  virtual std::vector<uint8_t> save_state() const { return {}; }
+  virtual void load_state(std::span<const uint8_t> state);
 };
+
+// A transport's state in a snapshot (Section::kVirtioMmio): this, then one VirtioQueueState
+// per queue.
+struct VirtioMmioState {
+  uint32_t device_id = 0, num_queues = 0;
+  uint64_t device_features = 0;  // what the device offered
+  uint64_t driver_features = 0;
+  uint32_t status = 0, dev_features_sel = 0, drv_features_sel = 0, queue_sel = 0;
+  uint32_t interrupt_status = 0, config_generation = 0;
+  char broken[120] = {};  // why the device needs a reset, NUL-terminated
+};
+static_assert(sizeof(VirtioMmioState) == 168);
+
+struct VirtioQueueState {
+  uint64_t desc_addr = 0, avail_addr = 0, used_addr = 0;
+  uint16_t size = 0, last_avail = 0, used_idx = 0;
+  uint8_t ready = 0, broken = 0;
+};
+static_assert(sizeof(VirtioQueueState) == 32);
 
 class VirtioMmio {
  public:
@@ -76,6 +103,19 @@ class VirtioMmio {
 
   uint32_t status() const;
   std::string broken_reason() const;
+
+  // Snapshots. finish_pending() handles every chain the guest has made available, as a
+  // notification would: once it returns, with the vCPUs stopped, no work is pending in the
+  // device and guest memory agrees with save(). save() returns VirtioMmioState and the
+  // queues; load() takes them into a transport that has not run yet, after checking them
+  // against this device and guest memory (Error: kUnsupported for another device, kIntegrity
+  // for impossible values; nothing changes then). raise_pending() raises the interrupt again
+  // when the loaded state shows one the guest has not acknowledged: it may not have reached
+  // the interrupt controller before that was saved.
+  void finish_pending() { notify(); }
+  std::vector<uint8_t> save() const;
+  void load(std::span<const uint8_t> state);
+  void raise_pending();
 
  private:
   void reset_locked();

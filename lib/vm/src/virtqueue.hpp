@@ -55,6 +55,15 @@ class SplitQueue {
   bool broken() const noexcept { return broken_; }
   const std::string& broken_reason() const noexcept { return broken_reason_; }
   uint16_t last_avail() const noexcept { return last_avail_; }
+  uint16_t used_idx() const noexcept { return used_idx_; }
+  // A snapshot's indices and broken state (the transport checks the configuration with
+  // validate() first).
+  void restore(uint16_t last_avail, uint16_t used_idx, bool broken, std::string reason) {
+    last_avail_ = last_avail;
+    used_idx_ = used_idx;
+    broken_ = broken;
+    broken_reason_ = broken ? std::move(reason) : std::string();
+  }
 
  private:
   uint16_t last_avail_ = 0;

@@ -3,7 +3,9 @@
  *              check that a request past the end fails; exit 0 when all went as expected
  *   mode=evil  submit malicious chains (a loop, an address outside RAM, a huge length, an
  *              out-of-range head index), check the device survives them, then reset it and
- *              read a sector again; exit 0 when the device behaved */
+ *              read a sector again; exit 0 when the device behaved
+ *   mode=snap  write sector 2 and read it back, write the snapshot point mark (BOOT_MARK 4),
+ *              then print sector 3 and sector 2, write sector 3 and read it back; exit 0 */
 #include "guest.h"
 
 #define MMIO 0xd0000000ull
@@ -174,6 +176,38 @@ static int evil(void) {
   return 0;
 }
 
+static void print_sector(const char* label) {
+  puts_uart(label);
+  for (int i = 0; i < 32 && buf[i] >= ' ' && buf[i] < 127; ++i) putc_uart((char)buf[i]);
+  puts_uart("\n");
+}
+
+static void fill(const char* msg) {
+  memset_g(buf, 0, 512);
+  for (int i = 0; msg[i]; ++i) buf[i] = (uint8_t)msg[i];
+}
+
+static int snap(void) {
+  fill("before the snapshot");
+  if (request(1, 2, buf, 512, 0) != 0) return 40;
+  memset_g(buf, 0, 512);
+  if (request(0, 2, buf, 512, 1) != 0 || buf[0] != 'b') return 41;
+  puts_uart("written\n");
+  outb(0xf6, 4); /* BOOT_MARK 4: the snapshot point */
+  memset_g(buf, 0, 512);
+  if (request(0, 3, buf, 512, 1) != 0) return 42;
+  print_sector("sector3: ");
+  memset_g(buf, 0, 512);
+  if (request(0, 2, buf, 512, 1) != 0) return 43;
+  print_sector("sector2: ");
+  fill("after the snapshot");
+  if (request(1, 3, buf, 512, 0) != 0) return 44;
+  memset_g(buf, 0, 512);
+  if (request(0, 3, buf, 512, 1) != 0 || buf[0] != 'a') return 45;
+  puts_uart("snap ok\n");
+  return 0;
+}
+
 int guest_main(const uint8_t* bp) {
   map_mmio();
   int e = init_dev();
@@ -181,5 +215,6 @@ int guest_main(const uint8_t* bp) {
   const char* mode = cmdline_arg(bp, "mode=");
   if (mode && str_starts(mode, "rw")) return rw();
   if (mode && str_starts(mode, "evil")) return evil();
+  if (mode && str_starts(mode, "snap")) return snap();
   return 99;
 }

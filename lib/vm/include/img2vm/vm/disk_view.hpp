@@ -34,12 +34,24 @@ class DiskView {
   virtual bool read_only() const = 0;
   // "read-write", "read-only", "reflink" or "overlay": how this view stores the guest's data.
   virtual std::string_view kind() const = 0;
+  // Copy-on-write views (snapshots): writes every sector the guest has written so far to
+  // `dst`, atomically and sparse (format in disk_view.cpp), for open_disk_view_with_writes().
+  // Other views throw Error (kUnsupported). Not concurrently with write().
+  virtual void save_writes(const std::filesystem::path& dst);
 };
 
 // Opens `path` (a regular file or block device) in `mode`. `scratch_dir` is where an overlay's
 // temporary file goes; empty means next to `path`, falling back to $TMPDIR or /tmp.
 std::unique_ptr<DiskView> open_disk_view(const std::filesystem::path& path, DiskMode mode,
                                          const std::filesystem::path& scratch_dir = {});
+
+// A copy-on-write view of `path`, as open_disk_view(path, kCopyOnWrite, scratch_dir) makes,
+// that starts with the writes save_writes() put in `saved_writes` (a snapshot's disk-N). Both
+// files are only read: the view is private. Throws Error: kInvalidArgument when the writes
+// were saved from a disk of another size, kIntegrity when the file is damaged.
+std::unique_ptr<DiskView> open_disk_view_with_writes(const std::filesystem::path& path,
+                                                     const std::filesystem::path& saved_writes,
+                                                     const std::filesystem::path& scratch_dir = {});
 
 // A view over an already open descriptor of `size` bytes (tests, fuzzing).
 std::unique_ptr<DiskView> fd_disk_view(int fd_owned, uint64_t size, bool read_only);

@@ -110,11 +110,15 @@ struct MachineConfig {
   // started. Not owned.
   int ready_fd = -1;
   // Resume a snapshot instead of booting (docs/snapshots.md): a directory Machine::save_snapshot
-  // wrote (its `memory` and `state` files). `kernel`, `initrd` and `cmdline` are then unused;
-  // memory_mib and vcpus must be the snapshot's, and the machine may not have virtio devices
-  // yet (disks, NIC, virtio-fs, vsock: refused with kUnsupported). Guest memory is mapped from
-  // the file privately, so VMs resumed from one snapshot share its pages until they write them.
-  // A snapshot taken on a CPU with other features is refused (kUnsupported), a damaged one too
+  // wrote (its `memory`, `state` and `disk-N` files). `kernel`, `initrd` and `cmdline` are then
+  // unused; memory_mib and vcpus must be the snapshot's. `disks` must list as many disks as the
+  // snapshot's machine had, in the same order, each in the same mode and of the same size
+  // (else kInvalidArgument naming the disk): a copy-on-write disk starts from its image plus
+  // the guest's writes saved in the snapshot (private to this machine; neither file is
+  // written), a read-only disk is attached as given, its content may differ (per-run input).
+  // A NIC, virtio-fs or vsock is refused (kUnsupported). Guest memory is mapped from the file
+  // privately, so VMs resumed from one snapshot share its pages until they write them. A
+  // snapshot taken on a CPU with other features is refused (kUnsupported), a damaged one too
   // (kIntegrity), never run.
   std::filesystem::path restore_from;
   // When true, the guest's BOOT_MARK 4 (guestabi::kMarkSnapshotPoint) pauses the VM (every
@@ -204,9 +208,11 @@ class Machine {
   bool wait_for_pause(std::chrono::milliseconds d);
   // Lets a paused VM run on.
   void resume();
-  // Writes the paused VM to `dir` (created if missing): `memory` (guest RAM, a sparse file) and
-  // then `state` (vCPUs, interrupt controllers, clock, devices), each atomically. Throws Error
-  // (kInvalidArgument when not paused or when the machine has virtio devices).
+  // Writes the paused VM to `dir` (created if missing): `memory` (guest RAM, a sparse file),
+  // `disk-N` for each copy-on-write disk (the guest's writes so far, sparse) and then `state`
+  // (vCPUs, interrupt controllers, clock, devices, virtio transports), each atomically; the
+  // virtio-blk queues are drained first. Throws Error (kInvalidArgument when not paused;
+  // kUnsupported for a read-write disk, a NIC, virtio-fs or vsock).
   void save_snapshot(const std::filesystem::path& dir);
 
   // The kernel command line the guest gets (with the virtio_mmio.device= entries).
