@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "img2vm/base/digest.hpp"
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/guestabi/cmdline.hpp"
