@@ -104,3 +104,30 @@ TEST(Ingest, WrongContentIsRefusedNamingTheDigestAndLeavesNoPartialFile) {
   EXPECT_THROW(again->write("x", 1), Error);
   EXPECT_FALSE(std::filesystem::exists(home.path() / "ingest" / (d.digest.hex() + ".partial")));
 }
+
+// A store only read from (a convert of an oci: directory opens one) writes no file: its
+// oci-layout and index.json come with the first image, then it is a whole OCI layout.
+TEST(Store, WritesItsLayoutFilesWithTheFirstImageOnly) {
+  TempDir tmp("img2vm-store-test");
+  Store s(tmp.path() / "home");
+  const auto layout = s.layout_dir();
+  EXPECT_TRUE(std::filesystem::is_directory(layout / "blobs" / "sha256"));
+  EXPECT_FALSE(std::filesystem::exists(layout / "oci-layout"));
+  EXPECT_FALSE(std::filesystem::exists(layout / "index.json"));
+  EXPECT_TRUE(s.list().empty());
+  EXPECT_FALSE(s.find("example.com/a:1"));
+  EXPECT_FALSE(s.remove_image("example.com/a:1"));
+  EXPECT_FALSE(std::filesystem::exists(layout / "index.json"));
+
+  StoredImage img;
+  img.name = "example.com/a:1";
+  img.manifest = describe("{}");
+  img.manifest.media_type = "application/vnd.oci.image.manifest.v1+json";
+  s.put_image(img);
+  EXPECT_EQ(read_file(layout / "oci-layout"), R"({"imageLayoutVersion":"1.0.0"})");
+  ASSERT_EQ(s.list().size(), 1u);
+  EXPECT_EQ(Store(tmp.path() / "home").list().at(0).name, "example.com/a:1");
+  EXPECT_NE(read_file(layout / "index.json").find("\"schemaVersion\": 2"), std::string::npos);
+  EXPECT_TRUE(s.remove_image("example.com/a:1"));
+  EXPECT_TRUE(s.list().empty());
+}

@@ -115,9 +115,15 @@ class Spool {
     buf_.reserve(kCap);
   }
   uint64_t end() const { return pos_ + buf_.size(); }
-  // The next bytes go to spool offset `at` (>= end()); what lies between stays unwritten.
+  // The next bytes go to spool offset `at` (>= end()). A short gap (the rest of a file's last
+  // block before the next file's aligned start) is zeros in the buffer, so that the data of many
+  // small files goes out in one write instead of one each; a longer one stays unwritten.
   void seek(uint64_t at) {
     if (at == end()) return;
+    if (at > end() && at - end() < kMaxFill && buf_.size() + (at - end()) < kCap) {
+      buf_.append(at - end(), '\0');
+      return;
+    }
     flush();
     pos_ = at;
   }
@@ -159,6 +165,7 @@ class Spool {
 
  private:
   static constexpr size_t kCap = 1 << 20;
+  static constexpr uint64_t kMaxFill = 64 << 10;
   SpoolTarget t_;
   std::string what_;
   uint64_t pos_;

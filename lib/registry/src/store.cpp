@@ -224,17 +224,25 @@ Store::Store(fs::path home) : home_(std::move(home)) {
   if (ec)
     throw Error(ErrorKind::kIo,
                 "cannot create " + (home_ / "ingest").string() + ": " + ec.message());
-  if (!fs::exists(layout_dir() / "oci-layout"))
-    write_file_atomic(layout_dir() / "oci-layout", R"({"imageLayoutVersion":"1.0.0"})");
-  if (!fs::exists(layout_dir() / "index.json")) {
-    UniqueFd l = flock_file(home_ / "index.lock", LOCK_EX);
-    if (!fs::exists(layout_dir() / "index.json"))
-      write_file_atomic(layout_dir() / "index.json", json{{"schemaVersion", 2},
-                                                          {"mediaType", media_type::kOciIndex},
-                                                          {"manifests", json::array()}}
-                                                         .dump());
-  }
+  // oci-layout and index.json come with the first image (put_image): a store only read from,
+  // as a convert of an oci: directory reads it, costs no file writes (and no syncs).
 }
+
+namespace {
+
+// <layout>/index.json, or an empty index while the store holds no image yet.
+json read_index(const fs::path& layout) {
+  const fs::path p = layout / "index.json";
+  if (!fs::exists(p))
+    return {
+        {"schemaVersion", 2}, {"mediaType", media_type::kOciIndex}, {"manifests", json::array()}};
+  json j = json::parse(read_file(p), nullptr, false);
+  if (!j.is_object() || !j.contains("manifests") || !j["manifests"].is_array())
+    throw Error(ErrorKind::kIntegrity, p.string() + " is not a valid OCI index");
+  return j;
+}
+
+}  // namespace
 
 fs::path Store::blob_path(const Digest& d) const {
   return layout_dir() / "blobs" / d.algorithm() / d.hex();
@@ -305,10 +313,7 @@ std::unique_ptr<Ingest> Store::ingest(const Descriptor& d) {
 }
 
 std::vector<StoredImage> Store::list() const {
-  json j = json::parse(read_file(layout_dir() / "index.json"), nullptr, false);
-  if (!j.is_object())
-    throw Error(ErrorKind::kIntegrity,
-                (layout_dir() / "index.json").string() + " is not valid JSON");
+  json j = read_index(layout_dir());
   ParsedManifest p =
       parse_manifest(j.dump(), media_type::kOciIndex, (layout_dir() / "index.json").string());
   std::vector<StoredImage> out;
@@ -334,10 +339,9 @@ std::optional<StoredImage> Store::find(const std::string& name) const {
 
 void Store::put_image(const StoredImage& img) {
   UniqueFd l = flock_file(home_ / "index.lock", LOCK_EX);
-  json j = json::parse(read_file(layout_dir() / "index.json"), nullptr, false);
-  if (!j.is_object() || !j.contains("manifests") || !j["manifests"].is_array())
-    throw Error(ErrorKind::kIntegrity,
-                (layout_dir() / "index.json").string() + " is not a valid OCI index");
+  if (!fs::exists(layout_dir() / "oci-layout"))
+    write_file_atomic(layout_dir() / "oci-layout", R"({"imageLayoutVersion":"1.0.0"})");
+  json j = read_index(layout_dir());
   json kept = json::array();
   for (const auto& m : j["manifests"]) {
     bool same = m.contains("annotations") && m["annotations"].is_object() &&
@@ -357,7 +361,7 @@ bool Store::remove_image(const std::string& name) {
   auto found = find(name);
   if (!found) return false;
   UniqueFd l = flock_file(home_ / "index.lock", LOCK_EX);
-  json j = json::parse(read_file(layout_dir() / "index.json"), nullptr, false);
+  json j = read_index(layout_dir());
   json kept = json::array();
   bool removed = false;
   for (const auto& m : j["manifests"]) {

@@ -265,7 +265,9 @@ class Fs {
   void close() {
     ext2_filsys f = fs_;
     fs_ = nullptr;
-    check(ext2fs_close2(f, 0), "closing the file system");
+    // No fsync of its own at the end: the output is an AtomicFile whose commit syncs the file
+    // once, everything in it (libext2fs still syncs once before the primary superblock).
+    check(ext2fs_close2(f, EXT2_FLAG_FLUSH_NO_SYNC), "closing the file system");
   }
   void reset() {
     if (fs_) ext2fs_free(fs_);

@@ -45,7 +45,8 @@ struct Ext4Stats {
 };
 
 // `path` is the file opened as `fd`: empty, or holding only the adopted range. `spool(i)` says
-// where the data of inodes whose spool is i is.
+// where the data of inodes whose spool is i is. The file is not synced at the end: the caller does
+// that (convert: AtomicFile::commit).
 Ext4Stats write_ext4(const std::filesystem::path& path, int fd, const layers::Tree& tree,
                      const std::function<SpoolRef(uint32_t)>& spool, const Ext4Params& params);
 

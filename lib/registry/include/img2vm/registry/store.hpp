@@ -94,7 +94,8 @@ class Store {
  public:
   // $IMG2VM_HOME, else $XDG_DATA_HOME/img2vm, else ~/.local/share/img2vm.
   static std::filesystem::path default_home();
-  // Opens (creating if needed) the store under `home`.
+  // Opens the store under `home`, creating its directories (its oci-layout and index.json come
+  // with the first image put in it).
   explicit Store(std::filesystem::path home = default_home());
 
   // The directory the store lives in.
