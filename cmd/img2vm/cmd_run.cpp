@@ -25,8 +25,8 @@
 #include "cli.hpp"
 #include "commands.hpp"
 #include "image_args.hpp"
-#include "img2vm/base/error.hpp"
 #include "img2vm/base/digest.hpp"
+#include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/runtime/kernel.hpp"
 #include "img2vm/runtime/machine.hpp"
@@ -68,9 +68,9 @@ struct RunArgs : RootfsArgs {
   std::string virtiofsd;  // --virtiofsd PATH
   bool publish_all = false;
   bool rm = false, timings = false, verbose_boot = false, hugepages = false;
-  bool detach = false;  // -d
+  bool detach = false;       // -d
   bool no_snapshot = false;  // --no-snapshot
-  std::string name;     // --name (with -d)
+  std::string name;          // --name (with -d)
 };
 
 // What a run needs once the image is resolved and converted.

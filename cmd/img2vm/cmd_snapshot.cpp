@@ -27,9 +27,15 @@ struct SnapshotArgs : RootfsArgs {
 };
 
 nlohmann::json info_json(const runtime::SnapshotInfo& s) {
-  return {{"key", s.key},        {"image", s.image},           {"memory_mib", s.memory_mib},
-          {"cpus", s.cpus},      {"kernel_digest", s.kernel_digest}, {"rootfs", s.rootfs},
-          {"created_at", s.created_at}, {"bytes", s.bytes}, {"dir", s.dir.string()}};
+  return {{"key", s.key},
+          {"image", s.image},
+          {"memory_mib", s.memory_mib},
+          {"cpus", s.cpus},
+          {"kernel_digest", s.kernel_digest},
+          {"rootfs", s.rootfs},
+          {"created_at", s.created_at},
+          {"bytes", s.bytes},
+          {"dir", s.dir.string()}};
 }
 
 int create(const SnapshotArgs& a, const Globals& g) {
@@ -45,8 +51,8 @@ int create(const SnapshotArgs& a, const Globals& g) {
       a.platform.empty() ? registry::host_platform() : registry::Platform::parse(a.platform);
   auto src = resolve_image(store, a.image, platform, g.json);
   runtime::RootfsResult root = make_rootfs(store, *src, a, {}, !g.json && ::isatty(STDERR_FILENO));
-  runtime::SnapshotInputs in{kernel->path, root.path, parse_memory_mib(a.memory), a.cpus,
-                             a.image, {}};
+  runtime::SnapshotInputs in{kernel->path, root.path, parse_memory_mib(a.memory),
+                             a.cpus,       a.image,   {}};
   runtime::MachineOptions mo;
   mo.network = runtime::NetworkMode::kNone;
   mo.console_out_fd = STDERR_FILENO;  // only a failing boot says anything
@@ -148,14 +154,14 @@ void register_snapshot(CLI::App& app, Globals& g, Action* slot) {
   auto* ls = sub("ls", "List snapshots", [a, &g] { return list(*a, g); });
   ls->alias("list");
   ls->add_flag("-q,--quiet", a->quiet, "Only display keys");
-  auto* rm = sub("rm", "Remove snapshots (by key or a unique prefix of one)",
-                 [a] { return remove(*a); });
+  auto* rm =
+      sub("rm", "Remove snapshots (by key or a unique prefix of one)", [a] { return remove(*a); });
   rm->alias("remove");
   rm->add_option("key", a->keys, "Snapshot keys")->required();
   rm->add_flag("-f,--force", a->force, "No error for snapshots that do not exist");
-  auto* pr = sub("prune",
-                 "Remove snapshots whose root filesystem left the cache (-a: every snapshot)",
-                 [a, &g] { return prune(*a, g); });
+  auto* pr =
+      sub("prune", "Remove snapshots whose root filesystem left the cache (-a: every snapshot)",
+          [a, &g] { return prune(*a, g); });
   pr->add_flag("-a,--all", a->all, "Remove every snapshot");
   pr->add_flag("-f,--force", a->force, "Accepted for docker compatibility; there is no prompt");
 }

@@ -118,29 +118,28 @@ class InitBoot : public ::testing::Test {
     auto mk = run_command(
         {"mke2fs", "-q", "-F", "-t", "ext4", "-d", root_.string(), img.string(), "64M"});
     EXPECT_EQ(mk.exit_code, 0) << mk.describe();
-    Strings argv = {
-        "qemu-system-x86_64",
-        "-M",
-        "microvm,acpi=off" + machine_options_,
-        "-accel",
-        "tcg",
-        "-m",
-        "256",
-        "-nographic",
-        "-no-reboot",
-        "-nodefaults",
-        "-serial",
-        "stdio",
-        "-kernel",
-        kernel_->string(),
-        "-append",
-        "console=ttyS0 quiet root=/dev/vda rw init=/.img2vm/init reboot=k panic=-1 "
-        "no_timer_check " +
-            append,
-        "-drive",
-        "id=d0,file=" + img.string() + ",format=raw,if=none",
-        "-device",
-        "virtio-blk-device,drive=d0"};
+    Strings argv = {"qemu-system-x86_64",
+                    "-M",
+                    "microvm,acpi=off" + machine_options_,
+                    "-accel",
+                    "tcg",
+                    "-m",
+                    "256",
+                    "-nographic",
+                    "-no-reboot",
+                    "-nodefaults",
+                    "-serial",
+                    "stdio",
+                    "-kernel",
+                    kernel_->string(),
+                    "-append",
+                    "console=ttyS0 quiet root=/dev/vda rw init=/.img2vm/init reboot=k panic=-1 "
+                    "no_timer_check " +
+                        append,
+                    "-drive",
+                    "id=d0,file=" + img.string() + ",format=raw,if=none",
+                    "-device",
+                    "virtio-blk-device,drive=d0"};
     if (extra_disk) {
       argv.insert(
           argv.end(),

@@ -161,8 +161,7 @@ TEST_F(Snapshots, TheSnapshotLayoutsMachine) {
   EXPECT_EQ(cold.config.cmdline.find(guestabi::kSnapshotParam), std::string::npos);
   EXPECT_EQ(cold.config.disks.size(), 1u);  // short overrides: inline
   PreparedMachine p = prepare(true);
-  EXPECT_NE(p.config.cmdline.find(std::string(guestabi::kSnapshotParam) + "=1"),
-            std::string::npos)
+  EXPECT_NE(p.config.cmdline.find(std::string(guestabi::kSnapshotParam) + "=1"), std::string::npos)
       << p.config.cmdline;
   ASSERT_EQ(p.config.disks.size(), 2u);
   EXPECT_EQ(p.config.disks[1].mode, vm::DiskMode::kReadOnly);

@@ -365,9 +365,8 @@ PreparedMachine build_machine(MachineOptions o) {
     param = guestabi::run_overrides_kernel_param(ov);
     if (param.size() > kInlineOverridesMax || o.snapshot_layout) {
       if (mc.disks.size() >= 26) throw Error(ErrorKind::kLimit, "too many disks");
-      p.overrides_disk =
-          sealed_memfd("img2vm-overrides", guestabi::encode_overrides_disk(ov),
-                       o.snapshot_layout ? guestabi::kMaxOverridesDisk : 0);
+      p.overrides_disk = sealed_memfd("img2vm-overrides", guestabi::encode_overrides_disk(ov),
+                                      o.snapshot_layout ? guestabi::kMaxOverridesDisk : 0);
       vm::DiskConfig d;
       d.path = "/proc/self/fd/" + std::to_string(p.overrides_disk.get());
       d.mode = vm::DiskMode::kReadOnly;

@@ -103,8 +103,8 @@ std::string kernel_digest(const SnapshotInputs& in) {
 
 std::string snapshot_key(const SnapshotInputs& in) {
   std::string text = "img2vm-snapshot\nlayout " + std::to_string(kLayoutVersion) + "\nversion " +
-                     std::string(version()) + "\nkernel " + kernel_digest(in) +
-                     "\nrootfs " + in.rootfs.filename().string() + " " +
+                     std::string(version()) + "\nkernel " + kernel_digest(in) + "\nrootfs " +
+                     in.rootfs.filename().string() + " " +
                      std::to_string(file_size_or_zero(in.rootfs)) + "\nmemory " +
                      std::to_string(in.memory_mib) + "\ncpus " + std::to_string(in.cpus) + "\n";
   return Digest::sha256_of(text).hex().substr(0, 32);
@@ -209,16 +209,17 @@ SnapshotInfo SnapshotStore::commit(const fs::path& tmp, const SnapshotInputs& in
   std::error_code ec;
   if (fs::exists(dst)) remove_dir(dst);
   fs::rename(tmp, dst, ec);
-  if (ec) throw Error(ErrorKind::kIo, "cannot store the snapshot in " + dst.string() + ": " +
-                                          ec.message());
+  if (ec)
+    throw Error(ErrorKind::kIo,
+                "cannot store the snapshot in " + dst.string() + ": " + ec.message());
   sync_dir(dir_);
   auto s = read_info(dst);
   if (!s) throw Error(ErrorKind::kInternal, "snapshot " + key + " is not whole after writing it");
   return *s;
 }
 
-SnapshotInfo create_snapshot(const SnapshotStore& store, const SnapshotInputs& in,
-                             MachineOptions o, std::chrono::milliseconds timeout) {
+SnapshotInfo create_snapshot(const SnapshotStore& store, const SnapshotInputs& in, MachineOptions o,
+                             std::chrono::milliseconds timeout) {
   o.kernel = in.kernel;
   o.rootfs = in.rootfs;
   o.memory_mib = in.memory_mib;

@@ -1,5 +1,6 @@
 #include "kvm_state.hpp"
 
+#include <cpuid.h>
 #include <linux/kvm.h>
 #include <sys/ioctl.h>
 
@@ -71,6 +72,27 @@ void save_plain(int fd, const Plain& p, uint32_t id, SnapshotWriter& w) {
   w.add(p.section, id, {reinterpret_cast<const uint8_t*>(buf.data()), p.size});
 }
 
+// Whether this host's CPU is AMD's (or Hygon's): KVM runs guests with SVM.
+bool host_is_amd() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+  char v[13] = {};
+  std::memcpy(v, &b, 4);
+  std::memcpy(v + 4, &d, 4);
+  std::memcpy(v + 8, &c, 4);
+  return std::strcmp(v, "AuthenticAMD") == 0 || std::strcmp(v, "HygonGenuine") == 0;
+}
+
+// The task register as the CPU held it. KVM on AMD reports it with the busy bit set whatever
+// the guest's VMCB holds (svm_get_segment: the bit "isn't exposed"), while the CPU keeps what
+// LTR loaded: an available TSS (type 9). Given back as busy (11), an emulated AMD CPU (qemu's
+// TCG: the nested rig's L1) refuses every port access from user mode (#GP on the TSS's I/O
+// bitmap), so the guest init could not report anything after a restore. Intel's VMX requires
+// the busy type: only on AMD.
+void unbusy_task_register(kvm_sregs& s) {
+  if (s.tr.type == 11 && host_is_amd()) s.tr.type = 9;
+}
+
 void restore_plain(int fd, const Plain& p, uint32_t id, const SnapshotState& st) {
   auto bytes = st.get_array<uint8_t>(p.section, id, p.size);
   if (bytes.size() != p.size)
@@ -79,6 +101,7 @@ void restore_plain(int fd, const Plain& p, uint32_t id, const SnapshotState& st)
                                            std::to_string(p.size));
   std::vector<uint64_t> buf((p.size + 7) / 8);
   std::memcpy(buf.data(), bytes.data(), p.size);
+  if (p.section == Section::kSregs) unbusy_task_register(*reinterpret_cast<kvm_sregs*>(buf.data()));
   if (::ioctl(fd, p.set, buf.data()) < 0)
     throw Error(ErrorKind::kIntegrity, "snapshot: KVM refused " + describe(p.section, id) + " (" +
                                            p.set_name + ": " + std::strerror(errno) + ")");

@@ -95,7 +95,7 @@ std::string snapshot_mismatch(const SnapshotInfo& s, const SnapshotInputs& in);
 // key (replacing an older one) and stops it. Error(kIo) when the guest does not get
 // there within `timeout` or ends first (what it printed went to o.console_out_fd); nothing is
 // left in the store then.
-SnapshotInfo create_snapshot(const SnapshotStore& store, const SnapshotInputs& in,
-                             MachineOptions o, std::chrono::milliseconds timeout);
+SnapshotInfo create_snapshot(const SnapshotStore& store, const SnapshotInputs& in, MachineOptions o,
+                             std::chrono::milliseconds timeout);
 
 }  // namespace img2vm::runtime
