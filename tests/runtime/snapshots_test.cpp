@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "img2vm/base/digest.hpp"
@@ -84,6 +85,24 @@ TEST_F(Snapshots, CommitFindListRemove) {
   store(inputs());
   EXPECT_EQ(ss.list().size(), 2u);
 
+  {
+    // 17 snapshots: two of them share a first hex digit, a prefix that names neither.
+    std::map<char, std::string> first;
+    std::string prefix;
+    for (uint64_t mib = 1024; prefix.empty(); mib += 64) {
+      std::string k = store(inputs(mib)).key;
+      if (!first.emplace(k[0], k).second) prefix = k.substr(0, 1);
+    }
+    try {
+      ss.remove(prefix);
+      ADD_FAILURE() << "an ambiguous prefix removed a snapshot";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+      EXPECT_NE(std::string(e.what()).find(" is ambiguous: "), std::string::npos) << e.what();
+    }
+    for (const auto& sn : ss.list())
+      if (sn.memory_mib >= 1024) ss.remove(sn.key);
+  }
   EXPECT_EQ(ss.remove(a.key.substr(0, 12)).key, a.key);  // a unique prefix
   EXPECT_FALSE(ss.find(a.key));
   try {

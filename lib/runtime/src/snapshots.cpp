@@ -193,7 +193,9 @@ fs::path SnapshotStore::begin() const {
   return tmp;
 }
 
-SnapshotInfo SnapshotStore::commit(const fs::path& tmp, const SnapshotInputs& in) const {
+SnapshotInfo SnapshotStore::commit(const fs::path& tmp, const SnapshotInputs& given) const {
+  SnapshotInputs in = given;
+  in.kernel_digest = kernel_digest(given);  // hashed once, for the key and the record
   const std::string key = snapshot_key(in);
   json j = {{"key", key},
             {"image", in.image},

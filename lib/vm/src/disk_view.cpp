@@ -102,6 +102,19 @@ class SectorMap {
   uint64_t sectors() const { return sectors_; }
   std::vector<uint64_t>& words() { return words_; }
   const std::vector<uint64_t>& words() const { return words_; }
+  // Calls f(offset, length) for the marked bytes of a disk of `size` bytes, in order, in pieces
+  // of at most 1 MiB.
+  template <typename F>
+  void for_each_piece(uint64_t size, F f) const {
+    for_each_run([&](uint64_t first, uint64_t count) {
+      const uint64_t end = std::min(size, (first + count) * kSector);
+      for (uint64_t off = first * kSector; off < end;) {
+        const uint64_t n = std::min<uint64_t>(end - off, 1 << 20);
+        f(off, n);
+        off += n;
+      }
+    });
+  }
   // Calls f(first, count) for each run of marked sectors, in order.
   template <typename F>
   void for_each_run(F f) const {
@@ -239,17 +252,11 @@ void save_written(DiskView& view, const SectorMap& map, const fs::path& dst) {
                    h.map_offset))
     throw_errno("cannot write " + what);
   std::vector<uint8_t> buf;
-  map.for_each_run([&](uint64_t first, uint64_t count) {
-    uint64_t off = first * SectorMap::kSector;
-    const uint64_t end = std::min(view.size(), (first + count) * SectorMap::kSector);
-    while (off < end) {
-      buf.resize(std::min<uint64_t>(end - off, 1 << 20));
-      if (!view.read(buf.data(), buf.size(), off))
-        throw_errno("cannot read the disk's written sectors");
-      if (!pwrite_full(out.fd(), buf.data(), buf.size(), h.data_offset + off))
-        throw_errno("cannot write " + what);
-      off += buf.size();
-    }
+  map.for_each_piece(view.size(), [&](uint64_t off, uint64_t n) {
+    buf.resize(n);
+    if (!view.read(buf.data(), n, off)) throw_errno("cannot read the disk's written sectors");
+    if (!pwrite_full(out.fd(), buf.data(), n, h.data_offset + off))
+      throw_errno("cannot write " + what);
   });
   if (::ftruncate(out.fd(), off_t(h.data_offset + h.disk_size)) != 0)
     throw_errno("cannot size " + what);
@@ -293,17 +300,12 @@ void replay_writes(DiskView& view, const fs::path& p) {
   SavedWritesHeader h;
   const SectorMap map = read_saved_map(fd.get(), p, view.size(), h);
   std::vector<uint8_t> buf;
-  map.for_each_run([&](uint64_t first, uint64_t count) {
-    uint64_t off = first * SectorMap::kSector;
-    const uint64_t end = std::min(view.size(), (first + count) * SectorMap::kSector);
-    while (off < end) {
-      buf.resize(std::min<uint64_t>(end - off, 1 << 20));
-      if (!pread_full(fd.get(), buf.data(), buf.size(), h.data_offset + off))
-        throw_errno("cannot read " + p.string());
-      if (!view.write(buf.data(), buf.size(), off))
-        throw_errno("cannot write the saved sectors into the disk's copy-on-write view");
-      off += buf.size();
-    }
+  map.for_each_piece(view.size(), [&](uint64_t off, uint64_t n) {
+    buf.resize(n);
+    if (!pread_full(fd.get(), buf.data(), n, h.data_offset + off))
+      throw_errno("cannot read " + p.string());
+    if (!view.write(buf.data(), n, off))
+      throw_errno("cannot write the saved sectors into the disk's copy-on-write view");
   });
 }
 
