@@ -108,6 +108,7 @@ std::optional<runtime::SnapshotInfo> pick_snapshot(
   std::vector<runtime::SnapshotInfo> all = ss.list();
   if (all.empty()) return std::nullopt;
   runtime::SnapshotInputs in{mo.kernel, mo.rootfs, mo.memory_mib, mo.cpus, image, {}};
+  in.network = mo.network;
   in.kernel_digest = sha256_file(mo.kernel).str();
   const std::string key = runtime::snapshot_key(in);
   std::string why = runtime::snapshot_unsupported(mo);

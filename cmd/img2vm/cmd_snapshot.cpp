@@ -20,27 +20,27 @@ namespace img2vm::cli {
 namespace {
 
 struct SnapshotArgs : RootfsArgs {
-  std::string image, kernel, platform, memory = "256M", timeout = "10m";
+  std::string image, kernel, platform, memory = "256M", timeout = "10m", network = "user";
   unsigned cpus = 1;
   std::vector<std::string> keys;
   bool all = false, force = false, quiet = false;
 };
 
 nlohmann::json info_json(const runtime::SnapshotInfo& s) {
-  return {{"key", s.key},
-          {"image", s.image},
-          {"memory_mib", s.memory_mib},
-          {"cpus", s.cpus},
-          {"kernel_digest", s.kernel_digest},
-          {"rootfs", s.rootfs},
-          {"created_at", s.created_at},
-          {"bytes", s.bytes},
+  return {{"key", s.key},         {"image", s.image},           {"memory_mib", s.memory_mib},
+          {"cpus", s.cpus},       {"network", s.network},       {"kernel_digest", s.kernel_digest},
+          {"rootfs", s.rootfs},   {"created_at", s.created_at}, {"bytes", s.bytes},
           {"dir", s.dir.string()}};
 }
 
 int create(const SnapshotArgs& a, const Globals& g) {
   if (a.cpus < 1 || a.cpus > 64)
     throw Error(ErrorKind::kInvalidArgument, "--cpus must be between 1 and 64");
+  if (a.network != "user" && a.network != "none")
+    throw Error(ErrorKind::kInvalidArgument,
+                "--network " + a.network +
+                    ": a snapshot is of a VM with the user network or none (tap and other "
+                    "networks cannot be in a snapshot yet)");
   vm::KvmInfo kvm = vm::detect_kvm();
   if (kvm.kind == vm::KvmKind::kUnavailable)
     throw Error(ErrorKind::kNotFound, "cannot run VMs here: " + kvm.detail);
@@ -53,8 +53,8 @@ int create(const SnapshotArgs& a, const Globals& g) {
   runtime::RootfsResult root = make_rootfs(store, *src, a, {}, !g.json && ::isatty(STDERR_FILENO));
   runtime::SnapshotInputs in{kernel->path, root.path, parse_memory_mib(a.memory),
                              a.cpus,       a.image,   {}};
+  in.network = a.network == "user" ? runtime::NetworkMode::kUser : runtime::NetworkMode::kNone;
   runtime::MachineOptions mo;
-  mo.network = runtime::NetworkMode::kNone;
   mo.console_out_fd = STDERR_FILENO;  // only a failing boot says anything
   mo.console_err_fd = STDERR_FILENO;
   runtime::SnapshotInfo s = runtime::create_snapshot(runtime::SnapshotStore(), in, std::move(mo),
@@ -136,7 +136,7 @@ void register_snapshot(CLI::App& app, Globals& g, Action* slot) {
   };
   auto* cr = sub("create",
                  "Boot IMAGE up to its init's snapshot point and store the VM there, for runs "
-                 "with the same kernel, memory and vCPUs (and --network none)",
+                 "with the same kernel, memory, vCPUs and network",
                  [a, &g] { return create(*a, g); });
   cr->add_option("image", a->image, "Image reference")->required();
   cr->add_option("--kernel", a->kernel,
@@ -144,6 +144,8 @@ void register_snapshot(CLI::App& app, Globals& g, Action* slot) {
   cr->add_option("--cpus", a->cpus, "Number of vCPUs (default 1)");
   cr->add_option("-m,--memory", a->memory,
                  "Guest memory: 512M, 1G, or a number of MiB (default 256M)");
+  cr->add_option("--network", a->network,
+                 "The runs' network: user (the default, as for run) or none");
   cr->add_option("--platform", a->platform,
                  "os/arch[/variant] to select from a multi-platform image");
   cr->add_option("--size", a->size, "Root filesystem size (e.g. 2G); default: from the content");

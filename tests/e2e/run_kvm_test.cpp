@@ -1502,9 +1502,23 @@ TEST(RunKvm, TapNetworkingInOurRunner) {
     std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }
 
+namespace {
+
+// The summary a run's --json writes last on stderr: its last line that is a JSON object.
+nlohmann::json run_summary(const Case& c) {
+  nlohmann::json last = nlohmann::json::object();
+  std::istringstream in(c.err);
+  for (std::string line; std::getline(in, line);)
+    if (auto j = nlohmann::json::parse(line, nullptr, false); j.is_object()) last = j;
+  return last;
+}
+
+}  // namespace
+
 // Snapshots (issue #19): `img2vm snapshot create` boots the image up to the init's snapshot
 // point and stores the VM; `img2vm run` with the same image, kernel, memory and vCPUs (and no
-// network) resumes it instead of booting. Each resumed VM runs its own command, env and exit code,
+// network, as the snapshot had) resumes it instead of booting. Each resumed VM runs its own
+// command, env and exit code,
 // and gets its own entropy (RNG output, boot id) and the current time; --no-snapshot, a network,
 // another kernel and a damaged snapshot boot instead (the last two saying why); ls, rm, prune.
 TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
@@ -1518,8 +1532,8 @@ TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
       " sh -c 'echo var=$RUNVAR args=$0 guest-time=$(date +%s); cat "
       "/proc/sys/kernel/random/boot_id; head -c 64 /dev/urandom | md5sum; exit 7' ";
   std::ostringstream sh;
-  sh << ns.prelude() << "c create " << bin << " snapshot create -m 160M --kernel " << k
-     << " --json " << B << "\n"
+  sh << ns.prelude() << "c create " << bin << " snapshot create --network none -m 160M --kernel "
+     << k << " --json " << B << "\n"
      << "c ls " << bin << " snapshot ls\n"
 
      << "c r1 sh -c 'echo host-time=$(date +%s); exec \"$@\"' - " << run << " -e RUNVAR=one " << B
@@ -1535,20 +1549,13 @@ TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
      << run << " " << B << " echo after-damage\n"
      << "c rm sh -c '" << bin << " snapshot rm $(" << bin << " snapshot ls -q)'\n"
      << "c ls-after " << bin << " snapshot ls -q\n"
-     << "c create2 " << bin << " snapshot create -m 160M --kernel " << k << " " << B << "\n"
+     << "c create2 " << bin << " snapshot create --network none -m 160M --kernel " << k << " " << B
+     << "\n"
      << "c prune " << bin << " snapshot prune -a --json\n";
   write_file_atomic(ns.w / "snap.sh", sh.str());
   std::string output = run_script(ns.w / "snap.sh", ns.files(), std::chrono::seconds(1500));
   Cases cases(output);
   auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
-  // The summary --json writes last on stderr: its last line that is a JSON object.
-  auto summary = [](const Case& c) {
-    nlohmann::json last = nlohmann::json::object();
-    std::istringstream in(c.err);
-    for (std::string line; std::getline(in, line);)
-      if (auto j = nlohmann::json::parse(line, nullptr, false); j.is_object()) last = j;
-    return last;
-  };
   const Case& create = get("create");
   ASSERT_EQ(create.rc, 0) << create.out << create.err;
   auto made = nlohmann::json::parse(create.out, nullptr, false);
@@ -1574,10 +1581,10 @@ TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
   EXPECT_TRUE(has(r1.out, "var=one args=first")) << r1.out;
   EXPECT_TRUE(has(r2.out, "var=two args=second")) << r2.out;
   EXPECT_TRUE(has(cold.out, "var=three args=third")) << cold.out;
-  EXPECT_EQ(summary(r1).value("snapshot", ""), key) << r1.err;
-  EXPECT_TRUE(summary(r1).value("restored", false)) << r1.err;
-  EXPECT_TRUE(summary(r2).value("restored", false)) << r2.err;
-  EXPECT_FALSE(summary(cold).contains("snapshot")) << cold.err;
+  EXPECT_EQ(run_summary(r1).value("snapshot", ""), key) << r1.err;
+  EXPECT_TRUE(run_summary(r1).value("restored", false)) << r1.err;
+  EXPECT_TRUE(run_summary(r2).value("restored", false)) << r2.err;
+  EXPECT_FALSE(run_summary(cold).contains("snapshot")) << cold.err;
   // Fresh per VM: boot id and RNG output (lines 2 and 3), and a clock that is not the snapshot's.
   auto l1 = lines_of(r1.out), l2 = lines_of(r2.out), l3 = lines_of(cold.out);
   ASSERT_GE(l1.size(), 4u) << r1.out;
@@ -1596,7 +1603,7 @@ TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
   const Case& net = get("with-net");
   EXPECT_EQ(net.rc, 0) << net.out << net.err;
   EXPECT_TRUE(has(net.out, "net-run")) << net.out;
-  EXPECT_FALSE(summary(net).contains("snapshot")) << net.err;
+  EXPECT_FALSE(run_summary(net).contains("snapshot")) << net.err;
   const Case& ok = get("other-kernel");
   EXPECT_EQ(ok.rc, 0) << ok.out << ok.err;
   EXPECT_TRUE(has(ok.out, "other-kernel-run")) << ok.out;
@@ -1607,12 +1614,85 @@ TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
   EXPECT_TRUE(has(dmg.out, "after-damage")) << dmg.out;
   EXPECT_TRUE(has(dmg.err, "snapshot " + key + " not resumed: ")) << dmg.err;
   EXPECT_TRUE(has(dmg.err, "; booting instead")) << dmg.err;
-  EXPECT_FALSE(summary(dmg).value("restored", true)) << dmg.err;
+  EXPECT_FALSE(run_summary(dmg).value("restored", true)) << dmg.err;
   EXPECT_EQ(get("rm").rc, 0) << get("rm").err;
   EXPECT_TRUE(has(get("rm").out, key)) << get("rm").out;
   EXPECT_EQ(get("ls-after").out, "") << get("ls-after").out;
   EXPECT_EQ(get("create2").rc, 0) << get("create2").err;
   EXPECT_TRUE(has(get("prune").out, key)) << get("prune").out;
+  if (HasFailure() || std::getenv("IMG2VM_TEST_SHOW_OUTPUT"))
+    std::cerr << "--- the script's whole output ---\n" << output << "\n";
+}
+
+// Snapshots with the user network (issue #19), `snapshot create`'s default: resumed VMs serve a
+// published port and reach the host (with host_loopback), each with a MAC of its own; a run
+// without a network does not resume the snapshot of one.
+TEST(RunKvm, SnapshotsWithTheUserNetworkServePublishedPorts) {
+  NetSetup ns;
+  if (std::string why = ns.prepare(); !why.empty()) GTEST_SKIP() << why;
+  const std::string& B = ns.B;
+  const std::string bin = quote(std::getenv("IMG2VM_BIN"));
+  const std::string k = quote((ns.w / "vmlinux").string());
+  const std::string run = ns.run + " --json";
+  const std::string mac = " cat /sys/class/net/eth0/address";
+  std::ostringstream sh;
+  sh << ns.prelude() << "busybox ip link set lo up 2>/dev/null\n"
+     << "c create " << bin << " snapshot create -m 160M --kernel " << k << " --json " << B << "\n"
+     << "begin served\n"
+     << run << " -p 127.0.0.1:$P1:80 " << B
+     << " sh -c 'echo served-by-restore > /www/index.html; echo ready; exec httpd -f -p 80 -h "
+        "/www' >\"$W/a.out\" 2>\"$W/a.err\" </dev/null &\n"
+     << "pa=$!; wait_for \"$W/a.out\" ready; fetch $P1 \"$W/a.html\"; kill -INT $pa; wait $pa; "
+        "rc=$?\n"
+     << "echo \"body=$(tail -n1 \"$W/a.html\")\"; echo; echo @@STDERR@@; cat \"$W/a.err\"; echo; "
+        "echo \"@@END served $rc@@\"\n"
+     << "busybox httpd -f -p 127.0.0.1:$P3 -h \"$W/hostwww\" & hp=$!\n"
+     << "c client " << run << " --network user:host_loopback=on " << B
+     << " sh -c 'http_get 10.0.2.2 '$P3';" << mac << "'\n"
+     << "kill $hp\n"
+     << "c mac2 " << run << " " << B << mac << "\n"
+     << "c cold " << run << " --no-snapshot " << B << mac << "\n"
+     << "c none " << run << " --network none " << B << " ls /sys/class/net\n";
+  write_file_atomic(ns.w / "snapnet.sh", sh.str());
+  std::string output = run_script(ns.w / "snapnet.sh", ns.files(), std::chrono::seconds(1500));
+  Cases cases(output);
+  auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
+  // The MAC a run printed: its first line of the form xx:xx:xx:xx:xx:xx.
+  auto mac_of = [](const Case& c) {
+    static const std::regex re("([0-9a-f]{2}:){5}[0-9a-f]{2}");
+    std::smatch m;
+    return std::regex_search(c.out, m, re) ? m.str() : std::string();
+  };
+  const Case& create = get("create");
+  ASSERT_EQ(create.rc, 0) << create.out << create.err;
+  auto made = nlohmann::json::parse(create.out, nullptr, false);
+  ASSERT_TRUE(made.is_object()) << create.out;
+  EXPECT_EQ(made.value("network", ""), "user") << create.out;
+  const std::string key = made.value("key", "");
+  const Case& served = get("served");
+  EXPECT_TRUE(has(served.out, "body=served-by-restore")) << served.out << served.err;
+  EXPECT_EQ(run_summary(served).value("snapshot", ""), key) << served.err;
+  EXPECT_TRUE(run_summary(served).value("restored", false)) << served.err;
+  const Case& client = get("client");
+  EXPECT_EQ(client.rc, 0) << client.out << client.err;
+  EXPECT_TRUE(has(client.out, "served-by-host")) << client.out << client.err;
+  EXPECT_TRUE(run_summary(client).value("restored", false)) << client.err;
+  const Case& m2 = get("mac2");
+  EXPECT_EQ(m2.rc, 0) << m2.out << m2.err;
+  EXPECT_TRUE(run_summary(m2).value("restored", false)) << m2.err;
+  const Case& cold = get("cold");
+  EXPECT_EQ(cold.rc, 0) << cold.out << cold.err;
+  EXPECT_FALSE(run_summary(cold).contains("snapshot")) << cold.err;
+  const std::string mac1 = mac_of(client), mac2 = mac_of(m2), mac3 = mac_of(cold);
+  EXPECT_FALSE(mac1.empty()) << client.out;
+  EXPECT_FALSE(mac2.empty()) << m2.out;
+  EXPECT_NE(mac1, mac2) << "two VMs resumed from one snapshot with the same MAC";
+  EXPECT_NE(mac2, mac3);
+  EXPECT_TRUE(mac1.starts_with("52:54:00:")) << mac1;
+  const Case& none = get("none");
+  EXPECT_EQ(none.rc, 0) << none.out << none.err;
+  EXPECT_EQ(none.out.find("eth0"), std::string::npos) << none.out;
+  EXPECT_FALSE(run_summary(none).contains("snapshot")) << none.err;
   if (HasFailure() || std::getenv("IMG2VM_TEST_SHOW_OUTPUT"))
     std::cerr << "--- the script's whole output ---\n" << output << "\n";
 }

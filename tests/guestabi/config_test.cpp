@@ -244,10 +244,12 @@ TEST(RunOverrides, Base64Url) {
 
 TEST(RunOverrides, NetCarriesTheInterfaceAndRejectsBadValues) {
   RunOverrides o;
-  o.net = NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1500};
+  o.net = NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1500, ""};
   EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
   o.net->gateway.clear();
   o.net->mtu = 0;
+  EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
+  o.net->mac = "52:54:00:Ab:cd:0f";
   EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
   auto bad = [](const std::string& net) {
     try {
@@ -266,6 +268,23 @@ TEST(RunOverrides, NetCarriesTheInterfaceAndRejectsBadValues) {
   EXPECT_NE(bad(R"({"address":"10.0.2.15","interface":"a/b"})").find("net.interface"),
             std::string::npos);
   EXPECT_NE(bad(R"("eth0")").find("net"), std::string::npos);
+  for (const char* mac : {"01:00:5e:00:00:01", "52:54:00:12:34", "52:54:00:12:34:567",
+                          "52-54-00-12-34-56", "52:54:00:12:34:5g", "ff:ff:ff:ff:ff:ff"})
+    EXPECT_NE(bad(R"({"address":"10.0.2.15","mac":")" + std::string(mac) + "\"}").find("net.mac"),
+              std::string::npos)
+        << mac;
+}
+
+TEST(NetConfig, MacAddressesParseAndFormat) {
+  auto m = parse_unicast_mac("52:54:00:AB:cd:ef");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(*m, (std::array<uint8_t, 6>{0x52, 0x54, 0x00, 0xab, 0xcd, 0xef}));
+  EXPECT_EQ(format_mac(*m), "52:54:00:ab:cd:ef");
+  EXPECT_FALSE(parse_unicast_mac("03:54:00:ab:cd:ef"));  // multicast
+  EXPECT_FALSE(parse_unicast_mac("52:54:00:ab:cd:ef:"));
+  EXPECT_FALSE(parse_unicast_mac("52:54:00:ab:cd"));
+  EXPECT_FALSE(parse_unicast_mac("52:54:00:ab:cd: f"));
+  EXPECT_FALSE(parse_unicast_mac(""));
 }
 
 TEST(RunOverrides, MountsRoundTripAndBadOnesAreRefused) {

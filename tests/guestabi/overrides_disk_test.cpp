@@ -35,7 +35,7 @@ RunOverrides full() {
   o.dns = {"10.0.2.3"};
   o.tty = true;
   o.interactive = true;
-  o.net = NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1500};
+  o.net = NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1500, ""};
   // A file mount as large as one may be: the overrides disk is where it travels.
   MountSpec f;
   f.type = MountSpec::Type::kFile;

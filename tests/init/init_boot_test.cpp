@@ -606,16 +606,17 @@ TEST_F(InitBoot, NetworkOverridesConfigureTheInterface) {
   extra_qemu_ = {"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"};
   RuntimeConfig c;
   c.cmd = {"sh", "-c",
-           "ip -4 addr show eth0; ip route; cat /etc/hosts; wget -qO- http://10.0.2.2:" +
+           "ip addr show eth0; ip route; cat /etc/hosts; wget -qO- http://10.0.2.2:" +
                std::to_string(port) + "/hello.txt; exit 4"};
   c.hostname = "netbox";
   write_config(c);
   RunOverrides o;
-  o.net = guestabi::NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1400};
+  o.net = guestabi::NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 1400, "52:54:00:ab:cd:0f"};
   auto b = boot(guestabi::run_overrides_kernel_param(o));
   EXPECT_EQ(b.status(), 4) << b.console;
   EXPECT_TRUE(has(b.console, "inet 10.0.2.15/24")) << b.console;
   EXPECT_TRUE(has(b.console, "mtu 1400")) << b.console;
+  EXPECT_TRUE(has(b.console, "link/ether 52:54:00:ab:cd:0f")) << b.console;  // not qemu's
   EXPECT_TRUE(has(b.console, "default via 10.0.2.2 dev eth0")) << b.console;
   EXPECT_TRUE(has(b.console, "10.0.2.15\tnetbox")) << b.console;
   EXPECT_TRUE(has(b.console, "hello over the network")) << b.console;

@@ -793,7 +793,7 @@ TEST(InitNetwork, AGatewayOutsideTheSubnetIsReachedOnTheLink) {
     } else {
       try {
         configure_interface(
-            img2vm::guestabi::NetConfig{"eth9", "10.244.1.5", 32, "169.254.1.1", 0});
+            img2vm::guestabi::NetConfig{"eth9", "10.244.1.5", 32, "169.254.1.1", 0, ""});
         std::ifstream in("/proc/net/route");
         out.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
       } catch (const std::exception& e) {
@@ -818,7 +818,7 @@ TEST(InitNetwork, AGatewayOutsideTheSubnetIsReachedOnTheLink) {
 TEST(InitNetwork, MissingInterfaceIsAClearError) {
   // Fails before touching anything real: no interface of this name exists on any host.
   try {
-    configure_interface(guestabi::NetConfig{"img2vm-none0", "10.0.2.15", 24, "", 0});
+    configure_interface(guestabi::NetConfig{"img2vm-none0", "10.0.2.15", 24, "", 0, ""});
     FAIL() << "configured a missing interface";
   } catch (const Error& e) {
     std::string m = e.what();

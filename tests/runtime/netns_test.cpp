@@ -61,7 +61,7 @@ TEST_F(RuntimeNetns, TheGuestTakesTheVethsAddressMacAndMtu) {
   EXPECT_FALSE(pm->tap);
 
   // What the init configures eth0 with, decoded from the command line as the init does it.
-  guestabi::NetConfig want{"eth0", "10.99.0.2", 24, "10.99.0.1", 1400};
+  guestabi::NetConfig want{"eth0", "10.99.0.2", 24, "10.99.0.1", 1400, ""};
   EXPECT_EQ(pm->overrides.net, want);
   auto param = guestabi::kernel_param(pm->config.cmdline, guestabi::kRunParam);
   ASSERT_TRUE(param) << pm->config.cmdline;

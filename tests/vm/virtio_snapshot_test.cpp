@@ -16,8 +16,10 @@
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 #include "img2vm/vm/disk_view.hpp"
+#include "img2vm/vm/net_slirp.hpp"
 #include "virtio_blk.hpp"
 #include "virtio_mmio.hpp"
+#include "virtio_net.hpp"
 
 using namespace img2vm;
 using namespace img2vm::vm;
@@ -233,6 +235,63 @@ TEST(VirtioSnapshot, VirtioBlkRefusesAnotherCapacityOrWritability) {
   saved.push_back(0);
   EXPECT_EQ(refusal([&] { memfd_blk()->load_state(saved); }, &kind),
             "virtio-blk state: 17 bytes, not 16");
+  EXPECT_EQ(kind, ErrorKind::kIntegrity);
+}
+
+// The NIC's transport while a snapshot is written (its network thread may deliver at any time):
+// held, a notification handles nothing, so guest memory and the queues stay as saved; released,
+// the next one handles what came meanwhile.
+TEST(VirtioSnapshot, AHeldTransportHandlesNothingUntilReleased) {
+  GuestMemory mem(1u << 20);
+  Rig a(mem, memfd_blk());
+  a.set_up();
+  ASSERT_EQ(a.read_sector(1), 1);
+  a.mmio.hold();
+  EXPECT_EQ(a.read_sector(2), 1) << "a held transport handled a chain";
+  a.mmio.finish_pending();
+  EXPECT_EQ(*mem.load<uint16_t>(kUsed + 2), 1);
+  VirtioQueueState q;
+  auto saved = a.mmio.save();
+  std::memcpy(&q, saved.data() + sizeof(VirtioMmioState), sizeof q);
+  EXPECT_EQ(q.last_avail, 1);
+  EXPECT_EQ(q.used_idx, 1);
+  a.mmio.release();
+  EXPECT_EQ(*mem.load<uint16_t>(kUsed + 2), 1);
+  a.mmio.notify();
+  EXPECT_EQ(*mem.load<uint16_t>(kUsed + 2), 2);
+}
+
+// A transport loaded from a held one's state handles the chain made available while it was
+// held at its first notification (a restored VM's NIC gets one when it starts).
+TEST(VirtioSnapshot, ChainsMadeAvailableWhileHeldAreHandledAfterARestore) {
+  GuestMemory mem(1u << 20);
+  Rig a(mem, memfd_blk());
+  a.set_up();
+  a.mmio.hold();
+  ASSERT_EQ(a.read_sector(5), 0);
+  auto saved = a.mmio.save();
+  Rig b(mem, memfd_blk());
+  b.mmio.load(saved);
+  b.mmio.notify();
+  EXPECT_EQ(*mem.load<uint16_t>(kUsed + 2), 1);
+  EXPECT_EQ(*mem.load<uint8_t>(kStatus), VirtioBlk::kStatusOk);
+}
+
+TEST(VirtioSnapshot, VirtioNetNeedsTheSameMtuButMayHaveAnotherMac) {
+  SlirpBackend b1(UserNetConfig{}, 1500), b2(UserNetConfig{}, 1500), b3(UserNetConfig{}, 1400);
+  VirtioNet saved_nic(b1, {0x52, 0x54, 0x00, 1, 2, 3}, 1500);
+  auto saved = saved_nic.save_state();
+  VirtioNet other_mac(b2, {0x52, 0x54, 0x00, 4, 5, 6}, 1500);
+  EXPECT_EQ(refusal([&] { other_mac.load_state(saved); }), "");
+  EXPECT_EQ(other_mac.config()[3], 4) << "the loaded NIC's MAC is the one it was made with";
+  ErrorKind kind{};
+  VirtioNet other_mtu(b3, {0x52, 0x54, 0x00, 1, 2, 3}, 1400);
+  EXPECT_EQ(refusal([&] { other_mtu.load_state(saved); }, &kind),
+            "the snapshot's NIC had MTU 1500, this one 1400");
+  EXPECT_EQ(kind, ErrorKind::kUnsupported);
+  saved.pop_back();
+  EXPECT_EQ(refusal([&] { other_mac.load_state(saved); }, &kind),
+            "virtio-net state: 15 bytes, not 16");
   EXPECT_EQ(kind, ErrorKind::kIntegrity);
 }
 

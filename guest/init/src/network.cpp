@@ -2,6 +2,7 @@
 
 #include <arpa/inet.h>
 #include <net/if.h>
+#include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/in.h>
 #include <sys/ioctl.h>
@@ -58,6 +59,15 @@ void configure_interface(const guestabi::NetConfig& cfg) {
     }
   };
   ifreq r{};
+  if (!cfg.mac.empty()) {
+    // While the link is down: virtio-net without a control queue takes a new address only then.
+    auto mac = guestabi::parse_unicast_mac(cfg.mac);
+    if (!mac) throw Error("configuring " + ifn + ": \"" + cfg.mac + "\" is not a unicast MAC");
+    r.ifr_hwaddr.sa_family = ARPHRD_ETHER;
+    std::memcpy(r.ifr_hwaddr.sa_data, mac->data(), mac->size());
+    request(SIOCSIFHWADDR, r, "setting the MAC address");
+    r = {};
+  }
   r.ifr_addr = ipv4_sockaddr(addr);
   request(SIOCSIFADDR, r, "setting the address");
   r = {};

@@ -132,6 +132,35 @@ RuntimeConfig config_fields(const json& j, std::string_view what) {
 
 }  // namespace
 
+std::optional<std::array<uint8_t, 6>> parse_unicast_mac(std::string_view text) {
+  if (text.size() != 17) return std::nullopt;
+  auto digit = [](char c) -> int {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+  };
+  std::array<uint8_t, 6> mac{};
+  for (size_t i = 0; i < 6; ++i) {
+    int hi = digit(text[3 * i]), lo = digit(text[3 * i + 1]);
+    if (hi < 0 || lo < 0 || (i < 5 && text[3 * i + 2] != ':')) return std::nullopt;
+    mac[i] = uint8_t(hi << 4 | lo);
+  }
+  if (mac[0] & 1) return std::nullopt;
+  return mac;
+}
+
+std::string format_mac(const std::array<uint8_t, 6>& mac) {
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string s;
+  for (uint8_t b : mac) {
+    if (!s.empty()) s += ':';
+    s += kHex[b >> 4];
+    s += kHex[b & 15];
+  }
+  return s;
+}
+
 std::string to_json(const RuntimeConfig& c) {
   json j = config_object(c);
   j["schema"] = kSchemaVersion;
@@ -414,6 +443,7 @@ std::string to_json(const RunOverrides& o) {
         {"interface", o.net->interface}, {"address", o.net->address}, {"prefix", o.net->prefix}};
     if (!o.net->gateway.empty()) n["gateway"] = o.net->gateway;
     if (o.net->mtu) n["mtu"] = o.net->mtu;
+    if (!o.net->mac.empty()) n["mac"] = o.net->mac;
     j["net"] = n;
   }
   if (!o.mounts.empty()) {
@@ -494,6 +524,9 @@ RunOverrides run_overrides_from_json(std::string_view text) {
     c.prefix = number("prefix", 24, 0, 32);
     c.gateway = ipv4("gateway", false);
     c.mtu = number("mtu", 0, 68, 65535);
+    c.mac = string_field(n, what, "mac");
+    if (!c.mac.empty() && !parse_unicast_mac(c.mac))
+      bad(what, "net.mac", "has \"" + c.mac + "\", not a unicast MAC address");
     o.net = c;
   }
   o.mounts = mounts_field(j, what);

@@ -38,6 +38,13 @@ std::string random_bytes(size_t n) {
   return b;
 }
 
+// A MAC of the VM's own (qemu's locally administered 52:54:00 prefix and three random bytes): VMs
+// on one host, and VMs resumed from one snapshot, are told apart by it.
+std::array<uint8_t, 6> fresh_mac() {
+  std::string r = random_bytes(3);
+  return {0x52, 0x54, 0x00, uint8_t(r[0]), uint8_t(r[1]), uint8_t(r[2])};
+}
+
 int64_t realtime_ns() {
   struct timespec ts {};
   ::clock_gettime(CLOCK_REALTIME, &ts);
@@ -255,7 +262,8 @@ void add_mounts(PreparedMachine& p, const MachineOptions& o) {
 
 std::string snapshot_unsupported(const MachineOptions& o) {
   if (o.root_dir) return "a root directory (virtio-fs)";
-  if (o.network != NetworkMode::kNone) return "a network (virtio-net)";
+  if (o.network == NetworkMode::kTap) return "a tap network";
+  if (o.network == NetworkMode::kNetns) return "an engine's network namespace";
   if (!o.mounts.empty()) return "mounts (virtio-fs)";
   if (!o.disks.empty()) return "extra disks";
   if (!o.keep.empty()) return "a kept root filesystem (read-write)";
@@ -295,9 +303,11 @@ PreparedMachine build_machine(MachineOptions o) {
     n.address = std::string(vm::usernet::kGuest);
     n.prefix = vm::usernet::kPrefixLength;
     n.gateway = std::string(vm::usernet::kGateway);
+    mc.net.emplace();
+    mc.net->mac = fresh_mac();
+    n.mac = guestabi::format_mac(mc.net->mac);
     ov.net = n;
     if (ov.dns.empty()) ov.dns = {std::string(vm::usernet::kDns)};
-    mc.net.emplace();
     mc.net->user.outbound = o.outbound;
     mc.net->user.host_loopback = o.host_loopback;
     mc.net->user.forwards = forwards;
@@ -309,6 +319,7 @@ PreparedMachine build_machine(MachineOptions o) {
     tc.outbound = o.outbound;
     tc.forwards = forwards;
     mc.net.emplace();
+    mc.net->mac = fresh_mac();
     tc.guest_mac = mc.net->mac;
     p.tap = std::make_shared<vm::TapBackend>(tc, mc.net->mtu);
     mc.net->tap = vm::TapFdConfig{p.tap->device_fd(), p.tap->published()};
@@ -318,6 +329,7 @@ PreparedMachine build_machine(MachineOptions o) {
     n.address = ti.guest_ip;
     n.prefix = ti.prefix_length;
     n.gateway = ti.host_ip;
+    n.mac = guestabi::format_mac(mc.net->mac);
     ov.net = n;
     if (ov.dns.empty()) {
       std::string resolv;

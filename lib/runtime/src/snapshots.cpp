@@ -73,6 +73,7 @@ std::optional<SnapshotInfo> read_info(const fs::path& dir) {
   s.image = str("image");
   s.kernel_digest = str("kernel_digest");
   s.rootfs = str("rootfs");
+  s.network = str("network");
   s.created_at = str("created_at");
   s.memory_mib = num("memory_mib");
   s.cpus = static_cast<unsigned>(std::min<uint64_t>(num("cpus"), 1024));
@@ -95,6 +96,20 @@ void remove_dir(const fs::path& dir) {
   fs::remove_all(gone, ec);
 }
 
+std::string network_name(const SnapshotInputs& in) {
+  switch (in.network) {
+    case NetworkMode::kUser:
+      return "user";
+    case NetworkMode::kNone:
+      return "none";
+    case NetworkMode::kTap:
+      return "tap";
+    case NetworkMode::kNetns:
+      return "netns";
+  }
+  return "none";
+}
+
 std::string kernel_digest(const SnapshotInputs& in) {
   return in.kernel_digest.empty() ? sha256_file(in.kernel).str() : in.kernel_digest;
 }
@@ -106,7 +121,8 @@ std::string snapshot_key(const SnapshotInputs& in) {
                      std::string(version()) + "\nkernel " + kernel_digest(in) + "\nrootfs " +
                      in.rootfs.filename().string() + " " +
                      std::to_string(file_size_or_zero(in.rootfs)) + "\nmemory " +
-                     std::to_string(in.memory_mib) + "\ncpus " + std::to_string(in.cpus) + "\n";
+                     std::to_string(in.memory_mib) + "\ncpus " + std::to_string(in.cpus) +
+                     "\nnetwork " + network_name(in) + "\n";
   return Digest::sha256_of(text).hex().substr(0, 32);
 }
 
@@ -120,6 +136,8 @@ std::string snapshot_mismatch(const SnapshotInfo& s, const SnapshotInputs& in) {
   if (s.memory_mib != in.memory_mib || s.cpus != in.cpus)
     return "it was taken with " + std::to_string(s.memory_mib) + " MiB and " +
            std::to_string(s.cpus) + " vCPUs";
+  if (s.network != network_name(in))
+    return "it was taken with network " + s.network + ", this run has " + network_name(in);
   return {};
 }
 
@@ -204,6 +222,7 @@ SnapshotInfo SnapshotStore::commit(const fs::path& tmp, const SnapshotInputs& gi
             {"rootfs", in.rootfs.filename().string()},
             {"memory_mib", in.memory_mib},
             {"cpus", in.cpus},
+            {"network", network_name(in)},
             {"created_at", now_rfc3339_nano()},
             {"img2vm", std::string(version())}};
   write_file_atomic(tmp / kMeta, j.dump(2) + "\n");
@@ -226,6 +245,7 @@ SnapshotInfo create_snapshot(const SnapshotStore& store, const SnapshotInputs& i
   o.rootfs = in.rootfs;
   o.memory_mib = in.memory_mib;
   o.cpus = in.cpus;
+  o.network = in.network;
   o.snapshot_layout = true;
   o.snapshot.clear();
   PreparedMachine p = build_machine(std::move(o));

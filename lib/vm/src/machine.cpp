@@ -992,11 +992,19 @@ void Machine::Impl::build_restored() {
   stderr_uart->load(st.get_struct<Uart8250::State>(Section::kUart, 1));
   i8042.load(st.get_struct<I8042::State>(Section::kI8042, 0));
   attach_block_devices(std::move(views));
+  if (cfg.net) attach_net_device();  // a new backend: the guest's connections were none yet
   load_virtio_devices(st);
   create_event_fds();
   create_vcpus(&st);
   // After the vCPUs' local APICs are set: an interrupt raised now is not overwritten.
   for (auto& d : disks) d->mmio.transport->raise_pending();
+  if (nic) {
+    nic->mmio.transport->raise_pending();
+    // The NIC was held while the snapshot was written: what the guest made available after
+    // that is handled by the network thread once it runs.
+    uint64_t one = 1;
+    (void)!::write(nic->mmio.notify.get(), &one, sizeof one);
+  }
 }
 
 SnapshotState Machine::Impl::read_snapshot_state() const {
@@ -1011,8 +1019,11 @@ SnapshotState Machine::Impl::read_snapshot_state() const {
 // Memory, vCPUs and devices as the configuration has them; the kernel format from the state.
 void Machine::Impl::check_restored_shape(const SnapshotState& st) {
   auto shape = st.get_struct<SnapshotMachine>(Section::kMachine, 0);
-  if (shape.nics || cfg.net)
-    throw Error(ErrorKind::kUnsupported, "snapshots of machines with a NIC are not supported yet");
+  if (shape.nics != (cfg.net ? 1u : 0u))
+    throw Error(ErrorKind::kInvalidArgument, "the snapshot in " + cfg.restore_from.string() +
+                                                 " is of a machine with " +
+                                                 (shape.nics ? "a NIC" : "no NIC") +
+                                                 ", this one has " + (cfg.net ? "one" : "none"));
   if (shape.shared_dirs || !cfg.fs.empty())
     throw Error(ErrorKind::kUnsupported,
                 "snapshots of machines with virtio-fs are not supported yet");
@@ -1088,6 +1099,14 @@ void Machine::Impl::load_virtio_devices(const SnapshotState& st) {
       throw e.with_context("virtio-blk " + std::to_string(i));
     }
   }
+  if (nic) {
+    try {
+      nic->mmio.transport->load(st.get(Section::kVirtioMmio, uint32_t(disks.size())));
+      nic->dev->load_state(st.get(Section::kVirtioDevice, uint32_t(disks.size())));
+    } catch (const Error& e) {
+      throw e.with_context("virtio-net");
+    }
+  }
 }
 
 void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
@@ -1106,12 +1125,28 @@ void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
   // the disks' writes and the state below are all of that one moment. An interrupt raised
   // here may reach the irqchip after it is saved: the restore raises it again (raise_pending).
   for (auto& d : disks) d->mmio.transport->finish_pending();
+  // The NIC's network thread delivers frames whenever they arrive: held, it leaves guest memory
+  // and the queues alone until the snapshot is written (chains the guest made available stay
+  // in the rings, for the network thread here after release and for a restored VM at its start).
+  struct NicHold {
+    Nic* nic;
+    explicit NicHold(Nic* n) : nic(n) {
+      if (nic) nic->mmio.transport->hold();
+    }
+    ~NicHold() {
+      if (!nic) return;
+      nic->mmio.transport->release();
+      uint64_t one = 1;
+      (void)!::write(nic->mmio.notify.get(), &one, sizeof one);
+    }
+  } nic_hold(nic.get());
   SnapshotWriter w;
   SnapshotMachine shape;
   shape.memory_bytes = mem->size();
   shape.vcpus = unsigned(vcpus.size());
   shape.kernel_format = uint32_t(kernel.format);
   shape.disks = uint32_t(disks.size());
+  shape.nics = nic ? 1 : 0;
   w.add_struct(Section::kMachine, 0, shape);
   const auto msrs = saveable_msrs(kvm.get());
   for (const auto& v : vcpus) save_vcpu(v->fd.get(), v->id, msrs, v->cpuid, w);
@@ -1136,8 +1171,6 @@ void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
 
 // What a snapshot cannot hold yet, refused before anything is written.
 void Machine::Impl::check_snapshot_devices() const {
-  if (nic)
-    throw Error(ErrorKind::kUnsupported, "snapshots of machines with a NIC are not supported yet");
   if (!shared_dirs.empty())
     throw Error(ErrorKind::kUnsupported,
                 "snapshots of machines with virtio-fs are not supported yet");
@@ -1166,6 +1199,10 @@ void Machine::Impl::save_virtio_devices(SnapshotWriter& w) const {
     sd.mode = uint32_t(cfg.disks[i].mode);
     sd.saved_writes = cfg.disks[i].mode == DiskMode::kCopyOnWrite;
     w.add_struct(Section::kDisk, i, sd);
+  }
+  if (nic) {  // in the MMIO slot after the disks
+    w.add(Section::kVirtioMmio, uint32_t(disks.size()), nic->mmio.transport->save());
+    w.add(Section::kVirtioDevice, uint32_t(disks.size()), nic->dev->save_state());
   }
 }
 

@@ -216,11 +216,22 @@ void VirtioMmio::write(uint64_t offset, const uint8_t* data, unsigned size) {
   if (do_notify) notify();
 }
 
+void VirtioMmio::hold() {
+  std::lock_guard lk(mu_);
+  held_ = true;
+}
+
+void VirtioMmio::release() {
+  std::lock_guard lk(mu_);
+  held_ = false;
+}
+
 void VirtioMmio::notify() {
   bool raise = false;
   {
     std::lock_guard lk(mu_);
-    if (!(status_ & kStatusDriverOk) || (status_ & (kStatusNeedsReset | kStatusFailed))) return;
+    if (held_ || !(status_ & kStatusDriverOk) || (status_ & (kStatusNeedsReset | kStatusFailed)))
+      return;
     raise = dev_.process_queues(mem_, queues_, driver_features_);
     for (auto& q : queues_) {
       if (q.broken()) {

@@ -116,6 +116,13 @@ class VirtioMmio {
   std::vector<uint8_t> save() const;
   void load(std::span<const uint8_t> state);
   void raise_pending();
+  // For a device another thread serves at any time (a NIC's backend delivers frames whenever
+  // they come): hold() waits for any handling in progress and makes notify() do nothing until
+  // release(), so that guest memory and the queues stay as they are while a snapshot is
+  // written. What arrives meanwhile waits (chains in the rings, frames in the device) for the
+  // first notify() after release().
+  void hold();
+  void release();
 
  private:
   void reset_locked();
@@ -131,6 +138,7 @@ class VirtioMmio {
   uint32_t interrupt_status_ = 0, config_generation_ = 0;
   uint64_t driver_features_ = 0;
   std::string broken_;
+  bool held_ = false;
 };
 
 }  // namespace img2vm::vm

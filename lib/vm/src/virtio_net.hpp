@@ -84,6 +84,20 @@ class VirtioNet final : public VirtioDevice, public NetDeviceSide {
                       uint64_t features) override;
   void reset() override;
 
+  // Snapshots: besides the transport's queues, what the driver was told: the MTU (which it
+  // adopted) and the MAC. A restore must offer the same MTU (Error kUnsupported otherwise); it
+  // may have another MAC, which the driver does not read again (the guest init sets the run's
+  // MAC itself: NetConfig::mac). Frames held for the guest are not saved: the network dropped
+  // them, as it may.
+  struct State {
+    uint8_t mac[6] = {};
+    uint16_t mtu = 0;
+    uint32_t reserved[2] = {};
+  };
+  bool snapshot_supported() const override { return true; }
+  std::vector<uint8_t> save_state() const override;
+  void load_state(std::span<const uint8_t> state) override;
+
   bool receive(std::span<const uint8_t> frame) override;
   bool rx_full() const override;
   void flush_rx() override;

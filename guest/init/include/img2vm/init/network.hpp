@@ -1,5 +1,5 @@
 // The guest's network interface, set up by PID 1 from the run overrides (docs/guest-abi.md):
-// address and netmask, MTU, link up, and a default route, with the classic ioctls so that the
+// MAC, address and netmask, MTU, link up, and a default route, with the classic ioctls so that the
 // init needs neither netlink code nor an `ip` binary in the image.
 #pragma once
 

@@ -4,6 +4,7 @@
 // refuses any other version.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <map>
@@ -67,9 +68,19 @@ struct NetConfig {
   unsigned prefix = 24;  // netmask length, 0-32
   std::string gateway;   // default route via this address; empty: none
   unsigned mtu = 0;      // 0: the driver's default; else 68-65535
+  // The interface's MAC, set before the link goes up ("52:54:00:ab:cd:ef", a unicast address);
+  // empty: the device's. A VM resumed from a snapshot gets its own this way (its driver read
+  // the snapshot's MAC from the device when it booted).
+  std::string mac;
 
   friend bool operator==(const NetConfig&, const NetConfig&) = default;
 };
+
+// "aa:bb:cc:dd:ee:ff" (hex digits in either case) as its six bytes; nullopt for anything else,
+// and for a multicast address (the low bit of the first byte), which no NIC can take as its own.
+std::optional<std::array<uint8_t, 6>> parse_unicast_mac(std::string_view text);
+// The six bytes as "aa:bb:cc:dd:ee:ff".
+std::string format_mac(const std::array<uint8_t, 6>& mac);
 
 // A file system the init mounts before the workload starts: a host directory shared through
 // virtio-fs (run -v / --mount type=bind, and named volumes), a tmpfs (--tmpfs, --mount

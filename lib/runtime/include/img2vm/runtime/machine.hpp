@@ -106,8 +106,10 @@ struct MachineOptions {
   // Snapshots (snapshots.hpp, docs/snapshots.md). With snapshot_layout the guest init stops at
   // its snapshot point and only then reads the overrides, from a disk of a fixed size: a
   // snapshot taken there serves every later run of the same image, kernel and machine shape.
-  // Only for a root filesystem without mounts, extra disks, keep, huge pages or a network
-  // (virtio-net, virtio-fs and vsock cannot be in a snapshot yet): snapshot_unsupported().
+  // Only for a root filesystem without mounts, extra disks, keep or huge pages, and with no
+  // network or the user-mode one (virtio-fs, vsock and tap devices cannot be in a snapshot
+  // yet): snapshot_unsupported(). A run's NIC has a MAC of its own (52:54:00 and three random
+  // bytes), which the init sets, so VMs resumed from one snapshot differ in it.
   bool snapshot_layout = false;
   // Resume this snapshot (a SnapshotStore directory) instead of booting; implies
   // snapshot_layout. The config keeps the cold boot of the same layout: a VMM that refuses the
@@ -115,7 +117,7 @@ struct MachineOptions {
   std::filesystem::path snapshot;
 };
 
-// Why `o` cannot use the snapshot layout, in a few words ("a network", "mounts"); empty when it
+// Why `o` cannot use the snapshot layout, in a few words ("a tap network", "mounts"); empty when it
 // can.
 std::string snapshot_unsupported(const MachineOptions& o);
 

@@ -30,10 +30,12 @@ struct SnapshotInputs {
   unsigned cpus = 1;
   std::string image;  // for ls: the image reference the rootfs came from (not part of the key)
   std::string kernel_digest;  // the kernel's "sha256:...", when already known (else hashed)
+  NetworkMode network = NetworkMode::kNone;  // kNone or kUser: whether the VM has a NIC
 };
 
 // The snapshot's key: the first 32 hex digits of a SHA-256 over the kernel's digest, the
-// rootfs's name and size, memory, vCPUs, img2vm's version and the snapshot layout's version.
+// rootfs's name and size, memory, vCPUs, network, img2vm's version and the snapshot layout's
+// version.
 std::string snapshot_key(const SnapshotInputs& in);
 
 // One stored snapshot (snapshot.json).
@@ -45,6 +47,7 @@ struct SnapshotInfo {
   std::string rootfs;         // the rootfs file's name in the cache
   uint64_t memory_mib = 0;
   unsigned cpus = 0;
+  std::string network;     // "none" or "user"
   std::string created_at;  // RFC 3339, UTC
   uint64_t bytes = 0;      // space used on disk (memory is sparse)
 };
@@ -90,11 +93,11 @@ class SnapshotStore {
 // taken with another kernel.
 std::string snapshot_mismatch(const SnapshotInfo& s, const SnapshotInputs& in);
 
-// Boots `o` in this process (with the snapshot layout, and the kernel, root filesystem, memory
-// and vCPUs of `in`) up to the guest init's snapshot point, saves the VM into `store` under its
-// key (replacing an older one) and stops it. Error(kIo) when the guest does not get
-// there within `timeout` or ends first (what it printed went to o.console_out_fd); nothing is
-// left in the store then.
+// Boots `o` in this process (with the snapshot layout, and the kernel, root filesystem, memory,
+// vCPUs and network of `in`) up to the guest init's snapshot point, saves the VM into `store` under
+// its key (replacing an older one) and stops it. Error(kIo) when the guest does not get there
+// within `timeout` or ends first (what it printed went to o.console_out_fd); nothing is left in the
+// store then.
 SnapshotInfo create_snapshot(const SnapshotStore& store, const SnapshotInputs& in, MachineOptions o,
                              std::chrono::milliseconds timeout);
 
