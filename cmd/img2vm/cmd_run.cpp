@@ -109,7 +109,7 @@ std::optional<runtime::SnapshotInfo> pick_snapshot(
   if (all.empty()) return std::nullopt;
   runtime::SnapshotInputs in{mo.kernel, mo.rootfs, mo.memory_mib, mo.cpus, image, {}};
   in.network = mo.network;
-  in.kernel_digest = sha256_file(mo.kernel).str();
+  in.kernel_digest = ss.kernel_digest(mo.kernel);
   const std::string key = runtime::snapshot_key(in);
   std::string why = runtime::snapshot_unsupported(mo);
   for (const auto& s : all) {

@@ -66,6 +66,39 @@ TEST_F(Snapshots, KeysFollowEveryInput) {
   EXPECT_NE(snapshot_key(other), k);
 }
 
+// A kernel's digest is remembered by the file's identity: an unchanged old file is not hashed
+// again (a planted wrong digest under its identity is what comes back, so the entry is used);
+// a file rewritten since, or one changed in the last seconds, is hashed.
+TEST_F(Snapshots, KernelDigestsAreRememberedForUnchangedFilesOnly) {
+  const fs::path old_file = "/usr/bin/env";  // installed long ago: its change time is old
+  ASSERT_TRUE(fs::exists(old_file));
+  fs::create_directories(ss.dir());
+  const std::string real = sha256_file(old_file).str();
+  EXPECT_EQ(ss.kernel_digest(old_file), real);
+  std::vector<fs::path> entries;
+  for (const auto& e : fs::directory_iterator(ss.dir() / ".kernel-digests"))
+    entries.push_back(e.path());
+  ASSERT_EQ(entries.size(), 1u);
+  std::string text = read_file(entries[0]);
+  ASSERT_TRUE(text.ends_with(real + "\n")) << text;
+  const std::string planted = "sha256:" + std::string(64, 'a');
+  write_file_atomic(entries[0], text.substr(0, text.size() - real.size() - 1) + planted + "\n");
+  EXPECT_EQ(ss.kernel_digest(old_file), planted);
+  write_file_atomic(entries[0], "damaged");
+  EXPECT_EQ(ss.kernel_digest(old_file), real);
+
+  // A kernel written just now: hashed every time, so a rewrite is seen at once.
+  EXPECT_EQ(ss.kernel_digest(kernel), "sha256:" + Digest::sha256_of("a kernel").hex());
+  write_file_atomic(kernel, "a kernel, rebuilt");
+  EXPECT_EQ(ss.kernel_digest(kernel), "sha256:" + Digest::sha256_of("a kernel, rebuilt").hex());
+  EXPECT_EQ(
+      std::distance(fs::directory_iterator(ss.dir() / ".kernel-digests"), fs::directory_iterator()),
+      1);
+  EXPECT_TRUE(ss.list().empty());  // the cache is not a snapshot
+  EXPECT_TRUE(ss.prune(true).removed.empty());
+  EXPECT_TRUE(fs::exists(entries[0]));
+}
+
 TEST_F(Snapshots, CommitFindListRemove) {
   EXPECT_TRUE(ss.list().empty());  // no directory yet: nothing, no error
   EXPECT_FALSE(fs::exists(ss.dir()));

@@ -266,8 +266,8 @@ TEST(VmKvm, ASnapshotAtTheMarkResumesInOtherMachines) {
   auto with_nic = restore_config(snap, -1);
   with_nic.net = NicConfig{};
   EXPECT_EQ(construction_error(with_nic, &kind),
-            "snapshots of machines with a NIC are not supported yet");
-  EXPECT_EQ(kind, ErrorKind::kUnsupported);
+            "the snapshot in " + snap.string() + " is of a machine with no NIC, this one has one");
+  EXPECT_EQ(kind, ErrorKind::kInvalidArgument);
 
   // Another CPU: vCPU 0's CPUID section as another host's KVM would have given it.
   const std::string state = read_file(snap / "state");

@@ -60,6 +60,12 @@ class SnapshotStore {
   explicit SnapshotStore(std::filesystem::path dir = default_dir());
   const std::filesystem::path& dir() const { return dir_; }
 
+  // The kernel file's "sha256:..." digest, for SnapshotInputs::kernel_digest: remembered in
+  // the store (under .kernel-digests/) by the file's device, inode, size, modification and
+  // change times, so that a run does not hash an unchanged kernel again. Throws as
+  // sha256_file() does.
+  std::string kernel_digest(const std::filesystem::path& kernel) const;
+
   // The snapshot for `key` when there is a whole one (its snapshot.json and state present).
   std::optional<SnapshotInfo> find(const std::string& key) const;
   // Every whole snapshot, newest first.
