@@ -1,4 +1,5 @@
-// `img2vm logs [-f] [--tail N] [-t] VM`: a VM's console and the VMM's messages, as docker logs.
+// `img2vm logs [-f] [--tail N] [-t] VM`: a VM's console and the VMM's messages on stdout, the
+// workload's stderr on stderr, as docker logs.
 #include <iostream>
 
 #include "commands.hpp"
@@ -25,14 +26,16 @@ int logs(const LogsArgs& a) {
   }
   runtime::VmStore store;
   runtime::VmRecord r = store.get(a.ref);
-  if (!a.follow) {
-    std::cout << runtime::read_console_log(store.vm_dir(r.id), o);
-    return kExitOk;
-  }
-  runtime::follow_console_log(store, r.id, o, [](std::string_view s) {
-    std::cout << s;
-    std::cout.flush();
-  });
+  // As docker logs: the workload's stderr on stderr, the rest on stdout, in the order written.
+  auto out = [](std::string_view s, runtime::ConsoleLog::Stream stream) {
+    std::ostream& to = stream == runtime::ConsoleLog::Stream::kStderr ? std::cerr : std::cout;
+    to << s;
+    to.flush();
+  };
+  if (a.follow)
+    runtime::follow_console_log(store, r.id, o, out);
+  else
+    runtime::read_console_log(store.vm_dir(r.id), o, out);
   return kExitOk;
 }
 

@@ -1124,7 +1124,7 @@ TEST(RunKvm, DetachedVmsExecLogsStopWaitRm) {
   std::ostringstream sh;
   sh << ns.prelude()
      << "svc='trap \"echo got-usr1\" USR1; trap \"echo got-term; exit 7\" TERM; echo started; "
-        "i=0; while :; do i=$((i+1)); echo tick $i; sleep 1; done'\n"
+        "echo started-on-stderr >&2; i=0; while :; do i=$((i+1)); echo tick $i; sleep 1; done'\n"
      << "c run-d " << run << " -d --name svc " << B << " sh -c \"$svc\"\n"
      << "c ps " << img << " ps\n"
      << "c exec " << img << " exec svc sh -c 'echo out; echo err >&2; exit 3'\n"
@@ -1150,6 +1150,7 @@ TEST(RunKvm, DetachedVmsExecLogsStopWaitRm) {
      << "c wait " << img << " wait svc\n"
      << "c logs-tail " << img << " logs --tail 1 svc\n"
      << "c logs-t " << img << " logs -t svc\n"
+     << "c logs-split " << img << " logs svc\n"
      << "c stubborn sh -c '" << run << " -d --name stubborn " << B
      << " sh -c \"trap \\\"\\\" TERM; echo ready; while :; do sleep 1; done\" >/dev/null && " << img
      << " stop -t 2 stubborn && " << img << " wait stubborn'\n"
@@ -1214,6 +1215,12 @@ TEST(RunKvm, DetachedVmsExecLogsStopWaitRm) {
   EXPECT_TRUE(has(get("logs-tail").out, "got-term")) << get("logs-tail").out;
   EXPECT_FALSE(has(get("logs-tail").out, "started")) << get("logs-tail").out;
   EXPECT_TRUE(has(get("logs-t").out, "Z started")) << get("logs-t").out;
+  // As docker logs: the workload's stderr on stderr, its stdout on stdout.
+  const Case& split = get("logs-split");
+  EXPECT_TRUE(has(split.out, "started\n")) << split.out;
+  EXPECT_FALSE(has(split.out, "started-on-stderr")) << split.out;
+  EXPECT_TRUE(has(split.err, "started-on-stderr\n")) << split.err;
+  EXPECT_FALSE(has(split.err, "tick")) << split.err;
   const Case& stubborn = get("stubborn");
   EXPECT_EQ(stubborn.rc, 0) << stubborn.out << stubborn.err;
   EXPECT_TRUE(has(stubborn.out, "stubborn\n137\n")) << stubborn.out << stubborn.err;

@@ -360,7 +360,32 @@ TEST_F(Logs, StderrSharesTheLogInOrderWithLinesKeptApart) {
   }
   EXPECT_EQ(read_console_log(dir.path(), {}), "out 1\nout \nerr 1\n2\nerr 2\n");
   std::string raw = read_file(dir.path() / "console.log");
-  EXPECT_EQ(std::count(raw.begin(), raw.end(), 'Z'), 5) << raw;  // each line has its time
+  EXPECT_EQ(std::count(raw.begin(), raw.end(), 'Z'), 5) << raw;   // each line has its time
+  EXPECT_EQ(std::count(raw.begin(), raw.end(), '\t'), 2) << raw;  // and the stderr ones a tab
+  // Each stream's own lines, in the order written: what `logs` puts on stdout and stderr.
+  std::vector<std::pair<std::string, ConsoleLog::Stream>> parts;
+  auto sink = [&](std::string_view t, ConsoleLog::Stream s) { parts.emplace_back(t, s); };
+  read_console_log(dir.path(), {}, sink);
+  using S = ConsoleLog::Stream;
+  const std::vector<std::pair<std::string, S>> want = {{"out 1\nout \n", S::kConsole},
+                                                       {"err 1\n", S::kStderr},
+                                                       {"2\n", S::kConsole},
+                                                       {"err 2\n", S::kStderr}};
+  EXPECT_EQ(parts, want);
+  // -t: every line "TIME text", whichever its stream; --tail counts both streams' lines.
+  parts.clear();
+  read_console_log(dir.path(), {true, 2}, sink);
+  ASSERT_EQ(parts.size(), 2u);
+  EXPECT_EQ(strip_times(parts[0].first), "2\n");
+  EXPECT_EQ(strip_times(parts[1].first), "err 2\n");
+  EXPECT_EQ(parts[1].second, S::kStderr);
+  // A line cut by rotation or written by hand with no separator stays the console's.
+  write_file_atomic(dir.path() / "console.log",
+                    "no-separator\n2026-01-01T00:00:00.000000000Z\tx\n");
+  parts.clear();
+  read_console_log(dir.path(), {}, sink);
+  const std::vector<std::pair<std::string, S>> odd = {{"\n", S::kConsole}, {"x\n", S::kStderr}};
+  EXPECT_EQ(parts, odd);
 }
 
 TEST_F(Logs, NoLogYetReadsEmpty) { EXPECT_EQ(read_console_log(dir.path(), {}), ""); }

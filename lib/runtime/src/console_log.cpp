@@ -21,28 +21,53 @@ constexpr const char* kOldLog = "console.log.1";
 // Each file is at most max_bytes plus one write's worth; read with room to spare.
 constexpr uint64_t kMaxReadBytes = 64u << 20;
 
-// Drops each line's time (up to its first space) unless -t; keeps state across chunks.
+// Hands each line of the log's bytes to `out` with its stream (the separator after its time:
+// a space for the console, a tab for the workload's stderr), its time dropped unless -t (then
+// followed by a space, whichever the stream). Keeps state across chunks.
 class LineFilter {
  public:
-  explicit LineFilter(bool timestamps) : ts_(timestamps) {}
-  std::string operator()(std::string_view in) {
-    if (ts_) return std::string(in);
-    std::string out;
+  LineFilter(bool timestamps, const LogSink& out) : ts_(timestamps), out_(out) {}
+  void operator()(std::string_view in) {
     for (char c : in) {
-      if (skipping_) {
-        if (c == ' ') skipping_ = false;
-        if (c != '\n') continue;
-        skipping_ = false;
+      if (in_time_) {
+        if (c == ' ' || c == '\t') {
+          in_time_ = false;
+          put(c == '\t' ? ConsoleLog::Stream::kStderr : ConsoleLog::Stream::kConsole,
+              ts_ ? time_ + ' ' : std::string());
+          time_.clear();
+          continue;
+        }
+        if (c != '\n') {
+          if (time_.size() < kMaxTime) time_ += c;
+          continue;
+        }
+        // A line with no separator (not written by ConsoleLog): kept as the console's.
+        put(ConsoleLog::Stream::kConsole, ts_ ? time_ : std::string());
+        time_.clear();
       }
-      out += c;
-      if (c == '\n') skipping_ = true;
+      pending_ += c;
+      if (c == '\n') in_time_ = true;
     }
-    return out;
+    flush();
   }
 
  private:
+  static constexpr size_t kMaxTime = 64;
+  void put(ConsoleLog::Stream s, const std::string& text) {
+    if (s != stream_) flush();
+    stream_ = s;
+    pending_ += text;
+  }
+  void flush() {
+    if (!pending_.empty()) out_(pending_, stream_);
+    pending_.clear();
+  }
   bool ts_;
-  bool skipping_ = true;  // at a line's start: its time comes first
+  const LogSink& out_;
+  bool in_time_ = true;  // at a line's start: its time comes first
+  std::string time_;
+  ConsoleLog::Stream stream_ = ConsoleLog::Stream::kConsole;
+  std::string pending_;  // of stream_
 };
 
 std::string read_if_any(const fs::path& p) {
@@ -118,8 +143,9 @@ void ConsoleLog::write(std::string_view data, Stream stream) {
       if (!fd_) return;
     }
     if (line_start_) {
-      if (stamp.empty()) stamp = now_rfc3339_nano() + " ";
+      if (stamp.empty()) stamp = now_rfc3339_nano();
       out += stamp;
+      out += stream == Stream::kStderr ? '\t' : ' ';
       line_start_ = false;
     }
     size_t nl = data.find('\n');
@@ -133,15 +159,21 @@ void ConsoleLog::write(std::string_view data, Stream stream) {
   flush();
 }
 
-std::string read_console_log(const fs::path& dir, const LogOptions& o) {
+void read_console_log(const fs::path& dir, const LogOptions& o, const LogSink& out) {
   std::string all = read_if_any(dir / kOldLog) + read_if_any(dir / kLog);
   std::string_view v = all;
   if (o.tail) v = tail_lines(v, *o.tail);
-  return LineFilter(o.timestamps)(v);
+  LineFilter(o.timestamps, out)(v);
+}
+
+std::string read_console_log(const fs::path& dir, const LogOptions& o) {
+  std::string text;
+  read_console_log(dir, o, [&](std::string_view s, ConsoleLog::Stream) { text += s; });
+  return text;
 }
 
 void follow_console_log(const VmStore& store, const std::string& id, const LogOptions& o,
-                        const std::function<void(std::string_view)>& out) {
+                        const LogSink& out) {
   const fs::path dir = store.vm_dir(id);
   UniqueFd ino(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
   if (!ino) throw_errno("inotify_init1");
@@ -155,7 +187,7 @@ void follow_console_log(const VmStore& store, const std::string& id, const LogOp
   // What is there now, as read_console_log gives it, then what comes.
   UniqueFd log(::open((dir / kLog).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   std::string now = read_if_any(dir / kOldLog);
-  LineFilter filter(o.timestamps);
+  LineFilter filter(o.timestamps, out);
   char buf[65536];
   auto drain = [&](std::string* into) {
     if (!log) return;
@@ -166,13 +198,13 @@ void follow_console_log(const VmStore& store, const std::string& id, const LogOp
       if (into)
         into->append(buf, size_t(n));
       else
-        out(filter(std::string_view(buf, size_t(n))));
+        filter(std::string_view(buf, size_t(n)));
     }
   };
   drain(&now);
   std::string_view first = now;
   if (o.tail) first = tail_lines(first, *o.tail);
-  out(filter(first));
+  filter(first);
 
   for (;;) {
     drain(nullptr);

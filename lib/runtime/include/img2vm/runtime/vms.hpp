@@ -175,12 +175,12 @@ int parse_signal(const std::string& s);
 std::string now_rfc3339_nano();
 
 // Writes a VM's output to DIR/console.log, each line prefixed with the time its first byte came
-// (RFC 3339 with nanoseconds and a space). When the file reaches `max_bytes`, it becomes
-// console.log.1 (replacing the one before) and a new console.log is started: at most two files,
-// 2 x max_bytes. A line longer than max_bytes is cut into lines. Write errors stop the logging
-// silently (a VM whose directory was removed).
-// Two streams (the console and the workload's stderr) share the file in the order their bytes
-// come; a line one of them has not finished is ended in the log when the other writes.
+// (RFC 3339 with nanoseconds) and a space, or a tab for a line of the workload's stderr. When the
+// file reaches `max_bytes`, it becomes console.log.1 (replacing the one before) and a new
+// console.log is started: at most two files, 2 x max_bytes. A line longer than max_bytes is cut
+// into lines. Write errors stop the logging silently (a VM whose directory was removed). Two
+// streams (the console and the workload's stderr) share the file in the order their bytes come; a
+// line one of them has not finished is ended in the log when the other writes.
 class ConsoleLog {
  public:
   enum class Stream { kConsole, kStderr };
@@ -204,12 +204,17 @@ struct LogOptions {
   bool timestamps = false;     // -t: keep each line's time
   std::optional<size_t> tail;  // --tail N: only the last N lines
 };
-// The lines of DIR/console.log.1 and DIR/console.log, as `logs` shows them.
+// Where `logs` sends what it reads: text of one stream (whole lines, or the last one's start),
+// in the order it was written.
+using LogSink = std::function<void(std::string_view text, ConsoleLog::Stream stream)>;
+// The lines of DIR/console.log.1 and DIR/console.log, as `logs` shows them, each with its stream.
+void read_console_log(const std::filesystem::path& dir, const LogOptions& o, const LogSink& out);
+// The same, both streams as one text.
 std::string read_console_log(const std::filesystem::path& dir, const LogOptions& o);
 // logs -f: what read_console_log() gives, then each line as it is written, to `out`, until the
 // VM has ended (its monitor is gone) and everything written is out.
 void follow_console_log(const VmStore& store, const std::string& id, const LogOptions& o,
-                        const std::function<void(std::string_view)>& out);
+                        const LogSink& out);
 
 // How a detached VM is started.
 struct DetachedOptions {
