@@ -47,18 +47,8 @@ def busybox_image(layout):
 
 def parse(output, plan):
     """Splits the script's output into one record per run, in plan order."""
-    recs = []
-    for block in output.split("@@RUN ")[1:]:
-        head, _, rest = block.partition("\n")
-        name_id, r = head.split()
-        timing, _, rest = rest.partition("\n")
-        out = rest.partition("@@OUT\n")[2].partition("@@ERR\n")[0]
-        err = rest.partition("@@ERR\n")[2].partition("@@DONE")[0]
-        try:
-            t = json.loads(timing)
-        except ValueError:
-            b.die(f"run {head}: no timing line:\n{block}")
-        recs.append({"name": NAMES[int(name_id)], "round": int(r), "t": t, "out": out, "err": err})
+    recs = [{"name": NAMES[int(head[0])], "round": int(head[1]), "t": t, "out": out, "err": err}
+            for head, t, out, err in b.framed_runs(output)]
     if len(recs) != len(plan):
         b.die(f"expected {len(plan)} runs, got {len(recs)}:\n{output}")
     return recs

@@ -30,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "benchmarks.md"
-SECTIONS = ["pull", "convert", "boot", "net", "fs", "exec", "oci"]  # order of the sections in docs/benchmarks.md
+SECTIONS = ["pull", "convert", "boot", "net", "fs", "exec", "oci", "snapshot"]  # order of the sections in docs/benchmarks.md
 FIXED_MTIME = 1700000000  # every tar entry gets this mtime, so layers are reproducible
 
 
@@ -106,6 +106,23 @@ def measure(cmd, env=None, cwd=None, marker="-"):
         return {"wall_s": t["wall_ms"] / 1e3, "marker_s": t["marker_ms"] / 1e3 if t["marker_ms"] >= 0 else None,
                 "maxrss_mib": t["maxrss_kib"] / 1024, "cpu_s": (t["user_ms"] + t["sys_ms"]) / 1e3, "rc": t["rc"],
                 "stdout": so.read_text(errors="replace"), "stderr": se.read_text(errors="replace")}
+
+
+def framed_runs(output):
+    """The runs a benchmark's script framed as `@@RUN HEAD...`, timerun's JSON line, `@@OUT`, the
+    run's stdout, `@@ERR`, its stderr, `@@DONE`: [(HEAD's words, timing dict, stdout, stderr)]."""
+    runs = []
+    for blk in output.split("@@RUN ")[1:]:
+        head, _, rest = blk.partition("\n")
+        timing, _, rest = rest.partition("\n")
+        out = rest.partition("@@OUT\n")[2].partition("@@ERR\n")[0]
+        err = rest.partition("@@ERR\n")[2].partition("@@DONE")[0]
+        try:
+            t = json.loads(timing)
+        except ValueError:
+            die(f"run {head}: no timing line:\n{blk}")
+        runs.append((head.split(), t, out, err))
+    return runs
 
 
 def schedule(rounds, names, warmup=1):
