@@ -39,7 +39,7 @@ TIMED = ["restore", "cold boot"]
 SCALE = ["version", "snapshot ls"]
 FLEETS = ["restored", "cold"]
 TIMING_KEYS = ["vmm_setup", "kernel_boot", "init", "to_exec"]
-FLEET_TIMEOUT_S = 900
+FLEET_TIMEOUT_S = 300
 
 
 def image(layout):
@@ -57,8 +57,8 @@ def script(g, w, tools, args, rounds):
     timerun, fleet = tools
     base = [g.img2vm, "run", "--json", "--network", "none", "--kernel", g.vmlinux, "--memory", f"{args.memory}M"]
     cmds = {
-        "create": [g.img2vm, "snapshot", "create", "--json", "--kernel", g.vmlinux, "--memory", f"{args.memory}M",
-                   g.image],
+        "create": [g.img2vm, "snapshot", "create", "--network", "none", "--json", "--kernel", g.vmlinux,
+                   "--memory", f"{args.memory}M", g.image],
         "restore": base + [g.image],
         "cold boot": base + ["--no-snapshot", g.image],
         "version": [g.img2vm, "--version"],
