@@ -87,13 +87,11 @@ TEST_F(Snapshots, KernelDigestsAreRememberedForUnchangedFilesOnly) {
   write_file_atomic(entries[0], "damaged");
   EXPECT_EQ(ss.kernel_digest(old_file), real);
 
-  // A kernel written just now: hashed every time, so a rewrite is seen at once.
+  // A kernel rewritten since it was hashed is hashed again (whether its first digest was
+  // remembered depends on how long ago SetUp wrote it: not asserted).
   EXPECT_EQ(ss.kernel_digest(kernel), "sha256:" + Digest::sha256_of("a kernel").hex());
   write_file_atomic(kernel, "a kernel, rebuilt");
   EXPECT_EQ(ss.kernel_digest(kernel), "sha256:" + Digest::sha256_of("a kernel, rebuilt").hex());
-  EXPECT_EQ(
-      std::distance(fs::directory_iterator(ss.dir() / ".kernel-digests"), fs::directory_iterator()),
-      1);
   EXPECT_TRUE(ss.list().empty());  // the cache is not a snapshot
   EXPECT_TRUE(ss.prune(true).removed.empty());
   EXPECT_TRUE(fs::exists(entries[0]));
