@@ -552,10 +552,11 @@ TEST_F(Detached, AnOciCreateReturnsWhenTheWorkloadWaitsAndTheMonitorExitsWithIts
   VmRecord r = store.get("oci");
   EXPECT_EQ(r.exit_code, 5);
   EXPECT_TRUE(r.started.empty()) << r.started;
-  // Both in the log.
+  // Both in the log; `logs` gives each back on its own stream, as docker logs.
   CommandResult logs = img2vm({"logs", "oci"});
   EXPECT_NE(logs.out.find("the workload waits for its start\n"), std::string::npos) << logs.out;
-  EXPECT_NE(logs.out.find("the workload's stderr\n"), std::string::npos) << logs.out;
+  EXPECT_EQ(logs.out.find("the workload's stderr"), std::string::npos) << logs.out;
+  EXPECT_NE(logs.err.find("the workload's stderr\n"), std::string::npos) << logs.err;
   while (::waitpid(-1, nullptr, WNOHANG) > 0) {
   }
 }
