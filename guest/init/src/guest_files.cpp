@@ -41,14 +41,8 @@ guestabi::RunOverrides decode_run_param(std::string_view value, bool snapshot) {
     // snapshot's overrides disk always has the largest size (16 MiB), and every page a restored
     // guest reads it into is a page of its own instead of one shared with the snapshot's file.
     bytes = read_device(path, kFirstOverridesRead);
-    if (bytes.size() >= guestabi::kOverridesDiskHeader) {
-      const auto* h = reinterpret_cast<const unsigned char*>(bytes.data());
-      const std::size_t json = std::size_t{h[12]} | std::size_t{h[13]} << 8 |
-                               std::size_t{h[14]} << 16 | std::size_t{h[15]} << 24;
-      const std::size_t need =
-          guestabi::kOverridesDiskHeader + std::min(json, guestabi::kMaxOverridesJson);
-      if (need > bytes.size()) bytes = read_device(path, need);
-    }
+    if (const std::size_t need = guestabi::overrides_disk_extent(bytes); need > bytes.size())
+      bytes = read_device(path, need);
   } catch (const Error& e) {
     throw Error(std::string("run overrides: ") + e.what());
   }

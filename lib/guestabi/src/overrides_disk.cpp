@@ -1,5 +1,7 @@
 #include "img2vm/guestabi/overrides_disk.hpp"
 
+#include <algorithm>
+
 #include "img2vm/guestabi/error.hpp"
 
 namespace img2vm::guestabi {
@@ -35,6 +37,11 @@ std::string encode_overrides_disk(const RunOverrides& o) {
   out.resize((out.size() + kOverridesDiskSector - 1) / kOverridesDiskSector * kOverridesDiskSector,
              '\0');
   return out;
+}
+
+std::size_t overrides_disk_extent(std::string_view start) {
+  if (start.size() < kOverridesDiskHeader) return kOverridesDiskHeader;
+  return kOverridesDiskHeader + std::min<std::size_t>(get_u32(start, 12), kMaxOverridesJson);
 }
 
 RunOverrides decode_overrides_disk(std::string_view bytes) {

@@ -31,6 +31,11 @@ inline constexpr std::size_t kMaxOverridesDisk =
 // larger than kMaxOverridesJson.
 std::string encode_overrides_disk(const RunOverrides& o);
 
+// How many bytes from the device's start hold the header and the JSON, as the header in `start`
+// (its first bytes) says, at most kOverridesDiskHeader + kMaxOverridesJson: a reader reads that
+// much, not the whole device. kOverridesDiskHeader when `start` is shorter than the header.
+std::size_t overrides_disk_extent(std::string_view start);
+
 // The overrides from the first bytes of such a device (at least the header and the JSON; more is
 // ignored). Throws Error, naming what is wrong, on a short header, another magic or version, a
 // length over kMaxOverridesJson or past the end of `bytes`, and JSON that fails its checks.
