@@ -113,6 +113,12 @@ TEST(Cli, RunValidatesOptionsBeforeTouchingKvmOrTheStore) {
     EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.describe();
   }
+  // snapshot create refuses a network a snapshot cannot hold, before KVM or the store.
+  auto r = img2vm({"snapshot", "create", "--network", "tap", "nosuch.invalid/x"});
+  EXPECT_EQ(r.exit_code, 1) << r.describe();
+  EXPECT_NE(r.err.find("--network tap: a snapshot is of a VM with the user network or none"),
+            std::string::npos)
+      << r.describe();
 }
 
 // `volume create|ls|inspect|rm|prune` on a store of its own, as docker's commands print.
