@@ -3,11 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
 
 using namespace img2vm;
+using fs_path = std::filesystem::path;
 
 TEST(Digest, Sha256OfKnownVectors) {
   EXPECT_EQ(Digest::sha256_of("").str(),
@@ -64,4 +67,41 @@ TEST(Digest, FileDigestMatchesContent) {
   write_file_atomic(p, "hello world\n");
   EXPECT_EQ(sha256_file(p), Digest::sha256_of("hello world\n"));
   EXPECT_THROW(sha256_file(dir.path() / "missing"), Error);
+}
+
+// A file's digest is remembered by its identity: for an old, unchanged file the entry is what
+// comes back (a planted digest proves it is used, a damaged entry is hashed over); a file
+// rewritten since is hashed again; a cache that cannot be written costs nothing but the hashing.
+TEST(Digest, RememberedFileDigestsFollowTheFilesIdentity) {
+  TempDir dir("digest-test");
+  const std::filesystem::path old_file = "/usr/bin/env";  // installed long ago: an old ctime
+  ASSERT_TRUE(std::filesystem::exists(old_file));
+  const fs_path cache = dir.path() / "a" / "cache";
+  const Digest real = sha256_file(old_file);
+  EXPECT_EQ(sha256_file_remembered(old_file, cache), real);
+  std::vector<fs_path> entries;
+  for (const auto& e : std::filesystem::directory_iterator(cache)) entries.push_back(e.path());
+  ASSERT_EQ(entries.size(), 1u);
+  const std::string text = read_file(entries[0]);
+  ASSERT_TRUE(text.ends_with(" " + real.str() + "\n")) << text;
+  const std::string planted = "sha256:" + std::string(64, 'a');
+  write_file_atomic(entries[0],
+                    text.substr(0, text.size() - real.str().size() - 1) + planted + "\n");
+  EXPECT_EQ(sha256_file_remembered(old_file, cache).str(), planted);
+  for (const std::string& bad :
+       std::vector<std::string>{"damaged", "", text.substr(0, text.size() - 2) + "\n",
+                                text.substr(0, text.size() - 65) + std::string(64, 'g') + "\n"}) {
+    write_file_atomic(entries[0], bad);
+    EXPECT_EQ(sha256_file_remembered(old_file, cache), real) << bad;
+  }
+
+  const fs_path f = dir.path() / "kernel";
+  write_file_atomic(f, "one kernel");
+  EXPECT_EQ(sha256_file_remembered(f, cache), Digest::sha256_of("one kernel"));
+  write_file_atomic(f, "two kernel");  // the same size, a new inode and times
+  EXPECT_EQ(sha256_file_remembered(f, cache), Digest::sha256_of("two kernel"));
+
+  write_file_atomic(dir.path() / "not-a-dir", "x");
+  EXPECT_EQ(sha256_file_remembered(old_file, dir.path() / "not-a-dir"), real);
+  EXPECT_THROW(sha256_file_remembered(dir.path() / "missing", cache), Error);
 }

@@ -97,6 +97,24 @@ TEST(RuntimeFacade, PullConvertAndBuildAMachineAsAnEmbedderWould) {
   runtime::RootfsResult c3 = runtime::convert_to_cache(store, *src, bigger);
   EXPECT_FALSE(c3.cached);
   EXPECT_NE(c3.path, c1.path);
+  // The init's digest is remembered by the file's identity (an old file here: /usr/bin/env in the
+  // init's place), so that a run does not hash it again; the key takes the remembered digest.
+  runtime::RootfsOptions env_init = ro;
+  env_init.init_binary = "/usr/bin/env";
+  runtime::convert_to_cache(store, *src, env_init);
+  const fs::path digests = home.path() / "rootfs" / ".init-digests";
+  const std::string env_digest = sha256_file("/usr/bin/env").str();
+  std::vector<fs::path> entries;  // env's (the build's init may be remembered too)
+  for (const auto& e : fs::directory_iterator(digests))
+    if (read_file(e.path()).ends_with(" " + env_digest + "\n")) entries.push_back(e.path());
+  ASSERT_EQ(entries.size(), 1u);
+  EXPECT_EQ(runtime::rootfs_cache_key(*src, "/usr/bin/env", env_init, digests).init_digest,
+            env_digest);
+  const std::string text = read_file(entries[0]), planted = "sha256:" + std::string(64, 'b');
+  write_file_atomic(entries[0], text.substr(0, text.size() - 72) + planted + "\n");
+  EXPECT_EQ(runtime::rootfs_cache_key(*src, "/usr/bin/env", env_init, digests).init_digest,
+            planted);
+  EXPECT_EQ(runtime::rootfs_cache(store).list().size(), 3u);  // c1, c3, env_init's: not the digests
 
   // Convert to a path: the same bytes as the cached file (reproducible), a clean ext4 with
   // the init and the image's files.

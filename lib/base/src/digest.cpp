@@ -2,9 +2,11 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <ctime>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
@@ -92,12 +94,13 @@ Digest Sha256::finish() {
   return Digest::parse("sha256:" + hex);
 }
 
-Digest sha256_file(const std::filesystem::path& path) {
-  UniqueFd fd = open_file(path, O_RDONLY);
+namespace {
+
+Digest sha256_fd(int fd, const std::filesystem::path& path) {
   Sha256 h;
   std::string buf(1 << 20, '\0');
   for (;;) {
-    ssize_t n = ::read(fd.get(), buf.data(), buf.size());
+    ssize_t n = ::read(fd, buf.data(), buf.size());
     if (n < 0) {
       if (errno == EINTR) continue;
       throw_errno("cannot read " + path.string());
@@ -106,6 +109,59 @@ Digest sha256_file(const std::filesystem::path& path) {
     h.update(buf.data(), static_cast<size_t>(n));
   }
   return h.finish();
+}
+
+// What identifies a file's content without reading it (see sha256_file_remembered).
+std::string identity(const struct stat& st) {
+  return std::to_string(st.st_dev) + " " + std::to_string(st.st_ino) + " " +
+         std::to_string(st.st_size) + " " + std::to_string(st.st_mtim.tv_sec) + "." +
+         std::to_string(st.st_mtim.tv_nsec) + " " + std::to_string(st.st_ctim.tv_sec) + "." +
+         std::to_string(st.st_ctim.tv_nsec);
+}
+
+}  // namespace
+
+Digest sha256_file(const std::filesystem::path& path) {
+  UniqueFd fd = open_file(path, O_RDONLY);
+  return sha256_fd(fd.get(), path);
+}
+
+Digest sha256_file_remembered(const std::filesystem::path& path,
+                              const std::filesystem::path& cache_dir) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const fs::path abs = fs::absolute(path, ec);
+  if (ec) return sha256_file(path);
+  const fs::path entry =
+      cache_dir / Digest::sha256_of(abs.lexically_normal().string()).hex().substr(0, 32);
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) {
+    try {
+      const std::string text = read_file(entry, 1024);
+      const std::string head = identity(st) + " sha256:";
+      if (text.size() == head.size() + 64 + 1 && text.starts_with(head) && text.back() == '\n') {
+        const std::string kept = "sha256:" + text.substr(head.size(), 64);
+        if (Digest::valid(kept)) return Digest::parse(kept);
+      }
+    } catch (const Error&) {  // none yet, or unreadable: hash
+    }
+  }
+  UniqueFd fd = open_file(path, O_RDONLY);
+  struct stat before {
+  }, after{};
+  if (::fstat(fd.get(), &before) != 0) throw_errno("cannot stat " + path.string());
+  const Digest d = sha256_fd(fd.get(), path);
+  // Remembered when the file did not change while it was hashed and its last change is older
+  // than the timestamps' granularity.
+  if (::fstat(fd.get(), &after) == 0 && identity(after) == identity(before) &&
+      before.st_ctim.tv_sec + 2 < ::time(nullptr)) {
+    try {
+      fs::create_directories(cache_dir);
+      write_file_atomic(entry, identity(before) + " " + d.str() + "\n", 0644);
+    } catch (const std::exception&) {  // a cache: the caller goes on without it
+    }
+  }
+  return d;
 }
 
 }  // namespace img2vm

@@ -52,12 +52,15 @@ rootfs::RootfsCache rootfs_cache(const registry::Store& store) {
 }
 
 rootfs::CacheKey rootfs_cache_key(const registry::ImageSource& src, const fs::path& init,
-                                  const RootfsOptions& o) {
+                                  const RootfsOptions& o, const fs::path& digests) {
   auto text = [](const std::optional<uint64_t>& v) {
     return v ? std::to_string(*v) : std::string();
   };
   return {src.manifest_digest().str(), src.platform().str(),
-          init.empty() ? "" : sha256_file(init).str(), std::string(version()),
+          init.empty()      ? ""
+          : digests.empty() ? sha256_file(init).str()
+                            : sha256_file_remembered(init, digests).str(),
+          std::string(version()),
           text(o.size) + "\n" + text(o.extra_space) + "\n" + text(o.max_size) + "\n"};
 }
 
@@ -94,7 +97,7 @@ RootfsResult convert_to_cache(const registry::Store& store, const registry::Imag
                               const RootfsOptions& o) {
   const fs::path init = init_for(o);
   rootfs::RootfsCache cache = rootfs_cache(store);
-  rootfs::CacheKey key = rootfs_cache_key(src, init, o);
+  rootfs::CacheKey key = rootfs_cache_key(src, init, o, cache.dir() / ".init-digests");
   fs::create_directories(cache.dir());
   RootfsResult r;
   r.path = cache.path_for(key);

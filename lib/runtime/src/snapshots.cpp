@@ -115,19 +115,6 @@ std::string kernel_digest(const SnapshotInputs& in) {
   return in.kernel_digest.empty() ? sha256_file(in.kernel).str() : in.kernel_digest;
 }
 
-// What identifies a file's content without reading it, as git's index does: device, inode,
-// size, modification and change times (any write, truncate, rename or chmod moves the change
-// time, which no one can set back). Empty when it cannot be stat'ed.
-std::string file_identity(const fs::path& p, struct stat* out = nullptr) {
-  struct stat st {};
-  if (::stat(p.c_str(), &st) != 0) return {};
-  if (out) *out = st;
-  return std::to_string(st.st_dev) + " " + std::to_string(st.st_ino) + " " +
-         std::to_string(st.st_size) + " " + std::to_string(st.st_mtim.tv_sec) + "." +
-         std::to_string(st.st_mtim.tv_nsec) + " " + std::to_string(st.st_ctim.tv_sec) + "." +
-         std::to_string(st.st_ctim.tv_nsec);
-}
-
 }  // namespace
 
 std::string snapshot_key(const SnapshotInputs& in) {
@@ -156,32 +143,10 @@ std::string snapshot_mismatch(const SnapshotInfo& s, const SnapshotInputs& in) {
 }
 
 std::string SnapshotStore::kernel_digest(const fs::path& kernel) const {
-  const fs::path cache =
-      dir_ / kKernelDigests /
-      Digest::sha256_of(fs::absolute(kernel).lexically_normal().string()).hex().substr(0, 32);
-  struct stat before {};
-  const std::string id = file_identity(kernel, &before);
-  if (!id.empty()) {
-    try {
-      const std::string text = read_file(cache, 1024);
-      const std::string head = id + " sha256:";
-      if (text.size() == head.size() + 64 + 1 && text.starts_with(head) && text.back() == '\n')
-        return text.substr(id.size() + 1, 7 + 64);
-    } catch (const Error&) {  // none yet, or unreadable: hash
-    }
-  }
-  const std::string digest = sha256_file(kernel).str();
-  // Remembered when the file did not change while it was hashed and its last change is older
-  // than the timestamps' granularity (a write in the same tick would keep the same times).
-  if (!id.empty() && file_identity(kernel) == id && fs::is_directory(dir_) &&
-      before.st_ctim.tv_sec + 2 < ::time(nullptr)) {
-    try {
-      fs::create_directories(cache.parent_path());
-      write_file_atomic(cache, id + " " + digest + "\n", 0644);
-    } catch (const std::exception&) {  // a cache: a run goes on without it
-    }
-  }
-  return digest;
+  // Remembered only in a store that holds snapshots (or had some): a run without any hashes
+  // nothing (pick_snapshot) and leaves no directory behind.
+  if (!fs::is_directory(dir_)) return sha256_file(kernel).str();
+  return sha256_file_remembered(kernel, dir_ / kKernelDigests).str();
 }
 
 fs::path SnapshotStore::default_dir() { return registry::Store::default_home() / "snapshots"; }

@@ -70,4 +70,13 @@ class Sha256 {
 // Digest of a whole file, streamed.
 Digest sha256_file(const std::filesystem::path& path);
 
+// sha256_file(path), remembered in `cache_dir` (one small file per path, created with the
+// directory when missing) by the file's identity: device, inode, size, modification and change
+// times, as git's index does (any write, truncate, rename or chmod moves the change time, which
+// no one can set back). An unchanged file is hashed once; a file changed in the last two
+// seconds is always hashed (a write in the same tick may leave its times as they were). A
+// cache that cannot be read or written is passed over. Throws as sha256_file() does.
+Digest sha256_file_remembered(const std::filesystem::path& path,
+                              const std::filesystem::path& cache_dir);
+
 }  // namespace img2vm

@@ -51,9 +51,13 @@ rootfs::ImageInput image_input(const registry::ImageSource& src,
 rootfs::RootfsCache rootfs_cache(const registry::Store& store);
 
 // The cache key of converting `src` with `init` (empty: none) and `options`: everything that
-// changes the output's bytes (manifest, platform, init digest, img2vm version, sizes).
+// changes the output's bytes (manifest, platform, init digest, img2vm version, sizes). With
+// `digests`, the init's digest is remembered there by the file's identity
+// (sha256_file_remembered: convert_to_cache uses <home>/rootfs/.init-digests), so that every
+// run does not hash the init again.
 rootfs::CacheKey rootfs_cache_key(const registry::ImageSource& src,
-                                  const std::filesystem::path& init, const RootfsOptions& options);
+                                  const std::filesystem::path& init, const RootfsOptions& options,
+                                  const std::filesystem::path& digests = {});
 
 // Converts `src` into the store's rootfs cache unless the same conversion is there already.
 // Cancelled or failed, it leaves neither a file nor a cache entry behind.
