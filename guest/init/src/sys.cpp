@@ -115,7 +115,6 @@ void replace_file(const std::string& path, std::string_view content, mode_t mode
     off += static_cast<std::size_t>(n);
   }
   if (::fchmod(fd.get(), mode) != 0) fail("setting the mode of " + temp);
-  if (::fsync(fd.get()) != 0) fail("syncing " + temp);
   if (::close(fd.release()) != 0) fail("closing " + temp);
   if (::rename(temp.c_str(), path.c_str()) != 0) fail("renaming " + temp + " to " + path);
 }

@@ -57,6 +57,9 @@ std::string read_direct(int fd, const std::string& path, std::size_t max_bytes);
 
 // Replaces `path` with `content`: written under a temporary name beside it, then renamed over
 // it, so a reader never sees half a file. Throws Error naming the path; leaves nothing behind.
+// Not synced (an fsync is a journal commit the workload would wait for, several disk round
+// trips): the files the init writes are written again at every boot when empty or its own, and
+// the init syncs before the VM ends.
 void replace_file(const std::string& path, std::string_view content, mode_t mode);
 
 }  // namespace img2vm::init
