@@ -268,7 +268,7 @@ podman_end
 // podman run -t and -it (process.terminal): conmon gets the terminal's master from create's
 // --console-socket; the workload's tty is the guest's console, what it prints comes back through
 // podman, what is typed at podman's terminal (script(1) gives it one) reaches the shell, and the
-// exit status passes through.
+// exit status passes through. The same for podman exec -t and -it into a detached container.
 TEST(OciEngines, PodmanRunGivesATerminal) {
   if (std::string why = skip_reason(); !why.empty()) GTEST_SKIP() << why;
   Workdir w;
@@ -285,6 +285,18 @@ if command -v script >/dev/null; then
 else
   echo "it-rc=no-script"
 fi
+# podman exec -t and -it into a detached container: img2vm-oci exec --tty, the pty's master at
+# conmon's console socket, the guest's process on the terminal.
+$P --log-level=debug run -d --name tt --network none $A localhost/img sleep 600 >/dev/null 2>"$D/tt"
+echo "tt-rc=$?"
+$P --log-level=debug exec -t tt sh -c 'echo "exec-tty=$(tty)"; exit 5' >"$W/et.out" 2>"$D/et" </dev/null
+echo "et-rc=$?"; tr -d '\r' <"$W/et.out" | sed 's/^/et-out: /'
+if command -v script >/dev/null; then
+  printf 'echo ex-$((6*7))\nexit 8\n' >"$W/typed2"
+  timeout 600 script -qec "$P --log-level=debug exec -it tt sh 2>$D/eit" /dev/null <"$W/typed2" >"$W/eit.out"
+  echo "eit-rc=$?"; tr -d '\r' <"$W/eit.out" | sed 's/^/eit-out: /'
+fi
+$P rm -f tt >/dev/null 2>"$D/tt-rm"; echo "tt-rm-rc=$?"
 echo "left: containers=$($O list -q | wc -l) vmms=$(pidof img2vm-vmm | wc -w)"
 podman_end
 )SH");
@@ -297,6 +309,12 @@ podman_end
   EXPECT_FALSE(has(o, "t-out: tty=not a tty"));
   EXPECT_TRUE(has(o, "it-rc=7\n"));
   EXPECT_TRUE(has(o, "\nit-out: in-42\n"));
+  EXPECT_TRUE(has(o, "tt-rc=0\n"));
+  EXPECT_TRUE(has(o, "et-rc=5\n")) << "podman exec -t: the exit status";
+  EXPECT_TRUE(has(o, "et-out: exec-tty=/dev/")) << "podman exec -t: a terminal";
+  EXPECT_TRUE(has(o, "eit-rc=8\n")) << "podman exec -it: typed input, the exit status";
+  EXPECT_TRUE(has(o, "\neit-out: ex-42\n"));
+  EXPECT_TRUE(has(o, "tt-rm-rc=0\n"));
   EXPECT_TRUE(has(o, "left: containers=0 vmms=0\n"));
   if (HasFailure()) report(r);
 }
