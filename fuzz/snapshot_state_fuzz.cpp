@@ -1,6 +1,6 @@
 // A snapshot's state file is read back from disk, where anything may have happened to it: the
 // parser must never crash, what it accepts must come back the same when written again, and
-// the VMM's own devices and the virtio-mmio transports with their virtio-blk and virtio-net
+// the VMM's own devices and the virtio-mmio transports with their virtio-blk, virtio-net and vsock
 // devices must take or refuse any saved state without harm (and a state taken saves back the
 // same).
 #include <sys/mman.h>
@@ -14,11 +14,13 @@
 #include "echo_backend.hpp"
 #include "i8042.hpp"
 #include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
 #include "snapshot_file.hpp"
 #include "uart.hpp"
 #include "virtio_blk.hpp"
 #include "virtio_mmio.hpp"
 #include "virtio_net.hpp"
+#include "virtio_vsock.hpp"
 
 namespace {
 
@@ -73,6 +75,32 @@ void load_virtio_net(const SnapshotState& st) {
   t.raise_pending();
 }
 
+// Section 50/51 instance 2 into a virtio-vsock transport (the slot after a disk and a NIC), as a
+// restored VM's vsock device is handled at its start: one notification. One device for every
+// input (it listens on a socket), reset in between.
+void load_virtio_vsock(const SnapshotState& st) {
+  static img2vm::TempDir dir("fuzz-vsock");
+  static VirtioVsock vsock(3, dir.path() / "v.sock");
+  vsock.reset();
+  GuestMemory mem(64 * 1024);
+  try {
+    vsock.load_state(st.get(Section::kVirtioDevice, 2));
+  } catch (const img2vm::Error&) {
+  }
+  VirtioMmio t(mem, vsock, [] {});
+  t.load(st.get(Section::kVirtioMmio, 2));
+  const auto saved = t.save();
+  VirtioMmio again(mem, vsock, [] {});
+  again.load(saved);
+  if (again.save() != saved) __builtin_trap();
+  t.notify();
+  t.raise_pending();
+  try {
+    (void)vsock.save_state();
+  } catch (const img2vm::Error&) {  // connections the guest's packets asked for
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -107,6 +135,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     try {
       load_virtio_net(st);
+    } catch (const img2vm::Error&) {
+    }
+    try {
+      load_virtio_vsock(st);
     } catch (const img2vm::Error&) {
     }
     try {

@@ -205,6 +205,27 @@ std::string construction_error(const MachineConfig& c, ErrorKind* kind = nullptr
   }
 }
 
+// A guest paused at the mark, saved to `snap`, resumed to its end with `status`.
+void snapshot_at_the_mark(MachineConfig c, const fs::path& snap, int status) {
+  c.pause_at_snapshot_point = true;
+  Machine m(c);
+  m.start();
+  ASSERT_TRUE(m.wait_for_pause(60s));
+  m.save_snapshot(snap);
+  m.resume();
+  auto r = m.wait();
+  EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+  EXPECT_EQ(r.status, status);
+}
+
+// The "basic" guest in mode=snap with 2 vCPUs (the second stays in wait-for-SIPI: its MP state
+// must come back too); it ends with status 7.
+MachineConfig basic_snap_config(int out_fd) {
+  auto c = config("basic", "mode=snap", out_fd);
+  c.vcpus = 2;
+  return c;
+}
+
 MachineConfig restore_config(const fs::path& dir, int out_fd) {
   auto c = config("basic", "", out_fd);
   c.kernel.clear();
@@ -217,23 +238,53 @@ MachineConfig restore_config(const fs::path& dir, int out_fd) {
   return c;
 }
 
+// A machine with a vsock device (its driver not loaded: the guest leaves it alone): the snapshot
+// holds its transport and CID; each restore listens on a socket of its own; a restore needs the
+// device and the same CID.
+TEST(VmKvm, ASnapshotWithAVsockDeviceResumesWithANewSocket) {
+  KVM_TEST_PRELUDE();
+  TempDir tmp("vmsnap-vsock");
+  const fs::path snap = tmp.path() / "snap";
+  {
+    Console con;
+    auto c = basic_snap_config(con.fds[1]);
+    c.vsock = VsockConfig{5, tmp.path() / "orig.sock"};
+    snapshot_at_the_mark(c, snap, 7);
+    EXPECT_EQ(con.drain(), "before\nafter 00079f2d 5a\n");
+  }
+  for (int run = 0; run < 2; ++run) {
+    Console con;
+    auto c = restore_config(snap, con.fds[1]);
+    const fs::path sock = tmp.path() / ("run-" + std::to_string(run) + ".sock");
+    c.vsock = VsockConfig{5, sock};
+    Machine m(c);
+    EXPECT_TRUE(fs::is_socket(sock)) << "run " << run;
+    auto r = m.run();
+    EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
+    EXPECT_EQ(r.status, 7);
+    EXPECT_EQ(con.drain(), "after 00079f2d 5a\n") << "run " << run;
+    fs::remove(sock);
+  }
+  ErrorKind kind{};
+  EXPECT_EQ(construction_error(restore_config(snap, -1), &kind),
+            "the snapshot in " + snap.string() +
+                " is of a machine with a vsock device, this one has none");
+  EXPECT_EQ(kind, ErrorKind::kInvalidArgument);
+  auto other_cid = restore_config(snap, -1);
+  other_cid.vsock = VsockConfig{6, tmp.path() / "other.sock"};
+  EXPECT_NE(construction_error(other_cid, &kind)
+                .find("the snapshot's vsock device had CID 5, this one 6"),
+            std::string::npos);
+  EXPECT_EQ(kind, ErrorKind::kUnsupported);
+}
+
 TEST(VmKvm, ASnapshotAtTheMarkResumesInOtherMachines) {
   KVM_TEST_PRELUDE();
   TempDir tmp("vmsnap");
   const fs::path snap = tmp.path() / "snap";
   {
     Console con;
-    auto c = config("basic", "mode=snap", con.fds[1]);
-    c.vcpus = 2;  // the second stays in wait-for-SIPI: its MP state must come back too
-    c.pause_at_snapshot_point = true;
-    Machine m(c);
-    m.start();
-    ASSERT_TRUE(m.wait_for_pause(60s));
-    m.save_snapshot(snap);
-    m.resume();
-    auto r = m.wait();
-    EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
-    EXPECT_EQ(r.status, 7);
+    snapshot_at_the_mark(basic_snap_config(con.fds[1]), snap, 7);
     EXPECT_EQ(con.drain(), "before\nafter 00079f2d 5a\n");
   }
   ASSERT_TRUE(fs::exists(snap / "state"));
@@ -267,6 +318,12 @@ TEST(VmKvm, ASnapshotAtTheMarkResumesInOtherMachines) {
   with_nic.net = NicConfig{};
   EXPECT_EQ(construction_error(with_nic, &kind),
             "the snapshot in " + snap.string() + " is of a machine with no NIC, this one has one");
+  EXPECT_EQ(kind, ErrorKind::kInvalidArgument);
+  auto with_vsock = restore_config(snap, -1);
+  with_vsock.vsock = VsockConfig{3, tmp.path() / "vsock"};
+  EXPECT_EQ(construction_error(with_vsock, &kind),
+            "the snapshot in " + snap.string() +
+                " is of a machine with no vsock device, this one has one");
   EXPECT_EQ(kind, ErrorKind::kInvalidArgument);
 
   // Another CPU: vCPU 0's CPUID section as another host's KVM would have given it.
@@ -330,14 +387,7 @@ TEST(VmKvm, ASnapshotWithACopyOnWriteDiskResumesWithTheGuestsWrites) {
   const std::string after = "sector3: base sector 3\nsector2: before the snapshot\nsnap ok\n";
   {
     Console con;
-    Machine m(blk_config("mode=snap", con.fds[1]));
-    m.start();
-    ASSERT_TRUE(m.wait_for_pause(60s));
-    m.save_snapshot(snap);
-    m.resume();
-    auto r = m.wait();
-    EXPECT_EQ(r.reason, ExitReason::kExited) << r.describe();
-    EXPECT_EQ(r.status, 0);
+    snapshot_at_the_mark(blk_config("mode=snap", con.fds[1]), snap, 0);
     EXPECT_EQ(con.drain(), "written\n" + after);
   }
   ASSERT_TRUE(fs::exists(snap / "disk-0"));

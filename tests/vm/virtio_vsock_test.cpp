@@ -656,3 +656,45 @@ TEST(VirtioVsock, WorksUnderItsThreadsSeccompFilter) {
   EXPECT_EQ(o.open_errno, EACCES);
   EXPECT_EQ(recv_now(c.get()).substr(0, 3), "OK ");
 }
+
+// Snapshots: the device's state is its CID; a new device with the same CID takes it, another
+// CID or a damaged state is refused; a connection the guest knows of cannot be saved (a client
+// that has not sent its CONNECT line yet is the host's alone: it does not stop a snapshot).
+TEST(VirtioVsock, ASnapshotHoldsTheCidAndNoConnection) {
+  VsockRig r;
+  UniqueFd waiting = unix_connect(r.uds);
+  ASSERT_TRUE(waiting);
+  r.vsock.handle_host();
+  std::vector<uint8_t> saved = r.vsock.save_state();
+  EXPECT_EQ(saved.size(), sizeof(V::SavedState));
+  auto refusal = [](auto&& f, ErrorKind* kind) -> std::string {
+    try {
+      f();
+    } catch (const Error& e) {
+      *kind = e.kind();
+      return e.what();
+    }
+    return {};
+  };
+  TempDir d("vsock-snap");
+  ErrorKind kind{};
+  VirtioVsock same(kCid, d.path() / "a");
+  EXPECT_EQ(refusal([&] { same.load_state(saved); }, &kind), "");
+  VirtioVsock other(kCid + 1, d.path() / "b");
+  EXPECT_EQ(refusal([&] { other.load_state(saved); }, &kind),
+            "the snapshot's vsock device had CID 3, this one 4");
+  EXPECT_EQ(kind, ErrorKind::kUnsupported);
+  saved.pop_back();
+  EXPECT_EQ(refusal([&] { same.load_state(saved); }, &kind),
+            "virtio-vsock state: 15 bytes, not 16");
+  EXPECT_EQ(kind, ErrorKind::kIntegrity);
+
+  UniqueFd l = unix_listen(r.uds.string() + "_5000");
+  ASSERT_TRUE(l);
+  r.send(guest_hdr(V::kOpRequest, 1025, 5000));
+  EXPECT_EQ(r.one().h.op, V::kOpResponse);
+  EXPECT_EQ(refusal([&] { (void)r.vsock.save_state(); }, &kind),
+            "the vsock device has 1 connections or resets the guest knows of: a snapshot holds "
+            "none");
+  EXPECT_EQ(kind, ErrorKind::kUnsupported);
+}

@@ -649,6 +649,10 @@ struct Machine::Impl {
   void save_snapshot(const std::filesystem::path& dir);
   void check_snapshot_devices() const;
   void save_virtio_devices(SnapshotWriter& w) const;
+  // The vsock device's MMIO slot: after the disks, the NIC and the virtio-fs devices.
+  uint32_t vsock_slot() const {
+    return uint32_t(disks.size() + (nic ? 1 : 0) + shared_dirs.size());
+  }
   void save_disks(const std::filesystem::path& dir) const;
 };
 
@@ -992,7 +996,8 @@ void Machine::Impl::build_restored() {
   stderr_uart->load(st.get_struct<Uart8250::State>(Section::kUart, 1));
   i8042.load(st.get_struct<I8042::State>(Section::kI8042, 0));
   attach_block_devices(std::move(views));
-  if (cfg.net) attach_net_device();  // a new backend: the guest's connections were none yet
+  if (cfg.net) attach_net_device();      // a new backend: the guest's connections were none yet
+  if (cfg.vsock) attach_vsock_device();  // a new socket: no connection was in the snapshot
   load_virtio_devices(st);
   create_event_fds();
   create_vcpus(&st);
@@ -1004,6 +1009,11 @@ void Machine::Impl::build_restored() {
     // that is handled by the network thread once it runs.
     uint64_t one = 1;
     (void)!::write(nic->mmio.notify.get(), &one, sizeof one);
+  }
+  if (vsock) {  // held like the NIC while the snapshot was written
+    vsock->mmio.transport->raise_pending();
+    uint64_t one = 1;
+    (void)!::write(vsock->mmio.notify.get(), &one, sizeof one);
   }
 }
 
@@ -1027,8 +1037,11 @@ void Machine::Impl::check_restored_shape(const SnapshotState& st) {
   if (shape.shared_dirs || !cfg.fs.empty())
     throw Error(ErrorKind::kUnsupported,
                 "snapshots of machines with virtio-fs are not supported yet");
-  if (shape.vsock || cfg.vsock)
-    throw Error(ErrorKind::kUnsupported, "snapshots of machines with vsock are not supported yet");
+  if (shape.vsock != (cfg.vsock ? 1u : 0u))
+    throw Error(ErrorKind::kInvalidArgument,
+                "the snapshot in " + cfg.restore_from.string() + " is of a machine with " +
+                    (shape.vsock ? "a vsock device" : "no vsock device") + ", this one has " +
+                    (cfg.vsock ? "one" : "none"));
   if (shape.memory_bytes != cfg.memory_mib << 20 || shape.vcpus != cfg.vcpus)
     throw Error(ErrorKind::kInvalidArgument,
                 "the snapshot in " + cfg.restore_from.string() + " is of a machine with " +
@@ -1107,6 +1120,15 @@ void Machine::Impl::load_virtio_devices(const SnapshotState& st) {
       throw e.with_context("virtio-net");
     }
   }
+  if (vsock) {
+    const uint32_t slot = vsock_slot();
+    try {
+      vsock->mmio.transport->load(st.get(Section::kVirtioMmio, slot));
+      vsock->dev->load_state(st.get(Section::kVirtioDevice, slot));
+    } catch (const Error& e) {
+      throw e.with_context("virtio-vsock");
+    }
+  }
 }
 
 void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
@@ -1128,18 +1150,19 @@ void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
   // The NIC's network thread delivers frames whenever they arrive: held, it leaves guest memory
   // and the queues alone until the snapshot is written (chains the guest made available stay
   // in the rings, for the network thread here after release and for a restored VM at its start).
-  struct NicHold {
-    Nic* nic;
-    explicit NicHold(Nic* n) : nic(n) {
-      if (nic) nic->mmio.transport->hold();
+  // The vsock device's thread likewise, for connections a host client starts meanwhile.
+  struct Hold {
+    MmioDevice* d;
+    explicit Hold(MmioDevice* m) : d(m) {
+      if (d) d->transport->hold();
     }
-    ~NicHold() {
-      if (!nic) return;
-      nic->mmio.transport->release();
+    ~Hold() {
+      if (!d) return;
+      d->transport->release();
       uint64_t one = 1;
-      (void)!::write(nic->mmio.notify.get(), &one, sizeof one);
+      (void)!::write(d->notify.get(), &one, sizeof one);
     }
-  } nic_hold(nic.get());
+  } nic_hold(nic ? &nic->mmio : nullptr), vsock_hold(vsock ? &vsock->mmio : nullptr);
   SnapshotWriter w;
   SnapshotMachine shape;
   shape.memory_bytes = mem->size();
@@ -1147,6 +1170,7 @@ void Machine::Impl::save_snapshot(const std::filesystem::path& dir) {
   shape.kernel_format = uint32_t(kernel.format);
   shape.disks = uint32_t(disks.size());
   shape.nics = nic ? 1 : 0;
+  shape.vsock = vsock ? 1 : 0;
   w.add_struct(Section::kMachine, 0, shape);
   const auto msrs = saveable_msrs(kvm.get());
   for (const auto& v : vcpus) save_vcpu(v->fd.get(), v->id, msrs, v->cpuid, w);
@@ -1174,8 +1198,6 @@ void Machine::Impl::check_snapshot_devices() const {
   if (!shared_dirs.empty())
     throw Error(ErrorKind::kUnsupported,
                 "snapshots of machines with virtio-fs are not supported yet");
-  if (vsock)
-    throw Error(ErrorKind::kUnsupported, "snapshots of machines with vsock are not supported yet");
   for (size_t i = 0; i < disks.size(); ++i) {
     const std::string name = "disk " + std::to_string(i) + " (" + cfg.disks[i].path.string() + ")";
     if (!disks[i]->blk->snapshot_supported())
@@ -1203,6 +1225,10 @@ void Machine::Impl::save_virtio_devices(SnapshotWriter& w) const {
   if (nic) {  // in the MMIO slot after the disks
     w.add(Section::kVirtioMmio, uint32_t(disks.size()), nic->mmio.transport->save());
     w.add(Section::kVirtioDevice, uint32_t(disks.size()), nic->dev->save_state());
+  }
+  if (vsock) {  // then the vsock device (a snapshot has no virtio-fs devices before it)
+    w.add(Section::kVirtioDevice, vsock_slot(), vsock->dev->save_state());  // refuses connections
+    w.add(Section::kVirtioMmio, vsock_slot(), vsock->mmio.transport->save());
   }
 }
 

@@ -41,16 +41,11 @@ std::vector<uint8_t> VirtioBlk::save_state() const {
   State st;
   st.capacity_sectors = capacity_sectors();
   st.read_only = read_only_;
-  auto p = reinterpret_cast<const uint8_t*>(&st);
-  return {p, p + sizeof st};
+  return device_state_bytes(st);
 }
 
 void VirtioBlk::load_state(std::span<const uint8_t> state) {
-  State st;
-  if (state.size() != sizeof st)
-    throw Error(ErrorKind::kIntegrity, "virtio-blk state: " + std::to_string(state.size()) +
-                                           " bytes, not " + std::to_string(sizeof st));
-  std::memcpy(&st, state.data(), sizeof st);
+  const auto st = device_state_from<State>(state, "virtio-blk");
   if (st.capacity_sectors != capacity_sectors())
     throw Error(ErrorKind::kUnsupported,
                 "the snapshot's disk had " + std::to_string(st.capacity_sectors) +

@@ -300,6 +300,11 @@ void check_queue(const VirtioQueueState& s, const SplitQueue& q, const GuestMemo
 }
 }  // namespace
 
+void throw_state_size(const char* what, size_t got, size_t want) {
+  throw Error(ErrorKind::kIntegrity, std::string(what) + " state: " + std::to_string(got) +
+                                         " bytes, not " + std::to_string(want));
+}
+
 void VirtioDevice::load_state(std::span<const uint8_t> state) {
   if (!state.empty())
     throw Error(ErrorKind::kIntegrity, "virtio device state: " + std::to_string(state.size()) +

@@ -5,10 +5,12 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <mutex>
 #include <span>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "guest_memory.hpp"
@@ -64,6 +66,24 @@ class VirtioDevice {
   virtual std::vector<uint8_t> save_state() const { return {}; }
   virtual void load_state(std::span<const uint8_t> state);
 };
+
+// A device's own state in a snapshot as the bytes of its (trivially copyable) State structure,
+// and back: Error(kIntegrity) "<what> state: N bytes, not M" for a state of another size.
+[[noreturn]] void throw_state_size(const char* what, size_t got, size_t want);
+template <typename State>
+std::vector<uint8_t> device_state_bytes(const State& st) {
+  static_assert(std::is_trivially_copyable_v<State>);
+  auto p = reinterpret_cast<const uint8_t*>(&st);
+  return {p, p + sizeof st};
+}
+template <typename State>
+State device_state_from(std::span<const uint8_t> state, const char* what) {
+  static_assert(std::is_trivially_copyable_v<State>);
+  if (state.size() != sizeof(State)) throw_state_size(what, state.size(), sizeof(State));
+  State st;
+  std::memcpy(&st, state.data(), sizeof st);
+  return st;
+}
 
 // A transport's state in a snapshot (Section::kVirtioMmio): this, then one VirtioQueueState
 // per queue.

@@ -277,16 +277,11 @@ std::vector<uint8_t> VirtioNet::save_state() const {
   State st;
   std::memcpy(st.mac, config_.data(), 6);
   st.mtu = mtu_;
-  auto p = reinterpret_cast<const uint8_t*>(&st);
-  return {p, p + sizeof st};
+  return device_state_bytes(st);
 }
 
 void VirtioNet::load_state(std::span<const uint8_t> state) {
-  State st;
-  if (state.size() != sizeof st)
-    throw Error(ErrorKind::kIntegrity, "virtio-net state: " + std::to_string(state.size()) +
-                                           " bytes, not " + std::to_string(sizeof st));
-  std::memcpy(&st, state.data(), sizeof st);
+  const auto st = device_state_from<State>(state, "virtio-net");
   if (st.mtu != mtu_)
     throw Error(ErrorKind::kUnsupported, "the snapshot's NIC had MTU " + std::to_string(st.mtu) +
                                              ", this one " + std::to_string(mtu_));

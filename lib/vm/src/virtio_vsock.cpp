@@ -6,6 +6,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string>
+
+#include "img2vm/base/error.hpp"
 
 namespace img2vm::vm {
 
@@ -321,6 +324,30 @@ void VirtioVsock::reset() {
   conns_.clear();  // closes the host sockets: their peers see EOF
   by_key_.clear();
   resets_.clear();
+}
+
+std::vector<uint8_t> VirtioVsock::save_state() const {
+  {
+    std::lock_guard lk(mu_);
+    size_t known = resets_.size();
+    for (const auto& [id, c] : conns_)
+      if (c->state != State::kLine) ++known;
+    if (known)
+      throw Error(ErrorKind::kUnsupported,
+                  "the vsock device has " + std::to_string(known) +
+                      " connections or resets the guest knows of: a snapshot holds none");
+  }
+  SavedState st;
+  st.guest_cid = cid_;
+  return device_state_bytes(st);
+}
+
+void VirtioVsock::load_state(std::span<const uint8_t> state) {
+  const auto st = device_state_from<SavedState>(state, "virtio-vsock");
+  if (st.guest_cid != cid_)
+    throw Error(ErrorKind::kUnsupported, "the snapshot's vsock device had CID " +
+                                             std::to_string(st.guest_cid) + ", this one " +
+                                             std::to_string(cid_));
 }
 
 VirtioVsockStats VirtioVsock::stats() const {

@@ -125,6 +125,18 @@ class VirtioVsock final : public VirtioDevice {
                       uint64_t features) override;
   void reset() override;
 
+  // Snapshots (docs/snapshots.md): the device's own state is its CID (the guest's driver read
+  // it once, at probe), which a restored device must have too. A snapshot holds no connection:
+  // saving refuses one the guest knows of (anything past a client's CONNECT line), and a
+  // restored device starts with none.
+  struct SavedState {
+    uint64_t guest_cid = 0;
+    uint32_t reserved[2] = {};
+  };
+  bool snapshot_supported() const override { return true; }
+  std::vector<uint8_t> save_state() const override;
+  void load_state(std::span<const uint8_t> state) override;
+
   uint64_t guest_cid() const noexcept { return cid_; }
   const std::filesystem::path& uds_path() const noexcept { return path_; }
   VirtioVsockStats stats() const;
