@@ -102,7 +102,7 @@ TEST(RuntimeFacade, PullConvertAndBuildAMachineAsAnEmbedderWould) {
   runtime::RootfsOptions env_init = ro;
   env_init.init_binary = "/usr/bin/env";
   runtime::convert_to_cache(store, *src, env_init);
-  const fs::path digests = home.path() / "rootfs" / ".init-digests";
+  const fs::path digests = home.path() / "file-digests";
   const std::string env_digest = sha256_file("/usr/bin/env").str();
   std::vector<fs::path> entries;  // env's (the build's init may be remembered too)
   for (const auto& e : fs::directory_iterator(digests))
@@ -114,7 +114,7 @@ TEST(RuntimeFacade, PullConvertAndBuildAMachineAsAnEmbedderWould) {
   write_file_atomic(entries[0], text.substr(0, text.size() - 72) + planted + "\n");
   EXPECT_EQ(runtime::rootfs_cache_key(*src, "/usr/bin/env", env_init, digests).init_digest,
             planted);
-  EXPECT_EQ(runtime::rootfs_cache(store).list().size(), 3u);  // c1, c3, env_init's: not the digests
+  EXPECT_EQ(runtime::rootfs_cache(store).list().size(), 3u);  // c1, c3, env_init's
 
   // Convert to a path: the same bytes as the cached file (reproducible), a clean ext4 with
   // the init and the image's files.

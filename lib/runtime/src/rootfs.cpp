@@ -97,7 +97,7 @@ RootfsResult convert_to_cache(const registry::Store& store, const registry::Imag
                               const RootfsOptions& o) {
   const fs::path init = init_for(o);
   rootfs::RootfsCache cache = rootfs_cache(store);
-  rootfs::CacheKey key = rootfs_cache_key(src, init, o, cache.dir() / ".init-digests");
+  rootfs::CacheKey key = rootfs_cache_key(src, init, o, store.home() / "file-digests");
   fs::create_directories(cache.dir());
   RootfsResult r;
   r.path = cache.path_for(key);

@@ -53,7 +53,7 @@ rootfs::RootfsCache rootfs_cache(const registry::Store& store);
 // The cache key of converting `src` with `init` (empty: none) and `options`: everything that
 // changes the output's bytes (manifest, platform, init digest, img2vm version, sizes). With
 // `digests`, the init's digest is remembered there by the file's identity
-// (sha256_file_remembered: convert_to_cache uses <home>/rootfs/.init-digests), so that every
+// (sha256_file_remembered: convert_to_cache uses <home>/file-digests), so that every
 // run does not hash the init again.
 rootfs::CacheKey rootfs_cache_key(const registry::ImageSource& src,
                                   const std::filesystem::path& init, const RootfsOptions& options,
