@@ -276,7 +276,7 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     p.command = a.req.cmd;
   }
   std::optional<runtime::SnapshotInfo> snap;
-  if (src && !a.no_snapshot && !a.detach) snap = pick_snapshot(mo, ref, log);
+  if (src && !a.no_snapshot) snap = pick_snapshot(mo, ref, log);
   if (snap) {
     mo.snapshot = snap->dir;
     log(LogLevel::kInfo, "resuming snapshot " + snap->key + " (" + snap->dir.string() + ")");

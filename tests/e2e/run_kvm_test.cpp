@@ -1547,7 +1547,18 @@ TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
      << work << "first\n"
      << "c r2 " << run << " -e RUNVAR=two " << B << work << "second\n"
      << "c cold " << run << " --no-snapshot -e RUNVAR=three " << B << work << "third\n"
-     << "c with-net " << ns.run << " --json " << B << " echo net-run\n"
+     << "c with-net " << ns.run << " --json " << B
+     << " echo net-run\n"
+     // -d resumes the same snapshot (its vsock device gets the monitor's socket): exec and logs.
+     << "c detached " << ns.run << " --network none -d --log-level info -e RUNVAR=four " << B
+     << " sh -c 'echo detached-up $RUNVAR; exec sleep 600'\n"
+     << "id=$(head -n 1 \"$W/out\")\n"
+     << "c d-exec " << bin << " exec \"$id\" sh -c 'echo exec-in-restored $RUNVAR'\n"
+     << "c d-logs sh -c 'i=0; while [ $i -lt 120 ] && ! \"$0\" logs \"$1\" 2>&1 | grep -q "
+        "detached-up; do sleep 1; i=$((i+1)); done; exec \"$0\" logs \"$1\"' "
+     << bin << " \"$id\"\n"
+     << "c d-stop " << bin << " stop \"$id\"\n"
+     << "c d-rm " << bin << " rm \"$id\"\n"
      << "cp \"$W/vmlinux\" \"$W/vmlinux2\"; printf x >> \"$W/vmlinux2\"\n"
      << "c other-kernel " << bin << " run -m 160M --kernel \"$W/vmlinux2\" --network none --json "
      << B << " echo other-kernel-run\n"
@@ -1611,6 +1622,17 @@ TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
   EXPECT_EQ(net.rc, 0) << net.out << net.err;
   EXPECT_TRUE(has(net.out, "net-run")) << net.out;
   EXPECT_FALSE(run_summary(net).contains("snapshot")) << net.err;
+  const Case& det = get("detached");
+  EXPECT_EQ(det.rc, 0) << det.out << det.err;
+  EXPECT_TRUE(has(det.err, "resuming snapshot " + key)) << det.err;
+  const Case& dexec = get("d-exec");
+  EXPECT_EQ(dexec.rc, 0) << dexec.out << dexec.err;
+  EXPECT_TRUE(has(dexec.out, "exec-in-restored")) << dexec.out << dexec.err;
+  const Case& dlogs = get("d-logs");
+  EXPECT_TRUE(has(dlogs.out, "detached-up four")) << dlogs.out << dlogs.err;
+  EXPECT_FALSE(has(dlogs.out + dlogs.err, "booting instead")) << dlogs.out << dlogs.err;
+  EXPECT_EQ(get("d-stop").rc, 0) << get("d-stop").err;
+  EXPECT_EQ(get("d-rm").rc, 0) << get("d-rm").err;
   const Case& ok = get("other-kernel");
   EXPECT_EQ(ok.rc, 0) << ok.out << ok.err;
   EXPECT_TRUE(has(ok.out, "other-kernel-run")) << ok.out;

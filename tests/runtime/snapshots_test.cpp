@@ -217,7 +217,13 @@ TEST_F(Snapshots, TheSnapshotLayoutsMachine) {
   PreparedMachine cold = prepare(false);
   EXPECT_EQ(cold.config.cmdline.find(guestabi::kSnapshotParam), std::string::npos);
   EXPECT_EQ(cold.config.disks.size(), 1u);  // short overrides: inline
+  EXPECT_FALSE(cold.config.vsock);
   PreparedMachine p = prepare(true);
+  // The vsock device in every machine of the layout (attached runs' without a host side), so
+  // that -d runs, whose monitor gives it a socket, resume the same snapshots.
+  ASSERT_TRUE(p.config.vsock);
+  EXPECT_EQ(p.config.vsock->guest_cid, kDetachedGuestCid);
+  EXPECT_TRUE(p.config.vsock->uds_path.empty());
   EXPECT_NE(p.config.cmdline.find(std::string(guestabi::kSnapshotParam) + "=1"), std::string::npos)
       << p.config.cmdline;
   ASSERT_EQ(p.config.disks.size(), 2u);

@@ -104,9 +104,9 @@ struct VsockRig {
   bool repost = true;  // hand each rx buffer back once its packet was read
 
   explicit VsockRig(size_t max_conns = V::kMaxConnections, bool post_rx = true,
-                    const std::filesystem::path& sub = {})
+                    const std::filesystem::path& sub = {}, bool host_side = true)
       : uds(socket_in(dir, sub)),
-        vsock(kCid, uds, max_conns),
+        vsock(kCid, host_side ? uds : std::filesystem::path(), max_conns),
         mmio(mem, vsock, [this] { ++interrupts; }) {
     vsock.set_kick([this] { mmio.notify(); });
     wr(0x070, 0);
@@ -697,4 +697,21 @@ TEST(VirtioVsock, ASnapshotHoldsTheCidAndNoConnection) {
             "the vsock device has 1 connections or resets the guest knows of: a snapshot holds "
             "none");
   EXPECT_EQ(kind, ErrorKind::kUnsupported);
+}
+
+// Without a host side (an empty path): nothing is bound, the guest's connections are refused,
+// and a snapshot of it saves and loads like any other.
+TEST(VirtioVsock, ADeviceWithoutAHostSideRefusesTheGuestsConnections) {
+  VsockRig r(V::kMaxConnections, true, {}, false);
+  EXPECT_FALSE(std::filesystem::exists(r.uds));
+  EXPECT_TRUE(r.vsock.uds_path().empty());
+  r.send(guest_hdr(V::kOpRequest, 1025, 5000));
+  Pkt rst = r.one();
+  EXPECT_EQ(rst.h.op, V::kOpRst);
+  EXPECT_EQ(rst.h.dst_port, 1025u);
+  EXPECT_EQ(r.vsock.stats().connections, 0u);
+  r.vsock.handle_host();  // nothing to do, nothing breaks
+  EXPECT_EQ(r.vsock.timeout_ms(), -1);
+  VirtioVsock other(kCid, "");
+  EXPECT_NO_THROW(other.load_state(r.vsock.save_state()));
 }

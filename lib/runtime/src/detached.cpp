@@ -271,7 +271,7 @@ int run_monitor(const fs::path& vm_dir, int ready_fd) {
     m["console_out_fd"] = 1;
     m["console_err_fd"] = err_wr.get();
     m["console_in_fd"] = terminal ? 0 : -1;  // the VMM's stdin is the monitor's: the terminal
-    m["vsock"] = {{"guest_cid", 3}, {"uds_path", rec.vsock_socket}};
+    m["vsock"] = {{"guest_cid", kDetachedGuestCid}, {"uds_path", rec.vsock_socket}};
     // Detached: no terminal, no notices; `stop` decides when the VM is killed, so the VMM's own
     // stop timeout never runs out first.
     json attach =

@@ -395,6 +395,10 @@ PreparedMachine build_machine(MachineOptions o) {
   mc.cmdline = share ? guestabi::directory_cmdline(o.verbose_boot, *share, param)
                      : guestabi::image_cmdline(o.verbose_boot, param);
   mc.restore_from = o.snapshot;
+  // The snapshot layout always has the vsock device, so that attached runs and -d runs resume
+  // the same snapshots: without a host side here; a detached VM's monitor gives it its socket
+  // (detached.cpp, the same CID).
+  if (o.snapshot_layout) mc.vsock = vm::VsockConfig{kDetachedGuestCid, {}};
   mc.console_out_fd = o.console_out_fd;
   mc.console_err_fd = o.console_err_fd;
   mc.console_in_fd = o.console_in_fd;

@@ -23,8 +23,9 @@ using nlohmann::json;
 namespace {
 
 // The layout a snapshot's guest was booted with (runtime/machine.cpp: the snapshot layout's
-// command line and disks). A change there makes every older snapshot another key.
-constexpr int kLayoutVersion = 1;
+// command line, disks and devices). A change there makes every older snapshot another key.
+// 2: the vsock device.
+constexpr int kLayoutVersion = 2;
 constexpr const char* kMeta = "snapshot.json";
 constexpr uint64_t kMaxMetaBytes = 64 * 1024;
 constexpr const char* kTempPrefix = ".tmp-";

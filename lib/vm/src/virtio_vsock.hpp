@@ -39,6 +39,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -98,7 +99,9 @@ class VirtioVsock final : public VirtioDevice {
   // `<uds_path>_<port>` of its own) afterwards: under the VMM's seccomp filters the thread
   // that destroys the device may not unlink files. Throws
   // Error for a reserved CID (0, 1, 2, 0xffffffff and above 32 bits) or a path that cannot be
-  // bound.
+  // bound. An empty `uds_path`: a device without a host side (nothing listens, every
+  // connection the guest asks for is refused), for a machine that needs the device's shape
+  // only (a snapshot's machine resumed without an exec agent).
   // `max_connections` (at most kMaxConnections) is lowered by tests only.
   VirtioVsock(uint64_t guest_cid, std::filesystem::path uds_path,
               size_t max_connections = kMaxConnections);
@@ -188,7 +191,7 @@ class VirtioVsock final : public VirtioDevice {
 
   uint64_t cid_;
   std::filesystem::path path_;
-  UnixAddress addr_;  // path_ as bind/connect see it (through its directory when long)
+  std::optional<UnixAddress> addr_;  // path_ as bind/connect see it; none without a host side
   size_t max_conns_;
   std::array<uint8_t, 8> config_{};
   UniqueFd listen_fd_, ep_;

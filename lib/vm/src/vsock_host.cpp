@@ -49,20 +49,25 @@ std::optional<uint32_t> parse_connect(std::string_view line) {
 VirtioVsock::VirtioVsock(uint64_t guest_cid, std::filesystem::path uds_path, size_t max_connections)
     : cid_(guest_cid),
       path_(std::move(uds_path)),
-      addr_(path_, kLongestPortSuffix.size()),
       max_conns_(std::min(max_connections, kMaxConnections)) {
   if (guest_cid <= kHostCid || guest_cid >= 0xffffffffull)
     throw Error(ErrorKind::kInvalidArgument, "vsock guest CID " + std::to_string(guest_cid) +
                                                  " is reserved (it must be 3 to 4294967294)");
+  for (size_t i = 0; i < 8; ++i) config_[i] = uint8_t(guest_cid >> (8 * i));
+  if (path_.empty()) {  // no host side: only the epoll set, which stays empty
+    ep_.reset(::epoll_create1(EPOLL_CLOEXEC));
+    if (!ep_) throw_errno("vsock: epoll");
+    return;
+  }
+  addr_.emplace(path_, kLongestPortSuffix.size());
   sockaddr_un sa;
   // The longest connection path, `<uds_path>_4294967295`, must fit as well.
-  if (!to_sockaddr(std::string(addr_.text()) + std::string(kLongestPortSuffix), sa))
+  if (!to_sockaddr(std::string(addr_->text()) + std::string(kLongestPortSuffix), sa))
     throw Error(ErrorKind::kInvalidArgument,
                 "vsock socket name '" + path_.filename().string() + "' is too long");
-  for (size_t i = 0; i < 8; ++i) config_[i] = uint8_t(guest_cid >> (8 * i));
   listen_fd_.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
   if (!listen_fd_) throw_errno("vsock: socket");
-  if (::bind(listen_fd_.get(), addr_.get(), addr_.size()) != 0)
+  if (::bind(listen_fd_.get(), addr_->get(), addr_->size()) != 0)
     throw_errno("vsock: cannot listen on " + path_.string());
   if (::listen(listen_fd_.get(), 128) != 0) {
     int err = errno;
@@ -305,8 +310,8 @@ void VirtioVsock::handle_host() {
 void VirtioVsock::guest_connect(const VsockHeader& h) {
   sockaddr_un sa;
   UniqueFd fd;
-  if (conns_.size() < max_conns_ &&
-      to_sockaddr(std::string(addr_.text()) + "_" + std::to_string(h.dst_port), sa)) {
+  if (addr_ && conns_.size() < max_conns_ &&
+      to_sockaddr(std::string(addr_->text()) + "_" + std::to_string(h.dst_port), sa)) {
     fd.reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     // A unix socket connects at once or not at all (EAGAIN: its backlog is full).
     if (fd && ::connect(fd.get(), reinterpret_cast<const sockaddr*>(&sa), sizeof sa) != 0)

@@ -45,6 +45,9 @@ std::vector<std::string> parse_exposed_ports(const std::vector<std::string>& spe
 // How the overrides reach the init: inline on the command line when short, else on a raw block
 // device. Inline is used while the parameter stays under this many bytes.
 inline constexpr size_t kInlineOverridesMax = 1024;
+// The guest CID of the vsock device: a detached VM's (its exec agent's) and every machine's in
+// the snapshot layout (which has the device, without a host side unless the run is detached).
+inline constexpr uint64_t kDetachedGuestCid = 3;
 
 // Which network the guest gets.
 enum class NetworkMode {
@@ -107,9 +110,11 @@ struct MachineOptions {
   // its snapshot point and only then reads the overrides, from a disk of a fixed size: a
   // snapshot taken there serves every later run of the same image, kernel and machine shape.
   // Only for a root filesystem without mounts, extra disks, keep or huge pages, and with no
-  // network or the user-mode one (virtio-fs, vsock and tap devices cannot be in a snapshot
-  // yet): snapshot_unsupported(). A run's NIC has a MAC of its own (52:54:00 and three random
-  // bytes), which the init sets, so VMs resumed from one snapshot differ in it.
+  // network or the user-mode one (virtio-fs and tap devices cannot be in a snapshot yet):
+  // snapshot_unsupported(). The layout has a vsock device (CID kDetachedGuestCid; a detached
+  // VM's monitor gives it its socket), so attached and detached runs resume the same snapshots.
+  // A run's NIC has a MAC of its own (52:54:00 and three random bytes), which the init sets, so
+  // VMs resumed from one snapshot differ in it.
   bool snapshot_layout = false;
   // Resume this snapshot (a SnapshotStore directory) instead of booting; implies
   // snapshot_layout. The config keeps the cold boot of the same layout: a VMM that refuses the

@@ -70,7 +70,9 @@ struct FsConfig {
 // A virtio-vsock device (docs/vm.md) whose host side is unix sockets: the host reaches guest
 // port P through `uds_path` with a `CONNECT P` line, and the guest's connections to the host's
 // port P arrive on `<uds_path>_P`. The Machine creates `uds_path` (it must not exist); the
-// caller removes it after the Machine is gone (the VMM's threads may not unlink files).
+// caller removes it after the Machine is gone (the VMM's threads may not unlink files). An
+// empty `uds_path`: the device without a host side (nothing listens, the guest's connections
+// are refused), for a snapshot's machine resumed without an exec agent.
 struct VsockConfig {
   uint64_t guest_cid = 3;  // 3 to 2^32-2 (0, 1, 2 and 2^32-1 are reserved)
   std::filesystem::path uds_path;
