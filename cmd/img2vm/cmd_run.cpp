@@ -471,7 +471,7 @@ UniqueFd record_attached(PreparedRun& p, const RunArgs& a) {
   });
   p.attach.exit_fd = exit_file.get();
   // `exec`, `stop` and `kill` reach its workload through the guest's agent on this socket.
-  p.machine.config.vsock = vm::VsockConfig{3, r.vsock_socket};
+  p.machine.config.vsock = vm::VsockConfig{runtime::kDetachedGuestCid, r.vsock_socket};
   return exit_file;
 }
 

@@ -1,6 +1,9 @@
 #include "img2vm/base/digest.hpp"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <string>
@@ -95,11 +98,31 @@ TEST(Digest, RememberedFileDigestsFollowTheFilesIdentity) {
     EXPECT_EQ(sha256_file_remembered(old_file, cache), real) << bad;
   }
 
+  // An entry is used only for the identity it names: a file rewritten in place (the same
+  // inode; times may not move within one clock tick, its size does here) is hashed again
+  // although an entry for its old identity is planted.
   const fs_path f = dir.path() / "kernel";
   write_file_atomic(f, "one kernel");
   EXPECT_EQ(sha256_file_remembered(f, cache), Digest::sha256_of("one kernel"));
-  write_file_atomic(f, "two kernel");  // the same size, a new inode and times
-  EXPECT_EQ(sha256_file_remembered(f, cache), Digest::sha256_of("two kernel"));
+  const fs_path entry =
+      cache / Digest::sha256_of(std::filesystem::absolute(f).lexically_normal().string())
+                  .hex()
+                  .substr(0, 32);
+  auto identity_of = [](const fs_path& p) {
+    struct stat st {};
+    EXPECT_EQ(::stat(p.c_str(), &st), 0);
+    return std::to_string(st.st_dev) + " " + std::to_string(st.st_ino) + " " +
+           std::to_string(st.st_size) + " " + std::to_string(st.st_mtim.tv_sec) + "." +
+           std::to_string(st.st_mtim.tv_nsec) + " " + std::to_string(st.st_ctim.tv_sec) + "." +
+           std::to_string(st.st_ctim.tv_nsec);
+  };
+  write_file_atomic(entry, identity_of(f) + " " + planted + "\n");
+  EXPECT_EQ(sha256_file_remembered(f, cache).str(), planted) << "the entry names this identity";
+  {
+    const UniqueFd fd = open_file(f, O_WRONLY | O_APPEND);
+    ASSERT_EQ(::write(fd.get(), "s", 1), 1);  // in place: the same inode
+  }
+  EXPECT_EQ(sha256_file_remembered(f, cache), Digest::sha256_of("one kernels"));
 
   write_file_atomic(dir.path() / "not-a-dir", "x");
   EXPECT_EQ(sha256_file_remembered(old_file, dir.path() / "not-a-dir"), real);

@@ -289,7 +289,7 @@ fi
 # conmon's console socket, the guest's process on the terminal.
 $P --log-level=debug run -d --name tt --network none $A localhost/img sleep 600 >/dev/null 2>"$D/tt"
 echo "tt-rc=$?"
-$P --log-level=debug exec -t tt sh -c 'echo "exec-tty=$(tty)"; exit 5' >"$W/et.out" 2>"$D/et" </dev/null
+timeout 600 $P --log-level=debug exec -t tt sh -c 'echo "exec-tty=$(tty)"; exit 5' >"$W/et.out" 2>"$D/et" </dev/null
 echo "et-rc=$?"; tr -d '\r' <"$W/et.out" | sed 's/^/et-out: /'
 if command -v script >/dev/null; then
   printf 'echo ex-$((6*7))\nexit 8\n' >"$W/typed2"

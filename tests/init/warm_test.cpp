@@ -105,6 +105,11 @@ TEST(Warm, FilesAreTheImagesProgramAndItsInterpreters) {
   EXPECT_TRUE(warm_files(r, command({}, {"nowhere"})).empty());
   put(r / "bin/plain", "data", 0644);
   EXPECT_TRUE(warm_files(r, command({"/bin/plain"}, {})).empty());
+  // A FIFO (or a device node) named as the program is never opened: nothing blocks, nothing is
+  // listed.
+  ASSERT_EQ(::mkfifo((r / "bin/fifo").c_str(), 0755), 0);
+  EXPECT_TRUE(warm_files(r, command({"/bin/fifo"}, {})).empty());
+  EXPECT_EQ(read_through((r / "bin/fifo").string(), 1 << 20), 0u);
 }
 
 TEST(Warm, ReadThroughReadsUpToItsBudget) {

@@ -276,6 +276,12 @@ TEST(VmKvm, ASnapshotWithAVsockDeviceResumesWithANewSocket) {
                 .find("the snapshot's vsock device had CID 5, this one 6"),
             std::string::npos);
   EXPECT_EQ(kind, ErrorKind::kUnsupported);
+  // Refused after its socket was bound: the socket is gone, and a machine on the same path can
+  // be built at once (the runner's cold boot after a refused snapshot).
+  EXPECT_FALSE(fs::exists(tmp.path() / "other.sock"));
+  other_cid.vsock->guest_cid = 5;
+  Machine again(other_cid);
+  EXPECT_TRUE(fs::is_socket(tmp.path() / "other.sock"));
 }
 
 TEST(VmKvm, ASnapshotAtTheMarkResumesInOtherMachines) {

@@ -665,6 +665,7 @@ TEST(VirtioVsock, ASnapshotHoldsTheCidAndNoConnection) {
   UniqueFd waiting = unix_connect(r.uds);
   ASSERT_TRUE(waiting);
   r.vsock.handle_host();
+  ASSERT_EQ(r.vsock.stats().connections, 1u) << "the client was accepted";
   std::vector<uint8_t> saved = r.vsock.save_state();
   EXPECT_EQ(saved.size(), sizeof(V::SavedState));
   auto refusal = [](auto&& f, ErrorKind* kind) -> std::string {

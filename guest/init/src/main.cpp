@@ -829,9 +829,8 @@ unsigned char supervise(Workload& w, int stop_signal) {
 }
 
 // The image's program (Entrypoint/Cmd as the image gives them) and its interpreters, read before
-// the snapshot point so that every VM resumed from the snapshot finds their pages in its memory:
-// an exec of the image's default command reads nothing from the disk. A hint: nothing here fails
-// the boot.
+// the snapshot point so that every VM resumed from the snapshot finds their pages in its memory
+// (its shared libraries are not read ahead). A hint: nothing here fails the boot.
 void warm_image_program() {
   try {
     uint64_t budget = init::kMaxWarmBytes;

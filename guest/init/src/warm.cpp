@@ -51,11 +51,21 @@ std::string elf_interpreter(std::string_view head) {
   return {};
 }
 
-// The first kExecHeadBytes of the regular file at `file`; empty when it is none.
-std::string exec_head(const std::string& file) {
-  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
+// The regular file at `file` opened for reading, when it is one on the device `dev` (the
+// image's root file system: not /proc/kcore, say); a device node or FIFO is never opened (its
+// driver's open could act). Nothing else runs in the guest yet: the type cannot change between.
+UniqueFd open_regular(const std::string& file, dev_t dev) {
   struct stat st {};
+  if (::stat(file.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_dev != dev) return {};
+  UniqueFd fd(::open(file.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY));
   if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return {};
+  return fd;
+}
+
+// The first kExecHeadBytes of the regular file at `file` (on `dev`); empty when it is none.
+std::string exec_head(const std::string& file, dev_t dev) {
+  UniqueFd fd = open_regular(file, dev);
+  if (!fd) return {};
   std::string head(kExecHeadBytes, '\0');
   std::size_t got = 0;
   while (got < head.size()) {
@@ -100,9 +110,11 @@ std::vector<std::string> warm_files(const std::filesystem::path& root,
   if (!program) return {};
   std::string path = *program;
   if (path.front() != '/') path = (std::filesystem::path(cwd) / path).lexically_normal().string();
+  struct stat rs {};
+  if (::stat(root.c_str(), &rs) != 0) return {};
   std::vector<std::string> out;
   while (out.size() < kMaxWarmFiles && std::find(out.begin(), out.end(), path) == out.end()) {
-    const std::string head = exec_head(below(root, path));
+    const std::string head = exec_head(below(root, path), rs.st_dev);
     if (head.empty()) break;
     out.push_back(path);
     path = interpreter_of(head);
@@ -112,9 +124,10 @@ std::vector<std::string> warm_files(const std::filesystem::path& root,
 }
 
 uint64_t read_through(const std::string& path, uint64_t budget) {
-  UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK));
   struct stat st {};
-  if (!fd || ::fstat(fd.get(), &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+  if (::stat(path.c_str(), &st) != 0) return 0;
+  UniqueFd fd = open_regular(path, st.st_dev);
+  if (!fd) return 0;
   std::string buf(256 << 10, '\0');
   uint64_t done = 0;
   while (done < budget) {

@@ -1241,7 +1241,18 @@ void Machine::Impl::save_disks(const std::filesystem::path& dir) const {
 
 Machine::Machine(MachineConfig config) : impl_(std::make_unique<Impl>()) {
   impl_->cfg = std::move(config);
-  impl_->build();
+  try {
+    impl_->build();
+  } catch (...) {
+    // A machine that was not made leaves no vsock socket behind: its caller may build another
+    // on the same path at once (a cold boot after a refused snapshot). This thread has no
+    // seccomp filter of the machine's yet.
+    if (impl_->vsock) {
+      impl_->vsock.reset();
+      ::unlink(impl_->cfg.vsock->uds_path.c_str());
+    }
+    throw;
+  }
 }
 
 Machine::~Machine() {

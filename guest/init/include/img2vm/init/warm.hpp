@@ -32,13 +32,15 @@ std::string interpreter_of(std::string_view head);
 // What to read before the snapshot point for the image's `config`: the executable its
 // Entrypoint/Cmd names, found as the run will find it (the image's PATH and WorkingDir), then the
 // interpreters it goes through (a script's, that program's dynamic loader), at most
-// kMaxWarmFiles, as absolute in-guest paths of regular files below `root`. Empty when the image
-// has no command or it is not found.
+// kMaxWarmFiles, as absolute in-guest paths of regular files below `root` on its file system
+// (a device node, a FIFO or a file of /proc is never opened). Empty when the image has no
+// command or it is not found.
 std::vector<std::string> warm_files(const std::filesystem::path& root,
                                     const guestabi::RuntimeConfig& config);
 
 // Reads up to `budget` bytes of the file at `path` (into nothing: to fill the page cache);
-// returns how many. 0 when it cannot be opened or is not a regular file.
+// returns how many. 0 when it cannot be opened or is not a regular file (nothing else is
+// opened).
 uint64_t read_through(const std::string& path, uint64_t budget);
 
 }  // namespace img2vm::init

@@ -175,7 +175,8 @@ struct MachineResult {
 class Machine {
  public:
   // Validates `config`, opens KVM, creates the VM, loads kernel and initrd, opens the disks.
-  // Throws img2vm::Error (naming the file or the KVM call) on any failure.
+  // Throws img2vm::Error (naming the file or the KVM call) on any failure, leaving no vsock
+  // socket behind (a snapshot refused late in a restore: the caller boots on the same path).
   explicit Machine(MachineConfig config);
   ~Machine();
   Machine(const Machine&) = delete;
