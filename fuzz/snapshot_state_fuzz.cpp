@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string_view>
 
 #include "echo_backend.hpp"
@@ -26,6 +27,24 @@ namespace {
 
 using namespace img2vm::vm;
 
+// Slot `slot`'s device state (section 51) into `dev`, when it takes it, and its transport state
+// (section 50) into a new transport over `mem`, which must save and load again to the same
+// bytes. Throws Error when the transport refuses its state.
+std::unique_ptr<VirtioMmio> load_slot(GuestMemory& mem, VirtioDevice& dev, const SnapshotState& st,
+                                      uint32_t slot) {
+  try {
+    dev.load_state(st.get(Section::kVirtioDevice, slot));
+  } catch (const img2vm::Error&) {
+  }
+  auto t = std::make_unique<VirtioMmio>(mem, dev, [] {});
+  t->load(st.get(Section::kVirtioMmio, slot));
+  const auto saved = t->save();
+  VirtioMmio again(mem, dev, [] {});
+  again.load(saved);
+  if (again.save() != saved) __builtin_trap();
+  return t;
+}
+
 // Section 50/51 instance 0 into a fresh virtio-blk transport over 64 KiB of guest memory;
 // what loads is exercised by a notification and register reads, and must save and load again
 // to the same bytes.
@@ -34,22 +53,13 @@ void load_virtio(const SnapshotState& st) {
   int fd = ::memfd_create("fuzz-disk", MFD_CLOEXEC);
   if (fd < 0 || ::ftruncate(fd, 64 * 512) != 0) __builtin_trap();
   VirtioBlk blk(fd_disk_view(fd, 64 * 512, false), "fuzz");
-  try {
-    blk.load_state(st.get(Section::kVirtioDevice, 0));
-  } catch (const img2vm::Error&) {
-  }
-  VirtioMmio t(mem, blk, [] {});
-  t.load(st.get(Section::kVirtioMmio, 0));
-  const auto saved = t.save();
-  VirtioMmio again(mem, blk, [] {});
-  again.load(saved);
-  if (again.save() != saved) __builtin_trap();
-  t.notify();
+  auto t = load_slot(mem, blk, st, 0);
+  t->notify();
   for (uint64_t off = 0; off < 0x100; off += 4) {
     uint32_t v;
-    t.read(off, reinterpret_cast<uint8_t*>(&v), 4);
+    t->read(off, reinterpret_cast<uint8_t*>(&v), 4);
   }
-  t.raise_pending();
+  t->raise_pending();
 }
 
 // Section 50/51 instance 1 into a fresh virtio-net transport (a backend that answers some
@@ -59,20 +69,11 @@ void load_virtio_net(const SnapshotState& st) {
   GuestMemory mem(64 * 1024);
   img2vm::fuzzing::EchoBackend backend(false);
   VirtioNet net(backend, {0x52, 0x54, 0, 1, 2, 3}, 1500);
-  try {
-    net.load_state(st.get(Section::kVirtioDevice, 1));
-  } catch (const img2vm::Error&) {
-  }
-  VirtioMmio t(mem, net, [] {});
-  t.load(st.get(Section::kVirtioMmio, 1));
-  const auto saved = t.save();
-  VirtioMmio again(mem, net, [] {});
-  again.load(saved);
-  if (again.save() != saved) __builtin_trap();
+  auto t = load_slot(mem, net, st, 1);
   const uint8_t frame[64] = {0x52, 0x54, 0, 1, 2, 3};
   net.receive(frame);
-  t.notify();
-  t.raise_pending();
+  t->notify();
+  t->raise_pending();
 }
 
 // Section 50/51 instance 2 into a virtio-vsock transport (the slot after a disk and a NIC), as a
@@ -83,18 +84,9 @@ void load_virtio_vsock(const SnapshotState& st) {
   static VirtioVsock vsock(3, dir.path() / "v.sock");
   vsock.reset();
   GuestMemory mem(64 * 1024);
-  try {
-    vsock.load_state(st.get(Section::kVirtioDevice, 2));
-  } catch (const img2vm::Error&) {
-  }
-  VirtioMmio t(mem, vsock, [] {});
-  t.load(st.get(Section::kVirtioMmio, 2));
-  const auto saved = t.save();
-  VirtioMmio again(mem, vsock, [] {});
-  again.load(saved);
-  if (again.save() != saved) __builtin_trap();
-  t.notify();
-  t.raise_pending();
+  auto t = load_slot(mem, vsock, st, 2);
+  t->notify();
+  t->raise_pending();
   try {
     (void)vsock.save_state();
   } catch (const img2vm::Error&) {  // connections the guest's packets asked for
