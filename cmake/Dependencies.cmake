@@ -1,7 +1,7 @@
 # Every dependency comes from a Debian package; scripts/setup.sh installs them.
 find_package(PkgConfig REQUIRED)
 find_package(Threads REQUIRED)
-find_package(OpenSSL 3 REQUIRED)                     # libssl-dev
+find_package(OpenSSL 3 REQUIRED)                     # libssl-dev (the tests' TLS registry front)
 find_package(CURL REQUIRED)                          # libcurl4-openssl-dev
 find_package(nlohmann_json 3.10 REQUIRED)            # nlohmann-json3-dev
 find_package(CLI11 2 REQUIRED)                       # libcli11-dev
@@ -25,6 +25,8 @@ if(IMG2VM_STATIC_LIBARCHIVE)
   set_property(TARGET PkgConfig::LIBARCHIVE PROPERTY INTERFACE_LINK_LIBRARIES
     ${IMG2VM_LIBARCHIVE_STATIC} ${_archive_deps})
 endif()
+# SHA-256 of every blob, layer and file img2vm digests (lib/base/src/digest.cpp).
+pkg_check_modules(NETTLE REQUIRED IMPORTED_TARGET nettle)           # nettle-dev
 pkg_check_modules(EXT2FS REQUIRED IMPORTED_TARGET ext2fs com_err)   # libext2fs-dev
 pkg_check_modules(ZSTD REQUIRED IMPORTED_TARGET libzstd)            # libzstd-dev
 pkg_check_modules(ISAL REQUIRED IMPORTED_TARGET libisal)            # libisal-dev (gzip inflate)

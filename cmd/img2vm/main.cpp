@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 #include <exception>
 #include <iostream>
+#include <string_view>
 
 #include "cli.hpp"
 #include "commands.hpp"
@@ -21,25 +22,44 @@ int main(int argc, char** argv) {
   app.add_flag("--json", g.json, "Machine-readable output (one JSON object per line)");
   app.add_flag("-v,--verbose", g.verbose, "More detail on stderr");
 
+  // One entry per command, by the name it registers. Building a command's options costs more
+  // than the rest of a start (CLI11 makes an object per option and flag), so a command line that
+  // names one gets that one alone; anything else (help, no command, an unknown word) gets all.
+  struct Command {
+    std::string_view name;
+    void (*add)(CLI::App&, Globals&, Action*);
+  };
+  static constexpr Command kCommands[] = {
+      {"info", register_info},
+      {"pull", register_pull},
+      {"images", register_images},
+      {"inspect", register_inspect},
+      {"rm", register_rm},
+      {"prune", register_prune},
+      {"convert", register_convert},
+      {"kernel", register_kernel},
+      {"run", register_run},
+      {"volume", register_volume},
+      {"snapshot", register_snapshot},
+      {"rmi", register_rmi},
+      {"ps", register_ps},
+      {"logs", register_logs},
+      {"stop", register_stop},
+      {"kill", register_kill},
+      {"wait", register_wait},
+      {"exec", register_exec},
+  };
+  const Command* named = nullptr;
+  for (int i = 1; i < argc && !named; ++i) {
+    const std::string_view w = argv[i];
+    if (w.empty() || w[0] == '-') continue;  // the global options are flags: no values
+    for (const Command& c : kCommands)
+      if (c.name == w) named = &c;
+    break;
+  }
   Action action;
-  register_info(app, g, &action);
-  register_pull(app, g, &action);
-  register_images(app, g, &action);
-  register_inspect(app, g, &action);
-  register_rm(app, g, &action);
-  register_prune(app, g, &action);
-  register_convert(app, g, &action);
-  register_kernel(app, g, &action);
-  register_run(app, g, &action);
-  register_volume(app, g, &action);
-  register_snapshot(app, g, &action);
-  register_rmi(app, g, &action);
-  register_ps(app, g, &action);
-  register_logs(app, g, &action);
-  register_stop(app, g, &action);
-  register_kill(app, g, &action);
-  register_wait(app, g, &action);
-  register_exec(app, g, &action);
+  for (const Command& c : kCommands)
+    if (!named || named == &c) c.add(app, g, &action);
 
   try {
     app.parse(argc, argv);

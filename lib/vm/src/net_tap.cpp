@@ -7,7 +7,6 @@
 #include <net/if.h>  // before linux/if_tun.h: glibc's ifreq and if_nametoindex
 #include <net/if_arp.h>
 #include <netinet/in.h>
-#include <nftables/libnftables.h>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
@@ -29,6 +28,7 @@
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
+#include "nft_api.hpp"
 #include "virtio_net.hpp"
 
 namespace img2vm::vm {
@@ -67,38 +67,40 @@ ifreq ifreq_for(const std::string& dev) {
   return r;
 }
 
-// One nftables context; commands run as one transaction each.
+// One nftables context (libnftables, opened on first use: nft_api.hpp); commands run as one
+// transaction each.
 class Nft {
  public:
-  Nft() : ctx_(::nft_ctx_new(NFT_CTX_DEFAULT)) {
+  Nft() : api_(nft::api()), ctx_(api_.ctx_new(NFT_CTX_DEFAULT)) {
     if (!ctx_) throw Error(ErrorKind::kInternal, "nftables: cannot create a context");
-    ::nft_ctx_buffer_output(ctx_);
-    ::nft_ctx_buffer_error(ctx_);
+    api_.ctx_buffer_output(ctx_);
+    api_.ctx_buffer_error(ctx_);
   }
-  ~Nft() { ::nft_ctx_free(ctx_); }
+  ~Nft() { api_.ctx_free(ctx_); }
   Nft(const Nft&) = delete;
   Nft& operator=(const Nft&) = delete;
 
   // Runs `cmds`; returns the output, or throws naming `what` with nftables' own message.
   std::string run(const std::string& cmds, const std::string& what) {
-    if (::nft_run_cmd_from_buffer(ctx_, cmds.c_str()) != 0) {
-      std::string err = ::nft_ctx_get_error_buffer(ctx_);
+    if (api_.run_cmd_from_buffer(ctx_, cmds.c_str()) != 0) {
+      std::string err = api_.ctx_get_error_buffer(ctx_);
       while (!err.empty() && (err.back() == '\n' || err.back() == ' ')) err.pop_back();
       auto nl = err.find('\n');
       throw Error(ErrorKind::kIo,
                   what + ": nftables: " + (nl == std::string::npos ? err : err.substr(0, nl)));
     }
-    (void)::nft_ctx_get_error_buffer(ctx_);
-    return ::nft_ctx_get_output_buffer(ctx_);
+    (void)api_.ctx_get_error_buffer(ctx_);
+    return api_.ctx_get_output_buffer(ctx_);
   }
   bool try_run(const std::string& cmds) noexcept {
-    bool ok = ::nft_run_cmd_from_buffer(ctx_, cmds.c_str()) == 0;
-    (void)::nft_ctx_get_output_buffer(ctx_);
-    (void)::nft_ctx_get_error_buffer(ctx_);
+    bool ok = api_.run_cmd_from_buffer(ctx_, cmds.c_str()) == 0;
+    (void)api_.ctx_get_output_buffer(ctx_);
+    (void)api_.ctx_get_error_buffer(ctx_);
     return ok;
   }
 
  private:
+  const nft::Api& api_;
   nft_ctx* ctx_;
 };
 
