@@ -1,7 +1,6 @@
 # Every dependency comes from a Debian package; scripts/setup.sh installs them.
 find_package(PkgConfig REQUIRED)
 find_package(Threads REQUIRED)
-find_package(OpenSSL 3 REQUIRED)                     # libssl-dev (the tests' TLS registry front)
 find_package(CURL REQUIRED)                          # libcurl4-openssl-dev
 find_package(nlohmann_json 3.10 REQUIRED)            # nlohmann-json3-dev
 find_package(CLI11 2 REQUIRED)                       # libcli11-dev
@@ -37,6 +36,7 @@ pkg_check_modules(NFTABLES REQUIRED IMPORTED_TARGET libnftables)   # libnftables
 # rtnetlink and tc (links, addresses, routes, ingress qdiscs, u32 filters, mirred actions)
 pkg_check_modules(LIBNL REQUIRED IMPORTED_TARGET libnl-route-3.0 libnl-3.0)  # libnl-route-3-dev (netns network)
 if(IMG2VM_TESTS)
+  find_package(OpenSSL 3 REQUIRED)                   # libssl-dev: the tests' TLS registry front
   find_package(GTest REQUIRED)                       # googletest (libgtest-dev)
   find_package(ZLIB REQUIRED)                        # zlib1g-dev: the gzip tests' writer
   include(GoogleTest)

@@ -15,7 +15,7 @@ packages=(
   libnl-3-dev libnl-route-3-dev   # a container engine's network namespace: tap, tc mirred (net_netns)
   libisal-dev   # isa-l: gzip layers are inflated with it
   zlib1g-dev   # the gzip tests write their streams with zlib (and libarchive.a's gzip filter)
-  liblz4-dev libbz2-dev liblzma-dev nettle-dev libacl1-dev libxml2-dev   # what libarchive.a needs (Dependencies.cmake)
+  liblz4-dev libbz2-dev liblzma-dev nettle-dev libacl1-dev libxml2-dev   # what libarchive.a needs (Dependencies.cmake); nettle: SHA-256 too
   # real components the tests use
   nftables iproute2   # nft and ip, to look at what the tap backend set up (tests)
   docker-registry skopeo umoci qemu-system-x86 e2fsprogs openssl curl busybox-static python3

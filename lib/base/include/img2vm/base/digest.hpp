@@ -1,4 +1,4 @@
-// Content digests as used by OCI ("sha256:<64 hex>") and a streaming SHA-256 on OpenSSL.
+// Content digests as used by OCI ("sha256:<64 hex>") and a streaming SHA-256 on nettle.
 #pragma once
 
 #include <cstddef>
@@ -42,7 +42,7 @@ class Digest {
   std::string hex_;
 };
 
-// Incremental SHA-256 (OpenSSL EVP). Move-only.
+// Incremental SHA-256 (nettle: SHA-NI where the CPU has it). Move-only.
 class Sha256 {
  public:
   Sha256();
