@@ -15,6 +15,7 @@
 #include <fstream>
 #include <iterator>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -464,6 +465,44 @@ TEST_F(InitBoot, SnapshotModeReadsTheImagesProgramBeforeThePoint) {
   EXPECT_EQ(cold.status(), 14) << cold.console;
   EXPECT_TRUE(has(cold.console, "majflt=")) << cold.console;
   EXPECT_FALSE(has(cold.console, "majflt=0\n")) << cold.console;
+}
+
+// The image's major page faults (/proc/self/stat field 12) as `cat /proc/self/stat` printed
+// them; -1 when the console has no such line.
+long cat_majflt(const std::string& console) {
+  const std::size_t at = console.find("(cat) ");
+  if (at == std::string::npos) return -1;
+  std::istringstream fields(console.substr(at + 6, console.find('\n', at) - at - 6));
+  std::string f;
+  for (int i = 0; i <= 9 && fields >> f; ++i)  // state, ppid, ..., minflt, cminflt, majflt
+    if (i == 9) return std::stol(f);
+  return -1;
+}
+
+// A dynamically linked program (the host's cat, with its loader and libc) takes no page from
+// its disk in a resumed VM either: before the snapshot point the init reads the libraries it
+// needs (DT_NEEDED, found where its loader looks) besides the program and its loader. A cold
+// boot's cat faults them in from the disk.
+TEST_F(InitBoot, SnapshotModeReadsTheProgramsSharedLibrariesBeforeThePoint) {
+  const std::string libc = "/lib/x86_64-linux-gnu/libc.so.6";
+  for (const std::string f : {"/usr/bin/cat", "/lib64/ld-linux-x86-64.so.2", libc.c_str()}) {
+    fs::create_directories((root_ / f.substr(1)).parent_path());
+    fs::copy_file(f, root_ / f.substr(1));  // the file a link names, as a regular file
+  }
+  RuntimeConfig c;
+  c.cmd = {"/usr/bin/cat", "/proc/self/stat"};
+  write_config(c);
+  RunOverrides o = fresh_overrides("");
+  o.cmd.reset();  // the image's own command
+  fs::path disk = work_.path() / "overrides.img";
+  put(disk, guestabi::encode_overrides_disk(o));
+  auto b =
+      boot(guestabi::snapshot_param() + " " + guestabi::run_overrides_disk_param("/dev/vdb"), disk);
+  EXPECT_EQ(b.status(), 0) << b.console;
+  EXPECT_EQ(cat_majflt(b.console), 0) << b.console;
+  auto cold = boot(guestabi::run_overrides_kernel_param(o));
+  EXPECT_EQ(cold.status(), 0) << cold.console;
+  EXPECT_GT(cat_majflt(cold.console), 0) << cold.console;
 }
 
 TEST_F(InitBoot, InlineOverridesInSnapshotModeAreAnInitFailure) {

@@ -1,11 +1,12 @@
-// What the init reads before the snapshot point (init/warm.hpp): the image's program and the
-// interpreters it goes through, found as the run will find them, from real executables and
-// damaged ones.
+// What the init reads before the snapshot point (init/warm.hpp): the image's program, the
+// interpreters it goes through and the shared libraries they need, found as the run will find
+// them, from real executables and damaged ones.
 #include "img2vm/init/warm.hpp"
 
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -121,4 +122,127 @@ TEST(Warm, ReadThroughReadsUpToItsBudget) {
   EXPECT_EQ(read_through(f, 0), 0u);
   EXPECT_EQ(read_through(dir.path().string(), 1 << 20), 0u);
   EXPECT_EQ(read_through((dir.path() / "missing").string(), 1 << 20), 0u);
+}
+
+namespace {
+
+// A ReadAt over `bytes` (a file's content, whole or cut short).
+ReadAt reader(const std::string& bytes) {
+  return [&bytes](uint64_t offset, std::size_t length) -> std::string {
+    if (offset >= bytes.size()) return {};
+    return bytes.substr(offset, length);
+  };
+}
+
+std::vector<std::string> needed(const std::string& bytes) {
+  return needed_libraries(std::string_view(bytes).substr(0, kExecHeadBytes), reader(bytes));
+}
+
+}  // namespace
+
+TEST(Warm, NeededLibrariesOfRealExecutables) {
+  const std::string true_elf = img2vm::read_file(kHostProgram);
+  EXPECT_EQ(needed(true_elf), (std::vector<std::string>{"libc.so.6"}));
+  // This test program: C++, so libstdc++ and libc at least, each once, each a plain name.
+  const std::vector<std::string> self = needed(img2vm::read_file("/proc/self/exe"));
+  for (const char* lib : {"libstdc++.so.6", "libc.so.6"})
+    EXPECT_EQ(std::count(self.begin(), self.end(), lib), 1) << lib;
+  for (const std::string& n : self) EXPECT_EQ(n.find('/'), std::string::npos) << n;
+  // Not an ELF file, or a static one: nothing.
+  EXPECT_TRUE(needed("#!/bin/sh\n").empty());
+  EXPECT_TRUE(needed(img2vm::read_file("/bin/busybox")).empty());
+
+  // Every cut of the file (a read past its end gets fewer bytes): libc.so.6 or nothing.
+  for (std::size_t n = 0; n <= true_elf.size(); n += 61) {
+    const std::vector<std::string> got = needed(true_elf.substr(0, n));
+    EXPECT_TRUE(got.empty() || got == std::vector<std::string>{"libc.so.6"}) << n;
+  }
+  // Damaged program headers or dynamic section: nothing, never a read past what is there.
+  auto patched = [&](std::size_t at, const std::string& bytes) {
+    std::string e = true_elf;
+    e.replace(at, bytes.size(), bytes);
+    return needed(e);
+  };
+  EXPECT_TRUE(patched(4, std::string(1, '\1')).empty());     // 32-bit class
+  EXPECT_TRUE(patched(32, std::string(8, '\xff')).empty());  // e_phoff far away
+  EXPECT_TRUE(patched(56, std::string("\0\0", 2)).empty());  // no program headers
+}
+
+TEST(Warm, NeededLibrariesNeverTrustTheDynamicSection) {
+  // A minimal ELF head: one PT_LOAD mapping the file at 0x400000, one PT_DYNAMIC at 0x200, the
+  // string table at 0x300 (vaddr 0x400300) holding "libz.so.1\0../evil\0libz.so.1\0".
+  std::string f(0x400, '\0');
+  auto put_le = [&f](std::size_t at, uint64_t v, int n) {
+    for (int i = 0; i < n; ++i) f[at + i] = char((v >> (8 * i)) & 0xff);
+  };
+  f.replace(0, 4,
+            "\x7f"
+            "ELF");
+  f[4] = 2;
+  f[5] = 1;
+  put_le(32, 64, 8);  // e_phoff
+  put_le(54, 56, 2);  // e_phentsize
+  put_le(56, 2, 2);   // e_phnum
+  put_le(64, 1, 4);   // PT_LOAD
+  put_le(72, 0, 8);   // p_offset
+  put_le(80, 0x400000, 8);
+  put_le(96, 0x400, 8);  // p_filesz
+  put_le(120, 2, 4);     // PT_DYNAMIC
+  put_le(128, 0x200, 8);
+  put_le(152, 0x80, 8);
+  const std::string strings("libz.so.1\0../evil\0libz.so.1\0", 28);
+  f.replace(0x300, strings.size(), strings);
+  auto dyn = [&](int i, uint64_t tag, uint64_t val) {
+    put_le(0x200 + 16 * i, tag, 8);
+    put_le(0x200 + 16 * i + 8, val, 8);
+  };
+  dyn(0, 1, 0);         // DT_NEEDED libz.so.1
+  dyn(1, 1, 10);        // DT_NEEDED ../evil: a path, skipped
+  dyn(2, 1, 18);        // DT_NEEDED libz.so.1 again: listed once
+  dyn(3, 1, 1000);      // past the table: skipped
+  dyn(4, 5, 0x400300);  // DT_STRTAB
+  dyn(5, 10, 28);       // DT_STRSZ
+  EXPECT_EQ(needed(f), (std::vector<std::string>{"libz.so.1"}));
+  dyn(5, 10, 5);  // a table too short for the name's end: nothing
+  EXPECT_TRUE(needed(f).empty());
+  dyn(5, 10, 28);
+  dyn(4, 5, 0x900000);  // a table outside every PT_LOAD: nothing
+  EXPECT_TRUE(needed(f).empty());
+  dyn(4, 5, UINT64_MAX);
+  EXPECT_TRUE(needed(f).empty());
+}
+
+TEST(Warm, FilesIncludeTheSharedLibrariesTheProgramNeeds) {
+  img2vm::TempDir root("warm-test");
+  const fs::path r = root.path();
+  const std::string libc = "/lib/x86_64-linux-gnu/libc.so.6";
+  put(r / "bin/app", img2vm::read_file(kHostProgram));
+  put(r / "lib64/ld-linux-x86-64.so.2", "a loader", 0644);
+  RuntimeConfig app = command({}, {"app"});
+  app.env = {"PATH=/bin"};
+  EXPECT_EQ(warm_files(r, app), (std::vector<std::string>{"/bin/app", kLoader}));  // none found
+  put(r / libc.substr(1), img2vm::read_file(libc), 0644);
+  // libc itself needs the loader, listed already.
+  EXPECT_EQ(warm_files(r, app), (std::vector<std::string>{"/bin/app", kLoader, libc}));
+  // The image's LD_LIBRARY_PATH comes first (relative entries are ignored).
+  put(r / "opt/lib/libc.so.6", img2vm::read_file(libc), 0644);
+  app.env = {"PATH=/bin", "LD_LIBRARY_PATH=lib:/opt/lib/"};
+  EXPECT_EQ(warm_files(r, app),
+            (std::vector<std::string>{"/bin/app", kLoader, "/opt/lib/libc.so.6"}));
+  // A FIFO where the library would be is never opened.
+  fs::remove(r / "opt/lib/libc.so.6");
+  ASSERT_EQ(::mkfifo((r / "opt/lib/libc.so.6").c_str(), 0644), 0);
+  EXPECT_EQ(warm_files(r, app), (std::vector<std::string>{"/bin/app", kLoader, libc}));
+  // As on Debian, the interpreter's path is a link to the loader that libc names from its own
+  // directory: one file, listed once. glibc's cache of library paths comes last.
+  fs::remove(r / "lib64/ld-linux-x86-64.so.2");
+  put(r / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "a loader", 0644);
+  fs::create_symlink("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+                     r / "lib64/ld-linux-x86-64.so.2");
+  put(r / "etc/ld.so.cache", "a cache", 0644);
+  EXPECT_EQ(warm_files(r, app),
+            (std::vector<std::string>{"/bin/app", kLoader, libc, "/etc/ld.so.cache"}));
+  // A static program needs no cache.
+  put(r / "bin/static", img2vm::read_file("/bin/busybox"));
+  EXPECT_EQ(warm_files(r, command({"/bin/static"}, {})), (std::vector<std::string>{"/bin/static"}));
 }

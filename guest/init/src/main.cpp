@@ -828,9 +828,9 @@ unsigned char supervise(Workload& w, int stop_signal) {
   return result;
 }
 
-// The image's program (Entrypoint/Cmd as the image gives them) and its interpreters, read before
-// the snapshot point so that every VM resumed from the snapshot finds their pages in its memory
-// (its shared libraries are not read ahead). A hint: nothing here fails the boot.
+// The image's program (Entrypoint/Cmd as the image gives them), its interpreters and the shared
+// libraries they need, read before the snapshot point so that every VM resumed from the snapshot
+// finds their pages in its memory. A hint: nothing here fails the boot.
 void warm_image_program() {
   try {
     uint64_t budget = init::kMaxWarmBytes;

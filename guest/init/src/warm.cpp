@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <utility>
 #include <variant>
 
 #include "img2vm/init/command.hpp"
@@ -49,6 +51,22 @@ std::string elf_interpreter(std::string_view head) {
     return std::string(s);
   }
   return {};
+}
+
+// A PT_LOAD segment: where its bytes lie in the file and in memory.
+struct Segment {
+  uint64_t vaddr = 0, offset = 0, filesz = 0;
+};
+
+// The file offset of the virtual address `vaddr` (a PT_LOAD segment's bytes), if any.
+std::optional<uint64_t> file_offset(const std::vector<Segment>& loads, uint64_t vaddr) {
+  for (const Segment& l : loads)
+    if (vaddr >= l.vaddr && vaddr - l.vaddr < l.filesz) {
+      const uint64_t off = vaddr - l.vaddr;
+      if (l.offset > UINT64_MAX - off) return std::nullopt;
+      return l.offset + off;
+    }
+  return std::nullopt;
 }
 
 // The regular file at `file` opened for reading, when it is one on the device `dev` (the
@@ -95,6 +113,120 @@ std::string interpreter_of(std::string_view head) {
   return interp;
 }
 
+std::vector<std::string> needed_libraries(std::string_view head, const ReadAt& read_at) {
+  constexpr std::size_t kEhdr = 64, kPhdr = 56, kDyn = 16, kMaxName = 256, kMaxLoads = 16;
+  constexpr uint32_t kPtLoad = 1, kPtDynamic = 2;
+  constexpr uint64_t kDtNull = 0, kDtNeeded = 1, kDtStrtab = 5, kDtStrsz = 10;
+  if (!head.starts_with("\x7f"
+                        "ELF") ||
+      head.size() < kEhdr || head[4] != 2 || head[5] != 1)
+    return {};
+  const uint64_t phoff = le(head, 32, 8), phentsize = le(head, 54, 2), phnum = le(head, 56, 2);
+  if (phentsize < kPhdr || phoff > head.size()) return {};
+  std::vector<Segment> loads;
+  std::optional<Segment> dynamic;
+  for (uint64_t i = 0; i < phnum; ++i) {
+    const uint64_t off = phoff + i * phentsize;  // both at most 2^16: no overflow
+    if (off > head.size() || head.size() - off < kPhdr) break;
+    const uint32_t type = uint32_t(le(head, off, 4));
+    const Segment seg{le(head, off + 16, 8), le(head, off + 8, 8), le(head, off + 32, 8)};
+    if (type == kPtLoad && loads.size() < kMaxLoads) loads.push_back(seg);
+    if (type == kPtDynamic && !dynamic) dynamic = seg;
+  }
+  if (!dynamic) return {};
+  const std::string dyn =
+      read_at(dynamic->offset, std::min<uint64_t>(dynamic->filesz, kMaxDynamicBytes) / kDyn * kDyn);
+  std::vector<uint64_t> names;
+  std::optional<uint64_t> strtab, strsz;
+  for (std::size_t at = 0; at + kDyn <= dyn.size(); at += kDyn) {
+    const uint64_t tag = le(dyn, at, 8), val = le(dyn, at + 8, 8);
+    if (tag == kDtNull) break;
+    if (tag == kDtNeeded && names.size() < kMaxNeeded) names.push_back(val);
+    if (tag == kDtStrtab && !strtab) strtab = val;
+    if (tag == kDtStrsz && !strsz) strsz = val;
+  }
+  if (!strtab || !strsz) return {};
+  const std::optional<uint64_t> table = file_offset(loads, *strtab);
+  if (!table) return {};
+  std::vector<std::string> out;
+  for (uint64_t n : names) {
+    if (n >= *strsz || *table > UINT64_MAX - n) continue;
+    std::string name = read_at(*table + n, std::min<uint64_t>(kMaxName, *strsz - n));
+    const std::size_t end = name.find('\0');
+    if (end == std::string::npos) continue;  // no end within the table, or longer than a name
+    name.resize(end);
+    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+      continue;
+    if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(std::move(name));
+  }
+  return out;
+}
+
+namespace {
+
+// The shared libraries the ELF file at `file` (a regular file on `dev`) needs.
+std::vector<std::string> needed_of(const std::string& file, dev_t dev) {
+  UniqueFd fd = open_regular(file, dev);
+  if (!fd) return {};
+  const ReadAt read_at = [&fd](uint64_t offset, std::size_t length) {
+    std::string buf(length, '\0');
+    std::size_t got = 0;
+    while (got < length && offset + got >= offset && offset + got <= uint64_t(INT64_MAX)) {
+      ssize_t n = ::pread(fd.get(), buf.data() + got, length - got, off_t(offset + got));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      got += static_cast<std::size_t>(n);
+    }
+    buf.resize(got);
+    return buf;
+  };
+  return needed_libraries(read_at(0, kExecHeadBytes), read_at);
+}
+
+// Where a library named `name` is found for the image: its LD_LIBRARY_PATH's absolute
+// directories first, then kLibraryDirs; empty when none holds a regular file of that name on
+// `dev`.
+std::string find_library(const std::filesystem::path& root, const std::string& name,
+                         const std::vector<std::string>& dirs, dev_t dev) {
+  for (const std::string& d : dirs) {
+    const std::string path = d + "/" + name;
+    struct stat st {};
+    if (::stat(below(root, path).c_str(), &st) == 0 && S_ISREG(st.st_mode) && st.st_dev == dev)
+      return path;
+  }
+  return {};
+}
+
+// The file at the in-guest `path` as the kernel knows it (its device and inode); {0, 0} when it
+// is not there.
+std::pair<dev_t, ino_t> identity(const std::filesystem::path& root, const std::string& path) {
+  struct stat st {};
+  if (::stat(below(root, path).c_str(), &st) != 0) return {0, 0};
+  return {st.st_dev, st.st_ino};
+}
+
+// The directories find_library() searches, for an image whose environment is `env`.
+std::vector<std::string> library_dirs(const std::vector<std::string>& env) {
+  constexpr std::size_t kMaxPathDirs = 16;
+  std::vector<std::string> dirs;
+  const std::string path = env_get(env, "LD_LIBRARY_PATH").value_or("");
+  std::size_t start = 0;
+  while (start <= path.size() && dirs.size() < kMaxPathDirs) {
+    std::size_t end = path.find(':', start);
+    if (end == std::string::npos) end = path.size();
+    std::string d = path.substr(start, end - start);
+    if (d.size() > 1 && d.front() == '/' && d.size() < 1024) {
+      while (d.size() > 1 && d.back() == '/') d.pop_back();
+      dirs.push_back(std::move(d));
+    }
+    start = end + 1;
+  }
+  for (std::string_view d : kLibraryDirs) dirs.emplace_back(d);
+  return dirs;
+}
+
+}  // namespace
+
 std::vector<std::string> warm_files(const std::filesystem::path& root,
                                     const guestabi::RuntimeConfig& config) {
   std::vector<std::string> argv;
@@ -113,13 +245,35 @@ std::vector<std::string> warm_files(const std::filesystem::path& root,
   struct stat rs {};
   if (::stat(root.c_str(), &rs) != 0) return {};
   std::vector<std::string> out;
-  while (out.size() < kMaxWarmFiles && std::find(out.begin(), out.end(), path) == out.end()) {
+  while (out.size() < kMaxWarmChain && std::find(out.begin(), out.end(), path) == out.end()) {
     const std::string head = exec_head(below(root, path), rs.st_dev);
     if (head.empty()) break;
     out.push_back(path);
     path = interpreter_of(head);
     if (path.empty()) break;
   }
+  // The shared libraries, breadth first: each file's needs once it is listed. A file is listed
+  // once, whatever the names it is reached by (/lib64/ld-linux-x86-64.so.2, the interpreter, is
+  // a link to the loader libc names from its directory).
+  std::vector<std::pair<dev_t, ino_t>> seen;
+  for (const std::string& f : out) seen.push_back(identity(root, f));
+  const std::vector<std::string> dirs = library_dirs(config.env);
+  bool dynamic = false;
+  for (std::size_t i = 0; i < out.size() && out.size() < kMaxWarmFiles; ++i)
+    for (const std::string& name : needed_of(below(root, out[i]), rs.st_dev)) {
+      dynamic = true;
+      const std::string lib = find_library(root, name, dirs, rs.st_dev);
+      if (lib.empty()) continue;
+      const std::pair<dev_t, ino_t> id = identity(root, lib);
+      if (std::find(seen.begin(), seen.end(), id) != seen.end()) continue;
+      out.push_back(lib);
+      seen.push_back(id);
+      if (out.size() == kMaxWarmFiles) break;
+    }
+  // glibc's loader maps its cache of library paths at every such exec.
+  if (dynamic && out.size() < kMaxWarmFiles &&
+      !find_library(root, "ld.so.cache", {"/etc"}, rs.st_dev).empty())
+    out.emplace_back("/etc/ld.so.cache");
   return out;
 }
 

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,8 +19,25 @@ namespace img2vm::init {
 // How much of a file's beginning interpreter_of() is given (the kernel reads 256 bytes of a
 // script's "#!" line; an ELF executable's program headers and PT_INTERP come first).
 inline constexpr std::size_t kExecHeadBytes = 4096;
-// The most files warm_files() names: the program, a script's interpreter, its dynamic loader.
-inline constexpr std::size_t kMaxWarmFiles = 3;
+// The most files warm_files() follows from the program through interpreters: the program, a
+// script's interpreter, its dynamic loader.
+inline constexpr std::size_t kMaxWarmChain = 3;
+// The most files warm_files() names in all: that chain and the shared libraries it needs.
+inline constexpr std::size_t kMaxWarmFiles = 48;
+// The most DT_NEEDED names needed_libraries() returns for one file, and the most bytes of its
+// dynamic section it reads.
+inline constexpr std::size_t kMaxNeeded = 64;
+inline constexpr std::size_t kMaxDynamicBytes = 64 << 10;
+// Where warm_files() looks for a shared library by name after the image's LD_LIBRARY_PATH: the
+// dynamic loaders' default directories (Debian's and Ubuntu's multiarch ones, Fedora's lib64,
+// Alpine's and the rest's lib). A hint: a library found elsewhere is read from the disk later.
+inline constexpr std::string_view kLibraryDirs[] = {"/lib/x86_64-linux-gnu",
+                                                    "/usr/lib/x86_64-linux-gnu",
+                                                    "/lib64",
+                                                    "/usr/lib64",
+                                                    "/lib",
+                                                    "/usr/lib",
+                                                    "/usr/local/lib"};
 // The most bytes the init reads before the snapshot point.
 inline constexpr uint64_t kMaxWarmBytes = 64ull << 20;
 
@@ -29,12 +47,26 @@ inline constexpr uint64_t kMaxWarmBytes = 64ull << 20;
 // relative interpreter, damaged headers): never reads outside `head`.
 std::string interpreter_of(std::string_view head);
 
+// Reads `length` bytes of a file at `offset` (fewer at its end, none past it).
+using ReadAt = std::function<std::string(uint64_t offset, std::size_t length)>;
+
+// The shared libraries a 64-bit little-endian ELF file needs (its dynamic section's DT_NEEDED
+// names, in order, without repeats): `head` is the file's beginning (its program headers; the
+// PT_LOAD segments place the string table), `read_at` reads the rest (at most kMaxDynamicBytes
+// of the dynamic section, then 256 bytes per name). Only plain file names (no '/', no NUL, not
+// empty), at most kMaxNeeded; nothing for anything else (a static executable, a script, damaged
+// headers): never trusts an offset or size it was given.
+std::vector<std::string> needed_libraries(std::string_view head, const ReadAt& read_at);
+
 // What to read before the snapshot point for the image's `config`: the executable its
 // Entrypoint/Cmd names, found as the run will find it (the image's PATH and WorkingDir), then the
-// interpreters it goes through (a script's, that program's dynamic loader), at most
-// kMaxWarmFiles, as absolute in-guest paths of regular files below `root` on its file system
-// (a device node, a FIFO or a file of /proc is never opened). Empty when the image has no
-// command or it is not found.
+// interpreters it goes through (a script's, that program's dynamic loader; at most
+// kMaxWarmChain), then the shared libraries they need and those need in turn (found in the
+// image's LD_LIBRARY_PATH, then kLibraryDirs; each file once, by its identity, whatever the
+// links it is reached by; DT_RPATH and DT_RUNPATH are not followed) and, for a dynamically
+// linked program, glibc's /etc/ld.so.cache, at most kMaxWarmFiles in all, as absolute in-guest
+// paths of regular files below `root` on its file system (a device node, a FIFO or a file of
+// /proc is never opened). Empty when the image has no command or it is not found.
 std::vector<std::string> warm_files(const std::filesystem::path& root,
                                     const guestabi::RuntimeConfig& config);
 
