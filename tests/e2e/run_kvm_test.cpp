@@ -1152,8 +1152,11 @@ TEST(RunKvm, DetachedVmsExecLogsStopWaitRm) {
      << "c logs-t " << img << " logs -t svc\n"
      << "c logs-split " << img << " logs svc\n"
      << "c stubborn sh -c '" << run << " -d --name stubborn " << B
-     << " sh -c \"trap \\\"\\\" TERM; echo ready; while :; do sleep 1; done\" >/dev/null && " << img
-     << " stop -t 2 stubborn && " << img << " wait stubborn'\n"
+     << " sh -c \"trap \\\"\\\" TERM; echo ready; while :; do sleep 1; done\" >/dev/null && "
+     // Its trap is set once it says ready (run -d returns once the shell runs, maybe before).
+     << "{ i=0; while ! " << img << " logs stubborn 2>/dev/null | grep -q ready && [ $i -lt 180 ]; "
+     << "do sleep 1; i=$((i+1)); done; } && " << img << " stop -t 2 stubborn && " << img
+     << " wait stubborn'\n"
      << "begin vmm-killed\n"
      << run << " -d --name victim " << B << " sleep 1000 >/dev/null\n"
      << "vp=$(" << img
