@@ -80,20 +80,25 @@ UniqueFd open_regular(const std::string& file, dev_t dev) {
   return fd;
 }
 
-// The first kExecHeadBytes of the regular file at `file` (on `dev`); empty when it is none.
-std::string exec_head(const std::string& file, dev_t dev) {
-  UniqueFd fd = open_regular(file, dev);
-  if (!fd) return {};
-  std::string head(kExecHeadBytes, '\0');
+// Up to `length` bytes of `fd` from `offset` (fewer at its end, none past it or past what an
+// off_t can name).
+std::string read_at(int fd, uint64_t offset, std::size_t length) {
+  std::string buf(length, '\0');
   std::size_t got = 0;
-  while (got < head.size()) {
-    ssize_t n = ::read(fd.get(), head.data() + got, head.size() - got);
+  while (got < length && offset + got >= offset && offset + got <= uint64_t(INT64_MAX)) {
+    ssize_t n = ::pread(fd, buf.data() + got, length - got, off_t(offset + got));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) break;
     got += static_cast<std::size_t>(n);
   }
-  head.resize(got);
-  return head;
+  buf.resize(got);
+  return buf;
+}
+
+// The first kExecHeadBytes of the regular file at `file` (on `dev`); empty when it is none.
+std::string exec_head(const std::string& file, dev_t dev) {
+  UniqueFd fd = open_regular(file, dev);
+  return fd ? read_at(fd.get(), 0, kExecHeadBytes) : std::string();
 }
 
 std::string below(const std::filesystem::path& root, const std::string& guest_path) {
@@ -168,19 +173,10 @@ namespace {
 std::vector<std::string> needed_of(const std::string& file, dev_t dev) {
   UniqueFd fd = open_regular(file, dev);
   if (!fd) return {};
-  const ReadAt read_at = [&fd](uint64_t offset, std::size_t length) {
-    std::string buf(length, '\0');
-    std::size_t got = 0;
-    while (got < length && offset + got >= offset && offset + got <= uint64_t(INT64_MAX)) {
-      ssize_t n = ::pread(fd.get(), buf.data() + got, length - got, off_t(offset + got));
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) break;
-      got += static_cast<std::size_t>(n);
-    }
-    buf.resize(got);
-    return buf;
+  const ReadAt read = [&fd](uint64_t offset, std::size_t length) {
+    return read_at(fd.get(), offset, length);
   };
-  return needed_libraries(read_at(0, kExecHeadBytes), read_at);
+  return needed_libraries(read(0, kExecHeadBytes), read);
 }
 
 // Where a library named `name` is found for the image: its LD_LIBRARY_PATH's absolute
