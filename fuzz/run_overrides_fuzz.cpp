@@ -1,6 +1,7 @@
 // Per-run overrides reach the guest init as a kernel command line word carrying base64url JSON
 // (docs/guest-abi.md). Parsing them must never crash, what parses must round-trip, and file
-// mounts' contents, the entropy and the clock must keep within their bounds.
+// mounts' contents, the entropy, the clock and the network's addresses and routes must keep
+// within their bounds.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -31,6 +32,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       __builtin_trap();
     if (o.realtime_ns && (*o.realtime_ns < kMinRealtimeNs || *o.realtime_ns > kMaxRealtimeNs))
       __builtin_trap();
+    // What the init adds to the guest's interface: within its bounds and prefix lengths.
+    if (o.net) {
+      if (o.net->addresses6.size() > kMaxNetAddresses6 || o.net->routes.size() > kMaxNetRoutes)
+        __builtin_trap();
+      for (const NetAddress6& a : o.net->addresses6)
+        if (a.prefix > 128 || a.address.find(':') == std::string::npos) __builtin_trap();
+      for (const NetRoute& r : o.net->routes)
+        if (r.prefix > (r.destination.find(':') == std::string::npos ? 32u : 128u))
+          __builtin_trap();
+    }
     auto value = kernel_param(image_cmdline(false, run_overrides_kernel_param(o)), kRunParam);
     if (!value || !(decode_inline_run_param(*value) == o)) __builtin_trap();
   } catch (const Error&) {

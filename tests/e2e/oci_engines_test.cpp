@@ -349,7 +349,8 @@ ns_g=$($P exec web grep '^nameserver' /etc/resolv.conf)
 echo "engine-dns=$(echo $ns_e) guest-dns=$(echo $ns_g)"
 [ -n "$ns_g" ] && [ "$ns_e" = "$ns_g" ] && echo "dns-same"
 
-$P network create --subnet 10.89.7.0/24 n2 >/dev/null; echo "network-create-rc=$?"
+$P network create --ipv6 --subnet 10.89.7.0/24 --subnet fd00:89:7::/64 n2 >/dev/null
+echo "network-create-rc=$?"
 $P --log-level=debug run -d --name srv --network n2 $A localhost/img sh -c "$(serve page-of-srv)" \
   >/dev/null 2>"$D/srv"
 echo "srv-rc=$?"
@@ -359,6 +360,17 @@ until_ok 300 fetch "http://$ip_s/"
 $P --log-level=debug run --rm --network n2 $A localhost/img wget -q -O - "http://$ip_s/" \
   >"$W/cli.out" 2>"$D/cli"
 echo "cli-rc=$?"; sed 's/^/from-cli: /' "$W/cli.out"
+# n2 is dual-stack: the guest takes the veth's IPv6 address and default route as well.
+ip6_s=$($P inspect --format '{{(index .NetworkSettings.Networks "n2").GlobalIPv6Address}}' srv)
+echo "srv-ip6=$ip6_s"
+g6=$($P exec srv ip -6 -o addr show dev eth0 | sed -n 's/.* inet6 \(fd00:[0-9a-f:]*\)\/.*/\1/p')
+echo "guest-ip6=$g6"
+[ -n "$g6" ] && [ "$g6" = "$ip6_s" ] && echo "ip6-same"
+echo "guest-default6=$($P exec srv ip -6 route show default | head -1 | cut -d' ' -f1-3)"
+until_ok 300 curl -g -sf --max-time 5 "http://[$ip6_s]/" -o "$W/fetched6" && echo "direct6=$(cat "$W/fetched6")"
+$P --log-level=debug run --rm --network n2 $A localhost/img wget -q -O - "http://[$ip6_s]/" \
+  >"$W/cli6.out" 2>"$D/cli6"
+echo "cli6-rc=$?"; sed 's/^/from-cli6: /' "$W/cli6.out"
 
 $P rm -f web srv >/dev/null; echo "rm-rc=$?"
 $P network rm n2 >/dev/null; echo "network-rm-rc=$?"
@@ -380,6 +392,11 @@ podman_end
   EXPECT_TRUE(has(o, "dns-same\n")) << "the guest's nameservers are podman's resolv.conf's";
   EXPECT_TRUE(has(o, "network-create-rc=0\nsrv-rc=0\nsrv-ip=10.89.7."));
   EXPECT_TRUE(has(o, "cli-rc=0\nfrom-cli: page-of-srv\n")) << "container to container";
+  EXPECT_TRUE(has(o, "srv-ip6=fd00:89:7:"));
+  EXPECT_TRUE(has(o, "ip6-same\n")) << "the guest has podman's IPv6 address for the container";
+  EXPECT_TRUE(has(o, "guest-default6=default via fd00:89:7::1\n")) << "and its IPv6 route";
+  EXPECT_TRUE(has(o, "direct6=page-of-srv\n")) << "at the container's IPv6 address";
+  EXPECT_TRUE(has(o, "cli6-rc=0\nfrom-cli6: page-of-srv\n")) << "container to container, IPv6";
   EXPECT_FALSE(has(o, "gave-up-waiting-for"));
   EXPECT_TRUE(has(o, "rm-rc=0\nnetwork-rm-rc=0\n"));
   EXPECT_TRUE(has(o, "left: containers=0 vmms=0 virtiofsd=0 netns=0\n"));

@@ -275,6 +275,70 @@ TEST(RunOverrides, NetCarriesTheInterfaceAndRejectsBadValues) {
         << mac;
 }
 
+// A dual-stack namespace's IPv6 addresses and its other routes (img2vm-oci) travel with the
+// interface; what the init could not set up, or sets up wrongly, is refused by both ends.
+TEST(RunOverrides, NetCarriesIpv6AddressesAndRoutes) {
+  RunOverrides o;
+  o.net = NetConfig{"eth0", "10.88.0.5", 16, "10.88.0.1", 1500, ""};
+  o.net->addresses6 = {{"fd00:88::5", 64}, {"2001:db8::5", 128}};
+  o.net->routes = {{"192.168.77.0", 24, "10.88.0.1"},
+                   {"169.254.1.1", 32, ""},
+                   {"::", 0, "fe80::1"},
+                   {"fd00:99::", 48, "fd00:88::1"}};
+  EXPECT_EQ(run_overrides_from_json(to_json(o)), o);
+  const std::string text = to_json(o);
+  EXPECT_NE(text.find(R"("addresses6":[{"address":"fd00:88::5","prefix":64})"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find(R"({"destination":"169.254.1.1","prefix":32})"), std::string::npos) << text;
+  EXPECT_EQ(text.find("routes", text.find("routes") + 1), std::string::npos);  // no empty ones
+
+  auto bad = [](const std::string& lists) {
+    try {
+      run_overrides_from_json(R"({"schema":1,"net":{"address":"10.88.0.5",)" + lists + "}}");
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  auto has = [](const std::string& message, const std::string& part) {
+    return message.find(part) != std::string::npos;
+  };
+  EXPECT_EQ(bad(R"("routes":[{"destination":"10.1.0.0","prefix":16}])"), "accepted");
+  for (const char* a : {R"("10.0.0.1")", R"("ff02::1")", R"("::")", R"("fd00::1%eth0")", "5"})
+    EXPECT_TRUE(has(bad(R"("addresses6":[{"address":)" + std::string(a) + "}]"), "addresses6"))
+        << a;
+  EXPECT_TRUE(has(bad(R"("addresses6":[{"address":"fd00::1","prefix":129}])"), "prefix"));
+  EXPECT_TRUE(has(bad(R"("addresses6":{"address":"fd00::1"})"), "net.addresses6"));
+  const std::string e = bad(R"("routes":[{"destination":"10.1.2.0","prefix":16}])");
+  EXPECT_TRUE(has(e, "net.routes")) << e;
+  EXPECT_TRUE(has(e, "10.1.2.0/16 has host bits set")) << e;
+  EXPECT_TRUE(has(bad(R"("routes":[{"destination":"10.1.0.0","prefix":33}])"), "prefix over 32"));
+  EXPECT_TRUE(has(bad(R"("routes":[{"destination":"fd00::","prefix":129}])"), "prefix"));
+  EXPECT_TRUE(has(bad(R"("routes":[{"destination":"10.1.0.0","prefix":16,"gateway":"fd00::1"}])"),
+                  "not a unicast address of its family"));
+  EXPECT_TRUE(has(bad(R"("routes":[{"destination":"::","prefix":0,"gateway":"10.0.0.1"}])"),
+                  "not a unicast address of its family"));
+  EXPECT_TRUE(has(bad(R"("routes":[{"destination":"10.1.0.0","prefix":16,"gateway":"224.0.0.1"}])"),
+                  "not a unicast address"));
+  EXPECT_TRUE(has(bad(R"("routes":[{"destination":"default"}])"), "not an IP address"));
+  EXPECT_TRUE(has(bad(R"("routes":[{"destination":7}])"), "must be a string"));
+  EXPECT_TRUE(has(bad(R"("routes":"10.1.0.0/16")"), "net.routes"));
+
+  // The bounds, on both ends.
+  std::string many = R"("routes":[)";
+  for (size_t i = 0; i <= kMaxNetRoutes; ++i)
+    many += (i ? "," : "") + std::string(R"({"destination":"10.)") + std::to_string(i) +
+            R"(.0.0","prefix":16})";
+  EXPECT_TRUE(has(bad(many + "]"), "at most 64 routes"));
+  o.net->routes.assign(kMaxNetRoutes + 1, NetRoute{"10.1.0.0", 16, ""});
+  EXPECT_TRUE(has(error_of([&] { to_json(o); }), "net.routes"));
+  o.net->routes.clear();
+  o.net->addresses6.assign(kMaxNetAddresses6 + 1, NetAddress6{"fd00::1", 64});
+  EXPECT_TRUE(has(error_of([&] { to_json(o); }), "net.addresses6"));
+  o.net->addresses6 = {{"fd00::1", 200}};
+  EXPECT_TRUE(has(error_of([&] { to_json(o); }), "prefix over 128"));
+}
+
 TEST(NetConfig, MacAddressesParseAndFormat) {
   auto m = parse_unicast_mac("52:54:00:AB:cd:ef");
   ASSERT_TRUE(m);

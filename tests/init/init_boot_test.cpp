@@ -688,3 +688,37 @@ TEST_F(InitBoot, NetworkOverridesConfigureTheInterface) {
   EXPECT_EQ(b.qemu_exit, qemu_code_for(10)) << b.console;
   EXPECT_TRUE(has(b.console, "img2vm-init: network: configuring eth0")) << b.console;
 }
+
+// A dual-stack engine network's interface (img2vm-oci): the IPv6 addresses and the other routes
+// are set up too, on-link routes before those through a gateway. qemu's user-mode network
+// answers pings at fec0::2 (its IPv6 host address) once the guest has fec0::15 and a route.
+TEST_F(InitBoot, NetworkOverridesCarryIpv6AddressesAndRoutes) {
+  extra_qemu_ = {"-netdev", "user,id=n0", "-device", "virtio-net-device,netdev=n0"};
+  RuntimeConfig c;
+  c.cmd = {"sh", "-c",
+           "ip -6 addr show dev eth0; ip route; ip -6 route; "
+           "ping -c 1 -W 20 fec0::2 >/dev/null && echo pinged-v6; exit 4"};
+  write_config(c);
+  RunOverrides o;
+  o.net = guestabi::NetConfig{"eth0", "10.0.2.15", 24, "10.0.2.2", 0, ""};
+  o.net->addresses6 = {{"fec0::15", 64}, {"fd00:5::15", 128}};
+  o.net->routes = {{"192.168.77.0", 24, "10.9.9.9"},  // through an on-link route below
+                   {"10.9.9.9", 32, ""},
+                   {"fd00:77::", 48, "fec0::2"},
+                   {"::", 0, "fec0::2"}};
+  auto b = boot(guestabi::run_overrides_kernel_param(o));
+  EXPECT_EQ(b.status(), 4) << b.console;
+  EXPECT_TRUE(has(b.console, "inet6 fec0::15/64 scope site")) << b.console;
+  EXPECT_TRUE(has(b.console, "inet6 fd00:5::15/128 scope global")) << b.console;
+  EXPECT_TRUE(has(b.console, "192.168.77.0/24 via 10.9.9.9 dev eth0")) << b.console;
+  EXPECT_TRUE(has(b.console, "10.9.9.9 dev eth0")) << b.console;
+  EXPECT_TRUE(has(b.console, "fd00:77::/48 via fec0::2 dev eth0")) << b.console;
+  EXPECT_TRUE(has(b.console, "default via fec0::2 dev eth0")) << b.console;
+  EXPECT_TRUE(has(b.console, "pinged-v6")) << b.console;
+
+  // A route the kernel refuses (its gateway on no link) is an init failure naming it.
+  o.net->routes = {{"192.168.78.0", 24, "10.9.9.8"}};
+  b = boot(guestabi::run_overrides_kernel_param(o));
+  EXPECT_EQ(b.qemu_exit, qemu_code_for(10)) << b.console;
+  EXPECT_TRUE(has(b.console, "adding the route to 192.168.78.0/24 via 10.9.9.8")) << b.console;
+}

@@ -61,7 +61,9 @@ TEST_F(RuntimeNetns, TheGuestTakesTheVethsAddressMacAndMtu) {
   EXPECT_FALSE(pm->tap);
 
   // What the init configures eth0 with, decoded from the command line as the init does it.
+  // With the namespace's other route (harness/netns.cpp's 192.168.77.0/24).
   guestabi::NetConfig want{"eth0", "10.99.0.2", 24, "10.99.0.1", 1400, ""};
+  want.routes = {{"192.168.77.0", 24, "10.99.0.1"}};
   EXPECT_EQ(pm->overrides.net, want);
   auto param = guestabi::kernel_param(pm->config.cmdline, guestabi::kRunParam);
   ASSERT_TRUE(param) << pm->config.cmdline;

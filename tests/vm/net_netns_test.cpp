@@ -18,9 +18,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <optional>
+#include <sstream>
+#include <string>
+#include <vector>
 
 #include "img2vm/base/error.hpp"
 #include "img2vm/base/fd.hpp"
@@ -53,6 +57,30 @@ std::string ip_out(const std::vector<std::string>& args) {
 }
 bool contains(const std::string& text, const std::string& part) {
   return text.find(part) != std::string::npos;
+}
+
+}  // namespace
+
+namespace img2vm::vm {
+void PrintTo(const NetnsAddress& a, std::ostream* os) {
+  *os << a.address << "/" << a.prefix_length;
+}
+void PrintTo(const NetnsRoute& r, std::ostream* os) {
+  *os << r.destination << "/" << r.prefix_length << (r.gateway.empty() ? "" : " via ") << r.gateway;
+}
+}  // namespace img2vm::vm
+
+namespace {
+
+template <class T>
+std::vector<T> sorted(std::vector<T> v) {
+  std::sort(v.begin(), v.end(), [](const T& a, const T& b) {
+    std::ostringstream x, y;
+    PrintTo(a, &x);
+    PrintTo(b, &y);
+    return x.str() < y.str();
+  });
+  return v;
 }
 
 // The error NetnsTap fails with on `path` ("" when it succeeds).
@@ -113,6 +141,9 @@ TEST_F(Netns, TakesTheInterfacesPlaceAndRestoresItOnceTheVmHasEnded) {
   EXPECT_EQ(i.tap, "img2vm-tap0");
   EXPECT_GE(t->device_fd(), 0);
   EXPECT_GT(i.tap_index, 0);
+  EXPECT_EQ(i.routes, (std::vector<NetnsRoute>{{"192.168.77.0", 24, "10.99.0.1"}}));
+  EXPECT_TRUE(i.addresses6.empty());
+  EXPECT_TRUE(i.not_carried.empty());
 
   // The tap: up, the veth's MTU, no IPv6; the veth: no IPv4 left; frames redirected both ways.
   std::string tap = ip_out({"-n", "vm", "-d", "link", "show", "img2vm-tap0"});
@@ -243,6 +274,66 @@ TEST_F(Netns, MirrorsFramesBetweenTheTapAndTheEnginesSide) {
   EXPECT_EQ(datagram->dst_ip, ip("10.99.0.2"));
   EXPECT_EQ(datagram->sport, 5555);
   EXPECT_EQ(std::string(datagram->payload.begin(), datagram->payload.end()), "to the guest");
+}
+
+// A dual-stack namespace: the guest gets the veth's global IPv6 addresses (not its link-local
+// one: the guest's comes from the same MAC) and every route the namespace has through it in the
+// main table but the kernel's and the default IPv4 one, IPv6 ones (the default too) included;
+// a route with several next hops and what is past the bounds are listed as not carried, at most
+// kMaxNotCarried lines, the last counting the rest.
+TEST_F(Netns, TheGuestGetsTheIpv6AddressesAndRoutesAndWhatItCannotTakeIsListed) {
+  make_engine_netns();
+  ip_out({"-n", "peer", "-6", "addr", "add", "fd00:99::1/64", "dev", "peer0", "nodad"});
+  ip_out({"-n", "vm", "-6", "addr", "add", "fd00:99::2/64", "dev", "eth0", "nodad"});
+  ip_out({"-n", "vm", "-6", "addr", "add", "2001:db8:5::2/128", "dev", "eth0", "nodad"});
+  ip_out({"-n", "vm", "-6", "route", "add", "default", "via", "fd00:99::1"});
+  ip_out({"-n", "vm", "-6", "route", "add", "fd00:77::/48", "via", "fe80::1", "dev", "eth0"});
+  ip_out({"-n", "vm", "route", "add", "169.254.1.1/32", "dev", "eth0"});
+  ip_out({"-n", "vm", "route", "add", "10.50.0.0/16", "nexthop", "via", "10.99.0.1", "nexthop",
+          "via", "10.99.0.3"});
+  ip_out({"-n", "vm", "route", "add", "table", "100", "10.60.0.0/16", "via", "10.99.0.1"});
+  ip_out({"-n", "vm", "route", "add", "blackhole", "10.70.0.0/16"});
+  const size_t extra = netns::kMaxCarriedRoutes + 20;
+  for (size_t k = 0; k < extra; ++k)
+    ip_out(
+        {"-n", "vm", "route", "add", "172.16." + std::to_string(k) + ".0/24", "via", "10.99.0.1"});
+  std::optional<NetnsTap> t;
+  t.emplace(kVmNs);
+  const NetnsLink& i = t->info();
+  EXPECT_EQ(i.gateway, "10.99.0.1");
+  EXPECT_EQ(sorted(i.addresses6),
+            (std::vector<NetnsAddress>{{"2001:db8:5::2", 128}, {"fd00:99::2", 64}}));
+  auto has_route = [&](const NetnsRoute& r) {
+    return std::find(i.routes.begin(), i.routes.end(), r) != i.routes.end();
+  };
+  ASSERT_EQ(i.routes.size(), netns::kMaxCarriedRoutes);
+  // IPv4 first, the kernel listing them by destination: 169.254.1.1/32 and the first 63 of
+  // 172.16.*.0/24; the other 21, 192.168.77.0/24 and the IPv6 ones are past the bound here.
+  EXPECT_TRUE(has_route({"169.254.1.1", 32, ""}));
+  EXPECT_TRUE(has_route({"172.16.0.0", 24, "10.99.0.1"}));
+  for (const NetnsRoute& r : i.routes) {
+    EXPECT_NE(r.destination, "10.50.0.0") << "multipath";
+    EXPECT_NE(r.destination, "10.60.0.0") << "another table";
+    EXPECT_NE(r.destination, "10.70.0.0") << "not through the interface";
+    EXPECT_NE(r.destination, "10.99.0.0") << "the kernel's";
+    EXPECT_NE(r.destination, "0.0.0.0") << "the default IPv4 route is the gateway";
+  }
+  const std::vector<std::string>& n = i.not_carried;
+  ASSERT_EQ(n.size(), netns::kMaxNotCarried);
+  EXPECT_NE(std::find(n.begin(), n.end(), "IPv4 route 10.50.0.0/16: 2 next hops"), n.end());
+  EXPECT_EQ(n.back(), "10 more");  // 25 lines: 1 multipath, 22 IPv4 and 2 IPv6 past the bound
+  for (const std::string& line : n) EXPECT_FALSE(contains(line, "fe80")) << line;
+  t.reset();
+
+  for (size_t k = 0; k < extra; ++k)
+    ip_out({"-n", "vm", "route", "del", "172.16." + std::to_string(k) + ".0/24"});
+  t.emplace(kVmNs);
+  const NetnsLink& j = t->info();
+  EXPECT_EQ(sorted(j.routes), (std::vector<NetnsRoute>{{"169.254.1.1", 32, ""},
+                                                       {"192.168.77.0", 24, "10.99.0.1"},
+                                                       {"::", 0, "fd00:99::1"},
+                                                       {"fd00:77::", 48, "fe80::1"}}));
+  EXPECT_EQ(j.not_carried, std::vector<std::string>{"IPv4 route 10.50.0.0/16: 2 next hops"});
 }
 
 TEST_F(Netns, ANamespaceThatIsNotThereOrNotANetworkNamespaceIsRefused) {

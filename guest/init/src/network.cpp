@@ -1,13 +1,18 @@
 #include "img2vm/init/network.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <net/if.h>
 #include <net/if_arp.h>
 #include <net/route.h>
 #include <netinet/in.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <unistd.h>
+// After netinet/in.h, whose in6_addr it then takes.
+#include <linux/ipv6.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -37,6 +42,74 @@ uint32_t parse_ipv4(const std::string& text, const std::string& what) {
   if (::inet_pton(AF_INET, text.c_str(), &a) != 1)
     throw Error(what + " \"" + text + "\" is not an IPv4 address");
   return a.s_addr;
+}
+
+in6_addr parse_ipv6(const std::string& text, const std::string& what) {
+  in6_addr a{};
+  if (::inet_pton(AF_INET6, text.c_str(), &a) != 1)
+    throw Error(what + " \"" + text + "\" is not an IPv6 address");
+  return a;
+}
+
+bool is_ipv6(const std::string& text) { return text.find(':') != std::string::npos; }
+
+// The interface's IPv6 addresses, without duplicate address detection: they are the engine's,
+// whose namespace detected them; the guest's interface has its place on the link.
+void add_ipv6_addresses(const guestabi::NetConfig& cfg, unsigned ifindex) {
+  if (cfg.addresses6.empty()) return;
+  const std::string knob = "/proc/sys/net/ipv6/conf/" + cfg.interface + "/accept_dad";
+  UniqueFd f(::open(knob.c_str(), O_WRONLY | O_CLOEXEC));
+  if (!f || ::write(f.get(), "0", 1) != 1)
+    throw Error("configuring " + cfg.interface + ": " + knob + ": " + std::strerror(errno) +
+                " (is IPv6 in the guest kernel?)");
+  UniqueFd s6(::socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+  if (!s6) throw_errno("configuring " + cfg.interface + ": IPv6 socket");
+  for (const guestabi::NetAddress6& a : cfg.addresses6) {
+    in6_ifreq r{};
+    r.ifr6_addr = parse_ipv6(a.address, "IPv6 address");
+    r.ifr6_prefixlen = a.prefix;
+    r.ifr6_ifindex = int(ifindex);
+    if (::ioctl(s6.get(), SIOCSIFADDR, &r) != 0 && errno != EEXIST)
+      throw Error("configuring " + cfg.interface + ": adding " + a.address + "/" +
+                  std::to_string(a.prefix) + ": " + std::strerror(errno));
+  }
+}
+
+// One of cfg.routes through the interface: rtentry for IPv4, in6_rtmsg for IPv6. A route that is
+// there already (the kernel's, or the gateway's own host route) is not an error.
+void add_route(int s4, int s6, const guestabi::NetConfig& cfg, unsigned ifindex,
+               const guestabi::NetRoute& r) {
+  const std::string what = r.destination + "/" + std::to_string(r.prefix) +
+                           (r.gateway.empty() ? "" : " via " + r.gateway);
+  int rc = 0;
+  if (is_ipv6(r.destination)) {
+    in6_rtmsg m{};
+    m.rtmsg_dst = parse_ipv6(r.destination, "route");
+    m.rtmsg_dst_len = uint16_t(r.prefix);
+    m.rtmsg_flags = RTF_UP;
+    if (!r.gateway.empty()) {
+      m.rtmsg_gateway = parse_ipv6(r.gateway, "gateway");
+      m.rtmsg_flags |= RTF_GATEWAY;
+    }
+    m.rtmsg_metric = 1;
+    m.rtmsg_ifindex = int(ifindex);
+    rc = ::ioctl(s6, SIOCADDRT, &m);
+  } else {
+    std::string dev = cfg.interface;
+    rtentry e{};
+    e.rt_dst = ipv4_sockaddr(parse_ipv4(r.destination, "route"));
+    e.rt_genmask = ipv4_sockaddr(prefix_netmask(r.prefix));
+    e.rt_flags = RTF_UP | (r.prefix == 32 ? RTF_HOST : 0);
+    if (!r.gateway.empty()) {
+      e.rt_gateway = ipv4_sockaddr(parse_ipv4(r.gateway, "gateway"));
+      e.rt_flags |= RTF_GATEWAY;
+    }
+    e.rt_dev = dev.data();
+    rc = ::ioctl(s4, SIOCADDRT, &e);
+  }
+  if (rc != 0 && errno != EEXIST)
+    throw Error("configuring " + cfg.interface + ": adding the route to " + what + ": " +
+                std::strerror(errno));
 }
 
 }  // namespace
@@ -108,6 +181,21 @@ void configure_interface(const guestabi::NetConfig& cfg) {
       throw Error("configuring " + ifn + ": adding the default route via " + cfg.gateway + ": " +
                   std::strerror(errno));
   }
+
+  if (cfg.addresses6.empty() && cfg.routes.empty()) return;
+  const unsigned ifindex = ::if_nametoindex(ifn.c_str());
+  if (ifindex == 0) throw_errno("configuring " + ifn + ": its index");
+  add_ipv6_addresses(cfg, ifindex);
+  UniqueFd s6;
+  if (std::any_of(cfg.routes.begin(), cfg.routes.end(),
+                  [](const guestabi::NetRoute& x) { return is_ipv6(x.destination); })) {
+    s6 = UniqueFd(::socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (!s6) throw_errno("configuring " + ifn + ": IPv6 socket");
+  }
+  // Routes on the link first: a gateway may be reachable only through one of them.
+  for (bool via : {false, true})
+    for (const auto& route : cfg.routes)
+      if (route.gateway.empty() != via) add_route(s.get(), s6.get(), cfg, ifindex, route);
 }
 
 }  // namespace img2vm::init

@@ -2,7 +2,10 @@
 
 #include <arpa/inet.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 
+#include <algorithm>
+#include <array>
 #include <nlohmann/json.hpp>
 
 #include "img2vm/guestabi/error.hpp"
@@ -343,6 +346,106 @@ std::vector<Rlimit> rlimits_field(const json& j, std::string_view what) {
   return out;
 }
 
+// The family of an address in text (AF_INET: a dotted quad, AF_INET6), its bytes in `bytes`;
+// 0 for anything else.
+int address_family(const std::string& text, std::array<uint8_t, 16>& bytes) {
+  if (::inet_pton(AF_INET, text.c_str(), bytes.data()) == 1) return AF_INET;
+  if (::inet_pton(AF_INET6, text.c_str(), bytes.data()) == 1) return AF_INET6;
+  return 0;
+}
+
+// An address a host can have (or route through): not unspecified, not multicast.
+bool unicast(int family, const std::array<uint8_t, 16>& b) {
+  if (family == AF_INET6)
+    return b[0] != 0xff && std::any_of(b.begin(), b.end(), [](uint8_t x) { return x != 0; });
+  return (b[0] & 0xf0) != 0xe0 && (b[0] | b[1] | b[2] | b[3]) != 0;
+}
+
+// net's addresses6 and routes, checked alike when they are written and when they are read:
+// bounds, families, prefix lengths, no host bits in a destination, unicast addresses.
+void check_net_lists(const NetConfig& n, std::string_view what) {
+  if (n.addresses6.size() > kMaxNetAddresses6)
+    bad(what, "net.addresses6", "has more than " + std::to_string(kMaxNetAddresses6));
+  std::array<uint8_t, 16> b{};
+  for (const NetAddress6& a : n.addresses6) {
+    if (address_family(a.address, b) != AF_INET6 || !unicast(AF_INET6, b))
+      bad(what, "net.addresses6", "has \"" + a.address + "\", not a unicast IPv6 address");
+    if (a.prefix > 128) bad(what, "net.addresses6", a.address + ": prefix over 128");
+  }
+  if (n.routes.size() > kMaxNetRoutes)
+    bad(what, "net.routes", "has more than " + std::to_string(kMaxNetRoutes));
+  for (const NetRoute& r : n.routes) {
+    const int family = address_family(r.destination, b);
+    if (!family) bad(what, "net.routes", "has \"" + r.destination + "\", not an IP address");
+    const unsigned bits = family == AF_INET ? 32 : 128;
+    if (r.prefix > bits)
+      bad(what, "net.routes", r.destination + ": prefix over " + std::to_string(bits));
+    for (unsigned i = r.prefix; i < bits; ++i)
+      if (b[i / 8] & (0x80 >> (i % 8)))
+        bad(what, "net.routes",
+            r.destination + "/" + std::to_string(r.prefix) + " has host bits set");
+    if (r.gateway.empty()) continue;
+    if (address_family(r.gateway, b) != family || !unicast(family, b))
+      bad(what, "net.routes",
+          r.destination + ": gateway \"" + r.gateway + "\" is not a unicast address of its family");
+  }
+}
+
+json net_lists_json(const NetConfig& n, json j) {
+  if (!n.addresses6.empty()) {
+    json as = json::array();
+    for (const NetAddress6& a : n.addresses6)
+      as.push_back({{"address", a.address}, {"prefix", a.prefix}});
+    j["addresses6"] = std::move(as);
+  }
+  if (!n.routes.empty()) {
+    json rs = json::array();
+    for (const NetRoute& r : n.routes) {
+      json e = {{"destination", r.destination}, {"prefix", r.prefix}};
+      if (!r.gateway.empty()) e["gateway"] = r.gateway;
+      rs.push_back(std::move(e));
+    }
+    j["routes"] = std::move(rs);
+  }
+  return j;
+}
+
+// A whole number field of `obj`, from 0 to `hi`; `dflt` when absent.
+unsigned small_number(const json& obj, std::string_view what, const char* field, unsigned dflt,
+                      unsigned hi) {
+  auto f = obj.find(field);
+  if (f == obj.end() || f->is_null()) return dflt;
+  if (!f->is_number_unsigned() || f->get<uint64_t>() > hi)
+    bad(what, field, "must be a whole number from 0 to " + std::to_string(hi));
+  return unsigned(f->get<uint64_t>());
+}
+
+void read_net_lists(const json& n, std::string_view what, NetConfig& c) {
+  std::string w = std::string(what) + ": net.addresses6";
+  if (auto it = n.find("addresses6"); it != n.end() && !it->is_null()) {
+    if (!it->is_array() || it->size() > kMaxNetAddresses6)
+      bad(what, "net.addresses6",
+          "must be an array of at most " + std::to_string(kMaxNetAddresses6) + " addresses");
+    for (const json& e : *it) {
+      if (!e.is_object()) bad(what, "net.addresses6", "must hold objects");
+      c.addresses6.push_back(
+          {string_field(e, w, "address"), small_number(e, w, "prefix", 64, 128)});
+    }
+  }
+  w = std::string(what) + ": net.routes";
+  if (auto it = n.find("routes"); it != n.end() && !it->is_null()) {
+    if (!it->is_array() || it->size() > kMaxNetRoutes)
+      bad(what, "net.routes",
+          "must be an array of at most " + std::to_string(kMaxNetRoutes) + " routes");
+    for (const json& e : *it) {
+      if (!e.is_object()) bad(what, "net.routes", "must hold objects");
+      c.routes.push_back({string_field(e, w, "destination"), small_number(e, w, "prefix", 0, 128),
+                          string_field(e, w, "gateway")});
+    }
+  }
+  check_net_lists(c, what);
+}
+
 // "entropy": base64url of kMinEntropyBytes to kMaxEntropyBytes; absent: none. The text's length
 // is checked before it is decoded (untrusted input).
 std::string entropy_field(const json& j, std::string_view what) {
@@ -444,7 +547,8 @@ std::string to_json(const RunOverrides& o) {
     if (!o.net->gateway.empty()) n["gateway"] = o.net->gateway;
     if (o.net->mtu) n["mtu"] = o.net->mtu;
     if (!o.net->mac.empty()) n["mac"] = o.net->mac;
-    j["net"] = n;
+    check_net_lists(*o.net, "img2vm run overrides");
+    j["net"] = net_lists_json(*o.net, std::move(n));
   }
   if (!o.mounts.empty()) {
     json ms = json::array();
@@ -527,6 +631,7 @@ RunOverrides run_overrides_from_json(std::string_view text) {
     c.mac = string_field(n, what, "mac");
     if (!c.mac.empty() && !parse_unicast_mac(c.mac))
       bad(what, "net.mac", "has \"" + c.mac + "\", not a unicast MAC address");
+    read_net_lists(n, what, c);
     o.net = c;
   }
   o.mounts = mounts_field(j, what);

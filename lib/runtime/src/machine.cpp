@@ -354,6 +354,10 @@ PreparedMachine build_machine(MachineOptions o) {
     n.prefix = l.prefix_length;
     n.gateway = l.gateway;
     n.mtu = mc.net->mtu;
+    for (const vm::NetnsAddress& a : l.addresses6)
+      n.addresses6.push_back({a.address, a.prefix_length});
+    for (const vm::NetnsRoute& r : l.routes)
+      n.routes.push_back({r.destination, r.prefix_length, r.gateway});
     ov.net = n;
   }
 

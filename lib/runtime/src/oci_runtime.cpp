@@ -469,7 +469,11 @@ OciState OciRuntime::create(const OciCreateOptions& o) {
     mo.network = NetworkMode::kNone;
     mo.netns.clear();
   }
+  const std::string netns_path = mo.netns.string();
   PreparedMachine pm = build_machine(std::move(mo));
+  if (pm.netns && o.warn)
+    for (const std::string& n : pm.netns->info().not_carried)
+      o.warn("linux.namespaces: network " + netns_path + ": " + n + " is not carried into the VM");
   std::optional<ConsolePty> pty;
   if (b.terminal) {
     if (o.console_socket.empty())

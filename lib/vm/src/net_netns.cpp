@@ -118,6 +118,24 @@ std::string ipv4_text(nl_addr* a) {
   return buf;
 }
 
+std::string ipv6_text(nl_addr* a) {
+  if (!a || ::nl_addr_get_family(a) != AF_INET6 || ::nl_addr_get_len(a) != 16) return {};
+  char buf[INET6_ADDRSTRLEN];
+  ::inet_ntop(AF_INET6, ::nl_addr_get_binary_addr(a), buf, sizeof buf);
+  return buf;
+}
+
+// Adds `line` to `list` (NetnsLink::not_carried), which ends with a count past its bound.
+void note_not_carried(std::vector<std::string>& list, std::string line) {
+  if (list.size() + 1 < netns::kMaxNotCarried) {
+    list.push_back(std::move(line));
+  } else if (list.size() + 1 == netns::kMaxNotCarried) {
+    list.push_back("1 more");
+  } else {
+    list.back() = std::to_string(std::stoul(list.back()) + 1) + " more";
+  }
+}
+
 std::string link_name(rtnl_link* l) {
   const char* n = ::rtnl_link_get_name(l);
   return n ? n : "?";
@@ -220,6 +238,7 @@ struct NetnsTap::Impl {
   rtnl_link* pick_interface(nl_cache* links);
   void read_address(nl_sock* s);
   void read_routes(nl_sock* s);
+  void read_route(rtnl_route* r, int family);
   void make_tap(nl_sock* s);
 };
 
@@ -252,9 +271,19 @@ void NetnsTap::Impl::read_address(nl_sock* s) {
   if (int e = ::rtnl_addr_alloc_cache(s, &raw); e < 0) nl_fail(where + ": reading addresses", e);
   Cache cache(raw);
   std::vector<rtnl_addr*> mine;
-  for (rtnl_addr* a : items<rtnl_addr>(cache.get(), netns::kMaxAddresses, where + ": addresses"))
-    if (::rtnl_addr_get_ifindex(a) == info.interface_index && ::rtnl_addr_get_family(a) == AF_INET)
-      mine.push_back(a);
+  for (rtnl_addr* a : items<rtnl_addr>(cache.get(), netns::kMaxAddresses, where + ": addresses")) {
+    if (::rtnl_addr_get_ifindex(a) != info.interface_index) continue;
+    if (::rtnl_addr_get_family(a) == AF_INET) mine.push_back(a);
+    if (::rtnl_addr_get_family(a) != AF_INET6 || ::rtnl_addr_get_scope(a) >= RT_SCOPE_LINK)
+      continue;
+    NetnsAddress six{ipv6_text(::rtnl_addr_get_local(a)), unsigned(::rtnl_addr_get_prefixlen(a))};
+    if (six.address.empty() || six.prefix_length > 128) continue;
+    if (info.addresses6.size() < netns::kMaxCarriedAddresses6)
+      info.addresses6.push_back(six);
+    else
+      note_not_carried(info.not_carried,
+                       "IPv6 address " + six.address + "/" + std::to_string(six.prefix_length));
+  }
   if (mine.empty())
     throw Error(ErrorKind::kInvalidArgument,
                 where + ": " + info.interface +
@@ -279,32 +308,53 @@ void NetnsTap::Impl::read_address(nl_sock* s) {
 }
 
 // The default gateway, and the routes through the interface that go when its address does
-// (all but the kernel's own, which come back with the address), kept for restore().
+// (all but the kernel's own, which come back with the address), kept for restore(); then the
+// IPv6 routes. Those the guest gets go to info.routes.
 void NetnsTap::Impl::read_routes(nl_sock* s) {
-  nl_cache* raw = nullptr;
-  if (int e = ::rtnl_route_alloc_cache(s, AF_INET, 0, &raw); e < 0)
-    nl_fail(where + ": reading routes", e);
-  Cache cache(raw);
-  for (rtnl_route* r : items<rtnl_route>(cache.get(), netns::kMaxRoutes, where + ": routes")) {
-    if (::rtnl_route_get_table(r) != RT_TABLE_MAIN) continue;
-    bool here = false;
-    std::string gateway;
-    for (int i = 0; i < ::rtnl_route_get_nnexthops(r); ++i) {
-      rtnl_nexthop* nh = ::rtnl_route_nexthop_n(r, i);
-      if (::rtnl_route_nh_get_ifindex(nh) != info.interface_index) continue;
-      here = true;
-      if (gateway.empty()) gateway = ipv4_text(::rtnl_route_nh_get_gateway(nh));
-    }
-    if (!here) continue;
-    nl_addr* dst = ::rtnl_route_get_dst(r);
-    if (info.gateway.empty() && ::rtnl_route_get_type(r) == RTN_UNICAST &&
-        (!dst || ::nl_addr_get_prefixlen(dst) == 0))
-      info.gateway = gateway;
-    if (::rtnl_route_get_protocol(r) == RTPROT_KERNEL) continue;
+  for (int family : {AF_INET, AF_INET6}) {
+    nl_cache* raw = nullptr;
+    if (int e = ::rtnl_route_alloc_cache(s, family, 0, &raw); e < 0)
+      nl_fail(where + ": reading routes", e);
+    Cache cache(raw);
+    for (rtnl_route* r : items<rtnl_route>(cache.get(), netns::kMaxRoutes, where + ": routes"))
+      read_route(r, family);
+  }
+}
+
+void NetnsTap::Impl::read_route(rtnl_route* r, int family) {
+  if (::rtnl_route_get_table(r) != RT_TABLE_MAIN) return;
+  auto text = [family](nl_addr* a) { return family == AF_INET ? ipv4_text(a) : ipv6_text(a); };
+  int hops = 0;
+  std::string gateway;
+  for (int i = 0; i < ::rtnl_route_get_nnexthops(r); ++i) {
+    rtnl_nexthop* nh = ::rtnl_route_nexthop_n(r, i);
+    if (::rtnl_route_nh_get_ifindex(nh) != info.interface_index) continue;
+    if (++hops == 1) gateway = text(::rtnl_route_nh_get_gateway(nh));
+  }
+  if (hops == 0) return;
+  nl_addr* dst = ::rtnl_route_get_dst(r);
+  const unsigned prefix = dst ? unsigned(::nl_addr_get_prefixlen(dst)) : 0;
+  const bool unicast = ::rtnl_route_get_type(r) == RTN_UNICAST;
+  const bool ipv4_default = family == AF_INET && unicast && prefix == 0;
+  if (ipv4_default && info.gateway.empty()) info.gateway = gateway;
+  if (::rtnl_route_get_protocol(r) == RTPROT_KERNEL) return;
+  if (family == AF_INET) {
     Route copy(reinterpret_cast<rtnl_route*>(::nl_object_clone(obj(r))));
     if (!copy) throw Error(ErrorKind::kInternal, where + ": netlink: out of memory");
     routes.push_back(std::move(copy));
   }
+  if (!unicast || ipv4_default) return;
+  NetnsRoute carried{prefix == 0 ? (family == AF_INET ? "0.0.0.0" : "::") : text(dst), prefix,
+                     gateway};
+  const std::string line = std::string(family == AF_INET ? "IPv4" : "IPv6") + " route " +
+                           carried.destination + "/" + std::to_string(prefix);
+  if (carried.destination.empty()) return;
+  if (hops > 1)
+    note_not_carried(info.not_carried, line + ": " + std::to_string(hops) + " next hops");
+  else if (info.routes.size() >= netns::kMaxCarriedRoutes)
+    note_not_carried(info.not_carried, line);
+  else
+    info.routes.push_back(std::move(carried));
 }
 
 // The tap device, up, with the interface's MTU and no IPv6 (the namespace's kernel would send

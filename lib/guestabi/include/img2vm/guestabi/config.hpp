@@ -60,8 +60,28 @@ std::string to_json(const RuntimeConfig& c);
 // Throws Error naming the field at fault (or the schema version).
 RuntimeConfig runtime_config_from_json(std::string_view json);
 
+// An IPv6 address of the guest's interface, with its prefix length (0-128).
+struct NetAddress6 {
+  std::string address;  // e.g. fd00:1::2
+  unsigned prefix = 64;
+
+  friend bool operator==(const NetAddress6&, const NetAddress6&) = default;
+};
+// A route the init adds besides the default IPv4 one: to destination/prefix (IPv4 or IPv6, the
+// network's own address: no host bits set), through `gateway` (the same family) or, without
+// one, on the link. The default IPv6 route is destination "::" and prefix 0.
+struct NetRoute {
+  std::string destination;  // e.g. 10.1.0.0 or fd00:2::
+  unsigned prefix = 0;      // 0-32 or 0-128
+  std::string gateway;      // empty: on the link
+
+  friend bool operator==(const NetRoute&, const NetRoute&) = default;
+};
+inline constexpr std::size_t kMaxNetAddresses6 = 16;
+inline constexpr std::size_t kMaxNetRoutes = 64;
+
 // The guest's network interface, configured by the init before the workload starts (the
-// runner picks the addresses). IPv4 dotted quads.
+// runner picks the addresses). IPv4 dotted quads; IPv6 in any form inet_pton(3) reads.
 struct NetConfig {
   std::string interface = "eth0";
   std::string address;   // e.g. 10.0.2.15
@@ -72,6 +92,10 @@ struct NetConfig {
   // empty: the device's. A VM resumed from a snapshot gets its own this way (its driver read
   // the snapshot's MAC from the device when it booted).
   std::string mac;
+  // A dual-stack network's IPv6 addresses (at most kMaxNetAddresses6), and the routes besides
+  // the default IPv4 one (at most kMaxNetRoutes): what a container engine's namespace had.
+  std::vector<NetAddress6> addresses6{};
+  std::vector<NetRoute> routes{};
 
   friend bool operator==(const NetConfig&, const NetConfig&) = default;
 };

@@ -10,10 +10,12 @@
 //    on each with one u32 filter matching everything and a mirred "egress redirect" action to the
 //    other device, so the namespace's own stack sees none of the guest's traffic;
 //  - the interface's IPv4 address is removed (the guest owns it now: the namespace must neither
-//    answer for it nor send from it); its routes go with it.
+//    answer for it nor send from it); its routes go with it. IPv6 addresses stay (the
+//    namespace's stack no longer sees a frame from the link, and nothing in it sends).
 //
 // The guest's NIC gets the interface's MAC (so the engine's bridge and neighbours' ARP caches
-// stay right), and its init the address, prefix length, gateway and MTU read here. The engine's
+// stay right), and its init the address, prefix length, gateway and MTU read here, the IPv6
+// addresses and the other routes. The engine's
 // port publishing (DNAT to the container's address), its firewall and container-to-container
 // traffic work unchanged: the guest answers where the container would have.
 //
@@ -41,6 +43,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace img2vm::vm {
 
@@ -51,7 +54,25 @@ inline constexpr std::string_view kTapPrefix = "img2vm-tap";
 inline constexpr size_t kMaxLinks = 64;
 inline constexpr size_t kMaxAddresses = 256;
 inline constexpr size_t kMaxRoutes = 1024;
+// What the guest is given at most (guestabi's bounds) and the lines of NetnsLink::not_carried.
+inline constexpr size_t kMaxCarriedAddresses6 = 16;
+inline constexpr size_t kMaxCarriedRoutes = 64;
+inline constexpr size_t kMaxNotCarried = 16;
 }  // namespace netns
+
+// An address with its prefix length, and a route to destination/prefix through a gateway (empty:
+// on the link), as text (IPv4 dotted quads, IPv6 as inet_ntop(3) writes it).
+struct NetnsAddress {
+  std::string address;
+  unsigned prefix_length = 0;
+  friend bool operator==(const NetnsAddress&, const NetnsAddress&) = default;
+};
+struct NetnsRoute {
+  std::string destination;
+  unsigned prefix_length = 0;
+  std::string gateway;
+  friend bool operator==(const NetnsRoute&, const NetnsRoute&) = default;
+};
 
 // What the namespace's interface had (the guest takes it over) and the tap made beside it.
 struct NetnsLink {
@@ -64,6 +85,17 @@ struct NetnsLink {
   std::string gateway;  // the default IPv4 route's gateway (main table); empty: none
   std::string tap;      // the tap device, e.g. "img2vm-tap0"
   int tap_index = 0;
+  // The interface's global IPv6 addresses (a dual-stack network's; the guest's link-local one
+  // comes from the same MAC) and its routes in the main table besides the kernel's and the
+  // default IPv4 one: IPv4 routes, and IPv6 ones with the default ("::"/0), at most
+  // kMaxCarriedAddresses6 and kMaxCarriedRoutes. The guest's init sets them up too.
+  std::vector<NetnsAddress> addresses6;
+  std::vector<NetnsRoute> routes;
+  // What the namespace gives a container that the guest does not get, one line each (at most
+  // netns::kMaxNotCarried, the last saying how many more): routes with several next hops
+  // ("IPv4 route 10.1.0.0/16: 2 next hops"), addresses and routes past the bounds above.
+  // Callers warn with these.
+  std::vector<std::string> not_carried;
 };
 
 // The tap device of a VM in an engine's network namespace, and the tc redirection both ways.
