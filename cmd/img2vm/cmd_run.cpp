@@ -98,35 +98,6 @@ void check_rootfs_args(const RunArgs& a) {
                   std::string(flag) + ": not with --rootfs (no image is converted or copied)");
 }
 
-// The stored snapshot this run resumes (img2vm snapshot create): the one of its image, kernel,
-// memory and vCPUs, when the run's devices fit in a snapshot; else none, said at `log`'s levels.
-// Nothing is hashed when the store holds no snapshot.
-std::optional<runtime::SnapshotInfo> pick_snapshot(
-    const runtime::MachineOptions& mo, const std::string& image,
-    const std::function<void(LogLevel, const std::string&)>& log) {
-  runtime::SnapshotStore ss;
-  std::vector<runtime::SnapshotInfo> all = ss.list();
-  if (all.empty()) return std::nullopt;
-  runtime::SnapshotInputs in{mo.kernel, mo.rootfs, mo.memory_mib, mo.cpus, image, {}};
-  in.network = mo.network;
-  in.kernel_digest = ss.kernel_digest(mo.kernel);
-  const std::string key = runtime::snapshot_key(in);
-  std::string why = runtime::snapshot_unsupported(mo);
-  for (const auto& s : all) {
-    if (s.rootfs != mo.rootfs.filename().string()) continue;
-    std::string mismatch = runtime::snapshot_mismatch(s, in);
-    if (s.key == key && mismatch.empty()) {
-      if (why.empty()) return s;
-      log(LogLevel::kInfo, "snapshot " + s.key + " not used: this run has " + why);
-      return std::nullopt;
-    }
-    if (s.key == key || s.kernel_digest != in.kernel_digest)
-      log(LogLevel::kWarn, "snapshot " + s.key + " of this image not used: " + mismatch +
-                               "; booting (img2vm snapshot create takes a new one)");
-  }
-  return std::nullopt;
-}
-
 PreparedRun prepare_run(RunArgs& a, Globals& g) {
   PreparedRun p;
   LogLevel level = parse_log_level(a.log_level);
@@ -275,8 +246,15 @@ PreparedRun prepare_run(RunArgs& a, Globals& g) {
     p.image = a.rootfs;
     p.command = a.req.cmd;
   }
+  // The stored snapshot this run resumes (img2vm snapshot create), when one fits; why others of
+  // its image do not, at the log's levels.
   std::optional<runtime::SnapshotInfo> snap;
-  if (src && !a.no_snapshot) snap = pick_snapshot(mo, ref, log);
+  if (src && !a.no_snapshot) {
+    runtime::SnapshotChoice c = runtime::choose_snapshot(runtime::SnapshotStore(), mo, ref);
+    for (const std::string& m : c.mismatched) log(LogLevel::kWarn, m);
+    if (!c.skipped.empty()) log(LogLevel::kInfo, c.skipped);
+    snap = std::move(c.snapshot);
+  }
   if (snap) {
     mo.snapshot = snap->dir;
     log(LogLevel::kInfo, "resuming snapshot " + snap->key + " (" + snap->dir.string() + ")");

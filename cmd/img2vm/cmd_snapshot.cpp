@@ -36,11 +36,12 @@ nlohmann::json info_json(const runtime::SnapshotInfo& s) {
 int create(const SnapshotArgs& a, const Globals& g) {
   if (a.cpus < 1 || a.cpus > 64)
     throw Error(ErrorKind::kInvalidArgument, "--cpus must be between 1 and 64");
-  if (a.network != "user" && a.network != "none")
+  if (a.network != "user" && a.network != "none" && a.network != "tap")
     throw Error(ErrorKind::kInvalidArgument,
                 "--network " + a.network +
-                    ": a snapshot is of a VM with the user network or none (tap and other "
-                    "networks cannot be in a snapshot yet)");
+                    ": a snapshot is of a VM with the user network, a tap network or none (the "
+                    "network's options are each run's: run --network tap:NAME,outbound=off "
+                    "resumes a snapshot taken with tap)");
   vm::KvmInfo kvm = vm::detect_kvm();
   if (kvm.kind == vm::KvmKind::kUnavailable)
     throw Error(ErrorKind::kNotFound, "cannot run VMs here: " + kvm.detail);
@@ -53,7 +54,9 @@ int create(const SnapshotArgs& a, const Globals& g) {
   runtime::RootfsResult root = make_rootfs(store, *src, a, {}, !g.json && ::isatty(STDERR_FILENO));
   runtime::SnapshotInputs in{kernel->path, root.path, parse_memory_mib(a.memory),
                              a.cpus,       a.image,   {}};
-  in.network = a.network == "user" ? runtime::NetworkMode::kUser : runtime::NetworkMode::kNone;
+  in.network = a.network == "user"  ? runtime::NetworkMode::kUser
+               : a.network == "tap" ? runtime::NetworkMode::kTap
+                                    : runtime::NetworkMode::kNone;
   runtime::MachineOptions mo;
   mo.console_out_fd = STDERR_FILENO;  // only a failing boot says anything
   mo.console_err_fd = STDERR_FILENO;
@@ -145,7 +148,8 @@ void register_snapshot(CLI::App& app, Globals& g, Action* slot) {
   cr->add_option("-m,--memory", a->memory,
                  "Guest memory: 512M, 1G, or a number of MiB (default 256M)");
   cr->add_option("--network", a->network,
-                 "The runs' network: user (the default, as for run) or none");
+                 "The runs' network: user (the default, as for run), tap (no device is made "
+                 "now: each run that resumes it sets its own up, as root) or none");
   cr->add_option("--platform", a->platform,
                  "os/arch[/variant] to select from a multi-platform image");
   cr->add_option("--size", a->size, "Root filesystem size (e.g. 2G); default: from the content");

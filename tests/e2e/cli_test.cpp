@@ -113,12 +113,16 @@ TEST(Cli, RunValidatesOptionsBeforeTouchingKvmOrTheStore) {
     EXPECT_NE(r.err.find(c.says), std::string::npos) << r.describe();
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.describe();
   }
-  // snapshot create refuses a network a snapshot cannot hold, before KVM or the store.
-  auto r = img2vm({"snapshot", "create", "--network", "tap", "nosuch.invalid/x"});
-  EXPECT_EQ(r.exit_code, 1) << r.describe();
-  EXPECT_NE(r.err.find("--network tap: a snapshot is of a VM with the user network or none"),
-            std::string::npos)
-      << r.describe();
+  // snapshot create refuses a network a snapshot cannot hold, or a run's options of one,
+  // before KVM or the store.
+  for (const char* net : {"tap:img2vm-t1", "netns:/run/netns/x", "user:outbound=off"}) {
+    auto r = img2vm({"snapshot", "create", "--network", net, "nosuch.invalid/x"});
+    EXPECT_EQ(r.exit_code, 1) << r.describe();
+    EXPECT_NE(r.err.find("--network " + std::string(net) +
+                         ": a snapshot is of a VM with the user network, a tap network or none"),
+              std::string::npos)
+        << r.describe();
+  }
 }
 
 // `volume create|ls|inspect|rm|prune` on a store of its own, as docker's commands print.

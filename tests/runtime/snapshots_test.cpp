@@ -15,6 +15,7 @@
 #include "img2vm/base/fd.hpp"
 #include "img2vm/guestabi/cmdline.hpp"
 #include "img2vm/guestabi/overrides_disk.hpp"
+#include "img2vm/runtime/mounts.hpp"
 
 namespace img2vm::runtime {
 namespace {
@@ -158,6 +159,61 @@ TEST_F(Snapshots, CommitFindListRemove) {
   EXPECT_TRUE(ss.find(b.key));
 }
 
+// What a run resumes (choose_snapshot, as img2vm run uses it): the snapshot of its kernel,
+// rootfs, memory, vCPUs and network; none for a run whose devices a snapshot cannot hold (said
+// in `skipped`); one taken with another kernel is named in `mismatched`, a snapshot of another
+// shape (memory) in neither.
+TEST_F(Snapshots, ARunChoosesTheSnapshotThatFitsIt) {
+  MachineOptions mo;
+  mo.kernel = kernel;
+  mo.rootfs = rootfs;
+  mo.memory_mib = 256;
+  mo.cpus = 1;
+  mo.network = NetworkMode::kNone;  // as inputs()'s
+  SnapshotChoice none = choose_snapshot(ss, mo, "demo/hello:latest");
+  EXPECT_FALSE(none.snapshot);
+  EXPECT_TRUE(none.skipped.empty());
+  EXPECT_TRUE(none.mismatched.empty());
+  EXPECT_FALSE(fs::exists(ss.dir())) << "a store without snapshots is left alone";
+
+  store(inputs(512));
+  EXPECT_FALSE(choose_snapshot(ss, mo, "demo/hello:latest").snapshot);
+  const SnapshotInfo a = store(inputs());
+  SnapshotChoice c = choose_snapshot(ss, mo, "demo/hello:latest");
+  ASSERT_TRUE(c.snapshot);
+  EXPECT_EQ(c.snapshot->key, a.key);
+  EXPECT_EQ(c.snapshot->dir, a.dir);
+  EXPECT_TRUE(c.skipped.empty());
+  EXPECT_TRUE(c.mismatched.empty());
+  mo.cpus = 2;
+  EXPECT_FALSE(choose_snapshot(ss, mo, "demo/hello:latest").snapshot);
+  mo.cpus = 1;
+  mo.network = NetworkMode::kUser;  // a NIC: another key
+  EXPECT_FALSE(choose_snapshot(ss, mo, "demo/hello:latest").snapshot);
+  mo.network = NetworkMode::kNone;
+
+  Mount m;
+  m.type = Mount::Type::kTmpfs;
+  m.target = "/scratch";
+  mo.mounts.push_back(m);
+  c = choose_snapshot(ss, mo, "demo/hello:latest");
+  EXPECT_FALSE(c.snapshot);
+  EXPECT_EQ(c.skipped, "snapshot " + a.key + " not used: this run has mounts (virtio-fs)");
+  mo.mounts.clear();
+
+  write_file_atomic(kernel, "a rebuilt kernel");
+  c = choose_snapshot(ss, mo, "demo/hello:latest");
+  EXPECT_FALSE(c.snapshot);
+  ASSERT_EQ(c.mismatched.size(), 2u);  // both shapes of this rootfs: another kernel
+  for (const std::string& line : c.mismatched)
+    EXPECT_NE(line.find(" of this image not used: it was taken with kernel sha256:"),
+              std::string::npos)
+        << line;
+  mo.rootfs = rootfs.parent_path() / "4567cdef.ext4";  // another image's: none of its snapshots
+  write_file_atomic(mo.rootfs, std::string(4096, 'r'));
+  EXPECT_TRUE(choose_snapshot(ss, mo, "other").mismatched.empty());
+}
+
 TEST_F(Snapshots, HalfWrittenOrEditedSnapshotsAreNotFound) {
   SnapshotInfo a = store(inputs());
   // A create interrupted before commit: a temporary directory, never listed.
@@ -259,19 +315,23 @@ TEST_F(Snapshots, TheSnapshotLayoutsMachine) {
   EXPECT_TRUE(n1.overrides.net->mac.starts_with("52:54:00:")) << n1.overrides.net->mac;
   EXPECT_NE(n1.config.net->mac, n2.config.net->mac);  // 1 in 16.7 million to fail by chance
 
-  // What a snapshot cannot hold yet is refused, naming it (before a tap device is made).
-  MachineOptions tap;
-  tap.kernel = kernel;
-  tap.rootfs = rootfs;
-  tap.network = NetworkMode::kTap;
-  tap.snapshot_layout = true;
+  // What a snapshot cannot hold yet is refused, naming it (before the namespace is looked at).
+  MachineOptions netns;
+  netns.kernel = kernel;
+  netns.rootfs = rootfs;
+  netns.network = NetworkMode::kNetns;
+  netns.netns = "/run/netns/img2vm-test-none";
+  netns.snapshot_layout = true;
   try {
-    build_machine(std::move(tap));
-    ADD_FAILURE() << "a snapshot layout with a tap network";
+    build_machine(std::move(netns));
+    ADD_FAILURE() << "a snapshot layout with an engine's network namespace";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kUnsupported);
-    EXPECT_STREQ(e.what(), "machine: a snapshot cannot hold a tap network yet");
+    EXPECT_STREQ(e.what(), "machine: a snapshot cannot hold an engine's network namespace yet");
   }
+  MachineOptions tap;  // a tap network can (built as root only: not here)
+  tap.network = NetworkMode::kTap;
+  EXPECT_EQ(snapshot_unsupported(tap), "");
   MachineOptions resume;
   resume.kernel = kernel;
   resume.rootfs = rootfs;

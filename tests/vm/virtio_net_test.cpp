@@ -4,7 +4,9 @@
 // broken queue and a reset. The backend is a fake that records what it is given.
 #include "virtio_net.hpp"
 
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <cstring>
 #include <functional>
@@ -12,6 +14,8 @@
 #include <vector>
 
 #include "img2vm/base/error.hpp"
+#include "img2vm/base/fd.hpp"
+#include "img2vm/vm/net_tap.hpp"
 #include "virtio_mmio.hpp"
 
 using namespace img2vm;
@@ -539,4 +543,26 @@ TEST(VirtioNet, OffloadsTheDriverRefusedStayOff) {
   r.transmit_with(vnet_hdr(VirtioNet::kHdrFNeedsCsum, 0, 0, 34, 6),
                   frame_of(60, 2));  // CSUM not negotiated
   EXPECT_TRUE(r.backend.sent.empty());
+}
+
+// A snapshot of a tap-networked machine is taken with TapShapeBackend (no device, no root): its
+// NIC offers what a tap device's does, so the driver that resumes on a real tap device took
+// the same features; what the guest sends is dropped, and its loop serves only the watches.
+TEST(VirtioNet, ATapShapedBackendOffersWhatATapDeviceOffers) {
+  TapShapeBackend shape;
+  FakeBackend tap_like(/*checksums=*/false, /*offloading=*/true);
+  VirtioNet a(shape, kMac, 1500), b(tap_like, kMac, 1500);
+  EXPECT_EQ(a.features(), b.features());
+  EXPECT_TRUE(a.features() & VirtioNet::kFeatureHostTso4);
+  shape.send(Bytes(60, 0));
+  EXPECT_EQ(shape.dropped(), 1u);
+
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC), 0);
+  UniqueFd rd(p[0]), wr(p[1]);
+  ASSERT_EQ(::write(wr.get(), "x", 1), 1);
+  int calls = 0;
+  std::vector<NetBackend::Watch> watches{{rd.get(), [&] { return ++calls < 1; }}};
+  shape.run(watches);  // returns once the watch's callback says so
+  EXPECT_EQ(calls, 1);
 }

@@ -262,7 +262,6 @@ void add_mounts(PreparedMachine& p, const MachineOptions& o) {
 
 std::string snapshot_unsupported(const MachineOptions& o) {
   if (o.root_dir) return "a root directory (virtio-fs)";
-  if (o.network == NetworkMode::kTap) return "a tap network";
   if (o.network == NetworkMode::kNetns) return "an engine's network namespace";
   if (!o.mounts.empty()) return "mounts (virtio-fs)";
   if (!o.disks.empty()) return "extra disks";

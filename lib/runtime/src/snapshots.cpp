@@ -145,7 +145,7 @@ std::string snapshot_mismatch(const SnapshotInfo& s, const SnapshotInputs& in) {
 
 std::string SnapshotStore::kernel_digest(const fs::path& kernel) const {
   // Remembered only in a store that holds snapshots (or had some): a run without any hashes
-  // nothing (pick_snapshot) and leaves no directory behind.
+  // nothing (choose_snapshot) and leaves no directory behind.
   if (!fs::is_directory(dir_)) return sha256_file(kernel).str();
   return sha256_file_remembered(kernel, dir_ / kKernelDigests).str();
 }
@@ -258,7 +258,20 @@ SnapshotInfo create_snapshot(const SnapshotStore& store, const SnapshotInputs& i
   o.network = in.network;
   o.snapshot_layout = true;
   o.snapshot.clear();
+  // A tap network's snapshot is taken with a NIC of the tap's kind and no device (no root, no
+  // device on the host): the guest configures its interface only after the snapshot point,
+  // and the run that resumes it has its own tap device.
+  const bool tap = o.network == NetworkMode::kTap;
+  if (tap) {
+    o.network = NetworkMode::kNone;
+    o.publish.clear();
+    o.publish_all = false;
+  }
   PreparedMachine p = build_machine(std::move(o));
+  if (tap) {
+    p.config.net.emplace();
+    p.config.net->backend = std::make_shared<vm::TapShapeBackend>();
+  }
   p.config.pause_at_snapshot_point = true;
   const fs::path tmp = store.begin();
   try {
@@ -282,6 +295,33 @@ SnapshotInfo create_snapshot(const SnapshotStore& store, const SnapshotInputs& i
     fs::remove_all(tmp, ec);
     throw;
   }
+}
+
+SnapshotChoice choose_snapshot(const SnapshotStore& store, const MachineOptions& mo,
+                               const std::string& image) {
+  SnapshotChoice c;
+  std::vector<SnapshotInfo> all = store.list();
+  if (all.empty()) return c;
+  SnapshotInputs in{mo.kernel, mo.rootfs, mo.memory_mib, mo.cpus, image, {}};
+  in.network = mo.network;
+  in.kernel_digest = store.kernel_digest(mo.kernel);
+  const std::string key = snapshot_key(in);
+  const std::string why = snapshot_unsupported(mo);
+  for (const SnapshotInfo& s : all) {
+    if (s.rootfs != mo.rootfs.filename().string()) continue;
+    const std::string mismatch = snapshot_mismatch(s, in);
+    if (s.key == key && mismatch.empty()) {
+      if (why.empty())
+        c.snapshot = s;
+      else
+        c.skipped = "snapshot " + s.key + " not used: this run has " + why;
+      break;
+    }
+    if (s.key == key || s.kernel_digest != in.kernel_digest)
+      c.mismatched.push_back("snapshot " + s.key + " of this image not used: " + mismatch +
+                             "; booting (img2vm snapshot create takes a new one)");
+  }
+  return c;
 }
 
 }  // namespace img2vm::runtime

@@ -119,4 +119,17 @@ void TapDevice::run(std::span<const Watch> watches) {
   }
 }
 
+void TapShapeBackend::run(std::span<const Watch> watches) {
+  std::vector<pollfd> pfds(watches.size());
+  for (;;) {
+    for (size_t i = 0; i < watches.size(); ++i) pfds[i] = {watches[i].fd, POLLIN, 0};
+    if (::poll(pfds.data(), pfds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      throw Error(ErrorKind::kInternal, "network: poll: " + std::string(std::strerror(errno)));
+    }
+    for (size_t i = 0; i < watches.size(); ++i)
+      if ((pfds[i].revents & (POLLIN | POLLHUP | POLLERR)) && !watches[i].on_readable()) return;
+  }
+}
+
 }  // namespace img2vm::vm

@@ -110,11 +110,11 @@ struct MachineOptions {
   // its snapshot point and only then reads the overrides, from a disk of a fixed size: a
   // snapshot taken there serves every later run of the same image, kernel and machine shape.
   // Only for a root filesystem without mounts, extra disks, keep or huge pages, and with no
-  // network or the user-mode one (virtio-fs and tap devices cannot be in a snapshot yet):
-  // snapshot_unsupported(). The layout has a vsock device (CID kDetachedGuestCid; a detached
-  // VM's monitor gives it its socket), so attached and detached runs resume the same snapshots.
-  // A run's NIC has a MAC of its own (52:54:00 and three random bytes), which the init sets, so
-  // VMs resumed from one snapshot differ in it.
+  // network, the user-mode one or a tap device of img2vm's (virtio-fs and an engine's
+  // namespace cannot be in a snapshot yet): snapshot_unsupported(). The layout has a vsock device
+  // (CID kDetachedGuestCid; a detached VM's monitor gives it its socket), so attached and detached
+  // runs resume the same snapshots. A run's NIC has a MAC of its own (52:54:00 and three random
+  // bytes), which the init sets, so VMs resumed from one snapshot differ in it.
   bool snapshot_layout = false;
   // Resume this snapshot (a SnapshotStore directory) instead of booting; implies
   // snapshot_layout. The config keeps the cold boot of the same layout: a VMM that refuses the
@@ -122,8 +122,8 @@ struct MachineOptions {
   std::filesystem::path snapshot;
 };
 
-// Why `o` cannot use the snapshot layout, in a few words ("a tap network", "mounts"); empty when it
-// can.
+// Why `o` cannot use the snapshot layout, in a few words ("mounts (virtio-fs)", "extra disks");
+// empty when it can.
 std::string snapshot_unsupported(const MachineOptions& o);
 
 // A MachineConfig ready to run, and what it refers to.

@@ -7,7 +7,9 @@
 //   img2vm::runtime::SnapshotStore ss;                      // <home>/snapshots
 //   img2vm::runtime::SnapshotInputs in{kernel, rootfs, 256, 1};
 //   img2vm::runtime::SnapshotInfo s = img2vm::runtime::create_snapshot(ss, in, {});
-//   if (auto found = ss.find(snapshot_key(in))) mo.snapshot = found->dir;   // a run restores it
+//   // A run resumes the snapshot that fits it, if any (what img2vm run does):
+//   SnapshotChoice c = choose_snapshot(ss, mo, "demo/hello:latest");
+//   if (c.snapshot) mo.snapshot = c.snapshot->dir;
 #pragma once
 
 #include <chrono>
@@ -30,7 +32,9 @@ struct SnapshotInputs {
   unsigned cpus = 1;
   std::string image;  // for ls: the image reference the rootfs came from (not part of the key)
   std::string kernel_digest;  // the kernel's "sha256:...", when already known (else hashed)
-  NetworkMode network = NetworkMode::kNone;  // kNone or kUser: whether the VM has a NIC
+  // kNone, kUser or kTap: whether the VM has a NIC, and of which kind (a tap device's offers
+  // offloads the user network's does not, so its guest's driver took other features).
+  NetworkMode network = NetworkMode::kNone;
 };
 
 // The snapshot's key: the first 32 hex digits of a SHA-256 over the kernel's digest, the
@@ -98,6 +102,24 @@ class SnapshotStore {
 // before a run resumes it. Also what a run reports about a snapshot of the same image and shape
 // taken with another kernel.
 std::string snapshot_mismatch(const SnapshotInfo& s, const SnapshotInputs& in);
+
+// The stored snapshot a run of `mo` (its kernel, rootfs, memory, vCPUs and network; `image` the
+// reference the rootfs came from) resumes, and why others of the same image are not used.
+struct SnapshotChoice {
+  std::optional<SnapshotInfo> snapshot;  // set MachineOptions::snapshot to its dir to resume it
+  // The snapshot of this run's key fits, but the run's devices do not fit in a snapshot
+  // (snapshot_unsupported: mounts, a tap network...): "snapshot KEY not used: this run has WHY".
+  // Informational: the run boots as it would without one.
+  std::string skipped;
+  // Snapshots of this rootfs that do not fit (taken with another kernel, or an edited
+  // snapshot.json), one line each, "snapshot KEY of this image not used: WHY; booting (img2vm
+  // snapshot create takes a new one)": worth a warning.
+  std::vector<std::string> mismatched;
+};
+// Reads the store's list; hashes the kernel (SnapshotStore::kernel_digest, remembered) only when
+// the store holds a snapshot. Throws as SnapshotStore::kernel_digest does.
+SnapshotChoice choose_snapshot(const SnapshotStore& store, const MachineOptions& mo,
+                               const std::string& image);
 
 // Boots `o` in this process (with the snapshot layout, and the kernel, root filesystem, memory,
 // vCPUs and network of `in`) up to the guest init's snapshot point, saves the VM into `store` under

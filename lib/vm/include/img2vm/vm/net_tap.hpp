@@ -45,6 +45,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -157,6 +158,26 @@ class TapBackend final : public NetBackend {
 
  private:
   std::unique_ptr<Impl> impl_;
+};
+
+// A NIC backend of a tap device's kind (offloads, no checksums done for the guest) with no
+// device behind it: what a snapshot of a machine with a tap network is taken with, so that its
+// guest's driver negotiates the features a tap device offers, with no privilege and no device
+// on the host. Whatever the guest sends is dropped and nothing arrives (the init configures no
+// interface before the snapshot point); the run that resumes the snapshot has a real one.
+class TapShapeBackend final : public NetBackend {
+ public:
+  void attach(NetDeviceSide*) override {}
+  void send(std::span<const uint8_t>) override { ++dropped_; }
+  void rx_ready() override {}
+  bool rx_checksums_valid() const override { return false; }
+  bool offloads() const override { return true; }
+  // Only the watches: nothing of its own to do.
+  void run(std::span<const Watch> watches) override;
+  uint64_t dropped() const noexcept { return dropped_; }
+
+ private:
+  std::atomic<uint64_t> dropped_{0};
 };
 
 // Deletes the nftables tables of managed tap devices that no longer exist (left by a runner
