@@ -322,7 +322,8 @@ void NetnsTap::Impl::read_routes(nl_sock* s) {
 }
 
 void NetnsTap::Impl::read_route(rtnl_route* r, int family) {
-  if (::rtnl_route_get_table(r) != RT_TABLE_MAIN) return;
+  // A kernel without IPv6 (ipv6.disable=1) answers the IPv6 dump with every family's routes.
+  if (::rtnl_route_get_family(r) != family || ::rtnl_route_get_table(r) != RT_TABLE_MAIN) return;
   auto text = [family](nl_addr* a) { return family == AF_INET ? ipv4_text(a) : ipv6_text(a); };
   int hops = 0;
   std::string gateway;
