@@ -1555,7 +1555,16 @@ TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
      << "c r1 sh -c 'echo host-time=$(date +%s); exec \"$@\"' - " << run << " -e RUNVAR=one " << B
      << work << "first\n"
      << "c r2 " << run << " -e RUNVAR=two " << B << work << "second\n"
-     << "c cold " << run << " --no-snapshot -e RUNVAR=three " << B << work << "third\n"
+     << "c cold " << run << " --no-snapshot -e RUNVAR=three " << B << work
+     << "third\n"
+     // What the init prepared before the snapshot's point (lo up, the stderr port open) is
+     // what a resumed run has: stderr apart from stdout; with -t, both on the tty.
+     << "c r-streams " << run << " " << B
+     << " sh -c 'echo to-out; echo to-err >&2; echo lo=$(cat /sys/class/net/lo/flags)'\n"
+     << "printf '%s\\n' "
+     << quote(run + " -t " + B + " sh -c 'test -t 1 && test -t 2 && echo tty-both'")
+     << " > \"$W/snap-tty.sh\"\n"
+     << "c r-tty script -qec \"sh $W/snap-tty.sh\" /dev/null\n"
      << "c with-net " << ns.run << " --json " << B
      << " echo net-run\n"
      // -d resumes the same snapshot (its vsock device gets the monitor's socket): exec and logs.
@@ -1580,7 +1589,9 @@ TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
      << "\n"
      << "c prune " << bin << " snapshot prune -a --json\n";
   write_file_atomic(ns.w / "snap.sh", sh.str());
-  std::string output = run_script(ns.w / "snap.sh", ns.files(), std::chrono::seconds(1500));
+  std::vector<fs::path> files = ns.files();
+  files.push_back("/usr/bin/script");  // r-tty's pseudo-terminal
+  std::string output = run_script(ns.w / "snap.sh", files, std::chrono::seconds(1500));
   Cases cases(output);
   auto get = [&](const std::string& n) -> const Case& { return cases.get(n); };
   const Case& create = get("create");
@@ -1627,6 +1638,17 @@ TEST(RunKvm, SnapshotsResumeWithEachRunsOwnInput) {
     long guest = std::atol(r1.out.c_str() + g + 11);
     EXPECT_GE(guest, host - 1) << "the resumed guest's clock is behind the host's: " << r1.out;
   }
+  const Case& streams = get("r-streams");
+  EXPECT_EQ(streams.rc, 0) << streams.out << streams.err;
+  EXPECT_TRUE(run_summary(streams).value("restored", false)) << streams.err;
+  EXPECT_TRUE(has(streams.out, "to-out")) << streams.out;
+  EXPECT_FALSE(has(streams.out, "to-err")) << streams.out;
+  EXPECT_TRUE(has(streams.err, "to-err")) << streams.err;
+  EXPECT_TRUE(has(streams.out, "lo=0x9")) << streams.out;  // IFF_UP | IFF_LOOPBACK
+  const Case& rtty = get("r-tty");
+  EXPECT_EQ(rtty.rc, 0) << rtty.out << rtty.err;
+  EXPECT_TRUE(has(rtty.out, "tty-both")) << rtty.out;
+  EXPECT_TRUE(has(rtty.out, "\"restored\":true")) << rtty.out;
   const Case& net = get("with-net");
   EXPECT_EQ(net.rc, 0) << net.out << net.err;
   EXPECT_TRUE(has(net.out, "net-run")) << net.out;

@@ -15,7 +15,7 @@ namespace img2vm::init {
 
 namespace {
 
-constexpr std::size_t kFirstOverridesRead = 64 * 1024;
+constexpr std::size_t kFirstOverridesRead = 4096;
 
 std::string snapshot_mode_text() { return "snapshot mode (" + guestabi::snapshot_param() + ")"; }
 
@@ -37,7 +37,7 @@ guestabi::RunOverrides decode_run_param(std::string_view value, bool snapshot) {
   std::string path(value.substr(guestabi::kRunParamDiskPrefix.size()));
   std::string bytes;
   try {
-    // The first 64 KiB, then the rest of the JSON only when the header says there is more: a
+    // The first 4 KiB, then the rest of the JSON only when the header says there is more: a
     // snapshot's overrides disk always has the largest size (16 MiB), and every page a restored
     // guest reads it into is a page of its own instead of one shared with the snapshot's file.
     bytes = read_device(path, kFirstOverridesRead);

@@ -374,6 +374,9 @@ std::string random_hostname() {
 }
 
 void bring_up_loopback() {
+  static bool done = false;  // before a snapshot's point (prepare_restores), then not again
+  if (done) return;
+  done = true;
   init::UniqueFd s(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
   if (!s) {
     if (errno != EAFNOSUPPORT) warn("bringing up lo: socket: " + errno_text(errno));
@@ -402,7 +405,7 @@ void write_guest_file(const std::string& path, const std::string& content) {
     if (file_mounted(path) || !init::needs_generated_file(path)) return;
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) ::unlink(path.c_str());
-    init::replace_file(path, content, 0644);
+    init::rewrite_file(path, content, 0644);
   } catch (const std::exception& e) {
     warn(std::string("writing ") + path + ": " + e.what());
   }
@@ -420,9 +423,25 @@ void write_etc_files(const std::string& hostname, const std::vector<std::string>
   if (!file_mounted("/etc/hostname") &&
       (::lstat("/etc/hostname", &st) != 0 || (S_ISREG(st.st_mode) && st.st_size == 0))) {
     try {
-      init::replace_file("/etc/hostname", init::hostname_content(hostname), 0644);
+      init::rewrite_file("/etc/hostname", init::hostname_content(hostname), 0644);
     } catch (const std::exception& e) {
       warn(std::string("writing /etc/hostname: ") + e.what());
+    }
+  }
+}
+
+// Before a snapshot's point: /etc and, where they are missing, the files write_etc_files()
+// writes, empty or marked as the init's own, so that each resumed run writes them in place.
+void create_etc_placeholders() {
+  if (::mkdir("/etc", 0755) != 0 && errno != EEXIST) return;
+  struct stat st {};
+  for (const char* path : {"/etc/hosts", "/etc/resolv.conf", "/etc/hostname"}) {
+    if (::lstat(path, &st) == 0 || errno != ENOENT) continue;
+    const bool marked = std::string_view(path) != "/etc/hostname";  // hostname: empty
+    try {
+      init::replace_file(path, marked ? std::string(init::kGeneratedMarker) + "\n" : "", 0644);
+    } catch (const std::exception& e) {
+      warn(std::string("writing ") + path + ": " + e.what());
     }
   }
 }
@@ -510,8 +529,12 @@ int open_stderr_port() {
 // pipes: no \n -> \r\n, no echo, no line editing; and its stderr apart from its stdout, on the
 // second serial port when there is one. With a tty it gets a normal cooked terminal for both.
 void setup_console(bool tty) {
-  if (tty) return;
-  g_stderr_port = open_stderr_port();
+  if (tty) {
+    if (g_stderr_port >= 0) ::close(g_stderr_port);  // opened before a snapshot's point
+    g_stderr_port = -1;
+    return;
+  }
+  if (g_stderr_port < 0) g_stderr_port = open_stderr_port();
   if (!::isatty(1)) return;
   struct termios t {};
   if (::tcgetattr(1, &t) != 0) return;
@@ -840,6 +863,20 @@ void warm_image_program() {
   }
 }
 
+// Before a snapshot's point, what every VM resumed from it would otherwise do first and the
+// same way each time: each guest page a resumed VM touches for the first time costs it a fault
+// into the snapshot's memory, and a page of code not yet read costs it a disk read as well.
+// The init's own code that runs after the point comes from the page cache; lo is up; /etc and
+// its generated files exist, for each run to write in place (not in a root shared from the
+// host: nothing is written there); the second serial port is open for the workload's stderr
+// (closed again if the run asks for a tty).
+void prepare_restores(bool share_root) {
+  init::read_through("/proc/self/exe", init::kMaxWarmBytes);
+  bring_up_loopback();
+  if (!share_root) create_etc_placeholders();
+  g_stderr_port = open_stderr_port();
+}
+
 unsigned char run() {
   const bool share_root = enter_root_share();
   mount_api_filesystems();
@@ -851,6 +888,7 @@ unsigned char run() {
   // into the page cache the snapshot keeps.
   if (snapshot) {
     if (!share_root) warm_image_program();
+    prepare_restores(share_root);
     port_write(kBootMarkPort, kMarkSnapshotPoint);
   }
   ::reboot(RB_DISABLE_CAD);  // ctrl-alt-del becomes SIGINT to us, forwarded like any other

@@ -119,4 +119,22 @@ void replace_file(const std::string& path, std::string_view content, mode_t mode
   if (::rename(temp.c_str(), path.c_str()) != 0) fail("renaming " + temp + " to " + path);
 }
 
+void rewrite_file(const std::string& path, std::string_view content, mode_t mode) {
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1)
+    return replace_file(path, content, mode);
+  UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
+  if (!fd) throw_errno("opening " + path);
+  for (std::size_t off = 0; off < content.size();) {
+    ssize_t n = ::pwrite(fd.get(), content.data() + off, content.size() - off, off_t(off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) errno = EIO;
+    if (n <= 0) throw_errno("writing " + path);
+    off += static_cast<std::size_t>(n);
+  }
+  if (::ftruncate(fd.get(), off_t(content.size())) != 0) throw_errno("truncating " + path);
+  if (::fchmod(fd.get(), mode) != 0) throw_errno("setting the mode of " + path);
+  if (::close(fd.release()) != 0) throw_errno("closing " + path);
+}
+
 }  // namespace img2vm::init

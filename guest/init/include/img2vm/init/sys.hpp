@@ -62,4 +62,11 @@ std::string read_direct(int fd, const std::string& path, std::size_t max_bytes);
 // the init syncs before the VM ends.
 void replace_file(const std::string& path, std::string_view content, mode_t mode);
 
+// Writes `content` into the regular file `path` in place (from its start, then cut to the
+// content's size; mode set) when it is one with a single link, else as replace_file. Used for
+// the files only the init writes, before the workload runs: no reader can see them half done,
+// and no inode is made or freed (in a VM resumed from a snapshot, which made them, that work
+// would cost it faults into the file system's allocation paths). Throws Error naming the path.
+void rewrite_file(const std::string& path, std::string_view content, mode_t mode);
+
 }  // namespace img2vm::init
