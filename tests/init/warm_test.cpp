@@ -168,28 +168,40 @@ TEST(Warm, NeededLibrariesOfRealExecutables) {
   EXPECT_TRUE(patched(56, std::string("\0\0", 2)).empty());  // no program headers
 }
 
-TEST(Warm, NeededLibrariesNeverTrustTheDynamicSection) {
-  // A minimal ELF head: one PT_LOAD mapping the file at 0x400000, one PT_DYNAMIC at 0x200, the
-  // string table at 0x300 (vaddr 0x400300) holding "libz.so.1\0../evil\0libz.so.1\0".
-  std::string f(0x400, '\0');
-  auto put_le = [&f](std::size_t at, uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) f[at + i] = char((v >> (8 * i)) & 0xff);
-  };
+namespace {
+
+void put_le_at(std::string& f, std::size_t at, uint64_t v, int n) {
+  for (int i = 0; i < n; ++i) f[at + i] = char((v >> (8 * i)) & 0xff);
+}
+
+// `size` bytes of a 64-bit little-endian ELF file: one PT_LOAD mapping all of it at 0x400000,
+// one PT_DYNAMIC of `dyn_size` bytes at 0x200 (to be filled), nothing else.
+std::string elf_skeleton(std::size_t size, uint64_t dyn_size) {
+  std::string f(size, '\0');
   f.replace(0, 4,
             "\x7f"
             "ELF");
   f[4] = 2;
   f[5] = 1;
-  put_le(32, 64, 8);  // e_phoff
-  put_le(54, 56, 2);  // e_phentsize
-  put_le(56, 2, 2);   // e_phnum
-  put_le(64, 1, 4);   // PT_LOAD
-  put_le(72, 0, 8);   // p_offset
-  put_le(80, 0x400000, 8);
-  put_le(96, 0x400, 8);  // p_filesz
-  put_le(120, 2, 4);     // PT_DYNAMIC
-  put_le(128, 0x200, 8);
-  put_le(152, 0x80, 8);
+  put_le_at(f, 32, 64, 8);  // e_phoff
+  put_le_at(f, 54, 56, 2);  // e_phentsize
+  put_le_at(f, 56, 2, 2);   // e_phnum
+  put_le_at(f, 64, 1, 4);   // PT_LOAD, from offset 0
+  put_le_at(f, 80, 0x400000, 8);
+  put_le_at(f, 96, size, 8);  // p_filesz
+  put_le_at(f, 120, 2, 4);    // PT_DYNAMIC
+  put_le_at(f, 128, 0x200, 8);
+  put_le_at(f, 152, dyn_size, 8);
+  return f;
+}
+
+}  // namespace
+
+TEST(Warm, NeededLibrariesNeverTrustTheDynamicSection) {
+  // A minimal ELF head: one PT_LOAD mapping the file at 0x400000, one PT_DYNAMIC at 0x200, the
+  // string table at 0x300 (vaddr 0x400300) holding "libz.so.1\0../evil\0libz.so.1\0".
+  std::string f = elf_skeleton(0x400, 0x80);
+  auto put_le = [&f](std::size_t at, uint64_t v, int n) { put_le_at(f, at, v, n); };
   const std::string strings("libz.so.1\0../evil\0libz.so.1\0", 28);
   f.replace(0x300, strings.size(), strings);
   auto dyn = [&](int i, uint64_t tag, uint64_t val) {
@@ -245,4 +257,116 @@ TEST(Warm, FilesIncludeTheSharedLibrariesTheProgramNeeds) {
   // A static program needs no cache.
   put(r / "bin/static", img2vm::read_file("/bin/busybox"));
   EXPECT_EQ(warm_files(r, command({"/bin/static"}, {})), (std::vector<std::string>{"/bin/static"}));
+}
+
+namespace {
+
+// A minimal 64-bit ELF file: one PT_LOAD mapping it at 0x400000, a PT_DYNAMIC at 0x200 whose
+// DT_NEEDED entries name `needed`, with a DT_RPATH and a DT_RUNPATH when not empty; the string
+// table at 0x400. No PT_INTERP: warm_files() lists no loader for it.
+std::string tiny_elf(const std::vector<std::string>& needed, const std::string& rpath = "",
+                     const std::string& runpath = "") {
+  std::string f = elf_skeleton(0x1000, 0x100);
+  auto put_le = [&f](std::size_t at, uint64_t v, int n) { put_le_at(f, at, v, n); };
+  std::string strings(1, '\0');
+  int entry = 0;
+  auto dyn = [&](uint64_t tag, uint64_t val) {
+    put_le(0x200 + 16 * entry, tag, 8);
+    put_le(0x200 + 16 * entry + 8, val, 8);
+    ++entry;
+  };
+  auto add = [&](const std::string& str) {
+    const uint64_t at = strings.size();
+    strings += str + '\0';
+    return at;
+  };
+  for (const std::string& n : needed) dyn(1, add(n));
+  if (!rpath.empty()) dyn(15, add(rpath));
+  if (!runpath.empty()) dyn(29, add(runpath));
+  dyn(5, 0x400400);  // DT_STRTAB
+  dyn(10, strings.size());
+  f.replace(0x400, strings.size(), strings);
+  return f;
+}
+
+DynamicNeeds needs(const std::string& bytes) {
+  return dynamic_needs(std::string_view(bytes).substr(0, kExecHeadBytes), reader(bytes));
+}
+
+}  // namespace
+
+TEST(Warm, SearchPathsAsTheLoaderTakesThem) {
+  const std::string object = "/app/bin/prog";
+  EXPECT_EQ(search_path_dirs("$ORIGIN/../lib:/opt/x/:relative:${ORIGIN}::/a/./b/../c:$LIB/x:"
+                             "/opt/x:$PLATFORM",
+                             object),
+            (std::vector<std::string>{"/app/lib", "/opt/x", "/app/bin", "/a/c"}));
+  EXPECT_EQ(search_path_dirs("/$ORIGIN$ORIGIN", "/p/q"), (std::vector<std::string>{"/p/p"}));
+  EXPECT_EQ(search_path_dirs("/../../etc", object), (std::vector<std::string>{"/etc"}));
+  // The object's own path may hold the token: replaced once, never again.
+  EXPECT_EQ(search_path_dirs("$ORIGIN/lib:${ORIGIN}", "/x/$ORIGIN/prog"),
+            (std::vector<std::string>{"/x/$ORIGIN/lib", "/x/$ORIGIN"}));
+  // Grown past kMaxSearchPath by its tokens: left out.
+  std::string tokens;
+  for (int i = 0; i < 600; ++i) tokens += "$ORIGIN";
+  EXPECT_TRUE(search_path_dirs(tokens, "/" + std::string(200, 'd') + "/prog").empty());
+  EXPECT_TRUE(search_path_dirs("", object).empty());
+  std::string many;
+  for (int i = 0; i < 40; ++i) many += "/d" + std::to_string(i) + ":";
+  EXPECT_EQ(search_path_dirs(many, object).size(), kMaxSearchDirs);
+}
+
+TEST(Warm, DynamicNeedsReadRpathAndRunpath) {
+  const DynamicNeeds d = needs(tiny_elf({"liba.so", "libb.so"}, "/opt/r", "$ORIGIN/../lib"));
+  EXPECT_EQ(d.needed, (std::vector<std::string>{"liba.so", "libb.so"}));
+  EXPECT_EQ(d.rpath, "/opt/r");
+  EXPECT_EQ(d.runpath, "$ORIGIN/../lib");
+  const DynamicNeeds none = needs(tiny_elf({"liba.so"}));
+  EXPECT_TRUE(none.rpath.empty() && none.runpath.empty());
+  // Longer than kMaxSearchPath: left out, the names still read.
+  const DynamicNeeds big = needs(tiny_elf({"liba.so"}, std::string(kMaxSearchPath + 1, 'x')));
+  EXPECT_EQ(big.needed, (std::vector<std::string>{"liba.so"}));
+  EXPECT_TRUE(big.rpath.empty());
+  // The host's own programs have none (Debian's), and this test program's, if any, is what
+  // the linker wrote: readable either way, never a crash.
+  EXPECT_TRUE(needs(img2vm::read_file(kHostProgram)).runpath.empty());
+  // Every cut of a file with both: the names it had or fewer, a path it had or none.
+  const std::string f = tiny_elf({"liba.so"}, "/opt/r", "/opt/run");
+  for (std::size_t n = 0; n <= f.size(); n += 7) {
+    const DynamicNeeds c = needs(f.substr(0, n));
+    EXPECT_TRUE(c.rpath.empty() || c.rpath == "/opt/r") << n;
+    EXPECT_TRUE(c.runpath.empty() || c.runpath == "/opt/run") << n;
+  }
+}
+
+// Libraries found through DT_RUNPATH ($ORIGIN-relative, after LD_LIBRARY_PATH) and DT_RPATH
+// (before LD_LIBRARY_PATH, and inherited by what the program's libraries need), as glibc's
+// loader finds them; neither is in the default directories here.
+TEST(Warm, FilesFollowRpathAndRunpath) {
+  img2vm::TempDir root("warm-test");
+  const fs::path r = root.path();
+  RuntimeConfig app = command({"/app/bin/prog"}, {});
+  put(r / "app/bin/prog", tiny_elf({"liba.so"}, "", "$ORIGIN/../lib"));
+  put(r / "app/lib/liba.so", tiny_elf({}), 0644);
+  EXPECT_EQ(warm_files(r, app), (std::vector<std::string>{"/app/bin/prog", "/app/lib/liba.so"}));
+  // RUNPATH comes after LD_LIBRARY_PATH.
+  put(r / "env/liba.so", tiny_elf({}), 0644);
+  app.env = {"LD_LIBRARY_PATH=/env"};
+  EXPECT_EQ(warm_files(r, app), (std::vector<std::string>{"/app/bin/prog", "/env/liba.so"}));
+  // RPATH comes before it, and is searched for the needs of what the program needs (liba.so
+  // has no search path of its own: libb.so is found through the program's RPATH).
+  put(r / "app/bin/prog", tiny_elf({"liba.so"}, "/app/lib"));
+  put(r / "app/lib/liba.so", tiny_elf({"libb.so"}), 0644);
+  put(r / "app/lib/libb.so", tiny_elf({}), 0644);
+  EXPECT_EQ(warm_files(r, app),
+            (std::vector<std::string>{"/app/bin/prog", "/app/lib/liba.so", "/app/lib/libb.so"}));
+  // A library with a RUNPATH of its own searches that, not the RPATH it inherited.
+  put(r / "app/lib/liba.so", tiny_elf({"libb.so"}, "", "/other"), 0644);
+  put(r / "other/libb.so", tiny_elf({}), 0644);
+  EXPECT_EQ(warm_files(r, app),
+            (std::vector<std::string>{"/app/bin/prog", "/app/lib/liba.so", "/other/libb.so"}));
+  // Without either, neither directory is searched.
+  put(r / "app/bin/prog", tiny_elf({"liba.so"}));
+  app.env.clear();
+  EXPECT_EQ(warm_files(r, app), (std::vector<std::string>{"/app/bin/prog"}));
 }

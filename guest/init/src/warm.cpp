@@ -118,10 +118,11 @@ std::string interpreter_of(std::string_view head) {
   return interp;
 }
 
-std::vector<std::string> needed_libraries(std::string_view head, const ReadAt& read_at) {
+DynamicNeeds dynamic_needs(std::string_view head, const ReadAt& read_at) {
   constexpr std::size_t kEhdr = 64, kPhdr = 56, kDyn = 16, kMaxName = 256, kMaxLoads = 16;
   constexpr uint32_t kPtLoad = 1, kPtDynamic = 2;
-  constexpr uint64_t kDtNull = 0, kDtNeeded = 1, kDtStrtab = 5, kDtStrsz = 10;
+  constexpr uint64_t kDtNull = 0, kDtNeeded = 1, kDtStrtab = 5, kDtStrsz = 10, kDtRpath = 15,
+                     kDtRunpath = 29;
   if (!head.starts_with("\x7f"
                         "ELF") ||
       head.size() < kEhdr || head[4] != 2 || head[5] != 1)
@@ -142,41 +143,89 @@ std::vector<std::string> needed_libraries(std::string_view head, const ReadAt& r
   const std::string dyn =
       read_at(dynamic->offset, std::min<uint64_t>(dynamic->filesz, kMaxDynamicBytes) / kDyn * kDyn);
   std::vector<uint64_t> names;
-  std::optional<uint64_t> strtab, strsz;
+  std::optional<uint64_t> strtab, strsz, rpath, runpath;
   for (std::size_t at = 0; at + kDyn <= dyn.size(); at += kDyn) {
     const uint64_t tag = le(dyn, at, 8), val = le(dyn, at + 8, 8);
     if (tag == kDtNull) break;
     if (tag == kDtNeeded && names.size() < kMaxNeeded) names.push_back(val);
     if (tag == kDtStrtab && !strtab) strtab = val;
     if (tag == kDtStrsz && !strsz) strsz = val;
+    if (tag == kDtRpath && !rpath) rpath = val;
+    if (tag == kDtRunpath && !runpath) runpath = val;
   }
   if (!strtab || !strsz) return {};
   const std::optional<uint64_t> table = file_offset(loads, *strtab);
   if (!table) return {};
-  std::vector<std::string> out;
+  // The string at `n` in the table, when it ends (a NUL) within the table and `max` bytes.
+  auto string_at = [&](uint64_t n, std::size_t max) -> std::optional<std::string> {
+    if (n >= *strsz || *table > UINT64_MAX - n) return std::nullopt;
+    std::string s = read_at(*table + n, std::min<uint64_t>(max + 1, *strsz - n));
+    const std::size_t end = s.find('\0');
+    if (end == std::string::npos || end > max) return std::nullopt;
+    s.resize(end);
+    return s;
+  };
+  DynamicNeeds out;
   for (uint64_t n : names) {
-    if (n >= *strsz || *table > UINT64_MAX - n) continue;
-    std::string name = read_at(*table + n, std::min<uint64_t>(kMaxName, *strsz - n));
-    const std::size_t end = name.find('\0');
-    if (end == std::string::npos) continue;  // no end within the table, or longer than a name
-    name.resize(end);
-    if (name.empty() || name.find('/') != std::string::npos || name == "." || name == "..")
+    std::optional<std::string> name = string_at(n, kMaxName - 1);
+    if (!name || name->empty() || name->find('/') != std::string::npos || *name == "." ||
+        *name == "..")
       continue;
-    if (std::find(out.begin(), out.end(), name) == out.end()) out.push_back(std::move(name));
+    if (std::find(out.needed.begin(), out.needed.end(), *name) == out.needed.end())
+      out.needed.push_back(std::move(*name));
   }
+  if (rpath) out.rpath = string_at(*rpath, kMaxSearchPath).value_or("");
+  if (runpath) out.runpath = string_at(*runpath, kMaxSearchPath).value_or("");
   return out;
+}
+
+std::vector<std::string> needed_libraries(std::string_view head, const ReadAt& read_at) {
+  return dynamic_needs(head, read_at).needed;
+}
+
+std::vector<std::string> search_path_dirs(std::string_view list, const std::string& object) {
+  const std::string origin = std::filesystem::path(object).parent_path().string();
+  std::vector<std::string> dirs;
+  std::size_t start = 0;
+  while (start <= list.size() && dirs.size() < kMaxSearchDirs) {
+    std::size_t end = list.find(':', start);
+    if (end == std::string_view::npos) end = list.size();
+    const std::string_view raw = list.substr(start, end - start);
+    start = end + 1;
+    // Left to right, once: the object's own path may hold "$ORIGIN" too.
+    std::string entry;
+    bool other_token = false;
+    for (std::size_t i = 0; i < raw.size() && entry.size() <= kMaxSearchPath;) {
+      if (raw.substr(i).starts_with("${ORIGIN}")) {
+        entry += origin;
+        i += 9;
+      } else if (raw.substr(i).starts_with("$ORIGIN")) {
+        entry += origin;
+        i += 7;
+      } else {
+        other_token |= raw[i] == '$';
+        entry += raw[i++];
+      }
+    }
+    if (entry.empty() || entry.front() != '/' || other_token || entry.size() > kMaxSearchPath)
+      continue;
+    std::string dir = std::filesystem::path(entry).lexically_normal().string();
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    if (std::find(dirs.begin(), dirs.end(), dir) == dirs.end()) dirs.push_back(std::move(dir));
+  }
+  return dirs;
 }
 
 namespace {
 
-// The shared libraries the ELF file at `file` (a regular file on `dev`) needs.
-std::vector<std::string> needed_of(const std::string& file, dev_t dev) {
+// What the ELF file at `file` (a regular file on `dev`) needs.
+DynamicNeeds needs_of(const std::string& file, dev_t dev) {
   UniqueFd fd = open_regular(file, dev);
   if (!fd) return {};
   const ReadAt read = [&fd](uint64_t offset, std::size_t length) {
     return read_at(fd.get(), offset, length);
   };
-  return needed_libraries(read(0, kExecHeadBytes), read);
+  return dynamic_needs(read(0, kExecHeadBytes), read);
 }
 
 // Where a library named `name` is found for the image: its LD_LIBRARY_PATH's absolute
@@ -201,8 +250,8 @@ std::pair<dev_t, ino_t> identity(const std::filesystem::path& root, const std::s
   return {st.st_dev, st.st_ino};
 }
 
-// The directories find_library() searches, for an image whose environment is `env`.
-std::vector<std::string> library_dirs(const std::vector<std::string>& env) {
+// The absolute directories of the image's LD_LIBRARY_PATH (its environment `env`).
+std::vector<std::string> ld_library_path(const std::vector<std::string>& env) {
   constexpr std::size_t kMaxPathDirs = 16;
   std::vector<std::string> dirs;
   const std::string path = env_get(env, "LD_LIBRARY_PATH").value_or("");
@@ -217,8 +266,11 @@ std::vector<std::string> library_dirs(const std::vector<std::string>& env) {
     }
     start = end + 1;
   }
-  for (std::string_view d : kLibraryDirs) dirs.emplace_back(d);
   return dirs;
+}
+
+void append(std::vector<std::string>& to, const std::vector<std::string>& dirs) {
+  to.insert(to.end(), dirs.begin(), dirs.end());
 }
 
 }  // namespace
@@ -253,10 +305,29 @@ std::vector<std::string> warm_files(const std::filesystem::path& root,
   // a link to the loader libc names from its directory).
   std::vector<std::pair<dev_t, ino_t>> seen;
   for (const std::string& f : out) seen.push_back(identity(root, f));
-  const std::vector<std::string> dirs = library_dirs(config.env);
+  const std::vector<std::string> env_dirs = ld_library_path(config.env);
+  const std::vector<std::string> default_dirs(std::begin(kLibraryDirs), std::end(kLibraryDirs));
+  // inherited[i]: the DT_RPATH directories of the files that needed out[i], nearest first (the
+  // program's own last), which glibc searches for out[i]'s needs when it has no DT_RUNPATH.
+  std::vector<std::vector<std::string>> inherited(out.size());
   bool dynamic = false;
-  for (std::size_t i = 0; i < out.size() && out.size() < kMaxWarmFiles; ++i)
-    for (const std::string& name : needed_of(below(root, out[i]), rs.st_dev)) {
+  for (std::size_t i = 0; i < out.size() && out.size() < kMaxWarmFiles; ++i) {
+    const DynamicNeeds needs = needs_of(below(root, out[i]), rs.st_dev);
+    std::vector<std::string> rpath_chain = inherited[i];
+    std::vector<std::string> dirs;
+    if (!needs.runpath.empty()) {
+      dirs = env_dirs;
+      append(dirs, search_path_dirs(needs.runpath, out[i]));
+    } else {
+      std::vector<std::string> own = search_path_dirs(needs.rpath, out[i]);
+      own.insert(own.end(), rpath_chain.begin(), rpath_chain.end());
+      own.resize(std::min(own.size(), kMaxSearchDirs));
+      rpath_chain = own;
+      dirs = own;
+      append(dirs, env_dirs);
+    }
+    append(dirs, default_dirs);
+    for (const std::string& name : needs.needed) {
       dynamic = true;
       const std::string lib = find_library(root, name, dirs, rs.st_dev);
       if (lib.empty()) continue;
@@ -264,8 +335,10 @@ std::vector<std::string> warm_files(const std::filesystem::path& root,
       if (std::find(seen.begin(), seen.end(), id) != seen.end()) continue;
       out.push_back(lib);
       seen.push_back(id);
+      inherited.push_back(rpath_chain);
       if (out.size() == kMaxWarmFiles) break;
     }
+  }
   // glibc's loader maps its cache of library paths at every such exec.
   if (dynamic && out.size() < kMaxWarmFiles &&
       !find_library(root, "ld.so.cache", {"/etc"}, rs.st_dev).empty())

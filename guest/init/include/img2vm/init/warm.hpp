@@ -38,6 +38,10 @@ inline constexpr std::string_view kLibraryDirs[] = {"/lib/x86_64-linux-gnu",
                                                     "/lib",
                                                     "/usr/lib",
                                                     "/usr/local/lib"};
+// The longest DT_RPATH or DT_RUNPATH dynamic_needs() takes (a longer one is left out), and the
+// most directories search_path_dirs() makes of one.
+inline constexpr std::size_t kMaxSearchPath = 4096;
+inline constexpr std::size_t kMaxSearchDirs = 16;
 // The most bytes the init reads before the snapshot point.
 inline constexpr uint64_t kMaxWarmBytes = 64ull << 20;
 
@@ -58,12 +62,31 @@ using ReadAt = std::function<std::string(uint64_t offset, std::size_t length)>;
 // headers): never trusts an offset or size it was given.
 std::vector<std::string> needed_libraries(std::string_view head, const ReadAt& read_at);
 
+// What an ELF file's dynamic section says of the libraries it needs: needed_libraries()' names,
+// and its DT_RPATH and DT_RUNPATH search paths (':'-separated, as the file has them; empty when
+// absent, when their string has no end within the table, or is longer than kMaxSearchPath).
+struct DynamicNeeds {
+  std::vector<std::string> needed;
+  std::string rpath, runpath;
+};
+DynamicNeeds dynamic_needs(std::string_view head, const ReadAt& read_at);
+
+// The directories a DT_RPATH or DT_RUNPATH `list` of the object at the in-guest absolute path
+// `object` names, in order, as glibc's loader takes them: $ORIGIN (or ${ORIGIN}) stands for the
+// object's directory; an entry that is then not absolute, names another token ($LIB,
+// $PLATFORM) or is empty is left out; each is normalized ("." and ".." resolved, no trailing
+// '/'), listed once, at most kMaxSearchDirs.
+std::vector<std::string> search_path_dirs(std::string_view list, const std::string& object);
+
 // What to read before the snapshot point for the image's `config`: the executable its
 // Entrypoint/Cmd names, found as the run will find it (the image's PATH and WorkingDir), then the
 // interpreters it goes through (a script's, that program's dynamic loader; at most
-// kMaxWarmChain), then the shared libraries they need and those need in turn (found in the
-// image's LD_LIBRARY_PATH, then kLibraryDirs; each file once, by its identity, whatever the
-// links it is reached by; DT_RPATH and DT_RUNPATH are not followed) and, for a dynamically
+// kMaxWarmChain), then the shared libraries they need and those need in turn (each file once,
+// by its identity, whatever the links it is reached by), found where glibc's loader looks: for
+// a file with DT_RUNPATH the image's LD_LIBRARY_PATH, that RUNPATH, then kLibraryDirs; for one
+// without, its DT_RPATH and those of the files that needed it up to the program, then
+// LD_LIBRARY_PATH, then kLibraryDirs (search_path_dirs(); glibc's cache is not read, its
+// directories are mostly kLibraryDirs) and, for a dynamically
 // linked program, glibc's /etc/ld.so.cache, at most kMaxWarmFiles in all, as absolute in-guest
 // paths of regular files below `root` on its file system (a device node, a FIFO or a file of
 // /proc is never opened). Empty when the image has no command or it is not found.
