@@ -98,6 +98,22 @@ std::string read_device(const std::string& path, std::size_t max_bytes) {
   return read_direct(fd.get(), path, max_bytes);
 }
 
+namespace {
+
+// `content` written to `fd` from offset 0; false with errno set when a write fails.
+bool write_all_at_start(int fd, std::string_view content) {
+  for (std::size_t off = 0; off < content.size();) {
+    ssize_t n = ::pwrite(fd, content.data() + off, content.size() - off, off_t(off));
+    if (n < 0 && errno == EINTR) continue;
+    if (n == 0) errno = EIO;
+    if (n <= 0) return false;
+    off += static_cast<std::size_t>(n);
+  }
+  return true;
+}
+
+}  // namespace
+
 void replace_file(const std::string& path, std::string_view content, mode_t mode) {
   const std::string temp = path + ".img2vm-new";
   UniqueFd fd(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, mode));
@@ -107,13 +123,7 @@ void replace_file(const std::string& path, std::string_view content, mode_t mode
     ::unlink(temp.c_str());
     throw_errno(what, err);
   };
-  for (std::size_t off = 0; off < content.size();) {
-    ssize_t n = ::write(fd.get(), content.data() + off, content.size() - off);
-    if (n < 0 && errno == EINTR) continue;
-    if (n == 0) errno = EIO;
-    if (n <= 0) fail("writing " + temp);
-    off += static_cast<std::size_t>(n);
-  }
+  if (!write_all_at_start(fd.get(), content)) fail("writing " + temp);
   if (::fchmod(fd.get(), mode) != 0) fail("setting the mode of " + temp);
   if (::close(fd.release()) != 0) fail("closing " + temp);
   if (::rename(temp.c_str(), path.c_str()) != 0) fail("renaming " + temp + " to " + path);
@@ -125,13 +135,7 @@ void rewrite_file(const std::string& path, std::string_view content, mode_t mode
     return replace_file(path, content, mode);
   UniqueFd fd(::open(path.c_str(), O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK));
   if (!fd) throw_errno("opening " + path);
-  for (std::size_t off = 0; off < content.size();) {
-    ssize_t n = ::pwrite(fd.get(), content.data() + off, content.size() - off, off_t(off));
-    if (n < 0 && errno == EINTR) continue;
-    if (n == 0) errno = EIO;
-    if (n <= 0) throw_errno("writing " + path);
-    off += static_cast<std::size_t>(n);
-  }
+  if (!write_all_at_start(fd.get(), content)) throw_errno("writing " + path);
   if (::ftruncate(fd.get(), off_t(content.size())) != 0) throw_errno("truncating " + path);
   if (::fchmod(fd.get(), mode) != 0) throw_errno("setting the mode of " + path);
   if (::close(fd.release()) != 0) throw_errno("closing " + path);

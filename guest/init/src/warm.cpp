@@ -313,17 +313,17 @@ std::vector<std::string> warm_files(const std::filesystem::path& root,
   bool dynamic = false;
   for (std::size_t i = 0; i < out.size() && out.size() < kMaxWarmFiles; ++i) {
     const DynamicNeeds needs = needs_of(below(root, out[i]), rs.st_dev);
-    std::vector<std::string> rpath_chain = inherited[i];
+    // What out[i]'s needs inherit: with a RUNPATH its own RPATH is ignored.
+    std::vector<std::string> chain = inherited[i];
     std::vector<std::string> dirs;
     if (!needs.runpath.empty()) {
       dirs = env_dirs;
       append(dirs, search_path_dirs(needs.runpath, out[i]));
     } else {
-      std::vector<std::string> own = search_path_dirs(needs.rpath, out[i]);
-      own.insert(own.end(), rpath_chain.begin(), rpath_chain.end());
-      own.resize(std::min(own.size(), kMaxSearchDirs));
-      rpath_chain = own;
-      dirs = own;
+      chain = search_path_dirs(needs.rpath, out[i]);
+      append(chain, inherited[i]);
+      chain.resize(std::min(chain.size(), kMaxSearchDirs));
+      dirs = chain;
       append(dirs, env_dirs);
     }
     append(dirs, default_dirs);
@@ -335,7 +335,7 @@ std::vector<std::string> warm_files(const std::filesystem::path& root,
       if (std::find(seen.begin(), seen.end(), id) != seen.end()) continue;
       out.push_back(lib);
       seen.push_back(id);
-      inherited.push_back(rpath_chain);
+      inherited.push_back(chain);
       if (out.size() == kMaxWarmFiles) break;
     }
   }

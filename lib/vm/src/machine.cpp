@@ -623,7 +623,7 @@ struct Machine::Impl {
   // (which rethrows its error) or else by the destructor. KVM_CREATE_VM can wait for an RCU
   // grace period (Linux 6.1 starts the VM's NX huge page recovery thread there, and moving it
   // into the caller's cgroups synchronizes RCU): ~12 ms of an otherwise idle CPU in the nested
-  // rig, as long on a loaded host.
+  // rig (a grace period on a host too; not measured here).
   class VmCreation {
    public:
     explicit VmCreation(Impl& m)
